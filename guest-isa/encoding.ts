@@ -106,7 +106,7 @@ export function encodeInstruction(specOrMnemonic: InstructionSpec | string, fiel
 }
 
 /** Bits that must be zero in each format (a set bit makes the word illegal). */
-const RESERVED_BITS: Readonly<Record<Format, number>> = {
+export const RESERVED_BITS: Readonly<Record<Format, number>> = {
   R: 0xfff0_0000,
   AMO: 0xfff0_0000,
   I: 0,
