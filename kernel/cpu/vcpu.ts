@@ -1,0 +1,903 @@
+/**
+ * A BV32 virtual CPU: architectural state, the interpreter loop and its slow paths.
+ *
+ * The loop (`runSlice`) is the product's engine. Its rules, each measured (docs/performance.md):
+ * - code runs from pre-decoded pages (DecodeCache); the position in the page is an index, and a
+ *   PAGE_END marker after the last word handles falling into the next page;
+ * - every load/store does one inline TLB compare (page, address space and alignment folded into
+ *   one tag) and one addend; misses, faults, MMIO and protected pages go to slow-path methods;
+ * - retired instructions are counted from index differences at control transfers, and the
+ *   instruction budget and timer deadline are checked only there ("per block"); close to the
+ *   budget the loop switches to a precise mode that stops on the exact instruction;
+ * - nothing in the loop allocates, and it only calls methods of this class.
+ */
+import {
+  Cause, CAUSE_INTERRUPT, Csr, Irq, IRQ_MASK, READ_ONLY_CSRS, StatusBit, STATUS_WRITABLE_MASK, USER_READABLE_CSRS, Ptbr, Pte,
+} from '../../guest-isa/arch.ts';
+import type { DecodeCache } from './decode-cache.ts';
+import { SoftTlb, TlbKind, tlbContext } from '../mmu/tlb.ts';
+import { Access, Sv32Walker } from '../mmu/sv32.ts';
+import type { AccessKind } from '../mmu/sv32.ts';
+import type { FramePool } from '../memory/frame-pool.ts';
+import type { Vm } from '../vm.ts';
+
+export const Mode = { USER: 0, SUPERVISOR: 1 } as const;
+
+/** Why a slice of execution ended. */
+export const SliceEnd = {
+  BUDGET: 1,
+  /** The vCPU executed wfi with nothing pending. */
+  WAITING: 2,
+  /** The VM was asked to stop (power off, guest error, host request). */
+  VM_STOP: 3,
+} as const;
+
+/** Slow-path results. */
+const SLOW_OK = 0;
+/** A trap was taken: this.pc is the trap vector; the instruction did not retire. */
+const SLOW_TRAP = 1;
+/** The access completed but state changed (MMIO write, code dropped): resume at the next pc. */
+const SLOW_RESYNC = 2;
+
+/** Instructions before the budget within which the loop checks every instruction. */
+const PRECISE_WINDOW = 2048;
+/** Outer-loop turns with no retired instruction before we call it a trap loop. */
+const TRAP_LOOP_LIMIT = 64;
+
+const TIMER_BIT = 1 << Irq.TIMER;
+const SOFT_BIT = 1 << Irq.SOFT;
+const EXTERNAL_BIT = 1 << Irq.EXTERNAL;
+
+export interface VcpuStats {
+  tlbHits: number;
+  tlbMisses: number;
+  traps: number;
+  interrupts: number;
+  hypercalls: number;
+  mmioAccesses: number;
+  waits: number;
+}
+
+/** Receives each instruction when tracing is on (pc, raw word, mode). */
+export type TraceHook = (vcpu: Vcpu, pc: number, word: number) => void;
+
+export class Vcpu {
+  readonly id: number;
+  readonly vm: Vm;
+  /** r0..r15, plus r16: the sink that decoded writes to r0 go to. */
+  readonly regs = new Int32Array(17);
+  pc = 0;
+  mode: number = Mode.SUPERVISOR;
+  status = 0;
+  tvec = 0;
+  epc = 0;
+  cause = 0;
+  tval = 0;
+  scratch = 0;
+  ie = 0;
+  ip = 0;
+  ptbr = 0;
+  /** Retired instructions. */
+  instret = 0;
+  /** Virtual time: retired instructions plus time skipped while waiting. */
+  clock = 0;
+  /** Virtual time at which the timer interrupt becomes pending (Infinity: never). */
+  timerDeadline = Infinity;
+  /** Waiting in wfi. */
+  waiting = false;
+  tracer: TraceHook | null = null;
+
+  readonly tlb = new SoftTlb();
+  readonly walker: Sv32Walker;
+  readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0 };
+  /** TLB tag context: valid bit and ASID. */
+  private tlbCtx = tlbContext(0);
+  /** Result of a slow-path load. */
+  private slowValue = 0;
+  /** 1 when the last system instruction retired. */
+  private systemRetired = 0;
+  private readonly pool: FramePool;
+  private readonly code: DecodeCache;
+
+  constructor(vm: Vm, id: number) {
+    this.vm = vm;
+    this.id = id;
+    this.pool = vm.pool;
+    this.code = vm.decodeCache;
+    this.walker = new Sv32Walker(vm);
+  }
+
+  get pagingEnabled(): boolean {
+    return (this.ptbr & Ptbr.MODE_SV32) !== 0;
+  }
+
+  /** Architectural reset (SPEC.md "Reset"). */
+  reset(entry: number, deviceTableGpa: number): void {
+    this.regs.fill(0);
+    this.regs[4] = this.id;
+    this.regs[5] = deviceTableGpa | 0;
+    this.pc = entry | 0;
+    this.mode = Mode.SUPERVISOR;
+    this.status = this.tvec = this.epc = this.cause = this.tval = this.scratch = this.ie = this.ip = this.ptbr = 0;
+    this.timerDeadline = Infinity;
+    this.waiting = false;
+    this.tlbCtx = tlbContext(0);
+    this.tlb.flushAll();
+  }
+
+  /** Raises or lowers an interrupt-pending bit from outside (devices, other vCPUs). */
+  setInterruptPending(irq: number, pending: boolean): void {
+    const bit = 1 << irq;
+    if (pending) this.ip |= bit;
+    else this.ip &= ~bit;
+  }
+
+  /** True when wfi would wake: some interrupt is both pending and enabled. */
+  get wakeable(): boolean {
+    return ((this.ip | (this.clock >= this.timerDeadline ? TIMER_BIT : 0)) & this.ie) !== 0;
+  }
+
+  /**
+   * Runs until at least `budget` instructions retired (exactly `budget` unless the vCPU waits or
+   * the VM stops first). Returns a SliceEnd code.
+   */
+  runSlice(budget: number): number {
+    const regs = this.regs;
+    const i32 = this.pool.i32;
+    const u8 = this.pool.u8;
+    const i8 = this.pool.i8;
+    const u16 = this.pool.u16;
+    const i16 = this.pool.i16;
+    const vm = this.vm;
+    const clockAtStart = this.clock;
+    let ops = this.code.ops;
+    let imms = this.code.imms;
+    let rtlb = this.tlb.sRead;
+    let wtlb = this.tlb.sWrite;
+    let ctx = this.tlbCtx;
+    let retired = 0;
+    let hits = 0;
+    let base = 0;
+    let idx = 0;
+    let pageVa = 0;
+    let blockStart = 0;
+    let checkLimit = 0;
+    let precise = false;
+    let end = 0;
+    let idleTurns = 0;
+    let lastRetired = -1;
+
+    outer: for (;;) {
+      if (vm.stopCode !== 0) { end = SliceEnd.VM_STOP; break; }
+      if (retired === lastRetired) {
+        if (++idleTurns > TRAP_LOOP_LIMIT) {
+          vm.guestError(this, `trap loop: ${TRAP_LOOP_LIMIT} traps in a row without executing an instruction (cause ${this.cause}, tvec 0x${(this.tvec >>> 0).toString(16)})`);
+          end = SliceEnd.VM_STOP;
+          break;
+        }
+      } else {
+        idleTurns = 0;
+        lastRetired = retired;
+      }
+      const now = clockAtStart + retired;
+      if (now >= this.timerDeadline) this.ip |= TIMER_BIT;
+      else this.ip &= ~TIMER_BIT;
+      if (retired >= budget) { end = SliceEnd.BUDGET; break; }
+      if ((this.ip & this.ie) !== 0 && (this.mode === Mode.USER || (this.status & StatusBit.SIE) !== 0)) {
+        this.takeInterrupt();
+        continue;
+      }
+      // The next inline check: the timer deadline, or short of the budget to go precise.
+      precise = this.tracer !== null || budget - retired <= PRECISE_WINDOW;
+      checkLimit = precise ? budget : budget - PRECISE_WINDOW;
+      if (this.timerDeadline - clockAtStart < checkLimit) checkLimit = this.timerDeadline - clockAtStart;
+      // Enter the code page holding pc.
+      const pc = this.pc;
+      const supervisor = this.mode === Mode.SUPERVISOR;
+      rtlb = supervisor ? this.tlb.sRead : this.tlb.uRead;
+      wtlb = supervisor ? this.tlb.sWrite : this.tlb.uWrite;
+      const xtlb = supervisor ? this.tlb.sExec : this.tlb.uExec;
+      ctx = this.tlbCtx;
+      const xe = (pc >>> 12) << 1;
+      if (xtlb[xe] === ((pc & -4093) | ctx)) {
+        base = xtlb[xe + 1]!;
+      } else {
+        base = this.fetchSlow(pc);
+        if (base < 0) continue;
+        ops = this.code.ops;
+        imms = this.code.imms;
+      }
+      pageVa = pc & -4096;
+      idx = (pc >>> 2) & 1023;
+      blockStart = idx;
+
+      for (;;) {
+        if (precise) {
+          if (retired + idx - blockStart >= budget) {
+            retired += idx - blockStart;
+            this.pc = (pageVa + (idx << 2)) | 0;
+            continue outer;
+          }
+          if (this.tracer !== null) {
+            const pc = (pageVa + (idx << 2)) | 0;
+            this.tracer(this, pc, this.vm.readInstructionWordAt(this, pc));
+          }
+        }
+        const w = ops[base + idx]!;
+        switch (w & 0xff) {
+          case 0x00: { // illegal
+            retired += idx - blockStart;
+            this.pc = (pageVa + (idx << 2)) | 0;
+            this.trap(Cause.ILLEGAL_INSN, imms[base + idx]!);
+            continue outer;
+          }
+          case 0x01: // add
+            regs[(w >> 8) & 31] = (regs[(w >> 13) & 31]! + regs[(w >> 18) & 31]!) | 0;
+            idx++;
+            continue;
+          case 0x02: // sub
+            regs[(w >> 8) & 31] = (regs[(w >> 13) & 31]! - regs[(w >> 18) & 31]!) | 0;
+            idx++;
+            continue;
+          case 0x03: // and
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! & regs[(w >> 18) & 31]!;
+            idx++;
+            continue;
+          case 0x04: // or
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! | regs[(w >> 18) & 31]!;
+            idx++;
+            continue;
+          case 0x05: // xor
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! ^ regs[(w >> 18) & 31]!;
+            idx++;
+            continue;
+          case 0x06: // sll
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! << (regs[(w >> 18) & 31]! & 31);
+            idx++;
+            continue;
+          case 0x07: // srl
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >>> (regs[(w >> 18) & 31]! & 31);
+            idx++;
+            continue;
+          case 0x08: // sra
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >> (regs[(w >> 18) & 31]! & 31);
+            idx++;
+            continue;
+          case 0x09: // slt
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! < regs[(w >> 18) & 31]! ? 1 : 0;
+            idx++;
+            continue;
+          case 0x0a: // sltu
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >>> 0 < regs[(w >> 18) & 31]! >>> 0 ? 1 : 0;
+            idx++;
+            continue;
+          case 0x0b: // mul
+            regs[(w >> 8) & 31] = Math.imul(regs[(w >> 13) & 31]!, regs[(w >> 18) & 31]!);
+            idx++;
+            continue;
+          case 0x0c: // mulh
+            regs[(w >> 8) & 31] = mulhSigned(regs[(w >> 13) & 31]!, regs[(w >> 18) & 31]!);
+            idx++;
+            continue;
+          case 0x0d: // mulhu
+            regs[(w >> 8) & 31] = mulhUnsigned(regs[(w >> 13) & 31]!, regs[(w >> 18) & 31]!);
+            idx++;
+            continue;
+          case 0x0e: { // div
+            const dividend = regs[(w >> 13) & 31]!;
+            const divisor = regs[(w >> 18) & 31]!;
+            regs[(w >> 8) & 31] = divisor === 0 ? -1 : divisor === -1 ? -dividend | 0 : (dividend / divisor) | 0;
+            idx++;
+            continue;
+          }
+          case 0x0f: { // divu
+            const divisor = regs[(w >> 18) & 31]! >>> 0;
+            regs[(w >> 8) & 31] = divisor === 0 ? -1 : ((regs[(w >> 13) & 31]! >>> 0) / divisor) | 0;
+            idx++;
+            continue;
+          }
+          case 0x10: { // rem
+            const dividend = regs[(w >> 13) & 31]!;
+            const divisor = regs[(w >> 18) & 31]!;
+            regs[(w >> 8) & 31] = divisor === 0 ? dividend : divisor === -1 ? 0 : dividend % divisor | 0;
+            idx++;
+            continue;
+          }
+          case 0x11: { // remu
+            const dividend = regs[(w >> 13) & 31]! >>> 0;
+            const divisor = regs[(w >> 18) & 31]! >>> 0;
+            regs[(w >> 8) & 31] = divisor === 0 ? dividend | 0 : dividend % divisor | 0;
+            idx++;
+            continue;
+          }
+          case 0x12: // addi
+            regs[(w >> 8) & 31] = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            idx++;
+            continue;
+          case 0x13: // andi
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! & imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x14: // ori
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! | imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x15: // xori
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! ^ imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x16: // slti
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! < imms[base + idx]! ? 1 : 0;
+            idx++;
+            continue;
+          case 0x17: // sltiu
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >>> 0 < imms[base + idx]! >>> 0 ? 1 : 0;
+            idx++;
+            continue;
+          case 0x18: // slli
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! << imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x19: // srli
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >>> imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x1a: // srai
+            regs[(w >> 8) & 31] = regs[(w >> 13) & 31]! >> imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x1b: // lui
+            regs[(w >> 8) & 31] = imms[base + idx]!;
+            idx++;
+            continue;
+          case 0x1c: // auipc
+            regs[(w >> 8) & 31] = (pageVa + (idx << 2) + imms[base + idx]!) | 0;
+            idx++;
+            continue;
+          case 0x1d: { // lb
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (rtlb[e] === ((va & -4096) | ctx)) {
+              regs[(w >> 8) & 31] = i8[(va + rtlb[e + 1]!) >>> 0]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.loadSlow(va, 1, true);
+              if (r === SLOW_TRAP) continue outer;
+              regs[(w >> 8) & 31] = this.slowValue;
+            }
+            idx++;
+            continue;
+          }
+          case 0x1e: { // lbu
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (rtlb[e] === ((va & -4096) | ctx)) {
+              regs[(w >> 8) & 31] = u8[(va + rtlb[e + 1]!) >>> 0]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.loadSlow(va, 1, false);
+              if (r === SLOW_TRAP) continue outer;
+              regs[(w >> 8) & 31] = this.slowValue;
+            }
+            idx++;
+            continue;
+          }
+          case 0x1f: { // lh
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (rtlb[e] === ((va & -4095) | ctx)) {
+              regs[(w >> 8) & 31] = i16[(va + rtlb[e + 1]!) >>> 1]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.loadSlow(va, 2, true);
+              if (r === SLOW_TRAP) continue outer;
+              regs[(w >> 8) & 31] = this.slowValue;
+            }
+            idx++;
+            continue;
+          }
+          case 0x20: { // lhu
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (rtlb[e] === ((va & -4095) | ctx)) {
+              regs[(w >> 8) & 31] = u16[(va + rtlb[e + 1]!) >>> 1]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.loadSlow(va, 2, false);
+              if (r === SLOW_TRAP) continue outer;
+              regs[(w >> 8) & 31] = this.slowValue;
+            }
+            idx++;
+            continue;
+          }
+          case 0x21: { // lw
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (rtlb[e] === ((va & -4093) | ctx)) {
+              regs[(w >> 8) & 31] = i32[(va + rtlb[e + 1]!) >>> 2]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.loadSlow(va, 4, false);
+              if (r === SLOW_TRAP) continue outer;
+              regs[(w >> 8) & 31] = this.slowValue;
+            }
+            idx++;
+            continue;
+          }
+          case 0x22: { // sb
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (wtlb[e] === ((va & -4096) | ctx)) {
+              u8[(va + wtlb[e + 1]!) >>> 0] = regs[(w >> 18) & 31]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.storeSlow(va, 1, regs[(w >> 18) & 31]!);
+              if (r !== SLOW_OK) {
+                if (r === SLOW_RESYNC) { retired++; this.pc = (this.pc + 4) | 0; }
+                continue outer;
+              }
+            }
+            idx++;
+            continue;
+          }
+          case 0x23: { // sh
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (wtlb[e] === ((va & -4095) | ctx)) {
+              u16[(va + wtlb[e + 1]!) >>> 1] = regs[(w >> 18) & 31]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.storeSlow(va, 2, regs[(w >> 18) & 31]!);
+              if (r !== SLOW_OK) {
+                if (r === SLOW_RESYNC) { retired++; this.pc = (this.pc + 4) | 0; }
+                continue outer;
+              }
+            }
+            idx++;
+            continue;
+          }
+          case 0x24: { // sw
+            const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            const e = (va >>> 12) << 1;
+            if (wtlb[e] === ((va & -4093) | ctx)) {
+              i32[(va + wtlb[e + 1]!) >>> 2] = regs[(w >> 18) & 31]!;
+              hits++;
+            } else {
+              retired += idx - blockStart;
+              blockStart = idx;
+              this.pc = (pageVa + (idx << 2)) | 0;
+              const r = this.storeSlow(va, 4, regs[(w >> 18) & 31]!);
+              if (r !== SLOW_OK) {
+                if (r === SLOW_RESYNC) { retired++; this.pc = (this.pc + 4) | 0; }
+                continue outer;
+              }
+            }
+            idx++;
+            continue;
+          }
+          case 0x25: // beq
+            if (regs[(w >> 13) & 31] !== regs[(w >> 18) & 31]) { idx++; continue; }
+            break;
+          case 0x26: // bne
+            if (regs[(w >> 13) & 31] === regs[(w >> 18) & 31]) { idx++; continue; }
+            break;
+          case 0x27: // blt
+            if (regs[(w >> 13) & 31]! >= regs[(w >> 18) & 31]!) { idx++; continue; }
+            break;
+          case 0x28: // bge
+            if (regs[(w >> 13) & 31]! < regs[(w >> 18) & 31]!) { idx++; continue; }
+            break;
+          case 0x29: // bltu
+            if (regs[(w >> 13) & 31]! >>> 0 >= regs[(w >> 18) & 31]! >>> 0) { idx++; continue; }
+            break;
+          case 0x2a: // bgeu
+            if (regs[(w >> 13) & 31]! >>> 0 < regs[(w >> 18) & 31]! >>> 0) { idx++; continue; }
+            break;
+          case 0x2b: // jal
+            regs[(w >> 8) & 31] = (pageVa + (idx << 2) + 4) | 0;
+            break;
+          case 0x2c: { // jalr
+            const target = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
+            retired += idx - blockStart;
+            if ((target & 3) !== 0) {
+              this.pc = (pageVa + (idx << 2)) | 0;
+              this.trap(Cause.INSN_MISALIGNED, target);
+              continue outer;
+            }
+            regs[(w >> 8) & 31] = (pageVa + (idx << 2) + 4) | 0;
+            retired++;
+            if ((target & -4096) === pageVa && retired < checkLimit) {
+              idx = blockStart = (target >>> 2) & 1023;
+              continue;
+            }
+            this.pc = target;
+            continue outer;
+          }
+          case 0x2d: // amoswap
+          case 0x2e: // amoadd
+          case 0x2f: // amoand
+          case 0x30: { // amoor
+            retired += idx - blockStart;
+            blockStart = idx;
+            this.pc = (pageVa + (idx << 2)) | 0;
+            const r = this.amoSlow(w & 0xff, regs[(w >> 13) & 31]!, regs[(w >> 18) & 31]!);
+            if (r === SLOW_TRAP) continue outer;
+            regs[(w >> 8) & 31] = this.slowValue;
+            if (r === SLOW_RESYNC) { retired++; this.pc = (this.pc + 4) | 0; continue outer; }
+            idx++;
+            continue;
+          }
+          case 0x31: // ecall
+          case 0x32: // ebreak
+          case 0x33: // hcall
+          case 0x34: // sret
+          case 0x35: // wfi
+          case 0x36: // sfence
+          case 0x38: // csrrw
+          case 0x39: // csrrs
+          case 0x3a: { // csrrc
+            retired += idx - blockStart;
+            this.pc = (pageVa + (idx << 2)) | 0;
+            this.clock = clockAtStart + retired; // time CSRs read the current time
+            const ended = this.execSystem(w, imms[base + idx]!);
+            retired += this.systemRetired;
+            if (ended !== 0) {
+              end = ended;
+              break outer;
+            }
+            continue outer;
+          }
+          case 0x37: // fence
+            idx++;
+            continue;
+          case 0x3b: // PAGE_END marker after the last word of a page
+            retired += idx - blockStart;
+            this.pc = (pageVa + 4096) | 0;
+            continue outer;
+          default:
+            throw new Error(`decoded opcode 0x${(w & 0xff).toString(16)} has no execute case`);
+        }
+        // A taken branch or jal: the target is this instruction's index plus the word offset.
+        retired += idx - blockStart + 1;
+        const target = idx + imms[base + idx]!;
+        if ((target >>> 0) < 1024 && retired < checkLimit) {
+          idx = blockStart = target;
+          continue;
+        }
+        this.pc = (pageVa + (target << 2)) | 0;
+        continue outer;
+      }
+    }
+    this.instret += retired;
+    this.clock = clockAtStart + retired;
+    this.stats.tlbHits += hits;
+    return end;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Slow paths
+
+  /** Translates a virtual address for an access; returns the gpa or -1 after taking a trap. */
+  private translate(va: number, access: AccessKind): number {
+    if ((this.ptbr & Ptbr.MODE_SV32) === 0) return va >>> 0;
+    if (!this.walker.translate(this.ptbr, va, access, this.mode === Mode.SUPERVISOR, this.status)) {
+      this.trap(this.walker.faultCause, va);
+      return -1;
+    }
+    return this.walker.gpa;
+  }
+
+  /** Instruction fetch miss: translate, decode the page, fill the execute TLB. */
+  private fetchSlow(pc: number): number {
+    if ((pc & 3) !== 0) {
+      this.trap(Cause.INSN_MISALIGNED, pc);
+      return -1;
+    }
+    this.stats.tlbMisses++;
+    const gpa = this.translate(pc, Access.EXEC);
+    if (gpa < 0) return -1;
+    const frame = this.vm.frameForAccess(this, gpa, Access.EXEC, pc);
+    if (frame < 0) return -1;
+    const base = this.code.ensureDecoded(frame, this.pool.i32);
+    const kind = this.mode === Mode.SUPERVISOR ? TlbKind.S_EXEC : TlbKind.U_EXEC;
+    this.tlb.fill(kind, pc, this.tlbCtx, base, gpa >>> 12);
+    return base;
+  }
+
+  /** Data-access trap cause for a misaligned address. */
+  private loadSlow(va: number, width: number, signed: boolean): number {
+    if ((va & (width - 1)) !== 0) {
+      this.trap(Cause.LOAD_MISALIGNED, va);
+      return SLOW_TRAP;
+    }
+    const gpa = this.translate(va, Access.READ);
+    if (gpa < 0) return SLOW_TRAP;
+    const vm = this.vm;
+    if (!vm.isRam(gpa)) {
+      if (width !== 4 || !vm.isMmio(gpa)) {
+        this.trap(Cause.LOAD_ACCESS_FAULT, va);
+        return SLOW_TRAP;
+      }
+      this.stats.mmioAccesses++;
+      this.slowValue = vm.mmioRead(this, gpa);
+      return SLOW_OK;
+    }
+    const frame = vm.frameForAccess(this, gpa, Access.READ, va);
+    if (frame < 0) return SLOW_TRAP;
+    this.stats.tlbMisses++;
+    const hostOffset = frame * 4096 + (gpa & 0xfff);
+    if (vm.mayCacheRead(gpa)) {
+      const supervisor = this.mode === Mode.SUPERVISOR;
+      const addend = (frame * 4096 - (va & -4096)) | 0;
+      this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpa >>> 12);
+      // A page already dirty and writable gets its write entry now, saving a second miss.
+      if (this.pagingEnabled ? (this.walker.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
+        if (vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlbCtx, addend, gpa >>> 12);
+      }
+    }
+    const pool = this.pool;
+    this.slowValue = width === 4 ? pool.i32[hostOffset >>> 2]! : width === 2 ? (signed ? pool.i16[hostOffset >>> 1]! : pool.u16[hostOffset >>> 1]!) : signed ? pool.i8[hostOffset]! : pool.u8[hostOffset]!;
+    return SLOW_OK;
+  }
+
+  private storeSlow(va: number, width: number, value: number): number {
+    if ((va & (width - 1)) !== 0) {
+      this.trap(Cause.STORE_MISALIGNED, va);
+      return SLOW_TRAP;
+    }
+    const gpa = this.translate(va, Access.WRITE);
+    if (gpa < 0) return SLOW_TRAP;
+    const vm = this.vm;
+    if (!vm.isRam(gpa)) {
+      if (width !== 4 || !vm.isMmio(gpa)) {
+        this.trap(Cause.STORE_ACCESS_FAULT, va);
+        return SLOW_TRAP;
+      }
+      this.stats.mmioAccesses++;
+      if (!vm.mmioWrite(this, gpa, value)) {
+        this.trap(Cause.STORE_ACCESS_FAULT, va);
+        return SLOW_TRAP;
+      }
+      return SLOW_RESYNC;
+    }
+    const frame = vm.frameForAccess(this, gpa, Access.WRITE, va);
+    if (frame < 0) return SLOW_TRAP;
+    this.stats.tlbMisses++;
+    const hostOffset = frame * 4096 + (gpa & 0xfff);
+    const pool = this.pool;
+    if (width === 4) pool.i32[hostOffset >>> 2] = value;
+    else if (width === 2) pool.u16[hostOffset >>> 1] = value;
+    else pool.u8[hostOffset] = value;
+    if (this.code.isDecoded(frame)) {
+      // Self-modifying code: keep the decoded copy exact (or drop it if written too often).
+      if (vm.noteCodeWrite(frame, gpa & 0xfff)) return SLOW_RESYNC;
+      return SLOW_OK;
+    }
+    if (vm.mayCacheWrite(gpa, frame)) {
+      const supervisor = this.mode === Mode.SUPERVISOR;
+      this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlbCtx, (frame * 4096 - (va & -4096)) | 0, gpa >>> 12);
+    }
+    return SLOW_OK;
+  }
+
+  /** Atomic read-modify-write; always takes the slow path (AMOs are rare: locks, counters). */
+  private amoSlow(op: number, va: number, operand: number): number {
+    if ((va & 3) !== 0) {
+      this.trap(Cause.STORE_MISALIGNED, va);
+      return SLOW_TRAP;
+    }
+    const gpa = this.translate(va, Access.WRITE);
+    if (gpa < 0) return SLOW_TRAP;
+    const vm = this.vm;
+    if (!vm.isRam(gpa)) {
+      this.trap(Cause.STORE_ACCESS_FAULT, va);
+      return SLOW_TRAP;
+    }
+    const frame = vm.frameForAccess(this, gpa, Access.WRITE, va);
+    if (frame < 0) return SLOW_TRAP;
+    const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
+    const i32 = this.pool.i32;
+    const old = i32[index]!;
+    i32[index] = op === 0x2d ? operand : op === 0x2e ? (old + operand) | 0 : op === 0x2f ? old & operand : old | operand;
+    this.slowValue = old;
+    if (this.code.isDecoded(frame) && vm.noteCodeWrite(frame, gpa & 0xfff)) return SLOW_RESYNC;
+    return SLOW_OK;
+  }
+
+  /**
+   * Executes a system instruction at this.pc. Sets this.systemRetired and this.pc; returns 0 to
+   * continue, or a SliceEnd code.
+   */
+  private execSystem(word: number, imm: number): number {
+    this.systemRetired = 0;
+    const op = word & 0xff;
+    const supervisor = this.mode === Mode.SUPERVISOR;
+    const rd = (word >> 8) & 31;
+    const rs1 = (word >> 13) & 31;
+    const rs2 = (word >> 18) & 31;
+    if (!supervisor && (op === 0x33 || op === 0x34 || op === 0x35 || op === 0x36)) {
+      this.trap(Cause.ILLEGAL_INSN, this.vm.readInstructionWordAt(this, this.pc));
+      return 0;
+    }
+    const next = (this.pc + 4) | 0;
+    switch (op) {
+      case 0x31: // ecall
+        this.trap(supervisor ? Cause.ECALL_SUPERVISOR : Cause.ECALL_USER, 0);
+        return 0;
+      case 0x32: // ebreak
+        this.trap(Cause.BREAKPOINT, 0);
+        return 0;
+      case 0x33: { // hcall
+        this.stats.hypercalls++;
+        this.pc = next;
+        this.systemRetired = 1;
+        this.vm.hypercall(this);
+        return this.vm.stopCode !== 0 ? SliceEnd.VM_STOP : 0;
+      }
+      case 0x34: // sret
+        this.pc = this.epc;
+        this.mode = (this.status & StatusBit.SPP) !== 0 ? Mode.SUPERVISOR : Mode.USER;
+        this.status = (this.status & StatusBit.SPIE ? this.status | StatusBit.SIE : this.status & ~StatusBit.SIE) | StatusBit.SPIE;
+        this.status &= ~StatusBit.SPP;
+        this.systemRetired = 1;
+        return 0;
+      case 0x35: // wfi
+        this.pc = next;
+        this.systemRetired = 1;
+        if (this.wakeable) return 0;
+        this.waiting = true;
+        this.stats.waits++;
+        return SliceEnd.WAITING;
+      case 0x36: { // sfence
+        const va = this.regs[rs1]!;
+        const asid = this.regs[rs2]! & Ptbr.ASID_MASK;
+        if (rs1 === 0 && rs2 === 0) this.tlb.flushAll();
+        else if (rs1 === 0) this.tlb.flushAsid(asid);
+        else this.tlb.flushPage(va);
+        this.pc = next;
+        this.systemRetired = 1;
+        return 0;
+      }
+      default: { // csrrw / csrrs / csrrc
+        const csr = imm;
+        const writes = op === 0x38 || rs1 !== 0;
+        if (!this.csrAccessible(csr, writes)) {
+          this.trap(Cause.ILLEGAL_INSN, this.vm.readInstructionWordAt(this, this.pc));
+          return 0;
+        }
+        const old = this.readCsr(csr);
+        if (writes) {
+          const operand = this.regs[rs1]!;
+          this.writeCsr(csr, op === 0x38 ? operand : op === 0x39 ? old | operand : old & ~operand);
+        }
+        this.regs[rd] = old;
+        this.pc = next;
+        this.systemRetired = 1;
+        return 0;
+      }
+    }
+  }
+
+  private csrAccessible(csr: number, writes: boolean): boolean {
+    if (!KNOWN_CSRS.has(csr)) return false;
+    if (writes && READ_ONLY_CSRS.has(csr)) return false;
+    if (this.mode === Mode.USER && !(USER_READABLE_CSRS.has(csr) && !writes)) return false;
+    return true;
+  }
+
+  readCsr(csr: number): number {
+    switch (csr) {
+      case Csr.STATUS: return this.status;
+      case Csr.TVEC: return this.tvec;
+      case Csr.EPC: return this.epc;
+      case Csr.CAUSE: return this.cause;
+      case Csr.TVAL: return this.tval;
+      case Csr.SCRATCH: return this.scratch;
+      case Csr.IE: return this.ie;
+      case Csr.IP: return this.ip | (this.clock >= this.timerDeadline ? TIMER_BIT : 0);
+      case Csr.PTBR: return this.ptbr;
+      case Csr.INSTRET: return this.instret % 0x1_0000_0000 | 0;
+      case Csr.INSTRETH: return Math.floor(this.instret / 0x1_0000_0000) | 0;
+      case Csr.TIME: return this.clock % 0x1_0000_0000 | 0;
+      case Csr.TIMEH: return Math.floor(this.clock / 0x1_0000_0000) | 0;
+      case Csr.HARTID: return this.id;
+      default: return 0;
+    }
+  }
+
+  writeCsr(csr: number, value: number): void {
+    switch (csr) {
+      case Csr.STATUS: {
+        const changed = (this.status ^ value) & (StatusBit.SUM | StatusBit.MXR);
+        this.status = value & STATUS_WRITABLE_MASK;
+        // Supervisor read/write permissions depend on SUM and MXR.
+        if (changed !== 0) this.tlb.flushKinds([TlbKind.S_READ, TlbKind.S_WRITE]);
+        break;
+      }
+      case Csr.TVEC: this.tvec = value & ~3; break;
+      case Csr.EPC: this.epc = value & ~3; break;
+      case Csr.CAUSE: this.cause = value; break;
+      case Csr.TVAL: this.tval = value; break;
+      case Csr.SCRATCH: this.scratch = value; break;
+      case Csr.IE: this.ie = value & IRQ_MASK; break;
+      case Csr.IP: this.ip = (this.ip & ~SOFT_BIT) | (value & SOFT_BIT); break;
+      case Csr.PTBR: this.setPtbr(value); break;
+    }
+  }
+
+  /** Installs a page-table base. Paging mode changes flush; ASID changes flush nothing. */
+  setPtbr(value: number): void {
+    if (((this.ptbr ^ value) & Ptbr.MODE_SV32) !== 0) this.tlb.flushAll();
+    this.ptbr = value | 0;
+    this.tlbCtx = tlbContext((value & Ptbr.MODE_SV32) !== 0 ? (value >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK : 0);
+  }
+
+  /** Takes a synchronous trap at this.pc (SPEC.md "Traps"). */
+  trap(cause: number, tval: number): void {
+    this.stats.traps++;
+    this.enterTrap(cause, tval, this.pc);
+  }
+
+  private takeInterrupt(): void {
+    const pending = this.ip & this.ie;
+    const irq = (pending & EXTERNAL_BIT) !== 0 ? Irq.EXTERNAL : (pending & SOFT_BIT) !== 0 ? Irq.SOFT : Irq.TIMER;
+    this.stats.interrupts++;
+    this.enterTrap(CAUSE_INTERRUPT | irq, 0, this.pc);
+  }
+
+  private enterTrap(cause: number, tval: number, epc: number): void {
+    if (this.tvec === 0) {
+      this.cause = cause;
+      this.tval = tval;
+      this.epc = epc;
+      this.vm.unhandledTrap(this, cause, tval);
+      return;
+    }
+    this.epc = epc;
+    this.cause = cause;
+    this.tval = tval | 0;
+    let status = this.status;
+    status = (status & StatusBit.SIE) !== 0 ? status | StatusBit.SPIE : status & ~StatusBit.SPIE;
+    status &= ~StatusBit.SIE;
+    status = this.mode === Mode.SUPERVISOR ? status | StatusBit.SPP : status & ~StatusBit.SPP;
+    this.status = status;
+    this.mode = Mode.SUPERVISOR;
+    this.pc = this.tvec;
+  }
+}
+
+const KNOWN_CSRS: ReadonlySet<number> = new Set([
+  Csr.STATUS, Csr.TVEC, Csr.EPC, Csr.CAUSE, Csr.TVAL, Csr.SCRATCH, Csr.IE, Csr.IP, Csr.PTBR,
+  Csr.INSTRET, Csr.INSTRETH, Csr.TIME, Csr.TIMEH, Csr.HARTID,
+]);
+
+/** High 32 bits of the signed 64-bit product. */
+export function mulhSigned(a: number, b: number): number {
+  return Number((BigInt(a) * BigInt(b)) >> 32n) | 0;
+}
+
+/** High 32 bits of the unsigned 64-bit product. */
+export function mulhUnsigned(a: number, b: number): number {
+  return Number((BigInt(a >>> 0) * BigInt(b >>> 0)) >> 32n) | 0;
+}

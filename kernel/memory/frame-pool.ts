@@ -1,0 +1,169 @@
+/**
+ * The host frame pool: one host memory region shared by every VM of a hypervisor, handed out as
+ * 4 KiB frames and aligned 4 MiB runs (1024 frames), with reference counts so that frames can be
+ * shared (fork, copy-on-write) and returned to the OS when the last user lets go.
+ *
+ * Invariant: a free frame holds zeros. A frame is released to the OS (madvise) when freed, and
+ * released anonymous memory reads back as zero, so allocation never has to clear memory.
+ *
+ * Small frames are carved out of 4 MiB chunks that are already partly used before a whole free
+ * chunk is broken, so whole chunks stay available for large runs (T-2).
+ */
+import { KernelError, OutOfHostMemoryError } from '../errors.ts';
+
+export const FRAME_SIZE = 4096;
+export const FRAME_SHIFT = 12;
+export const FRAMES_PER_RUN = 1024;
+export const RUN_SIZE = FRAME_SIZE * FRAMES_PER_RUN;
+
+/** What the pool needs from host memory; native HostRegion provides it. */
+export interface HostMemory {
+  readonly buffer: ArrayBuffer;
+  readonly bytes: number;
+  /** Give [offset, offset+length) back to the OS; it reads as zero afterwards. */
+  release(offset: number, length: number): void;
+  /** Ask for transparent huge pages on a range; false when unsupported. */
+  adviseHugePages(offset: number, length: number): boolean;
+}
+
+export interface FramePoolStats {
+  totalFrames: number;
+  usedFrames: number;
+  freeFrames: number;
+  wholeFreeRuns: number;
+  framesReleased: number;
+}
+
+export class FramePool {
+  readonly memory: HostMemory;
+  readonly frameCount: number;
+  readonly runCount: number;
+  /** Typed views over the whole pool, shared by every vCPU's fast path. */
+  readonly u8: Uint8Array;
+  readonly i8: Int8Array;
+  readonly u16: Uint16Array;
+  readonly i16: Int16Array;
+  readonly i32: Int32Array;
+  /** Reference count per frame; 0 = free. */
+  readonly refCount: Int32Array;
+  /** Frames in use per 4 MiB chunk. */
+  private readonly chunkUsed: Int32Array;
+  /** Whole free chunks (stack of chunk indexes). */
+  private readonly freeChunks: number[] = [];
+  /** Chunks that have some free frames and some used ones; candidates for small allocations. */
+  private readonly partialChunks = new Set<number>();
+  /** Per chunk, a rotating search hint for the next free frame. */
+  private readonly chunkHint: Int32Array;
+  private usedFrames = 0;
+  private framesReleased = 0;
+
+  constructor(memory: HostMemory) {
+    if (memory.bytes < RUN_SIZE || memory.bytes % RUN_SIZE !== 0) {
+      throw new KernelError('BV_BAD_POOL_SIZE', `host pool size must be a positive multiple of 4 MiB, got ${memory.bytes} bytes`);
+    }
+    this.memory = memory;
+    this.frameCount = memory.bytes / FRAME_SIZE;
+    this.runCount = this.frameCount / FRAMES_PER_RUN;
+    this.u8 = new Uint8Array(memory.buffer);
+    this.i8 = new Int8Array(memory.buffer);
+    this.u16 = new Uint16Array(memory.buffer);
+    this.i16 = new Int16Array(memory.buffer);
+    this.i32 = new Int32Array(memory.buffer);
+    this.refCount = new Int32Array(this.frameCount);
+    this.chunkUsed = new Int32Array(this.runCount);
+    this.chunkHint = new Int32Array(this.runCount);
+    // Hand out low chunks first: pop() takes from the end.
+    for (let chunk = this.runCount - 1; chunk >= 0; chunk--) this.freeChunks.push(chunk);
+  }
+
+  /** Host byte offset of a frame. */
+  static offsetOf(frame: number): number {
+    return frame * FRAME_SIZE;
+  }
+
+  /** Allocates one zeroed 4 KiB frame with reference count 1. */
+  allocFrame(): number {
+    let chunk = -1;
+    for (const candidate of this.partialChunks) {
+      chunk = candidate;
+      break;
+    }
+    if (chunk < 0) {
+      const whole = this.freeChunks.pop();
+      if (whole === undefined) throw new OutOfHostMemoryError(`no free 4 KiB frame among ${this.frameCount}`);
+      chunk = whole;
+      this.partialChunks.add(chunk);
+    }
+    const firstFrame = chunk * FRAMES_PER_RUN;
+    let slot = this.chunkHint[chunk]!;
+    for (let probe = 0; probe < FRAMES_PER_RUN; probe++, slot = (slot + 1) & (FRAMES_PER_RUN - 1)) {
+      if (this.refCount[firstFrame + slot] === 0) break;
+    }
+    const frame = firstFrame + slot;
+    this.chunkHint[chunk] = (slot + 1) & (FRAMES_PER_RUN - 1);
+    this.refCount[frame] = 1;
+    this.usedFrames++;
+    if (++this.chunkUsed[chunk]! === FRAMES_PER_RUN) this.partialChunks.delete(chunk);
+    return frame;
+  }
+
+  /**
+   * Allocates an aligned run of 1024 zeroed frames (4 MiB), each with reference count 1, and asks
+   * the host for transparent huge pages on it. Returns the first frame, or -1 when no whole free
+   * run exists (the caller falls back to small frames).
+   */
+  allocRun(): number {
+    const chunk = this.freeChunks.pop();
+    if (chunk === undefined) return -1;
+    const firstFrame = chunk * FRAMES_PER_RUN;
+    this.refCount.fill(1, firstFrame, firstFrame + FRAMES_PER_RUN);
+    this.chunkUsed[chunk] = FRAMES_PER_RUN;
+    this.usedFrames += FRAMES_PER_RUN;
+    this.memory.adviseHugePages(firstFrame * FRAME_SIZE, RUN_SIZE);
+    return firstFrame;
+  }
+
+  /** Adds a reference to a frame in use (sharing). */
+  retain(frame: number): void {
+    this.checkInUse(frame);
+    this.refCount[frame]!++;
+  }
+
+  /** Drops a reference; the last one frees the frame and returns its memory to the OS. */
+  release(frame: number): void {
+    this.checkInUse(frame);
+    if (--this.refCount[frame]! > 0) return;
+    this.memory.release(frame * FRAME_SIZE, FRAME_SIZE);
+    this.framesReleased++;
+    this.usedFrames--;
+    const chunk = (frame / FRAMES_PER_RUN) | 0;
+    const used = --this.chunkUsed[chunk]!;
+    if (used === 0) {
+      this.partialChunks.delete(chunk);
+      this.freeChunks.push(chunk);
+    } else {
+      this.partialChunks.add(chunk);
+    }
+  }
+
+  /** True when the frame starts an aligned run whose 1024 frames are contiguous in the host pool. */
+  static isRunAligned(frame: number): boolean {
+    return (frame & (FRAMES_PER_RUN - 1)) === 0;
+  }
+
+  stats(): FramePoolStats {
+    return {
+      totalFrames: this.frameCount,
+      usedFrames: this.usedFrames,
+      freeFrames: this.frameCount - this.usedFrames,
+      wholeFreeRuns: this.freeChunks.length,
+      framesReleased: this.framesReleased,
+    };
+  }
+
+  private checkInUse(frame: number): void {
+    if (!Number.isInteger(frame) || frame < 0 || frame >= this.frameCount || this.refCount[frame] === 0) {
+      throw new KernelError('BV_BAD_FRAME', `frame ${frame} is not an allocated frame of this pool`);
+    }
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The Sv32 page-table walk (SPEC.md "Paging"), exactly as RISC-V defines it: two levels, 4 KiB
+ * pages and 4 MiB superpages, permission checks by mode with SUM/MXR, and accessed/dirty bits set
+ * in the guest's page table by the walk itself.
+ *
+ * The walker reads and writes guest page tables through guest-physical accessors, so absent P2M
+ * states are resolved and write-protected page-table frames (copy-on-write after a fork) are
+ * handled before an A/D update lands.
+ */
+import { Cause, Pte, PTE_PPN_SHIFT, Ptbr, StatusBit } from '../../guest-isa/arch.ts';
+
+export const Access = { READ: 0, WRITE: 1, EXEC: 2 } as const;
+export type AccessKind = (typeof Access)[keyof typeof Access];
+
+/** Guest-physical word access used by the walk. Offsets are host byte offsets into the pool. */
+export interface PhysicalPageTables {
+  /** Host offset of a guest-physical word for reading, or -1 when the address is not RAM. */
+  hostOffsetForRead(gpa: number): number;
+  /** Host offset of a guest-physical word for writing (resolving protections), or -1. */
+  hostOffsetForWrite(gpa: number): number;
+  readonly memory32: Int32Array;
+  /** Called for every page-table page a walk reads (traces, T-1). */
+  notePageTableRead?(gpn: number): void;
+}
+
+const PAGE_FAULT_BY_ACCESS = [Cause.LOAD_PAGE_FAULT, Cause.STORE_PAGE_FAULT, Cause.INSN_PAGE_FAULT] as const;
+const ACCESS_FAULT_BY_ACCESS = [Cause.LOAD_ACCESS_FAULT, Cause.STORE_ACCESS_FAULT, Cause.INSN_ACCESS_FAULT] as const;
+
+/** Reusable walker: results are left in fields so the walk allocates nothing. */
+export class Sv32Walker {
+  /** Guest-physical address of the last successful translation. */
+  gpa = 0;
+  /** The leaf PTE after A/D update. */
+  pte = 0;
+  /** 1 for a superpage leaf, 0 for a 4 KiB leaf. */
+  level = 0;
+  /** Trap cause of the last failed translation. */
+  faultCause = 0;
+  walks = 0;
+
+  constructor(private readonly tables: PhysicalPageTables) {}
+
+  /**
+   * Translates `va` for `access` in `supervisor` mode under `ptbr` and `status`.
+   * Returns true (fields gpa/pte/level set) or false (faultCause set).
+   */
+  translate(ptbr: number, va: number, access: AccessKind, supervisor: boolean, status: number): boolean {
+    this.walks++;
+    const tables = this.tables;
+    const memory32 = tables.memory32;
+    let tableGpa = (ptbr & Ptbr.PPN_MASK) * 4096;
+    let level = 1;
+    let pte = 0;
+    let pteGpa = 0;
+    for (;;) {
+      const vpnPart = level === 1 ? va >>> 22 : (va >>> 12) & 0x3ff;
+      pteGpa = tableGpa + vpnPart * 4;
+      const hostOffset = tables.hostOffsetForRead(pteGpa);
+      if (hostOffset < 0) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
+      tables.notePageTableRead?.(Math.floor(pteGpa / 4096));
+      pte = memory32[hostOffset >>> 2]!;
+      if ((pte & Pte.V) === 0 || ((pte & Pte.R) === 0 && (pte & Pte.W) !== 0)) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
+      if ((pte & (Pte.R | Pte.X)) !== 0) break; // leaf
+      if (level === 0) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
+      tableGpa = (pte >>> PTE_PPN_SHIFT) * 4096;
+      level = 0;
+    }
+    // Permission checks.
+    const user = (pte & Pte.U) !== 0;
+    if (supervisor) {
+      if (user && (access === Access.EXEC || (status & StatusBit.SUM) === 0)) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
+    } else if (!user) {
+      return this.fail(PAGE_FAULT_BY_ACCESS[access]);
+    }
+    if (access === Access.EXEC) {
+      if ((pte & Pte.X) === 0) return this.fail(Cause.INSN_PAGE_FAULT);
+    } else if (access === Access.READ) {
+      if ((pte & Pte.R) === 0 && !((status & StatusBit.MXR) !== 0 && (pte & Pte.X) !== 0)) return this.fail(Cause.LOAD_PAGE_FAULT);
+    } else if ((pte & Pte.W) === 0) {
+      return this.fail(Cause.STORE_PAGE_FAULT);
+    }
+    const ppn = pte >>> PTE_PPN_SHIFT;
+    if (level === 1 && (ppn & 0x3ff) !== 0) return this.fail(PAGE_FAULT_BY_ACCESS[access]); // misaligned superpage
+    // Physical address: Sv32 PAs have 34 bits; BV32 guest-physical space is 32 bits.
+    const pageGpa = level === 1 ? (ppn >>> 10) * 4194304 + (va & 0x3ff000) : ppn * 4096;
+    if (pageGpa >= 0x1_0000_0000) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
+    // Accessed/dirty bits, written back to the guest's table.
+    const wantBits = access === Access.WRITE ? Pte.A | Pte.D : Pte.A;
+    if ((pte & wantBits) !== wantBits) {
+      const hostOffset = tables.hostOffsetForWrite(pteGpa);
+      if (hostOffset < 0) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
+      pte = memory32[hostOffset >>> 2]! | wantBits;
+      memory32[hostOffset >>> 2] = pte;
+    }
+    this.gpa = pageGpa + (va & 0xfff);
+    this.pte = pte;
+    this.level = level;
+    return true;
+  }
+
+  private fail(cause: number): false {
+    this.faultCause = cause;
+    return false;
+  }
+}

@@ -1,0 +1,489 @@
+/**
+ * A virtual machine: guest RAM described by a P2M over the hypervisor's frame pool, its vCPUs,
+ * its MMIO bus, and the exits that services and devices register for.
+ *
+ * Exits: every guest access that cannot complete on the fast path reaches a method here. An
+ * absent P2M entry goes to the handler registered for its state; a write to a frame with a
+ * protection flag goes to the handler for that flag; `hcall` goes to the handler for its number.
+ * A handler resolves the exit (installs an entry, clears its flag, sets result registers) and
+ * the instruction continues exactly; what nobody resolves becomes a guest trap or a VM stop.
+ */
+import { Cause, CAUSE_INTERRUPT, describeCause, GuestPhys, Hcall, HcallStatus, Irq, PAGE_SIZE, Reg } from '../guest-isa/arch.ts';
+import type { GuestImage } from '../guest-isa/image-types.ts';
+import { Mode, Vcpu } from './cpu/vcpu.ts';
+import type { DecodeCache } from './cpu/decode-cache.ts';
+import { KernelError } from './errors.ts';
+import type { FramePool } from './memory/frame-pool.ts';
+import { ABSENT_STATE_NAMES, AbsentState, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
+import type { AbsentStateId } from './memory/p2m.ts';
+import { MmioBus } from './mmio.ts';
+import type { DeviceDescriptor, MmioDevice } from './mmio.ts';
+import { Access } from './mmu/sv32.ts';
+import type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
+
+/** How a VM stopped. */
+export type StopReason =
+  | { kind: 'running' }
+  | { kind: 'halted'; exitCode: number }
+  | { kind: 'guest-error'; message: string; vcpu: number; pc: number }
+  | { kind: 'host-error'; message: string; error?: unknown }
+  | { kind: 'paused'; reason: string };
+
+export const StopCode = { RUNNING: 0, HALTED: 1, GUEST_ERROR: 2, HOST_ERROR: 3, PAUSED: 4 } as const;
+
+/** Resolves an absent P2M entry: must install a present entry (or leave it absent to refuse). */
+export type AbsentHandler = (vm: Vm, gpn: number, entry: number, access: AccessKind) => void;
+/** Resolves a write to a protected frame: must clear its flag from the entry. */
+export type WriteProtectHandler = (vm: Vm, gpn: number, entry: number) => void;
+/** Services a hypercall: read a1..a3 from vcpu.regs, write a0 (status) and a1 (result). */
+export type HypercallHandler = (vcpu: Vcpu) => void;
+
+export interface VmConfig {
+  name?: string;
+  /** Guest RAM in bytes (multiple of 4 KiB, at most 3.75 GiB: device windows live above). */
+  memoryBytes: number;
+  /** Number of vCPUs (1..32). */
+  vcpus?: number;
+}
+
+export interface ExitCounts {
+  absent: Record<string, number>;
+  writeProtect: Record<string, number>;
+  mmio: number;
+  hypercall: number;
+  trapToGuest: number;
+  codeWrites: number;
+}
+
+const MAX_RAM = GuestPhys.DEVICE_TABLE;
+const WRITE_PROTECT_FLAGS: readonly [number, string][] = [
+  [P2mFlag.COPY_ON_WRITE, 'copy-on-write'],
+  [P2mFlag.TRACED, 'traced'],
+  [P2mFlag.CHECKPOINT, 'checkpoint'],
+  [P2mFlag.PARITY, 'parity'],
+  [P2mFlag.WATCH, 'watch'],
+];
+
+export class Vm implements PhysicalPageTables {
+  readonly name: string;
+  readonly id: number;
+  readonly memoryBytes: number;
+  readonly pool: FramePool;
+  readonly decodeCache: DecodeCache;
+  readonly memory32: Int32Array;
+  readonly p2m: P2m;
+  readonly bus: MmioBus;
+  readonly vcpus: Vcpu[] = [];
+  /** 0 while running; see StopCode. Read by the interpreter after every exit. */
+  stopCode: number = StopCode.RUNNING;
+  stopReason: StopReason = { kind: 'running' };
+  readonly exits: ExitCounts = { absent: {}, writeProtect: {}, mmio: 0, hypercall: 0, trapToGuest: 0, codeWrites: 0 };
+  /** Frames this VM holds references to (present P2M entries). */
+  framesHeld = 0;
+  image: GuestImage | null = null;
+
+  private readonly absentHandlers = new Map<number, AbsentHandler>();
+  private readonly writeProtectHandlers = new Map<number, WriteProtectHandler>();
+  private readonly hypercalls = new Map<number, HypercallHandler>();
+  private readonly resetHooks: (() => void)[] = [];
+  private readonly onP2mChange: (vm: Vm, gpns: readonly number[]) => void;
+
+  constructor(
+    id: number,
+    config: VmConfig,
+    pool: FramePool,
+    decodeCache: DecodeCache,
+    onP2mChange: (vm: Vm, gpns: readonly number[]) => void,
+  ) {
+    const vcpuCount = config.vcpus ?? 1;
+    if (!Number.isInteger(config.memoryBytes) || config.memoryBytes <= 0 || config.memoryBytes % PAGE_SIZE !== 0 || config.memoryBytes > MAX_RAM) {
+      throw new KernelError('BV_BAD_VM_CONFIG', `guest memory must be a multiple of 4 KiB between 4 KiB and ${MAX_RAM / 2 ** 20} MiB, got ${config.memoryBytes} bytes`);
+    }
+    if (!Number.isInteger(vcpuCount) || vcpuCount < 1 || vcpuCount > 32) {
+      throw new KernelError('BV_BAD_VM_CONFIG', `vCPU count must be 1..32, got ${config.vcpus}`);
+    }
+    this.id = id;
+    this.name = config.name ?? `vm${id}`;
+    this.memoryBytes = config.memoryBytes;
+    this.pool = pool;
+    this.memory32 = pool.i32;
+    this.decodeCache = decodeCache;
+    this.p2m = new P2m(config.memoryBytes / PAGE_SIZE);
+    this.bus = new MmioBus(config.memoryBytes, vcpuCount);
+    this.onP2mChange = onP2mChange;
+    for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i));
+    this.absentHandlers.set(AbsentState.UNTOUCHED, (vm, gpn) => vm.installFrame(gpn, vm.pool.allocFrame()));
+    this.hypercalls.set(Hcall.VERSION, (vcpu) => {
+      vcpu.regs[Reg.A0] = HcallStatus.OK;
+      vcpu.regs[Reg.A1] = 1;
+    });
+    for (const vcpu of this.vcpus) vcpu.reset(0, GuestPhys.DEVICE_TABLE);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Registration (services and devices)
+
+  /** Registers the resolver for an absent state (replaces the previous one). */
+  onAbsent(state: AbsentStateId, handler: AbsentHandler): void {
+    this.absentHandlers.set(state, handler);
+  }
+
+  /** Registers the handler for writes to frames carrying a protection flag. */
+  onWriteProtected(flag: number, handler: WriteProtectHandler): void {
+    this.writeProtectHandlers.set(flag, handler);
+  }
+
+  /** Registers a hypercall number. */
+  onHypercall(number: number, handler: HypercallHandler): void {
+    this.hypercalls.set(number, handler);
+  }
+
+  /** Attaches an MMIO device; returns its guest-physical base. */
+  attachDevice(descriptor: DeviceDescriptor, device: MmioDevice): number {
+    return this.bus.attach(descriptor, device);
+  }
+
+  /** Runs on VM reset (devices clear their state). */
+  onReset(hook: () => void): void {
+    this.resetHooks.push(hook);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // P2M
+
+  /** Makes gpn present on a frame the caller holds a reference to (the VM takes it over). */
+  installFrame(gpn: number, frame: number, flags = 0): void {
+    this.setP2mEntry(gpn, P2mEntry.present(frame, flags));
+  }
+
+  /**
+   * Replaces a P2M entry, dropping the reference to the old frame if it was present, and shoots
+   * down every vCPU's TLB entries derived from this guest page before returning.
+   */
+  setP2mEntry(gpn: number, entry: number): void {
+    this.checkGpn(gpn);
+    const old = this.p2m.entries[gpn]!;
+    this.p2m.entries[gpn] = entry;
+    if (entry >= 0) this.framesHeld++;
+    if (old >= 0) {
+      this.framesHeld--;
+      // Only translations that could now be wrong need to go.
+      if (old !== entry) this.onP2mChange(this, [gpn]);
+      if ((old & P2M_FRAME_MASK) !== (entry & P2M_FRAME_MASK) || entry < 0) this.releaseFrame(old & P2M_FRAME_MASK);
+    }
+  }
+
+  /** Adds protection flags to a present entry (e.g. copy-on-write) and shoots down writers. */
+  protectPage(gpn: number, flags: number): void {
+    this.checkGpn(gpn);
+    const old = this.p2m.entries[gpn]!;
+    if (old < 0 || (old & flags) === flags) return;
+    this.p2m.entries[gpn] = old | flags;
+    this.onP2mChange(this, [gpn]);
+  }
+
+  /** Clears protection flags from a present entry. */
+  unprotectPage(gpn: number, flags: number): void {
+    this.checkGpn(gpn);
+    const old = this.p2m.entries[gpn]!;
+    if (old >= 0) this.p2m.entries[gpn] = old & ~flags;
+  }
+
+  private releaseFrame(frame: number): void {
+    if (this.pool.refCount[frame] === 1) this.decodeCache.drop(frame);
+    this.pool.release(frame);
+  }
+
+  private checkGpn(gpn: number): void {
+    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= this.p2m.pageCount) throw new KernelError('BV_BAD_GPN', `guest page ${gpn} is outside ${this.name}'s RAM`);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Guest-physical access (walker, loader, devices)
+
+  isRam(gpa: number): boolean {
+    return gpa >= 0 && gpa < this.memoryBytes;
+  }
+
+  isMmio(gpa: number): boolean {
+    return this.bus.contains(gpa);
+  }
+
+  /**
+   * The frame for a guest-physical RAM address, resolving absent states (and, for writes,
+   * protections). Returns -1 when the access cannot be satisfied: a trap has been taken on vcpu.
+   */
+  frameForAccess(vcpu: Vcpu, gpa: number, access: AccessKind, va: number): number {
+    const gpn = Math.floor(gpa / PAGE_SIZE);
+    let entry = this.p2m.entries[gpn]!;
+    if (entry < 0) {
+      entry = this.resolveAbsent(gpn, entry, access);
+      if (entry < 0) {
+        // Nobody could produce the page (e.g. poisoned): the guest sees a machine check.
+        this.exits.trapToGuest++;
+        vcpu.trap(Cause.MACHINE_CHECK, va);
+        return -1;
+      }
+    }
+    if (access === Access.WRITE && (entry & P2M_WRITE_BLOCKING) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    return entry & P2M_FRAME_MASK;
+  }
+
+  /** Whether a read translation to gpa may be cached in a TLB. */
+  mayCacheRead(gpa: number): boolean {
+    return (this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]! & P2M_READ_BLOCKING) === 0;
+  }
+
+  /** Whether a write translation may be cached: no protection flag and no decoded code. */
+  mayCacheWrite(gpa: number, frame: number): boolean {
+    const entry = this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]!;
+    return entry >= 0 && (entry & P2M_WRITE_BLOCKING) === 0 && !this.decodeCache.isDecoded(frame);
+  }
+
+  /** A store hit a frame with decoded code. Returns true when the decoded page was dropped. */
+  noteCodeWrite(frame: number, pageOffset: number): boolean {
+    this.exits.codeWrites++;
+    return this.decodeCache.noteWrite(frame, pageOffset, this.pool.i32);
+  }
+
+  hostOffsetForRead(gpa: number): number {
+    if (!this.isRam(gpa)) return -1;
+    const gpn = Math.floor(gpa / PAGE_SIZE);
+    let entry = this.p2m.entries[gpn]!;
+    if (entry < 0) entry = this.resolveAbsent(gpn, entry, Access.READ);
+    if (entry < 0) return -1;
+    return (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+  }
+
+  hostOffsetForWrite(gpa: number): number {
+    if (!this.isRam(gpa)) return -1;
+    const gpn = Math.floor(gpa / PAGE_SIZE);
+    let entry = this.p2m.entries[gpn]!;
+    if (entry < 0) entry = this.resolveAbsent(gpn, entry, Access.WRITE);
+    if (entry < 0) return -1;
+    if ((entry & P2M_WRITE_BLOCKING) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    const frame = entry & P2M_FRAME_MASK;
+    const hostOffset = frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+    if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame); // contents change outside the CPU's view
+    return hostOffset;
+  }
+
+  /** Reads guest-physical RAM (devices, tools). Throws for addresses outside RAM. */
+  readPhysical(gpa: number, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length; ) {
+      const at = gpa + done;
+      const chunk = Math.min(length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      const hostOffset = this.hostOffsetForRead(at);
+      if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not readable RAM of ${this.name}`);
+      out.set(this.pool.u8.subarray(hostOffset, hostOffset + chunk), done);
+      done += chunk;
+    }
+    return out;
+  }
+
+  /** Writes guest-physical RAM (loader, devices). Throws for addresses outside RAM. */
+  writePhysical(gpa: number, bytes: Uint8Array): void {
+    for (let done = 0; done < bytes.length; ) {
+      const at = gpa + done;
+      const chunk = Math.min(bytes.length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      const hostOffset = this.hostOffsetForWrite(at);
+      if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not writable RAM of ${this.name}`);
+      this.pool.u8.set(bytes.subarray(done, done + chunk), hostOffset);
+      done += chunk;
+    }
+  }
+
+  /**
+   * Reads guest-virtual memory as `vcpu` currently sees it (for hypercalls). Returns null when a
+   * page is not mapped for reading; no trap is taken.
+   */
+  readVirtual(vcpu: Vcpu, va: number, length: number): Uint8Array | null {
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length; ) {
+      const at = (va + done) >>> 0;
+      const chunk = Math.min(length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      let gpa = at;
+      if (vcpu.pagingEnabled) {
+        if (!vcpu.walker.translate(vcpu.ptbr, at | 0, Access.READ, vcpu.mode === Mode.SUPERVISOR, vcpu.status)) return null;
+        gpa = vcpu.walker.gpa;
+      }
+      const hostOffset = this.hostOffsetForRead(gpa);
+      if (hostOffset < 0) return null;
+      out.set(this.pool.u8.subarray(hostOffset, hostOffset + chunk), done);
+      done += chunk;
+    }
+    return out;
+  }
+
+  /** The instruction word at a virtual pc (for traces and illegal-instruction values). */
+  readInstructionWordAt(vcpu: Vcpu, pc: number): number {
+    const bytes = this.readVirtual(vcpu, pc, 4);
+    return bytes ? (bytes[0]! | (bytes[1]! << 8) | (bytes[2]! << 16) | (bytes[3]! << 24)) : 0;
+  }
+
+  mmioRead(vcpu: Vcpu, gpa: number): number {
+    this.exits.mmio++;
+    return this.bus.read(vcpu, gpa);
+  }
+
+  /** Writes an MMIO word; false when the device refuses it (the store becomes an access fault). */
+  mmioWrite(vcpu: Vcpu, gpa: number, value: number): boolean {
+    this.exits.mmio++;
+    return this.bus.write(vcpu, gpa, value);
+  }
+
+  private resolveAbsent(gpn: number, entry: number, access: AccessKind): number {
+    const state = P2mEntry.state(entry);
+    const name = ABSENT_STATE_NAMES[state] ?? 'invalid';
+    this.exits.absent[name] = (this.exits.absent[name] ?? 0) + 1;
+    const handler = this.absentHandlers.get(state);
+    if (handler) handler(this, gpn, entry, access);
+    return this.p2m.entries[gpn]!;
+  }
+
+  private resolveWriteProtect(gpn: number, entry: number): number {
+    for (const [flag, name] of WRITE_PROTECT_FLAGS) {
+      if ((entry & flag) === 0) continue;
+      this.exits.writeProtect[name] = (this.exits.writeProtect[name] ?? 0) + 1;
+      const handler = this.writeProtectHandlers.get(flag);
+      if (!handler) throw new KernelError('BV_UNHANDLED_PROTECTION', `${this.name}: write to guest page ${gpn} protected by '${name}' and no handler is registered`);
+      handler(this, gpn, entry);
+      entry = this.p2m.entries[gpn]!;
+      if (entry < 0 || (entry & flag) !== 0) throw new KernelError('BV_UNHANDLED_PROTECTION', `${this.name}: the '${name}' handler left guest page ${gpn} protected`);
+    }
+    return entry;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Hypercalls, stops, traps
+
+  hypercall(vcpu: Vcpu): void {
+    this.exits.hypercall++;
+    const handler = this.hypercalls.get(vcpu.regs[Reg.A0]!);
+    if (!handler) {
+      vcpu.regs[Reg.A0] = HcallStatus.UNKNOWN_CALL;
+      return;
+    }
+    handler(vcpu);
+  }
+
+  /** Powers the VM off with an exit code (power device, EXIT hypercall). */
+  powerOff(exitCode: number): void {
+    if (this.stopCode !== StopCode.RUNNING) return;
+    this.stopCode = StopCode.HALTED;
+    this.stopReason = { kind: 'halted', exitCode: exitCode | 0 };
+  }
+
+  /** Stops the VM because of something the guest did that has no architectural outcome. */
+  guestError(vcpu: Vcpu, message: string): void {
+    if (this.stopCode !== StopCode.RUNNING) return;
+    this.stopCode = StopCode.GUEST_ERROR;
+    this.stopReason = { kind: 'guest-error', message, vcpu: vcpu.id, pc: vcpu.pc >>> 0 };
+  }
+
+  /** Stops the VM because the host failed (a handler threw, memory ran out). */
+  hostError(message: string, error?: unknown): void {
+    if (this.stopCode === StopCode.HOST_ERROR) return;
+    this.stopCode = StopCode.HOST_ERROR;
+    this.stopReason = { kind: 'host-error', message, error };
+  }
+
+  /** Asks the VM to stop at the next exit (for checkpoints, debugging); `resume()` undoes it. */
+  pause(reason: string): void {
+    if (this.stopCode !== StopCode.RUNNING) return;
+    this.stopCode = StopCode.PAUSED;
+    this.stopReason = { kind: 'paused', reason };
+  }
+
+  resume(): void {
+    if (this.stopCode !== StopCode.PAUSED) return;
+    this.stopCode = StopCode.RUNNING;
+    this.stopReason = { kind: 'running' };
+  }
+
+  /** A trap with no trap vector installed: the VM stops with a guest error naming it. */
+  unhandledTrap(vcpu: Vcpu, cause: number, tval: number): void {
+    const interrupt = (cause & CAUSE_INTERRUPT) !== 0;
+    this.guestError(
+      vcpu,
+      `unhandled ${interrupt ? 'interrupt' : 'trap'} on vCPU ${vcpu.id}: ${describeCause(cause)} at pc 0x${(vcpu.pc >>> 0).toString(16)}` +
+        (interrupt ? '' : `, tval 0x${(tval >>> 0).toString(16)}`) + ' (no trap vector installed)',
+    );
+  }
+
+  /** Raises or lowers the external interrupt line (routed to vCPU 0). */
+  setExternalInterrupt(pending: boolean): void {
+    this.vcpus[0]!.setInterruptPending(Irq.EXTERNAL, pending);
+    if (pending) this.vcpus[0]!.waiting = false;
+  }
+
+  /** Sets the software interrupt of each vCPU whose bit is set in `mask`. */
+  sendIpi(mask: number): void {
+    for (const vcpu of this.vcpus) {
+      if ((mask >>> vcpu.id) & 1) {
+        vcpu.setInterruptPending(Irq.SOFT, true);
+        vcpu.waiting = false;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Images and reset
+
+  /** Loads a guest image into RAM and points every vCPU at its entry. */
+  loadImage(image: GuestImage): void {
+    for (const segment of image.segments) {
+      if (segment.gpa + segment.memSize > this.memoryBytes) {
+        throw new KernelError(
+          'BV_IMAGE_DOES_NOT_FIT',
+          `segment ${segment.name ?? ''} at 0x${segment.gpa.toString(16)}..0x${(segment.gpa + segment.memSize).toString(16)} does not fit in ${this.memoryBytes / 1024} KiB of guest RAM`,
+        );
+      }
+    }
+    for (const segment of image.segments) {
+      this.writePhysical(segment.gpa, segment.data);
+      // Zero fill beyond the file bytes is free: untouched pages are zero and touched ones were
+      // written from the file; clear the tail of a partially filled page explicitly.
+      const fileEnd = segment.gpa + segment.data.length;
+      const memEnd = segment.gpa + segment.memSize;
+      const tailEnd = Math.min(memEnd, Math.ceil(fileEnd / PAGE_SIZE) * PAGE_SIZE);
+      if (tailEnd > fileEnd) this.writePhysical(fileEnd, new Uint8Array(tailEnd - fileEnd));
+    }
+    this.image = image;
+    for (const vcpu of this.vcpus) vcpu.reset(image.entry, GuestPhys.DEVICE_TABLE);
+  }
+
+  /** Resets the VM: RAM back to the loaded image, vCPUs and devices to their reset state. */
+  reset(): void {
+    for (let gpn = 0; gpn < this.p2m.pageCount; gpn++) {
+      if (this.p2m.entries[gpn]! >= 0) this.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
+    }
+    for (const hook of this.resetHooks) hook();
+    this.stopCode = StopCode.RUNNING;
+    this.stopReason = { kind: 'running' };
+    if (this.image) this.loadImage(this.image);
+    else for (const vcpu of this.vcpus) vcpu.reset(0, GuestPhys.DEVICE_TABLE);
+  }
+
+  /** Releases every frame this VM holds. */
+  destroy(): void {
+    for (let gpn = 0; gpn < this.p2m.pageCount; gpn++) {
+      const entry = this.p2m.entries[gpn]!;
+      if (entry >= 0) {
+        this.p2m.entries[gpn] = P2mEntry.absent(AbsentState.UNTOUCHED);
+        this.framesHeld--;
+        this.releaseFrame(entry & P2M_FRAME_MASK);
+      }
+    }
+    this.stopCode = StopCode.HOST_ERROR;
+    this.stopReason = { kind: 'host-error', message: 'VM destroyed' };
+  }
+
+  /** Sum of retired instructions over all vCPUs. */
+  get instructionsRetired(): number {
+    let total = 0;
+    for (const vcpu of this.vcpus) total += vcpu.instret;
+    return total;
+  }
+}
