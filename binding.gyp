@@ -2,12 +2,35 @@
   "targets": [
     {
       "target_name": "bytevisor_native",
-      "sources": ["native/src/addon.cc"],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags!": ["-fno-exceptions"],
-      "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O2"]
+      "sources": [
+        "native/src/addon.cc",
+        "native/src/args.cc",
+        "native/src/errors.cc",
+        "native/src/file.cc",
+        "native/src/posix_file.cc",
+        "native/src/region.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_ADDON_API_CPP_EXCEPTIONS",
+        "_GNU_SOURCE"
+      ],
+      "cflags!": [
+        "-fno-exceptions"
+      ],
+      "cflags_cc!": [
+        "-fno-exceptions"
+      ],
+      "cflags_cc": [
+        "-std=c++17",
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ]
     }
   ]
 }

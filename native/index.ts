@@ -1,0 +1,309 @@
+/**
+ * The typed face of the C++ addon (native/src): host memory regions exposed as ArrayBuffers, and
+ * positional file I/O for checkpoint files. The addon validates every argument; its failures
+ * arrive here as NativeError with a stable code. See docs/native.md.
+ */
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { NativeError, rethrowNative } from './errors.ts';
+
+export { NATIVE_ERROR_CODES, NativeError } from './errors.ts';
+export type { NativeErrorCode, NativeErrorDetails } from './errors.ts';
+
+export type HostRegionKind = 'anonymous' | 'file' | 'memfd';
+export type HostFileMode = 'r' | 'rw' | 'create';
+
+/** The addon's region object (native/src/region.h); only this module touches it. */
+interface NativeRegion {
+  readonly buffer: ArrayBuffer;
+  readonly closed: boolean;
+  release(offset: number, length: number): void;
+  residency(offset: number, length: number): Uint8Array;
+  adviseHugePages(offset: number, length: number): boolean;
+  flush(offset: number, length: number): void;
+  mapFilePrivate(offset: number, length: number, path: string, fileOffset: number): void;
+  unmapPrivate(offset: number, length: number): void;
+  close(): void;
+}
+
+/** The addon's file object (native/src/file.h). */
+interface NativeFile {
+  readonly size: number;
+  readonly closed: boolean;
+  pread(target: Uint8Array, fileOffset: number): number;
+  pwrite(source: Uint8Array, fileOffset: number): number;
+  preadToRegion(region: unknown, regionOffset: number, length: number, fileOffset: number): number;
+  pwriteFromRegion(region: unknown, regionOffset: number, length: number, fileOffset: number): number;
+  truncate(bytes: number): void;
+  sync(): void;
+  close(): void;
+}
+
+interface NativeBinding {
+  readonly pageSize: number;
+  readonly Region: {
+    new (kind: 'anonymous', bytes: number, noReserve: boolean): NativeRegion;
+    new (kind: 'file', bytes: number, path: string, create: boolean): NativeRegion;
+    new (kind: 'memfd', bytes: number, name: string | undefined): NativeRegion;
+  };
+  readonly File: new (path: string, mode: HostFileMode) => NativeFile;
+  syncDirectory(path: string): void;
+}
+
+function loadBinding(): NativeBinding {
+  const addonPath = '../build/Release/bytevisor_native.node';
+  try {
+    return createRequire(import.meta.url)(addonPath) as NativeBinding;
+  } catch (error) {
+    throw new NativeError(
+      'BV_NATIVE_NOT_BUILT',
+      `cannot load the native addon (${addonPath}): run \`npm install\` to build it (${(error as Error).message})`,
+    );
+  }
+}
+
+const binding = loadBinding();
+
+/** The host's page size in bytes (sysconf(_SC_PAGESIZE)): the unit of every aligned argument. */
+export const HOST_PAGE_SIZE: number = binding.pageSize;
+
+/** Resident set size of this process in bytes (second field of /proc/self/statm, in pages). */
+export function processRss(): number {
+  const residentPages = Number(readFileSync('/proc/self/statm', 'latin1').split(' ')[1]);
+  return residentPages * HOST_PAGE_SIZE;
+}
+
+// Lets HostFile hand a region's native object to the addon without making it public.
+let nativeRegionOf: (value: unknown) => unknown;
+
+/**
+ * One host memory mapping (at most 4 GiB, a multiple of HOST_PAGE_SIZE) seen from JS as one
+ * external ArrayBuffer. Offsets are byte offsets into the mapping. Memory is unmapped by close()
+ * (which also detaches the ArrayBuffer, so stale views read as empty instead of touching freed
+ * memory) or, failing that, when both this object and its buffer have been garbage collected.
+ */
+export class HostRegion {
+  static {
+    nativeRegionOf = (value) =>
+      typeof value === 'object' && value !== null && #native in value ? value.#native : value;
+  }
+
+  readonly #native: NativeRegion;
+  readonly #buffer: ArrayBuffer;
+
+  private constructor(
+    native: NativeRegion,
+    readonly kind: HostRegionKind,
+    readonly bytes: number,
+  ) {
+    this.#native = native;
+    this.#buffer = native.buffer;
+  }
+
+  /** Private anonymous memory (zero-filled on first touch); `noReserve` skips swap accounting. */
+  static anonymous(bytes: number, options: { noReserve?: boolean } = {}): HostRegion {
+    try {
+      return new HostRegion(new binding.Region('anonymous', bytes, options.noReserve ?? false), 'anonymous', bytes);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** A shared mapping of the file at `path` (extended to `bytes` if shorter; created if `create`). */
+  static sharedFile(path: string, bytes: number, options: { create?: boolean } = {}): HostRegion {
+    try {
+      return new HostRegion(new binding.Region('file', bytes, path, options.create ?? false), 'file', bytes);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Shared memory backed by a memfd (a file that lives in memory only). */
+  static sharedMemory(bytes: number, name?: string): HostRegion {
+    try {
+      return new HostRegion(new binding.Region('memfd', bytes, name), 'memfd', bytes);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Whether close() has run (or a failed remap had to close the region). */
+  get closed(): boolean {
+    return this.#native.closed;
+  }
+
+  /** The whole mapping as one external ArrayBuffer; BV_NATIVE_CLOSED after close(). */
+  get buffer(): ArrayBuffer {
+    if (this.#native.closed) throw new NativeError('BV_NATIVE_CLOSED', 'the region is closed');
+    return this.#buffer;
+  }
+
+  /**
+   * Gives the pages of a page-aligned range back to the OS; they read as zero afterwards. An
+   * anonymous region uses MADV_DONTNEED (a mapFilePrivate range reads the file's bytes again);
+   * file and memfd regions punch a hole in the backing file.
+   */
+  release(offset: number, length: number): void {
+    try {
+      this.#native.release(offset, length);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** mincore over a page-aligned range: one byte per page, 1 when the page is resident. */
+  residency(offset: number, length: number): Uint8Array {
+    try {
+      return this.#native.residency(offset, length);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** MADV_HUGEPAGE over a page-aligned range; false when the host cannot honour it (shared regions, THP off). */
+  adviseHugePages(offset: number, length: number): boolean {
+    try {
+      return this.#native.adviseHugePages(offset, length);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** msync(MS_SYNC) of the pages a byte range touches; nothing to do for anonymous regions. */
+  flush(offset: number, length: number): void {
+    try {
+      this.#native.flush(offset, length);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /**
+   * Maps [fileOffset, fileOffset + length) of a file copy-on-write over [offset, offset + length)
+   * of this anonymous region: reads see the file, writes stay private. All three numbers must be
+   * page-aligned and the file must hold the whole range (a mapping past EOF would SIGBUS).
+   */
+  mapFilePrivate(offset: number, length: number, path: string, fileOffset: number): void {
+    try {
+      this.#native.mapFilePrivate(offset, length, path, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Replaces a page-aligned range of an anonymous region with fresh zero pages (undoes mapFilePrivate). */
+  unmapPrivate(offset: number, length: number): void {
+    try {
+      this.#native.unmapPrivate(offset, length);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Unmaps now and detaches the ArrayBuffer (every view becomes empty). Idempotent. */
+  close(): void {
+    this.#native.close();
+  }
+}
+
+/** A regular file with positional I/O, for checkpoint files. Offsets are plain safe integers. */
+export class HostFile {
+  readonly #native: NativeFile;
+
+  private constructor(
+    native: NativeFile,
+    readonly path: string,
+  ) {
+    this.#native = native;
+  }
+
+  /** 'r' read-only, 'rw' read-write, 'create' read-write created or emptied (O_CREAT|O_TRUNC). */
+  static open(path: string, mode: HostFileMode): HostFile {
+    try {
+      return new HostFile(new binding.File(path, mode), path);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Current size in bytes (fstat). */
+  get size(): number {
+    try {
+      return this.#native.size;
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  get closed(): boolean {
+    return this.#native.closed;
+  }
+
+  /** Reads up to target.length bytes at fileOffset; returns the count (short only at end of file). */
+  pread(target: Uint8Array, fileOffset: number): number {
+    try {
+      return this.#native.pread(target, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Writes all of source at fileOffset; returns source.length. */
+  pwrite(source: Uint8Array, fileOffset: number): number {
+    try {
+      return this.#native.pwrite(source, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Reads straight into region memory (no JS copy); returns the count (short only at end of file). */
+  preadToRegion(region: HostRegion, regionOffset: number, length: number, fileOffset: number): number {
+    try {
+      return this.#native.preadToRegion(nativeRegionOf(region), regionOffset, length, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Writes region memory straight to the file; returns length. */
+  pwriteFromRegion(region: HostRegion, regionOffset: number, length: number, fileOffset: number): number {
+    try {
+      return this.#native.pwriteFromRegion(nativeRegionOf(region), regionOffset, length, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Sets the size; refuses (BV_NATIVE_BUSY) to cut off bytes that a live region maps. */
+  truncate(bytes: number): void {
+    try {
+      this.#native.truncate(bytes);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** fsync: data and metadata reach the disk. */
+  sync(): void {
+    try {
+      this.#native.sync();
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Closes the descriptor. Idempotent. */
+  close(): void {
+    this.#native.close();
+  }
+}
+
+/** fsync a directory, so that a rename inside it survives a crash. */
+export function syncDirectory(path: string): void {
+  try {
+    binding.syncDirectory(path);
+  } catch (error) {
+    rethrowNative(error);
+  }
+}

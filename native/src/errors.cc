@@ -1,0 +1,27 @@
+#include "errors.h"
+
+#include <string.h>
+
+namespace bv {
+
+void Fail(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  throw error;
+}
+
+void FailErrno(Napi::Env env, int err, const char* syscall, const std::string& path) {
+  const char* name = strerrorname_np(err);
+  std::string errnoName = name != nullptr ? name : "E" + std::to_string(err);
+  std::string message = std::string(syscall);
+  if (!path.empty()) message += " '" + path + "'";
+  message += " failed: " + std::string(strerror(err)) + " (" + errnoName + ")";
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code::kIo));
+  error.Set("errnoName", Napi::String::New(env, errnoName));
+  error.Set("syscall", Napi::String::New(env, syscall));
+  if (!path.empty()) error.Set("path", Napi::String::New(env, path));
+  throw error;
+}
+
+}  // namespace bv

@@ -1,0 +1,342 @@
+#include "region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "addon_data.h"
+#include "args.h"
+#include "errors.h"
+
+namespace bv {
+
+namespace {
+
+// N-API refuses ArrayBuffers above 4 GiB, and node-addon-api aborts the process when asked for
+// one, so the limit is enforced before any mapping is made.
+constexpr uint64_t kMaxRegionBytes = uint64_t{1} << 32;
+// memfd_create accepts at most 249 bytes of name.
+constexpr size_t kMaxMemfdName = 249;
+
+const char* KindName(RegionKind kind) {
+  switch (kind) {
+    case RegionKind::kAnonymous: return "anonymous";
+    case RegionKind::kFile: return "file";
+    case RegionKind::kMemfd: return "memfd";
+  }
+  return "?";
+}
+
+// madvise(MADV_HUGEPAGE) succeeds even when THP is switched off; report what will really happen.
+bool TransparentHugePagesAvailable() {
+  static const bool available = [] {
+    std::ifstream setting("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string text((std::istreambuf_iterator<char>(setting)), std::istreambuf_iterator<char>());
+    return !text.empty() && text.find("[never]") == std::string::npos;
+  }();
+  return available;
+}
+
+int AnonymousFlags(bool noReserve) {
+  return MAP_PRIVATE | MAP_ANONYMOUS | (noReserve ? MAP_NORESERVE : 0);
+}
+
+uint8_t* MapOrFail(Napi::Env env, uint64_t bytes, int flags, int fd, const std::string& what) {
+  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, fd, 0);
+  if (base == MAP_FAILED) FailErrno(env, errno, "mmap", what);
+  return static_cast<uint8_t*>(base);
+}
+
+void ResizeOrFail(Napi::Env env, int fd, uint64_t bytes, const std::string& what) {
+  int result;
+  do {
+    result = ::ftruncate(fd, static_cast<off_t>(bytes));
+  } while (result != 0 && errno == EINTR);
+  if (result != 0) FailErrno(env, errno, "ftruncate", what);
+}
+
+}  // namespace
+
+void Mapping::Unmap() {
+  if (base != nullptr) ::munmap(base, bytes);
+  base = nullptr;
+  fd.Reset();
+  filePin.reset();
+  privateRanges.clear();
+}
+
+Napi::Function Region::Define(Napi::Env env) {
+  return DefineClass(env, "NativeRegion",
+                     {
+                         InstanceAccessor<&Region::GetClosed>("closed"),
+                         InstanceMethod<&Region::Release>("release"),
+                         InstanceMethod<&Region::Residency>("residency"),
+                         InstanceMethod<&Region::AdviseHugePages>("adviseHugePages"),
+                         InstanceMethod<&Region::Flush>("flush"),
+                         InstanceMethod<&Region::MapFilePrivate>("mapFilePrivate"),
+                         InstanceMethod<&Region::UnmapPrivate>("unmapPrivate"),
+                         InstanceMethod<&Region::Close>("close"),
+                     });
+}
+
+Region* Region::FromValue(Napi::Env env, const Napi::Value& value, const char* name) {
+  void* wrapped = nullptr;
+  if (!value.IsObject() ||
+      !value.As<Napi::Object>().InstanceOf(DataOf(env).regionConstructor.Value()) ||
+      napi_unwrap(env, value, &wrapped) != napi_ok || wrapped == nullptr) {
+    Fail(env, code::kBadArgument, std::string(name) + " must be a HostRegion");
+  }
+  return static_cast<Region*>(wrapped);
+}
+
+Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) {
+  Napi::Env env = info.Env();
+  std::string kind = ArgString(info, 0, "kind");
+  uint64_t bytes = ArgIndex(info, 1, "bytes");
+  if (bytes == 0) Fail(env, code::kBadArgument, "bytes must be greater than zero");
+  if (bytes > kMaxRegionBytes) {
+    Fail(env, code::kTooLarge,
+         "a region holds at most 4 GiB (one ArrayBuffer); " + std::to_string(bytes) +
+             " bytes were requested: use several regions");
+  }
+  RequirePageAligned(env, bytes, "bytes");
+
+  auto mapping = std::make_shared<Mapping>();
+  mapping->bytes = bytes;
+  if (kind == "anonymous") {
+    mapping->kind = RegionKind::kAnonymous;
+    mapping->noReserve = ArgFlag(info, 2, "noReserve");
+    mapping->base = MapOrFail(env, bytes, AnonymousFlags(mapping->noReserve), -1, "");
+  } else if (kind == "file") {
+    mapping->kind = RegionKind::kFile;
+    std::string path = ArgString(info, 2, "path");
+    bool create = ArgFlag(info, 3, "create");
+    mapping->fd = OpenRegularFile(env, path, O_RDWR | (create ? O_CREAT : 0));
+    if (SizeOf(env, mapping->fd.Get(), path) < bytes) {
+      ResizeOrFail(env, mapping->fd.Get(), bytes, path);
+    }
+    mapping->filePin =
+        std::make_unique<FilePin>(IdentityOf(env, mapping->fd.Get(), path), bytes);
+    mapping->base = MapOrFail(env, bytes, MAP_SHARED, mapping->fd.Get(), path);
+  } else if (kind == "memfd") {
+    mapping->kind = RegionKind::kMemfd;
+    std::string name = info[2].IsUndefined() ? "bytevisor" : ArgString(info, 2, "name");
+    if (name.size() > kMaxMemfdName) {
+      Fail(env, code::kBadArgument,
+           "name must be at most " + std::to_string(kMaxMemfdName) + " bytes");
+    }
+    int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+    if (fd < 0) FailErrno(env, errno, "memfd_create", name);
+    mapping->fd = UniqueFd(fd);
+    ResizeOrFail(env, mapping->fd.Get(), bytes, name);
+    mapping->base = MapOrFail(env, bytes, MAP_SHARED, mapping->fd.Get(), name);
+  } else {
+    Fail(env, code::kBadArgument, "kind must be 'anonymous', 'file' or 'memfd'");
+  }
+
+  // The ArrayBuffer's finalizer keeps its own reference to the mapping.
+  auto* holder = new std::shared_ptr<Mapping>(mapping);
+  Napi::ArrayBuffer buffer;
+  try {
+    buffer = Napi::ArrayBuffer::New(
+        env, mapping->base, bytes,
+        [](Napi::Env, void*, std::shared_ptr<Mapping>* finalized) { delete finalized; }, holder);
+  } catch (...) {
+    delete holder;
+    throw;
+  }
+  mapping_ = std::move(mapping);
+  bufferRef_ = Napi::Reference<Napi::ArrayBuffer>::New(buffer, 0);
+  info.This().As<Napi::Object>().DefineProperty(
+      Napi::PropertyDescriptor::Value("buffer", buffer, napi_enumerable));
+}
+
+Mapping& Region::Open(Napi::Env env) {
+  if (!mapping_ || !mapping_->Mapped()) Fail(env, code::kClosed, "the region is closed");
+  return *mapping_;
+}
+
+uint8_t* Region::RangePointer(Napi::Env env, uint64_t offset, uint64_t length) {
+  Mapping& mapping = Open(env);
+  RequireWithin(env, offset, length, mapping.bytes, "region");
+  return mapping.base + offset;
+}
+
+void Region::ReadAlignedRange(const Napi::CallbackInfo& info, uint64_t* offset,
+                              uint64_t* length) {
+  Mapping& mapping = Open(info.Env());
+  *offset = ArgIndex(info, 0, "offset");
+  *length = ArgIndex(info, 1, "length");
+  RequirePageAligned(info.Env(), *offset, "offset");
+  RequirePageAligned(info.Env(), *length, "length");
+  RequireWithin(info.Env(), *offset, *length, mapping.bytes, "region");
+}
+
+void Region::CloseNow() {
+  if (!bufferRef_.IsEmpty()) {
+    Napi::ArrayBuffer buffer = bufferRef_.Value();
+    if (!buffer.IsEmpty() && !buffer.IsDetached()) buffer.Detach();
+  }
+  if (mapping_) mapping_->Unmap();
+}
+
+void Region::DropPrivateRangesWithin(uint64_t offset, uint64_t length) {
+  // A range only partly covered keeps its pin: refusing a truncation too many is harmless.
+  auto& ranges = mapping_->privateRanges;
+  ranges.erase(std::remove_if(ranges.begin(), ranges.end(),
+                              [&](const Mapping::PrivateFileRange& range) {
+                                return range.offset >= offset &&
+                                       range.offset + range.length <= offset + length;
+                              }),
+               ranges.end());
+}
+
+Napi::Value Region::GetClosed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), !mapping_ || !mapping_->Mapped());
+}
+
+void Region::Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offset, length;
+  ReadAlignedRange(info, &offset, &length);
+  if (length == 0) return;
+  Mapping& mapping = *mapping_;
+  if (mapping.kind == RegionKind::kAnonymous) {
+    // Private pages are dropped; a mapFilePrivate range reads the file's bytes again.
+    if (::madvise(mapping.base + offset, length, MADV_DONTNEED) != 0) {
+      FailErrno(env, errno, "madvise", "");
+    }
+    return;
+  }
+  // Shared pages live in the page cache / shmem: DONTNEED would free nothing, so punch a hole.
+  // The region maps its file from offset 0, so region and file offsets coincide.
+  int result;
+  do {
+    result = ::fallocate(mapping.fd.Get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         static_cast<off_t>(offset), static_cast<off_t>(length));
+  } while (result != 0 && errno == EINTR);
+  if (result != 0) FailErrno(env, errno, "fallocate", "");
+}
+
+Napi::Value Region::Residency(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offset, length;
+  ReadAlignedRange(info, &offset, &length);
+  size_t pages = length / HostPageSize();
+  Napi::Uint8Array result = Napi::Uint8Array::New(env, pages);
+  if (pages == 0) return result;
+  uint8_t* out = result.Data();
+  if (::mincore(mapping_->base + offset, length, out) != 0) FailErrno(env, errno, "mincore", "");
+  for (size_t page = 0; page < pages; page++) out[page] &= 1;  // other bits are reserved
+  return result;
+}
+
+Napi::Value Region::AdviseHugePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offset, length;
+  ReadAlignedRange(info, &offset, &length);
+  // Shared (file, memfd) mappings are not backed by anonymous huge pages; see docs/native.md.
+  if (mapping_->kind != RegionKind::kAnonymous || !TransparentHugePagesAvailable()) {
+    return Napi::Boolean::New(env, false);
+  }
+  if (length == 0) return Napi::Boolean::New(env, true);
+  if (::madvise(mapping_->base + offset, length, MADV_HUGEPAGE) != 0) {
+    if (errno == EINVAL) return Napi::Boolean::New(env, false);
+    FailErrno(env, errno, "madvise", "");
+  }
+  return Napi::Boolean::New(env, true);
+}
+
+void Region::Flush(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Mapping& mapping = Open(env);
+  uint64_t offset = ArgIndex(info, 0, "offset");
+  uint64_t length = ArgIndex(info, 1, "length");
+  RequireWithin(env, offset, length, mapping.bytes, "region");
+  if (length == 0 || mapping.kind == RegionKind::kAnonymous) return;
+  // Any byte range is accepted: it is widened to the pages it touches (msync needs that).
+  uint64_t page = HostPageSize();
+  uint64_t start = offset / page * page;
+  uint64_t end = (offset + length + page - 1) / page * page;
+  if (::msync(mapping.base + start, end - start, MS_SYNC) != 0) {
+    FailErrno(env, errno, "msync", "");
+  }
+}
+
+void Region::MapFilePrivate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Mapping& mapping = Open(env);
+  uint64_t offset = ArgIndex(info, 0, "offset");
+  uint64_t length = ArgIndex(info, 1, "length");
+  std::string path = ArgString(info, 2, "path");
+  uint64_t fileOffset = ArgIndex(info, 3, "fileOffset");
+  if (mapping.kind != RegionKind::kAnonymous) {
+    Fail(env, code::kUnsupported,
+         std::string("mapFilePrivate needs an anonymous region, this one is ") +
+             KindName(mapping.kind));
+  }
+  RequirePageAligned(env, offset, "offset");
+  RequirePageAligned(env, length, "length");
+  RequirePageAligned(env, fileOffset, "fileOffset");
+  RequireWithin(env, offset, length, mapping.bytes, "region");
+  UniqueFd fd = OpenRegularFile(env, path, O_RDONLY);
+  uint64_t fileSize = SizeOf(env, fd.Get(), path);
+  if (fileOffset > fileSize || length > fileSize - fileOffset) {
+    // Touching a mapped page past the end of the file raises SIGBUS.
+    Fail(env, code::kOutOfRange,
+         "file range [" + std::to_string(fileOffset) + ", " +
+             std::to_string(fileOffset + length) + ") extends past the end of '" + path + "' (" +
+             std::to_string(fileSize) + " bytes)");
+  }
+  if (length == 0) return;
+  auto pin = std::make_unique<FilePin>(IdentityOf(env, fd.Get(), path), fileOffset + length);
+  void* target = mapping.base + offset;
+  void* placed = ::mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd.Get(),
+                        static_cast<off_t>(fileOffset));
+  if (placed == MAP_FAILED) {
+    int err = errno;
+    // A failed MAP_FIXED may already have unmapped the range: put zero pages back, and if even
+    // that fails close the region rather than leave a hole that JS could fault on.
+    if (::mmap(target, length, PROT_READ | PROT_WRITE, AnonymousFlags(mapping.noReserve) | MAP_FIXED,
+               -1, 0) == MAP_FAILED) {
+      CloseNow();
+    }
+    FailErrno(env, err, "mmap", path);
+  }
+  DropPrivateRangesWithin(offset, length);
+  mapping.privateRanges.push_back({offset, length, std::move(pin)});
+}
+
+void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Mapping& mapping = Open(env);
+  uint64_t offset = ArgIndex(info, 0, "offset");
+  uint64_t length = ArgIndex(info, 1, "length");
+  if (mapping.kind != RegionKind::kAnonymous) {
+    Fail(env, code::kUnsupported,
+         std::string("unmapPrivate needs an anonymous region, this one is ") +
+             KindName(mapping.kind));
+  }
+  RequirePageAligned(env, offset, "offset");
+  RequirePageAligned(env, length, "length");
+  RequireWithin(env, offset, length, mapping.bytes, "region");
+  if (length == 0) return;
+  if (::mmap(mapping.base + offset, length, PROT_READ | PROT_WRITE,
+             AnonymousFlags(mapping.noReserve) | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    int err = errno;
+    CloseNow();  // the range may be a hole now
+    FailErrno(env, err, "mmap", "");
+  }
+  DropPrivateRangesWithin(offset, length);
+}
+
+void Region::Close(const Napi::CallbackInfo&) { CloseNow(); }
+
+}  // namespace bv

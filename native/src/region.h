@@ -1,0 +1,73 @@
+// HostRegion: one host memory mapping exposed to JavaScript as an external ArrayBuffer.
+#pragma once
+
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "posix_file.h"
+
+namespace bv {
+
+enum class RegionKind { kAnonymous, kFile, kMemfd };
+
+// The mapping itself. Shared by the Region object and by the ArrayBuffer's finalizer, so memory
+// is unmapped by close() or when the last of the two goes away — never while a live ArrayBuffer
+// still points at it.
+struct Mapping {
+  struct PrivateFileRange {
+    uint64_t offset;
+    uint64_t length;
+    std::unique_ptr<FilePin> pin;
+  };
+
+  uint8_t* base = nullptr;
+  uint64_t bytes = 0;
+  RegionKind kind = RegionKind::kAnonymous;
+  bool noReserve = false;
+  UniqueFd fd;                                   // file and memfd regions
+  std::unique_ptr<FilePin> filePin;              // file regions: the file must keep `bytes`
+  std::vector<PrivateFileRange> privateRanges;   // mapFilePrivate ranges of anonymous regions
+
+  bool Mapped() const { return base != nullptr; }
+  void Unmap();
+  ~Mapping() { Unmap(); }
+};
+
+class Region : public Napi::ObjectWrap<Region> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+
+  // The Region behind a JS value, or BV_NATIVE_BAD_ARGUMENT if it is not one.
+  static Region* FromValue(Napi::Env env, const Napi::Value& value, const char* name);
+
+  // new Region('anonymous', bytes, noReserve) | ('file', bytes, path, create) | ('memfd', bytes, name)
+  explicit Region(const Napi::CallbackInfo& info);
+
+  // Pointer to [offset, offset + length) after checking the region is open and the range fits.
+  uint8_t* RangePointer(Napi::Env env, uint64_t offset, uint64_t length);
+
+ private:
+  Mapping& Open(Napi::Env env);
+  // Unmaps and detaches; used by close() and when a failed remap leaves a hole in the region.
+  void CloseNow();
+  void DropPrivateRangesWithin(uint64_t offset, uint64_t length);
+  void ReadAlignedRange(const Napi::CallbackInfo& info, uint64_t* offset, uint64_t* length);
+
+  Napi::Value GetClosed(const Napi::CallbackInfo& info);
+  void Release(const Napi::CallbackInfo& info);
+  Napi::Value Residency(const Napi::CallbackInfo& info);
+  Napi::Value AdviseHugePages(const Napi::CallbackInfo& info);
+  void Flush(const Napi::CallbackInfo& info);
+  void MapFilePrivate(const Napi::CallbackInfo& info);
+  void UnmapPrivate(const Napi::CallbackInfo& info);
+  void Close(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<Mapping> mapping_;
+  Napi::Reference<Napi::ArrayBuffer> bufferRef_;  // weak: only used to detach on close
+};
+
+}  // namespace bv
