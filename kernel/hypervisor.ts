@@ -43,6 +43,9 @@ export class Hypervisor {
     this.decodeCache.onSlotDropped = (codeBase) => {
       for (const vm of this.vms) for (const vcpu of vm.vcpus) vcpu.tlb.flushExecBase(codeBase);
     };
+    this.decodeCache.onFrameDecoded = (frame) => {
+      for (const vm of this.vms) for (const vcpu of vm.vcpus) vcpu.tlb.flushWritesToFrame(frame);
+    };
     this.decodeCache.onFlush = () => {
       for (const vm of this.vms) for (const vcpu of vm.vcpus) vcpu.tlb.flushAll();
     };
@@ -123,7 +126,6 @@ export class Hypervisor {
     const quantum = options.quantum ?? 20_000;
     const maxInstructions = options.maxInstructions ?? Infinity;
     if (vm.stopCode !== StopCode.RUNNING) return vm.stopReason;
-    let anyRan = false;
     for (const vcpu of vm.vcpus) {
       if (vm.stopCode !== StopCode.RUNNING) break;
       if (vcpu.waiting) {
@@ -132,7 +134,6 @@ export class Hypervisor {
       }
       const remaining = maxInstructions - (vm.instructionsRetired - start);
       if (remaining <= 0) return { kind: 'budget' };
-      anyRan = true;
       try {
         const end = vcpu.runSlice(Math.min(quantum, remaining));
         if (end === SliceEnd.VM_STOP) break;
@@ -143,18 +144,9 @@ export class Hypervisor {
     }
     if (vm.stopCode !== StopCode.RUNNING) return vm.stopReason;
     if (maxInstructions - (vm.instructionsRetired - start) <= 0) return { kind: 'budget' };
-    // Waiting vCPUs see virtual time pass; when every vCPU waits, time jumps to the next deadline.
-    const waiting = vm.vcpus.filter((v) => v.waiting);
-    if (waiting.length === 0) return null;
-    if (waiting.length < vm.vcpus.length && anyRan) {
-      for (const vcpu of waiting) vcpu.clock = Math.min(vcpu.clock + quantum, Math.max(vcpu.clock, vcpu.timerDeadline));
-      return null;
-    }
-    let nextDeadline = Infinity;
-    for (const vcpu of waiting) if (vcpu.timerDeadline < nextDeadline && (vcpu.ie & (1 << 5)) !== 0) nextDeadline = vcpu.timerDeadline;
-    if (waiting.some((v) => v.wakeable)) return null;
-    if (nextDeadline === Infinity) return { kind: 'idle' };
-    for (const vcpu of waiting) if (vcpu.clock < nextDeadline) vcpu.clock = nextDeadline;
+    // A waiting vCPU takes no virtual time (SPEC.md): if every vCPU waits and none can wake,
+    // only something outside the guest (console input) can ever resume it.
+    if (vm.vcpus.every((v) => v.waiting && !v.wakeable)) return { kind: 'idle' };
     return null;
   }
 }

@@ -262,10 +262,32 @@ export class Vm implements PhysicalPageTables {
     if (entry < 0) entry = this.resolveAbsent(gpn, entry, Access.WRITE);
     if (entry < 0) return -1;
     if ((entry & P2M_WRITE_BLOCKING) !== 0) entry = this.resolveWriteProtect(gpn, entry);
-    const frame = entry & P2M_FRAME_MASK;
-    const hostOffset = frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
-    if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame); // contents change outside the CPU's view
+    return (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+  }
+
+  /**
+   * Host offset of a guest-physical word the MMU is about to update (A/D bits): like
+   * hostOffsetForWrite, and a decoded copy of the frame is patched in place rather than dropped,
+   * because the interpreter may be executing from it.
+   */
+  hostOffsetForPageTableWrite(gpa: number): number {
+    const hostOffset = this.hostOffsetForWrite(gpa);
+    if (hostOffset >= 0) {
+      const frame = Math.floor(hostOffset / PAGE_SIZE);
+      if (this.decodeCache.isDecoded(frame)) this.pendingCodePatch = hostOffset;
+    }
     return hostOffset;
+  }
+
+  /** A word the MMU updated inside a decoded frame; re-decoded after the update lands. */
+  pendingCodePatch = -1;
+
+  /** Re-decodes the word recorded by hostOffsetForPageTableWrite, if any. */
+  flushCodePatch(): void {
+    const hostOffset = this.pendingCodePatch;
+    if (hostOffset < 0) return;
+    this.pendingCodePatch = -1;
+    this.decodeCache.noteWrite(Math.floor(hostOffset / PAGE_SIZE), hostOffset % PAGE_SIZE, this.pool.i32, false);
   }
 
   /** Reads guest-physical RAM (devices, tools). Throws for addresses outside RAM. */
@@ -282,13 +304,19 @@ export class Vm implements PhysicalPageTables {
     return out;
   }
 
-  /** Writes guest-physical RAM (loader, devices). Throws for addresses outside RAM. */
+  /**
+   * Writes guest-physical RAM (loader, devices). Throws for addresses outside RAM. Decoded code in
+   * the written frames is dropped, so callers that run inside a vCPU exit (MMIO, hypercalls)
+   * return to the interpreter through a resync, as they do.
+   */
   writePhysical(gpa: number, bytes: Uint8Array): void {
     for (let done = 0; done < bytes.length; ) {
       const at = gpa + done;
       const chunk = Math.min(bytes.length - done, PAGE_SIZE - (at % PAGE_SIZE));
       const hostOffset = this.hostOffsetForWrite(at);
       if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not writable RAM of ${this.name}`);
+      const frame = Math.floor(hostOffset / PAGE_SIZE);
+      if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame);
       this.pool.u8.set(bytes.subarray(done, done + chunk), hostOffset);
       done += chunk;
     }
@@ -412,19 +440,18 @@ export class Vm implements PhysicalPageTables {
     );
   }
 
-  /** Raises or lowers the external interrupt line (routed to vCPU 0). */
+  /**
+   * Raises or lowers the external interrupt line. Every vCPU sees it; a guest routes it by
+   * enabling it in one vCPU's `ie`. Waiting vCPUs notice at their next turn (wakeable).
+   */
   setExternalInterrupt(pending: boolean): void {
-    this.vcpus[0]!.setInterruptPending(Irq.EXTERNAL, pending);
-    if (pending) this.vcpus[0]!.waiting = false;
+    for (const vcpu of this.vcpus) vcpu.setInterruptPending(Irq.EXTERNAL, pending);
   }
 
   /** Sets the software interrupt of each vCPU whose bit is set in `mask`. */
   sendIpi(mask: number): void {
     for (const vcpu of this.vcpus) {
-      if ((mask >>> vcpu.id) & 1) {
-        vcpu.setInterruptPending(Irq.SOFT, true);
-        vcpu.waiting = false;
-      }
+      if ((mask >>> vcpu.id) & 1) vcpu.setInterruptPending(Irq.SOFT, true);
     }
   }
 
@@ -456,6 +483,7 @@ export class Vm implements PhysicalPageTables {
 
   /** Resets the VM: RAM back to the loaded image, vCPUs and devices to their reset state. */
   reset(): void {
+    for (const vcpu of this.vcpus) vcpu.tlb.flushAll(); // so the P2M resets below find nothing to shoot down
     for (let gpn = 0; gpn < this.p2m.pageCount; gpn++) {
       if (this.p2m.entries[gpn]! >= 0) this.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
     }

@@ -116,6 +116,8 @@ export class DecodeCache {
   private readonly maxCapacity: number;
   /** Called with the decoded base of a slot that is about to be reused or dropped. */
   onSlotDropped: (codeBase: number) => void = () => {};
+  /** Called when a frame gets a decoded copy: writable TLB entries to it must go. */
+  onFrameDecoded: (frame: number) => void = () => {};
   /** Called when every slot is dropped at once. */
   onFlush: () => void = () => {};
 
@@ -157,6 +159,7 @@ export class DecodeCache {
     this.slotWrites[slot] = 0;
     this.stats.pagesDecoded++;
     this.stats.slotsInUse++;
+    this.onFrameDecoded(frame);
     return base;
   }
 
@@ -164,10 +167,10 @@ export class DecodeCache {
    * A store changed `byteLength` bytes at `byteOffset` of a decoded frame: re-decode the words it
    * touched. Returns true when the frame was dropped from the cache instead (written too often).
    */
-  noteWrite(frame: number, byteOffset: number, memory32: Int32Array): boolean {
+  noteWrite(frame: number, byteOffset: number, memory32: Int32Array, mayDrop = true): boolean {
     const slot = this.frameSlot[frame]! - 1;
     if (slot < 0) return false;
-    if (++this.slotWrites[slot]! > CODE_WRITE_LIMIT) {
+    if (++this.slotWrites[slot]! > CODE_WRITE_LIMIT && mayDrop) {
       this.drop(frame);
       return true;
     }

@@ -149,7 +149,7 @@ export class Vcpu {
     const u16 = this.pool.u16;
     const i16 = this.pool.i16;
     const vm = this.vm;
-    const clockAtStart = this.clock;
+    let clockAtStart = this.clock;
     let ops = this.code.ops;
     let imms = this.code.imms;
     let rtlb = this.tlb.sRead;
@@ -190,7 +190,8 @@ export class Vcpu {
       // The next inline check: the timer deadline, or short of the budget to go precise.
       precise = this.tracer !== null || budget - retired <= PRECISE_WINDOW;
       checkLimit = precise ? budget : budget - PRECISE_WINDOW;
-      if (this.timerDeadline - clockAtStart < checkLimit) checkLimit = this.timerDeadline - clockAtStart;
+      // A deadline already passed (interrupt masked) must not end every block.
+      if (this.timerDeadline > now && this.timerDeadline - clockAtStart < checkLimit) checkLimit = this.timerDeadline - clockAtStart;
       // Enter the code page holding pc.
       const pc = this.pc;
       const supervisor = this.mode === Mode.SUPERVISOR;
@@ -561,6 +562,7 @@ export class Vcpu {
             this.pc = (pageVa + (idx << 2)) | 0;
             this.clock = clockAtStart + retired; // time CSRs read the current time
             const ended = this.execSystem(w, imms[base + idx]!);
+            clockAtStart = this.clock - retired; // wfi may have moved time forward
             retired += this.systemRetired;
             if (ended !== 0) {
               end = ended;
@@ -617,6 +619,10 @@ export class Vcpu {
     this.stats.tlbMisses++;
     const gpa = this.translate(pc, Access.EXEC);
     if (gpa < 0) return -1;
+    if (!this.vm.isRam(gpa)) {
+      this.trap(Cause.INSN_ACCESS_FAULT, pc);
+      return -1;
+    }
     const frame = this.vm.frameForAccess(this, gpa, Access.EXEC, pc);
     if (frame < 0) return -1;
     const base = this.code.ensureDecoded(frame, this.pool.i32);
@@ -763,9 +769,18 @@ export class Vcpu {
         this.systemRetired = 1;
         return 0;
       case 0x35: // wfi
-        this.pc = next;
-        this.systemRetired = 1;
-        if (this.wakeable) return 0;
+        // With the timer enabled and a deadline set, waiting skips virtual time to the deadline;
+        // waiting for anything else takes no time and ends when that event arrives, at which
+        // point the wfi executes again and retires (SPEC.md "Wait for interrupt").
+        if (!this.wakeable && (this.ie & TIMER_BIT) !== 0 && this.timerDeadline !== Infinity && this.timerDeadline > this.clock) {
+          this.clock = this.timerDeadline;
+          this.stats.waits++;
+        }
+        if (this.wakeable) {
+          this.pc = next;
+          this.systemRetired = 1;
+          return 0;
+        }
         this.waiting = true;
         this.stats.waits++;
         return SliceEnd.WAITING;

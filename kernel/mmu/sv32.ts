@@ -16,8 +16,10 @@ export type AccessKind = (typeof Access)[keyof typeof Access];
 export interface PhysicalPageTables {
   /** Host offset of a guest-physical word for reading, or -1 when the address is not RAM. */
   hostOffsetForRead(gpa: number): number;
-  /** Host offset of a guest-physical word for writing (resolving protections), or -1. */
-  hostOffsetForWrite(gpa: number): number;
+  /** Host offset of a page-table word the walk updates (resolving protections), or -1. */
+  hostOffsetForPageTableWrite(gpa: number): number;
+  /** Called after the walk's A/D update landed (decoded code in that frame is patched). */
+  flushCodePatch(): void;
   readonly memory32: Int32Array;
   /** Called for every page-table page a walk reads (traces, T-1). */
   notePageTableRead?(gpn: number): void;
@@ -87,10 +89,11 @@ export class Sv32Walker {
     // Accessed/dirty bits, written back to the guest's table.
     const wantBits = access === Access.WRITE ? Pte.A | Pte.D : Pte.A;
     if ((pte & wantBits) !== wantBits) {
-      const hostOffset = tables.hostOffsetForWrite(pteGpa);
+      const hostOffset = tables.hostOffsetForPageTableWrite(pteGpa);
       if (hostOffset < 0) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
       pte = memory32[hostOffset >>> 2]! | wantBits;
       memory32[hostOffset >>> 2] = pte;
+      tables.flushCodePatch();
     }
     this.gpa = pageGpa + (va & 0xfff);
     this.pte = pte;

@@ -109,6 +109,17 @@ export class SoftTlb {
     this.compact((kind) => kinds.includes(kind as TlbKindId));
   }
 
+  /**
+   * Drops read/write entries that lead to a host frame (the frame just got decoded code, so its
+   * writes must now take the slow path). The frame is recovered from the entry's addend.
+   */
+  flushWritesToFrame(frame: number): void {
+    this.compact((kind, vpn) => {
+      if (kind !== TlbKind.S_WRITE && kind !== TlbKind.U_WRITE) return false;
+      return ((this.arrays[kind]![vpn * 2 + 1]! + vpn * 4096) >>> 12) === frame;
+    });
+  }
+
   /** Drops execute entries that point at a decoded-code base. */
   flushExecBase(codeBase: number): void {
     this.compact((kind, vpn) => (kind === TlbKind.S_EXEC || kind === TlbKind.U_EXEC) && this.arrays[kind]![vpn * 2 + 1] === codeBase);
