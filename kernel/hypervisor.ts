@@ -135,7 +135,8 @@ export class Hypervisor {
       const remaining = maxInstructions - (vm.instructionsRetired - start);
       if (remaining <= 0) return { kind: 'budget' };
       try {
-        const end = vcpu.runSlice(Math.min(quantum, remaining));
+        // Only a user-visible budget needs an exact stop; quantum boundaries need determinism only.
+        const end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum);
         if (end === SliceEnd.VM_STOP) break;
       } catch (error) {
         vm.hostError(error instanceof Error ? error.message : String(error), error);

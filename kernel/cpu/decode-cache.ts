@@ -24,6 +24,12 @@ export const WORDS_PER_PAGE = 1024;
 export const DECODED_PAGE_ENTRIES = WORDS_PER_PAGE + 1;
 export const OP_ILLEGAL = 0;
 export const OP_PAGE_END = MAX_OPCODE + 1;
+/**
+ * Decoded base of the step page: every entry is PAGE_END except the one instruction being
+ * single-stepped, so the interpreter returns to its outer loop after exactly one instruction
+ * (exact budget stops, tracing) without any per-instruction check on the fast path.
+ */
+export const STEP_PAGE_BASE = 0;
 export const REG_SINK = 16;
 /** Stores to a decoded page after which its decoded copy is dropped. */
 export const CODE_WRITE_LIMIT = 64;
@@ -131,8 +137,26 @@ export class DecodeCache {
     this.imms = new Int32Array(initialSlots * DECODED_PAGE_ENTRIES);
     this.slotFrame = new Int32Array(initialSlots).fill(-1);
     this.slotWrites = new Int32Array(initialSlots);
-    for (let slot = initialSlots - 1; slot >= 0; slot--) this.freeSlots.push(slot);
+    // Slot 0 is the step page, never given to a frame.
+    for (let slot = initialSlots - 1; slot >= 1; slot--) this.freeSlots.push(slot);
+    this.ops.fill(OP_PAGE_END, STEP_PAGE_BASE, STEP_PAGE_BASE + DECODED_PAGE_ENTRIES);
   }
+
+  /**
+   * Puts the instruction at `index` of the decoded page at `base` alone into the step page
+   * (clearing the one stepped before) and returns the step page's base.
+   */
+  prepareStep(base: number, index: number): number {
+    const ops = this.ops;
+    const imms = this.imms;
+    ops[STEP_PAGE_BASE + this.steppedIndex] = OP_PAGE_END;
+    ops[STEP_PAGE_BASE + index] = ops[base + index]!;
+    imms[STEP_PAGE_BASE + index] = imms[base + index]!;
+    this.steppedIndex = index;
+    return STEP_PAGE_BASE;
+  }
+
+  private steppedIndex = 0;
 
   isDecoded(frame: number): boolean {
     return this.frameSlot[frame] !== 0;
@@ -213,13 +237,13 @@ export class DecodeCache {
     }
     // Full at the cap: drop everything (rare; like QEMU's translation-buffer flush).
     this.onFlush();
-    for (let slot = 0; slot < this.capacity; slot++) {
+    for (let slot = 1; slot < this.capacity; slot++) {
       const frame = this.slotFrame[slot]!;
       if (frame >= 0) this.frameSlot[frame] = 0;
       this.slotFrame[slot] = -1;
     }
     this.freeSlots = [];
-    for (let slot = this.capacity - 1; slot >= 0; slot--) this.freeSlots.push(slot);
+    for (let slot = this.capacity - 1; slot >= 1; slot--) this.freeSlots.push(slot);
     this.stats.cacheFlushes++;
     this.stats.slotsInUse = 0;
   }

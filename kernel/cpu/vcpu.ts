@@ -39,7 +39,10 @@ const SLOW_TRAP = 1;
 /** The access completed but state changed (MMIO write, code dropped): resume at the next pc. */
 const SLOW_RESYNC = 2;
 
-/** Instructions before the budget within which the loop checks every instruction. */
+/**
+ * Instructions before the budget within which the loop single-steps. Straight-line code runs at
+ * most one page (1024 words) between checks, so from here on a block could overshoot.
+ */
 const PRECISE_WINDOW = 2048;
 /** Outer-loop turns with no retired instruction before we call it a trap loop. */
 const TRAP_LOOP_LIMIT = 64;
@@ -56,6 +59,8 @@ export interface VcpuStats {
   hypercalls: number;
   mmioAccesses: number;
   waits: number;
+  /** Instructions run one at a time (near a budget, or tracing). */
+  steps: number;
 }
 
 /** Receives each instruction when tracing is on (pc, raw word, mode). */
@@ -89,7 +94,7 @@ export class Vcpu {
 
   readonly tlb = new SoftTlb();
   readonly walker: Sv32Walker;
-  readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0 };
+  readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0, steps: 0 };
   /** TLB tag context: valid bit and ASID. */
   private tlbCtx = tlbContext(0);
   /** Result of a slow-path load. */
@@ -138,10 +143,11 @@ export class Vcpu {
   }
 
   /**
-   * Runs until at least `budget` instructions retired (exactly `budget` unless the vCPU waits or
-   * the VM stops first). Returns a SliceEnd code.
+   * Runs until `budget` instructions retired, or the vCPU waits, or the VM stops. With `exact` the
+   * slice ends on exactly the budget (the last stretch is single-stepped); without it, at the
+   * first block boundary at or after the budget (still deterministic). Returns a SliceEnd code.
    */
-  runSlice(budget: number): number {
+  runSlice(budget: number, exact = false): number {
     const regs = this.regs;
     const i32 = this.pool.i32;
     const u8 = this.pool.u8;
@@ -188,8 +194,9 @@ export class Vcpu {
         continue;
       }
       // The next inline check: the timer deadline, or short of the budget to go precise.
-      precise = this.tracer !== null || budget - retired <= PRECISE_WINDOW;
-      checkLimit = precise ? budget : budget - PRECISE_WINDOW;
+      precise = this.tracer !== null || (exact && budget - retired <= PRECISE_WINDOW);
+      if (precise) this.stats.steps++;
+      checkLimit = precise || !exact ? budget : budget - PRECISE_WINDOW;
       // A deadline already passed (interrupt masked) must not end every block.
       if (this.timerDeadline > now && this.timerDeadline - clockAtStart < checkLimit) checkLimit = this.timerDeadline - clockAtStart;
       // Enter the code page holding pc.
@@ -212,18 +219,13 @@ export class Vcpu {
       idx = (pc >>> 2) & 1023;
       blockStart = idx;
 
+      if (precise) {
+        // Single-step: run this one instruction from the step page, then come back here.
+        if (this.tracer !== null) this.tracer(this, pc, this.vm.readInstructionWordAt(this, pc));
+        base = this.code.prepareStep(base, idx);
+      }
+
       for (;;) {
-        if (precise) {
-          if (retired + idx - blockStart >= budget) {
-            retired += idx - blockStart;
-            this.pc = (pageVa + (idx << 2)) | 0;
-            continue outer;
-          }
-          if (this.tracer !== null) {
-            const pc = (pageVa + (idx << 2)) | 0;
-            this.tracer(this, pc, this.vm.readInstructionWordAt(this, pc));
-          }
-        }
         const w = ops[base + idx]!;
         switch (w & 0xff) {
           case 0x00: { // illegal
@@ -573,9 +575,9 @@ export class Vcpu {
           case 0x37: // fence
             idx++;
             continue;
-          case 0x3b: // PAGE_END marker after the last word of a page
+          case 0x3b: // PAGE_END marker: after the last word of a page, or after a single step
             retired += idx - blockStart;
-            this.pc = (pageVa + 4096) | 0;
+            this.pc = (pageVa + (idx << 2)) | 0;
             continue outer;
           default:
             throw new Error(`decoded opcode 0x${(w & 0xff).toString(16)} has no execute case`);
