@@ -1,5 +1,7 @@
-# Table-driven CRC-32 over a 64 KiB buffer, repeated ROUNDS times; exits with the low byte of
-# the final CRC. The same algorithm in plain JS is the bench baseline.
+# Table-driven CRC-32 over a 64 KiB buffer, repeated ROUNDS times (the CRC of the buffer
+# concatenated ROUNDS times); exits (hcall EXIT) with the final CRC in a1. The runner prepends
+# `.equ PAGING, 0|1` and `.equ ROUNDS, n`. The same algorithm in plain JS is the bench baseline
+# (bench/workloads.ts).
 .equ PAGING_BYTES, 0x800000
 .equ PT_BASE, 0x700000
 .equ BUF, 0x100000

@@ -1,0 +1,309 @@
+/**
+ * The bench harness: what a workload is, how a guest run is timed and checked, and how runs are
+ * interleaved and reduced to figures. bench/run.ts is the command line around it;
+ * bench/workloads.ts holds the entries.
+ *
+ * Method (docs/performance.md): every workload runs its variants (e.g. paging off and on) and
+ * its plain-JS baseline in the same process, round after round, alternating the variant order
+ * each round so that drift (thermal, other tenants of the machine) falls on all of them alike.
+ * The first rounds are JIT warm-up and are not counted; the figure is the median of the timed
+ * rounds. A guest run whose result differs from the JS result is an error, never a figure.
+ */
+import { readFileSync } from 'node:fs';
+import { assemble } from '../guest-isa/assembler.ts';
+import { Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
+import { BvError } from '../guest-isa/errors.ts';
+import type { GuestImage } from '../guest-isa/image-types.ts';
+import type { Hypervisor } from '../kernel/index.ts';
+
+/** A bench failure that is not a figure: bad usage, a wrong guest result, a guest that did not halt. */
+export class BenchError extends BvError {}
+
+/** How big the runs are: the full bench, or the small smoke-test version. */
+export interface BenchSize {
+  quick: boolean;
+}
+
+/** One timed guest run. */
+export interface GuestRun {
+  /** Wall time of the run itself (not VM creation or image loading). */
+  ms: number;
+  instructions: number;
+  /** The value the guest exited with (u32). */
+  result: number;
+  /** Guest memory captured after the run, when the workload asks for it (for verify). */
+  memory: Uint8Array | null;
+  /** vcpu.stats.tlbMisses summed over vCPUs: accesses that left the inline TLB compare. */
+  tlbMisses: number;
+  /** vcpu.walker.walks summed over vCPUs: Sv32 page-table walks. */
+  pageWalks: number;
+}
+
+/** One timed run of the plain-JS baseline. */
+export interface JsRun {
+  ms: number;
+  result: number;
+  memory: Uint8Array | null;
+}
+
+/**
+ * A bench entry. `setup` runs once (untimed); then each round runs `jsBaseline` once and `run`
+ * once per variant, and every guest run goes through `verify` against that round's JS run.
+ */
+export interface Workload<Prepared = unknown> {
+  readonly name: string;
+  readonly description: string;
+  /** The configurations measured against each other (e.g. 'paging=off', 'paging=on'). */
+  readonly variants: readonly string[];
+  setup(size: BenchSize): Prepared;
+  /** One guest run of a variant on a fresh VM of `hv`, destroyed before returning. */
+  run(hv: Hypervisor, prepared: Prepared, variant: string): GuestRun;
+  /** Throws BenchError when the guest's result is not the JS result. */
+  verify(prepared: Prepared, variant: string, guest: GuestRun, js: JsRun): void;
+  /** The same algorithm in plain JavaScript. */
+  jsBaseline(prepared: Prepared): JsRun;
+}
+
+/** Stop a guest that runs away after this many instructions (a full bench run needs < 100 M). */
+const MAX_GUEST_INSTRUCTIONS = 2_000_000_000;
+
+const hex = (value: number): string => `0x${(value >>> 0).toString(16)}`;
+
+export interface GuestProgram {
+  image: GuestImage;
+  memoryBytes: number;
+  /** Guest-virtual range to copy out after the run, for verification. */
+  capture?: { va: number; length: number };
+}
+
+/**
+ * Assembles a bench guest with `.equ` definitions prepended (`defines` → `.equ NAME, 0x…`, the
+ * value as an unsigned 32-bit word); `.include`s resolve next to the source file.
+ */
+export function assembleGuest(path: string, defines: Record<string, number>): GuestImage {
+  const header = Object.entries(defines).map(([name, value]) => `.equ ${name}, ${hex(value)}\n`).join('');
+  return assemble(header + readFileSync(path, 'utf8'), { fileName: path }).image;
+}
+
+/**
+ * Runs a guest program on a fresh VM until it exits through hcall EXIT (a0 = 1, a1 = result);
+ * only `hv.run` is timed. Anything else (guest error, runaway) is a BenchError.
+ */
+export function runGuestProgram(hv: Hypervisor, label: string, program: GuestProgram): GuestRun {
+  const vm = hv.createVm({ memoryBytes: program.memoryBytes, name: `bench-${label}` });
+  try {
+    vm.loadImage(program.image);
+    const exit: { result: number | null } = { result: null };
+    vm.onHypercall(Hcall.EXIT, (vcpu) => {
+      exit.result = vcpu.regs[Reg.A1]! >>> 0;
+      vcpu.regs[Reg.A0] = HcallStatus.OK;
+      vm.powerOff(0);
+    });
+    const start = performance.now();
+    const [outcome] = hv.run({ maxInstructions: MAX_GUEST_INSTRUCTIONS }, [vm]);
+    const ms = performance.now() - start;
+    const reason = outcome!.reason;
+    const result = exit.result;
+    if (reason.kind !== 'halted' || result === null) {
+      const why = reason.kind === 'guest-error' || reason.kind === 'host-error' ? `${reason.kind}: ${reason.message}` : reason.kind;
+      throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: the guest stopped without exiting (${why})`);
+    }
+    let tlbMisses = 0;
+    let pageWalks = 0;
+    for (const vcpu of vm.vcpus) {
+      tlbMisses += vcpu.stats.tlbMisses;
+      pageWalks += vcpu.walker.walks;
+    }
+    // After the counters: reading guest memory through the page tables walks them too.
+    let memory: Uint8Array | null = null;
+    if (program.capture) {
+      memory = vm.readVirtual(vm.vcpus[0]!, program.capture.va, program.capture.length);
+      if (!memory) throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: cannot read the guest's result memory`);
+    }
+    return { ms, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks };
+  } finally {
+    hv.destroyVm(vm);
+  }
+}
+
+/** The standard check: the exit value, and the captured memory when both sides have one. */
+export function verifyAgainstJs(label: string, guest: GuestRun, js: JsRun): void {
+  if (guest.result !== js.result) {
+    throw new BenchError('BV_BENCH_WRONG_RESULT', `${label}: the guest computed ${hex(guest.result)}, plain JS ${hex(js.result)}`);
+  }
+  if (guest.memory && js.memory) {
+    const length = Math.min(guest.memory.length, js.memory.length);
+    for (let i = 0; i < length; i++) {
+      if (guest.memory[i] !== js.memory[i]) {
+        throw new BenchError('BV_BENCH_WRONG_RESULT', `${label}: guest memory differs from plain JS at byte ${i} of the result`);
+      }
+    }
+    if (guest.memory.length !== js.memory.length) {
+      throw new BenchError('BV_BENCH_WRONG_RESULT', `${label}: the guest result is ${guest.memory.length} bytes, plain JS ${js.memory.length}`);
+    }
+  }
+}
+
+/** Paging variants, as the guest workloads name them. */
+export const PAGING_OFF = 'paging=off';
+export const PAGING_ON = 'paging=on';
+
+/**
+ * A workload made of one guest source run with paging off and on: the common case, so that an
+ * entry is only its source, its sizes and its JS baseline.
+ */
+export function pagingWorkload<Params>(spec: {
+  name: string;
+  description: string;
+  source: string;
+  memoryBytes: number;
+  params(size: BenchSize): Params;
+  /** The `.equ` definitions besides PAGING. */
+  defines(params: Params): Record<string, number>;
+  capture?: { va: number; length: number };
+  /** Optional check of the JS baseline itself against an independent implementation. */
+  selfCheck?(params: Params, js: JsRun): void;
+  js(params: Params): { result: number; memory?: Uint8Array };
+}): Workload<{ params: Params; programs: Map<string, GuestProgram> }> {
+  const jsBaseline = (params: Params): JsRun => {
+    const start = performance.now();
+    const out = spec.js(params);
+    const ms = performance.now() - start;
+    return { ms, result: out.result >>> 0, memory: out.memory ?? null };
+  };
+  return {
+    name: spec.name,
+    description: spec.description,
+    variants: [PAGING_OFF, PAGING_ON],
+    setup(size) {
+      const params = spec.params(size);
+      const programs = new Map<string, GuestProgram>();
+      for (const [variant, paging] of [[PAGING_OFF, 0], [PAGING_ON, 1]] as const) {
+        const image = assembleGuest(spec.source, { PAGING: paging, ...spec.defines(params) });
+        programs.set(variant, { image, memoryBytes: spec.memoryBytes, ...(spec.capture ? { capture: spec.capture } : {}) });
+      }
+      if (spec.selfCheck) spec.selfCheck(params, jsBaseline(params));
+      return { params, programs };
+    },
+    run(hv, prepared, variant) {
+      return runGuestProgram(hv, `${spec.name} ${variant}`, prepared.programs.get(variant)!);
+    },
+    verify(_prepared, variant, guest, js) {
+      verifyAgainstJs(`${spec.name} ${variant}`, guest, js);
+    },
+    jsBaseline: (prepared) => jsBaseline(prepared.params),
+  };
+}
+
+/** Rounds a figure for reports: timing noise makes further digits meaningless. */
+const round = (value: number, digits: number): number => Number(value.toFixed(digits));
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+export interface VariantFigures {
+  variant: string;
+  /** Instructions one run retires (deterministic). */
+  instructions: number;
+  medianMs: number;
+  runsMs: number[];
+  /** Guest million instructions per second: instructions ÷ median time. */
+  mips: number;
+  /** The same instructions ÷ the median plain-JS time: the ceiling the guest is measured against. */
+  jsEquivalentMips: number;
+  /** Guest time ÷ plain-JS time (= jsEquivalentMips ÷ mips). */
+  ratio: number;
+  tlbMisses: number;
+  pageWalks: number;
+}
+
+export interface WorkloadFigures {
+  name: string;
+  description: string;
+  js: { medianMs: number; runsMs: number[] };
+  variants: VariantFigures[];
+  /** mips(paging=off) ÷ mips(paging=on) − 1: extra time per instruction with paging on. */
+  pagingCost: number | null;
+}
+
+export interface MeasureOptions {
+  warmups: number;
+  runs: number;
+  size: BenchSize;
+  /** Called before each step (guest or JS run) with a label, for progress display. */
+  onStep?: (label: string) => void;
+}
+
+/** Steps one workload takes under these options (for progress counts). */
+export function stepCount(workload: Workload, options: Pick<MeasureOptions, 'warmups' | 'runs'>): number {
+  return (options.warmups + options.runs) * (workload.variants.length + 1);
+}
+
+/** Measures one workload: warm-up rounds, then timed rounds, all interleaved. */
+export function measureWorkload(hv: Hypervisor, workload: Workload, options: MeasureOptions): WorkloadFigures {
+  const prepared = workload.setup(options.size);
+  const jsTimes: number[] = [];
+  const guestTimes = new Map<string, number[]>(workload.variants.map((v) => [v, []]));
+  const lastRun = new Map<string, GuestRun>();
+  const instructions = new Map<string, number>();
+  let reference: JsRun | null = null;
+  for (let round = 0; round < options.warmups + options.runs; round++) {
+    const timed = round >= options.warmups;
+    const tag = timed ? '' : ' (warm-up)';
+    options.onStep?.(`${workload.name} plain JS${tag}`);
+    const js = workload.jsBaseline(prepared);
+    if (reference && js.result !== reference.result) {
+      throw new BenchError('BV_BENCH_WRONG_RESULT', `${workload.name}: the plain-JS baseline is not deterministic`);
+    }
+    reference = js;
+    if (timed) jsTimes.push(js.ms);
+    // Alternate the order so that neither variant always runs right after the JS baseline.
+    const order = round % 2 === 0 ? workload.variants : [...workload.variants].reverse();
+    for (const variant of order) {
+      options.onStep?.(`${workload.name} ${variant}${tag}`);
+      const guest = workload.run(hv, prepared, variant);
+      workload.verify(prepared, variant, guest, js);
+      const seen = instructions.get(variant);
+      if (seen !== undefined && seen !== guest.instructions) {
+        throw new BenchError('BV_BENCH_NONDETERMINISTIC', `${workload.name} ${variant}: one run retired ${seen} instructions, another ${guest.instructions}`);
+      }
+      instructions.set(variant, guest.instructions);
+      if (timed) guestTimes.get(variant)!.push(guest.ms);
+      lastRun.set(variant, guest);
+    }
+  }
+  const jsMedian = median(jsTimes);
+  const variants = workload.variants.map((variant): VariantFigures => {
+    const runsMs = guestTimes.get(variant)!;
+    const medianMs = median(runsMs);
+    const count = instructions.get(variant)!;
+    const run = lastRun.get(variant)!;
+    return {
+      variant,
+      instructions: count,
+      medianMs: round(medianMs, 3),
+      runsMs: runsMs.map((ms) => round(ms, 3)),
+      mips: round(count / medianMs / 1000, 2),
+      jsEquivalentMips: round(count / jsMedian / 1000, 2),
+      ratio: round(medianMs / jsMedian, 3),
+      tlbMisses: run.tlbMisses,
+      pageWalks: run.pageWalks,
+    };
+  });
+  const off = variants.find((v) => v.variant === PAGING_OFF);
+  const on = variants.find((v) => v.variant === PAGING_ON);
+  const offMs = guestTimes.get(PAGING_OFF);
+  const onMs = guestTimes.get(PAGING_ON);
+  return {
+    name: workload.name,
+    description: workload.description,
+    js: { medianMs: round(jsMedian, 3), runsMs: jsTimes.map((ms) => round(ms, 3)) },
+    variants,
+    // mips(off) ÷ mips(on) − 1, from the unrounded times.
+    pagingCost: off && on && offMs && onMs ? round((off.instructions * median(onMs)) / (on.instructions * median(offMs)) - 1, 4) : null,
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * The bench workloads: each is a guest program run with paging off and on, plus the same
+ * algorithm in plain JavaScript. Add a workload by adding an entry to WORKLOADS (any object that
+ * implements Workload; `pagingWorkload` covers "one guest source, paging off and on").
+ */
+import { crc32 as zlibCrc32 } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+import { BenchError, pagingWorkload } from './harness.ts';
+import type { Workload } from './harness.ts';
+
+const guest = (name: string): string => fileURLToPath(new URL(`./guests/${name}`, import.meta.url));
+
+/** Shared by the guests (prepended as `.equ`) and the JS baselines, so both compute the same thing. */
+const FILL_FACTOR = 0x9e3779b1;
+const LCG_SEED = 12345;
+const LCG_MUL = 1664525;
+const LCG_ADD = 1013904223;
+
+// --- CRC-32 (bench/guests/crc32.s) ------------------------------------------------------------
+
+const CRC_BUFFER_BYTES = 65536;
+const CRC_POLYNOMIAL = 0xedb88320;
+
+/** The guest's buffer: byte i = i * 7 + (i >> 8). */
+function crcBuffer(): Uint8Array {
+  const bytes = new Uint8Array(CRC_BUFFER_BYTES);
+  for (let i = 0; i < CRC_BUFFER_BYTES; i++) bytes[i] = i * 7 + (i >> 8);
+  return bytes;
+}
+
+/** Table-driven CRC-32, four table lookups per 32-bit word, as the guest does it. */
+function crc32Js(rounds: number): number {
+  const table = new Int32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ CRC_POLYNOMIAL : c >>> 1;
+    table[n] = c;
+  }
+  const words = new Int32Array(crcBuffer().buffer);
+  let crc = -1;
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < words.length; i++) {
+      let w = words[i]!;
+      crc = (crc >>> 8) ^ table[(crc ^ w) & 0xff]!;
+      w >>>= 8;
+      crc = (crc >>> 8) ^ table[(crc ^ w) & 0xff]!;
+      w >>>= 8;
+      crc = (crc >>> 8) ^ table[(crc ^ w) & 0xff]!;
+      w >>>= 8;
+      crc = (crc >>> 8) ^ table[(crc ^ w) & 0xff]!;
+    }
+  }
+  return ~crc >>> 0;
+}
+
+const crc32Workload = pagingWorkload({
+  name: 'crc32',
+  description: 'table-driven CRC-32 over 64 KiB, repeated',
+  source: guest('crc32.s'),
+  memoryBytes: 8 * 2 ** 20,
+  params: ({ quick }) => ({ rounds: quick ? 1 : 100 }),
+  defines: ({ rounds }) => ({ ROUNDS: rounds }),
+  // The guest is checked against the JS baseline; the baseline against node:zlib once.
+  selfCheck({ rounds }, js) {
+    const buffer = crcBuffer();
+    let expected = 0;
+    for (let round = 0; round < rounds; round++) expected = zlibCrc32(buffer, expected);
+    if (js.result !== expected >>> 0) throw new BenchError('BV_BENCH_WRONG_RESULT', `crc32: the JS baseline disagrees with node:zlib`);
+  },
+  js: ({ rounds }) => ({ result: crc32Js(rounds) }),
+});
+
+// --- Prefix sum (bench/guests/prefix-sum.s) -----------------------------------------------------
+
+const PREFIX_ARRAY_VA = 0x100000;
+const PREFIX_ARRAY_BYTES = 0x100000;
+
+function prefixSumJs(rounds: number): { result: number; memory: Uint8Array } {
+  const array = new Int32Array(PREFIX_ARRAY_BYTES / 4);
+  for (let i = 0; i < array.length; i++) array[i] = Math.imul(i, FILL_FACTOR);
+  let sum = 0;
+  for (let round = 0; round < rounds; round++) {
+    sum = 0;
+    for (let i = 0; i < array.length; i++) {
+      sum = (sum + array[i]!) | 0;
+      array[i] = sum;
+    }
+  }
+  return { result: sum, memory: new Uint8Array(array.buffer) };
+}
+
+const prefixSumWorkload = pagingWorkload({
+  name: 'prefix-sum',
+  description: 'in-place prefix sum over 1 MiB of words, repeated',
+  source: guest('prefix-sum.s'),
+  memoryBytes: 4 * 2 ** 20,
+  params: ({ quick }) => ({ rounds: quick ? 1 : 32 }),
+  defines: ({ rounds }) => ({ ROUNDS: rounds, FILL_FACTOR }),
+  capture: { va: PREFIX_ARRAY_VA, length: PREFIX_ARRAY_BYTES },
+  js: ({ rounds }) => prefixSumJs(rounds),
+});
+
+// --- Memory walker (bench/guests/walker.s) ------------------------------------------------------
+
+function walkerJs(wordsLog2: number, steps: number): number {
+  const area = new Int32Array(1 << wordsLog2);
+  for (let i = 0; i < area.length; i++) area[i] = Math.imul(i, FILL_FACTOR);
+  const shift = 32 - wordsLog2;
+  let state = LCG_SEED;
+  let checksum = 0;
+  for (let step = 0; step < steps; step++) {
+    state = (Math.imul(state, LCG_MUL) + LCG_ADD) | 0;
+    const index = state >>> shift;
+    const value = area[index]!;
+    checksum = (checksum + value) | 0;
+    area[index] = value ^ state;
+  }
+  return checksum;
+}
+
+const walkerWorkload = pagingWorkload({
+  name: 'walker',
+  description: 'LCG-driven random word updates across 16 MiB',
+  source: guest('walker.s'),
+  memoryBytes: 24 * 2 ** 20,
+  // --quick walks 256 KiB instead of 16 MiB.
+  params: ({ quick }) => (quick ? { wordsLog2: 16, steps: 1 << 14 } : { wordsLog2: 22, steps: 1 << 22 }),
+  defines: ({ wordsLog2, steps }) => ({ WALK_WORDS_LOG2: wordsLog2, STEPS: steps, FILL_FACTOR, LCG_SEED, LCG_MUL, LCG_ADD }),
+  js: ({ wordsLog2, steps }) => ({ result: walkerJs(wordsLog2, steps) }),
+});
+
+/** Every workload, in the order the bench runs them. */
+export const WORKLOADS: readonly Workload[] = [crc32Workload, prefixSumWorkload, walkerWorkload];
