@@ -10,15 +10,17 @@
  */
 import { Cause, CAUSE_INTERRUPT, describeCause, GuestPhys, Hcall, HcallStatus, Irq, PAGE_SIZE, Reg } from '../guest-isa/arch.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
-import { Mode, Vcpu } from './cpu/vcpu.ts';
+import { Vcpu } from './cpu/vcpu.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
 import { KernelError } from './errors.ts';
 import type { FramePool } from './memory/frame-pool.ts';
-import { ABSENT_STATE_NAMES, AbsentState, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
+import { ABSENT_STATE_NAMES, AbsentState, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
 import type { AbsentStateId } from './memory/p2m.ts';
 import { MmioBus } from './mmio.ts';
 import type { DeviceDescriptor, MmioDevice } from './mmio.ts';
 import { Access } from './mmu/sv32.ts';
+import { Mmu } from './mmu/shadow.ts';
+import type { MmuOptions } from './mmu/shadow.ts';
 import type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
 
 /** How a VM stopped. */
@@ -44,6 +46,8 @@ export interface VmConfig {
   memoryBytes: number;
   /** Number of vCPUs (1..32). */
   vcpus?: number;
+  /** Translation: shadow page tables with traces (default), or nested walks. */
+  mmu?: MmuOptions;
 }
 
 export interface ExitCounts {
@@ -58,7 +62,6 @@ export interface ExitCounts {
 const MAX_RAM = GuestPhys.DEVICE_TABLE;
 const WRITE_PROTECT_FLAGS: readonly [number, string][] = [
   [P2mFlag.COPY_ON_WRITE, 'copy-on-write'],
-  [P2mFlag.TRACED, 'traced'],
   [P2mFlag.CHECKPOINT, 'checkpoint'],
   [P2mFlag.PARITY, 'parity'],
   [P2mFlag.WATCH, 'watch'],
@@ -73,6 +76,8 @@ export class Vm implements PhysicalPageTables {
   readonly memory32: Int32Array;
   readonly p2m: P2m;
   readonly bus: MmioBus;
+  mmu: Mmu;
+  private readonly mmuOptions: MmuOptions | undefined;
   readonly vcpus: Vcpu[] = [];
   /** 0 while running; see StopCode. Read by the interpreter after every exit. */
   stopCode: number = StopCode.RUNNING;
@@ -111,6 +116,8 @@ export class Vm implements PhysicalPageTables {
     this.p2m = new P2m(config.memoryBytes / PAGE_SIZE);
     this.bus = new MmioBus(config.memoryBytes, vcpuCount);
     this.onP2mChange = onP2mChange;
+    this.mmuOptions = config.mmu;
+    this.mmu = new Mmu(this, config.mmu);
     for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i));
     this.absentHandlers.set(AbsentState.UNTOUCHED, (vm, gpn) => vm.installFrame(gpn, vm.pool.allocFrame()));
     this.hypercalls.set(Hcall.VERSION, (vcpu) => {
@@ -225,8 +232,36 @@ export class Vm implements PhysicalPageTables {
         return -1;
       }
     }
-    if (access === Access.WRITE && (entry & P2M_WRITE_BLOCKING) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    if (access === Access.WRITE && (entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
     return entry & P2M_FRAME_MASK;
+  }
+
+  /** Whether a guest page holds a traced guest page table (writes must be reported). */
+  isTraced(gpa: number): boolean {
+    return (this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]! & P2mFlag.TRACED) !== 0 && this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]! >= 0;
+  }
+
+  /** A guest store changed a word of a traced page: the MMU drops what derived from it. */
+  tracedWrite(gpa: number, oldWord: number, newWord: number): void {
+    this.mmu.tracedWrite(Math.floor(gpa / PAGE_SIZE), gpa & (PAGE_SIZE - 1) & ~3, oldWord, newWord);
+  }
+
+  /**
+   * Drops, in every vCPU, TLB entries for `count` virtual pages from `firstVpn` in address space
+   * `asid` (the MMU calls this when a trace drops shadow entries).
+   */
+  invalidateTranslations(asid: number, firstVpn: number, count: number): void {
+    for (const vcpu of this.vcpus) this.translationsInvalidated += vcpu.tlb.flushVpnRange(firstVpn, count, asid);
+  }
+
+  /** TLB entries dropped because a traced page table changed. */
+  translationsInvalidated = 0;
+
+  /** Host offset of a guest-physical address whose page is present, or -1 (no exits taken). */
+  hostOffsetIfPresent(gpa: number): number {
+    if (!this.isRam(gpa)) return -1;
+    const entry = this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]!;
+    return entry < 0 ? -1 : (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
   }
 
   /** Whether a read translation to gpa may be cached in a TLB. */
@@ -261,7 +296,7 @@ export class Vm implements PhysicalPageTables {
     let entry = this.p2m.entries[gpn]!;
     if (entry < 0) entry = this.resolveAbsent(gpn, entry, Access.WRITE);
     if (entry < 0) return -1;
-    if ((entry & P2M_WRITE_BLOCKING) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    if ((entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
     return (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
   }
 
@@ -317,6 +352,7 @@ export class Vm implements PhysicalPageTables {
       if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not writable RAM of ${this.name}`);
       const frame = Math.floor(hostOffset / PAGE_SIZE);
       if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame);
+      if (this.isTraced(at)) this.mmu.zapPage(Math.floor(at / PAGE_SIZE));
       this.pool.u8.set(bytes.subarray(done, done + chunk), hostOffset);
       done += chunk;
     }
@@ -326,15 +362,15 @@ export class Vm implements PhysicalPageTables {
    * Reads guest-virtual memory as `vcpu` currently sees it (for hypercalls). Returns null when a
    * page is not mapped for reading; no trap is taken.
    */
-  readVirtual(vcpu: Vcpu, va: number, length: number): Uint8Array | null {
+  readVirtual(vcpu: Vcpu, va: number, length: number, access: AccessKind = Access.READ): Uint8Array | null {
     const out = new Uint8Array(length);
     for (let done = 0; done < length; ) {
       const at = (va + done) >>> 0;
       const chunk = Math.min(length - done, PAGE_SIZE - (at % PAGE_SIZE));
       let gpa = at;
       if (vcpu.pagingEnabled) {
-        if (!vcpu.walker.translate(vcpu.ptbr, at | 0, Access.READ, vcpu.mode === Mode.SUPERVISOR, vcpu.status)) return null;
-        gpa = vcpu.walker.gpa;
+        if (!this.mmu.translate(vcpu, at | 0, access)) return null;
+        gpa = this.mmu.gpa;
       }
       const hostOffset = this.hostOffsetForRead(gpa);
       if (hostOffset < 0) return null;
@@ -346,7 +382,7 @@ export class Vm implements PhysicalPageTables {
 
   /** The instruction word at a virtual pc (for traces and illegal-instruction values). */
   readInstructionWordAt(vcpu: Vcpu, pc: number): number {
-    const bytes = this.readVirtual(vcpu, pc, 4);
+    const bytes = this.readVirtual(vcpu, pc, 4, Access.EXEC); // execute-only pages hold code too
     return bytes ? (bytes[0]! | (bytes[1]! << 8) | (bytes[2]! << 16) | (bytes[3]! << 24)) : 0;
   }
 
@@ -372,7 +408,7 @@ export class Vm implements PhysicalPageTables {
 
   private resolveWriteProtect(gpn: number, entry: number): number {
     for (const [flag, name] of WRITE_PROTECT_FLAGS) {
-      if ((entry & flag) === 0) continue;
+      if ((entry & flag & P2M_RESOLVE_BEFORE_WRITE) === 0) continue;
       this.exits.writeProtect[name] = (this.exits.writeProtect[name] ?? 0) + 1;
       const handler = this.writeProtectHandlers.get(flag);
       if (!handler) throw new KernelError('BV_UNHANDLED_PROTECTION', `${this.name}: write to guest page ${gpn} protected by '${name}' and no handler is registered`);
@@ -487,6 +523,7 @@ export class Vm implements PhysicalPageTables {
     for (let gpn = 0; gpn < this.p2m.pageCount; gpn++) {
       if (this.p2m.entries[gpn]! >= 0) this.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
     }
+    this.mmu = new Mmu(this, this.mmuOptions); // nothing is traced any more
     for (const hook of this.resetHooks) hook();
     this.stopCode = StopCode.RUNNING;
     this.stopReason = { kind: 'running' };

@@ -82,10 +82,29 @@ export class Vcpu {
   ie = 0;
   ip = 0;
   ptbr = 0;
+  /**
+   * Counters are kept as a base plus the instructions retired so far in the running slice, which
+   * the interpreter publishes before every exit; so devices and CSR reads see live values.
+   */
+  private instretBase = 0;
+  private clockBase = 0;
+  private sliceRetired = 0;
+
   /** Retired instructions. */
-  instret = 0;
+  get instret(): number {
+    return this.instretBase + this.sliceRetired;
+  }
+  set instret(value: number) {
+    this.instretBase = value - this.sliceRetired;
+  }
+
   /** Virtual time: retired instructions plus time skipped while waiting. */
-  clock = 0;
+  get clock(): number {
+    return this.clockBase + this.sliceRetired;
+  }
+  set clock(value: number) {
+    this.clockBase = value - this.sliceRetired;
+  }
   /** Virtual time at which the timer interrupt becomes pending (Infinity: never). */
   timerDeadline = Infinity;
   /** Waiting in wfi. */
@@ -155,7 +174,8 @@ export class Vcpu {
     const u16 = this.pool.u16;
     const i16 = this.pool.i16;
     const vm = this.vm;
-    let clockAtStart = this.clock;
+    let clockAtStart = this.clockBase;
+    this.sliceRetired = 0;
     let ops = this.code.ops;
     let imms = this.code.imms;
     let rtlb = this.tlb.sRead;
@@ -366,6 +386,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.loadSlow(va, 1, true);
               if (r === SLOW_TRAP) continue outer;
@@ -383,6 +404,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.loadSlow(va, 1, false);
               if (r === SLOW_TRAP) continue outer;
@@ -400,6 +422,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.loadSlow(va, 2, true);
               if (r === SLOW_TRAP) continue outer;
@@ -417,6 +440,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.loadSlow(va, 2, false);
               if (r === SLOW_TRAP) continue outer;
@@ -434,6 +458,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.loadSlow(va, 4, false);
               if (r === SLOW_TRAP) continue outer;
@@ -451,6 +476,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.storeSlow(va, 1, regs[(w >> 18) & 31]!);
               if (r !== SLOW_OK) {
@@ -470,6 +496,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.storeSlow(va, 2, regs[(w >> 18) & 31]!);
               if (r !== SLOW_OK) {
@@ -489,6 +516,7 @@ export class Vcpu {
             } else {
               retired += idx - blockStart;
               blockStart = idx;
+              this.sliceRetired = retired;
               this.pc = (pageVa + (idx << 2)) | 0;
               const r = this.storeSlow(va, 4, regs[(w >> 18) & 31]!);
               if (r !== SLOW_OK) {
@@ -543,6 +571,7 @@ export class Vcpu {
           case 0x30: { // amoor
             retired += idx - blockStart;
             blockStart = idx;
+            this.sliceRetired = retired;
             this.pc = (pageVa + (idx << 2)) | 0;
             const r = this.amoSlow(w & 0xff, regs[(w >> 13) & 31]!, regs[(w >> 18) & 31]!);
             if (r === SLOW_TRAP) continue outer;
@@ -562,9 +591,9 @@ export class Vcpu {
           case 0x3a: { // csrrc
             retired += idx - blockStart;
             this.pc = (pageVa + (idx << 2)) | 0;
-            this.clock = clockAtStart + retired; // time CSRs read the current time
+            this.sliceRetired = retired; // counter CSRs read the current values
             const ended = this.execSystem(w, imms[base + idx]!);
-            clockAtStart = this.clock - retired; // wfi may have moved time forward
+            clockAtStart = this.clockBase; // wfi may have moved time forward
             retired += this.systemRetired;
             if (ended !== 0) {
               end = ended;
@@ -593,8 +622,9 @@ export class Vcpu {
         continue outer;
       }
     }
-    this.instret += retired;
-    this.clock = clockAtStart + retired;
+    this.sliceRetired = 0;
+    this.instretBase += retired;
+    this.clockBase += retired;
     this.stats.tlbHits += hits;
     return end;
   }
@@ -605,11 +635,12 @@ export class Vcpu {
   /** Translates a virtual address for an access; returns the gpa or -1 after taking a trap. */
   private translate(va: number, access: AccessKind): number {
     if ((this.ptbr & Ptbr.MODE_SV32) === 0) return va >>> 0;
-    if (!this.walker.translate(this.ptbr, va, access, this.mode === Mode.SUPERVISOR, this.status)) {
-      this.trap(this.walker.faultCause, va);
+    const mmu = this.vm.mmu;
+    if (!mmu.translate(this, va, access)) {
+      this.trap(mmu.faultCause, va);
       return -1;
     }
-    return this.walker.gpa;
+    return mmu.gpa;
   }
 
   /** Instruction fetch miss: translate, decode the page, fill the execute TLB. */
@@ -660,7 +691,7 @@ export class Vcpu {
       const addend = (frame * 4096 - (va & -4096)) | 0;
       this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpa >>> 12);
       // A page already dirty and writable gets its write entry now, saving a second miss.
-      if (this.pagingEnabled ? (this.walker.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
+      if (this.pagingEnabled ? (this.vm.mmu.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
         if (vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlbCtx, addend, gpa >>> 12);
       }
     }
@@ -694,9 +725,13 @@ export class Vcpu {
     this.stats.tlbMisses++;
     const hostOffset = frame * 4096 + (gpa & 0xfff);
     const pool = this.pool;
+    const traced = vm.isTraced(gpa);
+    const oldWord = traced ? pool.i32[hostOffset >>> 2]! : 0;
     if (width === 4) pool.i32[hostOffset >>> 2] = value;
     else if (width === 2) pool.u16[hostOffset >>> 1] = value;
     else pool.u8[hostOffset] = value;
+    // A guest page table changed: drop what was derived from it (T-1 traces).
+    if (traced) vm.tracedWrite(gpa, oldWord, pool.i32[hostOffset >>> 2]!);
     if (this.code.isDecoded(frame)) {
       // Self-modifying code: keep the decoded copy exact (or drop it if written too often).
       if (vm.noteCodeWrite(frame, gpa & 0xfff)) return SLOW_RESYNC;
@@ -729,6 +764,7 @@ export class Vcpu {
     const old = i32[index]!;
     i32[index] = op === 0x2d ? operand : op === 0x2e ? (old + operand) | 0 : op === 0x2f ? old & operand : old | operand;
     this.slowValue = old;
+    if (vm.isTraced(gpa)) vm.tracedWrite(gpa, old, i32[index]!);
     if (this.code.isDecoded(frame) && vm.noteCodeWrite(frame, gpa & 0xfff)) return SLOW_RESYNC;
     return SLOW_OK;
   }
@@ -789,9 +825,12 @@ export class Vcpu {
       case 0x36: { // sfence
         const va = this.regs[rs1]!;
         const asid = this.regs[rs2]! & Ptbr.ASID_MASK;
-        if (rs1 === 0 && rs2 === 0) this.tlb.flushAll();
-        else if (rs1 === 0) this.tlb.flushAsid(asid);
-        else this.tlb.flushPage(va);
+        // With traces the shadow and the TLB are already coherent: nothing is stale.
+        if (!this.pagingEnabled || this.vm.mmu.guestFlush()) {
+          if (rs1 === 0 && rs2 === 0) this.tlb.flushAll();
+          else if (rs1 === 0) this.tlb.flushAsid(asid);
+          else this.tlb.flushPage(va);
+        }
         this.pc = next;
         this.systemRetired = 1;
         return 0;
@@ -853,7 +892,7 @@ export class Vcpu {
         break;
       }
       case Csr.TVEC: this.tvec = value & ~3; break;
-      case Csr.EPC: this.epc = value & ~3; break;
+      case Csr.EPC: this.epc = value; break; // fully writable: a misaligned epc faults at the sret's fetch
       case Csr.CAUSE: this.cause = value; break;
       case Csr.TVAL: this.tval = value; break;
       case Csr.SCRATCH: this.scratch = value; break;
@@ -868,6 +907,7 @@ export class Vcpu {
     if (((this.ptbr ^ value) & Ptbr.MODE_SV32) !== 0) this.tlb.flushAll();
     this.ptbr = value | 0;
     this.tlbCtx = tlbContext((value & Ptbr.MODE_SV32) !== 0 ? (value >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK : 0);
+    this.vm.mmu.notePtbr(value);
   }
 
   /** Takes a synchronous trap at this.pc (SPEC.md "Traps"). */

@@ -26,6 +26,11 @@ export const P2mFlag = {
 export const P2M_FLAG_MASK = 0x7f00_0000;
 export const P2M_WRITE_BLOCKING = P2mFlag.COPY_ON_WRITE | P2mFlag.TRACED | P2mFlag.CHECKPOINT | P2mFlag.PARITY | P2mFlag.WATCH;
 export const P2M_READ_BLOCKING = P2mFlag.WATCH;
+/**
+ * Flags whose handler must run before a write lands. TRACED is not one: a traced page takes
+ * the write (no TLB write entry, so it reaches the slow path) and the MMU is told afterwards.
+ */
+export const P2M_RESOLVE_BEFORE_WRITE = P2M_WRITE_BLOCKING & ~P2mFlag.TRACED;
 export const P2M_FRAME_MASK = 0x00ff_ffff;
 /** Largest host frame number an entry can name (64 GiB of 4 KiB frames). */
 export const P2M_MAX_FRAME = P2M_FRAME_MASK;

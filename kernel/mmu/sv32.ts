@@ -28,6 +28,33 @@ export interface PhysicalPageTables {
 const PAGE_FAULT_BY_ACCESS = [Cause.LOAD_PAGE_FAULT, Cause.STORE_PAGE_FAULT, Cause.INSN_PAGE_FAULT] as const;
 const ACCESS_FAULT_BY_ACCESS = [Cause.LOAD_ACCESS_FAULT, Cause.STORE_ACCESS_FAULT, Cause.INSN_ACCESS_FAULT] as const;
 
+/** Page-fault cause for an access kind. */
+export function pageFaultCause(access: AccessKind): number {
+  return PAGE_FAULT_BY_ACCESS[access];
+}
+
+/**
+ * Whether a leaf PTE permits an access in a mode (SPEC.md Sv32 step 5). Used by the walk and by
+ * the shadow MMU on PTEs it has cached, so both decide the same way.
+ */
+export function leafPermits(pte: number, access: AccessKind, supervisor: boolean, status: number): boolean {
+  const user = (pte & Pte.U) !== 0;
+  if (supervisor) {
+    if (user && (access === Access.EXEC || (status & StatusBit.SUM) === 0)) return false;
+  } else if (!user) {
+    return false;
+  }
+  if (access === Access.EXEC) return (pte & Pte.X) !== 0;
+  if (access === Access.READ) return (pte & Pte.R) !== 0 || ((status & StatusBit.MXR) !== 0 && (pte & Pte.X) !== 0);
+  return (pte & Pte.W) !== 0;
+}
+
+/** Guest-physical base of the page a leaf maps at `va` (level 1 = superpage). May be ≥ 2^32. */
+export function leafPageGpa(pte: number, level: number, va: number): number {
+  const ppn = pte >>> PTE_PPN_SHIFT;
+  return level === 1 ? (ppn >>> 10) * 4194304 + (va & 0x3ff000) : ppn * 4096;
+}
+
 /** Reusable walker: results are left in fields so the walk allocates nothing. */
 export class Sv32Walker {
   /** Guest-physical address of the last successful translation. */
@@ -38,6 +65,9 @@ export class Sv32Walker {
   level = 0;
   /** Trap cause of the last failed translation. */
   faultCause = 0;
+  /** Guest page number of the root table and of the leaf table (-1 for a superpage) last used. */
+  rootGpn = 0;
+  leafTableGpn = -1;
   walks = 0;
 
   constructor(private readonly tables: PhysicalPageTables) {}
@@ -51,6 +81,8 @@ export class Sv32Walker {
     const tables = this.tables;
     const memory32 = tables.memory32;
     let tableGpa = (ptbr & Ptbr.PPN_MASK) * 4096;
+    this.rootGpn = ptbr & Ptbr.PPN_MASK;
+    this.leafTableGpn = -1;
     let level = 1;
     let pte = 0;
     let pteGpa = 0;
@@ -65,26 +97,14 @@ export class Sv32Walker {
       if ((pte & (Pte.R | Pte.X)) !== 0) break; // leaf
       if (level === 0) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
       tableGpa = (pte >>> PTE_PPN_SHIFT) * 4096;
+      this.leafTableGpn = pte >>> PTE_PPN_SHIFT;
       level = 0;
     }
-    // Permission checks.
-    const user = (pte & Pte.U) !== 0;
-    if (supervisor) {
-      if (user && (access === Access.EXEC || (status & StatusBit.SUM) === 0)) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
-    } else if (!user) {
-      return this.fail(PAGE_FAULT_BY_ACCESS[access]);
-    }
-    if (access === Access.EXEC) {
-      if ((pte & Pte.X) === 0) return this.fail(Cause.INSN_PAGE_FAULT);
-    } else if (access === Access.READ) {
-      if ((pte & Pte.R) === 0 && !((status & StatusBit.MXR) !== 0 && (pte & Pte.X) !== 0)) return this.fail(Cause.LOAD_PAGE_FAULT);
-    } else if ((pte & Pte.W) === 0) {
-      return this.fail(Cause.STORE_PAGE_FAULT);
-    }
+    if (!leafPermits(pte, access, supervisor, status)) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
     const ppn = pte >>> PTE_PPN_SHIFT;
     if (level === 1 && (ppn & 0x3ff) !== 0) return this.fail(PAGE_FAULT_BY_ACCESS[access]); // misaligned superpage
     // Physical address: Sv32 PAs have 34 bits; BV32 guest-physical space is 32 bits.
-    const pageGpa = level === 1 ? (ppn >>> 10) * 4194304 + (va & 0x3ff000) : ppn * 4096;
+    const pageGpa = leafPageGpa(pte, level, va);
     if (pageGpa >= 0x1_0000_0000) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
     // Accessed/dirty bits, written back to the guest's table.
     const wantBits = access === Access.WRITE ? Pte.A | Pte.D : Pte.A;

@@ -85,6 +85,26 @@ export class SoftTlb {
     }
   }
 
+  /**
+   * Drops the entries of `count` virtual pages from `firstVpn` whose tag carries `asid` (what a
+   * shadow entry dropped by a trace had produced). Returns how many were dropped.
+   */
+  flushVpnRange(firstVpn: number, count: number, asid: number): number {
+    const before = this.entriesDropped;
+    const matches = (tag: number): boolean => tag !== 0 && ((tag >>> ASID_TAG_SHIFT) & 0x1ff) === asid;
+    if (count === 1) {
+      for (const array of this.arrays) {
+        if (matches(array[firstVpn * 2]!)) {
+          array[firstVpn * 2] = 0;
+          this.entriesDropped++;
+        }
+      }
+    } else {
+      this.compact((kind, vpn) => vpn >= firstVpn && vpn < firstVpn + count && matches(this.arrays[kind]![vpn * 2]!));
+    }
+    return this.entriesDropped - before;
+  }
+
   /** Drops entries whose tag carries this address-space id. */
   flushAsid(asid: number): void {
     this.compact((kind, vpn) => ((this.arrays[kind]![vpn * 2]! >>> ASID_TAG_SHIFT) & 0x1ff) === asid);

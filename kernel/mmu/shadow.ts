@@ -1,0 +1,356 @@
+/**
+ * The VM's MMU front end, consulted on every TLB miss (T-1).
+ *
+ * - **shadow** mode (default): a shadow page table per guest root table caches the guest's leaf
+ *   PTEs (GVA → GPA and permissions), so a TLB miss is answered without walking guest memory.
+ *   It stays coherent through *traces*: every guest page-table page a walk reads is
+ *   write-protected in the P2M (flag TRACED); a guest store to it completes and then drops
+ *   exactly the shadow entries derived from the PTE it changed, and the TLB entries made from
+ *   them. Because the shadow is always coherent, guest flushes (sfence) have nothing left to drop
+ *   and are elided; context switches drop nothing because TLB entries are ASID-tagged.
+ *   *Batched population*: a walk that reaches a leaf table also caches up to `batch` valid,
+ *   accessed neighbours from the same table.
+ *   *Lazy A/D*: only PTEs whose A bit is set are cached, and a write through a cached PTE
+ *   whose D bit is clear walks again so the walk sets D in the guest's table.
+ * - **shadow without traces** (the "flush everything" baseline): the same cache, but nothing
+ *   keeps it coherent, so every guest sfence drops all shadow state.
+ * - **nested** mode: no shadow state; every TLB miss walks the guest tables, each table access
+ *   itself translated through the P2M (a two-dimensional walk).
+ *
+ * The shadow stores guest-physical addresses, not host frames, so P2M changes never touch it
+ * (they shoot down the vCPUs' TLBs, which hold host offsets).
+ */
+import { Ptbr, Pte, PTE_PPN_SHIFT } from '../../guest-isa/arch.ts';
+import { P2mFlag } from '../memory/p2m.ts';
+import type { Vm } from '../vm.ts';
+import type { Vcpu } from '../cpu/vcpu.ts';
+import { Access, leafPageGpa, leafPermits, pageFaultCause } from './sv32.ts';
+import type { AccessKind } from './sv32.ts';
+
+export type MmuMode = 'shadow' | 'nested';
+
+export interface MmuOptions {
+  mode?: MmuMode;
+  /** Keep the shadow coherent with traces (shadow mode only; default true). */
+  traces?: boolean;
+  /** Neighbouring PTEs cached per walk (shadow mode; default 16, 0 disables). */
+  batch?: number;
+  /** Most shadow address spaces kept; the least recently used beyond this are dropped. */
+  maxSpaces?: number;
+}
+
+export interface MmuStats {
+  walks: number;
+  shadowHits: number;
+  batchFilled: number;
+  tracesPlaced: number;
+  tracesRemoved: number;
+  traceHits: number;
+  shadowEntriesDropped: number;
+  flushesElided: number;
+  flushesFull: number;
+  spacesCreated: number;
+  spacesDropped: number;
+}
+
+/** Writes to a traced page without a walk reading it in between, before we stop tracing it. */
+const TRACE_FLOOD_LIMIT = 64;
+/** Marker in a use code: the page is the root table of the space. */
+const ROOT_USE = 1024;
+
+/** Cached translations derived from one guest root table. */
+class ShadowSpace {
+  /** Level-1 leaf PTEs (superpages) by VPN[1]; 0 = none. */
+  readonly superPte = new Int32Array(1024);
+  /** Level-0 leaf PTEs by VPN[1], then VPN[0]; 0 = none. */
+  readonly leafPte: (Int32Array | null)[] = new Array(1024).fill(null);
+  /** The guest page number of the leaf table each VPN[1] went through (-1 = none). */
+  readonly leafTable = new Int32Array(1024).fill(-1);
+  /** ASID last seen with this root, for exact TLB invalidation. */
+  asid = 0;
+  lastUse = 0;
+  constructor(readonly id: number, readonly rootGpn: number) {}
+}
+
+export class Mmu {
+  readonly mode: MmuMode;
+  readonly traces: boolean;
+  readonly batch: number;
+  private readonly maxSpaces: number;
+  /** Result of the last successful translate(). */
+  gpa = 0;
+  pte = 0;
+  level = 0;
+  /** Trap cause of the last failed translate(). */
+  faultCause = 0;
+
+  readonly stats: MmuStats = {
+    walks: 0, shadowHits: 0, batchFilled: 0, tracesPlaced: 0, tracesRemoved: 0, traceHits: 0,
+    shadowEntriesDropped: 0, flushesElided: 0, flushesFull: 0, spacesCreated: 0, spacesDropped: 0,
+  };
+
+  private readonly spaces = new Map<number, ShadowSpace>();
+  private readonly spacesById = new Map<number, ShadowSpace>();
+  private nextSpaceId = 0;
+  private useClock = 0;
+  /** Traced guest page → encoded uses (spaceId * 2048 + (ROOT_USE | vpn1)). */
+  private readonly traceUses = new Map<number, number[]>();
+  /** Traced guest page → writes since a walk last read it. */
+  private readonly traceWrites = new Map<number, number>();
+
+  constructor(private readonly vm: Vm, options: MmuOptions = {}) {
+    this.mode = options.mode ?? 'shadow';
+    this.traces = this.mode === 'shadow' && (options.traces ?? true);
+    this.batch = this.mode === 'shadow' ? Math.max(0, Math.min(1023, options.batch ?? 16)) : 0;
+    this.maxSpaces = options.maxSpaces ?? 256;
+  }
+
+  /**
+   * Translates `va` for an access by `vcpu` under its current PTBR, mode and status. Returns
+   * true (gpa/pte/level set) or false (faultCause set). Paging must be on.
+   */
+  translate(vcpu: Vcpu, va: number, access: AccessKind): boolean {
+    const supervisor = vcpu.mode === 1;
+    const walker = vcpu.walker;
+    if (this.mode === 'shadow') {
+      const space = this.space(vcpu.ptbr);
+      const vpn1 = va >>> 22;
+      let level = 1;
+      let pte = space.superPte[vpn1]!;
+      if (pte === 0) {
+        const leaves = space.leafPte[vpn1];
+        if (leaves !== null) pte = leaves![(va >>> 12) & 1023]!;
+        level = 0;
+      }
+      // A cached PTE answers unless the access must set D (then walk so the guest table gets it).
+      if (pte !== 0 && (access !== Access.WRITE || (pte & Pte.D) !== 0)) {
+        if (!leafPermits(pte, access, supervisor, vcpu.status)) return this.fail(pageFaultCause(access));
+        this.stats.shadowHits++;
+        return this.succeed(leafPageGpa(pte, level, va) + (va & 0xfff), pte, level);
+      }
+      if (!walker.translate(vcpu.ptbr, va, access, supervisor, vcpu.status)) {
+        this.stats.walks++;
+        return this.fail(walker.faultCause);
+      }
+      this.stats.walks++;
+      this.remember(space, va, walker.pte, walker.level, walker.rootGpn, walker.leafTableGpn);
+      return this.succeed(walker.gpa, walker.pte, walker.level);
+    }
+    this.stats.walks++;
+    if (!walker.translate(vcpu.ptbr, va, access, supervisor, vcpu.status)) return this.fail(walker.faultCause);
+    return this.succeed(walker.gpa, walker.pte, walker.level);
+  }
+
+  /**
+   * The guest executed sfence. Returns true when the vCPUs' TLBs must still be flushed as the
+   * spec says (nested mode, or shadow without traces after dropping the whole shadow).
+   */
+  guestFlush(): boolean {
+    if (this.traces) {
+      // Traces already dropped every stale entry when the guest wrote its page tables.
+      this.stats.flushesElided++;
+      return false;
+    }
+    if (this.mode === 'shadow') {
+      this.stats.flushesFull++;
+      this.dropAllSpaces();
+    }
+    return true;
+  }
+
+  /** A vCPU installed a PTBR: remember the ASID its root runs under. */
+  notePtbr(ptbr: number): void {
+    if (this.mode !== 'shadow' || (ptbr & Ptbr.MODE_SV32) === 0) return;
+    this.space(ptbr).asid = (ptbr >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK;
+  }
+
+  /**
+   * A guest store changed a word of a traced page (old → new value). Drops the shadow entries
+   * derived from that PTE and the TLB entries made from them, in every vCPU.
+   */
+  tracedWrite(gpn: number, pageOffset: number, oldWord: number, newWord: number): void {
+    this.stats.traceHits++;
+    const writes = (this.traceWrites.get(gpn) ?? 0) + 1;
+    this.traceWrites.set(gpn, writes);
+    if (writes > TRACE_FLOOD_LIMIT) {
+      // Written like data, not read like a page table: stop shadowing it.
+      this.zapPage(gpn);
+      return;
+    }
+    if (oldWord === newWord) return;
+    const index = pageOffset >>> 2;
+    for (const use of this.traceUses.get(gpn) ?? []) {
+      const space = this.spacesById.get(Math.floor(use / 2048));
+      if (!space) continue;
+      if ((use & 2047) === ROOT_USE) this.dropRootEntry(space, index);
+      else this.dropLeafEntry(space, use & 1023, index, gpn);
+    }
+  }
+
+  /** A traced page changed wholesale (device DMA, loader): drop everything derived from it. */
+  zapPage(gpn: number): void {
+    const uses = this.traceUses.get(gpn);
+    if (!uses) return;
+    for (const use of [...uses]) {
+      const space = this.spacesById.get(Math.floor(use / 2048));
+      if (!space) continue;
+      if ((use & 2047) === ROOT_USE) this.dropSpace(space);
+      else this.dropRootEntry(space, use & 1023);
+    }
+    this.untrace(gpn);
+  }
+
+  /** Number of shadow address spaces and cached leaf PTEs (for --stats). */
+  census(): { spaces: number; cachedPtes: number; tracedPages: number } {
+    let cachedPtes = 0;
+    for (const space of this.spaces.values()) {
+      for (let i = 0; i < 1024; i++) {
+        if (space.superPte[i] !== 0) cachedPtes++;
+        const leaves = space.leafPte[i];
+        if (leaves) for (let j = 0; j < 1024; j++) if (leaves[j] !== 0) cachedPtes++;
+      }
+    }
+    return { spaces: this.spaces.size, cachedPtes, tracedPages: this.traceUses.size };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private succeed(gpa: number, pte: number, level: number): true {
+    this.gpa = gpa;
+    this.pte = pte;
+    this.level = level;
+    return true;
+  }
+
+  private fail(cause: number): false {
+    this.faultCause = cause;
+    return false;
+  }
+
+  private space(ptbr: number): ShadowSpace {
+    const rootGpn = ptbr & Ptbr.PPN_MASK;
+    let space = this.spaces.get(rootGpn);
+    if (!space) {
+      if (this.spaces.size >= this.maxSpaces) this.dropLeastRecentSpace();
+      space = new ShadowSpace(this.nextSpaceId++, rootGpn);
+      this.spaces.set(rootGpn, space);
+      this.spacesById.set(space.id, space);
+      this.stats.spacesCreated++;
+    }
+    space.lastUse = ++this.useClock;
+    return space;
+  }
+
+  /** Caches a walked leaf (and its batch of neighbours) and traces the tables it came from. */
+  private remember(space: ShadowSpace, va: number, pte: number, level: number, rootGpn: number, leafTableGpn: number): void {
+    const vpn1 = va >>> 22;
+    this.trace(rootGpn, space.id * 2048 + ROOT_USE);
+    if (level === 1) {
+      space.superPte[vpn1] = pte;
+      return;
+    }
+    let leaves = space.leafPte[vpn1];
+    if (leaves === null || space.leafTable[vpn1] !== leafTableGpn) {
+      leaves = new Int32Array(1024);
+      space.leafPte[vpn1] = leaves;
+      space.leafTable[vpn1] = leafTableGpn;
+    }
+    const vpn0 = (va >>> 12) & 1023;
+    leaves![vpn0] = pte;
+    this.trace(leafTableGpn, space.id * 2048 + vpn1);
+    if (this.batch > 0) this.fillNeighbours(leaves!, leafTableGpn, vpn0);
+  }
+
+  /** Batched population: caches valid, accessed leaf PTEs around vpn0 in the same table. */
+  private fillNeighbours(leaves: Int32Array, leafTableGpn: number, vpn0: number): void {
+    const tableGpa = leafTableGpn * 4096;
+    const hostOffset = this.vm.hostOffsetIfPresent(tableGpa);
+    if (hostOffset < 0) return;
+    const memory32 = this.vm.memory32;
+    const first = vpn0 - (vpn0 % this.batch);
+    const last = Math.min(1024, first + this.batch);
+    for (let i = first; i < last; i++) {
+      if (i === vpn0 || leaves[i] !== 0) continue;
+      const pte = memory32[(hostOffset >>> 2) + i]!;
+      // Only valid leaves the guest has accessed: a PTE with A clear is never in the shadow.
+      if ((pte & (Pte.V | Pte.A)) !== (Pte.V | Pte.A) || (pte & (Pte.R | Pte.X)) === 0 || ((pte & Pte.R) === 0 && (pte & Pte.W) !== 0)) continue;
+      if ((pte >>> PTE_PPN_SHIFT) * 4096 >= 0x1_0000_0000) continue;
+      leaves[i] = pte;
+      this.stats.batchFilled++;
+    }
+  }
+
+  private trace(gpn: number, use: number): void {
+    this.traceWrites.set(gpn, 0);
+    if (!this.traces) return;
+    let uses = this.traceUses.get(gpn);
+    if (!uses) {
+      uses = [];
+      this.traceUses.set(gpn, uses);
+      this.vm.protectPage(gpn, P2mFlag.TRACED);
+      this.stats.tracesPlaced++;
+    }
+    if (!uses.includes(use)) uses.push(use);
+  }
+
+  private untrace(gpn: number): void {
+    if (!this.traceUses.delete(gpn)) return;
+    this.traceWrites.delete(gpn);
+    this.vm.unprotectPage(gpn, P2mFlag.TRACED);
+    this.stats.tracesRemoved++;
+  }
+
+  private removeUse(gpn: number, use: number): void {
+    const uses = this.traceUses.get(gpn);
+    if (!uses) return;
+    const at = uses.indexOf(use);
+    if (at >= 0) uses.splice(at, 1);
+    if (uses.length === 0) this.untrace(gpn);
+  }
+
+  /** Drops what a root entry (VPN[1]) maps: its superpage or its whole leaf table's entries. */
+  private dropRootEntry(space: ShadowSpace, vpn1: number): void {
+    let dropped = 0;
+    if (space.superPte[vpn1] !== 0) {
+      space.superPte[vpn1] = 0;
+      dropped++;
+    }
+    const leaves = space.leafPte[vpn1];
+    if (leaves) {
+      for (let i = 0; i < 1024; i++) if (leaves[i] !== 0) dropped++;
+      space.leafPte[vpn1] = null;
+      const leafTable = space.leafTable[vpn1]!;
+      space.leafTable[vpn1] = -1;
+      if (leafTable >= 0) this.removeUse(leafTable, space.id * 2048 + vpn1);
+    }
+    this.stats.shadowEntriesDropped += dropped;
+    if (dropped > 0) this.vm.invalidateTranslations(space.asid, vpn1 << 10, 1024);
+  }
+
+  private dropLeafEntry(space: ShadowSpace, vpn1: number, vpn0: number, leafTableGpn: number): void {
+    if (space.leafTable[vpn1] !== leafTableGpn) return;
+    const leaves = space.leafPte[vpn1];
+    if (!leaves || leaves[vpn0] === 0) return;
+    leaves[vpn0] = 0;
+    this.stats.shadowEntriesDropped++;
+    this.vm.invalidateTranslations(space.asid, (vpn1 << 10) | vpn0, 1);
+  }
+
+  private dropSpace(space: ShadowSpace): void {
+    for (let vpn1 = 0; vpn1 < 1024; vpn1++) this.dropRootEntry(space, vpn1);
+    this.removeUse(space.rootGpn, space.id * 2048 + ROOT_USE);
+    this.spaces.delete(space.rootGpn);
+    this.spacesById.delete(space.id);
+    this.stats.spacesDropped++;
+  }
+
+  private dropAllSpaces(): void {
+    for (const space of [...this.spaces.values()]) this.dropSpace(space);
+  }
+
+  private dropLeastRecentSpace(): void {
+    let oldest: ShadowSpace | null = null;
+    for (const space of this.spaces.values()) if (!oldest || space.lastUse < oldest.lastUse) oldest = space;
+    if (oldest) this.dropSpace(oldest);
+  }
+}
