@@ -71,9 +71,14 @@ export class Hypervisor {
    */
   private shootdown(vm: Vm, gpns: readonly number[]): void {
     this.shootdowns++;
-    for (const vcpu of vm.vcpus) {
-      for (const gpn of gpns) this.shootdownEntries += vcpu.tlb.flushGpn(gpn);
+    if (gpns.length <= 4) {
+      for (const vcpu of vm.vcpus) for (const gpn of gpns) this.shootdownEntries += vcpu.tlb.flushGpn(gpn);
+      return;
     }
+    // Many pages: one pass over each vCPU's fill log with a bitmap.
+    const marked = new Uint8Array(vm.p2m.pageCount);
+    for (const gpn of gpns) marked[gpn] = 1;
+    for (const vcpu of vm.vcpus) this.shootdownEntries += vcpu.tlb.flushGpns(marked);
   }
 
   /**
@@ -141,6 +146,13 @@ export class Hypervisor {
       } catch (error) {
         vm.hostError(error instanceof Error ? error.message : String(error), error);
         break;
+      }
+    }
+    if (vm.stopCode === StopCode.RUNNING) {
+      try {
+        vm.runTickers();
+      } catch (error) {
+        vm.hostError(error instanceof Error ? error.message : String(error), error);
       }
     }
     if (vm.stopCode !== StopCode.RUNNING) return vm.stopReason;

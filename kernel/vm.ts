@@ -14,7 +14,7 @@ import { Vcpu } from './cpu/vcpu.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
 import { KernelError } from './errors.ts';
 import type { FramePool } from './memory/frame-pool.ts';
-import { ABSENT_STATE_NAMES, AbsentState, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
+import { ABSENT_STATE_NAMES, AbsentState, UNTOUCHED_ENTRY, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
 import type { AbsentStateId } from './memory/p2m.ts';
 import { MmioBus } from './mmio.ts';
 import type { DeviceDescriptor, MmioDevice } from './mmio.ts';
@@ -48,7 +48,29 @@ export interface VmConfig {
   vcpus?: number;
   /** Translation: shadow page tables with traces (default), or nested walks. */
   mmu?: MmuOptions;
+  /**
+   * When to back a 4 MiB guest-physical region with one aligned 4 MiB host run on first touch
+   * (T-2): 'superpages' (default) once the guest maps the region with a superpage, 'always', or
+   * 'off'.
+   */
+  largePages?: LargePagePolicy;
 }
+
+export type LargePagePolicy = 'off' | 'superpages' | 'always';
+
+export interface LargePageStats {
+  /** Regions backed by a whole host run at first touch. */
+  runsAllocated: number;
+  /** Regions moved onto a host run after the fact (promotion, T-3). */
+  regionsPromoted: number;
+  /** Host runs split into independent frames (T-4). */
+  regionsBrokenUp: number;
+}
+
+/** Pages in a 4 MiB region. */
+export const REGION_PAGES = 1024;
+const REGION_UNKNOWN = -2;
+const REGION_NOT_LARGE = -1;
 
 export interface ExitCounts {
   absent: Record<string, number>;
@@ -85,6 +107,18 @@ export class Vm implements PhysicalPageTables {
   readonly exits: ExitCounts = { absent: {}, writeProtect: {}, mmio: 0, hypercall: 0, trapToGuest: 0, codeWrites: 0 };
   /** Frames this VM holds references to (present P2M entries). */
   framesHeld = 0;
+  readonly largePagePolicy: LargePagePolicy;
+  readonly largePageStats: LargePageStats = { runsAllocated: 0, regionsPromoted: 0, regionsBrokenUp: 0 };
+  /**
+   * Per guest page: set when a TLB entry is filled for it. These are the hypervisor's own
+   * accessed bits (like A bits in nested tables); services clear them with clearAccessed().
+   */
+  readonly accessed: Uint8Array;
+  /** Per 4 MiB region: first frame of the host run backing all of it, or a REGION_* marker. */
+  private readonly regionRun: Int32Array;
+  /** Per 4 MiB region: the guest has mapped it with a superpage. */
+  private readonly superpageSeen: Uint8Array;
+  private readonly tickers: { every: number; next: number; run: (vm: Vm) => void }[] = [];
   image: GuestImage | null = null;
 
   private readonly absentHandlers = new Map<number, AbsentHandler>();
@@ -114,12 +148,20 @@ export class Vm implements PhysicalPageTables {
     this.memory32 = pool.i32;
     this.decodeCache = decodeCache;
     this.p2m = new P2m(config.memoryBytes / PAGE_SIZE);
+    this.largePagePolicy = config.largePages ?? 'superpages';
+    if (!['off', 'superpages', 'always'].includes(this.largePagePolicy)) {
+      throw new KernelError('BV_BAD_VM_CONFIG', `large-page policy must be off, superpages or always, got ${String(config.largePages)}`);
+    }
+    this.accessed = new Uint8Array(this.p2m.pageCount);
+    const regions = Math.ceil(this.p2m.pageCount / REGION_PAGES);
+    this.regionRun = new Int32Array(regions).fill(REGION_UNKNOWN);
+    this.superpageSeen = new Uint8Array(regions);
     this.bus = new MmioBus(config.memoryBytes, vcpuCount);
     this.onP2mChange = onP2mChange;
     this.mmuOptions = config.mmu;
     this.mmu = new Mmu(this, config.mmu);
     for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i));
-    this.absentHandlers.set(AbsentState.UNTOUCHED, (vm, gpn) => vm.installFrame(gpn, vm.pool.allocFrame()));
+    this.absentHandlers.set(AbsentState.UNTOUCHED, (vm, gpn) => vm.allocateOnFirstTouch(gpn));
     this.hypercalls.set(Hcall.VERSION, (vcpu) => {
       vcpu.regs[Reg.A0] = HcallStatus.OK;
       vcpu.regs[Reg.A1] = 1;
@@ -171,6 +213,7 @@ export class Vm implements PhysicalPageTables {
     this.checkGpn(gpn);
     const old = this.p2m.entries[gpn]!;
     this.p2m.entries[gpn] = entry;
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
     if (entry >= 0) this.framesHeld++;
     if (old >= 0) {
       this.framesHeld--;
@@ -186,6 +229,7 @@ export class Vm implements PhysicalPageTables {
     const old = this.p2m.entries[gpn]!;
     if (old < 0 || (old & flags) === flags) return;
     this.p2m.entries[gpn] = old | flags;
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
     this.onP2mChange(this, [gpn]);
   }
 
@@ -194,6 +238,181 @@ export class Vm implements PhysicalPageTables {
     this.checkGpn(gpn);
     const old = this.p2m.entries[gpn]!;
     if (old >= 0) this.p2m.entries[gpn] = old & ~flags;
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+  }
+
+  /**
+   * Replaces many P2M entries at once with a single shootdown (region moves, break-ups). The
+   * frames the old entries held are released after every vCPU has dropped its translations.
+   */
+  replaceEntries(gpns: readonly number[], entries: readonly number[]): void {
+    const released: number[] = [];
+    const changed: number[] = [];
+    for (let i = 0; i < gpns.length; i++) {
+      const gpn = gpns[i]!;
+      this.checkGpn(gpn);
+      const old = this.p2m.entries[gpn]!;
+      const entry = entries[i]!;
+      this.p2m.entries[gpn] = entry;
+      this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+      if (entry >= 0) this.framesHeld++;
+      if (old >= 0) {
+        this.framesHeld--;
+        if (old !== entry) changed.push(gpn);
+        if ((old & P2M_FRAME_MASK) !== (entry & P2M_FRAME_MASK) || entry < 0) released.push(old & P2M_FRAME_MASK);
+      }
+    }
+    if (changed.length > 0) this.onP2mChange(this, changed);
+    for (const frame of released) this.releaseFrame(frame);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Large pages (T-2)
+
+  /**
+   * First host frame of the aligned 4 MiB run that backs every page of a guest region (present,
+   * contiguous, readable without exits), or -1.
+   */
+  regionRunFrame(region: number): number {
+    const cached = this.regionRun[region];
+    if (cached === undefined) return REGION_NOT_LARGE;
+    if (cached !== REGION_UNKNOWN) return cached;
+    const first = region * REGION_PAGES;
+    let result = REGION_NOT_LARGE;
+    if (first + REGION_PAGES <= this.p2m.pageCount) {
+      const entries = this.p2m.entries;
+      const head = entries[first]!;
+      const runFrame = head & P2M_FRAME_MASK;
+      if (head >= 0 && runFrame % REGION_PAGES === 0) {
+        result = runFrame;
+        for (let i = 0; i < REGION_PAGES; i++) {
+          const entry = entries[first + i]!;
+          if (entry < 0 || (entry & P2M_FRAME_MASK) !== runFrame + i || (entry & P2M_READ_BLOCKING) !== 0) {
+            result = REGION_NOT_LARGE;
+            break;
+          }
+        }
+      }
+    }
+    this.regionRun[region] = result;
+    return result;
+  }
+
+  /** The guest mapped a superpage over a guest-physical region (walk result). */
+  noteSuperpage(gpaBase: number): void {
+    const region = Math.floor(gpaBase / (REGION_PAGES * PAGE_SIZE));
+    if (region < this.superpageSeen.length) this.superpageSeen[region] = 1;
+  }
+
+  /** Whether the guest maps a region with a superpage (as seen by walks). */
+  superpageMapped(region: number): boolean {
+    return this.superpageSeen[region] === 1;
+  }
+
+  /**
+   * Zero-on-demand, preferring a whole aligned host run when the policy says the region will be
+   * mapped large and none of it is populated yet; otherwise one frame.
+   */
+  private allocateOnFirstTouch(gpn: number): void {
+    const region = Math.floor(gpn / REGION_PAGES);
+    const wantRun = this.largePagePolicy === 'always' || (this.largePagePolicy === 'superpages' && this.superpageSeen[region] === 1);
+    if (wantRun && this.regionUntouched(region)) {
+      const runFrame = this.pool.allocRun();
+      if (runFrame >= 0) {
+        const first = region * REGION_PAGES;
+        // Every page was absent, so no TLB holds anything to shoot down.
+        for (let i = 0; i < REGION_PAGES; i++) this.p2m.entries[first + i] = P2mEntry.present(runFrame + i);
+        this.framesHeld += REGION_PAGES;
+        this.regionRun[region] = runFrame;
+        this.largePageStats.runsAllocated++;
+        return;
+      }
+    }
+    this.installFrame(gpn, this.pool.allocFrame());
+  }
+
+  private regionUntouched(region: number): boolean {
+    const first = region * REGION_PAGES;
+    if (first + REGION_PAGES > this.p2m.pageCount) return false;
+    const entries = this.p2m.entries;
+    for (let i = 0; i < REGION_PAGES; i++) if (entries[first + i] !== UNTOUCHED_ENTRY) return false;
+    return true;
+  }
+
+  /**
+   * Moves a region onto a fresh aligned host run (T-3 promotion): present pages are copied,
+   * untouched ones become zero pages of the run. Refused (false) when no run is free or a page
+   * is in a state that cannot move (absent for another reason, shared copy-on-write, watched).
+   */
+  promoteRegion(region: number): boolean {
+    const first = region * REGION_PAGES;
+    if (first + REGION_PAGES > this.p2m.pageCount || this.regionRunFrame(region) >= 0) return false;
+    const entries = this.p2m.entries;
+    for (let i = 0; i < REGION_PAGES; i++) {
+      const entry = entries[first + i]!;
+      if (entry < 0 ? entry !== UNTOUCHED_ENTRY : (entry & (P2mFlag.COPY_ON_WRITE | P2mFlag.WATCH)) !== 0) return false;
+    }
+    const runFrame = this.pool.allocRun();
+    if (runFrame < 0) return false;
+    const u8 = this.pool.u8;
+    const gpns: number[] = [];
+    const newEntries: number[] = [];
+    for (let i = 0; i < REGION_PAGES; i++) {
+      const entry = entries[first + i]!;
+      if (entry >= 0) {
+        const from = (entry & P2M_FRAME_MASK) * PAGE_SIZE;
+        u8.copyWithin((runFrame + i) * PAGE_SIZE, from, from + PAGE_SIZE);
+      }
+      gpns.push(first + i);
+      newEntries.push(P2mEntry.present(runFrame + i, entry >= 0 ? entry & P2mFlag.TRACED : 0));
+    }
+    this.replaceEntries(gpns, newEntries);
+    this.largePageStats.regionsPromoted++;
+    return true;
+  }
+
+  /**
+   * Splits a run-backed region into independent frames (T-4): the frames stay where they are,
+   * but from now on each can be reclaimed on its own. Returns false if the region is not large.
+   */
+  breakUpRegion(region: number): boolean {
+    if (this.regionRunFrame(region) < 0) return false;
+    this.regionRun[region] = REGION_NOT_LARGE;
+    this.largePageStats.regionsBrokenUp++;
+    return true;
+  }
+
+  /** Marks a guest page accessed (the interpreter calls this when it fills a TLB entry). */
+  markAccessed(gpn: number): void {
+    this.accessed[gpn] = 1;
+  }
+
+  /**
+   * Clears the accessed marks of a range and shoots down the TLB entries for it, so that the next
+   * access to each page is seen again (T-3/T-4 tracking periods).
+   */
+  clearAccessed(firstGpn: number, count: number): void {
+    this.accessed.fill(0, firstGpn, firstGpn + count);
+    const gpns: number[] = [];
+    for (let gpn = firstGpn; gpn < firstGpn + count; gpn++) gpns.push(gpn);
+    this.onP2mChange(this, gpns);
+  }
+
+  /** Runs `fn` every `everyInstructions` guest instructions, between scheduling rounds. */
+  addTicker(everyInstructions: number, fn: (vm: Vm) => void): void {
+    if (!Number.isInteger(everyInstructions) || everyInstructions <= 0) throw new KernelError('BV_BAD_TICKER', `ticker interval must be a positive integer, got ${everyInstructions}`);
+    this.tickers.push({ every: everyInstructions, next: this.instructionsRetired + everyInstructions, run: fn });
+  }
+
+  /** Called by the scheduler between rounds. */
+  runTickers(): void {
+    if (this.tickers.length === 0) return;
+    const now = this.instructionsRetired;
+    for (const ticker of this.tickers) {
+      if (now < ticker.next) continue;
+      ticker.next = now + ticker.every;
+      ticker.run(this);
+    }
   }
 
   private releaseFrame(frame: number): void {
@@ -252,6 +471,11 @@ export class Vm implements PhysicalPageTables {
    */
   invalidateTranslations(asid: number, firstVpn: number, count: number): void {
     for (const vcpu of this.vcpus) this.translationsInvalidated += vcpu.tlb.flushVpnRange(firstVpn, count, asid);
+  }
+
+  /** Drops every vCPU's TLB entries of one ASID (it now names another address space). */
+  invalidateAsid(asid: number): void {
+    for (const vcpu of this.vcpus) vcpu.tlb.flushAsid(asid);
   }
 
   /** TLB entries dropped because a traced page table changed. */
@@ -524,6 +748,9 @@ export class Vm implements PhysicalPageTables {
       if (this.p2m.entries[gpn]! >= 0) this.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
     }
     this.mmu = new Mmu(this, this.mmuOptions); // nothing is traced any more
+    this.accessed.fill(0);
+    this.regionRun.fill(REGION_UNKNOWN);
+    this.superpageSeen.fill(0);
     for (const hook of this.resetHooks) hook();
     this.stopCode = StopCode.RUNNING;
     this.stopReason = { kind: 'running' };

@@ -659,6 +659,7 @@ export class Vcpu {
     const frame = this.vm.frameForAccess(this, gpa, Access.EXEC, pc);
     if (frame < 0) return -1;
     const base = this.code.ensureDecoded(frame, this.pool.i32);
+    this.vm.markAccessed(gpa >>> 12);
     const kind = this.mode === Mode.SUPERVISOR ? TlbKind.S_EXEC : TlbKind.U_EXEC;
     this.tlb.fill(kind, pc, this.tlbCtx, base, gpa >>> 12);
     return base;
@@ -686,6 +687,7 @@ export class Vcpu {
     if (frame < 0) return SLOW_TRAP;
     this.stats.tlbMisses++;
     const hostOffset = frame * 4096 + (gpa & 0xfff);
+    vm.markAccessed(gpa >>> 12);
     if (vm.mayCacheRead(gpa)) {
       const supervisor = this.mode === Mode.SUPERVISOR;
       const addend = (frame * 4096 - (va & -4096)) | 0;
@@ -725,6 +727,7 @@ export class Vcpu {
     this.stats.tlbMisses++;
     const hostOffset = frame * 4096 + (gpa & 0xfff);
     const pool = this.pool;
+    vm.markAccessed(gpa >>> 12);
     const traced = vm.isTraced(gpa);
     const oldWord = traced ? pool.i32[hostOffset >>> 2]! : 0;
     if (width === 4) pool.i32[hostOffset >>> 2] = value;
@@ -887,8 +890,9 @@ export class Vcpu {
       case Csr.STATUS: {
         const changed = (this.status ^ value) & (StatusBit.SUM | StatusBit.MXR);
         this.status = value & STATUS_WRITABLE_MASK;
-        // Supervisor read/write permissions depend on SUM and MXR.
-        if (changed !== 0) this.tlb.flushKinds([TlbKind.S_READ, TlbKind.S_WRITE]);
+        // SUM changes supervisor loads/stores of user pages; MXR changes loads in both modes.
+        if ((changed & StatusBit.SUM) !== 0) this.tlb.flushKinds([TlbKind.S_READ, TlbKind.S_WRITE]);
+        if ((changed & StatusBit.MXR) !== 0) this.tlb.flushKinds([TlbKind.S_READ, TlbKind.U_READ]);
         break;
       }
       case Csr.TVEC: this.tvec = value & ~3; break;

@@ -42,6 +42,8 @@ export interface MmuOptions {
 export interface MmuStats {
   walks: number;
   shadowHits: number;
+  /** Misses answered by a large mapping: a guest superpage over a run-backed region (T-2). */
+  largeHits: number;
   batchFilled: number;
   tracesPlaced: number;
   tracesRemoved: number;
@@ -51,7 +53,12 @@ export interface MmuStats {
   flushesFull: number;
   spacesCreated: number;
   spacesDropped: number;
+  /** ASIDs installed with a different root than before (their TLB entries were dropped). */
+  asidReuses: number;
 }
+
+/** Large entries kept in nested mode (checked before a walk). */
+const LARGE_SET_SIZE = 8;
 
 /** Writes to a traced page without a walk reading it in between, before we stop tracing it. */
 const TRACE_FLOOD_LIMIT = 64;
@@ -85,14 +92,24 @@ export class Mmu {
   faultCause = 0;
 
   readonly stats: MmuStats = {
-    walks: 0, shadowHits: 0, batchFilled: 0, tracesPlaced: 0, tracesRemoved: 0, traceHits: 0,
-    shadowEntriesDropped: 0, flushesElided: 0, flushesFull: 0, spacesCreated: 0, spacesDropped: 0,
+    walks: 0, shadowHits: 0, largeHits: 0, batchFilled: 0, tracesPlaced: 0, tracesRemoved: 0, traceHits: 0,
+    shadowEntriesDropped: 0, flushesElided: 0, flushesFull: 0, spacesCreated: 0, spacesDropped: 0, asidReuses: 0,
   };
 
   private readonly spaces = new Map<number, ShadowSpace>();
   private readonly spacesById = new Map<number, ShadowSpace>();
   private nextSpaceId = 0;
   private useClock = 0;
+  /**
+   * Nested mode's large entries: a guest superpage whose guest-physical region is backed by one
+   * host run is held as one entry (4 MiB-aligned va, ASID, leaf PTE), so misses under it need no
+   * walk. Entries are dropped by guest flushes, like a hardware TLB's, and checked against the
+   * region's backing at use.
+   */
+  private readonly largeVa = new Int32Array(LARGE_SET_SIZE).fill(-1);
+  private readonly largeAsid = new Int32Array(LARGE_SET_SIZE);
+  private readonly largePte = new Int32Array(LARGE_SET_SIZE);
+  private largeNext = 0;
   /** Traced guest page → encoded uses (spaceId * 2048 + (ROOT_USE | vpn1)). */
   private readonly traceUses = new Map<number, number[]>();
   /** Traced guest page → writes since a walk last read it. */
@@ -126,19 +143,69 @@ export class Mmu {
       if (pte !== 0 && (access !== Access.WRITE || (pte & Pte.D) !== 0)) {
         if (!leafPermits(pte, access, supervisor, vcpu.status)) return this.fail(pageFaultCause(access));
         this.stats.shadowHits++;
-        return this.succeed(leafPageGpa(pte, level, va) + (va & 0xfff), pte, level);
-      }
-      if (!walker.translate(vcpu.ptbr, va, access, supervisor, vcpu.status)) {
-        this.stats.walks++;
-        return this.fail(walker.faultCause);
+        const gpa = leafPageGpa(pte, level, va) + (va & 0xfff);
+        if (level === 1 && this.vm.regionRunFrame(Math.floor(gpa / 4194304)) >= 0) this.stats.largeHits++;
+        return this.succeed(gpa, pte, level);
       }
       this.stats.walks++;
+      if (!walker.translate(vcpu.ptbr, va, access, supervisor, vcpu.status)) return this.fail(walker.faultCause);
+      if (walker.level === 1) this.vm.noteSuperpage(walker.gpa - (walker.gpa % 4194304));
       this.remember(space, va, walker.pte, walker.level, walker.rootGpn, walker.leafTableGpn);
       return this.succeed(walker.gpa, walker.pte, walker.level);
     }
+    // Nested: a large entry, else the two-dimensional walk.
+    const asid = (vcpu.ptbr >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK;
+    const vaBase = va & 0xffc00000;
+    for (let i = 0; i < LARGE_SET_SIZE; i++) {
+      if (this.largeVa[i] !== vaBase || this.largeAsid[i] !== asid) continue;
+      const pte = this.largePte[i]!;
+      const gpa = leafPageGpa(pte, 1, va) + (va & 0xfff);
+      if (this.vm.regionRunFrame(Math.floor(gpa / 4194304)) < 0) {
+        this.largeVa[i] = -1; // its backing changed: no longer a large mapping
+        break;
+      }
+      if (access === Access.WRITE && (pte & Pte.D) === 0) break; // walk to set D
+      if (!leafPermits(pte, access, supervisor, vcpu.status)) return this.fail(pageFaultCause(access));
+      this.stats.largeHits++;
+      return this.succeed(gpa, pte, 1);
+    }
     this.stats.walks++;
     if (!walker.translate(vcpu.ptbr, va, access, supervisor, vcpu.status)) return this.fail(walker.faultCause);
+    if (walker.level === 1) {
+      const gpaBase = walker.gpa - (walker.gpa % 4194304);
+      this.vm.noteSuperpage(gpaBase);
+      if (this.vm.regionRunFrame(gpaBase / 4194304) >= 0) this.rememberLarge(vaBase, asid, walker.pte);
+    }
     return this.succeed(walker.gpa, walker.pte, walker.level);
+  }
+
+  private rememberLarge(vaBase: number, asid: number, pte: number): void {
+    let slot = -1;
+    for (let i = 0; i < LARGE_SET_SIZE; i++) if (this.largeVa[i] === vaBase && this.largeAsid[i] === asid) slot = i;
+    if (slot < 0) {
+      slot = this.largeNext;
+      this.largeNext = (this.largeNext + 1) % LARGE_SET_SIZE;
+    }
+    this.largeVa[slot] = vaBase;
+    this.largeAsid[slot] = asid;
+    this.largePte[slot] = pte;
+  }
+
+  /** Large mappings currently held (shadow superpages over run-backed regions, or nested entries). */
+  largeMappings(): number {
+    if (this.mode === 'nested') {
+      let count = 0;
+      for (let i = 0; i < LARGE_SET_SIZE; i++) if (this.largeVa[i] !== -1) count++;
+      return count;
+    }
+    let count = 0;
+    for (const space of this.spaces.values()) {
+      for (let vpn1 = 0; vpn1 < 1024; vpn1++) {
+        const pte = space.superPte[vpn1]!;
+        if (pte !== 0 && this.vm.regionRunFrame(Math.floor(leafPageGpa(pte, 1, vpn1 << 22) / 4194304)) >= 0) count++;
+      }
+    }
+    return count;
   }
 
   /**
@@ -146,6 +213,7 @@ export class Mmu {
    * spec says (nested mode, or shadow without traces after dropping the whole shadow).
    */
   guestFlush(): boolean {
+    this.largeVa.fill(-1);
     if (this.traces) {
       // Traces already dropped every stale entry when the guest wrote its page tables.
       this.stats.flushesElided++;
@@ -158,11 +226,26 @@ export class Mmu {
     return true;
   }
 
-  /** A vCPU installed a PTBR: remember the ASID its root runs under. */
+  /**
+   * A vCPU installed a PTBR. In shadow mode, remember the ASID its root runs under; and when an
+   * ASID now names a different root than before, drop every vCPU's entries of that ASID: with
+   * traces the guest's sfence is elided, so this is where a reused ASID is made safe.
+   */
   notePtbr(ptbr: number): void {
     if (this.mode !== 'shadow' || (ptbr & Ptbr.MODE_SV32) === 0) return;
-    this.space(ptbr).asid = (ptbr >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK;
+    const asid = (ptbr >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK;
+    const rootGpn = ptbr & Ptbr.PPN_MASK;
+    const previousRoot = this.rootOfAsid.get(asid);
+    if (previousRoot !== undefined && previousRoot !== rootGpn) {
+      this.stats.asidReuses++;
+      this.vm.invalidateAsid(asid);
+    }
+    this.rootOfAsid.set(asid, rootGpn);
+    this.space(ptbr).asid = asid;
   }
+
+  /** ASID → root table last installed with it. */
+  private readonly rootOfAsid = new Map<number, number>();
 
   /**
    * A guest store changed a word of a traced page (old → new value). Drops the shadow entries
