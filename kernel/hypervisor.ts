@@ -5,9 +5,11 @@
  */
 import { KernelError } from './errors.ts';
 import { DecodeCache } from './cpu/decode-cache.ts';
-import { SliceEnd } from './cpu/vcpu.ts';
+import { PRECISE_WINDOW, SliceEnd } from './cpu/vcpu.ts';
 import { FramePool } from './memory/frame-pool.ts';
 import type { HostMemory } from './memory/frame-pool.ts';
+import { TlbArena } from './mmu/tlb.ts';
+import type { TlbArenaMemory } from './mmu/tlb.ts';
 import { StopCode, Vm } from './vm.ts';
 import type { StopReason, VmConfig } from './vm.ts';
 
@@ -37,7 +39,11 @@ export class Hypervisor {
   shootdowns = 0;
   shootdownEntries = 0;
 
-  constructor(memory: HostMemory) {
+  private readonly tlbs: TlbArena;
+
+  /** `tlbArena`: memory to carve vCPU TLBs from (see TlbArena); without it they are allocated. */
+  constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null) {
+    this.tlbs = new TlbArena(tlbArena);
     this.pool = new FramePool(memory);
     this.decodeCache = new DecodeCache(this.pool.frameCount);
     this.decodeCache.onSlotDropped = (codeBase) => {
@@ -52,9 +58,28 @@ export class Hypervisor {
   }
 
   createVm(config: VmConfig): Vm {
-    const vm = new Vm(this.nextVmId++, config, this.pool, this.decodeCache, (changedVm, gpns) => this.shootdown(changedVm, gpns));
+    const vm = new Vm(this.nextVmId++, config, this.pool, this.decodeCache, (changedVm, gpns) => this.shootdown(changedVm, gpns), this.tlbs);
     this.vms.push(vm);
     return vm;
+  }
+
+  /**
+   * Forks a VM (T-13): the child shares every frame of the parent copy-on-write and starts with
+   * the parent's CPU and component state. The caller attaches the child's devices first if the
+   * parent's components must be restored into them (pass `attach`). Memory is not copied.
+   */
+  forkVm(parent: Vm, options: { name?: string; attach?: (child: Vm) => void } = {}): Vm {
+    const child = this.createVm({ ...parent.config, name: options.name ?? `${parent.name}-fork${this.nextVmId}` });
+    try {
+      options.attach?.(child);
+      parent.shareMemoryWith(child);
+      child.image = parent.image;
+      child.restoreState(parent.captureState());
+    } catch (error) {
+      this.destroyVm(child);
+      throw error;
+    }
+    return child;
   }
 
   destroyVm(vm: Vm): void {
@@ -135,13 +160,15 @@ export class Hypervisor {
       if (vm.stopCode !== StopCode.RUNNING) break;
       if (vcpu.waiting) {
         if (!vcpu.wakeable) continue;
-        vcpu.waiting = false;
+        vcpu.finishWait();
       }
       const remaining = maxInstructions - (vm.instructionsRetired - start);
       if (remaining <= 0) return { kind: 'budget' };
       try {
-        // Only a user-visible budget needs an exact stop; quantum boundaries need determinism only.
-        const end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum);
+        // Only a user-visible budget needs an exact stop; quantum boundaries need determinism
+        // only. A slice that is not exact may overshoot by up to a page of straight-line code,
+        // so go exact whenever the budget is within reach of this slice.
+        const end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum + PRECISE_WINDOW);
         if (end === SliceEnd.VM_STOP) break;
       } catch (error) {
         vm.hostError(error instanceof Error ? error.message : String(error), error);

@@ -6,16 +6,21 @@ import { HostRegion } from '../native/index.ts';
 import { KernelError } from './errors.ts';
 import { Hypervisor } from './hypervisor.ts';
 import { RUN_SIZE } from './memory/frame-pool.ts';
+import { SOFT_TLB_BYTES } from './mmu/tlb.ts';
 
 export { Hypervisor, IDLE_FOREVER } from './hypervisor.ts';
 export type { RunOptions, RunResult } from './hypervisor.ts';
 export { Vm, StopCode } from './vm.ts';
-export type { StopReason, VmConfig, AbsentHandler, WriteProtectHandler, HypercallHandler, ExitCounts } from './vm.ts';
+export type { StopReason, VmConfig, AbsentHandler, WriteProtectHandler, HypercallHandler, ExitCounts, LargePagePolicy, LargePageStats, StatefulComponent, VmState, EpochWriteHook } from './vm.ts';
+export { REGION_PAGES } from './vm.ts';
 export { Vcpu, Mode, SliceEnd } from './cpu/vcpu.ts';
-export type { TraceHook, VcpuStats } from './cpu/vcpu.ts';
+export type { TraceHook, VcpuStats, VcpuState } from './cpu/vcpu.ts';
 export { FramePool, FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';
 export type { HostMemory } from './memory/frame-pool.ts';
 export { P2m, P2mEntry, P2mFlag, AbsentState, ABSENT_STATE_NAMES } from './memory/p2m.ts';
+export type { AbsentStateId } from './memory/p2m.ts';
+export { Mmu } from './mmu/shadow.ts';
+export type { MmuMode, MmuOptions, MmuStats } from './mmu/shadow.ts';
 export type { MmioDevice, DeviceDescriptor } from './mmio.ts';
 export { Access } from './mmu/sv32.ts';
 export { KernelError, OutOfHostMemoryError } from './errors.ts';
@@ -36,5 +41,11 @@ export function createHypervisor(options: HypervisorOptions): Hypervisor {
   const region = options.backingFile
     ? HostRegion.sharedFile(options.backingFile, bytes, { create: true })
     : HostRegion.anonymous(bytes, { noReserve: true });
-  return new Hypervisor(region);
+  // vCPU TLBs come from one lazily backed arena, so creating a VM or a fork allocates nothing the
+  // JS heap has to account for (see kernel/mmu/tlb.ts).
+  const tlbArena = HostRegion.anonymous(TLB_ARENA_SLOTS * SOFT_TLB_BYTES, { noReserve: true });
+  return new Hypervisor(region, tlbArena);
 }
+
+/** vCPUs whose TLBs fit in a hypervisor's arena (more fall back to ordinary allocation). */
+export const TLB_ARENA_SLOTS = 128;

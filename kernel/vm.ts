@@ -11,14 +11,16 @@
 import { Cause, CAUSE_INTERRUPT, describeCause, GuestPhys, Hcall, HcallStatus, Irq, PAGE_SIZE, Reg } from '../guest-isa/arch.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { Vcpu } from './cpu/vcpu.ts';
+import type { VcpuState } from './cpu/vcpu.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
 import { KernelError } from './errors.ts';
 import type { FramePool } from './memory/frame-pool.ts';
-import { ABSENT_STATE_NAMES, AbsentState, UNTOUCHED_ENTRY, P2m, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
+import { ABSENT_STATE_NAMES, AbsentState, UNTOUCHED_ENTRY, P2m, P2M_FLAG_MASK, P2M_FRAME_MASK, P2M_READ_BLOCKING, P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag } from './memory/p2m.ts';
 import type { AbsentStateId } from './memory/p2m.ts';
 import { MmioBus } from './mmio.ts';
 import type { DeviceDescriptor, MmioDevice } from './mmio.ts';
 import { Access } from './mmu/sv32.ts';
+import type { TlbProvider } from './mmu/tlb.ts';
 import { Mmu } from './mmu/shadow.ts';
 import type { MmuOptions } from './mmu/shadow.ts';
 import type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
@@ -66,6 +68,25 @@ export interface LargePageStats {
   /** Host runs split into independent frames (T-4). */
   regionsBrokenUp: number;
 }
+
+/** A device's (or service's) state hooks for checkpoints and fork. */
+export interface StatefulComponent {
+  /** Bumped whenever the saved form changes; a mismatch refuses the restore. */
+  version: number;
+  /** Plain data (JSON-serialisable) or bytes. */
+  save(): unknown;
+  restore(state: unknown, version: number): void;
+}
+
+/** Everything but memory: what a checkpoint or a fork copies besides pages. */
+export interface VmState {
+  config: { name: string; memoryBytes: number; vcpus: number; mmu?: MmuOptions; largePages: LargePagePolicy };
+  vcpus: VcpuState[];
+  components: Record<string, { version: number; state: unknown }>;
+}
+
+/** Called with a page's frame before the first write to it in a snapshot epoch. */
+export type EpochWriteHook = (gpn: number, frame: number) => void;
 
 /** Pages in a 4 MiB region. */
 export const REGION_PAGES = 1024;
@@ -119,6 +140,12 @@ export class Vm implements PhysicalPageTables {
   /** Per 4 MiB region: the guest has mapped it with a superpage. */
   private readonly superpageSeen: Uint8Array;
   private readonly tickers: { every: number; next: number; run: (vm: Vm) => void }[] = [];
+  private readonly components = new Map<string, StatefulComponent>();
+  readonly config: VmConfig;
+  /** Snapshot write barrier (T-12): the current epoch and the epoch each page was claimed in. */
+  private epoch = 0;
+  private pageEpoch: Int32Array | null = null;
+  private epochHook: EpochWriteHook | null = null;
   image: GuestImage | null = null;
 
   private readonly absentHandlers = new Map<number, AbsentHandler>();
@@ -133,6 +160,7 @@ export class Vm implements PhysicalPageTables {
     pool: FramePool,
     decodeCache: DecodeCache,
     onP2mChange: (vm: Vm, gpns: readonly number[]) => void,
+    private readonly tlbs: TlbProvider,
   ) {
     const vcpuCount = config.vcpus ?? 1;
     if (!Number.isInteger(config.memoryBytes) || config.memoryBytes <= 0 || config.memoryBytes % PAGE_SIZE !== 0 || config.memoryBytes > MAX_RAM) {
@@ -142,6 +170,7 @@ export class Vm implements PhysicalPageTables {
       throw new KernelError('BV_BAD_VM_CONFIG', `vCPU count must be 1..32, got ${config.vcpus}`);
     }
     this.id = id;
+    this.config = { ...config };
     this.name = config.name ?? `vm${id}`;
     this.memoryBytes = config.memoryBytes;
     this.pool = pool;
@@ -160,8 +189,9 @@ export class Vm implements PhysicalPageTables {
     this.onP2mChange = onP2mChange;
     this.mmuOptions = config.mmu;
     this.mmu = new Mmu(this, config.mmu);
-    for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i));
+    for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i, tlbs.acquire()));
     this.absentHandlers.set(AbsentState.UNTOUCHED, (vm, gpn) => vm.allocateOnFirstTouch(gpn));
+    this.writeProtectHandlers.set(P2mFlag.COPY_ON_WRITE, (vm, gpn, entry) => vm.breakCopyOnWrite(gpn, entry));
     this.hypercalls.set(Hcall.VERSION, (vcpu) => {
       vcpu.regs[Reg.A0] = HcallStatus.OK;
       vcpu.regs[Reg.A1] = 1;
@@ -451,7 +481,10 @@ export class Vm implements PhysicalPageTables {
         return -1;
       }
     }
-    if (access === Access.WRITE && (entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    if (access === Access.WRITE) {
+      if ((entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+      if (this.epochHook !== null) this.claimForWrite(gpn, entry & P2M_FRAME_MASK);
+    }
     return entry & P2M_FRAME_MASK;
   }
 
@@ -495,8 +528,121 @@ export class Vm implements PhysicalPageTables {
 
   /** Whether a write translation may be cached: no protection flag and no decoded code. */
   mayCacheWrite(gpa: number, frame: number): boolean {
-    const entry = this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]!;
-    return entry >= 0 && (entry & P2M_WRITE_BLOCKING) === 0 && !this.decodeCache.isDecoded(frame);
+    const gpn = Math.floor(gpa / PAGE_SIZE);
+    const entry = this.p2m.entries[gpn]!;
+    if (entry < 0 || (entry & P2M_WRITE_BLOCKING) !== 0 || this.decodeCache.isDecoded(frame)) return false;
+    // During a snapshot epoch a page may be written directly only once it has been claimed.
+    return this.epochHook === null || this.pageEpoch![gpn] === this.epoch;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Snapshot write barrier (T-12)
+
+  /**
+   * Starts a write epoch: from now on the first write to each page calls `hook` with the page's
+   * frame before the write lands, unless the page was claimed first (claimPage). Costs one pass
+   * over the vCPUs' filled write entries, not over guest memory.
+   */
+  beginWriteEpoch(hook: EpochWriteHook): number {
+    if (this.epochHook !== null) throw new KernelError('BV_EPOCH_ACTIVE', `${this.name}: a snapshot epoch is already running`);
+    this.pageEpoch ??= new Int32Array(this.p2m.pageCount);
+    this.epoch++;
+    this.epochHook = hook;
+    for (const vcpu of this.vcpus) vcpu.tlb.flushWrites();
+    return this.epoch;
+  }
+
+  /**
+   * Claims a page for the running epoch before any guest write: returns true if the caller is
+   * first (it may now save the page's current contents), false if a write already claimed it.
+   */
+  claimPage(gpn: number): boolean {
+    if (this.epochHook === null || this.pageEpoch![gpn] === this.epoch) return false;
+    this.pageEpoch![gpn] = this.epoch;
+    return true;
+  }
+
+  endWriteEpoch(): void {
+    this.epochHook = null;
+  }
+
+  get writeEpochActive(): boolean {
+    return this.epochHook !== null;
+  }
+
+  private claimForWrite(gpn: number, frame: number): void {
+    if (this.pageEpoch![gpn] === this.epoch) return;
+    this.pageEpoch![gpn] = this.epoch;
+    this.epochHook!(gpn, frame);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Copy-on-write and fork (T-13)
+
+  /** Resolves a write to a copy-on-write page: a private copy if shared, else just the flag. */
+  private breakCopyOnWrite(gpn: number, entry: number): void {
+    const frame = entry & P2M_FRAME_MASK;
+    if (this.pool.refCount[frame]! > 1) {
+      const copy = this.pool.allocFrame();
+      this.pool.u8.copyWithin(copy * PAGE_SIZE, frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE);
+      this.setP2mEntry(gpn, P2mEntry.present(copy, entry & P2M_FLAG_MASK & ~P2mFlag.COPY_ON_WRITE));
+    } else {
+      this.unprotectPage(gpn, P2mFlag.COPY_ON_WRITE);
+    }
+    this.cowCopies++;
+  }
+
+  /** Copy-on-write faults resolved. */
+  cowCopies = 0;
+
+  /**
+   * Shares every present frame of this VM with `child` copy-on-write (both sides marked), and
+   * copies untouched entries. Other absent states cannot be shared and are refused up front.
+   */
+  shareMemoryWith(child: Vm): void {
+    if (child.p2m.pageCount !== this.p2m.pageCount) throw new KernelError('BV_FORK', 'fork: child memory size differs');
+    const entries = this.p2m.entries;
+    const unshareable = firstUnshareable(entries);
+    if (unshareable >= 0) {
+      throw new KernelError('BV_FORK', `fork: guest page ${unshareable} is ${P2mEntry.describe(entries[unshareable]!)}; only present or untouched pages can be shared`);
+    }
+    child.framesHeld += shareEntries(entries, child.p2m.entries, this.pool.refCount);
+    this.regionRun.fill(REGION_UNKNOWN);
+    // Parent writes must now fault: drop its write translations (reads stay valid).
+    for (const vcpu of this.vcpus) vcpu.tlb.flushWrites();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // State (checkpoints, fork)
+
+  /** Registers a component whose state travels with checkpoints and forks. */
+  registerState(name: string, component: StatefulComponent): void {
+    if (this.components.has(name)) throw new KernelError('BV_DUPLICATE_STATE', `${this.name}: state '${name}' is already registered`);
+    this.components.set(name, component);
+  }
+
+  captureState(): VmState {
+    const components: VmState['components'] = {};
+    for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
+    return {
+      config: { name: this.name, memoryBytes: this.memoryBytes, vcpus: this.vcpus.length, mmu: this.mmuOptions, largePages: this.largePagePolicy },
+      vcpus: this.vcpus.map((vcpu) => vcpu.saveState()),
+      components,
+    };
+  }
+
+  /** Restores CPU and component state; memory is the caller's business. */
+  restoreState(state: VmState): void {
+    if (state.config.memoryBytes !== this.memoryBytes || state.vcpus.length !== this.vcpus.length) {
+      throw new KernelError('BV_STATE_MISMATCH', `${this.name}: state is for ${state.config.memoryBytes} bytes and ${state.vcpus.length} vCPUs, this VM has ${this.memoryBytes} and ${this.vcpus.length}`);
+    }
+    for (const [name, saved] of Object.entries(state.components)) {
+      const component = this.components.get(name);
+      if (!component) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: saved state has component '${name}' that this VM lacks`);
+      if (component.version !== saved.version) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: component '${name}' is version ${component.version}, saved state is version ${saved.version}`);
+    }
+    state.vcpus.forEach((vcpuState, index) => this.vcpus[index]!.loadState(vcpuState));
+    for (const [name, saved] of Object.entries(state.components)) this.components.get(name)!.restore(saved.state, saved.version);
   }
 
   /** A store hit a frame with decoded code. Returns true when the decoded page was dropped. */
@@ -521,6 +667,7 @@ export class Vm implements PhysicalPageTables {
     if (entry < 0) entry = this.resolveAbsent(gpn, entry, Access.WRITE);
     if (entry < 0) return -1;
     if ((entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+    if (this.epochHook !== null) this.claimForWrite(gpn, entry & P2M_FRAME_MASK);
     return (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
   }
 
@@ -770,6 +917,7 @@ export class Vm implements PhysicalPageTables {
     }
     this.stopCode = StopCode.HOST_ERROR;
     this.stopReason = { kind: 'host-error', message: 'VM destroyed' };
+    for (const vcpu of this.vcpus) this.tlbs.release(vcpu.tlb);
   }
 
   /** Sum of retired instructions over all vCPUs. */
@@ -778,4 +926,37 @@ export class Vm implements PhysicalPageTables {
     for (const vcpu of this.vcpus) total += vcpu.instret;
     return total;
   }
+}
+
+/** Index of the first entry that is absent for a reason other than "untouched", or -1. */
+function firstUnshareable(entries: Int32Array): number {
+  for (let gpn = 0; gpn < entries.length; gpn++) {
+    const entry = entries[gpn]!;
+    if (entry < 0 && entry !== UNTOUCHED_ENTRY) return gpn;
+  }
+  return -1;
+}
+
+/**
+ * Marks every present entry copy-on-write on both sides and takes a frame reference for the
+ * child; returns how many pages are now shared. (A small function of its own so that V8
+ * optimises the loop on its own: inside a larger method it was compiled on-stack, then thrown
+ * away at the code after the loop, and fork stayed ~20x slower.)
+ */
+const COW_FLAG = P2mFlag.COPY_ON_WRITE;
+const TRACED_FLAG = P2mFlag.TRACED;
+
+function shareEntries(parent: Int32Array, child: Int32Array, refCount: Int32Array): number {
+  const cow = COW_FLAG;
+  const traced = TRACED_FLAG;
+  let shared = 0;
+  for (let gpn = 0; gpn < parent.length; gpn++) {
+    const entry = parent[gpn]!;
+    if (entry < 0) continue;
+    refCount[entry & P2M_FRAME_MASK]!++;
+    parent[gpn] = entry | cow;
+    child[gpn] = (entry & ~traced) | cow; // the child's MMU traces nothing yet
+    shared++;
+  }
+  return shared;
 }

@@ -20,6 +20,7 @@ import { Access, Sv32Walker } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
 import type { FramePool } from '../memory/frame-pool.ts';
 import type { Vm } from '../vm.ts';
+import { KernelError } from '../errors.ts';
 
 export const Mode = { USER: 0, SUPERVISOR: 1 } as const;
 
@@ -43,7 +44,7 @@ const SLOW_RESYNC = 2;
  * Instructions before the budget within which the loop single-steps. Straight-line code runs at
  * most one page (1024 words) between checks, so from here on a block could overshoot.
  */
-const PRECISE_WINDOW = 2048;
+export const PRECISE_WINDOW = 2048;
 /** Outer-loop turns with no retired instruction before we call it a trap loop. */
 const TRAP_LOOP_LIMIT = 64;
 
@@ -61,6 +62,27 @@ export interface VcpuStats {
   waits: number;
   /** Instructions run one at a time (near a budget, or tracing). */
   steps: number;
+}
+
+/** A vCPU's state as plain data. */
+export interface VcpuState {
+  regs: number[];
+  pc: number;
+  mode: number;
+  status: number;
+  tvec: number;
+  epc: number;
+  cause: number;
+  tval: number;
+  scratch: number;
+  ie: number;
+  ip: number;
+  ptbr: number;
+  instret: number;
+  clock: number;
+  /** null = no deadline. */
+  timerDeadline: number | null;
+  waiting: boolean;
 }
 
 /** Receives each instruction when tracing is on (pc, raw word, mode). */
@@ -111,7 +133,7 @@ export class Vcpu {
   waiting = false;
   tracer: TraceHook | null = null;
 
-  readonly tlb = new SoftTlb();
+  readonly tlb: SoftTlb;
   readonly walker: Sv32Walker;
   readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0, steps: 0 };
   /** TLB tag context: valid bit and ASID. */
@@ -123,9 +145,10 @@ export class Vcpu {
   private readonly pool: FramePool;
   private readonly code: DecodeCache;
 
-  constructor(vm: Vm, id: number) {
+  constructor(vm: Vm, id: number, tlb: SoftTlb) {
     this.vm = vm;
     this.id = id;
+    this.tlb = tlb;
     this.pool = vm.pool;
     this.code = vm.decodeCache;
     this.walker = new Sv32Walker(vm);
@@ -149,11 +172,60 @@ export class Vcpu {
     this.tlb.flushAll();
   }
 
+  /** The architectural and accounting state, as plain data (checkpoints, fork). */
+  saveState(): VcpuState {
+    return {
+      regs: Array.from(this.regs.subarray(0, 16)), pc: this.pc, mode: this.mode, status: this.status, tvec: this.tvec,
+      epc: this.epc, cause: this.cause, tval: this.tval, scratch: this.scratch, ie: this.ie, ip: this.ip, ptbr: this.ptbr,
+      instret: this.instret, clock: this.clock, timerDeadline: this.timerDeadline === Infinity ? null : this.timerDeadline,
+      waiting: this.waiting,
+    };
+  }
+
+  /** Loads state saved by saveState. Cached translations are dropped. */
+  loadState(state: VcpuState): void {
+    if (!Array.isArray(state.regs) || state.regs.length !== 16) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${this.id}: expected 16 registers`);
+    for (const [name, value] of Object.entries(state)) {
+      if (name === 'regs' || name === 'waiting' || (name === 'timerDeadline' && value === null)) continue;
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${this.id}: field ${name} is not a number`);
+    }
+    this.regs.set(state.regs.map((v) => v | 0));
+    this.regs[0] = 0;
+    this.pc = state.pc | 0;
+    this.mode = state.mode === Mode.USER ? Mode.USER : Mode.SUPERVISOR;
+    this.status = state.status & STATUS_WRITABLE_MASK;
+    this.tvec = state.tvec | 0;
+    this.epc = state.epc | 0;
+    this.cause = state.cause | 0;
+    this.tval = state.tval | 0;
+    this.scratch = state.scratch | 0;
+    this.ie = state.ie & IRQ_MASK;
+    this.ip = state.ip & IRQ_MASK;
+    this.instret = state.instret;
+    this.clock = state.clock;
+    this.timerDeadline = state.timerDeadline === null ? Infinity : state.timerDeadline;
+    this.waiting = state.waiting === true;
+    this.tlb.flushAll();
+    this.ptbr = 0;
+    this.setPtbr(state.ptbr | 0);
+  }
+
   /** Raises or lowers an interrupt-pending bit from outside (devices, other vCPUs). */
   setInterruptPending(irq: number, pending: boolean): void {
     const bit = 1 << irq;
     if (pending) this.ip |= bit;
     else this.ip &= ~bit;
+  }
+
+  /**
+   * Ends a wait: the wfi this vCPU stopped at retires now (SPEC.md "Wait for interrupt"), so an
+   * interrupt taken next has epc = the instruction after the wfi.
+   */
+  finishWait(): void {
+    this.waiting = false;
+    this.pc = (this.pc + 4) | 0;
+    this.instret += 1;
+    this.clock += 1;
   }
 
   /** True when wfi would wake: some interrupt is both pending and enabled. */
@@ -216,7 +288,8 @@ export class Vcpu {
       // The next inline check: the timer deadline, or short of the budget to go precise.
       precise = this.tracer !== null || (exact && budget - retired <= PRECISE_WINDOW);
       if (precise) this.stats.steps++;
-      checkLimit = precise || !exact ? budget : budget - PRECISE_WINDOW;
+      // Single-stepping: every taken branch must come back here too (even a branch to itself).
+      checkLimit = precise ? 0 : exact ? budget - PRECISE_WINDOW : budget;
       // A deadline already passed (interrupt masked) must not end every block.
       if (this.timerDeadline > now && this.timerDeadline - clockAtStart < checkLimit) checkLimit = this.timerDeadline - clockAtStart;
       // Enter the code page holding pc.
@@ -226,7 +299,7 @@ export class Vcpu {
       wtlb = supervisor ? this.tlb.sWrite : this.tlb.uWrite;
       const xtlb = supervisor ? this.tlb.sExec : this.tlb.uExec;
       ctx = this.tlbCtx;
-      const xe = (pc >>> 12) << 1;
+      const xe = ((pc >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
       if (xtlb[xe] === ((pc & -4093) | ctx)) {
         base = xtlb[xe + 1]!;
       } else {
@@ -379,7 +452,7 @@ export class Vcpu {
             continue;
           case 0x1d: { // lb
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (rtlb[e] === ((va & -4096) | ctx)) {
               regs[(w >> 8) & 31] = i8[(va + rtlb[e + 1]!) >>> 0]!;
               hits++;
@@ -397,7 +470,7 @@ export class Vcpu {
           }
           case 0x1e: { // lbu
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (rtlb[e] === ((va & -4096) | ctx)) {
               regs[(w >> 8) & 31] = u8[(va + rtlb[e + 1]!) >>> 0]!;
               hits++;
@@ -415,7 +488,7 @@ export class Vcpu {
           }
           case 0x1f: { // lh
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (rtlb[e] === ((va & -4095) | ctx)) {
               regs[(w >> 8) & 31] = i16[(va + rtlb[e + 1]!) >>> 1]!;
               hits++;
@@ -433,7 +506,7 @@ export class Vcpu {
           }
           case 0x20: { // lhu
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (rtlb[e] === ((va & -4095) | ctx)) {
               regs[(w >> 8) & 31] = u16[(va + rtlb[e + 1]!) >>> 1]!;
               hits++;
@@ -451,7 +524,7 @@ export class Vcpu {
           }
           case 0x21: { // lw
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (rtlb[e] === ((va & -4093) | ctx)) {
               regs[(w >> 8) & 31] = i32[(va + rtlb[e + 1]!) >>> 2]!;
               hits++;
@@ -469,7 +542,7 @@ export class Vcpu {
           }
           case 0x22: { // sb
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (wtlb[e] === ((va & -4096) | ctx)) {
               u8[(va + wtlb[e + 1]!) >>> 0] = regs[(w >> 18) & 31]!;
               hits++;
@@ -489,7 +562,7 @@ export class Vcpu {
           }
           case 0x23: { // sh
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (wtlb[e] === ((va & -4095) | ctx)) {
               u16[(va + wtlb[e + 1]!) >>> 1] = regs[(w >> 18) & 31]!;
               hits++;
@@ -509,7 +582,7 @@ export class Vcpu {
           }
           case 0x24: { // sw
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
-            const e = (va >>> 12) << 1;
+            const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
             if (wtlb[e] === ((va & -4093) | ctx)) {
               i32[(va + wtlb[e + 1]!) >>> 2] = regs[(w >> 18) & 31]!;
               hits++;

@@ -26,26 +26,69 @@ export const TlbKind = {
 } as const;
 export type TlbKindId = (typeof TlbKind)[keyof typeof TlbKind];
 
-const ENTRIES = 1 << 20;
+/**
+ * Entries per array: direct-mapped by the low 18 bits of the virtual page number, so two pages
+ * collide only when they are a multiple of 1 GiB apart. The tag holds the whole page, so a
+ * collision is a miss, never a wrong hit. (A flat 1M-entry table costs 48 MiB per vCPU, and
+ * allocating that much made VM creation and fork pay for garbage collections.)
+ */
+export const TLB_ENTRIES = 1 << 18;
+export const TLB_INDEX_MASK = TLB_ENTRIES - 1;
 const LOG_CAPACITY = 1 << 16;
+const ARRAY_INTS = TLB_ENTRIES * 2;
+
+/** Bytes of backing one SoftTlb needs (six arrays and the fill log), 4 KiB-aligned. */
+export const SOFT_TLB_BYTES = Math.ceil(((6 * ARRAY_INTS + 2 * LOG_CAPACITY) * 4) / 4096) * 4096;
+
+function slotOf(vpn: number): number {
+  return (vpn & TLB_INDEX_MASK) * 2;
+}
+
+/** The virtual page number a tag names. */
+function tagVpn(tag: number): number {
+  return tag >>> 12;
+}
 
 export function tlbContext(asid: number): number {
   return TAG_VALID | (asid << ASID_TAG_SHIFT);
 }
 
 export class SoftTlb {
-  readonly sRead = new Int32Array(ENTRIES * 2);
-  readonly sWrite = new Int32Array(ENTRIES * 2);
-  readonly sExec = new Int32Array(ENTRIES * 2);
-  readonly uRead = new Int32Array(ENTRIES * 2);
-  readonly uWrite = new Int32Array(ENTRIES * 2);
-  readonly uExec = new Int32Array(ENTRIES * 2);
-  private readonly arrays: readonly Int32Array[] = [this.sRead, this.sWrite, this.sExec, this.uRead, this.uWrite, this.uExec];
+  readonly sRead: Int32Array;
+  readonly sWrite: Int32Array;
+  readonly sExec: Int32Array;
+  readonly uRead: Int32Array;
+  readonly uWrite: Int32Array;
+  readonly uExec: Int32Array;
+  private readonly arrays: readonly Int32Array[];
   /** kind << 20 | vpn per fill. */
-  private readonly logKindVpn = new Int32Array(LOG_CAPACITY);
+  private readonly logKindVpn: Int32Array;
   /** Guest page number (or -1) per fill, for P2M shootdowns. */
-  private readonly logGpn = new Int32Array(LOG_CAPACITY);
+  private readonly logGpn: Int32Array;
   private logLength = 0;
+
+  /**
+   * `backing` (SOFT_TLB_BYTES of zeroed memory at a 4-byte-aligned offset) lets a hypervisor
+   * carve TLBs out of one native arena; without it the arrays are allocated here.
+   */
+  constructor(backing?: { buffer: ArrayBuffer; byteOffset: number }) {
+    const buffer = backing?.buffer ?? new ArrayBuffer(SOFT_TLB_BYTES);
+    let offset = backing?.byteOffset ?? 0;
+    const take = (ints: number): Int32Array => {
+      const view = new Int32Array(buffer, offset, ints);
+      offset += ints * 4;
+      return view;
+    };
+    this.sRead = take(ARRAY_INTS);
+    this.sWrite = take(ARRAY_INTS);
+    this.sExec = take(ARRAY_INTS);
+    this.uRead = take(ARRAY_INTS);
+    this.uWrite = take(ARRAY_INTS);
+    this.uExec = take(ARRAY_INTS);
+    this.logKindVpn = take(LOG_CAPACITY);
+    this.logGpn = take(LOG_CAPACITY);
+    this.arrays = [this.sRead, this.sWrite, this.sExec, this.uRead, this.uWrite, this.uExec];
+  }
 
   fills = 0;
   entriesDropped = 0;
@@ -59,8 +102,9 @@ export class SoftTlb {
     if (this.logLength === LOG_CAPACITY) this.flushAll();
     const vpn = va >>> 12;
     const array = this.arrays[kind]!;
-    array[vpn * 2] = (va & 0xfffff000) | context;
-    array[vpn * 2 + 1] = value;
+    const slot = slotOf(vpn);
+    array[slot] = (va & 0xfffff000) | context;
+    array[slot + 1] = value;
     this.logKindVpn[this.logLength] = (kind << 20) | vpn;
     this.logGpn[this.logLength] = gpn;
     this.logLength++;
@@ -77,9 +121,11 @@ export class SoftTlb {
   /** Drops the entries of one virtual page in every array. */
   flushPage(va: number): void {
     const vpn = va >>> 12;
+    const slot = slotOf(vpn);
     for (const array of this.arrays) {
-      if (array[vpn * 2] !== 0) {
-        array[vpn * 2] = 0;
+      const tag = array[slot]!;
+      if (tag !== 0 && tagVpn(tag) === vpn) {
+        array[slot] = 0;
         this.entriesDropped++;
       }
     }
@@ -93,21 +139,23 @@ export class SoftTlb {
     const before = this.entriesDropped;
     const matches = (tag: number): boolean => tag !== 0 && ((tag >>> ASID_TAG_SHIFT) & 0x1ff) === asid;
     if (count === 1) {
+      const slot = slotOf(firstVpn);
       for (const array of this.arrays) {
-        if (matches(array[firstVpn * 2]!)) {
-          array[firstVpn * 2] = 0;
+        const tag = array[slot]!;
+        if (matches(tag) && tagVpn(tag) === firstVpn) {
+          array[slot] = 0;
           this.entriesDropped++;
         }
       }
     } else {
-      this.compact((kind, vpn) => vpn >= firstVpn && vpn < firstVpn + count && matches(this.arrays[kind]![vpn * 2]!));
+      this.compact((kind, vpn) => vpn >= firstVpn && vpn < firstVpn + count && matches(this.arrays[kind]![slotOf(vpn)]!));
     }
     return this.entriesDropped - before;
   }
 
   /** Drops entries whose tag carries this address-space id. */
   flushAsid(asid: number): void {
-    this.compact((kind, vpn) => ((this.arrays[kind]![vpn * 2]! >>> ASID_TAG_SHIFT) & 0x1ff) === asid);
+    this.compact((kind, vpn) => ((this.arrays[kind]![slotOf(vpn)]! >>> ASID_TAG_SHIFT) & 0x1ff) === asid);
   }
 
   /** Drops entries derived from a guest page (P2M change shootdown). */
@@ -136,13 +184,18 @@ export class SoftTlb {
   flushWritesToFrame(frame: number): void {
     this.compact((kind, vpn) => {
       if (kind !== TlbKind.S_WRITE && kind !== TlbKind.U_WRITE) return false;
-      return ((this.arrays[kind]![vpn * 2 + 1]! + vpn * 4096) >>> 12) === frame;
+      return ((this.arrays[kind]![slotOf(vpn) + 1]! + vpn * 4096) >>> 12) === frame;
     });
+  }
+
+  /** Drops every write entry (both modes). */
+  flushWrites(): void {
+    this.compact((kind) => kind === TlbKind.S_WRITE || kind === TlbKind.U_WRITE);
   }
 
   /** Drops execute entries that point at a decoded-code base. */
   flushExecBase(codeBase: number): void {
-    this.compact((kind, vpn) => (kind === TlbKind.S_EXEC || kind === TlbKind.U_EXEC) && this.arrays[kind]![vpn * 2 + 1] === codeBase);
+    this.compact((kind, vpn) => (kind === TlbKind.S_EXEC || kind === TlbKind.U_EXEC) && this.arrays[kind]![slotOf(vpn) + 1] === codeBase);
   }
 
   get loggedFills(): number {
@@ -152,8 +205,10 @@ export class SoftTlb {
   private dropLogged(index: number): void {
     const packed = this.logKindVpn[index]!;
     const array = this.arrays[packed >>> 20]!;
-    const slot = (packed & 0xfffff) * 2;
-    if (array[slot] !== 0) {
+    const vpn = packed & 0xfffff;
+    const slot = slotOf(vpn);
+    const tag = array[slot]!;
+    if (tag !== 0 && tagVpn(tag) === vpn) {
       array[slot] = 0;
       this.entriesDropped++;
     }
@@ -166,7 +221,8 @@ export class SoftTlb {
       const packed = this.logKindVpn[i]!;
       const kind = packed >>> 20;
       const vpn = packed & 0xfffff;
-      if (this.arrays[kind]![vpn * 2] === 0) continue; // already gone: forget it
+      const tag = this.arrays[kind]![slotOf(vpn)]!;
+      if (tag === 0 || tagVpn(tag) !== vpn) continue; // already gone (or replaced): forget it
       if (matches(kind, vpn, this.logGpn[i]!)) {
         this.dropLogged(i);
       } else {
@@ -176,5 +232,50 @@ export class SoftTlb {
       }
     }
     this.logLength = kept;
+  }
+}
+
+/** Hands out TLBs; the hypervisor carves them from one native arena so VM creation is cheap. */
+export interface TlbProvider {
+  acquire(): SoftTlb;
+  release(tlb: SoftTlb): void;
+}
+
+/** Memory for TLBs: zeroed on creation, and `release` gives a range back zeroed. */
+export interface TlbArenaMemory {
+  readonly buffer: ArrayBuffer;
+  readonly bytes: number;
+  release(offset: number, length: number): void;
+}
+
+/**
+ * TLBs carved from one arena (an anonymous no-reserve mapping): creating a vCPU takes views on
+ * a free slot instead of allocating megabytes that the JS heap would account for, and a freed
+ * slot is returned to the OS (and so zeroed) for the next vCPU. Falls back to plain allocation
+ * when the arena is full or absent.
+ */
+export class TlbArena implements TlbProvider {
+  private readonly free: number[] = [];
+  private readonly slotOf = new Map<SoftTlb, number>();
+
+  constructor(private readonly memory: TlbArenaMemory | null) {
+    const slots = memory ? Math.floor(memory.bytes / SOFT_TLB_BYTES) : 0;
+    for (let slot = slots - 1; slot >= 0; slot--) this.free.push(slot);
+  }
+
+  acquire(): SoftTlb {
+    const slot = this.free.pop();
+    if (slot === undefined || !this.memory) return new SoftTlb();
+    const tlb = new SoftTlb({ buffer: this.memory.buffer, byteOffset: slot * SOFT_TLB_BYTES });
+    this.slotOf.set(tlb, slot);
+    return tlb;
+  }
+
+  release(tlb: SoftTlb): void {
+    const slot = this.slotOf.get(tlb);
+    if (slot === undefined || !this.memory) return;
+    this.slotOf.delete(tlb);
+    this.memory.release(slot * SOFT_TLB_BYTES, SOFT_TLB_BYTES);
+    this.free.push(slot);
   }
 }
