@@ -1,0 +1,52 @@
+/**
+ * Boot arguments (SPEC.md §13.6, device type 4): a read-only window holding the argument string,
+ * NUL-terminated UTF-8, zeros after it. Info = the string's byte length. A write is refused (the
+ * store becomes an access fault).
+ */
+import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
+import { BvError } from '../guest-isa/errors.ts';
+import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+
+/** The longest argument string: the window is one page and the NUL must fit. */
+export const MAX_BOOT_ARGS_BYTES = PAGE_SIZE - 1;
+
+/** Boot arguments that cannot be published (too long, or containing a NUL). */
+export class BootArgsError extends BvError {
+  constructor(code: 'BV_BOOTARGS_TOO_LONG' | 'BV_BOOTARGS_NUL', message: string) {
+    super(code, message);
+  }
+}
+
+export class BootArgsDevice implements MmioDevice {
+  /** Guest-physical base of the window (set by attachBootArgs). */
+  base = 0;
+  /** The window (string, NUL, zeros), read as little-endian words. */
+  private readonly window: DataView;
+  readonly bytes: Uint8Array;
+
+  constructor(readonly text: string) {
+    this.bytes = new TextEncoder().encode(text);
+    if (this.bytes.length > MAX_BOOT_ARGS_BYTES) {
+      throw new BootArgsError('BV_BOOTARGS_TOO_LONG', `boot arguments are ${this.bytes.length} bytes long; at most ${MAX_BOOT_ARGS_BYTES} bytes fit`);
+    }
+    if (this.bytes.includes(0)) throw new BootArgsError('BV_BOOTARGS_NUL', 'boot arguments cannot contain a NUL character');
+    const window = new Uint8Array(PAGE_SIZE);
+    window.set(this.bytes);
+    this.window = new DataView(window.buffer);
+  }
+
+  read(_vcpu: Vcpu, offset: number): number {
+    return this.window.getInt32(offset, true);
+  }
+
+  write(): boolean {
+    return false;
+  }
+}
+
+/** Attaches the boot arguments window; throws BootArgsError when the string does not fit. */
+export function attachBootArgs(vm: Vm, args: string | BootArgsDevice): BootArgsDevice {
+  const device = typeof args === 'string' ? new BootArgsDevice(args) : args;
+  device.base = vm.attachDevice({ type: DeviceType.BOOTARGS, name: 'bootargs', info: device.bytes.length }, device);
+  return device;
+}

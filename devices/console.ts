@@ -1,0 +1,289 @@
+/**
+ * The console (SPEC.md §13.3, device type 1): a byte transmitter, a byte receiver with an
+ * interrupt line, and the CONSOLE_WRITE hypercall (§10).
+ *
+ * Output goes to a sink (default process.stdout), buffered so that a guest printing byte by byte
+ * does not cost one write per byte: the buffer is flushed at each newline, when it grows large,
+ * shortly after a partial line (so an interactive prompt appears), and on stop().
+ *
+ * Input is either given up front (deterministic: tests, `--input`) or read from a stream while
+ * the guest runs (interactive). The interrupt line is level-sensitive and recomputed whenever
+ * something it depends on changes: CONTROL bit 0, or whether input is available.
+ */
+import { DeviceType, Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
+import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+
+/** Register offsets in the console window. */
+export const ConsoleRegister = { TX: 0, RX: 4, STATUS: 8, CONTROL: 12 } as const;
+export const ConsoleStatus = { INPUT_AVAILABLE: 1, CAN_TRANSMIT: 2 } as const;
+export const CONSOLE_CONTROL_RX_INTERRUPT = 1;
+/** RX value when there is no input. */
+export const CONSOLE_NO_INPUT = 0xffff_ffff | 0;
+/** The longest buffer one CONSOLE_WRITE may name; longer is BAD_ARGUMENT. */
+export const CONSOLE_WRITE_MAX_BYTES = 1024 * 1024;
+
+/** Where console output goes: anything with a write method (process.stdout, a capture). */
+export interface ConsoleSink {
+  write(chunk: Uint8Array | string): unknown;
+}
+
+/** A sink that keeps everything written to it (tests, embedding). */
+export class CaptureSink implements ConsoleSink {
+  private readonly chunks: Uint8Array[] = [];
+
+  write(chunk: Uint8Array | string): boolean {
+    this.chunks.push(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
+    return true;
+  }
+
+  bytes(): Uint8Array {
+    const out = new Uint8Array(this.chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+    let at = 0;
+    for (const chunk of this.chunks) {
+      out.set(chunk, at);
+      at += chunk.length;
+    }
+    return out;
+  }
+
+  text(): string {
+    return new TextDecoder().decode(this.bytes());
+  }
+}
+
+/** A readable byte stream for interactive input (process.stdin, a PassThrough in tests). */
+export type ConsoleInputStream = NodeJS.ReadableStream;
+
+export interface ConsoleOptions {
+  /** Output sink; default process.stdout. */
+  output?: ConsoleSink;
+  /** Input available from the start (a string is encoded as UTF-8). */
+  input?: string | Uint8Array;
+  /**
+   * Read more input from this stream while the guest runs (true = process.stdin). Reading starts
+   * the first time the guest touches RX, STATUS or CONTROL. Needs `hypervisor`.
+   */
+  interactiveInput?: boolean | ConsoleInputStream;
+  /** The VM's hypervisor: required with interactiveInput, to register as a wake source. */
+  hypervisor?: Hypervisor;
+}
+
+/** Output is written out once this many bytes are buffered, newline or not. */
+const OUTPUT_BUFFER_LIMIT = 64 * 1024;
+const NEWLINE = 0x0a;
+
+export class ConsoleDevice implements MmioDevice {
+  /** Guest-physical base of the window (set by attachConsole). */
+  base = 0;
+  /** CONTROL register. */
+  private control = 0;
+  private readonly sink: ConsoleSink;
+  private outBuffer = new Uint8Array(256);
+  private outLength = 0;
+  private flushScheduled = false;
+  /** Pending input: chunks consumed front to back. */
+  private readonly inputChunks: Uint8Array[] = [];
+  private inputOffset = 0;
+  private readonly interactive: ConsoleInputStream | null;
+  private readonly hypervisor: Hypervisor | null;
+  private reading = false;
+  private inputEnded = false;
+  private stopped = false;
+  private readonly onData = (chunk: Buffer | string): void => {
+    this.pushInput(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
+  };
+  private readonly onEnd = (): void => {
+    this.inputEnded = true;
+    this.updateWakeSource();
+  };
+
+  constructor(private readonly vm: Vm, options: ConsoleOptions = {}) {
+    this.sink = options.output ?? process.stdout;
+    if (options.input !== undefined) {
+      this.pushInput(typeof options.input === 'string' ? new TextEncoder().encode(options.input) : new Uint8Array(options.input));
+    }
+    const interactive = options.interactiveInput;
+    this.interactive = interactive === true ? process.stdin : interactive ? interactive : null;
+    this.hypervisor = options.hypervisor ?? null;
+    if (this.interactive && !this.hypervisor) {
+      throw new TypeError('console: interactiveInput needs the hypervisor (to wake the VM when input arrives)');
+    }
+  }
+
+  read(_vcpu: Vcpu, offset: number): number {
+    switch (offset) {
+      case ConsoleRegister.RX: {
+        this.startReading();
+        const byte = this.takeInputByte();
+        if (byte < 0) return CONSOLE_NO_INPUT;
+        if (!this.inputAvailable) this.updateInterrupt();
+        return byte;
+      }
+      case ConsoleRegister.STATUS:
+        this.startReading();
+        return (this.inputAvailable ? ConsoleStatus.INPUT_AVAILABLE : 0) | ConsoleStatus.CAN_TRANSMIT;
+      case ConsoleRegister.CONTROL:
+        this.startReading();
+        return this.control;
+      default:
+        return 0;
+    }
+  }
+
+  write(_vcpu: Vcpu, offset: number, value: number): boolean {
+    if (offset === ConsoleRegister.TX) {
+      this.emitByte(value & 0xff);
+    } else if (offset === ConsoleRegister.CONTROL) {
+      this.startReading();
+      this.control = value & CONSOLE_CONTROL_RX_INTERRUPT;
+      this.updateInterrupt();
+      this.updateWakeSource();
+    }
+    // RX and STATUS are read-only and other offsets are empty: writes are ignored (§11.3).
+    return true;
+  }
+
+  /** Appends bytes to the output (TX, CONSOLE_WRITE). */
+  emit(bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    this.reserve(bytes.length);
+    this.outBuffer.set(bytes, this.outLength);
+    this.outLength += bytes.length;
+    this.afterEmit(bytes.lastIndexOf(NEWLINE) >= 0);
+  }
+
+  /** Writes out everything buffered. */
+  flush(): void {
+    if (this.outLength === 0) return;
+    const chunk = this.outBuffer.slice(0, this.outLength);
+    this.outLength = 0;
+    this.sink.write(chunk);
+  }
+
+  /** Adds input (interactive data, or a host that feeds the guest). */
+  pushInput(bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    this.inputChunks.push(bytes);
+    this.updateInterrupt();
+  }
+
+  /** Bytes of input not yet read by the guest. */
+  get pendingInputBytes(): number {
+    let total = -this.inputOffset;
+    for (const chunk of this.inputChunks) total += chunk.length;
+    return total;
+  }
+
+  get inputAvailable(): boolean {
+    return this.inputChunks.length > 0;
+  }
+
+  /** Flushes output and stops reading interactive input (listeners removed, stream paused). */
+  stop(): void {
+    this.flush();
+    this.stopped = true;
+    if (this.interactive && this.reading) {
+      this.interactive.off('data', this.onData);
+      this.interactive.off('end', this.onEnd);
+      this.interactive.off('close', this.onEnd);
+      this.interactive.pause();
+      this.reading = false;
+    }
+    this.hypervisor?.externalWakeSources.delete(this.vm);
+  }
+
+  /** Device reset (§15): CONTROL = 0, so the interrupt line drops. Buffered input survives. */
+  reset(): void {
+    this.control = 0;
+    this.updateInterrupt();
+    this.updateWakeSource();
+  }
+
+  /** The CONSOLE_WRITE hypercall: a1 = guest-virtual address, a2 = length. */
+  consoleWriteHypercall(vcpu: Vcpu): void {
+    const length = vcpu.regs[Reg.A2]! >>> 0;
+    if (length > CONSOLE_WRITE_MAX_BYTES) {
+      vcpu.regs[Reg.A0] = HcallStatus.BAD_ARGUMENT;
+      return;
+    }
+    const bytes = length === 0 ? new Uint8Array(0) : this.vm.readVirtual(vcpu, vcpu.regs[Reg.A1]! >>> 0, length);
+    if (!bytes) {
+      vcpu.regs[Reg.A0] = HcallStatus.BAD_ARGUMENT;
+      return;
+    }
+    this.emit(bytes);
+    vcpu.regs[Reg.A0] = HcallStatus.OK;
+  }
+
+  private emitByte(byte: number): void {
+    this.reserve(1);
+    this.outBuffer[this.outLength++] = byte;
+    this.afterEmit(byte === NEWLINE);
+  }
+
+  private afterEmit(sawNewline: boolean): void {
+    if (sawNewline || this.outLength >= OUTPUT_BUFFER_LIMIT || this.stopped) {
+      this.flush();
+    } else if (!this.flushScheduled) {
+      // A partial line (a prompt) must still appear while the guest waits for input.
+      this.flushScheduled = true;
+      setImmediate(() => {
+        this.flushScheduled = false;
+        this.flush();
+      }).unref();
+    }
+  }
+
+  private reserve(extra: number): void {
+    if (this.outLength + extra <= this.outBuffer.length) return;
+    const grown = new Uint8Array(Math.max(this.outBuffer.length * 2, this.outLength + extra));
+    grown.set(this.outBuffer.subarray(0, this.outLength));
+    this.outBuffer = grown;
+  }
+
+  private takeInputByte(): number {
+    const chunk = this.inputChunks[0];
+    if (!chunk) return -1;
+    const byte = chunk[this.inputOffset++]!;
+    if (this.inputOffset >= chunk.length) {
+      this.inputChunks.shift();
+      this.inputOffset = 0;
+    }
+    return byte;
+  }
+
+  /** The line is asserted exactly while CONTROL bit 0 = 1 and input is available. */
+  private updateInterrupt(): void {
+    this.vm.setExternalInterrupt((this.control & CONSOLE_CONTROL_RX_INTERRUPT) !== 0 && this.inputAvailable);
+  }
+
+  /**
+   * Interactive input can wake the VM only through the RX interrupt, so the VM is a wake source
+   * exactly while the interrupt is enabled and the stream may still deliver bytes; otherwise an
+   * idle guest is reported idle instead of waiting for input that cannot wake it.
+   */
+  private updateWakeSource(): void {
+    if (!this.hypervisor) return;
+    const mayWake = this.reading && !this.inputEnded && !this.stopped && (this.control & CONSOLE_CONTROL_RX_INTERRUPT) !== 0;
+    if (mayWake) this.hypervisor.externalWakeSources.add(this.vm);
+    else this.hypervisor.externalWakeSources.delete(this.vm);
+  }
+
+  private startReading(): void {
+    if (!this.interactive || this.reading || this.inputEnded || this.stopped) return;
+    this.reading = true;
+    this.interactive.on('data', this.onData);
+    this.interactive.on('end', this.onEnd);
+    this.interactive.on('close', this.onEnd);
+    this.updateWakeSource();
+  }
+}
+
+/** Attaches a console to vm (window + CONSOLE_WRITE hypercall + reset hook). */
+export function attachConsole(vm: Vm, options: ConsoleOptions = {}): ConsoleDevice {
+  const device = new ConsoleDevice(vm, options);
+  device.base = vm.attachDevice({ type: DeviceType.CONSOLE, name: 'console' }, device);
+  vm.onHypercall(Hcall.CONSOLE_WRITE, (vcpu) => device.consoleWriteHypercall(vcpu));
+  vm.onReset(() => device.reset());
+  return device;
+}

@@ -1,0 +1,103 @@
+/**
+ * The standard machine: console, timer, power and boot arguments, attached in that order. The
+ * order fixes their device-table entries and window addresses (0xf0001000, 0xf0002000, …), which
+ * is part of the guest ABI (docs/run.md): keep it stable and append new devices after these.
+ */
+import type { Hypervisor, RunOptions, RunResult, Vm } from '../kernel/index.ts';
+import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
+import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
+import { attachPower, type PowerDevice } from './power.ts';
+import { attachTimer, type TimerDevice } from './timer.ts';
+
+export { attachBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
+export {
+  attachConsole, CaptureSink, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
+  CONSOLE_WRITE_MAX_BYTES,
+} from './console.ts';
+export type { ConsoleInputStream, ConsoleOptions, ConsoleSink } from './console.ts';
+export { attachPower, PowerDevice, PowerRegister, POWER_RESET_VALUE, RESET_PAUSE_REASON } from './power.ts';
+export { attachTimer, TimerDevice, TimerRegister } from './timer.ts';
+
+export interface StandardDeviceOptions {
+  /** Console output; default process.stdout. A CaptureSink is also returned as `captured`. */
+  output?: ConsoleSink;
+  /** Console input available from the start. */
+  input?: string | Uint8Array;
+  /** Also read console input from this stream (true = process.stdin) while running. */
+  interactiveInput?: boolean | ConsoleInputStream;
+  /** Required with interactiveInput (the VM becomes a wake source while it waits for input). */
+  hypervisor?: Hypervisor;
+  /** The boot argument string (default empty). */
+  bootArgs?: string;
+}
+
+export interface StandardDevices {
+  console: ConsoleDevice;
+  timer: TimerDevice;
+  power: PowerDevice;
+  bootArgs: BootArgsDevice;
+  /** The capture sink when `output` was one, else null. */
+  captured: CaptureSink | null;
+}
+
+/**
+ * Attaches console, timer, power and boot arguments to vm, in that order. Validates the boot
+ * arguments first, so a BootArgsError leaves the VM without any of these devices.
+ */
+export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {}): StandardDevices {
+  const bootArgsDevice = new BootArgsDevice(options.bootArgs ?? ''); // throws before anything is attached
+  const consoleOptions: Parameters<typeof attachConsole>[1] = {};
+  if (options.output !== undefined) consoleOptions.output = options.output;
+  if (options.input !== undefined) consoleOptions.input = options.input;
+  if (options.interactiveInput !== undefined) consoleOptions.interactiveInput = options.interactiveInput;
+  if (options.hypervisor !== undefined) consoleOptions.hypervisor = options.hypervisor;
+  const console = attachConsole(vm, consoleOptions);
+  const timer = attachTimer(vm);
+  const power = attachPower(vm);
+  const bootArgs = attachBootArgs(vm, bootArgsDevice);
+  return { console, timer, power, bootArgs, captured: options.output instanceof CaptureSink ? options.output : null };
+}
+
+export interface GuestRun {
+  /** How the last run ended (never the pause of a reset request: resets are carried out). */
+  reason: RunResult['reason'];
+  /** Instructions retired over all runs, across resets. */
+  instructions: number;
+  /** Resets carried out. */
+  resets: number;
+}
+
+/**
+ * Runs one VM with standard devices until it stops, carrying out guest-requested resets between
+ * runs (see devices/power.ts). `maxInstructions` bounds the total across resets. Flushes the
+ * console at the end.
+ */
+export function runWithResets(hypervisor: Hypervisor, vm: Vm, devices: StandardDevices, options: RunOptions = {}): GuestRun {
+  let instructions = 0;
+  const resetsBefore = devices.power.resets;
+  for (;;) {
+    const [result] = hypervisor.run(remainingBudget(options, instructions), [vm]);
+    instructions += result!.instructions;
+    if (devices.power.completeReset()) continue;
+    devices.console.flush();
+    return { reason: result!.reason, instructions, resets: devices.power.resets - resetsBefore };
+  }
+}
+
+/** runWithResets on hv.runAsync: the event loop runs between rounds (interactive input). */
+export async function runWithResetsAsync(hypervisor: Hypervisor, vm: Vm, devices: StandardDevices, options: RunOptions = {}): Promise<GuestRun> {
+  let instructions = 0;
+  const resetsBefore = devices.power.resets;
+  for (;;) {
+    const [result] = await hypervisor.runAsync(remainingBudget(options, instructions), [vm]);
+    instructions += result!.instructions;
+    if (devices.power.completeReset()) continue;
+    devices.console.flush();
+    return { reason: result!.reason, instructions, resets: devices.power.resets - resetsBefore };
+  }
+}
+
+function remainingBudget(options: RunOptions, used: number): RunOptions {
+  if (options.maxInstructions === undefined) return options;
+  return { ...options, maxInstructions: Math.max(0, options.maxInstructions - used) };
+}

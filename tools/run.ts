@@ -1,0 +1,281 @@
+/**
+ * run — boot a BV32 guest on the standard machine (console, timer, power, boot arguments).
+ *
+ *   npx tsx tools/run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats]
+ *                     [--trace] [--input TEXT] [--host-mem SIZE] [-- boot args…]
+ *
+ * A `.s` file is assembled first; anything else is loaded as a .bvx image. The process exits with
+ * the guest's exit code (& 0xff), or with one of RunExitCode when the run ends another way; the
+ * user guide is docs/run.md.
+ */
+import { basename } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { assembleFile } from '../guest-isa/assembler.ts';
+import { GuestPhys, PAGE_SIZE } from '../guest-isa/arch.ts';
+import { formatInstruction } from '../guest-isa/disassembler.ts';
+import type { GuestImage } from '../guest-isa/image-types.ts';
+import { loadImageFile } from '../guest-isa/image.ts';
+import { attachStandardDevices, BootArgsError, runWithResetsAsync, type GuestRun, type StandardDeviceOptions } from '../devices/index.ts';
+import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type Vcpu, type Vm } from '../kernel/index.ts';
+import { processRss } from '../native/index.ts';
+import {
+  formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, runTool, UsageError,
+  USAGE_EXIT_CODE,
+} from './cli.ts';
+
+const USAGE =
+  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [-- boot args...]';
+
+const HELP = `${USAGE}
+
+Boots a BV32 guest (a .bvx image, or assembly source ending in .s) and exits with its exit code.
+
+  --mem SIZE        guest RAM (default 64M; a multiple of 4 KiB, at most 3840M)
+  --vcpus N         virtual CPUs, 1..32 (default 1)
+  --max-insns N     stop after N instructions in total (exit 4)
+  --input TEXT      console input, given up front (otherwise the console reads stdin)
+  --host-mem SIZE   host memory pool (default: guest RAM rounded up to 4 MiB, plus 16 MiB)
+  --stats           print run statistics to stderr afterwards
+  --trace           print every instruction to stderr (slow)
+  -- ARGS...        boot arguments for the guest (joined with spaces)
+
+Exit codes: the guest's exit code & 0xff; 1 image or assembly error; 2 bad command line;
+3 guest error; 4 instruction limit reached; 5 host error; 6 guest idle forever.
+See docs/run.md.`;
+
+/** How the process exits when the guest does not power off by itself. */
+export const RunExitCode = {
+  LOAD_ERROR: 1,
+  USAGE: USAGE_EXIT_CODE,
+  GUEST_ERROR: 3,
+  BUDGET: 4,
+  HOST_ERROR: 5,
+  IDLE: 6,
+} as const;
+
+const DEFAULT_MEMORY = 64 * 1024 * 1024;
+const HOST_MEMORY_HEADROOM = 16 * 1024 * 1024;
+const MAX_HOST_MEMORY = 4 * 1024 ** 3;
+
+interface RunArguments {
+  path: string;
+  memoryBytes: number;
+  hostMemoryBytes: number;
+  vcpus: number;
+  maxInstructions: number | undefined;
+  stats: boolean;
+  trace: boolean;
+  input: string | undefined;
+  bootArgs: string;
+}
+
+function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
+  const args = parseArguments(argv, {
+    flags: ['--stats', '--trace', '--help', '-h'],
+    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem'],
+    restAfterDoubleDash: true,
+  });
+  if (args.flag('--help') || args.flag('-h')) return 'help';
+  if (args.positionals.length === 0) throw new UsageError('missing the guest to run (an image .bvx or a source .s)');
+  if (args.positionals.length > 1) {
+    throw new UsageError(`unexpected argument '${args.positionals[1]}' (boot arguments go after '--')`);
+  }
+  const mem = args.value('--mem');
+  const memoryBytes = mem === undefined ? DEFAULT_MEMORY : parseSize(mem, '--mem', { multipleOf: PAGE_SIZE, min: PAGE_SIZE, max: GuestPhys.DEVICE_TABLE });
+  const hostMem = args.value('--host-mem');
+  const hostMemoryBytes =
+    hostMem === undefined
+      ? Math.ceil(memoryBytes / RUN_SIZE) * RUN_SIZE + HOST_MEMORY_HEADROOM
+      : parseSize(hostMem, '--host-mem', { multipleOf: RUN_SIZE, min: RUN_SIZE, max: MAX_HOST_MEMORY });
+  const vcpus = args.value('--vcpus');
+  const maxInsns = args.value('--max-insns');
+  return {
+    path: args.positionals[0]!,
+    memoryBytes,
+    hostMemoryBytes,
+    vcpus: vcpus === undefined ? 1 : parseInteger(vcpus, '--vcpus', 1, 32),
+    maxInstructions: maxInsns === undefined ? undefined : parseInteger(maxInsns, '--max-insns', 1),
+    stats: args.flag('--stats'),
+    trace: args.flag('--trace'),
+    input: args.value('--input'),
+    bootArgs: args.rest.join(' '),
+  };
+}
+
+/** Assembles `.s` sources, loads anything else as a .bvx image. Throws BvError on failure. */
+function loadGuest(path: string): GuestImage {
+  return /\.s$/i.test(path) ? assembleFile(path).image : loadImageFile(path);
+}
+
+/** Sends one line per executed instruction to stderr, batched (tracing is slow enough already). */
+class TraceWriter {
+  private lines: string[] = [];
+  private readonly symbols = new Map<number, string>();
+
+  constructor(image: GuestImage) {
+    for (const symbol of image.symbols) if (!this.symbols.has(symbol.value >>> 0)) this.symbols.set(symbol.value >>> 0, symbol.name);
+  }
+
+  readonly hook = (vcpu: Vcpu, pc: number, word: number): void => {
+    const mode = vcpu.mode === Mode.SUPERVISOR ? 'S' : 'U';
+    const text = formatInstruction(word, pc >>> 0, (address) => this.symbols.get(address));
+    this.lines.push(`[vcpu${vcpu.id} ${mode}] 0x${hex8(pc)}  ${hex8(word)}  ${text}`);
+    if (this.lines.length >= 4096) this.flush();
+  };
+
+  flush(): void {
+    if (this.lines.length === 0) return;
+    process.stderr.write(`${this.lines.join('\n')}\n`);
+    this.lines = [];
+  }
+}
+
+function hex8(value: number): string {
+  return (value >>> 0).toString(16).padStart(8, '0');
+}
+
+/** The --stats report: run totals, per-vCPU counters, exits, MMIO, memory. */
+function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): string {
+  const mips = wallMs > 0 ? run.instructions / wallMs / 1000 : 0;
+  const out: string[] = [];
+  out.push('run');
+  out.push(
+    formatTable(
+      [
+        ['instructions', formatCount(run.instructions)],
+        ['wall time', `${(wallMs / 1000).toFixed(3)} s`],
+        ['speed', `${mips.toFixed(2)} MIPS`],
+        ['resets', formatCount(run.resets)],
+      ],
+      { indent: '  ', rightAligned: [false, true] },
+    ),
+  );
+  const vcpuRows = [['vcpu', 'instret', 'tlb hits', 'tlb misses', 'tlb fills', 'tlb drops', 'tlb flushes', 'page walks', 'traps', 'interrupts', 'hypercalls', 'waits']];
+  for (const vcpu of vm.vcpus) {
+    vcpuRows.push([
+      String(vcpu.id), vcpu.instret, vcpu.stats.tlbHits, vcpu.stats.tlbMisses, vcpu.tlb.fills, vcpu.tlb.entriesDropped, vcpu.tlb.fullFlushes,
+      vcpu.walker.walks, vcpu.stats.traps, vcpu.stats.interrupts, vcpu.stats.hypercalls, vcpu.stats.waits,
+    ].map((cell) => (typeof cell === 'number' ? formatCount(cell) : cell)));
+  }
+  out.push('vcpus');
+  out.push(formatTable(vcpuRows, { indent: '  ' }));
+  const exits: string[][] = [
+    ['mmio', formatCount(vm.exits.mmio)],
+    ['hypercall', formatCount(vm.exits.hypercall)],
+    ['trap to guest', formatCount(vm.exits.trapToGuest)],
+    ['code write', formatCount(vm.exits.codeWrites)],
+  ];
+  for (const [state, count] of Object.entries(vm.exits.absent)) exits.push([`absent: ${state}`, formatCount(count)]);
+  for (const [flag, count] of Object.entries(vm.exits.writeProtect)) exits.push([`write-protect: ${flag}`, formatCount(count)]);
+  out.push('exits');
+  out.push(formatTable(exits, { indent: '  ', rightAligned: [false, true] }));
+  out.push('mmio accesses');
+  out.push(formatTable(Object.entries(vm.bus.accessCounts()).map(([device, count]) => [device, formatCount(count)]), { indent: '  ', rightAligned: [false, true] }));
+  const pool = hv.pool.stats();
+  const census = vm.p2m.census();
+  const decode = hv.decodeCache.stats;
+  out.push('memory');
+  out.push(
+    formatTable(
+      [
+        ['decoded pages', `${formatCount(decode.pagesDecoded)} (${formatCount(decode.slotsInUse)} in use, ${formatCount(decode.pagesDropped)} dropped)`],
+        ['host frames in use', `${formatCount(pool.usedFrames)} of ${formatCount(pool.totalFrames)} (${formatBytes(pool.usedFrames * PAGE_SIZE)})`],
+        ['guest pages present', `${formatCount(census.present)} of ${formatCount(vm.p2m.pageCount)} (${formatBytes(census.present * PAGE_SIZE)})`],
+        ['process RSS', formatBytes(processRss())],
+      ],
+      { indent: '  ', rightAligned: [false, false] },
+    ),
+  );
+  return out.join('\n');
+}
+
+/** The exit code for how the run ended, printing the one `error:` line when it is not a halt. */
+function reportEnding(run: GuestRun): number {
+  const reason = run.reason;
+  switch (reason.kind) {
+    case 'halted':
+      return reason.exitCode & 0xff;
+    case 'guest-error':
+      process.stderr.write(`error: guest error: ${reason.message}\n`);
+      return RunExitCode.GUEST_ERROR;
+    case 'budget':
+      process.stderr.write(`error: stopped after ${run.instructions} instructions (--max-insns)\n`);
+      return RunExitCode.BUDGET;
+    case 'idle':
+      process.stderr.write(`error: the guest is idle forever: ${IDLE_FOREVER}\n`);
+      return RunExitCode.IDLE;
+    case 'host-error':
+      process.stderr.write(`error: host error: ${reason.message}\n`);
+      return RunExitCode.HOST_ERROR;
+    case 'paused':
+      process.stderr.write(`error: host error: the VM was paused (${reason.reason})\n`);
+      return RunExitCode.HOST_ERROR;
+    case 'running':
+      process.stderr.write('error: host error: the run ended while the VM was still running\n');
+      return RunExitCode.HOST_ERROR;
+  }
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const args = parseRunArguments(argv);
+  if (args === 'help') {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+
+  let image: GuestImage;
+  try {
+    image = loadGuest(args.path);
+  } catch (error) {
+    if (!isReportableError(error)) throw error;
+    printError(error);
+    return RunExitCode.LOAD_ERROR;
+  }
+
+  // A failure from here on (mapping host memory, a kernel refusal) is a host error.
+  const hv = createHypervisor({ hostMemoryBytes: args.hostMemoryBytes });
+  const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path) });
+  const deviceOptions: StandardDeviceOptions = { bootArgs: args.bootArgs, hypervisor: hv };
+  if (args.input !== undefined) deviceOptions.input = args.input;
+  else deviceOptions.interactiveInput = true;
+  let devices: ReturnType<typeof attachStandardDevices>;
+  try {
+    devices = attachStandardDevices(vm, deviceOptions);
+  } catch (error) {
+    throw error instanceof BootArgsError ? new UsageError(error.message) : error;
+  }
+  try {
+    vm.loadImage(image);
+  } catch (error) {
+    if (!isReportableError(error)) throw error;
+    printError(error);
+    return RunExitCode.LOAD_ERROR;
+  }
+
+  const trace = args.trace ? new TraceWriter(image) : null;
+  if (trace) {
+    process.stderr.write('warning: --trace prints every instruction; the guest runs far slower\n');
+    for (const vcpu of vm.vcpus) vcpu.tracer = trace.hook;
+  }
+
+  const started = performance.now();
+  let run: GuestRun;
+  try {
+    run = await runWithResetsAsync(hv, vm, devices, args.maxInstructions === undefined ? {} : { maxInstructions: args.maxInstructions });
+  } finally {
+    devices.console.stop();
+    trace?.flush();
+  }
+  const wallMs = performance.now() - started;
+  if (args.stats) process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
+  return reportEnding(run);
+}
+
+try {
+  await runTool(main, { usage: USAGE, errorExitCode: RunExitCode.HOST_ERROR });
+} catch (error) {
+  // Not a typed error: a bug or the host failing. Still one line; the stack on request.
+  process.stderr.write(`error: host error: ${error instanceof Error ? error.message : String(error)}\n`);
+  if (process.env['BYTEVISOR_DEBUG'] && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+  process.exitCode = RunExitCode.HOST_ERROR;
+}
