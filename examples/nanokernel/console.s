@@ -1,0 +1,168 @@
+# console.s — kernel output through the console device's TX register, power off, and the panic
+# path for traps taken in supervisor mode (which are always kernel bugs).
+
+        .text
+
+# kwrite(a0 = buffer, a1 = length): bytes to the console (nothing if no console was found)
+kwrite:
+        la      t0, console_tx
+        lw      t0, 0(t0)
+        beqz    t0, 2f
+        add     a1, a0, a1
+1:      bgeu    a0, a1, 2f
+        lbu     t1, 0(a0)
+        sw      t1, 0(t0)
+        addi    a0, a0, 1
+        j       1b
+2:      ret
+
+# kputs(a0 = NUL-terminated string)
+kputs:
+        la      t0, console_tx
+        lw      t0, 0(t0)
+        beqz    t0, 2f
+1:      lbu     t1, 0(a0)
+        beqz    t1, 2f
+        sw      t1, 0(t0)
+        addi    a0, a0, 1
+        j       1b
+2:      ret
+
+# kput_dec(a0 = unsigned), kput_sdec(a0 = signed), kput_hex(a0): format into kfmt_buf, then write
+kput_dec:
+        la      t0, k_fmt_dec
+        j       kput_formatted
+kput_sdec:
+        la      t0, k_fmt_sdec
+        j       kput_formatted
+kput_hex:
+        la      t0, k_fmt_hex
+kput_formatted:                         # t0 = formatter(a0 = dst, a1 = value)
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        mv      a1, a0
+        la      a0, kfmt_buf
+        jalr    ra, t0, 0
+        la      t0, kfmt_buf
+        sub     a1, a0, t0
+        mv      a0, t0
+        call    kwrite
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# kput_cause(a0 = cause): the cause's name, e.g. "store page fault" or "interrupt 9"
+kput_cause:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      s0, 4(sp)
+        mv      s0, a0
+        bltz    s0, 2f                  # bit 31: an interrupt
+        li      t0, CAUSE_MAX_NAMED
+        bltu    t0, s0, 1f
+        la      t0, cause_names
+        slli    t1, s0, 2
+        add     t0, t0, t1
+        lw      a0, 0(t0)
+        beqz    a0, 1f
+        call    kputs
+        j       3f
+1:      la      a0, msg_cause
+        call    kputs
+        mv      a0, s0
+        call    kput_dec
+        j       3f
+2:      la      a0, msg_interrupt
+        call    kputs
+        slli    a0, s0, 1
+        srli    a0, a0, 1
+        call    kput_dec
+3:      lw      ra, 0(sp)
+        lw      s0, 4(sp)
+        addi    sp, sp, 16
+        ret
+
+# power_off(a0 = exit code): never returns. Falls back to the EXIT hypercall without a power device.
+power_off:
+        la      t0, power_base
+        lw      t0, 0(t0)
+        beqz    t0, 1f
+        sw      a0, POWER_OFF(t0)
+1:      mv      a1, a0
+        li      a0, 1                   # Hcall.EXIT
+        hcall
+2:      j       2b
+
+# kernel_trap: tvec lands here with sp = 0 when the trap came from supervisor mode (scratch = 0
+# while the kernel runs). Nothing in the kernel is expected to trap, so this is a panic: print
+# the cause, pc and tval and power off with EXIT_PANIC.
+kernel_trap:
+        la      sp, panic_stack_top
+        la      t0, panicking
+        lw      t1, 0(t0)
+        bnez    t1, 1f                  # a trap while panicking: stop without printing
+        li      t1, 1
+        sw      t1, 0(t0)
+        la      a0, msg_panic
+        call    kputs
+        csrr    a0, cause
+        call    kput_cause
+        la      a0, msg_panic_cause
+        call    kputs
+        csrr    a0, cause
+        call    kput_hex
+        la      a0, msg_panic_pc
+        call    kputs
+        csrr    a0, epc
+        call    kput_hex
+        la      a0, msg_tval
+        call    kputs
+        csrr    a0, tval
+        call    kput_hex
+        li      a0, '\n'
+        la      t0, kfmt_buf
+        sb      a0, 0(t0)
+        mv      a0, t0
+        li      a1, 1
+        call    kwrite
+1:      li      a0, EXIT_PANIC
+        j       power_off
+
+        .data
+msg_panic:        .asciz "[kernel] PANIC: unexpected trap in supervisor mode: "
+msg_panic_cause:  .asciz " (cause "
+msg_panic_pc:     .asciz "), pc "
+msg_pc:           .asciz ", pc "
+msg_tval:         .asciz ", tval "
+msg_cause:        .asciz "cause "
+msg_interrupt:    .asciz "interrupt "
+
+# Trap cause names (SPEC §7.1), indexed by cause code; 0 = no name.
+        .align  2
+cause_names:
+        .word   cn0, cn1, cn2, cn3, cn4, cn5, cn6, cn7, cn8, cn9, 0, 0, cn12, cn13, 0, cn15, 0, 0, cn18
+cn0:    .asciz  "instruction address misaligned"
+cn1:    .asciz  "instruction access fault"
+cn2:    .asciz  "illegal instruction"
+cn3:    .asciz  "breakpoint"
+cn4:    .asciz  "load address misaligned"
+cn5:    .asciz  "load access fault"
+cn6:    .asciz  "store address misaligned"
+cn7:    .asciz  "store access fault"
+cn8:    .asciz  "environment call from user mode"
+cn9:    .asciz  "environment call from supervisor mode"
+cn12:   .asciz  "instruction page fault"
+cn13:   .asciz  "load page fault"
+cn15:   .asciz  "store page fault"
+cn18:   .asciz  "machine check (uncorrectable memory error)"
+
+        .align  2
+console_tx:     .word 0                 # address of the console TX register (0: none)
+power_base:     .word 0
+panicking:      .word 0
+
+        .bss
+kfmt_buf:       .space 64
+        .align  4
+panic_stack:    .space 4096
+panic_stack_top:

@@ -1,0 +1,305 @@
+# trap.s — trap entry and exit, system calls, demand paging and killing faulting processes.
+#
+# While a process runs in user mode, `scratch` holds its PCB; while the kernel runs, `scratch`
+# is 0. Trap entry swaps sp with scratch: a zero means the trap came from the kernel itself,
+# which is a bug (the kernel runs with interrupts off and never faults) and panics.
+
+        .text
+
+        .align  2
+trap_entry:
+        csrrw   sp, scratch, sp
+        beqz    sp, kernel_trap
+        sw      ra, P_RA(sp)            # save the user registers into the PCB
+        sw      gp, P_GP(sp)
+        sw      a0, P_A0(sp)
+        sw      a1, P_A1(sp)
+        sw      a2, P_A2(sp)
+        sw      a3, P_A3(sp)
+        sw      t0, P_T0(sp)
+        sw      t1, P_T1(sp)
+        sw      t2, P_T2(sp)
+        sw      t3, P_T3(sp)
+        sw      s0, P_S0(sp)
+        sw      s1, P_S1(sp)
+        sw      s2, P_S2(sp)
+        sw      s3, P_S3(sp)
+        csrrw   t0, scratch, zero       # t0 = the user's sp; scratch = 0: in the kernel now
+        sw      t0, P_SP(sp)
+        csrr    t0, epc
+        sw      t0, P_PC(sp)
+        mv      s0, sp                  # s0 = the current process from here on
+        la      sp, kstack_top
+        csrr    t0, cause
+        li      t1, CAUSE_TIMER_IRQ
+        beq     t0, t1, on_timer
+        bltz    t0, kernel_trap_from_user
+        li      t1, CAUSE_ECALL_U
+        beq     t0, t1, on_syscall
+        li      t1, CAUSE_LOAD_PF
+        beq     t0, t1, on_page_fault
+        li      t1, CAUSE_STORE_PF
+        beq     t0, t1, on_page_fault
+        j       kill_for_trap
+
+# An interrupt the kernel never enabled: a kernel bug, reported like a supervisor trap.
+kernel_trap_from_user:
+        csrw    scratch, sp
+        li      sp, 0
+        j       kernel_trap
+
+# return_to_user (s0 = process): restores its registers and address space and enters user mode.
+return_to_user:
+        lw      t0, P_PTBR(s0)          # distinct ASIDs: no sfence needed (SPEC §12.7)
+        csrw    ptbr, t0
+        lw      t0, P_PC(s0)
+        csrw    epc, t0
+        li      t0, STATUS_SPP | STATUS_SUM
+        csrc    status, t0              # sret goes to user mode
+        csrw    scratch, s0
+        mv      sp, s0
+        lw      ra, P_RA(sp)
+        lw      gp, P_GP(sp)
+        lw      a0, P_A0(sp)
+        lw      a1, P_A1(sp)
+        lw      a2, P_A2(sp)
+        lw      a3, P_A3(sp)
+        lw      t0, P_T0(sp)
+        lw      t1, P_T1(sp)
+        lw      t2, P_T2(sp)
+        lw      t3, P_T3(sp)
+        lw      s0, P_S0(sp)
+        lw      s1, P_S1(sp)
+        lw      s2, P_S2(sp)
+        lw      s3, P_S3(sp)
+        lw      sp, P_SP(sp)
+        sret
+
+# The time slice is over: the next process runs.
+on_timer:
+        la      t0, stat_preemptions
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        j       schedule
+
+# A load or store page fault from user mode: a heap or stack page not mapped yet gets a zeroed
+# frame; anything else (an unmapped address, a protection violation) kills the process.
+on_page_fault:
+        csrr    s1, tval
+        lw      a0, P_ROOT(s0)
+        mv      a1, s1
+        call    pte_lookup
+        beqz    a0, 1f
+        lw      t0, 0(a0)
+        andi    t0, t0, PTE_V
+        bnez    t0, kill_for_trap       # mapped, but not for this access
+1:      mv      a0, s0
+        mv      a1, s1
+        call    demand_map
+        beqz    a0, return_to_user
+        li      t0, -2
+        bne     a0, t0, kill_for_trap
+        la      a0, msg_killed          # "[kernel] killed pid N (name): out of memory at VA, pc PC"
+        call    kputs
+        call    kput_process
+        la      a0, msg_oom_at
+        call    kputs
+        mv      a0, s1
+        call    kput_hex
+        j       kill_finish
+
+# kill_for_trap (s0 = process; cause, tval still in the CSRs): reports the trap, ends the process.
+kill_for_trap:
+        la      a0, msg_killed
+        call    kputs
+        call    kput_process
+        la      a0, msg_colon
+        call    kputs
+        csrr    s1, cause
+        csrr    s2, tval
+        mv      a0, s1
+        call    kput_cause
+        li      t0, CAUSE_ILLEGAL
+        bne     s1, t0, 1f
+        la      a0, msg_space           # illegal instruction: tval is the instruction word
+        call    kputs
+        mv      a0, s2
+        call    kput_hex
+        j       kill_finish
+1:      li      t0, 31                  # causes whose tval is an address
+        bltu    t0, s1, kill_finish
+        li      t0, ADDRESS_CAUSES
+        srl     t0, t0, s1
+        andi    t0, t0, 1
+        beqz    t0, kill_finish
+        la      a0, msg_at
+        call    kputs
+        mv      a0, s2
+        call    kput_hex
+kill_finish:
+        la      a0, msg_pc
+        call    kputs
+        lw      a0, P_PC(s0)
+        call    kput_hex
+        la      a0, msg_newline
+        call    kputs
+        la      t0, stat_killed
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        lw      t0, P_PROG(s0)
+        lw      t0, PROG_FLAGS(t0)
+        andi    t0, t0, PROG_MAY_FAULT
+        bnez    t0, 1f
+        la      t0, stat_unexpected
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+1:      j       end_process
+
+        # Causes 0, 1, 4, 5, 6, 7, 12, 13, 15 report a virtual address in tval.
+        .equ    ADDRESS_CAUSES, 0xb0f3
+
+# ecall from user mode: t0 = number, a0..a3 = arguments, a0 = result. Every other register is
+# preserved (the trap saved them all).
+on_syscall:
+        lw      t0, P_PC(s0)            # resume after the ecall
+        addi    t0, t0, 4
+        sw      t0, P_PC(s0)
+        la      t0, stat_syscalls
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        lw      t0, P_T0(s0)
+        lw      a0, P_A0(s0)
+        lw      a1, P_A1(s0)
+        lw      a2, P_A2(s0)
+        lw      a3, P_A3(s0)
+        li      t1, SYS_WRITE
+        beq     t0, t1, sys_write
+        li      t1, SYS_EXIT
+        beq     t0, t1, sys_exit
+        li      t1, SYS_YIELD
+        beq     t0, t1, sys_yield
+        li      t1, SYS_SBRK
+        beq     t0, t1, sys_sbrk
+        li      t1, SYS_GETPID
+        beq     t0, t1, sys_getpid
+        li      a0, ENOSYS
+syscall_return:                         # a0 = the result
+        sw      a0, P_A0(s0)
+        j       return_to_user
+
+# write(fd = 1 or 2, buf, len) -> len, -EBADF or -EFAULT. Every page of the buffer is checked
+# in the process's page table first (faulting in heap/stack pages), then the bytes are read
+# through the user mapping with status.SUM set.
+sys_write:
+        addi    t0, a0, -1
+        li      t1, 2
+        bgeu    t0, t1, 8f              # fd not 1 or 2
+        beqz    a2, syscall_return_zero
+        mv      s1, a1                  # s1 = buf
+        add     s2, a1, a2              # s2 = end
+        li      t0, USER_BASE
+        bltu    s1, t0, 9f
+        bltu    s2, s1, 9f              # wraps around
+        li      t0, STACK_TOP
+        bltu    t0, s2, 9f
+        srli    s3, s1, PAGE_SHIFT
+        slli    s3, s3, PAGE_SHIFT
+1:      mv      a0, s0
+        mv      a1, s3
+        call    user_page_readable
+        bnez    a0, 9f
+        li      t0, PAGE_SIZE
+        add     s3, s3, t0
+        bltu    s3, s2, 1b
+        li      t0, STATUS_SUM
+        csrs    status, t0
+        la      t0, console_tx
+        lw      t0, 0(t0)
+        mv      t2, s1
+2:      lbu     t1, 0(t2)
+        sw      t1, 0(t0)
+        addi    t2, t2, 1
+        bltu    t2, s2, 2b
+        li      t0, STATUS_SUM
+        csrc    status, t0
+        sub     a0, s2, s1
+        j       syscall_return
+8:      li      a0, EBADF
+        j       syscall_return
+9:      li      a0, EFAULT
+        j       syscall_return
+syscall_return_zero:
+        li      a0, 0
+        j       syscall_return
+
+# exit(code): reports "[kernel] pid N (name) exited with code C" and ends the process.
+sys_exit:
+        mv      s1, a0
+        la      a0, msg_kernel
+        call    kputs
+        call    kput_process
+        la      a0, msg_exited
+        call    kputs
+        mv      a0, s1
+        call    kput_sdec
+        la      a0, msg_newline
+        call    kputs
+        la      t0, stat_exited
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        beqz    s1, 1f
+        la      t0, stat_unexpected
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+1:      j       end_process
+
+# yield() -> 0: the next process runs.
+sys_yield:
+        sw      zero, P_A0(s0)
+        j       schedule
+
+# sbrk(increment) -> the old break, or -ENOMEM when the new break would leave
+# [HEAP_BASE, HEAP_LIMIT]. Growing maps nothing (pages come on first touch); shrinking frees
+# the pages wholly above the new break.
+sys_sbrk:
+        lw      s1, P_BRK(s0)           # s1 = old break
+        add     s2, s1, a0              # s2 = new break
+        li      t0, HEAP_BASE
+        bltu    s2, t0, 9f
+        li      t0, HEAP_LIMIT
+        bltu    t0, s2, 9f
+        bltz    a0, 1f
+        bgeu    s2, s1, 2f
+        j       9f                      # a positive increment that wrapped
+1:      li      t0, PAGE_SIZE - 1       # shrink: free [round_up(new), round_up(old))
+        add     a1, s2, t0
+        srli    a1, a1, PAGE_SHIFT
+        slli    a1, a1, PAGE_SHIFT
+        add     a2, s1, t0
+        srli    a2, a2, PAGE_SHIFT
+        slli    a2, a2, PAGE_SHIFT
+        mv      a0, s0
+        call    unmap_user_range
+2:      sw      s2, P_BRK(s0)
+        mv      a0, s1
+        j       syscall_return
+9:      li      a0, ENOMEM
+        j       syscall_return
+
+# getpid() -> the process id.
+sys_getpid:
+        lw      a0, P_PID(s0)
+        j       syscall_return
+
+        .data
+msg_killed:     .asciz "[kernel] killed "
+msg_kernel:     .asciz "[kernel] "
+msg_exited:     .asciz " exited with code "
+msg_at:         .asciz " at "
+msg_oom_at:     .asciz ": out of memory at "

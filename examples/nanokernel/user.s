@@ -1,0 +1,914 @@
+# user.s — the user image: every user program and their small library. The kernel copies the
+# whole image to USER_BASE in each process and starts the program at its entry with
+#   a0 = argument text (on the stack), a1 = its length, sp = just below the text.
+# The code is position-independent: only pc-relative `la`, branches and `jal`, never a kernel
+# address. Programs end with the exit system call.
+
+        .equ    LCG_A, 1664525                  # x' = x * LCG_A + LCG_C (mod 2^32)
+        .equ    LCG_C, 1013904223
+        .equ    FNV_BASIS, 0x811c9dc5           # walker checksum: FNV-1a over the words read
+        .equ    FNV_PRIME, 0x01000193
+        .equ    CRC_POLY, 0xedb88320            # CRC-32 (IEEE 802.3, reflected)
+        .equ    CRC_SEED, 0x12345678            # first LCG state of the crc32 buffer
+        .equ    WALK_SEED, 1                    # first LCG state of the walker
+        .equ    SIEVE_DEFAULT, 10000
+        .equ    SIEVE_MAX, 0x10000000
+        .equ    CRC_DEFAULT, 65536
+        .equ    CRC_MAX, 0x04000000
+        .equ    PING_DEFAULT, 3
+        .equ    PING_MAX, 1000
+        .equ    WALK_SEQ, 0
+        .equ    WALK_RANDOM, 1
+        .equ    WALK_STRIDE, 2
+        .equ    WALK_HOT, 3
+
+        .text
+        .align  2
+user_image_start:
+
+        STRLIB  u_
+
+# ---- System calls --------------------------------------------------------------------------
+
+# u_write(a0 = buffer, a1 = length) -> a0 = bytes written or -errno
+u_write:
+        mv      a2, a1
+        mv      a1, a0
+        li      a0, 1
+        li      t0, SYS_WRITE
+        ecall
+        ret
+
+# u_exit(a0 = code): does not return
+u_exit:
+        li      t0, SYS_EXIT
+        ecall
+1:      j       1b
+
+# u_sbrk(a0 = increment) -> a0 = old break or -errno
+u_sbrk:
+        li      t0, SYS_SBRK
+        ecall
+        ret
+
+u_yield:
+        li      t0, SYS_YIELD
+        ecall
+        ret
+
+u_getpid:
+        li      t0, SYS_GETPID
+        ecall
+        ret
+
+# ---- Output and errors ---------------------------------------------------------------------
+
+# u_print(a0 = start, a1 = end)
+u_print:
+        sub     a1, a1, a0
+        j       u_write
+
+# u_puts(a0 = NUL-terminated string)
+u_puts:
+        mv      a1, a0
+1:      lbu     t0, 0(a1)
+        beqz    t0, u_print
+        addi    a1, a1, 1
+        j       1b
+
+# u_print_line(a0 = line start, a1 = end): appends "\n" at end and writes the line
+u_print_line:
+        li      t0, '\n'
+        sb      t0, 0(a1)
+        addi    a1, a1, 1
+        j       u_print
+
+# u_bad_argument(a0 = program name, a1 = token start, a2 = token end): prints
+# "<name>: bad argument '<token>'" (or "missing argument") and exits with code 1.
+u_bad_argument:
+        addi    sp, sp, -128
+        mv      s0, a1
+        mv      s1, a2
+        mv      a1, a0
+        mv      a0, sp
+        call    u_fmt_str
+        bne     s0, s1, 1f
+        la      a1, u_msg_missing_arg
+        call    u_fmt_str
+        j       3f
+1:      la      a1, u_msg_bad_arg
+        call    u_fmt_str
+        addi    t1, s0, 64              # at most 64 bytes of the token
+        bgeu    t1, s1, 2f
+        mv      s1, t1
+2:      lbu     t0, 0(s0)
+        sb      t0, 0(a0)
+        addi    a0, a0, 1
+        addi    s0, s0, 1
+        bltu    s0, s1, 2b
+        li      t0, 39                  # closing quote
+        sb      t0, 0(a0)
+        addi    a0, a0, 1
+3:      mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 1
+        j       u_exit
+
+# u_out_of_memory(a0 = program name, a1 = bytes): "<name>: cannot allocate N bytes", exit 3
+u_out_of_memory:
+        addi    sp, sp, -128
+        mv      s0, a1
+        mv      a1, a0
+        mv      a0, sp
+        call    u_fmt_str
+        la      a1, u_msg_no_memory
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_dec
+        la      a1, u_msg_bytes
+        call    u_fmt_str
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 3
+        j       u_exit
+
+# u_number_argument(a0 = cursor, a1 = end, a2 = default, a3 = maximum): parses the next token
+# as a number in [0, maximum]; without a token the default. Returns a0 = value, a1 = cursor
+# after the token, a2/a3 = the token's bounds, and t3 = 0 or -1 (malformed / out of range).
+u_number_argument:
+        addi    sp, sp, -32
+        sw      ra, 0(sp)
+        sw      a2, 4(sp)
+        sw      a3, 8(sp)
+        call    u_next_token
+        sw      a0, 12(sp)
+        sw      a1, 16(sp)
+        beq     a0, a1, 1f
+        call    u_parse_number
+        mv      t3, a1
+        bnez    t3, 2f
+        lw      t0, 8(sp)
+        bgeu    t0, a0, 2f
+        li      t3, -1
+        j       2f
+1:      lw      a0, 4(sp)               # no token: the default
+        li      t3, 0
+2:      lw      a1, 16(sp)
+        lw      a2, 12(sp)
+        lw      a3, 16(sp)
+        lw      ra, 0(sp)
+        addi    sp, sp, 32
+        ret
+
+# u_no_more_arguments(a0 = cursor, a1 = end, a2 = program name): exits through u_bad_argument
+# when another token follows; returns otherwise.
+u_no_more_arguments:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a2, 4(sp)
+        call    u_next_token
+        beq     a0, a1, 1f
+        mv      a2, a1
+        mv      a1, a0
+        lw      a0, 4(sp)
+        j       u_bad_argument
+1:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# ---- sieve [N]: counts the primes <= N (default 10000) with a byte array on the heap -------
+
+sieve_main:
+        add     s1, a0, a1              # s1 = end of the arguments
+        mv      a1, s1
+        li      a2, SIEVE_DEFAULT
+        li      a3, SIEVE_MAX
+        call    u_number_argument
+        mv      s2, a0                  # s2 = N
+        mv      s0, a1
+        beqz    t3, 1f
+        la      a0, u_name_sieve
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+1:      mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_sieve
+        call    u_no_more_arguments
+        addi    a0, s2, 1
+        call    u_sbrk
+        bgez    a0, 2f
+        la      a0, u_name_sieve
+        addi    a1, s2, 1
+        j       u_out_of_memory
+2:      mv      s0, a0                  # s0 = flags[0..N], 0 = maybe prime (fresh heap is zero)
+        li      t0, 2
+3:      mul     t1, t0, t0
+        bltu    s2, t1, 6f              # i * i > N: done
+        add     t2, s0, t0
+        lbu     t3, 0(t2)
+        bnez    t3, 5f
+        add     t2, s0, t1              # cross out i*i, i*i + i, ... <= N
+        add     t3, s0, s2
+        li      a2, 1
+4:      sb      a2, 0(t2)
+        add     t2, t2, t0
+        bgeu    t3, t2, 4b
+5:      addi    t0, t0, 1
+        j       3b
+6:      li      a3, 0                   # count the survivors in [2, N]
+        li      t0, 2
+7:      bltu    s2, t0, 8f
+        add     t2, s0, t0
+        lbu     t3, 0(t2)
+        seqz    t3, t3
+        add     a3, a3, t3
+        addi    t0, t0, 1
+        j       7b
+8:      mv      s3, a3                  # "sieve: C primes up to N"
+        addi    sp, sp, -64
+        mv      a0, sp
+        la      a1, u_msg_sieve
+        call    u_fmt_str
+        mv      a1, s3
+        call    u_fmt_dec
+        la      a1, u_msg_primes
+        call    u_fmt_str
+        mv      a1, s2
+        call    u_fmt_dec
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+
+# ---- crc32 [N]: CRC-32 of N bytes (default 65536) of LCG output, table-driven ---------------
+
+crc32_main:
+        add     s1, a0, a1
+        mv      a1, s1
+        li      a2, CRC_DEFAULT
+        li      a3, CRC_MAX
+        call    u_number_argument
+        mv      s2, a0                  # s2 = N
+        mv      s0, a1
+        beqz    t3, 1f
+        la      a0, u_name_crc32
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+1:      mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_crc32
+        call    u_no_more_arguments
+        addi    a0, s2, 1024            # the 256-word table, then the buffer
+        call    u_sbrk
+        bgez    a0, 2f
+        la      a0, u_name_crc32
+        addi    a1, s2, 1024
+        j       u_out_of_memory
+2:      mv      s3, a0                  # s3 = table
+        li      a2, CRC_POLY
+        li      t0, 0
+3:      mv      t1, t0                  # table[n] = n shifted through the polynomial 8 times
+        li      t2, 8
+4:      andi    t3, t1, 1
+        srli    t1, t1, 1
+        beqz    t3, 5f
+        xor     t1, t1, a2
+5:      addi    t2, t2, -1
+        bnez    t2, 4b
+        slli    t3, t0, 2
+        add     t3, s3, t3
+        sw      t1, 0(t3)
+        addi    t0, t0, 1
+        li      t3, 256
+        bltu    t0, t3, 3b
+        addi    s0, s3, 1024            # s0 = buffer, s1 = its end
+        add     s1, s0, s2
+        li      t0, CRC_SEED            # buffer[i] = top byte of the i-th LCG state after the seed
+        li      a0, LCG_A
+        li      a1, LCG_C
+        mv      t1, s0
+6:      bgeu    t1, s1, 7f
+        mul     t0, t0, a0
+        add     t0, t0, a1
+        srli    t2, t0, 24
+        sb      t2, 0(t1)
+        addi    t1, t1, 1
+        j       6b
+7:      li      t0, -1                  # crc = table[(crc ^ byte) & 0xff] ^ (crc >> 8)
+        mv      t1, s0
+8:      bgeu    t1, s1, 9f
+        lbu     t2, 0(t1)
+        xor     t2, t2, t0
+        andi    t2, t2, 0xff
+        slli    t2, t2, 2
+        add     t2, s3, t2
+        lw      t2, 0(t2)
+        srli    t0, t0, 8
+        xor     t0, t0, t2
+        addi    t1, t1, 1
+        j       8b
+9:      not     s3, t0                  # "crc32: N bytes, crc 0x........"
+        addi    sp, sp, -64
+        mv      a0, sp
+        la      a1, u_msg_crc
+        call    u_fmt_str
+        mv      a1, s2
+        call    u_fmt_dec
+        la      a1, u_msg_crc_bytes
+        call    u_fmt_str
+        mv      a1, s3
+        call    u_fmt_hex
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+
+# ---- walker SIZE [PATTERN] [PASSES]: a memory walker over a heap region of SIZE bytes -------
+# PATTERN: seq | random | stride N | stride:N | hot:HOT:PERCENT (default seq); PASSES default 1.
+# A pass makes SIZE/64 accesses; access k (0-based over all passes) reads the word at offset
+# off(k), folds it into an FNV-1a checksum and stores it back plus k + 1.
+#   seq:    off(k) = 64 k mod SIZE
+#   stride: off(k) = N k mod SIZE                       (N a multiple of 4)
+#   random: x = LCG(x) from x = WALK_SEED; off = 4 * floor(x * (SIZE/4) / 2^32)
+#   hot:    x = LCG(x); hot when floor(x * 100 / 2^32) < PERCENT; x = LCG(x); then
+#           off = 4 * floor(x * (HOT/4) / 2^32) (hot), or HOT + 4 * floor(x * ((SIZE-HOT)/4) / 2^32)
+
+        .equ    W_SIZE, 0               # stack frame of walker_main
+        .equ    W_KIND, 4
+        .equ    W_P1, 8                 # stride, or hot bytes
+        .equ    W_P2, 12                # hot percent
+        .equ    W_PASSES, 16
+        .equ    W_TOTAL, 20
+        .equ    W_SIZE_TOKEN, 24        # start, end of the size token
+        .equ    W_PATTERN_TOKEN, 32     # start, end of the pattern (including stride's N)
+        .equ    W_PASSES_TOKEN, 40      # start, end of the passes token
+        .equ    W_LINE, 48              # output line buffer
+        .equ    W_FRAME, 176
+
+        # The access: read, checksum, write back (s0 = base, s1 = checksum, s2 = k + 1, a3 = prime).
+        .macro  WALK_TOUCH off
+        add     t1, s0, \off
+        lw      t2, 0(t1)
+        xor     s1, s1, t2
+        mul     s1, s1, a3
+        add     t2, t2, s2
+        sw      t2, 0(t1)
+        .endm
+
+walker_main:
+        addi    sp, sp, -W_FRAME
+        add     s1, a0, a1              # s1 = end of the arguments
+        mv      s0, a0                  # s0 = cursor
+        sw      zero, W_KIND(sp)
+        sw      zero, W_PATTERN_TOKEN(sp)
+        sw      zero, W_PATTERN_TOKEN + 4(sp)
+        sw      zero, W_PASSES_TOKEN(sp)
+        sw      zero, W_PASSES_TOKEN + 4(sp)
+        li      t0, 1
+        sw      t0, W_PASSES(sp)
+        mv      a1, s1                  # SIZE (required)
+        call    u_next_token
+        sw      a0, W_SIZE_TOKEN(sp)
+        sw      a1, W_SIZE_TOKEN + 4(sp)
+        beq     a0, a1, walker_bad_size
+        mv      s0, a1
+        call    u_parse_number
+        bnez    a1, walker_bad_size
+        sw      a0, W_SIZE(sp)
+        mv      a0, s0                  # PATTERN (optional)
+        mv      a1, s1
+        call    u_next_token
+        beq     a0, a1, walker_check
+        sw      a0, W_PATTERN_TOKEN(sp)
+        sw      a1, W_PATTERN_TOKEN + 4(sp)
+        mv      s2, a0                  # s2, s3 = the token
+        mv      s3, a1
+        mv      s0, a1
+        la      a2, u_str_seq
+        call    u_token_is
+        bnez    a0, walker_passes       # kind 0 already
+        li      t0, WALK_RANDOM
+        sw      t0, W_KIND(sp)
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_random
+        call    u_token_is
+        bnez    a0, walker_passes
+        li      t0, WALK_STRIDE
+        sw      t0, W_KIND(sp)
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_stride
+        call    u_token_is
+        beqz    a0, 1f
+        mv      a0, s0                  # "stride N": N is the next token
+        mv      a1, s1
+        call    u_next_token
+        sw      a1, W_PATTERN_TOKEN + 4(sp)
+        beq     a0, a1, walker_bad_pattern
+        mv      s0, a1
+        j       2f
+1:      mv      a0, s2                  # "stride:N"
+        mv      a1, s3
+        la      a2, u_str_stride_colon
+        call    u_token_prefix
+        beqz    a0, 3f
+        mv      a1, s3
+2:      call    u_parse_number
+        bnez    a1, walker_bad_pattern
+        sw      a0, W_P1(sp)
+        j       walker_passes
+3:      li      t0, WALK_HOT            # "hot:HOT:PERCENT"
+        sw      t0, W_KIND(sp)
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_hot_colon
+        call    u_token_prefix
+        beqz    a0, walker_bad_pattern
+        mv      s2, a0                  # s2 = start of HOT
+        mv      a1, s3
+        li      a2, ':'
+        call    u_find_char
+        beq     a0, s3, walker_bad_pattern
+        mv      a1, a0
+        sw      a0, W_P2(sp)            # (the colon, for a moment)
+        mv      a0, s2
+        call    u_parse_number
+        bnez    a1, walker_bad_pattern
+        sw      a0, W_P1(sp)
+        lw      a0, W_P2(sp)
+        addi    a0, a0, 1
+        mv      a1, s3
+        call    u_parse_number
+        bnez    a1, walker_bad_pattern
+        sw      a0, W_P2(sp)
+walker_passes:                          # PASSES (optional)
+        mv      a0, s0
+        mv      a1, s1
+        call    u_next_token
+        sw      a0, W_PASSES_TOKEN(sp)
+        sw      a1, W_PASSES_TOKEN + 4(sp)
+        beq     a0, a1, walker_check
+        mv      s0, a1
+        call    u_parse_number
+        bnez    a1, walker_bad_passes
+        beqz    a0, walker_bad_passes
+        sw      a0, W_PASSES(sp)
+        mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_walker
+        call    u_no_more_arguments
+
+walker_check:
+        lw      t0, W_SIZE(sp)          # SIZE >= 64 and a multiple of 4
+        li      t1, 64
+        bltu    t0, t1, walker_bad_size
+        andi    t1, t0, 3
+        bnez    t1, walker_bad_size
+        lw      t1, W_KIND(sp)
+        li      t2, WALK_STRIDE
+        bne     t1, t2, 1f
+        lw      t2, W_P1(sp)            # stride: N >= 4, a multiple of 4
+        li      t3, 4
+        bltu    t2, t3, walker_bad_pattern
+        andi    t3, t2, 3
+        bnez    t3, walker_bad_pattern
+1:      li      t2, WALK_HOT
+        bne     t1, t2, 2f
+        lw      t2, W_P1(sp)            # hot: 4 <= HOT < SIZE, a multiple of 4; PERCENT <= 100
+        li      t3, 4
+        bltu    t2, t3, walker_bad_pattern
+        andi    t3, t2, 3
+        bnez    t3, walker_bad_pattern
+        bgeu    t2, t0, walker_bad_pattern
+        lw      t2, W_P2(sp)
+        li      t3, 100
+        bltu    t3, t2, walker_bad_pattern
+2:      srli    t1, t0, 6               # total = PASSES * SIZE / 64, below 2^31
+        lw      t2, W_PASSES(sp)
+        mulhu   t3, t1, t2
+        bnez    t3, walker_bad_passes
+        mul     t1, t1, t2
+        bltz    t1, walker_bad_passes
+        sw      t1, W_TOTAL(sp)
+        mv      a0, t0
+        call    u_sbrk
+        bgez    a0, 3f
+        la      a0, u_name_walker
+        lw      a1, W_SIZE(sp)
+        j       u_out_of_memory
+3:      mv      s0, a0                  # s0 = region
+        li      s1, FNV_BASIS
+        li      s2, 1                   # s2 = k + 1
+        lw      s3, W_TOTAL(sp)
+        li      a3, FNV_PRIME
+        lw      t1, W_KIND(sp)
+        li      t2, WALK_RANDOM
+        beq     t1, t2, walk_random
+        li      t2, WALK_STRIDE
+        beq     t1, t2, walk_stride
+        li      t2, WALK_HOT
+        beq     t1, t2, walk_hot
+
+walk_seq:
+        li      t0, 0
+        lw      a1, W_SIZE(sp)
+        li      a2, 64
+1:      WALK_TOUCH t0
+        add     t0, t0, a2
+        bltu    t0, a1, 2f
+        sub     t0, t0, a1
+2:      addi    s2, s2, 1
+        bgeu    s3, s2, 1b
+        j       walker_report
+
+walk_stride:
+        li      t0, 0
+        lw      a1, W_SIZE(sp)
+        lw      a2, W_P1(sp)
+        remu    a2, a2, a1              # so that one subtraction wraps
+1:      WALK_TOUCH t0
+        add     t0, t0, a2
+        bltu    t0, a1, 2f
+        sub     t0, t0, a1
+2:      addi    s2, s2, 1
+        bgeu    s3, s2, 1b
+        j       walker_report
+
+walk_random:
+        li      t0, WALK_SEED
+        li      a0, LCG_A
+        li      a1, LCG_C
+        lw      a2, W_SIZE(sp)
+        srli    a2, a2, 2               # a2 = words in the region
+1:      mul     t0, t0, a0
+        add     t0, t0, a1
+        mulhu   t3, t0, a2
+        slli    t3, t3, 2
+        WALK_TOUCH t3
+        addi    s2, s2, 1
+        bgeu    s3, s2, 1b
+        j       walker_report
+
+walk_hot:
+        li      t0, WALK_SEED
+        li      a0, LCG_A
+        li      a1, LCG_C
+        lw      a2, W_P1(sp)
+        srli    a2, a2, 2               # a2 = words in the hot region
+        lw      gp, W_SIZE(sp)
+        lw      t1, W_P1(sp)
+        sub     gp, gp, t1
+        srli    gp, gp, 2               # gp = words in the cold region
+        lw      ra, W_P2(sp)            # ra = percent
+1:      mul     t0, t0, a0
+        add     t0, t0, a1
+        li      t3, 100
+        mulhu   t3, t0, t3              # t3 = 0..99
+        mul     t0, t0, a0
+        add     t0, t0, a1
+        bgeu    t3, ra, 2f
+        mulhu   t3, t0, a2
+        j       3f
+2:      mulhu   t3, t0, gp
+        add     t3, t3, a2
+3:      slli    t3, t3, 2
+        WALK_TOUCH t3
+        addi    s2, s2, 1
+        bgeu    s3, s2, 1b
+
+walker_report:                          # "walker: SIZE bytes, PATTERN, P passes, T accesses, checksum 0x..."
+        mv      s3, s1
+        addi    a0, sp, W_LINE
+        la      a1, u_msg_walker
+        call    u_fmt_str
+        lw      a1, W_SIZE(sp)
+        call    u_fmt_dec
+        la      a1, u_msg_walker_bytes
+        call    u_fmt_str
+        lw      t1, W_KIND(sp)
+        la      a1, u_str_seq
+        beqz    t1, 1f
+        la      a1, u_str_random
+        li      t2, WALK_RANDOM
+        beq     t1, t2, 1f
+        li      t2, WALK_STRIDE
+        bne     t1, t2, 2f
+        la      a1, u_str_stride_colon
+        call    u_fmt_str
+        lw      a1, W_P1(sp)
+        call    u_fmt_dec
+        j       3f
+2:      la      a1, u_str_hot_colon
+        call    u_fmt_str
+        lw      a1, W_P1(sp)
+        call    u_fmt_dec
+        li      t0, ':'
+        sb      t0, 0(a0)
+        addi    a0, a0, 1
+        lw      a1, W_P2(sp)
+        call    u_fmt_dec
+        j       3f
+1:      call    u_fmt_str
+3:      la      a1, u_msg_comma
+        call    u_fmt_str
+        lw      a1, W_PASSES(sp)
+        call    u_fmt_dec
+        lw      t0, W_PASSES(sp)
+        la      a1, u_msg_pass
+        li      t1, 1
+        beq     t0, t1, 4f
+        la      a1, u_msg_passes
+4:      call    u_fmt_str
+        lw      a1, W_TOTAL(sp)
+        call    u_fmt_dec
+        la      a1, u_msg_accesses
+        call    u_fmt_str
+        mv      a1, s3
+        call    u_fmt_hex
+        mv      a1, a0
+        addi    a0, sp, W_LINE
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+
+walker_bad_size:
+        lw      a1, W_SIZE_TOKEN(sp)
+        lw      a2, W_SIZE_TOKEN + 4(sp)
+        j       1f
+walker_bad_pattern:
+        lw      a1, W_PATTERN_TOKEN(sp)
+        lw      a2, W_PATTERN_TOKEN + 4(sp)
+        j       1f
+walker_bad_passes:
+        lw      a1, W_PASSES_TOKEN(sp)
+        lw      a2, W_PASSES_TOKEN + 4(sp)
+1:      la      a0, u_name_walker
+        j       u_bad_argument
+
+# ---- ping [N]: N times (default 3): print "ping PID: i/N", then yield -----------------------
+
+ping_main:
+        add     s1, a0, a1
+        mv      a1, s1
+        li      a2, PING_DEFAULT
+        li      a3, PING_MAX
+        call    u_number_argument
+        mv      s2, a0                  # s2 = N
+        mv      s0, a1
+        beqz    t3, 1f
+        la      a0, u_name_ping
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+1:      mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_ping
+        call    u_no_more_arguments
+        call    u_getpid
+        mv      s1, a0                  # s1 = pid
+        li      s3, 1                   # s3 = i
+        addi    sp, sp, -64
+2:      bltu    s2, s3, 3f
+        mv      a0, sp
+        la      a1, u_msg_ping
+        call    u_fmt_str
+        mv      a1, s1
+        call    u_fmt_dec
+        la      a1, u_msg_colon
+        call    u_fmt_str
+        mv      a1, s3
+        call    u_fmt_dec
+        li      t0, '/'
+        sb      t0, 0(a0)
+        addi    a0, a0, 1
+        mv      a1, s2
+        call    u_fmt_dec
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        call    u_yield
+        addi    s3, s3, 1
+        j       2b
+3:      li      a0, 0
+        j       u_exit
+
+# ---- fault [KIND]: misbehaves on purpose (default store) -------------------------------------
+#   store   — stores to address 0 (a kernel page): store page fault, killed
+#   load    — loads from kernel text at 0x1000: load page fault, killed
+#   exec    — jumps into its heap, which is not executable: instruction page fault, killed
+#   illegal — writes ptbr from user mode: illegal instruction, killed
+#   shrink  — stores to a heap page after sbrk gave it back: store page fault, killed
+#   badptr  — passes bad pointers to write and a huge sbrk: errors come back, exits with 0
+
+fault_main:
+        add     s1, a0, a1
+        mv      a1, s1
+        call    u_next_token
+        mv      s2, a0                  # s2, s3 = the kind token
+        mv      s3, a1
+        mv      a0, a1
+        mv      a1, s1
+        la      a2, u_name_fault
+        call    u_no_more_arguments
+        beq     s2, s3, fault_store     # default
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_store
+        call    u_token_is
+        bnez    a0, fault_store
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_load
+        call    u_token_is
+        bnez    a0, fault_load
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_exec
+        call    u_token_is
+        bnez    a0, fault_exec
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_illegal
+        call    u_token_is
+        bnez    a0, fault_illegal
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_badptr
+        call    u_token_is
+        bnez    a0, fault_badptr
+        mv      a0, s2
+        mv      a1, s3
+        la      a2, u_str_shrink
+        call    u_token_is
+        bnez    a0, fault_shrink
+        la      a0, u_name_fault
+        mv      a1, s2
+        mv      a2, s3
+        j       u_bad_argument
+
+fault_store:
+        la      a0, u_msg_fault_store
+        call    u_puts
+fault_store_insn:
+        sw      zero, 0(zero)
+        j       fault_survived
+
+fault_load:
+        la      a0, u_msg_fault_load
+        call    u_puts
+        li      t0, 0x1000
+fault_load_insn:
+        lw      t1, 0(t0)
+        j       fault_survived
+
+fault_exec:
+        li      a0, PAGE_SIZE
+        call    u_sbrk
+        mv      s0, a0
+        sw      zero, 0(s0)             # the page exists (read + write, no execute)
+        la      a0, u_msg_fault_exec
+        call    u_puts
+fault_exec_insn:
+        jr      s0
+        j       fault_survived
+
+fault_illegal:
+        la      a0, u_msg_fault_illegal
+        call    u_puts
+fault_illegal_insn:
+        csrw    ptbr, zero
+        j       fault_survived
+
+fault_shrink:
+        li      a0, 2 * PAGE_SIZE
+        call    u_sbrk
+        mv      s0, a0
+        sw      zero, 0(s0)             # both pages are mapped and in the TLB now
+        sw      zero, PAGE_SIZE(s0)
+        li      a0, -2 * PAGE_SIZE
+        call    u_sbrk                  # ...and given back
+        la      a0, u_msg_fault_shrink
+        call    u_puts
+fault_shrink_insn:
+        sw      zero, PAGE_SIZE(s0)
+        j       fault_survived
+
+fault_badptr:
+        addi    sp, sp, -128
+        li      s0, 0x1000              # kernel text
+        mv      a0, s0
+        li      a1, 16
+        call    u_write
+        mv      a1, s0
+        la      a2, u_msg_from
+        call    fault_report
+        li      s0, 0x50000000          # user range, but above the break: not mapped
+        mv      a0, s0
+        li      a1, 16
+        call    u_write
+        mv      a1, s0
+        la      a2, u_msg_from
+        call    fault_report
+        li      s0, 0x7fffffff          # far beyond the heap limit
+        mv      a0, s0
+        call    u_sbrk
+        mv      a1, s0
+        la      a2, u_msg_sbrk
+        call    fault_report
+        li      a0, 0
+        j       u_exit
+
+# fault_report(a0 = result, a1 = argument, a2 = text): "fault: <text>0x<argument> returned <result>"
+fault_report:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        addi    a0, sp, 16              # the caller's line buffer
+        la      a1, u_msg_fault
+        call    u_fmt_str
+        mv      a1, a2
+        call    u_fmt_str
+        lw      a1, 8(sp)
+        call    u_fmt_hex
+        la      a1, u_msg_returned
+        call    u_fmt_str
+        lw      a1, 4(sp)
+        call    u_fmt_sdec
+        mv      a1, a0
+        addi    a0, sp, 16
+        call    u_print_line
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+fault_survived:
+        la      a0, u_msg_survived
+        call    u_puts
+        li      a0, 1
+        j       u_exit
+
+# ---- Strings of the user image -------------------------------------------------------------
+u_name_sieve:           .asciz "sieve"
+u_name_crc32:           .asciz "crc32"
+u_name_walker:          .asciz "walker"
+u_name_ping:            .asciz "ping"
+u_name_fault:           .asciz "fault"
+u_msg_bad_arg:          .asciz ": bad argument '"
+u_msg_missing_arg:      .asciz ": missing argument"
+u_msg_no_memory:        .asciz ": cannot allocate "
+u_msg_bytes:            .asciz " bytes"
+u_msg_sieve:            .asciz "sieve: "
+u_msg_primes:           .asciz " primes up to "
+u_msg_crc:              .asciz "crc32: "
+u_msg_crc_bytes:        .asciz " bytes, crc "
+u_msg_walker:           .asciz "walker: "
+u_msg_walker_bytes:     .asciz " bytes, "
+u_msg_comma:            .asciz ", "
+u_msg_pass:             .asciz " pass, "
+u_msg_passes:           .asciz " passes, "
+u_msg_accesses:         .asciz " accesses, checksum "
+u_msg_ping:             .asciz "ping "
+u_msg_colon:            .asciz ": "
+u_str_seq:              .asciz "seq"
+u_str_random:           .asciz "random"
+u_str_stride:           .asciz "stride"
+u_str_stride_colon:     .asciz "stride:"
+u_str_hot_colon:        .asciz "hot:"
+u_str_store:            .asciz "store"
+u_str_load:             .asciz "load"
+u_str_exec:             .asciz "exec"
+u_str_illegal:          .asciz "illegal"
+u_str_badptr:           .asciz "badptr"
+u_str_shrink:           .asciz "shrink"
+u_msg_fault_store:      .asciz "fault: storing to 0x00000000\n"
+u_msg_fault_load:       .asciz "fault: loading from kernel memory at 0x00001000\n"
+u_msg_fault_exec:       .asciz "fault: jumping into the heap, which is not executable\n"
+u_msg_fault_illegal:    .asciz "fault: writing ptbr from user mode\n"
+u_msg_fault_shrink:     .asciz "fault: storing to heap memory given back with sbrk\n"
+u_msg_fault:            .asciz "fault: "
+u_msg_from:             .asciz "write from "
+u_msg_sbrk:             .asciz "sbrk of "
+u_msg_returned:         .asciz " returned "
+u_msg_survived:         .asciz "fault: still running after the fault\n"
+        .align  2
+user_image_end:
+
+# The program table (kernel data): name, entry offset in the user image, flags.
+        .data
+        .align  2
+prog_table:
+        .word   u_name_sieve, sieve_main - user_image_start, 0
+        .word   u_name_crc32, crc32_main - user_image_start, 0
+        .word   u_name_walker, walker_main - user_image_start, 0
+        .word   u_name_ping, ping_main - user_image_start, 0
+        .word   u_name_fault, fault_main - user_image_start, PROG_MAY_FAULT
+        .word   0, 0, 0
+        .text
