@@ -16,7 +16,7 @@ import { formatInstruction } from '../guest-isa/disassembler.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { loadImageFile } from '../guest-isa/image.ts';
 import { attachStandardDevices, BootArgsError, runWithResetsAsync, type GuestRun, type StandardDeviceOptions } from '../devices/index.ts';
-import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type Vcpu, type Vm } from '../kernel/index.ts';
+import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
 import { processRss } from '../native/index.ts';
 import {
   formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, runTool, UsageError,
@@ -24,7 +24,7 @@ import {
 } from './cli.ts';
 
 const USAGE =
-  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [-- boot args...]';
+  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P] [-- boot args...]';
 
 const HELP = `${USAGE}
 
@@ -37,6 +37,10 @@ Boots a BV32 guest (a .bvx image, or assembly source ending in .s) and exits wit
   --host-mem SIZE   host memory pool (default: guest RAM rounded up to 4 MiB, plus 16 MiB)
   --stats           print run statistics to stderr afterwards
   --trace           print every instruction to stderr (slow)
+  --mmu MODE        shadow (default: shadow page tables kept coherent by traces) or nested
+  --no-traces       shadow mode without traces: every guest sfence drops all shadow state
+  --batch N         shadow mode: neighbouring PTEs cached per page walk (0..1023, default 16)
+  --large-pages P   back 4 MiB guest regions with host runs: superpages (default), always, off
   -- ARGS...        boot arguments for the guest (joined with spaces)
 
 Exit codes: the guest's exit code & 0xff; 1 image or assembly error; 2 bad command line;
@@ -67,12 +71,14 @@ interface RunArguments {
   trace: boolean;
   input: string | undefined;
   bootArgs: string;
+  mmu: MmuOptions;
+  largePages: LargePagePolicy;
 }
 
 function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
   const args = parseArguments(argv, {
-    flags: ['--stats', '--trace', '--help', '-h'],
-    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem'],
+    flags: ['--stats', '--trace', '--help', '-h', '--no-traces'],
+    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages'],
     restAfterDoubleDash: true,
   });
   if (args.flag('--help') || args.flag('-h')) return 'help';
@@ -99,7 +105,28 @@ function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
     trace: args.flag('--trace'),
     input: args.value('--input'),
     bootArgs: args.rest.join(' '),
+    mmu: parseMmuOptions(args.value('--mmu'), args.flag('--no-traces'), args.value('--batch')),
+    largePages: parseChoice(args.value('--large-pages'), '--large-pages', ['off', 'superpages', 'always'] as const, 'superpages'),
   };
+}
+
+function parseChoice<T extends string>(text: string | undefined, flag: string, choices: readonly T[], fallback: T): T {
+  if (text === undefined) return fallback;
+  if (!(choices as readonly string[]).includes(text)) throw new UsageError(`${flag} must be one of ${choices.join(', ')}, got '${text}'`);
+  return text as T;
+}
+
+function parseMmuOptions(mode: string | undefined, noTraces: boolean, batch: string | undefined): MmuOptions {
+  const options: MmuOptions = { mode: parseChoice(mode, '--mmu', ['shadow', 'nested'] as const, 'shadow') };
+  if (noTraces) {
+    if (options.mode === 'nested') throw new UsageError('--no-traces applies to --mmu shadow only');
+    options.traces = false;
+  }
+  if (batch !== undefined) {
+    if (options.mode === 'nested') throw new UsageError('--batch applies to --mmu shadow only');
+    options.batch = parseInteger(batch, '--batch', 0, 1023);
+  }
+  return options;
 }
 
 /** Assembles `.s` sources, loads anything else as a .bvx image. Throws BvError on failure. */
@@ -171,6 +198,30 @@ function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): str
   out.push(formatTable(exits, { indent: '  ', rightAligned: [false, true] }));
   out.push('mmio accesses');
   out.push(formatTable(Object.entries(vm.bus.accessCounts()).map(([device, count]) => [device, formatCount(count)]), { indent: '  ', rightAligned: [false, true] }));
+  const mmu = vm.mmu.stats;
+  const shadow = vm.mmu.census();
+  const large = vm.largePageStats;
+  out.push(`mmu (${vm.mmu.mode}${vm.mmu.mode === 'shadow' ? `, traces ${vm.mmu.traces ? 'on' : 'off'}, batch ${vm.mmu.batch}` : ''})`);
+  out.push(
+    formatTable(
+      [
+        ['page walks', formatCount(mmu.walks)],
+        ['misses answered by shadow tables', formatCount(mmu.shadowHits)],
+        ['misses answered by large mappings', formatCount(mmu.largeHits)],
+        ['entries filled by batches', formatCount(mmu.batchFilled)],
+        ['traces placed / removed / hit', `${formatCount(mmu.tracesPlaced)} / ${formatCount(mmu.tracesRemoved)} / ${formatCount(mmu.traceHits)}`],
+        ['shadow entries dropped by traces', formatCount(mmu.shadowEntriesDropped)],
+        ['TLB entries dropped by traces', formatCount(vm.translationsInvalidated)],
+        ['guest flushes elided / full', `${formatCount(mmu.flushesElided)} / ${formatCount(mmu.flushesFull)}`],
+        ['ASIDs reused for another root', formatCount(mmu.asidReuses)],
+        ['shootdowns (entries dropped)', `${formatCount(hv.shootdowns)} (${formatCount(hv.shootdownEntries)})`],
+        ['shadow spaces / cached PTEs / traced pages', `${formatCount(shadow.spaces)} / ${formatCount(shadow.cachedPtes)} / ${formatCount(shadow.tracedPages)}`],
+        ['large mappings held', formatCount(vm.mmu.largeMappings())],
+        [`host runs (policy ${vm.largePagePolicy}): allocated / promoted / broken up`, `${formatCount(large.runsAllocated)} / ${formatCount(large.regionsPromoted)} / ${formatCount(large.regionsBrokenUp)}`],
+      ],
+      { indent: '  ', rightAligned: [false, true] },
+    ),
+  );
   const pool = hv.pool.stats();
   const census = vm.p2m.census();
   const decode = hv.decodeCache.stats;
@@ -234,7 +285,7 @@ async function main(argv: readonly string[]): Promise<number> {
 
   // A failure from here on (mapping host memory, a kernel refusal) is a host error.
   const hv = createHypervisor({ hostMemoryBytes: args.hostMemoryBytes });
-  const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path) });
+  const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path), mmu: args.mmu, largePages: args.largePages });
   const deviceOptions: StandardDeviceOptions = { bootArgs: args.bootArgs, hypervisor: hv };
   if (args.input !== undefined) deviceOptions.input = args.input;
   else deviceOptions.interactiveInput = true;
