@@ -12,7 +12,7 @@ export const MAX_BOOT_ARGS_BYTES = PAGE_SIZE - 1;
 
 /** Boot arguments that cannot be published (too long, or containing a NUL). */
 export class BootArgsError extends BvError {
-  constructor(code: 'BV_BOOTARGS_TOO_LONG' | 'BV_BOOTARGS_NUL', message: string) {
+  constructor(code: 'BV_BOOTARGS_TOO_LONG' | 'BV_BOOTARGS_NUL' | 'BV_BOOTARGS_MISMATCH', message: string) {
     super(code, message);
   }
 }
@@ -48,5 +48,24 @@ export class BootArgsDevice implements MmioDevice {
 export function attachBootArgs(vm: Vm, args: string | BootArgsDevice): BootArgsDevice {
   const device = typeof args === 'string' ? new BootArgsDevice(args) : args;
   device.base = vm.attachDevice({ type: DeviceType.BOOTARGS, name: 'bootargs', info: device.bytes.length }, device);
+  // The string is published in the device table at attach time, so a restore cannot change it:
+  // attach the device with the saved text (savedBootArgs) and the restore checks it matches.
+  vm.registerState('bootargs', {
+    version: 1,
+    save: () => ({ text: device.text }),
+    restore: (state) => {
+      const text = savedBootArgs(state);
+      if (text !== device.text) {
+        throw new BootArgsError('BV_BOOTARGS_MISMATCH', `saved boot arguments ${JSON.stringify(text)} differ from this machine's ${JSON.stringify(device.text)}`);
+      }
+    },
+  });
   return device;
+}
+
+/** The boot argument string inside a saved 'bootargs' component state. */
+export function savedBootArgs(state: unknown): string {
+  const text = (state as { text?: unknown } | null)?.text;
+  if (typeof text !== 'string') throw new BootArgsError('BV_BOOTARGS_MISMATCH', 'saved boot arguments are not a string');
+  return text;
 }

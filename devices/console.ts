@@ -110,6 +110,19 @@ export class ConsoleDevice implements MmioDevice {
     }
   }
 
+  /** The CONTROL register (checkpoint state). */
+  get controlRegister(): number {
+    return this.control;
+  }
+
+  /** Restores CONTROL from a checkpoint, re-deriving the interrupt line. */
+  restoreControl(value: unknown): void {
+    if (typeof value !== 'number' || !Number.isInteger(value)) throw new TypeError('console: saved CONTROL is not an integer');
+    this.control = value & 1;
+    this.updateInterrupt();
+    this.updateWakeSource();
+  }
+
   read(_vcpu: Vcpu, offset: number): number {
     switch (offset) {
       case ConsoleRegister.RX: {
@@ -285,5 +298,17 @@ export function attachConsole(vm: Vm, options: ConsoleOptions = {}): ConsoleDevi
   device.base = vm.attachDevice({ type: DeviceType.CONSOLE, name: 'console' }, device);
   vm.onHypercall(Hcall.CONSOLE_WRITE, (vcpu) => device.consoleWriteHypercall(vcpu));
   vm.onReset(() => device.reset());
+  // Checkpoints and forks carry the guest-visible register state. Pending input is not part of
+  // it: after a restore or in a fork child, input comes from whoever runs it.
+  vm.registerState('console', {
+    version: 1,
+    save: () => ({ control: device.controlRegister }),
+    restore: (state) => device.restoreControl(expectRecord(state, 'console').control),
+  });
   return device;
+}
+
+function expectRecord(state: unknown, name: string): Record<string, unknown> {
+  if (typeof state !== 'object' || state === null || Array.isArray(state)) throw new TypeError(`${name}: saved state is not an object`);
+  return state as Record<string, unknown>;
 }

@@ -9,7 +9,7 @@ import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream
 import { attachPower, type PowerDevice } from './power.ts';
 import { attachTimer, type TimerDevice } from './timer.ts';
 
-export { attachBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
+export { attachBootArgs, savedBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
 export {
   attachConsole, CaptureSink, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
   CONSOLE_WRITE_MAX_BYTES,

@@ -63,5 +63,14 @@ export function attachPower(vm: Vm): PowerDevice {
   const device = new PowerDevice(vm);
   device.base = vm.attachDevice({ type: DeviceType.POWER, name: 'power' }, device);
   vm.onHypercall(Hcall.EXIT, (vcpu) => vm.powerOff(vcpu.regs[Reg.A1]!));
+  vm.registerState('power', {
+    version: 1,
+    save: () => ({ resets: device.resets }),
+    restore: (state) => {
+      const resets = (state as { resets?: unknown } | null)?.resets;
+      if (typeof resets !== 'number' || !Number.isInteger(resets) || resets < 0) throw new TypeError('power: saved reset count is not a count');
+      device.resets = resets;
+    },
+  });
   return device;
 }

@@ -71,6 +71,26 @@ export class TimerDevice implements MmioDevice {
     return true;
   }
 
+  /** TIMECMP halves per vCPU as plain data (checkpoints, fork). */
+  saveState(): { low: number[]; high: number[] } {
+    for (const vcpu of this.vm.vcpus) this.sync(vcpu);
+    return { low: Array.from(this.low), high: Array.from(this.high) };
+  }
+
+  /** Restores TIMECMP halves; the vCPUs' deadlines were restored with the CPU state. */
+  restoreState(state: unknown): void {
+    const { low, high } = (state ?? {}) as { low?: unknown; high?: unknown };
+    const count = this.vm.vcpus.length;
+    const valid = (values: unknown): values is number[] =>
+      Array.isArray(values) && values.length === count && values.every((v) => Number.isInteger(v) && v >= 0 && v <= ALL_ONES);
+    if (!valid(low) || !valid(high)) throw new TypeError(`timer: saved state must hold ${count} TIMECMP halves of each kind`);
+    for (const vcpu of this.vm.vcpus) {
+      this.low[vcpu.id] = low[vcpu.id]!;
+      this.high[vcpu.id] = high[vcpu.id]!;
+      this.deadlines[vcpu.id] = vcpu.timerDeadline;
+    }
+  }
+
   /** This vCPU's TIMECMP as the guest wrote it (a bigint: every 64-bit value is exact). */
   timecmp(vcpu: Vcpu): bigint {
     this.sync(vcpu);
@@ -103,5 +123,10 @@ export class TimerDevice implements MmioDevice {
 export function attachTimer(vm: Vm): TimerDevice {
   const device = new TimerDevice(vm);
   device.base = vm.attachDevice({ type: DeviceType.TIMER, name: 'timer', info: vm.vcpus.length }, device);
+  vm.registerState('timer', {
+    version: 1,
+    save: () => device.saveState(),
+    restore: (state) => device.restoreState(state),
+  });
   return device;
 }
