@@ -253,6 +253,23 @@ export class Vm implements PhysicalPageTables {
     }
   }
 
+  /**
+   * Installs absent entries in bulk (a lazy restore's map of which block holds each page): every
+   * entry given must be absent and every page it replaces must be absent too, so no TLB can
+   * hold anything to shoot down. `entries[gpn]` = 0 leaves that page as it is.
+   */
+  installAbsentEntries(entries: Int32Array): void {
+    if (entries.length !== this.p2m.pageCount) throw new KernelError('BV_BAD_P2M', `${this.name}: expected ${this.p2m.pageCount} entries, got ${entries.length}`);
+    const p2m = this.p2m.entries;
+    for (let gpn = 0; gpn < entries.length; gpn++) {
+      const entry = entries[gpn]!;
+      if (entry === 0) continue;
+      if (entry >= 0 || p2m[gpn]! >= 0) throw new KernelError('BV_BAD_P2M', `${this.name}: installAbsentEntries on guest page ${gpn}: ${P2mEntry.describe(entry)} over ${P2mEntry.describe(p2m[gpn]!)}`);
+      p2m[gpn] = entry;
+    }
+    this.regionRun.fill(REGION_UNKNOWN);
+  }
+
   /** Adds protection flags to a present entry (e.g. copy-on-write) and shoots down writers. */
   protectPage(gpn: number, flags: number): void {
     this.checkGpn(gpn);

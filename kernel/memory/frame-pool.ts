@@ -24,6 +24,10 @@ export interface HostMemory {
   release(offset: number, length: number): void;
   /** Ask for transparent huge pages on a range; false when unsupported. */
   adviseHugePages(offset: number, length: number): boolean;
+  /** Map a file privately over a range (zero-copy restore); optional. */
+  mapFilePrivate?(offset: number, length: number, path: string, fileOffset: number): void;
+  /** Put anonymous zero pages back over a privately mapped range; optional. */
+  unmapPrivate?(offset: number, length: number): void;
 }
 
 export interface FramePoolStats {
@@ -32,6 +36,8 @@ export interface FramePoolStats {
   freeFrames: number;
   wholeFreeRuns: number;
   framesReleased: number;
+  /** Frames whose contents come from a privately mapped file (map-mode restore). */
+  fileMappedFrames: number;
 }
 
 export class FramePool {
@@ -56,6 +62,9 @@ export class FramePool {
   private readonly chunkHint: Int32Array;
   private usedFrames = 0;
   private framesReleased = 0;
+  /** Frames currently backed by a private file mapping (map-mode restore). */
+  private readonly fileMapped: Uint8Array;
+  private fileMappedCount = 0;
 
   constructor(memory: HostMemory) {
     if (memory.bytes < RUN_SIZE || memory.bytes % RUN_SIZE !== 0) {
@@ -72,6 +81,7 @@ export class FramePool {
     this.refCount = new Int32Array(this.frameCount);
     this.chunkUsed = new Int32Array(this.runCount);
     this.chunkHint = new Int32Array(this.runCount);
+    this.fileMapped = new Uint8Array(this.frameCount);
     // Hand out low chunks first: pop() takes from the end.
     for (let chunk = this.runCount - 1; chunk >= 0; chunk--) this.freeChunks.push(chunk);
   }
@@ -123,6 +133,59 @@ export class FramePool {
     return firstFrame;
   }
 
+  /**
+   * Allocates `count` (1..1024) contiguous zeroed frames inside one 4 MiB chunk, each with
+   * reference count 1. Returns the first frame, or -1 when no such range is free.
+   */
+  allocContiguous(count: number): number {
+    if (!Number.isInteger(count) || count < 1 || count > FRAMES_PER_RUN) throw new KernelError('BV_BAD_FRAME_COUNT', `contiguous allocation must be 1..${FRAMES_PER_RUN} frames, got ${count}`);
+    const candidates = [...this.partialChunks];
+    const whole = this.freeChunks[this.freeChunks.length - 1];
+    if (whole !== undefined) candidates.push(whole);
+    for (const chunk of candidates) {
+      const firstFrame = chunk * FRAMES_PER_RUN;
+      let runStart = 0;
+      for (let slot = 0; slot < FRAMES_PER_RUN; slot++) {
+        if (this.refCount[firstFrame + slot] !== 0) {
+          runStart = slot + 1;
+          continue;
+        }
+        if (slot - runStart + 1 === count) {
+          this.claimRange(chunk, firstFrame + runStart, count);
+          return firstFrame + runStart;
+        }
+      }
+    }
+    return -1;
+  }
+
+  private claimRange(chunk: number, first: number, count: number): void {
+    if (this.chunkUsed[chunk] === 0) {
+      const at = this.freeChunks.lastIndexOf(chunk);
+      if (at >= 0) this.freeChunks.splice(at, 1);
+      this.partialChunks.add(chunk);
+    }
+    this.refCount.fill(1, first, first + count);
+    this.usedFrames += count;
+    this.chunkUsed[chunk]! += count;
+    if (this.chunkUsed[chunk] === FRAMES_PER_RUN) this.partialChunks.delete(chunk);
+  }
+
+  /**
+   * Maps `count` frames from `firstFrame` (allocated, contiguous) privately onto a file range:
+   * reads come from the page cache with no copy, writes stay private. When such a frame is
+   * released it gets an anonymous zero page back.
+   */
+  mapFile(firstFrame: number, count: number, path: string, fileOffset: number): void {
+    if (!this.memory.mapFilePrivate || !this.memory.unmapPrivate) throw new KernelError('BV_NO_FILE_MAPPING', 'this host memory cannot map files');
+    for (let i = 0; i < count; i++) this.checkInUse(firstFrame + i);
+    this.memory.mapFilePrivate(firstFrame * FRAME_SIZE, count * FRAME_SIZE, path, fileOffset);
+    for (let i = 0; i < count; i++) {
+      if (this.fileMapped[firstFrame + i] === 0) this.fileMappedCount++;
+      this.fileMapped[firstFrame + i] = 1;
+    }
+  }
+
   /** Adds a reference to a frame in use (sharing). */
   retain(frame: number): void {
     this.checkInUse(frame);
@@ -133,7 +196,14 @@ export class FramePool {
   release(frame: number): void {
     this.checkInUse(frame);
     if (--this.refCount[frame]! > 0) return;
-    this.memory.release(frame * FRAME_SIZE, FRAME_SIZE);
+    if (this.fileMapped[frame] === 1) {
+      // Released file-backed pages would read the file's bytes again: put zero pages back.
+      this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
+      this.fileMapped[frame] = 0;
+      this.fileMappedCount--;
+    } else {
+      this.memory.release(frame * FRAME_SIZE, FRAME_SIZE);
+    }
     this.framesReleased++;
     this.usedFrames--;
     const chunk = (frame / FRAMES_PER_RUN) | 0;
@@ -158,6 +228,7 @@ export class FramePool {
       freeFrames: this.frameCount - this.usedFrames,
       wholeFreeRuns: this.freeChunks.length,
       framesReleased: this.framesReleased,
+      fileMappedFrames: this.fileMappedCount,
     };
   }
 
