@@ -88,6 +88,9 @@ export interface VmState {
 /** Called with a page's frame before the first write to it in a snapshot epoch. */
 export type EpochWriteHook = (gpn: number, frame: number) => void;
 
+/** Largest guest-virtual read a host component may ask for (readVirtual). */
+const MAX_VIRTUAL_READ = 16 * 1024 * 1024;
+
 /** Pages in a 4 MiB region. */
 export const REGION_PAGES = 1024;
 const REGION_UNKNOWN = -2;
@@ -751,6 +754,8 @@ export class Vm implements PhysicalPageTables {
    * page is not mapped for reading; no trap is taken.
    */
   readVirtual(vcpu: Vcpu, va: number, length: number, access: AccessKind = Access.READ): Uint8Array | null {
+    // The length often comes from a guest register: refuse before allocating.
+    if (!Number.isInteger(length) || length < 0 || length > MAX_VIRTUAL_READ) return null;
     const out = new Uint8Array(length);
     for (let done = 0; done < length; ) {
       const at = (va + done) >>> 0;

@@ -713,6 +713,7 @@ export class Vcpu {
       this.trap(mmu.faultCause, va);
       return -1;
     }
+    if (mmu.level === 1) this.tlb.noteSuperpage(va);
     return mmu.gpa;
   }
 

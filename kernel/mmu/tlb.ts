@@ -115,11 +115,28 @@ export class SoftTlb {
   flushAll(): void {
     for (let i = 0; i < this.logLength; i++) this.dropLogged(i);
     this.logLength = 0;
+    this.superpageRegions.fill(0);
     this.fullFlushes++;
   }
 
-  /** Drops the entries of one virtual page in every array. */
+  /**
+   * Marks that entries in va's 4 MiB region came from a superpage: an sfence by address there
+   * must drop the whole region, since the one superpage PTE produced all of them.
+   */
+  noteSuperpage(va: number): void {
+    this.superpageRegions[va >>> 22] = 1;
+  }
+
+  private readonly superpageRegions = new Uint8Array(1024);
+
+  /** Drops the entries of one virtual page in every array (of its 4 MiB region if a superpage). */
   flushPage(va: number): void {
+    const region = va >>> 22;
+    if (this.superpageRegions[region] === 1) {
+      this.superpageRegions[region] = 0;
+      this.compact((_kind, vpn) => vpn >>> 10 === region);
+      return;
+    }
     const vpn = va >>> 12;
     const slot = slotOf(vpn);
     for (const array of this.arrays) {
