@@ -448,17 +448,25 @@ export class Vm implements PhysicalPageTables {
     this.onP2mChange(this, gpns);
   }
 
-  /** Runs `fn` every `everyInstructions` guest instructions, between scheduling rounds. */
-  addTicker(everyInstructions: number, fn: (vm: Vm) => void): void {
+  /**
+   * Runs `fn` every `everyInstructions` guest instructions, between scheduling rounds. Returns a
+   * function that removes the ticker.
+   */
+  addTicker(everyInstructions: number, fn: (vm: Vm) => void): () => void {
     if (!Number.isInteger(everyInstructions) || everyInstructions <= 0) throw new KernelError('BV_BAD_TICKER', `ticker interval must be a positive integer, got ${everyInstructions}`);
-    this.tickers.push({ every: everyInstructions, next: this.instructionsRetired + everyInstructions, run: fn });
+    const ticker = { every: everyInstructions, next: this.instructionsRetired + everyInstructions, run: fn };
+    this.tickers.push(ticker);
+    return () => {
+      const at = this.tickers.indexOf(ticker);
+      if (at >= 0) this.tickers.splice(at, 1);
+    };
   }
 
   /** Called by the scheduler between rounds. */
   runTickers(): void {
     if (this.tickers.length === 0) return;
     const now = this.instructionsRetired;
-    for (const ticker of this.tickers) {
+    for (const ticker of [...this.tickers]) {
       if (now < ticker.next) continue;
       ticker.next = now + ticker.every;
       ticker.run(this);
@@ -912,15 +920,19 @@ export class Vm implements PhysicalPageTables {
 
   /** Resets the VM: RAM back to the loaded image, vCPUs and devices to their reset state. */
   reset(): void {
+    // Hooks first: devices clear their state, services release what the P2M still names
+    // (swap slots, checkpoint blocks) while they can still see it.
+    for (const hook of this.resetHooks) hook();
     for (const vcpu of this.vcpus) vcpu.tlb.flushAll(); // so the P2M resets below find nothing to shoot down
+    // Every page back to untouched, absent ones too: a swapped or lazy page must not bring old
+    // contents back after a reset.
     for (let gpn = 0; gpn < this.p2m.pageCount; gpn++) {
-      if (this.p2m.entries[gpn]! >= 0) this.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
+      if (this.p2m.entries[gpn] !== UNTOUCHED_ENTRY) this.setP2mEntry(gpn, UNTOUCHED_ENTRY);
     }
     this.mmu = new Mmu(this, this.mmuOptions); // nothing is traced any more
     this.accessed.fill(0);
     this.regionRun.fill(REGION_UNKNOWN);
     this.superpageSeen.fill(0);
-    for (const hook of this.resetHooks) hook();
     this.stopCode = StopCode.RUNNING;
     this.stopReason = { kind: 'running' };
     if (this.image) this.loadImage(this.image);

@@ -836,6 +836,7 @@ export class Vcpu {
     }
     const frame = vm.frameForAccess(this, gpa, Access.WRITE, va);
     if (frame < 0) return SLOW_TRAP;
+    vm.markAccessed(gpa >>> 12);
     const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
     const i32 = this.pool.i32;
     const old = i32[index]!;

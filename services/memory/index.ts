@@ -1,0 +1,20 @@
+/**
+ * Memory services: hypervisor swap to a file, and the large-page policies T-3 (promote regions
+ * by accessed-page counts) and T-4 (break up low-activity large regions and reclaim their cold
+ * pages). They use the kernel's mechanisms (P2M entries, absent-state resolvers, tickers,
+ * promoteRegion/breakUpRegion, accessed marks); see docs/large-pages.md.
+ */
+export { SWAP_ERROR_CODES, SwapError, SwapFile, type SwapErrorCode, type SwapFileOptions, type SwapStats } from './swap.ts';
+export {
+  AccessedBitPrioritizer,
+  LargePagePolicyError,
+  LowActivityReclaimer,
+  type AccessedBitPrioritizerOptions,
+  type AccessedBitPrioritizerStats,
+  type LowActivityReclaimerOptions,
+  type LowActivityReclaimerStats,
+  type Promotion,
+  type ReclaimDecision,
+  type ScanRecord,
+  type ScanSource,
+} from './large-pages.ts';
