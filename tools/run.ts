@@ -18,6 +18,8 @@ import { loadImageFile } from '../guest-isa/image.ts';
 import { attachStandardDevices, BootArgsError, runWithResetsAsync, type GuestRun, type StandardDeviceOptions } from '../devices/index.ts';
 import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
 import { processRss } from '../native/index.ts';
+import { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../services/memory/index.ts';
+import { tmpdir } from 'node:os';
 import {
   formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, runTool, UsageError,
   USAGE_EXIT_CODE,
@@ -41,6 +43,8 @@ Boots a BV32 guest (a .bvx image, or assembly source ending in .s) and exits wit
   --no-traces       shadow mode without traces: every guest sfence drops all shadow state
   --batch N         shadow mode: neighbouring PTEs cached per page walk (0..1023, default 16)
   --large-pages P   back 4 MiB guest regions with host runs: superpages (default), always, off
+  --promote-hot     T-3: count accessed pages per region, then move the hottest onto host runs
+  --reclaim-cold    T-4: break up low-activity large regions, swap their cold pages to a file
   -- ARGS...        boot arguments for the guest (joined with spaces)
 
 Exit codes: the guest's exit code & 0xff; 1 image or assembly error; 2 bad command line;
@@ -73,11 +77,15 @@ interface RunArguments {
   bootArgs: string;
   mmu: MmuOptions;
   largePages: LargePagePolicy;
+  /** T-3: promote the most accessed guest regions onto host runs. */
+  promoteHot: boolean;
+  /** T-4: break up low-activity large regions and swap their cold pages out. */
+  reclaimCold: boolean;
 }
 
 function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
   const args = parseArguments(argv, {
-    flags: ['--stats', '--trace', '--help', '-h', '--no-traces'],
+    flags: ['--stats', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'],
     values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages'],
     restAfterDoubleDash: true,
   });
@@ -107,6 +115,8 @@ function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
     bootArgs: args.rest.join(' '),
     mmu: parseMmuOptions(args.value('--mmu'), args.flag('--no-traces'), args.value('--batch')),
     largePages: parseChoice(args.value('--large-pages'), '--large-pages', ['off', 'superpages', 'always'] as const, 'superpages'),
+    promoteHot: args.flag('--promote-hot'),
+    reclaimCold: args.flag('--reclaim-cold'),
   };
 }
 
@@ -240,6 +250,12 @@ function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): str
   return out.join('\n');
 }
 
+/** A policy's flat counters as a table. */
+function formatPolicyStats(title: string, stats: Record<string, number>): string {
+  const rows = Object.entries(stats).map(([name, value]) => [name.replace(/([A-Z])/g, ' $1').toLowerCase(), /bytes/i.test(name) ? formatBytes(value) : formatCount(value)]);
+  return `${title}\n${formatTable(rows, { indent: '  ', rightAligned: [false, true] })}`;
+}
+
 /** The exit code for how the run ended, printing the one `error:` line when it is not a halt. */
 function reportEnding(run: GuestRun): number {
   const reason = run.reason;
@@ -303,6 +319,11 @@ async function main(argv: readonly string[]): Promise<number> {
     return RunExitCode.LOAD_ERROR;
   }
 
+  const promoter = args.promoteHot ? new AccessedBitPrioritizer(vm) : null;
+  const swap = args.reclaimCold ? SwapFile.createIn(tmpdir()) : null;
+  if (swap) swap.attach(vm);
+  const reclaimer = swap ? new LowActivityReclaimer(vm, { swap }) : null;
+
   const trace = args.trace ? new TraceWriter(image) : null;
   if (trace) {
     process.stderr.write('warning: --trace prints every instruction; the guest runs far slower\n');
@@ -318,7 +339,15 @@ async function main(argv: readonly string[]): Promise<number> {
     trace?.flush();
   }
   const wallMs = performance.now() - started;
-  if (args.stats) process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
+  if (args.stats) {
+    process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
+    if (promoter) process.stderr.write(`${formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', { ...promoter.stats() })}\n`);
+    if (reclaimer && swap) {
+      process.stderr.write(`${formatPolicyStats('large pages: low-activity reclaimer (T-4)', { ...reclaimer.stats() })}\n`);
+      process.stderr.write(`${formatPolicyStats('swap', { ...swap.stats() })}\n`);
+    }
+  }
+  swap?.close();
   return reportEnding(run);
 }
 
