@@ -244,6 +244,8 @@ export class Vm implements PhysicalPageTables {
    */
   setP2mEntry(gpn: number, entry: number): void {
     this.checkGpn(gpn);
+    // TRACED belongs to the MMU: a page it traces keeps the flag whatever frame backs it.
+    if (entry >= 0 && this.mmu.isTracing(gpn)) entry |= P2mFlag.TRACED;
     const old = this.p2m.entries[gpn]!;
     this.p2m.entries[gpn] = entry;
     this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
@@ -302,7 +304,8 @@ export class Vm implements PhysicalPageTables {
       const gpn = gpns[i]!;
       this.checkGpn(gpn);
       const old = this.p2m.entries[gpn]!;
-      const entry = entries[i]!;
+      let entry = entries[i]!;
+      if (entry >= 0 && this.mmu.isTracing(gpn)) entry |= P2mFlag.TRACED;
       this.p2m.entries[gpn] = entry;
       this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
       if (entry >= 0) this.framesHeld++;

@@ -73,8 +73,11 @@ class ShadowSpace {
   readonly leafPte: (Int32Array | null)[] = new Array(1024).fill(null);
   /** The guest page number of the leaf table each VPN[1] went through (-1 = none). */
   readonly leafTable = new Int32Array(1024).fill(-1);
-  /** ASID last seen with this root, for exact TLB invalidation. */
-  asid = 0;
+  /**
+   * Every ASID this root has run under (vCPUs may run one root under several ASIDs): dropping a
+   * shadow entry drops the TLB entries of each, so none can keep a stale translation.
+   */
+  readonly asids = new Set<number>();
   lastUse = 0;
   constructor(readonly id: number, readonly rootGpn: number) {}
 }
@@ -241,7 +244,12 @@ export class Mmu {
       this.vm.invalidateAsid(asid);
     }
     this.rootOfAsid.set(asid, rootGpn);
-    this.space(ptbr).asid = asid;
+    this.space(ptbr).asids.add(asid);
+  }
+
+  /** Whether the MMU traces a guest page (its P2M entry must keep the TRACED flag). */
+  isTracing(gpn: number): boolean {
+    return this.traceUses.has(gpn);
   }
 
   /** ASID → root table last installed with it. */
@@ -407,7 +415,7 @@ export class Mmu {
       if (leafTable >= 0) this.removeUse(leafTable, space.id * 2048 + vpn1);
     }
     this.stats.shadowEntriesDropped += dropped;
-    if (dropped > 0) this.vm.invalidateTranslations(space.asid, vpn1 << 10, 1024);
+    if (dropped > 0) for (const asid of space.asids) this.vm.invalidateTranslations(asid, vpn1 << 10, 1024);
   }
 
   private dropLeafEntry(space: ShadowSpace, vpn1: number, vpn0: number, leafTableGpn: number): void {
@@ -416,7 +424,7 @@ export class Mmu {
     if (!leaves || leaves[vpn0] === 0) return;
     leaves[vpn0] = 0;
     this.stats.shadowEntriesDropped++;
-    this.vm.invalidateTranslations(space.asid, (vpn1 << 10) | vpn0, 1);
+    for (const asid of space.asids) this.vm.invalidateTranslations(asid, (vpn1 << 10) | vpn0, 1);
   }
 
   private dropSpace(space: ShadowSpace): void {
