@@ -38,3 +38,19 @@ export {
   type PageRun,
   type RawBlockExtent,
 } from './reader.ts';
+// VM-level checkpoints (save, restore lazy/eager/map, live snapshots): docs/checkpoints.md.
+export {
+  currentPage,
+  decodeVmCheckpoint,
+  IMAGE_RECORD,
+  saveVmCheckpoint,
+  vmCheckpointContents,
+  VM_CHECKPOINT_KIND,
+  VM_STATE_VERSION,
+  VmCheckpointError,
+  type DecodedVmCheckpoint,
+  type VmCheckpointErrorCode,
+  type VmSaveOptions,
+} from './vm-checkpoint.ts';
+export { restoreVmCheckpoint, RestoredVm, type PrefetchOptions, type RestoreMode, type RestoreOptions } from './restore.ts';
+export { LiveSnapshot, startLiveSnapshot, type LiveSnapshotOptions } from './live-snapshot.ts';

@@ -1,0 +1,389 @@
+/**
+ * Restoring a VM from a checkpoint file, in one of three ways:
+ *
+ * - eager: every block is read (and its CRC checked) before the VM is returned.
+ * - lazy (T-11): the VM is returned before any block is read. Each stored page's P2M entry says
+ *   "lazy, in block b"; the first access to such a page reads and decodes block b once and
+ *   installs every page of it that is still lazy. A background prefetcher (a VM ticker, so it is
+ *   deterministic) brings in the remaining blocks in file order, a few per tick.
+ * - map: raw blocks are mapped copy-on-write straight from the file into contiguous host frames
+ *   (no copy, page cache shared by every VM restored from the same file); lz4 blocks are read.
+ *
+ * Zero pages are never read: they stay untouched and get a zero frame on first use.
+ */
+import { resolve } from 'node:path';
+import { AbsentState, FRAME_SIZE, P2mEntry, RUN_SIZE } from '../../kernel/index.ts';
+import type { Hypervisor, Vm, VmState } from '../../kernel/index.ts';
+import { CheckpointError } from './errors.ts';
+import type { JsonObject } from './format.ts';
+import { PAGE_BYTES } from './format.ts';
+import { CheckpointReader } from './reader.ts';
+import { decodeVmCheckpoint, VmCheckpointError } from './vm-checkpoint.ts';
+
+export type RestoreMode = 'lazy' | 'eager' | 'map';
+
+export interface PrefetchOptions {
+  /** Guest instructions between prefetch ticks (default 20,000: about one scheduling round). */
+  everyInstructions?: number;
+  /** Blocks read per tick (default 1, i.e. 1 MiB with default blocks). */
+  blocksPerTick?: number;
+}
+
+export interface RestoreOptions {
+  mode: RestoreMode;
+  /**
+   * Attaches devices (and anything else that registers state components) to the new VM before
+   * their state is restored. `saved` is the checkpoint's state: attach the standard devices with
+   * `bootArgs: savedBootArgs(saved.components.bootargs.state)`.
+   */
+  attach?: (vm: Vm, saved: VmState) => void;
+  /** Lazy mode: the background prefetcher, or false for demand reads only. */
+  prefetch?: PrefetchOptions | false;
+  /**
+   * Map mode: check each raw block's CRC before mapping it (default true). Mapping skips the
+   * check otherwise, so a damaged file would give the guest wrong bytes; pass false only for
+   * files you trust (the verify pass reads the file once, which also warms the page cache).
+   */
+  verify?: boolean;
+  /** Stored pages brought into memory so far, and the number of stored pages. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+const DEFAULT_PREFETCH_EVERY = 20_000;
+const DEFAULT_PREFETCH_BLOCKS = 1;
+const LAZY = AbsentState.LAZY;
+const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
+/** Most frames one contiguous allocation (and so one mapping) can cover: a 4 MiB chunk. */
+const MAX_CONTIGUOUS_FRAMES = RUN_SIZE / FRAME_SIZE;
+
+/**
+ * Creates a VM from the checkpoint at `path` and restores its CPU, component and memory state.
+ * The VM is ready to run when this returns; in lazy mode its memory keeps arriving while it
+ * runs (see RestoredVm.complete). On any error nothing is left behind (the VM is destroyed).
+ */
+export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: RestoreOptions): RestoredVm {
+  const started = performance.now();
+  checkOptions(hv, options);
+  const reader = CheckpointReader.open(path);
+  let vm: Vm | undefined;
+  try {
+    const decoded = decodeVmCheckpoint(reader.contents, path);
+    vm = hv.createVm({ ...decoded.state.config });
+    options.attach?.(vm, decoded.state);
+    vm.image = decoded.image;
+    // Memory first: restoring the vCPUs may already read guest page tables.
+    const restored = new RestoredVm(hv, vm, reader, decoded.state, decoded.extra, options, started);
+    vm.restoreState(decoded.state);
+    restored.markReady();
+    return restored;
+  } catch (error) {
+    if (vm !== undefined && hv.vms.includes(vm)) hv.destroyVm(vm);
+    reader.close();
+    throw error;
+  }
+}
+
+function checkOptions(hv: Hypervisor, options: RestoreOptions): void {
+  const { mode, prefetch } = options;
+  if (mode !== 'lazy' && mode !== 'eager' && mode !== 'map') {
+    throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `unknown restore mode '${String(mode)}' (lazy, eager or map)`);
+  }
+  if (prefetch) {
+    for (const [name, value] of Object.entries(prefetch)) {
+      if (value !== undefined && (!Number.isSafeInteger(value) || (value as number) <= 0)) {
+        throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `prefetch.${name} must be a positive integer, got ${String(value)}`);
+      }
+    }
+  }
+  if (mode === 'map') {
+    const memory = hv.pool.memory as { mapFilePrivate?: unknown; kind?: unknown };
+    if (typeof memory.mapFilePrivate !== 'function' || (memory.kind !== undefined && memory.kind !== 'anonymous')) {
+      throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', 'map mode needs an anonymous host pool (createHypervisor without backingFile); use eager or lazy');
+    }
+  }
+}
+
+/** A restored VM and how its memory came in. */
+export class RestoredVm {
+  readonly vm: Vm;
+  /** The checkpoint's CPU, component and configuration state. */
+  readonly saved: VmState;
+  /** CONFIG.extra as saved (saveVmCheckpoint's `extra`), or null. */
+  readonly extra: JsonObject | null;
+  readonly mode: RestoreMode;
+  readonly path: string;
+  /** Storage blocks in the file and the pages they hold (zero pages are not stored). */
+  readonly blockCount: number;
+  readonly storedPages: number;
+
+  readonly #hv: Hypervisor;
+  readonly #reader: CheckpointReader;
+  readonly #onProgress: ((done: number, total: number) => void) | undefined;
+  readonly #started: number;
+  /** Per block: its pages are in memory (or no longer wanted, after a reset). */
+  readonly #blockDone: Uint8Array;
+  #blocksDone = 0;
+  #pagesDone = 0;
+  #prefetchCursor = 0;
+  #blocksRead = 0;
+  #blocksMapped = 0;
+  #pagesInstalled = 0;
+  #pagesMapped = 0;
+  #demandReads = 0;
+  #prefetched = 0;
+  #readyMs = 0;
+  #completeMs: number | null = null;
+  #discardedByReset = 0;
+
+  /** @internal Built by restoreVmCheckpoint: sets up the memory per mode. */
+  constructor(hv: Hypervisor, vm: Vm, reader: CheckpointReader, saved: VmState, extra: JsonObject | null, options: RestoreOptions, started: number) {
+    this.#hv = hv;
+    this.vm = vm;
+    this.#reader = reader;
+    this.saved = saved;
+    this.extra = extra;
+    this.mode = options.mode;
+    this.path = reader.path;
+    this.#onProgress = options.onProgress;
+    this.#started = started;
+    this.blockCount = reader.blockCount;
+    this.#blockDone = new Uint8Array(this.blockCount);
+    let stored = 0;
+    for (let block = 0; block < this.blockCount; block++) stored += reader.blockInfo(block).pageCount;
+    this.storedPages = stored;
+    if (options.mode === 'lazy') this.#setUpLazy(options.prefetch ?? {});
+    else if (options.mode === 'eager') this.finishRestore();
+    else this.#map(options.verify ?? true);
+  }
+
+  /** Blocks read from the file (on demand, by the prefetcher, eagerly, or to verify/fall back). */
+  get blocksRead(): number {
+    return this.#blocksRead;
+  }
+
+  /** Raw blocks mapped from the file (map mode). */
+  get blocksMapped(): number {
+    return this.#blocksMapped;
+  }
+
+  /** Pages copied into fresh frames. */
+  get pagesInstalled(): number {
+    return this.#pagesInstalled;
+  }
+
+  /** Pages backed by the file mapping (map mode). */
+  get pagesMapped(): number {
+    return this.#pagesMapped;
+  }
+
+  /** Lazy mode: blocks read because the guest (or the host) touched one of their pages. */
+  get demandReads(): number {
+    return this.#demandReads;
+  }
+
+  /** Lazy mode: blocks read by the background prefetcher. */
+  get prefetched(): number {
+    return this.#prefetched;
+  }
+
+  /** Milliseconds from the restore call until the VM could execute its first instruction. */
+  get firstInstructionReadyMs(): number {
+    return this.#readyMs;
+  }
+
+  /** Milliseconds from the restore call until all memory was in, or null while lazy pages remain. */
+  get completeMs(): number | null {
+    return this.#completeMs;
+  }
+
+  /** Lazy pages dropped because the guest reset the VM before they were read. */
+  get discardedByReset(): number {
+    return this.#discardedByReset;
+  }
+
+  /** True once every stored page is in memory (always, after eager and map restores). */
+  get complete(): boolean {
+    return this.#blocksDone === this.blockCount;
+  }
+
+  /**
+   * Reads every block that is still lazy, now (before a fork, or to stop depending on the file).
+   * Call between runs.
+   */
+  finishRestore(): void {
+    for (let block = 0; block < this.blockCount; block++) if (this.#blockDone[block] === 0) this.#installBlock(block);
+    this.#noteComplete();
+  }
+
+  /**
+   * Stops using the file. If lazy pages remain and the VM still exists, they are read first, so
+   * the VM never depends on a closed file. Idempotent.
+   */
+  close(): void {
+    if (!this.complete && this.#hv.vms.includes(this.vm)) this.finishRestore();
+    this.#reader.close();
+  }
+
+  /** @internal */
+  markReady(): void {
+    this.#readyMs = performance.now() - this.#started;
+    if (this.complete) this.#noteComplete();
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  /** One tight pass over the stored pages; the kernel installs the entries in one more. */
+  #setUpLazy(prefetch: PrefetchOptions | false): void {
+    const vm = this.vm;
+    const entries = new Int32Array(vm.p2m.pageCount);
+    for (let block = 0; block < this.blockCount; block++) {
+      const lazyEntry = P2mEntry.absent(LAZY, block);
+      const gpns = this.#reader.blockInfo(block).gpns;
+      for (let slot = 0; slot < gpns.length; slot++) entries[gpns[slot]!] = lazyEntry;
+    }
+    vm.installAbsentEntries(entries);
+    vm.onAbsent(LAZY, (_vm, gpn, entry) => this.#demand(gpn, entry));
+    vm.onReset(() => this.#discardLazyPages());
+    if (prefetch !== false) {
+      const perTick = prefetch.blocksPerTick ?? DEFAULT_PREFETCH_BLOCKS;
+      vm.addTicker(prefetch.everyInstructions ?? DEFAULT_PREFETCH_EVERY, () => this.#prefetchTick(perTick));
+    }
+  }
+
+  #demand(gpn: number, entry: number): void {
+    const block = P2mEntry.payload(entry);
+    if (block >= this.blockCount || this.#blockDone[block] === 1) return; // nothing to read: the access is refused
+    this.#demandReads++;
+    this.#inLazyRestore(`guest page ${gpn}`, () => this.#installBlock(block));
+  }
+
+  #prefetchTick(blocks: number): void {
+    if (this.complete) return;
+    while (blocks > 0 && this.#prefetchCursor < this.blockCount) {
+      const block = this.#prefetchCursor++;
+      if (this.#blockDone[block] === 1) continue;
+      this.#inLazyRestore('the prefetcher', () => this.#installBlock(block));
+      this.#prefetched++;
+      blocks--;
+    }
+  }
+
+  /** Errors from the file say which block; this adds what wanted it. */
+  #inLazyRestore(what: string, step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      if (error instanceof CheckpointError) {
+        throw new CheckpointError(error.code, `lazy restore of ${what} failed: ${error.message}`, error.where, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  /** Reads one block and copies each of its pages that still needs it into a fresh frame. */
+  #installBlock(block: number): void {
+    const vm = this.vm;
+    const pool = vm.pool;
+    const { gpns, data } = this.#read(block);
+    const lazyEntry = P2mEntry.absent(LAZY, block);
+    const lazy = this.mode === 'lazy';
+    for (let slot = 0; slot < gpns.length; slot++) {
+      const gpn = gpns[slot]!;
+      const entry = vm.p2m.entries[gpn]!;
+      // Lazy: only pages still waiting for this block. Otherwise the page is untouched.
+      if (lazy ? entry !== lazyEntry : entry !== UNTOUCHED) continue;
+      const frame = pool.allocFrame();
+      pool.u8.set(data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES), frame * PAGE_BYTES);
+      vm.installFrame(gpn, frame);
+      this.#pagesInstalled++;
+    }
+    this.#finishBlock(block, gpns.length);
+  }
+
+  #read(block: number): { gpns: Uint32Array; data: Uint8Array } {
+    const pages = this.#reader.readBlock(block);
+    this.#blocksRead++;
+    return pages;
+  }
+
+  #finishBlock(block: number, pageCount: number): void {
+    this.#blockDone[block] = 1;
+    this.#blocksDone++;
+    this.#pagesDone += pageCount;
+    this.#onProgress?.(this.#pagesDone, this.storedPages);
+    if (this.complete) this.#noteComplete();
+  }
+
+  #noteComplete(): void {
+    if (this.#completeMs !== null || !this.complete) return;
+    this.#completeMs = performance.now() - this.#started;
+    this.#reader.close(); // every page is in memory: the file is no longer needed
+  }
+
+  /**
+   * A guest reset during a lazy restore: RAM goes back to the image, so pages still waiting for
+   * their block must become untouched (zero), not arrive later with their old contents.
+   */
+  #discardLazyPages(): void {
+    if (this.complete) return;
+    const vm = this.vm;
+    const entries = vm.p2m.entries;
+    for (let gpn = 0; gpn < entries.length; gpn++) {
+      const entry = entries[gpn]!;
+      if (entry < 0 && P2mEntry.state(entry) === LAZY) {
+        vm.setP2mEntry(gpn, UNTOUCHED);
+        this.#discardedByReset++;
+      }
+    }
+    for (let block = 0; block < this.blockCount; block++) {
+      if (this.#blockDone[block] === 0) this.#finishBlock(block, this.#reader.blockInfo(block).pageCount);
+    }
+  }
+
+  /** Map mode: each raw block becomes contiguous frames mapped from the file; lz4 blocks are read. */
+  #map(verify: boolean): void {
+    const absolutePath = resolve(this.path);
+    const pool = this.vm.pool;
+    for (let block = 0; block < this.blockCount; block++) {
+      const extent = this.#reader.rawBlockExtent(block);
+      if (extent === null) {
+        this.#installBlock(block);
+        continue;
+      }
+      let data = verify ? this.#read(block).data : undefined;
+      const { gpns } = extent;
+      let mapped = false;
+      for (let start = 0; start < gpns.length; start += MAX_CONTIGUOUS_FRAMES) {
+        const count = Math.min(MAX_CONTIGUOUS_FRAMES, gpns.length - start);
+        const first = pool.allocContiguous(count);
+        if (first < 0) {
+          // The pool is too fragmented for this piece: copy it instead.
+          data ??= this.#read(block).data;
+          this.#copyPages(gpns, data, start, count);
+          continue;
+        }
+        try {
+          pool.mapFile(first, count, absolutePath, extent.fileOffset + start * PAGE_BYTES);
+        } catch (error) {
+          for (let i = 0; i < count; i++) pool.release(first + i);
+          throw error;
+        }
+        for (let i = 0; i < count; i++) this.vm.installFrame(gpns[start + i]!, first + i);
+        this.#pagesMapped += count;
+        mapped = true;
+      }
+      if (mapped) this.#blocksMapped++;
+      this.#finishBlock(block, gpns.length);
+    }
+  }
+
+  #copyPages(gpns: Uint32Array, data: Uint8Array, start: number, count: number): void {
+    const pool = this.vm.pool;
+    for (let slot = start; slot < start + count; slot++) {
+      const frame = pool.allocFrame();
+      pool.u8.set(data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES), frame * PAGE_BYTES);
+      this.vm.installFrame(gpns[slot]!, frame);
+      this.#pagesInstalled++;
+    }
+  }
+}
