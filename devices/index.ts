@@ -1,14 +1,25 @@
 /**
- * The standard machine: console, timer, power and boot arguments, attached in that order. The
- * order fixes their device-table entries and window addresses (0xf0001000, 0xf0002000, …), which
- * is part of the guest ABI (docs/run.md): keep it stable and append new devices after these.
+ * The standard machine: console, timer, power and boot arguments, attached in that order, and
+ * optionally a block device (a disk) after them. The order fixes their device-table entries and
+ * window addresses (0xf0001000, 0xf0002000, …), which is part of the guest ABI (docs/run.md):
+ * keep it stable and append new devices after these.
  */
 import type { Hypervisor, RunOptions, RunResult, Vm } from '../kernel/index.ts';
+import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions } from './block.ts';
 import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
 import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
 import { attachPower, type PowerDevice } from './power.ts';
 import { attachTimer, type TimerDevice } from './timer.ts';
 
+export {
+  attachBlock, BLOCK_MAX_COUNT, BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk,
+} from './block.ts';
+export type { BlockDiskOptions, BlockState, BlockStats } from './block.ts';
+export {
+  BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,
+  OVERLAY_HEADER_BYTES, OVERLAY_MAGIC, OVERLAY_VERSION, OverlayFlag, OverlayHeaderOffset, overlayDataOffset,
+} from './disk-image.ts';
+export type { DiskChainState, DiskErrorCode, DiskLayerInfo, DiskOptions, OverlayHeader } from './disk-image.ts';
 export { attachBootArgs, savedBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
 export {
   attachConsole, CaptureSink, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
@@ -29,6 +40,8 @@ export interface StandardDeviceOptions {
   hypervisor?: Hypervisor;
   /** The boot argument string (default empty). */
   bootArgs?: string;
+  /** A disk for a block device, attached after the others: a raw image or an overlay (docs/block-device.md). */
+  disk?: string | BlockDiskOptions;
 }
 
 export interface StandardDevices {
@@ -36,16 +49,20 @@ export interface StandardDevices {
   timer: TimerDevice;
   power: PowerDevice;
   bootArgs: BootArgsDevice;
+  /** The block device when `disk` was given, else null. */
+  block: BlockDevice | null;
   /** The capture sink when `output` was one, else null. */
   captured: CaptureSink | null;
 }
 
 /**
- * Attaches console, timer, power and boot arguments to vm, in that order. Validates the boot
- * arguments first, so a BootArgsError leaves the VM without any of these devices.
+ * Attaches console, timer, power and boot arguments to vm, in that order, then the block device
+ * when a disk is given. Validates the boot arguments and opens the disk first, so a BootArgsError
+ * or DiskError leaves the VM without any of these devices.
  */
 export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {}): StandardDevices {
   const bootArgsDevice = new BootArgsDevice(options.bootArgs ?? ''); // throws before anything is attached
+  const disk = options.disk === undefined ? null : openBlockDisk(options.disk);
   const consoleOptions: Parameters<typeof attachConsole>[1] = {};
   if (options.output !== undefined) consoleOptions.output = options.output;
   if (options.input !== undefined) consoleOptions.input = options.input;
@@ -55,7 +72,8 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const timer = attachTimer(vm);
   const power = attachPower(vm);
   const bootArgs = attachBootArgs(vm, bootArgsDevice);
-  return { console, timer, power, bootArgs, captured: options.output instanceof CaptureSink ? options.output : null };
+  const block = disk === null ? null : attachBlock(vm, disk);
+  return { console, timer, power, bootArgs, block, captured: options.output instanceof CaptureSink ? options.output : null };
 }
 
 export interface GuestRun {

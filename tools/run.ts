@@ -2,7 +2,7 @@
  * run — boot a BV32 guest on the standard machine (console, timer, power, boot arguments).
  *
  *   npx tsx tools/run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats]
- *                     [--trace] [--input TEXT] [--host-mem SIZE] [-- boot args…]
+ *                     [--trace] [--input TEXT] [--host-mem SIZE] [--disk PATH] [-- boot args…]
  *
  * A `.s` file is assembled first; anything else is loaded as a .bvx image. The process exits with
  * the guest's exit code (& 0xff), or with one of RunExitCode when the run ends another way; the
@@ -26,7 +26,7 @@ import {
 } from './cli.ts';
 
 const USAGE =
-  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P] [-- boot args...]';
+  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P] [--disk PATH] [-- boot args...]';
 
 const HELP = `${USAGE}
 
@@ -43,6 +43,8 @@ Boots a BV32 guest (a .bvx image, or assembly source ending in .s) and exits wit
   --no-traces       shadow mode without traces: every guest sfence drops all shadow state
   --batch N         shadow mode: neighbouring PTEs cached per page walk (0..1023, default 16)
   --large-pages P   back 4 MiB guest regions with host runs: superpages (default), always, off
+  --disk PATH       attach a block device: a raw image or an overlay (writes go to an overlay
+                    next to it, never into a raw image; see docs/block-device.md)
   --promote-hot     T-3: count accessed pages per region, then move the hottest onto host runs
   --reclaim-cold    T-4: break up low-activity large regions, swap their cold pages to a file
   -- ARGS...        boot arguments for the guest (joined with spaces)
@@ -81,12 +83,14 @@ interface RunArguments {
   promoteHot: boolean;
   /** T-4: break up low-activity large regions and swap their cold pages out. */
   reclaimCold: boolean;
+  /** A disk for a block device (docs/block-device.md). */
+  disk: string | undefined;
 }
 
 function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
   const args = parseArguments(argv, {
     flags: ['--stats', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'],
-    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages'],
+    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk'],
     restAfterDoubleDash: true,
   });
   if (args.flag('--help') || args.flag('-h')) return 'help';
@@ -117,6 +121,7 @@ function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
     largePages: parseChoice(args.value('--large-pages'), '--large-pages', ['off', 'superpages', 'always'] as const, 'superpages'),
     promoteHot: args.flag('--promote-hot'),
     reclaimCold: args.flag('--reclaim-cold'),
+    disk: args.value('--disk'),
   };
 }
 
@@ -305,6 +310,7 @@ async function main(argv: readonly string[]): Promise<number> {
   const deviceOptions: StandardDeviceOptions = { bootArgs: args.bootArgs, hypervisor: hv };
   if (args.input !== undefined) deviceOptions.input = args.input;
   else deviceOptions.interactiveInput = true;
+  if (args.disk !== undefined) deviceOptions.disk = args.disk;
   let devices: ReturnType<typeof attachStandardDevices>;
   try {
     devices = attachStandardDevices(vm, deviceOptions);

@@ -2,7 +2,9 @@
 #
 #   bootargs := { option } { program { argument } }
 #   option   := "slice=" number            (time slice in instructions, at least MIN_TIME_SLICE)
-#   program  := a name from the program table (sieve, crc32, walker, ping, fault)
+#             | "flush=" ("asid" | "always") (always: sfence zero, zero on every context switch,
+#                                              as an ASID-unaware kernel would; a bench workload)
+#   program  := a name from the program table (sieve, crc32, walker, ping, fault, record)
 #
 # Tokens are separated by blanks. Every token up to the next program name is an argument of the
 # program before it; the program receives that text verbatim (from its first argument to its
@@ -72,7 +74,7 @@ parse_spec_string:
         mv      a1, s0
         la      a2, opt_slice
         call    k_token_prefix
-        beqz    a0, 6f
+        beqz    a0, 20f
         mv      a1, s0
         call    k_parse_number
         bnez    a1, 7f
@@ -110,11 +112,17 @@ parse_spec_string:
         la      s2, prog_table
 61:     lw      a0, PROG_NAME(s2)
         beqz    a0, 62f
-        la      a0, msg_space
+        lw      t0, PROG_FLAGS(s2)      # disk programs are listed only when there is a disk
+        andi    t0, t0, PROG_NEEDS_DISK
+        beqz    t0, 63f
+        la      t0, disk_base
+        lw      t0, 0(t0)
+        beqz    t0, 64f
+63:     la      a0, msg_space
         call    kputs
         lw      a0, PROG_NAME(s2)
         call    kputs
-        addi    s2, s2, PROG_BYTES
+64:     addi    s2, s2, PROG_BYTES
         j       61b
 62:     la      a0, msg_close_newline
         call    kputs
@@ -126,6 +134,33 @@ parse_spec_string:
         call    kputs
         j       10f
 9:      la      a0, msg_too_many
+        call    kputs
+        j       10f
+20:     mv      a0, s3                  # flush=asid | flush=always
+        mv      a1, s0
+        la      a2, opt_flush
+        call    k_token_prefix
+        beqz    a0, 6b                  # neither option nor program
+        mv      s3, a0                  # s3 = the value after "flush="
+        mv      a1, s0
+        la      a2, opt_flush_always
+        call    k_token_is
+        li      t1, 1
+        bnez    a0, 21f
+        mv      a0, s3
+        mv      a1, s0
+        la      a2, opt_flush_asid
+        call    k_token_is
+        li      t1, 0
+        beqz    a0, 23f
+21:     la      t0, flush_on_switch
+        sw      t1, 0(t0)
+        j       1b
+23:     addi    s3, s3, -6              # back to the start of "flush=" for the message
+        la      a0, msg_bad_option
+        call    kputs
+        call    kput_token
+        la      a0, msg_bad_flush
         call    kputs
         j       10f
 8:      li      a0, 0
@@ -175,11 +210,15 @@ find_program:
 
         .data
 opt_slice:              .asciz "slice="
+opt_flush:              .asciz "flush="
+opt_flush_always:       .asciz "always"
+opt_flush_asid:         .asciz "asid"
 msg_unknown_program:    .asciz "[kernel] boot args: unknown program '"
 msg_known_programs:     .asciz "' (programs:"
 msg_close_newline:      .asciz ")\n"
 msg_bad_option:         .asciz "[kernel] boot args: bad option '"
 msg_quote_newline:      .asciz "' (slice=N needs N >= 1000)\n"
+msg_bad_flush:          .asciz "' (flush=asid or flush=always)\n"
 msg_too_many:           .asciz "[kernel] boot args: more than 32 programs\n"
 
 # The programs a default boot runs.
@@ -189,6 +228,7 @@ default_args_end:
         .align  2
 bootargs_base:          .word 0         # the boot-argument window (0: no such device)
 bootargs_len:           .word 0
+flush_on_switch:        .word 0         # flush=always: sfence zero, zero on every context switch
 
         .bss
         .align  2

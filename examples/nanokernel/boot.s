@@ -13,6 +13,8 @@ _start:
         call    scan_devices
         call    setup_kernel_paging
         call    print_banner
+        mv      a0, s0
+        call    disk_probe              # the disk is optional (disk.s)
         call    parse_bootargs
         beqz    a0, 1f
         li      a0, EXIT_BAD_BOOTARGS
@@ -228,7 +230,12 @@ print_plan:
         call    kput_dec
         la      a0, msg_instructions
         call    kputs
-        lw      ra, 0(sp)
+        la      t0, flush_on_switch
+        lw      t0, 0(t0)
+        beqz    t0, 2f
+        la      a0, msg_flush_always
+        call    kputs
+2:      lw      ra, 0(sp)
         addi    sp, sp, 16
         ret
 
@@ -243,6 +250,7 @@ msg_devices:        .asciz " devices\n"
 msg_program:        .asciz " program, time slice "
 msg_programs:       .asciz " programs, time slice "
 msg_instructions:   .asciz " instructions\n"
+msg_flush_always:   .asciz "[kernel] flush=always: sfence zero, zero on every context switch\n"
 msg_no_device:      .asciz "[kernel] a console, a timer and a power device are required\n"
 
         .align  2

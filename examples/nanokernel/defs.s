@@ -8,6 +8,7 @@
         .equ    DEV_TIMER, 2
         .equ    DEV_POWER, 3
         .equ    DEV_BOOTARGS, 4
+        .equ    DEV_BLOCK, 5                    # optional: the disk (disk.s)
         .equ    CONSOLE_TX, 0
         .equ    TIMER_CMP_LO, 0
         .equ    TIMER_CMP_HI, 4
@@ -63,10 +64,21 @@
         .equ    SYS_YIELD, 3                    # yield() -> 0
         .equ    SYS_SBRK, 4                     # sbrk(increment) -> old break | -errno
         .equ    SYS_GETPID, 5                   # getpid() -> pid
+        .equ    SYS_DISK_INFO, 6                # disk_info() -> sectors | -errno
+        .equ    SYS_DISK_READ, 7                # disk_read(sector, buf) -> 0 | -errno
+        .equ    SYS_DISK_WRITE, 8               # disk_write(sector, buf) -> 0 | -errno
+        .equ    SYS_DISK_FLUSH, 9               # disk_flush() -> 0 | -errno
+        .equ    EIO, -5
         .equ    EBADF, -9
         .equ    ENOMEM, -12
         .equ    EFAULT, -14
+        .equ    ENODEV, -19
+        .equ    EINVAL, -22
         .equ    ENOSYS, -38
+        .equ    DISK_SECTOR_BYTES, 512          # every disk transfer is one sector
+
+# ---- Program table flags -----------------------------------------------------------------------
+        .equ    PROG_NEEDS_DISK, 2              # listed in boot-argument errors only when a disk is attached
 
 # ---- VM exit codes (power off) ---------------------------------------------------------------
         .equ    EXIT_OK, 0                      # every program ended as expected

@@ -16,6 +16,7 @@
         .include "proc.s"
         .include "trap.s"
         .include "args.s"
+        .include "disk.s"
 
         .text
         STRLIB  k_

@@ -233,10 +233,15 @@ demand_map:
 # user_page_readable(a0 = process, a1 = va) -> a0 = 0 when user mode may read va (faulting a
 # heap or stack page in if needed), else -1. Used to validate system-call buffers.
 user_page_readable:
+        li      a2, PTE_U | PTE_R
+# user_page_allowed(a0 = process, a1 = va, a2 = PTE bits that must all be set) -> a0 = 0 or -1,
+# the same for any access (a demand-paged page is mapped readable and writable).
+user_page_allowed:
         addi    sp, sp, -16
         sw      ra, 0(sp)
         sw      s0, 4(sp)
         sw      s1, 8(sp)
+        sw      a2, 12(sp)
         mv      s0, a0
         mv      s1, a1
         lw      a0, P_ROOT(s0)
@@ -245,8 +250,8 @@ user_page_readable:
         lw      t0, 0(a0)
         andi    t1, t0, PTE_V
         beqz    t1, 1f
-        andi    t0, t0, PTE_U | PTE_R
-        li      t1, PTE_U | PTE_R
+        lw      t1, 12(sp)
+        and     t0, t0, t1
         beq     t0, t1, 2f
         j       3f
 1:      mv      a0, s0                  # not mapped yet: maybe a demand-paged heap/stack page

@@ -283,6 +283,10 @@ schedule:
         lw      a3, 0(a2)
         addi    a3, a3, 1
         sw      a3, 0(a2)
+        la      a2, flush_on_switch     # boot option flush=always: flush every translation, as
+        lw      a2, 0(a2)               # a kernel that ignores ASIDs would (a bench workload)
+        beqz    a2, 4f
+        sfence  zero, zero
 4:      sw      t1, 0(t0)
         mv      s0, t1
         call    arm_timer

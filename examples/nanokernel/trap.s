@@ -186,6 +186,14 @@ on_syscall:
         beq     t0, t1, sys_sbrk
         li      t1, SYS_GETPID
         beq     t0, t1, sys_getpid
+        li      t1, SYS_DISK_INFO       # the disk calls (disk.s)
+        beq     t0, t1, sys_disk_info
+        li      t1, SYS_DISK_READ
+        beq     t0, t1, sys_disk_read
+        li      t1, SYS_DISK_WRITE
+        beq     t0, t1, sys_disk_write
+        li      t1, SYS_DISK_FLUSH
+        beq     t0, t1, sys_disk_flush
         li      a0, ENOSYS
 syscall_return:                         # a0 = the result
         sw      a0, P_A0(s0)

@@ -898,6 +898,457 @@ u_msg_from:             .asciz "write from "
 u_msg_sbrk:             .asciz "sbrk of "
 u_msg_returned:         .asciz " returned "
 u_msg_survived:         .asciz "fault: still running after the fault\n"
+
+# ---- record COMMAND...: a key-value store on the disk ---------------------------------------
+#   put KEY VALUE | get KEY | add KEY N, any number of them, in order.
+# One record per 512-byte sector: magic "REC1", key length, value length, checksum (FNV-1a of
+# bytes 0-11 then 16-511), key (at most 64 bytes), value (at most 432 bytes), zeros. A key lives
+# in the first of REC_PROBES sectors from its home sector (FNV-1a of the key mod the disk size)
+# that holds it or is free (no magic). Every write is flushed and read back.
+
+        .equ    REC_MAGIC, 0x31434552           # "REC1"
+        .equ    REC_KEY_LEN, 4
+        .equ    REC_VALUE_LEN, 8
+        .equ    REC_CHECKSUM, 12
+        .equ    REC_KEY, 16
+        .equ    REC_VALUE, 80
+        .equ    REC_KEY_MAX, REC_VALUE - REC_KEY
+        .equ    REC_VALUE_MAX, DISK_SECTOR_BYTES - REC_VALUE
+        .equ    REC_PROBES, 8
+        .equ    REC_FOUND, 0                    # record_find results
+        .equ    REC_FREE, 1
+        .equ    REC_DAMAGED, 2
+        .equ    REC_FULL, 3
+        # record_main's frame (s3): the sector buffer, a line, the current command's words
+        .equ    RF_BUFFER, 0
+        .equ    RF_LINE, DISK_SECTOR_BYTES
+        .equ    RF_KEY, 1152                    # key start, end
+        .equ    RF_KEY_END, 1156
+        .equ    RF_VALUE, 1160                  # value start, end
+        .equ    RF_VALUE_END, 1164
+        .equ    RF_SECTOR, 1168
+        .equ    RF_COMMAND, 1172                # the command's name (a string)
+        .equ    RF_NUMBER, 1176
+        .equ    RF_DIGITS, 1184                 # a number formatted for add (16 bytes)
+        .equ    RF_BYTES, 1200
+
+        .align  2
+record_main:
+        add     s1, a0, a1              # s1 = end of the arguments
+        mv      s0, a0                  # s0 = cursor
+        addi    sp, sp, -RF_BYTES
+        mv      s3, sp                  # s3 = the frame
+        li      t0, SYS_DISK_INFO
+        ecall
+        bgtz    a0, 1f
+        la      a0, u_msg_no_disk
+        call    u_puts
+        li      a0, 2
+        j       u_exit
+1:      mv      s2, a0                  # s2 = sectors on the disk
+record_next:
+        mv      a0, s0
+        mv      a1, s1
+        call    u_next_token
+        beq     a0, a1, record_done
+        mv      s0, a1
+        sw      a0, RF_KEY(s3)          # the command word, until the key replaces it
+        sw      a1, RF_KEY_END(s3)
+        la      a2, u_str_put
+        call    u_token_is
+        bnez    a0, record_put
+        lw      a0, RF_KEY(s3)
+        lw      a1, RF_KEY_END(s3)
+        la      a2, u_str_get
+        call    u_token_is
+        bnez    a0, record_get
+        lw      a0, RF_KEY(s3)
+        lw      a1, RF_KEY_END(s3)
+        la      a2, u_str_add
+        call    u_token_is
+        bnez    a0, record_add
+        lw      a1, RF_KEY(s3)          # not a command
+        lw      a2, RF_KEY_END(s3)
+record_bad_argument:                    # (a1, a2 = the word)
+        la      a0, u_name_record
+        j       u_bad_argument
+record_done:
+        li      a0, 0
+        j       u_exit
+
+# put KEY VALUE: "record: put KEY = VALUE"
+record_put:
+        la      t0, u_str_put
+        sw      t0, RF_COMMAND(s3)
+        li      a2, REC_KEY_MAX
+        call    record_word
+        sw      a0, RF_KEY(s3)
+        sw      a1, RF_KEY_END(s3)
+        li      a2, REC_VALUE_MAX
+        call    record_word
+        sw      a0, RF_VALUE(s3)
+        sw      a1, RF_VALUE_END(s3)
+        call    record_locate
+        mv      a0, a1
+        lw      a1, RF_VALUE(s3)
+        lw      a2, RF_VALUE_END(s3)
+        call    record_store
+        call    record_report
+        j       record_next
+
+# get KEY: "record: get KEY = VALUE" or "record: get KEY: not found"
+record_get:
+        la      t0, u_str_get
+        sw      t0, RF_COMMAND(s3)
+        li      a2, REC_KEY_MAX
+        call    record_word
+        sw      a0, RF_KEY(s3)
+        sw      a1, RF_KEY_END(s3)
+        call    record_locate
+        bnez    a0, 1f
+        la      a0, u_msg_not_found
+        call    record_note
+        j       record_next
+1:      addi    t0, s3, REC_VALUE       # the value, in the buffer record_locate read
+        lw      t1, REC_VALUE_LEN(s3)
+        add     t1, t0, t1
+        sw      t0, RF_VALUE(s3)
+        sw      t1, RF_VALUE_END(s3)
+        call    record_report
+        j       record_next
+
+# add KEY N: the value (a number; none = 0) plus N, "record: add KEY = SUM"
+record_add:
+        la      t0, u_str_add
+        sw      t0, RF_COMMAND(s3)
+        li      a2, REC_KEY_MAX
+        call    record_word
+        sw      a0, RF_KEY(s3)
+        sw      a1, RF_KEY_END(s3)
+        li      a2, 16
+        call    record_word
+        sw      a0, RF_VALUE(s3)        # (for the message if it is not a number)
+        sw      a1, RF_VALUE_END(s3)
+        call    u_parse_number
+        beqz    a1, 1f
+        lw      a1, RF_VALUE(s3)
+        lw      a2, RF_VALUE_END(s3)
+        j       record_bad_argument
+1:      sw      a0, RF_NUMBER(s3)
+        call    record_locate
+        sw      a1, RF_SECTOR(s3)
+        li      t0, 0
+        beqz    a0, 2f                  # no record yet: 0
+        addi    a0, s3, REC_VALUE
+        lw      a1, REC_VALUE_LEN(s3)
+        add     a1, a0, a1
+        call    u_parse_number
+        mv      t0, a0
+        beqz    a1, 2f
+        la      a0, u_msg_not_number
+        j       record_fail
+2:      lw      a1, RF_NUMBER(s3)
+        add     a1, t0, a1
+        addi    a0, s3, RF_DIGITS
+        call    u_fmt_dec
+        addi    t0, s3, RF_DIGITS
+        sw      t0, RF_VALUE(s3)
+        sw      a0, RF_VALUE_END(s3)
+        lw      a0, RF_SECTOR(s3)
+        lw      a1, RF_VALUE(s3)
+        lw      a2, RF_VALUE_END(s3)
+        call    record_store
+        call    record_report
+        j       record_next
+
+# record_word(a2 = longest length) -> a0, a1 = the next word (s0 moves past it); exits through
+# record_bad_argument when there is none or it is longer.
+record_word:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a2, 4(sp)
+        mv      a0, s0
+        mv      a1, s1
+        call    u_next_token
+        mv      s0, a1
+        beq     a0, a1, 1f              # missing
+        sub     t0, a1, a0
+        lw      t1, 4(sp)
+        bltu    t1, t0, 1f              # too long
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+1:      mv      a2, a1
+        mv      a1, a0
+        j       record_bad_argument
+
+# record_locate() -> a0 = 1 (the key's record is in the buffer) or 0 (not there), a1 = its
+# sector or the free one to use. Exits with a message when the disk is full around the key's
+# home, a record is damaged, or the disk fails.
+record_locate:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        call    record_find
+        li      t0, REC_FOUND
+        beq     a0, t0, 1f
+        li      t0, REC_FREE
+        beq     a0, t0, 2f
+        bltz    a0, 3f
+        la      t1, u_msg_full
+        li      t0, REC_FULL
+        beq     a0, t0, 4f
+        la      t1, u_msg_damaged
+4:      mv      a0, t1
+        j       record_fail
+3:      la      a0, u_msg_disk_error
+        j       record_fail
+1:      li      a0, 1
+        j       5f
+2:      li      a0, 0
+5:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_find() -> a0 = REC_FOUND / REC_FREE / REC_DAMAGED / REC_FULL or -errno, a1 = the sector.
+# Probes from the key's home sector; the last sector read stays in the buffer.
+record_find:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      a0, FNV_BASIS
+        lw      a1, RF_KEY(s3)
+        lw      a2, RF_KEY_END(s3)
+        call    record_fnv
+        remu    t0, a0, s2
+        sw      t0, RF_SECTOR(s3)
+        sw      zero, 4(sp)             # probes so far
+1:      lw      t0, 4(sp)
+        li      t1, REC_PROBES
+        bgeu    t0, t1, 8f
+        bgeu    t0, s2, 8f              # a small disk: every sector was tried
+        addi    t0, t0, 1
+        sw      t0, 4(sp)
+        lw      a0, RF_SECTOR(s3)
+        mv      a1, s3
+        li      t0, SYS_DISK_READ
+        ecall
+        bnez    a0, 9f
+        lw      t0, 0(s3)
+        li      t1, REC_MAGIC
+        bne     t0, t1, 7f              # no record: a free sector
+        mv      a0, s3
+        call    record_checksum
+        lw      t0, REC_CHECKSUM(s3)
+        bne     a0, t0, 6f
+        lw      t0, REC_KEY_LEN(s3)
+        li      t1, REC_KEY_MAX
+        bltu    t1, t0, 6f
+        lw      t2, REC_VALUE_LEN(s3)
+        li      t1, REC_VALUE_MAX
+        bltu    t1, t2, 6f
+        lw      a1, RF_KEY(s3)          # the same key?
+        lw      a2, RF_KEY_END(s3)
+        sub     t1, a2, a1
+        bne     t0, t1, 4f
+        addi    t2, s3, REC_KEY
+2:      beq     a1, a2, 3f
+        lbu     t0, 0(a1)
+        lbu     t1, 0(t2)
+        bne     t0, t1, 4f
+        addi    a1, a1, 1
+        addi    t2, t2, 1
+        j       2b
+3:      li      a0, REC_FOUND
+        j       10f
+4:      lw      t0, RF_SECTOR(s3)       # another key: the next sector, wrapping around
+        addi    t0, t0, 1
+        bltu    t0, s2, 5f
+        li      t0, 0
+5:      sw      t0, RF_SECTOR(s3)
+        j       1b
+6:      li      a0, REC_DAMAGED
+        j       10f
+7:      li      a0, REC_FREE
+        j       10f
+8:      li      a0, REC_FULL
+10:     lw      a1, RF_SECTOR(s3)
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_store(a0 = sector, a1 = value start, a2 = value end): writes the record of the current
+# key, flushes, reads it back and checks it; exits with a message when that fails.
+record_store:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        mv      t0, s3                  # a clean sector
+        addi    t1, s3, DISK_SECTOR_BYTES
+1:      sw      zero, 0(t0)
+        addi    t0, t0, 4
+        bltu    t0, t1, 1b
+        li      t0, REC_MAGIC
+        sw      t0, 0(s3)
+        sub     t0, a2, a1
+        sw      t0, REC_VALUE_LEN(s3)
+        addi    t1, s3, REC_VALUE
+2:      bgeu    a1, a2, 3f
+        lbu     t0, 0(a1)
+        sb      t0, 0(t1)
+        addi    a1, a1, 1
+        addi    t1, t1, 1
+        j       2b
+3:      lw      a1, RF_KEY(s3)
+        lw      a2, RF_KEY_END(s3)
+        sub     t0, a2, a1
+        sw      t0, REC_KEY_LEN(s3)
+        addi    t1, s3, REC_KEY
+4:      bgeu    a1, a2, 5f
+        lbu     t0, 0(a1)
+        sb      t0, 0(t1)
+        addi    a1, a1, 1
+        addi    t1, t1, 1
+        j       4b
+5:      mv      a0, s3
+        call    record_checksum
+        sw      a0, REC_CHECKSUM(s3)
+        sw      a0, 8(sp)
+        lw      a0, 4(sp)
+        mv      a1, s3
+        li      t0, SYS_DISK_WRITE
+        ecall
+        bnez    a0, 8f
+        li      t0, SYS_DISK_FLUSH
+        ecall
+        bnez    a0, 8f
+        sw      zero, 0(s3)             # forget it, then read it back
+        sw      zero, REC_CHECKSUM(s3)
+        lw      a0, 4(sp)
+        mv      a1, s3
+        li      t0, SYS_DISK_READ
+        ecall
+        bnez    a0, 8f
+        mv      a0, s3
+        call    record_checksum
+        lw      t0, REC_CHECKSUM(s3)
+        bne     a0, t0, 7f
+        lw      t0, 8(sp)
+        bne     a0, t0, 7f
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+7:      la      a0, u_msg_mismatch
+        j       record_fail
+8:      la      a0, u_msg_disk_error
+        j       record_fail
+
+# record_checksum(a0 = sector buffer) -> a0 = FNV-1a of bytes 0-11, then 16-511
+record_checksum:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        mv      a1, a0
+        addi    a2, a0, REC_CHECKSUM
+        li      a0, FNV_BASIS
+        call    record_fnv
+        lw      t0, 4(sp)
+        addi    a1, t0, REC_KEY
+        addi    a2, t0, DISK_SECTOR_BYTES
+        call    record_fnv
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_fnv(a0 = hash, a1 = start, a2 = end) -> a0 = the hash continued over the bytes (FNV-1a)
+record_fnv:
+        li      t1, FNV_PRIME
+1:      bgeu    a1, a2, 2f
+        lbu     t0, 0(a1)
+        xor     a0, a0, t0
+        mul     a0, a0, t1
+        addi    a1, a1, 1
+        j       1b
+2:      ret
+
+# record_report(): "record: COMMAND KEY = VALUE"
+record_report:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        call    record_line_start
+        la      a1, u_msg_equals
+        call    u_fmt_str
+        lw      a1, RF_VALUE(s3)
+        lw      a2, RF_VALUE_END(s3)
+        call    record_fmt_bytes
+        mv      a1, a0
+        addi    a0, s3, RF_LINE
+        call    u_print_line
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_note(a0 = message): "record: COMMAND KEY<message>"
+record_note:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        call    record_line_start
+        lw      a1, 4(sp)
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, RF_LINE
+        call    u_print_line
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_fail(a0 = message): record_note, then exit with code 2
+record_fail:
+        call    record_note
+        li      a0, 2
+        j       u_exit
+
+# record_line_start() -> a0 = end of "record: COMMAND KEY" in the frame's line
+record_line_start:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        addi    a0, s3, RF_LINE
+        la      a1, u_msg_record
+        call    u_fmt_str
+        lw      a1, RF_COMMAND(s3)
+        call    u_fmt_str
+        la      a1, u_msg_space
+        call    u_fmt_str
+        lw      a1, RF_KEY(s3)
+        lw      a2, RF_KEY_END(s3)
+        call    record_fmt_bytes
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# record_fmt_bytes(a0 = dst, a1 = start, a2 = end) -> a0 = dst after the bytes
+record_fmt_bytes:
+1:      bgeu    a1, a2, 2f
+        lbu     t0, 0(a1)
+        sb      t0, 0(a0)
+        addi    a0, a0, 1
+        addi    a1, a1, 1
+        j       1b
+2:      ret
+
+u_name_record:          .asciz "record"
+u_str_put:              .asciz "put"
+u_str_get:              .asciz "get"
+u_str_add:              .asciz "add"
+u_msg_record:           .asciz "record: "
+u_msg_space:            .asciz " "
+u_msg_equals:           .asciz " = "
+u_msg_no_disk:          .asciz "record: no disk\n"
+u_msg_not_found:        .asciz ": not found"
+u_msg_not_number:       .asciz ": the value is not a number"
+u_msg_full:             .asciz ": no free sector near its home"
+u_msg_damaged:          .asciz ": damaged record"
+u_msg_disk_error:       .asciz ": disk error"
+u_msg_mismatch:         .asciz ": read back differently"
         .align  2
 user_image_end:
 
@@ -910,5 +1361,6 @@ prog_table:
         .word   u_name_walker, walker_main - user_image_start, 0
         .word   u_name_ping, ping_main - user_image_start, 0
         .word   u_name_fault, fault_main - user_image_start, PROG_MAY_FAULT
+        .word   u_name_record, record_main - user_image_start, PROG_NEEDS_DISK
         .word   0, 0, 0
         .text
