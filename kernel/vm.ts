@@ -246,6 +246,7 @@ export class Vm implements PhysicalPageTables {
     this.checkGpn(gpn);
     // TRACED belongs to the MMU: a page it traces keeps the flag whatever frame backs it.
     if (entry >= 0 && this.mmu.isTracing(gpn)) entry |= P2mFlag.TRACED;
+    this.pristine = false;
     const old = this.p2m.entries[gpn]!;
     this.p2m.entries[gpn] = entry;
     this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
@@ -266,6 +267,7 @@ export class Vm implements PhysicalPageTables {
   installAbsentEntries(entries: Int32Array): void {
     if (entries.length !== this.p2m.pageCount) throw new KernelError('BV_BAD_P2M', `${this.name}: expected ${this.p2m.pageCount} entries, got ${entries.length}`);
     const p2m = this.p2m.entries;
+    this.pristine = false;
     for (let gpn = 0; gpn < entries.length; gpn++) {
       const entry = entries[gpn]!;
       if (entry === 0) continue;
@@ -275,11 +277,73 @@ export class Vm implements PhysicalPageTables {
     this.regionRun.fill(REGION_UNKNOWN);
   }
 
+  /**
+   * Defers filling in the P2M region by region (a lazy restore of a large VM starts in
+   * O(regions), not O(pages)). Every region is pending until something first needs one of its
+   * pages; then `filler` installs its entries (installAbsentRange) and the access proceeds.
+   * Everything that would read an untouched entry as "zero" fills the region first. The VM's
+   * pages must all be untouched when this is called.
+   */
+  deferRegions(filler: (vm: Vm, region: number) => void): void {
+    // A flag, not a scan: the check must not cost O(pages) (lazy restore's time to first
+    // instruction must not grow with memory size).
+    if (!this.pristine) throw new KernelError('BV_BAD_P2M', `${this.name}: deferRegions needs a VM whose P2M was never changed`);
+    this.pendingRegions = new Uint8Array(this.regionRun.length).fill(1);
+    this.regionFiller = filler;
+    this.pristine = false;
+  }
+
+  /** Fills a pending region's P2M entries now (no-op when not pending). */
+  fillRegion(region: number): void {
+    const pending = this.pendingRegions;
+    if (pending === null || pending[region] !== 1) return;
+    pending[region] = 0;
+    this.regionFiller!(this, region);
+  }
+
+  /** Fills every pending region (before a fork, a save, a snapshot). */
+  fillAllRegions(): void {
+    if (this.pendingRegions === null) return;
+    for (let region = 0; region < this.pendingRegions.length; region++) this.fillRegion(region);
+    this.pendingRegions = null;
+    this.regionFiller = null;
+  }
+
+  /** A guest page's P2M entry, with its region filled in first if it was pending. */
+  p2mEntryOf(gpn: number): number {
+    if (this.pendingRegions !== null) this.fillRegion(Math.floor(gpn / REGION_PAGES));
+    return this.p2m.entries[gpn]!;
+  }
+
+  /** Regions still pending (deferRegions). */
+  get pendingRegionCount(): number {
+    return this.pendingRegions === null ? 0 : this.pendingRegions.reduce((sum, flag) => sum + flag, 0);
+  }
+
+  private pendingRegions: Uint8Array | null = null;
+  /** No P2M entry was ever changed (every page is untouched). */
+  private pristine = true;
+  private regionFiller: ((vm: Vm, region: number) => void) | null = null;
+
+  /** Installs absent entries over untouched pages from `firstGpn` on (a region filler's job). */
+  installAbsentRange(firstGpn: number, entries: Int32Array): void {
+    const p2m = this.p2m.entries;
+    if (firstGpn < 0 || firstGpn + entries.length > p2m.length) throw new KernelError('BV_BAD_P2M', `${this.name}: range ${firstGpn}+${entries.length} is outside RAM`);
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i]!;
+      if (entry === 0) continue;
+      if (entry >= 0 || p2m[firstGpn + i] !== UNTOUCHED_ENTRY) throw new KernelError('BV_BAD_P2M', `${this.name}: installAbsentRange on guest page ${firstGpn + i}: ${P2mEntry.describe(entry)} over ${P2mEntry.describe(p2m[firstGpn + i]!)}`);
+      p2m[firstGpn + i] = entry;
+    }
+    this.regionRun[Math.floor(firstGpn / REGION_PAGES)] = REGION_UNKNOWN;
+  }
+
   /** Adds protection flags to a present entry (e.g. copy-on-write) and shoots down writers. */
   protectPage(gpn: number, flags: number): void {
     this.checkGpn(gpn);
     const old = this.p2m.entries[gpn]!;
     if (old < 0 || (old & flags) === flags) return;
+    this.pristine = false;
     this.p2m.entries[gpn] = old | flags;
     this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
     this.onP2mChange(this, [gpn]);
@@ -298,6 +362,7 @@ export class Vm implements PhysicalPageTables {
    * frames the old entries held are released after every vCPU has dropped its translations.
    */
   replaceEntries(gpns: readonly number[], entries: readonly number[]): void {
+    this.pristine = false;
     const released: number[] = [];
     const changed: number[] = [];
     for (let i = 0; i < gpns.length; i++) {
@@ -374,6 +439,7 @@ export class Vm implements PhysicalPageTables {
       if (runFrame >= 0) {
         const first = region * REGION_PAGES;
         // Every page was absent, so no TLB holds anything to shoot down.
+        this.pristine = false;
         for (let i = 0; i < REGION_PAGES; i++) this.p2m.entries[first + i] = P2mEntry.present(runFrame + i);
         this.framesHeld += REGION_PAGES;
         this.regionRun[region] = runFrame;
@@ -398,6 +464,7 @@ export class Vm implements PhysicalPageTables {
    * is in a state that cannot move (absent for another reason, shared copy-on-write, watched).
    */
   promoteRegion(region: number): boolean {
+    this.fillRegion(region);
     const first = region * REGION_PAGES;
     if (first + REGION_PAGES > this.p2m.pageCount || this.regionRunFrame(region) >= 0) return false;
     const entries = this.p2m.entries;
@@ -632,11 +699,13 @@ export class Vm implements PhysicalPageTables {
    */
   shareMemoryWith(child: Vm): void {
     if (child.p2m.pageCount !== this.p2m.pageCount) throw new KernelError('BV_FORK', 'fork: child memory size differs');
+    this.fillAllRegions();
     const entries = this.p2m.entries;
     const unshareable = firstUnshareable(entries);
     if (unshareable >= 0) {
       throw new KernelError('BV_FORK', `fork: guest page ${unshareable} is ${P2mEntry.describe(entries[unshareable]!)}; only present or untouched pages can be shared`);
     }
+    child.pristine = false;
     child.framesHeld += shareEntries(entries, child.p2m.entries, this.pool.refCount);
     this.regionRun.fill(REGION_UNKNOWN);
     // Parent writes must now fault: drop its write translations (reads stay valid).
@@ -802,6 +871,10 @@ export class Vm implements PhysicalPageTables {
   }
 
   private resolveAbsent(gpn: number, entry: number, access: AccessKind): number {
+    if (this.pendingRegions !== null && entry === UNTOUCHED_ENTRY) {
+      entry = this.p2mEntryOf(gpn); // a deferred region: its entries first
+      if (entry >= 0) return entry;
+    }
     const state = P2mEntry.state(entry);
     const name = ABSENT_STATE_NAMES[state] ?? 'invalid';
     this.exits.absent[name] = (this.exits.absent[name] ?? 0) + 1;
@@ -933,6 +1006,8 @@ export class Vm implements PhysicalPageTables {
       if (this.p2m.entries[gpn] !== UNTOUCHED_ENTRY) this.setP2mEntry(gpn, UNTOUCHED_ENTRY);
     }
     this.mmu = new Mmu(this, this.mmuOptions); // nothing is traced any more
+    this.pendingRegions = null; // RAM is back to the image: nothing is deferred any more
+    this.regionFiller = null;
     this.accessed.fill(0);
     this.regionRun.fill(REGION_UNKNOWN);
     this.superpageSeen.fill(0);

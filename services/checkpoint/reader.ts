@@ -104,7 +104,19 @@ interface Structure {
   header: Header;
   contents: CheckpointContents;
   blocks: BlockEntry[];
-  index: MemoryIndex;
+  /** Null until first needed when the file was opened with `lazyIndex`. */
+  index: MemoryIndex | null;
+  /** Where the memory index lies, for a deferred load. */
+  indexEntry: SectionEntry;
+}
+
+export interface OpenOptions {
+  /**
+   * Defer reading and checking the per-page memory index until a page is first looked up, so
+   * opening costs O(sections + blocks), not O(guest pages) (lazy restore of a large VM). Damage
+   * in the index is then reported at that first lookup instead of at open.
+   */
+  lazyIndex?: boolean;
 }
 
 export class CheckpointReader {
@@ -112,14 +124,36 @@ export class CheckpointReader {
   #file: HostFile | undefined;
   #structure: Structure;
 
-  private constructor(path: string, file: HostFile) {
+  private constructor(path: string, file: HostFile, options: OpenOptions) {
     this.path = path;
     this.#file = file;
-    this.#structure = inFile(path, () => readStructure(file));
+    this.#structure = inFile(path, () => readStructure(file, options.lazyIndex === true));
   }
 
-  /** Opens and validates everything except the memory blocks (CheckpointError if damaged). */
-  static open(path: string): CheckpointReader {
+  /** The memory index, read and checked on first use when opened with `lazyIndex`. */
+  #index(): MemoryIndex {
+    const structure = this.#structure;
+    if (structure.index === null) {
+      const file = this.#openFile();
+      structure.index = inFile(this.path, () => {
+        const entry = structure.indexEntry;
+        const bytes = readExactly(file, entry.offset, entry.length, sectionName(SectionType.MEMORY_INDEX));
+        checkSection(entry, bytes);
+        const index = decodeMemoryIndex(bytes, structure.blocks);
+        if (index.pageCount !== structure.contents.pageCount) {
+          throw new CheckpointError('BV_CKPT_CORRUPT', `${sectionName(SectionType.MEMORY_INDEX)}: holds ${index.pageCount} pages, its count said ${structure.contents.pageCount}`, sectionName(SectionType.MEMORY_INDEX));
+        }
+        return index;
+      });
+    }
+    return structure.index!;
+  }
+
+  /**
+   * Opens and validates everything except the memory blocks (CheckpointError if damaged); with
+   * `lazyIndex`, the per-page index is also left for its first use.
+   */
+  static open(path: string, options: OpenOptions = {}): CheckpointReader {
     let file: HostFile;
     try {
       file = HostFile.open(path, 'r');
@@ -127,7 +161,7 @@ export class CheckpointReader {
       throw ioError('open checkpoint', error);
     }
     try {
-      return new CheckpointReader(path, file);
+      return new CheckpointReader(path, file, options);
     } catch (error) {
       file.close();
       throw error;
@@ -148,7 +182,12 @@ export class CheckpointReader {
   }
 
   get pageCount(): number {
-    return this.#structure.index.pageCount;
+    return this.#structure.contents.pageCount;
+  }
+
+  /** Pages stored in blocks (from the block table: no index needed). */
+  get storedPageCount(): number {
+    return this.#structure.blocks.reduce((sum, block) => sum + block.pageCount, 0);
   }
 
   get blockCount(): number {
@@ -162,20 +201,20 @@ export class CheckpointReader {
   /** The block that holds guest page `gpn`, or -1 for a zero page (not stored). */
   blockOfPage(gpn: number): number {
     this.#checkPage(gpn);
-    const block = this.#structure.index.blockOfPage[gpn]!;
+    const block = this.#index().blockOfPage[gpn]!;
     return block === ZERO_PAGE_BLOCK ? -1 : block;
   }
 
   /** The position of guest page `gpn` inside its block (0 for a zero page). */
   slotOfPage(gpn: number): number {
     this.#checkPage(gpn);
-    return this.#structure.index.slotOfPage[gpn]!;
+    return this.#index().slotOfPage[gpn]!;
   }
 
   /** A block's table entry and the guest pages it holds (no file access). */
   blockInfo(block: number): BlockInfo {
     const entry = this.#entry(block);
-    return { index: block, ...entryFields(entry), gpns: this.#structure.index.pagesOfBlock[block]! };
+    return { index: block, ...entryFields(entry), gpns: this.#index().pagesOfBlock[block]! };
   }
 
   /**
@@ -204,7 +243,7 @@ export class CheckpointReader {
     if (checksum(stored) !== entry.crc) {
       throw new CheckpointError('BV_CKPT_CHECKSUM', `${where}: checksum mismatch (the block is damaged)`, where);
     }
-    const gpns = this.#structure.index.pagesOfBlock[block]!;
+    const gpns = this.#index().pagesOfBlock[block]!;
     if (entry.kind === 'raw') return { block, gpns, data: stored };
     return { block, gpns, data: decompressBlock(stored, entry.pageCount * PAGE_BYTES, where) };
   }
@@ -224,7 +263,7 @@ export class CheckpointReader {
   rawBlockExtent(block: number): RawBlockExtent | null {
     const entry = this.#entry(block);
     if (entry.kind !== 'raw') return null;
-    const gpns = this.#structure.index.pagesOfBlock[block]!;
+    const gpns = this.#index().pagesOfBlock[block]!;
     const runs: PageRun[] = [];
     for (let slot = 0; slot < gpns.length; slot++) {
       const last = runs[runs.length - 1];
@@ -250,7 +289,7 @@ export class CheckpointReader {
    */
   verifyAll(onProgress?: (done: number, total: number) => void): void {
     const file = this.#openFile();
-    this.#structure = inFile(this.path, () => readStructure(file));
+    this.#structure = inFile(this.path, () => readStructure(file, false));
     for (let block = 0; block < this.blockCount; block++) {
       this.verifyBlock(block);
       onProgress?.(block + 1, this.blockCount);
@@ -258,7 +297,8 @@ export class CheckpointReader {
   }
 
   summary(): CheckpointSummary {
-    const { blocks, index } = this.#structure;
+    const { blocks } = this.#structure;
+    const index = { pageCount: this.pageCount };
     const storedPages = blocks.reduce((sum, block) => sum + block.pageCount, 0);
     const blockBytes = blocks.reduce((sum, block) => sum + block.storedBytes, 0);
     const lz4Blocks = blocks.filter((block) => block.kind === 'lz4').length;
@@ -318,8 +358,11 @@ function readExactly(file: HostFile, offset: number, length: number, where: stri
   return bytes;
 }
 
-/** Header, section table, every section: all checked; O(sections + pages + blocks). */
-function readStructure(file: HostFile): Structure {
+/**
+ * Header, section table, every section: all checked; O(sections + pages + blocks). With
+ * `lazyIndex` the memory index is left out (only its page count is read): O(sections + blocks).
+ */
+function readStructure(file: HostFile, lazyIndex: boolean): Structure {
   let fileBytes: number;
   try {
     fileBytes = file.size;
@@ -336,17 +379,30 @@ function readStructure(file: HostFile): Structure {
     return bytes;
   };
   // Check every CRC first, so a damaged section is named as damaged rather than as inconsistent.
-  const payloads = new Map([...sections.keys()].map((type) => [type, read(type)]));
+  const types = [...sections.keys()].filter((type) => !lazyIndex || type !== SectionType.MEMORY_INDEX);
+  const payloads = new Map(types.map((type) => [type, read(type)]));
   const blocksEnd = Math.min(...[...sections.values()].map((entry) => entry.offset));
   const blocks = decodeBlockTable(payloads.get(SectionType.BLOCK_TABLE)!, blocksEnd, header.flags);
-  const index = decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
+  const indexEntry = sections.get(SectionType.MEMORY_INDEX)!;
+  const index = lazyIndex ? null : decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
+  const pageCount = index?.pageCount ?? readIndexPageCount(file, indexEntry);
   const contents: CheckpointContents = {
     config: decodeConfig(payloads.get(SectionType.CONFIG)!),
     cpus: decodeCpus(payloads.get(SectionType.CPUS)!),
     devices: decodeDevices(payloads.get(SectionType.DEVICES)!),
-    pageCount: index.pageCount,
+    pageCount,
   };
-  return { header, contents, blocks, index };
+  return { header, contents, blocks, index, indexEntry };
+}
+
+/** The page count at the start of the memory index (checked in full when the index is read). */
+function readIndexPageCount(file: HostFile, entry: SectionEntry): number {
+  const where = sectionName(SectionType.MEMORY_INDEX);
+  if (entry.length < 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: is shorter than its count`, where);
+  const bytes = readExactly(file, entry.offset, 8, where);
+  const pageCount = new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true);
+  if (entry.length !== 8 + pageCount * 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: length ${entry.length} does not hold ${pageCount} pages`, where);
+  return pageCount;
 }
 
 /** lz4-napi's block format: u32 uncompressed size, then the lz4 block. */

@@ -12,7 +12,7 @@
  * Zero pages are never read: they stay untouched and get a zero frame on first use.
  */
 import { resolve } from 'node:path';
-import { AbsentState, FRAME_SIZE, P2mEntry, RUN_SIZE } from '../../kernel/index.ts';
+import { AbsentState, FRAME_SIZE, P2mEntry, REGION_PAGES, RUN_SIZE } from '../../kernel/index.ts';
 import type { Hypervisor, Vm, VmState } from '../../kernel/index.ts';
 import { CheckpointError } from './errors.ts';
 import type { JsonObject } from './format.ts';
@@ -64,7 +64,8 @@ const MAX_CONTIGUOUS_FRAMES = RUN_SIZE / FRAME_SIZE;
 export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: RestoreOptions): RestoredVm {
   const started = performance.now();
   checkOptions(hv, options);
-  const reader = CheckpointReader.open(path);
+  // Lazy: the per-page index is read on first use, so opening does not grow with memory size.
+  const reader = CheckpointReader.open(path, { lazyIndex: options.mode === 'lazy' });
   let vm: Vm | undefined;
   try {
     const decoded = decodeVmCheckpoint(reader.contents, path);
@@ -149,7 +150,7 @@ export class RestoredVm {
     this.blockCount = reader.blockCount;
     this.#blockDone = new Uint8Array(this.blockCount);
     let stored = 0;
-    for (let block = 0; block < this.blockCount; block++) stored += reader.blockInfo(block).pageCount;
+    stored += reader.storedPageCount;
     this.storedPages = stored;
     if (options.mode === 'lazy') this.#setUpLazy(options.prefetch ?? {});
     else if (options.mode === 'eager') this.finishRestore();
@@ -232,16 +233,22 @@ export class RestoredVm {
 
   // -------------------------------------------------------------------------------------------
 
-  /** One tight pass over the stored pages; the kernel installs the entries in one more. */
+  /**
+   * O(regions), not O(pages): the kernel defers every 4 MiB region, and the first access to a
+   * region fills in its LAZY entries from the index (read from the file on that first use).
+   */
   #setUpLazy(prefetch: PrefetchOptions | false): void {
     const vm = this.vm;
-    const entries = new Int32Array(vm.p2m.pageCount);
-    for (let block = 0; block < this.blockCount; block++) {
-      const lazyEntry = P2mEntry.absent(LAZY, block);
-      const gpns = this.#reader.blockInfo(block).gpns;
-      for (let slot = 0; slot < gpns.length; slot++) entries[gpns[slot]!] = lazyEntry;
-    }
-    vm.installAbsentEntries(entries);
+    const reader = this.#reader;
+    vm.deferRegions((_vm, region) => {
+      const first = region * REGION_PAGES;
+      const entries = new Int32Array(Math.min(REGION_PAGES, vm.p2m.pageCount - first));
+      for (let i = 0; i < entries.length; i++) {
+        const block = reader.blockOfPage(first + i);
+        if (block >= 0 && this.#blockDone[block] === 0) entries[i] = P2mEntry.absent(LAZY, block);
+      }
+      vm.installAbsentRange(first, entries);
+    });
     vm.onAbsent(LAZY, (_vm, gpn, entry) => this.#demand(gpn, entry));
     vm.onReset(() => this.#discardLazyPages());
     if (prefetch !== false) {
@@ -289,7 +296,7 @@ export class RestoredVm {
     const lazy = this.mode === 'lazy';
     for (let slot = 0; slot < gpns.length; slot++) {
       const gpn = gpns[slot]!;
-      const entry = vm.p2m.entries[gpn]!;
+      const entry = vm.p2mEntryOf(gpn); // fills a deferred region first
       // Lazy: only pages still waiting for this block. Otherwise the page is untouched.
       if (lazy ? entry !== lazyEntry : entry !== UNTOUCHED) continue;
       const frame = pool.allocFrame();

@@ -83,7 +83,7 @@ const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
  * changes), or null for an untouched page. Other absent states are resolved by their handlers.
  */
 export function currentPage(vm: Vm, gpn: number): Uint8Array | null {
-  const entry = vm.p2m.entries[gpn]!;
+  const entry = vm.p2mEntryOf(gpn); // a region a lazy restore deferred is filled in first
   if (entry === UNTOUCHED) return null;
   if (entry < 0) {
     const hostOffset = vm.hostOffsetForRead(gpn * FRAME_SIZE);
