@@ -10,6 +10,7 @@ import lz4 from 'lz4-napi';
 import { HostFile } from '../../native/index.ts';
 import { CheckpointError } from './errors.ts';
 import {
+  BLOCK_ENTRY_BYTES,
   checksum,
   checkSection,
   decodeBlockTable,
@@ -103,7 +104,13 @@ function ioError(action: string, error: unknown): CheckpointError {
 interface Structure {
   header: Header;
   contents: CheckpointContents;
-  blocks: BlockEntry[];
+  /** Null until first needed when the file was opened with `lazyIndex`. */
+  blocks: BlockEntry[] | null;
+  /** Entries in the block table (known without decoding it). */
+  blockCount: number;
+  blockTableEntry: SectionEntry;
+  blocksEnd: number;
+  headerFlags: number;
   /** Null until first needed when the file was opened with `lazyIndex`. */
   index: MemoryIndex | null;
   /** Where the memory index lies, for a deferred load. */
@@ -130,6 +137,21 @@ export class CheckpointReader {
     this.#structure = inFile(path, () => readStructure(file, options.lazyIndex === true));
   }
 
+  /** The block table, read and checked on first use when opened with `lazyIndex`. */
+  #blocks(): BlockEntry[] {
+    const structure = this.#structure;
+    if (structure.blocks === null) {
+      const file = this.#openFile();
+      structure.blocks = inFile(this.path, () => {
+        const entry = structure.blockTableEntry;
+        const bytes = readExactly(file, entry.offset, entry.length, sectionName(SectionType.BLOCK_TABLE));
+        checkSection(entry, bytes);
+        return decodeBlockTable(bytes, structure.blocksEnd, structure.headerFlags);
+      });
+    }
+    return structure.blocks!;
+  }
+
   /** The memory index, read and checked on first use when opened with `lazyIndex`. */
   #index(): MemoryIndex {
     const structure = this.#structure;
@@ -139,7 +161,7 @@ export class CheckpointReader {
         const entry = structure.indexEntry;
         const bytes = readExactly(file, entry.offset, entry.length, sectionName(SectionType.MEMORY_INDEX));
         checkSection(entry, bytes);
-        const index = decodeMemoryIndex(bytes, structure.blocks);
+        const index = decodeMemoryIndex(bytes, this.#blocks());
         if (index.pageCount !== structure.contents.pageCount) {
           throw new CheckpointError('BV_CKPT_CORRUPT', `${sectionName(SectionType.MEMORY_INDEX)}: holds ${index.pageCount} pages, its count said ${structure.contents.pageCount}`, sectionName(SectionType.MEMORY_INDEX));
         }
@@ -187,11 +209,11 @@ export class CheckpointReader {
 
   /** Pages stored in blocks (from the block table: no index needed). */
   get storedPageCount(): number {
-    return this.#structure.blocks.reduce((sum, block) => sum + block.pageCount, 0);
+    return this.#blocks().reduce((sum, block) => sum + block.pageCount, 0);
   }
 
   get blockCount(): number {
-    return this.#structure.blocks.length;
+    return this.#structure.blockCount;
   }
 
   get closed(): boolean {
@@ -297,7 +319,7 @@ export class CheckpointReader {
   }
 
   summary(): CheckpointSummary {
-    const { blocks } = this.#structure;
+    const blocks = this.#blocks();
     const index = { pageCount: this.pageCount };
     const storedPages = blocks.reduce((sum, block) => sum + block.pageCount, 0);
     const blockBytes = blocks.reduce((sum, block) => sum + block.storedBytes, 0);
@@ -327,7 +349,7 @@ export class CheckpointReader {
   }
 
   #entry(block: number): BlockEntry {
-    const entry = Number.isInteger(block) ? this.#structure.blocks[block] : undefined;
+    const entry = Number.isInteger(block) ? this.#blocks()[block] : undefined;
     if (entry === undefined) {
       throw new CheckpointError('BV_CKPT_BAD_ARGUMENT', `block ${block} does not exist (the file has ${this.blockCount})`, 'argument');
     }
@@ -379,12 +401,15 @@ function readStructure(file: HostFile, lazyIndex: boolean): Structure {
     return bytes;
   };
   // Check every CRC first, so a damaged section is named as damaged rather than as inconsistent.
-  const types = [...sections.keys()].filter((type) => !lazyIndex || type !== SectionType.MEMORY_INDEX);
+  const deferred = new Set<number>(lazyIndex ? [SectionType.MEMORY_INDEX, SectionType.BLOCK_TABLE] : []);
+  const types = [...sections.keys()].filter((type) => !deferred.has(type));
   const payloads = new Map(types.map((type) => [type, read(type)]));
   const blocksEnd = Math.min(...[...sections.values()].map((entry) => entry.offset));
-  const blocks = decodeBlockTable(payloads.get(SectionType.BLOCK_TABLE)!, blocksEnd, header.flags);
+  const blockTableEntry = sections.get(SectionType.BLOCK_TABLE)!;
+  const blocks = lazyIndex ? null : decodeBlockTable(payloads.get(SectionType.BLOCK_TABLE)!, blocksEnd, header.flags);
+  const blockCount = blocks?.length ?? readBlockTableCount(file, blockTableEntry);
   const indexEntry = sections.get(SectionType.MEMORY_INDEX)!;
-  const index = lazyIndex ? null : decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
+  const index = blocks === null ? null : decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
   const pageCount = index?.pageCount ?? readIndexPageCount(file, indexEntry);
   const contents: CheckpointContents = {
     config: decodeConfig(payloads.get(SectionType.CONFIG)!),
@@ -392,7 +417,17 @@ function readStructure(file: HostFile, lazyIndex: boolean): Structure {
     devices: decodeDevices(payloads.get(SectionType.DEVICES)!),
     pageCount,
   };
-  return { header, contents, blocks, index, indexEntry };
+  return { header, contents, blocks, blockCount, blockTableEntry, blocksEnd, headerFlags: header.flags, index, indexEntry };
+}
+
+/** The entry count at the start of the block table (checked in full when the table is read). */
+function readBlockTableCount(file: HostFile, entry: SectionEntry): number {
+  const where = sectionName(SectionType.BLOCK_TABLE);
+  if (entry.length < 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: is shorter than its count`, where);
+  const bytes = readExactly(file, entry.offset, 8, where);
+  const count = new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true);
+  if (entry.length !== 8 + count * BLOCK_ENTRY_BYTES) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: length ${entry.length} does not hold ${count} entries`, where);
+  return count;
 }
 
 /** The page count at the start of the memory index (checked in full when the index is read). */

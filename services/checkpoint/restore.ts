@@ -115,7 +115,12 @@ export class RestoredVm {
   readonly path: string;
   /** Storage blocks in the file and the pages they hold (zero pages are not stored). */
   readonly blockCount: number;
-  readonly storedPages: number;
+  /** Pages stored in the file (from its block table, read when first asked for). */
+  get storedPages(): number {
+    this.#storedPages ??= this.#reader.storedPageCount;
+    return this.#storedPages;
+  }
+  #storedPages: number | undefined;
 
   readonly #hv: Hypervisor;
   readonly #reader: CheckpointReader;
@@ -149,9 +154,6 @@ export class RestoredVm {
     this.#started = started;
     this.blockCount = reader.blockCount;
     this.#blockDone = new Uint8Array(this.blockCount);
-    let stored = 0;
-    stored += reader.storedPageCount;
-    this.storedPages = stored;
     if (options.mode === 'lazy') this.#setUpLazy(options.prefetch ?? {});
     else if (options.mode === 'eager') this.finishRestore();
     else this.#map(options.verify ?? true);
