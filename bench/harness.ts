@@ -1,11 +1,13 @@
 /**
  * The bench harness: what a workload is, how a guest run is timed and checked, and how runs are
  * interleaved and reduced to figures. bench/run.ts is the command line around it;
- * bench/workloads.ts holds the entries.
+ * bench/workloads.ts (interpreter speed) and bench/translation.ts (MMU configurations, issue 4)
+ * hold the entries.
  *
- * Method (docs/performance.md): every workload runs its variants (e.g. paging off and on) and
- * its plain-JS baseline in the same process, round after round, alternating the variant order
- * each round so that drift (thermal, other tenants of the machine) falls on all of them alike.
+ * Method (docs/performance.md): every workload runs its variants (paging off and on, or MMU
+ * configurations) and its plain-JS baseline in the same process, round after round, alternating
+ * the variant order each round so that drift (thermal, other tenants of the machine) falls on all
+ * of them alike.
  * The first rounds are JIT warm-up and are not counted; the figure is the median of the timed
  * rounds. A guest run whose result differs from the JS result is an error, never a figure.
  */
@@ -14,7 +16,7 @@ import { assemble } from '../guest-isa/assembler.ts';
 import { Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
-import type { Hypervisor } from '../kernel/index.ts';
+import type { Hypervisor, VmConfig, Vm } from '../kernel/index.ts';
 
 /** A bench failure that is not a figure: bad usage, a wrong guest result, a guest that did not halt. */
 export class BenchError extends BvError {}
@@ -37,13 +39,64 @@ export interface GuestRun {
   tlbMisses: number;
   /** vcpu.walker.walks summed over vCPUs: Sv32 page-table walks. */
   pageWalks: number;
+  /** The MMU's and TLBs' counters at the end of the run. */
+  mmu: MmuCounters;
+  /** Figures the guest reported about itself (the nanokernel's stats line), by name. */
+  guestStats: Record<string, number>;
+  /** What a guest with a console printed (for verify), when it has one. */
+  console?: string;
 }
+
+/** What the translation benchmarks (docs/performance.md, issue 4) compare, from one run. */
+export interface MmuCounters {
+  /** vm.mmu.stats.walks: TLB misses the MMU answered by walking the guest's page tables. */
+  walks: number;
+  /** TLB misses answered from the shadow page tables without a walk. */
+  shadowHits: number;
+  /** TLB misses answered by a large mapping (a guest superpage over a host run, T-2). */
+  largeHits: number;
+  /** Shadow entries filled by batched population. */
+  batchFilled: number;
+  /** Guest sfences the MMU elided (shadow with traces: nothing is stale). */
+  flushesElided: number;
+  /** Guest sfences that dropped every shadow address space (shadow without traces). */
+  flushesFull: number;
+  /** vm.translationsInvalidated: TLB entries the MMU dropped (traced page-table writes, shadow flushes). */
+  translationsInvalidated: number;
+  /** Whole-TLB flushes, summed over vCPUs. */
+  tlbFullFlushes: number;
+  /** Guest regions backed by one aligned 4 MiB host run (vm.largePageStats.runsAllocated). */
+  hostRuns: number;
+  /** Interrupts taken, summed over vCPUs. */
+  interrupts: number;
+}
+
+/** Reads the MMU counters of a VM after a run. */
+export function mmuCounters(vm: Vm): MmuCounters {
+  const stats = vm.mmu.stats;
+  let tlbFullFlushes = 0;
+  let interrupts = 0;
+  for (const vcpu of vm.vcpus) {
+    tlbFullFlushes += vcpu.tlb.fullFlushes;
+    interrupts += vcpu.stats.interrupts;
+  }
+  return {
+    walks: stats.walks, shadowHits: stats.shadowHits, largeHits: stats.largeHits, batchFilled: stats.batchFilled,
+    flushesElided: stats.flushesElided, flushesFull: stats.flushesFull, translationsInvalidated: vm.translationsInvalidated,
+    tlbFullFlushes, hostRuns: vm.largePageStats.runsAllocated, interrupts,
+  };
+}
+
+/** The VM settings a workload variant chooses (translation mode, large-page policy). */
+export type VmSettings = Pick<VmConfig, 'mmu' | 'largePages'>;
 
 /** One timed run of the plain-JS baseline. */
 export interface JsRun {
   ms: number;
   result: number;
   memory: Uint8Array | null;
+  /** Lines a printing guest must print (for verify), when it prints. */
+  lines?: string[];
 }
 
 /**
@@ -53,14 +106,14 @@ export interface JsRun {
 export interface Workload<Prepared = unknown> {
   readonly name: string;
   readonly description: string;
-  /** The configurations measured against each other (e.g. 'paging=off', 'paging=on'). */
+  /** The configurations measured against each other (e.g. 'paging=off', 'paging=on', or 'shadow', 'nested'). */
   readonly variants: readonly string[];
   setup(size: BenchSize): Prepared;
   /** One guest run of a variant on a fresh VM of `hv`, destroyed before returning. */
   run(hv: Hypervisor, prepared: Prepared, variant: string): GuestRun;
   /** Throws BenchError when the guest's result is not the JS result. */
   verify(prepared: Prepared, variant: string, guest: GuestRun, js: JsRun): void;
-  /** The same algorithm in plain JavaScript. */
+  /** The same algorithm in plain JavaScript (for a translation workload: a model of the guest's results). */
   jsBaseline(prepared: Prepared): JsRun;
 }
 
@@ -72,6 +125,8 @@ const hex = (value: number): string => `0x${(value >>> 0).toString(16)}`;
 export interface GuestProgram {
   image: GuestImage;
   memoryBytes: number;
+  /** Translation and large-page settings of the VM (the kernel's defaults when absent). */
+  vm?: VmSettings;
   /** Guest-virtual range to copy out after the run, for verification. */
   capture?: { va: number; length: number };
 }
@@ -90,7 +145,7 @@ export function assembleGuest(path: string, defines: Record<string, number>): Gu
  * only `hv.run` is timed. Anything else (guest error, runaway) is a BenchError.
  */
 export function runGuestProgram(hv: Hypervisor, label: string, program: GuestProgram): GuestRun {
-  const vm = hv.createVm({ memoryBytes: program.memoryBytes, name: `bench-${label}` });
+  const vm = hv.createVm({ memoryBytes: program.memoryBytes, name: `bench-${label}`, ...program.vm });
   try {
     vm.loadImage(program.image);
     const exit: { result: number | null } = { result: null };
@@ -108,22 +163,29 @@ export function runGuestProgram(hv: Hypervisor, label: string, program: GuestPro
       const why = reason.kind === 'guest-error' || reason.kind === 'host-error' ? `${reason.kind}: ${reason.message}` : reason.kind;
       throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: the guest stopped without exiting (${why})`);
     }
-    let tlbMisses = 0;
-    let pageWalks = 0;
-    for (const vcpu of vm.vcpus) {
-      tlbMisses += vcpu.stats.tlbMisses;
-      pageWalks += vcpu.walker.walks;
-    }
+    const { tlbMisses, pageWalks } = tlbCounters(vm);
+    const counters = mmuCounters(vm);
     // After the counters: reading guest memory through the page tables walks them too.
     let memory: Uint8Array | null = null;
     if (program.capture) {
       memory = vm.readVirtual(vm.vcpus[0]!, program.capture.va, program.capture.length);
       if (!memory) throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: cannot read the guest's result memory`);
     }
-    return { ms, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks };
+    return { ms, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks, mmu: counters, guestStats: {} };
   } finally {
     hv.destroyVm(vm);
   }
+}
+
+/** TLB misses and page walks (walker.walks) summed over a VM's vCPUs. */
+export function tlbCounters(vm: Vm): { tlbMisses: number; pageWalks: number } {
+  let tlbMisses = 0;
+  let pageWalks = 0;
+  for (const vcpu of vm.vcpus) {
+    tlbMisses += vcpu.stats.tlbMisses;
+    pageWalks += vcpu.walker.walks;
+  }
+  return { tlbMisses, pageWalks };
 }
 
 /** The standard check: the exit value, and the captured memory when both sides have one. */
@@ -195,6 +257,14 @@ export function pagingWorkload<Params>(spec: {
   };
 }
 
+/** A target of the project's performance issues, printed as a PASS/FAIL line (never an exit status). */
+export interface Check {
+  name: string;
+  target: string;
+  value: number;
+  pass: boolean;
+}
+
 /** Rounds a figure for reports: timing noise makes further digits meaningless. */
 const round = (value: number, digits: number): number => Number(value.toFixed(digits));
 
@@ -219,6 +289,9 @@ export interface VariantFigures {
   ratio: number;
   tlbMisses: number;
   pageWalks: number;
+  /** MMU counters of one run (deterministic: every run of a variant gives the same). */
+  mmu: MmuCounters;
+  guestStats: Record<string, number>;
 }
 
 export interface WorkloadFigures {
@@ -292,6 +365,8 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
       ratio: round(medianMs / jsMedian, 3),
       tlbMisses: run.tlbMisses,
       pageWalks: run.pageWalks,
+      mmu: run.mmu,
+      guestStats: run.guestStats,
     };
   });
   const off = variants.find((v) => v.variant === PAGING_OFF);

@@ -1,12 +1,15 @@
 /**
- * bench — guest execution speed against plain JavaScript, measured in the same run.
+ * bench — guest execution speed against plain JavaScript, and translation costs under each MMU
+ * configuration, measured in the same run.
  *
  *   npm run bench [-- --json] [-- --quick] [-- --only <workload>[,<workload>…]]
  *
  * Runs every workload of bench/workloads.ts with paging off and on, and the same algorithm in
  * plain JS; prints guest MIPS, the plain-JS "guest-equivalent" MIPS (the guest's instruction
- * count ÷ the JS time), their ratio, TLB misses and page walks, and the PASS/FAIL lines of the
- * project's targets. `--json` prints the same figures as one JSON object and nothing else on
+ * count ÷ the JS time), their ratio, TLB misses and page walks. Then the translation workloads of
+ * bench/translation.ts (issue 4): each guest under several MMU configurations, with page walks,
+ * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Last, the PASS/FAIL
+ * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
  * Progress goes to stderr when it is a terminal. The bench is not a test: a missed target is a
  * FAIL line, not an exit code; a wrong guest result or bad usage is an error (exit 1).
@@ -17,8 +20,12 @@ import { pathToFileURL } from 'node:url';
 import { BvError } from '../guest-isa/errors.ts';
 import { createHypervisor } from '../kernel/index.ts';
 import { BenchError, measureWorkload, PAGING_ON, stepCount } from './harness.ts';
-import type { WorkloadFigures } from './harness.ts';
+import type { Check, VariantFigures, Workload, WorkloadFigures } from './harness.ts';
+import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons, translationChecks, TRANSLATION_WORKLOADS } from './translation.ts';
+import type { Comparison } from './translation.ts';
 import { WORKLOADS } from './workloads.ts';
+
+export type { Check } from './harness.ts';
 
 const USAGE = 'usage: npm run bench -- [--json] [--quick] [--only <workload>[,<workload>...]]';
 
@@ -33,8 +40,12 @@ export const TARGETS = {
 /** One bench run: warm-up rounds, then timed rounds whose median is the figure. */
 const FULL_RUNS = { warmups: 1, runs: 7 };
 const QUICK_RUNS = { warmups: 1, runs: 2 };
-/** Enough for the largest workload VM (24 MiB) with room to spare; one VM exists at a time. */
-const HOST_MEMORY_BYTES = 64 * 2 ** 20;
+/**
+ * Enough for the largest workload VM (random-access: 264 MiB, all of it touched, in whole 4 MiB
+ * runs with large pages) with room to spare; one VM exists at a time. The pool is reserved, not
+ * committed: only the frames a run touches take host memory, and freed frames go back to the OS.
+ */
+const HOST_MEMORY_BYTES = Math.max(64 * 2 ** 20, RANDOM_ACCESS_POOL_BYTES);
 
 export interface BenchOptions {
   json: boolean;
@@ -43,17 +54,19 @@ export interface BenchOptions {
   only: string[];
 }
 
-export interface Check {
-  name: string;
-  target: string;
-  value: number;
-  pass: boolean;
-}
-
 export interface BenchReport {
   machine: { cpu: string; cores: number; memoryGiB: number; platform: string; node: string; date: string };
   method: { warmups: number; runs: number; quick: boolean; statistic: 'median' };
+  /** Interpreter speed: paging off and on against plain JS. */
   workloads: WorkloadFigures[];
+  /** Translation (issue 4): MMU configurations against each other. */
+  translation: {
+    workloads: WorkloadFigures[];
+    /** Each technique on against off (traces, batched population, large pages). */
+    techniques: Comparison[];
+    /** Shadow page tables against nested walks on the same guests. */
+    shadowVsNested: Comparison[];
+  };
   checks: Check[];
 }
 
@@ -68,7 +81,7 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
       const value = arg === '--only' ? args[++index] : arg.slice('--only='.length);
       if (!value) throw new BenchError('BV_BENCH_USAGE', `--only needs a workload name (${workloadNames()})`);
       for (const name of value.split(',')) {
-        if (!WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
+        if (!ALL_WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
         options.only.push(name);
       }
     } else throw new BenchError('BV_BENCH_USAGE', `unknown option '${arg}'; ${USAGE}`);
@@ -76,18 +89,22 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
   return options;
 }
 
-const workloadNames = (): string => WORKLOADS.map((w) => w.name).join(', ');
+const ALL_WORKLOADS: readonly Workload[] = [...WORKLOADS, ...TRANSLATION_WORKLOADS];
+const workloadNames = (): string => ALL_WORKLOADS.map((w) => w.name).join(', ');
 
 /** Runs the selected workloads on one hypervisor; `onProgress` sees each step before it runs. */
 export function runBench(options: BenchOptions, onProgress?: (step: number, total: number, label: string) => void): BenchReport {
   const counts = options.quick ? QUICK_RUNS : FULL_RUNS;
-  const selected = options.only.length === 0 ? WORKLOADS : WORKLOADS.filter((w) => options.only.includes(w.name));
-  const total = selected.reduce((sum, w) => sum + stepCount(w, counts), 0);
+  const chosen = (list: readonly Workload[]): readonly Workload[] => (options.only.length === 0 ? list : list.filter((w) => options.only.includes(w.name)));
+  const selected = chosen(WORKLOADS);
+  const selectedTranslation = chosen(TRANSLATION_WORKLOADS);
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0);
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
-  const workloads = selected.map((workload) =>
-    measureWorkload(hv, workload, { ...counts, size: { quick: options.quick }, onStep: (label) => onProgress?.(++step, total, label) }),
-  );
+  const measure = (workload: Workload): WorkloadFigures =>
+    measureWorkload(hv, workload, { ...counts, size: { quick: options.quick }, onStep: (label) => onProgress?.(++step, total, label) });
+  const workloads = selected.map(measure);
+  const translation = selectedTranslation.map(measure);
   const cpuList = cpus();
   return {
     machine: {
@@ -100,7 +117,8 @@ export function runBench(options: BenchOptions, onProgress?: (step: number, tota
     },
     method: { ...counts, quick: options.quick, statistic: 'median' },
     workloads,
-    checks: evaluateChecks(workloads),
+    translation: { workloads: translation, techniques: techniqueComparisons(translation), shadowVsNested: shadowNestedComparisons(translation) },
+    checks: [...evaluateChecks(workloads), ...translationChecks(translation)],
   };
 }
 
@@ -124,35 +142,79 @@ function evaluateChecks(workloads: readonly WorkloadFigures[]): Check[] {
 const fixed = (value: number, digits: number): string => (Number.isFinite(value) ? value.toFixed(digits) : '-');
 const percent = (value: number): string => `${value >= 0 ? '+' : ''}${(value * 100).toFixed(1)} %`;
 const millions = (value: number): string => `${(value / 1e6).toFixed(1)} M`;
+const count = (value: number): string => value.toLocaleString('en-US');
+const times = (value: number): string => (Number.isFinite(value) ? `${value.toFixed(1)}x` : 'all');
 
-function table(header: readonly string[], rows: readonly string[][]): string {
+/** The first `textColumns` columns are left-aligned (names), the others right-aligned (numbers). */
+function table(header: readonly string[], rows: readonly string[][], textColumns = 2): string {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
-  // First column left-aligned (names), the others right-aligned (numbers).
   const line = (cells: readonly string[]): string =>
-    cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ').trimEnd();
+    cells.map((cell, column) => (column < textColumns ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+function formatTranslation(report: BenchReport): string[] {
+  const { translation, method } = report;
+  const out: string[] = [];
+  out.push(`translation (issue 4): each guest under several MMU configurations, median of ${method.runs} timed runs; walks = vm.mmu.stats.walks`);
+  out.push('');
+  const rows: string[][] = [];
+  for (const workload of translation.workloads) {
+    for (const v of workload.variants) {
+      rows.push([
+        workload.name, v.variant, millions(v.instructions), fixed(v.medianMs, 1), fixed(v.mips, 1), count(v.tlbMisses), count(v.mmu.walks),
+        count(v.mmu.shadowHits), count(v.mmu.largeHits), count(v.mmu.translationsInvalidated),
+      ]);
+    }
+  }
+  out.push(table(['workload', 'variant', 'instructions', 'guest ms', 'guest MIPS', 'TLB misses', 'walks', 'shadow hits', 'large hits', 'TLB entries dropped'], rows));
+  out.push('');
+  for (const workload of translation.workloads) out.push(`${workload.name}: ${workload.description}`);
+  const contextSwitch = translation.workloads.find((w) => w.name === 'context-switch');
+  if (contextSwitch) {
+    const first = contextSwitch.variants[0]!;
+    const flushes = (v: VariantFigures): string => `${v.variant} ${count(v.mmu.flushesElided)} elided / ${count(v.mmu.flushesFull)} full, ${count(v.mmu.tlbFullFlushes)} TLB flushes`;
+    out.push(`context-switch: ${count(first.guestStats['contextSwitches'] ?? 0)} context switches (${count(first.guestStats['preemptions'] ?? 0)} timer preemptions) per run`);
+    out.push(`context-switch guest flushes: ${contextSwitch.variants.map(flushes).join('; ')}`);
+  }
+  out.push('');
+  const comparisonRows = (list: readonly Comparison[]): string[][] =>
+    list.map((c) => [
+      c.workload, c.label, `${c.baseline.variant} → ${c.candidate.variant}`, `${count(c.baseline.walks)} → ${count(c.candidate.walks)}`, times(c.walkRatio),
+      `${fixed(c.baseline.mips, 1)} → ${fixed(c.candidate.mips, 1)}`, `${c.mipsRatio.toFixed(2)}x`,
+    ]);
+  out.push(table(['workload', 'technique', 'off → on', 'walks', 'fewer walks', 'MIPS', 'speed'], comparisonRows(translation.techniques), 3));
+  out.push('');
+  out.push(table(['workload', 'guest pages', 'nested → shadow', 'walks', 'fewer walks', 'MIPS', 'speed'], comparisonRows(translation.shadowVsNested), 3));
+  return out;
 }
 
 export function formatReport(report: BenchReport): string {
   const { machine, method } = report;
   const out: string[] = [];
   out.push(`bytevisor bench — ${machine.cpu}, ${machine.cores} cores, ${machine.platform}, node ${machine.node}, ${machine.date.slice(0, 10)}`);
-  out.push(`median of ${method.runs} timed runs after ${method.warmups} warm-up run(s), paging off/on and plain JS interleaved${method.quick ? ' (--quick: sizes too small to mean anything)' : ''}`);
-  out.push('');
+  out.push(`median of ${method.runs} timed runs after ${method.warmups} warm-up run(s), variants and plain JS interleaved${method.quick ? ' (--quick: sizes too small to mean anything)' : ''}`);
   const rows: string[][] = [];
   for (const workload of report.workloads) {
     for (const v of workload.variants) {
       rows.push([workload.name, v.variant, millions(v.instructions), fixed(v.medianMs, 1), fixed(v.mips, 1), fixed(workload.js.medianMs, 1), fixed(v.jsEquivalentMips, 0), `${fixed(v.ratio, 1)}x`, String(v.tlbMisses), String(v.pageWalks)]);
     }
   }
-  out.push(table(['workload', 'variant', 'instructions', 'guest ms', 'guest MIPS', 'JS ms', 'JS-equiv MIPS', 'guest/JS', 'TLB misses', 'page walks'], rows));
-  out.push('');
-  for (const workload of report.workloads) {
-    if (workload.pagingCost !== null) out.push(`paging cost, ${workload.name}: ${percent(workload.pagingCost)} time per instruction (${workload.description})`);
+  if (rows.length > 0) {
+    out.push('');
+    out.push(table(['workload', 'variant', 'instructions', 'guest ms', 'guest MIPS', 'JS ms', 'JS-equiv MIPS', 'guest/JS', 'TLB misses', 'page walks'], rows));
+    out.push('');
+    for (const workload of report.workloads) {
+      if (workload.pagingCost !== null) out.push(`paging cost, ${workload.name}: ${percent(workload.pagingCost)} time per instruction (${workload.description})`);
+    }
+  }
+  if (report.translation.workloads.length > 0) {
+    out.push('');
+    out.push(...formatTranslation(report));
   }
   out.push('');
   for (const check of report.checks) {
-    const value = check.name.endsWith('cost') ? percent(check.value) : fixed(check.value, 1);
+    const value = check.name.endsWith('cost') ? percent(check.value) : Number.isInteger(check.value) ? String(check.value) : fixed(check.value, 1);
     out.push(`${check.pass ? 'PASS' : 'FAIL'}  ${check.name}: ${value} (target ${check.target})`);
   }
   return out.join('\n');
