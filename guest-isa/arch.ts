@@ -202,6 +202,11 @@ export const Hcall = {
   EXIT: 1,
   /** Write a2 bytes at guest-virtual a1 to the console. */
   CONSOLE_WRITE: 2,
+  /**
+   * Ask the host for a checkpoint of this VM now (offered by tools/run with --checkpoint-path;
+   * otherwise unknown). The guest resumes after the save, with a0 = 0.
+   */
+  CHECKPOINT: 3,
 } as const;
 /** Hypercall status codes. */
 export const HcallStatus = {

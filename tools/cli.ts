@@ -72,7 +72,8 @@ export function parseArguments(argv: readonly string[], spec: ArgumentSpec): Par
       seenFlags.add(name);
     } else if (valued.has(name)) {
       const value = equals > 0 ? arg.slice(equals + 1) : argv[++index];
-      if (value === undefined || value === '') throw new UsageError(`${name} needs a value`);
+      // An empty value is a value (`--input ''`: no console input); parsers of numbers and sizes refuse it.
+      if (value === undefined) throw new UsageError(`${name} needs a value`);
       values.set(name, value);
     } else {
       throw new UsageError(`unknown option '${name}'`);

@@ -11,17 +11,21 @@
 import { basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { assembleFile } from '../guest-isa/assembler.ts';
-import { GuestPhys, PAGE_SIZE } from '../guest-isa/arch.ts';
+import { GuestPhys, Hcall, HcallStatus, PAGE_SIZE, Reg } from '../guest-isa/arch.ts';
 import { formatInstruction } from '../guest-isa/disassembler.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { loadImageFile } from '../guest-isa/image.ts';
-import { attachStandardDevices, BootArgsError, runWithResetsAsync, type GuestRun, type StandardDeviceOptions } from '../devices/index.ts';
+import {
+  attachStandardDevices, BootArgsError, CaptureSink, runWithResetsAsync, savedBootArgs, type BlockState, type GuestRun, type StandardDeviceOptions,
+  type StandardDevices,
+} from '../devices/index.ts';
+import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
 import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
 import { processRss } from '../native/index.ts';
 import { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../services/memory/index.ts';
 import { tmpdir } from 'node:os';
 import {
-  formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, runTool, UsageError,
+  formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, ProgressBar, runTool, UsageError,
   USAGE_EXIT_CODE,
 } from './cli.ts';
 
@@ -85,16 +89,59 @@ interface RunArguments {
   reclaimCold: boolean;
   /** A disk for a block device (docs/block-device.md). */
   disk: string | undefined;
+  /** Checkpoint after exactly this many instructions (T-10). */
+  checkpointAt: { at: number; path: string } | null;
+  /** Where a guest-requested checkpoint (the CHECKPOINT hypercall) is written. */
+  checkpointPath: string | undefined;
+  /** Start a live snapshot after this many instructions (T-12). */
+  snapshotAt: { at: number; path: string } | null;
+  /** Restore this checkpoint instead of loading an image (T-11). */
+  restore: string | undefined;
+  restoreMode: 'lazy' | 'eager' | 'map';
+  /** Fork this many children after this many instructions (T-13). */
+  forkAt: number | undefined;
+  forks: number;
 }
 
-function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
+/** Pulls `flag N PATH` (a flag with two values) out of argv before the boot arguments. */
+function takeTwoValueFlag(argv: string[], flag: string): { at: number; path: string } | null {
+  const end = argv.indexOf('--');
+  const limit = end < 0 ? argv.length : end;
+  const at = argv.indexOf(flag);
+  if (at < 0 || at >= limit) return null;
+  if (at + 2 >= limit) throw new UsageError(`${flag} needs two values: an instruction count and a path`);
+  const count = argv[at + 1]!;
+  const path = argv[at + 2]!;
+  argv.splice(at, 3);
+  return { at: parseInteger(count, flag, 1), path };
+}
+
+function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
+  const argv = [...argvIn];
+  const checkpointAt = takeTwoValueFlag(argv, '--checkpoint-at');
+  const snapshotAt = takeTwoValueFlag(argv, '--snapshot-at');
   const args = parseArguments(argv, {
     flags: ['--stats', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'],
-    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk'],
+    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk',
+      '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks'],
     restAfterDoubleDash: true,
   });
   if (args.flag('--help') || args.flag('-h')) return 'help';
-  if (args.positionals.length === 0) throw new UsageError('missing the guest to run (an image .bvx or a source .s)');
+  const restore = args.value('--restore');
+  if (restore !== undefined) {
+    // The checkpoint holds the machine: memory size, vCPUs, boot arguments and the image.
+    for (const flag of ['--mem', '--vcpus', '--mmu', '--large-pages', '--batch']) {
+      if (args.value(flag) !== undefined) throw new UsageError(`${flag} cannot be combined with --restore (the checkpoint holds the configuration)`);
+    }
+    if (args.rest.length > 0) throw new UsageError('boot arguments cannot be combined with --restore (the checkpoint holds them)');
+    if (args.positionals.length > 0) throw new UsageError(`unexpected argument '${args.positionals[0]}': --restore runs the checkpoint's own guest`);
+  } else if (args.value('--restore-mode') !== undefined) {
+    throw new UsageError('--restore-mode goes with --restore');
+  }
+  const forkAt = args.value('--fork-at');
+  const forks = args.value('--forks');
+  if ((forkAt === undefined) !== (forks === undefined)) throw new UsageError('--fork-at and --forks go together');
+  if (restore === undefined && args.positionals.length === 0) throw new UsageError('missing the guest to run (an image .bvx or a source .s)');
   if (args.positionals.length > 1) {
     throw new UsageError(`unexpected argument '${args.positionals[1]}' (boot arguments go after '--')`);
   }
@@ -108,7 +155,7 @@ function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
   const vcpus = args.value('--vcpus');
   const maxInsns = args.value('--max-insns');
   return {
-    path: args.positionals[0]!,
+    path: args.positionals[0] ?? restore!,
     memoryBytes,
     hostMemoryBytes,
     vcpus: vcpus === undefined ? 1 : parseInteger(vcpus, '--vcpus', 1, 32),
@@ -122,6 +169,13 @@ function parseRunArguments(argv: readonly string[]): RunArguments | 'help' {
     promoteHot: args.flag('--promote-hot'),
     reclaimCold: args.flag('--reclaim-cold'),
     disk: args.value('--disk'),
+    checkpointAt,
+    checkpointPath: args.value('--checkpoint-path'),
+    snapshotAt,
+    restore,
+    restoreMode: parseChoice(args.value('--restore-mode'), '--restore-mode', ['lazy', 'eager', 'map'] as const, 'lazy'),
+    forkAt: forkAt === undefined ? undefined : parseInteger(forkAt, '--fork-at', 1),
+    forks: forks === undefined ? 0 : parseInteger(forks, '--forks', 1, 64),
   };
 }
 
@@ -295,35 +349,10 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
 
-  let image: GuestImage;
-  try {
-    image = loadGuest(args.path);
-  } catch (error) {
-    if (!isReportableError(error)) throw error;
-    printError(error);
-    return RunExitCode.LOAD_ERROR;
-  }
-
   // A failure from here on (mapping host memory, a kernel refusal) is a host error.
-  const hv = createHypervisor({ hostMemoryBytes: args.hostMemoryBytes });
-  const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path), mmu: args.mmu, largePages: args.largePages });
-  const deviceOptions: StandardDeviceOptions = { bootArgs: args.bootArgs, hypervisor: hv };
-  if (args.input !== undefined) deviceOptions.input = args.input;
-  else deviceOptions.interactiveInput = true;
-  if (args.disk !== undefined) deviceOptions.disk = args.disk;
-  let devices: ReturnType<typeof attachStandardDevices>;
-  try {
-    devices = attachStandardDevices(vm, deviceOptions);
-  } catch (error) {
-    throw error instanceof BootArgsError ? new UsageError(error.message) : error;
-  }
-  try {
-    vm.loadImage(image);
-  } catch (error) {
-    if (!isReportableError(error)) throw error;
-    printError(error);
-    return RunExitCode.LOAD_ERROR;
-  }
+  const machine = await buildMachine(args);
+  if (typeof machine === 'number') return machine;
+  const { hv, vm, devices, image } = machine;
 
   const promoter = args.promoteHot ? new AccessedBitPrioritizer(vm) : null;
   const swap = args.reclaimCold ? SwapFile.createIn(tmpdir()) : null;
@@ -338,13 +367,15 @@ async function main(argv: readonly string[]): Promise<number> {
 
   const started = performance.now();
   let run: GuestRun;
+  let children: Machine[] = [];
   try {
-    run = await runWithResetsAsync(hv, vm, devices, args.maxInstructions === undefined ? {} : { maxInstructions: args.maxInstructions });
+    ({ run, children } = await runPlan(args, machine));
   } finally {
     devices.console.stop();
     trace?.flush();
   }
   const wallMs = performance.now() - started;
+  const childCode = await runForkChildren(hv, children);
   if (args.stats) {
     process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
     if (promoter) process.stderr.write(`${formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', { ...promoter.stats() })}\n`);
@@ -354,7 +385,228 @@ async function main(argv: readonly string[]): Promise<number> {
     }
   }
   swap?.close();
-  return reportEnding(run);
+  machine.restored?.close();
+  const code = reportEnding(run);
+  return code !== 0 ? code : childCode;
+}
+
+interface Machine {
+  hv: Hypervisor;
+  vm: Vm;
+  devices: StandardDevices;
+  image: GuestImage;
+  restored?: RestoredVm;
+}
+
+/** Devices for a machine: the standard set, with the console input and disk asked for. */
+function deviceOptionsFor(args: RunArguments, hv: Hypervisor, bootArgs: string, input: string | undefined): StandardDeviceOptions {
+  const options: StandardDeviceOptions = { bootArgs, hypervisor: hv };
+  if (input !== undefined) options.input = input;
+  else options.interactiveInput = true;
+  if (args.disk !== undefined) options.disk = args.disk;
+  return options;
+}
+
+/** A fresh machine with the image loaded, or one restored from a checkpoint (--restore). */
+async function buildMachine(args: RunArguments): Promise<Machine | number> {
+  if (args.restore !== undefined) {
+    let hostMemoryBytes: number;
+    try {
+      hostMemoryBytes = restoreHostMemory(args);
+    } catch (error) {
+      if (!isReportableError(error)) throw error;
+      printError(error);
+      return RunExitCode.LOAD_ERROR;
+    }
+    const hv = createHypervisor({ hostMemoryBytes });
+    let devices: StandardDevices | null = null;
+    const progress = new PageProgress(`restore (${args.restoreMode})`);
+    let restored: RestoredVm;
+    try {
+      restored = restoreVmCheckpoint(hv, args.restore, {
+        mode: args.restoreMode,
+        attach: (vm, saved) => {
+          const options = deviceOptionsFor(args, hv, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), args.input);
+          // A checkpointed disk is reopened from its saved chain; attach it on that chain's base.
+          const block = saved.components['block']?.state as BlockState | undefined;
+          if (block && options.disk === undefined) options.disk = block.chain[0]!;
+          devices = attachStandardDevices(vm, options);
+        },
+        onProgress: progress.onProgress,
+      });
+    } catch (error) {
+      progress.finish();
+      if (!isReportableError(error)) throw error;
+      printError(error);
+      return RunExitCode.LOAD_ERROR;
+    }
+    progress.finish();
+    const image = restored.vm.image ?? { entry: 0, segments: [], symbols: [] };
+    return { hv, vm: restored.vm, devices: devices!, image, restored };
+  }
+  let image: GuestImage;
+  try {
+    image = loadGuest(args.path);
+  } catch (error) {
+    if (!isReportableError(error)) throw error;
+    printError(error);
+    return RunExitCode.LOAD_ERROR;
+  }
+  const hv = createHypervisor({ hostMemoryBytes: args.hostMemoryBytes });
+  const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path), mmu: args.mmu, largePages: args.largePages });
+  let devices: StandardDevices;
+  try {
+    devices = attachStandardDevices(vm, deviceOptionsFor(args, hv, args.bootArgs, forkInput(args.input, 0)));
+  } catch (error) {
+    throw error instanceof BootArgsError ? new UsageError(error.message) : error;
+  }
+  try {
+    vm.loadImage(image);
+  } catch (error) {
+    if (!isReportableError(error)) throw error;
+    printError(error);
+    return RunExitCode.LOAD_ERROR;
+  }
+  return { hv, vm, devices, image };
+}
+
+/** Host memory for a restore: the checkpoint's guest RAM plus headroom. */
+function restoreHostMemory(args: RunArguments): number {
+  const reader = CheckpointReader.open(args.restore!, { lazyIndex: true });
+  try {
+    const bytes = reader.pageCount * PAGE_SIZE;
+    return Math.min(MAX_HOST_MEMORY, Math.ceil(bytes / RUN_SIZE) * RUN_SIZE + HOST_MEMORY_HEADROOM);
+  } finally {
+    reader.close();
+  }
+}
+
+/** Console input for fork child `index` (0 = the parent): `{fork}` in --input becomes the index. */
+function forkInput(input: string | undefined, index: number): string | undefined {
+  return input?.replaceAll('{fork}', String(index));
+}
+
+/** The hypercall a guest uses to ask tools/run for a checkpoint (needs --checkpoint-path). */
+const CHECKPOINT_PAUSE = 'tools/run: checkpoint requested by the guest';
+
+/**
+ * Runs the machine through the instruction points the flags name (checkpoint, live snapshot,
+ * fork), in order, then to the end or the --max-insns budget.
+ */
+async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: GuestRun; children: Machine[] }> {
+  const { hv, vm, devices } = machine;
+  if (args.checkpointPath !== undefined) {
+    vm.onHypercall(Hcall.CHECKPOINT, (vcpu) => {
+      vcpu.regs[Reg.A0] = HcallStatus.OK;
+      vm.pause(CHECKPOINT_PAUSE);
+    });
+  }
+  const events: { at: number; act: () => void }[] = [];
+  if (args.checkpointAt) {
+    const { at, path } = args.checkpointAt;
+    events.push({ at, act: () => saveWithProgress(vm, path, `checkpoint at ${at}`) });
+  }
+  let snapshot: LiveSnapshot | null = null;
+  if (args.snapshotAt) {
+    const { at, path } = args.snapshotAt;
+    events.push({
+      at,
+      act: () => {
+        snapshot = startLiveSnapshot(vm, path);
+        process.stderr.write(`snapshot: started at instruction ${at}, guest paused ${snapshot.pauseMs.toFixed(3)} ms\n`);
+      },
+    });
+  }
+  const children: Machine[] = [];
+  if (args.forkAt !== undefined) {
+    const at = args.forkAt;
+    events.push({
+      at,
+      act: () => {
+        const started = performance.now();
+        for (let index = 1; index <= args.forks; index++) {
+          const output = new CaptureSink();
+          let childDevices: StandardDevices | null = null;
+          const child = hv.forkVm(vm, {
+            name: `${vm.name}-fork${index}`,
+            attach: (c) => {
+              const bootArgs = devices.bootArgs.text;
+              childDevices = attachStandardDevices(c, { ...deviceOptionsFor(args, hv, bootArgs, forkInput(args.input, index) ?? ''), output });
+            },
+          });
+          children.push({ hv, vm: child, devices: childDevices!, image: machine.image });
+        }
+        process.stderr.write(`fork: ${args.forks} children at instruction ${at} in ${(performance.now() - started).toFixed(3)} ms\n`);
+      },
+    });
+  }
+  events.sort((a, b) => a.at - b.at);
+
+  let executed = 0;
+  let resets = 0;
+  const budget = args.maxInstructions ?? Infinity;
+  for (;;) {
+    const next = events[0];
+    const limit = Math.min(budget, next ? next.at : Infinity) - executed;
+    const phase = await runWithResetsAsync(hv, vm, devices, Number.isFinite(limit) ? { maxInstructions: limit } : {});
+    executed += phase.instructions;
+    resets += phase.resets;
+    const reason = phase.reason;
+    if (reason.kind === 'budget' && next && executed === next.at) {
+      events.shift()!.act();
+      continue;
+    }
+    if (reason.kind === 'paused' && reason.reason === CHECKPOINT_PAUSE) {
+      vm.resume();
+      saveWithProgress(vm, args.checkpointPath!, `checkpoint requested at ${executed}`);
+      continue;
+    }
+    const live = snapshot as LiveSnapshot | null;
+    if (live && !live.done) live.finish();
+    if (live) process.stderr.write(`snapshot: ${live.path} complete (${live.pagesSaved} pages: ${live.savedByWrites} saved before a guest write, ${live.savedByTicker} in the background)\n`);
+    return { run: { reason, instructions: executed, resets }, children };
+  }
+}
+
+/** A progress bar (terminal only) whose total is learnt from the first report. */
+class PageProgress {
+  private bar: ProgressBar | null = null;
+  constructor(private readonly label: string) {}
+  readonly onProgress = (done: number, total: number): void => {
+    this.bar ??= new ProgressBar(`${this.label} (pages)`, total);
+    this.bar.update(done);
+  };
+  finish(): void {
+    this.bar?.finish();
+  }
+}
+
+/** Saves a checkpoint with a progress bar (on a terminal only). */
+function saveWithProgress(vm: Vm, path: string, label: string): void {
+  const progress = new PageProgress(label);
+  try {
+    const stats = saveVmCheckpoint(vm, path, { onProgress: progress.onProgress });
+    progress.finish();
+    process.stderr.write(`${label}: ${path} (${formatBytes(stats.fileBytes)}, ${formatCount(stats.pagesStored)} pages stored, ${formatCount(stats.zeroPages)} zero)\n`);
+  } catch (error) {
+    progress.finish();
+    throw error;
+  }
+}
+
+/** Runs each fork child to its end, prints its output under a header; returns the first failure. */
+async function runForkChildren(hv: Hypervisor, children: Machine[]): Promise<number> {
+  let firstFailure = 0;
+  for (const [index, child] of children.entries()) {
+    const run = await runWithResetsAsync(hv, child.vm, child.devices);
+    child.devices.console.stop();
+    const text = (child.devices.captured ?? new CaptureSink()).text();
+    process.stdout.write(`--- fork ${index + 1} ---\n${text}${text.endsWith('\n') || text === '' ? '' : '\n'}`);
+    const ending = run.reason.kind === 'halted' ? `exit ${run.reason.exitCode & 0xff}` : run.reason.kind;
+    process.stderr.write(`fork ${index + 1}: ${ending} after ${formatCount(run.instructions)} more instructions\n`);
+    if (firstFailure === 0) firstFailure = run.reason.kind === 'halted' ? run.reason.exitCode & 0xff : RunExitCode.GUEST_ERROR;
+  }
+  return firstFailure;
 }
 
 try {
