@@ -161,6 +161,11 @@ export interface ToolOptions {
  * Anything else is a bug in the tool and propagates with its stack trace.
  */
 export async function runTool(main: (argv: readonly string[]) => number | Promise<number>, options: ToolOptions): Promise<void> {
+  // A reader that stops early (`tools/run … | head`) is not an error: end quietly.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw error;
+  });
   try {
     process.exitCode = await main(process.argv.slice(2));
   } catch (error) {

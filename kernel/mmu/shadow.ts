@@ -58,7 +58,7 @@ export interface MmuStats {
 }
 
 /** Large entries kept in nested mode (checked before a walk). */
-const LARGE_SET_SIZE = 8;
+const LARGE_SET_SIZE = 64;
 
 /** Writes to a traced page without a walk reading it in between, before we stop tracing it. */
 const TRACE_FLOOD_LIMIT = 64;
@@ -224,7 +224,14 @@ export class Mmu {
     }
     if (this.mode === 'shadow') {
       this.stats.flushesFull++;
-      this.dropAllSpaces();
+      // The flushing vCPU drops its whole TLB next; entries of other vCPUs stay until their own
+      // sfence, as the spec allows. So no per-region invalidation is needed here.
+      this.invalidateOnDrop = false;
+      try {
+        this.dropAllSpaces();
+      } finally {
+        this.invalidateOnDrop = true;
+      }
     }
     return true;
   }
@@ -251,6 +258,9 @@ export class Mmu {
   isTracing(gpn: number): boolean {
     return this.traceUses.has(gpn);
   }
+
+  /** False while a guest flush drops everything (the vCPU flushes its TLB itself). */
+  private invalidateOnDrop = true;
 
   /** ASID → root table last installed with it. */
   private readonly rootOfAsid = new Map<number, number>();
@@ -415,7 +425,7 @@ export class Mmu {
       if (leafTable >= 0) this.removeUse(leafTable, space.id * 2048 + vpn1);
     }
     this.stats.shadowEntriesDropped += dropped;
-    if (dropped > 0) for (const asid of space.asids) this.vm.invalidateTranslations(asid, vpn1 << 10, 1024);
+    if (dropped > 0 && this.invalidateOnDrop) for (const asid of space.asids) this.vm.invalidateTranslations(asid, vpn1 << 10, 1024);
   }
 
   private dropLeafEntry(space: ShadowSpace, vpn1: number, vpn0: number, leafTableGpn: number): void {
