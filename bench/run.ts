@@ -23,6 +23,7 @@ import { BenchError, measureWorkload, PAGING_ON, stepCount } from './harness.ts'
 import type { Check, VariantFigures, Workload, WorkloadFigures } from './harness.ts';
 import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons, translationChecks, TRANSLATION_WORKLOADS } from './translation.ts';
 import type { Comparison } from './translation.ts';
+import { formatState, measureState, stateChecks, stateStepCount, type StateFigures } from './state.ts';
 import { WORKLOADS } from './workloads.ts';
 
 export type { Check } from './harness.ts';
@@ -67,8 +68,13 @@ export interface BenchReport {
     /** Shadow page tables against nested walks on the same guests. */
     shadowVsNested: Comparison[];
   };
+  /** VM state (issue 5): checkpoint save, live snapshot pause, lazy restore, fork. */
+  state: StateFigures | null;
   checks: Check[];
 }
+
+/** The VM-state figures are one bench entry, selected with --only state. */
+const STATE_ENTRY = 'state';
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [] };
@@ -81,7 +87,7 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
       const value = arg === '--only' ? args[++index] : arg.slice('--only='.length);
       if (!value) throw new BenchError('BV_BENCH_USAGE', `--only needs a workload name (${workloadNames()})`);
       for (const name of value.split(',')) {
-        if (!ALL_WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
+        if (name !== STATE_ENTRY && !ALL_WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
         options.only.push(name);
       }
     } else throw new BenchError('BV_BENCH_USAGE', `unknown option '${arg}'; ${USAGE}`);
@@ -90,7 +96,7 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
 }
 
 const ALL_WORKLOADS: readonly Workload[] = [...WORKLOADS, ...TRANSLATION_WORKLOADS];
-const workloadNames = (): string => ALL_WORKLOADS.map((w) => w.name).join(', ');
+const workloadNames = (): string => [...ALL_WORKLOADS.map((w) => w.name), STATE_ENTRY].join(', ');
 
 /** Runs the selected workloads on one hypervisor; `onProgress` sees each step before it runs. */
 export function runBench(options: BenchOptions, onProgress?: (step: number, total: number, label: string) => void): BenchReport {
@@ -98,13 +104,16 @@ export function runBench(options: BenchOptions, onProgress?: (step: number, tota
   const chosen = (list: readonly Workload[]): readonly Workload[] => (options.only.length === 0 ? list : list.filter((w) => options.only.includes(w.name)));
   const selected = chosen(WORKLOADS);
   const selectedTranslation = chosen(TRANSLATION_WORKLOADS);
-  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0);
+  const withState = options.only.length === 0 || options.only.includes(STATE_ENTRY);
+  const stateRuns = options.quick ? { warmups: 1, runs: 1 } : { warmups: 1, runs: 5 };
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(stateRuns) : 0);
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
   const measure = (workload: Workload): WorkloadFigures =>
     measureWorkload(hv, workload, { ...counts, size: { quick: options.quick }, onStep: (label) => onProgress?.(++step, total, label) });
   const workloads = selected.map(measure);
   const translation = selectedTranslation.map(measure);
+  const state = withState ? measureState({ quick: options.quick, ...stateRuns, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -118,7 +127,8 @@ export function runBench(options: BenchOptions, onProgress?: (step: number, tota
     method: { ...counts, quick: options.quick, statistic: 'median' },
     workloads,
     translation: { workloads: translation, techniques: techniqueComparisons(translation), shadowVsNested: shadowNestedComparisons(translation) },
-    checks: [...evaluateChecks(workloads), ...translationChecks(translation)],
+    state,
+    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : [])],
   };
 }
 
@@ -212,9 +222,13 @@ export function formatReport(report: BenchReport): string {
     out.push('');
     out.push(...formatTranslation(report));
   }
+  if (report.state) {
+    out.push('');
+    out.push(...formatState(report.state));
+  }
   out.push('');
   for (const check of report.checks) {
-    const value = check.name.endsWith('cost') ? percent(check.value) : Number.isInteger(check.value) ? String(check.value) : fixed(check.value, 1);
+    const value = check.name.endsWith('cost') ? percent(check.value) : Number.isInteger(check.value) ? String(check.value) : fixed(check.value, check.value < 10 ? 3 : 1);
     out.push(`${check.pass ? 'PASS' : 'FAIL'}  ${check.name}: ${value} (target ${check.target})`);
   }
   return out.join('\n');

@@ -4,6 +4,7 @@
 
 #include "addon_data.h"
 #include "args.h"
+#include "checksum.h"
 #include "file.h"
 #include "region.h"
 
@@ -17,6 +18,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Region", region);
   exports.Set("File", File::Define(env));
   exports.Set("syncDirectory", Napi::Function::New<SyncDirectory>(env, "syncDirectory"));
+  exports.Set("crc32c", Napi::Function::New<Crc32c>(env, "crc32c"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(HostPageSize())));
   return exports;
 }
