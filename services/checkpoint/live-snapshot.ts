@@ -51,7 +51,9 @@ export class LiveSnapshot {
   /** Guest instructions retired when the snapshot was taken: the file's point in time. */
   readonly atInstruction: number;
 
-  readonly #writer: CheckpointWriter;
+  /** Created on first use, after the pause: creating the file is most of what a pause would cost. */
+  #writerInstance: CheckpointWriter | null = null;
+  readonly #writerOptions: BeginOptions;
   readonly #state: CheckpointState;
   readonly #onProgress: ((done: number, total: number) => void) | undefined;
   #phase: Phase = 'saving';
@@ -79,18 +81,18 @@ export class LiveSnapshot {
     if (options.compression !== undefined) writerOptions.compression = options.compression;
     if (options.stagingBytes !== undefined) writerOptions.stagingBytes = options.stagingBytes;
     // The writer's own progress counts pages as they are added; ours is reported per tick.
-    this.#writer = CheckpointWriter.begin(path, writerOptions);
-    try {
-      this.#state = vmCheckpointContents(vm, vm.captureState(), options.extra);
-      vm.beginWriteEpoch((gpn, frame) => this.#saveBeforeWrite(gpn, frame));
-    } catch (error) {
-      this.#writer.abort();
-      throw error;
-    }
+    this.#writerOptions = writerOptions;
+    this.#state = vmCheckpointContents(vm, vm.captureState(), options.extra);
+    vm.beginWriteEpoch((gpn, frame) => this.#saveBeforeWrite(gpn, frame));
     vm.addTicker(everyInstructions, () => this.#tick(pagesPerTick));
     // RAM goes back to the image on reset without guest writes: the old contents would be lost.
     vm.onReset(() => this.#fail(new VmCheckpointError('BV_VMCKPT_SNAPSHOT_FAILED', `${vm.name}: the VM was reset while the snapshot ${path} was being taken`)));
     this.pauseMs = performance.now() - started;
+  }
+
+  #writer(): CheckpointWriter {
+    this.#writerInstance ??= CheckpointWriter.begin(this.path, this.#writerOptions);
+    return this.#writerInstance;
   }
 
   /** True once the file is complete (renamed into place). */
@@ -139,7 +141,7 @@ export class LiveSnapshot {
     if (this.#phase !== 'saving') return;
     this.#phase = 'aborted';
     this.vm.endWriteEpoch();
-    this.#writer.abort();
+    this.#writerInstance?.abort();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ export class LiveSnapshot {
   #saveBeforeWrite(gpn: number, frame: number): void {
     if (this.#phase !== 'saving') return;
     try {
-      this.#writer.addPage(gpn, this.vm.pool.u8.subarray(frame * FRAME_SIZE, (frame + 1) * FRAME_SIZE));
+      this.#writer().addPage(gpn, this.vm.pool.u8.subarray(frame * FRAME_SIZE, (frame + 1) * FRAME_SIZE));
       this.#savedByWrites++;
     } catch (error) {
       this.#fail(error as Error);
@@ -169,14 +171,14 @@ export class LiveSnapshot {
       for (; this.#cursor < this.pageCount && budget > 0; this.#cursor++) {
         const gpn = this.#cursor;
         if (!vm.claimPage(gpn)) continue; // a guest write saved it already
-        this.#writer.addPage(gpn, currentPage(vm, gpn));
+        this.#writer().addPage(gpn, currentPage(vm, gpn));
         this.#savedByTicker++;
         budget--;
       }
       this.#onProgress?.(this.pagesSaved, this.pageCount);
       if (this.#cursor === this.pageCount) {
         vm.endWriteEpoch();
-        this.#stats = this.#writer.finish(this.#state);
+        this.#stats = this.#writer().finish(this.#state);
         this.#phase = 'done';
       }
     } catch (error) {
@@ -189,6 +191,6 @@ export class LiveSnapshot {
     this.#phase = 'failed';
     this.#error = error;
     this.vm.endWriteEpoch();
-    this.#writer.abort();
+    this.#writerInstance?.abort();
   }
 }

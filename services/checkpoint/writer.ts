@@ -10,7 +10,7 @@
  * removed with removeStaleTempFiles().
  */
 import { randomBytes } from 'node:crypto';
-import { readdirSync, renameSync, unlinkSync } from 'node:fs';
+import { existsSync, linkSync, readdirSync, renameSync, unlink, unlinkSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import lz4 from 'lz4-napi';
 import { HostFile, NativeError, syncDirectory } from '../../native/index.ts';
@@ -125,7 +125,12 @@ function tempPathFor(targetPath: string): string {
   return `${targetPath}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
 }
 
-const TEMP_NAME = /^(.*)\.tmp-(\d+)-[0-9a-f]+$/;
+/** The name the previous checkpoint keeps while a new one replaces it (see finish). */
+function retiredPathFor(targetPath: string): string {
+  return `${targetPath}.old-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+const TEMP_NAME = /^(.*)\.(?:tmp|old)-(\d+)-[0-9a-f]+$/;
 
 /**
  * Deletes temp files left next to `path` by writers that died (their process no longer exists).
@@ -302,8 +307,15 @@ export class CheckpointWriter {
         file.sync();
         file.close();
         this.#file = undefined;
+        // Renaming over the previous checkpoint would free its blocks inside the rename (~44 ms
+        // for 256 MiB here). Keep it linked under a retired name first, so the rename is cheap,
+        // and let it go after the save returns. A crash in between leaves only the retired name,
+        // which removeStaleTempFiles deletes.
+        const retired = existsSync(this.targetPath) ? retiredPathFor(this.targetPath) : null;
+        if (retired !== null) linkSync(this.targetPath, retired);
         renameSync(this.tempPath, this.targetPath);
         syncDirectory(dirname(this.targetPath));
+        if (retired !== null) unlink(retired, () => {}); // freed in the background; leftovers are cleaned later
       } catch (error) {
         throw ioError(`write ${this.targetPath}`, error);
       }
