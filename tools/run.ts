@@ -378,7 +378,23 @@ async function main(argv: readonly string[]): Promise<number> {
   const childCode = await runForkChildren(hv, children);
   if (args.stats) {
     process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
-    if (promoter) process.stderr.write(`${formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', { ...promoter.stats() })}\n`);
+    if (promoter) {
+      process.stderr.write(`${formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', { ...promoter.stats() })}\n`);
+      // The counts behind the decisions: each promotion with the region's accessed-page count at
+      // that scan (highest first within a scan), then the last scan that saw any access.
+      const promotions = promoter.promotions();
+      if (promotions.length > 0) {
+        const rows = promotions.map((p) => [`scan ${p.scan}`, `region ${p.region} (gpa 0x${(p.region * 4 * 1024 * 1024).toString(16).padStart(8, '0')})`, `${formatCount(p.count)} pages accessed`]);
+        process.stderr.write(`promotions (T-3 order)\n${formatTable(rows, { indent: '  ', rightAligned: [false, false, true] })}\n`);
+      }
+      const busy = promoter.history().filter((record) => [...record.counts.values()].some((count) => count > 0));
+      const last = busy[busy.length - 1];
+      if (last) {
+        const rows = [...last.counts].filter(([, count]) => count > 0).sort((a, b) => b[1] - a[1]).slice(0, 16)
+          .map(([region, count]) => [`region ${region}`, `${formatCount(count)} pages`]);
+        process.stderr.write(`accessed pages per region not yet large, scan ${last.scan}\n${formatTable(rows, { indent: '  ', rightAligned: [false, true] })}\n`);
+      }
+    }
     if (reclaimer && swap) {
       process.stderr.write(`${formatPolicyStats('large pages: low-activity reclaimer (T-4)', { ...reclaimer.stats() })}\n`);
       process.stderr.write(`${formatPolicyStats('swap', { ...swap.stats() })}\n`);
