@@ -24,7 +24,13 @@ describe('npm run bench', () => {
     expect(status, stderr).toBe(0);
     expect(stderr).toBe(''); // not a terminal: no progress
     const report = JSON.parse(stdout);
-    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'checks']);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'checks']);
+    // VM state (issue 5): every figure present and positive; targets are printed, never asserted.
+    expect(report.state.guestBytes).toBeGreaterThan(0);
+    for (const value of [report.state.save.checkpointMs, report.state.save.plainWriteMs, report.state.snapshotPauseMs, report.state.forkMs, report.state.lazyRestore.smallMs, report.state.lazyRestore.largeMs]) {
+      expect(value).toBeGreaterThan(0);
+    }
+    expect(report.checks.map((c: { name: string }) => c.name)).toContain('checkpoint save throughput / plain write');
     expect(report.machine.node).toBe(process.version);
     expect(report.method).toMatchObject({ quick: true, statistic: 'median' });
     expect(report.workloads.map((w: { name: string }) => w.name)).toEqual(['crc32', 'prefix-sum', 'walker']);
@@ -88,7 +94,7 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, context-switch, seq-scan, random-access)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, context-switch, seq-scan, random-access, state)"]);
   });
 });
 
