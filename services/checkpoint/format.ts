@@ -23,7 +23,16 @@ export const BLOCK_ALIGNMENT = 4096;
 /** Blocks start after a header page, so that the first block is aligned too. */
 export const FIRST_BLOCK_OFFSET = 4096;
 export const SECTION_ENTRY_BYTES = 32;
-export const BLOCK_ENTRY_BYTES = 32;
+/** A block table entry: fixed-size and self-checked, so entry b can be read on its own. */
+export const BLOCK_ENTRY_BYTES = 40;
+/**
+ * Every array section (BLOCK_TABLE, MEMORY_INDEX, INDEX_CRCS, BLOCK_PAGES) starts with a u32
+ * count and a zero u32: the count is checked against the section length, so a lazy reader can
+ * trust it without reading (and checksumming) the whole section.
+ */
+export const SECTION_HEAD_BYTES = 8;
+/** Guest pages per index region: INDEX_CRCS holds one CRC per 4 MiB of guest memory. */
+export const INDEX_REGION_PAGES = 1024;
 /** MEMORY_INDEX block number of a page that is not stored (all zero). */
 export const ZERO_PAGE_BLOCK = 0xffff_ffff;
 /** Upper bound on pages per block (256 MiB of pages), which bounds every block allocation. */
@@ -43,6 +52,8 @@ export const SectionType = {
   DEVICES: 3,
   MEMORY_INDEX: 4,
   BLOCK_TABLE: 5,
+  INDEX_CRCS: 6,
+  BLOCK_PAGES: 7,
 } as const;
 export type SectionTypeName = keyof typeof SectionType;
 export const SECTION_NAMES: ReadonlyMap<number, SectionTypeName> = new Map(
@@ -88,11 +99,18 @@ function corrupt(where: string, message: string): CheckpointError {
   return new CheckpointError('BV_CKPT_CORRUPT', `${where}: ${message}`, where);
 }
 
-/** CRC-32 (zlib polynomial) of a byte range. */
-export function checksum(bytes: Uint8Array): number {
+/**
+ * CRC-32C of a byte range; `seed` continues an earlier CRC, so checksum(b, checksum(a)) is the
+ * CRC of a followed by b.
+ */
+export function checksum(bytes: Uint8Array, seed = 0): number {
   // CRC-32C in the addon uses the CPU's crc32 instruction: ~6 GB/s here against ~2 GB/s for
   // zlib's CRC-32, which cost a raw save a third of its time.
-  return crc32c(bytes) >>> 0;
+  return crc32c(bytes, seed) >>> 0;
+}
+
+function checksumError(where: string, message: string): CheckpointError {
+  return new CheckpointError('BV_CKPT_CHECKSUM', `${where}: ${message}`, where);
 }
 
 /** Rounds up to a multiple of `alignment` (a power of two). */
@@ -175,7 +193,7 @@ export function decodeHeader(bytes: Uint8Array, fileBytes: number): Header {
   if (bytes.length < headerBytes) {
     throw new CheckpointError('BV_CKPT_TRUNCATED', `truncated: the file is only ${fileBytes} bytes, shorter than its ${headerBytes}-byte header`, where);
   }
-  const headerCopy = bytes.slice(0, headerBytes);
+  const headerCopy = new Uint8Array(bytes.subarray(0, headerBytes)); // a copy even for a Buffer (whose slice() is a view)
   viewOf(headerCopy).setUint32(HEADER_CRC_OFFSET, 0, true);
   const storedCrc = view.getUint32(HEADER_CRC_OFFSET, true);
   if (checksum(headerCopy) !== storedCrc) {
@@ -463,9 +481,53 @@ export function decodeDevices(bytes: Uint8Array): Record<string, DeviceState> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// BLOCK_TABLE: u32 count, u32 reserved, then 32-byte entries:
-//   u64 file offset, u32 stored bytes, u32 page count, u32 CRC-32 of the stored bytes,
-//   u8 kind (0 raw, 1 lz4), 3 reserved bytes, u64 reserved.
+// Array sections: a u32 count, a zero u32, then `count` items of a fixed size.
+
+/**
+ * The count at the start of an array section, checked against the section's length (which the
+ * section table's CRC covers), so it can be trusted without reading the rest. `head` is the
+ * section's first SECTION_HEAD_BYTES bytes (or fewer, if the section is shorter).
+ */
+export function decodeSectionHead(head: Uint8Array, type: number, sectionBytes: number, itemBytes: number): number {
+  const where = sectionName(type);
+  if (head.length < SECTION_HEAD_BYTES || sectionBytes < SECTION_HEAD_BYTES) throw corrupt(where, 'is shorter than its count');
+  const view = viewOf(head);
+  const count = view.getUint32(0, true);
+  if (view.getUint32(4, true) !== 0) throw corrupt(where, 'reserved bytes are not zero');
+  if (sectionBytes !== SECTION_HEAD_BYTES + count * itemBytes) {
+    throw corrupt(where, `length ${sectionBytes} does not hold ${count} ${type === SectionType.MEMORY_INDEX ? 'pages' : 'entries'}`);
+  }
+  return count;
+}
+
+const hostIsLittleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/** The little-endian bytes of a u32 array (a view on little-endian hosts, a copy otherwise). */
+export function u32Bytes(values: Uint32Array): Uint8Array {
+  if (hostIsLittleEndian) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const bytes = new Uint8Array(values.length * 4);
+  const view = viewOf(bytes);
+  for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!, true);
+  return bytes;
+}
+
+/** `count` little-endian u32 values from `bytes` at `offset`, as a fresh array. */
+export function readU32Array(bytes: Uint8Array, offset: number, count: number): Uint32Array {
+  const out = new Uint32Array(count);
+  if (hostIsLittleEndian) new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 4));
+  else {
+    const view = viewOf(bytes);
+    for (let index = 0; index < count; index++) out[index] = view.getUint32(offset + index * 4, true);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLOCK_TABLE: u32 count, u32 reserved, then 40-byte entries:
+//   u64 file offset, u32 stored bytes, u32 page count, u32 CRC of the stored bytes,
+//   u8 kind (0 raw, 1 lz4), 3 reserved bytes, u32 first page (where the block's page list starts
+//   in BLOCK_PAGES, counted in pages), u32 CRC of that page list, u32 reserved,
+//   u32 CRC of the entry's first 36 bytes.
 
 export interface BlockEntry {
   kind: BlockKindName;
@@ -473,7 +535,13 @@ export interface BlockEntry {
   storedBytes: number;
   pageCount: number;
   crc: number;
+  /** Index in BLOCK_PAGES of the block's first gpn (the page counts of the blocks before it). */
+  firstPage: number;
+  /** CRC-32C of the block's page list (pageCount little-endian u32 gpns). */
+  pagesCrc: number;
 }
+
+const ENTRY_CRC_OFFSET = 36;
 
 /** Largest lz4 block output for `inputBytes` of input, plus the 4-byte size prefix lz4-napi adds. */
 export function lz4StoredBound(inputBytes: number): number {
@@ -481,63 +549,150 @@ export function lz4StoredBound(inputBytes: number): number {
 }
 
 export function encodeBlockTable(blocks: readonly BlockEntry[]): Uint8Array {
-  const bytes = new Uint8Array(8 + blocks.length * BLOCK_ENTRY_BYTES);
+  const bytes = new Uint8Array(SECTION_HEAD_BYTES + blocks.length * BLOCK_ENTRY_BYTES);
   const view = viewOf(bytes);
   view.setUint32(0, blocks.length, true);
   blocks.forEach((block, index) => {
-    const at = 8 + index * BLOCK_ENTRY_BYTES;
+    const at = SECTION_HEAD_BYTES + index * BLOCK_ENTRY_BYTES;
     writeU64(view, at, block.fileOffset);
     view.setUint32(at + 8, block.storedBytes, true);
     view.setUint32(at + 12, block.pageCount, true);
     view.setUint32(at + 16, block.crc, true);
     view.setUint8(at + 20, block.kind === 'raw' ? BlockKind.RAW : BlockKind.LZ4);
+    view.setUint32(at + 24, block.firstPage, true);
+    view.setUint32(at + 28, block.pagesCrc, true);
+    view.setUint32(at + ENTRY_CRC_OFFSET, checksum(bytes.subarray(at, at + ENTRY_CRC_OFFSET)), true);
   });
   return bytes;
 }
 
+/** What a single block table entry is checked against. */
+export interface BlockEntryLimits {
+  /** Where the block area ends (the first section's offset). */
+  blocksEnd: number;
+  /** Header flags (an lz4 block needs FLAG_HAS_LZ4). */
+  flags: number;
+  /** Gpns in BLOCK_PAGES: every block's page list must lie inside. */
+  storedPages: number;
+}
+
 /**
- * Decodes the block table and checks every entry against the file: a known kind, 1..MAX pages,
- * a stored length that fits the kind, aligned, in ascending order without overlap, and all of
- * them inside [FIRST_BLOCK_OFFSET, blocksEnd), where the first section begins.
+ * Decodes and checks one 40-byte entry on its own: its CRC, a known kind, zero reserved bytes,
+ * 1..MAX pages, a stored length that fits the kind, a 4 KiB-aligned place inside the block area,
+ * a page list inside BLOCK_PAGES, and no lz4 block in a file whose header says there is none.
+ * What needs the neighbours (order, overlap, page lists back to back) is decodeBlockTable's.
  */
-export function decodeBlockTable(bytes: Uint8Array, blocksEnd: number, flags: number): BlockEntry[] {
+export function decodeBlockEntry(entry: Uint8Array, index: number, limits: BlockEntryLimits): BlockEntry {
   const where = sectionName(SectionType.BLOCK_TABLE);
-  if (bytes.length < 8) throw corrupt(where, 'is shorter than its count');
-  const view = viewOf(bytes);
-  const count = view.getUint32(0, true);
-  if (view.getUint32(4, true) !== 0) throw corrupt(where, 'reserved bytes are not zero');
-  if (bytes.length !== 8 + count * BLOCK_ENTRY_BYTES) throw corrupt(where, `length ${bytes.length} does not hold ${count} entries`);
+  const view = viewOf(entry);
+  if (checksum(entry.subarray(0, ENTRY_CRC_OFFSET)) !== view.getUint32(ENTRY_CRC_OFFSET, true)) {
+    throw checksumError(where, `block ${index}: entry checksum mismatch (the entry is damaged)`);
+  }
+  const kindCode = view.getUint8(20);
+  const block: BlockEntry = {
+    kind: BLOCK_KIND_NAMES[kindCode] ?? 'raw',
+    fileOffset: readSafeU64(view, 0, where, `block ${index} offset`),
+    storedBytes: view.getUint32(8, true),
+    pageCount: view.getUint32(12, true),
+    crc: view.getUint32(16, true),
+    firstPage: view.getUint32(24, true),
+    pagesCrc: view.getUint32(28, true),
+  };
+  const bad = (message: string) => corrupt(where, `block ${index} ${message}`);
+  if (kindCode >= BLOCK_KIND_NAMES.length) throw bad(`has unknown kind ${kindCode}`);
+  if (!allZero(entry.subarray(21, 24)) || view.getUint32(32, true) !== 0) throw bad('has non-zero reserved bytes');
+  if (block.pageCount < 1 || block.pageCount > MAX_BLOCK_PAGES) throw bad(`has ${block.pageCount} pages (1..${MAX_BLOCK_PAGES} allowed)`);
+  const pagesBytes = block.pageCount * PAGE_BYTES;
+  if (block.kind === 'raw' ? block.storedBytes !== pagesBytes : block.storedBytes < 5 || block.storedBytes > lz4StoredBound(pagesBytes)) {
+    throw bad(`stores ${block.storedBytes} bytes, impossible for ${block.pageCount} ${block.kind} pages`);
+  }
+  if (block.fileOffset % BLOCK_ALIGNMENT !== 0) throw bad(`offset ${block.fileOffset} is not ${BLOCK_ALIGNMENT}-aligned`);
+  if (block.fileOffset < FIRST_BLOCK_OFFSET || block.fileOffset + block.storedBytes > limits.blocksEnd) {
+    throw bad(`at offset ${block.fileOffset} (${block.storedBytes} bytes) lies outside the block area`);
+  }
+  if (block.firstPage + block.pageCount > limits.storedPages) {
+    throw bad(`page list (${block.pageCount} pages from ${block.firstPage}) runs past the ${limits.storedPages} of BLOCK_PAGES`);
+  }
+  if (block.kind === 'lz4' && (limits.flags & FLAG_HAS_LZ4) === 0) throw corrupt(where, 'lz4 blocks do not match the header flag');
+  return block;
+}
+
+/**
+ * Decodes the whole block table: every entry as decodeBlockEntry does, plus what needs them all:
+ * blocks in ascending offset order without overlap, page lists back to back covering BLOCK_PAGES
+ * exactly, and the header's lz4 flag set exactly when an lz4 block exists.
+ */
+export function decodeBlockTable(bytes: Uint8Array, limits: BlockEntryLimits): BlockEntry[] {
+  const where = sectionName(SectionType.BLOCK_TABLE);
+  const count = decodeSectionHead(bytes, SectionType.BLOCK_TABLE, bytes.length, BLOCK_ENTRY_BYTES);
   const blocks: BlockEntry[] = [];
   let previousEnd = FIRST_BLOCK_OFFSET;
+  let pages = 0;
   let sawLz4 = false;
   for (let index = 0; index < count; index++) {
-    const at = 8 + index * BLOCK_ENTRY_BYTES;
-    const kindCode = view.getUint8(at + 20);
-    const block: BlockEntry = {
-      kind: BLOCK_KIND_NAMES[kindCode] ?? 'raw',
-      fileOffset: readSafeU64(view, at, where, `block ${index} offset`),
-      storedBytes: view.getUint32(at + 8, true),
-      pageCount: view.getUint32(at + 12, true),
-      crc: view.getUint32(at + 16, true),
-    };
-    const bad = (message: string) => corrupt(where, `block ${index} ${message}`);
-    if (kindCode >= BLOCK_KIND_NAMES.length) throw bad(`has unknown kind ${kindCode}`);
-    if (!allZero(bytes.subarray(at + 21, at + BLOCK_ENTRY_BYTES))) throw bad('has non-zero reserved bytes');
-    if (block.pageCount < 1 || block.pageCount > MAX_BLOCK_PAGES) throw bad(`has ${block.pageCount} pages (1..${MAX_BLOCK_PAGES} allowed)`);
-    const pagesBytes = block.pageCount * PAGE_BYTES;
-    if (block.kind === 'raw' ? block.storedBytes !== pagesBytes : block.storedBytes < 5 || block.storedBytes > lz4StoredBound(pagesBytes)) {
-      throw bad(`stores ${block.storedBytes} bytes, impossible for ${block.pageCount} ${block.kind} pages`);
+    const at = SECTION_HEAD_BYTES + index * BLOCK_ENTRY_BYTES;
+    const block = decodeBlockEntry(bytes.subarray(at, at + BLOCK_ENTRY_BYTES), index, limits);
+    if (block.fileOffset < previousEnd) {
+      throw corrupt(where, `block ${index} at offset ${block.fileOffset} (${block.storedBytes} bytes) overlaps another block or lies outside the block area`);
     }
-    if (block.fileOffset % BLOCK_ALIGNMENT !== 0) throw bad(`offset ${block.fileOffset} is not ${BLOCK_ALIGNMENT}-aligned`);
-    if (block.fileOffset < previousEnd || block.fileOffset + block.storedBytes > blocksEnd) {
-      throw bad(`at offset ${block.fileOffset} (${block.storedBytes} bytes) overlaps another block or lies outside the block area`);
-    }
+    if (block.firstPage !== pages) throw corrupt(where, `block ${index}'s page list starts at ${block.firstPage}, not right after the previous block's (${pages})`);
     previousEnd = block.fileOffset + block.storedBytes;
+    pages += block.pageCount;
     sawLz4 ||= block.kind === 'lz4';
     blocks.push(block);
   }
-  if (sawLz4 !== ((flags & FLAG_HAS_LZ4) !== 0)) throw corrupt(where, 'lz4 blocks do not match the header flag');
+  if (pages !== limits.storedPages) throw corrupt(where, `its blocks hold ${pages} pages, BLOCK_PAGES lists ${limits.storedPages}`);
+  if (sawLz4 !== ((limits.flags & FLAG_HAS_LZ4) !== 0)) throw corrupt(where, 'lz4 blocks do not match the header flag');
   return blocks;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLOCK_PAGES: u32 stored page count S, u32 reserved, u32 gpn[S]: block after block, the guest
+// pages of each block in slot order. Block b's list starts at gpn[firstPage(b)].
+
+/** Encodes BLOCK_PAGES from the stored gpns in block-then-slot order. */
+export function encodeBlockPages(gpns: Uint32Array): Uint8Array {
+  const bytes = new Uint8Array(SECTION_HEAD_BYTES + gpns.length * 4);
+  viewOf(bytes).setUint32(0, gpns.length, true);
+  bytes.set(u32Bytes(gpns), SECTION_HEAD_BYTES);
+  return bytes;
+}
+
+/** Byte offset, inside BLOCK_PAGES, of a block's page list. */
+export function blockPagesOffset(block: BlockEntry): number {
+  return SECTION_HEAD_BYTES + block.firstPage * 4;
+}
+
+/**
+ * Checks a block's page list (its bytes as stored) against the CRC in its entry and each gpn
+ * against the guest's page count; returns the gpns.
+ */
+export function decodeBlockPageList(bytes: Uint8Array, block: BlockEntry, index: number, pageCount: number): Uint32Array {
+  const where = sectionName(SectionType.BLOCK_PAGES);
+  if (checksum(bytes) !== block.pagesCrc) throw checksumError(where, `block ${index}'s page list: checksum mismatch (the list is damaged)`);
+  const gpns = readU32Array(bytes, 0, block.pageCount);
+  for (let slot = 0; slot < gpns.length; slot++) {
+    if (gpns[slot]! >= pageCount) throw corrupt(where, `slot ${slot} of block ${index} holds page ${gpns[slot]}, beyond the ${pageCount} guest pages`);
+  }
+  return gpns;
+}
+
+/**
+ * Checks the whole BLOCK_PAGES section against the blocks and the memory index: each block's
+ * list matches its CRC and is exactly the pages the index puts in that block, in slot order.
+ */
+export function checkBlockPages(bytes: Uint8Array, blocks: readonly BlockEntry[], index: MemoryIndex): void {
+  const where = sectionName(SectionType.BLOCK_PAGES);
+  blocks.forEach((block, number) => {
+    const at = blockPagesOffset(block);
+    const gpns = decodeBlockPageList(bytes.subarray(at, at + block.pageCount * 4), block, number, index.pageCount);
+    const expected = index.pagesOfBlock[number]!;
+    for (let slot = 0; slot < gpns.length; slot++) {
+      if (gpns[slot] !== expected[slot]) {
+        throw corrupt(where, `slot ${slot} of block ${number} holds page ${gpns[slot]}, the memory index says page ${expected[slot]}`);
+      }
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,59 +709,47 @@ export interface MemoryIndex {
   pagesOfBlock: Uint32Array[];
 }
 
-const hostIsLittleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
-
 export function encodeMemoryIndex(blockOfPage: Uint32Array, slotOfPage: Uint32Array): Uint8Array {
   const pageCount = blockOfPage.length;
-  const bytes = new Uint8Array(8 + pageCount * 8);
-  const view = viewOf(bytes);
-  view.setUint32(0, pageCount, true);
-  if (hostIsLittleEndian) {
-    bytes.set(new Uint8Array(blockOfPage.buffer, blockOfPage.byteOffset, pageCount * 4), 8);
-    bytes.set(new Uint8Array(slotOfPage.buffer, slotOfPage.byteOffset, pageCount * 4), 8 + pageCount * 4);
-  } else {
-    for (let gpn = 0; gpn < pageCount; gpn++) {
-      view.setUint32(8 + gpn * 4, blockOfPage[gpn]!, true);
-      view.setUint32(8 + (pageCount + gpn) * 4, slotOfPage[gpn]!, true);
-    }
-  }
+  const bytes = new Uint8Array(SECTION_HEAD_BYTES + pageCount * 8);
+  viewOf(bytes).setUint32(0, pageCount, true);
+  bytes.set(u32Bytes(blockOfPage), SECTION_HEAD_BYTES);
+  bytes.set(u32Bytes(slotOfPage), SECTION_HEAD_BYTES + pageCount * 4);
   return bytes;
 }
 
-function readU32Array(bytes: Uint8Array, offset: number, count: number): Uint32Array {
-  const out = new Uint32Array(count);
-  if (hostIsLittleEndian) new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 4));
-  else {
-    const view = viewOf(bytes);
-    for (let index = 0; index < count; index++) out[index] = view.getUint32(offset + index * 4, true);
+/**
+ * Checks one index entry on its own: a zero page has slot 0; a stored page names an existing
+ * block and a slot below that block's page count (`pagesIn(block)`).
+ */
+export function checkIndexEntry(gpn: number, block: number, slot: number, blockCount: number, pagesIn: (block: number) => number): void {
+  const where = sectionName(SectionType.MEMORY_INDEX);
+  if (block === ZERO_PAGE_BLOCK) {
+    if (slot !== 0) throw corrupt(where, `zero page ${gpn} has slot ${slot}`);
+    return;
   }
-  return out;
+  if (block >= blockCount) throw corrupt(where, `page ${gpn} names block ${block}, but there are ${blockCount} blocks`);
+  const pages = pagesIn(block);
+  if (slot >= pages) throw corrupt(where, `page ${gpn} names slot ${slot} of block ${block}, which has ${pages} pages`);
 }
 
 /**
- * Decodes the memory index and checks it against the block table: every stored page names an
- * existing block and a slot inside it, and every slot of every block is used by exactly one page.
+ * Decodes the memory index and checks it against the block table: every entry as
+ * checkIndexEntry does, and every slot of every block used by exactly one page.
  */
 export function decodeMemoryIndex(bytes: Uint8Array, blocks: readonly BlockEntry[]): MemoryIndex {
   const where = sectionName(SectionType.MEMORY_INDEX);
-  if (bytes.length < 8) throw corrupt(where, 'is shorter than its count');
-  const view = viewOf(bytes);
-  const pageCount = view.getUint32(0, true);
-  if (view.getUint32(4, true) !== 0) throw corrupt(where, 'reserved bytes are not zero');
-  if (bytes.length !== 8 + pageCount * 8) throw corrupt(where, `length ${bytes.length} does not hold ${pageCount} pages`);
-  const blockOfPage = readU32Array(bytes, 8, pageCount);
-  const slotOfPage = readU32Array(bytes, 8 + pageCount * 4, pageCount);
+  const pageCount = decodeSectionHead(bytes, SectionType.MEMORY_INDEX, bytes.length, 8);
+  const blockOfPage = readU32Array(bytes, SECTION_HEAD_BYTES, pageCount);
+  const slotOfPage = readU32Array(bytes, SECTION_HEAD_BYTES + pageCount * 4, pageCount);
   const pagesOfBlock = blocks.map((block) => new Uint32Array(block.pageCount).fill(ZERO_PAGE_BLOCK));
+  const pagesIn = (block: number) => pagesOfBlock[block]!.length;
   for (let gpn = 0; gpn < pageCount; gpn++) {
     const block = blockOfPage[gpn]!;
     const slot = slotOfPage[gpn]!;
-    if (block === ZERO_PAGE_BLOCK) {
-      if (slot !== 0) throw corrupt(where, `zero page ${gpn} has slot ${slot}`);
-      continue;
-    }
-    const slots = pagesOfBlock[block];
-    if (slots === undefined) throw corrupt(where, `page ${gpn} names block ${block}, but there are ${blocks.length} blocks`);
-    if (slot >= slots.length) throw corrupt(where, `page ${gpn} names slot ${slot} of block ${block}, which has ${slots.length} pages`);
+    checkIndexEntry(gpn, block, slot, blocks.length, pagesIn);
+    if (block === ZERO_PAGE_BLOCK) continue;
+    const slots = pagesOfBlock[block]!;
     // ZERO_PAGE_BLOCK can't be a real gpn: pageCount < 2^32 - 1 because the index length fits.
     if (slots[slot] !== ZERO_PAGE_BLOCK) throw corrupt(where, `pages ${slots[slot]} and ${gpn} both claim slot ${slot} of block ${block}`);
     slots[slot] = gpn;
@@ -616,4 +759,52 @@ export function decodeMemoryIndex(bytes: Uint8Array, blocks: readonly BlockEntry
     if (empty >= 0) throw corrupt(where, `slot ${empty} of block ${block} belongs to no page`);
   });
   return { pageCount, blockOfPage, slotOfPage, pagesOfBlock };
+}
+
+// ---------------------------------------------------------------------------------------------
+// INDEX_CRCS: u32 region count R = ceil(pageCount / INDEX_REGION_PAGES), u32 reserved, u32 crc[R].
+// crc[r] = CRC-32C of the index bytes of region r's pages [r*1024, min((r+1)*1024, pageCount)):
+// their block entries, then their slot entries (both as stored: little-endian u32).
+
+/** Index regions of a guest of `pageCount` pages. */
+export function indexRegionCount(pageCount: number): number {
+  return Math.ceil(pageCount / INDEX_REGION_PAGES);
+}
+
+/** Guest pages [first, first + count) of an index region. */
+export function indexRegionPages(region: number, pageCount: number): { first: number; count: number } {
+  const first = region * INDEX_REGION_PAGES;
+  return { first, count: Math.min(INDEX_REGION_PAGES, pageCount - first) };
+}
+
+export function encodeIndexCrcs(blockOfPage: Uint32Array, slotOfPage: Uint32Array): Uint8Array {
+  const pageCount = blockOfPage.length;
+  const regions = indexRegionCount(pageCount);
+  const bytes = new Uint8Array(SECTION_HEAD_BYTES + regions * 4);
+  const view = viewOf(bytes);
+  view.setUint32(0, regions, true);
+  for (let region = 0; region < regions; region++) {
+    const { first, count } = indexRegionPages(region, pageCount);
+    const crc = checksum(u32Bytes(slotOfPage.subarray(first, first + count)), checksum(u32Bytes(blockOfPage.subarray(first, first + count))));
+    view.setUint32(SECTION_HEAD_BYTES + region * 4, crc, true);
+  }
+  return bytes;
+}
+
+/** Checks a whole INDEX_CRCS section against the index it describes. */
+export function checkIndexCrcs(bytes: Uint8Array, index: MemoryIndex): void {
+  const where = sectionName(SectionType.INDEX_CRCS);
+  const regions = decodeSectionHead(bytes, SectionType.INDEX_CRCS, bytes.length, 4);
+  if (regions !== indexRegionCount(index.pageCount)) throw corrupt(where, `holds ${regions} regions, ${index.pageCount} pages need ${indexRegionCount(index.pageCount)}`);
+  const expected = encodeIndexCrcs(index.blockOfPage, index.slotOfPage);
+  const view = viewOf(bytes);
+  for (let region = 0; region < regions; region++) {
+    const at = SECTION_HEAD_BYTES + region * 4;
+    if (view.getUint32(at, true) !== viewOf(expected).getUint32(at, true)) throw regionChecksumError(region);
+  }
+}
+
+/** A region of the memory index does not match its CRC (named as damage in MEMORY_INDEX). */
+export function regionChecksumError(region: number): CheckpointError {
+  return checksumError(sectionName(SectionType.MEMORY_INDEX), `region ${region}: checksum mismatch (the index is damaged)`);
 }

@@ -37,6 +37,7 @@ export {
   type PageRange,
   type PageRun,
   type RawBlockExtent,
+  type RegionEntries,
 } from './reader.ts';
 // VM-level checkpoints (save, restore lazy/eager/map, live snapshots): docs/checkpoints.md.
 export {

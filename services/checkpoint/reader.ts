@@ -1,9 +1,11 @@
 /**
  * Reads checkpoint files. open() reads and checks the header, the section table and every
- * section (config, CPUs, devices, block table, memory index) but no memory block, so a lazy
- * restore (T-11) can start the VM at once; its cost grows with the number of pages and blocks,
- * never with the bytes of memory. Blocks are read whole, checked (CRC-32) and decompressed on
- * demand: readBlock() returns every page of the block so the caller can install all of them.
+ * section (config, CPUs, devices, block table, memory index, page lists) but no memory block.
+ * With `lazyIndex` it leaves the per-page and per-block sections in the file and reads them
+ * piece by piece, each piece checked against its own CRC, so a lazy restore (T-11) starts and
+ * handles its first access in the same time for any memory size. Blocks are read whole, checked
+ * (CRC-32C) and decompressed on demand: readBlock() returns every page of the block so the
+ * caller can install all of them.
  */
 import { isDeepStrictEqual } from 'node:util';
 import lz4 from 'lz4-napi';
@@ -11,22 +13,36 @@ import { HostFile } from '../../native/index.ts';
 import { CheckpointError } from './errors.ts';
 import {
   BLOCK_ENTRY_BYTES,
+  blockPagesOffset,
+  checkBlockPages,
+  checkIndexCrcs,
+  checkIndexEntry,
   checksum,
   checkSection,
+  decodeBlockEntry,
+  decodeBlockPageList,
   decodeBlockTable,
   decodeConfig,
   decodeCpus,
   decodeDevices,
   decodeHeader,
   decodeMemoryIndex,
+  decodeSectionHead,
   decodeSectionTable,
   FIRST_BLOCK_OFFSET,
+  INDEX_REGION_PAGES,
+  indexRegionCount,
+  indexRegionPages,
   PAGE_BYTES,
+  readU32Array,
+  regionChecksumError,
   SECTION_ENTRY_BYTES,
+  SECTION_HEAD_BYTES,
   sectionName,
   SectionType,
   ZERO_PAGE_BLOCK,
   type BlockEntry,
+  type BlockEntryLimits,
   type BlockKindName,
   type CheckpointContents,
   type Header,
@@ -52,6 +68,17 @@ export interface BlockPages {
   block: number;
   gpns: Uint32Array;
   data: Uint8Array;
+}
+
+/** The memory index entries of one index region (INDEX_REGION_PAGES guest pages, 4 MiB). */
+export interface RegionEntries {
+  region: number;
+  /** Guest page of entry 0. */
+  firstGpn: number;
+  /** Per page: its block, or ZERO_PAGE_BLOCK (0xFFFFFFFF) for a zero page. */
+  blocks: Uint32Array;
+  /** Per page: its slot inside the block (0 for a zero page). */
+  slots: Uint32Array;
 }
 
 /** Guest pages that sit back to back both in the guest and in a raw block: one mmap each. */
@@ -100,36 +127,47 @@ function ioError(action: string, error: unknown): CheckpointError {
   return new CheckpointError('BV_CKPT_IO', `cannot ${action}: ${detail}`, '', { cause: error });
 }
 
+function badArgument(message: string): CheckpointError {
+  return new CheckpointError('BV_CKPT_BAD_ARGUMENT', message, 'argument');
+}
+
 /** The validated structure of a file: everything but the memory blocks. */
 interface Structure {
   header: Header;
   contents: CheckpointContents;
-  /** Null until first needed when the file was opened with `lazyIndex`. */
-  blocks: BlockEntry[] | null;
-  /** Entries in the block table (known without decoding it). */
+  sections: ReadonlyMap<number, SectionEntry>;
+  /** What each block table entry is checked against (also holds the stored page count). */
+  limits: BlockEntryLimits;
+  /** Entries in the block table (from its count, checked against its length). */
   blockCount: number;
-  blockTableEntry: SectionEntry;
-  blocksEnd: number;
-  headerFlags: number;
-  /** Null until first needed when the file was opened with `lazyIndex`. */
+  /** The whole block table; with `lazyIndex`, null until summary() needs it (entries are read one by one). */
+  blocks: BlockEntry[] | null;
+  /** The whole memory index; null with `lazyIndex` (regions and page lists are read one by one). */
   index: MemoryIndex | null;
-  /** Where the memory index lies, for a deferred load. */
-  indexEntry: SectionEntry;
 }
 
 export interface OpenOptions {
   /**
-   * Defer reading and checking the per-page memory index until a page is first looked up, so
-   * opening costs O(sections + blocks), not O(guest pages) (lazy restore of a large VM). Damage
-   * in the index is then reported at that first lookup instead of at open.
+   * Leave the memory index, the block table and the page lists in the file: opening then reads
+   * only the header, the section table, the small sections and the counts, and each lookup reads
+   * (and checks against its own CRC) just the index region, block entry or page list it needs. A
+   * lazy restore's start and first access then cost the same for any memory size. The checks that
+   * need the whole index (every slot owned by exactly one page) are left to verifyAll().
    */
   lazyIndex?: boolean;
 }
+
+/** Index regions a lazy reader keeps decoded (a block's pages usually lie in one or two). */
+const REGION_CACHE_SIZE = 8;
 
 export class CheckpointReader {
   readonly path: string;
   #file: HostFile | undefined;
   #structure: Structure;
+  /** Lazy mode: block table entries read so far. */
+  readonly #entries = new Map<number, BlockEntry>();
+  /** Lazy mode: the most recently read index regions, least recently used first. */
+  readonly #regions = new Map<number, RegionEntries>();
 
   private constructor(path: string, file: HostFile, options: OpenOptions) {
     this.path = path;
@@ -137,43 +175,9 @@ export class CheckpointReader {
     this.#structure = inFile(path, () => readStructure(file, options.lazyIndex === true));
   }
 
-  /** The block table, read and checked on first use when opened with `lazyIndex`. */
-  #blocks(): BlockEntry[] {
-    const structure = this.#structure;
-    if (structure.blocks === null) {
-      const file = this.#openFile();
-      structure.blocks = inFile(this.path, () => {
-        const entry = structure.blockTableEntry;
-        const bytes = readExactly(file, entry.offset, entry.length, sectionName(SectionType.BLOCK_TABLE));
-        checkSection(entry, bytes);
-        return decodeBlockTable(bytes, structure.blocksEnd, structure.headerFlags);
-      });
-    }
-    return structure.blocks!;
-  }
-
-  /** The memory index, read and checked on first use when opened with `lazyIndex`. */
-  #index(): MemoryIndex {
-    const structure = this.#structure;
-    if (structure.index === null) {
-      const file = this.#openFile();
-      structure.index = inFile(this.path, () => {
-        const entry = structure.indexEntry;
-        const bytes = readExactly(file, entry.offset, entry.length, sectionName(SectionType.MEMORY_INDEX));
-        checkSection(entry, bytes);
-        const index = decodeMemoryIndex(bytes, this.#blocks());
-        if (index.pageCount !== structure.contents.pageCount) {
-          throw new CheckpointError('BV_CKPT_CORRUPT', `${sectionName(SectionType.MEMORY_INDEX)}: holds ${index.pageCount} pages, its count said ${structure.contents.pageCount}`, sectionName(SectionType.MEMORY_INDEX));
-        }
-        return index;
-      });
-    }
-    return structure.index!;
-  }
-
   /**
    * Opens and validates everything except the memory blocks (CheckpointError if damaged); with
-   * `lazyIndex`, the per-page index is also left for its first use.
+   * `lazyIndex`, the index, block table and page lists are read piece by piece on first use.
    */
   static open(path: string, options: OpenOptions = {}): CheckpointReader {
     let file: HostFile;
@@ -207,13 +211,18 @@ export class CheckpointReader {
     return this.#structure.contents.pageCount;
   }
 
-  /** Pages stored in blocks (from the block table: no index needed). */
+  /** Pages stored in blocks (the count of BLOCK_PAGES: no index needed). */
   get storedPageCount(): number {
-    return this.#blocks().reduce((sum, block) => sum + block.pageCount, 0);
+    return this.#structure.limits.storedPages;
   }
 
   get blockCount(): number {
     return this.#structure.blockCount;
+  }
+
+  /** Index regions: INDEX_REGION_PAGES (1024) guest pages each, the last one possibly shorter. */
+  get regionCount(): number {
+    return indexRegionCount(this.pageCount);
   }
 
   get closed(): boolean {
@@ -223,24 +232,71 @@ export class CheckpointReader {
   /** The block that holds guest page `gpn`, or -1 for a zero page (not stored). */
   blockOfPage(gpn: number): number {
     this.#checkPage(gpn);
-    const block = this.#index().blockOfPage[gpn]!;
+    const index = this.#structure.index;
+    const block = index !== null ? index.blockOfPage[gpn]! : this.#regionOf(gpn).blocks[gpn % INDEX_REGION_PAGES]!;
     return block === ZERO_PAGE_BLOCK ? -1 : block;
   }
 
   /** The position of guest page `gpn` inside its block (0 for a zero page). */
   slotOfPage(gpn: number): number {
     this.#checkPage(gpn);
-    return this.#index().slotOfPage[gpn]!;
-  }
-
-  /** A block's table entry and the guest pages it holds (no file access). */
-  blockInfo(block: number): BlockInfo {
-    const entry = this.#entry(block);
-    return { index: block, ...entryFields(entry), gpns: this.#index().pagesOfBlock[block]! };
+    const index = this.#structure.index;
+    return index !== null ? index.slotOfPage[gpn]! : this.#regionOf(gpn).slots[gpn % INDEX_REGION_PAGES]!;
   }
 
   /**
-   * Reads a whole block once: checks its CRC-32, decompresses it if needed, and returns all its
+   * The index entries of guest pages [region × 1024, region × 1024 + 1024). With `lazyIndex` this
+   * reads two 4 KiB slices of the index and one CRC, checks the region against it and checks each
+   * entry (an existing block, a slot below its page count); nothing else of the index is read.
+   */
+  regionEntries(region: number): RegionEntries {
+    if (!Number.isInteger(region) || region < 0 || region >= this.regionCount) {
+      throw badArgument(`index region ${region} does not exist (the file has ${this.regionCount})`);
+    }
+    const index = this.#structure.index;
+    if (index !== null) {
+      const { first, count } = indexRegionPages(region, this.pageCount);
+      return { region, firstGpn: first, blocks: index.blockOfPage.subarray(first, first + count), slots: index.slotOfPage.subarray(first, first + count) };
+    }
+    const cached = this.#regions.get(region);
+    if (cached !== undefined) {
+      this.#regions.delete(region); // re-insert: most recently used last
+      this.#regions.set(region, cached);
+      return cached;
+    }
+    const entries = inFile(this.path, () => this.#readRegion(region));
+    if (this.#regions.size >= REGION_CACHE_SIZE) this.#regions.delete(this.#regions.keys().next().value!);
+    this.#regions.set(region, entries);
+    return entries;
+  }
+
+  /** A block's table entry (with `lazyIndex`: only that entry is read, and checked). */
+  blockEntry(block: number): Omit<BlockInfo, 'gpns'> {
+    return { index: block, ...entryFields(this.#entry(block)) };
+  }
+
+  /**
+   * The guest pages of a block, in slot order (with `lazyIndex`: only that block's list is read,
+   * and checked against the CRC in its entry).
+   */
+  pagesOfBlock(block: number): Uint32Array {
+    const entry = this.#entry(block);
+    const index = this.#structure.index;
+    if (index !== null) return index.pagesOfBlock[block]!;
+    return inFile(this.path, () => {
+      const section = this.#structure.sections.get(SectionType.BLOCK_PAGES)!;
+      const bytes = readExactly(this.#openFile(), section.offset + blockPagesOffset(entry), entry.pageCount * 4, sectionName(SectionType.BLOCK_PAGES));
+      return decodeBlockPageList(bytes, entry, block, this.pageCount);
+    });
+  }
+
+  /** A block's table entry and the guest pages it holds. */
+  blockInfo(block: number): BlockInfo {
+    return { ...this.blockEntry(block), gpns: this.pagesOfBlock(block) };
+  }
+
+  /**
+   * Reads a whole block once: checks its CRC-32C, decompresses it if needed, and returns all its
    * pages. Damage is a CheckpointError whose `where` is `block <n>` (its message starts with
    * the file's path, like every error about a file's contents).
    */
@@ -265,7 +321,7 @@ export class CheckpointReader {
     if (checksum(stored) !== entry.crc) {
       throw new CheckpointError('BV_CKPT_CHECKSUM', `${where}: checksum mismatch (the block is damaged)`, where);
     }
-    const gpns = this.#index().pagesOfBlock[block]!;
+    const gpns = this.pagesOfBlock(block);
     if (entry.kind === 'raw') return { block, gpns, data: stored };
     return { block, gpns, data: decompressBlock(stored, entry.pageCount * PAGE_BYTES, where) };
   }
@@ -285,7 +341,7 @@ export class CheckpointReader {
   rawBlockExtent(block: number): RawBlockExtent | null {
     const entry = this.#entry(block);
     if (entry.kind !== 'raw') return null;
-    const gpns = this.#index().pagesOfBlock[block]!;
+    const gpns = this.pagesOfBlock(block);
     const runs: PageRun[] = [];
     for (let slot = 0; slot < gpns.length; slot++) {
       const last = runs[runs.length - 1];
@@ -306,12 +362,15 @@ export class CheckpointReader {
   }
 
   /**
-   * Re-reads and checks the header and every section, then every block; throws a
-   * CheckpointError naming the first bad part. `onProgress(blocksDone, blockCount)`.
+   * Re-reads and checks the header and every section in full (the whole index included, even
+   * when opened with `lazyIndex`), then every block; throws a CheckpointError naming the first
+   * bad part. `onProgress(blocksDone, blockCount)`.
    */
   verifyAll(onProgress?: (done: number, total: number) => void): void {
     const file = this.#openFile();
     this.#structure = inFile(this.path, () => readStructure(file, false));
+    this.#entries.clear();
+    this.#regions.clear();
     for (let block = 0; block < this.blockCount; block++) {
       this.verifyBlock(block);
       onProgress?.(block + 1, this.blockCount);
@@ -320,16 +379,15 @@ export class CheckpointReader {
 
   summary(): CheckpointSummary {
     const blocks = this.#blocks();
-    const index = { pageCount: this.pageCount };
-    const storedPages = blocks.reduce((sum, block) => sum + block.pageCount, 0);
+    const storedPages = this.storedPageCount;
     const blockBytes = blocks.reduce((sum, block) => sum + block.storedBytes, 0);
     const lz4Blocks = blocks.filter((block) => block.kind === 'lz4').length;
     return {
       formatVersion: this.formatVersion,
       fileBytes: this.fileBytes,
-      pageCount: index.pageCount,
+      pageCount: this.pageCount,
       storedPages,
-      zeroPages: index.pageCount - storedPages,
+      zeroPages: this.pageCount - storedPages,
       blocks: blocks.length,
       rawBlocks: blocks.length - lz4Blocks,
       lz4Blocks,
@@ -348,18 +406,71 @@ export class CheckpointReader {
     return this.#file;
   }
 
+  /** The whole block table, read and checked on first use when opened with `lazyIndex`. */
+  #blocks(): BlockEntry[] {
+    const structure = this.#structure;
+    structure.blocks ??= inFile(this.path, () => {
+      const entry = structure.sections.get(SectionType.BLOCK_TABLE)!;
+      const bytes = readExactly(this.#openFile(), entry.offset, entry.length, sectionName(SectionType.BLOCK_TABLE));
+      checkSection(entry, bytes);
+      return decodeBlockTable(bytes, structure.limits);
+    });
+    return structure.blocks;
+  }
+
   #entry(block: number): BlockEntry {
-    const entry = Number.isInteger(block) ? this.#blocks()[block] : undefined;
+    if (!Number.isInteger(block) || block < 0 || block >= this.blockCount) {
+      throw badArgument(`block ${block} does not exist (the file has ${this.blockCount})`);
+    }
+    const blocks = this.#structure.blocks;
+    if (blocks !== null) return blocks[block]!;
+    let entry = this.#entries.get(block);
     if (entry === undefined) {
-      throw new CheckpointError('BV_CKPT_BAD_ARGUMENT', `block ${block} does not exist (the file has ${this.blockCount})`, 'argument');
+      const structure = this.#structure;
+      entry = inFile(this.path, () => {
+        const table = structure.sections.get(SectionType.BLOCK_TABLE)!;
+        const where = sectionName(SectionType.BLOCK_TABLE);
+        const bytes = readExactly(this.#openFile(), table.offset + SECTION_HEAD_BYTES + block * BLOCK_ENTRY_BYTES, BLOCK_ENTRY_BYTES, where);
+        return decodeBlockEntry(bytes, block, structure.limits);
+      });
+      this.#entries.set(block, entry);
     }
     return entry;
   }
 
+  #regionOf(gpn: number): RegionEntries {
+    return this.regionEntries(Math.floor(gpn / INDEX_REGION_PAGES));
+  }
+
+  /** Reads one index region: its block and slot slices, checked against its CRC, then entry by entry. */
+  #readRegion(region: number): RegionEntries {
+    const file = this.#openFile();
+    const { sections } = this.#structure;
+    const pageCount = this.pageCount;
+    const { first, count } = indexRegionPages(region, pageCount);
+    const indexAt = sections.get(SectionType.MEMORY_INDEX)!.offset + SECTION_HEAD_BYTES;
+    const where = sectionName(SectionType.MEMORY_INDEX);
+    // The region's block entries, then its slot entries: the bytes its CRC covers, in that order.
+    const bytes = new Uint8Array(count * 8);
+    readInto(file, bytes.subarray(0, count * 4), indexAt + first * 4, where);
+    readInto(file, bytes.subarray(count * 4), indexAt + (pageCount + first) * 4, where);
+    const crcAt = sections.get(SectionType.INDEX_CRCS)!.offset + SECTION_HEAD_BYTES + region * 4;
+    const crc = readExactly(file, crcAt, 4, sectionName(SectionType.INDEX_CRCS));
+    if (checksum(bytes) !== new DataView(crc.buffer).getUint32(0, true)) throw regionChecksumError(region);
+    const blocks = readU32Array(bytes, 0, count);
+    const slots = readU32Array(bytes, count * 4, count);
+    let lastBlock = -1;
+    let lastPages = 0;
+    const pagesIn = (block: number): number => {
+      if (block !== lastBlock) [lastBlock, lastPages] = [block, this.#entry(block).pageCount];
+      return lastPages;
+    };
+    for (let i = 0; i < count; i++) checkIndexEntry(first + i, blocks[i]!, slots[i]!, this.blockCount, pagesIn);
+    return { region, firstGpn: first, blocks, slots };
+  }
+
   #checkPage(gpn: number): void {
-    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= this.pageCount) {
-      throw new CheckpointError('BV_CKPT_BAD_ARGUMENT', `page ${gpn} is outside 0..${this.pageCount - 1}`, 'argument');
-    }
+    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= this.pageCount) throw badArgument(`page ${gpn} is outside 0..${this.pageCount - 1}`);
   }
 }
 
@@ -367,22 +478,27 @@ function entryFields(entry: BlockEntry): Omit<BlockInfo, 'index' | 'gpns'> {
   return { kind: entry.kind, fileOffset: entry.fileOffset, storedBytes: entry.storedBytes, pageCount: entry.pageCount };
 }
 
-/** Reads exactly `length` bytes at `offset` (the caller checked that they lie inside the file). */
-function readExactly(file: HostFile, offset: number, length: number, where: string): Uint8Array {
-  const bytes = new Uint8Array(length);
+/** Fills `target` from `offset` (the caller checked that it lies inside the file). */
+function readInto(file: HostFile, target: Uint8Array, offset: number, where: string): void {
   let read: number;
   try {
-    read = file.pread(bytes, offset);
+    read = file.pread(target, offset);
   } catch (error) {
     throw ioError(`read ${where} of ${file.path}`, error);
   }
-  if (read !== length) throw new CheckpointError('BV_CKPT_TRUNCATED', `${where}: truncated (the file shrank while it was read)`, where);
+  if (read !== target.length) throw new CheckpointError('BV_CKPT_TRUNCATED', `${where}: truncated (the file shrank while it was read)`, where);
+}
+
+function readExactly(file: HostFile, offset: number, length: number, where: string): Uint8Array {
+  const bytes = new Uint8Array(length);
+  readInto(file, bytes, offset, where);
   return bytes;
 }
 
 /**
  * Header, section table, every section: all checked; O(sections + pages + blocks). With
- * `lazyIndex` the memory index is left out (only its page count is read): O(sections + blocks).
+ * `lazyIndex` the four per-page/per-block sections are left in the file (only their counts are
+ * read): O(sections), whatever the memory size.
  */
 function readStructure(file: HostFile, lazyIndex: boolean): Structure {
   let fileBytes: number;
@@ -401,43 +517,44 @@ function readStructure(file: HostFile, lazyIndex: boolean): Structure {
     return bytes;
   };
   // Check every CRC first, so a damaged section is named as damaged rather than as inconsistent.
-  const deferred = new Set<number>(lazyIndex ? [SectionType.MEMORY_INDEX, SectionType.BLOCK_TABLE] : []);
+  const deferred = new Set<number>(lazyIndex ? [SectionType.MEMORY_INDEX, SectionType.BLOCK_TABLE, SectionType.INDEX_CRCS, SectionType.BLOCK_PAGES] : []);
   const types = [...sections.keys()].filter((type) => !deferred.has(type));
   const payloads = new Map(types.map((type) => [type, read(type)]));
+  // The count at the start of an array section: from its payload, or its first 8 bytes alone.
+  const countOf = (type: number, itemBytes: number): number => {
+    const entry = sections.get(type)!;
+    const head = payloads.get(type) ?? readExactly(file, entry.offset, Math.min(entry.length, SECTION_HEAD_BYTES), sectionName(type));
+    return decodeSectionHead(head, type, entry.length, itemBytes);
+  };
+  const pageCount = countOf(SectionType.MEMORY_INDEX, 8);
+  const blockCount = countOf(SectionType.BLOCK_TABLE, BLOCK_ENTRY_BYTES);
+  const storedPages = countOf(SectionType.BLOCK_PAGES, 4);
+  const regions = countOf(SectionType.INDEX_CRCS, 4);
+  if (regions !== indexRegionCount(pageCount)) {
+    const where = sectionName(SectionType.INDEX_CRCS);
+    throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: holds ${regions} regions, ${pageCount} pages need ${indexRegionCount(pageCount)}`, where);
+  }
+  if (storedPages > pageCount) {
+    const where = sectionName(SectionType.BLOCK_PAGES);
+    throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: lists ${storedPages} stored pages, the guest has ${pageCount}`, where);
+  }
   const blocksEnd = Math.min(...[...sections.values()].map((entry) => entry.offset));
-  const blockTableEntry = sections.get(SectionType.BLOCK_TABLE)!;
-  const blocks = lazyIndex ? null : decodeBlockTable(payloads.get(SectionType.BLOCK_TABLE)!, blocksEnd, header.flags);
-  const blockCount = blocks?.length ?? readBlockTableCount(file, blockTableEntry);
-  const indexEntry = sections.get(SectionType.MEMORY_INDEX)!;
-  const index = blocks === null ? null : decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
-  const pageCount = index?.pageCount ?? readIndexPageCount(file, indexEntry);
+  const limits: BlockEntryLimits = { blocksEnd, flags: header.flags, storedPages };
+  let blocks: BlockEntry[] | null = null;
+  let index: MemoryIndex | null = null;
+  if (!lazyIndex) {
+    blocks = decodeBlockTable(payloads.get(SectionType.BLOCK_TABLE)!, limits);
+    index = decodeMemoryIndex(payloads.get(SectionType.MEMORY_INDEX)!, blocks);
+    checkIndexCrcs(payloads.get(SectionType.INDEX_CRCS)!, index);
+    checkBlockPages(payloads.get(SectionType.BLOCK_PAGES)!, blocks, index);
+  }
   const contents: CheckpointContents = {
     config: decodeConfig(payloads.get(SectionType.CONFIG)!),
     cpus: decodeCpus(payloads.get(SectionType.CPUS)!),
     devices: decodeDevices(payloads.get(SectionType.DEVICES)!),
     pageCount,
   };
-  return { header, contents, blocks, blockCount, blockTableEntry, blocksEnd, headerFlags: header.flags, index, indexEntry };
-}
-
-/** The entry count at the start of the block table (checked in full when the table is read). */
-function readBlockTableCount(file: HostFile, entry: SectionEntry): number {
-  const where = sectionName(SectionType.BLOCK_TABLE);
-  if (entry.length < 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: is shorter than its count`, where);
-  const bytes = readExactly(file, entry.offset, 8, where);
-  const count = new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true);
-  if (entry.length !== 8 + count * BLOCK_ENTRY_BYTES) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: length ${entry.length} does not hold ${count} entries`, where);
-  return count;
-}
-
-/** The page count at the start of the memory index (checked in full when the index is read). */
-function readIndexPageCount(file: HostFile, entry: SectionEntry): number {
-  const where = sectionName(SectionType.MEMORY_INDEX);
-  if (entry.length < 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: is shorter than its count`, where);
-  const bytes = readExactly(file, entry.offset, 8, where);
-  const pageCount = new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true);
-  if (entry.length !== 8 + pageCount * 8) throw new CheckpointError('BV_CKPT_CORRUPT', `${where}: length ${entry.length} does not hold ${pageCount} pages`, where);
-  return pageCount;
+  return { header, contents, sections, limits, blockCount, blocks, index };
 }
 
 /** lz4-napi's block format: u32 uncompressed size, then the lz4 block. */

@@ -2,10 +2,12 @@
  * Restoring a VM from a checkpoint file, in one of three ways:
  *
  * - eager: every block is read (and its CRC checked) before the VM is returned.
- * - lazy (T-11): the VM is returned before any block is read. Each stored page's P2M entry says
- *   "lazy, in block b"; the first access to such a page reads and decodes block b once and
- *   installs every page of it that is still lazy. A background prefetcher (a VM ticker, so it is
- *   deterministic) brings in the remaining blocks in file order, a few per tick.
+ * - lazy (T-11): the VM is returned before any block or index is read. The P2M is filled 4 MiB
+ *   region by region, from that region's slice of the index, on first use: each stored page's
+ *   entry says "lazy, in block b". The first access to such a page reads and decodes block b
+ *   once and installs every page of it that is still lazy (its page list comes from the file's
+ *   per-block lists, so no step needs the whole index). A background prefetcher (a VM ticker, so
+ *   it is deterministic) brings in the remaining blocks in file order, a few per tick.
  * - map: raw blocks are mapped copy-on-write straight from the file into contiguous host frames
  *   (no copy, page cache shared by every VM restored from the same file); lz4 blocks are read.
  *
@@ -16,7 +18,7 @@ import { AbsentState, FRAME_SIZE, P2mEntry, REGION_PAGES, RUN_SIZE } from '../..
 import type { Hypervisor, Vm, VmState } from '../../kernel/index.ts';
 import { CheckpointError } from './errors.ts';
 import type { JsonObject } from './format.ts';
-import { PAGE_BYTES } from './format.ts';
+import { INDEX_REGION_PAGES, PAGE_BYTES, sectionName, SectionType, ZERO_PAGE_BLOCK } from './format.ts';
 import { CheckpointReader } from './reader.ts';
 import { decodeVmCheckpoint, VmCheckpointError } from './vm-checkpoint.ts';
 
@@ -53,6 +55,8 @@ const DEFAULT_PREFETCH_EVERY = 20_000;
 const DEFAULT_PREFETCH_BLOCKS = 1;
 const LAZY = AbsentState.LAZY;
 const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
+/** LAZY payload of the pages of a region whose index could not be read (no real block: < 2^20 pages). */
+const UNREADABLE_REGION = 0x0fff_ffff;
 /** Most frames one contiguous allocation (and so one mapping) can cover: a 4 MiB chunk. */
 const MAX_CONTIGUOUS_FRAMES = RUN_SIZE / FRAME_SIZE;
 
@@ -64,7 +68,8 @@ const MAX_CONTIGUOUS_FRAMES = RUN_SIZE / FRAME_SIZE;
 export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: RestoreOptions): RestoredVm {
   const started = performance.now();
   checkOptions(hv, options);
-  // Lazy: the per-page index is read on first use, so opening does not grow with memory size.
+  // Lazy: the index is read region by region and block by block, so neither opening nor the
+  // first access grows with memory size.
   const reader = CheckpointReader.open(path, { lazyIndex: options.mode === 'lazy' });
   let vm: Vm | undefined;
   try {
@@ -82,6 +87,12 @@ export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: Resto
     reader.close();
     throw error;
   }
+}
+
+/** A file error during a lazy restore, saying what wanted the read (other errors unchanged). */
+function lazyRestoreError(what: string, error: unknown): unknown {
+  if (!(error instanceof CheckpointError) || error.message.startsWith('lazy restore of ')) return error;
+  return new CheckpointError(error.code, `lazy restore of ${what} failed: ${error.message}`, error.where, { cause: error });
 }
 
 function checkOptions(hv: Hypervisor, options: RestoreOptions): void {
@@ -115,12 +126,8 @@ export class RestoredVm {
   readonly path: string;
   /** Storage blocks in the file and the pages they hold (zero pages are not stored). */
   readonly blockCount: number;
-  /** Pages stored in the file (from its block table, read when first asked for). */
-  get storedPages(): number {
-    this.#storedPages ??= this.#reader.storedPageCount;
-    return this.#storedPages;
-  }
-  #storedPages: number | undefined;
+  /** Pages stored in the file. */
+  readonly storedPages: number;
 
   readonly #hv: Hypervisor;
   readonly #reader: CheckpointReader;
@@ -140,6 +147,16 @@ export class RestoredVm {
   #readyMs = 0;
   #completeMs: number | null = null;
   #discardedByReset = 0;
+  /** A reset dropped the lazy pages: the index no longer describes this VM's memory. */
+  #discarded = false;
+  /** Lazy mode: the VM's 4 MiB regions, those filled in so far, and the prefetcher's next one. */
+  readonly #regionCount: number;
+  #regionsFilled = 0;
+  #regionCursor = 0;
+  /** Removes the prefetcher's ticker. */
+  #stopPrefetch: (() => void) | undefined;
+  /** Regions whose index could not be read, with the error every access to them reports. */
+  readonly #unreadableRegions = new Map<number, unknown>();
 
   /** @internal Built by restoreVmCheckpoint: sets up the memory per mode. */
   constructor(hv: Hypervisor, vm: Vm, reader: CheckpointReader, saved: VmState, extra: JsonObject | null, options: RestoreOptions, started: number) {
@@ -153,7 +170,9 @@ export class RestoredVm {
     this.#onProgress = options.onProgress;
     this.#started = started;
     this.blockCount = reader.blockCount;
+    this.storedPages = reader.storedPageCount;
     this.#blockDone = new Uint8Array(this.blockCount);
+    this.#regionCount = options.mode === 'lazy' ? Math.ceil(vm.p2m.pageCount / REGION_PAGES) : 0;
     if (options.mode === 'lazy') this.#setUpLazy(options.prefetch ?? {});
     else if (options.mode === 'eager') this.finishRestore();
     else this.#map(options.verify ?? true);
@@ -215,6 +234,7 @@ export class RestoredVm {
    */
   finishRestore(): void {
     for (let block = 0; block < this.blockCount; block++) if (this.#blockDone[block] === 0) this.#installBlock(block);
+    if (this.#regionsLeft()) this.vm.fillAllRegions();
     this.#noteComplete();
   }
 
@@ -223,7 +243,7 @@ export class RestoredVm {
    * the VM never depends on a closed file. Idempotent.
    */
   close(): void {
-    if (!this.complete && this.#hv.vms.includes(this.vm)) this.finishRestore();
+    if ((!this.complete || this.#regionsLeft()) && this.#hv.vms.includes(this.vm)) this.finishRestore();
     this.#reader.close();
   }
 
@@ -237,37 +257,100 @@ export class RestoredVm {
 
   /**
    * O(regions), not O(pages): the kernel defers every 4 MiB region, and the first access to a
-   * region fills in its LAZY entries from the index (read from the file on that first use).
+   * region fills in its LAZY entries from that region of the index alone.
    */
   #setUpLazy(prefetch: PrefetchOptions | false): void {
     const vm = this.vm;
-    const reader = this.#reader;
-    vm.deferRegions((_vm, region) => {
-      const first = region * REGION_PAGES;
-      const entries = new Int32Array(Math.min(REGION_PAGES, vm.p2m.pageCount - first));
-      for (let i = 0; i < entries.length; i++) {
-        const block = reader.blockOfPage(first + i);
-        if (block >= 0 && this.#blockDone[block] === 0) entries[i] = P2mEntry.absent(LAZY, block);
-      }
-      vm.installAbsentRange(first, entries);
-    });
+    vm.deferRegions((_vm, region) => this.#fillRegion(region));
     vm.onAbsent(LAZY, (_vm, gpn, entry) => this.#demand(gpn, entry));
     vm.onReset(() => this.#discardLazyPages());
     if (prefetch !== false) {
       const perTick = prefetch.blocksPerTick ?? DEFAULT_PREFETCH_BLOCKS;
-      vm.addTicker(prefetch.everyInstructions ?? DEFAULT_PREFETCH_EVERY, () => this.#prefetchTick(perTick));
+      this.#stopPrefetch = vm.addTicker(prefetch.everyInstructions ?? DEFAULT_PREFETCH_EVERY, () => this.#prefetchTick(perTick));
     }
+  }
+
+  /**
+   * Marks each stored page of a kernel region "lazy, in block b", reading only the index regions
+   * it overlaps. A block installed before its pages' regions were filled has filled them itself
+   * (installBlock), so a page marked here for a finished block is one that block's list lacks:
+   * the access to it reports the inconsistency (#demand).
+   */
+  #fillRegion(region: number): void {
+    const vm = this.vm;
+    const first = region * REGION_PAGES;
+    const end = Math.min(first + REGION_PAGES, vm.p2m.pageCount);
+    const entries = new Int32Array(end - first);
+    this.#regionsFilled++;
+    try {
+      for (let gpn = first; gpn < end; ) {
+        const index = this.#reader.regionEntries(Math.floor(gpn / INDEX_REGION_PAGES));
+        const stop = Math.min(end, index.firstGpn + index.blocks.length);
+        for (; gpn < stop; gpn++) {
+          const block = index.blocks[gpn - index.firstGpn]!;
+          if (block !== ZERO_PAGE_BLOCK) entries[gpn - first] = P2mEntry.absent(LAZY, block);
+        }
+      }
+    } catch (error) {
+      // The kernel counts the region as filled: its pages must not read as zero later. Each
+      // stays lazy and every access to it reports the error.
+      const reported = lazyRestoreError(`guest pages ${first}-${end - 1}`, error);
+      this.#unreadableRegions.set(region, reported);
+      entries.fill(P2mEntry.absent(LAZY, UNREADABLE_REGION));
+      vm.installAbsentRange(first, entries);
+      throw reported;
+    }
+    vm.installAbsentRange(first, entries);
+    this.#closeFileWhenDone();
+  }
+
+  /** Lazy mode: regions never filled in remain (the index must be read for them). */
+  #regionsLeft(): boolean {
+    return this.mode === 'lazy' && !this.#discarded && this.#regionsFilled < this.#regionCount && this.#hv.vms.includes(this.vm);
+  }
+
+  /**
+   * Once every block is in and every region filled, the file is no longer needed. Regions never
+   * used hold only zero pages, but their index is still read and checked (by the prefetcher, or
+   * by finishRestore/close) so that no page the index puts in a block silently reads as zero.
+   */
+  #closeFileWhenDone(): void {
+    if (!this.complete || this.#regionsLeft()) return;
+    this.#reader.close();
+    this.#stopPrefetch?.(); // nothing left to fetch
   }
 
   #demand(gpn: number, entry: number): void {
     const block = P2mEntry.payload(entry);
-    if (block >= this.blockCount || this.#blockDone[block] === 1) return; // nothing to read: the access is refused
-    this.#demandReads++;
-    this.#inLazyRestore(`guest page ${gpn}`, () => this.#installBlock(block));
+    if (block === UNREADABLE_REGION) throw this.#unreadableRegions.get(Math.floor(gpn / REGION_PAGES));
+    this.#inLazyRestore(`guest page ${gpn}`, () => {
+      if (block < this.blockCount && this.#blockDone[block] === 0) {
+        this.#demandReads++;
+        this.#installBlock(block);
+      }
+      // Installing the block must have brought the page in (only a file whose index and page
+      // lists disagree, which checksums alone cannot catch, leaves it lazy).
+      if (this.vm.p2m.entries[gpn] === entry) throw this.#mismatch(gpn, block);
+    });
+  }
+
+  /** The index and a block's page list disagree about a page (checked as lazy reads go). */
+  #mismatch(gpn: number, block: number): CheckpointError {
+    const where = sectionName(SectionType.BLOCK_PAGES);
+    return new CheckpointError('BV_CKPT_CORRUPT', `${this.path}: ${where}: the memory index puts page ${gpn} in block ${block}, whose page list does not hold it there`, where);
   }
 
   #prefetchTick(blocks: number): void {
-    if (this.complete) return;
+    if (this.complete) {
+      // Then the regions never used, as many per tick as a block has pages (a few KiB of index).
+      let regions = blocks;
+      while (regions > 0 && this.#regionsLeft() && this.#regionCursor < this.#regionCount) {
+        const filledBefore = this.#regionsFilled;
+        this.vm.fillRegion(this.#regionCursor++); // a no-op for a region already filled
+        if (this.#regionsFilled !== filledBefore) regions--;
+      }
+      return;
+    }
     while (blocks > 0 && this.#prefetchCursor < this.blockCount) {
       const block = this.#prefetchCursor++;
       if (this.#blockDone[block] === 1) continue;
@@ -282,10 +365,7 @@ export class RestoredVm {
     try {
       step();
     } catch (error) {
-      if (error instanceof CheckpointError) {
-        throw new CheckpointError(error.code, `lazy restore of ${what} failed: ${error.message}`, error.where, { cause: error });
-      }
-      throw error;
+      throw lazyRestoreError(what, error);
     }
   }
 
@@ -301,6 +381,8 @@ export class RestoredVm {
       const entry = vm.p2mEntryOf(gpn); // fills a deferred region first
       // Lazy: only pages still waiting for this block. Otherwise the page is untouched.
       if (lazy ? entry !== lazyEntry : entry !== UNTOUCHED) continue;
+      // Lazy reads never saw the whole index: install a page only where its index entry puts it.
+      if (lazy && this.#reader.slotOfPage(gpn) !== slot) throw this.#mismatch(gpn, block);
       const frame = pool.allocFrame();
       pool.u8.set(data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES), frame * PAGE_BYTES);
       vm.installFrame(gpn, frame);
@@ -324,9 +406,9 @@ export class RestoredVm {
   }
 
   #noteComplete(): void {
-    if (this.#completeMs !== null || !this.complete) return;
-    this.#completeMs = performance.now() - this.#started;
-    this.#reader.close(); // every page is in memory: the file is no longer needed
+    if (!this.complete) return;
+    this.#completeMs ??= performance.now() - this.#started;
+    this.#closeFileWhenDone();
   }
 
   /**
@@ -334,7 +416,11 @@ export class RestoredVm {
    * their block must become untouched (zero), not arrive later with their old contents.
    */
   #discardLazyPages(): void {
-    if (this.complete) return;
+    this.#discarded = true; // the regions still deferred are dropped by the reset too
+    if (this.complete) {
+      this.#closeFileWhenDone();
+      return;
+    }
     const vm = this.vm;
     const entries = vm.p2m.entries;
     for (let gpn = 0; gpn < entries.length; gpn++) {
@@ -344,9 +430,16 @@ export class RestoredVm {
         this.#discardedByReset++;
       }
     }
+    // No longer wanted: done without reading anything (not even their entries) from the file.
     for (let block = 0; block < this.blockCount; block++) {
-      if (this.#blockDone[block] === 0) this.#finishBlock(block, this.#reader.blockInfo(block).pageCount);
+      if (this.#blockDone[block] === 0) {
+        this.#blockDone[block] = 1;
+        this.#blocksDone++;
+      }
     }
+    this.#pagesDone = this.storedPages;
+    this.#onProgress?.(this.#pagesDone, this.storedPages);
+    this.#noteComplete();
   }
 
   /** Map mode: each raw block becomes contiguous frames mapped from the file; lz4 blocks are read. */

@@ -1,8 +1,9 @@
 /**
  * Writes checkpoint files (T-10): pages are copied (optionally lz4-compressed as a batch) into a
  * staging buffer; a full buffer becomes one storage block, written with one large write at a
- * 4 KiB-aligned offset. The memory index, block table and the small sections go at the end, so
- * pages may arrive in any order (live snapshots save them in the background as the guest runs).
+ * 4 KiB-aligned offset. The memory index (with its per-region CRCs), the block table, the
+ * per-block page lists and the small sections go at the end, so pages may arrive in any order
+ * (live snapshots save them in the background as the guest runs).
  *
  * Crash safety: everything goes to `<path>.tmp-<pid>-<random>` in the same directory, which is
  * fsync'd, renamed over `path`, and the directory fsync'd. A writer that dies at any point leaves
@@ -22,9 +23,11 @@ import {
   checkJson,
   checksum,
   DEFAULT_STAGING_BYTES,
+  encodeBlockPages,
   encodeBlockTable,
   encodeDevices,
   encodeHeader,
+  encodeIndexCrcs,
   encodeJson,
   encodeMemoryIndex,
   encodeSectionTable,
@@ -35,6 +38,7 @@ import {
   PAGE_BYTES,
   SECTION_ALIGNMENT,
   SectionType,
+  u32Bytes,
   ZERO_PAGE_BLOCK,
   type BlockEntry,
   type CheckpointContents,
@@ -192,6 +196,8 @@ export class CheckpointWriter {
   #stagedCount = 0;
   readonly #blockOfPage: Uint32Array;
   readonly #slotOfPage: Uint32Array;
+  /** BLOCK_PAGES: the gpns of every stored page, block after block, in slot order. */
+  readonly #blockPages: Uint32Array;
   readonly #added: Uint8Array;
   #pagesAdded = 0;
   #zeroPages = 0;
@@ -225,6 +231,7 @@ export class CheckpointWriter {
     this.#stagedGpns = new Uint32Array(stagingBytes / PAGE_BYTES);
     this.#blockOfPage = new Uint32Array(pageCount).fill(ZERO_PAGE_BLOCK);
     this.#slotOfPage = new Uint32Array(pageCount);
+    this.#blockPages = new Uint32Array(pageCount);
     this.#added = new Uint8Array(pageCount);
     try {
       this.#file = HostFile.open(this.tempPath, 'create');
@@ -382,7 +389,10 @@ export class CheckpointWriter {
     const index = this.#blocks.length;
     const fileOffset = this.#nextBlockOffset;
     this.#file!.pwrite(stored, fileOffset);
-    this.#blocks.push({ kind, fileOffset, storedBytes: stored.length, pageCount: count, crc: checksum(stored) });
+    const gpns = this.#stagedGpns.subarray(0, count);
+    const firstPage = this.#pagesStored();
+    this.#blockPages.set(gpns, firstPage);
+    this.#blocks.push({ kind, fileOffset, storedBytes: stored.length, pageCount: count, crc: checksum(stored), firstPage, pagesCrc: checksum(u32Bytes(gpns)) });
     for (let slot = 0; slot < count; slot++) {
       const gpn = this.#stagedGpns[slot]!;
       this.#blockOfPage[gpn] = index;
@@ -394,6 +404,12 @@ export class CheckpointWriter {
     this.#onProgress?.(this.#pagesAdded, this.pageCount);
   }
 
+  /** Pages in the blocks written so far. */
+  #pagesStored(): number {
+    const last = this.#blocks[this.#blocks.length - 1];
+    return last === undefined ? 0 : last.firstPage + last.pageCount;
+  }
+
   /** All sections back to back (each 8-aligned); entry offsets are relative to the first one. */
   #encodeSections(state: CheckpointState): { bytes: Uint8Array; entries: SectionEntry[] } {
     const payloads: [number, Uint8Array][] = [
@@ -402,6 +418,8 @@ export class CheckpointWriter {
       [SectionType.DEVICES, encodeDevices(state.devices)],
       [SectionType.BLOCK_TABLE, encodeBlockTable(this.#blocks)],
       [SectionType.MEMORY_INDEX, encodeMemoryIndex(this.#blockOfPage, this.#slotOfPage)],
+      [SectionType.INDEX_CRCS, encodeIndexCrcs(this.#blockOfPage, this.#slotOfPage)],
+      [SectionType.BLOCK_PAGES, encodeBlockPages(this.#blockPages.subarray(0, this.#pagesStored()))],
     ];
     const entries: SectionEntry[] = [];
     let length = 0;

@@ -29,9 +29,13 @@ import {
   decodeSectionTable,
   encodeHeader,
   encodeSectionTable,
+  BLOCK_ENTRY_BYTES,
   FIRST_BLOCK_OFFSET,
   HEADER_BYTES,
+  INDEX_REGION_PAGES,
   SECTION_ENTRY_BYTES,
+  SECTION_HEAD_BYTES,
+  SECTION_NAMES,
   SectionType,
   type SectionTypeName,
 } from '../../services/checkpoint/format.ts';
@@ -538,7 +542,7 @@ describe('damage is refused with an error naming the bad part', () => {
       for (const at of [0, Math.floor(entry.length / 2), entry.length - 1]) {
         const bytes = clean.slice();
         bytes[entry.offset + at] ^= 0x10;
-        const name = ['', 'CONFIG', 'CPUS', 'DEVICES', 'MEMORY_INDEX', 'BLOCK_TABLE'][type]!;
+        const name = SECTION_NAMES.get(type)!;
         const error = expectCheckpointError(() => CheckpointReader.open(writeDamaged(bytes)), 'BV_CKPT_CHECKSUM');
         expect(error.where).toBe(`section ${name}`);
         expect(error.message).toMatch(new RegExp(`: section ${name}: checksum mismatch`));
@@ -626,11 +630,16 @@ describe('damage is refused with an error naming the bad part', () => {
     ['a zero page with a slot', 'MEMORY_INDEX', (view) => view.setUint32(8 + 4 * (damagePageCount + firstZero(view)), 1, true), 'section MEMORY_INDEX', 'zero page'],
     ['a stored page marked zero (its slot orphaned)', 'MEMORY_INDEX', (view) => zeroEntry(view, firstStored(view)), 'section MEMORY_INDEX', 'belongs to no page'],
     ['page count disagrees with the length', 'MEMORY_INDEX', (view) => view.setUint32(0, damagePageCount + 1, true), 'section MEMORY_INDEX', 'does not hold'],
-    ['block offset not aligned', 'BLOCK_TABLE', (view) => view.setUint32(8 + 32, view.getUint32(8 + 32, true) + 8, true), 'section BLOCK_TABLE', 'not 4096-aligned'],
-    ['blocks overlap', 'BLOCK_TABLE', (view) => view.setUint32(8 + 32, view.getUint32(8, true), true), 'section BLOCK_TABLE', 'overlaps'],
-    ['block past the block area', 'BLOCK_TABLE', (view) => view.setUint32(8 + 32 * 2, 0x4000_0000, true), 'section BLOCK_TABLE', 'outside the block area'],
-    ['unknown block kind', 'BLOCK_TABLE', (view) => view.setUint8(8 + 20, 7), 'section BLOCK_TABLE', 'unknown kind 7'],
-    ['too many pages for the stored bytes', 'BLOCK_TABLE', (view) => view.setUint32(8 + 12, 70_000, true), 'section BLOCK_TABLE', 'pages'],
+    ['block offset not aligned', 'BLOCK_TABLE', (view) => editEntry(view, 1, (at) => view.setUint32(at, view.getUint32(at, true) + 8, true)), 'section BLOCK_TABLE', 'not 4096-aligned'],
+    ['blocks overlap', 'BLOCK_TABLE', (view) => editEntry(view, 1, (at) => view.setUint32(at, view.getUint32(entryAt(0), true), true)), 'section BLOCK_TABLE', 'overlaps'],
+    ['block past the block area', 'BLOCK_TABLE', (view) => editEntry(view, 2, (at) => view.setUint32(at, 0x4000_0000, true)), 'section BLOCK_TABLE', 'outside the block area'],
+    ['unknown block kind', 'BLOCK_TABLE', (view) => editEntry(view, 0, (at) => view.setUint8(at + 20, 7)), 'section BLOCK_TABLE', 'unknown kind 7'],
+    ['too many pages for the stored bytes', 'BLOCK_TABLE', (view) => editEntry(view, 0, (at) => view.setUint32(at + 12, 70_000, true)), 'section BLOCK_TABLE', 'pages'],
+    ['non-zero reserved bytes in an entry', 'BLOCK_TABLE', (view) => editEntry(view, 1, (at) => view.setUint8(at + 33, 1)), 'section BLOCK_TABLE', 'reserved'],
+    ['page lists not back to back', 'BLOCK_TABLE', (view) => editEntry(view, 1, (at) => view.setUint32(at + 24, view.getUint32(at + 24, true) - 1, true)), 'section BLOCK_TABLE', 'page list starts at'],
+    ['a page list past the end of BLOCK_PAGES', 'BLOCK_TABLE', (view) => editEntry(view, 1, (at) => view.setUint32(at + 24, 10_000, true)), 'section BLOCK_TABLE', 'runs past'],
+    ['block pages count disagrees with the blocks', 'BLOCK_PAGES', (view) => view.setUint32(0, view.getUint32(0, true) + 1, true), 'section BLOCK_PAGES', 'does not hold'],
+    ['region count disagrees with the length', 'INDEX_CRCS', (view) => view.setUint32(0, 2, true), 'section INDEX_CRCS', 'does not hold'],
     ['config is not JSON', 'CONFIG', (_view, bytes) => (bytes[0] = 0x41), 'section CONFIG', 'not valid JSON'],
     ['config is an array', 'CONFIG', (_view, bytes) => replaceJson(bytes, '[]'), 'section CONFIG', 'not a JSON object'],
     ['cpus is not an array of objects', 'CPUS', (_view, bytes) => replaceJson(bytes, '{}'), 'section CPUS', 'not a JSON array of objects'],
@@ -669,7 +678,7 @@ describe('damage is refused with an error naming the bad part', () => {
       const bytes = clean.slice();
       mutate(bytes, block.fileOffset);
       const crc = checksum(bytes.subarray(block.fileOffset, block.fileOffset + block.storedBytes));
-      const crafted = craft(bytes, { section: 'BLOCK_TABLE', change: (view) => view.setUint32(8 + lz4Block * 32 + 16, crc, true) });
+      const crafted = craft(bytes, { section: 'BLOCK_TABLE', change: (view) => editEntry(view, lz4Block, (at) => view.setUint32(at + 16, crc, true)) });
       const reader = CheckpointReader.open(writeDamaged(crafted));
       const error = expectCheckpointError(() => reader.readBlock(lz4Block), 'BV_CKPT_CORRUPT');
       expect(error.where, label).toBe(`block ${lz4Block}`);
@@ -704,6 +713,16 @@ describe('damage is refused with an error naming the bad part', () => {
   });
 });
 
+/** Offset of block table entry `block` inside the BLOCK_TABLE section. */
+function entryAt(block: number): number {
+  return SECTION_HEAD_BYTES + block * BLOCK_ENTRY_BYTES;
+}
+/** Edits block table entry `block` (given its offset) and fixes the entry's own CRC. */
+function editEntry(view: DataView, block: number, change: (at: number) => void): void {
+  const at = entryAt(block);
+  change(at);
+  view.setUint32(at + 36, checksum(new Uint8Array(view.buffer, view.byteOffset + at, 36)), true);
+}
 /** Replaces a JSON section by `json` padded with spaces (same length, still valid JSON). */
 function replaceJson(bytes: Uint8Array, json: string): void {
   bytes.fill(0x20);
@@ -736,6 +755,208 @@ function deviceStateLengthOffset(bytes: Uint8Array): number {
   const nameLength = bytes[4]! | (bytes[5]! << 8);
   return 4 + 2 + nameLength + 4 + 1;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The lazy index: each region, block entry and page list is read and checked on its own.
+
+describe('lazy index (opened with lazyIndex)', () => {
+  // Three full index regions and a short fourth; 64-page blocks; a third of the pages zero.
+  const lazyPageCount = 3 * INDEX_REGION_PAGES + 100;
+  const storedPage = (gpn: number) => gpn % 3 !== 0;
+  const pageBytes = (gpn: number) => {
+    const page = new Uint8Array(PAGE_BYTES).fill((gpn & 0xff) | 1);
+    new DataView(page.buffer).setUint32(0, gpn, true);
+    return page;
+  };
+  const lazyPath = join(dir, 'lazy-index.ckpt');
+  writeCheckpoint(lazyPath, contentsFor(lazyPageCount), { page: (gpn) => (storedPage(gpn) ? pageBytes(gpn) : null) }, { stagingBytes: 64 * PAGE_BYTES });
+  const lazyClean = new Uint8Array(readFileSync(lazyPath));
+  const sectionOf = (bytes: Uint8Array, name: SectionTypeName) => {
+    const header = decodeHeader(bytes.subarray(0, FIRST_BLOCK_OFFSET), bytes.length);
+    return decodeSectionTable(bytes.subarray(header.sectionTableOffset), header).get(SectionType[name])!;
+  };
+  const openLazy = (bytes: Uint8Array) => CheckpointReader.open(writeDamaged(bytes), { lazyIndex: true });
+  /** Byte offset (inside MEMORY_INDEX) of page `gpn`'s block entry, or of its slot entry. */
+  const blockEntryAt = (gpn: number) => SECTION_HEAD_BYTES + gpn * 4;
+  const slotEntryAt = (gpn: number) => SECTION_HEAD_BYTES + (lazyPageCount + gpn) * 4;
+  /** Recomputes region `region`'s CRC in INDEX_CRCS from the file's (edited) index. */
+  const fixRegionCrc = (bytes: Uint8Array, region: number): Uint8Array => {
+    const index = sectionOf(bytes, 'MEMORY_INDEX');
+    const first = region * INDEX_REGION_PAGES;
+    const count = Math.min(INDEX_REGION_PAGES, lazyPageCount - first);
+    const blocks = bytes.subarray(index.offset + blockEntryAt(first), index.offset + blockEntryAt(first + count));
+    const slots = bytes.subarray(index.offset + slotEntryAt(first), index.offset + slotEntryAt(first + count));
+    const crc = checksum(slots, checksum(blocks));
+    return craft(bytes, { section: 'INDEX_CRCS', change: (view) => view.setUint32(SECTION_HEAD_BYTES + region * 4, crc, true) });
+  };
+
+  it('answers every lookup exactly like a full open', () => {
+    const full = CheckpointReader.open(lazyPath);
+    const lazy = CheckpointReader.open(lazyPath, { lazyIndex: true });
+    expect(lazy.regionCount).toBe(4);
+    expect(lazy.storedPageCount).toBe(full.storedPageCount);
+    expect(lazy.blockCount).toBe(full.blockCount);
+    for (let gpn = 0; gpn < lazyPageCount; gpn++) {
+      expect(lazy.blockOfPage(gpn)).toBe(full.blockOfPage(gpn));
+      expect(lazy.slotOfPage(gpn)).toBe(full.slotOfPage(gpn));
+      expect(lazy.blockOfPage(gpn) >= 0).toBe(storedPage(gpn));
+    }
+    for (let region = 0; region < lazy.regionCount; region++) {
+      const [a, b] = [lazy.regionEntries(region), full.regionEntries(region)];
+      expect([a.firstGpn, Array.from(a.blocks), Array.from(a.slots)]).toEqual([b.firstGpn, Array.from(b.blocks), Array.from(b.slots)]);
+    }
+    for (let block = 0; block < lazy.blockCount; block++) {
+      expect(lazy.blockInfo(block)).toEqual(full.blockInfo(block));
+      const pages = lazy.readBlock(block);
+      pages.gpns.forEach((gpn, slot) => expect(Buffer.from(pages.data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES)).equals(Buffer.from(pageBytes(gpn)))).toBe(true));
+    }
+    expect(lazy.summary()).toEqual(full.summary());
+    expectCheckpointError(() => lazy.regionEntries(4), 'BV_CKPT_BAD_ARGUMENT');
+    expectCheckpointError(() => lazy.blockEntry(lazy.blockCount), 'BV_CKPT_BAD_ARGUMENT');
+    lazy.verifyAll();
+    full.close();
+    lazy.close();
+  });
+
+  it('opening and a first access read the same index bytes for a small and a large memory', () => {
+    // Same stored pages, 8 MiB against 256 MiB of guest memory (a 64 KiB against a 2 MiB index).
+    const indexBytesRead = (pageCount: number): number => {
+      const path = freshPath('lazy-size');
+      writeCheckpoint(path, contentsFor(pageCount), { page: (gpn) => (gpn < 600 || gpn === 1500 ? pageBytes(gpn) : null) });
+      const bytes = new Uint8Array(readFileSync(path));
+      const indexSections = (['MEMORY_INDEX', 'INDEX_CRCS', 'BLOCK_TABLE', 'BLOCK_PAGES'] as const).map((name) => sectionOf(bytes, name));
+      const reads: [number, number][] = [];
+      const original = HostFile.prototype.pread;
+      const spy = vi.spyOn(HostFile.prototype, 'pread').mockImplementation(function (this: HostFile, target: Uint8Array, offset: number) {
+        reads.push([offset, target.length]);
+        return original.call(this, target, offset);
+      });
+      const reader = CheckpointReader.open(path, { lazyIndex: true });
+      const block = reader.blockOfPage(5);
+      const pages = reader.readBlock(block);
+      expect(pages.gpns[reader.slotOfPage(5)]).toBe(5);
+      spy.mockRestore();
+      reader.close();
+      return reads
+        .filter(([offset]) => indexSections.some((section) => offset >= section.offset && offset < section.offset + section.length))
+        .reduce((sum, [, length]) => sum + length, 0);
+    };
+    const small = indexBytesRead(2048);
+    const large = indexBytesRead(65536);
+    expect(large).toBe(small);
+    // Four counts, one region (8 KiB and its CRC), the entries of the blocks it names (3 of
+    // 256 pages) and one page list.
+    expect(large).toBe(4 * 8 + 8192 + 4 + 3 * BLOCK_ENTRY_BYTES + 256 * 4);
+  });
+
+  it('a damaged index region is refused when read, naming the region; other regions still read', () => {
+    const index = sectionOf(lazyClean, 'MEMORY_INDEX');
+    // Two stored pages of region 1 swap their slots: every check but the region's CRC passes.
+    const [a, b] = [1024 + 1, 1024 + 4]; // both stored, in the same block
+    const bytes = craft(lazyClean, {
+      section: 'MEMORY_INDEX',
+      change: (view) => {
+        const slotA = view.getUint32(slotEntryAt(a), true);
+        view.setUint32(slotEntryAt(a), view.getUint32(slotEntryAt(b), true), true);
+        view.setUint32(slotEntryAt(b), slotA, true);
+      },
+    });
+    expect(bytes[index.offset + slotEntryAt(a)]).not.toBe(lazyClean[index.offset + slotEntryAt(a)]);
+    const reader = openLazy(bytes);
+    expect(reader.blockOfPage(1)).toBeGreaterThanOrEqual(0);
+    expect(reader.blockOfPage(2 * 1024 + 2)).toBeGreaterThanOrEqual(0);
+    const error = expectCheckpointError(() => reader.slotOfPage(a), 'BV_CKPT_CHECKSUM');
+    expect(error.where).toBe('section MEMORY_INDEX');
+    expect(error.message).toContain('region 1: checksum mismatch');
+    expectCheckpointError(() => reader.verifyAll(), 'BV_CKPT_CHECKSUM');
+    reader.close();
+    expect(expectCheckpointError(() => CheckpointReader.open(writeDamaged(bytes)), 'BV_CKPT_CHECKSUM').message).toContain('region 1');
+    // A damaged CRC value itself is caught the same way.
+    const badCrc = craft(lazyClean, { section: 'INDEX_CRCS', change: (view) => view.setUint32(SECTION_HEAD_BYTES + 4 * 3, 0x1234, true) });
+    const other = openLazy(badCrc);
+    expect(expectCheckpointError(() => other.blockOfPage(3 * 1024 + 50), 'BV_CKPT_CHECKSUM').message).toContain('region 3');
+    other.close();
+  });
+
+  it('an index entry naming a missing block or slot is refused even when its region CRC matches', () => {
+    const gpn = 1024 + 1;
+    for (const [at, value, text] of [[blockEntryAt(gpn), 999, 'names block 999'], [slotEntryAt(gpn), 500, 'slot 500 of block']] as const) {
+      const bytes = fixRegionCrc(craft(lazyClean, { section: 'MEMORY_INDEX', change: (view) => view.setUint32(at, value, true) }), 1);
+      const reader = openLazy(bytes);
+      const error = expectCheckpointError(() => reader.blockOfPage(gpn), 'BV_CKPT_CORRUPT');
+      expect(error.where).toBe('section MEMORY_INDEX');
+      expect(error.message).toContain(text);
+      reader.close();
+    }
+  });
+
+  it('a damaged block entry is refused when read, naming the block; other entries still read', () => {
+    const bad = 3;
+    const table = sectionOf(lazyClean, 'BLOCK_TABLE');
+    for (const field of [0, 12, 24, 28, 36]) {
+      const bytes = lazyClean.slice();
+      bytes[table.offset + entryAt(bad) + field + 1]! ^= 0x04;
+      const fixed = craft(bytes, {}); // the section CRC is not fixed: a full open names the section
+      expect(expectCheckpointError(() => CheckpointReader.open(writeDamaged(fixed)), 'BV_CKPT_CHECKSUM').where).toBe('section BLOCK_TABLE');
+      const crafted = craft(lazyClean, { section: 'BLOCK_TABLE', change: (_view, payload) => (payload[entryAt(bad) + field + 1]! ^= 0x04) });
+      const reader = openLazy(crafted);
+      expect(reader.blockEntry(bad - 1).pageCount).toBe(64);
+      for (const action of [() => reader.blockEntry(bad), () => reader.readBlock(bad), () => reader.pagesOfBlock(bad)]) {
+        const error = expectCheckpointError(action, 'BV_CKPT_CHECKSUM');
+        expect(error.where).toBe('section BLOCK_TABLE');
+        expect(error.message).toContain(`block ${bad}: entry checksum mismatch`);
+      }
+      reader.close();
+      expect(expectCheckpointError(() => CheckpointReader.open(writeDamaged(crafted)), 'BV_CKPT_CHECKSUM').message).toContain(`block ${bad}: entry checksum`);
+    }
+  });
+
+  it("a damaged page list is refused when read, naming the block's list; other lists still read", () => {
+    const bad = 5;
+    const reader0 = CheckpointReader.open(lazyPath);
+    const firstPage = [...Array(bad).keys()].reduce((sum, block) => sum + reader0.blockEntry(block).pageCount, 0);
+    reader0.close();
+    const bytes = craft(lazyClean, { section: 'BLOCK_PAGES', change: (_view, payload) => (payload[SECTION_HEAD_BYTES + (firstPage + 7) * 4]! ^= 0x01) });
+    const reader = openLazy(bytes);
+    expect(reader.pagesOfBlock(bad - 1)).toHaveLength(64);
+    expect(reader.blockOfPage(reader.pagesOfBlock(bad + 1)[0]!)).toBe(bad + 1);
+    for (const action of [() => reader.pagesOfBlock(bad), () => reader.readBlock(bad), () => reader.blockInfo(bad)]) {
+      const error = expectCheckpointError(action, 'BV_CKPT_CHECKSUM');
+      expect(error.where).toBe('section BLOCK_PAGES');
+      expect(error.message).toContain(`block ${bad}'s page list: checksum mismatch`);
+    }
+    reader.close();
+    expect(expectCheckpointError(() => CheckpointReader.open(writeDamaged(bytes)), 'BV_CKPT_CHECKSUM').where).toBe('section BLOCK_PAGES');
+  });
+
+  it('page lists that disagree with the index (all checksums fixed) are refused by a full open', () => {
+    const block = 2;
+    const reader0 = CheckpointReader.open(lazyPath);
+    const firstPage = 2 * 64;
+    expect(reader0.blockEntry(0).pageCount + reader0.blockEntry(1).pageCount).toBe(firstPage);
+    reader0.close();
+    const at = SECTION_HEAD_BYTES + (firstPage + 3) * 4;
+    let listCrc = 0;
+    const swapped = craft(lazyClean, {
+      section: 'BLOCK_PAGES',
+      change: (view, payload) => {
+        const first = view.getUint32(at, true);
+        view.setUint32(at, view.getUint32(at + 4, true), true);
+        view.setUint32(at + 4, first, true);
+        listCrc = checksum(payload.subarray(SECTION_HEAD_BYTES + firstPage * 4, SECTION_HEAD_BYTES + (firstPage + 64) * 4));
+      },
+    });
+    const bytes = craft(swapped, { section: 'BLOCK_TABLE', change: (view) => editEntry(view, block, (entry) => view.setUint32(entry + 28, listCrc, true)) });
+    const error = expectCheckpointError(() => CheckpointReader.open(writeDamaged(bytes)), 'BV_CKPT_CORRUPT');
+    expect(error.where).toBe('section BLOCK_PAGES');
+    expect(error.message).toContain(`slot 3 of block ${block} holds page`);
+    // A lazy reader cannot see it without the whole index; the lazy restore checks each page it installs.
+    const reader = openLazy(bytes);
+    expect(reader.pagesOfBlock(block)).toHaveLength(64);
+    expectCheckpointError(() => reader.verifyAll(), 'BV_CKPT_CORRUPT');
+    reader.close();
+  });
+});
 
 // ---------------------------------------------------------------------------------------------
 

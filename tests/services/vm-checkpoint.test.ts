@@ -7,8 +7,9 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { assemble, assembleFile } from '../../guest-isa/assembler.ts';
+import { HostFile } from '../../native/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, savedBootArgs, type StandardDevices } from '../../devices/index.ts';
 import { AbsentState, createHypervisor, KernelError, P2mEntry, REGION_PAGES, type Hypervisor, type Vm } from '../../kernel/index.ts';
@@ -26,6 +27,17 @@ import {
   type RestoreMode,
   type RestoreOptions,
 } from '../../services/checkpoint/index.ts';
+import {
+  BLOCK_ENTRY_BYTES,
+  checksum,
+  decodeHeader,
+  decodeSectionTable,
+  encodeHeader,
+  encodeSectionTable,
+  FIRST_BLOCK_OFFSET,
+  SECTION_HEAD_BYTES,
+  SectionType,
+} from '../../services/checkpoint/format.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-vm-ckpt-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -354,12 +366,94 @@ describe('checkpoint and restore of a guest that writes every page', () => {
   });
 });
 
+/**
+ * Swaps the first two gpns of a block's page list and fixes every checksum above them (the
+ * list's CRC in the block entry, the entry's CRC, both sections', the table's, the header's): only
+ * a comparison with the memory index can tell.
+ */
+function swapPageList(file: Uint8Array, block: number): Uint8Array {
+  return editFile(file, (view, sectionAt) => {
+    const entryAt = sectionAt(SectionType.BLOCK_TABLE) + SECTION_HEAD_BYTES + block * BLOCK_ENTRY_BYTES;
+    const listAt = sectionAt(SectionType.BLOCK_PAGES) + SECTION_HEAD_BYTES + view.getUint32(entryAt + 24, true) * 4;
+    const pageCount = view.getUint32(entryAt + 12, true);
+    const first = view.getUint32(listAt, true);
+    view.setUint32(listAt, view.getUint32(listAt + 4, true), true);
+    view.setUint32(listAt + 4, first, true);
+    const bytes = new Uint8Array(view.buffer);
+    view.setUint32(entryAt + 28, checksum(bytes.subarray(listAt, listAt + pageCount * 4)), true);
+    view.setUint32(entryAt + 36, checksum(bytes.subarray(entryAt, entryAt + 36)), true);
+  });
+}
+
+/** Applies `edit` to a copy of a checkpoint file, then fixes every section's CRC, the table's and the header's. */
+function editFile(file: Uint8Array, edit: (view: DataView, sectionAt: (type: number) => number) => void): Uint8Array {
+  const bytes = new Uint8Array(file);
+  const header = decodeHeader(bytes.subarray(0, FIRST_BLOCK_OFFSET), bytes.length);
+  const sections = decodeSectionTable(bytes.subarray(header.sectionTableOffset), header);
+  edit(new DataView(bytes.buffer), (type) => sections.get(type)!.offset);
+  for (const section of sections.values()) section.crc = checksum(bytes.subarray(section.offset, section.offset + section.length));
+  const tableBytes = encodeSectionTable([...sections.values()]);
+  bytes.set(tableBytes, header.sectionTableOffset);
+  bytes.set(encodeHeader({ ...header, sectionTableCrc: checksum(tableBytes) }), 0);
+  return bytes;
+}
+
 function countLz4(path: string): number {
   const reader = CheckpointReader.open(path);
   const count = reader.summary().lz4Blocks;
   reader.close();
   return count;
 }
+
+describe('lazy restore cost does not grow with memory size', () => {
+  it('restoring and running the first instruction reads the same index bytes for 8 MiB and 128 MiB', () => {
+    const spin = assemble('_start: j _start\n').image;
+    const indexBytesRead = (memoryBytes: number): { read: number; indexBytes: number } => {
+      const path = join(dir, `spin-${memoryBytes}.ckpt`);
+      const machine = boot(spin, memoryBytes);
+      saveVmCheckpoint(machine.vm, path);
+      const bytes = readFileSync(path);
+      const header = decodeHeader(bytes.subarray(0, FIRST_BLOCK_OFFSET), bytes.length);
+      const sections = decodeSectionTable(bytes.subarray(header.sectionTableOffset), header);
+      const index = [SectionType.MEMORY_INDEX, SectionType.INDEX_CRCS, SectionType.BLOCK_TABLE, SectionType.BLOCK_PAGES].map((type) => sections.get(type)!);
+      const reads: [number, number][] = [];
+      const original = HostFile.prototype.pread;
+      const spy = vi.spyOn(HostFile.prototype, 'pread').mockImplementation(function (this: HostFile, target: Uint8Array, offset: number) {
+        reads.push([offset, target.length]);
+        return original.call(this, target, offset);
+      });
+      try {
+        const { hv, vm, restored } = restore(path, memoryBytes, { mode: 'lazy', prefetch: false });
+        const [result] = hv.run({ maxInstructions: 1 }, [vm]);
+        expect(result!.reason).toEqual({ kind: 'budget' });
+        expect(restored.demandReads).toBe(1);
+      } finally {
+        spy.mockRestore();
+      }
+      const read = reads
+        .filter(([offset]) => index.some((section) => offset >= section.offset && offset < section.offset + section.length))
+        .reduce((sum, [, length]) => sum + length, 0);
+      return { read, indexBytes: sections.get(SectionType.MEMORY_INDEX)!.length };
+    };
+    const small = indexBytesRead(8 * MiB);
+    const large = indexBytesRead(128 * MiB);
+    expect(large.read).toBe(small.read);
+    expect(large.read).toBeLessThan(large.indexBytes / 16); // a region of a 256 KiB index, not all of it
+  });
+
+  it('once every block is in, the prefetcher reads the index of the regions never used', () => {
+    const memoryBytes = 128 * MiB;
+    const { hv, vm, restored } = restore(join(dir, `spin-${memoryBytes}.ckpt`), memoryBytes, { mode: 'lazy', prefetch: { everyInstructions: 1000, blocksPerTick: 4 } });
+    hv.run({ maxInstructions: 1 }, [vm]);
+    expect(restored.complete).toBe(true); // the image fits one block
+    expect(vm.pendingRegionCount).toBeGreaterThan(20);
+    // Tickers run between scheduling rounds (20,000 instructions): 4 regions each.
+    hv.run({ maxInstructions: 20_000 * 10 }, [vm]);
+    expect(vm.pendingRegionCount).toBe(0);
+    expect(lazyCount(vm)).toBe(0);
+    restored.close();
+  });
+});
 
 describe('damaged and mismatched checkpoints', () => {
   const memoryBytes = 4 * MiB;
@@ -401,6 +495,56 @@ describe('damaged and mismatched checkpoints', () => {
     expect(error).toBeInstanceOf(CheckpointError);
     expect(error).toMatchObject({ code: 'BV_CKPT_CHECKSUM', where: `block ${badBlock}` });
     expect(vm.p2m.entries[pageInBadBlock]).toBeLessThan(0); // nothing wrong was installed
+  });
+
+  it('page lists that disagree with the index (checksums fixed): lazy restore refuses the page, installing nothing wrong', () => {
+    const reader = CheckpointReader.open(good);
+    const block = 5;
+    const [first, second] = reader.pagesOfBlock(block);
+    reader.close();
+    const path = join(dir, 'small-swapped.ckpt');
+    writeFileSync(path, swapPageList(readFileSync(good), block));
+    expect(() => CheckpointReader.open(path)).toThrow(expect.objectContaining({ code: 'BV_CKPT_CORRUPT', where: 'section BLOCK_PAGES' }));
+    const { vm, restored } = restore(path, memoryBytes, { mode: 'lazy', prefetch: false });
+    let error: unknown;
+    try {
+      vm.readPhysical(first! * PAGE_BYTES, 4);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error).toMatchObject({ code: 'BV_CKPT_CORRUPT', where: 'section BLOCK_PAGES' });
+    expect((error as Error).message).toContain(`puts page ${second} in block ${block}`);
+    expect(vm.p2m.entries[first!]).toBeLessThan(0);
+    expect(vm.p2m.entries[second!]).toBeLessThan(0);
+    expect(restored.pagesInstalled).toBe(0);
+  });
+
+  it('a damaged index region: lazy restore starts, every access to the region fails, none reads zero', () => {
+    const reader = CheckpointReader.open(good);
+    const page = reader.pagesOfBlock(2)[0]!;
+    reader.close();
+    const path = join(dir, 'small-bad-region.ckpt');
+    // The slot of `page` changes; only the region's own CRC (in INDEX_CRCS) can tell.
+    writeFileSync(path, editFile(readFileSync(good), (view, sectionAt) => {
+      const at = sectionAt(SectionType.MEMORY_INDEX) + SECTION_HEAD_BYTES + (memoryBytes / PAGE_BYTES + page) * 4;
+      view.setUint32(at, view.getUint32(at, true) ^ 1, true);
+    }));
+    const { hv, vm, restored } = restore(path, memoryBytes, { mode: 'lazy', prefetch: false });
+    for (let attempt = 0; attempt < 2; attempt++) {
+      let error: unknown;
+      try {
+        vm.readPhysical(page * PAGE_BYTES, 4);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toMatchObject({ code: 'BV_CKPT_CHECKSUM', where: 'section MEMORY_INDEX' });
+      expect((error as Error).message).toMatch(/^lazy restore of guest pages 0-1023 failed: .*region 0: checksum mismatch/);
+    }
+    const [result] = hv.run({ maxInstructions: 10 }, [vm]);
+    expect(result!.reason.kind).toBe('host-error');
+    expect(restored.blocksRead).toBe(0);
+    expect(vm.p2m.entries[page]).toBeLessThan(0);
   });
 
   for (const mode of ['eager', 'map'] as const) {
