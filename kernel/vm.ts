@@ -588,7 +588,8 @@ export class Vm implements PhysicalPageTables {
 
   /** Whether a guest page holds a traced guest page table (writes must be reported). */
   isTraced(gpa: number): boolean {
-    return (this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]! & P2mFlag.TRACED) !== 0 && this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]! >= 0;
+    const entry = this.p2m.entries[Math.floor(gpa / PAGE_SIZE)]!;
+    return entry >= 0 && (entry & P2mFlag.TRACED) !== 0;
   }
 
   /** A guest store changed a word of a traced page: the MMU drops what derived from it. */

@@ -2,30 +2,24 @@
 // guest keeps writing every page, the file must equal — page by page, and in CPU and device state
 // — a stop-the-world checkpoint taken at the same instruction, and restoring it must finish like
 // an uninterrupted run. The pause does not walk guest memory; failures leave the target alone.
-import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { boot, MiB, restore, runFor, runToEnd, type Outcome } from './vm-machine.ts';
 import { assemble, assembleFile } from '../../guest-isa/assembler.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
-import { attachStandardDevices, CaptureSink, runWithResets, savedBootArgs, type StandardDevices } from '../../devices/index.ts';
-import { AbsentState, createHypervisor, P2mEntry, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor } from '../../kernel/index.ts';
 import {
   CheckpointReader,
   diffCheckpoints,
   PAGE_BYTES,
-  restoreVmCheckpoint,
   saveVmCheckpoint,
   startLiveSnapshot,
-  type RestoreMode,
 } from '../../services/checkpoint/index.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-live-snapshot-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const MiB = 2 ** 20;
-const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
 
 /**
  * Writes every page of RAM above 0x10000 on each pass (one word folded into a running hash, two
@@ -81,62 +75,6 @@ digits: .ascii  "00000000\\n"
   return assemble(source, { fileName: 'pagewriter.s' }).image;
 }
 
-interface Machine {
-  hv: Hypervisor;
-  vm: Vm;
-  devices: StandardDevices;
-  output: CaptureSink;
-}
-
-function boot(image: GuestImage, memoryBytes: number, bootArgs = ''): Machine {
-  const hv = createHypervisor({ hostMemoryBytes: memoryBytes + 16 * MiB });
-  const vm = hv.createVm({ memoryBytes, vcpus: 1, name: 'guest' });
-  vm.loadImage(image);
-  const output = new CaptureSink();
-  return { hv, vm, devices: attachStandardDevices(vm, { output, bootArgs }), output };
-}
-
-function restore(path: string, memoryBytes: number, mode: RestoreMode): Machine {
-  const hv = createHypervisor({ hostMemoryBytes: memoryBytes + 16 * MiB });
-  const output = new CaptureSink();
-  let devices: StandardDevices | undefined;
-  const { vm } = restoreVmCheckpoint(hv, path, {
-    mode,
-    attach: (vm, saved) => {
-      devices = attachStandardDevices(vm, { output, bootArgs: savedBootArgs(saved.components.bootargs!.state) });
-    },
-  });
-  return { hv, vm, devices: devices!, output };
-}
-
-function memoryHash(vm: Vm): string {
-  const hash = createHash('sha256');
-  const zero = new Uint8Array(PAGE_BYTES);
-  for (let gpn = 0; gpn < vm.p2m.pageCount; gpn++) {
-    hash.update(vm.p2m.entries[gpn] === UNTOUCHED ? zero : vm.readPhysical(gpn * PAGE_BYTES, PAGE_BYTES));
-  }
-  return hash.digest('hex');
-}
-
-interface Outcome {
-  output: string;
-  reason: unknown;
-  instructions: number;
-  memory: string;
-}
-
-function runToEnd(machine: Machine): Outcome {
-  const run = runWithResets(machine.hv, machine.vm, machine.devices, { maxInstructions: 100_000_000 });
-  return { output: machine.output.text(), reason: run.reason, instructions: machine.vm.instructionsRetired, memory: memoryHash(machine.vm) };
-}
-
-/** Runs `instructions` more instructions (exactly) and returns the console output so far. */
-function runFor(machine: Machine, instructions: number): string {
-  const run = runWithResets(machine.hv, machine.vm, machine.devices, { maxInstructions: instructions });
-  expect(run.reason).toEqual({ kind: 'budget' });
-  return machine.output.text();
-}
-
 function expectSameFiles(a: string, b: string): void {
   const [readerA, readerB] = [CheckpointReader.open(a), CheckpointReader.open(b)];
   const diff = diffCheckpoints(readerA, readerB);
@@ -185,7 +123,7 @@ describe('a live snapshot of a guest that writes every page', () => {
 
   for (const mode of ['lazy', 'eager', 'map'] as const) {
     it(`the live snapshot restored in ${mode} mode finishes like the uninterrupted run`, () => {
-      const outcome = runToEnd(restore(live, memoryBytes, mode));
+      const outcome = runToEnd(restore(live, memoryBytes, { mode: mode }));
       expect(prefix + outcome.output).toBe(reference.output);
       expect(outcome).toMatchObject({ reason: reference.reason, instructions: reference.instructions, memory: reference.memory });
     });
@@ -208,7 +146,7 @@ describe('a live snapshot of a guest that writes every page', () => {
   });
 
   it('a snapshot of a VM still being restored lazily equals the file it is restored from', () => {
-    const machine = restore(stopped, memoryBytes, 'lazy');
+    const machine = restore(stopped, memoryBytes, { mode: 'lazy' });
     const path = join(dir, 'of-lazy.ckpt');
     const snapshot = startLiveSnapshot(machine.vm, path, { pagesPerTick: 16 });
     runToEnd(machine);
@@ -232,7 +170,7 @@ describe('the nanokernel snapshotted live', () => {
     expect(runToEnd(machine)).toEqual(reference);
     expect(snapshot.done).toBe(true);
     expectSameFiles(stopped, live);
-    const outcome = runToEnd(restore(live, memoryBytes, 'lazy'));
+    const outcome = runToEnd(restore(live, memoryBytes, { mode: 'lazy' }));
     expect(prefix + outcome.output).toBe(reference.output);
     expect(outcome).toMatchObject({ reason: reference.reason, instructions: reference.instructions, memory: reference.memory });
   });

@@ -7,12 +7,13 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { boot, MiB, restore, runFor, runToEnd, type Outcome } from './vm-machine.ts';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { assemble, assembleFile } from '../../guest-isa/assembler.ts';
 import { HostFile } from '../../native/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
-import { attachStandardDevices, CaptureSink, runWithResets, savedBootArgs, type StandardDevices } from '../../devices/index.ts';
-import { AbsentState, createHypervisor, KernelError, P2mEntry, REGION_PAGES, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { attachStandardDevices, savedBootArgs } from '../../devices/index.ts';
+import { createHypervisor, KernelError, REGION_PAGES, type Vm } from '../../kernel/index.ts';
 import {
   CheckpointError,
   CheckpointReader,
@@ -23,9 +24,7 @@ import {
   vmCheckpointContents,
   VmCheckpointError,
   writeCheckpoint,
-  type RestoredVm,
   type RestoreMode,
-  type RestoreOptions,
 } from '../../services/checkpoint/index.ts';
 import {
   BLOCK_ENTRY_BYTES,
@@ -42,9 +41,7 @@ import {
 const dir = mkdtempSync(join(tmpdir(), 'bv-vm-ckpt-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const MiB = 2 ** 20;
 const MODES: readonly RestoreMode[] = ['eager', 'lazy', 'map'];
-const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
 const NANOKERNEL = assembleFile(join(import.meta.dirname, '..', '..', 'examples/nanokernel/kernel.s')).image;
 const NANOKERNEL_ARGS = 'sieve 100000 crc32 65536 walker 4M random 2 ping 3 fault';
 
@@ -110,69 +107,7 @@ digits: .ascii  "00000000\\n"
   return assemble(source, { fileName: 'pagewriter.s' }).image;
 }
 
-interface Machine {
-  hv: Hypervisor;
-  vm: Vm;
-  devices: StandardDevices;
-  output: CaptureSink;
-}
-
-function boot(image: GuestImage, memoryBytes: number, bootArgs = ''): Machine {
-  const hv = createHypervisor({ hostMemoryBytes: memoryBytes + 16 * MiB });
-  const vm = hv.createVm({ memoryBytes, vcpus: 1, name: 'guest' });
-  vm.loadImage(image);
-  const output = new CaptureSink();
-  const devices = attachStandardDevices(vm, { output, bootArgs });
-  return { hv, vm, devices, output };
-}
-
-/** Restores into a fresh hypervisor with the standard devices attached as saved. */
-function restore(path: string, memoryBytes: number, options: Omit<RestoreOptions, 'attach'>): Machine & { restored: RestoredVm } {
-  const hv = createHypervisor({ hostMemoryBytes: memoryBytes + 16 * MiB });
-  const output = new CaptureSink();
-  let devices: StandardDevices | undefined;
-  const restored = restoreVmCheckpoint(hv, path, {
-    ...options,
-    attach: (vm, saved) => {
-      devices = attachStandardDevices(vm, { output, bootArgs: savedBootArgs(saved.components.bootargs!.state) });
-    },
-  });
-  return { hv, vm: restored.vm, devices: devices!, output, restored };
-}
-
-/** SHA-256 over every guest page as the guest sees it (untouched pages are zero). */
-function memoryHash(vm: Vm): string {
-  const hash = createHash('sha256');
-  const zero = new Uint8Array(PAGE_BYTES);
-  for (let gpn = 0; gpn < vm.p2m.pageCount; gpn++) {
-    hash.update(vm.p2m.entries[gpn] === UNTOUCHED ? zero : vm.readPhysical(gpn * PAGE_BYTES, PAGE_BYTES));
-  }
-  return hash.digest('hex');
-}
-
 const fileHash = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
-
-interface Outcome {
-  output: string;
-  reason: unknown;
-  instructions: number;
-  memory: string;
-}
-
-/** Runs until the guest stops; `afterRun` looks at the VM before the memory hash reads every page. */
-function runToEnd(machine: Machine, afterRun?: () => void): Outcome {
-  const run = runWithResets(machine.hv, machine.vm, machine.devices, { maxInstructions: 100_000_000 });
-  afterRun?.();
-  return { output: machine.output.text(), reason: run.reason, instructions: machine.vm.instructionsRetired, memory: memoryHash(machine.vm) };
-}
-
-/** Runs to exactly `instructions`, flushing the console so the output so far is known. */
-function runTo(machine: Machine, instructions: number): string {
-  const run = runWithResets(machine.hv, machine.vm, machine.devices, { maxInstructions: instructions });
-  expect(run.reason).toEqual({ kind: 'budget' });
-  expect(machine.vm.instructionsRetired).toBe(instructions);
-  return machine.output.text();
-}
 
 function lazyCount(vm: Vm): number {
   return vm.p2m.census().absent.lazy ?? 0;
@@ -193,7 +128,7 @@ describe('checkpoint and restore of the nanokernel at an exact instruction', () 
     expect(reference.instructions).toBeGreaterThan(stopAt * 2);
 
     const machine = boot(NANOKERNEL, memoryBytes, NANOKERNEL_ARGS);
-    prefix = runTo(machine, stopAt);
+    prefix = runFor(machine, stopAt);
     expect(prefix.length).toBeGreaterThan(0);
     expect(reference.output.startsWith(prefix)).toBe(true);
     expect(reference.output.length).toBeGreaterThan(prefix.length);
@@ -265,7 +200,7 @@ describe('checkpoint and restore of a guest that writes every page', () => {
     reference = runToEnd(boot(image, memoryBytes));
     expect(reference.output.split('\n')).toHaveLength(31);
     const machine = boot(image, memoryBytes);
-    prefix = runTo(machine, stopAt);
+    prefix = runFor(machine, stopAt);
     const rawStats = saveVmCheckpoint(machine.vm, raw, { stagingBytes: staging });
     const lz4Stats = saveVmCheckpoint(machine.vm, lz4, { stagingBytes: staging, compression: 'lz4' });
     expect(rawStats.blocks).toBeGreaterThan(100);
@@ -464,7 +399,7 @@ describe('damaged and mismatched checkpoints', () => {
 
   it('a flipped bit in a block: lazy restore starts, then the VM stops with a host error naming the block', () => {
     const machine = boot(image, memoryBytes);
-    runTo(machine, 50_000);
+    runFor(machine, 50_000);
     saveVmCheckpoint(machine.vm, good, { stagingBytes: 64 * 1024 });
     const bytes = readFileSync(good);
     const reader = CheckpointReader.open(good);
