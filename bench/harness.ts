@@ -12,6 +12,7 @@
  * rounds. A guest run whose result differs from the JS result is an error, never a figure.
  */
 import { readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { assemble } from '../guest-isa/assembler.ts';
 import { Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
@@ -30,6 +31,8 @@ export interface BenchSize {
 export interface GuestRun {
   /** Wall time of the run itself (not VM creation or image loading). */
   ms: number;
+  /** Process CPU time (user + system, all threads) over the same interval. */
+  cpuMs: number;
   instructions: number;
   /** The value the guest exited with (u32). */
   result: number;
@@ -65,7 +68,7 @@ export interface MmuCounters {
   translationsInvalidated: number;
   /** Whole-TLB flushes, summed over vCPUs. */
   tlbFullFlushes: number;
-  /** Guest regions backed by one aligned 4 MiB host run (vm.largePageStats.runsAllocated). */
+  /** Guest regions backed by one aligned 4 MiB host run (vm.memory.largePageStats.runsAllocated). */
   hostRuns: number;
   /** Interrupts taken, summed over vCPUs. */
   interrupts: number;
@@ -83,7 +86,7 @@ export function mmuCounters(vm: Vm): MmuCounters {
   return {
     walks: stats.walks, shadowHits: stats.shadowHits, largeHits: stats.largeHits, batchFilled: stats.batchFilled,
     flushesElided: stats.flushesElided, flushesFull: stats.flushesFull, translationsInvalidated: vm.translationsInvalidated,
-    tlbFullFlushes, hostRuns: vm.largePageStats.runsAllocated, interrupts,
+    tlbFullFlushes, hostRuns: vm.memory.largePageStats.runsAllocated, interrupts,
   };
 }
 
@@ -93,6 +96,8 @@ export type VmSettings = Pick<VmConfig, 'mmu' | 'largePages'>;
 /** One timed run of the plain-JS baseline. */
 export interface JsRun {
   ms: number;
+  /** Process CPU time over the same interval. */
+  cpuMs: number;
   result: number;
   memory: Uint8Array | null;
   /** Lines a printing guest must print (for verify), when it prints. */
@@ -154,9 +159,11 @@ export function runGuestProgram(hv: Hypervisor, label: string, program: GuestPro
       vcpu.regs[Reg.A0] = HcallStatus.OK;
       vm.powerOff(0);
     });
+    const cpuStart = process.cpuUsage();
     const start = performance.now();
     const [outcome] = hv.run({ maxInstructions: MAX_GUEST_INSTRUCTIONS }, [vm]);
     const ms = performance.now() - start;
+    const cpuMs = cpuSince(cpuStart);
     const reason = outcome!.reason;
     const result = exit.result;
     if (reason.kind !== 'halted' || result === null) {
@@ -171,7 +178,7 @@ export function runGuestProgram(hv: Hypervisor, label: string, program: GuestPro
       memory = vm.readVirtual(vm.vcpus[0]!, program.capture.va, program.capture.length);
       if (!memory) throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: cannot read the guest's result memory`);
     }
-    return { ms, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks, mmu: counters, guestStats: {} };
+    return { ms, cpuMs, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks, mmu: counters, guestStats: {} };
   } finally {
     hv.destroyVm(vm);
   }
@@ -228,10 +235,11 @@ export function pagingWorkload<Params>(spec: {
   js(params: Params): { result: number; memory?: Uint8Array };
 }): Workload<{ params: Params; programs: Map<string, GuestProgram> }> {
   const jsBaseline = (params: Params): JsRun => {
+    const cpuStart = process.cpuUsage();
     const start = performance.now();
     const out = spec.js(params);
     const ms = performance.now() - start;
-    return { ms, result: out.result >>> 0, memory: out.memory ?? null };
+    return { ms, cpuMs: cpuSince(cpuStart), result: out.result >>> 0, memory: out.memory ?? null };
   };
   return {
     name: spec.name,
@@ -261,8 +269,27 @@ export function pagingWorkload<Params>(spec: {
 export interface Check {
   name: string;
   target: string;
+  /** The figure, from wall times. */
   value: number;
   pass: boolean;
+  /**
+   * The same figure computed from process CPU times, when it is a time or speed: far from
+   * `value`, the process waited (I/O) or was not running (another tenant had the core).
+   */
+  cpuValue?: number;
+  /** The 1-minute load average when the figure's measurement ended. */
+  load: number;
+}
+
+/** Milliseconds of process CPU time (user + system, all threads) since `start` (process.cpuUsage()). */
+export function cpuSince(start: NodeJS.CpuUsage): number {
+  const used = process.cpuUsage(start);
+  return (used.user + used.system) / 1000;
+}
+
+/** The 1-minute load average now (os.loadavg; 0 where the platform has none). */
+export function loadNow(): number {
+  return round(loadavg()[0]!, 2);
 }
 
 /** Rounds a figure for reports: timing noise makes further digits meaningless. */
@@ -281,8 +308,12 @@ export interface VariantFigures {
   instructions: number;
   medianMs: number;
   runsMs: number[];
+  /** Median process CPU time of the same runs (its own median: not necessarily the same run's). */
+  cpuMs: number;
   /** Guest million instructions per second: instructions ÷ median time. */
   mips: number;
+  /** Instructions ÷ median CPU time. */
+  cpuMips: number;
   /** The same instructions ÷ the median plain-JS time: the ceiling the guest is measured against. */
   jsEquivalentMips: number;
   /** Guest time ÷ plain-JS time (= jsEquivalentMips ÷ mips). */
@@ -297,10 +328,14 @@ export interface VariantFigures {
 export interface WorkloadFigures {
   name: string;
   description: string;
-  js: { medianMs: number; runsMs: number[] };
+  js: { medianMs: number; runsMs: number[]; cpuMs: number };
   variants: VariantFigures[];
   /** mips(paging=off) ÷ mips(paging=on) − 1: extra time per instruction with paging on. */
   pagingCost: number | null;
+  /** The same from median CPU times. */
+  pagingCostCpu: number | null;
+  /** The 1-minute load average when the workload's last run ended. */
+  load: number;
 }
 
 export interface MeasureOptions {
@@ -320,7 +355,9 @@ export function stepCount(workload: Workload, options: Pick<MeasureOptions, 'war
 export function measureWorkload(hv: Hypervisor, workload: Workload, options: MeasureOptions): WorkloadFigures {
   const prepared = workload.setup(options.size);
   const jsTimes: number[] = [];
+  const jsCpu: number[] = [];
   const guestTimes = new Map<string, number[]>(workload.variants.map((v) => [v, []]));
+  const guestCpu = new Map<string, number[]>(workload.variants.map((v) => [v, []]));
   const lastRun = new Map<string, GuestRun>();
   const instructions = new Map<string, number>();
   let reference: JsRun | null = null;
@@ -333,7 +370,10 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
       throw new BenchError('BV_BENCH_WRONG_RESULT', `${workload.name}: the plain-JS baseline is not deterministic`);
     }
     reference = js;
-    if (timed) jsTimes.push(js.ms);
+    if (timed) {
+      jsTimes.push(js.ms);
+      jsCpu.push(js.cpuMs);
+    }
     // Alternate the order so that neither variant always runs right after the JS baseline.
     const order = round % 2 === 0 ? workload.variants : [...workload.variants].reverse();
     for (const variant of order) {
@@ -345,7 +385,10 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
         throw new BenchError('BV_BENCH_NONDETERMINISTIC', `${workload.name} ${variant}: one run retired ${seen} instructions, another ${guest.instructions}`);
       }
       instructions.set(variant, guest.instructions);
-      if (timed) guestTimes.get(variant)!.push(guest.ms);
+      if (timed) {
+        guestTimes.get(variant)!.push(guest.ms);
+        guestCpu.get(variant)!.push(guest.cpuMs);
+      }
       lastRun.set(variant, guest);
     }
   }
@@ -353,6 +396,7 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
   const variants = workload.variants.map((variant): VariantFigures => {
     const runsMs = guestTimes.get(variant)!;
     const medianMs = median(runsMs);
+    const cpuMs = median(guestCpu.get(variant)!);
     const count = instructions.get(variant)!;
     const run = lastRun.get(variant)!;
     return {
@@ -360,7 +404,9 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
       instructions: count,
       medianMs: round(medianMs, 3),
       runsMs: runsMs.map((ms) => round(ms, 3)),
+      cpuMs: round(cpuMs, 3),
       mips: round(count / medianMs / 1000, 2),
+      cpuMips: round(count / cpuMs / 1000, 2),
       jsEquivalentMips: round(count / jsMedian / 1000, 2),
       ratio: round(medianMs / jsMedian, 3),
       tlbMisses: run.tlbMisses,
@@ -371,14 +417,19 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
   });
   const off = variants.find((v) => v.variant === PAGING_OFF);
   const on = variants.find((v) => v.variant === PAGING_ON);
-  const offMs = guestTimes.get(PAGING_OFF);
-  const onMs = guestTimes.get(PAGING_ON);
+  // mips(off) ÷ mips(on) − 1, from the unrounded times.
+  const pagingCost = (times: Map<string, number[]>): number | null => {
+    const offMs = times.get(PAGING_OFF);
+    const onMs = times.get(PAGING_ON);
+    return off && on && offMs && onMs ? round((off.instructions * median(onMs)) / (on.instructions * median(offMs)) - 1, 4) : null;
+  };
   return {
     name: workload.name,
     description: workload.description,
-    js: { medianMs: round(jsMedian, 3), runsMs: jsTimes.map((ms) => round(ms, 3)) },
+    js: { medianMs: round(jsMedian, 3), runsMs: jsTimes.map((ms) => round(ms, 3)), cpuMs: round(median(jsCpu), 3) },
     variants,
-    // mips(off) ÷ mips(on) − 1, from the unrounded times.
-    pagingCost: off && on && offMs && onMs ? round((off.instructions * median(onMs)) / (on.instructions * median(offMs)) - 1, 4) : null,
+    pagingCost: pagingCost(guestTimes),
+    pagingCostCpu: pagingCost(guestCpu),
+    load: loadNow(),
   };
 }

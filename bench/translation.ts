@@ -11,7 +11,7 @@ import { assembleFile } from '../guest-isa/assembler.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { attachStandardDevices, CaptureSink, runWithResets } from '../devices/index.ts';
 import type { Hypervisor } from '../kernel/index.ts';
-import { assembleGuest, BenchError, mmuCounters, runGuestProgram, tlbCounters, verifyAgainstJs } from './harness.ts';
+import { assembleGuest, BenchError, cpuSince, mmuCounters, runGuestProgram, tlbCounters, verifyAgainstJs } from './harness.ts';
 import type { BenchSize, Check, GuestProgram, GuestRun, JsRun, VariantFigures, VmSettings, Workload, WorkloadFigures } from './harness.ts';
 import { expectedLines, programArgs } from './nanokernel-model.ts';
 import type { ProgramSpec } from './nanokernel-model.ts';
@@ -27,10 +27,11 @@ const LCG_ADD = 1013904223;
 const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 
-const timed = <T>(compute: () => T): { ms: number; value: T } => {
+const timed = <T>(compute: () => T): { ms: number; cpuMs: number; value: T } => {
+  const cpuStart = process.cpuUsage();
   const start = performance.now();
   const value = compute();
-  return { ms: performance.now() - start, value };
+  return { ms: performance.now() - start, cpuMs: cpuSince(cpuStart), value };
 };
 
 // --- 1. Context switches: the nanokernel, 8 processes, a flush on every switch ------------------
@@ -90,9 +91,11 @@ function runNanokernel(hv: Hypervisor, label: string, image: GuestImage, bootArg
     vm.loadImage(image);
     const output = new CaptureSink();
     const devices = attachStandardDevices(vm, { output, bootArgs });
+    const cpuStart = process.cpuUsage();
     const start = performance.now();
     const run = runWithResets(hv, vm, devices, { maxInstructions: 1_000_000_000 });
     const ms = performance.now() - start;
+    const cpuMs = cpuSince(cpuStart);
     const text = output.text();
     if (run.reason.kind !== 'halted') {
       const why = run.reason.kind === 'guest-error' || run.reason.kind === 'host-error' ? `${run.reason.kind}: ${run.reason.message}` : run.reason.kind;
@@ -102,7 +105,7 @@ function runNanokernel(hv: Hypervisor, label: string, image: GuestImage, bootArg
     if (!stats) throw new BenchError('BV_BENCH_WRONG_RESULT', `${label}: the nanokernel printed no stats line`);
     const [contextSwitches, preemptions, syscalls, pageFaults] = stats.slice(1, 5).map(Number) as [number, number, number, number];
     return {
-      ms, instructions: run.instructions, result: run.reason.exitCode >>> 0, memory: null, ...tlbCounters(vm), mmu: mmuCounters(vm),
+      ms, cpuMs, instructions: run.instructions, result: run.reason.exitCode >>> 0, memory: null, ...tlbCounters(vm), mmu: mmuCounters(vm),
       guestStats: { contextSwitches, preemptions, syscalls, pageFaults }, console: text,
     };
   } finally {
@@ -140,8 +143,8 @@ const contextSwitchWorkload: Workload<{ image: GuestImage; programs: ProgramSpec
     verifyNanokernel(`context-switch ${variant}`, guest, js);
   },
   jsBaseline({ programs }) {
-    const { ms, value } = timed(() => programs.flatMap((spec, index) => expectedLines(spec, index + 1)));
-    return { ms, result: 0, memory: null, lines: value };
+    const { ms, cpuMs, value } = timed(() => programs.flatMap((spec, index) => expectedLines(spec, index + 1)));
+    return { ms, cpuMs, result: 0, memory: null, lines: value };
   },
 };
 
@@ -196,8 +199,8 @@ const scanWorkload: Workload<{ params: ScanParams; program: GuestProgram }> = {
     verifyAgainstJs(`seq-scan ${variant}`, guest, js);
   },
   jsBaseline({ params }) {
-    const { ms, value } = timed(() => scanJs(params));
-    return { ms, result: value, memory: null };
+    const { ms, cpuMs, value } = timed(() => scanJs(params));
+    return { ms, cpuMs, result: value, memory: null };
   },
 };
 
@@ -265,8 +268,8 @@ const randomWorkload: Workload<{ params: RandomParams; images: Map<boolean, Gues
     verifyAgainstJs(`random-access ${variant}`, guest, js);
   },
   jsBaseline({ params }) {
-    const { ms, value } = timed(() => randomJs(params));
-    return { ms, result: value, memory: null };
+    const { ms, cpuMs, value } = timed(() => randomJs(params));
+    return { ms, cpuMs, result: value, memory: null };
   },
 };
 
@@ -349,14 +352,16 @@ export function translationChecks(workloads: readonly WorkloadFigures[]): Check[
   if (traces && noTraces) {
     const ratio = round(traces.mmu.walks === 0 ? Infinity : noTraces.mmu.walks / traces.mmu.walks, 2);
     const target = TRANSLATION_TARGETS.contextSwitchWalkRatio;
-    checks.push({ name: 'context-switch walks, no traces ÷ traces', target: `>= ${target}`, value: ratio, pass: ratio >= target });
+    checks.push({ name: 'context-switch walks, no traces ÷ traces', target: `>= ${target}`, value: ratio, pass: ratio >= target, load: contextSwitchLoad(workloads) });
   }
   // With traces, the kernel's flush on every switch must drop nothing: the MMU drops exactly as
   // many TLB entries as for the same programs under a kernel that never flushes on a switch.
   const asidKernel = findVariant(workloads, 'context-switch', CS_ASID_KERNEL);
   if (traces && asidKernel) {
     const extra = traces.mmu.translationsInvalidated - asidKernel.mmu.translationsInvalidated;
-    checks.push({ name: 'context-switch TLB entries dropped by switch flushes (traces)', target: '= 0', value: extra, pass: extra === 0 });
+    checks.push({ name: 'context-switch TLB entries dropped by switch flushes (traces)', target: '= 0', value: extra, pass: extra === 0, load: contextSwitchLoad(workloads) });
   }
   return checks;
 }
+
+const contextSwitchLoad = (workloads: readonly WorkloadFigures[]): number => workloads.find((w) => w.name === 'context-switch')?.load ?? 0;

@@ -129,5 +129,52 @@ const walkerWorkload = pagingWorkload({
   js: ({ wordsLog2, steps }) => ({ result: walkerJs(wordsLog2, steps) }),
 });
 
+// --- Multiply high (bench/guests/mulh.s) ---------------------------------------------------------
+
+/** A multiply-with-carry multiplier (2^32·A − 1 and 2^31·A − 1 are prime) and a signed Q31 factor. */
+const MWC_A = 0xffffda61;
+const MWC_K = FILL_FACTOR; // negative as an int32: exercises mulh's signed correction
+
+/** High word of the unsigned 64-bit product, exact in doubles (16-bit halves, no BigInt). */
+function mulhuJs(a: number, b: number): number {
+  const a0 = a & 0xffff;
+  const a1 = a >>> 16;
+  const b0 = b & 0xffff;
+  const b1 = b >>> 16;
+  const mid = a1 * b0 + ((a0 * b0) >>> 16);
+  return (a1 * b1 + (mid >>> 16) + ((a0 * b1 + (mid & 0xffff)) >>> 16)) | 0;
+}
+
+/** The guest's loop in plain JS; `mulhu`/`mulh` are parameters so that a BigInt reference can check it. */
+function mulhJs(steps: number, mulhu: (a: number, b: number) => number, mulh: (a: number, b: number) => number): number {
+  let x = LCG_SEED | 0;
+  let c = LCG_ADD | 0;
+  let acc = 0;
+  for (let step = 0; step < steps; step++) {
+    const low = Math.imul(MWC_A, x);
+    const high = mulhu(MWC_A, x);
+    x = (low + c) | 0;
+    c = (high + (x >>> 0 < low >>> 0 ? 1 : 0)) | 0;
+    acc = (acc + mulh(x, MWC_K | 0)) | 0;
+  }
+  return acc ^ x ^ c;
+}
+
+const mulhWorkload = pagingWorkload({
+  name: 'mulh',
+  description: '64-bit multiply-with-carry (mul + mulhu) and a signed high product (mulh) per step',
+  source: guest('mulh.s'),
+  memoryBytes: 4 * 2 ** 20,
+  params: ({ quick }) => ({ steps: quick ? 1 << 12 : 1 << 21 }),
+  defines: ({ steps }) => ({ STEPS: steps, MWC_A, MWC_K, LCG_SEED, LCG_ADD }),
+  // The baseline's split multiply is checked once against BigInt products.
+  selfCheck({ steps }, js) {
+    const high = (a: bigint, b: bigint): number => Number(BigInt.asIntN(32, (a * b) >> 32n));
+    const expected = mulhJs(steps, (a, b) => high(BigInt(a >>> 0), BigInt(b >>> 0)), (a, b) => high(BigInt(a | 0), BigInt(b | 0)));
+    if (js.result !== expected >>> 0) throw new BenchError('BV_BENCH_WRONG_RESULT', 'mulh: the JS baseline disagrees with BigInt arithmetic');
+  },
+  js: ({ steps }) => ({ result: mulhJs(steps, mulhuJs, (a, b) => (mulhuJs(a, b) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0) }),
+});
+
 /** Every workload, in the order the bench runs them. */
-export const WORKLOADS: readonly Workload[] = [crc32Workload, prefixSumWorkload, walkerWorkload];
+export const WORKLOADS: readonly Workload[] = [crc32Workload, prefixSumWorkload, walkerWorkload, mulhWorkload];

@@ -1,13 +1,16 @@
 /**
- * Smoke test of `npm run bench`: it runs (with --quick), verifies guest results, and its output
- * has the promised shape. Speeds are never asserted: the bench is not a test.
+ * Smoke test of `npm run bench`: it runs (with --quick), verifies guest results, its output has
+ * the promised shape, and the comparisons it reports point the way they must by construction
+ * (fewer walks with a technique on, more pages in a larger guest, a maximum above its median…).
+ * Speeds and times are never asserted: the bench is not a test, and the machine is shared.
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { verifyAgainstJs, median } from '../../bench/harness.ts';
-import type { GuestRun, MmuCounters } from '../../bench/harness.ts';
+import type { GuestRun, JsRun, MmuCounters } from '../../bench/harness.ts';
 import { expectedLines, programArgs } from '../../bench/nanokernel-model.ts';
+import { formatReport, type BenchReport } from '../../bench/run.ts';
 import { TRANSLATION_WORKLOADS } from '../../bench/translation.ts';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
@@ -19,24 +22,25 @@ function bench(...args: string[]): { status: number | null; stdout: string; stde
 }
 
 describe('npm run bench', () => {
-  it('--quick --json prints one JSON object with every workload, variant and check', () => {
+  it('--quick --json prints one JSON object with every workload, variant and check, its ratios pointing the right way', () => {
     const { status, stdout, stderr } = bench('--quick', '--json');
     expect(status, stderr).toBe(0);
     expect(stderr).toBe(''); // not a terminal: no progress
     const report = JSON.parse(stdout);
     expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'checks']);
-    // VM state (issue 5): every figure present and positive; targets are printed, never asserted.
-    expect(report.state.guestBytes).toBeGreaterThan(0);
-    for (const value of [report.state.save.checkpointMs, report.state.save.plainWriteMs, report.state.snapshotPauseMs, report.state.forkMs, report.state.lazyRestore.smallMs, report.state.lazyRestore.largeMs]) {
-      expect(value).toBeGreaterThan(0);
-    }
     expect(report.machine.node).toBe(process.version);
+    for (const when of ['start', 'end']) {
+      expect(report.machine.load[when]).toHaveLength(3);
+      for (const value of report.machine.load[when]) expect(value).toBeGreaterThanOrEqual(0);
+    }
     expect(report.method).toMatchObject({ quick: true, statistic: 'median' });
-    expect(report.workloads.map((w: { name: string }) => w.name)).toEqual(['crc32', 'prefix-sum', 'walker']);
+    expect(report.workloads.map((w: { name: string }) => w.name)).toEqual(['crc32', 'prefix-sum', 'walker', 'mulh']);
     for (const workload of report.workloads) {
       expect(workload.js.medianMs).toBeGreaterThan(0);
+      expect(workload.js.cpuMs).toBeGreaterThanOrEqual(0);
       expect(workload.js.runsMs).toHaveLength(report.method.runs);
       expect(typeof workload.pagingCost).toBe('number');
+      expect(typeof workload.pagingCostCpu).toBe('number');
       expect(workload.variants.map((v: { variant: string }) => v.variant)).toEqual(['paging=off', 'paging=on']);
       for (const variant of workload.variants) {
         expect(Object.keys(variant).sort()).toEqual(VARIANT_KEYS);
@@ -45,7 +49,11 @@ describe('npm run bench', () => {
         expect(variant.runsMs).toHaveLength(report.method.runs);
         expect(Number.isFinite(variant.mips) && variant.mips > 0).toBe(true);
         expect(Number.isFinite(variant.ratio) && variant.ratio > 0).toBe(true);
+        expect(variant.cpuMs).toBeGreaterThanOrEqual(0);
         expect(variant.tlbMisses).toBeGreaterThan(0);
+        // The median lies within the runs.
+        expect(variant.medianMs).toBeGreaterThanOrEqual(Math.min(...variant.runsMs));
+        expect(variant.medianMs).toBeLessThanOrEqual(Math.max(...variant.runsMs));
       }
       const [off, on] = workload.variants;
       // Page walks happen only with paging on; turning paging on costs a few instructions.
@@ -54,20 +62,28 @@ describe('npm run bench', () => {
       expect(on.instructions).toBeGreaterThan(off.instructions);
     }
     expectTranslationSection(report.translation);
+    expectStateSection(report.state);
     expect(report.checks.map((c: { name: string }) => c.name)).toEqual([
       'crc32 paging=on guest MIPS',
       'crc32 paging cost',
       'prefix-sum paging cost',
       'walker paging cost',
+      'mulh paging cost',
       'context-switch walks, no traces ÷ traces',
       'context-switch TLB entries dropped by switch flushes (traces)',
       'checkpoint save throughput / plain write',
-      'live snapshot pause, 16 MiB touched (ms)',
-      'lazy restore to first instruction, 64 MiB (ms)',
-      'lazy restore 64 MiB / 16 MiB',
-      'fork, 16 MiB touched (ms)',
+      'live snapshot pause, 16 MiB (ms)',
+      'lazy restore to first instruction, 32 MiB (ms)',
+      'lazy restore 32 MiB / 8 MiB',
+      'fork, 32 MiB (ms)',
+      'fork 32 MiB / 8 MiB',
     ]);
-    for (const check of report.checks) expect(typeof check.pass).toBe('boolean');
+    for (const check of report.checks) {
+      expect(typeof check.pass).toBe('boolean');
+      expect(check.load).toBeGreaterThanOrEqual(0);
+    }
+    // Time and speed figures carry their CPU-time counterpart.
+    for (const check of report.checks.filter((c: { name: string }) => /\(ms\)$|MIPS$|cost$| \/ /.test(c.name))) expect(typeof check.cpuValue).toBe('number');
   });
 
   it('--only a translation workload prints its table, comparisons and PASS/FAIL lines', () => {
@@ -75,47 +91,86 @@ describe('npm run bench', () => {
     expect(status, stderr).toBe(0);
     expect(stdout).not.toMatch(/^crc32 /m);
     for (const variant of ['shadow', 'shadow no-traces', 'nested', 'shadow, flush=asid']) {
-      expect(stdout).toMatch(new RegExp(`^context-switch +${variant} +[\\d.]+ M `, 'm'));
+      expect(stdout).toMatch(new RegExp(`^context-switch +${variant} +[\\d.]+ M +[\\d.]+ +[\\d.]+ `, 'm'));
     }
     expect(stdout).toMatch(/^context-switch: [\d,]+ context switches \([\d,]+ timer preemptions\) per run$/m);
     expect(stdout).toMatch(/^context-switch +traces \(flushes elided\) vs flush everything +shadow no-traces → shadow +[\d,]+ → [\d,]+ +[\d.]+x /m);
     expect(stdout).toMatch(/^context-switch +4 KiB \(user\), 4 MiB \(kernel\) +nested → shadow /m);
-    expect(stdout).toMatch(/^(PASS|FAIL) {2}context-switch walks, no traces ÷ traces: [\d.]+ \(target >= 5\)$/m);
-    expect(stdout).toMatch(/^(PASS|FAIL) {2}context-switch TLB entries dropped by switch flushes \(traces\): -?\d+ \(target = 0\)$/m);
+    expect(stdout).toMatch(/^(PASS|FAIL) {2}context-switch walks, no traces ÷ traces: [\d.]+ \(target >= 5\)(, load [\d.]+ on \d+ cores)?$/m);
+    expect(stdout).toMatch(/^(PASS|FAIL) {2}context-switch TLB entries dropped by switch flushes \(traces\): -?\d+ \(target = 0\)(, load [\d.]+ on \d+ cores)?$/m);
   });
 
-  it('--only runs one workload and prints PASS/FAIL lines for its targets', () => {
-    const { status, stdout, stderr } = bench('--quick', '--only', 'crc32');
+  it('--only runs the chosen workloads; the header has the load, FAIL lines the load and CPU figures', () => {
+    const { status, stdout, stderr } = bench('--quick', '--only', 'crc32,state');
     expect(status, stderr).toBe(0);
+    expect(stdout).toMatch(/^load average \(1, 5, 15 min\) [\d.]+ [\d.]+ [\d.]+ at the start, [\d.]+ [\d.]+ [\d.]+ at the end, on \d+ cores$/m);
+    expect(stdout).toMatch(/^workload +variant +instructions +guest ms +CPU ms +guest MIPS +JS ms +JS CPU ms /m);
     expect(stdout).toMatch(/^crc32 +paging=off /m);
     expect(stdout).toMatch(/^crc32 +paging=on /m);
     expect(stdout).not.toMatch(/^walker /m);
-    expect(stdout).toMatch(/^(PASS|FAIL) {2}crc32 paging=on guest MIPS: [\d.]+ \(target >= 150\)$/m);
-    expect(stdout).toMatch(/^(PASS|FAIL) {2}crc32 paging cost: [+-][\d.]+ % \(target <= 15 %\)$/m);
+    const load = '(, load [\\d.]+ on \\d+ cores)?';
+    expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}crc32 paging=on guest MIPS: [\\d.]+ \\(target >= 150\\), CPU [\\d.]+${load}$`, 'm'));
+    expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}crc32 paging cost: [+-][\\d.]+ % \\(target <= 15 %\\), CPU [+-][\\d.]+ %${load}$`, 'm'));
+    // The VM-state section: every figure with its CPU time.
+    for (const line of [
+      /^ {4}raw checkpoint +[\d.]+ ms \(CPU [\d.]+; [\d.]+–[\d.]+, 2 runs\) +\d+ MB\/s/m,
+      /^ {4}plain write \+ fsync +[\d.]+ ms \(CPU [\d.]+;/m,
+      /^ {4}pause +[\d.]+ ms \(CPU [\d.]+;/m,
+      /^ {6}longest stall +[\d.]+ ms \(worst [\d.]+; its window [\d.]+ ms, CPU [\d.]+\) \/ [\d.]+ ms/m,
+      /^ {6}the finish \(fsync, rename\) +[\d.]+ ms/m,
+      /^ {4}deferred, [\d,]+ shared pages of 32 MiB, per page: parent first store [\d.]+ µs \(CPU [\d.]+\), again [\d.]+ µs; child first store [\d.]+ µs/m,
+      /^ {4}32 MiB +[\d.]+ ms \(CPU [\d.]+; [\d.]+–[\d.]+, 3 runs\) \/ [\d.]+ ms \(CPU/m,
+    ]) {
+      expect(stdout).toMatch(line);
+    }
+    expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}fork, 32 MiB \\(ms\\): [\\d.]+ \\(target <= 0.2\\), CPU [\\d.]+${load}$`, 'm'));
+    for (const line of stdout.split('\n')) {
+      if (line.startsWith('FAIL')) expect(line).toMatch(/, load [\d.]+ on \d+ cores$/);
+      if (line.startsWith('PASS')) expect(line).not.toMatch(/load/);
+    }
   });
 
   it('refuses an unknown workload with one error line', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, context-switch, seq-scan, random-access, state)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state)"]);
   });
 });
 
 describe('bench harness', () => {
   const run = (result: number, memory: Uint8Array | null = null): GuestRun => ({
-    ms: 1, instructions: 1, result, memory, tlbMisses: 0, pageWalks: 0, mmu: zeroCounters(), guestStats: {},
+    ms: 1, cpuMs: 1, instructions: 1, result, memory, tlbMisses: 0, pageWalks: 0, mmu: zeroCounters(), guestStats: {},
   });
+  const js = (result: number, memory: Uint8Array | null = null): JsRun => ({ ms: 1, cpuMs: 1, result, memory });
 
   it('treats a guest result that differs from plain JS as an error', () => {
-    expect(() => verifyAgainstJs('w', run(7), { ms: 1, result: 7, memory: null })).not.toThrow();
-    expect(() => verifyAgainstJs('w', run(7), { ms: 1, result: 8, memory: null })).toThrow(/guest computed 0x7, plain JS 0x8/);
-    expect(() => verifyAgainstJs('w', run(7, Uint8Array.of(1, 2, 3)), { ms: 1, result: 7, memory: Uint8Array.of(1, 9, 3) })).toThrow(/at byte 1/);
+    expect(() => verifyAgainstJs('w', run(7), js(7))).not.toThrow();
+    expect(() => verifyAgainstJs('w', run(7), js(8))).toThrow(/guest computed 0x7, plain JS 0x8/);
+    expect(() => verifyAgainstJs('w', run(7, Uint8Array.of(1, 2, 3)), js(7, Uint8Array.of(1, 9, 3)))).toThrow(/at byte 1/);
   });
 
   it('takes the median', () => {
     expect(median([5, 1, 3])).toBe(3);
     expect(median([4, 1, 3, 2])).toBe(2.5);
+  });
+
+  it('prints the load next to a FAIL line, and the CPU-time figure next to every figure that has one', () => {
+    const report: BenchReport = {
+      machine: { cpu: 'test cpu', cores: 2, memoryGiB: 1, platform: 'linux x64', node: 'v20', date: '2026-01-01T00:00:00Z', load: { start: [0.5, 0.4, 0.3], end: [3.5, 1, 0.5] } },
+      method: { warmups: 1, runs: 2, quick: true, statistic: 'median' },
+      workloads: [],
+      translation: { workloads: [], techniques: [], shadowVsNested: [] },
+      state: null,
+      checks: [
+        { name: 'fork, 1024 MiB (ms)', target: '<= 0.2', value: 3.21, cpuValue: 1.5, pass: false, load: 3.5 },
+        { name: 'fork 1024 MiB / 64 MiB', target: '<= 1.5', value: 1.2, pass: true, load: 0.25 },
+      ],
+    };
+    const lines = formatReport(report).split('\n');
+    expect(lines).toContain('load average (1, 5, 15 min) 0.5 0.4 0.3 at the start, 3.5 1 0.5 at the end, on 2 cores');
+    expect(lines).toContain('FAIL  fork, 1024 MiB (ms): 3.210 (target <= 0.2), CPU 1.500, load 3.50 on 2 cores');
+    expect(lines).toContain('PASS  fork 1024 MiB / 64 MiB: 1.200 (target <= 1.5)');
   });
 });
 
@@ -132,9 +187,9 @@ describe('nanokernel model', () => {
 
   it('rejects a nanokernel run whose output differs from the model', () => {
     const workload = TRANSLATION_WORKLOADS.find((w) => w.name === 'context-switch')!;
-    const js = { ms: 1, result: 0, memory: null, lines: ['sieve: 4 primes up to 10', '[kernel] pid 1 (sieve) exited with code 0'] };
+    const js = { ms: 1, cpuMs: 1, result: 0, memory: null, lines: ['sieve: 4 primes up to 10', '[kernel] pid 1 (sieve) exited with code 0'] };
     const guest = (exitCode: number, text: string): GuestRun => ({
-      ms: 1, instructions: 1, result: exitCode, memory: null, tlbMisses: 0, pageWalks: 0, mmu: zeroCounters(), guestStats: {}, console: text,
+      ms: 1, cpuMs: 1, instructions: 1, result: exitCode, memory: null, tlbMisses: 0, pageWalks: 0, mmu: zeroCounters(), guestStats: {}, console: text,
     });
     const banner = 'nanokernel: 64 MiB RAM, 1 vCPU, 4 devices\n[kernel] started pid 1 asid 1: sieve 10\n';
     const good = `${banner}sieve: 4 primes up to 10\n[kernel] pid 1 (sieve) exited with code 0\n[kernel] power off, exit code 0\n`;
@@ -146,7 +201,7 @@ describe('nanokernel model', () => {
   });
 });
 
-const VARIANT_KEYS = ['guestStats', 'instructions', 'jsEquivalentMips', 'medianMs', 'mips', 'mmu', 'pageWalks', 'ratio', 'runsMs', 'tlbMisses', 'variant'];
+const VARIANT_KEYS = ['cpuMips', 'cpuMs', 'guestStats', 'instructions', 'jsEquivalentMips', 'medianMs', 'mips', 'mmu', 'pageWalks', 'ratio', 'runsMs', 'tlbMisses', 'variant'];
 const MMU_KEYS = Object.keys(zeroCounters()).sort();
 
 function zeroCounters(): MmuCounters {
@@ -160,11 +215,17 @@ interface VariantJson {
   instructions: number;
   mips: number;
   runsMs: number[];
+  tlbMisses: number;
   mmu: MmuCounters;
   guestStats: Record<string, number>;
 }
 
-/** The shape of report.translation (figures are never asserted, only that they exist). */
+/**
+ * report.translation: its shape, and the directions that hold by construction whatever the
+ * timing — the MMU configuration never changes what the guest executes, shadow tables and
+ * batching only ever answer misses that would otherwise be walks, large pages need fewer walks
+ * than 4 KiB pages. Speeds are never asserted.
+ */
 function expectTranslationSection(translation: {
   workloads: { name: string; variants: VariantJson[] }[];
   techniques: { workload: string; label: string; walkRatio: number; mipsRatio: number }[];
@@ -185,10 +246,52 @@ function expectTranslationSection(translation: {
       expect(variant.mmu.walks).toBeGreaterThan(0);
     }
   }
+  const v = (workload: string, variant: string): VariantJson => translation.workloads.find((w) => w.name === workload)!.variants.find((x) => x.variant === variant)!;
   // The nanokernel reports its context switches in every variant.
   for (const variant of translation.workloads[0]!.variants) {
     expect(Object.keys(variant.guestStats).sort()).toEqual(['contextSwitches', 'pageFaults', 'preemptions', 'syscalls']);
     expect(variant.guestStats['contextSwitches']).toBeGreaterThan(0);
+  }
+  // Context switches: the three flush=always variants run the same guest instructions; traces
+  // elide every guest flush and only ever save walks; nested mode has no shadow; the kernel
+  // that flushes nothing makes the MMU flush nothing.
+  const cs = { traces: v('context-switch', 'shadow'), noTraces: v('context-switch', 'shadow no-traces'), nested: v('context-switch', 'nested'), asid: v('context-switch', 'shadow, flush=asid') };
+  expect(cs.noTraces.instructions).toBe(cs.traces.instructions);
+  expect(cs.nested.instructions).toBe(cs.traces.instructions);
+  expect(cs.traces.guestStats['contextSwitches']).toBe(cs.noTraces.guestStats['contextSwitches']);
+  expect(cs.traces.mmu.flushesElided).toBe(cs.traces.guestStats['contextSwitches']);
+  expect(cs.traces.mmu.flushesFull).toBe(0);
+  expect(cs.noTraces.mmu.flushesElided).toBe(0);
+  expect(cs.noTraces.mmu.flushesFull).toBe(cs.noTraces.guestStats['contextSwitches']);
+  expect(cs.asid.mmu.flushesElided + cs.asid.mmu.flushesFull).toBe(0);
+  expect(cs.traces.mmu.walks).toBeLessThan(cs.noTraces.mmu.walks);
+  expect(cs.traces.mmu.walks).toBeLessThan(cs.nested.mmu.walks);
+  expect(cs.nested.mmu.shadowHits).toBe(0);
+  // Sequential scan: same instructions; batching turns walks into shadow hits (one walk per
+  // group of 16 at most); without batching nothing is batch-filled.
+  const scan = { batched: v('seq-scan', 'shadow batch=16'), unbatched: v('seq-scan', 'shadow batch=0'), nested: v('seq-scan', 'nested') };
+  expect(scan.unbatched.instructions).toBe(scan.batched.instructions);
+  expect(scan.nested.instructions).toBe(scan.batched.instructions);
+  expect(scan.unbatched.mmu.batchFilled).toBe(0);
+  expect(scan.batched.mmu.batchFilled).toBeGreaterThan(0);
+  expect(scan.batched.mmu.walks * 8).toBeLessThanOrEqual(scan.unbatched.mmu.walks);
+  expect(scan.unbatched.mmu.walks).toBeLessThanOrEqual(scan.nested.mmu.walks);
+  // Random access: shadow and nested run the same guest for a page size; large pages need
+  // fewer walks in both modes, are the only ones with large hits and host runs.
+  const random = { shadowLarge: v('random-access', 'shadow large'), shadowSmall: v('random-access', 'shadow 4K'), nestedLarge: v('random-access', 'nested large'), nestedSmall: v('random-access', 'nested 4K') };
+  expect(random.nestedLarge.instructions).toBe(random.shadowLarge.instructions);
+  expect(random.nestedSmall.instructions).toBe(random.shadowSmall.instructions);
+  expect(random.shadowLarge.mmu.walks).toBeLessThan(random.shadowSmall.mmu.walks);
+  expect(random.nestedLarge.mmu.walks).toBeLessThan(random.nestedSmall.mmu.walks);
+  expect(random.shadowLarge.mmu.walks).toBeLessThanOrEqual(random.nestedLarge.mmu.walks);
+  expect(random.shadowSmall.mmu.walks).toBeLessThan(random.nestedSmall.mmu.walks);
+  for (const large of [random.shadowLarge, random.nestedLarge]) {
+    expect(large.mmu.largeHits).toBeGreaterThan(0);
+    expect(large.mmu.hostRuns).toBeGreaterThan(0);
+  }
+  for (const small of [random.shadowSmall, random.nestedSmall]) {
+    expect(small.mmu.largeHits).toBe(0);
+    expect(small.mmu.hostRuns).toBe(0);
   }
   expect(translation.techniques.map((c) => [c.workload, c.label])).toEqual([
     ['context-switch', 'traces (flushes elided) vs flush everything'],
@@ -196,9 +299,10 @@ function expectTranslationSection(translation: {
     ['random-access', 'large pages vs 4 KiB pages, shadow'],
     ['random-access', 'large pages vs 4 KiB pages, nested'],
   ]);
+  // Every technique saves walks.
   for (const comparison of translation.techniques) {
-    expect(typeof comparison.walkRatio).toBe('number');
-    expect(typeof comparison.mipsRatio).toBe('number');
+    expect(comparison.walkRatio).toBeGreaterThan(1);
+    expect(comparison.mipsRatio).toBeGreaterThan(0);
   }
   expect(translation.shadowVsNested.map((c) => [c.workload, c.baseline.variant, c.candidate.variant])).toEqual([
     ['context-switch', 'nested', 'shadow'],
@@ -206,4 +310,105 @@ function expectTranslationSection(translation: {
     ['random-access', 'nested large', 'shadow large'],
     ['random-access', 'nested 4K', 'shadow 4K'],
   ]);
+}
+
+interface TimingJson {
+  wallMs: number;
+  cpuMs: number;
+  minWallMs: number;
+  maxWallMs: number;
+  runs: number;
+  load: number;
+}
+
+interface StallJson {
+  wallMs: number;
+  maxWallMs: number;
+  windowWallMs: number;
+  windowCpuMs: number;
+}
+
+/** A figure: median within its runs, as many runs as --quick takes, CPU time reported. */
+function expectTiming(timing: TimingJson, runs: number): void {
+  expect(Object.keys(timing).sort()).toEqual(['cpuMs', 'load', 'maxWallMs', 'minWallMs', 'runs', 'wallMs']);
+  expect(timing.runs).toBe(runs);
+  expect(timing.minWallMs).toBeGreaterThan(0);
+  expect(timing.wallMs).toBeGreaterThanOrEqual(timing.minWallMs);
+  expect(timing.maxWallMs).toBeGreaterThanOrEqual(timing.wallMs);
+  expect(timing.cpuMs).toBeGreaterThanOrEqual(0);
+  expect(timing.load).toBeGreaterThanOrEqual(0);
+}
+
+/** A stall lies inside its CPU-sampling window, and the worst round is at least the median. */
+function expectStall(stall: StallJson): void {
+  expect(stall.wallMs).toBeGreaterThan(0);
+  expect(stall.maxWallMs).toBeGreaterThanOrEqual(stall.wallMs);
+  expect(stall.windowWallMs).toBeGreaterThanOrEqual(stall.wallMs);
+  expect(stall.windowCpuMs).toBeGreaterThanOrEqual(0);
+}
+
+/** The guests' data pages (bench/guests/state.s: everything above the page tables). */
+const dataPages = (bytes: number): number => (bytes - (0x3000 + bytes / 1024)) / 4096;
+
+/**
+ * report.state at --quick sizes (16 MiB snapshot and save, 8 and 32 MiB fork and lazy restore):
+ * the shape, and what holds by construction — sizes order the page counts, a longest stall is
+ * at least every stall of its round, reaching the first instruction includes the restore.
+ */
+function expectStateSection(state: any): void {
+  expect(Object.keys(state)).toEqual(['save', 'snapshot', 'fork', 'lazyRestore']);
+  const MiB = 2 ** 20;
+  // Save: the plain write writes all of memory; the checkpoint stores at least every data page.
+  const { save } = state;
+  expect(save.guestBytes).toBe(16 * MiB);
+  expect(save.plainBytes).toBe(save.guestBytes);
+  expect(save.checkpointFileBytes).toBeGreaterThanOrEqual(dataPages(save.guestBytes) * 4096);
+  expectTiming(save.checkpoint, 2);
+  expectTiming(save.plainWrite, 2);
+  expect(save.ratio).toBeCloseTo(save.plainWrite.wallMs / save.checkpoint.wallMs, 2);
+  expect(save.checkpointMBps).toBeCloseTo(16 / (save.checkpoint.wallMs / 1000), 0);
+  // Live snapshot: every page saved, some because the guest was about to store to them; both
+  // store loops store to every data page twice; the longest stall bounds the others.
+  const { snapshot } = state;
+  expect(snapshot.guestBytes).toBe(16 * MiB);
+  expectTiming(snapshot.pause, 2);
+  expect(snapshot.servicePauseMs).toBeGreaterThan(0);
+  expect(snapshot.during.savedByWrites).toBeGreaterThan(0);
+  expect(snapshot.during.savedByWrites + snapshot.during.savedByTicker).toBe(snapshot.guestBytes / 4096);
+  for (const loop of [snapshot.during, snapshot.baseline]) {
+    expect(loop.stores).toBe(2 * dataPages(snapshot.guestBytes));
+    expectTiming(loop.run, 2);
+    expect(loop.medianGapUs).toBeGreaterThan(0);
+    for (const stall of [loop.firstStore, loop.longest]) expectStall(stall);
+    expect(loop.longest.wallMs).toBeGreaterThanOrEqual(loop.firstStore.wallMs);
+    expect(loop.longest.wallMs * 1000).toBeGreaterThanOrEqual(loop.medianGapUs);
+    expect(loop.run.wallMs).toBeGreaterThanOrEqual(loop.longest.wallMs);
+  }
+  for (const stall of [snapshot.during.finish, snapshot.during.longestOther]) {
+    expectStall(stall);
+    expect(snapshot.during.longest.wallMs).toBeGreaterThanOrEqual(stall.wallMs);
+  }
+  // Fork: the large guest has more pages; the deferred stores ran on half its data pages at most.
+  const { fork } = state;
+  for (const [side, bytes] of [['small', 8 * MiB], ['large', 32 * MiB]] as const) {
+    expect(fork[side].guestBytes).toBe(bytes);
+    expect(fork[side].pages).toBe(bytes / 4096);
+    expectTiming(fork[side].fork, 2);
+  }
+  expect(fork.large.pages).toBeGreaterThan(fork.small.pages);
+  expect(fork.ratio).toBeCloseTo(fork.large.fork.wallMs / fork.small.fork.wallMs, 2);
+  expect(fork.deferred.pages).toBe(Math.min(2000, Math.floor(dataPages(32 * MiB) / 2)));
+  for (const key of ['parentFirstUs', 'parentFirstCpuUs', 'parentAgainUs', 'childFirstUs', 'childFirstCpuUs', 'childAgainUs']) expect(fork.deferred[key]).toBeGreaterThanOrEqual(0);
+  // Lazy restore: the first instruction comes after the restore returns, in every run.
+  const lazy = state.lazyRestore;
+  for (const [side, bytes] of [['small', 8 * MiB], ['large', 32 * MiB]] as const) {
+    expect(lazy[side].guestBytes).toBe(bytes);
+    expect(lazy[side].pages).toBe(bytes / 4096);
+    expectTiming(lazy[side].toRunnable, 3);
+    expectTiming(lazy[side].toFirstInstruction, 3);
+    expect(lazy[side].toFirstInstruction.wallMs).toBeGreaterThan(lazy[side].toRunnable.wallMs);
+    expect(lazy[side].toFirstInstruction.minWallMs).toBeGreaterThan(lazy[side].toRunnable.minWallMs);
+  }
+  expect(lazy.large.pages).toBeGreaterThan(lazy.small.pages);
+  expect(lazy.ratio).toBeCloseTo(lazy.large.toFirstInstruction.wallMs / lazy.small.toFirstInstruction.wallMs, 2);
 }
