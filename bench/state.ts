@@ -144,8 +144,12 @@ export interface StateFigures {
     baseline: StoreLoopFigures;
   };
   fork: {
-    small: { guestBytes: number; pages: number; fork: Timing };
-    large: { guestBytes: number; pages: number; fork: Timing };
+    /**
+     * `fork`: hv.forkVm with the child's devices attached; `createVm`: creating an empty VM of
+     * the same size with the same devices (part of every fork), measured in the same rounds.
+     */
+    small: { guestBytes: number; pages: number; fork: Timing; createVm: Timing };
+    large: { guestBytes: number; pages: number; fork: Timing; createVm: Timing };
     /** large ÷ small (wall medians). */
     ratio: number;
     cpuRatio: number;
@@ -208,12 +212,12 @@ interface RoundOptions {
 }
 
 /** Warm-up then timed rounds; each round runs every side once, in alternating order. */
-function interleave<S extends string>(options: RoundOptions, label: string, sides: readonly S[], run: (side: S, timed: boolean) => void): void {
+function interleave<S extends string>(options: RoundOptions, label: string, sides: readonly S[], run: (side: S, timed: boolean, round: number) => void): void {
   for (let r = 0; r < options.warmups + options.runs; r++) {
     const timed = r >= options.warmups;
     for (const side of r % 2 === 0 ? sides : [...sides].reverse()) {
       options.onStep?.(`${label}: ${side}${timed ? '' : ' (warm-up)'}`);
-      run(side, timed);
+      run(side, timed, r);
     }
   }
 }
@@ -453,12 +457,24 @@ export function measureState(options: StateOptions): StateFigures {
 function measureFork(hv: Hypervisor, small: StateGuest, large: StateGuest, deferredPages: number, stamps: StampRecorder, options: RoundOptions): StateFigures['fork'] {
   const pages = Math.min(deferredPages, Math.floor(large.dataPages / 2));
   const samples = { small: [] as Sample[], large: [] as Sample[] };
+  const creates = { small: [] as Sample[], large: [] as Sample[] };
   const deferred = { parentFirst: [] as Sample[], parentAgain: [] as Sample[], childFirst: [] as Sample[], childAgain: [] as Sample[] };
-  interleave(options, 'fork', ['small', 'large'] as const, (side, timed) => {
+  interleave(options, 'fork', ['small', 'large'] as const, (side, timed, round) => {
     const parent = side === 'small' ? small : large;
+    const createVm = (): void => {
+      const { sample, value: vm } = measure(() => {
+        const vm = hv.createVm({ memoryBytes: parent.bytes, name: `${parent.vm.name}-empty` });
+        attachGuestSide(vm, stamps);
+        return vm;
+      });
+      hv.destroyVm(vm);
+      if (timed) creates[side].push(sample);
+    };
+    if (round % 2 === 1) createVm();
     // The parent has just run: every page stored to (a previous fork's copy-on-write marks
     // resolved), its TLB refilled.
     parent.touchAll();
+    if (round % 2 === 0) createVm();
     const { sample, value: child } = measure(() => hv.forkVm(parent.vm, { name: `${parent.vm.name}-child`, attach: (vm) => attachGuestSide(vm, stamps) }));
     try {
       if (!timed) return;
@@ -485,8 +501,8 @@ function measureFork(hv: Hypervisor, small: StateGuest, large: StateGuest, defer
   const forkLarge = timing(samples.large);
   const perPage = (list: readonly Sample[], field: 'wallMs' | 'cpuMs'): number => round((median(list.map((s) => s[field])) * 1000) / pages, 4);
   return {
-    small: { guestBytes: small.bytes, pages: small.bytes / PAGE, fork: forkSmall },
-    large: { guestBytes: large.bytes, pages: large.bytes / PAGE, fork: forkLarge },
+    small: { guestBytes: small.bytes, pages: small.bytes / PAGE, fork: forkSmall, createVm: timing(creates.small) },
+    large: { guestBytes: large.bytes, pages: large.bytes / PAGE, fork: forkLarge, createVm: timing(creates.large) },
     ratio: round(forkLarge.wallMs / forkSmall.wallMs, 3),
     cpuRatio: round(forkLarge.cpuMs / forkSmall.cpuMs, 3),
     deferred: {
@@ -691,8 +707,8 @@ export function formatState(figures: StateFigures): string[] {
     `      longest other stall        ${stall(d.longestOther)}`,
     `      pages saved by guest stores ${d.savedByWrites.toLocaleString('en-US')}, by the background saver ${d.savedByTicker.toLocaleString('en-US')}`,
     `  fork (every data page stored to, TLB full):`,
-    `    ${mib(fork.small.guestBytes).padEnd(9)}                  ${t(fork.small.fork)}`,
-    `    ${mib(fork.large.guestBytes).padEnd(9)}                  ${t(fork.large.fork)}`,
+    `    ${mib(fork.small.guestBytes).padEnd(9)}                  ${t(fork.small.fork)}; creating an empty VM of that size, with its devices: ${t(fork.small.createVm)}`,
+    `    ${mib(fork.large.guestBytes).padEnd(9)}                  ${t(fork.large.fork)}; creating an empty VM of that size, with its devices: ${t(fork.large.createVm)}`,
     `    ratio                        ${fork.ratio.toFixed(2)} (CPU ${fork.cpuRatio.toFixed(2)})`,
     `    deferred, ${f.pages.toLocaleString('en-US')} shared pages of ${mib(fork.large.guestBytes)}, per page: parent first store ${us(f.parentFirstUs)} µs (CPU ${us(f.parentFirstCpuUs)}), again ${us(f.parentAgainUs)} µs; child first store ${us(f.childFirstUs)} µs (CPU ${us(f.childFirstCpuUs)}), again ${us(f.childAgainUs)} µs`,
     `  lazy restore (no prefetch), until restoreVmCheckpoint returns / until the first guest instruction has retired:`,

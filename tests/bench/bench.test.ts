@@ -394,6 +394,7 @@ function expectStateSection(state: any): void {
     expect(fork[side].guestBytes).toBe(bytes);
     expect(fork[side].pages).toBe(bytes / 4096);
     expectTiming(fork[side].fork, 2);
+    expectTiming(fork[side].createVm, 2);
   }
   expect(fork.large.pages).toBeGreaterThan(fork.small.pages);
   expect(fork.ratio).toBeCloseTo(fork.large.fork.wallMs / fork.small.fork.wallMs, 2);
