@@ -2,18 +2,28 @@
  * The block device (device type 5, docs/block-device.md): a disk of 512-byte sectors behind a
  * window of registers. Writing COMMAND performs the whole transfer at once — DMA to or from
  * guest-physical RAM with vm.readPhysical/writePhysical — so a run stays deterministic; the
- * outcome is in STATUS before the next instruction. A bad request (sector range, count, DMA
- * outside RAM, unknown command) or a host I/O failure sets an error STATUS; the host never
- * crashes on what a guest writes.
+ * outcome is in STATUS before the next instruction.
+ *
+ * Whose fault a failure is decides where it goes:
+ * - The guest's (sector range, count, DMA outside RAM or into a page its resolver refuses, unknown
+ *   command): an error STATUS, and nothing else. The host never crashes on what a guest writes.
+ * - The disk files' (the host could not read, write or sync them): STATUS IO_ERROR, as a real
+ *   disk reports a failed transfer, and an entry in the device's error log (hostErrors).
+ * - The hypervisor's own (guest RAM could not be provided: out of host memory, a lazy restore
+ *   that cannot read its checkpoint…): the VM stops with a host error (vm.stopReason) naming the
+ *   command and the cause, and the error log has it too. The guest never sees such a failure.
  *
  * The disk is a DiskChain (devices/disk-image.ts). Its state component 'block' seals the top
  * overlay on save (a checkpoint or fork then refers to files that never change) and reopens the
  * saved chain, with a fresh top for new writes, on restore.
  */
+import { isAbsolute } from 'node:path';
 import { DeviceType } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
+import { KernelError } from '../kernel/index.ts';
 import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
-import { DISK_SECTOR_BYTES, DiskChain, DiskError, type DiskChainState, type DiskOptions } from './disk-image.ts';
+import { DISK_SECTOR_BYTES, DiskChain, DiskError, MAX_DISK_SECTORS, type DiskChainState, type DiskOptions } from './disk-image.ts';
+import { DeviceStateError, describeSaved, stateInteger, stateList, stateRecord, stateU32 } from './state.ts';
 
 /** Register offsets in the block window. */
 export const BlockRegister = {
@@ -43,9 +53,28 @@ export const BlockStatus = {
   BAD_DMA: 3,
   /** COMMAND was not READ, WRITE or FLUSH. */
   BAD_COMMAND: 4,
-  /** The host could not read or write the disk files (device.lastError says why). */
+  /** The host could not read or write the disk files (device.lastError and hostErrors say why). */
   IO_ERROR: 5,
 } as const;
+
+/** Entries the error log (BlockDevice.hostErrors) keeps: the most recent ones. */
+export const BLOCK_HOST_ERROR_LOG = 32;
+
+/** A host failure the block device met, as its error log records it. */
+export interface BlockHostError {
+  command: 'read' | 'write' | 'flush';
+  /** The command's first sector and sector count (0 and 0 for a flush). */
+  sector: number;
+  count: number;
+  /**
+   * 'disk': the disk files failed; the guest saw IO_ERROR and the VM runs on. 'memory': the
+   * hypervisor could not provide the DMA buffer's guest RAM; the VM was stopped with a host error.
+   */
+  kind: 'disk' | 'memory';
+  error: BvError;
+  /** Instructions the VM had retired when it happened. */
+  atInstruction: number;
+}
 
 /** Most sectors one command moves (64 KiB): bounds the work done inside one guest store. */
 export const BLOCK_MAX_COUNT = 128;
@@ -74,8 +103,12 @@ export class BlockDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachBlock). */
   base = 0;
   readonly stats: BlockStats = { reads: 0, writes: 0, flushes: 0, sectorsRead: 0, sectorsWritten: 0, errors: 0 };
-  /** The host error behind the last IO_ERROR status. */
+  /** The host error behind the last IO_ERROR status (or the last host error of any kind). */
   lastError: BvError | null = null;
+  /** The error log: the last BLOCK_HOST_ERROR_LOG host failures, oldest first (see the file comment). */
+  readonly hostErrors: BlockHostError[] = [];
+  /** Host failures since attach (the log keeps only the last few). */
+  hostErrorCount = 0;
   private sectorLow = 0;
   private sectorHigh = 0;
   private count = 0;
@@ -146,7 +179,7 @@ export class BlockDevice implements MmioDevice {
   private execute(command: number): number {
     if (command === BlockCommand.FLUSH) {
       this.stats.flushes++;
-      return this.hostIo(() => this.disk.flush());
+      return this.diskIo('flush', 0, 0, () => this.disk.flush());
     }
     if (command !== BlockCommand.READ && command !== BlockCommand.WRITE) return BlockStatus.BAD_COMMAND;
     const first = this.sectorHigh * 2 ** 32 + this.sectorLow;
@@ -155,43 +188,61 @@ export class BlockDevice implements MmioDevice {
     if (this.dmaAddress + bytes > this.vm.memoryBytes) return BlockStatus.BAD_DMA;
     if (command === BlockCommand.READ) {
       let data: Uint8Array | null = null;
-      const status = this.hostIo(() => (data = this.disk.read(first, this.count)));
+      const status = this.diskIo('read', first, this.count, () => (data = this.disk.read(first, this.count)));
       if (status !== BlockStatus.OK) return status;
-      if (!this.dma(() => this.vm.writePhysical(this.dmaAddress, data!))) return BlockStatus.BAD_DMA;
+      const dmaStatus = this.dma('read', first, () => this.vm.writePhysical(this.dmaAddress, data!));
+      if (dmaStatus !== BlockStatus.OK) return dmaStatus;
       this.stats.reads++;
       this.stats.sectorsRead += this.count;
       return BlockStatus.OK;
     }
     let data: Uint8Array | null = null;
-    if (!this.dma(() => (data = this.vm.readPhysical(this.dmaAddress, bytes)))) return BlockStatus.BAD_DMA;
-    const status = this.hostIo(() => this.disk.write(first, data!));
+    const dmaStatus = this.dma('write', first, () => (data = this.vm.readPhysical(this.dmaAddress, bytes)));
+    if (dmaStatus !== BlockStatus.OK) return dmaStatus;
+    const status = this.diskIo('write', first, this.count, () => this.disk.write(first, data!));
     if (status !== BlockStatus.OK) return status;
     this.stats.writes++;
     this.stats.sectorsWritten += this.count;
     return BlockStatus.OK;
   }
 
-  /** A guest-physical access the kernel refuses (a page nobody can produce) is a DMA error. */
-  private dma(transfer: () => void): boolean {
+  /**
+   * Moves the DMA buffer. RAM the kernel says the guest cannot have (BV_BAD_GPA: a page its resolver
+   * refuses) is the guest's BAD_DMA. Any other typed failure is the host's (out of host
+   * memory, a lazy restore's read error…): the VM stops with a host error and the log records it.
+   * An untyped error is a bug and propagates (the run loop stops the VM with it).
+   */
+  private dma(command: 'read' | 'write', first: number, transfer: () => void): number {
     try {
       transfer();
-      return true;
+      return BlockStatus.OK;
     } catch (error) {
-      if (error instanceof BvError && !(error instanceof DiskError)) return false;
-      throw error;
+      if (error instanceof KernelError && error.code === 'BV_BAD_GPA') return BlockStatus.BAD_DMA;
+      if (!(error instanceof BvError)) throw error;
+      this.logHostError({ command, sector: first, count: this.count, kind: 'memory', error });
+      const buffer = `guest-physical 0x${this.dmaAddress.toString(16)}+${this.count * DISK_SECTOR_BYTES}`;
+      this.vm.hostError(`block device: ${command} of sectors ${first}+${this.count} could not ${command === 'read' ? 'fill' : 'read'} its DMA buffer at ${buffer}: ${error.message}`, error);
+      return BlockStatus.IO_ERROR;
     }
   }
 
-  /** Disk failures become IO_ERROR (kept in lastError); anything else is a bug and propagates. */
-  private hostIo(operation: () => void): number {
+  /** Disk failures become IO_ERROR for the guest and an error-log entry for the host; anything untyped is a bug and propagates. */
+  private diskIo(command: BlockHostError['command'], first: number, count: number, operation: () => void): number {
     try {
       operation();
       return BlockStatus.OK;
     } catch (error) {
       if (!(error instanceof BvError)) throw error;
-      this.lastError = error;
+      this.logHostError({ command, sector: first, count, kind: 'disk', error });
       return BlockStatus.IO_ERROR;
     }
+  }
+
+  private logHostError(entry: Omit<BlockHostError, 'atInstruction'>): void {
+    this.lastError = entry.error;
+    this.hostErrorCount++;
+    this.hostErrors.push({ ...entry, atInstruction: this.vm.instructionsRetired });
+    if (this.hostErrors.length > BLOCK_HOST_ERROR_LOG) this.hostErrors.shift();
   }
 
   /** Seals the disk's top overlay and returns the registers and the chain. */
@@ -202,13 +253,33 @@ export class BlockDevice implements MmioDevice {
     };
   }
 
+  /**
+   * Checks a saved state without touching any file: the chain's shape (DeviceStateError naming
+   * the field) and its size against this device (BV_DISK_MISMATCH). Returns the registers.
+   */
+  checkState(state: unknown): BlockState['registers'] {
+    const record = stateRecord(state, 'block');
+    if (record['sectorBytes'] !== DISK_SECTOR_BYTES) throw new DeviceStateError('block', 'sectorBytes', `is not ${DISK_SECTOR_BYTES} (got ${describeSaved(record['sectorBytes'])})`);
+    const sectors = stateInteger(record['sectors'], 'block', 'sectors', 1, MAX_DISK_SECTORS);
+    const chain = savedChain(record);
+    stateList(record['ids'], 'block', 'ids', chain.length).forEach((id, index) => {
+      if (typeof id !== 'string' || !/^[0-9a-f]{32}$/.test(id)) throw new DeviceStateError('block', `ids[${index}]`, `is not a 32-digit file id (got ${describeSaved(id)})`);
+    });
+    const registers = stateRecord(record['registers'], 'block', 'registers');
+    const register = (name: keyof BlockState['registers']): number => stateU32(registers[name], 'block', `registers.${name}`);
+    const saved = { sectorLow: register('sectorLow'), sectorHigh: register('sectorHigh'), count: register('count'), dmaAddress: register('dmaAddress'), status: register('status') };
+    if (!(Object.values(BlockStatus) as number[]).includes(saved.status)) {
+      throw new DeviceStateError('block', 'registers.status', `is not a STATUS value (got ${saved.status})`);
+    }
+    if (sectors !== this.capacity) {
+      throw new DiskError('BV_DISK_MISMATCH', `the saved disk has ${sectors} sectors, this machine's block device was attached with ${this.capacity}`);
+    }
+    return saved;
+  }
+
   /** Reopens the saved chain (read-only, with a new top for writes) and the registers. */
   restoreState(state: unknown): void {
-    const registers = (state as { registers?: unknown } | null)?.registers as Record<string, unknown> | undefined;
-    const names = ['sectorLow', 'sectorHigh', 'count', 'dmaAddress', 'status'] as const;
-    if (typeof registers !== 'object' || registers === null || !names.every((name) => Number.isInteger(registers[name]) && (registers[name] as number) >= 0 && (registers[name] as number) <= 0xffff_ffff)) {
-      throw new DiskError('BV_DISK_BAD_STATE', 'saved block state needs the five registers as 32-bit values');
-    }
+    const registers = this.checkState(state);
     const disk = DiskChain.restore(state, this.diskOptions);
     if (disk.sectors !== this.capacity) {
       disk.close();
@@ -216,11 +287,11 @@ export class BlockDevice implements MmioDevice {
     }
     this.disk.close();
     this.disk = disk;
-    this.sectorLow = registers['sectorLow'] as number;
-    this.sectorHigh = registers['sectorHigh'] as number;
-    this.count = registers['count'] as number;
-    this.dmaAddress = registers['dmaAddress'] as number;
-    this.status = registers['status'] as number;
+    this.sectorLow = registers.sectorLow;
+    this.sectorHigh = registers.sectorHigh;
+    this.count = registers.count;
+    this.dmaAddress = registers.dmaAddress;
+    this.status = registers.status;
   }
 
   /** VM reset: registers to zero; the disk keeps its contents. */
@@ -236,6 +307,24 @@ export class BlockDevice implements MmioDevice {
   close(): void {
     this.disk.close();
   }
+}
+
+/** The chain of a saved 'block' state: a non-empty list of absolute paths, bottom first. */
+function savedChain(record: Record<string, unknown>): string[] {
+  const chain = record['chain'];
+  if (!Array.isArray(chain) || chain.length === 0) throw new DeviceStateError('block', 'chain', `is not a non-empty list of files (got ${describeSaved(chain)})`);
+  chain.forEach((path, index) => {
+    if (typeof path !== 'string' || !isAbsolute(path) || path.includes('\0')) throw new DeviceStateError('block', `chain[${index}]`, `is not an absolute path (got ${describeSaved(path)})`);
+  });
+  return chain as string[];
+}
+
+/**
+ * The bottom file of a saved 'block' state's chain (a raw image or the first overlay): attach
+ * the block device on it before restoring. Throws DeviceStateError when the chain is malformed.
+ */
+export function savedBlockDisk(state: unknown): string {
+  return savedChain(stateRecord(state, 'block'))[0]!;
 }
 
 /** Opens a disk for attachBlock (so callers can open it before attaching anything else). */
@@ -255,6 +344,7 @@ export function attachBlock(vm: Vm, disk: string | BlockDiskOptions | { chain: D
     vm.registerState('block', {
       version: 1,
       save: () => device.saveState(),
+      check: (state) => void device.checkState(state),
       restore: (state) => device.restoreState(state),
     });
     device.base = vm.attachDevice({ type: DeviceType.BLOCK, name: 'block', info: Math.min(device.capacity, 0xffff_ffff) }, device);

@@ -6,6 +6,7 @@
 import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
 import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import { DeviceStateError, describeSaved, stateRecord } from './state.ts';
 
 /** The longest argument string: the window is one page and the NUL must fit. */
 export const MAX_BOOT_ARGS_BYTES = PAGE_SIZE - 1;
@@ -53,6 +54,7 @@ export function attachBootArgs(vm: Vm, args: string | BootArgsDevice): BootArgsD
   vm.registerState('bootargs', {
     version: 1,
     save: () => ({ text: device.text }),
+    check: (state) => void savedBootArgs(state),
     restore: (state) => {
       const text = savedBootArgs(state);
       if (text !== device.text) {
@@ -63,9 +65,12 @@ export function attachBootArgs(vm: Vm, args: string | BootArgsDevice): BootArgsD
   return device;
 }
 
-/** The boot argument string inside a saved 'bootargs' component state. */
+/**
+ * The boot argument string inside a saved 'bootargs' component state (attach the device with it
+ * before restoring). Throws DeviceStateError when the state is malformed.
+ */
 export function savedBootArgs(state: unknown): string {
-  const text = (state as { text?: unknown } | null)?.text;
-  if (typeof text !== 'string') throw new BootArgsError('BV_BOOTARGS_MISMATCH', 'saved boot arguments are not a string');
+  const text = stateRecord(state, 'bootargs').text;
+  if (typeof text !== 'string') throw new DeviceStateError('bootargs', 'text', `is not a string (got ${describeSaved(text)})`);
   return text;
 }

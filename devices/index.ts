@@ -12,9 +12,10 @@ import { attachPower, type PowerDevice } from './power.ts';
 import { attachTimer, type TimerDevice } from './timer.ts';
 
 export {
-  attachBlock, BLOCK_MAX_COUNT, BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk,
+  attachBlock, BLOCK_HOST_ERROR_LOG, BLOCK_MAX_COUNT, BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk,
 } from './block.ts';
-export type { BlockDiskOptions, BlockState, BlockStats } from './block.ts';
+export type { BlockDiskOptions, BlockHostError, BlockState, BlockStats } from './block.ts';
+export { DeviceStateError } from './state.ts';
 export {
   BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,
   OVERLAY_HEADER_BYTES, OVERLAY_MAGIC, OVERLAY_VERSION, OverlayFlag, OverlayHeaderOffset, overlayDataOffset,

@@ -9,6 +9,7 @@
  */
 import { DeviceType, Hcall, Reg } from '../guest-isa/arch.ts';
 import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import { stateInteger, stateRecord } from './state.ts';
 
 /** Register offsets in the power window. */
 export const PowerRegister = { POWEROFF: 0, RESET: 4 } as const;
@@ -66,11 +67,15 @@ export function attachPower(vm: Vm): PowerDevice {
   vm.registerState('power', {
     version: 1,
     save: () => ({ resets: device.resets }),
+    check: (state) => void savedResets(state),
     restore: (state) => {
-      const resets = (state as { resets?: unknown } | null)?.resets;
-      if (typeof resets !== 'number' || !Number.isInteger(resets) || resets < 0) throw new TypeError('power: saved reset count is not a count');
-      device.resets = resets;
+      device.resets = savedResets(state);
     },
   });
   return device;
+}
+
+/** The reset count in a saved 'power' state; DeviceStateError when it is not a count. */
+function savedResets(state: unknown): number {
+  return stateInteger(stateRecord(state, 'power').resets, 'power', 'resets', 0, Number.MAX_SAFE_INTEGER);
 }

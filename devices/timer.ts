@@ -7,6 +7,7 @@
  */
 import { DeviceType } from '../guest-isa/arch.ts';
 import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import { stateList, stateRecord, stateU32 } from './state.ts';
 
 /** Register offsets in the timer window. */
 export const TimerRegister = { TIMECMP_LOW: 0, TIMECMP_HIGH: 4, TIME_LOW: 8, TIME_HIGH: 12, IPI: 16 } as const;
@@ -77,13 +78,21 @@ export class TimerDevice implements MmioDevice {
     return { low: Array.from(this.low), high: Array.from(this.high) };
   }
 
-  /** Restores TIMECMP halves; the vCPUs' deadlines were restored with the CPU state. */
-  restoreState(state: unknown): void {
-    const { low, high } = (state ?? {}) as { low?: unknown; high?: unknown };
+  /**
+   * Checks a saved state: `low` and `high`, one 32-bit TIMECMP half per vCPU each. Throws
+   * DeviceStateError naming the field; changes nothing.
+   */
+  checkState(state: unknown): { low: number[]; high: number[] } {
+    const record = stateRecord(state, 'timer');
     const count = this.vm.vcpus.length;
-    const valid = (values: unknown): values is number[] =>
-      Array.isArray(values) && values.length === count && values.every((v) => Number.isInteger(v) && v >= 0 && v <= ALL_ONES);
-    if (!valid(low) || !valid(high)) throw new TypeError(`timer: saved state must hold ${count} TIMECMP halves of each kind`);
+    const halves = (key: 'low' | 'high'): number[] =>
+      stateList(record[key], 'timer', key, count).map((value, index) => stateU32(value, 'timer', `${key}[${index}]`));
+    return { low: halves('low'), high: halves('high') };
+  }
+
+  /** Restores TIMECMP halves (checked first); the vCPUs' deadlines were restored with the CPU state. */
+  restoreState(state: unknown): void {
+    const { low, high } = this.checkState(state);
     for (const vcpu of this.vm.vcpus) {
       this.low[vcpu.id] = low[vcpu.id]!;
       this.high[vcpu.id] = high[vcpu.id]!;
@@ -126,6 +135,7 @@ export function attachTimer(vm: Vm): TimerDevice {
   vm.registerState('timer', {
     version: 1,
     save: () => device.saveState(),
+    check: (state) => void device.checkState(state),
     restore: (state) => device.restoreState(state),
   });
   return device;

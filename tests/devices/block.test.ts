@@ -16,9 +16,11 @@ import { assemble } from '../../guest-isa/assembler.ts';
 import {
   attachStandardDevices, BLOCK_MAX_COUNT, BlockCommand, BlockRegister, BlockStatus, CaptureSink, decodeOverlayHeader, DISK_SECTOR_BYTES,
   DiskChain, DiskError, encodeOverlayHeader, OVERLAY_HEADER_BYTES, OverlayFlag, OverlayHeaderOffset, overlayDataOffset, runWithResets,
-  type BlockState, type StandardDevices,
+  savedBlockDisk, type BlockState, type StandardDevices,
 } from '../../devices/index.ts';
-import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import type { GuestImage } from '../../guest-isa/image-types.ts';
+import { createHypervisor, OutOfHostMemoryError, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { GUEST_LIBRARY, hexWords } from './harness.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'bv-block-'));
@@ -225,6 +227,9 @@ _start: li      a0, DEV_CONSOLE
     block!.write(vcpu, BlockRegister.COMMAND, BlockCommand.READ);
     expect(block!.read(vcpu, BlockRegister.STATUS)).toBe(BlockStatus.IO_ERROR);
     expect(block!.lastError?.code).toBe('BV_DISK_CLOSED');
+    // The host learns of it through the error log; the VM is not stopped (the guest saw the error).
+    expect(block!.hostErrors).toEqual([expect.objectContaining({ command: 'read', kind: 'disk', error: block!.lastError })]);
+    expect(vm.stopReason).toEqual({ kind: 'running' });
   });
 });
 
@@ -503,5 +508,133 @@ describe("the 'block' state component", () => {
     expect(firstBytes(other.devices.block!.disk)).toHaveLength(16); // the old disk is still in place
     parent.devices.block!.close();
     other.devices.block!.close();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Whose fault: the guest's stays in STATUS, the host's reaches the host
+
+describe('guest faults and host faults', () => {
+  /** Finds the block device (s1), issues one command on sector 2 with the DMA buffer at `dma`, exits with STATUS. */
+  function oneCommand(cmd: number, dma: number): GuestImage {
+    return assemble(`${GUEST_LIBRARY}\n${REGISTER_EQUS}\n${COMMAND_EQUS}
+_start: li      a0, ${DeviceType.BLOCK}
+        call    find_device
+        mv      s1, a0
+        li      t0, 2
+        sw      t0, BLK_SECTOR_LOW(s1)
+        li      t0, 1
+        sw      t0, BLK_COUNT(s1)
+        li      t0, ${dma}
+        sw      t0, BLK_DMA_ADDRESS(s1)
+        li      t0, ${cmd}
+        sw      t0, BLK_COMMAND(s1)
+        lw      a0, BLK_STATUS(s1)
+        exit_reg a0
+`, { fileName: 'guest.s' }).image;
+  }
+
+  it('guest faults (range, command, DMA outside RAM) are STATUS values only: the VM runs on and the host log stays empty', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: RAM });
+    const { block } = attachStandardDevices(vm, { output: new CaptureSink(), disk: rawImage(makeDir(), 8) });
+    const vcpu = vm.vcpus[0]!;
+    const status = (registers: [number, number][], command: number): number => {
+      for (const [offset, value] of registers) block!.write(vcpu, offset, value);
+      block!.write(vcpu, BlockRegister.COMMAND, command);
+      return block!.read(vcpu, BlockRegister.STATUS);
+    };
+    expect(status([[BlockRegister.SECTOR_LOW, 7], [BlockRegister.COUNT, 2], [BlockRegister.DMA_ADDRESS, 0]], BlockCommand.READ)).toBe(BlockStatus.BAD_RANGE);
+    expect(status([[BlockRegister.SECTOR_LOW, 0], [BlockRegister.COUNT, 0]], BlockCommand.WRITE)).toBe(BlockStatus.BAD_RANGE);
+    expect(status([[BlockRegister.COUNT, 1]], 99)).toBe(BlockStatus.BAD_COMMAND);
+    expect(status([[BlockRegister.DMA_ADDRESS, RAM - 100]], BlockCommand.READ)).toBe(BlockStatus.BAD_DMA);
+    expect(status([[BlockRegister.DMA_ADDRESS, 0xf000_1000]], BlockCommand.WRITE)).toBe(BlockStatus.BAD_DMA);
+    expect(vm.stopReason).toEqual({ kind: 'running' });
+    expect(block!.hostErrors).toEqual([]);
+    expect(block!.hostErrorCount).toBe(0);
+    expect(block!.stats.errors).toBe(5);
+    block!.close();
+  });
+
+  it('a disk that fails is IO_ERROR for the guest and an error-log entry for the host; the VM runs on', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: RAM });
+    const devices = attachStandardDevices(vm, { output: new CaptureSink(), disk: rawImage(makeDir(), 8) });
+    vm.loadImage(oneCommand(BlockCommand.READ, 0x4000));
+    devices.block!.disk.close(); // every later disk access fails on the host
+    const run = runWithResets(hv, vm, devices, { maxInstructions: 1_000_000 });
+    expect(run.reason).toEqual({ kind: 'halted', exitCode: BlockStatus.IO_ERROR });
+    expect(devices.block!.hostErrors).toHaveLength(1);
+    expect(devices.block!.hostErrors[0]).toMatchObject({ command: 'read', sector: 2, count: 1, kind: 'disk', error: { code: 'BV_DISK_CLOSED' } });
+    expect(devices.block!.hostErrors[0]!.atInstruction).toBeGreaterThan(0);
+    expect(devices.block!.lastError).toBe(devices.block!.hostErrors[0]!.error);
+  });
+
+  it('out of host memory for the DMA buffer stops the VM with a host error; the guest never sees a status', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 4 << 20 });
+    const vm = hv.createVm({ memoryBytes: 8 << 20, largePages: 'off' });
+    const devices = attachStandardDevices(vm, { output: new CaptureSink(), disk: rawImage(makeDir(), 8) });
+    vm.loadImage(oneCommand(BlockCommand.READ, 0x4000));
+    // Take every free host frame with pages from 1 MiB up; the DMA buffer's page stays untouched.
+    let exhausted: unknown;
+    for (let gpn = 256; gpn < (8 << 20) / 4096 && exhausted === undefined; gpn++) {
+      try {
+        vm.writePhysical(gpn * 4096, Uint8Array.of(1));
+      } catch (error) {
+        exhausted = error;
+      }
+    }
+    expect(exhausted).toBeInstanceOf(OutOfHostMemoryError);
+    const run = runWithResets(hv, vm, devices, { maxInstructions: 1_000_000 });
+    expect(run.reason.kind).toBe('host-error');
+    const reason = run.reason as { message: string; error?: unknown };
+    expect(reason.message).toMatch(/^block device: read of sectors 2\+1 could not fill its DMA buffer at guest-physical 0x4000\+512: out of host memory/);
+    expect(reason.error).toBeInstanceOf(OutOfHostMemoryError);
+    expect(devices.block!.hostErrors).toEqual([expect.objectContaining({ command: 'read', kind: 'memory', error: reason.error })]);
+    devices.block!.close();
+  });
+
+  it('a lazy restore that cannot read the DMA buffer stops the VM with a host error, and nothing reaches the disk', () => {
+    const dir = makeDir();
+    const base = rawImage(dir, 8);
+    const dma = 0x40000;
+    const checkpoint = join(dir, 'vm.ckpt');
+    {
+      const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+      const vm = hv.createVm({ memoryBytes: RAM });
+      const devices = attachStandardDevices(vm, { output: new CaptureSink(), disk: base });
+      vm.loadImage(oneCommand(BlockCommand.WRITE, dma));
+      vm.writePhysical(dma, filled(0x5a));
+      saveVmCheckpoint(vm, checkpoint, { stagingBytes: 4096 }); // one page per block
+      devices.block!.close();
+    }
+    const bytes = readFileSync(checkpoint);
+    const reader = CheckpointReader.open(checkpoint);
+    const damaged = Array.from({ length: reader.blockCount }, (_, block) => reader.blockInfo(block)).find((info) => info.gpns.includes(dma / 4096))!;
+    bytes[damaged.fileOffset + 100]! ^= 0x01;
+    reader.close();
+    writeFileSync(checkpoint, bytes);
+
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    let devices: StandardDevices | undefined;
+    const restored = restoreVmCheckpoint(hv, checkpoint, {
+      mode: 'lazy',
+      prefetch: false,
+      attach: (vm, saved) => {
+        devices = attachStandardDevices(vm, { output: new CaptureSink(), disk: savedBlockDisk(saved.components['block']!.state) });
+      },
+    });
+    const run = runWithResets(hv, restored.vm, devices!, { maxInstructions: 1_000_000 });
+    expect(run.reason.kind).toBe('host-error');
+    const reason = run.reason as { message: string; error?: unknown };
+    expect(reason.message).toMatch(/^block device: write of sectors 2\+1 could not read its DMA buffer at guest-physical 0x40000\+512: lazy restore of guest page 64 failed: .*checksum mismatch/);
+    expect(reason.error).toMatchObject({ code: 'BV_CKPT_CHECKSUM' });
+    expect(devices!.block!.hostErrors).toEqual([expect.objectContaining({ command: 'write', kind: 'memory', error: reason.error })]);
+    // The guest's write never happened: no overlay was created for it, sector 2 is as it was.
+    expect(devices!.block!.disk.topPath).toBeNull();
+    expect(devices!.block!.disk.read(2, 1)).toEqual(filled(3));
+    devices!.block!.close();
+    hv.destroyVm(restored.vm); // close() would otherwise finish the restore, reading the damaged block
+    restored.close();
   });
 });
