@@ -7,16 +7,27 @@
  * shortly after a partial line (so an interactive prompt appears), and on stop().
  *
  * Input is either given up front (deterministic: tests, `--input`) or read from a stream while
- * the guest runs (interactive). The interrupt line is level-sensitive and recomputed whenever
- * something it depends on changes: CONTROL bit 0, or whether input is available.
+ * the guest runs (interactive). Input can be closed (closeInput, the end of the stream): once the
+ * last byte has been read, STATUS reports END_OF_INPUT, the guest's end-of-file. The interrupt
+ * line is level-sensitive and recomputed whenever something it depends on changes: CONTROL, or
+ * whether input is available or has ended.
  */
 import { DeviceType, Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
 import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 
 /** Register offsets in the console window. */
 export const ConsoleRegister = { TX: 0, RX: 4, STATUS: 8, CONTROL: 12 } as const;
-export const ConsoleStatus = { INPUT_AVAILABLE: 1, CAN_TRANSMIT: 2 } as const;
-export const CONSOLE_CONTROL_RX_INTERRUPT = 1;
+/**
+ * STATUS bits. END_OF_INPUT: the input is closed and every byte of it has been read, so RX will
+ * never return a byte again (the guest's end-of-file).
+ */
+export const ConsoleStatus = { INPUT_AVAILABLE: 1, CAN_TRANSMIT: 2, END_OF_INPUT: 4 } as const;
+/** CONTROL bits: assert the interrupt while input is available / once input has ended. */
+export const ConsoleControl = { RX_INTERRUPT: 1, EOF_INTERRUPT: 2 } as const;
+/** CONTROL bit 0 (ConsoleControl.RX_INTERRUPT). */
+export const CONSOLE_CONTROL_RX_INTERRUPT = ConsoleControl.RX_INTERRUPT;
+/** The CONTROL bits that exist; the others read 0. */
+const CONTROL_MASK = ConsoleControl.RX_INTERRUPT | ConsoleControl.EOF_INTERRUPT;
 /** RX value when there is no input. */
 export const CONSOLE_NO_INPUT = 0xffff_ffff | 0;
 /** The longest buffer one CONSOLE_WRITE may name; longer is BAD_ARGUMENT. */
@@ -60,6 +71,12 @@ export interface ConsoleOptions {
   /** Input available from the start (a string is encoded as UTF-8). */
   input?: string | Uint8Array;
   /**
+   * No input follows `input`: once it has been read the guest sees END_OF_INPUT. Default false
+   * (a host may still pushInput; call closeInput when it is done). Not with interactiveInput,
+   * whose input closes when the stream ends.
+   */
+  closeInput?: boolean;
+  /**
    * Read more input from this stream while the guest runs (true = process.stdin). Reading starts
    * the first time the guest touches RX, STATUS or CONTROL. Needs `hypervisor`.
    */
@@ -87,13 +104,16 @@ export class ConsoleDevice implements MmioDevice {
   private readonly interactive: ConsoleInputStream | null;
   private readonly hypervisor: Hypervisor | null;
   private reading = false;
+  /** No more input will arrive (closed by the host, or the stream ended). */
   private inputEnded = false;
+  private inputClosedByHost = false;
   private stopped = false;
   private readonly onData = (chunk: Buffer | string): void => {
     this.pushInput(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
   };
   private readonly onEnd = (): void => {
     this.inputEnded = true;
+    this.updateInterrupt();
     this.updateWakeSource();
   };
 
@@ -108,6 +128,10 @@ export class ConsoleDevice implements MmioDevice {
     if (this.interactive && !this.hypervisor) {
       throw new TypeError('console: interactiveInput needs the hypervisor (to wake the VM when input arrives)');
     }
+    if (options.closeInput) {
+      if (this.interactive) throw new TypeError('console: closeInput goes with input given up front, not with interactiveInput');
+      this.inputEnded = true;
+    }
   }
 
   /** The CONTROL register (checkpoint state). */
@@ -118,7 +142,7 @@ export class ConsoleDevice implements MmioDevice {
   /** Restores CONTROL from a checkpoint, re-deriving the interrupt line. */
   restoreControl(value: unknown): void {
     if (typeof value !== 'number' || !Number.isInteger(value)) throw new TypeError('console: saved CONTROL is not an integer');
-    this.control = value & 1;
+    this.control = value & CONTROL_MASK;
     this.updateInterrupt();
     this.updateWakeSource();
   }
@@ -129,12 +153,13 @@ export class ConsoleDevice implements MmioDevice {
         this.startReading();
         const byte = this.takeInputByte();
         if (byte < 0) return CONSOLE_NO_INPUT;
+        // The last pending byte: the RX line drops (and the EOF line rises if input is closed).
         if (!this.inputAvailable) this.updateInterrupt();
         return byte;
       }
       case ConsoleRegister.STATUS:
         this.startReading();
-        return (this.inputAvailable ? ConsoleStatus.INPUT_AVAILABLE : 0) | ConsoleStatus.CAN_TRANSMIT;
+        return (this.inputAvailable ? ConsoleStatus.INPUT_AVAILABLE : 0) | ConsoleStatus.CAN_TRANSMIT | (this.endOfInput ? ConsoleStatus.END_OF_INPUT : 0);
       case ConsoleRegister.CONTROL:
         this.startReading();
         return this.control;
@@ -148,7 +173,7 @@ export class ConsoleDevice implements MmioDevice {
       this.emitByte(value & 0xff);
     } else if (offset === ConsoleRegister.CONTROL) {
       this.startReading();
-      this.control = value & CONSOLE_CONTROL_RX_INTERRUPT;
+      this.control = value & CONTROL_MASK;
       this.updateInterrupt();
       this.updateWakeSource();
     }
@@ -173,11 +198,33 @@ export class ConsoleDevice implements MmioDevice {
     this.sink.write(chunk);
   }
 
-  /** Adds input (interactive data, or a host that feeds the guest). */
+  /**
+   * Adds input (interactive data, or a host that feeds the guest). Input pushed after closeInput
+   * is an error: the guest may already have seen the end.
+   */
   pushInput(bytes: Uint8Array): void {
     if (bytes.length === 0) return;
+    if (this.inputClosedByHost) throw new TypeError('console: input pushed after closeInput');
     this.inputChunks.push(bytes);
     this.updateInterrupt();
+  }
+
+  /**
+   * No more input will come: once the guest has read what is pending, STATUS reports
+   * END_OF_INPUT (and the EOF interrupt may fire). Stops reading an interactive stream.
+   * Idempotent.
+   */
+  closeInput(): void {
+    this.inputClosedByHost = true;
+    if (this.interactive && this.reading) this.detachStream();
+    this.inputEnded = true;
+    this.updateInterrupt();
+    this.updateWakeSource();
+  }
+
+  /** True once input is closed and all of it has been read: STATUS.END_OF_INPUT. */
+  get endOfInput(): boolean {
+    return this.inputEnded && !this.inputAvailable;
   }
 
   /** Bytes of input not yet read by the guest. */
@@ -195,14 +242,17 @@ export class ConsoleDevice implements MmioDevice {
   stop(): void {
     this.flush();
     this.stopped = true;
-    if (this.interactive && this.reading) {
-      this.interactive.off('data', this.onData);
-      this.interactive.off('end', this.onEnd);
-      this.interactive.off('close', this.onEnd);
-      this.interactive.pause();
-      this.reading = false;
-    }
+    if (this.interactive && this.reading) this.detachStream();
     this.hypervisor?.externalWakeSources.delete(this.vm);
+  }
+
+  private detachStream(): void {
+    const stream = this.interactive!;
+    stream.off('data', this.onData);
+    stream.off('end', this.onEnd);
+    stream.off('close', this.onEnd);
+    stream.pause();
+    this.reading = false;
   }
 
   /** Device reset (§15): CONTROL = 0, so the interrupt line drops. Buffered input survives. */
@@ -265,19 +315,24 @@ export class ConsoleDevice implements MmioDevice {
     return byte;
   }
 
-  /** The line is asserted exactly while CONTROL bit 0 = 1 and input is available. */
+  /**
+   * The line is asserted exactly while CONTROL bit 0 = 1 and input is available, or CONTROL
+   * bit 1 = 1 and input has ended (STATUS.END_OF_INPUT).
+   */
   private updateInterrupt(): void {
-    this.vm.setExternalInterrupt((this.control & CONSOLE_CONTROL_RX_INTERRUPT) !== 0 && this.inputAvailable);
+    const rx = (this.control & ConsoleControl.RX_INTERRUPT) !== 0 && this.inputAvailable;
+    const eof = (this.control & ConsoleControl.EOF_INTERRUPT) !== 0 && this.endOfInput;
+    this.vm.setExternalInterrupt(rx || eof);
   }
 
   /**
-   * Interactive input can wake the VM only through the RX interrupt, so the VM is a wake source
-   * exactly while the interrupt is enabled and the stream may still deliver bytes; otherwise an
-   * idle guest is reported idle instead of waiting for input that cannot wake it.
+   * Interactive input can wake the VM only through the console interrupt, so the VM is a wake
+   * source exactly while an interrupt is enabled and the stream may still deliver bytes (or its
+   * end); otherwise an idle guest is reported idle instead of waiting for input that cannot wake it.
    */
   private updateWakeSource(): void {
     if (!this.hypervisor) return;
-    const mayWake = this.reading && !this.inputEnded && !this.stopped && (this.control & CONSOLE_CONTROL_RX_INTERRUPT) !== 0;
+    const mayWake = this.reading && !this.inputEnded && !this.stopped && (this.control & CONTROL_MASK) !== 0;
     if (mayWake) this.hypervisor.externalWakeSources.add(this.vm);
     else this.hypervisor.externalWakeSources.delete(this.vm);
   }

@@ -4,7 +4,7 @@
 #   option   := "slice=" number            (time slice in instructions, at least MIN_TIME_SLICE)
 #             | "flush=" ("asid" | "always") (always: sfence zero, zero on every context switch,
 #                                              as an ASID-unaware kernel would; a bench workload)
-#   program  := a name from the program table (sieve, crc32, walker, ping, fault, record)
+#   program  := a name from the program table (sieve, crc32, walker, ping, fault, record, wc)
 #
 # Tokens are separated by blanks. Every token up to the next program name is an argument of the
 # program before it; the program receives that text verbatim (from its first argument to its
@@ -109,20 +109,14 @@ parse_spec_string:
         call    kput_token
         la      a0, msg_known_programs
         call    kputs
-        la      s2, prog_table
+        la      s2, prog_table          # every program of the table, so the list cannot drift
 61:     lw      a0, PROG_NAME(s2)
         beqz    a0, 62f
-        lw      t0, PROG_FLAGS(s2)      # disk programs are listed only when there is a disk
-        andi    t0, t0, PROG_NEEDS_DISK
-        beqz    t0, 63f
-        la      t0, disk_base
-        lw      t0, 0(t0)
-        beqz    t0, 64f
-63:     la      a0, msg_space
+        la      a0, msg_space
         call    kputs
         lw      a0, PROG_NAME(s2)
         call    kputs
-64:     addi    s2, s2, PROG_BYTES
+        addi    s2, s2, PROG_BYTES
         j       61b
 62:     la      a0, msg_close_newline
         call    kputs

@@ -1,5 +1,6 @@
-# console.s — kernel output through the console device's TX register, power off, and the panic
-# path for traps taken in supervisor mode (which are always kernel bugs).
+# console.s — kernel output through the console device's TX register, the read system call
+# (console input up to its end), power off, and the panic path for traps taken in supervisor
+# mode (which are always kernel bugs).
 
         .text
 
@@ -80,6 +81,90 @@ kput_cause:
 3:      lw      ra, 0(sp)
         lw      s0, 4(sp)
         addi    sp, sp, 16
+        ret
+
+# read(fd = 0, buf, len) -> the bytes available now (1 … len), 0 at the end of input, -EBADF for
+# another fd, -EFAULT for a buffer that is not writable user memory (checked page by page first,
+# as write does). While there is no input yet the process waits: other processes run meanwhile
+# (its ecall runs again at its next turn), and when none can — every other one waits for input
+# too — the kernel waits in wfi for the console interrupt, on input or on its end (SPEC §13.3).
+sys_read:
+        sw      zero, P_WAITING(s0)
+        bnez    a0, 8f                  # fd 0 only
+        beqz    a2, syscall_return_zero
+        mv      s1, a1                  # s1 = buf
+        add     s2, a1, a2              # s2 = end
+        li      t0, USER_BASE
+        bltu    s1, t0, 9f
+        bltu    s2, s1, 9f              # wraps around
+        li      t0, STACK_TOP
+        bltu    t0, s2, 9f
+        srli    s3, s1, PAGE_SHIFT
+        slli    s3, s3, PAGE_SHIFT
+1:      mv      a0, s0
+        mv      a1, s3
+        li      a2, PTE_U | PTE_R | PTE_W
+        call    user_page_allowed
+        bnez    a0, 9f
+        li      t0, PAGE_SIZE
+        add     s3, s3, t0
+        bltu    s3, s2, 1b
+        la      t0, console_tx
+        lw      s3, 0(t0)               # s3 = the console window (TX is at +0)
+2:      lw      t1, CONSOLE_STATUS(s3)
+        andi    t2, t1, CONSOLE_INPUT_AVAILABLE
+        bnez    t2, 4f
+        andi    t2, t1, CONSOLE_END_OF_INPUT
+        bnez    t2, syscall_return_zero # the end of input: 0
+        call    other_process_ready
+        beqz    a0, 3f
+        lw      t0, P_PC(s0)            # others can run: this ecall runs again at its next turn
+        addi    t0, t0, -4
+        sw      t0, P_PC(s0)
+        li      t0, 1
+        sw      t0, P_WAITING(s0)
+        j       schedule
+3:      li      t0, CONSOLE_RX_INTERRUPT | CONSOLE_EOF_INTERRUPT
+        sw      t0, CONSOLE_CONTROL(s3) # nobody else can run: wait for input or its end
+        li      t0, IE_EXTERNAL         # (SIE stays 0: wfi returns, no trap is taken)
+        csrw    ie, t0
+        wfi
+        sw      zero, CONSOLE_CONTROL(s3)
+        li      t0, IE_TIMER
+        csrw    ie, t0
+        j       2b
+4:      li      t0, STATUS_SUM          # copy what is there, up to len bytes
+        csrs    status, t0
+        mv      t2, s1
+5:      lw      t1, CONSOLE_RX(s3)
+        bltz    t1, 6f                  # 0xffffffff: nothing more for now
+        sb      t1, 0(t2)
+        addi    t2, t2, 1
+        bltu    t2, s2, 5b
+6:      li      t0, STATUS_SUM
+        csrc    status, t0
+        sub     a0, t2, s1
+        j       syscall_return
+8:      li      a0, EBADF
+        j       syscall_return
+9:      li      a0, EFAULT
+        j       syscall_return
+
+# other_process_ready (s0 = process) -> a0 = 1 when another process is runnable and not waiting
+# for console input, else 0. Clobbers t0, t1.
+other_process_ready:
+        la      t0, procs
+        la      t1, procs_end
+1:      beq     t0, s0, 2f
+        lw      a0, P_STATE(t0)
+        beqz    a0, 2f
+        lw      a0, P_WAITING(t0)
+        beqz    a0, 3f
+2:      addi    t0, t0, PCB_BYTES
+        bltu    t0, t1, 1b
+        li      a0, 0
+        ret
+3:      li      a0, 1
         ret
 
 # power_off(a0 = exit code): never returns. Falls back to the EXIT hypercall without a power device.

@@ -9,7 +9,14 @@
         .equ    DEV_POWER, 3
         .equ    DEV_BOOTARGS, 4
         .equ    DEV_BLOCK, 5                    # optional: the disk (disk.s)
-        .equ    CONSOLE_TX, 0
+        .equ    CONSOLE_TX, 0                   # console registers (SPEC §13.3)
+        .equ    CONSOLE_RX, 4
+        .equ    CONSOLE_STATUS, 8
+        .equ    CONSOLE_CONTROL, 12
+        .equ    CONSOLE_INPUT_AVAILABLE, 1      # STATUS bits
+        .equ    CONSOLE_END_OF_INPUT, 4
+        .equ    CONSOLE_RX_INTERRUPT, 1         # CONTROL bits
+        .equ    CONSOLE_EOF_INTERRUPT, 2
         .equ    TIMER_CMP_LO, 0
         .equ    TIMER_CMP_HI, 4
         .equ    POWER_OFF, 0
@@ -18,6 +25,7 @@
         .equ    STATUS_SPP, 0x100
         .equ    STATUS_SUM, 0x40000
         .equ    IE_TIMER, 0x20
+        .equ    IE_EXTERNAL, 0x200
         .equ    CAUSE_TIMER_IRQ, 0x80000005
         .equ    PTBR_SV32, 0x80000000
         .equ    PTBR_ASID_SHIFT, 22
@@ -68,6 +76,7 @@
         .equ    SYS_DISK_READ, 7                # disk_read(sector, buf) -> 0 | -errno
         .equ    SYS_DISK_WRITE, 8               # disk_write(sector, buf) -> 0 | -errno
         .equ    SYS_DISK_FLUSH, 9               # disk_flush() -> 0 | -errno
+        .equ    SYS_READ, 10                    # read(fd 0, buf, len) -> bytes read, 0 at the end of input | -errno
         .equ    EIO, -5
         .equ    EBADF, -9
         .equ    ENOMEM, -12
@@ -76,9 +85,6 @@
         .equ    EINVAL, -22
         .equ    ENOSYS, -38
         .equ    DISK_SECTOR_BYTES, 512          # every disk transfer is one sector
-
-# ---- Program table flags -----------------------------------------------------------------------
-        .equ    PROG_NEEDS_DISK, 2              # listed in boot-argument errors only when a disk is attached
 
 # ---- VM exit codes (power off) ---------------------------------------------------------------
         .equ    EXIT_OK, 0                      # every program ended as expected

@@ -29,6 +29,7 @@
         .equ    P_BRK, 84               # heap break
         .equ    P_PROG, 88              # program table entry
         .equ    P_ASID_USED, 92         # this slot's ASID has run before: flush it on reuse
+        .equ    P_WAITING, 96           # 1 while its read waits for console input (console.s)
         .equ    PCB_BYTES, 128
         .equ    MAX_PROCS, 8
         .equ    PS_FREE, 0
@@ -76,6 +77,7 @@ create_process:
         sfence  zero, t0                # the ASID tagged another address space before
 3:      li      t1, 1
         sw      t1, P_ASID_USED(s0)
+        sw      zero, P_WAITING(s0)
         li      t1, 0                   # clear the saved registers
         mv      t2, s0
 4:      sw      zero, 0(t2)

@@ -194,6 +194,8 @@ on_syscall:
         beq     t0, t1, sys_disk_write
         li      t1, SYS_DISK_FLUSH
         beq     t0, t1, sys_disk_flush
+        li      t1, SYS_READ            # console input (console.s)
+        beq     t0, t1, sys_read
         li      a0, ENOSYS
 syscall_return:                         # a0 = the result
         sw      a0, P_A0(s0)

@@ -1,4 +1,5 @@
-# user.s — the user image: every user program and their small library. The kernel copies the
+# user.s — the user image: every user program (sieve, crc32, walker, ping, fault, record, wc)
+# and their small library. The kernel copies the
 # whole image to USER_BASE in each process and starts the program at its entry with
 #   a0 = argument text (on the stack), a1 = its length, sp = just below the text.
 # The code is position-independent: only pc-relative `la`, branches and `jal`, never a kernel
@@ -58,6 +59,16 @@ u_yield:
 
 u_getpid:
         li      t0, SYS_GETPID
+        ecall
+        ret
+
+# u_read(a0 = buffer, a1 = length) -> a0 = bytes read from the console, 0 at the end of input,
+# or -errno. Waits while no input has arrived yet.
+u_read:
+        mv      a2, a1
+        mv      a1, a0
+        li      a0, 0
+        li      t0, SYS_READ
         ecall
         ret
 
@@ -705,7 +716,7 @@ ping_main:
 #   exec    — jumps into its heap, which is not executable: instruction page fault, killed
 #   illegal — writes ptbr from user mode: illegal instruction, killed
 #   shrink  — stores to a heap page after sbrk gave it back: store page fault, killed
-#   badptr  — passes bad pointers to write and a huge sbrk: errors come back, exits with 0
+#   badptr  — passes bad pointers to write and read and a huge sbrk: errors come back, exits with 0
 
 fault_main:
         add     s1, a0, a1
@@ -822,6 +833,20 @@ fault_badptr:
         mv      a1, s0
         la      a2, u_msg_sbrk
         call    fault_report
+        li      s0, 0x1000              # read into kernel text
+        mv      a0, s0
+        li      a1, 16
+        call    u_read
+        mv      a1, s0
+        la      a2, u_msg_into
+        call    fault_report
+        li      s0, USER_BASE           # read into its own image: mapped, but not writable
+        mv      a0, s0
+        li      a1, 16
+        call    u_read
+        mv      a1, s0
+        la      a2, u_msg_into
+        call    fault_report
         li      a0, 0
         j       u_exit
 
@@ -896,6 +921,7 @@ u_msg_fault_shrink:     .asciz "fault: storing to heap memory given back with sb
 u_msg_fault:            .asciz "fault: "
 u_msg_from:             .asciz "write from "
 u_msg_sbrk:             .asciz "sbrk of "
+u_msg_into:             .asciz "read into "
 u_msg_returned:         .asciz " returned "
 u_msg_survived:         .asciz "fault: still running after the fault\n"
 
@@ -1349,6 +1375,106 @@ u_msg_full:             .asciz ": no free sector near its home"
 u_msg_damaged:          .asciz ": damaged record"
 u_msg_disk_error:       .asciz ": disk error"
 u_msg_mismatch:         .asciz ": read back differently"
+
+# ---- wc: counts the lines, words and bytes of the console input, read to its end -----------
+# A line is a newline byte; a word is a run of bytes above 0x20 (like a boot-argument token).
+# Prints "wc: L lines, W words, B bytes" (singular for 1) and exits with 0; a read error prints
+# "wc: read failed with -N" and exits with 2.
+
+        .equ    WC_BUFFER, 256
+
+        .align  2
+wc_main:
+        add     a1, a0, a1
+        la      a2, u_name_wc
+        call    u_no_more_arguments     # wc takes no argument
+        addi    sp, sp, -WC_BUFFER
+        li      s0, 0                   # s0 = lines
+        li      s1, 0                   # s1 = words
+        li      s2, 0                   # s2 = bytes
+        li      s3, 0                   # s3 = 1 inside a word
+1:      mv      a0, sp
+        li      a1, WC_BUFFER
+        call    u_read
+        bltz    a0, 6f
+        beqz    a0, 5f                  # the end of input
+        add     s2, s2, a0
+        mv      t0, sp
+        add     t1, sp, a0
+2:      lbu     t2, 0(t0)
+        li      t3, '\n'
+        bne     t2, t3, 3f
+        addi    s0, s0, 1
+3:      sltiu   t3, t2, 33
+        beqz    t3, 31f
+        li      s3, 0                   # a blank ends a word
+        j       4f
+31:     bnez    s3, 4f
+        li      s3, 1                   # the first byte of a word
+        addi    s1, s1, 1
+4:      addi    t0, t0, 1
+        bltu    t0, t1, 2b
+        j       1b
+5:      mv      a0, sp                  # "wc: L lines, W words, B bytes"
+        la      a1, u_msg_wc
+        call    u_fmt_str
+        mv      a1, s0
+        la      a2, u_str_line
+        call    wc_count
+        la      a1, u_msg_comma
+        call    u_fmt_str
+        mv      a1, s1
+        la      a2, u_str_word
+        call    wc_count
+        la      a1, u_msg_comma
+        call    u_fmt_str
+        mv      a1, s2
+        la      a2, u_str_byte
+        call    wc_count
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+6:      mv      s0, a0                  # "wc: read failed with -N"
+        mv      a0, sp
+        la      a1, u_msg_wc_failed
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_sdec
+        mv      a1, a0
+        mv      a0, sp
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+
+# wc_count(a0 = dst, a1 = count, a2 = noun) -> a0 = dst after "N noun", plus "s" unless N = 1
+wc_count:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a1, 4(sp)
+        sw      a2, 8(sp)
+        call    u_fmt_dec
+        la      a1, u_msg_space
+        call    u_fmt_str
+        lw      a1, 8(sp)
+        call    u_fmt_str
+        lw      t0, 4(sp)
+        li      t1, 1
+        beq     t0, t1, 1f
+        li      t1, 's'
+        sb      t1, 0(a0)
+        addi    a0, a0, 1
+1:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+u_name_wc:              .asciz "wc"
+u_msg_wc:               .asciz "wc: "
+u_msg_wc_failed:        .asciz "wc: read failed with "
+u_str_line:             .asciz "line"
+u_str_word:             .asciz "word"
+u_str_byte:             .asciz "byte"
         .align  2
 user_image_end:
 
@@ -1361,6 +1487,7 @@ prog_table:
         .word   u_name_walker, walker_main - user_image_start, 0
         .word   u_name_ping, ping_main - user_image_start, 0
         .word   u_name_fault, fault_main - user_image_start, PROG_MAY_FAULT
-        .word   u_name_record, record_main - user_image_start, PROG_NEEDS_DISK
+        .word   u_name_record, record_main - user_image_start, 0
+        .word   u_name_wc, wc_main - user_image_start, 0
         .word   0, 0, 0
         .text

@@ -1,14 +1,16 @@
 /**
  * The console device (SPEC.md §13.3) and the CONSOLE_WRITE hypercall (§10), driven by guest
- * programs: TX, RX, STATUS, CONTROL, the RX interrupt, output buffering, interactive input.
+ * programs: TX, RX, STATUS, CONTROL, the RX interrupt, output buffering, interactive input, and
+ * the end of input (STATUS bit 2, the EOF interrupt of CONTROL bit 1).
  */
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { assemble } from '../../guest-isa/assembler.ts';
 import { HcallStatus } from '../../guest-isa/arch.ts';
-import { attachStandardDevices, CaptureSink, runWithResetsAsync, type ConsoleSink } from '../../devices/index.ts';
+import { attachStandardDevices, CaptureSink, runWithResets, runWithResetsAsync, type ConsoleSink } from '../../devices/index.ts';
+import { attachConsole, ConsoleControl, ConsoleRegister, ConsoleStatus } from '../../devices/console.ts';
 import { createHypervisor } from '../../kernel/index.ts';
-import { exitCodeOf, GUEST_LIBRARY, hexWords, runGuest } from './harness.ts';
+import { bootGuest, exitCodeOf, GUEST_LIBRARY, hexWords, runGuest } from './harness.ts';
 
 const FIND_CONSOLE = `
 _start: li      a0, DEV_CONSOLE
@@ -80,7 +82,7 @@ describe('console RX, STATUS and CONTROL', () => {
     expect(hexWords(outcome.output)).toEqual([3, 0x61, 0xc3, 0xa9, 0xffffffff, 2, 0]);
   });
 
-  it('ignores writes to RX, STATUS and unused offsets; unused offsets read 0; CONTROL keeps only bit 0', () => {
+  it('ignores writes to RX, STATUS and unused offsets; unused offsets read 0; CONTROL keeps only bits 0 and 1', () => {
     const outcome = runGuest(`${FIND_CONSOLE}
         li      t0, -1
         sw      t0, 4(s0)           # RX: read-only, ignored (no fault)
@@ -93,7 +95,7 @@ describe('console RX, STATUS and CONTROL', () => {
         ${PRINT_A0}
         lw      a0, 4(s0)           # the input byte is still there
         ${PRINT_A0}
-        li      t0, 0xfffffffe      # bit 0 clear
+        li      t0, 0xfffffffc      # bits 0 and 1 clear
         sw      t0, 12(s0)
         lw      a0, 12(s0)
         ${PRINT_A0}
@@ -101,9 +103,10 @@ describe('console RX, STATUS and CONTROL', () => {
         sw      t0, 12(s0)
         lw      a0, 12(s0)
         ${PRINT_A0}
+        sw      zero, 12(s0)
         exit    0
     `, { input: 'z' });
-    expect(hexWords(outcome.output)).toEqual([0, 0, 0x7a, 0, 1]);
+    expect(hexWords(outcome.output)).toEqual([0, 0, 0x7a, 0, 3]);
     expect(exitCodeOf(outcome)).toBe(0);
   });
 
@@ -299,5 +302,162 @@ wait:   wfi
     const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
     const vm = hv.createVm({ memoryBytes: 1 << 20 });
     expect(() => attachStandardDevices(vm, { interactiveInput: new PassThrough() })).toThrow(/hypervisor/);
+  });
+});
+
+describe('end of input (STATUS bit 2, CONTROL bit 1)', () => {
+  /** Boots `program` with `input` given up front and closed (as tools/run --input does), runs it. */
+  function runClosed(program: string, input: string) {
+    const booted = bootGuest(program, { input });
+    booted.devices.console.closeInput();
+    const run = runWithResets(booted.hv, booted.vm, booted.devices, { maxInstructions: 1_000_000 });
+    return { ...run, output: booted.devices.captured!.text() };
+  }
+
+  it('STATUS sets bit 2 once closed input has been read to its end, and keeps it', () => {
+    const outcome = runClosed(`${FIND_CONSOLE}
+        lw      a0, 8(s0)           # 'a' and 'b' pending: available, no end yet
+        ${PRINT_A0}
+        lw      a0, 4(s0)
+        lw      a0, 8(s0)           # 'b' pending
+        ${PRINT_A0}
+        lw      a0, 4(s0)
+        lw      a0, 8(s0)           # all read: the end of input
+        ${PRINT_A0}
+        lw      a0, 4(s0)           # RX: nothing, as before
+        ${PRINT_A0}
+        lw      a0, 8(s0)           # still the end
+        ${PRINT_A0}
+        exit    0
+    `, 'ab');
+    expect(hexWords(outcome.output)).toEqual([3, 3, 6, 0xffffffff, 6]);
+    expect(ConsoleStatus.END_OF_INPUT).toBe(4);
+  });
+
+  it('never sets bit 2 while the input is open, even when there is none', () => {
+    const outcome = runGuest(`${FIND_CONSOLE}
+        lw      a0, 8(s0)
+        ${PRINT_A0}
+        exit    0
+    `);
+    expect(hexWords(outcome.output)).toEqual([2]);
+  });
+
+  it('asserts ip.EXTERNAL while CONTROL bit 1 = 1 and input has ended, whatever bit 0 says', () => {
+    const outcome = runClosed(`${FIND_CONSOLE}
+        li      t0, 2               # EOF interrupt only; 'x' is still pending
+        sw      t0, 12(s0)
+        csrr    a0, ip
+        ${PRINT_A0}
+        lw      t0, 4(s0)           # read it: the end of input, the line rises
+        csrr    a0, ip
+        ${PRINT_A0}
+        li      t0, 1               # RX interrupt only: no input, no line
+        sw      t0, 12(s0)
+        csrr    a0, ip
+        ${PRINT_A0}
+        li      t0, 3
+        sw      t0, 12(s0)
+        csrr    a0, ip
+        ${PRINT_A0}
+        sw      zero, 12(s0)        # a guest that has seen the end clears CONTROL
+        csrr    a0, ip
+        ${PRINT_A0}
+        exit    0
+    `, 'x');
+    expect(hexWords(outcome.output)).toEqual([0, 0x200, 0, 0x200, 0]);
+  });
+
+  // Waits in wfi for input or its end (CONTROL = 3); echoes each byte; exits with the count at the end.
+  const READ_TO_END = `${GUEST_LIBRARY}${FIND_CONSOLE}
+        li      t0, 3
+        sw      t0, 12(s0)
+        li      t0, IE_EXTERNAL
+        csrs    ie, t0
+wait:   wfi
+1:      lw      t1, 8(s0)           # STATUS
+        andi    t2, t1, 1
+        bnez    t2, 2f
+        andi    t2, t1, 4
+        bnez    t2, done            # the end of input
+        j       wait
+2:      lw      t1, 4(s0)
+        sw      t1, 0(s0)
+        addi    s1, s1, 1
+        j       1b
+done:   sw      zero, 12(s0)
+        exit_reg s1
+  `;
+
+  it('wakes a guest waiting in wfi when the stream ends, so it can finish instead of idling', async () => {
+    const { image } = assemble(READ_TO_END);
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const stream = new PassThrough();
+    const devices = attachStandardDevices(vm, { output: new CaptureSink(), interactiveInput: stream, hypervisor: hv });
+    vm.loadImage(image);
+    setTimeout(() => stream.write('hi'), 20);
+    setTimeout(() => stream.end(' you'), 40);
+    const run = await runWithResetsAsync(hv, vm, devices, { maxInstructions: 1_000_000 });
+    devices.console.stop();
+    expect(run.reason).toEqual({ kind: 'halted', exitCode: 6 });
+    expect(devices.captured!.text()).toBe('hi you');
+    expect(hv.externalWakeSources.has(vm)).toBe(false);
+  });
+
+  it('closeInput ends input given up front (and a stream being read), once', async () => {
+    const { image } = assemble(READ_TO_END);
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const stream = new PassThrough();
+    const devices = attachStandardDevices(vm, { output: new CaptureSink(), interactiveInput: stream, hypervisor: hv });
+    vm.loadImage(image);
+    setTimeout(() => {
+      stream.write('abc');
+      setTimeout(() => {
+        devices.console.closeInput(); // the host ends the input; the stream is no longer read
+        devices.console.closeInput();
+        stream.write('ignored');
+      }, 20);
+    }, 20);
+    const run = await runWithResetsAsync(hv, vm, devices, { maxInstructions: 1_000_000 });
+    devices.console.stop();
+    expect(run.reason).toEqual({ kind: 'halted', exitCode: 3 });
+    expect(devices.captured!.text()).toBe('abc');
+    expect(() => devices.console.pushInput(new Uint8Array([1]))).toThrow(/after closeInput/);
+  });
+
+  it('the closeInput option: input up front, then the end; refused with a stream', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const console = attachConsole(vm, { output: new CaptureSink(), input: 'ab', closeInput: true });
+    const vcpu = vm.vcpus[0]!;
+    expect(console.read(vcpu, ConsoleRegister.STATUS)).toBe(ConsoleStatus.INPUT_AVAILABLE | ConsoleStatus.CAN_TRANSMIT);
+    expect(console.endOfInput).toBe(false);
+    expect([console.read(vcpu, ConsoleRegister.RX), console.read(vcpu, ConsoleRegister.RX)]).toEqual([0x61, 0x62]);
+    expect(console.read(vcpu, ConsoleRegister.STATUS)).toBe(ConsoleStatus.CAN_TRANSMIT | ConsoleStatus.END_OF_INPUT);
+    expect(console.endOfInput).toBe(true);
+    const other = hv.createVm({ memoryBytes: 1 << 20 });
+    expect(() => attachConsole(other, { interactiveInput: new PassThrough(), hypervisor: hv, closeInput: true })).toThrow(/closeInput/);
+  });
+
+  it('without the EOF interrupt a guest waiting for bytes that will never come is idle, as before', () => {
+    const outcome = runClosed(`${FIND_CONSOLE}
+        li      t0, 1
+        sw      t0, 12(s0)
+        li      t0, IE_EXTERNAL
+        csrs    ie, t0
+        wfi
+        exit    1
+    `, '');
+    expect(outcome.reason.kind).toBe('idle');
+  });
+
+  it('a checkpoint keeps CONTROL bit 1', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const console = attachConsole(vm, { output: new CaptureSink() });
+    console.restoreControl(ConsoleControl.EOF_INTERRUPT);
+    expect(console.controlRegister).toBe(2);
   });
 });

@@ -42,6 +42,11 @@ function symbol(name: string): number {
 /** Where a label of the user image lands in every process. */
 const userAddress = (label: string): number => USER_BASE + symbol(label) - symbol('user_image_start');
 
+function imageByte(address: number): number {
+  const segment = image.segments.find((s) => address >= s.gpa && address < s.gpa + s.data.length)!;
+  return segment.data[address - segment.gpa]!;
+}
+
 function imageWord(address: number): number {
   const segment = image.segments.find((s) => address >= s.gpa && address + 4 <= s.gpa + s.data.length)!;
   return new DataView(segment.data.buffer, segment.data.byteOffset).getUint32(address - segment.gpa, true);
@@ -219,8 +224,11 @@ const FAULTS = {
   }),
   badptr: (): Program => ({
     args: 'fault badptr',
-    output: () => ['fault: write from 0x00001000 returned -14', 'fault: write from 0x50000000 returned -14', 'fault: sbrk of 0x7fffffff returned -12'],
-    end: exited('fault'), syscalls: 7, pageFaults: 0,
+    output: () => [
+      'fault: write from 0x00001000 returned -14', 'fault: write from 0x50000000 returned -14', 'fault: sbrk of 0x7fffffff returned -12',
+      'fault: read into 0x00001000 returned -14', 'fault: read into 0x40000000 returned -14', // kernel text; its own image is not writable
+    ],
+    end: exited('fault'), syscalls: 11, pageFaults: 0,
   }),
 };
 
@@ -400,7 +408,15 @@ describe('nanokernel', () => {
     // (A word after a program name is that program's argument; before any program it must be
     // an option or a program name.)
     const unknown = boot('bogus sieve 10');
-    expect(unknown.lines.slice(1)).toEqual(["[kernel] boot args: unknown program 'bogus' (programs: sieve crc32 walker ping fault)"]);
+    expect(unknown.lines.slice(1)).toEqual(["[kernel] boot args: unknown program 'bogus' (programs: sieve crc32 walker ping fault record wc)"]);
+    // The list is the program table's names (three words per entry, a zero name ends it).
+    const tableNames: string[] = [];
+    for (let entry = symbol('prog_table'); imageWord(entry) !== 0; entry += 12) {
+      let name = '';
+      for (let at = imageWord(entry); imageByte(at) !== 0; at++) name += String.fromCharCode(imageByte(at));
+      tableNames.push(name);
+    }
+    expect(unknown.lines[1]).toContain(`(programs: ${tableNames.join(' ')})`);
     expect(unknown.reason).toEqual({ kind: 'halted', exitCode: Exit.BAD_BOOTARGS });
     const slice = boot('slice=999 sieve 10');
     expect(slice.lines.slice(1)).toEqual(["[kernel] boot args: bad option 'slice=999' (slice=N needs N >= 1000)"]);
