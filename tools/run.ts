@@ -1,18 +1,19 @@
 /**
  * run — boot a BV32 guest on the standard machine (console, timer, power, boot arguments).
  *
- *   npx tsx tools/run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats]
- *                     [--trace] [--input TEXT] [--host-mem SIZE] [--disk PATH] [-- boot args…]
+ *   npx tsx tools/run <image.bvx | prog.s> [options] [-- boot args…]
  *
- * A `.s` file is assembled first; anything else is loaded as a .bvx image. The process exits with
- * the guest's exit code (& 0xff), or with one of RunExitCode when the run ends another way; the
- * user guide is docs/run.md.
+ * The options, the usage line and the help are in tools/run-options.ts. A `.s` file is assembled
+ * first; anything else is loaded as a .bvx image. The process exits with the guest's exit code
+ * (& 0xff), or with one of RunExitCode when the run ends another way; the user guide is
+ * docs/run.md.
  */
 import { basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { assembleFile } from '../guest-isa/assembler.ts';
 import { GuestPhys, Hcall, HcallStatus, PAGE_SIZE, Reg } from '../guest-isa/arch.ts';
 import { formatInstruction } from '../guest-isa/disassembler.ts';
+import { BvError } from '../guest-isa/errors.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { loadImageFile } from '../guest-isa/image.ts';
 import {
@@ -20,52 +21,17 @@ import {
   type StandardDevices,
 } from '../devices/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
-import { createHypervisor, IDLE_FOREVER, Mode, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
+import { createHypervisor, IDLE_FOREVER, Mode, OutOfHostMemoryError, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
 import { processRss } from '../native/index.ts';
 import { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../services/memory/index.ts';
 import { tmpdir } from 'node:os';
 import {
-  formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, ProgressBar, runTool, UsageError,
-  USAGE_EXIT_CODE,
+  describeError, formatBytes, formatCount, formatTable, isReportableError, parseArguments, parseInteger, parseSize, printError, ProgressBar, runTool,
+  UsageError,
 } from './cli.ts';
+import { RUN_FLAGS, RUN_HELP, RUN_USAGE, RUN_VALUE_OPTIONS, RunExitCode } from './run-options.ts';
 
-const USAGE =
-  'usage: run <image.bvx | prog.s> [--mem 64M] [--vcpus N] [--max-insns N] [--stats] [--trace] [--input TEXT] [--host-mem SIZE] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P] [--disk PATH] [-- boot args...]';
-
-const HELP = `${USAGE}
-
-Boots a BV32 guest (a .bvx image, or assembly source ending in .s) and exits with its exit code.
-
-  --mem SIZE        guest RAM (default 64M; a multiple of 4 KiB, at most 3840M)
-  --vcpus N         virtual CPUs, 1..32 (default 1)
-  --max-insns N     stop after N instructions in total (exit 4)
-  --input TEXT      console input, given up front (otherwise the console reads stdin)
-  --host-mem SIZE   host memory pool (default: guest RAM rounded up to 4 MiB, plus 16 MiB)
-  --stats           print run statistics to stderr afterwards
-  --trace           print every instruction to stderr (slow)
-  --mmu MODE        shadow (default: shadow page tables kept coherent by traces) or nested
-  --no-traces       shadow mode without traces: every guest sfence drops all shadow state
-  --batch N         shadow mode: neighbouring PTEs cached per page walk (0..1023, default 16)
-  --large-pages P   back 4 MiB guest regions with host runs: superpages (default), always, off
-  --disk PATH       attach a block device: a raw image or an overlay (writes go to an overlay
-                    next to it, never into a raw image; see docs/block-device.md)
-  --promote-hot     T-3: count accessed pages per region, then move the hottest onto host runs
-  --reclaim-cold    T-4: break up low-activity large regions, swap their cold pages to a file
-  -- ARGS...        boot arguments for the guest (joined with spaces)
-
-Exit codes: the guest's exit code & 0xff; 1 image or assembly error; 2 bad command line;
-3 guest error; 4 instruction limit reached; 5 host error; 6 guest idle forever.
-See docs/run.md.`;
-
-/** How the process exits when the guest does not power off by itself. */
-export const RunExitCode = {
-  LOAD_ERROR: 1,
-  USAGE: USAGE_EXIT_CODE,
-  GUEST_ERROR: 3,
-  BUDGET: 4,
-  HOST_ERROR: 5,
-  IDLE: 6,
-} as const;
+export { RunExitCode };
 
 const DEFAULT_MEMORY = 64 * 1024 * 1024;
 const HOST_MEMORY_HEADROOM = 16 * 1024 * 1024;
@@ -75,6 +41,8 @@ interface RunArguments {
   path: string;
   memoryBytes: number;
   hostMemoryBytes: number;
+  /** --host-mem was given (a restore sizes the pool from the checkpoint otherwise). */
+  hostMemoryGiven: boolean;
   vcpus: number;
   maxInstructions: number | undefined;
   stats: boolean;
@@ -120,12 +88,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
   const argv = [...argvIn];
   const checkpointAt = takeTwoValueFlag(argv, '--checkpoint-at');
   const snapshotAt = takeTwoValueFlag(argv, '--snapshot-at');
-  const args = parseArguments(argv, {
-    flags: ['--stats', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'],
-    values: ['--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk',
-      '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks'],
-    restAfterDoubleDash: true,
-  });
+  const args = parseArguments(argv, { flags: RUN_FLAGS, values: RUN_VALUE_OPTIONS, restAfterDoubleDash: true });
   if (args.flag('--help') || args.flag('-h')) return 'help';
   const restore = args.value('--restore');
   if (restore !== undefined) {
@@ -154,12 +117,22 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
       : parseSize(hostMem, '--host-mem', { multipleOf: RUN_SIZE, min: RUN_SIZE, max: MAX_HOST_MEMORY });
   const vcpus = args.value('--vcpus');
   const maxInsns = args.value('--max-insns');
+  const maxInstructions = maxInsns === undefined ? undefined : parseInteger(maxInsns, '--max-insns', 1);
+  const forkAtCount = forkAt === undefined ? undefined : parseInteger(forkAt, '--fork-at', 1);
+  if (maxInstructions !== undefined) {
+    // A point past the budget can never be reached: say so now rather than after the run.
+    const points: [string, number | undefined][] = [['--checkpoint-at', checkpointAt?.at], ['--snapshot-at', snapshotAt?.at], ['--fork-at', forkAtCount]];
+    for (const [flag, at] of points) {
+      if (at !== undefined && at > maxInstructions) throw new UsageError(`${flag} ${at} is past --max-insns ${maxInstructions}: the run stops first`);
+    }
+  }
   return {
     path: args.positionals[0] ?? restore!,
     memoryBytes,
     hostMemoryBytes,
+    hostMemoryGiven: hostMem !== undefined,
     vcpus: vcpus === undefined ? 1 : parseInteger(vcpus, '--vcpus', 1, 32),
-    maxInstructions: maxInsns === undefined ? undefined : parseInteger(maxInsns, '--max-insns', 1),
+    maxInstructions,
     stats: args.flag('--stats'),
     trace: args.flag('--trace'),
     input: args.value('--input'),
@@ -174,7 +147,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     snapshotAt,
     restore,
     restoreMode: parseChoice(args.value('--restore-mode'), '--restore-mode', ['lazy', 'eager', 'map'] as const, 'lazy'),
-    forkAt: forkAt === undefined ? undefined : parseInteger(forkAt, '--fork-at', 1),
+    forkAt: forkAtCount,
     forks: forks === undefined ? 0 : parseInteger(forks, '--forks', 1, 64),
   };
 }
@@ -315,6 +288,31 @@ function formatPolicyStats(title: string, stats: Record<string, number>): string
   return `${title}\n${formatTable(rows, { indent: '  ', rightAligned: [false, true] })}`;
 }
 
+/** The size of the host memory pool of this run (for the advice when it runs out). */
+let hostPoolBytes = 0;
+
+function createRunHypervisor(hostMemoryBytes: number): Hypervisor {
+  hostPoolBytes = hostMemoryBytes;
+  return createHypervisor({ hostMemoryBytes });
+}
+
+/** `16 MiB` as --host-mem takes it: `16M`, `2G`. */
+function sizeArgument(bytes: number): string {
+  return bytes % 1024 ** 3 === 0 ? `${bytes / 1024 ** 3}G` : `${bytes / 1024 ** 2}M`;
+}
+
+/** True for the host memory pool running out, thrown or reported as a VM's host error. */
+function isOutOfHostMemory(error: unknown, message = ''): boolean {
+  return error instanceof OutOfHostMemoryError || (error instanceof BvError && error.code === 'BV_OUT_OF_HOST_MEMORY') || /^out of host memory\b/.test(message);
+}
+
+/** What to do about an exhausted host memory pool: a larger --host-mem. */
+function hostMemoryAdvice(): string {
+  if (hostPoolBytes >= MAX_HOST_MEMORY) return `the host memory pool is ${formatBytes(hostPoolBytes)}, the most --host-mem allows: give the guest less memory to use`;
+  const larger = Math.min(MAX_HOST_MEMORY, Math.max(RUN_SIZE, hostPoolBytes * 2));
+  return `the host memory pool is ${formatBytes(hostPoolBytes)}: make it larger with --host-mem (for example --host-mem ${sizeArgument(larger)})`;
+}
+
 /** The exit code for how the run ended, printing the one `error:` line when it is not a halt. */
 function reportEnding(run: GuestRun): number {
   const reason = run.reason;
@@ -331,7 +329,7 @@ function reportEnding(run: GuestRun): number {
       process.stderr.write(`error: the guest is idle forever: ${IDLE_FOREVER}\n`);
       return RunExitCode.IDLE;
     case 'host-error':
-      process.stderr.write(`error: host error: ${reason.message}\n`);
+      process.stderr.write(`error: host error: ${reason.message}${isOutOfHostMemory(reason.error, reason.message) ? `; ${hostMemoryAdvice()}` : ''}\n`);
       return RunExitCode.HOST_ERROR;
     case 'paused':
       process.stderr.write(`error: host error: the VM was paused (${reason.reason})\n`);
@@ -345,10 +343,20 @@ function reportEnding(run: GuestRun): number {
 async function main(argv: readonly string[]): Promise<number> {
   const args = parseRunArguments(argv);
   if (args === 'help') {
-    process.stdout.write(`${HELP}\n`);
+    process.stdout.write(`${RUN_HELP}\n`);
     return 0;
   }
+  try {
+    return await runMachine(args);
+  } catch (error) {
+    // Thrown rather than reported by the VM (a fork, a restore, a checkpoint): the same advice.
+    if (!isOutOfHostMemory(error)) throw error;
+    process.stderr.write(`error: host error: ${describeError(error)}; ${hostMemoryAdvice()}\n`);
+    return RunExitCode.HOST_ERROR;
+  }
+}
 
+async function runMachine(args: RunArguments): Promise<number> {
   // A failure from here on (mapping host memory, a kernel refusal) is a host error.
   const machine = await buildMachine(args);
   if (typeof machine === 'number') return machine;
@@ -368,8 +376,9 @@ async function main(argv: readonly string[]): Promise<number> {
   const started = performance.now();
   let run: GuestRun;
   let children: Machine[] = [];
+  let missedPoints = 0;
   try {
-    ({ run, children } = await runPlan(args, machine));
+    ({ run, children, missedPoints } = await runPlan(args, machine));
   } finally {
     devices.console.stop();
     trace?.flush();
@@ -403,7 +412,9 @@ async function main(argv: readonly string[]): Promise<number> {
   swap?.close();
   machine.restored?.close();
   const code = reportEnding(run);
-  return code !== 0 ? code : childCode;
+  if (code !== 0) return code;
+  if (childCode !== 0) return childCode;
+  return missedPoints > 0 ? RunExitCode.POINT_NOT_REACHED : 0;
 }
 
 interface Machine {
@@ -412,6 +423,16 @@ interface Machine {
   devices: StandardDevices;
   image: GuestImage;
   restored?: RestoredVm;
+}
+
+/**
+ * The standard devices; console input given up front (--input) is closed after it, so the guest
+ * sees the end of input once it has read it (without --input, the end of stdin closes it).
+ */
+function attachDevices(vm: Vm, options: StandardDeviceOptions): StandardDevices {
+  const devices = attachStandardDevices(vm, options);
+  if (options.input !== undefined) devices.console.closeInput();
+  return devices;
 }
 
 /** Devices for a machine: the standard set, with the console input and disk asked for. */
@@ -434,7 +455,7 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
       printError(error);
       return RunExitCode.LOAD_ERROR;
     }
-    const hv = createHypervisor({ hostMemoryBytes });
+    const hv = createRunHypervisor(hostMemoryBytes);
     let devices: StandardDevices | null = null;
     const progress = new PageProgress(`restore (${args.restoreMode})`);
     let restored: RestoredVm;
@@ -446,13 +467,13 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
           // A checkpointed disk is reopened from its saved chain; attach it on that chain's base.
           const block = saved.components['block']?.state as BlockState | undefined;
           if (block && options.disk === undefined) options.disk = block.chain[0]!;
-          devices = attachStandardDevices(vm, options);
+          devices = attachDevices(vm, options);
         },
         onProgress: progress.onProgress,
       });
     } catch (error) {
       progress.finish();
-      if (!isReportableError(error)) throw error;
+      if (!isReportableError(error) || isOutOfHostMemory(error)) throw error;
       printError(error);
       return RunExitCode.LOAD_ERROR;
     }
@@ -468,11 +489,11 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
     printError(error);
     return RunExitCode.LOAD_ERROR;
   }
-  const hv = createHypervisor({ hostMemoryBytes: args.hostMemoryBytes });
+  const hv = createRunHypervisor(args.hostMemoryBytes);
   const vm = hv.createVm({ memoryBytes: args.memoryBytes, vcpus: args.vcpus, name: basename(args.path), mmu: args.mmu, largePages: args.largePages });
   let devices: StandardDevices;
   try {
-    devices = attachStandardDevices(vm, deviceOptionsFor(args, hv, args.bootArgs, forkInput(args.input, 0)));
+    devices = attachDevices(vm, deviceOptionsFor(args, hv, args.bootArgs, forkInput(args.input, 0)));
   } catch (error) {
     throw error instanceof BootArgsError ? new UsageError(error.message) : error;
   }
@@ -486,8 +507,9 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
   return { hv, vm, devices, image };
 }
 
-/** Host memory for a restore: the checkpoint's guest RAM plus headroom. */
+/** Host memory for a restore: --host-mem, or the checkpoint's guest RAM plus headroom. */
 function restoreHostMemory(args: RunArguments): number {
+  if (args.hostMemoryGiven) return args.hostMemoryBytes;
   const reader = CheckpointReader.open(args.restore!, { lazyIndex: true });
   try {
     const bytes = reader.pageCount * PAGE_SIZE;
@@ -509,7 +531,7 @@ const CHECKPOINT_PAUSE = 'tools/run: checkpoint requested by the guest';
  * Runs the machine through the instruction points the flags name (checkpoint, live snapshot,
  * fork), in order, then to the end or the --max-insns budget.
  */
-async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: GuestRun; children: Machine[] }> {
+async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: GuestRun; children: Machine[]; missedPoints: number }> {
   const { hv, vm, devices } = machine;
   if (args.checkpointPath !== undefined) {
     vm.onHypercall(Hcall.CHECKPOINT, (vcpu) => {
@@ -517,10 +539,11 @@ async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: Gue
       vm.pause(CHECKPOINT_PAUSE);
     });
   }
-  const events: { at: number; act: () => void }[] = [];
+  /** `missed` and `nothing`: the warning when the run ends before `at` (and exit 7). */
+  const events: { at: number; act: () => void; missed: string; nothing: string }[] = [];
   if (args.checkpointAt) {
     const { at, path } = args.checkpointAt;
-    events.push({ at, act: () => saveWithProgress(vm, path, `checkpoint at ${at}`) });
+    events.push({ at, act: () => saveWithProgress(vm, path, `checkpoint at ${at}`), missed: `--checkpoint-at ${at}`, nothing: `no checkpoint was written to ${path}` });
   }
   let snapshot: LiveSnapshot | null = null;
   if (args.snapshotAt) {
@@ -531,6 +554,7 @@ async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: Gue
         snapshot = startLiveSnapshot(vm, path);
         process.stderr.write(`snapshot: started at instruction ${at}, guest paused ${snapshot.pauseMs.toFixed(3)} ms\n`);
       },
+      missed: `--snapshot-at ${at}`, nothing: `no snapshot was written to ${path}`,
     });
   }
   const children: Machine[] = [];
@@ -547,13 +571,14 @@ async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: Gue
             name: `${vm.name}-fork${index}`,
             attach: (c) => {
               const bootArgs = devices.bootArgs.text;
-              childDevices = attachStandardDevices(c, { ...deviceOptionsFor(args, hv, bootArgs, forkInput(args.input, index) ?? ''), output });
+              childDevices = attachDevices(c, { ...deviceOptionsFor(args, hv, bootArgs, forkInput(args.input, index) ?? ''), output });
             },
           });
           children.push({ hv, vm: child, devices: childDevices!, image: machine.image });
         }
         process.stderr.write(`fork: ${args.forks} children at instruction ${at} in ${(performance.now() - started).toFixed(3)} ms\n`);
       },
+      missed: `--fork-at ${at}`, nothing: 'no children were forked',
     });
   }
   events.sort((a, b) => a.at - b.at);
@@ -580,7 +605,11 @@ async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: Gue
     const live = snapshot as LiveSnapshot | null;
     if (live && !live.done) live.finish();
     if (live) process.stderr.write(`snapshot: ${live.path} complete (${live.pagesSaved} pages: ${live.savedByWrites} saved before a guest write, ${live.savedByTicker} in the background)\n`);
-    return { run: { reason, instructions: executed, resets }, children };
+    // Points the run never reached (the guest ended first): nothing was done for them.
+    for (const event of events) {
+      process.stderr.write(`warning: ${event.missed}: the guest stopped after ${formatCount(executed)} instructions, before that point; ${event.nothing}\n`);
+    }
+    return { run: { reason, instructions: executed, resets }, children, missedPoints: events.length };
   }
 }
 
@@ -626,7 +655,7 @@ async function runForkChildren(hv: Hypervisor, children: Machine[]): Promise<num
 }
 
 try {
-  await runTool(main, { usage: USAGE, errorExitCode: RunExitCode.HOST_ERROR });
+  await runTool(main, { usage: RUN_USAGE, errorExitCode: RunExitCode.HOST_ERROR });
 } catch (error) {
   // Not a typed error: a bug or the host failing. Still one line; the stack on request.
   process.stderr.write(`error: host error: ${error instanceof Error ? error.message : String(error)}\n`);

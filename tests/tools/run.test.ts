@@ -4,7 +4,7 @@
  * arguments. Also the shared CLI helpers in tools/cli.ts.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -148,6 +148,35 @@ _start: li      s0, 0xf0001000
     expect(await runTool([ECHO], 'hello\n')).toEqual({ code: 6, stdout: 'HELLO', stderr: '' });
   });
 
+  it('the guest sees the end of input after --input, and when stdin closes', async () => {
+    // Echoes until STATUS bit 2 (end of input), woken by CONTROL bit 1; exits with the count.
+    const cat = guest('cat.s', `
+_start: li      s0, 0xf0001000
+        li      t0, 3
+        sw      t0, 12(s0)              # CONTROL: interrupt on input and on its end
+        li      t0, 0x200
+        csrs    ie, t0
+wait:   wfi
+1:      lw      t1, 8(s0)               # STATUS
+        andi    t2, t1, 1
+        bnez    t2, 2f
+        andi    t2, t1, 4
+        bnez    t2, done
+        j       wait
+2:      lw      t1, 4(s0)
+        sw      t1, 0(s0)
+        addi    s1, s1, 1
+        j       1b
+done:   mv      a1, s1
+        li      a0, 1
+        hcall
+`);
+    expect(await runTool([cat, '--input', 'all of it\n'])).toEqual({ code: 10, stdout: 'all of it\n', stderr: '' });
+    expect(await runTool([cat, '--input', ''])).toEqual({ code: 0, stdout: '', stderr: '' });
+    expect(await runTool([cat], 'piped, no newline')).toEqual({ code: 17, stdout: 'piped, no newline', stderr: '' });
+    expect(await runTool([cat])).toEqual({ code: 0, stdout: '', stderr: '' }); // stdin closed from the start
+  });
+
   it('--mem and --vcpus shape the machine the guest sees in its device table', async () => {
     // Exits with RAM in MiB + 16 × the vCPU count (both from the device table header).
     const path = guest('shape.s', `
@@ -200,7 +229,10 @@ ${EXIT(0)}
 `);
     const outcome = await runTool([path, '--mem', '64M', '--host-mem', '4M']);
     expect(outcome.code).toBe(5);
-    expect(expectOneErrorLine(outcome)).toMatch(/^error: host error: out of host memory/);
+    // The line says how to fix it: the pool's size and a larger --host-mem.
+    expect(expectOneErrorLine(outcome)).toMatch(
+      /^error: host error: out of host memory: .*; the host memory pool is 4 MiB: make it larger with --host-mem \(for example --host-mem 8M\)$/,
+    );
   });
 
   it('idle forever → 6', async () => {
@@ -257,6 +289,53 @@ ${EXIT(0)}
     const tooSmall = await runTool([HELLO, '--mem', '4K']);
     expect(tooSmall.code).toBe(1);
     expect(expectOneErrorLine(tooSmall)).toMatch(/does not fit in 4 KiB of guest RAM/);
+  });
+});
+
+describe('tools/run: checkpoint, snapshot and fork points past the end of the run', () => {
+  /** Prints "ok" and powers off with 0 after 8 instructions. */
+  const OK = guest('ok.s', `
+_start: li      t0, 0xf0001000
+        li      t1, 0x6f
+        sw      t1, 0(t0)
+        li      t1, 0x6b
+        sw      t1, 0(t0)
+${EXIT(0)}
+`);
+  it('warns once per point the guest never reached, writes nothing, and exits 7', async () => {
+    const checkpoint = join(work, 'never.ckpt');
+    const snapshot = join(work, 'never.snap');
+    const outcome = await runTool([OK, '--checkpoint-at', '5000', checkpoint, '--snapshot-at', '6000', snapshot, '--fork-at', '7000', '--forks', '2']);
+    expect(outcome.code).toBe(7);
+    expect(outcome.stdout).toBe('ok');
+    expect(outcome.stderr.split('\n')).toEqual([
+      `warning: --checkpoint-at 5000: the guest stopped after 8 instructions, before that point; no checkpoint was written to ${checkpoint}`,
+      `warning: --snapshot-at 6000: the guest stopped after 8 instructions, before that point; no snapshot was written to ${snapshot}`,
+      'warning: --fork-at 7000: the guest stopped after 8 instructions, before that point; no children were forked',
+      '',
+    ]);
+    expect(existsSync(checkpoint) || existsSync(snapshot)).toBe(false);
+  });
+
+  it('a guest that failed keeps its own exit code; a point it did reach is not reported', async () => {
+    const path = guest('exit3.s', `_start: nop\n nop\n nop\n ${EXIT(3)}`);
+    const failed = await runTool([path, '--checkpoint-at', '1000', join(work, 'x.ckpt')]);
+    expect(failed.code).toBe(3);
+    expect(failed.stderr).toMatch(/^warning: --checkpoint-at 1000: /);
+    const reached = join(work, 'reached.ckpt');
+    const ok = await runTool([OK, '--checkpoint-at', '2', reached, '--fork-at', '100', '--forks', '1']);
+    expect(ok.code).toBe(7);
+    expect(ok.stderr).toMatch(new RegExp(`^checkpoint at 2: ${reached.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} `, 'm'));
+    expect(ok.stderr.split('\n').filter((line) => line.startsWith('warning:'))).toEqual([
+      'warning: --fork-at 100: the guest stopped after 8 instructions, before that point; no children were forked',
+    ]);
+    expect(existsSync(reached)).toBe(true);
+  });
+
+  it('a point past --max-insns is a usage error', async () => {
+    const outcome = await runTool([SPIN, '--max-insns', '1000', '--fork-at', '5000', '--forks', '1']);
+    expect(outcome.code).toBe(2);
+    expect(expectOneErrorLine(outcome)).toBe('error: --fork-at 5000 is past --max-insns 1000: the run stops first');
   });
 });
 
