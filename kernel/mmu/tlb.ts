@@ -2,18 +2,30 @@
  * The software TLB of one vCPU: flat arrays with one entry per virtual page, separate for read,
  * write and execute, and separate for supervisor and user mode (permissions differ by mode).
  *
- * An entry is two Int32 slots: [tag, value]. The tag is `pageVa | TAG_VALID | asid << 2`, and the
+ * An entry is two Int32 slots: [tag, value]. The tag is `pageVa | TAG_VALID | id << 2`, and the
  * fast path compares it against `(va & (0xfffff000 | alignMask)) | context`, so one compare checks
  * the page, the address space and natural alignment at once (a misaligned address has low bits
  * set and never matches). For read/write the value is the addend `hostOffset - pageVa`; for
  * execute it is the decoded-code base of the page.
  *
+ * Read and execute tags carry the guest ASID (`tlbContext(asid)`). Write tags carry a *write id*
+ * instead (`SoftTlb.wctx`, the write context of the selected ASID): each ASID gets a fresh write id
+ * per write generation, so `revokeWrites` retires every write entry in O(1) by starting a new
+ * generation (ASID-generation style). Retired ids are reused only once no entry carries them: an
+ * incremental sweep of the fill log, advanced by fills and (when few ids are left) by id
+ * allocations, reclaims them; so does any pass over the whole log.
+ *
  * Every fill is logged (kind, vpn, gpn) so that flushes and shootdowns touch only filled entries
- * instead of clearing 8 MiB arrays; when the log is full the whole TLB is flushed.
+ * instead of clearing 8 MiB arrays; when the log is full its older entries are evicted. The log
+ * records of each guest page are chained (a head per gpn, a next link per record), so a P2M
+ * shootdown of one page visits only the entries derived from it.
  */
 
 export const TAG_VALID = 0x800;
 export const ASID_TAG_SHIFT = 2;
+/** ASIDs, and write ids: both fill the 9 tag bits above the alignment bits. */
+const ID_COUNT = 512;
+const ID_MASK = ID_COUNT - 1;
 
 /** Which array an entry lives in: mode × access. */
 export const TlbKind = {
@@ -26,6 +38,10 @@ export const TlbKind = {
 } as const;
 export type TlbKindId = (typeof TlbKind)[keyof typeof TlbKind];
 
+function isWriteKind(kind: number): boolean {
+  return kind === TlbKind.S_WRITE || kind === TlbKind.U_WRITE;
+}
+
 /**
  * Entries per array: direct-mapped by the low 18 bits of the virtual page number, so two pages
  * collide only when they are a multiple of 1 GiB apart. The tag holds the whole page, so a
@@ -34,11 +50,24 @@ export type TlbKindId = (typeof TlbKind)[keyof typeof TlbKind];
  */
 export const TLB_ENTRIES = 1 << 18;
 export const TLB_INDEX_MASK = TLB_ENTRIES - 1;
-const LOG_CAPACITY = 1 << 17;
+/** Fill records the log holds before its older half is evicted. */
+export const TLB_LOG_CAPACITY = 1 << 17;
+const LOG_CAPACITY = TLB_LOG_CAPACITY;
+const LOG_MASK = LOG_CAPACITY - 1;
+/** Log sequence numbers start again from a small value at the first full pass past this. */
+const RENUMBER_AT = 1 << 30;
 const ARRAY_INTS = TLB_ENTRIES * 2;
 
 /** Bytes of backing one SoftTlb needs (six arrays and the fill log), 4 KiB-aligned. */
-export const SOFT_TLB_BYTES = Math.ceil(((6 * ARRAY_INTS + 2 * LOG_CAPACITY) * 4) / 4096) * 4096;
+export const SOFT_TLB_BYTES = Math.ceil(((6 * ARRAY_INTS + 3 * LOG_CAPACITY) * 4) / 4096) * 4096;
+
+/** A log record dropped by a shootdown (its entry is gone; the next pass over the log forgets it). */
+const DEAD_RECORD = -1;
+
+/** Log records the sweep of retired write ids visits per fill while it runs. */
+const SWEEP_PER_FILL = 4;
+/** With this few free write ids left, id allocations advance the sweep too. */
+const LOW_FREE_IDS = 128;
 
 function slotOf(vpn: number): number {
   return (vpn & TLB_INDEX_MASK) * 2;
@@ -49,6 +78,12 @@ function tagVpn(tag: number): number {
   return tag >>> 12;
 }
 
+/** The ASID (read/execute entries) or write id (write entries) a tag carries. */
+function tagId(tag: number): number {
+  return (tag >>> ASID_TAG_SHIFT) & ID_MASK;
+}
+
+/** Context of read and execute entries (and lookups) for an ASID. */
 export function tlbContext(asid: number): number {
   return TAG_VALID | (asid << ASID_TAG_SHIFT);
 }
@@ -61,11 +96,19 @@ export class SoftTlb {
   readonly uWrite: Int32Array;
   readonly uExec: Int32Array;
   private readonly arrays: readonly Int32Array[];
-  /** kind << 20 | vpn per fill. */
+  // The fill log, a ring: record `seq` (a sequence number) lives at `seq & LOG_MASK`, and the
+  // records from logStart to logEnd are live. Links name a record as seq + 1; one no greater than
+  // logStart names nothing (0, or a record gone since).
+  /** kind << 20 | vpn per fill (DEAD_RECORD once a shootdown dropped it). */
   private readonly logKindVpn: Int32Array;
   /** Guest page number (or -1) per fill, for P2M shootdowns. */
   private readonly logGpn: Int32Array;
-  private logLength = 0;
+  /** Per fill: the link to the previous record of the same guest page. */
+  private readonly logNext: Int32Array;
+  private logStart = 0;
+  private logEnd = 0;
+  /** Live records marked DEAD_RECORD (so the log knows they would free room). */
+  private deadRecords = 0;
 
   /**
    * `backing` (SOFT_TLB_BYTES of zeroed memory at a 4-byte-aligned offset) lets a hypervisor
@@ -87,59 +130,94 @@ export class SoftTlb {
     this.uExec = take(ARRAY_INTS);
     this.logKindVpn = take(LOG_CAPACITY);
     this.logGpn = take(LOG_CAPACITY);
+    this.logNext = take(LOG_CAPACITY);
     this.arrays = [this.sRead, this.sWrite, this.sExec, this.uRead, this.uWrite, this.uExec];
+    for (let id = ID_COUNT - 1; id >= 0; id--) this.freeIds[this.freeCount++] = id;
+    this.wctx = this.writeContextFor(0);
   }
 
   fills = 0;
   entriesDropped = 0;
   fullFlushes = 0;
+  /** revokeWrites calls. */
+  revocations = 0;
+  /** Times the free write ids ran out before a sweep freed more, so a pass over the log did. */
+  writeIdPasses = 0;
 
   array(kind: TlbKindId): Int32Array {
     return this.arrays[kind]!;
   }
 
+  /**
+   * Records a translation. `context` is `tlbContext(asid)` for read and execute kinds and
+   * `this.wctx` (the write context of the selected ASID) for write kinds.
+   */
   fill(kind: TlbKindId, va: number, context: number, value: number, gpn: number): void {
-    if (this.logLength === LOG_CAPACITY) this.evictOldestHalf();
+    // A write context read before a revocation would name a retired id, which a later ASID may
+    // get again: such an entry must not be made.
+    if (isWriteKind(kind) && this.idLive[tagId(context)] === 0) return;
+    if (this.logEnd - this.logStart === LOG_CAPACITY) this.makeRoom();
+    else if (this.sweeping) this.sweep(SWEEP_PER_FILL);
     const vpn = va >>> 12;
     const array = this.arrays[kind]!;
     const slot = slotOf(vpn);
     array[slot] = (va & 0xfffff000) | context;
     array[slot + 1] = value;
-    this.logKindVpn[this.logLength] = (kind << 20) | vpn;
-    this.logGpn[this.logLength] = gpn;
-    this.logLength++;
-    this.fills++;
+    const seq = this.logEnd++;
+    const at = seq & LOG_MASK;
+    this.logKindVpn[at] = (kind << 20) | vpn;
     if (gpn >= 0) {
-      if (gpn >= this.gpnMarks.length) this.growMarks(gpn);
-      this.gpnMarks[gpn] = 1;
+      if (gpn >= this.gpnHead.length) this.growHeads(gpn);
+      this.logGpn[at] = gpn;
+      this.logNext[at] = this.gpnHead[gpn]!;
+      this.gpnHead[gpn] = seq + 1;
+    } else {
+      this.logGpn[at] = -1;
     }
+    this.fills++;
   }
 
   /**
-   * Per guest page: 1 if some entry may have been filled from it since the last full flush. A
-   * shootdown of a page this vCPU never filled then costs nothing instead of a pass over the log.
+   * Per guest page: the link to its newest log record. A shootdown of a page this vCPU did not
+   * fill (or whose records are gone) costs nothing, and one of a filled page walks its chain.
    */
-  private gpnMarks = new Uint8Array(0);
+  private gpnHead = new Int32Array(0);
 
-  private growMarks(gpn: number): void {
-    let size = Math.max(1024, this.gpnMarks.length);
+  private growHeads(gpn: number): void {
+    let size = Math.max(1024, this.gpnHead.length);
     while (size <= gpn) size *= 2;
-    const grown = new Uint8Array(size);
-    grown.set(this.gpnMarks);
-    this.gpnMarks = grown;
+    const grown = new Int32Array(size);
+    grown.set(this.gpnHead);
+    this.gpnHead = grown;
   }
 
   /**
-   * The log is full: drop the entries of its older half and keep the newer half, so a working
-   * set larger than the log loses its least recently filled translations rather than all of
-   * them (a full flush here made a 256 MiB random-access guest miss on ~72% of accesses).
+   * The log is full. If shootdowns left a quarter of it dead, forget those records; otherwise drop
+   * the entries of its older half and keep the newer half, so a working set larger than the log
+   * loses its least recently filled translations rather than all of them (a full flush here made
+   * a 256 MiB random-access guest miss on ~72% of accesses).
    */
-  private evictOldestHalf(): void {
-    const half = this.logLength >>> 1;
-    for (let i = 0; i < half; i++) this.dropLogged(i);
-    this.logKindVpn.copyWithin(0, half, this.logLength);
-    this.logGpn.copyWithin(0, half, this.logLength);
-    this.logLength -= half;
+  private makeRoom(): void {
+    if (this.deadRecords >= LOG_CAPACITY >>> 2 || this.logEnd >= RENUMBER_AT) {
+      this.rewriteLog(null);
+      if (this.logEnd - this.logStart <= LOG_CAPACITY - (LOG_CAPACITY >>> 2)) return;
+    }
+    const start = this.logStart;
+    const half = (this.logEnd - start) >>> 1;
+    let dead = 0;
+    for (let seq = start; seq < start + half; seq++) {
+      const at = seq & LOG_MASK;
+      if (this.logKindVpn[at] === DEAD_RECORD) dead++;
+      else this.dropLogged(at);
+    }
+    // Links to the records dropped now are no greater than logStart: chains end there.
+    this.logStart = start + half;
+    this.deadRecords -= dead;
+    if (this.sweeping) {
+      // The records left of the running sweep are the newer ones (the dropped took their entries).
+      if (this.sweepCursor < this.logStart) this.sweepCursor = this.logStart;
+      this.sweep(0);
+    }
     this.evictions++;
   }
 
@@ -148,9 +226,15 @@ export class SoftTlb {
 
   /** Drops every entry. */
   flushAll(): void {
-    for (let i = 0; i < this.logLength; i++) this.dropLogged(i);
-    this.logLength = 0;
-    this.gpnMarks.fill(0);
+    for (let seq = this.logStart; seq < this.logEnd; seq++) this.dropLogged(seq & LOG_MASK);
+    // Every link is now stale (no greater than logStart); start the numbering again when it is high.
+    if (this.logEnd >= RENUMBER_AT) {
+      this.gpnHead.fill(0);
+      this.logEnd = 0;
+    }
+    this.logStart = this.logEnd;
+    this.deadRecords = 0;
+    this.reclaimRetiredIds();
     this.superpageRegions.fill(0);
     this.fullFlushes++;
   }
@@ -170,16 +254,17 @@ export class SoftTlb {
     const region = va >>> 22;
     if (this.superpageRegions[region] === 1) {
       this.superpageRegions[region] = 0;
-      this.compact((_kind, vpn) => vpn >>> 10 === region);
+      this.rewriteLog((_kind, vpn) => vpn >>> 10 === region);
       return;
     }
     const vpn = va >>> 12;
     const slot = slotOf(vpn);
-    for (const array of this.arrays) {
+    for (let kind = 0; kind < 6; kind++) {
+      const array = this.arrays[kind]!;
       const tag = array[slot]!;
       if (tag !== 0 && tagVpn(tag) === vpn) {
         array[slot] = 0;
-        this.entriesDropped++;
+        if (!isWriteKind(kind) || this.idLive[tagId(tag)] === 1) this.entriesDropped++;
       }
     }
   }
@@ -190,49 +275,68 @@ export class SoftTlb {
    */
   flushVpnRange(firstVpn: number, count: number, asid: number): number {
     const before = this.entriesDropped;
-    const matches = (tag: number): boolean => tag !== 0 && ((tag >>> ASID_TAG_SHIFT) & 0x1ff) === asid;
+    // Write entries of this ASID carry its write id of the current generation (older ones are
+    // retired already and can never hit).
+    const writeId = this.liveWriteId(asid);
     if (count <= 1024) {
       // Visit the slots themselves: cheaper than a pass over a long fill log. Log records of the
       // entries dropped here are forgotten at the next compaction (their tags no longer match).
       for (let vpn = firstVpn; vpn < firstVpn + count; vpn++) {
         const slot = slotOf(vpn);
-        for (const array of this.arrays) {
+        for (let kind = 0; kind < 6; kind++) {
+          const array = this.arrays[kind]!;
           const tag = array[slot]!;
-          if (matches(tag) && tagVpn(tag) === vpn) {
+          if (tag !== 0 && tagVpn(tag) === vpn && tagId(tag) === (isWriteKind(kind) ? writeId : asid)) {
             array[slot] = 0;
             this.entriesDropped++;
           }
         }
       }
     } else {
-      this.compact((kind, vpn) => vpn >= firstVpn && vpn < firstVpn + count && matches(this.arrays[kind]![slotOf(vpn)]!));
+      this.rewriteLog((kind, vpn, _gpn, tag) => vpn >= firstVpn && vpn < firstVpn + count && tagId(tag) === (isWriteKind(kind) ? writeId : asid));
     }
     return this.entriesDropped - before;
   }
 
   /** Drops entries whose tag carries this address-space id. */
   flushAsid(asid: number): void {
-    this.compact((kind, vpn) => ((this.arrays[kind]![slotOf(vpn)]! >>> ASID_TAG_SHIFT) & 0x1ff) === asid);
+    const writeId = this.liveWriteId(asid);
+    this.rewriteLog((kind, _vpn, _gpn, tag) => tagId(tag) === (isWriteKind(kind) ? writeId : asid));
   }
 
-  /** Drops entries derived from a guest page (P2M change shootdown). */
+  /**
+   * Drops entries derived from a guest page (P2M change shootdown): walks the page's chain of log
+   * records, so it costs O(entries filled from that page), whatever the length of the log.
+   */
   flushGpn(gpn: number): number {
-    if (gpn >= this.gpnMarks.length || this.gpnMarks[gpn] === 0) return 0;
+    if (gpn < 0 || gpn >= this.gpnHead.length) return 0;
+    let link = this.gpnHead[gpn]!;
+    const start = this.logStart;
+    if (link <= start) return 0;
+    this.gpnHead[gpn] = 0;
     const before = this.entriesDropped;
-    this.compact((_kind, _vpn, loggedGpn) => loggedGpn === gpn);
+    while (link > start) {
+      const at = (link - 1) & LOG_MASK;
+      link = this.logNext[at]!;
+      if (this.logKindVpn[at] === DEAD_RECORD) continue;
+      this.dropLogged(at);
+      this.logKindVpn[at] = DEAD_RECORD;
+      this.logGpn[at] = -1;
+      this.deadRecords++;
+    }
     return this.entriesDropped - before;
   }
 
   /** Drops entries derived from any guest page marked in the bitmap. */
   flushGpns(marked: Uint8Array): number {
     const before = this.entriesDropped;
-    this.compact((_kind, _vpn, loggedGpn) => loggedGpn >= 0 && marked[loggedGpn] === 1);
+    this.rewriteLog((_kind, _vpn, loggedGpn) => loggedGpn >= 0 && marked[loggedGpn] === 1);
     return this.entriesDropped - before;
   }
 
   /** Drops the read/write entries of one mode (e.g. supervisor entries after SUM/MXR change). */
   flushKinds(kinds: readonly TlbKindId[]): void {
-    this.compact((kind) => kinds.includes(kind as TlbKindId));
+    this.rewriteLog((kind) => kinds.includes(kind as TlbKindId));
   }
 
   /**
@@ -240,56 +344,275 @@ export class SoftTlb {
    * writes must now take the slow path). The frame is recovered from the entry's addend.
    */
   flushWritesToFrame(frame: number): void {
-    this.compact((kind, vpn) => {
-      if (kind !== TlbKind.S_WRITE && kind !== TlbKind.U_WRITE) return false;
+    this.rewriteLog((kind, vpn) => {
+      if (!isWriteKind(kind)) return false;
       return ((this.arrays[kind]![slotOf(vpn) + 1]! + vpn * 4096) >>> 12) === frame;
     });
   }
 
-  /** Drops every write entry (both modes). */
+  /**
+   * Drops every write entry (both modes) by a pass over the log. The write context stays the
+   * same, so unlike revokeWrites this is safe at any time, even in the middle of a slice.
+   */
   flushWrites(): void {
-    this.compact((kind) => kind === TlbKind.S_WRITE || kind === TlbKind.U_WRITE);
+    this.rewriteLog((kind) => isWriteKind(kind));
   }
 
   /** Drops execute entries that point at a decoded-code base. */
   flushExecBase(codeBase: number): void {
-    this.compact((kind, vpn) => (kind === TlbKind.S_EXEC || kind === TlbKind.U_EXEC) && this.arrays[kind]![slotOf(vpn) + 1] === codeBase);
+    this.rewriteLog((kind, vpn) => (kind === TlbKind.S_EXEC || kind === TlbKind.U_EXEC) && this.arrays[kind]![slotOf(vpn) + 1] === codeBase);
   }
 
   get loggedFills(): number {
-    return this.logLength;
+    return this.logEnd - this.logStart;
   }
 
+  /** @internal For tests: numbers the next log records from `seq` (the log must be empty). */
+  startSequenceAt(seq: number): void {
+    if (this.logEnd !== this.logStart) throw new Error('startSequenceAt: the fill log is not empty');
+    this.gpnHead.fill(0);
+    this.logStart = this.logEnd = seq;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Write contexts
+
+  /**
+   * The context write entries of the selected ASID carry, and stores compare against: read it
+   * wherever the read context is (re)loaded. It changes on selectAsid and revokeWrites only.
+   */
+  wctx = TAG_VALID;
+
+  /** The selected ASID (the vCPU's current one). */
+  private asid = 0;
+  /** The write generation: an ASID's write id is valid while `idGeneration[asid]` equals it. */
+  private generation = 1;
+  private readonly idGeneration = new Int32Array(ID_COUNT);
+  private readonly writeIdOf = new Int16Array(ID_COUNT);
+  /** Per write id: 1 while live (some ASID holds it in the current generation), else 0. */
+  private readonly idLive = new Uint8Array(ID_COUNT);
+  /** Ids no entry carries. */
+  private readonly freeIds = new Int16Array(ID_COUNT);
+  private freeCount = 0;
+  /** Ids live in the current generation (at most one per ASID). */
+  private readonly liveIds = new Int16Array(ID_COUNT);
+  private liveCount = 0;
+  /** Ids retired since the running sweep started (the next sweep frees them). */
+  private readonly retiredIds = new Int16Array(ID_COUNT);
+  private retiredCount = 0;
+  /** Ids retired before the running sweep started: free when it ends. */
+  private readonly sweptIds = new Int16Array(ID_COUNT);
+  private sweptCount = 0;
+  /** The running sweep: log records [sweepCursor, sweepEnd) remain to visit. */
+  private sweeping = false;
+  private sweepCursor = 0;
+  private sweepEnd = 0;
+
+  get selectedAsid(): number {
+    return this.asid;
+  }
+
+  /** Selects the ASID of the running address space (the vCPU calls it when its ptbr changes). */
+  selectAsid(asid: number): void {
+    this.asid = asid & ID_MASK;
+    this.wctx = this.writeContextFor(this.asid);
+  }
+
+  /**
+   * Revokes every write entry, of both modes and every ASID, in O(1) amortized: the current
+   * write ids are retired and the selected ASID gets a fresh one (the others get theirs when next
+   * selected), so no store can hit an entry filled before this call. Read and execute entries
+   * stay. Call it between slices (or from a slow path after which the vCPU's run loop reloads its
+   * contexts, as after a system instruction): a run loop that keeps comparing stores against the
+   * old `wctx` would still hit the old entries.
+   */
+  revokeWrites(): void {
+    this.retireLiveIds();
+    this.revocations++;
+    this.wctx = this.writeContextFor(this.asid);
+  }
+
+  /** Starts a new write generation: every live id is retired, and no ASID has one. */
+  private retireLiveIds(): void {
+    for (let n = 0; n < this.liveCount; n++) {
+      const id = this.liveIds[n]!;
+      this.idLive[id] = 0;
+      this.retiredIds[this.retiredCount++] = id;
+    }
+    this.liveCount = 0;
+    if (++this.generation === 0x7fffffff) {
+      this.idGeneration.fill(0);
+      this.generation = 1;
+    }
+  }
+
+  /** The write id of an ASID in the current generation, or -1 (then it has no live write entry). */
+  private liveWriteId(asid: number): number {
+    return this.idGeneration[asid & ID_MASK] === this.generation ? this.writeIdOf[asid & ID_MASK]! : -1;
+  }
+
+  private writeContextFor(asid: number): number {
+    let id = this.liveWriteId(asid);
+    if (id < 0) {
+      id = this.allocateWriteId();
+      this.idLive[id] = 1;
+      this.liveIds[this.liveCount++] = id;
+      this.writeIdOf[asid] = id;
+      this.idGeneration[asid] = this.generation;
+    }
+    return TAG_VALID | (id << ASID_TAG_SHIFT);
+  }
+
+  private allocateWriteId(): number {
+    if (this.retiredCount > 0 && (!this.sweeping || this.sweepCursor === this.logStart)) this.startSweep();
+    if (this.sweeping && this.freeCount <= LOW_FREE_IDS) {
+      // Few ids left: sweep enough per allocation that the sweep ends before they run out.
+      const remaining = this.sweepEnd - this.sweepCursor;
+      this.sweep(this.freeCount <= 32 ? remaining : Math.ceil(remaining / (this.freeCount - 32)));
+    }
+    if (this.freeCount === 0) {
+      // The sweeps fell behind: one pass over the log frees every retired id. Some id is retired
+      // (there are as many ids as ASIDs, and the caller's ASID has none live), so one is freed.
+      this.rewriteLog(null);
+      this.writeIdPasses++;
+    }
+    return this.freeIds[--this.freeCount]!;
+  }
+
+  /**
+   * Starts a sweep of the log for the ids retired so far (fills and allocations advance it), or
+   * restarts one that has not advanced yet so that it covers them too.
+   */
+  private startSweep(): void {
+    for (let n = 0; n < this.retiredCount; n++) this.sweptIds[this.sweptCount++] = this.retiredIds[n]!;
+    this.retiredCount = 0;
+    this.sweeping = true;
+    this.sweepCursor = this.logStart;
+    this.sweepEnd = this.logEnd;
+    this.sweep(0);
+  }
+
+  /**
+   * Visits up to `budget` more log records of the running sweep and drops the write entries
+   * carrying retired ids. Ids retired before the sweep started are free when it ends: all their
+   * entries were filled before it started, so their records lie before sweepEnd (an eviction
+   * drops the oldest records with their entries; any pass that rewrites the log frees every
+   * retired id itself and ends the sweep).
+   */
+  private sweep(budget: number): void {
+    const end = Math.min(this.sweepEnd, this.sweepCursor + budget);
+    for (let seq = this.sweepCursor; seq < end; seq++) {
+      const packed = this.logKindVpn[seq & LOG_MASK]!;
+      if (packed === DEAD_RECORD) continue;
+      const kind = packed >>> 20;
+      if (!isWriteKind(kind)) continue;
+      const vpn = packed & 0xfffff;
+      const array = this.arrays[kind]!;
+      const slot = slotOf(vpn);
+      const tag = array[slot]!;
+      if (tag !== 0 && tagVpn(tag) === vpn && this.idLive[tagId(tag)] === 0) array[slot] = 0;
+    }
+    if (end > this.sweepCursor) this.sweepCursor = end;
+    if (this.sweepCursor >= this.sweepEnd) {
+      this.sweeping = false;
+      for (let n = 0; n < this.sweptCount; n++) this.freeIds[this.freeCount++] = this.sweptIds[n]!;
+      this.sweptCount = 0;
+    }
+  }
+
+  /** No entry carries a retired id any more (the whole log was visited or emptied): free them. */
+  private reclaimRetiredIds(): void {
+    for (let n = 0; n < this.sweptCount; n++) this.freeIds[this.freeCount++] = this.sweptIds[n]!;
+    for (let n = 0; n < this.retiredCount; n++) this.freeIds[this.freeCount++] = this.retiredIds[n]!;
+    this.sweptCount = 0;
+    this.retiredCount = 0;
+    this.sweeping = false;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The log
+
+  /** Drops the entry a record names if it is still there (counted if it could still hit). */
   private dropLogged(index: number): void {
     const packed = this.logKindVpn[index]!;
-    const array = this.arrays[packed >>> 20]!;
+    if (packed === DEAD_RECORD) return;
+    const kind = packed >>> 20;
+    const array = this.arrays[kind]!;
     const vpn = packed & 0xfffff;
     const slot = slotOf(vpn);
     const tag = array[slot]!;
     if (tag !== 0 && tagVpn(tag) === vpn) {
       array[slot] = 0;
-      this.entriesDropped++;
+      if (!isWriteKind(kind) || this.idLive[tagId(tag)] === 1) this.entriesDropped++;
     }
   }
 
-  /** Drops logged entries matching the predicate and keeps the rest of the log. */
-  private compact(matches: (kind: number, vpn: number, gpn: number) => boolean): void {
+  /**
+   * One pass over the log, in order: forgets records whose entry is gone, drops the entries that
+   * `matches` selects, drops entries carrying retired write ids (uncounted: they could not hit),
+   * keeps the rest, and relinks the per-gpn chains of the records kept. Every retired id is free
+   * afterwards. When the sequence numbers have grown high, they start again near 0.
+   */
+  private rewriteLog(matches: ((kind: number, vpn: number, gpn: number, tag: number) => boolean) | null): void {
+    const start = this.logStart;
+    const end = this.logEnd;
+    const kindVpn = this.logKindVpn;
+    const gpns = this.logGpn;
+    const next = this.logNext;
+    const heads = this.gpnHead;
+    const arrays = this.arrays;
+    const idLive = this.idLive;
+    // Kept records get the sequence numbers from `base` on, in the same ring positions.
+    let base = start;
+    if (end >= RENUMBER_AT) {
+      base = start & LOG_MASK;
+      heads.fill(0); // links of the old numbering must not look live in the new one
+    }
     let kept = 0;
-    for (let i = 0; i < this.logLength; i++) {
-      const packed = this.logKindVpn[i]!;
+    for (let seq = start; seq < end; seq++) {
+      const at = seq & LOG_MASK;
+      const packed = kindVpn[at]!;
+      if (packed === DEAD_RECORD) continue;
+      const gpn = gpns[at]!;
       const kind = packed >>> 20;
       const vpn = packed & 0xfffff;
-      const tag = this.arrays[kind]![slotOf(vpn)]!;
-      if (tag === 0 || tagVpn(tag) !== vpn) continue; // already gone (or replaced): forget it
-      if (matches(kind, vpn, this.logGpn[i]!)) {
-        this.dropLogged(i);
-      } else {
-        this.logKindVpn[kept] = packed;
-        this.logGpn[kept] = this.logGpn[i]!;
+      const array = arrays[kind]!;
+      const slot = slotOf(vpn);
+      const tag = array[slot]!;
+      let keep = false;
+      if (tag !== 0 && tagVpn(tag) === vpn) {
+        if (isWriteKind(kind) && idLive[tagId(tag)] === 0) {
+          array[slot] = 0;
+        } else if (matches !== null && matches(kind, vpn, gpn, tag)) {
+          array[slot] = 0;
+          this.entriesDropped++;
+        } else {
+          keep = true;
+        }
+      }
+      const to = (base + kept) & LOG_MASK;
+      if (gpn >= 0) {
+        // Until this pass reaches a page's first record, its head is the old link to its newest
+        // record (> seq); links this pass made are no greater than seq (base + kept <= seq).
+        const head = heads[gpn]!;
+        const previous = head > seq ? 0 : head;
+        if (keep) {
+          next[to] = previous;
+          heads[gpn] = base + kept + 1;
+        } else {
+          heads[gpn] = previous;
+        }
+      }
+      if (keep) {
+        kindVpn[to] = packed;
+        gpns[to] = gpn;
         kept++;
       }
     }
-    this.logLength = kept;
+    this.logStart = base;
+    this.logEnd = base + kept;
+    this.deadRecords = 0;
+    this.reclaimRetiredIds();
   }
 }
 
