@@ -14,14 +14,31 @@
  */
 import { DeviceType, Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
 import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import { stateInteger, stateRecord } from './state.ts';
 
 /** Register offsets in the console window. */
-export const ConsoleRegister = { TX: 0, RX: 4, STATUS: 8, CONTROL: 12 } as const;
+export const ConsoleRegister = {
+  /** Write: the low byte is output. */
+  TX: 0,
+  /** Read: the next input byte, or CONSOLE_NO_INPUT. */
+  RX: 4,
+  /** Read: ConsoleStatus bits. */
+  STATUS: 8,
+  /** Read/write: ConsoleControl bits (interrupt enables). */
+  CONTROL: 12,
+} as const;
 /**
  * STATUS bits. END_OF_INPUT: the input is closed and every byte of it has been read, so RX will
  * never return a byte again (the guest's end-of-file).
  */
-export const ConsoleStatus = { INPUT_AVAILABLE: 1, CAN_TRANSMIT: 2, END_OF_INPUT: 4 } as const;
+export const ConsoleStatus = {
+  /** RX holds a byte. */
+  INPUT_AVAILABLE: 1,
+  /** TX accepts a byte (always set: output never blocks). */
+  CAN_TRANSMIT: 2,
+  /** The input is closed and fully read. */
+  END_OF_INPUT: 4,
+} as const;
 /** CONTROL bits: assert the interrupt while input is available / once input has ended. */
 export const ConsoleControl = { RX_INTERRUPT: 1, EOF_INTERRUPT: 2 } as const;
 /** CONTROL bit 0 (ConsoleControl.RX_INTERRUPT). */
@@ -35,6 +52,7 @@ export const CONSOLE_WRITE_MAX_BYTES = 1024 * 1024;
 
 /** Where console output goes: anything with a write method (process.stdout, a capture). */
 export interface ConsoleSink {
+  /** Receives output bytes as they are flushed (a string only from a host writing text). */
   write(chunk: Uint8Array | string): unknown;
 }
 
@@ -42,11 +60,13 @@ export interface ConsoleSink {
 export class CaptureSink implements ConsoleSink {
   private readonly chunks: Uint8Array[] = [];
 
+  /** Keeps a copy of the chunk (strings as UTF-8). */
   write(chunk: Uint8Array | string): boolean {
     this.chunks.push(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
     return true;
   }
 
+  /** Everything written so far, as one byte array. */
   bytes(): Uint8Array {
     const out = new Uint8Array(this.chunks.reduce((sum, chunk) => sum + chunk.length, 0));
     let at = 0;
@@ -57,6 +77,7 @@ export class CaptureSink implements ConsoleSink {
     return out;
   }
 
+  /** Everything written so far, decoded as UTF-8. */
   text(): string {
     return new TextDecoder().decode(this.bytes());
   }
@@ -65,6 +86,7 @@ export class CaptureSink implements ConsoleSink {
 /** A readable byte stream for interactive input (process.stdin, a PassThrough in tests). */
 export type ConsoleInputStream = NodeJS.ReadableStream;
 
+/** How attachConsole sets the console up. */
 export interface ConsoleOptions {
   /** Output sink; default process.stdout. */
   output?: ConsoleSink;
@@ -89,6 +111,11 @@ export interface ConsoleOptions {
 const OUTPUT_BUFFER_LIMIT = 64 * 1024;
 const NEWLINE = 0x0a;
 
+/**
+ * The console device model (attachConsole creates and attaches it): buffered output to a sink,
+ * input given up front, pushed by the host or read from a stream, and the CONSOLE_WRITE
+ * hypercall. Call flush() (or stop()) before reading a capture or exiting.
+ */
 export class ConsoleDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachConsole). */
   base = 0;
@@ -141,8 +168,7 @@ export class ConsoleDevice implements MmioDevice {
 
   /** Restores CONTROL from a checkpoint, re-deriving the interrupt line. */
   restoreControl(value: unknown): void {
-    if (typeof value !== 'number' || !Number.isInteger(value)) throw new TypeError('console: saved CONTROL is not an integer');
-    this.control = value & CONTROL_MASK;
+    this.control = savedControl(value);
     this.updateInterrupt();
     this.updateWakeSource();
   }
@@ -234,6 +260,7 @@ export class ConsoleDevice implements MmioDevice {
     return total;
   }
 
+  /** Whether input bytes are waiting to be read by the guest (STATUS.INPUT_AVAILABLE). */
   get inputAvailable(): boolean {
     return this.inputChunks.length > 0;
   }
@@ -358,12 +385,13 @@ export function attachConsole(vm: Vm, options: ConsoleOptions = {}): ConsoleDevi
   vm.registerState('console', {
     version: 1,
     save: () => ({ control: device.controlRegister }),
-    restore: (state) => device.restoreControl(expectRecord(state, 'console').control),
+    check: (state) => void savedControl(stateRecord(state, 'console').control),
+    restore: (state) => device.restoreControl(stateRecord(state, 'console').control),
   });
   return device;
 }
 
-function expectRecord(state: unknown, name: string): Record<string, unknown> {
-  if (typeof state !== 'object' || state === null || Array.isArray(state)) throw new TypeError(`${name}: saved state is not an object`);
-  return state as Record<string, unknown>;
+/** A saved CONTROL value, 0 … CONTROL_MASK (DeviceStateError otherwise, see devices/state.ts). */
+function savedControl(value: unknown): number {
+  return stateInteger(value, 'console', 'control', 0, CONTROL_MASK);
 }

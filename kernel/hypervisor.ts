@@ -7,12 +7,15 @@ import { KernelError } from './errors.ts';
 import { DecodeCache } from './cpu/decode-cache.ts';
 import { PRECISE_WINDOW, SliceEnd } from './cpu/vcpu.ts';
 import { FramePool } from './memory/frame-pool.ts';
-import type { HostMemory } from './memory/frame-pool.ts';
+import type { FramePoolStats, HostMemory } from './memory/frame-pool.ts';
 import { TlbArena } from './mmu/tlb.ts';
 import type { TlbArenaMemory } from './mmu/tlb.ts';
+import { ZeroedArena } from './memory/zeroed-arena.ts';
+import type { ArenaMemory } from './memory/zeroed-arena.ts';
 import { StopCode, Vm } from './vm.ts';
-import type { StopReason, VmConfig } from './vm.ts';
+import type { StopReason, VmConfig, VmEnvironment } from './vm.ts';
 
+/** Limits of one Hypervisor.run or runAsync call. */
 export interface RunOptions {
   /** Stop each VM after this many instructions (summed over its vCPUs). */
   maxInstructions?: number;
@@ -20,32 +23,94 @@ export interface RunOptions {
   quantum?: number;
 }
 
+/** How one VM's part of a Hypervisor.run or runAsync call ended. */
 export interface RunResult {
+  /** The VM this result is about. */
   vm: Vm;
-  reason: StopReason | { kind: 'budget' } | { kind: 'idle' };
+  /**
+   * Why the run ended for this VM: its StopReason when it stopped (halted, guest or host error,
+   * paused), `budget` when it retired `maxInstructions`, or `idle` when every vCPU waits for an
+   * interrupt that nothing can raise (see IDLE_FOREVER). A VM that ended on `budget` or `idle`
+   * is still running: run it again to continue.
+   */
+  reason: StopReason | {
+    /** The VM retired RunOptions.maxInstructions; it can be run again. */
+    kind: 'budget';
+  } | {
+    /** Every vCPU waits (wfi) and no device can wake it. */
+    kind: 'idle';
+  };
+  /** Instructions this VM retired during the call, over all its vCPUs. */
   instructions: number;
 }
 
 /** Returned when a VM's vCPUs all wait and nothing can wake them. */
 export const IDLE_FOREVER = 'all vCPUs are waiting for an interrupt that nothing can raise';
 
+/** Options of Hypervisor.forkVm. */
+export interface ForkOptions<D> {
+  /** The child's name (default: the parent's with a suffix). */
+  name?: string;
+  /** Attaches the child's devices (the same, in the same order, as the parent's). */
+  attach?: (child: Vm) => D;
+}
+
+function describeStop(reason: StopReason): string {
+  switch (reason.kind) {
+    case 'halted': return `powered off with exit code ${reason.exitCode}`;
+    case 'guest-error': return `guest error: ${reason.message}`;
+    case 'host-error': return `host error: ${reason.message}`;
+    default: return reason.kind;
+  }
+}
+
+/**
+ * A hypervisor: one host memory pool (mmap'd by the native addon) that every VM created in it
+ * takes its guest frames from, the decoded-code cache shared by their vCPUs, and a deterministic
+ * scheduler. Create one with createHypervisor, then VMs with createVm; run them with run or
+ * runAsync; fork them with forkVm/forkVmWith.
+ */
 export class Hypervisor {
+  /** @internal The host frame pool (kernel only; see poolStats). */
   readonly pool: FramePool;
+  /**
+   * The decoded-code cache shared by every vCPU of every VM in this hypervisor (code is decoded
+   * once per host frame). Embedders read its `stats`.
+   */
   readonly decodeCache: DecodeCache;
+  /** The VMs of this hypervisor, in creation order (destroyVm removes one). run() defaults to all. */
   readonly vms: Vm[] = [];
   /** Devices that may wake a waiting VM later (e.g. interactive console input) register here. */
   readonly externalWakeSources = new Set<Vm>();
   private nextVmId = 0;
+  /** Cross-vCPU TLB shootdowns performed (a guest page's backing changed while vCPUs could hold it). */
   shootdowns = 0;
+  /** TLB entries those shootdowns dropped, over all vCPUs. */
   shootdownEntries = 0;
 
   private readonly tlbs: TlbArena;
+  /** What every VM of this hypervisor is created with (built once: a fork or restore creates a VM). */
+  private readonly vmEnvironment: VmEnvironment;
+  /** @internal Zeroed per-page arrays for the VMs' guest memory. */
+  readonly arena: ZeroedArena;
 
-  /** `tlbArena`: memory to carve vCPU TLBs from (see TlbArena); without it they are allocated. */
-  constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null) {
+  /**
+   * @internal Use createHypervisor. `memory` is the host pool; `tlbArena`: memory to carve vCPU
+   * TLBs from (see TlbArena); `pageArena`: memory for VMs' per-page arrays (see ZeroedArena).
+   * Without them both are allocated on the JS heap.
+   */
+  constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null, pageArena: ArenaMemory | null = null) {
     this.tlbs = new TlbArena(tlbArena);
+    this.arena = new ZeroedArena(pageArena);
     this.pool = new FramePool(memory);
     this.decodeCache = new DecodeCache(this.pool.frameCount);
+    this.vmEnvironment = {
+      pool: this.pool,
+      decodeCache: this.decodeCache,
+      tlbs: this.tlbs,
+      arena: this.arena,
+      shootdown: (changedVm, gpns) => this.shootdown(changedVm, gpns),
+    };
     this.decodeCache.onSlotDropped = (codeBase) => {
       for (const vm of this.vms) for (const vcpu of vm.vcpus) vcpu.tlb.flushExecBase(codeBase);
     };
@@ -57,31 +122,71 @@ export class Hypervisor {
     };
   }
 
+  /** Frames of the host pool: total, in use, free, whole free runs, released to the OS. */
+  poolStats(): FramePoolStats {
+    return this.pool.stats();
+  }
+
+  /** Whether the host pool can map checkpoint files privately (an anonymous pool: map-mode restore). */
+  get canMapFiles(): boolean {
+    const memory = this.pool.memory as { mapFilePrivate?: unknown; kind?: unknown };
+    return typeof memory.mapFilePrivate === 'function' && (memory.kind === undefined || memory.kind === 'anonymous');
+  }
+
+  /**
+   * Creates a VM in this hypervisor's pool (no devices yet: attach them, then load an image).
+   * Its guest memory takes no host frame until the guest touches a page. Throws KernelError
+   * (BV_BAD_VM_CONFIG) for a bad memory size, vCPU count or large-page policy.
+   */
   createVm(config: VmConfig): Vm {
-    const vm = new Vm(this.nextVmId++, config, this.pool, this.decodeCache, (changedVm, gpns) => this.shootdown(changedVm, gpns), this.tlbs);
+    const vm = new Vm(this.nextVmId++, config, this.vmEnvironment);
     this.vms.push(vm);
     return vm;
   }
 
   /**
-   * Forks a VM (T-13): the child shares every frame of the parent copy-on-write and starts with
-   * the parent's CPU and component state. The caller attaches the child's devices first if the
-   * parent's components must be restored into them (pass `attach`). Memory is not copied.
+   * Forks a VM (T-13): the child shares every page of the parent copy-on-write and starts with
+   * the parent's CPU and component state; nothing is copied, and the cost does not grow with
+   * memory size (GuestMemory.forkInto). The parent must be running or paused (not stopped) and
+   * between runs. The child needs the same devices, attached in the same order, to receive the
+   * parent's device state: pass `attach`. Use forkVmWith to get what `attach` returns.
    */
-  forkVm(parent: Vm, options: { name?: string; attach?: (child: Vm) => void } = {}): Vm {
+  forkVm(parent: Vm, options: ForkOptions<unknown> = {}): Vm {
+    return this.forkVmWith(parent, options).vm;
+  }
+
+  /** Like forkVm, and returns what `attach` returned (the child's devices). */
+  forkVmWith<D>(parent: Vm, options: ForkOptions<D> = {}): {
+    /** The child VM: ready to run from where the parent stands, its memory shared copy-on-write. */
+    vm: Vm;
+    /** What `attach` returned for the child (undefined without `attach`). */
+    devices: D;
+  } {
+    if (!this.vms.includes(parent)) throw new KernelError('BV_BAD_VM', `${parent.name} does not belong to this hypervisor`);
+    if (parent.stopCode !== StopCode.RUNNING && parent.stopCode !== StopCode.PAUSED) {
+      throw new KernelError('BV_FORK', `fork: ${parent.name} has stopped (${describeStop(parent.stopReason)}); fork a running or paused VM`);
+    }
     const child = this.createVm({ ...parent.config, name: options.name ?? `${parent.name}-fork${this.nextVmId}` });
+    let devices: D;
     try {
-      options.attach?.(child);
+      devices = options.attach?.(child) as D;
+      const state = parent.captureState();
+      child.checkState(state); // devices and layout first: a refused fork leaves the parent untouched
       parent.shareMemoryWith(child);
       child.image = parent.image;
-      child.restoreState(parent.captureState());
+      child.restoreCheckedState(state); // checked just above, and unchanged since
     } catch (error) {
       this.destroyVm(child);
       throw error;
     }
-    return child;
+    return { vm: child, devices };
   }
 
+  /**
+   * Removes a VM from this hypervisor and releases every host frame it holds (frames it shares
+   * with a parent or child stay with them). The Vm object must not be used afterwards; services
+   * that keep per-VM state (a SwapFile with pages of it) should forget it first.
+   */
   destroyVm(vm: Vm): void {
     const index = this.vms.indexOf(vm);
     if (index < 0) throw new KernelError('BV_BAD_VM', `${vm.name} does not belong to this hypervisor`);
@@ -101,7 +206,7 @@ export class Hypervisor {
       return;
     }
     // Many pages: one pass over each vCPU's fill log with a bitmap.
-    const marked = new Uint8Array(vm.p2m.pageCount);
+    const marked = new Uint8Array(vm.memory.pageCount);
     for (const gpn of gpns) marked[gpn] = 1;
     for (const vcpu of vm.vcpus) this.shootdownEntries += vcpu.tlb.flushGpns(marked);
   }

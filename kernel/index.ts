@@ -9,22 +9,37 @@ import { RUN_SIZE } from './memory/frame-pool.ts';
 import { SOFT_TLB_BYTES } from './mmu/tlb.ts';
 
 export { Hypervisor, IDLE_FOREVER } from './hypervisor.ts';
-export type { RunOptions, RunResult } from './hypervisor.ts';
+export type { RunOptions, RunResult, ForkOptions } from './hypervisor.ts';
 export { Vm, StopCode } from './vm.ts';
-export type { StopReason, VmConfig, AbsentHandler, WriteProtectHandler, HypercallHandler, ExitCounts, LargePagePolicy, LargePageStats, StatefulComponent, VmState, EpochWriteHook } from './vm.ts';
-export { REGION_PAGES } from './vm.ts';
+export type { StopReason, VmConfig, VmEnvironment, HypercallHandler, ExitCounts, LargePagePolicy, LargePageStats, StatefulComponent, VmState } from './vm.ts';
+export { ExitRouter } from './exits.ts';
+export type { RoutedExitCounts } from './exits.ts';
 export { Vcpu, Mode, SliceEnd } from './cpu/vcpu.ts';
 export type { TraceHook, VcpuStats, VcpuState } from './cpu/vcpu.ts';
-export { FramePool, FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';
-export type { HostMemory } from './memory/frame-pool.ts';
-export { P2m, P2mEntry, P2mFlag, AbsentState, ABSENT_STATE_NAMES } from './memory/p2m.ts';
+export type { VcpuHost } from './cpu/vcpu-host.ts';
+export { FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';
+export type { HostMemory, FramePool, FramePoolStats } from './memory/frame-pool.ts';
+export { GuestMemory, PageState, PAGE_STATE_NAMES, MemoryAccess, REGION_PAGES, ReservedStateError } from './memory/guest-memory.ts';
+export type {
+  PageStateId, MemoryAccessKind, AbsentResolver, ProtectionResolver, EpochWriteHook, ForkHook, GuestMemoryHost, GuestMemoryOptions,
+  PageCensus, MemoryExitCounts,
+} from './memory/guest-memory.ts';
+export { P2mFlag, AbsentState, ABSENT_STATE_NAMES, RESERVED_STATES, RESERVED_FLAGS } from './memory/p2m.ts';
 export type { AbsentStateId } from './memory/p2m.ts';
+export { asGpa, asGva } from './memory/addresses.ts';
+export type { Gpa, Gva, HostOffset } from './memory/addresses.ts';
 export { Mmu } from './mmu/shadow.ts';
-export type { MmuMode, MmuOptions, MmuStats } from './mmu/shadow.ts';
-export type { MmioDevice, DeviceDescriptor } from './mmio.ts';
+export type { MmuMode, MmuOptions, MmuStats, MmuHost } from './mmu/shadow.ts';
+export { scanAccessedLeaves } from './mmu/page-table-scan.ts';
+export type { PageTableScanHost } from './mmu/page-table-scan.ts';
+export type { MmioDevice, DeviceDescriptor, DeviceWindowLayout, MmioBus } from './mmio.ts';
+export { checkDeviceLayout, DeviceLayoutError, parseDeviceLayout } from './mmio.ts';
 export { Access } from './mmu/sv32.ts';
+export type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
+export type { DecodeCache, DecodeCacheStats } from './cpu/decode-cache.ts';
 export { KernelError, OutOfHostMemoryError } from './errors.ts';
 
+/** What createHypervisor takes. */
 export interface HypervisorOptions {
   /** Host pool size in bytes (multiple of 4 MiB, at most 4 GiB). */
   hostMemoryBytes: number;
@@ -32,7 +47,13 @@ export interface HypervisorOptions {
   backingFile?: string;
 }
 
-/** Creates a hypervisor whose host pool is one mmap'd region from the native addon. */
+/**
+ * Creates a hypervisor whose host pool is one mmap'd region from the native addon: the start of
+ * every embedding (see the Embedding page). The pool is reserved, not filled: VMs take 4 KiB
+ * frames from it as their guests touch pages, so `hostMemoryBytes` bounds the guest memory in
+ * use at once, not the VMs' sizes. Throws KernelError (BV_BAD_POOL_SIZE) for a bad size and a
+ * NativeError when the host refuses the mapping.
+ */
 export function createHypervisor(options: HypervisorOptions): Hypervisor {
   const bytes = options.hostMemoryBytes;
   if (!Number.isInteger(bytes) || bytes < RUN_SIZE || bytes % RUN_SIZE !== 0 || bytes > 2 ** 32) {
@@ -44,8 +65,13 @@ export function createHypervisor(options: HypervisorOptions): Hypervisor {
   // vCPU TLBs come from one lazily backed arena, so creating a VM or a fork allocates nothing the
   // JS heap has to account for (see kernel/mmu/tlb.ts).
   const tlbArena = HostRegion.anonymous(TLB_ARENA_SLOTS * SOFT_TLB_BYTES, { noReserve: true });
-  return new Hypervisor(region, tlbArena);
+  // Per-page arrays of every VM (P2M, marks, fork generations): reserved, backed only when used.
+  const pageArena = HostRegion.anonymous(PAGE_ARENA_BYTES, { noReserve: true });
+  return new Hypervisor(region, tlbArena, pageArena);
 }
 
 /** vCPUs whose TLBs fit in a hypervisor's arena (more fall back to ordinary allocation). */
 export const TLB_ARENA_SLOTS = 128;
+
+/** Address space reserved for per-page arrays (about 10 bytes per guest page; more falls back to the heap). */
+export const PAGE_ARENA_BYTES = 2 ** 30;

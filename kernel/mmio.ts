@@ -20,6 +20,7 @@ export interface MmioDevice {
   write(vcpu: Vcpu, offset: number, value: number): boolean;
 }
 
+/** What a device declares when it attaches (Vm.attachDevice): its device-table entry and window size. */
 export interface DeviceDescriptor {
   /** DeviceType id from guest-isa/arch.ts. */
   type: number;
@@ -49,9 +50,15 @@ export interface DeviceWindowLayout {
  * differs first, or -1 when the layout as a whole is bad.
  */
 export class DeviceLayoutError extends KernelError {
+  /** BV_LAYOUT_INVALID (malformed) or BV_LAYOUT_MISMATCH (differs). */
   declare readonly code: 'BV_LAYOUT_INVALID' | 'BV_LAYOUT_MISMATCH';
 
-  constructor(code: 'BV_LAYOUT_INVALID' | 'BV_LAYOUT_MISMATCH', message: string, readonly entry: number) {
+  constructor(
+    code: 'BV_LAYOUT_INVALID' | 'BV_LAYOUT_MISMATCH',
+    message: string,
+    /** The device-table entry (0 = the first device) that is bad or differs first; -1 for the whole layout. */
+    readonly entry: number,
+  ) {
     super(code, message);
   }
 }
@@ -67,10 +74,16 @@ interface Window {
 
 const MAX_TABLE_ENTRIES = (PAGE_SIZE - DeviceTable.HEADER_BYTES) / DeviceTable.ENTRY_BYTES;
 
+/**
+ * A VM's MMIO bus (Vm.bus): the device table at 0xf0000000 and one window per attached device,
+ * placed from 0xf0001000 upwards in attach order. Devices attach through Vm.attachDevice; the
+ * interpreter routes guest loads and stores in a window to its device.
+ */
 export class MmioBus {
   private readonly windows: Window[] = [];
   private nextBase: number = GuestPhys.MMIO_BASE;
 
+  /** @internal Created by the Vm: `ramBytes` and `vcpuCount` are published in the device table. */
   constructor(private readonly ramBytes: number, private readonly vcpuCount: number) {
     const table: MmioDevice = {
       read: (_vcpu, offset) => this.deviceTableWord(offset),
@@ -92,17 +105,19 @@ export class MmioBus {
     return base;
   }
 
-  /** True when gpa falls inside a device window. */
+  /** @internal True when gpa falls inside a device window (or the device table). */
   contains(gpa: number): boolean {
     return this.find(gpa) !== undefined;
   }
 
+  /** @internal A guest load of the word at guest-physical `gpa`, inside a window. */
   read(vcpu: Vcpu, gpa: number): number {
     const window = this.find(gpa)!;
     window.accesses++;
     return window.device.read(vcpu, gpa - window.base) | 0;
   }
 
+  /** @internal A guest store to guest-physical `gpa`; false when no device takes it (an access fault). */
   write(vcpu: Vcpu, gpa: number, value: number): boolean {
     const window = this.find(gpa);
     if (!window) return false;
@@ -115,7 +130,7 @@ export class MmioBus {
     return this.windows.slice(1).map((w) => ({ name: w.descriptor.name, type: w.descriptor.type, base: w.base, size: w.bytes }));
   }
 
-  /** Access counts per device, for --stats. */
+  /** Guest accesses per window, by descriptor name (the device table included), for --stats. */
   accessCounts(): Record<string, number> {
     return Object.fromEntries(this.windows.map((w) => [w.descriptor.name, w.accesses]));
   }

@@ -242,7 +242,7 @@ function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): str
   out.push(formatTable(Object.entries(vm.bus.accessCounts()).map(([device, count]) => [device, formatCount(count)]), { indent: '  ', rightAligned: [false, true] }));
   const mmu = vm.mmu.stats;
   const shadow = vm.mmu.census();
-  const large = vm.largePageStats;
+  const large = vm.memory.largePageStats;
   out.push(`mmu (${vm.mmu.mode}${vm.mmu.mode === 'shadow' ? `, traces ${vm.mmu.traces ? 'on' : 'off'}, batch ${vm.mmu.batch}` : ''})`);
   out.push(
     formatTable(
@@ -264,8 +264,8 @@ function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): str
       { indent: '  ', rightAligned: [false, true] },
     ),
   );
-  const pool = hv.pool.stats();
-  const census = vm.p2m.census();
+  const pool = hv.poolStats();
+  const census = vm.memory.census();
   const decode = hv.decodeCache.stats;
   out.push('memory');
   out.push(
@@ -273,7 +273,8 @@ function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): str
       [
         ['decoded pages', `${formatCount(decode.pagesDecoded)} (${formatCount(decode.slotsInUse)} in use, ${formatCount(decode.pagesDropped)} dropped)`],
         ['host frames in use', `${formatCount(pool.usedFrames)} of ${formatCount(pool.totalFrames)} (${formatBytes(pool.usedFrames * PAGE_SIZE)})`],
-        ['guest pages present', `${formatCount(census.present)} of ${formatCount(vm.p2m.pageCount)} (${formatBytes(census.present * PAGE_SIZE)})`],
+        ['guest pages present', `${formatCount(census.present)} of ${formatCount(vm.memory.pageCount)} (${formatBytes(census.present * PAGE_SIZE)})`],
+        ['guest pages shared copy-on-write', formatCount(census.shared)],
         ['process RSS', formatBytes(processRss())],
       ],
       { indent: '  ', rightAligned: [false, false] },

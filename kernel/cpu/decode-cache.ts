@@ -102,16 +102,29 @@ export function predecodeWord(word: number, ops: Int32Array, imms: Int32Array, a
   imms[at] = imm;
 }
 
+/** Counters of a DecodeCache (Hypervisor.decodeCache.stats). */
 export interface DecodeCacheStats {
+  /** Host frames decoded (a frame decoded again after being dropped counts again). */
   pagesDecoded: number;
+  /** Words re-decoded in place because a store changed them (self-modifying code, A/D updates). */
   wordsRedecoded: number;
+  /** Decoded frames dropped (written too often, replaced wholesale, or freed). */
   pagesDropped: number;
+  /** Times the cache was full at its cap and dropped every decoded frame at once. */
   cacheFlushes: number;
+  /** Decoded frames held now. */
   slotsInUse: number;
 }
 
+/**
+ * The decoded-code cache of a hypervisor: guest code pre-decoded once per 4 KiB host frame into
+ * opcode and operand arrays, shared by every vCPU and VM that maps the frame, kept coherent with
+ * stores to code. Only `stats` is meant for embedders; the rest serves the interpreter.
+ */
 export class DecodeCache {
+  /** @internal Decoded opcodes and packed register fields, DECODED_PAGE_ENTRIES per slot. */
   ops: Int32Array;
+  /** @internal Decoded immediates, parallel to `ops`. */
   imms: Int32Array;
   /** Slot + 1 per host frame (0 = not decoded). */
   private readonly frameSlot: Int32Array;
@@ -120,15 +133,17 @@ export class DecodeCache {
   private freeSlots: number[] = [];
   private capacity: number;
   private readonly maxCapacity: number;
-  /** Called with the decoded base of a slot that is about to be reused or dropped. */
+  /** @internal Called with the decoded base of a slot that is about to be reused or dropped. */
   onSlotDropped: (codeBase: number) => void = () => {};
-  /** Called when a frame gets a decoded copy: writable TLB entries to it must go. */
+  /** @internal Called when a frame gets a decoded copy: writable TLB entries to it must go. */
   onFrameDecoded: (frame: number) => void = () => {};
-  /** Called when every slot is dropped at once. */
+  /** @internal Called when every slot is dropped at once. */
   onFlush: () => void = () => {};
 
+  /** Live counters (see DecodeCacheStats). */
   readonly stats: DecodeCacheStats = { pagesDecoded: 0, wordsRedecoded: 0, pagesDropped: 0, cacheFlushes: 0, slotsInUse: 0 };
 
+  /** @internal One per hypervisor: `frameCount` host frames, slots growing from `initialSlots` to `maxSlots`. */
   constructor(frameCount: number, initialSlots = 64, maxSlots = 8192) {
     this.frameSlot = new Int32Array(frameCount);
     this.capacity = initialSlots;
@@ -143,7 +158,7 @@ export class DecodeCache {
   }
 
   /**
-   * Puts the instruction at `index` of the decoded page at `base` alone into the step page
+   * @internal Puts the instruction at `index` of the decoded page at `base` alone into the step page
    * (clearing the one stepped before) and returns the step page's base.
    */
   prepareStep(base: number, index: number): number {
@@ -158,12 +173,13 @@ export class DecodeCache {
 
   private steppedIndex = 0;
 
+  /** @internal Whether a host frame has a decoded copy. */
   isDecoded(frame: number): boolean {
     return this.frameSlot[frame] !== 0;
   }
 
   /**
-   * Returns the decoded base (index into ops/imms) of a frame, decoding it from host memory on
+   * @internal Returns the decoded base (index into ops/imms) of a frame, decoding it from host memory on
    * first use. May grow (replace) the `ops`/`imms` arrays: callers reload them afterwards.
    */
   ensureDecoded(frame: number, memory32: Int32Array): number {
@@ -188,8 +204,9 @@ export class DecodeCache {
   }
 
   /**
-   * A store changed `byteLength` bytes at `byteOffset` of a decoded frame: re-decode the words it
-   * touched. Returns true when the frame was dropped from the cache instead (written too often).
+   * @internal A store changed the word at `byteOffset` of a decoded frame: re-decode it.
+   * Returns true when the frame was dropped from the cache instead (written too often; never
+   * when `mayDrop` is false).
    */
   noteWrite(frame: number, byteOffset: number, memory32: Int32Array, mayDrop = true): boolean {
     const slot = this.frameSlot[frame]! - 1;
@@ -204,7 +221,7 @@ export class DecodeCache {
     return false;
   }
 
-  /** Forgets the decoded copy of a frame (its contents changed wholesale, or it is freed). */
+  /** @internal Forgets the decoded copy of a frame (its contents changed wholesale, or it is freed). */
   drop(frame: number): void {
     const slot = this.frameSlot[frame]! - 1;
     if (slot < 0) return;

@@ -19,13 +19,20 @@ import { SoftTlb, TlbKind, tlbContext } from '../mmu/tlb.ts';
 import { Access, Sv32Walker } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
 import type { FramePool } from '../memory/frame-pool.ts';
-import type { Vm } from '../vm.ts';
+import type { VcpuHost } from './vcpu-host.ts';
 import { KernelError } from '../errors.ts';
 
-export const Mode = { USER: 0, SUPERVISOR: 1 } as const;
+/** Privilege modes (Vcpu.mode; SPEC.md "Privilege modes"). */
+export const Mode = {
+  /** User mode: user pages only, no CSR writes. */
+  USER: 0,
+  /** Supervisor mode: the mode at reset and on every trap. */
+  SUPERVISOR: 1,
+} as const;
 
 /** Why a slice of execution ended. */
 export const SliceEnd = {
+  /** The slice's instruction budget was reached. */
   BUDGET: 1,
   /** The vCPU executed wfi with nothing pending. */
   WAITING: 2,
@@ -52,13 +59,21 @@ const TIMER_BIT = 1 << Irq.TIMER;
 const SOFT_BIT = 1 << Irq.SOFT;
 const EXTERNAL_BIT = 1 << Irq.EXTERNAL;
 
+/** Counters of one vCPU (Vcpu.stats). */
 export interface VcpuStats {
+  /** Loads and stores that hit the TLB on the fast path (instruction fetches are not counted). */
   tlbHits: number;
+  /** Fetches, loads and stores that missed the TLB and took the slow path (MMU, guest memory, MMIO). */
   tlbMisses: number;
+  /** Synchronous traps taken (exceptions, ecall, page faults). */
   traps: number;
+  /** Interrupts taken. */
   interrupts: number;
+  /** `hcall` instructions executed. */
   hypercalls: number;
+  /** Loads and stores that reached a device window. */
   mmioAccesses: number;
+  /** `wfi` waits: virtual time skipped to the timer deadline, or the vCPU stopped to wait. */
   waits: number;
   /** Instructions run one at a time (near a budget, or tracing). */
   steps: number;
@@ -66,43 +81,77 @@ export interface VcpuStats {
 
 /** A vCPU's state as plain data. */
 export interface VcpuState {
+  /** r0..r15 (r0 is 0). */
   regs: number[];
+  /** The guest-virtual pc of the next instruction. */
   pc: number;
+  /** Mode.USER or Mode.SUPERVISOR. */
   mode: number;
+  /** The `status` CSR. */
   status: number;
+  /** The `tvec` CSR (trap vector, guest-virtual). */
   tvec: number;
+  /** The `epc` CSR (guest-virtual). */
   epc: number;
+  /** The `cause` CSR. */
   cause: number;
+  /** The `tval` CSR. */
   tval: number;
+  /** The `scratch` CSR. */
   scratch: number;
+  /** The `ie` CSR (interrupt enable bits). */
   ie: number;
+  /** The `ip` CSR (interrupt pending bits, the timer's excluded: it follows from timerDeadline). */
   ip: number;
+  /** The `ptbr` CSR (paging mode, ASID, root table). */
   ptbr: number;
+  /** Instructions retired. */
   instret: number;
+  /** Virtual time. */
   clock: number;
   /** null = no deadline. */
   timerDeadline: number | null;
+  /** Waiting in wfi. */
   waiting: boolean;
 }
 
 /** Receives each instruction when tracing is on (pc, raw word, mode). */
 export type TraceHook = (vcpu: Vcpu, pc: number, word: number) => void;
 
+/**
+ * A BV32 virtual CPU of a VM (Vm.vcpus): its architectural state (registers, pc, mode, CSRs,
+ * counters) and the interpreter that runs it. Hypervisor.run drives it; hypercall handlers and
+ * devices receive the vCPU that made the access, read its registers (`regs`) and write results
+ * back. Addresses it holds (pc, epc, tvec, tval) are guest-virtual when paging is on.
+ */
 export class Vcpu {
+  /** The vCPU's index in its VM (the `hartid` CSR; a0 at reset). */
   readonly id: number;
-  readonly vm: Vm;
+  /** @internal The VM this vCPU runs in, as the interpreter sees it. */
+  readonly vm: VcpuHost;
   /** r0..r15, plus r16: the sink that decoded writes to r0 go to. */
   readonly regs = new Int32Array(17);
+  /** The address of the next instruction (guest-virtual when paging is on). */
   pc = 0;
+  /** Mode.USER or Mode.SUPERVISOR. */
   mode: number = Mode.SUPERVISOR;
+  /** The `status` CSR (StatusBit). */
   status = 0;
+  /** The `tvec` CSR: where traps go (0: no trap vector, a trap stops the VM). */
   tvec = 0;
+  /** The `epc` CSR: the pc a trap interrupted. */
   epc = 0;
+  /** The `cause` CSR of the last trap. */
   cause = 0;
+  /** The `tval` CSR of the last trap (faulting address or instruction word). */
   tval = 0;
+  /** The `scratch` CSR. */
   scratch = 0;
+  /** The `ie` CSR: enabled interrupts, one bit per Irq. */
   ie = 0;
+  /** Pending interrupts, one bit per Irq (the timer's bit is computed from timerDeadline). */
   ip = 0;
+  /** The `ptbr` CSR: paging mode, ASID and root page-table PPN (guest-physical). */
   ptbr = 0;
   /**
    * Counters are kept as a base plus the instructions retired so far in the running slice, which
@@ -116,6 +165,7 @@ export class Vcpu {
   get instret(): number {
     return this.instretBase + this.sliceRetired;
   }
+  /** Sets the retired-instruction count (restores). */
   set instret(value: number) {
     this.instretBase = value - this.sliceRetired;
   }
@@ -124,6 +174,7 @@ export class Vcpu {
   get clock(): number {
     return this.clockBase + this.sliceRetired;
   }
+  /** Sets virtual time (restores). */
   set clock(value: number) {
     this.clockBase = value - this.sliceRetired;
   }
@@ -131,10 +182,14 @@ export class Vcpu {
   timerDeadline = Infinity;
   /** Waiting in wfi. */
   waiting = false;
+  /** Called before each instruction while set (slow: the loop single-steps); null = no tracing. */
   tracer: TraceHook | null = null;
 
+  /** @internal The vCPU's software TLB (guest-virtual page → host offset). */
   readonly tlb: SoftTlb;
+  /** @internal The Sv32 walker (reads guest page tables through the P2M). */
   readonly walker: Sv32Walker;
+  /** Counters (see VcpuStats). */
   readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0, steps: 0 };
   /** TLB tag context: valid bit and ASID. */
   private tlbCtx = tlbContext(0);
@@ -145,7 +200,8 @@ export class Vcpu {
   private readonly pool: FramePool;
   private readonly code: DecodeCache;
 
-  constructor(vm: Vm, id: number, tlb: SoftTlb) {
+  /** @internal Created by its Vm. */
+  constructor(vm: VcpuHost, id: number, tlb: SoftTlb) {
     this.vm = vm;
     this.id = id;
     this.tlb = tlb;
@@ -154,11 +210,15 @@ export class Vcpu {
     this.walker = new Sv32Walker(vm);
   }
 
+  /** Whether `ptbr` enables Sv32 paging (addresses are then guest-virtual and translated). */
   get pagingEnabled(): boolean {
     return (this.ptbr & Ptbr.MODE_SV32) !== 0;
   }
 
-  /** Architectural reset (SPEC.md "Reset"). */
+  /**
+   * @internal Architectural reset (SPEC.md "Reset"): pc = `entry`, a0 = id, a1 = `deviceTableGpa`.
+   * Vm.reset and Vm.loadImage do this for every vCPU.
+   */
   reset(entry: number, deviceTableGpa: number): void {
     this.regs.fill(0);
     this.regs[4] = this.id;
@@ -169,6 +229,7 @@ export class Vcpu {
     this.timerDeadline = Infinity;
     this.waiting = false;
     this.tlbCtx = tlbContext(0);
+    this.tlb.selectAsid(0);
     this.tlb.flushAll();
   }
 
@@ -182,13 +243,32 @@ export class Vcpu {
     };
   }
 
-  /** Loads state saved by saveState. Cached translations are dropped. */
-  loadState(state: VcpuState): void {
-    if (!Array.isArray(state.regs) || state.regs.length !== 16) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${this.id}: expected 16 registers`);
-    for (const [name, value] of Object.entries(state)) {
-      if (name === 'regs' || name === 'waiting' || (name === 'timerDeadline' && value === null)) continue;
-      if (typeof value !== 'number' || !Number.isFinite(value)) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${this.id}: field ${name} is not a number`);
+  /**
+   * Checks a saved vCPU state (it may come from a damaged file) without changing anything:
+   * a KernelError names the vCPU and the bad field.
+   */
+  static checkState(state: unknown, id: number): asserts state is VcpuState {
+    if (typeof state !== 'object' || state === null || Array.isArray(state)) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: the saved state is not an object`);
+    const fields = state as Record<string, unknown>;
+    const regs = fields.regs;
+    if (!Array.isArray(regs) || regs.length !== 16 || !regs.every((value) => typeof value === 'number' && Number.isFinite(value))) {
+      throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: expected 16 numeric registers`);
     }
+    for (const name of ['pc', 'mode', 'status', 'tvec', 'epc', 'cause', 'tval', 'scratch', 'ie', 'ip', 'ptbr', 'instret', 'clock'] as const) {
+      const value = fields[name];
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: field ${name} is not a number`);
+    }
+    if (!Number.isSafeInteger(fields.instret) || (fields.instret as number) < 0 || !Number.isSafeInteger(fields.clock) || (fields.clock as number) < 0) {
+      throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: instret and clock must be non-negative integers`);
+    }
+    const deadline = fields.timerDeadline;
+    if (deadline !== null && (typeof deadline !== 'number' || !Number.isFinite(deadline))) throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: field timerDeadline is not a number or null`);
+    if (fields.waiting !== undefined && typeof fields.waiting !== 'boolean') throw new KernelError('BV_BAD_VCPU_STATE', `vCPU ${id}: field waiting is not a boolean`);
+  }
+
+  /** @internal Loads state saved by saveState (Vm.restoreState). Cached translations are dropped. */
+  loadState(state: VcpuState): void {
+    Vcpu.checkState(state, this.id);
     this.regs.set(state.regs.map((v) => v | 0));
     this.regs[0] = 0;
     this.pc = state.pc | 0;
@@ -218,7 +298,7 @@ export class Vcpu {
   }
 
   /**
-   * Ends a wait: the wfi this vCPU stopped at retires now (SPEC.md "Wait for interrupt"), so an
+   * @internal Ends a wait: the wfi this vCPU stopped at retires now (SPEC.md "Wait for interrupt"), so an
    * interrupt taken next has epc = the instruction after the wfi.
    */
   finishWait(): void {
@@ -234,7 +314,7 @@ export class Vcpu {
   }
 
   /**
-   * Runs until `budget` instructions retired, or the vCPU waits, or the VM stops. With `exact` the
+   * @internal Runs until `budget` instructions retired, or the vCPU waits, or the VM stops. With `exact` the
    * slice ends on exactly the budget (the last stretch is single-stepped); without it, at the
    * first block boundary at or after the budget (still deterministic). Returns a SliceEnd code.
    */
@@ -253,6 +333,7 @@ export class Vcpu {
     let rtlb = this.tlb.sRead;
     let wtlb = this.tlb.sWrite;
     let ctx = this.tlbCtx;
+    let wctx = this.tlb.wctx; // stores: the write context (revokeWrites changes it between slices)
     let retired = 0;
     let hits = 0;
     let base = 0;
@@ -299,6 +380,7 @@ export class Vcpu {
       wtlb = supervisor ? this.tlb.sWrite : this.tlb.uWrite;
       const xtlb = supervisor ? this.tlb.sExec : this.tlb.uExec;
       ctx = this.tlbCtx;
+      wctx = this.tlb.wctx;
       const xe = ((pc >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
       if (xtlb[xe] === ((pc & -4093) | ctx)) {
         base = xtlb[xe + 1]!;
@@ -543,7 +625,7 @@ export class Vcpu {
           case 0x22: { // sb
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
             const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
-            if (wtlb[e] === ((va & -4096) | ctx)) {
+            if (wtlb[e] === ((va & -4096) | wctx)) {
               u8[(va + wtlb[e + 1]!) >>> 0] = regs[(w >> 18) & 31]!;
               hits++;
             } else {
@@ -563,7 +645,7 @@ export class Vcpu {
           case 0x23: { // sh
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
             const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
-            if (wtlb[e] === ((va & -4095) | ctx)) {
+            if (wtlb[e] === ((va & -4095) | wctx)) {
               u16[(va + wtlb[e + 1]!) >>> 1] = regs[(w >> 18) & 31]!;
               hits++;
             } else {
@@ -583,7 +665,7 @@ export class Vcpu {
           case 0x24: { // sw
             const va = (regs[(w >> 13) & 31]! + imms[base + idx]!) | 0;
             const e = ((va >>> 12) & 0x3ffff) << 1; // TLB_INDEX_MASK
-            if (wtlb[e] === ((va & -4093) | ctx)) {
+            if (wtlb[e] === ((va & -4093) | wctx)) {
               i32[(va + wtlb[e + 1]!) >>> 2] = regs[(w >> 18) & 31]!;
               hits++;
             } else {
@@ -768,7 +850,7 @@ export class Vcpu {
       this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpa >>> 12);
       // A page already dirty and writable gets its write entry now, saving a second miss.
       if (this.pagingEnabled ? (this.vm.mmu.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
-        if (vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlbCtx, addend, gpa >>> 12);
+        if (vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, addend, gpa >>> 12);
       }
     }
     const pool = this.pool;
@@ -816,7 +898,7 @@ export class Vcpu {
     }
     if (vm.mayCacheWrite(gpa, frame)) {
       const supervisor = this.mode === Mode.SUPERVISOR;
-      this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlbCtx, (frame * 4096 - (va & -4096)) | 0, gpa >>> 12);
+      this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, (frame * 4096 - (va & -4096)) | 0, gpa >>> 12);
     }
     return SLOW_OK;
   }
@@ -940,6 +1022,7 @@ export class Vcpu {
     return true;
   }
 
+  /** A CSR's value (Csr number) as a csrr in supervisor mode reads it; 0 for an unknown CSR. */
   readCsr(csr: number): number {
     switch (csr) {
       case Csr.STATUS: return this.status;
@@ -960,6 +1043,10 @@ export class Vcpu {
     }
   }
 
+  /**
+   * Writes a CSR as a csrw in supervisor mode would (writable bits only; read-only and unknown
+   * CSRs ignore it), with the same effects on cached translations.
+   */
   writeCsr(csr: number, value: number): void {
     switch (csr) {
       case Csr.STATUS: {
@@ -981,15 +1068,17 @@ export class Vcpu {
     }
   }
 
-  /** Installs a page-table base. Paging mode changes flush; ASID changes flush nothing. */
+  /** @internal Installs a page-table base. Paging mode changes flush; ASID changes flush nothing. */
   setPtbr(value: number): void {
     if (((this.ptbr ^ value) & Ptbr.MODE_SV32) !== 0) this.tlb.flushAll();
     this.ptbr = value | 0;
-    this.tlbCtx = tlbContext((value & Ptbr.MODE_SV32) !== 0 ? (value >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK : 0);
+    const asid = (value & Ptbr.MODE_SV32) !== 0 ? (value >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK : 0;
+    this.tlbCtx = tlbContext(asid);
+    this.tlb.selectAsid(asid);
     this.vm.mmu.notePtbr(value);
   }
 
-  /** Takes a synchronous trap at this.pc (SPEC.md "Traps"). */
+  /** @internal Takes a synchronous trap at this.pc (SPEC.md "Traps"). */
   trap(cause: number, tval: number): void {
     this.stats.traps++;
     this.enterTrap(cause, tval, this.pc);
@@ -1028,12 +1117,24 @@ const KNOWN_CSRS: ReadonlySet<number> = new Set([
   Csr.INSTRET, Csr.INSTRETH, Csr.TIME, Csr.TIMEH, Csr.HARTID,
 ]);
 
-/** High 32 bits of the signed 64-bit product. */
+/**
+ * High 32 bits of the signed 64-bit product: the unsigned high word, corrected for each negative
+ * operand (a signed x read as unsigned is x + 2^32, which adds the other operand to the high word).
+ */
 export function mulhSigned(a: number, b: number): number {
-  return Number((BigInt(a) * BigInt(b)) >> 32n) | 0;
+  return (mulhUnsigned(a, b) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0;
 }
 
-/** High 32 bits of the unsigned 64-bit product. */
+/**
+ * High 32 bits of the unsigned 64-bit product, without allocating (a BigInt product allocated
+ * twice per instruction): the operands split into 16-bit halves, whose partial products are
+ * exact in doubles (each < 2^32, every sum < 2^33). Inputs are int32 register values.
+ */
 export function mulhUnsigned(a: number, b: number): number {
-  return Number((BigInt(a >>> 0) * BigInt(b >>> 0)) >> 32n) | 0;
+  const a0 = a & 0xffff;
+  const a1 = a >>> 16;
+  const b0 = b & 0xffff;
+  const b1 = b >>> 16;
+  const mid = a1 * b0 + ((a0 * b0) >>> 16); // < 2^32
+  return (a1 * b1 + (mid >>> 16) + ((a0 * b1 + (mid & 0xffff)) >>> 16)) | 0;
 }

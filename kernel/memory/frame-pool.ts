@@ -11,12 +11,14 @@
  */
 import { KernelError, OutOfHostMemoryError } from '../errors.ts';
 
+/** Bytes in a host frame (the guest page size too). */
 export const FRAME_SIZE = 4096;
 export const FRAME_SHIFT = 12;
 export const FRAMES_PER_RUN = 1024;
+/** Bytes in a run: 4 MiB, the unit of large pages and of the host pool's size. */
 export const RUN_SIZE = FRAME_SIZE * FRAMES_PER_RUN;
 
-/** What the pool needs from host memory; native HostRegion provides it. */
+/** @internal What the pool needs from host memory; native HostRegion provides it. */
 export interface HostMemory {
   readonly buffer: ArrayBuffer;
   readonly bytes: number;
@@ -30,16 +32,23 @@ export interface HostMemory {
   unmapPrivate?(offset: number, length: number): void;
 }
 
+/** Occupancy of a hypervisor's host pool (Hypervisor.poolStats()), in 4 KiB frames. */
 export interface FramePoolStats {
+  /** Frames in the pool (its size / 4096). */
   totalFrames: number;
+  /** Frames held by some VM (a frame shared copy-on-write counts once). */
   usedFrames: number;
+  /** Frames free. */
   freeFrames: number;
+  /** Aligned 4 MiB runs wholly free (what large pages can still get). */
   wholeFreeRuns: number;
+  /** Frames given back to the OS since the pool was created (each free releases one). */
   framesReleased: number;
   /** Frames whose contents come from a privately mapped file (map-mode restore). */
   fileMappedFrames: number;
 }
 
+/** @internal The host frame pool of a hypervisor (kernel only: services use GuestMemory). */
 export class FramePool {
   readonly memory: HostMemory;
   readonly frameCount: number;
@@ -143,6 +152,8 @@ export class FramePool {
     const whole = this.freeChunks[this.freeChunks.length - 1];
     if (whole !== undefined) candidates.push(whole);
     for (const chunk of candidates) {
+      // Too few free frames for the run: skip the scan (a pool with many nearly full chunks).
+      if (FRAMES_PER_RUN - this.chunkUsed[chunk]! < count) continue;
       const firstFrame = chunk * FRAMES_PER_RUN;
       let runStart = 0;
       for (let slot = 0; slot < FRAMES_PER_RUN; slot++) {

@@ -22,14 +22,31 @@
  */
 import { Ptbr, Pte, PTE_PPN_SHIFT } from '../../guest-isa/arch.ts';
 import { P2mFlag } from '../memory/p2m.ts';
-import type { Vm } from '../vm.ts';
 import type { Vcpu } from '../cpu/vcpu.ts';
 import { Access, leafPageGpa, leafPermits, pageFaultCause } from './sv32.ts';
 import type { AccessKind } from './sv32.ts';
 
+/** How guest page tables are virtualised: shadow page tables, or nested (two-dimensional) walks. */
 export type MmuMode = 'shadow' | 'nested';
 
+/** @internal What the MMU needs from its VM: guest memory's large-page and trace hooks, and TLB invalidation. */
+export interface MmuHost {
+  /** The host pool as 32-bit words (cached PTEs are read from it). */
+  readonly hostPool32: Int32Array;
+  /** First host frame of the run backing a 4 MiB region, or -1. */
+  regionRunFrame(region: number): number;
+  noteSuperpage(gpaBase: number): void;
+  hostOffsetIfPresent(gpa: number): number;
+  protectPage(gpn: number, flags: number): void;
+  unprotectPage(gpn: number, flags: number): void;
+  /** Drops every vCPU's TLB entries for `count` pages from `firstVpn` in `asid`. */
+  invalidateTranslations(asid: number, firstVpn: number, count: number): void;
+  invalidateAsid(asid: number): void;
+}
+
+/** How a VM's MMU works (VmConfig.mmu); see docs/mmu.md. */
 export interface MmuOptions {
+  /** 'shadow' (default) or 'nested'. */
   mode?: MmuMode;
   /** Keep the shadow coherent with traces (shadow mode only; default true). */
   traces?: boolean;
@@ -39,19 +56,31 @@ export interface MmuOptions {
   maxSpaces?: number;
 }
 
+/** Counters of a VM's MMU (Vm.mmu.stats). */
 export interface MmuStats {
+  /** Guest page-table walks (TLB misses the shadow could not answer, or every miss when nested). */
   walks: number;
+  /** TLB misses answered from the shadow page tables without a walk. */
   shadowHits: number;
   /** Misses answered by a large mapping: a guest superpage over a run-backed region (T-2). */
   largeHits: number;
+  /** Neighbouring leaf PTEs cached by batched population. */
   batchFilled: number;
+  /** Guest page-table pages write-protected for tracing. */
   tracesPlaced: number;
+  /** Traces removed (the page no longer holds a shadowed table, or was written like data). */
   tracesRemoved: number;
+  /** Guest stores to traced pages (each drops what derived from the word it changed). */
   traceHits: number;
+  /** Cached shadow PTEs dropped. */
   shadowEntriesDropped: number;
+  /** Guest sfences elided because traces had already kept everything coherent. */
   flushesElided: number;
+  /** Guest sfences that dropped the whole shadow (no traces) or flushed TLBs (nested). */
   flushesFull: number;
+  /** Shadow address spaces created (one per guest root table). */
   spacesCreated: number;
+  /** Shadow address spaces dropped (least recently used beyond maxSpaces, or root table changed). */
   spacesDropped: number;
   /** ASIDs installed with a different root than before (their TLB entries were dropped). */
   asidReuses: number;
@@ -82,18 +111,30 @@ class ShadowSpace {
   constructor(readonly id: number, readonly rootGpn: number) {}
 }
 
+/**
+ * A VM's MMU (Vm.mmu), consulted on every TLB miss: it translates guest-virtual to
+ * guest-physical addresses through the guest's Sv32 page tables, caching them in shadow page
+ * tables (shadow mode) or walking every time (nested mode). Embedders read its configuration and
+ * counters; the interpreter does the rest.
+ */
 export class Mmu {
+  /** 'shadow' or 'nested'. */
   readonly mode: MmuMode;
+  /** Whether traces keep the shadow coherent (shadow mode). */
   readonly traces: boolean;
+  /** Neighbouring PTEs cached per walk (shadow mode). */
   readonly batch: number;
   private readonly maxSpaces: number;
-  /** Result of the last successful translate(). */
+  /** @internal Result of the last successful translate() (guest-physical). */
   gpa = 0;
+  /** @internal The leaf PTE of the last successful translate(). */
   pte = 0;
+  /** @internal The level of that leaf (1: superpage, 0: 4 KiB page). */
   level = 0;
-  /** Trap cause of the last failed translate(). */
+  /** @internal Trap cause of the last failed translate(). */
   faultCause = 0;
 
+  /** Live counters (see MmuStats). */
   readonly stats: MmuStats = {
     walks: 0, shadowHits: 0, largeHits: 0, batchFilled: 0, tracesPlaced: 0, tracesRemoved: 0, traceHits: 0,
     shadowEntriesDropped: 0, flushesElided: 0, flushesFull: 0, spacesCreated: 0, spacesDropped: 0, asidReuses: 0,
@@ -118,7 +159,8 @@ export class Mmu {
   /** Traced guest page → writes since a walk last read it. */
   private readonly traceWrites = new Map<number, number>();
 
-  constructor(private readonly vm: Vm, options: MmuOptions = {}) {
+  /** @internal Created by the Vm (and again on reset). */
+  constructor(private readonly vm: MmuHost, options: MmuOptions = {}) {
     this.mode = options.mode ?? 'shadow';
     this.traces = this.mode === 'shadow' && (options.traces ?? true);
     this.batch = this.mode === 'shadow' ? Math.max(0, Math.min(1023, options.batch ?? 16)) : 0;
@@ -126,7 +168,7 @@ export class Mmu {
   }
 
   /**
-   * Translates `va` for an access by `vcpu` under its current PTBR, mode and status. Returns
+   * @internal Translates guest-virtual `va` for an access by `vcpu` under its current PTBR, mode and status. Returns
    * true (gpa/pte/level set) or false (faultCause set). Paging must be on.
    */
   translate(vcpu: Vcpu, va: number, access: AccessKind): boolean {
@@ -212,7 +254,7 @@ export class Mmu {
   }
 
   /**
-   * The guest executed sfence. Returns true when the vCPUs' TLBs must still be flushed as the
+   * @internal The guest executed sfence. Returns true when the vCPUs' TLBs must still be flushed as the
    * spec says (nested mode, or shadow without traces after dropping the whole shadow).
    */
   guestFlush(): boolean {
@@ -237,7 +279,7 @@ export class Mmu {
   }
 
   /**
-   * A vCPU installed a PTBR. In shadow mode, remember the ASID its root runs under; and when an
+   * @internal A vCPU installed a PTBR. In shadow mode, remember the ASID its root runs under; and when an
    * ASID now names a different root than before, drop every vCPU's entries of that ASID: with
    * traces the guest's sfence is elided, so this is where a reused ASID is made safe.
    */
@@ -254,9 +296,14 @@ export class Mmu {
     this.space(ptbr).asids.add(asid);
   }
 
-  /** Whether the MMU traces a guest page (its P2M entry must keep the TRACED flag). */
+  /** @internal Whether the MMU traces a guest page (its P2M entry must keep the TRACED flag). */
   isTracing(gpn: number): boolean {
     return this.traceUses.has(gpn);
+  }
+
+  /** @internal Every guest page the MMU traces. */
+  tracedPages(): Iterable<number> {
+    return this.traceUses.keys();
   }
 
   /** False while a guest flush drops everything (the vCPU flushes its TLB itself). */
@@ -266,7 +313,7 @@ export class Mmu {
   private readonly rootOfAsid = new Map<number, number>();
 
   /**
-   * A guest store changed a word of a traced page (old → new value). Drops the shadow entries
+   * @internal A guest store changed a word of a traced page (old → new value). Drops the shadow entries
    * derived from that PTE and the TLB entries made from them, in every vCPU.
    */
   tracedWrite(gpn: number, pageOffset: number, oldWord: number, newWord: number): void {
@@ -288,7 +335,7 @@ export class Mmu {
     }
   }
 
-  /** A traced page changed wholesale (device DMA, loader): drop everything derived from it. */
+  /** @internal A traced page changed wholesale (device DMA, loader): drop everything derived from it. */
   zapPage(gpn: number): void {
     const uses = this.traceUses.get(gpn);
     if (!uses) return;
@@ -302,7 +349,14 @@ export class Mmu {
   }
 
   /** Number of shadow address spaces and cached leaf PTEs (for --stats). */
-  census(): { spaces: number; cachedPtes: number; tracedPages: number } {
+  census(): {
+    /** Shadow address spaces held. */
+    spaces: number;
+    /** Leaf PTEs cached in them. */
+    cachedPtes: number;
+    /** Guest pages traced. */
+    tracedPages: number;
+  } {
     let cachedPtes = 0;
     for (const space of this.spaces.values()) {
       for (let i = 0; i < 1024; i++) {
@@ -367,7 +421,7 @@ export class Mmu {
     const tableGpa = leafTableGpn * 4096;
     const hostOffset = this.vm.hostOffsetIfPresent(tableGpa);
     if (hostOffset < 0) return;
-    const memory32 = this.vm.memory32;
+    const memory32 = this.vm.hostPool32;
     const first = vpn0 - (vpn0 % this.batch);
     const last = Math.min(1024, first + this.batch);
     for (let i = first; i < last; i++) {

@@ -9,7 +9,16 @@
  */
 import { Cause, Pte, PTE_PPN_SHIFT, Ptbr, StatusBit } from '../../guest-isa/arch.ts';
 
-export const Access = { READ: 0, WRITE: 1, EXEC: 2 } as const;
+/** Kinds of memory access, as the walk, the MMU and Vm.readVirtual take them. */
+export const Access = {
+  /** A load. */
+  READ: 0,
+  /** A store (sets the D bit). */
+  WRITE: 1,
+  /** An instruction fetch. */
+  EXEC: 2,
+} as const;
+/** One of the Access values. */
 export type AccessKind = (typeof Access)[keyof typeof Access];
 
 /** Guest-physical word access used by the walk. Offsets are host byte offsets into the pool. */
@@ -20,7 +29,8 @@ export interface PhysicalPageTables {
   hostOffsetForPageTableWrite(gpa: number): number;
   /** Called after the walk's A/D update landed (decoded code in that frame is patched). */
   flushCodePatch(): void;
-  readonly memory32: Int32Array;
+  /** The host pool as 32-bit words (offsets above are byte offsets into it). */
+  readonly hostPool32: Int32Array;
   /** Called for every page-table page a walk reads (traces, T-1). */
   notePageTableRead?(gpn: number): void;
 }
@@ -79,7 +89,7 @@ export class Sv32Walker {
   translate(ptbr: number, va: number, access: AccessKind, supervisor: boolean, status: number): boolean {
     this.walks++;
     const tables = this.tables;
-    const memory32 = tables.memory32;
+    const memory32 = tables.hostPool32;
     let tableGpa = (ptbr & Ptbr.PPN_MASK) * 4096;
     this.rootGpn = ptbr & Ptbr.PPN_MASK;
     this.leafTableGpn = -1;

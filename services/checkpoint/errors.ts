@@ -27,9 +27,12 @@ export const CHECKPOINT_ERROR_CODES = [
   'BV_CKPT_IO',
 ] as const;
 
+/** One of CHECKPOINT_ERROR_CODES. */
 export type CheckpointErrorCode = (typeof CHECKPOINT_ERROR_CODES)[number];
 
+/** A checkpoint file failure: damage, a bad argument, I/O (see CHECKPOINT_ERROR_CODES). */
 export class CheckpointError extends BvError {
+  /** One of CHECKPOINT_ERROR_CODES. */
   declare readonly code: CheckpointErrorCode;
 
   constructor(

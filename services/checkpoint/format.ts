@@ -61,6 +61,7 @@ export const SECTION_NAMES: ReadonlyMap<number, SectionTypeName> = new Map(
 );
 
 export const BlockKind = { RAW: 0, LZ4: 1 } as const;
+/** How a memory block is stored: raw pages, or lz4-compressed. */
 export type BlockKindName = 'raw' | 'lz4';
 export const BLOCK_KIND_NAMES: readonly BlockKindName[] = ['raw', 'lz4'];
 
@@ -69,11 +70,14 @@ export const BLOCK_KIND_NAMES: readonly BlockKindName[] = ['raw', 'lz4'];
 
 /** A JSON value: what CONFIG, CPUS and JSON device states may contain (checked on write). */
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+/** A JSON object (see JsonValue). */
 export type JsonObject = { [key: string]: JsonValue };
 
 /** One device's saved state; `version` is the device model's own state version. */
 export interface DeviceState {
+  /** The component's state version (StatefulComponent.version). */
   version: number;
+  /** The saved state: plain JSON data, or bytes. */
   state: JsonObject | Uint8Array;
 }
 
@@ -87,6 +91,7 @@ export interface CheckpointState {
   devices: Record<string, DeviceState>;
 }
 
+/** A checkpoint's non-memory contents and the size of its memory index. */
 export interface CheckpointContents extends CheckpointState {
   /** Guest physical pages covered by the memory index (guest memory bytes / PAGE_BYTES). */
   pageCount: number;
@@ -723,14 +728,14 @@ export function encodeMemoryIndex(blockOfPage: Uint32Array, slotOfPage: Uint32Ar
  * block and a slot below that block's page count (`pagesIn(block)`).
  */
 export function checkIndexEntry(gpn: number, block: number, slot: number, blockCount: number, pagesIn: (block: number) => number): void {
-  const where = sectionName(SectionType.MEMORY_INDEX);
+  // Called per page: the section's name is looked up only for an error.
   if (block === ZERO_PAGE_BLOCK) {
-    if (slot !== 0) throw corrupt(where, `zero page ${gpn} has slot ${slot}`);
+    if (slot !== 0) throw corrupt(sectionName(SectionType.MEMORY_INDEX), `zero page ${gpn} has slot ${slot}`);
     return;
   }
-  if (block >= blockCount) throw corrupt(where, `page ${gpn} names block ${block}, but there are ${blockCount} blocks`);
+  if (block >= blockCount) throw corrupt(sectionName(SectionType.MEMORY_INDEX), `page ${gpn} names block ${block}, but there are ${blockCount} blocks`);
   const pages = pagesIn(block);
-  if (slot >= pages) throw corrupt(where, `page ${gpn} names slot ${slot} of block ${block}, which has ${pages} pages`);
+  if (slot >= pages) throw corrupt(sectionName(SectionType.MEMORY_INDEX), `page ${gpn} names slot ${slot} of block ${block}, which has ${pages} pages`);
 }
 
 /**

@@ -32,6 +32,7 @@ export {
   diffCheckpoints,
   type BlockInfo,
   type BlockPages,
+  type OpenOptions,
   type CheckpointDiff,
   type CheckpointSummary,
   type PageRange,

@@ -13,7 +13,6 @@
  * the pause. So the file holds exactly the VM as it was at the pause, equal page for page to a
  * stop-the-world saveVmCheckpoint taken at the same instruction.
  */
-import { FRAME_SIZE } from '../../kernel/index.ts';
 import type { Vm } from '../../kernel/index.ts';
 import { CheckpointWriter } from './writer.ts';
 import type { BeginOptions, WriteStats } from './writer.ts';
@@ -21,6 +20,7 @@ import { currentPage, vmCheckpointContents, VmCheckpointError } from './vm-check
 import type { VmSaveOptions } from './vm-checkpoint.ts';
 import type { CheckpointState } from './format.ts';
 
+/** Options of startLiveSnapshot (and those of saveVmCheckpoint). */
 export interface LiveSnapshotOptions extends VmSaveOptions {
   /** Pages the background saver copies per tick (default 256 = 1 MiB); pages already saved by writes are skipped free. */
   pagesPerTick?: number;
@@ -42,9 +42,17 @@ export function startLiveSnapshot(vm: Vm, path: string, options: LiveSnapshotOpt
   return new LiveSnapshot(vm, path, options);
 }
 
+/**
+ * A checkpoint being written while its VM runs (startLiveSnapshot). It completes in the
+ * background as the VM runs, or at once with finish(); the file then holds the VM as it was at
+ * the pause.
+ */
 export class LiveSnapshot {
+  /** The VM being saved. */
   readonly vm: Vm;
+  /** The checkpoint file it writes (created on first use, replaced atomically at the end). */
   readonly path: string;
+  /** Guest pages to save (guest RAM / 4096). */
   readonly pageCount: number;
   /** Milliseconds the VM was held in startLiveSnapshot. */
   readonly pauseMs: number;
@@ -71,10 +79,10 @@ export class LiveSnapshot {
     for (const [name, value] of [['pagesPerTick', pagesPerTick], ['everyInstructions', everyInstructions]] as const) {
       if (!Number.isSafeInteger(value) || value <= 0) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${name} must be a positive integer, got ${String(value)}`);
     }
-    if (vm.writeEpochActive) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${vm.name}: a snapshot of this VM is already being taken`);
+    if (vm.memory.writeEpochActive) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${vm.name}: a snapshot of this VM is already being taken`);
     this.vm = vm;
     this.path = path;
-    this.pageCount = vm.p2m.pageCount;
+    this.pageCount = vm.memory.pageCount;
     this.atInstruction = vm.instructionsRetired;
     this.#onProgress = options.onProgress;
     const writerOptions: BeginOptions = { pageCount: this.pageCount };
@@ -83,7 +91,7 @@ export class LiveSnapshot {
     // The writer's own progress counts pages as they are added; ours is reported per tick.
     this.#writerOptions = writerOptions;
     this.#state = vmCheckpointContents(vm, vm.captureState(), options.extra);
-    vm.beginWriteEpoch((gpn, frame) => this.#saveBeforeWrite(gpn, frame));
+    vm.memory.beginWriteEpoch((gpn, bytes) => this.#saveBeforeWrite(gpn, bytes));
     vm.addTicker(everyInstructions, () => this.#tick(pagesPerTick));
     // RAM goes back to the image on reset without guest writes: the old contents would be lost.
     vm.onReset(() => this.#fail(new VmCheckpointError('BV_VMCKPT_SNAPSHOT_FAILED', `${vm.name}: the VM was reset while the snapshot ${path} was being taken`)));
@@ -140,17 +148,17 @@ export class LiveSnapshot {
   abort(): void {
     if (this.#phase !== 'saving') return;
     this.#phase = 'aborted';
-    this.vm.endWriteEpoch();
+    this.vm.memory.endWriteEpoch();
     this.#writerInstance?.abort();
   }
 
   // -------------------------------------------------------------------------------------------
 
   /** Epoch hook: runs inside a guest store, before it lands. Never throws into the guest. */
-  #saveBeforeWrite(gpn: number, frame: number): void {
+  #saveBeforeWrite(gpn: number, bytes: Uint8Array): void {
     if (this.#phase !== 'saving') return;
     try {
-      this.#writer().addPage(gpn, this.vm.pool.u8.subarray(frame * FRAME_SIZE, (frame + 1) * FRAME_SIZE));
+      this.#writer().addPage(gpn, bytes);
       this.#savedByWrites++;
     } catch (error) {
       this.#fail(error as Error);
@@ -170,14 +178,14 @@ export class LiveSnapshot {
     try {
       for (; this.#cursor < this.pageCount && budget > 0; this.#cursor++) {
         const gpn = this.#cursor;
-        if (!vm.claimPage(gpn)) continue; // a guest write saved it already
+        if (!vm.memory.claimPage(gpn)) continue; // a guest write saved it already
         this.#writer().addPage(gpn, currentPage(vm, gpn));
         this.#savedByTicker++;
         budget--;
       }
       this.#onProgress?.(this.pagesSaved, this.pageCount);
       if (this.#cursor === this.pageCount) {
-        vm.endWriteEpoch();
+        vm.memory.endWriteEpoch();
         this.#stats = this.#writer().finish(this.#state);
         this.#phase = 'done';
       }
@@ -190,7 +198,7 @@ export class LiveSnapshot {
     if (this.#phase !== 'saving') return;
     this.#phase = 'failed';
     this.#error = error;
-    this.vm.endWriteEpoch();
+    this.vm.memory.endWriteEpoch();
     this.#writerInstance?.abort();
   }
 }

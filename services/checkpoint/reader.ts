@@ -36,6 +36,7 @@ import {
   PAGE_BYTES,
   readU32Array,
   regionChecksumError,
+  SECTION_ALIGNMENT,
   SECTION_ENTRY_BYTES,
   SECTION_HEAD_BYTES,
   sectionName,
@@ -52,12 +53,15 @@ import {
 
 /** One storage block as the block table describes it. */
 export interface BlockInfo {
+  /** The block's number (its place in the block table). */
   index: number;
+  /** Raw or lz4. */
   kind: BlockKindName;
   /** Where the stored bytes start (a multiple of 4096). */
   fileOffset: number;
   /** Stored bytes on disk (pageCount × 4096 for raw blocks). */
   storedBytes: number;
+  /** Pages the block holds. */
   pageCount: number;
   /** Guest page numbers of the block's pages, in the order they are stored. */
   gpns: Uint32Array;
@@ -65,13 +69,17 @@ export interface BlockInfo {
 
 /** The pages of one block: page `i` is guest page `gpns[i]`, bytes data[i*4096, (i+1)*4096). */
 export interface BlockPages {
+  /** The block's number. */
   block: number;
+  /** The guest page numbers of its pages, in stored order. */
   gpns: Uint32Array;
+  /** The pages' bytes, 4096 per page, decompressed and checked. */
   data: Uint8Array;
 }
 
 /** The memory index entries of one index region (INDEX_REGION_PAGES guest pages, 4 MiB). */
 export interface RegionEntries {
+  /** The index region (gpn / 1024). */
   region: number;
   /** Guest page of entry 0. */
   firstGpn: number;
@@ -83,28 +91,43 @@ export interface RegionEntries {
 
 /** Guest pages that sit back to back both in the guest and in a raw block: one mmap each. */
 export interface PageRun {
+  /** The first guest page of the run. */
   firstGpn: number;
+  /** Pages in the run. */
   pageCount: number;
+  /** File offset of the first page's bytes. */
   fileOffset: number;
 }
 
 /** A raw block's place in the file, for mapping it straight into memory (restore "map" mode). */
 export interface RawBlockExtent {
+  /** File offset of the block's bytes (a multiple of 4096). */
   fileOffset: number;
+  /** Its length in bytes (pages × 4096). */
   length: number;
+  /** The guest page of each stored page, in stored order. */
   gpns: Uint32Array;
+  /** The block cut into runs that are contiguous in the guest too. */
   runs: PageRun[];
 }
 
 /** What `snapshot info` shows. */
 export interface CheckpointSummary {
+  /** The file's format version. */
   formatVersion: number;
+  /** The file's size as its header records it. */
   fileBytes: number;
+  /** Guest pages the memory index covers (guest RAM / 4096). */
   pageCount: number;
+  /** Pages stored in blocks. */
   storedPages: number;
+  /** Pages not stored: zero or never touched. */
   zeroPages: number;
+  /** Storage blocks. */
   blocks: number;
+  /** Blocks stored raw. */
   rawBlocks: number;
+  /** Blocks stored lz4-compressed. */
   lz4Blocks: number;
   /** Bytes of the stored pages / bytes their blocks take (1 when nothing is stored). */
   compressionRatio: number;
@@ -146,6 +169,7 @@ interface Structure {
   index: MemoryIndex | null;
 }
 
+/** Options of CheckpointReader.open. */
 export interface OpenOptions {
   /**
    * Leave the memory index, the block table and the page lists in the file: opening then reads
@@ -160,7 +184,13 @@ export interface OpenOptions {
 /** Index regions a lazy reader keeps decoded (a block's pages usually lie in one or two). */
 const REGION_CACHE_SIZE = 8;
 
+/**
+ * An open checkpoint file: its validated structure (configuration, vCPU and device states, block
+ * table, memory index) and on-demand, checksummed access to its memory blocks. Open it with
+ * CheckpointReader.open; close it when done.
+ */
 export class CheckpointReader {
+  /** The file's path. */
   readonly path: string;
   #file: HostFile | undefined;
   #structure: Structure;
@@ -194,10 +224,12 @@ export class CheckpointReader {
     }
   }
 
+  /** The file's format version (FORMAT_VERSION). */
   get formatVersion(): number {
     return this.#structure.header.formatVersion;
   }
 
+  /** The file's size as its header records it. */
   get fileBytes(): number {
     return this.#structure.header.fileBytes;
   }
@@ -207,6 +239,7 @@ export class CheckpointReader {
     return this.#structure.contents;
   }
 
+  /** Guest pages the memory index covers (guest RAM / 4096). */
   get pageCount(): number {
     return this.#structure.contents.pageCount;
   }
@@ -216,6 +249,7 @@ export class CheckpointReader {
     return this.#structure.limits.storedPages;
   }
 
+  /** Storage blocks in the file. */
   get blockCount(): number {
     return this.#structure.blockCount;
   }
@@ -225,6 +259,7 @@ export class CheckpointReader {
     return indexRegionCount(this.pageCount);
   }
 
+  /** Whether close() has run. */
   get closed(): boolean {
     return this.#file === undefined;
   }
@@ -306,9 +341,17 @@ export class CheckpointReader {
 
   #readBlock(block: number): BlockPages {
     const entry = this.#entry(block);
+    const where = `block ${block}`;
+    const stored = this.#readStored(block, entry, new Uint8Array(entry.storedBytes));
+    const gpns = this.pagesOfBlock(block);
+    if (entry.kind === 'raw') return { block, gpns, data: stored };
+    return { block, gpns, data: decompressBlock(stored, entry.pageCount * PAGE_BYTES, where) };
+  }
+
+  /** Reads a block's stored bytes into `stored` (exactly storedBytes long) and checks their CRC. */
+  #readStored(block: number, entry: BlockEntry, stored: Uint8Array): Uint8Array {
     const file = this.#openFile();
     const where = `block ${block}`;
-    const stored = new Uint8Array(entry.storedBytes);
     let read: number;
     try {
       read = file.pread(stored, entry.fileOffset);
@@ -321,9 +364,23 @@ export class CheckpointReader {
     if (checksum(stored) !== entry.crc) {
       throw new CheckpointError('BV_CKPT_CHECKSUM', `${where}: checksum mismatch (the block is damaged)`, where);
     }
-    const gpns = this.pagesOfBlock(block);
-    if (entry.kind === 'raw') return { block, gpns, data: stored };
-    return { block, gpns, data: decompressBlock(stored, entry.pageCount * PAGE_BYTES, where) };
+    return stored;
+  }
+
+  /**
+   * Like readBlock, into `target` (exactly the block's pages × PAGE_BYTES, e.g. fresh guest
+   * frames) instead of a new array: a raw block is read straight into it and its checksum
+   * computed there, a compressed one decompressed into it (its page list: pagesOfBlock). After
+   * an error `target` holds unchecked bytes: the caller must not use them.
+   */
+  readBlockInto(block: number, target: Uint8Array): void {
+    inFile(this.path, () => {
+      const entry = this.#entry(block);
+      if (target.length !== entry.pageCount * PAGE_BYTES) throw badArgument(`block ${block} holds ${entry.pageCount} pages, the target is ${target.length} bytes`);
+      // Raw: stored bytes are the pages (decodeBlockEntry checked storedBytes), read in place.
+      if (entry.kind === 'raw') this.#readStored(block, entry, target);
+      else target.set(decompressBlock(this.#readStored(block, entry, new Uint8Array(entry.storedBytes)), target.length, `block ${block}`));
+    });
   }
 
   /** The bytes of guest page `gpn` (zeros for a zero page). Reads its whole block: prefer readBlock. */
@@ -377,6 +434,7 @@ export class CheckpointReader {
     }
   }
 
+  /** Counts for `snapshot info` (reads the whole block table when opened with `lazyIndex`). */
   summary(): CheckpointSummary {
     const blocks = this.#blocks();
     const storedPages = this.storedPageCount;
@@ -510,20 +568,21 @@ function readStructure(file: HostFile, lazyIndex: boolean): Structure {
   const header = decodeHeader(readExactly(file, 0, Math.min(fileBytes, FIRST_BLOCK_OFFSET), 'header'), fileBytes);
   const tableBytes = readExactly(file, header.sectionTableOffset, header.sectionCount * SECTION_ENTRY_BYTES, 'section table');
   const sections = decodeSectionTable(tableBytes, header);
+  const deferred = new Set<number>(lazyIndex ? [SectionType.MEMORY_INDEX, SectionType.BLOCK_TABLE, SectionType.INDEX_CRCS, SectionType.BLOCK_PAGES] : []);
+  const fetched = readSections(file, sections, deferred);
   const read = (type: number): Uint8Array => {
     const entry: SectionEntry = sections.get(type)!;
-    const bytes = readExactly(file, entry.offset, entry.length, sectionName(type));
+    const bytes = fetched.get(type)!;
     checkSection(entry, bytes);
     return bytes;
   };
   // Check every CRC first, so a damaged section is named as damaged rather than as inconsistent.
-  const deferred = new Set<number>(lazyIndex ? [SectionType.MEMORY_INDEX, SectionType.BLOCK_TABLE, SectionType.INDEX_CRCS, SectionType.BLOCK_PAGES] : []);
   const types = [...sections.keys()].filter((type) => !deferred.has(type));
   const payloads = new Map(types.map((type) => [type, read(type)]));
   // The count at the start of an array section: from its payload, or its first 8 bytes alone.
   const countOf = (type: number, itemBytes: number): number => {
     const entry = sections.get(type)!;
-    const head = payloads.get(type) ?? readExactly(file, entry.offset, Math.min(entry.length, SECTION_HEAD_BYTES), sectionName(type));
+    const head = payloads.get(type) ?? fetched.get(type)!;
     return decodeSectionHead(head, type, entry.length, itemBytes);
   };
   const pageCount = countOf(SectionType.MEMORY_INDEX, 8);
@@ -557,6 +616,33 @@ function readStructure(file: HostFile, lazyIndex: boolean): Structure {
   return { header, contents, sections, limits, blockCount, blocks, index };
 }
 
+/**
+ * Reads every section (unchecked), or only its head (SECTION_HEAD_BYTES) for a `deferred` one:
+ * whole sections that follow each other in the file (only alignment padding between them) with
+ * one pread, each head on its own (a lazy open reads exactly the index bytes it did before). A
+ * lazy open needs 5 reads for the sections instead of 7, a full one 1. The caller has checked
+ * every section's range against the file (decodeSectionTable).
+ */
+function readSections(file: HostFile, sections: ReadonlyMap<number, SectionEntry>, deferred: ReadonlySet<number>): Map<number, Uint8Array> {
+  const wanted = [...sections].map(([type, entry]) => ({ type, offset: entry.offset, length: deferred.has(type) ? Math.min(entry.length, SECTION_HEAD_BYTES) : entry.length, whole: !deferred.has(type) }));
+  wanted.sort((a, b) => a.offset - b.offset);
+  const fetched = new Map<number, Uint8Array>();
+  for (let first = 0; first < wanted.length; ) {
+    const start = wanted[first]!.offset;
+    let end = start + wanted[first]!.length;
+    let next = first + 1;
+    for (; next < wanted.length && wanted[next - 1]!.whole && wanted[next]!.whole && wanted[next]!.offset >= end && wanted[next]!.offset - end < SECTION_ALIGNMENT; next++) {
+      end = wanted[next]!.offset + wanted[next]!.length;
+    }
+    const span = readExactly(file, start, end - start, sectionName(wanted[first]!.type));
+    for (; first < next; first++) {
+      const { type, offset, length } = wanted[first]!;
+      fetched.set(type, span.subarray(offset - start, offset - start + length));
+    }
+  }
+  return fetched;
+}
+
 /** lz4-napi's block format: u32 uncompressed size, then the lz4 block. */
 function decompressBlock(stored: Uint8Array, expectedBytes: number, where: string): Uint8Array {
   const sizePrefix = new DataView(stored.buffer, stored.byteOffset, 4).getUint32(0, true);
@@ -578,18 +664,27 @@ function decompressBlock(stored: Uint8Array, expectedBytes: number, where: strin
 // ---------------------------------------------------------------------------------------------
 // Diff
 
+/** A run of consecutive guest pages. */
 export interface PageRange {
+  /** The first guest page number. */
   first: number;
+  /** Pages in the run. */
   count: number;
 }
 
+/** What diffCheckpoints found. */
 export interface CheckpointDiff {
+  /** Guest pages of the first file. */
   pageCountA: number;
+  /** Guest pages of the second file. */
   pageCountB: number;
   /** Guest pages whose bytes differ (a page beyond one file's end counts as zero there). */
   differingPages: number;
+  /** The differing pages as runs, in page order. */
   ranges: PageRange[];
+  /** Whether the CONFIG sections are equal. */
   configEqual: boolean;
+  /** Whether the vCPU states are equal. */
   cpusEqual: boolean;
   /** Device names whose version or state differ, or that exist in one file only (sorted). */
   devicesDiffering: string[];

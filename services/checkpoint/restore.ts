@@ -14,7 +14,7 @@
  * Zero pages are never read: they stay untouched and get a zero frame on first use.
  */
 import { resolve } from 'node:path';
-import { AbsentState, FRAME_SIZE, P2mEntry, REGION_PAGES, RUN_SIZE } from '../../kernel/index.ts';
+import { FRAME_SIZE, PageState, REGION_PAGES, RUN_SIZE } from '../../kernel/index.ts';
 import type { Hypervisor, Vm, VmState } from '../../kernel/index.ts';
 import { CheckpointError } from './errors.ts';
 import type { JsonObject } from './format.ts';
@@ -22,8 +22,10 @@ import { INDEX_REGION_PAGES, PAGE_BYTES, sectionName, SectionType, ZERO_PAGE_BLO
 import { CheckpointReader } from './reader.ts';
 import { decodeVmCheckpoint, VmCheckpointError } from './vm-checkpoint.ts';
 
+/** How a restore brings memory in (see the module comment and docs/checkpoints.md). */
 export type RestoreMode = 'lazy' | 'eager' | 'map';
 
+/** The lazy restore's background prefetcher. */
 export interface PrefetchOptions {
   /** Guest instructions between prefetch ticks (default 20,000: about one scheduling round). */
   everyInstructions?: number;
@@ -31,7 +33,9 @@ export interface PrefetchOptions {
   blocksPerTick?: number;
 }
 
+/** Options of restoreVmCheckpoint. */
 export interface RestoreOptions {
+  /** 'eager', 'lazy' or 'map'. */
   mode: RestoreMode;
   /**
    * Attaches devices (and anything else that registers state components) to the new VM before
@@ -53,8 +57,8 @@ export interface RestoreOptions {
 
 const DEFAULT_PREFETCH_EVERY = 20_000;
 const DEFAULT_PREFETCH_BLOCKS = 1;
-const LAZY = AbsentState.LAZY;
-const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
+const LAZY = PageState.LAZY;
+const UNTOUCHED = PageState.UNTOUCHED;
 /** LAZY payload of the pages of a region whose index could not be read (no real block: < 2^20 pages). */
 const UNREADABLE_REGION = 0x0fff_ffff;
 /** Most frames one contiguous allocation (and so one mapping) can cover: a 4 MiB chunk. */
@@ -76,10 +80,12 @@ export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: Resto
     const decoded = decodeVmCheckpoint(reader.contents, path);
     vm = hv.createVm({ ...decoded.state.config });
     options.attach?.(vm, decoded.state);
+    // Components, device layout and device states are checked before any memory is read or mapped.
+    vm.checkState(decoded.state);
     vm.image = decoded.image;
     // Memory first: restoring the vCPUs may already read guest page tables.
     const restored = new RestoredVm(hv, vm, reader, decoded.state, decoded.extra, options, started);
-    vm.restoreState(decoded.state);
+    vm.restoreCheckedState(decoded.state); // checked above, before any memory; unchanged since
     restored.markReady();
     return restored;
   } catch (error) {
@@ -108,8 +114,7 @@ function checkOptions(hv: Hypervisor, options: RestoreOptions): void {
     }
   }
   if (mode === 'map') {
-    const memory = hv.pool.memory as { mapFilePrivate?: unknown; kind?: unknown };
-    if (typeof memory.mapFilePrivate !== 'function' || (memory.kind !== undefined && memory.kind !== 'anonymous')) {
+    if (!hv.canMapFiles) {
       throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', 'map mode needs an anonymous host pool (createHypervisor without backingFile); use eager or lazy');
     }
   }
@@ -117,12 +122,15 @@ function checkOptions(hv: Hypervisor, options: RestoreOptions): void {
 
 /** A restored VM and how its memory came in. */
 export class RestoredVm {
+  /** The new VM, ready to run; its memory may still be arriving (lazy mode, see `complete`). */
   readonly vm: Vm;
   /** The checkpoint's CPU, component and configuration state. */
   readonly saved: VmState;
   /** CONFIG.extra as saved (saveVmCheckpoint's `extra`), or null. */
   readonly extra: JsonObject | null;
+  /** The mode it was restored in. */
   readonly mode: RestoreMode;
+  /** The checkpoint file's path. */
   readonly path: string;
   /** Storage blocks in the file and the pages they hold (zero pages are not stored). */
   readonly blockCount: number;
@@ -172,7 +180,7 @@ export class RestoredVm {
     this.blockCount = reader.blockCount;
     this.storedPages = reader.storedPageCount;
     this.#blockDone = new Uint8Array(this.blockCount);
-    this.#regionCount = options.mode === 'lazy' ? Math.ceil(vm.p2m.pageCount / REGION_PAGES) : 0;
+    this.#regionCount = options.mode === 'lazy' ? Math.ceil(vm.memory.pageCount / REGION_PAGES) : 0;
     if (options.mode === 'lazy') this.#setUpLazy(options.prefetch ?? {});
     else if (options.mode === 'eager') this.finishRestore();
     else this.#map(options.verify ?? true);
@@ -234,7 +242,7 @@ export class RestoredVm {
    */
   finishRestore(): void {
     for (let block = 0; block < this.blockCount; block++) if (this.#blockDone[block] === 0) this.#installBlock(block);
-    if (this.#regionsLeft()) this.vm.fillAllRegions();
+    if (this.#regionsLeft()) this.vm.memory.fillAllRegions();
     this.#noteComplete();
   }
 
@@ -261,8 +269,10 @@ export class RestoredVm {
    */
   #setUpLazy(prefetch: PrefetchOptions | false): void {
     const vm = this.vm;
-    vm.deferRegions((_vm, region) => this.#fillRegion(region));
-    vm.onAbsent(LAZY, (_vm, gpn, entry) => this.#demand(gpn, entry));
+    vm.memory.deferRegions((_memory, region) => this.#fillRegion(region));
+    vm.memory.onAbsent(LAZY, (_memory, gpn, _state, block) => this.#demand(gpn, block));
+    // A fork needs every page readable by both VMs: the rest of the file comes in first.
+    vm.memory.onFork(LAZY, () => this.finishRestore());
     vm.onReset(() => this.#discardLazyPages());
     if (prefetch !== false) {
       const perTick = prefetch.blocksPerTick ?? DEFAULT_PREFETCH_BLOCKS;
@@ -279,8 +289,9 @@ export class RestoredVm {
   #fillRegion(region: number): void {
     const vm = this.vm;
     const first = region * REGION_PAGES;
-    const end = Math.min(first + REGION_PAGES, vm.p2m.pageCount);
-    const entries = new Int32Array(end - first);
+    const end = Math.min(first + REGION_PAGES, vm.memory.pageCount);
+    const states = new Uint8Array(end - first);
+    const blocks = new Int32Array(end - first);
     this.#regionsFilled++;
     try {
       for (let gpn = first; gpn < end; ) {
@@ -288,7 +299,10 @@ export class RestoredVm {
         const stop = Math.min(end, index.firstGpn + index.blocks.length);
         for (; gpn < stop; gpn++) {
           const block = index.blocks[gpn - index.firstGpn]!;
-          if (block !== ZERO_PAGE_BLOCK) entries[gpn - first] = P2mEntry.absent(LAZY, block);
+          if (block !== ZERO_PAGE_BLOCK) {
+            states[gpn - first] = LAZY;
+            blocks[gpn - first] = block;
+          }
         }
       }
     } catch (error) {
@@ -296,11 +310,12 @@ export class RestoredVm {
       // stays lazy and every access to it reports the error.
       const reported = lazyRestoreError(`guest pages ${first}-${end - 1}`, error);
       this.#unreadableRegions.set(region, reported);
-      entries.fill(P2mEntry.absent(LAZY, UNREADABLE_REGION));
-      vm.installAbsentRange(first, entries);
+      states.fill(LAZY);
+      blocks.fill(UNREADABLE_REGION);
+      vm.memory.installAbsentRange(first, states, blocks);
       throw reported;
     }
-    vm.installAbsentRange(first, entries);
+    vm.memory.installAbsentRange(first, states, blocks);
     this.#closeFileWhenDone();
   }
 
@@ -320,8 +335,7 @@ export class RestoredVm {
     this.#stopPrefetch?.(); // nothing left to fetch
   }
 
-  #demand(gpn: number, entry: number): void {
-    const block = P2mEntry.payload(entry);
+  #demand(gpn: number, block: number): void {
     if (block === UNREADABLE_REGION) throw this.#unreadableRegions.get(Math.floor(gpn / REGION_PAGES));
     this.#inLazyRestore(`guest page ${gpn}`, () => {
       if (block < this.blockCount && this.#blockDone[block] === 0) {
@@ -330,7 +344,7 @@ export class RestoredVm {
       }
       // Installing the block must have brought the page in (only a file whose index and page
       // lists disagree, which checksums alone cannot catch, leaves it lazy).
-      if (this.vm.p2m.entries[gpn] === entry) throw this.#mismatch(gpn, block);
+      if (this.vm.memory.stateOf(gpn) === LAZY && this.vm.memory.payloadOf(gpn) === block) throw this.#mismatch(gpn, block);
     });
   }
 
@@ -346,7 +360,7 @@ export class RestoredVm {
       let regions = blocks;
       while (regions > 0 && this.#regionsLeft() && this.#regionCursor < this.#regionCount) {
         const filledBefore = this.#regionsFilled;
-        this.vm.fillRegion(this.#regionCursor++); // a no-op for a region already filled
+        this.vm.memory.fillRegion(this.#regionCursor++); // a no-op for a region already filled
         if (this.#regionsFilled !== filledBefore) regions--;
       }
       return;
@@ -369,25 +383,34 @@ export class RestoredVm {
     }
   }
 
-  /** Reads one block and copies each of its pages that still needs it into a fresh frame. */
+  /**
+   * Reads one block into fresh frames, each of its pages that still needs it installed on its
+   * own frame (one read straight into guest frames, no staging buffer or copy; a buffer and a copy
+   * per page when the pool has no contiguous run for the block).
+   */
   #installBlock(block: number): void {
-    const vm = this.vm;
-    const pool = vm.pool;
-    const { gpns, data } = this.#read(block);
-    const lazyEntry = P2mEntry.absent(LAZY, block);
+    const memory = this.vm.memory;
+    const gpns = this.#reader.pagesOfBlock(block);
     const lazy = this.mode === 'lazy';
+    const install = new Uint8Array(gpns.length);
+    let installs = 0;
     for (let slot = 0; slot < gpns.length; slot++) {
       const gpn = gpns[slot]!;
-      const entry = vm.p2mEntryOf(gpn); // fills a deferred region first
+      const state = memory.stateOf(gpn); // fills a deferred region first
       // Lazy: only pages still waiting for this block. Otherwise the page is untouched.
-      if (lazy ? entry !== lazyEntry : entry !== UNTOUCHED) continue;
+      if (lazy ? state !== LAZY || memory.payloadOf(gpn) !== block : state !== UNTOUCHED) continue;
       // Lazy reads never saw the whole index: install a page only where its index entry puts it.
       if (lazy && this.#reader.slotOfPage(gpn) !== slot) throw this.#mismatch(gpn, block);
-      const frame = pool.allocFrame();
-      pool.u8.set(data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES), frame * PAGE_BYTES);
-      vm.installFrame(gpn, frame);
-      this.#pagesInstalled++;
+      install[slot] = 1;
+      installs++;
     }
+    const installed = memory.installPagesInPlace(gpns, install, gpns.length, (frames) => this.#readInto(block, frames));
+    if (!installed) {
+      const data = new Uint8Array(gpns.length * PAGE_BYTES);
+      this.#readInto(block, data);
+      for (let slot = 0; slot < gpns.length; slot++) if (install[slot] === 1) memory.installPage(gpns[slot]!, data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES));
+    }
+    this.#pagesInstalled += installs;
     this.#finishBlock(block, gpns.length);
   }
 
@@ -395,6 +418,11 @@ export class RestoredVm {
     const pages = this.#reader.readBlock(block);
     this.#blocksRead++;
     return pages;
+  }
+
+  #readInto(block: number, target: Uint8Array): void {
+    this.#reader.readBlockInto(block, target);
+    this.#blocksRead++;
   }
 
   #finishBlock(block: number, pageCount: number): void {
@@ -421,15 +449,11 @@ export class RestoredVm {
       this.#closeFileWhenDone();
       return;
     }
-    const vm = this.vm;
-    const entries = vm.p2m.entries;
-    for (let gpn = 0; gpn < entries.length; gpn++) {
-      const entry = entries[gpn]!;
-      if (entry < 0 && P2mEntry.state(entry) === LAZY) {
-        vm.setP2mEntry(gpn, UNTOUCHED);
-        this.#discardedByReset++;
-      }
-    }
+    const memory = this.vm.memory;
+    memory.forEachPage(LAZY, (gpn) => {
+      memory.releasePage(gpn, UNTOUCHED);
+      this.#discardedByReset++;
+    });
     // No longer wanted: done without reading anything (not even their entries) from the file.
     for (let block = 0; block < this.blockCount; block++) {
       if (this.#blockDone[block] === 0) {
@@ -445,7 +469,7 @@ export class RestoredVm {
   /** Map mode: each raw block becomes contiguous frames mapped from the file; lz4 blocks are read. */
   #map(verify: boolean): void {
     const absolutePath = resolve(this.path);
-    const pool = this.vm.pool;
+    const memory = this.vm.memory;
     for (let block = 0; block < this.blockCount; block++) {
       const extent = this.#reader.rawBlockExtent(block);
       if (extent === null) {
@@ -457,20 +481,12 @@ export class RestoredVm {
       let mapped = false;
       for (let start = 0; start < gpns.length; start += MAX_CONTIGUOUS_FRAMES) {
         const count = Math.min(MAX_CONTIGUOUS_FRAMES, gpns.length - start);
-        const first = pool.allocContiguous(count);
-        if (first < 0) {
+        if (!memory.mapFilePages(gpns, start, count, absolutePath, extent.fileOffset + start * PAGE_BYTES)) {
           // The pool is too fragmented for this piece: copy it instead.
           data ??= this.#read(block).data;
           this.#copyPages(gpns, data, start, count);
           continue;
         }
-        try {
-          pool.mapFile(first, count, absolutePath, extent.fileOffset + start * PAGE_BYTES);
-        } catch (error) {
-          for (let i = 0; i < count; i++) pool.release(first + i);
-          throw error;
-        }
-        for (let i = 0; i < count; i++) this.vm.installFrame(gpns[start + i]!, first + i);
         this.#pagesMapped += count;
         mapped = true;
       }
@@ -480,11 +496,8 @@ export class RestoredVm {
   }
 
   #copyPages(gpns: Uint32Array, data: Uint8Array, start: number, count: number): void {
-    const pool = this.vm.pool;
     for (let slot = start; slot < start + count; slot++) {
-      const frame = pool.allocFrame();
-      pool.u8.set(data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES), frame * PAGE_BYTES);
-      this.vm.installFrame(gpns[slot]!, frame);
+      this.vm.memory.installPage(gpns[slot]!, data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES));
       this.#pagesInstalled++;
     }
   }

@@ -4,7 +4,8 @@
  * docs/checkpoints.md describes what a checkpoint holds and the guarantees.
  *
  * Layout inside the file (docs/checkpoint-format.md is the container):
- *   CONFIG   { kind: 'bytevisor-vm', stateVersion, vm: VmState.config, wrappedComponents, extra }
+ *   CONFIG   { kind: 'bytevisor-vm', stateVersion, vm: VmState.config, layout: VmState.layout,
+ *            wrappedComponents, extra }
  *   CPUS     VmState.vcpus (the kernel's vCPU state objects)
  *   DEVICES  one record per registered state component (name, its version, its state), plus
  *            '#image': the loaded guest image as .bvx bytes (guest resets reload it)
@@ -13,7 +14,7 @@
 import { BvError } from '../../guest-isa/errors.ts';
 import { encodeImage, parseImage } from '../../guest-isa/image.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
-import { AbsentState, FRAME_SIZE, P2mEntry } from '../../kernel/index.ts';
+import { DeviceLayoutError, FRAME_SIZE, KernelError, PageState, parseDeviceLayout } from '../../kernel/index.ts';
 import type { LargePagePolicy, MmuOptions, VcpuState, Vm, VmState } from '../../kernel/index.ts';
 import type { CheckpointContents, DeviceState, JsonObject, JsonValue } from './format.ts';
 import { writeCheckpoint } from './writer.ts';
@@ -32,7 +33,9 @@ export type VmCheckpointErrorCode =
   /** A live snapshot could not complete (the VM was reset while it ran, a write failed). */
   | 'BV_VMCKPT_SNAPSHOT_FAILED';
 
+/** A VM-level checkpoint failure (see VmCheckpointErrorCode). */
 export class VmCheckpointError extends BvError {
+  /** One of VmCheckpointErrorCode. */
   declare readonly code: VmCheckpointErrorCode;
 
   constructor(code: VmCheckpointErrorCode, message: string, options?: { cause?: unknown }) {
@@ -42,8 +45,11 @@ export class VmCheckpointError extends BvError {
 
 /** CONFIG.kind of a VM checkpoint. */
 export const VM_CHECKPOINT_KIND = 'bytevisor-vm';
-/** Version of what this file puts in CONFIG/DEVICES (not the container format's version). */
-export const VM_STATE_VERSION = 1;
+/**
+ * Version of what this file puts in CONFIG/DEVICES (not the container format's version). 2 added
+ * CONFIG.layout, the device windows; version 1 files are refused (they cannot be checked).
+ */
+export const VM_STATE_VERSION = 2;
 /** The DEVICES record holding the guest image. Component names may not start with '#'. */
 export const IMAGE_RECORD = '#image';
 const RESERVED_PREFIX = '#';
@@ -76,24 +82,36 @@ export function saveVmCheckpoint(vm: Vm, path: string, options: VmSaveOptions = 
   return writeCheckpoint(path, contents, { page: (gpn) => currentPage(vm, gpn) }, writeOptions);
 }
 
-const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
-
 /**
- * The current bytes of guest page `gpn` (a view into the host pool, valid until the page
- * changes), or null for an untouched page. Other absent states are resolved by their handlers.
+ * The current bytes of guest page `gpn` (a view into host memory, valid until the page
+ * changes), or null for an untouched page. Other absent states are resolved by their resolvers.
  */
 export function currentPage(vm: Vm, gpn: number): Uint8Array | null {
-  const entry = vm.p2mEntryOf(gpn); // a region a lazy restore deferred is filled in first
-  if (entry === UNTOUCHED) return null;
-  if (entry < 0) {
-    const hostOffset = vm.hostOffsetForRead(gpn * FRAME_SIZE);
-    if (hostOffset < 0) {
-      throw new VmCheckpointError('BV_VMCKPT_UNSAVEABLE', `${vm.name}: guest page ${gpn} is ${P2mEntry.describe(entry)} and cannot be read, so it cannot be saved`);
-    }
-    return vm.pool.u8.subarray(hostOffset, hostOffset + FRAME_SIZE);
+  const memory = vm.memory;
+  const state = memory.stateOf(gpn); // a region a lazy restore deferred is filled in first
+  if (state === PageState.UNTOUCHED) return null;
+  if (state === PageState.PRESENT) return memory.presentPageBytes(gpn);
+  const described = memory.describe(gpn);
+  try {
+    return memory.pageBytes(gpn);
+  } catch (error) {
+    if (!(error instanceof KernelError)) throw error;
+    throw new VmCheckpointError('BV_VMCKPT_UNSAVEABLE', `${vm.name}: guest page ${gpn} is ${described} and cannot be read, so it cannot be saved (${error.message})`, { cause: error });
   }
-  const frame = P2mEntry.frame(entry);
-  return vm.pool.u8.subarray(frame * FRAME_SIZE, (frame + 1) * FRAME_SIZE);
+}
+
+/**
+ * Images never change once loaded, and forks share them: encode each once (a live snapshot's
+ * pause must not pay for it every time).
+ */
+const encodedImages = new WeakMap<GuestImage, Uint8Array>();
+function encodedImage(image: GuestImage): Uint8Array {
+  let bytes = encodedImages.get(image);
+  if (bytes === undefined) {
+    bytes = encodeImage(image);
+    encodedImages.set(image, bytes);
+  }
+  return bytes;
 }
 
 /** Everything but memory, in checkpoint form. `state` comes from vm.captureState(). */
@@ -112,7 +130,7 @@ export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject |
       wrappedComponents.push(name);
     }
   }
-  if (vm.image !== null) devices[IMAGE_RECORD] = { version: IMAGE_RECORD_VERSION, state: encodeImage(vm.image) };
+  if (vm.image !== null) devices[IMAGE_RECORD] = { version: IMAGE_RECORD_VERSION, state: encodedImage(vm.image) };
   const vmConfig: JsonObject = {
     name: state.config.name,
     memoryBytes: state.config.memoryBytes,
@@ -120,20 +138,25 @@ export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject |
     largePages: state.config.largePages,
   };
   if (state.config.mmu !== undefined) vmConfig.mmu = withoutUndefined(state.config.mmu);
-  const config: JsonObject = { kind: VM_CHECKPOINT_KIND, stateVersion: VM_STATE_VERSION, vm: vmConfig, wrappedComponents };
+  const layout = state.layout.map(({ name, type, base, size }) => ({ name, type, base, size }));
+  const config: JsonObject = { kind: VM_CHECKPOINT_KIND, stateVersion: VM_STATE_VERSION, vm: vmConfig, layout, wrappedComponents };
   if (extra !== undefined) config.extra = extra;
   return {
     config,
     cpus: state.vcpus as unknown as JsonObject[],
     devices,
-    pageCount: vm.p2m.pageCount,
+    pageCount: vm.memory.pageCount,
   };
 }
 
 /** A VM checkpoint's contents turned back into kernel terms. */
+/** A VM checkpoint's non-memory contents, decoded (decodeVmCheckpoint). */
 export interface DecodedVmCheckpoint {
+  /** The VM's configuration, vCPU and component states and device layout. */
   state: VmState;
+  /** The guest image the VM had loaded, or null. */
   image: GuestImage | null;
+  /** CONFIG.extra as saved, or null. */
   extra: JsonObject | null;
 }
 
@@ -147,7 +170,8 @@ export function decodeVmCheckpoint(contents: CheckpointContents, path: string): 
     throw new VmCheckpointError('BV_VMCKPT_NOT_VM', `${path}: not a VM checkpoint (its configuration has no kind '${VM_CHECKPOINT_KIND}')`);
   }
   if (config.stateVersion !== VM_STATE_VERSION) {
-    throw new VmCheckpointError('BV_VMCKPT_CONFIG', `${path}: VM state version ${String(config.stateVersion)} is not supported (this build reads version ${VM_STATE_VERSION})`);
+    const old = config.stateVersion === 1 ? '; version 1 predates the saved device layout, so its devices cannot be checked' : '';
+    throw new VmCheckpointError('BV_VMCKPT_CONFIG', `${path}: VM state version ${String(config.stateVersion)} is not supported (this build reads version ${VM_STATE_VERSION})${old}`);
   }
   const vm = config.vm;
   if (!isPlainObject(vm)) throw new VmCheckpointError('BV_VMCKPT_CONFIG', `${path}: the VM configuration is missing`);
@@ -166,6 +190,13 @@ export function decodeVmCheckpoint(contents: CheckpointContents, path: string): 
   if (contents.cpus.length !== vcpus) {
     throw new VmCheckpointError('BV_VMCKPT_CONFIG', `${path}: the configuration says ${vcpus} vCPUs, but the file holds ${contents.cpus.length} vCPU states`);
   }
+  let layout: VmState['layout'];
+  try {
+    layout = parseDeviceLayout(config.layout, path);
+  } catch (error) {
+    if (!(error instanceof DeviceLayoutError)) throw error;
+    throw new VmCheckpointError('BV_VMCKPT_CONFIG', error.message, { cause: error });
+  }
   const wrapped = new Set(Array.isArray(config.wrappedComponents) ? config.wrappedComponents : []);
   const components: VmState['components'] = {};
   let image: GuestImage | null = null;
@@ -181,7 +212,7 @@ export function decodeVmCheckpoint(contents: CheckpointContents, path: string): 
   const vmConfig: VmState['config'] = { name, memoryBytes, vcpus, largePages: largePages as LargePagePolicy };
   if (mmu !== undefined) vmConfig.mmu = mmu as MmuOptions;
   return {
-    state: { config: vmConfig, vcpus: contents.cpus as unknown as VcpuState[], components },
+    state: { config: vmConfig, vcpus: contents.cpus as unknown as VcpuState[], components, layout },
     image,
     extra: isPlainObject(config.extra) ? config.extra : null,
   };

@@ -46,8 +46,10 @@ import {
   type SectionEntry,
 } from './format.ts';
 
+/** How memory blocks are stored (see WriteOptions.compression). */
 export type Compression = 'lz4' | 'none';
 
+/** Options of writeCheckpoint, CheckpointWriter.begin and saveVmCheckpoint. */
 export interface WriteOptions {
   /**
    * 'none' (default) stores raw blocks: saving runs at disk speed and every block can be mapped
@@ -63,14 +65,19 @@ export interface WriteOptions {
 
 /** Where the pages come from: the 4 KiB page (a view is fine), or null for a zero/untouched page. */
 export interface PageSource {
+  /** Guest page `gpn`'s 4 KiB, or null when it is zero or untouched. */
   page(gpn: number): Uint8Array | null;
 }
 
+/** What a finished checkpoint write did. */
 export interface WriteStats {
   /** Size of the finished file. */
   fileBytes: number;
+  /** Storage blocks written. */
   blocks: number;
+  /** Blocks stored raw. */
   rawBlocks: number;
+  /** Blocks stored lz4-compressed. */
   lz4Blocks: number;
   /** Pages stored in blocks. */
   pagesStored: number;
@@ -82,6 +89,7 @@ export interface WriteStats {
   blockBytes: number;
   /** pageBytes / blockBytes (1 when nothing was compressed or stored). */
   compressionRatio: number;
+  /** Wall time from begin to finish, in seconds. */
   seconds: number;
 }
 
@@ -174,6 +182,7 @@ function processExists(pid: number): boolean {
   }
 }
 
+/** Options of CheckpointWriter.begin. */
 export interface BeginOptions extends WriteOptions {
   /** Guest pages the memory index covers; pages never added are zero pages. */
   pageCount: number;
@@ -185,8 +194,11 @@ export interface BeginOptions extends WriteOptions {
  * any other failure (I/O, a full disk) removes the temp file and closes the writer.
  */
 export class CheckpointWriter {
+  /** The file finish() creates or replaces (absolute). */
   readonly targetPath: string;
+  /** The temporary file written until finish() renames it to targetPath. */
   readonly tempPath: string;
+  /** Guest pages the memory index covers. */
   readonly pageCount: number;
   #file: HostFile | undefined;
   readonly #compression: Compression;
@@ -250,6 +262,7 @@ export class CheckpointWriter {
     return this.#pagesAdded;
   }
 
+  /** Whether the writer is done: finished, aborted, or failed. */
   get closed(): boolean {
     return this.#file === undefined;
   }

@@ -1,9 +1,10 @@
 /**
- * Large-page policies, outside the kernel (the mechanisms are in kernel/vm.ts, "Large pages"):
+ * Large-page policies, outside the kernel (the mechanisms are GuestMemory's, vm.memory:
+ * regionIsLarge, promoteRegion, breakUpRegion, accessed, clearAccessed; docs/large-pages.md):
  *
  * - T-3 AccessedBitPrioritizer: every interval, count per 4 MiB guest-physical region the pages
  *   accessed since the previous scan, clearing the bits as it goes. For a first phase it only
- *   counts; afterwards each scan moves up to K regions onto a host run (vm.promoteRegion),
+ *   counts; afterwards each scan moves up to K regions onto a host run (vm.memory.promoteRegion),
  *   highest current count first.
  * - T-4 LowActivityReclaimer: temporarily demote run-backed regions (drop their translations so
  *   each small page's next access is seen), track the accesses per small page for a period,
@@ -11,8 +12,9 @@
  *   ones large.
  *
  * Where accessed bits come from (T-3):
- * - shadow mode: the hypervisor's own marks (vm.accessed), set whenever a TLB entry is filled from
- *   the shadow state; vm.clearAccessed drops the TLB entries so the next access is seen again.
+ * - shadow mode: the hypervisor's own marks (vm.memory.accessed), set whenever a TLB entry is filled
+ *   from the shadow state; vm.memory.clearAccessed drops the TLB entries so the next access is seen
+ *   again.
  * - nested mode: there is no shadow state, so the scan reads the guest's own page tables: the A
  *   bits of valid leaves under the vCPUs' current roots, grouped by the guest-physical region
  *   they map. It clears those A bits in guest memory (guest-visible, like an OS's own page-aging
@@ -24,10 +26,10 @@
  * run-backed yet, T-4 only tracks run-backed ones, so their use of the accessed marks never
  * overlaps.
  */
-import { PAGE_SIZE, Pte, PTE_PPN_SHIFT, Ptbr } from '../../guest-isa/arch.ts';
+import { PAGE_SIZE, Ptbr } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
-import { REGION_PAGES } from '../../kernel/vm.ts';
-import type { Vm } from '../../kernel/vm.ts';
+import { PageState, REGION_PAGES, scanAccessedLeaves } from '../../kernel/index.ts';
+import type { Vm } from '../../kernel/index.ts';
 import { SwapError } from './swap.ts';
 import type { SwapFile } from './swap.ts';
 
@@ -50,12 +52,13 @@ function nonNegativeInteger(name: string, value: number): number {
 
 /** Regions wholly inside guest RAM (a partial last region can never be backed by one run). */
 function fullRegionCount(vm: Vm): number {
-  return Math.floor(vm.p2m.pageCount / REGION_PAGES);
+  return vm.memory.regionCount;
 }
 
 // =================================================================================================
 // T-3
 
+/** Options of AccessedBitPrioritizer. */
 export interface AccessedBitPrioritizerOptions {
   /** Guest instructions between scans (default 1,000,000). */
   intervalInstructions?: number;
@@ -67,8 +70,13 @@ export interface AccessedBitPrioritizerOptions {
   historyLength?: number;
 }
 
+/**
+ * Where a scan's accessed information came from: the hypervisor's own marks (shadow mode) or the
+ * A bits in the guest's page tables (nested mode).
+ */
 export type ScanSource = 'hypervisor-marks' | 'guest-page-tables';
 
+/** One AccessedBitPrioritizer scan, as history() keeps it. */
 export interface ScanRecord {
   /** 1-based scan number. */
   scan: number;
@@ -76,6 +84,7 @@ export interface ScanRecord {
   instructions: number;
   /** 'counting' in the first phase, then 'promoting'. */
   phase: 'counting' | 'promoting';
+  /** Where the counts came from. */
   source: ScanSource;
   /** Accessed pages since the previous scan, per region that was not large yet. */
   counts: ReadonlyMap<number, number>;
@@ -83,17 +92,23 @@ export interface ScanRecord {
   promoted: readonly number[];
 }
 
+/** One region the prioritizer promoted onto a host run. */
 export interface Promotion {
+  /** The scan that promoted it (1-based). */
   scan: number;
+  /** The 4 MiB guest-physical region (gpa / 4 MiB). */
   region: number;
   /** The region's count in that scan. */
   count: number;
 }
 
+/** Counters of an AccessedBitPrioritizer (stats()). */
 export interface AccessedBitPrioritizerStats {
+  /** Scans so far. */
   scans: number;
   /** Scans done in the counting-only phase. */
   countingScans: number;
+  /** Regions promoted. */
   promotions: number;
   /** promoteRegion calls the kernel refused (no free host run, or a page that cannot move). */
   refusals: number;
@@ -105,8 +120,11 @@ export interface AccessedBitPrioritizerStats {
 
 /** T-3: prioritises regions for large backing by their accessed-page counts. */
 export class AccessedBitPrioritizer {
+  /** Guest instructions between scans. */
   readonly intervalInstructions: number;
+  /** Scans of the counting-only phase (it restarts when the guest resets). */
   readonly countingScans: number;
+  /** Regions promoted per scan, at most, after that phase. */
   readonly promotionsPerScan: number;
   private readonly historyLength: number;
   private readonly scanHistory: ScanRecord[] = [];
@@ -119,7 +137,9 @@ export class AccessedBitPrioritizer {
     scans: 0, countingScans: 0, promotions: 0, refusals: 0, pagesCountedLastScan: 0, guestAccessedBitsCleared: 0,
   };
 
+  /** Starts scanning `vm` every `intervalInstructions` (a ticker; see stop). Throws LargePagePolicyError for a bad option. */
   constructor(
+    /** The VM whose regions are counted and promoted. */
     readonly vm: Vm,
     options: AccessedBitPrioritizerOptions = {},
   ) {
@@ -127,7 +147,7 @@ export class AccessedBitPrioritizer {
     this.countingScans = nonNegativeInteger('countingScans', options.countingScans ?? 4);
     this.promotionsPerScan = nonNegativeInteger('promotionsPerScan', options.promotionsPerScan ?? 1);
     this.historyLength = positiveInteger('historyLength', options.historyLength ?? 64);
-    vm.addTicker(this.intervalInstructions, () => {
+    this.removeTicker = vm.addTicker(this.intervalInstructions, () => {
       if (!this.stopped) this.scan();
     });
     vm.onReset(() => {
@@ -141,10 +161,13 @@ export class AccessedBitPrioritizer {
     return this.vm.mmu.mode === 'nested' ? 'guest-page-tables' : 'hypervisor-marks';
   }
 
-  /** Stops scanning (the kernel has no way to remove a ticker; it becomes a no-op). */
+  /** Stops scanning: the ticker is removed. */
   stop(): void {
     this.stopped = true;
+    this.removeTicker();
   }
+
+  private readonly removeTicker: () => void;
 
   /** One scan now: count and clear; after the first phase, promote. Returns its record. */
   scan(): ScanRecord {
@@ -160,7 +183,7 @@ export class AccessedBitPrioritizer {
       const ranked = [...counts].filter(([, count]) => count > 0).sort((a, b) => b[1] - a[1] || a[0] - b[0]);
       for (const [region, count] of ranked) {
         if (promoted.length >= this.promotionsPerScan) break;
-        if (vm.promoteRegion(region)) {
+        if (vm.memory.promoteRegion(region)) {
           promoted.push(region);
           this.promotionList.push({ scan: this.counters.scans, region, count });
           this.counters.promotions++;
@@ -194,6 +217,7 @@ export class AccessedBitPrioritizer {
     return this.promotionList;
   }
 
+  /** A copy of the counters. */
   stats(): AccessedBitPrioritizerStats {
     return { ...this.counters };
   }
@@ -201,14 +225,14 @@ export class AccessedBitPrioritizer {
   /** Regions a scan looks at: wholly in RAM and not backed by a run yet. */
   private candidates(): number[] {
     const regions: number[] = [];
-    for (let region = 0; region < fullRegionCount(this.vm); region++) if (this.vm.regionRunFrame(region) < 0) regions.push(region);
+    for (let region = 0; region < fullRegionCount(this.vm); region++) if (!this.vm.memory.regionIsLarge(region)) regions.push(region);
     return regions;
   }
 
   /** Shadow mode: the marks set when TLB entries are filled; clears only what is set. */
   private countHypervisorMarks(): Map<number, number> {
     const vm = this.vm;
-    const accessed = vm.accessed;
+    const accessed = vm.memory.accessed;
     const counts = new Map<number, number>();
     for (const region of this.candidates()) {
       const first = region * REGION_PAGES;
@@ -222,7 +246,7 @@ export class AccessedBitPrioritizer {
         high = gpn;
       }
       // Only pages with a mark can have TLB entries (a fill sets the mark), so this is enough.
-      if (count > 0) vm.clearAccessed(low, high - low + 1);
+      if (count > 0) vm.memory.clearAccessed(low, high - low + 1);
       counts.set(region, count);
     }
     return counts;
@@ -231,7 +255,6 @@ export class AccessedBitPrioritizer {
   /** Nested mode: A bits of the leaves under every vCPU's current root table. */
   private countGuestPageTables(): Map<number, number> {
     const vm = this.vm;
-    const memory32 = vm.memory32;
     const counts = new Map<number, number>();
     for (const region of this.candidates()) counts.set(region, 0);
     /** Per region, the span of guest pages whose translations must be dropped. */
@@ -244,62 +267,27 @@ export class AccessedBitPrioritizer {
         span[1] = Math.max(span[1], high);
       }
     };
-    const roots = new Set<number>();
-    for (const vcpu of vm.vcpus) if (vcpu.pagingEnabled) roots.add(vcpu.ptbr & Ptbr.PPN_MASK);
-    const leafTables = new Set<number>();
-    for (const rootGpn of roots) {
-      const rootOffset = vm.hostOffsetIfPresent(rootGpn * PAGE_SIZE);
-      if (rootOffset < 0) continue;
-      for (let i = 0; i < 1024; i++) {
-        const pte = memory32[(rootOffset >>> 2) + i]!;
-        if ((pte & Pte.V) === 0) continue;
-        if ((pte & (Pte.R | Pte.X)) === 0) {
-          leafTables.add(pte >>> PTE_PPN_SHIFT);
-          continue;
-        }
-        // A superpage: one A bit for the whole region.
-        const region = Math.floor((pte >>> PTE_PPN_SHIFT) / REGION_PAGES);
-        const count = counts.get(region);
-        if (count === undefined || (pte & Pte.A) === 0) continue;
-        counts.set(region, count + 1);
-        this.clearGuestAccessedBit(rootGpn * PAGE_SIZE + i * 4);
-        extend(region, region * REGION_PAGES, region * REGION_PAGES + REGION_PAGES - 1);
-      }
-    }
-    for (const tableGpn of leafTables) {
-      const tableOffset = vm.hostOffsetIfPresent(tableGpn * PAGE_SIZE);
-      if (tableOffset < 0) continue;
-      for (let i = 0; i < 1024; i++) {
-        const pte = memory32[(tableOffset >>> 2) + i]!;
-        if ((pte & (Pte.V | Pte.A)) !== (Pte.V | Pte.A) || (pte & (Pte.R | Pte.X)) === 0) continue;
-        const gpn = pte >>> PTE_PPN_SHIFT;
-        const region = Math.floor(gpn / REGION_PAGES);
-        const count = counts.get(region);
-        if (count === undefined) continue;
-        counts.set(region, count + 1);
-        this.clearGuestAccessedBit(tableGpn * PAGE_SIZE + i * 4);
-        extend(region, gpn, gpn);
-      }
-    }
+    const roots: number[] = [];
+    for (const vcpu of vm.vcpus) if (vcpu.pagingEnabled) roots.push(vcpu.ptbr & Ptbr.PPN_MASK);
+    this.counters.guestAccessedBitsCleared += scanAccessedLeaves(vm, roots, (gpn, superpage) => {
+      const region = Math.floor(gpn / REGION_PAGES);
+      const count = counts.get(region);
+      if (count === undefined) return false;
+      counts.set(region, count + 1);
+      if (superpage) extend(region, region * REGION_PAGES, region * REGION_PAGES + REGION_PAGES - 1);
+      else extend(region, gpn, gpn);
+      return true;
+    });
     // The next access to each of these pages misses in the TLB, walks, and sets A again.
-    for (const [low, high] of spans.values()) vm.clearAccessed(low, high - low + 1);
+    for (const [low, high] of spans.values()) vm.memory.clearAccessed(low, high - low + 1);
     return counts;
-  }
-
-  /** Clears a guest PTE's A bit the way the walk sets it (protections resolved, code patched). */
-  private clearGuestAccessedBit(pteGpa: number): void {
-    const vm = this.vm;
-    const hostOffset = vm.hostOffsetForPageTableWrite(pteGpa);
-    if (hostOffset < 0) return;
-    vm.memory32[hostOffset >>> 2]! &= ~Pte.A;
-    vm.flushCodePatch();
-    this.counters.guestAccessedBitsCleared++;
   }
 }
 
 // =================================================================================================
 // T-4
 
+/** Options of LowActivityReclaimer. */
 export interface LowActivityReclaimerOptions {
   /** Where cold pages go (attached to the VM by the constructor). */
   swap: SwapFile;
@@ -315,20 +303,31 @@ export interface LowActivityReclaimerOptions {
   revisitAfterInstructions?: number;
 }
 
+/** What the reclaimer decided for one tracked region. */
 export interface ReclaimDecision {
+  /** The 4 MiB guest-physical region (gpa / 4 MiB). */
   region: number;
   /** vm.instructionsRetired at the decision. */
   instructions: number;
   /** Small pages accessed during the tracking period. */
   accessedPages: number;
+  /**
+   * 'broken-up': low activity, split into frames and its cold pages reclaimed; 're-promoted': busy,
+   * left large (and not demoted again for revisitAfterInstructions); 'abandoned': its run went
+   * away during tracking.
+   */
   outcome: 'broken-up' | 're-promoted' | 'abandoned';
   /** Pages swapped out or dropped as zero (broken-up only). */
   pagesReclaimed: number;
 }
 
+/** Counters of a LowActivityReclaimer (stats()). */
 export interface LowActivityReclaimerStats {
+  /** Regions demoted for tracking. */
   regionsDemoted: number;
+  /** Tracked regions found low-activity and broken up. */
   regionsBrokenUp: number;
+  /** Tracked regions found busy and left large. */
   regionsRePromoted: number;
   /** Tracked regions whose run went away during tracking (another service changed a page). */
   regionsAbandoned: number;
@@ -346,11 +345,17 @@ export interface LowActivityReclaimerStats {
 
 /** T-4: finds run-backed regions with little activity, breaks them up and reclaims their cold pages. */
 export class LowActivityReclaimer {
+  /** Where cold pages go. */
   readonly swap: SwapFile;
+  /** Guest instructions between ticks. */
   readonly intervalInstructions: number;
+  /** How long a demoted region is tracked before the decision, in guest instructions. */
   readonly trackingInstructions: number;
+  /** A region with fewer accessed pages than this fraction of 1024 is low-activity. */
   readonly activeFraction: number;
+  /** Regions tracked at the same time, at most. */
   readonly maxTracked: number;
+  /** Instructions before a busy region may be demoted again. */
   readonly revisitAfterInstructions: number;
   /** Region → instructions when its tracking started. */
   private readonly tracked = new Map<number, number>();
@@ -363,7 +368,12 @@ export class LowActivityReclaimer {
     regionsDemoted: 0, regionsBrokenUp: 0, regionsRePromoted: 0, regionsAbandoned: 0, pagesReclaimed: 0, pagesKept: 0, swapFull: 0, bytesReturned: 0,
   };
 
+  /**
+   * Attaches `options.swap` to `vm` and starts ticking every `intervalInstructions` (see stop).
+   * Throws LargePagePolicyError for a bad option.
+   */
   constructor(
+    /** The VM whose large regions are watched. */
     readonly vm: Vm,
     options: LowActivityReclaimerOptions,
   ) {
@@ -410,6 +420,7 @@ export class LowActivityReclaimer {
     return this.decisionList;
   }
 
+  /** A copy of the counters, with the number of regions tracked now. */
   stats(): LowActivityReclaimerStats {
     return { ...this.counters, regionsTracked: this.tracked.size };
   }
@@ -420,9 +431,9 @@ export class LowActivityReclaimer {
     const start = this.cursor;
     for (let probe = 0; probe < regions && this.tracked.size < this.maxTracked; probe++) {
       const region = (start + probe) % regions;
-      if (this.tracked.has(region) || now < (this.notBefore.get(region) ?? 0) || vm.regionRunFrame(region) < 0) continue;
+      if (this.tracked.has(region) || now < (this.notBefore.get(region) ?? 0) || !vm.memory.regionIsLarge(region)) continue;
       // Demotion: drop the region's translations and marks so each small page's next access is seen.
-      vm.clearAccessed(region * REGION_PAGES, REGION_PAGES);
+      vm.memory.clearAccessed(region * REGION_PAGES, REGION_PAGES);
       this.tracked.set(region, now);
       this.counters.regionsDemoted++;
       this.cursor = (region + 1) % regions;
@@ -434,9 +445,10 @@ export class LowActivityReclaimer {
     this.tracked.delete(region);
     const first = region * REGION_PAGES;
     let accessedPages = 0;
-    for (let gpn = first; gpn < first + REGION_PAGES; gpn++) if (vm.accessed[gpn] !== 0) accessedPages++;
+    const accessed = vm.memory.accessed;
+    for (let gpn = first; gpn < first + REGION_PAGES; gpn++) if (accessed[gpn] !== 0) accessedPages++;
     const decision: ReclaimDecision = { region, instructions: now, accessedPages, outcome: 're-promoted', pagesReclaimed: 0 };
-    if (vm.regionRunFrame(region) < 0) {
+    if (!vm.memory.regionIsLarge(region)) {
       decision.outcome = 'abandoned';
       this.counters.regionsAbandoned++;
     } else if (accessedPages >= this.activeFraction * REGION_PAGES) {
@@ -445,7 +457,7 @@ export class LowActivityReclaimer {
       this.notBefore.set(region, now + this.revisitAfterInstructions);
     } else {
       decision.outcome = 'broken-up';
-      vm.breakUpRegion(region);
+      vm.memory.breakUpRegion(region);
       this.counters.regionsBrokenUp++;
       decision.pagesReclaimed = this.reclaimColdPages(first);
     }
@@ -455,10 +467,11 @@ export class LowActivityReclaimer {
   /** Swaps out (or drops, when zero) every page of a broken-up region not accessed while tracked. */
   private reclaimColdPages(first: number): number {
     const vm = this.vm;
-    const framesBefore = vm.framesHeld;
+    const memory = vm.memory;
+    const framesBefore = memory.presentPages;
     let reclaimed = 0;
     for (let gpn = first; gpn < first + REGION_PAGES; gpn++) {
-      if (vm.accessed[gpn] !== 0 || vm.p2m.entries[gpn]! < 0) continue;
+      if (memory.accessed[gpn] !== 0 || memory.stateOf(gpn) !== PageState.PRESENT) continue;
       try {
         if (this.swap.swapOut(vm, gpn)) reclaimed++;
         else this.counters.pagesKept++;
@@ -469,7 +482,7 @@ export class LowActivityReclaimer {
       }
     }
     this.counters.pagesReclaimed += reclaimed;
-    this.counters.bytesReturned += Math.max(0, framesBefore - vm.framesHeld) * PAGE_SIZE;
+    this.counters.bytesReturned += Math.max(0, framesBefore - memory.presentPages) * PAGE_SIZE;
     return reclaimed;
   }
 }

@@ -21,8 +21,8 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
-import { AbsentState, P2M_FLAG_MASK, P2M_FRAME_MASK, P2mEntry } from '../../kernel/memory/p2m.ts';
-import type { Vm } from '../../kernel/vm.ts';
+import { AbsentState, PageState } from '../../kernel/index.ts';
+import type { GuestMemory, Vm } from '../../kernel/index.ts';
 import { HostFile, NativeError } from '../../native/index.ts';
 
 /** Stable codes of every swap error. */
@@ -41,9 +41,12 @@ export const SWAP_ERROR_CODES = [
   'BV_SWAP_BAD_ARGUMENT',
 ] as const;
 
+/** One of SWAP_ERROR_CODES. */
 export type SwapErrorCode = (typeof SWAP_ERROR_CODES)[number];
 
+/** A swap failure (see SWAP_ERROR_CODES); inside a guest access it stops the VM with a host error. */
 export class SwapError extends BvError {
+  /** One of SWAP_ERROR_CODES. */
   declare readonly code: SwapErrorCode;
 
   constructor(code: SwapErrorCode, message: string, options?: { cause?: unknown }) {
@@ -51,6 +54,7 @@ export class SwapError extends BvError {
   }
 }
 
+/** Options of SwapFile.create and SwapFile.createIn. */
 export interface SwapFileOptions {
   /** The file grows by this many bytes at a time (multiple of 4 KiB; default 1 MiB). */
   chunkBytes?: number;
@@ -58,6 +62,7 @@ export interface SwapFileOptions {
   maxBytes?: number;
 }
 
+/** Counters of a SwapFile (stats()). */
 export interface SwapStats {
   /** Pages written to slots. */
   pagesOut: number;
@@ -134,6 +139,7 @@ export class SwapFile {
     return SwapFile.create(join(directory, `bytevisor-${process.pid}-${randomBytes(6).toString('hex')}.swap`), options);
   }
 
+  /** Whether close() has run (swapped pages can no longer be read back). */
   get closed(): boolean {
     return this.file.closed;
   }
@@ -148,7 +154,7 @@ export class SwapFile {
     if (current) throw new SwapError('BV_SWAP_BAD_ARGUMENT', `${vm.name} already swaps to ${current.path}`);
     swapOfVm.set(vm, this);
     this.attached.add(vm);
-    vm.onAbsent(AbsentState.SWAPPED, (target, gpn, entry) => this.swapIn(target, gpn, entry));
+    vm.memory.onAbsent(AbsentState.SWAPPED, (memory, gpn, _state, slot) => this.swapIn(memory, gpn, slot));
     vm.onReset(() => this.forget(vm));
   }
 
@@ -157,13 +163,11 @@ export class SwapFile {
    * UNTOUCHED. Call before destroying a VM whose pages may still be swapped.
    */
   forget(vm: Vm): void {
-    const entries = vm.p2m.entries;
-    for (let gpn = 0; gpn < vm.p2m.pageCount; gpn++) {
-      const entry = entries[gpn]!;
-      if (entry >= 0 || P2mEntry.state(entry) !== AbsentState.SWAPPED) continue;
-      this.freeSlot(P2mEntry.payload(entry));
-      vm.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
-    }
+    if (vm.memory.countInState(AbsentState.SWAPPED) === 0) return;
+    vm.memory.forEachPage(PageState.SWAPPED, (gpn, slot) => {
+      this.freeSlot(slot);
+      vm.memory.releasePage(gpn, AbsentState.UNTOUCHED);
+    });
   }
 
   /**
@@ -174,22 +178,20 @@ export class SwapFile {
   swapOut(vm: Vm, gpn: number): boolean {
     if (!this.attached.has(vm)) throw new SwapError('BV_SWAP_NOT_ATTACHED', `swap file ${this.path} is not attached to ${vm.name}`);
     if (this.file.closed) throw new SwapError('BV_SWAP_CLOSED', `swap file ${this.path} is closed`);
-    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= vm.p2m.pageCount) {
+    const memory = vm.memory;
+    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= memory.pageCount) {
       throw new SwapError('BV_SWAP_BAD_ARGUMENT', `guest page ${gpn} is outside ${vm.name}'s RAM`);
     }
-    const entry = vm.p2m.entries[gpn]!;
-    const frame = entry & P2M_FRAME_MASK;
-    if (entry < 0 || (entry & P2M_FLAG_MASK) !== 0 || vm.pool.refCount[frame] !== 1) {
+    if (memory.stateOf(gpn) !== PageState.PRESENT || memory.flagsOf(gpn) !== 0 || !memory.isPrivate(gpn)) {
       this.counters.refused++;
       return false;
     }
-    const hostOffset = frame * PAGE_SIZE;
-    if (isZeroPage(vm.pool.i32, hostOffset >>> 2)) {
-      vm.setP2mEntry(gpn, P2mEntry.absent(AbsentState.UNTOUCHED));
+    if (memory.isZeroPage(gpn)) {
+      memory.releasePage(gpn, AbsentState.UNTOUCHED);
       this.counters.zeroPagesDropped++;
       return true;
     }
-    const page = vm.pool.u8.subarray(hostOffset, hostOffset + PAGE_SIZE);
+    const page = memory.presentPageBytes(gpn)!;
     const slot = this.allocSlot();
     try {
       this.file.pwrite(page, slot * PAGE_SIZE);
@@ -198,11 +200,12 @@ export class SwapFile {
       throw wrapIo(error, `cannot write swap slot ${slot} of ${this.path}`);
     }
     this.checksums[slot] = crc32(page) >>> 0;
-    vm.setP2mEntry(gpn, P2mEntry.absent(AbsentState.SWAPPED, slot));
+    memory.releasePage(gpn, AbsentState.SWAPPED, slot);
     this.counters.pagesOut++;
     return true;
   }
 
+  /** A snapshot of the counters and the file's size. */
   stats(): SwapStats {
     return { ...this.counters, fileBytes: this.capacity * PAGE_SIZE };
   }
@@ -217,29 +220,22 @@ export class SwapFile {
   // ---------------------------------------------------------------------------------------------
 
   /** The SWAPPED resolver: reads the slot into a fresh frame, verifies it, installs it. */
-  private swapIn(vm: Vm, gpn: number, entry: number): void {
-    const slot = P2mEntry.payload(entry);
-    if (this.file.closed) throw new SwapError('BV_SWAP_CLOSED', `guest page ${gpn} of ${vm.name} is in swap slot ${slot}, but swap file ${this.path} is closed`);
+  private swapIn(memory: GuestMemory, gpn: number, slot: number): void {
+    if (this.file.closed) throw new SwapError('BV_SWAP_CLOSED', `guest page ${gpn} of ${memory.name} is in swap slot ${slot}, but swap file ${this.path} is closed`);
     if (slot >= this.highWater || this.inUse[slot] !== 1) {
-      throw new SwapError('BV_SWAP_CORRUPT', `guest page ${gpn} of ${vm.name} names swap slot ${slot}, which holds no page`);
+      throw new SwapError('BV_SWAP_CORRUPT', `guest page ${gpn} of ${memory.name} names swap slot ${slot}, which holds no page`);
     }
-    const frame = vm.pool.allocFrame();
-    const hostOffset = frame * PAGE_SIZE;
-    const page = vm.pool.u8.subarray(hostOffset, hostOffset + PAGE_SIZE);
-    let problem: SwapError | null = null;
-    try {
-      const got = this.file.pread(page, slot * PAGE_SIZE);
-      if (got !== PAGE_SIZE) problem = new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is cut short (${got} of ${PAGE_SIZE} bytes)`);
-      else if ((crc32(page) >>> 0) !== this.checksums[slot]) problem = new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is damaged (checksum mismatch)`);
-    } catch (error) {
-      problem = wrapIo(error, `cannot read swap slot ${slot} of ${this.path}`);
-    }
-    if (problem) {
-      // The frame may hold some of the bad bytes; freeing it returns them to the OS (zero again).
-      vm.pool.release(frame);
-      throw problem;
-    }
-    vm.installFrame(gpn, frame);
+    // Read straight into the new frame; a throw leaves the page swapped and the frame freed.
+    memory.installPage(gpn, (page) => {
+      let got: number;
+      try {
+        got = this.file.pread(page, slot * PAGE_SIZE);
+      } catch (error) {
+        throw wrapIo(error, `cannot read swap slot ${slot} of ${this.path}`);
+      }
+      if (got !== PAGE_SIZE) throw new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is cut short (${got} of ${PAGE_SIZE} bytes)`);
+      if ((crc32(page) >>> 0) !== this.checksums[slot]) throw new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is damaged (checksum mismatch)`);
+    });
     this.freeSlot(slot);
     this.counters.pagesIn++;
   }
@@ -283,12 +279,6 @@ export class SwapFile {
     this.freeSlots.push(slot);
     this.counters.slotsInUse--;
   }
-}
-
-/** Whether the 1024 words from `wordIndex` are all zero. */
-function isZeroPage(words: Int32Array, wordIndex: number): boolean {
-  for (let i = wordIndex, end = wordIndex + PAGE_SIZE / 4; i < end; i++) if (words[i] !== 0) return false;
-  return true;
 }
 
 /** A native failure as a SwapError: ENOSPC is BV_SWAP_FULL, a closed file BV_SWAP_CLOSED. */

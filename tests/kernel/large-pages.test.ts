@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { Pte } from '../../guest-isa/arch.ts';
-import { createHypervisor, P2mEntry, type LargePagePolicy, type MmuOptions } from '../../kernel/index.ts';
+import { createHypervisor, PageState, type LargePagePolicy, type MmuOptions } from '../../kernel/index.ts';
 import { expectHalted, hex, MiB, pte, writeWord } from './helpers.ts';
 import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, ROOT, type PagedGuest } from './shadow-helpers.ts';
 
@@ -65,7 +65,7 @@ describe('random access through a superpage', () => {
     return sum;
   }
 
-  function run(mmu: MmuOptions, largePages: LargePagePolicy): { sum: number; walks: number; largeHits: number; runFrame: number } {
+  function run(mmu: MmuOptions, largePages: LargePagePolicy): { sum: number; walks: number; largeHits: number; large: boolean; runFrame: number } {
     const guest = bootSuper(program(`
         li s0, ${hex(SUPER_VA)}
         li s1, 0x3ffffc
@@ -90,9 +90,10 @@ describe('random access through a superpage', () => {
         exitr s3`), mmu, largePages);
     const sum = expectHalted(guest.run({ maxInstructions: 1_000_000 }));
     const delta = mmuDelta(guest.probe(1), guest.probe(2));
-    const runFrame = guest.vm.regionRunFrame(REGION);
+    const large = guest.vm.memory.regionIsLarge(REGION);
+    const runFrame = guest.vm.memory.regionRunFrame(REGION);
     hv.destroyVm(guest.vm);
-    return { sum, walks: delta.walks, largeHits: delta.largeHits, runFrame };
+    return { sum, walks: delta.walks, largeHits: delta.largeHits, large, runFrame };
   }
 
   it('is backed by a host run (largePages always or superpages), used as a large mapping in every mode, with identical data', () => {
@@ -105,9 +106,11 @@ describe('random access through a superpage', () => {
       expect(hex(result.sum), name).toBe(hex(expected));
       // 'superpages' backs the region with a run too: the guest mapped it large before touching it.
       if (!name.endsWith('off')) {
-        expect(result.runFrame, name).toBeGreaterThanOrEqual(0);
+        expect(result.large, name).toBe(true);
+        expect(result.runFrame % 1024, name).toBe(0);
         expect(result.largeHits, name).toBeGreaterThanOrEqual(1000); // about one per page touched
       } else {
+        expect(result.large, name).toBe(false);
         expect(result.runFrame, name).toBe(-1);
         expect(result.largeHits, name).toBe(0);
       }
@@ -163,7 +166,7 @@ ${read(6)}
       for (const page of PAGES) fillFrame(guest.vm, REGION_GPA + page * 0x1000, tag(page));
       fillFrame(guest.vm, OTHER, 0x0_7e00_0000);
       expectHalted(guest.run({ maxInstructions: 10_000 }), 0);
-      expect(guest.vm.regionRunFrame(REGION)).toBeGreaterThanOrEqual(0);
+      expect(guest.vm.memory.regionIsLarge(REGION)).toBe(true);
       const words = guest.words(guest.sym('seen'), 9).map(hex);
       expect(words.slice(0, 3)).toEqual(PAGES.map((page) => hex(tag(page))));
       expect(words.slice(3, 6)).toEqual(PAGES.map((page) => hex(page === MOVED_PAGE ? 0x0_7e00_0000 : tag(page))));
@@ -212,11 +215,13 @@ ${SWEEP}`), mode.mmu, 'always');
       guest.onProbe(1, () => {
         const vm = guest.vm;
         const gpn = REGION_GPA / 4096 + CHANGED_PAGE;
-        const old = P2mEntry.frame(vm.p2m.entries[gpn]!);
-        const frame = vm.pool.allocFrame();
-        vm.pool.u8.copyWithin(frame * 4096, old * 4096, old * 4096 + 4096);
-        vm.pool.i32[frame * 1024] = 0x10_0000;
-        vm.setP2mEntry(gpn, P2mEntry.present(frame));
+        expect(vm.memory.regionIsLarge(REGION)).toBe(true);
+        // The page moves to a fresh frame (outside the run) with word 0 changed.
+        vm.memory.installPage(gpn, (bytes) => {
+          bytes.set(vm.memory.pageBytes(gpn));
+          new Int32Array(bytes.buffer, bytes.byteOffset, 1)[0] = 0x10_0000;
+        });
+        expect(vm.memory.stateOf(gpn)).toBe(PageState.PRESENT);
       });
     }
     expectHalted(guest.run({ maxInstructions: 100_000 }), 0);
@@ -235,7 +240,8 @@ ${SWEEP}`), mode.mmu, 'always');
     const changed = run(true);
     expect(changed.phase1).toBe(sum(0, 256));
     expect(changed.phase2).toBe(sum(256, 256) - CHANGED_PAGE * 3 + 0x10_0000);
-    expect(changed.guest.vm.regionRunFrame(REGION)).toBe(-1);
+    expect(changed.guest.vm.memory.regionIsLarge(REGION)).toBe(false);
+    expect(changed.guest.vm.memory.regionRunFrame(REGION)).toBe(-1);
     expect(changed.large).toBe(0);
     if (mode.nested) expect(changed.walks).toBeGreaterThanOrEqual(256); // back to a walk per page
   });
@@ -244,7 +250,7 @@ ${SWEEP}`), mode.mmu, 'always');
 // -------------------------------------------------------------------------------------------------
 
 describe.each(MMU_MODES)('promoting a region onto a host run ($name)', (mode) => {
-  it('vm.promoteRegion moves the pages with their data; the superpage becomes a large mapping', () => {
+  it('vm.memory.promoteRegion moves the pages with their data; the superpage becomes a large mapping', () => {
     const guest = bootSuper(program(`
         li t1, ${hex(SUPER_VA)}
         li t3, 256
@@ -265,9 +271,11 @@ describe.each(MMU_MODES)('promoting a region onto a host run ($name)', (mode) =>
 ${SWEEP}`), mode.mmu, 'off');
     const promotion: { before: number; promoted: boolean; after: number }[] = [];
     guest.onProbe(1, () => {
-      const before = guest.vm.regionRunFrame(REGION);
-      const promoted = guest.vm.promoteRegion(REGION);
-      promotion.push({ before, promoted, after: guest.vm.regionRunFrame(REGION) });
+      const before = guest.vm.memory.regionRunFrame(REGION);
+      expect(guest.vm.memory.regionIsLarge(REGION)).toBe(false);
+      const promoted = guest.vm.memory.promoteRegion(REGION);
+      expect(guest.vm.memory.regionIsLarge(REGION)).toBe(promoted);
+      promotion.push({ before, promoted, after: guest.vm.memory.regionRunFrame(REGION) });
     });
     expectHalted(guest.run({ maxInstructions: 100_000 }), 0);
     expect(promotion).toHaveLength(1);
@@ -275,7 +283,7 @@ ${SWEEP}`), mode.mmu, 'off');
     expect(promotion[0]!.promoted).toBe(true);
     expect(promotion[0]!.after).toBeGreaterThanOrEqual(0);
     expect(promotion[0]!.after % 1024).toBe(0);
-    expect(guest.vm.largePageStats.regionsPromoted).toBe(1);
+    expect(guest.vm.memory.largePageStats.regionsPromoted).toBe(1);
     let expected = 0;
     for (let page = 0; page < 256; page++) expected += 7 * (page + 1);
     expect(guest.vcpu().regs[13]).toBe(expected);
@@ -309,10 +317,10 @@ describe.each(MMU_MODES)('promoting the region the guest runs from ($name)', (mo
     fillFrame(guest.vm, OLD, 0x0_1d00);
     fillFrame(guest.vm, NEW, 0x0_e000);
     const promoted: boolean[] = [];
-    guest.onProbe(1, () => promoted.push(guest.vm.promoteRegion(0)));
+    guest.onProbe(1, () => promoted.push(guest.vm.memory.promoteRegion(0)));
     expectHalted(guest.run({ maxInstructions: 10_000 }), 0);
     expect(promoted).toEqual([true]);
-    expect(guest.vm.regionRunFrame(0)).toBeGreaterThanOrEqual(0);
+    expect(guest.vm.memory.regionIsLarge(0)).toBe(true);
     expect(guest.words(guest.sym('seen'), 3).map(hex)).toEqual([0x0_1d00, 0x0_1d00, 0x0_e000].map(hex));
   });
 });

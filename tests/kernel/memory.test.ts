@@ -1,6 +1,7 @@
 /**
- * Guest-physical memory (SPEC.md §11) and the P2M seam: absent states resolved by handlers,
- * machine checks for what nobody resolves, write protection (copy-on-write), access faults
+ * Guest-physical memory (SPEC.md §11) and the P2M seam: absent states resolved by the resolvers
+ * registered with GuestMemory, machine checks for what a resolver refuses, a host-error stop for
+ * a state nobody resolves (the reserved ones), write protection (copy-on-write), access faults
  * outside RAM and the device windows, and the host frame pool (counts, runs, RSS).
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -8,8 +9,10 @@ import { Cause, DeviceTable, GuestPhys, Reg } from '../../guest-isa/arch.ts';
 import { encodeInstruction } from '../../guest-isa/encoding.ts';
 import { processRss } from '../../native/index.ts';
 import {
-  AbsentState, Access, createHypervisor, FramePool, KernelError, P2mEntry, P2mFlag, type AbsentStateId, type Vm,
+  AbsentState, Access, createHypervisor, KernelError, P2mFlag, PageState, ReservedStateError, type AbsentStateId, type GuestMemory, type Vm,
 } from '../../kernel/index.ts';
+import { FramePool } from '../../kernel/memory/frame-pool.ts';
+import { P2mEntry } from '../../kernel/memory/p2m.ts';
 import { bootGuest, expectHalted, hex, HCALL_PROBE, MiB, type Guest } from './helpers.ts';
 
 const hv = createHypervisor({ hostMemoryBytes: 32 * MiB });
@@ -39,9 +42,11 @@ function pattern(seed: number): Uint8Array {
   return Uint8Array.from({ length: 4096 }, (_, i) => (i * 7 + seed) & 0xff);
 }
 
-function hostFrameOf(vm: Vm, gpn: number): number {
-  const entry = vm.p2m.entries[gpn]!;
-  expect(P2mEntry.isPresent(entry), `guest page ${gpn} is present`).toBe(true);
+/** The host frame behind a present guest page (the raw entry: kernel tests only). */
+function hostFrameOf(memory: GuestMemory, gpn: number): number {
+  expect(memory.stateOf(gpn), `guest page ${gpn} is present`).toBe(PageState.PRESENT);
+  const entry = memory.entryOf(gpn);
+  expect(P2mEntry.isPresent(entry)).toBe(true);
   return P2mEntry.frame(entry);
 }
 
@@ -49,15 +54,16 @@ describe('absent P2M states', () => {
   const GPN = 0x80;
   const GPA = GPN * 4096;
 
-  /** Installs a LAZY handler that fills the page with pattern(payload) and records its calls. */
-  function lazyPage(vm: Vm, payload: number): { gpn: number; access: number }[] {
-    const calls: { gpn: number; access: number }[] = [];
-    vm.setP2mEntry(GPN, P2mEntry.absent(AbsentState.LAZY, payload));
-    vm.onAbsent(AbsentState.LAZY, (target, gpn, entry, access) => {
-      calls.push({ gpn, access });
-      const frame = target.pool.allocFrame();
-      target.pool.u8.set(pattern(P2mEntry.payload(entry)), frame * 4096);
-      target.installFrame(gpn, frame);
+  /** Installs a LAZY resolver that fills the page with pattern(payload) and records its calls. */
+  function lazyPage(vm: Vm, payload: number): { gpn: number; state: number; access: number }[] {
+    const calls: { gpn: number; state: number; access: number }[] = [];
+    vm.memory.releasePage(GPN, AbsentState.LAZY, payload);
+    expect(vm.memory.stateOf(GPN)).toBe(PageState.LAZY);
+    expect(vm.memory.payloadOf(GPN)).toBe(payload);
+    vm.memory.onAbsent(AbsentState.LAZY, (memory, gpn, state, statePayload, access) => {
+      expect(memory).toBe(vm.memory);
+      calls.push({ gpn, state, access });
+      memory.installPage(gpn, pattern(statePayload));
     });
     return calls;
   }
@@ -80,8 +86,9 @@ describe('absent P2M states', () => {
     expect(regs[Reg.S1]).toBe(bytes[0x123]);
     expect(regs[Reg.S2]).toBe(view.getInt16(0xffe, true));
     expect(regs[Reg.S3]! >>> 0).toBe(view.getUint32(0x800, true));
-    expect(calls).toEqual([{ gpn: GPN, access: Access.READ }]);
+    expect(calls).toEqual([{ gpn: GPN, state: AbsentState.LAZY, access: Access.READ }]);
     expect(guest.vm.exits.absent.lazy).toBe(1);
+    expect(guest.vm.memory.stateOf(GPN)).toBe(PageState.PRESENT);
   });
 
   it('the handler learns the access kind: a store resolves as a write and lands on the installed page', () => {
@@ -93,7 +100,7 @@ describe('absent P2M states', () => {
 `);
     const calls = lazyPage(guest.vm, 3);
     expectHalted(guest.run({ maxInstructions: 1000 }), 0);
-    expect(calls).toEqual([{ gpn: GPN, access: Access.WRITE }]);
+    expect(calls).toEqual([{ gpn: GPN, state: AbsentState.LAZY, access: Access.WRITE }]);
     const expected = pattern(3);
     new DataView(expected.buffer).setUint32(8, 0x7777, true);
     expect(Buffer.from(guest.vm.readPhysical(GPA, 4096)).equals(Buffer.from(expected))).toBe(true);
@@ -106,29 +113,33 @@ describe('absent P2M states', () => {
         exitr s1
 `);
     const calls: number[] = [];
-    guest.vm.setP2mEntry(GPN, P2mEntry.absent(AbsentState.LAZY));
-    guest.vm.onAbsent(AbsentState.LAZY, (vm, gpn, _entry, access) => {
+    guest.vm.memory.releasePage(GPN, AbsentState.LAZY);
+    guest.vm.memory.onAbsent(AbsentState.LAZY, (memory, gpn, _state, _payload, access) => {
       calls.push(access);
-      const frame = vm.pool.allocFrame();
-      vm.pool.i32.set([encodeInstruction('addi', { rd: Reg.S1, imm: 0x2a }), encodeInstruction('jalr', { rs1: Reg.RA })], frame * 1024);
-      vm.installFrame(gpn, frame);
+      memory.installPage(gpn, (bytes) => {
+        new Int32Array(bytes.buffer, bytes.byteOffset, 2).set([encodeInstruction('addi', { rd: Reg.S1, imm: 0x2a }), encodeInstruction('jalr', { rs1: Reg.RA })]);
+      });
     });
     expectHalted(guest.run({ maxInstructions: 1000 }), 0x2a);
     expect(calls).toEqual([Access.EXEC]);
   });
 
-  const UNRESOLVED: [string, AbsentStateId, string, number][] = [
-    ['a poisoned page with no handler, loaded', AbsentState.POISONED, 'lw s0, 4(t1)', 4],
-    ['a poisoned page with no handler, stored', AbsentState.POISONED, 'sw s0, 8(t1)', 8],
-    ['a poisoned page, swapped with an AMO', AbsentState.POISONED, 'addi t1, t1, 12\n        amoswap s0, s0, (t1)', 12],
-    ['a swapped page whose handler declines', AbsentState.SWAPPED, 'lw s0, 0(t1)', 0],
+  /** Accesses to the page at GPA (t1), each with the offset it touches; s0 holds 0x1234. */
+  const ACCESSES: [how: string, body: string, offset: number][] = [
+    ['loaded', 'lw s0, 4(t1)', 4],
+    ['stored', 'sw s0, 8(t1)', 8],
+    ['swapped with an AMO', 'addi t1, t1, 12\n        amoswap s0, s0, (t1)', 12],
   ];
-  for (const [name, state, body, offset] of UNRESOLVED) {
+  const REFUSED: [string, AbsentStateId, string, number][] = [
+    ...ACCESSES.map(([how, body, offset]): [string, AbsentStateId, string, number] => [`a poisoned page whose resolver refuses, ${how}`, AbsentState.POISONED, body, offset]),
+    ['a swapped page whose resolver declines', AbsentState.SWAPPED, 'lw s0, 0(t1)', 0],
+  ];
+  for (const [name, state, body, offset] of REFUSED) {
     it(`${name}: machine check (cause 18), epc = the instruction, tval = the address, nothing written`, () => {
       const guest = boot(withHandler(`        li t1, ${hex(GPA)}\n        li s0, 0x1234\nsite:   ${body}`));
-      guest.vm.setP2mEntry(GPN, P2mEntry.absent(state, 5));
-      let declined = 0;
-      if (state === AbsentState.SWAPPED) guest.vm.onAbsent(state, () => void declined++);
+      guest.vm.memory.releasePage(GPN, state, 5);
+      const declined: { gpn: number; state: number; payload: number }[] = [];
+      guest.vm.memory.onAbsent(state, (_memory, gpn, absentState, payload) => void declined.push({ gpn, state: absentState, payload }));
       expectHalted(guest.run({ maxInstructions: 1000 }), TRAPPED);
       const vcpu = guest.vcpu();
       expect(vcpu.cause).toBe(Cause.MACHINE_CHECK);
@@ -136,32 +147,97 @@ describe('absent P2M states', () => {
       const site = guest.sym('site') + (body.startsWith('addi') ? 4 : 0);
       expect(hex(vcpu.epc)).toBe(hex(site));
       expect(vcpu.regs[Reg.S0]).toBe(0x1234);
-      expect(P2mEntry.isPresent(guest.vm.p2m.entries[GPN]!)).toBe(false);
-      if (state === AbsentState.SWAPPED) expect(declined).toBe(1);
+      expect(declined).toEqual([{ gpn: GPN, state, payload: 5 }]);
+      expect(guest.vm.exits.trapToGuest).toBe(1);
+      expect(guest.vm.memory.stateOf(GPN)).toBe(state);
+      expect(guest.vm.memory.payloadOf(GPN)).toBe(5);
       expect(() => guest.vm.readPhysical(GPA, 4)).toThrow(KernelError);
     });
   }
 
-  it('a fetch from a poisoned page is a machine check with epc = tval = the pc', () => {
+  for (const [how, body, offset] of ACCESSES) {
+    it(`a poisoned page with no resolver, ${how}: the VM stops with a host error naming the reserved state; no trap, nothing written`, () => {
+      const guest = boot(withHandler(`        li t1, ${hex(GPA)}\n        li s0, 0x1234\nsite:   ${body}`));
+      guest.vm.memory.releasePage(GPN, AbsentState.POISONED, 5);
+      const result = guest.run({ maxInstructions: 1000 });
+      if (result.reason.kind !== 'host-error') expect.fail(`expected a host error, got ${JSON.stringify(result.reason)}`);
+      expect(result.reason.message).toMatch(/poisoned/);
+      expect(result.reason.message).toMatch(/reserved/);
+      expect(result.reason.message).toContain(`guest page ${GPN}`);
+      expect(result.reason.error).toBeInstanceOf(ReservedStateError);
+      expect((result.reason.error as ReservedStateError).code).toBe('BV_NO_RESOLVER');
+      const vcpu = guest.vcpu();
+      expect(vcpu.cause).not.toBe(Cause.MACHINE_CHECK); // the guest saw nothing
+      expect(guest.vm.exits.trapToGuest).toBe(0);
+      expect(vcpu.regs[Reg.S0]).toBe(0x1234);
+      expect(hex(vcpu.pc)).toBe(hex(guest.sym('site') + (body.startsWith('addi') ? 4 : 0))); // stopped at the access
+      expect(guest.vm.exits.absent.poisoned).toBe(1);
+      expect(guest.vm.memory.stateOf(GPN)).toBe(PageState.POISONED);
+      expect(guest.vm.memory.payloadOf(GPN)).toBe(5);
+      expect(() => guest.vm.readPhysical(GPA + offset, 4)).toThrow(ReservedStateError);
+    });
+  }
+
+  it('a swapped page with no resolver stops the VM with a host error naming the state (not a reserved one)', () => {
+    const guest = boot(withHandler(`        li t1, ${hex(GPA)}\n        lw s0, 0(t1)`));
+    guest.vm.memory.releasePage(GPN, AbsentState.SWAPPED, 3);
+    const result = guest.run({ maxInstructions: 1000 });
+    if (result.reason.kind !== 'host-error') expect.fail(`expected a host error, got ${JSON.stringify(result.reason)}`);
+    expect(result.reason.message).toMatch(/'swapped'/);
+    expect(result.reason.message).not.toMatch(/reserved/);
+    expect(guest.vm.exits.trapToGuest).toBe(0);
+    expect(guest.vm.memory.stateOf(GPN)).toBe(PageState.SWAPPED);
+  });
+
+  it('a fetch from a poisoned page whose resolver refuses is a machine check with epc = tval = the pc', () => {
     const guest = boot(withHandler(`        li t1, ${hex(GPA + 0x40)}\n        jalr ra, t1, 0`));
-    guest.vm.setP2mEntry(GPN, P2mEntry.absent(AbsentState.POISONED));
+    guest.vm.memory.releasePage(GPN, AbsentState.POISONED);
+    const accesses: number[] = [];
+    guest.vm.memory.onAbsent(AbsentState.POISONED, (_memory, _gpn, _state, _payload, access) => void accesses.push(access));
     expectHalted(guest.run({ maxInstructions: 1000 }), TRAPPED);
+    expect(accesses).toEqual([Access.EXEC]);
     expect(guest.vcpu().cause).toBe(Cause.MACHINE_CHECK);
     expect(hex(guest.vcpu().epc)).toBe(hex(GPA + 0x40));
     expect(hex(guest.vcpu().tval)).toBe(hex(GPA + 0x40));
+  });
+
+  it('a fetch from a poisoned page with no resolver stops the VM with a host error at that pc', () => {
+    const guest = boot(withHandler(`        li t1, ${hex(GPA + 0x40)}\n        jalr ra, t1, 0`));
+    guest.vm.memory.releasePage(GPN, AbsentState.POISONED);
+    const result = guest.run({ maxInstructions: 1000 });
+    if (result.reason.kind !== 'host-error') expect.fail(`expected a host error, got ${JSON.stringify(result.reason)}`);
+    expect(result.reason.message).toMatch(/poisoned/);
+    expect(result.reason.message).toMatch(/reserved/);
+    expect(guest.vcpu().cause).not.toBe(Cause.MACHINE_CHECK);
+    expect(guest.vm.exits.trapToGuest).toBe(0);
+  });
+
+  it('a resolver that throws stops the VM with a host error naming its message; the guest takes no trap', () => {
+    const guest = boot(withHandler(`        li t1, ${hex(GPA)}\n        lw s0, 0(t1)`));
+    guest.vm.memory.releasePage(GPN, AbsentState.LAZY, 1);
+    guest.vm.memory.onAbsent(AbsentState.LAZY, () => {
+      throw new Error('checkpoint block 1 is unreadable');
+    });
+    const result = guest.run({ maxInstructions: 1000 });
+    if (result.reason.kind !== 'host-error') expect.fail(`expected a host error, got ${JSON.stringify(result.reason)}`);
+    expect(result.reason.message).toMatch(/checkpoint block 1 is unreadable/);
+    expect(guest.vm.exits.trapToGuest).toBe(0);
+    expect(guest.vm.memory.stateOf(GPN)).toBe(PageState.LAZY);
   });
 });
 
 describe('write protection (copy-on-write)', () => {
   const GPN = 0x90;
   const GPA = GPN * 4096;
+  /** Another page of the same VM that shares GPN's frame (as after a fork or content sharing). */
+  const TWIN = 0x91;
 
-  it('a write to a protected page exits to the handler, which moves it to a private copy; reads do not exit', () => {
+  it('a write to a protected page exits to the resolver, which moves it to a private copy; reads do not exit', () => {
     const guest = boot(`
         li t1, ${hex(GPA)}
         li t2, 1
         sw t2, 0(t1)                  # fills a write translation for the page
-        li a0, HCALL_PROBE            # the host shares the frame and protects the page
+        li a0, HCALL_PROBE            # the host shares the frame (both pages copy-on-write)
         hcall
         lw s0, 0(t1)                  # reading a shared page needs no copy
         li t2, 2
@@ -173,29 +249,32 @@ describe('write protection (copy-on-write)', () => {
     const vm = guest.vm;
     let sharedFrame = -1;
     vm.onHypercall(HCALL_PROBE, (vcpu) => {
-      sharedFrame = hostFrameOf(vm, GPN);
-      vm.pool.retain(sharedFrame); // a second owner, as after a fork
-      vm.protectPage(GPN, P2mFlag.COPY_ON_WRITE);
+      vm.memory.sharePage(GPN, vm.memory, TWIN); // a second owner of the frame
+      sharedFrame = hostFrameOf(vm.memory, GPN);
+      expect(hostFrameOf(vm.memory, TWIN)).toBe(sharedFrame);
+      expect(vm.memory.flagsOf(GPN) & P2mFlag.COPY_ON_WRITE).toBe(P2mFlag.COPY_ON_WRITE);
       vcpu.regs[Reg.A0] = 0;
     });
     const copies: number[] = [];
-    vm.onWriteProtected(P2mFlag.COPY_ON_WRITE, (target, gpn, entry) => {
-      const copy = target.pool.allocFrame();
-      target.pool.u8.copyWithin(copy * 4096, P2mEntry.frame(entry) * 4096, P2mEntry.frame(entry) * 4096 + 4096);
-      target.setP2mEntry(gpn, P2mEntry.present(copy));
-      copies.push(copy);
+    vm.memory.onWriteProtected(P2mFlag.COPY_ON_WRITE, (memory, gpn, flag) => {
+      expect(flag).toBe(P2mFlag.COPY_ON_WRITE);
+      memory.installPage(gpn, memory.pageBytes(gpn)); // a private copy, unprotected
+      copies.push(hostFrameOf(memory, gpn));
     });
     expectHalted(guest.run({ maxInstructions: 1000 }), 0);
     expect(copies).toHaveLength(1);
+    expect(copies[0]).not.toBe(sharedFrame);
     expect(vm.exits.writeProtect['copy-on-write']).toBe(1);
     const regs = guest.vcpu().regs;
     expect([regs[Reg.S0], regs[Reg.S1]]).toEqual([1, 2]);
-    // The shared frame keeps the old contents; the guest's page is the copy.
+    // The shared frame keeps the old contents (the twin still reads them); the guest's page is the copy.
     expect(new Int32Array(vm.pool.i32.buffer, sharedFrame * 4096, 2)[0]).toBe(1);
-    expect(hostFrameOf(vm, GPN)).toBe(copies[0]);
+    expect(guest.words(TWIN * 4096, 2)).toEqual([1, 0]);
+    expect(hostFrameOf(vm.memory, GPN)).toBe(copies[0]);
+    expect(hostFrameOf(vm.memory, TWIN)).toBe(sharedFrame);
+    expect(vm.memory.flagsOf(GPN) & P2mFlag.COPY_ON_WRITE).toBe(0);
     expect(guest.words(GPA, 2)).toEqual([2, 2]);
-    expect(vm.pool.refCount[sharedFrame]).toBe(1);
-    vm.pool.release(sharedFrame);
+    expect(vm.pool.refCount[sharedFrame]).toBe(1); // only the twin holds it now
   });
 
   it('a page protected by a flag nobody handles stops the VM with a host error instead of writing', () => {
@@ -209,12 +288,16 @@ describe('write protection (copy-on-write)', () => {
         exiti 0
 `);
     guest.vm.onHypercall(HCALL_PROBE, (vcpu) => {
-      guest.vm.protectPage(GPN, P2mFlag.PARITY); // no handler is registered for parity
+      guest.vm.memory.protect(GPN, P2mFlag.PARITY); // no resolver is registered for parity
       vcpu.regs[Reg.A0] = 0;
     });
     const result = guest.run({ maxInstructions: 1000 });
     expect(result.reason.kind).toBe('host-error');
-    if (result.reason.kind === 'host-error') expect(result.reason.message).toMatch(/parity/);
+    if (result.reason.kind === 'host-error') {
+      expect(result.reason.message).toMatch(/parity/);
+      expect(result.reason.message).toMatch(/reserved/);
+    }
+    expect(guest.vm.exits.writeProtect.parity).toBe(1);
     expect(guest.word(GPA)).toBe(0);
   });
 });
@@ -308,9 +391,9 @@ describe('the host frame pool', () => {
         exiti 0
 `, { hv: own, memoryBytes: 2 * MiB });
     expectHalted(guest.run({ maxInstructions: 10_000 }), 0);
-    const touched = guest.vm.p2m.census().present;
+    const touched = guest.vm.memory.census().present;
     expect(touched).toBeGreaterThanOrEqual(101); // 100 data pages + the code page
-    expect(guest.vm.framesHeld).toBe(touched);
+    expect(guest.vm.memory.presentPages).toBe(touched);
     expect(own.pool.stats().usedFrames).toBe(touched);
     own.destroyVm(guest.vm);
     const after = own.pool.stats();
@@ -365,7 +448,7 @@ describe('the host frame pool', () => {
 `, { hv: own, memoryBytes: MiB });
     expectHalted(writer.run({ maxInstructions: 100_000 }), 0);
     expectHalted(reader.run({ maxInstructions: 100_000 }), 0); // its own page 0x20 is fresh
-    const writerFrame = hostFrameOf(writer.vm, 0x20);
+    const writerFrame = hostFrameOf(writer.vm.memory, 0x20);
     own.destroyVm(writer.vm);
     const next = bootGuest(`
         li t1, 0x20000

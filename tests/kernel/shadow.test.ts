@@ -11,7 +11,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Pte } from '../../guest-isa/arch.ts';
 import { encodeInstruction } from '../../guest-isa/encoding.ts';
-import { createHypervisor, P2mEntry, P2mFlag } from '../../kernel/index.ts';
+import { createHypervisor, P2mFlag, PageState } from '../../kernel/index.ts';
+import { P2mEntry } from '../../kernel/memory/p2m.ts';
 import { expectHalted, hex, HostPageTables, MiB, pte, ptbrFor, writeWord } from './helpers.ts';
 import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, ROOT, VA, type PagedGuest } from './shadow-helpers.ts';
 
@@ -406,7 +407,7 @@ describe.each(MMU_MODES)('a page-table page reused as data ($name)', (mode) => {
     fillFrame(guest.vm, OLD, 0x0_1d00);
     fillFrame(guest.vm, NEW, 0x0_e000);
     const tracedAt: boolean[] = [];
-    for (const id of [1, 2, 3]) guest.onProbe(id, () => tracedAt.push((guest.vm.p2m.entries[TABLE_GPN]! & P2mFlag.TRACED) !== 0));
+    for (const id of [1, 2, 3]) guest.onProbe(id, () => tracedAt.push((guest.vm.memory.flagsOf(TABLE_GPN) & P2mFlag.TRACED) !== 0));
     expectHalted(guest.run({ maxInstructions: 10_000 }), 0);
     expect(guest.words(guest.sym('seen'), 4).map(hex)).toEqual([0x0_1d00, 8 * (WRITES * (WRITES + 1)) / 2, 0x0_e000, 0x0_1d00].map(hex));
     expect(guest.words(FIRST_TABLE + 2048, 3)).toEqual([WRITES * 8, (WRITES - 1) * 8, (WRITES - 2) * 8]);
@@ -507,7 +508,13 @@ describe('batched population (shadow mode)', () => {
 
 describe.each(MMU_MODES)('P2M changes under guest page tables ($name)', (mode) => {
   const TABLE_GPN = FIRST_TABLE / 4096;
-  for (const [name, keepFlags] of [['the new entry keeps the old flags', true], ['the new entry is a plain present entry', false]] as const) {
+  /** A spare guest page, outside everything the program maps. */
+  const SPARE_GPN = (FRAMES + 0x8_0000) / 4096;
+  const MOVES = [
+    ['installPage copies it to a fresh private frame', 'install'],
+    ['it becomes a copy-on-write share of another page (sharePage), so the guest\'s remap breaks the share', 'share'],
+  ] as const;
+  for (const [name, how] of MOVES) {
     it(`moving a leaf-table page to another host frame keeps it coherent (${name})`, () => {
       const guest = bootPaged(program(`
         la s1, seen
@@ -524,15 +531,37 @@ describe.each(MMU_MODES)('P2M changes under guest page tables ($name)', (mode) =
       guest.tables.setLeaf(VA, pte(OLD, RW));
       fillFrame(guest.vm, OLD, 0x0_1d00);
       fillFrame(guest.vm, NEW, 0x0_e000);
+      const frames: { before: number; after: number; traced: boolean }[] = [];
       guest.onProbe(1, () => {
-        const vm = guest.vm;
-        const old = vm.p2m.entries[TABLE_GPN]!;
-        const frame = vm.pool.allocFrame();
-        vm.pool.u8.copyWithin(frame * 4096, P2mEntry.frame(old) * 4096, P2mEntry.frame(old) * 4096 + 4096);
-        vm.setP2mEntry(TABLE_GPN, P2mEntry.present(frame, keepFlags ? P2mEntry.flags(old) : 0));
+        const memory = guest.vm.memory;
+        const before = P2mEntry.frame(memory.entryOf(TABLE_GPN));
+        const table = memory.readPhysical(TABLE_GPN * 4096, 4096);
+        if (how === 'install') {
+          memory.installPage(TABLE_GPN, table);
+        } else {
+          memory.writePhysical(SPARE_GPN * 4096, table);
+          memory.sharePage(SPARE_GPN, memory, TABLE_GPN);
+          expect(memory.sameFrame(SPARE_GPN, memory, TABLE_GPN)).toBe(true);
+          expect(memory.flagsOf(TABLE_GPN) & P2mFlag.COPY_ON_WRITE).toBe(P2mFlag.COPY_ON_WRITE);
+        }
+        expect(memory.stateOf(TABLE_GPN)).toBe(PageState.PRESENT);
+        // New contents: the MMU dropped what it derived from the old ones (and its trace).
+        frames.push({ before, after: P2mEntry.frame(memory.entryOf(TABLE_GPN)), traced: (memory.flagsOf(TABLE_GPN) & P2mFlag.TRACED) !== 0 });
       });
       expectHalted(guest.run({ maxInstructions: 10_000 }), 0);
+      expect(frames).toHaveLength(1);
+      expect(frames[0]!.after).not.toBe(frames[0]!.before);
+      expect(frames[0]!.traced).toBe(false);
       expect(guest.words(guest.sym('seen'), 2).map(hex)).toEqual([0x0_1d00, 0x0_e000].map(hex));
+      // The guest's next walk traced the page again, on whatever frame backs it now.
+      expect((guest.vm.memory.flagsOf(TABLE_GPN) & P2mFlag.TRACED) !== 0).toBe(mode.traces);
+      expect(guest.word(LEAF)).toBe(pte(NEW, RW));
+      if (how === 'share') {
+        // The guest's store went to a private copy; the other sharer still holds the old leaf.
+        expect(guest.vm.memory.sameFrame(SPARE_GPN, guest.vm.memory, TABLE_GPN)).toBe(false);
+        expect(guest.word(SPARE_GPN * 4096 + (LEAF - FIRST_TABLE))).toBe(pte(OLD, RW));
+        expect(guest.vm.memory.cowCopies).toBe(1);
+      }
     });
   }
 });

@@ -8,7 +8,8 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { Pte } from '../../guest-isa/arch.ts';
-import { createHypervisor, P2mEntry, P2mFlag, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, P2mFlag, PageState, type Vm } from '../../kernel/index.ts';
+import { P2mEntry } from '../../kernel/memory/p2m.ts';
 import { expectHalted, hex, MiB, pte } from './helpers.ts';
 import { bootPaged, FIRST_TABLE, FRAMES, MMU_MODES, VA, type PagedGuest } from './shadow-helpers.ts';
 
@@ -281,43 +282,50 @@ describe.each(MMU_MODES)('the hypervisor changes a P2M entry under running vCPUs
     }
   }
 
-  it('moving the page to a new frame with new contents (setP2mEntry): every vCPU reads the new bytes', () => {
+  it('moving the page to a new frame with new contents (installPage): every vCPU reads the new bytes', () => {
     const guest = boot();
+    const frames = new Set<number>();
     const { seenBefore, dropped, shootdowns } = runChanges(guest, (vm, generation) => {
-      const old = P2mEntry.frame(vm.p2m.entries[P_GPN]!);
-      const frame = vm.pool.allocFrame();
-      vm.pool.u8.copyWithin(frame * 4096, old * 4096, old * 4096 + 4096);
-      vm.pool.i32[frame * 1024] = generation;
-      vm.setP2mEntry(P_GPN, P2mEntry.present(frame));
+      vm.memory.installPage(P_GPN, (bytes) => {
+        bytes.set(vm.memory.pageBytes(P_GPN));
+        new Int32Array(bytes.buffer, bytes.byteOffset, 1)[0] = generation;
+      });
+      frames.add(P2mEntry.frame(vm.memory.entryOf(P_GPN)));
     });
     expectCoherent(guest, seenBefore, dropped, shootdowns);
+    expect(frames.size).toBeGreaterThan(1); // the page really moved between host frames
   });
 
-  it('making the page copy-on-write (protectPage): no write lands in the old frame after the change', () => {
+  it('making the page copy-on-write (sharePage into a snapshot page): no write lands in the old frame after the change', () => {
     const guest = boot();
+    /** Generation g's snapshot: a page that shares P's frame from the change on. */
+    const snapshotGpn = (generation: number): number => 0x400 + generation;
     // The hypervisor keeps the old frame as a snapshot; the write fault copies the page.
-    const snapshots: { frame: number; bytes: Uint8Array }[] = [];
+    const snapshots: { gpn: number; bytes: Uint8Array }[] = [];
     let copies = 0;
-    guest.vm.onWriteProtected(P2mFlag.COPY_ON_WRITE, (vm, gpn, entry) => {
-      const old = P2mEntry.frame(entry);
-      const frame = vm.pool.allocFrame();
-      vm.pool.u8.copyWithin(frame * 4096, old * 4096, old * 4096 + 4096);
-      vm.setP2mEntry(gpn, P2mEntry.present(frame, P2mEntry.flags(entry) & ~P2mFlag.COPY_ON_WRITE));
+    guest.vm.memory.onWriteProtected(P2mFlag.COPY_ON_WRITE, (memory, gpn, flag) => {
+      expect([gpn, flag]).toEqual([P_GPN, P2mFlag.COPY_ON_WRITE]);
+      memory.installPage(gpn, memory.pageBytes(gpn)); // a private copy, not protected
       copies++;
     });
     const { seenBefore, dropped, shootdowns } = runChanges(guest, (vm, generation) => {
-      const frame = P2mEntry.frame(vm.p2m.entries[P_GPN]!);
-      vm.pool.i32[frame * 1024] = generation; // the host writes the generation, then write-protects
-      vm.pool.retain(frame);
-      snapshots.push({ frame, bytes: vm.pool.u8.slice(frame * 4096, frame * 4096 + 4096) });
-      vm.protectPage(P_GPN, P2mFlag.COPY_ON_WRITE);
+      const memory = vm.memory;
+      // The host writes the generation (the page is private again: the readers' counters broke
+      // the last share), then shares the frame with the snapshot page.
+      expect(memory.isPrivate(P_GPN)).toBe(true);
+      memory.writePhysical(P_GPN * 4096, new Uint8Array(new Int32Array([generation]).buffer));
+      memory.sharePage(P_GPN, memory, snapshotGpn(generation));
+      expect(memory.sameFrame(P_GPN, memory, snapshotGpn(generation))).toBe(true);
+      snapshots.push({ gpn: snapshotGpn(generation), bytes: memory.readPhysical(P_GPN * 4096, 4096) });
     });
     expectCoherent(guest, seenBefore, dropped, shootdowns);
     expect(copies).toBe(GENERATIONS);
+    const memory = guest.vm.memory;
     for (const [i, snapshot] of snapshots.entries()) {
-      const now = guest.vm.pool.u8.subarray(snapshot.frame * 4096, snapshot.frame * 4096 + 4096);
-      expect(Buffer.compare(now, snapshot.bytes), `snapshot ${i + 1} changed after the page became copy-on-write`).toBe(0);
-      guest.vm.pool.release(snapshot.frame);
+      expect(memory.stateOf(snapshot.gpn)).toBe(PageState.PRESENT);
+      expect(memory.sameFrame(snapshot.gpn, memory, P_GPN)).toBe(false);
+      expect(memory.isPrivate(snapshot.gpn), `snapshot ${i + 1} is the only holder of the old frame`).toBe(true);
+      expect(Buffer.compare(memory.pageBytes(snapshot.gpn), snapshot.bytes), `snapshot ${i + 1} changed after the page became copy-on-write`).toBe(0);
     }
   });
 });

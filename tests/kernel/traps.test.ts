@@ -226,11 +226,11 @@ describe('illegal instructions and CSR access rules (SPEC.md §3.3, §6.3)', () 
     it(`read-only ${name}: csrrw, and csrrs/csrrc with rs1 != r0 (even holding 0), trap; rs1 = r0 reads`, () => {
       for (const [mnemonic, rs1] of [['csrrw', Reg.T1], ['csrrs', Reg.T1], ['csrrc', Reg.T1], ['csrrw', 0]] as const) {
         const encoded = word(mnemonic, { rd: Reg.T0, rs1, imm: csr });
-        const { vcpu } = trapState(inSupervisor(`        li t0, 0x4242\n        li t1, 0\n        .word ${hex(encoded)}`));
+        const { guest, vcpu } = trapState(inSupervisor(`        li t0, 0x4242\n        li t1, 0\n        .word ${hex(encoded)}`));
         expect(vcpu.cause, mnemonic).toBe(Cause.ILLEGAL_INSN);
         expect(hex(vcpu.tval)).toBe(hex(encoded));
         expect(vcpu.regs[Reg.T0]).toBe(0x4242);
-        hv.destroyVm(vcpu.vm);
+        hv.destroyVm(guest.vm);
       }
       const guest = boot(inSupervisor(`        csrrs t0, ${name}, zero\n        csrrc t1, ${name}, zero\n        exiti 0`));
       expectHalted(guest.run({ maxInstructions: 1000 }), 0);
@@ -240,10 +240,10 @@ describe('illegal instructions and CSR access rules (SPEC.md §3.3, §6.3)', () 
   it('numbers that are not CSRs trap in S mode too', () => {
     for (const csr of [0x009, 0x00f, 0x015, 0x100, 0x200, 0xfff]) {
       const encoded = word('csrrs', { rd: Reg.T0, imm: csr });
-      const { vcpu } = trapState(inSupervisor(`        .word ${hex(encoded)}`));
+      const { guest, vcpu } = trapState(inSupervisor(`        .word ${hex(encoded)}`));
       expect(vcpu.cause, `csr 0x${csr.toString(16)}`).toBe(Cause.ILLEGAL_INSN);
       expect(hex(vcpu.tval)).toBe(hex(encoded));
-      hv.destroyVm(vcpu.vm);
+      hv.destroyVm(guest.vm);
     }
   });
 

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { assemble } from '../../guest-isa/assembler.ts';
 import { Hcall, PAGE_SIZE, Pte, Reg } from '../../guest-isa/arch.ts';
-import { AbsentState, createHypervisor, P2mEntry } from '../../kernel/index.ts';
+import { createHypervisor, PageState } from '../../kernel/index.ts';
 import type { Hypervisor, Vm, VmConfig } from '../../kernel/index.ts';
 import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
 import { AccessedBitPrioritizer, LargePagePolicyError, LowActivityReclaimer, SwapFile } from '../../services/memory/index.ts';
@@ -206,10 +206,10 @@ describe('T-3 AccessedBitPrioritizer', () => {
       for (const cold of COLD_REGIONS) {
         expect(promoted).not.toContain(cold);
         expect(history.at(-1)!.counts.get(cold)).toBe(0);
-        expect(vm.regionRunFrame(cold)).toBe(-1);
+        expect(vm.memory.regionIsLarge(cold)).toBe(false);
       }
-      for (const { region } of WORKING_SETS) expect(vm.regionRunFrame(region)).toBeGreaterThanOrEqual(0);
-      expect(vm.largePageStats.regionsPromoted).toBe(prioritizer.stats().promotions);
+      for (const { region } of WORKING_SETS) expect(vm.memory.regionIsLarge(region)).toBe(true);
+      expect(vm.memory.largePageStats.regionsPromoted).toBe(prioritizer.stats().promotions);
       expect(prioritizer.stats()).toMatchObject({ countingScans: 3, refusals: 0 });
       if (testCase.superpages) expect(vm.mmu.stats.largeHits).toBeGreaterThan(0);
       if (testCase.source === 'guest-page-tables') expect(prioritizer.stats().guestAccessedBitsCleared).toBeGreaterThan(0);
@@ -338,15 +338,15 @@ describe('T-4 LowActivityReclaimer', () => {
       // Filling the cold region takes ~6.3 M instructions; stop just after it, in the walk.
       let result = hv.run({ maxInstructions: 6_400_000 }, [vm])[0]!;
       expect(result.reason.kind).toBe('budget');
-      expect(vm.regionRunFrame(HOT)).toBeGreaterThanOrEqual(0);
-      expect(vm.regionRunFrame(COLD)).toBeGreaterThanOrEqual(0);
+      expect(vm.memory.regionIsLarge(HOT)).toBe(true);
+      expect(vm.memory.regionIsLarge(COLD)).toBe(true);
       const swap = SwapFile.createIn(dir);
       // Host memory is sampled right around each reclaimer tick (tickers run in order of
       // registration), so the JS heap's own growth between ticks does not blur the figures.
       const drops: { frames: number; resident: number; rss: number }[] = [];
       let before = { frames: 0, resident: 0, rss: 0 };
       vm.addTicker(100_000, () => {
-        before = { frames: vm.framesHeld, resident: residentPoolBytes(hv), rss: processRss() };
+        before = { frames: vm.memory.presentPages, resident: residentPoolBytes(hv), rss: processRss() };
       });
       const reclaimer = new LowActivityReclaimer(vm, {
         swap,
@@ -356,7 +356,7 @@ describe('T-4 LowActivityReclaimer', () => {
         maxTracked: 4,
       });
       vm.addTicker(100_000, () => {
-        drops.push({ frames: before.frames - vm.framesHeld, resident: before.resident - residentPoolBytes(hv), rss: before.rss - processRss() });
+        drops.push({ frames: before.frames - vm.memory.presentPages, resident: before.resident - residentPoolBytes(hv), rss: before.rss - processRss() });
       });
       // The walk: long enough for demotion, tracking and the decisions.
       result = hv.run({ maxInstructions: 1_500_000 }, [vm])[0]!;
@@ -367,10 +367,10 @@ describe('T-4 LowActivityReclaimer', () => {
       expect(hotDecision).toMatchObject({ outcome: 're-promoted' });
       expect(hotDecision!.accessedPages).toBeGreaterThan(900);
       expect(coldDecision).toMatchObject({ outcome: 'broken-up', accessedPages: 0, pagesReclaimed: 1024 });
-      expect(vm.regionRunFrame(HOT)).toBeGreaterThanOrEqual(0);
-      expect(vm.regionRunFrame(COLD)).toBe(-1);
+      expect(vm.memory.regionIsLarge(HOT)).toBe(true);
+      expect(vm.memory.regionIsLarge(COLD)).toBe(false);
       for (let gpn = COLD * 1024; gpn < (COLD + 1) * 1024; gpn++) {
-        expect(P2mEntry.state(vm.p2m.entries[gpn]!)).toBe(AbsentState.SWAPPED);
+        expect(vm.memory.stateOf(gpn)).toBe(PageState.SWAPPED);
       }
       // Host memory really went back at the decision: at least the cold region's 4 MiB of frames
       // (region 0's unused zero pages went too), all of it resident before and not after; the
@@ -392,7 +392,7 @@ describe('T-4 LowActivityReclaimer', () => {
       result = hv.run({ maxInstructions: 30_000_000 }, [vm])[0]!;
       expect(result.reason).toEqual({ kind: 'halted', exitCode: walkerModel() });
       expect(swap.stats().pagesIn).toBeGreaterThanOrEqual(1024);
-      expect(vm.regionRunFrame(HOT)).toBeGreaterThanOrEqual(0);
+      expect(vm.memory.regionIsLarge(HOT)).toBe(true);
       swap.close();
     });
   }

@@ -116,7 +116,7 @@ describe('a live snapshot of a guest that writes every page', () => {
     expect(snapshot.savedByTicker).toBeGreaterThan(0);
     expect(progress.length).toBeGreaterThan(1);
     expect(progress.at(-1)).toBe(memoryBytes / PAGE_BYTES);
-    expect(machine.vm.writeEpochActive).toBe(false);
+    expect(machine.vm.memory.writeEpochActive).toBe(false);
     expect(snapshot.finish()).toBe(snapshot.stats); // already done: finish() just returns
     expectSameFiles(stopped, live);
   });
@@ -182,7 +182,7 @@ describe('the pause and failures', () => {
     const hv = createHypervisor({ hostMemoryBytes: memoryBytes + 16 * MiB });
     const vm = hv.createVm({ memoryBytes, name: 'big' });
     const page = new Uint8Array(PAGE_BYTES).fill(0x5a);
-    for (let gpn = 0; gpn < vm.p2m.pageCount; gpn += 2) vm.writePhysical(gpn * PAGE_BYTES, page);
+    for (let gpn = 0; gpn < vm.memory.pageCount; gpn += 2) vm.writePhysical(gpn * PAGE_BYTES, page);
     const pauses: number[] = [];
     for (let round = 0; round < 5; round++) {
       const snapshot = startLiveSnapshot(vm, join(dir, 'big.ckpt'));
@@ -208,7 +208,7 @@ describe('the pause and failures', () => {
     const snapshot = startLiveSnapshot(machine.vm, path, { pagesPerTick: 4 });
     machine.vm.reset();
     expect(snapshot.error).toMatchObject({ code: 'BV_VMCKPT_SNAPSHOT_FAILED', message: expect.stringContaining('reset') });
-    expect(machine.vm.writeEpochActive).toBe(false);
+    expect(machine.vm.memory.writeEpochActive).toBe(false);
     expect(() => snapshot.finish()).toThrow(/was reset while the snapshot/);
     expect(tempFilesOf(path)).toEqual([]);
     const after = CheckpointReader.open(path);
@@ -226,7 +226,7 @@ describe('the pause and failures', () => {
     expect(() => startLiveSnapshot(machine.vm, join(dir, 'second.ckpt'))).toThrow(expect.objectContaining({ code: 'BV_VMCKPT_BAD_REQUEST' }));
     expect(tempFilesOf(join(dir, 'second.ckpt'))).toEqual([]);
     snapshot.abort();
-    expect(machine.vm.writeEpochActive).toBe(false);
+    expect(machine.vm.memory.writeEpochActive).toBe(false);
     expect(existsSync(path)).toBe(false);
     expect(tempFilesOf(path)).toEqual([]);
     expect(() => snapshot.finish()).toThrow(/aborted/);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { assemble } from '../../guest-isa/assembler.ts';
 import { Hcall, PAGE_SIZE, Reg } from '../../guest-isa/arch.ts';
-import { AbsentState, createHypervisor, P2mEntry, P2mFlag } from '../../kernel/index.ts';
+import { createHypervisor, P2mFlag, PageState } from '../../kernel/index.ts';
 import type { Hypervisor, RunResult, Vm, VmConfig } from '../../kernel/index.ts';
 import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
 import { SwapError, SwapFile } from '../../services/memory/index.ts';
@@ -180,12 +180,12 @@ describe('hypervisor swap on a running guest', () => {
     vm.addTicker(10_000, () => {
       const round = ready.shift();
       if (round === undefined) return;
-      const framesBefore = vm.framesHeld;
+      const framesBefore = vm.memory.presentPages;
       const residentBefore = residentPoolBytes(booted.hv);
       const rssBefore = processRss();
       let swapped = 0;
       for (const gpn of dataGpns()) if (swap.swapOut(vm, gpn)) swapped++;
-      drops.push({ frames: framesBefore - vm.framesHeld, resident: residentBefore - residentPoolBytes(booted.hv), rss: rssBefore - processRss(), swapped });
+      drops.push({ frames: framesBefore - vm.memory.presentPages, resident: residentBefore - residentPoolBytes(booted.hv), rss: rssBefore - processRss(), swapped });
       setFlag(vm, round + 1);
     });
 
@@ -237,10 +237,8 @@ describe('hypervisor swap on a running guest', () => {
     expect(reason.error).toBeInstanceOf(SwapError);
     expect((reason.error as SwapError).code).toBe('BV_SWAP_CORRUPT');
     // Nothing was installed: the page is still swapped, and the frame read into was given back.
-    const entry = vm.p2m.entries[DATA / PAGE_SIZE]!;
-    expect(P2mEntry.isPresent(entry)).toBe(false);
-    expect(P2mEntry.state(entry)).toBe(AbsentState.SWAPPED);
-    expect(booted.hv.pool.stats().usedFrames).toBe(vm.framesHeld);
+    expect(vm.memory.stateOf(DATA / PAGE_SIZE)).toBe(PageState.SWAPPED);
+    expect(booted.hv.poolStats().usedFrames).toBe(vm.memory.presentPages);
     expect(swap.stats().pagesIn).toBe(0);
     swap.close();
   });
@@ -267,8 +265,11 @@ describe('hypervisor swap on a running guest', () => {
 
 describe('swapOut', () => {
   /** A VM with guest pages 0..7 present and holding their own number (page 3 stays zero). */
+  /** The hypervisor of the last vmWithPages() (for a second VM to share pages with). */
+  let pagesHv: Hypervisor;
   function vmWithPages(): Vm {
     const hv = createHypervisor({ hostMemoryBytes: 8 * MiB });
+    pagesHv = hv;
     const vm = hv.createVm({ memoryBytes: 4 * MiB, largePages: 'off' });
     for (let gpn = 0; gpn < 8; gpn++) {
       const page = new Uint8Array(PAGE_SIZE);
@@ -282,21 +283,23 @@ describe('swapOut', () => {
     const vm = vmWithPages();
     const swap = SwapFile.createIn(dir);
     swap.attach(vm);
-    vm.protectPage(1, P2mFlag.COPY_ON_WRITE);
-    vm.protectPage(2, P2mFlag.WATCH);
-    vm.pool.retain(P2mEntry.frame(vm.p2m.entries[4]!)); // shared with someone else
-    const before = Array.from(vm.p2m.entries.subarray(0, 8));
+    vm.memory.protect(1, P2mFlag.COPY_ON_WRITE);
+    vm.memory.protect(2, P2mFlag.WATCH);
+    const other = pagesHv.createVm({ memoryBytes: vm.memoryBytes });
+    vm.memory.sharePage(4, other.memory, 4); // shared with another VM
+    const describe = (): string[] => Array.from({ length: 8 }, (_, gpn) => vm.memory.describe(gpn));
+    const before = describe();
     expect(swap.swapOut(vm, 1)).toBe(false);
     expect(swap.swapOut(vm, 2)).toBe(false);
     expect(swap.swapOut(vm, 4)).toBe(false);
     expect(swap.swapOut(vm, 100)).toBe(false); // never touched
-    expect(Array.from(vm.p2m.entries.subarray(0, 8))).toEqual(before);
+    expect(describe()).toEqual(before);
     expect(swap.stats()).toMatchObject({ refused: 4, pagesOut: 0, slotsInUse: 0 });
     // A zero page is dropped without I/O; a data page goes to a slot and comes back exact.
     expect(swap.swapOut(vm, 3)).toBe(true);
-    expect(vm.p2m.entries[3]).toBe(P2mEntry.absent(AbsentState.UNTOUCHED));
+    expect(vm.memory.stateOf(3)).toBe(PageState.UNTOUCHED);
     expect(swap.swapOut(vm, 5)).toBe(true);
-    expect(P2mEntry.state(vm.p2m.entries[5]!)).toBe(AbsentState.SWAPPED);
+    expect(vm.memory.stateOf(5)).toBe(PageState.SWAPPED);
     expect(swap.stats()).toMatchObject({ zeroPagesDropped: 1, pagesOut: 1, slotsInUse: 1, fileBytes: 1 * MiB });
     expect(vm.readPhysical(5 * PAGE_SIZE, PAGE_SIZE)).toEqual(new Uint8Array(PAGE_SIZE).fill(6));
     expect(swap.stats()).toMatchObject({ pagesIn: 1, slotsInUse: 0 });
@@ -310,7 +313,7 @@ describe('swapOut', () => {
     expect(swap.swapOut(vm, 0)).toBe(true);
     expect(swap.swapOut(vm, 1)).toBe(true);
     expect(() => swap.swapOut(vm, 2)).toThrow(expect.objectContaining({ code: 'BV_SWAP_FULL' }));
-    expect(P2mEntry.isPresent(vm.p2m.entries[2]!)).toBe(true);
+    expect(vm.memory.stateOf(2)).toBe(PageState.PRESENT);
     expect(vm.readPhysical(2 * PAGE_SIZE, PAGE_SIZE)).toEqual(new Uint8Array(PAGE_SIZE).fill(3));
     // A freed slot makes room again.
     expect(vm.readPhysical(0, 4)).toEqual(new Uint8Array(4).fill(1));
@@ -330,7 +333,7 @@ describe('swapOut', () => {
     expect(swap.swapOut(vm, 6)).toBe(true);
     vm.reset();
     // After a reset the page reads as zero again (not its old contents), and its slot is free.
-    expect(vm.p2m.entries[6]).toBe(P2mEntry.absent(AbsentState.UNTOUCHED));
+    expect(vm.memory.stateOf(6)).toBe(PageState.UNTOUCHED);
     expect(swap.stats().slotsInUse).toBe(0);
     expect(vm.readPhysical(6 * PAGE_SIZE, 4)).toEqual(new Uint8Array(4));
     swap.close();

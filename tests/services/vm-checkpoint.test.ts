@@ -13,7 +13,7 @@ import { assemble, assembleFile } from '../../guest-isa/assembler.ts';
 import { HostFile } from '../../native/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import { attachStandardDevices, savedBootArgs } from '../../devices/index.ts';
-import { createHypervisor, KernelError, REGION_PAGES, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, KernelError, PageState, REGION_PAGES, type Vm } from '../../kernel/index.ts';
 import {
   CheckpointError,
   CheckpointReader,
@@ -110,7 +110,7 @@ digits: .ascii  "00000000\\n"
 const fileHash = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 function lazyCount(vm: Vm): number {
-  return vm.p2m.census().absent.lazy ?? 0;
+  return vm.memory.census().absent.lazy ?? 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ describe('checkpoint and restore of the nanokernel at an exact instruction', () 
         expect(restored.blocksRead).toBe(0);
         // Nothing was filled in at restore: every region is deferred (O(regions), not O(pages)).
         expect(lazyCount(vm)).toBe(0);
-        expect(vm.pendingRegionCount).toBe(Math.ceil(vm.p2m.pageCount / REGION_PAGES));
+        expect(vm.memory.pendingRegionCount).toBe(Math.ceil(vm.memory.pageCount / REGION_PAGES));
         expect(restored.complete).toBe(false);
       } else {
         expect(restored.complete).toBe(true);
@@ -158,7 +158,7 @@ describe('checkpoint and restore of the nanokernel at an exact instruction', () 
       if (mode === 'map') {
         expect(restored.blocksMapped).toBe(restored.blockCount);
         expect(restored.pagesMapped).toBe(restored.storedPages);
-        expect(machine.hv.pool.stats().fileMappedFrames).toBe(restored.storedPages);
+        expect(machine.hv.poolStats().fileMappedFrames).toBe(restored.storedPages);
       }
       const outcome = runToEnd(machine, () => {
         if (mode !== 'lazy') return;
@@ -232,7 +232,7 @@ describe('checkpoint and restore of a guest that writes every page', () => {
     const reader = CheckpointReader.open(raw);
     expect(restored.blocksRead).toBe(0);
     expect(lazyCount(vm)).toBe(0); // regions are deferred until first use
-    vm.fillAllRegions(); // fill them in (reads the index, no block) to count what waits
+    vm.memory.fillAllRegions(); // fill them in (reads the index, no block) to count what waits
     expect(restored.blocksRead).toBe(0);
     expect(lazyCount(vm)).toBe(reader.summary().storedPages);
 
@@ -244,7 +244,7 @@ describe('checkpoint and restore of a guest that writes every page', () => {
     const expected = reader.readPage(gpn);
     expect(vm.readPhysical(gpn * PAGE_BYTES, PAGE_BYTES)).toEqual(expected);
     expect(restored.blocksRead).toBe(1);
-    for (const page of reader.blockInfo(block).gpns) expect(vm.p2m.entries[page]).toBeGreaterThanOrEqual(0);
+    for (const page of reader.blockInfo(block).gpns) expect(vm.memory.stateOf(page)).toBe(PageState.PRESENT);
     expect(lazyCount(vm)).toBe(reader.summary().storedPages - reader.blockInfo(block).pageCount);
     // Another page of the same block costs nothing.
     vm.readPhysical(reader.blockInfo(block).gpns[3]! * PAGE_BYTES, 4);
@@ -254,7 +254,7 @@ describe('checkpoint and restore of a guest that writes every page', () => {
     // every block read was asked for by exactly one access to a lazy page.
     const [result] = hv.run({ maxInstructions: 1 }, [vm]);
     expect(result!.reason).toEqual({ kind: 'budget' });
-    expect(vm.p2m.entries[vm.vcpus[0]!.pc >>> 12]).toBeGreaterThanOrEqual(0);
+    expect(vm.memory.stateOf(vm.vcpus[0]!.pc >>> 12)).toBe(PageState.PRESENT);
     expect(restored.blocksRead).toBeGreaterThanOrEqual(2);
     hv.run({ maxInstructions: 5_000 }, [vm]);
     expect(restored.demandReads).toBe(restored.blocksRead);
@@ -381,10 +381,10 @@ describe('lazy restore cost does not grow with memory size', () => {
     const { hv, vm, restored } = restore(join(dir, `spin-${memoryBytes}.ckpt`), memoryBytes, { mode: 'lazy', prefetch: { everyInstructions: 1000, blocksPerTick: 4 } });
     hv.run({ maxInstructions: 1 }, [vm]);
     expect(restored.complete).toBe(true); // the image fits one block
-    expect(vm.pendingRegionCount).toBeGreaterThan(20);
+    expect(vm.memory.pendingRegionCount).toBeGreaterThan(20);
     // Tickers run between scheduling rounds (20,000 instructions): 4 regions each.
     hv.run({ maxInstructions: 20_000 * 10 }, [vm]);
-    expect(vm.pendingRegionCount).toBe(0);
+    expect(vm.memory.pendingRegionCount).toBe(0);
     expect(lazyCount(vm)).toBe(0);
     restored.close();
   });
@@ -429,7 +429,7 @@ describe('damaged and mismatched checkpoints', () => {
     }
     expect(error).toBeInstanceOf(CheckpointError);
     expect(error).toMatchObject({ code: 'BV_CKPT_CHECKSUM', where: `block ${badBlock}` });
-    expect(vm.p2m.entries[pageInBadBlock]).toBeLessThan(0); // nothing wrong was installed
+    expect(vm.memory.stateOf(pageInBadBlock)).not.toBe(PageState.PRESENT); // nothing wrong was installed
   });
 
   it('page lists that disagree with the index (checksums fixed): lazy restore refuses the page, installing nothing wrong', () => {
@@ -450,8 +450,8 @@ describe('damaged and mismatched checkpoints', () => {
     expect(error).toBeInstanceOf(CheckpointError);
     expect(error).toMatchObject({ code: 'BV_CKPT_CORRUPT', where: 'section BLOCK_PAGES' });
     expect((error as Error).message).toContain(`puts page ${second} in block ${block}`);
-    expect(vm.p2m.entries[first!]).toBeLessThan(0);
-    expect(vm.p2m.entries[second!]).toBeLessThan(0);
+    expect(vm.memory.stateOf(first!)).not.toBe(PageState.PRESENT);
+    expect(vm.memory.stateOf(second!)).not.toBe(PageState.PRESENT);
     expect(restored.pagesInstalled).toBe(0);
   });
 
@@ -479,7 +479,7 @@ describe('damaged and mismatched checkpoints', () => {
     const [result] = hv.run({ maxInstructions: 10 }, [vm]);
     expect(result!.reason.kind).toBe('host-error');
     expect(restored.blocksRead).toBe(0);
-    expect(vm.p2m.entries[page]).toBeLessThan(0);
+    expect(vm.memory.stateOf(page)).not.toBe(PageState.PRESENT);
   });
 
   for (const mode of ['eager', 'map'] as const) {
@@ -488,7 +488,7 @@ describe('damaged and mismatched checkpoints', () => {
       expect(() => restoreVmCheckpoint(hv, damaged, { mode, attach: (vm, saved) => attachStandardDevices(vm, { bootArgs: savedBootArgs(saved.components.bootargs!.state) }) }))
         .toThrow(expect.objectContaining({ code: 'BV_CKPT_CHECKSUM', where: `block ${badBlock}` }));
       expect(hv.vms).toHaveLength(0);
-      expect(hv.pool.stats().usedFrames).toBe(0);
+      expect(hv.poolStats().usedFrames).toBe(0);
     });
   }
 
@@ -517,7 +517,7 @@ describe('damaged and mismatched checkpoints', () => {
     expect(() => restoreVmCheckpoint(hv, good, { mode: 'sideways' as RestoreMode })).toThrow(expect.objectContaining({ code: 'BV_VMCKPT_BAD_REQUEST' }));
     expect(() => restoreVmCheckpoint(hv, good, { mode: 'lazy', prefetch: { blocksPerTick: 0 } })).toThrow(expect.objectContaining({ code: 'BV_VMCKPT_BAD_REQUEST' }));
     expect(hv.vms).toHaveLength(0);
-    expect(hv.pool.stats().usedFrames).toBe(0);
+    expect(hv.poolStats().usedFrames).toBe(0);
   });
 
   it('map mode needs an anonymous host pool', () => {

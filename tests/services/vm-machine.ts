@@ -7,11 +7,10 @@ import { createHash } from 'node:crypto';
 import { expect } from 'vitest';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, savedBootArgs, type StandardDevices } from '../../devices/index.ts';
-import { AbsentState, createHypervisor, P2mEntry, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { PAGE_BYTES, restoreVmCheckpoint, type RestoredVm, type RestoreOptions } from '../../services/checkpoint/index.ts';
 
 export const MiB = 2 ** 20;
-const UNTOUCHED = P2mEntry.absent(AbsentState.UNTOUCHED);
 
 export interface Machine {
   hv: Hypervisor;
@@ -47,9 +46,9 @@ export function restore(path: string, memoryBytes: number, options: Omit<Restore
 export function memoryHash(vm: Vm): string {
   const hash = createHash('sha256');
   const zero = new Uint8Array(PAGE_BYTES);
-  for (let gpn = 0; gpn < vm.p2m.pageCount; gpn++) {
-    // p2mEntryOf: a region a lazy restore has not filled in yet is filled first, not read as zero.
-    hash.update(vm.p2mEntryOf(gpn) === UNTOUCHED ? zero : vm.readPhysical(gpn * PAGE_BYTES, PAGE_BYTES));
+  for (let gpn = 0; gpn < vm.memory.pageCount; gpn++) {
+    // stateOf: a region a lazy restore has not filled in yet is filled first, not read as zero.
+    hash.update(vm.memory.stateOf(gpn) === PageState.UNTOUCHED ? zero : vm.readPhysical(gpn * PAGE_BYTES, PAGE_BYTES));
   }
   return hash.digest('hex');
 }

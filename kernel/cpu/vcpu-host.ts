@@ -1,0 +1,36 @@
+/**
+ * What a vCPU needs from the VM it runs in: the slow path of memory accesses (a TLB miss resolves
+ * a page, an MMIO access reaches a device), exits, stops, and the walker's access to guest page
+ * tables. Vm implements it; the vCPU depends on nothing else of the VM.
+ */
+import type { DecodeCache } from './decode-cache.ts';
+import type { FramePool } from '../memory/frame-pool.ts';
+import type { Mmu } from '../mmu/shadow.ts';
+import type { AccessKind, PhysicalPageTables } from '../mmu/sv32.ts';
+import type { Vcpu } from './vcpu.ts';
+
+/** @internal What a vCPU needs from its VM (Vm implements it; see the module comment). */
+export interface VcpuHost extends PhysicalPageTables {
+  /** 0 while the VM runs; the interpreter checks it after every exit. */
+  readonly stopCode: number;
+  readonly mmu: Mmu;
+  /** The host pool's typed views. */
+  readonly pool: FramePool;
+  readonly decodeCache: DecodeCache;
+  isRam(gpa: number): boolean;
+  isMmio(gpa: number): boolean;
+  mmioRead(vcpu: Vcpu, gpa: number): number;
+  mmioWrite(vcpu: Vcpu, gpa: number, value: number): boolean;
+  /** The frame for a RAM access (resolving absent pages and protections), or -1 after a trap or a stop. */
+  frameForAccess(vcpu: Vcpu, gpa: number, access: AccessKind, va: number): number;
+  markAccessed(gpn: number): void;
+  mayCacheRead(gpa: number): boolean;
+  mayCacheWrite(gpa: number, frame: number): boolean;
+  isTraced(gpa: number): boolean;
+  tracedWrite(gpa: number, oldWord: number, newWord: number): void;
+  noteCodeWrite(frame: number, pageOffset: number): boolean;
+  hypercall(vcpu: Vcpu): void;
+  guestError(vcpu: Vcpu, message: string): void;
+  unhandledTrap(vcpu: Vcpu, cause: number, tval: number): void;
+  readInstructionWordAt(vcpu: Vcpu, pc: number): number;
+}

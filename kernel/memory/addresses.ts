@@ -1,0 +1,35 @@
+/**
+ * The three address spaces, as types. A value carries the space it belongs to, so passing a
+ * guest-virtual address where a guest-physical one is expected fails to type-check.
+ *
+ * The brands are optional properties: a plain `number` is accepted everywhere (literals, values
+ * read from guest registers), but a `Gva` is not a `Gpa`, and neither is a `HostOffset`. Hot
+ * loops keep plain numbers; public API boundaries (GuestMemory, Vm, the services' entry points)
+ * name the space in the type.
+ */
+
+/** A guest-virtual address (what guest instructions use; translated by the guest's page tables). */
+export type Gva = number & {
+  /** Type-level brand only: never present at run time. */
+  readonly __addressSpace?: 'gva';
+};
+/** A guest-physical address (what the guest's page tables produce; translated by the P2M). */
+export type Gpa = number & {
+  /** Type-level brand only: never present at run time. */
+  readonly __addressSpace?: 'gpa';
+};
+/** A byte offset into the hypervisor's host pool (what a P2M entry's frame becomes). Kernel only. */
+export type HostOffset = number & {
+  /** Type-level brand only: never present at run time. */
+  readonly __addressSpace?: 'host';
+};
+
+/** Marks a number as a guest-physical address. */
+export function asGpa(value: number): Gpa {
+  return value as Gpa;
+}
+
+/** Marks a number as a guest-virtual address. */
+export function asGva(value: number): Gva {
+  return value as Gva;
+}

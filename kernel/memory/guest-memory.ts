@@ -1,0 +1,1225 @@
+/**
+ * GuestMemory: one VM's guest-physical memory, and the only way to reach it.
+ *
+ * It owns the VM's P2M (guest page → host frame, or why a page has no frame), the frames the VM
+ * holds in the hypervisor's pool, copy-on-write sharing (fork, content sharing), write epochs
+ * (live snapshots), the hypervisor's accessed marks, large-page runs, and the resolvers that
+ * services register for absent states and protection flags. Services and devices use its
+ * page-granular API (read/write/install/release/share/protect/move pages, iterate by state);
+ * no code outside kernel/ sees a P2M entry, a frame number or a host offset.
+ *
+ * The vCPU's fast path never comes here: it hits its TLB. A TLB miss resolves the page here
+ * (resolveFrame), and any change to a page's backing shoots down the TLB entries derived from it
+ * before it returns.
+ */
+import { PAGE_SIZE } from '../../guest-isa/arch.ts';
+import { KernelError } from '../errors.ts';
+import type { DecodeCache } from '../cpu/decode-cache.ts';
+import { FRAMES_PER_RUN } from './frame-pool.ts';
+import type { FramePool } from './frame-pool.ts';
+import type { ZeroedArena } from './zeroed-arena.ts';
+import type { Gpa, HostOffset } from './addresses.ts';
+import {
+  ABSENT_STATE_NAMES, AbsentState, P2M_FLAG_MASK, P2M_FRAME_MASK, P2M_MAX_PAYLOAD, P2M_PER_VM_FLAGS, P2M_PRESENT_BIT, P2M_READ_BLOCKING,
+  P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag, P2mGeneration, RESERVED_FLAGS, RESERVED_STATES, UNTOUCHED_ENTRY,
+} from './p2m.ts';
+import type { AbsentStateId } from './p2m.ts';
+
+/** Pages in a 4 MiB region. */
+export const REGION_PAGES = 1024;
+const REGION_UNKNOWN = -2;
+const REGION_NOT_LARGE = -1;
+
+/** A page's state as the API reports it: an absent state, or PRESENT. */
+export const PageState = {
+  ...AbsentState,
+  /** The page has a host frame (its own, or shared copy-on-write). */
+  PRESENT: 7,
+} as const;
+/** One of the PageState values. */
+export type PageStateId = (typeof PageState)[keyof typeof PageState];
+/** PageState names by value ('untouched', 'lazy', …, 'present'), for messages and stats. */
+export const PAGE_STATE_NAMES = [...ABSENT_STATE_NAMES, 'present'] as const;
+
+/** Access kinds, as the MMU numbers them (kernel/mmu/sv32.ts Access). */
+export const MemoryAccess = {
+  /** A load (or a host read). */
+  READ: 0,
+  /** A store. */
+  WRITE: 1,
+  /** An instruction fetch. */
+  EXEC: 2,
+} as const;
+/** One of the MemoryAccess values: what a resolver is told the guest was doing. */
+export type MemoryAccessKind = (typeof MemoryAccess)[keyof typeof MemoryAccess];
+
+/**
+ * Resolves an access to an absent page of `memory`: install a page (installPage, or leave it
+ * absent to refuse: the guest then takes a machine check). May throw: the VM stops with a host
+ * error naming it.
+ */
+export type AbsentResolver = (memory: GuestMemory, gpn: number, state: AbsentStateId, payload: number, access: MemoryAccessKind) => void;
+/** Resolves a write to a page carrying a protection flag: must clear that flag (unprotect). */
+export type ProtectionResolver = (memory: GuestMemory, gpn: number, flag: number) => void;
+/** Called with a page before the first write to it in a write epoch; `bytes` is its content now. */
+export type EpochWriteHook = (gpn: number, bytes: Uint8Array) => void;
+/**
+ * Called when a VM whose memory holds pages in a state with a payload is forked: the owner of the
+ * state sets the child up to resolve them (register its resolver on the child, share its file…)
+ * or throws to refuse the fork.
+ */
+export type ForkHook = (parent: GuestMemory, child: GuestMemory) => void;
+
+/**
+ * When a 4 MiB guest-physical region gets one aligned 4 MiB host run at its first touch (T-2):
+ * 'superpages' once the guest maps the region with a superpage, 'always', or 'off'.
+ */
+export type LargePagePolicy = 'off' | 'superpages' | 'always';
+
+/** Large-page counters of a VM's memory (GuestMemory.largePageStats). */
+export interface LargePageStats {
+  /** Regions backed by a whole host run at first touch. */
+  runsAllocated: number;
+  /** Regions moved onto a host run after the fact (promotion, T-3). */
+  regionsPromoted: number;
+  /** Host runs split into independent frames (T-4). */
+  regionsBrokenUp: number;
+}
+
+/** Counters of memory exits, per absent state and per protection flag. */
+export interface MemoryExitCounts {
+  /** Accesses to absent pages, by absent-state name (ABSENT_STATE_NAMES). */
+  absent: Record<string, number>;
+  /** Writes to protected pages, by flag name ('copy-on-write', 'checkpoint', 'parity', 'watch'). */
+  writeProtect: Record<string, number>;
+  /** Stores that hit a host frame holding decoded code. */
+  codeWrites: number;
+}
+
+/** @internal What guest memory needs from the VM around it (the vCPUs' TLBs, the MMU's traces). */
+export interface GuestMemoryHost {
+  /** The VM's name, for messages. */
+  readonly name: string;
+  /** Drops every vCPU's translations derived from these guest pages, before returning. */
+  shootdown(gpns: readonly number[]): void;
+  /** Drops every vCPU's write translations (between runs only). */
+  revokeWrites(): void;
+  /** The MMU traces this guest page (it holds a guest page table). */
+  isTracing(gpn: number): boolean;
+  /** Host code wrote a traced page: the MMU drops what derived from it. */
+  zapTracedPage(gpn: number): void;
+}
+
+/** @internal How a VM's guest memory is created (from its VmConfig). */
+export interface GuestMemoryOptions {
+  /** Guest RAM in bytes. */
+  memoryBytes: number;
+  /** Default 'superpages'. */
+  largePages?: LargePagePolicy;
+}
+
+/** Census of a VM's pages by state (for stats). */
+export interface PageCensus {
+  /** Pages with a host frame in this VM's view. */
+  present: number;
+  /** Present pages this VM shares with another VM or generation (copy-on-write). */
+  shared: number;
+  /**
+   * Absent pages by absent-state name ('untouched', 'lazy', 'swapped', …), and 'deferred' for
+   * pages of regions a lazy restore has not filled in yet.
+   */
+  absent: Record<string, number>;
+}
+
+const FLAG_NAMES: readonly [number, string][] = [
+  [P2mFlag.COPY_ON_WRITE, 'copy-on-write'],
+  [P2mFlag.TRACED, 'traced'],
+  [P2mFlag.CHECKPOINT, 'checkpoint'],
+  [P2mFlag.PARITY, 'parity'],
+  [P2mFlag.WATCH, 'watch'],
+];
+const PROTECTION_FLAGS = FLAG_NAMES.filter(([flag]) => (flag & P2M_RESOLVE_BEFORE_WRITE) !== 0);
+const SHAREABLE_FLAGS = P2M_FLAG_MASK & ~P2mFlag.COPY_ON_WRITE & ~P2mFlag.TRACED;
+/** Largest read through readPhysical in one call. */
+const MAX_RANGE = 256 * 1024 * 1024;
+
+/** What pageBytes returns for an untouched page (read only, like every page view). */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/** Thrown out of a resolver-less access to a reserved state: the VM stops with it. */
+export class ReservedStateError extends KernelError {}
+
+/**
+ * One VM's guest-physical memory (Vm.memory): the page-granular API that services and devices
+ * use to read, write, install, release, share, protect and move guest pages, to iterate them by
+ * state, and to register resolvers for absent states and protection flags.
+ *
+ * Pages are numbered by guest page number (`gpn` = gpa / 4096, RAM only); byte addresses are
+ * guest-physical (`Gpa`). Host frames and host offsets never cross this API. Every change to a
+ * page's backing drops the vCPUs' cached translations of it before the call returns, so a call
+ * made between runs or from an exit handler is seen by the guest's next access. See
+ * docs/architecture.md, "Guest memory: one API".
+ */
+export class GuestMemory {
+  /** Guest pages of RAM (memoryBytes / 4096): valid gpns are [0, pageCount). */
+  readonly pageCount: number;
+  /** Guest RAM in bytes. */
+  readonly memoryBytes: number;
+  /** The VM's large-page policy (VmConfig.largePages). */
+  readonly largePagePolicy: LargePagePolicy;
+  /** Large-page counters. */
+  readonly largePageStats: LargePageStats = { runsAllocated: 0, regionsPromoted: 0, regionsBrokenUp: 0 };
+  /** Memory exits so far (Vm.exits adds the routed ones). */
+  readonly exits: MemoryExitCounts = { absent: {}, writeProtect: {}, codeWrites: 0 };
+  /**
+   * Per guest page: set when a TLB entry is filled for it. These are the hypervisor's own
+   * accessed bits (like A bits in nested tables); read them here, clear them with clearAccessed().
+   */
+  get accessed(): Uint8Array {
+    return this.accessedMarks;
+  }
+  private accessedMarks: Uint8Array;
+  /** Copy-on-write faults resolved (a copy made or a last sharer's flag cleared). */
+  cowCopies = 0;
+  /** Pages present in this VM's view (own or read through a fork generation). */
+  presentPages = 0;
+
+  /** @internal The pool's typed views, for the interpreter and the walker. */
+  readonly pool: FramePool;
+  /** @internal */
+  readonly decodeCache: DecodeCache;
+  /** This VM's own entries; 0 reads through to `base` (see P2mGeneration). */
+  private entries: Int32Array;
+  private base: P2mGeneration | null = null;
+  /** Per 4 MiB region: first frame of the host run backing all of it, or a REGION_* marker. */
+  private readonly regionRun: Int32Array;
+  /** Per 4 MiB region: the guest has mapped it with a superpage. */
+  private readonly superpageSeen: Uint8Array;
+  private readonly absentResolvers = new Map<number, AbsentResolver>();
+  private readonly protectionResolvers = new Map<number, ProtectionResolver>();
+  private readonly forkHooks = new Map<number, ForkHook>();
+  /** Pages in each absent state other than untouched, in this VM's view. */
+  private readonly stateCounts = new Int32Array(8);
+  /** Pages carrying each per-VM flag (by bit index 24..29) in this VM's own entries. */
+  private readonly flagCounts = new Int32Array(6);
+  /** Snapshot write barrier (T-12): the current epoch and the epoch each page was claimed in. */
+  private epoch = 0;
+  private pageEpoch: Int32Array | null = null;
+  private epochHook: EpochWriteHook | null = null;
+  /** A lazy restore's deferred regions (deferRegions). */
+  private pendingRegions: Uint8Array | null = null;
+  private regionFiller: ((memory: GuestMemory, region: number) => void) | null = null;
+  /** No entry was ever changed (every page is untouched). */
+  private pristine = true;
+
+  /** @internal Created by its Vm. */
+  constructor(
+    options: GuestMemoryOptions,
+    pool: FramePool,
+    decodeCache: DecodeCache,
+    private readonly arena: ZeroedArena,
+    private readonly host: GuestMemoryHost,
+  ) {
+    this.memoryBytes = options.memoryBytes;
+    this.pageCount = options.memoryBytes / PAGE_SIZE;
+    this.pool = pool;
+    this.decodeCache = decodeCache;
+    this.largePagePolicy = options.largePages ?? 'superpages';
+    if (!['off', 'superpages', 'always'].includes(this.largePagePolicy)) {
+      throw new KernelError('BV_BAD_VM_CONFIG', `large-page policy must be off, superpages or always, got ${String(options.largePages)}`);
+    }
+    // Zero is "untouched": new typed arrays are zeroed by the allocator, so creating a VM of any
+    // size costs no pass over its pages.
+    this.entries = arena.int32(this.pageCount);
+    this.accessedMarks = arena.uint8(this.pageCount);
+    const regions = Math.ceil(this.pageCount / REGION_PAGES);
+    this.regionRun = new Int32Array(regions).fill(REGION_UNKNOWN);
+    this.superpageSeen = new Uint8Array(regions);
+    this.absentResolvers.set(AbsentState.UNTOUCHED, (memory, gpn) => memory.allocateOnFirstTouch(gpn));
+    this.protectionResolvers.set(P2mFlag.COPY_ON_WRITE, (memory, gpn) => memory.breakCopyOnWrite(gpn));
+  }
+
+  /** The VM's name, for messages. */
+  get name(): string {
+    return this.host.name;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Resolvers
+
+  /** Registers the resolver for an absent state (replaces the previous one). */
+  onAbsent(state: AbsentStateId, resolver: AbsentResolver): void {
+    this.absentResolvers.set(state, resolver);
+  }
+
+  /** Registers the resolver for writes to pages carrying a protection flag. */
+  onWriteProtected(flag: number, resolver: ProtectionResolver): void {
+    this.protectionResolvers.set(flag, resolver);
+  }
+
+  /** Registers what to do with pages in `state` when this VM is forked (see ForkHook). */
+  onFork(state: AbsentStateId, hook: ForkHook): void {
+    this.forkHooks.set(state, hook);
+  }
+
+  /** Whether a resolver is registered for an absent state. */
+  hasResolver(state: AbsentStateId): boolean {
+    return this.absentResolvers.has(state);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reading the map
+
+  /** A page's state: PageState.PRESENT or the absent state. */
+  stateOf(gpn: number): PageStateId {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    return entry > 0 ? PageState.PRESENT : P2mEntry.state(entry);
+  }
+
+  /** The payload of an absent page (block, slot, …); 0 for a present one. */
+  payloadOf(gpn: number): number {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    return entry > 0 ? 0 : P2mEntry.payload(entry);
+  }
+
+  /** The protection flags of a present page (P2mFlag bits); 0 for an absent one. */
+  flagsOf(gpn: number): number {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    return entry > 0 ? entry & P2M_FLAG_MASK : 0;
+  }
+
+  /** A present page whose frame no other VM or generation holds. */
+  isPrivate(gpn: number): boolean {
+    this.checkGpn(gpn);
+    const own = this.ownEntry(gpn);
+    return own > 0 && this.pool.refCount[own & P2M_FRAME_MASK] === 1;
+  }
+
+  /** Whether two present pages (of this or another VM) are backed by the same host frame. */
+  sameFrame(gpn: number, other: GuestMemory, otherGpn: number): boolean {
+    const a = this.viewEntry(this.checkGpn(gpn));
+    const b = other.viewEntry(other.checkGpn(otherGpn));
+    return a > 0 && b > 0 && (a & P2M_FRAME_MASK) === (b & P2M_FRAME_MASK);
+  }
+
+  /** A description of a page's P2M state, for messages. */
+  describe(gpn: number): string {
+    return P2mEntry.describe(this.viewEntry(this.checkGpn(gpn)));
+  }
+
+  /**
+   * @internal The raw P2M entry this VM sees for a page (tests and diagnostics). Fills a region a
+   * lazy restore deferred.
+   */
+  entryOf(gpn: number): number {
+    if (this.pendingRegions !== null) this.fillRegion(Math.floor(gpn / REGION_PAGES));
+    return this.viewEntry(gpn);
+  }
+
+  /** Calls fn for every page in `state` (PageState), in page order. */
+  forEachPage(state: PageStateId, fn: (gpn: number, payload: number) => void): void {
+    this.fillAllRegions();
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      const entry = this.viewEntry(gpn);
+      if (entry > 0) {
+        if (state === PageState.PRESENT) fn(gpn, 0);
+      } else if (state !== PageState.PRESENT && P2mEntry.state(entry) === state) {
+        fn(gpn, P2mEntry.payload(entry));
+      }
+    }
+  }
+
+  /** Pages in an absent state other than untouched, counted as they change (O(1)). */
+  countInState(state: AbsentStateId): number {
+    return state === AbsentState.UNTOUCHED ? this.pageCount - this.presentPages - this.stateCounts.reduce((a, b) => a + b, 0) : this.stateCounts[state]!;
+  }
+
+  /** Counts pages by state (a pass over the map; for stats). */
+  census(): PageCensus {
+    const absent: Record<string, number> = {};
+    let present = 0;
+    let shared = 0;
+    const pending = this.pendingRegions;
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      // A deferred region reads as what the restore will put there: not filled in by a census.
+      if (pending !== null && pending[Math.floor(gpn / REGION_PAGES)] === 1) {
+        absent.deferred = (absent.deferred ?? 0) + 1;
+        continue;
+      }
+      const entry = this.viewEntry(gpn);
+      if (entry > 0) {
+        present++;
+        if ((entry & P2mFlag.COPY_ON_WRITE) !== 0) shared++;
+      } else {
+        const name = ABSENT_STATE_NAMES[P2mEntry.state(entry)] ?? 'invalid';
+        absent[name] = (absent[name] ?? 0) + 1;
+      }
+    }
+    return { present, shared, absent };
+  }
+
+  /** Fork generations this VM reads through (0 for a VM never forked). */
+  get generationDepth(): number {
+    return this.base === null ? 0 : this.base.depth;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Page contents
+
+  /**
+   * A page's bytes as a view into host memory (no copy; resolves an absent page as a read
+   * would). Read only: writing through the view would bypass copy-on-write, traces and decoded
+   * code. Valid until the page's backing next changes.
+   */
+  pageBytes(gpn: number): Uint8Array {
+    if (this.isUntouched(this.checkGpn(gpn))) return ZERO_PAGE;
+    const hostOffset = this.hostOffsetForRead(this.checkGpn(gpn) * PAGE_SIZE);
+    if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `${this.name}: guest page ${gpn} is ${this.describe(gpn)} and cannot be read`);
+    return this.pool.u8.subarray(hostOffset, hostOffset + PAGE_SIZE);
+  }
+
+  /** A present page's bytes without resolving anything, or null when absent. */
+  presentPageBytes(gpn: number): Uint8Array | null {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    if (entry <= 0) return null;
+    const offset = (entry & P2M_FRAME_MASK) * PAGE_SIZE;
+    return this.pool.u8.subarray(offset, offset + PAGE_SIZE);
+  }
+
+  /** Whether a present page holds only zero bytes. */
+  isZeroPage(gpn: number): boolean {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    if (entry <= 0) return P2mEntry.state(entry) === AbsentState.UNTOUCHED;
+    const i32 = this.pool.i32;
+    const first = (entry & P2M_FRAME_MASK) * (PAGE_SIZE >>> 2);
+    for (let i = first; i < first + (PAGE_SIZE >>> 2); i++) if (i32[i] !== 0) return false;
+    return true;
+  }
+
+  /** Reads guest-physical RAM. Throws for addresses outside RAM or pages nobody can produce. */
+  readPhysical(gpa: Gpa, length: number): Uint8Array {
+    this.checkRange(gpa, length);
+    const out = new Uint8Array(length);
+    for (let done = 0; done < length; ) {
+      const at = gpa + done;
+      const chunk = Math.min(length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      // An untouched page reads as zeros: no frame is allocated just to be read.
+      if (!this.isUntouched(Math.floor(at / PAGE_SIZE))) {
+        const hostOffset = this.hostOffsetForRead(at);
+        if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not readable RAM of ${this.name}`);
+        out.set(this.pool.u8.subarray(hostOffset, hostOffset + chunk), done);
+      }
+      done += chunk;
+    }
+    return out;
+  }
+
+  /**
+   * Writes guest-physical RAM (loader, devices), through copy-on-write and epochs like a guest
+   * store. Decoded code in the written frames is dropped, so callers that run inside a vCPU exit
+   * (MMIO, hypercalls) return to the interpreter through a resync, as they do.
+   */
+  writePhysical(gpa: Gpa, bytes: Uint8Array): void {
+    this.checkRange(gpa, bytes.length);
+    for (let done = 0; done < bytes.length; ) {
+      const at = gpa + done;
+      const chunk = Math.min(bytes.length - done, PAGE_SIZE - (at % PAGE_SIZE));
+      const hostOffset = this.hostOffsetForWrite(at);
+      if (hostOffset < 0) throw new KernelError('BV_BAD_GPA', `guest-physical 0x${at.toString(16)} is not writable RAM of ${this.name}`);
+      const frame = Math.floor(hostOffset / PAGE_SIZE);
+      if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame);
+      if (this.isTraced(at)) this.host.zapTracedPage(Math.floor(at / PAGE_SIZE));
+      this.pool.u8.set(bytes.subarray(done, done + chunk), hostOffset);
+      done += chunk;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Changing pages
+
+  /**
+   * Makes a page present on a fresh frame holding `source` (PAGE_SIZE bytes, or a function that
+   * fills the frame's bytes in place). Whatever the page held before is released.
+   */
+  installPage(gpn: number, source: Uint8Array | ((frameBytes: Uint8Array) => void)): void {
+    this.checkGpn(gpn);
+    if (source instanceof Uint8Array && source.length !== PAGE_SIZE) throw new KernelError('BV_BAD_PAGE', `${this.name}: a page is ${PAGE_SIZE} bytes, got ${source.length}`);
+    const frame = this.pool.allocFrame();
+    const view = this.pool.u8.subarray(frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE);
+    try {
+      if (typeof source === 'function') source(view);
+      else view.set(source);
+    } catch (error) {
+      this.pool.u8.fill(0, frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE); // free frames hold zeros
+      this.pool.release(frame);
+      throw error;
+    }
+    this.setEntry(gpn, P2mEntry.present(frame));
+    this.contentsReplaced(gpn);
+  }
+
+  /**
+   * Makes several pages present at once on fresh frames filled in place: `fill` gets `count`
+   * contiguous zeroed frames as one view (count × PAGE_SIZE bytes) and fills them, e.g. with a
+   * block read straight from a file (no staging buffer to allocate and fault in, no copy); then
+   * each `gpns[i]` with `install[i]` non-zero becomes present on frame i, as installPage would make
+   * it, and the other frames go back to the pool. If `fill` throws, nothing changes. Returns
+   * false, changing nothing and without calling `fill`, when the pool has no such contiguous run
+   * or `count` is not 1..1024 (the caller fills a buffer and uses installPage).
+   */
+  installPagesInPlace(gpns: ArrayLike<number>, install: ArrayLike<number>, count: number, fill: (frames: Uint8Array) => void): boolean {
+    for (let i = 0; i < count; i++) if (install[i] !== 0) this.checkGpn(gpns[i]!);
+    if (count < 1 || count > FRAMES_PER_RUN) return false; // a contiguous run lies inside one 4 MiB chunk
+    const first = this.pool.allocContiguous(count);
+    if (first < 0) return false;
+    try {
+      fill(this.pool.u8.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE));
+    } catch (error) {
+      for (let i = 0; i < count; i++) this.pool.release(first + i); // released frames read as zero again
+      throw error;
+    }
+    for (let i = 0; i < count; i++) {
+      if (install[i] === 0) {
+        this.pool.release(first + i);
+        continue;
+      }
+      this.setEntry(gpns[i]!, P2mEntry.present(first + i));
+      this.contentsReplaced(gpns[i]!);
+    }
+    return true;
+  }
+
+  /**
+   * Makes `count` pages present on contiguous fresh frames mapped privately from a file (reads
+   * come from the page cache with no copy; writes stay private). Returns false, changing nothing,
+   * when the pool has no such contiguous range (the caller copies instead).
+   */
+  mapFilePages(gpns: ArrayLike<number>, start: number, count: number, path: string, fileOffset: number): boolean {
+    for (let i = 0; i < count; i++) this.checkGpn(gpns[start + i]!);
+    const first = this.pool.allocContiguous(count);
+    if (first < 0) return false;
+    try {
+      this.pool.mapFile(first, count, path, fileOffset);
+    } catch (error) {
+      for (let i = 0; i < count; i++) this.pool.release(first + i);
+      throw error;
+    }
+    for (let i = 0; i < count; i++) this.setEntry(gpns[start + i]!, P2mEntry.present(first + i));
+    return true;
+  }
+
+  /** Whether the host pool can map files privately (map-mode restore). */
+  get canMapFiles(): boolean {
+    const memory = this.pool.memory as { mapFilePrivate?: unknown; kind?: unknown };
+    return typeof memory.mapFilePrivate === 'function' && (memory.kind === undefined || memory.kind === 'anonymous');
+  }
+
+  /**
+   * Makes a page absent in `state` with `payload`: its frame reference is dropped (the frame goes
+   * back to the OS when nobody else holds it) and its translations are shot down.
+   */
+  releasePage(gpn: number, state: AbsentStateId = AbsentState.UNTOUCHED, payload = 0): void {
+    this.checkGpn(gpn);
+    this.checkAbsentState(state);
+    if (!Number.isInteger(payload) || payload < 0 || payload > P2M_MAX_PAYLOAD) throw new KernelError('BV_BAD_P2M', `${this.name}: payload ${payload} does not fit a P2M entry`);
+    this.setEntry(gpn, P2mEntry.absent(state, payload));
+    this.contentsReplaced(gpn);
+  }
+
+  /**
+   * Shares this VM's page `gpn` into `target` at `targetGpn` (same or another VM of this pool):
+   * both map one frame copy-on-write, and a write on either side gets a private copy.
+   */
+  sharePage(gpn: number, target: GuestMemory, targetGpn: number): void {
+    if (target.pool !== this.pool) throw new KernelError('BV_BAD_SHARE', `${this.name}: cannot share a page with a VM of another hypervisor`);
+    this.checkGpn(gpn);
+    target.checkGpn(targetGpn);
+    const source = this.materialize(gpn);
+    if (source <= 0) throw new KernelError('BV_BAD_SHARE', `${this.name}: guest page ${gpn} is ${P2mEntry.describe(source)}; only a present page can be shared`);
+    const frame = source & P2M_FRAME_MASK;
+    if (target === this && targetGpn === gpn) return;
+    if ((source & P2mFlag.COPY_ON_WRITE) === 0) this.protectPage(gpn, P2mFlag.COPY_ON_WRITE);
+    // Already mapped there: setEntry keeps a same-frame reference, so a second one would leak.
+    if (target.sameFrame(targetGpn, this, gpn)) return;
+    this.pool.retain(frame);
+    target.setEntry(targetGpn, P2mEntry.present(frame, P2mFlag.COPY_ON_WRITE));
+    target.contentsReplaced(targetGpn);
+  }
+
+  /**
+   * Moves a page's frame into another VM (cooperative reallocation, T-5): `target`'s page
+   * `targetGpn` becomes present on it without a copy, and this page becomes absent in `leaveAs`.
+   * The page must be private to this VM.
+   */
+  moveFrame(gpn: number, target: GuestMemory, targetGpn: number, leaveAs: AbsentStateId = AbsentState.UNTOUCHED): void {
+    if (target.pool !== this.pool) throw new KernelError('BV_BAD_MOVE', `${this.name}: cannot move a frame to a VM of another hypervisor`);
+    this.checkGpn(gpn);
+    target.checkGpn(targetGpn);
+    this.checkAbsentState(leaveAs);
+    const own = this.materialize(gpn);
+    if (own <= 0 || this.pool.refCount[own & P2M_FRAME_MASK] !== 1) throw new KernelError('BV_BAD_MOVE', `${this.name}: guest page ${gpn} is ${P2mEntry.describe(own)}; only a private present page can move`);
+    const frame = own & P2M_FRAME_MASK;
+    this.pool.retain(frame); // held across the hand-over
+    this.setEntry(gpn, P2mEntry.absent(leaveAs));
+    this.contentsReplaced(gpn);
+    if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame); // the code belonged to this VM's view
+    target.setEntry(targetGpn, P2mEntry.present(frame));
+    target.contentsReplaced(targetGpn);
+  }
+
+  /** Adds protection flags to a present page and shoots down its translations. */
+  protect(gpn: number, flags: number): void {
+    this.checkGpn(gpn);
+    this.checkFlags(flags);
+    if (this.viewEntry(gpn) <= 0) throw new KernelError('BV_BAD_FLAGS', `${this.name}: guest page ${gpn} is ${this.describe(gpn)}; only a present page can be protected`);
+    this.protectPage(gpn, flags);
+  }
+
+  /** Clears protection flags from a present page. */
+  unprotect(gpn: number, flags: number): void {
+    this.checkGpn(gpn);
+    this.checkFlags(flags);
+    if ((flags & P2mFlag.COPY_ON_WRITE) !== 0) {
+      // Clearing it on a shared frame would let this VM's writes show in the other sharers.
+      const own = this.materialize(gpn);
+      if (own > 0 && (own & P2mFlag.COPY_ON_WRITE) !== 0 && this.pool.refCount[own & P2M_FRAME_MASK]! > 1) {
+        throw new KernelError('BV_BAD_FLAGS', `${this.name}: guest page ${gpn} shares its frame; copy-on-write ends with a write (a private copy), not with unprotect`);
+      }
+    }
+    this.unprotectPage(gpn, flags);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Accessed marks (T-3, T-4, sampling)
+
+  /** @internal Marks a guest page accessed (the interpreter calls this when it fills a TLB entry). */
+  markAccessed(gpn: number): void {
+    this.accessed[gpn] = 1;
+  }
+
+  /**
+   * Clears the accessed marks of a range and shoots down the TLB entries for it, so that the next
+   * access to each page is seen again (tracking periods).
+   */
+  clearAccessed(firstGpn: number, count: number): void {
+    if (!Number.isInteger(firstGpn) || !Number.isInteger(count) || firstGpn < 0 || count < 0 || firstGpn + count > this.pageCount) {
+      throw new KernelError('BV_BAD_GPN', `${this.name}: pages ${firstGpn}+${count} are outside RAM`);
+    }
+    this.accessed.fill(0, firstGpn, firstGpn + count);
+    const gpns: number[] = [];
+    for (let gpn = firstGpn; gpn < firstGpn + count; gpn++) gpns.push(gpn);
+    this.host.shootdown(gpns);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Write epochs (T-12)
+
+  /**
+   * Starts a write epoch: from now on the first write to each page calls `hook` with the page's
+   * current bytes before the write lands, unless the page was claimed first (claimPage). Costs
+   * the revocation of the vCPUs' write translations, not a pass over guest memory. Between runs
+   * only.
+   */
+  beginWriteEpoch(hook: EpochWriteHook): number {
+    if (this.epochHook !== null) throw new KernelError('BV_EPOCH_ACTIVE', `${this.name}: a snapshot epoch is already running`);
+    this.pageEpoch ??= this.arena.int32(this.pageCount);
+    this.epoch++;
+    this.epochHook = hook;
+    this.host.revokeWrites();
+    return this.epoch;
+  }
+
+  /**
+   * Claims a page for the running epoch before any guest write: returns true if the caller is
+   * first (it may now save the page's current contents), false if a write already claimed it.
+   */
+  claimPage(gpn: number): boolean {
+    if (this.epochHook === null || this.pageEpoch![gpn] === this.epoch) return false;
+    this.pageEpoch![gpn] = this.epoch;
+    return true;
+  }
+
+  /** Ends the running write epoch: writes no longer call the hook. */
+  endWriteEpoch(): void {
+    this.epochHook = null;
+  }
+
+  /** Whether a write epoch is running (beginWriteEpoch, not yet ended). */
+  get writeEpochActive(): boolean {
+    return this.epochHook !== null;
+  }
+
+  private claimForWrite(gpn: number, frame: number): void {
+    if (this.pageEpoch![gpn] === this.epoch) return;
+    this.pageEpoch![gpn] = this.epoch;
+    this.epochHook!(gpn, this.pool.u8.subarray(frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Deferred regions (lazy restore, T-11)
+
+  /**
+   * Defers filling in the P2M region by region (a lazy restore of a large VM starts in
+   * O(regions), not O(pages)). Every region is pending until something first needs one of its
+   * pages; then `filler` installs its entries (installAbsentRange) and the access proceeds. The
+   * VM's pages must all be untouched when this is called.
+   */
+  deferRegions(filler: (memory: GuestMemory, region: number) => void): void {
+    // A flag, not a scan: the check must not cost O(pages).
+    if (!this.pristine) throw new KernelError('BV_BAD_P2M', `${this.name}: deferRegions needs a VM whose memory was never changed`);
+    this.pendingRegions = new Uint8Array(this.regionRun.length).fill(1);
+    this.regionFiller = filler;
+    this.pristine = false;
+  }
+
+  /** Fills a pending region's entries now (no-op when not pending). */
+  fillRegion(region: number): void {
+    const pending = this.pendingRegions;
+    if (pending === null || pending[region] !== 1) return;
+    pending[region] = 0;
+    this.regionFiller!(this, region);
+  }
+
+  /** Fills every pending region (before a fork, a save, a scan). */
+  fillAllRegions(): void {
+    if (this.pendingRegions === null) return;
+    for (let region = 0; region < this.pendingRegions.length; region++) this.fillRegion(region);
+    this.pendingRegions = null;
+    this.regionFiller = null;
+  }
+
+  /** Regions still pending (deferRegions). */
+  get pendingRegionCount(): number {
+    return this.pendingRegions === null ? 0 : this.pendingRegions.reduce((sum, flag) => sum + flag, 0);
+  }
+
+  /**
+   * Puts pages from `firstGpn` into absent states (a region filler's job, or a lazy restore's
+   * map of which block holds each page): `states[i]`/`payloads[i]` per page, where state
+   * UNTOUCHED leaves the page as it is. Every page changed must be untouched, so no translation
+   * can exist to shoot down.
+   */
+  installAbsentRange(firstGpn: number, states: Uint8Array, payloads: Int32Array): void {
+    if (states.length !== payloads.length || firstGpn < 0 || firstGpn + states.length > this.pageCount) {
+      throw new KernelError('BV_BAD_P2M', `${this.name}: range ${firstGpn}+${states.length} is outside RAM`);
+    }
+    const entries = this.entries;
+    this.pristine = false;
+    for (let i = 0; i < states.length; i++) {
+      const state = states[i]! as AbsentStateId;
+      if (state === AbsentState.UNTOUCHED) continue;
+      const gpn = firstGpn + i;
+      if (state > AbsentState.REMOTE || this.viewEntry(gpn) !== 0 || this.base !== null) {
+        throw new KernelError('BV_BAD_P2M', `${this.name}: installAbsentRange on guest page ${gpn}: state ${state} over ${this.describe(gpn)}`);
+      }
+      entries[gpn] = P2mEntry.absent(state, payloads[i]!);
+      this.stateCounts[state]!++;
+    }
+    this.regionRun[Math.floor(firstGpn / REGION_PAGES)] = REGION_UNKNOWN;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Large pages (T-2, T-3, T-4)
+
+  /**
+   * @internal First host frame of the aligned 4 MiB run that backs every page of a guest region
+   * (present, contiguous, readable without exits), or -1.
+   */
+  regionRunFrame(region: number): number {
+    const cached = this.regionRun[region];
+    if (cached === undefined) return REGION_NOT_LARGE;
+    if (cached !== REGION_UNKNOWN) return cached;
+    const first = region * REGION_PAGES;
+    let result = REGION_NOT_LARGE;
+    if (first + REGION_PAGES <= this.pageCount) {
+      const head = this.viewEntry(first);
+      const runFrame = head & P2M_FRAME_MASK;
+      if (head > 0 && runFrame % FRAMES_PER_RUN === 0) {
+        result = runFrame;
+        for (let i = 0; i < REGION_PAGES; i++) {
+          const entry = this.viewEntry(first + i);
+          if (entry <= 0 || (entry & P2M_FRAME_MASK) !== runFrame + i || (entry & P2M_READ_BLOCKING) !== 0) {
+            result = REGION_NOT_LARGE;
+            break;
+          }
+        }
+      }
+    }
+    this.regionRun[region] = result;
+    return result;
+  }
+
+  /** Whether a 4 MiB guest region is backed by one aligned host run (a large mapping is possible). */
+  regionIsLarge(region: number): boolean {
+    return this.regionRunFrame(region) >= 0;
+  }
+
+  /** Number of 4 MiB regions wholly inside RAM. */
+  get regionCount(): number {
+    return Math.floor(this.pageCount / REGION_PAGES);
+  }
+
+  /** @internal The guest mapped a superpage over a guest-physical region (walk result). */
+  noteSuperpage(gpaBase: number): void {
+    const region = Math.floor(gpaBase / (REGION_PAGES * PAGE_SIZE));
+    if (region < this.superpageSeen.length) this.superpageSeen[region] = 1;
+  }
+
+  /** Whether the guest maps a region with a superpage (as seen by walks). */
+  superpageMapped(region: number): boolean {
+    return this.superpageSeen[region] === 1;
+  }
+
+  /**
+   * Moves a region onto a fresh aligned host run (T-3 promotion): present pages are copied,
+   * untouched ones become zero pages of the run. Refused (false) when no run is free or a page
+   * is in a state that cannot move (absent for another reason, shared copy-on-write, watched).
+   */
+  promoteRegion(region: number): boolean {
+    this.fillRegion(region);
+    const first = region * REGION_PAGES;
+    if (region < 0 || first + REGION_PAGES > this.pageCount || this.regionRunFrame(region) >= 0) return false;
+    for (let i = 0; i < REGION_PAGES; i++) {
+      const entry = this.viewEntry(first + i);
+      if (entry <= 0 ? P2mEntry.state(entry) !== AbsentState.UNTOUCHED : (entry & (P2mFlag.COPY_ON_WRITE | P2mFlag.WATCH)) !== 0) return false;
+    }
+    const runFrame = this.pool.allocRun();
+    if (runFrame < 0) return false;
+    const u8 = this.pool.u8;
+    const gpns: number[] = [];
+    const newEntries: number[] = [];
+    for (let i = 0; i < REGION_PAGES; i++) {
+      const entry = this.viewEntry(first + i);
+      if (entry > 0) {
+        const from = (entry & P2M_FRAME_MASK) * PAGE_SIZE;
+        u8.copyWithin((runFrame + i) * PAGE_SIZE, from, from + PAGE_SIZE);
+      }
+      gpns.push(first + i);
+      newEntries.push(P2mEntry.present(runFrame + i, entry > 0 ? entry & (P2mFlag.TRACED | P2mFlag.CHECKPOINT | P2mFlag.PARITY) : 0));
+    }
+    this.replaceEntries(gpns, newEntries);
+    this.largePageStats.regionsPromoted++;
+    return true;
+  }
+
+  /**
+   * Splits a run-backed region into independent frames (T-4): the frames stay where they are,
+   * but from now on each can be reclaimed on its own. Returns false if the region is not large.
+   */
+  breakUpRegion(region: number): boolean {
+    if (this.regionRunFrame(region) < 0) return false;
+    this.regionRun[region] = REGION_NOT_LARGE;
+    this.largePageStats.regionsBrokenUp++;
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Fork (T-13)
+
+  /**
+   * @internal Use Hypervisor.forkVm. Makes `child` (a new VM of the same size in this pool,
+   * never touched) see exactly this memory, copy-on-write, in O(1) of memory size: this VM's entries become a shared generation
+   * that both read through (P2mGeneration), and the first write to a page on either side takes
+   * it over or copies it. States with a payload are handed to their owner's fork hook; one
+   * without a hook refuses the fork. Between runs only.
+   */
+  forkInto(child: GuestMemory): void {
+    if (child.pageCount !== this.pageCount || child.pool !== this.pool) throw new KernelError('BV_FORK', 'fork: the child must be a VM of the same size in the same hypervisor');
+    if (!child.pristine) throw new KernelError('BV_FORK', `fork: ${child.name} has memory of its own already`);
+    if (this.epochHook !== null) throw new KernelError('BV_FORK', `fork: ${this.name} is in a snapshot epoch; finish the snapshot first`);
+    this.fillAllRegions();
+    for (let state: number = AbsentState.LAZY; state <= AbsentState.REMOTE; state++) {
+      if (this.stateCounts[state] === 0 || (state === AbsentState.BALLOONED || state === AbsentState.POISONED)) continue;
+      if (!this.forkHooks.has(state)) {
+        throw new KernelError('BV_FORK', `fork: ${this.stateCounts[state]} pages of ${this.name} are ${ABSENT_STATE_NAMES[state]} and their owner cannot share them with a child; bring them in first`);
+      }
+    }
+    for (const [state, hook] of this.forkHooks) if (this.stateCounts[state]! > 0) hook(this, child);
+    // Per-VM flags stay with this VM. Traces need nothing: a view asks its own MMU (viewEntry).
+    // Policies' protections are re-applied above the new generation after a scan, which only
+    // VMs using those policies pay.
+    const otherFlags = this.flagCounts[2]! + this.flagCounts[3]! + this.flagCounts[4]!; // CHECKPOINT, PARITY, WATCH
+    const flagged: number[] = [];
+    const flaggedEntries: number[] = [];
+    if (otherFlags > 0) {
+      for (let gpn = 0; gpn < this.pageCount; gpn++) {
+        const own = this.entries[gpn]!;
+        if (own > 0 && (own & (P2M_PER_VM_FLAGS & ~P2mFlag.TRACED)) !== 0) {
+          flagged.push(gpn);
+          flaggedEntries.push(own & (P2M_PER_VM_FLAGS & ~P2mFlag.TRACED));
+        }
+      }
+    }
+    const generation = new P2mGeneration(this.entries, this.base, this.arena, (frame) => this.releaseFrame(frame), (frame) => this.pool.retain(frame));
+    this.entries = this.arena.int32(this.pageCount);
+    this.base = generation;
+    this.flagCounts.fill(0);
+    child.base = generation; // its own entries are new and all zero: everything reads through
+    child.pristine = false;
+    child.presentPages = this.presentPages;
+    child.stateCounts.set(this.stateCounts);
+    this.regionRun.fill(REGION_UNKNOWN);
+    child.superpageSeen.set(this.superpageSeen);
+    for (let i = 0; i < flagged.length; i++) this.protectPage(flagged[i]!, flaggedEntries[i]!);
+    // Writes must now fault on both sides: the parent's write translations go (reads stay valid:
+    // the frames have not moved); the child has none yet.
+    this.host.revokeWrites();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reset and destroy
+
+  /** @internal Use Vm.reset. Every page back to untouched (absent ones too); nothing deferred, nothing inherited. */
+  clear(): void {
+    const base = this.base;
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      const own = this.entries[gpn]!;
+      if (own > 0) this.releaseFrame(own & P2M_FRAME_MASK);
+      else if (own === 0 && base !== null) base.drop(gpn);
+    }
+    this.entries.fill(0);
+    this.base = null;
+    base?.detachView();
+    this.presentPages = 0;
+    this.stateCounts.fill(0);
+    this.flagCounts.fill(0);
+    this.pendingRegions = null;
+    this.regionFiller = null;
+    this.accessed.fill(0);
+    this.regionRun.fill(REGION_UNKNOWN);
+    this.superpageSeen.fill(0);
+    this.epochHook = null;
+  }
+
+  /** @internal Releases every frame and gives the per-page arrays back (Hypervisor.destroyVm). */
+  dispose(): void {
+    this.clear();
+    this.arena.release(this.entries);
+    this.arena.release(this.accessedMarks);
+    if (this.pageEpoch !== null) this.arena.release(this.pageEpoch);
+    // Views into released slices must not alias the next VM's arrays.
+    this.entries = new Int32Array(0);
+    this.accessedMarks = new Uint8Array(0);
+    this.pageEpoch = null;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Kernel-internal access paths (the vCPU's slow path, the walker, the MMU)
+
+  /** @internal Whether a guest-physical address is RAM. */
+  isRam(gpa: number): boolean {
+    return gpa >= 0 && gpa < this.memoryBytes;
+  }
+
+  /**
+   * @internal The frame for a RAM access, resolving absent states (and, for writes, protections
+   * and the write epoch). -1 when the page could not be produced (the caller traps).
+   */
+  resolveFrame(gpn: number, access: MemoryAccessKind): number {
+    let entry = this.viewEntry(gpn);
+    if (entry <= 0) {
+      entry = this.resolveAbsent(gpn, entry, access);
+      if (entry <= 0) return -1;
+    }
+    if (access === MemoryAccess.WRITE) {
+      if ((entry & P2M_RESOLVE_BEFORE_WRITE) !== 0) entry = this.resolveWriteProtect(gpn, entry);
+      if (this.epochHook !== null) this.claimForWrite(gpn, entry & P2M_FRAME_MASK);
+    }
+    return entry & P2M_FRAME_MASK;
+  }
+
+  /** @internal */
+  hostOffsetForRead(gpa: number): HostOffset {
+    if (!this.isRam(gpa)) return -1;
+    const frame = this.resolveFrame(Math.floor(gpa / PAGE_SIZE), MemoryAccess.READ);
+    return frame < 0 ? -1 : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+  }
+
+  /** @internal */
+  hostOffsetForWrite(gpa: number): HostOffset {
+    if (!this.isRam(gpa)) return -1;
+    const frame = this.resolveFrame(Math.floor(gpa / PAGE_SIZE), MemoryAccess.WRITE);
+    return frame < 0 ? -1 : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+  }
+
+  /** @internal Host offset of a RAM address whose page is present, or -1 (no exits taken). */
+  hostOffsetIfPresent(gpa: number): HostOffset {
+    if (!this.isRam(gpa)) return -1;
+    const entry = this.viewEntry(Math.floor(gpa / PAGE_SIZE));
+    return entry <= 0 ? -1 : (entry & P2M_FRAME_MASK) * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+  }
+
+  /** @internal Whether a read translation to gpa may be cached in a TLB. */
+  mayCacheRead(gpa: number): boolean {
+    return (this.viewEntry(Math.floor(gpa / PAGE_SIZE)) & P2M_READ_BLOCKING) === 0;
+  }
+
+  /** @internal Whether a write translation may be cached: no protection flag and no decoded code. */
+  mayCacheWrite(gpa: number, frame: number): boolean {
+    const gpn = Math.floor(gpa / PAGE_SIZE);
+    const entry = this.viewEntry(gpn);
+    if (entry <= 0 || (entry & P2M_WRITE_BLOCKING) !== 0 || this.decodeCache.isDecoded(frame)) return false;
+    // During a snapshot epoch a page may be written directly only once it has been claimed.
+    return this.epochHook === null || this.pageEpoch![gpn] === this.epoch;
+  }
+
+  /** @internal Whether a guest page holds a traced guest page table (writes must be reported). */
+  isTraced(gpa: number): boolean {
+    const entry = this.viewEntry(Math.floor(gpa / PAGE_SIZE));
+    return entry > 0 && (entry & P2mFlag.TRACED) !== 0;
+  }
+
+  /** @internal Adds flags to a present page (the MMU's traces use it directly). */
+  protectPage(gpn: number, flags: number): void {
+    const view = this.viewEntry(gpn);
+    if (view <= 0 || (view & flags) === flags) return;
+    const own = this.materialize(gpn);
+    this.pristine = false;
+    this.entries[gpn] = own | flags;
+    this.countFlags(own, own | flags);
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+    this.host.shootdown([gpn]);
+  }
+
+  /** @internal Clears flags from a present page. */
+  unprotectPage(gpn: number, flags: number): void {
+    const view = this.viewEntry(gpn);
+    if (view <= 0 || (view & flags) === 0) return;
+    const own = this.materialize(gpn);
+    this.entries[gpn] = own & ~flags;
+    this.countFlags(own, own & ~flags);
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Entries
+
+  /** What this VM sees for gpn: its own entry, or the generation's with copy-on-write. */
+  private viewEntry(gpn: number): number {
+    const own = this.entries[gpn]!;
+    if (own !== 0 || this.base === null) return own;
+    const inherited = this.base.lookup(gpn);
+    if (inherited <= 0) return inherited;
+    // Flags of the VM that wrote the generation (its traces, its policies) are not ours; our own
+    // MMU's traces are (asking it keeps fork from re-materialising every traced page table).
+    return (inherited & ~P2M_PER_VM_FLAGS) | P2mFlag.COPY_ON_WRITE | (this.host.isTracing(gpn) ? P2mFlag.TRACED : 0);
+  }
+
+  /** Whether a page is untouched (a deferred region is filled in first). */
+  private isUntouched(gpn: number): boolean {
+    if (this.pendingRegions !== null) this.fillRegion(Math.floor(gpn / REGION_PAGES));
+    const entry = this.viewEntry(gpn);
+    return entry === 0 || entry === UNTOUCHED_ENTRY;
+  }
+
+  /** This VM's own entry (0 only when untouched and nothing is inherited). */
+  private ownEntry(gpn: number): number {
+    return this.entries[gpn] !== 0 || this.base === null ? this.entries[gpn]! : 0;
+  }
+
+  /**
+   * Makes gpn's entry this VM's own (taking it over from the generation, with a frame
+   * reference, if it was inherited) and returns it. The page's contents do not change.
+   */
+  private materialize(gpn: number): number {
+    const own = this.entries[gpn]!;
+    if (own !== 0 || this.base === null) return own;
+    let taken = this.base.take(gpn);
+    if (taken > 0) {
+      taken = (taken & ~P2M_PER_VM_FLAGS) | P2mFlag.COPY_ON_WRITE | (this.host.isTracing(gpn) ? P2mFlag.TRACED : 0);
+      this.countFlags(0, taken);
+    } else if (taken === 0) {
+      taken = UNTOUCHED_ENTRY; // explicit: must not read through again
+    }
+    this.entries[gpn] = taken;
+    return taken;
+  }
+
+  /**
+   * Replaces a page's entry, dropping the reference to the old frame if it was present, and
+   * shoots down every vCPU's TLB entries derived from the page before returning.
+   */
+  private setEntry(gpn: number, entry: number): void {
+    // TRACED belongs to the MMU: a page it traces keeps the flag whatever frame backs it.
+    if (entry > 0 && this.host.isTracing(gpn)) entry |= P2mFlag.TRACED;
+    // Untouched is 0 where nothing is inherited (so large-page and lazy-restore checks see it).
+    if (entry === UNTOUCHED_ENTRY && this.base === null) entry = 0;
+    this.pristine = false;
+    const old = this.viewEntry(gpn);
+    const ownOld = this.entries[gpn]!;
+    const inherited = ownOld === 0 && this.base !== null;
+    if (entry === 0 && this.base !== null) entry = UNTOUCHED_ENTRY;
+    this.entries[gpn] = entry;
+    this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+    this.countState(old, entry);
+    this.countFlags(inherited ? 0 : ownOld, entry);
+    // Only translations that could now be wrong need to go, and they go before the old frame
+    // can be freed.
+    if (old > 0 && old !== entry) this.host.shootdown([gpn]);
+    if (inherited) this.base!.drop(gpn);
+    else if (ownOld > 0 && ((ownOld & P2M_FRAME_MASK) !== (entry & P2M_FRAME_MASK) || entry <= 0)) this.releaseFrame(ownOld & P2M_FRAME_MASK);
+  }
+
+  /**
+   * Replaces many entries at once with a single shootdown (region moves). The frames the old
+   * entries held are released after every vCPU has dropped its translations.
+   */
+  private replaceEntries(gpns: readonly number[], entries: readonly number[]): void {
+    this.pristine = false;
+    const released: number[] = [];
+    const changed: number[] = [];
+    for (let i = 0; i < gpns.length; i++) {
+      const gpn = gpns[i]!;
+      const old = this.viewEntry(gpn);
+      const ownOld = this.materialize(gpn);
+      let entry = entries[i]!;
+      if (entry > 0 && this.host.isTracing(gpn)) entry |= P2mFlag.TRACED;
+      this.entries[gpn] = entry;
+      this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+      this.countState(old, entry);
+      this.countFlags(ownOld, entry);
+      if (old > 0 && old !== entry) changed.push(gpn);
+      if (ownOld > 0 && ((ownOld & P2M_FRAME_MASK) !== (entry & P2M_FRAME_MASK) || entry <= 0)) released.push(ownOld & P2M_FRAME_MASK);
+    }
+    if (changed.length > 0) this.host.shootdown(changed);
+    for (const frame of released) this.releaseFrame(frame);
+  }
+
+  private countState(old: number, entry: number): void {
+    if (old > 0) this.presentPages--;
+    else if (old < 0) this.stateCounts[P2mEntry.state(old)]!--;
+    if (entry > 0) this.presentPages++;
+    else if (entry < 0) this.stateCounts[P2mEntry.state(entry)]!++;
+    this.stateCounts[AbsentState.UNTOUCHED] = 0; // counted by difference (countInState)
+  }
+
+  private countFlags(old: number, entry: number): void {
+    const before = old > 0 ? old & P2M_FLAG_MASK : 0;
+    const after = entry > 0 ? entry & P2M_FLAG_MASK : 0;
+    if (before === after) return;
+    for (let bit = 0; bit < 6; bit++) {
+      const mask = 1 << (24 + bit);
+      if ((before & mask) !== 0) this.flagCounts[bit]!--;
+      if ((after & mask) !== 0) this.flagCounts[bit]!++;
+    }
+  }
+
+  private resolveAbsent(gpn: number, entry: number, access: MemoryAccessKind): number {
+    if (this.pendingRegions !== null && entry === 0) {
+      this.fillRegion(Math.floor(gpn / REGION_PAGES)); // a deferred region: its entries first
+      entry = this.viewEntry(gpn);
+      if (entry > 0) return entry;
+    }
+    const state = P2mEntry.state(entry);
+    const name = ABSENT_STATE_NAMES[state] ?? 'invalid';
+    this.exits.absent[name] = (this.exits.absent[name] ?? 0) + 1;
+    const resolver = this.absentResolvers.get(state);
+    if (!resolver) {
+      const reserved = RESERVED_STATES.includes(state) ? ' (a reserved state: no resolver for it is built yet)' : '';
+      throw new ReservedStateError('BV_NO_RESOLVER', `${this.name}: guest page ${gpn} is '${name}' and no resolver is registered for that state${reserved}`);
+    }
+    resolver(this, gpn, state, P2mEntry.payload(entry), access);
+    return this.viewEntry(gpn);
+  }
+
+  private resolveWriteProtect(gpn: number, entry: number): number {
+    for (const [flag, name] of PROTECTION_FLAGS) {
+      if ((entry & flag) === 0) continue;
+      this.exits.writeProtect[name] = (this.exits.writeProtect[name] ?? 0) + 1;
+      const resolver = this.protectionResolvers.get(flag);
+      if (!resolver) {
+        const reserved = (flag & RESERVED_FLAGS) !== 0 ? ' (a reserved flag: no resolver for it is built yet)' : '';
+        throw new ReservedStateError('BV_UNHANDLED_PROTECTION', `${this.name}: write to guest page ${gpn} protected by '${name}' and no resolver is registered${reserved}`);
+      }
+      resolver(this, gpn, flag);
+      entry = this.viewEntry(gpn);
+      if (entry <= 0 || (entry & flag) !== 0) throw new KernelError('BV_UNHANDLED_PROTECTION', `${this.name}: the '${name}' resolver left guest page ${gpn} protected`);
+    }
+    return entry;
+  }
+
+  /** Resolves a write to a copy-on-write page: a private copy if shared, else just the flag. */
+  private breakCopyOnWrite(gpn: number): void {
+    const own = this.materialize(gpn);
+    const frame = own & P2M_FRAME_MASK;
+    if (this.pool.refCount[frame]! > 1) {
+      const copy = this.pool.allocFrame();
+      this.pool.u8.copyWithin(copy * PAGE_SIZE, frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE);
+      this.setEntry(gpn, P2mEntry.present(copy, own & P2M_FLAG_MASK & ~P2mFlag.COPY_ON_WRITE));
+    } else {
+      this.unprotectPage(gpn, P2mFlag.COPY_ON_WRITE);
+    }
+    this.cowCopies++;
+  }
+
+  /**
+   * Zero-on-demand, preferring a whole aligned host run when the policy says the region will be
+   * mapped large and none of it is populated yet; otherwise one frame.
+   */
+  private allocateOnFirstTouch(gpn: number): void {
+    const region = Math.floor(gpn / REGION_PAGES);
+    const wantRun = this.largePagePolicy === 'always' || (this.largePagePolicy === 'superpages' && this.superpageSeen[region] === 1);
+    if (wantRun && this.base === null && this.regionUntouched(region)) {
+      const runFrame = this.pool.allocRun();
+      if (runFrame >= 0) {
+        const first = region * REGION_PAGES;
+        // Every page was untouched, so no TLB holds anything to shoot down.
+        this.pristine = false;
+        for (let i = 0; i < REGION_PAGES; i++) this.entries[first + i] = P2M_PRESENT_BIT | (runFrame + i);
+        this.presentPages += REGION_PAGES;
+        this.regionRun[region] = runFrame;
+        this.largePageStats.runsAllocated++;
+        return;
+      }
+    }
+    this.setEntry(gpn, P2mEntry.present(this.pool.allocFrame()));
+  }
+
+  private regionUntouched(region: number): boolean {
+    const first = region * REGION_PAGES;
+    if (first + REGION_PAGES > this.pageCount) return false;
+    const entries = this.entries;
+    for (let i = 0; i < REGION_PAGES; i++) if (entries[first + i] !== 0) return false;
+    return true;
+  }
+
+  /**
+   * Host code replaced a page's contents (installed, released, shared or moved a page): if the
+   * page holds a traced guest page table, the MMU drops what it derived from the old contents,
+   * as for a host write (writePhysical).
+   */
+  private contentsReplaced(gpn: number): void {
+    if (this.host.isTracing(gpn)) this.host.zapTracedPage(gpn);
+  }
+
+  private releaseFrame(frame: number): void {
+    if (this.pool.refCount[frame] === 1) this.decodeCache.drop(frame);
+    this.pool.release(frame);
+  }
+
+  private checkGpn(gpn: number): number {
+    if (this.entries.length === 0) throw new KernelError('BV_BAD_VM', `${this.name} has been destroyed`);
+    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= this.pageCount) throw new KernelError('BV_BAD_GPN', `guest page ${gpn} is outside ${this.name}'s RAM`);
+    if (this.pendingRegions !== null) this.fillRegion(Math.floor(gpn / REGION_PAGES));
+    return gpn;
+  }
+
+  private checkRange(gpa: number, length: number): void {
+    if (!Number.isInteger(gpa) || !Number.isInteger(length) || length < 0 || length > MAX_RANGE || gpa < 0 || gpa + length > this.memoryBytes) {
+      throw new KernelError('BV_BAD_GPA', `guest-physical range 0x${Number(gpa).toString(16)}+${length} is not inside ${this.name}'s RAM`);
+    }
+  }
+
+  /** An absent state's number (PRESENT or anything else would encode another state, or none). */
+  private checkAbsentState(state: number): void {
+    if (!Number.isInteger(state) || state < AbsentState.UNTOUCHED || state > AbsentState.REMOTE) {
+      throw new KernelError('BV_BAD_P2M', `${this.name}: ${state} is not an absent state (${ABSENT_STATE_NAMES.join(', ')})`);
+    }
+  }
+
+  private checkFlags(flags: number): void {
+    if (!Number.isInteger(flags) || flags === 0 || (flags & ~SHAREABLE_FLAGS & ~P2mFlag.COPY_ON_WRITE) !== 0) {
+      throw new KernelError('BV_BAD_FLAGS', `${this.name}: 0x${Number(flags).toString(16)} is not a set of protection flags a service may set`);
+    }
+  }
+}
