@@ -27,23 +27,41 @@ import { DeviceStateError, describeSaved, stateInteger, stateList, stateRecord, 
 
 /** Register offsets in the block window. */
 export const BlockRegister = {
+  /** First sector of the transfer, bits 31-0 (read/write). */
   SECTOR_LOW: 0,
+  /** First sector, bits 63-32 (read/write). */
   SECTOR_HIGH: 4,
+  /** Sectors to transfer, 1 … MAX_COUNT (read/write). */
   COUNT: 8,
+  /** Guest-physical address of the DMA buffer in RAM (read/write). */
   DMA_ADDRESS: 12,
+  /** Writing a BlockCommand performs it at once (write-only; reads 0). */
   COMMAND: 16,
+  /** BlockStatus of the last command (read-only). */
   STATUS: 20,
+  /** Sectors on the disk, bits 31-0 (read-only). */
   CAPACITY_LOW: 24,
+  /** Sectors on the disk, bits 63-32 (read-only). */
   CAPACITY_HIGH: 28,
+  /** Bytes per sector: 512 (read-only). */
   SECTOR_BYTES: 32,
+  /** Most sectors per command: BLOCK_MAX_COUNT (read-only). */
   MAX_COUNT: 36,
 } as const;
 
 /** Values written to COMMAND. */
-export const BlockCommand = { READ: 1, WRITE: 2, FLUSH: 3 } as const;
+export const BlockCommand = {
+  /** Copy sectors SECTOR … SECTOR + COUNT − 1 into RAM at DMA_ADDRESS. */
+  READ: 1,
+  /** Write COUNT × 512 bytes of RAM at DMA_ADDRESS to those sectors. */
+  WRITE: 2,
+  /** Make every write so far reach stable storage (fsync of the top overlay). */
+  FLUSH: 3,
+} as const;
 
 /** Values read from STATUS: the outcome of the last command (OK at reset). */
 export const BlockStatus = {
+  /** The command succeeded. */
   OK: 0,
   /** Reserved for asynchronous completion; this device finishes every command at once. */
   BUSY: 1,
@@ -62,15 +80,18 @@ export const BLOCK_HOST_ERROR_LOG = 32;
 
 /** A host failure the block device met, as its error log records it. */
 export interface BlockHostError {
+  /** The command that met the failure. */
   command: 'read' | 'write' | 'flush';
   /** The command's first sector and sector count (0 and 0 for a flush). */
   sector: number;
+  /** The command's sector count (0 for a flush). */
   count: number;
   /**
    * 'disk': the disk files failed; the guest saw IO_ERROR and the VM runs on. 'memory': the
    * hypervisor could not provide the DMA buffer's guest RAM; the VM was stopped with a host error.
    */
   kind: 'disk' | 'memory';
+  /** The typed error met (DiskError for the files; a kernel or service error for memory). */
   error: BvError;
   /** Instructions the VM had retired when it happened. */
   atInstruction: number;
@@ -79,11 +100,17 @@ export interface BlockHostError {
 /** Most sectors one command moves (64 KiB): bounds the work done inside one guest store. */
 export const BLOCK_MAX_COUNT = 128;
 
+/** Counters of a block device (BlockDevice.stats). */
 export interface BlockStats {
+  /** READ commands completed. */
   reads: number;
+  /** WRITE commands completed. */
   writes: number;
+  /** FLUSH commands issued. */
   flushes: number;
+  /** Sectors moved by completed READs. */
   sectorsRead: number;
+  /** Sectors moved by completed WRITEs. */
   sectorsWritten: number;
   /** Commands that ended with an error STATUS. */
   errors: number;
@@ -91,17 +118,36 @@ export interface BlockStats {
 
 /** What the 'block' state component saves: the registers and the (sealed) chain. */
 export interface BlockState extends DiskChainState {
-  registers: { sectorLow: number; sectorHigh: number; count: number; dmaAddress: number; status: number };
+  /** The guest-writable registers and STATUS, as 32-bit unsigned values. */
+  registers: {
+    /** SECTOR_LOW. */
+    sectorLow: number;
+    /** SECTOR_HIGH. */
+    sectorHigh: number;
+    /** COUNT. */
+    count: number;
+    /** DMA_ADDRESS (guest-physical). */
+    dmaAddress: number;
+    /** STATUS (a BlockStatus value). */
+    status: number;
+  };
 }
 
 /** The disk to attach: a file path (raw image or top overlay) with options, or an opened chain. */
 export interface BlockDiskOptions extends DiskOptions {
+  /** The raw image or the top overlay of a chain. */
   path: string;
 }
 
+/**
+ * The block device model (attachBlock creates and attaches it): registers in an MMIO window, a
+ * DiskChain behind them, an error log of host failures. See the module comment for where each
+ * kind of failure goes.
+ */
 export class BlockDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachBlock). */
   base = 0;
+  /** Counters (see BlockStats). */
   readonly stats: BlockStats = { reads: 0, writes: 0, flushes: 0, sectorsRead: 0, sectorsWritten: 0, errors: 0 };
   /** The host error behind the last IO_ERROR status (or the last host error of any kind). */
   lastError: BvError | null = null;
@@ -328,7 +374,12 @@ export function savedBlockDisk(state: unknown): string {
 }
 
 /** Opens a disk for attachBlock (so callers can open it before attaching anything else). */
-export function openBlockDisk(disk: string | BlockDiskOptions): { chain: DiskChain; options: DiskOptions } {
+export function openBlockDisk(disk: string | BlockDiskOptions): {
+  /** The opened chain (close it if it is not attached). */
+  chain: DiskChain;
+  /** The options it was opened with (a restore reopens saved chains with them). */
+  options: DiskOptions;
+} {
   const { path, ...options } = typeof disk === 'string' ? { path: disk } : disk;
   return { chain: DiskChain.open(path, options), options };
 }

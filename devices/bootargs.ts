@@ -11,6 +11,9 @@ import { DeviceStateError, describeSaved, stateRecord } from './state.ts';
 /** The longest argument string: the window is one page and the NUL must fit. */
 export const MAX_BOOT_ARGS_BYTES = PAGE_SIZE - 1;
 
+/** One encoder for every device (one is created per VM, forks and restores included). */
+const utf8 = new TextEncoder();
+
 /** Boot arguments that cannot be published (too long, or containing a NUL). */
 export class BootArgsError extends BvError {
   constructor(code: 'BV_BOOTARGS_TOO_LONG' | 'BV_BOOTARGS_NUL' | 'BV_BOOTARGS_MISMATCH', message: string) {
@@ -18,15 +21,24 @@ export class BootArgsError extends BvError {
   }
 }
 
+/**
+ * The boot-argument device model: a read-only window holding one string. Create it (which
+ * validates the string) and attach it with attachBootArgs.
+ */
 export class BootArgsDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachBootArgs). */
   base = 0;
   /** The window (string, NUL, zeros), read as little-endian words. */
   private readonly window: DataView;
+  /** The string as UTF-8, without the NUL (the device-table info word is its length). */
   readonly bytes: Uint8Array;
 
-  constructor(readonly text: string) {
-    this.bytes = new TextEncoder().encode(text);
+  /** Throws BootArgsError when `text` is longer than MAX_BOOT_ARGS_BYTES as UTF-8 or contains a NUL. */
+  constructor(
+    /** The argument string, as given. */
+    readonly text: string,
+  ) {
+    this.bytes = utf8.encode(text);
     if (this.bytes.length > MAX_BOOT_ARGS_BYTES) {
       throw new BootArgsError('BV_BOOTARGS_TOO_LONG', `boot arguments are ${this.bytes.length} bytes long; at most ${MAX_BOOT_ARGS_BYTES} bytes fit`);
     }

@@ -25,6 +25,7 @@ export const DISK_SECTOR_BYTES = 512;
 export const MAX_DISK_SECTORS = 2 ** 24;
 /** The first 8 bytes of every overlay file. */
 export const OVERLAY_MAGIC = 'BVDISKOV';
+/** The overlay format version this code writes and reads. */
 export const OVERLAY_VERSION = 1;
 /** The header is one 4 KiB page; the map starts right after it. */
 export const OVERLAY_HEADER_BYTES = 4096;
@@ -35,29 +36,56 @@ export const MAX_CHAIN_DEPTH = 1024;
 
 /** Byte offsets of the overlay header fields (little-endian). */
 export const OverlayHeaderOffset = {
+  /** OVERLAY_MAGIC, 8 ASCII bytes. */
   MAGIC: 0,
+  /** u32: format version (OVERLAY_VERSION). */
   VERSION: 8,
+  /** u32: header size (OVERLAY_HEADER_BYTES). */
   HEADER_BYTES: 12,
+  /** u32: bytes per sector (DISK_SECTOR_BYTES). */
   SECTOR_BYTES: 16,
+  /** u32: OverlayFlag bits. */
   FLAGS: 20,
+  /** u64: sectors on the disk. */
   SECTORS: 24,
+  /** 16 bytes: this overlay's random identity. */
   ID: 32,
+  /** u32: BackingKind of the file below. */
   BACKING_KIND: 48,
+  /** u32: length of the backing path in UTF-8 bytes. */
   BACKING_PATH_BYTES: 52,
+  /** 16 bytes: the identity of the file below. */
   BACKING_ID: 56,
+  /** u64: file offset of the sector map. */
   MAP_OFFSET: 72,
+  /** u64: file offset of the first data slot. */
   DATA_OFFSET: 80,
+  /** u64: data slots when sealed (0 while unsealed). */
   SEALED_SLOTS: 88,
+  /** u32: CRC-32 of the map when sealed. */
   MAP_CRC: 96,
+  /** The backing path, UTF-8 (at most MAX_BACKING_PATH_BYTES). */
   BACKING_PATH: 256,
+  /** u32: CRC-32 of the header bytes before it, in the header's last 4 bytes. */
   CRC: OVERLAY_HEADER_BYTES - 4,
 } as const;
 
 /** Header flag bits. */
-export const OverlayFlag = { SEALED: 1 } as const;
+export const OverlayFlag = {
+  /** The overlay is sealed: it never changes again (a checkpoint or fork refers to it). */
+  SEALED: 1,
+} as const;
 
 /** What lies below an overlay. */
-export const BackingKind = { NONE: 0, RAW: 1, OVERLAY: 2 } as const;
+export const BackingKind = {
+  /** Nothing: sectors the overlay does not hold read as zeros. */
+  NONE: 0,
+  /** A raw image. */
+  RAW: 1,
+  /** Another (sealed) overlay. */
+  OVERLAY: 2,
+} as const;
+/** One of the BackingKind values. */
 export type BackingKindId = (typeof BackingKind)[keyof typeof BackingKind];
 
 const ID_BYTES = 16;
@@ -84,9 +112,12 @@ export const DISK_ERROR_CODES = [
   'BV_DISK_BAD_ARGUMENT',
 ] as const;
 
+/** One of DISK_ERROR_CODES. */
 export type DiskErrorCode = (typeof DISK_ERROR_CODES)[number];
 
+/** A disk image or overlay failure (see DISK_ERROR_CODES for what each code means). */
 export class DiskError extends BvError {
+  /** One of DISK_ERROR_CODES. */
   declare readonly code: DiskErrorCode;
 
   constructor(code: DiskErrorCode, message: string, options?: { cause?: unknown }) {
@@ -96,17 +127,23 @@ export class DiskError extends BvError {
 
 /** The decoded header of an overlay file. */
 export interface OverlayHeader {
+  /** Format version. */
   version: number;
+  /** OverlayFlag bits. */
   flags: number;
+  /** Sectors on the disk. */
   sectors: number;
   /** 32 hex digits. */
   id: string;
+  /** What lies below. */
   backingKind: BackingKindId;
   /** The backing file's identity (32 hex digits; zeros without a backing file). */
   backingId: string;
   /** Where the backing file was, relative to this overlay's directory unless absolute. */
   backingPath: string;
+  /** File offset of the sector map (4 bytes per sector). */
   mapOffset: number;
+  /** File offset of the first data slot (see overlayDataOffset). */
   dataOffset: number;
   /** Data slots when sealed (the file then ends right after them). */
   sealedSlots: number;
@@ -116,7 +153,9 @@ export interface OverlayHeader {
 
 /** A chain as a checkpoint or fork carries it: absolute paths, bottom first, with identities. */
 export interface DiskChainState {
+  /** Bytes per sector (DISK_SECTOR_BYTES). */
   sectorBytes: number;
+  /** Sectors on the disk. */
   sectors: number;
   /** Every file of the chain, bottom (base) first; all read-only (raw images or sealed overlays). */
   chain: string[];
@@ -124,6 +163,7 @@ export interface DiskChainState {
   ids: string[];
 }
 
+/** How a DiskChain is opened or restored. */
 export interface DiskOptions {
   /** Directory for new top overlays (default: the directory of the bottom file of the chain). */
   overlayDir?: string;
@@ -131,9 +171,13 @@ export interface DiskOptions {
 
 /** One file of a chain, as read-only readers see it. */
 export interface DiskLayerInfo {
+  /** The file's path. */
   path: string;
+  /** A raw image or an overlay. */
   kind: 'raw' | 'overlay';
+  /** Its identity (32 hex digits), as overlays above it record it. */
   id: string;
+  /** Whether it can no longer change: true for raw images (a chain never writes them) and sealed overlays. */
   sealed: boolean;
   /** Sectors this file holds (all of them for a raw image). */
   sectorsHeld: number;
@@ -548,6 +592,7 @@ export class DiskChain {
   private closed = false;
 
   private constructor(
+    /** Sectors on the disk. */
     readonly sectors: number,
     /** Read-only files, bottom first. */
     private layers: Layer[],
@@ -618,6 +663,7 @@ export class DiskChain {
     }
   }
 
+  /** Bytes per sector (DISK_SECTOR_BYTES). */
   get sectorBytes(): number {
     return DISK_SECTOR_BYTES;
   }

@@ -20,7 +20,7 @@ export {
   BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,
   OVERLAY_HEADER_BYTES, OVERLAY_MAGIC, OVERLAY_VERSION, OverlayFlag, OverlayHeaderOffset, overlayDataOffset,
 } from './disk-image.ts';
-export type { DiskChainState, DiskErrorCode, DiskLayerInfo, DiskOptions, OverlayHeader } from './disk-image.ts';
+export type { BackingKindId, DiskChainState, DiskErrorCode, DiskLayerInfo, DiskOptions, OverlayHeader } from './disk-image.ts';
 export { attachBootArgs, savedBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
 export {
   attachConsole, CaptureSink, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
@@ -30,6 +30,7 @@ export type { ConsoleInputStream, ConsoleOptions, ConsoleSink } from './console.
 export { attachPower, PowerDevice, PowerRegister, POWER_RESET_VALUE, RESET_PAUSE_REASON } from './power.ts';
 export { attachTimer, TimerDevice, TimerRegister } from './timer.ts';
 
+/** What attachStandardDevices attaches, and how. */
 export interface StandardDeviceOptions {
   /** Console output; default process.stdout. A CaptureSink is also returned as `captured`. */
   output?: ConsoleSink;
@@ -45,10 +46,15 @@ export interface StandardDeviceOptions {
   disk?: string | BlockDiskOptions;
 }
 
+/** The devices attachStandardDevices attached (pass them to runWithResets; keep them for their stats). */
 export interface StandardDevices {
+  /** The console (device-table entry 0, window 0xf0001000). */
   console: ConsoleDevice;
+  /** The timer (entry 1). */
   timer: TimerDevice;
+  /** The power device (entry 2): power-off and reset requests. */
   power: PowerDevice;
+  /** The boot-argument device (entry 3). */
   bootArgs: BootArgsDevice;
   /** The block device when `disk` was given, else null. */
   block: BlockDevice | null;
@@ -77,6 +83,7 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   return { console, timer, power, bootArgs, block, captured: options.output instanceof CaptureSink ? options.output : null };
 }
 
+/** The outcome of runWithResets / runWithResetsAsync. */
 export interface GuestRun {
   /** How the last run ended (never the pause of a reset request: resets are carried out). */
   reason: RunResult['reason'];

@@ -12,12 +12,21 @@ import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 import { stateInteger, stateRecord } from './state.ts';
 
 /** Register offsets in the power window. */
-export const PowerRegister = { POWEROFF: 0, RESET: 4 } as const;
+export const PowerRegister = {
+  /** Write: power off with the value as exit code. */
+  POWEROFF: 0,
+  /** Write POWER_RESET_VALUE: request a reset. */
+  RESET: 4,
+} as const;
 /** The only value of RESET that resets; others are ignored. */
 export const POWER_RESET_VALUE = 1;
 /** The pause reason a reset request leaves in vm.stopReason. */
 export const RESET_PAUSE_REASON = 'power: reset requested';
 
+/**
+ * The power device model (attachPower creates and attaches it): power-off with an exit code, and
+ * reset requests that whoever runs the VM completes with completeReset().
+ */
 export class PowerDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachPower). */
   base = 0;

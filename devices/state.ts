@@ -9,10 +9,13 @@ import { BvError } from '../guest-isa/errors.ts';
 
 /** A saved device state that is malformed: `device` is the state component, `field` the path in it ('' = the whole state). */
 export class DeviceStateError extends BvError {
+  /** Always BV_DEVICE_STATE. */
   declare readonly code: 'BV_DEVICE_STATE';
 
   constructor(
+    /** The state component: the device's registration name ('timer', 'block', …). */
     readonly device: string,
+    /** The path of the bad field in the saved state ('low[1]', 'registers.status'); '' = the whole state. */
     readonly field: string,
     problem: string,
   ) {

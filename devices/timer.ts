@@ -10,11 +10,26 @@ import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 import { stateList, stateRecord, stateU32 } from './state.ts';
 
 /** Register offsets in the timer window. */
-export const TimerRegister = { TIMECMP_LOW: 0, TIMECMP_HIGH: 4, TIME_LOW: 8, TIME_HIGH: 12, IPI: 16 } as const;
+export const TimerRegister = {
+  /** The accessing vCPU's TIMECMP, bits 31-0 (read/write; all ones in both halves = never). */
+  TIMECMP_LOW: 0,
+  /** TIMECMP, bits 63-32 (read/write). */
+  TIMECMP_HIGH: 4,
+  /** The accessing vCPU's virtual time, bits 31-0 (read-only). */
+  TIME_LOW: 8,
+  /** Virtual time, bits 63-32 (read-only). */
+  TIME_HIGH: 12,
+  /** Write: raise the software interrupt of each vCPU whose bit is set (write-only). */
+  IPI: 16,
+} as const;
 
 const TWO_TO_32 = 0x1_0000_0000;
 const ALL_ONES = 0xffff_ffff;
 
+/**
+ * The timer device model (attachTimer creates and attaches it): per-vCPU TIMECMP and TIME
+ * registers over the kernel's virtual time, and inter-processor interrupts.
+ */
 export class TimerDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachTimer). */
   base = 0;
@@ -73,16 +88,33 @@ export class TimerDevice implements MmioDevice {
   }
 
   /** TIMECMP halves per vCPU as plain data (checkpoints, fork). */
-  saveState(): { low: number[]; high: number[] } {
-    for (const vcpu of this.vm.vcpus) this.sync(vcpu);
-    return { low: Array.from(this.low), high: Array.from(this.high) };
+  saveState(): {
+    /** TIMECMP bits 31-0, by vCPU index. */
+    low: number[];
+    /** TIMECMP bits 63-32, by vCPU index. */
+    high: number[];
+  } {
+    const vcpus = this.vm.vcpus;
+    const low: number[] = [];
+    const high: number[] = [];
+    for (let i = 0; i < vcpus.length; i++) {
+      this.sync(vcpus[i]!);
+      low.push(this.low[i]!);
+      high.push(this.high[i]!);
+    }
+    return { low, high };
   }
 
   /**
    * Checks a saved state: `low` and `high`, one 32-bit TIMECMP half per vCPU each. Throws
    * DeviceStateError naming the field; changes nothing.
    */
-  checkState(state: unknown): { low: number[]; high: number[] } {
+  checkState(state: unknown): {
+    /** TIMECMP bits 31-0, by vCPU index. */
+    low: number[];
+    /** TIMECMP bits 63-32, by vCPU index. */
+    high: number[];
+  } {
     const record = stateRecord(state, 'timer');
     const count = this.vm.vcpus.length;
     const halves = (key: 'low' | 'high'): number[] =>

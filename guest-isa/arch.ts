@@ -9,9 +9,40 @@ export const REGISTER_NAMES = [
   'zero', 'ra', 'sp', 'gp', 'a0', 'a1', 'a2', 'a3', 't0', 't1', 't2', 't3', 's0', 's1', 's2', 's3',
 ] as const;
 
+/** Register numbers by ABI name (SPEC.md §2). */
 export const Reg = {
-  ZERO: 0, RA: 1, SP: 2, GP: 3, A0: 4, A1: 5, A2: 6, A3: 7,
-  T0: 8, T1: 9, T2: 10, T3: 11, S0: 12, S1: 13, S2: 14, S3: 15,
+  /** r0: reads as 0, writes are discarded. */
+  ZERO: 0,
+  /** r1: return address. */
+  RA: 1,
+  /** r2: stack pointer (16-byte aligned at calls). */
+  SP: 2,
+  /** r3: global pointer (a kernel's per-CPU data). */
+  GP: 3,
+  /** r4: argument 0 / return value 0; the hypercall number and status; the vCPU index at reset. */
+  A0: 4,
+  /** r5: argument 1 / return value 1; the device table's guest-physical address at reset. */
+  A1: 5,
+  /** r6: argument 2. */
+  A2: 6,
+  /** r7: argument 3. */
+  A3: 7,
+  /** r8: temporary. */
+  T0: 8,
+  /** r9: temporary. */
+  T1: 9,
+  /** r10: temporary. */
+  T2: 10,
+  /** r11: temporary. */
+  T3: 11,
+  /** r12: saved register, frame pointer (`fp`). */
+  S0: 12,
+  /** r13: saved register. */
+  S1: 13,
+  /** r14: saved register. */
+  S2: 14,
+  /** r15: saved register. */
+  S3: 15,
 } as const;
 
 /** Accepts `r0`..`r15`, the ABI names, and `fp` (= s0). Returns -1 for anything else. */
@@ -48,9 +79,11 @@ export const Csr = {
   PTBR: 0x008,
   /** Retired instructions, low and high 32 bits (read-only, readable from user mode). */
   INSTRET: 0x010,
+  /** Retired instructions, high 32 bits. */
   INSTRETH: 0x011,
   /** Virtual time, low and high 32 bits (read-only, readable from user mode). */
   TIME: 0x012,
+  /** Virtual time, high 32 bits. */
   TIMEH: 0x013,
   /** This vCPU's index in the VM (read-only). */
   HARTID: 0x014,
@@ -61,12 +94,14 @@ export const USER_READABLE_CSRS: ReadonlySet<number> = new Set([Csr.INSTRET, Csr
 /** CSRs that no mode may write. */
 export const READ_ONLY_CSRS: ReadonlySet<number> = new Set([Csr.INSTRET, Csr.INSTRETH, Csr.TIME, Csr.TIMEH, Csr.HARTID]);
 
+/** CSR numbers by assembly name (`status`, `tvec`, …). */
 export const CSR_NAMES: ReadonlyMap<string, number> = new Map([
   ['status', Csr.STATUS], ['tvec', Csr.TVEC], ['epc', Csr.EPC], ['cause', Csr.CAUSE], ['tval', Csr.TVAL],
   ['scratch', Csr.SCRATCH], ['ie', Csr.IE], ['ip', Csr.IP], ['ptbr', Csr.PTBR], ['instret', Csr.INSTRET],
   ['instreth', Csr.INSTRETH], ['time', Csr.TIME], ['timeh', Csr.TIMEH], ['hartid', Csr.HARTID],
 ]);
 
+/** Bits of the `status` CSR. */
 export const StatusBit = {
   /** Supervisor interrupt enable. */
   SIE: 1 << 1,
@@ -79,37 +114,56 @@ export const StatusBit = {
   /** Loads from executable pages are permitted even without R. */
   MXR: 1 << 19,
 } as const;
+/** The `status` bits that exist (others read as zero). */
 export const STATUS_WRITABLE_MASK = StatusBit.SIE | StatusBit.SPIE | StatusBit.SPP | StatusBit.SUM | StatusBit.MXR;
 
 /** Interrupt cause codes; the IE/IP bit for cause n is 1 << n. */
 export const Irq = {
+  /** Software interrupt (IPIs, the timer device's IPI register). */
   SOFT: 1,
+  /** Timer interrupt: pending while the vCPU's clock is at or past its deadline. */
   TIMER: 5,
+  /** External interrupt line (devices, e.g. console input). */
   EXTERNAL: 9,
 } as const;
+/** The IE/IP bits that exist. */
 export const IRQ_MASK = (1 << Irq.SOFT) | (1 << Irq.TIMER) | (1 << Irq.EXTERNAL);
 /** Bit 31 of CAUSE marks an interrupt. */
 export const CAUSE_INTERRUPT = 0x8000_0000 | 0;
 
 /** Synchronous exception cause codes. */
 export const Cause = {
+  /** A fetch from a pc that is not 4-aligned, or a jalr to such a target (tval = the address). */
   INSN_MISALIGNED: 0,
+  /** Fetch from an address that is not RAM (device windows included; tval = the pc). */
   INSN_ACCESS_FAULT: 1,
+  /** An illegal word, a privileged instruction in user mode, an illegal CSR access (tval = the word). */
   ILLEGAL_INSN: 2,
+  /** `ebreak`. */
   BREAKPOINT: 3,
+  /** Misaligned load (tval = the virtual address). */
   LOAD_MISALIGNED: 4,
+  /** Load access fault: not RAM nor a device register, a bad MMIO access (SPEC.md §7.1). */
   LOAD_ACCESS_FAULT: 5,
+  /** Misaligned store or AMO (tval = the virtual address). */
   STORE_MISALIGNED: 6,
+  /** Store access fault: not RAM nor a device register, the device table, a refused MMIO store. */
   STORE_ACCESS_FAULT: 7,
+  /** `ecall` from user mode. */
   ECALL_USER: 8,
+  /** `ecall` from supervisor mode. */
   ECALL_SUPERVISOR: 9,
+  /** Fetch denied by the page tables. */
   INSN_PAGE_FAULT: 12,
+  /** Load denied by the page tables. */
   LOAD_PAGE_FAULT: 13,
+  /** Store denied by the page tables. */
   STORE_PAGE_FAULT: 15,
   /** An uncorrectable memory error that the hypervisor could not repair (T-17). */
   MACHINE_CHECK: 18,
 } as const;
 
+/** Human-readable names of the exception causes. */
 export const CAUSE_NAMES: ReadonlyMap<number, string> = new Map([
   [Cause.INSN_MISALIGNED, 'instruction address misaligned'],
   [Cause.INSN_ACCESS_FAULT, 'instruction access fault'],
@@ -127,6 +181,7 @@ export const CAUSE_NAMES: ReadonlyMap<number, string> = new Map([
   [Cause.MACHINE_CHECK, 'machine check (uncorrectable memory error)'],
 ]);
 
+/** A `cause` value in words ("load page fault", "timer interrupt"), for messages. */
 export function describeCause(cause: number): string {
   if ((cause & CAUSE_INTERRUPT) !== 0) {
     const code = cause & 0x7fff_ffff;
@@ -138,13 +193,21 @@ export function describeCause(cause: number): string {
 
 /** Sv32 page-table entry bits (RISC-V format exactly). */
 export const Pte = {
+  /** Valid. */
   V: 1 << 0,
+  /** Readable. */
   R: 1 << 1,
+  /** Writable. */
   W: 1 << 2,
+  /** Executable. */
   X: 1 << 3,
+  /** Accessible from user mode. */
   U: 1 << 4,
+  /** Global mapping (present in every address space). */
   G: 1 << 5,
+  /** Accessed: set by the walk on any access. */
   A: 1 << 6,
+  /** Dirty: set by the walk on a write. */
   D: 1 << 7,
 } as const;
 /** PPN field of a PTE: bits 10-31 (PPN[1] = bits 20-31, PPN[0] = bits 10-19). */
@@ -152,19 +215,28 @@ export const PTE_PPN_SHIFT = 10;
 
 /** PTBR (satp) fields. */
 export const Ptbr = {
+  /** Bit 31: Sv32 paging on (off: addresses are guest-physical). */
   MODE_SV32: 0x8000_0000 | 0,
+  /** Position of the ASID field (bits 22-30). */
   ASID_SHIFT: 22,
+  /** The ASID field's mask after shifting (9 bits). */
   ASID_MASK: 0x1ff,
+  /** Bits 0-21: guest-physical page number of the root page table. */
   PPN_MASK: 0x3f_ffff,
 } as const;
 
+/** Bytes in a page (guest and host). */
 export const PAGE_SIZE = 4096;
+/** log2(PAGE_SIZE). */
 export const PAGE_SHIFT = 12;
+/** Bytes in an Sv32 superpage (and a large-page region). */
 export const SUPERPAGE_SIZE = 4 * 1024 * 1024;
+/** log2(SUPERPAGE_SIZE). */
 export const SUPERPAGE_SHIFT = 22;
 
 /** Guest-physical layout: RAM starts at 0; device windows live high. */
 export const GuestPhys = {
+  /** Guest RAM starts at guest-physical 0. */
   RAM_BASE: 0x0000_0000,
   /** The device table (read-only, one 4 KiB page). */
   DEVICE_TABLE: 0xf000_0000,
@@ -176,21 +248,33 @@ export const GuestPhys = {
 export const DeviceTable = {
   /** "BVDT" little-endian. */
   MAGIC: 0x5444_5642,
+  /** Table format version (low half of the second word; the high half is the entry count). */
   VERSION: 1,
+  /** Header: magic, version and entry count, RAM bytes, vCPU count. */
   HEADER_BYTES: 16,
+  /** Per device: type and instance, window base, window size, info word. */
   ENTRY_BYTES: 16,
 } as const;
 
 /** Device type ids as they appear in the device table. */
 export const DeviceType = {
+  /** Console (devices/console.ts). */
   CONSOLE: 1,
+  /** Timer (devices/timer.ts). */
   TIMER: 2,
+  /** Power (devices/power.ts). */
   POWER: 3,
+  /** Boot arguments (devices/bootargs.ts). */
   BOOTARGS: 4,
+  /** Block device (devices/block.ts). */
   BLOCK: 5,
+  /** Reserved: memory balloon (a later issue). */
   BALLOON: 6,
+  /** Reserved: memory information for the guest (a later issue). */
   MEMINFO: 7,
+  /** Reserved: persistent memory (a later issue). */
   PMEM: 8,
+  /** Reserved: host–guest channel (a later issue). */
   CHANNEL: 9,
 } as const;
 
@@ -210,7 +294,10 @@ export const Hcall = {
 } as const;
 /** Hypercall status codes. */
 export const HcallStatus = {
+  /** Success. */
   OK: 0,
+  /** No handler is registered for the number in a0. */
   UNKNOWN_CALL: -1,
+  /** An argument is out of range or names memory that cannot be read. */
   BAD_ARGUMENT: -2,
 } as const;

@@ -31,7 +31,9 @@ import { countLabelTokens, SourceReader, type FlatLine } from './asm/source.ts';
 export { AssemblyError } from './asm/errors.ts';
 export type { AssemblyErrorCode } from './asm/errors.ts';
 export { PSEUDO_INSTRUCTIONS } from './asm/instructions.ts';
+export type { PseudoInstruction } from './asm/instructions.ts';
 
+/** Options of assemble. */
 export interface AssembleOptions {
   /** Name used in error messages and the listing, and the base for relative `.include`s. */
   fileName?: string;
@@ -39,19 +41,27 @@ export interface AssembleOptions {
   readFile?: (path: string) => string;
 }
 
+/** One line of an assembly listing. */
 export interface ListingLine {
+  /** The guest address of the line's first byte. */
   address: number;
   /** The bytes this line produced (a view into the segment data; empty for .bss). */
   bytes: Uint8Array;
+  /** The source file of the line. */
   file: string;
+  /** 1-based line number in `file`. */
   line: number;
+  /** The source text of the line. */
   source: string;
   /** True when the bytes are instructions (the listing then shows them as words). */
   code?: boolean;
 }
 
+/** What assemble and assembleFile produce. */
 export interface AssembleResult {
+  /** The guest image, ready for Vm.loadImage or encodeImage. */
   image: GuestImage;
+  /** Source lines with the addresses and bytes they produced (formatListing prints it). */
   listing: ListingLine[];
   /** Every named label (address, u32) and `.equ` constant (value, int32); not local `1:` labels. */
   symbols: Map<string, number>;

@@ -70,6 +70,7 @@ export function formatInstruction(word: number, pc: number, symbolAt?: (address:
   }
 }
 
+/** Options of disassembleImage. */
 export interface DisassembleOptions {
   /** Print symbol labels, branch-target names and the constants list (default true). */
   symbols?: boolean;

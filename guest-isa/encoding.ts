@@ -8,9 +8,13 @@ import { BvError } from './errors.ts';
 import { BY_MNEMONIC, BY_OPCODE, Flag, type Format, type InstructionSpec } from './opcodes.ts';
 
 /** The fields of an instruction, by meaning. Unused fields are 0. */
+/** An instruction's operand fields, by meaning (a field its format lacks is 0). */
 export interface InstructionFields {
+  /** Destination register. */
   rd: number;
+  /** First source register (the base address for loads and stores, the address for AMOs). */
   rs1: number;
+  /** Second source register (the stored value for STORE, the operand for AMO). */
   rs2: number;
   /**
    * The immediate as the instruction means it: the extended imm16 for I/LOAD/STORE, the shift
@@ -20,8 +24,11 @@ export interface InstructionFields {
   imm: number;
 }
 
+/** A decoded instruction word. */
 export interface DecodedInstruction extends InstructionFields {
+  /** Its entry in the opcode table. */
   spec: InstructionSpec;
+  /** The raw 32-bit word. */
   word: number;
 }
 
@@ -47,6 +54,7 @@ export function immediateRange(spec: InstructionSpec): readonly [min: number, ma
   }
 }
 
+/** An instruction that cannot be encoded: unknown mnemonic, a register or immediate out of range. */
 export class EncodingError extends BvError {
   constructor(message: string) {
     super('BV_ENCODING', message);

@@ -4,8 +4,16 @@
  */
 
 /** Segment permission bits. */
-export const SegmentFlag = { R: 1, W: 2, X: 4 } as const;
+export const SegmentFlag = {
+  /** Readable. */
+  R: 1,
+  /** Writable. */
+  W: 2,
+  /** Executable (the entry point must lie in such a segment). */
+  X: 4,
+} as const;
 
+/** A block of bytes the loader puts at a guest-physical address. */
 export interface ImageSegment {
   /** Guest-physical load address (4-byte aligned). */
   gpa: number;
@@ -19,7 +27,9 @@ export interface ImageSegment {
   name?: string;
 }
 
+/** A named address or constant (for listings, disassembly and tools). */
 export interface ImageSymbol {
+  /** The symbol's name. */
   name: string;
   /** Guest address (or plain value for `.equ` constants, see `isAbsolute`). */
   value: number;
@@ -27,9 +37,15 @@ export interface ImageSymbol {
   global: boolean;
 }
 
+/**
+ * A BV32 guest program in memory: what the assembler produces, what parseImage reads from a
+ * `.bvx` file, and what Vm.loadImage loads.
+ */
 export interface GuestImage {
   /** Guest-physical entry point: inside an executable segment, 4-byte aligned. */
   entry: number;
+  /** The segments, loaded in order (they must not overlap). */
   segments: ImageSegment[];
+  /** Symbols (may be empty). */
   symbols: ImageSymbol[];
 }

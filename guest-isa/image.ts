@@ -12,12 +12,19 @@ import { crc32 } from 'node:zlib';
 import { BvError } from './errors.ts';
 import { SegmentFlag, type GuestImage, type ImageSegment, type ImageSymbol } from './image-types.ts';
 
+/** The first 4 bytes of a `.bvx` file. */
 export const IMAGE_MAGIC: readonly number[] = [0x42, 0x56, 0x58, 0x1a]; // "BVX\x1a"
+/** The image format version this code writes and reads. */
 export const IMAGE_VERSION = 1;
+/** Bytes in the file header. */
 export const IMAGE_HEADER_BYTES = 32;
+/** Bytes per segment table entry. */
 export const SEGMENT_ENTRY_BYTES = 24;
+/** Bytes per symbol table entry. */
 export const SYMBOL_ENTRY_BYTES = 12;
+/** Most segments an image may have. */
 export const MAX_SEGMENTS = 256;
+/** Most symbols an image may have. */
 export const MAX_SYMBOLS = 65536;
 /** Name offset meaning "this segment has no name". */
 export const NO_NAME = 0xffff_ffff;
@@ -44,6 +51,7 @@ const HeaderOffset = {
 const ALL_SEGMENT_FLAGS = SegmentFlag.R | SegmentFlag.W | SegmentFlag.X;
 const ADDRESS_SPACE_BYTES = 2 ** 32;
 
+/** Stable codes of ImageError (docs/image-format.md says when each is raised). */
 export type ImageErrorCode =
   | 'BV_IMAGE_BAD_MAGIC'
   | 'BV_IMAGE_UNSUPPORTED_VERSION'
@@ -57,7 +65,9 @@ export type ImageErrorCode =
   | 'BV_IMAGE_TOO_LARGE'
   | 'BV_IMAGE_IO';
 
+/** A `.bvx` image that cannot be encoded, parsed or loaded from a file (see ImageErrorCode). */
 export class ImageError extends BvError {
+  /** One of ImageErrorCode. */
   declare readonly code: ImageErrorCode;
   constructor(code: ImageErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
@@ -317,8 +327,18 @@ class StringTableReader {
         ? { problem: `name at string-table offset ${hex(offset)} is longer than the limit of ${MAX_NAME_BYTES} bytes` }
         : { problem: `name at string-table offset ${hex(offset)} is not NUL-terminated` };
     }
+    const bytes = strings.subarray(offset, offset + end);
+    // ASCII (most names) is valid UTF-8 that decodes byte for byte: skip the decoder's call cost.
+    let ascii = true;
+    for (let i = 0; i < bytes.length; i++) {
+      if (bytes[i]! >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    if (ascii) return { name: String.fromCharCode.apply(null, bytes as unknown as number[]) };
     try {
-      return { name: utf8Decoder.decode(strings.subarray(offset, offset + end)) };
+      return { name: utf8Decoder.decode(bytes) };
     } catch {
       return { problem: `name at string-table offset ${hex(offset)} is not valid UTF-8` };
     }

@@ -17,32 +17,73 @@
 /** Instruction formats: each fixes both the field layout and the assembly syntax. */
 export const FORMATS = {
   /** `op rd, rs1, rs2` — A=rd, B=rs1, C=rs2; bits 20-31 reserved (zero). */
-  R: { operands: ['rd', 'rs1', 'rs2'] },
+  R: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'rs1', 'rs2'],
+  },
   /** `op rd, rs1, imm` — A=rd, B=rs1, imm16 (sign- or zero-extended, see `signedImm`). */
-  I: { operands: ['rd', 'rs1', 'imm'] },
+  I: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'rs1', 'imm'],
+  },
   /** `op rd, rs1, shamt` — A=rd, B=rs1, shamt = bits 16-20; bits 21-31 reserved. */
-  SHIFT: { operands: ['rd', 'rs1', 'shamt'] },
+  SHIFT: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'rs1', 'shamt'],
+  },
   /** `op rd, imm(rs1)` — A=rd, B=rs1 (base), imm16 signed byte offset. */
-  LOAD: { operands: ['rd', 'mem'] },
+  LOAD: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'mem'],
+  },
   /** `op rs2, imm(rs1)` — A=rs2 (value), B=rs1 (base), imm16 signed byte offset. */
-  STORE: { operands: ['rs2', 'mem'] },
+  STORE: {
+    /** Operands in assembly order. */
+    operands: ['rs2', 'mem'],
+  },
   /** `op rs1, rs2, target` — A=rs1, B=rs2, imm16 signed offset in words from this instruction. */
-  BRANCH: { operands: ['rs1', 'rs2', 'target'] },
+  BRANCH: {
+    /** Operands in assembly order. */
+    operands: ['rs1', 'rs2', 'target'],
+  },
   /** `op rd, imm20` — A=rd, imm20 = bits 12-31 (the value's upper 20 bits). */
-  U: { operands: ['rd', 'imm20'] },
+  U: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'imm20'],
+  },
   /** `op rd, target` — A=rd, imm20 signed offset in words from this instruction (±2 MiB). */
-  J: { operands: ['rd', 'target'] },
+  J: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'target'],
+  },
   /** `op rd, rs2, (rs1)` — A=rd, B=rs1 (address), C=rs2 (operand); bits 20-31 reserved. */
-  AMO: { operands: ['rd', 'rs2', 'amem'] },
+  AMO: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'rs2', 'amem'],
+  },
   /** `op rd, csr, rs1` — A=rd, B=rs1, bits 16-27 CSR number; bits 28-31 reserved. */
-  CSR: { operands: ['rd', 'csr', 'rs1'] },
+  CSR: {
+    /** Operands in assembly order. */
+    operands: ['rd', 'csr', 'rs1'],
+  },
   /** `op rs1, rs2` — A reserved (zero), B=rs1, C=rs2; bits 20-31 reserved. */
-  R2: { operands: ['rs1', 'rs2'] },
+  R2: {
+    /** Operands in assembly order. */
+    operands: ['rs1', 'rs2'],
+  },
   /** `op` — no operands; bits 8-31 reserved (zero). */
-  NONE: { operands: [] },
+  NONE: {
+    /** Operands in assembly order (none). */
+    operands: [],
+  },
 } as const;
 
+/** An instruction format's name (a key of FORMATS). */
 export type Format = keyof typeof FORMATS;
+/**
+ * How an operand is written: a register (rd, rs1, rs2), an immediate (imm, imm20, shamt), a
+ * memory operand `imm(rs1)` (mem) or `(rs1)` (amem), a branch or jump target, or a CSR name.
+ */
 export type OperandKind = (typeof FORMATS)[Format]['operands'][number];
 
 /** Instruction property flags (a bit set). */
@@ -65,10 +106,13 @@ export const Flag = {
   SYSTEM: 1 << 7,
 } as const;
 
+/** One instruction of the BV32 opcode table. */
 export interface InstructionSpec {
+  /** Assembly name, lower case (e.g. `add`). */
   readonly mnemonic: string;
   /** The low byte of the instruction word. 0x00 is never assigned: a zero word is illegal. */
   readonly opcode: number;
+  /** Field layout and assembly syntax (see FORMATS). */
   readonly format: Format;
   /** Operands in assembly order; derived from the format. */
   readonly operands: readonly OperandKind[];
@@ -181,6 +225,7 @@ export const BY_MNEMONIC: ReadonlyMap<string, InstructionSpec> = new Map(INSTRUC
 /** The highest assigned opcode; the CPU's dispatch is dense over 0..MAX_OPCODE. */
 export const MAX_OPCODE = Math.max(...INSTRUCTIONS.map((spec) => spec.opcode));
 
+/** Whether an instruction has a Flag bit. */
 export function hasFlag(spec: InstructionSpec, flag: number): boolean {
   return (spec.flags & flag) !== 0;
 }

@@ -22,8 +22,10 @@ export const NATIVE_ERROR_CODES = [
   'BV_NATIVE_NOT_BUILT',
 ] as const;
 
+/** One of NATIVE_ERROR_CODES. */
 export type NativeErrorCode = (typeof NATIVE_ERROR_CODES)[number];
 
+/** What a NativeError says about a failed system call. */
 export interface NativeErrorDetails {
   /** Symbolic errno, e.g. `ENOENT` (BV_NATIVE_IO only). */
   readonly errnoName?: string;
@@ -35,9 +37,13 @@ export interface NativeErrorDetails {
 
 /** A typed failure of the native addon: bad arguments, closed objects, system call errors. */
 export class NativeError extends BvError {
+  /** One of NATIVE_ERROR_CODES. */
   declare readonly code: NativeErrorCode;
+  /** Symbolic errno, e.g. `ENOENT` (BV_NATIVE_IO only). */
   readonly errnoName: string | undefined;
+  /** The failing system call, e.g. `open` (BV_NATIVE_IO only). */
   readonly syscall: string | undefined;
+  /** The path involved, when there is one. */
   readonly path: string | undefined;
 
   constructor(code: NativeErrorCode, message: string, details: NativeErrorDetails = {}) {

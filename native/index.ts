@@ -10,7 +10,9 @@ import { NativeError, rethrowNative } from './errors.ts';
 export { NATIVE_ERROR_CODES, NativeError } from './errors.ts';
 export type { NativeErrorCode, NativeErrorDetails } from './errors.ts';
 
+/** How a HostRegion is backed: private anonymous memory, a shared file mapping, or a memfd. */
 export type HostRegionKind = 'anonymous' | 'file' | 'memfd';
+/** How HostFile.open opens a file: read-only, read-write, or created/emptied read-write. */
 export type HostFileMode = 'r' | 'rw' | 'create';
 
 /** The addon's region object (native/src/region.h); only this module touches it. */
@@ -94,7 +96,9 @@ export class HostRegion {
 
   private constructor(
     native: NativeRegion,
+    /** How the region is backed. */
     readonly kind: HostRegionKind,
+    /** The mapping's size in bytes. */
     readonly bytes: number,
   ) {
     this.#native = native;
@@ -213,6 +217,7 @@ export class HostFile {
 
   private constructor(
     native: NativeFile,
+    /** The path the file was opened with. */
     readonly path: string,
   ) {
     this.#native = native;
@@ -236,6 +241,7 @@ export class HostFile {
     }
   }
 
+  /** Whether close() has run. */
   get closed(): boolean {
     return this.#native.closed;
   }

@@ -45,6 +45,7 @@ export interface SourceLine {
   expansion?: string;
 }
 
+/** An assembly failure, located at a file, line and column (format() adds the source line and a caret). */
 export class AssemblyError extends BvError {
   /** The message without the `file:line:column: ` prefix. */
   readonly detail: string;
@@ -52,6 +53,7 @@ export class AssemblyError extends BvError {
   constructor(
     code: AssemblyErrorCode,
     detail: string,
+    /** The source file of the error. */
     readonly file: string,
     /** 1-based; 0 when the error is about the file as a whole. */
     readonly line: number,

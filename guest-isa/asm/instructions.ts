@@ -104,7 +104,9 @@ export interface ExpandContext {
   col: number;
 }
 
+/** A pseudo-instruction the assembler expands into real instructions. */
 export interface PseudoInstruction {
+  /** Assembly name (e.g. `mv`). */
   mnemonic: string;
   /** Operand names; operandSyntax() gives how each is written. */
   operands: readonly string[];
@@ -112,10 +114,11 @@ export interface PseudoInstruction {
   syntax: string;
   /** The expansion as documented. */
   expansion: string;
-  /** Index of the operand whose value (if known during layout) decides the size, if any. */
+  /** @internal Index of the operand whose value (if known during layout) decides the size, if any. */
   sizeOperand?: number;
-  /** Words emitted, given the layout-time value of `sizeOperand` (undefined: not known yet). */
+  /** @internal Words emitted, given the layout-time value of `sizeOperand` (undefined: not known yet). */
   words(known: number | undefined): number;
+  /** @internal The real instructions for resolved operands. */
   expand(operands: readonly ResolvedOperand[], context: ExpandContext): Emit[];
 }
 
@@ -256,6 +259,7 @@ function buildPseudo(row: TemplateRow | CustomRow): PseudoInstruction {
   };
 }
 
+/** Every pseudo-instruction the assembler accepts, as documented in SPEC.md. */
 export const PSEUDO_INSTRUCTIONS: readonly PseudoInstruction[] = PSEUDO_TABLE.map(buildPseudo);
 
 /** Mnemonic → its pseudo forms (one per operand count). */
