@@ -6,7 +6,6 @@
  * with exact messages for typical damage, and end to end: a hand-corrupted checkpoint through
  * `tools/run --restore` prints one `error:` line and exits non-zero.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,8 +19,8 @@ import { createHypervisor, type Vm, type VmState } from '../../kernel/index.ts';
 import {
   checksum, decodeHeader, decodeSectionTable, encodeHeader, encodeSectionTable, FIRST_BLOCK_OFFSET, SectionType,
 } from '../../services/checkpoint/format.ts';
+import { runTool } from '../tools/child.ts';
 
-const REPO = join(import.meta.dirname, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'bv-saved-state-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -180,23 +179,6 @@ describe('malformed saved device state', () => {
 // ---------------------------------------------------------------------------------------------
 // End to end: tools/run --restore of a hand-corrupted checkpoint
 
-interface ToolRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runTool(args: readonly string[]): Promise<ToolRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /**
  * Rewrites `from` as `to` (the same length) inside one section of a checkpoint file and fixes the

@@ -6,7 +6,6 @@
  * child disks of their own over a sealed overlay that never changes, and a checkpoint taken
  * mid-run restores a VM that sees exactly the disk of that moment while the original goes on.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,6 +17,7 @@ import {
 } from '../../devices/index.ts';
 import { createHypervisor, type Hypervisor, type RunResult, type Vm } from '../../kernel/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
+import { runTool } from '../tools/child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
@@ -339,17 +339,7 @@ describe('the disk follows forks and checkpoints', () => {
 });
 
 describe('tools/run --disk', () => {
-  function run(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
-  }
+  const run = runTool;
 
   it('boots the nanokernel on a disk; the next run opens the overlay and finds the record; a bad disk is one error line', async () => {
     const dir = makeDir();

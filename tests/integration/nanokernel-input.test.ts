@@ -6,7 +6,6 @@
  * input, a host that never closes the input (idle), and tools/run with --input, a pipe on stdin
  * and forks. Every count is recomputed here. docs/nanokernel.md.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -14,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, runWithResetsAsync, type GuestRun, type StandardDevices } from '../../devices/index.ts';
 import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { runTool } from '../tools/child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
@@ -186,27 +186,6 @@ describe('nanokernel: read and wc', () => {
   });
 });
 
-interface Outcome {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runTool(args: readonly string[], stdin?: string): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], {
-      cwd: REPO,
-      stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    if (stdin !== undefined) child.stdin!.end(stdin);
-  });
-}
 
 describe('nanokernel wc through tools/run', () => {
   it('--input, then the end of input', async () => {

@@ -5,13 +5,13 @@
  * line are relative to that directory; everything the tools load themselves (the addon, the
  * includes of an assembly file, SPEC.md) is found relative to the repository.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { spawnNode, type ChildOutcome as Outcome } from './child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const LAUNCHER = join(REPO, 'tools/bytevisor.mjs');
@@ -34,22 +34,8 @@ _start: li      a0, 2                   # CONSOLE_WRITE
 message: .ascii "hi\\n"
 `);
 
-interface Outcome {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 function spawnIn(cwd: string, args: readonly string[]): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return spawnNode(args, { cwd });
 }
 
 describe('the tools from another directory', () => {

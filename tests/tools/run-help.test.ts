@@ -4,31 +4,14 @@
  * are the ones tools/run-options.ts exports; and the tables --stats prints are the ones
  * docs/run.md describes, in the same order.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RUN_FLAGS, RUN_HELP, RUN_OPTIONS, RUN_TWO_VALUE_OPTIONS, RUN_USAGE, RUN_VALUE_OPTIONS } from '../../tools/run-options.ts';
+import { runTool } from './child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
 
-interface Outcome {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runTool(args: readonly string[]): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** True when `text` names `option` as a whole word (not as the prefix of a longer option). */
 function names(text: string, option: string): boolean {

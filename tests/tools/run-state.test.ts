@@ -4,37 +4,19 @@
  * stop-the-world checkpoint at the same instruction, --fork-at/--forks, and their usage errors.
  * Determinism makes every comparison exact.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CheckpointReader, diffCheckpoints } from '../../services/checkpoint/index.ts';
+import { runTool, type ChildOutcome as Outcome } from './child.ts';
 
-const REPO = join(import.meta.dirname, '..', '..');
 const KERNEL = 'examples/nanokernel/kernel.s';
 const PROGRAMS = ['--', 'sieve', '3000', 'crc32', '8192', 'walker', '1M', 'random', '2', 'ping', '2'];
 const POINT = 400_000;
 const work = mkdtempSync(join(tmpdir(), 'bv-run-state-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-interface Outcome {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runTool(args: readonly string[]): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 let reference: Outcome;
 let checkpointed: Outcome;

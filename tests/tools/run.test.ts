@@ -3,7 +3,6 @@
  * exactly one `error:` line and no stack trace, --stats, --trace, --max-insns, --input, boot
  * arguments. Also the shared CLI helpers in tools/cli.ts.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,33 +12,11 @@ import { encodeImage } from '../../guest-isa/image.ts';
 import {
   formatBytes, formatTable, parseArguments, parseInteger, parseSize, ProgressBar, UsageError,
 } from '../../tools/cli.ts';
+import { runTool, type ChildOutcome as Outcome } from './child.ts';
 
-const REPO = join(import.meta.dirname, '..', '..');
 const work = mkdtempSync(join(tmpdir(), 'bv-run-test-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-interface Outcome {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `tools/run` with args; stdin is the given text, or closed. */
-function runTool(args: readonly string[], stdin?: string): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/run.ts', ...args], {
-      cwd: REPO,
-      stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    if (stdin !== undefined) child.stdin!.end(stdin);
-  });
-}
 
 /** Writes a guest program to the work directory and returns its path. */
 function guest(name: string, source: string): string {
