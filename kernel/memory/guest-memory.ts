@@ -18,6 +18,8 @@ import type { DecodeCache } from '../cpu/decode-cache.ts';
 import { FRAMES_PER_RUN } from './frame-pool.ts';
 import type { FramePool } from './frame-pool.ts';
 import type { ZeroedArena } from './zeroed-arena.ts';
+import { Access } from '../mmu/sv32.ts';
+import type { AccessKind } from '../mmu/sv32.ts';
 import type { Gpa, HostOffset } from './addresses.ts';
 import {
   ABSENT_STATE_NAMES, AbsentState, P2M_FLAG_MASK, P2M_FRAME_MASK, P2M_MAX_PAYLOAD, P2M_PER_VM_FLAGS, P2M_PRESENT_BIT, P2M_READ_BLOCKING,
@@ -41,17 +43,10 @@ export type PageStateId = (typeof PageState)[keyof typeof PageState];
 /** PageState names by value ('untouched', 'lazy', …, 'present'), for messages and stats. */
 export const PAGE_STATE_NAMES = [...ABSENT_STATE_NAMES, 'present'] as const;
 
-/** Access kinds, as the MMU numbers them (kernel/mmu/sv32.ts Access). */
-export const MemoryAccess = {
-  /** A load (or a host read). */
-  READ: 0,
-  /** A store. */
-  WRITE: 1,
-  /** An instruction fetch. */
-  EXEC: 2,
-} as const;
+/** Access kinds (READ 0, WRITE 1, EXEC 2): the MMU's own numbering (kernel/mmu/sv32.ts Access). */
+export const MemoryAccess = Access;
 /** One of the MemoryAccess values: what a resolver is told the guest was doing. */
-export type MemoryAccessKind = (typeof MemoryAccess)[keyof typeof MemoryAccess];
+export type MemoryAccessKind = AccessKind;
 
 /**
  * Resolves an access to an absent page of `memory`: install a page (installPage, or leave it
