@@ -17,7 +17,7 @@ import { BvError } from '../guest-isa/errors.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { loadImageFile } from '../guest-isa/image.ts';
 import {
-  attachStandardDevices, BootArgsError, CaptureSink, runWithResetsAsync, savedBootArgs, type BlockState, type GuestRun, type StandardDeviceOptions,
+  attachStandardDevices, BootArgsError, CaptureSink, runWithResetsAsync, savedBlockDisk, savedBootArgs, type GuestRun, type StandardDeviceOptions,
   type StandardDevices,
 } from '../devices/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
@@ -466,8 +466,9 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
         attach: (vm, saved) => {
           const options = deviceOptionsFor(args, hv, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), args.input);
           // A checkpointed disk is reopened from its saved chain; attach it on that chain's base.
-          const block = saved.components['block']?.state as BlockState | undefined;
-          if (block && options.disk === undefined) options.disk = block.chain[0]!;
+          // savedBlockDisk checks the saved chain: a malformed one is a typed error naming the field.
+          const block = saved.components['block']?.state;
+          if (block !== undefined && options.disk === undefined) options.disk = savedBlockDisk(block);
           devices = attachDevices(vm, options);
         },
         onProgress: progress.onProgress,

@@ -231,11 +231,20 @@ _start: li      t0, 20000
     writeFileSync(layout, readFileSync(good));
     editSection(layout, SectionType.CONFIG, /"name":"timer"/, () => '"name":"tumor"');
 
-    const runs = await Promise.all([timer, console, layout].map((path) => runTool(['--restore', path])));
+    // A VM with a disk whose saved chain names a relative file (the leading '/' edited away).
+    const image = join(dir, 'disk.img');
+    writeFileSync(image, new Uint8Array(64 * 512));
+    const withDisk = join(dir, 'disk.ckpt');
+    const savedDisk = await runTool([guest, '--disk', image, '--checkpoint-at', '5000', withDisk]);
+    expect(savedDisk.code, savedDisk.stderr).toBe(0);
+    editSection(withDisk, SectionType.DEVICES, /"chain":\["\//, (text) => text.replace('["/', '["x'));
+
+    const runs = await Promise.all([timer, console, layout, withDisk].map((path) => runTool(['--restore', path])));
     const expected = [
       /^error: saved timer state: high is not a list \(got "[0-9]+"\)\n$/,
       /^error: saved console state: control is not an integer from 0 to \d \(got 9\)\n$/,
       /^error: .*device layout differs at device-table entry 1: the saved VM has 'tumor' \(type 2\) at 0xf0002000, 4 KiB, this VM has 'timer' .*\n$/,
+      /^error: saved block state: chain\[0\] is not an absolute path \(got "x.*"\)\n$/,
     ];
     runs.forEach((run, index) => {
       expect(run.code).not.toBe(0);
