@@ -94,21 +94,10 @@ sys_read:
         beqz    a2, syscall_return_zero
         mv      s1, a1                  # s1 = buf
         add     s2, a1, a2              # s2 = end
-        li      t0, USER_BASE
-        bltu    s1, t0, 9f
-        bltu    s2, s1, 9f              # wraps around
-        li      t0, STACK_TOP
-        bltu    t0, s2, 9f
-        srli    s3, s1, PAGE_SHIFT
-        slli    s3, s3, PAGE_SHIFT
-1:      mv      a0, s0
-        mv      a1, s3
-        li      a2, PTE_U | PTE_R | PTE_W
-        call    user_page_allowed
+        mv      a0, s0
+        li      a3, PTE_U | PTE_R | PTE_W
+        call    user_range_allowed
         bnez    a0, 9f
-        li      t0, PAGE_SIZE
-        add     s3, s3, t0
-        bltu    s3, s2, 1b
         la      t0, console_tx
         lw      s3, 0(t0)               # s3 = the console window (TX is at +0)
 2:      lw      t1, CONSOLE_STATUS(s3)

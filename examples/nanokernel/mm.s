@@ -230,12 +230,9 @@ demand_map:
 8:      li      a0, -1
         ret
 
-# user_page_readable(a0 = process, a1 = va) -> a0 = 0 when user mode may read va (faulting a
-# heap or stack page in if needed), else -1. Used to validate system-call buffers.
-user_page_readable:
-        li      a2, PTE_U | PTE_R
-# user_page_allowed(a0 = process, a1 = va, a2 = PTE bits that must all be set) -> a0 = 0 or -1,
-# the same for any access (a demand-paged page is mapped readable and writable).
+# user_page_allowed(a0 = process, a1 = va, a2 = PTE bits that must all be set) -> a0 = 0 when user
+# mode may access va that way (faulting a heap or stack page in if needed: a demand-paged page is
+# mapped readable and writable), else -1.
 user_page_allowed:
         addi    sp, sp, -16
         sw      ra, 0(sp)
@@ -265,6 +262,46 @@ user_page_allowed:
         lw      s0, 4(sp)
         lw      s1, 8(sp)
         addi    sp, sp, 16
+        ret
+
+# user_range_allowed(a0 = process, a1 = buffer, a2 = length > 0, a3 = PTE bits every page must
+# have) -> a0 = 0 when [buffer, buffer + length) lies in user space without wrapping and every page
+# of it allows the access (demand-paging pages in as needed), else -1. Used by the system calls
+# that take a user buffer.
+user_range_allowed:
+        addi    sp, sp, -32
+        sw      ra, 0(sp)
+        sw      s0, 4(sp)
+        sw      s1, 8(sp)
+        sw      s2, 12(sp)
+        sw      s3, 16(sp)
+        mv      s0, a0
+        mv      s3, a3
+        add     s2, a1, a2              # s2 = end
+        li      t0, USER_BASE
+        bltu    a1, t0, 3f
+        bltu    s2, a1, 3f              # wraps around
+        li      t0, STACK_TOP
+        bltu    t0, s2, 3f
+        srli    s1, a1, PAGE_SHIFT
+        slli    s1, s1, PAGE_SHIFT      # s1 = the page being checked
+1:      mv      a0, s0
+        mv      a1, s1
+        mv      a2, s3
+        call    user_page_allowed
+        bnez    a0, 3f
+        li      t0, PAGE_SIZE
+        add     s1, s1, t0
+        bltu    s1, s2, 1b
+        li      a0, 0
+        j       4f
+3:      li      a0, -1
+4:      lw      ra, 0(sp)
+        lw      s0, 4(sp)
+        lw      s1, 8(sp)
+        lw      s2, 12(sp)
+        lw      s3, 16(sp)
+        addi    sp, sp, 32
         ret
 
 # unmap_user_range(a0 = process, a1 = first va, a2 = end va; both page-aligned): frees the

@@ -12,6 +12,7 @@ import type { GuestRun, JsRun, MmuCounters } from '../../bench/harness.ts';
 import { expectedLines, programArgs } from '../../bench/nanokernel-model.ts';
 import { formatReport, type BenchReport } from '../../bench/run.ts';
 import { TRANSLATION_WORKLOADS } from '../../bench/translation.ts';
+import type { Stall, Timing } from '../../bench/state.ts';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
@@ -312,24 +313,8 @@ function expectTranslationSection(translation: {
   ]);
 }
 
-interface TimingJson {
-  wallMs: number;
-  cpuMs: number;
-  minWallMs: number;
-  maxWallMs: number;
-  runs: number;
-  load: number;
-}
-
-interface StallJson {
-  wallMs: number;
-  maxWallMs: number;
-  windowWallMs: number;
-  windowCpuMs: number;
-}
-
 /** A figure: median within its runs, as many runs as --quick takes, CPU time reported. */
-function expectTiming(timing: TimingJson, runs: number): void {
+function expectTiming(timing: Timing, runs: number): void {
   expect(Object.keys(timing).sort()).toEqual(['cpuMs', 'load', 'maxWallMs', 'minWallMs', 'runs', 'wallMs']);
   expect(timing.runs).toBe(runs);
   expect(timing.minWallMs).toBeGreaterThan(0);
@@ -340,7 +325,7 @@ function expectTiming(timing: TimingJson, runs: number): void {
 }
 
 /** A stall lies inside its CPU-sampling window, and the worst round is at least the median. */
-function expectStall(stall: StallJson): void {
+function expectStall(stall: Stall): void {
   expect(stall.wallMs).toBeGreaterThan(0);
   expect(stall.maxWallMs).toBeGreaterThanOrEqual(stall.wallMs);
   expect(stall.windowWallMs).toBeGreaterThanOrEqual(stall.wallMs);
