@@ -3,8 +3,9 @@
  * positional file I/O for checkpoint files. The addon validates every argument; its failures
  * arrive here as NativeError with a stable code. See docs/native.md.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { NativeError, rethrowNative } from './errors.ts';
 
 export { NATIVE_ERROR_CODES, NativeError } from './errors.ts';
@@ -53,14 +54,21 @@ interface NativeBinding {
   crc32c(bytes: Uint8Array, seed?: number): number;
 }
 
+/**
+ * The addon is build/Release/bytevisor_native.node at the package root. This module runs from
+ * native/ in the repository (through tsx) and from dist/native/ in the installed package (the
+ * compiled JavaScript), so the root is one or two levels up: the first candidate that exists is
+ * loaded, and its own load error (a wrong Node ABI, say) is the one reported.
+ */
 function loadBinding(): NativeBinding {
-  const addonPath = '../build/Release/bytevisor_native.node';
+  const candidates = ['../build/Release/bytevisor_native.node', '../../build/Release/bytevisor_native.node'];
+  const addonPath = candidates.find((candidate) => existsSync(new URL(candidate, import.meta.url))) ?? candidates[0]!;
   try {
     return createRequire(import.meta.url)(addonPath) as NativeBinding;
   } catch (error) {
     throw new NativeError(
       'BV_NATIVE_NOT_BUILT',
-      `cannot load the native addon (${addonPath}): run \`npm install\` to build it (${(error as Error).message})`,
+      `cannot load the native addon (${fileURLToPath(new URL(addonPath, import.meta.url))}): run \`npm install\` to build it (${(error as Error).message})`,
     );
   }
 }
