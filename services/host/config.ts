@@ -1,0 +1,680 @@
+/**
+ * The host configuration format (docs/host.md#configuration): the JSON file `tools/host --config`
+ * reads, and the body of the API's `PUT /vms/{name}`. Keys are snake_case like Firecracker's.
+ *
+ * Two passes refuse a bad configuration before anything starts. A JSON Schema (draft 2020-12,
+ * checked by ajv; exported as HOST_CONFIG_SCHEMA and VM_CONFIG_SCHEMA) refuses unknown keys,
+ * wrong types and out-of-range values; a semantic pass then checks what a schema cannot say:
+ * duplicate VM names, the VMs' memory against the host pool, boot arguments measured as UTF-8
+ * bytes, and MMU options that only shadow mode has. Every refusal is one ConfigError that names
+ * the offending field the way a person reads it (`vms[0].memory_mib`).
+ *
+ * Paths in the configuration (images, disks) are taken as given: nothing here looks at the file
+ * system except readHostConfigFile reading the configuration itself. The host checks image and
+ * disk files when it loads them.
+ */
+import { readFileSync } from 'node:fs';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js';
+import { MAX_BOOT_ARGS_BYTES } from '../../devices/bootargs.ts';
+import { GuestPhys } from '../../guest-isa/arch.ts';
+import { BvError } from '../../guest-isa/errors.ts';
+import type { LargePagePolicy, MmuOptions } from '../../kernel/index.ts';
+
+/** One VM as the host runs it (parsed, defaults applied). */
+export interface VmSpec {
+  /** `name`: 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit (used in API paths and file names). */
+  name: string;
+  /** `image`: a `.s` source or a `.bvx` image, as given (a relative path is taken from the host's working directory). */
+  image: string;
+  /** `memory_mib` × 1 MiB: guest RAM. */
+  memoryBytes: number;
+  /** `vcpus` (default 1). */
+  vcpus: number;
+  /** `boot_args` (default ''): at most MAX_BOOT_ARGS_BYTES as UTF-8, no NUL. */
+  bootArgs: string;
+  /** `disk`: the top of a disk chain (a raw image or an overlay, docs/block-device.md), or null for none. */
+  disk: { path: string; overlayDir?: string } | null;
+  /** `mmu` (default shadow with traces): `traces` and `batch` are present only when given. */
+  mmu: MmuOptions;
+  /** `large_pages` (default 'superpages'). */
+  largePages: LargePagePolicy;
+  /** `console_input`: text given to the guest's console up front, or null. */
+  consoleInput: string | null;
+  /** `console_input_eof` (default false): the console input ends after consoleInput (no more can be sent through the API). */
+  consoleInputEof: boolean;
+  /** `max_instructions`: the VM stops (exit reason "budget") after this many instructions, or null for no limit. */
+  maxInstructions: number | null;
+  /** `start_paused` (default false): the VM is created paused and runs when resumed. */
+  startPaused: boolean;
+}
+
+/** The host: pool, scheduling, API limits, and the VMs it boots. */
+export interface HostSpec {
+  /** `host_memory_mib` × 1 MiB (default 1024 MiB): the host pool every VM takes frames from, reserved lazily. */
+  hostMemoryBytes: number;
+  /** `slice_instructions` (default 200,000): instructions each running VM gets per round-robin turn. */
+  sliceInstructions: number;
+  /** `quantum` (default 20,000): instructions per vCPU slice inside a VM's turn. */
+  quantum: number;
+  /** `console_buffer_kib` × 1 KiB (default 1 MiB): how much guest console output the host keeps per VM. */
+  consoleBufferBytes: number;
+  /** `api.max_body_kib` × 1 KiB (default 64 KiB): the largest API request body. */
+  maxBodyBytes: number;
+  /** `api.request_timeout_ms` (default 10 s): a client must send its whole request within this. */
+  requestTimeoutMs: number;
+  /** `vms` (default []): the VMs the host boots, in order. */
+  vms: VmSpec[];
+}
+
+/** One thing wrong with a configuration. */
+export interface ConfigProblem {
+  /** The offending field, e.g. `vms[0].memory_mib` ('' for the whole document or file). */
+  readonly path: string;
+  /** What is wrong with it, e.g. `must be an integer from 1 to 3840, got 0`. */
+  readonly problem: string;
+}
+
+/**
+ * A configuration that cannot be used: unreadable, malformed JSON, or refused by the schema or
+ * the semantic checks. `path` names the first offending field; the message is
+ * `${path}: ${problem}` and lists up to three more problems as `(and N more: …)`.
+ */
+export class ConfigError extends BvError {
+  /** The first offending field, as `vms[0].memory_mib` ('' for the whole document or file). */
+  readonly path: string;
+  /** Every problem found, the first (the one `path` names) included, in document order. */
+  readonly problems: readonly ConfigProblem[];
+
+  /**
+   * `path` and `problem` are the first problem; `more` the others (up to three are listed in
+   * the message); `file` is put before the message (the configuration file it came from).
+   */
+  constructor(path: string, problem: string, options: { more?: readonly ConfigProblem[]; file?: string; cause?: unknown } = {}) {
+    const more = options.more ?? [];
+    const listed = more.slice(0, MORE_LISTED).map(statement).join('; ');
+    const tail = more.length === 0 ? '' : ` (and ${more.length} more: ${listed}${more.length > MORE_LISTED ? '; …' : ''})`;
+    const file = options.file === undefined ? '' : `${options.file}: `;
+    super('BV_CONFIG', `${file}${statement({ path, problem })}${tail}`, { cause: options.cause });
+    this.path = path;
+    this.problems = [{ path, problem }, ...more];
+  }
+}
+
+/** How many problems after the first a ConfigError message lists. */
+const MORE_LISTED = 3;
+
+function statement({ path, problem }: ConfigProblem): string {
+  return path === '' ? problem : `${path}: ${problem}`;
+}
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+/** Guest RAM is [0, memory): it must end at or below the device table. */
+const MAX_MEMORY_MIB = Math.floor(GuestPhys.DEVICE_TABLE / MIB);
+/** What a VM name must match (it appears in API paths and file names). */
+export const VM_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
+const NAME_RULE = "a name of 1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit";
+const MMU_MODES = ['shadow', 'nested'] as const;
+const LARGE_PAGE_POLICIES = ['off', 'superpages', 'always'] as const satisfies readonly LargePagePolicy[];
+
+/** The defaults of the VM keys, used by both the schema (as `default`) and the parser. */
+const VM_DEFAULTS = {
+  vcpus: 1,
+  boot_args: '',
+  disk: null,
+  mmu_mode: 'shadow',
+  large_pages: 'superpages',
+  console_input: null,
+  console_input_eof: false,
+  max_instructions: null,
+  start_paused: false,
+} as const;
+
+/** The defaults of the host keys (the schema's `default`s and the parser's). */
+const HOST_DEFAULTS = {
+  host_memory_mib: 1024,
+  slice_instructions: 200_000,
+  quantum: 20_000,
+  console_buffer_kib: 1024,
+  max_body_kib: 64,
+  request_timeout_ms: 10_000,
+} as const;
+
+function integer(minimum: number, maximum: number, description: string, more: object = {}): object {
+  return { type: 'integer', minimum, maximum, ...more, description };
+}
+
+/** The schema of one VM, without `$schema` (it is also the host schema's `$defs.vm`). */
+const VM_BODY = {
+  title: 'bytevisor VM',
+  description: 'One VM: its image, memory, vCPUs, boot arguments, disk, MMU and large-page options.',
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'image', 'memory_mib'],
+  properties: {
+    name: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The VM\'s name, unique in the host (API paths and file names use it).' },
+    image: { type: 'string', minLength: 1, description: 'A .s source or .bvx image; a relative path is taken from the host\'s working directory.' },
+    memory_mib: integer(1, MAX_MEMORY_MIB, 'Guest RAM in MiB (it must end below the device table at guest-physical 0xf0000000).'),
+    vcpus: integer(1, 32, 'Virtual CPUs.', { default: VM_DEFAULTS.vcpus }),
+    boot_args: { type: 'string', default: VM_DEFAULTS.boot_args, description: `Boot arguments: at most ${MAX_BOOT_ARGS_BYTES} bytes as UTF-8, no NUL.` },
+    disk: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['path'],
+      properties: {
+        path: { type: 'string', minLength: 1, description: 'The top of the disk chain: a raw image or an overlay.' },
+        overlay_dir: { type: 'string', minLength: 1, description: 'Where the VM\'s copy-on-write overlays are written.' },
+      },
+      default: VM_DEFAULTS.disk,
+      description: 'A block device (docs/block-device.md), or null for none.',
+    },
+    mmu: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        mode: { type: 'string', enum: MMU_MODES, default: VM_DEFAULTS.mmu_mode, description: 'How guest page tables are virtualised.' },
+        traces: { type: 'boolean', description: 'Keep the shadow tables coherent with traces (shadow only; default true).' },
+        batch: integer(0, 1023, 'Neighbouring PTEs cached per walk (shadow only; default 16, 0 disables).'),
+      },
+      description: 'MMU options (docs/mmu.md).',
+    },
+    large_pages: { type: 'string', enum: LARGE_PAGE_POLICIES, default: VM_DEFAULTS.large_pages, description: 'When 4 MiB guest regions get 4 MiB host runs.' },
+    console_input: { type: ['string', 'null'], default: VM_DEFAULTS.console_input, description: 'Text given to the guest\'s console up front.' },
+    console_input_eof: { type: 'boolean', default: VM_DEFAULTS.console_input_eof, description: 'Close the console input after console_input.' },
+    max_instructions: {
+      type: ['integer', 'null'],
+      minimum: 1,
+      maximum: Number.MAX_SAFE_INTEGER,
+      default: VM_DEFAULTS.max_instructions,
+      description: 'Stop the VM (exit reason "budget") after this many instructions.',
+    },
+    start_paused: { type: 'boolean', default: VM_DEFAULTS.start_paused, description: 'Create the VM paused.' },
+  },
+};
+
+const DRAFT_2020_12 = 'https://json-schema.org/draft/2020-12/schema';
+
+/** The JSON Schema (draft 2020-12) of one VM: a `vms` entry, and the body of `PUT /vms/{name}`. */
+export const VM_CONFIG_SCHEMA: object = deepFreeze({ $schema: DRAFT_2020_12, ...VM_BODY });
+
+/** The JSON Schema (draft 2020-12) of the host configuration file. */
+export const HOST_CONFIG_SCHEMA: object = deepFreeze({
+  $schema: DRAFT_2020_12,
+  title: 'bytevisor host',
+  description: 'A bytevisor host: its memory pool, scheduling, API limits and the VMs it boots.',
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host_memory_mib: integer(4, 4096, 'The host pool in MiB (reserved lazily).', { multipleOf: 4, default: HOST_DEFAULTS.host_memory_mib }),
+    slice_instructions: integer(1000, 100_000_000, 'Instructions each running VM gets per round-robin turn.', { default: HOST_DEFAULTS.slice_instructions }),
+    quantum: integer(100, 10_000_000, 'Instructions per vCPU slice inside a VM\'s turn.', { default: HOST_DEFAULTS.quantum }),
+    console_buffer_kib: integer(1, 65536, 'Guest console output kept per VM, in KiB.', { default: HOST_DEFAULTS.console_buffer_kib }),
+    api: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        max_body_kib: integer(1, 16384, 'The largest API request body, in KiB.', { default: HOST_DEFAULTS.max_body_kib }),
+        request_timeout_ms: integer(100, 600_000, 'A client must send its whole request within this.', { default: HOST_DEFAULTS.request_timeout_ms }),
+      },
+      description: 'Limits of the control API.',
+    },
+    vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },
+  },
+  $defs: { vm: VM_BODY },
+});
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
+}
+
+/** A VM as it is after the schema check. */
+interface VmJson {
+  name: string;
+  image: string;
+  memory_mib: number;
+  vcpus?: number;
+  boot_args?: string;
+  disk?: { path: string; overlay_dir?: string } | null;
+  mmu?: { mode?: (typeof MMU_MODES)[number]; traces?: boolean; batch?: number };
+  large_pages?: LargePagePolicy;
+  console_input?: string | null;
+  console_input_eof?: boolean;
+  max_instructions?: number | null;
+  start_paused?: boolean;
+}
+
+/** The host file as it is after the schema check. */
+interface HostJson {
+  host_memory_mib?: number;
+  slice_instructions?: number;
+  quantum?: number;
+  console_buffer_kib?: number;
+  api?: { max_body_kib?: number; request_timeout_ms?: number };
+  vms?: VmJson[];
+}
+
+let ajv: Ajv2020 | undefined;
+
+/** The compiled validator of a schema: ajv compiles each schema object once and caches it. */
+function validator(schema: object): ValidateFunction {
+  // verbose: errors carry the failing value and its schema, which the messages describe.
+  ajv ??= new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true, verbose: true });
+  return ajv.compile(schema);
+}
+
+/** A problem found at a place in the document (segments from the value that was checked). */
+interface Found {
+  segments: (string | number)[];
+  problem: string;
+}
+
+/**
+ * Checks a host configuration (a parsed JSON value): the schema, then the semantic checks.
+ * Throws ConfigError naming the first problem in document order.
+ */
+export function parseHostConfig(json: unknown): HostSpec {
+  const found = schemaProblems(validator(HOST_CONFIG_SCHEMA), json);
+  if (isObject(json)) {
+    const vms = json.vms;
+    if (Array.isArray(vms)) {
+      vms.forEach((vm, index) => found.push(...vmProblems(vm, ['vms', index])));
+      found.push(...crossVmProblems(json, vms));
+    }
+  }
+  throwIfAny(found, json, '');
+  const host = json as HostJson;
+  return {
+    hostMemoryBytes: (host.host_memory_mib ?? HOST_DEFAULTS.host_memory_mib) * MIB,
+    sliceInstructions: host.slice_instructions ?? HOST_DEFAULTS.slice_instructions,
+    quantum: host.quantum ?? HOST_DEFAULTS.quantum,
+    consoleBufferBytes: (host.console_buffer_kib ?? HOST_DEFAULTS.console_buffer_kib) * KIB,
+    maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
+    requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
+    vms: (host.vms ?? []).map(toVmSpec),
+  };
+}
+
+/**
+ * Checks one VM's configuration (a `vms` entry, or the body of `PUT /vms/{name}`). `where`
+ * prefixes the paths in errors (`vms[3]` makes `vms[3].memory_mib`). Throws ConfigError.
+ */
+export function parseVmConfig(json: unknown, where = ''): VmSpec {
+  const found = schemaProblems(validator(VM_CONFIG_SCHEMA), json);
+  found.push(...vmProblems(json, []));
+  throwIfAny(found, json, where);
+  return toVmSpec(json as VmJson);
+}
+
+/**
+ * Checks any JSON value against a JSON Schema (draft 2020-12) and words the refusal as the host
+ * configuration does: a ConfigError naming the first offending field, its path prefixed by
+ * `where` (`body` makes `body.state`). The API checks its request bodies with it.
+ */
+export function checkJson(schema: object, value: unknown, where = ''): void {
+  throwIfAny(schemaProblems(validator(schema), value), value, where);
+}
+
+/**
+ * Reads and checks a host configuration file. A missing or unreadable file, malformed JSON
+ * (with the line:column of the first wrong character) and every refusal of parseHostConfig are
+ * ConfigErrors whose message starts with the file's path.
+ */
+export function readHostConfigFile(path: string): HostSpec {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError('', `${path}: ${describeReadFailure(error)}`, { cause: error });
+  }
+  if (text.startsWith('\uFEFF')) text = text.slice(1); // a byte-order mark is not JSON, but editors write one
+  if (text.trim() === '') throw new ConfigError('', `${path}: the file is empty (the smallest configuration is {})`);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError('', describeSyntaxError(path, text, error), { cause: error });
+  }
+  try {
+    return parseHostConfig(json);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    const [first, ...more] = error.problems;
+    throw new ConfigError(first!.path, first!.problem, { more, file: path });
+  }
+}
+
+function describeReadFailure(error: unknown): string {
+  switch ((error as NodeJS.ErrnoException).code) {
+    case 'ENOENT': return 'no such file';
+    case 'EACCES': case 'EPERM': return 'permission denied';
+    case 'EISDIR': return 'is a directory, not a configuration file';
+    default: return `cannot be read (${error instanceof Error ? error.message : String(error)})`;
+  }
+}
+
+/** `host.json:3:5: malformed JSON: expected ',' or '}' after property value`. */
+function describeSyntaxError(path: string, text: string, error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  // V8 says "… in JSON at position N", or for an unexpected token in a value's place quotes the
+  // whole text instead ("Unexpected token ']', "…" is not valid JSON"): then find the place.
+  const position = /at position (\d+)/.exec(message);
+  const offset = position ? Number(position[1]) : /Unexpected end of JSON input/.test(message) ? text.length : jsonErrorOffset(text);
+  const what = message.replace(/ at position \d+.*$/s, '').replace(/ in JSON$/, '').replace(/, (?:\.\.\.)?".*" is not valid JSON$/s, '');
+  const where = offset === undefined ? '' : `:${lineColumn(text, offset)}`;
+  return `${path}${where}: malformed JSON: ${what.charAt(0).toLowerCase()}${what.slice(1)}`;
+}
+
+/** The offset of the first character that makes `text` not JSON (RFC 8259), or undefined if it is JSON. */
+function jsonErrorOffset(text: string): number | undefined {
+  const literal = /true|false|null|-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+  let at = 0;
+  const skipSpace = (): void => {
+    while (at < text.length && ' \t\n\r'.includes(text[at]!)) at++;
+  };
+  const expect = (char: string): void => {
+    skipSpace();
+    if (text[at] !== char) throw at;
+    at++;
+  };
+  /** One value, then `close` after any number of `,`-separated members (arrays and objects). */
+  const value = (): void => {
+    skipSpace();
+    const open = text[at];
+    if (open === '[' || open === '{') {
+      const close = open === '[' ? ']' : '}';
+      at++;
+      skipSpace();
+      if (text[at] === close) return void at++;
+      for (;;) {
+        if (open === '{') {
+          skipSpace();
+          if (text[at] !== '"') throw at;
+          value();
+          expect(':');
+        }
+        value();
+        skipSpace();
+        if (text[at] === close) return void at++;
+        expect(',');
+      }
+    }
+    literal.lastIndex = at;
+    if (!literal.test(text)) throw at;
+    at = literal.lastIndex;
+  };
+  try {
+    value();
+    skipSpace();
+    return at < text.length ? at : undefined;
+  } catch (offset) {
+    return typeof offset === 'number' ? offset : undefined; // not a number: too deep to scan (RangeError)
+  }
+}
+
+/** 1-based `line:column` of a UTF-16 offset in `text`. */
+function lineColumn(text: string, offset: number): string {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  return `${line}:${offset - before.lastIndexOf('\n')}`;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic checks: only on parts the schema accepted (a part it refused is reported by it).
+
+/** One VM's checks that the schema cannot express. */
+function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
+  const found: Found[] = [];
+  if (!isObject(vm)) return found;
+  if (typeof vm.boot_args === 'string') {
+    const bytes = Buffer.byteLength(vm.boot_args, 'utf8');
+    if (bytes > MAX_BOOT_ARGS_BYTES) {
+      found.push({ segments: [...at, 'boot_args'], problem: `is ${bytes} bytes long as UTF-8; at most ${MAX_BOOT_ARGS_BYTES} bytes fit (the boot-arguments window is one page)` });
+    } else if (vm.boot_args.includes('\0')) {
+      found.push({ segments: [...at, 'boot_args'], problem: 'cannot contain a NUL character' });
+    }
+  }
+  const mmu = vm.mmu;
+  if (isObject(mmu) && mmu.mode === 'nested') {
+    for (const key of ['traces', 'batch']) {
+      if (mmu[key] !== undefined) found.push({ segments: [...at, 'mmu', key], problem: `applies to mode "shadow" only (this VM's mmu.mode is "nested")` });
+    }
+  }
+  return found;
+}
+
+/** Checks across the VMs of a host: unique names, and their memory within the pool. */
+function crossVmProblems(host: Record<string, unknown>, vms: unknown[]): Found[] {
+  const found: Found[] = [];
+  const firstUse = new Map<string, number>();
+  let totalMib = 0;
+  let memoryKnown = true;
+  vms.forEach((vm, index) => {
+    if (!isObject(vm)) {
+      memoryKnown = false;
+      return;
+    }
+    if (typeof vm.name === 'string') {
+      const earlier = firstUse.get(vm.name);
+      if (earlier === undefined) firstUse.set(vm.name, index);
+      else found.push({ segments: ['vms', index, 'name'], problem: `'${vm.name}' is used by vms[${earlier}] too` });
+    }
+    if (isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB)) totalMib += vm.memory_mib;
+    else memoryKnown = false;
+  });
+  const given = host.host_memory_mib;
+  const poolMib = given === undefined ? HOST_DEFAULTS.host_memory_mib : isInteger(given, 4, 4096) && given % 4 === 0 ? given : undefined;
+  if (memoryKnown && poolMib !== undefined && totalMib > poolMib) {
+    const pool = given === undefined ? `${poolMib} MiB, the default` : `${poolMib} MiB`;
+    found.push({ segments: ['vms'], problem: `the VMs' memory_mib add up to ${totalMib} MiB, more than host_memory_mib (${pool})` });
+  }
+  return found;
+}
+
+function isInteger(value: unknown, min: number, max: number): value is number {
+  return Number.isInteger(value) && (value as number) >= min && (value as number) <= max;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema errors, in words.
+
+/** The schema of one field, as the messages read it. */
+interface FieldSchema {
+  type?: string | string[];
+  enum?: readonly string[];
+  minimum?: number;
+  maximum?: number;
+  multipleOf?: number;
+  minLength?: number;
+  pattern?: string;
+  properties?: Record<string, unknown>;
+}
+
+function schemaProblems(validate: ValidateFunction, json: unknown): Found[] {
+  if (validate(json)) return [];
+  const found: Found[] = [];
+  for (const error of validate.errors ?? []) {
+    const segments = pointerSegments(json, error.instancePath);
+    found.push({ segments, problem: describeSchemaError(error, segments) });
+  }
+  return found;
+}
+
+/** The problem an ajv error stands for. Unknown and missing keys move the path to the key. */
+function describeSchemaError(error: ErrorObject, segments: (string | number)[]): string {
+  const schema = (error.parentSchema ?? {}) as FieldSchema;
+  switch (error.keyword) {
+    case 'additionalProperties': {
+      const key = String(error.params.additionalProperty);
+      segments.push(key);
+      return `unknown key ${suggestKey(key, Object.keys(schema.properties ?? {}))}`;
+    }
+    case 'required':
+      segments.push(String(error.params.missingProperty));
+      return 'missing (a required key)';
+    case 'type': case 'enum': case 'minimum': case 'maximum': case 'multipleOf': case 'minLength': case 'pattern':
+      return `must be ${expectation(schema)}, got ${showValue(error.data, schema)}`;
+    case 'const':
+      return `must be ${JSON.stringify(error.params.allowedValue)}, got ${showValue(error.data, schema)}`;
+    default: // keywords this module's schemas do not use: ajv's words, and the value
+      return `${error.message ?? 'is not valid'}, got ${showValue(error.data, schema)}`;
+  }
+}
+
+/** `(did you mean "memory_mib"?)` for a near miss, else the keys that are allowed there. */
+function suggestKey(key: string, known: readonly string[]): string {
+  const simple = (text: string) => text.toLowerCase().replace(/[-_\s]/g, '');
+  const near = known.find((candidate) => simple(candidate) === simple(key));
+  if (near !== undefined) return `(did you mean "${near}"?)`;
+  return known.length === 0 ? '' : `(the keys here are ${known.join(', ')})`;
+}
+
+/** What a valid value of a field is: `an integer from 1 to 3840`, `one of "off", "always"`. */
+function expectation(schema: FieldSchema): string {
+  const types = [schema.type ?? []].flat();
+  const orNull = types.includes('null') ? ' or null' : '';
+  if (schema.enum !== undefined) return `one of ${schema.enum.map((choice) => JSON.stringify(choice)).join(', ')}${orNull}`;
+  switch (types[0]) {
+    case 'integer': {
+      const { minimum, maximum, multipleOf } = schema;
+      const kind = multipleOf === undefined ? 'an integer' : `a multiple of ${multipleOf}`;
+      const top = maximum === Number.MAX_SAFE_INTEGER ? '2^53 - 1' : String(maximum);
+      return `${kind} from ${minimum} to ${top}${orNull}`;
+    }
+    case 'string':
+      if (schema.pattern === VM_NAME_PATTERN) return NAME_RULE;
+      return `${schema.minLength ? 'a non-empty string' : 'a string'}${orNull}`;
+    case 'boolean': return 'true or false';
+    case 'array': return 'an array';
+    case 'object': return `an object${orNull}`;
+    default: return 'something else';
+  }
+}
+
+/** The offending value, as JSON when short (`"64"`, `5000`, `[1,2]`), else its kind and size. */
+function showValue(value: unknown, schema: FieldSchema): string {
+  let json: string | undefined;
+  try {
+    json = typeof value === 'number' ? String(value) : JSON.stringify(value);
+  } catch {
+    json = undefined; // a BigInt or a cycle (only a program can pass one)
+  }
+  const short = json !== undefined && json.length <= 40 ? json : undefined;
+  if (typeof value === 'string') {
+    const wantsNumber = [schema.type].flat().includes('integer') && value.trim() !== '' && Number.isFinite(Number(value));
+    const hint = wantsNumber ? ' (a string: write numbers without quotes)' : '';
+    return short === undefined ? `a string of ${value.length} characters` : `${short}${hint}`;
+  }
+  if (short !== undefined) return short;
+  if (Array.isArray(value)) return `an array of ${value.length} items`;
+  if (isObject(value)) return `an object with ${Object.keys(value).length} keys`;
+  return `a value of type ${typeof value}`;
+}
+
+/** `/vms/0/memory_mib` → `['vms', 0, 'memory_mib']` (numbers where the value there is an array). */
+function pointerSegments(root: unknown, pointer: string): (string | number)[] {
+  if (pointer === '') return [];
+  const segments: (string | number)[] = [];
+  let value = root;
+  for (const raw of pointer.slice(1).split('/')) {
+    const key = raw.replaceAll('~1', '/').replaceAll('~0', '~');
+    if (Array.isArray(value)) {
+      segments.push(Number(key));
+      value = value[Number(key)];
+    } else {
+      segments.push(key);
+      value = isObject(value) ? value[key] : undefined;
+    }
+  }
+  return segments;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+/** Throws one ConfigError for the problems found, first in document order, if there are any. */
+function throwIfAny(found: Found[], root: unknown, where: string): void {
+  if (found.length === 0) return;
+  const ordered = found
+    .map((entry) => ({ entry, order: documentOrder(root, entry.segments) }))
+    .sort((a, b) => compareOrder(a.order, b.order))
+    .map(({ entry }) => {
+      const path = formatPath(where, entry.segments);
+      return { path, problem: path === '' ? `the configuration ${entry.problem}` : entry.problem }; // "must be an object"
+    });
+  const problems: ConfigProblem[] = [];
+  for (const problem of ordered) {
+    if (!problems.some((earlier) => earlier.path === problem.path)) problems.push(problem); // one problem per field
+  }
+  const [first, ...more] = problems;
+  throw new ConfigError(first!.path, first!.problem, { more });
+}
+
+/** Where a path is in the document: each segment's index among its parent's keys (missing keys last). */
+function documentOrder(root: unknown, segments: readonly (string | number)[]): number[] {
+  const order: number[] = [];
+  let value = root;
+  for (const segment of segments) {
+    if (Array.isArray(value)) {
+      order.push(Number(segment));
+      value = value[Number(segment)];
+    } else if (isObject(value)) {
+      const keys = Object.keys(value);
+      const index = keys.indexOf(String(segment));
+      order.push(index === -1 ? keys.length : index);
+      value = value[String(segment)];
+    } else {
+      order.push(0);
+      value = undefined;
+    }
+  }
+  return order;
+}
+
+function compareOrder(a: readonly number[], b: readonly number[]): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i]! - b[i]!;
+  return a.length - b.length;
+}
+
+/** `vms[0].memory_mib`; a key that is not a plain word is quoted: `vms[0]["a b"]`. */
+function formatPath(where: string, segments: readonly (string | number)[]): string {
+  let text = where;
+  for (const segment of segments) {
+    if (typeof segment === 'number') text += `[${segment}]`;
+    else if (/^[A-Za-z_$][A-Za-z0-9_$]*$/.test(segment)) text += text === '' ? segment : `.${segment}`;
+    else text += `[${JSON.stringify(segment)}]`;
+  }
+  return text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversion (after every check has passed).
+
+function toVmSpec(vm: VmJson): VmSpec {
+  const mmu: MmuOptions = { mode: vm.mmu?.mode ?? VM_DEFAULTS.mmu_mode };
+  if (vm.mmu?.traces !== undefined) mmu.traces = vm.mmu.traces;
+  if (vm.mmu?.batch !== undefined) mmu.batch = vm.mmu.batch;
+  const disk = vm.disk ?? VM_DEFAULTS.disk;
+  return {
+    name: vm.name,
+    image: vm.image,
+    memoryBytes: vm.memory_mib * MIB,
+    vcpus: vm.vcpus ?? VM_DEFAULTS.vcpus,
+    bootArgs: vm.boot_args ?? VM_DEFAULTS.boot_args,
+    disk: disk === null ? null : disk.overlay_dir === undefined ? { path: disk.path } : { path: disk.path, overlayDir: disk.overlay_dir },
+    mmu,
+    largePages: vm.large_pages ?? VM_DEFAULTS.large_pages,
+    consoleInput: vm.console_input ?? VM_DEFAULTS.console_input,
+    consoleInputEof: vm.console_input_eof ?? VM_DEFAULTS.console_input_eof,
+    maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,
+    startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
+  };
+}
