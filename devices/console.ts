@@ -103,7 +103,12 @@ export interface ConsoleOptions {
    * the first time the guest touches RX, STATUS or CONTROL. Needs `hypervisor`.
    */
   interactiveInput?: boolean | ConsoleInputStream;
-  /** The VM's hypervisor: required with interactiveInput, to register as a wake source. */
+  /**
+   * More input may be pushed by the host (pushInput) until closeInput: a guest waiting for it is
+   * waiting, not idle forever (a host feeding the console through its API). Needs `hypervisor`.
+   */
+  hostInput?: boolean;
+  /** The VM's hypervisor: required with interactiveInput and hostInput, to register as a wake source. */
   hypervisor?: Hypervisor;
 }
 
@@ -129,6 +134,8 @@ export class ConsoleDevice implements MmioDevice {
   private readonly inputChunks: Uint8Array[] = [];
   private inputOffset = 0;
   private readonly interactive: ConsoleInputStream | null;
+  /** The host may push input later (ConsoleOptions.hostInput). */
+  private readonly hostFed: boolean;
   private readonly hypervisor: Hypervisor | null;
   private reading = false;
   /** No more input will arrive (closed by the host, or the stream ended). */
@@ -152,11 +159,12 @@ export class ConsoleDevice implements MmioDevice {
     const interactive = options.interactiveInput;
     this.interactive = interactive === true ? process.stdin : interactive ? interactive : null;
     this.hypervisor = options.hypervisor ?? null;
-    if (this.interactive && !this.hypervisor) {
-      throw new TypeError('console: interactiveInput needs the hypervisor (to wake the VM when input arrives)');
+    this.hostFed = options.hostInput === true;
+    if ((this.interactive || this.hostFed) && !this.hypervisor) {
+      throw new TypeError(`console: ${this.hostFed ? 'hostInput' : 'interactiveInput'} needs the hypervisor (to wake the VM when input arrives)`);
     }
     if (options.closeInput) {
-      if (this.interactive) throw new TypeError('console: closeInput goes with input given up front, not with interactiveInput');
+      if (this.interactive || this.hostFed) throw new TypeError('console: closeInput goes with input given up front, not with interactiveInput or hostInput');
       this.inputEnded = true;
     }
   }
@@ -353,13 +361,14 @@ export class ConsoleDevice implements MmioDevice {
   }
 
   /**
-   * Interactive input can wake the VM only through the console interrupt, so the VM is a wake
-   * source exactly while an interrupt is enabled and the stream may still deliver bytes (or its
-   * end); otherwise an idle guest is reported idle instead of waiting for input that cannot wake it.
+   * Interactive or host-fed input can wake the VM only through the console interrupt, so the VM
+   * is a wake source exactly while an interrupt is enabled and the stream (or the host) may still
+   * deliver bytes (or the end); otherwise an idle guest is reported idle instead of waiting for
+   * input that cannot wake it.
    */
   private updateWakeSource(): void {
     if (!this.hypervisor) return;
-    const mayWake = this.reading && !this.inputEnded && !this.stopped && (this.control & CONTROL_MASK) !== 0;
+    const mayWake = (this.reading || this.hostFed) && !this.inputEnded && !this.stopped && (this.control & CONTROL_MASK) !== 0;
     if (mayWake) this.hypervisor.externalWakeSources.add(this.vm);
     else this.hypervisor.externalWakeSources.delete(this.vm);
   }

@@ -23,7 +23,7 @@ export {
 export type { BackingKindId, DiskChainState, DiskErrorCode, DiskLayerInfo, DiskOptions, OverlayHeader } from './disk-image.ts';
 export { attachBootArgs, savedBootArgs, BootArgsDevice, BootArgsError, MAX_BOOT_ARGS_BYTES } from './bootargs.ts';
 export {
-  attachConsole, CaptureSink, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
+  attachConsole, CaptureSink, ConsoleControl, ConsoleDevice, ConsoleRegister, ConsoleStatus, CONSOLE_CONTROL_RX_INTERRUPT, CONSOLE_NO_INPUT,
   CONSOLE_WRITE_MAX_BYTES,
 } from './console.ts';
 export type { ConsoleInputStream, ConsoleOptions, ConsoleSink } from './console.ts';
@@ -38,7 +38,11 @@ export interface StandardDeviceOptions {
   input?: string | Uint8Array;
   /** Also read console input from this stream (true = process.stdin) while running. */
   interactiveInput?: boolean | ConsoleInputStream;
-  /** Required with interactiveInput (the VM becomes a wake source while it waits for input). */
+  /** No input follows `input`: the guest sees the end of input once it has read it. */
+  closeInput?: boolean;
+  /** The host pushes more input later (console.pushInput, then closeInput); see ConsoleOptions.hostInput. */
+  hostInput?: boolean;
+  /** Required with interactiveInput and hostInput (the VM becomes a wake source while it waits for input). */
   hypervisor?: Hypervisor;
   /** The boot argument string (default empty). */
   bootArgs?: string;
@@ -74,6 +78,8 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   if (options.output !== undefined) consoleOptions.output = options.output;
   if (options.input !== undefined) consoleOptions.input = options.input;
   if (options.interactiveInput !== undefined) consoleOptions.interactiveInput = options.interactiveInput;
+  if (options.closeInput !== undefined) consoleOptions.closeInput = options.closeInput;
+  if (options.hostInput !== undefined) consoleOptions.hostInput = options.hostInput;
   if (options.hypervisor !== undefined) consoleOptions.hypervisor = options.hypervisor;
   const console = attachConsole(vm, consoleOptions);
   const timer = attachTimer(vm);

@@ -469,8 +469,7 @@ walker_passes:                          # PASSES (optional)
         mv      s0, a1
         call    u_parse_number
         bnez    a1, walker_bad_passes
-        beqz    a0, walker_bad_passes
-        sw      a0, W_PASSES(sp)
+        sw      a0, W_PASSES(sp)        # 0: endless
         mv      a0, s0
         mv      a1, s1
         la      a2, u_name_walker
@@ -503,11 +502,14 @@ walker_check:
         bltu    t3, t2, walker_bad_pattern
 2:      srli    t1, t0, 6               # total = PASSES * SIZE / 64, below 2^31
         lw      t2, W_PASSES(sp)
-        mulhu   t3, t1, t2
+        bnez    t2, 4f
+        li      t1, -1                  # PASSES 0: endless (no k + 1 is above 2^32 - 1 unsigned)
+        j       5f
+4:      mulhu   t3, t1, t2
         bnez    t3, walker_bad_passes
         mul     t1, t1, t2
         bltz    t1, walker_bad_passes
-        sw      t1, W_TOTAL(sp)
+5:      sw      t1, W_TOTAL(sp)
         mv      a0, t0
         call    u_sbrk
         bgez    a0, 3f

@@ -37,6 +37,8 @@ export interface PrefetchOptions {
 export interface RestoreOptions {
   /** 'eager', 'lazy' or 'map'. */
   mode: RestoreMode;
+  /** The new VM's name (default: the saved VM's name). */
+  name?: string;
   /**
    * Attaches devices (and anything else that registers state components) to the new VM before
    * their state is restored. `saved` is the checkpoint's state: attach the standard devices with
@@ -78,7 +80,7 @@ export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: Resto
   let vm: Vm | undefined;
   try {
     const decoded = decodeVmCheckpoint(reader.contents, path);
-    vm = hv.createVm({ ...decoded.state.config });
+    vm = hv.createVm(options.name === undefined ? { ...decoded.state.config } : { ...decoded.state.config, name: options.name });
     options.attach?.(vm, decoded.state);
     // Components, device layout and device states are checked before any memory is read or mapped.
     vm.checkState(decoded.state);

@@ -1,0 +1,382 @@
+/**
+ * The control API: HTTP/1.1 with JSON bodies over a Unix socket, the convention of Firecracker
+ * and Cloud Hypervisor (`curl --unix-socket PATH http://localhost/vms` works). docs/api.md
+ * specifies every endpoint; later services add theirs with `ApiServer.route`.
+ *
+ * The server is on the host's own thread: requests are parsed by node:http as bytes arrive and
+ * handled between the scheduler's slices, so a slow or half-open client holds only its socket,
+ * never the guests. Bodies are limited in size, whole requests in time; malformed HTTP, JSON or
+ * bodies are answered 400 with `{"fault_message": …}` and logged.
+ */
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { BvError } from '../../guest-isa/errors.ts';
+import { HostError, type Host } from './host.ts';
+import { checkJson, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
+
+/** A request as a handler sees it. */
+export interface ApiRequest {
+  method: string;
+  /** The path's `{name}` parts, decoded. */
+  params: Record<string, string>;
+  query: URLSearchParams;
+  /** The parsed JSON body (checked against the route's schema), or undefined when there is none. */
+  body: unknown;
+}
+
+/** A handler's answer: a status and a JSON body (none for 204). */
+export interface ApiResponse {
+  status: number;
+  body?: unknown;
+}
+
+export type ApiHandler = (request: ApiRequest) => ApiResponse | Promise<ApiResponse>;
+
+/** Options of ApiServer.listen. */
+export interface ApiServerOptions {
+  /** Largest request body in bytes (default 64 KiB); larger is answered 413. */
+  maxBodyBytes?: number;
+  /** A client must send its whole request within this many ms (default 10 s); then 408. */
+  requestTimeoutMs?: number;
+  /** Receives one line per refused or failed request. */
+  log?: (line: string) => void;
+}
+
+interface Route {
+  method: string;
+  /** Path segments; `{x}` matches one segment. */
+  segments: string[];
+  handler: ApiHandler;
+  /** JSON Schema of the body; undefined: the route takes no body. */
+  bodySchema: object | undefined;
+  /** The body may be left out (an empty object is used). */
+  bodyOptional: boolean;
+}
+
+const DEFAULT_MAX_BODY = 64 * 1024;
+const DEFAULT_REQUEST_TIMEOUT = 10_000;
+/** Clients at once; more are refused at accept (a host is driven by a few operators). */
+const MAX_CONNECTIONS = 256;
+
+/** A refused socket path (in use, not a socket, cannot be created). */
+export class ApiSocketError extends BvError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('BV_API_SOCKET', message, options);
+  }
+}
+
+/**
+ * An HTTP server on a Unix socket with a route table. Create it with ApiServer.listen, add
+ * routes (hostRoutes adds the host's), close it with close() (the socket file is removed).
+ */
+export class ApiServer {
+  private readonly routes: Route[] = [];
+  private readonly sockets = new Set<Socket>();
+  private readonly maxBodyBytes: number;
+  private readonly log: (line: string) => void;
+  /** Requests answered (any status). */
+  requests = 0;
+
+  private constructor(private readonly server: Server, readonly socketPath: string, options: ApiServerOptions) {
+    this.maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
+    this.log = options.log ?? (() => {});
+  }
+
+  /**
+   * Listens on `socketPath`, created with mode 0600. A stale socket left by a host that died is
+   * replaced; a live one (another host answers on it) or any other file is refused.
+   */
+  static async listen(socketPath: string, options: ApiServerOptions = {}): Promise<ApiServer> {
+    await claimSocketPath(socketPath);
+    const timeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT;
+    const server = createServer({ requestTimeout: timeout, headersTimeout: timeout, keepAliveTimeout: 5_000, maxHeaderSize: 16 * 1024 });
+    const api = new ApiServer(server, socketPath, options);
+    server.maxConnections = MAX_CONNECTIONS;
+    server.on('request', (request: IncomingMessage, response: ServerResponse) => api.serve(request, response));
+    server.on('connection', (socket: Socket) => {
+      api.sockets.add(socket);
+      socket.on('close', () => api.sockets.delete(socket));
+    });
+    server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+      // Malformed HTTP, an oversized header, a request that took too long: answer and hang up.
+      const status = error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+      api.log(`api: refused a malformed request (${error.code ?? error.message})`);
+      if (socket.writable) {
+        const body = JSON.stringify({ fault_message: status === 408 ? 'the request took too long' : status === 431 ? 'request headers too large' : `malformed HTTP request (${error.code ?? 'parse error'})` });
+        socket.end(`HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      } else {
+        socket.destroy();
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (error) => reject(new ApiSocketError(`cannot listen on ${socketPath}: ${error.message}`, { cause: error })));
+      // The socket is created with mode 0600: only the host's user may connect.
+      const umask = process.umask(0o177);
+      try {
+        server.listen(socketPath, () => resolve());
+      } finally {
+        process.umask(umask);
+      }
+    });
+    chmodSync(socketPath, 0o600);
+    return api;
+  }
+
+  /** Adds an endpoint. `pattern` is a path like `/vms/{name}/snapshot`; literal segments win over `{x}`. */
+  route(method: string, pattern: string, handler: ApiHandler, body?: { schema: object; optional?: boolean }): this {
+    const segments = pattern.split('/').filter((s) => s !== '');
+    this.routes.push({ method, segments, handler, bodySchema: body?.schema, bodyOptional: body?.optional ?? false });
+    // Literal segments before parameters, so `/vms/restore` is not taken for `/vms/{name}`.
+    this.routes.sort((a, b) => specificity(b) - specificity(a));
+    return this;
+  }
+
+  /** Stops listening, ends every connection and removes the socket file. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      for (const socket of this.sockets) socket.destroy();
+    });
+    try {
+      unlinkSync(this.socketPath);
+    } catch {
+      // Already gone (node removes it on close on some versions).
+    }
+  }
+
+  private serve(request: IncomingMessage, response: ServerResponse): void {
+    const declared = Number(request.headers['content-length'] ?? 0);
+    if (Number.isFinite(declared) && declared > this.maxBodyBytes) {
+      this.answer(response, 413, { fault_message: `the request body is ${declared} bytes; the limit is ${this.maxBodyBytes}` }, true);
+      request.resume();
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let refused = false;
+    request.on('data', (chunk: Buffer) => {
+      if (refused) return;
+      size += chunk.length;
+      if (size > this.maxBodyBytes) {
+        refused = true;
+        this.answer(response, 413, { fault_message: `the request body is over the limit of ${this.maxBodyBytes} bytes` }, true);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    request.on('end', () => {
+      if (refused) return;
+      void this.dispatch(request, Buffer.concat(chunks).toString('utf8')).then(({ status, body }) => this.answer(response, status, body, false));
+    });
+    request.on('error', () => response.destroy());
+  }
+
+  /** Finds the route, parses and checks the body, runs the handler; never throws. */
+  private async dispatch(request: IncomingMessage, text: string): Promise<ApiResponse> {
+    const method = request.method ?? 'GET';
+    let url: URL;
+    try {
+      url = new URL(request.url ?? '/', 'http://localhost');
+    } catch {
+      return this.fault(400, `malformed request target '${request.url}'`, method, request.url ?? '');
+    }
+    let segments: string[];
+    try {
+      segments = url.pathname.split('/').filter((s) => s !== '').map((s) => decodeURIComponent(s));
+    } catch {
+      return this.fault(400, `malformed path '${url.pathname}'`, method, url.pathname);
+    }
+    let allowed: string[] = [];
+    for (const route of this.routes) {
+      const params = match(route.segments, segments);
+      if (!params) continue;
+      if (route.method !== method) {
+        allowed.push(route.method);
+        continue;
+      }
+      let body: unknown;
+      if (route.bodySchema === undefined) {
+        if (text.trim() !== '') return this.fault(400, `${method} ${url.pathname} takes no body`, method, url.pathname);
+      } else {
+        if (text.trim() === '') {
+          if (!route.bodyOptional) return this.fault(400, `${method} ${url.pathname} needs a JSON body`, method, url.pathname);
+          body = {};
+        } else {
+          try {
+            body = JSON.parse(text);
+          } catch (error) {
+            return this.fault(400, `the body is not JSON: ${error instanceof Error ? error.message : String(error)}`, method, url.pathname);
+          }
+        }
+        try {
+          checkJson(route.bodySchema, body, 'body');
+        } catch (error) {
+          return this.fault(400, error instanceof Error ? error.message : String(error), method, url.pathname);
+        }
+      }
+      try {
+        return await route.handler({ method, params, query: url.searchParams, body });
+      } catch (error) {
+        if (error instanceof HostError) return this.fault(error.status, error.message, method, url.pathname);
+        if (error instanceof BvError) return this.fault(400, error.message, method, url.pathname);
+        return this.fault(500, `internal error: ${error instanceof Error ? error.message : String(error)}`, method, url.pathname);
+      }
+    }
+    allowed = [...new Set(allowed)];
+    if (allowed.length > 0) return { status: 405, body: { fault_message: `${method} is not allowed on ${url.pathname} (allowed: ${allowed.join(', ')})` } };
+    return { status: 404, body: { fault_message: `no such endpoint: ${method} ${url.pathname}` } };
+  }
+
+  private fault(status: number, message: string, method: string, path: string): ApiResponse {
+    if (status >= 500 || status === 400) this.log(`api: ${method} ${path}: ${status} ${message}`);
+    return { status, body: { fault_message: message } };
+  }
+
+  private answer(response: ServerResponse, status: number, body: unknown, close: boolean): void {
+    this.requests++;
+    if (response.headersSent || response.destroyed) return;
+    if (close) response.setHeader('Connection', 'close');
+    if (body === undefined || status === 204) {
+      response.writeHead(status === 200 ? 204 : status).end();
+      return;
+    }
+    const text = `${JSON.stringify(body)}\n`;
+    response.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) }).end(text);
+  }
+}
+
+function specificity(route: Route): number {
+  // More literal segments first; longer paths first among equals.
+  return route.segments.filter((s) => !s.startsWith('{')).length * 100 + route.segments.length;
+}
+
+function match(pattern: string[], segments: string[]): Record<string, string> | null {
+  if (pattern.length !== segments.length) return null;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < pattern.length; i++) {
+    const part = pattern[i]!;
+    if (part.startsWith('{')) params[part.slice(1, -1)] = segments[i]!;
+    else if (part !== segments[i]) return null;
+  }
+  return params;
+}
+
+/** Makes `path` free for a new socket: refuses a live socket or a non-socket file, removes a stale one. */
+async function claimSocketPath(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new ApiSocketError(`cannot use ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  if (!isSocket) throw new ApiSocketError(`${path} exists and is not a socket: refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new ApiSocketError(`${path} is in use: another host is listening on it`);
+  unlinkSync(path); // stale: its host died without removing it
+}
+
+// ------------------------------------------------------------------------------- host routes
+
+const STATE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['state'],
+  properties: { state: { enum: ['Paused', 'Resumed'] } },
+};
+const SNAPSHOT_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['path'],
+  properties: { path: { type: 'string', minLength: 1 }, live: { type: 'boolean' } },
+};
+const RESTORE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['path'],
+  properties: {
+    path: { type: 'string', minLength: 1 },
+    name: { type: 'string', pattern: VM_NAME_PATTERN },
+    mode: { enum: ['lazy', 'eager', 'map'] },
+    paused: { type: 'boolean' },
+  },
+};
+const FORK_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['name'],
+  properties: { name: { type: 'string', pattern: VM_NAME_PATTERN }, paused: { type: 'boolean' } },
+};
+const CONSOLE_INPUT_SCHEMA = {
+  type: 'object', additionalProperties: false,
+  properties: { data: { type: 'string' }, eof: { type: 'boolean' } },
+};
+/** Largest console read per request. */
+const MAX_CONSOLE_READ = 1024 * 1024;
+
+/** The API's request-body schemas, by endpoint (docs/api.md lists them). */
+export const API_BODY_SCHEMAS = {
+  'PUT /vms/{name}': VM_CONFIG_SCHEMA,
+  'PATCH /vms/{name}': STATE_SCHEMA,
+  'PUT /vms/{name}/snapshot': SNAPSHOT_SCHEMA,
+  'PUT /vms/restore': RESTORE_SCHEMA,
+  'PUT /vms/{name}/fork': FORK_SCHEMA,
+  'PUT /vms/{name}/console': CONSOLE_INPUT_SCHEMA,
+} as const;
+
+/** A non-negative integer query parameter, or a 400. */
+function queryInteger(query: URLSearchParams, name: string, fallback: number, max: number): number {
+  const text = query.get(name);
+  if (text === null) return fallback;
+  if (!/^\d{1,15}$/.test(text)) throw new HostError(400, `query parameter ${name} must be a non-negative integer, got '${text}'`);
+  return Math.min(Number(text), max);
+}
+
+/** Adds the host's endpoints (docs/api.md) to `api`. */
+export function hostRoutes(api: ApiServer, host: Host): ApiServer {
+  return api
+    .route('GET', '/host', () => ({ status: 200, body: host.info() }))
+    .route('GET', '/host/stats', () => ({ status: 200, body: host.hostStats() }))
+    .route('GET', '/vms', () => ({ status: 200, body: { vms: host.list() } }))
+    .route('GET', '/vms/{name}', ({ params }) => ({ status: 200, body: host.vmInfo(params['name']!) }))
+    .route('PUT', '/vms/{name}', async ({ params, body }) => {
+      const config = { ...(body as Record<string, unknown>) };
+      if (config['name'] !== undefined && config['name'] !== params['name']) {
+        throw new HostError(400, `body.name '${String(config['name'])}' differs from the name in the path '${params['name']}'`);
+      }
+      config['name'] = params['name'];
+      return { status: 201, body: await host.createVm(parseVmConfig(config, 'body')) };
+    }, { schema: { type: 'object' } })
+    .route('DELETE', '/vms/{name}', ({ params }) => {
+      host.deleteVm(params['name']!);
+      return { status: 204 };
+    })
+    .route('PATCH', '/vms/{name}', ({ params, body }) => {
+      const { state } = body as { state: 'Paused' | 'Resumed' };
+      return { status: 200, body: state === 'Paused' ? host.pause(params['name']!) : host.resume(params['name']!) };
+    }, { schema: STATE_SCHEMA })
+    .route('PUT', '/vms/{name}/snapshot', async ({ params, body }) => {
+      const { path, live } = body as { path: string; live?: boolean };
+      return { status: 200, body: await host.snapshot(params['name']!, path, live ?? false) };
+    }, { schema: SNAPSHOT_SCHEMA })
+    .route('PUT', '/vms/restore', async ({ body }) => {
+      const { path, name, mode, paused } = body as { path: string; name?: string; mode?: 'lazy' | 'eager' | 'map'; paused?: boolean };
+      return { status: 201, body: await host.restore(path, name, mode ?? 'lazy', paused ?? false) };
+    }, { schema: RESTORE_SCHEMA })
+    .route('PUT', '/vms/{name}/fork', async ({ params, body }) => {
+      const { name, paused } = body as { name: string; paused?: boolean };
+      return { status: 201, body: await host.fork(params['name']!, name, paused ?? false) };
+    }, { schema: FORK_SCHEMA })
+    .route('GET', '/vms/{name}/stats', ({ params }) => ({ status: 200, body: host.vmStats(params['name']!) }))
+    .route('GET', '/vms/{name}/console', ({ params, query }) => {
+      const offset = queryInteger(query, 'offset', 0, Number.MAX_SAFE_INTEGER);
+      const limit = queryInteger(query, 'limit', MAX_CONSOLE_READ, MAX_CONSOLE_READ);
+      return { status: 200, body: host.readConsole(params['name']!, offset, limit) };
+    })
+    .route('PUT', '/vms/{name}/console', ({ params, body }) => {
+      const { data, eof } = body as { data?: string; eof?: boolean };
+      host.sendInput(params['name']!, data ?? '', eof ?? false);
+      return { status: 204 };
+    }, { schema: CONSOLE_INPUT_SCHEMA });
+}

@@ -1,0 +1,659 @@
+/**
+ * The host: one hypervisor (one host memory pool) running many VMs, each with the standard
+ * machine, time-shared by a deterministic round-robin of instruction slices, while the event
+ * loop stays free between slices for the control API (services/host/api.ts).
+ *
+ * Every operation is a method of Host that names the VM, checks the VM's state and throws a
+ * HostError whose `status` is the HTTP status the API answers with. Operations that touch a VM
+ * (pause, snapshot, fork, delete) run between slices, never inside one: the API's handlers run on
+ * the same thread as the scheduler, which only yields to the event loop between slices. The
+ * methods that a VM on another thread could not answer at once (snapshot, restore, fork, create)
+ * are async, so that VMs on worker threads (issue 16) can keep this interface.
+ */
+import { performance } from 'node:perf_hooks';
+import { BvError } from '../../guest-isa/errors.ts';
+import { loadGuestFile } from '../../guest-isa/index.ts';
+import type { GuestImage } from '../../guest-isa/image-types.ts';
+import {
+  attachStandardDevices, savedBlockDisk, savedBootArgs, type StandardDeviceOptions, type StandardDevices,
+} from '../../devices/index.ts';
+import {
+  createHypervisor, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
+} from '../../kernel/index.ts';
+import { processRss } from '../../native/index.ts';
+import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
+import type { HostSpec, VmSpec } from './config.ts';
+import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
+import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
+
+/** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
+export type HostedVmState = 'Running' | 'Paused' | 'Stopped';
+
+/** Why a hosted VM stopped. */
+export type VmExit =
+  | { kind: 'halted'; exit_code: number }
+  | { kind: 'guest-error'; message: string }
+  | { kind: 'host-error'; message: string }
+  | { kind: 'budget'; message: string }
+  | { kind: 'idle'; message: string };
+
+/** Where a hosted VM came from. */
+export type VmOrigin =
+  | { kind: 'image'; image: string }
+  | { kind: 'checkpoint'; path: string; mode: RestoreMode }
+  | { kind: 'fork'; parent: string };
+
+/** GET /vms/{name}. */
+export interface VmInfo {
+  name: string;
+  state: HostedVmState;
+  /** Running, but every vCPU waits for console input (send it with PUT /vms/{name}/console). */
+  waiting_for_input: boolean;
+  origin: VmOrigin;
+  config: {
+    memory_mib: number;
+    vcpus: number;
+    boot_args: string;
+    mmu: string;
+    large_pages: string;
+    disk: string | null;
+  };
+  /** Guest instructions retired so far, over all vCPUs. */
+  instructions: number;
+  /** Why the VM stopped; null while it runs or is paused. */
+  exit: VmExit | null;
+  /** Console output so far (bytes since the VM started). */
+  console_bytes: number;
+  /** A snapshot being written, or null. */
+  snapshot: { path: string; live: boolean; pages_saved: number; page_count: number } | null;
+  /** Milliseconds since the host created the VM. */
+  age_ms: number;
+}
+
+/** GET /host. */
+export interface HostInfo {
+  /** The host pool: its size and frames in use. */
+  pool_bytes: number;
+  frames_total: number;
+  frames_used: number;
+  frames_free: number;
+  rss_bytes: number;
+  uptime_ms: number;
+  vm_count: number;
+  vms_running: number;
+  vms_paused: number;
+  vms_stopped: number;
+  slice_instructions: number;
+  quantum: number;
+}
+
+/** What PUT /vms/{name}/snapshot answers. */
+export interface SnapshotResult {
+  path: string;
+  live: boolean;
+  file_bytes: number;
+  pages_stored: number;
+  zero_pages: number;
+  /** Time the guest was stopped for the snapshot (all of it for a stop-the-world one). */
+  pause_ms: number;
+  /** From the request to the file being complete. */
+  duration_ms: number;
+  /** Live only: pages saved just before a guest write, and by the background saver. */
+  saved_by_writes?: number;
+  saved_in_background?: number;
+}
+
+/** What PUT /vms/restore answers (besides the VM's info). */
+export interface RestoreResult extends VmInfo {
+  restore: { mode: RestoreMode; ready_ms: number; stored_pages: number; complete: boolean };
+}
+
+/** The status classes of HostError (the HTTP status the API answers with). */
+export const HostStatus = { BAD_REQUEST: 400, NOT_FOUND: 404, CONFLICT: 409, INSUFFICIENT_STORAGE: 507, INTERNAL: 500 } as const;
+export type HostStatusCode = (typeof HostStatus)[keyof typeof HostStatus];
+
+/** A refused host operation: a bad request, no such VM, or a VM in the wrong state. */
+export class HostError extends BvError {
+  constructor(readonly status: HostStatusCode, message: string, options?: { cause?: unknown }) {
+    super(status === 404 ? 'BV_HOST_NOT_FOUND' : status === 409 ? 'BV_HOST_CONFLICT' : status === 507 ? 'BV_HOST_NO_MEMORY' : status === 500 ? 'BV_HOST_ERROR' : 'BV_HOST_BAD_REQUEST', message, options);
+  }
+}
+
+/** How the scheduler shares the host (HostSpec's scheduling part). */
+export interface HostSettings {
+  sliceInstructions: number;
+  quantum: number;
+  consoleBufferBytes: number;
+}
+
+/** Options of Host. */
+export interface HostOptions {
+  /** Receives one line per event (a VM created, stopped, deleted; a refused request). Default: none. */
+  log?: (line: string) => void;
+  /**
+   * How long the scheduler runs guests before it lets the event loop (the API) in, in ms
+   * (default 4). A request waits at most about this long plus one slice.
+   */
+  yieldEveryMs?: number;
+}
+
+/** What adoptVm needs to know about a machine built elsewhere (tools/run --api-sock). */
+export interface AdoptOptions {
+  origin: VmOrigin;
+  /** Stop after this many more instructions (default: no limit). */
+  maxInstructions?: number;
+  /** The console log the machine's console writes to (it must have been attached with it). */
+  consoleLog: ConsoleLog;
+  /** Closed when the VM is deleted or the host closes (a lazy restore's file). */
+  restored?: RestoredVm;
+  /** The disk chain's top, for forks (null: no disk). */
+  disk?: string | null;
+}
+
+/** Names that are API paths under /vms and so cannot name a VM. */
+const RESERVED_NAMES = new Set(['restore']);
+
+/** One VM of the host. */
+class HostedVm {
+  state: HostedVmState;
+  exit: VmExit | null = null;
+  waitingForInput = false;
+  budgetLeft: number;
+  readonly createdAt = performance.now();
+  /** A live snapshot in progress and the request waiting for it. */
+  live: { snapshot: LiveSnapshot; started: number; done: (result: SnapshotResult | Error) => void } | null = null;
+  readonly stopWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly vm: Vm,
+    readonly devices: StandardDevices,
+    readonly console: ConsoleLog,
+    readonly origin: VmOrigin,
+    readonly disk: string | null,
+    readonly restored: RestoredVm | null,
+    paused: boolean,
+    maxInstructions: number | null,
+  ) {
+    this.state = paused ? 'Paused' : 'Running';
+    this.budgetLeft = maxInstructions ?? Infinity;
+  }
+}
+
+/**
+ * A host of VMs. Create one with Host.start (a configuration: checks every VM, then boots them
+ * all) or with `new Host(hv, settings)` around a hypervisor you made; the scheduler starts at
+ * once and runs until close().
+ */
+export class Host {
+  readonly startedAt = performance.now();
+  private readonly machines = new Map<string, HostedVm>();
+  private readonly log: (line: string) => void;
+  private readonly yieldEveryMs: number;
+  private closed = false;
+  /** Resolves the scheduler's wait when something may have become runnable. */
+  private wake: (() => void) | null = null;
+  private readonly loopDone: Promise<void>;
+
+  constructor(readonly hv: Hypervisor, readonly settings: HostSettings, options: HostOptions = {}) {
+    this.log = options.log ?? (() => {});
+    this.yieldEveryMs = options.yieldEveryMs ?? 4;
+    this.loopDone = this.schedule();
+  }
+
+  /**
+   * A host for a configuration: loads every VM's image first (so a bad one refuses the whole
+   * configuration before any guest runs), creates the pool, then boots the VMs in order.
+   */
+  static async start(spec: HostSpec, options: HostOptions = {}): Promise<Host> {
+    const images = spec.vms.map((vm, index) => loadImage(vm.image, `vms[${index}].image`));
+    const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
+    const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes }, options);
+    try {
+      for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
+    } catch (error) {
+      await host.close();
+      throw error;
+    }
+    return host;
+  }
+
+  // ------------------------------------------------------------------------------- queries
+
+  /** The names of the VMs, in creation order. */
+  names(): string[] {
+    return [...this.machines.keys()];
+  }
+
+  /** GET /host. */
+  info(): HostInfo {
+    const pool = this.hv.poolStats();
+    const counts = { Running: 0, Paused: 0, Stopped: 0 };
+    for (const m of this.machines.values()) counts[m.state]++;
+    return {
+      pool_bytes: pool.totalFrames * 4096,
+      frames_total: pool.totalFrames,
+      frames_used: pool.usedFrames,
+      frames_free: pool.totalFrames - pool.usedFrames,
+      rss_bytes: processRss(),
+      uptime_ms: Math.round(performance.now() - this.startedAt),
+      vm_count: this.machines.size,
+      vms_running: counts.Running,
+      vms_paused: counts.Paused,
+      vms_stopped: counts.Stopped,
+      slice_instructions: this.settings.sliceInstructions,
+      quantum: this.settings.quantum,
+    };
+  }
+
+  /** GET /vms/{name}. */
+  vmInfo(name: string): VmInfo {
+    return this.describe(this.get(name));
+  }
+
+  /** GET /vms. */
+  list(): VmInfo[] {
+    return [...this.machines.values()].map((m) => this.describe(m));
+  }
+
+  /** GET /vms/{name}/stats: every counter `tools/run --stats` prints. */
+  vmStats(name: string): VmStats {
+    return vmStats(this.hv, this.get(name).vm);
+  }
+
+  /** GET /host/stats. */
+  hostStats(): HostStats {
+    return hostStats(this.hv);
+  }
+
+  /** GET /vms/{name}/console: output from `offset`, at most `limit` bytes. */
+  readConsole(name: string, offset: number, limit: number): ConsoleSlice {
+    const m = this.get(name);
+    m.devices.console.flush();
+    return m.console.read(offset, limit);
+  }
+
+  /** The Vm object of a hosted VM (for services that act on it: policies, tests). */
+  vm(name: string): Vm {
+    return this.get(name).vm;
+  }
+
+  /** Resolves when the VM has stopped (at once if it has). */
+  whenStopped(name: string): Promise<VmInfo> {
+    const m = this.get(name);
+    if (m.state === 'Stopped') return Promise.resolve(this.describe(m));
+    return new Promise((resolve) => m.stopWaiters.push(() => resolve(this.describe(m))));
+  }
+
+  // ---------------------------------------------------------------------------- operations
+
+  /** PUT /vms/{name}: creates and boots a VM from a configuration. */
+  async createVm(spec: VmSpec): Promise<VmInfo> {
+    this.checkNewName(spec.name);
+    const image = loadImage(spec.image, 'image');
+    return this.describe(this.boot(spec, image, ''));
+  }
+
+  /** Takes a machine built elsewhere under the host's scheduler and API (tools/run --api-sock). */
+  adoptVm(vm: Vm, devices: StandardDevices, options: AdoptOptions): VmInfo {
+    this.checkNewName(vm.name);
+    const m = new HostedVm(vm.name, vm, devices, options.consoleLog, options.origin, options.disk ?? null, options.restored ?? null, false, options.maxInstructions ?? null);
+    this.add(m);
+    return this.describe(m);
+  }
+
+  /** PATCH /vms/{name} {"state": "Paused"}: the VM stops between slices; its instruction count stays. */
+  pause(name: string): VmInfo {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'pause');
+    if (m.state === 'Paused') throw new HostError(409, `VM '${name}' is already paused`);
+    m.state = 'Paused';
+    this.log(`vm ${name}: paused at instruction ${m.vm.instructionsRetired}`);
+    return this.describe(m);
+  }
+
+  /** PATCH /vms/{name} {"state": "Resumed"}. */
+  resume(name: string): VmInfo {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'resume');
+    if (m.state === 'Running') throw new HostError(409, `VM '${name}' is not paused`);
+    m.state = 'Running';
+    this.log(`vm ${name}: resumed`);
+    this.kick();
+    return this.describe(m);
+  }
+
+  /** PUT /vms/{name}/console: input for the guest; `eof` closes the input (the guest sees its end). */
+  sendInput(name: string, data: string, eof: boolean): void {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'send input to');
+    const console = m.devices.console;
+    if (data.length > 0) {
+      try {
+        console.pushInput(new TextEncoder().encode(data));
+      } catch {
+        // Input after closeInput: the guest may already have seen the end.
+        throw new HostError(409, `the console input of VM '${name}' is closed`);
+      }
+    }
+    if (eof) console.closeInput();
+    m.waitingForInput = false;
+    this.kick();
+  }
+
+  /**
+   * PUT /vms/{name}/snapshot: a checkpoint of the VM at `path`. Stop-the-world saves it now;
+   * live pauses the guest only to capture its state and resolves when the file is complete.
+   */
+  async snapshot(name: string, path: string, live: boolean): Promise<SnapshotResult> {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'snapshot');
+    if (m.live) throw new HostError(409, `VM '${name}' already has a snapshot in progress (${m.live.snapshot.path})`);
+    const started = performance.now();
+    if (!live) {
+      const stats = guard(() => saveVmCheckpoint(m.vm, path), `snapshot of '${name}'`);
+      const ms = performance.now() - started;
+      this.log(`vm ${name}: snapshot ${path} (${stats.fileBytes} bytes) in ${ms.toFixed(1)} ms`);
+      return { path, live: false, file_bytes: stats.fileBytes, pages_stored: stats.pagesStored, zero_pages: stats.zeroPages, pause_ms: round3(ms), duration_ms: round3(ms) };
+    }
+    const snapshot = guard(() => startLiveSnapshot(m.vm, path), `live snapshot of '${name}'`);
+    return new Promise<SnapshotResult>((resolve, reject) => {
+      m.live = { snapshot, started, done: (outcome) => (outcome instanceof Error ? reject(outcome) : resolve(outcome)) };
+      // A paused VM runs no ticker: save the rest now.
+      if (m.state !== 'Running') this.finishLive(m, true);
+    });
+  }
+
+  /** PUT /vms/restore: a new VM from a checkpoint file. */
+  async restore(path: string, name: string | undefined, mode: RestoreMode, paused: boolean): Promise<RestoreResult> {
+    if (name !== undefined) this.checkNewName(name);
+    let log: ConsoleLog | null = null;
+    let devices: StandardDevices | null = null;
+    let disk: string | null = null;
+    const restored = guard(() => restoreVmCheckpoint(this.hv, path, {
+      mode,
+      ...(name === undefined ? {} : { name }),
+      attach: (vm, saved) => {
+        if (name === undefined) this.checkNewName(vm.name);
+        log = new ConsoleLog(this.settings.consoleBufferBytes);
+        const block = saved.components['block']?.state;
+        disk = block === undefined ? null : savedBlockDisk(block);
+        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null));
+      },
+    }), `restore of ${path}`);
+    const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
+    this.add(m);
+    return { ...this.describe(m), restore: { mode, ready_ms: round3(restored.firstInstructionReadyMs), stored_pages: restored.storedPages, complete: restored.complete } };
+  }
+
+  /** PUT /vms/{name}/fork: a child that shares the parent's memory copy-on-write. */
+  async fork(parentName: string, childName: string, paused: boolean): Promise<VmInfo> {
+    const parent = this.get(parentName);
+    if (parent.state === 'Stopped') throw this.stoppedError(parent, 'fork');
+    if (parent.live) throw new HostError(409, `VM '${parentName}' has a snapshot in progress: fork it when the snapshot is complete`);
+    this.checkNewName(childName);
+    const log = new ConsoleLog(this.settings.consoleBufferBytes);
+    const { vm, devices } = guard(() => this.hv.forkVmWith(parent.vm, {
+      name: childName,
+      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null)),
+    }), `fork of '${parentName}'`);
+    const m = new HostedVm(childName, vm, devices, log, { kind: 'fork', parent: parentName }, parent.disk, null, paused, null);
+    this.add(m);
+    return this.describe(m);
+  }
+
+  /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
+  deleteVm(name: string): void {
+    const m = this.get(name);
+    this.machines.delete(name);
+    this.dispose(m, `VM '${name}' was deleted`);
+    this.log(`vm ${name}: deleted`);
+  }
+
+  /** Stops the scheduler and frees every VM. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.kick();
+    await this.loopDone;
+    for (const m of this.machines.values()) this.dispose(m, 'the host closed');
+    this.machines.clear();
+  }
+
+  // ------------------------------------------------------------------------------ internals
+
+  private get(name: string): HostedVm {
+    const m = this.machines.get(name);
+    if (!m) throw new HostError(404, `no VM named '${name}'`);
+    return m;
+  }
+
+  private checkNewName(name: string): void {
+    if (this.closed) throw new HostError(409, 'the host is shutting down');
+    if (RESERVED_NAMES.has(name)) throw new HostError(400, `'${name}' cannot name a VM (it is an API path)`);
+    if (this.machines.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
+  }
+
+  private stoppedError(m: HostedVm, what: string): HostError {
+    return new HostError(409, `cannot ${what} VM '${m.name}': it has stopped (${describeExit(m.exit!)})`);
+  }
+
+  private deviceOptions(log: ConsoleLog, bootArgs: string, disk: string | null, input: string | null, closeInput = false): StandardDeviceOptions {
+    const options: StandardDeviceOptions = { output: log, bootArgs, hypervisor: this.hv };
+    if (input !== null) options.input = input;
+    if (closeInput) options.closeInput = true;
+    else options.hostInput = true;
+    if (disk !== null) options.disk = disk;
+    return options;
+  }
+
+  /** Creates a VM from a checked spec and a loaded image; `where` prefixes configuration errors. */
+  private boot(spec: VmSpec, image: GuestImage, where: string): HostedVm {
+    this.checkNewName(spec.name);
+    const vm = guard(() => this.hv.createVm({ name: spec.name, memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, mmu: spec.mmu, largePages: spec.largePages }), `VM '${spec.name}'`);
+    try {
+      const log = new ConsoleLog(this.settings.consoleBufferBytes);
+      const devices = guard(
+        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof)),
+        where === '' ? `VM '${spec.name}'` : where,
+      );
+      guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);
+      const m = new HostedVm(spec.name, vm, devices, log, { kind: 'image', image: spec.image }, spec.disk?.path ?? null, null, spec.startPaused, spec.maxInstructions);
+      this.add(m);
+      return m;
+    } catch (error) {
+      this.hv.destroyVm(vm);
+      throw error;
+    }
+  }
+
+  private add(m: HostedVm): void {
+    this.machines.set(m.name, m);
+    this.log(`vm ${m.name}: created (${m.state.toLowerCase()}, ${m.vm.memory.pageCount * 4} KiB, ${m.vm.vcpus.length} vCPU${m.vm.vcpus.length === 1 ? '' : 's'})`);
+    this.kick();
+  }
+
+  private dispose(m: HostedVm, why: string): void {
+    if (m.live) {
+      m.live.snapshot.abort();
+      m.live.done(new HostError(409, `the snapshot ${m.live.snapshot.path} was abandoned: ${why}`));
+      m.live = null;
+    }
+    m.devices.console.stop();
+    m.devices.block?.close();
+    if (this.hv.vms.includes(m.vm)) this.hv.destroyVm(m.vm);
+    m.restored?.close();
+    if (m.state !== 'Stopped') {
+      m.state = 'Stopped';
+      m.exit = { kind: 'host-error', message: why };
+      for (const wake of m.stopWaiters.splice(0)) wake();
+    }
+  }
+
+  private describe(m: HostedVm): VmInfo {
+    const config = m.vm.config;
+    const live = m.live?.snapshot;
+    return {
+      name: m.name,
+      state: m.state,
+      waiting_for_input: m.state === 'Running' && m.waitingForInput,
+      origin: m.origin,
+      config: {
+        memory_mib: config.memoryBytes / (1024 * 1024),
+        vcpus: m.vm.vcpus.length,
+        boot_args: m.devices.bootArgs.text,
+        mmu: m.vm.mmu.mode,
+        large_pages: m.vm.largePagePolicy,
+        disk: m.disk,
+      },
+      instructions: m.vm.instructionsRetired,
+      exit: m.exit,
+      console_bytes: m.console.totalBytes,
+      snapshot: live ? { path: live.path, live: true, pages_saved: live.pagesSaved, page_count: live.pageCount } : null,
+      age_ms: Math.round(performance.now() - m.createdAt),
+    };
+  }
+
+  private kick(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  /** The scheduler: round-robin slices over the running VMs, yielding to the event loop often. */
+  private async schedule(): Promise<void> {
+    // Start after the constructor's caller has added its VMs.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    let lastYield = performance.now();
+    while (!this.closed) {
+      let ran = 0;
+      for (const m of this.machines.values()) {
+        if (this.closed) break;
+        if (m.state !== 'Running' || m.waitingForInput) continue;
+        this.turn(m);
+        ran++;
+        if (performance.now() - lastYield >= this.yieldEveryMs) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          lastYield = performance.now();
+        }
+      }
+      if (ran === 0 && !this.closed) {
+        // Nothing to run: sleep until an operation or input makes something runnable.
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        lastYield = performance.now();
+      }
+    }
+  }
+
+  /** One slice of one VM, and what its ending means for the VM's state. */
+  private turn(m: HostedVm): void {
+    const budget = Math.min(this.settings.sliceInstructions, m.budgetLeft);
+    let result: RunResult;
+    try {
+      [result] = this.hv.run({ maxInstructions: budget, quantum: this.settings.quantum }, [m.vm]) as [RunResult];
+    } catch (error) {
+      this.stop(m, { kind: 'host-error', message: error instanceof Error ? error.message : String(error) });
+      return;
+    }
+    m.budgetLeft -= result.instructions;
+    const reason = result.reason;
+    switch (reason.kind) {
+      case 'budget':
+        if (m.budgetLeft <= 0) this.stop(m, { kind: 'budget', message: `stopped after max_instructions` });
+        break;
+      case 'idle':
+        if (this.hv.externalWakeSources.has(m.vm)) m.waitingForInput = true;
+        else this.stop(m, { kind: 'idle', message: IDLE_FOREVER });
+        break;
+      case 'paused':
+        // A reset request (devices/power.ts) is carried out here; any other pause is a service's.
+        if (!m.devices.power.completeReset()) {
+          m.vm.resume();
+          m.state = 'Paused';
+          this.log(`vm ${m.name}: paused by the machine (${reason.reason})`);
+        }
+        break;
+      case 'halted':
+        this.stop(m, { kind: 'halted', exit_code: reason.exitCode });
+        break;
+      case 'guest-error':
+        this.stop(m, { kind: 'guest-error', message: reason.message });
+        break;
+      case 'host-error':
+        this.stop(m, { kind: 'host-error', message: reason.message });
+        break;
+      case 'running':
+        break;
+    }
+    if (m.live && (m.live.snapshot.done || m.live.snapshot.error)) this.finishLive(m, false);
+  }
+
+  private stop(m: HostedVm, exit: VmExit): void {
+    m.devices.console.flush();
+    m.state = 'Stopped';
+    m.exit = exit;
+    if (m.live) this.finishLive(m, true);
+    this.log(`vm ${m.name}: stopped after ${m.vm.instructionsRetired} instructions: ${describeExit(exit)}`);
+    for (const wake of m.stopWaiters.splice(0)) wake();
+  }
+
+  /** Completes (now, if `force`) a live snapshot and answers the request waiting for it. */
+  private finishLive(m: HostedVm, force: boolean): void {
+    const live = m.live!;
+    m.live = null;
+    const snapshot = live.snapshot;
+    try {
+      const stats = force ? snapshot.finish() : snapshot.error ? (() => { throw snapshot.error; })() : snapshot.stats!;
+      const duration = performance.now() - live.started;
+      this.log(`vm ${m.name}: live snapshot ${snapshot.path} complete in ${duration.toFixed(1)} ms (guest paused ${snapshot.pauseMs.toFixed(3)} ms)`);
+      live.done({
+        path: snapshot.path, live: true, file_bytes: stats.fileBytes, pages_stored: stats.pagesStored, zero_pages: stats.zeroPages,
+        pause_ms: round3(snapshot.pauseMs), duration_ms: round3(duration), saved_by_writes: snapshot.savedByWrites, saved_in_background: snapshot.savedByTicker,
+      });
+    } catch (error) {
+      this.log(`vm ${m.name}: live snapshot ${snapshot.path} failed: ${error instanceof Error ? error.message : String(error)}`);
+      live.done(new HostError(500, `live snapshot of '${m.name}' failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error }));
+    }
+  }
+}
+
+/** The image of a VM spec, or a 400 naming the field. */
+function loadImage(path: string, field: string): GuestImage {
+  try {
+    return loadGuestFile(path);
+  } catch (error) {
+    if (error instanceof BvError) throw new HostError(400, `${field}: ${error.message}`, { cause: error });
+    throw error;
+  }
+}
+
+/**
+ * Runs a kernel or service call for a request: a typed error (bad file, refused state) is the
+ * client's (400), running out of host memory is 507, anything else is the host's (500).
+ */
+function guard<T>(action: () => T, what: string): T {
+  try {
+    return action();
+  } catch (error) {
+    if (error instanceof HostError) throw error;
+    if (error instanceof OutOfHostMemoryError || (error instanceof BvError && error.code === 'BV_OUT_OF_HOST_MEMORY')) {
+      throw new HostError(507, `${what}: ${error.message}`, { cause: error });
+    }
+    if (error instanceof BvError) throw new HostError(400, `${what}: ${error.message}`, { cause: error });
+    throw new HostError(500, `${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+}
+
+export function describeExit(exit: VmExit): string {
+  switch (exit.kind) {
+    case 'halted': return `powered off with exit code ${exit.exit_code}`;
+    case 'guest-error': return `guest error: ${exit.message}`;
+    case 'host-error': return `host error: ${exit.message}`;
+    case 'budget': return exit.message;
+    case 'idle': return `idle: ${exit.message}`;
+  }
+}
+
+function round3(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
