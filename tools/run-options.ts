@@ -6,12 +6,12 @@
 import { USAGE_EXIT_CODE } from './cli.ts';
 
 /** Options without a value. */
-export const RUN_FLAGS = ['--stats', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'] as const;
+export const RUN_FLAGS = ['--stats', '--json', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'] as const;
 
 /** Options with one value (`--mem 64M` or `--mem=64M`). */
 export const RUN_VALUE_OPTIONS = [
   '--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk',
-  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks',
+  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks', '--checkpoint-on-exit',
 ] as const;
 
 /** Options with two values: an instruction count and a path. */
@@ -22,9 +22,9 @@ export const RUN_OPTIONS: readonly string[] = [...RUN_FLAGS, ...RUN_VALUE_OPTION
 
 export const RUN_USAGE =
   'usage: run <image.bvx | prog.s> [--mem SIZE] [--vcpus N] [--max-insns N] [--input TEXT] [--host-mem SIZE]\n' +
-  '           [--stats] [--trace] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P]\n' +
+  '           [--stats [--json]] [--trace] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P]\n' +
   '           [--promote-hot] [--reclaim-cold] [--disk PATH] [--checkpoint-at N PATH] [--snapshot-at N PATH]\n' +
-  '           [--checkpoint-path PATH] [--fork-at N --forks K] [-- boot args...]\n' +
+  '           [--checkpoint-path PATH] [--checkpoint-on-exit PATH] [--fork-at N --forks K] [-- boot args...]\n' +
   '       run --restore PATH [--restore-mode lazy|eager|map] [options but --mem, --vcpus, --mmu, --batch, --large-pages, boot args]\n' +
   '       run --help';
 
@@ -38,6 +38,10 @@ export const RunExitCode = {
   IDLE: 6,
   /** The guest ended (exit 0) before a --checkpoint-at, --snapshot-at or --fork-at point. */
   POINT_NOT_REACHED: 7,
+  /** Stopped cleanly by SIGINT (Ctrl-C): 128 + 2, what a shell reports for a process SIGINT killed. */
+  INTERRUPTED_INT: 130,
+  /** Stopped cleanly by SIGTERM: 128 + 15. */
+  INTERRUPTED_TERM: 143,
 } as const;
 
 export const RUN_HELP = `${RUN_USAGE}
@@ -58,6 +62,7 @@ The machine:
 
 Reports:
   --stats           print run statistics to stderr afterwards
+  --json            with --stats: the statistics as one JSON document, the last line of stderr
   --trace           print every instruction to stderr (slow)
 
 Memory virtualisation (docs/mmu.md, docs/large-pages.md):
@@ -72,6 +77,8 @@ VM state (docs/checkpoints.md):
   --checkpoint-at N PATH   after exactly N instructions save a checkpoint to PATH, then go on
   --snapshot-at N PATH     after exactly N instructions start a live snapshot to PATH
   --checkpoint-path PATH   let the guest ask for checkpoints (the CHECKPOINT hypercall) to PATH
+  --checkpoint-on-exit PATH  when the run stops on a signal, --max-insns or idle, save the VM
+                           to PATH (run it on with --restore PATH)
   --restore PATH           run the VM saved in a checkpoint instead of an image (its memory,
                            vCPUs, boot arguments and disk come from the file)
   --restore-mode MODE      with --restore: lazy (default: pages on first access, prefetched in
@@ -83,7 +90,10 @@ VM state (docs/checkpoints.md):
 
   -h, --help        print this help
 
+SIGINT (Ctrl-C) or SIGTERM stops the guest cleanly: the console is flushed, --stats printed,
+--checkpoint-on-exit written; a second signal ends the process at once.
+
 Exit codes: the guest's exit code & 0xff; 1 image or assembly error; 2 bad command line;
 3 guest error; 4 instruction limit reached; 5 host error; 6 guest idle forever;
-7 the guest ended (with exit code 0) before a --checkpoint-at, --snapshot-at or --fork-at point.
-See docs/run.md.`;
+7 the guest ended (with exit code 0) before a --checkpoint-at, --snapshot-at or --fork-at point;
+130 stopped by SIGINT; 143 stopped by SIGTERM. See docs/run.md.`;

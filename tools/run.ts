@@ -22,7 +22,7 @@ import {
 } from '../devices/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
 import { createHypervisor, IDLE_FOREVER, Mode, OutOfHostMemoryError, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
-import { processRss } from '../native/index.ts';
+import { hostStats, vmStats, type HostStats, type VmStats } from '../services/host/stats.ts';
 import { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../services/memory/index.ts';
 import { tmpdir } from 'node:os';
 import {
@@ -46,6 +46,8 @@ interface RunArguments {
   vcpus: number;
   maxInstructions: number | undefined;
   stats: boolean;
+  /** --stats --json: the stats as one JSON document instead of tables. */
+  json: boolean;
   trace: boolean;
   input: string | undefined;
   bootArgs: string;
@@ -69,6 +71,8 @@ interface RunArguments {
   /** Fork this many children after this many instructions (T-13). */
   forkAt: number | undefined;
   forks: number;
+  /** Checkpoint the VM here when the run stops in a restorable state (a signal, the budget, idle). */
+  checkpointOnExit: string | undefined;
 }
 
 /** Pulls `flag N PATH` (a flag with two values) out of argv before the boot arguments. */
@@ -104,6 +108,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
   const forkAt = args.value('--fork-at');
   const forks = args.value('--forks');
   if ((forkAt === undefined) !== (forks === undefined)) throw new UsageError('--fork-at and --forks go together');
+  if (args.flag('--json') && !args.flag('--stats')) throw new UsageError('--json goes with --stats (it prints the stats as JSON)');
   if (restore === undefined && args.positionals.length === 0) throw new UsageError('missing the guest to run (an image .bvx or a source .s)');
   if (args.positionals.length > 1) {
     throw new UsageError(`unexpected argument '${args.positionals[1]}' (boot arguments go after '--')`);
@@ -134,6 +139,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     vcpus: vcpus === undefined ? 1 : parseInteger(vcpus, '--vcpus', 1, 32),
     maxInstructions,
     stats: args.flag('--stats'),
+    json: args.flag('--json'),
     trace: args.flag('--trace'),
     input: args.value('--input'),
     bootArgs: args.rest.join(' '),
@@ -149,6 +155,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     restoreMode: parseChoice(args.value('--restore-mode'), '--restore-mode', ['lazy', 'eager', 'map'] as const, 'lazy'),
     forkAt: forkAtCount,
     forks: forks === undefined ? 0 : parseInteger(forks, '--forks', 1, 64),
+    checkpointOnExit: args.value('--checkpoint-on-exit'),
   };
 }
 
@@ -203,90 +210,123 @@ function hex8(value: number): string {
   return (value >>> 0).toString(16).padStart(8, '0');
 }
 
-/** The --stats report: run totals, per-vCPU counters, exits, MMIO, memory. */
-function formatStats(hv: Hypervisor, vm: Vm, run: GuestRun, wallMs: number): string {
-  const mips = wallMs > 0 ? run.instructions / wallMs / 1000 : 0;
+/** The run totals of --stats (the `run` part of --stats --json). */
+interface RunTotals {
+  /** Instructions retired, all vCPUs, all boots. */
+  instructions: number;
+  /** Host time spent running the guest, in milliseconds. */
+  wall_ms: number;
+  /** instructions / wall time, in millions per second. */
+  mips: number;
+  /** Guest-requested resets carried out. */
+  resets: number;
+}
+
+/** What --stats reports: the run's totals, the host's counters and the VM's (with its policies). */
+interface StatsReport {
+  run: RunTotals;
+  host: HostStats;
+  vm: VmStats;
+}
+
+function runTotals(run: GuestRun, wallMs: number): RunTotals {
+  return { instructions: run.instructions, wall_ms: wallMs, mips: wallMs > 0 ? run.instructions / wallMs / 1000 : 0, resets: run.resets };
+}
+
+/** Rows of label and count, the counts right-aligned. */
+function countTable(rows: readonly (readonly [string, string])[]): string {
+  return formatTable(rows, { indent: '  ', rightAligned: [false, true] });
+}
+
+/** The --stats tables, formatted from the report: run totals, per-vCPU counters, exits, MMIO, MMU, memory, policies. */
+function formatStats(report: StatsReport): string {
+  const { run, host, vm } = report;
+  const count = formatCount;
   const out: string[] = [];
   out.push('run');
-  out.push(
-    formatTable(
-      [
-        ['instructions', formatCount(run.instructions)],
-        ['wall time', `${(wallMs / 1000).toFixed(3)} s`],
-        ['speed', `${mips.toFixed(2)} MIPS`],
-        ['resets', formatCount(run.resets)],
-      ],
-      { indent: '  ', rightAligned: [false, true] },
-    ),
-  );
+  out.push(countTable([
+    ['instructions', count(run.instructions)],
+    ['wall time', `${(run.wall_ms / 1000).toFixed(3)} s`],
+    ['speed', `${run.mips.toFixed(2)} MIPS`],
+    ['resets', count(run.resets)],
+  ]));
   const vcpuRows = [['vcpu', 'instret', 'tlb hits', 'tlb misses', 'tlb fills', 'tlb drops', 'tlb flushes', 'page walks', 'traps', 'interrupts', 'hypercalls', 'waits']];
-  for (const vcpu of vm.vcpus) {
-    vcpuRows.push([
-      String(vcpu.id), vcpu.instret, vcpu.stats.tlbHits, vcpu.stats.tlbMisses, vcpu.tlb.fills, vcpu.tlb.entriesDropped, vcpu.tlb.fullFlushes,
-      vcpu.walker.walks, vcpu.stats.traps, vcpu.stats.interrupts, vcpu.stats.hypercalls, vcpu.stats.waits,
-    ].map((cell) => (typeof cell === 'number' ? formatCount(cell) : cell)));
+  for (const v of vm.vcpus) {
+    vcpuRows.push([String(v.id), ...[v.instret, v.tlb_hits, v.tlb_misses, v.tlb_fills, v.tlb_drops, v.tlb_flushes, v.page_walks, v.traps, v.interrupts, v.hypercalls, v.waits].map(count)]);
   }
   out.push('vcpus');
   out.push(formatTable(vcpuRows, { indent: '  ' }));
-  const exits: string[][] = [
-    ['mmio', formatCount(vm.exits.mmio)],
-    ['hypercall', formatCount(vm.exits.hypercall)],
-    ['trap to guest', formatCount(vm.exits.trapToGuest)],
-    ['code write', formatCount(vm.exits.codeWrites)],
+  const exits: [string, string][] = [
+    ['mmio', count(vm.exits.mmio)],
+    ['hypercall', count(vm.exits.hypercall)],
+    ['trap to guest', count(vm.exits.trap_to_guest)],
+    ['code write', count(vm.exits.code_writes)],
   ];
-  for (const [state, count] of Object.entries(vm.exits.absent)) exits.push([`absent: ${state}`, formatCount(count)]);
-  for (const [flag, count] of Object.entries(vm.exits.writeProtect)) exits.push([`write-protect: ${flag}`, formatCount(count)]);
+  for (const [state, n] of Object.entries(vm.exits.absent)) exits.push([`absent: ${state}`, count(n)]);
+  for (const [flag, n] of Object.entries(vm.exits.write_protect)) exits.push([`write-protect: ${flag}`, count(n)]);
   out.push('exits');
-  out.push(formatTable(exits, { indent: '  ', rightAligned: [false, true] }));
+  out.push(countTable(exits));
   out.push('mmio accesses');
-  out.push(formatTable(Object.entries(vm.bus.accessCounts()).map(([device, count]) => [device, formatCount(count)]), { indent: '  ', rightAligned: [false, true] }));
-  const mmu = vm.mmu.stats;
-  const shadow = vm.mmu.census();
-  const large = vm.memory.largePageStats;
-  out.push(`mmu (${vm.mmu.mode}${vm.mmu.mode === 'shadow' ? `, traces ${vm.mmu.traces ? 'on' : 'off'}, batch ${vm.mmu.batch}` : ''})`);
-  out.push(
-    formatTable(
-      [
-        ['page walks', formatCount(mmu.walks)],
-        ['misses answered by shadow tables', formatCount(mmu.shadowHits)],
-        ['misses answered by large mappings', formatCount(mmu.largeHits)],
-        ['entries filled by batches', formatCount(mmu.batchFilled)],
-        ['traces placed / removed / hit', `${formatCount(mmu.tracesPlaced)} / ${formatCount(mmu.tracesRemoved)} / ${formatCount(mmu.traceHits)}`],
-        ['shadow entries dropped by traces', formatCount(mmu.shadowEntriesDropped)],
-        ['TLB entries dropped by traces', formatCount(vm.translationsInvalidated)],
-        ['guest flushes elided / full', `${formatCount(mmu.flushesElided)} / ${formatCount(mmu.flushesFull)}`],
-        ['ASIDs reused for another root', formatCount(mmu.asidReuses)],
-        ['shootdowns (entries dropped)', `${formatCount(hv.shootdowns)} (${formatCount(hv.shootdownEntries)})`],
-        ['shadow spaces / cached PTEs / traced pages', `${formatCount(shadow.spaces)} / ${formatCount(shadow.cachedPtes)} / ${formatCount(shadow.tracedPages)}`],
-        ['large mappings held', formatCount(vm.mmu.largeMappings())],
-        [`host runs (policy ${vm.largePagePolicy}): allocated / promoted / broken up`, `${formatCount(large.runsAllocated)} / ${formatCount(large.regionsPromoted)} / ${formatCount(large.regionsBrokenUp)}`],
-      ],
-      { indent: '  ', rightAligned: [false, true] },
-    ),
-  );
-  const pool = hv.poolStats();
-  const census = vm.memory.census();
-  const decode = hv.decodeCache.stats;
+  out.push(countTable(Object.entries(vm.mmio_accesses).map(([device, n]) => [device, count(n)])));
+  const mmu = vm.mmu;
+  const large = vm.large_pages;
+  out.push(`mmu (${mmu.mode}${mmu.mode === 'shadow' ? `, traces ${mmu.traces ? 'on' : 'off'}, batch ${mmu.batch}` : ''})`);
+  out.push(countTable([
+    ['page walks', count(mmu.page_walks)],
+    ['misses answered by shadow tables', count(mmu.shadow_hits)],
+    ['misses answered by large mappings', count(mmu.large_hits)],
+    ['entries filled by batches', count(mmu.batch_filled)],
+    ['traces placed / removed / hit', `${count(mmu.traces_placed)} / ${count(mmu.traces_removed)} / ${count(mmu.trace_hits)}`],
+    ['shadow entries dropped by traces', count(mmu.shadow_entries_dropped)],
+    ['TLB entries dropped by traces', count(mmu.tlb_entries_dropped_by_traces)],
+    ['guest flushes elided / full', `${count(mmu.flushes_elided)} / ${count(mmu.flushes_full)}`],
+    ['ASIDs reused for another root', count(mmu.asid_reuses)],
+    ['shootdowns (entries dropped)', `${count(mmu.shootdowns)} (${count(mmu.shootdown_entries)})`],
+    ['shadow spaces / cached PTEs / traced pages', `${count(mmu.shadow_spaces)} / ${count(mmu.cached_ptes)} / ${count(mmu.traced_pages)}`],
+    ['large mappings held', count(mmu.large_mappings)],
+    [`host runs (policy ${large.policy}): allocated / promoted / broken up`, `${count(large.runs_allocated)} / ${count(large.regions_promoted)} / ${count(large.regions_broken_up)}`],
+  ]));
+  const memory = vm.memory;
   out.push('memory');
   out.push(
     formatTable(
       [
-        ['decoded pages', `${formatCount(decode.pagesDecoded)} (${formatCount(decode.slotsInUse)} in use, ${formatCount(decode.pagesDropped)} dropped)`],
-        ['host frames in use', `${formatCount(pool.usedFrames)} of ${formatCount(pool.totalFrames)} (${formatBytes(pool.usedFrames * PAGE_SIZE)})`],
-        ['guest pages present', `${formatCount(census.present)} of ${formatCount(vm.memory.pageCount)} (${formatBytes(census.present * PAGE_SIZE)})`],
-        ['guest pages shared copy-on-write', formatCount(census.shared)],
-        ['process RSS', formatBytes(processRss())],
+        ['decoded pages', `${count(memory.decoded_pages)} (${count(memory.decoded_pages_in_use)} in use, ${count(memory.decoded_pages_dropped)} dropped)`],
+        ['host frames in use', `${count(memory.host_frames_used)} of ${count(memory.host_frames_total)} (${formatBytes(memory.host_frames_used * PAGE_SIZE)})`],
+        ['guest pages present', `${count(memory.pages_present)} of ${count(memory.guest_pages)} (${formatBytes(memory.bytes_present)})`],
+        ['guest pages shared copy-on-write', count(memory.pages_shared)],
+        ['process RSS', formatBytes(host.process_rss_bytes)],
       ],
       { indent: '  ', rightAligned: [false, false] },
     ),
   );
+  const policies = vm.policies ?? {};
+  const promoter = policies.accessed_bit_prioritizer;
+  if (promoter) {
+    out.push(formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', promoter));
+    // The counts behind the decisions: each promotion with the region's accessed-page count at
+    // that scan (highest first within a scan), then the last scan that saw any access.
+    if (promoter.promoted_regions.length > 0) {
+      const rows = promoter.promoted_regions.map((p) => [`scan ${p.scan}`, `region ${p.region} (gpa 0x${p.gpa.toString(16).padStart(8, '0')})`, `${count(p.pages_accessed)} pages accessed`]);
+      out.push(`promotions (T-3 order)\n${formatTable(rows, { indent: '  ', rightAligned: [false, false, true] })}`);
+    }
+    const last = promoter.last_busy_scan;
+    if (last) {
+      const rows = last.regions.slice(0, 16).map(({ region, pages }) => [`region ${region}`, `${count(pages)} pages`] as [string, string]);
+      out.push(`accessed pages per region not yet large, scan ${last.scan}\n${countTable(rows)}`);
+    }
+  }
+  if (policies.low_activity_reclaimer) out.push(formatPolicyStats('large pages: low-activity reclaimer (T-4)', policies.low_activity_reclaimer));
+  if (policies.swap) out.push(formatPolicyStats('swap', policies.swap));
   return out.join('\n');
 }
 
-/** A policy's flat counters as a table. */
-function formatPolicyStats(title: string, stats: Record<string, number>): string {
-  const rows = Object.entries(stats).map(([name, value]) => [name.replace(/([A-Z])/g, ' $1').toLowerCase(), /bytes/i.test(name) ? formatBytes(value) : formatCount(value)]);
-  return `${title}\n${formatTable(rows, { indent: '  ', rightAligned: [false, true] })}`;
+/** A policy's numeric counters as a table (`pages_out` → `pages out`; byte counts as sizes). */
+function formatPolicyStats(title: string, stats: object): string {
+  const rows = Object.entries(stats)
+    .filter((entry): entry is [string, number] => typeof entry[1] === 'number')
+    .map(([name, value]) => [name.replaceAll('_', ' '), /bytes/.test(name) ? formatBytes(value) : formatCount(value)] as [string, string]);
+  return `${title}\n${countTable(rows)}`;
 }
 
 /** The size of the host memory pool of this run (for the advice when it runs out). */
@@ -314,31 +354,47 @@ function hostMemoryAdvice(): string {
   return `the host memory pool is ${formatBytes(hostPoolBytes)}: make it larger with --host-mem (for example --host-mem ${sizeArgument(larger)})`;
 }
 
-/** The exit code for how the run ended, printing the one `error:` line when it is not a halt. */
-function reportEnding(run: GuestRun): number {
+/** How a run ended: the exit code, the `error:` line, and the `exit` part of --stats --json. */
+interface Ending {
+  /** The VM's stop reason (`halted`, `guest-error`, `budget`, `idle`, `host-error`, …), or `interrupted` by a signal. */
+  kind: GuestRun['reason']['kind'] | 'interrupted';
+  /** The process's exit code. */
+  code: number;
+  /** The text of the `error:` line (every ending but a power-off has one). */
+  message?: string;
+  /** The guest's exit code as it wrote it (`halted`; `code` is it & 0xff). */
+  guest_exit_code?: number;
+  /** The signal that stopped the run (`interrupted`). */
+  signal?: StopSignal;
+}
+
+/** How the run ended; `signal` is the signal received, if any (the run then ends paused by it). */
+function describeEnding(run: GuestRun, signal: StopSignal | null): Ending {
   const reason = run.reason;
   switch (reason.kind) {
     case 'halted':
-      return reason.exitCode & 0xff;
+      return { kind: 'halted', code: reason.exitCode & 0xff, guest_exit_code: reason.exitCode };
     case 'guest-error':
-      process.stderr.write(`error: guest error: ${reason.message}\n`);
-      return RunExitCode.GUEST_ERROR;
+      return { kind: 'guest-error', code: RunExitCode.GUEST_ERROR, message: `guest error: ${reason.message}` };
     case 'budget':
-      process.stderr.write(`error: stopped after ${run.instructions} instructions (--max-insns)\n`);
-      return RunExitCode.BUDGET;
+      return { kind: 'budget', code: RunExitCode.BUDGET, message: `stopped after ${run.instructions} instructions (--max-insns)` };
     case 'idle':
-      process.stderr.write(`error: the guest is idle forever: ${IDLE_FOREVER}\n`);
-      return RunExitCode.IDLE;
+      return { kind: 'idle', code: RunExitCode.IDLE, message: `the guest is idle forever: ${IDLE_FOREVER}` };
     case 'host-error':
-      process.stderr.write(`error: host error: ${reason.message}${isOutOfHostMemory(reason.error, reason.message) ? `; ${hostMemoryAdvice()}` : ''}\n`);
-      return RunExitCode.HOST_ERROR;
+      return {
+        kind: 'host-error', code: RunExitCode.HOST_ERROR,
+        message: `host error: ${reason.message}${isOutOfHostMemory(reason.error, reason.message) ? `; ${hostMemoryAdvice()}` : ''}`,
+      };
     case 'paused':
-      process.stderr.write(`error: host error: the VM was paused (${reason.reason})\n`);
-      return RunExitCode.HOST_ERROR;
+      if (reason.reason === SIGNAL_PAUSE && signal !== null) return interrupted(signal, `after ${formatCount(run.instructions)} instructions`);
+      return { kind: 'paused', code: RunExitCode.HOST_ERROR, message: `host error: the VM was paused (${reason.reason})` };
     case 'running':
-      process.stderr.write('error: host error: the run ended while the VM was still running\n');
-      return RunExitCode.HOST_ERROR;
+      return { kind: 'running', code: RunExitCode.HOST_ERROR, message: 'host error: the run ended while the VM was still running' };
   }
+}
+
+function interrupted(signal: StopSignal, when: string): Ending {
+  return { kind: 'interrupted', code: SIGNAL_EXIT_CODES[signal], message: `interrupted by ${signal} ${when}`, signal };
 }
 
 async function main(argv: readonly string[]): Promise<number> {
@@ -374,48 +430,51 @@ async function runMachine(args: RunArguments): Promise<number> {
     for (const vcpu of vm.vcpus) vcpu.tracer = trace.hook;
   }
 
-  const started = performance.now();
-  let run: GuestRun;
-  let children: Machine[] = [];
-  let missedPoints = 0;
+  const signals = new SignalStop();
   try {
-    ({ run, children, missedPoints } = await runPlan(args, machine));
+    const started = performance.now();
+    let run: GuestRun;
+    let children: Machine[] = [];
+    let missedPoints = 0;
+    try {
+      ({ run, children, missedPoints } = await runPlan(args, machine, signals));
+    } finally {
+      devices.console.stop();
+      trace?.flush();
+    }
+    const wallMs = performance.now() - started;
+    let ending = describeEnding(run, signals.signal);
+    if (args.checkpointOnExit !== undefined) checkpointOnExit(vm, args.checkpointOnExit, ending, run.instructions);
+    const forks = await runForkChildren(hv, children, signals);
+    if (ending.code === 0) {
+      if (forks.interrupted !== null) ending = interrupted(forks.interrupted, 'while the fork children ran');
+      else ending.code = forks.code !== 0 ? forks.code : missedPoints > 0 ? RunExitCode.POINT_NOT_REACHED : 0;
+    }
+    const report = args.stats ? { run: runTotals(run, wallMs), host: hostStats(hv), vm: vmStats(hv, vm, { promoter, reclaimer, swap }) } : null;
+    if (report && !args.json) process.stderr.write(`${formatStats(report)}\n`);
+    if (ending.message !== undefined) process.stderr.write(`error: ${ending.message}\n`);
+    // The JSON document comes last, on one line, whatever was printed before it.
+    if (report && args.json) process.stderr.write(`${JSON.stringify({ ...report, exit: ending, ...(forks.outcomes.length > 0 ? { forks: forks.outcomes } : {}) })}\n`);
+    return ending.code;
   } finally {
-    devices.console.stop();
-    trace?.flush();
+    signals.dispose();
+    swap?.close();
+    machine.restored?.close();
   }
-  const wallMs = performance.now() - started;
-  const childCode = await runForkChildren(hv, children);
-  if (args.stats) {
-    process.stderr.write(`${formatStats(hv, vm, run, wallMs)}\n`);
-    if (promoter) {
-      process.stderr.write(`${formatPolicyStats('large pages: accessed-bit prioritizer (T-3)', { ...promoter.stats() })}\n`);
-      // The counts behind the decisions: each promotion with the region's accessed-page count at
-      // that scan (highest first within a scan), then the last scan that saw any access.
-      const promotions = promoter.promotions();
-      if (promotions.length > 0) {
-        const rows = promotions.map((p) => [`scan ${p.scan}`, `region ${p.region} (gpa 0x${(p.region * 4 * 1024 * 1024).toString(16).padStart(8, '0')})`, `${formatCount(p.count)} pages accessed`]);
-        process.stderr.write(`promotions (T-3 order)\n${formatTable(rows, { indent: '  ', rightAligned: [false, false, true] })}\n`);
-      }
-      const busy = promoter.history().filter((record) => [...record.counts.values()].some((count) => count > 0));
-      const last = busy[busy.length - 1];
-      if (last) {
-        const rows = [...last.counts].filter(([, count]) => count > 0).sort((a, b) => b[1] - a[1]).slice(0, 16)
-          .map(([region, count]) => [`region ${region}`, `${formatCount(count)} pages`]);
-        process.stderr.write(`accessed pages per region not yet large, scan ${last.scan}\n${formatTable(rows, { indent: '  ', rightAligned: [false, true] })}\n`);
-      }
-    }
-    if (reclaimer && swap) {
-      process.stderr.write(`${formatPolicyStats('large pages: low-activity reclaimer (T-4)', { ...reclaimer.stats() })}\n`);
-      process.stderr.write(`${formatPolicyStats('swap', { ...swap.stats() })}\n`);
-    }
+}
+
+/** Endings after which the VM can run on from where it stopped, so --checkpoint-on-exit saves it. */
+const RESTORABLE_ENDINGS: ReadonlySet<Ending['kind']> = new Set(['interrupted', 'budget', 'idle']);
+
+/** --checkpoint-on-exit: saves the VM when the run ended in a restorable state, says so otherwise. */
+function checkpointOnExit(vm: Vm, path: string, ending: Ending, instructions: number): void {
+  if (!RESTORABLE_ENDINGS.has(ending.kind)) {
+    process.stderr.write(`warning: --checkpoint-on-exit: the run ended (${ending.kind}) in a state that cannot run on; no checkpoint was written to ${path}\n`);
+    return;
   }
-  swap?.close();
-  machine.restored?.close();
-  const code = reportEnding(run);
-  if (code !== 0) return code;
-  if (childCode !== 0) return childCode;
-  return missedPoints > 0 ? RunExitCode.POINT_NOT_REACHED : 0;
+  // A signal's pause is the host's, not the guest's: the restored VM runs on.
+  vm.resume();
+  saveWithProgress(vm, path, `checkpoint on exit after ${formatCount(instructions)} instructions`);
 }
 
 interface Machine {
@@ -529,11 +588,70 @@ function forkInput(input: string | undefined, index: number): string | undefined
 /** The hypercall a guest uses to ask tools/run for a checkpoint (needs --checkpoint-path). */
 const CHECKPOINT_PAUSE = 'tools/run: checkpoint requested by the guest';
 
+/** The signals that stop a run cleanly. */
+type StopSignal = 'SIGINT' | 'SIGTERM';
+/** The exit code after each: 128 + the signal's number, as a shell reports a process it killed. */
+const SIGNAL_EXIT_CODES: Readonly<Record<StopSignal, number>> = { SIGINT: RunExitCode.INTERRUPTED_INT, SIGTERM: RunExitCode.INTERRUPTED_TERM };
+/** The pause reason of a VM stopped by a signal. */
+const SIGNAL_PAUSE = 'tools/run: stopped by a signal';
+
+/**
+ * SIGINT and SIGTERM stop the run cleanly (docs/run.md#signals): the VM being run is paused
+ * between slices, the run then ends as usual (console flushed, live snapshot finished, stats,
+ * --checkpoint-on-exit) and exits with SIGNAL_EXIT_CODES. After the first signal the listeners
+ * are removed, so a second one has the signal's default action: the process ends at once, even
+ * in the middle of a checkpoint save. dispose() removes everything at the end.
+ */
+class SignalStop {
+  /** The signal received, if any. */
+  signal: StopSignal | null = null;
+  private target: Vm | null = null;
+  private listeners: [StopSignal, () => void][] = [];
+  private renew: NodeJS.Timeout | null = null;
+
+  constructor() {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const listener = () => this.stop(signal);
+      process.on(signal, listener);
+      this.listeners.push([signal, listener]);
+    }
+  }
+
+  /** `vm` runs from now on: a signal pauses it (at once when one came already). */
+  watch(vm: Vm): void {
+    this.target = vm;
+    if (this.signal !== null) vm.pause(SIGNAL_PAUSE);
+  }
+
+  private stop(signal: StopSignal): void {
+    this.signal = signal;
+    this.removeListeners();
+    process.stderr.write(`${signal}: stopping the guest (a second signal ends the process at once)\n`);
+    this.target?.pause(SIGNAL_PAUSE);
+    // A guest reset carried out within the run clears the pause: renew it each time the event loop runs.
+    this.renew = setInterval(() => this.target?.pause(SIGNAL_PAUSE), 1);
+    this.renew.unref();
+  }
+
+  private removeListeners(): void {
+    for (const [signal, listener] of this.listeners) process.off(signal, listener);
+    this.listeners = [];
+  }
+
+  /** Removes the listeners and the timer: nothing is left to keep the process alive. */
+  dispose(): void {
+    this.removeListeners();
+    if (this.renew) clearInterval(this.renew);
+    this.renew = null;
+  }
+}
+
 /**
  * Runs the machine through the instruction points the flags name (checkpoint, live snapshot,
- * fork), in order, then to the end or the --max-insns budget.
+ * fork), in order, then to the end, the --max-insns budget or a signal (the VM then ends paused
+ * with SIGNAL_PAUSE; a live snapshot still being written is finished first, as at any end).
  */
-async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: GuestRun; children: Machine[]; missedPoints: number }> {
+async function runPlan(args: RunArguments, machine: Machine, signals: SignalStop): Promise<{ run: GuestRun; children: Machine[]; missedPoints: number }> {
   const { hv, vm, devices } = machine;
   if (args.checkpointPath !== undefined) {
     vm.onHypercall(Hcall.CHECKPOINT, (vcpu) => {
@@ -591,6 +709,7 @@ async function runPlan(args: RunArguments, machine: Machine): Promise<{ run: Gue
   for (;;) {
     const next = events[0];
     const limit = Math.min(budget, next ? next.at : Infinity) - executed;
+    signals.watch(vm); // after a signal, the VM stops at once (an event acted on it first)
     const phase = await runWithResetsAsync(hv, vm, devices, Number.isFinite(limit) ? { maxInstructions: limit } : {});
     executed += phase.instructions;
     resets += phase.resets;
@@ -641,19 +760,44 @@ function saveWithProgress(vm: Vm, path: string, label: string): void {
   }
 }
 
-/** Runs each fork child to its end, prints its output under a header; returns the first failure. */
-async function runForkChildren(hv: Hypervisor, children: Machine[]): Promise<number> {
+/** How one fork child ended (the `forks` part of --stats --json). */
+interface ForkOutcome {
+  /** The child's number (1-based). */
+  index: number;
+  /** How its run ended (a VM stop reason kind, `interrupted`, or `not-run` after a signal). */
+  kind: string;
+  /** Its exit code (the guest's & 0xff when it powered off, else the one tools/run would use). */
+  code: number;
+  /** Instructions it retired after the fork. */
+  instructions: number;
+}
+
+/**
+ * Runs each fork child to its end and prints its output under a header. Returns each outcome,
+ * the first failure's code, and the signal when one stopped them (the rest are not run).
+ */
+async function runForkChildren(hv: Hypervisor, children: Machine[], signals: SignalStop): Promise<{ outcomes: ForkOutcome[]; code: number; interrupted: StopSignal | null }> {
   let firstFailure = 0;
+  const outcomes: ForkOutcome[] = [];
   for (const [index, child] of children.entries()) {
+    if (signals.signal !== null) {
+      process.stderr.write(`fork ${index + 1}: not run (${signals.signal})\n`);
+      outcomes.push({ index: index + 1, kind: 'not-run', code: SIGNAL_EXIT_CODES[signals.signal], instructions: 0 });
+      continue;
+    }
+    signals.watch(child.vm);
     const run = await runWithResetsAsync(hv, child.vm, child.devices);
     child.devices.console.stop();
     const text = (child.devices.captured ?? new CaptureSink()).text();
     process.stdout.write(`--- fork ${index + 1} ---\n${text}${text.endsWith('\n') || text === '' ? '' : '\n'}`);
-    const ending = run.reason.kind === 'halted' ? `exit ${run.reason.exitCode & 0xff}` : run.reason.kind;
-    process.stderr.write(`fork ${index + 1}: ${ending} after ${formatCount(run.instructions)} more instructions\n`);
-    if (firstFailure === 0) firstFailure = run.reason.kind === 'halted' ? run.reason.exitCode & 0xff : RunExitCode.GUEST_ERROR;
+    const ending = describeEnding(run, signals.signal);
+    const said = ending.kind === 'halted' ? `exit ${ending.code}` : ending.kind === 'interrupted' ? `interrupted by ${ending.signal}` : ending.kind;
+    process.stderr.write(`fork ${index + 1}: ${said} after ${formatCount(run.instructions)} more instructions\n`);
+    outcomes.push({ index: index + 1, kind: ending.kind, code: ending.code, instructions: run.instructions });
+    if (firstFailure === 0) firstFailure = ending.kind === 'halted' ? ending.code : RunExitCode.GUEST_ERROR;
   }
-  return firstFailure;
+  const stopped = outcomes.some((outcome) => outcome.kind === 'interrupted' || outcome.kind === 'not-run');
+  return { outcomes, code: firstFailure, interrupted: stopped ? signals.signal : null };
 }
 
 try {

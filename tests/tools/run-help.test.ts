@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { RUN_FLAGS, RUN_HELP, RUN_OPTIONS, RUN_TWO_VALUE_OPTIONS, RUN_USAGE, RUN_VALUE_OPTIONS } from '../../tools/run-options.ts';
+import { RUN_FLAGS, RUN_HELP, RUN_OPTIONS, RUN_TWO_VALUE_OPTIONS, RUN_USAGE, RUN_VALUE_OPTIONS, RunExitCode } from '../../tools/run-options.ts';
 import { runTool } from './child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
@@ -65,8 +65,9 @@ describe('tools/run --help', () => {
 
   it('documents every exit code the help names', () => {
     const exitCodes = section(runGuide, '## Exit codes');
-    for (const code of [1, 2, 3, 4, 5, 6, 7]) expect(exitCodes).toMatch(new RegExp(`^\\| ${code} \\|`, 'm'));
+    for (const code of Object.values(RunExitCode)) expect(exitCodes).toMatch(new RegExp(`^\\| ${code} \\|`, 'm'));
     expect(RUN_HELP).toMatch(/7 the guest ended/);
+    expect(RUN_HELP).toMatch(/130 stopped by SIGINT; 143 stopped by SIGTERM/);
   });
 });
 
