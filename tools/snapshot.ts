@@ -1,7 +1,7 @@
 /**
  * snapshot — inspect, verify and compare checkpoint files (docs/checkpoint-format.md).
  *
- *   npx tsx tools/snapshot info <file>          format, configuration, vCPUs, devices, memory, blocks
+ *   npx tsx tools/snapshot info <file> [--json] format, configuration, vCPUs, devices, memory, blocks
  *   npx tsx tools/snapshot verify <file>        every checksum; prints `ok` or names the first bad part
  *   npx tsx tools/snapshot diff <a> <b> [--all] which guest pages (and states) differ
  *   npx tsx tools/snapshot clean <file>         removes temp files left by interrupted saves
@@ -13,7 +13,7 @@
 import { CheckpointReader, diffCheckpoints, PAGE_BYTES, removeStaleTempFiles, type CheckpointDiff } from '../services/checkpoint/index.ts';
 import { formatBytes, formatCount, formatTable, parseArguments, ProgressBar, runTool, UsageError } from './cli.ts';
 
-const USAGE = 'usage: snapshot info <file> | verify <file> | diff <a> <b> [--all] | clean <file>';
+const USAGE = 'usage: snapshot info <file> [--json] | verify <file> | diff <a> <b> [--all] | clean <file>';
 /** diff lists at most this many ranges unless --all. */
 const RANGES_SHOWN = 32;
 /** Configuration values longer than this are cut in `info`. */
@@ -37,32 +37,85 @@ function shorten(text: string, limit: number): string {
   return text.length <= limit ? text : `${text.slice(0, limit - 3)}...`;
 }
 
-function info(path: string): string {
+/** What `info` shows, as `info --json` prints it (snake_case keys, numbers as numbers). */
+interface CheckpointInfo {
+  /** The file's format version. */
+  format_version: number;
+  /** The file's size. */
+  file_bytes: number;
+  /** Guest RAM (page_count × 4096). */
+  memory_bytes: number;
+  /** Guest pages. */
+  page_count: number;
+  /** Pages stored in blocks. */
+  stored_pages: number;
+  /** Pages not stored (zero or never touched). */
+  zero_pages: number;
+  /** Storage blocks. */
+  blocks: number;
+  /** Blocks stored raw (mappable on restore). */
+  raw_blocks: number;
+  /** Blocks stored lz4-compressed. */
+  lz4_blocks: number;
+  /** Stored page bytes / bytes their blocks take. */
+  compression_ratio: number;
+  /** vCPUs saved. */
+  vcpus: number;
+  /** The saved configuration, whole (`info` cuts long values). */
+  config: Record<string, unknown>;
+  /** Each device (or state component): its version, and its state's kind and size. */
+  devices: Record<string, { version: number; state: 'binary' | 'json'; bytes: number }>;
+}
+
+function checkpointInfo(path: string): CheckpointInfo {
   return withReader(path, (reader) => {
     const summary = reader.summary();
     const { config, cpus, devices } = reader.contents;
-    const rows: string[][] = [
-      ['format', `version ${summary.formatVersion}`],
-      ['file', `${formatBytes(summary.fileBytes)} (${formatCount(summary.fileBytes)} bytes)`],
-      ['memory', `${formatBytes(summary.pageCount * PAGE_BYTES)} (${formatCount(summary.pageCount)} pages)`],
-      ['pages', `${formatCount(summary.storedPages)} stored, ${formatCount(summary.zeroPages)} zero (not stored)`],
-      ['blocks', `${formatCount(summary.blocks)} (${formatCount(summary.rawBlocks)} raw, ${formatCount(summary.lz4Blocks)} lz4)`],
-      ['compression', formatRatio(summary.compressionRatio)],
-      ['vcpus', String(cpus.length)],
-    ];
-    const configRows = Object.entries(config).map(([key, value]) => [`  ${key}`, shorten(JSON.stringify(value), CONFIG_VALUE_CHARS)]);
-    const deviceRows = Object.entries(devices).map(([name, device]) => [
-      `  ${name}`,
-      `version ${device.version}`,
-      device.state instanceof Uint8Array ? `${formatBytes(device.state.length)} binary` : `${formatBytes(JSON.stringify(device.state).length)} JSON`,
-    ]);
-    let text = formatTable(rows, { rightAligned: [false, false] });
-    text += `config${configRows.length === 0 ? '       (empty)' : ''}\n`;
-    if (configRows.length > 0) text += formatTable(configRows, { rightAligned: [false, false] });
-    text += `devices${deviceRows.length === 0 ? '      (none)' : ''}\n`;
-    if (deviceRows.length > 0) text += formatTable(deviceRows, { rightAligned: [false, false, false] });
-    return text;
+    return {
+      format_version: summary.formatVersion,
+      file_bytes: summary.fileBytes,
+      memory_bytes: summary.pageCount * PAGE_BYTES,
+      page_count: summary.pageCount,
+      stored_pages: summary.storedPages,
+      zero_pages: summary.zeroPages,
+      blocks: summary.blocks,
+      raw_blocks: summary.rawBlocks,
+      lz4_blocks: summary.lz4Blocks,
+      compression_ratio: summary.compressionRatio,
+      vcpus: cpus.length,
+      config: { ...config },
+      devices: Object.fromEntries(Object.entries(devices).map(([name, device]) => {
+        const binary = device.state instanceof Uint8Array;
+        const bytes = device.state instanceof Uint8Array ? device.state.length : JSON.stringify(device.state).length;
+        return [name, { version: device.version, state: binary ? 'binary' : 'json', bytes }];
+      })),
+    };
   });
+}
+
+function info(path: string): string {
+  const summary = checkpointInfo(path);
+  const rows: string[][] = [
+    ['format', `version ${summary.format_version}`],
+    ['file', `${formatBytes(summary.file_bytes)} (${formatCount(summary.file_bytes)} bytes)`],
+    ['memory', `${formatBytes(summary.memory_bytes)} (${formatCount(summary.page_count)} pages)`],
+    ['pages', `${formatCount(summary.stored_pages)} stored, ${formatCount(summary.zero_pages)} zero (not stored)`],
+    ['blocks', `${formatCount(summary.blocks)} (${formatCount(summary.raw_blocks)} raw, ${formatCount(summary.lz4_blocks)} lz4)`],
+    ['compression', formatRatio(summary.compression_ratio)],
+    ['vcpus', String(summary.vcpus)],
+  ];
+  const configRows = Object.entries(summary.config).map(([key, value]) => [`  ${key}`, shorten(JSON.stringify(value), CONFIG_VALUE_CHARS)]);
+  const deviceRows = Object.entries(summary.devices).map(([name, device]) => [
+    `  ${name}`,
+    `version ${device.version}`,
+    `${formatBytes(device.bytes)} ${device.state === 'binary' ? 'binary' : 'JSON'}`,
+  ]);
+  let text = formatTable(rows, { rightAligned: [false, false] });
+  text += `config${configRows.length === 0 ? '       (empty)' : ''}\n`;
+  if (configRows.length > 0) text += formatTable(configRows, { rightAligned: [false, false] });
+  text += `devices${deviceRows.length === 0 ? '      (none)' : ''}\n`;
+  if (deviceRows.length > 0) text += formatTable(deviceRows, { rightAligned: [false, false, false] });
+  return text;
 }
 
 function verify(path: string): string {
@@ -119,7 +172,7 @@ function clean(path: string): string {
 }
 
 function main(argv: readonly string[]): number {
-  const args = parseArguments(argv, { flags: ['--all', '--help', '-h'] });
+  const args = parseArguments(argv, { flags: ['--all', '--json', '--help', '-h'] });
   if (args.flag('--help') || args.flag('-h')) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
@@ -129,10 +182,11 @@ function main(argv: readonly string[]): number {
     if (files.length !== count) throw new UsageError(`${command} needs ${count === 1 ? 'one file' : `${count} files`}, got ${files.length}`);
   };
   if (command !== 'diff' && args.flag('--all')) throw new UsageError('--all only applies to diff');
+  if (command !== 'info' && args.flag('--json')) throw new UsageError('--json only applies to info');
   switch (command) {
     case 'info':
       expectFiles(1);
-      process.stdout.write(info(files[0]!));
+      process.stdout.write(args.flag('--json') ? `${JSON.stringify(checkpointInfo(files[0]!))}\n` : info(files[0]!));
       return 0;
     case 'verify':
       expectFiles(1);
