@@ -1,0 +1,426 @@
+/**
+ * ctl — drive a running host (tools/host, or tools/run --api-sock) through its control API
+ * (docs/ctl.md, docs/api.md).
+ *
+ *   npx tsx tools/ctl --api-sock /tmp/bv.sock vms
+ *   npx tsx tools/ctl --api-sock /tmp/bv.sock snapshot a /tmp/a.bvs --live --json
+ *
+ * One command, one HTTP request over the Unix socket (console --follow polls). With --json the
+ * API's answer is printed as it is (pretty-printed); otherwise as readable lines and tables.
+ * Exit codes: 0 done; 1 the API refused (`error: <fault_message> (HTTP <status>)`), no host
+ * answers on the socket, or a file cannot be read; 2 bad usage.
+ *
+ * Only types come from the host's modules: the client loads no kernel and no native addon.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { BvError } from '../guest-isa/errors.ts';
+import { apiRequest, type ApiAnswer } from '../services/host/client.ts';
+import type { ConsoleSlice } from '../services/host/console-log.ts';
+import type { HostInfo, RestoreResult, SnapshotResult, VmExit, VmInfo } from '../services/host/host.ts';
+import type { VmStats } from '../services/host/stats.ts';
+import { formatBytes, formatCount, formatTable, parseArguments, parseInteger, runTool, UsageError, type ParsedArguments } from './cli.ts';
+
+const USAGE = 'usage: ctl --api-sock PATH [--json] [--timeout-ms N] <command> [arguments]\n       ctl --help';
+
+/** Options every command takes. */
+const COMMON_FLAGS = ['--help', '-h', '--json'] as const;
+const COMMON_VALUES = ['--api-sock', '--timeout-ms'] as const;
+
+/** How often `console --follow` polls. */
+const FOLLOW_INTERVAL_MS = 100;
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+/** What a command is given: its positionals (checked against `operands`), the options, a way to call the API. */
+interface Context {
+  operands: readonly string[];
+  args: ParsedArguments;
+  json: boolean;
+  call: <T>(method: string, path: string, body?: unknown) => Promise<T>;
+  /** Writes to stdout. */
+  out: (text: string) => void;
+}
+
+interface Command {
+  /** The operands, as the usage names them; a trailing `[X]` is optional. */
+  operands: readonly string[];
+  /** Options of this command besides the common ones. */
+  flags?: readonly string[];
+  values?: readonly string[];
+  /** Those of `values` the command cannot do without. */
+  required?: readonly string[];
+  /** The line --help shows. */
+  help: string;
+  run: (context: Context) => Promise<void>;
+}
+
+/** `/vms/NAME…` with the name encoded for the path. */
+function vmPath(name: string, rest = ''): string {
+  return `/vms/${encodeURIComponent(name)}${rest}`;
+}
+
+/** Prints `answer` as JSON (with --json) or as `readable` text. */
+function show<T>(context: Context, answer: T, readable: (answer: T) => string): void {
+  context.out(context.json ? `${JSON.stringify(answer, null, 2)}\n` : readable(answer));
+}
+
+/** Label/value rows, left-aligned. */
+function fields(rows: readonly (readonly [string, string])[]): string {
+  return formatTable(rows, { rightAligned: [false, false] });
+}
+
+function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms * 1000) / 1000} ms`;
+  if (ms < 120_000) return `${(ms / 1000).toFixed(1)} s`;
+  const minutes = Math.floor(ms / 60_000);
+  if (minutes < 120) return `${minutes} min ${Math.floor((ms % 60_000) / 1000)} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+/** A short exit reason for tables (`exit 0`, `guest error: …`). */
+function exitText(exit: VmExit | null): string {
+  if (exit === null) return '-';
+  return exit.kind === 'halted' ? `exit ${exit.exit_code}` : `${exit.kind}: ${exit.message}`;
+}
+
+function stateText(vm: VmInfo): string {
+  return vm.waiting_for_input ? `${vm.state} (waiting for input)` : vm.state;
+}
+
+function originText(vm: VmInfo): string {
+  const origin = vm.origin;
+  switch (origin.kind) {
+    case 'image': return `image ${origin.image}`;
+    case 'checkpoint': return `checkpoint ${origin.path} (${origin.mode} restore)`;
+    case 'fork': return `fork of ${origin.parent}`;
+  }
+}
+
+function formatVmInfo(vm: VmInfo): string {
+  const { config } = vm;
+  const snapshot = vm.snapshot === null ? '-' : `${vm.snapshot.path} (${vm.snapshot.live ? 'live, ' : ''}${formatCount(vm.snapshot.pages_saved)} of ${formatCount(vm.snapshot.page_count)} pages saved)`;
+  return fields([
+    ['name', vm.name],
+    ['state', stateText(vm)],
+    ['origin', originText(vm)],
+    ['memory', `${config.memory_mib} MiB`],
+    ['vcpus', String(config.vcpus)],
+    ['boot args', config.boot_args === '' ? '-' : config.boot_args],
+    ['mmu', `${config.mmu}, large pages ${config.large_pages}`],
+    ['disk', config.disk ?? '-'],
+    ['instructions', formatCount(vm.instructions)],
+    ['exit', vm.exit === null ? '-' : exitText(vm.exit)],
+    ['console', `${formatCount(vm.console_bytes)} bytes`],
+    ['snapshot', snapshot],
+    ['age', formatMs(vm.age_ms)],
+  ]);
+}
+
+function formatVmList({ vms }: { vms: VmInfo[] }): string {
+  if (vms.length === 0) return 'no VMs\n';
+  const rows = [['NAME', 'STATE', 'INSTRUCTIONS', 'MEMORY', 'EXIT']];
+  for (const vm of vms) rows.push([vm.name, stateText(vm), formatCount(vm.instructions), `${vm.config.memory_mib} MiB`, exitText(vm.exit)]);
+  return formatTable(rows, { rightAligned: [false, false, true, true, false] });
+}
+
+function formatHostInfo(host: HostInfo): string {
+  return fields([
+    ['pool', `${formatBytes(host.pool_bytes)} (${formatCount(host.frames_total)} frames)`],
+    ['frames used', `${formatCount(host.frames_used)} (${formatBytes(host.frames_used * 4096)})`],
+    ['frames free', formatCount(host.frames_free)],
+    ['rss', formatBytes(host.rss_bytes)],
+    ['uptime', formatMs(host.uptime_ms)],
+    ['vms', `${host.vm_count} (${host.vms_running} running, ${host.vms_paused} paused, ${host.vms_stopped} stopped)`],
+    ['scheduling', `slices of ${formatCount(host.slice_instructions)} instructions, quantum ${formatCount(host.quantum)}`],
+  ]);
+}
+
+/** A counter for people: byte counts as sizes, other numbers grouped, the rest as JSON. */
+function counterText(key: string, value: unknown): string {
+  if (typeof value === 'number') return /bytes/.test(key) ? formatBytes(value) : formatCount(value);
+  if (typeof value === 'string') return value;
+  return JSON.stringify(value);
+}
+
+/**
+ * A stats object (GET /vms/{name}/stats, /host/stats) for people, whatever keys it has: top-level
+ * numbers first, then each section as indented rows (nested objects as `a.b`), arrays of
+ * objects (the vCPUs) as a table. Keys are only ever added to the stats, never renamed.
+ */
+function formatCounters(stats: object): string {
+  const top: [string, string][] = [];
+  const sections: string[] = [];
+  for (const [key, value] of Object.entries(stats)) {
+    const title = key.replaceAll('_', ' ');
+    if (Array.isArray(value) && value.every((item) => typeof item === 'object' && item !== null)) {
+      const columns = [...new Set(value.flatMap((item: object) => Object.keys(item)))];
+      const rows = [columns.map((c) => c.replaceAll('_', ' ')), ...value.map((item: Record<string, unknown>) => columns.map((c) => counterText(c, item[c])))];
+      sections.push(`${title}\n${formatTable(rows, { indent: '  ' })}`);
+    } else if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+      const rows = flatten(value as Record<string, unknown>, '');
+      sections.push(`${title}\n${rows.length === 0 ? '  (none)\n' : formatTable(rows, { indent: '  ', rightAligned: [false, true] })}`);
+    } else {
+      top.push([title, counterText(key, value)]);
+    }
+  }
+  return (top.length > 0 ? formatTable(top, { rightAligned: [false, true] }) : '') + sections.join('');
+}
+
+function flatten(object: Record<string, unknown>, prefix: string): [string, string][] {
+  return Object.entries(object).flatMap(([key, value]): [string, string][] => {
+    const label = `${prefix}${key.replaceAll('_', ' ')}`;
+    if (typeof value === 'object' && value !== null && !Array.isArray(value)) return flatten(value as Record<string, unknown>, `${label}.`);
+    return [[label, counterText(key, value)]];
+  });
+}
+
+function formatSnapshot(result: SnapshotResult): string {
+  const rows: [string, string][] = [
+    ['path', result.path],
+    ['file', `${formatBytes(result.file_bytes)} (${formatCount(result.pages_stored)} pages stored, ${formatCount(result.zero_pages)} zero)`],
+    ['kind', result.live ? 'live' : 'stop-the-world'],
+    ['guest paused', formatMs(result.pause_ms)],
+    ['complete in', formatMs(result.duration_ms)],
+  ];
+  if (result.live) {
+    rows.push(['pages saved', `${formatCount(result.saved_by_writes ?? 0)} before a guest write, ${formatCount(result.saved_in_background ?? 0)} in the background`]);
+  }
+  return fields(rows);
+}
+
+function formatRestore(result: RestoreResult): string {
+  const { restore } = result;
+  return `restored VM ${result.name} (${stateText(result)}): ${restore.mode} restore of ${formatCount(restore.stored_pages)} stored pages, ` +
+    `ready in ${formatMs(restore.ready_ms)}${restore.complete ? '' : ', the rest loads on demand'}\n`;
+}
+
+/** Reads console output from `offset`; with `follow`, keeps reading until the VM stops. */
+async function consoleCommand(context: Context): Promise<void> {
+  const [name] = context.operands as [string];
+  const follow = context.args.flag('--follow');
+  if (follow && context.json) throw new UsageError('console: --follow prints the output as it comes; it does not combine with --json');
+  const offsetText = context.args.value('--offset');
+  let offset = offsetText === undefined ? 0 : parseInteger(offsetText, '--offset');
+  const read = async (): Promise<ConsoleSlice> => {
+    const slice = await context.call<ConsoleSlice>('GET', vmPath(name, `/console?offset=${offset}`));
+    if (slice.dropped_bytes > 0) {
+      process.stderr.write(`ctl: ${formatCount(slice.dropped_bytes)} bytes of console output from offset ${offset} are no longer held by the host\n`);
+    }
+    offset = slice.next_offset;
+    return slice;
+  };
+  if (!follow) {
+    const slice = await read();
+    context.out(context.json ? `${JSON.stringify(slice, null, 2)}\n` : slice.data);
+    return;
+  }
+  for (;;) {
+    const slice = await read();
+    context.out(slice.data);
+    if (slice.data !== '') continue; // more may be waiting: read again at once
+    // Caught up: the VM's state says whether more can come. Output written before it stopped
+    // is read by one more pass after the state says Stopped.
+    const info = await context.call<VmInfo>('GET', vmPath(name));
+    if (info.state === 'Stopped') {
+      let last: ConsoleSlice;
+      do context.out((last = await read()).data);
+      while (last.data !== '');
+      return;
+    }
+    await new Promise((done) => setTimeout(done, FOLLOW_INTERVAL_MS));
+  }
+}
+
+async function inputCommand(context: Context): Promise<void> {
+  const [name, text] = context.operands as [string, string | undefined];
+  const eof = context.args.flag('--eof');
+  if (text === undefined && !eof) throw new UsageError('input: give the TEXT to send, --eof, or both');
+  // `-` sends standard input (to its end).
+  const data = text === '-' ? readFileSync(0, 'utf8') : text ?? '';
+  await context.call<undefined>('PUT', vmPath(name, '/console'), { data, eof });
+  if (!context.json) {
+    const bytes = Buffer.byteLength(data);
+    context.out(`sent ${formatCount(bytes)} byte${bytes === 1 ? '' : 's'} to ${name}${eof ? '; its console input is closed' : ''}\n`);
+  }
+}
+
+async function createCommand(context: Context): Promise<void> {
+  const [file] = context.operands as [string];
+  let config: unknown;
+  try {
+    config = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    if (error instanceof SyntaxError) throw new CtlError(`${file}: not JSON: ${error.message}`);
+    throw error;
+  }
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) throw new CtlError(`${file}: a VM configuration is a JSON object`);
+  const name = (config as { name?: unknown }).name;
+  if (typeof name !== 'string' || name === '') throw new CtlError(`${file}: the configuration has no "name" (a string): it names the VM`);
+  // Paths in the configuration (image, disk) are sent as written: the host reads them from its
+  // own working directory, as Firecracker does.
+  show(context, await context.call<VmInfo>('PUT', vmPath(name), config), (vm) => `created VM ${vm.name} (${stateText(vm)})\n`);
+}
+
+/** Operands a command needs: `VM`, `PATH`…; `[X]` is optional. */
+function checkOperands(name: string, command: Command, operands: readonly string[]): void {
+  const required = command.operands.filter((o) => !o.startsWith('[')).length;
+  if (operands.length < required) throw new UsageError(`${name}: missing ${command.operands[operands.length]}`);
+  if (operands.length > command.operands.length) throw new UsageError(`${name}: unexpected argument '${operands[command.operands.length]}'`);
+}
+
+const COMMANDS: Readonly<Record<string, Command>> = {
+  host: {
+    operands: [], help: 'the host: pool, frames, RSS, uptime, VM counts (GET /host)',
+    run: async (c) => show(c, await c.call<HostInfo>('GET', '/host'), formatHostInfo),
+  },
+  'host-stats': {
+    operands: [], help: 'host-wide counters: pool, decode cache, shootdowns (GET /host/stats)',
+    run: async (c) => show(c, await c.call<object>('GET', '/host/stats'), formatCounters),
+  },
+  vms: {
+    operands: [], help: 'every VM: name, state, instructions, memory, exit (GET /vms)',
+    run: async (c) => show(c, await c.call<{ vms: VmInfo[] }>('GET', '/vms'), formatVmList),
+  },
+  info: {
+    operands: ['VM'], help: 'one VM: state, origin, configuration, instructions, exit (GET /vms/VM)',
+    run: async (c) => show(c, await c.call<VmInfo>('GET', vmPath(c.operands[0]!)), formatVmInfo),
+  },
+  pause: {
+    operands: ['VM'], help: 'pause a running VM (PATCH /vms/VM {"state": "Paused"})',
+    run: async (c) => show(c, await c.call<VmInfo>('PATCH', vmPath(c.operands[0]!), { state: 'Paused' }),
+      (vm) => `VM ${vm.name} paused at instruction ${formatCount(vm.instructions)}\n`),
+  },
+  resume: {
+    operands: ['VM'], help: 'resume a paused VM (PATCH /vms/VM {"state": "Resumed"})',
+    run: async (c) => show(c, await c.call<VmInfo>('PATCH', vmPath(c.operands[0]!), { state: 'Resumed' }),
+      (vm) => `VM ${vm.name} resumed at instruction ${formatCount(vm.instructions)}\n`),
+  },
+  snapshot: {
+    operands: ['VM', 'PATH'], flags: ['--live'],
+    help: 'save a checkpoint of VM at PATH; --live keeps the guest running while it is written (PUT /vms/VM/snapshot)',
+    // PATH is made absolute here: the host may run in another directory.
+    run: async (c) => show(c, await c.call<SnapshotResult>('PUT', vmPath(c.operands[0]!, '/snapshot'), { path: resolve(c.operands[1]!), live: c.args.flag('--live') }), formatSnapshot),
+  },
+  restore: {
+    operands: ['PATH'], flags: ['--paused'], values: ['--name', '--mode'],
+    help: 'a new VM from a checkpoint, named N (default: its saved name), restored lazily (default), eagerly or mapped (PUT /vms/restore)',
+    run: async (c) => {
+      const mode = c.args.value('--mode');
+      if (mode !== undefined && !['lazy', 'eager', 'map'].includes(mode)) throw new UsageError(`--mode must be lazy, eager or map, got '${mode}'`);
+      const body: Record<string, unknown> = { path: resolve(c.operands[0]!), paused: c.args.flag('--paused') };
+      if (c.args.value('--name') !== undefined) body['name'] = c.args.value('--name');
+      if (mode !== undefined) body['mode'] = mode;
+      show(c, await c.call<RestoreResult>('PUT', '/vms/restore', body), formatRestore);
+    },
+  },
+  fork: {
+    operands: ['VM'], flags: ['--paused'], values: ['--name'], required: ['--name'],
+    help: 'a copy-on-write child of VM, named N, running unless --paused (PUT /vms/VM/fork)',
+    run: async (c) => {
+      show(c, await c.call<VmInfo>('PUT', vmPath(c.operands[0]!, '/fork'), { name: c.args.value('--name'), paused: c.args.flag('--paused') }),
+        (vm) => `forked VM ${vm.name} from ${c.operands[0]} (${stateText(vm)})\n`);
+    },
+  },
+  stats: {
+    operands: ['VM'], help: 'every counter of a VM, as tools/run --stats has them (GET /vms/VM/stats)',
+    run: async (c) => show(c, await c.call<VmStats>('GET', vmPath(c.operands[0]!, '/stats')), formatCounters),
+  },
+  console: {
+    operands: ['VM'], flags: ['--follow'], values: ['--offset'],
+    help: 'what VM printed, from --offset N (default 0); --follow keeps printing until it stops (GET /vms/VM/console)',
+    run: consoleCommand,
+  },
+  input: {
+    operands: ['VM', '[TEXT]'], flags: ['--eof'],
+    help: 'send TEXT (`-`: standard input) to VM\'s console; --eof then closes its input (PUT /vms/VM/console)',
+    run: inputCommand,
+  },
+  create: {
+    operands: ['CONFIG.json'], help: 'create and boot a VM from a configuration file; its "name" names the VM (PUT /vms/NAME)',
+    run: createCommand,
+  },
+  delete: {
+    operands: ['VM'], help: 'stop a VM and free its memory (DELETE /vms/VM)',
+    run: async (c) => {
+      await c.call<undefined>('DELETE', vmPath(c.operands[0]!));
+      if (!c.json) c.out(`deleted VM ${c.operands[0]}\n`);
+    },
+  },
+};
+
+/** How --help names the values of the commands' options. */
+const VALUE_NAMES: Readonly<Record<string, string>> = { '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N' };
+
+/** Every option any command takes (for the parser; each command then refuses the others). */
+const ALL_FLAGS = [...COMMON_FLAGS, ...Object.values(COMMANDS).flatMap((c) => c.flags ?? [])];
+const ALL_VALUES = [...COMMON_VALUES, ...Object.values(COMMANDS).flatMap((c) => c.values ?? [])];
+
+function help(): string {
+  const lines = Object.entries(COMMANDS).map(([name, command]) => {
+    const optional = (option: string): boolean => !(command.required ?? []).includes(option);
+    const options = [...(command.values ?? []).map((v) => `${v} ${VALUE_NAMES[v] ?? 'X'}`), ...(command.flags ?? [])];
+    const synopsis = [name, ...command.operands, ...options.map((o) => (optional(o.split(' ')[0]!) ? `[${o}]` : o))];
+    return [`  ${synopsis.join(' ')}`, command.help];
+  });
+  return `${USAGE}
+
+Drives a running host (tools/host, or tools/run --api-sock) through its control API.
+
+Commands:
+${lines.map(([synopsis, text]) => `${synopsis}\n      ${text}`).join('\n')}
+
+Options:
+  --api-sock PATH   the host's API socket (required)
+  --json            print the API's JSON answer instead of readable text
+  --timeout-ms N    give up on an answer after N ms (default ${DEFAULT_TIMEOUT_MS}; a snapshot answers when complete)
+  --help, -h        this text
+
+Exit codes: 0 done; 1 the API refused the request, no host listens on the socket, or a file
+cannot be read; 2 bad usage. See docs/ctl.md.
+`;
+}
+
+/** A refusal of the API or a bad input file: one `error:` line, exit 1. */
+class CtlError extends BvError {
+  constructor(message: string) {
+    super('BV_CTL', message);
+  }
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  // After `--` everything is an operand (`input a -- --text-with-dashes`).
+  const args = parseArguments(argv, { flags: ALL_FLAGS, values: ALL_VALUES, restAfterDoubleDash: true });
+  if (args.flag('--help') || args.flag('-h')) {
+    process.stdout.write(help());
+    return 0;
+  }
+  const [name, ...operands] = [...args.positionals, ...args.rest];
+  if (name === undefined) throw new UsageError('no command given');
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name]! : undefined;
+  if (command === undefined) throw new UsageError(`unknown command '${name}' (commands: ${Object.keys(COMMANDS).join(', ')})`);
+  for (const option of [...ALL_FLAGS.filter((f) => args.flag(f)), ...ALL_VALUES.filter((v) => args.value(v) !== undefined)]) {
+    const own = [...COMMON_FLAGS, ...COMMON_VALUES, ...(command.flags ?? []), ...(command.values ?? [])] as string[];
+    if (!own.includes(option)) throw new UsageError(`${name} does not take ${option}`);
+  }
+  checkOperands(name, command, operands);
+  for (const option of command.required ?? []) {
+    if (args.value(option) === undefined) throw new UsageError(`${name}: ${option} ${VALUE_NAMES[option] ?? 'X'} is required`);
+  }
+  const socketPath = args.value('--api-sock');
+  if (socketPath === undefined) throw new UsageError('--api-sock PATH is required');
+  const timeoutText = args.value('--timeout-ms');
+  const timeoutMs = timeoutText === undefined ? DEFAULT_TIMEOUT_MS : parseInteger(timeoutText, '--timeout-ms', 1);
+
+  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+    const answer: ApiAnswer<T> = await apiRequest<T>(socketPath, method, path, body, { timeoutMs });
+    if (answer.status >= 400) {
+      const fault = (answer.body as { fault_message?: unknown } | undefined)?.fault_message;
+      throw new CtlError(`${typeof fault === 'string' ? fault : JSON.stringify(answer.body)} (HTTP ${answer.status})`);
+    }
+    return answer.body;
+  };
+  await command.run({ operands, args, json: args.flag('--json'), call, out: (text) => process.stdout.write(text) });
+  return 0;
+}
+
+await runTool(main, { usage: USAGE });
