@@ -39,8 +39,13 @@ export const ConsoleStatus = {
   /** The input is closed and fully read. */
   END_OF_INPUT: 4,
 } as const;
-/** CONTROL bits: assert the interrupt while input is available / once input has ended. */
-export const ConsoleControl = { RX_INTERRUPT: 1, EOF_INTERRUPT: 2 } as const;
+/** CONTROL bits. */
+export const ConsoleControl = {
+  /** Assert the external interrupt while input is available. */
+  RX_INTERRUPT: 1,
+  /** Assert the external interrupt once input has ended (and all of it was read). */
+  EOF_INTERRUPT: 2,
+} as const;
 /** CONTROL bit 0 (ConsoleControl.RX_INTERRUPT). */
 export const CONSOLE_CONTROL_RX_INTERRUPT = ConsoleControl.RX_INTERRUPT;
 /** The CONTROL bits that exist; the others read 0. */

@@ -18,9 +18,11 @@ import { checkJson, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './c
 
 /** A request as a handler sees it. */
 export interface ApiRequest {
+  /** The HTTP method. */
   method: string;
   /** The path's `{name}` parts, decoded. */
   params: Record<string, string>;
+  /** The query string's parameters. */
   query: URLSearchParams;
   /** The parsed JSON body (checked against the route's schema), or undefined when there is none. */
   body: unknown;
@@ -28,10 +30,13 @@ export interface ApiRequest {
 
 /** A handler's answer: a status and a JSON body (none for 204). */
 export interface ApiResponse {
+  /** The HTTP status. */
   status: number;
+  /** The JSON body (none for 204). */
   body?: unknown;
 }
 
+/** Handles one endpoint's requests; a HostError it throws becomes its status and fault_message. */
 export type ApiHandler = (request: ApiRequest) => ApiResponse | Promise<ApiResponse>;
 
 /** Options of ApiServer.listen. */
@@ -79,7 +84,12 @@ export class ApiServer {
   /** Requests answered (any status). */
   requests = 0;
 
-  private constructor(private readonly server: Server, readonly socketPath: string, options: ApiServerOptions) {
+  private constructor(
+    private readonly server: Server,
+    /** The socket this server listens on (removed by close()). */
+    readonly socketPath: string,
+    options: ApiServerOptions,
+  ) {
     this.maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
     this.log = options.log ?? (() => {});
   }
@@ -100,6 +110,11 @@ export class ApiServer {
       socket.on('close', () => api.sockets.delete(socket));
     });
     server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+      // A client that went away (EPIPE, ECONNRESET) did nothing wrong: just drop the connection.
+      if (error.code === 'EPIPE' || error.code === 'ECONNRESET') {
+        socket.destroy();
+        return;
+      }
       // Malformed HTTP, an oversized header, a request that took too long: answer and hang up.
       const status = error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
       api.log(`api: refused a malformed request (${error.code ?? error.message})`);
@@ -315,15 +330,15 @@ const CONSOLE_INPUT_SCHEMA = {
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
 
-/** The API's request-body schemas, by endpoint (docs/api.md lists them). */
-export const API_BODY_SCHEMAS = {
+/** The API's request-body schemas (JSON Schema), by endpoint (docs/api.md lists them). */
+export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /vms/{name}': VM_CONFIG_SCHEMA,
   'PATCH /vms/{name}': STATE_SCHEMA,
   'PUT /vms/{name}/snapshot': SNAPSHOT_SCHEMA,
   'PUT /vms/restore': RESTORE_SCHEMA,
   'PUT /vms/{name}/fork': FORK_SCHEMA,
   'PUT /vms/{name}/console': CONSOLE_INPUT_SCHEMA,
-} as const;
+};
 
 /** A non-negative integer query parameter, or a 400. */
 function queryInteger(query: URLSearchParams, name: string, fallback: number, max: number): number {

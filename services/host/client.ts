@@ -3,11 +3,13 @@
  * socket, JSON in and out. tools/ctl, the bench and the tests use it; any HTTP client that can
  * speak over a Unix socket (curl --unix-socket) works as well.
  */
+import { lstatSync } from 'node:fs';
 import { request } from 'node:http';
 import { BvError } from '../../guest-isa/errors.ts';
 
 /** An answer of the API. */
 export interface ApiAnswer<T = unknown> {
+  /** The HTTP status. */
   status: number;
   /** The parsed JSON body; undefined for an empty one (204). */
   body: T;
@@ -61,9 +63,20 @@ export function apiRequest<T = unknown>(socketPath: string, method: string, path
     req.setTimeout(options.timeoutMs ?? 30_000, () => req.destroy(new ApiClientError(`no answer from ${socketPath} within ${options.timeoutMs ?? 30_000} ms`)));
     req.on('error', (error: NodeJS.ErrnoException) => {
       if (error instanceof ApiClientError) reject(error);
-      else if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') reject(new ApiClientError(`no host is listening on ${socketPath}`, { cause: error }));
+      else if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED' || error.code === 'ENOTSOCK') {
+        reject(new ApiClientError(isOtherFile(socketPath) ? `${socketPath} is not a socket (is it the right path?)` : `no host is listening on ${socketPath}`, { cause: error }));
+      }
       else reject(new ApiClientError(`cannot reach the host on ${socketPath}: ${error.message}`, { cause: error }));
     });
     req.end(text);
   });
+}
+
+/** True when `path` exists and is not a socket. */
+function isOtherFile(path: string): boolean {
+  try {
+    return !lstatSync(path).isSocket();
+  } catch {
+    return false;
+  }
 }

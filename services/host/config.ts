@@ -21,6 +21,14 @@ import { GuestPhys } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { LargePagePolicy, MmuOptions } from '../../kernel/index.ts';
 
+/** A VM's disk (`disk` in the configuration). */
+export interface DiskSpec {
+  /** `path`: the top of the chain, a raw image or an overlay. */
+  path: string;
+  /** `overlay_dir`: where new top overlays go (default: next to the bottom file). */
+  overlayDir?: string;
+}
+
 /** One VM as the host runs it (parsed, defaults applied). */
 export interface VmSpec {
   /** `name`: 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit (used in API paths and file names). */
@@ -34,7 +42,7 @@ export interface VmSpec {
   /** `boot_args` (default ''): at most MAX_BOOT_ARGS_BYTES as UTF-8, no NUL. */
   bootArgs: string;
   /** `disk`: the top of a disk chain (a raw image or an overlay, docs/block-device.md), or null for none. */
-  disk: { path: string; overlayDir?: string } | null;
+  disk: DiskSpec | null;
   /** `mmu` (default shadow with traces): `traces` and `batch` are present only when given. */
   mmu: MmuOptions;
   /** `large_pages` (default 'superpages'). */

@@ -25,7 +25,11 @@ export class ConsoleLog implements ConsoleSink {
   /** Also copies everything to this sink (tools/run --api-sock keeps printing to stdout). */
   private readonly tee: ConsoleSink | null;
 
-  constructor(readonly capacity: number, tee: ConsoleSink | null = null) {
+  constructor(
+    /** Bytes kept (older output is dropped). */
+    readonly capacity: number,
+    tee: ConsoleSink | null = null,
+  ) {
     if (!Number.isSafeInteger(capacity) || capacity <= 0) throw new RangeError(`console log capacity must be a positive integer, got ${capacity}`);
     this.ring = new Uint8Array(capacity);
     this.tee = tee;

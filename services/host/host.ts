@@ -29,35 +29,84 @@ import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 /** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
 export type HostedVmState = 'Running' | 'Paused' | 'Stopped';
 
-/** Why a hosted VM stopped. */
+/** Why a hosted VM stopped (`kind`), with the exit code or the message. */
 export type VmExit =
-  | { kind: 'halted'; exit_code: number }
-  | { kind: 'guest-error'; message: string }
-  | { kind: 'host-error'; message: string }
-  | { kind: 'budget'; message: string }
-  | { kind: 'idle'; message: string };
+  | {
+    /** The guest powered off. */
+    kind: 'halted';
+    /** The code it powered off with. */
+    exit_code: number;
+  }
+  | {
+    /** The guest did something with no architectural outcome, or `budget` (its max_instructions), or `idle` (every vCPU waits for an interrupt nothing can raise), or `host-error` (the host failed it). */
+    kind: 'guest-error' | 'host-error' | 'budget' | 'idle';
+    /** What happened, one line. */
+    message: string;
+  };
 
-/** Where a hosted VM came from. */
+/** Where a hosted VM came from: an image, a checkpoint (restored in `mode`) or a fork of `parent`. */
 export type VmOrigin =
-  | { kind: 'image'; image: string }
-  | { kind: 'checkpoint'; path: string; mode: RestoreMode }
-  | { kind: 'fork'; parent: string };
+  | {
+    /** Booted from an image. */
+    kind: 'image';
+    /** The image's path, as configured. */
+    image: string;
+  }
+  | {
+    /** Restored from a checkpoint. */
+    kind: 'checkpoint';
+    /** The checkpoint file. */
+    path: string;
+    /** How its memory came in. */
+    mode: RestoreMode;
+  }
+  | {
+    /** Forked from another VM of this host. */
+    kind: 'fork';
+    /** The parent's name. */
+    parent: string;
+  };
+
+/** The machine of a hosted VM, as VmInfo shows it. */
+export interface VmConfigSummary {
+  /** Guest RAM in MiB. */
+  memory_mib: number;
+  /** Number of vCPUs. */
+  vcpus: number;
+  /** The boot argument string. */
+  boot_args: string;
+  /** Translation: `shadow` or `nested`. */
+  mmu: string;
+  /** The large-page policy (T-2). */
+  large_pages: string;
+  /** The top of the disk chain, or null without a disk. */
+  disk: string | null;
+}
+
+/** A live snapshot in progress (VmInfo.snapshot). */
+export interface SnapshotProgress {
+  /** The file being written. */
+  path: string;
+  /** Always true: a stop-the-world snapshot is never seen in progress. */
+  live: boolean;
+  /** Pages saved so far. */
+  pages_saved: number;
+  /** Pages of the VM. */
+  page_count: number;
+}
 
 /** GET /vms/{name}. */
 export interface VmInfo {
+  /** The VM's name (unique in the host). */
   name: string;
+  /** Running, Paused or Stopped. */
   state: HostedVmState;
   /** Running, but every vCPU waits for console input (send it with PUT /vms/{name}/console). */
   waiting_for_input: boolean;
+  /** Where the VM came from. */
   origin: VmOrigin;
-  config: {
-    memory_mib: number;
-    vcpus: number;
-    boot_args: string;
-    mmu: string;
-    large_pages: string;
-    disk: string | null;
-  };
+  /** Its machine. */
+  config: VmConfigSummary;
   /** Guest instructions retired so far, over all vCPUs. */
   instructions: number;
   /** Why the VM stopped; null while it runs or is paused. */
@@ -65,64 +114,114 @@ export interface VmInfo {
   /** Console output so far (bytes since the VM started). */
   console_bytes: number;
   /** A snapshot being written, or null. */
-  snapshot: { path: string; live: boolean; pages_saved: number; page_count: number } | null;
+  snapshot: SnapshotProgress | null;
   /** Milliseconds since the host created the VM. */
   age_ms: number;
 }
 
 /** GET /host. */
 export interface HostInfo {
-  /** The host pool: its size and frames in use. */
+  /** Size of the host pool. */
   pool_bytes: number;
+  /** 4 KiB frames in the pool. */
   frames_total: number;
+  /** Frames holding guest memory. */
   frames_used: number;
+  /** Frames free. */
   frames_free: number;
+  /** The host process's resident set size. */
   rss_bytes: number;
+  /** Milliseconds since the host started. */
   uptime_ms: number;
+  /** VMs in the host, by state below. */
   vm_count: number;
+  /** VMs running. */
   vms_running: number;
+  /** VMs paused. */
   vms_paused: number;
+  /** VMs stopped (kept until deleted). */
   vms_stopped: number;
+  /** Instructions per VM turn. */
   slice_instructions: number;
+  /** Instructions per vCPU slice within a turn. */
   quantum: number;
 }
 
 /** What PUT /vms/{name}/snapshot answers. */
 export interface SnapshotResult {
+  /** The checkpoint file written. */
   path: string;
+  /** Whether the guest kept running while the pages were written. */
   live: boolean;
+  /** Size of the file. */
   file_bytes: number;
+  /** Pages stored in it (zero pages are recorded, not stored). */
   pages_stored: number;
+  /** Pages recorded as zero. */
   zero_pages: number;
   /** Time the guest was stopped for the snapshot (all of it for a stop-the-world one). */
   pause_ms: number;
   /** From the request to the file being complete. */
   duration_ms: number;
-  /** Live only: pages saved just before a guest write, and by the background saver. */
+  /** Live only: pages saved just before a guest write. */
   saved_by_writes?: number;
+  /** Live only: pages saved by the background saver. */
   saved_in_background?: number;
 }
 
-/** What PUT /vms/restore answers (besides the VM's info). */
+/** How a restore went (RestoreResult.restore). */
+export interface RestoreFigures {
+  /** lazy, eager or map. */
+  mode: RestoreMode;
+  /** Milliseconds from the request to the VM being ready for its first instruction. */
+  ready_ms: number;
+  /** Pages the checkpoint stores. */
+  stored_pages: number;
+  /** Whether all memory is in (a lazy restore completes in the background). */
+  complete: boolean;
+}
+
+/** What PUT /vms/restore answers: the new VM's info and how the restore went. */
 export interface RestoreResult extends VmInfo {
-  restore: { mode: RestoreMode; ready_ms: number; stored_pages: number; complete: boolean };
+  /** The restore's figures. */
+  restore: RestoreFigures;
 }
 
 /** The status classes of HostError (the HTTP status the API answers with). */
-export const HostStatus = { BAD_REQUEST: 400, NOT_FOUND: 404, CONFLICT: 409, INSUFFICIENT_STORAGE: 507, INTERNAL: 500 } as const;
+export const HostStatus = {
+  /** The request is malformed or names something unusable (a file, a value). */
+  BAD_REQUEST: 400,
+  /** No such VM. */
+  NOT_FOUND: 404,
+  /** The VM is in the wrong state, or the name is taken. */
+  CONFLICT: 409,
+  /** The host pool cannot hold what was asked. */
+  INSUFFICIENT_STORAGE: 507,
+  /** The host failed. */
+  INTERNAL: 500,
+} as const;
+/** One of HostStatus's values. */
 export type HostStatusCode = (typeof HostStatus)[keyof typeof HostStatus];
 
 /** A refused host operation: a bad request, no such VM, or a VM in the wrong state. */
 export class HostError extends BvError {
-  constructor(readonly status: HostStatusCode, message: string, options?: { cause?: unknown }) {
+  constructor(
+    /** The HTTP status the API answers with. */
+    readonly status: HostStatusCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(status === 404 ? 'BV_HOST_NOT_FOUND' : status === 409 ? 'BV_HOST_CONFLICT' : status === 507 ? 'BV_HOST_NO_MEMORY' : status === 500 ? 'BV_HOST_ERROR' : 'BV_HOST_BAD_REQUEST', message, options);
   }
 }
 
 /** How the scheduler shares the host (HostSpec's scheduling part). */
 export interface HostSettings {
+  /** Instructions each running VM gets per turn. */
   sliceInstructions: number;
+  /** Instructions per vCPU slice within a turn. */
   quantum: number;
+  /** Console output kept per VM. */
   consoleBufferBytes: number;
 }
 
@@ -139,6 +238,7 @@ export interface HostOptions {
 
 /** What adoptVm needs to know about a machine built elsewhere (tools/run --api-sock). */
 export interface AdoptOptions {
+  /** Where the VM came from (VmInfo.origin). */
   origin: VmOrigin;
   /** Stop after this many more instructions (default: no limit). */
   maxInstructions?: number;
@@ -186,6 +286,7 @@ class HostedVm {
  * once and runs until close().
  */
 export class Host {
+  /** When the host started (performance.now()). */
   readonly startedAt = performance.now();
   private readonly machines = new Map<string, HostedVm>();
   private readonly log: (line: string) => void;
@@ -195,7 +296,13 @@ export class Host {
   private wake: (() => void) | null = null;
   private readonly loopDone: Promise<void>;
 
-  constructor(readonly hv: Hypervisor, readonly settings: HostSettings, options: HostOptions = {}) {
+  constructor(
+    /** The hypervisor (one host pool) the VMs live in. */
+    readonly hv: Hypervisor,
+    /** How the scheduler shares the host. */
+    readonly settings: HostSettings,
+    options: HostOptions = {},
+  ) {
     this.log = options.log ?? (() => {});
     this.yieldEveryMs = options.yieldEveryMs ?? 4;
     this.loopDone = this.schedule();
@@ -644,6 +751,7 @@ function guard<T>(action: () => T, what: string): T {
   }
 }
 
+/** A VM's exit in words, for logs and errors. */
 export function describeExit(exit: VmExit): string {
   switch (exit.kind) {
     case 'halted': return `powered off with exit code ${exit.exit_code}`;

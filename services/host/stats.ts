@@ -174,7 +174,20 @@ export interface PrioritizerStatsReport {
    * The last scan that saw any access: its regions not yet large with their accessed-page
    * counts, busiest first (null when no scan saw any).
    */
-  last_busy_scan: { scan: number; regions: { region: number; pages: number }[] } | null;
+  last_busy_scan: BusyScan | null;
+}
+
+/** A scan of the T-3 prioritizer that saw accessed pages (PrioritizerStatsReport.last_busy_scan). */
+export interface BusyScan {
+  /** The scan's number. */
+  scan: number;
+  /** Regions not yet large with accessed pages, busiest first. */
+  regions: {
+    /** The 4 MiB region's number. */
+    region: number;
+    /** Its pages accessed since the previous scan. */
+    pages: number;
+  }[];
 }
 
 /** The counters of `--reclaim-cold` (T-4, LowActivityReclaimer). */

@@ -86,7 +86,7 @@ describe('typedoc API reference', () => {
 
   it('has every entry point, the Embedding page and the types the API references', () => {
     const modules = (project.children ?? []).map((m) => m.name);
-    for (const name of ['kernel', 'devices', 'services/memory', 'services/checkpoint', 'native', 'guest-isa/errors', 'guest-isa/image-types']) {
+    for (const name of ['kernel', 'devices', 'services/memory', 'services/checkpoint', 'services/host', 'native', 'guest-isa/errors', 'guest-isa/image-types']) {
       expect(modules).toContain(name);
     }
     expect((project.documents ?? []).map((d) => d.name)).toContain('Embedding');

@@ -1,0 +1,22 @@
+/**
+ * The host: many VMs in one host pool, time-shared by a deterministic scheduler, under a control
+ * API (HTTP/1.1 + JSON over a Unix socket). The package's `bytevisor/services/host` entry point;
+ * docs/host.md and docs/api.md describe it.
+ */
+export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandler, type ApiRequest, type ApiResponse, type ApiServerOptions } from './api.ts';
+export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
+export {
+  checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
+  type ConfigProblem, type DiskSpec, type HostSpec, type VmSpec,
+} from './config.ts';
+export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
+export {
+  describeExit, Host, HostError, HostStatus, type AdoptOptions, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
+  type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
+  type VmOrigin,
+} from './host.ts';
+export {
+  hostStats, vmStats, type BusyScan, type DecodeCacheStatsReport, type ExitStats, type HostStats, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
+  type PoolStatsReport, type PrioritizerStatsReport, type PromotionRecord, type ReclaimerStatsReport, type SwapStatsReport, type VcpuCounters,
+  type VmMemoryStats, type VmStats, type VmStatsExtras,
+} from './stats.ts';
