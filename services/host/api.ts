@@ -101,7 +101,11 @@ export class ApiServer {
   static async listen(socketPath: string, options: ApiServerOptions = {}): Promise<ApiServer> {
     await claimSocketPath(socketPath);
     const timeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT;
-    const server = createServer({ requestTimeout: timeout, headersTimeout: timeout, keepAliveTimeout: 5_000, maxHeaderSize: 16 * 1024 });
+    // node checks the timeouts every connectionsCheckingInterval (30 s by default): check often
+    // enough that a stalled request is closed within a second of its timeout.
+    const server = createServer({
+      requestTimeout: timeout, headersTimeout: timeout, connectionsCheckingInterval: Math.min(1_000, timeout), keepAliveTimeout: 5_000, maxHeaderSize: 16 * 1024,
+    });
     const api = new ApiServer(server, socketPath, options);
     server.maxConnections = MAX_CONNECTIONS;
     server.on('request', (request: IncomingMessage, response: ServerResponse) => api.serve(request, response));
