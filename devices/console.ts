@@ -182,6 +182,9 @@ export class ConsoleDevice implements MmioDevice {
   /** Restores CONTROL from a checkpoint, re-deriving the interrupt line. */
   restoreControl(value: unknown): void {
     this.control = savedControl(value);
+    // A guest saved while it waited on the console has already touched it: read input now, as
+    // its next access would have made us (it may wait in wfi and never touch it again).
+    if (this.control !== 0) this.startReading();
     this.updateInterrupt();
     this.updateWakeSource();
   }

@@ -298,6 +298,28 @@ wait:   wfi
     expect(devices.captured!.text()).toBe('>no newline');
   });
 
+  it('a restored console that had interrupts enabled reads its stream at once (the guest may only wfi)', async () => {
+    const { image } = assemble(ECHO_UNTIL_NEWLINE);
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const first = attachStandardDevices(vm, { output: new CaptureSink(), input: '' });
+    vm.loadImage(image);
+    // Run until the guest waits for input with the RX interrupt enabled, then save it.
+    const waiting = await runWithResetsAsync(hv, vm, first, { maxInstructions: 1_000_000 });
+    expect(waiting.reason.kind).toBe('idle');
+    // A fork carries the device state over as a restore does (restoreControl).
+    const stream = new PassThrough();
+    const sink = new CaptureSink();
+    const { vm: vm2, devices } = hv.forkVmWith(vm, { attach: (child) => attachStandardDevices(child, { output: sink, interactiveInput: stream, hypervisor: hv }) });
+    first.console.stop();
+    expect(hv.externalWakeSources.has(vm2)).toBe(true);
+    setTimeout(() => stream.write('ok\n'), 20);
+    const run = await runWithResetsAsync(hv, vm2, devices, { maxInstructions: 1_000_000 });
+    devices.console.stop();
+    expect(run.reason).toEqual({ kind: 'halted', exitCode: 3 });
+    expect(sink.text()).toBe('ok\n');
+  });
+
   it('refuses interactive input without the hypervisor to wake', () => {
     const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
     const vm = hv.createVm({ memoryBytes: 1 << 20 });
