@@ -102,9 +102,12 @@ export class ApiServer {
     await claimSocketPath(socketPath);
     const timeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT;
     // node checks the timeouts every connectionsCheckingInterval (30 s by default): check often
-    // enough that a stalled request is closed within a second of its timeout.
+    // enough that a stalled request is closed within a second of its timeout. A Unix socket has
+    // no host: a request without a Host header is served (node would answer it a bare 400, not
+    // the API's JSON fault).
     const server = createServer({
       requestTimeout: timeout, headersTimeout: timeout, connectionsCheckingInterval: Math.min(1_000, timeout), keepAliveTimeout: 5_000, maxHeaderSize: 16 * 1024,
+      requireHostHeader: false,
     });
     const api = new ApiServer(server, socketPath, options);
     server.maxConnections = MAX_CONNECTIONS;
