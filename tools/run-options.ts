@@ -11,7 +11,7 @@ export const RUN_FLAGS = ['--stats', '--json', '--trace', '--help', '-h', '--no-
 /** Options with one value (`--mem 64M` or `--mem=64M`). */
 export const RUN_VALUE_OPTIONS = [
   '--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk',
-  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks', '--checkpoint-on-exit',
+  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks', '--checkpoint-on-exit', '--api-sock',
 ] as const;
 
 /** Options with two values: an instruction count and a path. */
@@ -24,7 +24,8 @@ export const RUN_USAGE =
   'usage: run <image.bvx | prog.s> [--mem SIZE] [--vcpus N] [--max-insns N] [--input TEXT] [--host-mem SIZE]\n' +
   '           [--stats [--json]] [--trace] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P]\n' +
   '           [--promote-hot] [--reclaim-cold] [--disk PATH] [--checkpoint-at N PATH] [--snapshot-at N PATH]\n' +
-  '           [--checkpoint-path PATH] [--checkpoint-on-exit PATH] [--fork-at N --forks K] [-- boot args...]\n' +
+  '           [--checkpoint-path PATH] [--checkpoint-on-exit PATH] [--fork-at N --forks K] [--api-sock PATH]\n' +
+  '           [-- boot args...]\n' +
   '       run --restore PATH [--restore-mode lazy|eager|map] [options but --mem, --vcpus, --mmu, --batch, --large-pages, boot args]\n' +
   '       run --help';
 
@@ -87,6 +88,11 @@ VM state (docs/checkpoints.md):
                            runs after the parent, its output under '--- fork i ---'; '{fork}'
                            in --input becomes the child's number
   A point past the end of the run is reported with a warning and nothing is written (exit 7).
+
+Control (docs/api.md):
+  --api-sock PATH   serve the host's control API for this VM on a Unix socket while it runs
+                    (pause, resume, snapshot, fork, stats, console, as tools/host does); not
+                    with --checkpoint-at, --snapshot-at, --fork-at or --checkpoint-path
 
   -h, --help        print this help
 

@@ -30,6 +30,9 @@ import {
   UsageError,
 } from './cli.ts';
 import { RUN_FLAGS, RUN_HELP, RUN_USAGE, RUN_VALUE_OPTIONS, RunExitCode } from './run-options.ts';
+import { ApiServer, hostRoutes } from '../services/host/api.ts';
+import { ConsoleLog } from '../services/host/console-log.ts';
+import { Host, type VmOrigin } from '../services/host/host.ts';
 
 export { RunExitCode };
 
@@ -73,6 +76,8 @@ interface RunArguments {
   forks: number;
   /** Checkpoint the VM here when the run stops in a restorable state (a signal, the budget, idle). */
   checkpointOnExit: string | undefined;
+  /** Serve the control API for this VM on this socket while it runs (docs/api.md). */
+  apiSock: string | undefined;
 }
 
 /** Pulls `flag N PATH` (a flag with two values) out of argv before the boot arguments. */
@@ -124,6 +129,13 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
   const maxInsns = args.value('--max-insns');
   const maxInstructions = maxInsns === undefined ? undefined : parseInteger(maxInsns, '--max-insns', 1);
   const forkAtCount = forkAt === undefined ? undefined : parseInteger(forkAt, '--fork-at', 1);
+  const apiSock = args.value('--api-sock');
+  if (apiSock !== undefined) {
+    // Under the API the host's scheduler runs the VM; the API's snapshot and fork replace these.
+    for (const [flag, given] of [['--checkpoint-at', checkpointAt], ['--snapshot-at', snapshotAt], ['--fork-at', forkAt], ['--checkpoint-path', args.value('--checkpoint-path')]] as const) {
+      if (given !== undefined && given !== null) throw new UsageError(`${flag} cannot be combined with --api-sock (use the API's snapshot and fork)`);
+    }
+  }
   if (maxInstructions !== undefined) {
     // A point past the budget can never be reached: say so now rather than after the run.
     const points: [string, number | undefined][] = [['--checkpoint-at', checkpointAt?.at], ['--snapshot-at', snapshotAt?.at], ['--fork-at', forkAtCount]];
@@ -156,6 +168,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     forkAt: forkAtCount,
     forks: forks === undefined ? 0 : parseInteger(forks, '--forks', 1, 64),
     checkpointOnExit: args.value('--checkpoint-on-exit'),
+    apiSock,
   };
 }
 
@@ -437,7 +450,7 @@ async function runMachine(args: RunArguments): Promise<number> {
     let children: Machine[] = [];
     let missedPoints = 0;
     try {
-      ({ run, children, missedPoints } = await runPlan(args, machine, signals));
+      ({ run, children, missedPoints } = args.apiSock !== undefined ? await runUnderApi(args, machine, signals) : await runPlan(args, machine, signals));
     } finally {
       devices.console.stop();
       trace?.flush();
@@ -485,6 +498,11 @@ interface Machine {
   restored?: RestoredVm;
 }
 
+/** With --api-sock, the console's output also goes here (GET /vms/{name}/console). */
+let apiConsoleLog: ConsoleLog | null = null;
+/** Console output an --api-sock run keeps for the API. */
+const API_CONSOLE_BYTES = 1024 * 1024;
+
 /**
  * The standard devices; console input given up front (--input) is closed after it, so the guest
  * sees the end of input once it has read it (without --input, the end of stdin closes it).
@@ -498,6 +516,11 @@ function attachDevices(vm: Vm, options: StandardDeviceOptions): StandardDevices 
 /** Devices for a machine: the standard set, with the console input and disk asked for. */
 function deviceOptionsFor(args: RunArguments, hv: Hypervisor, bootArgs: string, input: string | undefined): StandardDeviceOptions {
   const options: StandardDeviceOptions = { bootArgs, hypervisor: hv };
+  if (args.apiSock !== undefined) {
+    // The API's console log, which also prints to stdout as usual.
+    apiConsoleLog ??= new ConsoleLog(API_CONSOLE_BYTES, process.stdout);
+    options.output = apiConsoleLog;
+  }
   if (input !== undefined) options.input = input;
   else options.interactiveInput = true;
   if (args.disk !== undefined) options.disk = args.disk;
@@ -605,6 +628,8 @@ const SIGNAL_PAUSE = 'tools/run: stopped by a signal';
 class SignalStop {
   /** The signal received, if any. */
   signal: StopSignal | null = null;
+  /** Called on the first signal (--api-sock: the host pauses the VM). */
+  onSignal: (() => void) | null = null;
   private target: Vm | null = null;
   private listeners: [StopSignal, () => void][] = [];
   private renew: NodeJS.Timeout | null = null;
@@ -628,6 +653,7 @@ class SignalStop {
     this.removeListeners();
     process.stderr.write(`${signal}: stopping the guest (a second signal ends the process at once)\n`);
     this.target?.pause(SIGNAL_PAUSE);
+    this.onSignal?.();
     // A guest reset carried out within the run clears the pause: renew it each time the event loop runs.
     this.renew = setInterval(() => this.target?.pause(SIGNAL_PAUSE), 1);
     this.renew.unref();
@@ -733,6 +759,45 @@ async function runPlan(args: RunArguments, machine: Machine, signals: SignalStop
     return { run: { reason, instructions: executed, resets }, children, missedPoints: events.length };
   }
 }
+
+/**
+ * --api-sock: the VM runs under a Host (services/host) on this hypervisor, which serves the
+ * control API on the socket until the VM stops or a signal comes; then the VM is handed back
+ * (stats, --checkpoint-on-exit) and any VM created through the API is freed with the host.
+ */
+async function runUnderApi(args: RunArguments, machine: Machine, signals: SignalStop): Promise<{ run: GuestRun; children: Machine[]; missedPoints: number }> {
+  const { hv, vm, devices } = machine;
+  const api = await ApiServer.listen(args.apiSock!, { log: (line) => process.stderr.write(`${line}\n`) });
+  const host = new Host(hv, { sliceInstructions: API_SLICE, quantum: API_QUANTUM, consoleBufferBytes: API_CONSOLE_BYTES });
+  try {
+    hostRoutes(api, host);
+    const start = vm.instructionsRetired;
+    const resetsBefore = devices.power.resets;
+    const origin: VmOrigin = args.restore !== undefined ? { kind: 'checkpoint', path: args.restore, mode: args.restoreMode } : { kind: 'image', image: args.path };
+    host.adoptVm(vm, devices, {
+      origin, consoleLog: apiConsoleLog!, keep: true, disk: args.disk ?? null,
+      ...(args.maxInstructions === undefined ? {} : { maxInstructions: args.maxInstructions }),
+      ...(machine.restored === undefined ? {} : { restored: machine.restored }),
+    });
+    process.stderr.write(`api: serving ${vm.name} on ${args.apiSock}\n`);
+    const signalled = new Promise<null>((resolve) => (signals.onSignal = () => resolve(null)));
+    const stopped = await Promise.race([host.whenStopped(vm.name), signalled]);
+    host.releaseVm(vm.name);
+    let reason: GuestRun['reason'];
+    if (stopped === null || stopped.state !== 'Stopped') reason = { kind: 'paused', reason: SIGNAL_PAUSE };
+    else if (stopped.exit?.kind === 'budget') reason = { kind: 'budget' };
+    else if (stopped.exit?.kind === 'idle') reason = { kind: 'idle' };
+    else reason = vm.stopReason;
+    return { run: { reason, instructions: vm.instructionsRetired - start, resets: devices.power.resets - resetsBefore }, children: [], missedPoints: 0 };
+  } finally {
+    await api.close();
+    await host.close();
+  }
+}
+
+/** The host scheduler's slices under --api-sock (its defaults, docs/host.md). */
+const API_SLICE = 200_000;
+const API_QUANTUM = 20_000;
 
 /** A progress bar (terminal only) whose total is learnt from the first report. */
 class PageProgress {

@@ -248,7 +248,12 @@ export interface AdoptOptions {
   restored?: RestoredVm;
   /** The disk chain's top, for forks (null: no disk). */
   disk?: string | null;
+  /** Refuse DELETE for this VM (409): its owner frees it (tools/run's own VM). */
+  keep?: boolean;
 }
+
+/** How often a host with nothing else to run looks for stream input of a waiting VM. */
+const INPUT_POLL_MS = 5;
 
 /** Names that are API paths under /vms and so cannot name a VM. */
 const RESERVED_NAMES = new Set(['restore']);
@@ -263,6 +268,8 @@ class HostedVm {
   /** A live snapshot in progress and the request waiting for it. */
   live: { snapshot: LiveSnapshot; started: number; done: (result: SnapshotResult | Error) => void } | null = null;
   readonly stopWaiters: (() => void)[] = [];
+  /** DELETE is refused: the VM's owner frees it (AdoptOptions.keep). */
+  kept = false;
 
   constructor(
     readonly name: string,
@@ -405,8 +412,20 @@ export class Host {
   adoptVm(vm: Vm, devices: StandardDevices, options: AdoptOptions): VmInfo {
     this.checkNewName(vm.name);
     const m = new HostedVm(vm.name, vm, devices, options.consoleLog, options.origin, options.disk ?? null, options.restored ?? null, false, options.maxInstructions ?? null);
+    m.kept = options.keep ?? false;
     this.add(m);
     return this.describe(m);
+  }
+
+  /**
+   * Gives an adopted VM back to its owner: the host stops scheduling it and forgets it without
+   * freeing it (a live snapshot in progress is completed first).
+   */
+  releaseVm(name: string): void {
+    const m = this.get(name);
+    if (m.live) this.finishLive(m, true);
+    this.machines.delete(name);
+    for (const wake of m.stopWaiters.splice(0)) wake();
   }
 
   /** PATCH /vms/{name} {"state": "Paused"}: the VM stops between slices; its instruction count stays. */
@@ -512,6 +531,7 @@ export class Host {
   /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
   deleteVm(name: string): void {
     const m = this.get(name);
+    if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it: stop that process to end it`);
     this.machines.delete(name);
     this.dispose(m, `VM '${name}' was deleted`);
     this.log(`vm ${name}: deleted`);
@@ -634,9 +654,19 @@ export class Host {
     let lastYield = performance.now();
     while (!this.closed) {
       let ran = 0;
+      let waiting = 0;
       for (const m of this.machines.values()) {
         if (this.closed) break;
-        if (m.state !== 'Running' || m.waitingForInput) continue;
+        if (m.state !== 'Running') continue;
+        if (m.waitingForInput) {
+          // Input from a stream (tools/run's stdin) arrives without a kick: look for it.
+          const console = m.devices.console;
+          if (!console.inputAvailable && !console.endOfInput) {
+            waiting++;
+            continue;
+          }
+          m.waitingForInput = false;
+        }
         this.turn(m);
         ran++;
         if (performance.now() - lastYield >= this.yieldEveryMs) {
@@ -645,8 +675,13 @@ export class Host {
         }
       }
       if (ran === 0 && !this.closed) {
-        // Nothing to run: sleep until an operation or input makes something runnable.
-        await new Promise<void>((resolve) => (this.wake = resolve));
+        // Nothing to run: sleep until an operation or input makes something runnable (polling
+        // every few ms while a VM waits for input that may come from a stream).
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          if (waiting > 0) setTimeout(resolve, INPUT_POLL_MS);
+        });
+        this.wake = null;
         lastYield = performance.now();
       }
     }
