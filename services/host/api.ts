@@ -64,6 +64,8 @@ const DEFAULT_MAX_BODY = 64 * 1024;
 const DEFAULT_REQUEST_TIMEOUT = 10_000;
 /** Clients at once; more are refused at accept (a host is driven by a few operators). */
 const MAX_CONNECTIONS = 256;
+/** The longest Unix socket path: sun_path, 108 bytes on Linux (a NUL is not needed), 104 less a NUL elsewhere. */
+const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 108 : 103;
 
 /** A refused socket path (in use, not a socket, cannot be created). */
 export class ApiSocketError extends BvError {
@@ -99,6 +101,11 @@ export class ApiServer {
    * replaced; a live one (another host answers on it) or any other file is refused.
    */
   static async listen(socketPath: string, options: ApiServerOptions = {}): Promise<ApiServer> {
+    // libuv would silently bind a truncated path (and leave that file behind): refuse it.
+    const length = Buffer.byteLength(socketPath);
+    if (length > MAX_SOCKET_PATH_BYTES) {
+      throw new ApiSocketError(`cannot listen on ${socketPath}: the path is ${length} bytes, longer than a Unix socket path may be (${MAX_SOCKET_PATH_BYTES} bytes)`);
+    }
     await claimSocketPath(socketPath);
     const timeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT;
     // node checks the timeouts every connectionsCheckingInterval (30 s by default): check often
