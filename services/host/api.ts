@@ -8,9 +8,10 @@
  * never the guests. Bodies are limited in size, whole requests in time; malformed HTTP, JSON or
  * bodies are answered 400 with `{"fault_message": …}` and logged.
  */
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
+import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
 import { HostError, type Host } from './host.ts';
@@ -140,7 +141,11 @@ export class ApiServer {
       }
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (error) => reject(new ApiSocketError(`cannot listen on ${socketPath}: ${error.message}`, { cause: error })));
+      server.once('error', (error) => {
+        // libuv reports a missing directory as EACCES: say what is wrong.
+        const why = existsSync(dirname(socketPath)) ? error.message : `the directory ${dirname(socketPath)} does not exist`;
+        reject(new ApiSocketError(`cannot listen on ${socketPath}: ${why}`, { cause: error }));
+      });
       // The socket is created with mode 0600: only the host's user may connect.
       const umask = process.umask(0o177);
       try {
