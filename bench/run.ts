@@ -8,7 +8,8 @@
  * plain JS; prints guest MIPS, the plain-JS "guest-equivalent" MIPS (the guest's instruction
  * count ÷ the JS time), their ratio, TLB misses and page walks. Then the translation workloads of
  * bench/translation.ts (issue 4): each guest under several MMU configurations, with page walks,
- * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Last, the PASS/FAIL
+ * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Then the VM-state
+ * figures (bench/state.ts) and the control API's (bench/api.ts, issue 9). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
  * Progress goes to stderr when it is a terminal. The bench is not a test: a missed target is a
@@ -24,6 +25,7 @@ import type { Check, VariantFigures, Workload, WorkloadFigures } from './harness
 import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons, translationChecks, TRANSLATION_WORKLOADS } from './translation.ts';
 import type { Comparison } from './translation.ts';
 import { formatState, measureState, stateChecks, stateStepCount, type StateFigures } from './state.ts';
+import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
 import { WORKLOADS } from './workloads.ts';
 
 export type { Check } from './harness.ts';
@@ -74,11 +76,16 @@ export interface BenchReport {
   };
   /** VM state (issues 5 and 8): checkpoint save, live snapshot pause and stalls, fork, lazy restore. */
   state: StateFigures | null;
+  /** The control API (issue 9): round trips while four VMs run, its cost to them, the scheduler's own cost. */
+  api: ApiFigures | null;
   checks: Check[];
 }
 
 /** The VM-state figures are one bench entry, selected with --only state. */
 const STATE_ENTRY = 'state';
+/** The control-API figures, selected with --only api. */
+const API_ENTRY = 'api';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [] };
@@ -91,7 +98,7 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
       const value = arg === '--only' ? args[++index] : arg.slice('--only='.length);
       if (!value) throw new BenchError('BV_BENCH_USAGE', `--only needs a workload name (${workloadNames()})`);
       for (const name of value.split(',')) {
-        if (name !== STATE_ENTRY && !ALL_WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
+        if (!GROUP_ENTRIES.includes(name) && !ALL_WORKLOADS.some((w) => w.name === name)) throw new BenchError('BV_BENCH_USAGE', `unknown workload '${name}' (known: ${workloadNames()})`);
         options.only.push(name);
       }
     } else throw new BenchError('BV_BENCH_USAGE', `unknown option '${arg}'; ${USAGE}`);
@@ -100,16 +107,20 @@ export function parseBenchArguments(args: readonly string[]): BenchOptions | 'he
 }
 
 const ALL_WORKLOADS: readonly Workload[] = [...WORKLOADS, ...TRANSLATION_WORKLOADS];
-const workloadNames = (): string => [...ALL_WORKLOADS.map((w) => w.name), STATE_ENTRY].join(', ');
+const workloadNames = (): string => [...ALL_WORKLOADS.map((w) => w.name), ...GROUP_ENTRIES].join(', ');
 
-/** Runs the selected workloads on one hypervisor; `onProgress` sees each step before it runs. */
-export function runBench(options: BenchOptions, onProgress?: (step: number, total: number, label: string) => void): BenchReport {
+/**
+ * Runs the selected workloads on one hypervisor; `onProgress` sees each step before it runs.
+ * Asynchronous because the control-API group serves requests while its guests run.
+ */
+export async function runBench(options: BenchOptions, onProgress?: (step: number, total: number, label: string) => void): Promise<BenchReport> {
   const counts = options.quick ? QUICK_RUNS : FULL_RUNS;
   const chosen = (list: readonly Workload[]): readonly Workload[] => (options.only.length === 0 ? list : list.filter((w) => options.only.includes(w.name)));
   const selected = chosen(WORKLOADS);
   const selectedTranslation = chosen(TRANSLATION_WORKLOADS);
   const withState = options.only.length === 0 || options.only.includes(STATE_ENTRY);
-  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0);
+  const withApi = options.only.length === 0 || options.only.includes(API_ENTRY);
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
@@ -118,6 +129,7 @@ export function runBench(options: BenchOptions, onProgress?: (step: number, tota
   const workloads = selected.map(measure);
   const translation = selectedTranslation.map(measure);
   const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -133,7 +145,8 @@ export function runBench(options: BenchOptions, onProgress?: (step: number, tota
     workloads,
     translation: { workloads: translation, techniques: techniqueComparisons(translation), shadowVsNested: shadowNestedComparisons(translation) },
     state,
-    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : [])],
+    api,
+    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : [])],
   };
 }
 
@@ -239,6 +252,10 @@ export function formatReport(report: BenchReport): string {
     out.push('');
     out.push(...formatState(report.state));
   }
+  if (report.api) {
+    out.push('');
+    out.push(...formatApi(report.api));
+  }
   out.push('');
   const show = (check: Check, value: number): string =>
     check.name.endsWith('cost') ? percent(value) : Number.isInteger(value) ? String(value) : fixed(value, Math.abs(value) < 10 ? 3 : 1);
@@ -253,7 +270,7 @@ export function formatReport(report: BenchReport): string {
 
 // --- command line ------------------------------------------------------------------------------
 
-function main(args: readonly string[]): number {
+async function main(args: readonly string[]): Promise<number> {
   const progressLine = process.stderr.isTTY === true;
   const clearProgress = (): void => {
     if (progressLine) process.stderr.write('\r\x1b[K');
@@ -264,7 +281,7 @@ function main(args: readonly string[]): number {
       process.stdout.write(`${USAGE}\nworkloads: ${workloadNames()}\n`);
       return 0;
     }
-    const report = runBench(options, progressLine ? (step, total, label) => process.stderr.write(`\r\x1b[K[${step}/${total}] ${label} …`) : undefined);
+    const report = await runBench(options, progressLine ? (step, total, label) => process.stderr.write(`\r\x1b[K[${step}/${total}] ${label} …`) : undefined);
     clearProgress();
     process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatReport(report)}\n`);
     return 0;
@@ -279,5 +296,5 @@ function main(args: readonly string[]): number {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 }

@@ -28,7 +28,7 @@ describe('npm run bench', () => {
     expect(status, stderr).toBe(0);
     expect(stderr).toBe(''); // not a terminal: no progress
     const report = JSON.parse(stdout);
-    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'checks']);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'checks']);
     expect(report.machine.node).toBe(process.version);
     for (const when of ['start', 'end']) {
       expect(report.machine.load[when]).toHaveLength(3);
@@ -64,6 +64,7 @@ describe('npm run bench', () => {
     }
     expectTranslationSection(report.translation);
     expectStateSection(report.state);
+    expectApiSection(report.api);
     expect(report.checks.map((c: { name: string }) => c.name)).toEqual([
       'crc32 paging=on guest MIPS',
       'crc32 paging cost',
@@ -78,6 +79,7 @@ describe('npm run bench', () => {
       'lazy restore 32 MiB / 8 MiB',
       'fork, 32 MiB (ms)',
       'fork 32 MiB / 8 MiB',
+      'guest MIPS, API polled 100/s by another process / unpolled',
     ]);
     for (const check of report.checks) {
       expect(typeof check.pass).toBe('boolean');
@@ -102,7 +104,7 @@ describe('npm run bench', () => {
   });
 
   it('--only runs the chosen workloads; the header has the load, FAIL lines the load and CPU figures', () => {
-    const { status, stdout, stderr } = bench('--quick', '--only', 'crc32,state');
+    const { status, stdout, stderr } = bench('--quick', '--only', 'crc32,state,api');
     expect(status, stderr).toBe(0);
     expect(stdout).toMatch(/^load average \(1, 5, 15 min\) [\d.]+ [\d.]+ [\d.]+ at the start, [\d.]+ [\d.]+ [\d.]+ at the end, on \d+ cores$/m);
     expect(stdout).toMatch(/^workload +variant +instructions +guest ms +CPU ms +guest MIPS +JS ms +JS CPU ms /m);
@@ -125,6 +127,18 @@ describe('npm run bench', () => {
       expect(stdout).toMatch(line);
     }
     expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}fork, 32 MiB \\(ms\\): [\\d.]+ \\(target <= 0.2\\), CPU [\\d.]+${load}$`, 'm'));
+    // The control-API section: round trips with the CPU time of both processes, windows with theirs.
+    for (const line of [
+      /^ {4}child process, new connection, guests running +median [\d.]+ ms, p99 [\d.]+ ms \([\d.]+–[\d.]+, 20 requests in [\d.]+ ms; host CPU [\d.]+ ms, client CPU [\d.]+ ms\)$/m,
+      /^ {4}in-process, keep-alive connection, guests running +median [\d.]+ ms, p99 [\d.]+ ms \([\d.]+–[\d.]+, 10 requests in [\d.]+ ms; host CPU [\d.]+ ms\)$/m,
+      /^ {4}unpolled +[\d.]+ MIPS \(by CPU [\d.]+; windows [\d.]+\) wall [\d.]+ ms, CPU [\d.]+ ms$/m,
+      /^ {4}polled by a child process +[\d.]+ MIPS \(by CPU [\d.]+; windows [\d.]+\) wall [\d.]+ ms, CPU [\d.]+ ms, \d+ requests\/s answered, poller CPU [\d.]+ ms$/m,
+      /^ {4}polled by a child process \/ unpolled +[\d.]+ \(CPU [\d.]+; rounds [\d.]+\)$/m,
+      /^ {4}Host \/ plain loop +[\d.]+ \(CPU [\d.]+; rounds [\d.]+\)$/m,
+    ]) {
+      expect(stdout).toMatch(line);
+    }
+    expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}guest MIPS, API polled 100/s by another process / unpolled: [\\d.]+ \\(target >= 0.95\\), CPU [\\d.]+${load}$`, 'm'));
     for (const line of stdout.split('\n')) {
       if (line.startsWith('FAIL')) expect(line).toMatch(/, load [\d.]+ on \d+ cores$/);
       if (line.startsWith('PASS')) expect(line).not.toMatch(/load/);
@@ -135,7 +149,7 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api)"]);
   });
 });
 
@@ -163,6 +177,7 @@ describe('bench harness', () => {
       workloads: [],
       translation: { workloads: [], techniques: [], shadowVsNested: [] },
       state: null,
+      api: null,
       checks: [
         { name: 'fork, 1024 MiB (ms)', target: '<= 0.2', value: 3.21, cpuValue: 1.5, pass: false, load: 3.5 },
         { name: 'fork 1024 MiB / 64 MiB', target: '<= 1.5', value: 1.2, pass: true, load: 0.25 },
@@ -311,6 +326,64 @@ function expectTranslationSection(translation: {
     ['random-access', 'nested large', 'shadow large'],
     ['random-access', 'nested 4K', 'shadow 4K'],
   ]);
+}
+
+/**
+ * report.api at --quick sizes (one round of 150 ms windows, 20 and 10 requests): the shape, and
+ * what holds by construction — percentiles in order, requests answered only when polled, the
+ * ratios the quotients of the windows' figures. Speeds, times and the target are never asserted.
+ */
+function expectApiSection(api: any): void {
+  expect(Object.keys(api)).toEqual(['setup', 'latency', 'polling', 'scheduler']);
+  expect(api.setup).toMatchObject({ vms: 4, program: 'walker 4M random 0', pollHz: 100, windowMs: 150 });
+  expect(api.latency.map((l: any) => [l.client, l.connection, l.guests, l.requests])).toEqual([
+    ['child process', 'new', 'running', 20],
+    ['child process', 'keep-alive', 'running', 10],
+    ['in-process', 'new', 'running', 10],
+    ['in-process', 'keep-alive', 'running', 10],
+    ['child process', 'new', 'paused', 10],
+    ['child process', 'keep-alive', 'paused', 10],
+  ]);
+  for (const l of api.latency) {
+    expect(l.minMs).toBeGreaterThan(0);
+    expect(l.medianMs).toBeGreaterThanOrEqual(l.minMs);
+    expect(l.p99Ms).toBeGreaterThanOrEqual(l.medianMs);
+    expect(l.maxMs).toBeGreaterThanOrEqual(l.p99Ms);
+    expect(l.wallMs).toBeGreaterThanOrEqual(l.maxMs);
+    expect(l.hostCpuMs).toBeGreaterThanOrEqual(0);
+    if (l.client === 'in-process') expect(l.clientCpuMs).toBeNull();
+    else expect(l.clientCpuMs).toBeGreaterThanOrEqual(0);
+  }
+  const { polling, scheduler } = api;
+  expect(Object.keys(polling)).toEqual(['hostCpuMsPerRequest', 'predictedCost', 'unpolled', 'polledByChild', 'polledInProcess', 'polledKeepAlive', 'child', 'inProcess', 'keepAlive']);
+  expect(polling.hostCpuMsPerRequest).toBeGreaterThanOrEqual(0);
+  expect(polling.predictedCost).toBeCloseTo((polling.hostCpuMsPerRequest * 100) / 1000, 3);
+  const windows = [polling.unpolled, polling.polledByChild, polling.polledInProcess, polling.polledKeepAlive, scheduler.host, scheduler.plain];
+  expect(windows.map((w: any) => w.side)).toEqual(['unpolled', 'polled by a child process', 'polled in-process', 'polled by a child, keep-alive', 'Host scheduler', 'plain hv.run loop']);
+  for (const w of windows) {
+    expect(w.windows).toBe(1);
+    expect(w.mipsRuns).toHaveLength(1);
+    expect(w.cpuMipsRuns).toHaveLength(1);
+    expect(w.mips).toBeGreaterThan(0);
+    expect(w.cpuMips).toBeGreaterThan(0);
+    expect(w.wallMs).toBeGreaterThan(0);
+  }
+  // Requests are answered in polled windows only; only the child poller has a CPU time of its own.
+  for (const w of [polling.unpolled, scheduler.host, scheduler.plain]) expect(w.requestsPerSecond).toBe(0);
+  for (const w of [polling.polledByChild, polling.polledInProcess, polling.polledKeepAlive]) expect(w.requestsPerSecond).toBeGreaterThan(0);
+  expect(polling.polledByChild.clientCpuMs).toBeGreaterThanOrEqual(0);
+  expect(polling.polledKeepAlive.clientCpuMs).toBeGreaterThanOrEqual(0);
+  expect(polling.polledInProcess.clientCpuMs).toBeNull();
+  for (const [ratio, candidate, baseline] of [
+    [polling.child, polling.polledByChild, polling.unpolled],
+    [polling.inProcess, polling.polledInProcess, polling.unpolled],
+    [polling.keepAlive, polling.polledKeepAlive, polling.unpolled],
+    [scheduler.ratio, scheduler.host, scheduler.plain],
+  ]) {
+    expect(ratio.wallRuns).toHaveLength(1);
+    expect(ratio.wall).toBeCloseTo(candidate.mipsRuns[0] / baseline.mipsRuns[0], 2);
+    expect(ratio.cpu).toBeCloseTo(candidate.cpuMipsRuns[0] / baseline.cpuMipsRuns[0], 2);
+  }
 }
 
 /** A figure: median within its runs, as many runs as --quick takes, CPU time reported. */
