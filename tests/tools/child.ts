@@ -2,7 +2,7 @@
  * Running the project's tools as a user would: a child process of plain node with tsx loaded,
  * its output collected. One helper for every test that runs a tool.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 
 /** The repository root. */
@@ -35,4 +35,85 @@ export function spawnNode(args: readonly string[], options: { cwd?: string; stdi
 /** Runs `tools/run` with args from the repository root; stdin is the given text, or closed. */
 export function runTool(args: readonly string[], stdin?: string): Promise<ChildOutcome> {
   return spawnNode(['--import', 'tsx', 'tools/run.ts', ...args], stdin === undefined ? {} : { stdin });
+}
+
+/** How a long-running child ended: its exit code or the signal that ended it, and its output. */
+export interface ChildEnd extends ChildOutcome {
+  signal: NodeJS.Signals | null;
+}
+
+/**
+ * A child process of node that keeps running (a host, a tool waiting for a signal): its output
+ * so far, a wait for some text in it, and its end. Always stop() it, in a finally or afterAll.
+ */
+export class RunningNode {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  /** Resolves when the child has exited and its output is closed. */
+  readonly ended: Promise<ChildEnd>;
+  private waiters: (() => void)[] = [];
+  /** The child has exited and its output is complete. */
+  private closed = false;
+
+  constructor(args: readonly string[], options: { cwd?: string } = {}) {
+    this.child = spawn(process.execPath, [...args], { cwd: options.cwd ?? REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const wake = (): void => this.waiters.slice().forEach((waiter) => waiter());
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk; wake(); });
+    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk; wake(); });
+    this.ended = new Promise((resolve, reject) => {
+      this.child.on('error', reject);
+      this.child.on('close', (code, signal) => {
+        this.closed = true;
+        resolve({ code, signal, stdout: this.stdout, stderr: this.stderr });
+        wake();
+      });
+    });
+  }
+
+  /** Whether the process is still running. */
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /**
+   * Resolves once stdout or stderr (`where`) contains `text`; rejects, with the output so far,
+   * if the child ends first or `timeoutMs` passes.
+   */
+  waitFor(where: 'stdout' | 'stderr', text: string | RegExp, timeoutMs = 60_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const finish = (error?: Error): void => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((waiter) => waiter !== check);
+        if (error) reject(error);
+        else resolve();
+      };
+      const found = (): boolean => (typeof text === 'string' ? this[where].includes(text) : text.test(this[where]));
+      const check = (): void => {
+        if (found()) finish();
+        else if (this.closed) finish(new Error(`the child ended (${this.child.exitCode ?? this.child.signalCode}) before printing ${String(text)}:\n${this.stderr}`));
+      };
+      const timer = setTimeout(() => finish(new Error(`timed out waiting for ${String(text)} on ${where}:\n${this[where]}`)), timeoutMs);
+      this.waiters.push(check);
+      check();
+    });
+  }
+
+  /** Sends `signal` if the child still runs, SIGKILL after `graceMs`, and waits for its end. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000): Promise<ChildEnd> {
+    if (this.running) this.child.kill(signal);
+    const timer = setTimeout(() => {
+      if (this.running) this.child.kill('SIGKILL');
+    }, graceMs);
+    try {
+      return await this.ended;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** Starts `node ...args` in `cwd` (default: the repository root) and leaves it running. */
+export function startNode(args: readonly string[], options: { cwd?: string } = {}): RunningNode {
+  return new RunningNode(args, options);
 }
