@@ -4,6 +4,7 @@
 #   option   := "slice=" number            (time slice in instructions, at least MIN_TIME_SLICE)
 #             | "flush=" ("asid" | "always") (always: sfence zero, zero on every context switch,
 #                                              as an ASID-unaware kernel would; a bench workload)
+#             | "stats=memory"              (the summary adds a line of page classes, mm.s)
 #   program  := a name from the program table (sieve, crc32, walker, ping, fault, record, wc)
 #
 # Tokens are separated by blanks. Every token up to the next program name is an argument of the
@@ -134,7 +135,7 @@ parse_spec_string:
         mv      a1, s0
         la      a2, opt_flush
         call    k_token_prefix
-        beqz    a0, 6b                  # neither option nor program
+        beqz    a0, 30f                 # not flush=: maybe stats=
         mv      s3, a0                  # s3 = the value after "flush="
         mv      a1, s0
         la      a2, opt_flush_always
@@ -155,6 +156,25 @@ parse_spec_string:
         call    kputs
         call    kput_token
         la      a0, msg_bad_flush
+        call    kputs
+        j       10f
+30:     mv      a0, s3                  # stats=memory
+        mv      a1, s0
+        la      a2, opt_stats
+        call    k_token_prefix
+        beqz    a0, 6b                  # neither option nor program
+        mv      a1, s0
+        la      a2, opt_stats_memory
+        call    k_token_is
+        beqz    a0, 31f
+        la      t0, stats_memory
+        li      t1, 1
+        sw      t1, 0(t0)
+        j       1b
+31:     la      a0, msg_bad_option
+        call    kputs
+        call    kput_token
+        la      a0, msg_bad_stats
         call    kputs
         j       10f
 8:      li      a0, 0
@@ -207,12 +227,15 @@ opt_slice:              .asciz "slice="
 opt_flush:              .asciz "flush="
 opt_flush_always:       .asciz "always"
 opt_flush_asid:         .asciz "asid"
+opt_stats:              .asciz "stats="
+opt_stats_memory:       .asciz "memory"
 msg_unknown_program:    .asciz "[kernel] boot args: unknown program '"
 msg_known_programs:     .asciz "' (programs:"
 msg_close_newline:      .asciz ")\n"
 msg_bad_option:         .asciz "[kernel] boot args: bad option '"
 msg_quote_newline:      .asciz "' (slice=N needs N >= 1000)\n"
 msg_bad_flush:          .asciz "' (flush=asid or flush=always)\n"
+msg_bad_stats:          .asciz "' (stats=memory)\n"
 msg_too_many:           .asciz "[kernel] boot args: more than 32 programs\n"
 
 # The programs a default boot runs.

@@ -12,6 +12,7 @@ _start:
         mv      a0, s0
         call    scan_devices
         call    setup_kernel_paging
+        call    mem_init                # page classes (mm.s)
         call    print_banner
         mv      a0, s0
         call    disk_probe              # the disk is optional (disk.s)

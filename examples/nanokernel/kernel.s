@@ -17,6 +17,8 @@
         .include "trap.s"
         .include "args.s"
         .include "disk.s"
+        .include "cache.s"
+        .include "balloon.s"
 
         .text
         STRLIB  k_

@@ -1,24 +1,163 @@
-# mm.s — physical frames and page tables.
+# mm.s — physical frames, page classes and page tables.
 #
 # Frames: a bump pointer over RAM never used since power-on (such frames are zero, SPEC §15, so
 # they are handed out without touching them — the host allocates nothing until the guest really
-# uses a page) plus a free list of recycled frames, linked through their first word and zeroed
-# when they are handed out again. All RAM the kernel uses is mapped 1:1, so a frame's physical
-# address is also its kernel virtual address.
+# uses a page) plus a free pool of recycled frames. The pool is a stack of *node pages*: each
+# node is itself a free frame holding up to FN_CAPACITY page numbers of other free frames (and
+# the next node), so the free frames it lists are never touched by the kernel while they are
+# free — free-page reporting (balloon.s) can hand them to the host, after which they read zero.
+# A recycled frame is zeroed when it is handed out again, unless it is known to read zero. All
+# RAM the kernel uses is mapped 1:1, so a frame's physical address is also its kernel virtual
+# address.
+#
+# Page classes: every page of the RAM the kernel manages is in exactly one class, counted in
+# mem_classes: free (bump, pool entries and pool nodes), page cache (cache.s), anonymous (a
+# process's image copy, heap and stack pages), kernel (the kernel image below kernel_end, page
+# tables, balloon node pages) and balloon (pages given to the host, balloon.s). They always add
+# up to mem_total. `frames in use` counts the frames processes hold (anonymous + their tables).
+
+        .equ    CLASS_FREE, 0
+        .equ    CLASS_CACHE, 1
+        .equ    CLASS_ANON, 2
+        .equ    CLASS_KERNEL, 3
+        .equ    CLASS_BALLOON, 4
+
+        # A node page of the free pool (and of the balloon's page list, balloon.s).
+        .equ    FN_NEXT, 0                      # the next node (physical address, 0 = last)
+        .equ    FN_COUNT, 4                     # entries in use
+        .equ    FN_REPORTED, 8                  # entries [0, FN_REPORTED) were reported to the host
+        .equ    FN_ENTRIES, 12                  # page numbers (u32)
+        .equ    FN_CAPACITY, (PAGE_SIZE - FN_ENTRIES) / 4   # 1021
 
         .text
 
-# alloc_frame() -> a0 = physical address of a zeroed 4 KiB frame, or 0 when RAM is exhausted
-alloc_frame:
-        la      t0, free_list
+# mem_init(): the page classes at boot, once frame_next and frame_limit are set: everything
+# below kernel_end is kernel, the rest free.
+mem_init:
+        la      t0, frame_limit
+        lw      t0, 0(t0)
+        srli    t0, t0, PAGE_SHIFT
+        la      t1, mem_total
+        sw      t0, 0(t1)
+        la      t1, kernel_end
+        srli    t1, t1, PAGE_SHIFT
+        sub     t0, t0, t1
+        la      t2, mem_classes
+        sw      t0, CLASS_FREE * 4(t2)
+        sw      t1, CLASS_KERNEL * 4(t2)
+        ret
+
+# take_free_frame() -> a0 = a frame taken from the free pool (or the bump region), 0 when there
+# is none; a1 = 1 when it is known to read zero (never used, or reported to the host), else 0.
+# The frame is not zeroed; the free count drops by one. Clobbers t0-t3.
+take_free_frame:
+        la      t0, free_head
+        lw      t1, 0(t0)               # t1 = the top node
+        beqz    t1, 3f
+        lw      t2, FN_COUNT(t1)
+        beqz    t2, 2f
+        addi    t2, t2, -1              # pop its last entry
+        sw      t2, FN_COUNT(t1)
+        slli    t3, t2, 2
+        add     t3, t1, t3
+        lw      a0, FN_ENTRIES(t3)
+        slli    a0, a0, PAGE_SHIFT
+        lw      t3, FN_REPORTED(t1)
+        sltu    a1, t2, t3              # a reported entry: the host released it, it reads zero
+        beqz    a1, 4f
+        sw      t2, FN_REPORTED(t1)
+        j       4f
+2:      lw      t2, FN_NEXT(t1)         # an empty node: hand out the node page itself
+        sw      t2, 0(t0)
+        mv      a0, t1
+        li      a1, 0
+        j       4f
+3:      la      t0, frame_next          # a never-used frame: already zero
         lw      a0, 0(t0)
-        beqz    a0, 2f
-        lw      t1, 0(a0)               # pop a recycled frame and zero it
+        la      t1, frame_limit
+        lw      t1, 0(t1)
+        bgeu    a0, t1, 5f
+        li      t2, PAGE_SIZE
+        add     t2, a0, t2
+        sw      t2, 0(t0)
+        li      a1, 1
+4:      la      t0, mem_classes
+        lw      t1, CLASS_FREE * 4(t0)
+        addi    t1, t1, -1
+        sw      t1, CLASS_FREE * 4(t0)
+        ret
+5:      li      a0, 0
+        li      a1, 0
+        ret
+
+# put_free_frame(a0 = frame): back into the free pool (the free count grows by one). The frame
+# is listed in the top node, or becomes the new top node when that one is full. Clobbers t0-t3, a1.
+put_free_frame:
+        la      t0, free_head
+        lw      t1, 0(t0)
+        beqz    t1, 2f
+        lw      t2, FN_COUNT(t1)
+        li      t3, FN_CAPACITY
+        bgeu    t2, t3, 2f
+        slli    t3, t2, 2
+        add     t3, t1, t3
+        srli    a1, a0, PAGE_SHIFT
+        sw      a1, FN_ENTRIES(t3)
+        addi    t2, t2, 1
+        sw      t2, FN_COUNT(t1)
+        j       3f
+2:      sw      t1, FN_NEXT(a0)         # the frame becomes the top node
+        sw      zero, FN_COUNT(a0)
+        sw      zero, FN_REPORTED(a0)
+        sw      a0, 0(t0)
+3:      la      t0, mem_classes
+        lw      t1, CLASS_FREE * 4(t0)
+        addi    t1, t1, 1
+        sw      t1, CLASS_FREE * 4(t0)
+        ret
+
+# class_add(a0 = class, a1 = pages to add, may be negative). Clobbers t0, t1.
+class_add:
+        la      t0, mem_classes
+        slli    t1, a0, 2
+        add     t0, t0, t1
+        lw      t1, 0(t0)
+        add     t1, t1, a1
         sw      t1, 0(t0)
+        ret
+
+# alloc_frame(a0 = class) -> a0 = physical address of a zeroed 4 KiB frame of that class, or 0
+# when RAM is exhausted. A free frame if there is one; else (for any class but the cache) a page
+# dropped from the page cache; else, for process memory (anonymous, kernel), pages the balloon
+# gives back when the host allows it (deflate on OOM, balloon.s); else 0 (the caller OOM-kills).
+alloc_frame:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      s0, 4(sp)
+        mv      s0, a0                  # s0 = class
+1:      call    take_free_frame
+        bnez    a0, 3f
+        li      t0, CLASS_CACHE
+        beq     s0, t0, 9f
+        la      t0, mem_classes
+        lw      t0, CLASS_CACHE * 4(t0)
+        beqz    t0, 2f
+        call    cache_evict             # a clean cache page: its frame changes class
+        li      a1, 0
+        j       3f
+2:      li      t0, CLASS_ANON
+        bltu    s0, t0, 9f
+        li      t0, CLASS_KERNEL
+        bltu    t0, s0, 9f
+        call    balloon_oom_deflate     # -> a0 = pages the balloon gave back
+        bnez    a0, 1b
+9:      li      a0, 0
+        j       8f
+3:      bnez    a1, 5f                  # not known to be zero: zero it
         mv      t1, a0
         li      t2, PAGE_SIZE
         add     t2, a0, t2
-1:      sw      zero, 0(t1)
+4:      sw      zero, 0(t1)
         sw      zero, 4(t1)
         sw      zero, 8(t1)
         sw      zero, 12(t1)
@@ -27,38 +166,50 @@ alloc_frame:
         sw      zero, 24(t1)
         sw      zero, 28(t1)
         addi    t1, t1, 32
-        bltu    t1, t2, 1b
-        j       3f
-2:      la      t0, frame_next          # a never-used frame: already zero
-        lw      a0, 0(t0)
-        la      t1, frame_limit
-        lw      t1, 0(t1)
-        bgeu    a0, t1, 4f
-        li      t2, PAGE_SIZE
-        add     t2, a0, t2
-        sw      t2, 0(t0)
-3:      la      t0, frames_in_use
+        bltu    t1, t2, 4b
+5:      sw      a0, 8(sp)
+        mv      a0, s0
+        li      a1, 1
+        call    class_add
+        lw      a0, 8(sp)
+        addi    t0, s0, -CLASS_ANON     # process frames: anonymous and kernel (page tables)
+        li      t1, CLASS_KERNEL - CLASS_ANON
+        bltu    t1, t0, 8f
+        la      t0, frames_in_use
         lw      t1, 0(t0)
         addi    t1, t1, 1
         sw      t1, 0(t0)
         la      t0, frames_peak
         lw      t2, 0(t0)
-        bgeu    t2, t1, 5f
+        bgeu    t2, t1, 8f
         sw      t1, 0(t0)
-5:      ret
-4:      li      a0, 0
+8:      lw      ra, 0(sp)
+        lw      s0, 4(sp)
+        addi    sp, sp, 16
         ret
 
-# free_frame(a0 = physical address of a frame)
+# free_frame(a0 = physical address of a frame, a1 = its class): back to the free pool.
+# Clobbers t0-t3, a0-a1.
 free_frame:
-        la      t0, free_list
-        lw      t1, 0(t0)
-        sw      t1, 0(a0)
-        sw      a0, 0(t0)
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        mv      a0, a1
+        li      a1, -1
+        call    class_add
+        lw      t0, 8(sp)
+        addi    t0, t0, -CLASS_ANON
+        li      t1, CLASS_KERNEL - CLASS_ANON
+        bltu    t1, t0, 1f
         la      t0, frames_in_use
         lw      t1, 0(t0)
         addi    t1, t1, -1
         sw      t1, 0(t0)
+1:      lw      a0, 4(sp)
+        call    put_free_frame
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
         ret
 
 # map_page(a0 = root table, a1 = va, a2 = leaf PTE) -> a0 = 0, or -1 when no frame was left for
@@ -75,6 +226,7 @@ map_page:
         sw      t0, 4(sp)
         sw      a1, 8(sp)
         sw      a2, 12(sp)
+        li      a0, CLASS_KERNEL
         call    alloc_frame
         lw      ra, 0(sp)
         lw      t0, 4(sp)
@@ -124,6 +276,7 @@ pte_lookup:
 new_root:
         addi    sp, sp, -16
         sw      ra, 0(sp)
+        li      a0, CLASS_KERNEL
         call    alloc_frame
         lw      ra, 0(sp)
         addi    sp, sp, 16
@@ -163,16 +316,19 @@ free_address_space:
         beqz    t2, 3f
         srli    a0, t1, 10
         slli    a0, a0, PAGE_SHIFT
+        li      a1, CLASS_ANON
         call    free_frame
 3:      addi    s3, s3, 4
         li      t0, PAGE_SIZE
         bltu    s3, t0, 2b
         mv      a0, s2
+        li      a1, CLASS_KERNEL
         call    free_frame
 4:      addi    s1, s1, 4
         li      t0, USER_VPN1_END * 4
         bltu    s1, t0, 1b
         mv      a0, s0
+        li      a1, CLASS_KERNEL
         call    free_frame
         lw      ra, 0(sp)
         lw      s0, 4(sp)
@@ -203,6 +359,7 @@ demand_map:
         mv      s0, a0
         srli    s1, a1, PAGE_SHIFT
         slli    s1, s1, PAGE_SHIFT
+        li      a0, CLASS_ANON
         call    alloc_frame
         beqz    a0, 7f
         mv      s2, a0
@@ -213,6 +370,7 @@ demand_map:
         call    map_page
         beqz    a0, 3f
         mv      a0, s2                  # no frame for the second-level table
+        li      a1, CLASS_ANON
         call    free_frame
 7:      li      a0, -2
         j       4f
@@ -329,6 +487,7 @@ unmap_user_range:
         sfence  s1, t1                  # a valid PTE was removed (SPEC §12.7)
         srli    a0, t0, 10
         slli    a0, a0, PAGE_SHIFT
+        li      a1, CLASS_ANON
         call    free_frame
 2:      li      t0, PAGE_SIZE
         add     s1, s1, t0
@@ -345,6 +504,13 @@ unmap_user_range:
         .align  2
 frame_next:     .word 0                 # next never-used frame
 frame_limit:    .word 0                 # end of usable RAM
-free_list:      .word 0                 # recycled frames
-frames_in_use:  .word 0
+free_head:      .word 0                 # the top node of the free pool (0: empty)
+frames_in_use:  .word 0                 # frames processes hold (anonymous + their page tables)
 frames_peak:    .word 0
+mem_total:      .word 0                 # pages of RAM the kernel manages: [0, frame_limit)
+mem_classes:    .word 0, 0, 0, 0, 0     # pages per class: free, cache, anon, kernel, balloon
+mem_free = mem_classes + CLASS_FREE * 4
+mem_cache = mem_classes + CLASS_CACHE * 4
+mem_anon = mem_classes + CLASS_ANON * 4
+mem_kernel = mem_classes + CLASS_KERNEL * 4
+mem_balloon = mem_classes + CLASS_BALLOON * 4

@@ -102,6 +102,7 @@ create_process:
         la      t1, user_image_start
         sub     t0, t0, t1
         bgeu    s2, t0, 7f
+        li      a0, CLASS_ANON
         call    alloc_frame
         beqz    a0, 8f
         mv      s3, a0
@@ -131,7 +132,8 @@ create_process:
         j       5b
 
         # The top stack page, with the argument text at the very top: sp = a0 = the text.
-7:      call    alloc_frame
+7:      li      a0, CLASS_ANON
+        call    alloc_frame
         beqz    a0, 8f
         mv      s3, a0
         lw      t0, SPEC_LEN(s1)
@@ -200,6 +202,7 @@ create_process:
         j       10f
 
 81:     mv      a0, s3                  # a frame that could not be mapped
+        li      a1, CLASS_ANON
         call    free_frame
 8:      lw      a0, P_ROOT(s0)          # out of memory: undo and report
         call    free_address_space
@@ -328,6 +331,26 @@ end_process:
         call    start_pending
         j       schedule
 
+# kput_table(s1 = (text, counter) pairs, ended by a zero text): each text, then the counter's
+# value when the counter is not 0; then a newline.
+kput_table:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+1:      lw      a0, 0(s1)
+        beqz    a0, 2f
+        call    kputs
+        lw      a0, 4(s1)
+        beqz    a0, 3f
+        lw      a0, 0(a0)
+        call    kput_dec
+3:      addi    s1, s1, 8
+        j       1b
+2:      la      a0, msg_newline
+        call    kputs
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
 # kput_process (s0 = process): prints "pid N (name)"
 kput_process:
         addi    sp, sp, -16
@@ -350,19 +373,14 @@ kput_process:
 # shutdown: every program has ended. Print the summary and power off.
 shutdown:
         la      sp, kstack_top
-        la      s1, summary_table       # (text, counter printed after it) pairs
-1:      lw      a0, 0(s1)
-        beqz    a0, 2f
-        call    kputs
-        lw      a0, 4(s1)
-        beqz    a0, 3f
-        lw      a0, 0(a0)
-        call    kput_dec
-3:      addi    s1, s1, 8
-        j       1b
-2:      la      a0, msg_newline
-        call    kputs
-        la      t0, stat_unexpected
+        la      s1, summary_table
+        call    kput_table
+        la      t0, stats_memory        # boot option stats=memory: the page classes too
+        lw      t0, 0(t0)
+        beqz    t0, 5f
+        la      s1, memory_table
+        call    kput_table
+5:      la      t0, stat_unexpected
         lw      t0, 0(t0)
         li      s0, EXIT_OK
         beqz    t0, 4f
@@ -398,6 +416,16 @@ msg_faults_n:       .asciz " page faults, "
 msg_peak_n:         .asciz " frames peak, "
 msg_inuse_n:        .asciz " frames in use"
 msg_poweroff:       .asciz "[kernel] power off, exit code "
+msg_memory:         .asciz "[kernel] memory: "
+msg_pages_n:        .asciz " pages, "
+msg_free_n:         .asciz " free, "
+msg_cache_n:        .asciz " cache, "
+msg_anon_n:         .asciz " anon, "
+msg_kernel_n:       .asciz " kernel, "
+msg_balloon_n:      .asciz " balloon, "
+msg_hits_n:         .asciz " cache hits, "
+msg_misses_n:       .asciz " cache misses, "
+msg_oom_kills_n:    .asciz " oom kills"
 
         .align  2
 current:            .word procs_end - PCB_BYTES   # so that the first pick is slot 0
@@ -414,6 +442,8 @@ stat_switches:      .word 0
 stat_preemptions:   .word 0
 stat_syscalls:      .word 0
 stat_page_faults:   .word 0
+stat_oom_kills:     .word 0
+stats_memory:       .word 0                     # boot option stats=memory
 
 summary_table:      .word msg_summary, stat_started, msg_started_n, stat_exited
                     .word msg_exited_n, stat_killed, msg_killed_n, stat_unexpected
@@ -421,6 +451,12 @@ summary_table:      .word msg_summary, stat_started, msg_started_n, stat_exited
                     .word msg_preempt_n, stat_syscalls, msg_syscalls_n, stat_page_faults
                     .word msg_faults_n, frames_peak, msg_peak_n, frames_in_use
                     .word msg_inuse_n, 0, 0, 0
+memory_table:       .word msg_memory, mem_total, msg_pages_n, mem_free
+                    .word msg_free_n, mem_cache, msg_cache_n, mem_anon
+                    .word msg_anon_n, mem_kernel, msg_kernel_n, mem_balloon
+                    .word msg_balloon_n, stat_cache_hits, msg_hits_n, stat_cache_misses
+                    .word msg_misses_n, stat_oom_kills, msg_oom_kills_n, 0
+                    .word 0, 0
 
         .bss
         .align  4

@@ -100,6 +100,10 @@ on_page_fault:
         beqz    a0, return_to_user
         li      t0, -2
         bne     a0, t0, kill_for_trap
+        la      t0, stat_oom_kills
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
         la      a0, msg_killed          # "[kernel] killed pid N (name): out of memory at VA, pc PC"
         call    kputs
         call    kput_process
