@@ -1,10 +1,11 @@
 /**
  * The standard machine: console, timer, power and boot arguments, attached in that order, and
- * optionally a block device (a disk) after them. The order fixes their device-table entries and
+ * optionally a block device (a disk) and a memory balloon after them. The order fixes their device-table entries and
  * window addresses (0xf0001000, 0xf0002000, …), which is part of the guest ABI (docs/run.md):
  * keep it stable and append new devices after these.
  */
 import type { Hypervisor, RunOptions, RunResult, Vm } from '../kernel/index.ts';
+import { attachBalloon, BalloonDevice, type BalloonOptions } from './balloon.ts';
 import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions } from './block.ts';
 import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
 import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
@@ -15,6 +16,11 @@ export {
   attachBlock, BLOCK_HOST_ERROR_LOG, BLOCK_MAX_COUNT, BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk,
 } from './block.ts';
 export type { BlockDiskOptions, BlockHostError, BlockState, BlockStats } from './block.ts';
+export {
+  attachBalloon, BALLOON_MAX_ENTRIES, BALLOON_MAX_STATS_INTERVAL_S, BalloonCommand, BalloonDevice, BalloonError, BalloonFeature, BalloonRegister, BalloonStatTag,
+  BalloonStatus,
+} from './balloon.ts';
+export type { BalloonCounters, BalloonGuestStats, BalloonOptions, BalloonState, BalloonStatsReport } from './balloon.ts';
 export { DeviceStateError } from './state.ts';
 export {
   BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,
@@ -48,6 +54,8 @@ export interface StandardDeviceOptions {
   bootArgs?: string;
   /** A disk for a block device, attached after the others: a raw image or an overlay (docs/block-device.md). */
   disk?: string | BlockDiskOptions;
+  /** A memory balloon (docs/balloon.md), attached after the block device. */
+  balloon?: BalloonOptions;
 }
 
 /** The devices attachStandardDevices attached (pass them to runWithResets; keep them for their stats). */
@@ -62,17 +70,21 @@ export interface StandardDevices {
   bootArgs: BootArgsDevice;
   /** The block device when `disk` was given, else null. */
   block: BlockDevice | null;
+  /** The balloon when `balloon` was given, else null. */
+  balloon: BalloonDevice | null;
   /** The capture sink when `output` was one, else null. */
   captured: CaptureSink | null;
 }
 
 /**
  * Attaches console, timer, power and boot arguments to vm, in that order, then the block device
- * when a disk is given. Validates the boot arguments and opens the disk first, so a BootArgsError
- * or DiskError leaves the VM without any of these devices.
+ * when a disk is given and the balloon when `balloon` is. Validates the boot arguments and the
+ * balloon's options and opens the disk first, so a BootArgsError, BalloonError or DiskError
+ * leaves the VM without any of these devices.
  */
 export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {}): StandardDevices {
   const bootArgsDevice = new BootArgsDevice(options.bootArgs ?? ''); // throws before anything is attached
+  if (options.balloon !== undefined) new BalloonDevice(vm, options.balloon); // so does this (it attaches nothing)
   const disk = options.disk === undefined ? null : openBlockDisk(options.disk);
   const consoleOptions: Parameters<typeof attachConsole>[1] = {};
   if (options.output !== undefined) consoleOptions.output = options.output;
@@ -86,7 +98,8 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const power = attachPower(vm);
   const bootArgs = attachBootArgs(vm, bootArgsDevice);
   const block = disk === null ? null : attachBlock(vm, disk);
-  return { console, timer, power, bootArgs, block, captured: options.output instanceof CaptureSink ? options.output : null };
+  const balloon = options.balloon === undefined ? null : attachBalloon(vm, options.balloon);
+  return { console, timer, power, bootArgs, block, balloon, captured: options.output instanceof CaptureSink ? options.output : null };
 }
 
 /** The outcome of runWithResets / runWithResetsAsync. */

@@ -268,7 +268,7 @@ export const DeviceType = {
   BOOTARGS: 4,
   /** Block device (devices/block.ts). */
   BLOCK: 5,
-  /** Reserved: memory balloon (a later issue). */
+  /** Memory balloon (devices/balloon.ts, docs/balloon.md). */
   BALLOON: 6,
   /** Reserved: memory information for the guest (a later issue). */
   MEMINFO: 7,

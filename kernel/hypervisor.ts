@@ -7,6 +7,7 @@ import { KernelError } from './errors.ts';
 import { DecodeCache } from './cpu/decode-cache.ts';
 import { PRECISE_WINDOW, SliceEnd } from './cpu/vcpu.ts';
 import { FramePool } from './memory/frame-pool.ts';
+import { GuestAccessError } from './memory/guest-memory.ts';
 import type { FramePoolStats, HostMemory } from './memory/frame-pool.ts';
 import { TlbArena } from './mmu/tlb.ts';
 import type { TlbArenaMemory } from './mmu/tlb.ts';
@@ -276,7 +277,9 @@ export class Hypervisor {
         const end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum + PRECISE_WINDOW);
         if (end === SliceEnd.VM_STOP) break;
       } catch (error) {
-        vm.hostError(error instanceof Error ? error.message : String(error), error);
+        // A page-table walk through a page the guest may not touch is the guest's fault.
+        if (error instanceof GuestAccessError) vm.guestError(vcpu, error.message);
+        else vm.hostError(error instanceof Error ? error.message : String(error), error);
         break;
       }
     }

@@ -19,7 +19,7 @@ export type { TraceHook, VcpuStats, VcpuState } from './cpu/vcpu.ts';
 export type { VcpuHost } from './cpu/vcpu-host.ts';
 export { FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';
 export type { HostMemory, FramePool, FramePoolStats } from './memory/frame-pool.ts';
-export { GuestMemory, PageState, PAGE_STATE_NAMES, MemoryAccess, REGION_PAGES, ReservedStateError } from './memory/guest-memory.ts';
+export { GuestAccessError, GuestMemory, PageState, PAGE_STATE_NAMES, MemoryAccess, REGION_PAGES, ReservedStateError } from './memory/guest-memory.ts';
 export type {
   PageStateId, MemoryAccessKind, AbsentResolver, ProtectionResolver, EpochWriteHook, ForkHook, GuestMemoryHost, GuestMemoryOptions,
   PageCensus, MemoryExitCounts,

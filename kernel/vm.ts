@@ -19,7 +19,7 @@ import { ExitRouter } from './exits.ts';
 import type { HypercallHandler } from './exits.ts';
 import type { FramePool } from './memory/frame-pool.ts';
 import type { ZeroedArena } from './memory/zeroed-arena.ts';
-import { GuestMemory, ReservedStateError } from './memory/guest-memory.ts';
+import { GuestAccessError, GuestMemory, ReservedStateError } from './memory/guest-memory.ts';
 import type { GuestMemoryHost, LargePagePolicy } from './memory/guest-memory.ts';
 import type { Gpa, Gva } from './memory/addresses.ts';
 import { checkDeviceLayout, MmioBus, parseDeviceLayout } from './mmio.ts';
@@ -423,6 +423,10 @@ export class Vm implements VcpuHost {
         hostOffset = this.memory.hostOffsetForRead(gpa);
       } catch (error) {
         if (error instanceof ReservedStateError) return null;
+        if (error instanceof GuestAccessError) {
+          this.guestError(vcpu, error.message); // the guest named a page it may not touch
+          return null;
+        }
         throw error;
       }
       if (hostOffset < 0) return null;
@@ -455,6 +459,11 @@ export class Vm implements VcpuHost {
     try {
       frame = this.memory.resolveFrame(Math.floor(gpa / PAGE_SIZE), access);
     } catch (error) {
+      if (error instanceof GuestAccessError) {
+        // The resolver says the guest may not touch this page (GuestAccessError): its fault.
+        this.guestError(vcpu, error.message);
+        return -1;
+      }
       if (!(error instanceof ReservedStateError)) throw error;
       // A state or flag nobody resolves yet: the host is not set up for it. Stop, naming it.
       this.hostError(error.message, error);

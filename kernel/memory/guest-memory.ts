@@ -145,6 +145,20 @@ const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 export class ReservedStateError extends KernelError {}
 
 /**
+ * Thrown by an AbsentResolver to refuse an access as the guest's own fault (a page the guest
+ * gave away and may not touch, such as one in its balloon). A vCPU's load, store, fetch or
+ * page-table walk then stops the VM with a guest error carrying this message (Vm.guestError);
+ * Vm.readVirtual stops it the same way and returns null. Host code that reads or writes the
+ * page (readPhysical, writePhysical, pageBytes: a device's DMA) gets this error, whose code is
+ * BV_BAD_GPA like any guest-physical address the guest cannot use.
+ */
+export class GuestAccessError extends KernelError {
+  constructor(message: string) {
+    super('BV_BAD_GPA', message);
+  }
+}
+
+/**
  * One VM's guest-physical memory (Vm.memory): the page-granular API that services and devices
  * use to read, write, install, release, share, protect and move guest pages, to iterate them by
  * state, and to register resolvers for absent states and protection flags.
@@ -517,6 +531,12 @@ export class GuestMemory {
     this.checkGpn(gpn);
     this.checkAbsentState(state);
     if (!Number.isInteger(payload) || payload < 0 || payload > P2M_MAX_PAYLOAD) throw new KernelError('BV_BAD_P2M', `${this.name}: payload ${payload} does not fit a P2M entry`);
+    // In a write epoch (a live snapshot), a release to a state that keeps no contents destroys
+    // them as a write would: the epoch hook gets them first. Swapped, lazy… pages keep them.
+    if (this.epochHook !== null && (state === AbsentState.UNTOUCHED || state === AbsentState.BALLOONED || state === AbsentState.POISONED)) {
+      const entry = this.viewEntry(gpn);
+      if (entry > 0) this.claimForWrite(gpn, entry & P2M_FRAME_MASK);
+    }
     this.setEntry(gpn, P2mEntry.absent(state, payload));
     this.contentsReplaced(gpn);
   }

@@ -52,7 +52,7 @@ export const AbsentState = {
   LAZY: 1,
   /** Swapped out by the hypervisor (payload: swap slot). */
   SWAPPED: 2,
-  /** Reserved: reclaimed by the balloon (T-5, issue 10). */
+  /** In the guest's balloon (T-5): no frame, no contents. The balloon device (devices/balloon.ts) resolves an access as a guest error; a VM without one has no resolver. */
   BALLOONED: 3,
   /** Reserved: held in a content-sharing store (payload: share id; issue 10). */
   SHARED: 4,

@@ -84,12 +84,14 @@ export function saveVmCheckpoint(vm: Vm, path: string, options: VmSaveOptions = 
 
 /**
  * The current bytes of guest page `gpn` (a view into host memory, valid until the page
- * changes), or null for an untouched page. Other absent states are resolved by their resolvers.
+ * changes), or null for an untouched or ballooned page. Other absent states are resolved by
+ * their resolvers.
  */
 export function currentPage(vm: Vm, gpn: number): Uint8Array | null {
   const memory = vm.memory;
   const state = memory.stateOf(gpn); // a region a lazy restore deferred is filled in first
-  if (state === PageState.UNTOUCHED) return null;
+  // A ballooned page holds nothing: the balloon's own state lists it and puts it back on restore.
+  if (state === PageState.UNTOUCHED || state === PageState.BALLOONED) return null;
   if (state === PageState.PRESENT) return memory.presentPageBytes(gpn);
   const described = memory.describe(gpn);
   try {
