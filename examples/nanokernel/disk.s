@@ -5,7 +5,8 @@
 # anything, and the disk system calls return -ENODEV. Every transfer is one 512-byte sector
 # through a kernel bounce buffer: the device DMAs to or from the buffer's physical address (the
 # kernel maps RAM 1:1), and the kernel copies between the buffer and the user's buffer with
-# status.SUM set, after checking the user's pages as `write` does.
+# status.SUM set, after checking the user's pages as `write` does. Reads go through the page
+# cache (cache.s); writes go to the disk at once and update a cached block.
 
         .equ    BLK_SECTOR_LOW, 0               # block device registers
         .equ    BLK_SECTOR_HIGH, 4
@@ -72,14 +73,17 @@ disk_probe:
 # disk_command(a0 = sector, a1 = command) -> a0 = 0, -EINVAL (sector out of range) or -EIO.
 # One sector between the device and disk_bounce.
 disk_command:
+        li      a2, 1
+        la      a3, disk_bounce         # its physical address: the kernel maps RAM 1:1
+# disk_transfer(a0 = first sector, a1 = command, a2 = sectors, a3 = physical address) -> a0 = 0,
+# -EINVAL or -EIO. Clobbers t0-t2.
+disk_transfer:
         la      t0, disk_base
         lw      t0, 0(t0)
         sw      a0, BLK_SECTOR_LOW(t0)
         sw      zero, BLK_SECTOR_HIGH(t0)
-        li      t1, 1
-        sw      t1, BLK_COUNT(t0)
-        la      t1, disk_bounce         # its physical address: the kernel maps RAM 1:1
-        sw      t1, BLK_DMA_ADDRESS(t0)
+        sw      a2, BLK_COUNT(t0)
+        sw      a3, BLK_DMA_ADDRESS(t0)
         sw      a1, BLK_COMMAND(t0)     # the device completes the command before this returns
         lw      t1, BLK_STATUS(t0)
         li      a0, 0
@@ -147,16 +151,16 @@ sys_disk_info:
         lw      a0, 0(t0)
         j       syscall_return
 
-# disk_read(sector, buf) -> 0 or -errno: the sector's 512 bytes into the user's buffer
+# disk_read(sector, buf) -> 0 or -errno: the sector's 512 bytes into the user's buffer, through
+# the page cache (cache.s)
 sys_disk_read:
         li      a2, PTE_U | PTE_R | PTE_W
         call    disk_check_request
         bnez    a0, syscall_return
         lw      a0, P_A0(s0)
-        li      a1, BLK_READ
-        call    disk_command
-        bnez    a0, syscall_return
-        la      t0, disk_bounce
+        call    cache_read_sector
+        bltz    a0, syscall_return
+        mv      t0, a0
         lw      t1, P_A1(s0)
         li      t2, STATUS_SUM
         csrs    status, t2
@@ -181,6 +185,11 @@ sys_disk_write:
         lw      a0, P_A0(s0)
         li      a1, BLK_WRITE
         call    disk_command
+        bnez    a0, syscall_return
+        lw      a0, P_A0(s0)            # write-through: a cached block gets the same bytes
+        la      a1, disk_bounce
+        call    cache_update_sector
+        li      a0, 0
         j       syscall_return
 
 # disk_flush() -> 0 or -errno: every write so far is on stable storage
