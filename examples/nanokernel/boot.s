@@ -16,6 +16,8 @@ _start:
         call    print_banner
         mv      a0, s0
         call    disk_probe              # the disk is optional (disk.s)
+        mv      a0, s0
+        call    balloon_probe           # so is the balloon (balloon.s)
         call    parse_bootargs
         beqz    a0, 1f
         li      a0, EXIT_BAD_BOOTARGS

@@ -139,14 +139,15 @@ sys_read:
 9:      li      a0, EFAULT
         j       syscall_return
 
-# other_process_ready (s0 = process) -> a0 = 1 when another process is runnable and not waiting
-# for console input, else 0. Clobbers t0, t1.
+# other_process_ready (s0 = process) -> a0 = 1 when another process is runnable (not asleep) and
+# not waiting for console input, else 0. Clobbers t0, t1.
 other_process_ready:
         la      t0, procs
         la      t1, procs_end
 1:      beq     t0, s0, 2f
         lw      a0, P_STATE(t0)
-        beqz    a0, 2f
+        addi    a0, a0, -PS_RUNNABLE
+        bnez    a0, 2f
         lw      a0, P_WAITING(t0)
         beqz    a0, 3f
 2:      addi    t0, t0, PCB_BYTES

@@ -77,6 +77,7 @@
         .equ    SYS_DISK_WRITE, 8               # disk_write(sector, buf) -> 0 | -errno
         .equ    SYS_DISK_FLUSH, 9               # disk_flush() -> 0 | -errno
         .equ    SYS_READ, 10                    # read(fd 0, buf, len) -> bytes read, 0 at the end of input | -errno
+        .equ    SYS_SLEEP, 11                   # sleep(time units) -> 0, once at least that much virtual time passed
         .equ    EIO, -5
         .equ    EBADF, -9
         .equ    ENOMEM, -12

@@ -30,10 +30,13 @@
         .equ    P_PROG, 88              # program table entry
         .equ    P_ASID_USED, 92         # this slot's ASID has run before: flush it on reuse
         .equ    P_WAITING, 96           # 1 while its read waits for console input (console.s)
+        .equ    P_WAKE_LO, 100          # PS_SLEEPING: the virtual time it wakes at (64 bits)
+        .equ    P_WAKE_HI, 104
         .equ    PCB_BYTES, 128
         .equ    MAX_PROCS, 8
         .equ    PS_FREE, 0
         .equ    PS_RUNNABLE, 1
+        .equ    PS_SLEEPING, 2          # in sleep: not scheduled before TIME reaches its wake time
 
         # Program table entries: name, entry offset in the user image, flags.
         .equ    PROG_NAME, 0
@@ -268,9 +271,15 @@ start_pending:
         ret
 
 # schedule: picks the next runnable process after the current one (round-robin; the current one
-# last), gives it a fresh time slice and returns to it. With no process left: shutdown.
+# last), gives it a fresh time slice and returns to it. Sleepers whose time has come are runnable
+# again first. With none runnable but some asleep: the kernel idles (kernel_idle). With no
+# process left: shutdown.
 schedule:
-        la      t0, current
+        la      t0, sleeping_procs
+        lw      t0, 0(t0)
+        beqz    t0, 5f
+        call    wake_sleepers
+5:      la      t0, current
         lw      t1, 0(t0)
         li      t2, MAX_PROCS
         la      t3, procs_end
@@ -278,9 +287,13 @@ schedule:
         bltu    t1, t3, 2f
         la      t1, procs
 2:      lw      a0, P_STATE(t1)
-        bnez    a0, 3f
+        li      a1, PS_RUNNABLE
+        beq     a0, a1, 3f
         addi    t2, t2, -1
         bnez    t2, 1b
+        la      t0, sleeping_procs
+        lw      t0, 0(t0)
+        bnez    t0, kernel_idle
         j       shutdown
 3:      lw      a1, 0(t0)
         beq     a1, t1, 4f
@@ -308,6 +321,8 @@ arm_timer:
         add     t2, t0, t3
         sltu    t3, t2, t0              # carry into the high word
         add     t1, t1, t3
+# arm_timer_at(t2 = low, t1 = high word of a time): TIMECMP = that time. Clobbers t0, t3.
+arm_timer_at:
         la      t0, timer_base
         lw      t0, 0(t0)
         li      t3, -1
@@ -316,6 +331,108 @@ arm_timer:
         sw      t1, TIMER_CMP_HI(t0)
         ret
 
+# sleep(time units) -> 0: the process is not scheduled again before TIME has grown by at least
+# that much (it wakes at a scheduling point: the end of another process's slice, or the kernel's
+# idle wait). 0xffffffff sleeps forever.
+sys_sleep:
+        sw      zero, P_A0(s0)
+1:      csrr    t1, timeh
+        csrr    t0, time
+        csrr    t2, timeh
+        bne     t1, t2, 1b
+        add     t2, t0, a0
+        sltu    t3, t2, t0
+        add     t1, t1, t3
+        sw      t2, P_WAKE_LO(s0)
+        sw      t1, P_WAKE_HI(s0)
+        li      t0, -1                  # 0xffffffff: forever
+        bne     a0, t0, 2f
+        sw      t0, P_WAKE_LO(s0)
+        sw      t0, P_WAKE_HI(s0)
+2:      li      t0, PS_SLEEPING
+        sw      t0, P_STATE(s0)
+        la      t0, sleeping_procs
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        j       schedule
+
+# wake_sleepers(): every sleeper whose wake time has come becomes runnable; next_wake gets the
+# earliest wake time of those still asleep (all ones when none is). Clobbers t0-t3, a0-a3.
+wake_sleepers:
+1:      csrr    a1, timeh               # a1:a0 = now
+        csrr    a0, time
+        csrr    t0, timeh
+        bne     a1, t0, 1b
+        li      a2, -1                  # a3:a2 = the earliest wake time left
+        li      a3, -1
+        la      t0, procs
+2:      lw      t1, P_STATE(t0)
+        li      t2, PS_SLEEPING
+        bne     t1, t2, 5f
+        lw      t1, P_WAKE_HI(t0)
+        lw      t2, P_WAKE_LO(t0)
+        bltu    t1, a1, 3f              # wake <= now: runnable again
+        bne     t1, a1, 4f
+        bgeu    a0, t2, 3f
+4:      bltu    t1, a3, 41f             # still asleep: the earliest?
+        bne     t1, a3, 5f
+        bgeu    t2, a2, 5f
+41:     mv      a3, t1
+        mv      a2, t2
+        j       5f
+3:      li      t1, PS_RUNNABLE
+        sw      t1, P_STATE(t0)
+        la      t1, sleeping_procs
+        lw      t2, 0(t1)
+        addi    t2, t2, -1
+        sw      t2, 0(t1)
+5:      addi    t0, t0, PCB_BYTES
+        la      t1, procs_end
+        bltu    t0, t1, 2b
+        la      t0, next_wake
+        sw      a2, 0(t0)
+        sw      a3, 4(t0)
+        ret
+
+# kernel_idle: every live process sleeps. The kernel waits in wfi (SIE stays 0: no trap is
+# taken, and the wait takes no instructions: virtual time jumps to the deadline, SPEC §8.4)
+# until the earliest wake time, or one time slice when a balloon wants ticks; then it does the
+# balloon's tick (with the idle rate: nobody waits for the CPU) and schedules again. When every
+# process sleeps forever and there is no balloon, TIMECMP is "never" and the wait never ends:
+# the hypervisor sees an idle VM.
+kernel_idle:
+        la      sp, kstack_top
+        la      t0, next_wake
+        lw      t2, 0(t0)
+        lw      t1, 4(t0)
+        la      t0, balloon_base
+        lw      t0, 0(t0)
+        beqz    t0, 2f
+        la      t3, time_slice          # a balloon: at least one tick per time slice
+        lw      t3, 0(t3)
+1:      csrr    a1, timeh
+        csrr    a0, time
+        csrr    t0, timeh
+        bne     a1, t0, 1b
+        add     a2, a0, t3              # a3:a2 = now + slice
+        sltu    t0, a2, a0
+        add     a3, a1, t0
+        bltu    a3, t1, 11f             # the earlier of the two
+        bne     a3, t1, 2f
+        bgeu    a2, t2, 2f
+11:     mv      t1, a3
+        mv      t2, a2
+2:      call    arm_timer_at
+        wfi                             # ie = TIMER only (the kernel's setting while it runs)
+        la      t0, stat_idle_waits
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        li      a0, BALLOON_IDLE_RATE
+        call    balloon_tick
+        j       schedule
+
 # end_process (s0 = the process, already reported): frees it, starts queued programs, schedules.
 end_process:
         la      t0, kernel_ptbr         # leave its page tables before freeing them
@@ -323,6 +440,7 @@ end_process:
         csrw    ptbr, t0
         lw      a0, P_ROOT(s0)
         call    free_address_space
+        call    report_free_pages       # free-page reporting (balloon.s)
         sw      zero, P_STATE(s0)
         la      t0, live_procs
         lw      t1, 0(t0)
@@ -431,6 +549,9 @@ msg_oom_kills_n:    .asciz " oom kills"
 current:            .word procs_end - PCB_BYTES   # so that the first pick is slot 0
 next_pid:           .word 1
 live_procs:         .word 0
+sleeping_procs:     .word 0
+stat_idle_waits:    .word 0                     # wfi in kernel_idle
+next_wake:          .word -1, -1                # earliest wake time of a sleeper (wake_sleepers)
 next_spec:          .word 0
 spec_count:         .word 0
 time_slice:         .word DEFAULT_TIME_SLICE

@@ -81,6 +81,8 @@ on_timer:
         lw      t1, 0(t0)
         addi    t1, t1, 1
         sw      t1, 0(t0)
+        li      a0, BALLOON_RATE
+        call    balloon_tick            # the balloon driver's poll (balloon.s)
         j       schedule
 
 # A load or store page fault from user mode: a heap or stack page not mapped yet gets a zeroed
@@ -200,6 +202,8 @@ on_syscall:
         beq     t0, t1, sys_disk_flush
         li      t1, SYS_READ            # console input (console.s)
         beq     t0, t1, sys_read
+        li      t1, SYS_SLEEP           # (proc.s)
+        beq     t0, t1, sys_sleep
         li      a0, ENOSYS
 syscall_return:                         # a0 = the result
         sw      a0, P_A0(s0)
@@ -290,6 +294,7 @@ sys_sbrk:
         slli    a2, a2, PAGE_SHIFT
         mv      a0, s0
         call    unmap_user_range
+        call    report_free_pages       # free-page reporting (balloon.s)
 2:      sw      s2, P_BRK(s0)
         mv      a0, s1
         j       syscall_return
