@@ -270,7 +270,7 @@ export const DeviceType = {
   BLOCK: 5,
   /** Memory balloon (devices/balloon.ts, docs/balloon.md). */
   BALLOON: 6,
-  /** Reserved: memory information for the guest (a later issue). */
+  /** Memory condition for guest applications (devices/meminfo.ts, T-7). */
   MEMINFO: 7,
   /** Reserved: persistent memory (a later issue). */
   PMEM: 8,
