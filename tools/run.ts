@@ -768,7 +768,9 @@ async function runPlan(args: RunArguments, machine: Machine, signals: SignalStop
 async function runUnderApi(args: RunArguments, machine: Machine, signals: SignalStop): Promise<{ run: GuestRun; children: Machine[]; missedPoints: number }> {
   const { hv, vm, devices } = machine;
   const api = await ApiServer.listen(args.apiSock!, { log: (line) => process.stderr.write(`${line}\n`) });
-  const host = new Host(hv, { sliceInstructions: API_SLICE, quantum: API_QUANTUM, consoleBufferBytes: API_CONSOLE_BYTES });
+  // The pool is sized for the run's own VM (--host-mem): VMs made through the API share it as
+  // forks do, and running it dry is a host error as always.
+  const host = new Host(hv, { sliceInstructions: API_SLICE, quantum: API_QUANTUM, consoleBufferBytes: API_CONSOLE_BYTES, overcommit: true });
   try {
     hostRoutes(api, host);
     const start = vm.instructionsRetired;

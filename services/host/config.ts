@@ -29,6 +29,18 @@ export interface DiskSpec {
   overlayDir?: string;
 }
 
+/** A VM's memory balloon (`balloon` in the configuration, docs/balloon.md). */
+export interface BalloonSpec {
+  /** `amount_mib` (default 0): the balloon's target in MiB, at most the VM's memory_mib. */
+  amountMib: number;
+  /** `deflate_on_oom` (default false): the guest may deflate before it OOM-kills a process. */
+  deflateOnOom: boolean;
+  /** `stats_polling_interval_s` (default 0 = off): how often the host asks for the guest's statistics. */
+  statsPollingIntervalS: number;
+  /** `free_page_reporting` (default false): the guest may report free pages (fixed for the VM's life). */
+  freePageReporting: boolean;
+}
+
 /** One VM as the host runs it (parsed, defaults applied). */
 export interface VmSpec {
   /** `name`: 1 to 64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit (used in API paths and file names). */
@@ -55,6 +67,8 @@ export interface VmSpec {
   maxInstructions: number | null;
   /** `start_paused` (default false): the VM is created paused and runs when resumed. */
   startPaused: boolean;
+  /** `balloon`: a memory balloon; absent (or null in the file) for none. */
+  balloon?: BalloonSpec;
 }
 
 /** The host: pool, scheduling, API limits, and the VMs it boots. */
@@ -71,6 +85,12 @@ export interface HostSpec {
   maxBodyBytes: number;
   /** `api.request_timeout_ms` (default 10 s): a client must send its whole request within this. */
   requestTimeoutMs: number;
+  /**
+   * `overcommit` (default false): whether the VMs' memory may add up to more than the pool. Off,
+   * every VM's memory is reserved against the pool (config, create, restore, fork); on, each VM
+   * must only fit the pool alone, and the host reclaims memory when the pool runs short.
+   */
+  overcommit: boolean;
   /** `vms` (default []): the VMs the host boots, in order. */
   vms: VmSpec[];
 }
@@ -137,7 +157,22 @@ const VM_DEFAULTS = {
   console_input_eof: false,
   max_instructions: null,
   start_paused: false,
+  balloon: null,
 } as const;
+
+/** The defaults of the `balloon` keys. */
+const BALLOON_DEFAULTS = {
+  amount_mib: 0,
+  deflate_on_oom: false,
+  stats_polling_interval_s: 0,
+  free_page_reporting: false,
+} as const;
+
+/**
+ * The longest statistics polling interval, in seconds: a day, as the device takes it
+ * (BALLOON_MAX_STATS_INTERVAL_S; not imported, so that reading a configuration loads no kernel).
+ */
+export const MAX_STATS_INTERVAL_S = 86_400;
 
 /** The defaults of the host keys (the schema's `default`s and the parser's). */
 const HOST_DEFAULTS = {
@@ -198,6 +233,18 @@ const VM_BODY = {
       description: 'Stop the VM (exit reason "budget") after this many instructions.',
     },
     start_paused: { type: 'boolean', default: VM_DEFAULTS.start_paused, description: 'Create the VM paused.' },
+    balloon: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: {
+        amount_mib: integer(0, MAX_MEMORY_MIB, 'The balloon\'s target in MiB (at most the VM\'s memory_mib).', { default: BALLOON_DEFAULTS.amount_mib }),
+        deflate_on_oom: { type: 'boolean', default: BALLOON_DEFAULTS.deflate_on_oom, description: 'The guest may deflate the balloon before it OOM-kills a process.' },
+        stats_polling_interval_s: integer(0, MAX_STATS_INTERVAL_S, 'Seconds between requests for the guest\'s statistics; 0: no statistics.', { default: BALLOON_DEFAULTS.stats_polling_interval_s }),
+        free_page_reporting: { type: 'boolean', default: BALLOON_DEFAULTS.free_page_reporting, description: 'The guest may report free pages, whose frames the host releases.' },
+      },
+      default: VM_DEFAULTS.balloon,
+      description: 'A memory balloon (docs/balloon.md), or null for none.',
+    },
   },
 };
 
@@ -218,6 +265,7 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
     slice_instructions: integer(1000, 100_000_000, 'Instructions each running VM gets per round-robin turn.', { default: HOST_DEFAULTS.slice_instructions }),
     quantum: integer(100, 10_000_000, 'Instructions per vCPU slice inside a VM\'s turn.', { default: HOST_DEFAULTS.quantum }),
     console_buffer_kib: integer(1, 65536, 'Guest console output kept per VM, in KiB.', { default: HOST_DEFAULTS.console_buffer_kib }),
+    overcommit: { type: 'boolean', default: false, description: 'Let the VMs\' memory add up to more than the pool (each VM must still fit it alone).' },
     api: {
       type: 'object',
       additionalProperties: false,
@@ -254,6 +302,7 @@ interface VmJson {
   console_input_eof?: boolean;
   max_instructions?: number | null;
   start_paused?: boolean;
+  balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
 }
 
 /** The host file as it is after the schema check. */
@@ -262,6 +311,7 @@ interface HostJson {
   slice_instructions?: number;
   quantum?: number;
   console_buffer_kib?: number;
+  overcommit?: boolean;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
 }
@@ -301,6 +351,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     sliceInstructions: host.slice_instructions ?? HOST_DEFAULTS.slice_instructions,
     quantum: host.quantum ?? HOST_DEFAULTS.quantum,
     consoleBufferBytes: (host.console_buffer_kib ?? HOST_DEFAULTS.console_buffer_kib) * KIB,
+    overcommit: host.overcommit ?? false,
     maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
@@ -450,6 +501,10 @@ function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
       found.push({ segments: [...at, 'boot_args'], problem: 'cannot contain a NUL character' });
     }
   }
+  const balloon = vm.balloon;
+  if (isObject(balloon) && isInteger(balloon.amount_mib, 0, MAX_MEMORY_MIB) && isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB) && balloon.amount_mib > vm.memory_mib) {
+    found.push({ segments: [...at, 'balloon', 'amount_mib'], problem: `is ${balloon.amount_mib} MiB, more than the VM's memory_mib (${vm.memory_mib})` });
+  }
   const mmu = vm.mmu;
   if (isObject(mmu) && mmu.mode === 'nested') {
     for (const key of ['traces', 'batch']) {
@@ -480,9 +535,18 @@ function crossVmProblems(host: Record<string, unknown>, vms: unknown[]): Found[]
   });
   const given = host.host_memory_mib;
   const poolMib = given === undefined ? HOST_DEFAULTS.host_memory_mib : isInteger(given, 4, 4096) && given % 4 === 0 ? given : undefined;
-  if (memoryKnown && poolMib !== undefined && totalMib > poolMib) {
-    const pool = given === undefined ? `${poolMib} MiB, the default` : `${poolMib} MiB`;
-    found.push({ segments: ['vms'], problem: `the VMs' memory_mib add up to ${totalMib} MiB, more than host_memory_mib (${pool})` });
+  const pool = given === undefined ? `${poolMib} MiB, the default` : `${poolMib} MiB`;
+  if (host.overcommit === true) {
+    // Overcommitted: the sum may exceed the pool, but a VM larger than the pool can never fit.
+    if (poolMib !== undefined) {
+      vms.forEach((vm, index) => {
+        if (isObject(vm) && isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB) && vm.memory_mib > poolMib) {
+          found.push({ segments: ['vms', index, 'memory_mib'], problem: `${vm.memory_mib} MiB is more than host_memory_mib (${pool}): the VM can never fit the pool` });
+        }
+      });
+    }
+  } else if (memoryKnown && poolMib !== undefined && totalMib > poolMib) {
+    found.push({ segments: ['vms'], problem: `the VMs' memory_mib add up to ${totalMib} MiB, more than host_memory_mib (${pool}); set "overcommit": true to allow it` });
   }
   return found;
 }
@@ -671,7 +735,8 @@ function toVmSpec(vm: VmJson): VmSpec {
   if (vm.mmu?.traces !== undefined) mmu.traces = vm.mmu.traces;
   if (vm.mmu?.batch !== undefined) mmu.batch = vm.mmu.batch;
   const disk = vm.disk ?? VM_DEFAULTS.disk;
-  return {
+  const balloon = vm.balloon ?? VM_DEFAULTS.balloon;
+  const spec: VmSpec = {
     name: vm.name,
     image: vm.image,
     memoryBytes: vm.memory_mib * MIB,
@@ -685,4 +750,13 @@ function toVmSpec(vm: VmJson): VmSpec {
     maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,
     startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
   };
+  if (balloon !== null) {
+    spec.balloon = {
+      amountMib: balloon.amount_mib ?? BALLOON_DEFAULTS.amount_mib,
+      deflateOnOom: balloon.deflate_on_oom ?? BALLOON_DEFAULTS.deflate_on_oom,
+      statsPollingIntervalS: balloon.stats_polling_interval_s ?? BALLOON_DEFAULTS.stats_polling_interval_s,
+      freePageReporting: balloon.free_page_reporting ?? BALLOON_DEFAULTS.free_page_reporting,
+    };
+  }
+  return spec;
 }

@@ -15,14 +15,14 @@ import { BvError } from '../../guest-isa/errors.ts';
 import { loadGuestFile } from '../../guest-isa/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import {
-  attachStandardDevices, savedBlockDisk, savedBootArgs, type StandardDeviceOptions, type StandardDevices,
+  attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
   createHypervisor, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import type { HostSpec, VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 
@@ -187,6 +187,79 @@ export interface RestoreResult extends VmInfo {
   restore: RestoreFigures;
 }
 
+/** GET /vms/{name}/balloon: the balloon's settings, target and actual size (docs/balloon.md). */
+export interface BalloonInfo {
+  /** The target in whole MiB (target_pages / 256, rounded down). */
+  amount_mib: number;
+  /** The guest may deflate before it OOM-kills a process. */
+  deflate_on_oom: boolean;
+  /** Seconds between requests for statistics; 0: off. */
+  stats_polling_interval_s: number;
+  /** The guest may report free pages (fixed when the VM is created). */
+  free_page_reporting: boolean;
+  /** Pages the host wants in the balloon. */
+  target_pages: number;
+  /** Pages in it now. */
+  actual_pages: number;
+  /** target_pages in whole MiB. */
+  target_mib: number;
+  /** actual_pages in whole MiB. */
+  actual_mib: number;
+}
+
+/** A change of the balloon (PUT and PATCH /vms/{name}/balloon); a key left out keeps its value. */
+export interface BalloonUpdate {
+  /** The new target in MiB (at most the VM's memory). */
+  amount_mib?: number;
+  /** The new DEFLATE_ON_OOM feature. */
+  deflate_on_oom?: boolean;
+  /** The new polling interval: polling cannot be turned on or off, as in Firecracker. */
+  stats_polling_interval_s?: number;
+}
+
+/**
+ * GET /vms/{name}/balloon/statistics: Firecracker's fields (memory in bytes), each present once
+ * the guest has sent it, plus the nanokernel's class counts (anon, kernel, balloon).
+ */
+export interface BalloonStatistics {
+  /** Pages the host wants in the balloon. */
+  target_pages: number;
+  /** Pages in it now. */
+  actual_pages: number;
+  /** target_pages in whole MiB. */
+  target_mib: number;
+  /** actual_pages in whole MiB. */
+  actual_mib: number;
+  /** Bytes read back from the guest's swap. */
+  swap_in?: number;
+  /** Bytes written to it. */
+  swap_out?: number;
+  /** Major faults. */
+  major_faults?: number;
+  /** Minor faults. */
+  minor_faults?: number;
+  /** Free memory, bytes. */
+  free_memory?: number;
+  /** Total memory as the guest sees it, bytes. */
+  total_memory?: number;
+  /** Free plus droppable cache, bytes. */
+  available_memory?: number;
+  /** Page cache, bytes. */
+  disk_caches?: number;
+  /** OOM kills. */
+  oom_kill?: number;
+  /** Anonymous (process) memory, bytes. */
+  anon_memory?: number;
+  /** Kernel memory, bytes. */
+  kernel_memory?: number;
+  /** The balloon as the guest counts it, bytes. */
+  balloon_memory?: number;
+  /** STATS commands the guest has sent. */
+  updates: number;
+  /** Milliseconds since the last one, or null before any. */
+  age_ms: number | null;
+}
+
 /** The status classes of HostError (the HTTP status the API answers with). */
 export const HostStatus = {
   /** The request is malformed or names something unusable (a file, a value). */
@@ -223,6 +296,11 @@ export interface HostSettings {
   quantum: number;
   /** Console output kept per VM. */
   consoleBufferBytes: number;
+  /**
+   * Let the VMs' memory add up to more than the pool (default false: every VM's memory is
+   * reserved against the pool, and a VM that does not fit is refused with 507).
+   */
+  overcommit?: boolean;
 }
 
 /** Options of Host. */
@@ -272,6 +350,8 @@ class HostedVm {
   readonly stopWaiters: (() => void)[] = [];
   /** DELETE is refused: the VM's owner frees it (AdoptOptions.keep). */
   kept = false;
+  /** The balloon's statistics polling timer (unref'd), or null. */
+  statsTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     readonly name: string,
@@ -324,7 +404,7 @@ export class Host {
   static async start(spec: HostSpec, options: HostOptions = {}): Promise<Host> {
     const images = spec.vms.map((vm, index) => loadImage(vm.image, `vms[${index}].image`));
     const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
-    const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes }, options);
+    const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, options);
     try {
       for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
     } catch (error) {
@@ -374,7 +454,73 @@ export class Host {
 
   /** GET /vms/{name}/stats: every counter `tools/run --stats` prints. */
   vmStats(name: string): VmStats {
-    return vmStats(this.hv, this.get(name).vm);
+    const m = this.get(name);
+    return vmStats(this.hv, m.vm, { balloon: m.devices.balloon });
+  }
+
+  /** GET /vms/{name}/balloon. */
+  balloon(name: string): BalloonInfo {
+    const device = this.balloonOf(this.get(name));
+    return {
+      amount_mib: pagesToMib(device.target),
+      deflate_on_oom: device.deflateOnOom,
+      stats_polling_interval_s: device.statsPollingIntervalS,
+      free_page_reporting: device.freePageReporting,
+      target_pages: device.target,
+      actual_pages: device.actual,
+      target_mib: pagesToMib(device.target),
+      actual_mib: pagesToMib(device.actual),
+    };
+  }
+
+  /**
+   * PUT and PATCH /vms/{name}/balloon: a new target (at most the VM's memory), DEFLATE_ON_OOM,
+   * or polling interval; the driver sees them at its next look. 400 for a VM without a balloon.
+   */
+  setBalloon(name: string, update: BalloonUpdate): BalloonInfo {
+    const m = this.get(name);
+    const device = this.balloonOf(m);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'change the balloon of');
+    const memoryMib = m.vm.memoryBytes / MIB;
+    const { amount_mib: amount, deflate_on_oom: deflate, stats_polling_interval_s: interval } = update;
+    if (amount !== undefined && (!Number.isInteger(amount) || amount < 0 || amount > memoryMib)) {
+      throw new HostError(400, `amount_mib must be 0 to ${memoryMib} (the memory of VM '${name}'), got ${amount}`);
+    }
+    if (interval !== undefined) this.checkStatsInterval(m, device, interval);
+    if (amount !== undefined) device.setTarget(amount * (MIB / 4096));
+    if (deflate !== undefined) device.setDeflateOnOom(deflate);
+    if (interval !== undefined && interval !== device.statsPollingIntervalS) {
+      device.setStatsPollingInterval(interval);
+      this.startStatsPolling(m);
+    }
+    this.log(`vm ${name}: balloon target ${device.target} pages${deflate === undefined ? '' : `, deflate_on_oom ${deflate}`}${interval === undefined ? '' : `, statistics every ${interval} s`}`);
+    return this.balloon(name);
+  }
+
+  /** GET /vms/{name}/balloon/statistics: 400 while statistics polling is off (as Firecracker). */
+  balloonStatistics(name: string): BalloonStatistics {
+    const device = this.balloonOf(this.get(name));
+    if (device.statsPollingIntervalS === 0) {
+      throw new HostError(400, `VM '${name}' has statistics polling off: set balloon.stats_polling_interval_s when creating the VM`);
+    }
+    const answer: BalloonStatistics = {
+      target_pages: device.target,
+      actual_pages: device.actual,
+      target_mib: pagesToMib(device.target),
+      actual_mib: pagesToMib(device.actual),
+      updates: device.lastStats?.updates ?? 0,
+      age_ms: device.lastStats === null ? null : Math.round(performance.now() - device.lastStats.atMs),
+    };
+    const v = device.lastStats?.values ?? {};
+    const bytes = (pages: number | undefined): number | undefined => (pages === undefined ? undefined : pages * 4096);
+    const fields: [keyof BalloonStatistics, number | undefined][] = [
+      ['swap_in', bytes(v.swapIn)], ['swap_out', bytes(v.swapOut)], ['major_faults', v.majorFaults], ['minor_faults', v.minorFaults],
+      ['free_memory', bytes(v.freePages)], ['total_memory', bytes(v.totalPages)], ['available_memory', bytes(v.availablePages)],
+      ['disk_caches', bytes(v.cachePages)], ['oom_kill', v.oomKills], ['anon_memory', bytes(v.anonPages)], ['kernel_memory', bytes(v.kernelPages)],
+      ['balloon_memory', bytes(v.balloonPages)],
+    ];
+    for (const [key, value] of fields) if (value !== undefined) (answer as unknown as Record<string, number>)[key] = value;
+    return answer;
   }
 
   /** GET /host/stats. */
@@ -503,10 +649,13 @@ export class Host {
       ...(name === undefined ? {} : { name }),
       attach: (vm, saved) => {
         if (name === undefined) this.checkNewName(vm.name);
+        this.checkFits(vm.config.memoryBytes, `restore of ${path}`, vm);
         log = new ConsoleLog(this.settings.consoleBufferBytes);
         const block = saved.components['block']?.state;
         disk = block === undefined ? null : savedBlockDisk(block);
-        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null));
+        // A saved balloon gets a device; its state (target, settings, pages) is restored into it.
+        const balloon = saved.components['balloon'] === undefined ? null : {};
+        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon));
       },
     }), `restore of ${path}`);
     const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
@@ -520,10 +669,11 @@ export class Host {
     if (parent.state === 'Stopped') throw this.stoppedError(parent, 'fork');
     if (parent.live) throw new HostError(409, `VM '${parentName}' has a snapshot in progress: fork it when the snapshot is complete`);
     this.checkNewName(childName);
+    this.checkFits(parent.vm.config.memoryBytes, `fork '${childName}'`);
     const log = new ConsoleLog(this.settings.consoleBufferBytes);
     const { vm, devices } = guard(() => this.hv.forkVmWith(parent.vm, {
       name: childName,
-      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null)),
+      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {})),
     }), `fork of '${parentName}'`);
     const m = new HostedVm(childName, vm, devices, log, { kind: 'fork', parent: parentName }, parent.disk, null, paused, null);
     this.add(m);
@@ -563,12 +713,60 @@ export class Host {
     if (this.machines.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
   }
 
+  /** The VM's balloon, or a 400 saying to configure one (a balloon is attached only when a VM is created, as in Firecracker). */
+  private balloonOf(m: HostedVm): BalloonDevice {
+    if (m.devices.balloon === null) throw new HostError(400, `VM '${m.name}' has no balloon: configure \`balloon\` when creating the VM`);
+    return m.devices.balloon;
+  }
+
+  /** Polling is turned on or off only when the VM is created (Firecracker's rule); its interval may change. */
+  private checkStatsInterval(m: HostedVm, device: BalloonDevice, interval: number): void {
+    if (!Number.isInteger(interval) || interval < 0 || interval > MAX_STATS_INTERVAL_S) {
+      throw new HostError(400, `stats_polling_interval_s must be a whole number of seconds from 0 to ${MAX_STATS_INTERVAL_S}, got ${interval}`);
+    }
+    if ((interval === 0) !== (device.statsPollingIntervalS === 0)) {
+      throw new HostError(400, `statistics polling of VM '${m.name}' is ${device.statsPollingIntervalS === 0 ? 'off' : 'on'}: it is turned on or off only when the VM is created (its interval can change)`);
+    }
+  }
+
+  /** (Re)starts the balloon's statistics timer: it asks the guest for statistics every interval. */
+  private startStatsPolling(m: HostedVm): void {
+    this.stopStatsPolling(m);
+    const device = m.devices.balloon;
+    if (device === null || device.statsPollingIntervalS === 0 || m.state === 'Stopped') return;
+    device.requestStats(); // the first figures come at the driver's next look
+    m.statsTimer = setInterval(() => device.requestStats(), device.statsPollingIntervalS * 1000);
+    m.statsTimer.unref();
+  }
+
+  private stopStatsPolling(m: HostedVm): void {
+    if (m.statsTimer !== null) clearInterval(m.statsTimer);
+    m.statsTimer = null;
+  }
+
+  /**
+   * Refuses (507) a VM of `bytes` that cannot fit the pool: ever (larger than the pool), or, when
+   * the host does not overcommit, beside the memory the other VMs reserve. `except` is a VM being
+   * created that already counts among the hypervisor's.
+   */
+  private checkFits(bytes: number, what: string, except?: Vm): void {
+    const pool = this.hv.poolStats().totalFrames * 4096;
+    if (bytes > pool) throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory can never fit the host pool of ${pool / MIB} MiB`);
+    if (this.settings.overcommit) return;
+    let reserved = 0;
+    for (const vm of this.hv.vms) if (vm !== except) reserved += vm.config.memoryBytes;
+    if (reserved + bytes > pool) {
+      throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory does not fit the host pool of ${pool / MIB} MiB beside the ${reserved / MIB} MiB the other VMs have (the host does not overcommit; see overcommit in docs/host.md)`);
+    }
+  }
+
   private stoppedError(m: HostedVm, what: string): HostError {
     return new HostError(409, `cannot ${what} VM '${m.name}': it has stopped (${describeExit(m.exit!)})`);
   }
 
-  private deviceOptions(log: ConsoleLog, bootArgs: string, disk: string | null, input: string | null, closeInput = false): StandardDeviceOptions {
+  private deviceOptions(log: ConsoleLog, bootArgs: string, disk: string | null, input: string | null, closeInput = false, balloon: BalloonOptions | null = null): StandardDeviceOptions {
     const options: StandardDeviceOptions = { output: log, bootArgs, hypervisor: this.hv };
+    if (balloon !== null) options.balloon = balloon;
     if (input !== null) options.input = input;
     if (closeInput) options.closeInput = true;
     else options.hostInput = true;
@@ -579,11 +777,12 @@ export class Host {
   /** Creates a VM from a checked spec and a loaded image; `where` prefixes configuration errors. */
   private boot(spec: VmSpec, image: GuestImage, where: string): HostedVm {
     this.checkNewName(spec.name);
+    this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
     const vm = guard(() => this.hv.createVm({ name: spec.name, memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, mmu: spec.mmu, largePages: spec.largePages }), `VM '${spec.name}'`);
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
       const devices = guard(
-        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof)),
+        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec))),
         where === '' ? `VM '${spec.name}'` : where,
       );
       guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);
@@ -598,11 +797,13 @@ export class Host {
 
   private add(m: HostedVm): void {
     this.machines.set(m.name, m);
+    this.startStatsPolling(m);
     this.log(`vm ${m.name}: created (${m.state.toLowerCase()}, ${m.vm.memory.pageCount * 4} KiB, ${m.vm.vcpus.length} vCPU${m.vm.vcpus.length === 1 ? '' : 's'})`);
     this.kick();
   }
 
   private dispose(m: HostedVm, why: string): void {
+    this.stopStatsPolling(m);
     if (m.live) {
       m.live.snapshot.abort();
       m.live.done(new HostError(409, `the snapshot ${m.live.snapshot.path} was abandoned: ${why}`));
@@ -733,6 +934,7 @@ export class Host {
   }
 
   private stop(m: HostedVm, exit: VmExit): void {
+    this.stopStatsPolling(m);
     m.devices.console.flush();
     m.state = 'Stopped';
     m.exit = exit;
@@ -759,6 +961,20 @@ export class Host {
       live.done(new HostError(500, `live snapshot of '${m.name}' failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error }));
     }
   }
+}
+
+const MIB = 1024 * 1024;
+
+/** Pages in whole MiB, rounded down (Firecracker's *_mib figures). */
+function pagesToMib(pages: number): number {
+  return Math.floor(pages / (MIB / 4096));
+}
+
+/** The device options of a VM spec's balloon, or null without one. */
+function balloonOptions(spec: VmSpec): BalloonOptions | null {
+  if (spec.balloon === undefined) return null;
+  const { amountMib, deflateOnOom, freePageReporting, statsPollingIntervalS } = spec.balloon;
+  return { targetPages: amountMib * (MIB / 4096), deflateOnOom, freePageReporting, statsPollingIntervalS };
 }
 
 /** The image of a VM spec, or a 400 naming the field. */

@@ -59,6 +59,7 @@ describe('accepted configurations', () => {
       consoleBufferBytes: 1024 * 1024,
       maxBodyBytes: 64 * 1024,
       requestTimeoutMs: 10_000,
+      overcommit: false,
       vms: [{
         name: 'a',
         image: 'examples/nanokernel/kernel.s',
@@ -288,7 +289,14 @@ describe('semantic checks', () => {
   it("refuses VMs whose memory adds up to more than the pool, the default pool included", () => {
     expectRefused({ vms: [vm({ name: 'a', memory_mib: 1000 }), vm({ name: 'b', memory_mib: 25 })] }, 'vms',
       /memory_mib add up to 1025 MiB, more than host_memory_mib \(1024 MiB, the default\)/);
-    expectRefused({ host_memory_mib: 64, vms: [vm({ memory_mib: 68 })] }, 'vms', /add up to 68 MiB, more than host_memory_mib \(64 MiB\)$/);
+    expectRefused({ host_memory_mib: 64, vms: [vm({ memory_mib: 68 })] }, 'vms', /add up to 68 MiB, more than host_memory_mib \(64 MiB\); set "overcommit": true to allow it$/);
+  });
+
+  it('with overcommit, lets the sum exceed the pool but not one VM', () => {
+    const spec = parseHostConfig({ host_memory_mib: 64, overcommit: true, vms: [vm({ name: 'a', memory_mib: 48 }), vm({ name: 'b', memory_mib: 48 })] });
+    expect(spec.overcommit).toBe(true);
+    expect(spec.vms.map((v) => v.memoryBytes)).toEqual([48 * MIB, 48 * MIB]);
+    expectRefused({ host_memory_mib: 64, overcommit: true, vms: [vm({ memory_mib: 68 })] }, 'vms[0].memory_mib', /68 MiB is more than host_memory_mib \(64 MiB\): the VM can never fit the pool/);
   });
 
   it.each([

@@ -106,7 +106,8 @@ describe('the control API over a Unix socket', () => {
     const created = await call<VmInfo>('PUT', '/vms/worker', { image: KERNEL, memory_mib: 96, boot_args: 'walker 48M seq 0' });
     expect(created.status).toBe(201);
     expect(created.body).toMatchObject({ name: 'worker', state: 'Running', config: { memory_mib: 96 } });
-    await until('the walker to touch its memory', async () => ((await call<HostInfo>('GET', '/host')).body.frames_used > 12_000 ? true : undefined));
+    // Its own pages, not the host's total (the other VMs hold frames too).
+    await until('the walker to touch its memory', async () => ((await call<{ memory: { pages_present: number } }>('GET', '/vms/worker/stats')).body.memory.pages_present > 12_300 ? true : undefined));
 
     const paused = await call<VmInfo>('PATCH', '/vms/worker', { state: 'Paused' });
     expect(paused.body.state).toBe('Paused');
@@ -189,6 +190,8 @@ describe('the control API over a Unix socket', () => {
       ['PUT', '/vms/spin', { image: KERNEL, memory_mib: 16 }, 409, /exists/],
       ['PUT', '/vms/restore', { path: join(dir, 'missing.ckpt'), name: 'x' }, 400, /missing\.ckpt/],
       ['PUT', '/vms/bad', { image: KERNEL, memory_mib: 0 }, 400, /memory_mib/],
+      ['PUT', '/vms/bad', { image: KERNEL, memory_mib: 2000 }, 507, /can never fit the host pool of 1024 MiB/],
+      ['PUT', '/vms/bad', { image: KERNEL, memory_mib: 1000 }, 507, /does not fit the host pool of 1024 MiB beside the \d+ MiB the other VMs have/],
       ['PUT', '/vms/bad', { image: join(dir, 'nothing.s'), memory_mib: 16 }, 400, /nothing\.s/],
       ['PUT', '/vms/spin/fork', { name: 'spin' }, 409, /exists/],
       ['GET', '/vms/spin/console?offset=-1', undefined, 400, /offset/],
