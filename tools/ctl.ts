@@ -17,7 +17,7 @@ import { resolve } from 'node:path';
 import { BvError } from '../guest-isa/errors.ts';
 import { apiRequest, type ApiAnswer } from '../services/host/client.ts';
 import type { ConsoleSlice } from '../services/host/console-log.ts';
-import type { HostInfo, RestoreResult, SnapshotResult, VmExit, VmInfo } from '../services/host/host.ts';
+import type { BalloonInfo, BalloonStatistics, HostInfo, RestoreResult, SnapshotResult, VmExit, VmInfo } from '../services/host/host.ts';
 import type { VmStats } from '../services/host/stats.ts';
 import { formatBytes, formatCount, formatTable, parseArguments, parseInteger, runTool, UsageError, type ParsedArguments } from './cli.ts';
 
@@ -194,6 +194,55 @@ function formatRestore(result: RestoreResult): string {
     `ready in ${formatMs(restore.ready_ms)}${restore.complete ? '' : ', the rest loads on demand'}\n`;
 }
 
+function pagesText(mib: number, pages: number): string {
+  return `${formatCount(mib)} MiB (${formatCount(pages)} pages)`;
+}
+
+function formatBalloon(balloon: BalloonInfo): string {
+  return fields([
+    ['target', pagesText(balloon.target_mib, balloon.target_pages)],
+    ['actual', pagesText(balloon.actual_mib, balloon.actual_pages)],
+    ['deflate on oom', balloon.deflate_on_oom ? 'yes' : 'no'],
+    ['free page reporting', balloon.free_page_reporting ? 'yes' : 'no'],
+    ['statistics', balloon.stats_polling_interval_s === 0 ? 'off' : `every ${balloon.stats_polling_interval_s} s`],
+  ]);
+}
+
+/** Figures of GET /vms/VM/balloon/statistics that are bytes (the rest are counts, or pages with the _pages suffix). */
+const BALLOON_BYTE_FIGURES = /_memory$|^swap_(in|out)$|^disk_caches$/;
+
+function formatBalloonStatistics(stats: BalloonStatistics): string {
+  const rows: [string, string][] = [
+    ['target', pagesText(stats.target_mib, stats.target_pages)],
+    ['actual', pagesText(stats.actual_mib, stats.actual_pages)],
+  ];
+  for (const [key, value] of Object.entries(stats)) {
+    if (/_(pages|mib)$/.test(key) || key === 'updates' || key === 'age_ms' || typeof value !== 'number') continue;
+    rows.push([key.replaceAll('_', ' '), BALLOON_BYTE_FIGURES.test(key) ? formatBytes(value) : formatCount(value)]);
+  }
+  rows.push(['updates', stats.updates === 0 ? 'none yet' : `${formatCount(stats.updates)}, the last ${formatMs(stats.age_ms ?? 0)} ago`]);
+  return fields(rows);
+}
+
+/** Shows (or with --set / --deflate-on-oom first changes) a VM's balloon; --stats shows the guest's statistics. */
+async function balloonCommand(context: Context): Promise<void> {
+  const [name] = context.operands as [string];
+  const update: Record<string, unknown> = {};
+  const set = context.args.value('--set');
+  if (set !== undefined) update['amount_mib'] = parseInteger(set, '--set');
+  const deflate = context.args.value('--deflate-on-oom');
+  if (deflate !== undefined) {
+    if (deflate !== 'true' && deflate !== 'false') throw new UsageError(`--deflate-on-oom must be true or false, got '${deflate}'`);
+    update['deflate_on_oom'] = deflate === 'true';
+  }
+  const changed = Object.keys(update).length > 0 ? await context.call<BalloonInfo>('PATCH', vmPath(name, '/balloon'), update) : null;
+  if (context.args.flag('--stats')) {
+    show(context, await context.call<BalloonStatistics>('GET', vmPath(name, '/balloon/statistics')), formatBalloonStatistics);
+    return;
+  }
+  show(context, changed ?? await context.call<BalloonInfo>('GET', vmPath(name, '/balloon')), formatBalloon);
+}
+
 /** Reads console output from `offset`; with `follow`, keeps reading until the VM stops. */
 async function consoleCommand(context: Context): Promise<void> {
   const [name] = context.operands as [string];
@@ -335,6 +384,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     help: 'send TEXT (`-`: standard input) to VM\'s console; --eof then closes its input (PUT /vms/VM/console)',
     run: inputCommand,
   },
+  balloon: {
+    operands: ['VM'], flags: ['--stats'], values: ['--set', '--deflate-on-oom'],
+    help: 'VM\'s balloon: target and actual (GET /vms/VM/balloon); --set MIB and --deflate-on-oom change it first (PATCH); --stats shows the guest\'s statistics instead (GET /vms/VM/balloon/statistics)',
+    run: balloonCommand,
+  },
   create: {
     operands: ['CONFIG.json'], help: 'create and boot a VM from a configuration file; its "name" names the VM (PUT /vms/NAME)',
     run: createCommand,
@@ -349,7 +403,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
 };
 
 /** How --help names the values of the commands' options. */
-const VALUE_NAMES: Readonly<Record<string, string>> = { '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N' };
+const VALUE_NAMES: Readonly<Record<string, string>> = { '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N', '--set': 'MIB', '--deflate-on-oom': 'true|false' };
 
 /** Every option any command takes (for the parser; each command then refuses the others). */
 const ALL_FLAGS = [...COMMON_FLAGS, ...Object.values(COMMANDS).flatMap((c) => c.flags ?? [])];

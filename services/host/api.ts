@@ -14,8 +14,8 @@ import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
-import { HostError, type Host } from './host.ts';
-import { checkJson, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
+import { HostError, type BalloonUpdate, type Host } from './host.ts';
+import { checkJson, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
 
 /** A request as a handler sees it. */
 export interface ApiRequest {
@@ -346,6 +346,22 @@ const CONSOLE_INPUT_SCHEMA = {
   type: 'object', additionalProperties: false,
   properties: { data: { type: 'string' }, eof: { type: 'boolean' } },
 };
+/** The VM's memory bounds it further (Host.setBalloon). */
+const BALLOON_AMOUNT = { type: 'integer', minimum: 0 };
+const STATS_INTERVAL = { type: 'integer', minimum: 0, maximum: MAX_STATS_INTERVAL_S };
+/** PUT /vms/{name}/balloon: Firecracker's body; free_page_reporting may only repeat the VM's setting. */
+const BALLOON_PUT_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['amount_mib'],
+  properties: { amount_mib: BALLOON_AMOUNT, deflate_on_oom: { type: 'boolean' }, stats_polling_interval_s: STATS_INTERVAL, free_page_reporting: { type: 'boolean' } },
+};
+const BALLOON_PATCH_SCHEMA = {
+  type: 'object', additionalProperties: false, minProperties: 1,
+  properties: { amount_mib: BALLOON_AMOUNT, deflate_on_oom: { type: 'boolean' }, stats_polling_interval_s: STATS_INTERVAL },
+};
+const BALLOON_STATS_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['stats_polling_interval_s'],
+  properties: { stats_polling_interval_s: STATS_INTERVAL },
+};
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
 
@@ -357,6 +373,9 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /vms/restore': RESTORE_SCHEMA,
   'PUT /vms/{name}/fork': FORK_SCHEMA,
   'PUT /vms/{name}/console': CONSOLE_INPUT_SCHEMA,
+  'PUT /vms/{name}/balloon': BALLOON_PUT_SCHEMA,
+  'PATCH /vms/{name}/balloon': BALLOON_PATCH_SCHEMA,
+  'PATCH /vms/{name}/balloon/statistics': BALLOON_STATS_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -412,5 +431,20 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { data, eof } = body as { data?: string; eof?: boolean };
       host.sendInput(params['name']!, data ?? '', eof ?? false);
       return { status: 204 };
-    }, { schema: CONSOLE_INPUT_SCHEMA });
+    }, { schema: CONSOLE_INPUT_SCHEMA })
+    .route('GET', '/vms/{name}/balloon', ({ params }) => ({ status: 200, body: host.balloon(params['name']!) }))
+    .route('PUT', '/vms/{name}/balloon', ({ params, body }) => {
+      const { free_page_reporting: reporting, ...update } = body as BalloonUpdate & { free_page_reporting?: boolean };
+      const name = params['name']!;
+      if (reporting !== undefined && reporting !== host.balloon(name).free_page_reporting) {
+        throw new HostError(400, `free_page_reporting of VM '${name}' is ${!reporting}: it is fixed when the VM is created`);
+      }
+      return { status: 200, body: host.setBalloon(name, update) };
+    }, { schema: BALLOON_PUT_SCHEMA })
+    .route('PATCH', '/vms/{name}/balloon', ({ params, body }) => ({ status: 200, body: host.setBalloon(params['name']!, body as BalloonUpdate) }), { schema: BALLOON_PATCH_SCHEMA })
+    .route('GET', '/vms/{name}/balloon/statistics', ({ params }) => ({ status: 200, body: host.balloonStatistics(params['name']!) }))
+    .route('PATCH', '/vms/{name}/balloon/statistics', ({ params, body }) => {
+      const { stats_polling_interval_s: interval } = body as { stats_polling_interval_s: number };
+      return { status: 200, body: host.setBalloon(params['name']!, { stats_polling_interval_s: interval }) };
+    }, { schema: BALLOON_STATS_SCHEMA });
 }

@@ -6,6 +6,7 @@
  * explains each figure; keys are only ever added, never renamed.
  */
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
+import type { BalloonDevice } from '../../devices/index.ts';
 import type { Hypervisor, LargePagePolicy, Vm } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import type { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../memory/index.ts';
@@ -238,8 +239,34 @@ export interface PolicyStats {
   swap?: SwapStatsReport;
 }
 
+/** The VM's memory balloon (VmStats.balloon; docs/balloon.md). */
+export interface BalloonCountersReport {
+  /** Pages the host wants in the balloon. */
+  target_pages: number;
+  /** Pages in it now. */
+  actual_pages: number;
+  /** FEATURES as the guest reads it (bit 0 deflate on OOM, 1 free-page reporting, 2 statistics). */
+  features: number;
+  /** Commands the driver issued. */
+  commands: number;
+  /** Pages put into the balloon. */
+  pages_inflated: number;
+  /** Pages taken out. */
+  pages_deflated: number;
+  /** Pages whose frames free-page reporting released. */
+  pages_reported_free: number;
+  /** STATS commands received. */
+  stats_received: number;
+  /** STATS_SEQ: the host's requests for statistics. */
+  stats_requested: number;
+  /** Guest errors: refused commands and touches of ballooned pages. */
+  guest_errors: number;
+}
+
 /** The services acting on a VM whose counters vmStats adds (as VmStats.policies). */
 export interface VmStatsExtras {
+  /** The VM's balloon (reported as VmStats.balloon, not as a policy). */
+  balloon?: BalloonDevice | null;
   /** The T-3 prioritizer. */
   promoter?: AccessedBitPrioritizer | null;
   /** The T-4 reclaimer. */
@@ -268,6 +295,8 @@ export interface VmStats {
   memory: VmMemoryStats;
   /** Memory policies, when any was given to vmStats. */
   policies?: PolicyStats;
+  /** The memory balloon, when the VM has one. */
+  balloon?: BalloonCountersReport;
 }
 
 /** The host memory pool (HostStats.pool). */
@@ -405,6 +434,21 @@ export function vmStats(hv: Hypervisor, vm: Vm, extra: VmStatsExtras = {}): VmSt
   };
   const policies = policyStats(extra);
   if (policies) stats.policies = policies;
+  if (extra.balloon) {
+    const b = extra.balloon;
+    stats.balloon = {
+      target_pages: b.target,
+      actual_pages: b.actual,
+      features: b.features,
+      commands: b.counters.commands,
+      pages_inflated: b.counters.inflated,
+      pages_deflated: b.counters.deflated,
+      pages_reported_free: b.counters.reportedFree,
+      stats_received: b.counters.statsReceived,
+      stats_requested: b.statsSequence,
+      guest_errors: b.counters.guestErrors,
+    };
+  }
   return stats;
 }
 
