@@ -1,5 +1,5 @@
-# user.s — the user image: every user program (sieve, crc32, walker, ping, fault, record, wc)
-# and their small library. The kernel copies the
+# user.s — the user image: every user program (sieve, crc32, walker, ping, fault, record, wc,
+# heap, reader, idle) and their small library. The kernel copies the
 # whole image to USER_BASE in each process and starts the program at its entry with
 #   a0 = argument text (on the stack), a1 = its length, sp = just below the text.
 # The code is position-independent: only pc-relative `la`, branches and `jal`, never a kernel
@@ -1477,6 +1477,418 @@ u_msg_wc_failed:        .asciz "wc: read failed with "
 u_str_line:             .asciz "line"
 u_str_word:             .asciz "word"
 u_str_byte:             .asciz "byte"
+# ---- heap SIZE [STEPS] [ROUNDS]: a heap that grows and shrinks -------------------------------
+# Each round grows the heap from its start to SIZE bytes in STEPS sbrk calls (SIZE/STEPS pages
+# each, the last step the rest), writing a word to every new page (page p of round r gets
+# p * HEAP_MIX + r); then it shrinks back in STEPS negative sbrk calls, checking each page's word
+# before giving it back. ROUNDS (default 1) rounds; 0 = forever. Prints
+# "heap: SIZE bytes, STEPS steps, ROUNDS rounds, P pages touched" (singular for 1) and exits
+# with 0; a page that
+# lost its word: "heap: page P of round R lost its contents", exit 2.
+
+        .equ    HEAP_MIX, 0x9e3779b1
+        .equ    HEAP_STEPS_DEFAULT, 4
+        .equ    HEAP_MAX_BYTES, HEAP_LIMIT - HEAP_BASE
+        .equ    HP_PAGES, 0                     # the frame: pages in SIZE
+        .equ    HP_STEPS, 4
+        .equ    HP_ROUNDS, 8
+        .equ    HP_ROUND, 12                    # the current round (1, 2, …)
+        .equ    HP_CHUNK, 16                    # pages per step (but the last)
+        .equ    HP_BASE, 20                     # the heap's start
+        .equ    HP_TOP, 24                      # pages in the heap now
+        .equ    HP_STEP, 28
+        .equ    HP_TOUCHED, 32
+        .equ    HP_LINE, 64
+        .equ    HP_BYTES, 192
+
+        .align  2
+heap_main:
+        add     s1, a0, a1              # s1 = end of the arguments
+        addi    sp, sp, -HP_BYTES
+        mv      s3, sp                  # s3 = the frame
+        mv      a1, s1
+        li      a2, 0
+        li      a3, HEAP_MAX_BYTES
+        call    u_number_argument       # SIZE: a multiple of 4096, at least one page
+        mv      s0, a1
+        bnez    t3, heap_bad
+        beqz    a0, heap_bad
+        li      t0, PAGE_SIZE - 1
+        and     t0, a0, t0
+        bnez    t0, heap_bad
+        srli    a0, a0, PAGE_SHIFT
+        sw      a0, HP_PAGES(s3)
+        mv      a0, s0
+        mv      a1, s1
+        li      a2, HEAP_STEPS_DEFAULT
+        lw      a3, HP_PAGES(s3)
+        call    u_number_argument       # STEPS: 1 … pages
+        mv      s0, a1
+        bnez    t3, heap_bad
+        beqz    a0, heap_bad
+        sw      a0, HP_STEPS(s3)
+        mv      a0, s0
+        mv      a1, s1
+        li      a2, 1
+        li      a3, 0x7fffffff
+        call    u_number_argument       # ROUNDS: 0 = forever
+        mv      s0, a1
+        bnez    t3, heap_bad
+        sw      a0, HP_ROUNDS(s3)
+        mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_heap
+        call    u_no_more_arguments
+        lw      t0, HP_PAGES(s3)
+        lw      t1, HP_STEPS(s3)
+        divu    t0, t0, t1
+        sw      t0, HP_CHUNK(s3)
+        li      a0, 0
+        call    u_sbrk
+        sw      a0, HP_BASE(s3)
+        li      t0, 1
+        sw      t0, HP_ROUND(s3)
+        sw      zero, HP_TOUCHED(s3)
+
+heap_round:
+        sw      zero, HP_TOP(s3)
+        sw      zero, HP_STEP(s3)
+1:      call    heap_step_pages         # grow: a0 = pages of this step
+        mv      s0, a0
+        slli    a0, a0, PAGE_SHIFT
+        call    u_sbrk
+        bgez    a0, 2f
+        la      a0, u_name_heap
+        slli    a1, s0, PAGE_SHIFT
+        j       u_out_of_memory
+2:      lw      t0, HP_TOP(s3)          # write page p's word, p = top … top + n - 1
+        add     s0, t0, s0              # s0 = the new top
+        lw      t2, HP_ROUND(s3)
+        li      t3, HEAP_MIX
+3:      bgeu    t0, s0, 4f
+        mul     t1, t0, t3
+        add     t1, t1, t2
+        slli    a0, t0, PAGE_SHIFT
+        lw      a1, HP_BASE(s3)
+        add     a0, a0, a1
+        sw      t1, 0(a0)
+        addi    t0, t0, 1
+        j       3b
+4:      sw      s0, HP_TOP(s3)
+        lw      t0, HP_STEP(s3)
+        addi    t0, t0, 1
+        sw      t0, HP_STEP(s3)
+        lw      t1, HP_STEPS(s3)
+        bltu    t0, t1, 1b
+5:      lw      t0, HP_STEP(s3)         # shrink, from the last step back to the first
+        addi    t0, t0, -1
+        sw      t0, HP_STEP(s3)
+        call    heap_step_pages
+        lw      t0, HP_TOP(s3)
+        sub     s0, t0, a0              # s0 = the first page of the step
+        lw      t2, HP_ROUND(s3)
+        li      t3, HEAP_MIX
+        mv      t0, s0
+        lw      s2, HP_TOP(s3)
+6:      bgeu    t0, s2, 7f
+        mul     t1, t0, t3
+        add     t1, t1, t2
+        slli    a0, t0, PAGE_SHIFT
+        lw      a1, HP_BASE(s3)
+        add     a0, a0, a1
+        lw      a1, 0(a0)
+        bne     a1, t1, heap_lost
+        addi    t0, t0, 1
+        j       6b
+7:      sub     a0, s0, s2              # sbrk(-(pages of the step) * 4096)
+        slli    a0, a0, PAGE_SHIFT
+        call    u_sbrk
+        sw      s0, HP_TOP(s3)
+        lw      t0, HP_STEP(s3)
+        bnez    t0, 5b
+        lw      t0, HP_TOUCHED(s3)
+        lw      t1, HP_PAGES(s3)
+        add     t0, t0, t1
+        sw      t0, HP_TOUCHED(s3)
+        lw      t0, HP_ROUND(s3)
+        lw      t1, HP_ROUNDS(s3)
+        addi    t0, t0, 1
+        sw      t0, HP_ROUND(s3)
+        beqz    t1, heap_round          # forever
+        bgeu    t1, t0, heap_round
+        addi    a0, s3, HP_LINE         # "heap: SIZE bytes, S steps, R rounds, P pages touched"
+        la      a1, u_msg_heap
+        call    u_fmt_str
+        lw      a1, HP_PAGES(s3)
+        slli    a1, a1, PAGE_SHIFT
+        call    u_fmt_dec
+        la      a1, u_msg_heap_bytes
+        call    u_fmt_str
+        lw      a1, HP_STEPS(s3)
+        la      a2, u_str_step
+        call    wc_count
+        la      a1, u_msg_comma
+        call    u_fmt_str
+        lw      a1, HP_ROUNDS(s3)
+        la      a2, u_str_round
+        call    wc_count
+        la      a1, u_msg_comma
+        call    u_fmt_str
+        lw      a1, HP_TOUCHED(s3)
+        la      a2, u_str_page
+        call    wc_count
+        la      a1, u_msg_heap_touched
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, HP_LINE
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+heap_lost:                              # t0 = the page: "heap: page P of round R lost its contents"
+        mv      s0, t0
+        addi    a0, s3, HP_LINE
+        la      a1, u_msg_heap_page
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_dec
+        la      a1, u_msg_heap_of_round
+        call    u_fmt_str
+        lw      a1, HP_ROUND(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_heap_lost
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, HP_LINE
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+heap_bad:                               # a2, a3 = the token
+        la      a0, u_name_heap
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+
+# heap_step_pages(s3 = frame) -> a0 = pages of step HP_STEP: HP_CHUNK, the last step the rest.
+heap_step_pages:
+        lw      a0, HP_CHUNK(s3)
+        lw      t0, HP_STEP(s3)
+        lw      t1, HP_STEPS(s3)
+        addi    t1, t1, -1
+        bne     t0, t1, 1f
+        mul     t0, a0, t1              # the last step: pages - chunk * (steps - 1)
+        lw      a0, HP_PAGES(s3)
+        sub     a0, a0, t0
+1:      ret
+
+u_name_heap:            .asciz "heap"
+u_msg_heap:             .asciz "heap: "
+u_msg_heap_bytes:       .asciz " bytes, "
+u_msg_heap_touched:     .asciz " touched"
+u_str_step:             .asciz "step"
+u_str_round:            .asciz "round"
+u_str_page:             .asciz "page"
+u_msg_heap_page:        .asciz "heap: page "
+u_msg_heap_of_round:    .asciz " of round "
+u_msg_heap_lost:        .asciz " lost its contents"
+
+# ---- reader BLOCKS [PASSES]: reads the first BLOCKS 4 KiB blocks of the disk, again and again --
+# A pass reads sectors 0 … min(8 BLOCKS, disk sectors) - 1 in order with disk_read (through the
+# kernel's page cache); PASSES (default 1) passes, 0 = forever. The checksum is FNV-1a over the
+# 32-bit words read, over all passes. Prints
+# "reader: BLOCKS blocks, PASSES passes, N sectors read, checksum 0x…" (singular for 1) and
+# exits with 0.
+# Without a disk: "reader: no disk", exit 2; more blocks than the disk has:
+# "reader: the disk has only N blocks", exit 2; a read error: "reader: disk error -E at sector S", exit 2.
+
+        .equ    RD_BLOCKS, 0                    # the frame
+        .equ    RD_PASSES, 4
+        .equ    RD_PASS, 8                      # passes done
+        .equ    RD_SECTORS, 12                  # sectors per pass
+        .equ    RD_READ, 16                     # sectors read so far
+        .equ    RD_BUFFER, 32                   # one sector
+        .equ    RD_LINE, 32 + DISK_SECTOR_BYTES
+        .equ    RD_BYTES, 32 + DISK_SECTOR_BYTES + 128
+
+        .align  2
+reader_main:
+        add     s1, a0, a1
+        addi    sp, sp, -RD_BYTES
+        mv      s3, sp
+        mv      a1, s1
+        li      a2, 0
+        li      a3, 0x1fffffff
+        call    u_number_argument       # BLOCKS: at least 1
+        mv      s0, a1
+        bnez    t3, reader_bad
+        beqz    a0, reader_bad
+        sw      a0, RD_BLOCKS(s3)
+        mv      a0, s0
+        mv      a1, s1
+        li      a2, 1
+        li      a3, 0x7fffffff
+        call    u_number_argument       # PASSES: 0 = forever
+        mv      s0, a1
+        bnez    t3, reader_bad
+        sw      a0, RD_PASSES(s3)
+        mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_reader
+        call    u_no_more_arguments
+        li      t0, SYS_DISK_INFO
+        ecall
+        bgtz    a0, 1f
+        la      a0, u_msg_reader_no_disk
+        call    u_puts
+        li      a0, 2
+        j       u_exit
+1:      addi    t0, a0, 7               # the disk's blocks, the last one maybe partial
+        srli    t0, t0, 3
+        lw      t1, RD_BLOCKS(s3)
+        bgeu    t0, t1, 2f
+        mv      s0, t0
+        addi    a0, s3, RD_LINE         # "reader: the disk has only N blocks"
+        la      a1, u_msg_reader_only
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_dec
+        la      a1, u_msg_reader_blocks_only
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, RD_LINE
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+2:      slli    t1, t1, 3               # sectors per pass = min(8 BLOCKS, disk sectors)
+        bgeu    a0, t1, 3f
+        mv      t1, a0
+3:      sw      t1, RD_SECTORS(s3)
+        sw      zero, RD_PASS(s3)
+        sw      zero, RD_READ(s3)
+        li      s2, FNV_BASIS           # s2 = checksum
+reader_pass:
+        li      s0, 0                   # s0 = sector
+1:      lw      t0, RD_SECTORS(s3)
+        bgeu    s0, t0, 4f
+        mv      a0, s0
+        addi    a1, s3, RD_BUFFER
+        li      t0, SYS_DISK_READ
+        ecall
+        bnez    a0, reader_error
+        addi    t0, s3, RD_BUFFER       # fold the words in
+        addi    t1, t0, DISK_SECTOR_BYTES
+        li      t3, FNV_PRIME
+2:      lw      t2, 0(t0)
+        xor     s2, s2, t2
+        mul     s2, s2, t3
+        addi    t0, t0, 4
+        bltu    t0, t1, 2b
+        lw      t0, RD_READ(s3)
+        addi    t0, t0, 1
+        sw      t0, RD_READ(s3)
+        addi    s0, s0, 1
+        j       1b
+4:      lw      t0, RD_PASS(s3)
+        addi    t0, t0, 1
+        sw      t0, RD_PASS(s3)
+        lw      t1, RD_PASSES(s3)
+        beqz    t1, reader_pass         # forever
+        bltu    t0, t1, reader_pass
+        addi    a0, s3, RD_LINE         # "reader: B blocks, P passes, N sectors read, checksum 0x…"
+        la      a1, u_msg_reader
+        call    u_fmt_str
+        lw      a1, RD_BLOCKS(s3)
+        la      a2, u_str_block
+        call    wc_count
+        la      a1, u_msg_comma
+        call    u_fmt_str
+        lw      a1, RD_PASSES(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_pass          # the walker's " pass, " or " passes, "
+        lw      t0, RD_PASSES(s3)
+        li      t1, 1
+        beq     t0, t1, 5f
+        la      a1, u_msg_passes
+5:      call    u_fmt_str
+        lw      a1, RD_READ(s3)
+        la      a2, u_str_sector
+        call    wc_count
+        la      a1, u_msg_reader_sectors
+        call    u_fmt_str
+        mv      a1, s2
+        call    u_fmt_hex
+        mv      a1, a0
+        addi    a0, s3, RD_LINE
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+reader_error:                           # "reader: disk error -E at sector S"
+        mv      s1, a0
+        addi    a0, s3, RD_LINE
+        la      a1, u_msg_reader_error
+        call    u_fmt_str
+        mv      a1, s1
+        call    u_fmt_sdec
+        la      a1, u_msg_reader_at
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_dec
+        mv      a1, a0
+        addi    a0, s3, RD_LINE
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+reader_bad:
+        la      a0, u_name_reader
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+
+u_name_reader:          .asciz "reader"
+u_msg_reader:           .asciz "reader: "
+u_msg_reader_sectors:   .asciz " read, checksum "
+u_str_block:            .asciz "block"
+u_str_sector:           .asciz "sector"
+u_msg_reader_no_disk:   .asciz "reader: no disk\n"
+u_msg_reader_only:      .asciz "reader: the disk has only "
+u_msg_reader_blocks_only: .asciz " blocks"
+u_msg_reader_error:     .asciz "reader: disk error "
+u_msg_reader_at:        .asciz " at sector "
+
+# ---- idle: touches a little memory, then sleeps forever ---------------------------------------
+# Grows its heap by IDLE_PAGES pages and writes to each, prints "idle: 16 pages touched, sleeping",
+# then calls sleep (the longest time, again and again) and never uses the CPU again: a guest that
+# is idle after start-up. It never exits.
+
+        .equ    IDLE_PAGES, 16
+
+        .align  2
+idle_main:
+        add     a1, a0, a1
+        la      a2, u_name_idle
+        call    u_no_more_arguments     # idle takes no argument
+        li      a0, IDLE_PAGES * PAGE_SIZE
+        call    u_sbrk
+        bgez    a0, 1f
+        la      a0, u_name_idle
+        li      a1, IDLE_PAGES * PAGE_SIZE
+        j       u_out_of_memory
+1:      li      t0, IDLE_PAGES * PAGE_SIZE
+        add     t0, a0, t0
+        li      t1, 1
+2:      sw      t1, 0(a0)
+        li      t2, PAGE_SIZE
+        add     a0, a0, t2
+        bltu    a0, t0, 2b
+        la      a0, u_msg_idle
+        call    u_puts
+3:      li      a0, -1                  # sleep(0xffffffff), forever
+        li      t0, SYS_SLEEP
+        ecall
+        j       3b
+
+u_name_idle:            .asciz "idle"
+u_msg_idle:             .asciz "idle: 16 pages touched, sleeping\n"
+
         .align  2
 user_image_end:
 
@@ -1491,5 +1903,8 @@ prog_table:
         .word   u_name_fault, fault_main - user_image_start, PROG_MAY_FAULT
         .word   u_name_record, record_main - user_image_start, 0
         .word   u_name_wc, wc_main - user_image_start, 0
+        .word   u_name_heap, heap_main - user_image_start, 0
+        .word   u_name_reader, reader_main - user_image_start, 0
+        .word   u_name_idle, idle_main - user_image_start, 0
         .word   0, 0, 0
         .text
