@@ -452,15 +452,14 @@ export class BalloonDevice implements MmioDevice {
     // so that owner lets go of it (a swap slot is freed). All of them before any release: a host
     // failure here changes no page's state.
     for (const gpn of gpns) bringIn(memory, gpn);
-    for (const gpn of gpns) memory.releasePage(gpn, AbsentState.BALLOONED);
+    memory.releasePages(gpns, AbsentState.BALLOONED); // one shootdown, one madvise per contiguous range
     this.actualPages += gpns.length;
     this.counters.inflated += gpns.length;
   }
 
   private deflate(gpns: Uint32Array): void {
     this.checkPages('DEFLATE', gpns, false, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? null : 'is not in the balloon'));
-    const memory = this.vm.memory;
-    for (const gpn of gpns) memory.releasePage(gpn, AbsentState.UNTOUCHED);
+    this.vm.memory.releasePages(gpns, AbsentState.UNTOUCHED);
     this.actualPages -= gpns.length;
     this.counters.deflated += gpns.length;
   }
@@ -469,11 +468,9 @@ export class BalloonDevice implements MmioDevice {
     this.checkPages('REPORT_FREE', gpns, true, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? 'is in the balloon; only the guest\'s own pages can be reported free' : null));
     const memory = this.vm.memory;
     // Only frames are released: a page without one (untouched, swapped…) has nothing to give back.
-    for (const gpn of gpns) {
-      if (memory.stateOf(gpn) !== PageState.PRESENT) continue;
-      memory.releasePage(gpn, AbsentState.UNTOUCHED);
-      this.counters.reportedFree++;
-    }
+    const present = [...new Set(gpns)].filter((gpn) => memory.stateOf(gpn) === PageState.PRESENT);
+    memory.releasePages(present, AbsentState.UNTOUCHED);
+    this.counters.reportedFree += present.length;
   }
 
   private receiveStats(words: Uint32Array): void {

@@ -48,6 +48,9 @@ export interface RunResult {
 /** Returned when a VM's vCPUs all wait and nothing can wake them. */
 export const IDLE_FOREVER = 'all vCPUs are waiting for an interrupt that nothing can raise';
 
+/** Shootdowns of at most this many pages walk each page's fill-log chain; larger ones one pass over the log. */
+const SHOOTDOWN_BY_PAGE = 1024;
+
 /** Options of Hypervisor.forkVm. */
 export interface ForkOptions<D> {
   /** The child's name (default: the parent's with a suffix). */
@@ -202,7 +205,9 @@ export class Hypervisor {
    */
   private shootdown(vm: Vm, gpns: readonly number[]): void {
     this.shootdowns++;
-    if (gpns.length <= 4) {
+    // Up to a balloon command's 1024 pages, each page's chain of fill-log records (O(its
+    // entries)) costs less than a pass over a full log (128 Ki records).
+    if (gpns.length <= SHOOTDOWN_BY_PAGE) {
       for (const vcpu of vm.vcpus) for (const gpn of gpns) this.shootdownEntries += vcpu.tlb.flushGpn(gpn);
       return;
     }

@@ -227,6 +227,45 @@ export class FramePool {
     }
   }
 
+  /**
+   * Drops one reference per entry of `frames` (a frame may appear more than once) and frees, as
+   * release() does, each frame left with none; their memory goes back to the OS in one call per
+   * contiguous range instead of one per frame (releasing 1 GiB frame by frame costs ~0.7 s of
+   * madvise calls). `onFree` sees each freed frame before its memory is released.
+   */
+  releaseMany(frames: readonly number[], onFree?: (frame: number) => void): void {
+    for (const frame of frames) this.checkInUse(frame);
+    const freed: number[] = [];
+    for (const frame of frames) if (--this.refCount[frame]! === 0) freed.push(frame);
+    freed.sort((a, b) => a - b);
+    let start = -1;
+    let end = -1;
+    for (const frame of freed) {
+      onFree?.(frame);
+      if (this.fileMapped[frame] === 1) {
+        this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
+        this.fileMapped[frame] = 0;
+        this.fileMappedCount--;
+      } else if (frame === end) {
+        end++;
+      } else {
+        if (start >= 0) this.memory.release(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+        start = frame;
+        end = frame + 1;
+      }
+      this.framesReleased++;
+      this.usedFrames--;
+      const chunk = (frame / FRAMES_PER_RUN) | 0;
+      if (--this.chunkUsed[chunk]! === 0) {
+        this.partialChunks.delete(chunk);
+        this.freeChunks.push(chunk);
+      } else {
+        this.partialChunks.add(chunk);
+      }
+    }
+    if (start >= 0) this.memory.release(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+  }
+
   /** True when the frame starts an aligned run whose 1024 frames are contiguous in the host pool. */
   static isRunAligned(frame: number): boolean {
     return (frame & (FRAMES_PER_RUN - 1)) === 0;

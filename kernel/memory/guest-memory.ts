@@ -542,6 +542,48 @@ export class GuestMemory {
   }
 
   /**
+   * releasePage for many pages at once (the balloon's commands): one shootdown for all of them,
+   * and the frames that nobody else holds go back to the OS in one call per contiguous range.
+   * Every page is checked before any changes; a page may be named more than once.
+   */
+  releasePages(gpns: ArrayLike<number>, state: AbsentStateId = AbsentState.UNTOUCHED, payload = 0): void {
+    for (let i = 0; i < gpns.length; i++) this.checkGpn(gpns[i]!);
+    this.checkAbsentState(state);
+    if (!Number.isInteger(payload) || payload < 0 || payload > P2M_MAX_PAYLOAD) throw new KernelError('BV_BAD_P2M', `${this.name}: payload ${payload} does not fit a P2M entry`);
+    if (this.epochHook !== null && (state === AbsentState.UNTOUCHED || state === AbsentState.BALLOONED || state === AbsentState.POISONED)) {
+      for (let i = 0; i < gpns.length; i++) {
+        const entry = this.viewEntry(gpns[i]!);
+        if (entry > 0) this.claimForWrite(gpns[i]!, entry & P2M_FRAME_MASK); // as releasePage
+      }
+    }
+    // As setEntry, page by page, with the shootdown and the frees gathered.
+    const absent = P2mEntry.absent(state, payload);
+    const entry = absent === UNTOUCHED_ENTRY && this.base === null ? 0 : absent;
+    this.pristine = false;
+    const changed: number[] = [];
+    const dropped: number[] = [];
+    const frames: number[] = [];
+    for (let i = 0; i < gpns.length; i++) {
+      const gpn = gpns[i]!;
+      const old = this.viewEntry(gpn);
+      const ownOld = this.entries[gpn]!;
+      const inherited = ownOld === 0 && this.base !== null;
+      this.entries[gpn] = entry;
+      this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
+      this.countState(old, entry);
+      this.countFlags(inherited ? 0 : ownOld, entry);
+      if (old > 0) changed.push(gpn);
+      if (inherited) dropped.push(gpn);
+      else if (ownOld > 0) frames.push(ownOld & P2M_FRAME_MASK);
+    }
+    // Translations go before any frame can be freed.
+    if (changed.length > 0) this.host.shootdown(changed);
+    for (const gpn of dropped) this.base!.drop(gpn);
+    this.pool.releaseMany(frames, (frame) => this.decodeCache.drop(frame));
+    for (let i = 0; i < gpns.length; i++) this.contentsReplaced(gpns[i]!);
+  }
+
+  /**
    * Shares this VM's page `gpn` into `target` at `targetGpn` (same or another VM of this pool):
    * both map one frame copy-on-write, and a write on either side gets a private copy.
    */

@@ -408,6 +408,11 @@ list:   .word   0x50
     });
   }
 
+  it('a hypercall whose buffer is in the balloon', () => {
+    const m = boot(inflateThen('li a1, 0x50000\n        li a2, 16\n        li a0, HCALL_CONSOLE_WRITE\n        hcall'));
+    expect(guestError(step(m))).toContain('read of guest page 80 (guest-physical 0x50000), which is in the balloon');
+  });
+
   it('a driver that inflates its own code page stops at its next instruction', () => {
     const m = boot(`
 _start:
