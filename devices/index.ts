@@ -1,11 +1,12 @@
 /**
  * The standard machine: console, timer, power and boot arguments, attached in that order, and
- * optionally a block device (a disk) and a memory balloon after them. The order fixes their device-table entries and
- * window addresses (0xf0001000, 0xf0002000, …), which is part of the guest ABI (docs/run.md):
+ * optionally a block device (a disk), a memory balloon and the MEMINFO device after them. The
+ * order fixes their device-table entries and window addresses (0xf0001000, 0xf0002000, …), which is part of the guest ABI (docs/run.md):
  * keep it stable and append new devices after these.
  */
 import type { Hypervisor, RunOptions, RunResult, Vm } from '../kernel/index.ts';
 import { attachBalloon, BalloonDevice, type BalloonOptions } from './balloon.ts';
+import { attachMeminfo, type MeminfoDevice } from './meminfo.ts';
 import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions } from './block.ts';
 import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
 import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
@@ -21,6 +22,8 @@ export {
   BalloonStatus,
 } from './balloon.ts';
 export type { BalloonCounters, BalloonGuestStats, BalloonOptions, BalloonState, BalloonStatsReport } from './balloon.ts';
+export { attachMeminfo, HOST_PRESSURE_NAMES, HostPressure, MeminfoDevice, MeminfoError, MeminfoRegister } from './meminfo.ts';
+export type { HostPressureLevel, MemoryCondition } from './meminfo.ts';
 export { DeviceStateError } from './state.ts';
 export {
   BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,
@@ -56,6 +59,8 @@ export interface StandardDeviceOptions {
   disk?: string | BlockDiskOptions;
   /** A memory balloon (docs/balloon.md), attached after the block device. */
   balloon?: BalloonOptions;
+  /** The MEMINFO device (docs/meminfo.md), attached after the balloon. */
+  meminfo?: boolean;
 }
 
 /** The devices attachStandardDevices attached (pass them to runWithResets; keep them for their stats). */
@@ -72,6 +77,8 @@ export interface StandardDevices {
   block: BlockDevice | null;
   /** The balloon when `balloon` was given, else null. */
   balloon: BalloonDevice | null;
+  /** The MEMINFO device when `meminfo` was true, else null. */
+  meminfo: MeminfoDevice | null;
   /** The capture sink when `output` was one, else null. */
   captured: CaptureSink | null;
 }
@@ -99,7 +106,8 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const bootArgs = attachBootArgs(vm, bootArgsDevice);
   const block = disk === null ? null : attachBlock(vm, disk);
   const balloon = options.balloon === undefined ? null : attachBalloon(vm, options.balloon);
-  return { console, timer, power, bootArgs, block, balloon, captured: options.output instanceof CaptureSink ? options.output : null };
+  const meminfo = options.meminfo === true ? attachMeminfo(vm) : null;
+  return { console, timer, power, bootArgs, block, balloon, meminfo, captured: options.output instanceof CaptureSink ? options.output : null };
 }
 
 /** The outcome of runWithResets / runWithResetsAsync. */
