@@ -222,7 +222,7 @@ describe('tools/ctl against a running host', () => {
     ]);
     const messages = [
       'no command given',
-      "unknown command 'reboot' (commands: host, host-stats, vms, info, pause, resume, snapshot, restore, fork, stats, console, input, create, delete)",
+      "unknown command 'reboot' (commands: host, host-stats, vms, info, pause, resume, snapshot, restore, fork, stats, console, input, balloon, create, delete)",
       'fork: --name N is required',
       'pause: missing VM',
       'vms does not take --live',
@@ -247,10 +247,10 @@ describe('tools/ctl against a running host', () => {
   it('--help lists every command and option', async () => {
     const outcome = await ctl(['--help']);
     expect(outcome.code).toBe(0);
-    for (const command of ['host', 'host-stats', 'vms', 'info', 'pause', 'resume', 'snapshot', 'restore', 'fork', 'stats', 'console', 'input', 'create', 'delete']) {
+    for (const command of ['host', 'host-stats', 'vms', 'info', 'pause', 'resume', 'snapshot', 'restore', 'fork', 'stats', 'console', 'input', 'balloon', 'create', 'delete']) {
       expect(outcome.stdout).toMatch(new RegExp(`^  ${command}( |$)`, 'm'));
     }
-    for (const option of ['--api-sock', '--json', '--timeout-ms', '--live', '--name', '--mode', '--paused', '--offset', '--follow', '--eof']) {
+    for (const option of ['--api-sock', '--json', '--timeout-ms', '--live', '--name', '--mode', '--paused', '--offset', '--follow', '--eof', '--set', '--deflate-on-oom', '--stats']) {
       expect(outcome.stdout).toContain(option);
     }
   });
