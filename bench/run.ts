@@ -9,7 +9,8 @@
  * count ÷ the JS time), their ratio, TLB misses and page walks. Then the translation workloads of
  * bench/translation.ts (issue 4): each guest under several MMU configurations, with page walks,
  * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Then the VM-state
- * figures (bench/state.ts) and the control API's (bench/api.ts, issue 9). Last, the PASS/FAIL
+ * figures (bench/state.ts) and the control API's (bench/api.ts, issue 9). Page sharing
+ * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
  * Progress goes to stderr when it is a terminal. The bench is not a test: a missed target is a
@@ -26,6 +27,7 @@ import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons
 import type { Comparison } from './translation.ts';
 import { formatState, measureState, stateChecks, stateStepCount, type StateFigures } from './state.ts';
 import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
+import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
 import { WORKLOADS } from './workloads.ts';
 
 export type { Check } from './harness.ts';
@@ -78,6 +80,8 @@ export interface BenchReport {
   state: StateFigures | null;
   /** The control API (issue 9): round trips while four VMs run, its cost to them, the scheduler's own cost. */
   api: ApiFigures | null;
+  /** Content-based page sharing (issue 10): present only when selected (--only sharing). */
+  sharing?: SharingFigures;
   checks: Check[];
 }
 
@@ -85,7 +89,9 @@ export interface BenchReport {
 const STATE_ENTRY = 'state';
 /** The control-API figures, selected with --only api. */
 const API_ENTRY = 'api';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY];
+/** The page-sharing figures, run only with --only sharing (not part of a plain `npm run bench`). */
+const SHARING_ENTRY = 'sharing';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [] };
@@ -120,7 +126,9 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const selectedTranslation = chosen(TRANSLATION_WORKLOADS);
   const withState = options.only.length === 0 || options.only.includes(STATE_ENTRY);
   const withApi = options.only.length === 0 || options.only.includes(API_ENTRY);
-  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0);
+  const withSharing = options.only.includes(SHARING_ENTRY);
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
+    + (withSharing ? sharingStepCount(options) : 0);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
@@ -130,6 +138,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const translation = selectedTranslation.map(measure);
   const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const sharing = withSharing ? measureSharing({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -146,7 +155,8 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     translation: { workloads: translation, techniques: techniqueComparisons(translation), shadowVsNested: shadowNestedComparisons(translation) },
     state,
     api,
-    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : [])],
+    ...(sharing ? { sharing } : {}),
+    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : [])],
   };
 }
 
@@ -255,6 +265,10 @@ export function formatReport(report: BenchReport): string {
   if (report.api) {
     out.push('');
     out.push(...formatApi(report.api));
+  }
+  if (report.sharing) {
+    out.push('');
+    out.push(...formatSharing(report.sharing));
   }
   out.push('');
   const show = (check: Check, value: number): string =>

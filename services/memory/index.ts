@@ -2,7 +2,8 @@
  * Memory services: hypervisor swap to a file, and the large-page policies T-3 (promote regions
  * by accessed-page counts) and T-4 (break up low-activity large regions and reclaim their cold
  * pages). They use the kernel's mechanisms (P2M entries, absent-state resolvers, tickers,
- * promoteRegion/breakUpRegion, accessed marks); see docs/large-pages.md.
+ * promoteRegion/breakUpRegion, accessed marks); see docs/large-pages.md. Content-based page
+ * sharing (PageSharer) merges identical pages within and across VMs; see docs/page-sharing.md.
  */
 export { SWAP_ERROR_CODES, SwapError, SwapFile, type SwapErrorCode, type SwapFileOptions, type SwapStats } from './swap.ts';
 export {
@@ -18,3 +19,4 @@ export {
   type ScanRecord,
   type ScanSource,
 } from './large-pages.ts';
+export { PageSharer, PageSharingError, pageHash64, type PageHash, type PageSharerOptions, type PageSharingStats, type ScanResult } from './sharing.ts';
