@@ -16,7 +16,8 @@
 # when FEATURES has DEFLATE_ON_OOM; otherwise the process is OOM-killed as before.
 # Free-page reporting: with FEATURES.FREE_PAGE_REPORTING, report_free_pages hands every free-pool
 # entry not yet reported to the host (REPORT_FREE) when a process ends and when sbrk shrinks a
-# heap; those frames are never touched while free, and read zero when they are handed out again.
+# heap; those frames are never touched while free (and are zeroed when handed out again, as
+# every recycled frame is).
 
         .equ    DEV_BALLOON, 6
         .equ    BLN_TARGET, 0x00                # registers

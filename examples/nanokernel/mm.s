@@ -5,8 +5,8 @@
 # uses a page) plus a free pool of recycled frames. The pool is a stack of *node pages*: each
 # node is itself a free frame holding up to FN_CAPACITY page numbers of other free frames (and
 # the next node), so the free frames it lists are never touched by the kernel while they are
-# free — free-page reporting (balloon.s) can hand them to the host, after which they read zero.
-# A recycled frame is zeroed when it is handed out again, unless it is known to read zero. All
+# free — free-page reporting (balloon.s) can hand them to the host. A recycled frame is zeroed
+# when it is handed out again (a reported one too); a never-used one is zero already. All
 # RAM the kernel uses is mapped 1:1, so a frame's physical address is also its kernel virtual
 # address.
 #
@@ -48,8 +48,10 @@ mem_init:
         ret
 
 # take_free_frame() -> a0 = a frame taken from the free pool (or the bump region), 0 when there
-# is none; a1 = 1 when it is known to read zero (never used, or reported to the host), else 0.
-# The frame is not zeroed; the free count drops by one. Clobbers t0-t3.
+# is none; a1 = 1 when it is known to read zero (never used since power-on), else 0. A frame
+# reported to the host should read zero too, but is zeroed all the same: a reported page the
+# host could not release (swapped out, say) keeps its bytes. The frame is not zeroed here; the
+# free count drops by one. Clobbers t0-t3.
 take_free_frame:
         la      t0, free_head
         lw      t1, 0(t0)               # t1 = the top node
@@ -63,9 +65,9 @@ take_free_frame:
         lw      a0, FN_ENTRIES(t3)
         slli    a0, a0, PAGE_SHIFT
         lw      t3, FN_REPORTED(t1)
-        sltu    a1, t2, t3              # a reported entry: the host released it, it reads zero
-        beqz    a1, 4f
-        sw      t2, FN_REPORTED(t1)
+        li      a1, 0                   # (zeroed all the same: see above)
+        bgeu    t2, t3, 4f
+        sw      t2, FN_REPORTED(t1)     # a reported entry: the mark comes down with it
         j       4f
 2:      lw      t2, FN_NEXT(t1)         # an empty node: hand out the node page itself
         sw      t2, 0(t0)
