@@ -176,6 +176,10 @@ export interface BalloonCounters {
   unknownStatTags: number;
   /** Guest errors: refused commands and accesses to ballooned pages. */
   guestErrors: number;
+  /** INFLATEd pages whose frames went to another VM (cooperative reallocation) instead of the OS. */
+  donated: number;
+  /** DEFLATEd pages that got a frame from another VM at once (cooperative reallocation). */
+  received: number;
 }
 
 /** How attachBalloon sets the device up (the host's side; all can change later but free-page reporting). */
@@ -244,11 +248,24 @@ export class BalloonDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachBalloon). */
   base = 0;
   /** Counters since attach (a restored or forked device starts at zero). */
-  readonly counters: BalloonCounters = { commands: 0, inflated: 0, deflated: 0, reportedFree: 0, statsReceived: 0, unknownStatTags: 0, guestErrors: 0 };
+  readonly counters: BalloonCounters = { commands: 0, inflated: 0, deflated: 0, reportedFree: 0, statsReceived: 0, unknownStatTags: 0, guestErrors: 0, donated: 0, received: 0 };
   /** The last guest error's message (a refused command or a touch of a ballooned page), or null. */
   lastError: string | null = null;
   /** The latest statistics the guest sent, or null before any. */
   lastStats: BalloonStatsReport | null = null;
+  /**
+   * Cooperative reallocation (T-5): takes the frames of pages the guest INFLATEs instead of
+   * releasing them to the OS. Called with the command's pages (checked, brought in); it moves
+   * the frames it wants elsewhere with GuestMemory.moveFrame(…, AbsentState.BALLOONED) and
+   * returns how many it took; the device releases the rest as usual.
+   */
+  donor: ((memory: GuestMemory, gpns: Uint32Array) => number) | null = null;
+  /**
+   * The other side: gives frames to pages the guest DEFLATEs (GuestMemory.moveFrame into them,
+   * zero-filled) instead of leaving them to be allocated on their next touch; returns how many
+   * it filled. Pages it leaves in the balloon are made untouched as usual.
+   */
+  receiver: ((memory: GuestMemory, gpns: Uint32Array) => number) | null = null;
   private targetPages: number;
   private actualPages = 0;
   private deflateOnOomFlag: boolean;
@@ -452,14 +469,26 @@ export class BalloonDevice implements MmioDevice {
     // so that owner lets go of it (a swap slot is freed). All of them before any release: a host
     // failure here changes no page's state.
     for (const gpn of gpns) bringIn(memory, gpn);
-    memory.releasePages(gpns, AbsentState.BALLOONED); // one shootdown, one madvise per contiguous range
+    let release = gpns;
+    if (this.donor !== null) {
+      this.counters.donated += this.donor(memory, gpns);
+      // The donor left the pages it took ballooned (their frames went elsewhere): release the rest.
+      release = gpns.filter((gpn) => memory.stateOf(gpn) !== PageState.BALLOONED);
+    }
+    memory.releasePages(release, AbsentState.BALLOONED); // one shootdown, one madvise per contiguous range
     this.actualPages += gpns.length;
     this.counters.inflated += gpns.length;
   }
 
   private deflate(gpns: Uint32Array): void {
     this.checkPages('DEFLATE', gpns, false, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? null : 'is not in the balloon'));
-    this.vm.memory.releasePages(gpns, AbsentState.UNTOUCHED);
+    const memory = this.vm.memory;
+    let release = gpns;
+    if (this.receiver !== null) {
+      this.counters.received += this.receiver(memory, gpns);
+      release = gpns.filter((gpn) => memory.stateOf(gpn) === PageState.BALLOONED); // the pages it did not fill
+    }
+    memory.releasePages(release, AbsentState.UNTOUCHED);
     this.actualPages -= gpns.length;
     this.counters.deflated += gpns.length;
   }

@@ -362,6 +362,10 @@ const BALLOON_STATS_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['stats_polling_interval_s'],
   properties: { stats_polling_interval_s: STATS_INTERVAL },
 };
+const REALLOCATE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['from', 'to', 'mib'],
+  properties: { from: { type: 'string', pattern: VM_NAME_PATTERN }, to: { type: 'string', pattern: VM_NAME_PATTERN }, mib: { type: 'integer', minimum: 1, maximum: 3840 } },
+};
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
 
@@ -373,6 +377,7 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /vms/restore': RESTORE_SCHEMA,
   'PUT /vms/{name}/fork': FORK_SCHEMA,
   'PUT /vms/{name}/console': CONSOLE_INPUT_SCHEMA,
+  'POST /host/reallocate': REALLOCATE_SCHEMA,
   'PUT /vms/{name}/balloon': BALLOON_PUT_SCHEMA,
   'PATCH /vms/{name}/balloon': BALLOON_PATCH_SCHEMA,
   'PATCH /vms/{name}/balloon/statistics': BALLOON_STATS_SCHEMA,
@@ -391,6 +396,10 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
   return api
     .route('GET', '/host', () => ({ status: 200, body: host.info() }))
     .route('GET', '/host/stats', () => ({ status: 200, body: host.hostStats() }))
+    .route('POST', '/host/reallocate', ({ body }) => {
+      const { from, to, mib } = body as { from: string; to: string; mib: number };
+      return { status: 202, body: host.reallocate(from, to, mib) };
+    }, { schema: REALLOCATE_SCHEMA })
     .route('GET', '/vms', () => ({ status: 200, body: { vms: host.list() } }))
     .route('GET', '/vms/{name}', ({ params }) => ({ status: 200, body: host.vmInfo(params['name']!) }))
     .route('PUT', '/vms/{name}', async ({ params, body }) => {

@@ -24,6 +24,7 @@ import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
 import { MAX_STATS_INTERVAL_S, type HostSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
+import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 
 /** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
@@ -145,6 +146,8 @@ export interface HostInfo {
   slice_instructions: number;
   /** Instructions per vCPU slice within a turn. */
   quantum: number;
+  /** Cooperative reallocations (POST /host/reallocate), the latest last. */
+  reallocations: ReallocationStatus[];
 }
 
 /** What PUT /vms/{name}/snapshot answers. */
@@ -332,6 +335,9 @@ export interface AdoptOptions {
   keep?: boolean;
 }
 
+/** Reallocations GET /host lists (the running ones, then the latest finished). */
+const MAX_REALLOCATIONS_KEPT = 16;
+
 /** How often a host with nothing else to run looks for stream input of a waiting VM. */
 const INPUT_POLL_MS = 5;
 
@@ -378,6 +384,7 @@ export class Host {
   /** When the host started (performance.now()). */
   readonly startedAt = performance.now();
   private readonly machines = new Map<string, HostedVm>();
+  private readonly reallocations: Reallocation[] = [];
   private readonly log: (line: string) => void;
   private readonly yieldEveryMs: number;
   private closed = false;
@@ -439,6 +446,7 @@ export class Host {
       vms_stopped: counts.Stopped,
       slice_instructions: this.settings.sliceInstructions,
       quantum: this.settings.quantum,
+      reallocations: this.reallocations.map((r) => r.status()),
     };
   }
 
@@ -681,6 +689,35 @@ export class Host {
   }
 
   /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
+  /**
+   * POST /host/reallocate: moves `mib` of memory from one VM to another through their balloons
+   * without a copy (T-5, services/memory/reallocate.ts): `from`'s balloon grows by that much, and
+   * `to`'s shrinks as the frames arrive. Both need a balloon; `to`'s must hold at least that much
+   * (the room it grows into). Answers at once; GET /host shows the progress.
+   */
+  reallocate(fromName: string, toName: string, mib: number): ReallocationStatus {
+    if (fromName === toName) throw new HostError(400, 'a reallocation moves memory between two different VMs');
+    const from = this.get(fromName);
+    const to = this.get(toName);
+    for (const m of [from, to]) {
+      if (m.state === 'Stopped') throw this.stoppedError(m, 'reallocate memory of');
+      if (this.reallocations.some((r) => r.state === 'running' && (r.from.vm === m.vm || r.to.vm === m.vm))) {
+        throw new HostError(409, `VM '${m.name}' already takes part in a reallocation`);
+      }
+    }
+    const pages = mib * (MIB / 4096);
+    const fromBalloon = this.balloonOf(from);
+    const toBalloon = this.balloonOf(to);
+    const free = from.vm.memory.pageCount - fromBalloon.target;
+    if (pages > free) throw new HostError(409, `VM '${fromName}' has ${free} pages outside its balloon: it cannot give ${pages}`);
+    if (pages > toBalloon.target) throw new HostError(409, `VM '${toName}''s balloon target is ${toBalloon.target} pages: it has no room to grow by ${pages} (give it a balloon that large first)`);
+    const transfer = guard(() => new Reallocation(this.hv, { vm: from.vm, balloon: fromBalloon }, { vm: to.vm, balloon: toBalloon }, pages), 'reallocation');
+    this.reallocations.push(transfer);
+    if (this.reallocations.length > MAX_REALLOCATIONS_KEPT) this.reallocations.splice(0, this.reallocations.findIndex((r) => r.state !== 'running') + 1 || 1);
+    this.log(`host: reallocating ${mib} MiB from ${fromName} to ${toName}`);
+    return transfer.status();
+  }
+
   deleteVm(name: string): void {
     const m = this.get(name);
     if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it: stop that process to end it`);
@@ -802,7 +839,13 @@ export class Host {
     this.kick();
   }
 
+  /** Cancels a running reallocation that `m` takes part in. */
+  private cancelReallocations(m: HostedVm, why: string): void {
+    for (const r of this.reallocations) if (r.from.vm === m.vm || r.to.vm === m.vm) r.cancel(why);
+  }
+
   private dispose(m: HostedVm, why: string): void {
+    this.cancelReallocations(m, why);
     this.stopStatsPolling(m);
     if (m.live) {
       m.live.snapshot.abort();
@@ -934,6 +977,7 @@ export class Host {
   }
 
   private stop(m: HostedVm, exit: VmExit): void {
+    this.cancelReallocations(m, `VM '${m.name}' stopped`);
     this.stopStatsPolling(m);
     m.devices.console.flush();
     m.state = 'Stopped';

@@ -23,7 +23,6 @@ const root = mkdtempSync(join(tmpdir(), 'bv-nanoballoon-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 const MiB = 2 ** 20;
-const PAGE = 4096;
 /** Entries of one node page of the driver's lists (mm.s FN_CAPACITY). */
 const NODE_CAPACITY = 1021;
 /** Free pages inflating leaves alone (balloon.s BALLOON_RESERVE). */
@@ -313,7 +312,7 @@ describe('the nanokernel balloon driver', () => {
       if (pc >= tick && pc < end) inside++;
     };
     m.run(3_000_000);
-    m.vm.vcpus[0]!.tracer = undefined;
+    m.vm.vcpus[0]!.tracer = null;
     expect(calls).toBeGreaterThanOrEqual(25); // one per time slice of 100 000 instructions
     expect(inside / calls).toBeLessThanOrEqual(16); // two MMIO reads and two compares
 

@@ -1,0 +1,145 @@
+/**
+ * Cooperative reallocation between VMs (T-5): memory moves from VM A to VM B through both
+ * guests' balloons, frame by frame, without a copy and without the host's frames in use rising.
+ *
+ * A's balloon target rises by N pages. As A's driver INFLATEs pages, the frames behind them
+ * (when A held one, privately) are moved — not copied, not released — into a reserve (a VM of
+ * this hypervisor that never runs, a parking place for frames) and zero-filled there. For every
+ * page A gives up, B's balloon target falls by one, so B's driver DEFLATEs only as memory arrives,
+ * and each page B deflates is filled at once with a parked frame. A page A inflated without a
+ * frame (never touched) gives none: the B page it pays for is allocated on B's first touch, from
+ * the frames A never used. When A has given N pages and the reserve is empty, the transfer is
+ * done and the reserve is freed; cancel() ends it early (a VM deleted or stopped), releasing any
+ * parked frame to the OS.
+ *
+ * It acts only through the balloon devices' donor/receiver hooks and GuestMemory's public API.
+ */
+import { PAGE_SIZE } from '../../guest-isa/arch.ts';
+import type { BalloonDevice } from '../../devices/index.ts';
+import { AbsentState, PageState, type GuestMemory, type Hypervisor, type Vm } from '../../kernel/index.ts';
+
+/** One side of a reallocation: a VM and its balloon. */
+export interface ReallocationSide {
+  vm: Vm;
+  balloon: BalloonDevice;
+}
+
+/** Where a reallocation is. */
+export type ReallocationState = 'running' | 'done' | 'cancelled';
+
+/** A reallocation's progress (the host's API shows it). */
+export interface ReallocationStatus {
+  /** The VM giving memory. */
+  from: string;
+  /** The VM receiving it. */
+  to: string;
+  /** Pages to move. */
+  pages: number;
+  /** Pages A has inflated for it so far. */
+  given: number;
+  /** Frames moved out of A (the rest of `given` had none). */
+  frames_taken: number;
+  /** Frames placed into B's deflated pages. */
+  frames_placed: number;
+  /** Where it is. */
+  state: ReallocationState;
+  /** Why it was cancelled, when it was. */
+  reason?: string;
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+let nextId = 1;
+
+/** A transfer of `pages` from one VM to another through their balloons; starts at once. */
+export class Reallocation {
+  private readonly reserve: Vm;
+  /** Reserve pages holding a parked frame, a stack. */
+  private readonly parked: number[] = [];
+  private nextReserveGpn = 0;
+  private given = 0;
+  private framesTaken = 0;
+  private framesPlaced = 0;
+  private stateNow: ReallocationState = 'running';
+  private reason: string | undefined;
+
+  constructor(private readonly hv: Hypervisor, readonly from: ReallocationSide, readonly to: ReallocationSide, readonly pages: number) {
+    if (from.balloon.donor !== null || from.balloon.receiver !== null || to.balloon.donor !== null || to.balloon.receiver !== null) {
+      throw new RangeError('a VM takes part in one reallocation at a time');
+    }
+    this.reserve = hv.createVm({ name: `reallocation-${nextId++}`, memoryBytes: pages * PAGE_SIZE });
+    from.balloon.donor = this.donate;
+    to.balloon.receiver = this.receive;
+    from.balloon.setTarget(from.balloon.target + pages);
+  }
+
+  /** Where the transfer is. */
+  get state(): ReallocationState {
+    return this.stateNow;
+  }
+
+  /** Its progress. */
+  status(): ReallocationStatus {
+    return {
+      from: this.from.vm.name, to: this.to.vm.name, pages: this.pages, given: this.given,
+      frames_taken: this.framesTaken, frames_placed: this.framesPlaced, state: this.stateNow,
+      ...(this.reason === undefined ? {} : { reason: this.reason }),
+    };
+  }
+
+  /** Ends the transfer now: the hooks come off, parked frames go back to the OS. */
+  cancel(reason: string): void {
+    if (this.stateNow !== 'running') return;
+    this.stateNow = 'cancelled';
+    this.reason = reason;
+    this.finish();
+  }
+
+  /** A's INFLATE: park the frames of the pages it gives, up to the transfer's size. */
+  private readonly donate = (memory: GuestMemory, gpns: Uint32Array): number => {
+    let took = 0;
+    let counted = 0;
+    for (const gpn of gpns) {
+      if (this.given + counted >= this.pages) break;
+      counted++;
+      if (memory.stateOf(gpn) !== PageState.PRESENT || !memory.isPrivate(gpn)) continue;
+      const slot = this.nextReserveGpn++;
+      memory.moveFrame(gpn, this.reserve.memory, slot, AbsentState.BALLOONED);
+      this.reserve.memory.writePhysical(slot * PAGE_SIZE, ZERO_PAGE); // B must see zeros, never A's data
+      this.parked.push(slot);
+      took++;
+    }
+    this.given += counted;
+    this.framesTaken += took;
+    // B grows only as A gives: each page given lets B's balloon shrink by one.
+    if (counted > 0) this.to.balloon.setTarget(Math.max(0, this.to.balloon.target - counted));
+    this.settle();
+    return took;
+  };
+
+  /** B's DEFLATE: each page it takes back gets a parked frame, while there are any. */
+  private readonly receive = (memory: GuestMemory, gpns: Uint32Array): number => {
+    let filled = 0;
+    for (const gpn of gpns) {
+      const slot = this.parked.pop();
+      if (slot === undefined) break;
+      this.reserve.memory.moveFrame(slot, memory, gpn);
+      filled++;
+    }
+    this.framesPlaced += filled;
+    this.settle();
+    return filled;
+  };
+
+  private settle(): void {
+    if (this.given >= this.pages && this.parked.length === 0 && this.stateNow === 'running') {
+      this.stateNow = 'done';
+      this.finish();
+    }
+  }
+
+  private finish(): void {
+    if (this.from.balloon.donor === this.donate) this.from.balloon.donor = null;
+    if (this.to.balloon.receiver === this.receive) this.to.balloon.receiver = null;
+    if (this.hv.vms.includes(this.reserve)) this.hv.destroyVm(this.reserve);
+  }
+}
