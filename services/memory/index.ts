@@ -20,3 +20,20 @@ export {
   type ScanSource,
 } from './large-pages.ts';
 export { PageSharer, PageSharingError, pageHash64, type PageHash, type PageSharerOptions, type PageSharingStats, type ScanResult } from './sharing.ts';
+// The memory scheduler: the reclaim ladder and usage classes (T-6, T-7); see docs/overcommit.md.
+export {
+  LADDER_STATES,
+  MEMORY_BLOCK_REASON,
+  MemoryScheduler,
+  MemorySchedulerError,
+  type LadderState,
+  type LadderThresholds,
+  type ManagedVmDevices,
+  type ManagedVmStats,
+  type MemoryDecision,
+  type MemorySchedulerCounters,
+  type MemorySchedulerOptions,
+  type MemorySchedulerStats,
+  type PageScanner,
+  type ReclaimAction,
+} from './reclaim.ts';
