@@ -23,7 +23,7 @@ export {
 } from './balloon.ts';
 export type { BalloonCounters, BalloonGuestStats, BalloonOptions, BalloonState, BalloonStatsReport } from './balloon.ts';
 export { attachMeminfo, HOST_PRESSURE_NAMES, HostPressure, MeminfoDevice, MeminfoError, MeminfoRegister } from './meminfo.ts';
-export type { HostPressureLevel, MemoryCondition } from './meminfo.ts';
+export type { HostPressureLevel, MeminfoState, MemoryCondition } from './meminfo.ts';
 export { DeviceStateError } from './state.ts';
 export {
   BackingKind, decodeOverlayHeader, DISK_ERROR_CODES, DISK_SECTOR_BYTES, DiskChain, DiskError, encodeOverlayHeader, MAX_DISK_SECTORS,

@@ -60,6 +60,16 @@ export interface MemoryCondition {
   pressure?: HostPressureLevel;
 }
 
+/** What the 'meminfo' state component saves. */
+export interface MeminfoState {
+  /** LIMIT. */
+  limitPages: number;
+  /** PRESSURE. */
+  pressure: HostPressureLevel;
+  /** SEQ. */
+  seq: number;
+}
+
 /** The device model: host-set figures the guest reads. */
 export class MeminfoDevice implements MmioDevice {
   /** Guest-physical base of the window (set by attachMeminfo). */
@@ -119,12 +129,12 @@ export class MeminfoDevice implements MmioDevice {
   }
 
   /** The saved form: the figures the guest sees. */
-  saveState(): { limitPages: number; pressure: number; seq: number } {
+  saveState(): MeminfoState {
     return { limitPages: this.limit, pressure: this.level, seq: this.seq };
   }
 
   /** Checks a saved state (a damaged file) without changing anything. */
-  checkState(state: unknown): { limitPages: number; pressure: HostPressureLevel; seq: number } {
+  checkState(state: unknown): MeminfoState {
     const record = stateRecord(state, 'meminfo');
     return {
       limitPages: stateInteger(record['limitPages'], 'meminfo', 'limitPages', 0, this.vm.memory.pageCount),
@@ -133,6 +143,7 @@ export class MeminfoDevice implements MmioDevice {
     };
   }
 
+  /** Puts back a saved state (checked first). */
   restoreState(state: unknown): void {
     const saved = this.checkState(state);
     this.limit = saved.limitPages;

@@ -688,7 +688,6 @@ export class Host {
     return this.describe(m);
   }
 
-  /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
   /**
    * POST /host/reallocate: moves `mib` of memory from one VM to another through their balloons
    * without a copy (T-5, services/memory/reallocate.ts): `from`'s balloon grows by that much, and
@@ -718,6 +717,7 @@ export class Host {
     return transfer.status();
   }
 
+  /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
   deleteVm(name: string): void {
     const m = this.get(name);
     if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it: stop that process to end it`);

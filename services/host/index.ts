@@ -7,16 +7,16 @@ export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandle
 export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
-  type ConfigProblem, type DiskSpec, type HostSpec, type VmSpec,
+  type BalloonSpec, type ConfigProblem, type DiskSpec, type HostSpec, type VmSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export {
-  describeExit, Host, HostError, HostStatus, type AdoptOptions, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
+  describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
   type VmOrigin,
 } from './host.ts';
 export {
-  hostStats, vmStats, type BusyScan, type DecodeCacheStatsReport, type ExitStats, type HostStats, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
+  hostStats, vmStats, type BalloonCountersReport, type BusyScan, type DecodeCacheStatsReport, type ExitStats, type HostStats, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
   type PoolStatsReport, type PrioritizerStatsReport, type PromotionRecord, type ReclaimerStatsReport, type SwapStatsReport, type VcpuCounters,
   type VmMemoryStats, type VmStats, type VmStatsExtras,
 } from './stats.ts';

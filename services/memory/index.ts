@@ -20,6 +20,7 @@ export {
   type ScanSource,
 } from './large-pages.ts';
 export { PageSharer, PageSharingError, pageHash64, type PageHash, type PageSharerOptions, type PageSharingStats, type ScanResult } from './sharing.ts';
+export { Reallocation, type ReallocationSide, type ReallocationState, type ReallocationStatus } from './reallocate.ts';
 // The memory scheduler: the reclaim ladder and usage classes (T-6, T-7); see docs/overcommit.md.
 export {
   LADDER_STATES,
@@ -35,5 +36,7 @@ export {
   type MemorySchedulerOptions,
   type MemorySchedulerStats,
   type PageScanner,
+  type PoolReport,
   type ReclaimAction,
+  type ThresholdsReport,
 } from './reclaim.ts';

@@ -20,7 +20,9 @@ import { AbsentState, PageState, type GuestMemory, type Hypervisor, type Vm } fr
 
 /** One side of a reallocation: a VM and its balloon. */
 export interface ReallocationSide {
+  /** The VM. */
   vm: Vm;
+  /** Its balloon (the donor or receiver hook goes on it). */
   balloon: BalloonDevice;
 }
 
@@ -62,7 +64,15 @@ export class Reallocation {
   private stateNow: ReallocationState = 'running';
   private reason: string | undefined;
 
-  constructor(private readonly hv: Hypervisor, readonly from: ReallocationSide, readonly to: ReallocationSide, readonly pages: number) {
+  constructor(
+    private readonly hv: Hypervisor,
+    /** The VM giving memory. */
+    readonly from: ReallocationSide,
+    /** The VM receiving it. */
+    readonly to: ReallocationSide,
+    /** Pages to move. */
+    readonly pages: number,
+  ) {
     if (from.balloon.donor !== null || from.balloon.receiver !== null || to.balloon.donor !== null || to.balloon.receiver !== null) {
       throw new RangeError('a VM takes part in one reallocation at a time');
     }

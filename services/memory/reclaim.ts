@@ -205,17 +205,44 @@ export interface ManagedVmStats {
   blocked: boolean;
 }
 
+/** The ladder's thresholds, in percent of the pool and in frames (MemorySchedulerStats.thresholds). */
+export interface ThresholdsReport {
+  /** Free memory at or above which the state is high again. */
+  high_pct: number;
+  /** Below it: soft (ballooning). */
+  soft_pct: number;
+  /** Below it: hard (swap too). */
+  hard_pct: number;
+  /** Below it: low (allocating VMs blocked). */
+  low_pct: number;
+  /** high_pct in frames. */
+  high_frames: number;
+  /** soft_pct in frames. */
+  soft_frames: number;
+  /** hard_pct in frames. */
+  hard_frames: number;
+  /** low_pct in frames. */
+  low_frames: number;
+}
+
+/** The pool as the last tick saw it (MemorySchedulerStats.pool). */
+export interface PoolReport {
+  /** Frames in the pool. */
+  total_frames: number;
+  /** Frames free. */
+  free_frames: number;
+  /** Free frames in percent of the pool. */
+  free_pct: number;
+}
+
 /** MemoryScheduler.stats(): JSON-friendly, for GET /host/stats. */
 export interface MemorySchedulerStats {
   /** The ladder state now. */
   state: LadderState;
   /** Thresholds in percent and in frames of the pool. */
-  thresholds: {
-    high_pct: number; soft_pct: number; hard_pct: number; low_pct: number;
-    high_frames: number; soft_frames: number; hard_frames: number; low_frames: number;
-  };
+  thresholds: ThresholdsReport;
   /** The pool at the last tick. */
-  pool: { total_frames: number; free_frames: number; free_pct: number };
+  pool: PoolReport;
   /** Ticks spent in each state. */
   ticks_in_state: Record<LadderState, number>;
   /** The counters. */
@@ -317,15 +344,25 @@ export class MemoryScheduler {
   readonly swap: SwapFile | null;
   /** The sharer scanned every tick, or null. */
   sharer: PageScanner | null;
+  /** Pages the sharer scans per tick (MemorySchedulerOptions). */
   readonly sharingPagesPerTick: number;
+  /** Ticks at high with no target change before the scheduler deflates (MemorySchedulerOptions). */
   readonly deflateHoldTicks: number;
+  /** The largest share of a VM's RAM the scheduler puts in its balloon (MemorySchedulerOptions). */
   readonly maxBalloonFraction: number;
+  /** Balloon statistics younger than this many guest instructions count in full (MemorySchedulerOptions). */
   readonly statsFreshInstructions: number;
+  /** Balloon statistics older than this many guest instructions count for nothing (MemorySchedulerOptions). */
   readonly statsMaxAgeInstructions: number;
+  /** At high, ask for fresh statistics every this many ticks (MemorySchedulerOptions). */
   readonly statsRequestTicksAtHigh: number;
+  /** Free pages a guest keeps for itself, not counted as cheap (MemorySchedulerOptions). */
   readonly guestReservePages: number;
+  /** Ticks without progress after which a balloon short of its target counts as stalled (MemorySchedulerOptions). */
   readonly balloonStallTicks: number;
+  /** Most pages swapped out in one tick (MemorySchedulerOptions). */
   readonly maxSwapPagesPerTick: number;
+  /** At hard and low, cap MEMINFO's limit at the frames a VM holds (MemorySchedulerOptions). */
   readonly squeezeLimitUnderPressure: boolean;
   private readonly decisionLog: number;
   private readonly blockVm: (vm: Vm, reason: string) => void;
@@ -455,7 +492,7 @@ export class MemoryScheduler {
   }
 
   /** The thresholds in frames of a pool of `totalFrames` (rounded up): below soft → soft, etc. */
-  thresholdFrames(totalFrames: number = this.lastTotal): { high: number; soft: number; hard: number; low: number } {
+  thresholdFrames(totalFrames: number = this.lastTotal): LadderThresholds {
     const at = (p: number): number => Math.ceil((totalFrames * p) / 100);
     return { high: at(this.thresholds.high), soft: at(this.thresholds.soft), hard: at(this.thresholds.hard), low: at(this.thresholds.low) };
   }
