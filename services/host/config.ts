@@ -69,6 +69,18 @@ export interface VmSpec {
   startPaused: boolean;
   /** `balloon`: a memory balloon; absent (or null in the file) for none. */
   balloon?: BalloonSpec;
+  /** `meminfo` (default false): the MEMINFO device (docs/meminfo.md), which the memory scheduler keeps up to date. */
+  meminfo: boolean;
+}
+
+/** The host's memory scheduler (`reclaim`, docs/overcommit.md): on by default when the host overcommits. */
+export interface ReclaimSpec {
+  /** `thresholds_pct`: the ladder's thresholds in percent of the pool (defaults 6 / 4 / 2 / 1). */
+  thresholds: { high?: number; soft?: number; hard?: number; low?: number };
+  /** `sharing` (default true): content-based page sharing runs every tick (docs/page-sharing.md). */
+  sharing: boolean;
+  /** `swap_dir` (default the OS's temp directory): where the hypervisor swap file goes. */
+  swapDir: string | null;
 }
 
 /** The host: pool, scheduling, API limits, and the VMs it boots. */
@@ -87,10 +99,12 @@ export interface HostSpec {
   requestTimeoutMs: number;
   /**
    * `overcommit` (default false): whether the VMs' memory may add up to more than the pool. Off,
-   * every VM's memory is reserved against the pool (config, create, restore, fork); on, each VM
-   * must only fit the pool alone, and the host reclaims memory when the pool runs short.
+   * every VM's memory is reserved against the pool (config, create, restore, fork); on, any VM
+   * is let in (even one larger than the pool) and the host reclaims memory when the pool runs short.
    */
   overcommit: boolean;
+  /** `reclaim`: the memory scheduler, or null for none (default: on with its defaults when `overcommit` is, else off). */
+  reclaim: ReclaimSpec | null;
   /** `vms` (default []): the VMs the host boots, in order. */
   vms: VmSpec[];
 }
@@ -158,6 +172,7 @@ const VM_DEFAULTS = {
   max_instructions: null,
   start_paused: false,
   balloon: null,
+  meminfo: false,
 } as const;
 
 /** The defaults of the `balloon` keys. */
@@ -245,6 +260,7 @@ const VM_BODY = {
       default: VM_DEFAULTS.balloon,
       description: 'A memory balloon (docs/balloon.md), or null for none.',
     },
+    meminfo: { type: 'boolean', default: VM_DEFAULTS.meminfo, description: 'Attach the MEMINFO device (docs/meminfo.md).' },
   },
 };
 
@@ -265,7 +281,27 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
     slice_instructions: integer(1000, 100_000_000, 'Instructions each running VM gets per round-robin turn.', { default: HOST_DEFAULTS.slice_instructions }),
     quantum: integer(100, 10_000_000, 'Instructions per vCPU slice inside a VM\'s turn.', { default: HOST_DEFAULTS.quantum }),
     console_buffer_kib: integer(1, 65536, 'Guest console output kept per VM, in KiB.', { default: HOST_DEFAULTS.console_buffer_kib }),
-    overcommit: { type: 'boolean', default: false, description: 'Let the VMs\' memory add up to more than the pool (each VM must still fit it alone).' },
+    overcommit: { type: 'boolean', default: false, description: 'Let the VMs\' memory add up to more than the pool; the memory scheduler reclaims when it runs short.' },
+    reclaim: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: {
+        thresholds_pct: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            high: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Back to high at or above this percent of the pool free (default 6).' },
+            soft: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Below it: soft, ballooning (default 4).' },
+            hard: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Below it: hard, hypervisor swap too (default 2).' },
+            low: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Below it: low, allocating VMs blocked (default 1).' },
+          },
+          description: 'The reclaim ladder\'s thresholds in percent of the pool.',
+        },
+        sharing: { type: 'boolean', default: true, description: 'Run content-based page sharing every tick.' },
+        swap_dir: { type: 'string', minLength: 1, description: 'Where the hypervisor swap file goes (default: the OS temp directory).' },
+      },
+      description: 'The memory scheduler (docs/overcommit.md); null: off. Default: on when overcommit is.',
+    },
     api: {
       type: 'object',
       additionalProperties: false,
@@ -303,6 +339,7 @@ interface VmJson {
   max_instructions?: number | null;
   start_paused?: boolean;
   balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
+  meminfo?: boolean;
 }
 
 /** The host file as it is after the schema check. */
@@ -312,6 +349,7 @@ interface HostJson {
   quantum?: number;
   console_buffer_kib?: number;
   overcommit?: boolean;
+  reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string } | null;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
 }
@@ -343,6 +381,7 @@ export function parseHostConfig(json: unknown): HostSpec {
       vms.forEach((vm, index) => found.push(...vmProblems(vm, ['vms', index])));
       found.push(...crossVmProblems(json, vms));
     }
+    found.push(...reclaimProblems(json.reclaim));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -352,6 +391,9 @@ export function parseHostConfig(json: unknown): HostSpec {
     quantum: host.quantum ?? HOST_DEFAULTS.quantum,
     consoleBufferBytes: (host.console_buffer_kib ?? HOST_DEFAULTS.console_buffer_kib) * KIB,
     overcommit: host.overcommit ?? false,
+    reclaim: host.reclaim === null || (host.reclaim === undefined && host.overcommit !== true)
+      ? null
+      : { thresholds: { ...host.reclaim?.thresholds_pct }, sharing: host.reclaim?.sharing ?? true, swapDir: host.reclaim?.swap_dir ?? null },
     maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
@@ -536,19 +578,28 @@ function crossVmProblems(host: Record<string, unknown>, vms: unknown[]): Found[]
   const given = host.host_memory_mib;
   const poolMib = given === undefined ? HOST_DEFAULTS.host_memory_mib : isInteger(given, 4, 4096) && given % 4 === 0 ? given : undefined;
   const pool = given === undefined ? `${poolMib} MiB, the default` : `${poolMib} MiB`;
-  if (host.overcommit === true) {
-    // Overcommitted: the sum may exceed the pool, but a VM larger than the pool can never fit.
-    if (poolMib !== undefined) {
-      vms.forEach((vm, index) => {
-        if (isObject(vm) && isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB) && vm.memory_mib > poolMib) {
-          found.push({ segments: ['vms', index, 'memory_mib'], problem: `${vm.memory_mib} MiB is more than host_memory_mib (${pool}): the VM can never fit the pool` });
-        }
-      });
-    }
-  } else if (memoryKnown && poolMib !== undefined && totalMib > poolMib) {
+  // Overcommitted, a VM may be larger than the pool itself: reclaim keeps its frames within it.
+  if (host.overcommit !== true && memoryKnown && poolMib !== undefined && totalMib > poolMib) {
     found.push({ segments: ['vms'], problem: `the VMs' memory_mib add up to ${totalMib} MiB, more than host_memory_mib (${pool}); set "overcommit": true to allow it` });
   }
   return found;
+}
+
+/** The ladder's thresholds, defaults filled in, must fall: high > soft > hard > low. */
+function reclaimProblems(reclaim: unknown): Found[] {
+  if (!isObject(reclaim) || !isObject(reclaim.thresholds_pct)) return [];
+  const given = reclaim.thresholds_pct;
+  const merged: Record<string, unknown> = { high: 6, soft: 4, hard: 2, low: 1, ...given };
+  const order = ['high', 'soft', 'hard', 'low'] as const;
+  for (let i = 1; i < order.length; i++) {
+    const above = merged[order[i - 1]!];
+    const below = merged[order[i]!];
+    if (typeof above === 'number' && typeof below === 'number' && !(below < above)) {
+      const key = order[i]! in given ? order[i]! : order[i - 1]!;
+      return [{ segments: ['reclaim', 'thresholds_pct', key], problem: `the thresholds must fall from high to low (high > soft > hard > low); ${order[i]} ${below} is not below ${order[i - 1]} ${above}` }];
+    }
+  }
+  return [];
 }
 
 function isInteger(value: unknown, min: number, max: number): value is number {
@@ -749,6 +800,7 @@ function toVmSpec(vm: VmJson): VmSpec {
     consoleInputEof: vm.console_input_eof ?? VM_DEFAULTS.console_input_eof,
     maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,
     startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
+    meminfo: vm.meminfo ?? VM_DEFAULTS.meminfo,
   };
   if (balloon !== null) {
     spec.balloon = {

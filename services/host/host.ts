@@ -22,9 +22,13 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
+import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
+import { PageSharer } from '../memory/sharing.ts';
+import { SwapFile } from '../memory/swap.ts';
+import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 
 /** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
@@ -300,8 +304,8 @@ export interface HostSettings {
   /** Console output kept per VM. */
   consoleBufferBytes: number;
   /**
-   * Let the VMs' memory add up to more than the pool (default false: every VM's memory is
-   * reserved against the pool, and a VM that does not fit is refused with 507).
+   * Let the VMs' memory add up to more than the pool, any VM in (default false: every VM's memory
+   * is reserved against the pool, and a VM that does not fit is refused with 507).
    */
   overcommit?: boolean;
 }
@@ -356,6 +360,8 @@ class HostedVm {
   readonly stopWaiters: (() => void)[] = [];
   /** DELETE is refused: the VM's owner frees it (AdoptOptions.keep). */
   kept = false;
+  /** Paused by the memory scheduler at low (it resumes it when memory frees). */
+  blockedByMemory = false;
   /** The balloon's statistics polling timer (unref'd), or null. */
   statsTimer: ReturnType<typeof setInterval> | null = null;
 
@@ -385,6 +391,8 @@ export class Host {
   readonly startedAt = performance.now();
   private readonly machines = new Map<string, HostedVm>();
   private readonly reallocations: Reallocation[] = [];
+  /** The memory scheduler and its swap file (enableReclaim), or null. */
+  private memory: { scheduler: MemoryScheduler; swap: SwapFile } | null = null;
   private readonly log: (line: string) => void;
   private readonly yieldEveryMs: number;
   private closed = false;
@@ -413,6 +421,7 @@ export class Host {
     const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, options);
     try {
+      if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
       for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
     } catch (error) {
       await host.close();
@@ -532,8 +541,51 @@ export class Host {
   }
 
   /** GET /host/stats. */
-  hostStats(): HostStats {
-    return hostStats(this.hv);
+  hostStats(): HostStats & { memory_scheduler: MemorySchedulerStats | null } {
+    return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null };
+  }
+
+  /**
+   * Turns on the memory scheduler (docs/overcommit.md): the reclaim ladder over the pool's free
+   * memory, ballooning by usage classes, hypervisor swap, page sharing, blocking at low, MEMINFO
+   * updates. It ticks after every scheduling round. Host.start does this for `reclaim`.
+   */
+  enableReclaim(spec: ReclaimSpec): void {
+    if (this.memory !== null) throw new HostError(409, 'the memory scheduler is on already');
+    const swap = SwapFile.createIn(spec.swapDir ?? tmpdir());
+    try {
+      const scheduler = new MemoryScheduler(this.hv, {
+        thresholds: spec.thresholds,
+        swap,
+        sharer: spec.sharing ? new PageSharer(this.hv) : null,
+        // Blocking is the host's pause, so the API shows it and nothing else resumes the VM.
+        block: (vm, reason) => {
+          const m = this.byVm(vm);
+          if (m === undefined || m.state !== 'Running') return;
+          m.state = 'Paused';
+          m.blockedByMemory = true;
+          this.log(`vm ${m.name}: blocked: ${reason}`);
+        },
+        unblock: (vm) => {
+          const m = this.byVm(vm);
+          if (m === undefined || !m.blockedByMemory) return;
+          m.blockedByMemory = false;
+          if (m.state === 'Paused') m.state = 'Running';
+          this.log(`vm ${m.name}: unblocked: memory freed`);
+          this.kick();
+        },
+      });
+      this.memory = { scheduler, swap };
+    } catch (error) {
+      swap.close();
+      throw error instanceof BvError ? new HostError(400, `reclaim: ${error.message}`, { cause: error }) : error;
+    }
+    for (const m of this.machines.values()) this.memory.scheduler.add(m.vm, { balloon: m.devices.balloon, meminfo: m.devices.meminfo });
+  }
+
+  private byVm(vm: Vm): HostedVm | undefined {
+    for (const m of this.machines.values()) if (m.vm === vm) return m;
+    return undefined;
   }
 
   /** GET /vms/{name}/console: output from `offset`, at most `limit` bytes. */
@@ -600,6 +652,7 @@ export class Host {
     if (m.state === 'Stopped') throw this.stoppedError(m, 'resume');
     if (m.state === 'Running') throw new HostError(409, `VM '${name}' is not paused`);
     m.state = 'Running';
+    m.blockedByMemory = false; // the operator's resume overrides the memory scheduler's block
     this.log(`vm ${name}: resumed`);
     this.kick();
     return this.describe(m);
@@ -663,7 +716,7 @@ export class Host {
         disk = block === undefined ? null : savedBlockDisk(block);
         // A saved balloon gets a device; its state (target, settings, pages) is restored into it.
         const balloon = saved.components['balloon'] === undefined ? null : {};
-        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon));
+        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon, saved.components['meminfo'] !== undefined));
       },
     }), `restore of ${path}`);
     const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
@@ -681,7 +734,7 @@ export class Host {
     const log = new ConsoleLog(this.settings.consoleBufferBytes);
     const { vm, devices } = guard(() => this.hv.forkVmWith(parent.vm, {
       name: childName,
-      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {})),
+      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null)),
     }), `fork of '${parentName}'`);
     const m = new HostedVm(childName, vm, devices, log, { kind: 'fork', parent: parentName }, parent.disk, null, paused, null);
     this.add(m);
@@ -734,6 +787,7 @@ export class Host {
     await this.loopDone;
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
+    this.memory?.swap.close();
   }
 
   // ------------------------------------------------------------------------------ internals
@@ -782,14 +836,14 @@ export class Host {
   }
 
   /**
-   * Refuses (507) a VM of `bytes` that cannot fit the pool: ever (larger than the pool), or, when
-   * the host does not overcommit, beside the memory the other VMs reserve. `except` is a VM being
+   * Refuses (507), when the host does not overcommit, a VM of `bytes` that cannot fit the pool:
+   * ever (larger than the pool), or beside the memory the other VMs reserve. `except` is a VM being
    * created that already counts among the hypervisor's.
    */
   private checkFits(bytes: number, what: string, except?: Vm): void {
+    if (this.settings.overcommit) return; // reclaim keeps the frames within the pool
     const pool = this.hv.poolStats().totalFrames * 4096;
     if (bytes > pool) throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory can never fit the host pool of ${pool / MIB} MiB`);
-    if (this.settings.overcommit) return;
     let reserved = 0;
     for (const vm of this.hv.vms) if (vm !== except) reserved += vm.config.memoryBytes;
     if (reserved + bytes > pool) {
@@ -801,9 +855,10 @@ export class Host {
     return new HostError(409, `cannot ${what} VM '${m.name}': it has stopped (${describeExit(m.exit!)})`);
   }
 
-  private deviceOptions(log: ConsoleLog, bootArgs: string, disk: string | null, input: string | null, closeInput = false, balloon: BalloonOptions | null = null): StandardDeviceOptions {
+  private deviceOptions(log: ConsoleLog, bootArgs: string, disk: string | null, input: string | null, closeInput = false, balloon: BalloonOptions | null = null, meminfo = false): StandardDeviceOptions {
     const options: StandardDeviceOptions = { output: log, bootArgs, hypervisor: this.hv };
     if (balloon !== null) options.balloon = balloon;
+    if (meminfo) options.meminfo = true;
     if (input !== null) options.input = input;
     if (closeInput) options.closeInput = true;
     else options.hostInput = true;
@@ -819,7 +874,7 @@ export class Host {
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
       const devices = guard(
-        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec))),
+        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo)),
         where === '' ? `VM '${spec.name}'` : where,
       );
       guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);
@@ -834,6 +889,7 @@ export class Host {
 
   private add(m: HostedVm): void {
     this.machines.set(m.name, m);
+    this.memory?.scheduler.add(m.vm, { balloon: m.devices.balloon, meminfo: m.devices.meminfo });
     this.startStatsPolling(m);
     this.log(`vm ${m.name}: created (${m.state.toLowerCase()}, ${m.vm.memory.pageCount * 4} KiB, ${m.vm.vcpus.length} vCPU${m.vm.vcpus.length === 1 ? '' : 's'})`);
     this.kick();
@@ -854,6 +910,7 @@ export class Host {
     }
     m.devices.console.stop();
     m.devices.block?.close();
+    this.memory?.scheduler.remove(m.vm, { forgetSwap: true });
     if (this.hv.vms.includes(m.vm)) this.hv.destroyVm(m.vm);
     m.restored?.close();
     if (m.state !== 'Stopped') {
@@ -918,6 +975,13 @@ export class Host {
         if (performance.now() - lastYield >= this.yieldEveryMs) {
           await new Promise<void>((resolve) => setImmediate(resolve));
           lastYield = performance.now();
+        }
+      }
+      if (ran > 0 && this.memory !== null) {
+        try {
+          this.memory.scheduler.tick();
+        } catch (error) {
+          this.log(`host: memory scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
         }
       }
       if (ran === 0 && !this.closed) {

@@ -1,0 +1,69 @@
+/**
+ * A real overcommitted host (services/host with `overcommit` and its memory scheduler,
+ * services/memory/reclaim.ts): three 64 MiB nanokernel VMs on a 48 MiB pool. The scheduler
+ * balloons the VM with cheap pages, swaps where no balloon can help, no VM runs out of host
+ * memory, and GET /host/stats shows its state and decisions.
+ */
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseHostConfig } from '../../services/host/config.ts';
+import { Host } from '../../services/host/host.ts';
+import { REPO } from '../tools/child.ts';
+
+const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
+
+async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('an overcommitted host', () => {
+  it('reclaims through its memory scheduler: the balloon of the VM with cheap pages, and no VM runs out', async () => {
+    const spec = parseHostConfig({
+      host_memory_mib: 48,
+      overcommit: true,
+      slice_instructions: 50_000,
+      vms: [
+        // a dirties then frees a 32 MiB heap and idles: free pages that hold frames, cheap to balloon.
+        { name: 'a', image: KERNEL, memory_mib: 64, boot_args: 'heap 32M 1 1 idle', balloon: { stats_polling_interval_s: 1 }, meminfo: true },
+        { name: 'b', image: KERNEL, memory_mib: 64, boot_args: 'walker 12M seq 0', balloon: { stats_polling_interval_s: 1 }, start_paused: true },
+        // c has no balloon: the scheduler can never balloon it.
+        { name: 'c', image: KERNEL, memory_mib: 64, boot_args: 'walker 12M seq 0', start_paused: true },
+      ],
+    });
+    expect(spec.reclaim).not.toBeNull();
+    const host = await Host.start(spec);
+    try {
+      // 192 MiB promised on 48: a's heap first, then the two walkers want more than is free.
+      await until("a's heap to be done", () => (host.readConsole('a', 0, 1 << 20).data.includes('heap: ') ? true : undefined));
+      await until("a's first statistics", () => (host.balloonStatistics('a').free_memory !== undefined ? true : undefined));
+      host.resume('b');
+      host.resume('c');
+      const stats = await until('the scheduler to balloon a', () => {
+        const s = host.hostStats().memory_scheduler!;
+        return s.counters.balloon_decisions > 0 && host.vmInfo('b').instructions > 20_000_000 && host.vmInfo('c').instructions > 20_000_000 ? s : undefined;
+      });
+      const decisions = stats.recent_decisions;
+      expect(stats.counters.state_changes).toBeGreaterThan(0);
+      expect(decisions.filter((d) => d.action === 'balloon').every((d) => d.vm === 'a' || d.vm === 'b')).toBe(true);
+      expect(host.balloon('a').actual_pages).toBeGreaterThan(0);
+      // The pool was never overrun: every VM still runs, none ran out of host memory.
+      for (const vm of host.list()) expect({ name: vm.name, state: vm.state, exit: vm.exit }).toEqual({ name: vm.name, state: 'Running', exit: null });
+      const info = host.info();
+      expect(info.frames_used).toBeLessThanOrEqual(info.frames_total);
+    } finally {
+      await host.close();
+    }
+  }, 180_000);
+
+  it('refuses thresholds that do not fall from high to low, naming the field', () => {
+    expect(() => parseHostConfig({ overcommit: true, reclaim: { thresholds_pct: { soft: 7 } } })).toThrow(/reclaim\.thresholds_pct\.soft: the thresholds must fall/);
+    expect(parseHostConfig({ overcommit: true, reclaim: null }).reclaim).toBeNull();
+    expect(parseHostConfig({}).reclaim).toBeNull();
+  });
+});
