@@ -49,17 +49,10 @@ balloon_probe:
         addi    sp, sp, -16
         sw      ra, 0(sp)
         sw      s0, 4(sp)
-        lw      t0, 4(a0)
-        srli    t0, t0, 16              # t0 = entries
-        addi    t1, a0, DT_HEADER_BYTES
-1:      beqz    t0, 9f
-        lw      t2, 0(t1)               # type | instance << 16
-        li      t3, DEV_BALLOON
-        beq     t2, t3, 2f
-        addi    t1, t1, DT_ENTRY_BYTES
-        addi    t0, t0, -1
-        j       1b
-2:      lw      s0, 4(t1)               # the window
+        li      a1, DEV_BALLOON
+        call    find_device
+        beqz    a0, 9f
+        lw      s0, 4(a0)               # the window
         mv      a0, s0
         la      a1, kernel_root
         call    map_mmio_superpage

@@ -18,6 +18,8 @@ _start:
         call    disk_probe              # the disk is optional (disk.s)
         mv      a0, s0
         call    balloon_probe           # so is the balloon (balloon.s)
+        mv      a0, s0
+        call    meminfo_probe           # and the host's memory condition (meminfo.s)
         call    parse_bootargs
         beqz    a0, 1f
         li      a0, EXIT_BAD_BOOTARGS
@@ -101,6 +103,22 @@ scan_devices:
         call    kputs
 9:      li      a0, EXIT_NO_DEVICE      # (without a console nothing can be said)
         j       power_off
+
+# find_device(a0 = device table, a1 = type) -> a0 = the table entry of instance 0 of that device
+# type (its window at 4(a0), its info word at 12(a0)), or 0 when there is none. Clobbers t0-t2.
+find_device:
+        lw      t0, 4(a0)
+        srli    t0, t0, 16              # t0 = entries
+        addi    t1, a0, DT_HEADER_BYTES
+1:      beqz    t0, 2f
+        lw      t2, 0(t1)               # type | instance << 16: instance 0 is the type itself
+        beq     t2, a1, 3f
+        addi    t1, t1, DT_ENTRY_BYTES
+        addi    t0, t0, -1
+        j       1b
+2:      li      t1, 0
+3:      mv      a0, t1
+        ret
 
 # setup_kernel_paging(): the kernel root table maps RAM 1:1 with global supervisor superpages
 # (up to KERNEL_RAM_LIMIT) and the superpages holding the device windows; then paging goes on.

@@ -78,6 +78,7 @@
         .equ    SYS_DISK_FLUSH, 9               # disk_flush() -> 0 | -errno
         .equ    SYS_READ, 10                    # read(fd 0, buf, len) -> bytes read, 0 at the end of input | -errno
         .equ    SYS_SLEEP, 11                   # sleep(time units) -> 0, once at least that much virtual time passed
+        .equ    SYS_MEMINFO, 12                 # meminfo() -> a0 = pages available, a1 = pressure | -1, a2 = seq, a3 = limit
         .equ    EIO, -5
         .equ    EBADF, -9
         .equ    ENOMEM, -12

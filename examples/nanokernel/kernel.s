@@ -19,6 +19,7 @@
         .include "disk.s"
         .include "cache.s"
         .include "balloon.s"
+        .include "meminfo.s"
 
         .text
         STRLIB  k_

@@ -204,6 +204,8 @@ on_syscall:
         beq     t0, t1, sys_read
         li      t1, SYS_SLEEP           # (proc.s)
         beq     t0, t1, sys_sleep
+        li      t1, SYS_MEMINFO         # the memory condition (meminfo.s)
+        beq     t0, t1, sys_meminfo
         li      a0, ENOSYS
 syscall_return:                         # a0 = the result
         sw      a0, P_A0(s0)

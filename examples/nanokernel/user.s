@@ -1,5 +1,5 @@
 # user.s — the user image: every user program (sieve, crc32, walker, ping, fault, record, wc,
-# heap, reader, idle) and their small library. The kernel copies the
+# heap, reader, idle, kvcache, meminfo) and their small library. The kernel copies the
 # whole image to USER_BASE in each process and starts the program at its entry with
 #   a0 = argument text (on the stack), a1 = its length, sp = just below the text.
 # The code is position-independent: only pc-relative `la`, branches and `jal`, never a kernel
@@ -1889,6 +1889,771 @@ idle_main:
 u_name_idle:            .asciz "idle"
 u_msg_idle:             .asciz "idle: 16 pages touched, sleeping\n"
 
+# ---- kvcache ENTRIES [OPS] [listen|deaf]: a key-value cache that fills memory (T-7) ------------
+# A cache of up to ENTRIES entries, each one 4 KiB heap page: word 0 holds the key, words 1…1023
+# the value, value(key, j) = mix(key * KV_GOLDEN + j) (mix below) — "computed" on a miss by
+# filling the page (about 9 instructions a word), read back on a hit. OPS operations (default
+# 8 × ENTRIES) look up keys drawn from 4 × ENTRIES keys with a skewed distribution: x = LCG(x)
+# from KV_SEED, key = floor(KEYS * (x / 2^32)^3) (key k is hotter the smaller it is), and each
+# reads word j = 1 + ((x >> 8) mod 1023) of its entry, checks it against value(key, j) and folds
+# it into an FNV-1a checksum (the same whatever the cache did: a lost page is an error).
+# A miss inserts the key: in a new slot (one more heap page, sbrk) while the cache is below its
+# size limit, else in the slot of the clock's victim (a referenced bit per slot, set on a hit).
+# The index (slot keys, chain links, referenced bits, hash buckets) sits at the start of the heap,
+# the entries after it in slots 0 … count - 1: the heap ends exactly after the last entry.
+#
+# listen (the default): every KV_CHECK_OPS operations it asks the kernel (meminfo) how many pages
+# are available; with a margin of KV_MARGIN << pressure pages, it shrinks when fewer are available
+# than the margin — to leave twice the margin — from the top of the heap, KV_SHRINK_STEP slots at
+# a time: a top entry the clock would evict is dropped, a referenced one moves into a clock
+# victim's slot below; each step gives its pages back with a negative sbrk (the kernel's free
+# count rises; the balloon and the host can take them). Otherwise it lets itself grow by what is
+# available above the margin. deaf: never asks, grows to ENTRIES.
+# Prints "kvcache: MODE, ops N, hits H, misses M, evictions E, entries S, peak P, shrinks K,
+# dropped D, changes C, checksum 0x…" (D: entries the shrinks dropped; C: changes of the memory
+# condition it saw) and exits with 0. A page that lost its contents:
+# "kvcache: key K lost its contents", exit 2.
+
+        .equ    KV_ENTRIES_MAX, 200000          # ENTRIES at most (the heap must hold them)
+        .equ    KV_KEY_FACTOR, 4                # keys: 4 × ENTRIES
+        .equ    KV_OPS_FACTOR, 8                # default OPS: 8 × ENTRIES
+        .equ    KV_CHECK_OPS, 32                # listen: meminfo every 32 operations (a power of two)
+        .equ    KV_MARGIN, 128                  # pages to leave available, shifted left by the pressure
+        .equ    KV_MIN_ENTRIES, 16              # a shrink never goes below this
+        .equ    KV_SHRINK_STEP, 64              # a shrink gives pages back this many at a time
+        .equ    KV_SEED, 0x2545f491
+        .equ    KV_GOLDEN, 0x9e3779b1
+        .equ    KV_MIX, 0x85ebca6b
+        .equ    KV_MAX, 0                       # the frame
+        .equ    KV_OPS, 4
+        .equ    KV_LISTEN, 8
+        .equ    KV_KEYS, 12
+        .equ    KV_KEY, 16                      # slot -> key (u32)
+        .equ    KV_NEXT, 20                     # slot -> next slot + 1 in its chain (0: last)
+        .equ    KV_REF, 24                      # slot -> referenced (byte)
+        .equ    KV_BUCKETS, 28                  # bucket -> first slot + 1 (0: empty)
+        .equ    KV_HSHIFT, 32                   # bucket = (key * KV_GOLDEN) >> HSHIFT
+        .equ    KV_DATA, 36                     # slot s's page: DATA + s * 4096
+        .equ    KV_COUNT, 40                    # slots in use: [0, COUNT)
+        .equ    KV_LIMIT, 44                    # the size limit now
+        .equ    KV_HAND, 48                     # the clock's hand
+        .equ    KV_OP, 52
+        .equ    KV_X, 56
+        .equ    KV_HITS, 60
+        .equ    KV_MISSES, 64
+        .equ    KV_EVICTIONS, 68
+        .equ    KV_SHRINKS, 72
+        .equ    KV_SHRUNK, 76
+        .equ    KV_CHANGES, 80
+        .equ    KV_SEQ, 84
+        .equ    KV_SUM, 88
+        .equ    KV_PEAK, 92
+        .equ    KV_LINE, 96
+        .equ    KV_BYTES, 96 + 320
+
+        .align  2
+kvcache_main:
+        add     s1, a0, a1              # s1 = end of the arguments
+        addi    sp, sp, -KV_BYTES
+        mv      s3, sp                  # s3 = the frame
+        mv      t0, s3
+        addi    t1, s3, KV_LINE
+1:      sw      zero, 0(t0)
+        addi    t0, t0, 4
+        bltu    t0, t1, 1b
+        mv      a1, s1
+        li      a2, 0
+        li      a3, KV_ENTRIES_MAX
+        call    u_number_argument       # ENTRIES: at least 1
+        mv      s0, a1
+        bnez    t3, kvcache_bad
+        beqz    a0, kvcache_bad
+        sw      a0, KV_MAX(s3)
+        li      t0, KV_OPS_FACTOR
+        mul     t0, a0, t0
+        sw      t0, KV_OPS(s3)
+        li      t0, 1
+        sw      t0, KV_LISTEN(s3)
+        mv      a0, s0                  # OPS, or the mode
+        mv      a1, s1
+        call    u_next_token
+        beq     a0, a1, kvcache_setup
+        mv      s0, a1
+        mv      s2, a0
+        call    kvcache_mode            # a0 = 1 listen, 0 deaf, -1 neither
+        bgez    a0, 3f
+        mv      a0, s2                  # not a mode: OPS
+        mv      a1, s0
+        call    u_parse_number
+        bnez    a1, 2f
+        sw      a0, KV_OPS(s3)
+        mv      a0, s0                  # then maybe the mode
+        mv      a1, s1
+        call    u_next_token
+        beq     a0, a1, kvcache_setup
+        mv      s0, a1
+        mv      s2, a0
+        call    kvcache_mode
+        bgez    a0, 3f
+2:      mv      a2, s2                  # (a2, a3 = the token)
+        mv      a3, s0
+        j       kvcache_bad
+3:      sw      a0, KV_LISTEN(s3)
+        mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_kvcache
+        call    u_no_more_arguments
+
+kvcache_setup:
+        lw      t0, KV_MAX(s3)          # the index: H buckets, H the power of two >= ENTRIES (>= 16)
+        li      t1, KV_KEY_FACTOR
+        mul     t1, t0, t1
+        sw      t1, KV_KEYS(s3)
+        li      t1, 16
+        li      t2, 28                  # HSHIFT = 32 - log2 H
+1:      bgeu    t1, t0, 2f
+        slli    t1, t1, 1
+        addi    t2, t2, -1
+        j       1b
+2:      sw      t2, KV_HSHIFT(s3)
+        mv      s0, t1                  # s0 = H
+        li      a0, 0
+        call    u_sbrk
+        sw      a0, KV_KEY(s3)          # keys, links (4 bytes a slot), bits (1 byte), buckets (4 bytes)
+        lw      t0, KV_MAX(s3)
+        slli    t1, t0, 2
+        add     a0, a0, t1
+        sw      a0, KV_NEXT(s3)
+        add     a0, a0, t1
+        sw      a0, KV_REF(s3)
+        add     a0, a0, t0
+        addi    a0, a0, 3
+        srli    a0, a0, 2
+        slli    a0, a0, 2
+        sw      a0, KV_BUCKETS(s3)
+        slli    t1, s0, 2
+        add     a0, a0, t1
+        li      t1, PAGE_SIZE - 1
+        add     a0, a0, t1
+        srli    a0, a0, PAGE_SHIFT
+        slli    a0, a0, PAGE_SHIFT
+        sw      a0, KV_DATA(s3)
+        lw      t0, KV_KEY(s3)
+        sub     a0, a0, t0
+        mv      s0, a0
+        call    u_sbrk                  # the index (zero pages: every bucket empty)
+        bgez    a0, 3f
+        la      a0, u_name_kvcache
+        mv      a1, s0
+        j       u_out_of_memory
+3:      li      t0, KV_SEED
+        sw      t0, KV_X(s3)
+        li      t0, FNV_BASIS
+        sw      t0, KV_SUM(s3)
+        lw      t0, KV_MAX(s3)          # deaf: the limit is ENTRIES; listen: set by the first look
+        lw      t1, KV_LISTEN(s3)
+        bnez    t1, 4f
+        sw      t0, KV_LIMIT(s3)
+        j       kvcache_loop
+4:      li      t0, SYS_MEMINFO         # the condition's change counter to start from
+        ecall
+        sw      a2, KV_SEQ(s3)
+
+kvcache_loop:
+        lw      t0, KV_OP(s3)
+        lw      t1, KV_OPS(s3)
+        bgeu    t0, t1, kvcache_report
+        lw      t1, KV_LISTEN(s3)
+        beqz    t1, 1f
+        andi    t1, t0, KV_CHECK_OPS - 1
+        bnez    t1, 1f
+        call    kvcache_check
+1:      lw      t0, KV_X(s3)            # x = LCG(x)
+        li      t1, LCG_A
+        mul     t0, t0, t1
+        li      t1, LCG_C
+        add     t0, t0, t1
+        sw      t0, KV_X(s3)
+        mulhu   t1, t0, t0              # key = KEYS * (x / 2^32)^3
+        mulhu   t1, t1, t0
+        lw      t2, KV_KEYS(s3)
+        mulhu   s0, t1, t2              # s0 = key
+        srli    t1, t0, 8
+        li      t2, 1023
+        remu    s1, t1, t2
+        addi    s1, s1, 1               # s1 = the word it reads
+        mv      a0, s0
+        call    kvcache_lookup
+        bltz    a0, 2f
+        mv      s2, a0                  # a hit: s2 = its slot
+        lw      t0, KV_HITS(s3)
+        addi    t0, t0, 1
+        sw      t0, KV_HITS(s3)
+        lw      t0, KV_REF(s3)
+        add     t0, t0, s2
+        li      t1, 1
+        sb      t1, 0(t0)
+        j       3f
+2:      lw      t0, KV_MISSES(s3)       # a miss: compute and insert
+        addi    t0, t0, 1
+        sw      t0, KV_MISSES(s3)
+        mv      a0, s0
+        call    kvcache_insert
+        mv      s2, a0
+3:      lw      t0, KV_DATA(s3)         # read the word back and check it
+        slli    t1, s2, PAGE_SHIFT
+        add     t0, t0, t1
+        lw      t1, 0(t0)
+        bne     t1, s0, kvcache_lost
+        slli    t1, s1, 2
+        add     t0, t0, t1
+        lw      s2, 0(t0)               # s2 = the value read
+        mv      a0, s0
+        mv      a1, s1
+        call    kvcache_value
+        bne     a0, s2, kvcache_lost
+        lw      t0, KV_SUM(s3)
+        xor     t0, t0, s2
+        li      t1, FNV_PRIME
+        mul     t0, t0, t1
+        sw      t0, KV_SUM(s3)
+        lw      t0, KV_OP(s3)
+        addi    t0, t0, 1
+        sw      t0, KV_OP(s3)
+        j       kvcache_loop
+
+kvcache_report:                         # "kvcache: MODE, ops N, hits H, …, checksum 0x…"
+        addi    a0, s3, KV_LINE
+        la      a1, u_msg_kvcache
+        call    u_fmt_str
+        la      a1, u_str_listen
+        lw      t0, KV_LISTEN(s3)
+        bnez    t0, 1f
+        la      a1, u_str_deaf
+1:      call    u_fmt_str
+        la      s0, kvcache_fields      # (label, frame offset) pairs
+2:      lw      a1, 0(s0)
+        beqz    a1, 3f
+        add     a1, s0, a1              # the label (its offset from the pair: position-independent)
+        call    u_fmt_str
+        lw      t0, 4(s0)
+        add     t0, s3, t0
+        lw      a1, 0(t0)
+        call    u_fmt_dec
+        addi    s0, s0, 8
+        j       2b
+3:      la      a1, u_msg_kv_checksum
+        call    u_fmt_str
+        lw      a1, KV_SUM(s3)
+        call    u_fmt_hex
+        mv      a1, a0
+        addi    a0, s3, KV_LINE
+        call    u_print_line
+        li      a0, 0
+        j       u_exit
+
+kvcache_lost:                           # "kvcache: key K lost its contents", exit 2
+        addi    a0, s3, KV_LINE
+        la      a1, u_msg_kv_key
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_dec
+        la      a1, u_msg_heap_lost
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, KV_LINE
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+
+kvcache_bad:                            # a2, a3 = the token
+        la      a0, u_name_kvcache
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+
+# kvcache_mode(a0 = token start, a1 = end) -> a0 = 1 "listen", 0 "deaf", else -1. Clobbers t0-t3, a2, a3.
+kvcache_mode:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        la      a2, u_str_listen
+        call    u_token_is
+        li      t0, 1
+        bnez    a0, 1f
+        lw      a0, 4(sp)
+        lw      a1, 8(sp)
+        la      a2, u_str_deaf
+        call    u_token_is
+        li      t0, 0
+        bnez    a0, 1f
+        li      t0, -1
+1:      mv      a0, t0
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# kvcache_value(a0 = key, a1 = word j) -> a0 = value(key, j): h = key * KV_GOLDEN + j,
+# h ^= h >> 15, h *= KV_MIX, h ^= h >> 13. Clobbers t0.
+kvcache_value:
+        li      t0, KV_GOLDEN
+        mul     a0, a0, t0
+        add     a0, a0, a1
+        srli    t0, a0, 15
+        xor     a0, a0, t0
+        li      t0, KV_MIX
+        mul     a0, a0, t0
+        srli    t0, a0, 13
+        xor     a0, a0, t0
+        ret
+
+# kvcache_fill(a0 = page, a1 = key): word 0 = key, word j = value(key, j) — the miss's work.
+# Clobbers t0-t3, a2, a3.
+kvcache_fill:
+        sw      a1, 0(a0)
+        li      t0, KV_GOLDEN
+        mul     t0, a1, t0
+        addi    t0, t0, 1               # t0 = key * KV_GOLDEN + j, from j = 1
+        li      t3, KV_MIX
+        addi    a2, a0, 4
+        li      t1, PAGE_SIZE
+        add     t1, a0, t1
+1:      srli    t2, t0, 15
+        xor     t2, t2, t0
+        mul     t2, t2, t3
+        srli    a3, t2, 13
+        xor     t2, t2, a3
+        sw      t2, 0(a2)
+        addi    t0, t0, 1
+        addi    a2, a2, 4
+        bltu    a2, t1, 1b
+        ret
+
+# kvcache_bucket(a0 = key) -> a0 = the address of its bucket. Clobbers t0, t1.
+kvcache_bucket:
+        li      t0, KV_GOLDEN
+        mul     a0, a0, t0
+        lw      t0, KV_HSHIFT(s3)
+        srl     a0, a0, t0
+        slli    a0, a0, 2
+        lw      t0, KV_BUCKETS(s3)
+        add     a0, a0, t0
+        ret
+
+# kvcache_lookup(a0 = key) -> a0 = its slot, or -1. Clobbers t0-t3, a1.
+kvcache_lookup:
+        mv      a1, a0
+        li      t0, KV_GOLDEN
+        mul     t0, a0, t0
+        lw      t1, KV_HSHIFT(s3)
+        srl     t0, t0, t1
+        slli    t0, t0, 2
+        lw      t1, KV_BUCKETS(s3)
+        add     t0, t0, t1
+        lw      t0, 0(t0)               # t0 = slot + 1
+        lw      t1, KV_KEY(s3)
+        lw      t2, KV_NEXT(s3)
+1:      beqz    t0, 2f
+        addi    t0, t0, -1
+        slli    t3, t0, 2
+        add     a0, t1, t3
+        lw      a0, 0(a0)
+        beq     a0, a1, 3f
+        add     a0, t2, t3
+        lw      t0, 0(a0)
+        j       1b
+2:      li      a0, -1
+        ret
+3:      mv      a0, t0
+        ret
+
+# kvcache_victim() -> a0 = the clock's victim: from the hand, the first slot below COUNT whose
+# referenced bit is clear (clearing the bits it passes). Clobbers t0, t1, t3, a1.
+kvcache_victim:
+        lw      t0, KV_HAND(s3)
+        lw      t1, KV_COUNT(s3)
+        lw      t3, KV_REF(s3)
+1:      bltu    t0, t1, 2f
+        li      t0, 0
+2:      add     a0, t3, t0
+        lbu     a1, 0(a0)
+        beqz    a1, 3f
+        sb      zero, 0(a0)             # referenced: a second chance
+        j       4f
+3:      addi    a1, t0, 1
+        sw      a1, KV_HAND(s3)
+        mv      a0, t0
+        ret
+4:      addi    t0, t0, 1
+        j       1b
+
+# kvcache_relink(a0 = slot, a1 = what the link to it becomes): finds the link holding slot + 1 in
+# its key's chain (a bucket or another slot's link) and stores a1 there. Clobbers t0-t3, a0, a2.
+kvcache_relink:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        lw      t0, KV_KEY(s3)
+        slli    t1, a0, 2
+        add     t0, t0, t1
+        lw      a0, 0(t0)
+        call    kvcache_bucket          # a0 = the chain's head
+        lw      t1, 4(sp)
+        addi    t1, t1, 1               # t1 = slot + 1
+        lw      t2, KV_NEXT(s3)
+1:      lw      t3, 0(a0)
+        beq     t3, t1, 2f
+        addi    t3, t3, -1
+        slli    t3, t3, 2
+        add     a0, t2, t3
+        j       1b
+2:      lw      a2, 8(sp)
+        sw      a2, 0(a0)
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# kvcache_unlink(a0 = slot): takes the slot out of its chain. Clobbers t0-t3, a0-a2.
+kvcache_unlink:
+        lw      t0, KV_NEXT(s3)
+        slli    t1, a0, 2
+        add     t0, t0, t1
+        lw      a1, 0(t0)               # the link becomes the slot's own next
+        j       kvcache_relink
+
+# kvcache_insert(a0 = key) -> a0 = the slot it now fills (page computed, linked in). A new slot
+# (one more heap page) while COUNT < LIMIT, else the clock's victim. Preserves s0-s3.
+kvcache_insert:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        lw      t0, KV_COUNT(s3)
+        lw      t1, KV_LIMIT(s3)
+        bgeu    t0, t1, 1f
+        li      a0, PAGE_SIZE           # a new slot at the end of the heap
+        call    u_sbrk
+        bgez    a0, 11f
+        la      a0, u_name_kvcache
+        li      a1, PAGE_SIZE
+        j       u_out_of_memory
+11:     lw      t0, KV_COUNT(s3)
+        sw      t0, 8(sp)
+        addi    t0, t0, 1
+        sw      t0, KV_COUNT(s3)
+        lw      t1, KV_PEAK(s3)
+        bgeu    t1, t0, 2f
+        sw      t0, KV_PEAK(s3)
+        j       2f
+1:      call    kvcache_victim          # full: reuse the victim's slot
+        sw      a0, 8(sp)
+        call    kvcache_unlink
+        lw      t0, KV_EVICTIONS(s3)
+        addi    t0, t0, 1
+        sw      t0, KV_EVICTIONS(s3)
+2:      lw      t0, 8(sp)               # compute the value into the slot's page
+        slli    t0, t0, PAGE_SHIFT
+        lw      a0, KV_DATA(s3)
+        add     a0, a0, t0
+        lw      a1, 4(sp)
+        call    kvcache_fill
+        lw      a0, 4(sp)               # link it in at its chain's head
+        call    kvcache_bucket
+        lw      t0, 8(sp)
+        slli    t3, t0, 2
+        lw      t1, 0(a0)
+        lw      t2, KV_NEXT(s3)
+        add     t2, t2, t3
+        sw      t1, 0(t2)
+        addi    t1, t0, 1
+        sw      t1, 0(a0)
+        lw      t2, KV_KEY(s3)
+        add     t2, t2, t3
+        lw      t1, 4(sp)
+        sw      t1, 0(t2)
+        lw      t2, KV_REF(s3)
+        add     t2, t2, t0
+        sb      zero, 0(t2)
+        mv      a0, t0
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# kvcache_check(): listen mode's look at the memory condition (see above). Preserves s0-s3.
+kvcache_check:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      t0, SYS_MEMINFO         # a0 = available (signed), a1 = pressure (-1: no host limit), a2 = seq
+        ecall
+        lw      t0, KV_SEQ(s3)
+        beq     t0, a2, 1f
+        sw      a2, KV_SEQ(s3)
+        lw      t0, KV_CHANGES(s3)
+        addi    t0, t0, 1
+        sw      t0, KV_CHANGES(s3)
+1:      li      t0, KV_MARGIN           # t0 = the margin
+        blez    a1, 2f
+        sll     t0, t0, a1
+2:      lw      t1, KV_COUNT(s3)
+        sub     a0, a0, t0              # available - margin: room to grow (signed)
+        bgez    a0, 3f
+        sub     a0, a0, t0              # short: give back enough to leave twice the margin
+3:      add     a0, t1, a0              # the new limit (signed), at least KV_MIN_ENTRIES, at most ENTRIES
+        li      t2, KV_MIN_ENTRIES
+        bge     a0, t2, 4f
+        mv      a0, t2
+4:      lw      t2, KV_MAX(s3)
+        bge     t2, a0, 5f
+        mv      a0, t2
+5:      sw      a0, KV_LIMIT(s3)
+        bge     a0, t1, 9f
+        call    kvcache_shrink          # below the entries it holds: shrink now
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# kvcache_shrink(a0 = new size L < COUNT): drops COUNT - L entries, KV_SHRINK_STEP at a time from
+# the top of the heap so that pages go back (sbrk) as it goes: of the top slots, an entry not
+# referenced since the clock last passed is dropped, a referenced one moves into the slot of a
+# clock victim below (which is dropped instead). Preserves s0-s3.
+kvcache_shrink:
+        addi    sp, sp, -32
+        sw      ra, 0(sp)
+        sw      s0, 4(sp)
+        sw      s1, 8(sp)
+        sw      s2, 12(sp)
+        mv      s2, a0                  # s2 = L
+        lw      t0, KV_SHRINKS(s3)
+        addi    t0, t0, 1
+        sw      t0, KV_SHRINKS(s3)
+        lw      t0, KV_COUNT(s3)
+        sub     t0, t0, s2
+        lw      t1, KV_SHRUNK(s3)
+        add     t1, t1, t0
+        sw      t1, KV_SHRUNK(s3)
+1:      lw      s0, KV_COUNT(s3)        # a step: s0 = C, s1 = the new count max(L, C - step)
+        bgeu    s2, s0, 8f
+        addi    s1, s0, -KV_SHRINK_STEP
+        blt     s2, s1, 2f
+        mv      s1, s2
+2:      sw      s1, KV_COUNT(s3)        # victims come from below the new count
+        lw      t0, KV_HAND(s3)
+        bltu    t0, s1, 3f
+        sw      zero, KV_HAND(s3)
+3:      sw      s1, 16(sp)              # 16(sp) = j, the top slot being emptied
+4:      lw      t0, 16(sp)
+        bgeu    t0, s0, 7f
+        lw      t1, KV_REF(s3)
+        add     t1, t1, t0
+        lbu     t1, 0(t1)
+        bnez    t1, 5f
+        mv      a0, t0                  # not referenced: dropped
+        call    kvcache_unlink
+        j       6f
+5:      call    kvcache_victim          # referenced: takes a victim's slot below
+        sw      a0, 20(sp)
+        call    kvcache_unlink
+        lw      t0, 16(sp)
+        lw      a1, 20(sp)
+        call    kvcache_move
+6:      lw      t0, 16(sp)
+        addi    t0, t0, 1
+        sw      t0, 16(sp)
+        j       4b
+7:      sub     a0, s1, s0              # sbrk(-(C - new count) pages)
+        slli    a0, a0, PAGE_SHIFT
+        call    u_sbrk
+        j       1b
+8:      lw      ra, 0(sp)
+        lw      s0, 4(sp)
+        lw      s1, 8(sp)
+        lw      s2, 12(sp)
+        addi    sp, sp, 32
+        ret
+
+# kvcache_move(t0 = slot j, a1 = slot i, out of every chain): the entry of j moves to i (its page
+# copied, its key, link and bit too, the link to it redirected). Clobbers t0-t3, a0-a3.
+kvcache_move:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      t0, 4(sp)
+        sw      a1, 8(sp)
+        lw      a0, KV_DATA(s3)         # copy the page
+        slli    t1, t0, PAGE_SHIFT
+        add     t1, a0, t1
+        slli    t2, a1, PAGE_SHIFT
+        add     t2, a0, t2
+        li      t3, PAGE_SIZE
+        add     t3, t1, t3
+1:      lw      a2, 0(t1)
+        lw      a3, 4(t1)
+        sw      a2, 0(t2)
+        sw      a3, 4(t2)
+        lw      a2, 8(t1)
+        lw      a3, 12(t1)
+        sw      a2, 8(t2)
+        sw      a3, 12(t2)
+        lw      a2, 16(t1)
+        lw      a3, 20(t1)
+        sw      a2, 16(t2)
+        sw      a3, 20(t2)
+        lw      a2, 24(t1)
+        lw      a3, 28(t1)
+        sw      a2, 24(t2)
+        sw      a3, 28(t2)
+        addi    t1, t1, 32
+        addi    t2, t2, 32
+        bltu    t1, t3, 1b
+        lw      a0, 4(sp)               # the link to j now names i
+        lw      a1, 8(sp)
+        addi    a1, a1, 1
+        call    kvcache_relink
+        lw      a0, 4(sp)
+        lw      a1, 8(sp)
+        slli    t0, a0, 2
+        slli    t1, a1, 2
+        lw      t2, KV_KEY(s3)
+        add     a2, t2, t0
+        add     a3, t2, t1
+        lw      t3, 0(a2)
+        sw      t3, 0(a3)
+        lw      t2, KV_NEXT(s3)
+        add     a2, t2, t0
+        add     a3, t2, t1
+        lw      t3, 0(a2)
+        sw      t3, 0(a3)
+        lw      t2, KV_REF(s3)
+        add     a2, t2, a0
+        add     a3, t2, a1
+        lbu     t3, 0(a2)
+        sb      t3, 0(a3)
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+        .align  2
+kvcache_fields:                         # (label - here, frame offset), ended by 0
+        .word   u_msg_kv_ops - ., KV_OPS
+        .word   u_msg_kv_hits - ., KV_HITS
+        .word   u_msg_kv_misses - ., KV_MISSES
+        .word   u_msg_kv_evictions - ., KV_EVICTIONS
+        .word   u_msg_kv_entries - ., KV_COUNT
+        .word   u_msg_kv_peak - ., KV_PEAK
+        .word   u_msg_kv_shrinks - ., KV_SHRINKS
+        .word   u_msg_kv_dropped - ., KV_SHRUNK
+        .word   u_msg_kv_changes - ., KV_CHANGES
+        .word   0, 0
+
+u_name_kvcache:         .asciz "kvcache"
+u_msg_kvcache:          .asciz "kvcache: "
+u_str_listen:           .asciz "listen"
+u_str_deaf:             .asciz "deaf"
+u_msg_kv_ops:           .asciz ", ops "
+u_msg_kv_hits:          .asciz ", hits "
+u_msg_kv_misses:        .asciz ", misses "
+u_msg_kv_evictions:     .asciz ", evictions "
+u_msg_kv_entries:       .asciz ", entries "
+u_msg_kv_peak:          .asciz ", peak "
+u_msg_kv_shrinks:       .asciz ", shrinks "
+u_msg_kv_dropped:       .asciz ", dropped "
+u_msg_kv_changes:       .asciz ", changes "
+u_msg_kv_checksum:      .asciz ", checksum "
+u_msg_kv_key:           .asciz "kvcache: key "
+
+# ---- meminfo [COUNT]: prints the memory condition the kernel reports -------------------------------
+# Calls meminfo and prints "meminfo: A pages available, limit L pages, pressure P, seq S" (without
+# the device: "meminfo: A pages available, no host limit"); then, COUNT - 1 more times (default
+# COUNT 1, 0 = forever), sleeps MV_POLL time units at a time until SEQ changes and prints again.
+# Without the device nothing can change: it prints once. Exits with 0.
+
+        .equ    MV_POLL, 20000
+        .equ    MV_COUNT, 0                     # the frame
+        .equ    MV_DONE, 4
+        .equ    MV_SEQ, 8
+        .equ    MV_LINE, 16
+        .equ    MV_BYTES, 16 + 128
+
+        .align  2
+meminfo_main:
+        add     s1, a0, a1
+        addi    sp, sp, -MV_BYTES
+        mv      s3, sp
+        mv      a1, s1
+        li      a2, 1
+        li      a3, 0x7fffffff
+        call    u_number_argument       # COUNT: 0 = forever
+        mv      s0, a1
+        bnez    t3, meminfo_bad
+        sw      a0, MV_COUNT(s3)
+        sw      zero, MV_DONE(s3)
+        mv      a0, s0
+        mv      a1, s1
+        la      a2, u_name_meminfo
+        call    u_no_more_arguments
+        li      t0, SYS_MEMINFO
+        ecall
+1:      sw      a2, MV_SEQ(s3)
+        mv      s0, a0                  # s0 = available, s1 = pressure, s2 = limit
+        mv      s1, a1
+        mv      s2, a3
+        addi    a0, s3, MV_LINE
+        la      a1, u_msg_meminfo
+        call    u_fmt_str
+        mv      a1, s0
+        call    u_fmt_sdec
+        la      a1, u_msg_mv_available
+        call    u_fmt_str
+        bgez    s1, 2f
+        la      a1, u_msg_mv_no_limit
+        call    u_fmt_str
+        j       3f
+2:      la      a1, u_msg_mv_limit
+        call    u_fmt_str
+        mv      a1, s2
+        call    u_fmt_dec
+        la      a1, u_msg_mv_pressure
+        call    u_fmt_str
+        mv      a1, s1
+        call    u_fmt_dec
+        la      a1, u_msg_mv_seq
+        call    u_fmt_str
+        lw      a1, MV_SEQ(s3)
+        call    u_fmt_dec
+3:      mv      a1, a0
+        addi    a0, s3, MV_LINE
+        call    u_print_line
+        bltz    s1, 9f                  # no device: nothing will change
+        lw      t0, MV_DONE(s3)
+        addi    t0, t0, 1
+        sw      t0, MV_DONE(s3)
+        lw      t1, MV_COUNT(s3)
+        beqz    t1, 4f
+        bgeu    t0, t1, 9f
+4:      li      a0, MV_POLL             # wait for a change
+        li      t0, SYS_SLEEP
+        ecall
+        li      t0, SYS_MEMINFO
+        ecall
+        lw      t0, MV_SEQ(s3)
+        beq     a2, t0, 4b
+        j       1b
+9:      li      a0, 0
+        j       u_exit
+meminfo_bad:
+        la      a0, u_name_meminfo
+        mv      a1, a2
+        mv      a2, a3
+        j       u_bad_argument
+
+u_name_meminfo:         .asciz "meminfo"
+u_msg_meminfo:          .asciz "meminfo: "
+u_msg_mv_available:     .asciz " pages available, "
+u_msg_mv_no_limit:      .asciz "no host limit"
+u_msg_mv_limit:         .asciz "limit "
+u_msg_mv_pressure:      .asciz " pages, pressure "
+u_msg_mv_seq:           .asciz ", seq "
+
         .align  2
 user_image_end:
 
@@ -1906,5 +2671,7 @@ prog_table:
         .word   u_name_heap, heap_main - user_image_start, 0
         .word   u_name_reader, reader_main - user_image_start, 0
         .word   u_name_idle, idle_main - user_image_start, 0
+        .word   u_name_kvcache, kvcache_main - user_image_start, 0
+        .word   u_name_meminfo, meminfo_main - user_image_start, 0
         .word   0, 0, 0
         .text
