@@ -10,7 +10,9 @@
  * bench/translation.ts (issue 4): each guest under several MMU configurations, with page walks,
  * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Then the VM-state
  * figures (bench/state.ts) and the control API's (bench/api.ts, issue 9). Page sharing
- * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`). Last, the PASS/FAIL
+ * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`), and so does memory
+ * overcommit (bench/overcommit.ts, issue 10: balloon reclaim, the T-7 experiment; `--only
+ * overcommit`). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
  * Progress goes to stderr when it is a terminal. The bench is not a test: a missed target is a
@@ -28,6 +30,7 @@ import type { Comparison } from './translation.ts';
 import { formatState, measureState, stateChecks, stateStepCount, type StateFigures } from './state.ts';
 import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
 import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
+import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { WORKLOADS } from './workloads.ts';
 
 export type { Check } from './harness.ts';
@@ -82,6 +85,8 @@ export interface BenchReport {
   api: ApiFigures | null;
   /** Content-based page sharing (issue 10): present only when selected (--only sharing). */
   sharing?: SharingFigures;
+  /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
+  overcommit?: OvercommitFigures;
   checks: Check[];
 }
 
@@ -91,7 +96,9 @@ const STATE_ENTRY = 'state';
 const API_ENTRY = 'api';
 /** The page-sharing figures, run only with --only sharing (not part of a plain `npm run bench`). */
 const SHARING_ENTRY = 'sharing';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY];
+/** The overcommit figures (balloon reclaim, the T-7 experiment), run only with --only overcommit. */
+const OVERCOMMIT_ENTRY = 'overcommit';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [] };
@@ -127,8 +134,9 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withState = options.only.length === 0 || options.only.includes(STATE_ENTRY);
   const withApi = options.only.length === 0 || options.only.includes(API_ENTRY);
   const withSharing = options.only.includes(SHARING_ENTRY);
+  const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) : 0);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
@@ -139,6 +147,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const sharing = withSharing ? measureSharing({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const overcommit = withOvercommit ? measureOvercommit({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -156,7 +165,11 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     state,
     api,
     ...(sharing ? { sharing } : {}),
-    checks: [...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : [])],
+    ...(overcommit ? { overcommit } : {}),
+    checks: [
+      ...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : []),
+      ...(overcommit ? overcommitChecks(overcommit) : []),
+    ],
   };
 }
 
@@ -269,6 +282,10 @@ export function formatReport(report: BenchReport): string {
   if (report.sharing) {
     out.push('');
     out.push(...formatSharing(report.sharing));
+  }
+  if (report.overcommit) {
+    out.push('');
+    out.push(...formatOvercommit(report.overcommit));
   }
   out.push('');
   const show = (check: Check, value: number): string =>

@@ -145,11 +145,50 @@ describe('npm run bench', () => {
     }
   });
 
+  it('--only overcommit: balloon reclaim against plain madvise, and the T-7 table whose counts point the way they must', () => {
+    const { status, stdout, stderr } = bench('--quick', '--json', '--only', 'overcommit');
+    expect(status, stderr).toBe(0);
+    const report = JSON.parse(stdout);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'overcommit', 'checks']);
+    const { reclaim, squeeze } = report.overcommit;
+    // Reclaim (64 MiB VM, 48 MiB heap): RSS fell by most of the heap; times carry their CPU time.
+    expect(reclaim).toMatchObject({ vmBytes: 64 * 2 ** 20, heapBytes: 48 * 2 ** 20, targetPages: 12_288 });
+    for (const timing of [reclaim.toRssDown, reclaim.toTarget, reclaim.plainMadvise]) expectTiming(timing, 1);
+    expect(reclaim.toTarget.wallMs).toBeGreaterThanOrEqual(reclaim.toRssDown.wallMs);
+    expect(reclaim.madviseMs).toBeLessThanOrEqual(reclaim.toTarget.wallMs);
+    expect(reclaim.rssBeforeKiB - reclaim.rssAfterKiB).toBeGreaterThan(0.9 * 48 * 1024);
+    expect(reclaim.ratio).toBeCloseTo(reclaim.toRssDown.wallMs / reclaim.plainMadvise.wallMs, 2);
+    // The squeeze table: a baseline, then listen and deaf at each squeeze point.
+    expect(squeeze.rows.map((r: any) => [r.label, r.mode])).toEqual([
+      ['no squeeze', 'deaf'], ['cache full', 'listen'], ['cache full', 'deaf'], ['half full', 'listen'], ['half full', 'deaf'],
+    ]);
+    const [baseline, fullListen, fullDeaf, halfListen, halfDeaf] = squeeze.rows;
+    expect(baseline).toMatchObject({ oomKills: 0, swapOuts: 0, instructionsRatio: 1, balloonActual: 0 });
+    for (const listen of [fullListen, halfListen]) expect(listen).toMatchObject({ oomKills: 0, swapOuts: 0, swapIns: 0, balloonActual: squeeze.targetPages });
+    expect(fullDeaf.swapOuts).toBeGreaterThan(0);
+    expect(fullDeaf.balloonActual).toBeLessThan(squeeze.targetPages);
+    expect(halfDeaf).toMatchObject({ oomKills: 1, hitRate: null, entries: null });
+    expect(fullListen.hitRate).toBeLessThan(baseline.hitRate);
+    for (const row of squeeze.rows) expectTiming(row.run, 1);
+    expect(report.checks.map((c: { name: string; pass: boolean }) => [c.name, c.pass])).toEqual([
+      ['balloon reclaim, 48 MiB of a 64 MiB VM: target change to RSS down (ms)', reclaim.toRssDown.wallMs <= 200],
+      ['T-7 squeeze, kvcache listen: OOM kills + hypervisor swap-outs', true],
+      ['T-7 squeeze (cache full), hypervisor swap-outs, deaf / listen', true],
+    ]);
+    // The text: the reclaim lines and the table.
+    const text = formatReport(report);
+    expect(text).toMatch(/^ {4}target change → RSS down 95 % +[\d.]+ ms \(CPU [\d.]+; [\d.]+–[\d.]+, 1 runs\)$/m);
+    expect(text).toMatch(/^ {4}target change → target reached [\d.]+ ms \(CPU [\d.]+;.*\); of it in madvise [\d.]+ ms \([\d,]+ calls\)/m);
+    expect(text).toMatch(/^ {4}plain madvise of 48 MiB in one call, baseline [\d.]+ ms \(CPU [\d.]+;.*; reclaim \/ baseline [\d.]+ \(CPU [\d.]+\)$/m);
+    expect(text).toMatch(/^ {4}squeeze +kvcache +OOM kills +swap-outs +swap-ins +hit rate +instructions /m);
+    expect(text).toMatch(/^ {4}half full +deaf +1 +0 +0 +- +[\d,]+ +[\d.]+ +killed /m);
+  });
+
   it('refuses an unknown workload with one error line', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit)"]);
   });
 });
 
