@@ -73,10 +73,22 @@ export interface VmSpec {
   meminfo: boolean;
 }
 
+/** The reclaim ladder's thresholds in percent of the pool (`reclaim.thresholds_pct`); a key left out keeps its default. */
+export interface ReclaimThresholds {
+  /** Back to high at or above this (default 6). */
+  high?: number;
+  /** Below it: soft, ballooning (default 4). */
+  soft?: number;
+  /** Below it: hard, hypervisor swap too (default 2). */
+  hard?: number;
+  /** Below it: low, allocating VMs blocked (default 1). */
+  low?: number;
+}
+
 /** The host's memory scheduler (`reclaim`, docs/overcommit.md): on by default when the host overcommits. */
 export interface ReclaimSpec {
   /** `thresholds_pct`: the ladder's thresholds in percent of the pool (defaults 6 / 4 / 2 / 1). */
-  thresholds: { high?: number; soft?: number; hard?: number; low?: number };
+  thresholds: ReclaimThresholds;
   /** `sharing` (default true): content-based page sharing runs every tick (docs/page-sharing.md). */
   sharing: boolean;
   /** `swap_dir` (default the OS's temp directory): where the hypervisor swap file goes. */

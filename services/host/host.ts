@@ -267,6 +267,12 @@ export interface BalloonStatistics {
   age_ms: number | null;
 }
 
+/** GET /host/stats: the pool, decode cache and shootdowns (HostStats), and the memory scheduler. */
+export interface HostStatsReport extends HostStats {
+  /** The memory scheduler's state, counters and recent decisions (docs/overcommit.md), or null when it is off. */
+  memory_scheduler: MemorySchedulerStats | null;
+}
+
 /** The status classes of HostError (the HTTP status the API answers with). */
 export const HostStatus = {
   /** The request is malformed or names something unusable (a file, a value). */
@@ -541,7 +547,7 @@ export class Host {
   }
 
   /** GET /host/stats. */
-  hostStats(): HostStats & { memory_scheduler: MemorySchedulerStats | null } {
+  hostStats(): HostStatsReport {
     return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null };
   }
 

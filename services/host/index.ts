@@ -7,11 +7,11 @@ export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandle
 export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
-  type BalloonSpec, type ConfigProblem, type DiskSpec, type HostSpec, type VmSpec,
+  type BalloonSpec, type ConfigProblem, type DiskSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export {
-  describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
+  describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
   type VmOrigin,
 } from './host.ts';
