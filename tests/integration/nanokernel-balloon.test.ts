@@ -12,13 +12,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, type GuestRun, type StandardDevices } from '../../devices/index.ts';
 import { attachBalloon, type BalloonDevice, type BalloonOptions } from '../../devices/balloon.ts';
-import { createHypervisor, Mode, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { classes, KERNEL_IMAGE, symbol, toUserMode as toUserModeOf, word } from './nanokernel-guest.ts';
 
-const REPO = join(import.meta.dirname, '..', '..');
-const { image, symbols } = assembleFile(join(REPO, 'examples/nanokernel/kernel.s'));
+const image = KERNEL_IMAGE;
 const root = mkdtempSync(join(tmpdir(), 'bv-nanoballoon-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -28,11 +27,6 @@ const NODE_CAPACITY = 1021;
 /** Free pages inflating leaves alone (balloon.s BALLOON_RESERVE). */
 const RESERVE = 32;
 
-function symbol(name: string): number {
-  const value = symbols.get(name);
-  if (value === undefined) throw new Error(`the kernel has no symbol ${name}`);
-  return value >>> 0;
-}
 
 interface Machine {
   hv: Hypervisor;
@@ -67,34 +61,10 @@ function runUntil(m: Machine, done: () => boolean, { step = 200_000, limit = 2_0
   throw new Error(`never happened\n${m.output.text()}`);
 }
 
-/** Runs on, one instruction at a time, until the vCPU is in user mode: the kernel's counters are then consistent. */
-function toUserMode(m: Machine): void {
-  const vcpu = m.vm.vcpus[0]!;
-  for (let i = 0; i < 1_000_000 && vcpu.mode !== Mode.USER; i++) m.run(1);
-}
+const toUserMode = (m: Machine): void => toUserModeOf(m.hv, m.vm);
 
-function word(vm: Vm, address: number): number {
-  const bytes = vm.memory.readPhysical(address as never, 4);
-  return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
-}
 
-interface Classes {
-  total: number;
-  free: number;
-  cache: number;
-  anon: number;
-  kernel: number;
-  balloon: number;
-}
 
-/** The kernel's page classes (mm.s mem_classes, mem_total). */
-function classes(vm: Vm): Classes {
-  const at = symbol('mem_classes');
-  return {
-    total: word(vm, symbol('mem_total')),
-    free: word(vm, at), cache: word(vm, at + 4), anon: word(vm, at + 8), kernel: word(vm, at + 12), balloon: word(vm, at + 16),
-  };
-}
 
 const printed = (m: Machine, line: string) => () => m.output.text().split('\n').includes(line);
 const hostFrames = (m: Machine): number => m.hv.poolStats().usedFrames;

@@ -10,13 +10,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, type GuestRun, type StandardDevices } from '../../devices/index.ts';
 import { attachBalloon } from '../../devices/balloon.ts';
-import { createHypervisor, Mode, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { classes, KERNEL_IMAGE, symbol, toUserMode as toUserModeOf, word, type Classes } from './nanokernel-guest.ts';
 
-const REPO = join(import.meta.dirname, '..', '..');
-const { image, symbols } = assembleFile(join(REPO, 'examples/nanokernel/kernel.s'));
+const image = KERNEL_IMAGE;
 const root = mkdtempSync(join(tmpdir(), 'bv-nanomem-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -25,11 +24,6 @@ const PAGE = 4096;
 const FNV_BASIS = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 
-function symbol(name: string): number {
-  const value = symbols.get(name);
-  if (value === undefined) throw new Error(`the kernel has no symbol ${name}`);
-  return value >>> 0;
-}
 
 /** Pages below kernel_end: the kernel image, counted as kernel pages from boot. */
 const KERNEL_IMAGE_PAGES = symbol('kernel_end') / PAGE;
@@ -54,40 +48,12 @@ function boot(bootArgs: string, options: { memoryMiB?: number; disk?: string; ba
 }
 
 /** The kernel's page classes, read from its mem_classes and mem_total words. */
-interface Classes {
-  total: number;
-  free: number;
-  cache: number;
-  anon: number;
-  kernel: number;
-  balloon: number;
-}
 
-function word(vm: Vm, address: number): number {
-  const bytes = vm.memory.readPhysical(address as never, 4);
-  return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
-}
 
-function classes(vm: Vm): Classes {
-  const at = symbol('mem_classes');
-  return {
-    total: word(vm, symbol('mem_total')),
-    free: word(vm, at), cache: word(vm, at + 4), anon: word(vm, at + 8), kernel: word(vm, at + 12), balloon: word(vm, at + 16),
-  };
-}
 
 const sum = (c: Classes): number => c.free + c.cache + c.anon + c.kernel + c.balloon;
 
-/**
- * Runs on, an instruction at a time, until the vCPU is in user mode (or the VM stopped): the
- * kernel is between two of its operations there, so its counters are consistent.
- */
-function toUserMode(m: Machine): void {
-  const vcpu = m.vm.vcpus[0]!;
-  for (let i = 0; i < 1_000_000 && vcpu.mode !== Mode.USER; i++) {
-    if (m.run(1).reason.kind !== 'budget') return;
-  }
-}
+const toUserMode = (m: Machine): void => toUserModeOf(m.hv, m.vm);
 
 const MEMORY = /^\[kernel\] memory: (\d+) pages, (\d+) free, (\d+) cache, (\d+) anon, (\d+) kernel, (\d+) balloon, (\d+) cache hits, (\d+) cache misses, (\d+) oom kills$/;
 
