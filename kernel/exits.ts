@@ -18,6 +18,8 @@ export interface RoutedExitCounts {
   hypercall: number;
   /** Exits turned into guest traps (a page nobody could produce: machine check). */
   trapToGuest: number;
+  /** Accesses that needed a host frame when the pool had none, and paused the VM to wait (Vm.onHostMemoryExhausted). */
+  hostMemoryWaits: number;
 }
 
 /**
@@ -26,7 +28,7 @@ export interface RoutedExitCounts {
  */
 export class ExitRouter {
   /** Exits routed so far (see also Vm.exits, which adds the memory exits). */
-  readonly counts: RoutedExitCounts = { mmio: 0, hypercall: 0, trapToGuest: 0 };
+  readonly counts: RoutedExitCounts = { mmio: 0, hypercall: 0, trapToGuest: 0, hostMemoryWaits: 0 };
   private readonly hypercalls = new Map<number, HypercallHandler>();
 
   /** @internal Created by the Vm over its MMIO bus. */

@@ -14,7 +14,7 @@ import { Vcpu } from './cpu/vcpu.ts';
 import type { VcpuState } from './cpu/vcpu.ts';
 import type { VcpuHost } from './cpu/vcpu-host.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
-import { KernelError } from './errors.ts';
+import { KernelError, OutOfHostMemoryError } from './errors.ts';
 import { ExitRouter } from './exits.ts';
 import type { HypercallHandler } from './exits.ts';
 import type { FramePool } from './memory/frame-pool.ts';
@@ -69,6 +69,9 @@ export type StopReason =
     /** The reason given to pause. */
     reason: string;
   };
+
+/** The pause reason of a VM waiting for a host frame (Vm.onHostMemoryExhausted). */
+export const HOST_MEMORY_WAIT_REASON = 'waiting for host memory: a guest access needed a frame and the host pool had none';
 
 /**
  * Vm.stopCode values: the numeric form of StopReason's kind, which the interpreter tests after
@@ -161,6 +164,8 @@ export interface ExitCounts {
   hypercall: number;
   /** Exits turned into guest traps (a page nobody could produce: machine check). */
   trapToGuest: number;
+  /** Accesses that needed a host frame when the pool had none, and paused the VM to wait (Vm.onHostMemoryExhausted). */
+  hostMemoryWaits: number;
   /** Stores that hit a host frame holding decoded code (self-modifying code, loaders). */
   codeWrites: number;
 }
@@ -289,6 +294,15 @@ export class Vm implements VcpuHost {
   image: GuestImage | null = null;
   /** TLB entries dropped because a traced page table changed. */
   translationsInvalidated = 0;
+  /**
+   * What happens when a guest access needs a host frame (first touch, copy-on-write break, swap-in,
+   * lazy page) and the host pool has none. null (the default): the VM stops with a host error.
+   * A function: the VM pauses with HOST_MEMORY_WAIT_REASON *before* the access — the instruction
+   * has not retired and runs again when the VM resumes — and the function is told, so that a
+   * memory scheduler can free memory and resume the VM (ESX blocks such a VM; it does not fail it).
+   * Allocations outside guest instructions (a device writing guest memory, a host operation) still fail.
+   */
+  onHostMemoryExhausted: ((vm: Vm) => void) | null = null;
 
   /** @internal The host pool's typed views (the interpreter's fast path reads through them). */
   readonly pool: FramePool;
@@ -464,6 +478,7 @@ export class Vm implements VcpuHost {
         this.guestError(vcpu, error.message);
         return -1;
       }
+      if (error instanceof OutOfHostMemoryError && this.waitForHostMemory()) return -1;
       if (!(error instanceof ReservedStateError)) throw error;
       // A state or flag nobody resolves yet: the host is not set up for it. Stop, naming it.
       this.hostError(error.message, error);
@@ -475,6 +490,19 @@ export class Vm implements VcpuHost {
       vcpu.trap(Cause.MACHINE_CHECK, va);
     }
     return frame;
+  }
+
+  /**
+   * @internal An access found the host pool empty. With onHostMemoryExhausted set, pauses the VM
+   * (the interpreter then leaves the instruction unretired, to run again) and returns true.
+   */
+  waitForHostMemory(): boolean {
+    const handler = this.onHostMemoryExhausted;
+    if (handler === null || this.stopCode !== StopCode.RUNNING) return false;
+    this.pause(HOST_MEMORY_WAIT_REASON);
+    this.exitRouter.counts.hostMemoryWaits++;
+    handler(this);
+    return true;
   }
 
   /** @internal */

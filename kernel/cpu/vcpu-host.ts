@@ -23,6 +23,8 @@ export interface VcpuHost extends PhysicalPageTables {
   mmioWrite(vcpu: Vcpu, gpa: number, value: number): boolean;
   /** The frame for a RAM access (resolving absent pages and protections), or -1 after a trap or a stop. */
   frameForAccess(vcpu: Vcpu, gpa: number, access: AccessKind, va: number): number;
+  /** The pool had no frame for an access: pause the VM to wait (true), or false to let the error stand. */
+  waitForHostMemory(): boolean;
   markAccessed(gpn: number): void;
   mayCacheRead(gpa: number): boolean;
   mayCacheWrite(gpa: number, frame: number): boolean;

@@ -20,7 +20,7 @@ import { Access, Sv32Walker } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
 import type { FramePool } from '../memory/frame-pool.ts';
 import type { VcpuHost } from './vcpu-host.ts';
-import { KernelError } from '../errors.ts';
+import { KernelError, OutOfHostMemoryError } from '../errors.ts';
 
 /** Privilege modes (Vcpu.mode; SPEC.md "Privilege modes"). */
 export const Mode = {
@@ -787,11 +787,19 @@ export class Vcpu {
   // ---------------------------------------------------------------------------------------------
   // Slow paths
 
-  /** Translates a virtual address for an access; returns the gpa or -1 after taking a trap. */
+  /** Translates a virtual address for an access; returns the gpa, or -1 after a trap (or a pause to wait for host memory). */
   private translate(va: number, access: AccessKind): number {
     if ((this.ptbr & Ptbr.MODE_SV32) === 0) return va >>> 0;
     const mmu = this.vm.mmu;
-    if (!mmu.translate(this, va, access)) {
+    let translated: boolean;
+    try {
+      translated = mmu.translate(this, va, access);
+    } catch (error) {
+      // A page-table page that needed a frame the pool does not have: wait (the walk changed nothing yet).
+      if (error instanceof OutOfHostMemoryError && this.vm.waitForHostMemory()) return -1;
+      throw error;
+    }
+    if (!translated) {
       this.trap(mmu.faultCause, va);
       return -1;
     }

@@ -18,7 +18,7 @@ import {
   attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
-  createHypervisor, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
+  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
@@ -983,7 +983,10 @@ export class Host {
           lastYield = performance.now();
         }
       }
-      if (ran > 0 && this.memory !== null) {
+      // A VM blocked for memory waits on the scheduler's ticks: keep ticking while any is.
+      let blocked = 0;
+      for (const m of this.machines.values()) if (m.blockedByMemory) blocked++;
+      if ((ran > 0 || blocked > 0) && this.memory !== null) {
         try {
           this.memory.scheduler.tick();
         } catch (error) {
@@ -995,7 +998,7 @@ export class Host {
         // every few ms while a VM waits for input that may come from a stream).
         await new Promise<void>((resolve) => {
           this.wake = resolve;
-          if (waiting > 0) setTimeout(resolve, INPUT_POLL_MS);
+          if (waiting > 0 || blocked > 0) setTimeout(resolve, INPUT_POLL_MS);
         });
         this.wake = null;
         lastYield = performance.now();
@@ -1025,7 +1028,11 @@ export class Host {
         break;
       case 'paused':
         // A reset request (devices/power.ts) is carried out here; any other pause is a service's.
-        if (!m.devices.power.completeReset()) {
+        if (reason.reason === HOST_MEMORY_WAIT_REASON && m.blockedByMemory) {
+          // The memory scheduler blocked it at the access that found the pool empty (our Paused
+          // state holds it); the kernel's pause is undone so that unblocking is just Running.
+          m.vm.resume();
+        } else if (!m.devices.power.completeReset()) {
           m.vm.resume();
           m.state = 'Paused';
           this.log(`vm ${m.name}: paused by the machine (${reason.reason})`);

@@ -49,6 +49,8 @@ export interface ExitStats {
   hypercall: number;
   /** Exits turned into guest traps (a page nobody could produce: machine check). */
   trap_to_guest: number;
+  /** Accesses that found the host pool empty and paused the VM until memory freed (overcommit). */
+  host_memory_waits: number;
   /** Stores into a host frame holding decoded code. */
   code_writes: number;
   /** Accesses to absent pages, by absent state (`untouched` = first touch, `lazy`, `swapped`, …). */
@@ -383,6 +385,7 @@ export function vmStats(hv: Hypervisor, vm: Vm, extra: VmStatsExtras = {}): VmSt
       mmio: exits.mmio,
       hypercall: exits.hypercall,
       trap_to_guest: exits.trapToGuest,
+      host_memory_waits: exits.hostMemoryWaits,
       code_writes: exits.codeWrites,
       absent: { ...exits.absent },
       write_protect: { ...exits.writeProtect },

@@ -9,7 +9,9 @@
  *   per tick, only once free frames are back at the threshold above.
  * - **What runs.** Page sharing on every tick (when a sharer is plugged in); ballooning from soft;
  *   hypervisor swap from hard; at low the VMs whose frames grew since the last tick are blocked
- *   until the state rises above low again.
+ *   until the state rises above low again. A VM whose access finds the pool empty between ticks
+ *   is blocked at that access (Vm.onHostMemoryExhausted: the kernel pauses it before the access,
+ *   which runs again once the VM is unblocked), never failed.
  * - **Choosing per VM (T-6).** The need is what brings free frames back to the high threshold.
  *   From each VM's last balloon statistics the scheduler estimates its *cheap* pages — page cache
  *   plus free pages that still hold a host frame (a free page the guest never touched holds none:
@@ -31,7 +33,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { BvError } from '../../guest-isa/errors.ts';
-import { AbsentState, PageState, StopCode } from '../../kernel/index.ts';
+import { AbsentState, HOST_MEMORY_WAIT_REASON, PageState, StopCode } from '../../kernel/index.ts';
 import type { Hypervisor, Vm } from '../../kernel/index.ts';
 import type { BalloonDevice } from '../../devices/balloon.ts';
 import { HostPressure, type HostPressureLevel, type MeminfoDevice } from '../../devices/meminfo.ts';
@@ -88,7 +90,11 @@ export interface MemorySchedulerOptions {
    * own Running/Paused bookkeeping passes its own, and `unblock` with it.
    */
   block?: (vm: Vm, reason: string) => void;
-  /** Undoes block (default: `vm.resume()` if the VM is paused with MEMORY_BLOCK_REASON). */
+  /**
+   * Undoes block (default: `vm.resume()` if the VM is paused with MEMORY_BLOCK_REASON, or with the
+   * kernel's HOST_MEMORY_WAIT_REASON when an access found the pool empty). A host passing its own
+   * must also resume a VM the kernel paused with HOST_MEMORY_WAIT_REASON.
+   */
   unblock?: (vm: Vm) => void;
   /** Ticks the state must stay high, with no target raised, before balloons are deflated (default 10). */
   deflateHoldTicks?: number;
@@ -429,7 +435,7 @@ export class MemoryScheduler {
     this.decisionLog = positiveInteger('decisionLog', options.decisionLog ?? 128);
     this.blockVm = options.block ?? ((vm, reason) => vm.pause(reason));
     this.unblockVm = options.unblock ?? ((vm) => {
-      if (vm.stopReason.kind === 'paused' && vm.stopReason.reason === MEMORY_BLOCK_REASON) vm.resume();
+      if (vm.stopReason.kind === 'paused' && (vm.stopReason.reason === MEMORY_BLOCK_REASON || vm.stopReason.reason === HOST_MEMORY_WAIT_REASON)) vm.resume();
     });
     const pool = hv.poolStats();
     this.lastFree = pool.freeFrames;
@@ -460,6 +466,11 @@ export class MemoryScheduler {
     m.balloon = balloon;
     m.meminfo = devices.meminfo ?? null;
     this.managed.set(vm, m);
+    // An allocation that finds the pool empty between ticks blocks the VM at once (the kernel
+    // pauses it before the access, which runs again at unblock) instead of failing it.
+    vm.onHostMemoryExhausted = () => {
+      if (!m.blocked) this.setBlocked(m, true, `a guest access needed a host frame and the pool had none (free memory is ${this.current} at the last tick)`);
+    };
     this.meminfoDirty = true;
   }
 
@@ -472,6 +483,7 @@ export class MemoryScheduler {
     const m = this.managed.get(vm);
     if (!m) return;
     if (m.blocked) this.setBlocked(m, false, 'no longer managed');
+    vm.onHostMemoryExhausted = null;
     if (options.forgetSwap && m.attachedSwap) this.swap?.forget(vm);
     this.managed.delete(vm);
   }

@@ -9,6 +9,9 @@ import { describe, expect, it } from 'vitest';
 import { parseHostConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
 import { REPO } from '../tools/child.ts';
+import { assembleFile } from '../../guest-isa/assembler.ts';
+import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
+import { createHypervisor } from '../../kernel/index.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 
@@ -59,6 +62,47 @@ describe('an overcommitted host', () => {
     } finally {
       await host.close();
     }
+  }, 180_000);
+
+  it('blocks, never fails, a VM that empties the pool within one slice; swap frees memory and its result is the unconstrained one', async () => {
+    // A 16 MiB pool and one walker over 24 MiB with 10-million-instruction slices: the pool runs
+    // dry in the middle of a slice, long before the scheduler's next tick.
+    const spec = parseHostConfig({
+      host_memory_mib: 16,
+      overcommit: true,
+      slice_instructions: 10_000_000,
+      vms: [{ name: 'w', image: KERNEL, memory_mib: 64, boot_args: 'walker 24M seq 2' }],
+    });
+    const host = await Host.start(spec);
+    let info;
+    let stats;
+    let text;
+    let scheduler;
+    try {
+      info = await host.whenStopped('w');
+      stats = host.vmStats('w');
+      text = host.readConsole('w', 0, 1 << 20).data;
+      scheduler = host.hostStats().memory_scheduler!;
+    } finally {
+      await host.close();
+    }
+    expect(info.exit).toEqual({ kind: 'halted', exit_code: 0 });
+    expect(stats.exits.host_memory_waits).toBeGreaterThan(0);
+    expect(scheduler.counters.blocks).toBeGreaterThan(0);
+    expect(scheduler.counters.pages_swapped).toBeGreaterThan(0);
+    expect(scheduler.recent_decisions.some((d) => d.action === 'block' && d.reason.includes('the pool had none'))).toBe(true);
+
+    // The same guest on a pool with room to spare.
+    const hv = createHypervisor({ hostMemoryBytes: 96 * 2 ** 20 });
+    const vm = hv.createVm({ memoryBytes: 64 * 2 ** 20, name: 'w' });
+    vm.loadImage(assembleFile(KERNEL).image);
+    const output = new CaptureSink();
+    attachStandardDevices(vm, { output, bootArgs: 'walker 24M seq 2' });
+    const [straight] = hv.run({ maxInstructions: 100_000_000 }, [vm]);
+    expect(straight!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    expect(info.instructions).toBe(vm.instructionsRetired);
+    expect(text).toMatch(/walker.*checksum/);
+    expect(text).toBe(output.text());
   }, 180_000);
 
   it('refuses thresholds that do not fall from high to low, naming the field', () => {

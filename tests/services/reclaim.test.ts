@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachBalloon, attachStandardDevices, CaptureSink, type BalloonDevice } from '../../devices/index.ts';
 import { attachMeminfo, HostPressure, type MeminfoDevice } from '../../devices/meminfo.ts';
-import { createHypervisor, StopCode, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, HOST_MEMORY_WAIT_REASON, StopCode, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
 import {
   LADDER_STATES, MEMORY_BLOCK_REASON, MemoryScheduler, MemorySchedulerError, PageSharer, SwapFile, type LadderState, type MemoryDecision,
@@ -452,6 +452,57 @@ describe('at low, VMs that allocate are blocked until memory frees', () => {
     scheduler.tick();
     expect(events).toEqual([`block grower: ${MEMORY_BLOCK_REASON}`, 'unblock grower']);
     expect(running()).toEqual([grower.vm, sleeper.vm]);
+  });
+});
+
+describe('an access that finds the pool empty between ticks', () => {
+  it('blocks the VM at that access, which runs again at unblock: the guest computes what an unconstrained run computes', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 16 * MiB });
+    const grower = boot(hv, 'grower', 'walker 12M seq 2', { memoryMiB: 32 });
+    const filler = new Filler(hv, hv.createVm({ memoryBytes: 32 * MiB, name: 'filler' }));
+    const scheduler = new MemoryScheduler(hv);
+    scheduler.add(grower.vm); // no MEMINFO: the guest's run must not depend on the host's state
+    const step = 20_000;
+    runUntil(hv, scheduler, () => grower.vm.memory.presentPages > 300, step, 500);
+    filler.setFree(20);
+
+    // One long slice: the walker needs far more than 20 frames before any tick could block it.
+    const before = grower.vm.instructionsRetired;
+    const [result] = hv.run({ maxInstructions: 5_000_000 }, [grower.vm]);
+    expect(result!.reason).toEqual({ kind: 'paused', reason: HOST_MEMORY_WAIT_REASON });
+    expect(hv.poolStats().freeFrames).toBe(0);
+    expect(grower.vm.exits.hostMemoryWaits).toBe(1);
+    expect(grower.vm.instructionsRetired - before).toBeLessThan(5_000_000);
+    expect(scheduler.stats().blocked_vms).toEqual(['grower']);
+    expect(byAction(scheduler.decisions(), 'block')).toEqual([
+      expect.objectContaining({ vm: 'grower', reason: expect.stringMatching(/^blocked: a guest access needed a host frame and the pool had none/) }),
+    ]);
+
+    // Still empty: the tick finds low and keeps it blocked; running it changes nothing.
+    scheduler.tick();
+    expect(scheduler.state).toBe('low');
+    const held = grower.vm.instructionsRetired;
+    round(hv, scheduler, step, [grower.vm]);
+    expect(grower.vm.instructionsRetired).toBe(held);
+
+    // Memory frees: unblocked at the next tick; it finishes the walk as if nothing happened.
+    filler.setFree(3600); // enough for the whole walk
+    scheduler.tick();
+    expect(grower.vm.stopCode).toBe(StopCode.RUNNING);
+    expect(byAction(scheduler.decisions(), 'unblock')).toHaveLength(1);
+    const [end] = hv.run({ maxInstructions: 40_000_000 }, [grower.vm]);
+    expect(end!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+
+    // The same guest with memory to spare, run straight through.
+    const reference = createHypervisor({ hostMemoryBytes: 64 * MiB });
+    const alone = boot(reference, 'grower', 'walker 12M seq 2', { memoryMiB: 32 });
+    const [straight] = reference.run({ maxInstructions: 40_000_000 }, [alone.vm]);
+    expect(straight!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    expect(grower.vm.instructionsRetired).toBe(alone.vm.instructionsRetired);
+    expect(grower.output.text()).toMatch(/walker.*checksum/);
+    expect(grower.output.text()).toBe(alone.output.text());
+    expect([...grower.vm.vcpus[0]!.regs]).toEqual([...alone.vm.vcpus[0]!.regs]);
+    expect(grower.vm.memory.presentPages).toBe(alone.vm.memory.presentPages);
   });
 });
 
