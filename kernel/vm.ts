@@ -505,9 +505,11 @@ export class Vm implements VcpuHost {
     return true;
   }
 
-  /** @internal */
+  /** @internal A TLB fill for a guest page (every access the TLB does not serve comes here). */
   markAccessed(gpn: number): void {
-    this.memory.accessed[gpn] = 1;
+    const memory = this.memory;
+    memory.accessed[gpn] = 1;
+    if (memory.watchedPages !== 0 && memory.watchBits[gpn] !== 0) memory.watchedAccess(gpn);
   }
 
   /** @internal */

@@ -144,6 +144,12 @@ const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 /** Thrown out of a resolver-less access to a reserved state: the VM stops with it. */
 export class ReservedStateError extends KernelError {}
 
+/** Called at the first guest access to a page a watcher armed (GuestMemory.armAccessWatch). */
+export type AccessWatcher = (gpn: number) => void;
+
+/** Access watchers per VM (one bit each per page). */
+export const MAX_ACCESS_WATCHERS = 8;
+
 /**
  * Thrown by an AbsentResolver to refuse an access as the guest's own fault (a page the guest
  * gave away and may not touch, such as one in its balloon). A vCPU's load, store, fetch or
@@ -188,6 +194,11 @@ export class GuestMemory {
     return this.accessedMarks;
   }
   private accessedMarks: Uint8Array;
+  /** @internal Per guest page: the bits of the access watchers armed on it (armAccessWatch); empty until a watcher is added. */
+  watchBits: Uint8Array = new Uint8Array(0);
+  /** @internal Pages with any watcher armed (the interpreter looks at watchBits only when this is not 0). */
+  watchedPages = 0;
+  private readonly watchers: (AccessWatcher | null)[] = [];
   /** Copy-on-write faults resolved (a copy made or a last sharer's flag cleared). */
   cowCopies = 0;
   /** Pages present in this VM's view (own or read through a fork generation). */
@@ -652,6 +663,95 @@ export class GuestMemory {
   /** @internal Marks a guest page accessed (the interpreter calls this when it fills a TLB entry). */
   markAccessed(gpn: number): void {
     this.accessed[gpn] = 1;
+  }
+
+  // Access watches (sampling, miss-rate curves)
+
+  /**
+   * Adds an access watcher (at most MAX_ACCESS_WATCHERS per VM) and returns its id. Arm it on
+   * pages with armAccessWatch: the next guest access to each armed page (a load, store or fetch
+   * by any vCPU, in any mode) calls `watcher(gpn)` once, at the access, then the page is
+   * disarmed for that watcher. Watchers never change what the guest sees; they must not throw.
+   */
+  addAccessWatcher(watcher: AccessWatcher): number {
+    let id = this.watchers.indexOf(null);
+    if (id < 0) {
+      if (this.watchers.length >= MAX_ACCESS_WATCHERS) throw new KernelError('BV_TOO_MANY_WATCHERS', `${this.name}: at most ${MAX_ACCESS_WATCHERS} access watchers`);
+      id = this.watchers.length;
+      this.watchers.push(null);
+    }
+    if (this.watchBits.length !== this.pageCount) this.watchBits = new Uint8Array(this.pageCount);
+    this.watchers[id] = watcher;
+    return id;
+  }
+
+  /** Removes watcher `id` (disarming it everywhere). */
+  removeAccessWatcher(id: number): void {
+    if (this.watchers[id] === undefined || this.watchers[id] === null) return;
+    const bit = 1 << id;
+    const bits = this.watchBits;
+    if (this.watchedPages > 0) {
+      for (let gpn = 0; gpn < bits.length; gpn++) {
+        if ((bits[gpn]! & bit) === 0) continue;
+        bits[gpn]! &= ~bit;
+        if (bits[gpn] === 0) this.watchedPages--;
+      }
+    }
+    this.watchers[id] = null;
+  }
+
+  /**
+   * Arms watcher `id` on `count` pages of `gpns`: their translations are shot down on every vCPU
+   * (as clearAccessed does, but the accessed marks stay as they are, so the clock of other
+   * policies is not disturbed), so that the next access to each is seen. Arming an armed page
+   * changes nothing.
+   */
+  armAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
+    const bit = this.watcherBit(id);
+    const bits = this.watchBits;
+    const shoot: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const gpn = gpns[i]!;
+      this.checkGpn(gpn);
+      const before = bits[gpn]!;
+      if ((before & bit) !== 0) continue;
+      if (before === 0) this.watchedPages++;
+      bits[gpn] = before | bit;
+      shoot.push(gpn);
+    }
+    if (shoot.length > 0) this.host.shootdown(shoot);
+  }
+
+  /** Disarms watcher `id` on pages (translations are left alone: nothing needs to be seen). */
+  disarmAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
+    const bit = this.watcherBit(id);
+    const bits = this.watchBits;
+    for (let i = 0; i < count; i++) {
+      const gpn = gpns[i]!;
+      this.checkGpn(gpn);
+      if ((bits[gpn]! & bit) === 0) continue;
+      bits[gpn]! &= ~bit;
+      if (bits[gpn] === 0) this.watchedPages--;
+    }
+  }
+
+  /** Whether watcher `id` is armed on `gpn`. */
+  isWatched(id: number, gpn: number): boolean {
+    this.checkGpn(gpn);
+    return (this.watchBits[gpn]! & this.watcherBit(id)) !== 0;
+  }
+
+  /** @internal An armed page was accessed (the interpreter's TLB fill): tell its watchers, disarm them. */
+  watchedAccess(gpn: number): void {
+    const bits = this.watchBits[gpn]!;
+    this.watchBits[gpn] = 0;
+    this.watchedPages--;
+    for (let id = 0; id < this.watchers.length; id++) if ((bits & (1 << id)) !== 0) this.watchers[id]?.(gpn);
+  }
+
+  private watcherBit(id: number): number {
+    if (!Number.isInteger(id) || this.watchers[id] === undefined || this.watchers[id] === null) throw new KernelError('BV_BAD_WATCHER', `${this.name}: no access watcher ${id}`);
+    return 1 << id;
   }
 
   /**
