@@ -39,4 +39,9 @@ export {
   type PoolReport,
   type ReclaimAction,
   type ThresholdsReport,
+  type VmAllocation,
 } from './reclaim.ts';
+// Shares and the idle memory tax (T-8).
+export {
+  adjustedSharesPerPage, DEFAULT_TAX_RATE, defaultShares, idleCost, MAX_TAX_RATE, reclaimQuotas, SHARES_PER_MIB, SharesError, type ShareHolder,
+} from './shares.ts';

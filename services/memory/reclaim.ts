@@ -39,6 +39,7 @@ import type { BalloonDevice } from '../../devices/balloon.ts';
 import { HostPressure, type HostPressureLevel, type MeminfoDevice } from '../../devices/meminfo.ts';
 import { SwapError } from './swap.ts';
 import type { SwapFile } from './swap.ts';
+import { adjustedSharesPerPage, checkShares, checkTaxRate, DEFAULT_TAX_RATE, defaultShares, reclaimQuotas, SharesError, type ShareHolder } from './shares.ts';
 
 /** A bad MemoryScheduler option or argument. */
 export class MemorySchedulerError extends BvError {
@@ -116,6 +117,23 @@ export interface MemorySchedulerOptions {
   squeezeLimitUnderPressure?: boolean;
   /** Decisions kept for stats() and decisions() (default 128). */
   decisionLog?: number;
+  /** The idle memory tax rate τ in [0, 0.99] (default 0.75, as ESX); setTaxRate changes it later. */
+  taxRate?: number;
+  /**
+   * A VM's active fraction f in [0, 1] (an ActiveMemorySampler's estimate), or null when unknown;
+   * unknown counts as fully active (no tax). Default: unknown for every VM.
+   */
+  activeFraction?: (vm: Vm) => number | null;
+}
+
+/** A VM's memory allocation policy (T-8): its shares and reservations. */
+export interface VmAllocation {
+  /** Shares (default 10 per MiB of guest RAM, ESX's "normal"). */
+  shares?: number;
+  /** Frames it keeps whatever the pressure: reclaim never takes it below this (default 0). */
+  minPages?: number;
+  /** Most frames it may hold: above this it is reclaimed from at any state (default none). */
+  maxPages?: number | null;
 }
 
 /** The devices through which the scheduler reaches a VM (either may be absent). */
@@ -209,6 +227,16 @@ export interface ManagedVmStats {
   pages_swapped: number;
   /** Whether it is blocked now. */
   blocked: boolean;
+  /** Its shares. */
+  shares: number;
+  /** Its minimum reservation in frames. */
+  min_pages: number;
+  /** Its maximum in frames, or null for none. */
+  max_pages: number | null;
+  /** Its active fraction as last known (null: unknown, counted as 1). */
+  active_fraction: number | null;
+  /** Its adjusted shares per page ρ now (null when it holds no frames); the lowest gives first. */
+  shares_per_page: number | null;
 }
 
 /** The ladder's thresholds, in percent of the pool and in frames (MemorySchedulerStats.thresholds). */
@@ -255,6 +283,8 @@ export interface MemorySchedulerStats {
   counters: MemorySchedulerCounters;
   /** Names of the VMs blocked now. */
   blocked_vms: string[];
+  /** The idle memory tax rate τ. */
+  tax_rate: number;
   /** Per managed VM. */
   vms: ManagedVmStats[];
   /** The recent decisions, oldest first. */
@@ -294,6 +324,9 @@ interface Managed {
   pagesBallooned: number;
   pagesReturned: number;
   pagesSwapped: number;
+  shares: number;
+  minPages: number;
+  maxPages: number | null;
 }
 
 /** A VM's estimate for one reclaim. */
@@ -314,6 +347,16 @@ interface Estimate {
 function positiveInteger(name: string, value: number): number {
   if (!Number.isSafeInteger(value) || value <= 0) throw new MemorySchedulerError(`${name} must be a positive integer, got ${value}`);
   return value;
+}
+
+/** Runs a shares check, turning its SharesError into a MemorySchedulerError (one error type for callers). */
+function schedulerOption<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (error) {
+    if (error instanceof SharesError) throw new MemorySchedulerError(error.message);
+    throw error;
+  }
 }
 
 const DEFAULT_THRESHOLDS: LadderThresholds = { high: 6, soft: 4, hard: 2, low: 1 };
@@ -371,6 +414,8 @@ export class MemoryScheduler {
   /** At hard and low, cap MEMINFO's limit at the frames a VM holds (MemorySchedulerOptions). */
   readonly squeezeLimitUnderPressure: boolean;
   private readonly decisionLog: number;
+  private taxRateNow: number;
+  private readonly activeFractionOf: (vm: Vm) => number | null;
   private readonly blockVm: (vm: Vm, reason: string) => void;
   private readonly unblockVm: (vm: Vm) => void;
   private readonly managed = new Map<Vm, Managed>();
@@ -433,6 +478,8 @@ export class MemoryScheduler {
     this.maxSwapPagesPerTick = positiveInteger('maxSwapPagesPerTick', options.maxSwapPagesPerTick ?? 8192);
     this.squeezeLimitUnderPressure = options.squeezeLimitUnderPressure ?? true;
     this.decisionLog = positiveInteger('decisionLog', options.decisionLog ?? 128);
+    this.taxRateNow = schedulerOption(() => checkTaxRate(options.taxRate ?? DEFAULT_TAX_RATE));
+    this.activeFractionOf = options.activeFraction ?? (() => null);
     this.blockVm = options.block ?? ((vm, reason) => vm.pause(reason));
     this.unblockVm = options.unblock ?? ((vm) => {
       if (vm.stopReason.kind === 'paused' && (vm.stopReason.reason === MEMORY_BLOCK_REASON || vm.stopReason.reason === HOST_MEMORY_WAIT_REASON)) vm.resume();
@@ -448,7 +495,7 @@ export class MemoryScheduler {
    * Manages `vm`: it may be ballooned (with a balloon), swapped (with a swap file), blocked at low,
    * and its MEMINFO device follows the ladder. Adding it again replaces its devices.
    */
-  add(vm: Vm, devices: ManagedVmDevices = {}): void {
+  add(vm: Vm, devices: ManagedVmDevices = {}, allocation: VmAllocation = {}): void {
     if (!this.hv.vms.includes(vm)) throw new MemorySchedulerError(`${vm.name} does not belong to this hypervisor`);
     const existing = this.managed.get(vm);
     const balloon = devices.balloon ?? null;
@@ -456,7 +503,9 @@ export class MemoryScheduler {
       vm, balloon, meminfo: null, ours: 0, knownTarget: balloon?.target ?? 0, lastActual: balloon?.actual ?? 0, actualMovedTick: this.tickCount,
       statsUpdates: 0, actualAtStats: 0, presentAtStats: 0, statsRequestedTick: -Infinity, lastPresent: vm.memory.presentPages, hand: 0, blocked: false,
       swapRefusal: null, attachedSwap: false, cheap: null, pagesBallooned: 0, pagesReturned: 0, pagesSwapped: 0,
+      shares: defaultShares(vm.memoryBytes), minPages: 0, maxPages: null,
     };
+    this.applyAllocation(m, allocation);
     if (existing && existing.balloon !== balloon) {
       m.ours = 0;
       m.knownTarget = balloon?.target ?? 0;
@@ -486,6 +535,67 @@ export class MemoryScheduler {
     vm.onHostMemoryExhausted = null;
     if (options.forgetSwap && m.attachedSwap) this.swap?.forget(vm);
     this.managed.delete(vm);
+  }
+
+  /**
+   * Changes a managed VM's shares and reservations (the fields given; the others stay). Throws
+   * MemorySchedulerError for a VM not managed or a bad value.
+   */
+  setAllocation(vm: Vm, allocation: VmAllocation): void {
+    const m = this.managed.get(vm);
+    if (!m) throw new MemorySchedulerError(`${vm.name} is not managed by this memory scheduler`);
+    this.applyAllocation(m, allocation);
+  }
+
+  /** A managed VM's shares and reservations now. */
+  allocationOf(vm: Vm): Required<VmAllocation> {
+    const m = this.managed.get(vm);
+    if (!m) throw new MemorySchedulerError(`${vm.name} is not managed by this memory scheduler`);
+    return { shares: m.shares, minPages: m.minPages, maxPages: m.maxPages };
+  }
+
+  /** The idle memory tax rate τ. */
+  get taxRate(): number {
+    return this.taxRateNow;
+  }
+
+  /** Changes τ (0 … 0.99); the next reclaim uses it. */
+  setTaxRate(taxRate: number): void {
+    this.taxRateNow = schedulerOption(() => checkTaxRate(taxRate));
+  }
+
+  private applyAllocation(m: Managed, allocation: VmAllocation): void {
+    const pages = m.vm.memory.pageCount;
+    const shares = allocation.shares === undefined ? m.shares : schedulerOption(() => checkShares(allocation.shares!));
+    const minPages = allocation.minPages ?? m.minPages;
+    const maxPages = allocation.maxPages === undefined ? m.maxPages : allocation.maxPages;
+    if (!Number.isSafeInteger(minPages) || minPages < 0 || minPages > pages) {
+      throw new MemorySchedulerError(`${m.vm.name}: the minimum reservation must be 0 … ${pages} pages, got ${String(minPages)}`);
+    }
+    if (maxPages !== null && (!Number.isSafeInteger(maxPages) || maxPages < minPages || maxPages > pages)) {
+      throw new MemorySchedulerError(`${m.vm.name}: the maximum must be ${minPages} … ${pages} pages (at least the minimum), got ${String(maxPages)}`);
+    }
+    m.shares = shares;
+    m.minPages = minPages;
+    m.maxPages = maxPages;
+  }
+
+  /** A VM's active fraction from the provider, or null (unknown). */
+  private activeOf(m: Managed): number | null {
+    const f = this.activeFractionOf(m.vm);
+    return f === null || !Number.isFinite(f) ? null : Math.min(1, Math.max(0, f));
+  }
+
+  /** ρ and its inputs, for a decision's reason. */
+  private rhoNote(m: Managed): string {
+    const f = this.activeOf(m);
+    const rho = adjustedSharesPerPage(m.shares, m.vm.memory.presentPages, f ?? 1, this.taxRateNow);
+    return `ρ ${Number.isFinite(rho) ? rho.toPrecision(3) : '∞'} (${m.shares} shares, ${m.vm.memory.presentPages} frames, active ${f === null ? 'unknown' : `${Math.round(f * 100)}%`}, τ ${this.taxRateNow})`;
+  }
+
+  /** A VM as the share arithmetic sees it, with what its mechanism can give now. */
+  private holder(m: Managed, canGive: number): ShareHolder {
+    return { shares: m.shares, pages: m.vm.memory.presentPages, activeFraction: this.activeOf(m) ?? 1, minPages: m.minPages, canGive };
   }
 
   /** The VMs managed now. */
@@ -573,6 +683,7 @@ export class MemoryScheduler {
 
     if (this.managed.size > 0) {
       if (this.observe(state)) changed = true;
+      if (this.enforceMaximums()) changed = true;
       if (state === 'low') this.blockGrowers(free, total);
       else if (this.anyBlocked()) this.unblockAll(state);
       if (state !== 'high') {
@@ -638,27 +749,16 @@ export class MemoryScheduler {
     let changed = false;
     let granted = 0;
     if (balloonNeed > 0) {
-      const grants = proportional(balloonNeed, estimates.map((e) => e.available));
+      // Who gives is decided by shares and the idle tax (lowest ρ first); how much each can give
+      // cheaply through its balloon by its usage classes.
+      const grants = reclaimQuotas(balloonNeed, estimates.map((e) => this.holder(e.m, e.available)), this.taxRateNow);
       estimates.forEach((e, i) => {
         const pages = grants[i]!;
         if (pages <= 0) return;
-        const balloon = e.m.balloon!;
-        const from = balloon.target;
-        balloon.setTarget(from + pages);
-        e.m.knownTarget = balloon.target;
-        e.m.ours += pages;
-        e.m.pagesBallooned += pages;
-        e.m.actualMovedTick = this.tickCount;
+        this.raiseBalloon(e.m, pages, `${e.detail}; ${this.rhoNote(e.m)}`, `need ${need}, ${inFlight} already asked`);
         granted += pages;
-        this.counters.balloon_decisions++;
-        this.counters.balloon_pages_requested += pages;
-        this.record('balloon', e.m.vm.name, pages, `balloon +${pages} pages: ${e.detail}; target ${from} → ${balloon.target} (need ${need}, ${inFlight} already asked)`);
       });
-      if (granted > 0) {
-        this.lastTargetChange = this.tickCount;
-        this.recentFree = [];
-        changed = true;
-      }
+      if (granted > 0) changed = true;
     }
     const uncovered = balloonNeed - granted;
     if (uncovered <= 0) return changed;
@@ -726,33 +826,79 @@ export class MemoryScheduler {
 
   /** Hard and low: swaps out `pages` cold pages, shared over the VMs by the frames they hold. */
   private swapOut(estimates: readonly Estimate[], pages: number, need: number, covered: number): void {
-    const swap = this.swap!;
     const candidates = estimates.filter((e) => e.m.swapRefusal === null && e.m.vm.memory.presentPages > 0);
-    const shares = proportional(pages, candidates.map((e) => e.m.vm.memory.presentPages));
+    const shares = reclaimQuotas(pages, candidates.map((e) => this.holder(e.m, e.m.vm.memory.presentPages)), this.taxRateNow);
     candidates.forEach((e, i) => {
       const share = shares[i]!;
       if (share <= 0) return;
-      const m = e.m;
-      if (!m.attachedSwap) {
-        try {
-          swap.attach(m.vm);
-          m.attachedSwap = true;
-        } catch (error) {
-          if (!(error instanceof SwapError)) throw error;
-          m.swapRefusal = error.message;
-          this.record('shortfall', m.vm.name, share, `cannot swap: ${error.message}`);
-          this.counters.shortfalls++;
-          return;
-        }
-      }
-      const result = this.swapColdPages(m, share);
-      m.pagesSwapped += result.swapped;
       const why = e.why ?? `balloon would get only ${e.cheap} cheap pages`;
-      const found = result.swapped < share ? `; found ${result.swapped} cold pages of ${share}${result.full ? ' (swap file full)' : ''}` : '';
-      this.counters.swap_decisions++;
-      this.record('swap', m.vm.name, result.swapped, `swap ${result.swapped} pages: ${why} (need ${need}, balloons cover ${covered})${found}`);
+      this.swapFrom(e.m, share, `${why}; ${this.rhoNote(e.m)} (need ${need}, balloons cover ${covered})`);
     });
     if (candidates.length === 0) this.shortfall('no-swappable-vm', pages, `balloons cover ${covered} of ${need} pages needed and no VM can be swapped`);
+  }
+
+  /** Raises a VM's balloon target by `pages` (the scheduler's own part), recording why. */
+  private raiseBalloon(m: Managed, pages: number, why: string, context: string): void {
+    const balloon = m.balloon!;
+    const from = balloon.target;
+    balloon.setTarget(from + pages);
+    m.knownTarget = balloon.target;
+    m.ours += pages;
+    m.pagesBallooned += pages;
+    m.actualMovedTick = this.tickCount;
+    this.lastTargetChange = this.tickCount;
+    this.recentFree = [];
+    this.counters.balloon_decisions++;
+    this.counters.balloon_pages_requested += pages;
+    this.record('balloon', m.vm.name, pages, `balloon +${pages} pages: ${why}; target ${from} → ${balloon.target} (${context})`);
+  }
+
+  /** Swaps up to `pages` cold pages out of a VM (attaching the swap file at its first), recording why. */
+  private swapFrom(m: Managed, pages: number, why: string): void {
+    const swap = this.swap!;
+    if (!m.attachedSwap) {
+      try {
+        swap.attach(m.vm);
+        m.attachedSwap = true;
+      } catch (error) {
+        if (!(error instanceof SwapError)) throw error;
+        m.swapRefusal = error.message;
+        this.record('shortfall', m.vm.name, pages, `cannot swap: ${error.message}`);
+        this.counters.shortfalls++;
+        return;
+      }
+    }
+    const result = this.swapColdPages(m, pages);
+    m.pagesSwapped += result.swapped;
+    const found = result.swapped < pages ? `; found ${result.swapped} cold pages of ${pages}${result.full ? ' (swap file full)' : ''}` : '';
+    this.counters.swap_decisions++;
+    this.record('swap', m.vm.name, result.swapped, `swap ${result.swapped} pages: ${why}${found}`);
+  }
+
+  /**
+   * Any state: a VM holding more frames than its maximum gives the excess back — through its
+   * balloon as far as it has cheap pages, the rest by swap (when there is a swap file).
+   */
+  private enforceMaximums(): boolean {
+    let changed = false;
+    for (const m of this.managed.values()) {
+      if (m.maxPages === null || !this.reclaimable(m)) continue;
+      const held = m.vm.memory.presentPages;
+      const e = this.estimate(m);
+      let left = held - m.maxPages - e.inFlight;
+      if (left <= 0) continue;
+      const over = `holds ${held} frames, over its maximum ${m.maxPages}`;
+      const viaBalloon = Math.min(left, e.available);
+      if (viaBalloon > 0) {
+        this.raiseBalloon(m, viaBalloon, `${over}; ${e.detail}`, 'maximum reservation');
+        left -= viaBalloon;
+        changed = true;
+      }
+      if (left > 0 && this.swap !== null && m.swapRefusal === null) {
+        this.swapFrom(m, Math.min(left, this.maxSwapPagesPerTick), `${over}; ${e.why ?? `balloon would get only ${e.cheap} cheap pages`}`);
+      }
+    }
+    return changed;
   }
 
   /**
@@ -944,6 +1090,11 @@ export class MemoryScheduler {
         pages_returned: m.pagesReturned,
         pages_swapped: m.pagesSwapped,
         blocked: m.blocked,
+        shares: m.shares,
+        min_pages: m.minPages,
+        max_pages: m.maxPages,
+        active_fraction: this.activeOf(m),
+        shares_per_page: m.vm.memory.presentPages > 0 ? adjustedSharesPerPage(m.shares, m.vm.memory.presentPages, this.activeOf(m) ?? 1, this.taxRateNow) : null,
       });
     }
     return {
@@ -956,6 +1107,7 @@ export class MemoryScheduler {
       ticks_in_state: { ...this.inState },
       counters: { ...this.counters },
       blocked_vms: vms.filter((v) => v.blocked).map((v) => v.name),
+      tax_rate: this.taxRateNow,
       vms,
       recent_decisions: this.ring.map((d) => ({ ...d })),
     };

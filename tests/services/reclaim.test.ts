@@ -259,9 +259,9 @@ describe('real overcommit with nanokernel guests', () => {
     let aTargetAtFirstSwap: number | null = null;
     const step = 50_000;
     const guests: Guest[] = [];
-    const start = (name: string, args: string, balloon: boolean): Guest => {
+    const start = (name: string, args: string, balloon: boolean, shares?: number): Guest => {
       const guest = boot(hv, name, args, { balloon });
-      scheduler.add(guest.vm, { balloon: guest.balloon, meminfo: guest.meminfo });
+      scheduler.add(guest.vm, { balloon: guest.balloon, meminfo: guest.meminfo }, { shares });
       guests.push(guest);
       return guest;
     };
@@ -291,13 +291,14 @@ describe('real overcommit with nanokernel guests', () => {
 
     // B (a balloon, its memory all in use) and C (no balloon) grow working sets of 20 and 12 MiB.
     const b = start('b', 'walker 20M hot:1M:90 0', true);
-    const c = start('c', 'walker 12M hot:1M:90 0', false);
+    // C holds the fewest shares (a sixth of the default 640): it is the first the swap phase takes from.
+    const c = start('c', 'walker 12M hot:1M:90 0', false, 100);
     rounds(300);
     const phase2 = [...scheduler.decisions()];
     const balloons = byAction(phase2, 'balloon');
     expect(balloons.length).toBeGreaterThan(0);
     expect(balloons[0]!.vm).toBe('a');
-    expect(balloons[0]!.reason).toMatch(/^balloon \+\d+ pages: \d+ cheap pages \(\d+ free with a host frame of \d+ free, 0 page cache\); target 0 → \d+/);
+    expect(balloons[0]!.reason).toMatch(/^balloon \+\d+ pages: \d+ cheap pages \(\d+ free with a host frame of \d+ free, 0 page cache\); ρ \S+ \(640 shares, \d+ frames, active unknown, τ 0\.75\); target 0 → \d+/);
     const ballooned = (vm: string): number => scheduler.stats().vms.find((v) => v.name === vm)!.pages_ballooned;
     expect(ballooned('a')).toBeGreaterThan(0.95 * scheduler.stats().counters.balloon_pages_requested);
     expect(ballooned('c')).toBe(0);
@@ -317,7 +318,7 @@ describe('real overcommit with nanokernel guests', () => {
     expect(aTargetAtFirstSwap).not.toBeNull();
     expect(aTargetAtFirstSwap!).toBeGreaterThan(aFrames - 300);
     for (const decision of swaps) {
-      if (decision.vm === 'c') expect(decision.reason).toMatch(/^swap \d+ pages: no balloon \(need \d+, balloons cover \d+\)/);
+      if (decision.vm === 'c') expect(decision.reason).toMatch(/^swap \d+ pages: no balloon; ρ \S+ \(100 shares, \d+ frames, active unknown, τ 0\.75\) \(need \d+, balloons cover \d+\)/);
       else expect(decision.reason).toMatch(/^swap \d+ pages: balloon would get only \d+ cheap pages/);
     }
     expect(byAction(decisions, 'swap', 'c').length).toBeGreaterThan(0);
@@ -452,6 +453,90 @@ describe('at low, VMs that allocate are blocked until memory frees', () => {
     scheduler.tick();
     expect(events).toEqual([`block grower: ${MEMORY_BLOCK_REASON}`, 'unblock grower']);
     expect(running()).toEqual([grower.vm, sleeper.vm]);
+  });
+});
+
+describe('shares and the idle memory tax pick the victim', () => {
+  /** Two 32 MiB walkers holding ~2,100 frames each on a 32 MiB pool (hard below 164 free frames); x idle, y active by the provider. */
+  function twoWalkers(options: { taxRate?: number; shares?: [number, number] } = {}) {
+    const hv = createHypervisor({ hostMemoryBytes: 32 * MiB });
+    const x = boot(hv, 'x', 'walker 8M seq 0', { memoryMiB: 32 });
+    const y = boot(hv, 'y', 'walker 8M seq 0', { memoryMiB: 32 });
+    const filler = new Filler(hv, hv.createVm({ memoryBytes: 32 * MiB, name: 'filler' }));
+    const swap = SwapFile.createIn(dir);
+    const active = new Map<Vm, number>([[x.vm, 0.05], [y.vm, 0.95]]);
+    const scheduler = new MemoryScheduler(hv, { swap, taxRate: options.taxRate, activeFraction: (vm) => active.get(vm) ?? null });
+    scheduler.add(x.vm, {}, { shares: options.shares?.[0] });
+    scheduler.add(y.vm, {}, { shares: options.shares?.[1] });
+    runUntil(hv, scheduler, () => x.vm.memory.presentPages > 2000 && y.vm.memory.presentPages > 2000, 50_000, 2000);
+    return { hv, x, y, filler, swap, scheduler };
+  }
+
+  /** Puts the pool at hard and ticks without running the guests (their pages go cold). */
+  function squeeze(machine: ReturnType<typeof twoWalkers>): Record<string, number> {
+    machine.filler.setFree(120);
+    for (let i = 0; i < 6; i++) machine.scheduler.tick();
+    const swapped = Object.fromEntries(machine.scheduler.stats().vms.map((v) => [v.name, v.pages_swapped]));
+    machine.swap.close();
+    return swapped;
+  }
+
+  it('with the default tax (τ 0.75) the idle VM gives everything; without it (τ 0) both give alike', () => {
+    const taxed = twoWalkers();
+    expect(taxed.scheduler.taxRate).toBe(0.75);
+    const stats = taxed.scheduler.stats().vms;
+    const x = stats.find((v) => v.name === 'x')!;
+    const y = stats.find((v) => v.name === 'y')!;
+    expect(x.active_fraction).toBe(0.05);
+    expect(x.shares).toBe(320);
+    // ρ by hand: 320 / (P (0.05 + 4 · 0.95)) for x, 320 / (P (0.95 + 4 · 0.05)) for y.
+    expect(x.shares_per_page).toBeCloseTo(320 / (x.frames_held * 3.85), 12);
+    expect(y.shares_per_page).toBeCloseTo(320 / (y.frames_held * 1.15), 12);
+    const withTax = squeeze(taxed);
+    expect(withTax['x']).toBeGreaterThan(300);
+    expect(withTax['y']).toBe(0);
+    const swaps = byAction(taxed.scheduler.decisions(), 'swap');
+    expect(swaps.every((d) => d.vm === 'x')).toBe(true);
+    expect(swaps[0]!.reason).toMatch(/ρ \S+ \(320 shares, \d+ frames, active 5%, τ 0\.75\)/);
+
+    const untaxed = squeeze(twoWalkers({ taxRate: 0 }));
+    expect(untaxed['x']).toBeGreaterThan(100);
+    expect(untaxed['y']).toBeGreaterThan(100);
+  });
+
+  it('shares outweigh activity when they differ enough; a minimum reservation is never reclaimed', () => {
+    // y active but with a tenth of x's shares: ρ_y = 32 / (1.15 P) < ρ_x = 320 / (3.85 P).
+    const lowShares = squeeze(twoWalkers({ shares: [320, 32] }));
+    expect(lowShares['y']).toBeGreaterThan(300);
+    expect(lowShares['x']).toBe(0);
+
+    const machine = twoWalkers();
+    machine.scheduler.setAllocation(machine.x.vm, { minPages: machine.x.vm.memory.presentPages - 50 });
+    const kept = squeeze(machine);
+    expect(kept['x']).toBeLessThanOrEqual(50);
+    expect(kept['y']).toBeGreaterThan(200);
+  });
+
+  it('a VM over its maximum gives the excess back even at high; allocations and τ are checked', () => {
+    const machine = twoWalkers();
+    const { scheduler, y, filler } = machine;
+    filler.setFree(3000);
+    scheduler.tick();
+    expect(scheduler.state).toBe('high');
+    const held = y.vm.memory.presentPages;
+    scheduler.setAllocation(y.vm, { maxPages: held - 500 });
+    expect(scheduler.allocationOf(y.vm)).toEqual({ shares: 320, minPages: 0, maxPages: held - 500 });
+    for (let i = 0; i < 4; i++) scheduler.tick();
+    expect(y.vm.memory.presentPages).toBeLessThanOrEqual(held - 500);
+    expect(byAction(scheduler.decisions(), 'swap', 'y')[0]!.reason).toMatch(new RegExp(`^swap \\d+ pages: holds ${held} frames, over its maximum ${held - 500}`));
+    expect(() => scheduler.setAllocation(y.vm, { minPages: -1 })).toThrow(MemorySchedulerError);
+    expect(() => scheduler.setAllocation(y.vm, { minPages: 100, maxPages: 50 })).toThrow(/at least the minimum/);
+    expect(() => scheduler.setAllocation(y.vm, { shares: 0 })).toThrow(/shares must be a positive integer/);
+    expect(() => scheduler.setTaxRate(1)).toThrow(/between 0 and 0\.99/);
+    expect(() => new MemoryScheduler(machine.hv, { taxRate: -0.5 })).toThrow(MemorySchedulerError);
+    scheduler.setTaxRate(0.5);
+    expect(scheduler.stats().tax_rate).toBe(0.5);
+    machine.swap.close();
   });
 });
 
