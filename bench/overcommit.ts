@@ -18,10 +18,11 @@
  *   pages first: a clock over the hypervisor's accessed marks) and sets PRESSURE hard, every
  *   round. Two squeeze points (the cache full; half full), each with `listen` and `deaf`, and
  *   the same workload without a squeeze as the baseline: OOM kills, swap-outs and swap-ins, hit
- *   rate, guest instructions to finish. The squeeze is driven here, not by the memory scheduler
- *   (services/memory/reclaim.ts): the scheduler raises balloon targets only for pages its usage
- *   classes call cheap (a cache's pages are not), so it never asks this guest for a target; the
- *   experiment needs the host to ask for memory the guest holds.
+ *   rate, guest instructions to finish. Each squeeze is made twice: by this file's loop (a balloon
+ *   target for memory the guest holds, as an operator would set), and by the memory scheduler
+ *   (services/memory/reclaim.ts), which lowers the VM's maximum: MEMINFO's LIMIT follows, the
+ *   balloon takes only pages the usage classes call cheap (a listening cache's pages become free,
+ *   hence cheap, as it shrinks; a deaf cache's never do) and the rest is swapped.
  */
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
@@ -33,7 +34,7 @@ import type { GuestImage } from '../guest-isa/image-types.ts';
 import { attachStandardDevices, CaptureSink, HostPressure, type BalloonDevice, type MeminfoDevice } from '../devices/index.ts';
 import { createHypervisor, PageState, type Hypervisor, type Vm } from '../kernel/index.ts';
 import { HostRegion, HOST_PAGE_SIZE, processRss } from '../native/index.ts';
-import { SwapFile } from '../services/memory/index.ts';
+import { MemoryScheduler, SwapFile } from '../services/memory/index.ts';
 import { BenchError, cpuSince, loadNow, median, type Check } from './harness.ts';
 import type { Timing } from './state.ts';
 
@@ -70,6 +71,15 @@ export interface SqueezeSetup {
   stallRounds?: number;
   /** Where the swap file goes (a fresh temporary directory when absent). */
   swapDirectory?: string;
+  /**
+   * Who squeezes (default 'bench'). 'bench': this file's own loop (balloon target T, MEMINFO
+   * LIMIT and PRESSURE, then swap after `stallRounds`). 'scheduler': the memory scheduler
+   * (services/memory/reclaim.ts), ticked every round, lowers the VM's maximum to RAM − T: MEMINFO's
+   * LIMIT follows, the balloon takes the pages its usage classes call cheap (a listening cache's
+   * pages become free and cheap as it shrinks), and what it cannot cover is swapped after
+   * balloonStallTicks ticks.
+   */
+  driver?: 'bench' | 'scheduler';
 }
 
 /** What one squeeze run gave. */
@@ -174,13 +184,17 @@ export function runSqueeze(setup: SqueezeSetup, mode: CacheMode): SqueezeOutcome
   const vm = hv.createVm({ memoryBytes: setup.memoryBytes, name: `kvcache-${mode}` });
   vm.loadImage(setup.image);
   const output = new CaptureSink();
-  const devices = attachStandardDevices(vm, { output, bootArgs: `stats=memory kvcache ${setup.entries} ${setup.ops} ${mode}`, balloon: {}, meminfo: true });
+  const byScheduler = setup.driver === 'scheduler';
+  // The scheduler sizes balloons from the guest's statistics: it needs them (polled every guest second, and asked for every tick while the VM is over its maximum).
+  const devices = attachStandardDevices(vm, { output, bootArgs: `stats=memory kvcache ${setup.entries} ${setup.ops} ${mode}`, balloon: byScheduler ? { statsPollingIntervalS: 1 } : {}, meminfo: true });
   const balloon = devices.balloon as BalloonDevice;
   const meminfo = devices.meminfo as MeminfoDevice;
   const swap = SwapFile.createIn(directory);
   const pages = vm.memory.pageCount;
+  const scheduler = byScheduler ? new MemoryScheduler(hv, { swap }) : null;
   try {
-    swap.attach(vm);
+    if (scheduler) scheduler.add(vm, { balloon, meminfo });
+    else swap.attach(vm);
     const swapper = new ColdSwapper(vm, swap);
     let squeezedAt: number | null = null;
     let lastActual = 0;
@@ -195,6 +209,17 @@ export function runSqueeze(setup: SqueezeSetup, mode: CacheMode): SqueezeOutcome
       if (reason.kind !== 'budget') throw new BenchError('BV_BENCH_GUEST_FAILED', `overcommit: ${vm.name} stopped (${JSON.stringify(reason)})\n${output.text()}`);
       if (r > 1_000_000) throw new BenchError('BV_BENCH_GUEST_FAILED', `overcommit: ${vm.name} did not finish`);
       const target = setup.targetPages;
+      if (scheduler) {
+        if (target !== null && squeezedAt === null && vm.memory.presentPages >= setup.squeezeAtFrames) {
+          squeezedAt = vm.instructionsRetired;
+          scheduler.setAllocation(vm, { maxPages: pages - target });
+        }
+        const swapsBefore = scheduler.stats().counters.swap_decisions;
+        scheduler.tick();
+        if (scheduler.stats().counters.swap_decisions > swapsBefore) swapRounds++;
+        if (squeezedAt !== null) peak = Math.max(peak, vm.memory.presentPages);
+        continue;
+      }
       if (target === null) continue;
       if (squeezedAt === null) {
         if (vm.memory.presentPages < setup.squeezeAtFrames) continue;
@@ -229,6 +254,7 @@ export function runSqueeze(setup: SqueezeSetup, mode: CacheMode): SqueezeOutcome
       wallMs, cpuMs, console: text,
     };
   } finally {
+    if (scheduler) scheduler.remove(vm);
     swap.forget(vm);
     swap.close();
     for (const v of [...hv.vms]) hv.destroyVm(v);
@@ -256,12 +282,17 @@ const ROUNDS = {
 
 /** The experiment's runs: the baseline (no squeeze), then each squeeze point with each mode. */
 export const SQUEEZE_CASES = [
-  { label: 'no squeeze', point: null, mode: 'deaf' },
-  { label: 'cache full', point: 1, mode: 'listen' },
-  { label: 'cache full', point: 1, mode: 'deaf' },
-  { label: 'half full', point: 0.5, mode: 'listen' },
-  { label: 'half full', point: 0.5, mode: 'deaf' },
-] as const satisfies readonly { label: string; point: number | null; mode: CacheMode }[];
+  { label: 'no squeeze', point: null, mode: 'deaf', driver: 'bench' },
+  { label: 'cache full', point: 1, mode: 'listen', driver: 'bench' },
+  { label: 'cache full', point: 1, mode: 'deaf', driver: 'bench' },
+  { label: 'half full', point: 0.5, mode: 'listen', driver: 'bench' },
+  { label: 'half full', point: 0.5, mode: 'deaf', driver: 'bench' },
+  // The same squeezes made by the memory scheduler: the VM's maximum lowered to RAM − T.
+  { label: 'cache full', point: 1, mode: 'listen', driver: 'scheduler' },
+  { label: 'cache full', point: 1, mode: 'deaf', driver: 'scheduler' },
+  { label: 'half full', point: 0.5, mode: 'listen', driver: 'scheduler' },
+  { label: 'half full', point: 0.5, mode: 'deaf', driver: 'scheduler' },
+] as const satisfies readonly { label: string; point: number | null; mode: CacheMode; driver: 'bench' | 'scheduler' }[];
 
 export interface OvercommitOptions {
   quick: boolean;
@@ -305,6 +336,8 @@ export interface ReclaimFigures {
 export interface SqueezeRow {
   label: string;
   mode: CacheMode;
+  /** Who squeezed: this file's loop, or the memory scheduler (SqueezeSetup.driver). */
+  driver: 'bench' | 'scheduler';
   oomKills: number;
   swapOuts: number;
   swapIns: number;
@@ -462,10 +495,10 @@ function measureSqueeze(image: GuestImage, size: (typeof SIZES)[keyof typeof SIZ
       const order = SQUEEZE_CASES.map((_, i) => i);
       for (const i of r % 2 === 0 ? order : order.reverse()) {
         const c = SQUEEZE_CASES[i]!;
-        onStep?.(`overcommit: kvcache ${c.mode}, ${c.label}`);
+        onStep?.(`overcommit: kvcache ${c.mode}, ${c.label}${c.driver === 'scheduler' ? ', by the scheduler' : ''}`);
         const outcome = runSqueeze({
           image, memoryBytes: size.memoryBytes, entries: size.entries, ops: size.ops, targetPages: c.point === null ? null : targetPages,
-          squeezeAtFrames: Math.round((c.point ?? 1) * size.entries), swapDirectory: directory,
+          squeezeAtFrames: Math.round((c.point ?? 1) * size.entries), swapDirectory: directory, driver: c.driver,
         }, c.mode);
         if (outcome.cache !== null && outcome.cache.checksum !== expectedChecksum(size.entries, size.ops)) {
           throw new BenchError('BV_BENCH_WRONG_RESULT', `overcommit: kvcache ${c.mode} (${c.label}) computed checksum 0x${outcome.cache.checksum.toString(16)}, the model 0x${expectedChecksum(size.entries, size.ops).toString(16)}`);
@@ -481,7 +514,7 @@ function measureSqueeze(image: GuestImage, size: (typeof SIZES)[keyof typeof SIZ
     const list = outcomes.get(i)!;
     const o = list[list.length - 1]!;
     return {
-      label: c.label, mode: c.mode, oomKills: o.oomKills, swapOuts: o.swapOuts, swapIns: o.swapIns, hitRate: o.hitRate === null ? null : fixed(o.hitRate, 4),
+      label: c.label, mode: c.mode, driver: c.driver, oomKills: o.oomKills, swapOuts: o.swapOuts, swapIns: o.swapIns, hitRate: o.hitRate === null ? null : fixed(o.hitRate, 4),
       instructions: o.instructions, instructionsRatio: fixed(o.instructions / baseline.instructions, 3),
       entries: o.cache?.entries ?? null, peak: o.cache?.peak ?? null, shrinks: o.cache?.shrinks ?? null, dropped: o.cache?.dropped ?? null,
       balloonActual: o.balloonActual, peakFrames: o.peakFramesAfterSqueeze, meminfoCalls: o.meminfoReads, run: timing(list),
@@ -527,7 +560,9 @@ export function measureOvercommit(options: OvercommitOptions): OvercommitFigures
 export function overcommitChecks(figures: OvercommitFigures): Check[] {
   const { reclaim, squeeze } = figures;
   const listen = squeeze.rows.filter((row) => row.mode === 'listen');
-  const full = { listen: squeeze.rows.find((r) => r.label === 'cache full' && r.mode === 'listen')!, deaf: squeeze.rows.find((r) => r.label === 'cache full' && r.mode === 'deaf')! };
+  const find = (driver: string, mode: CacheMode) => squeeze.rows.find((r) => r.label === 'cache full' && r.mode === mode && r.driver === driver)!;
+  const full = { listen: find('bench', 'listen'), deaf: find('bench', 'deaf') };
+  const byScheduler = { listen: find('scheduler', 'listen'), deaf: find('scheduler', 'deaf') };
   return [
     {
       name: `balloon reclaim, ${reclaim.heapBytes / MiB} MiB of a ${reclaim.vmBytes / MiB} MiB VM: target change to RSS down (ms)`, target: `<= ${OVERCOMMIT_TARGETS.reclaimMs}`,
@@ -541,6 +576,10 @@ export function overcommitChecks(figures: OvercommitFigures): Check[] {
       name: 'T-7 squeeze (cache full), hypervisor swap-outs, deaf / listen', target: '> 1',
       value: full.deaf.swapOuts / Math.max(1, full.listen.swapOuts), pass: full.deaf.swapOuts > full.listen.swapOuts, load: full.deaf.run.load,
     },
+    {
+      name: 'T-7 squeeze by the memory scheduler (cache full), hypervisor swap-outs, deaf / listen', target: '> 1',
+      value: byScheduler.deaf.swapOuts / Math.max(1, byScheduler.listen.swapOuts), pass: byScheduler.deaf.swapOuts > byScheduler.listen.swapOuts, load: byScheduler.deaf.run.load,
+    },
   ];
 }
 
@@ -550,14 +589,14 @@ export function formatOvercommit(figures: OvercommitFigures): string[] {
   const t = (timing: Timing): string => `${ms(timing.wallMs)} ms (CPU ${ms(timing.cpuMs)}; ${ms(timing.minWallMs)}–${ms(timing.maxWallMs)}, ${timing.runs} runs)`;
   const n = (value: number): string => value.toLocaleString('en-US');
   const dash = (value: number | null, show: (v: number) => string = n): string => (value === null ? '-' : show(value));
-  const header = ['squeeze', 'kvcache', 'OOM kills', 'swap-outs', 'swap-ins', 'hit rate', 'instructions', '÷ baseline', 'entries (peak)', 'shrinks (dropped)', 'balloon', 'peak frames', 'wall ms (CPU)'];
+  const header = ['squeeze', 'by', 'kvcache', 'OOM kills', 'swap-outs', 'swap-ins', 'hit rate', 'instructions', '÷ baseline', 'entries (peak)', 'shrinks (dropped)', 'balloon', 'peak frames', 'wall ms (CPU)'];
   const rows = s.rows.map((row) => [
-    row.label, row.mode, n(row.oomKills), n(row.swapOuts), n(row.swapIns), dash(row.hitRate, (v) => `${(v * 100).toFixed(1)} %`), n(row.instructions), row.instructionsRatio.toFixed(2),
+    row.label, row.label === 'no squeeze' ? '-' : row.driver, row.mode, n(row.oomKills), n(row.swapOuts), n(row.swapIns), dash(row.hitRate, (v) => `${(v * 100).toFixed(1)} %`), n(row.instructions), row.instructionsRatio.toFixed(2),
     row.entries === null ? 'killed' : `${n(row.entries)} (${n(row.peak!)})`, row.shrinks === null ? '-' : `${n(row.shrinks)} (${n(row.dropped!)})`, n(row.balloonActual), n(row.peakFrames),
     `${ms(row.run.wallMs)} (${ms(row.run.cpuMs)})`,
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: readonly string[]): string => cells.map((cell, i) => (i < 2 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd();
+  const line = (cells: readonly string[]): string => cells.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd();
   return [
     `overcommit (issue 10); page sharing is its own group (--only sharing)`,
     `  balloon reclaim: a ${r.vmBytes / MiB} MiB nanokernel VM whose heap touched and gave back ${r.heapBytes / MiB} MiB, target ${n(r.targetPages)} pages; medians, wall time with process CPU time`,
@@ -565,7 +604,7 @@ export function formatOvercommit(figures: OvercommitFigures): string[] {
     `    target change → target reached ${t(r.toTarget)}; of it in madvise ${ms(r.madviseMs)} ms (${n(r.madviseCalls)} calls); ${n(r.guestInstructions)} guest instructions`,
     `    plain madvise of ${r.heapBytes / MiB} MiB in one call, baseline ${t(r.plainMadvise)}; reclaim / baseline ${r.ratio.toFixed(2)} (CPU ${r.cpuRatio.toFixed(2)})`,
     `    process RSS ${n(r.rssBeforeKiB)} KiB → ${n(r.rssAfterKiB)} KiB`,
-    `  T-7: kvcache ${n(s.entries)} ${n(s.ops)} in a ${s.memoryBytes / MiB} MiB VM (balloon, MEMINFO, hypervisor swap file); the squeeze: balloon target ${n(s.targetPages)} pages, LIMIT ${n(s.budgetPages)}, PRESSURE soft; the host swaps what the VM holds above ${n(s.budgetPages)} frames once the balloon has stalled (then PRESSURE hard)`,
+    `  T-7: kvcache ${n(s.entries)} ${n(s.ops)} in a ${s.memoryBytes / MiB} MiB VM (balloon, MEMINFO, hypervisor swap file); the squeeze: balloon target ${n(s.targetPages)} pages, LIMIT ${n(s.budgetPages)}, PRESSURE soft; the host swaps what the VM holds above ${n(s.budgetPages)} frames once the balloon has stalled (then PRESSURE hard). By 'scheduler': the memory scheduler lowers the VM's maximum to ${n(s.budgetPages)} frames (MEMINFO LIMIT follows), balloons only the pages its usage classes call cheap and swaps the rest after 16 ticks`,
     '',
     ...[line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].map((text) => `    ${text}`),
   ];

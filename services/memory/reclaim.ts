@@ -327,6 +327,8 @@ interface Managed {
   shares: number;
   minPages: number;
   maxPages: number | null;
+  /** The tick it last went over its maximum (reset when it is back under), or -1. */
+  overMaxSince: number;
 }
 
 /** A VM's estimate for one reclaim. */
@@ -503,7 +505,7 @@ export class MemoryScheduler {
       vm, balloon, meminfo: null, ours: 0, knownTarget: balloon?.target ?? 0, lastActual: balloon?.actual ?? 0, actualMovedTick: this.tickCount,
       statsUpdates: 0, actualAtStats: 0, presentAtStats: 0, statsRequestedTick: -Infinity, lastPresent: vm.memory.presentPages, hand: 0, blocked: false,
       swapRefusal: null, attachedSwap: false, cheap: null, pagesBallooned: 0, pagesReturned: 0, pagesSwapped: 0,
-      shares: defaultShares(vm.memoryBytes), minPages: 0, maxPages: null,
+      shares: defaultShares(vm.memoryBytes), minPages: 0, maxPages: null, overMaxSince: -1,
     };
     this.applyAllocation(m, allocation);
     if (existing && existing.balloon !== balloon) {
@@ -578,6 +580,7 @@ export class MemoryScheduler {
     m.shares = shares;
     m.minPages = minPages;
     m.maxPages = maxPages;
+    this.meminfoDirty = true; // MEMINFO's limit includes the maximum
   }
 
   /** A VM's active fraction from the provider, or null (unknown). */
@@ -726,7 +729,8 @@ export class MemoryScheduler {
         m.presentAtStats = Math.min(m.lastPresent, m.vm.memory.presentPages);
       }
       if (balloon.statsPollingIntervalS > 0 && m.vm.stopCode === StopCode.RUNNING) {
-        const every = state === 'high' ? this.statsRequestTicksAtHigh : 1;
+        const overMax = m.maxPages !== null && m.vm.memory.presentPages > m.maxPages;
+        const every = state === 'high' && !overMax ? this.statsRequestTicksAtHigh : 1;
         if (tick - m.statsRequestedTick >= every) {
           balloon.requestStats();
           m.statsRequestedTick = tick;
@@ -877,13 +881,21 @@ export class MemoryScheduler {
 
   /**
    * Any state: a VM holding more frames than its maximum gives the excess back — through its
-   * balloon as far as it has cheap pages, the rest by swap (when there is a swap file).
+   * balloon as far as it has cheap pages; what the balloon cannot cover is swapped once the VM
+   * has been over its maximum for balloonStallTicks ticks with its balloon not moving (time for
+   * the balloon, and for a guest that listens to MEMINFO — whose limit is the maximum — to shrink).
    */
   private enforceMaximums(): boolean {
     let changed = false;
+    const tick = this.tickCount;
     for (const m of this.managed.values()) {
       if (m.maxPages === null || !this.reclaimable(m)) continue;
       const held = m.vm.memory.presentPages;
+      if (held <= m.maxPages) {
+        m.overMaxSince = -1;
+        continue;
+      }
+      if (m.overMaxSince < 0) m.overMaxSince = tick;
       const e = this.estimate(m);
       let left = held - m.maxPages - e.inFlight;
       if (left <= 0) continue;
@@ -894,8 +906,9 @@ export class MemoryScheduler {
         left -= viaBalloon;
         changed = true;
       }
-      if (left > 0 && this.swap !== null && m.swapRefusal === null) {
-        this.swapFrom(m, Math.min(left, this.maxSwapPagesPerTick), `${over}; ${e.why ?? `balloon would get only ${e.cheap} cheap pages`}`);
+      const waited = tick - m.overMaxSince >= this.balloonStallTicks && tick - m.actualMovedTick >= this.balloonStallTicks;
+      if (left > 0 && waited && this.swap !== null && m.swapRefusal === null) {
+        this.swapFrom(m, Math.min(left, this.maxSwapPagesPerTick), `${over} for ${tick - m.overMaxSince} ticks; ${e.why ?? `balloon would get only ${e.cheap} cheap pages`}`);
       }
     }
     return changed;
@@ -1052,7 +1065,7 @@ export class MemoryScheduler {
     for (const m of this.managed.values()) {
       if (m.meminfo === null) continue;
       const pages = m.vm.memory.pageCount;
-      let limit = pages - (m.balloon?.target ?? 0);
+      let limit = Math.min(pages - (m.balloon?.target ?? 0), m.maxPages ?? pages);
       if (this.squeezeLimitUnderPressure && (state === 'hard' || state === 'low')) limit = Math.min(limit, m.vm.memory.presentPages);
       m.meminfo.setCondition({ limitPages: Math.max(0, Math.min(pages, limit)), pressure: PRESSURE_OF[state] });
     }

@@ -240,13 +240,13 @@ describe('kvcache', () => {
 });
 
 describe('the T-7 experiment (the same squeeze, kvcache listening and deaf)', () => {
-  const setup = (point: number): SqueezeSetup => ({
-    image, memoryBytes: 16 * MiB, entries: 3072, ops: 12_000, targetPages: 2048, squeezeAtFrames: point * 3072, swapDirectory: mkdtempSync(join(root, 's')),
+  const setup = (point: number, driver: 'bench' | 'scheduler'): SqueezeSetup => ({
+    image, memoryBytes: 16 * MiB, entries: 3072, ops: 12_000, targetPages: 2048, squeezeAtFrames: point * 3072, swapDirectory: mkdtempSync(join(root, 's')), driver,
   });
   const outcomes = new Map<string, SqueezeOutcome>();
-  const outcome = (point: number, mode: 'listen' | 'deaf'): SqueezeOutcome => {
-    const key = `${point} ${mode}`;
-    if (!outcomes.has(key)) outcomes.set(key, runSqueeze(setup(point), mode));
+  const outcome = (point: number, mode: 'listen' | 'deaf', driver: 'bench' | 'scheduler' = 'bench'): SqueezeOutcome => {
+    const key = `${point} ${mode} ${driver}`;
+    if (!outcomes.has(key)) outcomes.set(key, runSqueeze(setup(point, driver), mode));
     return outcomes.get(key)!;
   };
 
@@ -279,5 +279,28 @@ describe('the T-7 experiment (the same squeeze, kvcache listening and deaf)', ()
     expect(listen.cache!.peak).toBeLessThan(2048);
     expect(deaf).toMatchObject({ oomKills: 1, cache: null, exitCode: 2, balloonActual: 2048 });
     expect(deaf.console).toMatch(/^\[kernel\] killed pid 1 \(kvcache\): out of memory at 0x[0-9a-f]{8}, pc 0x[0-9a-f]{8}$/m);
+  });
+
+  it('squeezed by the memory scheduler (the maximum lowered): listen shrinks and its freed pages go to the balloon, no swap; deaf is swapped', () => {
+    for (const point of [1, 0.5]) {
+      const listen = outcome(point, 'listen', 'scheduler');
+      const deaf = outcome(point, 'deaf', 'scheduler');
+      for (const o of [listen, deaf]) {
+        expect(o.squeezedAt).not.toBeNull();
+        expect(o).toMatchObject({ oomKills: 0, exitCode: 0 }); // the scheduler balloons only cheap pages: nobody is killed
+        expect(o.cache!.checksum).toBe(expectedChecksum(3072, 12_000));
+      }
+      expect(listen).toMatchObject({ swapOuts: 0, swapIns: 0 });
+      // MEMINFO's limit is the maximum, 2048 pages: the cache ends (and, squeezed half full, stays) below it.
+      expect(listen.cache!.entries).toBeLessThan(2048);
+      if (point < 1) expect(listen.cache!.peak).toBeLessThan(2048);
+      expect(deaf.cache!.entries).toBe(3072);
+      expect(deaf.swapOuts).toBeGreaterThan(1000);
+      expect(deaf.swapIns).toBeGreaterThan(500);
+    }
+    // Full when squeezed: the listening cache shrank and the balloon took the pages it gave back.
+    const full = outcome(1, 'listen', 'scheduler');
+    expect(full.cache!.shrinks).toBeGreaterThanOrEqual(1);
+    expect(full.balloonActual).toBeGreaterThan(500);
   });
 });
