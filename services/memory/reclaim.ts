@@ -99,6 +99,8 @@ export interface MemorySchedulerOptions {
   unblock?: (vm: Vm) => void;
   /** Ticks the state must stay high, with no target raised, before balloons are deflated (default 10). */
   deflateHoldTicks?: number;
+  /** The smallest deflate step in pages, unless it empties the balloons (default: half the gap between the high and soft thresholds, 1 % of the pool). */
+  minDeflatePages?: number;
   /** Most of a VM's RAM the scheduler puts in its balloon, a fraction (default 0.65: ESX's Mem.CtlMaxPercent). */
   maxBalloonFraction?: number;
   /** Statistics at most this many guest instructions old count in full (default 2,000,000). */
@@ -417,6 +419,7 @@ export class MemoryScheduler {
   readonly squeezeLimitUnderPressure: boolean;
   private readonly decisionLog: number;
   private taxRateNow: number;
+  private readonly minDeflatePages: number | null;
   private readonly activeFractionOf: (vm: Vm) => number | null;
   private readonly blockVm: (vm: Vm, reason: string) => void;
   private readonly unblockVm: (vm: Vm) => void;
@@ -463,6 +466,7 @@ export class MemoryScheduler {
     this.sharer = options.sharer ?? null;
     this.sharingPagesPerTick = positiveInteger('sharingPagesPerTick', options.sharingPagesPerTick ?? 100);
     this.deflateHoldTicks = positiveInteger('deflateHoldTicks', options.deflateHoldTicks ?? 10);
+    this.minDeflatePages = options.minDeflatePages === undefined ? null : positiveInteger('minDeflatePages', options.minDeflatePages);
     const fraction = options.maxBalloonFraction ?? 0.65;
     if (!(fraction > 0 && fraction <= 1)) throw new MemorySchedulerError(`maxBalloonFraction must be in (0, 1], got ${fraction}`);
     this.maxBalloonFraction = fraction;
@@ -1037,7 +1041,9 @@ export class MemoryScheduler {
     const lowest = Math.min(...this.recentFree);
     const surplus = lowest - this.aimFrames(total);
     const giveBack = Math.min(ours, Math.floor(surplus / 2));
-    if (giveBack <= 0) return false;
+    // Hysteresis: no step smaller than the minimum unless it empties the balloons — halving the
+    // surplus each time would otherwise end in a long tail of tiny steps.
+    if (giveBack <= 0 || giveBack < Math.min(ours, this.minDeflateFrames(total))) return false;
     const shares = proportional(giveBack, holders.map((m) => m.ours));
     holders.forEach((m, i) => {
       const pages = shares[i]!;
@@ -1056,6 +1062,13 @@ export class MemoryScheduler {
     this.lastTargetChange = this.tickCount;
     this.recentFree = [];
     return true;
+  }
+
+  /** The smallest deflate step: minDeflatePages, or by default half the gap between high and soft (1 % of the pool). */
+  private minDeflateFrames(total: number): number {
+    if (this.minDeflatePages !== null) return this.minDeflatePages;
+    const f = this.thresholdFrames(total);
+    return Math.max(1, Math.ceil((f.high - f.soft) / 2));
   }
 
   // ------------------------------------------------------------------------------- MEMINFO

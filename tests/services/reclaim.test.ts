@@ -640,6 +640,15 @@ describe('balloon targets over time', () => {
     runUntil(hv, scheduler, () => a.balloon!.actual === a.balloon!.target, step, 50);
     expect(hv.poolStats().freeFrames).toBeGreaterThan(free - 100);
     expect(scheduler.stats().vms[0]).toMatchObject({ pages_returned: 400, scheduler_pages: ours - 400 });
+
+    // Hysteresis: 100 above the aim would give back 50, under the smallest step (half the
+    // high–soft gap, 82 frames): nothing moves, however long the state stays high.
+    filler.setFree(aim + 100);
+    for (let i = 0; i < 4 * hold; i++) scheduler.tick();
+    expect(byAction(scheduler.decisions(), 'deflate')).toHaveLength(2);
+    filler.setFree(aim + 200); // 100 to give back: over the step
+    for (let i = 0; i < 2 * hold && byAction(scheduler.decisions(), 'deflate').length < 3; i++) scheduler.tick();
+    expect(byAction(scheduler.decisions(), 'deflate').map((d) => d.pages)).toEqual([200, 200, 100]);
   });
 
   it('a balloon that does not move stops counting after balloonStallTicks; stale statistics count for less, then nothing', () => {
