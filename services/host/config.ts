@@ -71,6 +71,22 @@ export interface VmSpec {
   balloon?: BalloonSpec;
   /** `meminfo` (default false): the MEMINFO device (docs/meminfo.md), which the memory scheduler keeps up to date. */
   meminfo: boolean;
+  /** `memory_policy`: shares, reservations, sampling (docs/overcommit.md "Shares"); defaults applied. */
+  memoryPolicy: MemoryPolicySpec;
+}
+
+/** A VM's memory policy (`memory_policy`): what the memory scheduler weighs it by (T-8, T-9). */
+export interface MemoryPolicySpec {
+  /** `shares` (default 10 per MiB of memory_mib, ESX's "normal"). */
+  shares: number | null;
+  /** `reservation_mib` (default 0): memory reclaim never takes the VM below. */
+  reservationMib: number;
+  /** `limit_mib` (default none): the most memory the VM may hold; above it, reclaim at any state. */
+  limitMib: number | null;
+  /** `active_sampling` (default on): sampled active memory; null when off. */
+  activeSampling: { pagesPerPeriod: number | null; periodInstructions: number | null } | null;
+  /** `mrc` (default off): an online miss-rate curve; null when off. */
+  mrc: { ratePct: number | null; quietInstructions: number | null } | null;
 }
 
 /** The reclaim ladder's thresholds in percent of the pool (`reclaim.thresholds_pct`); a key left out keeps its default. */
@@ -93,6 +109,8 @@ export interface ReclaimSpec {
   sharing: boolean;
   /** `swap_dir` (default the OS's temp directory): where the hypervisor swap file goes. */
   swapDir: string | null;
+  /** `tax_rate` (default 0.75): the idle memory tax rate τ, 0 … 0.99. */
+  taxRate: number;
 }
 
 /** The host: pool, scheduling, API limits, and the VMs it boots. */
@@ -187,6 +205,9 @@ const VM_DEFAULTS = {
   meminfo: false,
 } as const;
 
+/** The most shares a VM may hold (keeps ρ's arithmetic far from overflow and typos obvious). */
+export const MAX_SHARES = 1_000_000_000;
+
 /** The defaults of the `balloon` keys. */
 const BALLOON_DEFAULTS = {
   amount_mib: 0,
@@ -273,6 +294,35 @@ const VM_BODY = {
       description: 'A memory balloon (docs/balloon.md), or null for none.',
     },
     meminfo: { type: 'boolean', default: VM_DEFAULTS.meminfo, description: 'Attach the MEMINFO device (docs/meminfo.md).' },
+    memory_policy: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        shares: integer(1, MAX_SHARES, 'Memory shares: the VM that pays least per page it holds gives memory first (default 10 per MiB).'),
+        reservation_mib: integer(0, MAX_MEMORY_MIB, 'Memory reclaim never takes the VM below this (default 0).', { default: 0 }),
+        limit_mib: { type: ['integer', 'null'], minimum: 1, maximum: MAX_MEMORY_MIB, default: null, description: 'The most memory the VM may hold; above it the host reclaims at any state (default: none).' },
+        active_sampling: {
+          type: ['object', 'null'],
+          additionalProperties: false,
+          properties: {
+            pages_per_period: integer(1, 100_000, 'Guest pages sampled per period (default 100, as ESX).'),
+            period_instructions: integer(10_000, 1e12, 'A sampling period in the VM\'s own instructions.'),
+          },
+          description: 'Sampled active memory (docs/active-memory.md); null: off. Default: on.',
+        },
+        mrc: {
+          type: ['object', 'null'],
+          additionalProperties: false,
+          properties: {
+            rate_pct: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Percent of guest pages sampled (default 1).' },
+            quiet_instructions: integer(1, 1e12, 'Instructions after an access before a sampled page is watched again.'),
+          },
+          default: null,
+          description: 'An online miss-rate curve (docs/mrc.md); null: off (the default).',
+        },
+      },
+      description: 'How the memory scheduler weighs this VM (docs/overcommit.md, "Shares").',
+    },
   },
 };
 
@@ -311,6 +361,7 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
         },
         sharing: { type: 'boolean', default: true, description: 'Run content-based page sharing every tick.' },
         swap_dir: { type: 'string', minLength: 1, description: 'Where the hypervisor swap file goes (default: the OS temp directory).' },
+        tax_rate: { type: 'number', minimum: 0, maximum: 0.99, default: 0.75, description: 'The idle memory tax rate: an idle page costs 1 / (1 − tax_rate) active ones (default 0.75).' },
       },
       description: 'The memory scheduler (docs/overcommit.md); null: off. Default: on when overcommit is.',
     },
@@ -352,6 +403,11 @@ interface VmJson {
   start_paused?: boolean;
   balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
   meminfo?: boolean;
+  memory_policy?: {
+    shares?: number; reservation_mib?: number; limit_mib?: number | null;
+    active_sampling?: { pages_per_period?: number; period_instructions?: number } | null;
+    mrc?: { rate_pct?: number; quiet_instructions?: number } | null;
+  };
 }
 
 /** The host file as it is after the schema check. */
@@ -361,7 +417,7 @@ interface HostJson {
   quantum?: number;
   console_buffer_kib?: number;
   overcommit?: boolean;
-  reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string } | null;
+  reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string; tax_rate?: number } | null;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
 }
@@ -405,7 +461,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     overcommit: host.overcommit ?? false,
     reclaim: host.reclaim === null || (host.reclaim === undefined && host.overcommit !== true)
       ? null
-      : { thresholds: { ...host.reclaim?.thresholds_pct }, sharing: host.reclaim?.sharing ?? true, swapDir: host.reclaim?.swap_dir ?? null },
+      : { thresholds: { ...host.reclaim?.thresholds_pct }, sharing: host.reclaim?.sharing ?? true, swapDir: host.reclaim?.swap_dir ?? null, taxRate: host.reclaim?.tax_rate ?? 0.75 },
     maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
@@ -559,6 +615,19 @@ function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
   if (isObject(balloon) && isInteger(balloon.amount_mib, 0, MAX_MEMORY_MIB) && isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB) && balloon.amount_mib > vm.memory_mib) {
     found.push({ segments: [...at, 'balloon', 'amount_mib'], problem: `is ${balloon.amount_mib} MiB, more than the VM's memory_mib (${vm.memory_mib})` });
   }
+  const policy = vm.memory_policy;
+  if (isObject(policy) && isInteger(vm.memory_mib, 1, MAX_MEMORY_MIB)) {
+    for (const key of ['reservation_mib', 'limit_mib']) {
+      const value = policy[key];
+      if (isInteger(value, 0, MAX_MEMORY_MIB) && value > vm.memory_mib) {
+        found.push({ segments: [...at, 'memory_policy', key], problem: `is ${value} MiB, more than the VM's memory_mib (${vm.memory_mib})` });
+      }
+    }
+    const { reservation_mib: reservation, limit_mib: limit } = policy;
+    if (isInteger(reservation, 0, MAX_MEMORY_MIB) && isInteger(limit, 1, MAX_MEMORY_MIB) && limit < reservation) {
+      found.push({ segments: [...at, 'memory_policy', 'limit_mib'], problem: `is ${limit} MiB, less than reservation_mib (${reservation})` });
+    }
+  }
   const mmu = vm.mmu;
   if (isObject(mmu) && mmu.mode === 'nested') {
     for (const key of ['traces', 'batch']) {
@@ -626,6 +695,7 @@ interface FieldSchema {
   type?: string | string[];
   enum?: readonly string[];
   minimum?: number;
+  exclusiveMinimum?: number;
   maximum?: number;
   multipleOf?: number;
   minLength?: number;
@@ -655,7 +725,7 @@ function describeSchemaError(error: ErrorObject, segments: (string | number)[]):
     case 'required':
       segments.push(String(error.params.missingProperty));
       return 'missing (a required key)';
-    case 'type': case 'enum': case 'minimum': case 'maximum': case 'multipleOf': case 'minLength': case 'pattern':
+    case 'type': case 'enum': case 'minimum': case 'exclusiveMinimum': case 'maximum': case 'multipleOf': case 'minLength': case 'pattern':
       return `must be ${expectation(schema)}, got ${showValue(error.data, schema)}`;
     case 'const':
       return `must be ${JSON.stringify(error.params.allowedValue)}, got ${showValue(error.data, schema)}`;
@@ -687,6 +757,12 @@ function expectation(schema: FieldSchema): string {
     case 'string':
       if (schema.pattern === VM_NAME_PATTERN) return NAME_RULE;
       return `${schema.minLength ? 'a non-empty string' : 'a string'}${orNull}`;
+    case 'number': {
+      // Thresholds, rates: a range, each end inclusive or not.
+      const from = schema.exclusiveMinimum !== undefined ? `above ${schema.exclusiveMinimum}` : schema.minimum !== undefined ? `from ${schema.minimum}` : null;
+      const to = schema.maximum !== undefined ? `${from === null ? 'at most' : 'to'} ${schema.maximum}` : null;
+      return `a number${from === null ? '' : ` ${from}`}${to === null ? '' : ` ${to}`}${orNull}`;
+    }
     case 'boolean': return 'true or false';
     case 'array': return 'an array';
     case 'object': return `an object${orNull}`;
@@ -793,6 +869,18 @@ function formatPath(where: string, segments: readonly (string | number)[]): stri
 // ---------------------------------------------------------------------------------------------
 // Conversion (after every check has passed).
 
+function toMemoryPolicy(policy: VmJson['memory_policy']): MemoryPolicySpec {
+  const sampling = policy?.active_sampling;
+  const mrc = policy?.mrc ?? null;
+  return {
+    shares: policy?.shares ?? null,
+    reservationMib: policy?.reservation_mib ?? 0,
+    limitMib: policy?.limit_mib ?? null,
+    activeSampling: sampling === null ? null : { pagesPerPeriod: sampling?.pages_per_period ?? null, periodInstructions: sampling?.period_instructions ?? null },
+    mrc: mrc === null ? null : { ratePct: mrc.rate_pct ?? null, quietInstructions: mrc.quiet_instructions ?? null },
+  };
+}
+
 function toVmSpec(vm: VmJson): VmSpec {
   const mmu: MmuOptions = { mode: vm.mmu?.mode ?? VM_DEFAULTS.mmu_mode };
   if (vm.mmu?.traces !== undefined) mmu.traces = vm.mmu.traces;
@@ -813,6 +901,7 @@ function toVmSpec(vm: VmJson): VmSpec {
     maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,
     startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
     meminfo: vm.meminfo ?? VM_DEFAULTS.meminfo,
+    memoryPolicy: toMemoryPolicy(vm.memory_policy),
   };
   if (balloon !== null) {
     spec.balloon = {

@@ -75,6 +75,7 @@ describe('accepted configurations', () => {
         maxInstructions: null,
         startPaused: false,
         meminfo: false,
+        memoryPolicy: { shares: null, reservationMib: 0, limitMib: null, activeSampling: { pagesPerPeriod: null, periodInstructions: null }, mrc: null },
       }],
     });
   });
@@ -105,6 +106,10 @@ describe('accepted configurations', () => {
           console_input_eof: true,
           max_instructions: 5_000_000,
           start_paused: true,
+          memory_policy: {
+            shares: 2000, reservation_mib: 32, limit_mib: 96,
+            active_sampling: { pages_per_period: 200, period_instructions: 5_000_000 }, mrc: { rate_pct: 0.5, quiet_instructions: 100_000 },
+          },
         },
         { name: 'n', image: 'k.s', memory_mib: 16, mmu: { mode: 'nested' }, large_pages: 'off', disk: { path: 'raw.img' } },
         { name: 'z', image: 'k.s', memory_mib: 16, disk: null, console_input: null, max_instructions: null },
@@ -125,6 +130,10 @@ describe('accepted configurations', () => {
       maxInstructions: 5_000_000,
       startPaused: true,
       meminfo: false,
+      memoryPolicy: {
+        shares: 2000, reservationMib: 32, limitMib: 96,
+        activeSampling: { pagesPerPeriod: 200, periodInstructions: 5_000_000 }, mrc: { ratePct: 0.5, quietInstructions: 100_000 },
+      },
     });
     expect(spec.vms[1]).toMatchObject({ mmu: { mode: 'nested' }, largePages: 'off', disk: { path: 'raw.img' } });
     expect(spec.vms[1]!.disk).not.toHaveProperty('overlayDir');

@@ -110,4 +110,19 @@ describe('an overcommitted host', () => {
     expect(parseHostConfig({ overcommit: true, reclaim: null }).reclaim).toBeNull();
     expect(parseHostConfig({}).reclaim).toBeNull();
   });
+
+  it('reads and checks the memory policy: shares, reservation, limit, the tax rate', () => {
+    const vm = (policy: object) => ({ vms: [{ name: 'a', image: KERNEL, memory_mib: 64, memory_policy: policy }] });
+    expect(parseHostConfig({ overcommit: true }).reclaim!.taxRate).toBe(0.75);
+    expect(parseHostConfig({ overcommit: true, reclaim: { tax_rate: 0 } }).reclaim!.taxRate).toBe(0);
+    expect(() => parseHostConfig({ overcommit: true, reclaim: { tax_rate: 1 } })).toThrow(/^reclaim\.tax_rate: must be a number from 0 to 0\.99, got 1$/);
+    expect(() => parseHostConfig(vm({ shares: 0 }))).toThrow(/vms\[0\]\.memory_policy\.shares: must be an integer from 1 to 1000000000, got 0/);
+    expect(() => parseHostConfig(vm({ reservation_mib: 65 }))).toThrow(/vms\[0\]\.memory_policy\.reservation_mib: is 65 MiB, more than the VM's memory_mib \(64\)/);
+    expect(() => parseHostConfig(vm({ reservation_mib: 32, limit_mib: 16 }))).toThrow(/vms\[0\]\.memory_policy\.limit_mib: is 16 MiB, less than reservation_mib \(32\)/);
+    expect(() => parseHostConfig(vm({ mrc: { rate_pct: 0 } }))).toThrow(/vms\[0\]\.memory_policy\.mrc\.rate_pct: must be a number above 0 to 100, got 0/);
+    expect(() => parseHostConfig(vm({ sharez: 1 }))).toThrow(/vms\[0\]\.memory_policy\.sharez: unknown key \(the keys here are shares, reservation_mib/);
+    expect(parseHostConfig(vm({ active_sampling: null, limit_mib: null })).vms[0]!.memoryPolicy).toEqual({
+      shares: null, reservationMib: 0, limitMib: null, activeSampling: null, mrc: null,
+    });
+  });
 });
