@@ -24,6 +24,7 @@ const SUBCOMMANDS: Readonly<Record<string, string>> = {
   snapshot: 'inspect, verify and compare checkpoint files',
   host: 'run a host of many VMs from a configuration, with a control API on a Unix socket',
   ctl: 'drive a running host through its control API',
+  report: 'write an HTML report (charts, offline) from a timeline a host recorded with --record',
 };
 
 const USAGE_EXIT_CODE = 2;

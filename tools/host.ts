@@ -10,9 +10,9 @@
 import { ApiServer, hostRoutes } from '../services/host/api.ts';
 import { parseHostConfig, readHostConfigFile } from '../services/host/config.ts';
 import { Host } from '../services/host/host.ts';
-import { parseArguments, runTool, UsageError } from './cli.ts';
+import { parseArguments, parseInteger, runTool, UsageError } from './cli.ts';
 
-const USAGE = 'usage: host --api-sock PATH [--config FILE] [--exit-when-stopped] [--quiet]\n       host --help';
+const USAGE = 'usage: host --api-sock PATH [--config FILE] [--record FILE [--record-interval MS]] [--exit-when-stopped] [--quiet]\n       host --help';
 
 const HELP = `${USAGE}
 
@@ -21,13 +21,16 @@ Runs the VMs a configuration lists in one host pool and serves the control API
 
   --api-sock PATH       the socket to serve the API on (refused if in use or not a socket)
   --config FILE         the host configuration (JSON, docs/host.md); default: no VMs
+  --record FILE         record a timeline of the host into FILE (JSON lines; draw it
+                        with tools/report --timeline FILE --out report.html)
+  --record-interval MS  milliseconds between timeline samples (default 250)
   --exit-when-stopped   exit once every VM has stopped (default: serve until SIGINT/SIGTERM)
   --quiet               no event lines on stderr
 
 Exit codes: 0 after a signal or when every VM stopped; 1 a bad configuration or socket; 2 usage.`;
 
 async function main(argv: readonly string[]): Promise<number> {
-  const args = parseArguments(argv, { flags: ['--help', '-h', '--exit-when-stopped', '--quiet'], values: ['--api-sock', '--config'] });
+  const args = parseArguments(argv, { flags: ['--help', '-h', '--exit-when-stopped', '--quiet'], values: ['--api-sock', '--config', '--record', '--record-interval'] });
   if (args.flag('--help') || args.flag('-h')) {
     process.stdout.write(`${HELP}\n`);
     return 0;
@@ -37,6 +40,10 @@ async function main(argv: readonly string[]): Promise<number> {
   if (socketPath === undefined) throw new UsageError('--api-sock is required');
   const configPath = args.value('--config');
   const spec = configPath === undefined ? parseHostConfig({}) : readHostConfigFile(configPath);
+  const recordPath = args.value('--record');
+  const intervalText = args.value('--record-interval');
+  if (intervalText !== undefined && recordPath === undefined) throw new UsageError('--record-interval needs --record FILE');
+  const record = recordPath === undefined ? undefined : { path: recordPath, intervalMs: intervalText === undefined ? undefined : parseInteger(intervalText, '--record-interval', 10, 3_600_000) };
   const quiet = args.flag('--quiet');
   const log = (line: string): void => {
     if (!quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
@@ -46,12 +53,13 @@ async function main(argv: readonly string[]): Promise<number> {
   const api = await ApiServer.listen(socketPath, { maxBodyBytes: spec.maxBodyBytes, requestTimeoutMs: spec.requestTimeoutMs, log });
   let host: Host;
   try {
-    host = await Host.start(spec, { log });
+    host = await Host.start(spec, { log, record });
   } catch (error) {
     await api.close();
     throw error;
   }
   hostRoutes(api, host);
+  if (record !== undefined) log(`host: recording a timeline into ${record.path} every ${host.recorder!.intervalMs} ms`);
   log(`host: serving the API on ${socketPath} (${spec.vms.length} VM${spec.vms.length === 1 ? '' : 's'} configured)`);
 
   const stopped = new Promise<string>((resolve) => {

@@ -30,6 +30,7 @@ import { PageSharer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
 import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
+import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 
 /** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
 export type HostedVmState = 'Running' | 'Paused' | 'Stopped';
@@ -327,6 +328,8 @@ export interface HostOptions {
    * and halves the API's round trip against 4 ms.
    */
   yieldEveryMs?: number;
+  /** Record a timeline of the host into a file from the start (recorder.ts; tools/host --record). Default: none. */
+  record?: TimelineRecorderOptions;
 }
 
 /** What adoptVm needs to know about a machine built elsewhere (tools/run --api-sock). */
@@ -405,6 +408,8 @@ export class Host {
   /** Resolves the scheduler's wait when something may have become runnable. */
   private wake: (() => void) | null = null;
   private readonly loopDone: Promise<void>;
+  /** The timeline recorder (HostOptions.record), or null; stopped by close(). */
+  readonly recorder: TimelineRecorder | null;
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -416,6 +421,12 @@ export class Host {
     this.log = options.log ?? (() => {});
     this.yieldEveryMs = options.yieldEveryMs ?? 1;
     this.loopDone = this.schedule();
+    try {
+      this.recorder = options.record === undefined ? null : new TimelineRecorder(this, options.record);
+    } catch (error) {
+      this.closed = true; // the scheduler's loop ends before its first round
+      throw error;
+    }
   }
 
   /**
@@ -791,6 +802,7 @@ export class Host {
     this.closed = true;
     this.kick();
     await this.loopDone;
+    this.recorder?.stop();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.memory?.swap.close();

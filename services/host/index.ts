@@ -15,6 +15,11 @@ export {
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
   type VmOrigin,
 } from './host.ts';
+export { TIMELINE_DEFAULTS, TimelineRecorder, type TimelineProviders, type TimelineRecorderOptions } from './recorder.ts';
+export {
+  parseTimeline, readTimeline, TIMELINE_FORMAT, TIMELINE_VERSION, TimelineError, type Timeline, type TimelineBalloon, type TimelineEnd, type TimelineHeader, type TimelineHeat,
+  type TimelineMrc, type TimelinePages, type TimelinePool, type TimelineProgress, type TimelineSample, type TimelineScheduler, type TimelineThresholds, type TimelineVm,
+} from './timeline.ts';
 export {
   hostStats, vmStats, type BalloonCountersReport, type BusyScan, type DecodeCacheStatsReport, type ExitStats, type HostStats, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
   type PoolStatsReport, type PrioritizerStatsReport, type PromotionRecord, type ReclaimerStatsReport, type SwapStatsReport, type VcpuCounters,
