@@ -159,10 +159,10 @@ describe('the package installed in an empty project', () => {
     expect(outcome.stdout).toMatch(/\{ kind: 'halted', exitCode: 0 \}\n$/);
   });
 
-  it('bytevisor host serves the API with plain node; bytevisor ctl drives it; bytevisor/services/host imports', async () => {
+  it('bytevisor host serves the API with plain node; bytevisor ctl drives it; bytevisor/services/host imports; bytevisor report draws its timeline', async () => {
     const socket = join(scratch, 'host.sock');
     writeFileSync(join(project, 'host.json'), JSON.stringify({ vms: [{ name: 'w', image: 'node_modules/bytevisor/examples/nanokernel/kernel.s', memory_mib: 16, boot_args: 'walker 1M seq 0' }] }));
-    const host = spawn(process.execPath, [bin, 'host', '--config', 'host.json', '--api-sock', socket], { cwd: project, stdio: ['ignore', 'ignore', 'pipe'] });
+    const host = spawn(process.execPath, [bin, 'host', '--config', 'host.json', '--api-sock', socket, '--record', 'host.timeline'], { cwd: project, stdio: ['ignore', 'ignore', 'pipe'] });
     try {
       let stderr = '';
       await new Promise<void>((resolve, reject) => {
@@ -185,6 +185,10 @@ console.log(JSON.stringify({ status: answer.status, state: answer.body.state }))
       const ended = new Promise<number | null>((resolve) => host.on('close', resolve));
       host.kill('SIGTERM');
       expect(await ended).toBe(0);
+      // The report reads uPlot from the project's node_modules (the package's dependency) and inlines it.
+      const report = await bytevisor(['report', '--timeline', 'host.timeline', '--out', 'report.html', '--quiet']);
+      expect(report).toEqual({ code: 0, stdout: '', stderr: '' });
+      expect(readFileSync(join(project, 'report.html'), 'utf8')).toMatch(/charts: uPlot \d/);
     } finally {
       host.kill('SIGKILL');
     }
