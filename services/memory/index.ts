@@ -45,3 +45,23 @@ export {
 export {
   adjustedSharesPerPage, DEFAULT_TAX_RATE, defaultShares, idleCost, MAX_TAX_RATE, reclaimQuotas, SHARES_PER_MIB, SharesError, type ShareHolder,
 } from './shares.ts';
+// Sampled active memory (T-8's f, ESX's working-set estimate); see docs/active-memory.md.
+export {
+  ACTIVE_FAST_WEIGHT,
+  ACTIVE_MEMORY_STATE,
+  ACTIVE_MEMORY_STATE_VERSION,
+  ACTIVE_PAGES_PER_PERIOD,
+  ACTIVE_PERIOD_INSTRUCTIONS,
+  ACTIVE_SAMPLES_KEPT,
+  ACTIVE_SLOW_WEIGHT,
+  activeEstimate,
+  ActiveMemoryError,
+  ActiveMemorySampler,
+  ewma,
+  samplePages,
+  updateActiveAverages,
+  type ActiveAverages,
+  type ActiveMemoryOptions,
+  type ActiveMemorySample,
+  type ActiveMemoryStats,
+} from './active.ts';

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Pte } from '../../guest-isa/arch.ts';
 import { createHypervisor, PageState, type LargePagePolicy, type MmuOptions } from '../../kernel/index.ts';
 import { expectHalted, hex, MiB, pte, writeWord } from './helpers.ts';
-import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, ROOT, type PagedGuest } from './shadow-helpers.ts';
+import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, pagedProgram as program, ROOT, type PagedGuest } from './shadow-helpers.ts';
 
 const hv = createHypervisor({ hostMemoryBytes: 64 * MiB });
 afterEach(() => {
@@ -23,20 +23,6 @@ const REGION = 1;
 const REGION_GPA = REGION * 4 * MiB;
 const ROOT_ENTRY = ROOT + (SUPER_VA >>> 22) * 4;
 
-/** A program body with paging on (ASID 1); a trap powers off with 0x77. */
-function program(body: string, data = ''): string {
-  return `
-_start: la t0, handler
-        csrrw zero, tvec, t0
-        li t0, PTBR_A1
-        csrrw zero, ptbr, t0
-${body}
-        exiti 0
-handler: exiti 0x77
-        .data
-${data}
-`;
-}
 
 function bootSuper(source: string, mmu: MmuOptions, largePages: LargePagePolicy): PagedGuest {
   const guest = bootPaged(source, { hv, mmu, largePages });

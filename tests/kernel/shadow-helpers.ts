@@ -28,6 +28,21 @@ export const MMU_MODES = [
 ] as const satisfies readonly { name: string; mmu: MmuOptions; traces: boolean; nested: boolean }[];
 export type MmuMode = (typeof MMU_MODES)[number];
 
+/** A program body run with paging on (ASID 1, root ROOT); a trap powers off with 0x77. */
+export function pagedProgram(body: string, data = ''): string {
+  return `
+_start: la t0, handler
+        csrrw zero, tvec, t0
+        li t0, PTBR_A1
+        csrrw zero, ptbr, t0
+${body}
+        exiti 0
+handler: exiti 0x77
+        .data
+${data}
+`;
+}
+
 /** Everything a probe records. */
 export interface Counters {
   mmu: MmuStats;

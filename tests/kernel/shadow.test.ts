@@ -14,7 +14,7 @@ import { encodeInstruction } from '../../guest-isa/encoding.ts';
 import { createHypervisor, P2mFlag, PageState } from '../../kernel/index.ts';
 import { P2mEntry } from '../../kernel/memory/p2m.ts';
 import { expectHalted, hex, HostPageTables, MiB, pte, ptbrFor, writeWord } from './helpers.ts';
-import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, ROOT, VA, type PagedGuest } from './shadow-helpers.ts';
+import { bootPaged, fillFrame, FIRST_TABLE, FRAMES, MMU_MODES, mmuDelta, pagedProgram as program, ROOT, VA, type PagedGuest } from './shadow-helpers.ts';
 
 const hv = createHypervisor({ hostMemoryBytes: 64 * MiB });
 afterEach(() => {
@@ -28,20 +28,6 @@ const NEW = FRAMES + 0x1000;
 /** The level-0 entry of VA in the first leaf table HostPageTables allocates. */
 const LEAF = FIRST_TABLE + ((VA >>> 12) & 0x3ff) * 4;
 
-/** A program body run with paging on (ASID 1); a trap powers off with 0x77. */
-function program(body: string, data = ''): string {
-  return `
-_start: la t0, handler
-        csrrw zero, tvec, t0
-        li t0, PTBR_A1
-        csrrw zero, ptbr, t0
-${body}
-        exiti 0
-handler: exiti 0x77
-        .data
-${data}
-`;
-}
 
 const FLUSHES = [
   ['sfence zero, zero', 'sfence zero, zero'],
