@@ -446,7 +446,7 @@ const PAGE_SCRIPT = String.raw`
       plot(parent, 'ladder', { title: 'memory scheduler: ladder state', height: 160, scales: { x: { time: false }, y: { range: [-0.3, 3.3] } },
         axes: [secondsAxis(), { size: 60, splits: function () { return [0, 1, 2, 3]; }, values: function (u, splits) { return splits.map(function (v) { return LADDER[v] || ''; }); } }],
         series: [{}, { label: 'state', stroke: '#d62728', width: 2, fill: 'rgba(214,39,40,0.12)', paths: uPlot.paths.stepped({ align: 1 }),
-          value: function (u, v) { return v == null ? 'off' : LADDER[v]; } }] }, [host.t, host.ladder]);
+          value: function (u, v, si, idx) { return idx == null ? '--' : v == null ? 'off' : LADDER[v]; } }] }, [host.t, host.ladder]);
     } else {
       note(parent, 'The memory scheduler was off in this recording (no overcommit): there is no ladder state to show.');
     }
