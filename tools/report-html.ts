@@ -146,12 +146,9 @@ function buildVm(name: string, entries: { sample: TimelineSample; vm: TimelineVm
   }
   const fractions = entries.filter((e) => e.vm.active_fraction !== null).length;
   const withBalloon = entries.some((e) => e.vm.balloon !== null);
-  const balloon = withBalloon
-    ? {
-        target: wins.map((w) => mib(mean(entries.map((e) => e.vm.balloon?.target_pages ?? 0), w))),
-        actual: wins.map((w) => mib(mean(entries.map((e) => e.vm.balloon?.actual_pages ?? 0), w))),
-      }
-    : null;
+  const targets = withBalloon ? entries.map((e) => e.vm.balloon?.target_pages ?? 0) : [];
+  const actuals = withBalloon ? entries.map((e) => e.vm.balloon?.actual_pages ?? 0) : [];
+  const balloon = withBalloon ? { target: wins.map((w) => mib(mean(targets, w))), actual: wins.map((w) => mib(mean(actuals, w))) } : null;
   // MRCs: the value a sample carries replaces the one before (absent: unchanged).
   const curves: (TimelineMrc & { t: number })[] = [];
   let current: TimelineMrc | null = null;
