@@ -45,6 +45,21 @@ export {
 export {
   adjustedSharesPerPage, DEFAULT_TAX_RATE, defaultShares, idleCost, MAX_TAX_RATE, reclaimQuotas, SHARES_PER_MIB, SharesError, type ShareHolder,
 } from './shares.ts';
+// Online miss-rate curves (T-9): spatially sampled LRU stack distances; see docs/mrc.md.
+export {
+  exactMissRateCurve,
+  isSampledPage,
+  MissRateCurve,
+  mrcPageHash,
+  MrcError,
+  referencesOf,
+  TraceReplay,
+  type AccessWatchSource,
+  type ExactMissRateCurve,
+  type MissRateCurveOptions,
+  type MissRateCurveReport,
+  type MrcHash,
+} from './mrc.ts';
 // Sampled active memory (T-8's f, ESX's working-set estimate); see docs/active-memory.md.
 export {
   ACTIVE_FAST_WEIGHT,

@@ -1,0 +1,611 @@
+/**
+ * Online miss-rate curves (T-9): how the miss ratio of a VM's memory would change with its size,
+ * estimated while the guest runs, from a small hashed sample of its guest pages.
+ *
+ * A guest page is *sampled* when a hash of its guest page number falls under `rate` × 2^32.
+ * The tracker arms an access watch (GuestMemory.armAccessWatch) on every sampled page; the next
+ * guest access to one calls the watcher, which only appends the page and the instruction clock
+ * to a buffer. Between runs, `tick()` takes the buffer in order: each entry is a *reference* to
+ * that page, whose LRU stack distance among the sampled pages (how many other sampled pages were
+ * referenced since this one's previous reference) is counted in a histogram; the page is armed
+ * again once `quietInstructions` of the VM's instructions have passed since its reference. A
+ * sampled distance d stands for about d / rate pages of the whole memory, so a memory of C pages
+ * misses the reference when d ≥ C × rate (and always on a page's first reference, a cold miss).
+ *
+ * `exactMissRateCurve` computes the same curve exactly from a complete reference trace, and
+ * `TraceReplay` drives a tracker from a synthetic trace without a guest (tests, the bench).
+ * See docs/mrc.md.
+ */
+import type { Vm } from '../../kernel/index.ts';
+
+const PAGE_BYTES = 4096;
+const MIB_PAGES = (1 << 20) / PAGE_BYTES;
+
+/** What a tracker watches: a VM's memory, or a replayed trace (TraceReplay). */
+export interface AccessWatchSource {
+  /** Guest pages. */
+  readonly pageCount: number;
+  /** The clock quiet times are measured in: the VM's retired instructions (or trace position). */
+  readonly clock: number;
+  addAccessWatcher(watcher: (gpn: number) => void): number;
+  armAccessWatch(id: number, gpns: ArrayLike<number>, count?: number): void;
+  disarmAccessWatch(id: number, gpns: ArrayLike<number>, count?: number): void;
+  removeAccessWatcher(id: number): void;
+}
+
+/** Page-selection hash (docs/mrc.md#the-hash). */
+export type MrcHash = 'mix' | 'golden';
+
+export interface MissRateCurveOptions {
+  /** Fraction of guest pages sampled, in (0, 1]. Default 0.01 (1 %). */
+  rate?: number;
+  /** Hash seed (any 32-bit integer): another seed picks another sample of the same size. Default 0. */
+  seed?: number;
+  /** Which hash selects the pages: 'golden' (default) or 'mix' (docs/mrc.md#the-hash). */
+  hash?: MrcHash;
+  /** Instructions a page stays unwatched after a reference before it is armed again. Default 200,000. */
+  quietInstructions?: number;
+  /** Every this many instructions the histogram is multiplied by `decay` (0: never). Default 100,000,000. */
+  agingInstructions?: number;
+  /** Factor applied at each aging step, in [0, 1). Default 0.5. */
+  decay?: number;
+  /** Keep every sampled reference's page in order (`trace()`); for the bench and tests (memory grows with the run). */
+  keepTrace?: boolean;
+}
+
+/** The curve, JSON-friendly (GET /vms/{name}/mrc). `miss_ratio[i]` is the estimate at `sizes_pages[i]` pages. */
+export interface MissRateCurveReport {
+  rate: number;
+  seed: number;
+  hash: MrcHash;
+  quiet_instructions: number;
+  aging_instructions: number;
+  decay: number;
+  guest_pages: number;
+  sampled_pages: number;
+  /** Sampled pages referenced at least once (since the stack was last cleared). */
+  sampled_pages_seen: number;
+  /** Estimated references of the whole memory (sampled references ÷ rate, after aging). */
+  references: number;
+  /** References to sampled pages counted in the histogram (after aging). */
+  sampled_references: number;
+  /** Of those, first references (cold misses). */
+  cold_references: number;
+  /** Miss ratio with unlimited memory: the cold misses' share. */
+  floor: number;
+  /** Estimated footprint: sampled pages seen ÷ rate. */
+  footprint_pages: number;
+  sizes_pages: number[];
+  sizes_mib: number[];
+  miss_ratio: number[];
+  ticks: number;
+  /** The clock (instructions) at the last tick. */
+  instructions: number;
+  aging_steps: number;
+}
+
+export class MrcError extends Error {
+  readonly code = 'BV_MRC_OPTION';
+}
+
+/** The page-selection hash of `gpn`, as an unsigned 32-bit number. */
+export function mrcPageHash(gpn: number, seed = 0, hash: MrcHash = 'mix'): number {
+  if (hash === 'golden') {
+    // Multiplicative (Fibonacci) hashing: the fractional parts of (gpn + seed) × φ⁻¹ are spread
+    // evenly over any run of consecutive page numbers.
+    return Math.imul((gpn + seed) | 0, 0x9e3779b9) >>> 0;
+  }
+  // An xor-shift-multiply mixer over the page number and the seed.
+  let x = (gpn ^ Math.imul(seed, 0x85ebca77)) | 0;
+  x = Math.imul(x ^ (x >>> 16), 0x7feb352d);
+  x = Math.imul(x ^ (x >>> 15), 0x846ca68b);
+  return (x ^ (x >>> 16)) >>> 0;
+}
+
+/** Whether a tracker with this rate, seed and hash samples `gpn`. */
+export function isSampledPage(gpn: number, rate: number, seed = 0, hash: MrcHash = 'mix'): boolean {
+  return mrcPageHash(gpn, seed, hash) < thresholdOf(rate);
+}
+
+function thresholdOf(rate: number): number {
+  return Math.min(2 ** 32, Math.round(rate * 2 ** 32));
+}
+
+/**
+ * Stack distances with a Fenwick tree over logical time: each item's last reference time holds
+ * a 1; the distance of a new reference is the number of 1s after the item's previous time.
+ * Times are renumbered when they run out.
+ */
+class StackDistances {
+  private tree: Int32Array;
+  private readonly lastTime: Int32Array;
+  private now = 0;
+  seen = 0;
+
+  constructor(readonly items: number) {
+    this.tree = new Int32Array(Math.max(64, 2 * items + 16) + 1);
+    this.lastTime = new Int32Array(items).fill(-1);
+  }
+
+  /** References `item`: returns its distance (distinct other items since its last reference), or -1 the first time. */
+  reference(item: number): number {
+    if (this.now + 1 >= this.tree.length) this.compact();
+    const previous = this.lastTime[item]!;
+    let distance = -1;
+    if (previous >= 0) {
+      distance = this.prefix(this.now) - this.prefix(previous + 1);
+      this.add(previous + 1, -1);
+    } else {
+      this.seen++;
+    }
+    this.add(this.now + 1, 1);
+    this.lastTime[item] = this.now++;
+    return distance;
+  }
+
+  clear(): void {
+    this.tree.fill(0);
+    this.lastTime.fill(-1);
+    this.now = 0;
+    this.seen = 0;
+  }
+
+  /** Sum of the marks at positions 1..i. */
+  private prefix(i: number): number {
+    let sum = 0;
+    const tree = this.tree;
+    for (; i > 0; i -= i & -i) sum += tree[i]!;
+    return sum;
+  }
+
+  private add(i: number, delta: number): void {
+    const tree = this.tree;
+    for (; i < tree.length; i += i & -i) tree[i]! += delta;
+  }
+
+  /** Renumbers the live times 0..k-1 in their order. */
+  private compact(): void {
+    const live: number[] = [];
+    for (let item = 0; item < this.items; item++) if (this.lastTime[item]! >= 0) live.push(item);
+    live.sort((a, b) => this.lastTime[a]! - this.lastTime[b]!);
+    this.tree.fill(0);
+    for (let t = 0; t < live.length; t++) {
+      this.lastTime[live[t]!] = t;
+      this.add(t + 1, 1);
+    }
+    this.now = live.length;
+  }
+}
+
+/** An exact miss-rate curve (exactMissRateCurve). */
+export interface ExactMissRateCurve {
+  references: number;
+  cold: number;
+  /** Distinct pages in the trace. */
+  footprint: number;
+  /** histogram[d]: references whose stack distance (distinct other pages since the previous reference) is d. */
+  histogram: Float64Array;
+  /** Miss ratio of an LRU memory of `pages` pages: (cold + references with distance ≥ pages) / references. */
+  missRatioAt(pages: number): number;
+}
+
+/**
+ * The exact LRU stack-distance miss-rate curve of a reference trace (page numbers, in order),
+ * every element one reference. O(n log n).
+ */
+export function exactMissRateCurve(trace: ArrayLike<number>): ExactMissRateCurve {
+  const ids = new Map<number, number>();
+  for (let i = 0; i < trace.length; i++) if (!ids.has(trace[i]!)) ids.set(trace[i]!, ids.size);
+  const stack = new StackDistances(ids.size);
+  const histogram = new Float64Array(ids.size + 1);
+  let cold = 0;
+  for (let i = 0; i < trace.length; i++) {
+    const d = stack.reference(ids.get(trace[i]!)!);
+    if (d < 0) cold++;
+    else histogram[d]!++;
+  }
+  // atLeast[k] = references with distance ≥ k.
+  const atLeast = new Float64Array(histogram.length + 1);
+  for (let k = histogram.length - 1; k >= 0; k--) atLeast[k] = atLeast[k + 1]! + histogram[k]!;
+  const references = trace.length;
+  return {
+    references,
+    cold,
+    footprint: ids.size,
+    histogram,
+    missRatioAt(pages: number): number {
+      if (references === 0) return 0;
+      const k = Math.max(0, Math.ceil(pages));
+      return (cold + (k < atLeast.length ? atLeast[k]! : 0)) / references;
+    },
+  };
+}
+
+/**
+ * The references a full access trace makes under a quiet time, as a tracker at rate 1 that is
+ * ticked after every access would see them: access i (at clock i) to page p is a reference when
+ * it is p's first access or i ≥ (p's previous reference) + max(quiet, 1).
+ */
+export function referencesOf(trace: ArrayLike<number>, quiet: number): number[] {
+  const last = new Map<number, number>();
+  const step = Math.max(quiet, 1);
+  const out: number[] = [];
+  for (let i = 0; i < trace.length; i++) {
+    const page = trace[i]!;
+    const previous = last.get(page);
+    if (previous !== undefined && i < previous + step) continue;
+    last.set(page, i);
+    out.push(page);
+  }
+  return out;
+}
+
+/**
+ * A synthetic source of accesses for trackers (no guest): `access(gpn)` is one guest access at
+ * clock = the number of accesses before it; armed watchers fire as the kernel's would, once per
+ * arming. `replay(trace, tracker, tickEvery)` feeds a whole trace, ticking the tracker every
+ * `tickEvery` accesses.
+ */
+export class TraceReplay implements AccessWatchSource {
+  clock = 0;
+  private readonly watchers: (((gpn: number) => void) | null)[] = [];
+  private readonly bits: Uint8Array;
+
+  constructor(readonly pageCount: number) {
+    this.bits = new Uint8Array(pageCount);
+  }
+
+  addAccessWatcher(watcher: (gpn: number) => void): number {
+    this.watchers.push(watcher);
+    return this.watchers.length - 1;
+  }
+
+  armAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
+    for (let i = 0; i < count; i++) this.bits[gpns[i]!]! |= 1 << id;
+  }
+
+  disarmAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
+    for (let i = 0; i < count; i++) this.bits[gpns[i]!]! &= ~(1 << id);
+  }
+
+  removeAccessWatcher(id: number): void {
+    for (let gpn = 0; gpn < this.pageCount; gpn++) this.bits[gpn]! &= ~(1 << id);
+    this.watchers[id] = null;
+  }
+
+  access(gpn: number): void {
+    const bits = this.bits[gpn]!;
+    if (bits !== 0) {
+      this.bits[gpn] = 0;
+      for (let id = 0; id < this.watchers.length; id++) if ((bits & (1 << id)) !== 0) this.watchers[id]?.(gpn);
+    }
+    this.clock++;
+  }
+
+  replay(trace: ArrayLike<number>, trackers: MissRateCurve | MissRateCurve[], tickEvery = 1): void {
+    const list = Array.isArray(trackers) ? trackers : [trackers];
+    for (let i = 0; i < trace.length; i++) {
+      this.access(trace[i]!);
+      if ((i + 1) % tickEvery === 0 || i === trace.length - 1) for (const tracker of list) tracker.tick();
+    }
+  }
+}
+
+/** Adapts a VM's memory to AccessWatchSource. */
+function vmSource(vm: Vm): AccessWatchSource {
+  const memory = vm.memory;
+  return {
+    pageCount: memory.pageCount,
+    get clock() {
+      return vm.instructionsRetired;
+    },
+    addAccessWatcher: (watcher) => memory.addAccessWatcher(watcher),
+    armAccessWatch: (id, gpns, count) => memory.armAccessWatch(id, gpns, count),
+    disarmAccessWatch: (id, gpns, count) => memory.disarmAccessWatch(id, gpns, count),
+    removeAccessWatcher: (id) => memory.removeAccessWatcher(id),
+  };
+}
+
+/**
+ * The online miss-rate curve of one VM (T-9). Create it, call `tick()` between runs (every
+ * scheduling round), read `curve()`, `missRatioAt(pages)`, `sizeFor(target)`, `sizeWithin(ε)`;
+ * `dispose()` before destroying the VM.
+ */
+export class MissRateCurve {
+  readonly rate: number;
+  readonly seed: number;
+  readonly hash: MrcHash;
+  readonly quietInstructions: number;
+  readonly agingInstructions: number;
+  readonly decay: number;
+  readonly pageCount: number;
+  /** The sampled guest page numbers, ascending. */
+  readonly sampledGpns: Int32Array;
+  private readonly source: AccessWatchSource;
+  private readonly watcherId: number;
+  /** Per guest page: its index in sampledGpns, or -1. */
+  private readonly slotOf: Int32Array;
+  private readonly stack: StackDistances;
+  /** Fired since the last tick, in order (filled by the watcher). */
+  private readonly firedSlot: Int32Array;
+  private readonly firedClock: Float64Array;
+  private fired = 0;
+  /** Referenced pages waiting out their quiet time: a ring, in reference order. */
+  private readonly waitSlot: Int32Array;
+  private readonly waitDue: Float64Array;
+  private waitHead = 0;
+  private waitCount = 0;
+  private readonly armBuffer: Int32Array;
+  /** histogram[d]: weighted sampled references with sampled stack distance d. */
+  private readonly histogram: Float64Array;
+  private cold = 0;
+  private total = 0;
+  private readonly keepTrace: boolean;
+  /** Guest pages per sampled page (1 / the realised sampling density). */
+  private readonly scale: number;
+  private traceBuffer = new Int32Array(0);
+  private traceLength = 0;
+  private lastAging: number;
+  private disposed = false;
+  ticks = 0;
+  agingSteps = 0;
+  /** Watcher calls that found no room or an unsampled page (never expected; counted, not thrown). */
+  dropped = 0;
+  private lastClock = 0;
+
+  constructor(target: Vm | AccessWatchSource, options: MissRateCurveOptions = {}) {
+    const rate = options.rate ?? 0.01;
+    if (!(rate > 0 && rate <= 1)) throw new MrcError(`rate must be in (0, 1], not ${rate}`);
+    const quiet = options.quietInstructions ?? 200_000;
+    if (!(Number.isFinite(quiet) && quiet >= 0)) throw new MrcError(`quietInstructions must be ≥ 0, not ${quiet}`);
+    const aging = options.agingInstructions ?? 100_000_000;
+    if (!(Number.isFinite(aging) && aging >= 0)) throw new MrcError(`agingInstructions must be ≥ 0, not ${aging}`);
+    const decay = options.decay ?? 0.5;
+    if (!(decay >= 0 && decay < 1)) throw new MrcError(`decay must be in [0, 1), not ${decay}`);
+    const hash = options.hash ?? 'golden';
+    if (hash !== 'mix' && hash !== 'golden') throw new MrcError(`hash must be 'mix' or 'golden', not ${String(hash)}`);
+    const seed = options.seed ?? 0;
+    if (!Number.isInteger(seed)) throw new MrcError(`seed must be an integer, not ${seed}`);
+    this.rate = rate;
+    this.seed = seed | 0;
+    this.hash = hash;
+    this.quietInstructions = quiet;
+    this.agingInstructions = aging;
+    this.decay = decay;
+    this.keepTrace = options.keepTrace ?? false;
+    this.source = 'memory' in target ? vmSource(target) : target;
+    this.pageCount = this.source.pageCount;
+
+    const threshold = thresholdOf(rate);
+    this.slotOf = new Int32Array(this.pageCount).fill(-1);
+    const sampled: number[] = [];
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      if (mrcPageHash(gpn, this.seed, hash) < threshold) {
+        this.slotOf[gpn] = sampled.length;
+        sampled.push(gpn);
+      }
+    }
+    this.sampledGpns = Int32Array.from(sampled);
+    const n = sampled.length;
+    this.stack = new StackDistances(n);
+    this.firedSlot = new Int32Array(n);
+    this.firedClock = new Float64Array(n);
+    this.waitSlot = new Int32Array(n);
+    this.waitDue = new Float64Array(n);
+    this.armBuffer = new Int32Array(n);
+    this.histogram = new Float64Array(n + 1);
+    this.scale = n === 0 ? 1 : this.pageCount / n;
+    this.lastClock = this.source.clock;
+    this.lastAging = this.lastClock;
+    this.watcherId = this.source.addAccessWatcher(this.onAccess);
+    this.source.armAccessWatch(this.watcherId, this.sampledGpns);
+  }
+
+  /** The watcher: runs inside the interpreter's slow path; records and returns (no allocation, never throws). */
+  private readonly onAccess = (gpn: number): void => {
+    const slot = gpn < this.slotOf.length ? this.slotOf[gpn]! : -1;
+    if (slot < 0 || this.fired >= this.firedSlot.length) {
+      this.dropped++;
+      return;
+    }
+    this.firedSlot[this.fired] = slot;
+    this.firedClock[this.fired] = this.source.clock;
+    this.fired++;
+  };
+
+  /** Sampled pages. */
+  get sampledPages(): number {
+    return this.sampledGpns.length;
+  }
+
+  /**
+   * Between runs: counts the references seen since the last tick, arms again the pages whose
+   * quiet time is over, and ages the histogram. Cost: O(log n) per reference, O(1) per re-arm.
+   */
+  tick(): void {
+    if (this.disposed) return;
+    this.ticks++;
+    const now = this.source.clock;
+    this.lastClock = now;
+    const histogram = this.histogram;
+    // 1. The references, in the order the guest made them.
+    const size = this.waitSlot.length;
+    for (let i = 0; i < this.fired; i++) {
+      const slot = this.firedSlot[i]!;
+      const distance = this.stack.reference(slot);
+      if (distance < 0) this.cold++;
+      else histogram[distance]!++;
+      this.total++;
+      if (this.keepTrace) this.appendTrace(this.sampledGpns[slot]!);
+      const at = (this.waitHead + this.waitCount) % size;
+      this.waitSlot[at] = slot;
+      this.waitDue[at] = this.firedClock[i]! + this.quietInstructions;
+      this.waitCount++;
+    }
+    this.fired = 0;
+    // 2. Arm again what has been quiet long enough (the ring is in reference order, so in due order).
+    let arm = 0;
+    while (this.waitCount > 0 && this.waitDue[this.waitHead]! <= now) {
+      this.armBuffer[arm++] = this.sampledGpns[this.waitSlot[this.waitHead]!]!;
+      this.waitHead = (this.waitHead + 1) % size;
+      this.waitCount--;
+    }
+    if (arm > 0) this.source.armAccessWatch(this.watcherId, this.armBuffer, arm);
+    // 3. Aging.
+    if (this.agingInstructions > 0 && now - this.lastAging >= this.agingInstructions) {
+      const steps = Math.floor((now - this.lastAging) / this.agingInstructions);
+      this.lastAging += steps * this.agingInstructions;
+      const factor = this.decay ** steps;
+      for (let d = 0; d < histogram.length; d++) histogram[d]! *= factor;
+      this.cold *= factor;
+      this.total *= factor;
+      this.agingSteps += steps;
+    }
+  }
+
+  private appendTrace(gpn: number): void {
+    if (this.traceLength === this.traceBuffer.length) {
+      const grown = new Int32Array(Math.max(1024, this.traceBuffer.length * 2));
+      grown.set(this.traceBuffer);
+      this.traceBuffer = grown;
+    }
+    this.traceBuffer[this.traceLength++] = gpn;
+  }
+
+  /** The sampled references in order (only with `keepTrace`; at rate 1, every reference of the run). */
+  trace(): Int32Array {
+    return this.traceBuffer.slice(0, this.traceLength);
+  }
+
+  /**
+   * The number of pages a sampled stack distance d stands for. With the golden hash the sample
+   * is spread evenly over runs of page numbers, so the d + 1 sampled pages (the page itself and
+   * the d others) stand for d + 1 pages ÷ density, the page itself included; with the mix hash
+   * each page is sampled independently and d alone is scaled. Density = sampled ÷ guest pages.
+   */
+  estimatedDistance(d: number): number {
+    return this.hash === 'golden' ? (d + 1) * this.scale - 1 : d * this.scale;
+  }
+
+  /** The smallest sampled distance that misses in a memory of `pages` pages (estimatedDistance(d) ≥ pages). */
+  private firstMissing(pages: number): number {
+    const k = this.hash === 'golden' ? (pages + 1) / this.scale - 1 : pages / this.scale;
+    return Math.max(0, Math.ceil(k - 1e-9));
+  }
+
+  /** Miss ratio at `pages` pages of memory: (cold + references whose estimated distance is ≥ pages) / references. */
+  missRatioAt(pages: number): number {
+    if (this.total === 0) return 0;
+    let misses = this.cold;
+    const histogram = this.histogram;
+    for (let d = this.firstMissing(pages); d < histogram.length; d++) misses += histogram[d]!;
+    return misses / this.total;
+  }
+
+  /** The miss ratio with unlimited memory (cold misses only). */
+  get floor(): number {
+    return this.total === 0 ? 0 : this.cold / this.total;
+  }
+
+  /**
+   * Breakpoints of the curve: size 0 with every reference a miss, then for each sampled
+   * distance d that occurred, the first size (pages) at which its references hit,
+   * ⌊estimatedDistance(d)⌋ + 1, with the miss ratio from there up to the next point.
+   */
+  private points(): { sizes: number[]; ratios: number[] } {
+    const histogram = this.histogram;
+    const sizes: number[] = [0];
+    const ratios: number[] = [];
+    if (this.total === 0) return { sizes, ratios: [0] };
+    let misses = this.cold;
+    for (let d = 0; d < histogram.length; d++) misses += histogram[d]!;
+    ratios.push(misses / this.total);
+    for (let d = 0; d < histogram.length; d++) {
+      if (histogram[d]! <= 0) continue;
+      misses -= histogram[d]!;
+      const size = Math.min(this.pageCount, Math.floor(this.estimatedDistance(d)) + 1);
+      if (size === sizes[sizes.length - 1]) ratios[ratios.length - 1] = Math.max(0, misses) / this.total;
+      else {
+        sizes.push(size);
+        ratios.push(Math.max(0, misses) / this.total);
+      }
+    }
+    return { sizes, ratios };
+  }
+
+  /**
+   * The smallest memory (pages) whose estimated miss ratio is at most `target`, plus
+   * `headroomPages` (default: one sampling granule, guest pages ÷ sampled pages, the curve's
+   * resolution), at most the guest's pages; null when the curve never gets that low (a target
+   * below the floor) or nothing was measured yet.
+   */
+  sizeFor(targetMissRatio: number, headroomPages = Math.ceil(this.scale)): number | null {
+    if (this.total === 0) return null;
+    const { sizes, ratios } = this.points();
+    for (let i = 0; i < sizes.length; i++) {
+      if (ratios[i]! <= targetMissRatio + 1e-12) return Math.min(this.pageCount, sizes[i]! + (sizes[i]! > 0 ? headroomPages : 0));
+    }
+    return null;
+  }
+
+  /** The smallest memory (pages) within `epsilon` of the curve's floor (sizeFor(floor + ε)); the guest's pages before anything was measured. */
+  sizeWithin(epsilon: number, headroomPages?: number): number {
+    return this.sizeFor(this.floor + epsilon, headroomPages) ?? this.pageCount;
+  }
+
+  /** The curve and its figures (snake_case, JSON-friendly). */
+  curve(): MissRateCurveReport {
+    const { sizes, ratios } = this.points();
+    return {
+      rate: this.rate,
+      seed: this.seed,
+      hash: this.hash,
+      quiet_instructions: this.quietInstructions,
+      aging_instructions: this.agingInstructions,
+      decay: this.decay,
+      guest_pages: this.pageCount,
+      sampled_pages: this.sampledPages,
+      sampled_pages_seen: this.stack.seen,
+      references: round6(this.total / this.rate),
+      sampled_references: round6(this.total),
+      cold_references: round6(this.cold),
+      floor: round6(this.floor),
+      footprint_pages: Math.round(this.stack.seen * this.scale),
+      sizes_pages: sizes,
+      sizes_mib: sizes.map((pages) => round6(pages / MIB_PAGES)),
+      miss_ratio: ratios.map(round6),
+      ticks: this.ticks,
+      instructions: this.lastClock,
+      aging_steps: this.agingSteps,
+    };
+  }
+
+  /**
+   * Forgets the histogram and counts (a new measurement starts now). With `forgetStack`, the LRU
+   * stack too: every sampled page's next reference is then a cold miss again.
+   */
+  reset(forgetStack = false): void {
+    this.histogram.fill(0);
+    this.cold = 0;
+    this.total = 0;
+    this.agingSteps = 0;
+    this.lastAging = this.source.clock;
+    this.traceLength = 0;
+    if (forgetStack) this.stack.clear();
+  }
+
+  /** Stops watching (disarms every page). Idempotent. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    try {
+      this.source.removeAccessWatcher(this.watcherId);
+    } catch {
+      // The VM's memory is already gone.
+    }
+  }
+}
+
+function round6(x: number): number {
+  return Math.round(x * 1e6) / 1e6;
+}
