@@ -82,20 +82,25 @@ export interface ActiveMemoryOptions {
 export interface ActiveMemorySample {
   /** 1 for the first period of this sampler (and of the VM it was restored or forked from). */
   period: number;
-  /** Clock (guest instructions) when the period started and when it was closed. */
+  /** Clock (guest instructions by default) when the period started. */
   startInstructions: number;
+  /** Clock (guest instructions by default) when the period was closed. */
   endInstructions: number;
-  /** Pages armed, and the number of those the guest touched before the period was closed. */
+  /** Pages armed for the period. */
   sampled: number;
+  /** Of the pages armed, those the guest touched before the period was closed. */
   touched: number;
-  /** touched / sampled. */
+  /** The fraction touched / sampled, 0…1 (0 when no page was sampled). */
   f: number;
 }
 
 /** The sampler's averages after a sample (updateActiveAverages). */
 export interface ActiveAverages {
+  /** The fast moving average of f, 0…1. */
   fast: number;
+  /** The slow moving average of f, 0…1. */
   slow: number;
+  /** The active fraction, max(fast, slow), 0…1. */
   estimate: number;
 }
 
@@ -103,22 +108,55 @@ export interface ActiveAverages {
 export interface ActiveMemoryStats {
   /** max(fast, slow), 0…1; `initial_estimate` before the first period ends. */
   estimate: number;
-  /** The averages (null before the first period ends). */
+  /** The fast moving average of f, 0…1 (null before the first period ends). */
   fast: number | null;
+  /** The slow moving average of f, 0…1 (null before the first period ends). */
   slow: number | null;
   /** estimate × guest_pages, rounded. */
   active_pages: number;
+  /** Guest RAM pages (the population sampled). */
   guest_pages: number;
   /** Periods closed. */
   periods: number;
+  /** Guest pages sampled per period (setting; at most guest_pages are armed). */
   pages_per_period: number;
+  /** Length of a sampling period in clock units (guest instructions by default). */
   period_instructions: number;
-  weights: { fast: number; slow: number };
+  /** Weights of a new sample in the two averages. */
+  weights: {
+    /** Weight of a new sample in the fast average, 0…1. */
+    fast: number;
+    /** Weight of a new sample in the slow average, 0…1. */
+    slow: number;
+  };
+  /** The estimate reported before the first period ends, 0…1. */
   initial_estimate: number;
-  /** The period in progress: where it started and ends on the clock, pages armed, touched so far. */
-  current_period: { start_instructions: number; end_instructions: number; sampled: number; touched: number };
+  /** The period in progress. */
+  current_period: {
+    /** Clock (guest instructions by default) when the period started. */
+    start_instructions: number;
+    /** Clock (guest instructions by default) at which the period ends. */
+    end_instructions: number;
+    /** Pages armed for the period. */
+    sampled: number;
+    /** Of the pages armed, those touched so far. */
+    touched: number;
+  };
   /** Raw samples of the most recent periods, oldest first. */
-  recent_samples: { period: number; start_instructions: number; end_instructions: number; sampled: number; touched: number; f: number }[];
+  recent_samples: {
+    /** The period's number, 1 for the first. */
+    period: number;
+    /** Clock (guest instructions by default) when the period started. */
+    start_instructions: number;
+    /** Clock (guest instructions by default) when the period was closed. */
+    end_instructions: number;
+    /** Pages armed for the period. */
+    sampled: number;
+    /** Of the pages armed, those the guest touched. */
+    touched: number;
+    /** The fraction touched / sampled, 0…1 (rounded to 6 decimals). */
+    f: number;
+  }[];
 }
 
 // --- the formula ---------------------------------------------------------------------------------
@@ -166,7 +204,12 @@ function hashName(name: string): number {
  * `count` distinct integers drawn uniformly from [0, range) (Floyd's algorithm: `count` draws),
  * sorted, and the PRNG state after the draws.
  */
-export function samplePages(state: number, range: number, count: number): { pages: number[]; state: number } {
+export function samplePages(state: number, range: number, count: number): {
+  /** The pages drawn, sorted ascending. */
+  pages: number[];
+  /** The PRNG state after the draws. */
+  state: number;
+} {
   const chosen = new Set<number>();
   let s = state >>> 0;
   for (let j = range - count; j < range; j++) {
@@ -193,6 +236,8 @@ interface SavedState {
   pages: number[];
   touched: number[];
   samples: ActiveMemorySample[];
+  /** The sampler's settings, so a restored or forked VM samples as before (absent in older states: the new sampler's own stay). */
+  settings?: { pagesPerPeriod: number; periodInstructions: number; fastWeight: number; slowWeight: number };
 }
 
 const isCount = (value: unknown): value is number => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
@@ -206,11 +251,22 @@ const isFraction = (value: unknown): value is number => typeof value === 'number
  * `estimate`; `dispose()` before destroying the VM.
  */
 export class ActiveMemorySampler {
+  /** The VM sampled. */
   readonly vm: Vm;
-  readonly pagesPerPeriod: number;
-  readonly periodInstructions: number;
-  readonly weights: { readonly fast: number; readonly slow: number };
+  /** Settings (options; a restore or fork replaces them with the saved VM's). Guest pages sampled per period. */
+  pagesPerPeriod: number;
+  /** Length of a sampling period in clock units (guest instructions by default). */
+  periodInstructions: number;
+  /** Weights of a new sample in the two moving averages. */
+  weights: {
+    /** Weight of a new sample in the fast average, 0 < fast ≤ 1. */
+    readonly fast: number;
+    /** Weight of a new sample in the slow average, 0 < slow ≤ fast. */
+    readonly slow: number;
+  };
+  /** Raw samples of recent periods kept. */
   readonly samplesKept: number;
+  /** The estimate reported before the first period ends, 0…1. */
   readonly initialEstimate: number;
   /** The name the state is registered under, or null. */
   readonly stateName: string | null;
@@ -290,7 +346,12 @@ export class ActiveMemorySampler {
   }
 
   /** The averages (null before the first period ends). */
-  get averages(): { fast: number | null; slow: number | null } {
+  get averages(): {
+    /** The fast moving average of f, 0…1, or null. */
+    fast: number | null;
+    /** The slow moving average of f, 0…1, or null. */
+    slow: number | null;
+  } {
     return { fast: this.fastAverage, slow: this.slowAverage };
   }
 
@@ -428,6 +489,7 @@ export class ActiveMemorySampler {
           pages: [...this.pages],
           touched: Array.from(this.touchedFlags),
           samples: this.samples.map((s) => ({ ...s })),
+          settings: { pagesPerPeriod: this.pagesPerPeriod, periodInstructions: this.periodInstructions, fastWeight: this.weights.fast, slowWeight: this.weights.slow },
         };
       },
       check: (state: unknown) => this.checkSaved(state),
@@ -439,6 +501,11 @@ export class ActiveMemorySampler {
         this.slowAverage = saved.slow;
         this.prng = saved.prng >>> 0;
         this.samples = saved.samples.slice(-this.samplesKept).map((s) => ({ ...s }));
+        if (saved.settings !== undefined) {
+          this.pagesPerPeriod = saved.settings.pagesPerPeriod;
+          this.periodInstructions = saved.settings.periodInstructions;
+          this.weights = { fast: saved.settings.fastWeight, slow: saved.settings.slowWeight };
+        }
         // The saved period carries on: the same pages, the untouched ones armed again here.
         this.releasePages();
         const now = this.clock();
@@ -471,6 +538,14 @@ export class ActiveMemorySampler {
     const touched = s.touched;
     if (!Array.isArray(touched) || touched.length !== (pages as unknown[]).length || touched.some((t) => t !== 0 && t !== 1)) bad('touched', 'must hold 0 or 1 for each page');
     if (!Array.isArray(s.samples)) bad('samples', 'must be a list');
+    if (s.settings !== undefined) {
+      const t = s.settings as Record<string, unknown> | null;
+      if (t === null || typeof t !== 'object') bad('settings', 'must be an object');
+      if (!isCount(t!.pagesPerPeriod) || t!.pagesPerPeriod === 0) bad('settings.pagesPerPeriod', 'must be a positive integer');
+      if (!isCount(t!.periodInstructions) || t!.periodInstructions === 0) bad('settings.periodInstructions', 'must be a positive integer');
+      if (!isFraction(t!.fastWeight) || t!.fastWeight === 0) bad('settings.fastWeight', 'must be in (0, 1]');
+      if (!isFraction(t!.slowWeight) || t!.slowWeight === 0 || (t!.slowWeight as number) > (t!.fastWeight as number)) bad('settings.slowWeight', 'must be in (0, fastWeight]');
+    }
     (s.samples as unknown[]).forEach((sample, i) => {
       const x = sample as Record<string, unknown> | null;
       if (x === null || typeof x !== 'object' || !isCount(x.period) || !isCount(x.startInstructions) || !isCount(x.endInstructions) || !isCount(x.sampled) || !isCount(x.touched) || !isFraction(x.f) || (x.touched as number) > (x.sampled as number)) {

@@ -27,15 +27,20 @@ export interface AccessWatchSource {
   readonly pageCount: number;
   /** The clock quiet times are measured in: the VM's retired instructions (or trace position). */
   readonly clock: number;
+  /** Registers a watcher, called with the guest page number at the first access to a page it armed; returns its id. */
   addAccessWatcher(watcher: (gpn: number) => void): number;
+  /** Arms watcher `id` on the first `count` (default: all) guest pages of `gpns`: each fires once at its next access. */
   armAccessWatch(id: number, gpns: ArrayLike<number>, count?: number): void;
+  /** Disarms watcher `id` on the first `count` (default: all) guest pages of `gpns`. */
   disarmAccessWatch(id: number, gpns: ArrayLike<number>, count?: number): void;
+  /** Removes watcher `id`, disarming all its pages. */
   removeAccessWatcher(id: number): void;
 }
 
 /** Page-selection hash (docs/mrc.md#the-hash). */
 export type MrcHash = 'mix' | 'golden';
 
+/** Options of MissRateCurve. */
 export interface MissRateCurveOptions {
   /** Fraction of guest pages sampled, in (0, 1]. Default 0.01 (1 %). */
   rate?: number;
@@ -55,13 +60,21 @@ export interface MissRateCurveOptions {
 
 /** The curve, JSON-friendly (GET /vms/{name}/mrc). `miss_ratio[i]` is the estimate at `sizes_pages[i]` pages. */
 export interface MissRateCurveReport {
+  /** Fraction of guest pages sampled, in (0, 1]. */
   rate: number;
+  /** The page-selection hash's seed. */
   seed: number;
+  /** The page-selection hash. */
   hash: MrcHash;
+  /** Instructions a page stays unwatched after a reference before it is armed again. */
   quiet_instructions: number;
+  /** Instructions between aging steps (0: no aging). */
   aging_instructions: number;
+  /** Factor the histogram is multiplied by at each aging step, in [0, 1). */
   decay: number;
+  /** Guest RAM pages. */
   guest_pages: number;
+  /** Guest pages in the sample (watched). */
   sampled_pages: number;
   /** Sampled pages referenced at least once (since the stack was last cleared). */
   sampled_pages_seen: number;
@@ -75,16 +88,23 @@ export interface MissRateCurveReport {
   floor: number;
   /** Estimated footprint: sampled pages seen ÷ rate. */
   footprint_pages: number;
+  /** The curve's breakpoints: memory sizes in pages, ascending, from 0. */
   sizes_pages: number[];
+  /** The same sizes in MiB (4 KiB pages), rounded to 6 decimals. */
   sizes_mib: number[];
+  /** Estimated miss ratio (0…1) from each size up to the next, rounded to 6 decimals. */
   miss_ratio: number[];
+  /** tick() calls so far. */
   ticks: number;
   /** The clock (instructions) at the last tick. */
   instructions: number;
+  /** Aging steps applied since the tracker was created or last reset. */
   aging_steps: number;
 }
 
+/** A bad MissRateCurve option. */
 export class MrcError extends Error {
+  /** The error code: always 'BV_MRC_OPTION'. */
   readonly code = 'BV_MRC_OPTION';
 }
 
@@ -179,7 +199,9 @@ class StackDistances {
 
 /** An exact miss-rate curve (exactMissRateCurve). */
 export interface ExactMissRateCurve {
+  /** References in the trace (its length). */
   references: number;
+  /** First references to a page (cold misses). */
   cold: number;
   /** Distinct pages in the trace. */
   footprint: number;
@@ -247,6 +269,7 @@ export function referencesOf(trace: ArrayLike<number>, quiet: number): number[] 
  * `tickEvery` accesses.
  */
 export class TraceReplay implements AccessWatchSource {
+  /** Accesses made so far (the replay's clock). */
   clock = 0;
   private readonly watchers: (((gpn: number) => void) | null)[] = [];
   private readonly bits: Uint8Array;
@@ -255,24 +278,29 @@ export class TraceReplay implements AccessWatchSource {
     this.bits = new Uint8Array(pageCount);
   }
 
+  /** Registers a watcher (at most 8 per replay); returns its id. */
   addAccessWatcher(watcher: (gpn: number) => void): number {
     this.watchers.push(watcher);
     return this.watchers.length - 1;
   }
 
+  /** Arms watcher `id` on the first `count` (default: all) pages of `gpns`. */
   armAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
     for (let i = 0; i < count; i++) this.bits[gpns[i]!]! |= 1 << id;
   }
 
+  /** Disarms watcher `id` on the first `count` (default: all) pages of `gpns`. */
   disarmAccessWatch(id: number, gpns: ArrayLike<number>, count = gpns.length): void {
     for (let i = 0; i < count; i++) this.bits[gpns[i]!]! &= ~(1 << id);
   }
 
+  /** Removes watcher `id`, disarming all its pages. */
   removeAccessWatcher(id: number): void {
     for (let gpn = 0; gpn < this.pageCount; gpn++) this.bits[gpn]! &= ~(1 << id);
     this.watchers[id] = null;
   }
 
+  /** One access to page `gpn`: fires (and disarms) the watchers armed on it, then advances the clock by 1. */
   access(gpn: number): void {
     const bits = this.bits[gpn]!;
     if (bits !== 0) {
@@ -282,6 +310,7 @@ export class TraceReplay implements AccessWatchSource {
     this.clock++;
   }
 
+  /** Accesses every page of `trace` in order, ticking the tracker(s) every `tickEvery` accesses and after the last. */
   replay(trace: ArrayLike<number>, trackers: MissRateCurve | MissRateCurve[], tickEvery = 1): void {
     const list = Array.isArray(trackers) ? trackers : [trackers];
     for (let i = 0; i < trace.length; i++) {
@@ -312,12 +341,19 @@ function vmSource(vm: Vm): AccessWatchSource {
  * `dispose()` before destroying the VM.
  */
 export class MissRateCurve {
+  /** Fraction of guest pages sampled, in (0, 1]. */
   readonly rate: number;
+  /** The page-selection hash's seed (a 32-bit integer). */
   readonly seed: number;
+  /** The page-selection hash. */
   readonly hash: MrcHash;
+  /** Instructions a page stays unwatched after a reference before it is armed again. */
   readonly quietInstructions: number;
+  /** Instructions between aging steps (0: no aging). */
   readonly agingInstructions: number;
+  /** Factor the histogram is multiplied by at each aging step, in [0, 1). */
   readonly decay: number;
+  /** Guest pages of the watched memory. */
   readonly pageCount: number;
   /** The sampled guest page numbers, ascending. */
   readonly sampledGpns: Int32Array;
@@ -347,7 +383,9 @@ export class MissRateCurve {
   private traceLength = 0;
   private lastAging: number;
   private disposed = false;
+  /** tick() calls so far. */
   ticks = 0;
+  /** Aging steps applied since the tracker was created or last reset. */
   agingSteps = 0;
   /** Watcher calls that found no room or an unsampled page (never expected; counted, not thrown). */
   dropped = 0;
