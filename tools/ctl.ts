@@ -17,7 +17,8 @@ import { resolve } from 'node:path';
 import { BvError } from '../guest-isa/errors.ts';
 import { apiRequest, type ApiAnswer } from '../services/host/client.ts';
 import type { ConsoleSlice } from '../services/host/console-log.ts';
-import type { BalloonInfo, BalloonStatistics, HostInfo, RestoreResult, SnapshotResult, VmExit, VmInfo } from '../services/host/host.ts';
+import type { BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MrcInfo, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo } from '../services/host/host.ts';
+import type { ActiveMemoryStats } from '../services/memory/active.ts';
 import type { VmStats } from '../services/host/stats.ts';
 import { formatBytes, formatCount, formatTable, parseArguments, parseInteger, runTool, UsageError, type ParsedArguments } from './cli.ts';
 
@@ -243,6 +244,74 @@ async function balloonCommand(context: Context): Promise<void> {
   show(context, changed ?? await context.call<BalloonInfo>('GET', vmPath(name, '/balloon')), formatBalloon);
 }
 
+const percent = (fraction: number | null): string => (fraction === null ? '-' : `${(fraction * 100).toFixed(1)} %`);
+
+function formatMemoryPolicy(policy: MemoryPolicyInfo): string {
+  return fields([
+    ['shares', formatCount(policy.shares)],
+    ['reservation', `${formatCount(policy.reservation_mib)} MiB`],
+    ['limit', policy.limit_mib === null ? 'none' : `${formatCount(policy.limit_mib)} MiB`],
+    ['frames held', `${formatCount(policy.frames_held)} (${formatBytes(policy.frames_held * 4096)})`],
+    ['active', policy.active_pages === null ? 'not sampled' : `${formatCount(policy.active_pages)} pages, ${percent(policy.active_fraction)} of the frames held`],
+    ['tax rate', policy.tax_rate === null ? 'no memory scheduler' : String(policy.tax_rate)],
+    ['shares per page (ρ)', policy.shares_per_page === null ? '-' : policy.shares_per_page.toPrecision(4)],
+  ]);
+}
+
+/** Shows (or with --shares / --reservation / --limit first changes) a VM's memory policy. */
+async function memoryPolicyCommand(context: Context): Promise<void> {
+  const [name] = context.operands as [string];
+  const update: Record<string, unknown> = {};
+  const shares = context.args.value('--shares');
+  if (shares !== undefined) update['shares'] = parseInteger(shares, '--shares');
+  const reservation = context.args.value('--reservation');
+  if (reservation !== undefined) update['reservation_mib'] = parseInteger(reservation, '--reservation');
+  const limit = context.args.value('--limit');
+  if (limit !== undefined) update['limit_mib'] = limit === 'none' ? null : parseInteger(limit, '--limit');
+  const answer = Object.keys(update).length > 0
+    ? await context.call<MemoryPolicyInfo>('PATCH', vmPath(name, '/memory-policy'), update)
+    : await context.call<MemoryPolicyInfo>('GET', vmPath(name, '/memory-policy'));
+  show(context, answer, formatMemoryPolicy);
+}
+
+function formatActiveMemory(stats: ActiveMemoryStats): string {
+  const recent = stats.recent_samples.slice(-8).map((sample) => `${sample.touched}/${sample.sampled}`).join(' ');
+  return fields([
+    ['estimate', `${percent(stats.estimate)} (${formatCount(stats.active_pages)} of ${formatCount(stats.guest_pages)} pages)`],
+    ['fast, slow', `${percent(stats.fast)}, ${percent(stats.slow)}`],
+    ['periods', `${formatCount(stats.periods)} of ${formatCount(stats.period_instructions)} instructions, ${stats.pages_per_period} pages each`],
+    ['recent (touched/sampled)', recent === '' ? '-' : recent],
+  ]);
+}
+
+function formatMrc(info: MrcInfo): string {
+  const { curve, recommended } = info;
+  const rows = [['MiB', 'MISS RATIO']];
+  // About a dozen points from the curve, the last one included.
+  const step = Math.max(1, Math.ceil(curve.sizes_mib.length / 12));
+  curve.sizes_mib.forEach((mib, i) => {
+    if (i % step === 0 || i === curve.sizes_mib.length - 1) rows.push([mib.toFixed(2), curve.miss_ratio[i]!.toFixed(4)]);
+  });
+  return `${fields([
+    ['references', `${formatCount(Math.round(curve.references))} (sampled ${formatCount(curve.sampled_pages)} pages at ${curve.rate * 100} %)`],
+    ['floor', curve.floor.toFixed(4)],
+    ['recommended', `${recommended.mib} MiB (${formatCount(recommended.pages)} pages): miss ratio within ${recommended.within} of the floor`],
+  ])}${formatTable(rows, { rightAligned: [true, true] })}`;
+}
+
+/** Shows a VM's miss-rate curve; --size makes the recommended size its limit. */
+async function mrcCommand(context: Context): Promise<void> {
+  const [name] = context.operands as [string];
+  const withinText = context.args.value('--within');
+  const within = withinText === undefined ? 0.05 : Number(withinText);
+  if (withinText !== undefined && !(within > 0 && within <= 1)) throw new UsageError(`--within must be a number above 0 and at most 1, got '${withinText}'`);
+  if (context.args.flag('--size')) {
+    show(context, await context.call<MemoryPolicyInfo>('POST', vmPath(name, '/mrc/size'), { within }), formatMemoryPolicy);
+    return;
+  }
+  show(context, await context.call<MrcInfo>('GET', vmPath(name, `/mrc?within=${within}`)), formatMrc);
+}
+
 /** Reads console output from `offset`; with `follow`, keeps reading until the VM stops. */
 async function consoleCommand(context: Context): Promise<void> {
   const [name] = context.operands as [string];
@@ -389,6 +458,28 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     help: 'VM\'s balloon: target and actual (GET /vms/VM/balloon); --set MIB and --deflate-on-oom change it first (PATCH); --stats shows the guest\'s statistics instead (GET /vms/VM/balloon/statistics)',
     run: balloonCommand,
   },
+  'memory-policy': {
+    operands: ['VM'], values: ['--shares', '--reservation', '--limit'],
+    help: 'VM\'s shares, reservation, limit, active fraction and ρ (GET /vms/VM/memory-policy); --shares N, --reservation MIB, --limit MIB|none change them first (PATCH)',
+    run: memoryPolicyCommand,
+  },
+  'active-memory': {
+    operands: ['VM'], help: 'VM\'s sampled active memory: the estimate, its averages and recent samples (GET /vms/VM/active-memory)',
+    run: async (c) => show(c, await c.call<ActiveMemoryStats>('GET', vmPath(c.operands[0]!, '/active-memory')), formatActiveMemory),
+  },
+  mrc: {
+    operands: ['VM'], flags: ['--size'], values: ['--within'],
+    help: 'VM\'s miss-rate curve and the size within --within X (default 0.05) of its floor (GET /vms/VM/mrc); --size makes that size its limit (POST /vms/VM/mrc/size)',
+    run: mrcCommand,
+  },
+  'tax-rate': {
+    operands: ['RATE'], help: 'set the host\'s idle memory tax rate, 0 … 0.99 (PATCH /host/reclaim)',
+    run: async (c) => {
+      const rate = Number(c.operands[0]);
+      if (!/^\d*\.?\d+$/.test(c.operands[0]!) || !(rate >= 0 && rate <= 0.99)) throw new UsageError(`RATE must be a number from 0 to 0.99, got '${c.operands[0]}'`);
+      show(c, await c.call<TaxRateInfo>('PATCH', '/host/reclaim', { tax_rate: rate }), (r) => `idle memory tax rate ${r.tax_rate}\n`);
+    },
+  },
   create: {
     operands: ['CONFIG.json'], help: 'create and boot a VM from a configuration file; its "name" names the VM (PUT /vms/NAME)',
     run: createCommand,
@@ -403,7 +494,10 @@ const COMMANDS: Readonly<Record<string, Command>> = {
 };
 
 /** How --help names the values of the commands' options. */
-const VALUE_NAMES: Readonly<Record<string, string>> = { '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N', '--set': 'MIB', '--deflate-on-oom': 'true|false' };
+const VALUE_NAMES: Readonly<Record<string, string>> = {
+  '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N', '--set': 'MIB', '--deflate-on-oom': 'true|false',
+  '--shares': 'N', '--reservation': 'MIB', '--limit': 'MIB|none', '--within': 'X',
+};
 
 /** Every option any command takes (for the parser; each command then refuses the others). */
 const ALL_FLAGS = [...COMMON_FLAGS, ...Object.values(COMMANDS).flatMap((c) => c.flags ?? [])];

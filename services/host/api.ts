@@ -14,8 +14,8 @@ import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
-import { HostError, type BalloonUpdate, type Host } from './host.ts';
-import { checkJson, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
+import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate } from './host.ts';
+import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
 
 /** A request as a handler sees it. */
 export interface ApiRequest {
@@ -366,6 +366,23 @@ const REALLOCATE_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['from', 'to', 'mib'],
   properties: { from: { type: 'string', pattern: VM_NAME_PATTERN }, to: { type: 'string', pattern: VM_NAME_PATTERN }, mib: { type: 'integer', minimum: 1, maximum: 3840 } },
 };
+/** PATCH /vms/{name}/memory-policy; the VM's memory bounds the sizes further (Host.setMemoryPolicy). */
+const MEMORY_POLICY_SCHEMA = {
+  type: 'object', additionalProperties: false, minProperties: 1,
+  properties: {
+    shares: { type: 'integer', minimum: 1, maximum: MAX_SHARES },
+    reservation_mib: { type: 'integer', minimum: 0, maximum: 3840 },
+    limit_mib: { type: ['integer', 'null'], minimum: 1, maximum: 3840 },
+  },
+};
+const MRC_SIZE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['within'],
+  properties: { within: { type: 'number', exclusiveMinimum: 0, maximum: 1 } },
+};
+const RECLAIM_PATCH_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['tax_rate'],
+  properties: { tax_rate: { type: 'number', minimum: 0, maximum: 0.99 } },
+};
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
 
@@ -381,6 +398,9 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /vms/{name}/balloon': BALLOON_PUT_SCHEMA,
   'PATCH /vms/{name}/balloon': BALLOON_PATCH_SCHEMA,
   'PATCH /vms/{name}/balloon/statistics': BALLOON_STATS_SCHEMA,
+  'PATCH /vms/{name}/memory-policy': MEMORY_POLICY_SCHEMA,
+  'PATCH /host/reclaim': RECLAIM_PATCH_SCHEMA,
+  'POST /vms/{name}/mrc/size': MRC_SIZE_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -389,6 +409,15 @@ function queryInteger(query: URLSearchParams, name: string, fallback: number, ma
   if (text === null) return fallback;
   if (!/^\d{1,15}$/.test(text)) throw new HostError(400, `query parameter ${name} must be a non-negative integer, got '${text}'`);
   return Math.min(Number(text), max);
+}
+
+/** A query parameter in (0, 1], or a 400. */
+function queryFraction(query: URLSearchParams, name: string, fallback: number): number {
+  const text = query.get(name);
+  if (text === null) return fallback;
+  const value = /^(0(\.\d{1,12})?|1(\.0{1,12})?)$/.test(text) ? Number(text) : NaN;
+  if (!(value > 0 && value <= 1)) throw new HostError(400, `query parameter ${name} must be a number above 0 and at most 1, got '${text}'`);
+  return value;
 }
 
 /** Adds the host's endpoints (docs/api.md) to `api`. */
@@ -455,5 +484,11 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('PATCH', '/vms/{name}/balloon/statistics', ({ params, body }) => {
       const { stats_polling_interval_s: interval } = body as { stats_polling_interval_s: number };
       return { status: 200, body: host.setBalloon(params['name']!, { stats_polling_interval_s: interval }) };
-    }, { schema: BALLOON_STATS_SCHEMA });
+    }, { schema: BALLOON_STATS_SCHEMA })
+    .route('GET', '/vms/{name}/memory-policy', ({ params }) => ({ status: 200, body: host.memoryPolicy(params['name']!) }))
+    .route('PATCH', '/vms/{name}/memory-policy', ({ params, body }) => ({ status: 200, body: host.setMemoryPolicy(params['name']!, body as MemoryPolicyUpdate) }), { schema: MEMORY_POLICY_SCHEMA })
+    .route('GET', '/vms/{name}/active-memory', ({ params }) => ({ status: 200, body: host.activeMemory(params['name']!) }))
+    .route('GET', '/vms/{name}/mrc', ({ params, query }) => ({ status: 200, body: host.missRateCurve(params['name']!, queryFraction(query, 'within', 0.05)) }))
+    .route('POST', '/vms/{name}/mrc/size', ({ params, body }) => ({ status: 200, body: host.sizeFromMrc(params['name']!, (body as { within: number }).within) }), { schema: MRC_SIZE_SCHEMA })
+    .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
 }

@@ -84,9 +84,19 @@ export interface MemoryPolicySpec {
   /** `limit_mib` (default none): the most memory the VM may hold; above it, reclaim at any state. */
   limitMib: number | null;
   /** `active_sampling` (default on): sampled active memory; null when off. */
-  activeSampling: { pagesPerPeriod: number | null; periodInstructions: number | null } | null;
+  activeSampling: {
+    /** `pages_per_period` (null: the sampler's default, 100). */
+    pagesPerPeriod: number | null;
+    /** `period_instructions` (null: the sampler's default). */
+    periodInstructions: number | null;
+  } | null;
   /** `mrc` (default off): an online miss-rate curve; null when off. */
-  mrc: { ratePct: number | null; quietInstructions: number | null } | null;
+  mrc: {
+    /** `rate_pct`: percent of guest pages sampled (null: the tracker's default, 1). */
+    ratePct: number | null;
+    /** `quiet_instructions` (null: the tracker's default). */
+    quietInstructions: number | null;
+  } | null;
 }
 
 /** The reclaim ladder's thresholds in percent of the pool (`reclaim.thresholds_pct`); a key left out keeps its default. */

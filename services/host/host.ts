@@ -22,15 +22,85 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type ReclaimSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryPolicySpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
+import { ACTIVE_MEMORY_STATE, ActiveMemorySampler, type ActiveMemoryStats } from '../memory/active.ts';
+import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
+import { adjustedSharesPerPage, defaultShares } from '../memory/shares.ts';
 import { PageSharer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
 import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
+
+/** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
+interface VmPolicy {
+  shares: number | null;
+  minPages: number;
+  maxPages: number | null;
+}
+
+/** GET /vms/{name}/memory-policy: how the memory scheduler weighs the VM (docs/overcommit.md, "Shares"). */
+export interface MemoryPolicyInfo {
+  /** Its shares (the default when not set: 10 per MiB of guest RAM). */
+  shares: number;
+  /** Memory reclaim never takes it below this. */
+  reservation_mib: number;
+  /** The most memory it may hold (null: no limit). */
+  limit_mib: number | null;
+  /** Host frames it holds now. */
+  frames_held: number;
+  /** Its sampled active pages (null: sampling off). */
+  active_pages: number | null;
+  /** f = active pages over the frames held (at most 1): the fraction the idle tax uses (null: sampling off). */
+  active_fraction: number | null;
+  /** The host's idle memory tax rate (null: no memory scheduler, the policy has no effect). */
+  tax_rate: number | null;
+  /** ρ = shares / (frames · (f + k (1 − f))) now (null without frames or scheduler): the lowest gives memory first. */
+  shares_per_page: number | null;
+}
+
+/** PATCH /host/reclaim's answer. */
+export interface TaxRateInfo {
+  /** The idle memory tax rate now in force. */
+  tax_rate: number;
+}
+
+/** GET /vms/{name}/mrc: the curve, and the size it recommends. */
+export interface MrcInfo {
+  /** The tracker's curve (docs/mrc.md). */
+  curve: MissRateCurveReport;
+  /** The smallest size whose miss ratio is within `within` of the curve's floor (one sampling granule of headroom added). */
+  recommended: {
+    /** The allowance above the floor asked for (query `within`, default 0.05). */
+    within: number;
+    /** floor + within. */
+    target_miss_ratio: number;
+    /** The size in pages. */
+    pages: number;
+    /** The same in MiB. */
+    mib: number;
+  };
+}
+
+/** PATCH /vms/{name}/memory-policy: any of the keys; limit_mib null removes the limit. */
+export interface MemoryPolicyUpdate {
+  /** New shares. */
+  shares?: number;
+  /** New reservation in MiB (at most the VM's memory). */
+  reservation_mib?: number;
+  /** New limit in MiB (at least the reservation), or null for none. */
+  limit_mib?: number | null;
+}
+
+/** A VM's virtual time (the most advanced vCPU's): its sampler's periods run on it, so a guest that waits in wfi still ends them. */
+function virtualTime(vm: Vm): number {
+  let time = 0;
+  for (const vcpu of vm.vcpus) time = Math.max(time, vcpu.clock);
+  return time;
+}
 
 /** A hosted VM's state, as the API names it (Firecracker's and Cloud Hypervisor's words). */
 export type HostedVmState = 'Running' | 'Paused' | 'Stopped';
@@ -373,6 +443,13 @@ class HostedVm {
   blockedByMemory = false;
   /** The balloon's statistics polling timer (unref'd), or null. */
   statsTimer: ReturnType<typeof setInterval> | null = null;
+  /** Shares and reservations (memory_policy); the memory scheduler applies them when it is on. */
+  policy: VmPolicy = { shares: null, minPages: 0, maxPages: null };
+  /** Sampled active memory (memory_policy.active_sampling), or null when off. */
+  sampler: ActiveMemorySampler | null = null;
+  /** The online miss-rate curve (memory_policy.mrc), or null when off; its settings (a fork's child gets a fresh curve with them). */
+  mrc: MissRateCurve | null = null;
+  mrcOptions: NonNullable<MemoryPolicySpec['mrc']> | null = null;
 
   constructor(
     readonly name: string,
@@ -422,7 +499,20 @@ export class Host {
     this.yieldEveryMs = options.yieldEveryMs ?? 1;
     this.loopDone = this.schedule();
     try {
-      this.recorder = options.record === undefined ? null : new TimelineRecorder(this, options.record);
+      this.recorder = options.record === undefined ? null : new TimelineRecorder(this, {
+        ...options.record,
+        // The sampled share of each VM's RAM in use (the report splits its present pages into active and idle).
+        providers: {
+          activeFraction: (name) => this.machines.get(name)?.sampler?.estimate ?? null,
+          mrc: (name) => {
+            const mrc = this.machines.get(name)?.mrc;
+            if (mrc == null) return null;
+            const { sizes_mib, miss_ratio } = mrc.curve();
+            return { sizes_mib, miss_ratio };
+          },
+          ...options.record.providers,
+        },
+      });
     } catch (error) {
       this.closed = true; // the scheduler's loop ends before its first round
       throw error;
@@ -562,6 +652,83 @@ export class Host {
     return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null };
   }
 
+  /** GET /vms/{name}/memory-policy. */
+  memoryPolicy(name: string): MemoryPolicyInfo {
+    const m = this.get(name);
+    const shares = m.policy.shares ?? defaultShares(m.vm.memoryBytes);
+    const held = m.vm.memory.presentPages;
+    const f = heldActiveFraction(m);
+    const tax = this.memory === null ? null : this.memory.scheduler.taxRate;
+    return {
+      shares,
+      reservation_mib: m.policy.minPages / (MIB / 4096),
+      limit_mib: m.policy.maxPages === null ? null : m.policy.maxPages / (MIB / 4096),
+      frames_held: held,
+      active_pages: m.sampler === null ? null : m.sampler.activePages,
+      active_fraction: f,
+      tax_rate: tax,
+      shares_per_page: tax === null || held === 0 ? null : adjustedSharesPerPage(shares, held, f ?? 1, tax),
+    };
+  }
+
+  /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
+  setMemoryPolicy(name: string, update: MemoryPolicyUpdate): MemoryPolicyInfo {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'change the memory policy of');
+    const memoryMib = m.vm.memoryBytes / MIB;
+    const reservation = update.reservation_mib ?? m.policy.minPages / (MIB / 4096);
+    const limit = update.limit_mib === undefined ? (m.policy.maxPages === null ? null : m.policy.maxPages / (MIB / 4096)) : update.limit_mib;
+    if (reservation > memoryMib) throw new HostError(400, `reservation_mib: is ${reservation} MiB, more than VM '${name}''s memory (${memoryMib} MiB)`);
+    if (limit !== null && limit > memoryMib) throw new HostError(400, `limit_mib: is ${limit} MiB, more than VM '${name}''s memory (${memoryMib} MiB)`);
+    if (limit !== null && limit < reservation) throw new HostError(400, `limit_mib: is ${limit} MiB, less than the reservation (${reservation} MiB)`);
+    m.policy = {
+      shares: update.shares ?? m.policy.shares,
+      minPages: reservation * (MIB / 4096),
+      maxPages: limit === null ? null : limit * (MIB / 4096),
+    };
+    if (this.memory !== null) guard(() => this.memory!.scheduler.setAllocation(m.vm, { ...m.policy, shares: m.policy.shares ?? defaultShares(m.vm.memoryBytes) }), `memory policy of '${name}'`);
+    this.log(`vm ${name}: memory policy ${JSON.stringify(update)}`);
+    return this.memoryPolicy(name);
+  }
+
+  /** GET /vms/{name}/active-memory: the sampler's figures (409 when sampling is off for the VM). */
+  activeMemory(name: string): ActiveMemoryStats {
+    const m = this.get(name);
+    if (m.sampler === null) throw new HostError(409, `VM '${name}' has no active memory sampling (memory_policy.active_sampling is null)`);
+    return m.sampler.stats();
+  }
+
+  /** GET /vms/{name}/mrc: the curve and the size it recommends within `within` of its floor (409 when the VM has no curve). */
+  missRateCurve(name: string, within: number): MrcInfo {
+    const m = this.get(name);
+    if (m.mrc === null) throw new HostError(409, `VM '${name}' has no miss-rate curve (memory_policy.mrc is null)`);
+    const curve = m.mrc.curve();
+    const pages = m.mrc.sizeWithin(within);
+    return { curve, recommended: { within, target_miss_ratio: curve.floor + within, pages, mib: round3(pages / (MIB / 4096)) } };
+  }
+
+  /**
+   * POST /vms/{name}/mrc/size {within}: sizes the VM from its curve — its limit becomes the
+   * smallest size within `within` of the curve's floor (never below its reservation), which the
+   * memory scheduler then enforces. Returns the policy.
+   */
+  sizeFromMrc(name: string, within: number): MemoryPolicyInfo {
+    const m = this.get(name);
+    const { recommended } = this.missRateCurve(name, within);
+    if (recommended.pages <= 0) throw new HostError(409, `VM '${name}''s curve has seen no references yet: nothing to size from`);
+    const mib = Math.min(m.vm.memoryBytes / MIB, Math.max(m.policy.minPages / (MIB / 4096), Math.ceil(recommended.mib)));
+    this.log(`vm ${name}: sized from its miss-rate curve: ${mib} MiB (miss ratio within ${within} of the floor ${recommended.target_miss_ratio - within})`);
+    return this.setMemoryPolicy(name, { limit_mib: mib });
+  }
+
+  /** PATCH /host/reclaim {tax_rate}: the idle memory tax rate of the memory scheduler. */
+  setTaxRate(taxRate: number): TaxRateInfo {
+    if (this.memory === null) throw new HostError(409, 'the host has no memory scheduler (reclaim is off): there is no tax to set');
+    guard(() => this.memory!.scheduler.setTaxRate(taxRate), 'tax_rate');
+    this.log(`host: idle memory tax rate ${taxRate}`);
+    return { tax_rate: taxRate };
+  }
+
   /**
    * Turns on the memory scheduler (docs/overcommit.md): the reclaim ladder over the pool's free
    * memory, ballooning by usage classes, hypervisor swap, page sharing, blocking at low, MEMINFO
@@ -573,6 +740,11 @@ export class Host {
     try {
       const scheduler = new MemoryScheduler(this.hv, {
         thresholds: spec.thresholds,
+        taxRate: spec.taxRate,
+        activeFraction: (vm) => {
+          const m = this.byVm(vm);
+          return m === undefined ? null : heldActiveFraction(m);
+        },
         swap,
         sharer: spec.sharing ? new PageSharer(this.hv) : null,
         // Blocking is the host's pause, so the API shows it and nothing else resumes the VM.
@@ -597,7 +769,7 @@ export class Host {
       swap.close();
       throw error instanceof BvError ? new HostError(400, `reclaim: ${error.message}`, { cause: error }) : error;
     }
-    for (const m of this.machines.values()) this.memory.scheduler.add(m.vm, { balloon: m.devices.balloon, meminfo: m.devices.meminfo });
+    for (const m of this.machines.values()) this.manage(m);
   }
 
   private byVm(vm: Vm): HostedVm | undefined {
@@ -722,6 +894,7 @@ export class Host {
     let log: ConsoleLog | null = null;
     let devices: StandardDevices | null = null;
     let disk: string | null = null;
+    let sampler: ActiveMemorySampler | null = null;
     const restored = guard(() => restoreVmCheckpoint(this.hv, path, {
       mode,
       ...(name === undefined ? {} : { name }),
@@ -734,9 +907,12 @@ export class Host {
         // A saved balloon gets a device; its state (target, settings, pages) is restored into it.
         const balloon = saved.components['balloon'] === undefined ? null : {};
         devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon, saved.components['meminfo'] !== undefined));
+        // A sampled VM's checkpoint holds its sampler's state: a sampler must be there to take it.
+        if (saved.components[ACTIVE_MEMORY_STATE] !== undefined) sampler = this.attachSampler(vm, null);
       },
     }), `restore of ${path}`);
     const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
+    m.sampler = sampler;
     this.add(m);
     return { ...this.describe(m), restore: { mode, ready_ms: round3(restored.firstInstructionReadyMs), stored_pages: restored.storedPages, complete: restored.complete } };
   }
@@ -749,11 +925,24 @@ export class Host {
     this.checkNewName(childName);
     this.checkFits(parent.vm.config.memoryBytes, `fork '${childName}'`);
     const log = new ConsoleLog(this.settings.consoleBufferBytes);
+    let sampler: ActiveMemorySampler | null = null;
     const { vm, devices } = guard(() => this.hv.forkVmWith(parent.vm, {
       name: childName,
-      attach: (child) => attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null)),
+      attach: (child) => {
+        const attached = attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null));
+        // The child carries on with the parent's estimate (the sampler's state is copied like a device's).
+        if (parent.sampler !== null) sampler = this.attachSampler(child, { pagesPerPeriod: parent.sampler.stats().pages_per_period, periodInstructions: parent.sampler.stats().period_instructions });
+        return attached;
+      },
     }), `fork of '${parentName}'`);
     const m = new HostedVm(childName, vm, devices, log, { kind: 'fork', parent: parentName }, parent.disk, null, paused, null);
+    m.policy = { ...parent.policy };
+    m.sampler = sampler;
+    // A curve is built from references seen; the child starts its own (docs/mrc.md).
+    if (parent.mrcOptions !== null) {
+      m.mrc = this.attachMrc(vm, parent.mrcOptions);
+      m.mrcOptions = parent.mrcOptions;
+    }
     this.add(m);
     return this.describe(m);
   }
@@ -897,6 +1086,13 @@ export class Host {
       );
       guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);
       const m = new HostedVm(spec.name, vm, devices, log, { kind: 'image', image: spec.image }, spec.disk?.path ?? null, null, spec.startPaused, spec.maxInstructions);
+      const policy = spec.memoryPolicy;
+      m.policy = { shares: policy.shares, minPages: policy.reservationMib * (MIB / 4096), maxPages: policy.limitMib === null ? null : policy.limitMib * (MIB / 4096) };
+      if (policy.activeSampling !== null) m.sampler = this.attachSampler(vm, policy.activeSampling);
+      if (policy.mrc !== null) {
+        m.mrc = this.attachMrc(vm, policy.mrc);
+        m.mrcOptions = policy.mrc;
+      }
       this.add(m);
       return m;
     } catch (error) {
@@ -907,10 +1103,32 @@ export class Host {
 
   private add(m: HostedVm): void {
     this.machines.set(m.name, m);
-    this.memory?.scheduler.add(m.vm, { balloon: m.devices.balloon, meminfo: m.devices.meminfo });
+    this.manage(m);
     this.startStatsPolling(m);
     this.log(`vm ${m.name}: created (${m.state.toLowerCase()}, ${m.vm.memory.pageCount * 4} KiB, ${m.vm.vcpus.length} vCPU${m.vm.vcpus.length === 1 ? '' : 's'})`);
     this.kick();
+  }
+
+  /** Puts a VM under the memory scheduler (when on) with its devices and policy. */
+  private manage(m: HostedVm): void {
+    this.memory?.scheduler.add(m.vm, { balloon: m.devices.balloon, meminfo: m.devices.meminfo }, { ...m.policy, shares: m.policy.shares ?? undefined });
+  }
+
+  /** Turns an online miss-rate curve on for a VM (memory_policy.mrc). */
+  private attachMrc(vm: Vm, options: NonNullable<MemoryPolicySpec['mrc']>): MissRateCurve {
+    return guard(() => new MissRateCurve(vm, {
+      ...(options.ratePct === null ? {} : { rate: options.ratePct / 100 }),
+      ...(options.quietInstructions === null ? {} : { quietInstructions: options.quietInstructions }),
+    }), `miss-rate curve of '${vm.name}'`);
+  }
+
+  /** Turns sampled active memory on for a VM (before it runs, or in a restore's attach so its saved state lands in it). */
+  private attachSampler(vm: Vm, options: NonNullable<MemoryPolicySpec['activeSampling']> | null): ActiveMemorySampler {
+    return guard(() => new ActiveMemorySampler(vm, {
+      ...(options?.pagesPerPeriod == null ? {} : { pagesPerPeriod: options.pagesPerPeriod }),
+      ...(options?.periodInstructions == null ? {} : { periodInstructions: options.periodInstructions }),
+      clock: () => virtualTime(vm),
+    }), `active memory sampling of '${vm.name}'`);
   }
 
   /** Cancels a running reallocation that `m` takes part in. */
@@ -929,6 +1147,8 @@ export class Host {
     m.devices.console.stop();
     m.devices.block?.close();
     this.memory?.scheduler.remove(m.vm, { forgetSwap: true });
+    m.sampler?.dispose();
+    m.mrc?.dispose();
     if (this.hv.vms.includes(m.vm)) this.hv.destroyVm(m.vm);
     m.restored?.close();
     if (m.state !== 'Stopped') {
@@ -993,6 +1213,12 @@ export class Host {
         if (performance.now() - lastYield >= this.yieldEveryMs) {
           await new Promise<void>((resolve) => setImmediate(resolve));
           lastYield = performance.now();
+        }
+      }
+      if (ran > 0) {
+        for (const m of this.machines.values()) {
+          m.sampler?.tick();
+          m.mrc?.tick();
         }
       }
       // A VM blocked for memory waits on the scheduler's ticks: keep ticking while any is.
@@ -1104,6 +1330,13 @@ function pagesToMib(pages: number): number {
 }
 
 /** The device options of a VM spec's balloon, or null without one. */
+/** f over the frames a VM holds (the idle tax's f): its sampled active pages, at most all it holds; null without sampling. */
+function heldActiveFraction(m: HostedVm): number | null {
+  if (m.sampler === null) return null;
+  const held = m.vm.memory.presentPages;
+  return held === 0 ? 0 : Math.min(1, m.sampler.activePages / held);
+}
+
 function balloonOptions(spec: VmSpec): BalloonOptions | null {
   if (spec.balloon === undefined) return null;
   const { amountMib, deflateOnOom, freePageReporting, statsPollingIntervalS } = spec.balloon;
