@@ -11,7 +11,8 @@
  * MIPS, the technique on/off comparisons and a shadow-versus-nested table. Then the VM-state
  * figures (bench/state.ts) and the control API's (bench/api.ts, issue 9). Page sharing
  * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`), and so does memory
- * overcommit (bench/overcommit.ts, issue 10: balloon reclaim, the T-7 experiment; `--only
+ * overcommit (bench/overcommit.ts, issue 10: balloon reclaim, the T-7 experiment; bench/policies.ts,
+ * issue 11: the idle tax, active memory, miss-rate curves; `--only
  * overcommit`). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
@@ -31,6 +32,7 @@ import { formatState, measureState, stateChecks, stateStepCount, type StateFigur
 import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
 import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
+import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
 
 export type { Check } from './harness.ts';
@@ -87,6 +89,8 @@ export interface BenchReport {
   sharing?: SharingFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
+  /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
+  policies?: PolicyFigures;
   checks: Check[];
 }
 
@@ -136,7 +140,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withSharing = options.only.includes(SHARING_ENTRY);
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
@@ -148,6 +152,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const sharing = withSharing ? measureSharing({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const overcommit = withOvercommit ? measureOvercommit({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const policies = withOvercommit ? measurePolicies({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -166,9 +171,11 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     api,
     ...(sharing ? { sharing } : {}),
     ...(overcommit ? { overcommit } : {}),
+    ...(policies ? { policies } : {}),
     checks: [
       ...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : []),
       ...(overcommit ? overcommitChecks(overcommit) : []),
+      ...(policies ? policyChecks(policies) : []),
     ],
   };
 }
@@ -286,6 +293,10 @@ export function formatReport(report: BenchReport): string {
   if (report.overcommit) {
     out.push('');
     out.push(...formatOvercommit(report.overcommit));
+  }
+  if (report.policies) {
+    out.push('');
+    out.push(...formatPolicies(report.policies));
   }
   out.push('');
   const show = (check: Check, value: number): string =>
