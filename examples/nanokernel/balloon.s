@@ -142,7 +142,9 @@ balloon_take_page:
 2:      ret
 
 # balloon_inflate(a0 = pages wanted) -> a0 = pages put into the balloon (fewer when memory ran
-# short). Batches of at most one node's free entries, one INFLATE each. Preserves s0-s3.
+# short). Batches of at most one node's free entries, one INFLATE each. Free frames are taken
+# many at a time (the free pool's top node's last entries, or never-used frames: the pages
+# take_free_frame would give, 4-5 instructions a page), page-cache pages one by one. Preserves s0-s3.
 balloon_inflate:
         addi    sp, sp, -32
         sw      ra, 0(sp)
@@ -184,7 +186,64 @@ balloon_inflate:
         sw      s3, 24(sp)              # 24(sp) = the batch's array
 5:      lw      t0, 20(sp)
         beqz    t0, 6f
-        call    balloon_take_page
+        la      t3, mem_free            # many pages at once, the ones take_free_frame would give
+        lw      a0, 0(t3)
+        addi    a0, a0, -BALLOON_RESERVE
+        bge     zero, a0, 55f           # none above the reserve: page by page (the page cache)
+        bgeu    t0, a0, 50f
+        mv      a0, t0                  # a0 = min(still to take, free above the reserve)
+50:     la      t1, free_head
+        lw      t1, 0(t1)               # t1 = the free pool's top node (0: none)
+        beqz    t1, 51f
+        lw      t2, FN_COUNT(t1)        # t2 = its entries
+        beqz    t2, 55f                 # (an empty node: its own page goes, page by page)
+        bgeu    t2, a0, 52f
+        mv      a0, t2                  # a0 = n = min(a0, its entries)
+        j       52f
+51:     la      t2, frame_next          # no pool: frames never used since power-on
+        lw      t2, 0(t2)
+        la      a1, frame_limit
+        lw      a1, 0(a1)
+        bgeu    t2, a1, 55f
+        sub     a1, a1, t2
+        srli    a1, a1, PAGE_SHIFT      # a1 = frames left there
+        beqz    a1, 55f
+        bgeu    a1, a0, 52f
+        mv      a0, a1                  # a0 = n = min(a0, frames left)
+52:     sub     t0, t0, a0
+        sw      t0, 20(sp)
+        lw      a1, 0(t3)
+        sub     a1, a1, a0
+        sw      a1, 0(t3)               # the free count drops by n
+        beqz    t1, 57f
+        sub     t2, t2, a0              # from the pool's node:
+        sw      t2, FN_COUNT(t1)
+        lw      a1, FN_REPORTED(t1)
+        bgeu    t2, a1, 53f
+        sw      t2, FN_REPORTED(t1)     # reported entries taken: the mark comes down with them
+53:     slli    t2, t2, 2
+        add     t2, t1, t2              # t2 = where the node's remaining entries end
+        slli    a0, a0, 2
+        add     a0, t2, a0              # a0 = where they ended: its last n entries, top down
+54:     lw      a1, FN_ENTRIES - 4(a0)  # 5 instructions a page
+        sw      a1, 0(s3)
+        addi    s3, s3, 4
+        addi    a0, a0, -4
+        bne     a0, t2, 54b
+        j       5b
+57:     slli    a1, a0, PAGE_SHIFT      # never-used frames: frame_next moves past them
+        add     a1, t2, a1
+        la      t1, frame_next
+        sw      a1, 0(t1)
+        srli    t2, t2, PAGE_SHIFT      # t2 = the first one's page number
+        slli    a0, a0, 2
+        add     a0, s3, a0              # a0 = where the batch's array ends
+58:     sw      t2, 0(s3)               # 4 instructions a page
+        addi    t2, t2, 1
+        addi    s3, s3, 4
+        bne     s3, a0, 58b
+        j       5b
+55:     call    balloon_take_page
         beqz    a0, 6f
         srli    a0, a0, PAGE_SHIFT
         sw      a0, 0(s3)

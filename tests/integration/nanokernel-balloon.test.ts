@@ -270,7 +270,7 @@ describe('the nanokernel balloon driver', () => {
     expect(classes(reporting.vm).balloon).toBe(0);
   });
 
-  it('costs a few instructions per tick when nothing changes, and tens per page when inflating', () => {
+  it('costs a few instructions per tick when nothing changes, and a few per page when inflating free frames', () => {
     const m = boot('sieve 100000000', { targetPages: 2048 });
     runUntil(m, () => m.balloon.actual === 2048, { step: 50_000 });
     const tick = symbol('balloon_tick');
@@ -294,6 +294,6 @@ describe('the nanokernel balloon driver', () => {
     idle.balloon.setTarget(12000);
     runUntil(idle, () => idle.balloon.actual === 12000, { step: 1_000 });
     const perPage = (idle.vm.vcpus[0]!.instret - start) / 12000;
-    expect(perPage).toBeLessThan(60);
+    expect(perPage).toBeLessThan(8); // many never-used frames at once: 4 a page (38 page by page)
   });
 });
