@@ -145,11 +145,11 @@ describe('npm run bench', () => {
     }
   });
 
-  it('--only overcommit: balloon reclaim against plain madvise, and the T-7 table whose counts point the way they must', () => {
+  it('--only overcommit: balloon reclaim against plain madvise, the T-7 table whose counts point the way they must, and issue 11\'s experiments', () => {
     const { status, stdout, stderr } = bench('--quick', '--json', '--only', 'overcommit');
     expect(status, stderr).toBe(0);
     const report = JSON.parse(stdout);
-    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'overcommit', 'checks']);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'overcommit', 'policies', 'checks']);
     const { reclaim, squeeze } = report.overcommit;
     // Reclaim (64 MiB VM, 48 MiB heap): RSS fell by most of the heap; times carry their CPU time.
     expect(reclaim).toMatchObject({ vmBytes: 64 * 2 ** 20, heapBytes: 48 * 2 ** 20, targetPages: 12_288 });
@@ -159,10 +159,15 @@ describe('npm run bench', () => {
     expect(reclaim.rssBeforeKiB - reclaim.rssAfterKiB).toBeGreaterThan(0.9 * 48 * 1024);
     expect(reclaim.ratio).toBeCloseTo(reclaim.toRssDown.wallMs / reclaim.plainMadvise.wallMs, 2);
     // The squeeze table: a baseline, then listen and deaf at each squeeze point.
-    expect(squeeze.rows.map((r: any) => [r.label, r.mode])).toEqual([
-      ['no squeeze', 'deaf'], ['cache full', 'listen'], ['cache full', 'deaf'], ['half full', 'listen'], ['half full', 'deaf'],
+    expect(squeeze.rows.map((r: any) => [r.label, r.mode, r.driver])).toEqual([
+      ['no squeeze', 'deaf', 'bench'], ['cache full', 'listen', 'bench'], ['cache full', 'deaf', 'bench'], ['half full', 'listen', 'bench'], ['half full', 'deaf', 'bench'],
+      ['cache full', 'listen', 'scheduler'], ['cache full', 'deaf', 'scheduler'], ['half full', 'listen', 'scheduler'], ['half full', 'deaf', 'scheduler'],
     ]);
-    const [baseline, fullListen, fullDeaf, halfListen, halfDeaf] = squeeze.rows;
+    const [baseline, fullListen, fullDeaf, halfListen, halfDeaf, ...byScheduler] = squeeze.rows;
+    // Squeezed by the memory scheduler: listen never swapped, deaf swapped, nobody killed.
+    for (const row of byScheduler) expect(row.oomKills).toBe(0);
+    expect(byScheduler[0].swapOuts).toBe(0);
+    expect(byScheduler[1].swapOuts).toBeGreaterThan(0);
     expect(baseline).toMatchObject({ oomKills: 0, swapOuts: 0, instructionsRatio: 1, balloonActual: 0 });
     for (const listen of [fullListen, halfListen]) expect(listen).toMatchObject({ oomKills: 0, swapOuts: 0, swapIns: 0, balloonActual: squeeze.targetPages });
     expect(fullDeaf.swapOuts).toBeGreaterThan(0);
@@ -174,14 +179,31 @@ describe('npm run bench', () => {
       ['balloon reclaim, 48 MiB of a 64 MiB VM: target change to RSS down (ms)', reclaim.toRssDown.wallMs <= 200],
       ['T-7 squeeze, kvcache listen: OOM kills + hypervisor swap-outs', true],
       ['T-7 squeeze (cache full), hypervisor swap-outs, deaf / listen', true],
+      ['T-7 squeeze by the memory scheduler (cache full), hypervisor swap-outs, deaf / listen', true],
+      ['idle tax: frames of the idle VM at the end, τ 0.75 / τ 0', true],
+      ["idle tax: the active VM's work rate, τ 0.75 / τ 0", expect.any(Boolean)],
+      ['active memory: worst |estimate − truth| at steady state (10 / 50 / 90 % walkers), points', expect.any(Boolean)],
+      [expect.stringMatching(/^MRC accuracy: MAE at 1 % sampling/), expect.any(Boolean)],
+      [expect.stringMatching(/^MRC guest slowdown/), expect.any(Boolean)],
+      [expect.stringMatching(/^Sizing from the MRC/), expect.any(Boolean)],
     ]);
+    // Issue 11: with the tax the idle VM holds fewer frames and the active one more.
+    const [plain, taxed] = report.policies.idleTax.runs;
+    expect([plain.taxRate, taxed.taxRate]).toEqual([0, 0.75]);
+    expect(taxed.idleFrames).toBeLessThan(plain.idleFrames);
+    expect(taxed.activeFrames).toBeGreaterThan(plain.activeFrames);
+    expect(report.policies.activeMemory.accuracy.map((row: { nominal: number }) => Math.round(row.nominal * 100))).toEqual([10, 50, 90]);
+    expect(report.policies.mrc.accuracy.length).toBeGreaterThan(0);
     // The text: the reclaim lines and the table.
     const text = formatReport(report);
     expect(text).toMatch(/^ {4}target change → RSS down 95 % +[\d.]+ ms \(CPU [\d.]+; [\d.]+–[\d.]+, 1 runs\)$/m);
     expect(text).toMatch(/^ {4}target change → target reached [\d.]+ ms \(CPU [\d.]+;.*\); of it in madvise [\d.]+ ms \([\d,]+ calls\)/m);
     expect(text).toMatch(/^ {4}plain madvise of 48 MiB in one call, baseline [\d.]+ ms \(CPU [\d.]+;.*; reclaim \/ baseline [\d.]+ \(CPU [\d.]+\)$/m);
-    expect(text).toMatch(/^ {4}squeeze +kvcache +OOM kills +swap-outs +swap-ins +hit rate +instructions /m);
-    expect(text).toMatch(/^ {4}half full +deaf +1 +0 +0 +- +[\d,]+ +[\d.]+ +killed /m);
+    expect(text).toMatch(/^ {4}squeeze +by +kvcache +OOM kills +swap-outs +swap-ins +hit rate +instructions /m);
+    expect(text).toMatch(/^ {4}half full +bench +deaf +1 +0 +0 +- +[\d,]+ +[\d.]+ +killed /m);
+    expect(text).toMatch(/^ {4}half full +scheduler +deaf +0 +[1-9][\d,]* /m);
+    expect(text).toMatch(/^memory overcommit, part 2 \(issue 11\)/m);
+    expect(text).toMatch(/^ {4}0\.75 +[\d,]+ +[\d,]+ +[\d.]+ \([\d.]+\)/m);
   });
 
   it('refuses an unknown workload with one error line', () => {
