@@ -1,0 +1,17 @@
+import type { Vm } from '../../kernel/index.ts';
+/** An uncorrected-error report for one guest page (what a memory controller reports: an address and the size of the corrupted window). */
+export interface ErrorReport {
+  /** The guest-physical address reported, and its page. */
+  gpa: number;
+  gpn: number;
+  /** The corrupted window inside the page: first bit (0 … 32767) and length in bits (1 … 64, at most to the page's end). */
+  windowBitOffset: number;
+  windowBits: number;
+}
+/** One way to rebuild a page (services/recovery/*.ts). */
+export interface RecoveryMethod {
+  /** 'clean-copy' | 'parity' | 'hash'. */
+  readonly name: string;
+  /** The page's good 4096 bytes rebuilt from `bad` (a copy of the corrupted bytes) and what the method keeps, or null when it cannot (never throws for an ordinary failure). */
+  recover(vm: Vm, report: ErrorReport, bad: Uint8Array): Uint8Array | null;
+}
