@@ -24,7 +24,7 @@
 import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
 import { AbsentState, GuestAccessError, KernelError, MemoryAccess, PageState } from '../kernel/index.ts';
-import type { GuestMemory, MemoryAccessKind, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import type { GuestMemory, MemoryAccessKind, MmioDevice, PageStateId, Vcpu, Vm } from '../kernel/index.ts';
 import { DeviceStateError, describeSaved, stateInteger, stateRecord, stateU32 } from './state.ts';
 
 /** Register offsets in the balloon window (docs/balloon.md). */
@@ -275,6 +275,9 @@ export class BalloonDevice implements MmioDevice {
   private pfnAddr = 0;
   private pfnCount = 0;
   private status: number = BalloonStatus.OK;
+  /** checkPages' duplicate marks (allocated at the first command that needs them). */
+  private seen: Uint16Array | null = null;
+  private seenMark = 0;
 
   constructor(
     private readonly vm: Vm,
@@ -439,36 +442,65 @@ export class BalloonDevice implements MmioDevice {
       if (error instanceof KernelError && error.code === 'BV_BAD_GPA') throw new Refusal(`balloon: ${name}: the array at guest-physical ${hex(address)}+${bytes} cannot be read: ${error.message}`);
       throw error;
     }
+    // readPhysical returns a fresh copy: on a little-endian host its bytes are the u32 words.
+    if (LITTLE_ENDIAN_HOST) return new Uint32Array(raw.buffer, raw.byteOffset, wordCount);
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const words = new Uint32Array(wordCount);
     for (let i = 0; i < wordCount; i++) words[i] = view.getUint32(i * 4, true);
     return words;
   }
 
-  /** Checks that each entry is a page of RAM, named once; `problem` returns what is wrong with a page in RAM, or null. */
-  private checkPages(name: string, gpns: Uint32Array, allowRepeats: boolean, problem: (memory: GuestMemory, gpn: number) => string | null): void {
+  /**
+   * Checks that each entry is a page of RAM, named once; `problem` returns what is wrong with a
+   * page in RAM, or null. Returns whether some page is held without a frame by another owner
+   * (neither present nor untouched: swapped, lazily restored…).
+   */
+  private checkPages(name: string, gpns: Uint32Array, allowRepeats: boolean, problem: (state: PageStateId) => string | null): boolean {
     const memory = this.vm.memory;
-    const seen = allowRepeats ? null : new Map<number, number>();
+    const pageCount = memory.pageCount;
+    const seen = allowRepeats ? null : this.seenPages(pageCount);
+    const mark = allowRepeats ? 0 : this.nextSeenMark();
+    let elsewhere = false;
     for (let i = 0; i < gpns.length; i++) {
       const gpn = gpns[i]!;
-      if (gpn >= memory.pageCount) throw new Refusal(`balloon: ${name}: entry ${i} is ${pageName(gpn)}, beyond RAM (${memory.pageCount} pages)`);
+      if (gpn >= pageCount) throw new Refusal(`balloon: ${name}: entry ${i} is ${pageName(gpn)}, beyond RAM (${pageCount} pages)`);
       if (seen !== null) {
-        const earlier = seen.get(gpn);
-        if (earlier !== undefined) throw new Refusal(`balloon: ${name}: entries ${earlier} and ${i} both name ${pageName(gpn)}`);
-        seen.set(gpn, i);
+        if (seen[gpn] === mark) throw new Refusal(`balloon: ${name}: entries ${gpns.indexOf(gpn)} and ${i} both name ${pageName(gpn)}`);
+        seen[gpn] = mark;
       }
-      const wrong = problem(memory, gpn);
+      const state = memory.stateOf(gpn);
+      const wrong = problem(state);
       if (wrong !== null) throw new Refusal(`balloon: ${name}: entry ${i}: ${pageName(gpn)} ${wrong}`);
+      if (state !== PageState.PRESENT && state !== PageState.UNTOUCHED) elsewhere = true;
     }
+    return elsewhere;
+  }
+
+  /** The command's duplicate check: page → the mark of the last command that named it (no allocation per command). */
+  private seenPages(pageCount: number): Uint16Array {
+    if (this.seen === null || this.seen.length !== pageCount) {
+      this.seen = new Uint16Array(pageCount);
+      this.seenMark = 0;
+    }
+    return this.seen;
+  }
+
+  private nextSeenMark(): number {
+    this.seenMark = (this.seenMark + 1) & 0xffff;
+    if (this.seenMark === 0) {
+      this.seen!.fill(0); // wrapped: marks of old commands must not look like this one's
+      this.seenMark = 1;
+    }
+    return this.seenMark;
   }
 
   private inflate(gpns: Uint32Array): void {
-    this.checkPages('INFLATE', gpns, false, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? 'is already in the balloon' : null));
+    const elsewhere = this.checkPages('INFLATE', gpns, false, inflateProblem);
     const memory = this.vm.memory;
     // A page another owner holds without a frame (swapped, lazily restored) is brought in first,
     // so that owner lets go of it (a swap slot is freed). All of them before any release: a host
     // failure here changes no page's state.
-    for (const gpn of gpns) bringIn(memory, gpn);
+    if (elsewhere) for (let i = 0; i < gpns.length; i++) bringIn(memory, gpns[i]!);
     let release = gpns;
     if (this.donor !== null) {
       this.counters.donated += this.donor(memory, gpns);
@@ -481,7 +513,7 @@ export class BalloonDevice implements MmioDevice {
   }
 
   private deflate(gpns: Uint32Array): void {
-    this.checkPages('DEFLATE', gpns, false, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? null : 'is not in the balloon'));
+    this.checkPages('DEFLATE', gpns, false, deflateProblem);
     const memory = this.vm.memory;
     let release = gpns;
     if (this.receiver !== null) {
@@ -494,7 +526,7 @@ export class BalloonDevice implements MmioDevice {
   }
 
   private reportFree(gpns: Uint32Array): void {
-    this.checkPages('REPORT_FREE', gpns, true, (memory, gpn) => (memory.stateOf(gpn) === PageState.BALLOONED ? 'is in the balloon; only the guest\'s own pages can be reported free' : null));
+    this.checkPages('REPORT_FREE', gpns, true, reportFreeProblem);
     const memory = this.vm.memory;
     // Only frames are released: a page without one (untouched, swapped…) has nothing to give back.
     const present = [...new Set(gpns)].filter((gpn) => memory.stateOf(gpn) === PageState.PRESENT);
@@ -627,6 +659,14 @@ export class BalloonDevice implements MmioDevice {
     return pages;
   }
 }
+
+/** What is wrong with a page of RAM in a command's array, by its state (checkPages), or null. */
+const inflateProblem = (state: PageStateId): string | null => (state === PageState.BALLOONED ? 'is already in the balloon' : null);
+const deflateProblem = (state: PageStateId): string | null => (state === PageState.BALLOONED ? null : 'is not in the balloon');
+const reportFreeProblem = (state: PageStateId): string | null => (state === PageState.BALLOONED ? 'is in the balloon; only the guest\'s own pages can be reported free' : null);
+
+/** Whether this host stores a u32 with its low byte first (the guest's order). */
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
  * Brings a page that another owner holds without a frame (swapped, lazily restored) in, as a read

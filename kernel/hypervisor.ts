@@ -203,17 +203,17 @@ export class Hypervisor {
    * Drops every vCPU's translations derived from the given guest pages of a VM, before the
    * caller relies on the change (cross-vCPU shootdown).
    */
-  private shootdown(vm: Vm, gpns: readonly number[]): void {
+  private shootdown(vm: Vm, gpns: ArrayLike<number>): void {
     this.shootdowns++;
     // Up to a balloon command's 1024 pages, each page's chain of fill-log records (O(its
     // entries)) costs less than a pass over a full log (128 Ki records).
     if (gpns.length <= SHOOTDOWN_BY_PAGE) {
-      for (const vcpu of vm.vcpus) for (const gpn of gpns) this.shootdownEntries += vcpu.tlb.flushGpn(gpn);
+      for (const vcpu of vm.vcpus) for (let i = 0; i < gpns.length; i++) this.shootdownEntries += vcpu.tlb.flushGpn(gpns[i]!);
       return;
     }
     // Many pages: one pass over each vCPU's fill log with a bitmap.
     const marked = new Uint8Array(vm.memory.pageCount);
-    for (const gpn of gpns) marked[gpn] = 1;
+    for (let i = 0; i < gpns.length; i++) marked[gpns[i]!] = 1;
     for (const vcpu of vm.vcpus) this.shootdownEntries += vcpu.tlb.flushGpns(marked);
   }
 

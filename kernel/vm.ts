@@ -182,7 +182,7 @@ export interface VmEnvironment {
   /** Where per-page arrays come from. */
   arena: ZeroedArena;
   /** Drops every vCPU's translations derived from guest pages of `vm` (cross-vCPU shootdown). */
-  shootdown(vm: Vm, gpns: readonly number[]): void;
+  shootdown(vm: Vm, gpns: ArrayLike<number>): void;
 }
 
 /**
@@ -199,7 +199,7 @@ class VmMemoryHost implements GuestMemoryHost {
     this.name = vm.name;
   }
 
-  shootdown(gpns: readonly number[]): void {
+  shootdown(gpns: ArrayLike<number>): void {
     this.env.shootdown(this.vm, gpns);
   }
 

@@ -80,6 +80,8 @@ export class FramePool {
   /** Frames currently backed by a private file mapping (map-mode restore). */
   private readonly fileMapped: Uint8Array;
   private fileMappedCount = 0;
+  /** releaseMany's list of the frames it frees (grown as needed, never shrunk). */
+  private freedScratch = new Int32Array(FRAMES_PER_RUN);
 
   constructor(memory: HostMemory) {
     if (memory.bytes < RUN_SIZE || memory.bytes % RUN_SIZE !== 0) {
@@ -247,14 +249,20 @@ export class FramePool {
    * contiguous range instead of one per frame (releasing 1 GiB frame by frame costs ~0.7 s of
    * madvise calls). `onFree` sees each freed frame before its memory is released.
    */
-  releaseMany(frames: readonly number[], onFree?: (frame: number) => void): void {
-    for (const frame of frames) this.checkInUse(frame);
-    const freed: number[] = [];
-    for (const frame of frames) if (--this.refCount[frame]! === 0) freed.push(frame);
-    freed.sort((a, b) => a - b);
+  releaseMany(frames: ArrayLike<number>, onFree?: (frame: number) => void): void {
+    const count = frames.length;
+    for (let i = 0; i < count; i++) this.checkInUse(frames[i]!);
+    if (this.freedScratch.length < count) this.freedScratch = new Int32Array(Math.max(count, 2 * this.freedScratch.length));
+    let freedCount = 0;
+    for (let i = 0; i < count; i++) {
+      const frame = frames[i]!;
+      if (--this.refCount[frame]! === 0) this.freedScratch[freedCount++] = frame;
+    }
+    const freed = this.freedScratch.subarray(0, freedCount).sort(); // numeric: a typed array's sort
     let start = -1;
     let end = -1;
-    for (const frame of freed) {
+    for (let i = 0; i < freedCount; i++) {
+      const frame = freed[i]!;
       onFree?.(frame);
       if (this.fileMapped[frame] === 1) {
         this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
@@ -270,11 +278,12 @@ export class FramePool {
       this.framesReleased++;
       this.usedFrames--;
       const chunk = (frame / FRAMES_PER_RUN) | 0;
-      if (--this.chunkUsed[chunk]! === 0) {
+      const used = --this.chunkUsed[chunk]!;
+      if (used === 0) {
         this.partialChunks.delete(chunk);
         this.freeChunks.push(chunk);
-      } else {
-        this.partialChunks.add(chunk);
+      } else if (used === FRAMES_PER_RUN - 1) {
+        this.partialChunks.add(chunk); // it was full; a chunk already partial is in the set
       }
     }
     if (start >= 0) this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);

@@ -96,7 +96,7 @@ export interface GuestMemoryHost {
   /** The VM's name, for messages. */
   readonly name: string;
   /** Drops every vCPU's translations derived from these guest pages, before returning. */
-  shootdown(gpns: readonly number[]): void;
+  shootdown(gpns: ArrayLike<number>): void;
   /** Drops every vCPU's write translations (between runs only). */
   revokeWrites(): void;
   /** The MMU traces this guest page (it holds a guest page table). */
@@ -231,6 +231,9 @@ export class GuestMemory {
   private regionFiller: ((memory: GuestMemory, region: number) => void) | null = null;
   /** No entry was ever changed (every page is untouched). */
   private pristine = true;
+  /** releasePages' lists (pages whose translations go, frames to free), grown as needed: no garbage per call. */
+  private releaseChanged = new Int32Array(0);
+  private releaseFrames = new Int32Array(0);
 
   /** @internal Created by its Vm. */
   constructor(
@@ -571,9 +574,15 @@ export class GuestMemory {
     const absent = P2mEntry.absent(state, payload);
     const entry = absent === UNTOUCHED_ENTRY && this.base === null ? 0 : absent;
     this.pristine = false;
-    const changed: number[] = [];
-    const dropped: number[] = [];
-    const frames: number[] = [];
+    if (this.releaseChanged.length < gpns.length) {
+      this.releaseChanged = new Int32Array(gpns.length);
+      this.releaseFrames = new Int32Array(gpns.length);
+    }
+    const changed = this.releaseChanged;
+    const frames = this.releaseFrames;
+    let changedCount = 0;
+    let frameCount = 0;
+    let dropped: number[] | null = null;
     for (let i = 0; i < gpns.length; i++) {
       const gpn = gpns[i]!;
       const old = this.viewEntry(gpn);
@@ -583,14 +592,14 @@ export class GuestMemory {
       this.regionRun[Math.floor(gpn / REGION_PAGES)] = REGION_UNKNOWN;
       this.countState(old, entry);
       this.countFlags(inherited ? 0 : ownOld, entry);
-      if (old > 0) changed.push(gpn);
-      if (inherited) dropped.push(gpn);
-      else if (ownOld > 0) frames.push(ownOld & P2M_FRAME_MASK);
+      if (old > 0) changed[changedCount++] = gpn;
+      if (inherited) (dropped ??= []).push(gpn);
+      else if (ownOld > 0) frames[frameCount++] = ownOld & P2M_FRAME_MASK;
     }
     // Translations go before any frame can be freed.
-    if (changed.length > 0) this.host.shootdown(changed);
-    for (const gpn of dropped) this.base!.drop(gpn);
-    this.pool.releaseMany(frames, (frame) => this.decodeCache.drop(frame));
+    if (changedCount > 0) this.host.shootdown(changed.subarray(0, changedCount));
+    if (dropped !== null) for (const gpn of dropped) this.base!.drop(gpn);
+    this.pool.releaseMany(frames.subarray(0, frameCount), (frame) => this.decodeCache.drop(frame));
     for (let i = 0; i < gpns.length; i++) this.contentsReplaced(gpns[i]!);
   }
 

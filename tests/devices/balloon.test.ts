@@ -563,6 +563,31 @@ fresh:  .word   0x44, 0x45, 0x46
   }
 });
 
+describe('the duplicate check across many commands', () => {
+  it('a page named once per command is never taken for a repeat, past 65,536 commands (the marks wrap)', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 8 * MIB });
+    const vm = hv.createVm({ memoryBytes: 1 * MIB, name: 'marks' });
+    const balloon = attachBalloon(vm);
+    const vcpu = vm.vcpus[0]!;
+    const ARRAY = 0x1000;
+    const command = (cmd: number, gpns: number[]): number => {
+      vm.memory.writePhysical(ARRAY, new Uint8Array(new Uint32Array(gpns).buffer));
+      balloon.write(vcpu, BalloonRegister.PFN_ADDR, ARRAY);
+      balloon.write(vcpu, BalloonRegister.PFN_COUNT, gpns.length);
+      balloon.write(vcpu, BalloonRegister.COMMAND, cmd);
+      return balloon.read(vcpu, BalloonRegister.STATUS);
+    };
+    expect(command(BalloonCommand.INFLATE, [0x40, 0x41])).toBe(BalloonStatus.OK); // the first command's mark
+    for (let i = 0; i < 65_534; i++) expect(command(i % 2 === 0 ? BalloonCommand.INFLATE : BalloonCommand.DEFLATE, [0x50])).toBe(BalloonStatus.OK);
+    // The mark has gone round to the first command's again: page 0x40 must not look named already.
+    expect(command(BalloonCommand.DEFLATE, [0x40])).toBe(BalloonStatus.OK);
+    expect(command(BalloonCommand.DEFLATE, [0x41, 0x41])).toBe(BalloonStatus.REFUSED);
+    expect(balloon.lastError).toMatch(/DEFLATE: entries 0 and 1 both name guest page 65/);
+    expect(balloon.actual).toBe(1);
+    expect(balloon.counters.guestErrors).toBe(1);
+  });
+});
+
 describe('the balloon across checkpoints, live snapshots, forks and resets', () => {
   /** Writes pages 0x40..0x4f, inflates 0x40..0x47, pauses; then deflates them and exits with the OR of every word of 0x40..0x47. */
   const DRIVER = `
