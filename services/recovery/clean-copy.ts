@@ -1,0 +1,175 @@
+/**
+ * Clean-copy recovery (T-17, issue 12 item 3): a guest page that has not changed since it came
+ * from a known source is re-read from that source. Built here: the guest image the VM was
+ * loaded from (vm.image), for every page its segments cover (code, read-only data, and data not
+ * written since).
+ *
+ * `scan()` (between runs; once after loadImage is enough, again after a reset or to re-admit
+ * pages) compares each image page's current bytes with the image's bytes for that page (its
+ * segments' bytes, zero elsewhere, as Vm.loadImage leaves it) and seals the pages that are equal
+ * through the recovery write tracker; the first write to one makes it dirty (no longer clean).
+ * recover() rebuilds a clean page from the image, and checks it against the corrupted copy
+ * outside the reported window.
+ */
+import type { Vm } from '../../kernel/index.ts';
+import { PageState } from '../../kernel/index.ts';
+import type { GuestImage } from '../../guest-isa/image-types.ts';
+import type { ErrorReport, RecoveryMethod } from './types.ts';
+import { PageWriteTracker, sameOutsideWindow, timed, reportFits } from './write-tracking.ts';
+
+const PAGE_BYTES = 4096;
+
+/** Counters of CleanCopyRecovery. */
+export interface CleanCopyStats {
+  /** Image pages found equal to the image and sealed (counting re-admissions). */
+  admitted: number;
+  /** Clean pages made dirty by a write (or replaced unseen). */
+  dirtied: number;
+  recovered: number;
+  /** recover() returned null: the page is not an image page, or not clean. */
+  failedNotClean: number;
+  /** … the image's bytes differed from the corrupted copy outside the window. */
+  failedMismatch: number;
+  /** Host time in scan() and recover(), ns. */
+  scanNs: number;
+  recoverNs: number;
+}
+
+/** The bytes a page holds right after Vm.loadImage(image), or null if the loader does not write it. */
+export function imagePageBytes(image: GuestImage, gpn: number): Uint8Array | null {
+  const pageStart = gpn * PAGE_BYTES;
+  const pageEnd = pageStart + PAGE_BYTES;
+  let page: Uint8Array | null = null;
+  for (const segment of image.segments) {
+    const fileEnd = segment.gpa + segment.data.length;
+    // The loader writes the file bytes and zeroes the rest of the last file page (within memSize).
+    const written = Math.min(segment.gpa + segment.memSize, Math.ceil(fileEnd / PAGE_BYTES) * PAGE_BYTES);
+    if (written <= pageStart || segment.gpa >= pageEnd) continue;
+    page ??= new Uint8Array(PAGE_BYTES);
+    const from = Math.max(segment.gpa, pageStart);
+    const to = Math.min(fileEnd, pageEnd);
+    if (to > from) page.set(segment.data.subarray(from - segment.gpa, to - segment.gpa), from - pageStart);
+  }
+  return page;
+}
+
+/** The pages Vm.loadImage(image) writes, in order. */
+export function imagePages(image: GuestImage): number[] {
+  const pages = new Set<number>();
+  for (const segment of image.segments) {
+    const fileEnd = segment.gpa + segment.data.length;
+    const written = Math.min(segment.gpa + segment.memSize, Math.ceil(fileEnd / PAGE_BYTES) * PAGE_BYTES);
+    for (let gpn = Math.floor(segment.gpa / PAGE_BYTES); gpn * PAGE_BYTES < written; gpn++) pages.add(gpn);
+  }
+  return [...pages].sort((a, b) => a - b);
+}
+
+/** Clean-copy recovery from the guest image, for one VM. */
+export class CleanCopyRecovery implements RecoveryMethod {
+  readonly name = 'clean-copy';
+  readonly stats: CleanCopyStats = { admitted: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
+  /** 1: the page equals the image's bytes (checked at a scan, sealed, not written since). */
+  private readonly clean: Uint8Array;
+  private readonly tracker: PageWriteTracker;
+  private readonly unlisten: () => void;
+  /** The image the clean marks refer to. */
+  private image: GuestImage | null = null;
+  private pages: number[] = [];
+
+  constructor(readonly vm: Vm) {
+    this.clean = new Uint8Array(vm.memory.pageCount);
+    this.tracker = PageWriteTracker.of(vm);
+    const dirty = (gpn: number): void => {
+      if (this.clean[gpn] === 1) {
+        this.clean[gpn] = 0;
+        this.stats.dirtied++;
+      }
+    };
+    this.unlisten = this.tracker.listen({ written: dirty, lost: dirty });
+  }
+
+  /** Whether a page is clean now (recoverable from the image). */
+  isClean(gpn: number): boolean {
+    return this.image !== null && this.image === this.vm.image && this.clean[gpn] === 1 && this.tracker.isSealed(gpn);
+  }
+
+  /** Clean pages now. */
+  get cleanPages(): number {
+    let n = 0;
+    for (const gpn of this.pages) if (this.isClean(gpn)) n++;
+    return n;
+  }
+
+  /**
+   * Admits the image pages that equal the image now (seals them). Between runs. Returns the
+   * pages admitted by this call.
+   */
+  scan(): number {
+    const start = process.hrtime.bigint();
+    const image = this.vm.image;
+    if (image !== this.image) {
+      this.clean.fill(0);
+      this.image = image;
+      this.pages = image === null ? [] : imagePages(image);
+    }
+    let admitted = 0;
+    if (image !== null) {
+      const memory = this.vm.memory;
+      this.tracker.validate(this.pages);
+      for (const gpn of this.pages) {
+        if (gpn >= this.clean.length || this.isClean(gpn)) continue;
+        if (memory.stateOf(gpn) !== PageState.PRESENT) continue;
+        const now = memory.presentPageBytes(gpn);
+        const expected = imagePageBytes(image, gpn);
+        if (now === null || expected === null || !equal(now, expected)) continue;
+        if (!this.tracker.seal(gpn)) continue;
+        this.clean[gpn] = 1;
+        admitted++;
+      }
+    }
+    this.stats.admitted += admitted;
+    this.stats.scanNs += Number(process.hrtime.bigint() - start);
+    return admitted;
+  }
+
+  /** Stops listening (clean marks are forgotten). */
+  dispose(): void {
+    this.unlisten();
+    this.clean.fill(0);
+  }
+
+  recover(vm: Vm, report: ErrorReport, bad: Uint8Array): Uint8Array | null {
+    return timed((ns) => (this.stats.recoverNs += ns), () => this.reread(vm, report, bad));
+  }
+
+  private reread(vm: Vm, report: ErrorReport, bad: Uint8Array): Uint8Array | null {
+    const { gpn } = report;
+    if (!reportFits(vm, this.vm, this.clean.length, report, bad) || !this.isClean(gpn)) {
+      this.stats.failedNotClean++;
+      return null;
+    }
+    const page = imagePageBytes(this.image!, gpn);
+    if (page === null) {
+      this.stats.failedNotClean++;
+      return null;
+    }
+    if (!sameOutsideWindow(page, bad, report.windowBitOffset, report.windowBits)) {
+      this.stats.failedMismatch++;
+      return null;
+    }
+    this.stats.recovered++;
+    return page;
+  }
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  const wa = a.byteOffset % 4 === 0 ? new Int32Array(a.buffer, a.byteOffset, a.length >>> 2) : null;
+  const wb = b.byteOffset % 4 === 0 ? new Int32Array(b.buffer, b.byteOffset, b.length >>> 2) : null;
+  if (wa !== null && wb !== null) {
+    for (let i = 0; i < wa.length; i++) if (wa[i] !== wb[i]) return false;
+    return true;
+  }
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
