@@ -158,6 +158,7 @@ export class CleanCopyRecovery implements RecoveryMethod {
       return null;
     }
     this.stats.recovered++;
+    this.tracker.expectReinstall(gpn, page);
     return page;
   }
 }

@@ -322,6 +322,7 @@ export class StoredHashRecovery implements RecoveryMethod {
       words[w1] = (words[w1]! & ~mask1) | found1;
     }
     this.stats.recovered++;
+    this.tracker.expectReinstall(gpn, page);
     return page;
   }
 }

@@ -198,6 +198,7 @@ export class ParityGroups implements RecoveryMethod {
       return null;
     }
     this.stats.recovered++;
+    this.tracker.expectReinstall(gpn, rebuilt);
     return rebuilt;
   }
 

@@ -14,7 +14,8 @@
  * A sealed page can also lose its flag without a write, when the kernel replaces its frame
  * (swap out and in, balloon, content sharing, a restore); the bytes may then change with no exit.
  * `validate()` finds those pages (present without the flag, or absent) and tells listeners they
- * are *lost*; the methods drop what they knew about them. Pages in the POISONED state are left
+ * are *lost*; the methods drop what they knew about them — except a page a method has just
+ * rebuilt (expectReinstall) that is back with exactly the rebuilt bytes: it is sealed again. Pages in the POISONED state are left
  * alone: a poisoned page is exactly the one being recovered, and nothing can write it.
  * Validation runs between runs (the methods call it from their scans and tickers); a replacement
  * and a guest write in the same scheduling round as an error report on that page is the one case
@@ -44,6 +45,8 @@ export interface WriteTrackingStats {
   writeExits: number;
   /** Sealed pages found unsealed by a frame replacement (validate). */
   lost: number;
+  /** Recovered pages found reinstalled with their rebuilt bytes and sealed again (not lost). */
+  resealed: number;
   /** Host time spent in the write-protect resolver and sealing, in nanoseconds. */
   hostNs: number;
 }
@@ -54,8 +57,10 @@ const trackers = new WeakMap<GuestMemory, PageWriteTracker>();
 export class PageWriteTracker {
   /** 1 for a sealed page (protected by the tracker, no write seen since). */
   readonly sealed: Uint8Array;
-  readonly stats: WriteTrackingStats = { seals: 0, writeExits: 0, lost: 0, hostNs: 0 };
+  readonly stats: WriteTrackingStats = { seals: 0, writeExits: 0, lost: 0, resealed: 0, hostNs: 0 };
   private readonly listeners: WriteListener[] = [];
+  /** Pages a method rebuilt, by gpn, with the bytes it gave (expectReinstall). */
+  private readonly recovered = new Map<number, Uint8Array>();
   private sealedCount = 0;
 
   /** The tracker of a VM (created, and its resolver registered, on first use). */
@@ -121,6 +126,7 @@ export class PageWriteTracker {
       if (this.sealed[gpn] !== 1) return;
       const state = this.memory.stateOf(gpn);
       if (state === PageState.PRESENT ? (this.memory.flagsOf(gpn) & RECOVERY_FLAG) !== 0 : state === AbsentState.POISONED) return;
+      if (state === PageState.PRESENT && this.resealIfRecovered(gpn)) return;
       this.sealed[gpn] = 0;
       this.sealedCount--;
       this.stats.lost++;
@@ -130,6 +136,26 @@ export class PageWriteTracker {
     if (gpns === undefined) for (let gpn = 0; gpn < this.sealed.length; gpn++) check(gpn);
     else for (let i = 0; i < gpns.length; i++) check(gpns[i]!);
     return found;
+  }
+
+  /**
+   * A method rebuilt `gpn` as `bytes` (its content when it was sealed): when the page comes back
+   * present with exactly these bytes (the memory-error service installs them on a new frame),
+   * validate seals it again instead of reporting it lost, so the methods keep what they knew.
+   */
+  expectReinstall(gpn: number, bytes: Uint8Array): void {
+    this.recovered.set(gpn, bytes.slice());
+  }
+
+  private resealIfRecovered(gpn: number): boolean {
+    const expected = this.recovered.get(gpn);
+    if (expected === undefined) return false;
+    this.recovered.delete(gpn);
+    const now = this.memory.presentPageBytes(gpn);
+    if (now === null || Buffer.compare(now, expected) !== 0) return false;
+    this.memory.protect(gpn, RECOVERY_FLAG);
+    this.stats.resealed++;
+    return true;
   }
 
   /** The resolver for RECOVERY_FLAG: listeners see the bytes before the write, then the page is unsealed. */

@@ -223,7 +223,7 @@ describe('stored-hash recovery (StoredHashRecovery)', () => {
     expect(pageHash(good)).toEqual(pageHash(good, { a: mixA, b: mixB }));
   });
 
-  it('keeps hashes from a ticker while a write-heavy guest runs: same output and instructions as without, and recovers a page mid-run', () => {
+  it('keeps hashes from a ticker while a write-heavy guest runs: same output and instructions as without, with a page recovered and reinstalled mid-run', () => {
     const args = 'walker 4M seq 24';
     const plain = plainRun(args);
     const run = trackedRun(args, plain.guest, (vm) => {
@@ -235,7 +235,10 @@ describe('stored-hash recovery (StoredHashRecovery)', () => {
       const gpn = dataPages(vm, 0x100).find((p) => hash.hasHash(p))!;
       expect(gpn).toBeDefined();
       const good = vm.memory.pageBytes(gpn).slice();
-      expect(hash.recover(vm, report(gpn, 1234, 16), flip(good, 1234, 16))).toEqual(good);
+      const rebuilt = hash.recover(vm, report(gpn, 1234, 16), flip(good, 1234, 16));
+      expect(rebuilt).toEqual(good);
+      // As the memory-error service does: the rebuilt page goes on a new frame, and the guest goes on.
+      vm.memory.installPage(gpn, rebuilt!);
     });
     const tracker = PageWriteTracker.of(run.vm);
     console.log(
@@ -309,7 +312,7 @@ describe('parity recovery (ParityGroups)', () => {
     expect(parity.recover(vm, report(first!, 8, 8), flip(good, 8, 8))).toEqual(good);
   });
 
-  it('keeps parity current on a write-heavy guest: same output and instructions, cost at N = 8 and 16', () => {
+  it('keeps parity current on a write-heavy guest: same output and instructions with pages recovered and reinstalled mid-run, cost at N = 8 and 16', () => {
     const args = 'walker 4M seq 24';
     const plain = plainRun(args);
     const lines: string[] = [];
@@ -322,10 +325,15 @@ describe('parity recovery (ParityGroups)', () => {
         parity.refresh();
         for (const gpn of dataPages(vm, 0x100).slice(0, 8)) {
           const good = vm.memory.pageBytes(gpn).slice();
-          expect(parity.recover(vm, report(gpn, 999, 16), flip(good, 999, 16))).toEqual(good);
+          const rebuilt = parity.recover(vm, report(gpn, 999, 16), flip(good, 999, 16));
+          expect(rebuilt).toEqual(good);
+          vm.memory.installPage(gpn, rebuilt!); // on a new frame, as the service does: the group is recomputed at the next refresh
         }
       });
       const tracker = PageWriteTracker.of(run.vm);
+      // The reinstalled pages came back with their rebuilt bytes: sealed again, no group recomputed.
+      expect(tracker.stats.resealed).toBe(8);
+      expect(run.method.stats.groupsRecomputed).toBe(0);
       lines.push(
         `N=${groupPages}: ${run.ms.toFixed(0)} ms (${((run.ms / plain.ms - 1) * 100).toFixed(0)} %), ${tracker.stats.writeExits} write exits, ` +
           `${run.method.stats.included} inclusions, parity upkeep ${ms(run.method.stats.keepNs)} ms, ${run.method.parityBytes / 1024} KiB of parity`,
