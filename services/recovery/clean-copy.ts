@@ -90,7 +90,7 @@ export class CleanCopyRecovery implements RecoveryMethod {
 
   /** Whether a page is clean now (recoverable from the image). */
   isClean(gpn: number): boolean {
-    return this.image !== null && this.image === this.vm.image && this.clean[gpn] === 1 && this.tracker.isSealed(gpn);
+    return this.image !== null && this.image === this.vm.image && this.clean[gpn] === 1 && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
   }
 
   /** Clean pages now. */

@@ -171,7 +171,7 @@ export class StoredHashRecovery implements RecoveryMethod {
 
   /** Whether a page has a current stored hash. */
   hasHash(gpn: number): boolean {
-    return this.valid[gpn] === 1 && this.tracker.isSealed(gpn);
+    return this.valid[gpn] === 1 && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
   }
 
   /** Pages with a current stored hash. */

@@ -168,7 +168,7 @@ export class ParityGroups implements RecoveryMethod {
     }
     const n = this.groupPages;
     const g = Math.floor(gpn / n);
-    if (!this.isCovered(gpn) || !this.tracker.isSealed(gpn)) {
+    if (!this.isCovered(gpn) || !this.tracker.isSealed(gpn) || this.tracker.unsettled(gpn)) {
       this.stats.failedNotCovered++;
       return null;
     }

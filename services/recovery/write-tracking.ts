@@ -147,6 +147,15 @@ export class PageWriteTracker {
     this.recovered.set(gpn, bytes.slice());
   }
 
+  /**
+   * Whether `gpn` was rebuilt by a method and is poisoned again before validate saw it back: it
+   * was reinstalled (without a seal) and may have been written since, so nothing the methods
+   * knew about it can be trusted. The methods refuse such a page.
+   */
+  unsettled(gpn: number): boolean {
+    return this.recovered.has(gpn) && this.memory.stateOf(gpn) === AbsentState.POISONED;
+  }
+
   private resealIfRecovered(gpn: number): boolean {
     const expected = this.recovered.get(gpn);
     if (expected === undefined) return false;

@@ -130,6 +130,34 @@ describe('write tracking shared by the recovery methods', () => {
     stop();
   });
 
+  it('reseals a rebuilt page reinstalled with its bytes, and refuses it if it is poisoned again before that (it may have been written unseen)', () => {
+    const guest = boot('walker 1M seq 1');
+    runToEnd(guest);
+    const { vm } = guest;
+    const hash = new StoredHashRecovery(vm);
+    hash.scan();
+    const tracker = PageWriteTracker.of(vm);
+    const [gpn] = dataPages(vm, 0x100);
+    const good = vm.memory.pageBytes(gpn!).slice();
+    // Poisoned (as GuestMemory.poisonPage leaves it: absent in POISONED), rebuilt, reinstalled.
+    vm.memory.releasePage(gpn!, AbsentState.POISONED);
+    const rebuilt = hash.recover(vm, report(gpn!, 40, 16), flip(good, 40, 16));
+    expect(rebuilt).toEqual(good);
+    vm.memory.installPage(gpn!, rebuilt!);
+    tracker.validate();
+    expect(tracker.stats.resealed).toBe(1);
+    expect(vm.memory.flagsOf(gpn!) & RECOVERY_FLAG).toBe(RECOVERY_FLAG);
+    vm.memory.releasePage(gpn!, AbsentState.POISONED);
+    expect(hash.recover(vm, report(gpn!, 40, 16), flip(good, 40, 16))).toEqual(good);
+    // Reinstalled, written with no exit (no seal yet), poisoned again before any validate: refused.
+    vm.memory.installPage(gpn!, good);
+    vm.memory.writePhysical(gpn! * PAGE + 5, new Uint8Array([0xaa]));
+    const written = vm.memory.pageBytes(gpn!).slice();
+    vm.memory.releasePage(gpn!, AbsentState.POISONED);
+    expect(tracker.unsettled(gpn!)).toBe(true);
+    expect(hash.recover(vm, report(gpn!, 40, 8), flip(written, 40, 8))).toBeNull();
+  });
+
   it('compares outside the window bit by bit', () => {
     const page = new Uint8Array(PAGE).map((_, i) => i * 7);
     expect(sameOutsideWindow(flip(page, 13, 9), page, 13, 9)).toBe(true);
