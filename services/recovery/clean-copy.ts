@@ -2,18 +2,24 @@
  * Clean-copy recovery (T-17, issue 12 item 3): a guest page that has not changed since it came
  * from a known source is re-read from that source. Built here: the guest image the VM was
  * loaded from (vm.image), for every page its segments cover (code, read-only data, and data not
- * written since).
+ * written since); and, optionally, a checkpoint file the VM was restored from (or saved to), for
+ * every page stored in it that still holds the checkpoint's bytes.
  *
  * `scan()` (between runs; once after loadImage is enough, again after a reset or to re-admit
  * pages) compares each image page's current bytes with the image's bytes for that page (its
  * segments' bytes, zero elsewhere, as Vm.loadImage leaves it) and seals the pages that are equal
  * through the recovery write tracker; the first write to one makes it dirty (no longer clean).
  * recover() rebuilds a clean page from the image, and checks it against the corrupted copy
- * outside the reported window.
+ * outside the reported window. With a checkpoint (`options.checkpoint`, an open CheckpointReader
+ * the caller keeps open), scan() also compares present pages with the checkpoint's, a block at a
+ * time, and admits the equal ones; a page found different or written is never compared with the
+ * checkpoint again (it has left the checkpoint's state for good), so later scans read no block
+ * whose pages are all settled.
  */
 import type { Vm } from '../../kernel/index.ts';
 import { PageState } from '../../kernel/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
+import type { CheckpointReader } from '../checkpoint/reader.ts';
 import type { ErrorReport, RecoveryMethod } from './types.ts';
 import { PageWriteTracker, sameOutsideWindow, timed, reportFits } from './write-tracking.ts';
 
@@ -23,6 +29,10 @@ const PAGE_BYTES = 4096;
 export interface CleanCopyStats {
   /** Image pages found equal to the image and sealed (counting re-admissions). */
   admitted: number;
+  /** Pages found equal to the checkpoint's and sealed. */
+  admittedFromCheckpoint: number;
+  /** Checkpoint blocks read by scans. */
+  checkpointBlocksRead: number;
   /** Clean pages made dirty by a write (or replaced unseen). */
   dirtied: number;
   recovered: number;
@@ -64,10 +74,16 @@ export function imagePages(image: GuestImage): number[] {
   return [...pages].sort((a, b) => a - b);
 }
 
-/** Clean-copy recovery from the guest image, for one VM. */
+/** Options of CleanCopyRecovery. */
+export interface CleanCopyOptions {
+  /** A checkpoint of this VM (restored from, or saved to), kept open by the caller: pages still equal to it are clean too. */
+  checkpoint?: CheckpointReader;
+}
+
+/** Clean-copy recovery from the guest image (and a checkpoint), for one VM. */
 export class CleanCopyRecovery implements RecoveryMethod {
   readonly name = 'clean-copy';
-  readonly stats: CleanCopyStats = { admitted: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
+  readonly stats: CleanCopyStats = { admitted: 0, admittedFromCheckpoint: 0, checkpointBlocksRead: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
   /** 1: the page equals the image's bytes (checked at a scan, sealed, not written since). */
   private readonly clean: Uint8Array;
   private readonly tracker: PageWriteTracker;
@@ -75,22 +91,36 @@ export class CleanCopyRecovery implements RecoveryMethod {
   /** The image the clean marks refer to. */
   private image: GuestImage | null = null;
   private pages: number[] = [];
+  private readonly checkpoint: CheckpointReader | null;
+  /** 1: the page equals the checkpoint's bytes (checked at a scan, sealed, not written since). */
+  private readonly cleanInCheckpoint: Uint8Array;
+  /** 1: the page was found different from the checkpoint, or written: never compared again. */
+  private readonly leftCheckpoint: Uint8Array;
 
-  constructor(readonly vm: Vm) {
+  constructor(readonly vm: Vm, options: CleanCopyOptions = {}) {
     this.clean = new Uint8Array(vm.memory.pageCount);
+    this.checkpoint = options.checkpoint ?? null;
+    this.cleanInCheckpoint = new Uint8Array(this.checkpoint === null ? 0 : vm.memory.pageCount);
+    this.leftCheckpoint = new Uint8Array(this.cleanInCheckpoint.length);
     this.tracker = PageWriteTracker.of(vm);
     const dirty = (gpn: number): void => {
-      if (this.clean[gpn] === 1) {
-        this.clean[gpn] = 0;
-        this.stats.dirtied++;
+      if (this.clean[gpn] === 1 || this.cleanInCheckpoint[gpn] === 1) this.stats.dirtied++;
+      this.clean[gpn] = 0;
+      if (this.checkpoint !== null) {
+        this.cleanInCheckpoint[gpn] = 0;
+        this.leftCheckpoint[gpn] = 1;
       }
     };
     this.unlisten = this.tracker.listen({ written: dirty, lost: dirty });
   }
 
-  /** Whether a page is clean now (recoverable from the image). */
+  /** Whether a page is clean now (recoverable from the image or the checkpoint). */
   isClean(gpn: number): boolean {
-    return this.image !== null && this.image === this.vm.image && this.clean[gpn] === 1 && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
+    return (this.cleanInImage(gpn) || this.cleanInCheckpoint[gpn] === 1) && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
+  }
+
+  private cleanInImage(gpn: number): boolean {
+    return this.image !== null && this.image === this.vm.image && this.clean[gpn] === 1;
   }
 
   /** Clean pages now. */
@@ -128,7 +158,38 @@ export class CleanCopyRecovery implements RecoveryMethod {
       }
     }
     this.stats.admitted += admitted;
+    const fromCheckpoint = this.scanCheckpoint();
+    this.stats.admittedFromCheckpoint += fromCheckpoint;
     this.stats.scanNs += Number(process.hrtime.bigint() - start);
+    return admitted + fromCheckpoint;
+  }
+
+  /** Compares the present pages not yet settled with the checkpoint, a block at a time. */
+  private scanCheckpoint(): number {
+    const reader = this.checkpoint;
+    if (reader === null) return 0;
+    const memory = this.vm.memory;
+    this.tracker.validate();
+    const open = (gpn: number): boolean =>
+      gpn < this.leftCheckpoint.length && this.leftCheckpoint[gpn] === 0 && !(this.cleanInCheckpoint[gpn] === 1 && this.tracker.isSealed(gpn)) && memory.stateOf(gpn) === PageState.PRESENT;
+    let admitted = 0;
+    for (let block = 0; block < reader.blockCount; block++) {
+      const gpns = reader.pagesOfBlock(block);
+      if (!gpns.some(open)) continue;
+      const { data } = reader.readBlock(block);
+      this.stats.checkpointBlocksRead++;
+      gpns.forEach((gpn, slot) => {
+        if (!open(gpn)) return;
+        const now = memory.presentPageBytes(gpn);
+        if (now === null || !equal(now, data.subarray(slot * PAGE_BYTES, (slot + 1) * PAGE_BYTES)) || !this.tracker.seal(gpn)) {
+          this.leftCheckpoint[gpn] = 1;
+          this.cleanInCheckpoint[gpn] = 0;
+          return;
+        }
+        this.cleanInCheckpoint[gpn] = 1;
+        admitted++;
+      });
+    }
     return admitted;
   }
 
@@ -148,7 +209,7 @@ export class CleanCopyRecovery implements RecoveryMethod {
       this.stats.failedNotClean++;
       return null;
     }
-    const page = imagePageBytes(this.image!, gpn);
+    const page = this.cleanInImage(gpn) ? imagePageBytes(this.image!, gpn) : this.checkpoint!.readPage(gpn);
     if (page === null) {
       this.stats.failedNotClean++;
       return null;

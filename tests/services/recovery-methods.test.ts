@@ -5,11 +5,14 @@
 // note of it, a window too wide, an ambiguous hash, a second error in a parity group). With
 // the write tracking on, the guest computes exactly what it computes without it (output and
 // instruction count); the costs are printed.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { AbsentState, createHypervisor, PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { CheckpointReader, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { CleanCopyRecovery, imagePageBytes, imagePages } from '../../services/recovery/clean-copy.ts';
 import { mixA, mixB, pageHash, StoredHashRecovery } from '../../services/recovery/hash.ts';
 import { ParityGroups } from '../../services/recovery/parity.ts';
@@ -399,5 +402,36 @@ describe('clean-copy recovery from the guest image (CleanCopyRecovery)', () => {
     const written = vm.memory.pageBytes(codePage).slice();
     expect(clean.recover(vm, report(codePage, 64, 8), flip(written, 64, 8))).toBeNull();
     expect(clean.stats.dirtied).toBeGreaterThanOrEqual(1);
+  });
+
+  it('rebuilds a data page still as a checkpoint saved it, and refuses it once the guest has written it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bv-recovery-'));
+    try {
+      const guest = boot('walker 2M seq 12');
+      runFor(guest, 1_500_000);
+      const { vm } = guest;
+      const path = join(dir, 'g.ckpt');
+      saveVmCheckpoint(vm, path);
+      const reader = CheckpointReader.open(path);
+      const clean = new CleanCopyRecovery(vm, { checkpoint: reader });
+      clean.scan();
+      expect(clean.stats.admittedFromCheckpoint).toBeGreaterThan(400);
+      const walkerPages = dataPages(vm, 0x20).filter((gpn) => !imagePages(image).includes(gpn) && clean.isClean(gpn));
+      expect(walkerPages.length).toBeGreaterThan(300);
+      const gpn = walkerPages[200]!;
+      const good = vm.memory.pageBytes(gpn).slice();
+      expect(clean.recover(vm, report(gpn, 3000, 16), flip(good, 3000, 16))).toEqual(good);
+      // The walker's next pass writes its pages: they leave the checkpoint's state for good.
+      runToEnd(guest);
+      const now = vm.memory.pageBytes(gpn).slice();
+      expect(clean.isClean(gpn)).toBe(false);
+      expect(clean.recover(vm, report(gpn, 3000, 16), flip(now, 3000, 16))).toBeNull();
+      const blocks = clean.stats.checkpointBlocksRead;
+      clean.scan(); // settled pages: their blocks are not read again
+      expect(clean.stats.checkpointBlocksRead - blocks).toBeLessThanOrEqual(2);
+      reader.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
