@@ -26,6 +26,8 @@ export type {
 } from './memory/guest-memory.ts';
 export { P2mFlag, AbsentState, ABSENT_STATE_NAMES, RESERVED_STATES, RESERVED_FLAGS } from './memory/p2m.ts';
 export type { AbsentStateId } from './memory/p2m.ts';
+export { CORRUPTION_PATTERNS, MAX_WINDOW_BITS, PAGE_BITS, MemoryErrorInputError, checkErrorWindow, checkPattern, corruptBits } from './memory/poison.ts';
+export type { CorruptionPattern } from './memory/poison.ts';
 export { asGpa, asGva } from './memory/addresses.ts';
 export type { Gpa, Gva, HostOffset } from './memory/addresses.ts';
 export { Mmu } from './mmu/shadow.ts';

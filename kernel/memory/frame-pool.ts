@@ -294,6 +294,20 @@ export class FramePool {
     return (frame & (FRAMES_PER_RUN - 1)) === 0;
   }
 
+  /** Frames retired after an uncorrected memory error (retire): never handed out again. */
+  retiredFrames = 0;
+
+  /**
+   * Retires a frame holding an uncorrected memory error (T-17): the caller's reference (the
+   * last one) becomes the retirement's, so the frame is never free again and no allocation can
+   * return it; its bytes stay as they are (a service reads them to rebuild the page).
+   */
+  retire(frame: number): void {
+    this.checkInUse(frame);
+    if (this.refCount[frame] !== 1) throw new KernelError('BV_BAD_FRAME', `frame ${frame} has ${this.refCount[frame]} references; only a frame one page holds can be retired`);
+    this.retiredFrames++;
+  }
+
   stats(): FramePoolStats {
     return {
       totalFrames: this.frameCount,

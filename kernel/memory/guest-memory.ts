@@ -26,6 +26,8 @@ import {
   P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag, P2mGeneration, RESERVED_FLAGS, RESERVED_STATES, UNTOUCHED_ENTRY,
 } from './p2m.ts';
 import type { AbsentStateId } from './p2m.ts';
+import { checkErrorWindow, checkPattern, corruptBits } from './poison.ts';
+import type { CorruptionPattern } from './poison.ts';
 
 /** Pages in a 4 MiB region. */
 export const REGION_PAGES = 1024;
@@ -995,7 +997,7 @@ export class GuestMemory {
     if (this.epochHook !== null) throw new KernelError('BV_FORK', `fork: ${this.name} is in a snapshot epoch; finish the snapshot first`);
     this.fillAllRegions();
     for (let state: number = AbsentState.LAZY; state <= AbsentState.REMOTE; state++) {
-      if (this.stateCounts[state] === 0 || (state === AbsentState.BALLOONED || state === AbsentState.POISONED)) continue;
+      if (this.stateCounts[state] === 0 || state === AbsentState.BALLOONED) continue; // poisoned pages refuse the fork (no hook)
       if (!this.forkHooks.has(state)) {
         throw new KernelError('BV_FORK', `fork: ${this.stateCounts[state]} pages of ${this.name} are ${ABSENT_STATE_NAMES[state]} and their owner cannot share them with a child; bring them in first`);
       }
@@ -1067,6 +1069,56 @@ export class GuestMemory {
     this.entries = new Int32Array(0);
     this.accessedMarks = new Uint8Array(0);
     this.pageEpoch = null;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Memory errors (T-17; the model and the helpers are in poison.ts)
+
+  /**
+   * Corrupts the real host bytes behind a present page: `bits` (1 … 64) bits from bit
+   * `bitOffset` change by `pattern`. A page sharing its frame first gets a private copy (an
+   * error reaches one VM). The frame's decoded code is dropped and a traced page table's derived
+   * translations go. Returns how many bits changed. Between runs only.
+   */
+  corruptPage(gpn: number, bitOffset: number, bits: number, pattern: CorruptionPattern, random?: () => number): number {
+    checkPattern(pattern);
+    checkErrorWindow(bitOffset, bits);
+    const frame = this.privateFrame(gpn, 'corrupted');
+    const changed = corruptBits(this.pool.u8.subarray(frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE), bitOffset, bits, pattern, random);
+    this.decodeCache.drop(frame);
+    this.contentsReplaced(gpn);
+    return changed;
+  }
+
+  /**
+   * Poisons a present page: it becomes absent in the POISONED state, its translations are shot
+   * down on every vCPU and its frame is retired (FramePool.retire: never handed out again), so
+   * no guest access reads its bytes; the next access runs the POISONED resolver. Between runs only.
+   */
+  poisonPage(gpn: number): void {
+    const frame = this.privateFrame(gpn, 'poisoned');
+    this.pool.retain(frame); // setEntry drops the page's reference; this one becomes the retirement's
+    this.setEntry(gpn, P2mEntry.absent(AbsentState.POISONED, frame));
+    this.contentsReplaced(gpn);
+    this.decodeCache.drop(frame);
+    this.pool.retire(frame);
+  }
+
+  /** A copy of a poisoned page's bad bytes, as they are in its retired frame. */
+  poisonedPageBytes(gpn: number): Uint8Array {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    if (entry > 0 || P2mEntry.state(entry) !== AbsentState.POISONED) throw new KernelError('BV_NOT_POISONED', `${this.name}: guest page ${gpn} is ${this.describe(gpn)}, not poisoned`);
+    const frame = P2mEntry.payload(entry);
+    return this.pool.u8.slice(frame * PAGE_SIZE, (frame + 1) * PAGE_SIZE);
+  }
+
+  /** The frame a present page holds alone (a shared one is copied first). */
+  private privateFrame(gpn: number, what: string): number {
+    this.checkGpn(gpn);
+    if (this.viewEntry(gpn) <= 0) throw new KernelError('BV_NOT_PRESENT', `${this.name}: guest page ${gpn} is ${this.describe(gpn)}; only a present page can be ${what}`);
+    const own = this.materialize(gpn);
+    if (this.pool.refCount[own & P2M_FRAME_MASK]! > 1) this.breakCopyOnWrite(gpn);
+    return this.entries[gpn]! & P2M_FRAME_MASK;
   }
 
   // ---------------------------------------------------------------------------------------------
