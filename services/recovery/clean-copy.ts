@@ -35,13 +35,15 @@ export interface CleanCopyStats {
   checkpointBlocksRead: number;
   /** Clean pages made dirty by a write (or replaced unseen). */
   dirtied: number;
+  /** Pages re-read from their source. */
   recovered: number;
   /** recover() returned null: the page is not an image page, or not clean. */
   failedNotClean: number;
   /** … the image's bytes differed from the corrupted copy outside the window. */
   failedMismatch: number;
-  /** Host time in scan() and recover(), ns. */
+  /** Host time in scan(), ns. */
   scanNs: number;
+  /** Host time in recover(), ns. */
   recoverNs: number;
 }
 
@@ -83,6 +85,7 @@ export interface CleanCopyOptions {
 /** Clean-copy recovery from the guest image (and a checkpoint), for one VM. */
 export class CleanCopyRecovery implements RecoveryMethod {
   readonly name = 'clean-copy';
+  /** Counters. */
   readonly stats: CleanCopyStats = { admitted: 0, admittedFromCheckpoint: 0, checkpointBlocksRead: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
   /** 1: the page equals the image's bytes (checked at a scan, sealed, not written since). */
   private readonly clean: Uint8Array;
@@ -97,6 +100,7 @@ export class CleanCopyRecovery implements RecoveryMethod {
   /** 1: the page was found different from the checkpoint, or written: never compared again. */
   private readonly leftCheckpoint: Uint8Array;
 
+  /** @param vm the VM whose clean pages this tracks (its image is `vm.image` at each scan). */
   constructor(readonly vm: Vm, options: CleanCopyOptions = {}) {
     this.clean = new Uint8Array(vm.memory.pageCount);
     this.checkpoint = options.checkpoint ?? null;

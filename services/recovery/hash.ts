@@ -54,7 +54,9 @@ export function mixB(index: number, word: number): number {
 
 /** The two lanes' word terms (a test seam: a weak mix makes collisions on purpose). */
 export interface WordMix {
+  /** Lane A's term for word `index` holding `word`. */
   a(index: number, word: number): number;
+  /** Lane B's term for word `index` holding `word`. */
   b(index: number, word: number): number;
 }
 
@@ -76,6 +78,7 @@ export interface StoredHashStats {
   invalidated: number;
   /** Host time hashing and sealing in scans, ns. */
   scanNs: number;
+  /** Pages rebuilt (exactly one candidate matched). */
   recovered: number;
   /** recover() returned null: the page had no current hash. */
   failedNoHash: number;
@@ -135,7 +138,9 @@ function wordsOf(bytes: Uint8Array): Int32Array {
 /** Stored-hash recovery for one VM. */
 export class StoredHashRecovery implements RecoveryMethod {
   readonly name = 'hash';
+  /** Largest window the search tries (bits). */
   readonly maxWindowBits: number;
+  /** Counters. */
   readonly stats: StoredHashStats = {
     pagesHashed: 0, invalidated: 0, scanNs: 0, recovered: 0, failedNoHash: 0, failedTooWide: 0, failedNoMatch: 0, failedAmbiguous: 0, recoverNs: 0,
   };
@@ -149,6 +154,7 @@ export class StoredHashRecovery implements RecoveryMethod {
   private readonly ticker: TickerSlot;
   private cursor = 0;
 
+  /** @param vm the VM whose pages this keeps hashes of. */
   constructor(readonly vm: Vm, options: StoredHashOptions = {}) {
     const k = options.maxWindowBits ?? 16;
     if (!Number.isInteger(k) || k < 1 || k > MAX_HASH_WINDOW_BITS) throw new RangeError(`maxWindowBits must be 1 … ${MAX_HASH_WINDOW_BITS}, got ${k}`);

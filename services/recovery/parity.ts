@@ -44,6 +44,7 @@ export interface ParityStats {
   groupsRecomputed: number;
   /** Host time in refresh() and in the write exits' parity updates, ns. */
   keepNs: number;
+  /** Pages rebuilt. */
   recovered: number;
   /** recover() returned null: the page was not covered (written since the last refresh, never included). */
   failedNotCovered: number;
@@ -58,8 +59,11 @@ export interface ParityStats {
 /** Parity groups for one VM. */
 export class ParityGroups implements RecoveryMethod {
   readonly name = 'parity';
+  /** Pages per group (N). */
   readonly groupPages: number;
+  /** Groups (parity pages) over the VM's RAM. */
   readonly groupCount: number;
+  /** Counters. */
   readonly stats: ParityStats = {
     included: 0, writtenOut: 0, groupsRecomputed: 0, keepNs: 0, recovered: 0, failedNotCovered: 0, failedGroup: 0, failedMismatch: 0, recoverNs: 0,
   };
@@ -73,6 +77,7 @@ export class ParityGroups implements RecoveryMethod {
   private readonly unlisten: () => void;
   private readonly ticker: TickerSlot;
 
+  /** @param vm the VM whose pages the groups cover. */
   constructor(readonly vm: Vm, options: ParityOptions = {}) {
     const n = options.groupPages ?? 8;
     if (!Number.isInteger(n) || n < 2 || n > 64) throw new RangeError(`groupPages must be 2 … 64, got ${n}`);

@@ -57,6 +57,7 @@ const trackers = new WeakMap<GuestMemory, PageWriteTracker>();
 export class PageWriteTracker {
   /** 1 for a sealed page (protected by the tracker, no write seen since). */
   readonly sealed: Uint8Array;
+  /** Counters. */
   readonly stats: WriteTrackingStats = { seals: 0, writeExits: 0, lost: 0, resealed: 0, hostNs: 0 };
   private readonly listeners: WriteListener[] = [];
   /** Pages a method rebuilt, by gpn, with the bytes it gave (expectReinstall). */
@@ -73,6 +74,7 @@ export class PageWriteTracker {
     return tracker;
   }
 
+  /** @param memory the VM's memory. */
   private constructor(readonly memory: GuestMemory) {
     this.sealed = new Uint8Array(memory.pageCount);
     memory.onWriteProtected(RECOVERY_FLAG, (mem, gpn) => this.firstWrite(mem, gpn));
@@ -198,6 +200,7 @@ export class TickerSlot {
     };
   }
 
+  /** Stops the current job, if any. */
   stop(): void {
     this.stopCurrent?.();
     this.stopCurrent = null;
