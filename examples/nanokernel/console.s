@@ -170,8 +170,12 @@ power_off:
 
 # kernel_trap: tvec lands here with sp = 0 when the trap came from supervisor mode (scratch = 0
 # while the kernel runs). Nothing in the kernel is expected to trap, so this is a panic: print
-# the cause, pc and tval and power off with EXIT_PANIC.
+# the cause, pc and tval and power off with EXIT_PANIC. A machine check is the exception: it is
+# the memory's fault, not the kernel's (trap.s, kernel_machine_check).
 kernel_trap:
+        csrr    t0, cause
+        li      t1, CAUSE_MACHINE_CHECK
+        beq     t0, t1, kernel_machine_check  # trap.s: kill the process, or panic cleanly
         la      sp, panic_stack_top
         la      t0, panicking
         lw      t1, 0(t0)

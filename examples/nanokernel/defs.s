@@ -35,6 +35,7 @@
         .equ    CAUSE_ECALL_U, 8
         .equ    CAUSE_LOAD_PF, 13
         .equ    CAUSE_STORE_PF, 15
+        .equ    CAUSE_MACHINE_CHECK, 18         # the hypervisor could not repair a memory error
         .equ    CAUSE_MAX_NAMED, 18
 
 # ---- Page-table entries (SPEC §12.3) -----------------------------------------------------------
@@ -94,3 +95,4 @@
         .equ    EXIT_PROGRAM_FAILED, 2          # a program exited non-zero, was killed unexpectedly, or could not start
         .equ    EXIT_PANIC, 3                   # unexpected trap in supervisor mode
         .equ    EXIT_NO_DEVICE, 4               # a required device is missing from the device table
+        .equ    EXIT_MACHINE_CHECK, 5           # a machine check on the kernel's own memory

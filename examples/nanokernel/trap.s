@@ -40,6 +40,8 @@ trap_entry:
         beq     t0, t1, on_page_fault
         li      t1, CAUSE_STORE_PF
         beq     t0, t1, on_page_fault
+        li      t1, CAUSE_MACHINE_CHECK
+        beq     t0, t1, on_machine_check
         j       kill_for_trap
 
 # An interrupt the kernel never enabled: a kernel bug, reported like a supervisor trap.
@@ -115,6 +117,71 @@ on_page_fault:
         call    kput_hex
         j       kill_finish
 
+# A machine check from user mode (cause 18, tval = the virtual address): the hypervisor could not
+# repair a page the process touched. The page leaves the process's page table without being
+# freed (its frame is never handed out again), and the process is killed like any faulting one:
+# "[kernel] killed pid N (name): machine check (uncorrectable memory error) at VA, pc PC".
+on_machine_check:
+        call    forget_poisoned_page
+        j       kill_for_trap
+
+# A machine check in supervisor mode (kernel_trap sends it here; sp = 0, scratch = the kernel's
+# sp). On a page of the current process (the kernel was reading or writing its memory for a
+# system call) that process is killed as above and the kernel goes on; on the kernel's own memory
+# it is a clean panic: power off with EXIT_MACHINE_CHECK.
+kernel_machine_check:
+        csrw    scratch, zero           # in the kernel
+        la      sp, panic_stack_top     # not the kernel stack: its page may be the bad one
+        la      t0, panicking
+        lw      t1, 0(t0)
+        bnez    t1, 2f                  # a machine check while panicking: stop without printing
+        la      t0, current
+        lw      s0, 0(t0)
+        lw      a0, P_ROOT(s0)
+        csrr    a1, tval
+        call    pte_lookup
+        beqz    a0, 1f
+        lw      t0, 0(a0)
+        andi    t0, t0, PTE_V | PTE_U
+        li      t1, PTE_V | PTE_U
+        bne     t0, t1, 1f
+        la      sp, kstack_top
+        call    forget_poisoned_page
+        j       kill_for_trap
+1:      la      t0, panicking
+        li      t1, 1
+        sw      t1, 0(t0)
+        la      a0, msg_mc_panic        # "[kernel] PANIC: machine check in kernel memory at VA, pc PC"
+        call    kputs
+        csrr    a0, tval
+        call    kput_hex
+        la      a0, msg_pc
+        call    kputs
+        csrr    a0, epc
+        call    kput_hex
+        la      a0, msg_newline
+        call    kputs
+2:      li      a0, EXIT_MACHINE_CHECK
+        j       power_off
+
+# forget_poisoned_page (s0 = process, tval = the address): clears the leaf PTE that maps it, so
+# ending the process does not free the frame. Keeps every register the killers read (s0, CSRs).
+forget_poisoned_page:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        lw      a0, P_ROOT(s0)
+        csrr    a1, tval
+        call    pte_lookup
+        beqz    a0, 1f
+        sw      zero, 0(a0)
+        la      t0, stat_mc_pages
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+1:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
 # kill_for_trap (s0 = process; cause, tval still in the CSRs): reports the trap, ends the process.
 kill_for_trap:
         la      a0, msg_killed
@@ -164,8 +231,8 @@ kill_finish:
         sw      t1, 0(t0)
 1:      j       end_process
 
-        # Causes 0, 1, 4, 5, 6, 7, 12, 13, 15 report a virtual address in tval.
-        .equ    ADDRESS_CAUSES, 0xb0f3
+        # Causes 0, 1, 4, 5, 6, 7, 12, 13, 15, 18 report a virtual address in tval.
+        .equ    ADDRESS_CAUSES, 0x4b0f3
 
 # ecall from user mode: t0 = number, a0..a3 = arguments, a0 = result. Every other register is
 # preserved (the trap saved them all).
@@ -310,6 +377,9 @@ sys_getpid:
 
         .data
 msg_killed:     .asciz "[kernel] killed "
+msg_mc_panic:   .asciz "[kernel] PANIC: machine check (uncorrectable memory error) in kernel memory at "
+        .align  2
+stat_mc_pages:  .word 0                 # pages dropped after a machine check (never freed)
 msg_kernel:     .asciz "[kernel] "
 msg_exited:     .asciz " exited with code "
 msg_at:         .asciz " at "
