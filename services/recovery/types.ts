@@ -3,9 +3,11 @@ import type { Vm } from '../../kernel/index.ts';
 export interface ErrorReport {
   /** The guest-physical address reported, and its page. */
   gpa: number;
+  /** The page of `gpa`. */
   gpn: number;
   /** The corrupted window inside the page: first bit (0 … 32767) and length in bits (1 … 64, at most to the page's end). */
   windowBitOffset: number;
+  /** The window's length in bits (1 … 64). */
   windowBits: number;
 }
 /** One way to rebuild a page (services/recovery/*.ts). */
