@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** The tools this launcher runs: tools/NAME.ts, each a command with its own --help or usage. */
-export const TOOLS = ['asm', 'ctl', 'disasm', 'gen-spec', 'host', 'report', 'run', 'snapshot'];
+export const TOOLS = ['asm', 'ctl', 'disasm', 'gen-spec', 'host', 'inject', 'report', 'run', 'snapshot'];
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = dirname(here);

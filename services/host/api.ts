@@ -15,6 +15,7 @@ import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
 import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate } from './host.ts';
+import { MEMORY_ERROR_REQUEST_SCHEMA, type MemoryErrorRequest } from '../recovery/requests.ts';
 import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
 
 /** A request as a handler sees it. */
@@ -490,5 +491,7 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('GET', '/vms/{name}/active-memory', ({ params }) => ({ status: 200, body: host.activeMemory(params['name']!) }))
     .route('GET', '/vms/{name}/mrc', ({ params, query }) => ({ status: 200, body: host.missRateCurve(params['name']!, queryFraction(query, 'within', 0.05)) }))
     .route('POST', '/vms/{name}/mrc/size', ({ params, body }) => ({ status: 200, body: host.sizeFromMrc(params['name']!, (body as { within: number }).within) }), { schema: MRC_SIZE_SCHEMA })
+    .route('GET', '/vms/{name}/memory-errors', ({ params }) => ({ status: 200, body: host.memoryErrors(params['name']!) }))
+    .route('POST', '/vms/{name}/memory-errors', ({ params, body }) => ({ status: 200, body: host.injectMemoryErrors(params['name']!, body as MemoryErrorRequest) }), { schema: MEMORY_ERROR_REQUEST_SCHEMA })
     .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
 }

@@ -33,6 +33,8 @@ import { PageSharer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
 import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
+import { MemoryErrorService, MemoryErrorServiceError } from '../recovery/index.ts';
+import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
@@ -476,6 +478,8 @@ export class Host {
   /** When the host started (performance.now()). */
   readonly startedAt = performance.now();
   private readonly machines = new Map<string, HostedVm>();
+  /** Memory-error services by VM (T-17), made at first use. */
+  private readonly memoryErrorServices = new WeakMap<Vm, MemoryErrorService>();
   private readonly reallocations: Reallocation[] = [];
   /** The memory scheduler and its swap file (enableReclaim), or null. */
   private memory: { scheduler: MemoryScheduler; swap: SwapFile } | null = null;
@@ -998,6 +1002,32 @@ export class Host {
   }
 
   // ------------------------------------------------------------------------------ internals
+
+  /** GET /vms/{name}/memory-errors: the counters and log of the VM's memory errors (docs/memory-errors.md). */
+  memoryErrors(name: string): MemoryErrorReportList {
+    return memoryErrorReports(this.memoryErrorService(name));
+  }
+
+  /** POST /vms/{name}/memory-errors: injects one error, random ones now, or starts a campaign. */
+  injectMemoryErrors(name: string, request: MemoryErrorRequest): MemoryErrorResponse {
+    try {
+      return applyMemoryErrorRequest(this.memoryErrorService(name), request);
+    } catch (error) {
+      if (error instanceof MemoryErrorServiceError) throw new HostError(error.code === 'BV_MEMERR_NOT_PRESENT' ? 409 : 400, error.message, { cause: error });
+      throw error;
+    }
+  }
+
+  /** The VM's memory-error service, made at first use (no recovery method is attached yet: issue 12 part B). */
+  private memoryErrorService(name: string): MemoryErrorService {
+    const vm = this.get(name).vm;
+    let service = this.memoryErrorServices.get(vm);
+    if (service === undefined) {
+      service = new MemoryErrorService(vm);
+      this.memoryErrorServices.set(vm, service);
+    }
+    return service;
+  }
 
   private get(name: string): HostedVm {
     const m = this.machines.get(name);

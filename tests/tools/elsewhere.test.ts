@@ -72,10 +72,10 @@ describe('the tools from another directory', () => {
   it('the launcher refuses an unknown tool with one error line and exit 2; --help lists the tools', async () => {
     const unknown = await spawnIn(elsewhere, [LAUNCHER, 'frobnicate']);
     expect(unknown.code).toBe(2);
-    expect(unknown.stderr.split('\n')[0]).toBe("error: unknown tool 'frobnicate' (tools: asm, ctl, disasm, gen-spec, host, report, run, snapshot)");
+    expect(unknown.stderr.split('\n')[0]).toBe("error: unknown tool 'frobnicate' (tools: asm, ctl, disasm, gen-spec, host, inject, report, run, snapshot)");
     const help = await spawnIn(elsewhere, [LAUNCHER, '--help']);
     expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/^usage: bytevisor\.mjs <asm \| ctl \| disasm \| gen-spec \| host \| report \| run \| snapshot>/);
+    expect(help.stdout).toMatch(/^usage: bytevisor\.mjs <asm \| ctl \| disasm \| gen-spec \| host \| inject \| report \| run \| snapshot>/);
   });
 
   it("the launcher's tool list is every tool in tools/ (a module that runs its main on process.argv)", () => {
