@@ -14,6 +14,7 @@ import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { AbsentState, createHypervisor, PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { CheckpointReader, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { CleanCopyRecovery, imagePageBytes, imagePages } from '../../services/recovery/clean-copy.ts';
+import { MemoryErrorService } from '../../services/recovery/index.ts';
 import { mixA, mixB, pageHash, StoredHashRecovery } from '../../services/recovery/hash.ts';
 import { ParityGroups } from '../../services/recovery/parity.ts';
 import type { ErrorReport } from '../../services/recovery/types.ts';
@@ -434,4 +435,37 @@ describe('clean-copy recovery from the guest image (CleanCopyRecovery)', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('with the memory-error service (services/recovery/index.ts)', () => {
+  for (const method of ['parity', 'hash'] as const) {
+    it(`errors injected into code and data pages (now and on access) are recovered by clean copy and ${method}: the guest computes what an error-free run computes`, () => {
+      const args = 'walker 2M random 6';
+      const plain = plainRun(args);
+      const guest = boot(args);
+      const clean = new CleanCopyRecovery(guest.vm);
+      clean.scan();
+      const parity = method === 'parity' ? new ParityGroups(guest.vm, { groupPages: 16 }) : null;
+      const hash = method === 'hash' ? new StoredHashRecovery(guest.vm) : null;
+      parity?.startRefreshing(200_000);
+      hash?.startScanning(200_000);
+      const errors = new MemoryErrorService(guest.vm, { methods: [clean, parity ?? hash!] });
+      runFor(guest, 2_000_000);
+      parity?.refresh(); // a patrol scrub right after a refresh: every page is covered
+      hash?.scan();
+      errors.inject({ gpa: image.entry + 64, windowBits: 16, report: 'on-access' });
+      errors.inject({ gpa: 0x2000 + 100, windowBits: 8, report: 'now' });
+      // Data pages of distinct parity groups (two errors in one group would be a machine check, rightly).
+      const seen = new Set<number>();
+      const data = dataPages(guest.vm, 0x200).filter((gpn) => !seen.has(gpn >> 4) && seen.add(gpn >> 4) !== undefined);
+      expect(data.length).toBeGreaterThanOrEqual(3);
+      data.slice(0, 6).forEach((gpn, i) => errors.inject({ gpa: gpn * PAGE + 512, windowBits: 16, report: i % 2 === 0 ? 'on-access' : 'now' }));
+      runToEnd(guest);
+      expect(errors.log().map((entry) => entry.outcome).filter((outcome) => !outcome.startsWith('recovered-by-'))).toEqual([]);
+      expect(errors.stats().recovered['clean-copy']).toBe(2);
+      expect(errors.stats().recovered[method]).toBe(Math.min(6, data.length));
+      expect(guest.output.text()).toBe(plain.guest.output.text());
+      expect(guest.vm.instructionsRetired).toBe(plain.guest.vm.instructionsRetired);
+    });
+  }
 });
