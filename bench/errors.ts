@@ -98,6 +98,11 @@ function latency(vm: Vm, method: RecoveryMethod, pages: readonly number[], bits:
   return median(times);
 }
 
+/** Steps measureErrors reports through onStep: seven keepers per round (one warm-up round), then the latencies. */
+export function errorsStepCount(options: { quick: boolean }): number {
+  return 7 * ((options.quick ? 1 : 3) + 1) + 1;
+}
+
 /** Measures everything (a few seconds; --quick: one run each). */
 export function measureErrors(options: ErrorsOptions = {}): ErrorFigures {
   const repeats = options.quick ? 1 : 3;

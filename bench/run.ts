@@ -31,6 +31,7 @@ import type { Comparison } from './translation.ts';
 import { formatState, measureState, stateChecks, stateStepCount, type StateFigures } from './state.ts';
 import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
 import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
+import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from './errors.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
@@ -87,6 +88,8 @@ export interface BenchReport {
   api: ApiFigures | null;
   /** Content-based page sharing (issue 10): present only when selected (--only sharing). */
   sharing?: SharingFigures;
+  /** Memory errors (issue 12: recovery state upkeep, recovery latency): present only with --only errors. */
+  errors?: ErrorFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
@@ -102,7 +105,9 @@ const API_ENTRY = 'api';
 const SHARING_ENTRY = 'sharing';
 /** The overcommit figures (balloon reclaim, the T-7 experiment), run only with --only overcommit. */
 const OVERCOMMIT_ENTRY = 'overcommit';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY];
+/** The memory-error figures (issue 12: parity and hash upkeep, recovery latency), run only with --only errors. */
+const ERRORS_ENTRY = 'errors';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [] };
@@ -138,9 +143,10 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withState = options.only.length === 0 || options.only.includes(STATE_ENTRY);
   const withApi = options.only.length === 0 || options.only.includes(API_ENTRY);
   const withSharing = options.only.includes(SHARING_ENTRY);
+  const withErrors = options.only.includes(ERRORS_ENTRY);
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
@@ -151,6 +157,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const sharing = withSharing ? measureSharing({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const errors = withErrors ? measureErrors({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const overcommit = withOvercommit ? measureOvercommit({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const policies = withOvercommit ? measurePolicies({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
@@ -170,6 +177,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     state,
     api,
     ...(sharing ? { sharing } : {}),
+    ...(errors ? { errors } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
     checks: [
@@ -285,6 +293,10 @@ export function formatReport(report: BenchReport): string {
   if (report.api) {
     out.push('');
     out.push(...formatApi(report.api));
+  }
+  if (report.errors) {
+    out.push('');
+    out.push(...formatErrors(report.errors));
   }
   if (report.sharing) {
     out.push('');

@@ -210,7 +210,19 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit, errors)"]);
+  });
+
+  it('--only errors: the upkeep of each recovery method against none, and recovery latencies', () => {
+    const { status, stdout, stderr } = bench('--quick', '--json', '--only', 'errors');
+    expect(status, stderr).toBe(0);
+    const { errors } = JSON.parse(stdout);
+    expect(errors.keeping.map((k: { label: string }) => k.label)).toEqual(['none', 'parity N=8 /1M', 'parity N=16 /1M', 'parity N=8 /4M', 'parity N=16 /4M', 'hash /1M', 'hash /4M']);
+    expect(errors.keeping[0]).toMatchObject({ writeExits: 0, hostBytes: 0 });
+    // Refreshing four times less often takes (about) four times fewer write exits.
+    expect(errors.keeping[3].writeExits).toBeLessThan(errors.keeping[1].writeExits / 2);
+    for (const method of ['clean-copy', 'parity N=8', 'hash (16 bits)']) expect(errors.latencyUs[method]).toBeGreaterThan(0);
+    expect(formatReport(JSON.parse(stdout))).toMatch(/^memory errors: walker 8M seq \d+ /m);
   });
 });
 
