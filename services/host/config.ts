@@ -73,6 +73,18 @@ export interface VmSpec {
   meminfo: boolean;
   /** `memory_policy`: shares, reservations, sampling (docs/overcommit.md "Shares"); defaults applied. */
   memoryPolicy: MemoryPolicySpec;
+  /** `memory_errors`: the recovery methods kept for the VM (docs/memory-errors.md), or null for none (errors become machine checks). */
+  memoryErrors: MemoryErrorsSpec | null;
+}
+
+/** A VM's memory-error recovery (`memory_errors`): which methods, tried in this order, and their upkeep. */
+export interface MemoryErrorsSpec {
+  /** `methods`: any of "clean-copy", "parity", "hash", in the order recovery tries them. */
+  methods: ('clean-copy' | 'parity' | 'hash')[];
+  /** `parity_group_pages` (default 8): pages per parity group. */
+  parityGroupPages: number;
+  /** `refresh_instructions` (default 4,000,000): how often parity and hashes catch up with the guest's writes. */
+  refreshInstructions: number;
 }
 
 /** A VM's memory policy (`memory_policy`): what the memory scheduler weighs it by (T-8, T-9). */
@@ -333,6 +345,21 @@ const VM_BODY = {
       },
       description: 'How the memory scheduler weighs this VM (docs/overcommit.md, "Shares").',
     },
+    memory_errors: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['methods'],
+      properties: {
+        methods: {
+          type: 'array', uniqueItems: true, maxItems: 3, items: { type: 'string', enum: ['clean-copy', 'parity', 'hash'] },
+          description: 'Recovery methods, in the order they are tried (docs/recovery.md).',
+        },
+        parity_group_pages: integer(2, 64, 'Pages per parity group.', { default: 8 }),
+        refresh_instructions: integer(100_000, 1e12, 'Guest instructions between two catch-ups of parity and hashes with the guest\'s writes.', { default: 4_000_000 }),
+      },
+      default: null,
+      description: 'Memory-error recovery kept for this VM (docs/memory-errors.md); null: none, an error is a machine check.',
+    },
   },
 };
 
@@ -418,6 +445,7 @@ interface VmJson {
     active_sampling?: { pages_per_period?: number; period_instructions?: number } | null;
     mrc?: { rate_pct?: number; quiet_instructions?: number } | null;
   };
+  memory_errors?: { methods: ('clean-copy' | 'parity' | 'hash')[]; parity_group_pages?: number; refresh_instructions?: number } | null;
 }
 
 /** The host file as it is after the schema check. */
@@ -912,6 +940,11 @@ function toVmSpec(vm: VmJson): VmSpec {
     startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
     meminfo: vm.meminfo ?? VM_DEFAULTS.meminfo,
     memoryPolicy: toMemoryPolicy(vm.memory_policy),
+    memoryErrors: vm.memory_errors == null ? null : {
+      methods: [...vm.memory_errors.methods],
+      parityGroupPages: vm.memory_errors.parity_group_pages ?? 8,
+      refreshInstructions: vm.memory_errors.refresh_instructions ?? 4_000_000,
+    },
   };
   if (balloon !== null) {
     spec.balloon = {

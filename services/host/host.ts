@@ -22,7 +22,7 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryPolicySpec, type ReclaimSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
@@ -33,7 +33,10 @@ import { PageSharer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
 import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
-import { MemoryErrorService, MemoryErrorServiceError } from '../recovery/index.ts';
+import { MemoryErrorService, MemoryErrorServiceError, type RecoveryMethod } from '../recovery/index.ts';
+import { CleanCopyRecovery } from '../recovery/clean-copy.ts';
+import { ParityGroups } from '../recovery/parity.ts';
+import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 
@@ -1018,7 +1021,35 @@ export class Host {
     }
   }
 
-  /** The VM's memory-error service, made at first use (no recovery method is attached yet: issue 12 part B). */
+  /**
+   * Keeps the configured recovery methods for a VM (memory_errors): the guest image's clean
+   * pages sealed now, parity and hashes brought up to date every refresh_instructions from a VM
+   * ticker. The service tries them in the configured order; with none, an error is a machine check.
+   */
+  private attachRecovery(vm: Vm, spec: MemoryErrorsSpec): void {
+    const methods: RecoveryMethod[] = guard(() => spec.methods.map((name): RecoveryMethod => {
+      switch (name) {
+        case 'clean-copy': {
+          const clean = new CleanCopyRecovery(vm);
+          clean.scan();
+          return clean;
+        }
+        case 'parity': {
+          const parity = new ParityGroups(vm, { groupPages: spec.parityGroupPages });
+          parity.startRefreshing(spec.refreshInstructions);
+          return parity;
+        }
+        case 'hash': {
+          const hash = new StoredHashRecovery(vm);
+          hash.startScanning(spec.refreshInstructions);
+          return hash;
+        }
+      }
+    }), `memory_errors of '${vm.name}'`);
+    this.memoryErrorServices.set(vm, new MemoryErrorService(vm, { methods }));
+  }
+
+  /** The VM's memory-error service (with its configured methods, or made at first use with none). */
   private memoryErrorService(name: string): MemoryErrorService {
     const vm = this.get(name).vm;
     let service = this.memoryErrorServices.get(vm);
@@ -1123,6 +1154,7 @@ export class Host {
         m.mrc = this.attachMrc(vm, policy.mrc);
         m.mrcOptions = policy.mrc;
       }
+      if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors);
       this.add(m);
       return m;
     } catch (error) {

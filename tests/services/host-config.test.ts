@@ -76,6 +76,7 @@ describe('accepted configurations', () => {
         startPaused: false,
         meminfo: false,
         memoryPolicy: { shares: null, reservationMib: 0, limitMib: null, activeSampling: { pagesPerPeriod: null, periodInstructions: null }, mrc: null },
+        memoryErrors: null,
       }],
     });
   });
@@ -110,6 +111,7 @@ describe('accepted configurations', () => {
             shares: 2000, reservation_mib: 32, limit_mib: 96,
             active_sampling: { pages_per_period: 200, period_instructions: 5_000_000 }, mrc: { rate_pct: 0.5, quiet_instructions: 100_000 },
           },
+          memory_errors: { methods: ['hash', 'clean-copy'], refresh_instructions: 2_000_000 },
         },
         { name: 'n', image: 'k.s', memory_mib: 16, mmu: { mode: 'nested' }, large_pages: 'off', disk: { path: 'raw.img' } },
         { name: 'z', image: 'k.s', memory_mib: 16, disk: null, console_input: null, max_instructions: null },
@@ -134,6 +136,7 @@ describe('accepted configurations', () => {
         shares: 2000, reservationMib: 32, limitMib: 96,
         activeSampling: { pagesPerPeriod: 200, periodInstructions: 5_000_000 }, mrc: { ratePct: 0.5, quietInstructions: 100_000 },
       },
+      memoryErrors: { methods: ['hash', 'clean-copy'], parityGroupPages: 8, refreshInstructions: 2_000_000 },
     });
     expect(spec.vms[1]).toMatchObject({ mmu: { mode: 'nested' }, largePages: 'off', disk: { path: 'raw.img' } });
     expect(spec.vms[1]!.disk).not.toHaveProperty('overlayDir');

@@ -1,7 +1,8 @@
 /**
  * Memory errors through the host's control API (POST/GET /vms/{name}/memory-errors) and
  * tools/inject: an injection into a running nanokernel's walker is logged, the walker is killed by
- * a machine check (no recovery method attached yet), and bad requests answer 400 with a message.
+ * a machine check (the VM keeps no recovery method), a VM configured with memory_errors recovers
+ * its kernel code from the image, and bad requests answer 400 with a message.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -33,6 +34,8 @@ describe('memory errors through the host API and tools/inject', () => {
       vms: [
         { name: 'w', image: KERNEL, memory_mib: 16, boot_args: 'walker 1M seq 100000' },
         { name: 'k', image: KERNEL, memory_mib: 16, boot_args: 'walker 1M seq 100000' },
+        // 'r' keeps recovery methods (memory_errors): its image pages are clean copies.
+        { name: 'r', image: KERNEL, memory_mib: 16, boot_args: 'walker 1M seq 100000', memory_errors: { methods: ['clean-copy', 'parity', 'hash'], refresh_instructions: 1_000_000 } },
       ],
     }));
     hostRoutes(api, host);
@@ -60,6 +63,20 @@ describe('memory errors through the host API and tools/inject', () => {
     expect(listed.stats).toMatchObject({ injected: 1, reported: 1, framesRetired: 1, recovered: {} });
     expect(listed.stats.machineChecks).toBeGreaterThanOrEqual(1);
     expect(listed.log[0]).toMatchObject({ id: 1, vm: 'w', outcome: 'machine-check' });
+  });
+
+  it('a VM configured with memory_errors recovers an error in its kernel code from the image: the guest never notices', async () => {
+    // Let the walker run a while, then corrupt 16 bits of the kernel's first code page (gpa 0x1000: page 0 is left untouched).
+    await until('the walker to start', async () => (host.readConsole('r', 0, 1 << 20).data.includes('started pid 1') ? true : undefined));
+    const posted = await call<MemoryErrorResponse>('POST', '/vms/r/memory-errors', { gpa: 0x1100, window_bits: 16, pattern: 'flip', report: 'now' });
+    expect(posted.status).toBe(200);
+    expect(posted.body.injected[0]).toMatchObject({ vm: 'r', outcome: 'recovered-by-clean-copy' });
+    const before = host.vmInfo('r').instructions;
+    await until('the guest to run on', async () => (host.vmInfo('r').instructions > before + 5_000_000 ? true : undefined));
+    expect(host.vmInfo('r')).toMatchObject({ state: 'Running', exit: null });
+    expect(host.readConsole('r', 0, 1 << 20).data).not.toMatch(/machine check|PANIC/);
+    const listed = (await call<MemoryErrorReportList>('GET', '/vms/r/memory-errors')).body;
+    expect(listed.stats).toMatchObject({ injected: 1, reported: 1, framesRetired: 1, machineChecks: 0, recovered: { 'clean-copy': 1 } });
   });
 
   it('bad requests answer 400 (or 404, 409) with a clear message', async () => {
