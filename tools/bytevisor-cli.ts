@@ -25,6 +25,7 @@ const SUBCOMMANDS: Readonly<Record<string, string>> = {
   host: 'run a host of many VMs from a configuration, with a control API on a Unix socket',
   ctl: 'drive a running host through its control API',
   report: 'write an HTML report (charts, offline) from a timeline a host recorded with --record',
+  inject: 'inject memory errors into a running host\'s VM through its control API',
 };
 
 const USAGE_EXIT_CODE = 2;

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildOutcome } from './child.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
-const SUBCOMMANDS = ['run', 'asm', 'disasm', 'snapshot', 'host', 'ctl', 'report'];
+const SUBCOMMANDS = ['run', 'asm', 'disasm', 'snapshot', 'host', 'ctl', 'report', 'inject'];
 const run = promisify(execFile);
 
 const scratch = mkdtempSync(join(tmpdir(), 'bv-package-'));
