@@ -43,11 +43,13 @@ export type MethodSet = (typeof METHOD_SETS)[number];
 /** Outcome classes; recovered ones are `recovered-by-<method>`. */
 /**
  * `mc-livelock`: the guest never ends and keeps taking machine checks (the nanokernel's own
- * machine-check path touches the poisoned page); `walk-fault-stop`: the hypervisor stopped the VM
- * for a trap loop of access faults (a poisoned page table the MMU walks: cause 1/5/7, not 18, see
- * "Not done"). Neither computes with bad bytes; both are counted apart from `silent`.
+ * machine-check path touches the poisoned page); `trap-loop-stop`: the hypervisor stopped the VM
+ * for a trap loop (64 traps without an instruction) at the trap vector: the vector's own code
+ * page is poisoned (cause 18), or a page table the MMU walks to reach it (cause 1: a poisoned page
+ * table gives an access fault, not 18, see "Not done"). Neither computes with bad bytes; both are
+ * counted apart from `silent`.
  */
-export type TrialClass = `recovered-by-${string}` | 'machine-check' | 'mc-livelock' | 'walk-fault-stop' | 'harmless' | 'silent' | 'anomaly';
+export type TrialClass = `recovered-by-${string}` | 'machine-check' | 'mc-livelock' | 'trap-loop-stop' | 'harmless' | 'silent' | 'anomaly';
 
 export interface MatrixOptions {
   trials: number;
@@ -291,7 +293,7 @@ function runTrial(
       } else if (delivered > 0 && end.startsWith('no end')) {
         outcome = 'mc-livelock';
       } else if (delivered > 0 && end.startsWith('stopped') && end.includes('trap loop')) {
-        outcome = 'walk-fault-stop';
+        outcome = 'trap-loop-stop';
       } else if (same && delivered === 0 && (logOutcome === 'pending' || logOutcome === 'unrecovered')) {
         outcome = 'harmless';
       } else {
@@ -308,7 +310,7 @@ function runTrial(
 
 /** Counts per page kind × window × timing × outcome, as a Markdown table. */
 export function matrixTable(trials: readonly TrialResult[], by: (t: TrialResult) => string = (t) => `${t.kind} | ${t.windowBits} | ${t.report}`, head = 'page kind | window | report'): string {
-  const columns = ['recovered-by-clean-copy', 'recovered-by-parity', 'recovered-by-hash', 'machine-check', 'mc-livelock', 'walk-fault-stop', 'harmless', 'silent', 'anomaly'];
+  const columns = ['recovered-by-clean-copy', 'recovered-by-parity', 'recovered-by-hash', 'machine-check', 'mc-livelock', 'trap-loop-stop', 'harmless', 'silent', 'anomaly'];
   const rows = new Map<string, Map<string, number>>();
   for (const trial of trials) {
     const key = by(trial);
@@ -316,7 +318,7 @@ export function matrixTable(trials: readonly TrialResult[], by: (t: TrialResult)
     const row = rows.get(key)!;
     row.set(trial.outcome, (row.get(trial.outcome) ?? 0) + 1);
   }
-  const heads = ['clean copy', 'parity', 'hash', 'machine check', 'MC livelock', 'walk-fault stop', 'harmless', '**silent**', 'other'];
+  const heads = ['clean copy', 'parity', 'hash', 'machine check', 'MC livelock', 'trap-loop stop', 'harmless', '**silent**', 'other'];
   const lines = [`| ${head} | trials | ${heads.join(' | ')} |`, `|${head.split('|').map(() => '---').join('|')}|---:|${heads.map(() => '---:').join('|')}|`];
   const total = new Map<string, number>();
   for (const [key, row] of rows) {
@@ -325,7 +327,7 @@ export function matrixTable(trials: readonly TrialResult[], by: (t: TrialResult)
     for (const [c, v] of row) total.set(c, (total.get(c) ?? 0) + v);
   }
   const blanks = head.split('|').length - 1;
-  lines.push(`| **all**${' |'.repeat(blanks)} ${trials.length} | ${columns.map((c) => `**${total.get(c) ?? 0}**`).join(' | ')} |`);
+  lines.push(`| **all** |${' |'.repeat(blanks)} ${trials.length} | ${columns.map((c) => `**${total.get(c) ?? 0}**`).join(' | ')} |`);
   return lines.join('\n');
 }
 
