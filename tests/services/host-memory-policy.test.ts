@@ -17,19 +17,13 @@ import type { ActiveMemoryStats, MemorySchedulerStats } from '../../services/mem
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { REPO, spawnNode } from '../tools/child.ts';
+import { until as untilWithin } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 const dir = mkdtempSync(join(tmpdir(), 'bv-memory-policy-'));
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+/** Polls with a generous timeout: these guests run for a while on a loaded machine. */
+const until = <T>(what: string, probe: () => Promise<T | undefined>): Promise<T> => untilWithin(what, probe, 120_000);
 
 describe('the memory policy through the host and its API', () => {
   let socket: string;
