@@ -231,6 +231,11 @@ export class FramePool {
     } else {
       this.returnToOs(frame * FRAME_SIZE, FRAME_SIZE);
     }
+    this.countFreed(frame);
+  }
+
+  /** The counts of a frame just freed: its chunk becomes free, or partial if it was full (a full chunk is never in partialChunks). */
+  private countFreed(frame: number): void {
     this.framesReleased++;
     this.usedFrames--;
     const chunk = (frame / FRAMES_PER_RUN) | 0;
@@ -238,7 +243,7 @@ export class FramePool {
     if (used === 0) {
       this.partialChunks.delete(chunk);
       this.freeChunks.push(chunk);
-    } else {
+    } else if (used === FRAMES_PER_RUN - 1) {
       this.partialChunks.add(chunk);
     }
   }
@@ -275,16 +280,7 @@ export class FramePool {
         start = frame;
         end = frame + 1;
       }
-      this.framesReleased++;
-      this.usedFrames--;
-      const chunk = (frame / FRAMES_PER_RUN) | 0;
-      const used = --this.chunkUsed[chunk]!;
-      if (used === 0) {
-        this.partialChunks.delete(chunk);
-        this.freeChunks.push(chunk);
-      } else if (used === FRAMES_PER_RUN - 1) {
-        this.partialChunks.add(chunk); // it was full; a chunk already partial is in the set
-      }
+      this.countFreed(frame);
     }
     if (start >= 0) this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
   }
