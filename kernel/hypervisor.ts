@@ -131,6 +131,20 @@ export class Hypervisor {
     return this.pool.stats();
   }
 
+  /**
+   * Bytes of the host pool resident in host RAM now (mincore over the pool's mapping): the host
+   * memory guest RAM really takes, unlike the process RSS, which also moves with the JS heap.
+   * Throws KernelError (BV_NO_RESIDENCY) when the pool's memory cannot tell (not a native region).
+   */
+  residentPoolBytes(): number {
+    const memory = this.pool.memory;
+    if (!memory.residency) throw new KernelError('BV_NO_RESIDENCY', 'this host memory cannot report residency');
+    const pages = memory.residency(0, memory.bytes);
+    let resident = 0;
+    for (let i = 0; i < pages.length; i++) resident += pages[i]!;
+    return pages.length === 0 ? 0 : resident * (memory.bytes / pages.length);
+  }
+
   /** Whether the host pool can map checkpoint files privately (an anonymous pool: map-mode restore). */
   get canMapFiles(): boolean {
     const memory = this.pool.memory as { mapFilePrivate?: unknown; kind?: unknown };

@@ -30,6 +30,8 @@ export interface HostMemory {
   mapFilePrivate?(offset: number, length: number, path: string, fileOffset: number): void;
   /** Put anonymous zero pages back over a privately mapped range; optional. */
   unmapPrivate?(offset: number, length: number): void;
+  /** mincore: one byte per host page of the range, 1 when resident; optional. */
+  residency?(offset: number, length: number): Uint8Array;
 }
 
 /** Occupancy of a hypervisor's host pool (Hypervisor.poolStats()), in 4 KiB frames. */

@@ -109,3 +109,28 @@ describe('GuestMemory.releasePages', () => {
     expect([...saved]).toEqual([[5, 6], [6, 7]]); // 7 was untouched: nothing to save; 6 only once
   });
 });
+
+describe('Hypervisor.residentPoolBytes', () => {
+  it('rises by the pages a guest writes and falls by the pages it releases (mincore over the pool)', () => {
+    const { hv, vm } = machine();
+    const pages = range(0, 256);
+    const before = hv.residentPoolBytes();
+    fill(vm, pages);
+    const written = hv.residentPoolBytes();
+    expect(written - before).toBeGreaterThanOrEqual(256 * PAGE_SIZE);
+    vm.memory.releasePages(pages, AbsentState.BALLOONED);
+    expect(written - hv.residentPoolBytes()).toBeGreaterThanOrEqual(256 * PAGE_SIZE);
+  });
+
+  it('is refused with BV_NO_RESIDENCY when the pool memory cannot tell', () => {
+    const { hv, vm } = machine();
+    const host: HostMemory = vm.memory.pool.memory;
+    const saved = host.residency;
+    (host as { residency?: unknown }).residency = undefined;
+    try {
+      expect(() => hv.residentPoolBytes()).toThrow(expect.objectContaining({ code: 'BV_NO_RESIDENCY' }));
+    } finally {
+      (host as { residency?: unknown }).residency = saved;
+    }
+  });
+});

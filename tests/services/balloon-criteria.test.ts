@@ -45,7 +45,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { attachStandardDevices, CaptureSink, runWithResets, type BalloonDevice, type BalloonOptions, type GuestRun } from '../../devices/index.ts';
 import { AbsentState, createHypervisor, type Vm } from '../../kernel/index.ts';
-import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
+import { processRss } from '../../native/index.ts';
 import { ApiServer, hostRoutes } from '../../services/host/api.ts';
 import { apiRequest } from '../../services/host/client.ts';
 import { parseHostConfig } from '../../services/host/config.ts';
@@ -92,9 +92,7 @@ const HEAP_DONE = /^heap: \d+ bytes, .* pages touched$/m;
 
 /** The host pool's resident memory in KiB (mincore over the pool's mapping): this guest's RSS. */
 function rssKiB(g: Guest): number {
-  const region = g.hv.pool.memory;
-  if (!(region instanceof HostRegion)) throw new Error('the pool is not a native host region');
-  return (region.residency(0, region.bytes).reduce((sum, resident) => sum + resident, 0) * HOST_PAGE_SIZE) / KiB;
+  return g.hv.residentPoolBytes() / KiB;
 }
 
 /** Sets the target and runs until the driver has met it; returns the guest's RSS (KiB) then. */

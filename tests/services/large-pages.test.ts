@@ -14,7 +14,7 @@ import { assemble } from '../../guest-isa/assembler.ts';
 import { Hcall, PAGE_SIZE, Pte, Reg } from '../../guest-isa/arch.ts';
 import { createHypervisor, PageState } from '../../kernel/index.ts';
 import type { Hypervisor, Vm, VmConfig } from '../../kernel/index.ts';
-import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
+import { processRss } from '../../native/index.ts';
 import { AccessedBitPrioritizer, LargePagePolicyError, LowActivityReclaimer, SwapFile } from '../../services/memory/index.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-large-pages-'));
@@ -68,13 +68,6 @@ const PAGING_MACRO = `
         csrw    ptbr, t1
         .endm
 `;
-
-/** Bytes of the host pool that are resident now (mincore), the exact host memory in use. */
-function residentPoolBytes(hv: Hypervisor): number {
-  const region = hv.pool.memory;
-  if (!(region instanceof HostRegion)) throw new Error('the pool is not a native host region');
-  return region.residency(0, region.bytes).reduce((sum, resident) => sum + resident, 0) * HOST_PAGE_SIZE;
-}
 
 function boot(source: string, config: Partial<VmConfig>, hostMemoryBytes: number): { hv: Hypervisor; vm: Vm } {
   const hv = createHypervisor({ hostMemoryBytes });
@@ -346,7 +339,7 @@ describe('T-4 LowActivityReclaimer', () => {
       const drops: { frames: number; resident: number; rss: number }[] = [];
       let before = { frames: 0, resident: 0, rss: 0 };
       vm.addTicker(100_000, () => {
-        before = { frames: vm.memory.presentPages, resident: residentPoolBytes(hv), rss: processRss() };
+        before = { frames: vm.memory.presentPages, resident: hv.residentPoolBytes(), rss: processRss() };
       });
       const reclaimer = new LowActivityReclaimer(vm, {
         swap,
@@ -356,7 +349,7 @@ describe('T-4 LowActivityReclaimer', () => {
         maxTracked: 4,
       });
       vm.addTicker(100_000, () => {
-        drops.push({ frames: before.frames - vm.memory.presentPages, resident: before.resident - residentPoolBytes(hv), rss: before.rss - processRss() });
+        drops.push({ frames: before.frames - vm.memory.presentPages, resident: before.resident - hv.residentPoolBytes(), rss: before.rss - processRss() });
       });
       // The walk: long enough for demotion, tracking and the decisions.
       result = hv.run({ maxInstructions: 1_500_000 }, [vm])[0]!;

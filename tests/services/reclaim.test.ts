@@ -12,7 +12,7 @@ import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachBalloon, attachStandardDevices, CaptureSink, type BalloonDevice } from '../../devices/index.ts';
 import { attachMeminfo, HostPressure, type MeminfoDevice } from '../../devices/meminfo.ts';
 import { createHypervisor, HOST_MEMORY_WAIT_REASON, StopCode, type Hypervisor, type Vm } from '../../kernel/index.ts';
-import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
+import { processRss } from '../../native/index.ts';
 import {
   LADDER_STATES, MEMORY_BLOCK_REASON, MemoryScheduler, MemorySchedulerError, PageSharer, SwapFile, type LadderState, type MemoryDecision,
 } from '../../services/memory/index.ts';
@@ -57,13 +57,6 @@ function runUntil(hv: Hypervisor, scheduler: MemoryScheduler, done: () => boolea
     round(hv, scheduler, step);
   }
   throw new Error('never happened');
-}
-
-/** Bytes of the host pool resident now (mincore): the host memory guest RAM really takes. */
-function residentPoolBytes(hv: Hypervisor): number {
-  const region = hv.pool.memory;
-  if (!(region instanceof HostRegion)) throw new Error('the pool is not a native host region');
-  return region.residency(0, region.bytes).reduce((sum, resident) => sum + resident, 0) * HOST_PAGE_SIZE;
 }
 
 /**
@@ -272,10 +265,10 @@ describe('real overcommit with nanokernel guests', () => {
         if (i % 10 === 0) {
           const rss = processRss() - rssBefore;
           peakRss = Math.max(peakRss, rss);
-          peakResident = Math.max(peakResident, residentPoolBytes(hv));
+          peakResident = Math.max(peakResident, hv.residentPoolBytes());
           if (rssAtPressure === null && scheduler.state !== 'high') {
             rssAtPressure = rss;
-            residentAtPressure = residentPoolBytes(hv);
+            residentAtPressure = hv.residentPoolBytes();
           }
         }
       }
@@ -347,7 +340,7 @@ describe('real overcommit with nanokernel guests', () => {
     // pages plus what is not guest memory (vCPU TLBs, decoded code, per-page arrays, the JS heap);
     // once the pool had run short it grew by no more than the pool's room then, and that, while
     // the guests went on allocating.
-    const residentEnd = residentPoolBytes(hv);
+    const residentEnd = hv.residentPoolBytes();
     const rssEnd = processRss() - rssBefore;
     expect(peakResident).toBeLessThanOrEqual(poolBytes);
     expect(residentEnd).toBeLessThanOrEqual(hv.poolStats().usedFrames * PAGE + 4 * MiB);

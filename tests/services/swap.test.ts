@@ -10,7 +10,7 @@ import { assemble } from '../../guest-isa/assembler.ts';
 import { Hcall, PAGE_SIZE, Reg } from '../../guest-isa/arch.ts';
 import { createHypervisor, P2mFlag, PageState } from '../../kernel/index.ts';
 import type { Hypervisor, RunResult, Vm, VmConfig } from '../../kernel/index.ts';
-import { HostRegion, HOST_PAGE_SIZE, processRss } from '../../native/index.ts';
+import { processRss } from '../../native/index.ts';
 import { SwapError, SwapFile } from '../../services/memory/index.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-swap-'));
@@ -150,13 +150,6 @@ function boot(source: string, config: Partial<VmConfig> = {}): Booted {
   return { hv, vm, ready };
 }
 
-/** Bytes of the host pool that are resident now (mincore), the exact host memory in use. */
-function residentPoolBytes(hv: Hypervisor): number {
-  const region = hv.pool.memory;
-  if (!(region instanceof HostRegion)) throw new Error('the pool is not a native host region');
-  return region.residency(0, region.bytes).reduce((sum, resident) => sum + resident, 0) * HOST_PAGE_SIZE;
-}
-
 function setFlag(vm: Vm, value: number): void {
   vm.writePhysical(FLAG, new Uint8Array(new Int32Array([value]).buffer));
 }
@@ -181,11 +174,11 @@ describe('hypervisor swap on a running guest', () => {
       const round = ready.shift();
       if (round === undefined) return;
       const framesBefore = vm.memory.presentPages;
-      const residentBefore = residentPoolBytes(booted.hv);
+      const residentBefore = booted.hv.residentPoolBytes();
       const rssBefore = processRss();
       let swapped = 0;
       for (const gpn of dataGpns()) if (swap.swapOut(vm, gpn)) swapped++;
-      drops.push({ frames: framesBefore - vm.memory.presentPages, resident: residentBefore - residentPoolBytes(booted.hv), rss: rssBefore - processRss(), swapped });
+      drops.push({ frames: framesBefore - vm.memory.presentPages, resident: residentBefore - booted.hv.residentPoolBytes(), rss: rssBefore - processRss(), swapped });
       setFlag(vm, round + 1);
     });
 
