@@ -113,9 +113,14 @@ export const StatusBit = {
   SUM: 1 << 18,
   /** Loads from executable pages are permitted even without R. */
   MXR: 1 << 19,
+  /**
+   * Machine check in progress: set when a machine check is taken, cleared by `sret`. A machine
+   * check taken while it is set shuts the VM down (x86's MCG_STATUS.MCIP).
+   */
+  MCIP: 1 << 20,
 } as const;
 /** The `status` bits that exist (others read as zero). */
-export const STATUS_WRITABLE_MASK = StatusBit.SIE | StatusBit.SPIE | StatusBit.SPP | StatusBit.SUM | StatusBit.MXR;
+export const STATUS_WRITABLE_MASK = StatusBit.SIE | StatusBit.SPIE | StatusBit.SPP | StatusBit.SUM | StatusBit.MXR | StatusBit.MCIP;
 
 /** Interrupt cause codes; the IE/IP bit for cause n is 1 << n. */
 export const Irq = {

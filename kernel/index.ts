@@ -10,7 +10,7 @@ import { SOFT_TLB_BYTES } from './mmu/tlb.ts';
 
 export { Hypervisor, IDLE_FOREVER } from './hypervisor.ts';
 export type { RunOptions, RunResult, ForkOptions } from './hypervisor.ts';
-export { Vm, StopCode, HOST_MEMORY_WAIT_REASON } from './vm.ts';
+export { Vm, StopCode, DOUBLE_MACHINE_CHECK, HOST_MEMORY_WAIT_REASON } from './vm.ts';
 export type { StopReason, VmConfig, VmEnvironment, HypercallHandler, ExitCounts, LargePagePolicy, LargePageStats, StatefulComponent, VmState } from './vm.ts';
 export { ExitRouter } from './exits.ts';
 export type { RoutedExitCounts } from './exits.ts';

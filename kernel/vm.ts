@@ -70,6 +70,9 @@ export type StopReason =
     reason: string;
   };
 
+/** How a guest-error stop from a machine check inside a machine-check handler begins (SPEC.md §7.6). */
+export const DOUBLE_MACHINE_CHECK = 'double machine check';
+
 /** The pause reason of a VM waiting for a host frame (Vm.onHostMemoryExhausted). */
 export const HOST_MEMORY_WAIT_REASON = 'waiting for host memory: a guest access needed a frame and the host pool had none';
 
@@ -486,7 +489,6 @@ export class Vm implements VcpuHost {
     }
     if (frame < 0) {
       // The resolver refused (e.g. a poisoned page it cannot rebuild): the guest sees a machine check.
-      this.exitRouter.counts.trapToGuest++;
       vcpu.trap(Cause.MACHINE_CHECK, va);
     }
     return frame;
@@ -713,6 +715,20 @@ export class Vm implements VcpuHost {
       vcpu,
       `unhandled ${interrupt ? 'interrupt' : 'trap'} on vCPU ${vcpu.id}: ${describeCause(cause)} at pc 0x${(vcpu.pc >>> 0).toString(16)}` +
         (interrupt ? '' : `, tval 0x${(tval >>> 0).toString(16)}`) + ' (no trap vector installed)',
+    );
+  }
+
+  /**
+   * @internal A machine check is being taken on vcpu (a data or fetch access, or a page-table walk,
+   * found a page nobody could produce). Nested inside a handler (SPEC.md §7.6), the VM stops.
+   */
+  machineCheckTaken(vcpu: Vcpu, tval: number, nested: boolean): void {
+    this.exitRouter.counts.trapToGuest++;
+    if (!nested) return;
+    this.guestError(
+      vcpu,
+      `${DOUBLE_MACHINE_CHECK}: machine check on vCPU ${vcpu.id} at pc 0x${(vcpu.pc >>> 0).toString(16)}, tval 0x${(tval >>> 0).toString(16)}, ` +
+        'while the previous one was still being handled (status.MCIP set)',
     );
   }
 

@@ -24,6 +24,7 @@
 # ---- CSR bits (SPEC §6.4) --------------------------------------------------------------------
         .equ    STATUS_SPP, 0x100
         .equ    STATUS_SUM, 0x40000
+        .equ    STATUS_MCIP, 0x100000       # machine check in progress (SPEC §7.6): sret clears it
         .equ    IE_TIMER, 0x20
         .equ    IE_EXTERNAL, 0x200
         .equ    CAUSE_TIMER_IRQ, 0x80000005

@@ -439,7 +439,10 @@ end_process:
         lw      t0, 0(t0)
         csrw    ptbr, t0
         lw      a0, P_ROOT(s0)
+        beqz    a0, 1f                  # given up after a machine check in its tables: never freed
         call    free_address_space
+1:      la      t0, mc_victim           # freed: a machine check from now on is about someone else
+        sw      zero, 0(t0)
         call    report_free_pages       # free-page reporting (balloon.s)
         sw      zero, P_STATE(s0)
         la      t0, live_procs

@@ -118,11 +118,40 @@ on_page_fault:
         j       kill_finish
 
 # A machine check from user mode (cause 18, tval = the virtual address): the hypervisor could not
-# repair a page the process touched. The page leaves the process's page table without being
-# freed (its frame is never handed out again), and the process is killed like any faulting one:
+# repair a page the process touched, or one of its page tables (the walk's machine check has the
+# same tval). The page leaves the process's page table without being freed (its frame is never
+# handed out again), and the process is killed like any faulting one:
 # "[kernel] killed pid N (name): machine check (uncorrectable memory error) at VA, pc PC".
 on_machine_check:
+        call    mc_take_victim
         call    forget_poisoned_page
+        j       kill_for_trap
+
+# mc_take_victim (s0 = the process): from here until the process is freed, a machine check in the
+# kernel is about this process's page tables (lost_address_space), not a kernel page. MCIP is
+# cleared so that such a machine check is taken; a bad page under mc_victim itself is still a
+# machine check with MCIP set, which stops the VM rather than looping (SPEC §7.6).
+mc_take_victim:
+        la      t0, mc_victim
+        sw      s0, 0(t0)
+        li      t0, STATUS_MCIP
+        csrc    status, t0
+        ret
+
+# A machine check in the kernel while it was killing mc_victim for an earlier one: the victim's
+# own page tables hold the error (forget_poisoned_page or free_address_space read them). Its
+# address space is given up without being walked again: its frames, tables included, are never
+# freed, so no bad frame goes back to the free list. MCIP stays set until the next sret.
+lost_address_space:
+        la      t0, mc_victim
+        sw      zero, 0(t0)
+        mv      s0, t1
+        sw      zero, P_ROOT(s0)        # end_process frees nothing
+        la      t0, stat_mc_spaces
+        lw      t1, 0(t0)
+        addi    t1, t1, 1
+        sw      t1, 0(t0)
+        la      sp, kstack_top
         j       kill_for_trap
 
 # A machine check in supervisor mode (kernel_trap sends it here; sp = 0, scratch = the kernel's
@@ -132,11 +161,20 @@ on_machine_check:
 kernel_machine_check:
         csrw    scratch, zero           # in the kernel
         la      sp, panic_stack_top     # not the kernel stack: its page may be the bad one
+        csrr    t0, tval
+        la      t1, kernel_end
+        bltu    t0, t1, 1f              # the kernel's own memory: panic, reading none of its variables
+        la      t0, mc_victim
+        lw      t1, 0(t0)
+        bnez    t1, lost_address_space  # killing a process for a machine check: its tables are bad
         la      t0, panicking
         lw      t1, 0(t0)
         bnez    t1, 2f                  # a machine check while panicking: stop without printing
         la      t0, current
         lw      s0, 0(t0)
+        lw      a0, P_ROOT(s0)
+        beqz    a0, 1f                  # no address space (given up after an earlier machine check)
+        call    mc_take_victim          # the lookup walks the process's tables
         lw      a0, P_ROOT(s0)
         csrr    a1, tval
         call    pte_lookup
@@ -148,7 +186,7 @@ kernel_machine_check:
         la      sp, kstack_top
         call    forget_poisoned_page
         j       kill_for_trap
-1:      la      t0, panicking
+1:      la      t0, panicking           # a kernel page: a panic
         li      t1, 1
         sw      t1, 0(t0)
         la      a0, msg_mc_panic        # "[kernel] PANIC: machine check in kernel memory at VA, pc PC"
@@ -380,6 +418,8 @@ msg_killed:     .asciz "[kernel] killed "
 msg_mc_panic:   .asciz "[kernel] PANIC: machine check (uncorrectable memory error) in kernel memory at "
         .align  2
 stat_mc_pages:  .word 0                 # pages dropped after a machine check (never freed)
+stat_mc_spaces: .word 0                 # address spaces given up: their page tables held the error
+mc_victim:      .word 0                 # the process being killed for a machine check, or 0
 msg_kernel:     .asciz "[kernel] "
 msg_exited:     .asciz " exited with code "
 msg_at:         .asciz " at "

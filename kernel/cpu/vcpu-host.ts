@@ -34,5 +34,10 @@ export interface VcpuHost extends PhysicalPageTables {
   hypercall(vcpu: Vcpu): void;
   guestError(vcpu: Vcpu, message: string): void;
   unhandledTrap(vcpu: Vcpu, cause: number, tval: number): void;
+  /**
+   * A machine check is being taken (counted); `nested` when status.MCIP was already set, and the
+   * VM then stops (SPEC.md §7.6).
+   */
+  machineCheckTaken(vcpu: Vcpu, tval: number, nested: boolean): void;
   readInstructionWordAt(vcpu: Vcpu, pc: number): number;
 }

@@ -971,7 +971,7 @@ export class Vcpu {
         this.pc = this.epc;
         this.mode = (this.status & StatusBit.SPP) !== 0 ? Mode.SUPERVISOR : Mode.USER;
         this.status = (this.status & StatusBit.SPIE ? this.status | StatusBit.SIE : this.status & ~StatusBit.SIE) | StatusBit.SPIE;
-        this.status &= ~StatusBit.SPP;
+        this.status &= ~(StatusBit.SPP | StatusBit.MCIP); // the handler is done: a new machine check is a first one
         this.systemRetired = 1;
         return 0;
       case 0x35: // wfi
@@ -1107,10 +1107,18 @@ export class Vcpu {
       this.vm.unhandledTrap(this, cause, tval);
       return;
     }
+    let status = this.status;
+    if (cause === Cause.MACHINE_CHECK) {
+      // A machine check inside a machine-check handler (its code, stack or data is the bad page)
+      // would re-trap forever: shut down as x86 does with MCIP set, leaving the CSRs as they were.
+      const nested = (status & StatusBit.MCIP) !== 0;
+      this.vm.machineCheckTaken(this, tval, nested);
+      if (nested) return;
+      status |= StatusBit.MCIP;
+    }
     this.epc = epc;
     this.cause = cause;
     this.tval = tval | 0;
-    let status = this.status;
     status = (status & StatusBit.SIE) !== 0 ? status | StatusBit.SPIE : status & ~StatusBit.SPIE;
     status &= ~StatusBit.SIE;
     status = this.mode === Mode.SUPERVISOR ? status | StatusBit.SPP : status & ~StatusBit.SPP;

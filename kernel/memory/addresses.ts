@@ -24,6 +24,13 @@ export type HostOffset = number & {
   readonly __addressSpace?: 'host';
 };
 
+/**
+ * What a host-offset lookup returns for RAM whose page nobody could produce (a poisoned page its
+ * resolver refused): not -1, which means "not RAM", because the walk turns this one into a
+ * machine check rather than an access fault.
+ */
+export const HOST_OFFSET_REFUSED = -2;
+
 /** Marks a number as a guest-physical address. */
 export function asGpa(value: number): Gpa {
   return value as Gpa;

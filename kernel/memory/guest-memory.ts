@@ -20,6 +20,7 @@ import type { FramePool } from './frame-pool.ts';
 import type { ZeroedArena } from './zeroed-arena.ts';
 import { Access } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
+import { HOST_OFFSET_REFUSED } from './addresses.ts';
 import type { Gpa, HostOffset } from './addresses.ts';
 import {
   ABSENT_STATE_NAMES, AbsentState, P2M_FLAG_MASK, P2M_FRAME_MASK, P2M_MAX_PAYLOAD, P2M_PER_VM_FLAGS, P2M_PRESENT_BIT, P2M_READ_BLOCKING,
@@ -1150,14 +1151,14 @@ export class GuestMemory {
   hostOffsetForRead(gpa: number): HostOffset {
     if (!this.isRam(gpa)) return -1;
     const frame = this.resolveFrame(Math.floor(gpa / PAGE_SIZE), MemoryAccess.READ);
-    return frame < 0 ? -1 : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+    return frame < 0 ? HOST_OFFSET_REFUSED : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
   }
 
   /** @internal */
   hostOffsetForWrite(gpa: number): HostOffset {
     if (!this.isRam(gpa)) return -1;
     const frame = this.resolveFrame(Math.floor(gpa / PAGE_SIZE), MemoryAccess.WRITE);
-    return frame < 0 ? -1 : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
+    return frame < 0 ? HOST_OFFSET_REFUSED : frame * PAGE_SIZE + (gpa & (PAGE_SIZE - 1));
   }
 
   /** @internal Host offset of a RAM address whose page is present, or -1 (no exits taken). */

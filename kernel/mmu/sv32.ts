@@ -8,6 +8,7 @@
  * handled before an A/D update lands.
  */
 import { Cause, Pte, PTE_PPN_SHIFT, Ptbr, StatusBit } from '../../guest-isa/arch.ts';
+import { HOST_OFFSET_REFUSED } from '../memory/addresses.ts';
 
 /** Kinds of memory access, as the walk, the MMU and Vm.readVirtual take them. */
 export const Access = {
@@ -23,9 +24,12 @@ export type AccessKind = (typeof Access)[keyof typeof Access];
 
 /** Guest-physical word access used by the walk. Offsets are host byte offsets into the pool. */
 export interface PhysicalPageTables {
-  /** Host offset of a guest-physical word for reading, or -1 when the address is not RAM. */
+  /**
+   * Host offset of a guest-physical word for reading, -1 when the address is not RAM, or
+   * HOST_OFFSET_REFUSED (-2) when its page holds an error nobody repaired (a machine check).
+   */
   hostOffsetForRead(gpa: number): number;
-  /** Host offset of a page-table word the walk updates (resolving protections), or -1. */
+  /** Host offset of a page-table word the walk updates (resolving protections), -1 or -2 as above. */
   hostOffsetForPageTableWrite(gpa: number): number;
   /** Called after the walk's A/D update landed (decoded code in that frame is patched). */
   flushCodePatch(): void;
@@ -100,7 +104,7 @@ export class Sv32Walker {
       const vpnPart = level === 1 ? va >>> 22 : (va >>> 12) & 0x3ff;
       pteGpa = tableGpa + vpnPart * 4;
       const hostOffset = tables.hostOffsetForRead(pteGpa);
-      if (hostOffset < 0) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
+      if (hostOffset < 0) return this.fail(hostOffset === HOST_OFFSET_REFUSED ? Cause.MACHINE_CHECK : ACCESS_FAULT_BY_ACCESS[access]);
       tables.notePageTableRead?.(Math.floor(pteGpa / 4096));
       pte = memory32[hostOffset >>> 2]!;
       if ((pte & Pte.V) === 0 || ((pte & Pte.R) === 0 && (pte & Pte.W) !== 0)) return this.fail(PAGE_FAULT_BY_ACCESS[access]);
@@ -120,7 +124,7 @@ export class Sv32Walker {
     const wantBits = access === Access.WRITE ? Pte.A | Pte.D : Pte.A;
     if ((pte & wantBits) !== wantBits) {
       const hostOffset = tables.hostOffsetForPageTableWrite(pteGpa);
-      if (hostOffset < 0) return this.fail(ACCESS_FAULT_BY_ACCESS[access]);
+      if (hostOffset < 0) return this.fail(hostOffset === HOST_OFFSET_REFUSED ? Cause.MACHINE_CHECK : ACCESS_FAULT_BY_ACCESS[access]);
       pte = memory32[hostOffset >>> 2]! | wantBits;
       memory32[hostOffset >>> 2] = pte;
       tables.flushCodePatch();
