@@ -24,7 +24,7 @@
 import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
 import { AbsentState, GuestAccessError, KernelError, MemoryAccess, PageState } from '../kernel/index.ts';
-import type { GuestMemory, MemoryAccessKind, MmioDevice, PageStateId, Vcpu, Vm } from '../kernel/index.ts';
+import type { GuestMemory, MmioDevice, ResolverAccess, PageStateId, Vcpu, Vm } from '../kernel/index.ts';
 import { DeviceStateError, describeSaved, stateInteger, stateRecord, stateU32 } from './state.ts';
 
 /** Register offsets in the balloon window (docs/balloon.md). */
@@ -546,7 +546,7 @@ export class BalloonDevice implements MmioDevice {
   }
 
   /** The BALLOONED resolver: a touch of a page in the balloon is the guest's error, naming the page. */
-  resolveBallooned(gpn: number, access: MemoryAccessKind): never {
+  resolveBallooned(gpn: number, access: ResolverAccess): never {
     const message = `balloon: ${ACCESS_WORDS[access] ?? 'access'} of ${pageName(gpn)}, which is in the balloon (inflated by the driver and not deflated)`;
     this.counters.guestErrors++;
     this.lastError = message;

@@ -19,9 +19,9 @@ export type { TraceHook, VcpuStats, VcpuState } from './cpu/vcpu.ts';
 export type { VcpuHost } from './cpu/vcpu-host.ts';
 export { FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';
 export type { HostMemory, FramePool, FramePoolStats } from './memory/frame-pool.ts';
-export { GuestAccessError, GuestMemory, PageState, PAGE_STATE_NAMES, MemoryAccess, REGION_PAGES, ReservedStateError, MAX_ACCESS_WATCHERS } from './memory/guest-memory.ts';
+export { GuestAccessError, GuestMemory, HOST_READ, PageState, PAGE_STATE_NAMES, MemoryAccess, REGION_PAGES, ReservedStateError, MAX_ACCESS_WATCHERS } from './memory/guest-memory.ts';
 export type {
-  PageStateId, MemoryAccessKind, AbsentResolver, ProtectionResolver, EpochWriteHook, ForkHook, GuestMemoryHost, GuestMemoryOptions,
+  PageStateId, MemoryAccessKind, ResolverAccess, AbsentResolver, ProtectionResolver, EpochWriteHook, ForkHook, GuestMemoryHost, GuestMemoryOptions,
   PageCensus, MemoryExitCounts, AccessWatcher,
 } from './memory/guest-memory.ts';
 export { P2mFlag, AbsentState, ABSENT_STATE_NAMES, RESERVED_STATES, RESERVED_FLAGS } from './memory/p2m.ts';

@@ -20,6 +20,7 @@ import type { HypercallHandler } from './exits.ts';
 import type { FramePool } from './memory/frame-pool.ts';
 import type { ZeroedArena } from './memory/zeroed-arena.ts';
 import { GuestAccessError, GuestMemory, ReservedStateError } from './memory/guest-memory.ts';
+import { AbsentState } from './memory/p2m.ts';
 import type { GuestMemoryHost, LargePagePolicy } from './memory/guest-memory.ts';
 import type { Gpa, Gva } from './memory/addresses.ts';
 import { checkDeviceLayout, MmioBus, parseDeviceLayout } from './mmio.ts';
@@ -153,6 +154,12 @@ export interface VmState {
   }>;
   /** The device windows in device-table order: a restore or fork refuses a VM laid out otherwise. */
   layout: DeviceWindowLayout[];
+  /**
+   * Guest pages holding an uncorrectable memory error nobody repaired (POISONED), when there are
+   * any: a checkpoint stores no bytes for them and a restore poisons them again, so the restored
+   * guest takes the machine check the saved one would have.
+   */
+  poisonedPages?: number[];
 }
 
 /** Every exit counter of a VM (memory exits and routed exits together, for stats). */
@@ -626,6 +633,7 @@ export class Vm implements VcpuHost {
       vcpus: this.vcpus.map((vcpu) => vcpu.saveState()),
       components,
       layout: this.bus.layout(),
+      ...(this.memory.countInState(AbsentState.POISONED) > 0 ? { poisonedPages: this.memory.poisonedPages() } : {}),
     };
   }
 
@@ -649,6 +657,13 @@ export class Vm implements VcpuHost {
     // Device windows sit where they were attached: the saved guest knows them at those addresses.
     checkDeviceLayout(parseDeviceLayout(state.layout, this.name), this.bus.layout(), this.name);
     for (const [name, saved] of Object.entries(state.components)) this.components.get(name)!.check?.(saved.state, saved.version);
+    const poisoned = state.poisonedPages;
+    if (poisoned !== undefined) {
+      const pageCount = this.memory.pageCount;
+      if (!Array.isArray(poisoned) || !poisoned.every((gpn, i) => Number.isInteger(gpn) && gpn >= 0 && gpn < pageCount && (i === 0 || gpn > poisoned[i - 1]!))) {
+        throw new KernelError('BV_STATE_MISMATCH', `${this.name}: poisonedPages must list guest pages 0 … ${pageCount - 1} in increasing order`);
+      }
+    }
   }
 
   /** Restores CPU and component state (after checkState); memory is the caller's business. */
@@ -668,6 +683,7 @@ export class Vm implements VcpuHost {
       const saved = state.components[name]!;
       this.components.get(name)!.restore(saved.state, saved.version);
     }
+    for (const gpn of state.poisonedPages ?? []) this.memory.markPoisoned(gpn);
   }
 
   // ---------------------------------------------------------------------------------------------

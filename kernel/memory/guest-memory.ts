@@ -56,7 +56,16 @@ export type MemoryAccessKind = AccessKind;
  * absent to refuse: the guest then takes a machine check). May throw: the VM stops with a host
  * error naming it.
  */
-export type AbsentResolver = (memory: GuestMemory, gpn: number, state: AbsentStateId, payload: number, access: MemoryAccessKind) => void;
+export type AbsentResolver = (memory: GuestMemory, gpn: number, state: AbsentStateId, payload: number, access: ResolverAccess) => void;
+
+/**
+ * The access a resolver is told about when the host, not the guest, asks for a page
+ * (GuestMemory.settlePage: a checkpoint reading a poisoned page). A resolver that refuses it
+ * must not count a machine check: no guest instruction was involved.
+ */
+export const HOST_READ = 3;
+/** What an AbsentResolver is told: a guest access (MemoryAccessKind) or HOST_READ. */
+export type ResolverAccess = MemoryAccessKind | typeof HOST_READ;
 /** Resolves a write to a page carrying a protection flag: must clear that flag (unprotect). */
 export type ProtectionResolver = (memory: GuestMemory, gpn: number, flag: number) => void;
 /** Called with a page before the first write to it in a write epoch; `bytes` is its content now. */
@@ -1105,6 +1114,42 @@ export class GuestMemory {
     this.pool.retire(frame);
   }
 
+  /**
+   * Makes a page POISONED whose bad bytes are not known any more (a checkpoint restored with the
+   * page listed as poisoned, VmState.poisonedPages): a zeroed frame is retired behind it, and the
+   * guest's next access takes a machine check unless a POISONED resolver rebuilds it. Between runs only.
+   */
+  markPoisoned(gpn: number): void {
+    this.installPage(this.checkGpn(gpn), ZERO_PAGE);
+    this.poisonPage(gpn);
+  }
+
+  /** The pages in the POISONED state, in order. */
+  poisonedPages(): number[] {
+    const gpns: number[] = [];
+    if (this.stateCounts[AbsentState.POISONED] !== 0) this.forEachPage(PageState.POISONED, (gpn) => void gpns.push(gpn));
+    return gpns;
+  }
+
+  /**
+   * For the host, not the guest: runs an absent page's resolver with access HOST_READ (a
+   * poisoned page's recovery, say) and says whether the page is present now. An untouched page
+   * is left untouched (false); a state no resolver handles is left as it is (false). Between runs.
+   */
+  settlePage(gpn: number): boolean {
+    const entry = this.viewEntry(this.checkGpn(gpn));
+    if (entry > 0) return true;
+    if (this.isUntouched(gpn)) return false;
+    const state = P2mEntry.state(entry);
+    if (!this.absentResolvers.has(state)) return false;
+    try {
+      return this.resolveAbsent(gpn, entry, HOST_READ) > 0;
+    } catch (error) {
+      if (error instanceof GuestAccessError) return false; // the page is one the guest may not touch (ballooned)
+      throw error;
+    }
+  }
+
   /** A copy of a poisoned page's bad bytes, as they are in its retired frame. */
   poisonedPageBytes(gpn: number): Uint8Array {
     const entry = this.viewEntry(this.checkGpn(gpn));
@@ -1323,7 +1368,7 @@ export class GuestMemory {
     }
   }
 
-  private resolveAbsent(gpn: number, entry: number, access: MemoryAccessKind): number {
+  private resolveAbsent(gpn: number, entry: number, access: ResolverAccess): number {
     if (this.pendingRegions !== null && entry === 0) {
       this.fillRegion(Math.floor(gpn / REGION_PAGES)); // a deferred region: its entries first
       entry = this.viewEntry(gpn);
@@ -1331,8 +1376,10 @@ export class GuestMemory {
     }
     const state = P2mEntry.state(entry);
     const name = ABSENT_STATE_NAMES[state] ?? 'invalid';
-    this.exits.absent[name] = (this.exits.absent[name] ?? 0) + 1;
+    if (access !== HOST_READ) this.exits.absent[name] = (this.exits.absent[name] ?? 0) + 1;
     const resolver = this.absentResolvers.get(state);
+    // A poisoned page nobody offers to repair is what the error made it: a machine check.
+    if (!resolver && state === AbsentState.POISONED) return entry;
     if (!resolver) {
       const reserved = RESERVED_STATES.includes(state) ? ' (a reserved state: no resolver for it is built yet)' : '';
       throw new ReservedStateError('BV_NO_RESOLVER', `${this.name}: guest page ${gpn} is '${name}' and no resolver is registered for that state${reserved}`);

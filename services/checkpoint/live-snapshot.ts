@@ -16,7 +16,7 @@
 import type { Vm } from '../../kernel/index.ts';
 import { CheckpointWriter } from './writer.ts';
 import type { BeginOptions, WriteStats } from './writer.ts';
-import { currentPage, vmCheckpointContents, VmCheckpointError } from './vm-checkpoint.ts';
+import { currentPage, settlePoisonedPages, vmCheckpointContents, VmCheckpointError } from './vm-checkpoint.ts';
 import type { VmSaveOptions } from './vm-checkpoint.ts';
 import type { CheckpointState } from './format.ts';
 
@@ -70,6 +70,9 @@ export class LiveSnapshot {
   #savedByTicker = 0;
   #error: Error | null = null;
   #stats: WriteStats | null = null;
+  /** Pages poisoned after the pause, found so by the saver before it saved them, and not rebuilt. */
+  readonly #poisonedLater: number[] = [];
+  readonly #poisonedSincePause = (gpn: number): void => void this.#poisonedLater.push(gpn);
 
   /** @internal Use startLiveSnapshot. */
   constructor(vm: Vm, path: string, options: LiveSnapshotOptions) {
@@ -90,6 +93,7 @@ export class LiveSnapshot {
     if (options.stagingBytes !== undefined) writerOptions.stagingBytes = options.stagingBytes;
     // The writer's own progress counts pages as they are added; ours is reported per tick.
     this.#writerOptions = writerOptions;
+    settlePoisonedPages(vm); // costs nothing unless pages are poisoned
     this.#state = vmCheckpointContents(vm, vm.captureState(), options.extra);
     vm.memory.beginWriteEpoch((gpn, bytes) => this.#saveBeforeWrite(gpn, bytes));
     vm.addTicker(everyInstructions, () => this.#tick(pagesPerTick));
@@ -179,13 +183,18 @@ export class LiveSnapshot {
       for (; this.#cursor < this.pageCount && budget > 0; this.#cursor++) {
         const gpn = this.#cursor;
         if (!vm.memory.claimPage(gpn)) continue; // a guest write saved it already
-        this.#writer().addPage(gpn, currentPage(vm, gpn));
+        this.#writer().addPage(gpn, currentPage(vm, gpn, this.#poisonedSincePause));
         this.#savedByTicker++;
         budget--;
       }
       this.#onProgress?.(this.pagesSaved, this.pageCount);
       if (this.#cursor === this.pageCount) {
         vm.memory.endWriteEpoch();
+        if (this.#poisonedLater.length > 0) {
+          // Errors after the pause in pages not saved yet: their pause-time bytes are gone.
+          const listed = (this.#state.config.poisonedPages ?? []) as number[];
+          this.#state.config.poisonedPages = [...new Set([...listed, ...this.#poisonedLater])].sort((a, b) => a - b);
+        }
         this.#stats = this.#writer().finish(this.#state);
         this.#phase = 'done';
       }

@@ -74,6 +74,7 @@ export interface VmSaveOptions {
  * Replaces `path` atomically; on any error the previous file stays.
  */
 export function saveVmCheckpoint(vm: Vm, path: string, options: VmSaveOptions = {}): WriteStats {
+  settlePoisonedPages(vm);
   const contents = vmCheckpointContents(vm, vm.captureState(), options.extra);
   const writeOptions: Parameters<typeof writeCheckpoint>[3] = {};
   if (options.compression !== undefined) writeOptions.compression = options.compression;
@@ -83,16 +84,31 @@ export function saveVmCheckpoint(vm: Vm, path: string, options: VmSaveOptions = 
 }
 
 /**
- * The current bytes of guest page `gpn` (a view into host memory, valid until the page
- * changes), or null for an untouched or ballooned page. Other absent states are resolved by
- * their resolvers.
+ * Gives each poisoned page its chance of recovery before a checkpoint captures the state
+ * (GuestMemory.settlePage: the POISONED resolver, told that the host asks). The pages still
+ * poisoned are listed in the state (VmState.poisonedPages) and saved without bytes.
  */
-export function currentPage(vm: Vm, gpn: number): Uint8Array | null {
+export function settlePoisonedPages(vm: Vm): void {
+  for (const gpn of vm.memory.poisonedPages()) vm.memory.settlePage(gpn);
+}
+
+/**
+ * The current bytes of guest page `gpn` (a view into host memory, valid until the page
+ * changes), or null for an untouched or ballooned page, or a poisoned one its resolver cannot
+ * rebuild (`onPoisoned` is told). Other absent states are resolved by their resolvers.
+ */
+export function currentPage(vm: Vm, gpn: number, onPoisoned?: (gpn: number) => void): Uint8Array | null {
   const memory = vm.memory;
   const state = memory.stateOf(gpn); // a region a lazy restore deferred is filled in first
   // A ballooned page holds nothing: the balloon's own state lists it and puts it back on restore.
   if (state === PageState.UNTOUCHED || state === PageState.BALLOONED) return null;
   if (state === PageState.PRESENT) return memory.presentPageBytes(gpn);
+  // Its bytes are lost: saved as poisoned (the state lists it), unless recovery rebuilds it now.
+  if (state === PageState.POISONED) {
+    if (memory.settlePage(gpn)) return memory.presentPageBytes(gpn);
+    onPoisoned?.(gpn);
+    return null;
+  }
   const described = memory.describe(gpn);
   try {
     return memory.pageBytes(gpn);
@@ -142,6 +158,7 @@ export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject |
   if (state.config.mmu !== undefined) vmConfig.mmu = withoutUndefined(state.config.mmu);
   const layout = state.layout.map(({ name, type, base, size }) => ({ name, type, base, size }));
   const config: JsonObject = { kind: VM_CHECKPOINT_KIND, stateVersion: VM_STATE_VERSION, vm: vmConfig, layout, wrappedComponents };
+  if (state.poisonedPages !== undefined) config.poisonedPages = state.poisonedPages;
   if (extra !== undefined) config.extra = extra;
   return {
     config,
@@ -213,8 +230,14 @@ export function decodeVmCheckpoint(contents: CheckpointContents, path: string): 
   }
   const vmConfig: VmState['config'] = { name, memoryBytes, vcpus, largePages: largePages as LargePagePolicy };
   if (mmu !== undefined) vmConfig.mmu = mmu as MmuOptions;
+  const poisoned = config.poisonedPages;
+  if (poisoned !== undefined && (!Array.isArray(poisoned) || !poisoned.every((gpn) => typeof gpn === 'number' && Number.isInteger(gpn) && gpn >= 0 && gpn < contents.pageCount))) {
+    throw configError(path, 'poisonedPages', poisoned);
+  }
+  const state: VmState = { config: vmConfig, vcpus: contents.cpus as unknown as VcpuState[], components, layout };
+  if (poisoned !== undefined) state.poisonedPages = poisoned as number[];
   return {
-    state: { config: vmConfig, vcpus: contents.cpus as unknown as VcpuState[], components, layout },
+    state,
     image,
     extra: isPlainObject(config.extra) ? config.extra : null,
   };

@@ -14,7 +14,7 @@
  * wins and the page is installed on a new frame. When none can, the page stays poisoned and the
  * guest's access to it takes a machine check (cause 18), every time it touches it.
  */
-import { AbsentState, MAX_WINDOW_BITS, MemoryErrorInputError, PAGE_BITS, PageState, Ptbr, Pte, PTE_PPN_SHIFT, checkErrorWindow, checkPattern } from './deps.ts';
+import { AbsentState, HOST_READ, MAX_WINDOW_BITS, MemoryErrorInputError, PAGE_BITS, PageState, Ptbr, Pte, PTE_PPN_SHIFT, checkErrorWindow, checkPattern } from './deps.ts';
 import type { CorruptionPattern, GuestMemory, Vm } from './deps.ts';
 import type { ErrorReport, RecoveryMethod } from './types.ts';
 
@@ -173,7 +173,7 @@ export class MemoryErrorService {
     this.methods = [...(options.methods ?? [])];
     this.logLimit = options.logLimit ?? 1000;
     this.now = options.now ?? Date.now;
-    vm.memory.onAbsent(AbsentState.POISONED, (memory, gpn) => this.resolve(memory, gpn));
+    vm.memory.onAbsent(AbsentState.POISONED, (memory, gpn, _state, _payload, access) => this.resolve(memory, gpn, access === HOST_READ));
   }
 
   /** Adds a recovery method after the others. */
@@ -316,9 +316,10 @@ export class MemoryErrorService {
   }
 
   /** The POISONED resolver: recover at consumption, or refuse (the guest takes a machine check). */
-  private resolve(memory: GuestMemory, gpn: number): void {
+  private resolve(memory: GuestMemory, gpn: number, byHost: boolean): void {
     const open = this.open.get(gpn);
-    if (open !== undefined && !open.tried && this.tryRecover(memory, gpn)) return;
+    if (open !== undefined && !open.tried && this.tryRecover(memory, gpn, byHost)) return;
+    if (byHost) return; // a checkpoint asked (GuestMemory.settlePage): no guest access, no machine check
     this.counts.machineChecks++;
     if (open !== undefined) {
       open.entry.outcome = 'machine-check';
@@ -327,7 +328,7 @@ export class MemoryErrorService {
   }
 
   /** Tries the methods in order; installs the first page rebuilt. */
-  private tryRecover(memory: GuestMemory, gpn: number): boolean {
+  private tryRecover(memory: GuestMemory, gpn: number, byHost = false): boolean {
     const open = this.open.get(gpn)!;
     open.tried = true;
     this.counts.reported++;
@@ -346,7 +347,7 @@ export class MemoryErrorService {
       this.open.delete(gpn);
       return true;
     }
-    open.entry.outcome = open.entry.report === 'now' ? 'unrecovered' : 'machine-check';
+    open.entry.outcome = open.entry.report === 'now' || byHost ? 'unrecovered' : 'machine-check';
     open.entry.decidedAt = new Date(this.now()).toISOString();
     return false;
   }

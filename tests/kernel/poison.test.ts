@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { Cause, Reg } from '../../guest-isa/arch.ts';
-import { AbsentState, createHypervisor, KernelError, PageState, type GuestMemory } from '../../kernel/index.ts';
+import { AbsentState, createHypervisor, HOST_READ, KernelError, PageState, type GuestMemory } from '../../kernel/index.ts';
 import { P2mEntry } from '../../kernel/memory/p2m.ts';
 import { bootGuest, expectHalted, hex, HCALL_PROBE, MiB, type Guest } from './helpers.ts';
 
@@ -184,5 +184,38 @@ describe('poisonPage', () => {
   it('poisonedPageBytes of a page that is not poisoned is a clear error', () => {
     const guest = readTwice();
     expect(() => guest.vm.memory.poisonedPageBytes(GPN)).toThrow(/not poisoned/);
+  });
+});
+
+describe('poisoned pages without a service, markPoisoned and settlePage', () => {
+  it('a poisoned page with no resolver registered is a machine check, not a host error', () => {
+    const guest = readTwice();
+    guest.vm.memory.installPage(GPN, pattern(5));
+    guest.vm.memory.poisonPage(GPN);
+    expectHalted(guest.run({ maxInstructions: 1000 }), TRAPPED);
+    expect(guest.vcpu().cause).toBe(Cause.MACHINE_CHECK);
+  });
+
+  it('markPoisoned poisons any page (a restore), poisonedPages lists them in order, settlePage runs the resolver as HOST_READ', () => {
+    const guest = readTwice();
+    const memory = guest.vm.memory;
+    memory.markPoisoned(GPN + 2);
+    memory.installPage(GPN, pattern(6));
+    memory.poisonPage(GPN);
+    expect(memory.poisonedPages()).toEqual([GPN, GPN + 2]);
+    expect(memory.poisonedPageBytes(GPN + 2)).toEqual(new Uint8Array(4096));
+    const seen: number[] = [];
+    memory.onAbsent(AbsentState.POISONED, (m, gpn, _state, _payload, access) => {
+      seen.push(access);
+      if (gpn === GPN) m.installPage(gpn, pattern(6));
+    });
+    const absentBefore = guest.vm.exits.absent.poisoned ?? 0;
+    expect(memory.settlePage(GPN)).toBe(true);
+    expect(memory.settlePage(GPN + 2)).toBe(false);
+    expect(memory.settlePage(GPN + 3)).toBe(false); // untouched: left alone, no resolver runs
+    expect(seen).toEqual([HOST_READ, HOST_READ]);
+    expect(guest.vm.exits.absent.poisoned ?? 0).toBe(absentBefore); // not a guest exit
+    expect(memory.poisonedPages()).toEqual([GPN + 2]);
+    expect(memory.readPhysical(GPA, 4096)).toEqual(pattern(6));
   });
 });
