@@ -91,7 +91,7 @@ export function mmuCounters(vm: Vm): MmuCounters {
 }
 
 /** The VM settings a workload variant chooses (translation mode, large-page policy). */
-export type VmSettings = Pick<VmConfig, 'mmu' | 'largePages'>;
+export type VmSettings = Pick<VmConfig, 'mmu' | 'largePages' | 'tier'>;
 
 /** One timed run of the plain-JS baseline. */
 export interface JsRun {
@@ -159,11 +159,13 @@ export function runGuestProgram(hv: Hypervisor, label: string, program: GuestPro
       vcpu.regs[Reg.A0] = HcallStatus.OK;
       vm.powerOff(0);
     });
+    const jitBefore = hv.jitStats();
     const cpuStart = process.cpuUsage();
     const start = performance.now();
     const [outcome] = hv.run({ maxInstructions: MAX_GUEST_INSTRUCTIONS }, [vm]);
     const ms = performance.now() - start;
     const cpuMs = cpuSince(cpuStart);
+    const jitAfter = hv.jitStats();
     const reason = outcome!.reason;
     const result = exit.result;
     if (reason.kind !== 'halted' || result === null) {
@@ -178,7 +180,11 @@ export function runGuestProgram(hv: Hypervisor, label: string, program: GuestPro
       memory = vm.readVirtual(vm.vcpus[0]!, program.capture.va, program.capture.length);
       if (!memory) throw new BenchError('BV_BENCH_GUEST_FAILED', `${label}: cannot read the guest's result memory`);
     }
-    return { ms, cpuMs, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks, mmu: counters, guestStats: {} };
+    // The compiled tier's cost inside this (timed) run: every run compiles afresh (a destroyed VM's code is gone).
+    const guestStats: Record<string, number> = vm.tier === 'jit'
+      ? { jitRegions: jitAfter.regionsCompiled - jitBefore.regionsCompiled, jitCompileMs: round(jitAfter.compileMs - jitBefore.compileMs, 3), jitCompiledShare: round((jitAfter.retiredCompiled - jitBefore.retiredCompiled) / outcome!.instructions, 4) }
+      : {};
+    return { ms, cpuMs, instructions: outcome!.instructions, result, memory, tlbMisses, pageWalks, mmu: counters, guestStats };
   } finally {
     hv.destroyVm(vm);
   }
@@ -216,6 +222,9 @@ export function verifyAgainstJs(label: string, guest: GuestRun, js: JsRun): void
 /** Paging variants, as the guest workloads name them. */
 export const PAGING_OFF = 'paging=off';
 export const PAGING_ON = 'paging=on';
+/** The same under the compiled tier (VmConfig.tier 'jit'). */
+export const JIT_PAGING_OFF = 'jit paging=off';
+export const JIT_PAGING_ON = 'jit paging=on';
 
 /**
  * A workload made of one guest source run with paging off and on: the common case, so that an
@@ -244,13 +253,13 @@ export function pagingWorkload<Params>(spec: {
   return {
     name: spec.name,
     description: spec.description,
-    variants: [PAGING_OFF, PAGING_ON],
+    variants: [PAGING_OFF, PAGING_ON, JIT_PAGING_OFF, JIT_PAGING_ON],
     setup(size) {
       const params = spec.params(size);
       const programs = new Map<string, GuestProgram>();
-      for (const [variant, paging] of [[PAGING_OFF, 0], [PAGING_ON, 1]] as const) {
+      for (const [variant, paging, tier] of [[PAGING_OFF, 0, 'interp'], [PAGING_ON, 1, 'interp'], [JIT_PAGING_OFF, 0, 'jit'], [JIT_PAGING_ON, 1, 'jit']] as const) {
         const image = assembleGuest(spec.source, { PAGING: paging, ...spec.defines(params) });
-        programs.set(variant, { image, memoryBytes: spec.memoryBytes, ...(spec.capture ? { capture: spec.capture } : {}) });
+        programs.set(variant, { image, memoryBytes: spec.memoryBytes, vm: { tier }, ...(spec.capture ? { capture: spec.capture } : {}) });
       }
       if (spec.selfCheck) spec.selfCheck(params, jsBaseline(params));
       return { params, programs };
@@ -334,6 +343,14 @@ export interface WorkloadFigures {
   pagingCost: number | null;
   /** The same from median CPU times. */
   pagingCostCpu: number | null;
+  /** The same for the compiled tier (jit paging=off against jit paging=on). */
+  jitPagingCost: number | null;
+  /** The same from median CPU times. */
+  jitPagingCostCpu: number | null;
+  /** Interpreter time ÷ compiled-tier time, paging on (same instructions, same run). */
+  jitSpeedup: number | null;
+  /** The same from median CPU times. */
+  jitSpeedupCpu: number | null;
   /** The 1-minute load average when the workload's last run ended. */
   load: number;
 }
@@ -415,13 +432,20 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
       guestStats: run.guestStats,
     };
   });
-  const off = variants.find((v) => v.variant === PAGING_OFF);
-  const on = variants.find((v) => v.variant === PAGING_ON);
+  const find = (name: string): VariantFigures | undefined => variants.find((v) => v.variant === name);
   // mips(off) ÷ mips(on) − 1, from the unrounded times.
-  const pagingCost = (times: Map<string, number[]>): number | null => {
-    const offMs = times.get(PAGING_OFF);
-    const onMs = times.get(PAGING_ON);
+  const pagingCost = (times: Map<string, number[]>, offName = PAGING_OFF, onName = PAGING_ON): number | null => {
+    const off = find(offName);
+    const on = find(onName);
+    const offMs = times.get(offName);
+    const onMs = times.get(onName);
     return off && on && offMs && onMs ? round((off.instructions * median(onMs)) / (on.instructions * median(offMs)) - 1, 4) : null;
+  };
+  // Both tiers retire the same instructions: the time ratio is the speed ratio.
+  const speedup = (times: Map<string, number[]>): number | null => {
+    const interpMs = times.get(PAGING_ON);
+    const jitMs = times.get(JIT_PAGING_ON);
+    return interpMs && jitMs ? round(median(interpMs) / median(jitMs), 3) : null;
   };
   return {
     name: workload.name,
@@ -430,6 +454,10 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
     variants,
     pagingCost: pagingCost(guestTimes),
     pagingCostCpu: pagingCost(guestCpu),
+    jitPagingCost: pagingCost(guestTimes, JIT_PAGING_OFF, JIT_PAGING_ON),
+    jitPagingCostCpu: pagingCost(guestCpu, JIT_PAGING_OFF, JIT_PAGING_ON),
+    jitSpeedup: speedup(guestTimes),
+    jitSpeedupCpu: speedup(guestCpu),
     load: loadNow(),
   };
 }

@@ -24,7 +24,7 @@ import { cpus, arch, loadavg, platform, totalmem } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { BvError } from '../guest-isa/errors.ts';
 import { createHypervisor } from '../kernel/index.ts';
-import { BenchError, measureWorkload, PAGING_ON, stepCount } from './harness.ts';
+import { BenchError, JIT_PAGING_ON, measureWorkload, PAGING_ON, stepCount } from './harness.ts';
 import type { Check, VariantFigures, Workload, WorkloadFigures } from './harness.ts';
 import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons, translationChecks, TRANSLATION_WORKLOADS } from './translation.ts';
 import type { Comparison } from './translation.ts';
@@ -280,6 +280,16 @@ export function formatReport(report: BenchReport): string {
     out.push('');
     for (const workload of report.workloads) {
       if (workload.pagingCost !== null) out.push(`paging cost, ${workload.name}: ${percent(workload.pagingCost)} time per instruction (${workload.description})`);
+    }
+    for (const workload of report.workloads) {
+      if (workload.jitSpeedup === null) continue;
+      const jitOn = workload.variants.find((v) => v.variant === JIT_PAGING_ON)!;
+      const s = jitOn.guestStats;
+      out.push(
+        `compiled tier, ${workload.name}: ${fixed(workload.jitSpeedup, 2)}x the interpreter with paging on (CPU ${fixed(workload.jitSpeedupCpu ?? NaN, 2)}x); ` +
+          `paging cost ${workload.jitPagingCost === null ? '-' : percent(workload.jitPagingCost)} (CPU ${workload.jitPagingCostCpu === null ? '-' : percent(workload.jitPagingCostCpu)}); ` +
+          `per run ${count(s['jitRegions'] ?? 0)} regions compiled in ${fixed(s['jitCompileMs'] ?? NaN, 1)} ms, ${fixed((s['jitCompiledShare'] ?? 0) * 100, 1)} % of instructions run compiled`,
+      );
     }
   }
   if (report.translation.workloads.length > 0) {

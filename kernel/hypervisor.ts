@@ -5,6 +5,8 @@
  */
 import { KernelError } from './errors.ts';
 import { DecodeCache } from './cpu/decode-cache.ts';
+import { jitCacheOf } from './cpu/jit/jit.ts';
+import type { JitStats } from './cpu/jit/jit.ts';
 import { PRECISE_WINDOW, SliceEnd } from './cpu/vcpu.ts';
 import { FramePool } from './memory/frame-pool.ts';
 import { GuestAccessError } from './memory/guest-memory.ts';
@@ -126,6 +128,11 @@ export class Hypervisor {
     };
   }
 
+  /** Counters of the compiled tier (VmConfig.tier 'jit'): regions compiled, compile time, invalidations. */
+  jitStats(): JitStats {
+    return { ...jitCacheOf(this.decodeCache).stats };
+  }
+
   /** Frames of the host pool: total, in use, free, whole free runs, released to the OS. */
   poolStats(): FramePoolStats {
     return this.pool.stats();
@@ -184,7 +191,7 @@ export class Hypervisor {
     if (parent.stopCode !== StopCode.RUNNING && parent.stopCode !== StopCode.PAUSED) {
       throw new KernelError('BV_FORK', `fork: ${parent.name} has stopped (${describeStop(parent.stopReason)}); fork a running or paused VM`);
     }
-    const child = this.createVm({ ...parent.config, name: options.name ?? `${parent.name}-fork${this.nextVmId}` });
+    const child = this.createVm({ ...parent.config, name: options.name ?? `${parent.name}-fork${this.nextVmId}`, tier: parent.tier });
     let devices: D;
     try {
       devices = options.attach?.(child) as D;

@@ -14,6 +14,7 @@ import { Vcpu } from './cpu/vcpu.ts';
 import type { VcpuState } from './cpu/vcpu.ts';
 import type { VcpuHost } from './cpu/vcpu-host.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
+import type { Tier } from './cpu/jit/jit.ts';
 import { KernelError, OutOfHostMemoryError } from './errors.ts';
 import { ExitRouter } from './exits.ts';
 import type { HypercallHandler } from './exits.ts';
@@ -110,6 +111,11 @@ export interface VmConfig {
    * 'off'.
    */
   largePages?: LargePagePolicy;
+  /**
+   * Execution tier: 'interp' (the interpreter) or 'jit' (hot code compiled to JavaScript, same
+   * results instruction for instruction). Default 'interp', or 'jit' with BV_TIER=jit in the environment.
+   */
+  tier?: Tier;
 }
 
 /** A device's (or service's) state hooks for checkpoints and fork. */
@@ -352,11 +358,23 @@ export class Vm implements VcpuHost {
     this.mmuHost = new VmMmuHost(this);
     this.mmu = new Mmu(this.mmuHost, config.mmu);
     for (let i = 0; i < vcpuCount; i++) this.vcpus.push(new Vcpu(this, i, env.tlbs.acquire()));
+    if (config.tier !== undefined) this.setTier(config.tier);
     this.exitRouter.onHypercall(Hcall.VERSION, (vcpu) => {
       vcpu.regs[Reg.A0] = HcallStatus.OK;
       vcpu.regs[Reg.A1] = 1;
     });
     for (const vcpu of this.vcpus) vcpu.reset(0, GuestPhys.DEVICE_TABLE);
+  }
+
+  /** The execution tier of the VM's vCPUs (VmConfig.tier). */
+  get tier(): Tier {
+    return this.vcpus[0]!.tier;
+  }
+
+  /** Changes the execution tier of every vCPU; results are the same in both, only speed differs. */
+  setTier(tier: Tier): void {
+    if (tier !== 'interp' && tier !== 'jit') throw new KernelError('BV_BAD_VM_CONFIG', `tier must be 'interp' or 'jit', got ${String(tier)}`);
+    for (const vcpu of this.vcpus) vcpu.setTier(tier);
   }
 
   /** When guest regions get 4 MiB host runs (VmConfig.largePages, default 'superpages'). */

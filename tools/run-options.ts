@@ -11,7 +11,7 @@ export const RUN_FLAGS = ['--stats', '--json', '--trace', '--help', '-h', '--no-
 /** Options with one value (`--mem 64M` or `--mem=64M`). */
 export const RUN_VALUE_OPTIONS = [
   '--mem', '--vcpus', '--max-insns', '--input', '--host-mem', '--mmu', '--batch', '--large-pages', '--disk',
-  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks', '--checkpoint-on-exit', '--api-sock',
+  '--checkpoint-path', '--restore', '--restore-mode', '--fork-at', '--forks', '--checkpoint-on-exit', '--api-sock', '--tier',
 ] as const;
 
 /** Options with two values: an instruction count and a path. */
@@ -21,7 +21,7 @@ export const RUN_TWO_VALUE_OPTIONS = ['--checkpoint-at', '--snapshot-at'] as con
 export const RUN_OPTIONS: readonly string[] = [...RUN_FLAGS, ...RUN_VALUE_OPTIONS, ...RUN_TWO_VALUE_OPTIONS];
 
 export const RUN_USAGE =
-  'usage: run <image.bvx | prog.s> [--mem SIZE] [--vcpus N] [--max-insns N] [--input TEXT] [--host-mem SIZE]\n' +
+  'usage: run <image.bvx | prog.s> [--mem SIZE] [--vcpus N] [--max-insns N] [--input TEXT] [--host-mem SIZE] [--tier T]\n' +
   '           [--stats [--json]] [--trace] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P]\n' +
   '           [--promote-hot] [--reclaim-cold] [--disk PATH] [--checkpoint-at N PATH] [--snapshot-at N PATH]\n' +
   '           [--checkpoint-path PATH] [--checkpoint-on-exit PATH] [--fork-at N --forks K] [--api-sock PATH]\n' +
@@ -59,6 +59,9 @@ The machine:
                     a multiple of 4M, at most 4G); raise it when the host runs out of memory
   --disk PATH       attach a block device: a raw image or an overlay (writes go to an overlay
                     next to it, never into a raw image; see docs/block-device.md)
+  --tier T          execution tier: interp (the interpreter) or jit (hot guest code compiled
+                    to JavaScript; the same results, faster); default interp, or jit when the
+                    environment has BV_TIER=jit (docs/performance.md, "Compiled tier")
   -- ARGS...        boot arguments for the guest (joined with spaces)
 
 Reports:

@@ -21,7 +21,7 @@ import {
   type StandardDevices,
 } from '../devices/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
-import { createHypervisor, IDLE_FOREVER, Mode, OutOfHostMemoryError, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Vcpu, type Vm } from '../kernel/index.ts';
+import { createHypervisor, defaultTier, IDLE_FOREVER, Mode, OutOfHostMemoryError, RUN_SIZE, type Hypervisor, type LargePagePolicy, type MmuOptions, type Tier, type Vcpu, type Vm } from '../kernel/index.ts';
 import { hostStats, vmStats, type HostStats, type VmStats } from '../services/host/stats.ts';
 import { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../services/memory/index.ts';
 import { tmpdir } from 'node:os';
@@ -56,6 +56,8 @@ interface RunArguments {
   bootArgs: string;
   mmu: MmuOptions;
   largePages: LargePagePolicy;
+  /** --tier: the execution tier (interp or jit). */
+  tier: Tier;
   /** T-3: promote the most accessed guest regions onto host runs. */
   promoteHot: boolean;
   /** T-4: break up low-activity large regions and swap their cold pages out. */
@@ -157,6 +159,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     bootArgs: args.rest.join(' '),
     mmu: parseMmuOptions(args.value('--mmu'), args.flag('--no-traces'), args.value('--batch')),
     largePages: parseChoice(args.value('--large-pages'), '--large-pages', ['off', 'superpages', 'always'] as const, 'superpages'),
+    tier: parseChoice(args.value('--tier'), '--tier', ['interp', 'jit'] as const, defaultTier()),
     promoteHot: args.flag('--promote-hot'),
     reclaimCold: args.flag('--reclaim-cold'),
     disk: args.value('--disk'),
@@ -233,6 +236,8 @@ interface RunTotals {
   mips: number;
   /** Guest-requested resets carried out. */
   resets: number;
+  /** The execution tier (--tier); the compiled tier's counters are in `host.jit`. */
+  tier: Tier;
 }
 
 /** What --stats reports: the run's totals, the host's counters and the VM's (with its policies). */
@@ -242,8 +247,8 @@ interface StatsReport {
   vm: VmStats;
 }
 
-function runTotals(run: GuestRun, wallMs: number): RunTotals {
-  return { instructions: run.instructions, wall_ms: wallMs, mips: wallMs > 0 ? run.instructions / wallMs / 1000 : 0, resets: run.resets };
+function runTotals(run: GuestRun, wallMs: number, tier: Tier): RunTotals {
+  return { instructions: run.instructions, wall_ms: wallMs, mips: wallMs > 0 ? run.instructions / wallMs / 1000 : 0, resets: run.resets, tier };
 }
 
 /** Rows of label and count, the counts right-aligned. */
@@ -262,6 +267,13 @@ function formatStats(report: StatsReport): string {
     ['wall time', `${(run.wall_ms / 1000).toFixed(3)} s`],
     ['speed', `${run.mips.toFixed(2)} MIPS`],
     ['resets', count(run.resets)],
+    ['tier', run.tier],
+    ...(run.tier === 'jit' ? [
+      ['compiled regions (instructions)', `${count(host.jit.regions_compiled)} (${count(host.jit.words_compiled)})`],
+      ['compile time', `${host.jit.compile_ms.toFixed(1)} ms`],
+      ['invalidations', count(host.jit.invalidations)],
+      ['instructions run compiled', `${count(host.jit.instructions_compiled)} (${(run.instructions > 0 ? (100 * host.jit.instructions_compiled) / run.instructions : 0).toFixed(1)} %)`],
+    ] as [string, string][] : []),
   ]));
   const vcpuRows = [['vcpu', 'instret', 'tlb hits', 'tlb misses', 'tlb fills', 'tlb drops', 'tlb flushes', 'page walks', 'traps', 'interrupts', 'hypercalls', 'waits']];
   for (const v of vm.vcpus) {
@@ -431,6 +443,7 @@ async function runMachine(args: RunArguments): Promise<number> {
   const machine = await buildMachine(args);
   if (typeof machine === 'number') return machine;
   const { hv, vm, devices, image } = machine;
+  vm.setTier(args.tier);
 
   const promoter = args.promoteHot ? new AccessedBitPrioritizer(vm) : null;
   const swap = args.reclaimCold ? SwapFile.createIn(tmpdir()) : null;
@@ -463,7 +476,7 @@ async function runMachine(args: RunArguments): Promise<number> {
       if (forks.interrupted !== null) ending = interrupted(forks.interrupted, 'while the fork children ran');
       else ending.code = forks.code !== 0 ? forks.code : missedPoints > 0 ? RunExitCode.POINT_NOT_REACHED : 0;
     }
-    const report = args.stats ? { run: runTotals(run, wallMs), host: hostStats(hv), vm: vmStats(hv, vm, { promoter, reclaimer, swap }) } : null;
+    const report = args.stats ? { run: runTotals(run, wallMs, args.tier), host: hostStats(hv), vm: vmStats(hv, vm, { promoter, reclaimer, swap }) } : null;
     if (report && !args.json) process.stderr.write(`${formatStats(report)}\n`);
     if (ending.message !== undefined) process.stderr.write(`error: ${ending.message}\n`);
     // The JSON document comes last, on one line, whatever was printed before it.

@@ -130,6 +130,15 @@ export class DecodeCache {
   private readonly frameSlot: Int32Array;
   private slotFrame: Int32Array;
   private slotWrites: Int32Array;
+  /**
+   * @internal Per slot: bumped whenever its decoded contents change (a word re-decoded, the slot
+   * dropped, refilled or flushed), so compiled code derived from it (kernel/cpu/jit) can tell it is stale.
+   */
+  slotVersion: Int32Array;
+  /** @internal Bumped with every slotVersion change: compiled code checks it after a slow path. */
+  version = 0;
+  /** @internal Per slot: bumped when it is filled with a frame's code (not when a word is re-decoded). */
+  slotFills: Int32Array;
   private freeSlots: number[] = [];
   private capacity: number;
   private readonly maxCapacity: number;
@@ -152,6 +161,8 @@ export class DecodeCache {
     this.imms = new Int32Array(initialSlots * DECODED_PAGE_ENTRIES);
     this.slotFrame = new Int32Array(initialSlots).fill(-1);
     this.slotWrites = new Int32Array(initialSlots);
+    this.slotVersion = new Int32Array(initialSlots);
+    this.slotFills = new Int32Array(initialSlots);
     // Slot 0 is the step page, never given to a frame.
     for (let slot = initialSlots - 1; slot >= 1; slot--) this.freeSlots.push(slot);
     this.ops.fill(OP_PAGE_END, STEP_PAGE_BASE, STEP_PAGE_BASE + DECODED_PAGE_ENTRIES);
@@ -197,6 +208,8 @@ export class DecodeCache {
     this.frameSlot[frame] = slot + 1;
     this.slotFrame[slot] = frame;
     this.slotWrites[slot] = 0;
+    this.slotFills[slot] = (this.slotFills[slot]! + 1) | 0;
+    this.changed(slot);
     this.stats.pagesDecoded++;
     this.stats.slotsInUse++;
     this.onFrameDecoded(frame);
@@ -215,6 +228,7 @@ export class DecodeCache {
       this.drop(frame);
       return true;
     }
+    this.changed(slot);
     const wordIndex = (byteOffset >>> 2) & (WORDS_PER_PAGE - 1);
     predecodeWord(memory32[frame * WORDS_PER_PAGE + wordIndex]!, this.ops, this.imms, slot * DECODED_PAGE_ENTRIES + wordIndex);
     this.stats.wordsRedecoded++;
@@ -226,11 +240,17 @@ export class DecodeCache {
     const slot = this.frameSlot[frame]! - 1;
     if (slot < 0) return;
     this.onSlotDropped(slot * DECODED_PAGE_ENTRIES);
+    this.changed(slot);
     this.frameSlot[frame] = 0;
     this.slotFrame[slot] = -1;
     this.freeSlots.push(slot);
     this.stats.pagesDropped++;
     this.stats.slotsInUse--;
+  }
+
+  private changed(slot: number): void {
+    this.slotVersion[slot] = (this.slotVersion[slot]! + 1) | 0;
+    this.version = (this.version + 1) | 0;
   }
 
   private makeRoom(): void {
@@ -244,6 +264,12 @@ export class DecodeCache {
       slotFrame.set(this.slotFrame);
       const slotWrites = new Int32Array(grown);
       slotWrites.set(this.slotWrites);
+      const slotVersion = new Int32Array(grown);
+      slotVersion.set(this.slotVersion);
+      this.slotVersion = slotVersion;
+      const slotFills = new Int32Array(grown);
+      slotFills.set(this.slotFills);
+      this.slotFills = slotFills;
       for (let slot = grown - 1; slot >= this.capacity; slot--) this.freeSlots.push(slot);
       this.ops = ops;
       this.imms = imms;
@@ -258,6 +284,7 @@ export class DecodeCache {
       const frame = this.slotFrame[slot]!;
       if (frame >= 0) this.frameSlot[frame] = 0;
       this.slotFrame[slot] = -1;
+      this.changed(slot);
     }
     this.freeSlots = [];
     for (let slot = this.capacity - 1; slot >= 1; slot--) this.freeSlots.push(slot);

@@ -21,6 +21,8 @@ import type { AccessKind } from '../mmu/sv32.ts';
 import type { FramePool } from '../memory/frame-pool.ts';
 import type { VcpuHost } from './vcpu-host.ts';
 import { KernelError, OutOfHostMemoryError } from '../errors.ts';
+import { defaultTier, JIT_NONE, JIT_OUTER, JitRunner } from './jit/jit.ts';
+import type { Tier } from './jit/jit.ts';
 
 /** Privilege modes (Vcpu.mode; SPEC.md "Privilege modes"). */
 export const Mode = {
@@ -159,7 +161,8 @@ export class Vcpu {
    */
   private instretBase = 0;
   private clockBase = 0;
-  private sliceRetired = 0;
+  /** @internal Retired so far in the running slice (compiled code publishes it before slow paths too). */
+  sliceRetired = 0;
 
   /** Retired instructions. */
   get instret(): number {
@@ -193,8 +196,10 @@ export class Vcpu {
   readonly stats: VcpuStats = { tlbHits: 0, tlbMisses: 0, traps: 0, interrupts: 0, hypercalls: 0, mmioAccesses: 0, waits: 0, steps: 0 };
   /** TLB tag context: valid bit and ASID. */
   private tlbCtx = tlbContext(0);
-  /** Result of a slow-path load. */
-  private slowValue = 0;
+  /** @internal Result of a slow-path load (compiled code reads it too). */
+  slowValue = 0;
+  /** @internal The compiled tier's entry, or null when this vCPU only interprets (setTier). */
+  private jit: JitRunner | null = null;
   /** 1 when the last system instruction retired. */
   private systemRetired = 0;
   private readonly pool: FramePool;
@@ -208,6 +213,18 @@ export class Vcpu {
     this.pool = vm.pool;
     this.code = vm.decodeCache;
     this.walker = new Sv32Walker(vm);
+    this.setTier(defaultTier());
+  }
+
+  /** The execution tier: 'interp', or 'jit' (hot code compiled to JS; same results, see kernel/cpu/jit). */
+  get tier(): Tier {
+    return this.jit === null ? 'interp' : 'jit';
+  }
+
+  /** @internal Selects the execution tier (VmConfig.tier); takes effect at the next slice. */
+  setTier(tier: Tier): void {
+    if (tier === 'jit') this.jit ??= new JitRunner(this.pool, this.code, mulhSigned, mulhUnsigned);
+    else this.jit = null;
   }
 
   /** Whether `ptbr` enables Sv32 paging (addresses are then guest-virtual and translated). */
@@ -345,6 +362,7 @@ export class Vcpu {
     let end = 0;
     let idleTurns = 0;
     let lastRetired = -1;
+    const jit = this.jit;
 
     outer: for (;;) {
       if (vm.stopCode !== 0) { end = SliceEnd.VM_STOP; break; }
@@ -398,6 +416,13 @@ export class Vcpu {
         // Single-step: run this one instruction from the step page, then come back here.
         if (this.tracer !== null) this.tracer(this, pc, this.vm.readInstructionWordAt(this, pc));
         base = this.code.prepareStep(base, idx);
+      } else if (jit !== null) {
+        // The compiled tier takes over from here when it has this block; it leaves in this loop's state.
+        const to = jit.enter(this, regs, base, idx, retired, checkLimit, pageVa, rtlb, wtlb, ctx, wctx);
+        if (to !== JIT_NONE) {
+          retired = jit.retired; hits += jit.hits; idx = jit.idx; blockStart = jit.blockStart;
+          if (to === JIT_OUTER) continue outer;
+        }
       }
 
       for (;;) {
@@ -715,6 +740,13 @@ export class Vcpu {
             retired++;
             if ((target & -4096) === pageVa && retired < checkLimit) {
               idx = blockStart = (target >>> 2) & 1023;
+              if (jit !== null) {
+                const to = jit.enter(this, regs, base, idx, retired, checkLimit, pageVa, rtlb, wtlb, ctx, wctx);
+                if (to !== JIT_NONE) {
+                  retired = jit.retired; hits += jit.hits; idx = jit.idx; blockStart = jit.blockStart;
+                  if (to === JIT_OUTER) continue outer;
+                }
+              }
               continue;
             }
             this.pc = target;
@@ -771,6 +803,13 @@ export class Vcpu {
         const target = idx + imms[base + idx]!;
         if ((target >>> 0) < 1024 && retired < checkLimit) {
           idx = blockStart = target;
+          if (jit !== null) {
+            const to = jit.enter(this, regs, base, idx, retired, checkLimit, pageVa, rtlb, wtlb, ctx, wctx);
+            if (to !== JIT_NONE) {
+              retired = jit.retired; hits += jit.hits; idx = jit.idx; blockStart = jit.blockStart;
+              if (to === JIT_OUTER) continue outer;
+            }
+          }
           continue;
         }
         this.pc = (pageVa + (target << 2)) | 0;
@@ -829,8 +868,8 @@ export class Vcpu {
     return base;
   }
 
-  /** Data-access trap cause for a misaligned address. */
-  private loadSlow(va: number, width: number, signed: boolean): number {
+  /** @internal Load miss: traps, MMIO, or fills the TLB and reads (compiled code calls it too). */
+  loadSlow(va: number, width: number, signed: boolean): number {
     if ((va & (width - 1)) !== 0) {
       this.trap(Cause.LOAD_MISALIGNED, va);
       return SLOW_TRAP;
@@ -866,7 +905,8 @@ export class Vcpu {
     return SLOW_OK;
   }
 
-  private storeSlow(va: number, width: number, value: number): number {
+  /** @internal (compiled code calls it too) */
+  storeSlow(va: number, width: number, value: number): number {
     if ((va & (width - 1)) !== 0) {
       this.trap(Cause.STORE_MISALIGNED, va);
       return SLOW_TRAP;
@@ -912,7 +952,8 @@ export class Vcpu {
   }
 
   /** Atomic read-modify-write; always takes the slow path (AMOs are rare: locks, counters). */
-  private amoSlow(op: number, va: number, operand: number): number {
+  /** @internal (compiled code calls it too) */
+  amoSlow(op: number, va: number, operand: number): number {
     if ((va & 3) !== 0) {
       this.trap(Cause.STORE_MISALIGNED, va);
       return SLOW_TRAP;

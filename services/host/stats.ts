@@ -337,6 +337,22 @@ export interface DecodeCacheStatsReport {
   slots_in_use: number;
 }
 
+/** The compiled tier shared by every VM (HostStats.jit). */
+export interface JitStatsReport {
+  /** Regions of hot guest code compiled to JavaScript. */
+  regions_compiled: number;
+  /** Guest instructions in those regions. */
+  words_compiled: number;
+  /** Time spent compiling, in milliseconds. */
+  compile_ms: number;
+  /** Compiled regions dropped because their code page changed. */
+  invalidations: number;
+  /** Calls into compiled code. */
+  entries: number;
+  /** Instructions retired by compiled code (the rest were interpreted). */
+  instructions_compiled: number;
+}
+
 /** Host-wide counters (`GET /host/stats`; the `host` part of `tools/run --stats --json`). */
 export interface HostStats {
   /** VMs in the hypervisor. */
@@ -347,6 +363,8 @@ export interface HostStats {
   process_rss_bytes: number;
   /** The decoded-code cache. */
   decode_cache: DecodeCacheStatsReport;
+  /** The compiled tier (VmConfig.tier 'jit'); all 0 when no VM compiles. */
+  jit: JitStatsReport;
   /** Cross-vCPU TLB shootdowns. */
   shootdowns: number;
   /** TLB entries they dropped. */
@@ -481,6 +499,9 @@ function policyStats(extra: VmStatsExtras): PolicyStats | null {
       zero_pages_dropped: s.zeroPagesDropped,
       refused: s.refused,
       slots_in_use: s.slotsInUse,
+      slots_kept: s.slotsKept,
+      kept_evicted: s.keptEvicted,
+      out_without_write: s.outWithoutWrite,
       file_bytes: s.fileBytes,
     };
   }
@@ -514,6 +535,7 @@ function prioritizerStats(promoter: AccessedBitPrioritizer): PrioritizerStatsRep
 export function hostStats(hv: Hypervisor): HostStats {
   const pool = hv.poolStats();
   const decode = hv.decodeCache.stats;
+  const jit = hv.jitStats();
   return {
     vms: hv.vms.length,
     pool: {
@@ -534,6 +556,14 @@ export function hostStats(hv: Hypervisor): HostStats {
       pages_dropped: decode.pagesDropped,
       cache_flushes: decode.cacheFlushes,
       slots_in_use: decode.slotsInUse,
+    },
+    jit: {
+      regions_compiled: jit.regionsCompiled,
+      words_compiled: jit.wordsCompiled,
+      compile_ms: jit.compileMs,
+      invalidations: jit.invalidations,
+      entries: jit.entries,
+      instructions_compiled: jit.retiredCompiled,
     },
     shootdowns: hv.shootdowns,
     shootdown_entries: hv.shootdownEntries,

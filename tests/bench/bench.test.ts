@@ -42,7 +42,7 @@ describe('npm run bench', () => {
       expect(workload.js.runsMs).toHaveLength(report.method.runs);
       expect(typeof workload.pagingCost).toBe('number');
       expect(typeof workload.pagingCostCpu).toBe('number');
-      expect(workload.variants.map((v: { variant: string }) => v.variant)).toEqual(['paging=off', 'paging=on']);
+      expect(workload.variants.map((v: { variant: string }) => v.variant)).toEqual(['paging=off', 'paging=on', 'jit paging=off', 'jit paging=on']);
       for (const variant of workload.variants) {
         expect(Object.keys(variant).sort()).toEqual(VARIANT_KEYS);
         expect(Object.keys(variant.mmu).sort()).toEqual(MMU_KEYS);
@@ -56,11 +56,16 @@ describe('npm run bench', () => {
         expect(variant.medianMs).toBeGreaterThanOrEqual(Math.min(...variant.runsMs));
         expect(variant.medianMs).toBeLessThanOrEqual(Math.max(...variant.runsMs));
       }
-      const [off, on] = workload.variants;
+      const [off, on, jitOff, jitOn] = workload.variants;
       // Page walks happen only with paging on; turning paging on costs a few instructions.
       expect(off.pageWalks).toBe(0);
       expect(on.pageWalks).toBeGreaterThan(0);
       expect(on.instructions).toBeGreaterThan(off.instructions);
+      // The compiled tier retires exactly the interpreter's instructions, and says what it compiled.
+      expect([jitOff.instructions, jitOn.instructions]).toEqual([off.instructions, on.instructions]);
+      expect(jitOn.guestStats.jitRegions).toBeGreaterThan(0);
+      expect(typeof workload.jitSpeedup).toBe('number');
+      expect(typeof workload.jitPagingCost).toBe('number');
     }
     expectTranslationSection(report.translation);
     expectStateSection(report.state);
@@ -110,6 +115,8 @@ describe('npm run bench', () => {
     expect(stdout).toMatch(/^workload +variant +instructions +guest ms +CPU ms +guest MIPS +JS ms +JS CPU ms /m);
     expect(stdout).toMatch(/^crc32 +paging=off /m);
     expect(stdout).toMatch(/^crc32 +paging=on /m);
+    expect(stdout).toMatch(/^crc32 +jit paging=on /m);
+    expect(stdout).toMatch(/^compiled tier, crc32: [\d.]+x the interpreter with paging on \(CPU [\d.]+x\)/m);
     expect(stdout).not.toMatch(/^walker /m);
     const load = '(, load [\\d.]+ on \\d+ cores)?';
     expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}crc32 paging=on guest MIPS: [\\d.]+ \\(target >= 150\\), CPU [\\d.]+${load}$`, 'm'));

@@ -1,0 +1,284 @@
+/**
+ * The compiled tier's code generator: a region of one decoded code page → a JavaScript function.
+ *
+ * A region is what static control flow reaches inside the page from one entry index (straight
+ * lines, branch and jal targets in the page), up to MAX_REGION_WORDS instructions. The function
+ * is a `switch (idx)` inside a loop, one case per instruction, falling through along straight
+ * lines; guest registers live in JS locals. It is a specialisation of Vcpu.runSlice's inner loop
+ * and keeps that loop's bookkeeping exactly (idx, blockStart, retired, the `retired < checkLimit`
+ * test at every taken branch, the slow paths and their order), so it leaves at the same points
+ * with the same state:
+ *   return 0: "continue the interpreter's inner loop at J.idx" (an instruction the compiler does
+ *             not handle — system, illegal, page end — or code that changed under it);
+ *   return 1: "continue the outer loop" (cpu.pc set: a trap, a transfer out of the page, the check
+ *             limit reached).
+ * Everything is driven by the opcode table (guest-isa/opcodes.ts): formats and flags classify each
+ * instruction; only the arithmetic itself (ALU_EXPR, BRANCH_COND) is written here, by mnemonic, and
+ * the module refuses to load if an instruction of the table has no rule.
+ */
+import { Cause } from '../../../guest-isa/arch.ts';
+import { BY_OPCODE, Flag, INSTRUCTIONS } from '../../../guest-isa/opcodes.ts';
+import { REG_SINK, WORDS_PER_PAGE } from '../decode-cache.ts';
+
+/** Instructions in one compiled region at most (V8 stops optimising very large functions). */
+export const MAX_REGION_WORDS = 384;
+
+/** How the compiler treats an opcode (from the table's format and flags). */
+export const enum OpClass { EXIT, ALU, LOAD, STORE, AMO, BRANCH, JAL, JALR, NOP }
+
+/**
+ * ALU results by mnemonic, `a` = rs1, `b` = rs2 (or the decoded immediate), `pc` = this
+ * instruction's address; each yields an int32 (the interpreter stores into an Int32Array).
+ */
+const ALU_EXPR: Readonly<Record<string, string>> = {
+  add: '(a + b) | 0', sub: '(a - b) | 0', and: 'a & b', or: 'a | b', xor: 'a ^ b',
+  sll: 'a << (b & 31)', srl: '(a >>> (b & 31)) | 0', sra: 'a >> (b & 31)',
+  slt: '(a < b ? 1 : 0)', sltu: '((a >>> 0) < (b >>> 0) ? 1 : 0)',
+  mul: 'Math.imul(a, b)', mulh: 'mulhSigned(a, b)', mulhu: 'mulhUnsigned(a, b)',
+  div: '(b === 0 ? -1 : b === -1 ? -a | 0 : (a / b) | 0)',
+  divu: '((b >>> 0) === 0 ? -1 : ((a >>> 0) / (b >>> 0)) | 0)',
+  rem: '(b === 0 ? a : b === -1 ? 0 : (a % b) | 0)',
+  remu: '((b >>> 0) === 0 ? a : ((a >>> 0) % (b >>> 0)) | 0)',
+  addi: '(a + b) | 0', andi: 'a & b', ori: 'a | b', xori: 'a ^ b',
+  slti: '(a < b ? 1 : 0)', sltiu: '((a >>> 0) < (b >>> 0) ? 1 : 0)',
+  slli: 'a << b', srli: '(a >>> b) | 0', srai: 'a >> b',
+  lui: 'b', auipc: '(pc + b) | 0',
+};
+
+/** Branch conditions by mnemonic (`a` = rs1, `b` = rs2). */
+const BRANCH_COND: Readonly<Record<string, string>> = {
+  beq: 'a === b', bne: 'a !== b', blt: 'a < b', bge: 'a >= b', bltu: '(a >>> 0) < (b >>> 0)', bgeu: '(a >>> 0) >= (b >>> 0)',
+};
+
+/** ALU instructions whose second operand is the decoded immediate (I, SHIFT and U formats). */
+const IMMEDIATE_FORMATS = new Set(['I', 'SHIFT', 'U']);
+
+/** Per opcode byte: OpClass, derived from the table once. */
+const classOf = new Uint8Array(256); // OpClass.EXIT (0) for unassigned opcodes, ILLEGAL and PAGE_END
+const usesImm = new Uint8Array(256);
+const memWidthOf = new Uint8Array(256);
+const signExtends = new Uint8Array(256);
+
+for (const spec of INSTRUCTIONS) {
+  const op = spec.opcode;
+  const f = spec.flags;
+  memWidthOf[op] = spec.memWidth;
+  signExtends[op] = (f & Flag.SIGN_EXTENDS) !== 0 ? 1 : 0;
+  let cls: OpClass;
+  if ((f & Flag.SYSTEM) !== 0 || (spec.format === 'NONE' && (f & Flag.ENDS_BLOCK) !== 0)) cls = OpClass.EXIT; // CSRs, sret, wfi, sfence, hcall, ecall, ebreak
+  else if ((f & Flag.LOADS) !== 0 && (f & Flag.STORES) !== 0) cls = OpClass.AMO;
+  else if ((f & Flag.LOADS) !== 0) cls = OpClass.LOAD;
+  else if ((f & Flag.STORES) !== 0) cls = OpClass.STORE;
+  else if (spec.format === 'BRANCH') cls = OpClass.BRANCH;
+  else if (spec.format === 'J') cls = OpClass.JAL;
+  else if ((f & Flag.ENDS_BLOCK) !== 0 && spec.format === 'I') cls = OpClass.JALR;
+  else if (spec.format === 'NONE') cls = OpClass.NOP; // fence
+  else cls = OpClass.ALU;
+  if (cls === OpClass.ALU && ALU_EXPR[spec.mnemonic] === undefined) throw new Error(`jit: no ALU rule for ${spec.mnemonic}`);
+  if (cls === OpClass.BRANCH && BRANCH_COND[spec.mnemonic] === undefined) throw new Error(`jit: no branch rule for ${spec.mnemonic}`);
+  if (cls === OpClass.LOAD && spec.memWidth === 0) throw new Error(`jit: load ${spec.mnemonic} without a width`);
+  classOf[op] = cls;
+  usesImm[op] = IMMEDIATE_FORMATS.has(spec.format) ? 1 : 0;
+}
+
+/** How the compiler treats an opcode byte (tests check every table entry has a class). */
+export function opClass(opcode: number): OpClass {
+  return classOf[opcode & 0xff] as OpClass;
+}
+
+/** Slow-path result codes, as Vcpu returns them. */
+const SLOW_TRAP = 1;
+const SLOW_RESYNC = 2;
+
+/** The generated function's parameters (see JitRunner.enter). */
+const PARAMS = ['cpu', 'J', 'regs', 'pageVa', 'idx', 'retired', 'checkLimit', 'rtlb', 'wtlb', 'ctx', 'wctx'] as const;
+
+/** A compiled region: the JS source (for tests and debugging) and the instructions it holds. */
+export interface RegionSource {
+  source: string;
+  words: number;
+}
+
+function reg(r: number): string {
+  return r === 0 ? '0' : `r${r}`;
+}
+
+/**
+ * Generates the body of the region entered at `entry` of the decoded page at `base`, or null
+ * when the entry instruction is one the compiler leaves to the interpreter.
+ */
+export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, entry: number): RegionSource | null {
+  if (opClass(ops[base + entry]! & 0xff) === OpClass.EXIT) return null;
+  // Reachable instructions of the page, breadth first from the entry.
+  const member = new Uint8Array(WORDS_PER_PAGE + 1);
+  const queue = [entry];
+  member[entry] = 1;
+  let count = 1;
+  const add = (i: number): void => {
+    if (i < 0 || i > WORDS_PER_PAGE || member[i] === 1 || count >= MAX_REGION_WORDS) return;
+    member[i] = 1;
+    count++;
+    queue.push(i);
+  };
+  for (let q = 0; q < queue.length; q++) {
+    const i = queue[q]!;
+    if (i === WORDS_PER_PAGE) continue; // PAGE_END
+    const w = ops[base + i]!;
+    const cls = opClass(w & 0xff);
+    if (cls === OpClass.EXIT || cls === OpClass.JALR) continue;
+    if (cls === OpClass.JAL) { add(i + imms[base + i]!); continue; }
+    if (cls === OpClass.BRANCH) add(i + imms[base + i]!);
+    add(i + 1);
+  }
+  const indices: number[] = [];
+  for (let i = 0; i <= WORDS_PER_PAGE; i++) if (member[i] === 1) indices.push(i);
+
+  // Registers the region reads or writes (loaded at entry and after slow paths), and writes
+  // (stored back at exits and before slow paths, which may look at them: MMIO devices, traps).
+  let used = 0;
+  let written = 0;
+  for (const i of indices) {
+    if (i === WORDS_PER_PAGE) continue;
+    const w = ops[base + i]!;
+    const rd = (w >> 8) & 31;
+    used |= (1 << ((w >> 13) & 31)) | (1 << ((w >> 18) & 31));
+    if (rd !== REG_SINK) { used |= 1 << rd; written |= 1 << rd; }
+  }
+  used &= 0xfffe;
+  written &= 0xfffe;
+  const regList = (mask: number): number[] => Array.from({ length: 15 }, (_, k) => k + 1).filter((r) => (mask & (1 << r)) !== 0);
+  const writeBack = regList(written).map((r) => `regs[${r}] = r${r};`).join(' ');
+  const reload = regList(used).map((r) => `r${r} = regs[${r}];`).join(' ');
+
+  const out: string[] = [];
+  out.push('"use strict";');
+  out.push('const i32 = J.i32, u8 = J.u8, i8 = J.i8, u16 = J.u16, i16 = J.i16, code = J.code;');
+  out.push('const mulhSigned = J.mulhSigned, mulhUnsigned = J.mulhUnsigned;');
+  out.push('const version = code.version;');
+  out.push(`let ${Array.from({ length: 15 }, (_, k) => `r${k + 1} = 0`).join(', ')};`);
+  out.push(reload);
+  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, s = 0, t = 0;');
+  out.push('exit: for (;;) {');
+  out.push('switch (idx) {');
+  for (let n = 0; n < indices.length; n++) {
+    const i = indices[n]!;
+    const next = indices[n + 1];
+    const pcExpr = `((pageVa + ${i * 4}) | 0)`;
+    out.push(`case ${i}: {`);
+    if (i === WORDS_PER_PAGE) {
+      out.push(`idx = ${i}; break exit; }`);
+      continue;
+    }
+    const w = ops[base + i]!;
+    const op = w & 0xff;
+    const rd = (w >> 8) & 31;
+    const rs1 = (w >> 13) & 31;
+    const rs2 = (w >> 18) & 31;
+    const imm = imms[base + i]!;
+    const cls = opClass(op);
+    const dst = rd === REG_SINK ? 't' : `r${rd}`;
+    // A slow-path call in the interpreter's order: count, publish, set pc, call.
+    const beforeSlow = `retired += ${i} - blockStart; blockStart = ${i}; ${writeBack} cpu.sliceRetired = retired; cpu.pc = ${pcExpr};`;
+    // After a slow path that completed: registers may have been read or written by a device, and
+    // a store may have changed decoded code (this region's included): then the interpreter goes on.
+    const afterSlow = `${reload} if (code.version !== version) { idx = ${i + 1}; break exit; }`;
+    let falls = true;
+    switch (cls) {
+      case OpClass.EXIT:
+        out.push(`idx = ${i}; break exit;`);
+        falls = false;
+        break;
+      case OpClass.NOP:
+        break;
+      case OpClass.ALU: {
+        if (rd === REG_SINK) break;
+        const b = usesImm[op] === 1 ? `(${imm})` : reg(rs2);
+        const expr = ALU_EXPR[BY_OPCODE[op]!.mnemonic]!.replace(/\ba\b/g, reg(rs1)).replace(/\bb\b/g, b).replace(/\bpc\b/g, pcExpr);
+        out.push(`${dst} = ${expr};`);
+        break;
+      }
+      case OpClass.LOAD: {
+        const width = memWidthOf[op]!;
+        const signed = signExtends[op] === 1;
+        const mask = width === 4 ? -4093 : width === 2 ? -4095 : -4096;
+        const view = width === 4 ? 'i32' : width === 2 ? (signed ? 'i16' : 'u16') : signed ? 'i8' : 'u8';
+        const shift = width === 4 ? 2 : width === 2 ? 1 : 0;
+        out.push(`va = (${reg(rs1)} + (${imm})) | 0; e = ((va >>> 12) & 0x3ffff) << 1;`);
+        out.push(`if (rtlb[e] === ((va & ${mask}) | ctx)) { ${dst} = ${view}[(va + rtlb[e + 1]) >>> ${shift}]; hits++; }`);
+        out.push(`else { ${beforeSlow} if (cpu.loadSlow(va, ${width}, ${signed}) === ${SLOW_TRAP}) { res = 1; break exit; } ${reload} ${dst} = cpu.slowValue; if (code.version !== version) { idx = ${i + 1}; break exit; } }`);
+        break;
+      }
+      case OpClass.STORE: {
+        const width = memWidthOf[op]!;
+        const mask = width === 4 ? -4093 : width === 2 ? -4095 : -4096;
+        const view = width === 4 ? 'i32' : width === 2 ? 'u16' : 'u8';
+        const shift = width === 4 ? 2 : width === 2 ? 1 : 0;
+        out.push(`va = (${reg(rs1)} + (${imm})) | 0; e = ((va >>> 12) & 0x3ffff) << 1;`);
+        out.push(`if (wtlb[e] === ((va & ${mask}) | wctx)) { ${view}[(va + wtlb[e + 1]) >>> ${shift}] = ${reg(rs2)}; hits++; }`);
+        out.push(`else { ${beforeSlow} s = cpu.storeSlow(va, ${width}, ${reg(rs2)});`);
+        out.push(`if (s !== 0) { if (s === ${SLOW_RESYNC}) { retired++; cpu.pc = (cpu.pc + 4) | 0; } res = 1; break exit; } ${afterSlow} }`);
+        break;
+      }
+      case OpClass.AMO: {
+        out.push(`${beforeSlow} s = cpu.amoSlow(${op}, ${reg(rs1)}, ${reg(rs2)}); if (s === ${SLOW_TRAP}) { res = 1; break exit; }`);
+        out.push(`${reload} ${dst} = cpu.slowValue;`);
+        out.push(`if (s === ${SLOW_RESYNC}) { retired++; cpu.pc = (cpu.pc + 4) | 0; res = 1; break exit; }`);
+        out.push(`if (code.version !== version) { idx = ${i + 1}; break exit; }`);
+        break;
+      }
+      case OpClass.BRANCH:
+      case OpClass.JAL: {
+        const target = i + imm;
+        let taken = `retired += ${i} - blockStart + 1; `;
+        if (target >= 0 && target < WORDS_PER_PAGE) {
+          // In the page: go on while under the check limit, as the interpreter's inner loop does.
+          taken += member[target] === 1
+            ? `if (retired < checkLimit) { idx = blockStart = ${target}; continue exit; } `
+            : `if (retired < checkLimit) { idx = blockStart = ${target}; break exit; } `;
+        }
+        taken += `cpu.pc = (pageVa + ${target * 4}) | 0; res = 1; break exit;`;
+        if (cls === OpClass.JAL) {
+          if (rd !== REG_SINK) out.push(`${dst} = (pageVa + ${i * 4 + 4}) | 0;`);
+          out.push(taken);
+          falls = false;
+        } else {
+          const cond = BRANCH_COND[BY_OPCODE[op]!.mnemonic]!.replace(/\ba\b/g, reg(rs1)).replace(/\bb\b/g, reg(rs2));
+          out.push(`if (${cond}) { ${taken} }`);
+        }
+        break;
+      }
+      case OpClass.JALR: {
+        out.push(`va = (${reg(rs1)} + (${imm})) | 0; retired += ${i} - blockStart;`);
+        out.push(`if ((va & 3) !== 0) { ${writeBack} cpu.pc = ${pcExpr}; cpu.trap(${Cause.INSN_MISALIGNED}, va); res = 1; break exit; }`);
+        if (rd !== REG_SINK) out.push(`${dst} = (pageVa + ${i * 4 + 4}) | 0;`);
+        // A target in the page dispatches again (the switch's default hands unknown ones back).
+        out.push('retired++; if ((va & -4096) === pageVa && retired < checkLimit) { idx = blockStart = (va >>> 2) & 1023; continue exit; }');
+        out.push('cpu.pc = va; res = 1; break exit;');
+        falls = false;
+        break;
+      }
+    }
+    // Falling into an instruction outside the region: the interpreter goes on from there.
+    if (falls && next !== i + 1) out.push(`idx = ${i + 1}; break exit;`);
+    out.push('}');
+  }
+  out.push('default: break exit;');
+  out.push('}');
+  out.push('}');
+  out.push(writeBack);
+  out.push('J.idx = idx; J.blockStart = blockStart; J.retired = retired; J.hits = hits;');
+  out.push('return res;');
+  return { source: out.join('\n'), words: indices.length };
+}
+
+/** The function type of a compiled region (see PARAMS; returns 0 or 1, see the module comment). */
+export type RegionFn = (
+  cpu: unknown, J: unknown, regs: Int32Array, pageVa: number, idx: number, retired: number, checkLimit: number,
+  rtlb: Int32Array, wtlb: Int32Array, ctx: number, wctx: number,
+) => number;
+
+/** Turns generated source into a function. */
+export function instantiate(source: string): RegionFn {
+  // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the point of a compiled tier
+  return new Function(...PARAMS, source) as RegionFn;
+}
