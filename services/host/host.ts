@@ -483,6 +483,8 @@ export class Host {
   private readonly machines = new Map<string, HostedVm>();
   /** Memory-error services by VM (T-17), made at first use. */
   private readonly memoryErrorServices = new WeakMap<Vm, MemoryErrorService>();
+  /** Each VM's clean-copy recovery, handed to the scheduler's swap file (keepCleanCopies). */
+  private readonly cleanCopies = new Map<Vm, CleanCopyRecovery>();
   private readonly reallocations: Reallocation[] = [];
   /** The memory scheduler and its swap file (enableReclaim), or null. */
   private memory: { scheduler: MemoryScheduler; swap: SwapFile } | null = null;
@@ -772,6 +774,7 @@ export class Host {
         },
       });
       this.memory = { scheduler, swap };
+      for (const [vm, clean] of this.cleanCopies) swap.keepCleanCopies(vm, clean);
     } catch (error) {
       swap.close();
       throw error instanceof BvError ? new HostError(400, `reclaim: ${error.message}`, { cause: error }) : error;
@@ -1032,6 +1035,9 @@ export class Host {
         case 'clean-copy': {
           const clean = new CleanCopyRecovery(vm);
           clean.scan();
+          // Swapped-in pages keep their slots as clean copies while they stay clean.
+          this.cleanCopies.set(vm, clean);
+          this.memory?.swap.keepCleanCopies(vm, clean);
           return clean;
         }
         case 'parity': {
@@ -1209,6 +1215,7 @@ export class Host {
     m.devices.console.stop();
     m.devices.block?.close();
     this.memory?.scheduler.remove(m.vm, { forgetSwap: true });
+    this.cleanCopies.delete(m.vm);
     m.sampler?.dispose();
     m.mrc?.dispose();
     if (this.hv.vms.includes(m.vm)) this.hv.destroyVm(m.vm);

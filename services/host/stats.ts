@@ -225,8 +225,14 @@ export interface SwapStatsReport {
   zero_pages_dropped: number;
   /** Swap-outs refused. */
   refused: number;
-  /** Slots holding a page now. */
+  /** Slots holding a page now (kept clean copies included). */
   slots_in_use: number;
+  /** Slots kept after a swap-in as the clean copy memory-error recovery may re-read (while the page stays clean). */
+  slots_kept: number;
+  /** Kept slots given up for a new swap-out because the file was at its limit. */
+  kept_evicted: number;
+  /** Swap-outs of a page still clean in its kept slot: no write. */
+  out_without_write: number;
   /** Size of the swap file. */
   file_bytes: number;
 }

@@ -14,6 +14,11 @@
  *
  * One SwapFile may serve several VMs: slots are numbered per file, and each VM's P2M names its
  * own slots.
+ *
+ * With keepCleanCopies(vm, sink), a page swapped in by a read keeps its slot while it stays clean,
+ * as Linux's swap cache does: the sink (memory-error recovery's clean copy) may re-read it from
+ * the slot until the first write releases it. Kept slots give way to new swap-outs when the file
+ * is at its limit.
  */
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
@@ -21,8 +26,10 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
-import { AbsentState, PageState } from '../../kernel/index.ts';
-import type { GuestMemory, Vm } from '../../kernel/index.ts';
+import { AbsentState, P2mFlag, PageState } from '../../kernel/index.ts';
+import type { GuestMemory, ResolverAccess, Vm } from '../../kernel/index.ts';
+import { MemoryAccess } from '../../kernel/index.ts';
+import type { CleanCopySink, CleanSource } from '../recovery/types.ts';
 import { HostFile, NativeError } from '../../native/index.ts';
 
 /** Stable codes of every swap error. */
@@ -72,8 +79,14 @@ export interface SwapStats {
   zeroPagesDropped: number;
   /** swapOut calls refused (absent, flagged or shared page). */
   refused: number;
-  /** Slots holding a page now. */
+  /** Slots holding a page now (kept clean copies included). */
   slotsInUse: number;
+  /** Slots kept after a swap-in as a clean copy of the page (keepCleanCopies). */
+  slotsKept: number;
+  /** Kept slots given up for a new swap-out because the file was at its limit. */
+  keptEvicted: number;
+  /** Swap-outs of a page still clean in its kept slot: no write (counted in pagesOut too). */
+  outWithoutWrite: number;
   /** Current size of the swap file. */
   fileBytes: number;
 }
@@ -100,7 +113,13 @@ export class SwapFile {
   private inUse = new Uint8Array(0);
   private checksums = new Uint32Array(0);
   private readonly attached = new Set<Vm>();
-  private counters = { pagesOut: 0, pagesIn: 0, zeroPagesDropped: 0, refused: 0, slotsInUse: 0 };
+  private counters = { pagesOut: 0, pagesIn: 0, zeroPagesDropped: 0, refused: 0, slotsInUse: 0, slotsKept: 0, keptEvicted: 0, outWithoutWrite: 0 };
+  /** Where each VM's swapped-in clean pages go (keepCleanCopies). */
+  private readonly sinks = new Map<Vm, CleanCopySink>();
+  /** Slots kept as clean copies, oldest first (Map order: evicted first), with whose page they hold. */
+  private readonly kept = new Map<number, { vm: Vm; gpn: number }>();
+  /** The same, by VM and page. */
+  private readonly keptByPage = new Map<Vm, Map<number, number>>();
 
   private constructor(path: string, file: HostFile, options: SwapFileOptions) {
     const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -154,8 +173,19 @@ export class SwapFile {
     if (current) throw new SwapError('BV_SWAP_BAD_ARGUMENT', `${vm.name} already swaps to ${current.path}`);
     swapOfVm.set(vm, this);
     this.attached.add(vm);
-    vm.memory.onAbsent(AbsentState.SWAPPED, (memory, gpn, _state, slot) => this.swapIn(memory, gpn, slot));
+    vm.memory.onAbsent(AbsentState.SWAPPED, (memory, gpn, _state, slot, access) => this.swapIn(vm, memory, gpn, slot, access));
     vm.onReset(() => this.forget(vm));
+  }
+
+  /**
+   * From now on, a page of `vm` swapped in by a read keeps its slot as a clean copy handed to
+   * `sink` (CleanCopyRecovery.admit), until the sink releases it (the page was written). Null
+   * stops it for pages swapped in later. May come before attach (a scheduler attaches at its
+   * first swap-out).
+   */
+  keepCleanCopies(vm: Vm, sink: CleanCopySink | null): void {
+    if (sink === null) this.sinks.delete(vm);
+    else this.sinks.set(vm, sink);
   }
 
   /**
@@ -163,6 +193,8 @@ export class SwapFile {
    * UNTOUCHED. Call before destroying a VM whose pages may still be swapped.
    */
   forget(vm: Vm): void {
+    this.sinks.delete(vm);
+    for (const [slot, record] of this.kept) if (record.vm === vm) this.dropKept(slot);
     if (vm.memory.countInState(AbsentState.SWAPPED) === 0) return;
     vm.memory.forEachPage(PageState.SWAPPED, (gpn, slot) => {
       this.freeSlot(slot);
@@ -181,6 +213,16 @@ export class SwapFile {
     const memory = vm.memory;
     if (!Number.isInteger(gpn) || gpn < 0 || gpn >= memory.pageCount) {
       throw new SwapError('BV_SWAP_BAD_ARGUMENT', `guest page ${gpn} is outside ${vm.name}'s RAM`);
+    }
+    const keptSlot = this.keptByPage.get(vm)?.get(gpn);
+    if (keptSlot !== undefined && memory.stateOf(gpn) === PageState.PRESENT && memory.flagsOf(gpn) === P2mFlag.PARITY && memory.isPrivate(gpn)) {
+      // Clean since it came from this slot (its only flag is the clean copy's seal): the slot
+      // still holds its bytes, so it goes back there with no write at all.
+      this.unkeep(keptSlot);
+      memory.releasePage(gpn, AbsentState.SWAPPED, keptSlot);
+      this.counters.pagesOut++;
+      this.counters.outWithoutWrite++;
+      return true;
     }
     if (memory.stateOf(gpn) !== PageState.PRESENT || memory.flagsOf(gpn) !== 0 || !memory.isPrivate(gpn)) {
       this.counters.refused++;
@@ -220,7 +262,7 @@ export class SwapFile {
   // ---------------------------------------------------------------------------------------------
 
   /** The SWAPPED resolver: reads the slot into a fresh frame, verifies it, installs it. */
-  private swapIn(memory: GuestMemory, gpn: number, slot: number): void {
+  private swapIn(vm: Vm, memory: GuestMemory, gpn: number, slot: number, access: ResolverAccess): void {
     if (this.file.closed) throw new SwapError('BV_SWAP_CLOSED', `guest page ${gpn} of ${memory.name} is in swap slot ${slot}, but swap file ${this.path} is closed`);
     if (slot >= this.highWater || this.inUse[slot] !== 1) {
       throw new SwapError('BV_SWAP_CORRUPT', `guest page ${gpn} of ${memory.name} names swap slot ${slot}, which holds no page`);
@@ -236,8 +278,70 @@ export class SwapFile {
       if (got !== PAGE_SIZE) throw new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is cut short (${got} of ${PAGE_SIZE} bytes)`);
       if ((crc32(page) >>> 0) !== this.checksums[slot]) throw new SwapError('BV_SWAP_CORRUPT', `swap slot ${slot} of ${this.path} is damaged (checksum mismatch)`);
     });
-    this.freeSlot(slot);
     this.counters.pagesIn++;
+    // A write dirties the page at once: keep the slot only for a page that may stay clean.
+    const sink = access === MemoryAccess.WRITE ? undefined : this.sinks.get(vm);
+    if (sink === undefined || !this.keep(vm, sink, gpn, slot)) this.freeSlot(slot);
+  }
+
+  /** Keeps `slot` as the clean copy of page `gpn` of `vm`, handed to `sink`; false when the sink refuses. */
+  private keep(vm: Vm, sink: CleanCopySink, gpn: number, slot: number): boolean {
+    const record = { vm, gpn };
+    this.kept.set(slot, record);
+    let byPage = this.keptByPage.get(vm);
+    if (byPage === undefined) this.keptByPage.set(vm, (byPage = new Map()));
+    byPage.set(gpn, slot);
+    const source: CleanSource = {
+      name: 'swap',
+      // A slot given up (evicted, forgotten, reused) no longer answers for this page.
+      read: () => (this.kept.get(slot) === record ? this.readKept(slot) : null),
+      release: () => {
+        if (this.kept.get(slot) === record) this.dropKept(slot);
+      },
+    };
+    if (!sink.admit(gpn, source)) {
+      this.kept.delete(slot);
+      byPage.delete(gpn);
+      return false;
+    }
+    this.counters.slotsKept++;
+    return true;
+  }
+
+  /** Forgets a kept slot (still in use: the caller frees it or gives it a page). */
+  private unkeep(slot: number): void {
+    const record = this.kept.get(slot)!;
+    this.kept.delete(slot);
+    this.keptByPage.get(record.vm)?.delete(record.gpn);
+    this.counters.slotsKept--;
+  }
+
+  /** Frees a kept slot. */
+  private dropKept(slot: number): void {
+    this.unkeep(slot);
+    this.freeSlot(slot);
+  }
+
+  /** A kept slot's bytes, verified against its checksum; null when they cannot be read back exactly. */
+  private readKept(slot: number): Uint8Array | null {
+    if (this.file.closed) return null;
+    const page = new Uint8Array(PAGE_SIZE);
+    try {
+      if (this.file.pread(page, slot * PAGE_SIZE) !== PAGE_SIZE) return null;
+    } catch {
+      return null;
+    }
+    return (crc32(page) >>> 0) === this.checksums[slot] ? page : null;
+  }
+
+  /** Gives up the oldest kept clean copy (its sink reads nothing from it any more); false if none. */
+  private evictKept(): boolean {
+    for (const slot of this.kept.keys()) {
+      this.dropKept(slot);
+      this.counters.keptEvicted++;
+      return true;
+    }
+    return false;
   }
 
   private allocSlot(): number {
@@ -248,6 +352,7 @@ export class SwapFile {
       return reused;
     }
     if (this.highWater >= this.maxSlots) {
+      if (this.evictKept()) return this.allocSlot();
       throw new SwapError('BV_SWAP_FULL', `swap file ${this.path} is full (${this.maxSlots} slots, ${this.maxSlots * PAGE_SIZE} bytes)`);
     }
     if (this.highWater === this.capacity) this.grow();

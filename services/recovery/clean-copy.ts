@@ -15,12 +15,16 @@
  * time, and admits the equal ones; a page found different or written is never compared with the
  * checkpoint again (it has left the checkpoint's state for good), so later scans read no block
  * whose pages are all settled.
+ *
+ * Other sources admit pages as they produce them (admit(gpn, source), the CleanCopySink side):
+ * the swap file keeps a swapped-in page's slot while the page stays clean (SwapFile.keepCleanCopies,
+ * like Linux's swap cache), and the first write releases it.
  */
 import type { Vm } from '../../kernel/index.ts';
 import { PageState } from '../../kernel/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import type { CheckpointReader } from '../checkpoint/reader.ts';
-import type { ErrorReport, RecoveryMethod } from './types.ts';
+import type { CleanCopySink, CleanSource, ErrorReport, RecoveryMethod } from './types.ts';
 import { PageWriteTracker, sameOutsideWindow, timed, reportFits } from './write-tracking.ts';
 
 const PAGE_BYTES = 4096;
@@ -31,6 +35,8 @@ export interface CleanCopyStats {
   admitted: number;
   /** Pages found equal to the checkpoint's and sealed. */
   admittedFromCheckpoint: number;
+  /** Pages admitted by other sources (admit), by source name. */
+  admittedFrom: Record<string, number>;
   /** Checkpoint blocks read by scans. */
   checkpointBlocksRead: number;
   /** Clean pages made dirty by a write (or replaced unseen). */
@@ -83,10 +89,10 @@ export interface CleanCopyOptions {
 }
 
 /** Clean-copy recovery from the guest image (and a checkpoint), for one VM. */
-export class CleanCopyRecovery implements RecoveryMethod {
+export class CleanCopyRecovery implements RecoveryMethod, CleanCopySink {
   readonly name = 'clean-copy';
   /** Counters. */
-  readonly stats: CleanCopyStats = { admitted: 0, admittedFromCheckpoint: 0, checkpointBlocksRead: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
+  readonly stats: CleanCopyStats = { admitted: 0, admittedFromCheckpoint: 0, admittedFrom: {}, checkpointBlocksRead: 0, dirtied: 0, recovered: 0, failedNotClean: 0, failedMismatch: 0, scanNs: 0, recoverNs: 0 };
   /** 1: the page equals the image's bytes (checked at a scan, sealed, not written since). */
   private readonly clean: Uint8Array;
   private readonly tracker: PageWriteTracker;
@@ -99,6 +105,8 @@ export class CleanCopyRecovery implements RecoveryMethod {
   private readonly cleanInCheckpoint: Uint8Array;
   /** 1: the page was found different from the checkpoint, or written: never compared again. */
   private readonly leftCheckpoint: Uint8Array;
+  /** Pages other sources admitted (admit), until written. */
+  private readonly sources = new Map<number, CleanSource>();
 
   /** @param vm the VM whose clean pages this tracks (its image is `vm.image` at each scan). */
   constructor(readonly vm: Vm, options: CleanCopyOptions = {}) {
@@ -108,6 +116,12 @@ export class CleanCopyRecovery implements RecoveryMethod {
     this.leftCheckpoint = new Uint8Array(this.cleanInCheckpoint.length);
     this.tracker = PageWriteTracker.of(vm);
     const dirty = (gpn: number): void => {
+      const source = this.sources.get(gpn);
+      if (source !== undefined) {
+        this.sources.delete(gpn);
+        source.release(gpn);
+        if (this.clean[gpn] !== 1 && this.cleanInCheckpoint[gpn] !== 1) this.stats.dirtied++;
+      }
       if (this.clean[gpn] === 1 || this.cleanInCheckpoint[gpn] === 1) this.stats.dirtied++;
       this.clean[gpn] = 0;
       if (this.checkpoint !== null) {
@@ -120,7 +134,22 @@ export class CleanCopyRecovery implements RecoveryMethod {
 
   /** Whether a page is clean now (recoverable from the image or the checkpoint). */
   isClean(gpn: number): boolean {
-    return (this.cleanInImage(gpn) || this.cleanInCheckpoint[gpn] === 1) && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
+    return (this.cleanInImage(gpn) || this.cleanInCheckpoint[gpn] === 1 || this.sources.has(gpn)) && this.tracker.isSealed(gpn) && !this.tracker.unsettled(gpn);
+  }
+
+  /**
+   * Admits a present page whose bytes equal `source.read(gpn)` now (the source vouches: it just
+   * produced them). Sealed like an image page; the first write releases the source. False when
+   * the page cannot be sealed (flagged for something else, shared): the caller keeps nothing.
+   */
+  admit(gpn: number, source: CleanSource): boolean {
+    if (!Number.isInteger(gpn) || gpn < 0 || gpn >= this.clean.length) return false;
+    if (this.vm.memory.stateOf(gpn) !== PageState.PRESENT || !this.tracker.seal(gpn)) return false;
+    const previous = this.sources.get(gpn);
+    if (previous !== undefined && previous !== source) previous.release(gpn);
+    this.sources.set(gpn, source);
+    this.stats.admittedFrom[source.name] = (this.stats.admittedFrom[source.name] ?? 0) + 1;
+    return true;
   }
 
   private cleanInImage(gpn: number): boolean {
@@ -201,6 +230,8 @@ export class CleanCopyRecovery implements RecoveryMethod {
   dispose(): void {
     this.unlisten();
     this.clean.fill(0);
+    for (const [gpn, source] of this.sources) source.release(gpn);
+    this.sources.clear();
   }
 
   recover(vm: Vm, report: ErrorReport, bad: Uint8Array): Uint8Array | null {
@@ -213,7 +244,8 @@ export class CleanCopyRecovery implements RecoveryMethod {
       this.stats.failedNotClean++;
       return null;
     }
-    const page = this.cleanInImage(gpn) ? imagePageBytes(this.image!, gpn) : this.checkpoint!.readPage(gpn);
+    const source = this.sources.get(gpn);
+    const page = this.cleanInImage(gpn) ? imagePageBytes(this.image!, gpn) : source !== undefined ? source.read(gpn) : this.checkpoint!.readPage(gpn);
     if (page === null) {
       this.stats.failedNotClean++;
       return null;
