@@ -11,6 +11,8 @@
  * again once `quietInstructions` of the VM's instructions have passed since its reference. A
  * sampled distance d stands for about d / rate pages of the whole memory, so a memory of C pages
  * misses the reference when d ≥ C × rate (and always on a page's first reference, a cold miss).
+ * A few pages in use all the time (found by a census) form a hot stratum that is watched whole
+ * and whose references count once each instead of 1 / rate times (MissRateCurve below).
  *
  * `exactMissRateCurve` computes the same curve exactly from a complete reference trace, and
  * `TraceReplay` drives a tracker from a synthetic trace without a guest (tests, the bench).
@@ -19,6 +21,11 @@
 import type { Vm } from '../../kernel/index.ts';
 
 const PAGE_BYTES = 4096;
+/**
+ * The most pages a census window watches fire (each a TLB miss and a watcher call); a guest that
+ * uses more pages than this in a quiet time ends the census early and leaves the hot stratum empty.
+ */
+const CENSUS_BUDGET = 2048;
 const MIB_PAGES = (1 << 20) / PAGE_BYTES;
 
 /** What a tracker watches: a VM's memory, or a replayed trace (TraceReplay). */
@@ -56,6 +63,16 @@ export interface MissRateCurveOptions {
   decay?: number;
   /** Keep every sampled reference's page in order (`trace()`); for the bench and tests (memory grows with the run). */
   keepTrace?: boolean;
+  /**
+   * The most pages the hot stratum holds (docs/mrc.md#hot-pages-the-census-and-the-hot-stratum): pages found in use in two
+   * consecutive quiet times by a census are watched whether sampled or not and each of their
+   * references counts once, when there are at most this many. Default ⌊guest pages ÷ sampled
+   * pages⌋ (fewer pages than the sample is expected to hold one of), at most the sampled pages
+   * (no more watches than the sample's); 0 turns the census off.
+   */
+  hotPages?: number;
+  /** Instructions from one census to the next (the first is at the first tick). Default 50,000,000. */
+  censusInstructions?: number;
 }
 
 /** The curve, JSON-friendly (GET /vms/{name}/mrc). `miss_ratio[i]` is the estimate at `sizes_pages[i]` pages. */
@@ -100,6 +117,14 @@ export interface MissRateCurveReport {
   instructions: number;
   /** Aging steps applied since the tracker was created or last reset. */
   aging_steps: number;
+  /** Pages in the hot stratum now (watched whether sampled or not; each reference counts once). */
+  hot_pages: number;
+  /** The most pages the hot stratum may hold (0: no census). */
+  hot_pages_max: number;
+  /** Censuses completed (each: two quiet times of watching the pages outside the sample). */
+  censuses: number;
+  /** References of hot-stratum pages counted (after aging; each stands for one reference). */
+  hot_references: number;
 }
 
 /** A bad MissRateCurve option. */
@@ -132,35 +157,44 @@ function thresholdOf(rate: number): number {
 }
 
 /**
- * Stack distances with a Fenwick tree over logical time: each item's last reference time holds
- * a 1; the distance of a new reference is the number of 1s after the item's previous time.
+ * Stack distances with a Fenwick tree over logical time: each counted item's last reference time
+ * holds a 1; the distance of a new reference is the number of 1s after the item's previous time.
+ * Items from `counted` on are *uncounted*: their references get distances, but they hold no mark,
+ * so they never add to another item's distance (the tracker's hot pages outside the sample).
  * Times are renumbered when they run out.
  */
 class StackDistances {
   private tree: Int32Array;
   private readonly lastTime: Int32Array;
   private now = 0;
+  /** Counted items referenced at least once. */
   seen = 0;
 
-  constructor(readonly items: number) {
+  constructor(readonly items: number, readonly counted = items) {
     this.tree = new Int32Array(Math.max(64, 2 * items + 16) + 1);
     this.lastTime = new Int32Array(items).fill(-1);
   }
 
-  /** References `item`: returns its distance (distinct other items since its last reference), or -1 the first time. */
+  /** References `item`: returns its distance (distinct other counted items since its last reference), or -1 the first time. */
   reference(item: number): number {
     if (this.now + 1 >= this.tree.length) this.compact();
     const previous = this.lastTime[item]!;
+    const counted = item < this.counted;
     let distance = -1;
     if (previous >= 0) {
       distance = this.prefix(this.now) - this.prefix(previous + 1);
-      this.add(previous + 1, -1);
-    } else {
+      if (counted) this.add(previous + 1, -1);
+    } else if (counted) {
       this.seen++;
     }
-    this.add(this.now + 1, 1);
+    if (counted) this.add(this.now + 1, 1);
     this.lastTime[item] = this.now++;
     return distance;
+  }
+
+  /** Forgets an uncounted item (its next reference is a first one). */
+  forget(item: number): void {
+    if (item >= this.counted) this.lastTime[item] = -1;
   }
 
   clear(): void {
@@ -191,7 +225,7 @@ class StackDistances {
     this.tree.fill(0);
     for (let t = 0; t < live.length; t++) {
       this.lastTime[live[t]!] = t;
-      this.add(t + 1, 1);
+      if (live[t]! < this.counted) this.add(t + 1, 1);
     }
     this.now = live.length;
   }
@@ -339,6 +373,13 @@ function vmSource(vm: Vm): AccessWatchSource {
  * The online miss-rate curve of one VM (T-9). Create it, call `tick()` between runs (every
  * scheduling round), read `curve()`, `missRatioAt(pages)`, `sizeFor(target)`, `sizeWithin(ε)`;
  * `dispose()` before destroying the VM.
+ *
+ * Besides the hashed sample, a *hot stratum* (docs/mrc.md#hot-pages-the-census-and-the-hot-stratum): a census now and then
+ * watches every page outside the sample for two consecutive quiet times; when the pages in use in
+ * both are at most `hotPages`, exactly those pages are watched from then on, sampled or not, and
+ * each of their references counts as one reference instead of 1 ÷ density. A handful of pages
+ * used all the time (the guest kernel's code, a stack) then neither go missing from the curve nor
+ * weigh a hundredfold when the sample happens to hold one.
  */
 export class MissRateCurve {
   /** Fraction of guest pages sampled, in (0, 1]. */
@@ -357,10 +398,25 @@ export class MissRateCurve {
   readonly pageCount: number;
   /** The sampled guest page numbers, ascending. */
   readonly sampledGpns: Int32Array;
+  /** The most pages the hot stratum holds (0: no census, no hot stratum). */
+  readonly hotPagesMax: number;
+  /** Instructions from one census to the next. */
+  readonly censusInstructions: number;
   private readonly source: AccessWatchSource;
   private readonly watcherId: number;
-  /** Per guest page: its index in sampledGpns, or -1. */
+  /** Per guest page: its slot (sampled pages 0…n-1, hot pages outside the sample n…), or -1. */
   private readonly slotOf: Int32Array;
+  /** Per slot: its guest page (-1 for a free hot slot). */
+  private readonly gpnOfSlot: Int32Array;
+  /** Per slot: 1 while the page is in the hot stratum. */
+  private readonly hotSlot: Uint8Array;
+  /** Per slot: 1 while the page waits out its quiet time (in the wait ring). */
+  private readonly waiting: Uint8Array;
+  /** Per slot: bumped when a hot slot is freed, so that its entries left in the wait ring are skipped. */
+  private readonly generation: Uint32Array;
+  /** Free hot slots (a stack). */
+  private readonly freeHot: Int32Array;
+  private freeHotCount: number;
   private readonly stack: StackDistances;
   /** Fired since the last tick, in order (filled by the watcher). */
   private readonly firedSlot: Int32Array;
@@ -368,14 +424,18 @@ export class MissRateCurve {
   private fired = 0;
   /** Referenced pages waiting out their quiet time: a ring, in reference order. */
   private readonly waitSlot: Int32Array;
+  private readonly waitGeneration: Uint32Array;
   private readonly waitDue: Float64Array;
   private waitHead = 0;
   private waitCount = 0;
   private readonly armBuffer: Int32Array;
-  /** histogram[d]: weighted sampled references with sampled stack distance d. */
+  /** histogram[d]: weighted references of sampled pages with sampled stack distance d (one sampled reference weighs 1). */
   private readonly histogram: Float64Array;
+  /** hotHistogram[d]: weighted references of hot pages outside the sample with sampled stack distance d. */
+  private readonly hotHistogram: Float64Array;
   private cold = 0;
   private total = 0;
+  private hotTotal = 0;
   private readonly keepTrace: boolean;
   /** Guest pages per sampled page (1 / the realised sampling density). */
   private readonly scale: number;
@@ -383,12 +443,33 @@ export class MissRateCurve {
   private traceLength = 0;
   private lastAging: number;
   private disposed = false;
+  // The census (empty arrays when it is off).
+  /** Per guest page: 1 while armed by the census (its access is a sighting, not a reference). */
+  private readonly censusArmed: Uint8Array;
+  /** Per guest page: 1 = used in the census's first quiet time, 2 = in both. */
+  private readonly touched: Uint8Array;
+  /** The pages armed for the current census window. */
+  private readonly censusList: Int32Array;
+  private censusListLength = 0;
+  /** 0: no census running; 1, 2: its first or second window. */
+  private censusPhase = 0;
+  /** Whether the current census window still records sightings (it stops at `censusBudget` census-only sightings). */
+  private censusOpen = false;
+  private censusSightings = 0;
+  /** Whether the current census saw more than CENSUS_BUDGET pages in a window (then it is abandoned). */
+  private censusCut = false;
+  private censusWindowEnd = 0;
+  private nextCensus: number;
   /** tick() calls so far. */
   ticks = 0;
   /** Aging steps applied since the tracker was created or last reset. */
   agingSteps = 0;
-  /** Watcher calls that found no room or an unsampled page (never expected; counted, not thrown). */
+  /** Watcher calls that found no room or an unwatched page (never expected; counted, not thrown). */
   dropped = 0;
+  /** Censuses completed. */
+  censuses = 0;
+  /** Pages in the hot stratum now. */
+  hotPages = 0;
   private lastClock = 0;
 
   constructor(target: Vm | AccessWatchSource, options: MissRateCurveOptions = {}) {
@@ -404,12 +485,18 @@ export class MissRateCurve {
     if (hash !== 'mix' && hash !== 'golden') throw new MrcError(`hash must be 'mix' or 'golden', not ${String(hash)}`);
     const seed = options.seed ?? 0;
     if (!Number.isInteger(seed)) throw new MrcError(`seed must be an integer, not ${seed}`);
+    const census = options.censusInstructions ?? 50_000_000;
+    if (!(Number.isFinite(census) && census > 0)) throw new MrcError(`censusInstructions must be > 0, not ${census}`);
+    if (options.hotPages !== undefined && !(Number.isInteger(options.hotPages) && options.hotPages >= 0)) {
+      throw new MrcError(`hotPages must be an integer ≥ 0, not ${options.hotPages}`);
+    }
     this.rate = rate;
     this.seed = seed | 0;
     this.hash = hash;
     this.quietInstructions = quiet;
     this.agingInstructions = aging;
     this.decay = decay;
+    this.censusInstructions = census;
     this.keepTrace = options.keepTrace ?? false;
     this.source = 'memory' in target ? vmSource(target) : target;
     this.pageCount = this.source.pageCount;
@@ -425,22 +512,59 @@ export class MissRateCurve {
     }
     this.sampledGpns = Int32Array.from(sampled);
     const n = sampled.length;
-    this.stack = new StackDistances(n);
-    this.firedSlot = new Int32Array(n);
-    this.firedClock = new Float64Array(n);
-    this.waitSlot = new Int32Array(n);
-    this.waitDue = new Float64Array(n);
-    this.armBuffer = new Int32Array(n);
-    this.histogram = new Float64Array(n + 1);
     this.scale = n === 0 ? 1 : this.pageCount / n;
+    // No census when nothing or everything is sampled (at rate 1 every page is watched anyway).
+    const hotMax = n === 0 || n === this.pageCount ? 0 : Math.min(this.pageCount - n, options.hotPages ?? Math.min(n, Math.floor(this.scale)));
+    this.hotPagesMax = hotMax;
+    const slots = n + hotMax;
+    this.gpnOfSlot = new Int32Array(slots).fill(-1);
+    this.gpnOfSlot.set(this.sampledGpns);
+    this.hotSlot = new Uint8Array(slots);
+    this.waiting = new Uint8Array(slots);
+    this.generation = new Uint32Array(slots);
+    this.freeHot = new Int32Array(hotMax);
+    for (let i = 0; i < hotMax; i++) this.freeHot[i] = slots - 1 - i;
+    this.freeHotCount = hotMax;
+    this.stack = new StackDistances(slots, n);
+    this.firedSlot = new Int32Array(slots);
+    this.firedClock = new Float64Array(slots);
+    // Each live slot is in the ring at most once; a freed hot slot may leave one stale entry.
+    const ring = n + 2 * hotMax;
+    this.waitSlot = new Int32Array(ring);
+    this.waitGeneration = new Uint32Array(ring);
+    this.waitDue = new Float64Array(ring);
+    this.armBuffer = new Int32Array(Math.max(slots, hotMax > 0 ? this.pageCount : 0));
+    this.histogram = new Float64Array(n + 1);
+    this.hotHistogram = new Float64Array(n + 1);
+    this.censusArmed = new Uint8Array(hotMax > 0 ? this.pageCount : 0);
+    this.touched = new Uint8Array(hotMax > 0 ? this.pageCount : 0);
+    this.censusList = new Int32Array(hotMax > 0 ? this.pageCount : 0);
     this.lastClock = this.source.clock;
     this.lastAging = this.lastClock;
+    this.nextCensus = this.lastClock;
     this.watcherId = this.source.addAccessWatcher(this.onAccess);
     this.source.armAccessWatch(this.watcherId, this.sampledGpns);
   }
 
-  /** The watcher: runs inside the interpreter's slow path; records and returns (no allocation, never throws). */
+  /**
+   * The watcher: runs inside the interpreter's slow path; records and returns (no allocation,
+   * never throws). The one exception to "records only": when a census window has seen its budget
+   * of pages, the census's remaining watches are disarmed here (no shootdown is involved).
+   */
   private readonly onAccess = (gpn: number): void => {
+    if (this.censusOpen && gpn < this.touched.length) {
+      if (this.censusPhase === 1) this.touched[gpn] = 1;
+      else if (this.touched[gpn] === 1) this.touched[gpn] = 2;
+    }
+    if (gpn < this.censusArmed.length && this.censusArmed[gpn] === 1) {
+      // A census sighting: the page was outside the sample or waiting out its quiet time.
+      this.censusArmed[gpn] = 0;
+      if (this.censusOpen && ++this.censusSightings >= CENSUS_BUDGET) {
+        this.censusCut = true;
+        this.closeCensusWindow();
+      }
+      return;
+    }
     const slot = gpn < this.slotOf.length ? this.slotOf[gpn]! : -1;
     if (slot < 0 || this.fired >= this.firedSlot.length) {
       this.dropped++;
@@ -456,9 +580,17 @@ export class MissRateCurve {
     return this.sampledGpns.length;
   }
 
+  /** The pages in the hot stratum now, ascending. */
+  hotGpns(): number[] {
+    const out: number[] = [];
+    for (let slot = 0; slot < this.hotSlot.length; slot++) if (this.hotSlot[slot] === 1) out.push(this.gpnOfSlot[slot]!);
+    return out.sort((a, b) => a - b);
+  }
+
   /**
-   * Between runs: counts the references seen since the last tick, arms again the pages whose
-   * quiet time is over, and ages the histogram. Cost: O(log n) per reference, O(1) per re-arm.
+   * Between runs: counts the references seen since the last tick, moves the census on, arms again
+   * the pages whose quiet time is over, and ages the histogram. Cost: O(log n) per reference, O(1)
+   * per re-arm; a census step O(guest pages).
    */
   tick(): void {
     if (this.disposed) return;
@@ -466,39 +598,161 @@ export class MissRateCurve {
     const now = this.source.clock;
     this.lastClock = now;
     const histogram = this.histogram;
+    const n = this.sampledGpns.length;
+    const density = 1 / this.scale;
     // 1. The references, in the order the guest made them.
     const size = this.waitSlot.length;
     for (let i = 0; i < this.fired; i++) {
       const slot = this.firedSlot[i]!;
       const distance = this.stack.reference(slot);
-      if (distance < 0) this.cold++;
-      else histogram[distance]!++;
-      this.total++;
-      if (this.keepTrace) this.appendTrace(this.sampledGpns[slot]!);
+      // A sampled page stands for 1 ÷ density pages (weight 1 here); a hot page for itself.
+      const weight = this.hotSlot[slot] === 1 ? density : 1;
+      if (distance < 0) this.cold += weight;
+      else if (slot < n) histogram[distance]! += weight;
+      else this.hotHistogram[distance]! += weight;
+      this.total += weight;
+      if (this.hotSlot[slot] === 1) this.hotTotal += weight;
+      if (this.keepTrace && slot < n) this.appendTrace(this.gpnOfSlot[slot]!);
       const at = (this.waitHead + this.waitCount) % size;
       this.waitSlot[at] = slot;
+      this.waitGeneration[at] = this.generation[slot]!;
       this.waitDue[at] = this.firedClock[i]! + this.quietInstructions;
       this.waitCount++;
+      this.waiting[slot] = 1;
     }
     this.fired = 0;
-    // 2. Arm again what has been quiet long enough (the ring is in reference order, so in due order).
+    // 2. The census: end its window when the quiet time is over.
+    let secondWindow = false;
+    if (this.censusPhase !== 0 && now >= this.censusWindowEnd) {
+      this.closeCensusWindow();
+      if (this.censusPhase === 1 && !this.censusCut) secondWindow = true;
+      else this.finishCensus();
+    }
+    // 3. Arm again what has been quiet long enough (the ring is in reference order, so in due order).
     let arm = 0;
     while (this.waitCount > 0 && this.waitDue[this.waitHead]! <= now) {
-      this.armBuffer[arm++] = this.sampledGpns[this.waitSlot[this.waitHead]!]!;
+      const slot = this.waitSlot[this.waitHead]!;
+      if (this.waitGeneration[this.waitHead] === this.generation[slot]) {
+        const gpn = this.gpnOfSlot[slot]!;
+        this.waiting[slot] = 0;
+        // Armed by the census while it waited: from now on its access is a reference.
+        if (this.censusArmed.length > 0) this.censusArmed[gpn] = 0;
+        this.armBuffer[arm++] = gpn;
+      }
       this.waitHead = (this.waitHead + 1) % size;
       this.waitCount--;
     }
     if (arm > 0) this.source.armAccessWatch(this.watcherId, this.armBuffer, arm);
-    // 3. Aging.
+    // 4. Start a census window.
+    if (secondWindow) this.openCensusWindow(2, now);
+    else if (this.hotPagesMax > 0 && this.censusPhase === 0 && now >= this.nextCensus) {
+      this.nextCensus = now + this.censusInstructions;
+      this.openCensusWindow(1, now);
+    }
+    // 5. Aging.
     if (this.agingInstructions > 0 && now - this.lastAging >= this.agingInstructions) {
       const steps = Math.floor((now - this.lastAging) / this.agingInstructions);
       this.lastAging += steps * this.agingInstructions;
       const factor = this.decay ** steps;
-      for (let d = 0; d < histogram.length; d++) histogram[d]! *= factor;
+      for (let d = 0; d < histogram.length; d++) {
+        histogram[d]! *= factor;
+        this.hotHistogram[d]! *= factor;
+      }
       this.cold *= factor;
       this.total *= factor;
+      this.hotTotal *= factor;
       this.agingSteps += steps;
     }
+  }
+
+  /**
+   * Census window 1 watches every page the tracker does not (outside the sample and the hot
+   * stratum, or waiting out its quiet time); window 2 only those seen in window 1. A watched
+   * page's reference is its sighting.
+   */
+  private openCensusWindow(phase: 1 | 2, now: number): void {
+    const touched = this.touched;
+    if (phase === 1) touched.fill(0);
+    let count = 0;
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      if (phase === 2 && touched[gpn] !== 1) continue;
+      const slot = this.slotOf[gpn]!;
+      if (slot >= 0 && this.waiting[slot] === 0) continue; // armed: its reference is the sighting
+      this.censusArmed[gpn] = 1;
+      this.censusList[count++] = gpn;
+    }
+    this.censusListLength = count;
+    this.censusPhase = phase;
+    this.censusOpen = true;
+    this.censusSightings = 0;
+    if (phase === 1) this.censusCut = false;
+    this.censusWindowEnd = now + Math.max(1, this.quietInstructions);
+    if (count > 0) this.source.armAccessWatch(this.watcherId, this.censusList, count);
+  }
+
+  /** Stops recording sightings and disarms the census's watches not yet used. */
+  private closeCensusWindow(): void {
+    this.censusOpen = false;
+    let left = 0;
+    for (let i = 0; i < this.censusListLength; i++) {
+      const gpn = this.censusList[i]!;
+      if (this.censusArmed[gpn] !== 1) continue;
+      this.censusArmed[gpn] = 0;
+      this.censusList[left++] = gpn;
+    }
+    this.censusListLength = 0;
+    if (left > 0) this.source.disarmAccessWatch(this.watcherId, this.censusList, left);
+  }
+
+  /**
+   * The hot stratum becomes the pages used in both windows if they are at most hotPagesMax, else
+   * nothing; nothing too when the census was cut (more than CENSUS_BUDGET pages in use in a
+   * quiet time: a few hot pages are then a small share of the references).
+   */
+  private finishCensus(): void {
+    this.censusPhase = 0;
+    this.censuses++;
+    const touched = this.touched;
+    let persistent = 0;
+    if (!this.censusCut) for (let gpn = 0; gpn < this.pageCount; gpn++) if (touched[gpn] === 2) persistent++;
+    const keep = !this.censusCut && persistent <= this.hotPagesMax;
+    const n = this.sampledGpns.length;
+    // Leave: hot pages not in the new stratum.
+    let disarm = 0;
+    for (let slot = 0; slot < this.hotSlot.length; slot++) {
+      if (this.hotSlot[slot] !== 1) continue;
+      const gpn = this.gpnOfSlot[slot]!;
+      if (keep && touched[gpn] === 2) continue;
+      this.hotSlot[slot] = 0;
+      this.hotPages--;
+      if (slot < n) continue; // stays in the sample
+      if (this.waiting[slot] === 0) this.armBuffer[disarm++] = gpn;
+      this.waiting[slot] = 0;
+      this.generation[slot]!++;
+      this.slotOf[gpn] = -1;
+      this.gpnOfSlot[slot] = -1;
+      this.stack.forget(slot);
+      this.freeHot[this.freeHotCount++] = slot;
+    }
+    if (disarm > 0) this.source.disarmAccessWatch(this.watcherId, this.armBuffer, disarm);
+    if (!keep) return;
+    // Join: the others used in both windows (their last sighting is their last use: armed now).
+    let arm = 0;
+    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+      if (touched[gpn] !== 2) continue;
+      let slot = this.slotOf[gpn]!;
+      if (slot >= 0 && this.hotSlot[slot] === 1) continue;
+      if (slot < 0) {
+        slot = this.freeHot[--this.freeHotCount]!;
+        this.slotOf[gpn] = slot;
+        this.gpnOfSlot[slot] = gpn;
+        this.stack.reference(slot); // its place in the LRU order: used just now
+        this.armBuffer[arm++] = gpn;
+      }
+      this.hotSlot[slot] = 1;
+      this.hotPages++;
+    }
+    if (arm > 0) this.source.armAccessWatch(this.watcherId, this.armBuffer, arm);
   }
 
   private appendTrace(gpn: number): void {
@@ -520,14 +774,17 @@ export class MissRateCurve {
    * is spread evenly over runs of page numbers, so the d + 1 sampled pages (the page itself and
    * the d others) stand for d + 1 pages ÷ density, the page itself included; with the mix hash
    * each page is sampled independently and d alone is scaled. Density = sampled ÷ guest pages.
+   * For a hot page outside the sample (`hot`): with the golden hash (d + ½) ÷ density, the middle
+   * of the distinct-page counts whose evenly spread sample holds d pages; with the mix hash d ÷ density.
    */
-  estimatedDistance(d: number): number {
-    return this.hash === 'golden' ? (d + 1) * this.scale - 1 : d * this.scale;
+  estimatedDistance(d: number, hot = false): number {
+    if (this.hash !== 'golden') return d * this.scale;
+    return hot ? (d + 0.5) * this.scale : (d + 1) * this.scale - 1;
   }
 
   /** The smallest sampled distance that misses in a memory of `pages` pages (estimatedDistance(d) ≥ pages). */
-  private firstMissing(pages: number): number {
-    const k = this.hash === 'golden' ? (pages + 1) / this.scale - 1 : pages / this.scale;
+  private firstMissing(pages: number, hot = false): number {
+    const k = this.hash !== 'golden' ? pages / this.scale : hot ? pages / this.scale - 0.5 : (pages + 1) / this.scale - 1;
     return Math.max(0, Math.ceil(k - 1e-9));
   }
 
@@ -537,6 +794,7 @@ export class MissRateCurve {
     let misses = this.cold;
     const histogram = this.histogram;
     for (let d = this.firstMissing(pages); d < histogram.length; d++) misses += histogram[d]!;
+    if (this.hotTotal > 0) for (let d = this.firstMissing(pages, true); d < histogram.length; d++) misses += this.hotHistogram[d]!;
     return misses / this.total;
   }
 
@@ -551,17 +809,22 @@ export class MissRateCurve {
    * ⌊estimatedDistance(d)⌋ + 1, with the miss ratio from there up to the next point.
    */
   private points(): { sizes: number[]; ratios: number[] } {
-    const histogram = this.histogram;
     const sizes: number[] = [0];
     const ratios: number[] = [];
     if (this.total === 0) return { sizes, ratios: [0] };
+    // (size at which they start to hit, weight), from both histograms, by size.
+    const hits: [number, number][] = [];
+    for (const [histogram, hot] of [[this.histogram, false], [this.hotHistogram, true]] as const) {
+      for (let d = 0; d < histogram.length; d++) {
+        if (histogram[d]! > 0) hits.push([Math.min(this.pageCount, Math.floor(this.estimatedDistance(d, hot)) + 1), histogram[d]!]);
+      }
+    }
+    hits.sort((a, b) => a[0] - b[0]);
     let misses = this.cold;
-    for (let d = 0; d < histogram.length; d++) misses += histogram[d]!;
+    for (const [, weight] of hits) misses += weight;
     ratios.push(misses / this.total);
-    for (let d = 0; d < histogram.length; d++) {
-      if (histogram[d]! <= 0) continue;
-      misses -= histogram[d]!;
-      const size = Math.min(this.pageCount, Math.floor(this.estimatedDistance(d)) + 1);
+    for (const [size, weight] of hits) {
+      misses -= weight;
       if (size === sizes[sizes.length - 1]) ratios[ratios.length - 1] = Math.max(0, misses) / this.total;
       else {
         sizes.push(size);
@@ -615,6 +878,10 @@ export class MissRateCurve {
       ticks: this.ticks,
       instructions: this.lastClock,
       aging_steps: this.agingSteps,
+      hot_pages: this.hotPages,
+      hot_pages_max: this.hotPagesMax,
+      censuses: this.censuses,
+      hot_references: round6(this.hotTotal * this.scale),
     };
   }
 
@@ -624,8 +891,10 @@ export class MissRateCurve {
    */
   reset(forgetStack = false): void {
     this.histogram.fill(0);
+    this.hotHistogram.fill(0);
     this.cold = 0;
     this.total = 0;
+    this.hotTotal = 0;
     this.agingSteps = 0;
     this.lastAging = this.source.clock;
     this.traceLength = 0;

@@ -229,9 +229,109 @@ describe('the sampled tracker, replayed without a guest', () => {
 
   it('refuses bad options', () => {
     const replay = new TraceReplay(64);
-    for (const options of [{ rate: 0 }, { rate: 1.5 }, { quietInstructions: -1 }, { decay: 1 }, { agingInstructions: NaN }, { seed: 0.5 }, { hash: 'md5' as never }]) {
+    for (const options of [{ rate: 0 }, { rate: 1.5 }, { quietInstructions: -1 }, { decay: 1 }, { agingInstructions: NaN }, { seed: 0.5 }, { hash: 'md5' as never }, { hotPages: -1 }, { hotPages: 1.5 }, { censusInstructions: 0 }]) {
       expect(() => new MissRateCurve(replay, options)).toThrow(MrcError);
     }
+  });
+});
+
+/**
+ * A cyclic scan over 20,000 pages with a few hot pages used all the time in between (a guest's
+ * kernel code and stack): accesses 0, 1, … are the clock; every 25 scan accesses each hot page
+ * is accessed once. With a quiet time of 400 accesses each hot page makes a reference about every
+ * 400-600 accesses: about 2 % of the references, all hits at a small distance.
+ */
+function scanWithHotPages(hot: readonly number[], passes = 3): number[] {
+  const out: number[] = [];
+  for (let p = 0; p < passes; p++) {
+    for (let i = 0; i < 20_000; i++) {
+      out.push(1000 + i);
+      if (i % 25 === 24) out.push(...hot);
+    }
+  }
+  return out;
+}
+
+/** Replays `trace` (ticks every 200 accesses, quiet time 400) into a rate-1 recorder and sampled trackers; returns the exact trace and the trackers. */
+function replayWithRecorder(trace: readonly number[], options: MissRateCurveOptions[]): { exact: number[]; trackers: MissRateCurve[] } {
+  const replay = new TraceReplay(1 << 16);
+  const common = { quietInstructions: 400, agingInstructions: 0 };
+  const recorder = new MissRateCurve(replay, { ...common, rate: 1, keepTrace: true });
+  const trackers = options.map((o) => new MissRateCurve(replay, { ...common, ...o }));
+  replay.replay(trace, [recorder, ...trackers], 200);
+  return { exact: Array.from(recorder.trace()), trackers };
+}
+
+describe('the hot stratum (pages used all the time, found by a census)', () => {
+  const unsampled = Array.from({ length: 200 }, (_, gpn) => gpn).filter((gpn) => !isSampledPage(gpn, 0.01, 0, 'golden'));
+  const sampled = Array.from({ length: 1000 }, (_, gpn) => gpn).filter((gpn) => isSampledPage(gpn, 0.01, 0, 'golden'));
+
+  it('counts the references of hot pages outside the sample: a scan\'s curve within 0.01 MAE, not without it', () => {
+    const hot = unsampled.slice(0, 8);
+    const { exact, trackers: [withHot, without] } = replayWithRecorder(scanWithHotPages(hot), [{ rate: 0.01 }, { rate: 0.01, hotPages: 0 }]);
+    const hotShare = exact.filter((gpn) => gpn < 1000).length / exact.length;
+    expect(hotShare).toBeGreaterThan(0.015);
+    expect(withHot!.hotGpns()).toEqual(hot);
+    expect(withHot!.censuses).toBeGreaterThanOrEqual(1);
+    expect(withHot!.curve()).toMatchObject({ hot_pages: 8, hot_pages_max: withHot!.hotPagesMax });
+    expect(withHot!.hotPagesMax).toBe(Math.floor((1 << 16) / withHot!.sampledPages));
+    expect(without!.hotGpns()).toEqual([]);
+    // Without the hot stratum every reference below the scan's size is a miss; the exact curve says 1 - the hot share.
+    expect(without!.missRatioAt(10_000)).toBe(1);
+    expect(exactMissRateCurve(exact).missRatioAt(10_000)).toBeCloseTo(1 - hotShare, 2);
+    expect(withHot!.missRatioAt(10_000)).toBeCloseTo(1 - hotShare, 2);
+    expect(mae(exact, without!)).toBeGreaterThan(0.015);
+    expect(mae(exact, withHot!)).toBeLessThan(0.008);
+    // Each hot reference stands for one reference: the estimated hot references are the exact ones (± the census's start).
+    const exactHot = exact.filter((gpn) => gpn < 1000).length;
+    expect(withHot!.curve().hot_references).toBeGreaterThan(0.95 * exactHot);
+    expect(withHot!.curve().hot_references).toBeLessThanOrEqual(exactHot);
+  }, TIMEOUT);
+
+  it('weighs a sampled hot page once per reference, not a hundredfold', () => {
+    const hot = [...unsampled.slice(0, 4), sampled[0]!];
+    const { exact, trackers: [withHot, without] } = replayWithRecorder(scanWithHotPages(hot), [{ rate: 0.01 }, { rate: 0.01, hotPages: 0 }]);
+    expect(withHot!.hotGpns()).toEqual([...hot].sort((a, b) => a - b));
+    // Without the stratum the one sampled hot page stands for about 100 pages' references: a sixth of the curve's weight.
+    expect(exactMissRateCurve(exact).missRatioAt(10_000)).toBeGreaterThan(0.98);
+    expect(without!.missRatioAt(10_000)).toBeLessThan(0.9);
+    expect(mae(exact, without!)).toBeGreaterThan(0.1);
+    expect(mae(exact, withHot!)).toBeLessThan(0.01);
+  }, TIMEOUT);
+
+  it('follows a change of the hot pages at the next census, and leaves a large set in use to the sample', () => {
+    const first = unsampled.slice(0, 6);
+    const second = unsampled.slice(10, 13);
+    const trace = [...scanWithHotPages(first, 1), ...scanWithHotPages(second, 2)];
+    const { exact, trackers: [tracker, without] } = replayWithRecorder(trace, [{ rate: 0.01, censusInstructions: 20_000 }, { rate: 0.01, hotPages: 0 }]);
+    expect(tracker!.censuses).toBeGreaterThan(2);
+    expect(tracker!.hotGpns()).toEqual(second);
+    expect(mae(exact, tracker!)).toBeLessThan(0.009);
+    expect(mae(exact, without!)).toBeGreaterThan(0.012);
+    // Random accesses over 500 pages: about 150 of them are in use in both census windows, more than hotPages (100).
+    const random = replayWithRecorder(uniform(0, 500, 60_000, 5), [{ rate: 0.01 }]).trackers[0]!;
+    expect(random.censuses).toBeGreaterThanOrEqual(1);
+    expect(random.hotGpns()).toEqual([]);
+  }, TIMEOUT);
+
+  it('abandons a census that sees more pages in use in a quiet time than its budget (2,048)', () => {
+    const hot = unsampled.slice(0, 8);
+    const trace: number[] = [];
+    for (const [i, gpn] of uniform(1000, 30_000, 60_000, 9).entries()) {
+      trace.push(gpn);
+      if (i % 25 === 24) trace.push(...hot);
+    }
+    const replay = new TraceReplay(1 << 16);
+    const tracker = new MissRateCurve(replay, { rate: 0.01, quietInstructions: 5000, agingInstructions: 0 });
+    replay.replay(trace, tracker, 200);
+    expect(tracker.censuses).toBe(1);
+    expect(tracker.hotGpns()).toEqual([]);
+  });
+
+  it('is off at rate 1 (every page is watched already)', () => {
+    const tracker = replayed(cyclic(0, 500, 3), { rate: 1 });
+    expect(tracker.hotPagesMax).toBe(0);
+    expect(tracker.curve()).toMatchObject({ hot_pages: 0, hot_pages_max: 0, censuses: 0 });
   });
 });
 
@@ -308,6 +408,10 @@ describe('on a nanokernel guest', () => {
     expect(size).toBeGreaterThan(0.9 * n);
     expect(size).toBeLessThan(1.15 * n);
     expect(curve.footprint_pages).toBeGreaterThan(0.9 * n);
+    // The guest kernel's busiest pages are in the hot stratum; the census left no watch behind.
+    expect(tracker.hotPages).toBeGreaterThan(0);
+    expect(tracker.hotPages).toBeLessThanOrEqual(tracker.hotPagesMax);
+    expect(guest.vm.memory.watchedPages).toBeLessThanOrEqual(tracker.sampledPages + tracker.hotPages);
     tracker.dispose();
     expect(guest.vm.memory.watchedPages).toBe(0);
     tracker.tick(); // harmless after dispose
