@@ -21,11 +21,16 @@
  *                          corrupted bytes. Must be 0.
  * Exit 0 when no trial was silently consumed, looped or went unexplained, 1 otherwise.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { assembleFile } from '../guest-isa/assembler.ts';
-import { attachStandardDevices, CaptureSink } from '../devices/index.ts';
+import { attachStandardDevices, CaptureSink, savedBootArgs } from '../devices/index.ts';
 import { createHypervisor, DOUBLE_MACHINE_CHECK, PageState, type Hypervisor, type Vm } from '../kernel/index.ts';
+import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, type RestoredVm } from '../services/checkpoint/index.ts';
+import { PageSharer } from '../services/memory/sharing.ts';
+import { SwapFile } from '../services/memory/swap.ts';
 import { CleanCopyRecovery } from '../services/recovery/clean-copy.ts';
 import { StoredHashRecovery } from '../services/recovery/hash.ts';
 import { MemoryErrorService, seededRandom, type ReportTiming } from '../services/recovery/index.ts';
@@ -37,8 +42,10 @@ const REPO = join(import.meta.dirname, '..');
 const MiB = 2 ** 20;
 const PAGE = 4096;
 
-export const PAGE_KINDS = ['code', 'clean-data', 'dirty-data', 'page-table', 'kernel-data'] as const;
+export const PAGE_KINDS = ['code', 'clean-data', 'dirty-data', 'page-table', 'kernel-data', 'swapped-in', 'lazily-restored', 'shared'] as const;
 export type PageKind = (typeof PAGE_KINDS)[number];
+/** Kinds a trial makes from the others (swap, a lazy restore, sharing) before it injects. */
+export const DERIVED_KINDS: readonly PageKind[] = ['swapped-in', 'lazily-restored', 'shared'];
 export const WINDOWS = [1, 8, 16, 64] as const;
 export const TIMINGS: readonly ReportTiming[] = ['now', 'on-access'];
 export const METHOD_SETS = ['none', 'clean-copy', 'parity', 'hash', 'all'] as const;
@@ -108,22 +115,49 @@ interface Guest {
   hv: Hypervisor;
   vm: Vm;
   output: CaptureSink;
+  /** Console output of the run this guest was restored from, up to its checkpoint ('' when booted). */
+  prefix: string;
   methods: RecoveryMethod[];
+  /** The hypervisor swap file (swapped-in trials), keeping clean copies when clean copy is a method. */
+  swap: SwapFile | null;
   dispose: () => void;
 }
 
-function bootGuest(bootArgs: string, memoryMiB: number, set: MethodSet, refresh: number): Guest {
+interface GuestOptions {
+  /** Attach a swap file (and keep clean copies in it for clean copy). */
+  swap?: boolean;
+  /** Restore from this checkpoint lazily instead of booting (clean copy also reads it). */
+  restoreFrom?: { path: string; prefix: string };
+}
+
+function bootGuest(bootArgs: string, memoryMiB: number, set: MethodSet, refresh: number, options: GuestOptions = {}): Guest {
   const hv = createHypervisor({ hostMemoryBytes: (memoryMiB + 8) * MiB });
-  const vm = hv.createVm({ memoryBytes: memoryMiB * MiB, name: 'g' });
-  vm.loadImage(kernelImage().image);
   const output = new CaptureSink();
-  attachStandardDevices(vm, { output, bootArgs });
+  let vm: Vm;
+  let restored: RestoredVm | null = null;
+  let reader: CheckpointReader | null = null;
+  if (options.restoreFrom === undefined) {
+    vm = hv.createVm({ memoryBytes: memoryMiB * MiB, name: 'g' });
+    vm.loadImage(kernelImage().image);
+    attachStandardDevices(vm, { output, bootArgs });
+  } else {
+    restored = restoreVmCheckpoint(hv, options.restoreFrom.path, {
+      mode: 'lazy', prefetch: false,
+      attach: (v, saved) => void attachStandardDevices(v, { output, bootArgs: savedBootArgs(saved.components.bootargs!.state) }),
+    });
+    vm = restored.vm;
+    reader = CheckpointReader.open(options.restoreFrom.path);
+  }
   const methods: RecoveryMethod[] = [];
   const stops: Array<() => void> = [];
+  const swap = options.swap === true ? SwapFile.createIn(tmpdir()) : null;
+  if (swap !== null) swap.attach(vm);
   if (set === 'clean-copy' || set === 'all') {
-    const clean = new CleanCopyRecovery(vm);
+    const clean = new CleanCopyRecovery(vm, reader === null ? {} : { checkpoint: reader });
     clean.scan();
     methods.push(clean);
+    if (restored !== null) restored.onPagesInstalled = (gpns) => clean.admitFromCheckpoint(gpns);
+    swap?.keepCleanCopies(vm, clean);
   }
   if (set === 'parity' || set === 'all') {
     const parity = new ParityGroups(vm, { groupPages: 8 });
@@ -135,7 +169,15 @@ function bootGuest(bootArgs: string, memoryMiB: number, set: MethodSet, refresh:
     stops.push(hash.startScanning(refresh));
     methods.push(hash);
   }
-  return { hv, vm, output, methods, dispose: () => { for (const stop of stops) stop(); hv.destroyVm(vm); } };
+  const dispose = (): void => {
+    for (const stop of stops) stop();
+    swap?.forget(vm);
+    swap?.close();
+    if (hv.vms.includes(vm)) hv.destroyVm(vm);
+    restored?.close(); // after the VM is gone: nothing left to read in
+    reader?.close();
+  };
+  return { hv, vm, output, prefix: options.restoreFrom?.prefix ?? '', methods, swap, dispose };
 }
 
 /** Runs to `target` instructions (or the end); false when the guest stopped first. */
@@ -175,7 +217,9 @@ export function pagesByKind(vm: Vm): Record<PageKind, number[]> {
   const textEnd = Math.ceil(sym('user_image_end') / PAGE); // .text: kernel code, then the user image
   const rootGpn = sym('kernel_root') / PAGE;
   const kernelEnd = sym('kernel_end') / PAGE;
-  const out: Record<PageKind, number[]> = { code: [], 'clean-data': [], 'dirty-data': [], 'page-table': [], 'kernel-data': [] };
+  // The last three kinds are pages of the first five that went through swap, a lazy restore or
+  // sharing: runTrial finds them.
+  const out: Record<PageKind, number[]> = { code: [], 'clean-data': [], 'dirty-data': [], 'page-table': [], 'kernel-data': [], 'swapped-in': [], 'lazily-restored': [], shared: [] };
   for (let gpn = 1; gpn < textEnd; gpn++) if (present(gpn)) out.code.push(gpn);
   for (let gpn = textEnd; gpn < kernelEnd; gpn++) if (gpn !== rootGpn && present(gpn)) out['kernel-data'].push(gpn);
   // Process roots: copies of kernel_root (its 1:1 superpage entries) with user entries 0x100 … 0x1ff.
@@ -248,39 +292,109 @@ export function runErrorMatrix(options: MatrixOptions): MatrixResult {
   for (const kind of PAGE_KINDS) for (const windowBits of WINDOWS) for (const report of TIMINGS) combos.push({ kind, windowBits, report });
   const trials: TrialResult[] = [];
   let skipped = 0;
-  for (let index = 0; index < options.trials; index++) {
-    const combo = combos[index % combos.length]!;
-    const methods = sets[(index + Math.floor(index / combos.length)) % sets.length]!;
-    const trial = runTrial(index, combo.kind, combo.windowBits, combo.report, methods, random, { bootArgs, memoryMiB, refresh, refOutput, refEnd, refInstructions });
-    if (trial === null) {
-      skipped++;
-      continue;
+  const dir = mkdtempSync(join(tmpdir(), 'bv-error-matrix-'));
+  try {
+    for (let index = 0; index < options.trials; index++) {
+      const combo = combos[index % combos.length]!;
+      const methods = sets[(index + Math.floor(index / combos.length)) % sets.length]!;
+      const trial = runTrial(index, combo.kind, combo.windowBits, combo.report, methods, random, { bootArgs, memoryMiB, refresh, refOutput, refEnd, refInstructions }, dir);
+      if (trial === null) {
+        skipped++;
+        continue;
+      }
+      trials.push(trial);
+      options.onTrial?.(index + 1, trial);
     }
-    trials.push(trial);
-    options.onTrial?.(index + 1, trial);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
   return { seed, bootArgs, referenceInstructions: refInstructions, trials, skipped, ms: performance.now() - started };
 }
 
-function runTrial(
-  index: number, kind: PageKind, windowBits: number, report: ReportTiming, methods: MethodSet, random: () => number,
-  ref: { bootArgs: string; memoryMiB: number; refresh: number; refOutput: string; refEnd: string; refInstructions: number },
-): TrialResult | null {
+/** Steps a trial of a derived kind takes before its pages exist (instructions). */
+const SWAP_SETTLE = 300_000;
+
+/** Data and user code pages of the processes: what the derived kinds are made from. */
+function processPages(vm: Vm): number[] {
+  const kinds = pagesByKind(vm);
+  return [...kinds['clean-data'], ...kinds['dirty-data'], ...kinds.code.filter((gpn) => gpn >= Math.ceil(sym('kernel_end') / PAGE))];
+}
+
+/**
+ * Boots the guest for one attempt and brings it to instruction `at` with pages of `kind` to pick
+ * from (null when it stopped first or there are none). Derived kinds:
+ * - swapped-in: at `at`, up to 64 process pages are swapped out; the guest runs SWAP_SETTLE more
+ *   instructions; the pages it brought back in are the candidates (clean copy keeps their slots);
+ * - lazily-restored: a checkpoint is saved at 60 % of `at` and restored lazily (no prefetch) into
+ *   a new VM that runs to `at`; the pages read in from the file are the candidates (clean copy
+ *   also reads the checkpoint);
+ * - shared: at `at`, two sharing passes over the VM merge its identical pages (zero pages, and
+ *   the processes' copies of the user image); the pages on shared frames are the candidates.
+ */
+export function prepare(kind: PageKind, at: number, methods: MethodSet, ref: TrialRef, dir: string): { guest: Guest; candidates: number[] } | null {
+  if (kind === 'lazily-restored') {
+    const source = bootGuest(ref.bootArgs, ref.memoryMiB, 'none', ref.refresh);
+    const path = join(dir, 'trial.bvc');
+    try {
+      if (!runTo(source, Math.floor(at * 0.6))) return null;
+      saveVmCheckpoint(source.vm, path);
+    } finally {
+      source.dispose();
+    }
+    const prefix = source.output.text();
+    const guest = bootGuest(ref.bootArgs, ref.memoryMiB, methods, ref.refresh, { restoreFrom: { path, prefix } });
+    const lazy: number[] = [];
+    guest.vm.memory.forEachPage(PageState.LAZY, (gpn) => void lazy.push(gpn));
+    if (!runTo(guest, at)) return { guest, candidates: [] };
+    return { guest, candidates: lazy.filter((gpn) => guest.vm.memory.stateOf(gpn) === PageState.PRESENT) };
+  }
+  const guest = bootGuest(ref.bootArgs, ref.memoryMiB, methods, ref.refresh, { swap: kind === 'swapped-in' });
+  if (!runTo(guest, at)) return { guest, candidates: [] };
+  const memory = guest.vm.memory;
+  if (kind === 'swapped-in') {
+    const out = processPages(guest.vm).slice(0, 64).filter((gpn) => guest.swap!.swapOut(guest.vm, gpn));
+    if (!runTo(guest, at + SWAP_SETTLE)) return { guest, candidates: [] };
+    return { guest, candidates: out.filter((gpn) => memory.stateOf(gpn) === PageState.PRESENT) };
+  }
+  if (kind === 'shared') {
+    const sharer = new PageSharer(guest.hv, { zeroPages: 'share' });
+    sharer.scan(memory.pageCount);
+    sharer.scan(memory.pageCount);
+    sharer.stop();
+    const shared: number[] = [];
+    memory.forEachPage(PageState.PRESENT, (gpn) => {
+      if (!memory.isPrivate(gpn)) shared.push(gpn);
+    });
+    return { guest, candidates: shared };
+  }
+  return { guest, candidates: pagesByKind(guest.vm)[kind] };
+}
+
+export interface TrialRef {
+  bootArgs: string;
+  memoryMiB: number;
+  refresh: number;
+  refOutput: string;
+  refEnd: string;
+  refInstructions: number;
+}
+
+function runTrial(index: number, kind: PageKind, windowBits: number, report: ReportTiming, methods: MethodSet, random: () => number, ref: TrialRef, dir: string): TrialResult | null {
   // A random point with a page of the kind (crc32's buffer exists only while crc32 runs, …): up to 8 tries.
   for (let attempt = 0; attempt < 8; attempt++) {
     const at = Math.floor((0.02 + 0.93 * random()) * ref.refInstructions);
     const pick = random();
     const windowBitOffset = Math.floor(random() * (PAGE * 8 - windowBits + 1));
-    const guest = bootGuest(ref.bootArgs, ref.memoryMiB, methods, ref.refresh);
+    const prepared = prepare(kind, at, methods, ref, dir);
+    if (prepared === null) continue;
+    const { guest, candidates } = prepared;
     try {
-      if (!runTo(guest, at)) continue;
-      const candidates = pagesByKind(guest.vm)[kind];
       if (candidates.length === 0) continue;
       const gpn = candidates[Math.floor(pick * candidates.length)]!;
       const service = new MemoryErrorService(guest.vm, { methods: guest.methods, now: () => 0 });
       service.inject({ gpa: gpn * PAGE + (windowBitOffset >>> 3), windowBitOffset, windowBits, pattern: 'flip', report });
       const end = runToEnd(guest, 3 * ref.refInstructions);
-      const output = guest.output.text();
+      const output = guest.prefix + guest.output.text();
       const logOutcome = service.log()[0]!.outcome;
       const same = output === ref.refOutput && end === ref.refEnd;
       const delivered = service.stats().machineChecks; // refused guest accesses to the poisoned page

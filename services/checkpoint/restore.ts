@@ -132,6 +132,12 @@ export class RestoredVm {
   readonly extra: JsonObject | null;
   /** The mode it was restored in. */
   readonly mode: RestoreMode;
+  /**
+   * Called with the guest pages a lazy restore has just read in from the file (a demand read or
+   * the prefetcher), before the access that wanted them completes: they hold the file's bytes
+   * (CleanCopyRecovery.admitFromCheckpoint seals them as clean copies). Null: nobody listens.
+   */
+  onPagesInstalled: ((gpns: readonly number[]) => void) | null = null;
   /** The checkpoint file's path. */
   readonly path: string;
   /** Storage blocks in the file and the pages they hold (zero pages are not stored). */
@@ -414,6 +420,8 @@ export class RestoredVm {
     }
     this.#pagesInstalled += installs;
     this.#finishBlock(block, gpns.length);
+    const listener = this.onPagesInstalled;
+    if (listener !== null && installs > 0) listener(Array.from(gpns).filter((_, slot) => install[slot] === 1));
   }
 
   #read(block: number): { gpns: Uint32Array; data: Uint8Array } {

@@ -197,6 +197,24 @@ export class CleanCopyRecovery implements RecoveryMethod, CleanCopySink {
     return admitted + fromCheckpoint;
   }
 
+  /**
+   * Admits pages a lazy restore has just installed from this checkpoint (RestoredVm.onPagesInstalled):
+   * they hold its bytes by construction, so they are sealed without a compare. Returns how many.
+   */
+  admitFromCheckpoint(gpns: readonly number[]): number {
+    if (this.checkpoint === null) return 0;
+    const memory = this.vm.memory;
+    let admitted = 0;
+    for (const gpn of gpns) {
+      if (gpn >= this.leftCheckpoint.length || this.leftCheckpoint[gpn] === 1 || memory.stateOf(gpn) !== PageState.PRESENT) continue;
+      if (!this.tracker.seal(gpn)) continue;
+      this.cleanInCheckpoint[gpn] = 1;
+      admitted++;
+    }
+    this.stats.admittedFromCheckpoint += admitted;
+    return admitted;
+  }
+
   /** Compares the present pages not yet settled with the checkpoint, a block at a time. */
   private scanCheckpoint(): number {
     const reader = this.checkpoint;

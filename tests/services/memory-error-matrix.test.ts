@@ -6,18 +6,25 @@
  * method recovers where it should; the hash never rebuilds a 64-bit window (k = 16).
  */
 import { describe, expect, it } from 'vitest';
-import { METHOD_SETS, PAGE_KINDS, runErrorMatrix, TIMINGS, WINDOWS, matrixTable } from '../../scripts/error-matrix.ts';
+import { DERIVED_KINDS, METHOD_SETS, PAGE_KINDS, runErrorMatrix, TIMINGS, WINDOWS, matrixTable } from '../../scripts/error-matrix.ts';
 
 describe('the memory-error injection matrix (sample)', () => {
   it('80 seeded trials over every page kind, window and timing: never silently consumed; clean copy, parity and hash each recover; hash never a 64-bit window', () => {
     const result = runErrorMatrix({ trials: 80, seed: 1 });
     const trials = result.trials;
     console.log(`[matrix] ${trials.length} trials, seed 1, ${(result.ms / 1000).toFixed(1)} s\n${matrixTable(trials)}`);
-    expect(trials.length).toBe(80);
+    expect(trials.length + result.skipped).toBe(80);
+    // A page of each first-hand kind exists at every point tried; the derived kinds (swapped-in,
+    // lazily restored, shared) only where the guest brought such pages about: a few may be skipped.
+    expect(result.skipped).toBeLessThanOrEqual(8);
     for (const kind of PAGE_KINDS) {
       for (const windowBits of WINDOWS) {
-        for (const report of TIMINGS) expect(trials.filter((t) => t.kind === kind && t.windowBits === windowBits && t.report === report).length, `${kind} ${windowBits} ${report}`).toBeGreaterThan(0);
+        for (const report of TIMINGS) {
+          const n = trials.filter((t) => t.kind === kind && t.windowBits === windowBits && t.report === report).length;
+          if (!DERIVED_KINDS.includes(kind)) expect(n, `${kind} ${windowBits} ${report}`).toBeGreaterThan(0);
+        }
       }
+      expect(trials.filter((t) => t.kind === kind).length, kind).toBeGreaterThanOrEqual(4);
     }
     for (const set of METHOD_SETS) expect(trials.some((t) => t.methods === set)).toBe(true);
     // Silently consumed = 0 (and nothing unexplained).

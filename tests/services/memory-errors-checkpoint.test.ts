@@ -69,6 +69,38 @@ describe('a poisoned page in a checkpoint', () => {
   }
 });
 
+describe('clean copies from a lazy restore', () => {
+  it('a page read in from the checkpoint is a clean copy of it (RestoredVm.onPagesInstalled) until the guest writes it', () => {
+    const machine = started();
+    const dataGpn = walkerPage(machine, 2 * 4096);
+    const path = join(dir, 'lazy-clean.bvc');
+    saveVmCheckpoint(machine.vm, path);
+    const copy = restore(path, 16 * MiB, { mode: 'lazy', prefetch: false });
+    const reader = CheckpointReader.open(path);
+    const clean = new CleanCopyRecovery(copy.vm, { checkpoint: reader });
+    clean.scan(); // nothing is present yet: the pages arrive as the guest touches them
+    copy.restored.onPagesInstalled = (gpns) => clean.admitFromCheckpoint(gpns);
+    const service = new MemoryErrorService(copy.vm, { methods: [clean] });
+    // A walker page read in from the file (by the host, before the guest runs) is clean; written, it is not.
+    const word = copy.vm.readPhysical(dataGpn * 4096, 4);
+    expect(clean.isClean(dataGpn)).toBe(true);
+    copy.vm.writePhysical(dataGpn * 4096, word.map((b) => b ^ 1));
+    expect(clean.isClean(dataGpn)).toBe(false);
+    copy.hv.run({ maxInstructions: 300_000 }, [copy.vm]);
+    expect(clean.stats.admittedFromCheckpoint).toBeGreaterThan(0);
+    // A kernel code page the guest read in from the file and never writes.
+    const codeGpn = 3;
+    expect(copy.vm.memory.stateOf(codeGpn)).toBe(PageState.PRESENT);
+    expect(clean.isClean(codeGpn)).toBe(true);
+    service.inject({ gpa: codeGpn * 4096 + 0x40, windowBits: 64, report: 'now' });
+    expect(service.log()[0]!.outcome).toBe('recovered-by-clean-copy');
+    service.inject({ gpa: dataGpn * 4096 + 0x40, windowBits: 1, report: 'now' });
+    expect(service.log()[1]!.outcome).toBe('unrecovered');
+    copy.restored.close();
+    reader.close();
+  });
+});
+
 describe('a live snapshot meeting pages poisoned after its pause', () => {
   it('saves a page recovery rebuilds with its pause-time bytes, lists one it cannot, and never writes bad bytes', () => {
     const machine = started();
