@@ -155,6 +155,12 @@ export class BlockDevice implements MmioDevice {
   readonly hostErrors: BlockHostError[] = [];
   /** Host failures since attach (the log keeps only the last few). */
   hostErrorCount = 0;
+  /**
+   * Told after each transfer between the disk and guest RAM that completed: `bytes` of guest RAM
+   * from `gpa` now equal the disk's sectors from `firstSector` (a read filled them, or a write
+   * stored them). Memory-error recovery keeps clean copies of page-cache pages with it.
+   */
+  onTransfer: ((direction: 'read' | 'write', gpa: number, firstSector: number, bytes: number) => void) | null = null;
   private sectorLow = 0;
   private sectorHigh = 0;
   private count = 0;
@@ -240,6 +246,7 @@ export class BlockDevice implements MmioDevice {
       if (dmaStatus !== BlockStatus.OK) return dmaStatus;
       this.stats.reads++;
       this.stats.sectorsRead += this.count;
+      this.onTransfer?.('read', this.dmaAddress, first, bytes);
       return BlockStatus.OK;
     }
     let data: Uint8Array | null = null;
@@ -249,6 +256,7 @@ export class BlockDevice implements MmioDevice {
     if (status !== BlockStatus.OK) return status;
     this.stats.writes++;
     this.stats.sectorsWritten += this.count;
+    this.onTransfer?.('write', this.dmaAddress, first, bytes);
     return BlockStatus.OK;
   }
 

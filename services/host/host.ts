@@ -15,7 +15,7 @@ import { BvError } from '../../guest-isa/errors.ts';
 import { loadGuestFile } from '../../guest-isa/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import {
-  attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type StandardDeviceOptions, type StandardDevices,
+  attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
   createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
@@ -35,6 +35,7 @@ import { tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 import { MemoryErrorService, MemoryErrorServiceError, type RecoveryMethod } from '../recovery/index.ts';
 import { CleanCopyRecovery } from '../recovery/clean-copy.ts';
+import { DiskCleanCopies } from '../recovery/disk-cache.ts';
 import { ParityGroups } from '../recovery/parity.ts';
 import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
@@ -1029,15 +1030,17 @@ export class Host {
    * pages sealed now, parity and hashes brought up to date every refresh_instructions from a VM
    * ticker. The service tries them in the configured order; with none, an error is a machine check.
    */
-  private attachRecovery(vm: Vm, spec: MemoryErrorsSpec): void {
+  private attachRecovery(vm: Vm, spec: MemoryErrorsSpec, block: BlockDevice | null): void {
     const methods: RecoveryMethod[] = guard(() => spec.methods.map((name): RecoveryMethod => {
       switch (name) {
         case 'clean-copy': {
           const clean = new CleanCopyRecovery(vm);
           clean.scan();
-          // Swapped-in pages keep their slots as clean copies while they stay clean.
+          // Swapped-in pages keep their slots as clean copies while they stay clean, and page-cache
+          // pages the disk filled are clean copies of their sectors.
           this.cleanCopies.set(vm, clean);
           this.memory?.swap.keepCleanCopies(vm, clean);
+          if (block !== null) new DiskCleanCopies(block, clean);
           return clean;
         }
         case 'parity': {
@@ -1160,7 +1163,7 @@ export class Host {
         m.mrc = this.attachMrc(vm, policy.mrc);
         m.mrcOptions = policy.mrc;
       }
-      if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors);
+      if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors, devices.block);
       this.add(m);
       return m;
     } catch (error) {
