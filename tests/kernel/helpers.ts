@@ -233,16 +233,6 @@ export class HostPageTables {
   }
 }
 
-/** A deterministic 32-bit PRNG (mulberry32) so failures reproduce from the printed seed. */
-export function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+export { prng } from './fixtures/prng.ts';
 
 export const hex = (value: number): string => `0x${(value >>> 0).toString(16).padStart(8, '0')}`;

@@ -13,239 +13,43 @@
  * instruction, a loop that rewrites a page-table entry to remap the page it runs from.
  */
 import { describe, expect, it } from 'vitest';
-import { Irq, Pte, Reg, StatusBit } from '../../guest-isa/arch.ts';
+import { Pte, Reg } from '../../guest-isa/arch.ts';
 import { encodeInstruction } from '../../guest-isa/encoding.ts';
-import { createHypervisor, type RunResult } from '../../kernel/index.ts';
-import { jitCacheOf } from '../../kernel/cpu/jit/jit.ts';
+import { Flag, INSTRUCTIONS } from '../../guest-isa/opcodes.ts';
 import { opClass, OpClass } from '../../kernel/cpu/jit/compiler.ts';
-import { INSTRUCTIONS } from '../../guest-isa/opcodes.ts';
-import { bootGuest, hex, HCALL_PROBE, HostPageTables, MiB, pte, prng, ptbrFor, type Guest } from './helpers.ts';
+import { bootPair, lockstep, LOCKSTEP_PTBR, LOCKSTEP_ROOT, randomLockstep, type TierGuest } from './fixtures/jit-lockstep.ts';
+import { hex, HostPageTables, pte } from './helpers.ts';
 
-const ROOT = 0x20_0000;
-const FIRST_TABLE = 0x20_1000;
-const MEMORY_BYTES = 4 * MiB;
-
-type Setup = (guest: Guest) => void;
-
-/** Boots `source` twice, in an interpreting and a compiling hypervisor. */
-function bootPair(source: string, setup?: Setup): { interp: Guest; jit: Guest } {
-  const boot = (tier: 'interp' | 'jit'): Guest => {
-    const hv = createHypervisor({ hostMemoryBytes: 16 * MiB });
-    // Compile on the second entry of a block: the differential covers nearly everything.
-    jitCacheOf(hv.decodeCache).threshold = 1;
-    jitCacheOf(hv.decodeCache).maxBackoff = 0;
-    const guest = bootGuest(source, { hv, memoryBytes: MEMORY_BYTES, name: tier });
-    for (const vcpu of guest.vm.vcpus) vcpu.setTier(tier);
-    // The stand-in timer: hcall PROBE with a1 = period sets the deadline.
-    guest.vm.onHypercall(HCALL_PROBE, (vcpu) => {
-      vcpu.timerDeadline = vcpu.clock + (vcpu.regs[Reg.A1]! >>> 0);
-      vcpu.regs[Reg.A0] = 0;
-    });
-    setup?.(guest);
-    return guest;
-  };
-  return { interp: boot('interp'), jit: boot('jit') };
-}
-
-function state(guest: Guest, result: RunResult): unknown {
-  return {
-    reason: result.reason.kind === 'budget' ? 'budget' : JSON.stringify(result.reason),
-    instructions: result.instructions,
-    vcpus: guest.vm.vcpus.map((vcpu) => ({ ...vcpu.saveState(), stats: { ...vcpu.stats } })),
-  };
-}
-
-interface LockstepReport {
-  instructions: number;
-  stops: number;
-  compiledShare: number;
-  end: string;
-}
-
-/**
- * Runs both guests in slices of random length until the program ends or `limit` instructions
- * ran, comparing everything at each stop. Returns what was compared.
- */
-function lockstep(pair: { interp: Guest; jit: Guest }, seed: number, limit: number): LockstepReport {
-  const rand = prng(seed);
-  let instructions = 0;
-  let stops = 0;
-  let end = 'budget';
-  while (instructions < limit) {
-    const budget = 1 + (rand() % (rand() % 4 === 0 ? 50 : 20_000));
-    const quantum = [1, 13, 500, 4096, 20_000][rand() % 5]!;
-    const a = pair.interp.run({ maxInstructions: budget, quantum });
-    const b = pair.jit.run({ maxInstructions: budget, quantum });
-    stops++;
-    expect(state(pair.jit, b), `stop ${stops} after ${instructions} instructions (seed ${hex(seed)})`).toEqual(state(pair.interp, a));
-    const ramA = Buffer.from(pair.interp.vm.readPhysical(0, MEMORY_BYTES));
-    const ramB = Buffer.from(pair.jit.vm.readPhysical(0, MEMORY_BYTES));
-    if (!ramA.equals(ramB)) {
-      let at = 0;
-      while (ramA[at] === ramB[at]) at++;
-      expect.fail(`guest RAM differs at gpa ${hex(at)} at stop ${stops} (seed ${hex(seed)})`);
-    }
-    instructions += a.instructions;
-    if (a.reason.kind !== 'budget') {
-      end = a.reason.kind;
-      break;
-    }
-  }
-  const stats = pair.jit.hv.jitStats();
-  return { instructions, stops, compiledShare: stats.retiredCompiled / Math.max(1, instructions), end };
-}
-
-// -------------------------------------------------------------------------------------------------
-// Random programs
-
-/**
- * Registers random code may write (a0, a1 belong to the trap handler; s0, s1 to the main loop; s3
- * to inner loops; sp sums every result, so that no wrong value goes unseen even if overwritten).
- */
-const FREE_REGS = ['t0', 't1', 't2', 't3', 'a2', 'a3', 'gp', 's2'];
-const ALU_R = ['add', 'sub', 'and', 'or', 'xor', 'sll', 'srl', 'sra', 'slt', 'sltu', 'mul', 'mulh', 'mulhu', 'div', 'divu', 'rem', 'remu'];
-const ALU_I = ['addi', 'andi', 'ori', 'xori', 'slti', 'sltiu'];
-const SHIFTS = ['slli', 'srli', 'srai'];
-const LOADS = [['lb', 1], ['lbu', 1], ['lh', 2], ['lhu', 2], ['lw', 4]] as const;
-const STORES = [['sb', 1], ['sh', 2], ['sw', 4]] as const;
-const BRANCHES = ['beq', 'bne', 'blt', 'bge', 'bltu', 'bgeu'];
-/** Values that make division and comparisons interesting. */
-const EDGE_VALUES = [0, 1, -1, 0x7fffffff, -0x80000000, 2, -2, 0xffff, 12345];
-/** Data: three pages after the code, so accesses cross pages. */
-const DATA_BYTES = 3 * 4096;
-
-function randomProgram(rand: () => number, paging: boolean, timerPeriod: number): string {
-  const pick = <T,>(list: readonly T[]): T => list[rand() % list.length]!;
-  let label = 0;
-  const functions: string[] = [];
-  const instruction = (out: string[], allowControl: boolean, exclude: string | null): void => {
-    const regs = exclude === null ? FREE_REGS : FREE_REGS.filter((r) => r !== exclude);
-    const dst = pick(regs);
-    if (rand() % 16 === 0) out.push(`li ${dst}, ${pick(EDGE_VALUES)}`);
-    const src = (): string => (rand() % 8 === 0 ? 'zero' : pick(FREE_REGS));
-    const roll = rand() % 100;
-    if (roll < 30) out.push(`${pick(ALU_R)} ${dst}, ${src()}, ${src()}`);
-    else if (roll < 40) {
-      const name = pick(ALU_I);
-      const signed = name === 'addi' || name === 'slti' || name === 'sltiu';
-      out.push(`${name} ${dst}, ${src()}, ${signed ? (rand() % 65536) - 32768 : rand() % 65536}`);
-    }
-    else if (roll < 45) out.push(`${pick(SHIFTS)} ${dst}, ${src()}, ${rand() % 32}`);
-    else if (roll < 48) out.push(`lui ${dst}, ${rand() % 0x100000}`);
-    else if (roll < 50) out.push(`auipc ${dst}, ${rand() % 16}`);
-    else if (roll < 62) {
-      const [name, width] = pick(LOADS);
-      const misaligned = rand() % 40 === 0;
-      const offset = (rand() % (DATA_BYTES / width)) * width + (misaligned && width > 1 ? 1 : 0);
-      out.push(`${name} ${dst}, ${offset - 2048}(s0)`);
-    }
-    if (roll < 62) out.push(`add sp, sp, ${dst}`);
-    else if (roll < 72) {
-      const [name, width] = pick(STORES);
-      const misaligned = rand() % 40 === 0;
-      const offset = (rand() % (DATA_BYTES / width)) * width + (misaligned && width > 1 ? 1 : 0);
-      out.push(`${name} ${src()}, ${offset - 2048}(s0)`);
-    } else if (roll < 74) {
-      out.push(`addi ${dst}, s0, ${(rand() % (DATA_BYTES / 4)) * 4 - 2048}`, `${pick(['amoswap', 'amoadd', 'amoand', 'amoor'])} ${dst}, ${src()}, (${dst})`);
-    } else if (!allowControl) {
-      out.push(`xor ${dst}, ${src()}, ${src()}`);
-    } else if (roll < 84) {
-      // A forward branch over a few instructions.
-      const skip = `f${label++}`;
-      out.push(`${pick(BRANCHES)} ${src()}, ${src()}, ${skip}`);
-      for (let k = rand() % 4; k > 0; k--) instruction(out, false, exclude);
-      out.push(`${skip}:`);
-    } else if (roll < 88 && exclude === null) {
-      // An inner loop (s3 counts).
-      const top = `l${label++}`;
-      out.push(`li s3, ${1 + (rand() % 40)}`, `${top}:`);
-      for (let k = 1 + (rand() % 8); k > 0; k--) instruction(out, rand() % 3 === 0, 's3');
-      out.push('addi s3, s3, -1', `bne s3, zero, ${top}`);
-    } else if (roll < 91 && exclude === null) {
-      // A call into another page (a function made of straight-line code).
-      const name = `fn${functions.length}`;
-      const body: string[] = ['.align 12', `${name}:`];
-      for (let k = 1 + (rand() % 12); k > 0; k--) instruction(body, false, null);
-      body.push('jalr zero, ra, 0');
-      functions.push(body.join('\n'));
-      out.push(rand() % 2 === 0 ? `jal ra, ${name}` : `la t0, ${name}\njalr ra, t0, 0`);
-    } else if (roll < 95) {
-      // Self-modifying code: flip the immediate of an addi further down this block.
-      const patch = `p${label++}`;
-      out.push(`la t0, ${patch}`, 'lw t1, 0(t0)', 'li t2, 0x10000', 'xor t1, t1, t2', 'sw t1, 0(t0)');
-      for (let k = rand() % 3; k > 0; k--) instruction(out, false, 'a3');
-      out.push(`${patch}: addi a3, a3, 0`);
-    } else {
-      out.push('ecall');
-    }
-  };
-  const body: string[] = [];
-  for (let k = 20 + (rand() % 40); k > 0; k--) instruction(body, true, null);
-  return `
-        .equ PTBR, ${hex(ptbrFor(ROOT, 1))}
-_start: la t0, handler
-        csrrw zero, tvec, t0
-        ${paging ? 'li t0, PTBR\n        csrrw zero, ptbr, t0' : ''}
-        li a0, HCALL_PROBE
-        li a1, ${timerPeriod}
-        hcall
-        li t0, ${1 << Irq.TIMER}
-        csrrw zero, ie, t0
-        li t0, ${StatusBit.SIE}
-        csrrs zero, status, t0
-${FREE_REGS.map((r) => `        li ${r}, ${rand() | 0}`).join('\n')}
-        la s0, data + 2048
-        li s1, ${300 + (rand() % 700)}
-main:
-${body.join('\n')}
-        addi s1, s1, -1
-        bne s1, zero, main
-        csrrw zero, status, zero
-        exiti 0
-handler:
-        csrrs a0, cause, zero
-        blt a0, zero, 1f              # interrupts have bit 31 set
-        csrrs a0, epc, zero           # an exception: skip the instruction
-        addi a0, a0, 4
-        csrrw zero, epc, a0
-        sret
-1:      li a0, HCALL_PROBE
-        li a1, ${timerPeriod}
-        hcall
-        sret
-${functions.join('\n')}
-        .align 12
-data:   .word ${Array.from({ length: DATA_BYTES / 4 }, () => rand() | 0).join(', ')}
-`;
-}
-
+const FIRST_TABLE = LOCKSTEP_ROOT + 0x1000;
 const RANDOM_PROGRAMS = 12;
+
+/** The u32 at a label of the program. */
+function wordAt(guest: TierGuest, label: string): number {
+  const bytes = guest.vm.readPhysical(guest.symbols.get(label)! >>> 0, 4);
+  return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+}
 
 describe('compiled tier against the interpreter, in lockstep', () => {
   it('classifies every instruction of the opcode table (system instructions go back to the interpreter)', () => {
     for (const spec of INSTRUCTIONS) {
       const cls = opClass(spec.opcode);
       if (spec.mnemonic === 'fence') expect(cls).toBe(OpClass.NOP);
-      else if ((spec.flags & 0x80) !== 0 || spec.mnemonic === 'ecall' || spec.mnemonic === 'ebreak') expect(cls, spec.mnemonic).toBe(OpClass.EXIT);
+      else if ((spec.flags & Flag.SYSTEM) !== 0 || spec.mnemonic === 'ecall' || spec.mnemonic === 'ebreak') expect(cls, spec.mnemonic).toBe(OpClass.EXIT);
       else expect(cls, spec.mnemonic).not.toBe(OpClass.EXIT);
     }
   });
 
-  it(`random programs (paging off and on, traps, SMC, timer interrupts): identical at every stop`, () => {
+  it('random programs (paging off and on, traps, SMC, timer interrupts): identical at every stop', () => {
     let total = 0;
     let totalStops = 0;
     let compiledSum = 0;
     for (let n = 0; n < RANDOM_PROGRAMS; n++) {
-      const seed = 0x1157_0000 + n;
-      const rand = prng(seed);
-      const paging = n % 2 === 1;
-      const source = randomProgram(rand, paging, 300 + (rand() % 5000));
-      const pair = bootPair(source, paging ? (guest) => void new HostPageTables(guest.vm, ROOT, FIRST_TABLE) : undefined);
-      const report = lockstep(pair, seed, 400_000);
+      const report = randomLockstep(n, 400_000);
+      expect(report.divergence).toBeNull();
+      expect(report.traps, `program ${n}`).toBeGreaterThan(0);
       total += report.instructions;
       totalStops += report.stops;
       compiledSum += report.compiledShare;
-      expect(pair.interp.vcpu().stats.traps + pair.interp.vcpu().stats.interrupts, `seed ${hex(seed)}`).toBeGreaterThan(0);
     }
     // The jit side really ran compiled code for much of it (SMC in the main loop invalidates it every pass).
     expect(compiledSum / RANDOM_PROGRAMS).toBeGreaterThan(0.25);
@@ -270,9 +74,10 @@ target: addi a2, a2, 1
 results: .space 4
 `);
     const report = lockstep(pair, 7, 1_000_000);
+    expect(report.divergence).toBeNull();
     expect(report.end).toBe('halted');
     // 200 passes alternate between the patched (+0) and the original (+1) instruction.
-    expect(pair.jit.words(pair.jit.sym('results'), 1)).toEqual([100]);
+    expect(wordAt(pair.jit, 'results')).toBe(100);
     // The compiled loop ran, and each store into it made it stale.
     const stats = pair.jit.hv.jitStats();
     expect(stats.retiredCompiled).toBeGreaterThan(100);
@@ -300,8 +105,7 @@ results: .space 4
     ]).buffer);
     const flags = Pte.V | Pte.R | Pte.X | Pte.A;
     const pair = bootPair(`
-        .equ PTBR, ${hex(ptbrFor(ROOT, 1))}
-_start: li t0, PTBR
+_start: li t0, ${hex(LOCKSTEP_PTBR)}
         csrrw zero, ptbr, t0
         li t2, ${hex(pte(NEW, flags))}
         li gp, ${hex(pte(NEW, flags) ^ pte(OLD, flags))}
@@ -310,15 +114,16 @@ _start: li t0, PTBR
         li t1, ${hex(CODE_VA)}
         jalr ra, t1, 0
         exiti 0
-`.replace('LEAF', hex(FIRST_TABLE + ((CODE_VA >>> 12) & 0x3ff) * 4)), (guest) => {
-      const tables = new HostPageTables(guest.vm, ROOT, FIRST_TABLE);
+`.replace('LEAF', hex(FIRST_TABLE + ((CODE_VA >>> 12) & 0x3ff) * 4)), (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
       tables.map(CODE_VA, OLD, flags);
-      guest.vm.writePhysical(OLD, code(1));
-      guest.vm.writePhysical(NEW, code(1000));
+      vm.writePhysical(OLD, code(1));
+      vm.writePhysical(NEW, code(1000));
     });
     const report = lockstep(pair, 11, 1_000_000);
+    expect(report.divergence).toBeNull();
     expect(report.end).toBe('halted');
-    const s1 = pair.jit.vcpu().regs[Reg.S0 + 1]!;
+    const s1 = pair.jit.vm.vcpus[0]!.regs[Reg.S0 + 1]!;
     // Both pages ran (s1 counts 1 per pass on OLD, 1000 on NEW).
     expect(s1 % 1000).toBeGreaterThan(0);
     expect(s1).toBeGreaterThan(1000);
@@ -338,7 +143,8 @@ _start: li s1, 1000000
       const a = pair.interp.run({ maxInstructions: budget });
       const b = pair.jit.run({ maxInstructions: budget });
       expect(a.instructions).toBe(budget);
-      expect(state(pair.jit, b)).toEqual(state(pair.interp, a));
+      expect(b.instructions).toBe(budget);
+      expect(pair.jit.vm.vcpus[0]!.saveState()).toEqual(pair.interp.vm.vcpus[0]!.saveState());
     }
     expect(pair.jit.hv.jitStats().retiredCompiled).toBeGreaterThan(70_000);
   });

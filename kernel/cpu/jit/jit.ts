@@ -14,7 +14,7 @@
 import { DECODED_PAGE_ENTRIES } from '../decode-cache.ts';
 import type { DecodeCache } from '../decode-cache.ts';
 import type { FramePool } from '../../memory/frame-pool.ts';
-import { generateRegion, instantiate } from './compiler.ts';
+import { generateRegion, instantiate, opClass, OpClass } from './compiler.ts';
 import type { RegionFn } from './compiler.ts';
 
 /** Execution tiers (VmConfig.tier). */
@@ -32,9 +32,6 @@ export const JIT_OUTER = 1;
 
 /** Doublings of the compile threshold of a page whose compiled code keeps going stale. */
 const MAX_BACKOFF = 12;
-
-/** Entry marker of an index whose instruction the compiler leaves to the interpreter. */
-const NEVER = -0x4000_0000;
 
 /** The default tier: 'interp', or 'jit' when the environment says BV_TIER=jit (runs a whole suite under jit). */
 export function defaultTier(): Tier {
@@ -68,7 +65,7 @@ interface Region {
 
 /** Compiled regions of one DecodeCache (one hypervisor), shared by all its vCPUs. */
 export class JitCache {
-  /** Per decoded index: region number + 1, or minus the block entries counted so far (NEVER: not compilable). */
+  /** Per decoded index: region number + 1, or minus the block entries counted so far. */
   private entries: Int32Array = new Int32Array(0);
   private readonly regions: (Region | null)[] = [];
   /** Region numbers free for reuse (their code went stale). */
@@ -107,7 +104,6 @@ export class JitCache {
       entries[at] = e - 1;
       return null;
     }
-    if (e === NEVER) return null;
     const slot = Math.floor(at / DECODED_PAGE_ENTRIES);
     if (slot < this.slotStale.length && e > -(this.threshold << this.slotStale[slot]!)) {
       entries[at] = e - 1;
@@ -117,14 +113,16 @@ export class JitCache {
   }
 
   private compile(at: number): RegionFn | null {
+    // An entry the interpreter keeps (a system instruction): count again, since a store may
+    // change it (checking costs one lookup per COMPILE_THRESHOLD entries).
+    if (opClass(this.code.ops[at]! & 0xff) === OpClass.EXIT) {
+      this.entries[at] = 0;
+      return null;
+    }
     const started = performance.now();
     const slot = Math.floor(at / DECODED_PAGE_ENTRIES);
     const base = slot * DECODED_PAGE_ENTRIES;
-    const generated = generateRegion(this.code.ops, this.code.imms, base, at - base);
-    if (generated === null) {
-      this.entries[at] = NEVER;
-      return null;
-    }
+    const generated = generateRegion(this.code.ops, this.code.imms, base, at - base)!;
     const fn = instantiate(generated.source);
     const number = this.freeRegions.pop() ?? this.regions.length;
     this.regions[number] = { fn, slot, version: this.code.slotVersion[slot]!, fill: this.code.slotFills[slot]! };
