@@ -32,6 +32,8 @@ export interface HostMemory {
   unmapPrivate?(offset: number, length: number): void;
   /** mincore: one byte per host page of the range, 1 when resident; optional. */
   residency?(offset: number, length: number): Uint8Array;
+  /** Map a range writable now, in one call (MADV_POPULATE_WRITE); false when it cannot; optional. */
+  populate?(offset: number, length: number): boolean;
 }
 
 /** Occupancy of a hypervisor's host pool (Hypervisor.poolStats()), in 4 KiB frames. */

@@ -79,6 +79,7 @@ Napi::Function Region::Define(Napi::Env env) {
                          InstanceMethod<&Region::Release>("release"),
                          InstanceMethod<&Region::Residency>("residency"),
                          InstanceMethod<&Region::AdviseHugePages>("adviseHugePages"),
+                         InstanceMethod<&Region::Populate>("populate"),
                          InstanceMethod<&Region::Flush>("flush"),
                          InstanceMethod<&Region::MapFilePrivate>("mapFilePrivate"),
                          InstanceMethod<&Region::UnmapPrivate>("unmapPrivate"),
@@ -252,6 +253,29 @@ Napi::Value Region::AdviseHugePages(const Napi::CallbackInfo& info) {
     FailErrno(env, errno, "madvise", "");
   }
   return Napi::Boolean::New(env, true);
+}
+
+// MADV_POPULATE_WRITE: maps every page of the range writable now, in one call, instead of one
+// page fault per page when it is first written (a lazy restore's block read lands there next).
+// False when the kernel has no MADV_POPULATE_WRITE (before Linux 5.14): the caller just goes on.
+Napi::Value Region::Populate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offset, length;
+  ReadAlignedRange(info, &offset, &length);
+  if (length == 0) return Napi::Boolean::New(env, true);
+#ifdef MADV_POPULATE_WRITE
+  int result;
+  do {
+    result = ::madvise(mapping_->base + offset, length, MADV_POPULATE_WRITE);
+  } while (result != 0 && errno == EINTR);
+  if (result != 0) {
+    if (errno == EINVAL) return Napi::Boolean::New(env, false);
+    FailErrno(env, errno, "madvise", "");
+  }
+  return Napi::Boolean::New(env, true);
+#else
+  return Napi::Boolean::New(env, false);
+#endif
 }
 
 void Region::Flush(const Napi::CallbackInfo& info) {

@@ -61,6 +61,7 @@ class Region : public Napi::ObjectWrap<Region> {
   void Release(const Napi::CallbackInfo& info);
   Napi::Value Residency(const Napi::CallbackInfo& info);
   Napi::Value AdviseHugePages(const Napi::CallbackInfo& info);
+  Napi::Value Populate(const Napi::CallbackInfo& info);
   void Flush(const Napi::CallbackInfo& info);
   void MapFilePrivate(const Napi::CallbackInfo& info);
   void UnmapPrivate(const Napi::CallbackInfo& info);

@@ -56,6 +56,18 @@ describe('anonymous region', () => {
     region.close();
   });
 
+  it('populate maps just the pages asked for (MADV_POPULATE_WRITE), zero-filled; bad ranges are refused', () => {
+    const region = HostRegion.anonymous(8 * HOST_PAGE_SIZE);
+    expect(region.populate(2 * HOST_PAGE_SIZE, 3 * HOST_PAGE_SIZE)).toBe(true); // Linux ≥ 5.14
+    expect(Array.from(region.residency(0, 8 * HOST_PAGE_SIZE))).toEqual([0, 0, 1, 1, 1, 0, 0, 0]);
+    expect(isAllZero(new Uint8Array(region.buffer))).toBe(true);
+    expect(region.populate(0, 0)).toBe(true);
+    expect(() => region.populate(1, HOST_PAGE_SIZE)).toThrow(/offset/);
+    expect(() => region.populate(0, 9 * HOST_PAGE_SIZE)).toThrow(/region/);
+    region.close();
+    expect(() => region.populate(0, HOST_PAGE_SIZE)).toThrow(/closed/);
+  });
+
   it('releases only the pages asked for', () => {
     const region = HostRegion.anonymous(8 * HOST_PAGE_SIZE);
     const view = new Uint8Array(region.buffer);
