@@ -160,11 +160,21 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, s = 0, t = 0;');
   out.push('exit: for (;;) {');
   out.push('switch (idx) {');
+  const loopEnd = innermostLoops(ops, imms, base, member, entry);
+  let openLoop = -1;
   for (let n = 0; n < indices.length; n++) {
     const i = indices[n]!;
     const next = indices[n + 1];
     const pcExpr = `((pageVa + ${i * 4}) | 0)`;
-    out.push(`case ${i}: {`);
+    if (openLoop >= 0) {
+      out.push('{');
+    } else if (loopEnd[i]! > 0) {
+      // A native loop: its body runs without the switch; only its head is a case.
+      openLoop = loopEnd[i]!;
+      out.push(`case ${i}: { loop: for (;;) {`, '{');
+    } else {
+      out.push(`case ${i}: {`);
+    }
     if (i === WORDS_PER_PAGE) {
       out.push(`idx = ${i}; break exit; }`);
       continue;
@@ -243,7 +253,8 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
           falls = false;
         } else {
           const cond = BRANCH_COND[BY_OPCODE[op]!.mnemonic]!.replace(/\ba\b/g, reg(rs1)).replace(/\bb\b/g, reg(rs2));
-          out.push(`if (${cond}) { ${taken} }`);
+          // The back-edge of a native loop goes round it instead of through the switch.
+          out.push(`if (${cond}) { ${i === openLoop ? taken.replace('continue exit;', 'continue loop;') : taken} }`);
         }
         break;
       }
@@ -259,8 +270,12 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
       }
     }
     // Falling into an instruction outside the region: the interpreter goes on from there.
-    if (falls && next !== i + 1) out.push(`idx = ${i + 1}; break exit;`);
     out.push('}');
+    if (i === openLoop) {
+      out.push('break; } }'); // not taken: leave the loop and its case
+      openLoop = -1;
+    }
+    if (openLoop < 0 && falls && next !== i + 1) out.push(`idx = ${i + 1}; break exit;`);
   }
   out.push('default: break exit;');
   out.push('}');
@@ -269,6 +284,35 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push('J.idx = idx; J.blockStart = blockStart; J.retired = retired; J.hits = hits;');
   out.push('return res;');
   return { source: out.join('\n'), words: indices.length };
+}
+
+/**
+ * Innermost loops of a region that can be native JS loops: a backward branch at B to T whose body
+ * T..B-1 is straight-line code (ALU, loads, stores, AMOs: no control transfer) entered only at T
+ * (no branch or jump of the region targets T+1..B, and the region's entry is not there).
+ * Returns, per index, B for a loop head T, else 0.
+ */
+function innermostLoops(ops: Int32Array, imms: Int32Array, base: number, member: Uint8Array, entry: number): Int16Array {
+  const loopEnd = new Int16Array(WORDS_PER_PAGE + 1);
+  const targeted = new Uint8Array(WORDS_PER_PAGE + 1);
+  for (let i = 0; i < WORDS_PER_PAGE; i++) {
+    if (member[i] !== 1) continue;
+    const cls = opClass(ops[base + i]! & 0xff);
+    const target = i + imms[base + i]!;
+    if ((cls === OpClass.BRANCH || cls === OpClass.JAL) && target >= 0 && target < WORDS_PER_PAGE) targeted[target] = 1;
+  }
+  for (let b = 0; b < WORDS_PER_PAGE; b++) {
+    if (member[b] !== 1 || opClass(ops[base + b]! & 0xff) !== OpClass.BRANCH) continue;
+    const t = b + imms[base + b]!;
+    if (t < 0 || t >= b || (entry > t && entry <= b)) continue;
+    let straight = true;
+    for (let k = t; k < b && straight; k++) {
+      const cls = opClass(ops[base + k]! & 0xff);
+      straight = member[k] === 1 && (k === t || targeted[k] === 0) && (cls === OpClass.ALU || cls === OpClass.LOAD || cls === OpClass.STORE || cls === OpClass.AMO || cls === OpClass.NOP);
+    }
+    if (straight && targeted[b] === 0) loopEnd[t] = b;
+  }
+  return loopEnd;
 }
 
 /** The function type of a compiled region (see PARAMS; returns 0 or 1, see the module comment). */
