@@ -130,6 +130,44 @@ _start: li t0, ${hex(LOCKSTEP_PTBR)}
     expect(report.compiledShare).toBeGreaterThan(0.5);
   });
 
+  it('a loop that remaps the data page it reads and writes sees the new page at once (no stale TLB entry in compiled code)', () => {
+    const DATA_VA = 0x4000_0000;
+    const A = 0x30_0000;
+    const B = 0x30_1000;
+    const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;
+    const pair = bootPair(`
+_start: li t0, ${hex(LOCKSTEP_PTBR)}
+        csrrw zero, ptbr, t0
+        li t1, ${hex(DATA_VA)}
+        li t3, ${hex(FIRST_TABLE + ((DATA_VA >>> 12) & 0x3ff) * 4)}
+        li t2, ${hex(pte(B, flags))}
+        li gp, ${hex(pte(A, flags) ^ pte(B, flags))}
+        li s1, 3000
+loop:   lw a2, 0(t1)                  # A or B
+        add s2, s2, a2
+        sw s2, 8(t1)
+        sw t2, 0(t3)                  # remap DATA_VA (a traced page-table store: TLB entries go)
+        xor t2, t2, gp
+        lw a3, 4(t1)                  # the same page, already remapped
+        add s2, s2, a3
+        sw s2, 12(t1)
+        addi s1, s1, -1
+        bne s1, zero, loop
+        exiti 0
+`, (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
+      tables.map(DATA_VA, A, flags);
+      vm.writePhysical(A, new Uint8Array(new Uint32Array([1, 10, 0, 0]).buffer));
+      vm.writePhysical(B, new Uint8Array(new Uint32Array([100, 1000, 0, 0]).buffer));
+    });
+    const report = lockstep(pair, 13, 1_000_000);
+    expect(report.divergence).toBeNull();
+    expect(report.end).toBe('halted');
+    // Each pass reads one page before the remap and the other after it: A[0] + B[1], then B[0] + A[1].
+    expect(pair.jit.vm.vcpus[0]!.regs[Reg.S0 + 2]).toBe(1500 * (1 + 1000) + 1500 * (100 + 10));
+    expect(report.compiledShare).toBeGreaterThan(0.5);
+  });
+
   it('stops on the exact instruction budget in compiled loops', () => {
     const pair = bootPair(`
 _start: li s1, 1000000

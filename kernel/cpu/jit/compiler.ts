@@ -148,7 +148,8 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   written &= 0xfffe;
   const regList = (mask: number): number[] => Array.from({ length: 15 }, (_, k) => k + 1).filter((r) => (mask & (1 << r)) !== 0);
   const writeBack = regList(written).map((r) => `regs[${r}] = r${r};`).join(' ');
-  const reload = regList(used).map((r) => `r${r} = regs[${r}];`).join(' ');
+  // After a slow path the TLB may have changed: forget the last pages hit (see LOAD below).
+  const reload = `${regList(used).map((r) => `r${r} = regs[${r}];`).join(' ')} rTag = 0; wTag = 0;`;
 
   const out: string[] = [];
   out.push('"use strict";');
@@ -156,8 +157,9 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push('const mulhSigned = J.mulhSigned, mulhUnsigned = J.mulhUnsigned;');
   out.push('const version = code.version;');
   out.push(`let ${Array.from({ length: 15 }, (_, k) => `r${k + 1} = 0`).join(', ')};`);
+  out.push('let rTag = 0, rAdd = 0, wTag = 0, wAdd = 0;');
   out.push(reload);
-  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, s = 0, t = 0;');
+  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, g = 0, s = 0, t = 0;');
   out.push('exit: for (;;) {');
   out.push('switch (idx) {');
   const loopEnd = innermostLoops(ops, imms, base, member, entry);
@@ -213,8 +215,12 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
         const mask = width === 4 ? -4093 : width === 2 ? -4095 : -4096;
         const view = width === 4 ? 'i32' : width === 2 ? (signed ? 'i16' : 'u16') : signed ? 'i8' : 'u8';
         const shift = width === 4 ? 2 : width === 2 ? 1 : 0;
-        out.push(`va = (${reg(rs1)} + (${imm})) | 0; e = ((va >>> 12) & 0x3ffff) << 1;`);
-        out.push(`if (rtlb[e] === ((va & ${mask}) | ctx)) { ${dst} = ${view}[(va + rtlb[e + 1]) >>> ${shift}]; hits++; }`);
+        // The TLB compare, first against the last entry this function hit (kept in locals: the
+        // TLB only changes in slow paths, after which they are forgotten), then the TLB itself.
+        // A tag always has TAG_VALID set, so 0 never matches; a misaligned address never does.
+        out.push(`va = (${reg(rs1)} + (${imm})) | 0; g = (va & ${mask}) | ctx;`);
+        out.push(`if (g === rTag) { ${dst} = ${view}[(va + rAdd) >>> ${shift}]; hits++; }`);
+        out.push(`else if (rtlb[e = ((va >>> 12) & 0x3ffff) << 1] === g) { rTag = g; rAdd = rtlb[e + 1]; ${dst} = ${view}[(va + rAdd) >>> ${shift}]; hits++; }`);
         out.push(`else { ${beforeSlow} if (cpu.loadSlow(va, ${width}, ${signed}) === ${SLOW_TRAP}) { res = 1; break exit; } ${reload} ${dst} = cpu.slowValue; if (code.version !== version) { idx = ${i + 1}; break exit; } }`);
         break;
       }
@@ -223,8 +229,9 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
         const mask = width === 4 ? -4093 : width === 2 ? -4095 : -4096;
         const view = width === 4 ? 'i32' : width === 2 ? 'u16' : 'u8';
         const shift = width === 4 ? 2 : width === 2 ? 1 : 0;
-        out.push(`va = (${reg(rs1)} + (${imm})) | 0; e = ((va >>> 12) & 0x3ffff) << 1;`);
-        out.push(`if (wtlb[e] === ((va & ${mask}) | wctx)) { ${view}[(va + wtlb[e + 1]) >>> ${shift}] = ${reg(rs2)}; hits++; }`);
+        out.push(`va = (${reg(rs1)} + (${imm})) | 0; g = (va & ${mask}) | wctx;`);
+        out.push(`if (g === wTag) { ${view}[(va + wAdd) >>> ${shift}] = ${reg(rs2)}; hits++; }`);
+        out.push(`else if (wtlb[e = ((va >>> 12) & 0x3ffff) << 1] === g) { wTag = g; wAdd = wtlb[e + 1]; ${view}[(va + wAdd) >>> ${shift}] = ${reg(rs2)}; hits++; }`);
         out.push(`else { ${beforeSlow} s = cpu.storeSlow(va, ${width}, ${reg(rs2)});`);
         out.push(`if (s !== 0) { if (s === ${SLOW_RESYNC}) { retired++; cpu.pc = (cpu.pc + 4) | 0; } res = 1; break exit; } ${afterSlow} }`);
         break;
