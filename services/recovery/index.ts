@@ -18,7 +18,7 @@ import { AbsentState, HOST_READ, MAX_WINDOW_BITS, MemoryErrorInputError, PAGE_BI
 import type { CorruptionPattern, GuestMemory, Vm } from './deps.ts';
 import type { ErrorReport, RecoveryMethod } from './types.ts';
 
-export type { ErrorReport, RecoveryMethod } from './types.ts';
+export type { CleanCopySink, CleanSource, ErrorReport, RecoveryMethod } from './types.ts';
 export { applyMemoryErrorRequest, memoryErrorReports } from './requests.ts';
 export type { CampaignInfo, MemoryErrorReportList, MemoryErrorRequest, MemoryErrorResponse } from './requests.ts';
 
