@@ -9,7 +9,7 @@ import { Cause, DeviceTable, GuestPhys, Reg } from '../../guest-isa/arch.ts';
 import { encodeInstruction } from '../../guest-isa/encoding.ts';
 import { processRss } from '../../native/index.ts';
 import {
-  AbsentState, Access, createHypervisor, KernelError, P2mFlag, PageState, ReservedStateError, type AbsentStateId, type GuestMemory, type Vm,
+  AbsentState, Access, createHypervisor, KernelError, P2mFlag, PageState, type AbsentStateId, type GuestMemory, type Vm,
 } from '../../kernel/index.ts';
 import { FramePool } from '../../kernel/memory/frame-pool.ts';
 import { P2mEntry } from '../../kernel/memory/p2m.ts';
