@@ -106,6 +106,7 @@ export class Hypervisor {
    * Without them both are allocated on the JS heap.
    */
   constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null, pageArena: ArenaMemory | null = null) {
+    this.ownedMemory = [memory, tlbArena, pageArena];
     this.tlbs = new TlbArena(tlbArena);
     this.arena = new ZeroedArena(pageArena);
     this.pool = new FramePool(memory);
@@ -131,6 +132,28 @@ export class Hypervisor {
   /** Counters of the compiled tier (VmConfig.tier 'jit'): regions compiled, compile time, invalidations. */
   jitStats(): JitStats {
     return { ...jitCacheOf(this.decodeCache).stats };
+  }
+
+  /** The host memory behind the pool and the arenas, unmapped by close(). */
+  private readonly ownedMemory: readonly (object | null)[];
+  #closed = false;
+
+  /** Whether close() has run. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Destroys every VM and unmaps the host pool and the TLB and page arenas now, rather than when
+   * the garbage collector finds them (a process that creates hypervisors one after another keeps
+   * each one's touched memory until then). The hypervisor and its VMs must not be used afterwards.
+   * Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    for (const vm of [...this.vms]) this.destroyVm(vm);
+    this.#closed = true;
+    for (const memory of this.ownedMemory) (memory as { close?: () => void } | null)?.close?.();
   }
 
   /** Frames of the host pool: total, in use, free, whole free runs, released to the OS. */
@@ -164,6 +187,7 @@ export class Hypervisor {
    * (BV_BAD_VM_CONFIG) for a bad memory size, vCPU count or large-page policy.
    */
   createVm(config: VmConfig): Vm {
+    if (this.#closed) throw new KernelError('BV_CLOSED', 'this hypervisor is closed');
     const vm = new Vm(this.nextVmId++, config, this.vmEnvironment);
     this.vms.push(vm);
     return vm;

@@ -176,6 +176,7 @@ function bootGuest(bootArgs: string, memoryMiB: number, set: MethodSet, refresh:
     if (hv.vms.includes(vm)) hv.destroyVm(vm);
     restored?.close(); // after the VM is gone: nothing left to read in
     reader?.close();
+    hv.close(); // unmap the pool now: thousands of trials would otherwise hold it until a GC
   };
   return { hv, vm, output, prefix: options.restoreFrom?.prefix ?? '', methods, swap, dispose };
 }

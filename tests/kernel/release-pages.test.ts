@@ -134,3 +134,18 @@ describe('Hypervisor.residentPoolBytes', () => {
     }
   });
 });
+
+describe('Hypervisor.close', () => {
+  it('destroys every VM and unmaps the pool and arenas at once; a closed hypervisor refuses new VMs; twice is fine', () => {
+    const { hv, vm } = machine(8 * MIB);
+    fill(vm, range(0, 1024));
+    const pool = vm.memory.pool.memory as HostMemory & { closed?: boolean };
+    expect(pool.closed).toBe(false);
+    hv.close();
+    expect(hv.closed).toBe(true);
+    expect(hv.vms).toEqual([]);
+    expect(pool.closed).toBe(true);
+    expect(() => hv.createVm({ memoryBytes: MIB })).toThrow(expect.objectContaining({ code: 'BV_CLOSED' }));
+    hv.close();
+  });
+});
