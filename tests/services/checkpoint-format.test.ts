@@ -39,6 +39,7 @@ import {
   SectionType,
   type SectionTypeName,
 } from '../../services/checkpoint/format.ts';
+import { prng } from '../kernel/fixtures/prng.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-ckpt-format-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -49,15 +50,10 @@ const freshPath = (name = 'vm') => join(dir, `${name}-${fileCounter++}.ckpt`);
 // ---------------------------------------------------------------------------------------------
 // Guest-like memory: zero pages, text (compressible), structured words, and noise.
 
+/** The tests' PRNG (tests/kernel/fixtures/prng.ts) as floats in [0, 1). */
 function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = prng(seed);
+  return () => next() / 4294967296;
 }
 
 type PageKind = 'zero' | 'text' | 'words' | 'noise';
