@@ -361,6 +361,11 @@ export interface MeasureOptions {
   size: BenchSize;
   /** Called before each step (guest or JS run) with a label, for progress display. */
   onStep?: (label: string) => void;
+  /**
+   * Called at the start of each round (round 0 first; `timed` false for warm-up rounds): work to
+   * interleave with the workload's runs so that machine noise falls on both alike (bench/qemu.ts).
+   */
+  onRound?: (round: number, timed: boolean) => void;
 }
 
 /** Steps one workload takes under these options (for progress counts). */
@@ -381,6 +386,7 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
   for (let round = 0; round < options.warmups + options.runs; round++) {
     const timed = round >= options.warmups;
     const tag = timed ? '' : ' (warm-up)';
+    options.onRound?.(round, timed);
     options.onStep?.(`${workload.name} plain JS${tag}`);
     const js = workload.jsBaseline(prepared);
     if (reference && js.result !== reference.result) {

@@ -2,7 +2,7 @@
  * bench — guest execution speed against plain JavaScript, and translation costs under each MMU
  * configuration, measured in the same run.
  *
- *   npm run bench [-- --json] [-- --quick] [-- --only <workload>[,<workload>…]]
+ *   npm run bench [-- --json] [-- --quick] [-- --only <workload>[,<workload>…]] [-- --qemu]
  *
  * Runs every workload of bench/workloads.ts with paging off and on, and the same algorithm in
  * plain JS; prints guest MIPS, the plain-JS "guest-equivalent" MIPS (the guest's instruction
@@ -13,7 +13,9 @@
  * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`), and so does memory
  * overcommit (bench/overcommit.ts, issue 10: balloon reclaim, the T-7 experiment; bench/policies.ts,
  * issue 11: the idle tax, active memory, miss-rate curves; `--only
- * overcommit`). Last, the PASS/FAIL
+ * overcommit`). `--qemu` (issue 13, optional: Debian's qemu-system-misc and gcc-riscv64-unknown-elf)
+ * also runs the workloads as RV32 programs under qemu-system-riscv32, interleaved with their rounds,
+ * and prints bytevisor's MIPS against QEMU's (bench/qemu.ts). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
  * stdout. `--quick` makes small, few runs (for the smoke test; its figures mean nothing).
  * Progress goes to stderr when it is a terminal. The bench is not a test: a missed target is a
@@ -35,10 +37,12 @@ import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from 
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
+import { detectQemuTools, formatQemu, QEMU_MACHINE, QEMU_R2_FACTOR, QEMU_TARGET_LOOP_MS, qemuChecks, qemuProgramFor, QemuSide, qemuStepCount } from './qemu.ts';
+import type { QemuFigures, QemuWorkloadFigures } from './qemu.ts';
 
 export type { Check } from './harness.ts';
 
-const USAGE = 'usage: npm run bench -- [--json] [--quick] [--only <workload>[,<workload>...]]';
+const USAGE = 'usage: npm run bench -- [--json] [--quick] [--only <workload>[,<workload>...]] [--qemu]';
 
 /** Targets from the project's performance issue (docs/performance.md). */
 export const TARGETS = {
@@ -63,6 +67,8 @@ export interface BenchOptions {
   quick: boolean;
   /** Workload names to run (all when empty). */
   only: string[];
+  /** Also run the workloads under QEMU and compare (issue 13; bench/qemu.ts). */
+  qemu: boolean;
 }
 
 export interface BenchReport {
@@ -94,6 +100,8 @@ export interface BenchReport {
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
   policies?: PolicyFigures;
+  /** Side by side with QEMU (issue 13): present only with --qemu. */
+  qemu?: QemuFigures;
   checks: Check[];
 }
 
@@ -110,11 +118,12 @@ const ERRORS_ENTRY = 'errors';
 const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
-  const options: BenchOptions = { json: false, quick: false, only: [] };
+  const options: BenchOptions = { json: false, quick: false, only: [], qemu: false };
   for (let index = 0; index < args.length; index++) {
     const arg = args[index]!;
     if (arg === '--json') options.json = true;
     else if (arg === '--quick') options.quick = true;
+    else if (arg === '--qemu') options.qemu = true;
     else if (arg === '--help' || arg === '-h') return 'help';
     else if (arg === '--only' || arg.startsWith('--only=')) {
       const value = arg === '--only' ? args[++index] : arg.slice('--only='.length);
@@ -147,12 +156,33 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
     + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0);
+  // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
+  const qemuTools = options.qemu ? detectQemuTools() : null;
+  const qemuSelected = qemuTools?.ok ? selected.filter((w) => qemuProgramFor(w.name)) : [];
+  const qemuSteps = qemuSelected.length * qemuStepCount(counts.runs, options.quick);
   const loadAtStart = loadavg().map((value) => Number(value.toFixed(2)));
   const hv = createHypervisor({ hostMemoryBytes: HOST_MEMORY_BYTES });
   let step = 0;
-  const measure = (workload: Workload): WorkloadFigures =>
-    measureWorkload(hv, workload, { ...counts, size: { quick: options.quick }, onStep: (label) => onProgress?.(++step, total, label) });
+  const onStep = (label: string): void => onProgress?.(++step, total + qemuSteps, label);
+  const qemuWorkloads: QemuWorkloadFigures[] = [];
+  const measure = (workload: Workload): WorkloadFigures => {
+    const program = qemuTools?.ok ? qemuProgramFor(workload.name) : null;
+    const side = program && qemuTools?.ok ? new QemuSide(qemuTools.tools, program, options.quick, onStep) : null;
+    try {
+      const figures = measureWorkload(hv, workload, { ...counts, size: { quick: options.quick }, onStep, ...(side ? { onRound: (round: number, timed: boolean) => side.round(round, timed) } : {}) });
+      if (side) qemuWorkloads.push(side.figures(figures));
+      return figures;
+    } finally {
+      side?.dispose();
+    }
+  };
   const workloads = selected.map(measure);
+  const qemu: QemuFigures | null = qemuTools === null ? null : {
+    tools: qemuTools.ok ? qemuTools.tools : null,
+    ...(qemuTools.ok ? {} : { skipped: qemuTools.message }),
+    method: { machine: QEMU_MACHINE, r2OverR1: QEMU_R2_FACTOR, targetLoopMs: QEMU_TARGET_LOOP_MS, statistic: 'median', runs: counts.runs },
+    workloads: qemuWorkloads,
+  };
   const translation = selectedTranslation.map(measure);
   const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
@@ -180,10 +210,12 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     ...(errors ? { errors } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
+    ...(qemu ? { qemu } : {}),
     checks: [
       ...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : []),
       ...(overcommit ? overcommitChecks(overcommit) : []),
       ...(policies ? policyChecks(policies) : []),
+      ...(qemu ? qemuChecks(qemu) : []),
     ],
   };
 }
@@ -319,6 +351,10 @@ export function formatReport(report: BenchReport): string {
   if (report.policies) {
     out.push('');
     out.push(...formatPolicies(report.policies));
+  }
+  if (report.qemu) {
+    out.push('');
+    out.push(...formatQemu(report.qemu, table));
   }
   out.push('');
   const show = (check: Check, value: number): string =>

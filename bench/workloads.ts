@@ -11,10 +11,10 @@ import type { Workload } from './harness.ts';
 const guest = (name: string): string => fileURLToPath(new URL(`./guests/${name}`, import.meta.url));
 
 /** Shared by the guests (prepended as `.equ`) and the JS baselines, so both compute the same thing. */
-const FILL_FACTOR = 0x9e3779b1;
-const LCG_SEED = 12345;
-const LCG_MUL = 1664525;
-const LCG_ADD = 1013904223;
+export const FILL_FACTOR = 0x9e3779b1;
+export const LCG_SEED = 12345;
+export const LCG_MUL = 1664525;
+export const LCG_ADD = 1013904223;
 
 // --- CRC-32 (bench/guests/crc32.s) ------------------------------------------------------------
 
@@ -29,7 +29,7 @@ function crcBuffer(): Uint8Array {
 }
 
 /** Table-driven CRC-32, four table lookups per 32-bit word, as the guest does it. */
-function crc32Js(rounds: number): number {
+export function crc32Js(rounds: number): number {
   const table = new Int32Array(256);
   for (let n = 0; n < 256; n++) {
     let c = n;
@@ -75,7 +75,7 @@ const crc32Workload = pagingWorkload({
 const PREFIX_ARRAY_VA = 0x100000;
 const PREFIX_ARRAY_BYTES = 0x100000;
 
-function prefixSumJs(rounds: number): { result: number; memory: Uint8Array } {
+export function prefixSumJs(rounds: number): { result: number; memory: Uint8Array } {
   const array = new Int32Array(PREFIX_ARRAY_BYTES / 4);
   for (let i = 0; i < array.length; i++) array[i] = Math.imul(i, FILL_FACTOR);
   let sum = 0;
@@ -102,7 +102,7 @@ const prefixSumWorkload = pagingWorkload({
 
 // --- Memory walker (bench/guests/walker.s) ------------------------------------------------------
 
-function walkerJs(wordsLog2: number, steps: number): number {
+export function walkerJs(wordsLog2: number, steps: number): number {
   const area = new Int32Array(1 << wordsLog2);
   for (let i = 0; i < area.length; i++) area[i] = Math.imul(i, FILL_FACTOR);
   const shift = 32 - wordsLog2;
@@ -132,11 +132,11 @@ const walkerWorkload = pagingWorkload({
 // --- Multiply high (bench/guests/mulh.s) ---------------------------------------------------------
 
 /** A multiply-with-carry multiplier (2^32·A − 1 and 2^31·A − 1 are prime) and a signed Q31 factor. */
-const MWC_A = 0xffffda61;
-const MWC_K = FILL_FACTOR; // negative as an int32: exercises mulh's signed correction
+export const MWC_A = 0xffffda61;
+export const MWC_K = FILL_FACTOR; // negative as an int32: exercises mulh's signed correction
 
 /** High word of the unsigned 64-bit product, exact in doubles (16-bit halves, no BigInt). */
-function mulhuJs(a: number, b: number): number {
+export function mulhuJs(a: number, b: number): number {
   const a0 = a & 0xffff;
   const a1 = a >>> 16;
   const b0 = b & 0xffff;
@@ -145,8 +145,11 @@ function mulhuJs(a: number, b: number): number {
   return (a1 * b1 + (mid >>> 16) + ((a0 * b1 + (mid & 0xffff)) >>> 16)) | 0;
 }
 
+/** High word of the signed 64-bit product, from the unsigned one. */
+export const mulhsJs = (a: number, b: number): number => (mulhuJs(a, b) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0;
+
 /** The guest's loop in plain JS; `mulhu`/`mulh` are parameters so that a BigInt reference can check it. */
-function mulhJs(steps: number, mulhu: (a: number, b: number) => number, mulh: (a: number, b: number) => number): number {
+export function mulhJs(steps: number, mulhu: (a: number, b: number) => number, mulh: (a: number, b: number) => number): number {
   let x = LCG_SEED | 0;
   let c = LCG_ADD | 0;
   let acc = 0;
@@ -173,7 +176,7 @@ const mulhWorkload = pagingWorkload({
     const expected = mulhJs(steps, (a, b) => high(BigInt(a >>> 0), BigInt(b >>> 0)), (a, b) => high(BigInt(a | 0), BigInt(b | 0)));
     if (js.result !== expected >>> 0) throw new BenchError('BV_BENCH_WRONG_RESULT', 'mulh: the JS baseline disagrees with BigInt arithmetic');
   },
-  js: ({ steps }) => ({ result: mulhJs(steps, mulhuJs, (a, b) => (mulhuJs(a, b) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0) }),
+  js: ({ steps }) => ({ result: mulhJs(steps, mulhuJs, mulhsJs) }),
 });
 
 /** Every workload, in the order the bench runs them. */
