@@ -241,7 +241,7 @@ export class FramedChannel {
   readonly #options: ChannelOptions;
   readonly #maxFrame: number;
   readonly #stallMs: number;
-  readonly #rate: number;
+  #rate: number;
   readonly #faults: ChannelFaults;
   /** Received bytes not yet parsed into frames. */
   #chunks: Buffer[] = [];
@@ -279,6 +279,13 @@ export class FramedChannel {
   /** The peer's address, for messages. */
   get remote(): string {
     return `${this.#socket.remoteAddress ?? '?'}:${this.#socket.remotePort ?? '?'}`;
+  }
+
+  /** Changes the pacing of sends (bytes per second; 0: none). */
+  setMaxBytesPerSecond(rate: number): void {
+    if (!Number.isFinite(rate) || rate < 0) throw fail('BV_XPORT_CONFIG', `maxBytesPerSecond must be 0 or positive, got ${String(rate)}`);
+    this.#rate = rate;
+    this.#pacedBytes = 0;
   }
 
   /** The error the channel failed with, or null. */

@@ -1,0 +1,697 @@
+/**
+ * Live migration of a VM between two hosts over a FramedChannel (T-13), pre-copy:
+ *
+ *  1. BEGIN: the source names the VM's configuration (and what its host needs to attach the same
+ *     devices); the destination creates an empty VM and answers READY.
+ *  2. Round 0 sends every page that holds something while the guest keeps running; a write epoch
+ *     (GuestMemory.beginWriteEpoch) notes each page the guest writes from then on. Each later
+ *     round opens a new epoch and sends the pages the previous round saw written.
+ *  3. When the pages left fit the measured bandwidth times the downtime limit, or rounds stop
+ *     converging after throttling, the source pauses the guest, sends the last dirty pages and the
+ *     CPU, device and disk-chain state (the checkpoint's own encoding: vmCheckpointContents and the
+ *     DEVICES record format), and waits for DONE: the destination has resumed the VM.
+ *
+ * Until the STATE frame has gone, any failure leaves the source running as before (the epoch is
+ * ended, the throttle lifted) and the destination destroys its partial VM. After it, the source
+ * stays paused: the destination may be running the VM, and two running copies must never exist.
+ *
+ * The sender is asynchronous and does a bounded amount of work between awaits, so the host's
+ * round-robin loop keeps running guests while pages go out. docs/migration.md has the protocol.
+ */
+import { PAGE_SIZE } from '../../guest-isa/arch.ts';
+import { KernelError, PageState } from '../../kernel/index.ts';
+import type { Vm, VmConfig } from '../../kernel/index.ts';
+import { decodeConfig, decodeCpus, decodeDevices, encodeDevices, encodeJson } from '../checkpoint/format.ts';
+import type { JsonObject } from '../checkpoint/format.ts';
+import { currentPage, decodeVmCheckpoint, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
+import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
+import { MigrationError, TransportError } from './errors.ts';
+import { FIRST_APP_FRAME_TYPE } from './transport.ts';
+import type { FramedChannel } from './transport.ts';
+
+/** The application protocol name and the versions this build speaks. */
+export const MIGRATION_PROTOCOL = 'bv-migration';
+export const MIGRATION_VERSIONS: readonly number[] = [1];
+
+/** Frame types of the migration protocol. */
+export const MigrationFrame = {
+  /** source → destination, JSON: configuration, page count, attach data. */
+  BEGIN: FIRST_APP_FRAME_TYPE,
+  /** destination → source, JSON: the empty VM exists. */
+  READY: FIRST_APP_FRAME_TYPE + 1,
+  /** source → destination, binary: page records then page bytes. */
+  PAGES: FIRST_APP_FRAME_TYPE + 2,
+  /** source → destination, JSON: a round ended (for the destination's figures). */
+  ROUND: FIRST_APP_FRAME_TYPE + 3,
+  /** source → destination, binary: CONFIG, CPUS and DEVICES records; the guest is paused. */
+  STATE: FIRST_APP_FRAME_TYPE + 4,
+  /** destination → source, JSON: the VM is running on the destination. */
+  DONE: FIRST_APP_FRAME_TYPE + 5,
+} as const;
+
+/** What a page record says. */
+const PageKind = {
+  /** 4096 bytes follow in the data part. */
+  BYTES: 0,
+  /** The page is all zeros: the destination drops whatever it holds. */
+  ZERO: 1,
+} as const;
+
+/** Bytes of one page record: u32 gpn, u32 kind. */
+const RECORD_BYTES = 8;
+/** What the source has sent of each page. */
+const SENT_NOTHING = 0;
+const SENT_BYTES = 1;
+
+/** Options of a pre-copy send. */
+export interface SendOptions {
+  /** The longest pause the switch-over may cost, in ms (default 300, QEMU's and Cloud Hypervisor's default). */
+  downtimeMs?: number;
+  /** Bandwidth limit in bytes per second (0 or unset: none). */
+  maxBandwidth?: number;
+  /** Give up after this many seconds (default 3600). */
+  timeoutS?: number;
+  /** Give up converging after this many rounds and switch over anyway (default 30). */
+  maxRounds?: number;
+  /** Pages per PAGES frame (default 64: 256 KiB). */
+  pagesPerFrame?: number;
+  /** Slow the guest down when rounds stop converging (default true). */
+  autoConverge?: boolean;
+  /** Opaque data for the destination's host to attach the same devices (boot args, disk, balloon…). */
+  attach?: JsonObject;
+  /** Caller data carried in the state (like a checkpoint's CONFIG.extra). */
+  extra?: JsonObject;
+  /** Told of each round as it ends. */
+  onRound?: (round: RoundFigures) => void;
+}
+
+/** What the source host does for the migration. */
+export interface SourceHooks {
+  /** Stop running the VM (between slices) for the switch-over. */
+  pause(): void;
+  /** Run it again: the migration failed before the destination could have it. */
+  resume(): void;
+  /** Run the guest only 1 − fraction of the time (0: full speed): auto-converge. */
+  throttle(fraction: number): void;
+}
+
+/** One round of a pre-copy. */
+export interface RoundFigures {
+  /** 0 for the first pass over all memory. */
+  round: number;
+  /** Pages sent with their bytes. */
+  pages: number;
+  /** Pages sent as zero markers. */
+  zeroPages: number;
+  /** Pages the guest wrote during the round (to be sent next). */
+  dirtied: number;
+  /** Duration of the round. */
+  ms: number;
+  /** Bytes of frames sent in the round. */
+  bytes: number;
+  /** Throttle applied during the round (0 … 0.99). */
+  throttle: number;
+}
+
+/** A finished (or failed) migration's figures: the API's `migration` object. */
+export interface MigrationFigures {
+  /** 'precopy'. */
+  mode: 'precopy' | 'postcopy';
+  /** 'completed', 'failed', or a phase while it runs. */
+  state: 'connecting' | 'precopy' | 'switchover' | 'completed' | 'failed';
+  /** From the start to DONE (or the failure). */
+  total_ms: number;
+  /** From pausing the guest on the source to its running on the destination. */
+  downtime_ms: number | null;
+  /** Bytes of frames sent (headers and checksums included, before TLS). */
+  bytes_sent: number;
+  /** Pages sent with their bytes, all rounds together. */
+  pages_sent: number;
+  /** Of those, pages sent more than once (dirtied after they were sent). */
+  pages_resent: number;
+  /** Zero markers sent. */
+  zero_pages: number;
+  /** Rounds of pre-copy (0 = the first full pass only). */
+  rounds: number;
+  /** Pages sent while the guest was paused. */
+  final_pages: number;
+  /** Measured bandwidth of the last round, MiB/s. */
+  bandwidth_mib_s: number;
+  /** Highest throttle applied to the guest (0 … 0.99), and whether auto-converge had to act. */
+  throttle: number;
+  auto_converged: boolean;
+  /** Why it switched over: 'converged', 'max_rounds' or 'throttled'. */
+  switchover_reason: string | null;
+  /** The failure, or null. */
+  error: string | null;
+  /** The per-round figures. */
+  round_figures: RoundFigures[];
+}
+
+function newFigures(mode: 'precopy' | 'postcopy'): MigrationFigures {
+  return {
+    mode, state: 'connecting', total_ms: 0, downtime_ms: null, bytes_sent: 0, pages_sent: 0, pages_resent: 0, zero_pages: 0, rounds: 0, final_pages: 0,
+    bandwidth_mib_s: 0, throttle: 0, auto_converged: false, switchover_reason: null, error: null, round_figures: [],
+  };
+}
+
+const DEFAULTS = { downtimeMs: 300, timeoutS: 3600, maxRounds: 30, pagesPerFrame: 64 };
+/** The sender yields to the event loop (the guests) after this much work. */
+const WORK_SLICE_MS = 4;
+/** Auto-converge: QEMU's steps (20 % first, then +10 %, at most 99 %). */
+const THROTTLE_INITIAL = 0.2;
+const THROTTLE_STEP = 0.1;
+const THROTTLE_MAX = 0.99;
+/** A round "does not converge" when the guest dirties more than this share of what the round sent. */
+const CONVERGE_RATIO = 0.5;
+
+function checkSendOptions(options: SendOptions): void {
+  const positive = (name: string, value: number | undefined, integer: boolean) => {
+    if (value === undefined) return;
+    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+      throw new MigrationError('BV_MIG_BAD_REQUEST', `${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(value)}`);
+    }
+  };
+  positive('downtimeMs', options.downtimeMs, false);
+  positive('timeoutS', options.timeoutS, false);
+  positive('maxRounds', options.maxRounds, true);
+  positive('pagesPerFrame', options.pagesPerFrame, true);
+  if (options.maxBandwidth !== undefined && (!Number.isFinite(options.maxBandwidth) || options.maxBandwidth < 0)) {
+    throw new MigrationError('BV_MIG_BAD_REQUEST', `maxBandwidth must be 0 or positive, got ${String(options.maxBandwidth)}`);
+  }
+}
+
+/** Yields to the event loop so that the host's scheduler runs the guests. */
+function yieldToGuests(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function isZero(bytes: Uint8Array): boolean {
+  // Page views into the host pool start on a page boundary: read them eight bytes at a time.
+  if ((bytes.byteOffset & 7) === 0) {
+    const words = new BigUint64Array(bytes.buffer, bytes.byteOffset, PAGE_SIZE / 8);
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+    return true;
+  }
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
+}
+
+/** Builds PAGES frames: records first, then the bytes of the BYTES pages, copied at add time. */
+class PageBatch {
+  readonly gpns: number[] = [];
+  readonly kinds: number[] = [];
+  readonly data: Uint8Array;
+  dataPages = 0;
+
+  constructor(readonly capacity: number) {
+    this.data = new Uint8Array(capacity * PAGE_SIZE);
+  }
+
+  get count(): number {
+    return this.gpns.length;
+  }
+
+  add(gpn: number, bytes: Uint8Array | null): void {
+    this.gpns.push(gpn);
+    if (bytes === null) this.kinds.push(PageKind.ZERO);
+    else {
+      this.kinds.push(PageKind.BYTES);
+      this.data.set(bytes, this.dataPages * PAGE_SIZE); // copied now: the guest may write it next
+      this.dataPages++;
+    }
+  }
+
+  encode(): Uint8Array {
+    const count = this.gpns.length;
+    const payload = new Uint8Array(4 + count * RECORD_BYTES + this.dataPages * PAGE_SIZE);
+    const view = new DataView(payload.buffer);
+    view.setUint32(0, count, true);
+    for (let i = 0; i < count; i++) {
+      view.setUint32(4 + i * RECORD_BYTES, this.gpns[i]!, true);
+      view.setUint32(8 + i * RECORD_BYTES, this.kinds[i]!, true);
+    }
+    payload.set(this.data.subarray(0, this.dataPages * PAGE_SIZE), 4 + count * RECORD_BYTES);
+    this.gpns.length = 0;
+    this.kinds.length = 0;
+    this.dataPages = 0;
+    return payload;
+  }
+}
+
+/**
+ * Migrates `vm` to the peer of `channel` by pre-copy. Resolves with the figures once the
+ * destination runs the VM (the caller then removes the source VM); rejects otherwise, with the
+ * figures in `figures` (state 'failed') and the source VM as it was (running), unless the
+ * failure came after the switch-over state was sent (the source VM then stays paused; see the
+ * module comment).
+ */
+export class PrecopySender {
+  /** Live figures (the API shows them while it runs). */
+  readonly figures: MigrationFigures = newFigures('precopy');
+  /** Whether the source VM must stay paused after a failure (the destination may have it). */
+  ambiguous = false;
+
+  readonly #vm: Vm;
+  readonly #channel: FramedChannel;
+  readonly #hooks: SourceHooks;
+  readonly #options: SendOptions;
+  readonly #pageCount: number;
+  readonly #sent: Uint8Array;
+  /** Pages written in the current epoch (a set: flag per page and a list). */
+  #dirtyFlags: Uint8Array;
+  #dirtyList: number[] = [];
+  readonly #started = performance.now();
+  #cancelled: Error | null = null;
+  #paused = false;
+  #throttle = 0;
+
+  constructor(vm: Vm, channel: FramedChannel, hooks: SourceHooks, options: SendOptions = {}) {
+    checkSendOptions(options);
+    if (vm.memory.writeEpochActive) {
+      throw new MigrationError('BV_MIG_BAD_REQUEST', `${vm.name}: a snapshot or another migration of this VM is in progress`);
+    }
+    this.#vm = vm;
+    this.#channel = channel;
+    this.#hooks = hooks;
+    this.#options = options;
+    this.#pageCount = vm.memory.pageCount;
+    this.#sent = new Uint8Array(this.#pageCount);
+    this.#dirtyFlags = new Uint8Array(this.#pageCount);
+    // A reset puts RAM back without guest writes: what was sent would be wrong.
+    vm.onReset(() => this.cancel(new MigrationError('BV_MIG_CANCELLED', `${vm.name} was reset during its migration`)));
+  }
+
+  /** Stops the migration at its next step (the VM stopped, was deleted, the host closes). */
+  cancel(error: Error): void {
+    if (this.figures.state === 'completed' || this.figures.state === 'failed') return;
+    this.#cancelled ??= error;
+  }
+
+  /** Runs the migration to its end. */
+  async run(): Promise<MigrationFigures> {
+    const vm = this.#vm;
+    try {
+      if (this.#options.maxBandwidth !== undefined) this.#channel.setMaxBytesPerSecond(this.#options.maxBandwidth);
+      const deadline = this.#started + (this.#options.timeoutS ?? DEFAULTS.timeoutS) * 1000;
+      await this.#begin();
+      this.figures.state = 'precopy';
+      const downtimeMs = this.#options.downtimeMs ?? DEFAULTS.downtimeMs;
+      const maxRounds = this.#options.maxRounds ?? DEFAULTS.maxRounds;
+      let pending: number[] | null = null; // null: round 0, every page
+      let slowRounds = 0;
+      for (let round = 0; ; round++) {
+        this.#openEpoch();
+        const figures = await this.#sendRound(round, pending, deadline);
+        pending = this.#closeEpoch();
+        figures.dirtied = pending.length;
+        this.figures.round_figures.push(figures);
+        this.figures.rounds = round;
+        this.#options.onRound?.(figures);
+        const bandwidth = figures.ms > 0 ? figures.bytes / (figures.ms / 1000) : Infinity;
+        this.figures.bandwidth_mib_s = Math.round((bandwidth / (1024 * 1024)) * 10) / 10;
+        const remainingBytes = pending.length * PAGE_SIZE;
+        if (remainingBytes <= bandwidth * (downtimeMs / 1000)) {
+          this.figures.switchover_reason = 'converged';
+          break;
+        }
+        if (round + 1 >= maxRounds) {
+          this.figures.switchover_reason = 'max_rounds';
+          break;
+        }
+        // Not converging: the guest dirties more than half of what a round gets out.
+        const sentPages = figures.pages + figures.zeroPages;
+        if (pending.length > CONVERGE_RATIO * Math.max(1, sentPages) && round > 0) slowRounds++;
+        else slowRounds = 0;
+        if (slowRounds >= 2 && (this.#options.autoConverge ?? true)) {
+          if (this.#throttle >= THROTTLE_MAX) {
+            this.figures.switchover_reason = 'throttled';
+            break;
+          }
+          this.#throttle = this.#throttle === 0 ? THROTTLE_INITIAL : Math.min(THROTTLE_MAX, this.#throttle + THROTTLE_STEP);
+          this.figures.throttle = Math.max(this.figures.throttle, this.#throttle);
+          this.figures.auto_converged = true;
+          this.#hooks.throttle(this.#throttle);
+          slowRounds = 0;
+        }
+        this.#checkAlive(deadline);
+      }
+      await this.#switchOver(pending);
+      this.figures.state = 'completed';
+      this.figures.total_ms = round3(performance.now() - this.#started);
+      this.figures.bytes_sent = this.#channel.stats.bytesSent;
+      await this.#channel.close().catch(() => {});
+      return this.figures;
+    } catch (error) {
+      this.#fail(error);
+      throw error;
+    } finally {
+      if (vm.memory.writeEpochActive) vm.memory.endWriteEpoch();
+      this.#hooks.throttle(0);
+    }
+  }
+
+  async #begin(): Promise<void> {
+    const vm = this.#vm;
+    const config: JsonObject = { name: vm.name, memoryBytes: vm.config.memoryBytes, vcpus: vm.vcpus.length, largePages: vm.largePagePolicy };
+    if (vm.config.mmu !== undefined) config.mmu = JSON.parse(JSON.stringify(vm.config.mmu)) as JsonObject;
+    await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {} }));
+    await this.#channel.expect(MigrationFrame.READY, 'READY');
+  }
+
+  #openEpoch(): void {
+    const flags = this.#dirtyFlags;
+    const list: number[] = [];
+    this.#dirtyList = list;
+    this.#vm.memory.beginWriteEpoch((gpn) => {
+      if (flags[gpn] === 0) {
+        flags[gpn] = 1;
+        list.push(gpn);
+      }
+    });
+  }
+
+  /** Ends the epoch and returns the pages written in it, sorted; the flags are cleared. */
+  #closeEpoch(): number[] {
+    this.#vm.memory.endWriteEpoch();
+    const list = this.#dirtyList;
+    for (const gpn of list) this.#dirtyFlags[gpn] = 0;
+    this.#dirtyList = [];
+    return list.sort((a, b) => a - b);
+  }
+
+  /** Sends one round: every page (round 0) or `pages`, yielding to the guests as it goes. */
+  async #sendRound(round: number, pages: number[] | null, deadline: number): Promise<RoundFigures> {
+    const started = performance.now();
+    const bytesBefore = this.#channel.stats.bytesSent;
+    const figures: RoundFigures = { round, pages: 0, zeroPages: 0, dirtied: 0, ms: 0, bytes: 0, throttle: this.#throttle };
+    const batch = new PageBatch(this.#options.pagesPerFrame ?? DEFAULTS.pagesPerFrame);
+    const total = pages === null ? this.#pageCount : pages.length;
+    let sliceStart = performance.now();
+    for (let i = 0; i < total; i++) {
+      const gpn = pages === null ? i : pages[i]!;
+      this.#addPage(gpn, batch, figures, round === 0);
+      if (batch.count === batch.capacity) {
+        await this.#channel.send(MigrationFrame.PAGES, batch.encode());
+        this.#checkAlive(deadline);
+      }
+      if (performance.now() - sliceStart >= WORK_SLICE_MS) {
+        await yieldToGuests();
+        this.#checkAlive(deadline);
+        sliceStart = performance.now();
+      }
+    }
+    if (batch.count > 0) await this.#channel.send(MigrationFrame.PAGES, batch.encode());
+    await this.#channel.send(MigrationFrame.ROUND, encodeJson({ round }));
+    figures.ms = round3(performance.now() - started);
+    figures.bytes = this.#channel.stats.bytesSent - bytesBefore;
+    this.figures.bytes_sent = this.#channel.stats.bytesSent;
+    return figures;
+  }
+
+  /**
+   * Adds a page to the batch as it is now: its bytes, a zero marker (only if the destination
+   * holds bytes for it), or nothing. Untouched and ballooned pages are zero (a ballooned page
+   * comes back as such with the balloon's state); swapped and lazily restored pages are brought in
+   * to be read (currentPage); a poisoned page nobody can rebuild travels in the state's list.
+   */
+  #addPage(gpn: number, batch: PageBatch, figures: RoundFigures, firstPass: boolean): void {
+    const memory = this.#vm.memory;
+    const state = memory.stateOf(gpn);
+    if (firstPass && state === PageState.UNTOUCHED) return; // the common case, and the destination's default
+    let bytes: Uint8Array | null;
+    try {
+      bytes = currentPage(this.#vm, gpn);
+    } catch (error) {
+      if (error instanceof KernelError || (error as { code?: string }).code === 'BV_VMCKPT_UNSAVEABLE') {
+        throw new MigrationError('BV_MIG_STATE', `${this.#vm.name}: guest page ${gpn} cannot be read for migration: ${(error as Error).message}`, { cause: error });
+      }
+      throw error;
+    }
+    if (bytes !== null && isZero(bytes)) bytes = null;
+    if (bytes === null) {
+      if (this.#sent[gpn] !== SENT_BYTES) return; // the destination has zeros there already
+      batch.add(gpn, null);
+      this.#sent[gpn] = SENT_NOTHING;
+      figures.zeroPages++;
+      this.figures.zero_pages++;
+      return;
+    }
+    if (this.#sent[gpn] === SENT_BYTES) this.figures.pages_resent++;
+    batch.add(gpn, bytes);
+    this.#sent[gpn] = SENT_BYTES;
+    figures.pages++;
+    this.figures.pages_sent++;
+  }
+
+  /**
+   * Pauses the guest, sends the pages dirtied since the last round and those that lost their
+   * contents without a write (released, ballooned), then the state, and waits for DONE.
+   */
+  async #switchOver(dirty: number[]): Promise<void> {
+    const vm = this.#vm;
+    this.figures.state = 'switchover';
+    this.#hooks.pause();
+    this.#paused = true;
+    const pausedAt = performance.now();
+    this.#checkAlive(Infinity);
+    const figures: RoundFigures = { round: this.figures.rounds + 1, pages: 0, zeroPages: 0, dirtied: 0, ms: 0, bytes: 0, throttle: this.#throttle };
+    const batch = new PageBatch(this.#options.pagesPerFrame ?? DEFAULTS.pagesPerFrame);
+    const flush = async () => {
+      if (batch.count > 0) await this.#channel.send(MigrationFrame.PAGES, batch.encode());
+    };
+    settlePoisonedPages(vm);
+    const inDirty = this.#dirtyFlags;
+    for (const gpn of dirty) inDirty[gpn] = 1;
+    for (const gpn of dirty) {
+      this.#addPage(gpn, batch, figures, false);
+      if (batch.count === batch.capacity) await flush();
+    }
+    // Pages sent with bytes that are empty now without having been written.
+    const memory = vm.memory;
+    for (let gpn = 0; gpn < this.#pageCount; gpn++) {
+      if (this.#sent[gpn] !== SENT_BYTES || inDirty[gpn] === 1) continue;
+      const state = memory.stateOf(gpn);
+      if (state === PageState.UNTOUCHED || state === PageState.BALLOONED || state === PageState.POISONED) {
+        this.#addPage(gpn, batch, figures, false);
+        if (batch.count === batch.capacity) await flush();
+      }
+    }
+    for (const gpn of dirty) inDirty[gpn] = 0;
+    await flush();
+    this.figures.final_pages = figures.pages + figures.zeroPages;
+    const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
+    const payload = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
+    this.ambiguous = true; // from here the destination may end up running the VM
+    await this.#channel.send(MigrationFrame.STATE, payload);
+    const done = decodeJson(await this.#channel.expect(MigrationFrame.DONE, 'DONE'), 'DONE');
+    this.figures.downtime_ms = round3(performance.now() - pausedAt);
+    void done;
+  }
+
+  #checkAlive(deadline: number): void {
+    if (this.#cancelled !== null) throw this.#cancelled;
+    const stop = this.#vm.stopReason.kind;
+    if (stop === 'halted' || stop === 'guest-error' || stop === 'host-error') {
+      throw new MigrationError('BV_MIG_CANCELLED', `${this.#vm.name} stopped (${stop}) during its migration: there is nothing left to move`);
+    }
+    if (performance.now() > deadline) {
+      throw new MigrationError('BV_MIG_TIMEOUT', `${this.#vm.name}: the migration took longer than ${this.#options.timeoutS ?? DEFAULTS.timeoutS} s`);
+    }
+  }
+
+  #fail(error: unknown): void {
+    this.figures.state = 'failed';
+    this.figures.error = error instanceof Error ? error.message : String(error);
+    this.figures.total_ms = round3(performance.now() - this.#started);
+    this.figures.bytes_sent = this.#channel.stats.bytesSent;
+    const code = (error as { code?: string }).code ?? 'BV_MIG_STATE';
+    if (this.#channel.open) void this.#channel.abort(code, this.figures.error);
+    else this.#channel.destroy();
+    // Before the state went out the destination cannot run the VM: the source carries on.
+    if (this.#paused && !this.ambiguous) this.#hooks.resume();
+  }
+}
+
+/** CONFIG, CPUS and DEVICES records, each with a u32 length. */
+function encodeState(config: JsonObject, cpus: JsonObject[], devices: Uint8Array): Uint8Array {
+  const parts = [encodeJson(config), encodeJson(cpus), devices];
+  const payload = new Uint8Array(parts.reduce((sum, part) => sum + 4 + part.length, 0));
+  const view = new DataView(payload.buffer);
+  let at = 0;
+  for (const part of parts) {
+    view.setUint32(at, part.length, true);
+    payload.set(part, at + 4);
+    at += 4 + part.length;
+  }
+  return payload;
+}
+
+function decodeState(payload: Uint8Array, pageCount: number, where: string): DecodedVmCheckpoint {
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  for (let i = 0; i < 3; i++) {
+    if (at + 4 > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${where}: the STATE frame is cut short`);
+    const length = view.getUint32(at, true);
+    if (at + 4 + length > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${where}: the STATE frame is cut short`);
+    parts.push(payload.subarray(at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  try {
+    return decodeVmCheckpoint({ config: decodeConfig(parts[0]!), cpus: decodeCpus(parts[1]!), devices: decodeDevices(parts[2]!), pageCount }, where);
+  } catch (error) {
+    throw new MigrationError('BV_MIG_STATE', `${where}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function decodeJson(payload: Uint8Array, what: string): JsonObject {
+  try {
+    const value: unknown = JSON.parse(new TextDecoder().decode(payload));
+    if (typeof value === 'object' && value !== null && !Array.isArray(value)) return value as JsonObject;
+  } catch {
+    // refused below
+  }
+  throw new MigrationError('BV_MIG_PROTOCOL', `the ${what} frame is not a JSON object`);
+}
+
+// ------------------------------------------------------------------------------------ receiving
+
+/** What the destination host does for an incoming migration. */
+export interface DestinationHooks {
+  /**
+   * Creates the empty VM the pages go into, with the devices `attach` describes (throw to refuse:
+   * a name taken, no room). Not run yet.
+   */
+  create(config: VmConfig, attach: JsonObject): Vm;
+  /** The VM's state is in: start running it (the source is paused and waits for DONE). */
+  start(vm: Vm, decoded: DecodedVmCheckpoint): void;
+  /** The migration failed: destroy the partial VM (never run). */
+  discard(vm: Vm): void;
+}
+
+/** The destination's figures of an incoming migration. */
+export interface ReceiveFigures {
+  /** 'receiving', 'completed' or 'failed'. */
+  state: 'receiving' | 'completed' | 'failed';
+  /** The VM's name (once BEGIN arrived). */
+  vm: string | null;
+  /** Pages installed (with bytes), zero markers applied, rounds seen. */
+  pages_received: number;
+  zero_pages: number;
+  rounds: number;
+  /** Bytes of frames received. */
+  bytes_received: number;
+  /** From the first frame to DONE. */
+  total_ms: number;
+  /** From the STATE frame's arrival to the VM running. */
+  resume_ms: number | null;
+  /** The failure, or null. */
+  error: string | null;
+}
+
+/**
+ * Receives one VM over `channel` (the destination side of PrecopySender). Resolves with the VM,
+ * running (hooks.start was called), once DONE has been sent; on any failure the partial VM is
+ * discarded (hooks.discard) and the promise rejects.
+ */
+export class MigrationReceiver {
+  /** Live figures. */
+  readonly figures: ReceiveFigures = { state: 'receiving', vm: null, pages_received: 0, zero_pages: 0, rounds: 0, bytes_received: 0, total_ms: 0, resume_ms: null, error: null };
+
+  readonly #channel: FramedChannel;
+  readonly #hooks: DestinationHooks;
+  readonly #started = performance.now();
+
+  constructor(channel: FramedChannel, hooks: DestinationHooks) {
+    this.#channel = channel;
+    this.#hooks = hooks;
+  }
+
+  async run(): Promise<Vm> {
+    let vm: Vm | null = null;
+    try {
+      const begin = decodeJson(await this.#channel.expect(MigrationFrame.BEGIN, 'BEGIN'), 'BEGIN');
+      const config = begin.config as JsonObject | undefined;
+      if (typeof config !== 'object' || config === null || typeof config.memoryBytes !== 'number' || typeof config.name !== 'string') {
+        throw new MigrationError('BV_MIG_PROTOCOL', 'the BEGIN frame has no VM configuration');
+      }
+      this.figures.vm = config.name;
+      vm = this.#hooks.create(config as unknown as VmConfig, (begin.attach ?? {}) as JsonObject);
+      if (vm.memory.pageCount !== begin.pageCount) {
+        throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source sends ${String(begin.pageCount)} pages, the VM made for them has ${vm.memory.pageCount}`);
+      }
+      await this.#channel.send(MigrationFrame.READY, encodeJson({}));
+      for (;;) {
+        const frame = await this.#channel.receive();
+        if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source ended the stream before the VM's state`);
+        if (frame.type === MigrationFrame.PAGES) this.#applyPages(vm, frame.payload);
+        else if (frame.type === MigrationFrame.ROUND) this.figures.rounds++;
+        else if (frame.type === MigrationFrame.STATE) {
+          const arrived = performance.now();
+          const decoded = decodeState(frame.payload, vm.memory.pageCount, `migration of ${vm.name}`);
+          try {
+            vm.checkState(decoded.state);
+            vm.image = decoded.image;
+            vm.restoreCheckedState(decoded.state);
+          } catch (error) {
+            throw new MigrationError('BV_MIG_STATE', `${vm.name}: the migrated state does not fit this VM: ${(error as Error).message}`, { cause: error });
+          }
+          this.#hooks.start(vm, decoded);
+          this.figures.resume_ms = round3(performance.now() - arrived);
+          break;
+        } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: unexpected frame type ${frame.type} during pre-copy`);
+      }
+      // From here the VM is ours: a lost DONE leaves the source paused, never two copies running.
+      this.figures.state = 'completed';
+      this.figures.total_ms = round3(performance.now() - this.#started);
+      this.figures.bytes_received = this.#channel.stats.bytesReceived;
+      try {
+        await this.#channel.send(MigrationFrame.DONE, encodeJson({ instructions: vm.instructionsRetired }));
+        await this.#channel.receive().catch(() => null); // the source's BYE
+      } catch {
+        // The source learns nothing; it stays paused and says so.
+      }
+      this.#channel.destroy();
+      return vm;
+    } catch (error) {
+      this.figures.state = 'failed';
+      this.figures.error = error instanceof Error ? error.message : String(error);
+      this.figures.total_ms = round3(performance.now() - this.#started);
+      this.figures.bytes_received = this.#channel.stats.bytesReceived;
+      if (vm !== null) this.#hooks.discard(vm);
+      if (!(error instanceof TransportError) && this.#channel.open) await this.#channel.abort((error as { code?: string }).code ?? 'BV_MIG_STATE', this.figures.error);
+      else this.#channel.destroy();
+      throw error;
+    }
+  }
+
+  #applyPages(vm: Vm, payload: Uint8Array): void {
+    const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+    if (payload.length < 4) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame is too short`);
+    const count = view.getUint32(0, true);
+    const dataStart = 4 + count * RECORD_BYTES;
+    if (dataStart > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame's records run past its end`);
+    let data = dataStart;
+    const memory = vm.memory;
+    for (let i = 0; i < count; i++) {
+      const gpn = view.getUint32(4 + i * RECORD_BYTES, true);
+      const kind = view.getUint32(8 + i * RECORD_BYTES, true);
+      if (gpn >= memory.pageCount) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} is outside the VM's ${memory.pageCount} pages`);
+      if (kind === PageKind.BYTES) {
+        if (data + PAGE_SIZE > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame holds fewer pages than its records`);
+        memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+        data += PAGE_SIZE;
+        this.figures.pages_received++;
+      } else if (kind === PageKind.ZERO) {
+        if (memory.stateOf(gpn) !== PageState.UNTOUCHED) memory.releasePage(gpn);
+        this.figures.zero_pages++;
+      } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} has an unknown record kind ${kind}`);
+    }
+    if (data !== payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame has ${payload.length - data} bytes after its pages`);
+  }
+}
+
+function round3(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
