@@ -17,7 +17,9 @@ import { resolve } from 'node:path';
 import { BvError } from '../guest-isa/errors.ts';
 import { apiRequest, type ApiAnswer } from '../services/host/client.ts';
 import type { ConsoleSlice } from '../services/host/console-log.ts';
-import type { BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MrcInfo, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo } from '../services/host/host.ts';
+import type {
+  BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MigrationResult, MigrationsInfo, MrcInfo, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo,
+} from '../services/host/host.ts';
 import type { ActiveMemoryStats } from '../services/memory/active.ts';
 import type { VmStats } from '../services/host/stats.ts';
 import { formatBytes, formatCount, formatTable, parseArguments, parseInteger, runTool, UsageError, type ParsedArguments } from './cli.ts';
@@ -94,6 +96,7 @@ function originText(vm: VmInfo): string {
     case 'image': return `image ${origin.image}`;
     case 'checkpoint': return `checkpoint ${origin.path} (${origin.mode} restore)`;
     case 'fork': return `fork of ${origin.parent}`;
+    case 'migration': return `migrated in from ${origin.from}`;
   }
 }
 
@@ -108,6 +111,7 @@ function formatVmInfo(vm: VmInfo): string {
     ['vcpus', String(config.vcpus)],
     ['boot args', config.boot_args === '' ? '-' : config.boot_args],
     ['mmu', `${config.mmu}, large pages ${config.large_pages}`],
+    ['tier', config.tier],
     ['disk', config.disk ?? '-'],
     ['instructions', formatCount(vm.instructions)],
     ['exit', vm.exit === null ? '-' : exitText(vm.exit)],
@@ -122,6 +126,40 @@ function formatVmList({ vms }: { vms: VmInfo[] }): string {
   const rows = [['NAME', 'STATE', 'INSTRUCTIONS', 'MEMORY', 'EXIT']];
   for (const vm of vms) rows.push([vm.name, stateText(vm), formatCount(vm.instructions), `${vm.config.memory_mib} MiB`, exitText(vm.exit)]);
   return formatTable(rows, { rightAligned: [false, false, true, true, false] });
+}
+
+async function migrateCommand(c: Context): Promise<void> {
+  const body: Record<string, unknown> = { destination: c.operands[1] };
+  const mode = c.args.value('--mode');
+  if (mode !== undefined) {
+    if (mode !== 'precopy' && mode !== 'postcopy') throw new UsageError(`--mode must be precopy or postcopy, got '${mode}'`);
+    body.mode = mode;
+  }
+  const numbers = [['--downtime-ms', 'downtime_ms'], ['--max-bandwidth', 'max_bandwidth'], ['--timeout-s', 'timeout_s']] as const;
+  for (const [flag, field] of numbers) {
+    const text = c.args.value(flag);
+    if (text !== undefined) body[field] = parseInteger(text, flag, 1);
+  }
+  show(c, await c.call<MigrationResult>('PUT', vmPath(c.operands[0]!, '/migrate'), body), formatMigration);
+}
+
+function formatMigration(result: MigrationResult): string {
+  return `migrated VM ${result.name} to ${result.destination}\n` + fields([
+    ['total', formatMs(result.total_ms)],
+    ['downtime', result.downtime_ms === null ? '-' : formatMs(result.downtime_ms)],
+    ['sent', `${formatBytes(result.bytes_sent)} (${formatCount(result.pages_sent)} pages, ${formatCount(result.pages_resent)} re-sent, ${formatCount(result.zero_pages)} zero markers)`],
+    ['rounds', `${result.rounds + 1} (switch-over: ${result.switchover_reason ?? '-'}, ${formatCount(result.final_pages)} pages while paused)`],
+    ['bandwidth', `${result.bandwidth_mib_s} MiB/s`],
+    ['auto-converge', result.auto_converged ? `yes, guest throttled up to ${Math.round(result.throttle * 100)} %` : 'no'],
+  ]);
+}
+
+function formatMigrations(info: MigrationsInfo): string {
+  const lines = [`receiving: ${info.listening === null ? 'no' : `${info.listening} (${info.secure ? 'mutual TLS' : 'insecure'})`}\n`];
+  for (const m of info.outgoing) lines.push(`out ${m.name} -> ${m.destination}: ${m.state}${m.error === null ? `, ${formatMs(m.total_ms)}, downtime ${m.downtime_ms === null ? '-' : formatMs(m.downtime_ms)}` : `: ${m.error}`}\n`);
+  for (const m of info.incoming) lines.push(`in ${m.vm ?? '?'}: ${m.state}, ${formatCount(m.pages_received)} pages${m.error === null ? '' : `: ${m.error}`}\n`);
+  for (const r of info.refused) lines.push(`refused ${r.remote}: ${r.message}\n`);
+  return lines.join('');
 }
 
 function formatHostInfo(host: HostInfo): string {
@@ -403,6 +441,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     operands: ['VM'], help: 'one VM: state, origin, configuration, instructions, exit (GET /vms/VM)',
     run: async (c) => show(c, await c.call<VmInfo>('GET', vmPath(c.operands[0]!)), formatVmInfo),
   },
+  tier: {
+    operands: ['VM', 'TIER'], help: 'switch VM\'s execution tier to interp or jit; it takes effect at its next slice (PATCH /vms/VM/tier)',
+    run: async (c) => show(c, await c.call<VmInfo>('PATCH', vmPath(c.operands[0]!, '/tier'), { tier: c.operands[1] }),
+      (vm) => `VM ${vm.name} runs in the ${vm.config.tier} tier\n`),
+  },
   pause: {
     operands: ['VM'], help: 'pause a running VM (PATCH /vms/VM {"state": "Paused"})',
     run: async (c) => show(c, await c.call<VmInfo>('PATCH', vmPath(c.operands[0]!), { state: 'Paused' }),
@@ -483,6 +526,20 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   create: {
     operands: ['CONFIG.json'], help: 'create and boot a VM from a configuration file; its "name" names the VM (PUT /vms/NAME)',
     run: createCommand,
+  },
+  migrate: {
+    operands: ['VM', 'DESTINATION'], values: ['--mode', '--downtime-ms', '--max-bandwidth', '--timeout-s'],
+    help: 'move VM to the host receiving migrations at DESTINATION (host:port) while it runs; --mode precopy (default), --downtime-ms N (300), --max-bandwidth BYTES/S, --timeout-s N (PUT /vms/VM/migrate)',
+    run: migrateCommand,
+  },
+  'receive-migrations': {
+    operands: ['LISTEN'], help: 'receive migrations on LISTEN (host:port; port 0: any free one) (PUT /migrations/receive)',
+    run: async (c) => show(c, await c.call<MigrationsInfo>('PUT', '/migrations/receive', { listen: c.operands[0] }),
+      (info) => `receiving migrations on ${info.listening} (${info.secure ? 'mutual TLS' : 'insecure plain TCP'})\n`),
+  },
+  migrations: {
+    operands: [], help: 'incoming and outgoing migrations and refused peers (GET /migrations)',
+    run: async (c) => show(c, await c.call<MigrationsInfo>('GET', '/migrations'), formatMigrations),
   },
   delete: {
     operands: ['VM'], help: 'stop a VM and free its memory (DELETE /vms/VM)',

@@ -14,7 +14,8 @@ import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
-import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate } from './host.ts';
+import type { Tier } from '../../kernel/index.ts';
+import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate, type MigrateRequest } from './host.ts';
 import { MEMORY_ERROR_REQUEST_SCHEMA, type MemoryErrorRequest } from '../recovery/requests.ts';
 import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
 
@@ -376,6 +377,11 @@ const MEMORY_POLICY_SCHEMA = {
     limit_mib: { type: ['integer', 'null'], minimum: 1, maximum: 3840 },
   },
 };
+/** PATCH /vms/{name}/tier. */
+const TIER_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['tier'],
+  properties: { tier: { type: 'string', enum: ['interp', 'jit'] } },
+};
 const MRC_SIZE_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['within'],
   properties: { within: { type: 'number', exclusiveMinimum: 0, maximum: 1 } },
@@ -383,6 +389,22 @@ const MRC_SIZE_SCHEMA = {
 const RECLAIM_PATCH_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['tax_rate'],
   properties: { tax_rate: { type: 'number', minimum: 0, maximum: 0.99 } },
+};
+/** PUT /migrations/receive. */
+const RECEIVE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['listen'],
+  properties: { listen: { type: 'string', pattern: '^.+:[0-9]{1,5}$' } },
+};
+/** PUT /vms/{name}/migrate: Cloud Hypervisor's send-migration fields, QEMU's defaults. */
+const MIGRATE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['destination'],
+  properties: {
+    destination: { type: 'string', pattern: '^.+:[0-9]{1,5}$' },
+    mode: { enum: ['precopy', 'postcopy'] },
+    downtime_ms: { type: 'integer', minimum: 1, maximum: 3_600_000 },
+    max_bandwidth: { type: 'integer', minimum: 0 },
+    timeout_s: { type: 'integer', minimum: 1, maximum: 86_400 },
+  },
 };
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
@@ -400,8 +422,11 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PATCH /vms/{name}/balloon': BALLOON_PATCH_SCHEMA,
   'PATCH /vms/{name}/balloon/statistics': BALLOON_STATS_SCHEMA,
   'PATCH /vms/{name}/memory-policy': MEMORY_POLICY_SCHEMA,
+  'PATCH /vms/{name}/tier': TIER_SCHEMA,
   'PATCH /host/reclaim': RECLAIM_PATCH_SCHEMA,
   'POST /vms/{name}/mrc/size': MRC_SIZE_SCHEMA,
+  'PUT /migrations/receive': RECEIVE_SCHEMA,
+  'PUT /vms/{name}/migrate': MIGRATE_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -486,6 +511,7 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { stats_polling_interval_s: interval } = body as { stats_polling_interval_s: number };
       return { status: 200, body: host.setBalloon(params['name']!, { stats_polling_interval_s: interval }) };
     }, { schema: BALLOON_STATS_SCHEMA })
+    .route('PATCH', '/vms/{name}/tier', ({ params, body }) => ({ status: 200, body: host.setTier(params['name']!, (body as { tier: Tier }).tier) }), { schema: TIER_SCHEMA })
     .route('GET', '/vms/{name}/memory-policy', ({ params }) => ({ status: 200, body: host.memoryPolicy(params['name']!) }))
     .route('PATCH', '/vms/{name}/memory-policy', ({ params, body }) => ({ status: 200, body: host.setMemoryPolicy(params['name']!, body as MemoryPolicyUpdate) }), { schema: MEMORY_POLICY_SCHEMA })
     .route('GET', '/vms/{name}/active-memory', ({ params }) => ({ status: 200, body: host.activeMemory(params['name']!) }))
@@ -493,5 +519,13 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('POST', '/vms/{name}/mrc/size', ({ params, body }) => ({ status: 200, body: host.sizeFromMrc(params['name']!, (body as { within: number }).within) }), { schema: MRC_SIZE_SCHEMA })
     .route('GET', '/vms/{name}/memory-errors', ({ params }) => ({ status: 200, body: host.memoryErrors(params['name']!) }))
     .route('POST', '/vms/{name}/memory-errors', ({ params, body }) => ({ status: 200, body: host.injectMemoryErrors(params['name']!, body as MemoryErrorRequest) }), { schema: MEMORY_ERROR_REQUEST_SCHEMA })
+    .route('PUT', '/migrations/receive', async ({ body }) => ({ status: 200, body: await host.receiveMigrations((body as { listen: string }).listen) }), { schema: RECEIVE_SCHEMA })
+    .route('DELETE', '/migrations/receive', async () => {
+      await host.stopReceivingMigrations();
+      return { status: 204 };
+    })
+    .route('GET', '/migrations', () => ({ status: 200, body: host.migrations() }))
+    .route('PUT', '/vms/{name}/migrate', async ({ params, body }) => ({ status: 200, body: await host.migrate(params['name']!, body as MigrateRequest) }), { schema: MIGRATE_SCHEMA })
+    .route('GET', '/vms/{name}/migration', ({ params }) => ({ status: 200, body: host.vmMigration(params['name']!) }))
     .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
 }

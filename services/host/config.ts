@@ -19,7 +19,7 @@ import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js';
 import { MAX_BOOT_ARGS_BYTES } from '../../devices/bootargs.ts';
 import { GuestPhys } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
-import type { LargePagePolicy, MmuOptions } from '../../kernel/index.ts';
+import { defaultTier, type LargePagePolicy, type MmuOptions, type Tier } from '../../kernel/index.ts';
 
 /** A VM's disk (`disk` in the configuration). */
 export interface DiskSpec {
@@ -59,6 +59,8 @@ export interface VmSpec {
   mmu: MmuOptions;
   /** `large_pages` (default 'superpages'). */
   largePages: LargePagePolicy;
+  /** `tier` (default 'jit', or 'interp' when the environment says BV_TIER=interp): the execution tier. */
+  tier: Tier;
   /** `console_input`: text given to the guest's console up front, or null. */
   consoleInput: string | null;
   /** `console_input_eof` (default false): the console input ends after consoleInput (no more can be sent through the API). */
@@ -159,6 +161,20 @@ export interface HostSpec {
   reclaim: ReclaimSpec | null;
   /** `vms` (default []): the VMs the host boots, in order. */
   vms: VmSpec[];
+  /** `migration`: how this host talks to other hosts (docs/migration.md). */
+  migration: MigrationSpec;
+}
+
+/** The host's `migration` settings: certificates for mutual TLS, or explicitly none. */
+export interface MigrationSpec {
+  /** `tls` {ca, cert, key}, or `tls_dir` holding ca.pem, cert.pem and key.pem; null: none given. */
+  tls: { ca: string; cert: string; key: string } | null;
+  /** `insecure` (default false): plain TCP without authentication; required when no TLS files are given. */
+  insecure: boolean;
+  /** `listen` ("host:port"): receive migrations from the start; null: only after PUT /migrations/receive. */
+  listen: string | null;
+  /** `stall_timeout_ms` (default 10,000): a peer silent this long fails the migration. */
+  stallTimeoutMs: number;
 }
 
 /** One thing wrong with a configuration. */
@@ -211,6 +227,7 @@ export const VM_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
 const NAME_RULE = "a name of 1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit";
 const MMU_MODES = ['shadow', 'nested'] as const;
 const LARGE_PAGE_POLICIES = ['off', 'superpages', 'always'] as const satisfies readonly LargePagePolicy[];
+const TIERS = ['interp', 'jit'] as const satisfies readonly Tier[];
 
 /** The defaults of the VM keys, used by both the schema (as `default`) and the parser. */
 const VM_DEFAULTS = {
@@ -293,6 +310,7 @@ const VM_BODY = {
       description: 'MMU options (docs/mmu.md).',
     },
     large_pages: { type: 'string', enum: LARGE_PAGE_POLICIES, default: VM_DEFAULTS.large_pages, description: 'When 4 MiB guest regions get 4 MiB host runs.' },
+    tier: { type: 'string', enum: TIERS, description: 'Execution tier: "jit" (hot guest code compiled to JavaScript) or "interp" (the interpreter); the same results, only speed differs. Default: the kernel\'s (docs/performance.md, "Compiled tier").' },
     console_input: { type: ['string', 'null'], default: VM_DEFAULTS.console_input, description: 'Text given to the guest\'s console up front.' },
     console_input_eof: { type: 'boolean', default: VM_DEFAULTS.console_input_eof, description: 'Close the console input after console_input.' },
     max_instructions: {
@@ -411,6 +429,28 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       },
       description: 'Limits of the control API.',
     },
+    migration: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        tls: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['ca', 'cert', 'key'],
+          properties: {
+            ca: { type: 'string', minLength: 1, description: 'PEM file of the CA whose certificates this host trusts.' },
+            cert: { type: 'string', minLength: 1, description: 'PEM file of this host\'s certificate (used as server and as client).' },
+            key: { type: 'string', minLength: 1, description: 'PEM file of this host\'s private key.' },
+          },
+          description: 'Mutual TLS between hosts: both ends present a certificate the other\'s CA signed.',
+        },
+        tls_dir: { type: 'string', minLength: 1, description: 'A directory holding ca.pem, cert.pem and key.pem (instead of tls).' },
+        insecure: { type: 'boolean', default: false, description: 'Plain TCP with no authentication: only for tests and trusted networks.' },
+        listen: { type: 'string', pattern: '^.+:[0-9]{1,5}$', description: 'host:port to receive migrations on from the start (port 0: any free one).' },
+        stall_timeout_ms: integer(100, 3_600_000, 'A peer silent this long fails the migration.', { default: 10_000 }),
+      },
+      description: 'Talking to other hosts: live migration (docs/migration.md).',
+    },
     vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },
   },
   $defs: { vm: VM_BODY },
@@ -434,6 +474,7 @@ interface VmJson {
   disk?: { path: string; overlay_dir?: string } | null;
   mmu?: { mode?: (typeof MMU_MODES)[number]; traces?: boolean; batch?: number };
   large_pages?: LargePagePolicy;
+  tier?: Tier;
   console_input?: string | null;
   console_input_eof?: boolean;
   max_instructions?: number | null;
@@ -458,6 +499,7 @@ interface HostJson {
   reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string; tax_rate?: number } | null;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
+  migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number };
 }
 
 let ajv: Ajv2020 | undefined;
@@ -488,6 +530,7 @@ export function parseHostConfig(json: unknown): HostSpec {
       found.push(...crossVmProblems(json, vms));
     }
     found.push(...reclaimProblems(json.reclaim));
+    found.push(...migrationProblems(json.migration));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -503,7 +546,27 @@ export function parseHostConfig(json: unknown): HostSpec {
     maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
+    migration: toMigrationSpec(host.migration),
   };
+}
+
+function toMigrationSpec(json: HostJson['migration']): MigrationSpec {
+  const dir = json?.tls_dir;
+  const tls = json?.tls ?? (dir === undefined ? null : { ca: `${dir}/ca.pem`, cert: `${dir}/cert.pem`, key: `${dir}/key.pem` });
+  return { tls, insecure: json?.insecure ?? false, listen: json?.listen ?? null, stallTimeoutMs: json?.stall_timeout_ms ?? 10_000 };
+}
+
+/** TLS files and insecure exclude each other; listening needs one of them. */
+function migrationProblems(migration: unknown): Found[] {
+  if (!isObject(migration)) return [];
+  const found: Found[] = [];
+  const tls = migration.tls !== undefined || migration.tls_dir !== undefined;
+  if (migration.tls !== undefined && migration.tls_dir !== undefined) found.push({ segments: ['migration', 'tls_dir'], problem: 'give tls or tls_dir, not both' });
+  if (tls && migration.insecure === true) found.push({ segments: ['migration', 'insecure'], problem: 'cannot be true when TLS files are given' });
+  if (migration.listen !== undefined && !tls && migration.insecure !== true) {
+    found.push({ segments: ['migration', 'listen'], problem: 'needs tls (or tls_dir), or insecure: true for plain TCP' });
+  }
+  return found;
 }
 
 /**
@@ -934,6 +997,7 @@ function toVmSpec(vm: VmJson): VmSpec {
     disk: disk === null ? null : disk.overlay_dir === undefined ? { path: disk.path } : { path: disk.path, overlayDir: disk.overlay_dir },
     mmu,
     largePages: vm.large_pages ?? VM_DEFAULTS.large_pages,
+    tier: vm.tier ?? defaultTier(),
     consoleInput: vm.console_input ?? VM_DEFAULTS.console_input,
     consoleInputEof: vm.console_input_eof ?? VM_DEFAULTS.console_input_eof,
     maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,

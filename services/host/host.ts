@@ -18,7 +18,7 @@ import {
   attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
-  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm,
+  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm, type Tier,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
@@ -40,6 +40,10 @@ import { ParityGroups } from '../recovery/parity.ts';
 import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
+import {
+  connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, TransportServer,
+  type MigrationFigures, type ReceiveFigures, type TlsFiles,
+} from '../migration/index.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
 interface VmPolicy {
@@ -147,6 +151,12 @@ export type VmOrigin =
     kind: 'fork';
     /** The parent's name. */
     parent: string;
+  }
+  | {
+    /** Migrated in from another host. */
+    kind: 'migration';
+    /** The source host's address (and name, if it gave one). */
+    from: string;
   };
 
 /** The machine of a hosted VM, as VmInfo shows it. */
@@ -161,6 +171,8 @@ export interface VmConfigSummary {
   mmu: string;
   /** The large-page policy (T-2). */
   large_pages: string;
+  /** The execution tier: `interp` or `jit`. */
+  tier: string;
   /** The top of the disk chain, or null without a disk. */
   disk: string | null;
 }
@@ -362,6 +374,8 @@ export const HostStatus = {
   INSUFFICIENT_STORAGE: 507,
   /** The host failed. */
   INTERNAL: 500,
+  /** Another host (a migration's peer) failed, refused, or could not be reached. */
+  BAD_GATEWAY: 502,
 } as const;
 /** One of HostStatus's values. */
 export type HostStatusCode = (typeof HostStatus)[keyof typeof HostStatus];
@@ -406,6 +420,54 @@ export interface HostOptions {
   yieldEveryMs?: number;
   /** Record a timeline of the host into a file from the start (recorder.ts; tools/host --record). Default: none. */
   record?: TimelineRecorderOptions;
+  /** How this host talks to other hosts (the configuration's `migration`). Default: no TLS files, not insecure (migration refused). */
+  migration?: HostMigrationSettings;
+}
+
+/** The host's side of talking to other hosts (HostSpec.migration). */
+export interface HostMigrationSettings {
+  /** Mutual TLS files, or null. */
+  tls: TlsFiles | null;
+  /** Plain TCP (only when no TLS files are given). */
+  insecure: boolean;
+  /** A peer silent this long fails the migration. */
+  stallTimeoutMs: number;
+}
+
+/** PUT /vms/{name}/migrate. */
+export interface MigrateRequest {
+  /** The destination host's migration address, host:port. */
+  destination: string;
+  /** 'precopy' (default) or 'postcopy' (not built yet: refused). */
+  mode?: 'precopy' | 'postcopy';
+  /** The longest acceptable pause, ms (default 300). */
+  downtime_ms?: number;
+  /** Bytes per second (default: no limit). */
+  max_bandwidth?: number;
+  /** Give up after this many seconds (default 3600). */
+  timeout_s?: number;
+}
+
+/** The answer of PUT /vms/{name}/migrate: where the VM went and the migration's figures. */
+export interface MigrationResult extends MigrationFigures {
+  /** The VM. */
+  name: string;
+  /** Where it went. */
+  destination: string;
+}
+
+/** GET /migrations. */
+export interface MigrationsInfo {
+  /** The address incoming migrations are received on, or null. */
+  listening: string | null;
+  /** Whether the channel uses mutual TLS (false: insecure). */
+  secure: boolean;
+  /** Incoming migrations, the latest last (at most 16). */
+  incoming: ReceiveFigures[];
+  /** Outgoing migrations, the latest last (at most 16). */
+  outgoing: MigrationResult[];
+  /** Connections refused (untrusted certificates, other versions), the latest last. */
+  refused: { remote: string; code: string; message: string }[];
 }
 
 /** What adoptVm needs to know about a machine built elsewhere (tools/run --api-sock). */
@@ -456,6 +518,11 @@ class HostedVm {
   /** The online miss-rate curve (memory_policy.mrc), or null when off; its settings (a fork's child gets a fresh curve with them). */
   mrc: MissRateCurve | null = null;
   mrcOptions: NonNullable<MemoryPolicySpec['mrc']> | null = null;
+  /** An outgoing migration in progress, or null. */
+  migration: PrecopySender | null = null;
+  /** Auto-converge: the share of turns skipped (0: none), and the credit that spreads them. */
+  throttle = 0;
+  throttleCredit = 0;
 
   constructor(
     readonly name: string,
@@ -497,6 +564,14 @@ export class Host {
   private readonly loopDone: Promise<void>;
   /** The timeline recorder (HostOptions.record), or null; stopped by close(). */
   readonly recorder: TimelineRecorder | null;
+  /** Talking to other hosts (HostOptions.migration). */
+  private readonly migrationSettings: HostMigrationSettings;
+  /** The listener for incoming migrations (PUT /migrations/receive), or null. */
+  private migrationListener: TransportServer | null = null;
+  /** Names of VMs being received: taken, though not in `machines` until they run. */
+  private readonly incomingNames = new Set<string>();
+  private readonly incomingMigrations: ReceiveFigures[] = [];
+  private readonly outgoingMigrations: MigrationResult[] = [];
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -507,6 +582,7 @@ export class Host {
   ) {
     this.log = options.log ?? (() => {});
     this.yieldEveryMs = options.yieldEveryMs ?? 1;
+    this.migrationSettings = options.migration ?? { tls: null, insecure: false, stallTimeoutMs: 10_000 };
     this.loopDone = this.schedule();
     try {
       this.recorder = options.record === undefined ? null : new TimelineRecorder(this, {
@@ -536,10 +612,12 @@ export class Host {
   static async start(spec: HostSpec, options: HostOptions = {}): Promise<Host> {
     const images = spec.vms.map((vm, index) => loadImage(vm.image, `vms[${index}].image`));
     const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
-    const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, options);
+    const migration = options.migration ?? (spec.migration === undefined ? undefined : { tls: spec.migration.tls, insecure: spec.migration.insecure, stallTimeoutMs: spec.migration.stallTimeoutMs });
+    const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
       for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
+      if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
     } catch (error) {
       await host.close();
       throw error;
@@ -682,6 +760,13 @@ export class Host {
   }
 
   /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
+  /** PATCH /vms/{name}/tier: switches the VM's execution tier (it takes effect at its next slice). */
+  setTier(name: string, tier: Tier): VmInfo {
+    const m = this.get(name);
+    m.vm.setTier(tier);
+    return this.vmInfo(name);
+  }
+
   setMemoryPolicy(name: string, update: MemoryPolicyUpdate): MemoryPolicyInfo {
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'change the memory policy of');
@@ -851,6 +936,7 @@ export class Host {
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'resume');
     if (m.state === 'Running') throw new HostError(409, `VM '${name}' is not paused`);
+    if (m.migration !== null && m.migration.figures.state === 'switchover') throw new HostError(409, `VM '${name}' is being switched over to another host`);
     m.state = 'Running';
     m.blockedByMemory = false; // the operator's resume overrides the memory scheduler's block
     this.log(`vm ${name}: resumed`);
@@ -987,6 +1073,208 @@ export class Host {
     return transfer.status();
   }
 
+  // ------------------------------------------------------------------------------ migration
+
+  /** PUT /migrations/receive {listen}: receives migrations on host:port (port 0: any free one). */
+  async receiveMigrations(listen: string): Promise<MigrationsInfo> {
+    if (this.closed) throw new HostError(409, 'the host is shutting down');
+    if (this.migrationListener !== null) throw new HostError(409, `this host already receives migrations on ${this.listeningAddress()}`);
+    const { host, port } = parseAddress(listen, 'listen');
+    const listener = await guardPeer(() => TransportServer.listen({ ...this.channelOptions(), host, port }), `receiving migrations on ${listen}`, 400);
+    listener.onRefused = ({ remote, error }) => this.log(`host: refused a migration from ${remote}: ${error.message}`);
+    this.migrationListener = listener;
+    this.log(`host: receiving migrations on ${this.listeningAddress()}`);
+    void this.acceptMigrations(listener);
+    return this.migrations();
+  }
+
+  /** DELETE /migrations/receive: stops receiving (migrations under way finish). */
+  async stopReceivingMigrations(): Promise<void> {
+    const listener = this.migrationListener;
+    if (listener === null) throw new HostError(409, 'this host does not receive migrations');
+    this.migrationListener = null;
+    await listener.close();
+  }
+
+  /** GET /migrations. */
+  migrations(): MigrationsInfo {
+    const listener = this.migrationListener;
+    return {
+      listening: listener === null ? null : this.listeningAddress(),
+      secure: this.migrationSettings.tls !== null,
+      incoming: [...this.incomingMigrations],
+      outgoing: [...this.outgoingMigrations],
+      refused: (listener?.refused ?? []).map(({ remote, error }) => ({ remote, code: error.code, message: error.message })),
+    };
+  }
+
+  /** GET /vms/{name}/migration: the migration in progress (404 when there is none). */
+  vmMigration(name: string): MigrationFigures {
+    const m = this.get(name);
+    if (m.migration === null) throw new HostError(404, `VM '${name}' is not being migrated`);
+    return m.migration.figures;
+  }
+
+  /**
+   * PUT /vms/{name}/migrate: moves the VM to another host by pre-copy while it runs. Resolves once
+   * it runs there; the VM is then removed here. On failure before the switch-over the VM runs on
+   * here as before; after it (the destination may have the VM) it stays paused here and the error
+   * says so.
+   */
+  async migrate(name: string, request: MigrateRequest): Promise<MigrationResult> {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'migrate');
+    if (m.migration !== null) throw new HostError(409, `VM '${name}' is already being migrated`);
+    if (m.live) throw new HostError(409, `VM '${name}' has a snapshot in progress: migrate it when the snapshot is complete`);
+    if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it and cannot leave this host`);
+    if ((request.mode ?? 'precopy') !== 'precopy') throw new HostError(400, `mode '${request.mode}' is not built yet: only precopy is`);
+    const { host, port } = parseAddress(request.destination, 'destination');
+    const channel = await guardPeer(() => connectPeer({ ...this.channelOptions(), host, port }), `migration of '${name}' to ${request.destination}`, 502);
+    const wasRunning = m.state === 'Running';
+    const options = {
+      attach: {
+        boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+        // Services that keep state in the VM's checkpoint must be there to take it; the others follow the VM.
+        active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
+        mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
+        policy: { shares: m.policy.shares, minPages: m.policy.minPages, maxPages: m.policy.maxPages },
+      },
+      ...(request.downtime_ms === undefined ? {} : { downtimeMs: request.downtime_ms }),
+      ...(request.max_bandwidth === undefined ? {} : { maxBandwidth: request.max_bandwidth }),
+      ...(request.timeout_s === undefined ? {} : { timeoutS: request.timeout_s }),
+    };
+    const sender = guard(() => new PrecopySender(m.vm, channel, {
+      pause: () => {
+        if (m.state === 'Running') m.state = 'Paused';
+      },
+      resume: () => {
+        if (wasRunning && m.state === 'Paused') {
+          m.state = 'Running';
+          this.kick();
+        }
+      },
+      throttle: (fraction) => {
+        m.throttle = fraction;
+        m.throttleCredit = 0;
+        if (fraction > 0) this.log(`vm ${name}: auto-converge: running ${Math.round((1 - fraction) * 100)} % of its turns`);
+      },
+    }, options), `migration of '${name}'`);
+    m.migration = sender;
+    this.log(`vm ${name}: migrating to ${request.destination} (pre-copy)`);
+    try {
+      const figures = await sender.run();
+      const result = this.noteOutgoing({ name, destination: request.destination, ...figures });
+      this.log(`vm ${name}: migrated to ${request.destination} in ${figures.total_ms} ms (downtime ${figures.downtime_ms} ms, ${figures.rounds + 1} rounds, ${figures.bytes_sent} bytes)`);
+      if (this.machines.get(name) === m) {
+        this.machines.delete(name);
+        this.dispose(m, `VM '${name}' migrated to ${request.destination}`);
+      }
+      return result;
+    } catch (error) {
+      this.noteOutgoing({ name, destination: request.destination, ...sender.figures });
+      const message = error instanceof Error ? error.message : String(error);
+      if (sender.ambiguous) {
+        this.log(`vm ${name}: migration to ${request.destination} failed after the switch-over began: the VM stays paused here (${message})`);
+        throw new HostError(502, `migration of '${name}' to ${request.destination} failed after its state was sent: the destination may be running it, so it stays paused here (resume it only if the destination does not have it): ${message}`, { cause: error });
+      }
+      this.log(`vm ${name}: migration to ${request.destination} failed, the VM carries on here: ${message}`);
+      const status = error instanceof HostError ? error.status : (error as { code?: string }).code === 'BV_MIG_BAD_REQUEST' ? 400 : 502;
+      throw new HostError(status as HostStatusCode, `migration of '${name}' to ${request.destination} failed; the VM carries on here: ${message}`, { cause: error });
+    } finally {
+      m.migration = null;
+      m.throttle = 0;
+    }
+  }
+
+  private noteOutgoing(result: MigrationResult): MigrationResult {
+    this.outgoingMigrations.push(result);
+    if (this.outgoingMigrations.length > 16) this.outgoingMigrations.shift();
+    return result;
+  }
+
+  private channelOptions(): { protocol: string; versions: readonly number[]; tls?: TlsFiles; insecure?: boolean; stallTimeoutMs: number } {
+    const { tls, insecure, stallTimeoutMs } = this.migrationSettings;
+    if (tls === null && !insecure) {
+      throw new HostError(400, 'this host has no migration certificates: configure migration.tls (or tls_dir), or migration.insecure for plain TCP');
+    }
+    return { protocol: MIGRATION_PROTOCOL, versions: MIGRATION_VERSIONS, stallTimeoutMs, ...(tls === null ? { insecure: true } : { tls }) };
+  }
+
+  private listeningAddress(): string {
+    const listener = this.migrationListener!;
+    return `${listener.host}:${listener.port}`;
+  }
+
+  private async acceptMigrations(listener: TransportServer): Promise<void> {
+    for (;;) {
+      let channel;
+      try {
+        channel = await listener.accept();
+      } catch {
+        return; // closed
+      }
+      void this.receiveOne(channel);
+    }
+  }
+
+  /** One incoming migration: an empty VM with the source's devices, filled, then run. */
+  private async receiveOne(channel: Awaited<ReturnType<TransportServer['accept']>>): Promise<void> {
+    let incoming: HostedVm | null = null;
+    let reserved: string | null = null;
+    const from = `${channel.peer?.name ?? '?'}@${channel.remote}`;
+    const receiver = new MigrationReceiver(channel, {
+      create: (config, attach) => {
+        const name = String(config.name);
+        this.checkNewName(name);
+        this.checkFits(config.memoryBytes, `incoming migration of '${name}'`);
+        const vm = guard(() => this.hv.createVm({ name, memoryBytes: config.memoryBytes, vcpus: config.vcpus ?? 1, largePages: config.largePages ?? 'superpages', ...(config.mmu === undefined ? {} : { mmu: config.mmu }) }), `incoming VM '${name}'`);
+        try {
+          const log = new ConsoleLog(this.settings.consoleBufferBytes);
+          const disk = typeof attach.disk === 'string' ? attach.disk : null;
+          const bootArgs = typeof attach.boot_args === 'string' ? attach.boot_args : '';
+          const devices = guard(() => attachStandardDevices(vm, this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true)), `incoming VM '${name}'`);
+          const m = new HostedVm(name, vm, devices, log, { kind: 'migration', from }, disk, null, false, null);
+          const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
+          if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
+          const mrc = attach.mrc as NonNullable<MemoryPolicySpec['mrc']> | null | undefined;
+          if (mrc != null) {
+            m.mrc = this.attachMrc(vm, mrc);
+            m.mrcOptions = mrc;
+          }
+          const policy = attach.policy as Partial<VmPolicy> | undefined;
+          if (policy !== undefined) m.policy = { shares: policy.shares ?? null, minPages: policy.minPages ?? 0, maxPages: policy.maxPages ?? null };
+          incoming = m;
+        } catch (error) {
+          this.hv.destroyVm(vm);
+          throw error;
+        }
+        this.incomingNames.add(name);
+        reserved = name;
+        return vm;
+      },
+      start: () => {
+        this.incomingNames.delete(reserved!);
+        this.add(incoming!);
+      },
+      discard: (vm) => {
+        if (reserved !== null) this.incomingNames.delete(reserved);
+        const m = incoming;
+        if (m !== null && this.machines.get(m.name) === m) return; // already running: never discarded
+        m?.devices.console.stop();
+        m?.devices.block?.close();
+        if (this.hv.vms.includes(vm)) this.hv.destroyVm(vm);
+      },
+    });
+    this.incomingMigrations.push(receiver.figures);
+    if (this.incomingMigrations.length > 16) this.incomingMigrations.shift();
+    try {
+      const vm = await receiver.run();
+      this.log(`vm ${vm.name}: migrated in from ${from} (${receiver.figures.pages_received} pages, resumed ${receiver.figures.resume_ms} ms after its state arrived)`);
+    } catch (error) {
+      this.log(`host: incoming migration${reserved === null ? '' : ` of '${reserved}'`} from ${from} failed, nothing kept: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
   /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
   deleteVm(name: string): void {
     const m = this.get(name);
@@ -1003,6 +1291,8 @@ export class Host {
     this.kick();
     await this.loopDone;
     this.recorder?.stop();
+    await this.migrationListener?.close();
+    this.migrationListener = null;
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.memory?.swap.close();
@@ -1079,6 +1369,7 @@ export class Host {
     if (this.closed) throw new HostError(409, 'the host is shutting down');
     if (RESERVED_NAMES.has(name)) throw new HostError(400, `'${name}' cannot name a VM (it is an API path)`);
     if (this.machines.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
+    if (this.incomingNames.has(name)) throw new HostError(409, `a VM named '${name}' is being migrated in`);
   }
 
   /** The VM's balloon, or a 400 saying to configure one (a balloon is attached only when a VM is created, as in Firecracker). */
@@ -1147,7 +1438,7 @@ export class Host {
   private boot(spec: VmSpec, image: GuestImage, where: string): HostedVm {
     this.checkNewName(spec.name);
     this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
-    const vm = guard(() => this.hv.createVm({ name: spec.name, memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, mmu: spec.mmu, largePages: spec.largePages }), `VM '${spec.name}'`);
+    const vm = guard(() => this.hv.createVm({ name: spec.name, memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, mmu: spec.mmu, largePages: spec.largePages, tier: spec.tier }), `VM '${spec.name}'`);
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
       const devices = guard(
@@ -1209,6 +1500,7 @@ export class Host {
 
   private dispose(m: HostedVm, why: string): void {
     this.cancelReallocations(m, why);
+    m.migration?.cancel(new HostError(409, `the migration of '${m.name}' was abandoned: ${why}`));
     this.stopStatsPolling(m);
     if (m.live) {
       m.live.snapshot.abort();
@@ -1244,6 +1536,7 @@ export class Host {
         boot_args: m.devices.bootArgs.text,
         mmu: m.vm.mmu.mode,
         large_pages: m.vm.largePagePolicy,
+        tier: m.vm.tier,
         disk: m.disk,
       },
       instructions: m.vm.instructionsRetired,
@@ -1271,6 +1564,15 @@ export class Host {
       for (const m of this.machines.values()) {
         if (this.closed) break;
         if (m.state !== 'Running') continue;
+        if (m.throttle > 0) {
+          // Auto-converge: the VM gets 1 − throttle of its turns while it is being migrated.
+          m.throttleCredit += 1 - m.throttle;
+          if (m.throttleCredit < 1) {
+            waiting++; // poll again soon rather than sleep
+            continue;
+          }
+          m.throttleCredit -= 1;
+        }
         if (m.waitingForInput) {
           // Input from a stream (tools/run's stdin) arrives without a kick: look for it.
           const console = m.devices.console;
@@ -1439,6 +1741,27 @@ function guard<T>(action: () => T, what: string): T {
     }
     if (error instanceof BvError) throw new HostError(400, `${what}: ${error.message}`, { cause: error });
     throw new HostError(500, `${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+}
+
+/** host:port of a request, or a 400 naming the field. */
+function parseAddress(address: string, field: string): { host: string; port: number } {
+  const match = /^(.+):(\d{1,5})$/.exec(address);
+  const port = match === null ? NaN : Number(match[2]);
+  if (match === null || port > 65535) throw new HostError(400, `${field} must be host:port, got '${address}'`);
+  const host = match[1]!.replace(/^\[(.*)\]$/, '$1');
+  return { host, port };
+}
+
+/** Runs a call that talks to another host: its typed errors become `status` (a peer's failure is 502). */
+async function guardPeer<T>(action: () => Promise<T>, what: string, status: HostStatusCode): Promise<T> {
+  try {
+    return await action();
+  } catch (error) {
+    if (error instanceof HostError) throw error;
+    const code = (error as { code?: string }).code ?? '';
+    const message = error instanceof Error ? error.message : String(error);
+    throw new HostError(code === 'BV_XPORT_CONFIG' ? 400 : status, `${what}: ${message}`, { cause: error });
   }
 }
 

@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MAX_BOOT_ARGS_BYTES } from '../../devices/bootargs.ts';
 import { GuestPhys } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
+import { defaultTier } from '../../kernel/index.ts';
 import {
   checkJson,
   ConfigError,
@@ -61,6 +62,7 @@ describe('accepted configurations', () => {
       requestTimeoutMs: 10_000,
       overcommit: false,
       reclaim: null,
+      migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000 },
       vms: [{
         name: 'a',
         image: 'examples/nanokernel/kernel.s',
@@ -70,6 +72,7 @@ describe('accepted configurations', () => {
         disk: null,
         mmu: { mode: 'shadow' },
         largePages: 'superpages',
+        tier: defaultTier(),
         consoleInput: null,
         consoleInputEof: false,
         maxInstructions: null,
@@ -103,6 +106,7 @@ describe('accepted configurations', () => {
           disk: { path: 'disk.ovl', overlay_dir: 'overlays' },
           mmu: { mode: 'shadow', traces: false, batch: 0 },
           large_pages: 'always',
+          tier: 'interp',
           console_input: 'one two three',
           console_input_eof: true,
           max_instructions: 5_000_000,
@@ -127,6 +131,7 @@ describe('accepted configurations', () => {
       disk: { path: 'disk.ovl', overlayDir: 'overlays' },
       mmu: { mode: 'shadow', traces: false, batch: 0 },
       largePages: 'always',
+      tier: 'interp',
       consoleInput: 'one two three',
       consoleInputEof: true,
       maxInstructions: 5_000_000,
@@ -232,6 +237,7 @@ describe('wrong types', () => {
     [{ vms: [vm({ mmu: { mode: 1 } })] }, 'vms[0].mmu.mode', /must be one of "shadow", "nested", got 1/],
     [{ vms: [vm({ mmu: { traces: 'no' } })] }, 'vms[0].mmu.traces', /must be true or false, got "no"/],
     [{ vms: [vm({ large_pages: false })] }, 'vms[0].large_pages', /must be one of "off", "superpages", "always", got false/],
+    [{ vms: [vm({ tier: 'fast' })] }, 'vms[0].tier', /must be one of "interp", "jit", got "fast"/],
     [{ vms: [vm({ console_input: 42 })] }, 'vms[0].console_input', /must be a string or null, got 42/],
     [{ vms: [vm({ console_input_eof: 'true' })] }, 'vms[0].console_input_eof', /must be true or false/],
     [{ vms: [vm({ max_instructions: '1000' })] }, 'vms[0].max_instructions', /must be an integer from 1 to 2\^53 - 1 or null, got "1000"/],

@@ -20,6 +20,11 @@ export const REGION_START = 0x10_0000;
 
 /** The invariant guest for a VM of `memoryBytes` (the region runs to 64 KiB below the top). */
 export function invariantImage(memoryBytes: number, options: { spin?: number; passes?: number } = {}): GuestImage {
+  return assemble(invariantSource(memoryBytes, options), { fileName: 'invariant.s' }).image;
+}
+
+/** The invariant guest's assembly source (GUEST_LIBRARY included), for a file a host can load. */
+export function invariantSource(memoryBytes: number, options: { spin?: number; passes?: number } = {}): string {
   const regionEnd = memoryBytes - 0x1_0000;
   // Registers: s0 console, s1 pass count, s2 passes wanted (0: forever), s3 page size.
   const program = `
@@ -60,7 +65,7 @@ pass:
         bltu    t0, t1, 4b
         exit_reg a2
 `;
-  return assemble(GUEST_LIBRARY + program, { fileName: 'invariant.s' }).image;
+  return GUEST_LIBRARY + program;
 }
 
 /** A VM with the standard devices, its console captured. */
