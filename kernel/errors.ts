@@ -9,3 +9,16 @@ export class OutOfHostMemoryError extends KernelError {
     super('BV_OUT_OF_HOST_MEMORY', `out of host memory: ${what}`);
   }
 }
+
+/**
+ * Thrown by an AbsentResolver that cannot produce a page now but will later (post-copy migration:
+ * the page is on another host and has been asked for). A vCPU's access — load, store, fetch or
+ * page-table walk — then pauses the VM with `reason` *before* the access: the instruction has not
+ * retired and runs again when whoever threw this resumes the VM (Vm.resume) once the page is in.
+ * Host code that reads or writes the page (a device's DMA) gets this error.
+ */
+export class PageWaitError extends KernelError {
+  constructor(readonly reason: string, message: string) {
+    super('BV_PAGE_WAIT', message);
+  }
+}

@@ -41,7 +41,7 @@ export { checkDeviceLayout, DeviceLayoutError, parseDeviceLayout } from './mmio.
 export { Access } from './mmu/sv32.ts';
 export type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
 export type { DecodeCache, DecodeCacheStats } from './cpu/decode-cache.ts';
-export { KernelError, OutOfHostMemoryError } from './errors.ts';
+export { KernelError, OutOfHostMemoryError, PageWaitError } from './errors.ts';
 
 /** What createHypervisor takes. */
 export interface HypervisorOptions {

@@ -15,7 +15,7 @@ import type { VcpuState } from './cpu/vcpu.ts';
 import type { VcpuHost } from './cpu/vcpu-host.ts';
 import type { DecodeCache } from './cpu/decode-cache.ts';
 import type { Tier } from './cpu/jit/jit.ts';
-import { KernelError, OutOfHostMemoryError } from './errors.ts';
+import { KernelError, OutOfHostMemoryError, PageWaitError } from './errors.ts';
 import { ExitRouter } from './exits.ts';
 import type { HypercallHandler } from './exits.ts';
 import type { FramePool } from './memory/frame-pool.ts';
@@ -507,6 +507,7 @@ export class Vm implements VcpuHost {
         return -1;
       }
       if (error instanceof OutOfHostMemoryError && this.waitForHostMemory()) return -1;
+      if (error instanceof PageWaitError) return this.waitForPage(error);
       if (!(error instanceof ReservedStateError)) throw error;
       // A state or flag nobody resolves yet: the host is not set up for it. Stop, naming it.
       this.hostError(error.message, error);
@@ -530,6 +531,15 @@ export class Vm implements VcpuHost {
     this.exitRouter.counts.hostMemoryWaits++;
     handler(this);
     return true;
+  }
+
+  /**
+   * @internal A resolver asked the vCPU to wait for a page (PageWaitError): the VM pauses with the
+   * error's reason before the access (the instruction runs again once it is resumed). Returns -1.
+   */
+  waitForPage(error: PageWaitError): number {
+    this.pause(error.reason);
+    return -1;
   }
 
   /** @internal A TLB fill for a guest page (every access the TLB does not serve comes here). */

@@ -8,6 +8,7 @@ import type { FramePool } from '../memory/frame-pool.ts';
 import type { Mmu } from '../mmu/shadow.ts';
 import type { AccessKind, PhysicalPageTables } from '../mmu/sv32.ts';
 import type { Vcpu } from './vcpu.ts';
+import type { PageWaitError } from '../errors.ts';
 
 /** @internal What a vCPU needs from its VM (Vm implements it; see the module comment). */
 export interface VcpuHost extends PhysicalPageTables {
@@ -25,6 +26,8 @@ export interface VcpuHost extends PhysicalPageTables {
   frameForAccess(vcpu: Vcpu, gpa: number, access: AccessKind, va: number): number;
   /** The pool had no frame for an access: pause the VM to wait (true), or false to let the error stand. */
   waitForHostMemory(): boolean;
+  /** A resolver asked to wait for a page (PageWaitError): pause the VM before the access; returns -1. */
+  waitForPage(error: PageWaitError): number;
   markAccessed(gpn: number): void;
   mayCacheRead(gpa: number): boolean;
   mayCacheWrite(gpa: number, frame: number): boolean;

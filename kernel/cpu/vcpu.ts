@@ -20,7 +20,7 @@ import { Access, Sv32Walker } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
 import type { FramePool } from '../memory/frame-pool.ts';
 import type { VcpuHost } from './vcpu-host.ts';
-import { KernelError, OutOfHostMemoryError } from '../errors.ts';
+import { KernelError, OutOfHostMemoryError, PageWaitError } from '../errors.ts';
 import { defaultTier, JIT_NONE, JIT_OUTER, JitRunner } from './jit/jit.ts';
 import type { Tier } from './jit/jit.ts';
 
@@ -836,6 +836,7 @@ export class Vcpu {
     } catch (error) {
       // A page-table page that needed a frame the pool does not have: wait (the walk changed nothing yet).
       if (error instanceof OutOfHostMemoryError && this.vm.waitForHostMemory()) return -1;
+      if (error instanceof PageWaitError) return this.vm.waitForPage(error); // a page-table page on another host
       throw error;
     }
     if (!translated) {

@@ -19,7 +19,7 @@
  * round-robin loop keeps running guests while pages go out. docs/migration.md has the protocol.
  */
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
-import { KernelError, PageState } from '../../kernel/index.ts';
+import { AbsentState, KernelError, PageState, PageWaitError } from '../../kernel/index.ts';
 import type { Vm, VmConfig } from '../../kernel/index.ts';
 import { decodeConfig, decodeCpus, decodeDevices, encodeDevices, encodeJson } from '../checkpoint/format.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
@@ -47,7 +47,18 @@ export const MigrationFrame = {
   STATE: FIRST_APP_FRAME_TYPE + 4,
   /** destination → source, JSON: the VM is running on the destination. */
   DONE: FIRST_APP_FRAME_TYPE + 5,
+  /** Post-copy, source → destination, binary (u32 count, u32 gpns): pages the destination must fetch. Sent just before STATE. */
+  REMOTE: FIRST_APP_FRAME_TYPE + 6,
+  /** Post-copy, destination → source, binary (u32 count, u32 gpns): send these pages first (0 pages: keep-alive). */
+  REQUEST: FIRST_APP_FRAME_TYPE + 7,
+  /** Post-copy, source → destination, JSON: every remote page has been pushed. */
+  PUSHED: FIRST_APP_FRAME_TYPE + 8,
+  /** Post-copy, destination → source, JSON: no page is remote any more (the destination's figures). */
+  COMPLETE: FIRST_APP_FRAME_TYPE + 9,
 } as const;
+
+/** Why a post-copy destination VM is paused: a vCPU touched a page still on the source. */
+export const REMOTE_PAGE_WAIT_REASON = 'waiting for a page from the migration source (post-copy)';
 
 /** What a page record says. */
 const PageKind = {
@@ -83,6 +94,14 @@ export interface SendOptions {
   extra?: JsonObject;
   /** Told of each round as it ends. */
   onRound?: (round: RoundFigures) => void;
+  /**
+   * 'precopy' (default), or 'postcopy': after round 0 (the first full pass) switch over at once;
+   * the pages dirtied since stay here, the destination fetches them on first access while this
+   * side pushes them in the background.
+   */
+  mode?: 'precopy' | 'postcopy';
+  /** Post-copy: told when the VM runs on the destination (DONE), before the background push. */
+  onSwitchedOver?: () => void;
 }
 
 /** What the source host does for the migration. */
@@ -117,8 +136,8 @@ export interface RoundFigures {
 export interface MigrationFigures {
   /** 'precopy'. */
   mode: 'precopy' | 'postcopy';
-  /** 'completed', 'failed', or a phase while it runs. */
-  state: 'connecting' | 'precopy' | 'switchover' | 'completed' | 'failed';
+  /** 'completed', 'failed', or a phase while it runs ('postcopy': the VM runs on the destination, pages still go). */
+  state: 'connecting' | 'precopy' | 'switchover' | 'postcopy' | 'completed' | 'failed';
   /** From the start to DONE (or the failure). */
   total_ms: number;
   /** From pausing the guest on the source to its running on the destination. */
@@ -146,12 +165,41 @@ export interface MigrationFigures {
   error: string | null;
   /** The per-round figures. */
   round_figures: RoundFigures[];
+  /** Post-copy: times it carried on over a new connection after a failure. */
+  resumptions: number;
+  /** Post-copy (null in pre-copy): pages left on the source at the switch-over, and what became of them. */
+  postcopy: PostcopyFigures | null;
+}
+
+/** Post-copy figures (MigrationFigures.postcopy, ReceiveFigures.postcopy). */
+export interface PostcopyFigures {
+  /** Pages the destination lacked when the VM resumed there. */
+  remote_pages: number;
+  /** Of those, pages still remote now. */
+  remote_left: number;
+  /** Guest accesses that had to wait for a page (each page asked for once). */
+  remote_faults: number;
+  /** Pages pushed by the source in the background, and sent because the destination asked. */
+  pages_pushed: number;
+  pages_requested: number;
+  /** From a fault to its page's arrival on the destination, ms. */
+  fault_latency_p50_ms: number | null;
+  fault_latency_p99_ms: number | null;
+  fault_latency_max_ms: number | null;
+  /** Total time the destination's guest was paused waiting for pages, ms. */
+  wait_ms: number;
+  /** From the VM's resumption on the destination to its last page, ms. */
+  push_ms: number;
+}
+
+function newPostcopyFigures(remote: number): PostcopyFigures {
+  return { remote_pages: remote, remote_left: remote, remote_faults: 0, pages_pushed: 0, pages_requested: 0, fault_latency_p50_ms: null, fault_latency_p99_ms: null, fault_latency_max_ms: null, wait_ms: 0, push_ms: 0 };
 }
 
 function newFigures(mode: 'precopy' | 'postcopy'): MigrationFigures {
   return {
     mode, state: 'connecting', total_ms: 0, downtime_ms: null, bytes_sent: 0, pages_sent: 0, pages_resent: 0, zero_pages: 0, rounds: 0, final_pages: 0,
-    bandwidth_mib_s: 0, throttle: 0, auto_converged: false, switchover_reason: null, error: null, round_figures: [],
+    bandwidth_mib_s: 0, throttle: 0, auto_converged: false, switchover_reason: null, error: null, round_figures: [], resumptions: 0, postcopy: null,
   };
 }
 
@@ -176,6 +224,9 @@ function checkSendOptions(options: SendOptions): void {
   positive('timeoutS', options.timeoutS, false);
   positive('maxRounds', options.maxRounds, true);
   positive('pagesPerFrame', options.pagesPerFrame, true);
+  if (options.mode !== undefined && options.mode !== 'precopy' && options.mode !== 'postcopy') {
+    throw new MigrationError('BV_MIG_BAD_REQUEST', `mode must be precopy or postcopy, got ${String(options.mode)}`);
+  }
   if (options.maxBandwidth !== undefined && (!Number.isFinite(options.maxBandwidth) || options.maxBandwidth < 0)) {
     throw new MigrationError('BV_MIG_BAD_REQUEST', `maxBandwidth must be 0 or positive, got ${String(options.maxBandwidth)}`);
   }
@@ -248,12 +299,12 @@ class PageBatch {
  */
 export class PrecopySender {
   /** Live figures (the API shows them while it runs). */
-  readonly figures: MigrationFigures = newFigures('precopy');
+  readonly figures: MigrationFigures;
   /** Whether the source VM must stay paused after a failure (the destination may have it). */
   ambiguous = false;
 
   readonly #vm: Vm;
-  readonly #channel: FramedChannel;
+  #channel: FramedChannel;
   readonly #hooks: SourceHooks;
   readonly #options: SendOptions;
   readonly #pageCount: number;
@@ -265,9 +316,16 @@ export class PrecopySender {
   #cancelled: Error | null = null;
   #paused = false;
   #throttle = 0;
+  /** Post-copy: the pages the destination lacked at the switch-over, and which went out on the current channel. */
+  #remote: number[] | null = null;
+  #pushed: Uint8Array | null = null;
+  #switchedAt = 0;
+  /** Bytes sent on channels before the current one (post-copy resumption). */
+  #bytesBefore = 0;
 
   constructor(vm: Vm, channel: FramedChannel, hooks: SourceHooks, options: SendOptions = {}) {
     checkSendOptions(options);
+    this.figures = newFigures(options.mode ?? 'precopy');
     if (vm.memory.writeEpochActive) {
       throw new MigrationError('BV_MIG_BAD_REQUEST', `${vm.name}: a snapshot or another migration of this VM is in progress`);
     }
@@ -286,6 +344,44 @@ export class PrecopySender {
   cancel(error: Error): void {
     if (this.figures.state === 'completed' || this.figures.state === 'failed') return;
     this.#cancelled ??= error;
+  }
+
+  /**
+   * Post-copy that failed after the switch-over (`ambiguous`; this VM paused, holding the pages
+   * the destination lacks): carries on over a new channel to the same destination host. The
+   * destination names the pages it still lacks and they are pushed (its requests first) as
+   * before. Resolves with the figures once none is remote; on failure the VM stays as it was
+   * (paused, every page kept), so it can be tried again.
+   */
+  async resumePostcopy(channel: FramedChannel): Promise<MigrationFigures> {
+    const vm = this.#vm;
+    if (this.#remote === null || this.figures.state !== 'failed' || !this.ambiguous) {
+      channel.destroy();
+      throw new MigrationError('BV_MIG_BAD_REQUEST', `${vm.name}: only a post-copy that failed after its switch-over can be resumed`);
+    }
+    this.#bytesBefore += this.#channel.stats.bytesSent;
+    this.#channel = channel;
+    this.figures.state = 'postcopy';
+    this.figures.error = null;
+    this.figures.resumptions++;
+    try {
+      await channel.send(MigrationFrame.BEGIN, encodeJson({ mode: 'postcopy-resume', name: vm.name, pageCount: this.#pageCount }));
+      const left = decodeGpns(await channel.expect(MigrationFrame.REMOTE, 'REMOTE'), this.#pageCount, vm.name);
+      if (this.#switchedAt === 0) this.#switchedAt = performance.now(); // DONE had been lost: the destination runs it
+      this.#remote = left;
+      this.#pushed = new Uint8Array(this.#pageCount);
+      this.figures.postcopy!.remote_left = left.length;
+      await this.#push([], performance.now() + (this.#options.timeoutS ?? DEFAULTS.timeoutS) * 1000);
+      this.figures.state = 'completed';
+      this.figures.error = null;
+      this.figures.total_ms = round3(performance.now() - this.#started);
+      this.figures.bytes_sent = this.#bytesBefore + channel.stats.bytesSent;
+      await channel.close().catch(() => {});
+      return this.figures;
+    } catch (error) {
+      this.#fail(error);
+      throw error;
+    }
   }
 
   /** Runs the migration to its end. */
@@ -311,6 +407,10 @@ export class PrecopySender {
         const bandwidth = figures.ms > 0 ? figures.bytes / (figures.ms / 1000) : Infinity;
         this.figures.bandwidth_mib_s = Math.round((bandwidth / (1024 * 1024)) * 10) / 10;
         const remainingBytes = pending.length * PAGE_SIZE;
+        if (this.figures.mode === 'postcopy') {
+          this.figures.switchover_reason = 'postcopy';
+          break;
+        }
         if (remainingBytes <= bandwidth * (downtimeMs / 1000)) {
           this.figures.switchover_reason = 'converged';
           break;
@@ -336,10 +436,11 @@ export class PrecopySender {
         }
         this.#checkAlive(deadline);
       }
-      await this.#switchOver(pending);
+      if (this.figures.mode === 'postcopy') await this.#postcopy(pending, deadline);
+      else await this.#switchOver(pending);
       this.figures.state = 'completed';
       this.figures.total_ms = round3(performance.now() - this.#started);
-      this.figures.bytes_sent = this.#channel.stats.bytesSent;
+      this.figures.bytes_sent = this.#bytesBefore + this.#channel.stats.bytesSent;
       await this.#channel.close().catch(() => {});
       return this.figures;
     } catch (error) {
@@ -355,7 +456,7 @@ export class PrecopySender {
     const vm = this.#vm;
     const config: JsonObject = { name: vm.name, memoryBytes: vm.config.memoryBytes, vcpus: vm.vcpus.length, largePages: vm.largePagePolicy };
     if (vm.config.mmu !== undefined) config.mmu = JSON.parse(JSON.stringify(vm.config.mmu)) as JsonObject;
-    await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {} }));
+    await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, mode: this.figures.mode }));
     await this.#channel.expect(MigrationFrame.READY, 'READY');
   }
 
@@ -489,6 +590,170 @@ export class PrecopySender {
     void done;
   }
 
+  /**
+   * Post-copy: pauses the guest, sends zero markers for the pages that lost their contents since
+   * they were sent, the list of pages the destination lacks (REMOTE) and the state, and waits for
+   * DONE (the VM runs there). Then pushes the remote pages in order — the ones the destination
+   * asks for (REQUEST) first — and waits for COMPLETE. This VM stays paused and keeps every page
+   * throughout: a failure once the state is out leaves it here, paused, holding what the
+   * destination lacks (`ambiguous`; `resumePostcopy` carries on over a new connection).
+   */
+  async #postcopy(dirty: number[], deadline: number): Promise<void> {
+    const vm = this.#vm;
+    this.figures.state = 'switchover';
+    this.#hooks.pause();
+    this.#paused = true;
+    const pausedAt = performance.now();
+    this.#checkAlive(Infinity);
+    const figures: RoundFigures = { round: this.figures.rounds + 1, pages: 0, zeroPages: 0, dirtied: 0, ms: 0, bytes: 0, throttle: this.#throttle };
+    const batch = new PageBatch(this.#options.pagesPerFrame ?? DEFAULTS.pagesPerFrame);
+    const flush = async () => {
+      if (batch.count > 0) await this.#channel.send(MigrationFrame.PAGES, batch.encode());
+    };
+    settlePoisonedPages(vm);
+    const remote: number[] = [];
+    const inDirty = this.#dirtyFlags;
+    for (const gpn of dirty) {
+      inDirty[gpn] = 1;
+      if (this.#readPage(gpn) !== null) remote.push(gpn);
+      else if (this.#sent[gpn] === SENT_BYTES) {
+        batch.add(gpn, null);
+        this.#sent[gpn] = SENT_NOTHING;
+        figures.zeroPages++;
+        this.figures.zero_pages++;
+        if (batch.count === batch.capacity) await flush();
+      }
+    }
+    const memory = vm.memory;
+    for (let gpn = 0; gpn < this.#pageCount; gpn++) {
+      if (this.#sent[gpn] !== SENT_BYTES || inDirty[gpn] === 1) continue;
+      const state = memory.stateOf(gpn);
+      if (state === PageState.UNTOUCHED || state === PageState.BALLOONED || state === PageState.POISONED) {
+        this.#addPage(gpn, batch, figures, false);
+        if (batch.count === batch.capacity) await flush();
+      }
+    }
+    for (const gpn of dirty) inDirty[gpn] = 0;
+    await flush();
+    this.figures.final_pages = figures.pages + figures.zeroPages;
+    this.figures.postcopy = newPostcopyFigures(remote.length);
+    this.#remote = remote;
+    this.#pushed = new Uint8Array(this.#pageCount);
+    await this.#channel.send(MigrationFrame.REMOTE, encodeGpns(remote));
+    const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
+    this.ambiguous = true; // from here the destination may end up running the VM
+    await this.#channel.send(MigrationFrame.STATE, encodeState(contents.config, contents.cpus, encodeDevices(contents.devices)));
+    const requested: number[] = [];
+    for (;;) {
+      const frame = await this.#channel.receive();
+      if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the destination ended the stream where DONE was expected`);
+      if (frame.type === MigrationFrame.DONE) break;
+      if (frame.type === MigrationFrame.REQUEST) requested.push(...decodeGpns(frame.payload, this.#pageCount, vm.name));
+      else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: unexpected frame type ${frame.type} where DONE was expected`);
+    }
+    this.figures.downtime_ms = round3(performance.now() - pausedAt);
+    this.figures.state = 'postcopy';
+    this.#switchedAt = performance.now();
+    this.#options.onSwitchedOver?.();
+    await this.#push(requested, deadline);
+  }
+
+  /**
+   * Post-copy's second half over the current channel: pushes every remote page not pushed yet on
+   * this channel, serving REQUESTs first, then PUSHED, and waits for COMPLETE.
+   */
+  async #push(requested: number[], deadline: number): Promise<void> {
+    const vm = this.#vm;
+    const channel = this.#channel;
+    const remote = this.#remote!;
+    const pushed = this.#pushed!;
+    const postcopy = this.figures.postcopy!;
+    // Requests go out in small frames (latency); the background push in full ones.
+    const urgent = new PageBatch(16);
+    const batch = new PageBatch(this.#options.pagesPerFrame ?? DEFAULTS.pagesPerFrame);
+    let complete: JsonObject | null = null;
+    let readError: unknown = null;
+    const waker: { wake: (() => void) | null } = { wake: null };
+    const reader = (async () => {
+      for (;;) {
+        const frame = await channel.receive();
+        if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the destination ended the stream during post-copy`);
+        if (frame.type === MigrationFrame.REQUEST) requested.push(...decodeGpns(frame.payload, this.#pageCount, vm.name));
+        else if (frame.type === MigrationFrame.COMPLETE) {
+          complete = decodeJson(frame.payload, 'COMPLETE');
+          return;
+        } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: unexpected frame type ${frame.type} during post-copy`);
+        waker.wake?.();
+      }
+    })().catch((error: unknown) => {
+      readError = error;
+    }).finally(() => waker.wake?.());
+    const take = (gpn: number, into: PageBatch): boolean => {
+      if (pushed[gpn] === 1) return false;
+      pushed[gpn] = 1;
+      into.add(gpn, this.#readPage(gpn) ?? new Uint8Array(PAGE_SIZE));
+      return true;
+    };
+    let next = 0;
+    let pushedSent = false;
+    let sliceStart = performance.now();
+    while (complete === null) {
+      if (readError !== null) throw readError;
+      this.#checkAlive(deadline);
+      if (requested.length > 0) {
+        for (const gpn of requested.splice(0)) {
+          if (take(gpn, urgent)) postcopy.pages_requested++;
+          if (urgent.count === urgent.capacity) await channel.send(MigrationFrame.PAGES, urgent.encode());
+        }
+        if (urgent.count > 0) await channel.send(MigrationFrame.PAGES, urgent.encode());
+        continue;
+      }
+      if (next < remote.length) {
+        while (next < remote.length && batch.count < batch.capacity) {
+          if (take(remote[next]!, batch)) postcopy.pages_pushed++;
+          next++;
+        }
+        if (batch.count > 0) await channel.send(MigrationFrame.PAGES, batch.encode());
+      } else if (!pushedSent) {
+        await channel.send(MigrationFrame.PUSHED, encodeJson({ pages: remote.length }));
+        pushedSent = true;
+      } else {
+        await new Promise<void>((resolve) => {
+          waker.wake = resolve;
+          if (requested.length > 0 || complete !== null || readError !== null) resolve();
+        });
+        waker.wake = null;
+      }
+      this.figures.bytes_sent = this.#bytesBefore + channel.stats.bytesSent;
+      if (performance.now() - sliceStart >= WORK_SLICE_MS) {
+        await yieldToGuests();
+        sliceStart = performance.now();
+      }
+    }
+    await reader;
+    const theirs = complete as JsonObject;
+    for (const key of ['remote_faults', 'fault_latency_p50_ms', 'fault_latency_p99_ms', 'fault_latency_max_ms', 'wait_ms'] as const) {
+      const value = theirs[key];
+      if (typeof value === 'number' || value === null) (postcopy[key] as number | null) = value;
+    }
+    postcopy.remote_left = 0;
+    postcopy.push_ms = round3(performance.now() - this.#switchedAt);
+  }
+
+  /** A page's bytes now, or null when it is empty (untouched, ballooned, all zeros). */
+  #readPage(gpn: number): Uint8Array | null {
+    let bytes: Uint8Array | null;
+    try {
+      bytes = currentPage(this.#vm, gpn);
+    } catch (error) {
+      if (error instanceof KernelError || (error as { code?: string }).code === 'BV_VMCKPT_UNSAVEABLE') {
+        throw new MigrationError('BV_MIG_STATE', `${this.#vm.name}: guest page ${gpn} cannot be read for migration: ${(error as Error).message}`, { cause: error });
+      }
+      throw error;
+    }
+    return bytes === null || isZero(bytes) ? null : bytes;
+  }
+
   #checkAlive(deadline: number): void {
     if (this.#cancelled !== null) throw this.#cancelled;
     const stop = this.#vm.stopReason.kind;
@@ -504,13 +769,43 @@ export class PrecopySender {
     this.figures.state = 'failed';
     this.figures.error = error instanceof Error ? error.message : String(error);
     this.figures.total_ms = round3(performance.now() - this.#started);
-    this.figures.bytes_sent = this.#channel.stats.bytesSent;
+    this.figures.bytes_sent = this.#bytesBefore + this.#channel.stats.bytesSent;
+    if (this.figures.postcopy !== null && this.ambiguous) {
+      this.figures.error += ` (post-copy: this host keeps the VM paused with every page; ${this.figures.postcopy.remote_left} or fewer are still missing on the destination: resume the migration over a new connection)`;
+    }
     const code = (error as { code?: string }).code ?? 'BV_MIG_STATE';
     if (this.#channel.open) void this.#channel.abort(code, this.figures.error);
     else this.#channel.destroy();
     // Before the state went out the destination cannot run the VM: the source carries on.
     if (this.#paused && !this.ambiguous) this.#hooks.resume();
   }
+}
+
+/** A list of page numbers: u32 count, then u32 gpns. */
+function encodeGpns(gpns: readonly number[]): Uint8Array {
+  const payload = new Uint8Array(4 + gpns.length * 4);
+  const view = new DataView(payload.buffer);
+  view.setUint32(0, gpns.length, true);
+  for (let i = 0; i < gpns.length; i++) view.setUint32(4 + i * 4, gpns[i]!, true);
+  return payload;
+}
+
+function decodeGpns(payload: Uint8Array, pageCount: number, name: string): number[] {
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  if (payload.length < 4 || payload.length !== 4 + view.getUint32(0, true) * 4) throw new MigrationError('BV_MIG_PROTOCOL', `${name}: a page list has the wrong length`);
+  const gpns: number[] = [];
+  for (let at = 4; at < payload.length; at += 4) {
+    const gpn = view.getUint32(at, true);
+    if (gpn >= pageCount) throw new MigrationError('BV_MIG_PROTOCOL', `${name}: page ${gpn} is outside the VM's ${pageCount} pages`);
+    gpns.push(gpn);
+  }
+  return gpns;
+}
+
+/** The p-th percentile (0..1) of sorted values, ms rounded; null when there are none. */
+function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return round3(sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!);
 }
 
 /** CONFIG, CPUS and DEVICES records, each with a u32 length. */
@@ -568,6 +863,17 @@ export interface DestinationHooks {
   start(vm: Vm, decoded: DecodedVmCheckpoint): void;
   /** The migration failed: destroy the partial VM (never run). */
   discard(vm: Vm): void;
+  /**
+   * Post-copy resumption (a source whose post-copy failed after the switch-over connects again):
+   * the receiver of the VM named `name` whose post-copy failed, or null (the connection is refused).
+   */
+  findPostcopy?(name: string): MigrationReceiver | null;
+  /**
+   * Post-copy: the VM paused itself (REMOTE_PAGE_WAIT_REASON) at a page still on the source, and
+   * a page it may wait for has arrived: run it again (default: vm.resume(); a scheduler that
+   * dropped the paused VM must take it back).
+   */
+  wake?(vm: Vm): void;
 }
 
 /** The destination's figures of an incoming migration. */
@@ -588,6 +894,10 @@ export interface ReceiveFigures {
   resume_ms: number | null;
   /** The failure, or null. */
   error: string | null;
+  /** 'precopy' or 'postcopy' (once BEGIN arrived). */
+  mode: 'precopy' | 'postcopy';
+  /** Post-copy's figures (null in pre-copy). */
+  postcopy: PostcopyFigures | null;
 }
 
 /**
@@ -597,27 +907,61 @@ export interface ReceiveFigures {
  */
 export class MigrationReceiver {
   /** Live figures. */
-  readonly figures: ReceiveFigures = { state: 'receiving', vm: null, pages_received: 0, zero_pages: 0, rounds: 0, bytes_received: 0, total_ms: 0, resume_ms: null, error: null };
+  readonly figures: ReceiveFigures = { state: 'receiving', vm: null, pages_received: 0, zero_pages: 0, rounds: 0, bytes_received: 0, total_ms: 0, resume_ms: null, error: null, mode: 'precopy', postcopy: null };
 
-  readonly #channel: FramedChannel;
+  #channel: FramedChannel;
   readonly #hooks: DestinationHooks;
   readonly #started = performance.now();
+  /** Post-copy: the VM runs here (never discarded from then on). */
+  #running = false;
+  /** Post-copy: when each page asked for was asked for; the latencies of those that came. */
+  readonly #askedAt = new Map<number, number>();
+  readonly #latencies: number[] = [];
+  /** Pages asked for and not yet sent in a REQUEST frame. */
+  #toAsk: number[] = [];
+  #waitingSince: number | null = null;
+  #keepAlive: ReturnType<typeof setInterval> | null = null;
+  #vm: Vm | null = null;
 
   constructor(channel: FramedChannel, hooks: DestinationHooks) {
     this.#channel = channel;
     this.#hooks = hooks;
   }
 
+  /** The VM being received (null before BEGIN). */
+  get vm(): Vm | null {
+    return this.#vm;
+  }
+
   async run(): Promise<Vm> {
     let vm: Vm | null = null;
     try {
       const begin = decodeJson(await this.#channel.expect(MigrationFrame.BEGIN, 'BEGIN'), 'BEGIN');
+      if (begin.mode === 'postcopy-resume') {
+        const name = String(begin.name);
+        this.figures.vm = name;
+        this.figures.mode = 'postcopy';
+        const target = this.#hooks.findPostcopy?.(name) ?? null;
+        if (target === null || target === this || target.figures.state !== 'failed' || !target.#running || target.#vm === null) {
+          throw new MigrationError('BV_MIG_STATE', `no post-copy of '${name}' waits here to be resumed`);
+        }
+        this.figures.state = 'completed';
+        this.figures.error = `carried on the post-copy of '${name}'`;
+        return await target.#continueOver(this.#channel);
+      }
       const config = begin.config as JsonObject | undefined;
       if (typeof config !== 'object' || config === null || typeof config.memoryBytes !== 'number' || typeof config.name !== 'string') {
         throw new MigrationError('BV_MIG_PROTOCOL', 'the BEGIN frame has no VM configuration');
       }
       this.figures.vm = config.name;
+      if (begin.mode === 'postcopy') this.figures.mode = 'postcopy';
+      else if (begin.mode !== undefined && begin.mode !== 'precopy') throw new MigrationError('BV_MIG_PROTOCOL', `the source asks for mode '${String(begin.mode)}', which this host does not know`);
       vm = this.#hooks.create(config as unknown as VmConfig, (begin.attach ?? {}) as JsonObject);
+      this.#vm = vm;
+      if (this.figures.mode === 'postcopy') {
+        const target = vm;
+        target.memory.onAbsent(AbsentState.REMOTE, (_memory, gpn) => this.#remoteFault(target, gpn));
+      }
       if (vm.memory.pageCount !== begin.pageCount) {
         throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source sends ${String(begin.pageCount)} pages, the VM made for them has ${vm.memory.pageCount}`);
       }
@@ -627,7 +971,11 @@ export class MigrationReceiver {
         if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source ended the stream before the VM's state`);
         if (frame.type === MigrationFrame.PAGES) this.#applyPages(vm, frame.payload);
         else if (frame.type === MigrationFrame.ROUND) this.figures.rounds++;
-        else if (frame.type === MigrationFrame.STATE) {
+        else if (frame.type === MigrationFrame.REMOTE && this.figures.mode === 'postcopy') {
+          const gpns = decodeGpns(frame.payload, vm.memory.pageCount, vm.name);
+          if (gpns.length > 0) vm.memory.releasePages(gpns, AbsentState.REMOTE);
+          this.figures.postcopy = newPostcopyFigures(gpns.length);
+        } else if (frame.type === MigrationFrame.STATE) {
           const arrived = performance.now();
           const decoded = decodeState(frame.payload, vm.memory.pageCount, `migration of ${vm.name}`);
           try {
@@ -637,10 +985,18 @@ export class MigrationReceiver {
           } catch (error) {
             throw new MigrationError('BV_MIG_STATE', `${vm.name}: the migrated state does not fit this VM: ${(error as Error).message}`, { cause: error });
           }
+          if (this.figures.mode === 'postcopy' && this.figures.postcopy === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: post-copy state without the list of remote pages`);
+          this.#running = true;
           this.#hooks.start(vm, decoded);
           this.figures.resume_ms = round3(performance.now() - arrived);
           break;
         } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: unexpected frame type ${frame.type} during pre-copy`);
+      }
+      if (this.figures.mode === 'postcopy') {
+        await this.#channel.send(MigrationFrame.DONE, encodeJson({ instructions: vm.instructionsRetired }));
+        this.#flushAsks();
+        await this.#receiveRemote(vm);
+        return vm;
       }
       // From here the VM is ours: a lost DONE leaves the source paused, never two copies running.
       this.figures.state = 'completed';
@@ -659,11 +1015,105 @@ export class MigrationReceiver {
       this.figures.error = error instanceof Error ? error.message : String(error);
       this.figures.total_ms = round3(performance.now() - this.#started);
       this.figures.bytes_received = this.#channel.stats.bytesReceived;
-      if (vm !== null) this.#hooks.discard(vm);
+      if (this.#keepAlive !== null) clearInterval(this.#keepAlive);
+      this.#keepAlive = null;
+      if (this.#running && this.figures.postcopy !== null) {
+        // Post-copy: the VM runs here and the source keeps the pages it lacks; it waits for them.
+        this.figures.error = `${this.figures.error} (post-copy: the VM stays here, ${this.figures.postcopy.remote_left} of its pages are still on the source, which keeps them)`;
+      } else if (vm !== null) this.#hooks.discard(vm);
       if (!(error instanceof TransportError) && this.#channel.open) await this.#channel.abort((error as { code?: string }).code ?? 'BV_MIG_STATE', this.figures.error);
       else this.#channel.destroy();
       throw error;
     }
+  }
+
+  /** Post-copy resumption: this receiver's failed post-copy carries on over `channel`. */
+  async #continueOver(channel: FramedChannel): Promise<Vm> {
+    const vm = this.#vm!;
+    this.#channel = channel;
+    this.figures.state = 'receiving';
+    this.figures.error = null;
+    try {
+      const left: number[] = [];
+      vm.memory.forEachPage(PageState.REMOTE, (gpn) => void left.push(gpn));
+      this.figures.postcopy!.remote_left = left.length;
+      await channel.send(MigrationFrame.REMOTE, encodeGpns(left));
+      // Ask again for what the guest waits for (the earlier requests may be lost).
+      this.#toAsk = [...this.#askedAt.keys()];
+      this.#flushAsks();
+      await this.#receiveRemote(vm);
+      return vm;
+    } catch (error) {
+      this.figures.state = 'failed';
+      this.figures.error = `${error instanceof Error ? error.message : String(error)} (post-copy: the VM stays here, ${this.figures.postcopy!.remote_left} of its pages are still on the source, which keeps them)`;
+      if (this.#keepAlive !== null) clearInterval(this.#keepAlive);
+      this.#keepAlive = null;
+      if (!(error instanceof TransportError) && channel.open) await channel.abort((error as { code?: string }).code ?? 'BV_MIG_STATE', this.figures.error);
+      else channel.destroy();
+      throw error;
+    }
+  }
+
+  /**
+   * Post-copy, after DONE: installs the pages the source pushes or was asked for, wakes the VM
+   * when one arrives while it waits, keeps the connection alive, and ends with COMPLETE once no
+   * page is remote.
+   */
+  async #receiveRemote(vm: Vm): Promise<void> {
+    const postcopy = this.figures.postcopy!;
+    const switched = performance.now();
+    this.#keepAlive = setInterval(() => {
+      if (this.#channel.open) void this.#channel.send(MigrationFrame.REQUEST, encodeGpns([])).catch(() => {});
+    }, 1000);
+    this.#keepAlive.unref?.();
+    while (postcopy.remote_left > 0) {
+      const frame = await this.#channel.receive();
+      if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source ended the stream with ${postcopy.remote_left} pages still remote`);
+      if (frame.type === MigrationFrame.PAGES) this.#applyPages(vm, frame.payload);
+      else if (frame.type === MigrationFrame.PUSHED) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source says it pushed every page, but ${postcopy.remote_left} are still remote`);
+      else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: unexpected frame type ${frame.type} during post-copy`);
+    }
+    clearInterval(this.#keepAlive);
+    this.#keepAlive = null;
+    postcopy.push_ms = round3(performance.now() - switched);
+    const sorted = [...this.#latencies].sort((a, b) => a - b);
+    postcopy.fault_latency_p50_ms = percentile(sorted, 0.5);
+    postcopy.fault_latency_p99_ms = percentile(sorted, 0.99);
+    postcopy.fault_latency_max_ms = percentile(sorted, 1);
+    this.figures.state = 'completed';
+    this.figures.total_ms = round3(performance.now() - this.#started);
+    this.figures.bytes_received = this.#channel.stats.bytesReceived;
+    try {
+      await this.#channel.send(MigrationFrame.COMPLETE, encodeJson(postcopy as unknown as JsonObject));
+      // Frames the source sent before it saw COMPLETE (PUSHED, pages in flight), then its BYE.
+      for (;;) if ((await this.#channel.receive()) === null) break;
+    } catch {
+      // Nothing is missing here any more: the source learns it or not.
+    }
+    this.#channel.destroy();
+  }
+
+  /**
+   * The REMOTE resolver: asks the source for the page (once) and makes the vCPU wait (the VM
+   * pauses before the access; #applyPages wakes it). A host access (a device's DMA) gets the error.
+   */
+  #remoteFault(vm: Vm, gpn: number): never {
+    const postcopy = this.figures.postcopy;
+    if (!this.#askedAt.has(gpn)) {
+      this.#askedAt.set(gpn, performance.now());
+      if (postcopy !== null) postcopy.remote_faults++;
+      this.#toAsk.push(gpn);
+      if (this.#toAsk.length === 1) queueMicrotask(() => this.#flushAsks());
+    }
+    this.#waitingSince ??= performance.now();
+    throw new PageWaitError(REMOTE_PAGE_WAIT_REASON, `${vm.name}: guest page ${gpn} is still on the migration source (post-copy); it has been asked for`);
+  }
+
+  #flushAsks(): void {
+    if (this.#toAsk.length === 0 || !this.#running || !this.#channel.open) return;
+    const gpns = this.#toAsk;
+    this.#toAsk = [];
+    void this.#channel.send(MigrationFrame.REQUEST, encodeGpns(gpns)).catch(() => {});
   }
 
   #applyPages(vm: Vm, payload: Uint8Array): void {
@@ -680,7 +1130,17 @@ export class MigrationReceiver {
       if (gpn >= memory.pageCount) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} is outside the VM's ${memory.pageCount} pages`);
       if (kind === PageKind.BYTES) {
         if (data + PAGE_SIZE > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame holds fewer pages than its records`);
-        memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+        if (!this.#running) memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+        else if (memory.stateOf(gpn) === PageState.REMOTE) {
+          // Post-copy: only a page still remote (the guest may have written one that came earlier).
+          memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+          this.figures.postcopy!.remote_left--;
+          const asked = this.#askedAt.get(gpn);
+          if (asked !== undefined) {
+            this.#latencies.push(performance.now() - asked);
+            this.#askedAt.delete(gpn);
+          }
+        }
         data += PAGE_SIZE;
         this.figures.pages_received++;
       } else if (kind === PageKind.ZERO) {
@@ -689,6 +1149,13 @@ export class MigrationReceiver {
       } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} has an unknown record kind ${kind}`);
     }
     if (data !== payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame has ${payload.length - data} bytes after its pages`);
+    if (this.#running && this.#waitingSince !== null && vm.stopReason.kind === 'paused' && vm.stopReason.reason === REMOTE_PAGE_WAIT_REASON) {
+      // It runs the faulting instruction again: in if its page came, or it waits again (no new request).
+      this.figures.postcopy!.wait_ms = round3(this.figures.postcopy!.wait_ms + performance.now() - this.#waitingSince);
+      this.#waitingSince = null;
+      if (this.#hooks.wake) this.#hooks.wake(vm);
+      else vm.resume();
+    }
   }
 }
 
