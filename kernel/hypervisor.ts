@@ -134,6 +134,33 @@ export class Hypervisor {
     return { ...jitCacheOf(this.decodeCache).stats };
   }
 
+  #sliceMs = 0;
+  #timeTiers = false;
+
+  /**
+   * Whether vCPU slices and calls into compiled code are timed (sliceMs, JitStats.compiledMs).
+   * Off by default: a clock read costs ~0.3-0.5 µs on these machines, more than a short compiled
+   * region runs; `tools/run --stats` turns it on.
+   */
+  get timeTiers(): boolean {
+    return this.#timeTiers;
+  }
+
+  /** Turns the timing of slices and compiled calls on or off (see the getter). */
+  set timeTiers(on: boolean) {
+    this.#timeTiers = on;
+    jitCacheOf(this.decodeCache).timing = on;
+  }
+
+  /**
+   * Milliseconds spent in vCPU slices while timeTiers is on (guest code in either tier, with the
+   * traps, exits and compiles they handle inline); with JitStats.compiledMs it splits run time
+   * between the tiers.
+   */
+  get sliceMs(): number {
+    return this.#sliceMs;
+  }
+
   /** The host memory behind the pool and the arenas, unmapped by close(). */
   private readonly ownedMemory: readonly (object | null)[];
   #closed = false;
@@ -324,7 +351,13 @@ export class Hypervisor {
         // Only a user-visible budget needs an exact stop; quantum boundaries need determinism
         // only. A slice that is not exact may overshoot by up to a page of straight-line code,
         // so go exact whenever the budget is within reach of this slice.
-        const end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum + PRECISE_WINDOW);
+        let end: number;
+        if (!this.#timeTiers) end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum + PRECISE_WINDOW);
+        else {
+          const started = performance.now();
+          end = vcpu.runSlice(Math.min(quantum, remaining), remaining <= quantum + PRECISE_WINDOW);
+          this.#sliceMs += performance.now() - started;
+        }
         if (end === SliceEnd.VM_STOP) break;
       } catch (error) {
         // A page-table walk through a page the guest may not touch is the guest's fault.

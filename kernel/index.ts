@@ -16,7 +16,7 @@ export { ExitRouter } from './exits.ts';
 export type { RoutedExitCounts } from './exits.ts';
 export { Vcpu, Mode, SliceEnd } from './cpu/vcpu.ts';
 export type { TraceHook, VcpuStats, VcpuState } from './cpu/vcpu.ts';
-export { defaultTier } from './cpu/jit/jit.ts';
+export { defaultTier, forgetCompiledFunctions } from './cpu/jit/jit.ts';
 export type { JitStats, Tier } from './cpu/jit/jit.ts';
 export type { VcpuHost } from './cpu/vcpu-host.ts';
 export { FRAME_SIZE, RUN_SIZE } from './memory/frame-pool.ts';

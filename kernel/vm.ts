@@ -113,7 +113,7 @@ export interface VmConfig {
   largePages?: LargePagePolicy;
   /**
    * Execution tier: 'interp' (the interpreter) or 'jit' (hot code compiled to JavaScript, same
-   * results instruction for instruction). Default 'interp', or 'jit' with BV_TIER=jit in the environment.
+   * results instruction for instruction). Default 'jit', or 'interp' with BV_TIER=interp in the environment.
    */
   tier?: Tier;
 }

@@ -59,9 +59,9 @@ The machine:
                     a multiple of 4M, at most 4G); raise it when the host runs out of memory
   --disk PATH       attach a block device: a raw image or an overlay (writes go to an overlay
                     next to it, never into a raw image; see docs/block-device.md)
-  --tier T          execution tier: interp (the interpreter) or jit (hot guest code compiled
-                    to JavaScript; the same results, faster); default interp, or jit when the
-                    environment has BV_TIER=jit (docs/performance.md, "Compiled tier")
+  --tier T          execution tier: jit (hot guest code compiled to JavaScript; the same
+                    results, faster) or interp (the interpreter); default jit, or interp when
+                    the environment has BV_TIER=interp (docs/performance.md, "Compiled tier")
   -- ARGS...        boot arguments for the guest (joined with spaces)
 
 Reports:

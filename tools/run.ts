@@ -269,10 +269,12 @@ function formatStats(report: StatsReport): string {
     ['resets', count(run.resets)],
     ['tier', run.tier],
     ...(run.tier === 'jit' ? [
-      ['compiled regions (instructions)', `${count(host.jit.regions_compiled)} (${count(host.jit.words_compiled)})`],
+      ['compiled regions (instructions)', `${count(host.jit.regions_compiled)} (${count(host.jit.words_compiled)}), ${count(host.jit.regions_reused)} reused`],
       ['compile time', `${host.jit.compile_ms.toFixed(1)} ms`],
       ['invalidations', count(host.jit.invalidations)],
       ['instructions run compiled', `${count(host.jit.instructions_compiled)} (${(run.instructions > 0 ? (100 * host.jit.instructions_compiled) / run.instructions : 0).toFixed(1)} %)`],
+      ['time compiled / interpreted', `${(host.jit.compiled_ms / 1000).toFixed(3)} s / ${(host.jit.interpreter_ms / 1000).toFixed(3)} s`],
+      ['strip-mined loop passes', count(host.jit.strip_passes)],
     ] as [string, string][] : []),
   ]));
   const vcpuRows = [['vcpu', 'instret', 'tlb hits', 'tlb misses', 'tlb fills', 'tlb drops', 'tlb flushes', 'page walks', 'traps', 'interrupts', 'hypercalls', 'waits']];
@@ -444,6 +446,8 @@ async function runMachine(args: RunArguments): Promise<number> {
   if (typeof machine === 'number') return machine;
   const { hv, vm, devices, image } = machine;
   vm.setTier(args.tier);
+  // --stats splits run time between the tiers: time slices and compiled calls (costs a little).
+  hv.timeTiers = args.stats;
 
   const promoter = args.promoteHot ? new AccessedBitPrioritizer(vm) : null;
   const swap = args.reclaimCold ? SwapFile.createIn(tmpdir()) : null;

@@ -357,6 +357,16 @@ export interface JitStatsReport {
   entries: number;
   /** Instructions retired by compiled code (the rest were interpreted). */
   instructions_compiled: number;
+  /** Whether the two times below are measured (Hypervisor.timeTiers; `tools/run --stats` turns it on). */
+  timed: boolean;
+  /** Time in compiled code, in milliseconds (0 unless timed). */
+  compiled_ms: number;
+  /** Time in vCPU slices outside compiled code and compiling: the interpreter, traps and exits (0 unless timed). */
+  interpreter_ms: number;
+  /** Passes of strip-mined loops (iterations without TLB compares, up to a page crossing). */
+  strip_passes: number;
+  /** Of regions_compiled, those whose function the process already had (the same code compiled before, by any VM). */
+  regions_reused: number;
 }
 
 /** Host-wide counters (`GET /host/stats`; the `host` part of `tools/run --stats --json`). */
@@ -570,6 +580,11 @@ export function hostStats(hv: Hypervisor): HostStats {
       invalidations: jit.invalidations,
       entries: jit.entries,
       instructions_compiled: jit.retiredCompiled,
+      timed: hv.timeTiers,
+      compiled_ms: jit.compiledMs,
+      interpreter_ms: Math.max(0, hv.sliceMs - jit.compiledMs - jit.compileMs),
+      strip_passes: jit.strips,
+      regions_reused: jit.regionsReused,
     },
     shootdowns: hv.shootdowns,
     shootdown_entries: hv.shootdownEntries,

@@ -17,7 +17,8 @@ import { Pte, Reg } from '../../guest-isa/arch.ts';
 import { encodeInstruction } from '../../guest-isa/encoding.ts';
 import { Flag, INSTRUCTIONS } from '../../guest-isa/opcodes.ts';
 import { opClass, OpClass } from '../../kernel/cpu/jit/compiler.ts';
-import { bootPair, lockstep, LOCKSTEP_PTBR, LOCKSTEP_ROOT, randomLockstep, type TierGuest } from './fixtures/jit-lockstep.ts';
+import { forgetCompiledFunctions } from '../../kernel/cpu/jit/jit.ts';
+import { bootPair, bootTier, lockstep, LOCKSTEP_PTBR, LOCKSTEP_ROOT, randomLockstep, type TierGuest } from './fixtures/jit-lockstep.ts';
 import { hex, HostPageTables, pte } from './helpers.ts';
 
 const FIRST_TABLE = LOCKSTEP_ROOT + 0x1000;
@@ -43,6 +44,7 @@ describe('compiled tier against the interpreter, in lockstep', () => {
     let total = 0;
     let totalStops = 0;
     let compiledSum = 0;
+    let strips = 0;
     for (let n = 0; n < RANDOM_PROGRAMS; n++) {
       const report = randomLockstep(n, 400_000);
       expect(report.divergence).toBeNull();
@@ -50,9 +52,12 @@ describe('compiled tier against the interpreter, in lockstep', () => {
       total += report.instructions;
       totalStops += report.stops;
       compiledSum += report.compiledShare;
+      strips += report.strips;
     }
     // The jit side really ran compiled code for much of it (SMC in the main loop invalidates it every pass).
     expect(compiledSum / RANDOM_PROGRAMS).toBeGreaterThan(0.25);
+    // Some of their memory-walking loops ran strip-mined.
+    expect(strips).toBeGreaterThan(0);
     console.log(`jit lockstep: ${RANDOM_PROGRAMS} random programs, ${total} instructions per tier, ${totalStops} stops compared, ${Math.round((compiledSum / RANDOM_PROGRAMS) * 100)} % compiled`);
   });
 
@@ -166,6 +171,197 @@ loop:   lw a2, 0(t1)                  # A or B
     // Each pass reads one page before the remap and the other after it: A[0] + B[1], then B[0] + A[1].
     expect(pair.jit.vm.vcpus[0]!.regs[Reg.S0 + 2]).toBe(1500 * (1 + 1000) + 1500 * (100 + 10));
     expect(report.compiledShare).toBeGreaterThan(0.5);
+  });
+
+  it('strip-mined loops (word, halfword, byte; forward and backward; across pages) match the interpreter at every stop', () => {
+    const DATA_VA = 0x4000_0000;
+    const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;
+    const pair = bootPair(`
+_start: li t0, ${hex(LOCKSTEP_PTBR)}
+        csrrw zero, ptbr, t0
+        li s1, 12
+pass:   li a1, ${hex(DATA_VA)}                # prefix sum over 3 pages of words
+        li a2, ${hex(DATA_VA + 3 * 4096)}
+        li t0, 0
+1:      lw t1, 0(a1)
+        add t0, t0, t1
+        sw t0, 0(a1)
+        addi a1, a1, 4
+        bne a1, a2, 1b
+        li a1, ${hex(DATA_VA + 3 * 4096 - 2)}  # halfwords backwards, the step before the access
+        li a2, ${hex(DATA_VA + 2)}
+2:      addi a1, a1, -2
+        lh t2, 0(a1)
+        xor t3, t3, t2
+        sh t3, 2(a1)
+        bne a1, a2, 2b
+        li a1, ${hex(DATA_VA + 100)}           # bytes, a load from an invariant base in the body
+        li a2, ${hex(DATA_VA + 100 + 5000)}
+        li gp, ${hex(DATA_VA + 3 * 4096 - 4)}
+3:      lbu t2, 0(a1)
+        lw t1, 0(gp)
+        add t2, t2, t1
+        sb t2, 1(a1)
+        addi a1, a1, 1
+        bne a1, a2, 3b
+        addi s1, s1, -1
+        bne s1, zero, pass
+        exiti 0
+`, (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
+      // Backwards and apart in guest-physical memory: an access run past its page would hit the wrong frame.
+      for (let page = 0; page < 3; page++) tables.map(DATA_VA + page * 4096, 0x30_0000 + (2 - page) * 0x2000, flags);
+      vm.writePhysical(0x30_0000, new Uint8Array(Array.from({ length: 5 * 4096 }, (_, k) => (k * 37) & 0xff)));
+    });
+    const report = lockstep(pair, 17, 3_000_000);
+    expect(report.divergence).toBeNull();
+    expect(report.end).toBe('halted');
+    expect(report.compiledShare).toBeGreaterThan(0.5);
+    // The loops ran strip-mined (a pass per page crossing, check-limit stop or loop entry).
+    expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(100);
+  });
+
+  it('strip-mined table lookups (andi, slli, add to an invariant base) match the interpreter, in one page and across two', () => {
+    const DATA_VA = 0x4000_0000;
+    const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;
+    const pair = bootPair(`
+_start: li t0, ${hex(LOCKSTEP_PTBR)}
+        csrrw zero, ptbr, t0
+        li s1, 6
+pass:   li s0, ${hex(DATA_VA + 4096)}          # a 256-word table filling the second page
+        li gp, ${hex(DATA_VA + 4096 + 3072)}   # the same table seen from 3 KiB on: it spans two pages
+        li a1, ${hex(DATA_VA)}
+        li a2, ${hex(DATA_VA + 4096)}
+1:      lw s3, 0(a1)
+        xor t0, a0, s3
+        andi t0, t0, 0xff
+        slli t0, t0, 2
+        add t0, t0, s0
+        lw t0, 0(t0)                  # in one page: direct
+        srli a0, a0, 8
+        xor a0, a0, t0
+        andi t1, s3, 0xff
+        slli t1, t1, 2
+        add t1, gp, t1
+        lw t2, 4(t1)                  # across two pages: the loop stays checked
+        add s2, s2, t2
+        sw a0, 0(a1)
+        addi a1, a1, 4
+        bne a1, a2, 1b
+        li a1, ${hex(DATA_VA)}
+2:      lw s3, 0(a1)                  # the first lookup alone: strip-mined
+        andi t0, s3, 0x3ff
+        slli t0, t0, 2
+        add t0, t0, s0
+        lw t0, 0(t0)                  # 0 .. 4092 from the table: the whole page
+        xor a0, a0, t0
+        addi a1, a1, 4
+        bne a1, a2, 2b
+        li a1, ${hex(DATA_VA)}
+3:      lw s3, 0(a1)
+        andi t0, s3, 0x3ff
+        slli t0, t0, 2
+        add t0, t0, s0
+        lw t0, -4(t0)                 # -4 .. 4088: one word in the page before: checked
+        xor a0, a0, t0
+        addi a1, a1, 4
+        bne a1, a2, 3b
+        addi s1, s1, -1
+        bne s1, zero, pass
+        exiti 0
+`, (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
+      for (let page = 0; page < 3; page++) tables.map(DATA_VA + page * 4096, 0x30_0000 + (2 - page) * 0x2000, flags);
+      vm.writePhysical(0x30_0000, new Uint8Array(Array.from({ length: 5 * 4096 }, (_, k) => (k * 53 + (k >> 7)) & 0xff)));
+    });
+    const report = lockstep(pair, 23, 3_000_000);
+    expect(report.divergence).toBeNull();
+    expect(report.end).toBe('halted');
+    expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(0);
+  });
+
+  it('a strip-mined loop that walks into an unmapped page traps precisely (pc, tval, registers, memory)', () => {
+    const DATA_VA = 0x4000_0000;
+    const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;
+    const pair = bootPair(`
+_start: la t0, handler
+        csrrw zero, tvec, t0
+        li t0, ${hex(LOCKSTEP_PTBR)}
+        csrrw zero, ptbr, t0
+        li a1, ${hex(DATA_VA + 8)}
+        li a2, ${hex(DATA_VA + 4 * 4096)}
+        li t0, 7
+1:      sw t0, -8(a1)                 # the third page is not mapped: a store fault at its first word
+        addi t0, t0, 3
+        addi a1, a1, 4
+        bne a1, a2, 1b
+        exiti 1
+handler:
+        csrrs s2, cause, zero
+        csrrs s3, tval, zero
+        csrrs gp, epc, zero
+        exiti 0
+`, (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
+      for (let page = 0; page < 2; page++) tables.map(DATA_VA + page * 4096, 0x30_0000 + page * 4096, flags);
+    });
+    const report = lockstep(pair, 19, 1_000_000);
+    expect(report.divergence).toBeNull();
+    expect(report.end).toBe('halted');
+    const regs = pair.jit.vm.vcpus[0]!.regs;
+    expect(regs[Reg.S0 + 3]! >>> 0).toBe(DATA_VA + 2 * 4096);
+    expect(regs[Reg.T0]).toBe(7 + 3 * 2048);
+    expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(0);
+  });
+
+  it('reuses a compiled function wherever the same code runs again, in any hypervisor, with the same results', () => {
+    const source = `
+_start: la a1, data
+        li s1, 3000
+1:      lw t1, 0(a1)
+        add t0, t0, t1
+        sw t0, 0(a1)
+        addi s1, s1, -1
+        bne s1, zero, 1b
+        exiti 0
+        .align 12
+data:   .word 7
+`;
+    forgetCompiledFunctions();
+    const first = bootTier(source, 'jit');
+    expect(first.run({ maxInstructions: 100_000 }).reason.kind).toBe('halted');
+    expect(first.hv.jitStats().regionsCompiled).toBeGreaterThan(0);
+    expect(first.hv.jitStats().regionsReused).toBe(0);
+    const again = bootTier(source, 'jit');
+    expect(again.run({ maxInstructions: 100_000 }).reason.kind).toBe('halted');
+    expect(again.hv.jitStats().regionsReused).toBe(again.hv.jitStats().regionsCompiled);
+    expect(again.vm.vcpus[0]!.saveState()).toEqual(first.vm.vcpus[0]!.saveState());
+    // Forgotten: compiled afresh.
+    forgetCompiledFunctions();
+    const cold = bootTier(source, 'jit');
+    expect(cold.run({ maxInstructions: 100_000 }).reason.kind).toBe('halted');
+    expect(cold.hv.jitStats().regionsReused).toBe(0);
+  });
+
+  it('times slices and compiled code only when asked (Hypervisor.timeTiers)', () => {
+    const source = `
+_start: li s1, 300000
+1:      addi a2, a2, 3
+        xor a3, a3, a2
+        addi s1, s1, -1
+        bne s1, zero, 1b
+        exiti 0
+`;
+    const quiet = bootTier(source, 'jit');
+    expect(quiet.run({ maxInstructions: 2_000_000 }).reason.kind).toBe('halted');
+    expect(quiet.hv.sliceMs).toBe(0);
+    expect(quiet.hv.jitStats().compiledMs).toBe(0);
+    const timed = bootTier(source, 'jit');
+    timed.hv.timeTiers = true;
+    expect(timed.run({ maxInstructions: 2_000_000 }).reason.kind).toBe('halted');
+    const compiledMs = timed.hv.jitStats().compiledMs;
+    expect(compiledMs).toBeGreaterThan(0);
+    expect(timed.hv.sliceMs).toBeGreaterThanOrEqual(compiledMs);
   });
 
   it('stops on the exact instruction budget in compiled loops', () => {

@@ -108,6 +108,35 @@ describe('tools/run --stats --json', () => {
     expect(numbers(memory.get('guest pages shared copy-on-write')!)).toEqual([vm.memory.pages_shared]);
   });
 
+  it('names the execution tier; under jit it shows what was compiled and how the slices\' time split', async () => {
+    const [jit, interp] = await Promise.all([
+      runTool([KERNEL, '--input', '', '--stats', '--json', '--tier', 'jit', ...PROGRAMS]),
+      runTool([KERNEL, '--input', '', '--stats', '--json', '--tier', 'interp', ...PROGRAMS]),
+    ]);
+    expect(jit.code).toBe(0);
+    expect(interp.code).toBe(0);
+    expect(jit.stdout).toBe(interp.stdout);
+    const compiled = documentOf(jit);
+    const interpreted = documentOf(interp);
+    expect(compiled.run.instructions).toBe(interpreted.run.instructions);
+    expect((compiled.run as { tier?: string }).tier).toBe('jit');
+    expect((interpreted.run as { tier?: string }).tier).toBe('interp');
+    const j = compiled.host.jit;
+    expect(j.regions_compiled).toBeGreaterThan(0);
+    expect(j.instructions_compiled).toBeGreaterThan(compiled.run.instructions / 2);
+    expect(j.timed).toBe(true);
+    expect(j.compiled_ms).toBeGreaterThan(0);
+    expect(j.interpreter_ms).toBeGreaterThanOrEqual(0);
+    expect(j.compiled_ms + j.interpreter_ms + j.compile_ms).toBeLessThanOrEqual(compiled.run.wall_ms + 1);
+    expect(interpreted.host.jit).toMatchObject({ regions_compiled: 0, instructions_compiled: 0, compiled_ms: 0, timed: true });
+    // The table shows the same figures (seconds, 3 decimals).
+    const jitTables = await runTool([KERNEL, '--input', '', '--stats', '--tier', 'jit', ...PROGRAMS]);
+    const run = new Map(tablesOf(jitTables.stderr).get('run')!.map(([label, ...cells]) => [label!, cells.join('  ')]));
+    expect(run.get('tier')).toBe('jit');
+    expect(run.get('time compiled / interpreted')).toMatch(/^\d+\.\d{3} s \/ \d+\.\d{3} s$/);
+    expect(numbers(run.get('compiled regions (instructions)')!)).toHaveLength(3);
+  });
+
   it('an ending other than a power-off: the error line, then the document with its message', async () => {
     const outcome = await runTool([KERNEL, '--input', '', '--stats', '--json', '--max-insns', '20000', ...PROGRAMS]);
     expect(outcome.code).toBe(4);

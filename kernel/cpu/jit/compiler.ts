@@ -17,7 +17,7 @@
  * the module refuses to load if an instruction of the table has no rule.
  */
 import { Cause } from '../../../guest-isa/arch.ts';
-import { BY_OPCODE, Flag, INSTRUCTIONS } from '../../../guest-isa/opcodes.ts';
+import { BY_MNEMONIC, BY_OPCODE, Flag, INSTRUCTIONS } from '../../../guest-isa/opcodes.ts';
 import { REG_SINK, WORDS_PER_PAGE } from '../decode-cache.ts';
 
 /** Instructions in one compiled region at most (V8 stops optimising very large functions). */
@@ -52,6 +52,9 @@ const BRANCH_COND: Readonly<Record<string, string>> = {
 
 /** ALU instructions whose second operand is the decoded immediate (I, SHIFT and U formats). */
 const IMMEDIATE_FORMATS = new Set(['I', 'SHIFT', 'U']);
+
+/** Opcodes the strip-miner recognises by mnemonic (induction steps). */
+const BY_MNEMONIC_OPCODE = { addi: BY_MNEMONIC.get('addi')!.opcode } as const;
 
 /** Per opcode byte: OpClass, derived from the table once. */
 const classOf = new Uint8Array(256); // OpClass.EXIT (0) for unassigned opcodes, ILLEGAL and PAGE_END
@@ -101,6 +104,12 @@ export interface RegionSource {
 
 function reg(r: number): string {
   return r === 0 ? '0' : `r${r}`;
+}
+
+/** `rd = <the ALU result>;` for the instruction at word `i` of the page (rd not the sink). */
+function aluStatement(op: number, rd: number, rs1: number, rs2: number, imm: number, i: number): string {
+  const b = usesImm[op] === 1 ? `(${imm})` : reg(rs2);
+  return `r${rd} = ${ALU_EXPR[BY_OPCODE[op]!.mnemonic]!.replace(/\ba\b/g, reg(rs1)).replace(/\bb\b/g, b).replace(/\bpc\b/g, `((pageVa + ${i * 4}) | 0)`)};`;
 }
 
 /**
@@ -159,7 +168,8 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push(`let ${Array.from({ length: 15 }, (_, k) => `r${k + 1} = 0`).join(', ')};`);
   out.push('let rTag = 0, rAdd = 0, wTag = 0, wAdd = 0;');
   out.push(reload);
-  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, g = 0, s = 0, t = 0;');
+  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, g = 0, s = 0, t = 0, n = 0;');
+  out.push(`let ${Array.from({ length: Math.max(1, memoryOps(ops, base, indices)) }, (_, k) => `m${k} = 0`).join(', ')};`);
   out.push('exit: for (;;) {');
   out.push('switch (idx) {');
   const loopEnd = innermostLoops(ops, imms, base, member, entry);
@@ -173,7 +183,10 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
     } else if (loopEnd[i]! > 0) {
       // A native loop: its body runs without the switch; only its head is a case.
       openLoop = loopEnd[i]!;
-      out.push(`case ${i}: { loop: for (;;) {`, '{');
+      out.push(`case ${i}: { loop: for (;;) {`);
+      const fast = stripMinedLoop(ops, imms, base, i, openLoop);
+      if (fast !== null) out.push(fast);
+      out.push('{');
     } else {
       out.push(`case ${i}: {`);
     }
@@ -203,10 +216,7 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
       case OpClass.NOP:
         break;
       case OpClass.ALU: {
-        if (rd === REG_SINK) break;
-        const b = usesImm[op] === 1 ? `(${imm})` : reg(rs2);
-        const expr = ALU_EXPR[BY_OPCODE[op]!.mnemonic]!.replace(/\ba\b/g, reg(rs1)).replace(/\bb\b/g, b).replace(/\bpc\b/g, pcExpr);
-        out.push(`${dst} = ${expr};`);
+        if (rd !== REG_SINK) out.push(aluStatement(op, rd, rs1, rs2, imm, i));
         break;
       }
       case OpClass.LOAD: {
@@ -291,6 +301,166 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push('J.idx = idx; J.blockStart = blockStart; J.retired = retired; J.hits = hits;');
   out.push('return res;');
   return { source: out.join('\n'), words: indices.length };
+}
+
+/** Loads and stores among a region's instructions (each strip-mined loop's ops get a local m<k>). */
+function memoryOps(ops: Int32Array, base: number, indices: readonly number[]): number {
+  let count = 0;
+  for (const i of indices) {
+    if (i === WORDS_PER_PAGE) continue;
+    const cls = opClass(ops[base + i]! & 0xff);
+    if (cls === OpClass.LOAD || cls === OpClass.STORE) count++;
+  }
+  return count;
+}
+
+/** Strip-mined iterations at most per pass (keeps the count a small integer). */
+const MAX_STRIP = 1 << 16;
+
+/**
+ * The fast version of a native loop T..B (B its backward branch), or null when the loop does not
+ * qualify. A loop qualifies when it loads or stores, every load and store addresses through a
+ * register the body does not write (invariant) or writes exactly once with `addi r, r, c`
+ * (an induction variable) with c a multiple of the access width, and the body has no AMO.
+ * Then, at the loop head, for as many iterations n as every access stays in the page it is in now
+ * (whose translation hits the TLB now: aligned, permitted, for a store writable without a slow
+ * path) and as the check limit allows, the body runs with each access's host address computed from
+ * the register alone: no tag compare. The TLB cannot change during those iterations, since it only
+ * changes in slow paths and the fast body has none; a TLB-hitting store cannot touch decoded code
+ * (the write TLB never maps a page that holds some). `retired` and `hits` advance per iteration as
+ * in the checked body, so every exit leaves the interpreter's state; when n runs out the checked
+ * loop head decides again (a page crossing takes one checked iteration).
+ */
+function stripMinedLoop(ops: Int32Array, imms: Int32Array, base: number, head: number, branch: number): string | null {
+  const writes = new Uint8Array(17);
+  const stride = new Int32Array(17);
+  const strideAt = new Int32Array(17); // body position of the induction addi
+  const addiOp = BY_MNEMONIC_OPCODE.addi;
+  let accesses = 0;
+  for (let k = head; k < branch; k++) {
+    const w = ops[base + k]!;
+    const op = w & 0xff;
+    const cls = opClass(op);
+    if (cls === OpClass.AMO) return null;
+    if (cls === OpClass.LOAD || cls === OpClass.STORE) accesses++;
+    if (cls === OpClass.STORE || cls === OpClass.NOP) continue;
+    const rd = (w >> 8) & 31;
+    if (rd === REG_SINK) continue;
+    writes[rd]!++;
+    if (op === addiOp && ((w >> 13) & 31) === rd) { stride[rd] = imms[base + k]!; strideAt[rd] = k; } else stride[rd] = 0x7fffffff; // not an induction step
+  }
+  if (accesses === 0) return null;
+  const length = branch - head + 1;
+  const setup: string[] = [];
+  const body: string[] = [];
+  // What each register holds at this point of an iteration, as far as addresses go: an invariant
+  // register (or none) plus an offset in [lo, hi] that moves in steps of `align` — the shape of a
+  // table lookup, `andi t, x, MASK; slli t, t, K; add t, t, TABLE` (CRC-32's). UNKNOWN otherwise.
+  const UNKNOWN = -2;
+  const NO_BASE = -1;
+  const fBase = new Int32Array(17).fill(UNKNOWN);
+  const fLo = new Float64Array(17);
+  const fHi = new Float64Array(17);
+  const fAlign = new Float64Array(17);
+  for (let r = 0; r < 16; r++) {
+    if (r === 0) { fBase[0] = NO_BASE; fAlign[0] = 1 << 30; } else if (writes[r] === 0) { fBase[r] = r; fAlign[r] = 1 << 30; }
+  }
+  let m = 0;
+  for (let k = head; k < branch; k++) {
+    const w = ops[base + k]!;
+    const op = w & 0xff;
+    const cls = opClass(op);
+    const rd = (w >> 8) & 31;
+    const rs1 = (w >> 13) & 31;
+    const rs2 = (w >> 18) & 31;
+    const imm = imms[base + k]!;
+    if (cls === OpClass.ALU) {
+      if (rd !== REG_SINK) {
+        body.push(aluStatement(op, rd, rs1, rs2, imm, k));
+        trackOffset(op, rd, rs1, rs2, imm, fBase, fLo, fHi, fAlign, stride[rd] !== 0x7fffffff && writes[rd] === 1);
+      }
+      continue;
+    }
+    if (cls !== OpClass.LOAD && cls !== OpClass.STORE) continue; // NOP
+    const width = memWidthOf[op]!;
+    let c = 0;
+    let ranged = false;
+    if (rs1 !== 0 && writes[rs1]! > 0) {
+      if (writes[rs1] === 1 && stride[rs1] !== 0x7fffffff) {
+        c = stride[rs1]!;
+        if (c % width !== 0) return null;
+      } else if (fBase[rs1]! !== UNKNOWN && fAlign[rs1]! % width === 0 && (fLo[rs1]! + imm) % width === 0 && fHi[rs1]! - fLo[rs1]! < 4096) {
+        ranged = true;
+      } else {
+        return null;
+      }
+    }
+    const load = cls === OpClass.LOAD;
+    const signed = signExtends[op] === 1;
+    const mask = width === 4 ? -4093 : width === 2 ? -4095 : -4096;
+    const view = width === 4 ? 'i32' : width === 2 ? (load && signed ? 'i16' : 'u16') : load && signed ? 'i8' : 'u8';
+    const shift = width === 4 ? 2 : width === 2 ? 1 : 0;
+    const tlb = load ? 'rtlb' : 'wtlb';
+    // The first iteration's address: the induction step already taken when it comes before.
+    const first = c !== 0 && strideAt[rs1]! < k ? imm + c : imm;
+    const inPage = c > 0 ? `((${4096 - width} - (va & 4095)) / ${c} | 0) + 1` : c < 0 ? `((va & 4095) / ${-c} | 0) + 1` : null;
+    const tagged = `${tlb}[e = ((va >>> 12) & 0x3ffff) << 1] !== ((va & ${mask}) | ${load ? 'ctx' : 'wctx'})`;
+    if (ranged) {
+      // Every address the access can take, [base + lo + imm, base + hi + imm + width), in one page that hits.
+      const b = fBase[rs1] === NO_BASE ? '0' : reg(fBase[rs1]!);
+      setup.push(`va = (${b} + (${fLo[rs1]! + imm})) | 0; g = (${b} + (${fHi[rs1]! + imm + width - 1})) | 0; if (((va ^ g) >>> 12) !== 0 || (g >>> 0) < (va >>> 0) || ${tagged}) n = 0; else m${m} = ${tlb}[e + 1] + (${imm});`);
+    } else {
+      setup.push(`va = (${reg(rs1)} + (${first})) | 0; if (${tagged}) n = 0; else { m${m} = ${tlb}[e + 1] + (${imm});${inPage === null ? '' : ` g = ${inPage}; if (g < n) n = g;`} }`);
+    }
+    const at = `[(${reg(rs1)} + m${m}) >>> ${shift}]`;
+    if (load) body.push(`${rd === REG_SINK ? 't' : `r${rd}`} = ${view}${at};`);
+    else body.push(`${view}${at} = ${reg(rs2)};`);
+    if (load && rd !== REG_SINK) fBase[rd] = UNKNOWN; // after its own address was read from it
+    m++;
+  }
+  const bw = ops[base + branch]!;
+  const cond = BRANCH_COND[BY_OPCODE[bw & 0xff]!.mnemonic]!.replace(/\ba\b/g, reg((bw >> 13) & 31)).replace(/\bb\b/g, reg((bw >> 18) & 31));
+  return [
+    `if (blockStart === ${head}) {`,
+    `n = checkLimit - retired - 1; n = n < ${length} ? 0 : n >= ${MAX_STRIP * length} ? ${MAX_STRIP} : (n / ${length}) | 0;`,
+    ...setup,
+    'if (n > 0) { J.strips++; fast: for (;;) {',
+    ...body,
+    `if (${cond}) { retired += ${length}; hits += ${accesses}; if (--n !== 0) continue fast; continue loop; }`,
+    `hits += ${accesses}; break loop; } } }`,
+  ].join('\n');
+}
+
+/**
+ * Updates the address shape of `rd` after an ALU instruction in a strip-mined loop body (see
+ * stripMinedLoop): andi with a non-negative mask gives [0, mask]; slli scales a shape without a
+ * base; add joins a shape without a base to one with; addi shifts. An induction register keeps
+ * no shape (its accesses are handled by stride). Anything else: unknown.
+ */
+function trackOffset(op: number, rd: number, rs1: number, rs2: number, imm: number, fBase: Int32Array, fLo: Float64Array, fHi: Float64Array, fAlign: Float64Array, induction: boolean): void {
+  const UNKNOWN = -2;
+  const NO_BASE = -1;
+  const mnemonic = BY_OPCODE[op]!.mnemonic;
+  let base = UNKNOWN;
+  let lo = 0;
+  let hi = 0;
+  let align = 1;
+  if (induction) {
+    base = UNKNOWN;
+  } else if (mnemonic === 'andi' && imm >= 0) {
+    base = NO_BASE; lo = 0; hi = imm; align = 1;
+  } else if (mnemonic === 'slli' && fBase[rs1] === NO_BASE && fLo[rs1]! >= 0 && fHi[rs1]! * 2 ** imm < 2 ** 24) {
+    base = NO_BASE; lo = fLo[rs1]! * 2 ** imm; hi = fHi[rs1]! * 2 ** imm; align = fAlign[rs1]! * 2 ** imm;
+  } else if (mnemonic === 'addi' && fBase[rs1] !== UNKNOWN) {
+    base = fBase[rs1]!; lo = fLo[rs1]! + imm; hi = fHi[rs1]! + imm; align = fAlign[rs1]!;
+  } else if (mnemonic === 'add' && fBase[rs1] !== UNKNOWN && fBase[rs2] !== UNKNOWN && (fBase[rs1] === NO_BASE || fBase[rs2] === NO_BASE)) {
+    base = fBase[rs1] === NO_BASE ? fBase[rs2]! : fBase[rs1]!;
+    lo = fLo[rs1]! + fLo[rs2]!; hi = fHi[rs1]! + fHi[rs2]!; align = Math.min(fAlign[rs1]!, fAlign[rs2]!);
+  }
+  fBase[rd] = Math.abs(lo) < 2 ** 24 && Math.abs(hi) < 2 ** 24 ? base : UNKNOWN;
+  fLo[rd] = lo;
+  fHi[rd] = hi;
+  fAlign[rd] = align;
 }
 
 /**

@@ -33,10 +33,13 @@ export const JIT_OUTER = 1;
 /** Doublings of the compile threshold of a page whose compiled code keeps going stale. */
 const MAX_BACKOFF = 12;
 
-/** The default tier: 'interp', or 'jit' when the environment says BV_TIER=jit (runs a whole suite under jit). */
+/**
+ * The default tier: 'jit', or 'interp' when the environment says BV_TIER=interp (how CI runs the
+ * whole suite a second time under the interpreter alone).
+ */
 export function defaultTier(): Tier {
   const env = typeof process !== 'undefined' ? process.env.BV_TIER : undefined;
-  return env === 'jit' ? 'jit' : 'interp';
+  return env === 'interp' ? 'interp' : 'jit';
 }
 
 /** Counters of the compiled tier of one hypervisor (Hypervisor.jitStats). */
@@ -53,6 +56,36 @@ export interface JitStats {
   entries: number;
   /** Instructions retired in compiled code. */
   retiredCompiled: number;
+  /** Passes of strip-mined loops (iterations run without TLB compares, up to a page crossing). */
+  strips: number;
+  /** Milliseconds spent in compiled code, while JitCache.timing is on (Hypervisor.timeTiers). */
+  compiledMs: number;
+  /** Of regionsCompiled, those whose function was already in the process (same source, see compiledFunctions). */
+  regionsReused: number;
+}
+
+/** Distinct region functions kept for reuse, process-wide (the oldest is forgotten beyond this). */
+export const MAX_SHARED_FUNCTIONS = 4096;
+
+/**
+ * Compiled functions by their source, shared by every hypervisor of the process. A region
+ * function holds no state of its own (everything comes in as parameters: the vCPU, its runner,
+ * registers, the page's address, the TLBs), so the same source is the same function wherever
+ * the same code runs: in the next VM booted from an image, a fork, a restored checkpoint or a
+ * page rewritten back. Reusing the function object keeps what V8 learned and optimised for it;
+ * `new Function` on the same text would start cold again (interpreted, then optimised only
+ * after it has run a while: the warm-up curve in docs/performance.md).
+ */
+const compiledFunctions = new Map<string, RegionFn>();
+
+function rememberFunction(source: string, fn: RegionFn): void {
+  if (compiledFunctions.size >= MAX_SHARED_FUNCTIONS) compiledFunctions.delete(compiledFunctions.keys().next().value!);
+  compiledFunctions.set(source, fn);
+}
+
+/** Forgets every shared compiled function (the bench's cold-start curve; tests). */
+export function forgetCompiledFunctions(): void {
+  compiledFunctions.clear();
 }
 
 interface Region {
@@ -74,9 +107,14 @@ export class JitCache {
   private slotStale = new Uint8Array(0);
   /** @internal Block entries before compiling (tests lower it to compile nearly everything). */
   threshold = COMPILE_THRESHOLD;
+  /**
+   * Time every call into compiled code (Hypervisor.timeTiers): off by default, since a clock read
+   * can cost more than a short compiled region runs (~0.3-0.5 µs measured on these machines).
+   */
+  timing = false;
   /** @internal Doublings of the threshold for pages whose code keeps changing (tests set 0). */
   maxBackoff = MAX_BACKOFF;
-  readonly stats: JitStats = { regionsCompiled: 0, wordsCompiled: 0, compileMs: 0, invalidations: 0, entries: 0, retiredCompiled: 0 };
+  readonly stats: JitStats = { regionsCompiled: 0, wordsCompiled: 0, compileMs: 0, invalidations: 0, entries: 0, retiredCompiled: 0, strips: 0, compiledMs: 0, regionsReused: 0 };
 
   constructor(readonly code: DecodeCache) {}
 
@@ -123,7 +161,13 @@ export class JitCache {
     const slot = Math.floor(at / DECODED_PAGE_ENTRIES);
     const base = slot * DECODED_PAGE_ENTRIES;
     const generated = generateRegion(this.code.ops, this.code.imms, base, at - base)!;
-    const fn = instantiate(generated.source);
+    let fn = compiledFunctions.get(generated.source);
+    if (fn === undefined) {
+      fn = instantiate(generated.source);
+      rememberFunction(generated.source, fn);
+    } else {
+      this.stats.regionsReused++;
+    }
     const number = this.freeRegions.pop() ?? this.regions.length;
     this.regions[number] = { fn, slot, version: this.code.slotVersion[slot]!, fill: this.code.slotFills[slot]! };
     this.entries[at] = number + 1;
@@ -175,6 +219,8 @@ export class JitRunner {
   blockStart = 0;
   retired = 0;
   hits = 0;
+  /** Strip-mined passes the compiled code started (added to the stats after each call). */
+  strips = 0;
   private readonly cache: JitCache;
 
   constructor(pool: FramePool, code: DecodeCache, readonly mulhSigned: (a: number, b: number) => number, readonly mulhUnsigned: (a: number, b: number) => number) {
@@ -197,8 +243,19 @@ export class JitRunner {
     if (fn === null) return JIT_NONE;
     const stats = this.cache.stats;
     stats.entries++;
-    const to = fn(cpu, this, regs, pageVa, idx, retired, checkLimit, rtlb, wtlb, ctx, wctx);
+    let to: number;
+    if (!this.cache.timing) {
+      to = fn(cpu, this, regs, pageVa, idx, retired, checkLimit, rtlb, wtlb, ctx, wctx);
+    } else {
+      const started = performance.now();
+      to = fn(cpu, this, regs, pageVa, idx, retired, checkLimit, rtlb, wtlb, ctx, wctx);
+      stats.compiledMs += performance.now() - started;
+    }
     stats.retiredCompiled += this.retired - retired;
+    if (this.strips !== 0) {
+      stats.strips += this.strips;
+      this.strips = 0;
+    }
     return to;
   }
 }
