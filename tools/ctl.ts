@@ -151,6 +151,11 @@ function formatMigration(result: MigrationResult): string {
     ['rounds', `${result.rounds + 1} (switch-over: ${result.switchover_reason ?? '-'}, ${formatCount(result.final_pages)} pages while paused)`],
     ['bandwidth', `${result.bandwidth_mib_s} MiB/s`],
     ['auto-converge', result.auto_converged ? `yes, guest throttled up to ${Math.round(result.throttle * 100)} %` : 'no'],
+    ...(result.postcopy === null ? [] : [
+      ['post-copy', `${formatCount(result.postcopy.remote_pages)} pages left remote at the switch-over, ${formatCount(result.postcopy.remote_faults)} remote faults` +
+        `${result.postcopy.fault_latency_p50_ms === null ? '' : ` (latency p50 ${formatMs(result.postcopy.fault_latency_p50_ms)}, p99 ${formatMs(result.postcopy.fault_latency_p99_ms ?? 0)})`}` +
+        `, all in ${formatMs(result.postcopy.push_ms)} after the switch-over${result.resumptions > 0 ? `, ${result.resumptions} resumption(s)` : ''}`] as [string, string],
+    ]),
   ]);
 }
 
@@ -529,7 +534,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   },
   migrate: {
     operands: ['VM', 'DESTINATION'], values: ['--mode', '--downtime-ms', '--max-bandwidth', '--timeout-s'],
-    help: 'move VM to the host receiving migrations at DESTINATION (host:port) while it runs; --mode precopy (default), --downtime-ms N (300), --max-bandwidth BYTES/S, --timeout-s N (PUT /vms/VM/migrate)',
+    help: 'move VM to the host receiving migrations at DESTINATION (host:port) while it runs; --mode precopy (default) or postcopy (again after a failed post-copy: resumes it), --downtime-ms N (300), --max-bandwidth BYTES/S, --timeout-s N (PUT /vms/VM/migrate)',
     run: migrateCommand,
   },
   'receive-migrations': {

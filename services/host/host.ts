@@ -41,9 +41,10 @@ import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import {
-  connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, TransportServer,
+  connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, TransportServer,
   type MigrationFigures, type ReceiveFigures, type TlsFiles,
 } from '../migration/index.ts';
+import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
 interface VmPolicy {
@@ -360,6 +361,8 @@ export interface BalloonStatistics {
 export interface HostStatsReport extends HostStats {
   /** The memory scheduler's state, counters and recent decisions (docs/overcommit.md), or null when it is off. */
   memory_scheduler: MemorySchedulerStats | null;
+  /** Migrations to and from this host since it started (docs/migration.md). */
+  migration: MigrationStatsReport;
 }
 
 /** The status classes of HostError (the HTTP status the API answers with). */
@@ -438,7 +441,7 @@ export interface HostMigrationSettings {
 export interface MigrateRequest {
   /** The destination host's migration address, host:port. */
   destination: string;
-  /** 'precopy' (default) or 'postcopy' (not built yet: refused). */
+  /** 'precopy' (default) or 'postcopy' (one full pass, then the VM runs on the destination and fetches the rest). */
   mode?: 'precopy' | 'postcopy';
   /** The longest acceptable pause, ms (default 300). */
   downtime_ms?: number;
@@ -520,6 +523,10 @@ class HostedVm {
   mrcOptions: NonNullable<MemoryPolicySpec['mrc']> | null = null;
   /** An outgoing migration in progress, or null. */
   migration: PrecopySender | null = null;
+  /** A post-copy that failed after the switch-over: the VM runs on the destination, which still lacks pages kept here. */
+  postcopy: { sender: PrecopySender; destination: string } | null = null;
+  /** Post-copy destination: paused at a page still on the source (the migration wakes it). */
+  waitingForPages = false;
   /** Auto-converge: the share of turns skipped (0: none), and the credit that spreads them. */
   throttle = 0;
   throttleCredit = 0;
@@ -572,6 +579,10 @@ export class Host {
   private readonly incomingNames = new Set<string>();
   private readonly incomingMigrations: ReceiveFigures[] = [];
   private readonly outgoingMigrations: MigrationResult[] = [];
+  /** Migration counters (GET /host/stats). */
+  private readonly migrationCounters = new MigrationCounters();
+  /** Incoming post-copies that failed after the VM started here, by VM name: a new connection from the source resumes them. */
+  private readonly brokenPostcopies = new Map<string, MigrationReceiver>();
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -737,7 +748,7 @@ export class Host {
 
   /** GET /host/stats. */
   hostStats(): HostStatsReport {
-    return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null };
+    return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null, migration: this.migrationCounters.report() };
   }
 
   /** GET /vms/{name}/memory-policy. */
@@ -759,6 +770,7 @@ export class Host {
     };
   }
 
+  /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
   /** PATCH /vms/{name}/tier: switches the VM's execution tier (it takes effect at its next slice). */
   setTier(name: string, tier: Tier): VmInfo {
     const m = this.get(name);
@@ -766,7 +778,6 @@ export class Host {
     return this.vmInfo(name);
   }
 
-  /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
   setMemoryPolicy(name: string, update: MemoryPolicyUpdate): MemoryPolicyInfo {
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'change the memory policy of');
@@ -937,6 +948,9 @@ export class Host {
     if (m.state === 'Stopped') throw this.stoppedError(m, 'resume');
     if (m.state === 'Running') throw new HostError(409, `VM '${name}' is not paused`);
     if (m.migration !== null && m.migration.figures.state === 'switchover') throw new HostError(409, `VM '${name}' is being switched over to another host`);
+    if (m.migration?.figures.state === 'postcopy' || m.postcopy !== null) {
+      throw new HostError(409, `VM '${name}' runs on ${m.postcopy?.destination ?? 'the destination'} now (post-copy); it stays paused here with the pages that host still lacks: migrate it again to resume the post-copy`);
+    }
     m.state = 'Running';
     m.blockedByMemory = false; // the operator's resume overrides the memory scheduler's block
     this.log(`vm ${name}: resumed`);
@@ -1125,9 +1139,11 @@ export class Host {
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'migrate');
     if (m.migration !== null) throw new HostError(409, `VM '${name}' is already being migrated`);
+    if (m.postcopy !== null) return this.resumePostcopy(m, request);
     if (m.live) throw new HostError(409, `VM '${name}' has a snapshot in progress: migrate it when the snapshot is complete`);
     if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it and cannot leave this host`);
-    if ((request.mode ?? 'precopy') !== 'precopy') throw new HostError(400, `mode '${request.mode}' is not built yet: only precopy is`);
+    const mode = request.mode ?? 'precopy';
+    if (mode !== 'precopy' && mode !== 'postcopy') throw new HostError(400, `mode must be precopy or postcopy, got '${String(request.mode)}'`);
     const { host, port } = parseAddress(request.destination, 'destination');
     const channel = await guardPeer(() => connectPeer({ ...this.channelOptions(), host, port }), `migration of '${name}' to ${request.destination}`, 502);
     const wasRunning = m.state === 'Running';
@@ -1142,6 +1158,8 @@ export class Host {
       ...(request.downtime_ms === undefined ? {} : { downtimeMs: request.downtime_ms }),
       ...(request.max_bandwidth === undefined ? {} : { maxBandwidth: request.max_bandwidth }),
       ...(request.timeout_s === undefined ? {} : { timeoutS: request.timeout_s }),
+      mode,
+      onSwitchedOver: () => this.log(`vm ${name}: runs on ${request.destination} now (post-copy); pushing the pages it lacks`),
     };
     const sender = guard(() => new PrecopySender(m.vm, channel, {
       pause: () => {
@@ -1160,9 +1178,10 @@ export class Host {
       },
     }, options), `migration of '${name}'`);
     m.migration = sender;
-    this.log(`vm ${name}: migrating to ${request.destination} (pre-copy)`);
+    this.log(`vm ${name}: migrating to ${request.destination} (${mode === 'postcopy' ? 'post-copy' : 'pre-copy'})`);
     try {
       const figures = await sender.run();
+      this.migrationCounters.noteSent(figures);
       const result = this.noteOutgoing({ name, destination: request.destination, ...figures });
       this.log(`vm ${name}: migrated to ${request.destination} in ${figures.total_ms} ms (downtime ${figures.downtime_ms} ms, ${figures.rounds + 1} rounds, ${figures.bytes_sent} bytes)`);
       if (this.machines.get(name) === m) {
@@ -1171,8 +1190,14 @@ export class Host {
       }
       return result;
     } catch (error) {
+      this.migrationCounters.noteSent(sender.figures);
       this.noteOutgoing({ name, destination: request.destination, ...sender.figures });
       const message = error instanceof Error ? error.message : String(error);
+      if (sender.ambiguous && sender.figures.postcopy !== null) {
+        m.postcopy = { sender, destination: request.destination };
+        this.log(`vm ${name}: post-copy to ${request.destination} failed after the switch-over: the VM stays paused here with every page (${message})`);
+        throw new HostError(502, `post-copy of '${name}' to ${request.destination} failed after the switch-over: the VM runs there and this host keeps it paused with the pages it lacks; migrate it again to resume: ${message}`, { cause: error });
+      }
       if (sender.ambiguous) {
         this.log(`vm ${name}: migration to ${request.destination} failed after the switch-over began: the VM stays paused here (${message})`);
         throw new HostError(502, `migration of '${name}' to ${request.destination} failed after its state was sent: the destination may be running it, so it stays paused here (resume it only if the destination does not have it): ${message}`, { cause: error });
@@ -1183,6 +1208,34 @@ export class Host {
     } finally {
       m.migration = null;
       m.throttle = 0;
+    }
+  }
+
+  /** A post-copy that failed after its switch-over carries on over a new connection (PUT /vms/{name}/migrate again). */
+  private async resumePostcopy(m: HostedVm, request: MigrateRequest): Promise<MigrationResult> {
+    const { sender, destination } = m.postcopy!;
+    if (request.destination !== destination) throw new HostError(409, `VM '${m.name}' runs on ${destination} now (post-copy): only a migration to it can resume`);
+    const { host, port } = parseAddress(destination, 'destination');
+    const channel = await guardPeer(() => connectPeer({ ...this.channelOptions(), host, port }), `post-copy of '${m.name}' to ${destination}`, 502);
+    m.migration = sender;
+    this.log(`vm ${m.name}: resuming its post-copy to ${destination}`);
+    try {
+      const figures = await sender.resumePostcopy(channel);
+      this.migrationCounters.noteSent(figures);
+      const result = this.noteOutgoing({ name: m.name, destination, ...figures });
+      this.log(`vm ${m.name}: post-copy to ${destination} completed after ${figures.resumptions} resumption(s)`);
+      m.postcopy = null;
+      if (this.machines.get(m.name) === m) {
+        this.machines.delete(m.name);
+        this.dispose(m, `VM '${m.name}' migrated to ${destination}`);
+      }
+      return result;
+    } catch (error) {
+      this.noteOutgoing({ name: m.name, destination, ...sender.figures });
+      const message = error instanceof Error ? error.message : String(error);
+      throw new HostError(502, `post-copy of '${m.name}' to ${destination} failed again: this host keeps the VM paused with the pages it lacks; migrate it again to resume: ${message}`, { cause: error });
+    } finally {
+      m.migration = null;
     }
   }
 
@@ -1256,6 +1309,16 @@ export class Host {
         this.incomingNames.delete(reserved!);
         this.add(incoming!);
       },
+      findPostcopy: (name) => this.brokenPostcopies.get(name) ?? null,
+      wake: (vm) => {
+        const m = this.byVm(vm);
+        if (m === undefined) return;
+        if (m.waitingForPages) {
+          m.waitingForPages = false;
+          if (m.state === 'Paused') m.state = 'Running';
+          this.kick();
+        } else if (vm.stopReason.kind === 'paused' && vm.stopReason.reason === REMOTE_PAGE_WAIT_REASON) vm.resume();
+      },
       discard: (vm) => {
         if (reserved !== null) this.incomingNames.delete(reserved);
         const m = incoming;
@@ -1269,8 +1332,23 @@ export class Host {
     if (this.incomingMigrations.length > 16) this.incomingMigrations.shift();
     try {
       const vm = await receiver.run();
+      const resumed = this.brokenPostcopies.get(vm.name);
+      if (resumed !== undefined && resumed !== receiver) {
+        this.brokenPostcopies.delete(vm.name);
+        this.migrationCounters.noteReceived(resumed.figures);
+        this.log(`vm ${vm.name}: post-copy from ${from} resumed and completed`);
+        return;
+      }
+      this.migrationCounters.noteReceived(receiver.figures);
       this.log(`vm ${vm.name}: migrated in from ${from} (${receiver.figures.pages_received} pages, resumed ${receiver.figures.resume_ms} ms after its state arrived)`);
     } catch (error) {
+      const vm = receiver.vm;
+      if (receiver.figures.postcopy !== null && vm !== null && this.byVm(vm) !== undefined) {
+        this.brokenPostcopies.set(vm.name, receiver);
+        this.log(`host: post-copy of '${vm.name}' from ${from} failed; the VM runs here and waits for ${receiver.figures.postcopy.remote_left} pages the source keeps: ${error instanceof Error ? error.message : String(error)}`);
+        return;
+      }
+      if (receiver.figures.state === 'failed') this.migrationCounters.noteReceived(receiver.figures);
       this.log(`host: incoming migration${reserved === null ? '' : ` of '${reserved}'`} from ${from} failed, nothing kept: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
@@ -1640,7 +1718,14 @@ export class Host {
         break;
       case 'paused':
         // A reset request (devices/power.ts) is carried out here; any other pause is a service's.
-        if (reason.reason === HOST_MEMORY_WAIT_REASON && m.blockedByMemory) {
+        if (reason.reason === REMOTE_PAGE_WAIT_REASON) {
+          // Post-copy: a vCPU touched a page still on the source; the migration wakes it when pages come.
+          m.vm.resume();
+          if (m.state === 'Running') {
+            m.state = 'Paused';
+            m.waitingForPages = true;
+          }
+        } else if (reason.reason === HOST_MEMORY_WAIT_REASON && m.blockedByMemory) {
           // The memory scheduler blocked it at the access that found the pool empty (our Paused
           // state holds it); the kernel's pause is undone so that unblocking is just Running.
           m.vm.resume();

@@ -1149,12 +1149,12 @@ export class MigrationReceiver {
       } else throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} has an unknown record kind ${kind}`);
     }
     if (data !== payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame has ${payload.length - data} bytes after its pages`);
-    if (this.#running && this.#waitingSince !== null && vm.stopReason.kind === 'paused' && vm.stopReason.reason === REMOTE_PAGE_WAIT_REASON) {
+    if (this.#running && this.#waitingSince !== null) {
       // It runs the faulting instruction again: in if its page came, or it waits again (no new request).
       this.figures.postcopy!.wait_ms = round3(this.figures.postcopy!.wait_ms + performance.now() - this.#waitingSince);
       this.#waitingSince = null;
       if (this.#hooks.wake) this.#hooks.wake(vm);
-      else vm.resume();
+      else if (vm.stopReason.kind === 'paused' && vm.stopReason.reason === REMOTE_PAGE_WAIT_REASON) vm.resume();
     }
   }
 }

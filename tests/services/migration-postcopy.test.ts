@@ -69,6 +69,7 @@ async function channelPair(w: World): Promise<{ channel: FramedChannel; receiver
     discard: (vm) => w.hvB.destroyVm(vm),
     findPostcopy: (name) => w.receivers.get(name) ?? null,
     wake: (vm) => {
+      if (vm.stopReason.kind !== 'paused' || vm.stopReason.reason !== REMOTE_PAGE_WAIT_REASON) return;
       vm.resume();
       w.loopB.exits.delete(vm);
       w.loopB.add(vm);
