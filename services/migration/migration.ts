@@ -41,7 +41,7 @@ export const MigrationFrame = {
   READY: FIRST_APP_FRAME_TYPE + 1,
   /** source → destination, binary: page records then page bytes. */
   PAGES: FIRST_APP_FRAME_TYPE + 2,
-  /** source → destination, JSON: a round ended (for the destination's figures). */
+  /** source → destination, JSON: a round ended; the destination answers with the same frame once it has installed the round's pages. */
   ROUND: FIRST_APP_FRAME_TYPE + 3,
   /** source → destination, binary: CONFIG, CPUS and DEVICES records; the guest is paused. */
   STATE: FIRST_APP_FRAME_TYPE + 4,
@@ -320,6 +320,8 @@ export class PrecopySender {
   #remote: number[] | null = null;
   #pushed: Uint8Array | null = null;
   #switchedAt = 0;
+  /** Rounds the destination has acknowledged (ROUND answered). */
+  #acknowledged = 0;
   /** Bytes sent on channels before the current one (post-copy resumption). */
   #bytesBefore = 0;
 
@@ -436,6 +438,7 @@ export class PrecopySender {
         }
         this.#checkAlive(deadline);
       }
+      await this.#roundsAcknowledged();
       if (this.figures.mode === 'postcopy') await this.#postcopy(pending, deadline);
       else await this.#switchOver(pending);
       this.figures.state = 'completed';
@@ -458,6 +461,20 @@ export class PrecopySender {
     if (vm.config.mmu !== undefined) config.mmu = JSON.parse(JSON.stringify(vm.config.mmu)) as JsonObject;
     await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, mode: this.figures.mode }));
     await this.#channel.expect(MigrationFrame.READY, 'READY');
+  }
+
+  /**
+   * Waits for the destination to acknowledge every ROUND sent, i.e. to have installed every page
+   * sent so far: the guest is paused only then, so the downtime is not spent draining the
+   * rounds' frames still in the socket buffers and the destination's queue.
+   */
+  async #roundsAcknowledged(): Promise<void> {
+    while (this.#acknowledged < this.figures.rounds + 1) {
+      const frame = await this.#channel.receive();
+      if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${this.#vm.name}: the destination ended the stream during pre-copy`);
+      if (frame.type !== MigrationFrame.ROUND) throw new MigrationError('BV_MIG_PROTOCOL', `${this.#vm.name}: unexpected frame type ${frame.type} during pre-copy`);
+      this.#acknowledged++;
+    }
   }
 
   #openEpoch(): void {
@@ -970,7 +987,11 @@ export class MigrationReceiver {
         const frame = await this.#channel.receive();
         if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source ended the stream before the VM's state`);
         if (frame.type === MigrationFrame.PAGES) this.#applyPages(vm, frame.payload);
-        else if (frame.type === MigrationFrame.ROUND) this.figures.rounds++;
+        else if (frame.type === MigrationFrame.ROUND) {
+          this.figures.rounds++;
+          // Acknowledged once every page before it is in: the source pauses the guest only then.
+          await this.#channel.send(MigrationFrame.ROUND, frame.payload);
+        }
         else if (frame.type === MigrationFrame.REMOTE && this.figures.mode === 'postcopy') {
           const gpns = decodeGpns(frame.payload, vm.memory.pageCount, vm.name);
           if (gpns.length > 0) vm.memory.releasePages(gpns, AbsentState.REMOTE);
