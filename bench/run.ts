@@ -34,6 +34,7 @@ import { formatState, measureState, stateChecks, stateStepCount, type StateFigur
 import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from './api.ts';
 import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
 import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from './errors.ts';
+import { formatMigration, measureMigration, migrationChecks, migrationStepCount, type MigrationBenchFigures } from './migration.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
@@ -96,6 +97,8 @@ export interface BenchReport {
   sharing?: SharingFigures;
   /** Memory errors (issue 12: recovery state upkeep, recovery latency): present only with --only errors. */
   errors?: ErrorFigures;
+  /** Live migration on loopback (issue 14: pre-copy downtime and throughput, post-copy resume and fault latency): with --only migration. */
+  migration?: MigrationBenchFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
@@ -115,7 +118,9 @@ const SHARING_ENTRY = 'sharing';
 const OVERCOMMIT_ENTRY = 'overcommit';
 /** The memory-error figures (issue 12: parity and hash upkeep, recovery latency), run only with --only errors. */
 const ERRORS_ENTRY = 'errors';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY];
+/** The live-migration figures (issue 14), run only with --only migration. */
+const MIGRATION_ENTRY = 'migration';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [], qemu: false };
@@ -154,8 +159,9 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withSharing = options.only.includes(SHARING_ENTRY);
   const withErrors = options.only.includes(ERRORS_ENTRY);
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
+  const withMigration = options.only.includes(MIGRATION_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
   const qemuTools = options.qemu ? detectQemuTools() : null;
   const qemuSelected = qemuTools?.ok ? selected.filter((w) => qemuProgramFor(w.name)) : [];
@@ -190,6 +196,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const errors = withErrors ? measureErrors({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const overcommit = withOvercommit ? measureOvercommit({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const policies = withOvercommit ? measurePolicies({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const migration = withMigration ? await measureMigration({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -208,6 +215,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     api,
     ...(sharing ? { sharing } : {}),
     ...(errors ? { errors } : {}),
+    ...(migration ? { migration } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
     ...(qemu ? { qemu } : {}),
@@ -215,6 +223,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
       ...evaluateChecks(workloads), ...translationChecks(translation), ...(state ? stateChecks(state) : []), ...(api ? apiChecks(api) : []), ...(sharing ? sharingChecks(sharing) : []),
       ...(overcommit ? overcommitChecks(overcommit) : []),
       ...(policies ? policyChecks(policies) : []),
+      ...(migration ? migrationChecks(migration) : []),
       ...(qemu ? qemuChecks(qemu) : []),
     ],
   };
@@ -339,6 +348,10 @@ export function formatReport(report: BenchReport): string {
   if (report.errors) {
     out.push('');
     out.push(...formatErrors(report.errors));
+  }
+  if (report.migration) {
+    out.push('');
+    out.push(...formatMigration(report.migration));
   }
   if (report.sharing) {
     out.push('');
