@@ -120,6 +120,8 @@ export interface Workload<Prepared = unknown> {
   verify(prepared: Prepared, variant: string, guest: GuestRun, js: JsRun): void;
   /** The same algorithm in plain JavaScript (for a translation workload: a model of the guest's results). */
   jsBaseline(prepared: Prepared): JsRun;
+  /** The guest program of a variant, where the workload is one program per variant (bench/warmup.ts runs it in windows). */
+  program?(prepared: Prepared, variant: string): GuestProgram;
 }
 
 /** Stop a guest that runs away after this many instructions (a full bench run needs < 100 M). */
@@ -271,6 +273,7 @@ export function pagingWorkload<Params>(spec: {
       verifyAgainstJs(`${spec.name} ${variant}`, guest, js);
     },
     jsBaseline: (prepared) => jsBaseline(prepared.params),
+    program: (prepared, variant) => prepared.programs.get(variant)!,
   };
 }
 

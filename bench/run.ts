@@ -38,6 +38,7 @@ import { formatMigration, measureMigration, migrationChecks, migrationStepCount,
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
+import { formatWarmup, hasWarmup, measureWarmup, WARMUP_RUNS, type WarmupFigures } from './warmup.ts';
 import { detectQemuTools, formatQemu, QEMU_MACHINE, QEMU_R2_FACTOR, QEMU_TARGET_LOOP_MS, qemuChecks, qemuProgramFor, QemuSide, qemuStepCount } from './qemu.ts';
 import type { QemuFigures, QemuWorkloadFigures } from './qemu.ts';
 
@@ -89,6 +90,8 @@ export interface BenchReport {
     /** Shadow page tables against nested walks on the same guests. */
     shadowVsNested: Comparison[];
   };
+  /** The compiled tier's warm-up curve per workload (issue 13): both tiers from a cold start, in windows. */
+  warmup: WarmupFigures[];
   /** VM state (issues 5 and 8): checkpoint save, live snapshot pause and stalls, fork, lazy restore. */
   state: StateFigures | null;
   /** The control API (issue 9): round trips while four VMs run, its cost to them, the scheduler's own cost. */
@@ -160,7 +163,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withErrors = options.only.includes(ERRORS_ENTRY);
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const withMigration = options.only.includes(MIGRATION_ENTRY);
-  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
     + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
   const qemuTools = options.qemu ? detectQemuTools() : null;
@@ -183,6 +186,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     }
   };
   const workloads = selected.map(measure);
+  const warmup = selected.map((w) => measureWarmup(w, { quick: options.quick }, onStep)).filter((f): f is WarmupFigures => f !== null);
   const qemu: QemuFigures | null = qemuTools === null ? null : {
     tools: qemuTools.ok ? qemuTools.tools : null,
     ...(qemuTools.ok ? {} : { skipped: qemuTools.message }),
@@ -211,6 +215,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     method: { ...counts, quick: options.quick, statistic: 'median' },
     workloads,
     translation: { workloads: translation, techniques: techniqueComparisons(translation), shadowVsNested: shadowNestedComparisons(translation) },
+    warmup,
     state,
     api,
     ...(sharing ? { sharing } : {}),
@@ -332,6 +337,10 @@ export function formatReport(report: BenchReport): string {
           `per run ${count(s['jitRegions'] ?? 0)} regions compiled in ${fixed(s['jitCompileMs'] ?? NaN, 1)} ms, ${fixed((s['jitCompiledShare'] ?? 0) * 100, 1)} % of instructions run compiled`,
       );
     }
+  }
+  if (report.warmup.length > 0) {
+    out.push('');
+    out.push(...formatWarmup(report.warmup));
   }
   if (report.translation.workloads.length > 0) {
     out.push('');

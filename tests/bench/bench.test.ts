@@ -28,7 +28,7 @@ describe('npm run bench', () => {
     expect(status, stderr).toBe(0);
     expect(stderr).toBe(''); // not a terminal: no progress
     const report = JSON.parse(stdout);
-    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'checks']);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'warmup', 'state', 'api', 'checks']);
     expect(report.machine.node).toBe(process.version);
     for (const when of ['start', 'end']) {
       expect(report.machine.load[when]).toHaveLength(3);
@@ -66,6 +66,22 @@ describe('npm run bench', () => {
       expect(jitOn.guestStats.jitRegions).toBeGreaterThan(0);
       expect(typeof workload.jitSpeedup).toBe('number');
       expect(typeof workload.jitPagingCost).toBe('number');
+    }
+    // The warm-up curve: both tiers from a cold start, windows ending in order at the guest's exit.
+    expect(report.warmup.map((w: { workload: string }) => w.workload)).toEqual(['crc32', 'prefix-sum', 'walker', 'mulh']);
+    for (const curve of report.warmup) {
+      const workload = report.workloads.find((w: { name: string }) => w.name === curve.workload);
+      const ends = curve.windows.map((w: { end: number }) => w.end);
+      expect(ends.length).toBeGreaterThan(0);
+      expect([...ends].sort((a, b) => a - b)).toEqual(ends);
+      expect(ends.at(-1)).toBe(workload.variants[3].instructions);
+      for (const window of curve.windows) {
+        for (const tier of [window.interp, window.jit]) expect(tier.mips).toBeGreaterThan(0);
+        expect(window.jit.compiledShare).toBeGreaterThanOrEqual(0);
+        expect(window.jit.compiledShare).toBeLessThanOrEqual(1);
+      }
+      // The first window compiles (nothing was compiled before it).
+      expect(curve.windows[0].jit.compileMs).toBeGreaterThan(0);
     }
     expectTranslationSection(report.translation);
     expectStateSection(report.state);
@@ -256,6 +272,7 @@ describe('bench harness', () => {
       method: { warmups: 1, runs: 2, quick: true, statistic: 'median' },
       workloads: [],
       translation: { workloads: [], techniques: [], shadowVsNested: [] },
+      warmup: [],
       state: null,
       api: null,
       checks: [
