@@ -204,6 +204,8 @@ function newFigures(mode: 'precopy' | 'postcopy'): MigrationFigures {
 }
 
 const DEFAULTS = { downtimeMs: 300, timeoutS: 3600, maxRounds: 30, pagesPerFrame: 64 };
+/** Post-copy: the background push waits while more than this is queued in the socket (a request's latency). */
+const PUSH_AHEAD_BYTES = 512 * 1024;
 /** The sender yields to the event loop (the guests) after this much work. */
 const WORK_SLICE_MS = 4;
 /** Auto-converge: QEMU's steps (20 % first, then +10 %, at most 99 %). */
@@ -725,7 +727,14 @@ export class PrecopySender {
         if (urgent.count > 0) await channel.send(MigrationFrame.PAGES, urgent.encode());
         continue;
       }
-      if (next < remote.length) {
+      if (next < remote.length && channel.bufferedBytes > PUSH_AHEAD_BYTES) {
+        // Stay only a little ahead of the link: a requested page must not queue behind megabytes of push.
+        await new Promise<void>((resolve) => {
+          waker.wake = resolve;
+          setTimeout(resolve, 1);
+        });
+        waker.wake = null;
+      } else if (next < remote.length) {
         while (next < remote.length && batch.count < batch.capacity) {
           if (take(remote[next]!, batch)) postcopy.pages_pushed++;
           next++;

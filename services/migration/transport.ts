@@ -299,6 +299,11 @@ export class FramedChannel {
     return this.#error;
   }
 
+  /** Bytes handed to the socket and not yet written out (a sender that wants to stay only a little ahead reads it). */
+  get bufferedBytes(): number {
+    return this.#socket.writableLength;
+  }
+
   /** Whether frames may still be sent (not closed, not failed). */
   get open(): boolean {
     return this.#error === null && !this.#closed;
