@@ -403,6 +403,8 @@ export class PrecopySender {
       for (let round = 0; ; round++) {
         this.#openEpoch();
         const figures = await this.#sendRound(round, pending, deadline);
+        // The epoch stays open while the destination catches up: writes meanwhile are this round's.
+        await this.#roundsAcknowledged(round);
         pending = this.#closeEpoch();
         figures.dirtied = pending.length;
         this.figures.round_figures.push(figures);
@@ -440,7 +442,6 @@ export class PrecopySender {
         }
         this.#checkAlive(deadline);
       }
-      await this.#roundsAcknowledged();
       if (this.figures.mode === 'postcopy') await this.#postcopy(pending, deadline);
       else await this.#switchOver(pending);
       this.figures.state = 'completed';
@@ -466,12 +467,13 @@ export class PrecopySender {
   }
 
   /**
-   * Waits for the destination to acknowledge every ROUND sent, i.e. to have installed every page
-   * sent so far: the guest is paused only then, so the downtime is not spent draining the
-   * rounds' frames still in the socket buffers and the destination's queue.
+   * Waits for the destination to acknowledge ROUND `round`, i.e. to have installed every page
+   * sent so far, before the round's epoch closes: a switch-over then pauses a guest whose pages
+   * are all in over there, so the downtime is not spent draining the frames still in the socket
+   * buffers and the destination's queue. The epoch must stay open meanwhile: the guest runs.
    */
-  async #roundsAcknowledged(): Promise<void> {
-    while (this.#acknowledged < this.figures.rounds + 1) {
+  async #roundsAcknowledged(round: number): Promise<void> {
+    while (this.#acknowledged < round + 1) {
       const frame = await this.#channel.receive();
       if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${this.#vm.name}: the destination ended the stream during pre-copy`);
       if (frame.type !== MigrationFrame.ROUND) throw new MigrationError('BV_MIG_PROTOCOL', `${this.#vm.name}: unexpected frame type ${frame.type} during pre-copy`);
@@ -1146,6 +1148,27 @@ export class MigrationReceiver {
     void this.#channel.send(MigrationFrame.REQUEST, encodeGpns(gpns)).catch(() => {});
   }
 
+  /**
+   * Pre-copy's common case, a frame of BYTES records for pages the VM does not hold yet (round 0):
+   * installs them on one contiguous run of fresh frames, mapped in one call and filled with one
+   * copy (installPagesInPlace), rather than a frame and a first-touch page fault each. False
+   * (nothing done) when the frame is not like that or the pool has no such run.
+   */
+  #installFresh(vm: Vm, view: DataView, payload: Uint8Array, count: number, dataStart: number): boolean {
+    if (count < 2 || dataStart + count * PAGE_SIZE !== payload.length) return false;
+    const memory = vm.memory;
+    const gpns = new Int32Array(count);
+    for (let i = 0; i < count; i++) {
+      const gpn = view.getUint32(4 + i * RECORD_BYTES, true);
+      if (view.getUint32(8 + i * RECORD_BYTES, true) !== PageKind.BYTES || gpn >= memory.pageCount || memory.stateOf(gpn) !== PageState.UNTOUCHED) return false;
+      gpns[i] = gpn;
+    }
+    if (new Set(gpns).size !== count) return false;
+    const installed = memory.installPagesInPlace(gpns, new Uint8Array(count).fill(1), count, (frames) => frames.set(payload.subarray(dataStart, dataStart + count * PAGE_SIZE)));
+    if (installed) this.figures.pages_received += count;
+    return installed;
+  }
+
   #applyPages(vm: Vm, payload: Uint8Array): void {
     const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     if (payload.length < 4) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame is too short`);
@@ -1154,13 +1177,18 @@ export class MigrationReceiver {
     if (dataStart > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame's records run past its end`);
     let data = dataStart;
     const memory = vm.memory;
+    if (!this.#running && this.#installFresh(vm, view, payload, count, dataStart)) return;
     for (let i = 0; i < count; i++) {
       const gpn = view.getUint32(4 + i * RECORD_BYTES, true);
       const kind = view.getUint32(8 + i * RECORD_BYTES, true);
       if (gpn >= memory.pageCount) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: page ${gpn} is outside the VM's ${memory.pageCount} pages`);
       if (kind === PageKind.BYTES) {
         if (data + PAGE_SIZE > payload.length) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: a PAGES frame holds fewer pages than its records`);
-        if (!this.#running) memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+        if (!this.#running) {
+          // A page sent again: overwrite its frame rather than take a new one and free the old.
+          if (memory.stateOf(gpn) === PageState.PRESENT && memory.isPrivate(gpn)) memory.writePhysical((gpn * PAGE_SIZE) as never, payload.subarray(data, data + PAGE_SIZE));
+          else memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
+        }
         else if (memory.stateOf(gpn) === PageState.REMOTE) {
           // Post-copy: only a page still remote (the guest may have written one that came earlier).
           memory.installPage(gpn, payload.subarray(data, data + PAGE_SIZE));
