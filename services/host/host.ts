@@ -770,7 +770,6 @@ export class Host {
     };
   }
 
-  /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
   /** PATCH /vms/{name}/tier: switches the VM's execution tier (it takes effect at its next slice). */
   setTier(name: string, tier: Tier): VmInfo {
     const m = this.get(name);
@@ -778,6 +777,7 @@ export class Host {
     return this.vmInfo(name);
   }
 
+  /** PATCH /vms/{name}/memory-policy: shares, reservation and limit, checked against the VM's memory. */
   setMemoryPolicy(name: string, update: MemoryPolicyUpdate): MemoryPolicyInfo {
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'change the memory policy of');
