@@ -42,3 +42,16 @@ export {
   type SendOptions,
   type SourceHooks,
 } from './migration.ts';
+export { MigrationCounters, type MigrationStatsReport } from './stats.ts';
+export {
+  REPLICATION_PROTOCOL,
+  REPLICATION_VERSIONS,
+  ReplicaReceiver,
+  ReplicationFrame,
+  ReplicationSender,
+  type ActivateHooks,
+  type ReplicaFigures,
+  type ReplicateOptions,
+  type ReplicationFigures,
+  type ReplicationHooks,
+} from './replication.ts';

@@ -60,8 +60,8 @@ export const MigrationFrame = {
 /** Why a post-copy destination VM is paused: a vCPU touched a page still on the source. */
 export const REMOTE_PAGE_WAIT_REASON = 'waiting for a page from the migration source (post-copy)';
 
-/** What a page record says. */
-const PageKind = {
+/** What a page record says (shared with replication.ts). */
+export const PageKind = {
   /** 4096 bytes follow in the data part. */
   BYTES: 0,
   /** The page is all zeros: the destination drops whatever it holds. */
@@ -69,7 +69,7 @@ const PageKind = {
 } as const;
 
 /** Bytes of one page record: u32 gpn, u32 kind. */
-const RECORD_BYTES = 8;
+export const RECORD_BYTES = 8;
 /** What the source has sent of each page. */
 const SENT_NOTHING = 0;
 const SENT_BYTES = 1;
@@ -239,7 +239,7 @@ function yieldToGuests(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-function isZero(bytes: Uint8Array): boolean {
+export function isZero(bytes: Uint8Array): boolean {
   // Page views into the host pool start on a page boundary: read them four bytes at a time.
   if ((bytes.byteOffset & 3) === 0) {
     const words = new Int32Array(bytes.buffer, bytes.byteOffset, PAGE_SIZE / 4);
@@ -251,7 +251,7 @@ function isZero(bytes: Uint8Array): boolean {
 }
 
 /** Builds PAGES frames: records first, then the bytes of the BYTES pages, copied at add time. */
-class PageBatch {
+export class PageBatch {
   readonly gpns: number[] = [];
   readonly kinds: number[] = [];
   readonly data: Uint8Array;
@@ -837,7 +837,7 @@ function percentile(sorted: readonly number[], p: number): number | null {
 }
 
 /** CONFIG, CPUS and DEVICES records, each with a u32 length. */
-function encodeState(config: JsonObject, cpus: JsonObject[], devices: Uint8Array): Uint8Array {
+export function encodeState(config: JsonObject, cpus: JsonObject[], devices: Uint8Array): Uint8Array {
   const parts = [encodeJson(config), encodeJson(cpus), devices];
   const payload = new Uint8Array(parts.reduce((sum, part) => sum + 4 + part.length, 0));
   const view = new DataView(payload.buffer);
@@ -850,7 +850,7 @@ function encodeState(config: JsonObject, cpus: JsonObject[], devices: Uint8Array
   return payload;
 }
 
-function decodeState(payload: Uint8Array, pageCount: number, where: string): DecodedVmCheckpoint {
+export function decodeState(payload: Uint8Array, pageCount: number, where: string): DecodedVmCheckpoint {
   const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const parts: Uint8Array[] = [];
   let at = 0;
@@ -868,7 +868,7 @@ function decodeState(payload: Uint8Array, pageCount: number, where: string): Dec
   }
 }
 
-function decodeJson(payload: Uint8Array, what: string): JsonObject {
+export function decodeJson(payload: Uint8Array, what: string): JsonObject {
   try {
     const value: unknown = JSON.parse(new TextDecoder().decode(payload));
     if (typeof value === 'object' && value !== null && !Array.isArray(value)) return value as JsonObject;
