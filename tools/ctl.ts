@@ -18,7 +18,7 @@ import { BvError } from '../guest-isa/errors.ts';
 import { apiRequest, type ApiAnswer } from '../services/host/client.ts';
 import type { ConsoleSlice } from '../services/host/console-log.ts';
 import type {
-  BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MigrationResult, MigrationsInfo, MrcInfo, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo,
+  BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MigrationResult, MigrationsInfo, MrcInfo, ReplicasInfo, ReplicationStatus, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo,
 } from '../services/host/host.ts';
 import type { ActiveMemoryStats } from '../services/memory/active.ts';
 import type { VmStats } from '../services/host/stats.ts';
@@ -97,6 +97,7 @@ function originText(vm: VmInfo): string {
     case 'checkpoint': return `checkpoint ${origin.path} (${origin.mode} restore)`;
     case 'fork': return `fork of ${origin.parent}`;
     case 'migration': return `migrated in from ${origin.from}`;
+    case 'replica': return `failed over from ${origin.from} (replica epoch ${origin.epoch})`;
   }
 }
 
@@ -164,6 +165,25 @@ function formatMigrations(info: MigrationsInfo): string {
   for (const m of info.outgoing) lines.push(`out ${m.name} -> ${m.destination}: ${m.state}${m.error === null ? `, ${formatMs(m.total_ms)}, downtime ${m.downtime_ms === null ? '-' : formatMs(m.downtime_ms)}` : `: ${m.error}`}\n`);
   for (const m of info.incoming) lines.push(`in ${m.vm ?? '?'}: ${m.state}, ${formatCount(m.pages_received)} pages${m.error === null ? '' : `: ${m.error}`}\n`);
   for (const r of info.refused) lines.push(`refused ${r.remote}: ${r.message}\n`);
+  return lines.join('');
+}
+
+function formatReplication(r: ReplicationStatus): string {
+  return `VM ${r.name} -> ${r.destination}: ${r.state}${r.error === null ? '' : ` (${r.error})`}\n` + fields([
+    ['interval', formatMs(r.interval_ms)],
+    ['committed epoch', r.committed_epoch === null ? '-' : `${r.committed_epoch} (${r.age_ms === null ? '-' : formatMs(r.age_ms)} old, at ${formatCount(r.committed_instructions ?? 0)} instructions)`],
+    ['epochs', `${formatCount(r.epochs)} (${r.epochs_per_second}/s)`],
+    ['per epoch', `${formatBytes(r.last_epoch_bytes)} last (${formatCount(r.last_epoch_pages)} pages), ${formatBytes(r.mean_epoch_bytes)} mean`],
+    ['pause', `${formatMs(r.last_pause_ms)} last, ${formatMs(r.max_pause_ms)} longest`],
+  ]);
+}
+
+function formatReplicas(info: ReplicasInfo): string {
+  const lines = [`receiving: ${info.listening ?? 'no'}\n`];
+  for (const r of info.replicas) {
+    lines.push(`${r.name ?? '?'} from ${r.from}: ${r.state}, epoch ${r.committed_epoch ?? '-'}${r.age_ms === null ? '' : ` (${formatMs(r.age_ms)} old)`}, ` +
+      `${formatCount(r.epochs)} epochs (${r.epochs_dropped} dropped), ${formatBytes(r.last_epoch_bytes)} last epoch${r.error === null ? '' : `: ${r.error}`}\n`);
+  }
   return lines.join('');
 }
 
@@ -546,6 +566,32 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     operands: [], help: 'incoming and outgoing migrations and refused peers (GET /migrations)',
     run: async (c) => show(c, await c.call<MigrationsInfo>('GET', '/migrations'), formatMigrations),
   },
+  replicate: {
+    operands: ['VM', 'DESTINATION'], values: ['--interval-ms'],
+    help: 'replicate VM to the backup host receiving migrations at DESTINATION (host:port) in epochs every --interval-ms N (100); returns once the backup holds a whole copy (PUT /vms/VM/replicate)',
+    run: async (c) => {
+      const body: Record<string, unknown> = { destination: c.operands[1] };
+      const interval = c.args.value('--interval-ms');
+      if (interval !== undefined) body.interval_ms = parseInteger(interval, '--interval-ms', 1);
+      show(c, await c.call<ReplicationStatus>('PUT', vmPath(c.operands[0]!, '/replicate'), body), formatReplication);
+    },
+  },
+  replication: {
+    operands: ['VM'], help: "VM's replication to its backup: last committed epoch, its age, bytes per epoch (GET /vms/VM/replication)",
+    run: async (c) => show(c, await c.call<ReplicationStatus>('GET', vmPath(c.operands[0]!, '/replication')), formatReplication),
+  },
+  'stop-replication': {
+    operands: ['VM'], help: 'end the replication of VM after the epoch in flight (DELETE /vms/VM/replicate)',
+    run: async (c) => show(c, await c.call<ReplicationStatus>('DELETE', vmPath(c.operands[0]!, '/replicate')), formatReplication),
+  },
+  replicas: {
+    operands: [], help: 'replicas this backup host holds: last complete epoch, its age, bytes per epoch (GET /replicas)',
+    run: async (c) => show(c, await c.call<ReplicasInfo>('GET', '/replicas'), formatReplicas),
+  },
+  activate: {
+    operands: ['VM'], help: "failover: run VM on this backup host from its replica's last complete epoch (POST /replicas/VM/activate)",
+    run: async (c) => show(c, await c.call<VmInfo>('POST', `/replicas/${encodeURIComponent(c.operands[0]!)}/activate`), (vm) => `activated VM ${vm.name} (${originText(vm)})\n`),
+  },
   delete: {
     operands: ['VM'], help: 'stop a VM and free its memory (DELETE /vms/VM)',
     run: async (c) => {
@@ -558,7 +604,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
 /** How --help names the values of the commands' options. */
 const VALUE_NAMES: Readonly<Record<string, string>> = {
   '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N', '--set': 'MIB', '--deflate-on-oom': 'true|false',
-  '--shares': 'N', '--reservation': 'MIB', '--limit': 'MIB|none', '--within': 'X',
+  '--shares': 'N', '--reservation': 'MIB', '--limit': 'MIB|none', '--within': 'X', '--interval-ms': 'N',
 };
 
 /** Every option any command takes (for the parser; each command then refuses the others). */

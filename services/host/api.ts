@@ -15,7 +15,7 @@ import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { Tier } from '../../kernel/index.ts';
-import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate, type MigrateRequest } from './host.ts';
+import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate, type MigrateRequest, type ReplicateRequest } from './host.ts';
 import { MEMORY_ERROR_REQUEST_SCHEMA, type MemoryErrorRequest } from '../recovery/requests.ts';
 import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
 
@@ -406,6 +406,14 @@ const MIGRATE_SCHEMA = {
     timeout_s: { type: 'integer', minimum: 1, maximum: 86_400 },
   },
 };
+/** PUT /vms/{name}/replicate: disaster-recovery replication to a backup host (T-14). */
+const REPLICATE_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['destination'],
+  properties: {
+    destination: { type: 'string', pattern: '^.+:[0-9]{1,5}$' },
+    interval_ms: { type: 'integer', minimum: 1, maximum: 3_600_000 },
+  },
+};
 /** Largest console read per request. */
 const MAX_CONSOLE_READ = 1024 * 1024;
 
@@ -427,6 +435,7 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'POST /vms/{name}/mrc/size': MRC_SIZE_SCHEMA,
   'PUT /migrations/receive': RECEIVE_SCHEMA,
   'PUT /vms/{name}/migrate': MIGRATE_SCHEMA,
+  'PUT /vms/{name}/replicate': REPLICATE_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -527,5 +536,10 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('GET', '/migrations', () => ({ status: 200, body: host.migrations() }))
     .route('PUT', '/vms/{name}/migrate', async ({ params, body }) => ({ status: 200, body: await host.migrate(params['name']!, body as MigrateRequest) }), { schema: MIGRATE_SCHEMA })
     .route('GET', '/vms/{name}/migration', ({ params }) => ({ status: 200, body: host.vmMigration(params['name']!) }))
+    .route('PUT', '/vms/{name}/replicate', async ({ params, body }) => ({ status: 200, body: await host.replicate(params['name']!, body as ReplicateRequest) }), { schema: REPLICATE_SCHEMA })
+    .route('DELETE', '/vms/{name}/replicate', async ({ params }) => ({ status: 200, body: await host.stopReplication(params['name']!) }))
+    .route('GET', '/vms/{name}/replication', ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
+    .route('GET', '/replicas', () => ({ status: 200, body: host.replicas() }))
+    .route('POST', '/replicas/{name}/activate', ({ params }) => ({ status: 200, body: host.activateReplica(params['name']!) }))
     .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
 }

@@ -18,7 +18,7 @@ import {
   attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
-  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm, type Tier,
+  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
@@ -42,9 +42,11 @@ import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import {
   connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, TransportServer,
-  type MigrationFigures, type ReceiveFigures, type TlsFiles,
+  ReplicaReceiver, ReplicationFrame, ReplicationSender,
+  type MigrationFigures, type ReceiveFigures, type ReplicaFigures, type ReplicationFigures, type TlsFiles,
 } from '../migration/index.ts';
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
+import type { JsonObject } from '../checkpoint/format.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
 interface VmPolicy {
@@ -158,6 +160,14 @@ export type VmOrigin =
     kind: 'migration';
     /** The source host's address (and name, if it gave one). */
     from: string;
+  }
+  | {
+    /** Activated from a replica (failover, docs/migration.md "Disaster-recovery replication"). */
+    kind: 'replica';
+    /** The primary host's address (and name, if it gave one). */
+    from: string;
+    /** The epoch it was activated from. */
+    epoch: number;
   };
 
 /** The machine of a hosted VM, as VmInfo shows it. */
@@ -459,6 +469,36 @@ export interface MigrationResult extends MigrationFigures {
   destination: string;
 }
 
+/** PUT /vms/{name}/replicate. */
+export interface ReplicateRequest {
+  /** The backup host's migration address, host:port. */
+  destination: string;
+  /** Host time between epochs, ms (default 100). */
+  interval_ms?: number;
+}
+
+/** GET /vms/{name}/replication: an outgoing replication and its figures. */
+export interface ReplicationStatus extends ReplicationFigures {
+  /** The VM. */
+  name: string;
+  /** The backup host. */
+  destination: string;
+}
+
+/** One replica held by this (backup) host. */
+export interface ReplicaInfo extends ReplicaFigures {
+  /** The primary host's address (and name, if it gave one). */
+  from: string;
+}
+
+/** GET /replicas. */
+export interface ReplicasInfo {
+  /** The address replication streams are received on (the migration listener), or null. */
+  listening: string | null;
+  /** The replicas, in the order they arrived. */
+  replicas: ReplicaInfo[];
+}
+
 /** GET /migrations. */
 export interface MigrationsInfo {
   /** The address incoming migrations are received on, or null. */
@@ -523,6 +563,8 @@ class HostedVm {
   mrcOptions: NonNullable<MemoryPolicySpec['mrc']> | null = null;
   /** An outgoing migration in progress, or null. */
   migration: PrecopySender | null = null;
+  /** Disaster-recovery replication to a backup host (running, or how it ended), or null. */
+  replication: { sender: ReplicationSender; destination: string; done: Promise<void> } | null = null;
   /** A post-copy that failed after the switch-over: the VM runs on the destination, which still lacks pages kept here. */
   postcopy: { sender: PrecopySender; destination: string } | null = null;
   /** Post-copy destination: paused at a page still on the source (the migration wakes it). */
@@ -583,6 +625,8 @@ export class Host {
   private readonly migrationCounters = new MigrationCounters();
   /** Incoming post-copies that failed after the VM started here, by VM name: a new connection from the source resumes them. */
   private readonly brokenPostcopies = new Map<string, MigrationReceiver>();
+  /** Replicas this host holds as a backup, by VM name. */
+  private readonly replicaStreams = new Map<string, { receiver: ReplicaReceiver; from: string }>();
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -1239,6 +1283,107 @@ export class Host {
     }
   }
 
+  // ------------------------------------------------------------------- replication (T-14)
+
+  /**
+   * PUT /vms/{name}/replicate: replicates the VM to the backup host at `destination` (its
+   * migration listener) in epochs every `interval_ms`; resolves once the backup committed epoch 0
+   * (a whole copy), then carries on in the background until DELETE, the VM's end, or a failure.
+   */
+  async replicate(name: string, request: ReplicateRequest): Promise<ReplicationStatus> {
+    const m = this.get(name);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'replicate');
+    const current = m.replication?.sender.figures.state;
+    if (current !== undefined && current !== 'stopped' && current !== 'failed') throw new HostError(409, `VM '${name}' is already being replicated to ${m.replication!.destination}`);
+    if (m.migration !== null || m.postcopy !== null) throw new HostError(409, `VM '${name}' is being migrated`);
+    if (m.live) throw new HostError(409, `VM '${name}' has a snapshot in progress: replicate it when the snapshot is complete`);
+    if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it and cannot be replicated`);
+    if (m.vm.memory.writeEpochActive) throw new HostError(409, `VM '${name}' has a write epoch open (a snapshot or a migration)`);
+    const { host, port } = parseAddress(request.destination, 'destination');
+    const channel = await guardPeer(() => connectPeer({ ...this.channelOptions(), host, port }), `replication of '${name}' to ${request.destination}`, 502);
+    let committed!: () => void;
+    const firstCommit = new Promise<void>((resolve) => (committed = resolve));
+    let sender: ReplicationSender;
+    try {
+      // Each epoch's capture is synchronous: the scheduler runs guests on this thread between
+      // awaits, so the VM is paused for the capture without a state change.
+      sender = guard(() => new ReplicationSender(m.vm, channel, { pause: () => {}, resume: () => {} }, {
+        intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m), onCommitted: (epoch) => epoch === 0 && committed(),
+      }), `replication of '${name}'`);
+    } catch (error) {
+      channel.destroy();
+      throw error instanceof HostError ? error : new HostError(400, `replication of '${name}': ${(error as Error).message}`, { cause: error });
+    }
+    const done = sender.run().then(
+      (figures) => this.log(`vm ${name}: replication to ${request.destination} stopped after ${figures.epochs} epochs`),
+      (error: unknown) => this.log(`vm ${name}: replication to ${request.destination} failed after ${sender.figures.epochs} epochs; the VM carries on here: ${error instanceof Error ? error.message : String(error)}`),
+    );
+    m.replication = { sender, destination: request.destination, done };
+    this.log(`vm ${name}: replicating to ${request.destination} every ${sender.figures.interval_ms} ms`);
+    await Promise.race([firstCommit, done]);
+    if (sender.figures.state === 'failed') throw new HostError(502, `replication of '${name}' to ${request.destination} failed; the VM carries on here: ${sender.figures.error ?? ''}`);
+    return this.vmReplication(name);
+  }
+
+  /** DELETE /vms/{name}/replicate: ends the replication after the epoch in flight. */
+  async stopReplication(name: string): Promise<ReplicationStatus> {
+    const m = this.get(name);
+    if (m.replication === null) throw new HostError(404, `VM '${name}' is not being replicated`);
+    m.replication.sender.stop();
+    await m.replication.done;
+    return this.vmReplication(name);
+  }
+
+  /** GET /vms/{name}/replication: the VM's replication (running, or how it ended). */
+  vmReplication(name: string): ReplicationStatus {
+    const m = this.get(name);
+    if (m.replication === null) throw new HostError(404, `VM '${name}' is not being replicated`);
+    return { name, destination: m.replication.destination, ...m.replication.sender.status() };
+  }
+
+  /** GET /replicas: the replicas this host holds as a backup. */
+  replicas(): ReplicasInfo {
+    return {
+      listening: this.migrationListener === null ? null : this.listeningAddress(),
+      replicas: [...this.replicaStreams.values()].map(({ receiver, from }) => ({ from, ...receiver.status() })),
+    };
+  }
+
+  /** POST /replicas/{name}/activate: failover; runs the VM here from the replica's last complete epoch. */
+  activateReplica(name: string): VmInfo {
+    const entry = this.replicaStreams.get(name);
+    if (entry === undefined) throw new HostError(404, `no replica of '${name}' on this host`);
+    const figures = entry.receiver.figures;
+    if (figures.state === 'activated') throw new HostError(409, `the replica of '${name}' was activated already`);
+    if (figures.committed_epoch === null) throw new HostError(409, `the replica of '${name}' has no complete epoch yet: nothing to activate`);
+    const epoch = figures.committed_epoch;
+    let made: HostedVm | null = null;
+    guard(() => entry.receiver.activate({
+      create: (config, attach) => {
+        made = this.makeIncoming(config, attach, { kind: 'replica', from: entry.from, epoch }, 'activation of the replica');
+        return made.vm;
+      },
+      start: () => this.add(made!),
+      discard: (vm) => {
+        made?.devices.console.stop();
+        made?.devices.block?.close();
+        if (this.hv.vms.includes(vm)) this.hv.destroyVm(vm);
+      },
+    }), `activation of the replica of '${name}'`);
+    this.log(`vm ${name}: activated from its replica (epoch ${epoch}, ${figures.age_ms ?? '?'} ms old, from ${entry.from})`);
+    return this.describe(made!);
+  }
+
+  /** What a host receiving this VM needs to attach the same devices and services. */
+  private attachOf(m: HostedVm): JsonObject {
+    return {
+      boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+      active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
+      mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
+      policy: { shares: m.policy.shares, minPages: m.policy.minPages, maxPages: m.policy.maxPages },
+    };
+  }
+
   private noteOutgoing(result: MigrationResult): MigrationResult {
     this.outgoingMigrations.push(result);
     if (this.outgoingMigrations.length > 16) this.outgoingMigrations.shift();
@@ -1270,37 +1415,90 @@ export class Host {
     }
   }
 
-  /** One incoming migration: an empty VM with the source's devices, filled, then run. */
+  /** One incoming stream: a replication (told by its first frame) or a migration. */
   private async receiveOne(channel: Awaited<ReturnType<TransportServer['accept']>>): Promise<void> {
+    let first;
+    try {
+      first = await channel.receive();
+    } catch (error) {
+      this.log(`host: an incoming stream from ${channel.remote} failed before its first frame: ${error instanceof Error ? error.message : String(error)}`);
+      channel.destroy();
+      return;
+    }
+    if (first === null) {
+      channel.destroy();
+      return;
+    }
+    if (first.type === ReplicationFrame.BEGIN) return this.receiveReplica(channel, first.payload);
+    channel.unreceive(first);
+    return this.receiveMigration(channel);
+  }
+
+  /** One incoming replication stream: kept as a replica until activated (POST /replicas/{name}/activate). */
+  private async receiveReplica(channel: Awaited<ReturnType<TransportServer['accept']>>, begin: Uint8Array): Promise<void> {
+    const from = `${channel.peer?.name ?? '?'}@${channel.remote}`;
+    let name = '?';
+    try {
+      const parsed = JSON.parse(new TextDecoder().decode(begin)) as { config?: { name?: unknown } };
+      if (typeof parsed.config?.name === 'string') name = parsed.config.name;
+    } catch {
+      // the receiver refuses it below
+    }
+    const previous = this.replicaStreams.get(name);
+    if (previous !== undefined && previous.receiver.figures.state === 'receiving') {
+      this.log(`host: refused a replication of '${name}' from ${from}: one from ${previous.from} is being received`);
+      await channel.abort('BV_MIG_BAD_REQUEST', `this host already receives a replication of '${name}' (from ${previous.from})`);
+      return;
+    }
+    const receiver = new ReplicaReceiver(channel);
+    this.replicaStreams.set(name, { receiver, from });
+    this.log(`host: receiving a replication of '${name}' from ${from}`);
+    const figures = await receiver.run(begin);
+    if (figures.state !== 'activated') this.log(`host: the replication of '${name}' from ${from} ended (${figures.error ?? 'no reason'}); epoch ${figures.committed_epoch ?? 'none'} is kept`);
+  }
+
+  /**
+   * An empty VM arriving from another host (a migration, a replica's activation), with the devices
+   * and services `attach` names: not added to the host yet.
+   */
+  private makeIncoming(config: VmConfig, attach: JsonObject, origin: VmOrigin, what: string): HostedVm {
+    const name = String(config.name);
+    this.checkNewName(name);
+    this.checkFits(config.memoryBytes, `${what} of '${name}'`);
+    const vm = guard(() => this.hv.createVm({ name, memoryBytes: config.memoryBytes, vcpus: config.vcpus ?? 1, largePages: config.largePages ?? 'superpages', ...(config.mmu === undefined ? {} : { mmu: config.mmu }) }), `incoming VM '${name}'`);
+    try {
+      const log = new ConsoleLog(this.settings.consoleBufferBytes);
+      const disk = typeof attach.disk === 'string' ? attach.disk : null;
+      const bootArgs = typeof attach.boot_args === 'string' ? attach.boot_args : '';
+      const devices = guard(() => attachStandardDevices(vm, this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true)), `incoming VM '${name}'`);
+      const m = new HostedVm(name, vm, devices, log, origin, disk, null, false, null);
+      const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
+      if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
+      const mrc = attach.mrc as NonNullable<MemoryPolicySpec['mrc']> | null | undefined;
+      if (mrc != null) {
+        m.mrc = this.attachMrc(vm, mrc);
+        m.mrcOptions = mrc;
+      }
+      const policy = attach.policy as Partial<VmPolicy> | undefined;
+      if (policy !== undefined) m.policy = { shares: policy.shares ?? null, minPages: policy.minPages ?? 0, maxPages: policy.maxPages ?? null };
+      return m;
+    } catch (error) {
+      this.hv.destroyVm(vm);
+      throw error;
+    }
+  }
+
+  /** One incoming migration: an empty VM with the source's devices, filled, then run. */
+  private async receiveMigration(channel: Awaited<ReturnType<TransportServer['accept']>>): Promise<void> {
     let incoming: HostedVm | null = null;
     let reserved: string | null = null;
     const from = `${channel.peer?.name ?? '?'}@${channel.remote}`;
     const receiver = new MigrationReceiver(channel, {
       create: (config, attach) => {
         const name = String(config.name);
-        this.checkNewName(name);
-        this.checkFits(config.memoryBytes, `incoming migration of '${name}'`);
-        const vm = guard(() => this.hv.createVm({ name, memoryBytes: config.memoryBytes, vcpus: config.vcpus ?? 1, largePages: config.largePages ?? 'superpages', ...(config.mmu === undefined ? {} : { mmu: config.mmu }) }), `incoming VM '${name}'`);
-        try {
-          const log = new ConsoleLog(this.settings.consoleBufferBytes);
-          const disk = typeof attach.disk === 'string' ? attach.disk : null;
-          const bootArgs = typeof attach.boot_args === 'string' ? attach.boot_args : '';
-          const devices = guard(() => attachStandardDevices(vm, this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true)), `incoming VM '${name}'`);
-          const m = new HostedVm(name, vm, devices, log, { kind: 'migration', from }, disk, null, false, null);
-          const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
-          if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
-          const mrc = attach.mrc as NonNullable<MemoryPolicySpec['mrc']> | null | undefined;
-          if (mrc != null) {
-            m.mrc = this.attachMrc(vm, mrc);
-            m.mrcOptions = mrc;
-          }
-          const policy = attach.policy as Partial<VmPolicy> | undefined;
-          if (policy !== undefined) m.policy = { shares: policy.shares ?? null, minPages: policy.minPages ?? 0, maxPages: policy.maxPages ?? null };
-          incoming = m;
-        } catch (error) {
-          this.hv.destroyVm(vm);
-          throw error;
-        }
+        const m = this.makeIncoming(config, attach, { kind: 'migration', from }, 'incoming migration');
+        incoming = m;
+        const vm = m.vm;
         this.incomingNames.add(name);
         reserved = name;
         return vm;
@@ -1371,6 +1569,7 @@ export class Host {
     this.recorder?.stop();
     await this.migrationListener?.close();
     this.migrationListener = null;
+    for (const { receiver } of this.replicaStreams.values()) receiver.disconnect();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.memory?.swap.close();
@@ -1579,6 +1778,7 @@ export class Host {
   private dispose(m: HostedVm, why: string): void {
     this.cancelReallocations(m, why);
     m.migration?.cancel(new HostError(409, `the migration of '${m.name}' was abandoned: ${why}`));
+    m.replication?.sender.stop();
     this.stopStatsPolling(m);
     if (m.live) {
       m.live.snapshot.abort();

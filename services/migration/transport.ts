@@ -456,6 +456,14 @@ export class FramedChannel {
     });
   }
 
+  /**
+   * Puts a frame received back in front of the queue: a host that tells streams apart by their
+   * first frame (migration or replication on one listener) hands the channel on unchanged.
+   */
+  unreceive(frame: Frame): void {
+    this.#queue.unshift(frame);
+  }
+
   /** The next frame, which must be of `type` (a BYE or another type is a protocol error). */
   async expect(type: number, what: string): Promise<Uint8Array> {
     const frame = await this.receive();
