@@ -40,8 +40,9 @@ import { decodeJson, decodeState, encodeState, isZero, PageBatch, PageKind, RECO
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
 import type { FramedChannel } from './transport.ts';
 
-/** The application protocol of a replication stream and the versions this build speaks. */
+/** The application protocol of a replication stream used on its own (a host uses its migration channel). */
 export const REPLICATION_PROTOCOL = 'bv-replication';
+/** The replication protocol versions this build speaks. */
 export const REPLICATION_VERSIONS: readonly number[] = [1];
 
 /** Frame types (numbered apart from migration's, so both can share a listener). */
@@ -102,13 +103,15 @@ export interface ReplicationFigures {
   epochs: number;
   /** Epochs committed per second since the first commit. */
   epochs_per_second: number;
-  /** Bytes of the last epoch's frames, and the mean over the epochs after the first. */
+  /** Bytes of the last epoch's frames (epoch 0 includes the first pass). */
   last_epoch_bytes: number;
+  /** Mean bytes per epoch over the epochs after the first. */
   mean_epoch_bytes: number;
   /** Pages (with bytes or zero markers) of the last epoch. */
   last_epoch_pages: number;
-  /** The VM's pause for the last capture, and the longest, ms. */
+  /** The VM's pause for the last capture, ms. */
   last_pause_ms: number;
+  /** The longest pause for a capture, ms. */
   max_pause_ms: number;
   /** Bytes sent in all. */
   bytes_sent: number;
@@ -134,6 +137,7 @@ function yieldToGuests(): Promise<void> {
  * channel fails). The VM keeps running throughout; a failure only ends the replication.
  */
 export class ReplicationSender {
+  /** Live figures (status() brings the age up to now). */
   readonly figures: ReplicationFigures;
 
   readonly #vm: Vm;
@@ -184,6 +188,7 @@ export class ReplicationSender {
     this.#wake?.();
   }
 
+  /** Replicates until stop(), the VM's end (after a last epoch) or a failure (rejects; the VM carries on). */
   async run(): Promise<ReplicationFigures> {
     const vm = this.#vm;
     try {
@@ -397,8 +402,9 @@ export interface ReplicaFigures {
   committed_at: number | null;
   /** Now minus committed_at (the recovery point; assumes the hosts' clocks agree), ms. */
   age_ms: number | null;
-  /** Epochs committed; epochs dropped because they did not arrive whole. */
+  /** Epochs committed. */
   epochs: number;
+  /** Epochs dropped because they did not arrive whole (a cut, a corrupt frame). */
   epochs_dropped: number;
   /** Bytes of the last committed epoch's frames (epoch 0 includes the first pass). */
   last_epoch_bytes: number;
@@ -426,6 +432,7 @@ export interface ActivateHooks {
  * activatable whatever happened to the stream.
  */
 export class ReplicaReceiver {
+  /** Live figures (status() brings the age up to now). */
   readonly figures: ReplicaFigures = {
     name: null, state: 'connecting', interval_ms: null, committed_epoch: null, committed_instructions: null, committed_at: null, age_ms: null,
     epochs: 0, epochs_dropped: 0, last_epoch_bytes: 0, pages: 0, bytes_received: 0, error: null,
