@@ -14,6 +14,7 @@ export {
   describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
   type VmOrigin, type MemoryPolicyInfo, type MemoryPolicyUpdate, type MrcInfo, type TaxRateInfo,
+  type ReplicateRequest, type ReplicationStatus, type ReplicaInfo, type ReplicasInfo,
 } from './host.ts';
 export { TIMELINE_DEFAULTS, TimelineRecorder, type TimelineProviders, type TimelineRecorderOptions } from './recorder.ts';
 export {
