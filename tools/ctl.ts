@@ -170,7 +170,7 @@ function formatMigrations(info: MigrationsInfo): string {
 
 function formatReplication(r: ReplicationStatus): string {
   return `VM ${r.name} -> ${r.destination}: ${r.state}${r.error === null ? '' : ` (${r.error})`}\n` + fields([
-    ['interval', formatMs(r.interval_ms)],
+    ['interval', `${formatMs(r.interval_ms)}${r.output_commit ? ', output commit' : ''}`],
     ['committed epoch', r.committed_epoch === null ? '-' : `${r.committed_epoch} (${r.age_ms === null ? '-' : formatMs(r.age_ms)} old, at ${formatCount(r.committed_instructions ?? 0)} instructions)`],
     ['epochs', `${formatCount(r.epochs)} (${r.epochs_per_second}/s)`],
     ['per epoch', `${formatBytes(r.last_epoch_bytes)} last (${formatCount(r.last_epoch_pages)} pages), ${formatBytes(r.mean_epoch_bytes)} mean`],
@@ -567,12 +567,13 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     run: async (c) => show(c, await c.call<MigrationsInfo>('GET', '/migrations'), formatMigrations),
   },
   replicate: {
-    operands: ['VM', 'DESTINATION'], values: ['--interval-ms'],
-    help: 'replicate VM to the backup host receiving migrations at DESTINATION (host:port) in epochs every --interval-ms N (100); returns once the backup holds a whole copy (PUT /vms/VM/replicate)',
+    operands: ['VM', 'DESTINATION'], values: ['--interval-ms'], flags: ['--output-commit'],
+    help: 'replicate VM to the backup host receiving migrations at DESTINATION (host:port) in epochs every --interval-ms N (100); --output-commit: console output is shown only once its epoch is at the backup; returns once the backup holds a whole copy (PUT /vms/VM/replicate)',
     run: async (c) => {
       const body: Record<string, unknown> = { destination: c.operands[1] };
       const interval = c.args.value('--interval-ms');
       if (interval !== undefined) body.interval_ms = parseInteger(interval, '--interval-ms', 1);
+      if (c.args.flag('--output-commit')) body.output_commit = true;
       show(c, await c.call<ReplicationStatus>('PUT', vmPath(c.operands[0]!, '/replicate'), body), formatReplication);
     },
   },

@@ -412,6 +412,7 @@ const REPLICATE_SCHEMA = {
   properties: {
     destination: { type: 'string', pattern: '^.+:[0-9]{1,5}$' },
     interval_ms: { type: 'integer', minimum: 1, maximum: 3_600_000 },
+    output_commit: { type: 'boolean' },
   },
 };
 /** Largest console read per request. */

@@ -24,6 +24,9 @@ export class ConsoleLog implements ConsoleSink {
   private end = 0;
   /** Also copies everything to this sink (tools/run --api-sock keeps printing to stdout). */
   private readonly tee: ConsoleSink | null;
+  /** Output commit (replication): output written but held back, oldest first; null when not holding. */
+  private held: Uint8Array[] | null = null;
+  private heldBytes = 0;
 
   constructor(
     /** Bytes kept (older output is dropped). */
@@ -45,8 +48,51 @@ export class ConsoleLog implements ConsoleSink {
     return Math.max(0, this.end - this.capacity);
   }
 
+  /** Bytes written since the VM started, visible or held back (output commit). */
+  get writtenBytes(): number {
+    return this.end + this.heldBytes;
+  }
+
+  /**
+   * Output commit (Remus; docs/migration.md, "Disaster-recovery replication"): from now on,
+   * output is held back (not readable, not copied to the tee) until release() lets it out.
+   */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Lets held output out up to absolute offset `upTo` (a writtenBytes value noted earlier). */
+  release(upTo: number): void {
+    const held = this.held;
+    if (held === null) return;
+    while (held.length > 0 && this.end < upTo) {
+      const chunk = held[0]!;
+      const n = Math.min(chunk.length, upTo - this.end);
+      this.heldBytes -= n;
+      if (n === chunk.length) held.shift();
+      else held[0] = chunk.subarray(n);
+      this.publish(chunk.subarray(0, n));
+    }
+  }
+
+  /** Stops holding output back: everything held is let out. */
+  unhold(): void {
+    this.release(Infinity);
+    this.held = null;
+  }
+
   write(chunk: Uint8Array | string): boolean {
     const bytes = typeof chunk === 'string' ? new TextEncoder().encode(chunk) : chunk;
+    if (this.held !== null) {
+      this.held.push(bytes.slice());
+      this.heldBytes += bytes.length;
+      return true;
+    }
+    this.publish(bytes);
+    return true;
+  }
+
+  private publish(bytes: Uint8Array): void {
     this.tee?.write(bytes);
     // Only the last `capacity` bytes of a large chunk can survive.
     const keep = bytes.length > this.capacity ? bytes.subarray(bytes.length - this.capacity) : bytes;
@@ -60,7 +106,6 @@ export class ConsoleLog implements ConsoleSink {
       at = 0;
     }
     this.end += keep.length;
-    return true;
   }
 
   /** Up to `limit` bytes from `offset` (clamped to what is held). */

@@ -42,7 +42,7 @@ import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import {
   connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, TransportServer,
-  ReplicaReceiver, ReplicationFrame, ReplicationSender,
+  outputCommit, ReplicaReceiver, ReplicationFrame, ReplicationSender,
   type MigrationFigures, type ReceiveFigures, type ReplicaFigures, type ReplicationFigures, type TlsFiles,
 } from '../migration/index.ts';
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
@@ -475,6 +475,8 @@ export interface ReplicateRequest {
   destination: string;
   /** Host time between epochs, ms (default 100). */
   interval_ms?: number;
+  /** Output commit (Remus): the VM's console output is shown only once the epoch that produced it is committed at the backup (default false). */
+  output_commit?: boolean;
 }
 
 /** GET /vms/{name}/replication: an outgoing replication and its figures. */
@@ -483,6 +485,8 @@ export interface ReplicationStatus extends ReplicationFigures {
   name: string;
   /** The backup host. */
   destination: string;
+  /** Whether console output waits for its epoch's commit. */
+  output_commit: boolean;
 }
 
 /** One replica held by this (backup) host. */
@@ -564,7 +568,7 @@ class HostedVm {
   /** An outgoing migration in progress, or null. */
   migration: PrecopySender | null = null;
   /** Disaster-recovery replication to a backup host (running, or how it ended), or null. */
-  replication: { sender: ReplicationSender; destination: string; done: Promise<void> } | null = null;
+  replication: { sender: ReplicationSender; destination: string; outputCommit: boolean; done: Promise<void> } | null = null;
   /** A post-copy that failed after the switch-over: the VM runs on the destination, which still lacks pages kept here. */
   postcopy: { sender: PrecopySender; destination: string } | null = null;
   /** Post-copy destination: paused at a page still on the source (the migration wakes it). */
@@ -1304,21 +1308,29 @@ export class Host {
     let committed!: () => void;
     const firstCommit = new Promise<void>((resolve) => (committed = resolve));
     let sender: ReplicationSender;
+    let gate: ReturnType<typeof outputCommit> | null = null;
     try {
       // Each epoch's capture is synchronous: the scheduler runs guests on this thread between
       // awaits, so the VM is paused for the capture without a state change.
       sender = guard(() => new ReplicationSender(m.vm, channel, { pause: () => {}, resume: () => {} }, {
-        intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m), onCommitted: (epoch) => epoch === 0 && committed(),
+        intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m),
+        onCapture: (epoch) => gate?.onCapture(epoch),
+        onCommitted: (epoch) => {
+          gate?.onCommitted(epoch);
+          if (epoch === 0) committed();
+        },
       }), `replication of '${name}'`);
     } catch (error) {
       channel.destroy();
       throw error instanceof HostError ? error : new HostError(400, `replication of '${name}': ${(error as Error).message}`, { cause: error });
     }
+    // Output commit: what the guest prints from now on is shown once its epoch is at the backup.
+    if (request.output_commit === true) gate = outputCommit(m.console, () => m.devices.console.flush());
     const done = sender.run().then(
       (figures) => this.log(`vm ${name}: replication to ${request.destination} stopped after ${figures.epochs} epochs`),
       (error: unknown) => this.log(`vm ${name}: replication to ${request.destination} failed after ${sender.figures.epochs} epochs; the VM carries on here: ${error instanceof Error ? error.message : String(error)}`),
-    );
-    m.replication = { sender, destination: request.destination, done };
+    ).finally(() => gate?.end()); // unprotected again: held output is let out
+    m.replication = { sender, destination: request.destination, outputCommit: gate !== null, done };
     this.log(`vm ${name}: replicating to ${request.destination} every ${sender.figures.interval_ms} ms`);
     await Promise.race([firstCommit, done]);
     if (sender.figures.state === 'failed') throw new HostError(502, `replication of '${name}' to ${request.destination} failed; the VM carries on here: ${sender.figures.error ?? ''}`);
@@ -1338,7 +1350,7 @@ export class Host {
   vmReplication(name: string): ReplicationStatus {
     const m = this.get(name);
     if (m.replication === null) throw new HostError(404, `VM '${name}' is not being replicated`);
-    return { name, destination: m.replication.destination, ...m.replication.sender.status() };
+    return { name, destination: m.replication.destination, output_commit: m.replication.outputCommit, ...m.replication.sender.status() };
   }
 
   /** GET /replicas: the replicas this host holds as a backup. */

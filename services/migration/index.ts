@@ -44,12 +44,14 @@ export {
 } from './migration.ts';
 export { MigrationCounters, type MigrationStatsReport } from './stats.ts';
 export {
+  outputCommit,
   REPLICATION_PROTOCOL,
   REPLICATION_VERSIONS,
   ReplicaReceiver,
   ReplicationFrame,
   ReplicationSender,
   type ActivateHooks,
+  type HeldOutput,
   type ReplicaFigures,
   type ReplicateOptions,
   type ReplicationFigures,

@@ -384,6 +384,46 @@ export class ReplicationSender {
   }
 }
 
+/** A console log that can hold its output back (the host's ConsoleLog). */
+export interface HeldOutput {
+  /** Bytes written, visible or held. */
+  readonly writtenBytes: number;
+  /** Start holding output back. */
+  hold(): void;
+  /** Let held output out up to this absolute offset. */
+  release(upTo: number): void;
+  /** Stop holding: let everything out. */
+  unhold(): void;
+}
+
+/**
+ * Output commit (Remus): console output leaves the primary only once the epoch that produced it
+ * is committed at the backup. Holds `log`'s output from now on; at each capture `flush` moves
+ * what the console device buffered into the log and the log's length is noted; when the backup
+ * commits that epoch the output up to the note is released. Give the returned hooks to
+ * ReplicationSender (with `onCapture`/`onCommitted` of your own, call both) and call `end()`
+ * when the replication ends (the output is unprotected again and let out).
+ */
+export function outputCommit(log: HeldOutput, flush: () => void): { onCapture: (epoch: number) => void; onCommitted: (epoch: number) => void; end: () => void } {
+  const marks = new Map<number, number>();
+  log.hold();
+  return {
+    onCapture: (epoch) => {
+      flush();
+      marks.set(epoch, log.writtenBytes);
+    },
+    onCommitted: (epoch) => {
+      const mark = marks.get(epoch);
+      for (const key of marks.keys()) if (key <= epoch) marks.delete(key);
+      if (mark !== undefined) log.release(mark);
+    },
+    end: () => {
+      marks.clear();
+      log.unhold();
+    },
+  };
+}
+
 // ------------------------------------------------------------------------------------ backup
 
 /** The backup's figures of one replica. */

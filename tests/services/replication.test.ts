@@ -5,8 +5,10 @@
  * corrupt frame leaves the last complete epoch intact and activatable.
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { attachStandardDevices, type CaptureSink } from '../../devices/index.ts';
 import type { Hypervisor, Vm } from '../../kernel/index.ts';
-import { REPLICATION_PROTOCOL, REPLICATION_VERSIONS, ReplicaReceiver, ReplicationFrame, ReplicationSender, type ReplicateOptions } from '../../services/migration/replication.ts';
+import { ConsoleLog } from '../../services/host/console-log.ts';
+import { outputCommit, REPLICATION_PROTOCOL, REPLICATION_VERSIONS, ReplicaReceiver, ReplicationFrame, ReplicationSender, type ReplicateOptions } from '../../services/migration/replication.ts';
 import { connect, TransportServer, type ChannelFaults, type FramedChannel } from '../../services/migration/transport.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
 import { checkConsole, checkInvariant, GuestLoop, hypervisor, invariantImage, machine, memoryHash, waitUntil, type Machine } from './migration-harness.ts';
@@ -234,6 +236,44 @@ describe('disaster-recovery replication, in process', () => {
     const before = backup.sink.text().length;
     await waitUntil('the activated guest to run', () => backup.sink.text().length >= before + 2);
     expect(() => r.receiver.activate({ create: () => { throw new Error('not reached'); }, start: () => {}, discard: () => {} })).toThrow(/activated already/);
+  });
+
+  it('output commit: the primary shows only output the backup has, so a failover repeats nothing', async () => {
+    const w = await world();
+    const memoryBytes = 4 * MIB;
+    // The host's console log, holding output back until the epoch that produced it is committed.
+    const log = new ConsoleLog(1 << 20);
+    const vm = w.hvA.createVm({ name: 'guest', memoryBytes });
+    const devices = attachStandardDevices(vm, { output: log });
+    vm.loadImage(invariantImage(memoryBytes, { spin: 20_000 }));
+    const primary: Machine = { vm, devices, sink: log as unknown as CaptureSink };
+    w.loopA.add(vm);
+    await waitUntil('a few passes', () => log.text().length > 3);
+    const gate = outputCommit(log, () => devices.console.flush());
+    let heldAtCut = 0;
+    const r: Replication = await replicate(w, primary, {
+      onCapture: (epoch) => gate.onCapture(epoch),
+      onCommitted: (epoch) => {
+        gate.onCommitted(epoch);
+        if (epoch === 4) r.faults.cutAfterBytes = r.channel.stats.bytesSent + 20 * 1024;
+      },
+    });
+    await r.received;
+    // The primary dies with the cut: what it showed is all anyone saw of it.
+    w.loopA.running.delete(vm);
+    devices.console.flush();
+    heldAtCut = log.writtenBytes - log.totalBytes;
+    const visible = log.text();
+    expect(r.receiver.status().committed_epoch).toBe(4);
+    expect(heldAtCut).toBeGreaterThan(0); // the guest printed after epoch 4's capture: held back
+    const backup = activate(w, r);
+    await waitUntil('the activated guest to print', () => backup.sink.text().length >= 5);
+    w.loopB.running.delete(backup.vm);
+    backup.devices.console.flush();
+    // Nothing repeated, nothing lost: the backup starts exactly where the visible output ends.
+    checkConsole(visible + backup.sink.text());
+    gate.end();
+    expect(log.totalBytes).toBe(log.writtenBytes);
   });
 
   it('refuses to activate a replica with no complete epoch', () => {

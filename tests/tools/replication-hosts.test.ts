@@ -58,15 +58,18 @@ describe('replication between two host processes', () => {
     const address = (await apiRequest<MigrationsInfo>(backup.socket, 'GET', '/migrations')).body.listening!;
     for (let i = 0; i < 800 && (await apiRequest<VmInfo>(primary.socket, 'GET', '/vms/guest')).body.console_bytes < 2; i++) await sleep(25);
 
-    const started = await ctl(primary.socket, ['--json', 'replicate', 'guest', address, '--interval-ms', '25']);
+    const started = await ctl(primary.socket, ['--json', 'replicate', 'guest', address, '--interval-ms', '25', '--output-commit']);
     expect(started.code, started.stderr).toBe(0);
     const status = JSON.parse(started.stdout) as ReplicationStatus;
     expect(status.committed_epoch).toBeGreaterThanOrEqual(0);
     expect(['replicating', 'initial']).toContain(status.state);
+    expect(status.output_commit).toBe(true);
     // A random point a few epochs in.
     await sleep(300 + Math.floor(Math.random() * 700));
     const before = (await apiRequest<ReplicationStatus>(primary.socket, 'GET', '/vms/guest/replication')).body;
     expect(before.epochs).toBeGreaterThan(1);
+    // What the primary has shown (output commit: only output of committed epochs), just before it dies.
+    const shown = (await apiRequest<{ data: string }>(primary.socket, 'GET', '/vms/guest/console')).body.data;
     await primary.child.stop('SIGKILL');
 
     // The backup notices the stream is gone and keeps the last complete epoch.
@@ -92,6 +95,12 @@ describe('replication between two host processes', () => {
     const console = (await apiRequest<{ data: string }>(backup.socket, 'GET', '/vms/guest/console')).body.data;
     expect(console.length).toBeGreaterThanOrEqual(3);
     for (let i = 1; i < console.length; i++) expect(Number(console[i])).toBe((Number(console[i - 1]) + 1) % 10);
+    // Output commit: the backup repeats nothing the primary showed. It prints pass k+1 first, k the
+    // passes at the epoch; the primary had shown n ≤ k passes (a pass or two more may have been
+    // released between reading them and the kill, never one the backup lacks).
+    expect(shown.startsWith('A')).toBe(true);
+    const n = shown.length - 1;
+    expect([0, 1, 2]).toContain((((Number(console[0]) - 1 - n) % 10) + 10) % 10);
     // A second activation is refused.
     expect((await apiRequest(backup.socket, 'POST', '/replicas/guest/activate')).status).toBe(409);
 
