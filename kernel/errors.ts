@@ -18,7 +18,15 @@ export class OutOfHostMemoryError extends KernelError {
  * Host code that reads or writes the page (a device's DMA) gets this error.
  */
 export class PageWaitError extends KernelError {
-  constructor(readonly reason: string, message: string) {
+  /**
+   * @param reason the wait reason the VM is paused with (e.g. the migration's remote-page wait),
+   *   so that whoever can supply the page knows which waits to end.
+   */
+  constructor(
+    /** The wait reason the VM is paused with (e.g. REMOTE_PAGE_WAIT_REASON in services/migration). */
+    readonly reason: string,
+    message: string,
+  ) {
     super('BV_PAGE_WAIT', message);
   }
 }

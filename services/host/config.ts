@@ -168,7 +168,14 @@ export interface HostSpec {
 /** The host's `migration` settings: certificates for mutual TLS, or explicitly none. */
 export interface MigrationSpec {
   /** `tls` {ca, cert, key}, or `tls_dir` holding ca.pem, cert.pem and key.pem; null: none given. */
-  tls: { ca: string; cert: string; key: string } | null;
+  tls: {
+    /** The CA certificate whose certificates this host trusts (PEM path). */
+    ca: string;
+    /** This host's certificate (PEM path). */
+    cert: string;
+    /** This host's private key (PEM path). */
+    key: string;
+  } | null;
   /** `insecure` (default false): plain TCP without authentication; required when no TLS files are given. */
   insecure: boolean;
   /** `listen` ("host:port"): receive migrations from the start; null: only after PUT /migrations/receive. */

@@ -514,7 +514,14 @@ export interface MigrationsInfo {
   /** Outgoing migrations, the latest last (at most 16). */
   outgoing: MigrationResult[];
   /** Connections refused (untrusted certificates, other versions), the latest last. */
-  refused: { remote: string; code: string; message: string }[];
+  refused: {
+    /** The peer's address. */
+    remote: string;
+    /** The transport's error code. */
+    code: string;
+    /** Why it was refused. */
+    message: string;
+  }[];
 }
 
 /** What adoptVm needs to know about a machine built elsewhere (tools/run --api-sock). */

@@ -31,6 +31,7 @@ import type { FramedChannel } from './transport.ts';
 
 /** The application protocol name and the versions this build speaks. */
 export const MIGRATION_PROTOCOL = 'bv-migration';
+/** The migration protocol versions this build speaks (newest last). */
 export const MIGRATION_VERSIONS: readonly number[] = [1];
 
 /** Frame types of the migration protocol. */
@@ -158,6 +159,7 @@ export interface MigrationFigures {
   bandwidth_mib_s: number;
   /** Highest throttle applied to the guest (0 … 0.99), and whether auto-converge had to act. */
   throttle: number;
+  /** Whether auto-converge had to throttle the guest. */
   auto_converged: boolean;
   /** Why it switched over: 'converged', 'max_rounds' or 'throttled'. */
   switchover_reason: string | null;
@@ -181,10 +183,13 @@ export interface PostcopyFigures {
   remote_faults: number;
   /** Pages pushed by the source in the background, and sent because the destination asked. */
   pages_pushed: number;
+  /** Pages sent because the destination asked for them. */
   pages_requested: number;
   /** From a fault to its page's arrival on the destination, ms. */
   fault_latency_p50_ms: number | null;
+  /** The same, 99th percentile. */
   fault_latency_p99_ms: number | null;
+  /** The same, longest. */
   fault_latency_max_ms: number | null;
   /** Total time the destination's guest was paused waiting for pages, ms. */
   wait_ms: number;
@@ -912,7 +917,9 @@ export interface ReceiveFigures {
   vm: string | null;
   /** Pages installed (with bytes), zero markers applied, rounds seen. */
   pages_received: number;
+  /** Zero markers applied. */
   zero_pages: number;
+  /** Rounds seen. */
   rounds: number;
   /** Bytes of frames received. */
   bytes_received: number;
@@ -961,6 +968,7 @@ export class MigrationReceiver {
     return this.#vm;
   }
 
+  /** Receives the migration to its end; resolves with the running VM. */
   async run(): Promise<Vm> {
     let vm: Vm | null = null;
     try {

@@ -404,7 +404,14 @@ export interface HeldOutput {
  * ReplicationSender (with `onCapture`/`onCommitted` of your own, call both) and call `end()`
  * when the replication ends (the output is unprotected again and let out).
  */
-export function outputCommit(log: HeldOutput, flush: () => void): { onCapture: (epoch: number) => void; onCommitted: (epoch: number) => void; end: () => void } {
+export function outputCommit(log: HeldOutput, flush: () => void): {
+  /** Call at an epoch's capture: output written so far belongs to that epoch. */
+  onCapture: (epoch: number) => void;
+  /** Call when the backup committed an epoch: its output may leave. */
+  onCommitted: (epoch: number) => void;
+  /** Stops holding output back (replication ended). */
+  end: () => void;
+} {
   const marks = new Map<number, number>();
   log.hold();
   return {

@@ -9,18 +9,27 @@ import type { MigrationFigures, ReceiveFigures } from './migration.ts';
 export interface MigrationStatsReport {
   /** Outgoing migrations: completed, failed (the VM stayed here, running or paused), and by mode. */
   sent: number;
+  /** Outgoing migrations that failed. */
   send_failures: number;
+  /** Outgoing migrations started in pre-copy mode. */
   precopy: number;
+  /** Outgoing migrations started in post-copy mode. */
   postcopy: number;
   /** Incoming migrations: completed and failed. */
   received: number;
+  /** Incoming migrations that failed. */
   receive_failures: number;
   /** Sums over completed outgoing migrations. */
   total_ms: number;
+  /** Sum of the downtimes, ms. */
   downtime_ms: number;
+  /** Sum of the bytes sent. */
   bytes_sent: number;
+  /** Sum of the pre-copy rounds. */
   rounds: number;
+  /** Sum of the pages sent. */
   pages_sent: number;
+  /** Sum of the pages sent more than once. */
   pages_resent: number;
   /** Bytes received by incoming migrations (completed or not). */
   bytes_received: number;
@@ -28,11 +37,15 @@ export interface MigrationStatsReport {
   max_downtime_ms: number | null;
   /** Post-copy, both directions as this host saw them: remote faults, pages still remote at switch-overs, resumptions. */
   remote_faults: number;
+  /** Pages still remote at post-copy switch-overs. */
   remote_pages: number;
+  /** Post-copy migrations carried on over a new connection. */
   postcopy_resumptions: number;
   /** Remote-fault latency over the last post-copy migrations this host received (ms): the worst p50, p99 and max seen. */
   fault_latency_p50_ms: number | null;
+  /** The worst p99 remote-fault latency seen, ms. */
   fault_latency_p99_ms: number | null;
+  /** The longest remote-fault latency seen, ms. */
   fault_latency_max_ms: number | null;
   /** Time destination guests spent paused waiting for remote pages, ms. */
   remote_wait_ms: number;
