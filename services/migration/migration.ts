@@ -29,6 +29,42 @@ import { MigrationError, TransportError } from './errors.ts';
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
 import type { FramedChannel } from './transport.ts';
 
+/**
+ * The pages a VM writes between open() and close(): a write epoch (the live snapshot's barrier,
+ * T-12) whose hook notes each page once. Pre-copy rounds and replication epochs are both this.
+ * `flags` is 1 for a page noted since open(); callers may also mark pages they are about to send.
+ */
+export class DirtyPageLog {
+  readonly flags: Uint8Array;
+  #list: number[] = [];
+
+  constructor(readonly vm: Vm) {
+    this.flags = new Uint8Array(vm.memory.pageCount);
+  }
+
+  /** Starts noting writes (one write epoch of the VM's memory at a time). */
+  open(): void {
+    const flags = this.flags;
+    const list: number[] = [];
+    this.#list = list;
+    this.vm.memory.beginWriteEpoch((gpn) => {
+      if (flags[gpn] === 0) {
+        flags[gpn] = 1;
+        list.push(gpn);
+      }
+    });
+  }
+
+  /** Ends the epoch and returns the pages written in it, sorted; the flags are cleared. */
+  close(): number[] {
+    this.vm.memory.endWriteEpoch();
+    const list = this.#list;
+    for (const gpn of list) this.flags[gpn] = 0;
+    this.#list = [];
+    return list.sort((a, b) => a - b);
+  }
+}
+
 /** The application protocol name and the versions this build speaks. */
 export const MIGRATION_PROTOCOL = 'bv-migration';
 /** The migration protocol versions this build speaks (newest last). */
@@ -316,9 +352,8 @@ export class PrecopySender {
   readonly #options: SendOptions;
   readonly #pageCount: number;
   readonly #sent: Uint8Array;
-  /** Pages written in the current epoch (a set: flag per page and a list). */
-  #dirtyFlags: Uint8Array;
-  #dirtyList: number[] = [];
+  /** Pages written in the current epoch. */
+  readonly #dirty: DirtyPageLog;
   readonly #started = performance.now();
   #cancelled: Error | null = null;
   #paused = false;
@@ -344,7 +379,7 @@ export class PrecopySender {
     this.#options = options;
     this.#pageCount = vm.memory.pageCount;
     this.#sent = new Uint8Array(this.#pageCount);
-    this.#dirtyFlags = new Uint8Array(this.#pageCount);
+    this.#dirty = new DirtyPageLog(vm);
     // A reset puts RAM back without guest writes: what was sent would be wrong.
     vm.onReset(() => this.cancel(new MigrationError('BV_MIG_CANCELLED', `${vm.name} was reset during its migration`)));
   }
@@ -406,11 +441,11 @@ export class PrecopySender {
       let pending: number[] | null = null; // null: round 0, every page
       let slowRounds = 0;
       for (let round = 0; ; round++) {
-        this.#openEpoch();
+        this.#dirty.open();
         const figures = await this.#sendRound(round, pending, deadline);
         // The epoch stays open while the destination catches up: writes meanwhile are this round's.
         await this.#roundsAcknowledged(round);
-        pending = this.#closeEpoch();
+        pending = this.#dirty.close();
         figures.dirtied = pending.length;
         this.figures.round_figures.push(figures);
         this.figures.rounds = round;
@@ -484,27 +519,6 @@ export class PrecopySender {
       if (frame.type !== MigrationFrame.ROUND) throw new MigrationError('BV_MIG_PROTOCOL', `${this.#vm.name}: unexpected frame type ${frame.type} during pre-copy`);
       this.#acknowledged++;
     }
-  }
-
-  #openEpoch(): void {
-    const flags = this.#dirtyFlags;
-    const list: number[] = [];
-    this.#dirtyList = list;
-    this.#vm.memory.beginWriteEpoch((gpn) => {
-      if (flags[gpn] === 0) {
-        flags[gpn] = 1;
-        list.push(gpn);
-      }
-    });
-  }
-
-  /** Ends the epoch and returns the pages written in it, sorted; the flags are cleared. */
-  #closeEpoch(): number[] {
-    this.#vm.memory.endWriteEpoch();
-    const list = this.#dirtyList;
-    for (const gpn of list) this.#dirtyFlags[gpn] = 0;
-    this.#dirtyList = [];
-    return list.sort((a, b) => a - b);
   }
 
   /** Sends one round: every page (round 0) or `pages`, yielding to the guests as it goes. */
@@ -588,7 +602,7 @@ export class PrecopySender {
       if (batch.count > 0) await this.#channel.send(MigrationFrame.PAGES, batch.encode());
     };
     settlePoisonedPages(vm);
-    const inDirty = this.#dirtyFlags;
+    const inDirty = this.#dirty.flags;
     for (const gpn of dirty) inDirty[gpn] = 1;
     for (const gpn of dirty) {
       this.#addPage(gpn, batch, figures, false);
@@ -638,7 +652,7 @@ export class PrecopySender {
     };
     settlePoisonedPages(vm);
     const remote: number[] = [];
-    const inDirty = this.#dirtyFlags;
+    const inDirty = this.#dirty.flags;
     for (const gpn of dirty) {
       inDirty[gpn] = 1;
       if (this.#readPage(gpn) !== null) remote.push(gpn);

@@ -36,7 +36,7 @@ import type { JsonObject } from '../checkpoint/format.ts';
 import { currentPage, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
 import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
 import { MigrationError } from './errors.ts';
-import { decodeJson, decodeState, encodeState, isZero, PageBatch, PageKind, RECORD_BYTES } from './migration.ts';
+import { decodeJson, decodeState, DirtyPageLog, encodeState, isZero, PageBatch, PageKind, RECORD_BYTES } from './migration.ts';
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
 import type { FramedChannel } from './transport.ts';
 
@@ -148,8 +148,7 @@ export class ReplicationSender {
   readonly #pageCount: number;
   /** Whether the backup holds bytes for each page (so an emptied page needs a zero marker). */
   readonly #sent: Uint8Array;
-  readonly #dirtyFlags: Uint8Array;
-  #dirtyList: number[] = [];
+  readonly #dirty: DirtyPageLog;
   #stopping = false;
   #wake: (() => void) | null = null;
   #firstCommitAt = 0;
@@ -168,7 +167,7 @@ export class ReplicationSender {
     this.#intervalMs = interval;
     this.#pageCount = vm.memory.pageCount;
     this.#sent = new Uint8Array(this.#pageCount);
-    this.#dirtyFlags = new Uint8Array(this.#pageCount);
+    this.#dirty = new DirtyPageLog(vm);
     this.figures = {
       state: 'connecting', interval_ms: interval, committed_epoch: null, committed_instructions: null, committed_at: null, age_ms: null, epochs: 0, epochs_per_second: 0,
       last_epoch_bytes: 0, mean_epoch_bytes: 0, last_epoch_pages: 0, last_pause_ms: 0, max_pause_ms: 0, bytes_sent: 0, error: null,
@@ -197,7 +196,7 @@ export class ReplicationSender {
       await this.#channel.send(ReplicationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, interval_ms: this.#intervalMs }));
       await this.#channel.expect(ReplicationFrame.READY, 'READY');
       this.figures.state = 'initial';
-      this.#openEpoch();
+      this.#dirty.open();
       const bytesBefore = this.#channel.stats.bytesSent;
       await this.#firstPass();
       let epochBytes = this.#channel.stats.bytesSent - bytesBefore;
@@ -310,8 +309,8 @@ export class ReplicationSender {
     this.#hooks.pause();
     try {
       settlePoisonedPages(vm);
-      const dirty = this.#closeEpoch();
-      this.#openEpoch();
+      const dirty = this.#dirty.close();
+      this.#dirty.open();
       const batch = new PageBatch(this.#options.pagesPerFrame ?? DEFAULT_PAGES_PER_FRAME);
       const frames: Uint8Array[] = [];
       let records = epoch === 0 ? this.#firstPassRecords : 0;
@@ -321,7 +320,7 @@ export class ReplicationSender {
         records++;
         if (batch.count === batch.capacity) frames.push(batch.encode());
       };
-      const inDirty = this.#dirtyFlags;
+      const inDirty = this.#dirty.flags;
       for (const gpn of dirty) {
         const bytes = this.#readPage(gpn);
         if (bytes === null && this.#sent[gpn] === 0) continue; // the backup has zeros there already
@@ -361,26 +360,6 @@ export class ReplicationSender {
       throw error;
     }
     return bytes === null || isZero(bytes) ? null : bytes;
-  }
-
-  #openEpoch(): void {
-    const flags = this.#dirtyFlags;
-    const list: number[] = [];
-    this.#dirtyList = list;
-    this.#vm.memory.beginWriteEpoch((gpn) => {
-      if (flags[gpn] === 0) {
-        flags[gpn] = 1;
-        list.push(gpn);
-      }
-    });
-  }
-
-  #closeEpoch(): number[] {
-    this.#vm.memory.endWriteEpoch();
-    const list = this.#dirtyList;
-    for (const gpn of list) this.#dirtyFlags[gpn] = 0;
-    this.#dirtyList = [];
-    return list.sort((a, b) => a - b);
   }
 }
 
