@@ -172,7 +172,7 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--quick', '--json', '--only', 'overcommit');
     expect(status, stderr).toBe(0);
     const report = JSON.parse(stdout);
-    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'state', 'api', 'overcommit', 'policies', 'checks']);
+    expect(Object.keys(report)).toEqual(['machine', 'method', 'workloads', 'translation', 'warmup', 'state', 'api', 'overcommit', 'policies', 'checks']);
     const { reclaim, squeeze } = report.overcommit;
     // Reclaim (64 MiB VM, 48 MiB heap): RSS fell by most of the heap; times carry their CPU time.
     expect(reclaim).toMatchObject({ vmBytes: 64 * 2 ** 20, heapBytes: 48 * 2 ** 20, targetPages: 12_288 });

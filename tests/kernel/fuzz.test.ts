@@ -208,7 +208,9 @@ describe('random words in user mode under a tiny kernel', () => {
     const elapsed = performance.now() - started;
     console.log(`user fuzz: ${words} words (${(runFraction * 100).toFixed(0)}% executed in the sample), ${instructions} instructions, outcomes ${JSON.stringify(Object.fromEntries(outcomes))}, ${elapsed.toFixed(0)} ms`);
     for (const { guest } of guests) hv.destroyVm(guest.vm);
-  });
+    // ~4 s interpreted and ~10 s compiled on a quiet machine (random code is compiled and
+    // thrown away far more than it runs); CI at load 7 took over a minute.
+  }, 300_000);
 });
 
 // -------------------------------------------------------------------------------------------------
