@@ -26,8 +26,8 @@ export const P2mFlag = {
   WATCH: 1 << 28,
 } as const;
 
-/** Flags whose resolver is not built yet: a write to such a page stops the VM, naming the flag. */
-export const RESERVED_FLAGS = P2mFlag.PARITY | P2mFlag.WATCH;
+/** Flags no service resolves yet (PARITY has services/recovery's): a write to such a page stops the VM, naming the flag. */
+export const RESERVED_FLAGS = P2mFlag.WATCH;
 
 export const P2M_PRESENT_BIT = 1 << 30;
 export const P2M_FLAG_MASK = 0x3f00_0000;
@@ -54,19 +54,19 @@ export const AbsentState = {
   SWAPPED: 2,
   /** In the guest's balloon (T-5): no frame, no contents. The balloon device (devices/balloon.ts) resolves an access as a guest error; a VM without one has no resolver. */
   BALLOONED: 3,
-  /** Reserved: held in a content-sharing store (payload: share id; issue 10). */
+  /** Reserved: held in a content-sharing store (payload: share id). Page sharing (issue 10) keeps shared pages present, as copy-on-write frames, so nothing resolves this state yet. */
   SHARED: 4,
-  /** Reserved: lost to an uncorrectable memory error (T-17, issue 12). */
+  /** Lost to an uncorrectable memory error (T-17): services/recovery resolves it (rebuild from a clean copy, or a machine check); with no resolver the access is refused as a machine check. */
   POISONED: 5,
-  /** Reserved: to be fetched from another host (payload: source page) — migration, issue 14. */
+  /** Still on the source host of a post-copy migration (T-13): services/migration fetches it. */
   REMOTE: 6,
 } as const;
 /** One of the AbsentState values. */
 export type AbsentStateId = (typeof AbsentState)[keyof typeof AbsentState];
 /** AbsentState names by value, as messages and exit counters use them. */
 export const ABSENT_STATE_NAMES = ['untouched', 'lazy', 'swapped', 'ballooned', 'shared', 'poisoned', 'remote'] as const;
-/** States that are in the encoding but whose resolver a later issue builds. */
-export const RESERVED_STATES: readonly AbsentStateId[] = [AbsentState.BALLOONED, AbsentState.SHARED, AbsentState.POISONED, AbsentState.REMOTE];
+/** States that are in the encoding but that no service resolves yet (the others have resolvers a service registers). */
+export const RESERVED_STATES: readonly AbsentStateId[] = [AbsentState.SHARED];
 
 const ABSENT_BIT = 0x8000_0000 | 0;
 const PAYLOAD_MASK = 0x0fff_ffff;

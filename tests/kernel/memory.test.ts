@@ -281,16 +281,16 @@ describe('write protection (copy-on-write)', () => {
         exiti 0
 `);
     guest.vm.onHypercall(HCALL_PROBE, (vcpu) => {
-      guest.vm.memory.protect(GPN, P2mFlag.PARITY); // no resolver is registered for parity
+      guest.vm.memory.protect(GPN, P2mFlag.WATCH); // no service resolves watch yet
       vcpu.regs[Reg.A0] = 0;
     });
     const result = guest.run({ maxInstructions: 1000 });
     expect(result.reason.kind).toBe('host-error');
     if (result.reason.kind === 'host-error') {
-      expect(result.reason.message).toMatch(/parity/);
+      expect(result.reason.message).toMatch(/watch/);
       expect(result.reason.message).toMatch(/reserved/);
     }
-    expect(guest.vm.exits.writeProtect.parity).toBe(1);
+    expect(guest.vm.exits.writeProtect.watch).toBe(1);
     expect(guest.word(GPA)).toBe(0);
   });
 });
