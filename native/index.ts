@@ -26,6 +26,7 @@ interface NativeRegion {
   populate(offset: number, length: number): boolean;
   flush(offset: number, length: number): void;
   mapFilePrivate(offset: number, length: number, path: string, fileOffset: number): void;
+  mapFileShared(offset: number, length: number, path: string, fileOffset: number): void;
   unmapPrivate(offset: number, length: number): void;
   close(): void;
 }
@@ -154,8 +155,10 @@ export class HostRegion {
 
   /**
    * Gives the pages of a page-aligned range back to the OS; they read as zero afterwards. An
-   * anonymous region uses MADV_DONTNEED (a mapFilePrivate range reads the file's bytes again);
-   * file and memfd regions punch a hole in the backing file.
+   * anonymous region uses MADV_DONTNEED (a mapFilePrivate range reads the file's bytes again;
+   * a range overlapping a mapFileShared range is refused with BV_NATIVE_UNSUPPORTED, since its
+   * pages would keep the file's bytes: use unmapPrivate); file and memfd regions punch a hole in
+   * the backing file.
    */
   release(offset: number, length: number): void {
     try {
@@ -196,7 +199,11 @@ export class HostRegion {
     }
   }
 
-  /** msync(MS_SYNC) of the pages a byte range touches; nothing to do for anonymous regions. */
+  /**
+   * msync(MS_SYNC) of the pages a byte range touches: when it returns, the file-backed pages of
+   * the range (a file region, or mapFileShared ranges of an anonymous region) are on the file's
+   * storage. Nothing to do for anonymous pages.
+   */
   flush(offset: number, length: number): void {
     try {
       this.#native.flush(offset, length);
@@ -218,7 +225,23 @@ export class HostRegion {
     }
   }
 
-  /** Replaces a page-aligned range of an anonymous region with fresh zero pages (undoes mapFilePrivate). */
+  /**
+   * Maps [fileOffset, fileOffset + length) of a file SHARED over [offset, offset + length) of
+   * this anonymous region (MAP_SHARED | MAP_FIXED): reads and writes are the file's page cache,
+   * so stores reach the file, and flush() over the range makes them durable. The file is opened
+   * read-write; the same checks as mapFilePrivate (page-aligned numbers, the range within the
+   * region and within the file, a regular file), and the file is pinned at that size while
+   * mapped. release() refuses the range; unmapPrivate undoes it.
+   */
+  mapFileShared(offset: number, length: number, path: string, fileOffset: number): void {
+    try {
+      this.#native.mapFileShared(offset, length, path, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /** Replaces a page-aligned range of an anonymous region with fresh zero pages (undoes mapFilePrivate and mapFileShared). */
   unmapPrivate(offset: number, length: number): void {
     try {
       this.#native.unmapPrivate(offset, length);

@@ -70,6 +70,7 @@ void Mapping::Unmap() {
   fd.Reset();
   filePin.reset();
   privateRanges.clear();
+  sharedRanges.clear();
 }
 
 Napi::Function Region::Define(Napi::Env env) {
@@ -82,6 +83,7 @@ Napi::Function Region::Define(Napi::Env env) {
                          InstanceMethod<&Region::Populate>("populate"),
                          InstanceMethod<&Region::Flush>("flush"),
                          InstanceMethod<&Region::MapFilePrivate>("mapFilePrivate"),
+                         InstanceMethod<&Region::MapFileShared>("mapFileShared"),
                          InstanceMethod<&Region::UnmapPrivate>("unmapPrivate"),
                          InstanceMethod<&Region::Close>("close"),
                      });
@@ -199,6 +201,23 @@ void Region::DropPrivateRangesWithin(uint64_t offset, uint64_t length) {
                ranges.end());
 }
 
+bool Region::OverlapsSharedRange(uint64_t offset, uint64_t length) const {
+  for (const auto& range : mapping_->sharedRanges) {
+    if (offset < range.second && range.first < offset + length) return true;
+  }
+  return false;
+}
+
+void Region::ForgetSharedWithin(uint64_t offset, uint64_t length) {
+  std::vector<std::pair<uint64_t, uint64_t>> kept;
+  uint64_t end = offset + length;
+  for (const auto& range : mapping_->sharedRanges) {
+    if (range.first < offset) kept.emplace_back(range.first, std::min(range.second, offset));
+    if (range.second > end) kept.emplace_back(std::max(range.first, end), range.second);
+  }
+  mapping_->sharedRanges = std::move(kept);
+}
+
 Napi::Value Region::GetClosed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !mapping_ || !mapping_->Mapped());
 }
@@ -210,6 +229,12 @@ void Region::Release(const Napi::CallbackInfo& info) {
   if (length == 0) return;
   Mapping& mapping = *mapping_;
   if (mapping.kind == RegionKind::kAnonymous) {
+    // MADV_DONTNEED on a shared file range frees nothing and the pages would read the file's
+    // bytes again, not zero: the caller wants unmapPrivate there.
+    if (OverlapsSharedRange(offset, length)) {
+      Fail(env, code::kUnsupported,
+           "release over a mapFileShared range: the pages would keep the file's bytes (use unmapPrivate)");
+    }
     // Private pages are dropped; a mapFilePrivate range reads the file's bytes again.
     if (::madvise(mapping.base + offset, length, MADV_DONTNEED) != 0) {
       FailErrno(env, errno, "madvise", "");
@@ -284,7 +309,10 @@ void Region::Flush(const Napi::CallbackInfo& info) {
   uint64_t offset = ArgIndex(info, 0, "offset");
   uint64_t length = ArgIndex(info, 1, "length");
   RequireWithin(env, offset, length, mapping.bytes, "region");
-  if (length == 0 || mapping.kind == RegionKind::kAnonymous) return;
+  if (length == 0) return;
+  // An anonymous region has file-backed pages only where mapFileShared placed them; msync over
+  // a range that mixes them with anonymous pages syncs the shared ones and skips the rest.
+  if (mapping.kind == RegionKind::kAnonymous && !OverlapsSharedRange(offset, length)) return;
   // Any byte range is accepted: it is widened to the pages it touches (msync needs that).
   uint64_t page = HostPageSize();
   uint64_t start = offset / page * page;
@@ -294,7 +322,14 @@ void Region::Flush(const Napi::CallbackInfo& info) {
   }
 }
 
-void Region::MapFilePrivate(const Napi::CallbackInfo& info) {
+void Region::MapFilePrivate(const Napi::CallbackInfo& info) { MapFileRange(info, false); }
+
+// Shared: the range's pages are the file's page cache, so stores reach the file (durable after
+// flush/msync) and other mappings of the file see them.
+void Region::MapFileShared(const Napi::CallbackInfo& info) { MapFileRange(info, true); }
+
+void Region::MapFileRange(const Napi::CallbackInfo& info, bool shared) {
+  const char* name = shared ? "mapFileShared" : "mapFilePrivate";
   Napi::Env env = info.Env();
   Mapping& mapping = Open(env);
   uint64_t offset = ArgIndex(info, 0, "offset");
@@ -303,14 +338,14 @@ void Region::MapFilePrivate(const Napi::CallbackInfo& info) {
   uint64_t fileOffset = ArgIndex(info, 3, "fileOffset");
   if (mapping.kind != RegionKind::kAnonymous) {
     Fail(env, code::kUnsupported,
-         std::string("mapFilePrivate needs an anonymous region, this one is ") +
+         std::string(name) + " needs an anonymous region, this one is " +
              KindName(mapping.kind));
   }
   RequirePageAligned(env, offset, "offset");
   RequirePageAligned(env, length, "length");
   RequirePageAligned(env, fileOffset, "fileOffset");
   RequireWithin(env, offset, length, mapping.bytes, "region");
-  UniqueFd fd = OpenRegularFile(env, path, O_RDONLY);
+  UniqueFd fd = OpenRegularFile(env, path, shared ? O_RDWR : O_RDONLY);
   uint64_t fileSize = SizeOf(env, fd.Get(), path);
   if (fileOffset > fileSize || length > fileSize - fileOffset) {
     // Touching a mapped page past the end of the file raises SIGBUS.
@@ -322,7 +357,7 @@ void Region::MapFilePrivate(const Napi::CallbackInfo& info) {
   if (length == 0) return;
   auto pin = std::make_unique<FilePin>(IdentityOf(env, fd.Get(), path), fileOffset + length);
   void* target = mapping.base + offset;
-  void* placed = ::mmap(target, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd.Get(),
+  void* placed = ::mmap(target, length, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd.Get(),
                         static_cast<off_t>(fileOffset));
   if (placed == MAP_FAILED) {
     int err = errno;
@@ -336,6 +371,8 @@ void Region::MapFilePrivate(const Napi::CallbackInfo& info) {
   }
   DropPrivateRangesWithin(offset, length);
   mapping.privateRanges.push_back({offset, length, std::move(pin)});
+  ForgetSharedWithin(offset, length);
+  if (shared) mapping.sharedRanges.emplace_back(offset, offset + length);
 }
 
 void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
@@ -359,6 +396,7 @@ void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
     FailErrno(env, err, "mmap", "");
   }
   DropPrivateRangesWithin(offset, length);
+  ForgetSharedWithin(offset, length);
 }
 
 void Region::Close(const Napi::CallbackInfo&) { CloseNow(); }

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "posix_file.h"
@@ -30,7 +31,10 @@ struct Mapping {
   bool noReserve = false;
   UniqueFd fd;                                   // file and memfd regions
   std::unique_ptr<FilePin> filePin;              // file regions: the file must keep `bytes`
-  std::vector<PrivateFileRange> privateRanges;   // mapFilePrivate ranges of anonymous regions
+  std::vector<PrivateFileRange> privateRanges;   // mapFilePrivate/mapFileShared ranges of anonymous regions
+  // The byte ranges [first, second) of an anonymous region that are mapFileShared now (exact:
+  // cut by unmapPrivate and by later mappings), for flush and release.
+  std::vector<std::pair<uint64_t, uint64_t>> sharedRanges;
 
   bool Mapped() const { return base != nullptr; }
   void Unmap();
@@ -56,6 +60,10 @@ class Region : public Napi::ObjectWrap<Region> {
   void CloseNow();
   void DropPrivateRangesWithin(uint64_t offset, uint64_t length);
   void ReadAlignedRange(const Napi::CallbackInfo& info, uint64_t* offset, uint64_t* length);
+  bool OverlapsSharedRange(uint64_t offset, uint64_t length) const;
+  void ForgetSharedWithin(uint64_t offset, uint64_t length);
+  // mapFilePrivate (MAP_PRIVATE) and mapFileShared (MAP_SHARED): the same checks, one mmap.
+  void MapFileRange(const Napi::CallbackInfo& info, bool shared);
 
   Napi::Value GetClosed(const Napi::CallbackInfo& info);
   void Release(const Napi::CallbackInfo& info);
@@ -64,6 +72,7 @@ class Region : public Napi::ObjectWrap<Region> {
   Napi::Value Populate(const Napi::CallbackInfo& info);
   void Flush(const Napi::CallbackInfo& info);
   void MapFilePrivate(const Napi::CallbackInfo& info);
+  void MapFileShared(const Napi::CallbackInfo& info);
   void UnmapPrivate(const Napi::CallbackInfo& info);
   void Close(const Napi::CallbackInfo& info);
 

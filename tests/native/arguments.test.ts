@@ -62,6 +62,14 @@ const regionMethods: EntryPoint[] = [
     bounded: [0, 1],
     unbounded: [],
   },
+  {
+    name: 'mapFileShared',
+    call: (a) => region.mapFileShared(any(a[0]), any(a[1]), any(a[2]), any(a[3])),
+    valid: () => [0, page, dataPath, 0],
+    aligned: [0, 1, 3],
+    bounded: [0, 1],
+    unbounded: [],
+  },
   { name: 'unmapPrivate', call: (a) => region.unmapPrivate(any(a[0]), any(a[1])), valid: () => [0, page], aligned: [0, 1], bounded: [0, 1], unbounded: [] },
 ];
 
@@ -185,6 +193,7 @@ rows.push(
   { label: 'path not a string', run: () => HostFile.open(any(42), 'r'), code: 'BV_NATIVE_BAD_ARGUMENT' },
   { label: 'unknown file mode', run: () => HostFile.open(dataPath, any('w')), code: 'BV_NATIVE_BAD_ARGUMENT' },
   { label: 'mapFilePrivate path not a string', run: () => region.mapFilePrivate(0, page, any(null), 0), code: 'BV_NATIVE_BAD_ARGUMENT' },
+  { label: 'mapFileShared path not a string', run: () => region.mapFileShared(0, page, any(null), 0), code: 'BV_NATIVE_BAD_ARGUMENT' },
   { label: 'pread into an Int8Array', run: () => file.pread(any(new Int8Array(4)), 0), code: 'BV_NATIVE_BAD_ARGUMENT' },
   { label: 'pread into a DataView', run: () => file.pread(any(new DataView(new ArrayBuffer(4))), 0), code: 'BV_NATIVE_BAD_ARGUMENT' },
   { label: 'pwrite from a plain array', run: () => file.pwrite(any([1, 2, 3]), 0), code: 'BV_NATIVE_BAD_ARGUMENT' },
@@ -222,7 +231,7 @@ describe('random calls never crash the process', () => {
       fc.double(),
     );
     const call = fc.record({
-      method: fc.constantFrom('release', 'residency', 'adviseHugePages', 'flush', 'mapFilePrivate', 'unmapPrivate', 'preadToRegion', 'pwriteFromRegion', 'pread'),
+      method: fc.constantFrom('release', 'residency', 'adviseHugePages', 'flush', 'mapFilePrivate', 'mapFileShared', 'unmapPrivate', 'preadToRegion', 'pwriteFromRegion', 'pread'),
       a: number,
       b: number,
       c: number,
@@ -237,6 +246,7 @@ describe('random calls never crash the process', () => {
             try {
               switch (method) {
                 case 'mapFilePrivate': fuzzed.mapFilePrivate(a, b, dataPath, c); break;
+                case 'mapFileShared': fuzzed.mapFileShared(a, b, dataPath, c); break;
                 case 'preadToRegion': scratch.preadToRegion(fuzzed, a, b, c); break;
                 case 'pwriteFromRegion': scratch.pwriteFromRegion(fuzzed, a, b, c % regionBytes); break;
                 case 'pread': scratch.pread(new Uint8Array(fuzzed.buffer, 0, 64), a); break;

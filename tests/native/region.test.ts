@@ -323,3 +323,93 @@ describe('mapFilePrivate', () => {
     region.close();
   });
 });
+
+describe('mapFileShared', () => {
+  const pages = 16;
+  const fileBytes = pages * HOST_PAGE_SIZE;
+  const page = HOST_PAGE_SIZE;
+
+  it('puts the file under part of the region: stores reach the file, flush syncs them', () => {
+    const path = join(temp.dir, 'pmem.bin');
+    writeFileSync(path, pattern(fileBytes, 7));
+    const region = HostRegion.anonymous(4 * fileBytes);
+    const view = new Uint8Array(region.buffer);
+    region.mapFileShared(fileBytes, fileBytes, path, 0);
+    expectBytes(view.subarray(fileBytes, 2 * fileBytes), pattern(fileBytes, 7));
+    expect(isAllZero(view.subarray(0, fileBytes))).toBe(true);
+
+    view.fill(0xab, fileBytes + page, fileBytes + 3 * page);
+    region.flush(fileBytes + page, 2 * page);
+    const onDisk = new Uint8Array(readFileSync(path));
+    expect(onDisk[page]).toBe(0xab);
+    expect(onDisk[3 * page - 1]).toBe(0xab);
+    expect(onDisk[3 * page]).toBe(pattern(fileBytes, 7)[3 * page]);
+    // A second mapping of the same file sees the same pages.
+    const other = HostRegion.anonymous(fileBytes);
+    other.mapFileShared(0, fileBytes, path, 0);
+    expect(new Uint8Array(other.buffer)[page]).toBe(0xab);
+    other.close();
+
+    // release() would leave the file's bytes, not zeros: refused; unmapPrivate undoes the mapping.
+    expectNativeError(() => region.release(fileBytes, page), 'BV_NATIVE_UNSUPPORTED');
+    expectNativeError(() => region.release(0, 2 * fileBytes), 'BV_NATIVE_UNSUPPORTED');
+    region.release(0, fileBytes); // the anonymous part is still released as usual
+    region.unmapPrivate(fileBytes, page); // one page back to anonymous memory
+    expect(isAllZero(view.subarray(fileBytes, fileBytes + page))).toBe(true);
+    region.release(fileBytes, page);
+    expectNativeError(() => region.release(fileBytes + page, page), 'BV_NATIVE_UNSUPPORTED');
+    view[fileBytes] = 1; // the anonymous page does not reach the file
+    region.unmapPrivate(fileBytes, fileBytes);
+    region.release(0, 4 * fileBytes);
+    expect(new Uint8Array(readFileSync(path))[0]).toBe(pattern(fileBytes, 7)[0]);
+    expect(new Uint8Array(readFileSync(path))[page]).toBe(0xab);
+    region.close();
+  });
+
+  it('maps from a page-aligned file offset and pins the file at that size', () => {
+    const path = join(temp.dir, 'pmem-offset.bin');
+    writeFileSync(path, pattern(fileBytes, 8));
+    const region = HostRegion.anonymous(fileBytes);
+    region.mapFileShared(0, 4 * page, path, 8 * page);
+    expectBytes(new Uint8Array(region.buffer, 0, 4 * page), pattern(fileBytes, 8).subarray(8 * page, 12 * page));
+    new Uint8Array(region.buffer)[0] = 0x5a;
+    expect(new Uint8Array(readFileSync(path))[8 * page]).toBe(0x5a);
+    const file = HostFile.open(path, 'rw');
+    expectNativeError(() => file.truncate(11 * page), 'BV_NATIVE_BUSY');
+    region.unmapPrivate(0, 4 * page);
+    file.truncate(0);
+    file.close();
+    region.close();
+  });
+
+  it('refuses bad offsets and lengths, ranges past EOF or outside the region, and shared regions', () => {
+    const path = join(temp.dir, 'pmem-bad.bin');
+    writeFileSync(path, pattern(fileBytes, 9));
+    const region = HostRegion.anonymous(2 * fileBytes);
+    const pastEof = expectNativeError(() => region.mapFileShared(0, 2 * page, path, fileBytes - page), 'BV_NATIVE_OUT_OF_RANGE');
+    expect(pastEof.message).toContain(path);
+    expectNativeError(() => region.mapFileShared(0, page, path, fileBytes + page), 'BV_NATIVE_OUT_OF_RANGE');
+    expectNativeError(() => region.mapFileShared(0, 2 * fileBytes, path, 0), 'BV_NATIVE_OUT_OF_RANGE');
+    expectNativeError(() => region.mapFileShared(1, page, path, 0), 'BV_NATIVE_UNALIGNED');
+    expectNativeError(() => region.mapFileShared(0, page + 1, path, 0), 'BV_NATIVE_UNALIGNED');
+    expectNativeError(() => region.mapFileShared(0, page, path, 512), 'BV_NATIVE_UNALIGNED');
+    expectNativeError(() => region.mapFileShared(-page, page, path, 0), 'BV_NATIVE_BAD_ARGUMENT');
+    expectNativeError(() => region.mapFileShared(0, 1.5, path, 0), 'BV_NATIVE_BAD_ARGUMENT');
+    expectNativeError(() => region.mapFileShared(2 * fileBytes, page, path, 0), 'BV_NATIVE_OUT_OF_RANGE');
+    expectNativeError(() => region.mapFileShared(fileBytes + page, fileBytes, path, 0), 'BV_NATIVE_OUT_OF_RANGE');
+    expectNativeError(() => region.mapFileShared(0, page, path, 2 ** 52), 'BV_NATIVE_OUT_OF_RANGE');
+    const missing = expectNativeError(() => region.mapFileShared(0, page, join(temp.dir, 'nope'), 0), 'BV_NATIVE_IO');
+    expect(missing.errnoName).toBe('ENOENT');
+    // Opened read-write, a directory fails in open(2) itself (EISDIR), before the regular-file check.
+    expect(expectNativeError(() => region.mapFileShared(0, page, temp.dir, 0), 'BV_NATIVE_IO').errnoName).toBe('EISDIR');
+    // Nothing was mapped by the refused calls: the whole region is still releasable anonymous memory.
+    expect(isAllZero(new Uint8Array(region.buffer))).toBe(true);
+    region.release(0, 2 * fileBytes);
+    region.close();
+    expectNativeError(() => region.mapFileShared(0, page, path, 0), 'BV_NATIVE_CLOSED');
+
+    const shared = HostRegion.sharedMemory(fileBytes);
+    expectNativeError(() => shared.mapFileShared(0, page, path, 0), 'BV_NATIVE_UNSUPPORTED');
+    shared.close();
+  });
+});
