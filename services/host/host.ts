@@ -31,7 +31,7 @@ import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
 import { adjustedSharesPerPage, defaultShares } from '../memory/shares.ts';
 import { PageSharer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 import { MemoryErrorService, MemoryErrorServiceError, type RecoveryMethod } from '../recovery/index.ts';
 import { CleanCopyRecovery } from '../recovery/clean-copy.ts';
@@ -445,6 +445,8 @@ export interface HostMigrationSettings {
   insecure: boolean;
   /** A peer silent this long fails the migration. */
   stallTimeoutMs: number;
+  /** How this host introduces itself to peers (default: the machine's host name). */
+  name?: string;
 }
 
 /** PUT /vms/{name}/migrate. */
@@ -678,7 +680,7 @@ export class Host {
   static async start(spec: HostSpec, options: HostOptions = {}): Promise<Host> {
     const images = spec.vms.map((vm, index) => loadImage(vm.image, `vms[${index}].image`));
     const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
-    const migration = options.migration ?? (spec.migration === undefined ? undefined : { tls: spec.migration.tls, insecure: spec.migration.insecure, stallTimeoutMs: spec.migration.stallTimeoutMs });
+    const migration = options.migration ?? (spec.migration === undefined ? undefined : { tls: spec.migration.tls, insecure: spec.migration.insecure, stallTimeoutMs: spec.migration.stallTimeoutMs, name: spec.migration.name });
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
@@ -1409,12 +1411,13 @@ export class Host {
     return result;
   }
 
-  private channelOptions(): { protocol: string; versions: readonly number[]; tls?: TlsFiles; insecure?: boolean; stallTimeoutMs: number } {
+  private channelOptions(): { protocol: string; versions: readonly number[]; tls?: TlsFiles; insecure?: boolean; stallTimeoutMs: number; name: string } {
     const { tls, insecure, stallTimeoutMs } = this.migrationSettings;
+    const name = this.migrationSettings.name ?? hostname();
     if (tls === null && !insecure) {
       throw new HostError(400, 'this host has no migration certificates: configure migration.tls (or tls_dir), or migration.insecure for plain TCP');
     }
-    return { protocol: MIGRATION_PROTOCOL, versions: MIGRATION_VERSIONS, stallTimeoutMs, ...(tls === null ? { insecure: true } : { tls }) };
+    return { protocol: MIGRATION_PROTOCOL, versions: MIGRATION_VERSIONS, stallTimeoutMs, name, ...(tls === null ? { insecure: true } : { tls }) };
   }
 
   private listeningAddress(): string {

@@ -2,7 +2,7 @@
 // every key, and refusals of unknown keys, wrong types, out-of-range values and the semantic
 // problems, each naming the offending field; the file reader's errors; a fuzz of random JSON.
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -62,7 +62,7 @@ describe('accepted configurations', () => {
       requestTimeoutMs: 10_000,
       overcommit: false,
       reclaim: null,
-      migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000 },
+      migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000, name: hostname() },
       vms: [{
         name: 'a',
         image: 'examples/nanokernel/kernel.s',

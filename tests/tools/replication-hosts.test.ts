@@ -53,7 +53,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 describe('replication between two host processes', () => {
   it('kill -9 of the primary at a random point: the backup activates the last complete epoch and the guest runs on', async () => {
     const guest = { name: 'guest', image, memory_mib: 16, memory_policy: { active_sampling: null } };
-    const primary = await startHost('p', { host_memory_mib: 64, migration: { tls: certs.a }, vms: [guest] });
+    const primary = await startHost('p', { host_memory_mib: 64, migration: { tls: certs.a, name: 'primary-1' }, vms: [guest] });
     const backup = await startHost('b', { host_memory_mib: 64, migration: { tls: certs.b, listen: '127.0.0.1:0' } });
     const address = (await apiRequest<MigrationsInfo>(backup.socket, 'GET', '/migrations')).body.listening!;
     for (let i = 0; i < 800 && (await apiRequest<VmInfo>(primary.socket, 'GET', '/vms/guest')).body.console_bytes < 2; i++) await sleep(25);
@@ -83,7 +83,7 @@ describe('replication between two host processes', () => {
     expect(replica).toMatchObject({ name: 'guest', state: 'disconnected' });
     expect(replica.committed_epoch).toBeGreaterThanOrEqual(before.committed_epoch!);
     const listed = await ctl(backup.socket, ['replicas']);
-    expect(listed.stdout).toMatch(/guest from .*: disconnected, epoch \d+/);
+    expect(listed.stdout).toMatch(/guest from primary-1@.*: disconnected, epoch \d+/); // the name the primary's config gives it
 
     const activated = await ctl(backup.socket, ['activate', 'guest']);
     expect(activated.code, activated.stderr).toBe(0);
