@@ -10,6 +10,7 @@ import { attachMeminfo, type MeminfoDevice } from './meminfo.ts';
 import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions } from './block.ts';
 import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
 import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
+import { attachPmem, checkPmemOptions, type PmemDevice, type PmemOptions } from './pmem.ts';
 import { attachPower, type PowerDevice } from './power.ts';
 import { attachTimer, type TimerDevice } from './timer.ts';
 
@@ -36,6 +37,8 @@ export {
   CONSOLE_WRITE_MAX_BYTES,
 } from './console.ts';
 export type { ConsoleInputStream, ConsoleOptions, ConsoleSink } from './console.ts';
+export { attachPmem, checkPmemOptions, PMEM_ALIGNMENT, PMEM_MAX_BYTES, PmemDevice, PmemError, PmemRegister, PmemStatus } from './pmem.ts';
+export type { PmemOptions, PmemStats } from './pmem.ts';
 export { attachPower, PowerDevice, PowerRegister, POWER_RESET_VALUE, RESET_PAUSE_REASON } from './power.ts';
 export { attachTimer, TimerDevice, TimerRegister } from './timer.ts';
 
@@ -61,6 +64,8 @@ export interface StandardDeviceOptions {
   balloon?: BalloonOptions;
   /** The MEMINFO device (docs/meminfo.md), attached after the balloon. */
   meminfo?: boolean;
+  /** Persistent memory (docs/pmem.md), attached after MEMINFO. */
+  pmem?: PmemOptions;
 }
 
 /** The devices attachStandardDevices attached (pass them to runWithResets; keep them for their stats). */
@@ -79,6 +84,8 @@ export interface StandardDevices {
   balloon: BalloonDevice | null;
   /** The MEMINFO device when `meminfo` was true, else null. */
   meminfo: MeminfoDevice | null;
+  /** The persistent-memory device when `pmem` was given, else null. */
+  pmem: PmemDevice | null;
   /** The capture sink when `output` was one, else null. */
   captured: CaptureSink | null;
 }
@@ -92,6 +99,7 @@ export interface StandardDevices {
 export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {}): StandardDevices {
   const bootArgsDevice = new BootArgsDevice(options.bootArgs ?? ''); // throws before anything is attached
   if (options.balloon !== undefined) new BalloonDevice(vm, options.balloon); // so does this (it attaches nothing)
+  if (options.pmem !== undefined) checkPmemOptions(options.pmem, vm.name); // and this (a bad file or size)
   const disk = options.disk === undefined ? null : openBlockDisk(options.disk);
   const consoleOptions: Parameters<typeof attachConsole>[1] = {};
   if (options.output !== undefined) consoleOptions.output = options.output;
@@ -107,7 +115,8 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const block = disk === null ? null : attachBlock(vm, disk);
   const balloon = options.balloon === undefined ? null : attachBalloon(vm, options.balloon);
   const meminfo = options.meminfo === true ? attachMeminfo(vm) : null;
-  return { console, timer, power, bootArgs, block, balloon, meminfo, captured: options.output instanceof CaptureSink ? options.output : null };
+  const pmem = options.pmem === undefined ? null : attachPmem(vm, options.pmem);
+  return { console, timer, power, bootArgs, block, balloon, meminfo, pmem, captured: options.output instanceof CaptureSink ? options.output : null };
 }
 
 /** The outcome of runWithResets / runWithResetsAsync. */

@@ -32,6 +32,7 @@ export { CORRUPTION_PATTERNS, MAX_WINDOW_BITS, PAGE_BITS, MemoryErrorInputError,
 export type { CorruptionPattern } from './memory/poison.ts';
 export { asGpa, asGva } from './memory/addresses.ts';
 export type { Gpa, Gva, HostOffset } from './memory/addresses.ts';
+export type { FileRangeInfo } from './memory/file-ranges.ts';
 export { Mmu } from './mmu/shadow.ts';
 export type { MmuMode, MmuOptions, MmuStats, MmuHost } from './mmu/shadow.ts';
 export { scanAccessedLeaves } from './mmu/page-table-scan.ts';

@@ -487,6 +487,11 @@ export class Vm implements VcpuHost {
   }
 
   /** @internal */
+  fileRangeFrame(gpa: number): number {
+    return this.memory.fileRangeFrame(gpa);
+  }
+
+  /** @internal */
   isMmio(gpa: number): boolean {
     return this.bus.contains(gpa);
   }

@@ -20,6 +20,8 @@ export interface VcpuHost extends PhysicalPageTables {
   readonly decodeCache: DecodeCache;
   isRam(gpa: number): boolean;
   isMmio(gpa: number): boolean;
+  /** The host frame behind a gpa of a file-backed range (persistent memory), or -1: not RAM, but loads and stores reach it like RAM. */
+  fileRangeFrame(gpa: number): number;
   mmioRead(vcpu: Vcpu, gpa: number): number;
   mmioWrite(vcpu: Vcpu, gpa: number, value: number): boolean;
   /** The frame for a RAM access (resolving absent pages and protections), or -1 after a trap or a stop. */

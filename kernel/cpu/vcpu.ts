@@ -878,27 +878,35 @@ export class Vcpu {
     const gpa = this.translate(va, Access.READ);
     if (gpa < 0) return SLOW_TRAP;
     const vm = this.vm;
+    // A file-backed range (persistent memory) is not RAM but is read like it: its frames never
+    // change while the VM lives, so translations are cached with no reverse mapping (gpn -1).
+    let fileFrame = -1;
     if (!vm.isRam(gpa)) {
-      if (width !== 4 || !vm.isMmio(gpa)) {
-        this.trap(Cause.LOAD_ACCESS_FAULT, va);
-        return SLOW_TRAP;
+      fileFrame = vm.fileRangeFrame(gpa);
+      if (fileFrame < 0) {
+        if (width !== 4 || !vm.isMmio(gpa)) {
+          this.trap(Cause.LOAD_ACCESS_FAULT, va);
+          return SLOW_TRAP;
+        }
+        this.stats.mmioAccesses++;
+        this.slowValue = vm.mmioRead(this, gpa);
+        return SLOW_OK;
       }
-      this.stats.mmioAccesses++;
-      this.slowValue = vm.mmioRead(this, gpa);
-      return SLOW_OK;
     }
-    const frame = vm.frameForAccess(this, gpa, Access.READ, va);
+    const file = fileFrame >= 0;
+    const frame = file ? fileFrame : vm.frameForAccess(this, gpa, Access.READ, va);
     if (frame < 0) return SLOW_TRAP;
     this.stats.tlbMisses++;
     const hostOffset = frame * 4096 + (gpa & 0xfff);
-    vm.markAccessed(gpa >>> 12);
-    if (vm.mayCacheRead(gpa)) {
+    if (!file) vm.markAccessed(gpa >>> 12);
+    if (file || vm.mayCacheRead(gpa)) {
       const supervisor = this.mode === Mode.SUPERVISOR;
       const addend = (frame * 4096 - (va & -4096)) | 0;
-      this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpa >>> 12);
+      const gpn = file ? -1 : gpa >>> 12;
+      this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpn);
       // A page already dirty and writable gets its write entry now, saving a second miss.
       if (this.pagingEnabled ? (this.vm.mmu.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
-        if (vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, addend, gpa >>> 12);
+        if (file || vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, addend, gpn);
       }
     }
     const pool = this.pool;
@@ -916,6 +924,8 @@ export class Vcpu {
     if (gpa < 0) return SLOW_TRAP;
     const vm = this.vm;
     if (!vm.isRam(gpa)) {
+      const fileFrame = vm.fileRangeFrame(gpa);
+      if (fileFrame >= 0) return this.storeFileRange(va, gpa, fileFrame, width, value);
       if (width !== 4 || !vm.isMmio(gpa)) {
         this.trap(Cause.STORE_ACCESS_FAULT, va);
         return SLOW_TRAP;
@@ -952,6 +962,22 @@ export class Vcpu {
     return SLOW_OK;
   }
 
+  /**
+   * A store to a file-backed range (persistent memory): no protections, traces, decoded code or
+   * write epochs can apply there (nothing is executed from it), so the store lands and the write
+   * translation is cached, with no reverse mapping (the frames never change while the VM lives).
+   */
+  private storeFileRange(va: number, gpa: number, frame: number, width: number, value: number): number {
+    this.stats.tlbMisses++;
+    const hostOffset = frame * 4096 + (gpa & 0xfff);
+    const pool = this.pool;
+    if (width === 4) pool.i32[hostOffset >>> 2] = value;
+    else if (width === 2) pool.u16[hostOffset >>> 1] = value;
+    else pool.u8[hostOffset] = value;
+    this.tlb.fill(this.mode === Mode.SUPERVISOR ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, (frame * 4096 - (va & -4096)) | 0, -1);
+    return SLOW_OK;
+  }
+
   /** Atomic read-modify-write; always takes the slow path (AMOs are rare: locks, counters). */
   /** @internal (compiled code calls it too) */
   amoSlow(op: number, va: number, operand: number): number {
@@ -962,12 +988,21 @@ export class Vcpu {
     const gpa = this.translate(va, Access.WRITE);
     if (gpa < 0) return SLOW_TRAP;
     const vm = this.vm;
-    if (!vm.isRam(gpa)) {
-      this.trap(Cause.STORE_ACCESS_FAULT, va);
+    const file = !vm.isRam(gpa);
+    const frame = file ? vm.fileRangeFrame(gpa) : vm.frameForAccess(this, gpa, Access.WRITE, va);
+    if (frame < 0) {
+      // Neither RAM nor a file-backed range (MMIO included): an access fault.
+      if (file) this.trap(Cause.STORE_ACCESS_FAULT, va);
       return SLOW_TRAP;
     }
-    const frame = vm.frameForAccess(this, gpa, Access.WRITE, va);
-    if (frame < 0) return SLOW_TRAP;
+    if (file) {
+      const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
+      const i32 = this.pool.i32;
+      const old = i32[index]!;
+      i32[index] = op === 0x2d ? operand : op === 0x2e ? (old + operand) | 0 : op === 0x2f ? old & operand : old | operand;
+      this.slowValue = old;
+      return SLOW_OK;
+    }
     vm.markAccessed(gpa >>> 12);
     const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
     const i32 = this.pool.i32;

@@ -28,7 +28,11 @@ export interface HostMemory {
   adviseHugePages(offset: number, length: number): boolean;
   /** Map a file privately over a range (zero-copy restore); optional. */
   mapFilePrivate?(offset: number, length: number, path: string, fileOffset: number): void;
-  /** Put anonymous zero pages back over a privately mapped range; optional. */
+  /** Map a file SHARED over a range (persistent memory: stores reach the file); optional. */
+  mapFileShared?(offset: number, length: number, path: string, fileOffset: number): void;
+  /** msync the file-backed pages of a byte range (its stores become durable); optional. */
+  flush?(offset: number, length: number): void;
+  /** Put anonymous zero pages back over a privately or shared mapped range; optional. */
   unmapPrivate?(offset: number, length: number): void;
   /** mincore: one byte per host page of the range, 1 when resident; optional. */
   residency?(offset: number, length: number): Uint8Array;
@@ -54,6 +58,8 @@ export interface FramePoolStats {
   releaseMs: number;
   /** Frames whose contents come from a privately mapped file (map-mode restore). */
   fileMappedFrames: number;
+  /** Frames that are a shared mapping of a file (persistent memory, docs/pmem.md). */
+  sharedFileFrames: number;
 }
 
 /** @internal The host frame pool of a hypervisor (kernel only: services use GuestMemory). */
@@ -81,9 +87,10 @@ export class FramePool {
   private framesReleased = 0;
   private releaseCalls = 0;
   private releaseMs = 0;
-  /** Frames currently backed by a private file mapping (map-mode restore). */
+  /** Per frame: 1 = a private file mapping (map-mode restore), 2 = a shared one (persistent memory). */
   private readonly fileMapped: Uint8Array;
   private fileMappedCount = 0;
+  private sharedMappedCount = 0;
   /** releaseMany's list of the frames it frees (grown as needed, never shrunk). */
   private freedScratch = new Int32Array(FRAMES_PER_RUN);
 
@@ -204,9 +211,46 @@ export class FramePool {
     for (let i = 0; i < count; i++) this.checkInUse(firstFrame + i);
     this.memory.mapFilePrivate(firstFrame * FRAME_SIZE, count * FRAME_SIZE, path, fileOffset);
     for (let i = 0; i < count; i++) {
-      if (this.fileMapped[firstFrame + i] === 0) this.fileMappedCount++;
+      if (this.fileMapped[firstFrame + i] === 2) this.sharedMappedCount--;
+      if (this.fileMapped[firstFrame + i] !== 1) this.fileMappedCount++;
       this.fileMapped[firstFrame + i] = 1;
     }
+  }
+
+  /**
+   * Maps `count` frames from `firstFrame` (allocated, contiguous) SHARED onto a file range
+   * (persistent memory): the frames are the file's page cache, stores reach the file. Released,
+   * such a frame gets an anonymous zero page back, like a privately mapped one.
+   */
+  mapFileShared(firstFrame: number, count: number, path: string, fileOffset: number): void {
+    if (!this.memory.mapFileShared || !this.memory.unmapPrivate || !this.memory.flush) {
+      throw new KernelError('BV_NO_FILE_MAPPING', 'this host memory cannot map files shared (the host pool must be anonymous native memory)');
+    }
+    const kind = (this.memory as { kind?: unknown }).kind;
+    if (kind !== undefined && kind !== 'anonymous') {
+      throw new KernelError('BV_NO_FILE_MAPPING', `persistent memory needs an anonymous host pool; this hypervisor's pool is a ${String(kind)} region (backingFile)`);
+    }
+    for (let i = 0; i < count; i++) this.checkInUse(firstFrame + i);
+    this.memory.mapFileShared(firstFrame * FRAME_SIZE, count * FRAME_SIZE, path, fileOffset);
+    for (let i = 0; i < count; i++) {
+      const frame = firstFrame + i;
+      if (this.fileMapped[frame] === 1) this.fileMappedCount--;
+      if (this.fileMapped[frame] !== 2) this.sharedMappedCount++;
+      this.fileMapped[frame] = 2;
+    }
+  }
+
+  /** msync of `count` contiguous frames mapped with mapFileShared: their stores are durable on return. */
+  flushFrames(firstFrame: number, count: number): void {
+    this.memory.flush!(firstFrame * FRAME_SIZE, count * FRAME_SIZE);
+  }
+
+  /** Forgets that a frame being freed was file-mapped, and gives it an anonymous zero page. */
+  private unmapFileFrame(frame: number): void {
+    this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
+    if (this.fileMapped[frame] === 2) this.sharedMappedCount--;
+    else this.fileMappedCount--;
+    this.fileMapped[frame] = 0;
   }
 
   /** Adds a reference to a frame in use (sharing). */
@@ -227,11 +271,9 @@ export class FramePool {
   release(frame: number): void {
     this.checkInUse(frame);
     if (--this.refCount[frame]! > 0) return;
-    if (this.fileMapped[frame] === 1) {
+    if (this.fileMapped[frame] !== 0) {
       // Released file-backed pages would read the file's bytes again: put zero pages back.
-      this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
-      this.fileMapped[frame] = 0;
-      this.fileMappedCount--;
+      this.unmapFileFrame(frame);
     } else {
       this.returnToOs(frame * FRAME_SIZE, FRAME_SIZE);
     }
@@ -273,10 +315,8 @@ export class FramePool {
     for (let i = 0; i < freedCount; i++) {
       const frame = freed[i]!;
       onFree?.(frame);
-      if (this.fileMapped[frame] === 1) {
-        this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
-        this.fileMapped[frame] = 0;
-        this.fileMappedCount--;
+      if (this.fileMapped[frame] !== 0) {
+        this.unmapFileFrame(frame);
       } else if (frame === end) {
         end++;
       } else {
@@ -318,6 +358,7 @@ export class FramePool {
       releaseCalls: this.releaseCalls,
       releaseMs: this.releaseMs,
       fileMappedFrames: this.fileMappedCount,
+      sharedFileFrames: this.sharedMappedCount,
     };
   }
 

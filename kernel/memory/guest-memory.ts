@@ -28,6 +28,8 @@ import {
 } from './p2m.ts';
 import type { AbsentStateId } from './p2m.ts';
 import { checkErrorWindow, checkPattern, corruptBits } from './poison.ts';
+import { FileRanges } from './file-ranges.ts';
+import type { FileRangeInfo } from './file-ranges.ts';
 import type { CorruptionPattern } from './poison.ts';
 
 /** Pages in a 4 MiB region. */
@@ -243,6 +245,8 @@ export class GuestMemory {
   private regionFiller: ((memory: GuestMemory, region: number) => void) | null = null;
   /** No entry was ever changed (every page is untouched). */
   private pristine = true;
+  /** File-backed guest-physical ranges outside RAM (persistent memory; file-ranges.ts). */
+  private readonly fileRanges: FileRanges;
   /** releasePages' lists (pages whose translations go, frames to free), grown as needed: no garbage per call. */
   private releaseChanged = new Int32Array(0);
   private releaseFrames = new Int32Array(0);
@@ -272,6 +276,7 @@ export class GuestMemory {
     this.superpageSeen = new Uint8Array(regions);
     this.absentResolvers.set(AbsentState.UNTOUCHED, (memory, gpn) => memory.allocateOnFirstTouch(gpn));
     this.protectionResolvers.set(P2mFlag.COPY_ON_WRITE, (memory, gpn) => memory.breakCopyOnWrite(gpn));
+    this.fileRanges = new FileRanges(pool, host.name);
   }
 
   /** The VM's name, for messages. */
@@ -544,6 +549,42 @@ export class GuestMemory {
     }
     for (let i = 0; i < count; i++) this.setEntry(gpns[start + i]!, P2mEntry.present(first + i));
     return true;
+  }
+
+  /**
+   * Gives the VM a guest-physical range outside RAM, [gpa, gpa + bytes), whose bytes are the file
+   * at `path` from `fileOffset` (persistent memory, docs/pmem.md): host-pool frames with the file
+   * mapped SHARED over them, so guest stores reach the file's page cache at memory speed and
+   * flushFileRange makes them durable. Everything 4 KiB-aligned; the range lies between the end
+   * of RAM and 0xf0000000 and overlaps no other; the file must hold the whole range. Its pages
+   * are not RAM: no P2M entries, so no policy (copy-on-write, swap, balloon, sharing, sampling,
+   * large pages, error injection, migration) ever sees them, a fork of the VM is refused, and
+   * checkpoints do not contain them. The range lives until the VM is destroyed. Throws
+   * BV_FILE_RANGE (bad range), BV_OUT_OF_HOST_MEMORY, BV_NO_FILE_MAPPING (a host pool that is
+   * not anonymous native memory) or the addon's NativeError (a missing or short file).
+   */
+  attachFileRange(gpa: Gpa, bytes: number, path: string, fileOffset = 0): FileRangeInfo {
+    if (this.entries.length === 0) throw new KernelError('BV_BAD_VM', `${this.name} has been destroyed`);
+    return this.fileRanges.attach(gpa, bytes, path, fileOffset, this.memoryBytes);
+  }
+
+  /** The VM's file-backed ranges (attachFileRange), in attach order. */
+  get fileBackedRanges(): FileRangeInfo[] {
+    return this.fileRanges.list();
+  }
+
+  /**
+   * msync of [gpa, gpa + length), which must lie inside one file-backed range (else
+   * BV_FILE_RANGE): when it returns, every store made to those bytes before the call is on the
+   * file's storage (the pages the range touches are written whole).
+   */
+  flushFileRange(gpa: Gpa, length: number): void {
+    this.fileRanges.flush(gpa, length);
+  }
+
+  /** @internal The host frame behind a file-backed gpa, or -1 (the vCPU's slow path for non-RAM addresses). */
+  fileRangeFrame(gpa: number): number {
+    return this.fileRanges.frameOf(gpa);
   }
 
   /** Whether the host pool can map files privately (map-mode restore). */
@@ -1008,6 +1049,8 @@ export class GuestMemory {
     if (child.pageCount !== this.pageCount || child.pool !== this.pool) throw new KernelError('BV_FORK', 'fork: the child must be a VM of the same size in the same hypervisor');
     if (!child.pristine) throw new KernelError('BV_FORK', `fork: ${child.name} has memory of its own already`);
     if (this.epochHook !== null) throw new KernelError('BV_FORK', `fork: ${this.name} is in a snapshot epoch; finish the snapshot first`);
+    // Parent and child would both write one file: persistent memory has a single owner.
+    if (this.fileRanges.count > 0) throw new KernelError('BV_FORK', `fork: ${this.name} has persistent memory (a file-backed range), which a child cannot share; see docs/pmem.md`);
     this.fillAllRegions();
     for (let state: number = AbsentState.LAZY; state <= AbsentState.REMOTE; state++) {
       if (this.stateCounts[state] === 0 || state === AbsentState.BALLOONED) continue; // poisoned pages refuse the fork (no hook)
@@ -1075,6 +1118,7 @@ export class GuestMemory {
   /** @internal Releases every frame and gives the per-page arrays back (Hypervisor.destroyVm). */
   dispose(): void {
     this.clear();
+    this.fileRanges.detachAll();
     this.arena.release(this.entries);
     this.arena.release(this.accessedMarks);
     if (this.pageEpoch !== null) this.arena.release(this.pageEpoch);
