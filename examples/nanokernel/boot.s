@@ -20,6 +20,8 @@ _start:
         call    balloon_probe           # so is the balloon (balloon.s)
         mv      a0, s0
         call    meminfo_probe           # and the host's memory condition (meminfo.s)
+        mv      a0, s0
+        call    pmem_probe              # and persistent memory (pmem.s)
         call    parse_bootargs
         beqz    a0, 1f
         li      a0, EXIT_BAD_BOOTARGS

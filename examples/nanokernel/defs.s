@@ -81,6 +81,10 @@
         .equ    SYS_READ, 10                    # read(fd 0, buf, len) -> bytes read, 0 at the end of input | -errno
         .equ    SYS_SLEEP, 11                   # sleep(time units) -> 0, once at least that much virtual time passed
         .equ    SYS_MEMINFO, 12                 # meminfo() -> a0 = pages available, a1 = pressure | -1, a2 = seq, a3 = limit
+        .equ    SYS_PMEM_INFO, 13               # pmem_info() -> bytes of persistent memory | -errno
+        .equ    SYS_PMEM_READ, 14               # pmem_read(offset, buf, len) -> len | -errno
+        .equ    SYS_PMEM_WRITE, 15              # pmem_write(offset, buf, len) -> len | -errno (durable after pmem_flush)
+        .equ    SYS_PMEM_FLUSH, 16              # pmem_flush(offset, len) -> 0 | -errno: those bytes are durable
         .equ    EIO, -5
         .equ    EBADF, -9
         .equ    ENOMEM, -12

@@ -20,6 +20,7 @@
         .include "cache.s"
         .include "balloon.s"
         .include "meminfo.s"
+        .include "pmem.s"
 
         .text
         STRLIB  k_

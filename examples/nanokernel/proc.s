@@ -424,6 +424,7 @@ kernel_idle:
 11:     mv      t1, a3
         mv      t2, a2
 2:      call    arm_timer_at
+kernel_idle_wait:                       # (a label for tests: the idle kernel waits here)
         wfi                             # ie = TIMER only (the kernel's setting while it runs)
         la      t0, stat_idle_waits
         lw      t1, 0(t0)

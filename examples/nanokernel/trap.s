@@ -311,6 +311,14 @@ on_syscall:
         beq     t0, t1, sys_sleep
         li      t1, SYS_MEMINFO         # the memory condition (meminfo.s)
         beq     t0, t1, sys_meminfo
+        li      t1, SYS_PMEM_INFO       # persistent memory (pmem.s)
+        beq     t0, t1, sys_pmem_info
+        li      t1, SYS_PMEM_READ
+        beq     t0, t1, sys_pmem_read
+        li      t1, SYS_PMEM_WRITE
+        beq     t0, t1, sys_pmem_write
+        li      t1, SYS_PMEM_FLUSH
+        beq     t0, t1, sys_pmem_flush
         li      a0, ENOSYS
 syscall_return:                         # a0 = the result
         sw      a0, P_A0(s0)

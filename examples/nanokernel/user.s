@@ -1,5 +1,5 @@
 # user.s — the user image: every user program (sieve, crc32, walker, ping, fault, record, wc,
-# heap, reader, idle, kvcache, meminfo) and their small library. The kernel copies the
+# heap, reader, idle, kvcache, meminfo, pmkv) and their small library. The kernel copies the
 # whole image to USER_BASE in each process and starts the program at its entry with
 #   a0 = argument text (on the stack), a1 = its length, sp = just below the text.
 # The code is position-independent: only pc-relative `la`, branches and `jal`, never a kernel
@@ -2654,6 +2654,502 @@ u_msg_mv_limit:         .asciz "limit "
 u_msg_mv_pressure:      .asciz " pages, pressure "
 u_msg_mv_seq:           .asciz ", seq "
 
+# ---- pmkv COMMAND...: a persistent key-value store in persistent memory ---------------------
+#   put KEY VALUE | get KEY, any number of them, in order (docs/pmem.md, "The pmkv format").
+# The store is an append-only log in the PMEM range: a 16-byte header at offset 0 (magic "PKV1",
+# version 1, the log's offset 4096, FNV-1a of the first 12 bytes), then records from 4096, each
+# "PKR1", sequence number (1, 2, … with no gap), key length (1-64), value length (0-256),
+# checksum (FNV-1a of bytes 0-15, then of the key and value), key, value, zero padding to a
+# multiple of 4. The log ends at the first word that is not "PKR1"; a record there that is
+# damaged — lengths out of range, past the end, a wrong checksum or sequence number: a torn
+# write — is reported and dropped, never applied, and the next put overwrites it. A put writes
+# its record and a zero word after it (the end mark) with pmem_write, then pmem_flush over both:
+# it is acknowledged ("pmkv: put …") only once the record is durable. A get replays the log; the
+# key's last record wins.
+
+        .equ    PKV_MAGIC, 0x31564b50           # "PKV1"
+        .equ    PKR_MAGIC, 0x31524b50           # "PKR1"
+        .equ    PK_LOG, 4096                    # the log's first record
+        .equ    PK_HEADER_BYTES, 16
+        .equ    PKR_SEQ, 4
+        .equ    PKR_KEY_LEN, 8
+        .equ    PKR_VALUE_LEN, 12
+        .equ    PKR_CHECKSUM, 16
+        .equ    PKR_KEY, 20                     # key, then value
+        .equ    PK_KEY_MAX, 64
+        .equ    PK_VALUE_MAX, 256
+        # pmkv_main's frame (s3)
+        .equ    PF_BUF, 0                       # one record (at most 20 + 64 + 256 + 3 + the end mark)
+        .equ    PF_LINE, 384
+        .equ    PF_FOUND, 1024                  # the value a get found (256 bytes)
+        .equ    PF_KEY, 1280                    # the current key: start, end
+        .equ    PF_KEY_END, 1284
+        .equ    PF_VALUE, 1288                  # the current value: start, end
+        .equ    PF_VALUE_END, 1292
+        .equ    PF_END, 1296                    # the log's end (where the next record goes)
+        .equ    PF_SEQ, 1300                    # the next sequence number
+        .equ    PF_COUNT, 1304                  # records in the log
+        .equ    PF_SIZE, 1308                   # bytes of persistent memory
+        .equ    PF_FOUND_LEN, 1312              # the found value's length, -1: not found
+        .equ    PF_FOUND_SEQ, 1316
+        .equ    PF_TORN, 1320                   # offset of a dropped torn record, or 0
+        .equ    PF_COMMAND, 1324                # the current command's name
+        .equ    PF_BYTES, 1344
+
+        .align  2
+pmkv_main:
+        add     s1, a0, a1              # s1 = end of the arguments
+        mv      s0, a0                  # s0 = cursor
+        addi    sp, sp, -PF_BYTES
+        mv      s3, sp                  # s3 = the frame
+        li      t0, SYS_PMEM_INFO
+        ecall
+        li      t0, 2 * PK_LOG
+        bge     a0, t0, 1f              # (-ENODEV is negative)
+        la      a0, u_msg_pk_no_pmem
+        call    u_puts
+        li      a0, 2
+        j       u_exit
+1:      sw      a0, PF_SIZE(s3)
+        li      a0, 0                   # the header
+        mv      a1, s3
+        li      a2, PK_HEADER_BYTES
+        call    pmkv_read
+        lw      t0, 0(s3)
+        li      t1, PKV_MAGIC
+        beq     t0, t1, 3f
+        lw      t1, 4(s3)               # no header: format a blank range, refuse anything else
+        or      t0, t0, t1
+        lw      t1, 8(s3)
+        or      t0, t0, t1
+        lw      t1, 12(s3)
+        or      t0, t0, t1
+        bnez    t0, pmkv_bad_header
+        li      t0, PKV_MAGIC
+        sw      t0, 0(s3)
+        li      t0, 1
+        sw      t0, 4(s3)
+        li      t0, PK_LOG
+        sw      t0, 8(s3)
+        call    pmkv_header_checksum
+        sw      a0, 12(s3)
+        li      a0, 0
+        mv      a1, s3
+        li      a2, PK_HEADER_BYTES
+        call    pmkv_write
+        li      a0, 0
+        li      a1, PK_HEADER_BYTES
+        call    pmkv_flush
+        addi    a0, s3, PF_LINE         # "pmkv: formatted N bytes"
+        la      a1, u_msg_pmkv
+        call    u_fmt_str
+        la      a1, u_msg_pk_formatted
+        call    u_fmt_str
+        lw      a1, PF_SIZE(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_pk_bytes
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+        j       4f
+3:      lw      t0, 4(s3)               # a header: version 1, log at 4096, checksum right
+        li      t1, 1
+        bne     t0, t1, pmkv_bad_header
+        lw      t0, 8(s3)
+        li      t1, PK_LOG
+        bne     t0, t1, pmkv_bad_header
+        call    pmkv_header_checksum
+        lw      t0, 12(s3)
+        bne     a0, t0, pmkv_bad_header
+4:      sw      zero, PF_KEY(s3)        # replay with no key: count the records, find the end
+        sw      zero, PF_KEY_END(s3)
+        call    pmkv_scan
+        lw      t0, PF_TORN(s3)
+        beqz    t0, 5f
+        addi    a0, s3, PF_LINE         # "pmkv: dropped a torn record at offset N"
+        la      a1, u_msg_pmkv
+        call    u_fmt_str
+        la      a1, u_msg_pk_torn
+        call    u_fmt_str
+        lw      a1, PF_TORN(s3)
+        call    u_fmt_dec
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+5:      addi    a0, s3, PF_LINE         # "pmkv: N records, next seq S"
+        la      a1, u_msg_pmkv
+        call    u_fmt_str
+        lw      a1, PF_COUNT(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_pk_records
+        call    u_fmt_str
+        lw      a1, PF_SEQ(s3)
+        call    u_fmt_dec
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+pmkv_next:
+        mv      a0, s0
+        mv      a1, s1
+        call    u_next_token
+        beq     a0, a1, pmkv_done
+        mv      s0, a1
+        sw      a0, PF_KEY(s3)          # the command word, until the key replaces it
+        sw      a1, PF_KEY_END(s3)
+        la      a2, u_str_put
+        call    u_token_is
+        bnez    a0, pmkv_put
+        lw      a0, PF_KEY(s3)
+        lw      a1, PF_KEY_END(s3)
+        la      a2, u_str_get
+        call    u_token_is
+        bnez    a0, pmkv_get
+        lw      a1, PF_KEY(s3)          # not a command
+        lw      a2, PF_KEY_END(s3)
+pmkv_bad_argument:                      # (a1, a2 = the word)
+        la      a0, u_name_pmkv
+        j       u_bad_argument
+pmkv_done:
+        li      a0, 0
+        j       u_exit
+pmkv_bad_header:
+        la      a0, u_msg_pk_bad_header
+        call    u_puts
+        li      a0, 2
+        j       u_exit
+
+# put KEY VALUE: "pmkv: put KEY = VALUE (seq N)" once the record is durable
+pmkv_put:
+        la      t0, u_str_put
+        sw      t0, PF_COMMAND(s3)
+        li      a2, PK_KEY_MAX
+        call    pmkv_word
+        sw      a0, PF_KEY(s3)
+        sw      a1, PF_KEY_END(s3)
+        li      a2, PK_VALUE_MAX
+        call    pmkv_word
+        sw      a0, PF_VALUE(s3)
+        sw      a1, PF_VALUE_END(s3)
+        li      t0, PKR_MAGIC           # the record, in the buffer
+        sw      t0, 0(s3)
+        lw      t0, PF_SEQ(s3)
+        sw      t0, PKR_SEQ(s3)
+        lw      a1, PF_KEY(s3)
+        lw      a2, PF_KEY_END(s3)
+        sub     t0, a2, a1
+        sw      t0, PKR_KEY_LEN(s3)
+        addi    a0, s3, PKR_KEY
+        call    u_copy_bytes
+        lw      a1, PF_VALUE(s3)
+        lw      a2, PF_VALUE_END(s3)
+        sub     t0, a2, a1
+        sw      t0, PKR_VALUE_LEN(s3)
+        call    u_copy_bytes            # (a0 = after the key)
+        addi    t0, a0, 3               # zero padding to a word, then the end mark
+        srli    t0, t0, 2
+        slli    t0, t0, 2
+        addi    t1, t0, 4
+1:      bgeu    a0, t1, 2f
+        sb      zero, 0(a0)
+        addi    a0, a0, 1
+        j       1b
+2:      sub     s2, t0, s3              # s2 = the record's bytes
+        mv      a0, s3
+        call    pmkv_record_checksum
+        sw      a0, PKR_CHECKSUM(s3)
+        lw      a0, PF_END(s3)
+        addi    t0, s2, 4
+        add     t0, a0, t0
+        lw      t1, PF_SIZE(s3)
+        bltu    t1, t0, 8f              # no room for it and the end mark
+        mv      a1, s3
+        addi    a2, s2, 4
+        call    pmkv_write
+        lw      a0, PF_END(s3)
+        addi    a1, s2, 4
+        call    pmkv_flush              # durable from here: acknowledge
+        lw      t0, PF_END(s3)
+        add     t0, t0, s2
+        sw      t0, PF_END(s3)
+        lw      t0, PF_COUNT(s3)
+        addi    t0, t0, 1
+        sw      t0, PF_COUNT(s3)
+        lw      a2, PF_SEQ(s3)
+        addi    t0, a2, 1
+        sw      t0, PF_SEQ(s3)
+        lw      a0, PF_VALUE(s3)
+        lw      a1, PF_VALUE_END(s3)
+        call    pmkv_report
+        j       pmkv_next
+8:      la      a0, u_msg_pk_full
+        call    pmkv_note
+        li      a0, 2
+        j       u_exit
+
+# get KEY: "pmkv: get KEY = VALUE (seq N)" or "pmkv: get KEY: not found"
+pmkv_get:
+        la      t0, u_str_get
+        sw      t0, PF_COMMAND(s3)
+        li      a2, PK_KEY_MAX
+        call    pmkv_word
+        sw      a0, PF_KEY(s3)
+        sw      a1, PF_KEY_END(s3)
+        call    pmkv_scan
+        lw      t0, PF_FOUND_LEN(s3)
+        bgez    t0, 1f
+        la      a0, u_msg_not_found
+        call    pmkv_note
+        j       pmkv_next
+1:      addi    a0, s3, PF_FOUND
+        add     a1, a0, t0
+        lw      a2, PF_FOUND_SEQ(s3)
+        call    pmkv_report
+        j       pmkv_next
+
+# pmkv_scan(): replays the log from its start. Sets PF_END, PF_SEQ, PF_COUNT, PF_TORN (the offset
+# of a damaged record where the log ends, else 0) and, for the current key (PF_KEY; an empty one
+# matches nothing), PF_FOUND, PF_FOUND_LEN (-1: none) and PF_FOUND_SEQ from its last record.
+pmkv_scan:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      t0, PK_LOG
+        sw      t0, PF_END(s3)
+        li      t0, 1
+        sw      t0, PF_SEQ(s3)
+        sw      zero, PF_COUNT(s3)
+        sw      zero, PF_TORN(s3)
+        li      t0, -1
+        sw      t0, PF_FOUND_LEN(s3)
+1:      lw      a0, PF_END(s3)
+        addi    t0, a0, PKR_KEY
+        lw      t1, PF_SIZE(s3)
+        bltu    t1, t0, 9f              # no room for another record: the end
+        mv      a1, s3
+        li      a2, PKR_KEY
+        call    pmkv_read
+        lw      t0, 0(s3)
+        li      t1, PKR_MAGIC
+        bne     t0, t1, 9f              # the end of the log
+        lw      t0, PKR_KEY_LEN(s3)     # a record: check it
+        beqz    t0, 8f
+        li      t1, PK_KEY_MAX
+        bltu    t1, t0, 8f
+        lw      t1, PKR_VALUE_LEN(s3)
+        li      t2, PK_VALUE_MAX
+        bltu    t2, t1, 8f
+        add     t0, t0, t1
+        sw      t0, 4(sp)               # key + value bytes
+        addi    t1, t0, PKR_KEY + 3
+        srli    t1, t1, 2
+        slli    t1, t1, 2
+        sw      t1, 8(sp)               # the record's bytes
+        lw      a0, PF_END(s3)
+        add     t1, a0, t1
+        lw      t2, PF_SIZE(s3)
+        bltu    t2, t1, 8f              # runs past the end
+        addi    a0, a0, PKR_KEY
+        addi    a1, s3, PKR_KEY
+        lw      a2, 4(sp)
+        call    pmkv_read
+        mv      a0, s3
+        call    pmkv_record_checksum
+        lw      t0, PKR_CHECKSUM(s3)
+        bne     a0, t0, 8f
+        lw      t0, PKR_SEQ(s3)
+        lw      t1, PF_SEQ(s3)
+        bne     t0, t1, 8f              # a gap or a stale record: not the next one
+        addi    t1, t1, 1               # valid: count it, move past it
+        sw      t1, PF_SEQ(s3)
+        lw      t1, PF_COUNT(s3)
+        addi    t1, t1, 1
+        sw      t1, PF_COUNT(s3)
+        lw      t1, PF_END(s3)
+        lw      t2, 8(sp)
+        add     t1, t1, t2
+        sw      t1, PF_END(s3)
+        lw      a0, PF_KEY(s3)          # the current key's record?
+        lw      a1, PF_KEY_END(s3)
+        sub     t0, a1, a0
+        lw      t1, PKR_KEY_LEN(s3)
+        bne     t0, t1, 1b
+        addi    t2, s3, PKR_KEY
+2:      beq     a0, a1, 3f
+        lbu     t0, 0(a0)
+        lbu     t1, 0(t2)
+        bne     t0, t1, 1b
+        addi    a0, a0, 1
+        addi    t2, t2, 1
+        j       2b
+3:      lw      t0, PKR_VALUE_LEN(s3)   # (t2 = the value)
+        sw      t0, PF_FOUND_LEN(s3)
+        lw      t0, PKR_SEQ(s3)
+        sw      t0, PF_FOUND_SEQ(s3)
+        mv      a1, t2
+        lw      t0, PKR_VALUE_LEN(s3)
+        add     a2, t2, t0
+        addi    a0, s3, PF_FOUND
+        call    u_copy_bytes
+        j       1b
+8:      lw      t0, PF_END(s3)          # damaged: the log ends here, the record is dropped
+        sw      t0, PF_TORN(s3)
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_record_checksum(a0 = record) -> a0 = FNV-1a of bytes 0-15, then of the key and value
+pmkv_record_checksum:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        mv      a1, a0
+        addi    a2, a0, PKR_CHECKSUM
+        li      a0, FNV_BASIS
+        call    record_fnv
+        lw      t0, 4(sp)
+        addi    a1, t0, PKR_KEY
+        lw      t1, PKR_KEY_LEN(t0)
+        lw      t2, PKR_VALUE_LEN(t0)
+        add     t1, t1, t2
+        add     a2, a1, t1
+        call    record_fnv
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_header_checksum() -> a0 = FNV-1a of the header's first 12 bytes (in the buffer)
+pmkv_header_checksum:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      a0, FNV_BASIS
+        mv      a1, s3
+        addi    a2, s3, 12
+        call    record_fnv
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_read / pmkv_write(a0 = offset, a1 = buffer, a2 = length): the system call, exiting with
+# "pmkv: persistent memory error -N" when it fails. pmkv_flush(a0 = offset, a1 = length) likewise.
+pmkv_read:
+        li      t0, SYS_PMEM_READ
+        j       1f
+pmkv_write:
+        li      t0, SYS_PMEM_WRITE
+        j       1f
+pmkv_flush:
+        li      t0, SYS_PMEM_FLUSH
+1:      ecall
+        bltz    a0, 2f
+        ret
+2:      mv      s2, a0
+        addi    a0, s3, PF_LINE
+        la      a1, u_msg_pk_error
+        call    u_fmt_str
+        mv      a1, s2
+        call    u_fmt_sdec
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+        li      a0, 2
+        j       u_exit
+
+# pmkv_word(a2 = longest length) -> a0, a1 = the next word (s0 moves past it); exits through
+# pmkv_bad_argument when there is none or it is longer.
+pmkv_word:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a2, 4(sp)
+        mv      a0, s0
+        mv      a1, s1
+        call    u_next_token
+        mv      s0, a1
+        beq     a0, a1, 1f              # missing
+        sub     t0, a1, a0
+        lw      t1, 4(sp)
+        bltu    t1, t0, 1f              # too long
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+1:      mv      a2, a1
+        mv      a1, a0
+        j       pmkv_bad_argument
+
+# pmkv_report(a0 = value start, a1 = value end, a2 = seq): "pmkv: COMMAND KEY = VALUE (seq N)"
+pmkv_report:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        sw      a2, 12(sp)
+        call    pmkv_line_start
+        la      a1, u_msg_equals
+        call    u_fmt_str
+        lw      a1, 4(sp)
+        lw      a2, 8(sp)
+        call    record_fmt_bytes
+        la      a1, u_msg_pk_seq
+        call    u_fmt_str
+        lw      a1, 12(sp)
+        call    u_fmt_dec
+        li      t0, ')'
+        sb      t0, 0(a0)
+        addi    a1, a0, 1
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_note(a0 = message): "pmkv: COMMAND KEY<message>"
+pmkv_note:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        call    pmkv_line_start
+        lw      a1, 4(sp)
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_line_start() -> a0 = end of "pmkv: COMMAND KEY" in the frame's line
+pmkv_line_start:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        addi    a0, s3, PF_LINE
+        la      a1, u_msg_pmkv
+        call    u_fmt_str
+        lw      a1, PF_COMMAND(s3)
+        call    u_fmt_str
+        la      a1, u_msg_space
+        call    u_fmt_str
+        lw      a1, PF_KEY(s3)
+        lw      a2, PF_KEY_END(s3)
+        call    record_fmt_bytes
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# u_copy_bytes(a0 = destination, a1 = start, a2 = end) -> a0 = destination after the bytes
+u_copy_bytes:
+        j       record_fmt_bytes
+
+u_name_pmkv:            .asciz "pmkv"
+u_msg_pmkv:             .asciz "pmkv: "
+u_msg_pk_no_pmem:       .asciz "pmkv: no persistent memory (or less than 8 KiB)\n"
+u_msg_pk_bad_header:    .asciz "pmkv: the persistent memory holds something else (bad header)\n"
+u_msg_pk_formatted:     .asciz "formatted "
+u_msg_pk_bytes:         .asciz " bytes"
+u_msg_pk_torn:          .asciz "dropped a torn record at offset "
+u_msg_pk_records:       .asciz " records, next seq "
+u_msg_pk_seq:           .asciz " (seq "
+u_msg_pk_full:          .asciz ": the log is full"
+u_msg_pk_error:         .asciz "pmkv: persistent memory error "
+
         .align  2
 user_image_end:
 
@@ -2673,5 +3169,6 @@ prog_table:
         .word   u_name_idle, idle_main - user_image_start, 0
         .word   u_name_kvcache, kvcache_main - user_image_start, 0
         .word   u_name_meminfo, meminfo_main - user_image_start, 0
+        .word   u_name_pmkv, pmkv_main - user_image_start, 0
         .word   0, 0, 0
         .text

@@ -219,10 +219,10 @@ describe('nanokernel record program on a disk', () => {
     expect(programLines(noDisk.output.text())).toEqual(['record: no disk']);
     const unknown = boot('bogus', undefined);
     finish(unknown);
-    expect(unknown.output.text()).toContain("(programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo)\n");
+    expect(unknown.output.text()).toContain("(programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo pmkv)\n");
     const withDisk = boot('bogus', blankImage(makeDir()));
     finish(withDisk);
-    expect(withDisk.output.text()).toContain("(programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo)\n");
+    expect(withDisk.output.text()).toContain("(programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo pmkv)\n");
     withDisk.devices.block!.close();
   });
 

@@ -408,7 +408,7 @@ describe('nanokernel', () => {
     // (A word after a program name is that program's argument; before any program it must be
     // an option or a program name.)
     const unknown = boot('bogus sieve 10');
-    expect(unknown.lines.slice(1)).toEqual(["[kernel] boot args: unknown program 'bogus' (programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo)"]);
+    expect(unknown.lines.slice(1)).toEqual(["[kernel] boot args: unknown program 'bogus' (programs: sieve crc32 walker ping fault record wc heap reader idle kvcache meminfo pmkv)"]);
     // The list is the program table's names (three words per entry, a zero name ends it).
     const tableNames: string[] = [];
     for (let entry = symbol('prog_table'); imageWord(entry) !== 0; entry += 12) {
