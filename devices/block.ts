@@ -161,6 +161,11 @@ export class BlockDevice implements MmioDevice {
    * stored them). Memory-error recovery keeps clean copies of page-cache pages with it.
    */
   onTransfer: ((direction: 'read' | 'write', gpa: number, firstSector: number, bytes: number) => void) | null = null;
+  /**
+   * Told after each completed WRITE of the sectors it changed (one watcher: a live migration or
+   * a replication notes the sectors to send again, as a write epoch does for guest pages).
+   */
+  onWrite: ((firstSector: number, count: number) => void) | null = null;
   private sectorLow = 0;
   private sectorHigh = 0;
   private count = 0;
@@ -256,6 +261,7 @@ export class BlockDevice implements MmioDevice {
     if (status !== BlockStatus.OK) return status;
     this.stats.writes++;
     this.stats.sectorsWritten += this.count;
+    this.onWrite?.(first, this.count);
     this.onTransfer?.('write', this.dmaAddress, first, bytes);
     return BlockStatus.OK;
   }

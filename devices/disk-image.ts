@@ -679,6 +679,26 @@ export class DiskChain {
     return files.map((layer) => layer.info());
   }
 
+  /**
+   * The sectors some overlay of the chain holds (sealed ones and the writable top), ascending:
+   * what a copy of the disk needs besides its raw base image (the rest reads from the base, or
+   * as zeros without one).
+   */
+  overlaySectors(): number[] {
+    this.checkOpen();
+    const overlays = (this.top ? [...this.layers, this.top] : this.layers).filter((layer) => layer.kind === 'overlay');
+    const sectors: number[] = [];
+    for (let sector = 0; sector < this.sectors; sector++) {
+      for (const layer of overlays) {
+        if (layer.locate(sector) >= 0) {
+          sectors.push(sector);
+          break;
+        }
+      }
+    }
+    return sectors;
+  }
+
   /** Reads `count` sectors from `first`. */
   read(first: number, count: number): Uint8Array {
     this.check(first, count);

@@ -18,6 +18,7 @@ import { hostname } from 'node:os';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js';
 import { MAX_BOOT_ARGS_BYTES } from '../../devices/bootargs.ts';
+import { PMEM_MAX_BYTES } from '../../devices/pmem.ts';
 import { GuestPhys } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
 import { defaultTier, type LargePagePolicy, type MmuOptions, type Tier } from '../../kernel/index.ts';
@@ -28,6 +29,16 @@ export interface DiskSpec {
   path: string;
   /** `overlay_dir`: where new top overlays go (default: next to the bottom file). */
   overlayDir?: string;
+}
+
+/** A VM's persistent memory (`pmem` in the configuration, docs/pmem.md). */
+export interface PmemSpec {
+  /** `path`: the backing file, a regular file of exactly `bytes` (or absent, with `create`). */
+  path: string;
+  /** `size_kib` × 1 KiB: the range's size (a multiple of 4 KiB). */
+  bytes: number;
+  /** `create` (default false): make a missing file (zero-filled); an existing one must still have the size. */
+  create: boolean;
 }
 
 /** A VM's memory balloon (`balloon` in the configuration, docs/balloon.md). */
@@ -74,6 +85,8 @@ export interface VmSpec {
   balloon?: BalloonSpec;
   /** `meminfo` (default false): the MEMINFO device (docs/meminfo.md), which the memory scheduler keeps up to date. */
   meminfo: boolean;
+  /** `pmem`: persistent memory backed by a file (docs/pmem.md); absent (or null in the file) for none. */
+  pmem?: PmemSpec;
   /** `memory_policy`: shares, reservations, sampling (docs/overcommit.md "Shares"); defaults applied. */
   memoryPolicy: MemoryPolicySpec;
   /** `memory_errors`: the recovery methods kept for the VM (docs/memory-errors.md), or null for none (errors become machine checks). */
@@ -344,6 +357,18 @@ const VM_BODY = {
       description: 'A memory balloon (docs/balloon.md), or null for none.',
     },
     meminfo: { type: 'boolean', default: VM_DEFAULTS.meminfo, description: 'Attach the MEMINFO device (docs/meminfo.md).' },
+    pmem: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['path', 'size_kib'],
+      properties: {
+        path: { type: 'string', minLength: 1, description: 'The backing file: a regular file of exactly size_kib KiB (or absent, with create).' },
+        size_kib: integer(4, PMEM_MAX_BYTES / 1024, 'The size of the persistent memory in KiB: a multiple of 4.', { multipleOf: 4 }),
+        create: { type: 'boolean', default: false, description: 'Create a missing file (zero-filled); an existing file must still have the size.' },
+      },
+      default: null,
+      description: 'Persistent memory (docs/pmem.md): a guest-physical range after RAM whose bytes are the file; or null for none. Checkpoints, snapshots, migration and fork of the VM are refused.',
+    },
     memory_policy: {
       type: 'object',
       additionalProperties: false,
@@ -492,6 +517,7 @@ interface VmJson {
   start_paused?: boolean;
   balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
   meminfo?: boolean;
+  pmem?: { path: string; size_kib: number; create?: boolean } | null;
   memory_policy?: {
     shares?: number; reservation_mib?: number; limit_mib?: number | null;
     active_sampling?: { pages_per_period?: number; period_instructions?: number } | null;
@@ -1021,6 +1047,7 @@ function toVmSpec(vm: VmJson): VmSpec {
       refreshInstructions: vm.memory_errors.refresh_instructions ?? 4_000_000,
     },
   };
+  if (vm.pmem != null) spec.pmem = { path: vm.pmem.path, bytes: vm.pmem.size_kib * 1024, create: vm.pmem.create ?? false };
   if (balloon !== null) {
     spec.balloon = {
       amountMib: balloon.amount_mib ?? BALLOON_DEFAULTS.amount_mib,

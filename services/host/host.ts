@@ -1741,7 +1741,7 @@ export class Host {
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
       const devices = guard(
-        () => attachStandardDevices(vm, this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo)),
+        () => attachStandardDevices(vm, { ...this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo), ...(spec.pmem === undefined ? {} : { pmem: spec.pmem }) }),
         where === '' ? `VM '${spec.name}'` : where,
       );
       guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);

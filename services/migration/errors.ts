@@ -61,6 +61,8 @@ export const MIGRATION_ERROR_CODES = [
   'BV_MIG_TIMEOUT',
   /** The migration was cancelled (the VM stopped, was deleted, or the host closed). */
   'BV_MIG_CANCELLED',
+  /** The VM's disk cannot be moved: its base image is not the same file on the destination, or the received overlay cannot be written. */
+  'BV_MIG_DISK',
 ] as const;
 
 /** One of MIGRATION_ERROR_CODES. */

@@ -44,6 +44,10 @@ export {
 } from './migration.ts';
 export { MigrationCounters, type MigrationStatsReport } from './stats.ts';
 export {
+  adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, discardReceivedDisk, DISK_FRAME_BYTES, diskFrames, parseMigratedDisk, receivingDisk, writeDiskRuns,
+  type DiskRun, type MigratedDisk, type ReceivingDisk,
+} from './disk.ts';
+export {
   outputCommit,
   REPLICATION_PROTOCOL,
   REPLICATION_VERSIONS,
@@ -53,6 +57,7 @@ export {
   type ActivateHooks,
   type HeldOutput,
   type ReplicaFigures,
+  type ReplicaOptions,
   type ReplicateOptions,
   type ReplicationFigures,
   type ReplicationHooks,

@@ -25,6 +25,8 @@ import { decodeConfig, decodeCpus, decodeDevices, encodeDevices, encodeJson } fr
 import type { JsonObject } from '../checkpoint/format.ts';
 import { currentPage, decodeVmCheckpoint, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
 import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
+import { DISK_SECTOR_BYTES, type BlockDevice } from '../../devices/index.ts';
+import { adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, discardReceivedDisk, diskFrames, parseMigratedDisk, writeDiskRuns, type MigratedDisk } from './disk.ts';
 import { MigrationError, TransportError } from './errors.ts';
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
 import type { FramedChannel } from './transport.ts';
@@ -92,6 +94,8 @@ export const MigrationFrame = {
   PUSHED: FIRST_APP_FRAME_TYPE + 8,
   /** Post-copy, destination → source, JSON: no page is remote any more (the destination's figures). */
   COMPLETE: FIRST_APP_FRAME_TYPE + 9,
+  /** source → destination, binary (disk.ts): sectors of the VM's disk overlays, during the rounds and at the switch-over. */
+  DISK: FIRST_APP_FRAME_TYPE + 10,
 } as const;
 
 /** Why a post-copy destination VM is paused: a vCPU touched a page still on the source. */
@@ -139,6 +143,12 @@ export interface SendOptions {
   mode?: 'precopy' | 'postcopy';
   /** Post-copy: told when the VM runs on the destination (DONE), before the background push. */
   onSwitchedOver?: () => void;
+  /**
+   * The VM's block device: its overlays' sectors are sent (round 0: all of them; then the sectors
+   * written since) and its raw base must be the same file on the destination. Unset: the disk's
+   * files must all be on shared storage (the state names them).
+   */
+  disk?: BlockDevice | null;
 }
 
 /** What the source host does for the migration. */
@@ -207,6 +217,10 @@ export interface MigrationFigures {
   resumptions: number;
   /** Post-copy (null in pre-copy): pages left on the source at the switch-over, and what became of them. */
   postcopy: PostcopyFigures | null;
+  /** Disk sectors sent (overlays' sectors, then those written again), all rounds together. */
+  disk_sectors_sent: number;
+  /** Of those, sectors sent while the guest was paused (written since the last round). */
+  disk_final_sectors: number;
 }
 
 /** Post-copy figures (MigrationFigures.postcopy, ReceiveFigures.postcopy). */
@@ -241,6 +255,7 @@ function newFigures(mode: 'precopy' | 'postcopy'): MigrationFigures {
   return {
     mode, state: 'connecting', total_ms: 0, downtime_ms: null, bytes_sent: 0, pages_sent: 0, pages_resent: 0, zero_pages: 0, rounds: 0, final_pages: 0,
     bandwidth_mib_s: 0, throttle: 0, auto_converged: false, switchover_reason: null, error: null, round_figures: [], resumptions: 0, postcopy: null,
+    disk_sectors_sent: 0, disk_final_sectors: 0,
   };
 }
 
@@ -366,6 +381,8 @@ export class PrecopySender {
   #acknowledged = 0;
   /** Bytes sent on channels before the current one (post-copy resumption). */
   #bytesBefore = 0;
+  /** Sectors the guest writes during the migration (null: the disk is not sent). */
+  readonly #diskLog: DirtySectorLog | null;
 
   constructor(vm: Vm, channel: FramedChannel, hooks: SourceHooks, options: SendOptions = {}) {
     checkSendOptions(options);
@@ -380,6 +397,7 @@ export class PrecopySender {
     this.#pageCount = vm.memory.pageCount;
     this.#sent = new Uint8Array(this.#pageCount);
     this.#dirty = new DirtyPageLog(vm);
+    this.#diskLog = options.disk == null ? null : new DirtySectorLog(options.disk);
     // A reset puts RAM back without guest writes: what was sent would be wrong.
     vm.onReset(() => this.cancel(new MigrationError('BV_MIG_CANCELLED', `${vm.name} was reset during its migration`)));
   }
@@ -442,6 +460,8 @@ export class PrecopySender {
       let slowRounds = 0;
       for (let round = 0; ; round++) {
         this.#dirty.open();
+        // The disk first: the round's acknowledgement then covers its sectors too.
+        await this.#sendDisk(round === 0, false, deadline);
         const figures = await this.#sendRound(round, pending, deadline);
         // The epoch stays open while the destination catches up: writes meanwhile are this round's.
         await this.#roundsAcknowledged(round);
@@ -494,15 +514,39 @@ export class PrecopySender {
       throw error;
     } finally {
       if (vm.memory.writeEpochActive) vm.memory.endWriteEpoch();
+      this.#diskLog?.close();
       this.#hooks.throttle(0);
     }
+  }
+
+  /**
+   * Sends disk sectors (DISK frames): every sector the overlays hold (`all`, round 0, which also
+   * starts noting writes) or those written since the last call. While the guest runs the sends
+   * yield between frames; a sector written after it was read is noted again for the next call.
+   */
+  async #sendDisk(all: boolean, paused: boolean, deadline: number): Promise<void> {
+    const log = this.#diskLog;
+    if (log === null) return;
+    if (all) log.open();
+    const disk = log.device.disk;
+    const sectors = all ? disk.overlaySectors() : log.take();
+    for (const payload of diskFrames(disk, sectors, this.#vm.name)) {
+      await this.#channel.send(MigrationFrame.DISK, payload);
+      if (!paused) {
+        this.#checkAlive(deadline);
+        await yieldToGuests();
+      }
+    }
+    this.figures.disk_sectors_sent += sectors.length;
+    if (paused) this.figures.disk_final_sectors += sectors.length;
   }
 
   async #begin(): Promise<void> {
     const vm = this.#vm;
     const config: JsonObject = { name: vm.name, memoryBytes: vm.config.memoryBytes, vcpus: vm.vcpus.length, largePages: vm.largePagePolicy };
     if (vm.config.mmu !== undefined) config.mmu = JSON.parse(JSON.stringify(vm.config.mmu)) as JsonObject;
-    await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, mode: this.figures.mode }));
+    const disk: MigratedDisk | null = this.#diskLog === null ? null : describeDisk(this.#diskLog.device);
+    await this.#channel.send(MigrationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, mode: this.figures.mode, disk: disk as unknown as JsonObject }));
     await this.#channel.expect(MigrationFrame.READY, 'READY');
   }
 
@@ -621,6 +665,7 @@ export class PrecopySender {
     for (const gpn of dirty) inDirty[gpn] = 0;
     await flush();
     this.figures.final_pages = figures.pages + figures.zeroPages;
+    await this.#sendDisk(false, true, Infinity);
     const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
     const payload = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
     this.ambiguous = true; // from here the destination may end up running the VM
@@ -680,6 +725,7 @@ export class PrecopySender {
     this.#remote = remote;
     this.#pushed = new Uint8Array(this.#pageCount);
     await this.#channel.send(MigrationFrame.REMOTE, encodeGpns(remote));
+    await this.#sendDisk(false, true, Infinity);
     const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
     this.ambiguous = true; // from here the destination may end up running the VM
     await this.#channel.send(MigrationFrame.STATE, encodeState(contents.config, contents.cpus, encodeDevices(contents.devices)));
@@ -905,7 +951,13 @@ export interface DestinationHooks {
    * Creates the empty VM the pages go into, with the devices `attach` describes (throw to refuse:
    * a name taken, no room). Not run yet.
    */
-  create(config: VmConfig, attach: JsonObject): Vm;
+  create(config: VmConfig, attach: JsonObject, disk?: MigratedDisk | null): Vm;
+  /**
+   * The block device of the VM create() made, when the source sends its disk (`disk` given to
+   * create: attach the device on `receivingDisk(disk, dir, name)`); the received sectors are
+   * written into it. Without this hook a migration that sends a disk is refused.
+   */
+  block?(vm: Vm): BlockDevice | null;
   /** The VM's state is in: start running it (the source is paused and waits for DONE). */
   start(vm: Vm, decoded: DecodedVmCheckpoint): void;
   /** The migration failed: destroy the partial VM (never run). */
@@ -947,6 +999,8 @@ export interface ReceiveFigures {
   mode: 'precopy' | 'postcopy';
   /** Post-copy's figures (null in pre-copy). */
   postcopy: PostcopyFigures | null;
+  /** Disk sectors received and written (null: no disk was sent). */
+  disk_sectors: number | null;
 }
 
 /**
@@ -956,7 +1010,7 @@ export interface ReceiveFigures {
  */
 export class MigrationReceiver {
   /** Live figures. */
-  readonly figures: ReceiveFigures = { state: 'receiving', vm: null, pages_received: 0, zero_pages: 0, rounds: 0, bytes_received: 0, total_ms: 0, resume_ms: null, error: null, mode: 'precopy', postcopy: null };
+  readonly figures: ReceiveFigures = { state: 'receiving', vm: null, pages_received: 0, zero_pages: 0, rounds: 0, bytes_received: 0, total_ms: 0, resume_ms: null, error: null, mode: 'precopy', postcopy: null, disk_sectors: null };
 
   #channel: FramedChannel;
   readonly #hooks: DestinationHooks;
@@ -985,6 +1039,8 @@ export class MigrationReceiver {
   /** Receives the migration to its end; resolves with the running VM. */
   async run(): Promise<Vm> {
     let vm: Vm | null = null;
+    let block: BlockDevice | null = null;
+    let diskAdopted = false;
     try {
       const begin = decodeJson(await this.#channel.expect(MigrationFrame.BEGIN, 'BEGIN'), 'BEGIN');
       if (begin.mode === 'postcopy-resume') {
@@ -1006,8 +1062,14 @@ export class MigrationReceiver {
       this.figures.vm = config.name;
       if (begin.mode === 'postcopy') this.figures.mode = 'postcopy';
       else if (begin.mode !== undefined && begin.mode !== 'precopy') throw new MigrationError('BV_MIG_PROTOCOL', `the source asks for mode '${String(begin.mode)}', which this host does not know`);
-      vm = this.#hooks.create(config as unknown as VmConfig, (begin.attach ?? {}) as JsonObject);
+      const disk = parseMigratedDisk(begin.disk, `migration of ${config.name}`);
+      vm = this.#hooks.create(config as unknown as VmConfig, (begin.attach ?? {}) as JsonObject, disk);
       this.#vm = vm;
+      if (disk !== null) {
+        block = this.#hooks.block?.(vm) ?? null;
+        if (block === null || block.capacity !== disk.sectors) throw new MigrationError('BV_MIG_DISK', `${vm.name}: the source sends a disk of ${disk.sectors} sectors, and this host attached ${block === null ? 'no block device' : `one of ${block.capacity}`} to receive it`);
+        this.figures.disk_sectors = 0;
+      }
       if (this.figures.mode === 'postcopy') {
         const target = vm;
         target.memory.onAbsent(AbsentState.REMOTE, (_memory, gpn) => this.#remoteFault(target, gpn));
@@ -1020,6 +1082,7 @@ export class MigrationReceiver {
         const frame = await this.#channel.receive();
         if (frame === null) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the source ended the stream before the VM's state`);
         if (frame.type === MigrationFrame.PAGES) this.#applyPages(vm, frame.payload);
+        else if (frame.type === MigrationFrame.DISK && block !== null) this.#applyDisk(block, frame.payload);
         else if (frame.type === MigrationFrame.ROUND) {
           this.figures.rounds++;
           // Acknowledged once every page before it is in: the source pauses the guest only then.
@@ -1032,6 +1095,10 @@ export class MigrationReceiver {
         } else if (frame.type === MigrationFrame.STATE) {
           const arrived = performance.now();
           const decoded = decodeState(frame.payload, vm.memory.pageCount, `migration of ${vm.name}`);
+          if (block !== null) {
+            adoptReceivedDisk(decoded.state, block.disk, vm.name);
+            diskAdopted = true;
+          }
           try {
             vm.checkState(decoded.state);
             vm.image = decoded.image;
@@ -1074,11 +1141,21 @@ export class MigrationReceiver {
       if (this.#running && this.figures.postcopy !== null) {
         // Post-copy: the VM runs here and the source keeps the pages it lacks; it waits for them.
         this.figures.error = `${this.figures.error} (post-copy: the VM stays here, ${this.figures.postcopy.remote_left} of its pages are still on the source, which keeps them)`;
-      } else if (vm !== null) this.#hooks.discard(vm);
+      } else if (vm !== null) {
+        if (block !== null && !diskAdopted) discardReceivedDisk(block.disk);
+        this.#hooks.discard(vm);
+      }
       if (!(error instanceof TransportError) && this.#channel.open) await this.#channel.abort((error as { code?: string }).code ?? 'BV_MIG_STATE', this.figures.error);
       else this.#channel.destroy();
       throw error;
     }
+  }
+
+  /** Writes a DISK frame's sectors into the received disk (a malformed frame fails the migration). */
+  #applyDisk(block: BlockDevice, payload: Uint8Array): void {
+    const runs = decodeDiskFrame(payload, block.capacity, `migration of ${this.figures.vm ?? '?'}`);
+    writeDiskRuns(block.disk, runs, this.figures.vm ?? '?');
+    for (const run of runs) this.figures.disk_sectors! += run.data.length / DISK_SECTOR_BYTES;
   }
 
   /** Post-copy resumption: this receiver's failed post-copy carries on over `channel`. */

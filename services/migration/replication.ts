@@ -24,9 +24,11 @@
  * committed epoch as it was. The committed image is held in host memory (a page map plus the
  * encoded state), not in a VM: activate() creates the VM from it and starts it.
  *
- * Disks: a block device's state names its chain (as in a checkpoint); overlays are not sent, so
- * a replicated VM's disk must be on storage both hosts share (as for live migration), and the
- * backup's activation sees the disk as it is at failover, not as it was at the epoch.
+ * Disks (ReplicateOptions.disk, disk.ts): epoch 0 carries every sector the disk's overlays hold
+ * (the raw base stays on shared storage, checked by identity), each epoch the sectors the guest
+ * wrote since the last capture, read during the capture. The backup stages them with the epoch's
+ * pages and writes them into its own overlay (in its disk directory) only at COMMIT; activation
+ * seals that overlay and runs the VM on it, so the disk is the one of the last committed epoch.
  */
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
 import { KernelError, PageState } from '../../kernel/index.ts';
@@ -35,6 +37,8 @@ import { encodeDevices, encodeJson } from '../checkpoint/format.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
 import { currentPage, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
 import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
+import { DISK_SECTOR_BYTES, DiskChain, type BlockDevice, type DiskChainState } from '../../devices/index.ts';
+import { adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, diskFrames, parseMigratedDisk, receivingDisk, writeDiskRuns, type DiskRun, type MigratedDisk } from './disk.ts';
 import { MigrationError } from './errors.ts';
 import { decodeJson, decodeState, DirtyPageLog, encodeState, isZero, PageBatch, PageKind, RECORD_BYTES } from './migration.ts';
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
@@ -59,6 +63,8 @@ export const ReplicationFrame = {
   COMMIT: FIRST_APP_FRAME_TYPE + 36,
   /** backup → primary, JSON {epoch}: the epoch is committed. */
   ACK: FIRST_APP_FRAME_TYPE + 37,
+  /** primary → backup, binary (migration's DISK encoding, disk.ts): disk sectors of the epoch. */
+  DISK: FIRST_APP_FRAME_TYPE + 38,
 } as const;
 
 /** Options of the primary. */
@@ -75,6 +81,12 @@ export interface ReplicateOptions {
   onCapture?: (epoch: number, instructions: number) => void;
   /** Told of each epoch once the backup committed it. */
   onCommitted?: (epoch: number) => void;
+  /**
+   * The VM's block device: epoch 0 sends every sector its overlays hold, each epoch the sectors
+   * written since the last capture; the backup needs the same raw base. Unset: the disk is not
+   * replicated (its files must be on shared storage, and a failover sees them as they are then).
+   */
+  disk?: BlockDevice | null;
 }
 
 /** What the primary's host does for the replication. */
@@ -115,6 +127,10 @@ export interface ReplicationFigures {
   max_pause_ms: number;
   /** Bytes sent in all. */
   bytes_sent: number;
+  /** Disk sectors of the last epoch (epoch 0: with the overlays' sectors), and of all epochs. */
+  last_epoch_disk_sectors: number;
+  /** Disk sectors sent in all. */
+  disk_sectors_sent: number;
   /** The failure, or null. */
   error: string | null;
 }
@@ -155,6 +171,10 @@ export class ReplicationSender {
   #bytesAfterFirst = 0;
   /** Page records of epoch 0's first pass (counted in its COMMIT). */
   #firstPassRecords = 0;
+  /** Sectors the guest writes (null: the disk is not replicated), and DISK frames of epoch 0's first pass. */
+  readonly #diskLog: DirtySectorLog | null;
+  #firstPassDiskFrames = 0;
+  #firstPassDiskSectors = 0;
 
   constructor(vm: Vm, channel: FramedChannel, hooks: ReplicationHooks, options: ReplicateOptions = {}) {
     const interval = options.intervalMs ?? DEFAULT_INTERVAL_MS;
@@ -168,9 +188,10 @@ export class ReplicationSender {
     this.#pageCount = vm.memory.pageCount;
     this.#sent = new Uint8Array(this.#pageCount);
     this.#dirty = new DirtyPageLog(vm);
+    this.#diskLog = options.disk == null ? null : new DirtySectorLog(options.disk);
     this.figures = {
       state: 'connecting', interval_ms: interval, committed_epoch: null, committed_instructions: null, committed_at: null, age_ms: null, epochs: 0, epochs_per_second: 0,
-      last_epoch_bytes: 0, mean_epoch_bytes: 0, last_epoch_pages: 0, last_pause_ms: 0, max_pause_ms: 0, bytes_sent: 0, error: null,
+      last_epoch_bytes: 0, mean_epoch_bytes: 0, last_epoch_pages: 0, last_pause_ms: 0, max_pause_ms: 0, bytes_sent: 0, last_epoch_disk_sectors: 0, disk_sectors_sent: 0, error: null,
     };
     vm.onReset(() => this.stop());
   }
@@ -193,11 +214,13 @@ export class ReplicationSender {
     try {
       const config: JsonObject = { name: vm.name, memoryBytes: vm.config.memoryBytes, vcpus: vm.vcpus.length, largePages: vm.largePagePolicy };
       if (vm.config.mmu !== undefined) config.mmu = JSON.parse(JSON.stringify(vm.config.mmu)) as JsonObject;
-      await this.#channel.send(ReplicationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, interval_ms: this.#intervalMs }));
+      const disk: MigratedDisk | null = this.#diskLog === null ? null : describeDisk(this.#diskLog.device);
+      await this.#channel.send(ReplicationFrame.BEGIN, encodeJson({ config, pageCount: this.#pageCount, attach: this.#options.attach ?? {}, interval_ms: this.#intervalMs, disk: disk as unknown as JsonObject }));
       await this.#channel.expect(ReplicationFrame.READY, 'READY');
       this.figures.state = 'initial';
       this.#dirty.open();
       const bytesBefore = this.#channel.stats.bytesSent;
+      await this.#firstDiskPass();
       await this.#firstPass();
       let epochBytes = this.#channel.stats.bytesSent - bytesBefore;
       let next = performance.now();
@@ -214,11 +237,15 @@ export class ReplicationSender {
         const captured = this.#capture(epoch);
         const before = this.#channel.stats.bytesSent;
         for (const payload of captured.frames) await this.#channel.send(ReplicationFrame.PAGES, payload);
+        for (const payload of captured.diskFrames) await this.#channel.send(ReplicationFrame.DISK, payload);
         await this.#channel.send(ReplicationFrame.STATE, captured.state);
-        await this.#channel.send(ReplicationFrame.COMMIT, encodeJson({ epoch, records: captured.records, instructions: captured.instructions, captured_at: captured.at }));
+        const diskFrameCount = captured.diskFrames.length + (epoch === 0 ? this.#firstPassDiskFrames : 0);
+        await this.#channel.send(ReplicationFrame.COMMIT, encodeJson({ epoch, records: captured.records, disk_frames: diskFrameCount, instructions: captured.instructions, captured_at: captured.at }));
         epochBytes += this.#channel.stats.bytesSent - before;
         const ack = decodeJson(await this.#channel.expect(ReplicationFrame.ACK, 'ACK'), 'ACK');
         if (ack.epoch !== epoch) throw new MigrationError('BV_MIG_PROTOCOL', `${vm.name}: the backup acknowledged epoch ${String(ack.epoch)}, expected ${epoch}`);
+        this.figures.last_epoch_disk_sectors = captured.diskSectors + (epoch === 0 ? this.#firstPassDiskSectors : 0);
+        this.figures.disk_sectors_sent += this.figures.last_epoch_disk_sectors;
         this.#noteCommitted(epoch, captured, epochBytes);
         if (ended) break;
       }
@@ -235,7 +262,22 @@ export class ReplicationSender {
       throw error;
     } finally {
       if (vm.memory.writeEpochActive) vm.memory.endWriteEpoch();
+      this.#diskLog?.close();
     }
+  }
+
+  /** Epoch 0's disk: every sector the overlays hold, while the guest runs (sectors written meanwhile go again at the capture). */
+  async #firstDiskPass(): Promise<void> {
+    const log = this.#diskLog;
+    if (log === null) return;
+    log.open();
+    const sectors = log.device.disk.overlaySectors();
+    for (const payload of diskFrames(log.device.disk, sectors, this.#vm.name)) {
+      await this.#channel.send(ReplicationFrame.DISK, payload);
+      this.#firstPassDiskFrames++;
+      await yieldToGuests();
+    }
+    this.#firstPassDiskSectors = sectors.length;
   }
 
   #vmEnded(): boolean {
@@ -303,7 +345,7 @@ export class ReplicationSender {
   }
 
   /** The VM paused, synchronously: the pages written since the last capture and the state. */
-  #capture(epoch: number): { frames: Uint8Array[]; state: Uint8Array; records: number; instructions: number; at: number } {
+  #capture(epoch: number): { frames: Uint8Array[]; diskFrames: Uint8Array[]; diskSectors: number; state: Uint8Array; records: number; instructions: number; at: number } {
     const vm = this.#vm;
     const started = performance.now();
     this.#hooks.pause();
@@ -336,11 +378,14 @@ export class ReplicationSender {
       }
       for (const gpn of dirty) inDirty[gpn] = 0;
       if (batch.count > 0) frames.push(batch.encode());
+      // The sectors written since the last capture, read now: the disk as it is at this capture.
+      const sectors = this.#diskLog === null ? [] : this.#diskLog.take();
+      const diskPayloads = this.#diskLog === null ? [] : [...diskFrames(this.#diskLog.device.disk, sectors, vm.name)];
       const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
       const state = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
       const instructions = vm.instructionsRetired;
       this.#options.onCapture?.(epoch, instructions);
-      return { frames, state, records, instructions, at: Date.now() };
+      return { frames, diskFrames: diskPayloads, diskSectors: sectors.length, state, records, instructions, at: Date.now() };
     } finally {
       this.#hooks.resume();
       const pause = round3(performance.now() - started);
@@ -440,12 +485,28 @@ export interface ReplicaFigures {
   bytes_received: number;
   /** Why the stream ended, or null. */
   error: string | null;
+  /** The replicated disk's overlay here (the committed epoch's sectors are in it), or null: no disk is replicated. */
+  disk_overlay: string | null;
+  /** Disk sectors written into it at commits. */
+  disk_sectors: number;
+}
+
+/** Options of the backup. */
+export interface ReplicaOptions {
+  /** Where the replicated disk's overlay is written (default: the directory of the disk's raw base; required for a disk without one). */
+  diskDir?: string | null;
 }
 
 /** What the backup's host does to activate a replica. */
 export interface ActivateHooks {
-  /** Creates the empty VM with the devices `attach` describes (throw to refuse). */
-  create(config: VmConfig, attach: JsonObject): Vm;
+  /**
+   * Creates the empty VM with the devices `attach` describes (throw to refuse). With `disk` (the
+   * disk was replicated), attach the block device on `disk.path` with new overlays in
+   * `disk.overlayDir`, and give the device to `block`.
+   */
+  create(config: VmConfig, attach: JsonObject, disk?: { path: string; overlayDir: string } | null): Vm;
+  /** The block device of the VM create() made (needed when the disk was replicated). */
+  block?(vm: Vm): BlockDevice | null;
   /** The state is in: run the VM. */
   start(vm: Vm, decoded: DecodedVmCheckpoint): void;
   /** Activation failed after create: destroy the VM. */
@@ -461,7 +522,7 @@ export class ReplicaReceiver {
   /** Live figures (status() brings the age up to now). */
   readonly figures: ReplicaFigures = {
     name: null, state: 'connecting', interval_ms: null, committed_epoch: null, committed_instructions: null, committed_at: null, age_ms: null,
-    epochs: 0, epochs_dropped: 0, last_epoch_bytes: 0, pages: 0, bytes_received: 0, error: null,
+    epochs: 0, epochs_dropped: 0, last_epoch_bytes: 0, pages: 0, bytes_received: 0, error: null, disk_overlay: null, disk_sectors: 0,
   };
 
   #channel: FramedChannel | null;
@@ -476,9 +537,20 @@ export class ReplicaReceiver {
   #stagedRecords = 0;
   #stagedState: Uint8Array | null = null;
   #stagedBytesFrom = 0;
+  readonly #options: ReplicaOptions;
+  /** The replicated disk: where the block device attaches, and the chain the committed sectors are written into. */
+  #diskAt: { path: string; overlayDir: string } | null = null;
+  #disk: DiskChain | null = null;
+  /** The disk sealed by a first activation attempt (a retry reuses it). */
+  #sealedDisk: DiskChainState | null = null;
+  /** Set when writing a commit's sectors failed: the disk is between two epochs and cannot be activated. */
+  #diskBroken: string | null = null;
+  #stagedDisk: DiskRun[] = [];
+  #stagedDiskFrames = 0;
 
-  constructor(channel: FramedChannel) {
+  constructor(channel: FramedChannel, options: ReplicaOptions = {}) {
     this.#channel = channel;
+    this.#options = options;
   }
 
   /** The figures with the age brought up to now. */
@@ -507,6 +579,8 @@ export class ReplicaReceiver {
       this.#pageCount = first.pageCount;
       this.figures.name = config.name;
       this.figures.interval_ms = typeof first.interval_ms === 'number' ? first.interval_ms : null;
+      const disk = parseMigratedDisk(first.disk, `replication of ${config.name}`);
+      if (disk !== null) this.#openDisk(disk, config.name);
       this.figures.state = 'receiving';
       await channel.send(ReplicationFrame.READY, encodeJson({}));
       this.#stagedBytesFrom = channel.stats.bytesReceived;
@@ -514,7 +588,11 @@ export class ReplicaReceiver {
         const frame = await channel.receive();
         if (frame === null) break; // BYE: the primary stopped in good order
         if (frame.type === ReplicationFrame.PAGES) this.#stagePages(frame.payload);
-        else if (frame.type === ReplicationFrame.STATE) {
+        else if (frame.type === ReplicationFrame.DISK && this.#disk !== null) {
+          // Copied: staged until COMMIT, never written into the disk before.
+          for (const run of decodeDiskFrame(frame.payload, this.#disk.sectors, `replication of ${config.name}`)) this.#stagedDisk.push({ first: run.first, data: run.data.slice() });
+          this.#stagedDiskFrames++;
+        } else if (frame.type === ReplicationFrame.STATE) {
           // Checked now, so that a state that cannot be decoded is never committed.
           decodeState(frame.payload, this.#pageCount, `replication of ${config.name}`);
           this.#stagedState = frame.payload;
@@ -536,6 +614,23 @@ export class ReplicaReceiver {
     this.#channel = null;
     if (this.figures.state === 'receiving' || this.figures.state === 'connecting') this.figures.state = 'disconnected';
     return this.figures;
+  }
+
+  /** Opens (or creates) the disk the committed sectors go into, on the same base as the primary's. */
+  #openDisk(disk: MigratedDisk, name: string): void {
+    const at = receivingDisk(disk, this.#options.diskDir ?? null, name);
+    let chain: DiskChain;
+    try {
+      chain = DiskChain.open(at.path, { overlayDir: at.overlayDir });
+    } catch (error) {
+      throw new MigrationError('BV_MIG_DISK', `${name}: cannot open the replicated disk at ${at.path}: ${(error as Error).message}`, { cause: error });
+    }
+    if (chain.sectors !== disk.sectors) {
+      chain.close();
+      throw new MigrationError('BV_MIG_DISK', `${name}: the replicated disk has ${disk.sectors} sectors, ${at.path} here has ${chain.sectors}`);
+    }
+    this.#diskAt = at;
+    this.#disk = chain;
   }
 
   /** Ends the stream (the replica keeps its last committed epoch). */
@@ -575,6 +670,21 @@ export class ReplicaReceiver {
       throw new MigrationError('BV_MIG_PROTOCOL', `${name}: epoch ${expected} announces ${String(commit.records)} page records, ${this.#stagedRecords} arrived`);
     }
     if (typeof commit.instructions !== 'number' || typeof commit.captured_at !== 'number') throw new MigrationError('BV_MIG_PROTOCOL', `${name}: COMMIT without instructions or capture time`);
+    if ((commit.disk_frames ?? 0) !== this.#stagedDiskFrames) {
+      throw new MigrationError('BV_MIG_PROTOCOL', `${name}: epoch ${expected} announces ${String(commit.disk_frames)} disk frames, ${this.#stagedDiskFrames} arrived`);
+    }
+    if (this.#diskBroken !== null) throw new MigrationError('BV_MIG_DISK', `${name}: ${this.#diskBroken}`);
+    if (this.#disk !== null && this.#stagedDisk.length > 0) {
+      try {
+        writeDiskRuns(this.#disk, this.#stagedDisk, name ?? '?');
+      } catch (error) {
+        // Part of the epoch's sectors may be in: the disk is neither epoch any more.
+        this.#diskBroken = `writing the disk sectors of epoch ${expected} failed, so the replica's disk is between two epochs and cannot be activated: ${(error as Error).message}`;
+        throw new MigrationError('BV_MIG_DISK', `${name}: ${this.#diskBroken}`, { cause: error });
+      }
+      for (const run of this.#stagedDisk) this.figures.disk_sectors += run.data.length / DISK_SECTOR_BYTES;
+      this.figures.disk_overlay = this.#disk.topPath;
+    }
     for (const [gpn, bytes] of this.#staged) {
       if (bytes === null) this.#pages.delete(gpn);
       else this.#pages.set(gpn, bytes);
@@ -595,13 +705,15 @@ export class ReplicaReceiver {
 
   /** Whether part of an epoch arrived after the last commit (frames staged, or bytes of a frame). */
   #partial(channel: FramedChannel): boolean {
-    return this.figures.state === 'receiving' && (this.#staged.size > 0 || this.#stagedState !== null || channel.stats.bytesReceived > this.#stagedBytesFrom);
+    return this.figures.state === 'receiving' && (this.#staged.size > 0 || this.#stagedState !== null || this.#stagedDiskFrames > 0 || channel.stats.bytesReceived > this.#stagedBytesFrom);
   }
 
   #dropStaged(): void {
     this.#staged = new Map();
     this.#stagedRecords = 0;
     this.#stagedState = null;
+    this.#stagedDisk = [];
+    this.#stagedDiskFrames = 0;
   }
 
   /**
@@ -612,10 +724,24 @@ export class ReplicaReceiver {
     const name = this.figures.name ?? '?';
     if (this.figures.state === 'activated') throw new MigrationError('BV_MIG_BAD_REQUEST', `replica '${name}' was activated already`);
     if (this.#state === null || this.#config === null) throw new MigrationError('BV_MIG_STATE', `replica '${name}' has no complete epoch yet: nothing to activate`);
+    if (this.#diskBroken !== null) throw new MigrationError('BV_MIG_DISK', `replica '${name}': ${this.#diskBroken}`);
     this.disconnect();
     const decoded = decodeState(this.#state, this.#pageCount, `replica of ${name}`);
-    const vm = hooks.create(this.#config as unknown as VmConfig, this.#attach);
+    if (this.#disk !== null) {
+      // The committed epoch's disk: sealed, named in the block state in place of the primary's chain.
+      if (this.#sealedDisk === null) {
+        try {
+          this.#sealedDisk = this.#disk.checkpoint();
+        } catch (error) {
+          throw new MigrationError('BV_MIG_DISK', `replica '${name}': its disk cannot be sealed: ${(error as Error).message}`, { cause: error });
+        }
+        this.#disk.close();
+      }
+      adoptReceivedDisk(decoded.state, this.#sealedDisk, name);
+    }
+    const vm = hooks.create(this.#config as unknown as VmConfig, this.#attach, this.#diskAt);
     try {
+      if (this.#diskAt !== null && (hooks.block?.(vm) ?? null) === null) throw new MigrationError('BV_MIG_DISK', `${name}: the VM made for the replica has no block device for its replicated disk`);
       if (vm.memory.pageCount !== this.#pageCount) throw new MigrationError('BV_MIG_STATE', `${name}: the VM made for the replica has ${vm.memory.pageCount} pages, the replica ${this.#pageCount}`);
       for (const gpn of [...this.#pages.keys()].sort((a, b) => a - b)) vm.memory.installPage(gpn, this.#pages.get(gpn)!);
       vm.checkState(decoded.state);

@@ -62,7 +62,7 @@ describe('accepted configurations', () => {
       requestTimeoutMs: 10_000,
       overcommit: false,
       reclaim: null,
-      migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000, name: hostname() },
+      migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000, name: hostname(), diskDir: null },
       vms: [{
         name: 'a',
         image: 'examples/nanokernel/kernel.s',
