@@ -198,6 +198,8 @@ export interface MigrationSpec {
   stallTimeoutMs: number;
   /** `name` (default: the machine's host name): how this host introduces itself to peers (their logs and `GET /migrations`, `GET /replicas`). */
   name: string;
+  /** `disk_dir`: where the disks of VMs migrated or replicated here are written (their overlays); null: next to the disk's raw base image. */
+  diskDir: string | null;
 }
 
 /** One thing wrong with a configuration. */
@@ -483,6 +485,7 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
         insecure: { type: 'boolean', default: false, description: 'Plain TCP with no authentication: only for tests and trusted networks.' },
         listen: { type: 'string', pattern: '^.+:[0-9]{1,5}$', description: 'host:port to receive migrations on from the start (port 0: any free one).' },
         stall_timeout_ms: integer(100, 3_600_000, 'A peer silent this long fails the migration.', { default: 10_000 }),
+        disk_dir: { type: 'string', minLength: 1, description: 'Where the disks of VMs migrated or replicated here are written (default: next to the disk\'s raw base image; required for a disk without one).' },
         name: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', description: 'How this host introduces itself to peers (default: the machine\'s host name).' },
       },
       description: 'Talking to other hosts: live migration (docs/migration.md).',
@@ -536,7 +539,7 @@ interface HostJson {
   reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string; tax_rate?: number } | null;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
-  migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number; name?: string };
+  migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number; name?: string; disk_dir?: string };
 }
 
 let ajv: Ajv2020 | undefined;
@@ -590,7 +593,7 @@ export function parseHostConfig(json: unknown): HostSpec {
 function toMigrationSpec(json: HostJson['migration']): MigrationSpec {
   const dir = json?.tls_dir;
   const tls = json?.tls ?? (dir === undefined ? null : { ca: `${dir}/ca.pem`, cert: `${dir}/cert.pem`, key: `${dir}/key.pem` });
-  return { tls, insecure: json?.insecure ?? false, listen: json?.listen ?? null, stallTimeoutMs: json?.stall_timeout_ms ?? 10_000, name: json?.name ?? hostname() };
+  return { tls, insecure: json?.insecure ?? false, listen: json?.listen ?? null, stallTimeoutMs: json?.stall_timeout_ms ?? 10_000, name: json?.name ?? hostname(), diskDir: json?.disk_dir ?? null };
 }
 
 /** TLS files and insecure exclude each other; listening needs one of them. */

@@ -46,6 +46,7 @@ import {
   type MigrationFigures, type ReceiveFigures, type ReplicaFigures, type ReplicationFigures, type TlsFiles,
 } from '../migration/index.ts';
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
+import { receivingDisk } from '../migration/disk.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
@@ -447,6 +448,8 @@ export interface HostMigrationSettings {
   stallTimeoutMs: number;
   /** How this host introduces itself to peers (default: the machine's host name). */
   name?: string;
+  /** Where the disks of VMs migrated or replicated here are written (default: next to their raw base image). */
+  diskDir?: string | null;
 }
 
 /** PUT /vms/{name}/migrate. */
@@ -680,7 +683,7 @@ export class Host {
   static async start(spec: HostSpec, options: HostOptions = {}): Promise<Host> {
     const images = spec.vms.map((vm, index) => loadImage(vm.image, `vms[${index}].image`));
     const hv = createHypervisor({ hostMemoryBytes: spec.hostMemoryBytes });
-    const migration = options.migration ?? (spec.migration === undefined ? undefined : { tls: spec.migration.tls, insecure: spec.migration.insecure, stallTimeoutMs: spec.migration.stallTimeoutMs, name: spec.migration.name });
+    const migration = options.migration ?? (spec.migration === undefined ? undefined : { tls: spec.migration.tls, insecure: spec.migration.insecure, stallTimeoutMs: spec.migration.stallTimeoutMs, name: spec.migration.name, diskDir: spec.migration.diskDir });
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
@@ -1216,6 +1219,7 @@ export class Host {
       ...(request.max_bandwidth === undefined ? {} : { maxBandwidth: request.max_bandwidth }),
       ...(request.timeout_s === undefined ? {} : { timeoutS: request.timeout_s }),
       mode,
+      disk: m.devices.block,
       onSwitchedOver: () => this.log(`vm ${name}: runs on ${request.destination} now (post-copy); pushing the pages it lacks`),
     };
     const sender = guard(() => new PrecopySender(m.vm, channel, {
@@ -1322,7 +1326,7 @@ export class Host {
       // Each epoch's capture is synchronous: the scheduler runs guests on this thread between
       // awaits, so the VM is paused for the capture without a state change.
       sender = guard(() => new ReplicationSender(m.vm, channel, { pause: () => {}, resume: () => {} }, {
-        intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m),
+        intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m), disk: m.devices.block,
         onCapture: (epoch) => gate?.onCapture(epoch),
         onCommitted: (epoch) => {
           gate?.onCommitted(epoch);
@@ -1380,10 +1384,11 @@ export class Host {
     const epoch = figures.committed_epoch;
     let made: HostedVm | null = null;
     guard(() => entry.receiver.activate({
-      create: (config, attach) => {
-        made = this.makeIncoming(config, attach, { kind: 'replica', from: entry.from, epoch }, 'activation of the replica');
+      create: (config, attach, disk) => {
+        made = this.makeIncoming(config, attach, { kind: 'replica', from: entry.from, epoch }, 'activation of the replica', disk ?? null);
         return made.vm;
       },
+      block: () => made?.devices.block ?? null,
       start: () => this.add(made!),
       discard: (vm) => {
         made?.devices.console.stop();
@@ -1472,7 +1477,7 @@ export class Host {
       await channel.abort('BV_MIG_BAD_REQUEST', `this host already receives a replication of '${name}' (from ${previous.from})`);
       return;
     }
-    const receiver = new ReplicaReceiver(channel);
+    const receiver = new ReplicaReceiver(channel, { diskDir: this.migrationSettings.diskDir ?? null });
     this.replicaStreams.set(name, { receiver, from });
     this.log(`host: receiving a replication of '${name}' from ${from}`);
     const figures = await receiver.run(begin);
@@ -1483,16 +1488,20 @@ export class Host {
    * An empty VM arriving from another host (a migration, a replica's activation), with the devices
    * and services `attach` names: not added to the host yet.
    */
-  private makeIncoming(config: VmConfig, attach: JsonObject, origin: VmOrigin, what: string): HostedVm {
+  private makeIncoming(config: VmConfig, attach: JsonObject, origin: VmOrigin, what: string, diskAt: { path: string; overlayDir: string } | null = null): HostedVm {
     const name = String(config.name);
     this.checkNewName(name);
     this.checkFits(config.memoryBytes, `${what} of '${name}'`);
     const vm = guard(() => this.hv.createVm({ name, memoryBytes: config.memoryBytes, vcpus: config.vcpus ?? 1, largePages: config.largePages ?? 'superpages', ...(config.mmu === undefined ? {} : { mmu: config.mmu }) }), `incoming VM '${name}'`);
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
-      const disk = typeof attach.disk === 'string' ? attach.disk : null;
+      // A disk that arrives (diskAt) is attached on its base (or blank file) with new overlays in the
+      // disk directory; otherwise on the source's own path (shared storage).
+      const disk = diskAt !== null ? diskAt.path : typeof attach.disk === 'string' ? attach.disk : null;
       const bootArgs = typeof attach.boot_args === 'string' ? attach.boot_args : '';
-      const devices = guard(() => attachStandardDevices(vm, this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true)), `incoming VM '${name}'`);
+      const options = this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true);
+      if (diskAt !== null) options.disk = { path: diskAt.path, overlayDir: diskAt.overlayDir };
+      const devices = guard(() => attachStandardDevices(vm, options), `incoming VM '${name}'`);
       const m = new HostedVm(name, vm, devices, log, origin, disk, null, false, null);
       const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
       if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
@@ -1516,9 +1525,10 @@ export class Host {
     let reserved: string | null = null;
     const from = `${channel.peer?.name ?? '?'}@${channel.remote}`;
     const receiver = new MigrationReceiver(channel, {
-      create: (config, attach) => {
+      create: (config, attach, disk) => {
         const name = String(config.name);
-        const m = this.makeIncoming(config, attach, { kind: 'migration', from }, 'incoming migration');
+        const diskAt = disk == null ? null : receivingDisk(disk, this.migrationSettings.diskDir ?? null, name);
+        const m = this.makeIncoming(config, attach, { kind: 'migration', from }, 'incoming migration', diskAt);
         incoming = m;
         const vm = m.vm;
         this.incomingNames.add(name);
@@ -1529,6 +1539,7 @@ export class Host {
         this.incomingNames.delete(reserved!);
         this.add(incoming!);
       },
+      block: () => incoming?.devices.block ?? null,
       findPostcopy: (name) => this.brokenPostcopies.get(name) ?? null,
       wake: (vm) => {
         const m = this.byVm(vm);
