@@ -221,6 +221,90 @@ pass:   li a1, ${hex(DATA_VA)}                # prefix sum over 3 pages of words
     expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(100);
   });
 
+  it('strip-mined loops closed by bne on a counted induction register exit on the same iteration as the interpreter', () => {
+    // countedExit (kernel/cpu/jit/compiler.ts) computes the exiting iteration at a strip's entry
+    // and drops the per-iteration compare: operands in either order, x0 as the bound, negative
+    // steps, a strip that ends exactly on the exit, and a step of 3 whose exit is past 2^32.
+    const DATA_VA = 0x4000_0000;
+    const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;
+    const pair = bootPair(`
+_start: li t0, ${hex(LOCKSTEP_PTBR)}
+        csrrw zero, ptbr, t0
+        li s1, 20
+        li gp, ${hex(DATA_VA + 64)}
+pass:   li a1, ${hex(DATA_VA + 4096)}         # bound first: bne a2, a1; exits on a page end
+        li a2, ${hex(DATA_VA + 2 * 4096)}
+1:      lw t1, 0(a1)
+        add t0, t0, t1
+        sw t0, 0(a1)
+        addi a1, a1, 4
+        bne a2, a1, 1b
+        li a1, 4000                          # down to x0 in steps of -8, counting loads
+2:      lw t2, 0(gp)
+        add t3, t3, t2
+        addi a1, a1, -8
+        bne a1, zero, 2b
+        li a1, ${hex(DATA_VA + 2 * 4096 - 4)}  # backwards across a page, the bound below
+        li a2, ${hex(DATA_VA + 4096 - 4 * 300)}
+3:      lw t1, 0(a1)
+        xor t1, t1, t3
+        sw t1, 0(a1)
+        addi a1, a1, -4
+        bne a1, a2, 3b
+        addi s1, s1, -1
+        bne s1, zero, pass
+        li a1, 7                             # 3 does not divide 5 - 7 + k * 2^32 for small k: runs past the budget
+        li a2, 5
+4:      lw t2, 4(gp)
+        add t3, t3, t2
+        addi a1, a1, 3
+        bne a1, a2, 4b
+        exiti 0
+`, (vm) => {
+      const tables = new HostPageTables(vm, LOCKSTEP_ROOT, FIRST_TABLE);
+      for (let page = 0; page < 2; page++) tables.map(DATA_VA + page * 4096, 0x30_0000 + (1 - page) * 0x2000, flags);
+      vm.writePhysical(0x30_0000, new Uint8Array(Array.from({ length: 3 * 4096 }, (_, k) => (k * 53) & 0xff)));
+    });
+    const report = lockstep(pair, 23, 2_000_000);
+    expect(report.divergence).toBeNull();
+    expect(report.end).not.toBe('halted'); // the last loop outlasts the budget
+    expect(report.compiledShare).toBeGreaterThan(0.5);
+    expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(100);
+    // The first three loops finished: the last one ran, with the same registers in both tiers.
+    expect(pair.jit.vm.vcpus[0]!.regs[Reg.S1]).toBe(0);
+  });
+
+  it('counted loops that never fall through (a distance the step does not divide, or none) run until the budget in both tiers', () => {
+    // The loop is compiled while it exits normally (400 = 100 steps of 4), then entered afresh
+    // with a bound it never meets: 4 divides neither 10 nor 10 + k·2^32, and a distance of 0 is
+    // met again only after 2^30 steps.
+    // Several slicings: which stop lands near the fresh entry changes with the seed.
+    for (const [bound, seed] of [['li a2, 10', 2], ['li a2, 10', 3], ['li a2, 10', 23], ['mv a2, a1', 29]] as const) {
+      const pair = bootPair(`
+_start: li gp, 0x2000
+        li s1, 200
+1:      li a1, 0
+        li a2, 400
+        call count
+        addi s1, s1, -1
+        bne s1, zero, 1b
+        li a1, 0
+        ${bound}
+        call count
+        exiti 0
+count:  lw t2, 0(gp)
+        add t3, t3, t2
+        addi a1, a1, 4
+        bne a1, a2, count
+        ret
+`);
+      const report = lockstep(pair, seed, 200_000);
+      expect(report.divergence).toBeNull();
+      expect(report.end).toBe('budget');
+      expect(pair.jit.hv.jitStats().strips).toBeGreaterThan(200);
+    }
+  });
+
   it('strip-mined table lookups (andi, slli, add to an invariant base) match the interpreter, in one page and across two', () => {
     const DATA_VA = 0x4000_0000;
     const flags = Pte.V | Pte.R | Pte.W | Pte.A | Pte.D;

@@ -168,7 +168,7 @@ export function generateRegion(ops: Int32Array, imms: Int32Array, base: number, 
   out.push(`let ${Array.from({ length: 15 }, (_, k) => `r${k + 1} = 0`).join(', ')};`);
   out.push('let rTag = 0, rAdd = 0, wTag = 0, wAdd = 0;');
   out.push(reload);
-  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, g = 0, s = 0, t = 0, n = 0;');
+  out.push('let blockStart = idx, hits = 0, res = 0, va = 0, e = 0, g = 0, s = 0, t = 0, n = 0, n0 = 0, ex = 0;');
   out.push(`let ${Array.from({ length: Math.max(1, memoryOps(ops, base, indices)) }, (_, k) => `m${k} = 0`).join(', ')};`);
   out.push('exit: for (;;) {');
   out.push('switch (idx) {');
@@ -419,16 +419,54 @@ function stripMinedLoop(ops: Int32Array, imms: Int32Array, base: number, head: n
     m++;
   }
   const bw = ops[base + branch]!;
-  const cond = BRANCH_COND[BY_OPCODE[bw & 0xff]!.mnemonic]!.replace(/\ba\b/g, reg((bw >> 13) & 31)).replace(/\bb\b/g, reg((bw >> 18) & 31));
-  return [
+  const mnemonic = BY_OPCODE[bw & 0xff]!.mnemonic;
+  const cond = BRANCH_COND[mnemonic]!.replace(/\ba\b/g, reg((bw >> 13) & 31)).replace(/\bb\b/g, reg((bw >> 18) & 31));
+  const head0 = [
     `if (blockStart === ${head}) {`,
     `n = checkLimit - retired - 1; n = n < ${length} ? 0 : n >= ${MAX_STRIP * length} ? ${MAX_STRIP} : (n / ${length}) | 0;`,
     ...setup,
-    'if (n > 0) { J.strips++; fast: for (;;) {',
+  ];
+  const exitAt = countedExit(mnemonic, (bw >> 13) & 31, (bw >> 18) & 31, writes, stride);
+  if (exitAt !== null) {
+    // The iteration at which the branch falls through is known at the strip's entry: the loop
+    // runs on one counter, with no compare per iteration (prefix sum: see docs/performance.md).
+    return [
+      ...head0,
+      `if (n > 0) { J.strips++; ${exitAt} if (g !== 0 && g <= n) { n = g; ex = 1; } else ex = 0; n0 = n; fast: for (;;) {`,
+      ...body,
+      'if (--n !== 0) continue fast;',
+      `if (ex === 0) { retired += ${length} * n0; hits += ${accesses} * n0; continue loop; }`,
+      // The last iteration's instructions are counted where the code after the loop ends its block.
+      `retired += ${length} * (n0 - 1); hits += ${accesses} * n0; break loop; } } }`,
+    ].join('\n');
+  }
+  return [
+    ...head0,
+    // The counts are settled once per strip, from the iterations done (n0 - n), not per iteration.
+    'if (n > 0) { J.strips++; n0 = n; fast: for (;;) {',
     ...body,
-    `if (${cond}) { retired += ${length}; hits += ${accesses}; if (--n !== 0) continue fast; continue loop; }`,
-    `hits += ${accesses}; break loop; } } }`,
+    `if (${cond}) { if (--n !== 0) continue fast; retired += ${length} * n0; hits += ${accesses} * n0; continue loop; }`,
+    `n0 = n0 - n + 1; retired += ${length} * (n0 - 1); hits += ${accesses} * n0; break loop; } } }`,
   ].join('\n');
+}
+
+/**
+ * For a loop closed by `bne ind, inv` (either order) where `ind` is the body's only write to it, an
+ * induction step `addi ind, ind, c`, and `inv` is not written: a statement setting `g` to the
+ * iteration after which the branch falls through (1 …), or 0 when that is not within a strip.
+ * The k-th iteration leaves ind0 + k·c, equal to inv (mod 2^32) first at k = d / c when c divides
+ * the distance d = inv − ind0 taken in c's direction (as an unsigned number); otherwise every
+ * solution has k ≥ 2^32 / |c| > MAX_STRIP, since |c| < 2^16. Null for any other loop.
+ */
+function countedExit(mnemonic: string, ra: number, rb: number, writes: Uint8Array, stride: Int32Array): string | null {
+  if (mnemonic !== 'bne') return null;
+  for (const [ind, inv] of [[ra, rb], [rb, ra]] as const) {
+    const c = stride[ind]!;
+    if (ind === 0 || writes[ind] !== 1 || c === 0x7fffffff || c === 0 || Math.abs(c) >= 1 << 16 || (inv !== 0 && writes[inv] !== 0)) continue;
+    const distance = c > 0 ? `(${reg(inv)} - ${reg(ind)}) >>> 0` : `(${reg(ind)} - ${reg(inv)}) >>> 0`;
+    return `g = ${distance}; g = g % ${Math.abs(c)} === 0 ? g / ${Math.abs(c)} : 0;`;
+  }
+  return null;
 }
 
 /**
