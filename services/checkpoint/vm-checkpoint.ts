@@ -14,7 +14,7 @@
 import { BvError } from '../../guest-isa/errors.ts';
 import { encodeImage, parseImage } from '../../guest-isa/image.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
-import { DeviceLayoutError, FRAME_SIZE, KernelError, PageState, parseDeviceLayout } from '../../kernel/index.ts';
+import { AbsentState, DeviceLayoutError, FRAME_SIZE, KernelError, PageState, parseDeviceLayout } from '../../kernel/index.ts';
 import type { LargePagePolicy, MmuOptions, VcpuState, Vm, VmState } from '../../kernel/index.ts';
 import type { CheckpointContents, DeviceState, JsonObject, JsonValue } from './format.ts';
 import { writeCheckpoint } from './writer.ts';
@@ -80,7 +80,22 @@ export function saveVmCheckpoint(vm: Vm, path: string, options: VmSaveOptions = 
   if (options.compression !== undefined) writeOptions.compression = options.compression;
   if (options.stagingBytes !== undefined) writeOptions.stagingBytes = options.stagingBytes;
   if (options.onProgress !== undefined) writeOptions.onProgress = options.onProgress;
-  return writeCheckpoint(path, contents, { page: (gpn) => currentPage(vm, gpn) }, writeOptions);
+  return writeCheckpoint(path, contents, { page: (gpn) => currentPage(vm, gpn), pagesStable: pagesStayPut(vm) }, writeOptions);
+}
+
+/**
+ * Whether reading every page of a stopped `vm` in turn leaves the pages already read as they
+ * are: true when no page waits for a resolver (swapped, lazy, remote, poisoned, shared) and no
+ * restore region is deferred, so currentPage only returns views of present frames or null.
+ * (A resolver may allocate, and so evict or move, other pages.)
+ */
+function pagesStayPut(vm: Vm): boolean {
+  const memory = vm.memory;
+  if (memory.pendingRegionCount !== 0) return false;
+  for (const state of Object.values(AbsentState)) {
+    if (state !== AbsentState.UNTOUCHED && state !== AbsentState.BALLOONED && memory.countInState(state) !== 0) return false;
+  }
+  return true;
 }
 
 /**
@@ -92,6 +107,9 @@ export function settlePoisonedPages(vm: Vm): void {
   for (const gpn of vm.memory.poisonedPages()) vm.memory.settlePage(gpn);
 }
 
+/** Read once: under tsx each use of an imported binding is a getter call (currentPage runs per page). */
+const { UNTOUCHED, BALLOONED, PRESENT, POISONED } = PageState;
+
 /**
  * The current bytes of guest page `gpn` (a view into host memory, valid until the page
  * changes), or null for an untouched or ballooned page, or a poisoned one its resolver cannot
@@ -101,10 +119,10 @@ export function currentPage(vm: Vm, gpn: number, onPoisoned?: (gpn: number) => v
   const memory = vm.memory;
   const state = memory.stateOf(gpn); // a region a lazy restore deferred is filled in first
   // A ballooned page holds nothing: the balloon's own state lists it and puts it back on restore.
-  if (state === PageState.UNTOUCHED || state === PageState.BALLOONED) return null;
-  if (state === PageState.PRESENT) return memory.presentPageBytes(gpn);
+  if (state === UNTOUCHED || state === BALLOONED) return null;
+  if (state === PRESENT) return memory.presentPageBytes(gpn);
   // Its bytes are lost: saved as poisoned (the state lists it), unless recovery rebuilds it now.
-  if (state === PageState.POISONED) {
+  if (state === POISONED) {
     if (memory.settlePage(gpn)) return memory.presentPageBytes(gpn);
     onPoisoned?.(gpn);
     return null;

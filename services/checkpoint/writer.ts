@@ -67,6 +67,11 @@ export interface WriteOptions {
 export interface PageSource {
   /** Guest page `gpn`'s 4 KiB, or null when it is zero or untouched. */
   page(gpn: number): Uint8Array | null;
+  /**
+   * True when every page returned keeps its bytes until writeCheckpoint returns (no later
+   * page() call changes an earlier page): see BeginOptions.pagesStable.
+   */
+  readonly pagesStable?: boolean;
 }
 
 /** What a finished checkpoint write did. */
@@ -93,10 +98,22 @@ export interface WriteStats {
   seconds: number;
 }
 
+/**
+ * PAGE_BYTES read once: under tsx (the tools, the bench) each use of an imported binding is a
+ * getter call, and addPage runs once per guest page.
+ */
+const PAGE = PAGE_BYTES;
 /** Blocks keep lz4 output only when it saves at least this fraction of the raw bytes. */
 const LZ4_MIN_SAVING = 1 / 8;
 /** Progress is reported at least this often (in pages) even when no block fills. */
 const PROGRESS_EVERY_PAGES = 16_384;
+/**
+ * With stable pages (BeginOptions.pagesStable), a raw block is written straight from the pages'
+ * memory, one pwrite per run of adjacent pages, when it has at most this many runs; a more
+ * scattered block is copied into the staging buffer and written at once, as small writes cost
+ * more than the copy they save.
+ */
+const MAX_DIRECT_RUNS = 16;
 
 function ioError(action: string, error: unknown): CheckpointError {
   const detail = error instanceof Error ? error.message : String(error);
@@ -109,11 +126,11 @@ function badArgument(message: string): CheckpointError {
 
 function isZeroPage(page: Uint8Array): boolean {
   if (page.byteOffset % 4 === 0) {
-    const words = new Uint32Array(page.buffer, page.byteOffset, PAGE_BYTES / 4);
+    const words = new Uint32Array(page.buffer, page.byteOffset, PAGE / 4);
     for (let index = 0; index < words.length; index++) if (words[index] !== 0) return false;
     return true;
   }
-  for (let index = 0; index < PAGE_BYTES; index++) if (page[index] !== 0) return false;
+  for (let index = 0; index < PAGE; index++) if (page[index] !== 0) return false;
   return true;
 }
 
@@ -186,6 +203,13 @@ function processExists(pid: number): boolean {
 export interface BeginOptions extends WriteOptions {
   /** Guest pages the memory index covers; pages never added are zero pages. */
   pageCount: number;
+  /**
+   * The caller keeps every page it hands to addPage unchanged (the same bytes, at the same
+   * place) until finish() or abort() returns. The writer then does not copy raw pages: it
+   * keeps the views and writes each run of adjacent ones with one pwrite (256 MiB save: see
+   * docs/performance.md). Default false: addPage copies the page before it returns.
+   */
+  pagesStable?: boolean;
 }
 
 /**
@@ -205,6 +229,10 @@ export class CheckpointWriter {
   readonly #onProgress: ((done: number, total: number) => void) | undefined;
   readonly #staging: Uint8Array;
   readonly #stagedGpns: Uint32Array;
+  /** With pagesStable, the views of the staged pages (nothing is copied into #staging). */
+  readonly #stagedViews: (Uint8Array | undefined)[] | null;
+  /** #writeRuns' first slot of each run of adjacent views, and one past the last run's end. */
+  readonly #runStarts = new Int32Array(MAX_DIRECT_RUNS + 1);
   #stagedCount = 0;
   readonly #blockOfPage: Uint32Array;
   readonly #slotOfPage: Uint32Array;
@@ -241,6 +269,7 @@ export class CheckpointWriter {
     this.#onProgress = options.onProgress;
     this.#staging = new Uint8Array(stagingBytes);
     this.#stagedGpns = new Uint32Array(stagingBytes / PAGE_BYTES);
+    this.#stagedViews = options.pagesStable === true ? new Array<Uint8Array | undefined>(stagingBytes / PAGE_BYTES).fill(undefined) : null;
     this.#blockOfPage = new Uint32Array(pageCount).fill(ZERO_PAGE_BLOCK);
     this.#slotOfPage = new Uint32Array(pageCount);
     this.#blockPages = new Uint32Array(pageCount);
@@ -269,7 +298,8 @@ export class CheckpointWriter {
 
   /**
    * Adds guest page `gpn` (its 4 KiB, or null for zero). The bytes are copied before return, so
-   * the caller may change the page afterwards. An all-zero page is not stored.
+   * the caller may change the page afterwards, unless the writer was begun with pagesStable.
+   * An all-zero page is not stored.
    */
   addPage(gpn: number, page: Uint8Array | null): void {
     this.#openFile();
@@ -277,18 +307,22 @@ export class CheckpointWriter {
       throw badArgument(`page ${gpn} is outside 0..${this.pageCount - 1}`);
     }
     if (this.#added[gpn] !== 0) throw badArgument(`page ${gpn} was already added`);
-    if (page !== null && page.length !== PAGE_BYTES) throw badArgument(`page ${gpn} is ${page.length} bytes, not ${PAGE_BYTES}`);
-    this.#run(() => {
+    if (page !== null && page.length !== PAGE) throw badArgument(`page ${gpn} is ${page.length} bytes, not ${PAGE}`);
+    // Not through #run: that would allocate a closure per page.
+    try {
       this.#added[gpn] = 1;
       this.#pagesAdded++;
       if (page === null || isZeroPage(page)) this.#zeroPages++;
       else {
-        this.#staging.set(page, this.#stagedCount * PAGE_BYTES);
+        if (this.#stagedViews !== null) this.#stagedViews[this.#stagedCount] = page;
+        else this.#staging.set(page, this.#stagedCount * PAGE);
         this.#stagedGpns[this.#stagedCount++] = gpn;
         if (this.#stagedCount === this.#stagedGpns.length) this.#flushStaging();
       }
       if (this.#pagesAdded % PROGRESS_EVERY_PAGES === 0) this.#onProgress?.(this.#pagesAdded, this.pageCount);
-    });
+    } catch (error) {
+      throw this.#failed(error);
+    }
   }
 
   /**
@@ -378,16 +412,80 @@ export class CheckpointWriter {
     try {
       return step();
     } catch (error) {
-      this.abort();
-      if (error instanceof NativeError) throw ioError(`write ${this.tempPath}`, error);
-      throw error;
+      throw this.#failed(error);
     }
+  }
+
+  /** After a failed step: removes the temp file; returns the error to throw. */
+  #failed(error: unknown): unknown {
+    this.abort();
+    return error instanceof NativeError ? ioError(`write ${this.tempPath}`, error) : error;
   }
 
   /** Turns the staged pages into one storage block: one write at an aligned offset. */
   #flushStaging(): void {
     const count = this.#stagedCount;
     if (count === 0) return;
+    const index = this.#blocks.length;
+    const fileOffset = this.#nextBlockOffset;
+    const direct = this.#stagedViews !== null && this.#compression === 'none' ? this.#writeRuns(fileOffset) : -1;
+    if (direct >= 0) this.#recordBlock(index, fileOffset, 'raw', count * PAGE_BYTES, direct);
+    else {
+      if (this.#stagedViews !== null) this.#copyStagedViews();
+      this.#writeStaged(index, fileOffset);
+    }
+    this.#stagedViews?.fill(undefined, 0, count);
+    this.#stagedCount = 0;
+    this.#onProgress?.(this.#pagesAdded, this.pageCount);
+  }
+
+  /**
+   * With pagesStable: writes the staged pages at `fileOffset` straight from their views, one
+   * pwrite per run of views adjacent in the same buffer, and returns the block's CRC; or -1,
+   * writing nothing, when the block has more than MAX_DIRECT_RUNS runs.
+   */
+  #writeRuns(fileOffset: number): number {
+    const views = this.#stagedViews!;
+    const count = this.#stagedCount;
+    // Run r is slots runStarts[r]..runStarts[r + 1]-1. One pass, one `buffer` read per page.
+    const runStarts = this.#runStarts;
+    let runs = 0;
+    let buffer: ArrayBufferLike | null = null;
+    let end = -1;
+    for (let slot = 0; slot < count; slot++) {
+      const view = views[slot]!;
+      const viewBuffer = view.buffer;
+      if (view.byteOffset !== end || viewBuffer !== buffer) {
+        if (runs === MAX_DIRECT_RUNS) return -1;
+        runStarts[runs++] = slot;
+        buffer = viewBuffer;
+      }
+      end = view.byteOffset + PAGE;
+    }
+    runStarts[runs] = count;
+    const file = this.#file!;
+    let crc = 0;
+    let offset = fileOffset;
+    for (let r = 0; r < runs; r++) {
+      const start = views[runStarts[r]!]!;
+      const pages = runStarts[r + 1]! - runStarts[r]!;
+      const run = pages === 1 ? start : new Uint8Array(start.buffer, start.byteOffset, pages * PAGE);
+      file.pwrite(run, offset);
+      crc = checksum(run, crc);
+      offset += run.length;
+    }
+    return crc;
+  }
+
+  /** Copies the staged views into the staging buffer (a block to compress or too scattered). */
+  #copyStagedViews(): void {
+    const views = this.#stagedViews!;
+    for (let slot = 0; slot < this.#stagedCount; slot++) this.#staging.set(views[slot]!, slot * PAGE_BYTES);
+  }
+
+  /** Writes the staged pages from the staging buffer (lz4-compressed when that pays). */
+  #writeStaged(index: number, fileOffset: number): void {
+    const count = this.#stagedCount;
     const raw = this.#staging.subarray(0, count * PAGE_BYTES);
     let stored: Uint8Array = raw;
     let kind: BlockEntry['kind'] = 'raw';
@@ -399,22 +497,24 @@ export class CheckpointWriter {
         kind = 'lz4';
       }
     }
-    const index = this.#blocks.length;
-    const fileOffset = this.#nextBlockOffset;
     this.#file!.pwrite(stored, fileOffset);
+    this.#recordBlock(index, fileOffset, kind, stored.length, checksum(stored));
+  }
+
+  /** Enters the block just written (the staged pages) in the block table and the page index. */
+  #recordBlock(index: number, fileOffset: number, kind: BlockEntry['kind'], storedBytes: number, crc: number): void {
+    const count = this.#stagedCount;
     const gpns = this.#stagedGpns.subarray(0, count);
     const firstPage = this.#pagesStored();
     this.#blockPages.set(gpns, firstPage);
-    this.#blocks.push({ kind, fileOffset, storedBytes: stored.length, pageCount: count, crc: checksum(stored), firstPage, pagesCrc: checksum(u32Bytes(gpns)) });
+    this.#blocks.push({ kind, fileOffset, storedBytes, pageCount: count, crc, firstPage, pagesCrc: checksum(u32Bytes(gpns)) });
     for (let slot = 0; slot < count; slot++) {
       const gpn = this.#stagedGpns[slot]!;
       this.#blockOfPage[gpn] = index;
       this.#slotOfPage[gpn] = slot;
     }
-    this.#blockBytes += stored.length;
-    this.#nextBlockOffset = alignUp(fileOffset + stored.length, BLOCK_ALIGNMENT);
-    this.#stagedCount = 0;
-    this.#onProgress?.(this.#pagesAdded, this.pageCount);
+    this.#blockBytes += storedBytes;
+    this.#nextBlockOffset = alignUp(fileOffset + storedBytes, BLOCK_ALIGNMENT);
   }
 
   /** Pages in the blocks written so far. */
@@ -453,7 +553,7 @@ export class CheckpointWriter {
  */
 export function writeCheckpoint(path: string, contents: CheckpointContents, pages: PageSource, options: WriteOptions = {}): WriteStats {
   checkState(contents);
-  const writer = CheckpointWriter.begin(path, { ...options, pageCount: contents.pageCount });
+  const writer = CheckpointWriter.begin(path, { ...options, pageCount: contents.pageCount, pagesStable: pages.pagesStable === true });
   try {
     for (let gpn = 0; gpn < contents.pageCount; gpn++) writer.addPage(gpn, pages.page(gpn));
   } catch (error) {

@@ -338,6 +338,64 @@ describe('block layout', () => {
   });
 });
 
+describe('stable pages (pagesStable: written from the caller\'s memory, not copied)', () => {
+  /**
+   * 600 pages in one buffer, so most views are adjacent; every 50th page's view comes from a
+   * second buffer at the very offset that would follow the previous view (adjacent by offset,
+   * not by memory: the writer must not merge them); pages 300..399 are added in reverse (a block
+   * of more than 16 runs: copied instead). Returns the views in the order added, and what each
+   * page must read back as.
+   */
+  function stableCase(): { order: number[]; view: (gpn: number) => Uint8Array; expected: Uint8Array } {
+    const pageCount = 600;
+    const memory = makeMemory(pageCount, 17);
+    const other = makeMemory(pageCount, 18, ['noise']);
+    const expected = memory.slice();
+    const fromOther = (gpn: number) => gpn % 50 === 7;
+    for (let gpn = 0; gpn < pageCount; gpn++) if (fromOther(gpn)) expected.set(pageOf(other, gpn), gpn * PAGE_BYTES);
+    const order = Array.from({ length: pageCount }, (_, gpn) => gpn);
+    order.splice(300, 100, ...order.slice(300, 400).reverse());
+    return { order, view: (gpn) => pageOf(fromOther(gpn) ? other : memory, gpn), expected };
+  }
+
+  it.each([1 << 20, 16 * PAGE_BYTES])('give the very file copied pages give (staging %i bytes), for the writer and writeCheckpoint', (stagingBytes) => {
+    const { order, view, expected } = stableCase();
+    const pageCount = order.length;
+    const files = [true, false].map((pagesStable) => {
+      const path = freshPath(`stable-${pagesStable}`);
+      const writer = CheckpointWriter.begin(path, { pageCount, stagingBytes, pagesStable });
+      for (const gpn of order) writer.addPage(gpn, view(gpn));
+      writer.finish(contentsFor(pageCount));
+      const reader = openAndVerify(path);
+      expectMemory(reader, expected);
+      reader.close();
+      return readFileSync(path);
+    });
+    expect(files[0]!.equals(files[1]!)).toBe(true);
+    const viaSource = [true, false].map((pagesStable) => {
+      const path = freshPath(`stable-source-${pagesStable}`);
+      writeCheckpoint(path, contentsFor(pageCount), { page: view, pagesStable }, { stagingBytes });
+      const reader = openAndVerify(path);
+      expectMemory(reader, expected);
+      reader.close();
+      return readFileSync(path);
+    });
+    expect(viaSource[0]!.equals(viaSource[1]!)).toBe(true);
+  });
+
+  it('with lz4 the pages are copied and compressed as without pagesStable', () => {
+    const { order, view, expected } = stableCase();
+    const path = freshPath('stable-lz4');
+    const writer = CheckpointWriter.begin(path, { pageCount: order.length, compression: 'lz4', pagesStable: true });
+    for (const gpn of order) writer.addPage(gpn, view(gpn));
+    const stats = writer.finish(contentsFor(order.length));
+    expect(stats.lz4Blocks).toBeGreaterThan(0);
+    const reader = openAndVerify(path);
+    expectMemory(reader, expected);
+    reader.close();
+  });
+});
+
 describe('streaming writer', () => {
   it('accepts pages in any order, copies them at once, and treats pages never added as zero', () => {
     const path = freshPath();
