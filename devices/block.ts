@@ -166,6 +166,13 @@ export class BlockDevice implements MmioDevice {
    * a replication notes the sectors to send again, as a write epoch does for guest pages).
    */
   onWrite: ((firstSector: number, count: number) => void) | null = null;
+  /**
+   * When set, saving the state names the chain as it is instead of sealing the top overlay
+   * (DiskChain.describeChain): for a capture whose receiver gets the disk's sectors some other
+   * way and replaces the chain (replication captures 40 times a second; sealing each time would
+   * leave one overlay file per epoch). Such a state cannot be restored from these files.
+   */
+  unsealedSave = false;
   private sectorLow = 0;
   private sectorHigh = 0;
   private count = 0;
@@ -308,7 +315,7 @@ export class BlockDevice implements MmioDevice {
   /** Seals the disk's top overlay and returns the registers and the chain. */
   saveState(): BlockState {
     return {
-      ...this.disk.checkpoint(),
+      ...(this.unsealedSave ? this.disk.describeChain() : this.disk.checkpoint()),
       registers: { sectorLow: this.sectorLow, sectorHigh: this.sectorHigh, count: this.count, dmaAddress: this.dmaAddress, status: this.status },
     };
   }

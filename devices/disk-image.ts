@@ -756,6 +756,17 @@ export class DiskChain {
     };
   }
 
+  /**
+   * The chain as it is, without sealing anything: its files bottom first, the writable top (if
+   * any) last. Unlike checkpoint()'s, this chain can still change, so it cannot be restored from;
+   * it only names the disk (replication, whose backup keeps its own copy of the sectors).
+   */
+  describeChain(): DiskChainState {
+    this.checkOpen();
+    const files = this.top ? [...this.layers, this.top] : this.layers;
+    return { sectorBytes: DISK_SECTOR_BYTES, sectors: this.sectors, chain: files.map((layer) => resolve(layer.path)), ids: files.map((layer) => layer.id) };
+  }
+
   /** Closes every file; an overlay this chain created and never wrote is removed. */
   close(): void {
     if (this.closed) return;

@@ -381,7 +381,16 @@ export class ReplicationSender {
       // The sectors written since the last capture, read now: the disk as it is at this capture.
       const sectors = this.#diskLog === null ? [] : this.#diskLog.take();
       const diskPayloads = this.#diskLog === null ? [] : [...diskFrames(this.#diskLog.device.disk, sectors, vm.name)];
-      const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
+      // The backup names its own copy of the disk in place of this chain: no overlay is sealed here.
+      const device = this.#diskLog?.device;
+      if (device) device.unsealedSave = true;
+      let captured;
+      try {
+        captured = vm.captureState();
+      } finally {
+        if (device) device.unsealedSave = false;
+      }
+      const contents = vmCheckpointContents(vm, captured, this.#options.extra);
       const state = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
       const instructions = vm.instructionsRetired;
       this.#options.onCapture?.(epoch, instructions);

@@ -279,6 +279,7 @@ describe('a disk under replication, in process', () => {
     const faults: ChannelFaults = {};
     const channel: FramedChannel = await connect({ protocol: REPLICATION_PROTOCOL, versions: REPLICATION_VERSIONS, tls: certs.a, host: '127.0.0.1', port: w.server.port, name: 'primary', stallTimeoutMs: 5000, faults });
     const receiver = new ReplicaReceiver(await accepted, { diskDir: dirB });
+    const primaryFiles = primary.devices.block!.disk.describe().length;
     const disks = new Map<number, string>();
     const instructions = new Map<number, number>();
     let armed = false;
@@ -320,6 +321,8 @@ describe('a disk under replication, in process', () => {
     expect(status.epochs_dropped).toBe(1);
     expect(status.disk_sectors).toBeGreaterThanOrEqual(WRITTEN);
     expect(diskFramesOfLast).toBeGreaterThan(0);
+    // The captures sealed nothing on the primary: its chain has the files it had (no overlay per epoch).
+    expect(primary.devices.block!.disk.describe().length).toBe(primaryFiles);
     // The dropped epoch changed the disk: had it been applied, the comparison below would fail.
     expect(disks.get(epoch + 1)).not.toBe(disks.get(epoch));
     w.loopA.running.delete(primary.vm);
