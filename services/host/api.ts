@@ -344,6 +344,8 @@ const FORK_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['name'],
   properties: { name: { type: 'string', pattern: VM_NAME_PATTERN }, paused: { type: 'boolean' } },
 };
+// Optional body: paused, to inspect the epoch's state before the VM runs on.
+const ACTIVATE_SCHEMA = { type: 'object', additionalProperties: false, properties: { paused: { type: 'boolean' } } };
 const CONSOLE_INPUT_SCHEMA = {
   type: 'object', additionalProperties: false,
   properties: { data: { type: 'string' }, eof: { type: 'boolean' } },
@@ -541,6 +543,6 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('DELETE', '/vms/{name}/replicate', async ({ params }) => ({ status: 200, body: await host.stopReplication(params['name']!) }))
     .route('GET', '/vms/{name}/replication', ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
     .route('GET', '/replicas', () => ({ status: 200, body: host.replicas() }))
-    .route('POST', '/replicas/{name}/activate', ({ params }) => ({ status: 200, body: host.activateReplica(params['name']!) }))
+    .route('POST', '/replicas/{name}/activate', ({ params, body }) => ({ status: 200, body: host.activateReplica(params['name']!, (body as { paused?: boolean } | undefined)?.paused ?? false) }), { schema: ACTIVATE_SCHEMA, optional: true })
     .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
 }

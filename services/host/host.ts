@@ -472,6 +472,8 @@ export interface MigrationResult extends MigrationFigures {
   name: string;
   /** Where it went. */
   destination: string;
+  /** The VM's instruction count when it stopped here (the switch-over): the destination carries on from it. */
+  instructions: number;
 }
 
 /** PUT /vms/{name}/replicate. */
@@ -1243,7 +1245,7 @@ export class Host {
     try {
       const figures = await sender.run();
       this.migrationCounters.noteSent(figures);
-      const result = this.noteOutgoing({ name, destination: request.destination, ...figures });
+      const result = this.noteOutgoing({ name, destination: request.destination, instructions: m.vm.instructionsRetired, ...figures });
       this.log(`vm ${name}: migrated to ${request.destination} in ${figures.total_ms} ms (downtime ${figures.downtime_ms} ms, ${figures.rounds + 1} rounds, ${figures.bytes_sent} bytes)`);
       if (this.machines.get(name) === m) {
         this.machines.delete(name);
@@ -1252,7 +1254,7 @@ export class Host {
       return result;
     } catch (error) {
       this.migrationCounters.noteSent(sender.figures);
-      this.noteOutgoing({ name, destination: request.destination, ...sender.figures });
+      this.noteOutgoing({ name, destination: request.destination, instructions: m.vm.instructionsRetired, ...sender.figures });
       const message = error instanceof Error ? error.message : String(error);
       if (sender.ambiguous && sender.figures.postcopy !== null) {
         m.postcopy = { sender, destination: request.destination };
@@ -1283,7 +1285,7 @@ export class Host {
     try {
       const figures = await sender.resumePostcopy(channel);
       this.migrationCounters.noteSent(figures);
-      const result = this.noteOutgoing({ name: m.name, destination, ...figures });
+      const result = this.noteOutgoing({ name: m.name, destination, instructions: m.vm.instructionsRetired, ...figures });
       this.log(`vm ${m.name}: post-copy to ${destination} completed after ${figures.resumptions} resumption(s)`);
       m.postcopy = null;
       if (this.machines.get(m.name) === m) {
@@ -1292,7 +1294,7 @@ export class Host {
       }
       return result;
     } catch (error) {
-      this.noteOutgoing({ name: m.name, destination, ...sender.figures });
+      this.noteOutgoing({ name: m.name, destination, instructions: m.vm.instructionsRetired, ...sender.figures });
       const message = error instanceof Error ? error.message : String(error);
       throw new HostError(502, `post-copy of '${m.name}' to ${destination} failed again: this host keeps the VM paused with the pages it lacks; migrate it again to resume: ${message}`, { cause: error });
     } finally {
@@ -1374,8 +1376,8 @@ export class Host {
     };
   }
 
-  /** POST /replicas/{name}/activate: failover; runs the VM here from the replica's last complete epoch. */
-  activateReplica(name: string): VmInfo {
+  /** POST /replicas/{name}/activate: failover; runs the VM here from the replica's last complete epoch (or leaves it paused at it). */
+  activateReplica(name: string, paused = false): VmInfo {
     const entry = this.replicaStreams.get(name);
     if (entry === undefined) throw new HostError(404, `no replica of '${name}' on this host`);
     const figures = entry.receiver.figures;
@@ -1386,6 +1388,7 @@ export class Host {
     guard(() => entry.receiver.activate({
       create: (config, attach, disk) => {
         made = this.makeIncoming(config, attach, { kind: 'replica', from: entry.from, epoch }, 'activation of the replica', disk ?? null);
+        if (paused) made.state = 'Paused';
         return made.vm;
       },
       block: () => made?.devices.block ?? null,
@@ -1477,6 +1480,7 @@ export class Host {
       await channel.abort('BV_MIG_BAD_REQUEST', `this host already receives a replication of '${name}' (from ${previous.from})`);
       return;
     }
+    previous?.receiver.discard(); // its epoch is replaced: its disk overlay goes too
     const receiver = new ReplicaReceiver(channel, { diskDir: this.migrationSettings.diskDir ?? null });
     this.replicaStreams.set(name, { receiver, from });
     this.log(`host: receiving a replication of '${name}' from ${from}`);
@@ -1602,7 +1606,7 @@ export class Host {
     this.recorder?.stop();
     await this.migrationListener?.close();
     this.migrationListener = null;
-    for (const { receiver } of this.replicaStreams.values()) receiver.disconnect();
+    for (const { receiver } of this.replicaStreams.values()) receiver.discard();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.memory?.swap.close();

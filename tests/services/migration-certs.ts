@@ -38,12 +38,15 @@ function makeHost(dir: string, ca: string, name: string, altNames: string): TlsF
   return { ca: join(dir, `${ca}.pem`), cert: join(dir, `${name}.pem`), key: join(dir, `${name}.key`) };
 }
 
-/** Makes a fresh set of certificates in a temporary directory. */
-export function makeCertificates(): TestCertificates {
+/**
+ * Makes a fresh set of certificates in a temporary directory; `addresses` are more IP addresses
+ * the hosts' certificates carry (a network namespace's, for the multi-host tests).
+ */
+export function makeCertificates(addresses: readonly string[] = []): TestCertificates {
   const dir = mkdtempSync(join(tmpdir(), 'bv-certs-'));
   makeCa(dir, 'ca');
   makeCa(dir, 'rogue-ca');
-  const local = 'DNS:localhost,IP:127.0.0.1';
+  const local = ['DNS:localhost', 'IP:127.0.0.1', ...addresses.map((address) => `IP:${address}`)].join(',');
   return {
     dir,
     a: makeHost(dir, 'ca', 'host-a', local),

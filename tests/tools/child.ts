@@ -56,8 +56,10 @@ export class RunningNode {
   /** The child has exited and its output is complete. */
   private closed = false;
 
-  constructor(args: readonly string[], options: { cwd?: string } = {}) {
-    this.child = spawn(process.execPath, [...args], { cwd: options.cwd ?? REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `prefix`: a command that runs node, e.g. `ip netns exec NS` (it must exec node in its place, so a signal reaches node). */
+  constructor(args: readonly string[], options: { cwd?: string; prefix?: readonly string[] } = {}) {
+    const [command, ...rest] = [...(options.prefix ?? []), process.execPath, ...args];
+    this.child = spawn(command!, rest, { cwd: options.cwd ?? REPO, stdio: ['ignore', 'pipe', 'pipe'] });
     const wake = (): void => this.waiters.slice().forEach((waiter) => waiter());
     this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk; wake(); });
     this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk; wake(); });
@@ -114,6 +116,6 @@ export class RunningNode {
 }
 
 /** Starts `node ...args` in `cwd` (default: the repository root) and leaves it running. */
-export function startNode(args: readonly string[], options: { cwd?: string } = {}): RunningNode {
+export function startNode(args: readonly string[], options: { cwd?: string; prefix?: readonly string[] } = {}): RunningNode {
   return new RunningNode(args, options);
 }
