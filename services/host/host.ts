@@ -1480,6 +1480,7 @@ export class Host {
       await channel.abort('BV_MIG_BAD_REQUEST', `this host already receives a replication of '${name}' (from ${previous.from})`);
       return;
     }
+    previous?.receiver.discard(); // its epoch is replaced: its disk overlay goes too
     const receiver = new ReplicaReceiver(channel, { diskDir: this.migrationSettings.diskDir ?? null });
     this.replicaStreams.set(name, { receiver, from });
     this.log(`host: receiving a replication of '${name}' from ${from}`);
@@ -1605,7 +1606,7 @@ export class Host {
     this.recorder?.stop();
     await this.migrationListener?.close();
     this.migrationListener = null;
-    for (const { receiver } of this.replicaStreams.values()) receiver.disconnect();
+    for (const { receiver } of this.replicaStreams.values()) receiver.discard();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.memory?.swap.close();

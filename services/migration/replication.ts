@@ -38,7 +38,7 @@ import type { JsonObject } from '../checkpoint/format.ts';
 import { currentPage, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
 import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
 import { DISK_SECTOR_BYTES, DiskChain, type BlockDevice, type DiskChainState } from '../../devices/index.ts';
-import { adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, diskFrames, parseMigratedDisk, receivingDisk, writeDiskRuns, type DiskRun, type MigratedDisk } from './disk.ts';
+import { adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, discardReceivedDisk, diskFrames, parseMigratedDisk, receivingDisk, writeDiskRuns, type DiskRun, type MigratedDisk } from './disk.ts';
 import { MigrationError } from './errors.ts';
 import { decodeJson, decodeState, DirtyPageLog, encodeState, isZero, PageBatch, PageKind, RECORD_BYTES } from './migration.ts';
 import { FIRST_APP_FRAME_TYPE } from './transport.ts';
@@ -645,6 +645,18 @@ export class ReplicaReceiver {
   /** Ends the stream (the replica keeps its last committed epoch). */
   disconnect(): void {
     this.#channel?.destroy();
+  }
+
+  /**
+   * Drops the replica (replaced by a new one, or its host closes): ends the stream and, unless it
+   * was activated (the VM then owns the disk), closes and removes its disk overlay, which nothing
+   * else can use without the replica's memory image.
+   */
+  discard(): void {
+    this.disconnect();
+    if (this.figures.state === 'activated' || this.#disk === null) return;
+    if (this.#sealedDisk === null) discardReceivedDisk(this.#disk);
+    this.#disk = null;
   }
 
   #stagePages(payload: Uint8Array): void {

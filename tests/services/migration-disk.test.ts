@@ -347,7 +347,31 @@ describe('a disk under replication, in process', () => {
     w.loopB.running.delete(vm);
     expect(backup.sink.text()).not.toContain('X');
     checkPassWords(backup.devices.block!.disk);
+    // The activated VM owns the disk: dropping the replica removes nothing.
+    const files = filesIn(dirB);
+    receiver.discard();
+    expect(filesIn(dirB)).toEqual(files);
     primary.devices.block!.close();
     backup.devices.block!.close();
+  });
+
+  it('a replica dropped without activation removes its disk overlay', async () => {
+    const w = await world(REPLICATION_PROTOCOL, REPLICATION_VERSIONS);
+    const base = makeBase(w.dir);
+    const { source: primary, dirB } = await startGuest(w, base);
+    const accepted = w.server.accept();
+    const channel = await connect({ protocol: REPLICATION_PROTOCOL, versions: REPLICATION_VERSIONS, tls: certs.a, host: '127.0.0.1', port: w.server.port, name: 'primary', stallTimeoutMs: 5000 });
+    const receiver = new ReplicaReceiver(await accepted, { diskDir: dirB });
+    const sender = new ReplicationSender(primary.vm, channel, { pause: () => {}, resume: () => {} }, { intervalMs: 25, disk: primary.devices.block });
+    const received = receiver.run();
+    const sent = sender.run().catch(() => null);
+    await waitUntil('two epochs', () => (receiver.figures.committed_epoch ?? -1) >= 1);
+    expect(filesIn(dirB).length).toBe(1);
+    expect(receiver.figures.disk_overlay!.startsWith(dirB)).toBe(true);
+    receiver.discard();
+    await received;
+    await sent;
+    expect(filesIn(dirB)).toEqual([]);
+    primary.devices.block!.close();
   });
 });
