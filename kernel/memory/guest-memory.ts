@@ -316,6 +316,27 @@ export class GuestMemory {
     return entry > 0 ? PageState.PRESENT : P2mEntry.state(entry);
   }
 
+  /**
+   * The states of pages firstGpn … firstGpn + count − 1 (PageState), into out[0 … count): stateOf
+   * for a run of pages in one call (a migration's switch-over looks at every page while the guest
+   * is paused). Regions a lazy restore deferred are filled in first, as stateOf does.
+   */
+  statesOf(firstGpn: number, count: number, out: Uint8Array): void {
+    if (!Number.isInteger(firstGpn) || !Number.isInteger(count) || firstGpn < 0 || count < 0 || firstGpn + count > this.pageCount) {
+      throw new KernelError('BV_BAD_GPN', `guest pages ${firstGpn}..${firstGpn + count} are not inside ${this.name}'s RAM`);
+    }
+    if (count > out.length) throw new KernelError('BV_BAD_RANGE', `${this.name}: ${count} page states do not fit a list of ${out.length}`);
+    if (count === 0) return;
+    this.checkGpn(firstGpn); // a destroyed VM is refused
+    if (this.pendingRegions !== null) {
+      for (let region = Math.floor(firstGpn / REGION_PAGES); region <= Math.floor((firstGpn + count - 1) / REGION_PAGES); region++) this.fillRegion(region);
+    }
+    for (let i = 0; i < count; i++) {
+      const entry = this.viewEntry(firstGpn + i);
+      out[i] = entry > 0 ? PageState.PRESENT : P2mEntry.state(entry);
+    }
+  }
+
   /** The payload of an absent page (block, slot, …); 0 for a present one. */
   payloadOf(gpn: number): number {
     const entry = this.viewEntry(this.checkGpn(gpn));
@@ -424,6 +445,41 @@ export class GuestMemory {
     if (entry <= 0) return null;
     const offset = (entry & P2M_FRAME_MASK) * PAGE_SIZE;
     return this.pool.u8.subarray(offset, offset + PAGE_SIZE);
+  }
+
+  /**
+   * Copies the bytes of pages gpns[start], gpns[start + 1], … (at most `count`) into `dest`, one
+   * page after another from `destOffset`, while they are present; returns how many it copied.
+   * It stops at the first page that is not present (nothing is resolved: the caller reads that one
+   * with pageBytes) and copies a run of pages whose frames are consecutive in the pool with one
+   * copy. A bulk read for senders of guest memory (migration): one call per frame of pages
+   * instead of a view and a copy per page. `dest` must have room for `count` pages.
+   */
+  copyPresentPages(gpns: ArrayLike<number>, start: number, count: number, dest: Uint8Array, destOffset: number): number {
+    if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > gpns.length) {
+      throw new KernelError('BV_BAD_GPN', `${this.name}: pages ${start}..${start + count} are not inside a list of ${gpns.length}`);
+    }
+    if (!Number.isInteger(destOffset) || destOffset < 0 || destOffset + count * PAGE_SIZE > dest.length) {
+      throw new KernelError('BV_BAD_RANGE', `${this.name}: ${count} pages do not fit ${dest.length} bytes from offset ${destOffset}`);
+    }
+    const u8 = this.pool.u8;
+    let copied = 0;
+    let runFrame = -1; // the run of consecutive frames not copied yet
+    let runLength = 0;
+    for (; copied < count; copied++) {
+      const entry = this.viewEntry(this.checkGpn(gpns[start + copied]!));
+      if (entry <= 0) break;
+      const frame = entry & P2M_FRAME_MASK;
+      if (runLength > 0 && frame === runFrame + runLength) {
+        runLength++;
+        continue;
+      }
+      if (runLength > 0) dest.set(u8.subarray(runFrame * PAGE_SIZE, (runFrame + runLength) * PAGE_SIZE), destOffset + (copied - runLength) * PAGE_SIZE);
+      runFrame = frame;
+      runLength = 1;
+    }
+    if (runLength > 0) dest.set(u8.subarray(runFrame * PAGE_SIZE, (runFrame + runLength) * PAGE_SIZE), destOffset + (copied - runLength) * PAGE_SIZE);
+    return copied;
   }
 
   /** Whether a present page holds only zero bytes. */

@@ -24,6 +24,7 @@ export {
   type Frame,
   type ListenOptions,
   type PeerHello,
+  type PreparedFrame,
   type RefusedPeer,
   type TlsFiles,
 } from './transport.ts';

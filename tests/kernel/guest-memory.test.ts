@@ -257,6 +257,71 @@ describe('readPhysical, writePhysical and pageBytes', () => {
 
 // -------------------------------------------------------------------------------------------------
 
+describe('copyPresentPages and statesOf (bulk reads for a migration)', () => {
+  it('copies present pages one after another, in list order, whether their frames are consecutive or not, and stops at the first absent page', () => {
+    const vm = hv.createVm({ name: 'bulk', memoryBytes: WORKER_BYTES });
+    // Pages 2..5 on one contiguous run of frames, 9 and 6 each on its own frame, 7 untouched.
+    expect(vm.memory.installPagesInPlace([2, 3, 4, 5], [1, 1, 1, 1], 4, (frames) => {
+      for (let i = 0; i < 4; i++) frames.set(pagePattern(0x100 * (2 + i)), i * PAGE);
+    })).toBe(true);
+    vm.memory.installPage(9, pagePattern(0x900));
+    vm.memory.installPage(6, pagePattern(0x600));
+    const dest = new Uint8Array(9 * PAGE).fill(0xee);
+    const list = [2, 3, 9, 4, 5, 6, 7, 8];
+    expect(vm.memory.copyPresentPages(list, 0, 8, dest, PAGE)).toBe(6); // stops at 7
+    [2, 3, 9, 4, 5, 6].forEach((gpn, i) => expect(describeBytes(dest.subarray(PAGE + i * PAGE, PAGE + (i + 1) * PAGE)), `slot ${i}`).toBe(describeBytes(pagePattern(0x100 * gpn))));
+    expect(dest.subarray(0, PAGE).every((b) => b === 0xee)).toBe(true); // nothing before destOffset
+    expect(dest.subarray(7 * PAGE).every((b) => b === 0xee)).toBe(true); // nothing past the pages copied
+    expect(vm.memory.copyPresentPages(list, 6, 2, dest, 0)).toBe(0); // an untouched page first
+    expect(vm.memory.copyPresentPages(list, 4, 1, dest, 0)).toBe(1);
+    expect(describeBytes(dest.subarray(0, PAGE))).toBe(describeBytes(pagePattern(0x500)));
+    // A guest store after the copy does not reach it: the bytes were copied, not viewed.
+    vm.memory.writePhysical((5 * PAGE) as never, new Uint8Array([1, 2, 3, 4]));
+    expect(describeBytes(dest.subarray(0, PAGE))).toBe(describeBytes(pagePattern(0x500)));
+    expect(vm.memory.copyPresentPages(new Int32Array([5]), 0, 1, dest, 0)).toBe(1);
+    expect([...dest.subarray(0, 4)]).toEqual([1, 2, 3, 4]);
+  });
+
+  it('refuses a destination too small, a slice outside the list and a page outside RAM', () => {
+    const vm = hv.createVm({ name: 'bulk', memoryBytes: WORKER_BYTES });
+    vm.memory.installPage(1, pagePattern(1));
+    const codeOf = (fn: () => unknown): string | null => {
+      try {
+        fn();
+        return null;
+      } catch (error) {
+        expect(error).toBeInstanceOf(KernelError);
+        return (error as KernelError).code;
+      }
+    };
+    expect(codeOf(() => vm.memory.copyPresentPages([1, 1], 0, 2, new Uint8Array(2 * PAGE - 1), 0))).toBe('BV_BAD_RANGE');
+    expect(codeOf(() => vm.memory.copyPresentPages([1], 0, 1, new Uint8Array(PAGE), 1))).toBe('BV_BAD_RANGE');
+    expect(codeOf(() => vm.memory.copyPresentPages([1], 1, 1, new Uint8Array(PAGE), 0))).toBe('BV_BAD_GPN');
+    expect(codeOf(() => vm.memory.copyPresentPages([WORKER_PAGES], 0, 1, new Uint8Array(PAGE), 0))).toBe('BV_BAD_GPN');
+    expect(codeOf(() => vm.memory.statesOf(WORKER_PAGES - 1, 2, new Uint8Array(2)))).toBe('BV_BAD_GPN');
+    expect(codeOf(() => vm.memory.statesOf(0, 3, new Uint8Array(2)))).toBe('BV_BAD_RANGE');
+  });
+
+  it('statesOf gives what stateOf gives, page by page', () => {
+    const vm = hv.createVm({ name: 'bulk', memoryBytes: WORKER_BYTES });
+    vm.memory.installPage(3, pagePattern(3));
+    vm.memory.installPage(4, pagePattern(4));
+    vm.memory.installPage(5, pagePattern(5));
+    vm.memory.releasePage(4, AbsentState.BALLOONED);
+    vm.memory.releasePage(5, AbsentState.SWAPPED, 77);
+    const states = new Uint8Array(WORKER_PAGES).fill(0xff);
+    vm.memory.statesOf(0, WORKER_PAGES, states);
+    expect([...states]).toEqual(Array.from({ length: WORKER_PAGES }, (_, gpn) => vm.memory.stateOf(gpn)));
+    expect(states[3]).toBe(PageState.PRESENT);
+    expect(states[4]).toBe(PageState.BALLOONED);
+    expect(states[5]).toBe(PageState.SWAPPED);
+    expect(states[6]).toBe(PageState.UNTOUCHED);
+    const some = new Uint8Array(2);
+    vm.memory.statesOf(3, 2, some);
+    expect([...some]).toEqual([PageState.PRESENT, PageState.BALLOONED]);
+  });
+});
+
 describe('installPage and releasePage', () => {
   it('installs a copy of the bytes given, or what a filler writes into a zeroed frame', () => {
     const vm = bootWorker();

@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { saveVmCheckpoint, restoreVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
-import { MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, type SendOptions } from '../../services/migration/migration.ts';
+import { MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, type MigrationFigures, type SendOptions } from '../../services/migration/migration.ts';
 import { connect, TransportServer, type ChannelFaults, type TlsFiles } from '../../services/migration/transport.ts';
 import { prng } from '../kernel/fixtures/prng.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
@@ -66,7 +66,7 @@ interface Outcome {
   dest: Machine | null;
 }
 
-async function migrate(w: World, source: Machine, options: SendOptions = {}, client: { faults?: ChannelFaults; tls?: TlsFiles } = {}): Promise<Outcome> {
+async function migrate(w: World, source: Machine, options: SendOptions = {}, client: { faults?: ChannelFaults; tls?: TlsFiles; onStart?: (vm: Vm) => void } = {}): Promise<Outcome> {
   const accepted = w.server.accept();
   accepted.catch(() => {}); // a refused connection never arrives: the listener's close rejects it
   const channel = await connect({
@@ -80,7 +80,10 @@ async function migrate(w: World, source: Machine, options: SendOptions = {}, cli
       dest = machine(w.hvB, config);
       return dest.vm;
     },
-    start: (vm) => w.loopB.add(vm),
+    start: (vm) => {
+      client.onStart?.(vm); // before the destination runs it
+      w.loopB.add(vm);
+    },
     discard: (vm) => w.hvB.destroyVm(vm),
   });
   const sender = new PrecopySender(source.vm, channel, {
@@ -215,6 +218,54 @@ describe('pre-copy migration, in process', () => {
     w.hvA.destroyVm(vm);
     restored.close();
     await checkDestination(w, { ...source, sink: { text: () => outputBefore + sink.text() } as CaptureSink }, dest!);
+  });
+});
+
+describe('pre-copy frames', () => {
+  it('pages with bytes, present zero pages and untouched pages mixed in odd-sized frames arrive exactly as they are', async () => {
+    const w = await world();
+    const memoryBytes = 4 * MIB;
+    // Not run: the memory stays as set here, so the destination must hold exactly the same.
+    const source = machine(w.hvA, { name: 'guest', memoryBytes }, invariantImage(memoryBytes));
+    const memory = source.vm.memory;
+    const first = REGION_START / PAGE;
+    const kindOf = (gpn: number): number => (gpn * 7) % 6; // 0 untouched, 1 present and all zeros, else bytes
+    for (let gpn = first; gpn < memory.pageCount; gpn++) {
+      if (kindOf(gpn) === 0) continue;
+      const page = new Uint8Array(PAGE);
+      if (kindOf(gpn) > 1) {
+        page[0] = gpn & 0xff;
+        page[(gpn * 37) % PAGE] = 1 + (gpn & 0x7f);
+        page[PAGE - 1] = 0x5a;
+      }
+      memory.installPage(gpn, page);
+    }
+    // Pages sent with bytes in round 0 and then emptied without a write: zero markers at the switch-over.
+    const emptied = [...Array(memory.pageCount).keys()].filter((gpn) => gpn >= first && kindOf(gpn) > 1).filter((_, i) => i % 50 === 3);
+    let hashAtStart = '';
+    let statesAtStart: number[] = [];
+    const { sent, dest } = await migrate(w, source, {
+      pagesPerFrame: 7,
+      onRound: (round) => {
+        if (round.round === 0) for (const gpn of emptied) memory.releasePage(gpn);
+      },
+    }, {
+      onStart: (vm) => {
+        hashAtStart = memoryHash(vm);
+        statesAtStart = [...Array(vm.memory.pageCount).keys()].map((gpn) => vm.memory.stateOf(gpn));
+      },
+    });
+    expect(sent.status).toBe('fulfilled');
+    expect(dest).not.toBeNull();
+    expect(hashAtStart).toBe(memoryHash(source.vm));
+    // Nothing is made present for a page that holds nothing: untouched, all zeros, or emptied.
+    const holdsBytes = (gpn: number): boolean => memory.stateOf(gpn) === PageState.PRESENT && !memory.isZeroPage(gpn);
+    for (let gpn = first; gpn < memory.pageCount; gpn++) {
+      expect(statesAtStart[gpn] === PageState.PRESENT, `page ${gpn}`).toBe(holdsBytes(gpn));
+    }
+    const figures = (sent as PromiseFulfilledResult<MigrationFigures>).value;
+    expect(figures.zero_pages).toBe(emptied.length);
+    expect(figures.pages_sent).toBe(memory.census().present - [...Array(memory.pageCount).keys()].filter((gpn) => memory.stateOf(gpn) === PageState.PRESENT && memory.isZeroPage(gpn)).length + emptied.length);
   });
 });
 
