@@ -2656,32 +2656,49 @@ u_msg_mv_seq:           .asciz ", seq "
 
 # ---- pmkv COMMAND...: a persistent key-value store in persistent memory ---------------------
 #   put KEY VALUE | get KEY, any number of them, in order (docs/pmem.md, "The pmkv format").
-# The store is an append-only log in the PMEM range: a 16-byte header at offset 0 (magic "PKV1",
-# version 1, the log's offset 4096, FNV-1a of the first 12 bytes), then records from 4096, each
-# "PKR1", sequence number (1, 2, … with no gap), key length (1-64), value length (0-256),
-# checksum (FNV-1a of bytes 0-15, then of the key and value), key, value, zero padding to a
-# multiple of 4. The log ends at the first word that is not "PKR1"; a record there that is
-# damaged — lengths out of range, past the end, a wrong checksum or sequence number: a torn
-# write — is reported and dropped, never applied, and the next put overwrites it. A put writes
-# its record and a zero word after it (the end mark) with pmem_write, then pmem_flush over both:
-# it is acknowledged ("pmkv: put …") only once the record is durable. A get replays the log; the
-# key's last record wins.
+# Persistent memory holds a header, a data area and an append-only log. Header (offset 0, six
+# words): magic "PKV1", version 1, the data area's offset (4096), its slot count (SIZE / 2048),
+# the log's offset (4096 + 512 × slots), FNV-1a of the first 20 bytes. A record, in the log and
+# in a slot alike: "PKR1", sequence number, key length (1-64), value length (0-256), checksum
+# (FNV-1a of bytes 0-15, then of the key and value), key, value, zero padding to a multiple of 4.
+# The data area holds each key's newest record in a 512-byte slot: the first slot, from the key's
+# home (FNV-1a of the key mod the slot count, up to PK_PROBES on, wrapping), that holds the key or
+# no valid record. The log holds every put, in sequence order (1, 2, … with no gap), up to the
+# first word that is not "PKR1"; a record there that is damaged — lengths out of range, past the
+# end, a wrong checksum or sequence number: a torn write — is reported and dropped, never
+# applied, and the next put overwrites it.
+# A put appends its record and a zero end mark to the log and flushes them (the commit point),
+# then writes the record to its slot and flushes that; it is acknowledged after both. At start
+# the log is replayed: a record newer than its key's slot (a crash between the two flushes) is
+# written to the slot again. A get reads the key's slot.
 
         .equ    PKV_MAGIC, 0x31564b50           # "PKV1"
         .equ    PKR_MAGIC, 0x31524b50           # "PKR1"
-        .equ    PK_LOG, 4096                    # the log's first record
-        .equ    PK_HEADER_BYTES, 16
-        .equ    PKR_SEQ, 4
+        .equ    PK_DATA, 4096                   # the data area's offset
+        .equ    PK_SLOT_BYTES, 512
+        .equ    PK_SLOT_SHIFT, 11               # slots = SIZE >> 11: a quarter of the range
+        .equ    PK_PROBES, 8
+        .equ    PKH_DATA, 8                     # header fields
+        .equ    PKH_SLOTS, 12
+        .equ    PKH_LOG, 16
+        .equ    PKH_CHECKSUM, 20
+        .equ    PK_HEADER_BYTES, 24
+        .equ    PKR_SEQ, 4                      # record fields
         .equ    PKR_KEY_LEN, 8
         .equ    PKR_VALUE_LEN, 12
         .equ    PKR_CHECKSUM, 16
         .equ    PKR_KEY, 20                     # key, then value
         .equ    PK_KEY_MAX, 64
         .equ    PK_VALUE_MAX, 256
+        .equ    PK_LOADED, 0                    # pmkv_load results
+        .equ    PK_NONE, 1
+        .equ    PK_DAMAGED, 2
+        .equ    PK_FOUND, 0                     # pmkv_find_slot results
+        .equ    PK_FREE, 1
+        .equ    PK_FULL, 2
         # pmkv_main's frame (s3)
         .equ    PF_BUF, 0                       # one record (at most 20 + 64 + 256 + 3 + the end mark)
         .equ    PF_LINE, 384
-        .equ    PF_FOUND, 1024                  # the value a get found (256 bytes)
         .equ    PF_KEY, 1280                    # the current key: start, end
         .equ    PF_KEY_END, 1284
         .equ    PF_VALUE, 1288                  # the current value: start, end
@@ -2690,11 +2707,14 @@ u_msg_mv_seq:           .asciz ", seq "
         .equ    PF_SEQ, 1300                    # the next sequence number
         .equ    PF_COUNT, 1304                  # records in the log
         .equ    PF_SIZE, 1308                   # bytes of persistent memory
-        .equ    PF_FOUND_LEN, 1312              # the found value's length, -1: not found
-        .equ    PF_FOUND_SEQ, 1316
+        .equ    PF_APPLIED, 1312                # log records the replay wrote to the data area
+        .equ    PF_SLOTS, 1316                  # slots in the data area
         .equ    PF_TORN, 1320                   # offset of a dropped torn record, or 0
         .equ    PF_COMMAND, 1324                # the current command's name
-        .equ    PF_BYTES, 1344
+        .equ    PF_LOG, 1328                    # the log's offset
+        .equ    PF_SLOT_AT, 1332                # pmkv_find_slot's slot offset
+        .equ    PF_SLOT, 1344                   # a slot's record (384 bytes)
+        .equ    PF_BYTES, 1728
 
         .align  2
 pmkv_main:
@@ -2704,13 +2724,18 @@ pmkv_main:
         mv      s3, sp                  # s3 = the frame
         li      t0, SYS_PMEM_INFO
         ecall
-        li      t0, 2 * PK_LOG
+        li      t0, 2 * PK_DATA
         bge     a0, t0, 1f              # (-ENODEV is negative)
         la      a0, u_msg_pk_no_pmem
         call    u_puts
         li      a0, 2
         j       u_exit
 1:      sw      a0, PF_SIZE(s3)
+        srli    t0, a0, PK_SLOT_SHIFT
+        sw      t0, PF_SLOTS(s3)
+        slli    t0, t0, 9               # × PK_SLOT_BYTES
+        addi    t0, t0, PK_DATA
+        sw      t0, PF_LOG(s3)
         li      a0, 0                   # the header
         mv      a1, s3
         li      a2, PK_HEADER_BYTES
@@ -2718,21 +2743,13 @@ pmkv_main:
         lw      t0, 0(s3)
         li      t1, PKV_MAGIC
         beq     t0, t1, 3f
-        lw      t1, 4(s3)               # no header: format a blank range, refuse anything else
-        or      t0, t0, t1
-        lw      t1, 8(s3)
-        or      t0, t0, t1
-        lw      t1, 12(s3)
-        or      t0, t0, t1
-        bnez    t0, pmkv_bad_header
-        li      t0, PKV_MAGIC
-        sw      t0, 0(s3)
-        li      t0, 1
-        sw      t0, 4(s3)
-        li      t0, PK_LOG
-        sw      t0, 8(s3)
-        call    pmkv_header_checksum
-        sw      a0, 12(s3)
+        mv      t0, s3                  # no header: format a blank range, refuse anything else
+        addi    t2, s3, PK_HEADER_BYTES
+2:      lw      t1, 0(t0)
+        bnez    t1, pmkv_bad_header
+        addi    t0, t0, 4
+        bltu    t0, t2, 2b
+        call    pmkv_header_fill
         li      a0, 0
         mv      a1, s3
         li      a2, PK_HEADER_BYTES
@@ -2740,7 +2757,7 @@ pmkv_main:
         li      a0, 0
         li      a1, PK_HEADER_BYTES
         call    pmkv_flush
-        addi    a0, s3, PF_LINE         # "pmkv: formatted N bytes"
+        addi    a0, s3, PF_LINE         # "pmkv: formatted N bytes, S slots, log at L"
         la      a1, u_msg_pmkv
         call    u_fmt_str
         la      a1, u_msg_pk_formatted
@@ -2749,22 +2766,31 @@ pmkv_main:
         call    u_fmt_dec
         la      a1, u_msg_pk_bytes
         call    u_fmt_str
+        lw      a1, PF_SLOTS(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_pk_slots
+        call    u_fmt_str
+        lw      a1, PF_LOG(s3)
+        call    u_fmt_dec
         mv      a1, a0
         addi    a0, s3, PF_LINE
         call    u_print_line
         j       4f
-3:      lw      t0, 4(s3)               # a header: version 1, log at 4096, checksum right
-        li      t1, 1
-        bne     t0, t1, pmkv_bad_header
-        lw      t0, 8(s3)
-        li      t1, PK_LOG
-        bne     t0, t1, pmkv_bad_header
-        call    pmkv_header_checksum
-        lw      t0, 12(s3)
-        bne     a0, t0, pmkv_bad_header
-4:      sw      zero, PF_KEY(s3)        # replay with no key: count the records, find the end
-        sw      zero, PF_KEY_END(s3)
-        call    pmkv_scan
+3:      li      a0, 0                   # a header: it must be the one this range would get
+        addi    a1, s3, PF_SLOT
+        li      a2, PK_HEADER_BYTES
+        call    pmkv_read
+        call    pmkv_header_fill
+        addi    t0, s3, PF_SLOT
+        mv      t1, s3
+        addi    t2, s3, PK_HEADER_BYTES
+5:      lw      a0, 0(t0)
+        lw      a1, 0(t1)
+        bne     a0, a1, pmkv_bad_header
+        addi    t0, t0, 4
+        addi    t1, t1, 4
+        bltu    t1, t2, 5b
+4:      call    pmkv_scan               # replay the log
         lw      t0, PF_TORN(s3)
         beqz    t0, 5f
         addi    a0, s3, PF_LINE         # "pmkv: dropped a torn record at offset N"
@@ -2777,7 +2803,21 @@ pmkv_main:
         mv      a1, a0
         addi    a0, s3, PF_LINE
         call    u_print_line
-5:      addi    a0, s3, PF_LINE         # "pmkv: N records, next seq S"
+5:      lw      t0, PF_APPLIED(s3)
+        beqz    t0, 6f
+        addi    a0, s3, PF_LINE         # "pmkv: applied N log records to the data area"
+        la      a1, u_msg_pmkv
+        call    u_fmt_str
+        la      a1, u_msg_pk_applied
+        call    u_fmt_str
+        lw      a1, PF_APPLIED(s3)
+        call    u_fmt_dec
+        la      a1, u_msg_pk_applied_end
+        call    u_fmt_str
+        mv      a1, a0
+        addi    a0, s3, PF_LINE
+        call    u_print_line
+6:      addi    a0, s3, PF_LINE         # "pmkv: N records, next seq S"
         la      a1, u_msg_pmkv
         call    u_fmt_str
         lw      a1, PF_COUNT(s3)
@@ -2819,7 +2859,30 @@ pmkv_bad_header:
         li      a0, 2
         j       u_exit
 
-# put KEY VALUE: "pmkv: put KEY = VALUE (seq N)" once the record is durable
+# pmkv_header_fill(): the header this range gets, in the buffer (checksum included)
+pmkv_header_fill:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      t0, PKV_MAGIC
+        sw      t0, 0(s3)
+        li      t0, 1
+        sw      t0, 4(s3)
+        li      t0, PK_DATA
+        sw      t0, PKH_DATA(s3)
+        lw      t0, PF_SLOTS(s3)
+        sw      t0, PKH_SLOTS(s3)
+        lw      t0, PF_LOG(s3)
+        sw      t0, PKH_LOG(s3)
+        li      a0, FNV_BASIS
+        mv      a1, s3
+        addi    a2, s3, PKH_CHECKSUM
+        call    record_fnv
+        sw      a0, PKH_CHECKSUM(s3)
+        lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# put KEY VALUE: "pmkv: put KEY = VALUE (seq N)" once the record is durable in the log and its slot
 pmkv_put:
         la      t0, u_str_put
         sw      t0, PF_COMMAND(s3)
@@ -2868,18 +2931,20 @@ pmkv_put:
         call    pmkv_write
         lw      a0, PF_END(s3)
         addi    a1, s2, 4
-        call    pmkv_flush              # durable from here: acknowledge
+        call    pmkv_flush              # committed: the log has it
         lw      t0, PF_END(s3)
         add     t0, t0, s2
         sw      t0, PF_END(s3)
         lw      t0, PF_COUNT(s3)
         addi    t0, t0, 1
         sw      t0, PF_COUNT(s3)
-        lw      a2, PF_SEQ(s3)
-        addi    t0, a2, 1
+        lw      t0, PF_SEQ(s3)
+        addi    t0, t0, 1
         sw      t0, PF_SEQ(s3)
+        call    pmkv_apply              # and its slot: acknowledge
         lw      a0, PF_VALUE(s3)
         lw      a1, PF_VALUE_END(s3)
+        lw      a2, PKR_SEQ(s3)
         call    pmkv_report
         j       pmkv_next
 8:      la      a0, u_msg_pk_full
@@ -2887,7 +2952,7 @@ pmkv_put:
         li      a0, 2
         j       u_exit
 
-# get KEY: "pmkv: get KEY = VALUE (seq N)" or "pmkv: get KEY: not found"
+# get KEY: "pmkv: get KEY = VALUE (seq N)" or "pmkv: get KEY: not found", from the key's slot
 pmkv_get:
         la      t0, u_str_get
         sw      t0, PF_COMMAND(s3)
@@ -2895,106 +2960,217 @@ pmkv_get:
         call    pmkv_word
         sw      a0, PF_KEY(s3)
         sw      a1, PF_KEY_END(s3)
-        call    pmkv_scan
-        lw      t0, PF_FOUND_LEN(s3)
-        bgez    t0, 1f
+        call    pmkv_find_slot
+        beqz    a0, 1f                  # PK_FOUND
         la      a0, u_msg_not_found
         call    pmkv_note
         j       pmkv_next
-1:      addi    a0, s3, PF_FOUND
+1:      addi    a0, s3, PF_SLOT + PKR_KEY
+        lw      t0, PF_SLOT + PKR_KEY_LEN(s3)
+        add     a0, a0, t0
+        lw      t0, PF_SLOT + PKR_VALUE_LEN(s3)
         add     a1, a0, t0
-        lw      a2, PF_FOUND_SEQ(s3)
+        lw      a2, PF_SLOT + PKR_SEQ(s3)
         call    pmkv_report
         j       pmkv_next
 
 # pmkv_scan(): replays the log from its start. Sets PF_END, PF_SEQ, PF_COUNT, PF_TORN (the offset
-# of a damaged record where the log ends, else 0) and, for the current key (PF_KEY; an empty one
-# matches nothing), PF_FOUND, PF_FOUND_LEN (-1: none) and PF_FOUND_SEQ from its last record.
+# of a damaged record where the log ends, else 0) and PF_APPLIED (records newer than their key's
+# slot, written there now).
 pmkv_scan:
         addi    sp, sp, -16
         sw      ra, 0(sp)
-        li      t0, PK_LOG
+        lw      t0, PF_LOG(s3)
         sw      t0, PF_END(s3)
         li      t0, 1
         sw      t0, PF_SEQ(s3)
         sw      zero, PF_COUNT(s3)
         sw      zero, PF_TORN(s3)
-        li      t0, -1
-        sw      t0, PF_FOUND_LEN(s3)
+        sw      zero, PF_APPLIED(s3)
 1:      lw      a0, PF_END(s3)
-        addi    t0, a0, PKR_KEY
-        lw      t1, PF_SIZE(s3)
-        bltu    t1, t0, 9f              # no room for another record: the end
         mv      a1, s3
-        li      a2, PKR_KEY
-        call    pmkv_read
-        lw      t0, 0(s3)
-        li      t1, PKR_MAGIC
-        bne     t0, t1, 9f              # the end of the log
-        lw      t0, PKR_KEY_LEN(s3)     # a record: check it
-        beqz    t0, 8f
-        li      t1, PK_KEY_MAX
-        bltu    t1, t0, 8f
-        lw      t1, PKR_VALUE_LEN(s3)
-        li      t2, PK_VALUE_MAX
-        bltu    t2, t1, 8f
-        add     t0, t0, t1
-        sw      t0, 4(sp)               # key + value bytes
-        addi    t1, t0, PKR_KEY + 3
-        srli    t1, t1, 2
-        slli    t1, t1, 2
-        sw      t1, 8(sp)               # the record's bytes
-        lw      a0, PF_END(s3)
-        add     t1, a0, t1
-        lw      t2, PF_SIZE(s3)
-        bltu    t2, t1, 8f              # runs past the end
-        addi    a0, a0, PKR_KEY
-        addi    a1, s3, PKR_KEY
-        lw      a2, 4(sp)
-        call    pmkv_read
-        mv      a0, s3
-        call    pmkv_record_checksum
-        lw      t0, PKR_CHECKSUM(s3)
-        bne     a0, t0, 8f
+        call    pmkv_load
+        li      t0, PK_NONE
+        beq     a0, t0, 9f              # the end of the log
+        bnez    a0, 8f                  # damaged
         lw      t0, PKR_SEQ(s3)
         lw      t1, PF_SEQ(s3)
         bne     t0, t1, 8f              # a gap or a stale record: not the next one
-        addi    t1, t1, 1               # valid: count it, move past it
+        addi    t1, t1, 1               # valid: count it, move past it, apply it if its slot is older
         sw      t1, PF_SEQ(s3)
         lw      t1, PF_COUNT(s3)
         addi    t1, t1, 1
         sw      t1, PF_COUNT(s3)
+        mv      a0, s3
+        call    pmkv_record_bytes
         lw      t1, PF_END(s3)
-        lw      t2, 8(sp)
-        add     t1, t1, t2
+        add     t1, t1, a0
         sw      t1, PF_END(s3)
-        lw      a0, PF_KEY(s3)          # the current key's record?
-        lw      a1, PF_KEY_END(s3)
-        sub     t0, a1, a0
-        lw      t1, PKR_KEY_LEN(s3)
-        bne     t0, t1, 1b
-        addi    t2, s3, PKR_KEY
-2:      beq     a0, a1, 3f
-        lbu     t0, 0(a0)
-        lbu     t1, 0(t2)
-        bne     t0, t1, 1b
-        addi    a0, a0, 1
-        addi    t2, t2, 1
-        j       2b
-3:      lw      t0, PKR_VALUE_LEN(s3)   # (t2 = the value)
-        sw      t0, PF_FOUND_LEN(s3)
-        lw      t0, PKR_SEQ(s3)
-        sw      t0, PF_FOUND_SEQ(s3)
-        mv      a1, t2
-        lw      t0, PKR_VALUE_LEN(s3)
-        add     a2, t2, t0
-        addi    a0, s3, PF_FOUND
-        call    u_copy_bytes
+        call    pmkv_apply
+        lw      t0, PF_APPLIED(s3)
+        add     t0, t0, a0
+        sw      t0, PF_APPLIED(s3)
         j       1b
 8:      lw      t0, PF_END(s3)          # damaged: the log ends here, the record is dropped
         sw      t0, PF_TORN(s3)
 9:      lw      ra, 0(sp)
         addi    sp, sp, 16
+        ret
+
+# pmkv_apply() -> a0 = 1 when the record in the buffer was written to its key's slot (and
+# flushed), 0 when the slot already holds it or a newer one. Exits when the data area is full
+# around the key's home. Sets PF_KEY to the record's key.
+pmkv_apply:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        addi    t0, s3, PKR_KEY
+        sw      t0, PF_KEY(s3)
+        lw      t1, PKR_KEY_LEN(s3)
+        add     t1, t0, t1
+        sw      t1, PF_KEY_END(s3)
+        call    pmkv_find_slot
+        li      t0, PK_FULL
+        beq     a0, t0, 8f
+        bnez    a0, 1f                  # a free slot
+        lw      t0, PF_SLOT + PKR_SEQ(s3)
+        lw      t1, PKR_SEQ(s3)
+        li      a0, 0
+        bgeu    t0, t1, 9f              # the slot is as new already
+1:      mv      a0, s3
+        call    pmkv_record_bytes
+        mv      a2, a0
+        sw      a2, 4(sp)
+        lw      a0, PF_SLOT_AT(s3)
+        mv      a1, s3
+        call    pmkv_write
+        lw      a0, PF_SLOT_AT(s3)
+        lw      a1, 4(sp)
+        call    pmkv_flush
+        li      a0, 1
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+8:      la      a0, u_msg_pk_data_full
+        call    pmkv_note
+        li      a0, 2
+        j       u_exit
+
+# pmkv_find_slot() -> a0 = PK_FOUND (PF_SLOT holds the current key's record), PK_FREE (the slot
+# the key would take) or PK_FULL; PF_SLOT_AT = the slot's offset.
+pmkv_find_slot:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        li      a0, FNV_BASIS
+        lw      a1, PF_KEY(s3)
+        lw      a2, PF_KEY_END(s3)
+        call    record_fnv
+        lw      t0, PF_SLOTS(s3)
+        remu    t1, a0, t0
+        sw      t1, 4(sp)               # the slot
+        sw      zero, 8(sp)             # probes so far
+1:      lw      t0, 8(sp)
+        li      t1, PK_PROBES
+        bgeu    t0, t1, 7f
+        lw      t1, PF_SLOTS(s3)
+        bgeu    t0, t1, 7f              # a small data area: every slot was tried
+        addi    t0, t0, 1
+        sw      t0, 8(sp)
+        lw      t0, 4(sp)
+        slli    t0, t0, 9
+        addi    a0, t0, PK_DATA
+        sw      a0, PF_SLOT_AT(s3)
+        addi    a1, s3, PF_SLOT
+        call    pmkv_load
+        bnez    a0, 6f                  # no valid record: free (a torn slot write too)
+        lw      a0, PF_KEY(s3)          # the same key?
+        lw      a1, PF_KEY_END(s3)
+        sub     t0, a1, a0
+        lw      t1, PF_SLOT + PKR_KEY_LEN(s3)
+        bne     t0, t1, 4f
+        addi    t2, s3, PF_SLOT + PKR_KEY
+2:      beq     a0, a1, 5f
+        lbu     t0, 0(a0)
+        lbu     t1, 0(t2)
+        bne     t0, t1, 4f
+        addi    a0, a0, 1
+        addi    t2, t2, 1
+        j       2b
+4:      lw      t0, 4(sp)               # another key: the next slot, wrapping around
+        addi    t0, t0, 1
+        lw      t1, PF_SLOTS(s3)
+        bltu    t0, t1, 3f
+        li      t0, 0
+3:      sw      t0, 4(sp)
+        j       1b
+5:      li      a0, PK_FOUND
+        j       9f
+6:      li      a0, PK_FREE
+        j       9f
+7:      li      a0, PK_FULL
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_load(a0 = offset, a1 = buffer) -> a0 = PK_LOADED (a record whose lengths and checksum
+# check out is in the buffer), PK_NONE (no "PKR1" there, or no room for a record) or PK_DAMAGED
+pmkv_load:
+        addi    sp, sp, -16
+        sw      ra, 0(sp)
+        sw      a0, 4(sp)
+        sw      a1, 8(sp)
+        addi    t0, a0, PKR_KEY
+        lw      t1, PF_SIZE(s3)
+        bltu    t1, t0, 7f              # no room for a record
+        li      a2, PKR_KEY
+        call    pmkv_read
+        lw      t2, 8(sp)
+        lw      t0, 0(t2)
+        li      t1, PKR_MAGIC
+        bne     t0, t1, 7f
+        lw      t0, PKR_KEY_LEN(t2)
+        beqz    t0, 8f
+        li      t1, PK_KEY_MAX
+        bltu    t1, t0, 8f
+        lw      t1, PKR_VALUE_LEN(t2)
+        li      a2, PK_VALUE_MAX
+        bltu    a2, t1, 8f
+        mv      a0, t2
+        call    pmkv_record_bytes
+        lw      t0, 4(sp)
+        add     t0, t0, a0
+        lw      t1, PF_SIZE(s3)
+        bltu    t1, t0, 8f              # runs past the end
+        lw      t2, 8(sp)
+        lw      a0, 4(sp)
+        addi    a0, a0, PKR_KEY
+        addi    a1, t2, PKR_KEY
+        lw      t0, PKR_KEY_LEN(t2)
+        lw      t1, PKR_VALUE_LEN(t2)
+        add     a2, t0, t1
+        beqz    a2, 1f
+        call    pmkv_read
+1:      lw      a0, 8(sp)
+        call    pmkv_record_checksum
+        lw      t2, 8(sp)
+        lw      t0, PKR_CHECKSUM(t2)
+        bne     a0, t0, 8f
+        li      a0, PK_LOADED
+        j       9f
+7:      li      a0, PK_NONE
+        j       9f
+8:      li      a0, PK_DAMAGED
+9:      lw      ra, 0(sp)
+        addi    sp, sp, 16
+        ret
+
+# pmkv_record_bytes(a0 = record) -> a0 = its size: 20 + key + value, rounded up to 4
+pmkv_record_bytes:
+        lw      t0, PKR_KEY_LEN(a0)
+        lw      t1, PKR_VALUE_LEN(a0)
+        add     t0, t0, t1
+        addi    t0, t0, PKR_KEY + 3
+        srli    t0, t0, 2
+        slli    a0, t0, 2
         ret
 
 # pmkv_record_checksum(a0 = record) -> a0 = FNV-1a of bytes 0-15, then of the key and value
@@ -3012,18 +3188,6 @@ pmkv_record_checksum:
         lw      t2, PKR_VALUE_LEN(t0)
         add     t1, t1, t2
         add     a2, a1, t1
-        call    record_fnv
-        lw      ra, 0(sp)
-        addi    sp, sp, 16
-        ret
-
-# pmkv_header_checksum() -> a0 = FNV-1a of the header's first 12 bytes (in the buffer)
-pmkv_header_checksum:
-        addi    sp, sp, -16
-        sw      ra, 0(sp)
-        li      a0, FNV_BASIS
-        mv      a1, s3
-        addi    a2, s3, 12
         call    record_fnv
         lw      ra, 0(sp)
         addi    sp, sp, 16
@@ -3143,11 +3307,15 @@ u_msg_pmkv:             .asciz "pmkv: "
 u_msg_pk_no_pmem:       .asciz "pmkv: no persistent memory (or less than 8 KiB)\n"
 u_msg_pk_bad_header:    .asciz "pmkv: the persistent memory holds something else (bad header)\n"
 u_msg_pk_formatted:     .asciz "formatted "
-u_msg_pk_bytes:         .asciz " bytes"
+u_msg_pk_bytes:         .asciz " bytes, "
 u_msg_pk_torn:          .asciz "dropped a torn record at offset "
 u_msg_pk_records:       .asciz " records, next seq "
 u_msg_pk_seq:           .asciz " (seq "
 u_msg_pk_full:          .asciz ": the log is full"
+u_msg_pk_data_full:     .asciz ": no free slot near its home in the data area"
+u_msg_pk_slots:         .asciz " slots, log at "
+u_msg_pk_applied:       .asciz "applied "
+u_msg_pk_applied_end:   .asciz " log records to the data area"
 u_msg_pk_error:         .asciz "pmkv: persistent memory error "
 
         .align  2
