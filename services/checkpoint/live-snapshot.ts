@@ -13,12 +13,13 @@
  * the pause. So the file holds exactly the VM as it was at the pause, equal page for page to a
  * stop-the-world saveVmCheckpoint taken at the same instruction.
  */
-import type { Vm } from '../../kernel/index.ts';
+import type { GuestImage } from '../../guest-isa/image-types.ts';
+import type { Vm, VmState } from '../../kernel/index.ts';
 import { CheckpointWriter } from './writer.ts';
 import type { BeginOptions, WriteStats } from './writer.ts';
-import { currentPage, settlePoisonedPages, vmCheckpointContents, VmCheckpointError } from './vm-checkpoint.ts';
+import { checkSaveableState, currentPage, settlePoisonedPages, vmCheckpointContents, VmCheckpointError } from './vm-checkpoint.ts';
 import type { VmSaveOptions } from './vm-checkpoint.ts';
-import type { CheckpointState } from './format.ts';
+import type { CheckpointState, JsonObject } from './format.ts';
 
 /** Options of startLiveSnapshot (and those of saveVmCheckpoint). */
 export interface LiveSnapshotOptions extends VmSaveOptions {
@@ -62,7 +63,11 @@ export class LiveSnapshot {
   /** Created on first use, after the pause: creating the file is most of what a pause would cost. */
   #writerInstance: CheckpointWriter | null = null;
   readonly #writerOptions: BeginOptions;
-  readonly #state: CheckpointState;
+  /**
+   * What the pause captured; turned into checkpoint form (vmCheckpointContents) only when the
+   * file is finished, so the pause does not pay for it.
+   */
+  readonly #captured: { state: VmState; image: GuestImage | null; extra: JsonObject | undefined };
   readonly #onProgress: ((done: number, total: number) => void) | undefined;
   #phase: Phase = 'saving';
   #cursor = 0;
@@ -94,7 +99,9 @@ export class LiveSnapshot {
     // The writer's own progress counts pages as they are added; ours is reported per tick.
     this.#writerOptions = writerOptions;
     settlePoisonedPages(vm); // costs nothing unless pages are poisoned
-    this.#state = vmCheckpointContents(vm, vm.captureState(), options.extra);
+    const state = vm.captureState();
+    checkSaveableState(vm, state); // fails now, not at the end
+    this.#captured = { state, image: vm.image, extra: options.extra };
     vm.memory.beginWriteEpoch((gpn, bytes) => this.#saveBeforeWrite(gpn, bytes));
     vm.addTicker(everyInstructions, () => this.#tick(pagesPerTick));
     // RAM goes back to the image on reset without guest writes: the old contents would be lost.
@@ -190,12 +197,14 @@ export class LiveSnapshot {
       this.#onProgress?.(this.pagesSaved, this.pageCount);
       if (this.#cursor === this.pageCount) {
         vm.memory.endWriteEpoch();
+        const { state, image, extra } = this.#captured;
+        const contents: CheckpointState = vmCheckpointContents(vm, state, extra, image);
         if (this.#poisonedLater.length > 0) {
           // Errors after the pause in pages not saved yet: their pause-time bytes are gone.
-          const listed = (this.#state.config.poisonedPages ?? []) as number[];
-          this.#state.config.poisonedPages = [...new Set([...listed, ...this.#poisonedLater])].sort((a, b) => a - b);
+          const listed = (contents.config.poisonedPages ?? []) as number[];
+          contents.config.poisonedPages = [...new Set([...listed, ...this.#poisonedLater])].sort((a, b) => a - b);
         }
-        this.#stats = this.#writer().finish(this.#state);
+        this.#stats = this.#writer().finish(contents);
         this.#phase = 'done';
       }
     } catch (error) {

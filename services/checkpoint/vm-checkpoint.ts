@@ -150,14 +150,27 @@ function encodedImage(image: GuestImage): Uint8Array {
   return bytes;
 }
 
-/** Everything but memory, in checkpoint form. `state` comes from vm.captureState(). */
-export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject | undefined): CheckpointContents {
-  const devices: Record<string, DeviceState> = {};
-  const wrappedComponents: string[] = [];
-  for (const [name, component] of Object.entries(state.components)) {
+/**
+ * Throws BV_VMCKPT_UNSAVEABLE when one of `state`'s components has a reserved name (the checks
+ * of vmCheckpointContents that can fail, for a caller that converts the state later).
+ */
+export function checkSaveableState(vm: Vm, state: VmState): void {
+  for (const name of Object.keys(state.components)) {
     if (name.startsWith(RESERVED_PREFIX)) {
       throw new VmCheckpointError('BV_VMCKPT_UNSAVEABLE', `${vm.name}: state component '${name}' cannot be saved: names starting with '${RESERVED_PREFIX}' are reserved`);
     }
+  }
+}
+
+/**
+ * Everything but memory, in checkpoint form. `state` comes from vm.captureState(); `image` is
+ * the guest image to record (default: the one the VM has loaded now).
+ */
+export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject | undefined, image: GuestImage | null = vm.image): CheckpointContents {
+  checkSaveableState(vm, state);
+  const devices: Record<string, DeviceState> = {};
+  const wrappedComponents: string[] = [];
+  for (const [name, component] of Object.entries(state.components)) {
     const value = component.state;
     if (value instanceof Uint8Array || isPlainObject(value)) devices[name] = { version: component.version, state: value as JsonObject | Uint8Array };
     else {
@@ -166,7 +179,7 @@ export function vmCheckpointContents(vm: Vm, state: VmState, extra: JsonObject |
       wrappedComponents.push(name);
     }
   }
-  if (vm.image !== null) devices[IMAGE_RECORD] = { version: IMAGE_RECORD_VERSION, state: encodedImage(vm.image) };
+  if (image !== null) devices[IMAGE_RECORD] = { version: IMAGE_RECORD_VERSION, state: encodedImage(image) };
   const vmConfig: JsonObject = {
     name: state.config.name,
     memoryBytes: state.config.memoryBytes,
