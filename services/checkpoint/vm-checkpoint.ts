@@ -151,6 +151,15 @@ function encodedImage(image: GuestImage): Uint8Array {
 }
 
 /**
+ * Encodes the VM's image for checkpoint contents now, if that has not been done (the result is
+ * kept): a live migration calls it before its switch-over, so the pause does not pay for it
+ * (~3 ms for a small image from cold code).
+ */
+export function prepareImageRecord(vm: Vm): void {
+  if (vm.image !== null) encodedImage(vm.image);
+}
+
+/**
  * Throws BV_VMCKPT_UNSAVEABLE when one of `state`'s components has a reserved name (the checks
  * of vmCheckpointContents that can fail, for a caller that converts the state later).
  */

@@ -23,7 +23,7 @@ import { AbsentState, KernelError, PageState, PageWaitError } from '../../kernel
 import type { Vm, VmConfig } from '../../kernel/index.ts';
 import { decodeConfig, decodeCpus, decodeDevices, encodeDevices, encodeJson } from '../checkpoint/format.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
-import { currentPage, decodeVmCheckpoint, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
+import { currentPage, decodeVmCheckpoint, prepareImageRecord, settlePoisonedPages, vmCheckpointContents } from '../checkpoint/vm-checkpoint.ts';
 import type { DecodedVmCheckpoint } from '../checkpoint/vm-checkpoint.ts';
 import { DISK_SECTOR_BYTES, type BlockDevice } from '../../devices/index.ts';
 import { adoptReceivedDisk, decodeDiskFrame, describeDisk, DirtySectorLog, discardReceivedDisk, diskFrames, parseMigratedDisk, writeDiskRuns, type MigratedDisk } from './disk.ts';
@@ -554,6 +554,7 @@ export class PrecopySender {
       if (this.#options.maxBandwidth !== undefined) this.#channel.setMaxBytesPerSecond(this.#options.maxBandwidth);
       const deadline = this.#started + (this.#options.timeoutS ?? DEFAULTS.timeoutS) * 1000;
       await this.#begin();
+      prepareImageRecord(vm); // the state's image record, encoded now rather than in the pause
       this.figures.state = 'precopy';
       const downtimeMs = this.#options.downtimeMs ?? DEFAULTS.downtimeMs;
       const maxRounds = this.#options.maxRounds ?? DEFAULTS.maxRounds;

@@ -685,20 +685,21 @@ export class FramedChannel {
   #armStall(): void {
     if (this.#stallTimer !== null) {
       this.#stallTimer.refresh();
+      this.#stallTimer.ref();
       return;
     }
     this.#stallTimer = setTimeout(() => {
       this.#stallTimer = null;
+      if (this.#waiter === null && this.#drainWaiter === null) return; // nobody waits any more
       const what = this.#drainWaiter !== null ? 'took none of our data' : 'sent nothing';
       this.#fail(fail('BV_XPORT_STALLED', `${this.#where()}: the peer ${what} for ${this.#stallMs} ms (the stall timeout)`));
     }, this.#stallMs);
   }
 
   #disarmStallIfIdle(): void {
-    if (this.#waiter === null && this.#drainWaiter === null && this.#stallTimer !== null) {
-      clearTimeout(this.#stallTimer);
-      this.#stallTimer = null;
-    }
+    // Kept (unreferenced) rather than cleared: a receive per frame would otherwise create and
+    // cancel a timer per frame. It does nothing if it fires while nobody waits.
+    if (this.#waiter === null && this.#drainWaiter === null && this.#stallTimer !== null) this.#stallTimer.unref();
   }
 
   #fail(error: TransportError, destroySocket = true): void {
