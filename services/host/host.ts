@@ -643,6 +643,8 @@ export class Host {
   private readonly migrationCounters = new MigrationCounters();
   /** Incoming post-copies that failed after the VM started here, by VM name: a new connection from the source resumes them. */
   private readonly brokenPostcopies = new Map<string, MigrationReceiver>();
+  /** Post-copies received whole, by VM name: a source that missed the COMPLETE asks again (a resumption). */
+  private readonly completedPostcopies = new Map<string, MigrationReceiver>();
   /** Replicas this host holds as a backup, by VM name. */
   private readonly replicaStreams = new Map<string, { receiver: ReplicaReceiver; from: string }>();
 
@@ -939,6 +941,15 @@ export class Host {
       throw error instanceof BvError ? new HostError(400, `reclaim: ${error.message}`, { cause: error }) : error;
     }
     for (const m of this.machines.values()) this.manage(m);
+  }
+
+  /** The post-copy that brought VM `name` here whole, while that VM is still here (else forgotten). */
+  private completedPostcopy(name: string): MigrationReceiver | null {
+    const receiver = this.completedPostcopies.get(name);
+    if (receiver === undefined) return null;
+    if (receiver.vm !== null && this.machines.get(name)?.vm === receiver.vm) return receiver;
+    this.completedPostcopies.delete(name);
+    return null;
   }
 
   private byVm(vm: Vm): HostedVm | undefined {
@@ -1544,7 +1555,7 @@ export class Host {
         this.add(incoming!);
       },
       block: () => incoming?.devices.block ?? null,
-      findPostcopy: (name) => this.brokenPostcopies.get(name) ?? null,
+      findPostcopy: (name) => this.brokenPostcopies.get(name) ?? this.completedPostcopy(name),
       wake: (vm) => {
         const m = this.byVm(vm);
         if (m === undefined) return;
@@ -1567,14 +1578,21 @@ export class Host {
     if (this.incomingMigrations.length > 16) this.incomingMigrations.shift();
     try {
       const vm = await receiver.run();
+      const done = this.completedPostcopies.get(vm.name);
+      if (done !== undefined && done !== receiver && done.vm === vm) {
+        this.log(`vm ${vm.name}: the post-copy from ${from} had completed here; told the source again (its COMPLETE was lost)`);
+        return;
+      }
       const resumed = this.brokenPostcopies.get(vm.name);
       if (resumed !== undefined && resumed !== receiver) {
         this.brokenPostcopies.delete(vm.name);
+        this.completedPostcopies.set(vm.name, resumed);
         this.migrationCounters.noteReceived(resumed.figures);
         this.log(`vm ${vm.name}: post-copy from ${from} resumed and completed`);
         return;
       }
       this.migrationCounters.noteReceived(receiver.figures);
+      if (receiver.figures.postcopy !== null) this.completedPostcopies.set(vm.name, receiver);
       this.log(`vm ${vm.name}: migrated in from ${from} (${receiver.figures.pages_received} pages, resumed ${receiver.figures.resume_ms} ms after its state arrived)`);
     } catch (error) {
       const vm = receiver.vm;

@@ -1212,6 +1212,18 @@ export class MigrationReceiver {
         this.figures.vm = name;
         this.figures.mode = 'postcopy';
         const target = this.#hooks.findPostcopy?.(name) ?? null;
+        if (target !== null && target !== this && target.figures.state === 'completed' && target.figures.postcopy?.remote_left === 0 && target.#vm !== null) {
+          // Every page arrived and the COMPLETE was lost on the way back: say it again, or the
+          // source would keep its paused half for ever (seen in scripts/multi-host-cuts.ts).
+          this.figures.state = 'completed';
+          this.figures.error = `the post-copy of '${name}' had completed; COMPLETE sent again`;
+          await this.#channel.send(MigrationFrame.REMOTE, encodeGpns([]));
+          await this.#channel.send(MigrationFrame.COMPLETE, encodeJson(target.figures.postcopy as unknown as JsonObject));
+          // The source's PUSHED, then its BYE.
+          for (;;) if ((await this.#channel.receive()) === null) break;
+          this.#channel.destroy();
+          return target.#vm;
+        }
         if (target === null || target === this || target.figures.state !== 'failed' || !target.#running || target.#vm === null) {
           throw new MigrationError('BV_MIG_STATE', `no post-copy of '${name}' waits here to be resumed`);
         }
