@@ -20,7 +20,7 @@
 import { isAbsolute } from 'node:path';
 import { DeviceType } from '../guest-isa/arch.ts';
 import { BvError } from '../guest-isa/errors.ts';
-import { KernelError } from '../kernel/index.ts';
+import { KernelError, PageWaitError } from '../kernel/index.ts';
 import type { MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 import { DISK_SECTOR_BYTES, DiskChain, DiskError, MAX_DISK_SECTORS, type DiskChainState, type DiskOptions } from './disk-image.ts';
 import { DeviceStateError, describeSaved, stateInteger, stateList, stateRecord, stateU32 } from './state.ts';
@@ -285,6 +285,9 @@ export class BlockDevice implements MmioDevice {
       return BlockStatus.OK;
     } catch (error) {
       if (error instanceof KernelError && error.code === 'BV_BAD_GPA') return BlockStatus.BAD_DMA;
+      // A buffer page still on a post-copy source: nothing of the command is kept (a read's
+      // partial fill is rewritten), so the COMMAND store runs again once the page is here.
+      if (error instanceof PageWaitError) throw error;
       if (!(error instanceof BvError)) throw error;
       this.logHostError({ command, sector: first, count: this.count, kind: 'memory', error });
       const buffer = `guest-physical 0x${this.dmaAddress.toString(16)}+${this.count * DISK_SECTOR_BYTES}`;

@@ -15,7 +15,9 @@ export class OutOfHostMemoryError extends KernelError {
  * the page is on another host and has been asked for). A vCPU's access — load, store, fetch or
  * page-table walk — then pauses the VM with `reason` *before* the access: the instruction has not
  * retired and runs again when whoever threw this resumes the VM (Vm.resume) once the page is in.
- * Host code that reads or writes the page (a device's DMA) gets this error.
+ * Host code that reads or writes the page (a device's DMA) gets this error; when it comes out of an
+ * MMIO store (a device's doorbell) or a hypercall, the vCPU waits the same way and the store or
+ * hcall runs again — so such a device or handler must throw it before it changes anything it keeps.
  */
 export class PageWaitError extends KernelError {
   /**

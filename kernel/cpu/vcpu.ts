@@ -906,7 +906,7 @@ export class Vcpu {
       this.tlb.fill(supervisor ? TlbKind.S_READ : TlbKind.U_READ, va, this.tlbCtx, addend, gpn);
       // A page already dirty and writable gets its write entry now, saving a second miss.
       if (this.pagingEnabled ? (this.vm.mmu.pte & (Pte.W | Pte.D)) === (Pte.W | Pte.D) : true) {
-        if (file || vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, addend, gpn);
+        if (file ? vm.mayCacheFileRangeWrite(gpa) : vm.mayCacheWrite(gpa, frame)) this.tlb.fill(supervisor ? TlbKind.S_WRITE : TlbKind.U_WRITE, va, this.tlb.wctx, addend, gpn);
       }
     }
     const pool = this.pool;
@@ -931,7 +931,17 @@ export class Vcpu {
         return SLOW_TRAP;
       }
       this.stats.mmioAccesses++;
-      if (!vm.mmioWrite(this, gpa, value)) {
+      let accepted: boolean;
+      try {
+        accepted = vm.mmioWrite(this, gpa, value);
+      } catch (error) {
+        // The device's DMA reached a page that must first come from elsewhere (post-copy): it
+        // changed nothing it keeps, so the VM waits and the store runs again once resumed.
+        if (!(error instanceof PageWaitError)) throw error;
+        vm.waitForPage(error);
+        return SLOW_TRAP;
+      }
+      if (!accepted) {
         this.trap(Cause.STORE_ACCESS_FAULT, va);
         return SLOW_TRAP;
       }
@@ -966,9 +976,12 @@ export class Vcpu {
    * A store to a file-backed range (persistent memory): no protections, traces, decoded code or
    * write epochs can apply there (nothing is executed from it), so the store lands and the write
    * translation is cached, with no reverse mapping (the frames never change while the VM lives).
+   * A range whose writes are tracked (persistent-memory HA) gets its page marked first: a clean
+   * page never has a write translation, so this miss is how its first store is seen.
    */
   private storeFileRange(va: number, gpa: number, frame: number, width: number, value: number): number {
     this.stats.tlbMisses++;
+    this.vm.noteFileRangeStore(gpa);
     const hostOffset = frame * 4096 + (gpa & 0xfff);
     const pool = this.pool;
     if (width === 4) pool.i32[hostOffset >>> 2] = value;
@@ -996,6 +1009,7 @@ export class Vcpu {
       return SLOW_TRAP;
     }
     if (file) {
+      vm.noteFileRangeStore(gpa);
       const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
       const i32 = this.pool.i32;
       const old = i32[index]!;
@@ -1039,9 +1053,19 @@ export class Vcpu {
         return 0;
       case 0x33: { // hcall
         this.stats.hypercalls++;
+        const at = this.pc;
         this.pc = next;
         this.systemRetired = 1;
-        this.vm.hypercall(this);
+        try {
+          this.vm.hypercall(this);
+        } catch (error) {
+          // A handler read a guest buffer on a page still elsewhere (post-copy) before it changed
+          // anything: the VM waits and the hcall runs again once resumed, unretired.
+          if (!(error instanceof PageWaitError)) throw error;
+          this.pc = at;
+          this.systemRetired = 0;
+          this.vm.waitForPage(error);
+        }
         return this.vm.stopCode !== 0 ? SliceEnd.VM_STOP : 0;
       }
       case 0x34: // sret

@@ -19,7 +19,7 @@ import {
   savedBlockDisk, type BlockState, type StandardDevices,
 } from '../../devices/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
-import { createHypervisor, OutOfHostMemoryError, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { AbsentState, createHypervisor, OutOfHostMemoryError, PageWaitError, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { GUEST_LIBRARY, hexWords } from './harness.ts';
 
@@ -592,6 +592,45 @@ _start: li      a0, ${DeviceType.BLOCK}
     expect(reason.error).toBeInstanceOf(OutOfHostMemoryError);
     expect(devices.block!.hostErrors).toEqual([expect.objectContaining({ command: 'read', kind: 'memory', error: reason.error })]);
     devices.block!.close();
+  });
+
+  it('a DMA buffer page still on another host (post-copy) makes the VM wait; the command runs again, whole, once the page is in', () => {
+    const WAIT = 'waiting for the test to deliver a page';
+    for (const cmd of [BlockCommand.READ, BlockCommand.WRITE]) {
+      const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+      const vm = hv.createVm({ memoryBytes: RAM });
+      const devices = attachStandardDevices(vm, { output: new CaptureSink(), disk: rawImage(makeDir(), 8) });
+      const dma = 0x40000;
+      const gpn = dma / 4096;
+      vm.loadImage(oneCommand(cmd, dma));
+      let asked = 0;
+      vm.memory.onAbsent(AbsentState.REMOTE, () => {
+        asked++;
+        throw new PageWaitError(WAIT, `guest page ${gpn} is not here yet`);
+      });
+      vm.memory.releasePages([gpn], AbsentState.REMOTE);
+      const first = hv.run({ maxInstructions: 1_000_000 }, [vm])[0]!;
+      expect(first.reason).toEqual({ kind: 'paused', reason: WAIT });
+      expect(asked).toBeGreaterThan(0);
+      const block = devices.block!;
+      expect([block.stats.reads, block.stats.writes, block.stats.errors, block.hostErrors.length]).toEqual([0, 0, 0, 0]);
+      expect(block.disk.topPath).toBeNull(); // a write reached nothing
+      // The page arrives (as post-copy installs it) and the VM is resumed: the COMMAND store runs again.
+      vm.memory.installPage(gpn, filled(0x5a, 8));
+      vm.resume();
+      const second = hv.run({ maxInstructions: 1_000_000 }, [vm])[0]!;
+      expect(second.reason).toEqual({ kind: 'halted', exitCode: 0 }); // STATUS OK
+      if (cmd === BlockCommand.READ) {
+        expect([block.stats.reads, block.stats.writes]).toEqual([1, 0]);
+        expect(vm.readPhysical(dma, SECTOR)).toEqual(filled(3)); // sector 2 of the base
+        expect(vm.readPhysical(dma + SECTOR, SECTOR)).toEqual(filled(0x5a)); // the rest of the page as delivered
+      } else {
+        expect([block.stats.reads, block.stats.writes]).toEqual([0, 1]);
+        expect(block.disk.read(2, 1)).toEqual(filled(0x5a)); // the delivered buffer, written once
+      }
+      expect(block.hostErrors).toEqual([]);
+      block.close();
+    }
   });
 
   it('a lazy restore that cannot read the DMA buffer stops the VM with a host error, and nothing reaches the disk', () => {

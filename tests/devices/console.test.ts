@@ -9,7 +9,7 @@ import { assemble } from '../../guest-isa/assembler.ts';
 import { HcallStatus } from '../../guest-isa/arch.ts';
 import { attachStandardDevices, CaptureSink, runWithResets, runWithResetsAsync, type ConsoleSink } from '../../devices/index.ts';
 import { attachConsole, ConsoleControl, ConsoleRegister, ConsoleStatus } from '../../devices/console.ts';
-import { createHypervisor } from '../../kernel/index.ts';
+import { AbsentState, createHypervisor, PageWaitError } from '../../kernel/index.ts';
 import { bootGuest, exitCodeOf, GUEST_LIBRARY, hexWords, runGuest } from './harness.ts';
 
 const FIND_CONSOLE = `
@@ -209,6 +209,42 @@ message: .ascii "hello\\n"
     const statuses = hexWords(outcome.output).map((word) => word | 0);
     expect(outcome.output.startsWith('hello\n')).toBe(true);
     expect(statuses).toEqual([HcallStatus.OK, HcallStatus.OK, HcallStatus.BAD_ARGUMENT, HcallStatus.BAD_ARGUMENT, HcallStatus.BAD_ARGUMENT]);
+  });
+
+  it('a buffer on a page still on another host (post-copy) makes the VM wait; the hcall runs again, once, when the page is in', () => {
+    const WAIT = 'waiting for the test to deliver a page';
+    const { hv, vm, devices, symbols } = bootGuest(`${FIND_CONSOLE}
+        li      a0, HCALL_CONSOLE_WRITE
+        li      a1, 0x40000
+        li      a2, 6
+the_hcall:
+        hcall
+        ${PRINT_A0}
+        exit    0
+    `);
+    const gpn = 0x40000 / 4096;
+    let asked = 0;
+    vm.memory.onAbsent(AbsentState.REMOTE, () => {
+      asked++;
+      throw new PageWaitError(WAIT, `guest page ${gpn} is not here yet`);
+    });
+    vm.memory.releasePages([gpn], AbsentState.REMOTE);
+    const first = hv.run({ maxInstructions: 1_000_000 }, [vm])[0]!;
+    expect(first.reason).toEqual({ kind: 'paused', reason: WAIT });
+    expect(asked).toBe(1);
+    expect(vm.vcpus[0]!.pc).toBe(symbols.get('the_hcall')); // stopped on the hcall, not after it
+    devices.console.flush();
+    expect(devices.captured!.text()).toBe('');
+    const page = new Uint8Array(4096);
+    page.set(new TextEncoder().encode('later\n'));
+    vm.memory.installPage(gpn, page);
+    vm.resume();
+    const second = hv.run({ maxInstructions: 1_000_000 }, [vm])[0]!;
+    expect(second.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    devices.console.flush();
+    const output = devices.captured!.text();
+    expect(output.startsWith('later\n')).toBe(true); // written once, after the page came
+    expect(hexWords(output.slice('later\n'.length)).map((word) => word | 0)).toEqual([HcallStatus.OK]);
   });
 
   it('reads the buffer through the current address space when paging is on', () => {
