@@ -492,6 +492,16 @@ export class Vm implements VcpuHost {
   }
 
   /** @internal */
+  noteFileRangeStore(gpa: number): void {
+    this.memory.noteFileRangeStore(gpa);
+  }
+
+  /** @internal */
+  mayCacheFileRangeWrite(gpa: number): boolean {
+    return this.memory.mayCacheFileRangeWrite(gpa);
+  }
+
+  /** @internal */
   isMmio(gpa: number): boolean {
     return this.bus.contains(gpa);
   }

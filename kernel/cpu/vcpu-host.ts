@@ -22,6 +22,10 @@ export interface VcpuHost extends PhysicalPageTables {
   isMmio(gpa: number): boolean;
   /** The host frame behind a gpa of a file-backed range (persistent memory), or -1: not RAM, but loads and stores reach it like RAM. */
   fileRangeFrame(gpa: number): number;
+  /** A store is about to land on a file-backed gpa: marks its page written when its range's writes are tracked. */
+  noteFileRangeStore(gpa: number): void;
+  /** Whether a write translation to a file-backed gpa may be cached (not while its page is clean and tracked). */
+  mayCacheFileRangeWrite(gpa: number): boolean;
   mmioRead(vcpu: Vcpu, gpa: number): number;
   mmioWrite(vcpu: Vcpu, gpa: number, value: number): boolean;
   /** The frame for a RAM access (resolving absent pages and protections), or -1 after a trap or a stop. */

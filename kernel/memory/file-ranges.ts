@@ -27,9 +27,15 @@ export interface FileRangeInfo {
   readonly fileOffset: number;
 }
 
-/** One attached range: its description and the host frame of each of its pages. */
+/** One attached range: its description, the host frame of each of its pages, and (when tracked) which pages were written. */
 interface FileRange extends FileRangeInfo {
   readonly frames: Int32Array;
+  /**
+   * Write tracking (trackWrites), or null: one byte per page, 1 when the page may have been
+   * written since the last takeDirty. A clean page gets no write translation, so its first store
+   * misses the TLB and marks it here before it lands.
+   */
+  dirty: Uint8Array | null;
 }
 
 /** @internal The file-backed ranges of one VM (GuestMemory owns it). */
@@ -94,7 +100,7 @@ export class FileRanges {
       if (done > 0) this.pool.releaseMany(frames.subarray(0, done));
       throw error;
     }
-    const range: FileRange = { gpa, bytes, path, fileOffset, frames };
+    const range: FileRange = { gpa, bytes, path, fileOffset, frames, dirty: null };
     this.ranges.push(range);
     this.bounds();
     return { gpa, bytes, path, fileOffset };
@@ -127,6 +133,82 @@ export class FileRanges {
         start = page;
       }
     }
+  }
+
+  /**
+   * Starts tracking writes to the range that starts at `gpa`: every page counts as written (nothing
+   * was taken yet). Does nothing if it is tracked already.
+   */
+  trackWrites(gpa: number): void {
+    const range = this.rangeStartingAt(gpa);
+    range.dirty ??= new Uint8Array(range.bytes / PAGE_SIZE).fill(1);
+  }
+
+  /** Stops tracking writes to the range that starts at `gpa`. */
+  untrackWrites(gpa: number): void {
+    this.rangeStartingAt(gpa).dirty = null;
+  }
+
+  /**
+   * The pages of the range starting at `gpa` written since the last call (or since trackWrites):
+   * one byte per page, 1 = written; the range's marks are cleared. The caller must then revoke
+   * the vCPUs' write translations (GuestMemory does), so that the next store to each page
+   * misses and marks it again.
+   */
+  takeDirty(gpa: number): Uint8Array {
+    const range = this.rangeStartingAt(gpa);
+    const dirty = range.dirty;
+    if (dirty === null) throw new KernelError('BV_FILE_RANGE', `${this.vmName}: writes to the file-backed range at 0x${gpa.toString(16)} are not tracked (trackWrites first)`);
+    const taken = dirty.slice();
+    dirty.fill(0);
+    return taken;
+  }
+
+  /**
+   * A guest store is about to land at `gpa` (a file-backed address): marks its page written when
+   * the range is tracked. The vCPU's store miss path; allocates nothing.
+   */
+  noteStore(gpa: number): void {
+    for (const range of this.ranges) {
+      const offset = gpa - range.gpa;
+      if (offset >= 0 && offset < range.bytes) {
+        if (range.dirty !== null) range.dirty[Math.floor(offset / PAGE_SIZE)] = 1;
+        return;
+      }
+    }
+  }
+
+  /** Whether a vCPU may cache a write translation to `gpa`: untracked, or its page is already marked. */
+  mayCacheWrite(gpa: number): boolean {
+    for (const range of this.ranges) {
+      const offset = gpa - range.gpa;
+      if (offset >= 0 && offset < range.bytes) return range.dirty === null || range.dirty[Math.floor(offset / PAGE_SIZE)] === 1;
+    }
+    return false;
+  }
+
+  /**
+   * Copies [gpa, gpa + target.length), inside one range, into `target` (the host reading the
+   * persistent memory's current bytes, e.g. to send them elsewhere).
+   */
+  read(gpa: number, target: Uint8Array): void {
+    const range = this.rangeHolding(gpa, target.length);
+    const u8 = this.pool.u8;
+    let done = 0;
+    while (done < target.length) {
+      const offset = gpa - range.gpa + done;
+      const inPage = offset % PAGE_SIZE;
+      const count = Math.min(PAGE_SIZE - inPage, target.length - done);
+      const hostOffset = range.frames[Math.floor(offset / PAGE_SIZE)]! * PAGE_SIZE + inPage;
+      target.set(u8.subarray(hostOffset, hostOffset + count), done);
+      done += count;
+    }
+  }
+
+  private rangeStartingAt(gpa: number): FileRange {
+    const range = this.ranges.find((candidate) => candidate.gpa === gpa);
+    if (range === undefined) throw new KernelError('BV_FILE_RANGE', `${this.vmName}: no file-backed range starts at 0x${Number(gpa).toString(16)}`);
+    return range;
   }
 
   /** The range holding all of [gpa, gpa + length), or BV_FILE_RANGE. */

@@ -638,6 +638,52 @@ export class GuestMemory {
     this.fileRanges.flush(gpa, length);
   }
 
+  /**
+   * Starts tracking which pages of the file-backed range starting at `gpa` the guest writes
+   * (docs/pmem.md, "High availability"): from now on takeFileRangeDirtyPages returns the pages
+   * written since its last call. At first every page counts as written. Costs one TLB miss per
+   * page per take, on the page's first store after it. BV_FILE_RANGE when no range starts there.
+   */
+  trackFileRangeWrites(gpa: Gpa): void {
+    this.fileRanges.trackWrites(gpa);
+  }
+
+  /** Stops tracking writes to the file-backed range starting at `gpa`. */
+  untrackFileRangeWrites(gpa: Gpa): void {
+    this.fileRanges.untrackWrites(gpa);
+  }
+
+  /**
+   * The pages of the tracked file-backed range starting at `gpa` that the guest may have written
+   * since the last call (or since tracking began): one byte per page of the range, 1 = written.
+   * Clears the marks and revokes every vCPU's write translations, so that no later store is
+   * missed: the next store to each page takes a TLB miss that marks it. Between runs only (like
+   * beginWriteEpoch). BV_FILE_RANGE when the range is not tracked.
+   */
+  takeFileRangeDirtyPages(gpa: Gpa): Uint8Array {
+    const taken = this.fileRanges.takeDirty(gpa);
+    this.host.revokeWrites();
+    return taken;
+  }
+
+  /**
+   * Copies the current bytes of [gpa, gpa + target.length), inside one file-backed range, into
+   * `target` (BV_FILE_RANGE otherwise).
+   */
+  readFileRange(gpa: Gpa, target: Uint8Array): void {
+    this.fileRanges.read(gpa, target);
+  }
+
+  /** @internal A guest store is about to land on a file-backed gpa (the vCPU's store miss): marks its page written when tracked. */
+  noteFileRangeStore(gpa: number): void {
+    this.fileRanges.noteStore(gpa);
+  }
+
+  /** @internal Whether a vCPU may cache a write translation to a file-backed gpa (not while its page is clean and tracked). */
+  mayCacheFileRangeWrite(gpa: number): boolean {
+    return this.fileRanges.mayCacheWrite(gpa);
+  }
+
   /** @internal The host frame behind a file-backed gpa, or -1 (the vCPU's slow path for non-RAM addresses). */
   fileRangeFrame(gpa: number): number {
     return this.fileRanges.frameOf(gpa);
