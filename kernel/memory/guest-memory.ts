@@ -317,6 +317,18 @@ export class GuestMemory {
   }
 
   /**
+   * How many times a page has gone from another state into one that holds no contents
+   * (untouched, ballooned, poisoned) since the VM was made (a reset counts too). A service that
+   * has looked for such pages need not look again while this is unchanged: a migration's
+   * switch-over then skips its pass over every page.
+   */
+  get emptiedCount(): number {
+    return this.emptiedTotal;
+  }
+
+  private emptiedTotal = 0;
+
+  /**
    * The states of pages firstGpn … firstGpn + count − 1 (PageState), into out[0 … count): stateOf
    * for a run of pages in one call (a migration's switch-over looks at every page while the guest
    * is paused). Regions a lazy restore deferred are filled in first, as stateOf does.
@@ -1204,6 +1216,7 @@ export class GuestMemory {
       else if (own === 0 && base !== null) base.drop(gpn);
     }
     this.entries.fill(0);
+    this.emptiedTotal++;
     this.base = null;
     base?.detachView();
     this.presentPages = 0;
@@ -1499,6 +1512,10 @@ export class GuestMemory {
   }
 
   private countState(old: number, entry: number): void {
+    if (old !== entry && entry <= 0 && old !== 0 && old !== UNTOUCHED_ENTRY) {
+      const state = entry === 0 || entry === UNTOUCHED_ENTRY ? AbsentState.UNTOUCHED : P2mEntry.state(entry);
+      if (state === AbsentState.UNTOUCHED || state === AbsentState.BALLOONED || state === AbsentState.POISONED) this.emptiedTotal++;
+    }
     if (old > 0) this.presentPages--;
     else if (old < 0) this.stateCounts[P2mEntry.state(old)]!--;
     if (entry > 0) this.presentPages++;

@@ -482,6 +482,8 @@ export class PrecopySender {
   #bytesBefore = 0;
   /** #emptiedPages' page states (allocated once). */
   #states: Uint8Array | null = null;
+  /** GuestMemory.emptiedCount when #emptiedPages last looked (-1: never). */
+  #emptiedMark = -1;
   /** Sectors the guest writes during the migration (null: the disk is not sent). */
   readonly #diskLog: DirtySectorLog | null;
 
@@ -668,6 +670,7 @@ export class PrecopySender {
    */
   #emptiedPages(skip: Uint8Array): number[] {
     const states = (this.#states ??= new Uint8Array(this.#pageCount));
+    this.#emptiedMark = this.#vm.memory.emptiedCount;
     this.#vm.memory.statesOf(0, this.#pageCount, states);
     const emptied: number[] = [];
     for (let gpn = 0; gpn < this.#pageCount; gpn++) {
@@ -825,8 +828,11 @@ export class PrecopySender {
       if (i < dirty.length && batch.room > 0) this.#addPage(dirty[i++]!, batch, figures, false);
       if (batch.room === 0) await flush();
     }
-    // Pages sent with bytes that are empty now without having been written.
-    for (const gpn of this.#emptiedPages(inDirty)) {
+    // Pages sent with bytes that are empty now without having been written. None can be new if
+    // no page has gone empty since the pass at the end of the last round (whose finds are in
+    // `dirty`): then the pass over every page is skipped (it took 3-30 ms of the pause).
+    const emptied = vm.memory.emptiedCount === this.#emptiedMark ? [] : this.#emptiedPages(inDirty);
+    for (const gpn of emptied) {
       this.#addPage(gpn, batch, figures, false);
       if (batch.room === 0) await flush();
     }

@@ -302,6 +302,30 @@ describe('copyPresentPages and statesOf (bulk reads for a migration)', () => {
     expect(codeOf(() => vm.memory.statesOf(0, 3, new Uint8Array(2)))).toBe('BV_BAD_RANGE');
   });
 
+  it('emptiedCount counts pages going into a state without contents, and nothing else', () => {
+    const vm = hv.createVm({ name: 'bulk', memoryBytes: WORKER_BYTES });
+    const memory = vm.memory;
+    const counted = (fn: () => void): number => {
+      const before = memory.emptiedCount;
+      fn();
+      return memory.emptiedCount - before;
+    };
+    expect(counted(() => memory.installPage(3, pagePattern(3)))).toBe(0);
+    expect(counted(() => memory.installPage(3, pagePattern(4)))).toBe(0); // present to present
+    expect(counted(() => memory.releasePage(3, AbsentState.SWAPPED, 5))).toBe(0); // its contents are kept
+    expect(counted(() => memory.releasePage(3))).toBe(1); // swapped to untouched
+    expect(counted(() => memory.releasePage(3))).toBe(0); // untouched already
+    memory.installPage(4, pagePattern(4));
+    memory.installPage(5, pagePattern(5));
+    expect(counted(() => memory.releasePage(4, AbsentState.BALLOONED))).toBe(1);
+    expect(counted(() => memory.releasePage(5, AbsentState.POISONED))).toBe(1);
+    memory.installPage(6, pagePattern(6));
+    memory.installPage(7, pagePattern(7));
+    expect(counted(() => memory.releasePages([6, 7, 8]))).toBe(2); // 8 was untouched
+    memory.installPage(9, pagePattern(9));
+    expect(counted(() => vm.reset())).toBeGreaterThan(0); // a reset empties everything
+  });
+
   it('statesOf gives what stateOf gives, page by page', () => {
     const vm = hv.createVm({ name: 'bulk', memoryBytes: WORKER_BYTES });
     vm.memory.installPage(3, pagePattern(3));
