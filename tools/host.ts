@@ -72,6 +72,11 @@ async function main(argv: readonly string[]): Promise<number> {
   });
   const why = await stopped;
   log(`host: stopping (${why})`);
+  if (why === 'SIGTERM' && spec.batteryMs > 0) {
+    // SIGTERM with a battery budget is a failure notice: the power-loss hooks (log replication) get the budget first.
+    const report = await host.powerLoss(spec.batteryMs, 'SIGTERM');
+    log(`host: power-loss hooks done in ${report.ms} ms: ${JSON.stringify(report.hooks)}`);
+  }
   await api.close();
   await host.close();
   process.removeAllListeners('SIGINT');

@@ -345,6 +345,8 @@ const FORK_SCHEMA = {
   properties: { name: { type: 'string', pattern: VM_NAME_PATTERN }, paused: { type: 'boolean' } },
 };
 // Optional body: paused, to inspect the epoch's state before the VM runs on.
+/** POST /host/power-loss: the battery budget in ms (at most 10 minutes). */
+const POWER_LOSS_SCHEMA = { type: 'object', additionalProperties: false, required: ['battery_ms'], properties: { battery_ms: { type: 'integer', minimum: 0, maximum: 600_000 } } };
 const ACTIVATE_SCHEMA = { type: 'object', additionalProperties: false, properties: { paused: { type: 'boolean' } } };
 const CONSOLE_INPUT_SCHEMA = {
   type: 'object', additionalProperties: false,
@@ -439,6 +441,7 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /migrations/receive': RECEIVE_SCHEMA,
   'PUT /vms/{name}/migrate': MIGRATE_SCHEMA,
   'PUT /vms/{name}/replicate': REPLICATE_SCHEMA,
+  'POST /host/power-loss': POWER_LOSS_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -544,5 +547,9 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('GET', '/vms/{name}/replication', ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
     .route('GET', '/replicas', () => ({ status: 200, body: host.replicas() }))
     .route('POST', '/replicas/{name}/activate', ({ params, body }) => ({ status: 200, body: host.activateReplica(params['name']!, (body as { paused?: boolean } | undefined)?.paused ?? false) }), { schema: ACTIVATE_SCHEMA, optional: true })
-    .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA });
+    .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA })
+    .route('POST', '/host/power-loss', async ({ body }) => ({ status: 200, body: await host.powerLoss((body as { battery_ms: number }).battery_ms) }), { schema: POWER_LOSS_SCHEMA })
+    .route('GET', '/vms/{name}/log-replication', ({ params }) => ({ status: 200, body: host.logReplication(params['name']!) }))
+    .route('GET', '/log-replicas', () => ({ status: 200, body: host.logReplicas() }))
+    .route('DELETE', '/log-replicas/{name}', ({ params }) => ({ status: 200, body: host.releaseLogReplica(params['name']!) }));
 }

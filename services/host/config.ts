@@ -41,6 +41,22 @@ export interface PmemSpec {
   create: boolean;
 }
 
+/** A VM's asynchronous log replication (`log_replication`, docs/pmem.md "Log replication"). */
+export interface LogReplicationSpec {
+  /** `destinations`: 1 to 4 destination hosts' log-replica listeners, "host:port". */
+  destinations: string[];
+  /** `interval_ms` (default 10): how often the host reads the log for new records. */
+  intervalMs: number;
+}
+
+/** The host's `log_replicas`: where it receives other hosts' logs (docs/pmem.md "Log replication"). */
+export interface LogReplicasSpec {
+  /** `listen` ("host:port"): the log-replica listener (protocol bv-pmem-log; TLS settings of `migration`). */
+  listen: string;
+  /** `dir`: where each VM's persistent-memory file `<vm>.pmem` is rebuilt. */
+  dir: string;
+}
+
 /** A VM's memory balloon (`balloon` in the configuration, docs/balloon.md). */
 export interface BalloonSpec {
   /** `amount_mib` (default 0): the balloon's target in MiB, at most the VM's memory_mib. */
@@ -87,6 +103,8 @@ export interface VmSpec {
   meminfo: boolean;
   /** `pmem`: persistent memory backed by a file (docs/pmem.md); absent (or null in the file) for none. */
   pmem?: PmemSpec;
+  /** `log_replication`: ship the pmkv log in `pmem` to other hosts (docs/pmem.md "Log replication"); absent (or null) for none. */
+  logReplication?: LogReplicationSpec;
   /** `memory_policy`: shares, reservations, sampling (docs/overcommit.md "Shares"); defaults applied. */
   memoryPolicy: MemoryPolicySpec;
   /** `memory_errors`: the recovery methods kept for the VM (docs/memory-errors.md), or null for none (errors become machine checks). */
@@ -177,6 +195,10 @@ export interface HostSpec {
   vms: VmSpec[];
   /** `migration`: how this host talks to other hosts (docs/migration.md). */
   migration: MigrationSpec;
+  /** `log_replicas`: receive other hosts' pmkv logs, or null (default) for not. */
+  logReplicas: LogReplicasSpec | null;
+  /** `battery_ms` (default 0): how long the host may run after SIGTERM to flush replicated logs (power-loss hooks); 0: SIGTERM is a plain stop. */
+  batteryMs: number;
 }
 
 /** The host's `migration` settings: certificates for mutual TLS, or explicitly none. */
@@ -371,6 +393,21 @@ const VM_BODY = {
       default: null,
       description: 'Persistent memory (docs/pmem.md): a guest-physical range after RAM whose bytes are the file; or null for none. Checkpoints, snapshots, migration and fork of the VM are refused.',
     },
+    log_replication: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['destinations'],
+      properties: {
+        destinations: {
+          type: 'array', minItems: 1, maxItems: 4, uniqueItems: true,
+          items: { type: 'string', pattern: '^.+:[0-9]{1,5}$' },
+          description: 'Destination hosts\' log-replica listeners (their log_replicas.listen), host:port.',
+        },
+        interval_ms: integer(1, 60_000, 'How often the host reads the log for new records, in ms.', { default: 10 }),
+      },
+      default: null,
+      description: 'Ship the pmkv log kept in pmem to other hosts asynchronously (docs/pmem.md "Log replication"); needs pmem. Or null for none.',
+    },
     memory_policy: {
       type: 'object',
       additionalProperties: false,
@@ -490,6 +527,18 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       },
       description: 'Talking to other hosts: live migration (docs/migration.md).',
     },
+    log_replicas: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['listen', 'dir'],
+      properties: {
+        listen: { type: 'string', pattern: '^.+:[0-9]{1,5}$', description: 'host:port to receive pmkv logs on (protocol bv-pmem-log, with the TLS settings of migration; port 0: any free one).' },
+        dir: { type: 'string', minLength: 1, description: 'Where each VM\'s persistent-memory file <vm>.pmem is rebuilt from its log.' },
+      },
+      default: null,
+      description: 'Receive other hosts\' pmkv logs (docs/pmem.md "Log replication"), or null for not.',
+    },
+    battery_ms: integer(0, 600_000, 'How long the host may keep running after SIGTERM to flush replicated logs (its power-loss hooks); 0: SIGTERM is a plain stop.', { default: 0 }),
     vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },
   },
   $defs: { vm: VM_BODY },
@@ -521,6 +570,7 @@ interface VmJson {
   balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
   meminfo?: boolean;
   pmem?: { path: string; size_kib: number; create?: boolean } | null;
+  log_replication?: { destinations: string[]; interval_ms?: number } | null;
   memory_policy?: {
     shares?: number; reservation_mib?: number; limit_mib?: number | null;
     active_sampling?: { pages_per_period?: number; period_instructions?: number } | null;
@@ -540,6 +590,8 @@ interface HostJson {
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
   migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number; name?: string; disk_dir?: string };
+  log_replicas?: { listen: string; dir: string } | null;
+  battery_ms?: number;
 }
 
 let ajv: Ajv2020 | undefined;
@@ -587,6 +639,8 @@ export function parseHostConfig(json: unknown): HostSpec {
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
     migration: toMigrationSpec(host.migration),
+    logReplicas: host.log_replicas == null ? null : { listen: host.log_replicas.listen, dir: host.log_replicas.dir },
+    batteryMs: host.battery_ms ?? 0,
   };
 }
 
@@ -744,6 +798,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
 function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
   const found: Found[] = [];
   if (!isObject(vm)) return found;
+  if (isObject(vm.log_replication) && vm.pmem == null) found.push({ segments: [...at, 'log_replication'], problem: 'needs pmem: the log it replicates is in the persistent memory' });
   if (typeof vm.boot_args === 'string') {
     const bytes = Buffer.byteLength(vm.boot_args, 'utf8');
     if (bytes > MAX_BOOT_ARGS_BYTES) {
@@ -1051,6 +1106,7 @@ function toVmSpec(vm: VmJson): VmSpec {
     },
   };
   if (vm.pmem != null) spec.pmem = { path: vm.pmem.path, bytes: vm.pmem.size_kib * 1024, create: vm.pmem.create ?? false };
+  if (vm.log_replication != null) spec.logReplication = { destinations: [...vm.log_replication.destinations], intervalMs: vm.log_replication.interval_ms ?? 10 };
   if (balloon !== null) {
     spec.balloon = {
       amountMib: balloon.amount_mib ?? BALLOON_DEFAULTS.amount_mib,

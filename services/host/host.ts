@@ -48,6 +48,7 @@ import {
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
 import { receivingDisk } from '../migration/disk.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
+import { LogReplicaReceiver, LogShipper, type LogFlushReport, type LogReplicaInfo, type LogReplicasInfo, type LogReplicationStatus } from '../ha/log-replication.ts';
 
 /** A VM's shares and reservations in pages (shares null: the default, 10 per MiB). */
 interface VmPolicy {
@@ -510,6 +511,40 @@ export interface ReplicasInfo {
   replicas: ReplicaInfo[];
 }
 
+/**
+ * A service's reaction to a power-loss notice (Host.onPowerLoss): it runs with every VM paused
+ * and must settle by `deadline` (a performance.now() time: the end of the battery budget).
+ */
+export type PowerLossHook = (deadline: number) => Promise<unknown>;
+
+/** One hook's outcome in a PowerLossReport. */
+export interface PowerLossHookResult {
+  /** The hook's name. */
+  name: string;
+  /** Whether it settled in time without an error. */
+  ok: boolean;
+  /** Milliseconds it took (at most the budget: a hook still running then is cut off). */
+  ms: number;
+  /** What it answered (its report), or null. */
+  result: unknown;
+  /** Why it failed or was cut off, or null. */
+  error: string | null;
+}
+
+/** POST /host/power-loss: what the host did with its battery budget. */
+export interface PowerLossReport {
+  /** What notified it (the API, SIGTERM). */
+  reason: string;
+  /** The budget. */
+  battery_ms: number;
+  /** The VMs it paused at the notice (nothing runs after it). */
+  paused: string[];
+  /** Each power-loss hook, in registration order. */
+  hooks: PowerLossHookResult[];
+  /** Milliseconds from the notice to the last hook settled. */
+  ms: number;
+}
+
 /** GET /migrations. */
 export interface MigrationsInfo {
   /** The address incoming migrations are received on, or null. */
@@ -587,6 +622,8 @@ class HostedVm {
   postcopy: { sender: PrecopySender; destination: string } | null = null;
   /** Post-copy destination: paused at a page still on the source (the migration wakes it). */
   waitingForPages = false;
+  /** Asynchronous replication of the pmkv log in its persistent memory (log_replication), or null. */
+  logShipper: LogShipper | null = null;
   /** Auto-converge: the share of turns skipped (0: none), and the credit that spreads them. */
   throttle = 0;
   throttleCredit = 0;
@@ -647,6 +684,10 @@ export class Host {
   private readonly completedPostcopies = new Map<string, MigrationReceiver>();
   /** Replicas this host holds as a backup, by VM name. */
   private readonly replicaStreams = new Map<string, { receiver: ReplicaReceiver; from: string }>();
+  /** The receiver of other hosts' pmkv logs (log_replicas), or null. */
+  private logReceiver: LogReplicaReceiver | null = null;
+  /** What runs on a power-loss notice (onPowerLoss), in registration order. */
+  private readonly powerLossHooks: { name: string; hook: PowerLossHook }[] = [];
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -658,6 +699,7 @@ export class Host {
     this.log = options.log ?? (() => {});
     this.yieldEveryMs = options.yieldEveryMs ?? 1;
     this.migrationSettings = options.migration ?? { tls: null, insecure: false, stallTimeoutMs: 10_000 };
+    this.onPowerLoss('log-replication', (deadline) => this.flushLogs(deadline));
     this.loopDone = this.schedule();
     try {
       this.recorder = options.record === undefined ? null : new TimelineRecorder(this, {
@@ -693,6 +735,7 @@ export class Host {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
       for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
       if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
+      if (spec.logReplicas != null) await host.receiveLogs(spec.logReplicas.listen, spec.logReplicas.dir);
     } catch (error) {
       await host.close();
       throw error;
@@ -1313,6 +1356,99 @@ export class Host {
     }
   }
 
+  // ------------------------------------------------------- log replication and power loss (T-16)
+
+  /** A shipper for the pmkv log in the VM's persistent memory (not started). */
+  private logShipper(m: HostedVm, spec: NonNullable<VmSpec['logReplication']>, where: string): LogShipper {
+    const range = m.vm.memory.fileBackedRanges[0];
+    if (range === undefined) throw new HostError(400, `${where}: log replication needs pmem (the log it replicates is in the persistent memory)`);
+    const { protocol: _protocol, versions: _versions, ...channel } = this.channelOptions();
+    return guard(() => new LogShipper(m.name, range, spec, channel, this.log), where);
+  }
+
+  /** Receives other hosts' pmkv logs on host:port (protocol bv-pmem-log), rebuilding `<dir>/<vm>.pmem`. */
+  async receiveLogs(listen: string, dir: string): Promise<LogReplicasInfo> {
+    if (this.logReceiver !== null) throw new HostError(409, `this host already receives logs on ${this.logReceiver.address}`);
+    const { host, port } = parseAddress(listen, 'log_replicas.listen');
+    const { protocol: _protocol, versions: _versions, ...channel } = this.channelOptions();
+    this.logReceiver = await guardPeer(() => LogReplicaReceiver.listen({ ...channel, host, port, dir, log: this.log }), `receiving logs on ${listen}`, 400);
+    this.log(`host: receiving pmkv logs on ${this.logReceiver.address} into ${dir}`);
+    return this.logReceiver.info();
+  }
+
+  /** GET /log-replicas: the logs this host receives. */
+  logReplicas(): LogReplicasInfo {
+    if (this.logReceiver === null) throw new HostError(404, 'this host does not receive logs (log_replicas is not configured)');
+    return this.logReceiver.info();
+  }
+
+  /** DELETE /log-replicas/{name}: stops receiving the VM's log and closes its file, so a VM may map it (the application restarts from it). */
+  releaseLogReplica(name: string): LogReplicaInfo {
+    const info = this.logReceiver?.release(name) ?? null;
+    if (info === null) throw new HostError(404, `this host holds no log of '${name}'`);
+    this.log(`host: released the log of '${name}' (${info.applied_seq} records in ${info.path})`);
+    return info;
+  }
+
+  /** GET /vms/{name}/log-replication. */
+  logReplication(name: string): LogReplicationStatus {
+    const shipper = this.get(name).logShipper;
+    if (shipper === null) throw new HostError(404, `VM '${name}' has no log replication`);
+    return shipper.status();
+  }
+
+  /** The power-loss hook of log replication: each VM's remaining log to its destinations, within the budget. */
+  private async flushLogs(deadline: number): Promise<LogFlushReport[]> {
+    const shippers = [...this.machines.values()].flatMap((m) => (m.logShipper === null ? [] : [m.logShipper]));
+    return Promise.all(shippers.map((shipper) => shipper.flush(deadline)));
+  }
+
+  /**
+   * Adds a reaction to power-loss notices (powerLoss). Services register theirs here; the host's
+   * own (log replication) is registered first.
+   */
+  onPowerLoss(name: string, hook: PowerLossHook): void {
+    this.powerLossHooks.push({ name, hook });
+  }
+
+  /**
+   * POST /host/power-loss, or SIGTERM with a battery budget: pauses every running VM at once (no
+   * guest runs on battery, so nothing it does after the notice counts), then runs every power-loss
+   * hook in parallel and answers when all have settled or the budget is spent, whichever is first.
+   */
+  async powerLoss(batteryMs: number, reason = 'POST /host/power-loss'): Promise<PowerLossReport> {
+    if (!Number.isFinite(batteryMs) || batteryMs < 0) throw new HostError(400, `battery_ms must be 0 or more, got ${String(batteryMs)}`);
+    const started = performance.now();
+    const deadline = started + batteryMs;
+    const paused: string[] = [];
+    for (const m of this.machines.values()) {
+      if (m.state !== 'Running') continue;
+      m.state = 'Paused';
+      paused.push(m.name);
+    }
+    this.log(`host: power-loss notice (${reason}), battery ${batteryMs} ms: paused ${paused.length} VM${paused.length === 1 ? '' : 's'}`);
+    const hooks = await Promise.all(this.powerLossHooks.map(async ({ name, hook }): Promise<PowerLossHookResult> => {
+      const begun = performance.now();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const cutOff = new Promise<'cut'>((resolve) => {
+        timer = setTimeout(() => resolve('cut'), Math.max(0, deadline - begun));
+      });
+      try {
+        const outcome = await Promise.race([hook(deadline).then((result) => ({ result })), cutOff]);
+        const ms = Math.round((performance.now() - begun) * 100) / 100;
+        if (outcome === 'cut') return { name, ok: false, ms, result: null, error: `still running when the battery budget of ${batteryMs} ms ran out` };
+        return { name, ok: true, ms, result: outcome.result ?? null, error: null };
+      } catch (error) {
+        return { name, ok: false, ms: Math.round((performance.now() - begun) * 100) / 100, result: null, error: error instanceof Error ? error.message : String(error) };
+      } finally {
+        clearTimeout(timer);
+      }
+    }));
+    const report = { reason, battery_ms: batteryMs, paused, hooks, ms: Math.round((performance.now() - started) * 100) / 100 };
+    for (const hook of hooks) this.log(`host: power-loss hook ${hook.name}: ${hook.ok ? 'done' : `failed (${hook.error ?? ''})`} in ${hook.ms} ms`);
+    return report;
+  }
+
   // ------------------------------------------------------------------- replication (T-14)
 
   /**
@@ -1624,6 +1760,8 @@ export class Host {
     this.recorder?.stop();
     await this.migrationListener?.close();
     this.migrationListener = null;
+    await this.logReceiver?.close();
+    this.logReceiver = null;
     for (const { receiver } of this.replicaStreams.values()) receiver.discard();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
@@ -1787,7 +1925,14 @@ export class Host {
         m.mrcOptions = policy.mrc;
       }
       if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors, devices.block);
-      this.add(m);
+      if (spec.logReplication !== undefined) m.logShipper = this.logShipper(m, spec.logReplication, where === '' ? `VM '${spec.name}'` : `${where}.log_replication`);
+      try {
+        this.add(m);
+      } catch (error) {
+        m.logShipper?.stop();
+        throw error;
+      }
+      m.logShipper?.start();
       return m;
     } catch (error) {
       this.hv.destroyVm(vm);
@@ -1834,6 +1979,7 @@ export class Host {
     this.cancelReallocations(m, why);
     m.migration?.cancel(new HostError(409, `the migration of '${m.name}' was abandoned: ${why}`));
     m.replication?.sender.stop();
+    m.logShipper?.stop();
     this.stopStatsPolling(m);
     if (m.live) {
       m.live.snapshot.abort();

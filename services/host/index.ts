@@ -7,7 +7,7 @@ export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandle
 export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
-  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type MigrationSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
+  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export {
