@@ -119,7 +119,7 @@ function openssl(dir: string, args: string[]): void {
 }
 
 /** A CA and two host certificates it signs, for 127.0.0.1 (made with openssl, in a temporary directory). */
-function certificates(dir: string): { a: TlsFiles; b: TlsFiles } {
+export function certificates(dir: string): { a: TlsFiles; b: TlsFiles } {
   openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=ca', '-keyout', 'ca.key', '-out', 'ca.pem']);
   const host = (name: string): TlsFiles => {
     writeFileSync(join(dir, `${name}.ext`), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n');

@@ -35,6 +35,7 @@ import { apiChecks, apiStepCount, formatApi, measureApi, type ApiFigures } from 
 import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type SharingFigures } from './sharing.ts';
 import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from './errors.ts';
 import { formatMigration, measureMigration, migrationChecks, migrationStepCount, type MigrationBenchFigures } from './migration.ts';
+import { formatHa, haChecks, haStepCount, measureHa, type HaBenchFigures } from './ha.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
@@ -102,6 +103,8 @@ export interface BenchReport {
   errors?: ErrorFigures;
   /** Live migration on loopback (issue 14: pre-copy downtime and throughput, post-copy resume and fault latency): with --only migration. */
   migration?: MigrationBenchFigures;
+  /** High availability across hosts (issue 15: power-loss save of persistent memory to a partner): with --only ha. */
+  ha?: HaBenchFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
@@ -123,7 +126,9 @@ const OVERCOMMIT_ENTRY = 'overcommit';
 const ERRORS_ENTRY = 'errors';
 /** The live-migration figures (issue 14), run only with --only migration. */
 const MIGRATION_ENTRY = 'migration';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY];
+/** The HA figures (issue 15), run only with --only ha. */
+const HA_ENTRY = 'ha';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY, HA_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [], qemu: false };
@@ -163,8 +168,9 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withErrors = options.only.includes(ERRORS_ENTRY);
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const withMigration = options.only.includes(MIGRATION_ENTRY);
+  const withHa = options.only.includes(HA_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0) + (withHa ? haStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
   const qemuTools = options.qemu ? detectQemuTools() : null;
   const qemuSelected = qemuTools?.ok ? selected.filter((w) => qemuProgramFor(w.name)) : [];
@@ -201,6 +207,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const overcommit = withOvercommit ? measureOvercommit({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const policies = withOvercommit ? measurePolicies({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const migration = withMigration ? await measureMigration({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const ha = withHa ? await measureHa({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -221,6 +228,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     ...(sharing ? { sharing } : {}),
     ...(errors ? { errors } : {}),
     ...(migration ? { migration } : {}),
+    ...(ha ? { ha } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
     ...(qemu ? { qemu } : {}),
@@ -229,6 +237,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
       ...(overcommit ? overcommitChecks(overcommit) : []),
       ...(policies ? policyChecks(policies) : []),
       ...(migration ? migrationChecks(migration) : []),
+      ...(ha ? haChecks(ha) : []),
       ...(qemu ? qemuChecks(qemu) : []),
     ],
   };
@@ -361,6 +370,10 @@ export function formatReport(report: BenchReport): string {
   if (report.migration) {
     out.push('');
     out.push(...formatMigration(report.migration));
+  }
+  if (report.ha) {
+    out.push('');
+    out.push(...formatHa(report.ha));
   }
   if (report.sharing) {
     out.push('');

@@ -30,7 +30,7 @@
  * over the file; a delta save is written in place and fsynced, then the generation (a small JSON
  * file beside it) is replaced the same way.
  */
-import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
@@ -261,6 +261,8 @@ export class PmemHaSender {
   private closed = false;
   /** Set at a power-loss notice: background saves stop for good. */
   private down = false;
+  /** A background save is under way (a notice cuts it short). */
+  private syncing = false;
   private readonly syncs = { done: 0, failed: 0, last_ms: null as number | null, last_error: null as string | null };
   private lastPowerLoss: PowerLossSaveReport | null = null;
   private readonly address: { host: string; port: number };
@@ -307,8 +309,14 @@ export class PmemHaSender {
       if (this.closed || this.down) return [];
       const started = performance.now();
       const reports: PmemSaveVmReport[] = [];
-      for (const t of this.refresh()) {
-        reports.push(await this.saveOne(t, false, started, Infinity));
+      this.syncing = true;
+      try {
+        for (const t of this.refresh()) {
+          if (this.down) break;
+          reports.push(await this.saveOne(t, false, started, Infinity));
+        }
+      } finally {
+        this.syncing = false;
       }
       const failed = reports.find((r) => !r.saved);
       this.syncs.last_ms = round(performance.now() - started);
@@ -333,8 +341,9 @@ export class PmemHaSender {
     const cpu = process.cpuUsage();
     this.down = true;
     if (this.syncTimer !== null) clearTimeout(this.syncTimer);
-    // A background save in flight gives way: its pages stay pending and go now.
-    if (this.channel !== null) {
+    // A background save in flight gives way: its pages stay pending and go now. An idle channel
+    // is kept: a new one would cost a TLS handshake out of the budget.
+    if (this.syncing && this.channel !== null) {
       this.channel.destroy();
       this.channel = null;
     }
@@ -593,6 +602,12 @@ export interface ReceivedSave {
   path: string;
   /** Milliseconds from BEGIN to the file fsynced. */
   ms: number;
+  /** Of which: receiving (BEGIN to END), writing the pages into the file, and fsync (file, generation, directory). */
+  receive_ms: number;
+  /** Writing the pages (pwrite). */
+  write_ms: number;
+  /** fsync of the file, the generation file and the directory. */
+  sync_ms: number;
 }
 
 /** A save or stream the partner refused. */
@@ -791,6 +806,8 @@ export class PmemHaPartner {
       received += count;
     }
     if (problem !== null) return { ok: false, error: problem };
+    const receivedAt = performance.now();
+    let writeMs = 0;
     if (this.host.hasVm(vm)) return { ok: false, error: new PmemHaError('BV_HA_BUSY', `a VM named '${vm}' exists on this host: its persistent memory is not overwritten`) };
     const path = this.pathOf(vm);
     const held = this.readGeneration(vm);
@@ -804,6 +821,7 @@ export class PmemHaPartner {
         const fd = openSync(side, 'w');
         try {
           writeRuns(fd, bytes, runs);
+          writeMs = performance.now() - receivedAt;
           fsyncSync(fd);
         } finally {
           closeSync(fd);
@@ -814,7 +832,9 @@ export class PmemHaPartner {
         const fd = openSync(path, 'r+');
         try {
           writeRuns(fd, bytes, runs);
-          fsyncSync(fd);
+          writeMs = performance.now() - receivedAt;
+          // The size does not change: fdatasync is enough for the pages.
+          fdatasyncSync(fd);
         } finally {
           closeSync(fd);
         }
@@ -824,8 +844,12 @@ export class PmemHaPartner {
     } catch (error) {
       return { ok: false, error: new PmemHaError('BV_HA_IO', `writing ${path}: ${message(error)}`, { cause: error }) };
     }
-    const ms = round(performance.now() - started);
-    this.note(this.received, { vm, from, generation, final: begin.final === true, pages: received, path, ms });
+    const ended = performance.now();
+    const ms = round(ended - started);
+    this.note(this.received, {
+      vm, from, generation, final: begin.final === true, pages: received, path, ms,
+      receive_ms: round(receivedAt - started), write_ms: round(writeMs), sync_ms: round(ended - receivedAt - writeMs),
+    });
     if (begin.final === true) this.host.log(`pmem-ha: the power-loss save of '${vm}' from ${from} is in ${path} (generation ${generation}, ${received} pages, ${ms} ms)`);
     return { ok: true, generation, ms };
   }
