@@ -466,6 +466,8 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
   return api
     .route('GET', '/host', () => ({ status: 200, body: host.info() }))
     .route('GET', '/host/stats', () => ({ status: 200, body: host.hostStats() }))
+    .route('GET', '/host/pmem-ha', () => ({ status: 200, body: host.pmemHaStatus() }))
+    .route('POST', '/host/pmem-ha/sync', async () => ({ status: 200, body: { vms: await host.pmemHaSync() } }))
     .route('POST', '/host/reallocate', ({ body }) => {
       const { from, to, mib } = body as { from: string; to: string; mib: number };
       return { status: 202, body: host.reallocate(from, to, mib) };

@@ -193,12 +193,30 @@ export interface HostSpec {
   reclaim: ReclaimSpec | null;
   /** `vms` (default []): the VMs the host boots, in order. */
   vms: VmSpec[];
+  /** `pmem_ha`: persistent-memory HA with a partner host (docs/pmem.md "High availability"), or null (default) for none. */
+  pmemHa: PmemHaSpec | null;
   /** `migration`: how this host talks to other hosts (docs/migration.md). */
   migration: MigrationSpec;
   /** `log_replicas`: receive other hosts' pmkv logs, or null (default) for not. */
   logReplicas: LogReplicasSpec | null;
   /** `battery_ms` (default 0): how long the host may run after SIGTERM to flush replicated logs (power-loss hooks); 0: SIGTERM is a plain stop. */
   batteryMs: number;
+}
+
+/** The host's `pmem_ha` settings (docs/pmem.md "High availability"): a partner to save to, and/or a listener to receive a partner's saves. */
+export interface PmemHaSpec {
+  /** `partner` ("host:port"): the partner's `pmem_ha.listen`; every VM's persistent memory is saved there; null: this host saves nowhere. */
+  partner: string | null;
+  /** `sync_interval_ms` (default 1,000; 0: none): background saves to the partner while the VMs run, so that a power-loss save has only the pages written since. */
+  syncIntervalMs: number;
+  /** `on_partner` (default "vm"): at a power loss the partner starts each VM saved whole as configured here ("vm"), with `app_boot_args` ("app"), or not ("none"). */
+  onPartner: 'vm' | 'app' | 'none';
+  /** `app_boot_args`: the boot arguments of the VM the partner starts with on_partner "app" (the application's recovery), or null. */
+  appBootArgs: string | null;
+  /** `listen` ("host:port"): receive a partner's saves here (protocol bv-pmem-ha, the TLS settings of `migration`); null: not. */
+  listen: string | null;
+  /** `dir`: where received persistent memory goes, `<vm>.pmem` (required with listen), or null. */
+  dir: string | null;
 }
 
 /** The host's `migration` settings: certificates for mutual TLS, or explicitly none. */
@@ -539,6 +557,20 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       description: 'Receive other hosts\' pmkv logs (docs/pmem.md "Log replication"), or null for not.',
     },
     battery_ms: integer(0, 600_000, 'How long the host may keep running after SIGTERM to flush replicated logs (its power-loss hooks); 0: SIGTERM is a plain stop.', { default: 0 }),
+    pmem_ha: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: {
+        partner: { type: 'string', pattern: '^.+:[0-9]{1,5}$', description: 'The partner host\'s pmem_ha.listen, host:port: every VM\'s persistent memory is saved there, and at a power loss what is left of it.' },
+        sync_interval_ms: integer(0, 3_600_000, 'Background saves to the partner every this many ms while the VMs run (0: none, everything goes at the power loss).', { default: 1000 }),
+        on_partner: { enum: ['vm', 'app', 'none'], default: 'vm', description: 'What the partner does with each VM saved whole at a power loss: start it as configured here (vm), start it with app_boot_args (app), or nothing (none).' },
+        app_boot_args: { type: 'string', description: 'The boot arguments the partner starts the VM with when on_partner is app (the application\'s own recovery).' },
+        listen: { type: 'string', pattern: '^.+:[0-9]{1,5}$', description: 'host:port to receive a partner\'s saves on (protocol bv-pmem-ha, with the TLS settings of migration; port 0: any free one).' },
+        dir: { type: 'string', minLength: 1, description: 'Where received persistent memory is written, <vm>.pmem (required with listen).' },
+      },
+      default: null,
+      description: 'Persistent-memory HA (docs/pmem.md "High availability"): save to a partner host, receive a partner\'s saves, or both; or null for none.',
+    },
     vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },
   },
   $defs: { vm: VM_BODY },
@@ -589,6 +621,7 @@ interface HostJson {
   reclaim?: { thresholds_pct?: { high?: number; soft?: number; hard?: number; low?: number }; sharing?: boolean; swap_dir?: string; tax_rate?: number } | null;
   api?: { max_body_kib?: number; request_timeout_ms?: number };
   vms?: VmJson[];
+  pmem_ha?: { partner?: string; sync_interval_ms?: number; on_partner?: 'vm' | 'app' | 'none'; app_boot_args?: string; listen?: string; dir?: string } | null;
   migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number; name?: string; disk_dir?: string };
   log_replicas?: { listen: string; dir: string } | null;
   battery_ms?: number;
@@ -622,6 +655,7 @@ export function parseHostConfig(json: unknown): HostSpec {
       found.push(...crossVmProblems(json, vms));
     }
     found.push(...reclaimProblems(json.reclaim));
+    found.push(...pmemHaProblems(json.pmem_ha, json.migration));
     found.push(...migrationProblems(json.migration));
   }
   throwIfAny(found, json, '');
@@ -638,10 +672,32 @@ export function parseHostConfig(json: unknown): HostSpec {
     maxBodyBytes: (host.api?.max_body_kib ?? HOST_DEFAULTS.max_body_kib) * KIB,
     requestTimeoutMs: host.api?.request_timeout_ms ?? HOST_DEFAULTS.request_timeout_ms,
     vms: (host.vms ?? []).map(toVmSpec),
+    pmemHa: host.pmem_ha == null ? null : toPmemHaSpec(host.pmem_ha),
     migration: toMigrationSpec(host.migration),
     logReplicas: host.log_replicas == null ? null : { listen: host.log_replicas.listen, dir: host.log_replicas.dir },
     batteryMs: host.battery_ms ?? 0,
   };
+}
+
+function toPmemHaSpec(json: NonNullable<HostJson['pmem_ha']>): PmemHaSpec {
+  return {
+    partner: json.partner ?? null, syncIntervalMs: json.sync_interval_ms ?? 1000, onPartner: json.on_partner ?? 'vm',
+    appBootArgs: json.app_boot_args ?? null, listen: json.listen ?? null, dir: json.dir ?? null,
+  };
+}
+
+/** pmem_ha needs a partner or a listener, a listener needs dir, "app" needs its boot arguments, and either needs TLS or insecure. */
+function pmemHaProblems(ha: unknown, migration: unknown): Found[] {
+  if (!isObject(ha)) return [];
+  const found: Found[] = [];
+  if (ha.partner === undefined && ha.listen === undefined) found.push({ segments: ['pmem_ha'], problem: 'needs partner (save to it), listen (receive saves), or both' });
+  if (ha.listen !== undefined && ha.dir === undefined) found.push({ segments: ['pmem_ha', 'dir'], problem: 'is required with listen (where received persistent memory is written)' });
+  if (ha.on_partner === 'app' && (typeof ha.app_boot_args !== 'string' || ha.app_boot_args === '')) found.push({ segments: ['pmem_ha', 'app_boot_args'], problem: 'is required when on_partner is app' });
+  const m = isObject(migration) ? migration : {};
+  if ((ha.partner !== undefined || ha.listen !== undefined) && m.tls === undefined && m.tls_dir === undefined && m.insecure !== true) {
+    found.push({ segments: ['pmem_ha'], problem: 'talks to another host: needs migration.tls (or tls_dir), or migration.insecure for plain TCP' });
+  }
+  return found;
 }
 
 function toMigrationSpec(json: HostJson['migration']): MigrationSpec {

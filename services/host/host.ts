@@ -22,7 +22,7 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type ReclaimSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
@@ -47,6 +47,7 @@ import {
 } from '../migration/index.ts';
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
 import { receivingDisk } from '../migration/disk.ts';
+import { PmemHaPartner, PmemHaSender, type PmemHaPartnerStatus, type PmemHaSenderStatus, type PmemSaveVmReport } from '../ha/pmem-ha.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
 import { LogReplicaReceiver, LogShipper, type LogFlushReport, type LogReplicaInfo, type LogReplicasInfo, type LogReplicationStatus } from '../ha/log-replication.ts';
 
@@ -624,6 +625,8 @@ class HostedVm {
   waitingForPages = false;
   /** Asynchronous replication of the pmkv log in its persistent memory (log_replication), or null. */
   logShipper: LogShipper | null = null;
+  /** The configuration it was booted from (pmem_ha sends it to the partner), or null (migrated, restored, adopted). */
+  spec: VmSpec | null = null;
   /** Auto-converge: the share of turns skipped (0: none), and the credit that spreads them. */
   throttle = 0;
   throttleCredit = 0;
@@ -684,6 +687,8 @@ export class Host {
   private readonly completedPostcopies = new Map<string, MigrationReceiver>();
   /** Replicas this host holds as a backup, by VM name. */
   private readonly replicaStreams = new Map<string, { receiver: ReplicaReceiver; from: string }>();
+  /** Persistent-memory HA (pmem_ha, T-15): saving to a partner, receiving a partner's saves; null when not configured. */
+  private pmemHa: { sender: PmemHaSender | null; partner: PmemHaPartner | null } | null = null;
   /** The receiver of other hosts' pmkv logs (log_replicas), or null. */
   private logReceiver: LogReplicaReceiver | null = null;
   /** What runs on a power-loss notice (onPowerLoss), in registration order. */
@@ -735,6 +740,7 @@ export class Host {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
       for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
       if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
+      if (spec.pmemHa != null) await host.enablePmemHa(spec.pmemHa);
       if (spec.logReplicas != null) await host.receiveLogs(spec.logReplicas.listen, spec.logReplicas.dir);
     } catch (error) {
       await host.close();
@@ -1449,6 +1455,57 @@ export class Host {
     return report;
   }
 
+  // ------------------------------------------------------------ persistent-memory HA (T-15)
+
+  /**
+   * Starts persistent-memory HA (the configuration's `pmem_ha`, docs/pmem.md "High availability"):
+   * with `partner`, tracks the VMs' pmem writes, saves them there in the background and registers
+   * the power-loss hook `pmem-ha`; with `listen`, receives a partner's saves into `dir`.
+   */
+  async enablePmemHa(spec: PmemHaSpec): Promise<void> {
+    if (this.pmemHa !== null) throw new HostError(409, 'persistent-memory HA is already on');
+    const { protocol: _protocol, versions: _versions, ...channel } = this.channelOptions();
+    const sender = spec.partner === null ? null : guard(() => new PmemHaSender(
+      { partner: spec.partner!, syncIntervalMs: spec.syncIntervalMs, onPartner: spec.onPartner, appBootArgs: spec.appBootArgs, channel, log: this.log },
+      () => [...this.machines.values()].flatMap((m) => {
+        const pmem = m.devices.pmem;
+        return pmem == null || m.vm.memory.fileBackedRanges.length === 0 ? [] : [{ name: m.name, vm: m.vm, gpa: pmem.gpa, bytes: pmem.bytes, spec: m.spec === null ? null : { ...m.spec } }];
+      }),
+    ), 'pmem_ha');
+    let partner: PmemHaPartner | null = null;
+    if (spec.listen !== null) {
+      try {
+        partner = await guardPeer(() => PmemHaPartner.listen(spec.listen!, spec.dir!, channel, {
+          hasVm: (name) => this.machines.has(name) || this.incomingNames.has(name),
+          startVm: async (json, pmemPath, bootArgs) => {
+            const { logReplication: _shipping, ...vmSpec } = json as unknown as VmSpec;
+            await this.createVm({ ...vmSpec, pmem: { path: pmemPath, bytes: vmSpec.pmem!.bytes, create: false }, bootArgs: bootArgs ?? vmSpec.bootArgs, startPaused: false });
+          },
+          log: this.log,
+        }), `pmem_ha.listen ${spec.listen}`, 400);
+      } catch (error) {
+        await sender?.close();
+        throw error;
+      }
+    }
+    this.pmemHa = { sender, partner };
+    if (sender !== null) this.onPowerLoss('pmem-ha', (deadline) => sender.powerLoss(deadline, Math.max(0, Math.round(deadline - performance.now()))));
+    this.log(`host: persistent-memory HA on${spec.partner === null ? '' : `: saving to ${spec.partner} (background every ${spec.syncIntervalMs} ms, on_partner ${spec.onPartner})`}${partner === null ? '' : `; receiving saves on ${partner.address} into ${spec.dir}`}`);
+  }
+
+  /** POST /host/pmem-ha/sync: a save of every VM's persistent memory to the partner now (what the background saves do). */
+  async pmemHaSync(): Promise<PmemSaveVmReport[]> {
+    const sender = this.pmemHa?.sender;
+    if (sender == null) throw new HostError(404, 'this host saves to no partner (pmem_ha.partner)');
+    return sender.sync();
+  }
+
+  /** GET /host/pmem-ha: the primary's side (saves, the last power-loss save) and the partner's (saves received). */
+  pmemHaStatus(): { sending: PmemHaSenderStatus | null; receiving: PmemHaPartnerStatus | null } {
+    if (this.pmemHa === null) throw new HostError(404, 'persistent-memory HA is not configured on this host (pmem_ha)');
+    return { sending: this.pmemHa.sender?.status() ?? null, receiving: this.pmemHa.partner?.status() ?? null };
+  }
+
   // ------------------------------------------------------------------- replication (T-14)
 
   /**
@@ -1760,6 +1817,8 @@ export class Host {
     this.recorder?.stop();
     await this.migrationListener?.close();
     this.migrationListener = null;
+    await this.pmemHa?.sender?.close();
+    await this.pmemHa?.partner?.close();
     await this.logReceiver?.close();
     this.logReceiver = null;
     for (const { receiver } of this.replicaStreams.values()) receiver.discard();
@@ -1925,6 +1984,7 @@ export class Host {
         m.mrcOptions = policy.mrc;
       }
       if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors, devices.block);
+      m.spec = spec;
       if (spec.logReplication !== undefined) m.logShipper = this.logShipper(m, spec.logReplication, where === '' ? `VM '${spec.name}'` : `${where}.log_replication`);
       try {
         this.add(m);

@@ -63,6 +63,9 @@ describe('accepted configurations', () => {
       overcommit: false,
       reclaim: null,
       migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000, name: hostname(), diskDir: null },
+      logReplicas: null,
+      batteryMs: 0,
+      pmemHa: null,
       vms: [{
         name: 'a',
         image: 'examples/nanokernel/kernel.s',
