@@ -25,6 +25,8 @@ Runs the VMs a configuration lists in one host pool and serves the control API
                         with tools/report --timeline FILE --out report.html)
   --record-interval MS  milliseconds between timeline samples (default 250)
   --exit-when-stopped   exit once every VM has stopped (default: serve until SIGINT/SIGTERM)
+  SIGPWR (power failure) runs the power-loss hooks (pmem_ha, log replication) with the
+  configuration's battery_ms, then stops; so does SIGTERM when battery_ms > 0
   --quiet               no event lines on stderr
 
 Exit codes: 0 after a signal or when every VM stopped; 1 a bad configuration or socket; 2 usage.`;
@@ -66,21 +68,24 @@ async function main(argv: readonly string[]): Promise<number> {
     const onSignal = (signal: NodeJS.Signals): void => resolve(signal);
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
+    // A UPS daemon's power-failure signal: always a power-loss notice.
+    process.once('SIGPWR', onSignal);
     if (args.flag('--exit-when-stopped')) {
       void Promise.all(host.names().map((name) => host.whenStopped(name))).then(() => resolve('every VM stopped'));
     }
   });
   const why = await stopped;
   log(`host: stopping (${why})`);
-  if (why === 'SIGTERM' && spec.batteryMs > 0) {
+  if (why === 'SIGPWR' || (why === 'SIGTERM' && spec.batteryMs > 0)) {
     // SIGTERM with a battery budget is a failure notice: the power-loss hooks (log replication) get the budget first.
-    const report = await host.powerLoss(spec.batteryMs, 'SIGTERM');
+    const report = await host.powerLoss(spec.batteryMs, why);
     log(`host: power-loss hooks done in ${report.ms} ms: ${JSON.stringify(report.hooks)}`);
   }
   await api.close();
   await host.close();
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');
+  process.removeAllListeners('SIGPWR');
   return 0;
 }
 
