@@ -42,7 +42,9 @@ try {
       if (kind === 'power') {
         // A quarter with no battery at all; the rest up to 300 ms. Stops from the first puts to after the last.
         const batteryMs = next() < 0.25 ? 0 : Math.floor(next() * 300);
-        results.push(await powerLossTrial(destination, dir, name, { puts: 150, stopAfterMs: Math.floor(next() * 2500), batteryMs, intervalMs }));
+        // Half stop at a random time, half right after a random put (between the scheduler's turns).
+        const stopAtPut = next() < 0.5 ? Math.floor(next() * 150) : undefined;
+        results.push(await powerLossTrial(destination, dir, name, { puts: 150, stopAfterMs: Math.floor(next() * 2000), ...(stopAtPut === undefined ? {} : { stopAtPut }), batteryMs, intervalMs }));
       } else {
         results.push(await processTrial(destination, dir, name, { mode: kind, puts: 150, stopAfterMs: Math.floor(next() * 1500), batteryMs: kind === 'sigterm' ? Math.floor(next() * 1000) : 0, intervalMs }));
       }

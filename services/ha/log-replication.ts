@@ -147,8 +147,10 @@ export function checkRecord(bytes: Uint8Array, view: DataView, at: number, avail
   return length;
 }
 
-/** Chunk a scan reads at a time (holds at least one whole record). */
+/** Largest chunk a scan reads at a time (holds at least one whole record). */
 const SCAN_CHUNK = 64 * 1024;
+/** A scan's first read: most polls find a few records or none, so they read one page, not 64 KiB. */
+const SCAN_FIRST = 4096;
 
 /**
  * Reads a pmkv log from a file descriptor, record by record, with pread: the cursor (offset of
@@ -183,10 +185,10 @@ class LogCursor {
   scan(): number {
     const before = this.offsets.length;
     this.torn = false;
-    for (;;) {
+    for (let chunk = SCAN_FIRST; ; chunk = SCAN_CHUNK) {
       const rangeLeft = this.layout.bytes - this.end;
       if (rangeLeft < 4) return this.offsets.length - before;
-      const want = Math.min(SCAN_CHUNK, rangeLeft);
+      const want = Math.min(chunk, rangeLeft);
       const got = readSync(this.fd, this.#buffer, 0, want, this.fileOffset + this.end);
       let at = 0;
       for (;;) {
@@ -242,6 +244,12 @@ export interface DestinationStatus {
   lag_records: number;
   /** Milliseconds since the oldest record it has not acknowledged was first seen by the tailer (0: none). */
   lag_ms: number;
+  /** Records it acknowledged since the shipper started. */
+  acked_records: number;
+  /** Their mean time from the tailer seeing a record to its acknowledgement, in ms. */
+  ack_ms_mean: number;
+  /** The largest such time, in ms. */
+  ack_ms_max: number;
   /** Why it last failed, or null. */
   last_error: string | null;
 }
@@ -256,8 +264,9 @@ export interface LogReplicationStatus {
   formatted: boolean;
   /** Highest sequence number in the local log that checks out. */
   tail_seq: number;
-  /** Polls of the log so far, and the host CPU-free wall time they took in all, in ms. */
+  /** Polls of the log so far. */
   polls: number;
+  /** The wall time they took in all, in ms. */
   poll_ms: number;
   /** Each destination. */
   destinations: DestinationStatus[];
@@ -269,12 +278,21 @@ export interface LogFlushReport {
   name: string;
   /** The last sequence number in the local log at the notice. */
   tail_seq: number;
+  /** Records no destination had acknowledged at the notice: what the flush had to push. */
+  backlog: number;
   /** Whether every record reached at least one destination (acknowledged) within the budget. */
   complete: boolean;
   /** Milliseconds from the notice to the last acknowledgement (or to the deadline). */
   ms: number;
-  /** Each destination's acknowledged sequence number after the flush. */
-  destinations: { address: string; acked_seq: number; error: string | null }[];
+  /** Each destination after the flush. */
+  destinations: {
+    /** Its address. */
+    address: string;
+    /** The highest sequence number it acknowledged. */
+    acked_seq: number;
+    /** Why it last failed, or null. */
+    error: string | null;
+  }[];
 }
 
 class Link {
@@ -285,6 +303,9 @@ class Link {
   lastError: string | null = null;
   retryAt = 0;
   sending = false;
+  ackedRecords = 0;
+  ackMsSum = 0;
+  ackMsMax = 0;
   ackWaiters: (() => void)[] = [];
   constructor(readonly address: string, readonly host: string, readonly port: number) {}
 }
@@ -439,6 +460,13 @@ export class LogShipper {
         if (frame.type !== LogFrame.ACK || frame.payload.length !== 4) throw new LogReplicationError('BV_LOGREP_CORRUPT', `${link.address} sent frame type ${frame.type} where an ACK was expected`);
         const seq = Buffer.from(frame.payload.buffer, frame.payload.byteOffset, 4).readUInt32LE(0);
         if (seq < link.ackedSeq || seq > link.sentSeq) throw new LogReplicationError('BV_LOGREP_CORRUPT', `${link.address} acknowledged record ${seq}, outside ${link.ackedSeq}..${link.sentSeq}`);
+        const now = performance.now();
+        for (let acked = link.ackedSeq + 1; acked <= seq; acked++) {
+          const ms = now - this.#firstSeen[acked - 1]!;
+          link.ackMsSum += ms;
+          if (ms > link.ackMsMax) link.ackMsMax = ms;
+        }
+        link.ackedRecords += seq - link.ackedSeq;
         link.ackedSeq = seq;
         for (const waiter of link.ackWaiters.splice(0)) waiter();
       }
@@ -485,6 +513,7 @@ export class LogShipper {
     this.#timer = null;
     this.poll();
     const tail = this.tailSeq;
+    const backlog = tail - this.#links.reduce((most, link) => Math.max(most, link.ackedSeq), 0);
     const reach = async (link: Link): Promise<void> => {
       while (performance.now() < deadline && link.ackedSeq < tail) {
         if (link.state === 'down') {
@@ -514,6 +543,7 @@ export class LogShipper {
     return {
       name: this.name,
       tail_seq: tail,
+      backlog,
       complete: acked.some((seq) => seq >= tail),
       ms: Math.round((performance.now() - started) * 100) / 100,
       destinations: this.#links.map((link) => ({ address: link.address, acked_seq: link.ackedSeq, error: link.lastError })),
@@ -538,6 +568,9 @@ export class LogShipper {
         acked_seq: link.ackedSeq,
         lag_records: tail - link.ackedSeq,
         lag_ms: link.ackedSeq < tail ? Math.round((now - this.#firstSeen[link.ackedSeq]!) * 100) / 100 : 0,
+        acked_records: link.ackedRecords,
+        ack_ms_mean: link.ackedRecords === 0 ? 0 : Math.round((link.ackMsSum / link.ackedRecords) * 100) / 100,
+        ack_ms_max: Math.round(link.ackMsMax * 100) / 100,
         last_error: link.lastError,
       })),
     };
@@ -710,8 +743,9 @@ export interface LogReplicaInfo {
   from: string;
   /** Whether a source is streaming to it now. */
   connected: boolean;
-  /** Batches refused, and why the last stream ended badly (null: none). */
+  /** Batches refused. */
   refused_batches: number;
+  /** Why the last stream ended badly (null: none). */
   last_error: string | null;
 }
 
@@ -724,7 +758,14 @@ export interface LogReplicasInfo {
   /** The logs, in the order they first arrived. */
   replicas: LogReplicaInfo[];
   /** Connections refused by the transport (bad certificate, protocol, version), the last 32. */
-  refused: { remote: string; code: string; message: string }[];
+  refused: {
+    /** The peer's address. */
+    remote: string;
+    /** The error code. */
+    code: string;
+    /** Why. */
+    message: string;
+  }[];
 }
 
 interface ReplicaEntry {

@@ -16,7 +16,9 @@ export {
   type VmOrigin, type MemoryPolicyInfo, type MemoryPolicyUpdate, type MrcInfo, type TaxRateInfo,
   type ReplicateRequest, type ReplicationStatus, type ReplicaInfo, type ReplicasInfo,
   type HostMigrationSettings, type MigrateRequest, type MigrationResult, type MigrationsInfo,
+  type PowerLossHook, type PowerLossHookResult, type PowerLossReport,
 } from './host.ts';
+export type { DestinationStatus, LogFlushReport, LogReplicaInfo, LogReplicasInfo, LogReplicationStatus } from '../ha/log-replication.ts';
 export { TIMELINE_DEFAULTS, TimelineRecorder, type TimelineProviders, type TimelineRecorderOptions } from './recorder.ts';
 export {
   parseTimeline, readTimeline, TIMELINE_FORMAT, TIMELINE_VERSION, TimelineError, type Timeline, type TimelineBalloon, type TimelineEnd, type TimelineHeader, type TimelineHeat,
