@@ -185,7 +185,7 @@ export function formatPmemHa(figures: PmemHaBenchFigures): string[] {
       `  ${size.pmemBytes / MIB} MiB pmem, ${size.dirtyPages} pages (10 %) written since the background save:`
         + ` saved in ${size.powerLoss.savedMs === null ? 'NOT SAVED' : `${size.powerLoss.savedMs.toFixed(1)} ms`} (cpu ${size.powerLoss.cpuMs.toFixed(1)} ms), ${size.powerLoss.pagesSent} pages sent,`
         + ` partner's file ${size.identical ? 'identical' : 'DIFFERENT'}`,
-      size.partner === null ? '    (the partner recorded no final save)' : `    at the partner: receiving ${size.partner.receiveMs.toFixed(1)} ms, writing the pages ${size.partner.writeMs.toFixed(1)} ms, fsync ${size.partner.syncMs.toFixed(1)} ms`,
+      size.partner === null ? '    (the partner recorded no final save)' : `    at the partner: receiving ${size.partner.receiveMs.toFixed(1)} ms, writing the redo journal ${size.partner.writeMs.toFixed(1)} ms, fdatasync + directory sync ${size.partner.syncMs.toFixed(1)} ms (applied in place after SAVED)`,
       `    for comparison, the whole range (the first background save): ${size.fullSave.wallMs.toFixed(1)} ms (cpu ${size.fullSave.cpuMs.toFixed(1)} ms)`,
     ]),
   ];

@@ -30,7 +30,8 @@
  * over the file; a delta save is written in place and fsynced, then the generation (a small JSON
  * file beside it) is replaced the same way.
  */
-import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
@@ -673,6 +674,15 @@ export class PmemHaPartner {
     }
     const server = await TransportServer.listen({ ...channel, protocol: PMEM_HA_PROTOCOL, versions: PMEM_HA_VERSIONS, host: address, port });
     const partner = new PmemHaPartner(server, dir, host);
+    // Saves a crash interrupted after they were confirmed are finished before any new one.
+    try {
+      for (const name of readdirSync(dir)) {
+        if (name.endsWith('.pmem.journal')) await partner.recover(name.slice(0, -'.pmem.journal'.length));
+      }
+    } catch (error) {
+      await server.close();
+      throw new PmemHaError('BV_HA_IO', `pmem_ha.dir '${dir}': finishing an interrupted save: ${message(error)}`, { cause: error });
+    }
     server.onRefused = ({ remote, error }: RefusedPeer) => host.log(`pmem-ha: refused a connection from ${remote}: ${error.message}`);
     void partner.accept();
     return partner;
@@ -736,6 +746,12 @@ export class PmemHaPartner {
           const outcome = await this.receiveSave(channel, begin, from);
           if (outcome.ok) {
             await channel.send(PmemHaFrame.SAVED, json({ vm, generation: outcome.generation, ms: outcome.ms }));
+            try {
+              await outcome.apply?.();
+            } catch (error) {
+              // The journal stays: the next save or start applies it.
+              this.host.log(`pmem-ha: applying the journal of '${vm}' failed (it is kept and applied later): ${message(error)}`);
+            }
           } else {
             this.note(this.refusedSaves, { vm, from, code: outcome.error.code, message: outcome.error.message });
             this.host.log(`pmem-ha: refused a save of '${vm}' from ${from}: ${outcome.error.message}`);
@@ -762,7 +778,7 @@ export class PmemHaPartner {
    * Receives one save after its BEGIN. Frame errors (a cut, a corrupt frame) throw; a save that
    * arrived but does not check out is refused (ok: false) with the channel still usable.
    */
-  private async receiveSave(channel: FramedChannel, begin: Record<string, unknown>, from: string): Promise<{ ok: true; generation: number; ms: number } | { ok: false; error: PmemHaError }> {
+  private async receiveSave(channel: FramedChannel, begin: Record<string, unknown>, from: string): Promise<{ ok: true; generation: number; ms: number; apply: (() => Promise<void>) | null } | { ok: false; error: PmemHaError }> {
     const started = performance.now();
     // Everything is kept in memory until END checks out: nothing touches the file before.
     const runs: { first: number; pages: Uint8Array }[] = [];
@@ -808,9 +824,12 @@ export class PmemHaPartner {
     if (problem !== null) return { ok: false, error: problem };
     const receivedAt = performance.now();
     let writeMs = 0;
+    let apply: (() => Promise<void>) | null = null;
     if (this.host.hasVm(vm)) return { ok: false, error: new PmemHaError('BV_HA_BUSY', `a VM named '${vm}' exists on this host: its persistent memory is not overwritten`) };
     const path = this.pathOf(vm);
+    await this.recover(vm);
     const held = this.readGeneration(vm);
+    const meta: GenerationFile = { vm, generation, bytes, spec: (begin.spec as Record<string, unknown> | null) ?? null };
     if (base !== null && (held === null || held.generation !== base || held.bytes !== bytes)) {
       return { ok: false, error: new PmemHaError('BV_HA_BASE', `the save builds on generation ${base}, this host holds ${held === null ? 'none' : `${held.generation} (${held.bytes} bytes)`}`) };
     }
@@ -818,29 +837,25 @@ export class PmemHaPartner {
       if (base === null) {
         // A whole copy: a side file, fsynced, renamed over the file.
         const side = `${path}.incoming`;
-        const fd = openSync(side, 'w');
+        const file = await open(side, 'w');
         try {
-          writeRuns(fd, bytes, runs);
+          await writeRuns(file, bytes, runs);
           writeMs = performance.now() - receivedAt;
-          fsyncSync(fd);
+          await file.sync();
         } finally {
-          closeSync(fd);
+          await file.close();
         }
-        renameSync(side, path);
+        await rename(side, path);
+        await this.writeGeneration(meta);
+        await syncDir(this.dir);
       } else {
         if (!existsSync(path) || statSync(path).size !== bytes) return { ok: false, error: new PmemHaError('BV_HA_BASE', `${path} is missing or of another size`) };
-        const fd = openSync(path, 'r+');
-        try {
-          writeRuns(fd, bytes, runs);
-          writeMs = performance.now() - receivedAt;
-          // The size does not change: fdatasync is enough for the pages.
-          fdatasyncSync(fd);
-        } finally {
-          closeSync(fd);
-        }
+        // A redo journal: the save is durable once it is written (one sequential write, fdatasync);
+        // SAVED goes then, and the pages are applied in place after it (applyJournal). A crash in
+        // between is repaired at the next start or save (recover): the file is never half-updated.
+        writeMs = await writeJournal(this.journalOf(vm), meta, runs);
+        apply = () => this.applyJournal(meta, runs);
       }
-      this.writeGeneration({ vm, generation, bytes, spec: (begin.spec as Record<string, unknown> | null) ?? null });
-      syncDir(this.dir);
     } catch (error) {
       return { ok: false, error: new PmemHaError('BV_HA_IO', `writing ${path}: ${message(error)}`, { cause: error }) };
     }
@@ -851,7 +866,46 @@ export class PmemHaPartner {
       receive_ms: round(receivedAt - started), write_ms: round(writeMs), sync_ms: round(ended - receivedAt - writeMs),
     });
     if (begin.final === true) this.host.log(`pmem-ha: the power-loss save of '${vm}' from ${from} is in ${path} (generation ${generation}, ${received} pages, ${ms} ms)`);
-    return { ok: true, generation, ms };
+    return { ok: true, generation, ms, apply };
+  }
+
+  /** The redo journal of a VM's file. */
+  private journalOf(vm: string): string {
+    return `${this.pathOf(vm)}.journal`;
+  }
+
+  /** Writes a journal's pages into the file in place, fdatasync, then the generation, then drops the journal. */
+  private async applyJournal(meta: GenerationFile, runs: { first: number; pages: Uint8Array }[]): Promise<void> {
+    const file = await open(this.pathOf(meta.vm), 'r+');
+    try {
+      await writeRuns(file, meta.bytes, runs);
+      // The size does not change: fdatasync is enough for the pages.
+      await file.datasync();
+    } finally {
+      await file.close();
+    }
+    await this.writeGeneration(meta);
+    await unlink(this.journalOf(meta.vm));
+    await syncDir(this.dir);
+  }
+
+  /**
+   * Finishes a save a crash interrupted: a whole journal is applied (its save was confirmed); a
+   * torn one (its save was never confirmed: SAVED goes only after the journal is durable) is
+   * dropped, and the file is as before it.
+   */
+  private async recover(vm: string): Promise<void> {
+    const path = this.journalOf(vm);
+    if (!existsSync(path)) return;
+    const journal = readJournal(path);
+    if (journal === null || journal.meta.vm !== vm) {
+      this.host.log(`pmem-ha: dropped the torn journal ${path} (its save was never confirmed; ${this.pathOf(vm)} is as before it)`);
+      await unlink(path);
+      await syncDir(this.dir);
+      return;
+    }
+    await this.applyJournal(journal.meta, journal.runs);
+    this.host.log(`pmem-ha: applied the journal of '${vm}' (generation ${journal.meta.generation}) left by an interrupted save`);
   }
 
   private async takeover(request: Record<string, unknown>, from: string): Promise<{ started: string[]; errors: string[] }> {
@@ -862,6 +916,14 @@ export class PmemHaPartner {
     this.host.log(`pmem-ha: ${from} is going down: taking over ${vms.join(', ') || 'nothing'} (on_partner ${String(mode)})`);
     if (mode === 'none') return { started, errors };
     for (const vm of vms) {
+      if (VM_NAME.test(vm)) {
+        try {
+          await this.recover(vm);
+        } catch (error) {
+          errors.push(`${vm}: ${message(error)}`);
+          continue;
+        }
+      }
       const held = VM_NAME.test(vm) ? this.readGeneration(vm) : null;
       if (held === null) {
         errors.push(`${vm}: no save of it here`);
@@ -891,37 +953,118 @@ export class PmemHaPartner {
     }
   }
 
-  private writeGeneration(held: GenerationFile): void {
+  private async writeGeneration(held: GenerationFile): Promise<void> {
     const path = `${this.pathOf(held.vm)}.ha.json`;
     const side = `${path}.incoming`;
-    const fd = openSync(side, 'w');
+    const file = await open(side, 'w');
     try {
-      writeSync(fd, JSON.stringify(held));
-      fsyncSync(fd);
+      await file.writeFile(JSON.stringify(held));
+      await file.sync();
     } finally {
-      closeSync(fd);
+      await file.close();
     }
-    renameSync(side, path);
+    await rename(side, path);
   }
 }
 
 /** Writes the runs of a save at their offsets; a file opened fresh gets its full size. */
-function writeRuns(fd: number, bytes: number, runs: { first: number; pages: Uint8Array }[]): void {
-  for (const { first, pages } of runs) {
+async function writeRuns(file: FileHandle, bytes: number, runs: { first: number; pages: Uint8Array }[]): Promise<void> {
+  // Many small pwrites in flight at once: one at a time, each would wait for a thread-pool round trip.
+  const writeRun = async ({ first, pages }: { first: number; pages: Uint8Array }): Promise<void> => {
     let done = 0;
-    while (done < pages.length) done += writeSync(fd, pages, done, pages.length - done, first * PAGE_SIZE + done);
-  }
+    while (done < pages.length) done += (await file.write(pages, done, pages.length - done, first * PAGE_SIZE + done)).bytesWritten;
+  };
+  for (let at = 0; at < runs.length; at += WRITES_IN_FLIGHT) await Promise.all(runs.slice(at, at + WRITES_IN_FLIGHT).map(writeRun));
   // A whole save covers every page; a delta writes inside the file: either way the size is the range's.
-  const size = fstatSync(fd).size;
+  const size = (await file.stat()).size;
   if (size !== bytes) throw new PmemHaError('BV_HA_IO', `the file has ${size} bytes after the save, not ${bytes}`);
 }
 
-/** fsync of a directory, so that a rename in it is durable. */
-function syncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
+/** Page writes a partner keeps in flight when it applies a save in place. */
+const WRITES_IN_FLIGHT = 64;
+
+/** 'BVHJ': a partner's redo journal. */
+const JOURNAL_MAGIC = 0x4a485642;
+
+/**
+ * Writes a redo journal (docs/pmem.md, "High availability"): magic, the generation file's JSON,
+ * the runs (u32 first page, u32 count, the pages), CRC-32C of all of it; fdatasync, and the
+ * directory synced so the new entry is durable. Resolves with the ms spent writing (before the syncs).
+ * Asynchronous (the thread pool's): a partner's host keeps running its VMs meanwhile.
+ */
+export async function writeJournal(path: string, meta: { vm: string; generation: number; bytes: number; spec: Record<string, unknown> | null }, runs: readonly { first: number; pages: Uint8Array }[]): Promise<number> {
+  const started = performance.now();
+  let writtenAt = started;
+  const metaBytes = encoder.encode(JSON.stringify(meta));
+  const head = Buffer.alloc(8 + Math.ceil(metaBytes.length / 4) * 4 + 4);
+  head.writeUInt32LE(JOURNAL_MAGIC, 0);
+  head.writeUInt32LE(metaBytes.length, 4);
+  head.set(metaBytes, 8);
+  head.writeUInt32LE(runs.length, head.length - 4);
+  // One buffer, one sequential write: the pages are a tenth of the range at most, typically.
+  const journal = Buffer.allocUnsafe(head.length + runs.reduce((sum, run) => sum + 8 + run.pages.length, 0) + 4);
+  journal.set(head, 0);
+  let at = head.length;
+  for (const { first, pages } of runs) {
+    journal.writeUInt32LE(first, at);
+    journal.writeUInt32LE(pages.length / PAGE_SIZE, at + 4);
+    journal.set(pages, at + 8);
+    at += 8 + pages.length;
+  }
+  journal.writeUInt32LE(crc32c(journal.subarray(0, at)) >>> 0, at);
+  const file = await open(path, 'w');
   try {
-    fsyncSync(fd);
+    await writeAll(file, journal);
+    writtenAt = performance.now();
+    await file.datasync();
   } finally {
-    closeSync(fd);
+    await file.close();
+  }
+  await syncDir(join(path, '..'));
+  return writtenAt - started;
+}
+
+async function writeAll(file: FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += (await file.write(bytes, done, bytes.length - done)).bytesWritten;
+}
+
+/** A journal's contents, or null when it is torn (short, damaged, or not a journal). */
+function readJournal(path: string): { meta: GenerationFile; runs: { first: number; pages: Uint8Array }[] } | null {
+  const data = readFileSync(path);
+  if (data.length < 16 || data.readUInt32LE(0) !== JOURNAL_MAGIC) return null;
+  if (crc32c(data.subarray(0, data.length - 4)) >>> 0 !== data.readUInt32LE(data.length - 4)) return null;
+  const metaLength = data.readUInt32LE(4);
+  let at = 8 + Math.ceil(metaLength / 4) * 4;
+  if (at + 4 > data.length - 4) return null;
+  let meta: GenerationFile;
+  try {
+    meta = JSON.parse(decoder.decode(data.subarray(8, 8 + metaLength))) as GenerationFile;
+  } catch {
+    return null;
+  }
+  if (typeof meta.vm !== 'string' || typeof meta.generation !== 'number' || typeof meta.bytes !== 'number') return null;
+  const count = data.readUInt32LE(at);
+  at += 4;
+  const runs: { first: number; pages: Uint8Array }[] = [];
+  for (let i = 0; i < count; i++) {
+    if (at + 8 > data.length - 4) return null;
+    const first = data.readUInt32LE(at);
+    const pages = data.readUInt32LE(at + 4) * PAGE_SIZE;
+    at += 8;
+    if (at + pages > data.length - 4 || (first * PAGE_SIZE) + pages > meta.bytes) return null;
+    runs.push({ first, pages: data.subarray(at, at + pages) });
+    at += pages;
+  }
+  return at === data.length - 4 ? { meta, runs } : null;
+}
+
+/** fsync of a directory, so that a rename in it is durable. */
+async function syncDir(dir: string): Promise<void> {
+  const file = await open(dir, 'r');
+  try {
+    await file.sync();
+  } finally {
+    await file.close();
   }
 }

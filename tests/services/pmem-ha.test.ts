@@ -6,7 +6,7 @@
  * what was not saved, a partner that is down is reported within the budget, and a corrupt or cut
  * stream is refused with the partner's file unchanged.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,7 @@ import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { createHypervisor } from '../../kernel/index.ts';
 import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
-import { PmemHaPartner, PmemHaSender, type PmemHaPartnerHost, type PowerLossSaveReport } from '../../services/ha/pmem-ha.ts';
+import { PmemHaPartner, PmemHaSender, writeJournal, type PmemHaPartnerHost, type PowerLossSaveReport } from '../../services/ha/pmem-ha.ts';
 
 const KERNEL = join(import.meta.dirname, '..', '..', 'examples', 'nanokernel', 'kernel.s');
 const dir = mkdtempSync(join(tmpdir(), 'bv-pmem-ha-'));
@@ -252,6 +252,51 @@ describe('the partner refuses a bad save and keeps its file', () => {
       expect(retried).toMatchObject({ saved: true, pages_sent: PMEM_KIB / 4, unsaved: [] });
       expect(partner.status().refused.at(-1)).toMatchObject({ vm: 'kv', code: 'BV_HA_BASE' });
       expect(readFileSync(path).every((byte) => byte === 0x43)).toBe(true);
+    } finally {
+      await partner.close();
+      hv.destroyVm(vmHandle);
+    }
+  }, 120_000);
+});
+
+describe('the partner\'s redo journal', () => {
+  it('a whole journal left by a crash after SAVED is applied at the next start; a torn one is dropped and the file is as before', async () => {
+    const log: string[] = [];
+    const fake: PmemHaPartnerHost = { hasVm: () => false, startVm: () => Promise.reject(new Error('not here')), log: (line) => log.push(line) };
+    const haDir = join(dir, 'journal');
+    const bytes = PMEM_KIB * 1024;
+    let partner = await PmemHaPartner.listen('127.0.0.1:0', haDir, { insecure: true }, fake);
+    const hv = createHypervisor({ hostMemoryBytes: 16 << 20 });
+    const vmHandle = hv.createVm({ name: 'kv', memoryBytes: 1 << 20 });
+    const primaryFile = join(dir, 'kv5.pmem');
+    writeFileSync(primaryFile, Buffer.alloc(bytes, 0x41));
+    const devices = attachStandardDevices(vmHandle, { output: new CaptureSink(), pmem: { path: primaryFile, bytes } });
+    const sender = new PmemHaSender({ partner: partner.address, syncIntervalMs: 0, onPartner: 'none', appBootArgs: null, channel: { insecure: true } }, () => [{ name: 'kv', vm: vmHandle, gpa: devices.pmem!.gpa, bytes, spec: null }]);
+    try {
+      expect((await sender.sync())[0]!.saved).toBe(true);
+      await sender.close();
+      const path = partner.pathOf('kv');
+      await partner.close();
+      // A confirmed delta whose in-place write a crash cut short: pages 2 and 3.
+      await writeJournal(`${path}.journal`, { vm: 'kv', generation: 77, bytes, spec: null }, [{ first: 2, pages: new Uint8Array(2 * 4096).fill(0x44) }]);
+      partner = await PmemHaPartner.listen('127.0.0.1:0', haDir, { insecure: true }, fake);
+      const file = readFileSync(path);
+      expect(file.subarray(0, 8192).every((byte) => byte === 0x41)).toBe(true);
+      expect(file.subarray(8192, 16384).every((byte) => byte === 0x44)).toBe(true);
+      expect(file.subarray(16384).every((byte) => byte === 0x41)).toBe(true);
+      expect(JSON.parse(readFileSync(`${path}.ha.json`, 'utf8'))).toMatchObject({ vm: 'kv', generation: 77, bytes });
+      expect(existsSync(`${path}.journal`)).toBe(false);
+      expect(log.some((line) => /applied the journal of 'kv' \(generation 77\)/.test(line))).toBe(true);
+      await partner.close();
+
+      // A journal torn while it was written (its save was never confirmed): dropped, nothing applied.
+      await writeJournal(`${path}.journal`, { vm: 'kv', generation: 78, bytes, spec: null }, [{ first: 0, pages: new Uint8Array(4096).fill(0x45) }]);
+      truncateSync(`${path}.journal`, 4096);
+      partner = await PmemHaPartner.listen('127.0.0.1:0', haDir, { insecure: true }, fake);
+      expect(Buffer.compare(readFileSync(path), file)).toBe(0);
+      expect(JSON.parse(readFileSync(`${path}.ha.json`, 'utf8')).generation).toBe(77);
+      expect(existsSync(`${path}.journal`)).toBe(false);
+      expect(log.some((line) => /dropped the torn journal/.test(line))).toBe(true);
     } finally {
       await partner.close();
       hv.destroyVm(vmHandle);
