@@ -180,7 +180,7 @@ export async function measureLogReplication(quick = false): Promise<LogReplicati
   const shmPort = shmDir === null ? 0 : await freePort();
   const stopShm = shmDir === null ? null : await startDestination(dir, b, shmPort, shmDir);
   try {
-    const repetitions = quick ? 2 : 5;
+    const repetitions = quick ? 1 : 5;
     const perPut = { off: [] as number[], on: [] as number[], cpuOff: [] as number[], cpuOn: [] as number[], shm: [] as number[], cpuShm: [] as number[] };
     const lag: { records: number; ms: number }[] = [];
     let putsPerS = 0;
