@@ -18,10 +18,10 @@ import type { Hypervisor, Vm, VmConfig } from '../../kernel/index.ts';
 import { decodeDiskFrame, receivingDisk, type MigratedDisk } from '../../services/migration/disk.ts';
 import { MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, type SendOptions } from '../../services/migration/migration.ts';
 import { REPLICATION_PROTOCOL, REPLICATION_VERSIONS, ReplicaReceiver, ReplicationFrame, ReplicationSender } from '../../services/migration/replication.ts';
-import { connect, TransportServer, type ChannelFaults, type FramedChannel } from '../../services/migration/transport.ts';
+import { connect, type ChannelFaults, type FramedChannel } from '../../services/migration/transport.ts';
 import { diskGuestSource, SECTORS, WRITTEN } from './disk-guest.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
-import { checkConsole, GuestLoop, hypervisor, waitUntil } from './migration-harness.ts';
+import { checkConsole, closeTwoHosts, twoHosts, waitUntil, type TwoHosts } from './migration-harness.ts';
 
 const MIB = 1024 * 1024;
 
@@ -85,36 +85,15 @@ function filesIn(dir: string): string[] {
   return readdirSync(dir).sort();
 }
 
-interface World {
-  hvA: Hypervisor;
-  hvB: Hypervisor;
-  loopA: GuestLoop;
-  loopB: GuestLoop;
-  server: TransportServer;
+interface World extends TwoHosts {
   dir: string;
 }
-let worlds: World[] = [];
 
 async function world(protocol: string, versions: readonly number[]): Promise<World> {
-  const dir = mkdtempSync(join(root, 'w-'));
-  const hvA = hypervisor();
-  const hvB = hypervisor();
-  const server = await TransportServer.listen({ protocol, versions, tls: certs.b, port: 0, name: 'host-b' });
-  const w = { hvA, hvB, loopA: new GuestLoop(hvA), loopB: new GuestLoop(hvB), server, dir };
-  worlds.push(w);
-  return w;
+  return { ...(await twoHosts({ protocol, versions, tls: certs.b, name: 'host-b' })), dir: mkdtempSync(join(root, 'w-')) };
 }
 
-afterEach(async () => {
-  for (const w of worlds) {
-    await w.loopA.stop();
-    await w.loopB.stop();
-    await w.server.close();
-    w.hvA.close();
-    w.hvB.close();
-  }
-  worlds = [];
-});
+afterEach(closeTwoHosts);
 
 /** Starts the guest on host A with its disk over `base` (null: a blank disk), overlays in A's directory. */
 async function startGuest(w: World, base: string | null): Promise<{ source: DiskMachine; dirA: string; dirB: string }> {

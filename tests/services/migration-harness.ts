@@ -13,6 +13,7 @@ import { attachStandardDevices, CaptureSink, type StandardDevices } from '../../
 import { assemble } from '../../guest-isa/assembler.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import { createHypervisor, type Hypervisor, type RunResult, type Vm, type VmConfig } from '../../kernel/index.ts';
+import { TransportServer, type TlsFiles } from '../../services/migration/transport.ts';
 import { GUEST_LIBRARY } from '../devices/harness.ts';
 
 export const PAGE = 4096;
@@ -200,5 +201,41 @@ export async function waitUntil(what: string, condition: () => boolean, timeoutM
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
+ * Two hosts in this process for the in-process migration and replication tests: a hypervisor and
+ * a round-robin loop each, and B listening (TLS, any free port). closeTwoHosts (an afterEach)
+ * stops and frees every pair made since.
+ */
+export interface TwoHosts {
+  hvA: Hypervisor;
+  hvB: Hypervisor;
+  loopA: GuestLoop;
+  loopB: GuestLoop;
+  server: TransportServer;
+}
+
+const openPairs: TwoHosts[] = [];
+
+/** Makes a TwoHosts whose B listens for `protocol` (speaking `versions`) with its TLS files. */
+export async function twoHosts(options: { protocol: string; versions: readonly number[]; tls: TlsFiles; name: string }): Promise<TwoHosts> {
+  const hvA = hypervisor();
+  const hvB = hypervisor();
+  const server = await TransportServer.listen({ ...options, port: 0 });
+  const pair = { hvA, hvB, loopA: new GuestLoop(hvA), loopB: new GuestLoop(hvB), server };
+  openPairs.push(pair);
+  return pair;
+}
+
+/** Stops the loops, closes the listeners and frees the hypervisors of every pair made so far. */
+export async function closeTwoHosts(): Promise<void> {
+  for (const pair of openPairs.splice(0)) {
+    await pair.loopA.stop();
+    await pair.loopB.stop();
+    await pair.server.close();
+    pair.hvA.close();
+    pair.hvB.close();
   }
 }

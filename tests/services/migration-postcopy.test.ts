@@ -7,13 +7,13 @@
  * keeps every page the destination lacks, and the migration carries on over a new connection.
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { PageState, type Vm } from '../../kernel/index.ts';
 import {
   MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, type SendOptions,
 } from '../../services/migration/migration.ts';
-import { connect, TransportServer, type FramedChannel } from '../../services/migration/transport.ts';
+import { connect, type FramedChannel } from '../../services/migration/transport.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
-import { checkConsole, checkInvariant, GuestLoop, hypervisor, invariantImage, machine, memoryHash, waitUntil, type Machine } from './migration-harness.ts';
+import { checkConsole, checkInvariant, closeTwoHosts, hypervisor, invariantImage, machine, memoryHash, waitUntil, type Machine, twoHosts, type TwoHosts } from './migration-harness.ts';
 
 const MIB = 1024 * 1024;
 let certs: TestCertificates;
@@ -22,37 +22,16 @@ beforeAll(() => {
   certs = makeCertificates();
 });
 
-interface World {
-  hvA: Hypervisor;
-  hvB: Hypervisor;
-  loopA: GuestLoop;
-  loopB: GuestLoop;
-  server: TransportServer;
+interface World extends TwoHosts {
   /** Receivers on B, by VM name (for a resumed post-copy). */
   receivers: Map<string, MigrationReceiver>;
   dest: Machine | null;
 }
-let worlds: World[] = [];
-
 async function world(): Promise<World> {
-  const hvA = hypervisor();
-  const hvB = hypervisor();
-  const server = await TransportServer.listen({ protocol: MIGRATION_PROTOCOL, versions: MIGRATION_VERSIONS, tls: certs.b, port: 0, name: 'host-b' });
-  const w: World = { hvA, hvB, loopA: new GuestLoop(hvA), loopB: new GuestLoop(hvB), server, receivers: new Map(), dest: null };
-  worlds.push(w);
-  return w;
+  return { ...(await twoHosts({ protocol: MIGRATION_PROTOCOL, versions: MIGRATION_VERSIONS, tls: certs.b, name: 'host-b' })), receivers: new Map(), dest: null };
 }
 
-afterEach(async () => {
-  for (const w of worlds) {
-    await w.loopA.stop();
-    await w.loopB.stop();
-    await w.server.close();
-    w.hvA.close();
-    w.hvB.close();
-  }
-  worlds = [];
-});
+afterEach(closeTwoHosts);
 
 /** A channel from A to B and B's receiver on its far end (running). */
 async function channelPair(w: World): Promise<{ channel: FramedChannel; receiver: MigrationReceiver; received: Promise<Vm> }> {

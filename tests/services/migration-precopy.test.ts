@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { saveVmCheckpoint, restoreVmCheckpoint } from '../../services/checkpoint/index.ts';
-import { PageState, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { PageState, type Vm } from '../../kernel/index.ts';
 import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, type MigrationFigures, type SendOptions } from '../../services/migration/migration.ts';
-import { connect, TransportServer, type ChannelFaults, type TlsFiles } from '../../services/migration/transport.ts';
+import { connect, type ChannelFaults, type TlsFiles } from '../../services/migration/transport.ts';
 import { prng } from '../kernel/fixtures/prng.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
 import {
-  checkConsole, checkInvariant, GuestLoop, hypervisor, invariantImage, machine, memoryHash, PAGE, REGION_START, waitUntil, type Machine,
+  checkConsole, checkInvariant, closeTwoHosts, hypervisor, invariantImage, machine, memoryHash, PAGE, REGION_START, twoHosts, waitUntil, type Machine, type TwoHosts,
 } from './migration-harness.ts';
 
 const MIB = 1024 * 1024;
@@ -27,34 +27,13 @@ beforeAll(() => {
   certs = makeCertificates();
 });
 
-interface World {
-  hvA: Hypervisor;
-  hvB: Hypervisor;
-  loopA: GuestLoop;
-  loopB: GuestLoop;
-  server: TransportServer;
-}
-let worlds: World[] = [];
+type World = TwoHosts;
 
-async function world(destinationVersions: readonly number[] = MIGRATION_VERSIONS): Promise<World> {
-  const hvA = hypervisor();
-  const hvB = hypervisor();
-  const server = await TransportServer.listen({ protocol: MIGRATION_PROTOCOL, versions: destinationVersions, tls: certs.b, port: 0, name: 'host-b' });
-  const w = { hvA, hvB, loopA: new GuestLoop(hvA), loopB: new GuestLoop(hvB), server };
-  worlds.push(w);
-  return w;
+function world(destinationVersions: readonly number[] = MIGRATION_VERSIONS): Promise<World> {
+  return twoHosts({ protocol: MIGRATION_PROTOCOL, versions: destinationVersions, tls: certs.b, name: 'host-b' });
 }
 
-afterEach(async () => {
-  for (const w of worlds) {
-    await w.loopA.stop();
-    await w.loopB.stop();
-    await w.server.close();
-    w.hvA.close();
-    w.hvB.close();
-  }
-  worlds = [];
-});
+afterEach(closeTwoHosts);
 
 afterAll(() => {});
 

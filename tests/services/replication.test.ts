@@ -6,12 +6,12 @@
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { attachStandardDevices, type CaptureSink } from '../../devices/index.ts';
-import type { Hypervisor, Vm } from '../../kernel/index.ts';
+import type { Vm } from '../../kernel/index.ts';
 import { ConsoleLog } from '../../services/host/console-log.ts';
 import { outputCommit, REPLICATION_PROTOCOL, REPLICATION_VERSIONS, ReplicaReceiver, ReplicationFrame, ReplicationSender, type ReplicateOptions } from '../../services/migration/replication.ts';
-import { connect, TransportServer, type ChannelFaults, type FramedChannel } from '../../services/migration/transport.ts';
+import { connect, type ChannelFaults, type FramedChannel } from '../../services/migration/transport.ts';
 import { makeCertificates, type TestCertificates } from './migration-certs.ts';
-import { checkConsole, checkInvariant, GuestLoop, hypervisor, invariantImage, machine, memoryHash, waitUntil, type Machine } from './migration-harness.ts';
+import { checkConsole, checkInvariant, closeTwoHosts, hypervisor, invariantImage, machine, memoryHash, waitUntil, type Machine, twoHosts, type TwoHosts } from './migration-harness.ts';
 
 const MIB = 1024 * 1024;
 let certs: TestCertificates;
@@ -20,34 +20,13 @@ beforeAll(() => {
   certs = makeCertificates();
 });
 
-interface World {
-  hvA: Hypervisor;
-  hvB: Hypervisor;
-  loopA: GuestLoop;
-  loopB: GuestLoop;
-  server: TransportServer;
-}
-let worlds: World[] = [];
+type World = TwoHosts;
 
-async function world(): Promise<World> {
-  const hvA = hypervisor();
-  const hvB = hypervisor();
-  const server = await TransportServer.listen({ protocol: REPLICATION_PROTOCOL, versions: REPLICATION_VERSIONS, tls: certs.b, port: 0, name: 'backup' });
-  const w = { hvA, hvB, loopA: new GuestLoop(hvA), loopB: new GuestLoop(hvB), server };
-  worlds.push(w);
-  return w;
+function world(): Promise<World> {
+  return twoHosts({ protocol: REPLICATION_PROTOCOL, versions: REPLICATION_VERSIONS, tls: certs.b, name: 'backup' });
 }
 
-afterEach(async () => {
-  for (const w of worlds) {
-    await w.loopA.stop();
-    await w.loopB.stop();
-    await w.server.close();
-    w.hvA.close();
-    w.hvB.close();
-  }
-  worlds = [];
-});
+afterEach(closeTwoHosts);
 
 /** What the primary looked like at each epoch's capture (paused). */
 interface Captured {
