@@ -5,7 +5,8 @@
  * destination that is down during the failure gets the log when it returns, or the other
  * destination has it; and a sample of the crash-consistency trials of
  * scripts/log-replication-trials.ts (power loss with random budgets, kill -9 and SIGTERM of a
- * real host process).
+ * real host process); and two real host processes in network namespaces (when root) with mutual
+ * TLS, the primary killed mid-run and pmkv restarted on the destination.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -18,7 +19,10 @@ import {
 import { connect } from '../../services/migration/transport.ts';
 import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
 import type { Host } from '../../services/host/host.ts';
-import { checkReplica, KERNEL, powerLossTrial, processTrial, random, startDestination } from './log-replication-trials.ts';
+import type { LogReplicasInfo, LogReplicationStatus } from '../../services/ha/log-replication.ts';
+import { makeCertificates } from './migration-certs.ts';
+import { createNetwork, startHost, type Host as MultiHost } from './multi-host.ts';
+import { checkReplica, KERNEL, powerLossTrial, PRIMARY_SCHEDULING, processTrial, putArgs, random, startDestination } from './log-replication-trials.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-logrep-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -283,4 +287,68 @@ describe('log replication between hosts', () => {
     expect(results[2]!.recovered).toBeGreaterThanOrEqual(results[2]!.guestAcked);
     expect(results[4]!.flushComplete).toBe(true);
   }, 600_000);
+});
+
+describe('two host processes (in network namespaces when root, else on loopback; mutual TLS)', () => {
+  it('the primary killed with SIGKILL mid-run: the destination holds a prefix with every record it acknowledged, and pmkv restarts there', async () => {
+    const network = createNetwork();
+    const certs = makeCertificates([network.address.a, network.address.b]);
+    const port = await freePort();
+    const destinationAddress = `${network.address.b}:${port}`;
+    const primaryFile = join(dir, 'ns-primary.pmem');
+    let destination: MultiHost | null = null;
+    let primary: MultiHost | null = null;
+    try {
+      destination = await startHost(network, 'b', 'ns-destination', { migration: { tls: certs.b, name: 'destination' }, log_replicas: { listen: destinationAddress, dir: join(dir, 'ns-replicas') } }, dir);
+      primary = await startHost(network, 'a', 'ns-primary', {
+        ...PRIMARY_SCHEDULING,
+        migration: { tls: certs.a, name: 'primary' },
+        vms: [{ name: 'kv', image: KERNEL, memory_mib: 16, boot_args: putArgs(150), pmem: { path: primaryFile, size_kib: 64, create: true }, log_replication: { destinations: [destinationAddress], interval_ms: 5 } }],
+      }, dir);
+      // Mid-run: once the destination has acknowledged some records.
+      let acked = 0;
+      const limit = Date.now() + 120_000;
+      while (acked < 20) {
+        if (Date.now() > limit) throw new Error(`no acknowledgement: ${JSON.stringify((await primary.api('GET', '/vms/kv/log-replication')).body)}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        acked = (await primary.api<LogReplicationStatus>('GET', '/vms/kv/log-replication')).body.destinations[0]!.acked_seq;
+      }
+      await primary.child.stop('SIGKILL');
+      const stopLimit = Date.now() + 30_000;
+      let replica = (await destination.api<LogReplicasInfo>('GET', '/log-replicas')).body.replicas[0]!;
+      while (replica.connected) {
+        if (Date.now() > stopLimit) throw new Error('the destination still streams after the kill');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        replica = (await destination.api<LogReplicasInfo>('GET', '/log-replicas')).body.replicas[0]!;
+      }
+      const recovered = checkReplica(replica.path);
+      expect(recovered).toBeGreaterThanOrEqual(acked);
+      expect(recovered).toBeLessThanOrEqual(checkReplica(primaryFile, false));
+      expect(replica.applied_seq).toBe(recovered);
+
+      // The application restarts on the destination from the rebuilt file.
+      expect((await destination.api('DELETE', '/log-replicas/kv')).status).toBe(200);
+      const gets = Array.from({ length: 8 }, (_, key) => `get k${key}`).join(' ');
+      const created = await destination.api('PUT', '/vms/kv2', { name: 'kv2', image: KERNEL, memory_mib: 16, boot_args: `pmkv ${gets}`, pmem: { path: replica.path, size_kib: 64 } });
+      expect(created.status, JSON.stringify(created.body)).toBe(201);
+      const runLimit = Date.now() + 120_000;
+      while ((await destination.api<{ state: string }>('GET', '/vms/kv2')).body.state !== 'Stopped') {
+        if (Date.now() > runLimit) throw new Error('the restarted application did not finish');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const text = (await destination.api<{ data: string }>('GET', '/vms/kv2/console?offset=0')).body.data;
+      const expected = Array.from({ length: 8 }, (_, key) => {
+        let last = 0;
+        for (let seq = 1; seq <= recovered; seq++) if (seq % 8 === key) last = seq;
+        return last === 0 ? `pmkv: get k${key}: not found` : `pmkv: get k${key} = v${last} (seq ${last})`;
+      });
+      expect(text.split('\n').filter((line) => line.startsWith('pmkv: get'))).toEqual(expected);
+      expect(text).toContain(`pmkv: ${recovered} records, next seq ${recovered + 1}`);
+    } finally {
+      await primary?.child.stop('SIGKILL');
+      await destination?.child.stop('SIGTERM');
+      network.close();
+      rmSync(certs.dir, { recursive: true, force: true });
+    }
+  }, 300_000);
 });
