@@ -3,6 +3,7 @@
  * its output collected. One helper for every test that runs a tool.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** The repository root. */
@@ -118,4 +119,22 @@ export class RunningNode {
 /** Starts `node ...args` in `cwd` (default: the repository root) and leaves it running. */
 export function startNode(args: readonly string[], options: { cwd?: string; prefix?: readonly string[] } = {}): RunningNode {
   return new RunningNode(args, options);
+}
+
+/**
+ * Starts `tools/host` with `config` written to DIR/NAME.json and its API on DIR/NAME.sock, and
+ * waits until it serves the API. The caller stops the child (RunningNode.stop).
+ */
+export async function startHostProcess(dir: string, name: string, config: unknown): Promise<{ socket: string; child: RunningNode }> {
+  const socket = join(dir, `${name}.sock`);
+  const file = join(dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify(config));
+  const child = startNode(['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', file]);
+  await child.waitFor('stderr', 'serving the API');
+  return { socket, child };
+}
+
+/** Runs `tools/ctl` against a host's API socket, with a 120 s request timeout. */
+export function runCtl(socket: string, args: readonly string[]): Promise<ChildOutcome> {
+  return spawnNode(['--import', 'tsx', 'tools/ctl.ts', '--api-sock', socket, '--timeout-ms', '120000', ...args]);
 }

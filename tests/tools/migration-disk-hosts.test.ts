@@ -17,7 +17,7 @@ import { apiRequest } from '../../services/host/client.ts';
 import type { MigrationResult, MigrationsInfo, VmInfo } from '../../services/host/host.ts';
 import { diskGuestSource, SECTORS } from '../services/disk-guest.ts';
 import { makeCertificates, type TestCertificates } from '../services/migration-certs.ts';
-import { spawnNode, startNode, type RunningNode } from './child.ts';
+import { runCtl, startHostProcess, type RunningNode } from './child.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'bv-migdisk-hosts-'));
 const children: RunningNode[] = [];
@@ -40,18 +40,12 @@ afterAll(async () => {
 }, 30_000);
 
 async function startHost(name: string, config: unknown): Promise<{ socket: string; child: RunningNode }> {
-  const socket = join(work, `${name}.sock`);
-  const file = join(work, `${name}.json`);
-  writeFileSync(file, JSON.stringify(config));
-  const child = startNode(['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', file]);
-  children.push(child);
-  await child.waitFor('stderr', 'serving the API');
-  return { socket, child };
+  const host = await startHostProcess(work, name, config);
+  children.push(host.child);
+  return host;
 }
 
-function ctl(socket: string, args: readonly string[]) {
-  return spawnNode(['--import', 'tsx', 'tools/ctl.ts', '--api-sock', socket, '--timeout-ms', '120000', ...args]);
-}
+const ctl = runCtl;
 
 async function consoleBytes(socket: string): Promise<number> {
   return (await apiRequest<VmInfo>(socket, 'GET', '/vms/guest')).body.console_bytes;

@@ -17,7 +17,7 @@ import { apiRequest } from '../../services/host/client.ts';
 import type { MigrationResult, MigrationsInfo, VmInfo } from '../../services/host/host.ts';
 import { makeCertificates, type TestCertificates } from '../services/migration-certs.ts';
 import { checkInvariant, hypervisor, invariantSource } from '../services/migration-harness.ts';
-import { spawnNode, startNode, type RunningNode } from './child.ts';
+import { runCtl, startHostProcess, type RunningNode } from './child.ts';
 
 const MIB = 1024 * 1024;
 const work = mkdtempSync(join(tmpdir(), 'bv-mig-hosts-'));
@@ -38,18 +38,12 @@ afterAll(async () => {
 }, 30_000);
 
 async function startHost(name: string, config: unknown): Promise<string> {
-  const socket = join(work, `${name}.sock`);
-  const file = join(work, `${name}.json`);
-  writeFileSync(file, JSON.stringify(config));
-  const child = startNode(['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', file]);
-  children.push(child);
-  await child.waitFor('stderr', 'serving the API');
-  return socket;
+  const host = await startHostProcess(work, name, config);
+  children.push(host.child);
+  return host.socket;
 }
 
-function ctl(socket: string, args: readonly string[]) {
-  return spawnNode(['--import', 'tsx', 'tools/ctl.ts', '--api-sock', socket, '--timeout-ms', '120000', ...args]);
-}
+const ctl = runCtl;
 
 // No sampler: the test restores a checkpoint of the moved VM with the standard devices only.
 const guest = { name: 'guest', image: '', memory_mib: 16, memory_policy: { active_sampling: null } };

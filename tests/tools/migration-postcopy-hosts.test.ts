@@ -14,7 +14,7 @@ import { apiRequest } from '../../services/host/client.ts';
 import type { HostStatsReport, MigrationResult, MigrationsInfo, VmInfo } from '../../services/host/host.ts';
 import { makeCertificates, type TestCertificates } from '../services/migration-certs.ts';
 import { checkInvariant, hypervisor, invariantSource } from '../services/migration-harness.ts';
-import { spawnNode, startNode, type RunningNode } from './child.ts';
+import { spawnNode, startHostProcess, type RunningNode } from './child.ts';
 
 const MIB = 1024 * 1024;
 const work = mkdtempSync(join(tmpdir(), 'bv-pc-hosts-'));
@@ -34,13 +34,9 @@ afterAll(async () => {
 }, 30_000);
 
 async function startHost(name: string, config: unknown): Promise<string> {
-  const socket = join(work, `${name}.sock`);
-  const file = join(work, `${name}.json`);
-  writeFileSync(file, JSON.stringify(config));
-  const child = startNode(['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', file]);
-  children.push(child);
-  await child.waitFor('stderr', 'serving the API');
-  return socket;
+  const host = await startHostProcess(work, name, config);
+  children.push(host.child);
+  return host.socket;
 }
 
 const guest = { name: 'guest', image: '', memory_mib: 16, memory_policy: { active_sampling: null } };
