@@ -277,7 +277,7 @@ export function logReplicationChecks(figures: LogReplicationFigures): Check[] {
 export function formatLogReplication(figures: LogReplicationFigures): string[] {
   const { lag, flush } = figures;
   return [
-    `log replication (T-16), ${figures.puts} pmkv puts per run, ${figures.repetitions} runs each, destination: a tools/host process over mutual TLS on loopback (load ${figures.load})`,
+    `log replication (T-16), ${figures.puts} pmkv puts per run, ${figures.repetitions} run${figures.repetitions === 1 ? '' : 's'} each, destination: a tools/host process over mutual TLS on loopback (load ${figures.load})`,
     `  commit latency per put: off ${figures.commit_ms_off} ms, on ${figures.commit_ms_on} ms (× ${figures.commit_ratio}); CPU off ${figures.commit_cpu_ms_off} ms, on ${figures.commit_cpu_ms_on} ms (× ${figures.commit_cpu_ratio})`,
     `  the same with the destination's files on tmpfs (its fdatasyncs off the primary's disk): on ${figures.commit_ms_on_separate_disk} ms (× ${figures.commit_ratio_separate_disk}); CPU × ${figures.commit_cpu_ratio_separate_disk}`,
     `  lag at ${lag.puts_per_s} puts/s (${lag.samples} samples): ${lag.records_mean} records on average, at most ${lag.records_max}; oldest unacknowledged record ${lag.ms_median} ms (median), ${lag.ms_p95} ms (p95), ${lag.ms_max} ms (max); a record from the tailer seeing it to its acknowledgement ${lag.ack_ms_mean} ms on average, at most ${lag.ack_ms_max} ms`,

@@ -302,6 +302,8 @@ class Link {
   ackedSeq = 0;
   lastError: string | null = null;
   retryAt = 0;
+  /** Connection attempts that failed in a row (the retry backs off). */
+  failures = 0;
   sending = false;
   ackedRecords = 0;
   ackMsSum = 0;
@@ -320,8 +322,9 @@ export function parseHostPort(address: string, what: string): { host: string; po
 
 /** Largest RECORDS payload a shipper sends. */
 const MAX_BATCH_BYTES = 256 * 1024;
-/** A destination that failed is tried again after this long. */
+/** A destination that failed is tried again after this long, doubled after each failure in a row up to RETRY_MAX_MS. */
 const RETRY_MS = 200;
+const RETRY_MAX_MS = 5000;
 
 /**
  * The source side for one VM: tails its pmkv log and ships new records to each destination.
@@ -427,6 +430,7 @@ export class LogShipper {
       link.ackedSeq = applied;
       link.state = 'connected';
       link.lastError = null;
+      link.failures = 0;
       this.log(`vm ${this.name}: log replication to ${link.address} connected (it holds ${applied} records)`);
       void this.#receiveAcks(link, channel);
       void this.#pump(link);
@@ -448,7 +452,8 @@ export class LogShipper {
     link.channel = null;
     link.state = 'down';
     link.lastError = message;
-    link.retryAt = performance.now() + RETRY_MS;
+    link.retryAt = performance.now() + Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** Math.min(link.failures, 5));
+    link.failures++;
     for (const waiter of link.ackWaiters.splice(0)) waiter();
   }
 
@@ -517,7 +522,8 @@ export class LogShipper {
     const reach = async (link: Link): Promise<void> => {
       while (performance.now() < deadline && link.ackedSeq < tail) {
         if (link.state === 'down') {
-          if (performance.now() < link.retryAt) await sleep(Math.min(link.retryAt, deadline) - performance.now());
+          // At a failure notice a destination that is down is tried at once, then as often as the back-off allows.
+          if (link.failures > 1 && performance.now() < link.retryAt) await sleep(Math.min(link.retryAt, deadline) - performance.now());
           else await this.#connect(link);
           continue;
         }
@@ -526,10 +532,13 @@ export class LogShipper {
           continue;
         }
         void this.#pump(link);
+        let timer: ReturnType<typeof setTimeout> | undefined;
         await new Promise<void>((resolve) => {
           link.ackWaiters.push(resolve);
-          setTimeout(resolve, Math.max(0, deadline - performance.now())).unref();
+          timer = setTimeout(resolve, Math.max(0, deadline - performance.now()));
+          timer.unref();
         });
+        clearTimeout(timer);
       }
     };
     // A connect may outlast the budget: the race keeps the flush inside it.
