@@ -27,8 +27,9 @@
  * The partner keeps everything of a save in memory until END checks out (page count, CRC, each run
  * inside the range, the base generation it holds): a cut, truncated or corrupt stream is refused
  * and its file is not touched. A full save (no base) is written to a side file, fsynced and renamed
- * over the file; a delta save is written in place and fsynced, then the generation (a small JSON
- * file beside it) is replaced the same way.
+ * over the file; a delta save is written to a redo journal (fdatasync) and confirmed, then applied
+ * in place; a journal a crash left is applied at the next start (a torn one was never confirmed
+ * and is dropped). The generation it holds is a small JSON file beside the file, replaced by rename.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
@@ -155,7 +156,14 @@ export interface PowerLossSaveReport {
   /** Each VM. */
   vms: PmemSaveVmReport[];
   /** The partner's answer to TAKEOVER (the VMs it started), or null when none was sent or answered. */
-  takeover: { on_partner: OnPartner; started: string[]; errors: string[] } | null;
+  takeover: {
+    /** What the partner was asked to do. */
+    on_partner: OnPartner;
+    /** The VMs it started. */
+    started: string[];
+    /** Why others were not, one line each. */
+    errors: string[];
+  } | null;
   /** What went wrong with the partner as a whole (unreachable, refused the connection…), or null. */
   error: string | null;
 }
@@ -169,11 +177,35 @@ export interface PmemHaSenderStatus {
   /** What the partner does at TAKEOVER. */
   on_partner: OnPartner;
   /** Background saves: done, failed, the last one's duration and error. */
-  syncs: { done: number; failed: number; last_ms: number | null; last_error: string | null };
+  syncs: {
+    /** Background saves (and POST /host/pmem-ha/sync) that saved every VM. */
+    done: number;
+    /** Those that did not. */
+    failed: number;
+    /** Milliseconds the last one took, or null. */
+    last_ms: number | null;
+    /** Why the last failed one failed, or null. */
+    last_error: string | null;
+  };
   /** Each tracked VM: the generation the partner holds and the pages not saved there yet. */
-  vms: { name: string; partner_generation: number | null; pending_pages: number }[];
+  vms: {
+    /** The VM. */
+    name: string;
+    /** The generation the partner confirmed, or null (it has nothing of this sender: the next save is whole). */
+    partner_generation: number | null;
+    /** Pages written since that save (as far as the last take knows). */
+    pending_pages: number;
+  }[];
   /** The last power-loss save, or null. */
   last_power_loss: PowerLossSaveReport | null;
+}
+
+/** GET /host/pmem-ha: this host's two sides of persistent-memory HA. */
+export interface PmemHaStatus {
+  /** Saving to a partner (`pmem_ha.partner`), or null when this host saves nowhere. */
+  sending: PmemHaSenderStatus | null;
+  /** Receiving a partner's saves (`pmem_ha.listen`), or null when it does not. */
+  receiving: PmemHaPartnerStatus | null;
 }
 
 /** What the primary keeps per VM. */
@@ -634,7 +666,14 @@ export interface PmemHaPartnerStatus {
   /** Saves and streams refused, the latest last (at most 32). */
   refused: RefusedSave[];
   /** Connections the transport refused (untrusted certificates, other protocols). */
-  refused_connections: { remote: string; code: string; message: string }[];
+  refused_connections: {
+    /** The peer's address. */
+    remote: string;
+    /** The transport's error code. */
+    code: string;
+    /** In words. */
+    message: string;
+  }[];
   /** VMs started at a TAKEOVER. */
   taken_over: string[];
 }
@@ -657,6 +696,8 @@ export class PmemHaPartner {
   private readonly received: ReceivedSave[] = [];
   private readonly refusedSaves: RefusedSave[] = [];
   private readonly takenOver: string[] = [];
+  /** The end of the file work queued so far (lockFiles). */
+  private fileQueue: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly server: TransportServer,
@@ -745,12 +786,15 @@ export class PmemHaPartner {
           vm = String(begin.vm);
           const outcome = await this.receiveSave(channel, begin, from);
           if (outcome.ok) {
-            await channel.send(PmemHaFrame.SAVED, json({ vm, generation: outcome.generation, ms: outcome.ms }));
             try {
+              await channel.send(PmemHaFrame.SAVED, json({ vm, generation: outcome.generation, ms: outcome.ms }));
               await outcome.apply?.();
             } catch (error) {
               // The journal stays: the next save or start applies it.
               this.host.log(`pmem-ha: applying the journal of '${vm}' failed (it is kept and applied later): ${message(error)}`);
+              if (!channel.open) throw error;
+            } finally {
+              outcome.release();
             }
           } else {
             this.note(this.refusedSaves, { vm, from, code: outcome.error.code, message: outcome.error.message });
@@ -778,7 +822,7 @@ export class PmemHaPartner {
    * Receives one save after its BEGIN. Frame errors (a cut, a corrupt frame) throw; a save that
    * arrived but does not check out is refused (ok: false) with the channel still usable.
    */
-  private async receiveSave(channel: FramedChannel, begin: Record<string, unknown>, from: string): Promise<{ ok: true; generation: number; ms: number; apply: (() => Promise<void>) | null } | { ok: false; error: PmemHaError }> {
+  private async receiveSave(channel: FramedChannel, begin: Record<string, unknown>, from: string): Promise<{ ok: true; generation: number; ms: number; apply: (() => Promise<void>) | null; release: () => void } | { ok: false; error: PmemHaError }> {
     const started = performance.now();
     // Everything is kept in memory until END checks out: nothing touches the file before.
     const runs: { first: number; pages: Uint8Array }[] = [];
@@ -822,51 +866,72 @@ export class PmemHaPartner {
       received += count;
     }
     if (problem !== null) return { ok: false, error: problem };
-    const receivedAt = performance.now();
-    let writeMs = 0;
-    let apply: (() => Promise<void>) | null = null;
-    if (this.host.hasVm(vm)) return { ok: false, error: new PmemHaError('BV_HA_BUSY', `a VM named '${vm}' exists on this host: its persistent memory is not overwritten`) };
-    const path = this.pathOf(vm);
-    await this.recover(vm);
-    const held = this.readGeneration(vm);
-    const meta: GenerationFile = { vm, generation, bytes, spec: (begin.spec as Record<string, unknown> | null) ?? null };
-    if (base !== null && (held === null || held.generation !== base || held.bytes !== bytes)) {
-      return { ok: false, error: new PmemHaError('BV_HA_BASE', `the save builds on generation ${base}, this host holds ${held === null ? 'none' : `${held.generation} (${held.bytes} bytes)`}`) };
-    }
+    // The file work is one save at a time (another channel may bring this VM's next save, or a
+    // takeover): held until the caller has confirmed the save and applied its journal.
+    const release = await this.lockFiles();
+    let keep = false;
     try {
-      if (base === null) {
-        // A whole copy: a side file, fsynced, renamed over the file.
-        const side = `${path}.incoming`;
-        const file = await open(side, 'w');
-        try {
-          await writeRuns(file, bytes, runs);
-          writeMs = performance.now() - receivedAt;
-          await file.sync();
-        } finally {
-          await file.close();
-        }
-        await rename(side, path);
-        await this.writeGeneration(meta);
-        await syncDir(this.dir);
-      } else {
-        if (!existsSync(path) || statSync(path).size !== bytes) return { ok: false, error: new PmemHaError('BV_HA_BASE', `${path} is missing or of another size`) };
-        // A redo journal: the save is durable once it is written (one sequential write, fdatasync);
-        // SAVED goes then, and the pages are applied in place after it (applyJournal). A crash in
-        // between is repaired at the next start or save (recover): the file is never half-updated.
-        writeMs = await writeJournal(this.journalOf(vm), meta, runs);
-        apply = () => this.applyJournal(meta, runs);
+      const receivedAt = performance.now();
+      let writeMs = 0;
+      let apply: (() => Promise<void>) | null = null;
+      if (this.host.hasVm(vm)) return { ok: false, error: new PmemHaError('BV_HA_BUSY', `a VM named '${vm}' exists on this host: its persistent memory is not overwritten`) };
+      const path = this.pathOf(vm);
+      await this.recover(vm);
+      const held = this.readGeneration(vm);
+      const meta: GenerationFile = { vm, generation, bytes, spec: (begin.spec as Record<string, unknown> | null) ?? null };
+      if (base !== null && (held === null || held.generation !== base || held.bytes !== bytes)) {
+        return { ok: false, error: new PmemHaError('BV_HA_BASE', `the save builds on generation ${base}, this host holds ${held === null ? 'none' : `${held.generation} (${held.bytes} bytes)`}`) };
       }
-    } catch (error) {
-      return { ok: false, error: new PmemHaError('BV_HA_IO', `writing ${path}: ${message(error)}`, { cause: error }) };
+      try {
+        if (base === null) {
+          // A whole copy: a side file, fsynced, renamed over the file.
+          const side = `${path}.incoming`;
+          const file = await open(side, 'w');
+          try {
+            await writeRuns(file, bytes, runs);
+            writeMs = performance.now() - receivedAt;
+            await file.sync();
+          } finally {
+            await file.close();
+          }
+          await rename(side, path);
+          await this.writeGeneration(meta);
+          await syncDir(this.dir);
+        } else {
+          if (!existsSync(path) || statSync(path).size !== bytes) return { ok: false, error: new PmemHaError('BV_HA_BASE', `${path} is missing or of another size`) };
+          // A redo journal: the save is durable once it is written (one sequential write, fdatasync);
+          // SAVED goes then, and the pages are applied in place after it (applyJournal). A crash in
+          // between is repaired at the next start or save (recover): the file is never half-updated.
+          writeMs = await writeJournal(this.journalOf(vm), meta, runs);
+          apply = () => this.applyJournal(meta, runs);
+        }
+      } catch (error) {
+        return { ok: false, error: new PmemHaError('BV_HA_IO', `writing ${path}: ${message(error)}`, { cause: error }) };
+      }
+      const ended = performance.now();
+      const ms = round(ended - started);
+      this.note(this.received, {
+        vm, from, generation, final: begin.final === true, pages: received, path, ms,
+        receive_ms: round(receivedAt - started), write_ms: round(writeMs), sync_ms: round(ended - receivedAt - writeMs),
+      });
+      if (begin.final === true) this.host.log(`pmem-ha: the power-loss save of '${vm}' from ${from} is in ${path} (generation ${generation}, ${received} pages, ${ms} ms)`);
+      keep = true;
+      return { ok: true, generation, ms, apply, release };
+    } finally {
+      if (!keep) release();
     }
-    const ended = performance.now();
-    const ms = round(ended - started);
-    this.note(this.received, {
-      vm, from, generation, final: begin.final === true, pages: received, path, ms,
-      receive_ms: round(receivedAt - started), write_ms: round(writeMs), sync_ms: round(ended - receivedAt - writeMs),
+  }
+
+  /** Waits for the file work before it; call the function returned when done. */
+  private async lockFiles(): Promise<() => void> {
+    let release!: () => void;
+    const done = new Promise<void>((resolve) => {
+      release = resolve;
     });
-    if (begin.final === true) this.host.log(`pmem-ha: the power-loss save of '${vm}' from ${from} is in ${path} (generation ${generation}, ${received} pages, ${ms} ms)`);
-    return { ok: true, generation, ms, apply };
+    const previous = this.fileQueue;
+    this.fileQueue = previous.then(() => done);
+    await previous;
+    return release;
   }
 
   /** The redo journal of a VM's file. */
@@ -915,6 +980,15 @@ export class PmemHaPartner {
     const errors: string[] = [];
     this.host.log(`pmem-ha: ${from} is going down: taking over ${vms.join(', ') || 'nothing'} (on_partner ${String(mode)})`);
     if (mode === 'none') return { started, errors };
+    const release = await this.lockFiles();
+    try {
+      return await this.startTakenOver(vms, mode === 'app' ? String(request.app_boot_args ?? '') : null, started, errors);
+    } finally {
+      release();
+    }
+  }
+
+  private async startTakenOver(vms: string[], bootArgs: string | null, started: string[], errors: string[]): Promise<{ started: string[]; errors: string[] }> {
     for (const vm of vms) {
       if (VM_NAME.test(vm)) {
         try {
@@ -934,7 +1008,7 @@ export class PmemHaPartner {
         continue;
       }
       try {
-        await this.host.startVm(held.spec, this.pathOf(vm), mode === 'app' ? String(request.app_boot_args ?? '') : null);
+        await this.host.startVm(held.spec, this.pathOf(vm), bootArgs);
         started.push(vm);
         this.takenOver.push(vm);
       } catch (error) {

@@ -47,7 +47,7 @@ import {
 } from '../migration/index.ts';
 import { MigrationCounters, type MigrationStatsReport } from '../migration/stats.ts';
 import { receivingDisk } from '../migration/disk.ts';
-import { PmemHaPartner, PmemHaSender, type PmemHaPartnerStatus, type PmemHaSenderStatus, type PmemSaveVmReport } from '../ha/pmem-ha.ts';
+import { PmemHaPartner, PmemHaSender, type PmemHaStatus, type PmemSaveVmReport } from '../ha/pmem-ha.ts';
 import type { JsonObject } from '../checkpoint/format.ts';
 import { LogReplicaReceiver, LogShipper, type LogFlushReport, type LogReplicaInfo, type LogReplicasInfo, type LogReplicationStatus } from '../ha/log-replication.ts';
 
@@ -1501,7 +1501,7 @@ export class Host {
   }
 
   /** GET /host/pmem-ha: the primary's side (saves, the last power-loss save) and the partner's (saves received). */
-  pmemHaStatus(): { sending: PmemHaSenderStatus | null; receiving: PmemHaPartnerStatus | null } {
+  pmemHaStatus(): PmemHaStatus {
     if (this.pmemHa === null) throw new HostError(404, 'persistent-memory HA is not configured on this host (pmem_ha)');
     return { sending: this.pmemHa.sender?.status() ?? null, receiving: this.pmemHa.partner?.status() ?? null };
   }

@@ -7,7 +7,7 @@ export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandle
 export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
-  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
+  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export {
@@ -19,6 +19,11 @@ export {
   type PowerLossHook, type PowerLossHookResult, type PowerLossReport,
 } from './host.ts';
 export type { DestinationStatus, LogFlushReport, LogReplicaInfo, LogReplicasInfo, LogReplicationStatus } from '../ha/log-replication.ts';
+export {
+  PMEM_HA_PROTOCOL, PMEM_HA_VERSIONS, PmemHaError, PmemHaFrame, PmemHaPartner, PmemHaSender, writeJournal,
+  type OnPartner, type PmemHaErrorCode, type PmemHaPartnerHost, type PmemHaPartnerStatus, type PmemHaSenderOptions, type PmemHaSenderStatus, type PmemHaStatus, type PmemHaVm,
+  type PmemRange, type PmemSaveVmReport, type PowerLossSaveReport, type ReceivedSave, type RefusedSave,
+} from '../ha/pmem-ha.ts';
 export { TIMELINE_DEFAULTS, TimelineRecorder, type TimelineProviders, type TimelineRecorderOptions } from './recorder.ts';
 export {
   parseTimeline, readTimeline, TIMELINE_FORMAT, TIMELINE_VERSION, TimelineError, type Timeline, type TimelineBalloon, type TimelineEnd, type TimelineHeader, type TimelineHeat,

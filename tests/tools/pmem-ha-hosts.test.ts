@@ -61,7 +61,7 @@ describe('persistent-memory HA between two host processes', () => {
     const hooks = JSON.parse(line![1]!) as { name: string; ok: boolean; result: PowerLossSaveReport }[];
     const saved = hooks.find((hook) => hook.name === 'pmem-ha')!;
     expect(saved.ok).toBe(true);
-    expect(saved.result).toMatchObject({ complete: true, error: null, takeover: { on_partner: 'vm', started: ['kv'], errors: [] } });
+    expect(saved.result, JSON.stringify(saved.result)).toMatchObject({ complete: true, error: null, takeover: { on_partner: 'vm', started: ['kv'], errors: [] } });
     expect(saved.result.saved_ms).toBeLessThanOrEqual(5000);
     expect(saved.result.vms[0]).toMatchObject({ name: 'kv', saved: true, unsaved: [] });
 
