@@ -204,6 +204,29 @@ describe('persistent-memory HA between two hosts', () => {
   }, 120_000);
 });
 
+describe('an unknown partner', () => {
+  it('is reported (a name that does not resolve), within the budget', async () => {
+    const path = join(dir, 'kv-unknown.pmem');
+    const primary = await Host.start(parseHostConfig({
+      migration: { insecure: true, name: 'primary-u' },
+      pmem_ha: { partner: 'no-such-host.invalid:7500', sync_interval_ms: 0 },
+      vms: [{ name: 'kv', image: KERNEL, memory_mib: 16, boot_args: 'pmkv put a 1', pmem: { path, size_kib: PMEM_KIB, create: true } }],
+    }));
+    try {
+      await primary.whenStopped('kv');
+      const started = performance.now();
+      const saved = pmemHaResult(await primary.powerLoss(2000, 'test'));
+      expect(performance.now() - started).toBeLessThan(2000 + 1000);
+      expect(saved.complete).toBe(false);
+      expect(saved.vms[0]!.error).toMatch(/partner no-such-host\.invalid:7500 could not be reached|battery budget ran out/);
+      expect(saved.vms[0]!.unsaved).toEqual([{ offset: 0, bytes: PMEM_KIB * 1024 }]);
+      expect(saved.takeover).toBeNull();
+    } finally {
+      await primary.close();
+    }
+  }, 120_000);
+});
+
 describe('the partner refuses a bad save and keeps its file', () => {
   it('a corrupt stream, a cut one and a save on a base it does not hold are refused; the file is unchanged', async () => {
     const log: string[] = [];
