@@ -2,7 +2,7 @@
  * Write tracking of file-backed ranges (GuestMemory.trackFileRangeWrites / takeFileRangeDirtyPages,
  * docs/pmem.md "High availability"): a guest stores all over its persistent memory — words, bytes,
  * halfwords and AMOs, after loads of the same page (a load may cache a write translation too),
- * interpreted and compiled — while the host takes the dirty pages between runs; every page whose
+ * in the interpreter and in compiled code — while the host takes the dirty pages between runs; every page whose
  * bytes changed since the previous take must be among the pages taken. A missed store would make
  * the HA save leave a stale page at the partner.
  */
@@ -59,9 +59,9 @@ loop:   li      t0, 1103515245
 `;
 
 describe('write tracking of a file-backed range', () => {
-  it('misses no store: every page that changed between two takes is among the pages taken', () => {
+  it.each(['interp', 'jit'] as const)('misses no store (%s tier): every page that changed between two takes is among the pages taken', (tier) => {
     const hv = createHypervisor({ hostMemoryBytes: 16 << 20 });
-    const vm = hv.createVm({ memoryBytes: 1 << 20 });
+    const vm = hv.createVm({ memoryBytes: 1 << 20, tier });
     const devices = attachStandardDevices(vm, { output: new CaptureSink(), pmem: { path: join(dir, 'dirty.pmem'), bytes: BYTES, create: true } });
     vm.loadImage(assemble(PROGRAM).image);
     const gpa = devices.pmem!.gpa;
@@ -72,7 +72,7 @@ describe('write tracking of a file-backed range', () => {
     vm.memory.readFileRange(gpa, before);
     let changedPages = 0;
     let takenPages = 0;
-    // Short runs at first (the interpreter), longer ones later (compiled code).
+    // Short runs at first, longer ones later.
     for (let round = 0; round < 120; round++) {
       const [result] = hv.run({ maxInstructions: round < 40 ? 500 + round * 37 : 20_000 + round * 101 }, [vm]);
       expect(result!.reason.kind).toBe('budget');
@@ -95,8 +95,11 @@ describe('write tracking of a file-backed range', () => {
     // some pages untouched between takes (the marks are per take, not "everything").
     expect(changedPages).toBeGreaterThan(1000);
     expect(takenPages).toBeLessThan(120 * PAGES);
-    // The stores reached the file through the tracked path too.
+    // The stores reached the file through the tracked path too, and with the jit tier most of
+    // the instructions ran compiled.
     expect(vm.vcpus[0]!.stats.tlbMisses).toBeGreaterThan(0);
+    if (tier === 'jit') expect(hv.jitStats().retiredCompiled).toBeGreaterThan(vm.instructionsRetired / 2);
+    else expect(hv.jitStats().retiredCompiled).toBe(0);
   });
 
   it('refuses a take without tracking, and ranges that do not exist', () => {
