@@ -5,7 +5,8 @@
  * into its own pmem file and starts the VM from it (on_partner "vm"), whose pmkv finds every
  * acknowledged record.
  *
- * Two processes on loopback, not network namespaces (the suite does not assume root).
+ * Each host in a network namespace of its own when the suite runs as root (tests/services/multi-host.ts),
+ * else both on loopback.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,21 +15,22 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmInfo } from '../../services/host/host.ts';
 import type { PmemHaPartnerStatus, PmemHaSenderStatus, PowerLossSaveReport } from '../../services/ha/pmem-ha.ts';
 import { makeCertificates, type TestCertificates } from '../services/migration-certs.ts';
-import { startHost, type Host } from '../services/multi-host.ts';
-import type { Network } from '../services/multi-host.ts';
+import { createNetwork, startHost, type Host, type Network } from '../services/multi-host.ts';
 
 const KERNEL = join(import.meta.dirname, '..', '..', 'examples', 'nanokernel', 'kernel.s');
 const work = mkdtempSync(join(tmpdir(), 'bv-pmem-ha-hosts-'));
-const loopback: Network = { kind: 'loopback', address: { a: '127.0.0.1', b: '127.0.0.1' }, namespace: { a: null, b: null }, tcMbit: null, describe: 'loopback', close: () => {} };
+const network: Network = createNetwork();
 const hosts: Host[] = [];
 let certs: TestCertificates;
 
 beforeAll(() => {
-  certs = makeCertificates();
+  console.log(`pmem HA hosts: ${network.describe}`);
+  certs = makeCertificates([network.address.a, network.address.b]);
 });
 
 afterAll(async () => {
   await Promise.all(hosts.map((host) => host.child.stop('SIGKILL')));
+  network.close();
   rmSync(work, { recursive: true, force: true });
 }, 30_000);
 
@@ -36,11 +38,12 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('persistent-memory HA between two host processes', () => {
   it('SIGPWR on the primary: its pmem is saved at the partner within the battery, and the VM runs there with every acknowledged record', async () => {
-    const partner = await startHost(loopback, 'b', 'partner', { host_memory_mib: 64, migration: { tls: certs.b, name: 'partner' }, pmem_ha: { listen: '127.0.0.1:0', dir: join(work, 'received') } }, work);
+    const partner = await startHost(network, 'b', 'partner', { host_memory_mib: 64, migration: { tls: certs.b, name: 'partner' }, pmem_ha: { listen: `${network.address.b}:0`, dir: join(work, 'received') } }, work);
     hosts.push(partner);
     const address = (await partner.api<{ receiving: PmemHaPartnerStatus }>('GET', '/host/pmem-ha')).body.receiving.listening;
     const puts = Array.from({ length: 10 }, (_, i) => `put k${i} v${i}`).join(' ');
-    const primary = await startHost(loopback, 'a', 'primary', {
+    expect(address.startsWith(`${network.address.b}:`)).toBe(true);
+    const primary = await startHost(network, 'a', 'primary', {
       host_memory_mib: 64, battery_ms: 5000,
       migration: { tls: certs.a, name: 'primary' },
       pmem_ha: { partner: address, sync_interval_ms: 100, on_partner: 'vm' },
