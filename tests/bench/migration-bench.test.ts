@@ -12,7 +12,7 @@ const repo = fileURLToPath(new URL('../../', import.meta.url));
 const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
 
 describe('npm run bench -- --only migration', () => {
-  it('--quick --json: pre-copy, low-downtime pre-copy and post-copy of a 64 MiB guest, and their checks', () => {
+  it('--quick --json: pre-copy, low-downtime pre-copy and post-copy of a 64 MiB guest, the copy and pre-copy to another process, and their checks', () => {
     const result = spawnSync(tsx, ['bench/run.ts', '--quick', '--json', '--only', 'migration'], { cwd: repo, encoding: 'utf8', timeout: 230_000 });
     expect(result.status, result.stderr).toBe(0);
     const report = JSON.parse(result.stdout);
@@ -25,8 +25,13 @@ describe('npm run bench -- --only migration', () => {
     expect(migration.lowDowntime.limitMs).toBe(10);
     expect(migration.postcopy.remotePages).toBeGreaterThan(0);
     expect(migration.postcopy.resumeMs).toBeGreaterThan(0);
+    // Source and destination in two processes: the copy and the pre-copy reached the far process.
+    expect(migration.twoProcesses.copy.mibps).toBeGreaterThan(0);
+    expect(migration.twoProcesses.precopy.bytes).toBeGreaterThan(64 * 1024 * 1024 * 0.9);
+    expect(migration.twoProcesses.ratio).toBeGreaterThan(0);
     expect(report.checks.map((c: { name: string }) => c.name)).toEqual([
       'pre-copy downtime, 64 MiB (ms)', 'pre-copy downtime goal, 64 MiB, downtime_ms 10 (ms)', 'pre-copy throughput / plain TLS copy, 64 MiB',
+      'pre-copy throughput / plain TLS copy, 64 MiB, source and destination in two processes',
     ]);
     expect(formatReport(report)).toMatch(/^Live migration \(issue 14\)/m);
     expect(formatReport(report)).toMatch(/remote faults \d+: latency p50/);
