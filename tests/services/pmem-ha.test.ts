@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { createHypervisor } from '../../kernel/index.ts';
-import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
+import { ConfigError, parseHostConfig, parseVmConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
 import { PmemHaPartner, PmemHaSender, writeJournal, type PmemHaPartnerHost, type PowerLossSaveReport } from '../../services/ha/pmem-ha.ts';
 
@@ -116,6 +116,62 @@ describe('persistent-memory HA between two hosts', () => {
       for (let i = 0; i < 12; i++) expect(there).toContain(`pmkv: get key${i} = value-${i}-${'x'.repeat(i * 7)} (seq ${i + 1})`);
       expect(partner.host.pmemHaStatus().receiving!.taken_over).toEqual(['kv']);
       expect(primary.pmemHaStatus().sending!.last_power_loss).toEqual(saved);
+    } finally {
+      await primary.close();
+      await partner.host.close();
+    }
+  }, 180_000);
+
+  it('a notice while pmkv runs and background saves race it: the partner has every put acknowledged before the pause', async () => {
+    const partner = await partnerHost('partner-race');
+    const path = join(dir, 'kv-race.pmem');
+    const KEYS = 16;
+    const PUTS = 200;
+    const puts = Array.from({ length: PUTS }, (_, i) => `put k${i % KEYS} v${i}`).join(' ');
+    const primary = await Host.start(parseHostConfig({
+      migration: { insecure: true, name: 'primary-race' },
+      slice_instructions: 20_000,
+      pmem_ha: { partner: partner.address, sync_interval_ms: 10, on_partner: 'none' },
+      vms: [{ name: 'kv', image: KERNEL, memory_mib: 16, boot_args: `pmkv ${puts}`, pmem: { path, size_kib: PMEM_KIB, create: true } }],
+    }));
+    try {
+      // The notice comes in the middle of the puts (or after them, on a fast machine: the check holds either way).
+      // After two background saves (both ends share this thread with the guest, so they are slow).
+      await until(
+        () => ({ text: primary.readConsole('kv', 0, 1 << 20).data, syncs: primary.pmemHaStatus().sending!.syncs.done }),
+        ({ text, syncs }) => syncs >= 2 && ((text.match(/pmkv: put /g) ?? []).length >= 40 || primary.vmInfo('kv').state === 'Stopped'),
+        120_000,
+      );
+      const puttingAtNotice = primary.vmInfo('kv').state !== 'Stopped';
+      const saved = pmemHaResult(await primary.powerLoss(5000, 'test'));
+      expect(saved.complete).toBe(true);
+      expect(saved.takeover).toEqual({ on_partner: 'none', started: [], errors: [] });
+      // What the guest acknowledged before the pause: the last sequence number per key.
+      const acked = new Map<string, number>();
+      let lastSeq = 0;
+      for (const match of primary.readConsole('kv', 0, 1 << 20).data.matchAll(/pmkv: put (k\d+) = v(\d+) \(seq (\d+)\)/g)) {
+        const seq = Number(match[3]);
+        expect(Number(match[2])).toBe(seq - 1);
+        acked.set(match[1]!, seq);
+        lastSeq = Math.max(lastSeq, seq);
+      }
+      expect(lastSeq).toBeGreaterThanOrEqual(40);
+      console.log(`pmem HA race: notice after ${lastSeq} acknowledged puts (${puttingAtNotice ? 'the guest still putting' : 'the guest done'}), ${saved.vms[0]!.pages_sent} pages sent at the notice`);
+      // pmkv on the partner's copy.
+      const gets = Array.from({ length: KEYS }, (_, k) => `get k${k}`).join(' ');
+      await partner.host.createVm(parseVmConfig({ name: 'kv', image: KERNEL, memory_mib: 16, boot_args: `pmkv ${gets}`, pmem: { path: join(partner.dir, 'kv.pmem'), size_kib: PMEM_KIB } }));
+      await partner.host.whenStopped('kv');
+      const there = partner.host.readConsole('kv', 0, 1 << 20).data;
+      const next = /pmkv: (\d+) records, next seq (\d+)/.exec(there);
+      expect(next, there).not.toBeNull();
+      expect(Number(next![2])).toBeGreaterThan(lastSeq);
+      expect(there).not.toMatch(/torn/);
+      for (const [key, seq] of acked) {
+        const got = new RegExp(`pmkv: get ${key} = v(\\d+) \\(seq (\\d+)\\)`).exec(there);
+        expect(got, `${key}: ${there}`).not.toBeNull();
+        expect(Number(got![2])).toBeGreaterThanOrEqual(seq);
+        expect(Number(got![1])).toBe(Number(got![2]) - 1);
+      }
     } finally {
       await primary.close();
       await partner.host.close();
