@@ -338,6 +338,39 @@ describe('the partner refuses a bad save and keeps its file', () => {
   }, 120_000);
 });
 
+describe('a budget too small for the save', () => {
+  it('stops sending at the deadline and reports the VM unsaved; the partner keeps nothing of the half save', async () => {
+    const fake: PmemHaPartnerHost = { hasVm: () => false, startVm: () => Promise.reject(new Error('not here')), log: () => {} };
+    const partner = await PmemHaPartner.listen('127.0.0.1:0', join(dir, 'short-budget'), { insecure: true }, fake);
+    const bytes = 32 << 20;
+    const hv = createHypervisor({ hostMemoryBytes: 48 << 20 });
+    const vmHandle = hv.createVm({ name: 'big', memoryBytes: 1 << 20 });
+    const devices = attachStandardDevices(vmHandle, { output: new CaptureSink(), pmem: { path: join(dir, 'big.pmem'), bytes, create: true } });
+    const sender = new PmemHaSender({ partner: partner.address, syncIntervalMs: 0, onPartner: 'vm', appBootArgs: null, channel: { insecure: true } }, () => [{ name: 'big', vm: vmHandle, gpa: devices.pmem!.gpa, bytes, spec: null }]);
+    try {
+      const budget = 25;
+      const report = await sender.powerLoss(performance.now() + budget, budget);
+      expect(report.complete).toBe(false);
+      expect(report.saved_ms).toBeNull();
+      expect(report.takeover).toBeNull();
+      // Generous: the check is that sending stopped, not how fast (the bench measures that).
+      expect(report.elapsed_ms).toBeLessThan(budget + 1000);
+      const vm = report.vms[0]!;
+      expect(vm.saved).toBe(false);
+      expect(vm.pages_sent).toBeLessThan(bytes / 4096);
+      expect(vm.error).toMatch(/battery budget ran out/);
+      expect(vm.unsaved).toEqual([{ offset: 0, bytes }]);
+      await until(() => partner.status().refused.length, (count) => count >= 1, 10_000);
+      expect(partner.status().received).toEqual([]);
+      expect(existsSync(partner.pathOf('big'))).toBe(false);
+    } finally {
+      await sender.close();
+      await partner.close();
+      hv.destroyVm(vmHandle);
+    }
+  }, 120_000);
+});
+
 describe('the partner\'s redo journal', () => {
   it('a whole journal left by a crash after SAVED is applied at the next start; a torn one is dropped and the file is as before', async () => {
     const log: string[] = [];
