@@ -593,6 +593,28 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     operands: ['VM'], help: "failover: run VM on this backup host from its replica's last complete epoch (POST /replicas/VM/activate)",
     run: async (c) => show(c, await c.call<VmInfo>('POST', `/replicas/${encodeURIComponent(c.operands[0]!)}/activate`), (vm) => `activated VM ${vm.name} (${originText(vm)})\n`),
   },
+  'power-loss': {
+    operands: ['BATTERY_MS'],
+    help: 'a power-loss notice: pause every VM, then save persistent memory to the HA partner and flush replicated logs within BATTERY_MS (POST /host/power-loss)',
+    run: async (c) => show(c, await c.call<object>('POST', '/host/power-loss', { battery_ms: parseInteger(c.operands[0]!, 'BATTERY_MS', 0) }), formatCounters),
+  },
+  'pmem-ha': {
+    operands: [], flags: ['--sync'],
+    help: 'persistent-memory HA: the partner this host saves to and what it receives (GET /host/pmem-ha); --sync: save to the partner now (POST /host/pmem-ha/sync)',
+    run: async (c) => show(c, c.args.flag('--sync') ? await c.call<object>('POST', '/host/pmem-ha/sync') : await c.call<object>('GET', '/host/pmem-ha'), formatCounters),
+  },
+  'log-replication': {
+    operands: ['VM'], help: "VM's persistent-memory log replication: destinations, records shipped and acknowledged, lag (GET /vms/VM/log-replication)",
+    run: async (c) => show(c, await c.call<object>('GET', vmPath(c.operands[0]!, '/log-replication')), formatCounters),
+  },
+  'log-replicas': {
+    operands: [], help: 'replicated persistent-memory logs this host receives (GET /log-replicas)',
+    run: async (c) => show(c, await c.call<object>('GET', '/log-replicas'), formatCounters),
+  },
+  'release-log-replica': {
+    operands: ['VM'], help: "stop receiving VM's replicated log and close its file, so a VM can be started on it (DELETE /log-replicas/VM)",
+    run: async (c) => show(c, await c.call<object>('DELETE', `/log-replicas/${encodeURIComponent(c.operands[0]!)}`), formatCounters),
+  },
   delete: {
     operands: ['VM'], help: 'stop a VM and free its memory (DELETE /vms/VM)',
     run: async (c) => {

@@ -23,6 +23,7 @@ import type { LogReplicasInfo, LogReplicationStatus } from '../../services/ha/lo
 import { makeCertificates } from './migration-certs.ts';
 import { createNetwork, startHost, type Host as MultiHost } from './multi-host.ts';
 import { checkReplica, KERNEL, powerLossTrial, PRIMARY_SCHEDULING, processTrial, putArgs, random, startDestination } from './log-replication-trials.ts';
+import { runCtl } from '../tools/child.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-logrep-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -313,6 +314,9 @@ describe('two host processes (in network namespaces when root, else on loopback;
         await new Promise((resolve) => setTimeout(resolve, 20));
         acked = (await primary.api<LogReplicationStatus>('GET', '/vms/kv/log-replication')).body.destinations[0]!.acked_seq;
       }
+      const shown = await runCtl(primary.socket, ['--json', 'log-replication', 'kv']);
+      expect(shown.code, shown.stderr).toBe(0);
+      expect((JSON.parse(shown.stdout) as LogReplicationStatus).destinations[0]!.acked_seq).toBeGreaterThanOrEqual(acked);
       await primary.child.stop('SIGKILL');
       const stopLimit = Date.now() + 30_000;
       let replica = (await destination.api<LogReplicasInfo>('GET', '/log-replicas')).body.replicas[0]!;
@@ -325,9 +329,16 @@ describe('two host processes (in network namespaces when root, else on loopback;
       expect(recovered).toBeGreaterThanOrEqual(acked);
       expect(recovered).toBeLessThanOrEqual(checkReplica(primaryFile, false));
       expect(replica.applied_seq).toBe(recovered);
+      // tools/ctl shows the same replica (its readable table names the VM and the sequence applied).
+      const listed = await runCtl(destination.socket, ['log-replicas']);
+      expect(listed.code, listed.stderr).toBe(0);
+      expect(listed.stdout).toContain('kv');
+      expect(listed.stdout).toContain(String(recovered));
 
-      // The application restarts on the destination from the rebuilt file.
-      expect((await destination.api('DELETE', '/log-replicas/kv')).status).toBe(200);
+      // The application restarts on the destination from the rebuilt file (ctl release-log-replica = DELETE /log-replicas/kv).
+      const released = await runCtl(destination.socket, ['release-log-replica', 'kv']);
+      expect(released.code, released.stderr).toBe(0);
+      expect(released.stdout).toContain(replica.path);
       const gets = Array.from({ length: 8 }, (_, key) => `get k${key}`).join(' ');
       const created = await destination.api('PUT', '/vms/kv2', { name: 'kv2', image: KERNEL, memory_mib: 16, boot_args: `pmkv ${gets}`, pmem: { path: replica.path, size_kib: 64 } });
       expect(created.status, JSON.stringify(created.body)).toBe(201);

@@ -16,6 +16,7 @@ import type { VmInfo } from '../../services/host/host.ts';
 import type { PmemHaPartnerStatus, PmemHaSenderStatus, PowerLossSaveReport } from '../../services/ha/pmem-ha.ts';
 import { makeCertificates, type TestCertificates } from '../services/migration-certs.ts';
 import { createNetwork, startHost, type Host, type Network } from '../services/multi-host.ts';
+import { runCtl } from './child.ts';
 
 const KERNEL = join(import.meta.dirname, '..', '..', 'examples', 'nanokernel', 'kernel.s');
 const work = mkdtempSync(join(tmpdir(), 'bv-pmem-ha-hosts-'));
@@ -53,8 +54,12 @@ describe('persistent-memory HA between two host processes', () => {
     for (let i = 0; i < 2400 && (await primary.api<VmInfo>('GET', '/vms/kv')).body.state !== 'Stopped'; i++) await sleep(25);
     const shown = (await primary.api<{ data: string }>('GET', '/vms/kv/console')).body.data;
     for (let i = 0; i < 10; i++) expect(shown).toContain(`pmkv: put k${i} = v${i} (seq ${i + 1})`);
-    const status = (await primary.api<{ sending: PmemHaSenderStatus }>('GET', '/host/pmem-ha')).body.sending;
+    const ctlShown = await runCtl(primary.socket, ['--json', 'pmem-ha']); // GET /host/pmem-ha
+    expect(ctlShown.code, ctlShown.stderr).toBe(0);
+    const status = (JSON.parse(ctlShown.stdout) as { sending: PmemHaSenderStatus }).sending;
     expect(status.partner).toBe(address);
+    const readable = await runCtl(primary.socket, ['pmem-ha']);
+    expect(readable.stdout).toContain(address);
 
     const end = await primary.child.stop('SIGPWR', 30_000);
     expect(end.code, end.stderr).toBe(0);
@@ -76,5 +81,11 @@ describe('persistent-memory HA between two host processes', () => {
     const received = (await partner.api<{ receiving: PmemHaPartnerStatus }>('GET', '/host/pmem-ha')).body.receiving;
     expect(received.received.at(-1)).toMatchObject({ vm: 'kv', final: true, from: expect.stringContaining('primary') });
     expect(received.taken_over).toEqual(['kv']);
+    // A notice through tools/ctl (POST /host/power-loss) on the partner, which has no partner of its own.
+    const notice = await runCtl(partner.socket, ['--json', 'power-loss', '0']);
+    expect(notice.code, notice.stderr).toBe(0);
+    expect(JSON.parse(notice.stdout)).toMatchObject({ battery_ms: 0, hooks: expect.any(Array) });
+    const bad = await runCtl(partner.socket, ['power-loss', 'soon']);
+    expect(bad.code).toBe(2);
   }, 240_000);
 });
