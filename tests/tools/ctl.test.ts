@@ -222,7 +222,7 @@ describe('tools/ctl against a running host', () => {
     ]);
     const messages = [
       'no command given',
-      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, delete)",
+      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, power-loss, pmem-ha, log-replication, log-replicas, release-log-replica, delete)",
       'fork: --name N is required',
       'pause: missing VM',
       'vms does not take --live',
