@@ -1008,21 +1008,15 @@ export class Vcpu {
       if (file) this.trap(Cause.STORE_ACCESS_FAULT, va);
       return SLOW_TRAP;
     }
-    if (file) {
-      vm.noteFileRangeStore(gpa);
-      const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
-      const i32 = this.pool.i32;
-      const old = i32[index]!;
-      i32[index] = op === 0x2d ? operand : op === 0x2e ? (old + operand) | 0 : op === 0x2f ? old & operand : old | operand;
-      this.slowValue = old;
-      return SLOW_OK;
-    }
-    vm.markAccessed(gpa >>> 12);
+    if (file) vm.noteFileRangeStore(gpa);
+    else vm.markAccessed(gpa >>> 12);
     const index = (frame * 4096 + (gpa & 0xfff)) >>> 2;
     const i32 = this.pool.i32;
     const old = i32[index]!;
     i32[index] = op === 0x2d ? operand : op === 0x2e ? (old + operand) | 0 : op === 0x2f ? old & operand : old | operand;
     this.slowValue = old;
+    // A file-backed range holds no page tables or decoded code (storeFileRange).
+    if (file) return SLOW_OK;
     if (vm.isTraced(gpa)) vm.tracedWrite(gpa, old, i32[index]!);
     if (this.code.isDecoded(frame) && vm.noteCodeWrite(frame, gpa & 0xfff)) return SLOW_RESYNC;
     return SLOW_OK;
