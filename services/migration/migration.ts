@@ -69,8 +69,11 @@ export class DirtyPageLog {
 
 /** The application protocol name and the versions this build speaks. */
 export const MIGRATION_PROTOCOL = 'bv-migration';
-/** The migration protocol versions this build speaks (newest last). */
-export const MIGRATION_VERSIONS: readonly number[] = [1];
+/**
+ * The migration protocol versions this build speaks (newest last). 2: the DISK frame (a VM's disk
+ * overlays travel with it); version 1 hosts had none, so they are refused at the handshake.
+ */
+export const MIGRATION_VERSIONS: readonly number[] = [2];
 
 /** Frame types of the migration protocol. */
 export const MigrationFrame = {

@@ -46,8 +46,8 @@ import type { FramedChannel } from './transport.ts';
 
 /** The application protocol of a replication stream used on its own (a host uses its migration channel). */
 export const REPLICATION_PROTOCOL = 'bv-replication';
-/** The replication protocol versions this build speaks. */
-export const REPLICATION_VERSIONS: readonly number[] = [1];
+/** The replication protocol versions this build speaks. 2: epochs carry the disk's written sectors. */
+export const REPLICATION_VERSIONS: readonly number[] = [2];
 
 /** Frame types (numbered apart from migration's, so both can share a listener). */
 export const ReplicationFrame = {

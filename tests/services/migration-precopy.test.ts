@@ -306,7 +306,7 @@ describe('pre-copy migration failures', () => {
   });
 
   it('a destination that speaks another migration version is refused before anything moves', async () => {
-    const w = await world([2]);
+    const w = await world([1]); // a host from before the DISK frame
     const source = await startGuest(w, 8 * MIB, { spin: 100_000 });
     await expect(migrate(w, source)).rejects.toMatchObject({ code: 'BV_XPORT_VERSION' });
     expect(w.hvB.vms.length).toBe(0);

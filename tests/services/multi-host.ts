@@ -221,7 +221,7 @@ export class ProxyProcess {
   }
 }
 
-/** Runs the version-2 peer (tests/services/fixtures/version-peer.ts) on `side`. */
+/** Runs the version-1 peer (tests/services/fixtures/version-peer.ts) on `side`. */
 export function versionPeer(network: Network, side: Side, args: readonly string[]): RunningNode {
   return startNode(['--import', 'tsx', 'tests/services/fixtures/version-peer.ts', ...args], { prefix: sidePrefix(network, side) });
 }
