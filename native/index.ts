@@ -28,6 +28,7 @@ interface NativeRegion {
   mapFilePrivate(offset: number, length: number, path: string, fileOffset: number): void;
   mapFileShared(offset: number, length: number, path: string, fileOffset: number): void;
   unmapPrivate(offset: number, length: number): void;
+  sharedBuffer(): SharedArrayBuffer;
   close(): void;
 }
 
@@ -250,7 +251,27 @@ export class HostRegion {
     }
   }
 
-  /** Unmaps now and detaches the ArrayBuffer (every view becomes empty). Idempotent. */
+  /**
+   * The whole mapping as one SharedArrayBuffer (the same object on every call), for
+   * worker_threads: postMessage it to a Worker and an Int32Array over it there sees the same
+   * bytes, with Atomics working across threads. Once it exists, close() cannot unmap at once
+   * (a SharedArrayBuffer cannot be detached and another thread may be using it): the region
+   * closes (its methods give BV_NATIVE_CLOSED, `buffer` is detached) and the memory is unmapped
+   * when the last SharedArrayBuffer in any thread, and the detached buffer, are garbage
+   * collected. BV_NATIVE_CLOSED after close(). See docs/native.md.
+   */
+  sharedBuffer(): SharedArrayBuffer {
+    try {
+      return this.#native.sharedBuffer();
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /**
+   * Unmaps now and detaches the ArrayBuffer (every view becomes empty). Idempotent. After
+   * sharedBuffer() the unmapping waits for the last SharedArrayBuffer to be collected.
+   */
   close(): void {
     this.#native.close();
   }

@@ -5,6 +5,7 @@
 #include <linux/falloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <v8.h>
 
 #include <algorithm>
 #include <fstream>
@@ -86,6 +87,7 @@ Napi::Function Region::Define(Napi::Env env) {
                          InstanceMethod<&Region::MapFileShared>("mapFileShared"),
                          InstanceMethod<&Region::UnmapPrivate>("unmapPrivate"),
                          InstanceMethod<&Region::Close>("close"),
+                         InstanceMethod<&Region::SharedBuffer>("sharedBuffer"),
                      });
 }
 
@@ -187,7 +189,15 @@ void Region::CloseNow() {
     Napi::ArrayBuffer buffer = bufferRef_.Value();
     if (!buffer.IsEmpty() && !buffer.IsDetached()) buffer.Detach();
   }
-  if (mapping_) mapping_->Unmap();
+  if (!sharedRef_.IsEmpty()) sharedRef_.Reset();
+  if (!mapping_) return;
+  // A SharedArrayBuffer cannot be detached and workers may be using it: unmapping now would
+  // fault them, so the region lets go and the last holder (a backing store's deleter) unmaps.
+  if (mapping_->shared) {
+    mapping_.reset();
+  } else {
+    mapping_->Unmap();
+  }
 }
 
 void Region::DropPrivateRangesWithin(uint64_t offset, uint64_t length) {
@@ -400,5 +410,31 @@ void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
 }
 
 void Region::Close(const Napi::CallbackInfo&) { CloseNow(); }
+
+// N-API (node 20) cannot make a SharedArrayBuffer over external memory, so this one call uses
+// V8 directly. A napi_value is a v8::Local's slot pointer (node's v8impl conversion), which is
+// what the two casts below rely on.
+Napi::Value Region::SharedBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Mapping& mapping = Open(env);
+  if (!sharedRef_.IsEmpty()) return sharedRef_.Value();
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  // The backing store (and so the deleter) may outlive this isolate and be freed on any thread
+  // that held the buffer last: the deleter only drops a reference, which shared_ptr makes safe.
+  auto* holder = new std::shared_ptr<Mapping>(mapping_);
+  std::unique_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      mapping.base, static_cast<size_t>(mapping.bytes),
+      [](void*, size_t, void* deleterData) {
+        delete static_cast<std::shared_ptr<Mapping>*>(deleterData);
+      },
+      holder);
+  v8::Local<v8::SharedArrayBuffer> buffer =
+      v8::SharedArrayBuffer::New(isolate, std::shared_ptr<v8::BackingStore>(std::move(store)));
+  mapping.shared = true;
+  v8::Local<v8::Value> value = buffer;
+  Napi::Object result(env, reinterpret_cast<napi_value>(*value));
+  sharedRef_ = Napi::Reference<Napi::Object>::New(result, 1);
+  return result;
+}
 
 }  // namespace bv

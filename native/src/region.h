@@ -15,9 +15,11 @@ namespace bv {
 
 enum class RegionKind { kAnonymous, kFile, kMemfd };
 
-// The mapping itself. Shared by the Region object and by the ArrayBuffer's finalizer, so memory
-// is unmapped by close() or when the last of the two goes away — never while a live ArrayBuffer
-// still points at it.
+// The mapping itself. Shared by the Region object, by the ArrayBuffer's finalizer and by the
+// backing store of the SharedArrayBuffer (sharedBuffer()), so memory is unmapped by close() or
+// when the last holder goes away — never while a live ArrayBuffer still points at it. Once a
+// SharedArrayBuffer exists (it cannot be detached, and other threads may hold it) close() only
+// drops the region's hold and the last holder unmaps, on whichever thread frees it.
 struct Mapping {
   struct PrivateFileRange {
     uint64_t offset;
@@ -29,6 +31,7 @@ struct Mapping {
   uint64_t bytes = 0;
   RegionKind kind = RegionKind::kAnonymous;
   bool noReserve = false;
+  bool shared = false;                           // a SharedArrayBuffer was made over it
   UniqueFd fd;                                   // file and memfd regions
   std::unique_ptr<FilePin> filePin;              // file regions: the file must keep `bytes`
   std::vector<PrivateFileRange> privateRanges;   // mapFilePrivate/mapFileShared ranges of anonymous regions
@@ -75,9 +78,11 @@ class Region : public Napi::ObjectWrap<Region> {
   void MapFileShared(const Napi::CallbackInfo& info);
   void UnmapPrivate(const Napi::CallbackInfo& info);
   void Close(const Napi::CallbackInfo& info);
+  Napi::Value SharedBuffer(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Mapping> mapping_;
   Napi::Reference<Napi::ArrayBuffer> bufferRef_;  // weak: only used to detach on close
+  Napi::Reference<Napi::Object> sharedRef_;       // strong: sharedBuffer() returns one SAB
 };
 
 }  // namespace bv
