@@ -128,7 +128,11 @@ describe('HostRegion.sharedBuffer', () => {
     const worker = startWorker(`
       const words = new Int32Array(sab);
       reply('ready');
-      parentPort.on('message', (value) => { words[0] = value; reply(Atomics.load(words, 0)); });`);
+      parentPort.on('message', (value) => {
+        if (value === 'exit') return parentPort.close(); // exits naturally, dropping its SAB
+        words[0] = value;
+        reply(Atomics.load(words, 0));
+      });`);
     try {
       await (async () => {
         const region = HostRegion.sharedMemory(4 * HOST_PAGE_SIZE, name);
@@ -146,12 +150,15 @@ describe('HostRegion.sharedBuffer', () => {
       // The worker still writes and reads its memory: it was not unmapped under it.
       expect(await ask(worker, 1234)).toBe(1234);
       await collectGarbage();
+      // The main thread's buffers are garbage now; the worker's SAB is the last holder.
       expect(mapsMention(name)).toBe(true);
+      const exited = new Promise((resolve) => worker.once('exit', resolve));
+      worker.postMessage('exit');
+      await exited;
     } finally {
       await worker.terminate();
     }
-    // The worker's isolate is gone and the main thread's buffers are garbage: nothing holds it.
-    await collectGarbage();
+    // Freed with the worker's isolate, on its thread: no collection here was needed.
     expect(mapsMention(name)).toBe(false);
   });
 
