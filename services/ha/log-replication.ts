@@ -27,7 +27,7 @@ import { closeSync, fdatasyncSync, ftruncateSync, mkdirSync, openSync, readSync,
 import { join } from 'node:path';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { FileRangeInfo } from '../../kernel/index.ts';
-import { connect, FIRST_APP_FRAME_TYPE, TransportServer } from '../migration/transport.ts';
+import { connect, FIRST_APP_FRAME_TYPE, splitHostPort, TransportServer } from '../migration/transport.ts';
 import type { ChannelOptions, FramedChannel } from '../migration/transport.ts';
 
 /** The transport protocol name of log replication. */
@@ -105,6 +105,21 @@ export function pmkvHeader(bytes: number): Uint8Array {
   view.setUint32(16, DATA_OFFSET + 512 * slots, true);
   view.setUint32(20, fnv1a(header, 0, 20), true);
   return header;
+}
+
+/** One pmkv log record (docs/pmem.md) as the guest writes it: header, key, value, zero padding to 4 bytes. */
+export function pmkvRecord(seq: number, key: string, value: string): Uint8Array {
+  const payload = new TextEncoder().encode(key + value);
+  const keyLength = new TextEncoder().encode(key).length;
+  const bytes = new Uint8Array((PMKV_RECORD_HEADER_BYTES + payload.length + 3) & ~3);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, RECORD_MAGIC, true);
+  view.setUint32(4, seq, true);
+  view.setUint32(8, keyLength, true);
+  view.setUint32(12, payload.length - keyLength, true);
+  bytes.set(payload, PMKV_RECORD_HEADER_BYTES);
+  view.setUint32(16, fnv1a(payload, 0, payload.length, fnv1a(bytes, 0, 16)), true);
+  return bytes;
 }
 
 /** The layout a header describes: null for a blank (all-zero) header; a foreign one is BV_LOGREP_FORMAT. */
@@ -314,10 +329,9 @@ class Link {
 
 /** Parses "host:port" (BV_LOGREP_CONFIG when it is not). */
 export function parseHostPort(address: string, what: string): { host: string; port: number } {
-  const match = /^(.+):(\d{1,5})$/.exec(address);
-  const port = match === null ? NaN : Number(match[2]);
-  if (match === null || port < 1 || port > 65535) throw new LogReplicationError('BV_LOGREP_CONFIG', `${what}: a destination must be host:port, got '${address}'`);
-  return { host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port };
+  const parsed = splitHostPort(address);
+  if (parsed === null || parsed.port < 1) throw new LogReplicationError('BV_LOGREP_CONFIG', `${what}: a destination must be host:port, got '${address}'`);
+  return parsed;
 }
 
 /** Largest RECORDS payload a shipper sends. */

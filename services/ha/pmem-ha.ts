@@ -39,7 +39,7 @@ import { PAGE_SIZE } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { Vm } from '../../kernel/index.ts';
 import { crc32c } from '../../native/index.ts';
-import { connect, FIRST_APP_FRAME_TYPE, TransportServer } from '../migration/transport.ts';
+import { connect, FIRST_APP_FRAME_TYPE, splitHostPort, TransportServer } from '../migration/transport.ts';
 import type { ChannelOptions, FramedChannel, RefusedPeer } from '../migration/transport.ts';
 
 /** The transport protocol name of persistent-memory HA. */
@@ -266,10 +266,9 @@ function rangesOf(marks: Uint8Array): PmemRange[] {
 }
 
 function parseAddress(address: string, field: string): { host: string; port: number } {
-  const match = /^(.+):(\d{1,5})$/.exec(address);
-  const port = match === null ? NaN : Number(match[2]);
-  if (match === null || port > 65535) throw new PmemHaError('BV_HA_CONFIG', `${field} must be host:port, got '${address}'`);
-  return { host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port };
+  const parsed = splitHostPort(address);
+  if (parsed === null) throw new PmemHaError('BV_HA_CONFIG', `${field} must be host:port, got '${address}'`);
+  return parsed;
 }
 
 /** A deadline as a promise (resolves 'deadline') and a way to cancel its timer. */

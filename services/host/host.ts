@@ -41,7 +41,7 @@ import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import {
-  connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, TransportServer,
+  connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, splitHostPort, TransportServer,
   outputCommit, ReplicaReceiver, ReplicationFrame, ReplicationSender,
   type MigrationFigures, type ReceiveFigures, type ReplicaFigures, type ReplicationFigures, type TlsFiles,
 } from '../migration/index.ts';
@@ -2292,11 +2292,9 @@ function guard<T>(action: () => T, what: string): T {
 
 /** host:port of a request, or a 400 naming the field. */
 function parseAddress(address: string, field: string): { host: string; port: number } {
-  const match = /^(.+):(\d{1,5})$/.exec(address);
-  const port = match === null ? NaN : Number(match[2]);
-  if (match === null || port > 65535) throw new HostError(400, `${field} must be host:port, got '${address}'`);
-  const host = match[1]!.replace(/^\[(.*)\]$/, '$1');
-  return { host, port };
+  const parsed = splitHostPort(address);
+  if (parsed === null) throw new HostError(400, `${field} must be host:port, got '${address}'`);
+  return parsed;
 }
 
 /** Runs a call that talks to another host: its typed errors become `status` (a peer's failure is 502). */

@@ -27,6 +27,8 @@ export {
   type PreparedFrame,
   type RefusedPeer,
   type TlsFiles,
+  type HostPort,
+  splitHostPort,
 } from './transport.ts';
 export {
   MIGRATION_PROTOCOL,

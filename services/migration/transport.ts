@@ -38,6 +38,24 @@ export const FRAME_HEADER_BYTES = 16;
 export const FRAME_TRAILER_BYTES = 4;
 /** Default largest payload accepted or sent: 16 MiB. */
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** A peer's or a listener's address, split. */
+export interface HostPort {
+  /** Host name or address (an IPv6 address without its brackets). */
+  host: string;
+  /** TCP port (0: any free one, for a listener). */
+  port: number;
+}
+
+/**
+ * Splits "host:port" (an IPv6 host may be bracketed: "[::1]:7300") into its parts; null when it
+ * is not that shape or the port is above 65535. Port 0 passes (a listener: any free port).
+ */
+export function splitHostPort(address: string): HostPort | null {
+  const match = /^(.+):(\d{1,5})$/.exec(address);
+  if (match === null || Number(match[2]) > 65535) return null;
+  return { host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(match[2]) };
+}
+
 /** Default time a peer may stay silent while we wait for it: 10 s. */
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 

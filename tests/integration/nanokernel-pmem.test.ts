@@ -12,6 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { attachStandardDevices, CaptureSink, runWithResets } from '../../devices/index.ts';
 import { createHypervisor } from '../../kernel/index.ts';
 import { KERNEL_IMAGE } from './nanokernel-guest.ts';
+import { fnv1a, pmkvRecord } from '../../services/ha/log-replication.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-nk-pmem-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,24 +22,11 @@ const DATA = 4096;
 const SLOTS = PMEM_BYTES / 2048;
 const LOG = DATA + SLOTS * 512;
 
-/** FNV-1a (32-bit), continued from `hash`. */
-function fnv(bytes: Uint8Array, hash = 0x811c9dc5): number {
-  for (const byte of bytes) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
-  return hash;
-}
+/** FNV-1a (32-bit) of all of `bytes`, continued from `hash` (pmkv's checksum and slot hash). */
+const fnv = (bytes: Uint8Array, hash?: number): number => fnv1a(bytes, 0, bytes.length, hash);
 
 /** A pmkv record (docs/pmem.md) with its checksum, padded to a multiple of 4. */
-function record(seq: number, key: string, value: string): Buffer {
-  const payload = Buffer.from(key + value, 'latin1');
-  const bytes = Buffer.alloc(Math.ceil((20 + payload.length) / 4) * 4);
-  bytes.write('PKR1', 0, 'latin1');
-  bytes.writeUInt32LE(seq, 4);
-  bytes.writeUInt32LE(key.length, 8);
-  bytes.writeUInt32LE(value.length, 12);
-  payload.copy(bytes, 20);
-  bytes.writeUInt32LE(fnv(payload, fnv(bytes.subarray(0, 16))), 16);
-  return bytes;
-}
+const record = (seq: number, key: string, value: string): Buffer => Buffer.from(pmkvRecord(seq, key, value));
 
 /** The offset of the slot holding `key` in the data area (probing as pmkv does), or -1. */
 function slotOf(file: Buffer, key: string): number {

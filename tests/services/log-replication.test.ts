@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  fnv1a, LogFrame, LogReplicaReceiver, LogShipper, LOG_REPLICATION_PROTOCOL, LOG_REPLICATION_VERSIONS, pmkvHeader, readPmkvLog,
+  LogFrame, LogReplicaReceiver, LogShipper, LOG_REPLICATION_PROTOCOL, LOG_REPLICATION_VERSIONS, pmkvHeader, pmkvRecord, readPmkvLog,
 } from '../../services/ha/log-replication.ts';
 import { connect } from '../../services/migration/transport.ts';
 import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
@@ -32,17 +32,7 @@ const BYTES = 64 * 1024;
 const LOG = 4096 + 512 * (BYTES / 2048);
 
 /** A pmkv record (docs/pmem.md), padded. */
-function record(seq: number, key: string, value: string): Buffer {
-  const payload = Buffer.from(key + value, 'latin1');
-  const bytes = Buffer.alloc((20 + payload.length + 3) & ~3);
-  bytes.write('PKR1', 0, 'latin1');
-  bytes.writeUInt32LE(seq, 4);
-  bytes.writeUInt32LE(key.length, 8);
-  bytes.writeUInt32LE(value.length, 12);
-  payload.copy(bytes, 20);
-  bytes.writeUInt32LE(fnv1a(payload, 0, payload.length, fnv1a(bytes, 0, 16)), 16);
-  return bytes;
-}
+const record = (seq: number, key: string, value: string): Buffer => Buffer.from(pmkvRecord(seq, key, value));
 
 /** A formatted pmkv range with records 1..count (k{i mod 8} = v{i}) in its log; returns the log's end. */
 function writeLog(path: string, count: number, from = 1, file: Buffer = Buffer.alloc(BYTES)): { file: Buffer; end: number } {
