@@ -8,7 +8,8 @@
         "native/src/errors.cc",
         "native/src/file.cc",
         "native/src/posix_file.cc",
-        "native/src/region.cc"
+        "native/src/region.cc",
+        "native/src/thread.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

@@ -20,6 +20,7 @@ export type HostFileMode = 'r' | 'rw' | 'create';
 interface NativeRegion {
   readonly buffer: ArrayBuffer;
   readonly closed: boolean;
+  readonly kind: HostRegionKind;
   release(offset: number, length: number): void;
   residency(offset: number, length: number): Uint8Array;
   adviseHugePages(offset: number, length: number): boolean;
@@ -51,10 +52,14 @@ interface NativeBinding {
     new (kind: 'anonymous', bytes: number, noReserve: boolean): NativeRegion;
     new (kind: 'file', bytes: number, path: string, create: boolean): NativeRegion;
     new (kind: 'memfd', bytes: number, name: string | undefined): NativeRegion;
+    attachShared(sab: SharedArrayBuffer): NativeRegion;
   };
   readonly File: new (path: string, mode: HostFileMode) => NativeFile;
   syncDirectory(path: string): void;
   crc32c(bytes: Uint8Array, seed?: number): number;
+  setThreadAffinity(cpus: readonly number[]): void;
+  threadAffinity(): number[];
+  threadId(): number;
 }
 
 /**
@@ -138,6 +143,26 @@ export class HostRegion {
   static sharedMemory(bytes: number, name?: string): HostRegion {
     try {
       return new HostRegion(new binding.Region('memfd', bytes, name), 'memfd', bytes);
+    } catch (error) {
+      rethrowNative(error);
+    }
+  }
+
+  /**
+   * The region behind a SharedArrayBuffer that `sharedBuffer()` returned, in any thread (typically
+   * a worker_threads Worker it was posted to): the same mapping, kind and bytes, with every method
+   * acting on that mapping exactly as on the original. Its `buffer` is a fresh external
+   * ArrayBuffer over the mapping in this thread (detached by this region's close()), and its
+   * `sharedBuffer()` is `sab` itself. close() drops only this region's hold: the mapping is
+   * unmapped when the last holder of any kind (regions, their buffers, SharedArrayBuffers in any
+   * thread) lets go. A SharedArrayBuffer that is not a region's (a new one, a slice, a copy) or
+   * anything else gives BV_NATIVE_BAD_ARGUMENT. Every method may run in several threads at once;
+   * docs/native.md ("What may run at once") says what that does and does not make safe.
+   */
+  static attachShared(sab: SharedArrayBuffer): HostRegion {
+    try {
+      const native = binding.Region.attachShared(sab);
+      return new HostRegion(native, native.kind, native.buffer.byteLength);
     } catch (error) {
       rethrowNative(error);
     }
@@ -270,7 +295,8 @@ export class HostRegion {
 
   /**
    * Unmaps now and detaches the ArrayBuffer (every view becomes empty). Idempotent. After
-   * sharedBuffer() the unmapping waits for the last SharedArrayBuffer to be collected.
+   * sharedBuffer() (and always for a region from attachShared) it only drops this region's hold:
+   * the unmapping waits for the last holder in any thread.
    */
   close(): void {
     this.#native.close();
@@ -369,6 +395,43 @@ export class HostFile {
   /** Closes the descriptor. Idempotent. */
   close(): void {
     this.#native.close();
+  }
+}
+
+/**
+ * Pins the CALLING thread (the main thread, or the worker_threads Worker that calls it) to the
+ * host CPUs `cpus` with sched_setaffinity; other threads keep theirs, and threads created later
+ * by this one inherit it. BV_NATIVE_BAD_ARGUMENT for an empty list, a CPU that is not a
+ * non-negative integer, a duplicate, or a CPU ≥ CPU_SETSIZE (1024); BV_NATIVE_IO (errnoName
+ * `EINVAL`) when a CPU is not online or not allowed to this process, and then the thread's
+ * affinity is left as it was; BV_NATIVE_UNSUPPORTED off Linux.
+ */
+export function setThreadAffinity(cpus: readonly number[]): void {
+  try {
+    binding.setThreadAffinity(cpus);
+  } catch (error) {
+    rethrowNative(error);
+  }
+}
+
+/** The host CPUs the calling thread may run on (sched_getaffinity), ascending. BV_NATIVE_UNSUPPORTED off Linux. */
+export function threadAffinity(): number[] {
+  try {
+    return binding.threadAffinity();
+  } catch (error) {
+    rethrowNative(error);
+  }
+}
+
+/**
+ * The kernel's id of the calling thread (gettid): the `<tid>` of `/proc/self/task/<tid>`, equal to
+ * process.pid on the main thread. BV_NATIVE_UNSUPPORTED off Linux.
+ */
+export function threadId(): number {
+  try {
+    return binding.threadId();
+  } catch (error) {
+    rethrowNative(error);
   }
 }
 

@@ -7,6 +7,7 @@
 #include "checksum.h"
 #include "file.h"
 #include "region.h"
+#include "thread.h"
 
 namespace bv {
 
@@ -19,6 +20,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("File", File::Define(env));
   exports.Set("syncDirectory", Napi::Function::New<SyncDirectory>(env, "syncDirectory"));
   exports.Set("crc32c", Napi::Function::New<Crc32c>(env, "crc32c"));
+  exports.Set("setThreadAffinity", Napi::Function::New<SetThreadAffinity>(env, "setThreadAffinity"));
+  exports.Set("threadAffinity", Napi::Function::New<ThreadAffinity>(env, "threadAffinity"));
+  exports.Set("threadId", Napi::Function::New<ThreadId>(env, "threadId"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(HostPageSize())));
   return exports;
 }

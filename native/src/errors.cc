@@ -10,12 +10,14 @@ void Fail(Napi::Env env, const char* code, const std::string& message) {
   throw error;
 }
 
-void FailErrno(Napi::Env env, int err, const char* syscall, const std::string& path) {
+void FailErrno(Napi::Env env, int err, const char* syscall, const std::string& path,
+               const std::string& detail) {
   const char* name = strerrorname_np(err);
   std::string errnoName = name != nullptr ? name : "E" + std::to_string(err);
   std::string message = std::string(syscall);
   if (!path.empty()) message += " '" + path + "'";
   message += " failed: " + std::string(strerror(err)) + " (" + errnoName + ")";
+  if (!detail.empty()) message += ": " + detail;
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, code::kIo));
   error.Set("errnoName", Napi::String::New(env, errnoName));

@@ -23,7 +23,9 @@ inline constexpr const char* kIo = "BV_NATIVE_IO";
 // Throws a JS Error with `code` set (as a C++ exception that node-addon-api converts).
 [[noreturn]] void Fail(Napi::Env env, const char* code, const std::string& message);
 
-// Throws BV_NATIVE_IO for errno `err` raised by `syscall` on `path` (path may be empty).
-[[noreturn]] void FailErrno(Napi::Env env, int err, const char* syscall, const std::string& path);
+// Throws BV_NATIVE_IO for errno `err` raised by `syscall` on `path` (path may be empty);
+// `detail`, when given, ends the message (what exactly was refused).
+[[noreturn]] void FailErrno(Napi::Env env, int err, const char* syscall, const std::string& path,
+                            const std::string& detail = "");
 
 }  // namespace bv

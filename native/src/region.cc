@@ -8,9 +8,11 @@
 #include <v8.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <unordered_map>
 
 #include "addon_data.h"
 #include "args.h"
@@ -55,6 +57,36 @@ uint8_t* MapOrFail(Napi::Env env, uint64_t bytes, int flags, int fd, const std::
   return static_cast<uint8_t*>(base);
 }
 
+// Every mapping that has a SharedArrayBuffer, by base address, for attachShared in any thread.
+// Weak: the registry never keeps memory mapped. `mapping` tells a stale entry from a new mapping
+// that the kernel placed at the same address after the old one was unmapped.
+struct SharedEntry {
+  const Mapping* mapping;
+  std::weak_ptr<Mapping> weak;
+};
+std::mutex sharedMappingsMutex;
+std::unordered_map<const uint8_t*, SharedEntry>& SharedMappings() {
+  // Never destroyed: a backing store's deleter may unmap during process exit.
+  static auto* mappings = new std::unordered_map<const uint8_t*, SharedEntry>();
+  return *mappings;
+}
+
+// A napi_value is a v8::Local's slot pointer in Node (v8impl's V8LocalValueFromJsValue and
+// JsValueFromV8LocalValue); N-API in Node 20 has no SharedArrayBuffer calls, so these two
+// conversions are how the few V8 calls below meet N-API values.
+v8::Local<v8::Value> V8Value(napi_value value) {
+  v8::Local<v8::Value> local;
+  static_assert(sizeof(local) == sizeof(value), "a v8::Local is one pointer");
+  std::memcpy(static_cast<void*>(&local), &value, sizeof(value));
+  return local;
+}
+
+napi_value NapiValue(v8::Local<v8::Value> local) {
+  napi_value value;
+  std::memcpy(&value, static_cast<void*>(&local), sizeof(value));
+  return value;
+}
+
 void ResizeOrFail(Napi::Env env, int fd, uint64_t bytes, const std::string& what) {
   int result;
   do {
@@ -66,7 +98,17 @@ void ResizeOrFail(Napi::Env env, int fd, uint64_t bytes, const std::string& what
 }  // namespace
 
 void Mapping::Unmap() {
-  if (base != nullptr) ::munmap(base, bytes);
+  if (base != nullptr) {
+    {
+      // Before munmap: once the address is free another mapping may land there and register.
+      std::lock_guard<std::mutex> guard(sharedMappingsMutex);
+      auto entry = SharedMappings().find(base);
+      if (entry != SharedMappings().end() && entry->second.mapping == this) {
+        SharedMappings().erase(entry);
+      }
+    }
+    ::munmap(base, bytes);
+  }
   base = nullptr;
   fd.Reset();
   filePin.reset();
@@ -77,7 +119,9 @@ void Mapping::Unmap() {
 Napi::Function Region::Define(Napi::Env env) {
   return DefineClass(env, "NativeRegion",
                      {
+                         StaticMethod<&Region::AttachShared>("attachShared"),
                          InstanceAccessor<&Region::GetClosed>("closed"),
+                         InstanceAccessor<&Region::GetKind>("kind"),
                          InstanceMethod<&Region::Release>("release"),
                          InstanceMethod<&Region::Residency>("residency"),
                          InstanceMethod<&Region::AdviseHugePages>("adviseHugePages"),
@@ -104,6 +148,11 @@ Region* Region::FromValue(Napi::Env env, const Napi::Value& value, const char* n
 Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) {
   Napi::Env env = info.Env();
   std::string kind = ArgString(info, 0, "kind");
+  if (kind == "attach") {
+    Attach(info);
+    ExposeBuffer(info);
+    return;
+  }
   uint64_t bytes = ArgIndex(info, 1, "bytes");
   if (bytes == 0) Fail(env, code::kBadArgument, "bytes must be greater than zero");
   if (bytes > kMaxRegionBytes) {
@@ -145,22 +194,61 @@ Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) 
   } else {
     Fail(env, code::kBadArgument, "kind must be 'anonymous', 'file' or 'memfd'");
   }
+  kind_ = mapping->kind;
+  mapping_ = std::move(mapping);
+  ExposeBuffer(info);
+}
 
+void Region::ExposeBuffer(const Napi::CallbackInfo& info) {
   // The ArrayBuffer's finalizer keeps its own reference to the mapping.
-  auto* holder = new std::shared_ptr<Mapping>(mapping);
+  auto* holder = new std::shared_ptr<Mapping>(mapping_);
   Napi::ArrayBuffer buffer;
   try {
     buffer = Napi::ArrayBuffer::New(
-        env, mapping->base, bytes,
+        info.Env(), mapping_->base, mapping_->bytes,
         [](Napi::Env, void*, std::shared_ptr<Mapping>* finalized) { delete finalized; }, holder);
   } catch (...) {
     delete holder;
     throw;
   }
-  mapping_ = std::move(mapping);
   bufferRef_ = Napi::Reference<Napi::ArrayBuffer>::New(buffer, 0);
   info.This().As<Napi::Object>().DefineProperty(
       Napi::PropertyDescriptor::Value("buffer", buffer, napi_enumerable));
+}
+
+Napi::Value Region::AttachShared(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return DataOf(env).regionConstructor.New({Napi::String::New(env, "attach"), info[0]});
+}
+
+void Region::Attach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Value value = info[1];
+  v8::Local<v8::Value> local = V8Value(value);
+  if (local.IsEmpty() || !local->IsSharedArrayBuffer()) {
+    Fail(env, code::kBadArgument,
+         "sab must be a SharedArrayBuffer returned by HostRegion.sharedBuffer()");
+  }
+  std::shared_ptr<v8::BackingStore> store = local.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  const auto* data = static_cast<const uint8_t*>(store->Data());
+  uint64_t length = store->ByteLength();
+  std::shared_ptr<Mapping> mapping;
+  {
+    std::lock_guard<std::mutex> guard(sharedMappingsMutex);
+    auto entry = SharedMappings().find(data);
+    if (entry != SharedMappings().end()) mapping = entry->second.weak.lock();
+  }
+  // Exactly the whole mapping: a slice or a copy of the SAB is other memory, and a SAB over
+  // part of a mapping cannot come from sharedBuffer().
+  if (!mapping || !mapping->Mapped() || mapping->bytes != length) {
+    Fail(env, code::kBadArgument,
+         "sab is not a bytevisor region's SharedArrayBuffer (" + std::to_string(length) +
+             " bytes): pass the very object HostRegion.sharedBuffer() returned (a slice or copy is other memory)");
+  }
+  kind_ = mapping->kind;
+  mapping_ = std::move(mapping);
+  // sharedBuffer() on the attached region returns this same SAB.
+  sharedRef_ = Napi::Reference<Napi::Object>::New(value.As<Napi::Object>(), 1);
 }
 
 Mapping& Region::Open(Napi::Env env) {
@@ -232,6 +320,10 @@ Napi::Value Region::GetClosed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !mapping_ || !mapping_->Mapped());
 }
 
+Napi::Value Region::GetKind(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), KindName(kind_));
+}
+
 void Region::Release(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t offset, length;
@@ -239,6 +331,7 @@ void Region::Release(const Napi::CallbackInfo& info) {
   if (length == 0) return;
   Mapping& mapping = *mapping_;
   if (mapping.kind == RegionKind::kAnonymous) {
+    std::lock_guard<std::mutex> guard(mapping.rangesMutex);
     // MADV_DONTNEED on a shared file range frees nothing and the pages would read the file's
     // bytes again, not zero: the caller wants unmapPrivate there.
     if (OverlapsSharedRange(offset, length)) {
@@ -322,7 +415,11 @@ void Region::Flush(const Napi::CallbackInfo& info) {
   if (length == 0) return;
   // An anonymous region has file-backed pages only where mapFileShared placed them; msync over
   // a range that mixes them with anonymous pages syncs the shared ones and skips the rest.
-  if (mapping.kind == RegionKind::kAnonymous && !OverlapsSharedRange(offset, length)) return;
+  if (mapping.kind == RegionKind::kAnonymous) {
+    // Only the check is guarded: an msync racing an unmapPrivate just syncs anonymous pages.
+    std::lock_guard<std::mutex> guard(mapping.rangesMutex);
+    if (!OverlapsSharedRange(offset, length)) return;
+  }
   // Any byte range is accepted: it is widened to the pages it touches (msync needs that).
   uint64_t page = HostPageSize();
   uint64_t start = offset / page * page;
@@ -367,22 +464,30 @@ void Region::MapFileRange(const Napi::CallbackInfo& info, bool shared) {
   if (length == 0) return;
   auto pin = std::make_unique<FilePin>(IdentityOf(env, fd.Get(), path), fileOffset + length);
   void* target = mapping.base + offset;
-  void* placed = ::mmap(target, length, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd.Get(),
-                        static_cast<off_t>(fileOffset));
-  if (placed == MAP_FAILED) {
-    int err = errno;
-    // A failed MAP_FIXED may already have unmapped the range: put zero pages back, and if even
-    // that fails close the region rather than leave a hole that JS could fault on.
-    if (::mmap(target, length, PROT_READ | PROT_WRITE, AnonymousFlags(mapping.noReserve) | MAP_FIXED,
-               -1, 0) == MAP_FAILED) {
-      CloseNow();
+  int err = 0;
+  bool hole = false;
+  {
+    std::lock_guard<std::mutex> guard(mapping.rangesMutex);
+    void* placed = ::mmap(target, length, PROT_READ | PROT_WRITE,
+                          (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED, fd.Get(),
+                          static_cast<off_t>(fileOffset));
+    if (placed == MAP_FAILED) {
+      err = errno;
+      // A failed MAP_FIXED may already have unmapped the range: put zero pages back, and if
+      // even that fails close the region rather than leave a hole that JS could fault on.
+      hole = ::mmap(target, length, PROT_READ | PROT_WRITE,
+                    AnonymousFlags(mapping.noReserve) | MAP_FIXED, -1, 0) == MAP_FAILED;
+    } else {
+      DropPrivateRangesWithin(offset, length);
+      mapping.privateRanges.push_back({offset, length, std::move(pin)});
+      ForgetSharedWithin(offset, length);
+      if (shared) mapping.sharedRanges.emplace_back(offset, offset + length);
     }
+  }
+  if (err != 0) {
+    if (hole) CloseNow();  // after unlocking: it may drop the last reference to the mapping
     FailErrno(env, err, "mmap", path);
   }
-  DropPrivateRangesWithin(offset, length);
-  mapping.privateRanges.push_back({offset, length, std::move(pin)});
-  ForgetSharedWithin(offset, length);
-  if (shared) mapping.sharedRanges.emplace_back(offset, offset + length);
 }
 
 void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
@@ -399,21 +504,27 @@ void Region::UnmapPrivate(const Napi::CallbackInfo& info) {
   RequirePageAligned(env, length, "length");
   RequireWithin(env, offset, length, mapping.bytes, "region");
   if (length == 0) return;
-  if (::mmap(mapping.base + offset, length, PROT_READ | PROT_WRITE,
-             AnonymousFlags(mapping.noReserve) | MAP_FIXED, -1, 0) == MAP_FAILED) {
-    int err = errno;
+  int err = 0;
+  {
+    std::lock_guard<std::mutex> guard(mapping.rangesMutex);
+    if (::mmap(mapping.base + offset, length, PROT_READ | PROT_WRITE,
+               AnonymousFlags(mapping.noReserve) | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      err = errno;
+    } else {
+      DropPrivateRangesWithin(offset, length);
+      ForgetSharedWithin(offset, length);
+    }
+  }
+  if (err != 0) {
     CloseNow();  // the range may be a hole now
     FailErrno(env, err, "mmap", "");
   }
-  DropPrivateRangesWithin(offset, length);
-  ForgetSharedWithin(offset, length);
 }
 
 void Region::Close(const Napi::CallbackInfo&) { CloseNow(); }
 
 // N-API (node 20) cannot make a SharedArrayBuffer over external memory, so this one call uses
-// V8 directly. A napi_value is a v8::Local's slot pointer (node's v8impl conversion), which is
-// what the two casts below rely on.
+// V8 directly (see V8Value/NapiValue above).
 Napi::Value Region::SharedBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Mapping& mapping = Open(env);
@@ -431,8 +542,11 @@ Napi::Value Region::SharedBuffer(const Napi::CallbackInfo& info) {
   v8::Local<v8::SharedArrayBuffer> buffer =
       v8::SharedArrayBuffer::New(isolate, std::shared_ptr<v8::BackingStore>(std::move(store)));
   mapping.shared = true;
-  v8::Local<v8::Value> value = buffer;
-  Napi::Object result(env, reinterpret_cast<napi_value>(*value));
+  {
+    std::lock_guard<std::mutex> guard(sharedMappingsMutex);
+    SharedMappings()[mapping.base] = SharedEntry{&mapping, mapping_};
+  }
+  Napi::Object result(env, NapiValue(buffer));
   sharedRef_ = Napi::Reference<Napi::Object>::New(result, 1);
   return result;
 }

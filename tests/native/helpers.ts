@@ -1,6 +1,9 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { expect } from 'vitest';
 import { NativeError, type NativeErrorCode } from '../../native/index.ts';
 
@@ -49,4 +52,61 @@ export function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
   let first = 0;
   while (first < Math.min(left.length, right.length) && left[first] === right[first]) first++;
   expect.fail(`bytes differ (lengths ${left.length} and ${right.length}) first at offset ${first}`);
+}
+
+// tsx's ESM entry (a worker's import() resolves from the working directory, not from here).
+const TSX_API = (() => {
+  const packageJson = createRequire(import.meta.url).resolve('tsx/package.json');
+  const exports = (JSON.parse(readFileSync(packageJson, 'utf8')) as { exports: Record<string, { import: { default: string } }> }).exports;
+  return pathToFileURL(join(dirname(packageJson), exports['./esm/api']!.import.default)).href;
+})();
+const NATIVE_INDEX = new URL('../../native/index.ts', import.meta.url).href;
+
+/**
+ * A worker_threads Worker that loads native/index.ts as `native` (through tsx: a worker does not
+ * get vitest's TypeScript transform) and then runs `body`, plain JS inside an async function
+ * with `parentPort`, `reply(value)`, `next()` (the next message), and `errorOf(action)` (the
+ * `{ code, errnoName, native }` of what `action` throws, or null). A failure of the body is
+ * answered as `{ workerError }`, which `ask` turns into a rejection.
+ */
+export function startNativeWorker(body: string): Worker {
+  return new Worker(
+    `const { parentPort } = require('node:worker_threads');
+     const reply = (value) => parentPort.postMessage(value);
+     const next = () => new Promise((resolve) => parentPort.once('message', resolve));
+     (async () => {
+       const { register } = await import(${JSON.stringify(TSX_API)});
+       register();
+       const native = await import(${JSON.stringify(NATIVE_INDEX)});
+       const errorOf = (action) => {
+         try {
+           action();
+         } catch (error) {
+           return { code: error.code, errnoName: error.errnoName, native: error instanceof native.NativeError };
+         }
+         return null;
+       };
+       ${body}
+     })().catch((error) => reply({ workerError: String((error && error.stack) || error) }));`,
+    { eval: true },
+  );
+}
+
+/** Posts `message` (unless undefined) and resolves with the worker's next answer; rejects on a worker error. */
+export function ask<T>(worker: Worker, message?: unknown): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onError = (error: Error) => {
+      worker.off('message', onMessage);
+      reject(error);
+    };
+    const onMessage = (value: unknown) => {
+      worker.off('error', onError);
+      const failure = (value as { workerError?: string } | null)?.workerError;
+      if (typeof failure === 'string') reject(new Error(`worker failed: ${failure}`));
+      else resolve(value as T);
+    };
+    worker.once('message', onMessage);
+    worker.once('error', onError);
+    if (message !== undefined) worker.postMessage(message);
+  });
 }
