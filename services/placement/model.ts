@@ -216,6 +216,7 @@ export class ModelSimulation {
   private readonly packages: PackageAccount[];
   private readonly groups = new Map<string, GroupAccount>();
   private readonly servedLast = new Map<string, number>();
+  private readonly demands = new Map<string, number>();
   private readonly previousCpus = new Map<string, readonly number[]>();
   private checkedPlacement: Placement | null = null;
   // Per-CPU scratch, reused each tick: load asked of the CPU, and its busy fraction.
@@ -240,7 +241,8 @@ export class ModelSimulation {
     const { cpusPerPackage, tickUs, cpuActiveW, cpuIdleW, packageAwakeW } = this.host.params;
     if (placement !== this.checkedPlacement) this.checkPlacement(placement);
     this.load.fill(0);
-    const demands = new Map<string, number>();
+    const demands = this.demands;
+    demands.clear();
     for (const [groupId, cpus] of placement) {
       const demand = demandOf(groupId);
       if (typeof demand !== 'number' || !Number.isFinite(demand) || demand < 0) throw new PlacementError('BV_PLACEMENT_BAD_LOAD', `demand of group ${groupId} must be a non-negative finite number, not ${String(demand)}`);
@@ -346,7 +348,8 @@ export class ModelSimulation {
     let state = -1;
     // The governor is taken to know the period's length (a timer ends it), so it picks the
     // deepest enabled state whose target residency the period reaches.
-    for (let k = 0; k < packageStates.length; k++) if (packageStates[k]!.targetResidencyUs <= gapUs) state = k;
+    // (A nanosecond of slack: 0.9 × 4000 µs must leave exactly 400 µs whatever the rounding.)
+    for (let k = 0; k < packageStates.length; k++) if (packageStates[k]!.targetResidencyUs <= gapUs + 1e-3) state = k;
     if (gapUs <= 0) return { state: -1, inStateUs: 0, wakingUs: 0, energyUj: 0 };
     if (state === -1) return { state, inStateUs: 0, wakingUs: 0, energyUj: awakeIdleW * gapUs };
     const wakingUs = wakes ? Math.min(gapUs, packageStates[state]!.exitLatencyUs) : 0;
