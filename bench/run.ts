@@ -36,6 +36,7 @@ import { formatSharing, measureSharing, sharingChecks, sharingStepCount, type Sh
 import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from './errors.ts';
 import { formatMigration, measureMigration, migrationChecks, migrationStepCount, type MigrationBenchFigures } from './migration.ts';
 import { formatHa, haChecks, haStepCount, measureHa, type HaBenchFigures } from './ha.ts';
+import { formatParallel, measureParallel, parallelChecks, parallelStepCount, type ParallelBenchFigures } from './parallel.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
@@ -105,6 +106,8 @@ export interface BenchReport {
   migration?: MigrationBenchFigures;
   /** High availability across hosts (issue 15: power-loss save of persistent memory to a partner): with --only ha. */
   ha?: HaBenchFigures;
+  /** VMs on worker threads and power-aware placement (issue 16): with --only parallel. */
+  parallel?: ParallelBenchFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
@@ -128,7 +131,9 @@ const ERRORS_ENTRY = 'errors';
 const MIGRATION_ENTRY = 'migration';
 /** The HA figures (issue 15), run only with --only ha. */
 const HA_ENTRY = 'ha';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY, HA_ENTRY];
+/** The worker-thread and placement figures (issue 16), run only with --only parallel. */
+const PARALLEL_ENTRY = 'parallel';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY, HA_ENTRY, PARALLEL_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [], qemu: false };
@@ -169,8 +174,10 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withOvercommit = options.only.includes(OVERCOMMIT_ENTRY);
   const withMigration = options.only.includes(MIGRATION_ENTRY);
   const withHa = options.only.includes(HA_ENTRY);
+  const withParallel = options.only.includes(PARALLEL_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
-    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0) + (withHa ? haStepCount(options) : 0);
+    + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0) + (withHa ? haStepCount(options) : 0)
+    + (withParallel ? parallelStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
   const qemuTools = options.qemu ? detectQemuTools() : null;
   const qemuSelected = qemuTools?.ok ? selected.filter((w) => qemuProgramFor(w.name)) : [];
@@ -208,6 +215,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const policies = withOvercommit ? measurePolicies({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const migration = withMigration ? await measureMigration({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const ha = withHa ? await measureHa({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const parallel = withParallel ? await measureParallel({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -229,6 +237,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     ...(errors ? { errors } : {}),
     ...(migration ? { migration } : {}),
     ...(ha ? { ha } : {}),
+    ...(parallel ? { parallel } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
     ...(qemu ? { qemu } : {}),
@@ -238,6 +247,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
       ...(policies ? policyChecks(policies) : []),
       ...(migration ? migrationChecks(migration) : []),
       ...(ha ? haChecks(ha) : []),
+      ...(parallel ? parallelChecks(parallel) : []),
       ...(qemu ? qemuChecks(qemu) : []),
     ],
   };
@@ -374,6 +384,10 @@ export function formatReport(report: BenchReport): string {
   if (report.ha) {
     out.push('');
     out.push(...formatHa(report.ha));
+  }
+  if (report.parallel) {
+    out.push('');
+    out.push(...formatParallel(report.parallel));
   }
   if (report.sharing) {
     out.push('');

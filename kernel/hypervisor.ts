@@ -53,6 +53,19 @@ export const IDLE_FOREVER = 'all vCPUs are waiting for an interrupt that nothing
 /** Shootdowns of at most this many pages walk each page's fill-log chain; larger ones one pass over the log. */
 const SHOOTDOWN_BY_PAGE = 1024;
 
+/**
+ * What a worker thread needs to attach to a hypervisor's host pool (Hypervisor.sharePool, then
+ * attachToPool in the worker): plain data that postMessage carries across threads.
+ */
+export interface SharedPoolHandle {
+  /** The pool's memory (HostRegion.sharedBuffer()). */
+  memory: SharedArrayBuffer;
+  /** The frame pool's allocation state (reference counts, chunk lists, counters, the lock). */
+  state: SharedArrayBuffer;
+  /** The pool's size in bytes. */
+  bytes: number;
+}
+
 /** Options of Hypervisor.forkVm. */
 export interface ForkOptions<D> {
   /** The child's name (default: the parent's with a suffix). */
@@ -105,12 +118,13 @@ export class Hypervisor {
    * TLBs from (see TlbArena); `pageArena`: memory for VMs' per-page arrays (see ZeroedArena).
    * Without them both are allocated on the JS heap.
    */
-  constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null, pageArena: ArenaMemory | null = null) {
+  constructor(memory: HostMemory, tlbArena: TlbArenaMemory | null = null, pageArena: ArenaMemory | null = null, poolState: SharedArrayBuffer | null = null) {
     this.ownedMemory = [memory, tlbArena, pageArena];
     this.tlbs = new TlbArena(tlbArena);
     this.arena = new ZeroedArena(pageArena);
-    this.pool = new FramePool(memory);
+    this.pool = new FramePool(memory, poolState);
     this.decodeCache = new DecodeCache(this.pool.frameCount);
+    if (this.pool.shared) this.watchSharedAllocations();
     this.vmEnvironment = {
       pool: this.pool,
       decodeCache: this.decodeCache,
@@ -127,6 +141,28 @@ export class Hypervisor {
     this.decodeCache.onFlush = () => {
       for (const vm of this.vms) for (const vcpu of vm.vcpus) vcpu.tlb.flushAll();
     };
+  }
+
+  /**
+   * Makes this hypervisor's pool attachable from worker threads (attachToPool in the worker) and
+   * returns what to post to them. Frames a worker frees can come back to this thread holding new
+   * bytes, so from now on every allocation drops this thread's decoded code for the frames it gets.
+   */
+  sharePool(): SharedPoolHandle {
+    if (this.#closed) throw new KernelError('BV_CLOSED', 'this hypervisor is closed');
+    const memory = this.pool.memory as HostMemory & { sharedBuffer?: () => SharedArrayBuffer; kind?: string };
+    if (typeof memory.sharedBuffer !== 'function') throw new KernelError('BV_NOT_SHAREABLE', 'this hypervisor\'s host memory cannot be shared with worker threads (it is not a native region)');
+    if (!this.pool.shared) {
+      this.pool.shared = true;
+      this.watchSharedAllocations();
+    }
+    return { memory: memory.sharedBuffer(), state: this.pool.sharedState, bytes: this.pool.memory.bytes };
+  }
+
+  /** A frame another thread freed may hold code this thread decoded from its old contents. */
+  private watchSharedAllocations(): void {
+    const cache = this.decodeCache;
+    this.pool.onAllocated = (firstFrame, count) => cache.dropFrames(firstFrame, count);
   }
 
   /** Counters of the compiled tier (VmConfig.tier 'jit'): regions compiled, compile time, invalidations. */

@@ -5,11 +5,12 @@
 import { HostRegion } from '../native/index.ts';
 import { KernelError } from './errors.ts';
 import { Hypervisor } from './hypervisor.ts';
+import type { SharedPoolHandle } from './hypervisor.ts';
 import { RUN_SIZE } from './memory/frame-pool.ts';
 import { SOFT_TLB_BYTES } from './mmu/tlb.ts';
 
 export { Hypervisor, IDLE_FOREVER } from './hypervisor.ts';
-export type { RunOptions, RunResult, ForkOptions } from './hypervisor.ts';
+export type { RunOptions, RunResult, ForkOptions, SharedPoolHandle } from './hypervisor.ts';
 export { Vm, StopCode, DOUBLE_MACHINE_CHECK, HOST_MEMORY_WAIT_REASON } from './vm.ts';
 export type { StopReason, VmConfig, VmEnvironment, HypercallHandler, ExitCounts, LargePagePolicy, LargePageStats, StatefulComponent, VmState } from './vm.ts';
 export { ExitRouter } from './exits.ts';
@@ -31,7 +32,7 @@ export type { AbsentStateId } from './memory/p2m.ts';
 export { CORRUPTION_PATTERNS, MAX_WINDOW_BITS, PAGE_BITS, MemoryErrorInputError, checkErrorWindow, checkPattern, corruptBits } from './memory/poison.ts';
 export type { CorruptionPattern } from './memory/poison.ts';
 export { asGpa, asGva } from './memory/addresses.ts';
-export type { Gpa, Gva, HostOffset } from './memory/addresses.ts';
+export type { FrameHandle, Gpa, Gva, HostOffset } from './memory/addresses.ts';
 export type { FileRangeInfo } from './memory/file-ranges.ts';
 export { Mmu } from './mmu/shadow.ts';
 export type { MmuMode, MmuOptions, MmuStats, MmuHost } from './mmu/shadow.ts';
@@ -73,6 +74,26 @@ export function createHypervisor(options: HypervisorOptions): Hypervisor {
   // Per-page arrays of every VM (P2M, marks, fork generations): reserved, backed only when used.
   const pageArena = HostRegion.anonymous(PAGE_ARENA_BYTES, { noReserve: true });
   return new Hypervisor(region, tlbArena, pageArena);
+}
+
+/**
+ * In a worker thread: a hypervisor over the host pool of a hypervisor in another thread, from the
+ * handle its sharePool() returned. Frames, reference counts and page sharing are common to both
+ * (docs/workers.md); this thread gets its own decode cache, TLB and page arenas. Closing it drops
+ * this thread's hold on the pool's mapping; the memory stays for the other holders.
+ */
+export function attachToPool(handle: SharedPoolHandle): Hypervisor {
+  if (typeof handle !== 'object' || handle === null || !(handle.memory instanceof SharedArrayBuffer) || !(handle.state instanceof SharedArrayBuffer)) {
+    throw new KernelError('BV_BAD_POOL_STATE', 'attachToPool needs the handle Hypervisor.sharePool() returned');
+  }
+  const region = HostRegion.attachShared(handle.memory);
+  if (region.bytes !== handle.bytes) {
+    region.close();
+    throw new KernelError('BV_BAD_POOL_STATE', `the shared pool is ${region.bytes} bytes, the handle says ${handle.bytes}`);
+  }
+  const tlbArena = HostRegion.anonymous(TLB_ARENA_SLOTS * SOFT_TLB_BYTES, { noReserve: true });
+  const pageArena = HostRegion.anonymous(PAGE_ARENA_BYTES, { noReserve: true });
+  return new Hypervisor(region, tlbArena, pageArena, handle.state);
 }
 
 /** vCPUs whose TLBs fit in a hypervisor's arena (more fall back to ordinary allocation). */

@@ -236,6 +236,13 @@ export class DecodeCache {
   }
 
   /** @internal Forgets the decoded copy of a frame (its contents changed wholesale, or it is freed). */
+  /** Drops the decoded copies of `count` frames from `firstFrame` (frames handed out again). */
+  dropFrames(firstFrame: number, count: number): void {
+    const slots = this.frameSlot;
+    for (let frame = firstFrame; frame < firstFrame + count; frame++) if (slots[frame] !== 0) this.drop(frame);
+  }
+
+  /** Drops a frame's decoded copy (its bytes changed or it left this thread's VMs); nothing if it has none. */
   drop(frame: number): void {
     const slot = this.frameSlot[frame]! - 1;
     if (slot < 0) return;

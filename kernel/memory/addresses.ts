@@ -25,6 +25,16 @@ export type HostOffset = number & {
 };
 
 /**
+ * A reference to a host frame lent from one VM to another across threads that share one pool
+ * (GuestMemory.exportPage / importPage, issue 16). Opaque: it holds one reference to the frame
+ * until imported or dropped, and is not an address.
+ */
+export type FrameHandle = number & {
+  /** Type-level brand only: never present at run time. */
+  readonly __frameHandle: true;
+};
+
+/**
  * What a host-offset lookup returns for RAM whose page nobody could produce (a poisoned page its
  * resolver refused): not -1, which means "not RAM", because the walk turns this one into a
  * machine check rather than an access fault.

@@ -20,7 +20,8 @@ export const RUN_SIZE = FRAME_SIZE * FRAMES_PER_RUN;
 
 /** @internal What the pool needs from host memory; native HostRegion provides it. */
 export interface HostMemory {
-  readonly buffer: ArrayBuffer;
+  /** The pool's bytes (a SharedArrayBuffer in a worker thread attached to the pool). */
+  readonly buffer: ArrayBufferLike;
   readonly bytes: number;
   /** Give [offset, offset+length) back to the OS; it reads as zero afterwards. */
   release(offset: number, length: number): void;
@@ -62,7 +63,52 @@ export interface FramePoolStats {
   sharedFileFrames: number;
 }
 
-/** @internal The host frame pool of a hypervisor (kernel only: services use GuestMemory). */
+/*
+ * Allocation state, in one SharedArrayBuffer so that hypervisors in worker threads can share the
+ * pool (issue 16): a header of Int32 words, then the per-frame and per-chunk arrays.
+ */
+const H_LOCK = 0; // 0 free, 1 held, 2 held with waiters (a futex-style mutex over Atomics.wait)
+const H_USED = 1;
+const H_RELEASED = 2;
+const H_RELEASE_CALLS = 3;
+const H_FILE_MAPPED = 4;
+const H_SHARED_MAPPED = 5;
+const H_RETIRED = 6;
+const H_FREE_CHUNKS = 7; // entries in the free-chunk stack
+const H_PARTIAL_HEAD = 8; // the partial-chunk list, in insertion order (-1 = empty)
+const H_PARTIAL_TAIL = 9;
+const H_FRAMES = 10; // frameCount, checked when a pool attaches to existing state
+const HEADER_WORDS = 16; // words 12-13 hold releaseMs as a Float64
+const RELEASE_MS_F64 = 6;
+/** A chunk's `next` when it is not in the partial list. */
+const NOT_LISTED = -2;
+/** Reference count of a frame whose last reference was dropped and whose memory is being returned. */
+const FREEING = -1;
+
+/** Bytes of a pool's shared allocation state for `frameCount` frames (FramePool.stateBytes). */
+function stateLayout(frameCount: number): { refCount: number; chunkUsed: number; chunkHint: number; freeChunks: number; prev: number; next: number; fileMapped: number; bytes: number } {
+  const runCount = frameCount / FRAMES_PER_RUN;
+  const refCount = HEADER_WORDS * 4;
+  const chunkUsed = refCount + frameCount * 4;
+  const chunkHint = chunkUsed + runCount * 4;
+  const freeChunks = chunkHint + runCount * 4;
+  const prev = freeChunks + runCount * 4;
+  const next = prev + runCount * 4;
+  const fileMapped = next + runCount * 4;
+  return { refCount, chunkUsed, chunkHint, freeChunks, prev, next, fileMapped, bytes: fileMapped + frameCount };
+}
+
+/**
+ * @internal The host frame pool of a hypervisor (kernel only: services use GuestMemory).
+ *
+ * Its allocation state (reference counts, chunk occupancy, the free and partial chunk lists, the
+ * counters) lives in a SharedArrayBuffer (`sharedState`), so that a hypervisor in a worker thread
+ * can attach to the same pool (Hypervisor.attachToPool) and allocate, share and free frames safely
+ * alongside this one. Reference counts change with Atomics; the chunk structures change under one
+ * mutex word. A frame's last release marks it FREEING, returns its memory to the OS outside the
+ * lock, and only then makes it allocatable, so no thread can be handed a frame whose memory is
+ * still being discarded.
+ */
 export class FramePool {
   readonly memory: HostMemory;
   readonly frameCount: number;
@@ -73,28 +119,44 @@ export class FramePool {
   readonly u16: Uint16Array;
   readonly i16: Int16Array;
   readonly i32: Int32Array;
-  /** Reference count per frame; 0 = free. */
+  /** Reference count per frame; 0 = free, FREEING (-1) = being freed. Changed only with Atomics. */
   readonly refCount: Int32Array;
+  /** The allocation state, to hand to a worker thread (see the class comment). */
+  readonly sharedState: SharedArrayBuffer;
+  /** Whether another thread may attach, or has attached, to this state (set by Hypervisor.attachToPool and shareWithWorkers). */
+  shared = false;
+  /**
+   * Called with each range of frames just allocated, when set: a thread's decode cache drops what
+   * it decoded from a frame that another thread freed and this one got back (the hypervisor sets
+   * it once the pool is shared).
+   */
+  onAllocated: ((firstFrame: number, count: number) => void) | null = null;
+  private readonly header: Int32Array;
+  private readonly releaseMsCell: Float64Array;
   /** Frames in use per 4 MiB chunk. */
   private readonly chunkUsed: Int32Array;
-  /** Whole free chunks (stack of chunk indexes). */
-  private readonly freeChunks: number[] = [];
-  /** Chunks that have some free frames and some used ones; candidates for small allocations. */
-  private readonly partialChunks = new Set<number>();
   /** Per chunk, a rotating search hint for the next free frame. */
   private readonly chunkHint: Int32Array;
-  private usedFrames = 0;
-  private framesReleased = 0;
-  private releaseCalls = 0;
-  private releaseMs = 0;
+  /** Whole free chunks (a stack of chunk indexes; its depth is header[H_FREE_CHUNKS]). */
+  private readonly freeChunks: Int32Array;
+  /** The partial chunks (some frames free, some used), a doubly linked list in insertion order. */
+  private readonly partialPrev: Int32Array;
+  private readonly partialNext: Int32Array;
   /** Per frame: 1 = a private file mapping (map-mode restore), 2 = a shared one (persistent memory). */
   private readonly fileMapped: Uint8Array;
-  private fileMappedCount = 0;
-  private sharedMappedCount = 0;
   /** releaseMany's list of the frames it frees (grown as needed, never shrunk). */
   private freedScratch = new Int32Array(FRAMES_PER_RUN);
 
-  constructor(memory: HostMemory) {
+  /** Bytes of the shared allocation state of a pool of `frameCount` frames. */
+  static stateBytes(frameCount: number): number {
+    return stateLayout(frameCount).bytes;
+  }
+
+  /**
+   * `state`: the sharedState of a pool over the same memory in another thread, to attach to it;
+   * without it the pool starts empty with fresh state.
+   */
+  constructor(memory: HostMemory, state: SharedArrayBuffer | null = null) {
     if (memory.bytes < RUN_SIZE || memory.bytes % RUN_SIZE !== 0) {
       throw new KernelError('BV_BAD_POOL_SIZE', `host pool size must be a positive multiple of 4 MiB, got ${memory.bytes} bytes`);
     }
@@ -106,12 +168,33 @@ export class FramePool {
     this.u16 = new Uint16Array(memory.buffer);
     this.i16 = new Int16Array(memory.buffer);
     this.i32 = new Int32Array(memory.buffer);
-    this.refCount = new Int32Array(this.frameCount);
-    this.chunkUsed = new Int32Array(this.runCount);
-    this.chunkHint = new Int32Array(this.runCount);
-    this.fileMapped = new Uint8Array(this.frameCount);
-    // Hand out low chunks first: pop() takes from the end.
-    for (let chunk = this.runCount - 1; chunk >= 0; chunk--) this.freeChunks.push(chunk);
+    const layout = stateLayout(this.frameCount);
+    if (state !== null && state.byteLength !== layout.bytes) {
+      throw new KernelError('BV_BAD_POOL_STATE', `pool state of ${state.byteLength} bytes does not fit a pool of ${this.frameCount} frames (${layout.bytes} bytes)`);
+    }
+    const fresh = state === null;
+    this.sharedState = state ?? new SharedArrayBuffer(layout.bytes);
+    this.shared = !fresh;
+    this.header = new Int32Array(this.sharedState, 0, HEADER_WORDS);
+    this.releaseMsCell = new Float64Array(this.sharedState, 0, HEADER_WORDS / 2);
+    this.refCount = new Int32Array(this.sharedState, layout.refCount, this.frameCount);
+    this.chunkUsed = new Int32Array(this.sharedState, layout.chunkUsed, this.runCount);
+    this.chunkHint = new Int32Array(this.sharedState, layout.chunkHint, this.runCount);
+    this.freeChunks = new Int32Array(this.sharedState, layout.freeChunks, this.runCount);
+    this.partialPrev = new Int32Array(this.sharedState, layout.prev, this.runCount);
+    this.partialNext = new Int32Array(this.sharedState, layout.next, this.runCount);
+    this.fileMapped = new Uint8Array(this.sharedState, layout.fileMapped, this.frameCount);
+    if (fresh) {
+      this.header[H_FRAMES] = this.frameCount;
+      this.header[H_PARTIAL_HEAD] = -1;
+      this.header[H_PARTIAL_TAIL] = -1;
+      this.partialNext.fill(NOT_LISTED);
+      // Hand out low chunks first: the stack pops from the top.
+      for (let chunk = this.runCount - 1, depth = 0; chunk >= 0; chunk--) this.freeChunks[depth++] = chunk;
+      this.header[H_FREE_CHUNKS] = this.runCount;
+    } else if (this.header[H_FRAMES] !== this.frameCount) {
+      throw new KernelError('BV_BAD_POOL_STATE', `pool state is for ${this.header[H_FRAMES]} frames, this memory has ${this.frameCount}`);
+    }
   }
 
   /** Host byte offset of a frame. */
@@ -119,18 +202,75 @@ export class FramePool {
     return frame * FRAME_SIZE;
   }
 
+  // --- the mutex over the chunk structures (uncontended: one compareExchange in, one exchange out)
+
+  private lock(): void {
+    const header = this.header;
+    let seen = Atomics.compareExchange(header, H_LOCK, 0, 1);
+    if (seen === 0) return;
+    for (let spin = 0; spin < 64 && seen !== 0; spin++) seen = Atomics.compareExchange(header, H_LOCK, 0, 1);
+    if (seen === 0) return;
+    // Contended: mark waiters and sleep until the holder hands over (Drepper's mutex, "Futexes Are Tricky").
+    if (seen !== 2) seen = Atomics.exchange(header, H_LOCK, 2);
+    while (seen !== 0) {
+      Atomics.wait(header, H_LOCK, 2);
+      seen = Atomics.exchange(header, H_LOCK, 2);
+    }
+  }
+
+  private unlock(): void {
+    if (Atomics.exchange(this.header, H_LOCK, 0) === 2) Atomics.notify(this.header, H_LOCK, 1);
+  }
+
+  // --- the partial-chunk list (insertion order, as a Set had it) and the free-chunk stack
+
+  private addPartial(chunk: number): void {
+    if (this.partialNext[chunk] !== NOT_LISTED) return;
+    const tail = this.header[H_PARTIAL_TAIL]!;
+    this.partialPrev[chunk] = tail;
+    this.partialNext[chunk] = -1;
+    if (tail < 0) this.header[H_PARTIAL_HEAD] = chunk;
+    else this.partialNext[tail] = chunk;
+    this.header[H_PARTIAL_TAIL] = chunk;
+  }
+
+  private deletePartial(chunk: number): void {
+    const next = this.partialNext[chunk]!;
+    if (next === NOT_LISTED) return;
+    const prev = this.partialPrev[chunk]!;
+    if (prev < 0) this.header[H_PARTIAL_HEAD] = next;
+    else this.partialNext[prev] = next;
+    if (next < 0) this.header[H_PARTIAL_TAIL] = prev;
+    else this.partialPrev[next] = prev;
+    this.partialNext[chunk] = NOT_LISTED;
+  }
+
+  private popFreeChunk(): number {
+    const depth = this.header[H_FREE_CHUNKS]!;
+    if (depth === 0) return -1;
+    this.header[H_FREE_CHUNKS] = depth - 1;
+    return this.freeChunks[depth - 1]!;
+  }
+
+  private removeFreeChunk(chunk: number): void {
+    const depth = this.header[H_FREE_CHUNKS]!;
+    const at = this.freeChunks.subarray(0, depth).lastIndexOf(chunk);
+    if (at < 0) return;
+    this.freeChunks.copyWithin(at, at + 1, depth);
+    this.header[H_FREE_CHUNKS] = depth - 1;
+  }
+
   /** Allocates one zeroed 4 KiB frame with reference count 1. */
   allocFrame(): number {
-    let chunk = -1;
-    for (const candidate of this.partialChunks) {
-      chunk = candidate;
-      break;
-    }
+    this.lock();
+    let chunk = this.header[H_PARTIAL_HEAD]!;
     if (chunk < 0) {
-      const whole = this.freeChunks.pop();
-      if (whole === undefined) throw new OutOfHostMemoryError(`no free 4 KiB frame among ${this.frameCount}`);
-      chunk = whole;
-      this.partialChunks.add(chunk);
+      chunk = this.popFreeChunk();
+      if (chunk < 0) {
+        this.unlock();
+        throw new OutOfHostMemoryError(`no free 4 KiB frame among ${this.frameCount}`);
+      }
+      this.addPartial(chunk);
     }
     const firstFrame = chunk * FRAMES_PER_RUN;
     let slot = this.chunkHint[chunk]!;
@@ -140,8 +280,10 @@ export class FramePool {
     const frame = firstFrame + slot;
     this.chunkHint[chunk] = (slot + 1) & (FRAMES_PER_RUN - 1);
     this.refCount[frame] = 1;
-    this.usedFrames++;
-    if (++this.chunkUsed[chunk]! === FRAMES_PER_RUN) this.partialChunks.delete(chunk);
+    this.header[H_USED]++;
+    if (++this.chunkUsed[chunk]! === FRAMES_PER_RUN) this.deletePartial(chunk);
+    this.unlock();
+    if (this.onAllocated !== null) this.onAllocated(frame, 1);
     return frame;
   }
 
@@ -151,13 +293,19 @@ export class FramePool {
    * run exists (the caller falls back to small frames).
    */
   allocRun(): number {
-    const chunk = this.freeChunks.pop();
-    if (chunk === undefined) return -1;
+    this.lock();
+    const chunk = this.popFreeChunk();
+    if (chunk < 0) {
+      this.unlock();
+      return -1;
+    }
     const firstFrame = chunk * FRAMES_PER_RUN;
     this.refCount.fill(1, firstFrame, firstFrame + FRAMES_PER_RUN);
     this.chunkUsed[chunk] = FRAMES_PER_RUN;
-    this.usedFrames += FRAMES_PER_RUN;
+    this.header[H_USED] += FRAMES_PER_RUN;
+    this.unlock();
     this.memory.adviseHugePages(firstFrame * FRAME_SIZE, RUN_SIZE);
+    if (this.onAllocated !== null) this.onAllocated(firstFrame, FRAMES_PER_RUN);
     return firstFrame;
   }
 
@@ -167,38 +315,52 @@ export class FramePool {
    */
   allocContiguous(count: number): number {
     if (!Number.isInteger(count) || count < 1 || count > FRAMES_PER_RUN) throw new KernelError('BV_BAD_FRAME_COUNT', `contiguous allocation must be 1..${FRAMES_PER_RUN} frames, got ${count}`);
-    const candidates = [...this.partialChunks];
-    const whole = this.freeChunks[this.freeChunks.length - 1];
-    if (whole !== undefined) candidates.push(whole);
-    for (const chunk of candidates) {
+    this.lock();
+    const first = this.findContiguous(count);
+    this.unlock();
+    if (first >= 0 && this.onAllocated !== null) this.onAllocated(first, count);
+    return first;
+  }
+
+  /** allocContiguous's search, under the lock: the partial chunks in order, then the next whole free one. */
+  private findContiguous(count: number): number {
+    const depth = this.header[H_FREE_CHUNKS]!;
+    const whole = depth > 0 ? this.freeChunks[depth - 1]! : -1;
+    for (let chunk = this.header[H_PARTIAL_HEAD]!, last = false; !last; ) {
+      if (chunk < 0) {
+        chunk = whole;
+        last = true;
+        if (chunk < 0) break;
+      }
       // Too few free frames for the run: skip the scan (a pool with many nearly full chunks).
-      if (FRAMES_PER_RUN - this.chunkUsed[chunk]! < count) continue;
-      const firstFrame = chunk * FRAMES_PER_RUN;
-      let runStart = 0;
-      for (let slot = 0; slot < FRAMES_PER_RUN; slot++) {
-        if (this.refCount[firstFrame + slot] !== 0) {
-          runStart = slot + 1;
-          continue;
-        }
-        if (slot - runStart + 1 === count) {
-          this.claimRange(chunk, firstFrame + runStart, count);
-          return firstFrame + runStart;
+      if (FRAMES_PER_RUN - this.chunkUsed[chunk]! >= count) {
+        const firstFrame = chunk * FRAMES_PER_RUN;
+        let runStart = 0;
+        for (let slot = 0; slot < FRAMES_PER_RUN; slot++) {
+          if (this.refCount[firstFrame + slot] !== 0) {
+            runStart = slot + 1;
+            continue;
+          }
+          if (slot - runStart + 1 === count) {
+            this.claimRange(chunk, firstFrame + runStart, count);
+            return firstFrame + runStart;
+          }
         }
       }
+      if (!last) chunk = this.partialNext[chunk]!;
     }
     return -1;
   }
 
   private claimRange(chunk: number, first: number, count: number): void {
     if (this.chunkUsed[chunk] === 0) {
-      const at = this.freeChunks.lastIndexOf(chunk);
-      if (at >= 0) this.freeChunks.splice(at, 1);
-      this.partialChunks.add(chunk);
+      this.removeFreeChunk(chunk);
+      this.addPartial(chunk);
     }
     this.refCount.fill(1, first, first + count);
-    this.usedFrames += count;
+    this.header[H_USED] += count;
     this.chunkUsed[chunk]! += count;
-    if (this.chunkUsed[chunk] === FRAMES_PER_RUN) this.partialChunks.delete(chunk);
+    if (this.chunkUsed[chunk] === FRAMES_PER_RUN) this.deletePartial(chunk);
   }
 
   /**
@@ -210,11 +372,7 @@ export class FramePool {
     if (!this.memory.mapFilePrivate || !this.memory.unmapPrivate) throw new KernelError('BV_NO_FILE_MAPPING', 'this host memory cannot map files');
     for (let i = 0; i < count; i++) this.checkInUse(firstFrame + i);
     this.memory.mapFilePrivate(firstFrame * FRAME_SIZE, count * FRAME_SIZE, path, fileOffset);
-    for (let i = 0; i < count; i++) {
-      if (this.fileMapped[firstFrame + i] === 2) this.sharedMappedCount--;
-      if (this.fileMapped[firstFrame + i] !== 1) this.fileMappedCount++;
-      this.fileMapped[firstFrame + i] = 1;
-    }
+    for (let i = 0; i < count; i++) this.markFileMapped(firstFrame + i, 1);
   }
 
   /**
@@ -232,12 +390,16 @@ export class FramePool {
     }
     for (let i = 0; i < count; i++) this.checkInUse(firstFrame + i);
     this.memory.mapFileShared(firstFrame * FRAME_SIZE, count * FRAME_SIZE, path, fileOffset);
-    for (let i = 0; i < count; i++) {
-      const frame = firstFrame + i;
-      if (this.fileMapped[frame] === 1) this.fileMappedCount--;
-      if (this.fileMapped[frame] !== 2) this.sharedMappedCount++;
-      this.fileMapped[frame] = 2;
-    }
+    for (let i = 0; i < count; i++) this.markFileMapped(firstFrame + i, 2);
+  }
+
+  /** Records a frame's file mapping kind (the caller holds the frame, so no other thread changes it). */
+  private markFileMapped(frame: number, kind: 1 | 2): void {
+    const was = this.fileMapped[frame]!;
+    if (was === kind) return;
+    if (was !== 0) Atomics.sub(this.header, was === 1 ? H_FILE_MAPPED : H_SHARED_MAPPED, 1);
+    Atomics.add(this.header, kind === 1 ? H_FILE_MAPPED : H_SHARED_MAPPED, 1);
+    this.fileMapped[frame] = kind;
   }
 
   /** msync of `count` contiguous frames mapped with mapFileShared: their stores are durable on return. */
@@ -248,49 +410,76 @@ export class FramePool {
   /** Forgets that a frame being freed was file-mapped, and gives it an anonymous zero page. */
   private unmapFileFrame(frame: number): void {
     this.memory.unmapPrivate!(frame * FRAME_SIZE, FRAME_SIZE);
-    if (this.fileMapped[frame] === 2) this.sharedMappedCount--;
-    else this.fileMappedCount--;
+    Atomics.sub(this.header, this.fileMapped[frame] === 2 ? H_SHARED_MAPPED : H_FILE_MAPPED, 1);
     this.fileMapped[frame] = 0;
+  }
+
+  /** Whether `frame` is a frame of this pool that someone holds (an integer in range with references). */
+  inUse(frame: number): boolean {
+    return Number.isInteger(frame) && frame >= 0 && frame < this.frameCount && this.refCount[frame]! > 0;
   }
 
   /** Adds a reference to a frame in use (sharing). */
   retain(frame: number): void {
     this.checkInUse(frame);
-    this.refCount[frame]!++;
+    Atomics.add(this.refCount, frame, 1);
   }
 
   /** madvise through the host memory, timed (a clock read is ~1 % of the cheapest madvise). */
-  private returnToOs(offset: number, length: number): void {
+  private returnToOs(offset: number, length: number): number {
     const started = performance.now();
     this.memory.release(offset, length);
-    this.releaseMs += performance.now() - started;
-    this.releaseCalls++;
+    return performance.now() - started;
+  }
+
+  /**
+   * Drops one reference; returns true when it was the last one, in which case the frame is now
+   * FREEING and the caller must finish freeing it (freeFrames). Lock-free: a compareExchange loop.
+   */
+  private dropReference(frame: number): boolean {
+    const refCount = this.refCount;
+    for (;;) {
+      const count = Atomics.load(refCount, frame);
+      if (count <= 0) throw new KernelError('BV_BAD_FRAME', `frame ${frame} is not an allocated frame of this pool`);
+      if (Atomics.compareExchange(refCount, frame, count, count === 1 ? FREEING : count - 1) === count) return count === 1;
+    }
   }
 
   /** Drops a reference; the last one frees the frame and returns its memory to the OS. */
   release(frame: number): void {
     this.checkInUse(frame);
-    if (--this.refCount[frame]! > 0) return;
+    if (!this.dropReference(frame)) return;
+    let ms = 0;
     if (this.fileMapped[frame] !== 0) {
       // Released file-backed pages would read the file's bytes again: put zero pages back.
       this.unmapFileFrame(frame);
     } else {
-      this.returnToOs(frame * FRAME_SIZE, FRAME_SIZE);
+      ms = this.returnToOs(frame * FRAME_SIZE, FRAME_SIZE);
     }
+    this.lock();
     this.countFreed(frame);
+    this.noteReleases(1, ms);
+    this.unlock();
   }
 
-  /** The counts of a frame just freed: its chunk becomes free, or partial if it was full (a full chunk is never in partialChunks). */
+  /** Counts OS release calls and their time (under the lock). */
+  private noteReleases(calls: number, ms: number): void {
+    this.header[H_RELEASE_CALLS]! += calls;
+    this.releaseMsCell[RELEASE_MS_F64]! += ms;
+  }
+
+  /** Under the lock: a frame whose memory is back to zero becomes free; its chunk becomes free, or partial if it was full. */
   private countFreed(frame: number): void {
-    this.framesReleased++;
-    this.usedFrames--;
+    this.refCount[frame] = 0;
+    this.header[H_RELEASED]++;
+    this.header[H_USED]--;
     const chunk = (frame / FRAMES_PER_RUN) | 0;
     const used = --this.chunkUsed[chunk]!;
     if (used === 0) {
-      this.partialChunks.delete(chunk);
-      this.freeChunks.push(chunk);
+      this.deletePartial(chunk);
+      this.freeChunks[this.header[H_FREE_CHUNKS]!++] = chunk;
     } else if (used === FRAMES_PER_RUN - 1) {
-      this.partialChunks.add(chunk);
+      this.addPartial(chunk);
     }
   }
 
@@ -307,11 +496,13 @@ export class FramePool {
     let freedCount = 0;
     for (let i = 0; i < count; i++) {
       const frame = frames[i]!;
-      if (--this.refCount[frame]! === 0) this.freedScratch[freedCount++] = frame;
+      if (this.dropReference(frame)) this.freedScratch[freedCount++] = frame;
     }
     const freed = this.freedScratch.subarray(0, freedCount).sort(); // numeric: a typed array's sort
     let start = -1;
     let end = -1;
+    let calls = 0;
+    let ms = 0;
     for (let i = 0; i < freedCount; i++) {
       const frame = freed[i]!;
       onFree?.(frame);
@@ -320,13 +511,23 @@ export class FramePool {
       } else if (frame === end) {
         end++;
       } else {
-        if (start >= 0) this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+        if (start >= 0) {
+          ms += this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+          calls++;
+        }
         start = frame;
         end = frame + 1;
       }
-      this.countFreed(frame);
     }
-    if (start >= 0) this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+    if (start >= 0) {
+      ms += this.returnToOs(start * FRAME_SIZE, (end - start) * FRAME_SIZE);
+      calls++;
+    }
+    if (freedCount === 0) return;
+    this.lock();
+    for (let i = 0; i < freedCount; i++) this.countFreed(freed[i]!);
+    this.noteReleases(calls, ms);
+    this.unlock();
   }
 
   /** True when the frame starts an aligned run whose 1024 frames are contiguous in the host pool. */
@@ -335,7 +536,9 @@ export class FramePool {
   }
 
   /** Frames retired after an uncorrected memory error (retire): never handed out again. */
-  retiredFrames = 0;
+  get retiredFrames(): number {
+    return Atomics.load(this.header, H_RETIRED);
+  }
 
   /**
    * Retires a frame holding an uncorrected memory error (T-17): the caller's reference (the
@@ -345,25 +548,29 @@ export class FramePool {
   retire(frame: number): void {
     this.checkInUse(frame);
     if (this.refCount[frame] !== 1) throw new KernelError('BV_BAD_FRAME', `frame ${frame} has ${this.refCount[frame]} references; only a frame one page holds can be retired`);
-    this.retiredFrames++;
+    Atomics.add(this.header, H_RETIRED, 1);
   }
 
   stats(): FramePoolStats {
-    return {
+    this.lock();
+    const used = this.header[H_USED]!;
+    const stats: FramePoolStats = {
       totalFrames: this.frameCount,
-      usedFrames: this.usedFrames,
-      freeFrames: this.frameCount - this.usedFrames,
-      wholeFreeRuns: this.freeChunks.length,
-      framesReleased: this.framesReleased,
-      releaseCalls: this.releaseCalls,
-      releaseMs: this.releaseMs,
-      fileMappedFrames: this.fileMappedCount,
-      sharedFileFrames: this.sharedMappedCount,
+      usedFrames: used,
+      freeFrames: this.frameCount - used,
+      wholeFreeRuns: this.header[H_FREE_CHUNKS]!,
+      framesReleased: this.header[H_RELEASED]!,
+      releaseCalls: this.header[H_RELEASE_CALLS]!,
+      releaseMs: this.releaseMsCell[RELEASE_MS_F64]!,
+      fileMappedFrames: this.header[H_FILE_MAPPED]!,
+      sharedFileFrames: this.header[H_SHARED_MAPPED]!,
     };
+    this.unlock();
+    return stats;
   }
 
   private checkInUse(frame: number): void {
-    if (!Number.isInteger(frame) || frame < 0 || frame >= this.frameCount || this.refCount[frame] === 0) {
+    if (!Number.isInteger(frame) || frame < 0 || frame >= this.frameCount || this.refCount[frame]! <= 0) {
       throw new KernelError('BV_BAD_FRAME', `frame ${frame} is not an allocated frame of this pool`);
     }
   }

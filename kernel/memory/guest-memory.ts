@@ -21,7 +21,7 @@ import type { ZeroedArena } from './zeroed-arena.ts';
 import { Access } from '../mmu/sv32.ts';
 import type { AccessKind } from '../mmu/sv32.ts';
 import { HOST_OFFSET_REFUSED } from './addresses.ts';
-import type { Gpa, HostOffset } from './addresses.ts';
+import type { FrameHandle, Gpa, HostOffset } from './addresses.ts';
 import {
   ABSENT_STATE_NAMES, AbsentState, P2M_FLAG_MASK, P2M_FRAME_MASK, P2M_MAX_PAYLOAD, P2M_PER_VM_FLAGS, P2M_PRESENT_BIT, P2M_READ_BLOCKING,
   P2M_RESOLVE_BEFORE_WRITE, P2M_WRITE_BLOCKING, P2mEntry, P2mFlag, P2mGeneration, RESERVED_FLAGS, RESERVED_STATES, UNTOUCHED_ENTRY,
@@ -791,6 +791,46 @@ export class GuestMemory {
     this.pool.retain(frame);
     target.setEntry(targetGpn, P2mEntry.present(frame, P2mFlag.COPY_ON_WRITE));
     target.contentsReplaced(targetGpn);
+  }
+
+  /**
+   * Lends page `gpn` to a VM in another thread that shares this pool (Hypervisor.sharePool, issue
+   * 16): the page becomes copy-on-write here, and the handle holds one reference to its frame
+   * until importPage makes it a page of the other VM (or dropFrameHandle lets it go). Either side
+   * writing afterwards gets a private copy; reference counts are atomic, so concurrent breaks are safe.
+   */
+  exportPage(gpn: number): FrameHandle {
+    this.checkGpn(gpn);
+    const source = this.materialize(gpn);
+    if (source <= 0) throw new KernelError('BV_BAD_SHARE', `${this.name}: guest page ${gpn} is ${P2mEntry.describe(source)}; only a present page can be shared`);
+    if ((source & P2mFlag.COPY_ON_WRITE) === 0) this.protectPage(gpn, P2mFlag.COPY_ON_WRITE);
+    const frame = source & P2M_FRAME_MASK;
+    this.pool.retain(frame);
+    return frame as FrameHandle;
+  }
+
+  /**
+   * Makes page `gpn` present, copy-on-write, on the frame a handle from exportPage (in any thread of
+   * this pool) lends; the handle's reference becomes the page's. What the page held is released.
+   */
+  importPage(gpn: number, handle: FrameHandle): void {
+    this.checkGpn(gpn);
+    const frame = handle as number;
+    if (!this.pool.inUse(frame)) throw new KernelError('BV_BAD_SHARE', `${this.name}: ${frame} is not a frame handle of this pool`);
+    const own = this.materialize(gpn);
+    if (own > 0 && (own & P2M_FRAME_MASK) === frame) {
+      this.pool.release(frame); // already this page's frame: the handle's reference is one too many
+      return;
+    }
+    // This thread may hold code decoded from what the frame held before another thread reused it.
+    if (this.decodeCache.isDecoded(frame)) this.decodeCache.drop(frame);
+    this.setEntry(gpn, P2mEntry.present(frame, P2mFlag.COPY_ON_WRITE));
+    this.contentsReplaced(gpn);
+  }
+
+  /** Drops a handle from exportPage that will not be imported (its reference to the frame). */
+  dropFrameHandle(handle: FrameHandle): void {
+    this.releaseFrame(handle as number);
   }
 
   /**

@@ -323,6 +323,10 @@ async function claimSocketPath(path: string): Promise<void> {
 
 // ------------------------------------------------------------------------------- host routes
 
+const GROUP_PATCH_SCHEMA = {
+  type: 'object', additionalProperties: false, required: ['cpus'],
+  properties: { cpus: { type: 'array', minItems: 1, maxItems: 1024, uniqueItems: true, items: { type: 'integer', minimum: 0, maximum: 1023 } } },
+};
 const STATE_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['state'],
   properties: { state: { enum: ['Paused', 'Resumed'] } },
@@ -442,6 +446,7 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PUT /vms/{name}/migrate': MIGRATE_SCHEMA,
   'PUT /vms/{name}/replicate': REPLICATE_SCHEMA,
   'POST /host/power-loss': POWER_LOSS_SCHEMA,
+  'PATCH /groups/{name}': GROUP_PATCH_SCHEMA,
 };
 
 /** A non-negative integer query parameter, or a 400. */
@@ -464,16 +469,18 @@ function queryFraction(query: URLSearchParams, name: string, fallback: number): 
 /** Adds the host's endpoints (docs/api.md) to `api`. */
 export function hostRoutes(api: ApiServer, host: Host): ApiServer {
   return api
-    .route('GET', '/host', () => ({ status: 200, body: host.info() }))
-    .route('GET', '/host/stats', () => ({ status: 200, body: host.hostStats() }))
-    .route('GET', '/host/pmem-ha', () => ({ status: 200, body: host.pmemHaStatus() }))
+    .route('GET', '/host', async () => ({ status: 200, body: await host.hostInfo() }))
+    .route('GET', '/groups', async () => ({ status: 200, body: { worker_groups: host.workerGroups() } }))
+    .route('PATCH', '/groups/{name}', async ({ params, body }) => ({ status: 200, body: await host.setGroupCpus(params['name']!, (body as { cpus: number[] }).cpus) }), { schema: GROUP_PATCH_SCHEMA })
+    .route('GET', '/host/stats', async () => ({ status: 200, body: host.hostStats() }))
+    .route('GET', '/host/pmem-ha', async () => ({ status: 200, body: host.pmemHaStatus() }))
     .route('POST', '/host/pmem-ha/sync', async () => ({ status: 200, body: { vms: await host.pmemHaSync() } }))
-    .route('POST', '/host/reallocate', ({ body }) => {
+    .route('POST', '/host/reallocate', async ({ body }) => {
       const { from, to, mib } = body as { from: string; to: string; mib: number };
       return { status: 202, body: host.reallocate(from, to, mib) };
     }, { schema: REALLOCATE_SCHEMA })
-    .route('GET', '/vms', () => ({ status: 200, body: { vms: host.list() } }))
-    .route('GET', '/vms/{name}', ({ params }) => ({ status: 200, body: host.vmInfo(params['name']!) }))
+    .route('GET', '/vms', async () => ({ status: 200, body: { vms: await host.listAll() } }))
+    .route('GET', '/vms/{name}', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmInfo(params['name']!) }))
     .route('PUT', '/vms/{name}', async ({ params, body }) => {
       const config = { ...(body as Record<string, unknown>) };
       if (config['name'] !== undefined && config['name'] !== params['name']) {
@@ -482,17 +489,17 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       config['name'] = params['name'];
       return { status: 201, body: await host.createVm(parseVmConfig(config, 'body')) };
     }, { schema: { type: 'object' } })
-    .route('DELETE', '/vms/{name}', ({ params }) => {
-      host.deleteVm(params['name']!);
+    .route('DELETE', '/vms/{name}', async ({ params }) => {
+      await host.deleteVm(params['name']!);
       return { status: 204 };
     })
-    .route('PATCH', '/vms/{name}', ({ params, body }) => {
+    .route('PATCH', '/vms/{name}', async ({ params, body }) => {
       const { state } = body as { state: 'Paused' | 'Resumed' };
-      return { status: 200, body: state === 'Paused' ? host.pause(params['name']!) : host.resume(params['name']!) };
+      return { status: 200, body: state === 'Paused' ? await host.vmCalls(params['name']!).pause(params['name']!) : await host.vmCalls(params['name']!).resume(params['name']!) };
     }, { schema: STATE_SCHEMA })
     .route('PUT', '/vms/{name}/snapshot', async ({ params, body }) => {
       const { path, live } = body as { path: string; live?: boolean };
-      return { status: 200, body: await host.snapshot(params['name']!, path, live ?? false) };
+      return { status: 200, body: await host.vmCalls(params['name']!).snapshot(params['name']!, path, live ?? false) };
     }, { schema: SNAPSHOT_SCHEMA })
     .route('PUT', '/vms/restore', async ({ body }) => {
       const { path, name, mode, paused } = body as { path: string; name?: string; mode?: 'lazy' | 'eager' | 'map'; paused?: boolean };
@@ -502,56 +509,56 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { name, paused } = body as { name: string; paused?: boolean };
       return { status: 201, body: await host.fork(params['name']!, name, paused ?? false) };
     }, { schema: FORK_SCHEMA })
-    .route('GET', '/vms/{name}/stats', ({ params }) => ({ status: 200, body: host.vmStats(params['name']!) }))
-    .route('GET', '/vms/{name}/console', ({ params, query }) => {
+    .route('GET', '/vms/{name}/stats', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmStats(params['name']!) }))
+    .route('GET', '/vms/{name}/console', async ({ params, query }) => {
       const offset = queryInteger(query, 'offset', 0, Number.MAX_SAFE_INTEGER);
       const limit = queryInteger(query, 'limit', MAX_CONSOLE_READ, MAX_CONSOLE_READ);
-      return { status: 200, body: host.readConsole(params['name']!, offset, limit) };
+      return { status: 200, body: await host.vmCalls(params['name']!).readConsole(params['name']!, offset, limit) };
     })
-    .route('PUT', '/vms/{name}/console', ({ params, body }) => {
+    .route('PUT', '/vms/{name}/console', async ({ params, body }) => {
       const { data, eof } = body as { data?: string; eof?: boolean };
-      host.sendInput(params['name']!, data ?? '', eof ?? false);
+      await host.vmCalls(params['name']!).sendInput(params['name']!, data ?? '', eof ?? false);
       return { status: 204 };
     }, { schema: CONSOLE_INPUT_SCHEMA })
-    .route('GET', '/vms/{name}/balloon', ({ params }) => ({ status: 200, body: host.balloon(params['name']!) }))
-    .route('PUT', '/vms/{name}/balloon', ({ params, body }) => {
+    .route('GET', '/vms/{name}/balloon', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).balloon(params['name']!) }))
+    .route('PUT', '/vms/{name}/balloon', async ({ params, body }) => {
       const { free_page_reporting: reporting, ...update } = body as BalloonUpdate & { free_page_reporting?: boolean };
       const name = params['name']!;
-      if (reporting !== undefined && reporting !== host.balloon(name).free_page_reporting) {
+      if (reporting !== undefined && reporting !== (await host.vmCalls(name).balloon(name)).free_page_reporting) {
         throw new HostError(400, `free_page_reporting of VM '${name}' is ${!reporting}: it is fixed when the VM is created`);
       }
-      return { status: 200, body: host.setBalloon(name, update) };
+      return { status: 200, body: await host.vmCalls(name).setBalloon(name, update) };
     }, { schema: BALLOON_PUT_SCHEMA })
-    .route('PATCH', '/vms/{name}/balloon', ({ params, body }) => ({ status: 200, body: host.setBalloon(params['name']!, body as BalloonUpdate) }), { schema: BALLOON_PATCH_SCHEMA })
-    .route('GET', '/vms/{name}/balloon/statistics', ({ params }) => ({ status: 200, body: host.balloonStatistics(params['name']!) }))
-    .route('PATCH', '/vms/{name}/balloon/statistics', ({ params, body }) => {
+    .route('PATCH', '/vms/{name}/balloon', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).setBalloon(params['name']!, body as BalloonUpdate) }), { schema: BALLOON_PATCH_SCHEMA })
+    .route('GET', '/vms/{name}/balloon/statistics', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).balloonStatistics(params['name']!) }))
+    .route('PATCH', '/vms/{name}/balloon/statistics', async ({ params, body }) => {
       const { stats_polling_interval_s: interval } = body as { stats_polling_interval_s: number };
-      return { status: 200, body: host.setBalloon(params['name']!, { stats_polling_interval_s: interval }) };
+      return { status: 200, body: await host.vmCalls(params['name']!).setBalloon(params['name']!, { stats_polling_interval_s: interval }) };
     }, { schema: BALLOON_STATS_SCHEMA })
-    .route('PATCH', '/vms/{name}/tier', ({ params, body }) => ({ status: 200, body: host.setTier(params['name']!, (body as { tier: Tier }).tier) }), { schema: TIER_SCHEMA })
-    .route('GET', '/vms/{name}/memory-policy', ({ params }) => ({ status: 200, body: host.memoryPolicy(params['name']!) }))
-    .route('PATCH', '/vms/{name}/memory-policy', ({ params, body }) => ({ status: 200, body: host.setMemoryPolicy(params['name']!, body as MemoryPolicyUpdate) }), { schema: MEMORY_POLICY_SCHEMA })
-    .route('GET', '/vms/{name}/active-memory', ({ params }) => ({ status: 200, body: host.activeMemory(params['name']!) }))
-    .route('GET', '/vms/{name}/mrc', ({ params, query }) => ({ status: 200, body: host.missRateCurve(params['name']!, queryFraction(query, 'within', 0.05)) }))
-    .route('POST', '/vms/{name}/mrc/size', ({ params, body }) => ({ status: 200, body: host.sizeFromMrc(params['name']!, (body as { within: number }).within) }), { schema: MRC_SIZE_SCHEMA })
-    .route('GET', '/vms/{name}/memory-errors', ({ params }) => ({ status: 200, body: host.memoryErrors(params['name']!) }))
-    .route('POST', '/vms/{name}/memory-errors', ({ params, body }) => ({ status: 200, body: host.injectMemoryErrors(params['name']!, body as MemoryErrorRequest) }), { schema: MEMORY_ERROR_REQUEST_SCHEMA })
+    .route('PATCH', '/vms/{name}/tier', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).setTier(params['name']!, (body as { tier: Tier }).tier) }), { schema: TIER_SCHEMA })
+    .route('GET', '/vms/{name}/memory-policy', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).memoryPolicy(params['name']!) }))
+    .route('PATCH', '/vms/{name}/memory-policy', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).setMemoryPolicy(params['name']!, body as MemoryPolicyUpdate) }), { schema: MEMORY_POLICY_SCHEMA })
+    .route('GET', '/vms/{name}/active-memory', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).activeMemory(params['name']!) }))
+    .route('GET', '/vms/{name}/mrc', async ({ params, query }) => ({ status: 200, body: await host.vmCalls(params['name']!).missRateCurve(params['name']!, queryFraction(query, 'within', 0.05)) }))
+    .route('POST', '/vms/{name}/mrc/size', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).sizeFromMrc(params['name']!, (body as { within: number }).within) }), { schema: MRC_SIZE_SCHEMA })
+    .route('GET', '/vms/{name}/memory-errors', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).memoryErrors(params['name']!) }))
+    .route('POST', '/vms/{name}/memory-errors', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).injectMemoryErrors(params['name']!, body as MemoryErrorRequest) }), { schema: MEMORY_ERROR_REQUEST_SCHEMA })
     .route('PUT', '/migrations/receive', async ({ body }) => ({ status: 200, body: await host.receiveMigrations((body as { listen: string }).listen) }), { schema: RECEIVE_SCHEMA })
     .route('DELETE', '/migrations/receive', async () => {
       await host.stopReceivingMigrations();
       return { status: 204 };
     })
-    .route('GET', '/migrations', () => ({ status: 200, body: host.migrations() }))
+    .route('GET', '/migrations', async () => ({ status: 200, body: host.migrations() }))
     .route('PUT', '/vms/{name}/migrate', async ({ params, body }) => ({ status: 200, body: await host.migrate(params['name']!, body as MigrateRequest) }), { schema: MIGRATE_SCHEMA })
-    .route('GET', '/vms/{name}/migration', ({ params }) => ({ status: 200, body: host.vmMigration(params['name']!) }))
+    .route('GET', '/vms/{name}/migration', async ({ params }) => ({ status: 200, body: host.vmMigration(params['name']!) }))
     .route('PUT', '/vms/{name}/replicate', async ({ params, body }) => ({ status: 200, body: await host.replicate(params['name']!, body as ReplicateRequest) }), { schema: REPLICATE_SCHEMA })
     .route('DELETE', '/vms/{name}/replicate', async ({ params }) => ({ status: 200, body: await host.stopReplication(params['name']!) }))
-    .route('GET', '/vms/{name}/replication', ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
-    .route('GET', '/replicas', () => ({ status: 200, body: host.replicas() }))
-    .route('POST', '/replicas/{name}/activate', ({ params, body }) => ({ status: 200, body: host.activateReplica(params['name']!, (body as { paused?: boolean } | undefined)?.paused ?? false) }), { schema: ACTIVATE_SCHEMA, optional: true })
-    .route('PATCH', '/host/reclaim', ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA })
+    .route('GET', '/vms/{name}/replication', async ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
+    .route('GET', '/replicas', async () => ({ status: 200, body: host.replicas() }))
+    .route('POST', '/replicas/{name}/activate', async ({ params, body }) => ({ status: 200, body: host.activateReplica(params['name']!, (body as { paused?: boolean } | undefined)?.paused ?? false) }), { schema: ACTIVATE_SCHEMA, optional: true })
+    .route('PATCH', '/host/reclaim', async ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA })
     .route('POST', '/host/power-loss', async ({ body }) => ({ status: 200, body: await host.powerLoss((body as { battery_ms: number }).battery_ms) }), { schema: POWER_LOSS_SCHEMA })
-    .route('GET', '/vms/{name}/log-replication', ({ params }) => ({ status: 200, body: host.logReplication(params['name']!) }))
-    .route('GET', '/log-replicas', () => ({ status: 200, body: host.logReplicas() }))
-    .route('DELETE', '/log-replicas/{name}', ({ params }) => ({ status: 200, body: host.releaseLogReplica(params['name']!) }));
+    .route('GET', '/vms/{name}/log-replication', async ({ params }) => ({ status: 200, body: host.logReplication(params['name']!) }))
+    .route('GET', '/log-replicas', async () => ({ status: 200, body: host.logReplicas() }))
+    .route('DELETE', '/log-replicas/{name}', async ({ params }) => ({ status: 200, body: host.releaseLogReplica(params['name']!) }));
 }

@@ -109,6 +109,16 @@ export interface VmSpec {
   memoryPolicy: MemoryPolicySpec;
   /** `memory_errors`: the recovery methods kept for the VM (docs/memory-errors.md), or null for none (errors become machine checks). */
   memoryErrors: MemoryErrorsSpec | null;
+  /** `group`: the worker group (worker_groups) the VM runs in, on its own thread (docs/workers.md); absent: the host's own thread. */
+  group?: string;
+}
+
+/** A worker group (`worker_groups[]`, docs/workers.md): VMs on one worker thread, pinned to host CPUs. */
+export interface WorkerGroupSpec {
+  /** `name`: what VMs' `group` names. */
+  name: string;
+  /** `cpus`: the host CPUs the worker's thread may run on (sched_setaffinity), or null (default) to leave it to the OS. */
+  cpus: number[] | null;
 }
 
 /** A VM's memory-error recovery (`memory_errors`): which methods, tried in this order, and their upkeep. */
@@ -201,6 +211,8 @@ export interface HostSpec {
   logReplicas: LogReplicasSpec | null;
   /** `battery_ms` (default 0): how long the host may run after SIGTERM to flush replicated logs (power-loss hooks); 0: SIGTERM is a plain stop. */
   batteryMs: number;
+  /** `worker_groups` (default []): worker threads the VMs with a `group` run in (docs/workers.md). */
+  workerGroups: WorkerGroupSpec[];
 }
 
 /** The host's `pmem_ha` settings (docs/pmem.md "High availability"): a partner to save to, and/or a listener to receive a partner's saves. */
@@ -455,6 +467,7 @@ const VM_BODY = {
       },
       description: 'How the memory scheduler weighs this VM (docs/overcommit.md, "Shares").',
     },
+    group: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The worker group (worker_groups) whose thread runs this VM (docs/workers.md); default: the host\'s own thread.' },
     memory_errors: {
       type: ['object', 'null'],
       additionalProperties: false,
@@ -556,6 +569,21 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       default: null,
       description: 'Receive other hosts\' pmkv logs (docs/pmem.md "Log replication"), or null for not.',
     },
+    worker_groups: {
+      type: 'array',
+      maxItems: 64,
+      default: [],
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name'],
+        properties: {
+          name: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The group\'s name (a VM\'s group names it).' },
+          cpus: { type: 'array', minItems: 1, maxItems: 1024, uniqueItems: true, items: { type: 'integer', minimum: 0, maximum: 1023 }, description: 'Host CPUs the group\'s thread may run on (sched_setaffinity); default: any.' },
+        },
+      },
+      description: 'Worker threads for VMs (docs/workers.md): a VM with group runs on its group\'s thread, over the same host pool.',
+    },
     battery_ms: integer(0, 600_000, 'How long the host may keep running after SIGTERM to flush replicated logs (its power-loss hooks); 0: SIGTERM is a plain stop.', { default: 0 }),
     pmem_ha: {
       type: ['object', 'null'],
@@ -609,6 +637,7 @@ interface VmJson {
     mrc?: { rate_pct?: number; quiet_instructions?: number } | null;
   };
   memory_errors?: { methods: ('clean-copy' | 'parity' | 'hash')[]; parity_group_pages?: number; refresh_instructions?: number } | null;
+  group?: string;
 }
 
 /** The host file as it is after the schema check. */
@@ -625,6 +654,7 @@ interface HostJson {
   migration?: { tls?: { ca: string; cert: string; key: string }; tls_dir?: string; insecure?: boolean; listen?: string; stall_timeout_ms?: number; name?: string; disk_dir?: string };
   log_replicas?: { listen: string; dir: string } | null;
   battery_ms?: number;
+  worker_groups?: { name: string; cpus?: number[] }[];
 }
 
 let ajv: Ajv2020 | undefined;
@@ -657,6 +687,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     found.push(...reclaimProblems(json.reclaim));
     found.push(...pmemHaProblems(json.pmem_ha, json.migration));
     found.push(...migrationProblems(json.migration));
+    found.push(...workerGroupProblems(json.worker_groups, json.vms));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -676,6 +707,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     migration: toMigrationSpec(host.migration),
     logReplicas: host.log_replicas == null ? null : { listen: host.log_replicas.listen, dir: host.log_replicas.dir },
     batteryMs: host.battery_ms ?? 0,
+    workerGroups: (host.worker_groups ?? []).map((group) => ({ name: group.name, cpus: group.cpus ?? null })),
   };
 }
 
@@ -696,6 +728,26 @@ function pmemHaProblems(ha: unknown, migration: unknown): Found[] {
   const m = isObject(migration) ? migration : {};
   if ((ha.partner !== undefined || ha.listen !== undefined) && m.tls === undefined && m.tls_dir === undefined && m.insecure !== true) {
     found.push({ segments: ['pmem_ha'], problem: 'talks to another host: needs migration.tls (or tls_dir), or migration.insecure for plain TCP' });
+  }
+  return found;
+}
+
+/** Group names are unique; a VM's group is one of them; a VM with persistent memory stays in the host's thread (pmem HA and the power-loss hooks are its). */
+function workerGroupProblems(groups: unknown, vms: unknown): Found[] {
+  const found: Found[] = [];
+  const names = new Set<string>();
+  if (Array.isArray(groups)) {
+    groups.forEach((group, index) => {
+      if (!isObject(group) || typeof group.name !== 'string') return;
+      if (names.has(group.name)) found.push({ segments: ['worker_groups', index, 'name'], problem: `'${group.name}' names two worker groups` });
+      names.add(group.name);
+    });
+  }
+  if (Array.isArray(vms)) {
+    vms.forEach((vm, index) => {
+      if (!isObject(vm) || vm.group === undefined) return;
+      if (typeof vm.group === 'string' && !names.has(vm.group)) found.push({ segments: ['vms', index, 'group'], problem: `names no worker group (worker_groups has ${names.size === 0 ? 'none' : [...names].map((n) => `'${n}'`).join(', ')})` });
+    });
   }
   return found;
 }
@@ -854,6 +906,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
 function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
   const found: Found[] = [];
   if (!isObject(vm)) return found;
+  if (vm.group !== undefined && vm.pmem != null) found.push({ segments: [...at, 'group'], problem: 'a VM with pmem runs in the host\'s own thread (pmem HA and the power-loss hooks are its); leave group out' });
   if (isObject(vm.log_replication) && vm.pmem == null) found.push({ segments: [...at, 'log_replication'], problem: 'needs pmem: the log it replicates is in the persistent memory' });
   if (typeof vm.boot_args === 'string') {
     const bytes = Buffer.byteLength(vm.boot_args, 'utf8');
@@ -1163,6 +1216,7 @@ function toVmSpec(vm: VmJson): VmSpec {
   };
   if (vm.pmem != null) spec.pmem = { path: vm.pmem.path, bytes: vm.pmem.size_kib * 1024, create: vm.pmem.create ?? false };
   if (vm.log_replication != null) spec.logReplication = { destinations: [...vm.log_replication.destinations], intervalMs: vm.log_replication.interval_ms ?? 10 };
+  if (vm.group !== undefined) spec.group = vm.group;
   if (balloon !== null) {
     spec.balloon = {
       amountMib: balloon.amount_mib ?? BALLOON_DEFAULTS.amount_mib,

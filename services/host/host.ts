@@ -40,6 +40,7 @@ import { ParityGroups } from '../recovery/parity.ts';
 import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
+import { GROUP_METHODS, WorkerGroup, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 import {
   connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, splitHostPort, TransportServer,
   outputCommit, ReplicaReceiver, ReplicationFrame, ReplicationSender,
@@ -255,6 +256,8 @@ export interface HostInfo {
   quantum: number;
   /** Cooperative reallocations (POST /host/reallocate), the latest last. */
   reallocations: ReallocationStatus[];
+  /** The worker groups (worker_groups, docs/workers.md): VMs on other threads, counted in vm_count above. */
+  worker_groups: WorkerGroupInfo[];
 }
 
 /** What PUT /vms/{name}/snapshot answers. */
@@ -693,6 +696,12 @@ export class Host {
   private logReceiver: LogReplicaReceiver | null = null;
   /** What runs on a power-loss notice (onPowerLoss), in registration order. */
   private readonly powerLossHooks: { name: string; hook: PowerLossHook }[] = [];
+  /** Worker groups by name (docs/workers.md): VMs on other threads over the same pool. */
+  private readonly groups = new Map<string, WorkerGroup>();
+  /** The VMs in worker groups: their group and memory (reserved against the pool here). */
+  private readonly remote = new Map<string, { group: WorkerGroup; memoryBytes: number }>();
+  /** This host's own VMs through the interface worker groups answer (vmCalls). */
+  private readonly localCalls: GroupCalls;
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -702,6 +711,12 @@ export class Host {
     options: HostOptions = {},
   ) {
     this.log = options.log ?? (() => {});
+    const localCalls: Partial<Record<GroupMethod, (...args: unknown[]) => Promise<unknown>>> = {};
+    for (const method of GROUP_METHODS) {
+      const call = this[method] as (...args: unknown[]) => unknown;
+      localCalls[method] = async (...args: unknown[]) => call.apply(this, args);
+    }
+    this.localCalls = localCalls as GroupCalls;
     this.yieldEveryMs = options.yieldEveryMs ?? 1;
     this.migrationSettings = options.migration ?? { tls: null, insecure: false, stallTimeoutMs: 10_000 };
     this.onPowerLoss('log-replication', (deadline) => this.flushLogs(deadline));
@@ -738,7 +753,11 @@ export class Host {
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
-      for (const [index, vm] of spec.vms.entries()) host.boot(vm, images[index]!, `vms[${index}]`);
+      for (const [index, vm] of spec.vms.entries()) if (vm.group === undefined) host.boot(vm, images[index]!, `vms[${index}]`);
+      // The groups start at once (a worker takes ~0.5 s to load); all settle before a failure is thrown, so close() finds every one.
+      const started = await Promise.allSettled(spec.workerGroups.map((group, index) => host.startGroup(group.name, group.cpus, spec.vms.filter((vm) => vm.group === group.name), `worker_groups[${index}]`, migration)));
+      const failed = started.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
       if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
       if (spec.pmemHa != null) await host.enablePmemHa(spec.pmemHa);
       if (spec.logReplicas != null) await host.receiveLogs(spec.logReplicas.listen, spec.logReplicas.dir);
@@ -753,7 +772,91 @@ export class Host {
 
   /** The names of the VMs, in creation order. */
   names(): string[] {
-    return [...this.machines.keys()];
+    return [...this.machines.keys(), ...this.remote.keys()];
+  }
+
+  /**
+   * The calls about VM `name`, wherever it runs: this host's own methods for its VMs, the worker's
+   * for a VM in a worker group (docs/workers.md). The API answers every per-VM request through it.
+   */
+  vmCalls(name: string): GroupCalls {
+    return this.remote.get(name)?.group.calls ?? this.localCalls;
+  }
+
+  /** GET /vms: every VM, this thread's and the worker groups'. */
+  async listAll(): Promise<VmInfo[]> {
+    const lists = await Promise.all([...this.groups.values()].map((group) => group.calls.list()));
+    return [...this.list(), ...lists.flat()];
+  }
+
+  /** GET /host with the worker groups' VMs counted in. */
+  async hostInfo(): Promise<HostInfo> {
+    const info = this.info();
+    for (const group of this.groups.values()) {
+      const theirs = await group.calls.info();
+      info.vm_count += theirs.vm_count;
+      info.vms_running += theirs.vms_running;
+      info.vms_paused += theirs.vms_paused;
+      info.vms_stopped += theirs.vms_stopped;
+    }
+    return info;
+  }
+
+  /** The worker groups (GET /groups). */
+  workerGroups(): WorkerGroupInfo[] {
+    return [...this.groups.values()].map((group) => group.info());
+  }
+
+  /** A worker group by name, or 404. */
+  private group(name: string): WorkerGroup {
+    const group = this.groups.get(name);
+    if (group === undefined) throw new HostError(404, `no worker group named '${name}'${this.groups.size === 0 ? ' (this host has none: worker_groups in docs/host.md)' : ''}`);
+    return group;
+  }
+
+  /**
+   * PATCH /groups/{name} {cpus}: moves a worker group's thread to other host CPUs (the placement
+   * service does this too, docs/placement.md); answers with the group as the kernel reports it.
+   */
+  async setGroupCpus(name: string, cpus: number[]): Promise<WorkerGroupInfo> {
+    const group = this.group(name);
+    try {
+      await group.setAffinity(cpus);
+    } catch (error) {
+      throw new HostError(400, `worker group '${name}': cannot run on CPUs ${cpus.join(',')}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    return group.info();
+  }
+
+  /** Starts a worker group with its VMs (reserved against the pool first, as this host's own are). */
+  private async startGroup(name: string, cpus: number[] | null, vms: VmSpec[], where: string, migration: HostMigrationSettings | undefined): Promise<WorkerGroup> {
+    if (this.groups.has(name)) throw new HostError(409, `${where}: a worker group named '${name}' exists`);
+    for (const vm of vms) {
+      this.checkNewName(vm.name);
+      this.checkFits(vm.memoryBytes, `VM '${vm.name}'`);
+      this.remote.set(vm.name, { group: null as unknown as WorkerGroup, memoryBytes: vm.memoryBytes });
+    }
+    try {
+      const group = await WorkerGroup.start({
+        name, cpus, pool: this.hv.sharePool(), vms,
+        // The main host reserves every VM's memory against the pool; a group sees only its own VMs.
+        settings: { ...this.settings, overcommit: true },
+        migration: migration ?? this.migrationSettings,
+      }, this.log);
+      this.groups.set(name, group);
+      for (const vm of vms) this.remote.set(vm.name, { group, memoryBytes: vm.memoryBytes });
+      this.log(`host: worker group ${name} on CPUs ${group.affinity.join(',')} (thread ${group.threadId}) with ${vms.length} VM${vms.length === 1 ? '' : 's'}`);
+      return group;
+    } catch (error) {
+      for (const vm of vms) this.remote.delete(vm.name);
+      throw error instanceof HostError ? new HostError(error.status, `${where}: ${error.message}`) : error;
+    }
+  }
+
+  /** Refuses an operation that needs VM `name` in this thread (docs/workers.md says which). */
+  private checkLocal(name: string, what: string): void {
+    const remote = this.remote.get(name);
+    if (remote !== undefined) throw new HostError(409, `VM '${name}' runs in worker group '${remote.group.name}': ${what} needs the VMs in the host's own thread (docs/workers.md)`);
   }
 
   /** GET /host. */
@@ -775,6 +878,7 @@ export class Host {
       slice_instructions: this.settings.sliceInstructions,
       quantum: this.settings.quantum,
       reallocations: this.reallocations.map((r) => r.status()),
+      worker_groups: this.workerGroups(),
     };
   }
 
@@ -1020,6 +1124,8 @@ export class Host {
 
   /** Resolves when the VM has stopped (at once if it has). */
   whenStopped(name: string): Promise<VmInfo> {
+    const remote = this.remote.get(name);
+    if (remote !== undefined) return remote.group.calls.whenStopped(name);
     const m = this.get(name);
     if (m.state === 'Stopped') return Promise.resolve(this.describe(m));
     return new Promise((resolve) => m.stopWaiters.push(() => resolve(this.describe(m))));
@@ -1029,6 +1135,20 @@ export class Host {
 
   /** PUT /vms/{name}: creates and boots a VM from a configuration. */
   async createVm(spec: VmSpec): Promise<VmInfo> {
+    if (spec.group !== undefined) {
+      const group = this.group(spec.group);
+      this.checkNewName(spec.name);
+      this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
+      this.remote.set(spec.name, { group, memoryBytes: spec.memoryBytes });
+      try {
+        const info = await group.calls.createVm(spec);
+        group.vmNames.add(spec.name);
+        return info;
+      } catch (error) {
+        this.remote.delete(spec.name);
+        throw error;
+      }
+    }
     this.checkNewName(spec.name);
     const image = loadImage(spec.image, 'image');
     return this.describe(this.boot(spec, image, ''));
@@ -1152,6 +1272,21 @@ export class Host {
 
   /** PUT /vms/{name}/fork: a child that shares the parent's memory copy-on-write. */
   async fork(parentName: string, childName: string, paused: boolean): Promise<VmInfo> {
+    const remote = this.remote.get(parentName);
+    if (remote !== undefined) {
+      // The child stays in its parent's group: they share frames, and a fork is within one hypervisor.
+      this.checkNewName(childName);
+      this.checkFits(remote.memoryBytes, `fork '${childName}'`);
+      this.remote.set(childName, { group: remote.group, memoryBytes: remote.memoryBytes });
+      try {
+        const info = await remote.group.calls.fork(parentName, childName, paused);
+        remote.group.vmNames.add(childName);
+        return info;
+      } catch (error) {
+        this.remote.delete(childName);
+        throw error;
+      }
+    }
     const parent = this.get(parentName);
     if (parent.state === 'Stopped') throw this.stoppedError(parent, 'fork');
     if (parent.live) throw new HostError(409, `VM '${parentName}' has a snapshot in progress: fork it when the snapshot is complete`);
@@ -1188,6 +1323,8 @@ export class Host {
    */
   reallocate(fromName: string, toName: string, mib: number): ReallocationStatus {
     if (fromName === toName) throw new HostError(400, 'a reallocation moves memory between two different VMs');
+    this.checkLocal(fromName, 'a reallocation');
+    this.checkLocal(toName, 'a reallocation');
     const from = this.get(fromName);
     const to = this.get(toName);
     for (const m of [from, to]) {
@@ -1800,7 +1937,14 @@ export class Host {
   }
 
   /** DELETE /vms/{name}: stops the VM and frees it; its frames return to the OS. */
-  deleteVm(name: string): void {
+  deleteVm(name: string): void | Promise<void> {
+    const remote = this.remote.get(name);
+    if (remote !== undefined) {
+      return remote.group.calls.deleteVm(name).then(() => {
+        this.remote.delete(name);
+        remote.group.vmNames.delete(name);
+      });
+    }
     const m = this.get(name);
     if (m.kept) throw new HostError(409, `VM '${name}' belongs to the process that runs it: stop that process to end it`);
     this.machines.delete(name);
@@ -1824,6 +1968,9 @@ export class Host {
     for (const { receiver } of this.replicaStreams.values()) receiver.discard();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
+    await Promise.all([...this.groups.values()].map((group) => group.close()));
+    this.groups.clear();
+    this.remote.clear();
     this.memory?.swap.close();
   }
 
@@ -1890,14 +2037,17 @@ export class Host {
 
   private get(name: string): HostedVm {
     const m = this.machines.get(name);
-    if (!m) throw new HostError(404, `no VM named '${name}'`);
+    if (!m) {
+      this.checkLocal(name, 'this operation');
+      throw new HostError(404, `no VM named '${name}'`);
+    }
     return m;
   }
 
   private checkNewName(name: string): void {
     if (this.closed) throw new HostError(409, 'the host is shutting down');
     if (RESERVED_NAMES.has(name)) throw new HostError(400, `'${name}' cannot name a VM (it is an API path)`);
-    if (this.machines.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
+    if (this.machines.has(name) || this.remote.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
     if (this.incomingNames.has(name)) throw new HostError(409, `a VM named '${name}' is being migrated in`);
   }
 
@@ -1943,6 +2093,7 @@ export class Host {
     if (bytes > pool) throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory can never fit the host pool of ${pool / MIB} MiB`);
     let reserved = 0;
     for (const vm of this.hv.vms) if (vm !== except) reserved += vm.config.memoryBytes;
+    for (const { memoryBytes } of this.remote.values()) reserved += memoryBytes;
     if (reserved + bytes > pool) {
       throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory does not fit the host pool of ${pool / MIB} MiB beside the ${reserved / MIB} MiB the other VMs have (the host does not overcommit; see overcommit in docs/host.md)`);
     }

@@ -7,9 +7,10 @@ export { ApiServer, ApiSocketError, API_BODY_SCHEMAS, hostRoutes, type ApiHandle
 export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } from './client.ts';
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
-  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec,
+  type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec, type WorkerGroupSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
+export { GROUP_METHODS, startModuleWorker, threadCpuMs, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 export {
   describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,

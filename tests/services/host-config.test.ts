@@ -65,6 +65,7 @@ describe('accepted configurations', () => {
       migration: { tls: null, insecure: false, listen: null, stallTimeoutMs: 10_000, name: hostname(), diskDir: null },
       logReplicas: null,
       batteryMs: 0,
+      workerGroups: [],
       pmemHa: null,
       vms: [{
         name: 'a',

@@ -1,0 +1,185 @@
+/**
+ * Worker groups (issue 16, docs/workers.md): VMs on worker threads over the host's one pool,
+ * driven through the same Host and control API as the host's own VMs.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiServer, hostRoutes } from '../../services/host/api.ts';
+import { apiRequest } from '../../services/host/client.ts';
+import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
+import { Host, type HostInfo, type VmInfo } from '../../services/host/host.ts';
+import type { WorkerGroupInfo } from '../../services/host/worker-group.ts';
+import type { ConsoleSlice } from '../../services/host/console-log.ts';
+import { REPO } from '../tools/child.ts';
+
+const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
+const PROGRAMS: Record<string, string> = { a: 'sieve 20000', b: 'crc32 30000', c: 'walker 1M seq 2 ping 2' };
+const LAST_CPU = availableParallelism() - 1;
+
+function vmConfig(name: string, bootArgs: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { name, image: KERNEL, memory_mib: 32, vcpus: 1, boot_args: bootArgs, ...extra };
+}
+
+/** The CPUs /proc says a thread of this process may run on. */
+function cpusAllowed(threadId: number): number[] {
+  const status = readFileSync(`/proc/self/task/${threadId}/status`, 'utf8');
+  const list = /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)![1]!;
+  return list.split(',').flatMap((part) => {
+    const [from, to] = part.split('-').map(Number);
+    return Array.from({ length: (to ?? from!) - from! + 1 }, (_, i) => from! + i);
+  });
+}
+
+async function runAll(groups: Record<string, string | undefined>): Promise<Record<string, { exit: VmInfo['exit']; instructions: number; output: string }>> {
+  const groupNames = [...new Set(Object.values(groups).filter((g): g is string => g !== undefined))];
+  const spec = parseHostConfig({
+    vms: Object.entries(PROGRAMS).map(([name, args]) => vmConfig(name, args, groups[name] === undefined ? {} : { group: groups[name] })),
+    worker_groups: groupNames.map((name) => ({ name })),
+    slice_instructions: 50_000,
+  });
+  const host = await Host.start(spec);
+  try {
+    const result: Record<string, { exit: VmInfo['exit']; instructions: number; output: string }> = {};
+    for (const name of Object.keys(PROGRAMS)) {
+      const info = await host.whenStopped(name);
+      const output = (await host.vmCalls(name).readConsole(name, 0, 1 << 20)).data;
+      result[name] = { exit: info.exit, instructions: info.instructions, output };
+    }
+    return result;
+  } finally {
+    await host.close();
+  }
+}
+
+describe('VMs in worker groups', () => {
+  it('give the same guest output and instruction counts as in the host thread', async () => {
+    const together = await runAll({});
+    const apart = await runAll({ a: 'g1', b: 'g2', c: 'g2' });
+    expect(apart).toEqual(together);
+    for (const name of Object.keys(PROGRAMS)) expect(together[name]!.output).toContain('exited with code 0');
+  }, 180_000);
+
+  it('refuses configurations that name no group, name one twice, or put persistent memory in one', () => {
+    expect(() => parseHostConfig({ vms: [vmConfig('a', 'sieve 10', { group: 'nope' })] })).toThrow(/vms\[0\]\.group: names no worker group/);
+    expect(() => parseHostConfig({ worker_groups: [{ name: 'g' }, { name: 'g' }] })).toThrow(/worker_groups\[1\]\.name/);
+    expect(() => parseHostConfig({ worker_groups: [{ name: 'g', cpus: [] }] })).toThrow(ConfigError);
+    expect(() => parseHostConfig({ worker_groups: [{ name: 'g', cpus: [0, 0] }] })).toThrow(ConfigError);
+    expect(() => parseHostConfig({ worker_groups: [{ name: 'g' }], vms: [vmConfig('a', 'pmkv', { group: 'g', pmem: { path: '/tmp/x.pmem', size_kib: 64, create: true } })] })).toThrow(/vms\[0\]\.group: a VM with pmem/);
+  });
+
+  it('refuses a group pinned to CPUs the host does not have, before any guest runs', async () => {
+    const spec = parseHostConfig({ worker_groups: [{ name: 'g', cpus: [1023] }], vms: [vmConfig('a', 'sieve 10', { group: 'g' })] });
+    await expect(Host.start(spec)).rejects.toThrow(/worker_groups\[0\]: .*CPU/);
+  }, 60_000);
+});
+
+describe('the control API with worker groups', () => {
+  let dir: string;
+  let socket: string;
+  let host: Host;
+  let api: ApiServer;
+  const call = <T = unknown>(method: string, path: string, body?: unknown) => apiRequest<T>(socket, method, path, body);
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'bv-groups-'));
+    socket = join(dir, 'api.sock');
+    api = await ApiServer.listen(socket);
+    host = await Host.start(parseHostConfig({
+      worker_groups: [{ name: 'g1', cpus: [0] }, { name: 'g2', cpus: [LAST_CPU] }],
+      vms: [vmConfig('main', 'walker 4M random 0'), vmConfig('w1', 'walker 4M random 0', { group: 'g1' }), vmConfig('w2', 'walker 4M random 0', { group: 'g2', balloon: { amount_mib: 0 } })],
+      slice_instructions: 50_000,
+    }));
+    hostRoutes(api, host);
+  }, 60_000);
+
+  afterAll(async () => {
+    await api?.close();
+    await host?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('pins each group\'s thread where the configuration says, as the kernel reports it', async () => {
+    const groups = await call<{ worker_groups: WorkerGroupInfo[] }>('GET', '/groups');
+    expect(groups.status).toBe(200);
+    const [g1, g2] = groups.body.worker_groups;
+    expect(g1).toMatchObject({ name: 'g1', cpus: [0], pinned: true, vms: ['w1'] });
+    expect(g2).toMatchObject({ name: 'g2', cpus: [LAST_CPU], pinned: true, vms: ['w2'] });
+    expect(cpusAllowed(g1!.thread_id)).toEqual([0]);
+    expect(cpusAllowed(g2!.thread_id)).toEqual([LAST_CPU]);
+    expect(g1!.thread_id).not.toBe(process.pid);
+    // The main thread is not pinned by its workers.
+    expect(cpusAllowed(process.pid).length).toBe(availableParallelism());
+    // Moving a group: the kernel's answer comes back.
+    const moved = await call<WorkerGroupInfo>('PATCH', '/groups/g1', { cpus: [LAST_CPU] });
+    expect(moved.status).toBe(200);
+    expect(moved.body.cpus).toEqual([LAST_CPU]);
+    expect(cpusAllowed(g1!.thread_id)).toEqual([LAST_CPU]);
+    expect((await call('PATCH', '/groups/g1', { cpus: [1023] })).status).toBe(400);
+    expect((await call('PATCH', '/groups/none', { cpus: [0] })).status).toBe(404);
+    expect((await call('PATCH', '/groups/g1', { cpus: [] })).status).toBe(400);
+  }, 60_000);
+
+  it('lists, describes, pauses and resumes VMs in groups like the host\'s own', async () => {
+    const host_ = await call<HostInfo>('GET', '/host');
+    expect(host_.body.vm_count).toBe(3);
+    expect(host_.body.worker_groups.map((g) => g.name)).toEqual(['g1', 'g2']);
+    const vms = await call<{ vms: VmInfo[] }>('GET', '/vms');
+    expect(vms.body.vms.map((vm) => vm.name).sort()).toEqual(['main', 'w1', 'w2']);
+    const paused = await call<VmInfo>('PATCH', '/vms/w1', { state: 'Paused' });
+    expect(paused.body.state).toBe('Paused');
+    const at = (await call<VmInfo>('GET', '/vms/w1')).body.instructions;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await call<VmInfo>('GET', '/vms/w1')).body.instructions).toBe(at);
+    expect((await call<VmInfo>('PATCH', '/vms/w1', { state: 'Resumed' })).body.state).toBe('Running');
+    const stats = await call<{ instructions: number }>('GET', '/vms/w2/stats');
+    expect(stats.status).toBe(200);
+    const console_ = await call<ConsoleSlice>('GET', '/vms/w2/console');
+    expect(console_.status).toBe(200);
+    expect((await call('GET', '/vms/w2/balloon')).status).toBe(200);
+    expect((await call('GET', '/vms/nope')).status).toBe(404);
+  }, 60_000);
+
+  it('creates a VM in a group, forks it there, and returns the frames when they are deleted', async () => {
+    const before = (await call<HostInfo>('GET', '/host')).body.frames_used;
+    const created = await call<VmInfo>('PUT', '/vms/extra', { image: KERNEL, memory_mib: 16, boot_args: 'walker 8M seq 0', group: 'g2' });
+    expect(created.status).toBe(201);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const forked = await call<VmInfo>('PUT', '/vms/extra/fork', { name: 'extra-child' });
+    expect(forked.status).toBe(201);
+    expect((await call<{ worker_groups: WorkerGroupInfo[] }>('GET', '/groups')).body.worker_groups[1]!.vms).toEqual(['w2', 'extra', 'extra-child']);
+    const held = (await call<HostInfo>('GET', '/host')).body.frames_used;
+    expect(held).toBeGreaterThan(before);
+    expect((await call('DELETE', '/vms/extra-child')).status).toBe(204);
+    expect((await call('DELETE', '/vms/extra')).status).toBe(204);
+    expect((await call('GET', '/vms/extra')).status).toBe(404);
+    // The other VMs touched all their memory long ago: the drop is the deleted VMs' frames coming back.
+    const after = (await call<HostInfo>('GET', '/host')).body.frames_used;
+    expect(after).toBeLessThan(held);
+    expect((await call('PUT', '/vms/x', { image: KERNEL, memory_mib: 16, group: 'nope' })).status).toBe(404);
+    expect((await call('PUT', '/vms/w1', { image: KERNEL, memory_mib: 16 })).status).toBe(409);
+  }, 60_000);
+
+  it('snapshots a VM in a group and restores it in the host thread', async () => {
+    const path = join(dir, 'w2.bvc');
+    await call('PATCH', '/vms/w2', { state: 'Paused' });
+    const saved = await call('PUT', '/vms/w2/snapshot', { path });
+    expect(saved.status).toBe(200);
+    const instructions = (await call<VmInfo>('GET', '/vms/w2')).body.instructions;
+    const restored = await call<VmInfo>('PUT', '/vms/restore', { path, name: 'w2-copy', paused: true });
+    expect(restored.status).toBe(201);
+    expect(restored.body.instructions).toBe(instructions);
+    expect((await call('DELETE', '/vms/w2-copy')).status).toBe(204);
+    await call('PATCH', '/vms/w2', { state: 'Resumed' });
+  }, 60_000);
+
+  it('answers 409 for what needs the VMs in the host thread', async () => {
+    const realloc = await call<{ fault_message: string }>('POST', '/host/reallocate', { from: 'main', to: 'w2', mib: 1 });
+    expect(realloc.status).toBe(409);
+    expect(realloc.body.fault_message).toMatch(/worker group 'g2'/);
+    const migrate = await call<{ fault_message: string }>('PUT', '/vms/w1/migrate', { destination: '127.0.0.1:1' });
+    expect(migrate.status).toBe(409);
+    expect(migrate.body.fault_message).toMatch(/runs in worker group 'g1'/);
+  }, 60_000);
+});
