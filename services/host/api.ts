@@ -470,6 +470,7 @@ function queryFraction(query: URLSearchParams, name: string, fallback: number): 
 export function hostRoutes(api: ApiServer, host: Host): ApiServer {
   return api
     .route('GET', '/host', async () => ({ status: 200, body: await host.hostInfo() }))
+    .route('GET', '/host/placement', async () => ({ status: 200, body: host.placementStatus() }))
     .route('GET', '/groups', async () => ({ status: 200, body: { worker_groups: host.workerGroups() } }))
     .route('PATCH', '/groups/{name}', async ({ params, body }) => ({ status: 200, body: await host.setGroupCpus(params['name']!, (body as { cpus: number[] }).cpus) }), { schema: GROUP_PATCH_SCHEMA })
     .route('GET', '/host/stats', async () => ({ status: 200, body: host.hostStats() }))

@@ -16,6 +16,8 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Ajv2020 } from 'ajv/dist/2020.js';
+import type { PlacementSpec } from './placement.ts';
+export type { PlacementSpec } from './placement.ts';
 import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js';
 import { MAX_BOOT_ARGS_BYTES } from '../../devices/bootargs.ts';
 import { PMEM_MAX_BYTES } from '../../devices/pmem.ts';
@@ -213,6 +215,8 @@ export interface HostSpec {
   batteryMs: number;
   /** `worker_groups` (default []): worker threads the VMs with a `group` run in (docs/workers.md). */
   workerGroups: WorkerGroupSpec[];
+  /** `placement`: power-aware placement of the unpinned worker groups (docs/placement.md), or null (default) for none. */
+  placement: PlacementSpec | null;
 }
 
 /** The host's `pmem_ha` settings (docs/pmem.md "High availability"): a partner to save to, and/or a listener to receive a partner's saves. */
@@ -569,6 +573,18 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       default: null,
       description: 'Receive other hosts\' pmkv logs (docs/pmem.md "Log replication"), or null for not.',
     },
+    placement: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: {
+        interval_ms: integer(50, 60_000, 'How often group demands are sampled and the placement re-evaluated.', { default: 1000 }),
+        target_utilisation: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.8, description: 'The most load a CPU shared by groups may carry.' },
+        spread_hold_ms: integer(0, 3_600_000, 'How long overload must last before groups are spread.', { default: 2000 }),
+        consolidate_hold_ms: integer(0, 3_600_000, 'How long a consolidation must stay better before groups are packed.', { default: 10_000 }),
+      },
+      default: null,
+      description: 'Power-aware placement of the worker groups without cpus (docs/placement.md); null: none.',
+    },
     worker_groups: {
       type: 'array',
       maxItems: 64,
@@ -655,6 +671,7 @@ interface HostJson {
   log_replicas?: { listen: string; dir: string } | null;
   battery_ms?: number;
   worker_groups?: { name: string; cpus?: number[] }[];
+  placement?: { interval_ms?: number; target_utilisation?: number; spread_hold_ms?: number; consolidate_hold_ms?: number } | null;
 }
 
 let ajv: Ajv2020 | undefined;
@@ -687,7 +704,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     found.push(...reclaimProblems(json.reclaim));
     found.push(...pmemHaProblems(json.pmem_ha, json.migration));
     found.push(...migrationProblems(json.migration));
-    found.push(...workerGroupProblems(json.worker_groups, json.vms));
+    found.push(...workerGroupProblems(json.worker_groups, json.vms, json.placement));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -708,6 +725,12 @@ export function parseHostConfig(json: unknown): HostSpec {
     logReplicas: host.log_replicas == null ? null : { listen: host.log_replicas.listen, dir: host.log_replicas.dir },
     batteryMs: host.battery_ms ?? 0,
     workerGroups: (host.worker_groups ?? []).map((group) => ({ name: group.name, cpus: group.cpus ?? null })),
+    placement: host.placement == null ? null : {
+      intervalMs: host.placement.interval_ms ?? 1000,
+      targetUtilisation: host.placement.target_utilisation ?? 0.8,
+      spreadHoldMs: host.placement.spread_hold_ms ?? 2000,
+      consolidateHoldMs: host.placement.consolidate_hold_ms ?? 10_000,
+    },
   };
 }
 
@@ -733,8 +756,11 @@ function pmemHaProblems(ha: unknown, migration: unknown): Found[] {
 }
 
 /** Group names are unique; a VM's group is one of them; a VM with persistent memory stays in the host's thread (pmem HA and the power-loss hooks are its). */
-function workerGroupProblems(groups: unknown, vms: unknown): Found[] {
+function workerGroupProblems(groups: unknown, vms: unknown, placement: unknown): Found[] {
   const found: Found[] = [];
+  if (isObject(placement) && (!Array.isArray(groups) || !groups.some((g) => isObject(g) && g.cpus === undefined))) {
+    found.push({ segments: ['placement'], problem: 'places worker groups without cpus, and there is none (worker_groups in docs/host.md)' });
+  }
   const names = new Set<string>();
   if (Array.isArray(groups)) {
     groups.forEach((group, index) => {

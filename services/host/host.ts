@@ -22,7 +22,7 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type HostSpec, type PlacementSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
@@ -40,6 +40,8 @@ import { ParityGroups } from '../recovery/parity.ts';
 import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
+import { HostPlacement, type PlacementStatus } from './placement.ts';
+import type { PowerTopologyProvider } from '../placement/index.ts';
 import { GROUP_METHODS, WorkerGroup, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 import {
   connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, splitHostPort, TransportServer,
@@ -696,6 +698,8 @@ export class Host {
   private logReceiver: LogReplicaReceiver | null = null;
   /** What runs on a power-loss notice (onPowerLoss), in registration order. */
   private readonly powerLossHooks: { name: string; hook: PowerLossHook }[] = [];
+  /** Power-aware placement of the unpinned worker groups (enablePlacement), or null. */
+  private placement: HostPlacement | null = null;
   /** Worker groups by name (docs/workers.md): VMs on other threads over the same pool. */
   private readonly groups = new Map<string, WorkerGroup>();
   /** The VMs in worker groups: their group and memory (reserved against the pool here). */
@@ -758,6 +762,11 @@ export class Host {
       const started = await Promise.allSettled(spec.workerGroups.map((group, index) => host.startGroup(group.name, group.cpus, spec.vms.filter((vm) => vm.group === group.name), `worker_groups[${index}]`, migration)));
       const failed = started.find((result): result is PromiseRejectedResult => result.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
+      // In configuration order, whichever started first.
+      const ordered = spec.workerGroups.map((group) => host.groups.get(group.name)!);
+      host.groups.clear();
+      for (const group of ordered) host.groups.set(group.name, group);
+      if (spec.placement !== null) host.enablePlacement(spec.placement);
       if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
       if (spec.pmemHa != null) await host.enablePmemHa(spec.pmemHa);
       if (spec.logReplicas != null) await host.receiveLogs(spec.logReplicas.listen, spec.logReplicas.dir);
@@ -800,6 +809,22 @@ export class Host {
       info.vms_stopped += theirs.vms_stopped;
     }
     return info;
+  }
+
+  /**
+   * Turns power-aware placement of the worker groups without configured CPUs on (the config's
+   * `placement`; docs/placement.md): their demands are sampled every interval and the placer moves
+   * them between CPUs. `provider` defaults to the host's sysfs topology and cpuidle counters.
+   */
+  enablePlacement(spec: PlacementSpec, provider?: PowerTopologyProvider): void {
+    if (this.placement !== null) throw new HostError(409, 'placement is already on');
+    this.placement = guard(() => new HostPlacement(() => [...this.groups.values()], spec, this.startedAt, this.log, provider), 'placement');
+  }
+
+  /** GET /host/placement: the placer's groups, decisions and the idle residency it saw. */
+  placementStatus(): PlacementStatus {
+    if (this.placement === null) throw new HostError(404, 'placement is off (placement in docs/host.md)');
+    return this.placement.status();
   }
 
   /** The worker groups (GET /groups). */
@@ -1968,6 +1993,7 @@ export class Host {
     for (const { receiver } of this.replicaStreams.values()) receiver.discard();
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
+    this.placement?.stop();
     await Promise.all([...this.groups.values()].map((group) => group.close()));
     this.groups.clear();
     this.remote.clear();

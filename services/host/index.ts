@@ -10,6 +10,7 @@ export {
   type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec, type WorkerGroupSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
+export { type PlacedGroupReport, type PlacementDecisionReport, type PlacementSpec, type PlacementStatus } from './placement.ts';
 export { GROUP_METHODS, startModuleWorker, threadCpuMs, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 export {
   describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,

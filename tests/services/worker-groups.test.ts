@@ -13,6 +13,7 @@ import { Host, type HostInfo, type VmInfo } from '../../services/host/host.ts';
 import type { WorkerGroupInfo } from '../../services/host/worker-group.ts';
 import type { ConsoleSlice } from '../../services/host/console-log.ts';
 import { REPO } from '../tools/child.ts';
+import { DEFAULT_MODEL_HOST, ModelHost } from '../../services/placement/index.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 const PROGRAMS: Record<string, string> = { a: 'sieve 20000', b: 'crc32 30000', c: 'walker 1M seq 2 ping 2' };
@@ -182,4 +183,53 @@ describe('the control API with worker groups', () => {
     expect(migrate.status).toBe(409);
     expect(migrate.body.fault_message).toMatch(/runs in worker group 'g1'/);
   }, 60_000);
+});
+
+describe('power-aware placement of worker groups', () => {
+  it('is off unless configured, and needs a group without cpus', async () => {
+    expect(() => parseHostConfig({ placement: {}, worker_groups: [{ name: 'g', cpus: [0] }] })).toThrow(/placement: places worker groups without cpus/);
+    const host = await Host.start(parseHostConfig({}));
+    try {
+      expect(() => host.placementStatus()).toThrow(/placement is off/);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it('measures each group\'s demand from its thread, consolidates idle groups, and spreads one that turns heavy', async () => {
+    // A model topology that matches this machine's CPU numbers: two packages of one CPU each (CPUs 0 and 1).
+    const provider = new ModelHost({ ...DEFAULT_MODEL_HOST, packages: 2, cpusPerPackage: 1 });
+    const host = await Host.start(parseHostConfig({
+      worker_groups: [{ name: 'p' }, { name: 'q' }],
+      vms: [vmConfig('pv', 'walker 4M random 0', { group: 'p', start_paused: true }), vmConfig('qv', 'walker 4M random 0', { group: 'q', start_paused: true })],
+    }));
+    try {
+      host.enablePlacement({ intervalMs: 100, targetUtilisation: 0.8, spreadHoldMs: 300, consolidateHoldMs: 300 }, provider);
+      const waitFor = async (what: string, ok: (status: ReturnType<Host['placementStatus']>) => boolean): Promise<ReturnType<Host['placementStatus']>> => {
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const status = host.placementStatus();
+          if (ok(status)) return status;
+          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status.decisions.slice(-3))}`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      };
+      const cpusOf = (status: ReturnType<Host['placementStatus']>, name: string): number[] => status.groups.find((g) => g.name === name)!.cpus;
+      // Both idle (paused VMs): first spread (heavy until measured), then packed onto one CPU.
+      const packed = await waitFor('consolidation', (s) => s.decisions.some((d) => d.action === 'consolidate') && cpusOf(s, 'p').join() === cpusOf(s, 'q').join());
+      expect(packed.decisions[0]!.action).toBe('initial');
+      for (const group of packed.groups) expect(group.demand_cpus).toBeLessThan(0.3);
+      const groups = host.workerGroups();
+      for (const group of groups) expect(cpusAllowed(group.thread_id)).toEqual(cpusOf(packed, group.name));
+      // p turns CPU-bound: measured heavy, it gets a CPU of its own after the hold.
+      await host.vmCalls('pv').resume('pv');
+      const spread = await waitFor('spreading', (s) => s.decisions.some((d) => d.action === 'spread') && cpusOf(s, 'p').join() !== cpusOf(s, 'q').join());
+      expect(spread.groups.find((g) => g.name === 'p')!.demand_cpus).toBeGreaterThan(0.5);
+      for (const group of groups) expect(cpusAllowed(group.thread_id)).toEqual(cpusOf(spread, group.name));
+      expect(spread.stats.moves).toBeGreaterThanOrEqual(2);
+      expect(spread.errors).toEqual([]);
+    } finally {
+      await host.close();
+    }
+  }, 120_000);
 });
