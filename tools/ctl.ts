@@ -21,6 +21,7 @@ import type {
   BalloonInfo, BalloonStatistics, HostInfo, MemoryPolicyInfo, MigrationResult, MigrationsInfo, MrcInfo, ReplicasInfo, ReplicationStatus, RestoreResult, SnapshotResult, TaxRateInfo, VmExit, VmInfo,
 } from '../services/host/host.ts';
 import type { ActiveMemoryStats } from '../services/memory/active.ts';
+import type { WorkerGroupInfo } from '../services/host/worker-group.ts';
 import type { VmStats } from '../services/host/stats.ts';
 import { formatBytes, formatCount, formatTable, parseArguments, parseInteger, runTool, UsageError, type ParsedArguments } from './cli.ts';
 
@@ -129,6 +130,27 @@ function formatVmList({ vms }: { vms: VmInfo[] }): string {
   return formatTable(rows, { rightAligned: [false, false, true, true, false] });
 }
 
+function formatGroups({ worker_groups: groups }: { worker_groups: WorkerGroupInfo[] }): string {
+  if (groups.length === 0) return 'no worker groups (the host runs every VM in its own thread)\n';
+  const rows = [['GROUP', 'CPUS', 'PINNED', 'THREAD', 'CPU TIME', 'VMS']];
+  for (const g of groups) rows.push([g.name, g.cpus.join(','), g.pinned ? 'yes' : 'no', String(g.thread_id), formatMs(g.cpu_ms), g.vms.join(' ') || '-']);
+  return formatTable(rows, { rightAligned: [false, false, false, true, true, false] });
+}
+
+/** `groups`, or `groups --set-cpus LIST GROUP`: the group comes from --set-cpus's operand form `GROUP=LIST`. */
+async function groupsCommand(c: Context): Promise<void> {
+  const set = c.args.value('--set-cpus');
+  if (set === undefined) {
+    show(c, await c.call<{ worker_groups: WorkerGroupInfo[] }>('GET', '/groups'), formatGroups);
+    return;
+  }
+  const match = /^([^=]+)=(\d+(?:,\d+)*)$/.exec(set);
+  if (match === null) throw new UsageError(`--set-cpus takes GROUP=CPU[,CPU...], got '${set}'`);
+  const cpus = match[2]!.split(',').map((cpu) => parseInteger(cpu, '--set-cpus', 0));
+  const group = await c.call<WorkerGroupInfo>('PATCH', `/groups/${encodeURIComponent(match[1]!)}`, { cpus });
+  show(c, group, (g) => `worker group ${g.name} on CPUs ${g.cpus.join(',')}\n`);
+}
+
 async function migrateCommand(c: Context): Promise<void> {
   const body: Record<string, unknown> = { destination: c.operands[1] };
   const mode = c.args.value('--mode');
@@ -196,6 +218,7 @@ function formatHostInfo(host: HostInfo): string {
     ['uptime', formatMs(host.uptime_ms)],
     ['vms', `${host.vm_count} (${host.vms_running} running, ${host.vms_paused} paused, ${host.vms_stopped} stopped)`],
     ['scheduling', `slices of ${formatCount(host.slice_instructions)} instructions, quantum ${formatCount(host.quantum)}`],
+    ['worker groups', host.worker_groups.length === 0 ? '-' : host.worker_groups.map((g) => `${g.name} (CPUs ${g.cpus.join(',')}: ${g.vms.join(' ') || 'no VMs'})`).join('; ')],
   ]);
 }
 
@@ -602,6 +625,15 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     operands: [], flags: ['--sync'],
     help: 'persistent-memory HA: the partner this host saves to and what it receives (GET /host/pmem-ha); --sync: save to the partner now (POST /host/pmem-ha/sync)',
     run: async (c) => show(c, c.args.flag('--sync') ? await c.call<object>('POST', '/host/pmem-ha/sync') : await c.call<object>('GET', '/host/pmem-ha'), formatCounters),
+  },
+  groups: {
+    operands: [], values: ['--set-cpus'],
+    help: 'the worker groups: CPUs, thread, CPU time, VMs (GET /groups); --set-cpus GROUP=0,1 moves a group to other CPUs instead (PATCH /groups/GROUP)',
+    run: groupsCommand,
+  },
+  placement: {
+    operands: [], help: 'power-aware placement of the worker groups: demands, CPUs, decisions, idle residency (GET /host/placement)',
+    run: async (c) => show(c, await c.call<object>('GET', '/host/placement'), formatCounters),
   },
   'log-replication': {
     operands: ['VM'], help: "VM's persistent-memory log replication: destinations, records shipped and acknowledged, lag (GET /vms/VM/log-replication)",

@@ -63,7 +63,9 @@ beforeAll(async () => {
       // About 20 billion instructions: it runs for the whole file (the host is killed at the end).
       { name: 'long', image: KERNEL, memory_mib: 16, boot_args: 'walker 4M random 30000', max_instructions: 100_000_000_000 },
       { name: 'reader', image: KERNEL, memory_mib: 16, boot_args: 'wc' },
+      { name: 'grouped', image: KERNEL, memory_mib: 16, boot_args: 'wc', group: 'g' },
     ],
+    worker_groups: [{ name: 'g', cpus: [0] }],
   }));
   const child = spawn(process.execPath, ['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', config], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
   host = child;
@@ -94,7 +96,24 @@ describe('tools/ctl against a running host', () => {
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/^NAME +STATE +INSTRUCTIONS +MEMORY +EXIT\n/);
     expect(table.stdout).toMatch(/^long +Running +[\d,]+ +16 MiB +-$/m);
-    expect(json.vms.map((vm) => vm.name)).toEqual(['done', 'long', 'reader']);
+    expect(json.vms.map((vm) => vm.name)).toEqual(['done', 'long', 'reader', 'grouped']);
+  });
+
+  it('groups: the worker groups and their VMs; --set-cpus moves one; placement is off here', async () => {
+    const table = await ctl(['groups']);
+    expect(table, table.stderr).toMatchObject({ code: 0, stderr: '' });
+    expect(table.stdout).toMatch(/^GROUP +CPUS +PINNED +THREAD +CPU TIME +VMS\ng +0 +yes +\d+ +.+ grouped$/m);
+    const moved = await ctl(['groups', '--set-cpus', 'g=0']);
+    expect(moved.stdout).toBe('worker group g on CPUs 0\n');
+    expect((await ctl(['groups', '--set-cpus', 'g'])).code).toBe(2);
+    const nowhere = await ctl(['groups', '--set-cpus', 'nope=0']);
+    expect(nowhere.code).toBe(1);
+    expect(nowhere.stderr).toMatch(/no worker group named 'nope'/);
+    // A VM in a group answers like any other.
+    expect(await ctlJson<Info>(['info', 'grouped'])).toMatchObject({ name: 'grouped', state: 'Running' });
+    const placement = await ctl(['placement']);
+    expect(placement.code).toBe(1);
+    expect(placement.stderr).toMatch(/placement is off/);
   });
 
   it('info: the VM\'s lines; an unknown VM is exit 1 with the API\'s message and status', async () => {
@@ -148,7 +167,7 @@ describe('tools/ctl against a running host', () => {
     const deleted = await Promise.all([ctl(['delete', 'copy']), ctl(['delete', 'kid'])]);
     expect(deleted.map((d) => d.stdout)).toEqual(['deleted VM copy\n', 'deleted VM kid\n']);
     const { vms } = await ctlJson<{ vms: Info[] }>(['vms']);
-    expect(vms.map((vm) => vm.name)).toEqual(['done', 'long', 'reader']);
+    expect(vms.map((vm) => vm.name)).toEqual(['done', 'long', 'reader', 'grouped']);
     // From here on the walker rests: the tests below need no running guest, only the host's CPU.
     expect((await ctl(['pause', 'long'])).code).toBe(0);
   });
@@ -169,7 +188,8 @@ describe('tools/ctl against a running host', () => {
     expect(stats.stdout).toMatch(/^vcpus\n +id +instret +tlb hits/m);
     expect(stats.stdout).toMatch(/^mmio accesses\n/m);
     expect(hostInfo.stdout).toMatch(/^pool +1 GiB \(262,144 frames\)\n/);
-    expect(hostInfo.stdout).toMatch(/^vms +3 \(\d running, \d paused, \d stopped\)$/m);
+    expect(hostInfo.stdout).toMatch(/^vms +4 \(\d running, \d paused, \d stopped\)$/m);
+    expect(hostInfo.stdout).toMatch(/^worker groups +g \(CPUs 0: grouped\)$/m);
     expect(hostStats.stdout).toMatch(/^pool\n +total frames +262,144$/m);
   });
 
@@ -222,7 +242,7 @@ describe('tools/ctl against a running host', () => {
     ]);
     const messages = [
       'no command given',
-      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, power-loss, pmem-ha, log-replication, log-replicas, release-log-replica, delete)",
+      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, power-loss, pmem-ha, groups, placement, log-replication, log-replicas, release-log-replica, delete)",
       'fork: --name N is required',
       'pause: missing VM',
       'vms does not take --live',
