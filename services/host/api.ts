@@ -549,12 +549,12 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       await host.stopReceivingMigrations();
       return { status: 204 };
     })
-    .route('GET', '/migrations', async () => ({ status: 200, body: host.migrations() }))
+    .route('GET', '/migrations', async () => ({ status: 200, body: await host.allMigrations() }))
     .route('PUT', '/vms/{name}/migrate', async ({ params, body }) => ({ status: 200, body: await host.migrate(params['name']!, body as MigrateRequest) }), { schema: MIGRATE_SCHEMA })
-    .route('GET', '/vms/{name}/migration', async ({ params }) => ({ status: 200, body: host.vmMigration(params['name']!) }))
-    .route('PUT', '/vms/{name}/replicate', async ({ params, body }) => ({ status: 200, body: await host.replicate(params['name']!, body as ReplicateRequest) }), { schema: REPLICATE_SCHEMA })
-    .route('DELETE', '/vms/{name}/replicate', async ({ params }) => ({ status: 200, body: await host.stopReplication(params['name']!) }))
-    .route('GET', '/vms/{name}/replication', async ({ params }) => ({ status: 200, body: host.vmReplication(params['name']!) }))
+    .route('GET', '/vms/{name}/migration', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmMigration(params['name']!) }))
+    .route('PUT', '/vms/{name}/replicate', async ({ params, body }) => ({ status: 200, body: await host.vmCalls(params['name']!).replicate(params['name']!, body as ReplicateRequest) }), { schema: REPLICATE_SCHEMA })
+    .route('DELETE', '/vms/{name}/replicate', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).stopReplication(params['name']!) }))
+    .route('GET', '/vms/{name}/replication', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmReplication(params['name']!) }))
     .route('GET', '/replicas', async () => ({ status: 200, body: host.replicas() }))
     .route('POST', '/replicas/{name}/activate', async ({ params, body }) => ({ status: 200, body: host.activateReplica(params['name']!, (body as { paused?: boolean } | undefined)?.paused ?? false) }), { schema: ACTIVATE_SCHEMA, optional: true })
     .route('PATCH', '/host/reclaim', async ({ body }) => ({ status: 200, body: host.setTaxRate((body as { tax_rate: number }).tax_rate) }), { schema: RECLAIM_PATCH_SCHEMA })

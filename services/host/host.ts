@@ -1395,6 +1395,14 @@ export class Host {
   }
 
   /** GET /migrations. */
+  /** GET /migrations with the worker groups' outgoing migrations (their VMs migrate from their own threads). */
+  async allMigrations(): Promise<MigrationsInfo> {
+    const info = this.migrations();
+    for (const group of this.groups.values()) info.outgoing.push(...(await group.calls.migrations()).outgoing);
+    return info;
+  }
+
+  /** GET /migrations (this thread's). */
   migrations(): MigrationsInfo {
     const listener = this.migrationListener;
     return {
@@ -1420,6 +1428,17 @@ export class Host {
    * says so.
    */
   async migrate(name: string, request: MigrateRequest): Promise<MigrationResult> {
+    const remote = this.remote.get(name);
+    if (remote !== undefined) {
+      // The group's own host migrates it (the guest and the sender share the group's thread);
+      // once it has left, the name is free here too.
+      const result = await remote.group.calls.migrate(name, request);
+      if (!(await remote.group.calls.names()).includes(name)) {
+        this.remote.delete(name);
+        remote.group.vmNames.delete(name);
+      }
+      return result;
+    }
     const m = this.get(name);
     if (m.state === 'Stopped') throw this.stoppedError(m, 'migrate');
     if (m.migration !== null) throw new HostError(409, `VM '${name}' is already being migrated`);

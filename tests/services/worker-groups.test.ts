@@ -175,13 +175,15 @@ describe('the control API with worker groups', () => {
     await call('PATCH', '/vms/w2', { state: 'Resumed' });
   }, 60_000);
 
-  it('answers 409 for what needs the VMs in the host thread', async () => {
+  it('answers 409 for what needs the VMs in the host thread, and forwards migration', async () => {
     const realloc = await call<{ fault_message: string }>('POST', '/host/reallocate', { from: 'main', to: 'w2', mib: 1 });
     expect(realloc.status).toBe(409);
     expect(realloc.body.fault_message).toMatch(/worker group 'g2'/);
+    // Live migration is its group's own host's: a refused connection leaves the VM running there.
     const migrate = await call<{ fault_message: string }>('PUT', '/vms/w1/migrate', { destination: '127.0.0.1:1' });
-    expect(migrate.status).toBe(409);
-    expect(migrate.body.fault_message).toMatch(/runs in worker group 'g1'/);
+    expect(migrate.status).toBe(400);
+    expect(migrate.body.fault_message).toMatch(/insecure|TLS/);
+    expect((await call<VmInfo>('GET', '/vms/w1')).body.state).toBe('Running');
   }, 60_000);
 });
 
@@ -230,6 +232,52 @@ describe('power-aware placement of worker groups', () => {
       expect(spread.errors).toEqual([]);
     } finally {
       await host.close();
+    }
+  }, 120_000);
+});
+
+describe('live migration of a VM in a worker group', () => {
+  it('moves it from its group to another host, where it finishes as a lone run does', async () => {
+    const program = 'crc32 12000000'; // ~250 M instructions: still running when the migration starts
+    const migration = { tls: null, insecure: true, stallTimeoutMs: 10_000 };
+    const reference = await Host.start(parseHostConfig({ vms: [vmConfig('ref', program)] }));
+    const alone = await reference.whenStopped('ref').finally(() => reference.close());
+    const destination = await Host.start(parseHostConfig({}), { migration });
+    const source = await Host.start(parseHostConfig({ worker_groups: [{ name: 'g' }], vms: [vmConfig('mv', program, { group: 'g' })], slice_instructions: 20_000 }), { migration });
+    try {
+      const { listening } = await destination.receiveMigrations('127.0.0.1:0');
+      const result = await source.migrate('mv', { destination: listening! });
+      expect(result.rounds).toBeGreaterThanOrEqual(0);
+      expect(source.names()).toEqual([]);
+      expect((await source.allMigrations()).outgoing.map((m) => m.name)).toEqual(['mv']);
+      const there = await destination.whenStopped('mv');
+      expect(there.exit).toEqual(alone.exit);
+      expect(there.instructions).toBe(alone.instructions);
+    } finally {
+      await source.close();
+      await destination.close();
+    }
+  }, 120_000);
+
+  it('replicates it from its group to a backup host, which can run it after a failure', async () => {
+    const migration = { tls: null, insecure: true, stallTimeoutMs: 10_000 };
+    const backup = await Host.start(parseHostConfig({}), { migration });
+    const primary = await Host.start(parseHostConfig({ worker_groups: [{ name: 'g' }], vms: [vmConfig('rv', 'walker 4M random 0', { group: 'g' })] }), { migration });
+    try {
+      const { listening } = await backup.receiveMigrations('127.0.0.1:0');
+      const started = await primary.vmCalls('rv').replicate('rv', { destination: listening!, interval_ms: 50 });
+      expect(started.committed_epoch).not.toBeNull();
+      const deadline = Date.now() + 30_000;
+      while ((await primary.vmCalls('rv').vmReplication('rv')).epochs < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect((await primary.vmCalls('rv').vmReplication('rv')).epochs).toBeGreaterThanOrEqual(3);
+      await primary.vmCalls('rv').stopReplication('rv');
+      expect(backup.replicas().replicas.map((r) => r.name)).toEqual(['rv']);
+      const activated = backup.activateReplica('rv', true);
+      expect(activated.origin).toMatchObject({ kind: 'replica' });
+      expect(activated.instructions).toBeGreaterThan(0);
+    } finally {
+      await primary.close();
+      await backup.close();
     }
   }, 120_000);
 });
