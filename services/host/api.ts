@@ -473,7 +473,7 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('GET', '/host/placement', async () => ({ status: 200, body: host.placementStatus() }))
     .route('GET', '/groups', async () => ({ status: 200, body: { worker_groups: host.workerGroups() } }))
     .route('PATCH', '/groups/{name}', async ({ params, body }) => ({ status: 200, body: await host.setGroupCpus(params['name']!, (body as { cpus: number[] }).cpus) }), { schema: GROUP_PATCH_SCHEMA })
-    .route('GET', '/host/stats', async () => ({ status: 200, body: host.hostStats() }))
+    .route('GET', '/host/stats', async () => ({ status: 200, body: await host.allHostStats() }))
     .route('GET', '/host/pmem-ha', async () => ({ status: 200, body: host.pmemHaStatus() }))
     .route('POST', '/host/pmem-ha/sync', async () => ({ status: 200, body: { vms: await host.pmemHaSync() } }))
     .route('POST', '/host/reallocate', async ({ body }) => {

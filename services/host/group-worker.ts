@@ -40,6 +40,7 @@ async function main(): Promise<void> {
     const hv = attachToPool(data.pool);
     host = new Host(hv, data.settings, { log: (line) => post({ kind: 'log', line: `[${data.name}] ${line}` }), migration: data.migration });
     try {
+      if (data.reclaim !== null) host.enableReclaim(data.reclaim);
       for (const spec of data.vms) await host.createVm(inThisThread(spec));
     } catch (error) {
       await host.close();

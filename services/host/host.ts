@@ -381,6 +381,16 @@ export interface HostStatsReport extends HostStats {
   memory_scheduler: MemorySchedulerStats | null;
   /** Migrations to and from this host since it started (docs/migration.md). */
   migration: MigrationStatsReport;
+  /** Each worker group's own report (its decode cache, scheduler, memory scheduler), with GET /host/stats; absent in a group's own. */
+  worker_groups?: WorkerGroupStats[];
+}
+
+/** A worker group's part of GET /host/stats. */
+export interface WorkerGroupStats {
+  /** The group. */
+  name: string;
+  /** Its host's report (the pool figures in it are the shared pool's, as the host's). */
+  stats: HostStatsReport;
 }
 
 /** The status classes of HostError (the HTTP status the API answers with). */
@@ -698,6 +708,8 @@ export class Host {
   private logReceiver: LogReplicaReceiver | null = null;
   /** What runs on a power-loss notice (onPowerLoss), in registration order. */
   private readonly powerLossHooks: { name: string; hook: PowerLossHook }[] = [];
+  /** The memory scheduler's settings (enableReclaim), which every worker group runs over its own VMs too. */
+  private reclaimSpec: ReclaimSpec | null = null;
   /** Power-aware placement of the unpinned worker groups (enablePlacement), or null. */
   private placement: HostPlacement | null = null;
   /** Worker groups by name (docs/workers.md): VMs on other threads over the same pool. */
@@ -866,6 +878,7 @@ export class Host {
         name, cpus, pool: this.hv.sharePool(), vms,
         // The main host reserves every VM's memory against the pool; a group sees only its own VMs.
         settings: { ...this.settings, overcommit: true },
+        reclaim: this.reclaimSpec,
         migration: migration ?? this.migrationSettings,
       }, this.log);
       this.groups.set(name, group);
@@ -993,6 +1006,13 @@ export class Host {
     return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null, migration: this.migrationCounters.report() };
   }
 
+  /** GET /host/stats: this thread's report and each worker group's. */
+  async allHostStats(): Promise<HostStatsReport> {
+    const report = this.hostStats();
+    if (this.groups.size > 0) report.worker_groups = await Promise.all([...this.groups.values()].map(async (group) => ({ name: group.name, stats: await group.calls.hostStats() })));
+    return report;
+  }
+
   /** GET /vms/{name}/memory-policy. */
   memoryPolicy(name: string): MemoryPolicyInfo {
     const m = this.get(name);
@@ -1084,6 +1104,8 @@ export class Host {
    */
   enableReclaim(spec: ReclaimSpec): void {
     if (this.memory !== null) throw new HostError(409, 'the memory scheduler is on already');
+    if (this.groups.size > 0) throw new HostError(409, 'turn the memory scheduler on before starting worker groups (each group runs one over its VMs)');
+    this.reclaimSpec = spec;
     const swap = SwapFile.createIn(spec.swapDir ?? tmpdir());
     try {
       const scheduler = new MemoryScheduler(this.hv, {

@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type { SharedPoolHandle } from '../../kernel/index.ts';
-import type { VmSpec } from './config.ts';
+import type { ReclaimSpec, VmSpec } from './config.ts';
 import { HostError, type Host, type HostMigrationSettings, type HostSettings, type HostStatusCode } from './host.ts';
 
 /**
@@ -50,6 +50,8 @@ export interface GroupWorkerData {
   migration: HostMigrationSettings;
   /** The VMs to boot, in order. */
   vms: VmSpec[];
+  /** The host's memory scheduler settings: the group runs one over its own VMs; null: none. */
+  reclaim: ReclaimSpec | null;
 }
 
 /** Messages from a worker. */

@@ -281,3 +281,37 @@ describe('live migration of a VM in a worker group', () => {
     }
   }, 120_000);
 });
+
+describe('an overcommitted host with worker groups', () => {
+  it('reclaims in every group over the shared pool: walkers in two groups that need more than the pool finish as unconstrained runs do', async () => {
+    const program = 'walker 20M seq 2';
+    const reference = await Host.start(parseHostConfig({ vms: [vmConfig('ref', program, { memory_mib: 64 })] }));
+    const alone = await reference.whenStopped('ref');
+    const aloneOutput = reference.readConsole('ref', 0, 1 << 20).data;
+    await reference.close();
+    // 2 x 20 MiB of walker data (and two kernels) on a 32 MiB pool: neither group's scheduler alone sees enough VMs to avoid it.
+    const host = await Host.start(parseHostConfig({
+      host_memory_mib: 32,
+      overcommit: true,
+      slice_instructions: 1_000_000,
+      worker_groups: [{ name: 'g1' }, { name: 'g2' }],
+      vms: [vmConfig('x', program, { memory_mib: 64, group: 'g1' }), vmConfig('y', program, { memory_mib: 64, group: 'g2' })],
+    }));
+    try {
+      const ended = await Promise.all(['x', 'y'].map((name) => host.whenStopped(name)));
+      for (const [index, name] of ['x', 'y'].entries()) {
+        expect(ended[index]!.exit).toEqual(alone.exit);
+        expect((await host.vmCalls(name).readConsole(name, 0, 1 << 20)).data).toBe(aloneOutput);
+      }
+      const stats = await host.allHostStats();
+      const schedulers = stats.worker_groups!.map((group) => group.stats.memory_scheduler!);
+      // Both groups ran a scheduler, and reclaim really happened (swap, as the walkers have no balloon).
+      expect(schedulers).toHaveLength(2);
+      expect(schedulers.reduce((sum, s) => sum + s.counters.state_changes, 0)).toBeGreaterThan(0);
+      const info = await host.hostInfo();
+      expect(info.frames_used).toBeLessThanOrEqual(info.frames_total);
+    } finally {
+      await host.close();
+    }
+  }, 300_000);
+});
