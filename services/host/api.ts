@@ -478,7 +478,7 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
     .route('POST', '/host/pmem-ha/sync', async () => ({ status: 200, body: { vms: await host.pmemHaSync() } }))
     .route('POST', '/host/reallocate', async ({ body }) => {
       const { from, to, mib } = body as { from: string; to: string; mib: number };
-      return { status: 202, body: host.reallocate(from, to, mib) };
+      return { status: 202, body: await host.reallocate(from, to, mib) };
     }, { schema: REALLOCATE_SCHEMA })
     .route('GET', '/vms', async () => ({ status: 200, body: { vms: await host.listAll() } }))
     .route('GET', '/vms/{name}', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmInfo(params['name']!) }))

@@ -819,6 +819,7 @@ export class Host {
       info.vms_running += theirs.vms_running;
       info.vms_paused += theirs.vms_paused;
       info.vms_stopped += theirs.vms_stopped;
+      info.reallocations.push(...theirs.reallocations);
     }
     return info;
   }
@@ -1368,10 +1369,16 @@ export class Host {
    * `to`'s shrinks as the frames arrive. Both need a balloon; `to`'s must hold at least that much
    * (the room it grows into). Answers at once; GET /host shows the progress.
    */
-  reallocate(fromName: string, toName: string, mib: number): ReallocationStatus {
+  reallocate(fromName: string, toName: string, mib: number): ReallocationStatus | Promise<ReallocationStatus> {
     if (fromName === toName) throw new HostError(400, 'a reallocation moves memory between two different VMs');
-    this.checkLocal(fromName, 'a reallocation');
-    this.checkLocal(toName, 'a reallocation');
+    const from_ = this.remote.get(fromName);
+    const to_ = this.remote.get(toName);
+    // Frames move between the VMs of one thread: two VMs of one group reallocate in their group.
+    if (from_ !== undefined && to_ !== undefined && from_.group === to_.group) return from_.group.calls.reallocate(fromName, toName, mib);
+    if (from_ !== undefined || to_ !== undefined) {
+      const where = (name: string, r: typeof from_): string => (r === undefined ? `'${name}' in the host's thread` : `'${name}' in worker group '${r.group.name}'`);
+      throw new HostError(409, `a reallocation moves frames between VMs of one thread: ${where(fromName, from_)}, ${where(toName, to_)} (docs/workers.md)`);
+    }
     const from = this.get(fromName);
     const to = this.get(toName);
     for (const m of [from, to]) {

@@ -25,7 +25,7 @@ export const GROUP_METHODS = [
   'vmInfo', 'list', 'names', 'info', 'hostStats', 'vmStats', 'createVm', 'deleteVm', 'pause', 'resume', 'whenStopped',
   'readConsole', 'sendInput', 'snapshot', 'fork', 'balloon', 'setBalloon', 'balloonStatistics', 'memoryPolicy', 'setTier',
   'setMemoryPolicy', 'activeMemory', 'missRateCurve', 'sizeFromMrc', 'memoryErrors', 'injectMemoryErrors',
-  'migrate', 'vmMigration', 'migrations', 'replicate', 'stopReplication', 'vmReplication',
+  'migrate', 'vmMigration', 'migrations', 'replicate', 'stopReplication', 'vmReplication', 'reallocate',
 ] as const;
 
 /** A method of GROUP_METHODS. */

@@ -177,6 +177,7 @@ describe('the control API with worker groups', () => {
 
   it('answers 409 for what needs the VMs in the host thread, and forwards migration', async () => {
     const realloc = await call<{ fault_message: string }>('POST', '/host/reallocate', { from: 'main', to: 'w2', mib: 1 });
+    // (between VMs of one group it works: below)
     expect(realloc.status).toBe(409);
     expect(realloc.body.fault_message).toMatch(/worker group 'g2'/);
     // Live migration is its group's own host's: a refused connection leaves the VM running there.
@@ -314,4 +315,40 @@ describe('an overcommitted host with worker groups', () => {
       await host.close();
     }
   }, 300_000);
+});
+
+describe('reallocation with worker groups', () => {
+  it('moves frames between two VMs of one group in that group, and refuses VMs of different threads', async () => {
+    const host = await Host.start(parseHostConfig({
+      host_memory_mib: 256,
+      worker_groups: [{ name: 'g' }, { name: 'h' }],
+      vms: [
+        { name: 'a', image: KERNEL, memory_mib: 64, boot_args: 'heap 24M 4 1 idle', balloon: { amount_mib: 0 }, group: 'g' },
+        { name: 'b', image: KERNEL, memory_mib: 64, boot_args: 'idle', balloon: { amount_mib: 32 }, group: 'g' },
+        { name: 'c', image: KERNEL, memory_mib: 64, boot_args: 'idle', balloon: { amount_mib: 32 }, group: 'h' },
+      ],
+    }));
+    try {
+      const deadline = Date.now() + 60_000;
+      const until = async (what: string, ok: () => Promise<boolean>): Promise<void> => {
+        while (!(await ok())) {
+          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      };
+      await until('a to free its heap', async () => (await host.vmCalls('a').readConsole('a', 0, 1 << 20)).data.includes('heap: '));
+      await until("b's balloon to fill", async () => (await host.vmCalls('b').balloon('b')).actual_pages === 32 * 256);
+      const started = await host.reallocate('a', 'b', 16);
+      expect(started).toMatchObject({ from: 'a', to: 'b', pages: 16 * 256, state: 'running' });
+      await until('the reallocation to finish', async () => (await host.hostInfo()).reallocations.at(-1)?.state === 'done');
+      const done = (await host.hostInfo()).reallocations.at(-1)!;
+      expect(done.frames_taken).toBeGreaterThan(8 * 256);
+      expect(done.frames_placed).toBe(done.frames_taken);
+      expect((await host.vmCalls('a').balloon('a')).actual_pages).toBe(16 * 256);
+      expect((await host.vmCalls('b').balloon('b')).actual_pages).toBe(16 * 256);
+      expect(() => host.reallocate('a', 'c', 1)).toThrow(/'a' in worker group 'g', 'c' in worker group 'h'/);
+    } finally {
+      await host.close();
+    }
+  }, 120_000);
 });
