@@ -11,6 +11,7 @@ import { PRECISE_WINDOW, SliceEnd } from './cpu/vcpu.ts';
 import { FramePool } from './memory/frame-pool.ts';
 import { GuestAccessError } from './memory/guest-memory.ts';
 import type { FramePoolStats, HostMemory } from './memory/frame-pool.ts';
+import type { FrameHandle } from './memory/addresses.ts';
 import { TlbArena } from './mmu/tlb.ts';
 import type { TlbArenaMemory } from './mmu/tlb.ts';
 import { ZeroedArena } from './memory/zeroed-arena.ts';
@@ -157,6 +158,17 @@ export class Hypervisor {
       this.watchSharedAllocations();
     }
     return { memory: memory.sharedBuffer(), state: this.pool.sharedState, bytes: this.pool.memory.bytes };
+  }
+
+  /**
+   * Drops a FrameHandle (GuestMemory.exportPage) that no VM will import: its reference to the
+   * frame goes, and the frame is freed if it was the last.
+   */
+  dropFrameHandle(handle: FrameHandle): void {
+    const frame = handle as number;
+    if (!this.pool.inUse(frame)) throw new KernelError('BV_BAD_SHARE', `${frame} is not a frame handle of this pool`);
+    if (this.pool.refCount[frame] === 1) this.decodeCache.drop(frame);
+    this.pool.release(frame);
   }
 
   /** A frame another thread freed may hold code this thread decoded from its old contents. */

@@ -38,7 +38,12 @@ async function main(): Promise<void> {
   try {
     if (data.cpus !== null) setThreadAffinity(data.cpus);
     const hv = attachToPool(data.pool);
-    host = new Host(hv, data.settings, { log: (line) => post({ kind: 'log', line: `[${data.name}] ${line}` }), migration: data.migration });
+    host = new Host(hv, data.settings, {
+      log: (line) => post({ kind: 'log', line: `[${data.name}] ${line}` }),
+      migration: data.migration,
+      // The giving half of a cross-thread reallocation: its frames go to the main host, which relays them.
+      reallocationFrames: (id, handles, given) => post({ kind: 'reallocation-frames', id, handles, given }),
+    });
     try {
       if (data.reclaim !== null) host.enableReclaim(data.reclaim);
       for (const spec of data.vms) await host.createVm(inThisThread(spec));

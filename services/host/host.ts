@@ -18,13 +18,13 @@ import {
   attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
-  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
+  createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type FrameHandle, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
 import { MAX_STATS_INTERVAL_S, type HostSpec, type PlacementSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
-import { Reallocation, type ReallocationStatus } from '../memory/reallocate.ts';
+import { Reallocation, ReallocationDonor, ReallocationReceiver, type ReallocationHalfStatus, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
 import { ACTIVE_MEMORY_STATE, ActiveMemorySampler, type ActiveMemoryStats } from '../memory/active.ts';
 import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
@@ -453,6 +453,11 @@ export interface HostOptions {
   record?: TimelineRecorderOptions;
   /** How this host talks to other hosts (the configuration's `migration`). Default: no TLS files, not insecure (migration refused). */
   migration?: HostMigrationSettings;
+  /**
+   * @internal Where the giving half of a reallocation across threads sends its frames (a worker
+   * group's host posts them to the main host). Default: this host relays them itself.
+   */
+  reallocationFrames?: (id: number, handles: FrameHandle[], given: number) => void;
 }
 
 /** The host's side of talking to other hosts (HostSpec.migration). */
@@ -676,6 +681,12 @@ export class Host {
   /** Each VM's clean-copy recovery, handed to the scheduler's swap file (keepCleanCopies). */
   private readonly cleanCopies = new Map<Vm, CleanCopyRecovery>();
   private readonly reallocations: Reallocation[] = [];
+  /** Halves of reallocations across threads that run in this thread, by id. */
+  private readonly reallocationHalves = new Map<number, { half: ReallocationDonor | ReallocationReceiver; vm: Vm }>();
+  /** Reallocations between VMs of different threads that this (main) host relays, by id. */
+  private readonly crossReallocations = new Map<number, { from: string; to: string; pages: number; fromCalls: GroupCalls; toCalls: GroupCalls; last: ReallocationStatus }>();
+  private nextCrossReallocation = 1;
+  private readonly sendReallocationFrames: (id: number, handles: FrameHandle[], given: number) => void;
   /** The memory scheduler and its swap file (enableReclaim), or null. */
   private memory: { scheduler: MemoryScheduler; swap: SwapFile } | null = null;
   private readonly log: (line: string) => void;
@@ -727,6 +738,7 @@ export class Host {
     options: HostOptions = {},
   ) {
     this.log = options.log ?? (() => {});
+    this.sendReallocationFrames = options.reallocationFrames ?? ((id, handles, given) => this.relayReallocationFrames(id, handles, given));
     const localCalls: Partial<Record<GroupMethod, (...args: unknown[]) => Promise<unknown>>> = {};
     for (const method of GROUP_METHODS) {
       const call = this[method] as (...args: unknown[]) => unknown;
@@ -821,6 +833,7 @@ export class Host {
       info.vms_stopped += theirs.vms_stopped;
       info.reallocations.push(...theirs.reallocations);
     }
+    info.reallocations.push(...(await this.crossReallocationStatuses()));
     return info;
   }
 
@@ -1373,12 +1386,9 @@ export class Host {
     if (fromName === toName) throw new HostError(400, 'a reallocation moves memory between two different VMs');
     const from_ = this.remote.get(fromName);
     const to_ = this.remote.get(toName);
-    // Frames move between the VMs of one thread: two VMs of one group reallocate in their group.
+    // Two VMs of one group reallocate in their group; VMs of different threads through a relay here.
     if (from_ !== undefined && to_ !== undefined && from_.group === to_.group) return from_.group.calls.reallocate(fromName, toName, mib);
-    if (from_ !== undefined || to_ !== undefined) {
-      const where = (name: string, r: typeof from_): string => (r === undefined ? `'${name}' in the host's thread` : `'${name}' in worker group '${r.group.name}'`);
-      throw new HostError(409, `a reallocation moves frames between VMs of one thread: ${where(fromName, from_)}, ${where(toName, to_)} (docs/workers.md)`);
-    }
+    if (from_ !== undefined || to_ !== undefined) return this.reallocateAcross(fromName, toName, mib);
     const from = this.get(fromName);
     const to = this.get(toName);
     for (const m of [from, to]) {
@@ -2258,6 +2268,114 @@ export class Host {
   /** Cancels a running reallocation that `m` takes part in. */
   private cancelReallocations(m: HostedVm, why: string): void {
     for (const r of this.reallocations) if (r.from.vm === m.vm || r.to.vm === m.vm) r.cancel(why);
+    for (const { half, vm } of this.reallocationHalves.values()) if (vm === m.vm) half.cancel(why);
+  }
+
+  // ------------------------------------------------------------------ reallocation across threads
+
+  /**
+   * A reallocation between VMs of different threads (docs/workers.md): the receiving half starts
+   * in `to`'s thread, the giving half in `from`'s; the giver's frames travel as FrameHandles
+   * through this host, which relays them to the receiver.
+   */
+  private async reallocateAcross(fromName: string, toName: string, mib: number): Promise<ReallocationStatus> {
+    const pages = mib * (MIB / 4096);
+    const fromCalls = this.vmCalls(fromName);
+    const toCalls = this.vmCalls(toName);
+    const id = this.nextCrossReallocation++;
+    const last: ReallocationStatus = { from: fromName, to: toName, pages, given: 0, frames_taken: 0, frames_placed: 0, state: 'running' };
+    this.crossReallocations.set(id, { from: fromName, to: toName, pages, fromCalls, toCalls, last });
+    try {
+      await toCalls.startReallocationReceiver(id, toName, pages);
+      try {
+        await fromCalls.startReallocationDonor(id, fromName, pages);
+      } catch (error) {
+        await toCalls.cancelReallocationHalf(id, 'the giving VM refused').catch(() => {});
+        throw error;
+      }
+    } catch (error) {
+      this.crossReallocations.delete(id);
+      throw error;
+    }
+    this.log(`host: reallocating ${mib} MiB from ${fromName} to ${toName} across threads`);
+    return { ...last };
+  }
+
+  /** Frames from a giving half (here or in a group) go to the receiving half's thread; unwanted ones are dropped. */
+  private relayReallocationFrames(id: number, handles: FrameHandle[], given: number): void {
+    const record = this.crossReallocations.get(id);
+    if (record === undefined) {
+      for (const handle of handles) this.hv.dropFrameHandle(handle);
+      return;
+    }
+    record.toCalls.acceptReallocationFrames(id, handles, given).catch((error: unknown) => {
+      this.log(`host: reallocation ${record.from} -> ${record.to}: ${error instanceof Error ? error.message : String(error)}`);
+    });
+  }
+
+  /** The cross-thread reallocations' statuses, from both halves (a half cancelled cancels the other). */
+  private async crossReallocationStatuses(): Promise<ReallocationStatus[]> {
+    const statuses: ReallocationStatus[] = [];
+    for (const [id, record] of this.crossReallocations) {
+      if (record.last.state === 'running') {
+        const [giver, receiver] = await Promise.all([record.fromCalls.reallocationHalf(id).catch(() => null), record.toCalls.reallocationHalf(id).catch(() => null)]);
+        const cancelled = giver === null || receiver === null || giver.state === 'cancelled' || receiver.state === 'cancelled';
+        const reason = giver?.reason ?? receiver?.reason ?? (cancelled ? 'a VM of the reallocation is gone' : undefined);
+        if (cancelled) {
+          await record.fromCalls.cancelReallocationHalf(id, reason!).catch(() => {});
+          await record.toCalls.cancelReallocationHalf(id, reason!).catch(() => {});
+        }
+        record.last = {
+          from: record.from, to: record.to, pages: record.pages, given: giver?.given ?? record.last.given,
+          frames_taken: giver?.frames ?? record.last.frames_taken, frames_placed: receiver?.frames ?? record.last.frames_placed,
+          state: cancelled ? 'cancelled' : giver!.state === 'done' && receiver!.state === 'done' ? 'done' : 'running',
+          ...(cancelled ? { reason: reason! } : {}),
+        };
+      }
+      statuses.push({ ...record.last });
+    }
+    return statuses;
+  }
+
+  /** @internal The giving half of a cross-thread reallocation, in this thread (the main host calls it). */
+  startReallocationDonor(id: number, fromName: string, pages: number): void {
+    const m = this.get(fromName);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'reallocate memory of');
+    const balloon = this.balloonOf(m);
+    const free = m.vm.memory.pageCount - balloon.target;
+    if (pages > free) throw new HostError(409, `VM '${fromName}' has ${free} pages outside its balloon: it cannot give ${pages}`);
+    const half = guard(() => new ReallocationDonor({ vm: m.vm, balloon }, pages, (handles, given) => this.sendReallocationFrames(id, handles, given)), 'reallocation');
+    this.reallocationHalves.set(id, { half, vm: m.vm });
+  }
+
+  /** @internal The receiving half of a cross-thread reallocation, in this thread. */
+  startReallocationReceiver(id: number, toName: string, pages: number): void {
+    const m = this.get(toName);
+    if (m.state === 'Stopped') throw this.stoppedError(m, 'reallocate memory of');
+    const balloon = this.balloonOf(m);
+    if (pages > balloon.target) throw new HostError(409, `VM '${toName}''s balloon target is ${balloon.target} pages: it has no room to grow by ${pages} (give it a balloon that large first)`);
+    const half = guard(() => new ReallocationReceiver(this.hv, { vm: m.vm, balloon }, pages), 'reallocation');
+    this.reallocationHalves.set(id, { half, vm: m.vm });
+  }
+
+  /** @internal Frames for a receiving half here; without one (its VM is gone) they are dropped. */
+  acceptReallocationFrames(id: number, handles: FrameHandle[], given: number): void {
+    const entry = this.reallocationHalves.get(id);
+    if (entry === undefined || !(entry.half instanceof ReallocationReceiver)) {
+      for (const handle of handles) this.hv.dropFrameHandle(handle);
+      return;
+    }
+    entry.half.accept(handles, given);
+  }
+
+  /** @internal A half's progress, or null when this thread has none by that id. */
+  reallocationHalf(id: number): ReallocationHalfStatus | null {
+    return this.reallocationHalves.get(id)?.half.status() ?? null;
+  }
+
+  /** @internal Cancels a half here. */
+  cancelReallocationHalf(id: number, reason: string): void {
+    this.reallocationHalves.get(id)?.half.cancel(reason);
   }
 
   private dispose(m: HostedVm, why: string): void {

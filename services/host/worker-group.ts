@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
-import type { SharedPoolHandle } from '../../kernel/index.ts';
+import type { FrameHandle, SharedPoolHandle } from '../../kernel/index.ts';
 import type { ReclaimSpec, VmSpec } from './config.ts';
 import { HostError, type Host, type HostMigrationSettings, type HostSettings, type HostStatusCode } from './host.ts';
 
@@ -26,6 +26,7 @@ export const GROUP_METHODS = [
   'readConsole', 'sendInput', 'snapshot', 'fork', 'balloon', 'setBalloon', 'balloonStatistics', 'memoryPolicy', 'setTier',
   'setMemoryPolicy', 'activeMemory', 'missRateCurve', 'sizeFromMrc', 'memoryErrors', 'injectMemoryErrors',
   'migrate', 'vmMigration', 'migrations', 'replicate', 'stopReplication', 'vmReplication', 'reallocate',
+  'startReallocationDonor', 'startReallocationReceiver', 'acceptReallocationFrames', 'reallocationHalf', 'cancelReallocationHalf',
 ] as const;
 
 /** A method of GROUP_METHODS. */
@@ -60,7 +61,8 @@ export type GroupWorkerMessage =
   | { kind: 'failed'; status: number; message: string }
   | { kind: 'result'; id: number; value: unknown }
   | { kind: 'error'; id: number; status: number; message: string }
-  | { kind: 'log'; line: string };
+  | { kind: 'log'; line: string }
+  | { kind: 'reallocation-frames'; id: number; handles: FrameHandle[]; given: number };
 
 /** Messages to a worker. */
 export type GroupRequest =
@@ -128,6 +130,8 @@ export class WorkerGroup {
   #affinity: number[];
   /** VM names in this group, kept by the main host. */
   readonly vmNames = new Set<string>();
+  /** Receives the frames the group's half of a cross-thread reallocation gives (set by the host). */
+  onReallocationFrames: ((id: number, handles: FrameHandle[], given: number) => void) | null = null;
 
   private constructor(
     /** The group's name. */
@@ -221,6 +225,10 @@ export class WorkerGroup {
   }
 
   private answer(message: GroupWorkerMessage): void {
+    if (message.kind === 'reallocation-frames') {
+      this.onReallocationFrames?.(message.id, message.handles, message.given);
+      return;
+    }
     if (message.kind !== 'result' && message.kind !== 'error') return;
     const pending = this.#pending.get(message.id);
     if (pending === undefined) return;
