@@ -828,6 +828,23 @@ export class GuestMemory {
     this.contentsReplaced(gpn);
   }
 
+  /**
+   * Whether present page `gpn` holds exactly the bytes of the frame a handle lends (a full
+   * compare, for merging pages of VMs in different threads by content).
+   */
+  sameContentAs(gpn: number, handle: FrameHandle): boolean {
+    this.checkGpn(gpn);
+    const frame = handle as number;
+    if (!this.pool.inUse(frame)) throw new KernelError('BV_BAD_SHARE', `${this.name}: ${frame} is not a frame handle of this pool`);
+    const own = this.viewEntry(gpn);
+    if (own <= 0) return false;
+    const words = this.pool.i32;
+    const a = (own & P2M_FRAME_MASK) * (PAGE_SIZE / 4);
+    const b = frame * (PAGE_SIZE / 4);
+    for (let i = 0; i < PAGE_SIZE / 4; i++) if (words[a + i] !== words[b + i]) return false;
+    return true;
+  }
+
   /** Drops a handle from exportPage that will not be imported (its reference to the frame). */
   dropFrameHandle(handle: FrameHandle): void {
     this.releaseFrame(handle as number);

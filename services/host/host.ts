@@ -29,7 +29,7 @@ import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts
 import { ACTIVE_MEMORY_STATE, ActiveMemorySampler, type ActiveMemoryStats } from '../memory/active.ts';
 import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
 import { adjustedSharesPerPage, defaultShares } from '../memory/shares.ts';
-import { PageSharer } from '../memory/sharing.ts';
+import { PageSharer, ThreadSharing, type SharingOffer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
 import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
@@ -381,8 +381,26 @@ export interface HostStatsReport extends HostStats {
   memory_scheduler: MemorySchedulerStats | null;
   /** Migrations to and from this host since it started (docs/migration.md). */
   migration: MigrationStatsReport;
+  /** Content-based sharing between the VMs of different threads (docs/workers.md), with worker groups and sharing on; else absent. */
+  cross_thread_sharing?: CrossThreadSharingStats;
   /** Each worker group's own report (its decode cache, scheduler, memory scheduler), with GET /host/stats; absent in a group's own. */
   worker_groups?: WorkerGroupStats[];
+}
+
+/** Content-based sharing between threads (GET /host/stats `cross_thread_sharing`). */
+export interface CrossThreadSharingStats {
+  /** Passes run (every second while sharing is on). */
+  passes: number;
+  /** Pages offered by all threads, in all passes. */
+  offered: number;
+  /** Offers whose hash matched an offer of another thread. */
+  candidates: number;
+  /** Pages merged onto a frame of another thread (each frees a frame). */
+  merged: number;
+  /** Candidates not merged: the page changed, or the full compare failed (a hash collision). */
+  refused: number;
+  /** Time in passes, ms. */
+  pass_ms: number;
 }
 
 /** A worker group's part of GET /host/stats. */
@@ -721,6 +739,10 @@ export class Host {
   private readonly powerLossHooks: { name: string; hook: PowerLossHook }[] = [];
   /** The memory scheduler's settings (enableReclaim), which every worker group runs over its own VMs too. */
   private reclaimSpec: ReclaimSpec | null = null;
+  /** This thread's part of content-based sharing between threads. */
+  private readonly threadSharing = new ThreadSharing(() => [...this.machines.values()].map((m) => m.vm));
+  /** The main host's passes over every thread (with groups and reclaim.sharing), or null. */
+  private crossSharing: { timer: ReturnType<typeof setInterval>; stats: CrossThreadSharingStats; running: boolean } | null = null;
   /** Power-aware placement of the unpinned worker groups (enablePlacement), or null. */
   private placement: HostPlacement | null = null;
   /** Worker groups by name (docs/workers.md): VMs on other threads over the same pool. */
@@ -791,6 +813,7 @@ export class Host {
       host.groups.clear();
       for (const group of ordered) host.groups.set(group.name, group);
       if (spec.placement !== null) host.enablePlacement(spec.placement);
+      if (spec.reclaim?.sharing === true && host.groups.size > 0) host.startCrossThreadSharing();
       if (spec.migration?.listen != null) await host.receiveMigrations(spec.migration.listen);
       if (spec.pmemHa != null) await host.enablePmemHa(spec.pmemHa);
       if (spec.logReplicas != null) await host.receiveLogs(spec.logReplicas.listen, spec.logReplicas.dir);
@@ -1023,6 +1046,7 @@ export class Host {
   /** GET /host/stats: this thread's report and each worker group's. */
   async allHostStats(): Promise<HostStatsReport> {
     const report = this.hostStats();
+    if (this.crossSharing !== null) report.cross_thread_sharing = { ...this.crossSharing.stats, pass_ms: round3(this.crossSharing.stats.pass_ms) };
     if (this.groups.size > 0) report.worker_groups = await Promise.all([...this.groups.values()].map(async (group) => ({ name: group.name, stats: await group.calls.hostStats() })));
     return report;
   }
@@ -2052,6 +2076,7 @@ export class Host {
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.placement?.stop();
+    if (this.crossSharing !== null) clearInterval(this.crossSharing.timer);
     await Promise.all([...this.groups.values()].map((group) => group.close()));
     this.groups.clear();
     this.remote.clear();
@@ -2335,6 +2360,92 @@ export class Host {
       statuses.push({ ...record.last });
     }
     return statuses;
+  }
+
+  // ------------------------------------------------------------------ sharing across threads
+
+  /** Runs a pass of content-based sharing between threads every second (Host.start does, with groups and reclaim.sharing). */
+  startCrossThreadSharing(intervalMs = 1000): void {
+    if (this.crossSharing !== null) return;
+    const stats: CrossThreadSharingStats = { passes: 0, offered: 0, candidates: 0, merged: 0, refused: 0, pass_ms: 0 };
+    const timer = setInterval(() => {
+      if (this.crossSharing === null || this.crossSharing.running) return;
+      this.crossSharing.running = true;
+      this.shareAcrossThreads().catch((error: unknown) => this.log(`host: sharing across threads: ${error instanceof Error ? error.message : String(error)}`)).finally(() => {
+        if (this.crossSharing !== null) this.crossSharing.running = false;
+      });
+    }, intervalMs);
+    timer.unref();
+    this.crossSharing = { timer, stats, running: false };
+  }
+
+  /**
+   * One pass of content-based sharing between the VMs of different threads (docs/workers.md):
+   * every thread offers up to `limit` pages with their hashes; for a hash offered by two or more
+   * threads, the first offer's thread lends its frame and each other thread adopts it after a full
+   * compare of the bytes, releasing its own frame. Returns the pass's figures.
+   */
+  async shareAcrossThreads(limit = 2048): Promise<Omit<CrossThreadSharingStats, 'passes' | 'pass_ms'>> {
+    const started = performance.now();
+    const threads: GroupCalls[] = [this.localCalls, ...[...this.groups.values()].map((group) => group.calls)];
+    const offers = await Promise.all(threads.map((calls) => calls.sharingOffers(limit)));
+    const byHash = new Map<number, { thread: number; vm: string; gpn: number }[]>();
+    offers.forEach((list, thread) => {
+      for (const offer of list) {
+        const entries = byHash.get(offer.hash);
+        if (entries === undefined) byHash.set(offer.hash, [{ thread, vm: offer.vm, gpn: offer.gpn }]);
+        else if (!entries.some((e) => e.thread === thread)) entries.push({ thread, vm: offer.vm, gpn: offer.gpn }); // one page per thread: within a thread the thread's own sharer merges
+      }
+    });
+    let candidates = 0;
+    let merged = 0;
+    let refused = 0;
+    for (const [hash, entries] of byHash) {
+      if (entries.length < 2) continue;
+      const [owner, ...others] = entries;
+      for (const other of others) {
+        candidates++;
+        const handle = await threads[owner!.thread]!.lendPage(owner!.vm, owner!.gpn, hash);
+        if (handle === null) {
+          refused++;
+          break; // the owner's page changed: the others wait for the next pass
+        }
+        if (await threads[other.thread]!.adoptPage(other.vm, other.gpn, handle)) merged++;
+        else refused++;
+      }
+    }
+    const offered = offers.reduce((sum, list) => sum + list.length, 0);
+    const stats = this.crossSharing?.stats;
+    if (stats !== undefined) {
+      stats.passes++;
+      stats.offered += offered;
+      stats.candidates += candidates;
+      stats.merged += merged;
+      stats.refused += refused;
+      stats.pass_ms += performance.now() - started;
+    }
+    return { offered, candidates, merged, refused };
+  }
+
+  /** @internal This thread's offers for sharing between threads. */
+  sharingOffers(limit: number): SharingOffer[] {
+    return this.threadSharing.offers(limit);
+  }
+
+  /** @internal Lends a page of a VM here for sharing between threads, or null when it changed or is gone. */
+  lendPage(name: string, gpn: number, hash: number): FrameHandle | null {
+    const m = this.machines.get(name);
+    return m === undefined ? null : this.threadSharing.lend(m.vm, gpn, hash);
+  }
+
+  /** @internal Merges a page of a VM here onto a lent frame when the bytes are equal; the handle is used or dropped either way. */
+  adoptPage(name: string, gpn: number, handle: FrameHandle): boolean {
+    const m = this.machines.get(name);
+    if (m === undefined) {
+      this.hv.dropFrameHandle(handle);
+      return false;
+    }
+    return this.threadSharing.adopt(m.vm, gpn, handle);
   }
 
   /** @internal The giving half of a cross-thread reallocation, in this thread (the main host calls it). */

@@ -32,7 +32,7 @@
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
 import { BvError } from '../../guest-isa/errors.ts';
 import { AbsentState, P2mFlag, PageState, REGION_PAGES } from '../../kernel/index.ts';
-import type { Hypervisor, Vm } from '../../kernel/index.ts';
+import type { FrameHandle, Hypervisor, Vm } from '../../kernel/index.ts';
 
 /** A bad PageSharer option or argument. */
 export class PageSharingError extends BvError {
@@ -626,5 +626,81 @@ export class PageSharer {
       this.cursorSlot = -1;
       this.cursorGpn = 0;
     }
+  }
+}
+
+/** A page one thread offers for merging with pages of VMs in other threads (docs/workers.md). */
+export interface SharingOffer {
+  /** The VM's name. */
+  vm: string;
+  /** The guest page. */
+  gpn: number;
+  /** pageHash64 of its bytes when offered. */
+  hash: number;
+}
+
+/**
+ * The part of content-based sharing between threads of one pool that runs in each thread
+ * (issue 16): it offers pages (present, private, unprotected, not all zeros) with their hashes,
+ * round-robin over its VMs; lends one whose bytes still hash the same (exportPage); adopts a lent
+ * frame into a page only after a full compare of the bytes (sameContentAs, importPage). The host
+ * matches offers by hash across threads. A hash only finds candidates; the compare decides.
+ */
+export class ThreadSharing {
+  private cursorVm = 0;
+  private cursorGpn = 0;
+  /** Pages adopted (merged onto a frame lent by another thread), lends refused (the page changed), compares that failed. */
+  readonly counters = { offered: 0, lent: 0, lendsRefused: 0, adopted: 0, comparesFailed: 0 };
+
+  constructor(private readonly vms: () => readonly Vm[]) {}
+
+  /** Up to `limit` offers, continuing where the previous call stopped. */
+  offers(limit: number): SharingOffer[] {
+    const vms = this.vms().filter((vm) => !vm.memory.writeEpochActive && vm.memory.pendingRegionCount === 0);
+    const out: SharingOffer[] = [];
+    if (vms.length === 0) return out;
+    let visited = 0;
+    const total = vms.reduce((sum, vm) => sum + vm.memory.pageCount, 0);
+    while (out.length < limit && visited < total) {
+      if (this.cursorVm >= vms.length) this.cursorVm = 0;
+      const vm = vms[this.cursorVm]!;
+      if (this.cursorGpn >= vm.memory.pageCount) {
+        this.cursorVm++;
+        this.cursorGpn = 0;
+        continue;
+      }
+      const gpn = this.cursorGpn++;
+      visited++;
+      const memory = vm.memory;
+      if (memory.stateOf(gpn) !== PageState.PRESENT || !memory.isPrivate(gpn) || memory.flagsOf(gpn) !== 0 || memory.isZeroPage(gpn)) continue;
+      out.push({ vm: vm.name, gpn, hash: pageHash64(memory.presentPageBytes(gpn)!) });
+    }
+    this.counters.offered += out.length;
+    return out;
+  }
+
+  /** A handle lending `vm`'s page `gpn` when it still hashes to `hash` (it becomes copy-on-write here), else null. */
+  lend(vm: Vm, gpn: number, hash: number): FrameHandle | null {
+    const memory = vm.memory;
+    if (memory.stateOf(gpn) !== PageState.PRESENT || (memory.flagsOf(gpn) & ~P2mFlag.COPY_ON_WRITE) !== 0 || pageHash64(memory.presentPageBytes(gpn)!) !== hash) {
+      this.counters.lendsRefused++;
+      return null;
+    }
+    this.counters.lent++;
+    return memory.exportPage(gpn);
+  }
+
+  /** Merges `vm`'s page `gpn` onto a lent frame when their bytes are equal (its own frame goes back to the OS); else drops the handle. */
+  adopt(vm: Vm, gpn: number, handle: FrameHandle): boolean {
+    const memory = vm.memory;
+    const ok = memory.stateOf(gpn) === PageState.PRESENT && memory.isPrivate(gpn) && memory.flagsOf(gpn) === 0 && memory.sameContentAs(gpn, handle);
+    if (!ok) {
+      this.counters.comparesFailed++;
+      memory.dropFrameHandle(handle);
+      return false;
+    }
+    memory.importPage(gpn, handle);
+    this.counters.adopted++;
+    return true;
   }
 }
