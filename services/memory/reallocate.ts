@@ -3,8 +3,9 @@
  * guests' balloons, frame by frame, without a copy and without the host's frames in use rising.
  *
  * A's balloon target rises by N pages. As A's driver INFLATEs pages, the frames behind them
- * (when A held one, privately) are moved — not copied, not released — into a reserve (a VM of
- * this hypervisor that never runs, a parking place for frames) and zero-filled there. For every
+ * (when A held one, privately) leave A's P2M — not copied, not released — as FrameHandles
+ * (GuestMemory.exportPage, then the page is released ballooned, the handle holding the frame's
+ * only reference), and are parked in a reserve (a VM that never runs) and zero-filled there. For every
  * page A gives up, B's balloon target falls by one, so B's driver DEFLATEs only as memory arrives,
  * and each page B deflates is filled at once with a parked frame. A page A inflated without a
  * frame (never touched) gives none: the B page it pays for is allocated on B's first touch, from
@@ -54,20 +55,17 @@ export interface ReallocationStatus {
 const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 let nextId = 1;
 
-/** A transfer of `pages` from one VM to another through their balloons; starts at once. */
+/**
+ * A transfer of `pages` from one VM to another of the same thread through their balloons; starts
+ * at once. It is the two halves of a transfer across threads joined directly: the giving half's
+ * frames go straight to the receiving half.
+ */
 export class Reallocation {
-  private readonly reserve: Vm;
-  /** Reserve pages holding a parked frame, a stack. */
-  private readonly parked: number[] = [];
-  private nextReserveGpn = 0;
-  private given = 0;
-  private framesTaken = 0;
-  private framesPlaced = 0;
-  private stateNow: ReallocationState = 'running';
-  private reason: string | undefined;
+  private readonly receiver: ReallocationReceiver;
+  private readonly donor: ReallocationDonor;
 
   constructor(
-    private readonly hv: Hypervisor,
+    hv: Hypervisor,
     /** The VM giving memory. */
     readonly from: ReallocationSide,
     /** The VM receiving it. */
@@ -78,81 +76,36 @@ export class Reallocation {
     if (from.balloon.donor !== null || from.balloon.receiver !== null || to.balloon.donor !== null || to.balloon.receiver !== null) {
       throw new RangeError('a VM takes part in one reallocation at a time');
     }
-    this.reserve = hv.createVm({ name: `reallocation-${nextId++}`, memoryBytes: pages * PAGE_SIZE });
-    from.balloon.donor = this.donate;
-    to.balloon.receiver = this.receive;
-    from.balloon.setTarget(from.balloon.target + pages);
+    this.receiver = new ReallocationReceiver(hv, to, pages);
+    try {
+      this.donor = new ReallocationDonor(from, pages, (handles, given) => this.receiver.accept(handles, given));
+    } catch (error) {
+      this.receiver.cancel('the giving VM refused');
+      throw error;
+    }
   }
 
-  /** Where the transfer is. */
+  /** Where the transfer is: done when the receiving half is (the giving half finishes first). */
   get state(): ReallocationState {
-    return this.stateNow;
+    return this.receiver.state === 'cancelled' || this.donor.state === 'cancelled' ? 'cancelled' : this.receiver.state;
   }
 
   /** Its progress. */
   status(): ReallocationStatus {
+    const giver = this.donor.status();
+    const receiver = this.receiver.status();
+    const reason = giver.reason ?? receiver.reason;
     return {
-      from: this.from.vm.name, to: this.to.vm.name, pages: this.pages, given: this.given,
-      frames_taken: this.framesTaken, frames_placed: this.framesPlaced, state: this.stateNow,
-      ...(this.reason === undefined ? {} : { reason: this.reason }),
+      from: this.from.vm.name, to: this.to.vm.name, pages: this.pages, given: giver.given,
+      frames_taken: giver.frames, frames_placed: receiver.frames, state: this.state,
+      ...(reason === undefined ? {} : { reason }),
     };
   }
 
   /** Ends the transfer now: the hooks come off, parked frames go back to the OS. */
   cancel(reason: string): void {
-    if (this.stateNow !== 'running') return;
-    this.stateNow = 'cancelled';
-    this.reason = reason;
-    this.finish();
-  }
-
-  /** A's INFLATE: park the frames of the pages it gives, up to the transfer's size. */
-  private readonly donate = (memory: GuestMemory, gpns: Uint32Array): number => {
-    let took = 0;
-    let counted = 0;
-    for (const gpn of gpns) {
-      if (this.given + counted >= this.pages) break;
-      counted++;
-      if (memory.stateOf(gpn) !== PageState.PRESENT || !memory.isPrivate(gpn)) continue;
-      const slot = this.nextReserveGpn++;
-      memory.moveFrame(gpn, this.reserve.memory, slot, AbsentState.BALLOONED);
-      this.reserve.memory.writePhysical(slot * PAGE_SIZE, ZERO_PAGE); // B must see zeros, never A's data
-      this.parked.push(slot);
-      took++;
-    }
-    this.given += counted;
-    this.framesTaken += took;
-    // B grows only as A gives: each page given lets B's balloon shrink by one.
-    if (counted > 0) this.to.balloon.setTarget(Math.max(0, this.to.balloon.target - counted));
-    this.settle();
-    return took;
-  };
-
-  /** B's DEFLATE: each page it takes back gets a parked frame, while there are any. */
-  private readonly receive = (memory: GuestMemory, gpns: Uint32Array): number => {
-    let filled = 0;
-    for (const gpn of gpns) {
-      const slot = this.parked.pop();
-      if (slot === undefined) break;
-      this.reserve.memory.moveFrame(slot, memory, gpn);
-      filled++;
-    }
-    this.framesPlaced += filled;
-    this.settle();
-    return filled;
-  };
-
-  private settle(): void {
-    if (this.given >= this.pages && this.parked.length === 0 && this.stateNow === 'running') {
-      this.stateNow = 'done';
-      this.finish();
-    }
-  }
-
-  private finish(): void {
-    if (this.from.balloon.donor === this.donate) this.from.balloon.donor = null;
-    if (this.to.balloon.receiver === this.receive) this.to.balloon.receiver = null;
-    if (this.hv.vms.includes(this.reserve)) this.hv.destroyVm(this.reserve);
+    this.donor.cancel(reason);
+    this.receiver.cancel(reason);
   }
 }
 
