@@ -381,6 +381,8 @@ export interface HostStatsReport extends HostStats {
   memory_scheduler: MemorySchedulerStats | null;
   /** Migrations to and from this host since it started (docs/migration.md). */
   migration: MigrationStatsReport;
+  /** Power-aware placement of the worker groups (as GET /host/placement), when it is on; else absent. */
+  placement?: PlacementStatus;
   /** Content-based sharing between the VMs of different threads (docs/workers.md), with worker groups and sharing on; else absent. */
   cross_thread_sharing?: CrossThreadSharingStats;
   /** Each worker group's own report (its decode cache, scheduler, memory scheduler), with GET /host/stats; absent in a group's own. */
@@ -1046,6 +1048,7 @@ export class Host {
   /** GET /host/stats: this thread's report and each worker group's. */
   async allHostStats(): Promise<HostStatsReport> {
     const report = this.hostStats();
+    if (this.placement !== null) report.placement = this.placement.status();
     if (this.crossSharing !== null) report.cross_thread_sharing = { ...this.crossSharing.stats, pass_ms: round3(this.crossSharing.stats.pass_ms) };
     if (this.groups.size > 0) report.worker_groups = await Promise.all([...this.groups.values()].map(async (group) => ({ name: group.name, stats: await group.calls.hostStats() })));
     return report;

@@ -231,6 +231,8 @@ describe('power-aware placement of worker groups', () => {
       for (const group of groups) expect(cpusAllowed(group.thread_id)).toEqual(cpusOf(spread, group.name));
       expect(spread.stats.moves).toBeGreaterThanOrEqual(2);
       expect(spread.errors).toEqual([]);
+      // The same figures are in GET /host/stats.
+      expect((await host.allHostStats()).placement!.decisions.length).toBeGreaterThanOrEqual(spread.decisions.length);
     } finally {
       await host.close();
     }
