@@ -41,6 +41,7 @@ async function main(): Promise<void> {
     host = new Host(hv, data.settings, {
       log: (line) => post({ kind: 'log', line: `[${data.name}] ${line}` }),
       migration: data.migration,
+      yieldEveryMs: data.yieldEveryMs,
       // The giving half of a cross-thread reallocation: its frames go to the main host, which relays them.
       reallocationFrames: (id, handles, given) => post({ kind: 'reallocation-frames', id, handles, given }),
     });

@@ -918,6 +918,7 @@ export class Host {
         // The main host reserves every VM's memory against the pool; a group sees only its own VMs.
         settings: { ...this.settings, overcommit: true },
         reclaim: this.reclaimSpec,
+        yieldEveryMs: this.yieldEveryMs,
         migration: migration ?? this.migrationSettings,
       }, this.log);
       this.groups.set(name, group);

@@ -52,6 +52,8 @@ export interface GroupWorkerData {
   migration: HostMigrationSettings;
   /** The VMs to boot, in order. */
   vms: VmSpec[];
+  /** The host's HostOptions.yieldEveryMs: the group's scheduler yields to its event loop as often. */
+  yieldEveryMs: number;
   /** The host's memory scheduler settings: the group runs one over its own VMs; null: none. */
   reclaim: ReclaimSpec | null;
 }

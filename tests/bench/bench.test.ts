@@ -101,6 +101,7 @@ describe('npm run bench', () => {
       'fork, 32 MiB (ms)',
       'fork 32 MiB / 8 MiB',
       'guest MIPS, API polled 100/s by another process / unpolled',
+      'guest MIPS, API polled 100/s by another process / unpolled, VMs in a worker group',
     ]);
     for (const check of report.checks) {
       expect(typeof check.pass).toBe('boolean');
@@ -162,6 +163,8 @@ describe('npm run bench', () => {
       expect(stdout).toMatch(line);
     }
     expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}guest MIPS, API polled 100/s by another process / unpolled: [\\d.]+ \\(target >= 0.95\\), CPU [\\d.]+${load}$`, 'm'));
+    expect(stdout).toMatch(/^ {6}polled by a child process +[\d.]+ MIPS \(by CPU [\d.]+; windows [\d.]+\) wall [\d.]+ ms, CPU [\d.]+ ms, \d+ requests\/s answered, poller CPU [\d.]+ ms; main thread CPU [\d.]+ ms, worker thread [\d.]+ ms \([\d.]+ MIPS by its CPU\)$/m);
+    expect(stdout).toMatch(new RegExp(`^(PASS|FAIL) {2}guest MIPS, API polled 100/s by another process / unpolled, VMs in a worker group: [\\d.]+ \\(target >= 0.95\\), CPU [\\d.]+${load}$`, 'm'));
     for (const line of stdout.split('\n')) {
       if (line.startsWith('FAIL')) expect(line).toMatch(/, load [\d.]+ on \d+ cores$/);
       if (line.startsWith('PASS')) expect(line).not.toMatch(/load/);
@@ -233,7 +236,7 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit, errors, migration, ha)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit, errors, migration, ha, parallel)"]);
   });
 
   it('--only errors: the upkeep of each recovery method against none, and recovery latencies', () => {
@@ -431,7 +434,7 @@ function expectTranslationSection(translation: {
  * ratios the quotients of the windows' figures. Speeds, times and the target are never asserted.
  */
 function expectApiSection(api: any): void {
-  expect(Object.keys(api)).toEqual(['setup', 'latency', 'polling', 'scheduler']);
+  expect(Object.keys(api)).toEqual(['setup', 'latency', 'polling', 'scheduler', 'workerGroup']);
   expect(api.setup).toMatchObject({ vms: 4, program: 'walker 4M random 0', pollHz: 100, windowMs: 150 });
   expect(api.latency.map((l: any) => [l.client, l.connection, l.guests, l.requests])).toEqual([
     ['child process', 'new', 'running', 20],
@@ -480,6 +483,44 @@ function expectApiSection(api: any): void {
     expect(ratio.wallRuns).toHaveLength(1);
     expect(ratio.wall).toBeCloseTo(candidate.mipsRuns[0] / baseline.mipsRuns[0], 2);
     expect(ratio.cpu).toBeCloseTo(candidate.cpuMipsRuns[0] / baseline.cpuMipsRuns[0], 2);
+  }
+  // The same VMs in one worker group: the child's round trips, the forwarding alone, its windows and ratios.
+  const group = api.workerGroup;
+  expect(Object.keys(group)).toEqual(['group', 'cpus', 'latency', 'forward', 'unpolled', 'polledByChild', 'polledKeepAlive', 'child', 'keepAlive']);
+  expect(group.group).toBe('guests');
+  expect(group.cpus.length).toBeGreaterThan(0);
+  expect(group.latency.map((l: any) => [l.client, l.connection, l.guests, l.requests])).toEqual([
+    ['child process', 'new', 'running', 20],
+    ['child process', 'keep-alive', 'running', 10],
+    ['child process', 'new', 'paused', 10],
+    ['child process', 'keep-alive', 'paused', 10],
+  ]);
+  for (const l of group.latency) {
+    expect(l.p99Ms).toBeGreaterThanOrEqual(l.medianMs);
+    expect(l.maxMs).toBeGreaterThanOrEqual(l.p99Ms);
+    expect(l.clientCpuMs).toBeGreaterThanOrEqual(0);
+  }
+  expect(group.forward.map((f: any) => [f.guests, f.calls])).toEqual([['running', 10], ['paused', 10]]);
+  for (const f of group.forward) {
+    expect(f.p99Ms).toBeGreaterThanOrEqual(f.medianMs);
+    expect(f.maxMs).toBeGreaterThanOrEqual(f.meanMs);
+  }
+  const groupWindows = [group.unpolled, group.polledByChild, group.polledKeepAlive];
+  expect(groupWindows.map((w: any) => w.side)).toEqual(['worker group, unpolled', 'worker group, polled by a child process', 'worker group, polled by a child, keep-alive']);
+  for (const w of groupWindows) {
+    expect(w.windows).toBe(1);
+    expect(w.mips).toBeGreaterThan(0);
+    expect(w.workerThreadCpuMs).toBeGreaterThanOrEqual(0);
+    expect(w.mainThreadCpuMs).toBeGreaterThanOrEqual(0);
+  }
+  expect(group.unpolled.requestsPerSecond).toBe(0);
+  for (const w of [group.polledByChild, group.polledKeepAlive]) {
+    expect(w.requestsPerSecond).toBeGreaterThan(0);
+    expect(w.clientCpuMs).toBeGreaterThanOrEqual(0);
+  }
+  for (const [ratio, candidate] of [[group.child, group.polledByChild], [group.keepAlive, group.polledKeepAlive]]) {
+    expect(ratio.wall).toBeCloseTo(candidate.mipsRuns[0] / group.unpolled.mipsRuns[0], 2);
+    expect(ratio.cpu).toBeCloseTo(candidate.cpuMipsRuns[0] / group.unpolled.cpuMipsRuns[0], 2);
   }
 }
 

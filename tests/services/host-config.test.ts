@@ -66,6 +66,7 @@ describe('accepted configurations', () => {
       logReplicas: null,
       batteryMs: 0,
       workerGroups: [],
+      placement: null,
       pmemHa: null,
       vms: [{
         name: 'a',
