@@ -342,6 +342,7 @@ const RESTORE_SCHEMA = {
     name: { type: 'string', pattern: VM_NAME_PATTERN },
     mode: { enum: ['lazy', 'eager', 'map'] },
     paused: { type: 'boolean' },
+    group: { type: 'string', pattern: VM_NAME_PATTERN },
   },
 };
 const FORK_SCHEMA = {
@@ -503,8 +504,8 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       return { status: 200, body: await host.vmCalls(params['name']!).snapshot(params['name']!, path, live ?? false) };
     }, { schema: SNAPSHOT_SCHEMA })
     .route('PUT', '/vms/restore', async ({ body }) => {
-      const { path, name, mode, paused } = body as { path: string; name?: string; mode?: 'lazy' | 'eager' | 'map'; paused?: boolean };
-      return { status: 201, body: await host.restore(path, name, mode ?? 'lazy', paused ?? false) };
+      const { path, name, mode, paused, group } = body as { path: string; name?: string; mode?: 'lazy' | 'eager' | 'map'; paused?: boolean; group?: string };
+      return { status: 201, body: await host.restore(path, name, mode ?? 'lazy', paused ?? false, group) };
     }, { schema: RESTORE_SCHEMA })
     .route('PUT', '/vms/{name}/fork', async ({ params, body }) => {
       const { name, paused } = body as { name: string; paused?: boolean };

@@ -1331,7 +1331,8 @@ export class Host {
   }
 
   /** PUT /vms/restore: a new VM from a checkpoint file. */
-  async restore(path: string, name: string | undefined, mode: RestoreMode, paused: boolean): Promise<RestoreResult> {
+  async restore(path: string, name: string | undefined, mode: RestoreMode, paused: boolean, group?: string): Promise<RestoreResult> {
+    if (group !== undefined) return this.restoreInGroup(this.group(group), path, name, mode, paused);
     if (name !== undefined) this.checkNewName(name);
     let log: ConsoleLog | null = null;
     let devices: StandardDevices | null = null;
@@ -1357,6 +1358,27 @@ export class Host {
     m.sampler = sampler;
     this.add(m);
     return { ...this.describe(m), restore: { mode, ready_ms: round3(restored.firstInstructionReadyMs), stored_pages: restored.storedPages, complete: restored.complete } };
+  }
+
+  /**
+   * PUT /vms/restore with a group: the group's host restores the VM; its name and size are known
+   * once the file is read, so the checks against this host's VMs and pool come after (a VM that
+   * fails them is deleted again).
+   */
+  private async restoreInGroup(group: WorkerGroup, path: string, name: string | undefined, mode: RestoreMode, paused: boolean): Promise<RestoreResult> {
+    if (name !== undefined) this.checkNewName(name);
+    const result = await group.calls.restore(path, name, mode, paused);
+    const memoryBytes = result.config.memory_mib * MIB;
+    try {
+      if (name === undefined) this.checkNewName(result.name);
+      this.checkFits(memoryBytes, `restore of ${path}`);
+    } catch (error) {
+      await group.calls.deleteVm(result.name);
+      throw error;
+    }
+    this.remote.set(result.name, { group, memoryBytes });
+    group.vmNames.add(result.name);
+    return result;
   }
 
   /** PUT /vms/{name}/fork: a child that shares the parent's memory copy-on-write. */

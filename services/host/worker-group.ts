@@ -27,7 +27,7 @@ export const GROUP_METHODS = [
   'setMemoryPolicy', 'activeMemory', 'missRateCurve', 'sizeFromMrc', 'memoryErrors', 'injectMemoryErrors',
   'migrate', 'vmMigration', 'migrations', 'replicate', 'stopReplication', 'vmReplication', 'reallocate',
   'startReallocationDonor', 'startReallocationReceiver', 'acceptReallocationFrames', 'reallocationHalf', 'cancelReallocationHalf',
-  'sharingOffers', 'lendPage', 'adoptPage',
+  'sharingOffers', 'lendPage', 'adoptPage', 'restore',
 ] as const;
 
 /** A method of GROUP_METHODS. */

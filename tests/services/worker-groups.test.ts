@@ -162,7 +162,7 @@ describe('the control API with worker groups', () => {
     expect((await call('PUT', '/vms/w1', { image: KERNEL, memory_mib: 16 })).status).toBe(409);
   }, 60_000);
 
-  it('snapshots a VM in a group and restores it in the host thread', async () => {
+  it('snapshots a VM in a group and restores it in the host thread or in a group', async () => {
     const path = join(dir, 'w2.bvc');
     await call('PATCH', '/vms/w2', { state: 'Paused' });
     const saved = await call('PUT', '/vms/w2/snapshot', { path });
@@ -172,6 +172,14 @@ describe('the control API with worker groups', () => {
     expect(restored.status).toBe(201);
     expect(restored.body.instructions).toBe(instructions);
     expect((await call('DELETE', '/vms/w2-copy')).status).toBe(204);
+    // And into a group: the group's host restores it.
+    const inGroup = await call<VmInfo>('PUT', '/vms/restore', { path, name: 'w2-g1', paused: true, group: 'g1' });
+    expect(inGroup.status).toBe(201);
+    expect(inGroup.body.instructions).toBe(instructions);
+    expect((await call<{ worker_groups: WorkerGroupInfo[] }>('GET', '/groups')).body.worker_groups[0]!.vms).toContain('w2-g1');
+    expect((await call('PUT', '/vms/restore', { path, name: 'w2-g1', group: 'g1' })).status).toBe(409);
+    expect((await call('PUT', '/vms/restore', { path, name: 'w2-x', group: 'nope' })).status).toBe(404);
+    expect((await call('DELETE', '/vms/w2-g1')).status).toBe(204);
     await call('PATCH', '/vms/w2', { state: 'Resumed' });
   }, 60_000);
 
