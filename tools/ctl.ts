@@ -511,14 +511,15 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     run: async (c) => show(c, await c.call<SnapshotResult>('PUT', vmPath(c.operands[0]!, '/snapshot'), { path: resolve(c.operands[1]!), live: c.args.flag('--live') }), formatSnapshot),
   },
   restore: {
-    operands: ['PATH'], flags: ['--paused'], values: ['--name', '--mode'],
-    help: 'a new VM from a checkpoint, named N (default: its saved name), restored lazily (default), eagerly or mapped (PUT /vms/restore)',
+    operands: ['PATH'], flags: ['--paused'], values: ['--name', '--mode', '--group'],
+    help: 'a new VM from a checkpoint, named N (default: its saved name), restored lazily (default), eagerly or mapped, in --group G (default: the host\'s thread) (PUT /vms/restore)',
     run: async (c) => {
       const mode = c.args.value('--mode');
       if (mode !== undefined && !['lazy', 'eager', 'map'].includes(mode)) throw new UsageError(`--mode must be lazy, eager or map, got '${mode}'`);
       const body: Record<string, unknown> = { path: resolve(c.operands[0]!), paused: c.args.flag('--paused') };
       if (c.args.value('--name') !== undefined) body['name'] = c.args.value('--name');
       if (mode !== undefined) body['mode'] = mode;
+      if (c.args.value('--group') !== undefined) body['group'] = c.args.value('--group');
       show(c, await c.call<RestoreResult>('PUT', '/vms/restore', body), formatRestore);
     },
   },

@@ -109,8 +109,14 @@ describe('tools/ctl against a running host', () => {
     const nowhere = await ctl(['groups', '--set-cpus', 'nope=0']);
     expect(nowhere.code).toBe(1);
     expect(nowhere.stderr).toMatch(/no worker group named 'nope'/);
-    // A VM in a group answers like any other.
+    // A VM in a group answers like any other, and a checkpoint restores into a group.
     expect(await ctlJson<Info>(['info', 'grouped'])).toMatchObject({ name: 'grouped', state: 'Running' });
+    const saved = join(work, 'grouped.bvs');
+    expect((await ctl(['snapshot', 'grouped', saved])).code).toBe(0);
+    expect(await ctlJson<Info>(['restore', saved, '--name', 'grouped2', '--group', 'g', '--paused'])).toMatchObject({ name: 'grouped2', state: 'Paused', origin: { kind: 'checkpoint' } });
+    const groups = await ctlJson<{ worker_groups: { name: string; vms: string[] }[] }>(['groups']);
+    expect(groups.worker_groups[0]!.vms).toEqual(['grouped', 'grouped2']);
+    expect((await ctl(['delete', 'grouped2'])).code).toBe(0);
     const placement = await ctl(['placement']);
     expect(placement.code).toBe(1);
     expect(placement.stderr).toMatch(/placement is off/);
