@@ -843,15 +843,22 @@ export class Host {
 
   /** GET /vms: every VM, this thread's and the worker groups'. */
   async listAll(): Promise<VmInfo[]> {
-    const lists = await Promise.all([...this.groups.values()].map((group) => group.calls.list()));
+    // A group whose thread died lists nothing (GET /groups says why); the others still answer.
+    const lists = await Promise.all(this.liveGroups().map((group) => group.calls.list().catch(() => [])));
     return [...this.list(), ...lists.flat()];
+  }
+
+  /** The worker groups whose threads still run. */
+  private liveGroups(): WorkerGroup[] {
+    return [...this.groups.values()].filter((group) => group.failure === null);
   }
 
   /** GET /host with the worker groups' VMs counted in. */
   async hostInfo(): Promise<HostInfo> {
     const info = this.info();
-    for (const group of this.groups.values()) {
-      const theirs = await group.calls.info();
+    for (const group of this.liveGroups()) {
+      const theirs = await group.calls.info().catch(() => null);
+      if (theirs === null) continue;
       info.vm_count += theirs.vm_count;
       info.vms_running += theirs.vms_running;
       info.vms_paused += theirs.vms_paused;
@@ -869,7 +876,7 @@ export class Host {
    */
   enablePlacement(spec: PlacementSpec, provider?: PowerTopologyProvider): void {
     if (this.placement !== null) throw new HostError(409, 'placement is already on');
-    this.placement = guard(() => new HostPlacement(() => [...this.groups.values()], spec, this.startedAt, this.log, provider), 'placement');
+    this.placement = guard(() => new HostPlacement(() => this.liveGroups(), spec, this.startedAt, this.log, provider), 'placement');
   }
 
   /** GET /host/placement: the placer's groups, decisions and the idle residency it saw. */
@@ -1051,7 +1058,10 @@ export class Host {
     const report = this.hostStats();
     if (this.placement !== null) report.placement = this.placement.status();
     if (this.crossSharing !== null) report.cross_thread_sharing = { ...this.crossSharing.stats, pass_ms: round3(this.crossSharing.stats.pass_ms) };
-    if (this.groups.size > 0) report.worker_groups = await Promise.all([...this.groups.values()].map(async (group) => ({ name: group.name, stats: await group.calls.hostStats() })));
+    if (this.groups.size > 0) {
+      const reports = await Promise.all(this.liveGroups().map(async (group) => ({ name: group.name, stats: await group.calls.hostStats().catch(() => null) })));
+      report.worker_groups = reports.filter((r): r is WorkerGroupStats => r.stats !== null);
+    }
     return report;
   }
 
@@ -1487,7 +1497,7 @@ export class Host {
   /** GET /migrations with the worker groups' outgoing migrations (their VMs migrate from their own threads). */
   async allMigrations(): Promise<MigrationsInfo> {
     const info = this.migrations();
-    for (const group of this.groups.values()) info.outgoing.push(...(await group.calls.migrations()).outgoing);
+    for (const group of this.liveGroups()) info.outgoing.push(...((await group.calls.migrations().catch(() => null))?.outgoing ?? []));
     return info;
   }
 
@@ -2413,7 +2423,7 @@ export class Host {
    */
   async shareAcrossThreads(limit = 2048): Promise<Omit<CrossThreadSharingStats, 'passes' | 'pass_ms'>> {
     const started = performance.now();
-    const threads: GroupCalls[] = [this.localCalls, ...[...this.groups.values()].map((group) => group.calls)];
+    const threads: GroupCalls[] = [this.localCalls, ...this.liveGroups().map((group) => group.calls)];
     const offers = await Promise.all(threads.map((calls) => calls.sharingOffers(limit)));
     const byHash = new Map<number, { thread: number; vm: string; gpn: number }[]>();
     offers.forEach((list, thread) => {

@@ -87,6 +87,10 @@ export interface WorkerGroupInfo {
   cpu_ms: number;
   /** The VMs placed in it. */
   vms: string[];
+  /** `running`, or `failed` when the worker thread died (its VMs are lost; `error` says why). */
+  state: 'running' | 'failed';
+  /** Why the worker failed, when it did. */
+  error?: string;
 }
 
 /** Jiffies per second of /proc's stat fields (USER_HZ, 100 on Linux). */
@@ -202,9 +206,18 @@ export class WorkerGroup {
     return this.affinity;
   }
 
+  /** The error the worker thread died with, or null while it runs. */
+  get failure(): Error | null {
+    return this.#exited;
+  }
+
   /** GET /host's description of the group. */
   info(): WorkerGroupInfo {
-    return { name: this.name, cpus: this.affinity, pinned: this.pinned, thread_id: this.threadId, cpu_ms: threadCpuMs(this.threadId) ?? 0, vms: [...this.vmNames] };
+    const failure = this.#exited;
+    return {
+      name: this.name, cpus: this.affinity, pinned: this.pinned, thread_id: this.threadId, cpu_ms: failure === null ? threadCpuMs(this.threadId) ?? 0 : 0, vms: [...this.vmNames],
+      state: failure === null ? 'running' : 'failed', ...(failure === null ? {} : { error: failure.message }),
+    };
   }
 
   /** Closes the worker's Host (its VMs are freed, their frames return to the pool) and ends the thread. */

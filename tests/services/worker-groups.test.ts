@@ -423,3 +423,29 @@ describe('content-based sharing between worker groups', () => {
     }
   }, 120_000);
 });
+
+describe('a worker group whose thread dies', () => {
+  it('is reported failed; the host and its other groups keep answering', async () => {
+    const host = await Host.start(parseHostConfig({
+      worker_groups: [{ name: 'doomed' }, { name: 'fine' }],
+      vms: [vmConfig('d', 'walker 4M random 0', { group: 'doomed' }), vmConfig('f', 'walker 4M random 0', { group: 'fine' }), vmConfig('m', 'walker 4M random 0')],
+    }));
+    try {
+      // Fault injection: the worker thread ends abruptly, as after a native crash in it.
+      const groups = (host as unknown as { groups: Map<string, { worker: { terminate(): Promise<number> } }> }).groups;
+      await groups.get('doomed')!.worker.terminate();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const [doomed, fine] = host.workerGroups();
+      expect(doomed).toMatchObject({ name: 'doomed', state: 'failed', vms: ['d'] });
+      expect(doomed!.error).toMatch(/worker group 'doomed' exited/);
+      expect(fine).toMatchObject({ name: 'fine', state: 'running' });
+      expect((await host.listAll()).map((vm) => vm.name).sort()).toEqual(['f', 'm']);
+      await expect(host.vmCalls('d').vmInfo('d')).rejects.toThrow(/worker group 'doomed' exited/);
+      expect((await host.vmCalls('f').vmInfo('f')).state).toBe('Running');
+      expect((await host.hostInfo()).vm_count).toBe(2);
+      expect((await host.allHostStats()).worker_groups!.map((g) => g.name)).toEqual(['fine']);
+    } finally {
+      await host.close();
+    }
+  }, 60_000);
+});
