@@ -41,6 +41,7 @@ import { StoredHashRecovery } from '../recovery/hash.ts';
 import { applyMemoryErrorRequest, memoryErrorReports, type MemoryErrorReportList, type MemoryErrorRequest, type MemoryErrorResponse } from '../recovery/requests.ts';
 import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import { HostPlacement, type PlacementStatus } from './placement.ts';
+import { CrossThread, type CrossThreadSharingStats } from './cross-thread.ts';
 import type { PowerTopologyProvider } from '../placement/index.ts';
 import { GROUP_METHODS, WorkerGroup, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 import {
@@ -389,22 +390,6 @@ export interface HostStatsReport extends HostStats {
   worker_groups?: WorkerGroupStats[];
 }
 
-/** Content-based sharing between threads (GET /host/stats `cross_thread_sharing`). */
-export interface CrossThreadSharingStats {
-  /** Passes run (every second while sharing is on). */
-  passes: number;
-  /** Pages offered by all threads, in all passes. */
-  offered: number;
-  /** Offers whose hash matched an offer of another thread. */
-  candidates: number;
-  /** Pages merged onto a frame of another thread (each frees a frame). */
-  merged: number;
-  /** Candidates not merged: the page changed, or the full compare failed (a hash collision). */
-  refused: number;
-  /** Time in passes, ms. */
-  pass_ms: number;
-}
-
 /** A worker group's part of GET /host/stats. */
 export interface WorkerGroupStats {
   /** The group. */
@@ -703,9 +688,8 @@ export class Host {
   private readonly reallocations: Reallocation[] = [];
   /** Halves of reallocations across threads that run in this thread, by id. */
   private readonly reallocationHalves = new Map<number, { half: ReallocationDonor | ReallocationReceiver; vm: Vm }>();
-  /** Reallocations between VMs of different threads that this (main) host relays, by id. */
-  private readonly crossReallocations = new Map<number, { from: string; to: string; pages: number; fromCalls: GroupCalls; toCalls: GroupCalls; last: ReallocationStatus }>();
-  private nextCrossReallocation = 1;
+  /** Reallocations and page sharing between the VMs of different threads (this host coordinates them). */
+  private readonly crossThread: CrossThread;
   private readonly sendReallocationFrames: (id: number, handles: FrameHandle[], given: number) => void;
   /** The memory scheduler and its swap file (enableReclaim), or null. */
   private memory: { scheduler: MemoryScheduler; swap: SwapFile } | null = null;
@@ -743,8 +727,6 @@ export class Host {
   private reclaimSpec: ReclaimSpec | null = null;
   /** This thread's part of content-based sharing between threads. */
   private readonly threadSharing = new ThreadSharing(() => [...this.machines.values()].map((m) => m.vm));
-  /** The main host's passes over every thread (with groups and reclaim.sharing), or null. */
-  private crossSharing: { timer: ReturnType<typeof setInterval>; stats: CrossThreadSharingStats; running: boolean } | null = null;
   /** Power-aware placement of the unpinned worker groups (enablePlacement), or null. */
   private placement: HostPlacement | null = null;
   /** Worker groups by name (docs/workers.md): VMs on other threads over the same pool. */
@@ -762,7 +744,8 @@ export class Host {
     options: HostOptions = {},
   ) {
     this.log = options.log ?? (() => {});
-    this.sendReallocationFrames = options.reallocationFrames ?? ((id, handles, given) => this.relayReallocationFrames(id, handles, given));
+    this.crossThread = new CrossThread(this.hv, () => [this.localCalls, ...this.liveGroups().map((group) => group.calls)], (name) => this.vmCalls(name), (line) => this.log(line));
+    this.sendReallocationFrames = options.reallocationFrames ?? ((id, handles, given) => this.crossThread.relayFrames(id, handles, given));
     const localCalls: Partial<Record<GroupMethod, (...args: unknown[]) => Promise<unknown>>> = {};
     for (const method of GROUP_METHODS) {
       const call = this[method] as (...args: unknown[]) => unknown;
@@ -865,7 +848,7 @@ export class Host {
       info.vms_stopped += theirs.vms_stopped;
       info.reallocations.push(...theirs.reallocations);
     }
-    info.reallocations.push(...(await this.crossReallocationStatuses()));
+    info.reallocations.push(...(await this.crossThread.reallocationStatuses()));
     return info;
   }
 
@@ -1057,7 +1040,8 @@ export class Host {
   async allHostStats(): Promise<HostStatsReport> {
     const report = this.hostStats();
     if (this.placement !== null) report.placement = this.placement.status();
-    if (this.crossSharing !== null) report.cross_thread_sharing = { ...this.crossSharing.stats, pass_ms: round3(this.crossSharing.stats.pass_ms) };
+    const sharing = this.crossThread.sharingStats();
+    if (sharing !== null) report.cross_thread_sharing = sharing;
     if (this.groups.size > 0) {
       const reports = await Promise.all(this.liveGroups().map(async (group) => ({ name: group.name, stats: await group.calls.hostStats().catch(() => null) })));
       report.worker_groups = reports.filter((r): r is WorkerGroupStats => r.stats !== null);
@@ -1448,7 +1432,7 @@ export class Host {
     const to_ = this.remote.get(toName);
     // Two VMs of one group reallocate in their group; VMs of different threads through a relay here.
     if (from_ !== undefined && to_ !== undefined && from_.group === to_.group) return from_.group.calls.reallocate(fromName, toName, mib);
-    if (from_ !== undefined || to_ !== undefined) return this.reallocateAcross(fromName, toName, mib);
+    if (from_ !== undefined || to_ !== undefined) return this.crossThread.reallocate(fromName, toName, mib);
     const from = this.get(fromName);
     const to = this.get(toName);
     for (const m of [from, to]) {
@@ -2112,7 +2096,7 @@ export class Host {
     for (const m of this.machines.values()) this.dispose(m, 'the host closed');
     this.machines.clear();
     this.placement?.stop();
-    if (this.crossSharing !== null) clearInterval(this.crossSharing.timer);
+    this.crossThread.stop();
     await Promise.all([...this.groups.values()].map((group) => group.close()));
     this.groups.clear();
     this.remote.clear();
@@ -2332,135 +2316,19 @@ export class Host {
     for (const { half, vm } of this.reallocationHalves.values()) if (vm === m.vm) half.cancel(why);
   }
 
-  // ------------------------------------------------------------------ reallocation across threads
+  // ------------------------------------------------------------------ across threads
 
-  /**
-   * A reallocation between VMs of different threads (docs/workers.md): the receiving half starts
-   * in `to`'s thread, the giving half in `from`'s; the giver's frames travel as FrameHandles
-   * through this host, which relays them to the receiver.
-   */
-  private async reallocateAcross(fromName: string, toName: string, mib: number): Promise<ReallocationStatus> {
-    const pages = mib * (MIB / 4096);
-    const fromCalls = this.vmCalls(fromName);
-    const toCalls = this.vmCalls(toName);
-    const id = this.nextCrossReallocation++;
-    const last: ReallocationStatus = { from: fromName, to: toName, pages, given: 0, frames_taken: 0, frames_placed: 0, state: 'running' };
-    this.crossReallocations.set(id, { from: fromName, to: toName, pages, fromCalls, toCalls, last });
-    try {
-      await toCalls.startReallocationReceiver(id, toName, pages);
-      try {
-        await fromCalls.startReallocationDonor(id, fromName, pages);
-      } catch (error) {
-        await toCalls.cancelReallocationHalf(id, 'the giving VM refused').catch(() => {});
-        throw error;
-      }
-    } catch (error) {
-      this.crossReallocations.delete(id);
-      throw error;
-    }
-    this.log(`host: reallocating ${mib} MiB from ${fromName} to ${toName} across threads`);
-    return { ...last };
-  }
-
-  /** Frames from a giving half (here or in a group) go to the receiving half's thread; unwanted ones are dropped. */
-  private relayReallocationFrames(id: number, handles: FrameHandle[], given: number): void {
-    const record = this.crossReallocations.get(id);
-    if (record === undefined) {
-      for (const handle of handles) this.hv.dropFrameHandle(handle);
-      return;
-    }
-    record.toCalls.acceptReallocationFrames(id, handles, given).catch((error: unknown) => {
-      this.log(`host: reallocation ${record.from} -> ${record.to}: ${error instanceof Error ? error.message : String(error)}`);
-    });
-  }
-
-  /** The cross-thread reallocations' statuses, from both halves (a half cancelled cancels the other). */
-  private async crossReallocationStatuses(): Promise<ReallocationStatus[]> {
-    const statuses: ReallocationStatus[] = [];
-    for (const [id, record] of this.crossReallocations) {
-      if (record.last.state === 'running') {
-        const [giver, receiver] = await Promise.all([record.fromCalls.reallocationHalf(id).catch(() => null), record.toCalls.reallocationHalf(id).catch(() => null)]);
-        const cancelled = giver === null || receiver === null || giver.state === 'cancelled' || receiver.state === 'cancelled';
-        const reason = giver?.reason ?? receiver?.reason ?? (cancelled ? 'a VM of the reallocation is gone' : undefined);
-        if (cancelled) {
-          await record.fromCalls.cancelReallocationHalf(id, reason!).catch(() => {});
-          await record.toCalls.cancelReallocationHalf(id, reason!).catch(() => {});
-        }
-        record.last = {
-          from: record.from, to: record.to, pages: record.pages, given: giver?.given ?? record.last.given,
-          frames_taken: giver?.frames ?? record.last.frames_taken, frames_placed: receiver?.frames ?? record.last.frames_placed,
-          state: cancelled ? 'cancelled' : giver!.state === 'done' && receiver!.state === 'done' ? 'done' : 'running',
-          ...(cancelled ? { reason: reason! } : {}),
-        };
-      }
-      statuses.push({ ...record.last });
-    }
-    return statuses;
-  }
-
-  // ------------------------------------------------------------------ sharing across threads
-
-  /** Runs a pass of content-based sharing between threads every second (Host.start does, with groups and reclaim.sharing). */
+  /** Runs a pass of content-based sharing between threads every `intervalMs` (Host.start does, with groups and reclaim.sharing). */
   startCrossThreadSharing(intervalMs = 1000): void {
-    if (this.crossSharing !== null) return;
-    const stats: CrossThreadSharingStats = { passes: 0, offered: 0, candidates: 0, merged: 0, refused: 0, pass_ms: 0 };
-    const timer = setInterval(() => {
-      if (this.crossSharing === null || this.crossSharing.running) return;
-      this.crossSharing.running = true;
-      this.shareAcrossThreads().catch((error: unknown) => this.log(`host: sharing across threads: ${error instanceof Error ? error.message : String(error)}`)).finally(() => {
-        if (this.crossSharing !== null) this.crossSharing.running = false;
-      });
-    }, intervalMs);
-    timer.unref();
-    this.crossSharing = { timer, stats, running: false };
+    this.crossThread.startSharing(intervalMs);
   }
 
   /**
-   * One pass of content-based sharing between the VMs of different threads (docs/workers.md):
-   * every thread offers up to `limit` pages with their hashes; for a hash offered by two or more
-   * threads, the first offer's thread lends its frame and each other thread adopts it after a full
-   * compare of the bytes, releasing its own frame. Returns the pass's figures.
+   * One pass of content-based sharing between the VMs of different threads (docs/workers.md;
+   * services/host/cross-thread.ts): returns the pass's figures.
    */
-  async shareAcrossThreads(limit = 2048): Promise<Omit<CrossThreadSharingStats, 'passes' | 'pass_ms'>> {
-    const started = performance.now();
-    const threads: GroupCalls[] = [this.localCalls, ...this.liveGroups().map((group) => group.calls)];
-    const offers = await Promise.all(threads.map((calls) => calls.sharingOffers(limit)));
-    const byHash = new Map<number, { thread: number; vm: string; gpn: number }[]>();
-    offers.forEach((list, thread) => {
-      for (const offer of list) {
-        const entries = byHash.get(offer.hash);
-        if (entries === undefined) byHash.set(offer.hash, [{ thread, vm: offer.vm, gpn: offer.gpn }]);
-        else if (!entries.some((e) => e.thread === thread)) entries.push({ thread, vm: offer.vm, gpn: offer.gpn }); // one page per thread: within a thread the thread's own sharer merges
-      }
-    });
-    let candidates = 0;
-    let merged = 0;
-    let refused = 0;
-    for (const [hash, entries] of byHash) {
-      if (entries.length < 2) continue;
-      const [owner, ...others] = entries;
-      for (const other of others) {
-        candidates++;
-        const handle = await threads[owner!.thread]!.lendPage(owner!.vm, owner!.gpn, hash);
-        if (handle === null) {
-          refused++;
-          break; // the owner's page changed: the others wait for the next pass
-        }
-        if (await threads[other.thread]!.adoptPage(other.vm, other.gpn, handle)) merged++;
-        else refused++;
-      }
-    }
-    const offered = offers.reduce((sum, list) => sum + list.length, 0);
-    const stats = this.crossSharing?.stats;
-    if (stats !== undefined) {
-      stats.passes++;
-      stats.offered += offered;
-      stats.candidates += candidates;
-      stats.merged += merged;
-      stats.refused += refused;
-      stats.pass_ms += performance.now() - started;
-    }
-    return { offered, candidates, merged, refused };
+  shareAcrossThreads(limit = 2048): Promise<Omit<CrossThreadSharingStats, 'passes' | 'pass_ms'>> {
+    return this.crossThread.share(limit);
   }
 
   /** @internal This thread's offers for sharing between threads. */

@@ -11,9 +11,10 @@ export {
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export { type PlacedGroupReport, type PlacementDecisionReport, type PlacementSpec, type PlacementStatus } from './placement.ts';
+export type { CrossThreadSharingStats } from './cross-thread.ts';
 export { GROUP_METHODS, startModuleWorker, threadCpuMs, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 export {
-  describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type WorkerGroupStats, type CrossThreadSharingStats, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
+  describeExit, Host, HostError, HostStatus, type AdoptOptions, type BalloonInfo, type BalloonStatistics, type BalloonUpdate, type HostStatsReport, type WorkerGroupStats, type HostedVmState, type HostInfo, type HostOptions, type HostSettings,
   type HostStatusCode, type RestoreFigures, type RestoreResult, type SnapshotProgress, type SnapshotResult, type VmConfigSummary, type VmExit, type VmInfo,
   type VmOrigin, type MemoryPolicyInfo, type MemoryPolicyUpdate, type MrcInfo, type TaxRateInfo,
   type ReplicateRequest, type ReplicationStatus, type ReplicaInfo, type ReplicasInfo,
