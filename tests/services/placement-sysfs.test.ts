@@ -7,8 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  idleResidency, measureIdleResidency, parseCpuList, PlacementError, SysfsPowerProvider, SYSFS_CPU_ROOT, type IdleCountersSnapshot,
+  idleResidency, measureIdleResidency, parseCpuList, SysfsPowerProvider, SYSFS_CPU_ROOT, type IdleCountersSnapshot,
 } from '../../services/placement/index.ts';
+import { expectCode } from './placement-helpers.ts';
 
 const roots: string[] = [];
 afterEach(() => {
@@ -63,16 +64,6 @@ const serverStates = (cpu: number, c6Time: number): FakeState[] => [
   { name: 'C6', latency: 133, residency: 400, time: c6Time, usage: 200, disable: cpu === 3 ? 1 : 0 },
 ];
 
-function expectCode(fn: () => unknown, code: string): void {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (error) {
-    thrown = error;
-  }
-  expect(thrown).toBeInstanceOf(PlacementError);
-  expect((thrown as PlacementError).code).toBe(code);
-}
 
 describe('sysfs provider on a fake tree', () => {
   it('reads packages, core ids and every idle state', () => {

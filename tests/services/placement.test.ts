@@ -5,25 +5,16 @@
 // packing, and typed errors for bad models, options and input.
 import { describe, expect, it } from 'vitest';
 import {
-  DEFAULT_MODEL_HOST, idleResidency, ModelHost, packPlacement, PlacementError, powerAwarePlacement, PowerAwarePlacer, runPlacementScenario,
+  DEFAULT_MODEL_HOST, idleResidency, ModelHost, packPlacement, powerAwarePlacement, PowerAwarePlacer, runPlacementScenario,
   scorePlacement, spreadPlacement, validateModelHost, type HostTopology, type ModelHostParams, type Placement, type PlacementDecision,
   type PlacementScenario, type PlacerOptions,
 } from '../../services/placement/index.ts';
+import { expectCode } from './placement-helpers.ts';
 
 const TOPOLOGY: HostTopology = new ModelHost().topology(); // 2 packages x 2 CPUs: {0,1} and {2,3}
 const GROUPS = ['heavy', 'l1', 'l2', 'l3'];
 const STEADY: Record<string, number> = { heavy: 0.9, l1: 0.1, l2: 0.1, l3: 0.1 };
 
-function expectCode(fn: () => unknown, code: string): void {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (error) {
-    thrown = error;
-  }
-  expect(thrown).toBeInstanceOf(PlacementError);
-  expect((thrown as PlacementError).code).toBe(code);
-}
 
 const packageOf = (cpu: number): number => TOPOLOGY.packages.find((p) => p.cpus.includes(cpu))!.packageId;
 const groupsOnCpu = (placement: Placement, cpu: number): string[] => [...placement].filter(([, cpus]) => cpus.includes(cpu)).map(([id]) => id).sort();
