@@ -159,9 +159,16 @@ describe('the package installed in an empty project', () => {
     expect(outcome.stdout).toMatch(/\{ kind: 'halted', exitCode: 0 \}\n$/);
   });
 
-  it('bytevisor host serves the API with plain node; bytevisor ctl drives it; bytevisor/services/host imports; bytevisor report draws its timeline', async () => {
+  it('bytevisor host serves the API with plain node (a VM in a worker group too); bytevisor ctl drives it; bytevisor/services/host imports; bytevisor report draws its timeline', async () => {
     const socket = join(scratch, 'host.sock');
-    writeFileSync(join(project, 'host.json'), JSON.stringify({ vms: [{ name: 'w', image: 'node_modules/bytevisor/examples/nanokernel/kernel.s', memory_mib: 16, boot_args: 'walker 1M seq 0' }] }));
+    // 'g' runs in a worker group: the installed package starts its worker from dist's JavaScript.
+    writeFileSync(join(project, 'host.json'), JSON.stringify({
+      worker_groups: [{ name: 'wg' }],
+      vms: [
+        { name: 'w', image: 'node_modules/bytevisor/examples/nanokernel/kernel.s', memory_mib: 16, boot_args: 'walker 1M seq 0' },
+        { name: 'g', image: 'node_modules/bytevisor/examples/nanokernel/kernel.s', memory_mib: 16, boot_args: 'walker 1M seq 0', group: 'wg' },
+      ],
+    }));
     const host = spawn(process.execPath, [bin, 'host', '--config', 'host.json', '--api-sock', socket, '--record', 'host.timeline'], { cwd: project, stdio: ['ignore', 'ignore', 'pipe'] });
     try {
       let stderr = '';
@@ -174,7 +181,7 @@ describe('the package installed in an empty project', () => {
       });
       const vms = await bytevisor(['ctl', '--api-sock', socket, 'vms', '--json']);
       expect(vms.code).toBe(0);
-      expect((JSON.parse(vms.stdout) as { vms: { name: string; state: string }[] }).vms).toMatchObject([{ name: 'w', state: 'Running' }]);
+      expect((JSON.parse(vms.stdout) as { vms: { name: string; state: string }[] }).vms).toMatchObject([{ name: 'w', state: 'Running' }, { name: 'g', state: 'Running' }]);
       writeFileSync(join(project, 'client.mjs'), `
 import { apiRequest } from 'bytevisor/services/host';
 const answer = await apiRequest(${JSON.stringify(socket)}, 'PATCH', '/vms/w', { state: 'Paused' });
