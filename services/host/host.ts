@@ -2595,7 +2595,8 @@ export class Host {
       });
     } catch (error) {
       this.log(`vm ${m.name}: live snapshot ${snapshot.path} failed: ${error instanceof Error ? error.message : String(error)}`);
-      live.done(new HostError(500, `live snapshot of '${m.name}' failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error }));
+      // As for a stop-the-world snapshot: a path that cannot be written is the request's fault (400).
+      live.done(hostErrorOf(error, `live snapshot of '${m.name}' failed`));
     }
   }
 }
@@ -2639,13 +2640,18 @@ function guard<T>(action: () => T, what: string): T {
   try {
     return action();
   } catch (error) {
-    if (error instanceof HostError) throw error;
-    if (error instanceof OutOfHostMemoryError || (error instanceof BvError && error.code === 'BV_OUT_OF_HOST_MEMORY')) {
-      throw new HostError(507, `${what}: ${error.message}`, { cause: error });
-    }
-    if (error instanceof BvError) throw new HostError(400, `${what}: ${error.message}`, { cause: error });
-    throw new HostError(500, `${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    throw hostErrorOf(error, what);
   }
+}
+
+/** An error as the API answers it: out of host memory 507, a typed (BvError) refusal 400, anything else 500. */
+function hostErrorOf(error: unknown, what: string): HostError {
+  if (error instanceof HostError) return error;
+  if (error instanceof OutOfHostMemoryError || (error instanceof BvError && error.code === 'BV_OUT_OF_HOST_MEMORY')) {
+    return new HostError(507, `${what}: ${error.message}`, { cause: error });
+  }
+  if (error instanceof BvError) return new HostError(400, `${what}: ${error.message}`, { cause: error });
+  return new HostError(500, `${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
 }
 
 /** host:port of a request, or a 400 naming the field. */

@@ -195,6 +195,9 @@ describe('the control API over a Unix socket', () => {
       ['PUT', '/vms/bad', { image: join(dir, 'nothing.s'), memory_mib: 16 }, 400, /nothing\.s/],
       ['PUT', '/vms/spin/fork', { name: 'spin' }, 409, /exists/],
       ['GET', '/vms/spin/console?offset=-1', undefined, 400, /offset/],
+      // A file that cannot be created is the request's fault, live or not (found by the fuzz test).
+      ['PUT', '/vms/spin/snapshot', { path: join(dir, 'no/such/dir/x.ckpt') }, 400, /no\/such\/dir/],
+      ['PUT', '/vms/spin/snapshot', { path: join(dir, 'no/such/dir/x.ckpt'), live: true }, 400, /no\/such\/dir/],
     ];
     for (const [method, path, body, status, message] of cases) {
       const answer = await call<{ fault_message: string }>(method, path, body);
