@@ -10,92 +10,19 @@ import { describe, expect, it } from 'vitest';
 import { attachToPool, createHypervisor, KernelError } from '../../kernel/index.ts';
 import type { FrameHandle, SharedPoolHandle } from '../../kernel/index.ts';
 import { startModuleWorker } from '../../services/host/worker-group.ts';
-import { expectedValues, fillPage, hammer, pageDigest, writesOf } from './fixtures/shared-pool-plan.ts';
-
-const original = (gpn: number): number => 0x10000 + gpn;
-
-interface WorkerReport { digests: number[] }
-
-function startWorker(data: object): { worker: Worker; ready: Promise<void>; report: Promise<WorkerReport> } {
-  const worker = startModuleWorker(new URL('./fixtures/shared-pool-worker.ts', import.meta.url), { workerData: data });
-  const ready = new Promise<void>((resolve, reject) => {
-    worker.once('message', () => resolve());
-    worker.once('error', reject);
-  });
-  const report = ready.then(() => new Promise<WorkerReport>((resolve, reject) => {
-    worker.once('message', resolve);
-    worker.once('error', reject);
-  }));
-  return { worker, ready, report };
-}
-
-/** Asks a worker of the first test to free its VM; resolves with the frames in use it saw just before. */
-function closed(worker: Worker): Promise<number> {
-  return new Promise((resolve, reject) => {
-    worker.once('message', (message: { usedFrames: number }) => resolve(message.usedFrames));
-    worker.once('error', reject);
-    worker.postMessage('close');
-  });
-}
+import { hammer } from './fixtures/shared-pool-plan.ts';
+import { runSharedPoolTrial } from './fixtures/shared-pool-trial.ts';
 
 describe('a host pool shared with worker threads', () => {
   it('keeps reference counts exact under concurrent copy-on-write breaks in three threads', async () => {
-    const pages = 2048;
-    const rounds = 3000;
-    const sides = 3; // the main thread (side 0) and two workers
+    // The trial's checker, for two seeds here; scripts/shared-pool-soak.ts runs many more.
     for (const seed of [1, 2]) {
-      const hv = createHypervisor({ hostMemoryBytes: 64 * 2 ** 20 });
-      try {
-        const vm = hv.createVm({ name: 'lender', memoryBytes: pages * 4096 });
-        const page = new Uint8Array(4096);
-        for (let gpn = 0; gpn < pages; gpn++) {
-          fillPage(page, original(gpn));
-          vm.memory.writePhysical(gpn * 4096, page);
-        }
-        expect(hv.poolStats().usedFrames).toBe(pages);
-        const pool: SharedPoolHandle = hv.sharePool();
-        const barrier = new Int32Array(new SharedArrayBuffer(4));
-        const workers = [1, 2].map((side) => {
-          const handles: FrameHandle[] = Array.from({ length: pages }, (_, gpn) => vm.memory.exportPage(gpn));
-          return startWorker({ pool, handles, side, sides, rounds, seed, barrier });
-        });
-        // Side 0 writes too, as soon as the workers have imported their pages.
-        await Promise.all(workers.map((w) => w.ready));
-        Atomics.store(barrier, 0, 1);
-        Atomics.notify(barrier, 0);
-        for (const { gpn, value } of writesOf(0, pages, rounds, seed)) {
-          fillPage(page, value);
-          vm.memory.writePhysical(gpn * 4096, page);
-        }
-        const reports = await Promise.all(workers.map((w) => w.report));
-
-        // Every thread sees exactly what it wrote, and the original where it did not write.
-        for (let side = 0; side < sides; side++) {
-          const expected = expectedValues(side, pages, rounds, seed, original);
-          const seen = side === 0 ? Array.from({ length: pages }, (_, gpn) => pageDigest(vm.memory.readPhysical(gpn * 4096, 4096))) : reports[side - 1]!.digests;
-          expect(seen).toEqual(expected.map((v) => v | 0));
-        }
-        // Frames in use: per page, one per side that wrote it (its private copy, or the original
-        // kept by the last writer), plus the original while some side still has not written it.
-        let expectedFrames = 0;
-        const writers = Array.from({ length: pages }, () => new Set<number>());
-        for (let side = 0; side < sides; side++) for (const { gpn } of writesOf(side, pages, rounds, seed)) writers[gpn]!.add(side);
-        for (const set of writers) expectedFrames += set.size + (set.size < sides ? 1 : 0);
-        expect(hv.poolStats().usedFrames).toBe(expectedFrames);
-        // Each worker, asked one after the other, sees the same count through the shared state.
-        for (const w of workers) {
-          const here = hv.poolStats().usedFrames;
-          expect(await closed(w.worker)).toBe(here);
-        }
-        hv.destroyVm(vm);
-        const stats = hv.poolStats();
-        expect(stats.usedFrames).toBe(0);
-        expect(hv.pool.refCount.every((count) => count === 0)).toBe(true);
-        // Freed frames read as zero again (the pool's invariant), whichever thread freed them.
-        expect(hv.pool.u8.subarray(0, 64 * 2 ** 20).some((byte) => byte !== 0)).toBe(false);
-      } finally {
-        hv.close();
-      }
+      const result = await runSharedPoolTrial({ seed, pages: 2048, rounds: 3000 });
+      expect(result.mismatches).toEqual([]);
+      expect(result.usedFrames).toBe(result.expectedFrames);
+      // Each worker, asked one after the other, sees the same count through the shared state.
+      for (const [here, theirs] of result.workerCounts) expect(theirs).toBe(here);
+      expect(result).toMatchObject({ usedAfter: 0, refCountsZero: true, poolZero: true });
     }
   }, 120_000);
 
