@@ -54,5 +54,5 @@ export {
   type VmCheckpointErrorCode,
   type VmSaveOptions,
 } from './vm-checkpoint.ts';
-export { restoreVmCheckpoint, RestoredVm, type PrefetchOptions, type RestoreMode, type RestoreOptions } from './restore.ts';
+export { readVmCheckpointConfig, restoreVmCheckpoint, RestoredVm, type PrefetchOptions, type RestoreMode, type RestoreOptions } from './restore.ts';
 export { LiveSnapshot, startLiveSnapshot, type LiveSnapshotOptions } from './live-snapshot.ts';

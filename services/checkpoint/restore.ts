@@ -15,7 +15,7 @@
  */
 import { resolve } from 'node:path';
 import { FRAME_SIZE, PageState, REGION_PAGES, RUN_SIZE } from '../../kernel/index.ts';
-import type { Hypervisor, Vm, VmState } from '../../kernel/index.ts';
+import type { Hypervisor, Vm, VmConfig, VmState } from '../../kernel/index.ts';
 import { CheckpointError } from './errors.ts';
 import type { JsonObject } from './format.ts';
 import { INDEX_REGION_PAGES, PAGE_BYTES, sectionName, SectionType, ZERO_PAGE_BLOCK } from './format.ts';
@@ -94,6 +94,19 @@ export function restoreVmCheckpoint(hv: Hypervisor, path: string, options: Resto
     if (vm !== undefined && hv.vms.includes(vm)) hv.destroyVm(vm);
     reader.close();
     throw error;
+  }
+}
+
+/**
+ * The configuration a checkpoint would restore (name, memory, vCPUs, …), read and checked without
+ * creating anything: what a host checks against its VMs and pool before it restores elsewhere.
+ */
+export function readVmCheckpointConfig(path: string): VmConfig {
+  const reader = CheckpointReader.open(path, { lazyIndex: true });
+  try {
+    return { ...decodeVmCheckpoint(reader.contents, path).state.config };
+  } finally {
+    reader.close();
   }
 }
 

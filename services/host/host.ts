@@ -21,7 +21,7 @@ import {
   createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type FrameHandle, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
-import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
+import { readVmCheckpointConfig, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
 import { MAX_STATS_INTERVAL_S, type HostSpec, type PlacementSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, ReallocationDonor, ReallocationReceiver, type ReallocationHalfStatus, type ReallocationStatus } from '../memory/reallocate.ts';
@@ -1355,24 +1355,25 @@ export class Host {
   }
 
   /**
-   * PUT /vms/restore with a group: the group's host restores the VM; its name and size are known
-   * once the file is read, so the checks against this host's VMs and pool come after (a VM that
-   * fails them is deleted again).
+   * PUT /vms/restore with a group: the checkpoint's name and size are read here first and checked
+   * against this host's VMs and pool (reserved while the group's host restores it), as for a VM
+   * created in a group.
    */
   private async restoreInGroup(group: WorkerGroup, path: string, name: string | undefined, mode: RestoreMode, paused: boolean): Promise<RestoreResult> {
-    if (name !== undefined) this.checkNewName(name);
-    const result = await group.calls.restore(path, name, mode, paused);
-    const memoryBytes = result.config.memory_mib * MIB;
+    const saved = guard(() => readVmCheckpointConfig(path), `restore of ${path}`);
+    const vmName = name ?? saved.name;
+    if (vmName === undefined) throw new HostError(400, `restore of ${path}: the checkpoint names no VM; give one (name)`);
+    this.checkNewName(vmName);
+    this.checkFits(saved.memoryBytes, `restore of ${path}`);
+    this.remote.set(vmName, { group, memoryBytes: saved.memoryBytes });
     try {
-      if (name === undefined) this.checkNewName(result.name);
-      this.checkFits(memoryBytes, `restore of ${path}`);
+      const result = await group.calls.restore(path, vmName, mode, paused);
+      group.vmNames.add(vmName);
+      return result;
     } catch (error) {
-      await group.calls.deleteVm(result.name);
+      this.remote.delete(vmName);
       throw error;
     }
-    this.remote.set(result.name, { group, memoryBytes });
-    group.vmNames.add(result.name);
-    return result;
   }
 
   /** PUT /vms/{name}/fork: a child that shares the parent's memory copy-on-write. */

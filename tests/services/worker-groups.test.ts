@@ -2,7 +2,7 @@
  * Worker groups (issue 16, docs/workers.md): VMs on worker threads over the host's one pool,
  * driven through the same Host and control API as the host's own VMs.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -179,6 +179,11 @@ describe('the control API with worker groups', () => {
     expect((await call<{ worker_groups: WorkerGroupInfo[] }>('GET', '/groups')).body.worker_groups[0]!.vms).toContain('w2-g1');
     expect((await call('PUT', '/vms/restore', { path, name: 'w2-g1', group: 'g1' })).status).toBe(409);
     expect((await call('PUT', '/vms/restore', { path, name: 'w2-x', group: 'nope' })).status).toBe(404);
+    // Checked here before the group restores anything: a file that is no checkpoint, and a VM the pool cannot take.
+    const garbage = join(dir, 'garbage.bvc');
+    writeFileSync(garbage, 'not a checkpoint');
+    expect((await call('PUT', '/vms/restore', { path: garbage, name: 'w2-y', group: 'g1' })).status).toBe(400);
+    expect((await call<{ vms: VmInfo[] }>('GET', '/vms')).body.vms.map((vm) => vm.name)).not.toContain('w2-y');
     expect((await call('DELETE', '/vms/w2-g1')).status).toBe(204);
     await call('PATCH', '/vms/w2', { state: 'Resumed' });
   }, 60_000);
