@@ -707,6 +707,8 @@ export class Host {
   private migrationListener: TransportServer | null = null;
   /** Names of VMs being received: taken, though not in `machines` until they run. */
   private readonly incomingNames = new Set<string>();
+  /** VMs of worker groups being started: their names are taken and their memory reserved. */
+  private readonly startingInGroups = new Map<string, number>();
   private readonly incomingMigrations: ReceiveFigures[] = [];
   private readonly outgoingMigrations: MigrationResult[] = [];
   /** Migration counters (GET /host/stats). */
@@ -900,7 +902,7 @@ export class Host {
     for (const vm of vms) {
       this.checkNewName(vm.name);
       this.checkFits(vm.memoryBytes, `VM '${vm.name}'`);
-      this.remote.set(vm.name, { group: null as unknown as WorkerGroup, memoryBytes: vm.memoryBytes });
+      this.startingInGroups.set(vm.name, vm.memoryBytes);
     }
     try {
       const group = await WorkerGroup.start({
@@ -912,11 +914,14 @@ export class Host {
         migration: migration ?? this.migrationSettings,
       }, this.log);
       this.groups.set(name, group);
-      for (const vm of vms) this.remote.set(vm.name, { group, memoryBytes: vm.memoryBytes });
+      for (const vm of vms) {
+        this.startingInGroups.delete(vm.name);
+        this.remote.set(vm.name, { group, memoryBytes: vm.memoryBytes });
+      }
       this.log(`host: worker group ${name} on CPUs ${group.affinity.join(',')} (thread ${group.threadId}) with ${vms.length} VM${vms.length === 1 ? '' : 's'}`);
       return group;
     } catch (error) {
-      for (const vm of vms) this.remote.delete(vm.name);
+      for (const vm of vms) this.startingInGroups.delete(vm.name);
       throw error instanceof HostError ? new HostError(error.status, `${where}: ${error.message}`) : error;
     }
   }
@@ -2179,6 +2184,7 @@ export class Host {
     if (RESERVED_NAMES.has(name)) throw new HostError(400, `'${name}' cannot name a VM (it is an API path)`);
     if (this.machines.has(name) || this.remote.has(name)) throw new HostError(409, `a VM named '${name}' exists`);
     if (this.incomingNames.has(name)) throw new HostError(409, `a VM named '${name}' is being migrated in`);
+    if (this.startingInGroups.has(name)) throw new HostError(409, `a VM named '${name}' is being started in a worker group`);
   }
 
   /** The VM's balloon, or a 400 saying to configure one (a balloon is attached only when a VM is created, as in Firecracker). */
@@ -2224,6 +2230,7 @@ export class Host {
     let reserved = 0;
     for (const vm of this.hv.vms) if (vm !== except) reserved += vm.config.memoryBytes;
     for (const { memoryBytes } of this.remote.values()) reserved += memoryBytes;
+    for (const memoryBytes of this.startingInGroups.values()) reserved += memoryBytes;
     if (reserved + bytes > pool) {
       throw new HostError(507, `${what}: ${bytes / MIB} MiB of memory does not fit the host pool of ${pool / MIB} MiB beside the ${reserved / MIB} MiB the other VMs have (the host does not overcommit; see overcommit in docs/host.md)`);
     }

@@ -13,6 +13,7 @@ import { Host, type HostInfo, type VmInfo } from '../../services/host/host.ts';
 import type { WorkerGroupInfo } from '../../services/host/worker-group.ts';
 import type { ConsoleSlice } from '../../services/host/console-log.ts';
 import { REPO } from '../tools/child.ts';
+import { until } from './until.ts';
 import { DEFAULT_MODEL_HOST, ModelHost } from '../../services/placement/index.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
@@ -221,15 +222,11 @@ describe('power-aware placement of worker groups', () => {
     }));
     try {
       host.enablePlacement({ intervalMs: 100, targetUtilisation: 0.8, spreadHoldMs: 300, consolidateHoldMs: 300 }, provider);
-      const waitFor = async (what: string, ok: (status: ReturnType<Host['placementStatus']>) => boolean): Promise<ReturnType<Host['placementStatus']>> => {
-        const deadline = Date.now() + 30_000;
-        for (;;) {
+      const waitFor = (what: string, ok: (status: ReturnType<Host['placementStatus']>) => boolean): Promise<ReturnType<Host['placementStatus']>> =>
+        until(what, async () => {
           const status = host.placementStatus();
-          if (ok(status)) return status;
-          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status.decisions.slice(-3))}`);
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-      };
+          return ok(status) ? status : undefined;
+        }, 30_000);
       const cpusOf = (status: ReturnType<Host['placementStatus']>, name: string): number[] => status.groups.find((g) => g.name === name)!.cpus;
       // Both idle (paused VMs): first spread (heavy until measured), then packed onto one CPU.
       const packed = await waitFor('consolidation', (s) => s.decisions.some((d) => d.action === 'consolidate') && cpusOf(s, 'p').join() === cpusOf(s, 'q').join());
@@ -283,9 +280,7 @@ describe('live migration of a VM in a worker group', () => {
       const { listening } = await backup.receiveMigrations('127.0.0.1:0');
       const started = await primary.vmCalls('rv').replicate('rv', { destination: listening!, interval_ms: 50 });
       expect(started.committed_epoch).not.toBeNull();
-      const deadline = Date.now() + 30_000;
-      while ((await primary.vmCalls('rv').vmReplication('rv')).epochs < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
-      expect((await primary.vmCalls('rv').vmReplication('rv')).epochs).toBeGreaterThanOrEqual(3);
+      await until('three replication epochs', async () => ((await primary.vmCalls('rv').vmReplication('rv')).epochs >= 3 ? true : undefined), 30_000);
       await primary.vmCalls('rv').stopReplication('rv');
       expect(backup.replicas().replicas.map((r) => r.name)).toEqual(['rv']);
       const activated = backup.activateReplica('rv', true);
@@ -345,17 +340,11 @@ describe('reallocation with worker groups', () => {
       ],
     }));
     try {
-      const deadline = Date.now() + 90_000;
-      const until = async (what: string, ok: () => Promise<boolean>): Promise<void> => {
-        while (!(await ok())) {
-          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-      };
-      for (const giver of ['a', 'd']) await until(`${giver} to free its heap`, async () => (await host.vmCalls(giver).readConsole(giver, 0, 1 << 20)).data.includes('heap: '));
-      for (const taker of ['b', 'c']) await until(`${taker}'s balloon to fill`, async () => (await host.vmCalls(taker).balloon(taker)).actual_pages === 32 * 256);
+      const waitUntil = (what: string, ok: () => Promise<boolean>): Promise<true> => until(what, async () => ((await ok()) ? true : undefined), 60_000);
+      for (const giver of ['a', 'd']) await waitUntil(`${giver} to free its heap`, async () => (await host.vmCalls(giver).readConsole(giver, 0, 1 << 20)).data.includes('heap: '));
+      for (const taker of ['b', 'c']) await waitUntil(`${taker}'s balloon to fill`, async () => (await host.vmCalls(taker).balloon(taker)).actual_pages === 32 * 256);
       const done = async (from: string, to: string) => {
-        await until(`${from} -> ${to} to finish`, async () => (await host.hostInfo()).reallocations.find((r) => r.from === from && r.to === to)?.state === 'done');
+        await waitUntil(`${from} -> ${to} to finish`, async () => (await host.hostInfo()).reallocations.find((r) => r.from === from && r.to === to)?.state === 'done');
         return (await host.hostInfo()).reallocations.find((r) => r.from === from && r.to === to)!;
       };
 
@@ -396,13 +385,7 @@ describe('content-based sharing between worker groups', () => {
       vms: [vmConfig('x', 'wc', { memory_mib: 32, group: 'g1' }), vmConfig('y', 'wc', { memory_mib: 32, group: 'g2' })],
     }));
     try {
-      const deadline = Date.now() + 60_000;
-      for (const name of ['x', 'y']) {
-        while (!(await host.vmCalls(name).vmInfo(name)).waiting_for_input) {
-          if (Date.now() > deadline) throw new Error(`timed out waiting for ${name} to wait for input`);
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-      }
+      for (const name of ['x', 'y']) await until(`${name} to wait for input`, async () => ((await host.vmCalls(name).vmInfo(name)).waiting_for_input ? true : undefined), 60_000);
       // (With reclaim.sharing the host runs a pass every second; here the passes are the test's.)
       host.startCrossThreadSharing(3_600_000);
       const before = (await host.hostInfo()).frames_used;
