@@ -147,6 +147,8 @@ export class ConsoleDevice implements MmioDevice {
   private inputEnded = false;
   private inputClosedByHost = false;
   private stopped = false;
+  /** This console's line into EXTERNAL (Vm.claimInterruptLine). */
+  private readonly interruptLine: number;
   private readonly onData = (chunk: Buffer | string): void => {
     this.pushInput(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
   };
@@ -157,6 +159,7 @@ export class ConsoleDevice implements MmioDevice {
   };
 
   constructor(private readonly vm: Vm, options: ConsoleOptions = {}) {
+    this.interruptLine = vm.claimInterruptLine();
     this.sink = options.output ?? process.stdout;
     if (options.input !== undefined) {
       this.pushInput(typeof options.input === 'string' ? new TextEncoder().encode(options.input) : new Uint8Array(options.input));
@@ -365,7 +368,7 @@ export class ConsoleDevice implements MmioDevice {
   private updateInterrupt(): void {
     const rx = (this.control & ConsoleControl.RX_INTERRUPT) !== 0 && this.inputAvailable;
     const eof = (this.control & ConsoleControl.EOF_INTERRUPT) !== 0 && this.endOfInput;
-    this.vm.setExternalInterrupt(rx || eof);
+    this.vm.setInterruptLine(this.interruptLine, rx || eof);
   }
 
   /**

@@ -799,6 +799,30 @@ export class Vm implements VcpuHost {
     for (const vcpu of this.vcpus) vcpu.setInterruptPending(Irq.EXTERNAL, pending);
   }
 
+  /** Lines claimed so far (claimInterruptLine) and the ones asserted, one bit each. */
+  private interruptLinesClaimed = 0;
+  private interruptLinesAsserted = 0;
+
+  /**
+   * Gives a device its own line into EXTERNAL (at most 32 per VM): EXTERNAL is pending exactly
+   * while some claimed line is asserted, so devices sharing it cannot lower each other's
+   * interrupt. The guest finds the source by reading each device's status, as with a wired-OR line.
+   */
+  claimInterruptLine(): number {
+    if (this.interruptLinesClaimed === -1) throw new KernelError('BV_TOO_MANY_INTERRUPT_LINES', 'every one of the 32 interrupt lines is claimed');
+    const line = 31 - Math.clz32(~this.interruptLinesClaimed & (this.interruptLinesClaimed + 1));
+    this.interruptLinesClaimed |= 1 << line;
+    return line;
+  }
+
+  /** Asserts or lowers one claimed line (claimInterruptLine) and recomputes EXTERNAL from them all. */
+  setInterruptLine(line: number, pending: boolean): void {
+    const bit = 1 << line;
+    const asserted = pending ? this.interruptLinesAsserted | bit : this.interruptLinesAsserted & ~bit;
+    this.interruptLinesAsserted = asserted; // (always applied: a restore may have rewritten ip)
+    this.setExternalInterrupt(asserted !== 0);
+  }
+
   /** Sets the software interrupt of each vCPU whose bit is set in `mask`. */
   sendIpi(mask: number): void {
     for (const vcpu of this.vcpus) {
