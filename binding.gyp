@@ -3,7 +3,7 @@
     {
       "target_name": "bytevisor_native",
       "sources": [
-        "native/src/addon.cc", "native/src/checksum.cc",
+        "native/src/addon.cc", "native/src/async_file.cc", "native/src/checksum.cc",
         "native/src/args.cc",
         "native/src/errors.cc",
         "native/src/file.cc",

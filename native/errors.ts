@@ -2,17 +2,17 @@ import { BvError } from '../guest-isa/errors.ts';
 
 /** Stable codes of every error the native addon raises (see docs/native.md). */
 export const NATIVE_ERROR_CODES = [
-  /** Wrong type, not a non-negative safe integer, empty string, unknown mode or kind. */
+  /** Wrong type, not a non-negative safe integer, empty string, unknown mode or kind; a preadAsync target detached before the read settled. */
   'BV_NATIVE_BAD_ARGUMENT',
   /** A range outside the region, or a file range past the end of the file. */
   'BV_NATIVE_OUT_OF_RANGE',
-  /** An offset, length or size that must be a multiple of HOST_PAGE_SIZE is not. */
+  /** An offset, length or size that must be a multiple of HOST_PAGE_SIZE (or of an O_DIRECT file's directAlignment) is not. */
   'BV_NATIVE_UNALIGNED',
-  /** A region above 4 GiB (the N-API limit for one ArrayBuffer). */
+  /** A region above 4 GiB (the N-API limit for one ArrayBuffer); an async file transfer above 64 MiB. */
   'BV_NATIVE_TOO_LARGE',
   /** Use of a region or file after close(). */
   'BV_NATIVE_CLOSED',
-  /** An operation that this kind of region does not offer (mapFilePrivate on a shared region). */
+  /** An operation that this kind of region does not offer (mapFilePrivate on a shared region); O_DIRECT on a file system without it. */
   'BV_NATIVE_UNSUPPORTED',
   /** Shrinking a file that a live region maps (touching the lost pages would kill the process). */
   'BV_NATIVE_BUSY',

@@ -37,10 +37,16 @@ interface NativeRegion {
 interface NativeFile {
   readonly size: number;
   readonly closed: boolean;
+  readonly direct: boolean;
+  readonly directAlignment: number;
+  readonly pendingOperations: number;
   pread(target: Uint8Array, fileOffset: number): number;
   pwrite(source: Uint8Array, fileOffset: number): number;
   preadToRegion(region: unknown, regionOffset: number, length: number, fileOffset: number): number;
   pwriteFromRegion(region: unknown, regionOffset: number, length: number, fileOffset: number): number;
+  preadAsync(target: Uint8Array, fileOffset: number): Promise<number>;
+  pwriteAsync(source: Uint8Array, fileOffset: number): Promise<number>;
+  syncAsync(): Promise<void>;
   truncate(bytes: number): void;
   sync(): void;
   close(): void;
@@ -54,7 +60,7 @@ interface NativeBinding {
     new (kind: 'memfd', bytes: number, name: string | undefined): NativeRegion;
     attachShared(sab: SharedArrayBuffer): NativeRegion;
   };
-  readonly File: new (path: string, mode: HostFileMode) => NativeFile;
+  readonly File: new (path: string, mode: HostFileMode, direct: boolean) => NativeFile;
   syncDirectory(path: string): void;
   crc32c(bytes: Uint8Array, seed?: number): number;
   setThreadAffinity(cpus: readonly number[]): void;
@@ -303,7 +309,27 @@ export class HostRegion {
   }
 }
 
-/** A regular file with positional I/O, for checkpoint files. Offsets are plain safe integers. */
+/** Options of HostFile.open. */
+export interface HostFileOptions {
+  /**
+   * Open with O_DIRECT: transfers bypass the page cache. Every transfer's file offset and length
+   * must then be multiples of `directAlignment`; memory alignment is the addon's business (it
+   * copies through an aligned buffer), so any Uint8Array will do. A file system that cannot do
+   * direct I/O (some tmpfs) makes open throw BV_NATIVE_UNSUPPORTED.
+   */
+  readonly direct?: boolean;
+}
+
+/**
+ * The largest transfer one preadAsync or pwriteAsync accepts (64 MiB): each copies through a
+ * buffer of its own length. Larger ones are BV_NATIVE_TOO_LARGE; split them.
+ */
+export const HOST_FILE_MAX_ASYNC_TRANSFER = 64 * 1024 * 1024;
+
+/**
+ * A regular file with positional I/O: checkpoint files (synchronous) and block device images
+ * (asynchronous, optionally O_DIRECT). Offsets are plain safe integers. See docs/native.md.
+ */
 export class HostFile {
   readonly #native: NativeFile;
 
@@ -315,10 +341,13 @@ export class HostFile {
     this.#native = native;
   }
 
-  /** 'r' read-only, 'rw' read-write, 'create' read-write created or emptied (O_CREAT|O_TRUNC). */
-  static open(path: string, mode: HostFileMode): HostFile {
+  /**
+   * 'r' read-only, 'rw' read-write, 'create' read-write created or emptied (O_CREAT|O_TRUNC).
+   * `options.direct` opens with O_DIRECT (HostFileOptions).
+   */
+  static open(path: string, mode: HostFileMode, options: HostFileOptions = {}): HostFile {
     try {
-      return new HostFile(new binding.File(path, mode), path);
+      return new HostFile(new binding.File(path, mode, options.direct ?? false), path);
     } catch (error) {
       rethrowNative(error);
     }
@@ -336,6 +365,26 @@ export class HostFile {
   /** Whether close() has run. */
   get closed(): boolean {
     return this.#native.closed;
+  }
+
+  /** Whether the file was opened with O_DIRECT. */
+  get direct(): boolean {
+    return this.#native.direct;
+  }
+
+  /**
+   * When direct: file offsets and lengths of every transfer (synchronous or not) must be
+   * multiples of this many bytes, else BV_NATIVE_UNALIGNED. It is statx's STATX_DIOALIGN offset
+   * alignment when the kernel reports one (Linux 6.1+; 512 on ext4 here), else 512. 1 when not
+   * direct.
+   */
+  get directAlignment(): number {
+    return this.#native.directAlignment;
+  }
+
+  /** Asynchronous operations started and not yet settled (still counting down after close()). */
+  get pendingOperations(): number {
+    return this.#native.pendingOperations;
   }
 
   /** Reads up to target.length bytes at fileOffset; returns the count (short only at end of file). */
@@ -374,6 +423,54 @@ export class HostFile {
     }
   }
 
+  /**
+   * pread on the libuv thread pool: resolves with the count of bytes read into `target` (short
+   * only at end of file, 0 past it). Bad arguments throw at once (BV_NATIVE_CLOSED,
+   * BV_NATIVE_BAD_ARGUMENT, BV_NATIVE_UNALIGNED when direct, BV_NATIVE_TOO_LARGE above
+   * HOST_FILE_MAX_ASYNC_TRANSFER, BV_NATIVE_OUT_OF_RANGE past 2^53 - 1); an I/O failure rejects
+   * with BV_NATIVE_IO. The bytes are copied into `target` when the read settles, on this
+   * thread; `target` is referenced until then.
+   */
+  preadAsync(target: Uint8Array, fileOffset: number): Promise<number> {
+    let pending: Promise<number>;
+    try {
+      pending = this.#native.preadAsync(target, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+    return pending.then(undefined, rethrowNative);
+  }
+
+  /**
+   * pwrite on the libuv thread pool: resolves with source.length once every byte is written, or
+   * rejects (BV_NATIVE_IO). `source` is copied when the call is made, so the caller may reuse it
+   * at once. Argument errors throw at once, as for preadAsync.
+   */
+  pwriteAsync(source: Uint8Array, fileOffset: number): Promise<number> {
+    let pending: Promise<number>;
+    try {
+      pending = this.#native.pwriteAsync(source, fileOffset);
+    } catch (error) {
+      rethrowNative(error);
+    }
+    return pending.then(undefined, rethrowNative);
+  }
+
+  /**
+   * fdatasync on the libuv thread pool: resolves once the data written so far (and the size) is
+   * on the disk. It covers writes that settled before it was called; order writes before it by
+   * awaiting them. BV_NATIVE_CLOSED throws at once; an I/O failure rejects with BV_NATIVE_IO.
+   */
+  syncAsync(): Promise<void> {
+    let pending: Promise<void>;
+    try {
+      pending = this.#native.syncAsync();
+    } catch (error) {
+      rethrowNative(error);
+    }
+    return pending.then(undefined, rethrowNative);
+  }
+
   /** Sets the size; refuses (BV_NATIVE_BUSY) to cut off bytes that a live region maps. */
   truncate(bytes: number): void {
     try {
@@ -392,7 +489,12 @@ export class HostFile {
     }
   }
 
-  /** Closes the descriptor. Idempotent. */
+  /**
+   * Closes the file. Idempotent. Every later call throws BV_NATIVE_CLOSED. Asynchronous
+   * operations already started still complete and settle normally: the descriptor itself is
+   * closed when the last of them settles (at once when none is pending), so no pool thread ever
+   * uses a closed or reused descriptor.
+   */
   close(): void {
     this.#native.close();
   }

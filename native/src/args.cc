@@ -48,6 +48,16 @@ uint64_t ArgIndex(const Napi::CallbackInfo& info, size_t index, const char* name
   return static_cast<uint64_t>(number);
 }
 
+Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  Napi::Value value = info[index];
+  if (!value.IsTypedArray() ||
+      value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Fail(info.Env(), code::kBadArgument,
+         std::string(name) + " must be a Uint8Array, got " + Describe(value));
+  }
+  return value.As<Napi::Uint8Array>();
+}
+
 bool ArgFlag(const Napi::CallbackInfo& info, size_t index, const char* name) {
   Napi::Value value = info[index];
   if (value.IsUndefined()) return false;

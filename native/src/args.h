@@ -17,6 +17,9 @@ size_t HostPageSize();
 // A JS number that is a non-negative safe integer (≤ 2^53 - 1), else BV_NATIVE_BAD_ARGUMENT.
 uint64_t ArgIndex(const Napi::CallbackInfo& info, size_t index, const char* name);
 
+// A Uint8Array (any view, any offset), else BV_NATIVE_BAD_ARGUMENT.
+Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t index, const char* name);
+
 // A boolean; `undefined` reads as false.
 bool ArgFlag(const Napi::CallbackInfo& info, size_t index, const char* name);
 

@@ -20,6 +20,12 @@ inline constexpr const char* kBusy = "BV_NATIVE_BUSY";
 inline constexpr const char* kIo = "BV_NATIVE_IO";
 }  // namespace code
 
+// The errors Fail and FailErrno throw, built without throwing: asynchronous operations reject
+// their promise with them.
+Napi::Error CodedError(Napi::Env env, const char* code, const std::string& message);
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& path,
+                       const std::string& detail = "");
+
 // Throws a JS Error with `code` set (as a C++ exception that node-addon-api converts).
 [[noreturn]] void Fail(Napi::Env env, const char* code, const std::string& message);
 
