@@ -24,14 +24,16 @@
 
 # disk_probe(a0 = device table): finds instance 0 of the BLOCK device, checks its sector size,
 # records its window and capacity (the info word), maps its superpage and prints
-# "[kernel] disk: N sectors of 512 bytes". Without one: nothing.
+# "[kernel] disk: N sectors of 512 bytes". Without one: a disk on the partition bus if a channel
+# offers one (bus.s), else nothing.
 disk_probe:
         addi    sp, sp, -16
         sw      ra, 0(sp)
         sw      s0, 4(sp)
+        sw      a0, 8(sp)
         li      a1, DEV_BLOCK
         call    find_device
-        beqz    a0, 9f
+        beqz    a0, 8f
         lw      s0, 4(a0)               # s0 = the window
         lw      t2, 12(a0)              # info = sectors
         la      t3, disk_sectors
@@ -58,6 +60,9 @@ disk_probe:
         call    kput_dec
         la      a0, msg_newline
         call    kputs
+        j       9f
+8:      lw      a0, 8(sp)               # no BLOCK device: perhaps a disk on the bus
+        call    bus_probe
 9:      lw      ra, 0(sp)
         lw      s0, 4(sp)
         addi    sp, sp, 16
@@ -69,8 +74,11 @@ disk_command:
         li      a2, 1
         la      a3, disk_bounce         # its physical address: the kernel maps RAM 1:1
 # disk_transfer(a0 = first sector, a1 = command, a2 = sectors, a3 = physical address) -> a0 = 0,
-# -EINVAL or -EIO. Clobbers t0-t2.
+# -EINVAL or -EIO. Clobbers t0-t2 (a disk on the bus: t0-t3, a1-a3).
 disk_transfer:
+        la      t0, disk_on_bus
+        lw      t0, 0(t0)
+        bnez    t0, bus_disk_transfer
         la      t0, disk_base
         lw      t0, 0(t0)
         sw      a0, BLK_SECTOR_LOW(t0)

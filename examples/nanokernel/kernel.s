@@ -17,6 +17,7 @@
         .include "trap.s"
         .include "args.s"
         .include "disk.s"
+        .include "bus.s"
         .include "cache.s"
         .include "balloon.s"
         .include "meminfo.s"
