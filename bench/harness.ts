@@ -12,6 +12,7 @@
  * rounds. A guest run whose result differs from the JS result is an error, never a figure.
  */
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import { assemble } from '../guest-isa/assembler.ts';
 import { Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
@@ -469,4 +470,13 @@ export function measureWorkload(hv: Hypervisor, workload: Workload, options: Mea
     jitSpeedupCpu: speedup(guestCpu),
     load: loadNow(),
   };
+}
+
+/** A free TCP port on loopback (nothing listens on it when this returns), for a peer started next. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

@@ -22,14 +22,13 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { pmkvHeader, type LogFlushReport } from '../services/ha/log-replication.ts';
 import { parseHostConfig } from '../services/host/config.ts';
 import { Host } from '../services/host/host.ts';
-import { cpuSince, loadNow, median, type Check } from './harness.ts';
+import { cpuSince, freePort, loadNow, median, type Check } from './harness.ts';
 import { certificates } from './migration.ts';
 
 const KERNEL = join(import.meta.dirname, '..', 'examples', 'nanokernel', 'kernel.s');
@@ -73,13 +72,6 @@ function boot(puts: number): string {
   return words.join(' ');
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Starts tools/host as the destination; resolves with a stop function once it serves. */
 async function startDestination(dir: string, tls: { ca: string; cert: string; key: string }, port: number, replicaDir: string): Promise<() => Promise<void>> {

@@ -9,7 +9,6 @@
  * TLS, the primary killed mid-run and pmkv restarted on the destination.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,6 +23,7 @@ import { makeCertificates } from './migration-certs.ts';
 import { createNetwork, startHost, type Host as MultiHost } from './multi-host.ts';
 import { checkReplica, KERNEL, powerLossTrial, PRIMARY_SCHEDULING, processTrial, putArgs, random, startDestination } from './log-replication-trials.ts';
 import { runCtl } from '../tools/child.ts';
+import { freePort } from '../../bench/harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'bv-logrep-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -58,14 +58,6 @@ async function until(check: () => boolean, what: string, timeoutMs = 20_000): Pr
   }
 }
 
-/** A free TCP port on loopback (nothing listens on it when this returns). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe('the shipper and the receiver', () => {
   it('ship complete records in order, wait at a torn one, and rebuild the log byte for byte', async () => {
