@@ -101,7 +101,6 @@ class FileIoWorker final : public Napi::AsyncWorker {
   FileIoWorker(Napi::Env env, std::shared_ptr<OpenFile> file, Kind kind, uint64_t fileOffset,
                uint64_t length)
       : Napi::AsyncWorker(env, "bytevisor.HostFile"),
-        deferred_(Napi::Promise::Deferred::New(env)),
         file_(std::move(file)),
         fd_(file_->fd.Get()),
         kind_(kind),
@@ -119,10 +118,38 @@ class FileIoWorker final : public Napi::AsyncWorker {
   }
 
   // Counts the operation as pending, queues it and returns its promise.
-  Napi::Promise Start() {
+  Napi::Value Start(Napi::Env env) {
+    napi_value promise;
+    if (napi_create_promise(env, &deferred_, &promise) != napi_ok) {
+      throw Napi::Error::New(env);
+    }
     Queue();
     ++file_->pending;
-    return deferred_.Promise();
+    return Napi::Value(env, promise);
+  }
+
+  // Replaces node-addon-api's completion, which turns a failing N-API call into a C++ exception
+  // it cannot throw on (std::terminate). That happens when a worker_threads Worker is stopped
+  // with operations in flight: its environment still runs their completions, but can no longer
+  // run JavaScript, so settling a promise fails. Here any failure is swallowed: the promise's
+  // thread is going away, and the descriptor bookkeeping never depends on JavaScript.
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    file_->Settled();
+    if (status != napi_cancelled) {
+      napi_handle_scope scope;
+      if (napi_open_handle_scope(env, &scope) == napi_ok) {
+        try {
+          Settle(env);
+        } catch (const Napi::Error& error) {
+          try {
+            napi_reject_deferred(env, deferred_, error.Value());  // best effort
+          } catch (const Napi::Error&) {
+          }
+        }
+        napi_close_handle_scope(env, scope);
+      }
+    }
+    Destroy();
   }
 
  protected:
@@ -155,45 +182,49 @@ class FileIoWorker final : public Napi::AsyncWorker {
     }
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    file_->Settled();
+  // Execute() reports every failure in result_, so OnOK and OnError are never called.
+  void OnOK() override {}
+  void OnError(const Napi::Error&) override {}
+
+ private:
+  void Resolve(Napi::Env env, napi_value value) {
+    if (napi_resolve_deferred(env, deferred_, value) != napi_ok) throw Napi::Error::New(env);
+  }
+  void Reject(Napi::Env env, napi_value value) {
+    if (napi_reject_deferred(env, deferred_, value) != napi_ok) throw Napi::Error::New(env);
+  }
+
+  // On the JS thread: copies a read's bytes out and resolves, or rejects.
+  void Settle(Napi::Env env) {
     if (result_.error != 0) {
-      deferred_.Reject(ErrnoError(env, result_.error, syscall_, file_->path, Describe()).Value());
+      Reject(env, ErrnoError(env, result_.error, syscall_, file_->path, Describe()).Value());
       return;
     }
     switch (kind_) {
       case Kind::kRead: {
         Napi::Uint8Array target = target_.Value();
         if (target.ByteLength() < result_.bytes) {
-          deferred_.Reject(CodedError(env, code::kBadArgument,
-                                      "the target of preadAsync on '" + file_->path +
-                                          "' was detached or shrunk before the read settled")
-                               .Value());
+          Reject(env, CodedError(env, code::kBadArgument,
+                                 "the target of preadAsync on '" + file_->path +
+                                     "' was detached or shrunk before the read settled")
+                          .Value());
           return;
         }
         if (result_.bytes > 0) {
           memcpy(target.Data(), bounce_.Data(), static_cast<size_t>(result_.bytes));
         }
-        deferred_.Resolve(Napi::Number::New(env, static_cast<double>(result_.bytes)));
+        Resolve(env, Napi::Number::New(env, static_cast<double>(result_.bytes)));
         return;
       }
       case Kind::kWrite:
-        deferred_.Resolve(Napi::Number::New(env, static_cast<double>(result_.bytes)));
+        Resolve(env, Napi::Number::New(env, static_cast<double>(result_.bytes)));
         return;
       case Kind::kSync:
-        deferred_.Resolve(env.Undefined());
+        Resolve(env, env.Undefined());
         return;
     }
   }
 
-  // Only if Execute() threw (it does not): settle anyway, so nothing stays pending.
-  void OnError(const Napi::Error& error) override {
-    file_->Settled();
-    deferred_.Reject(CodedError(Env(), code::kIo, error.Message()).Value());
-  }
-
- private:
   size_t BounceAlignment() const {
     return std::max<size_t>(kBounceAlignment, file_->memoryAlignment);
   }
@@ -205,7 +236,7 @@ class FileIoWorker final : public Napi::AsyncWorker {
            (file_->direct ? " (O_DIRECT)" : "");
   }
 
-  Napi::Promise::Deferred deferred_;
+  napi_deferred deferred_ = nullptr;
   std::shared_ptr<OpenFile> file_;
   const int fd_;
   const Kind kind_;
@@ -239,7 +270,7 @@ Napi::Value File::PreadAsync(const Napi::CallbackInfo& info) {
   auto worker = std::make_unique<FileIoWorker>(env, file_, FileIoWorker::Kind::kRead, fileOffset,
                                                length);
   worker->HoldTarget(target);
-  Napi::Promise promise = worker->Start();
+  Napi::Value promise = worker->Start(env);
   worker.release();  // napi owns it now: deleted after it settles
   return promise;
 }
@@ -254,7 +285,7 @@ Napi::Value File::PwriteAsync(const Napi::CallbackInfo& info) {
   auto worker = std::make_unique<FileIoWorker>(env, file_, FileIoWorker::Kind::kWrite, fileOffset,
                                                length);
   worker->CopySource(env, source);
-  Napi::Promise promise = worker->Start();
+  Napi::Value promise = worker->Start(env);
   worker.release();
   return promise;
 }
@@ -263,7 +294,7 @@ Napi::Value File::SyncAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   OpenFd(env);
   auto worker = std::make_unique<FileIoWorker>(env, file_, FileIoWorker::Kind::kSync, 0, 0);
-  Napi::Promise promise = worker->Start();
+  Napi::Value promise = worker->Start(env);
   worker.release();
   return promise;
 }

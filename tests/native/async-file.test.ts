@@ -2,7 +2,7 @@ import { constants, readFileSync, readdirSync, readlinkSync, writeFileSync } fro
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HOST_FILE_MAX_ASYNC_TRANSFER, HOST_PAGE_SIZE, HostFile, HostRegion, NativeError } from '../../native/index.ts';
-import { expectBytes, expectNativeError, makeTempDir, MiB, pattern } from './helpers.ts';
+import { ask, expectBytes, expectNativeError, makeTempDir, MiB, pattern, startNativeWorker } from './helpers.ts';
 
 const temp = makeTempDir();
 afterAll(() => temp.remove());
@@ -304,5 +304,33 @@ describe('HostFile asynchronous I/O', () => {
     expectBytes(new Uint8Array(readFileSync(path)), pattern(4096, 10));
     file.close();
     expectNativeError(() => file.syncAsync(), 'BV_NATIVE_CLOSED');
+  });
+
+  it('works in a worker thread, and a worker stopped with operations in flight ends cleanly', async () => {
+    const path = join(temp.dir, 'worker.bin');
+    writeFileSync(path, pattern(64 * 4096, 11));
+    for (let round = 0; round < 3; round++) {
+      const worker = startNativeWorker(`
+        const { path } = await next();
+        const file = native.HostFile.open(path, 'r', { direct: true });
+        const target = new Uint8Array(4096);
+        const count = await file.preadAsync(target, 4096);
+        // Leave 64 reads in flight (and a closed file) when the worker is stopped.
+        for (let i = 0; i < 64; i++) file.preadAsync(new Uint8Array(4096), i * 4096);
+        const pending = file.pendingOperations;
+        if (${round} === 1) file.close();
+        reply({ count, target, pending });
+        await next();
+      `);
+      const answer = await ask<{ count: number; target: Uint8Array; pending: number }>(worker, { path });
+      expect(answer.count).toBe(4096);
+      expectBytes(answer.target, pattern(64 * 4096, 11).subarray(4096, 8192));
+      expect(answer.pending).toBe(64);
+      await worker.terminate();
+    }
+    // This thread goes on using the addon.
+    const file = HostFile.open(path, 'r');
+    expect(await file.preadAsync(new Uint8Array(16), 0)).toBe(16);
+    file.close();
   });
 });
