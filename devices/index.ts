@@ -23,6 +23,13 @@ export {
   BalloonStatus,
 } from './balloon.ts';
 export type { BalloonCounters, BalloonGuestStats, BalloonOptions, BalloonState, BalloonStatsReport } from './balloon.ts';
+export {
+  attachChannels, CHANNEL_MAX_GRANT_PAGES, CHANNEL_MAX_GRANTS, CHANNEL_SLOTS, CHANNEL_STATE_NAMES, ChannelCommand, ChannelDevice, ChannelRegister, ChannelResult,
+  ChannelService, ChannelState,
+} from './channel.ts';
+export type {
+  ChannelDeviceState, ChannelGrantState, ChannelListener, ChannelOffer, ChannelOptions, ChannelServiceId, ChannelSlotState, ChannelSlotView, ChannelStateId,
+} from './channel.ts';
 export { attachMeminfo, HOST_PRESSURE_NAMES, HostPressure, MeminfoDevice, MeminfoError, MeminfoRegister } from './meminfo.ts';
 export type { HostPressureLevel, MeminfoState, MemoryCondition } from './meminfo.ts';
 export { DeviceStateError } from './state.ts';

@@ -1,0 +1,737 @@
+/**
+ * The host's partition bus (T-20, docs/bus.md): channels between a guest and the host, and
+ * between two guests through the host. Each VM with channels has one CHANNEL device
+ * (devices/channel.ts); this bus is its listener. A channel is two ends: the client end (a VM
+ * slot offering BLOCK or ECHO) and either a second VM's slot (BLOCK_SERVER), linked and relayed
+ * by the bus, or the `echo` service inside the host.
+ *
+ * The bus maps a grant explicitly (map, by handle) when the guest opens a slot, and reads and
+ * writes the rings only through the VM's memory API (readPhysical/writePhysical). It trusts
+ * nothing in a ring: every offset and length the guest wrote is checked before it is used, and a
+ * violation FAILS that end's channel (the peer's slot is RESCINDED) with a reason in the
+ * channel's failures and the log; the host and the other channels carry on.
+ *
+ * Work is driven by doorbells: a doorbell on either end moves every packet that fits, both
+ * ways, inside the guest's MMIO store, so nothing polls. A packet that does not fit the
+ * receiving ring stays in the sender's ring (the bus sets pending_send_size on the receiving
+ * ring); the receiver's doorbell after it frees space moves it on. A sender that set
+ * pending_send_size on its send ring gets an interrupt once that much space is free.
+ */
+import { PAGE_SIZE } from '../../guest-isa/arch.ts';
+import { BvError } from '../../guest-isa/errors.ts';
+import {
+  attachChannels, CHANNEL_MAX_GRANT_PAGES, ChannelService, ChannelState, CHANNEL_STATE_NAMES, type ChannelDevice, type ChannelListener,
+  type ChannelServiceId,
+} from '../../devices/channel.ts';
+import type { Hypervisor, Vm } from '../../kernel/index.ts';
+
+/** A refused bus operation (bad channel config, unknown channel, a grant that cannot be mapped). */
+export class BusError extends BvError {
+  constructor(code: 'BV_BUS_CONFIG' | 'BV_BUS_UNKNOWN' | 'BV_BUS_MAP', message: string) {
+    super(code, message);
+  }
+}
+
+/** Ring header fields (byte offsets in the header page). */
+export const RingHeader = {
+  /** Producer's byte offset into the data area. */
+  WRITE_OFFSET: 0,
+  /** Consumer's byte offset. */
+  READ_OFFSET: 4,
+  /** Consumer: 1 = do not signal me. */
+  INTERRUPT_MASK: 8,
+  /** Producer: bytes it waits for when the ring is full (0 = none). */
+  PENDING_SEND_SIZE: 12,
+  /** 0. */
+  FEATURE_BITS: 16,
+} as const;
+
+/** Bytes of a packet header (type, offset8, len8, flags, transaction id). */
+export const PACKET_HEADER_BYTES = 16;
+/** The version strings the config accepts, and their values: "2.0" → 0x00020000. */
+export function parseVersion(text: string): number {
+  const match = /^(\d{1,5})\.(\d{1,5})$/.exec(text);
+  if (!match || Number(match[1]) > 0xffff || Number(match[2]) > 0xffff) throw new BusError('BV_BUS_CONFIG', `a version is "major.minor" (0 … 65535 each), got ${JSON.stringify(text)}`);
+  return ((Number(match[1]) << 16) | Number(match[2])) >>> 0;
+}
+/** "2.0" from 0x00020000. */
+export function formatVersion(version: number): string {
+  return `${version >>> 16}.${version & 0xffff}`;
+}
+
+/** One channel as the host configures it. */
+export interface BusChannelConfig {
+  /** Unique name (the API's {name}). */
+  name: string;
+  /** 'echo': the client's packets come back; 'block': a client VM and a serving VM. */
+  service: 'echo' | 'block';
+  /** The client VM's name (slot service BLOCK or ECHO). */
+  client: string;
+  /** The serving VM's name (slot service BLOCK_SERVER), or 'echo' for the host's echo service. */
+  server: string;
+  /** Versions the host accepts, newest first (default ["2.0", "1.0"]). */
+  versions?: readonly string[];
+  /** Most pages a grant opened on this channel may have, both rings (default and maximum 64). */
+  ringPages?: number;
+}
+
+/** Counters of one end (guest ↔ host). */
+export interface BusEndCounters {
+  /** Packets the bus took from the guest's send ring. */
+  packetsFromGuest: number;
+  /** Their bytes (whole packets, headers included). */
+  bytesFromGuest: number;
+  /** Packets the bus put in the guest's receive ring. */
+  packetsToGuest: number;
+  /** Their bytes. */
+  bytesToGuest: number;
+  /** Doorbells the guest rang. */
+  doorbells: number;
+  /** Interrupts the bus raised on the guest's slot. */
+  interrupts: number;
+  /** Times a packet for this guest waited because its receive ring was full. */
+  ringFullWaits: number;
+}
+
+/** One end of a channel as stats and the API show it. */
+export interface BusEndInfo {
+  /** The VM's name, or 'echo'. */
+  vm: string;
+  /** 'client' or 'server'. */
+  role: 'client' | 'server';
+  /** The slot in the VM's channel device, -1 when not offered (VM absent). */
+  slot: number;
+  /** The slot's state name ('empty' … 'failed'), or 'absent' without a VM. */
+  state: string;
+  /** The agreed version ("2.0"), null before. */
+  version: string | null;
+  /** Counters. */
+  counters: BusEndCounters;
+}
+
+/** One failure of a channel. */
+export interface BusFailure {
+  /** The VM whose end failed. */
+  vm: string;
+  /** Why (names the field and value). */
+  reason: string;
+  /** Date.now(). */
+  atMs: number;
+}
+
+/** A channel as GET /channels/{name} shows it. */
+export interface BusChannelInfo {
+  /** Its name. */
+  name: string;
+  /** 'echo' or 'block'. */
+  service: 'echo' | 'block';
+  /** Versions the host accepts, newest first. */
+  versions: string[];
+  /** Whether the host offers it (PUT) or has rescinded it (DELETE). */
+  offered: boolean;
+  /** The client end, then the server end ('echo' for the echo service). */
+  ends: BusEndInfo[];
+  /** Failures so far (count), and the last few. */
+  failureCount: number;
+  /** The last (up to) 16 failures. */
+  failures: BusFailure[];
+}
+
+/** Bus-wide totals (stats). */
+export interface BusTotals {
+  /** Channels configured. */
+  channels: number;
+  /** Ends open now. */
+  openEnds: number;
+  /** Packets moved between rings (each counted once). */
+  packets: number;
+  /** Their bytes. */
+  bytes: number;
+  /** Ring-full waits. */
+  ringFullWaits: number;
+  /** Failures. */
+  failures: number;
+}
+
+/** A mapped ring: its header page and data pages, and the host's own offset in it. */
+interface Ring {
+  vm: Vm;
+  headerGpa: number;
+  dataGpas: number[];
+  size: number;
+  /**
+   * The host's side of the ring, which the host keeps itself and never reads back from guest
+   * memory: the read offset of a send ring (the host consumes), the write offset of a receive
+   * ring (the host produces). The guest's copy of it must match, or the guest scribbled on it.
+   */
+  hostOffset: number;
+  /** Receive rings: the bus set pending_send_size and waits for the guest to free space. */
+  waiting: boolean;
+}
+
+interface End {
+  channel: Channel;
+  role: 'client' | 'server';
+  vmName: string;
+  /** The device and slot the end lives in, null/−1 while the VM is absent. */
+  device: ChannelDevice | null;
+  slot: number;
+  /** OPEN: the rings (mapped). */
+  send: Ring | null;
+  recv: Ring | null;
+  /** The grant handle mapped for the rings, 0 when none. */
+  mappedHandle: number;
+  counters: BusEndCounters;
+}
+
+interface Channel {
+  name: string;
+  service: 'echo' | 'block';
+  versions: number[];
+  maxPages: number;
+  offered: boolean;
+  client: End;
+  /** null: the echo service. */
+  server: End | null;
+  failureCount: number;
+  failures: BusFailure[];
+}
+
+const HEADER_FIELDS_BYTES = 20;
+const MAX_FAILURES_KEPT = 16;
+
+function newCounters(): BusEndCounters {
+  return { packetsFromGuest: 0, bytesFromGuest: 0, packetsToGuest: 0, bytesToGuest: 0, doorbells: 0, interrupts: 0, ringFullWaits: 0 };
+}
+
+/** Thrown inside a move to fail one end; caught by the move itself. */
+class RingViolation extends Error {
+  constructor(readonly end: End, reason: string) {
+    super(reason);
+  }
+}
+
+/** How a Bus is created. */
+export interface BusOptions {
+  /** Where failures are logged (default: nowhere; the host passes its log). */
+  log?: (line: string) => void;
+}
+
+/** The host's partition bus. */
+export class Bus implements ChannelListener {
+  private readonly channels = new Map<string, Channel>();
+  /** The devices attached, by VM name. */
+  private readonly devices = new Map<string, ChannelDevice>();
+  /** Copy buffer for one packet (grown to the largest packet seen, at most one ring). */
+  private scratch = new Uint8Array(64 * 1024);
+  private readonly headerView = new DataView(new ArrayBuffer(HEADER_FIELDS_BYTES));
+  private readonly log: (line: string) => void;
+  private totalPackets = 0;
+  private totalBytes = 0;
+
+  constructor(options: BusOptions = {}) {
+    this.log = options.log ?? (() => {});
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // VMs
+
+  /**
+   * Gives vm a CHANNEL device with this bus as its listener, and offers it the channels that name
+   * it. Call before restoring a checkpoint into vm (the restore re-links its channels).
+   */
+  attachVm(vm: Vm, hypervisor?: Hypervisor): ChannelDevice {
+    if (this.devices.has(vm.name)) throw new BusError('BV_BUS_CONFIG', `${vm.name} already has a channel device on this bus`);
+    const device = attachChannels(vm, hypervisor ? { hypervisor, listener: this } : { listener: this });
+    this.devices.set(vm.name, device);
+    for (const channel of this.channels.values()) this.offerEnds(channel);
+    return device;
+  }
+
+  /** The VM is going away: its ends become absent, their peers are rescinded. */
+  detachVm(vm: Vm): void {
+    const device = this.devices.get(vm.name);
+    if (!device || device.vm !== vm) return;
+    this.devices.delete(vm.name);
+    for (const channel of this.channels.values()) {
+      for (const end of this.endsOf(channel)) {
+        if (end.device !== device) continue;
+        this.unmap(end);
+        end.device = null;
+        end.slot = -1;
+        const peer = this.peerOf(end);
+        if (peer?.device) peer.device.rescind(peer.slot, `${vm.name} went away`);
+      }
+    }
+    device.stop();
+  }
+
+  /** The device attached for the VM named `name`, if any. */
+  deviceOf(name: string): ChannelDevice | undefined {
+    return this.devices.get(name);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Channels
+
+  /** Adds a channel (checked) and offers it to whichever of its VMs are attached. */
+  addChannel(config: BusChannelConfig): BusChannelInfo {
+    const channel = this.build(config);
+    this.channels.set(channel.name, channel);
+    this.offerEnds(channel);
+    return this.info(channel.name);
+  }
+
+  /** Checks a channel config without adding it (BusError naming the field). */
+  checkConfig(config: BusChannelConfig): void {
+    this.build(config);
+  }
+
+  private build(config: BusChannelConfig): Channel {
+    const where = `channel ${JSON.stringify(config?.name)}`;
+    if (typeof config !== 'object' || config === null) throw new BusError('BV_BUS_CONFIG', 'a channel is an object');
+    if (typeof config.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(config.name)) throw new BusError('BV_BUS_CONFIG', `${where}: name must be 1 … 64 of A-Z a-z 0-9 _ . -`);
+    if (this.channels.has(config.name)) throw new BusError('BV_BUS_CONFIG', `${where} already exists`);
+    if (config.service !== 'echo' && config.service !== 'block') throw new BusError('BV_BUS_CONFIG', `${where}: service must be "echo" or "block"`);
+    if (typeof config.client !== 'string' || config.client === '' || config.client === 'echo') throw new BusError('BV_BUS_CONFIG', `${where}: client must name a VM`);
+    if (typeof config.server !== 'string' || config.server === '') throw new BusError('BV_BUS_CONFIG', `${where}: server must name a VM or be "echo"`);
+    if ((config.service === 'echo') !== (config.server === 'echo')) throw new BusError('BV_BUS_CONFIG', `${where}: service "echo" goes with server "echo", service "block" with a serving VM`);
+    if (config.server === config.client) throw new BusError('BV_BUS_CONFIG', `${where}: client and server are the same VM`);
+    const versionTexts = config.versions ?? ['2.0', '1.0'];
+    if (!Array.isArray(versionTexts) || versionTexts.length < 1 || versionTexts.length > 16) throw new BusError('BV_BUS_CONFIG', `${where}: versions must list 1 … 16 versions`);
+    const versions = versionTexts.map((text) => parseVersion(text));
+    if (new Set(versions).size !== versions.length) throw new BusError('BV_BUS_CONFIG', `${where}: versions repeat`);
+    const maxPages = config.ringPages ?? CHANNEL_MAX_GRANT_PAGES;
+    if (!Number.isInteger(maxPages) || maxPages < 4 || maxPages > CHANNEL_MAX_GRANT_PAGES) throw new BusError('BV_BUS_CONFIG', `${where}: ring_pages must be 4 … ${CHANNEL_MAX_GRANT_PAGES}`);
+    const channel: Channel = {
+      name: config.name, service: config.service, versions, maxPages, offered: true, failureCount: 0, failures: [],
+      client: null as unknown as End, server: null,
+    };
+    channel.client = this.newEnd(channel, 'client', config.client);
+    if (config.service === 'block') channel.server = this.newEnd(channel, 'server', config.server);
+    return channel;
+  }
+
+  /** Offers a channel again after a rescind (PUT /channels/{name} on an existing one). */
+  offer(name: string): BusChannelInfo {
+    const channel = this.get(name);
+    channel.offered = true;
+    this.offerEnds(channel);
+    return this.info(name);
+  }
+
+  /** Withdraws a channel: both ends RESCINDED at once (in use or not); the guests acknowledge with CLOSE. */
+  rescind(name: string): BusChannelInfo {
+    const channel = this.get(name);
+    channel.offered = false;
+    for (const end of this.endsOf(channel)) if (end.device) end.device.rescind(end.slot, 'rescinded by the host');
+    return this.info(name);
+  }
+
+  /** Rescinds a channel and forgets it (slots still RESCINDED are cleared when the guest acknowledges). */
+  removeChannel(name: string): void {
+    this.rescind(name);
+    const channel = this.get(name);
+    for (const end of this.endsOf(channel)) {
+      if (end.device && end.device.slot(end.slot).state === ChannelState.EMPTY) end.device = null;
+    }
+    this.channels.delete(name);
+  }
+
+  /** Whether a channel of that name exists. */
+  has(name: string): boolean {
+    return this.channels.has(name);
+  }
+
+  /** Every channel's name. */
+  names(): string[] {
+    return [...this.channels.keys()];
+  }
+
+  /** A channel's ends, states, versions and counters. */
+  info(name: string): BusChannelInfo {
+    const channel = this.get(name);
+    const ends: BusEndInfo[] = this.endsOf(channel).map((end) => {
+      const slot = end.device && end.slot >= 0 ? end.device.slot(end.slot) : null;
+      return {
+        vm: end.vmName, role: end.role, slot: end.device ? end.slot : -1,
+        state: slot ? CHANNEL_STATE_NAMES[slot.state] : 'absent',
+        version: slot && slot.agreed !== 0 ? formatVersion(slot.agreed) : null,
+        counters: { ...end.counters },
+      };
+    });
+    if (!channel.server) ends.push({ vm: 'echo', role: 'server', slot: -1, state: 'open', version: null, counters: newCounters() });
+    return {
+      name: channel.name, service: channel.service, versions: channel.versions.map(formatVersion), offered: channel.offered, ends,
+      failureCount: channel.failureCount, failures: channel.failures.map((f) => ({ ...f })),
+    };
+  }
+
+  /** Totals over every channel. */
+  totals(): BusTotals {
+    let openEnds = 0, ringFullWaits = 0, failures = 0;
+    for (const channel of this.channels.values()) {
+      failures += channel.failureCount;
+      for (const end of this.endsOf(channel)) {
+        if (end.send) openEnds++;
+        ringFullWaits += end.counters.ringFullWaits;
+      }
+    }
+    return { channels: this.channels.size, openEnds, packets: this.totalPackets, bytes: this.totalBytes, ringFullWaits, failures };
+  }
+
+  /**
+   * Maps grant `handle` of vm for the host: the guest pages it lists. The bus maps a grant only
+   * through this, and only while the guest has not revoked it (BusError otherwise).
+   */
+  map(vm: Vm, handle: number): number[] {
+    const device = this.devices.get(vm.name);
+    const gpns = device && device.vm === vm ? device.grantPages(handle) : null;
+    if (!gpns) throw new BusError('BV_BUS_MAP', `${vm.name} has no grant ${handle} (never granted, or revoked)`);
+    return gpns;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // ChannelListener (called from inside guests' MMIO stores)
+
+  /** @internal */
+  negotiated(device: ChannelDevice, slot: number): void {
+    const end = this.endAt(device, slot);
+    if (!end || end.role !== 'client' || !end.channel.server) return;
+    const server = end.channel.server;
+    if (server.device) server.device.setPeerMajor(server.slot, device.slot(slot).agreed >>> 16);
+  }
+
+  /** @internal */
+  opened(device: ChannelDevice, slot: number): void {
+    const end = this.endAt(device, slot);
+    if (!end) {
+      device.fail(slot, 'the host has no channel on this slot');
+      return;
+    }
+    if (!this.mapRings(end)) return;
+    this.pump(end.channel);
+  }
+
+  /** @internal */
+  closed(device: ChannelDevice, slot: number, reason: string): void {
+    const end = this.endAt(device, slot);
+    if (!end) return;
+    this.unmap(end);
+    const state = device.slot(slot).state;
+    if (state === ChannelState.FAILED) {
+      this.recordFailure(end, reason);
+      const peer = this.peerOf(end);
+      if (peer?.device) peer.device.rescind(peer.slot, `the peer ${end.vmName} failed: ${reason}`);
+    }
+  }
+
+  /** @internal */
+  doorbell(device: ChannelDevice, slot: number): void {
+    const end = this.endAt(device, slot);
+    if (!end) return;
+    end.counters.doorbells++;
+    this.pump(end.channel);
+  }
+
+  /** @internal */
+  released(device: ChannelDevice, slot: number, tag: string): void {
+    const channel = this.channels.get(tag);
+    const end = channel ? this.endsOf(channel).find((e) => e.device === device && e.slot === slot) : undefined;
+    if (!channel || !end) return;
+    // The guest acknowledged: a channel the host still offers is offered again on a free slot.
+    end.device = null;
+    end.slot = -1;
+    if (channel.offered) this.offerEnds(channel);
+  }
+
+  /** @internal */
+  restored(device: ChannelDevice): void {
+    // The device's slots were replaced wholesale: forget what this device held, then bind its
+    // restored slots by their tags and re-map the open ones.
+    for (const channel of this.channels.values()) {
+      for (const end of this.endsOf(channel)) {
+        if (end.device !== device) continue;
+        end.send = end.recv = null;
+        end.mappedHandle = 0;
+        end.device = null;
+        end.slot = -1;
+      }
+    }
+    const toPump = new Set<Channel>();
+    for (let slot = 0; slot < 8; slot++) {
+      const view = device.slot(slot);
+      if (!view.offer) continue;
+      const channel = this.channels.get(view.offer.tag);
+      const role = view.offer.service === ChannelService.BLOCK_SERVER ? 'server' : 'client';
+      const end = channel ? (role === 'server' ? channel.server : channel.client) : null;
+      if (!channel || !end || end.vmName !== device.vm.name || this.serviceOf(end) !== view.offer.service) {
+        // Not this host's channel, or a fork child whose name differs: its parent keeps the end.
+        if (view.state === ChannelState.RESCINDED || view.state === ChannelState.FAILED) continue;
+        if (end && end.vmName !== device.vm.name) device.clear(slot);
+        else device.rescind(slot, `this host has no channel ${JSON.stringify(view.offer.tag)}`);
+        continue;
+      }
+      if (end.device && end.device !== device) {
+        // A restore under the same name takes the end over from the VM it replaces.
+        const old = end.device;
+        const oldSlot = end.slot;
+        this.unmap(end);
+        end.device = null;
+        if (old.slot(oldSlot).state !== ChannelState.EMPTY) old.clear(oldSlot);
+      }
+      end.device = device;
+      end.slot = slot;
+      if (view.state === ChannelState.OPEN && this.mapRings(end)) toPump.add(channel);
+    }
+    for (const channel of this.channels.values()) this.offerEnds(channel);
+    for (const channel of toPump) this.pump(channel);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Internals
+
+  private get(name: string): Channel {
+    const channel = this.channels.get(name);
+    if (!channel) throw new BusError('BV_BUS_UNKNOWN', `no channel ${JSON.stringify(name)}`);
+    return channel;
+  }
+
+  private newEnd(channel: Channel, role: 'client' | 'server', vmName: string): End {
+    return { channel, role, vmName, device: null, slot: -1, send: null, recv: null, mappedHandle: 0, counters: newCounters() };
+  }
+
+  private endsOf(channel: Channel): End[] {
+    return channel.server ? [channel.client, channel.server] : [channel.client];
+  }
+
+  private peerOf(end: End): End | null {
+    const channel = end.channel;
+    if (!channel.server) return null;
+    return end === channel.client ? channel.server : channel.client;
+  }
+
+  private serviceOf(end: End): ChannelServiceId {
+    if (end.channel.service === 'echo') return ChannelService.ECHO;
+    return end.role === 'client' ? ChannelService.BLOCK : ChannelService.BLOCK_SERVER;
+  }
+
+  private endAt(device: ChannelDevice, slot: number): End | null {
+    const tag = device.slot(slot).offer?.tag;
+    const channel = tag === undefined ? undefined : this.channels.get(tag);
+    if (!channel) return null;
+    return this.endsOf(channel).find((end) => end.device === device && end.slot === slot) ?? null;
+  }
+
+  /** Offers the channel on a free slot of each attached VM that does not hold it yet. */
+  private offerEnds(channel: Channel): void {
+    if (!channel.offered) return;
+    for (const end of this.endsOf(channel)) {
+      if (end.device) continue;
+      const device = this.devices.get(end.vmName);
+      if (!device || device.slotOf(channel.name) >= 0) continue;
+      const slot = device.freeSlot();
+      if (slot < 0) {
+        this.log(`bus: ${end.vmName} has no free channel slot for ${channel.name}`);
+        continue;
+      }
+      end.device = device;
+      end.slot = slot;
+      device.offer(slot, { service: this.serviceOf(end), versions: channel.versions, tag: channel.name, maxPages: channel.maxPages });
+      if (end.role === 'server') {
+        const client = channel.client;
+        const agreed = client.device ? client.device.slot(client.slot).agreed : 0;
+        if (agreed !== 0) device.setPeerMajor(slot, agreed >>> 16);
+      }
+    }
+  }
+
+  /** Maps the open end's grant and sets up its two rings; false (and the end FAILED) if the headers are bad. */
+  private mapRings(end: End): boolean {
+    const device = end.device!;
+    const view = device.slot(end.slot);
+    const vm = device.vm;
+    const gpns = this.map(vm, view.openHandle);
+    end.mappedHandle = view.openHandle;
+    const gpas = gpns.map((gpn) => gpn * PAGE_SIZE);
+    const send = this.newRing(vm, gpas.slice(0, view.sendPages));
+    const recv = this.newRing(vm, gpas.slice(view.sendPages));
+    try {
+      // The host's own offsets start where the guest left them (0 on a fresh ring, the saved
+      // position after a restore); each must be a valid offset.
+      send.hostOffset = this.checkedOffset(end, send, RingHeader.READ_OFFSET, 'send ring read_offset');
+      recv.hostOffset = this.checkedOffset(end, recv, RingHeader.WRITE_OFFSET, 'receive ring write_offset');
+      this.checkedOffset(end, send, RingHeader.WRITE_OFFSET, 'send ring write_offset');
+      this.checkedOffset(end, recv, RingHeader.READ_OFFSET, 'receive ring read_offset');
+      recv.waiting = this.readHeader(recv, RingHeader.PENDING_SEND_SIZE) !== 0;
+    } catch (error) {
+      if (!(error instanceof RingViolation)) throw error;
+      this.failEnd(end, error.message);
+      return false;
+    }
+    end.send = send;
+    end.recv = recv;
+    return true;
+  }
+
+  private newRing(vm: Vm, gpas: number[]): Ring {
+    return { vm, headerGpa: gpas[0]!, dataGpas: gpas.slice(1), size: (gpas.length - 1) * PAGE_SIZE, hostOffset: 0, waiting: false };
+  }
+
+  private unmap(end: End): void {
+    end.send = end.recv = null;
+    end.mappedHandle = 0;
+  }
+
+  private failEnd(end: End, reason: string): void {
+    if (end.device) end.device.fail(end.slot, reason); // → closed(): unmaps, records, rescinds the peer
+  }
+
+  private recordFailure(end: End, reason: string): void {
+    const channel = end.channel;
+    channel.failureCount++;
+    channel.failures.push({ vm: end.vmName, reason, atMs: Date.now() });
+    if (channel.failures.length > MAX_FAILURES_KEPT) channel.failures.shift();
+    this.log(`bus: channel ${channel.name}: ${end.vmName} FAILED: ${reason}`);
+  }
+
+  /** Moves what can move, both ways (echo: the client's send ring into its own receive ring). */
+  private pump(channel: Channel): void {
+    const client = channel.client;
+    if (!channel.server) {
+      if (client.send) this.move(client, client);
+      return;
+    }
+    const server = channel.server;
+    // Repeat while something moved: a packet one way may free space the other way needs.
+    for (let round = 0; round < 4; round++) {
+      if (!client.send || !server.send) return;
+      const moved = this.move(client, server) + this.move(server, client);
+      if (moved === 0) return;
+    }
+  }
+
+  /**
+   * Moves packets from src's send ring to dst's receive ring until the first that does not fit.
+   * Returns the packets moved. A ring violation fails the end whose ring it is.
+   */
+  private move(src: End, dst: End): number {
+    const from = src.send!;
+    const to = dst.recv!;
+    let moved = 0;
+    let movedBytes = 0;
+    try {
+      const srcWrite = this.checkedOffset(src, from, RingHeader.WRITE_OFFSET, 'send ring write_offset');
+      if (this.readHeader(from, RingHeader.READ_OFFSET) !== from.hostOffset) throw new RingViolation(src, `send ring read_offset is the host's, the guest changed it (to ${this.readHeader(from, RingHeader.READ_OFFSET)})`);
+      const dstRead = this.checkedOffset(dst, to, RingHeader.READ_OFFSET, 'receive ring read_offset');
+      if (this.readHeader(to, RingHeader.WRITE_OFFSET) !== to.hostOffset) throw new RingViolation(dst, `receive ring write_offset is the host's, the guest changed it (to ${this.readHeader(to, RingHeader.WRITE_OFFSET)})`);
+      let srcRead = from.hostOffset;
+      let dstWrite = to.hostOffset;
+      for (;;) {
+        const used = (srcWrite - srcRead + from.size) % from.size;
+        if (used === 0) break;
+        if (used < PACKET_HEADER_BYTES) throw new RingViolation(src, `send ring holds ${used} bytes, less than a packet header`);
+        this.readRing(from, srcRead, PACKET_HEADER_BYTES, 0);
+        const scratch = this.scratch;
+        const offset8 = scratch[2]! | (scratch[3]! << 8);
+        const len8 = scratch[4]! | (scratch[5]! << 8);
+        const length = len8 * 8;
+        if (len8 < 2 || offset8 < 2 || offset8 > len8) throw new RingViolation(src, `packet at ${srcRead}: len8 ${len8}, offset8 ${offset8} (need len8 ≥ 2, 2 ≤ offset8 ≤ len8)`);
+        if (length > used) throw new RingViolation(src, `packet at ${srcRead}: ${length} bytes, but only ${used} are written`);
+        if (length > to.size - 8) throw new RingViolation(src, `packet at ${srcRead}: ${length} bytes never fit the ${to.size}-byte receiving ring`);
+        const free = to.size - 8 - ((dstWrite - dstRead + to.size) % to.size);
+        if (length > free) {
+          // Full: the packet stays; the receiver's doorbell after it frees space moves it on.
+          if (!to.waiting) {
+            to.waiting = true;
+            dst.counters.ringFullWaits++;
+            this.writeHeader(to, RingHeader.PENDING_SEND_SIZE, length);
+          }
+          break;
+        }
+        if (length > scratch.length) this.scratch = new Uint8Array(Math.max(length, scratch.length * 2));
+        this.readRing(from, srcRead, length, 0);
+        this.writeRing(to, dstWrite, length);
+        srcRead = (srcRead + length) % from.size;
+        dstWrite = (dstWrite + length) % to.size;
+        moved++;
+        movedBytes += length;
+      }
+      if (moved === 0) return 0;
+      from.hostOffset = srcRead;
+      to.hostOffset = dstWrite;
+      this.writeHeader(to, RingHeader.WRITE_OFFSET, dstWrite);
+      this.writeHeader(from, RingHeader.READ_OFFSET, srcRead);
+      if (to.waiting) {
+        to.waiting = false;
+        this.writeHeader(to, RingHeader.PENDING_SEND_SIZE, 0);
+      }
+      src.counters.packetsFromGuest += moved;
+      src.counters.bytesFromGuest += movedBytes;
+      dst.counters.packetsToGuest += moved;
+      dst.counters.bytesToGuest += movedBytes;
+      this.totalPackets += moved;
+      this.totalBytes += movedBytes;
+      // Tell the receiver unless it polls; tell the sender if it waits for the space just freed.
+      if ((this.readHeader(to, RingHeader.INTERRUPT_MASK) & 1) === 0) this.signal(dst);
+      const pending = this.readHeader(from, RingHeader.PENDING_SEND_SIZE);
+      if (pending !== 0) {
+        if (pending > from.size - 8) throw new RingViolation(src, `send ring pending_send_size ${pending} exceeds the ring (${from.size - 8} bytes usable)`);
+        const free = from.size - 8 - ((srcWrite - srcRead + from.size) % from.size);
+        if (free >= pending) this.signal(src);
+      }
+      return moved;
+    } catch (error) {
+      if (!(error instanceof RingViolation)) throw error;
+      this.failEnd(error.end, error.message);
+      return 0;
+    }
+  }
+
+  private signal(end: End): void {
+    if (!end.device) return;
+    end.counters.interrupts++;
+    end.device.raise(end.slot);
+  }
+
+  /** A header offset field, checked: a multiple of 8 inside the data area. */
+  private checkedOffset(end: End, ring: Ring, field: number, name: string): number {
+    const value = this.readHeader(ring, field);
+    if (value % 8 !== 0 || value >= ring.size) throw new RingViolation(end, `${name} ${value} is not a multiple of 8 below ${ring.size}`);
+    return value;
+  }
+
+  private readHeader(ring: Ring, field: number): number {
+    const bytes = ring.vm.memory.readPhysical(ring.headerGpa + field, 4);
+    return (bytes[0]! | (bytes[1]! << 8) | (bytes[2]! << 16) | (bytes[3]! << 24)) >>> 0;
+  }
+
+  private writeHeader(ring: Ring, field: number, value: number): void {
+    this.headerView.setUint32(0, value, true);
+    ring.vm.memory.writePhysical(ring.headerGpa + field, new Uint8Array(this.headerView.buffer, 0, 4));
+  }
+
+  /** Copies `length` bytes at ring offset `at` (wrapping) into scratch[into…]. */
+  private readRing(ring: Ring, at: number, length: number, into: number): void {
+    let offset = at;
+    for (let done = 0; done < length; ) {
+      const inPage = offset % PAGE_SIZE;
+      const chunk = Math.min(length - done, PAGE_SIZE - inPage);
+      this.scratch.set(ring.vm.memory.readPhysical(ring.dataGpas[Math.floor(offset / PAGE_SIZE)]! + inPage, chunk), into + done);
+      done += chunk;
+      offset = (offset + chunk) % ring.size;
+    }
+  }
+
+  /** Copies scratch[0…length) into the ring at offset `at` (wrapping). */
+  private writeRing(ring: Ring, at: number, length: number): void {
+    let offset = at;
+    for (let done = 0; done < length; ) {
+      const inPage = offset % PAGE_SIZE;
+      const chunk = Math.min(length - done, PAGE_SIZE - inPage);
+      ring.vm.memory.writePhysical(ring.dataGpas[Math.floor(offset / PAGE_SIZE)]! + inPage, this.scratch.subarray(done, done + chunk));
+      done += chunk;
+      offset = (offset + chunk) % ring.size;
+    }
+  }
+}
