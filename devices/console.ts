@@ -15,6 +15,7 @@
 import { DeviceType, Hcall, HcallStatus, Reg } from '../guest-isa/arch.ts';
 import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 import { stateInteger, stateRecord } from './state.ts';
+import { holdWakeSource } from './wake.ts';
 
 /** Register offsets in the console window. */
 export const ConsoleRegister = {
@@ -289,7 +290,7 @@ export class ConsoleDevice implements MmioDevice {
     this.flush();
     this.stopped = true;
     if (this.interactive && this.reading) this.detachStream();
-    this.hypervisor?.externalWakeSources.delete(this.vm);
+    if (this.hypervisor) holdWakeSource(this.hypervisor, this.vm, this, false);
   }
 
   private detachStream(): void {
@@ -380,8 +381,7 @@ export class ConsoleDevice implements MmioDevice {
   private updateWakeSource(): void {
     if (!this.hypervisor) return;
     const mayWake = (this.reading || this.hostFed) && !this.inputEnded && !this.stopped && (this.control & CONTROL_MASK) !== 0;
-    if (mayWake) this.hypervisor.externalWakeSources.add(this.vm);
-    else this.hypervisor.externalWakeSources.delete(this.vm);
+    holdWakeSource(this.hypervisor, this.vm, this, mayWake); // (other devices may hold the VM too)
   }
 
   private startReading(): void {

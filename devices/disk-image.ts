@@ -110,6 +110,8 @@ export const DISK_ERROR_CODES = [
   'BV_DISK_BAD_STATE',
   /** A bad argument (sector count, data length). */
   'BV_DISK_BAD_ARGUMENT',
+  /** O_DIRECT was asked for a file whose filesystem refuses it, or whose alignment does not divide a sector. */
+  'BV_DISK_DIRECT',
 ] as const;
 
 /** One of DISK_ERROR_CODES. */
@@ -167,6 +169,13 @@ export interface DiskChainState {
 export interface DiskOptions {
   /** Directory for new top overlays (default: the directory of the bottom file of the chain). */
   overlayDir?: string;
+  /**
+   * Asynchronous transfers (readAsync, writeAsync) bypass the host page cache: every file of the
+   * chain gets a second descriptor opened with O_DIRECT for its sector data (headers and maps stay
+   * buffered). A file that cannot be opened so is a BV_DISK_DIRECT error. Synchronous transfers
+   * are unchanged.
+   */
+  direct?: boolean;
 }
 
 /** One file of a chain, as read-only readers see it. */
@@ -280,6 +289,8 @@ interface Layer {
   readonly id: string;
   readonly sectors: number;
   readonly file: HostFile;
+  /** The descriptor asynchronous sector transfers use: an O_DIRECT one when the chain is direct, else `file`. */
+  readonly dataFile: HostFile;
   locate(sector: number): number;
   info(): DiskLayerInfo;
   close(): void;
@@ -297,9 +308,10 @@ class RawImage implements Layer {
     readonly file: HostFile,
     readonly sectors: number,
     readonly id: string,
+    readonly dataFile: HostFile,
   ) {}
 
-  static open(path: string): RawImage {
+  static open(path: string, direct = false): RawImage {
     const file = io(path, 'open the disk image', () => HostFile.open(path, 'r'));
     try {
       const size = io(path, 'read the size of the disk image', () => file.size);
@@ -309,7 +321,8 @@ class RawImage implements Layer {
       if (size / DISK_SECTOR_BYTES > MAX_DISK_SECTORS) {
         throw new DiskError('BV_DISK_BAD_IMAGE', `${path}: ${size} bytes is more than the largest disk (${MAX_DISK_SECTORS} sectors)`);
       }
-      return new RawImage(path, file, size / DISK_SECTOR_BYTES, rawIdentity(path, file, size));
+      const id = rawIdentity(path, file, size);
+      return new RawImage(path, file, size / DISK_SECTOR_BYTES, id, direct ? openDirect(path, 'r') : file);
     } catch (error) {
       file.close();
       throw error;
@@ -326,7 +339,38 @@ class RawImage implements Layer {
 
   close(): void {
     this.file.close();
+    if (this.dataFile !== this.file) this.dataFile.close();
   }
+}
+
+/**
+ * A second descriptor of `path` with O_DIRECT, for asynchronous sector transfers. Sector offsets
+ * are multiples of 512 (overlay data starts on a 4 KiB boundary), so the file's direct alignment
+ * must divide 512.
+ */
+function openDirect(path: string, mode: 'r' | 'rw'): HostFile {
+  let file: HostFile;
+  try {
+    file = HostFile.open(path, mode, { direct: true });
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new DiskError('BV_DISK_DIRECT', `${path}: cannot open with O_DIRECT (its filesystem may not support it; run without direct): ${message}`, { cause: error });
+  }
+  const alignment = file.directAlignment;
+  if (DISK_SECTOR_BYTES % alignment !== 0) {
+    file.close();
+    throw new DiskError('BV_DISK_DIRECT', `${path}: O_DIRECT transfers must be multiples of ${alignment} bytes here, but a disk sector is ${DISK_SECTOR_BYTES}`);
+  }
+  return file;
+}
+
+/** An asynchronous write in flight to an overlay: its data and where each run goes. */
+interface PendingWrite {
+  readonly data: Uint8Array;
+  /** Runs of sectors: first sector, sectors, first slot, and whether the slots are new (their map entries still to be written). */
+  readonly runs: { sector: number; count: number; slot: number; fresh: boolean }[];
+  /** Map entries written (at completion, or by seal() before it). */
+  applied: boolean;
 }
 
 /** First 16 bytes of the SHA-256 of the image, cached while the file's metadata is unchanged. */
@@ -354,6 +398,10 @@ class OverlayFile implements Layer {
   /** Set when this process created the file (an unused one is removed on close). */
   createdHere = false;
 
+  /** Asynchronous writes whose map entries are not written yet (seal() writes them first). */
+  private readonly pendingWrites = new Set<PendingWrite>();
+  private closed = false;
+
   private constructor(
     readonly path: string,
     public file: HostFile,
@@ -361,6 +409,8 @@ class OverlayFile implements Layer {
     private readonly map: Uint32Array,
     /** Data slots in the file; new sectors go to the next one. */
     public slots: number,
+    /** The descriptor for asynchronous data transfers (O_DIRECT ones for a direct chain). */
+    public dataFile: HostFile,
   ) {}
 
   get id(): string {
@@ -389,7 +439,7 @@ class OverlayFile implements Layer {
   }
 
   /** Opens and checks an overlay; writable only if it is not sealed and `writable` is asked. */
-  static open(path: string, writable: boolean, headerBytes?: Uint8Array): OverlayFile {
+  static open(path: string, writable: boolean, headerBytes?: Uint8Array, direct = false): OverlayFile {
     const probe = headerBytes ?? readHeaderBytes(path);
     const header = decodeOverlayHeader(probe, path);
     const sealed = (header.flags & OverlayFlag.SEALED) !== 0;
@@ -412,7 +462,8 @@ class OverlayFile implements Layer {
       // entry a crash kept from being written: free for reuse.
       let used = 0;
       for (const entry of map) if (entry > used) used = entry;
-      return new OverlayFile(path, file, header, map, sealed ? slots : used);
+      const dataFile = direct ? openDirect(path, writable && !sealed ? 'rw' : 'r') : file;
+      return new OverlayFile(path, file, header, map, sealed ? slots : used, dataFile);
     } catch (error) {
       file.close();
       throw error;
@@ -420,7 +471,7 @@ class OverlayFile implements Layer {
   }
 
   /** Creates an empty, unsealed overlay over `backing` (null: a blank disk of `sectors`). */
-  static create(path: string, sectors: number, backing: Layer | null): OverlayFile {
+  static create(path: string, sectors: number, backing: Layer | null, direct = false): OverlayFile {
     if (!Number.isInteger(sectors) || sectors < 1 || sectors > MAX_DISK_SECTORS) {
       throw new DiskError('BV_DISK_BAD_ARGUMENT', `a disk has 1..${MAX_DISK_SECTORS} sectors, not ${sectors}`);
     }
@@ -450,7 +501,7 @@ class OverlayFile implements Layer {
         opened.pwrite(headerBytes, 0);
         opened.sync();
       });
-      const overlay = new OverlayFile(path, opened, header, new Uint32Array(sectors), 0);
+      const overlay = new OverlayFile(path, opened, header, new Uint32Array(sectors), 0, direct ? openDirect(path, 'rw') : opened);
       overlay.createdHere = true;
       return overlay;
     } catch (error) {
@@ -494,6 +545,67 @@ class OverlayFile implements Layer {
     }
   }
 
+  /**
+   * write() on the thread pool: slots are chosen now (new sectors get fresh slots, mapped ones
+   * are overwritten in place), the data goes to them asynchronously, and the map entries of fresh
+   * slots are written when it has landed, so the map never points at bytes not yet written. Two
+   * writes in flight to one new sector each get a slot; the one completing last is mapped.
+   */
+  async writeAsync(first: number, data: Uint8Array): Promise<void> {
+    if (this.sealed) throw new DiskError('BV_DISK_MISMATCH', `${this.path}: a sealed overlay is never written`);
+    const count = data.length / DISK_SECTOR_BYTES;
+    const op: PendingWrite = { data, runs: [], applied: false };
+    for (let i = 0; i < count; ) {
+      const sector = first + i;
+      const entry = this.map[sector]!;
+      let run = 1;
+      if (entry !== 0) {
+        while (i + run < count && this.map[sector + run] === entry + run) run++;
+        op.runs.push({ sector, count: run, slot: entry - 1, fresh: false });
+      } else {
+        while (i + run < count && this.map[sector + run] === 0) run++;
+        op.runs.push({ sector, count: run, slot: this.slots, fresh: true });
+        this.slots += run;
+      }
+      i += run;
+    }
+    this.pendingWrites.add(op);
+    const dataFile = this.dataFile;
+    try {
+      await Promise.all(op.runs.map(async (run) => {
+        const at = run.sector - first;
+        const bytes = data.subarray(at * DISK_SECTOR_BYTES, (at + run.count) * DISK_SECTOR_BYTES);
+        try {
+          await dataFile.pwriteAsync(bytes, this.header.dataOffset + run.slot * DISK_SECTOR_BYTES);
+        } catch (error) {
+          throw new DiskError('BV_DISK_IO', `${this.path}: cannot write to the overlay: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+        }
+      }));
+    } finally {
+      this.pendingWrites.delete(op);
+    }
+    // Sealed meanwhile: seal() wrote this write's data and map first. Closed: the disk is gone.
+    if (!op.applied && !this.closed) this.applyPendingWrite(op, false);
+  }
+
+  /** Writes a pending write's map entries (and, when `withData`, its data, synchronously). */
+  private applyPendingWrite(op: PendingWrite, withData: boolean): void {
+    for (const run of op.runs) {
+      if (withData) {
+        const at = run.sector - op.runs[0]!.sector;
+        const bytes = op.data.subarray(at * DISK_SECTOR_BYTES, (at + run.count) * DISK_SECTOR_BYTES);
+        io(this.path, 'write to the overlay', () => this.file.pwrite(bytes, this.header.dataOffset + run.slot * DISK_SECTOR_BYTES));
+      }
+      if (!run.fresh) continue;
+      const entries = new Uint8Array(run.count * 4);
+      const view = new DataView(entries.buffer);
+      for (let k = 0; k < run.count; k++) view.setUint32(k * 4, run.slot + k + 1, true);
+      io(this.path, 'write the overlay map', () => this.file.pwrite(entries, this.header.mapOffset + run.sector * 4));
+      for (let k = 0; k < run.count; k++) this.map[run.sector + k] = run.slot + k + 1;
+    }
+    op.applied = true;
+  }
+
   sync(): void {
     io(this.path, 'sync the overlay', () => this.file.sync());
   }
@@ -501,6 +613,11 @@ class OverlayFile implements Layer {
   /** Makes the overlay read-only for good: header flag, slot count and map checksum, synced. */
   seal(): void {
     if (this.sealed) return;
+    // Asynchronous writes still in flight land here first, synchronously (the same bytes their
+    // own transfers write, so whichever finishes last changes nothing): the sealed overlay holds
+    // every write issued before the seal.
+    for (const op of this.pendingWrites) this.applyPendingWrite(op, true);
+    this.pendingWrites.clear();
     const mapBytes = encodeMap(this.map);
     const header: OverlayHeader = { ...this.header, flags: this.header.flags | OverlayFlag.SEALED, sealedSlots: this.slots, mapCrc: crc32(mapBytes) >>> 0 };
     const headerBytes = encodeOverlayHeader(header);
@@ -510,8 +627,11 @@ class OverlayFile implements Layer {
       this.file.pwrite(headerBytes, 0);
       this.file.sync();
       syncDirectory(dirname(resolve(this.path)));
+      const direct = this.dataFile !== this.file;
       this.file.close();
+      if (direct) this.dataFile.close(); // (a transfer still in flight keeps its descriptor open until it settles)
       this.file = HostFile.open(this.path, 'r');
+      this.dataFile = direct ? openDirect(this.path, 'r') : this.file;
     });
     this.header = header;
     this.createdHere = false;
@@ -524,7 +644,9 @@ class OverlayFile implements Layer {
   }
 
   close(): void {
+    this.closed = true;
     this.file.close();
+    if (this.dataFile !== this.file) this.dataFile.close();
   }
 }
 
@@ -569,9 +691,9 @@ function relativeOrAbsolute(fromDir: string, path: string): string {
 }
 
 /** Opens one file of a chain: an overlay when it starts with the magic, else a raw image. */
-function openLayer(path: string, writableTop: boolean): RawImage | OverlayFile {
+function openLayer(path: string, writableTop: boolean, direct = false): RawImage | OverlayFile {
   const head = readHeaderBytes(path);
-  return hasOverlayMagic(head) ? OverlayFile.open(path, writableTop, head) : RawImage.open(path);
+  return hasOverlayMagic(head) ? OverlayFile.open(path, writableTop, head, direct) : RawImage.open(path, direct);
 }
 
 /** Checks that `below` is the file `overlay` was created over. */
@@ -609,11 +731,12 @@ export class DiskChain {
   static open(path: string, options: DiskOptions = {}): DiskChain {
     const opened: Layer[] = [];
     try {
-      let current = openLayer(resolve(path), true);
+      const direct = options.direct === true;
+      let current = openLayer(resolve(path), true, direct);
       opened.push(current);
       while (current instanceof OverlayFile && current.backingKind !== BackingKind.NONE) {
         if (opened.length > MAX_CHAIN_DEPTH) throw new DiskError('BV_DISK_DAMAGED', `${resolve(path)}: the chain is deeper than ${MAX_CHAIN_DEPTH} files`);
-        const below = openLayer(current.backingPath, false);
+        const below = openLayer(current.backingPath, false, direct);
         opened.push(below);
         checkBacking(current, below);
         current = below;
@@ -630,7 +753,7 @@ export class DiskChain {
 
   /** Creates a blank disk of `sectors` (zeros): an overlay without a backing file. */
   static createBlank(path: string, sectors: number, options: DiskOptions = {}): DiskChain {
-    const overlay = OverlayFile.create(resolve(path), sectors, null);
+    const overlay = OverlayFile.create(resolve(path), sectors, null, options.direct === true);
     overlay.createdHere = false; // the caller asked for this file: keep it even if never written
     return new DiskChain(sectors, [], overlay, options);
   }
@@ -644,7 +767,7 @@ export class DiskChain {
     const layers: Layer[] = [];
     try {
       saved.chain.forEach((path, index) => {
-        const layer = openLayer(path, false);
+        const layer = openLayer(path, false, options.direct === true);
         layers.push(layer);
         if (layer.id !== saved.ids[index]) throw new DiskError('BV_DISK_MISMATCH', `${path} is not the file the saved disk state names (id ${layer.id}, saved ${saved.ids[index]})`);
         if (layer.sectors !== saved.sectors) throw new DiskError('BV_DISK_MISMATCH', `${path} has ${layer.sectors} sectors, the saved disk has ${saved.sectors}`);
@@ -737,6 +860,69 @@ export class DiskChain {
     this.top?.sync();
   }
 
+  /** Whether asynchronous transfers bypass the host page cache (DiskOptions.direct). */
+  get direct(): boolean {
+    return this.options.direct === true;
+  }
+
+  /**
+   * read() on the thread pool, into `target` (count × 512 bytes): which file holds each sector
+   * is decided now, from the chain's maps; the transfers (O_DIRECT ones for a direct chain) run
+   * in parallel and the promise settles when all have.
+   */
+  readAsync(first: number, count: number, target: Uint8Array): Promise<void> {
+    this.check(first, count);
+    if (target.length !== count * DISK_SECTOR_BYTES) {
+      throw new DiskError('BV_DISK_BAD_ARGUMENT', `a read of ${count} sectors needs ${count * DISK_SECTOR_BYTES} bytes, not ${target.length}`);
+    }
+    const transfers: Promise<void>[] = [];
+    for (let i = 0; i < count; ) {
+      const [layer, offset] = this.locate(first + i);
+      let run = 1;
+      while (i + run < count) {
+        const [nextLayer, nextOffset] = this.locate(first + i + run);
+        if (nextLayer !== layer || (layer !== null && nextOffset !== offset + run * DISK_SECTOR_BYTES)) break;
+        run++;
+      }
+      const part = target.subarray(i * DISK_SECTOR_BYTES, (i + run) * DISK_SECTOR_BYTES);
+      if (layer === null) part.fill(0);
+      else {
+        const from = first + i;
+        transfers.push(layer.dataFile.preadAsync(part, offset).then(
+          (got) => {
+            if (got !== part.length) throw new DiskError('BV_DISK_DAMAGED', `${layer.path}: sectors ${from}..${from + run - 1} lie past the end of the file`);
+          },
+          (error: unknown) => {
+            throw new DiskError('BV_DISK_IO', `${layer.path}: cannot read the disk: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+          },
+        ));
+      }
+      i += run;
+    }
+    return Promise.all(transfers).then(() => undefined);
+  }
+
+  /** write() on the thread pool (see the overlay's writeAsync): the top overlay is created now if needed. */
+  writeAsync(first: number, data: Uint8Array): Promise<void> {
+    if (data.length === 0 || data.length % DISK_SECTOR_BYTES !== 0) {
+      throw new DiskError('BV_DISK_BAD_ARGUMENT', `a write is whole sectors of ${DISK_SECTOR_BYTES} bytes, not ${data.length} bytes`);
+    }
+    this.check(first, data.length / DISK_SECTOR_BYTES);
+    return this.writableTop().writeAsync(first, data);
+  }
+
+  /** flush() on the thread pool: every write completed so far reaches stable storage. */
+  async flushAsync(): Promise<void> {
+    this.checkOpen();
+    const top = this.top;
+    if (top === null) return;
+    try {
+      await top.file.syncAsync();
+    } catch (error) {
+      throw new DiskError('BV_DISK_IO', `${top.path}: cannot sync the overlay: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    }
+  }
+
   /**
    * Seals the top overlay and returns the chain, which then never changes: later writes go to a
    * new overlay over it. An empty top is left as it is (the chain below already is the disk).
@@ -802,7 +988,7 @@ export class DiskChain {
       const path = join(dir, `${stem}.ovl.${n}`);
       if (existsSync(path)) continue;
       try {
-        this.top = OverlayFile.create(path, this.sectors, below);
+        this.top = OverlayFile.create(path, this.sectors, below, this.options.direct === true);
         return this.top;
       } catch (error) {
         // Another process took the name between the check and the exclusive create: next one.

@@ -7,7 +7,7 @@
 import type { Hypervisor, RunOptions, RunResult, Vm } from '../kernel/index.ts';
 import { attachBalloon, BalloonDevice, type BalloonOptions } from './balloon.ts';
 import { attachMeminfo, type MeminfoDevice } from './meminfo.ts';
-import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions } from './block.ts';
+import { attachBlock, openBlockDisk, type BlockDevice, type BlockDiskOptions, type BlockIoGate } from './block.ts';
 import { attachBootArgs, BootArgsDevice } from './bootargs.ts';
 import { attachConsole, CaptureSink, type ConsoleDevice, type ConsoleInputStream, type ConsoleSink } from './console.ts';
 import { attachPmem, checkPmemOptions, type PmemDevice, type PmemOptions } from './pmem.ts';
@@ -15,9 +15,11 @@ import { attachPower, type PowerDevice } from './power.ts';
 import { attachTimer, type TimerDevice } from './timer.ts';
 
 export {
-  attachBlock, BLOCK_HOST_ERROR_LOG, BLOCK_MAX_COUNT, BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk,
+  attachBlock, BLOCK_COMPLETION_VALID, BLOCK_HOST_ERROR_LOG, BLOCK_IRQ_COMPLETION, BLOCK_LATENCY_EWMA_WEIGHT, BLOCK_MAX_COUNT, BLOCK_QUEUE_DEPTH, BLOCK_TAG_MAX,
+  BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk,
 } from './block.ts';
-export type { BlockDiskOptions, BlockHostError, BlockState, BlockStats } from './block.ts';
+export type { BlockDeviceOptions, BlockDiskOptions, BlockHostError, BlockIoGate, BlockSavedRequest, BlockState, BlockStats } from './block.ts';
+export { holdWakeSource } from './wake.ts';
 export {
   attachBalloon, BALLOON_MAX_ENTRIES, BALLOON_MAX_STATS_INTERVAL_S, BalloonCommand, BalloonDevice, BalloonError, BalloonFeature, BalloonRegister, BalloonStatTag,
   BalloonStatus,
@@ -65,8 +67,16 @@ export interface StandardDeviceOptions {
   hypervisor?: Hypervisor;
   /** The boot argument string (default empty). */
   bootArgs?: string;
-  /** A disk for a block device, attached after the others: a raw image or an overlay (docs/block-device.md). */
+  /**
+   * A disk for a block device, attached after the others: a raw image or an overlay
+   * (docs/block-device.md); `async: true` accepts asynchronous requests (needs `hypervisor`),
+   * `direct: true` makes them bypass the host page cache.
+   */
   disk?: string | BlockDiskOptions;
+  /** The host IO scheduler admitting an asynchronous disk's requests (default: none, they start at once). */
+  diskGate?: BlockIoGate;
+  /** The disk's owner name for diskGate (default: the VM's name). */
+  diskOwner?: string;
   /** A memory balloon (docs/balloon.md), attached after the block device. */
   balloon?: BalloonOptions;
   /** The MEMINFO device (docs/meminfo.md), attached after the balloon. */
@@ -107,6 +117,9 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const bootArgsDevice = new BootArgsDevice(options.bootArgs ?? ''); // throws before anything is attached
   if (options.balloon !== undefined) new BalloonDevice(vm, options.balloon); // so does this (it attaches nothing)
   if (options.pmem !== undefined) checkPmemOptions(options.pmem, vm.name); // and this (a bad file or size)
+  if (typeof options.disk === 'object' && options.disk.async === true && options.hypervisor === undefined) {
+    throw new TypeError('an asynchronous disk needs the hypervisor (to wake the VM when a request completes)');
+  }
   const disk = options.disk === undefined ? null : openBlockDisk(options.disk);
   const consoleOptions: Parameters<typeof attachConsole>[1] = {};
   if (options.output !== undefined) consoleOptions.output = options.output;
@@ -119,7 +132,12 @@ export function attachStandardDevices(vm: Vm, options: StandardDeviceOptions = {
   const timer = attachTimer(vm);
   const power = attachPower(vm);
   const bootArgs = attachBootArgs(vm, bootArgsDevice);
-  const block = disk === null ? null : attachBlock(vm, disk);
+  const block = disk === null ? null : attachBlock(vm, disk, {
+    async: typeof options.disk === 'object' && options.disk.async === true,
+    ...(options.hypervisor === undefined ? {} : { hypervisor: options.hypervisor }),
+    ...(options.diskGate === undefined ? {} : { gate: options.diskGate }),
+    ...(options.diskOwner === undefined ? {} : { owner: options.diskOwner }),
+  });
   const balloon = options.balloon === undefined ? null : attachBalloon(vm, options.balloon);
   const meminfo = options.meminfo === true ? attachMeminfo(vm) : null;
   const pmem = options.pmem === undefined ? null : attachPmem(vm, options.pmem);

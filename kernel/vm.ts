@@ -120,8 +120,10 @@ export interface VmConfig {
 
 /** A device's (or service's) state hooks for checkpoints and fork. */
 export interface StatefulComponent {
-  /** Bumped whenever the saved form changes; a mismatch refuses the restore. */
+  /** Bumped whenever the saved form changes; a mismatch refuses the restore (unless readsVersions lists the saved one). */
   version: number;
+  /** Older versions check and restore still read (they get the saved version). */
+  readsVersions?: readonly number[];
   /** Plain data (JSON-serialisable) or bytes. */
   save(): unknown;
   /**
@@ -693,7 +695,7 @@ export class Vm implements VcpuHost {
     for (const [name, saved] of Object.entries(state.components)) {
       const component = this.components.get(name);
       if (!component) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: saved state has component '${name}' that this VM lacks`);
-      if (component.version !== saved.version) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: component '${name}' is version ${component.version}, saved state is version ${saved.version}`);
+      if (component.version !== saved.version && !component.readsVersions?.includes(saved.version)) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: component '${name}' is version ${component.version}, saved state is version ${saved.version}`);
     }
     // Every vCPU is checked before any is loaded: a bad one must not leave the VM half restored.
     state.vcpus.forEach((vcpuState, index) => Vcpu.checkState(vcpuState, index));

@@ -199,7 +199,10 @@ _start: li      a0, DEV_CONSOLE
     for (let word = 0; word < 256; word++) view.setUint32(word * 4, pattern(word), true);
     expect(block.disk.read(3, 2)).toEqual(expected);
     expect(new Uint8Array(booted.vm.readPhysical(RAM - SECTOR, SECTOR))).toEqual(filled(64));
-    expect(block.stats).toEqual({ reads: 3, writes: 1, flushes: 1, sectorsRead: 4, sectorsWritten: 2, errors: 8 });
+    expect(block.stats).toEqual({
+      reads: 3, writes: 1, flushes: 1, sectorsRead: 4, sectorsWritten: 2, errors: 8,
+      asyncSubmitted: 0, asyncCompleted: 0, asyncInFlightMax: 0, asyncLatencySumNs: 0, asyncLatencyEwmaNs: 0,
+    });
     // The base is never written: the write created the top overlay next to it.
     expect(sha(base)).toBe(baseHash);
     expect(block.disk.topPath).toBe(join(dir, 'base.img.ovl.1'));
