@@ -387,7 +387,11 @@ export class HostFile {
     return this.#native.pendingOperations;
   }
 
-  /** Reads up to target.length bytes at fileOffset; returns the count (short only at end of file). */
+  /**
+   * Reads up to target.length bytes at fileOffset; returns the count (short only at end of file).
+   * On a direct file, fileOffset and target.length must be multiples of directAlignment (this and
+   * the other synchronous transfers then copy through an aligned buffer, 1 MiB at a time).
+   */
   pread(target: Uint8Array, fileOffset: number): number {
     try {
       return this.#native.pread(target, fileOffset);
@@ -396,7 +400,7 @@ export class HostFile {
     }
   }
 
-  /** Writes all of source at fileOffset; returns source.length. */
+  /** Writes all of source at fileOffset; returns source.length. Direct files: as for pread. */
   pwrite(source: Uint8Array, fileOffset: number): number {
     try {
       return this.#native.pwrite(source, fileOffset);
