@@ -27,11 +27,11 @@ export interface StorageIoOptions {
   name?: string;
   /** 𝓛: the cluster latency threshold, ms (of a 4 KiB IO, after normalisation). */
   thresholdMs: number;
-  /** γ, 0 < γ ≤ 1 (default 0.2): the share of a step the law moves the window. */
+  /** γ, 0 < γ ≤ 1 (default 0.5): the share of a step the law moves the window. */
   gamma?: number;
   /** α, 0 ≤ α < 1 (default 0.5): the weight of history in L(t) = (1 − α)·l + α·L(t − 1). */
   alpha?: number;
-  /** β for 1000 IO shares (default 1): β = beta × (the host's IO shares) / 1000. */
+  /** β for 1000 IO shares (default 1.5): β = beta × (the host's IO shares) / 1000. */
   beta?: number;
   /** Smallest window (default 1). */
   windowMin?: number;
@@ -52,9 +52,9 @@ export type StorageIoUpdate = Partial<Pick<StorageIoOptions, 'thresholdMs' | 'ga
 
 /** Defaults of the optional settings. */
 export const STORAGE_IO_DEFAULTS = {
-  gamma: 0.2,
+  gamma: 0.5,
   alpha: 0.5,
-  beta: 1,
+  beta: 1.5,
   windowMin: 1,
   windowMax: 256,
   periodMs: 250,

@@ -72,15 +72,16 @@ export interface WindowLawInput {
   windowMax: number;
   /**
    * The most requests this host had outstanding (in flight and queued) in the period, or null.
-   * A host that did not fill its window does not grow it past its demand: the law would otherwise
-   * raise an unused window without bound while others' latency is low.
+   * The window is kept at or below it (and at or above windowMin): a window the host does not
+   * fill says nothing about the device, and the law would otherwise raise it without bound while
+   * the others' latency is low, letting a later burst through unchecked.
    */
   demand?: number | null;
 }
 
 /**
  * PARDA's law: w(t+1) = (1 − γ)·w(t) + γ·((𝓛 / L(t))·w(t) + β), clamped to [w_min, w_max].
- * With no latency known the window stays. Growth stops at max(w(t), demand) when demand is given.
+ * With no latency known the window stays. With `demand`, the result is at most max(demand, w_min).
  */
 export function nextWindow(input: WindowLawInput): number {
   const { window, latencyNs, thresholdNs, gamma, beta, windowMin, windowMax } = input;
@@ -88,7 +89,7 @@ export function nextWindow(input: WindowLawInput): number {
   if (latencyNs !== null && latencyNs > 0 && Number.isFinite(latencyNs)) {
     next = (1 - gamma) * window + gamma * ((thresholdNs / latencyNs) * window + beta);
   }
-  if (input.demand != null && next > window) next = Math.min(next, Math.max(window, input.demand));
+  if (input.demand != null) next = Math.min(next, Math.max(input.demand, windowMin));
   return clamp(next, windowMin, windowMax);
 }
 

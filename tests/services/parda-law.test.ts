@@ -58,9 +58,11 @@ describe('the law', () => {
     expect(nextWindow({ ...base, latencyNs: null })).toBe(20);
     expect(nextWindow({ ...base, latencyNs: 1e3 })).toBe(100);
     expect(nextWindow({ ...base, window: 1, latencyNs: 1e9, beta: 0 })).toBe(1);
-    // A host that did not fill its window does not grow it past its demand.
-    expect(nextWindow({ ...base, latencyNs: 0.5e6, demand: 8 })).toBe(20);
+    // The window stays at or below the host's peak demand (and at or above w_min).
+    expect(nextWindow({ ...base, latencyNs: 0.5e6, demand: 8 })).toBe(8);
     expect(nextWindow({ ...base, window: 5, latencyNs: 0.5e6, demand: 8 })).toBe(8);
+    expect(nextWindow({ ...base, window: 5, latencyNs: 0.5e6, demand: 30 })).toBeCloseTo(0.5 * 5 + 0.5 * (2 * 5 + 2));
+    expect(nextWindow({ ...base, window: 5, latencyNs: 0.5e6, demand: 0 })).toBe(1);
     fc.assert(fc.property(
       fc.double({ min: 1, max: 256, noNaN: true }), fc.double({ min: 1e3, max: 1e9, noNaN: true }), fc.double({ min: 1e3, max: 1e9, noNaN: true }),
       fc.double({ min: 0.01, max: 1, noNaN: true }), fc.double({ min: 0, max: 10, noNaN: true }),
