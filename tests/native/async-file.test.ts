@@ -165,8 +165,13 @@ describe('HostFile asynchronous I/O', () => {
     expectNativeError(() => file.preadAsync(new Uint8Array(alignment - 1), 0), 'BV_NATIVE_UNALIGNED');
     expectNativeError(() => file.pwriteAsync(new Uint8Array(alignment + 1), 0), 'BV_NATIVE_UNALIGNED');
     expectNativeError(() => file.pwriteAsync(new Uint8Array(alignment), alignment / 2), 'BV_NATIVE_UNALIGNED');
+    // The fixed order: alignment before size and bounds, argument types before alignment, closed first.
+    expectNativeError(() => file.pwriteAsync(new Uint8Array(HOST_FILE_MAX_ASYNC_TRANSFER + 1), 0), 'BV_NATIVE_UNALIGNED');
+    expectNativeError(() => file.preadAsync(new Uint8Array(alignment), 2 ** 53 - 1), 'BV_NATIVE_UNALIGNED');
+    expectNativeError(() => file.preadAsync(new Uint8Array(alignment + 1), -1), 'BV_NATIVE_BAD_ARGUMENT');
     expect(file.pendingOperations).toBe(0);
     file.close();
+    expectNativeError(() => file.preadAsync(new Uint8Array(alignment + 1), -1), 'BV_NATIVE_CLOSED');
   });
 
   it('refuses bad offsets, lengths and buffers synchronously with typed errors', () => {
@@ -236,6 +241,10 @@ describe('HostFile asynchronous I/O', () => {
       expectNativeError(() => file.syncAsync(), 'BV_NATIVE_CLOSED');
       expectNativeError(() => file.pread(new Uint8Array(4096), 0), 'BV_NATIVE_CLOSED');
       file.close(); // idempotent
+      // A file opened now must not receive the pending writes (as it would if it reused a
+      // descriptor closed too early).
+      const otherPath = join(temp.dir, `close-other-${direct}.bin`);
+      const other = HostFile.open(otherPath, 'create');
 
       expect(await Promise.all(reads)).toEqual(new Array(32).fill(4096));
       targets.forEach((target, index) => expectBytes(target, pattern(64 * 4096, 7).subarray(index * 4096, (index + 1) * 4096)));
@@ -243,6 +252,8 @@ describe('HostFile asynchronous I/O', () => {
       expect(await sync).toBeUndefined();
       expect(file.pendingOperations).toBe(0);
       expect(descriptorsOn(path)).toEqual([]);
+      expect(other.size).toBe(0);
+      other.close();
       const onDisk = new Uint8Array(readFileSync(path));
       for (let index = 0; index < 32; index++) {
         expectBytes(onDisk.subarray((32 + index) * 4096, (33 + index) * 4096), pattern(4096, 100 + index));
