@@ -119,45 +119,56 @@ ring_distance:
         ret
 
 # ring_peek(a0 = ring record, a1 = byte offset from the own read offset (< size), a2 =
-# destination, a3 = bytes, a multiple of 4): copies without consuming, across the end of the
-# data area if need be.
+# destination, a3 = bytes, a multiple of 8): copies without consuming, in at most two pieces
+# (to the end of the data area, then from its start).
 ring_peek:
-        lw      t0, RR_OWN(a0)
-        add     t0, t0, a1
-        lw      t1, RR_SIZE(a0)
-        lw      t2, RR_HEADER(a0)
-        addi    t2, t2, RING_HEADER_BYTES
-1:      bltu    t0, t1, 2f
-        sub     t0, t0, t1
-2:      beqz    a3, 3f
-        add     t3, t2, t0
-        lw      t3, 0(t3)
-        sw      t3, 0(a2)
-        addi    t0, t0, 4
-        addi    a2, a2, 4
-        addi    a3, a3, -4
-        j       1b
-3:      ret
+        li      t3, 0                   # t3 = 0: ring to memory
+        j       ring_copy
 
 # ring_poke(a0 = ring record, a1 = byte offset from the own write offset (< size), a2 = source,
-# a3 = bytes, a multiple of 4): copies into the ring without publishing.
+# a3 = bytes, a multiple of 8): copies into the ring without publishing.
 ring_poke:
+        li      t3, 1                   # t3 = 1: memory to ring
+
+# ring_copy(a0 = ring record, a1 = offset from the own offset, a2 = memory, a3 = bytes, t3 =
+# direction): two words per step (offsets and lengths are multiples of 8). Clobbers a0-a3.
+ring_copy:
         lw      t0, RR_OWN(a0)
         add     t0, t0, a1
         lw      t1, RR_SIZE(a0)
-        lw      t2, RR_HEADER(a0)
-        addi    t2, t2, RING_HEADER_BYTES
-1:      bltu    t0, t1, 2f
-        sub     t0, t0, t1
-2:      beqz    a3, 3f
-        lw      t3, 0(a2)
-        add     a1, t2, t0
-        sw      t3, 0(a1)
-        addi    t0, t0, 4
-        addi    a2, a2, 4
-        addi    a3, a3, -4
-        j       1b
-3:      ret
+        bltu    t0, t1, 1f
+        sub     t0, t0, t1              # t0 = the first byte's offset in the data area
+1:      sub     t2, t1, t0              # t2 = bytes up to the end of the area
+        bgeu    a3, t2, 2f
+        mv      t2, a3                  # t2 = the first piece
+2:      sub     a3, a3, t2              # a3 = the second piece (from offset 0)
+        lw      t1, RR_HEADER(a0)
+        addi    t1, t1, RING_HEADER_BYTES
+        add     a1, t1, t0              # a1 = ring address of the first piece
+        add     t2, a2, t2              # t2 = memory end of the first piece
+3:      bgeu    a2, t2, 6f              # (a0 is free from here: a second temporary)
+        bnez    t3, 5f
+4:      lw      t0, 0(a1)
+        lw      a0, 4(a1)
+        sw      t0, 0(a2)
+        sw      a0, 4(a2)
+        addi    a1, a1, 8
+        addi    a2, a2, 8
+        bltu    a2, t2, 4b
+        j       6f
+5:      lw      t0, 0(a2)
+        lw      a0, 4(a2)
+        sw      t0, 0(a1)
+        sw      a0, 4(a1)
+        addi    a1, a1, 8
+        addi    a2, a2, 8
+        bltu    a2, t2, 5b
+6:      beqz    a3, 7f                  # the rest wraps to the start of the area
+        mv      a1, t1
+        add     t2, a2, a3
+        li      a3, 0
+        j       3b
+7:      ret
 
 # ring_advance(a0 = ring record, a1 = bytes, a multiple of 8 below size, a2 = RING_WRITE for a
 # ring this side produces into, RING_READ for one it consumes): moves the own offset on and
