@@ -112,7 +112,7 @@ class FileIoWorker final : public Napi::AsyncWorker {
 
   // The bytes to write, copied now.
   void CopySource(Napi::Env env, Napi::Uint8Array source) {
-    int err = bounce_.Allocate(static_cast<size_t>(length_), BounceAlignment());
+    int err = bounce_.Allocate(static_cast<size_t>(length_), file_->BounceAlignment());
     if (err != 0) FailErrno(env, err, "posix_memalign", file_->path, "bounce buffer for pwriteAsync");
     if (length_ > 0) memcpy(bounce_.Data(), source.Data(), static_cast<size_t>(length_));
   }
@@ -156,7 +156,7 @@ class FileIoWorker final : public Napi::AsyncWorker {
   void Execute() override {
     switch (kind_) {
       case Kind::kRead: {
-        int err = bounce_.Allocate(static_cast<size_t>(length_), BounceAlignment());
+        int err = bounce_.Allocate(static_cast<size_t>(length_), file_->BounceAlignment());
         if (err != 0) {
           result_.error = err;
           syscall_ = "posix_memalign";
@@ -223,10 +223,6 @@ class FileIoWorker final : public Napi::AsyncWorker {
         Resolve(env, env.Undefined());
         return;
     }
-  }
-
-  size_t BounceAlignment() const {
-    return std::max<size_t>(kBounceAlignment, file_->memoryAlignment);
   }
 
   std::string Describe() const {

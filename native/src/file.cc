@@ -132,6 +132,14 @@ void File::RefuseShrinkingMappedFile(Napi::Env env, uint64_t bytes) {
   }
 }
 
+AlignedBuffer File::DirectChunk(Napi::Env env, uint64_t length) {
+  uint64_t chunk = std::min(length, kDirectChunk / file_->offsetAlignment * file_->offsetAlignment);
+  AlignedBuffer bounce;
+  int err = bounce.Allocate(static_cast<size_t>(chunk), file_->BounceAlignment());
+  if (err != 0) FailErrno(env, err, "posix_memalign", file_->path, "O_DIRECT bounce buffer");
+  return bounce;
+}
+
 uint64_t File::ReadAt(Napi::Env env, uint8_t* target, uint64_t length, uint64_t fileOffset) {
   RequireDirectAligned(env, fileOffset, length);
   RequireWithin(env, fileOffset, length, kMaxFileEnd, "file offset range");
@@ -142,11 +150,8 @@ uint64_t File::ReadAt(Napi::Env env, uint8_t* target, uint64_t length, uint64_t 
     return result.bytes;
   }
   // O_DIRECT needs aligned memory too: copy through an aligned buffer, a chunk at a time.
-  uint64_t chunk = std::min(length, kDirectChunk / file_->offsetAlignment * file_->offsetAlignment);
-  AlignedBuffer bounce;
-  int err = bounce.Allocate(static_cast<size_t>(chunk),
-                            std::max<size_t>(kBounceAlignment, file_->memoryAlignment));
-  if (err != 0) FailErrno(env, err, "posix_memalign", file_->path, "O_DIRECT bounce buffer");
+  AlignedBuffer bounce = DirectChunk(env, length);
+  uint64_t chunk = bounce.Size();
   uint64_t total = 0;
   while (total < length) {
     uint64_t want = std::min(length - total, chunk);
@@ -169,11 +174,8 @@ uint64_t File::WriteAt(Napi::Env env, const uint8_t* source, uint64_t length,
     if (result.error != 0) FailErrno(env, result.error, "pwrite", file_->path);
     return result.bytes;
   }
-  uint64_t chunk = std::min(length, kDirectChunk / file_->offsetAlignment * file_->offsetAlignment);
-  AlignedBuffer bounce;
-  int err = bounce.Allocate(static_cast<size_t>(chunk),
-                            std::max<size_t>(kBounceAlignment, file_->memoryAlignment));
-  if (err != 0) FailErrno(env, err, "posix_memalign", file_->path, "O_DIRECT bounce buffer");
+  AlignedBuffer bounce = DirectChunk(env, length);
+  uint64_t chunk = bounce.Size();
   uint64_t total = 0;
   while (total < length) {
     uint64_t want = std::min(length - total, chunk);

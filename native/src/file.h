@@ -4,10 +4,12 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "async_file.h"
 #include "posix_file.h"
 
 namespace bv {
@@ -30,6 +32,9 @@ struct OpenFile {
 
   // Called by each settling operation (on the JS thread): the last one closes a closed file.
   void Settled();
+
+  // Alignment of the bounce buffers transfers copy through.
+  size_t BounceAlignment() const { return std::max<size_t>(kBounceAlignment, memoryAlignment); }
 };
 
 class File : public Napi::ObjectWrap<File> {
@@ -46,6 +51,9 @@ class File : public Napi::ObjectWrap<File> {
   void RequireDirectAligned(Napi::Env env, uint64_t fileOffset, uint64_t length);
   // Alignment, then at most kMaxAsyncTransfer bytes (BV_NATIVE_TOO_LARGE), then within 2^53 - 1.
   void RequireAsyncTransfer(Napi::Env env, uint64_t fileOffset, uint64_t length);
+  // An aligned buffer of min(length, ~1 MiB) bytes, a multiple of offsetAlignment: the chunk in
+  // which synchronous O_DIRECT transfers copy.
+  AlignedBuffer DirectChunk(Napi::Env env, uint64_t length);
   uint64_t ReadAt(Napi::Env env, uint8_t* target, uint64_t length, uint64_t fileOffset);
   uint64_t WriteAt(Napi::Env env, const uint8_t* source, uint64_t length, uint64_t fileOffset);
   void RefuseShrinkingMappedFile(Napi::Env env, uint64_t bytes);
