@@ -130,6 +130,24 @@ describe('the nanokernel on a disk proxied by a storage-server guest', () => {
     closeAll(old.server, none.server);
   });
 
+  it('a channel rescinded while the client waits for a response: the transfer fails with an I/O error, the kernel goes on', () => {
+    const pair = bootPair({ bootArgs: 'record put a 1 put b 2 put c 3 put d 4 put e 5', disk: image() });
+    expect(runPair(pair, 'record: put b = 2')).toEqual({ kind: 'budget' });
+    const vcpu = pair.client.vm.vcpus[0]!;
+    for (let i = 0; i < 10_000 && !(vcpu.waiting && !vcpu.wakeable); i++) pair.hv.run({ maxInstructions: 100 }, [pair.client.vm]);
+    expect(vcpu.waiting).toBe(true);
+    pair.bus.rescind('disk0');
+    expect(runPair(pair)).toEqual({ kind: 'halted', exitCode: 2 });
+    const lines = pair.client.output.text().split('\n');
+    expect(lines.filter((line) => line.startsWith('record:'))).toEqual(['record: put a = 1', 'record: put b = 2', 'record: put c: disk error']);
+    expect(lines).toContain('[kernel] pid 1 (record) exited with code 2');
+    expect(pair.server.output.text()).toContain('storage: channel closed, waiting for an offer\n');
+    // The server acknowledged (its slot is free again: the host no longer offers the channel); the
+    // kernel's driver does not, it only stops using the disk.
+    expect(pair.bus.info('disk0').ends.map((end) => end.state)).toEqual(['rescinded', 'absent']);
+    closeAll(pair.server);
+  });
+
   it('survives a checkpoint of both VMs mid-run: restored into a new host, they finish with the same outcome', () => {
     const dir = mkdtempSync(join(root, 'c'));
     const base = image();
