@@ -111,6 +111,8 @@ export interface VmSpec {
   memoryPolicy: MemoryPolicySpec;
   /** `memory_errors`: the recovery methods kept for the VM (docs/memory-errors.md), or null for none (errors become machine checks). */
   memoryErrors: MemoryErrorsSpec | null;
+  /** `io_shares` (default 1000): the VM's share of the host's IO window under storage_io (docs/storage-io.md). */
+  ioShares: number;
   /** `group`: the worker group (worker_groups) the VM runs in, on its own thread (docs/workers.md); absent: the host's own thread. */
   group?: string;
 }
@@ -215,8 +217,33 @@ export interface HostSpec {
   batteryMs: number;
   /** `worker_groups` (default []): worker threads the VMs with a `group` run in (docs/workers.md). */
   workerGroups: WorkerGroupSpec[];
+  /** `storage_io`: decentralised IO control of the VMs' asynchronous disks (PARDA, docs/storage-io.md), or null (default) for none. */
+  storageIo: StorageIoSpec | null;
   /** `placement`: power-aware placement of the unpinned worker groups (docs/placement.md), or null (default) for none. */
   placement: PlacementSpec | null;
+}
+
+/** The host's `storage_io` settings (docs/storage-io.md): PARDA over a storage device shared with other hosts. */
+export interface StorageIoSpec {
+  /** `stats_file`: the statistics file the hosts sharing the device publish in; null: `<first VM disk>.parda`. */
+  statsFile: string | null;
+  /** `host_id`: this host's slot in it, 0 … 255, unique among those hosts. */
+  hostId: number;
+  /** `latency_threshold_ms`: 𝓛, the cluster latency threshold (of a 4 KiB IO). */
+  thresholdMs: number;
+  /** `gamma` (default 0.5), `alpha` (0.5), `beta` (1.5 per 1000 IO shares): the law's constants. */
+  gamma: number;
+  alpha: number;
+  beta: number;
+  /** `window_min` (default 1), `window_max` (default 256): bounds of the host's window. */
+  windowMin: number;
+  windowMax: number;
+  /** `period_ms` (default 250): the control period. */
+  periodMs: number;
+  /** `size_knee_kib` (default 128): the size-normalisation knee. */
+  sizeKneeKib: number;
+  /** `control` (default true): apply the law; false measures and publishes only. */
+  control: boolean;
 }
 
 /** The host's `pmem_ha` settings (docs/pmem.md "High availability"): a partner to save to, and/or a listener to receive a partner's saves. */
@@ -415,6 +442,7 @@ const VM_BODY = {
       description: 'A memory balloon (docs/balloon.md), or null for none.',
     },
     meminfo: { type: 'boolean', default: VM_DEFAULTS.meminfo, description: 'Attach the MEMINFO device (docs/meminfo.md).' },
+    io_shares: integer(1, 1_000_000, 'The VM\'s share of the host\'s IO window under storage_io (docs/storage-io.md).', { default: 1000 }),
     pmem: {
       type: ['object', 'null'],
       additionalProperties: false,
@@ -600,6 +628,26 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       },
       description: 'Worker threads for VMs (docs/workers.md): a VM with group runs on its group\'s thread, over the same host pool.',
     },
+    storage_io: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      required: ['host_id', 'latency_threshold_ms'],
+      properties: {
+        stats_file: { type: 'string', minLength: 1, description: 'The statistics file of the hosts sharing the storage device (default: <first VM disk>.parda, next to the image).' },
+        host_id: integer(0, 255, 'This host\'s slot in the statistics file, unique among the hosts sharing the device.'),
+        latency_threshold_ms: { type: 'number', exclusiveMinimum: 0, maximum: 60_000, description: 'The cluster latency threshold 𝓛, ms (of a 4 KiB IO).' },
+        gamma: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.5, description: 'γ: how far one period moves the window towards the law\'s target.' },
+        alpha: { type: 'number', minimum: 0, exclusiveMaximum: 1, default: 0.5, description: 'α: the weight of history in the latency average.' },
+        beta: { type: 'number', minimum: 0, maximum: 1000, default: 1.5, description: 'β for 1000 IO shares: the host\'s β is this times its VMs\' io_shares / 1000.' },
+        window_min: { type: 'number', minimum: 1, maximum: 4096, default: 1, description: 'The smallest window (IOs in flight).' },
+        window_max: { type: 'number', minimum: 1, maximum: 4096, default: 256, description: 'The largest window; the window when control is false.' },
+        period_ms: integer(10, 60_000, 'The control period: publish, read the others, apply the law.', { default: 250 }),
+        size_knee_kib: { type: 'number', minimum: 0, maximum: 1_048_576, default: 128, description: 'The IO size whose transfer costs as much as an IO\'s fixed part (latencies are normalised to 4 KiB with it).' },
+        control: { type: 'boolean', default: true, description: 'Apply the control law; false: measure and publish only (uncontrolled).' },
+      },
+      default: null,
+      description: 'Decentralised IO control of the VMs\' asynchronous disks with other hosts sharing the device (PARDA, docs/storage-io.md), or null for none.',
+    },
     battery_ms: integer(0, 600_000, 'How long the host may keep running after SIGTERM to flush replicated logs (its power-loss hooks); 0: SIGTERM is a plain stop.', { default: 0 }),
     pmem_ha: {
       type: ['object', 'null'],
@@ -645,6 +693,7 @@ interface VmJson {
   start_paused?: boolean;
   balloon?: { amount_mib?: number; deflate_on_oom?: boolean; stats_polling_interval_s?: number; free_page_reporting?: boolean } | null;
   meminfo?: boolean;
+  io_shares?: number;
   pmem?: { path: string; size_kib: number; create?: boolean } | null;
   log_replication?: { destinations: string[]; interval_ms?: number } | null;
   memory_policy?: {
@@ -672,6 +721,7 @@ interface HostJson {
   battery_ms?: number;
   worker_groups?: { name: string; cpus?: number[] }[];
   placement?: { interval_ms?: number; target_utilisation?: number; spread_hold_ms?: number; consolidate_hold_ms?: number } | null;
+  storage_io?: { stats_file?: string; host_id: number; latency_threshold_ms: number; gamma?: number; alpha?: number; beta?: number; window_min?: number; window_max?: number; period_ms?: number; size_knee_kib?: number; control?: boolean } | null;
 }
 
 let ajv: Ajv2020 | undefined;
@@ -705,6 +755,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     found.push(...pmemHaProblems(json.pmem_ha, json.migration));
     found.push(...migrationProblems(json.migration));
     found.push(...workerGroupProblems(json.worker_groups, json.vms, json.placement));
+    found.push(...storageIoProblems(json.storage_io, json.vms));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -731,6 +782,7 @@ export function parseHostConfig(json: unknown): HostSpec {
       spreadHoldMs: host.placement.spread_hold_ms ?? 2000,
       consolidateHoldMs: host.placement.consolidate_hold_ms ?? 10_000,
     },
+    storageIo: host.storage_io == null ? null : toStorageIoSpec(host.storage_io, (host.vms ?? []).map(toVmSpec)),
   };
 }
 
@@ -776,6 +828,36 @@ function workerGroupProblems(groups: unknown, vms: unknown, placement: unknown):
     });
   }
   return found;
+}
+
+/** window_min ≤ window_max; without stats_file a VM must have a disk to put it next to. */
+function storageIoProblems(storageIo: unknown, vms: unknown): Found[] {
+  if (!isObject(storageIo)) return [];
+  const found: Found[] = [];
+  const min = typeof storageIo.window_min === 'number' ? storageIo.window_min : 1;
+  const max = typeof storageIo.window_max === 'number' ? storageIo.window_max : 256;
+  if (max < min) found.push({ segments: ['storage_io', 'window_max'], problem: `must be at least window_min (${min}), got ${max}` });
+  const withDisk = Array.isArray(vms) && vms.some((vm) => isObject(vm) && isObject(vm.disk));
+  if (storageIo.stats_file === undefined && !withDisk) found.push({ segments: ['storage_io'], problem: 'needs stats_file: no VM has a disk to put the statistics file next to' });
+  return found;
+}
+
+/** The `storage_io` settings with defaults; stats_file null: next to the first VM's disk. */
+export function toStorageIoSpec(json: NonNullable<HostJson['storage_io']>, vms: readonly VmSpec[]): StorageIoSpec {
+  const disk = vms.find((vm) => vm.disk !== null)?.disk?.path;
+  return {
+    statsFile: json.stats_file ?? (disk === undefined ? null : `${disk}.parda`),
+    hostId: json.host_id,
+    thresholdMs: json.latency_threshold_ms,
+    gamma: json.gamma ?? 0.5,
+    alpha: json.alpha ?? 0.5,
+    beta: json.beta ?? 1.5,
+    windowMin: json.window_min ?? 1,
+    windowMax: json.window_max ?? 256,
+    periodMs: json.period_ms ?? 250,
+    sizeKneeKib: json.size_knee_kib ?? 128,
+    control: json.control ?? true,
+  };
 }
 
 function toMigrationSpec(json: HostJson['migration']): MigrationSpec {
@@ -1233,6 +1315,7 @@ function toVmSpec(vm: VmJson): VmSpec {
     maxInstructions: vm.max_instructions ?? VM_DEFAULTS.max_instructions,
     startPaused: vm.start_paused ?? VM_DEFAULTS.start_paused,
     meminfo: vm.meminfo ?? VM_DEFAULTS.meminfo,
+    ioShares: vm.io_shares ?? 1000,
     memoryPolicy: toMemoryPolicy(vm.memory_policy),
     memoryErrors: vm.memory_errors == null ? null : {
       methods: [...vm.memory_errors.methods],

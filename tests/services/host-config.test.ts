@@ -67,6 +67,7 @@ describe('accepted configurations', () => {
       batteryMs: 0,
       workerGroups: [],
       placement: null,
+      storageIo: null,
       pmemHa: null,
       vms: [{
         name: 'a',
@@ -83,6 +84,7 @@ describe('accepted configurations', () => {
         maxInstructions: null,
         startPaused: false,
         meminfo: false,
+        ioShares: 1000,
         memoryPolicy: { shares: null, reservationMib: 0, limitMib: null, activeSampling: { pagesPerPeriod: null, periodInstructions: null }, mrc: null },
         memoryErrors: null,
       }],
@@ -116,6 +118,7 @@ describe('accepted configurations', () => {
           console_input_eof: true,
           max_instructions: 5_000_000,
           start_paused: true,
+          io_shares: 500,
           memory_policy: {
             shares: 2000, reservation_mib: 32, limit_mib: 96,
             active_sampling: { pages_per_period: 200, period_instructions: 5_000_000 }, mrc: { rate_pct: 0.5, quiet_instructions: 100_000 },
@@ -142,6 +145,7 @@ describe('accepted configurations', () => {
       maxInstructions: 5_000_000,
       startPaused: true,
       meminfo: false,
+      ioShares: 500,
       memoryPolicy: {
         shares: 2000, reservationMib: 32, limitMib: 96,
         activeSampling: { pagesPerPeriod: 200, periodInstructions: 5_000_000 }, mrc: { ratePct: 0.5, quietInstructions: 100_000 },
