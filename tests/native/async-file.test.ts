@@ -1,4 +1,4 @@
-import { constants, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { constants, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HOST_FILE_MAX_ASYNC_TRANSFER, HOST_PAGE_SIZE, HostFile, HostRegion, NativeError } from '../../native/index.ts';
@@ -96,6 +96,32 @@ describe('HostFile asynchronous I/O', () => {
     expectBytes(new Uint8Array(readFileSync(path)).subarray(2 * alignment), pattern(8 * alignment, 3));
     await file.syncAsync();
     file.close();
+  });
+
+  it('on tmpfs (no STATX_DIOALIGN) falls back to 512, or refuses O_DIRECT with BV_NATIVE_UNSUPPORTED', async () => {
+    // Linux 6.6+ tmpfs accepts O_DIRECT without reporting an alignment; older kernels refuse it.
+    const path = join('/dev/shm', `bv-direct-${process.pid}.bin`);
+    let file: HostFile;
+    try {
+      file = HostFile.open(path, 'create', { direct: true });
+    } catch (error) {
+      rmSync(path, { force: true });
+      expect(error).toBeInstanceOf(NativeError);
+      expect((error as NativeError).code).toBe('BV_NATIVE_UNSUPPORTED');
+      expect((error as NativeError).message).toContain('O_DIRECT is not supported on the file system');
+      return;
+    }
+    try {
+      expect(file.direct).toBe(true);
+      expect(file.directAlignment).toBe(512);
+      expect(await file.pwriteAsync(pattern(1024, 12), 512)).toBe(1024);
+      const back = new Uint8Array(1024);
+      expect(await file.preadAsync(back, 512)).toBe(1024);
+      expectBytes(back, pattern(1024, 12));
+      file.close();
+    } finally {
+      rmSync(path, { force: true });
+    }
   });
 
   it('makes the synchronous transfers work on an O_DIRECT file too', () => {
