@@ -241,7 +241,10 @@ export class Bus implements ChannelListener {
    * it. Call before restoring a checkpoint into vm (the restore re-links its channels).
    */
   attachVm(vm: Vm, hypervisor?: Hypervisor): ChannelDevice {
-    if (this.devices.has(vm.name)) throw new BusError('BV_BUS_CONFIG', `${vm.name} already has a channel device on this bus`);
+    const existing = this.devices.get(vm.name);
+    if (existing?.vm === vm) throw new BusError('BV_BUS_CONFIG', `${vm.name} already has a channel device on this bus`);
+    // VM names are unique among live VMs: an older device under this name belongs to a VM that is gone.
+    if (existing) this.detachVm(existing.vm);
     const device = attachChannels(vm, hypervisor ? { hypervisor, listener: this } : { listener: this });
     this.devices.set(vm.name, device);
     for (const channel of this.channels.values()) this.offerEnds(channel);
@@ -264,6 +267,12 @@ export class Bus implements ChannelListener {
       }
     }
     device.stop();
+  }
+
+  /** Whether some channel names the VM `name` (as client or server). */
+  namesVm(name: string): boolean {
+    for (const channel of this.channels.values()) if (channel.client.vmName === name || channel.server?.vmName === name) return true;
+    return false;
   }
 
   /** The device attached for the VM named `name`, if any. */
@@ -437,11 +446,13 @@ export class Bus implements ChannelListener {
   /** @internal */
   released(device: ChannelDevice, slot: number, tag: string): void {
     const channel = this.channels.get(tag);
-    const end = channel ? this.endsOf(channel).find((e) => e.device === device && e.slot === slot) : undefined;
-    if (!channel || !end) return;
-    // The guest acknowledged: a channel the host still offers is offered again on a free slot.
-    end.device = null;
-    end.slot = -1;
+    if (!channel) return;
+    const end = this.endsOf(channel).find((e) => e.device === device && e.slot === slot);
+    if (end) {
+      end.device = null;
+      end.slot = -1;
+    }
+    // The guest acknowledged: a channel the host still offers (or offers anew under this name) is offered again on a free slot.
     if (channel.offered) this.offerEnds(channel);
   }
 
