@@ -327,9 +327,24 @@ const GROUP_PATCH_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['cpus'],
   properties: { cpus: { type: 'array', minItems: 1, maxItems: 1024, uniqueItems: true, items: { type: 'integer', minimum: 0, maximum: 1023 } } },
 };
+/** PATCH /vms/{name}: the run state, the VM's IO shares (storage_io), or both. */
 const STATE_SCHEMA = {
-  type: 'object', additionalProperties: false, required: ['state'],
-  properties: { state: { enum: ['Paused', 'Resumed'] } },
+  type: 'object', additionalProperties: false, minProperties: 1,
+  properties: { state: { enum: ['Paused', 'Resumed'] }, io_shares: { type: 'integer', minimum: 1, maximum: 1_000_000 } },
+};
+/** PATCH /host/storage (docs/storage-io.md): any of the keys. */
+const STORAGE_PATCH_SCHEMA = {
+  type: 'object', additionalProperties: false, minProperties: 1,
+  properties: {
+    latency_threshold_ms: { type: 'number', exclusiveMinimum: 0, maximum: 60_000 },
+    gamma: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    alpha: { type: 'number', minimum: 0, exclusiveMaximum: 1 },
+    beta: { type: 'number', minimum: 0, maximum: 1000 },
+    window_min: { type: 'number', minimum: 1, maximum: 4096 },
+    window_max: { type: 'number', minimum: 1, maximum: 4096 },
+    size_knee_kib: { type: 'number', minimum: 0, maximum: 1_048_576 },
+    control: { type: 'boolean' },
+  },
 };
 const SNAPSHOT_SCHEMA = {
   type: 'object', additionalProperties: false, required: ['path'],
@@ -442,6 +457,7 @@ export const API_BODY_SCHEMAS: Readonly<Record<string, object>> = {
   'PATCH /vms/{name}/memory-policy': MEMORY_POLICY_SCHEMA,
   'PATCH /vms/{name}/tier': TIER_SCHEMA,
   'PATCH /host/reclaim': RECLAIM_PATCH_SCHEMA,
+  'PATCH /host/storage': STORAGE_PATCH_SCHEMA,
   'POST /vms/{name}/mrc/size': MRC_SIZE_SCHEMA,
   'PUT /migrations/receive': RECEIVE_SCHEMA,
   'PUT /vms/{name}/migrate': MIGRATE_SCHEMA,
@@ -472,6 +488,23 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
   return api
     .route('GET', '/host', async () => ({ status: 200, body: await host.hostInfo() }))
     .route('GET', '/host/placement', async () => ({ status: 200, body: host.placementStatus() }))
+    .route('GET', '/host/storage', async () => ({ status: 200, body: host.storageStatus() }))
+    .route('PATCH', '/host/storage', async ({ body }) => {
+      const b = body as { latency_threshold_ms?: number; gamma?: number; alpha?: number; beta?: number; window_min?: number; window_max?: number; size_knee_kib?: number; control?: boolean };
+      return {
+        status: 200,
+        body: host.setStorageIo({
+          ...(b.latency_threshold_ms === undefined ? {} : { thresholdMs: b.latency_threshold_ms }),
+          ...(b.gamma === undefined ? {} : { gamma: b.gamma }),
+          ...(b.alpha === undefined ? {} : { alpha: b.alpha }),
+          ...(b.beta === undefined ? {} : { beta: b.beta }),
+          ...(b.window_min === undefined ? {} : { windowMin: b.window_min }),
+          ...(b.window_max === undefined ? {} : { windowMax: b.window_max }),
+          ...(b.size_knee_kib === undefined ? {} : { sizeKneeKib: b.size_knee_kib }),
+          ...(b.control === undefined ? {} : { control: b.control }),
+        }),
+      };
+    }, { schema: STORAGE_PATCH_SCHEMA })
     .route('GET', '/groups', async () => ({ status: 200, body: { worker_groups: host.workerGroups() } }))
     .route('PATCH', '/groups/{name}', async ({ params, body }) => ({ status: 200, body: await host.setGroupCpus(params['name']!, (body as { cpus: number[] }).cpus) }), { schema: GROUP_PATCH_SCHEMA })
     .route('GET', '/host/stats', async () => ({ status: 200, body: await host.allHostStats() }))
@@ -496,8 +529,11 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       return { status: 204 };
     })
     .route('PATCH', '/vms/{name}', async ({ params, body }) => {
-      const { state } = body as { state: 'Paused' | 'Resumed' };
-      return { status: 200, body: state === 'Paused' ? await host.vmCalls(params['name']!).pause(params['name']!) : await host.vmCalls(params['name']!).resume(params['name']!) };
+      const { state, io_shares: ioShares } = body as { state?: 'Paused' | 'Resumed'; io_shares?: number };
+      const name = params['name']!;
+      if (ioShares !== undefined) host.setIoShares(name, ioShares);
+      if (state === undefined) return { status: 200, body: await host.vmCalls(name).vmInfo(name) };
+      return { status: 200, body: state === 'Paused' ? await host.vmCalls(name).pause(name) : await host.vmCalls(name).resume(name) };
     }, { schema: STATE_SCHEMA })
     .route('PUT', '/vms/{name}/snapshot', async ({ params, body }) => {
       const { path, live } = body as { path: string; live?: boolean };

@@ -31,6 +31,10 @@ export interface DiskSpec {
   path: string;
   /** `overlay_dir`: where new top overlays go (default: next to the bottom file). */
   overlayDir?: string;
+  /** `async` (default false): the device accepts asynchronous requests (docs/block-device.md); storage_io gates them. */
+  async?: boolean;
+  /** `direct` (default false): asynchronous transfers bypass the host page cache (O_DIRECT). */
+  direct?: boolean;
 }
 
 /** A VM's persistent memory (`pmem` in the configuration, docs/pmem.md). */
@@ -403,6 +407,8 @@ const VM_BODY = {
       properties: {
         path: { type: 'string', minLength: 1, description: 'The top of the disk chain: a raw image or an overlay.' },
         overlay_dir: { type: 'string', minLength: 1, description: 'Where the VM\'s copy-on-write overlays are written.' },
+        async: { type: 'boolean', description: 'Accept asynchronous requests (several in flight, completion interrupts; docs/block-device.md); storage_io gates them (default false).' },
+        direct: { type: 'boolean', description: 'Asynchronous transfers bypass the host page cache with O_DIRECT (default false).' },
       },
       default: VM_DEFAULTS.disk,
       description: 'A block device (docs/block-device.md), or null for none.',
@@ -683,7 +689,7 @@ interface VmJson {
   memory_mib: number;
   vcpus?: number;
   boot_args?: string;
-  disk?: { path: string; overlay_dir?: string } | null;
+  disk?: { path: string; overlay_dir?: string; async?: boolean; direct?: boolean } | null;
   mmu?: { mode?: (typeof MMU_MODES)[number]; traces?: boolean; batch?: number };
   large_pages?: LargePagePolicy;
   tier?: Tier;
@@ -1306,7 +1312,12 @@ function toVmSpec(vm: VmJson): VmSpec {
     memoryBytes: vm.memory_mib * MIB,
     vcpus: vm.vcpus ?? VM_DEFAULTS.vcpus,
     bootArgs: vm.boot_args ?? VM_DEFAULTS.boot_args,
-    disk: disk === null ? null : disk.overlay_dir === undefined ? { path: disk.path } : { path: disk.path, overlayDir: disk.overlay_dir },
+    disk: disk === null ? null : {
+      path: disk.path,
+      ...(disk.overlay_dir === undefined ? {} : { overlayDir: disk.overlay_dir }),
+      ...(disk.async === undefined ? {} : { async: disk.async }),
+      ...(disk.direct === undefined ? {} : { direct: disk.direct }),
+    },
     mmu,
     largePages: vm.large_pages ?? VM_DEFAULTS.large_pages,
     tier: vm.tier ?? defaultTier(),

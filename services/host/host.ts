@@ -22,7 +22,7 @@ import {
 } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import { readVmCheckpointConfig, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm, type RestoreMode } from '../checkpoint/index.ts';
-import { MAX_STATS_INTERVAL_S, type HostSpec, type PlacementSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
+import { MAX_STATS_INTERVAL_S, type ChannelSpec, type HostSpec, type PlacementSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type PmemHaSpec, type ReclaimSpec, type VmSpec } from './config.ts';
 import { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 import { Reallocation, ReallocationDonor, ReallocationReceiver, type ReallocationHalfStatus, type ReallocationStatus } from '../memory/reallocate.ts';
 import { MemoryScheduler, type MemorySchedulerStats } from '../memory/reclaim.ts';
@@ -33,6 +33,7 @@ import { PageSharer, ThreadSharing, type SharingOffer } from '../memory/sharing.
 import { SwapFile } from '../memory/swap.ts';
 import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
+import { Bus, BusError, type BusChannelInfo, type BusTotals } from '../bus/index.ts';
 import { MemoryErrorService, MemoryErrorServiceError, type RecoveryMethod } from '../recovery/index.ts';
 import { CleanCopyRecovery } from '../recovery/clean-copy.ts';
 import { DiskCleanCopies } from '../recovery/disk-cache.ts';
@@ -388,6 +389,16 @@ export interface HostStatsReport extends HostStats {
   cross_thread_sharing?: CrossThreadSharingStats;
   /** Each worker group's own report (its decode cache, scheduler, memory scheduler), with GET /host/stats; absent in a group's own. */
   worker_groups?: WorkerGroupStats[];
+  /** The partition bus's totals (docs/bus.md): channels, open ends, packets and bytes moved, ring-full waits, failures. */
+  bus: BusTotals;
+}
+
+/** GET /channels: every channel of the partition bus and the totals. */
+export interface ChannelsInfo {
+  /** Each channel as GET /channels/{name} shows it. */
+  channels: BusChannelInfo[];
+  /** Totals over all of them. */
+  totals: BusTotals;
 }
 
 /** A worker group's part of GET /host/stats. */
@@ -735,6 +746,10 @@ export class Host {
   private readonly groups = new Map<string, WorkerGroup>();
   /** The VMs in worker groups: their group and memory (reserved against the pool here). */
   private readonly remote = new Map<string, { group: WorkerGroup; memoryBytes: number }>();
+  /** The partition bus (docs/bus.md): channels between this thread's VMs, and to the echo service. */
+  readonly bus: Bus;
+  /** Each channel's settings as configured or PUT (a PUT of the same settings offers it again). */
+  private readonly channelSpecs = new Map<string, ChannelSpec>();
   /** This host's own VMs through the interface worker groups answer (vmCalls). */
   private readonly localCalls: GroupCalls;
 
@@ -746,6 +761,7 @@ export class Host {
     options: HostOptions = {},
   ) {
     this.log = options.log ?? (() => {});
+    this.bus = new Bus({ log: (line) => this.log(line) });
     this.crossThread = new CrossThread(this.hv, () => [this.localCalls, ...this.liveGroups().map((group) => group.calls)], (name) => this.vmCalls(name), (line) => this.log(line));
     this.sendReallocationFrames = options.reallocationFrames ?? ((id, handles, given) => this.crossThread.relayFrames(id, handles, given));
     const localCalls: Partial<Record<GroupMethod, (...args: unknown[]) => Promise<unknown>>> = {};
@@ -790,6 +806,8 @@ export class Host {
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
+      // Channels first: a VM a channel names gets its channel device when it boots.
+      for (const [index, channel] of (spec.channels ?? []).entries()) host.addChannel(channel, `channels[${index}]`);
       for (const [index, vm] of spec.vms.entries()) if (vm.group === undefined) host.boot(vm, images[index]!, `vms[${index}]`);
       // The groups start at once (a worker takes ~0.5 s to load); all settle before a failure is thrown, so close() finds every one.
       const started = await Promise.allSettled(spec.workerGroups.map((group, index) => host.startGroup(group.name, group.cpus, spec.vms.filter((vm) => vm.group === group.name), `worker_groups[${index}]`, migration)));
@@ -1038,7 +1056,62 @@ export class Host {
 
   /** GET /host/stats. */
   hostStats(): HostStatsReport {
-    return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null, migration: this.migrationCounters.report() };
+    return { ...hostStats(this.hv), memory_scheduler: this.memory?.scheduler.stats() ?? null, migration: this.migrationCounters.report(), bus: this.bus.totals() };
+  }
+
+  // ------------------------------------------------------------------------------- partition bus
+
+  /** GET /channels. */
+  channels(): ChannelsInfo {
+    return { channels: this.bus.names().map((name) => this.bus.info(name)), totals: this.bus.totals() };
+  }
+
+  /** GET /channels/{name}: its ends (state, agreed version, counters) and failures. */
+  channel(name: string): BusChannelInfo {
+    if (!this.bus.has(name)) throw new HostError(404, `no channel named '${name}'`);
+    return this.bus.info(name);
+  }
+
+  /**
+   * PUT /channels/{name}: adds the channel and offers it to its VMs (created = true), or, for a
+   * channel that exists with the same settings, offers it again after a rescind. Both ends must
+   * be VMs of the host's own thread (the bus does not relay across worker threads, docs/bus.md);
+   * a VM that exists already must have been created with a channel device (a channel named it
+   * then), since a device cannot be added to a running machine.
+   */
+  putChannel(spec: ChannelSpec): { created: boolean; channel: BusChannelInfo } {
+    const existing = this.channelSpecs.get(spec.name);
+    if (existing !== undefined) {
+      if (JSON.stringify(existing) !== JSON.stringify(spec)) throw new HostError(409, `channel '${spec.name}' exists with other settings: DELETE it first`);
+      return { created: false, channel: this.bus.offer(spec.name) };
+    }
+    this.addChannel(spec, `channel '${spec.name}'`);
+    return { created: true, channel: this.bus.info(spec.name) };
+  }
+
+  /** DELETE /channels/{name}: rescinds the channel at once (in use or not) and forgets it. */
+  deleteChannel(name: string): void {
+    if (!this.bus.has(name)) throw new HostError(404, `no channel named '${name}'`);
+    this.bus.removeChannel(name);
+    this.channelSpecs.delete(name);
+  }
+
+  private addChannel(spec: ChannelSpec, where: string): void {
+    for (const vmName of spec.service === 'echo' ? [spec.client] : [spec.client, spec.server]) {
+      const remote = this.remote.get(vmName) ?? (this.startingInGroups.has(vmName) ? { group: { name: 'starting' } } : undefined);
+      if (remote !== undefined) throw new HostError(409, `${where}: VM '${vmName}' runs in worker group '${remote.group.name}': channels reach only VMs in the host's own thread (docs/bus.md)`);
+      const m = this.machines.get(vmName);
+      if (m !== undefined && this.bus.deviceOf(vmName)?.vm !== m.vm) {
+        throw new HostError(409, `${where}: VM '${vmName}' has no channel device (it was created before any channel named it): add the channel before creating the VM, or in the host configuration`);
+      }
+    }
+    try {
+      this.bus.addChannel({ name: spec.name, service: spec.service, client: spec.client, server: spec.server, versions: spec.versions, ringPages: spec.ringPages });
+    } catch (error) {
+      if (error instanceof BusError) throw new HostError(400, `${where}: ${error.message}`);
+      throw error;
+    }
+    this.channelSpecs.set(spec.name, { ...spec, versions: [...spec.versions] });
   }
 
   /** GET /host/stats: this thread's report and each worker group's. */
@@ -1225,6 +1298,7 @@ export class Host {
   async createVm(spec: VmSpec): Promise<VmInfo> {
     if (spec.group !== undefined) {
       const group = this.group(spec.group);
+      if (this.bus.namesVm(spec.name)) throw new HostError(409, `VM '${spec.name}': a channel names it, and channels reach only VMs in the host's own thread (docs/bus.md)`);
       this.checkNewName(spec.name);
       this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
       this.remote.set(spec.name, { group, memoryBytes: spec.memoryBytes });
@@ -1351,6 +1425,8 @@ export class Host {
         devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon, saved.components['meminfo'] !== undefined));
         // A sampled VM's checkpoint holds its sampler's state: a sampler must be there to take it.
         if (saved.components[ACTIVE_MEMORY_STATE] !== undefined) sampler = this.attachSampler(vm, null);
+        // A VM saved with channels gets its channel device back; the bus re-links them by name.
+        if (saved.components['channel'] !== undefined) this.bus.attachVm(vm, this.hv);
       },
     }), `restore of ${path}`);
     const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
@@ -1411,6 +1487,8 @@ export class Host {
         const attached = attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null));
         // The child carries on with the parent's estimate (the sampler's state is copied like a device's).
         if (parent.sampler !== null) sampler = this.attachSampler(child, { pagesPerPeriod: parent.sampler.stats().pages_per_period, periodInstructions: parent.sampler.stats().period_instructions });
+        // Same device layout as the parent; the bus leaves the child's slots empty (the parent keeps its channels).
+        if (this.bus.deviceOf(parentName)?.vm === parent.vm) this.bus.attachVm(child, this.hv);
         return attached;
       },
     }), `fork of '${parentName}'`);
@@ -1542,6 +1620,7 @@ export class Host {
     const options = {
       attach: {
         boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+        channels: this.bus.deviceOf(m.name)?.vm === m.vm,
         // Services that keep state in the VM's checkpoint must be there to take it; the others follow the VM.
         active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
         mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
@@ -1881,6 +1960,7 @@ export class Host {
   private attachOf(m: HostedVm): JsonObject {
     return {
       boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+      channels: this.bus.deviceOf(m.name)?.vm === m.vm,
       active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
       mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
       policy: { shares: m.policy.shares, minPages: m.policy.minPages, maxPages: m.policy.maxPages },
@@ -1980,6 +2060,7 @@ export class Host {
       const options = this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true);
       if (diskAt !== null) options.disk = { path: diskAt.path, overlayDir: diskAt.overlayDir };
       const devices = guard(() => attachStandardDevices(vm, options), `incoming VM '${name}'`);
+      if (attach.channels === true) this.bus.attachVm(vm, this.hv);
       const m = new HostedVm(name, vm, devices, log, origin, disk, null, false, null);
       const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
       if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
@@ -2262,6 +2343,8 @@ export class Host {
         () => attachStandardDevices(vm, { ...this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo), ...(spec.pmem === undefined ? {} : { pmem: spec.pmem }) }),
         where === '' ? `VM '${spec.name}'` : where,
       );
+      // A VM some channel names gets a channel device (after the standard ones: the guest ABI's order).
+      if (this.bus.namesVm(spec.name)) guard(() => this.bus.attachVm(vm, this.hv), where === '' ? `VM '${spec.name}'` : where);
       guard(() => vm.loadImage(image), `${where === '' ? '' : `${where}.`}image ${spec.image}`);
       const m = new HostedVm(spec.name, vm, devices, log, { kind: 'image', image: spec.image }, spec.disk?.path ?? null, null, spec.startPaused, spec.maxInstructions);
       const policy = spec.memoryPolicy;
@@ -2414,6 +2497,7 @@ export class Host {
     }
     m.devices.console.stop();
     m.devices.block?.close();
+    this.bus.detachVm(m.vm);
     this.memory?.scheduler.remove(m.vm, { forgetSwap: true });
     this.cleanCopies.delete(m.vm);
     m.sampler?.dispose();
@@ -2481,7 +2565,8 @@ export class Host {
         if (m.waitingForInput) {
           // Input from a stream (tools/run's stdin) arrives without a kick: look for it.
           const console = m.devices.console;
-          if (!console.inputAvailable && !console.endOfInput) {
+          // … or a device (a channel's doorbell from another VM) has raised an interrupt it waits for.
+          if (!console.inputAvailable && !console.endOfInput && !m.vm.vcpus.some((vcpu) => vcpu.wakeable)) {
             waiting++;
             continue;
           }
