@@ -18,6 +18,7 @@ import type { Tier } from '../../kernel/index.ts';
 import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate, type MigrateRequest, type ReplicateRequest } from './host.ts';
 import { MEMORY_ERROR_REQUEST_SCHEMA, type MemoryErrorRequest } from '../recovery/requests.ts';
 import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
+import { CHANNEL_BODY_SCHEMA, toChannelSpec, type ChannelJson } from './config.ts';
 
 /** A request as a handler sees it. */
 export interface ApiRequest {
@@ -514,6 +515,18 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { from, to, mib } = body as { from: string; to: string; mib: number };
       return { status: 202, body: await host.reallocate(from, to, mib) };
     }, { schema: REALLOCATE_SCHEMA })
+    .route('GET', '/channels', async () => ({ status: 200, body: host.channels() }))
+    .route('GET', '/channels/{name}', async ({ params }) => ({ status: 200, body: host.channel(params['name']!) }))
+    .route('PUT', '/channels/{name}', async ({ params, body }) => {
+      const name = params['name']!;
+      if (!new RegExp(VM_NAME_PATTERN).test(name)) throw new HostError(400, `a channel name is 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit, got '${name}'`);
+      const { created, channel } = host.putChannel(toChannelSpec(name, body as ChannelJson));
+      return { status: created ? 201 : 200, body: channel };
+    }, { schema: CHANNEL_BODY_SCHEMA })
+    .route('DELETE', '/channels/{name}', async ({ params }) => {
+      host.deleteChannel(params['name']!);
+      return { status: 204 };
+    })
     .route('GET', '/vms', async () => ({ status: 200, body: { vms: await host.listAll() } }))
     .route('GET', '/vms/{name}', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmInfo(params['name']!) }))
     .route('PUT', '/vms/{name}', async ({ params, body }) => {

@@ -187,6 +187,22 @@ export interface ReclaimSpec {
   taxRate: number;
 }
 
+/** A channel of the partition bus (`channels[]`, docs/bus.md). */
+export interface ChannelSpec {
+  /** `name`: the channel's name (the API's /channels/{name}). */
+  name: string;
+  /** `service`: 'block' (a client VM and a serving VM) or 'echo' (the host's echo service). */
+  service: 'block' | 'echo';
+  /** `client`: the client VM's name. */
+  client: string;
+  /** `server`: the serving VM's name, or 'echo'. */
+  server: string;
+  /** `versions` (default ["2.0", "1.0"]): the versions the host accepts, newest first. */
+  versions: string[];
+  /** `ring_pages` (default 64): most pages a grant opened on the channel may have. */
+  ringPages: number;
+}
+
 /** The host: pool, scheduling, API limits, and the VMs it boots. */
 export interface HostSpec {
   /** `host_memory_mib` × 1 MiB (default 1024 MiB): the host pool every VM takes frames from, reserved lazily. */
@@ -225,6 +241,8 @@ export interface HostSpec {
   storageIo: StorageIoSpec | null;
   /** `placement`: power-aware placement of the unpinned worker groups (docs/placement.md), or null (default) for none. */
   placement: PlacementSpec | null;
+  /** `channels` (default []): partition-bus channels between the host's own VMs, or to its echo service (docs/bus.md). */
+  channels: ChannelSpec[];
 }
 
 /** The host's `storage_io` settings (docs/storage-io.md): PARDA over a storage device shared with other hosts. */
@@ -529,6 +547,24 @@ const DRAFT_2020_12 = 'https://json-schema.org/draft/2020-12/schema';
 /** The JSON Schema (draft 2020-12) of one VM: a `vms` entry, and the body of `PUT /vms/{name}`. */
 export const VM_CONFIG_SCHEMA: object = deepFreeze({ $schema: DRAFT_2020_12, ...VM_BODY });
 
+/** The body of `PUT /channels/{name}` (a channel without its name). */
+export const CHANNEL_BODY_SCHEMA = deepFreeze({
+  type: 'object',
+  additionalProperties: false,
+  required: ['service', 'client', 'server'],
+  properties: {
+    service: { enum: ['block', 'echo'], description: 'block: a client VM and a serving VM; echo: the host returns every packet.' },
+    client: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The client VM (its slot offers BLOCK, or ECHO).' },
+    server: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The serving VM (its slot offers BLOCK_SERVER), or "echo".' },
+    versions: {
+      type: 'array', minItems: 1, maxItems: 16, uniqueItems: true, items: { type: 'string', pattern: '^[0-9]{1,5}\\.[0-9]{1,5}$' },
+      description: 'Versions the host accepts, "major.minor", newest first (default ["2.0", "1.0"]).',
+    },
+    ring_pages: integer(4, 64, 'Most pages (both rings, headers included) a grant opened on this channel may have.', { default: 64 }),
+  },
+  description: 'A partition-bus channel (docs/bus.md).',
+});
+
 /** The JSON Schema (draft 2020-12) of the host configuration file. */
 export const HOST_CONFIG_SCHEMA: object = deepFreeze({
   $schema: DRAFT_2020_12,
@@ -669,6 +705,13 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       default: null,
       description: 'Persistent-memory HA (docs/pmem.md "High availability"): save to a partner host, receive a partner\'s saves, or both; or null for none.',
     },
+    channels: {
+      type: 'array',
+      maxItems: 256,
+      default: [],
+      items: { ...CHANNEL_BODY_SCHEMA, required: ['name', 'service', 'client', 'server'], properties: { name: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The channel\'s name.' }, ...CHANNEL_BODY_SCHEMA.properties } },
+      description: 'Partition-bus channels between the host\'s own VMs or to its echo service (docs/bus.md).',
+    },
     vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },
   },
   $defs: { vm: VM_BODY },
@@ -728,6 +771,26 @@ interface HostJson {
   worker_groups?: { name: string; cpus?: number[] }[];
   placement?: { interval_ms?: number; target_utilisation?: number; spread_hold_ms?: number; consolidate_hold_ms?: number } | null;
   storage_io?: { stats_file?: string; host_id: number; latency_threshold_ms: number; gamma?: number; alpha?: number; beta?: number; window_min?: number; window_max?: number; period_ms?: number; size_knee_kib?: number; control?: boolean } | null;
+  channels?: ({ name: string } & ChannelJson)[];
+}
+
+/** A channel body as it is after the schema check. */
+export interface ChannelJson {
+  /** 'block' or 'echo'. */
+  service: 'block' | 'echo';
+  /** The client VM. */
+  client: string;
+  /** The serving VM, or 'echo'. */
+  server: string;
+  /** "major.minor" versions, newest first. */
+  versions?: string[];
+  /** Most pages of a grant. */
+  ring_pages?: number;
+}
+
+/** A channel from its (schema-checked) JSON. */
+export function toChannelSpec(name: string, json: ChannelJson): ChannelSpec {
+  return { name, service: json.service, client: json.client, server: json.server, versions: json.versions ?? ['2.0', '1.0'], ringPages: json.ring_pages ?? 64 };
 }
 
 let ajv: Ajv2020 | undefined;
@@ -762,6 +825,7 @@ export function parseHostConfig(json: unknown): HostSpec {
     found.push(...migrationProblems(json.migration));
     found.push(...workerGroupProblems(json.worker_groups, json.vms, json.placement));
     found.push(...storageIoProblems(json.storage_io, json.vms));
+    found.push(...channelProblems(json.channels, json.vms));
   }
   throwIfAny(found, json, '');
   const host = json as HostJson;
@@ -789,7 +853,37 @@ export function parseHostConfig(json: unknown): HostSpec {
       consolidateHoldMs: host.placement.consolidate_hold_ms ?? 10_000,
     },
     storageIo: host.storage_io == null ? null : toStorageIoSpec(host.storage_io, (host.vms ?? []).map(toVmSpec)),
+    channels: (host.channels ?? []).map((channel) => toChannelSpec(channel.name, channel)),
   };
+}
+
+/**
+ * Channel names are unique; client and server name VMs of the configuration (server "echo" with
+ * service "echo"), two different ones, both in the host's own thread: the bus does not relay
+ * across worker threads (docs/bus.md).
+ */
+function channelProblems(channels: unknown, vms: unknown): Found[] {
+  if (!Array.isArray(channels)) return [];
+  const found: Found[] = [];
+  const vmGroups = new Map<string, unknown>();
+  if (Array.isArray(vms)) for (const vm of vms) if (isObject(vm) && typeof vm.name === 'string') vmGroups.set(vm.name, vm.group);
+  const names = new Set<string>();
+  channels.forEach((channel, index) => {
+    if (!isObject(channel)) return;
+    if (typeof channel.name === 'string') {
+      if (names.has(channel.name)) found.push({ segments: ['channels', index, 'name'], problem: `'${channel.name}' names two channels` });
+      names.add(channel.name);
+    }
+    if ((channel.service === 'echo') !== (channel.server === 'echo')) found.push({ segments: ['channels', index, 'server'], problem: 'is "echo" exactly when service is "echo"' });
+    if (channel.client === channel.server) found.push({ segments: ['channels', index, 'server'], problem: 'is the client itself' });
+    for (const role of ['client', 'server'] as const) {
+      const vm = channel[role];
+      if (typeof vm !== 'string' || vm === 'echo') continue;
+      if (!vmGroups.has(vm)) found.push({ segments: ['channels', index, role], problem: `names no VM of this configuration ('${vm}')` });
+      else if (vmGroups.get(vm) !== undefined) found.push({ segments: ['channels', index, role], problem: `names '${vm}', which runs in worker group '${String(vmGroups.get(vm))}': channels reach only VMs in the host's own thread (docs/bus.md)` });
+    }
+  });
+  return found;
 }
 
 function toPmemHaSpec(json: NonNullable<HostJson['pmem_ha']>): PmemHaSpec {

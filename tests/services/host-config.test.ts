@@ -68,6 +68,7 @@ describe('accepted configurations', () => {
       workerGroups: [],
       placement: null,
       storageIo: null,
+      channels: [],
       pmemHa: null,
       vms: [{
         name: 'a',
