@@ -31,6 +31,8 @@ import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
 import { adjustedSharesPerPage, defaultShares } from '../memory/shares.ts';
 import { PageSharer, ThreadSharing, type SharingOffer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
+import { PardaController, StorageIoError, type StorageIoStatus, type StorageIoUpdate, type VmIoStatus } from '../storage/index.ts';
+import type { StorageIoSpec } from './config.ts';
 import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
 import { Bus, BusError, type BusChannelInfo, type BusTotals } from '../bus/index.ts';
@@ -387,6 +389,8 @@ export interface HostStatsReport extends HostStats {
   placement?: PlacementStatus;
   /** Content-based sharing between the VMs of different threads (docs/workers.md), with worker groups and sharing on; else absent. */
   cross_thread_sharing?: CrossThreadSharingStats;
+  /** Decentralised IO control (storage_io, docs/storage-io.md): window, latency, throughput, the other hosts' blocks; absent when off. */
+  storage_io?: StorageIoStatus;
   /** Each worker group's own report (its decode cache, scheduler, memory scheduler), with GET /host/stats; absent in a group's own. */
   worker_groups?: WorkerGroupStats[];
   /** The partition bus's totals (docs/bus.md): channels, open ends, packets and bytes moved, ring-full waits, failures. */
@@ -752,6 +756,8 @@ export class Host {
   private readonly channelSpecs = new Map<string, ChannelSpec>();
   /** This host's own VMs through the interface worker groups answer (vmCalls). */
   private readonly localCalls: GroupCalls;
+  /** Decentralised IO control (storage_io, PARDA): the gate of the VMs' asynchronous disks, or null. */
+  private storage: PardaController | null = null;
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -806,6 +812,7 @@ export class Host {
     const host = new Host(hv, { sliceInstructions: spec.sliceInstructions, quantum: spec.quantum, consoleBufferBytes: spec.consoleBufferBytes, overcommit: spec.overcommit }, { ...options, ...(migration === undefined ? {} : { migration }) });
     try {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
+      if (spec.storageIo !== null) host.enableStorageIo(spec.storageIo, spec.migration.name);
       // Channels first: a VM a channel names gets its channel device when it boots.
       for (const [index, channel] of (spec.channels ?? []).entries()) host.addChannel(channel, `channels[${index}]`);
       for (const [index, vm] of spec.vms.entries()) if (vm.group === undefined) host.boot(vm, images[index]!, `vms[${index}]`);
@@ -984,9 +991,12 @@ export class Host {
   }
 
   /** GET /vms/{name}/stats: every counter `tools/run --stats` prints. */
-  vmStats(name: string): VmStats {
+  vmStats(name: string): VmStats & { io?: VmIoStatus } {
     const m = this.get(name);
-    return vmStats(this.hv, m.vm, { balloon: m.devices.balloon });
+    const stats = vmStats(this.hv, m.vm, { balloon: m.devices.balloon });
+    // Under storage_io: the VM's shares, part of the window, requests in flight and queued, IOPS.
+    const io = this.storage?.vmStatus(name) ?? null;
+    return io === null ? stats : { ...stats, io };
   }
 
   /** GET /vms/{name}/balloon. */
@@ -1118,6 +1128,7 @@ export class Host {
   async allHostStats(): Promise<HostStatsReport> {
     const report = this.hostStats();
     if (this.placement !== null) report.placement = this.placement.status();
+    if (this.storage !== null) report.storage_io = this.storage.status();
     const sharing = this.crossThread.sharingStats();
     if (sharing !== null) report.cross_thread_sharing = sharing;
     if (this.groups.size > 0) {
@@ -1125,6 +1136,77 @@ export class Host {
       report.worker_groups = reports.filter((r): r is WorkerGroupStats => r.stats !== null);
     }
     return report;
+  }
+
+  // ------------------------------------------------------------------------------- storage IO
+
+  /**
+   * Turns decentralised IO control on (the config's `storage_io`, docs/storage-io.md): a PARDA
+   * controller claims its slot in the statistics file and gates every asynchronous disk of the
+   * VMs booted after this. Refused when already on, or when the slot is taken (another live host).
+   */
+  enableStorageIo(spec: StorageIoSpec, name?: string): void {
+    if (this.storage !== null) throw new HostError(409, 'storage_io is already on');
+    if (spec.statsFile === null) throw new HostError(400, 'storage_io: stats_file is needed (no VM disk to put it next to)');
+    const statsFile = spec.statsFile;
+    this.storage = guard(() => PardaController.open({
+      statsFile, hostId: spec.hostId, ...(name === undefined ? {} : { name }), thresholdMs: spec.thresholdMs, gamma: spec.gamma, alpha: spec.alpha,
+      beta: spec.beta, windowMin: spec.windowMin, windowMax: spec.windowMax, periodMs: spec.periodMs, sizeKneeKib: spec.sizeKneeKib, control: spec.control,
+    }), 'storage_io');
+    this.storage.start();
+    this.log(`host: storage_io on: slot ${spec.hostId} of ${statsFile}, threshold ${spec.thresholdMs} ms, ${spec.control ? 'controlled' : 'measuring only'}`);
+  }
+
+  /** The controller, or 404 when storage_io is off. */
+  private storageIo(): PardaController {
+    if (this.storage === null) throw new HostError(404, 'storage_io is off (storage_io in docs/host.md)');
+    return this.storage;
+  }
+
+  /** GET /host/storage: window, L(t), this host's IOPS and throughput, its VMs, the other hosts' blocks. */
+  storageStatus(): StorageIoStatus {
+    return this.storageIo().status();
+  }
+
+  /** PATCH /host/storage: 𝓛, the law's constants, window bounds, control on or off; answers the new status. */
+  setStorageIo(update: StorageIoUpdate): StorageIoStatus {
+    const storage = this.storageIo();
+    try {
+      storage.update(update);
+    } catch (error) {
+      if (error instanceof StorageIoError) throw new HostError(400, error.message);
+      throw error;
+    }
+    return storage.status();
+  }
+
+  /** PATCH /vms/{name} {io_shares}: the VM's share of the host's IO window. */
+  setIoShares(name: string, shares: number): void {
+    this.checkLocal(name, 'io_shares');
+    const m = this.get(name);
+    if (m.spec !== null) m.spec = { ...m.spec, ioShares: shares };
+    if (this.storage !== null && !this.storage.setShares(name, shares)) this.storage.addVm(name, shares);
+  }
+
+  /**
+   * The disk options of a VM whose disk is asynchronous (`disk.async`): the device takes
+   * requests in flight, gated by storage_io when it is on.
+   */
+  private asyncDiskOptions(spec: VmSpec): Partial<StandardDeviceOptions> {
+    const disk = spec.disk;
+    if (disk === null || disk.async !== true) return {};
+    return {
+      disk: { path: disk.path, async: true, ...(disk.direct === true ? { direct: true } : {}), ...(disk.overlayDir === undefined ? {} : { overlayDir: disk.overlayDir }) },
+      ...(this.storage === null ? {} : { diskGate: this.storage, diskOwner: spec.name }),
+    };
+  }
+
+  /** A VM with an asynchronous disk: its completions wake the scheduler; storage_io learns its shares. */
+  private attachAsyncDisk(m: HostedVm, spec: VmSpec): void {
+    const block = m.devices.block;
+    if (block === null || spec.disk?.async !== true) return;
+    block.onCompletion = () => this.kick();
+    this.storage?.addVm(spec.name, spec.ioShares);
   }
 
   /** GET /vms/{name}/memory-policy. */
@@ -2188,6 +2270,7 @@ export class Host {
     this.groups.clear();
     this.remote.clear();
     this.memory?.swap.close();
+    this.storage?.close(); // its block says stopped: the other hosts share the device without it at once
   }
 
   // ------------------------------------------------------------------------------ internals
@@ -2340,7 +2423,7 @@ export class Host {
     try {
       const log = new ConsoleLog(this.settings.consoleBufferBytes);
       const devices = guard(
-        () => attachStandardDevices(vm, { ...this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo), ...(spec.pmem === undefined ? {} : { pmem: spec.pmem }) }),
+        () => attachStandardDevices(vm, { ...this.deviceOptions(log, spec.bootArgs, spec.disk?.path ?? null, spec.consoleInput, spec.consoleInputEof, balloonOptions(spec), spec.meminfo), ...(spec.pmem === undefined ? {} : { pmem: spec.pmem }), ...this.asyncDiskOptions(spec) }),
         where === '' ? `VM '${spec.name}'` : where,
       );
       // A VM some channel names gets a channel device (after the standard ones: the guest ABI's order).
@@ -2355,6 +2438,7 @@ export class Host {
         m.mrcOptions = policy.mrc;
       }
       if (spec.memoryErrors !== null) this.attachRecovery(vm, spec.memoryErrors, devices.block);
+      this.attachAsyncDisk(m, spec);
       m.spec = spec;
       if (spec.logReplication !== undefined) m.logShipper = this.logShipper(m, spec.logReplication, where === '' ? `VM '${spec.name}'` : `${where}.log_replication`);
       try {
@@ -2490,6 +2574,7 @@ export class Host {
     m.replication?.sender.stop();
     m.logShipper?.stop();
     this.stopStatsPolling(m);
+    this.storage?.removeVm(m.name);
     if (m.live) {
       m.live.snapshot.abort();
       m.live.done(new HostError(409, `the snapshot ${m.live.snapshot.path} was abandoned: ${why}`));
