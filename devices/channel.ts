@@ -14,6 +14,7 @@
 import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
 import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
 import { DeviceStateError, stateInteger, stateList, stateRecord, stateU32 } from './state.ts';
+import { holdWakeSource } from './wake.ts';
 
 /** Register offsets in the channel window (docs/bus.md). SLOT = the slot SELECT names. */
 export const ChannelRegister = {
@@ -375,7 +376,7 @@ export class ChannelDevice implements MmioDevice {
 
   /** Stops being a wake source (the VM is going away). */
   stop(): void {
-    this.hypervisor?.externalWakeSources.delete(this.vm);
+    if (this.hypervisor) holdWakeSource(this.hypervisor, this.vm, this, false);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -558,8 +559,8 @@ export class ChannelDevice implements MmioDevice {
   /** While a channel is open a peer may send at any time: an idle guest waits rather than ends. */
   private updateWakeSource(): void {
     if (!this.hypervisor) return;
-    if (this.slots.some((slot) => slot.state === ChannelState.OPEN)) this.hypervisor.externalWakeSources.add(this.vm);
-    else this.hypervisor.externalWakeSources.delete(this.vm);
+    // (other devices may hold the VM too: console input, block completions)
+    holdWakeSource(this.hypervisor, this.vm, this, this.slots.some((slot) => slot.state === ChannelState.OPEN));
   }
 
   // ---------------------------------------------------------------------------------------------
