@@ -27,7 +27,8 @@ _start:
         li      a0, EXIT_BAD_BOOTARGS
         j       power_off
 1:      call    print_plan
-        li      t0, IE_TIMER            # only the timer interrupts; the kernel itself keeps SIE = 0
+        la      t0, user_ie             # the timer (and an asynchronous disk's completions, disk.s);
+        lw      t0, 0(t0)               # the kernel itself keeps SIE = 0
         csrw    ie, t0
         call    start_pending
         j       schedule

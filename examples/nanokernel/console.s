@@ -119,8 +119,10 @@ sys_read:
         csrw    ie, t0
         wfi
         sw      zero, CONSOLE_CONTROL(s3)
-        li      t0, IE_TIMER
+        la      t0, user_ie             # back to the timer (and disk completions)
+        lw      t0, 0(t0)
         csrw    ie, t0
+        call    disk_poll               # a disk completion may have ended the wait: its process can run
         j       2b
 4:      li      t0, STATUS_SUM          # copy what is there, up to len bytes
         csrs    status, t0

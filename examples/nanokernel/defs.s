@@ -28,6 +28,7 @@
         .equ    IE_TIMER, 0x20
         .equ    IE_EXTERNAL, 0x200
         .equ    CAUSE_TIMER_IRQ, 0x80000005
+        .equ    CAUSE_EXTERNAL_IRQ, 0x80000009
         .equ    PTBR_SV32, 0x80000000
         .equ    PTBR_ASID_SHIFT, 22
 

@@ -32,11 +32,15 @@
         .equ    P_WAITING, 96           # 1 while its read waits for console input (console.s)
         .equ    P_WAKE_LO, 100          # PS_SLEEPING: the virtual time it wakes at (64 bits)
         .equ    P_WAKE_HI, 104
+        .equ    P_IO_STATE, 108         # IO_NONE, IO_SUBMITTED or IO_DONE: its asynchronous disk request (disk.s)
+        .equ    P_IO_RESULT, 112        # IO_DONE: the request's BlockStatus
+        .equ    P_IO_SEQ, 116           # disk_write_seq when its block read was submitted
         .equ    PCB_BYTES, 128
         .equ    MAX_PROCS, 8
         .equ    PS_FREE, 0
         .equ    PS_RUNNABLE, 1
         .equ    PS_SLEEPING, 2          # in sleep: not scheduled before TIME reaches its wake time
+        .equ    PS_DISKWAIT, 3          # waits for its disk request's completion (disk.s); counted in sleeping_procs
 
         # Program table entries: name, entry offset in the user image, flags.
         .equ    PROG_NAME, 0
@@ -81,6 +85,7 @@ create_process:
 3:      li      t1, 1
         sw      t1, P_ASID_USED(s0)
         sw      zero, P_WAITING(s0)
+        sw      zero, P_IO_STATE(s0)
         li      t1, 0                   # clear the saved registers
         mv      t2, s0
 4:      sw      zero, 0(t2)
@@ -425,11 +430,12 @@ kernel_idle:
         mv      t2, a2
 2:      call    arm_timer_at
 kernel_idle_wait:                       # (a label for tests: the idle kernel waits here)
-        wfi                             # ie = TIMER only (the kernel's setting while it runs)
+        wfi                             # ie = user_ie: the timer, and an asynchronous disk's completions
         la      t0, stat_idle_waits
         lw      t1, 0(t0)
         addi    t1, t1, 1
         sw      t1, 0(t0)
+        call    disk_poll               # (a completion ends a process's disk wait)
         li      a0, BALLOON_IDLE_RATE
         call    balloon_tick
         j       schedule
@@ -553,7 +559,8 @@ msg_oom_kills_n:    .asciz " oom kills"
 current:            .word procs_end - PCB_BYTES   # so that the first pick is slot 0
 next_pid:           .word 1
 live_procs:         .word 0
-sleeping_procs:     .word 0
+sleeping_procs:     .word 0                     # PS_SLEEPING and PS_DISKWAIT processes
+user_ie:            .word IE_TIMER              # ie while processes run (disk_probe adds EXTERNAL)
 stat_idle_waits:    .word 0                     # wfi in kernel_idle
 next_wake:          .word -1, -1                # earliest wake time of a sleeper (wake_sleepers)
 next_spec:          .word 0

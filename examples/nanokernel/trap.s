@@ -33,6 +33,8 @@ trap_entry:
         csrr    t0, cause
         li      t1, CAUSE_TIMER_IRQ
         beq     t0, t1, on_timer
+        li      t1, CAUSE_EXTERNAL_IRQ  # an asynchronous disk's completions (disk.s)
+        beq     t0, t1, on_external
         bltz    t0, kernel_trap_from_user
         li      t1, CAUSE_ECALL_U
         beq     t0, t1, on_syscall
@@ -86,6 +88,12 @@ on_timer:
         li      a0, BALLOON_RATE
         call    balloon_tick            # the balloon driver's poll (balloon.s)
         j       schedule
+
+# The external interrupt (enabled in user mode only with an asynchronous disk, user_ie): the
+# disk's completions wake their processes; the interrupted process goes on with its slice.
+on_external:
+        call    disk_poll
+        j       return_to_user
 
 # A load or store page fault from user mode: a heap or stack page not mapped yet gets a zeroed
 # frame; anything else (an unmapped address, a protection violation) kills the process.
