@@ -373,10 +373,13 @@ export class Hypervisor {
         if (!state.done) active++;
       }
       if (active === 0 && waitingForInput === 0) break;
+      // A VM that went idle earlier in this round may have been woken by a later one (a channel
+      // doorbell from a peer VM): it runs in the next round, without the idle sleep.
+      const woken = active === 0 && states.some((s) => !s.done && s.vm.vcpus.some((vcpu) => vcpu.waiting && vcpu.wakeable));
       if (active === 0 || ++roundsSinceYield >= 16) {
         roundsSinceYield = 0;
         // Idle VMs waiting for input: let the event loop deliver it without spinning.
-        await new Promise<void>((resolve) => (active === 0 ? setTimeout(resolve, 5) : setImmediate(resolve)));
+        await new Promise<void>((resolve) => (active === 0 && !woken ? setTimeout(resolve, 5) : setImmediate(resolve)));
       }
     }
     return states.map((s) => ({ vm: s.vm, reason: s.done!, instructions: s.vm.instructionsRetired - s.start }));

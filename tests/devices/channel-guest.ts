@@ -43,8 +43,8 @@ export function ringLibrary(sendPages: number, recvPages: number): string {
         .equ    RECV_HDR, RING + SEND_PAGES * 4096
         .equ    RECV_DATA, RECV_HDR + 4096
         .equ    RECV_SIZE, (RECV_PAGES - 1) * 4096
-        .equ    TXBUF, 0x20000
-        .equ    RXBUF, 0x30000
+        .equ    TXBUF, 0x90000
+        .equ    RXBUF, 0xb0000
 
 # ch_grant_open(): grants the SEND_PAGES + RECV_PAGES ring pages and opens slot 0 on them.
 # Returns a0 = RESULT of OPEN (or 0x100 + RESULT of a failed GRANT), a1 = handle. Clobbers t0-t3.
@@ -156,6 +156,8 @@ export interface EchoClientOptions {
   payloadBytes: number;
   /** Instructions to spin before starting (lets a test act first). */
   spin?: number;
+  /** Fill each packet's payload (default true); false sends zeros (the checksum is then 0), for speed. */
+  fill?: boolean;
 }
 
 /**
@@ -215,7 +217,7 @@ send:   li      t0, ${options.packets}
         sw      zero, 12(a0)
         slli    t1, s1, 16
         li      t2, 0
-        li      t3, ${options.payloadBytes / 4}
+        li      t3, ${options.fill === false ? 0 : options.payloadBytes / 4}
 2:      beq     t2, t3, 3f
         add     t0, t1, t2
         slli    a1, t2, 2
@@ -367,4 +369,73 @@ export interface BusGuest {
   channel: ChannelDevice;
   /** The console output so far. */
   output: () => string;
+}
+
+/** Options of pingClient. */
+export interface PingClientOptions {
+  /** Ring sizes in pages (header included). */
+  sendPages: number;
+  recvPages: number;
+  /** Round trips. */
+  roundTrips: number;
+  /** Payload bytes of each packet (a multiple of 8). */
+  payloadBytes: number;
+  /** Wait for the reply in wfi on the channel's interrupt (a peer VM answers); false: poll (echo answers at once). */
+  waitIrq: boolean;
+}
+
+/**
+ * One packet in flight at a time on slot 0 (version 2.0): send, ring, wait for the answer,
+ * check its transaction id (exit 5 otherwise), `roundTrips` times; the payload is built once.
+ * Exits 0.
+ */
+export function pingClient(options: PingClientOptions): string {
+  const packetBytes = 16 + options.payloadBytes;
+  return `${ringLibrary(options.sendPages, options.recvPages)}
+_start: li      a0, DEV_CHANNEL
+        call    find_device
+        mv      s0, a0
+1:      lw      t0, CH_STATE(s0)
+        li      t1, 1
+        bne     t0, t1, 1b
+        li      a0, 0x00020000
+        call    propose
+        bnez    a0, fail
+        call    ch_grant_open
+        bnez    a0, fail
+        li      t0, ${options.waitIrq ? 1 : 0}
+        sw      t0, CH_IRQ_ENABLE(s0)
+        li      t0, IE_EXTERNAL
+        csrs    ie, t0
+        li      a0, TXBUF
+        li      t0, 0x00020001
+        sw      t0, 0(a0)
+        li      t0, ${packetBytes / 8}
+        sw      t0, 4(a0)
+        sw      zero, 12(a0)
+        li      s1, 0
+send:   li      t0, ${options.roundTrips}
+        bge     s1, t0, done
+        li      a0, TXBUF
+        sw      s1, 8(a0)
+        li      a1, ${packetBytes}
+        call    ring_put
+        bnez    a0, fail
+        sw      zero, CH_DOORBELL(s0)
+wait:   li      t0, -1
+        sw      t0, CH_IRQ_STATUS(s0)
+        li      a0, RXBUF
+        call    ring_get
+        bnez    a0, got
+        ${options.waitIrq ? 'wfi' : 'nop'}
+        j       wait
+got:    li      t0, RXBUF
+        lw      t1, 8(t0)
+        bne     t1, s1, bad
+        addi    s1, s1, 1
+        j       send
+done:   exit    0
+bad:    exit    5
+fail:   exit    7
+`;
 }
