@@ -279,7 +279,7 @@ export const DeviceType = {
   MEMINFO: 7,
   /** Reserved: persistent memory (a later issue). */
   PMEM: 8,
-  /** Reserved: host–guest channel (a later issue). */
+  /** Partition-bus channels (devices/channel.ts, docs/bus.md). */
   CHANNEL: 9,
 } as const;
 
