@@ -106,10 +106,10 @@ export function runPair(pair: Pick<Pair, 'hv' | 'client' | 'server'>, until?: st
   throw new Error('the pair ran too long');
 }
 
-/** The little-endian u32 at a server symbol (its counters: srv_requests, srv_errors, srv_dropped). */
-export function serverWord(vm: Vm, name: string): number {
-  const at = SERVER_SYMBOLS.get(name);
-  if (at === undefined) throw new Error(`the server has no symbol ${name}`);
+/** The little-endian u32 at a server symbol (its counters: srv_requests, srv_errors, srv_dropped) or address. */
+export function serverWord(vm: Vm, where: string | number): number {
+  const at = typeof where === 'number' ? where : SERVER_SYMBOLS.get(where);
+  if (at === undefined) throw new Error(`the server has no symbol ${where}`);
   const bytes = vm.memory.readPhysical(at as never, 4);
   return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
 }
@@ -224,7 +224,7 @@ export class ScriptedClient {
     this.set(ChannelRegister.DOORBELL, 0);
   }
 
-  /** Takes every packet in the receive ring. */
+  /** Takes every packet in the receive ring, then rings the doorbell: space was freed. */
   receive(): Packet[] {
     const header = RINGS_GPA + RING_PAGES * 4096;
     const data = header + 4096;
@@ -244,6 +244,7 @@ export class ScriptedClient {
       this.receiveOffset = (this.receiveOffset + len) % RING_DATA_BYTES;
     }
     this.setWord(header + 4, this.receiveOffset);
+    this.set(ChannelRegister.DOORBELL, 0);
     return packets;
   }
 }

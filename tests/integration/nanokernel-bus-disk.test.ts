@@ -17,7 +17,7 @@ import { createHypervisor } from '../../kernel/index.ts';
 import { Bus } from '../../services/bus/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import {
-  bootDirect, bootPair, kernelImage, requestPacket, runPair, ScriptedClient, SERVER_IMAGE, serverWord, type Guest, type Pair,
+  bootDirect, bootPair, kernelImage, requestPacket, runPair, ScriptedClient, SERVER_IMAGE, SERVER_SYMBOLS, serverWord, type Guest, type Pair,
 } from './bus-disk-pair.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'bv-busdisk-'));
@@ -285,6 +285,28 @@ describe('the storage server trusts nothing in a packet', () => {
     const answers = client.receive();
     expect(answers.map((p) => [p.id, ...status(p.payload)])).toEqual([[1, Status.BAD_RANGE, 0], [2, 0, 1]]);
     expect(answers[1]!.payload.subarray(8)).toEqual(pair.server.devices.block!.disk.read(0, 1));
+    pair.server.devices.block!.close();
+  });
+
+  it('waits with pending_send_size while its send ring is full, and goes on once the client frees space', () => {
+    const { pair, client, step } = serverWithScriptedClient(0x00020000);
+    const disk = pair.server.devices.block!.disk;
+    // Four reads of 8 sectors: each response is 4,120 bytes, and each ring holds 8,184.
+    for (let id = 1; id <= 4; id++) client.send(requestPacket(id, 1, 8 * id, 8));
+    step();
+    // The client's ring holds the first response, the server's own the second; the third waits.
+    expect(serverWord(pair.server.vm, 'srv_requests')).toBe(3);
+    const sendHeader = SERVER_SYMBOLS.get('srv_rings')!;
+    expect(serverWord(pair.server.vm, sendHeader + 12)).toBe(4120);
+    const answers = client.receive();
+    for (let i = 0; i < 10 && answers.length < 4; i++) {
+      step();
+      answers.push(...client.receive());
+    }
+    expect(answers.map((p) => [p.id, ...status(p.payload)])).toEqual([[1, 0, 8], [2, 0, 8], [3, 0, 8], [4, 0, 8]]);
+    for (const p of answers) expect(p.payload.subarray(8)).toEqual(disk.read(8 * p.id, 8));
+    expect(serverWord(pair.server.vm, sendHeader + 12)).toBe(0);
+    expect(pair.bus.info('disk0').failureCount).toBe(0);
     pair.server.devices.block!.close();
   });
 
