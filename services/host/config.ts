@@ -547,8 +547,8 @@ const DRAFT_2020_12 = 'https://json-schema.org/draft/2020-12/schema';
 /** The JSON Schema (draft 2020-12) of one VM: a `vms` entry, and the body of `PUT /vms/{name}`. */
 export const VM_CONFIG_SCHEMA: object = deepFreeze({ $schema: DRAFT_2020_12, ...VM_BODY });
 
-/** The body of `PUT /channels/{name}` (a channel without its name). */
-export const CHANNEL_BODY_SCHEMA = deepFreeze({
+/** A channel without its name: the body of `PUT /channels/{name}`, and (with `name`) a `channels` entry. */
+const CHANNEL_BODY = {
   type: 'object',
   additionalProperties: false,
   required: ['service', 'client', 'server'],
@@ -563,7 +563,10 @@ export const CHANNEL_BODY_SCHEMA = deepFreeze({
     ring_pages: integer(4, 64, 'Most pages (both rings, headers included) a grant opened on this channel may have.', { default: 64 }),
   },
   description: 'A partition-bus channel (docs/bus.md).',
-});
+};
+
+/** The JSON Schema of the body of `PUT /channels/{name}` (a channel without its name). */
+export const CHANNEL_BODY_SCHEMA: object = deepFreeze({ ...CHANNEL_BODY });
 
 /** The JSON Schema (draft 2020-12) of the host configuration file. */
 export const HOST_CONFIG_SCHEMA: object = deepFreeze({
@@ -709,7 +712,7 @@ export const HOST_CONFIG_SCHEMA: object = deepFreeze({
       type: 'array',
       maxItems: 256,
       default: [],
-      items: { ...CHANNEL_BODY_SCHEMA, required: ['name', 'service', 'client', 'server'], properties: { name: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The channel\'s name.' }, ...CHANNEL_BODY_SCHEMA.properties } },
+      items: { ...CHANNEL_BODY, required: ['name', 'service', 'client', 'server'], properties: { name: { type: 'string', pattern: VM_NAME_PATTERN, description: 'The channel\'s name.' }, ...CHANNEL_BODY.properties } },
       description: 'Partition-bus channels between the host\'s own VMs or to its echo service (docs/bus.md).',
     },
     vms: { type: 'array', items: { $ref: '#/$defs/vm' }, default: [], description: 'The VMs the host boots, in order.' },

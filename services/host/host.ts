@@ -405,6 +405,14 @@ export interface ChannelsInfo {
   totals: BusTotals;
 }
 
+/** What PUT /channels/{name} did. */
+export interface ChannelPutResult {
+  /** true: the channel is new (201); false: it existed with the same settings and was offered again (200). */
+  created: boolean;
+  /** The channel now. */
+  channel: BusChannelInfo;
+}
+
 /** A worker group's part of GET /host/stats. */
 export interface WorkerGroupStats {
   /** The group. */
@@ -1089,7 +1097,7 @@ export class Host {
    * a VM that exists already must have been created with a channel device (a channel named it
    * then), since a device cannot be added to a running machine.
    */
-  putChannel(spec: ChannelSpec): { created: boolean; channel: BusChannelInfo } {
+  putChannel(spec: ChannelSpec): ChannelPutResult {
     const existing = this.channelSpecs.get(spec.name);
     if (existing !== undefined) {
       if (JSON.stringify(existing) !== JSON.stringify(spec)) throw new HostError(409, `channel '${spec.name}' exists with other settings: DELETE it first`);

@@ -8,6 +8,7 @@ export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } fr
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
   type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec, type WorkerGroupSpec,
+  CHANNEL_BODY_SCHEMA, toChannelSpec, type ChannelJson, type ChannelSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
 export { type PlacedGroupReport, type PlacementDecisionReport, type PlacementSpec, type PlacementStatus } from './placement.ts';
@@ -19,7 +20,7 @@ export {
   type VmOrigin, type MemoryPolicyInfo, type MemoryPolicyUpdate, type MrcInfo, type TaxRateInfo,
   type ReplicateRequest, type ReplicationStatus, type ReplicaInfo, type ReplicasInfo,
   type HostMigrationSettings, type MigrateRequest, type MigrationResult, type MigrationsInfo,
-  type PowerLossHook, type PowerLossHookResult, type PowerLossReport,
+  type PowerLossHook, type PowerLossHookResult, type PowerLossReport, type ChannelPutResult, type ChannelsInfo,
 } from './host.ts';
 export type { DestinationStatus, LogFlushReport, LogReplicaInfo, LogReplicasInfo, LogReplicationStatus } from '../ha/log-replication.ts';
 export {
