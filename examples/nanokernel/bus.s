@@ -278,7 +278,7 @@ bus_request:
         and     t1, t1, t2
         slli    t1, t1, 3               # t1 = the packet's bytes
         bltu    gp, t1, 8f              # longer than what was written: the ring is not sane
-        li      t2, BP_RESPONSE_BYTES
+        li      t2, BPK_HEADER_BYTES
         bltu    t1, t2, 8f
         mv      gp, t1                  # gp = the packet's bytes from now on
         lw      t1, BPK_TYPE_OFFSET(t0)
@@ -290,6 +290,8 @@ bus_request:
         bne     t1, t2, 5f              # an older request's: dropped
         lw      t1, BPK_ID_HIGH(t0)
         bnez    t1, 5f
+        li      t2, BP_RESPONSE_BYTES   # its answer, but too short to hold one
+        bltu    gp, t2, 7f
         la      a0, bus_rx              # status, count
         li      a1, BPK_HEADER_BYTES
         la      a2, bus_resp + BPK_HEADER_BYTES

@@ -155,12 +155,31 @@ export function requestPacket(id: number, op: number, sector: number, count: num
   return bytes;
 }
 
-/** A channel end in a VM that runs no code: the test plays its guest through the device's registers. */
+/** Block protocol response bytes: header (type 2), status, count, then `data`. */
+export function responsePacket(id: number, status: number, count: number, data = new Uint8Array(0)): Uint8Array {
+  const bytes = new Uint8Array(24 + data.length + ((8 - (data.length % 8)) % 8));
+  const view = new DataView(bytes.buffer);
+  view.setUint16(0, 2, true);
+  view.setUint16(2, 2, true);
+  view.setUint16(4, bytes.length / 8, true);
+  view.setUint32(8, id, true);
+  view.setUint32(16, status, true);
+  view.setUint32(20, count, true);
+  bytes.set(data, 24);
+  return bytes;
+}
+
+/**
+ * A channel end in a VM that runs no code: the test plays its guest through the device's
+ * registers — a block client (the default), or a server (`open(version, ChannelService.BLOCK_SERVER)`).
+ */
 export class ScriptedClient {
   readonly vm: Vm;
   readonly device: ChannelDevice;
   private sendOffset = 0;
   private receiveOffset = 0;
+  /** The transaction id of the last packet received. */
+  lastId = 0;
 
   constructor(hv: Hypervisor, bus: Bus, name: string) {
     this.vm = hv.createVm({ memoryBytes: MiB, name });
@@ -179,14 +198,14 @@ export class ScriptedClient {
     this.device.write(this.vcpu, offset, value >>> 0);
   }
 
-  /** Negotiates `version`, grants the two rings and opens the slot offered as BLOCK. */
-  open(version: number): void {
+  /** Negotiates `version`, grants the two rings and opens the slot offered as `service`. */
+  open(version: number, service: number = ChannelService.BLOCK): void {
     let slot = -1;
     for (let i = 0; i < this.reg(ChannelRegister.SLOTS); i++) {
       this.set(ChannelRegister.SELECT, i);
-      if (this.reg(ChannelRegister.STATE) === ChannelState.OFFERED && (this.reg(ChannelRegister.SERVICE) & 0xffff) === ChannelService.BLOCK) slot = i;
+      if (this.reg(ChannelRegister.STATE) === ChannelState.OFFERED && (this.reg(ChannelRegister.SERVICE) & 0xffff) === service) slot = i;
     }
-    if (slot < 0) throw new Error('no BLOCK offer');
+    if (slot < 0) throw new Error(`no offer of service ${service}`);
     this.set(ChannelRegister.SELECT, slot);
     this.set(ChannelRegister.VERSION, version);
     if (this.reg(ChannelRegister.VERSION) !== version) throw new Error('version refused');
@@ -241,6 +260,7 @@ export class ScriptedClient {
       const offset8 = head.getUint16(2, true);
       const whole = read(this.receiveOffset, len);
       packets.push({ type: head.getUint16(0, true), offset8, id: head.getUint32(8, true), payload: whole.subarray(offset8 * 8) });
+      this.lastId = head.getUint32(8, true);
       this.receiveOffset = (this.receiveOffset + len) % RING_DATA_BYTES;
     }
     this.setWord(header + 4, this.receiveOffset);

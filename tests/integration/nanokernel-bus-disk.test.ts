@@ -13,11 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { attachStandardDevices, CaptureSink, DISK_SECTOR_BYTES, runWithResets, savedBootArgs, type DiskChain } from '../../devices/index.ts';
-import { createHypervisor } from '../../kernel/index.ts';
+import { ChannelService } from '../../devices/channel.ts';
+import { createHypervisor, type RunResult } from '../../kernel/index.ts';
 import { Bus } from '../../services/bus/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import {
-  bootDirect, bootPair, kernelImage, requestPacket, runPair, ScriptedClient, SERVER_IMAGE, SERVER_SYMBOLS, serverWord, type Guest, type Pair,
+  bootDirect, bootPair, kernelImage, requestPacket, responsePacket, runPair, ScriptedClient, SERVER_IMAGE, SERVER_SYMBOLS, serverWord, type Guest, type Pair,
 } from './bus-disk-pair.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'bv-busdisk-'));
@@ -197,6 +198,52 @@ describe('the nanokernel on a disk proxied by a storage-server guest', () => {
     expect(diskHash(disk(server))).toBe(diskHash(disk(original.server)));
     expect(server.output.text()).toBe('');
     closeAll(original.server, server);
+  });
+});
+
+describe('the nanokernel trusts nothing in a response', () => {
+  it('skips packets that are not its response, and fails a transfer whose response does not fit the request', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 64 * MiB });
+    const bus = new Bus();
+    const vm = hv.createVm({ memoryBytes: 16 * MiB, name: 'client' });
+    vm.loadImage(kernelImage());
+    const output = new CaptureSink();
+    const devices = attachStandardDevices(vm, { output, bootArgs: 'record get k' });
+    bus.attachVm(vm, hv);
+    const server = new ScriptedClient(hv, bus, 'server');
+    bus.addChannel({ name: 'disk0', service: 'block', client: 'client', server: 'server' });
+    server.open(0x00020000, ChannelService.BLOCK_SERVER);
+    const request = (): DataView => {
+      // The kernel runs until it waits for an answer; then exactly one request is there.
+      for (let i = 0; i < 100; i++) {
+        const [result] = hv.run({ maxInstructions: 1_000_000 }, [vm]);
+        if (result!.reason.kind === 'idle') break;
+        if (result!.reason.kind !== 'budget') throw new Error(JSON.stringify(result!.reason));
+      }
+      const packets = server.receive();
+      expect(packets.map((p) => [p.type, p.offset8])).toEqual([[1, 2]]);
+      return new DataView(packets[0]!.payload.buffer, packets[0]!.payload.byteOffset, 16);
+    };
+    const info = request();
+    expect([info.getUint32(0, true), info.getUint32(4, true), info.getUint32(8, true)]).toEqual([4, 0, 0]); // GET_INFO
+    const id = server.lastId;
+    const junk = responsePacket(id, 0, 0, new Uint8Array(8));
+    new DataView(junk.buffer).setUint16(0, 9, true); // not a response
+    server.send(junk);
+    server.send(responsePacket(id + 1, 0, 0, new Uint8Array(new Uint32Array([1, 512]).buffer))); // another id
+    server.send(responsePacket(id, 0, 0, new Uint8Array(new Uint32Array([SECTORS, 512]).buffer)));
+    const read = request(); // record's lookup: the home sector's block
+    expect(read.getUint32(0, true)).toBe(1);
+    expect(read.getUint32(8, true)).toBe(8);
+    server.send(responsePacket(server.lastId, 0, 8)); // OK, but without the sectors
+    let reason: RunResult['reason'] = { kind: 'budget' };
+    for (let i = 0; i < 100 && reason.kind === 'budget'; i++) [{ reason }] = hv.run({ maxInstructions: 1_000_000 }, [vm]) as [RunResult];
+    devices.console.flush();
+    const lines = output.text().split('\n');
+    expect(lines[1]).toBe(`[kernel] disk: ${SECTORS} sectors of 512 bytes (bus, version 2.0)`);
+    expect(lines.filter((line) => line.startsWith('record:'))).toEqual(['record: get k: disk error']);
+    expect(reason).toEqual({ kind: 'halted', exitCode: 2 });
+    expect(bus.info('disk0').failureCount).toBe(0);
   });
 });
 
