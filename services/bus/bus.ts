@@ -156,8 +156,11 @@ export interface BusTotals {
 /** A mapped ring: its header page and data pages, and the host's own offset in it. */
 interface Ring {
   vm: Vm;
-  headerGpa: number;
-  dataGpas: number[];
+  /** The header page. */
+  headerGpn: number;
+  /** The data pages, in ring order. */
+  dataGpns: number[];
+  /** Data bytes. */
   size: number;
   /**
    * The host's side of the ring, which the host keeps itself and never reads back from guest
@@ -197,7 +200,6 @@ interface Channel {
   failures: BusFailure[];
 }
 
-const HEADER_FIELDS_BYTES = 20;
 const MAX_FAILURES_KEPT = 16;
 
 function newCounters(): BusEndCounters {
@@ -222,9 +224,9 @@ export class Bus implements ChannelListener {
   private readonly channels = new Map<string, Channel>();
   /** The devices attached, by VM name. */
   private readonly devices = new Map<string, ChannelDevice>();
-  /** Copy buffer for one packet (grown to the largest packet seen, at most one ring). */
-  private scratch = new Uint8Array(64 * 1024);
-  private readonly headerView = new DataView(new ArrayBuffer(HEADER_FIELDS_BYTES));
+  /** One little-endian u32 for header writes (allocated once). */
+  private readonly wordView = new DataView(new ArrayBuffer(4));
+  private readonly wordBytes = new Uint8Array(this.wordView.buffer);
   private readonly log: (line: string) => void;
   private totalPackets = 0;
   private totalBytes = 0;
@@ -564,9 +566,8 @@ export class Bus implements ChannelListener {
     const vm = device.vm;
     const gpns = this.map(vm, view.openHandle);
     end.mappedHandle = view.openHandle;
-    const gpas = gpns.map((gpn) => gpn * PAGE_SIZE);
-    const send = this.newRing(vm, gpas.slice(0, view.sendPages));
-    const recv = this.newRing(vm, gpas.slice(view.sendPages));
+    const send = this.newRing(vm, gpns.slice(0, view.sendPages));
+    const recv = this.newRing(vm, gpns.slice(view.sendPages));
     try {
       // The host's own offsets start where the guest left them (0 on a fresh ring, the saved
       // position after a restore); each must be a valid offset.
@@ -585,8 +586,8 @@ export class Bus implements ChannelListener {
     return true;
   }
 
-  private newRing(vm: Vm, gpas: number[]): Ring {
-    return { vm, headerGpa: gpas[0]!, dataGpas: gpas.slice(1), size: (gpas.length - 1) * PAGE_SIZE, hostOffset: 0, waiting: false };
+  private newRing(vm: Vm, gpns: number[]): Ring {
+    return { vm, headerGpn: gpns[0]!, dataGpns: gpns.slice(1), size: (gpns.length - 1) * PAGE_SIZE, hostOffset: 0, waiting: false };
   }
 
   private unmap(end: End): void {
@@ -642,10 +643,11 @@ export class Bus implements ChannelListener {
         const used = (srcWrite - srcRead + from.size) % from.size;
         if (used === 0) break;
         if (used < PACKET_HEADER_BYTES) throw new RingViolation(src, `send ring holds ${used} bytes, less than a packet header`);
-        this.readRing(from, srcRead, PACKET_HEADER_BYTES, 0);
-        const scratch = this.scratch;
-        const offset8 = scratch[2]! | (scratch[3]! << 8);
-        const len8 = scratch[4]! | (scratch[5]! << 8);
+        // Offsets are multiples of 8, so a packet's first 8 bytes never cross a page or the ring's end.
+        const first = from.vm.memory.pageBytes(from.dataGpns[srcRead >>> 12]!);
+        const inPage = srcRead & (PAGE_SIZE - 1);
+        const offset8 = first[inPage + 2]! | (first[inPage + 3]! << 8);
+        const len8 = first[inPage + 4]! | (first[inPage + 5]! << 8);
         const length = len8 * 8;
         if (len8 < 2 || offset8 < 2 || offset8 > len8) throw new RingViolation(src, `packet at ${srcRead}: len8 ${len8}, offset8 ${offset8} (need len8 ≥ 2, 2 ≤ offset8 ≤ len8)`);
         if (length > used) throw new RingViolation(src, `packet at ${srcRead}: ${length} bytes, but only ${used} are written`);
@@ -660,9 +662,7 @@ export class Bus implements ChannelListener {
           }
           break;
         }
-        if (length > scratch.length) this.scratch = new Uint8Array(Math.max(length, scratch.length * 2));
-        this.readRing(from, srcRead, length, 0);
-        this.writeRing(to, dstWrite, length);
+        this.copyRing(from, srcRead, to, dstWrite, length);
         srcRead = (srcRead + length) % from.size;
         dstWrite = (dstWrite + length) % to.size;
         moved++;
@@ -713,36 +713,33 @@ export class Bus implements ChannelListener {
   }
 
   private readHeader(ring: Ring, field: number): number {
-    const bytes = ring.vm.memory.readPhysical(ring.headerGpa + field, 4);
-    return (bytes[0]! | (bytes[1]! << 8) | (bytes[2]! << 16) | (bytes[3]! << 24)) >>> 0;
+    // A read-only view of the header page (no copy); fields never cross the page.
+    const page = ring.vm.memory.pageBytes(ring.headerGpn);
+    return (page[field]! | (page[field + 1]! << 8) | (page[field + 2]! << 16) | (page[field + 3]! << 24)) >>> 0;
   }
 
   private writeHeader(ring: Ring, field: number, value: number): void {
-    this.headerView.setUint32(0, value, true);
-    ring.vm.memory.writePhysical(ring.headerGpa + field, new Uint8Array(this.headerView.buffer, 0, 4));
+    this.wordView.setUint32(0, value, true);
+    ring.vm.memory.writePhysical(ring.headerGpn * PAGE_SIZE + field, this.wordBytes);
   }
 
-  /** Copies `length` bytes at ring offset `at` (wrapping) into scratch[into…]. */
-  private readRing(ring: Ring, at: number, length: number, into: number): void {
-    let offset = at;
+  /**
+   * Copies `length` bytes from ring `from` at offset `fromAt` to ring `to` at `toAt`, both
+   * wrapping: one copy per piece, from a read-only view of the source page (taken just before
+   * its copy) through writePhysical (copy-on-write, traces and epochs like a guest store).
+   */
+  private copyRing(from: Ring, fromAt: number, to: Ring, toAt: number, length: number): void {
+    let source = fromAt;
+    let target = toAt;
     for (let done = 0; done < length; ) {
-      const inPage = offset % PAGE_SIZE;
-      const chunk = Math.min(length - done, PAGE_SIZE - inPage);
-      this.scratch.set(ring.vm.memory.readPhysical(ring.dataGpas[Math.floor(offset / PAGE_SIZE)]! + inPage, chunk), into + done);
+      const sourceIn = source & (PAGE_SIZE - 1);
+      const targetIn = target & (PAGE_SIZE - 1);
+      const chunk = Math.min(length - done, PAGE_SIZE - sourceIn, PAGE_SIZE - targetIn);
+      const page = from.vm.memory.pageBytes(from.dataGpns[source >>> 12]!);
+      to.vm.memory.writePhysical(to.dataGpns[target >>> 12]! * PAGE_SIZE + targetIn, page.subarray(sourceIn, sourceIn + chunk));
       done += chunk;
-      offset = (offset + chunk) % ring.size;
-    }
-  }
-
-  /** Copies scratch[0…length) into the ring at offset `at` (wrapping). */
-  private writeRing(ring: Ring, at: number, length: number): void {
-    let offset = at;
-    for (let done = 0; done < length; ) {
-      const inPage = offset % PAGE_SIZE;
-      const chunk = Math.min(length - done, PAGE_SIZE - inPage);
-      ring.vm.memory.writePhysical(ring.dataGpas[Math.floor(offset / PAGE_SIZE)]! + inPage, this.scratch.subarray(done, done + chunk));
-      done += chunk;
-      offset = (offset + chunk) % ring.size;
+      source = (source + chunk) % from.size;
+      target = (target + chunk) % to.size;
     }
   }
 }
