@@ -498,7 +498,14 @@ export class Bus implements ChannelListener {
       if (view.state === ChannelState.OPEN && this.mapRings(end)) toPump.add(channel);
     }
     for (const channel of this.channels.values()) this.offerEnds(channel);
-    for (const channel of toPump) this.pump(channel);
+    for (const channel of toPump) {
+      try {
+        this.pump(channel);
+      } catch (error) {
+        // A ring page nobody can produce (poisoned…): that channel fails, the restore goes on.
+        for (const end of this.endsOf(channel)) if (end.device === device) this.failEnd(end, `host error after the restore: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -225,6 +225,32 @@ describe('bus: rescind, config, checkpoint', () => {
     expect(() => bus.info('nope')).toThrow(/no channel/);
   });
 
+  it('a fork child of a VM with an open channel gets empty slots; the parent keeps its channel and finishes', async () => {
+    const { hv, bus } = newHost();
+    bus.addChannel({ name: 'e', service: 'echo', client: 'g', server: 'echo' });
+    const packets = 2000;
+    const g = bootOnBus(hv, bus, 'g', echoClient({ versions: [V2], sendPages: 3, recvPages: 2, packets, payloadBytes: 120 }));
+    await hv.runAsync({ maxInstructions: 2_000_000 }, [g.vm]);
+    expect(g.channel.slot(0).state).toBe(ChannelState.OPEN);
+    const { vm: child } = hv.forkVmWith(g.vm, {
+      name: 'child',
+      attach: (vm) => {
+        attachStandardDevices(vm, { output: new CaptureSink() });
+        return bus.attachVm(vm, hv);
+      },
+    });
+    const childDevice = bus.deviceOf('child')!;
+    expect(childDevice.slot(0).state).toBe(ChannelState.EMPTY);
+    expect(bus.info('e').ends[0]!.vm).toBe('g');
+    expect(g.channel.slot(0).state).toBe(ChannelState.OPEN);
+    const [parent] = await hv.runAsync({ maxInstructions: 300_000_000 }, [g.vm]);
+    expect(parent!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    expect(hexWords(g.output())).toEqual([V2, echoChecksum(packets, 120)]);
+    // The child's doorbells are refused (its slot is empty): it stops at its first one (exit 8).
+    const [forked] = await hv.runAsync({ maxInstructions: 300_000_000 }, [child]);
+    expect(forked!.reason).toEqual({ kind: 'halted', exitCode: 8 });
+  });
+
   it('a VM with an open channel survives checkpoint/restore: the restored VM finishes its burst', async () => {
     const { hv, bus } = newHost();
     bus.addChannel({ name: 'e', service: 'echo', client: 'g', server: 'echo' });
