@@ -295,22 +295,22 @@ export class ChannelDevice implements MmioDevice {
    * slot stays EMPTY; FAILED stays FAILED.
    */
   rescind(index: number, reason: string): void {
-    const slot = this.slots[index]!;
-    if (slot.state === ChannelState.EMPTY || slot.state === ChannelState.FAILED || slot.state === ChannelState.RESCINDED) return;
-    const wasOpen = slot.state === ChannelState.OPEN;
-    slot.state = ChannelState.RESCINDED;
-    slot.openHandle = 0;
-    if (wasOpen) this.listener?.closed(this, index, reason);
-    this.updateWakeSource();
-    this.raise(index);
+    const state = this.slots[index]!.state;
+    if (state === ChannelState.RESCINDED) return;
+    this.stopSlot(index, ChannelState.RESCINDED, reason);
   }
 
   /** The channel on `index` FAILED (bad ring contents): the host stops touching its rings. */
   fail(index: number, reason: string): void {
+    this.stopSlot(index, ChannelState.FAILED, reason);
+  }
+
+  /** RESCINDED or FAILED (an EMPTY or FAILED slot stays as it is); an open channel closes first. */
+  private stopSlot(index: number, state: ChannelStateId, reason: string): void {
     const slot = this.slots[index]!;
     if (slot.state === ChannelState.EMPTY || slot.state === ChannelState.FAILED) return;
     const wasOpen = slot.state === ChannelState.OPEN;
-    slot.state = ChannelState.FAILED;
+    slot.state = state;
     slot.openHandle = 0;
     if (wasOpen) this.listener?.closed(this, index, reason);
     this.updateWakeSource();

@@ -46,6 +46,28 @@ export function ringLibrary(sendPages: number, recvPages: number): string {
         .equ    TXBUF, 0x90000
         .equ    RXBUF, 0xb0000
 
+        # ch_find: s3 = console window, s0 = channel window; waits until slot 0 is OFFERED.
+        .macro  ch_find
+        li      a0, DEV_CONSOLE
+        call    find_device
+        mv      s3, a0
+        li      a0, DEV_CHANNEL
+        call    find_device
+        mv      s0, a0
+77:     lw      t0, CH_STATE(s0)
+        li      t1, 1
+        bne     t0, t1, 77b
+        .endm
+
+        # ch_open_v2 fail: agrees 2.0, grants and opens slot 0; jumps to fail if any step is refused.
+        .macro  ch_open_v2 fail
+        li      a0, 0x00020000
+        call    propose
+        bnez    a0, \\fail
+        call    ch_grant_open
+        bnez    a0, \\fail
+        .endm
+
 # ch_grant_open(): grants the SEND_PAGES + RECV_PAGES ring pages and opens slot 0 on them.
 # Returns a0 = RESULT of OPEN (or 0x100 + RESULT of a failed GRANT), a1 = handle. Clobbers t0-t3.
 ch_grant_open:
@@ -291,20 +313,8 @@ export function echoChecksum(packets: number, payloadBytes: number): number {
  */
 export function relayServer(options: { sendPages: number; recvPages: number; packets: number }): string {
   return `${ringLibrary(options.sendPages, options.recvPages)}
-_start: li      a0, DEV_CONSOLE
-        call    find_device
-        mv      s3, a0
-        li      a0, DEV_CHANNEL
-        call    find_device
-        mv      s0, a0
-1:      lw      t0, CH_STATE(s0)
-        li      t1, 1
-        bne     t0, t1, 1b
-        li      a0, 0x00020000
-        call    propose
-        bnez    a0, fail
-        call    ch_grant_open
-        bnez    a0, fail
+_start: ch_find
+        ch_open_v2 fail
         li      t0, 1
         sw      t0, CH_IRQ_ENABLE(s0)
         li      t0, IE_EXTERNAL
@@ -392,17 +402,8 @@ export interface PingClientOptions {
 export function pingClient(options: PingClientOptions): string {
   const packetBytes = 16 + options.payloadBytes;
   return `${ringLibrary(options.sendPages, options.recvPages)}
-_start: li      a0, DEV_CHANNEL
-        call    find_device
-        mv      s0, a0
-1:      lw      t0, CH_STATE(s0)
-        li      t1, 1
-        bne     t0, t1, 1b
-        li      a0, 0x00020000
-        call    propose
-        bnez    a0, fail
-        call    ch_grant_open
-        bnez    a0, fail
+_start: ch_find
+        ch_open_v2 fail
         li      t0, ${options.waitIrq ? 1 : 0}
         sw      t0, CH_IRQ_ENABLE(s0)
         li      t0, IE_EXTERNAL

@@ -50,16 +50,10 @@ const PROLOGUE = `${ringLibrary(2, 2)}
         lw      s1, CH_RESULT(s0)
         show    s1
         .endm
-_start: li      a0, DEV_CONSOLE
-        call    find_device
-        mv      s3, a0
+_start: ch_find
         li      a0, DEV_CHANNEL
         call    find_device
-        mv      s0, a0
         show    a1                      # device-table info: slots
-1:      lw      t0, CH_STATE(s0)
-        li      t1, 1
-        bne     t0, t1, 1b
 `;
 
 async function run(hv: Hypervisor): Promise<void> {

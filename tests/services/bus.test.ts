@@ -81,22 +81,11 @@ describe('bus: relaying between two VMs', () => {
 /** A guest that opens the echo channel, commits one kind of garbage, rings and reports STATE. */
 function hostile(garbage: string): string {
   return `${ringLibrary(3, 2)}
-_start: li      a0, DEV_CONSOLE
-        call    find_device
-        mv      s3, a0
-        li      a0, DEV_CHANNEL
-        call    find_device
-        mv      s0, a0
-        li      t0, 20000
+_start: li      t0, 20000
 0:      addi    t0, t0, -1
         bnez    t0, 0b
-1:      lw      t0, CH_STATE(s0)
-        li      t1, 1
-        bne     t0, t1, 1b
-        li      a0, 0x00020000
-        call    propose
-        call    ch_grant_open
-        bnez    a0, 9f
+        ch_find
+        ch_open_v2 9f
         li      t0, SEND_HDR
         li      t2, RECV_HDR
         li      t3, SEND_DATA
@@ -147,15 +136,7 @@ describe('bus: hostile guests', () => {
     const h = bootOnBus(hv, bus, 'h', hostile('li t1, 0x13\n sw t1, 0(t0)'));
     // The server opens and polls until its slot is RESCINDED, then acknowledges with CLOSE.
     const s = bootOnBus(hv, bus, 's', `${ringLibrary(2, 2)}
-_start: li      a0, DEV_CONSOLE
-        call    find_device
-        mv      s3, a0
-        li      a0, DEV_CHANNEL
-        call    find_device
-        mv      s0, a0
-1:      lw      t0, CH_STATE(s0)
-        li      t1, 1
-        bne     t0, t1, 1b
+_start: ch_find
         li      a0, 0x00020000
         call    propose
         call    ch_grant_open
