@@ -392,6 +392,8 @@ export interface PingClientOptions {
   payloadBytes: number;
   /** Wait for the reply in wfi on the channel's interrupt (a peer VM answers); false: poll (echo answers at once). */
   waitIrq: boolean;
+  /** Set the receive ring's interrupt_mask (a polling consumer: the host does not signal it). */
+  mask?: boolean;
 }
 
 /**
@@ -404,6 +406,9 @@ export function pingClient(options: PingClientOptions): string {
   return `${ringLibrary(options.sendPages, options.recvPages)}
 _start: ch_find
         ch_open_v2 fail
+        li      t0, RECV_HDR
+        li      t1, ${options.mask === true ? 1 : 0}
+        sw      t1, 8(t0)
         li      t0, ${options.waitIrq ? 1 : 0}
         sw      t0, CH_IRQ_ENABLE(s0)
         li      t0, IE_EXTERNAL

@@ -15,7 +15,7 @@ import { ChannelState } from '../../devices/channel.ts';
 import { createHypervisor, type Hypervisor } from '../../kernel/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { Bus, BusError } from '../../services/bus/index.ts';
-import { bootOnBus, echoChecksum, echoClient, relayServer, ringLibrary } from '../devices/channel-guest.ts';
+import { bootOnBus, echoChecksum, echoClient, pingClient, relayServer, ringLibrary } from '../devices/channel-guest.ts';
 import { hexWords } from '../devices/harness.ts';
 
 const V1 = 0x0001_0000;
@@ -53,6 +53,19 @@ describe('bus: echo service', () => {
     const [result] = await hv.runAsync({ maxInstructions: 200_000_000 });
     expect(result!.reason).toEqual({ kind: 'halted', exitCode: 0 });
     expect(hexWords(g.output())).toEqual([V2, echoChecksum(5, 65536)]);
+  });
+});
+
+describe('bus: interrupt_mask', () => {
+  it.each([false, true])('interrupt_mask %s: the host signals each delivery, or none to a polling consumer', async (mask) => {
+    const { hv, bus } = newHost();
+    bus.addChannel({ name: 'e', service: 'echo', client: 'g', server: 'echo' });
+    bootOnBus(hv, bus, 'g', pingClient({ sendPages: 2, recvPages: 2, roundTrips: 50, payloadBytes: 64, waitIrq: false, mask }));
+    const [result] = await hv.runAsync({ maxInstructions: 50_000_000 });
+    expect(result!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    const counters = bus.info('e').ends[0]!.counters;
+    expect(counters.packetsToGuest).toBe(50);
+    expect(counters.interrupts).toBe(mask ? 0 : 50);
   });
 });
 
