@@ -13,7 +13,8 @@
  * (bench/sharing.ts, issue 10) runs only when asked for (`--only sharing`), and so does memory
  * overcommit (bench/overcommit.ts, issue 10: balloon reclaim, the T-7 experiment; bench/policies.ts,
  * issue 11: the idle tax, active memory, miss-rate curves; `--only
- * overcommit`). `--qemu` (issue 13, optional: Debian's qemu-system-misc and gcc-riscv64-unknown-elf)
+ * overcommit`); likewise migration, HA, worker threads (`--only parallel`) and storage IO control,
+ * the partition bus and the proxied disk (bench/io.ts, issue 17: `--only io`). `--qemu` (issue 13, optional: Debian's qemu-system-misc and gcc-riscv64-unknown-elf)
  * also runs the workloads as RV32 programs under qemu-system-riscv32, interleaved with their rounds,
  * and prints bytevisor's MIPS against QEMU's (bench/qemu.ts). Last, the PASS/FAIL
  * lines of the project's targets. `--json` prints the same figures as one JSON object and nothing else on
@@ -37,6 +38,7 @@ import { errorsStepCount, formatErrors, measureErrors, type ErrorFigures } from 
 import { formatMigration, measureMigration, migrationChecks, migrationStepCount, type MigrationBenchFigures } from './migration.ts';
 import { formatHa, haChecks, haStepCount, measureHa, type HaBenchFigures } from './ha.ts';
 import { formatParallel, measureParallel, parallelChecks, parallelStepCount, type ParallelBenchFigures } from './parallel.ts';
+import { formatIo, ioChecks, ioStepCount, measureIo, type IoBenchFigures } from './io.ts';
 import { formatOvercommit, measureOvercommit, overcommitChecks, overcommitStepCount, type OvercommitFigures } from './overcommit.ts';
 import { formatPolicies, measurePolicies, policyChecks, policyStepCount, type PolicyFigures } from './policies.ts';
 import { WORKLOADS } from './workloads.ts';
@@ -108,6 +110,8 @@ export interface BenchReport {
   ha?: HaBenchFigures;
   /** VMs on worker threads and power-aware placement (issue 16): with --only parallel. */
   parallel?: ParallelBenchFigures;
+  /** Storage IO control (PARDA), the partition bus and the proxied disk (issue 17): with --only io. */
+  io?: IoBenchFigures;
   /** Memory overcommit (issue 10): present only when selected (--only overcommit). */
   overcommit?: OvercommitFigures;
   /** Memory overcommit part 2 (issue 11: idle tax, active memory, MRC): with --only overcommit. */
@@ -133,7 +137,9 @@ const MIGRATION_ENTRY = 'migration';
 const HA_ENTRY = 'ha';
 /** The worker-thread and placement figures (issue 16), run only with --only parallel. */
 const PARALLEL_ENTRY = 'parallel';
-const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY, HA_ENTRY, PARALLEL_ENTRY];
+/** PARDA, the bus and the proxied disk (issue 17), run only with --only io. */
+const IO_ENTRY = 'io';
+const GROUP_ENTRIES: readonly string[] = [STATE_ENTRY, API_ENTRY, SHARING_ENTRY, OVERCOMMIT_ENTRY, ERRORS_ENTRY, MIGRATION_ENTRY, HA_ENTRY, PARALLEL_ENTRY, IO_ENTRY];
 
 export function parseBenchArguments(args: readonly string[]): BenchOptions | 'help' {
   const options: BenchOptions = { json: false, quick: false, only: [], qemu: false };
@@ -175,9 +181,10 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withMigration = options.only.includes(MIGRATION_ENTRY);
   const withHa = options.only.includes(HA_ENTRY);
   const withParallel = options.only.includes(PARALLEL_ENTRY);
+  const withIo = options.only.includes(IO_ENTRY);
   const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
     + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0) + (withHa ? haStepCount(options) : 0)
-    + (withParallel ? parallelStepCount(options) : 0);
+    + (withParallel ? parallelStepCount(options) : 0) + (withIo ? ioStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
   const qemuTools = options.qemu ? detectQemuTools() : null;
   const qemuSelected = qemuTools?.ok ? selected.filter((w) => qemuProgramFor(w.name)) : [];
@@ -216,6 +223,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const migration = withMigration ? await measureMigration({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const ha = withHa ? await measureHa({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const parallel = withParallel ? await measureParallel({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const io = withIo ? await measureIo({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const cpuList = cpus();
   return {
     machine: {
@@ -238,6 +246,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     ...(migration ? { migration } : {}),
     ...(ha ? { ha } : {}),
     ...(parallel ? { parallel } : {}),
+    ...(io ? { io } : {}),
     ...(overcommit ? { overcommit } : {}),
     ...(policies ? { policies } : {}),
     ...(qemu ? { qemu } : {}),
@@ -248,6 +257,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
       ...(migration ? migrationChecks(migration) : []),
       ...(ha ? haChecks(ha) : []),
       ...(parallel ? parallelChecks(parallel) : []),
+      ...(io ? ioChecks(io) : []),
       ...(qemu ? qemuChecks(qemu) : []),
     ],
   };
@@ -388,6 +398,10 @@ export function formatReport(report: BenchReport): string {
   if (report.parallel) {
     out.push('');
     out.push(...formatParallel(report.parallel));
+  }
+  if (report.io) {
+    out.push('');
+    out.push(...formatIo(report.io));
   }
   if (report.sharing) {
     out.push('');
