@@ -167,7 +167,7 @@ interface Ring {
    * memory: the read offset of a send ring (the host consumes), the write offset of a receive
    * ring (the host produces). The guest's copy of it must match, or the guest scribbled on it.
    */
-  hostOffset: number;
+  ownedOffset: number;
   /** Receive rings: the bus set pending_send_size and waits for the guest to free space. */
   waiting: boolean;
 }
@@ -578,8 +578,8 @@ export class Bus implements ChannelListener {
     try {
       // The host's own offsets start where the guest left them (0 on a fresh ring, the saved
       // position after a restore); each must be a valid offset.
-      send.hostOffset = this.checkedOffset(end, send, RingHeader.READ_OFFSET, 'send ring read_offset');
-      recv.hostOffset = this.checkedOffset(end, recv, RingHeader.WRITE_OFFSET, 'receive ring write_offset');
+      send.ownedOffset = this.checkedOffset(end, send, RingHeader.READ_OFFSET, 'send ring read_offset');
+      recv.ownedOffset = this.checkedOffset(end, recv, RingHeader.WRITE_OFFSET, 'receive ring write_offset');
       this.checkedOffset(end, send, RingHeader.WRITE_OFFSET, 'send ring write_offset');
       this.checkedOffset(end, recv, RingHeader.READ_OFFSET, 'receive ring read_offset');
       recv.waiting = this.readHeader(recv, RingHeader.PENDING_SEND_SIZE) !== 0;
@@ -594,7 +594,7 @@ export class Bus implements ChannelListener {
   }
 
   private newRing(vm: Vm, gpns: number[]): Ring {
-    return { vm, headerGpn: gpns[0]!, dataGpns: gpns.slice(1), size: (gpns.length - 1) * PAGE_SIZE, hostOffset: 0, waiting: false };
+    return { vm, headerGpn: gpns[0]!, dataGpns: gpns.slice(1), size: (gpns.length - 1) * PAGE_SIZE, ownedOffset: 0, waiting: false };
   }
 
   private unmap(end: End): void {
@@ -641,11 +641,11 @@ export class Bus implements ChannelListener {
     let movedBytes = 0;
     try {
       const srcWrite = this.checkedOffset(src, from, RingHeader.WRITE_OFFSET, 'send ring write_offset');
-      if (this.readHeader(from, RingHeader.READ_OFFSET) !== from.hostOffset) throw new RingViolation(src, `send ring read_offset is the host's, the guest changed it (to ${this.readHeader(from, RingHeader.READ_OFFSET)})`);
+      if (this.readHeader(from, RingHeader.READ_OFFSET) !== from.ownedOffset) throw new RingViolation(src, `send ring read_offset is the host's, the guest changed it (to ${this.readHeader(from, RingHeader.READ_OFFSET)})`);
       const dstRead = this.checkedOffset(dst, to, RingHeader.READ_OFFSET, 'receive ring read_offset');
-      if (this.readHeader(to, RingHeader.WRITE_OFFSET) !== to.hostOffset) throw new RingViolation(dst, `receive ring write_offset is the host's, the guest changed it (to ${this.readHeader(to, RingHeader.WRITE_OFFSET)})`);
-      let srcRead = from.hostOffset;
-      let dstWrite = to.hostOffset;
+      if (this.readHeader(to, RingHeader.WRITE_OFFSET) !== to.ownedOffset) throw new RingViolation(dst, `receive ring write_offset is the host's, the guest changed it (to ${this.readHeader(to, RingHeader.WRITE_OFFSET)})`);
+      let srcRead = from.ownedOffset;
+      let dstWrite = to.ownedOffset;
       for (;;) {
         const used = (srcWrite - srcRead + from.size) % from.size;
         if (used === 0) break;
@@ -676,8 +676,8 @@ export class Bus implements ChannelListener {
         movedBytes += length;
       }
       if (moved === 0) return 0;
-      from.hostOffset = srcRead;
-      to.hostOffset = dstWrite;
+      from.ownedOffset = srcRead;
+      to.ownedOffset = dstWrite;
       this.writeHeader(to, RingHeader.WRITE_OFFSET, dstWrite);
       this.writeHeader(from, RingHeader.READ_OFFSET, srcRead);
       if (to.waiting) {
