@@ -169,7 +169,7 @@ export interface BlockStats {
   sectorsWritten: number;
   /** Commands that ended with an error STATUS (synchronous or asynchronous). */
   errors: number;
-  /** Asynchronous requests accepted (SUBMIT answered BUSY). */
+  /** Asynchronous requests accepted (SUBMIT answered BUSY, or in flight in a restored state). */
   asyncSubmitted: number;
   /** Asynchronous requests whose completion was queued. */
   asyncCompleted: number;
@@ -199,6 +199,10 @@ export interface BlockSavedRequest {
 export interface BlockState extends DiskChainState {
   /** Version 2: the asynchronous side (absent in version 1 states, which have none). */
   async?: {
+    /** Whether the device accepted asynchronous requests (a restore must attach it so: its guest may use them). */
+    enabled: boolean;
+    /** Whether its transfers bypassed the host page cache (a hint for the restoring host). */
+    direct: boolean;
     /** TAG. */
     tag: number;
     /** IRQ_CONTROL. */
@@ -634,6 +638,8 @@ export class BlockDevice implements MmioDevice {
       ...(this.unsealedSave ? this.disk.describeChain() : this.disk.checkpoint()),
       registers: { sectorLow: this.sectorLow, sectorHigh: this.sectorHigh, count: this.count, dmaAddress: this.dmaAddress, status: this.status },
       async: {
+        enabled: this.async,
+        direct: this.disk.direct,
         tag: this.tag,
         irqControl: this.irqControl,
         inFlight: [...this.unfinished].map((r) => ({ tag: r.tag, command: r.command, sector: r.first, count: r.count, dmaAddress: r.dmaAddress })),
@@ -646,6 +652,16 @@ export class BlockDevice implements MmioDevice {
   private checkAsyncState(record: Record<string, unknown>, version: number): NonNullable<BlockState['async']> | null {
     if (version < 2 || record['async'] === undefined) return null;
     const saved = stateRecord(record['async'], 'block', 'async');
+    const flag = (name: 'enabled' | 'direct'): boolean => {
+      const value = saved[name] ?? false;
+      if (typeof value !== 'boolean') throw new DeviceStateError('block', `async.${name}`, `is not true or false (got ${describeSaved(value)})`);
+      return value;
+    };
+    const enabled = flag('enabled');
+    const direct = flag('direct');
+    if (enabled && !this.async) {
+      throw new DiskError('BV_DISK_MISMATCH', 'the saved block device accepted asynchronous requests (its guest may use them), this machine\'s was attached without asynchronous mode');
+    }
     const tag = stateInteger(saved['tag'], 'block', 'async.tag', 0, BLOCK_TAG_MAX);
     const irqControl = stateInteger(saved['irqControl'], 'block', 'async.irqControl', 0, BLOCK_IRQ_COMPLETION);
     const inFlight = savedArray(saved['inFlight'], 'async.inFlight').map((entry, index) => {
@@ -670,14 +686,17 @@ export class BlockDevice implements MmioDevice {
     if (inFlight.length + completions.length > 0 && !this.async) {
       throw new DiskError('BV_DISK_MISMATCH', 'the saved block device has asynchronous requests in flight, this machine\'s was attached without asynchronous mode');
     }
-    return { tag, irqControl, inFlight, completions };
+    return { enabled, direct, tag, irqControl, inFlight, completions };
   }
 
   /**
    * Checks a saved state without touching any file: the chain's shape (DeviceStateError naming
    * the field) and its size against this device (BV_DISK_MISMATCH). Returns the registers.
    */
-  checkState(state: unknown, version = BLOCK_STATE_VERSION): BlockState['registers'] & { async: BlockState['async'] | null } {
+  checkState(state: unknown, version = BLOCK_STATE_VERSION): BlockState['registers'] & {
+    /** The asynchronous side (null in a version 1 state). */
+    async: BlockState['async'] | null;
+  } {
     const record = stateRecord(state, 'block');
     if (record['sectorBytes'] !== DISK_SECTOR_BYTES) throw new DeviceStateError('block', 'sectorBytes', `is not ${DISK_SECTOR_BYTES} (got ${describeSaved(record['sectorBytes'])})`);
     const sectors = stateInteger(record['sectors'], 'block', 'sectors', 1, MAX_DISK_SECTORS);
@@ -720,6 +739,7 @@ export class BlockDevice implements MmioDevice {
     // Requests that were on their way run again: a READ fills its buffer, a WRITE takes its data
     // from guest RAM (which the guest must not have changed before the completion) once more.
     for (const r of saved?.inFlight ?? []) {
+      this.stats.asyncSubmitted++; // (accepted again, by this device)
       this.enqueue({ tag: r.tag, command: r.command, first: r.sector, count: r.count, dmaAddress: r.dmaAddress, bytes: r.count * DISK_SECTOR_BYTES, generation: this.generation, startedAt: 0n });
     }
     this.updateInterrupt();
@@ -773,6 +793,22 @@ function savedChain(record: Record<string, unknown>): string[] {
  */
 export function savedBlockDisk(state: unknown): string {
   return savedChain(stateRecord(state, 'block'))[0]!;
+}
+
+/**
+ * How a saved 'block' state's device was attached: asynchronous (restore it so: its guest may
+ * use SUBMIT) and O_DIRECT. False for both in a version 1 state.
+ */
+export function savedBlockMode(state: unknown): {
+  /** The device accepted asynchronous requests. */
+  async: boolean;
+  /** Its asynchronous transfers bypassed the host page cache. */
+  direct: boolean;
+} {
+  const saved = stateRecord(state, 'block')['async'];
+  if (typeof saved !== 'object' || saved === null) return { async: false, direct: false };
+  const { enabled, direct } = saved as Record<string, unknown>;
+  return { async: enabled === true, direct: direct === true };
 }
 
 /** Opens a disk for attachBlock (so callers can open it before attaching anything else). */

@@ -16,7 +16,7 @@ import { attachTimer, type TimerDevice } from './timer.ts';
 
 export {
   attachBlock, BLOCK_COMPLETION_VALID, BLOCK_HOST_ERROR_LOG, BLOCK_IRQ_COMPLETION, BLOCK_LATENCY_EWMA_WEIGHT, BLOCK_MAX_COUNT, BLOCK_QUEUE_DEPTH, BLOCK_TAG_MAX,
-  BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk,
+  BlockCommand, BlockDevice, BlockRegister, BlockStatus, openBlockDisk, savedBlockDisk, savedBlockMode,
 } from './block.ts';
 export type { BlockDeviceOptions, BlockDiskOptions, BlockHostError, BlockIoGate, BlockSavedRequest, BlockState, BlockStats } from './block.ts';
 export { holdWakeSource } from './wake.ts';

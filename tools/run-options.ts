@@ -6,7 +6,7 @@
 import { USAGE_EXIT_CODE } from './cli.ts';
 
 /** Options without a value. */
-export const RUN_FLAGS = ['--stats', '--json', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold'] as const;
+export const RUN_FLAGS = ['--stats', '--json', '--trace', '--help', '-h', '--no-traces', '--promote-hot', '--reclaim-cold', '--disk-async', '--disk-direct'] as const;
 
 /** Options with one value (`--mem 64M` or `--mem=64M`). */
 export const RUN_VALUE_OPTIONS = [
@@ -23,7 +23,8 @@ export const RUN_OPTIONS: readonly string[] = [...RUN_FLAGS, ...RUN_VALUE_OPTION
 export const RUN_USAGE =
   'usage: run <image.bvx | prog.s> [--mem SIZE] [--vcpus N] [--max-insns N] [--input TEXT] [--host-mem SIZE] [--tier T]\n' +
   '           [--stats [--json]] [--trace] [--mmu shadow|nested] [--no-traces] [--batch N] [--large-pages P]\n' +
-  '           [--promote-hot] [--reclaim-cold] [--disk PATH] [--checkpoint-at N PATH] [--snapshot-at N PATH]\n' +
+  '           [--promote-hot] [--reclaim-cold] [--disk PATH [--disk-async [--disk-direct]]]\n' +
+  '           [--checkpoint-at N PATH] [--snapshot-at N PATH]\n' +
   '           [--checkpoint-path PATH] [--checkpoint-on-exit PATH] [--fork-at N --forks K] [--api-sock PATH]\n' +
   '           [-- boot args...]\n' +
   '       run --restore PATH [--restore-mode lazy|eager|map] [options but --mem, --vcpus, --mmu, --batch, --large-pages, boot args]\n' +
@@ -59,6 +60,9 @@ The machine:
                     a multiple of 4M, at most 4G); raise it when the host runs out of memory
   --disk PATH       attach a block device: a raw image or an overlay (writes go to an overlay
                     next to it, never into a raw image; see docs/block-device.md)
+  --disk-async      the block device also takes asynchronous requests (several in flight,
+                    completion interrupts; the nanokernel then queues its disk requests)
+  --disk-direct     with --disk-async: those requests bypass the host page cache (O_DIRECT)
   --tier T          execution tier: jit (hot guest code compiled to JavaScript; the same
                     results, faster) or interp (the interpreter); default jit, or interp when
                     the environment has BV_TIER=interp (docs/performance.md, "Compiled tier")

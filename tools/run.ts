@@ -17,7 +17,7 @@ import { BvError } from '../guest-isa/errors.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { loadImageFile } from '../guest-isa/image.ts';
 import {
-  attachStandardDevices, BootArgsError, CaptureSink, runWithResetsAsync, savedBlockDisk, savedBootArgs, type GuestRun, type StandardDeviceOptions,
+  attachStandardDevices, BootArgsError, CaptureSink, runWithResetsAsync, savedBlockDisk, savedBlockMode, savedBootArgs, type GuestRun, type StandardDeviceOptions,
   type StandardDevices,
 } from '../devices/index.ts';
 import { CheckpointReader, restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot, type RestoredVm } from '../services/checkpoint/index.ts';
@@ -64,6 +64,10 @@ interface RunArguments {
   reclaimCold: boolean;
   /** A disk for a block device (docs/block-device.md). */
   disk: string | undefined;
+  /** --disk-async: the block device takes asynchronous requests. */
+  diskAsync: boolean;
+  /** --disk-direct: those bypass the host page cache (O_DIRECT). */
+  diskDirect: boolean;
   /** Checkpoint after exactly this many instructions (T-10). */
   checkpointAt: { at: number; path: string } | null;
   /** Where a guest-requested checkpoint (the CHECKPOINT hypercall) is written. */
@@ -108,6 +112,7 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
       if (args.value(flag) !== undefined) throw new UsageError(`${flag} cannot be combined with --restore (the checkpoint holds the configuration)`);
     }
     if (args.rest.length > 0) throw new UsageError('boot arguments cannot be combined with --restore (the checkpoint holds them)');
+    if (args.flag('--disk-async')) throw new UsageError('--disk-async cannot be combined with --restore (the checkpoint says whether its disk is asynchronous)');
     if (args.positionals.length > 0) throw new UsageError(`unexpected argument '${args.positionals[0]}': --restore runs the checkpoint's own guest`);
   } else if (args.value('--restore-mode') !== undefined) {
     throw new UsageError('--restore-mode goes with --restore');
@@ -115,6 +120,8 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
   const forkAt = args.value('--fork-at');
   const forks = args.value('--forks');
   if ((forkAt === undefined) !== (forks === undefined)) throw new UsageError('--fork-at and --forks go together');
+  if (args.flag('--disk-async') && args.value('--disk') === undefined) throw new UsageError('--disk-async goes with --disk');
+  if (args.flag('--disk-direct') && !args.flag('--disk-async') && restore === undefined) throw new UsageError('--disk-direct goes with --disk-async (only asynchronous requests bypass the page cache)');
   if (args.flag('--json') && !args.flag('--stats')) throw new UsageError('--json goes with --stats (it prints the stats as JSON)');
   if (restore === undefined && args.positionals.length === 0) throw new UsageError('missing the guest to run (an image .bvx or a source .s)');
   if (args.positionals.length > 1) {
@@ -163,6 +170,8 @@ function parseRunArguments(argvIn: readonly string[]): RunArguments | 'help' {
     promoteHot: args.flag('--promote-hot'),
     reclaimCold: args.flag('--reclaim-cold'),
     disk: args.value('--disk'),
+    diskAsync: args.flag('--disk-async'),
+    diskDirect: args.flag('--disk-direct'),
     checkpointAt,
     checkpointPath: args.value('--checkpoint-path'),
     snapshotAt,
@@ -345,6 +354,19 @@ function formatStats(report: StatsReport): string {
   }
   if (policies.low_activity_reclaimer) out.push(formatPolicyStats('large pages: low-activity reclaimer (T-4)', policies.low_activity_reclaimer));
   if (policies.swap) out.push(formatPolicyStats('swap', policies.swap));
+  const disk = vm.disk;
+  if (disk !== undefined) {
+    out.push(`disk (${disk.async ? `asynchronous${disk.direct ? ', O_DIRECT' : ''}` : 'synchronous'})`);
+    const rows: [string, string][] = [
+      ['reads', count(disk.reads)], ['writes', count(disk.writes)], ['flushes', count(disk.flushes)],
+      ['sectors read', count(disk.sectors_read)], ['sectors written', count(disk.sectors_written)], ['errors', count(disk.errors)],
+    ];
+    if (disk.async) {
+      rows.push(['requests submitted', count(disk.async_submitted)], ['most in flight', count(disk.in_flight_max)]);
+      rows.push(['mean latency (us)', String(disk.latency_mean_us)], ['latency EWMA (us)', String(disk.latency_ewma_us)]);
+    }
+    out.push(countTable(rows));
+  }
   return out.join('\n');
 }
 
@@ -480,7 +502,7 @@ async function runMachine(args: RunArguments): Promise<number> {
       if (forks.interrupted !== null) ending = interrupted(forks.interrupted, 'while the fork children ran');
       else ending.code = forks.code !== 0 ? forks.code : missedPoints > 0 ? RunExitCode.POINT_NOT_REACHED : 0;
     }
-    const report = args.stats ? { run: runTotals(run, wallMs, args.tier), host: hostStats(hv), vm: vmStats(hv, vm, { promoter, reclaimer, swap }) } : null;
+    const report = args.stats ? { run: runTotals(run, wallMs, args.tier), host: hostStats(hv), vm: vmStats(hv, vm, { promoter, reclaimer, swap, block: devices.block }) } : null;
     if (report && !args.json) process.stderr.write(`${formatStats(report)}\n`);
     if (ending.message !== undefined) process.stderr.write(`error: ${ending.message}\n`);
     // The JSON document comes last, on one line, whatever was printed before it.
@@ -540,7 +562,7 @@ function deviceOptionsFor(args: RunArguments, hv: Hypervisor, bootArgs: string, 
   }
   if (input !== undefined) options.input = input;
   else options.interactiveInput = true;
-  if (args.disk !== undefined) options.disk = args.disk;
+  if (args.disk !== undefined) options.disk = args.diskAsync ? { path: args.disk, async: true, direct: args.diskDirect } : args.disk;
   return options;
 }
 
@@ -567,7 +589,11 @@ async function buildMachine(args: RunArguments): Promise<Machine | number> {
           // A checkpointed disk is reopened from its saved chain; attach it on that chain's base.
           // savedBlockDisk checks the saved chain: a malformed one is a typed error naming the field.
           const block = saved.components['block']?.state;
-          if (block !== undefined && options.disk === undefined) options.disk = savedBlockDisk(block);
+          if (block !== undefined && options.disk === undefined) {
+            // An asynchronous disk stays one: the guest may have found its queue.
+            const mode = savedBlockMode(block);
+            options.disk = mode.async ? { path: savedBlockDisk(block), async: true, direct: mode.direct || args.diskDirect } : savedBlockDisk(block);
+          }
           devices = attachDevices(vm, options);
         },
         onProgress: progress.onProgress,

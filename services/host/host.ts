@@ -15,7 +15,7 @@ import { BvError } from '../../guest-isa/errors.ts';
 import { loadGuestFile } from '../../guest-isa/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import {
-  attachStandardDevices, savedBlockDisk, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
+  attachStandardDevices, savedBlockDisk, savedBlockMode, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
   createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type FrameHandle, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
@@ -1001,7 +1001,7 @@ export class Host {
   /** GET /vms/{name}/stats: every counter `tools/run --stats` prints. */
   vmStats(name: string): VmStats & { io?: VmIoStatus } {
     const m = this.get(name);
-    const stats = vmStats(this.hv, m.vm, { balloon: m.devices.balloon });
+    const stats = vmStats(this.hv, m.vm, { balloon: m.devices.balloon, block: m.devices.block });
     // Under storage_io: the VM's shares, part of the window, requests in flight and queued, IOPS.
     const io = this.storage?.vmStatus(name) ?? null;
     return io === null ? stats : { ...stats, io };
@@ -1200,7 +1200,7 @@ export class Host {
    * The disk options of a VM whose disk is asynchronous (`disk.async`): the device takes
    * requests in flight, gated by storage_io when it is on.
    */
-  private asyncDiskOptions(spec: VmSpec): Partial<StandardDeviceOptions> {
+  private asyncDiskOptions(spec: Pick<VmSpec, 'name' | 'disk'>): Partial<StandardDeviceOptions> {
     const disk = spec.disk;
     if (disk === null || disk.async !== true) return {};
     return {
@@ -1210,11 +1210,19 @@ export class Host {
   }
 
   /** A VM with an asynchronous disk: its completions wake the scheduler; storage_io learns its shares. */
-  private attachAsyncDisk(m: HostedVm, spec: VmSpec): void {
+  private attachAsyncDisk(m: HostedVm, spec: Pick<VmSpec, 'name' | 'disk' | 'ioShares'>): void {
     const block = m.devices.block;
     if (block === null || spec.disk?.async !== true) return;
     block.onCompletion = () => this.kick();
     this.storage?.addVm(spec.name, spec.ioShares);
+  }
+
+  /**
+   * A restored, forked or arriving VM's disk as its device was (asynchronous, O_DIRECT): its guest
+   * may have found the queue and use it. Shares: the default, or the parent's.
+   */
+  private carriedDisk(name: string, path: string | null, mode: { async: boolean; direct: boolean }, ioShares = 1000): Pick<VmSpec, 'name' | 'disk' | 'ioShares'> {
+    return { name, ioShares, disk: path === null || !mode.async ? null : { path, async: true, direct: mode.direct } };
   }
 
   /** GET /vms/{name}/memory-policy. */
@@ -1500,6 +1508,7 @@ export class Host {
     let log: ConsoleLog | null = null;
     let devices: StandardDevices | null = null;
     let disk: string | null = null;
+    let carried: ReturnType<Host['carriedDisk']> | null = null;
     let sampler: ActiveMemorySampler | null = null;
     const restored = guard(() => restoreVmCheckpoint(this.hv, path, {
       mode,
@@ -1512,7 +1521,8 @@ export class Host {
         disk = block === undefined ? null : savedBlockDisk(block);
         // A saved balloon gets a device; its state (target, settings, pages) is restored into it.
         const balloon = saved.components['balloon'] === undefined ? null : {};
-        devices = attachStandardDevices(vm, this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon, saved.components['meminfo'] !== undefined));
+        carried = this.carriedDisk(vm.name, disk, block === undefined ? { async: false, direct: false } : savedBlockMode(block));
+        devices = attachStandardDevices(vm, { ...this.deviceOptions(log, savedBootArgs(saved.components['bootargs']?.state ?? { text: '' }), disk, null, false, balloon, saved.components['meminfo'] !== undefined), ...this.asyncDiskOptions(carried) });
         // A sampled VM's checkpoint holds its sampler's state: a sampler must be there to take it.
         if (saved.components[ACTIVE_MEMORY_STATE] !== undefined) sampler = this.attachSampler(vm, null);
         // A VM saved with channels gets its channel device back; the bus re-links them by name.
@@ -1521,6 +1531,7 @@ export class Host {
     }), `restore of ${path}`);
     const m = new HostedVm(restored.vm.name, restored.vm, devices!, log!, { kind: 'checkpoint', path, mode }, disk, restored, paused, null);
     m.sampler = sampler;
+    if (carried !== null) this.attachAsyncDisk(m, carried);
     this.add(m);
     return { ...this.describe(m), restore: { mode, ready_ms: round3(restored.firstInstructionReadyMs), stored_pages: restored.storedPages, complete: restored.complete } };
   }
@@ -1571,10 +1582,12 @@ export class Host {
     this.checkFits(parent.vm.config.memoryBytes, `fork '${childName}'`);
     const log = new ConsoleLog(this.settings.consoleBufferBytes);
     let sampler: ActiveMemorySampler | null = null;
+    const parentBlock = parent.devices.block;
+    const carried = this.carriedDisk(childName, parent.disk, { async: parentBlock?.async === true, direct: parentBlock?.disk.direct === true }, parent.spec?.ioShares);
     const { vm, devices } = guard(() => this.hv.forkVmWith(parent.vm, {
       name: childName,
       attach: (child) => {
-        const attached = attachStandardDevices(child, this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null));
+        const attached = attachStandardDevices(child, { ...this.deviceOptions(log, parent.devices.bootArgs.text, parent.disk, null, false, parent.devices.balloon === null ? null : {}, parent.devices.meminfo !== null), ...this.asyncDiskOptions(carried) });
         // The child carries on with the parent's estimate (the sampler's state is copied like a device's).
         if (parent.sampler !== null) sampler = this.attachSampler(child, { pagesPerPeriod: parent.sampler.stats().pages_per_period, periodInstructions: parent.sampler.stats().period_instructions });
         // Same device layout as the parent; the bus leaves the child's slots empty (the parent keeps its channels).
@@ -1585,6 +1598,7 @@ export class Host {
     const m = new HostedVm(childName, vm, devices, log, { kind: 'fork', parent: parentName }, parent.disk, null, paused, null);
     m.policy = { ...parent.policy };
     m.sampler = sampler;
+    this.attachAsyncDisk(m, carried);
     // A curve is built from references seen; the child starts its own (docs/mrc.md).
     if (parent.mrcOptions !== null) {
       m.mrc = this.attachMrc(vm, parent.mrcOptions);
@@ -1710,6 +1724,7 @@ export class Host {
     const options = {
       attach: {
         boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+        disk_async: m.devices.block?.async === true, disk_direct: m.devices.block?.disk.direct === true,
         channels: this.bus.deviceOf(m.name)?.vm === m.vm,
         // Services that keep state in the VM's checkpoint must be there to take it; the others follow the VM.
         active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
@@ -2050,6 +2065,7 @@ export class Host {
   private attachOf(m: HostedVm): JsonObject {
     return {
       boot_args: m.devices.bootArgs.text, disk: m.disk, balloon: m.devices.balloon !== null, meminfo: m.devices.meminfo !== null,
+      disk_async: m.devices.block?.async === true, disk_direct: m.devices.block?.disk.direct === true,
       channels: this.bus.deviceOf(m.name)?.vm === m.vm,
       active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
       mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
@@ -2149,9 +2165,16 @@ export class Host {
       const bootArgs = typeof attach.boot_args === 'string' ? attach.boot_args : '';
       const options = this.deviceOptions(log, bootArgs, disk, null, false, attach.balloon === true ? {} : null, attach.meminfo === true);
       if (diskAt !== null) options.disk = { path: diskAt.path, overlayDir: diskAt.overlayDir };
+      // An asynchronous disk stays one (its guest may use the queue); older sources send no disk_async.
+      const carried = this.carriedDisk(name, disk, { async: attach.disk_async === true, direct: attach.disk_direct === true });
+      if (carried.disk !== null) {
+        Object.assign(options, this.asyncDiskOptions(carried));
+        if (diskAt !== null) options.disk = { path: diskAt.path, overlayDir: diskAt.overlayDir, async: true, direct: carried.disk.direct === true };
+      }
       const devices = guard(() => attachStandardDevices(vm, options), `incoming VM '${name}'`);
       if (attach.channels === true) this.bus.attachVm(vm, this.hv);
       const m = new HostedVm(name, vm, devices, log, origin, disk, null, false, null);
+      this.attachAsyncDisk(m, carried);
       const sampling = attach.active_sampling as { pagesPerPeriod: number; periodInstructions: number } | null | undefined;
       if (sampling != null) m.sampler = this.attachSampler(vm, sampling);
       const mrc = attach.mrc as NonNullable<MemoryPolicySpec['mrc']> | null | undefined;

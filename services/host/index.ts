@@ -34,7 +34,7 @@ export {
   type TimelineMrc, type TimelinePages, type TimelinePool, type TimelineProgress, type TimelineSample, type TimelineScheduler, type TimelineThresholds, type TimelineVm,
 } from './timeline.ts';
 export {
-  hostStats, vmStats, type BalloonCountersReport, type BusyScan, type DecodeCacheStatsReport, type ExitStats, type HostStats, type JitStatsReport, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
+  diskStats, hostStats, vmStats, type BalloonCountersReport, type BusyScan, type DiskStatsReport, type DecodeCacheStatsReport, type ExitStats, type HostStats, type JitStatsReport, type LargePageStatsReport, type MmuStatsReport, type PolicyStats,
   type PoolStatsReport, type PrioritizerStatsReport, type PromotionRecord, type ReclaimerStatsReport, type SwapStatsReport, type VcpuCounters,
   type VmMemoryStats, type VmStats, type VmStatsExtras,
 } from './stats.ts';

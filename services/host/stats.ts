@@ -6,7 +6,7 @@
  * explains each figure; keys are only ever added, never renamed.
  */
 import { PAGE_SIZE } from '../../guest-isa/arch.ts';
-import type { BalloonDevice } from '../../devices/index.ts';
+import type { BalloonDevice, BlockDevice } from '../../devices/index.ts';
 import type { Hypervisor, LargePagePolicy, Vm } from '../../kernel/index.ts';
 import { processRss } from '../../native/index.ts';
 import type { AccessedBitPrioritizer, LowActivityReclaimer, SwapFile } from '../memory/index.ts';
@@ -271,10 +271,44 @@ export interface BalloonCountersReport {
   guest_errors: number;
 }
 
+/** The VM's block device (VmStats.disk; docs/block-device.md). */
+export interface DiskStatsReport {
+  /** Whether it accepts asynchronous requests. */
+  async: boolean;
+  /** Whether asynchronous transfers bypass the host page cache (O_DIRECT). */
+  direct: boolean;
+  /** READs completed (synchronous and asynchronous). */
+  reads: number;
+  /** WRITEs completed. */
+  writes: number;
+  /** FLUSHes issued. */
+  flushes: number;
+  /** Sectors read. */
+  sectors_read: number;
+  /** Sectors written. */
+  sectors_written: number;
+  /** Requests that ended with an error status. */
+  errors: number;
+  /** Asynchronous requests accepted. */
+  async_submitted: number;
+  /** Asynchronous requests completed. */
+  async_completed: number;
+  /** Requests in flight now (IN_FLIGHT). */
+  in_flight: number;
+  /** Most in flight at once. */
+  in_flight_max: number;
+  /** Mean latency of the completed asynchronous requests, issue to completion, in µs (0 before any). */
+  latency_mean_us: number;
+  /** Its exponential moving average (weight 1/8), in µs. */
+  latency_ewma_us: number;
+}
+
 /** The services acting on a VM whose counters vmStats adds (as VmStats.policies). */
 export interface VmStatsExtras {
   /** The VM's balloon (reported as VmStats.balloon, not as a policy). */
   balloon?: BalloonDevice | null;
+  /** The VM's block device (reported as VmStats.disk). */
+  block?: BlockDevice | null;
   /** The T-3 prioritizer. */
   promoter?: AccessedBitPrioritizer | null;
   /** The T-4 reclaimer. */
@@ -305,6 +339,8 @@ export interface VmStats {
   policies?: PolicyStats;
   /** The memory balloon, when the VM has one. */
   balloon?: BalloonCountersReport;
+  /** The block device, when the VM has one. */
+  disk?: DiskStatsReport;
 }
 
 /** The host memory pool (HostStats.pool). */
@@ -486,7 +522,30 @@ export function vmStats(hv: Hypervisor, vm: Vm, extra: VmStatsExtras = {}): VmSt
       guest_errors: b.counters.guestErrors,
     };
   }
+  if (extra.block) stats.disk = diskStats(extra.block);
   return stats;
+}
+
+/** A block device's counters (VmStats.disk). */
+export function diskStats(block: BlockDevice): DiskStatsReport {
+  const s = block.stats;
+  const us = (ns: number): number => Math.round(ns / 100) / 10;
+  return {
+    async: block.async,
+    direct: block.disk.direct,
+    reads: s.reads,
+    writes: s.writes,
+    flushes: s.flushes,
+    sectors_read: s.sectorsRead,
+    sectors_written: s.sectorsWritten,
+    errors: s.errors,
+    async_submitted: s.asyncSubmitted,
+    async_completed: s.asyncCompleted,
+    in_flight: block.inFlight,
+    in_flight_max: s.asyncInFlightMax,
+    latency_mean_us: s.asyncCompleted === 0 ? 0 : us(s.asyncLatencySumNs / s.asyncCompleted),
+    latency_ewma_us: us(s.asyncLatencyEwmaNs),
+  };
 }
 
 /** The counters of the policies in `extra`, or null when there are none. */
