@@ -73,7 +73,50 @@ export interface BusChannelConfig {
   versions?: readonly string[];
   /** Most pages a grant opened on this channel may have, both rings (default and maximum 64). */
   ringPages?: number;
+  /**
+   * The end with this role lives in another thread's bus (a VM in another worker group): this
+   * bus relays to it through `link` (BusLinkMessage; the other bus has the same channel with the
+   * other role remote). Service 'block' only.
+   */
+  remote?: { role: 'client' | 'server'; link: BusLink };
 }
+
+/**
+ * How a bus reaches the bus of another thread for one channel (a MessagePort, or a relay
+ * through the main thread): messages must arrive in the order posted.
+ */
+export interface BusLink {
+  /** Delivers `message` to the other bus's `receive`. */
+  post(message: BusLinkMessage): void;
+}
+
+/**
+ * What two buses tell each other about a channel whose ends live in different threads. Packets
+ * flow only against credit: the receiving side grants the free space of its guest's receive ring
+ * (tagged with an epoch that changes each time its guest opens the ring), so every packet sent
+ * fits when it arrives; packets of a stale epoch (the ring was closed meanwhile) are dropped.
+ */
+export type BusLinkMessage =
+  | {
+    /** Whole packets, back to back, taken from the sender's send ring. */
+    kind: 'packets'; channel: string; epoch: number; count: number; bytes: Uint8Array;
+  }
+  | {
+    /** The receiver may take `bytes` more; its receive ring's data size is `ringBytes`. */
+    kind: 'credit'; channel: string; epoch: number; bytes: number; ringBytes: number;
+  }
+  | {
+    /** The sender's guest closed its rings: credit granted to it is void. */
+    kind: 'closed'; channel: string;
+  }
+  | {
+    /** Rescind the receiver's end (the other end failed, went away, or the host rescinded). */
+    kind: 'rescind'; channel: string; reason: string;
+  }
+  | {
+    /** The client agreed this major: the server's SERVICE bits 31-16. */
+    kind: 'major'; channel: string; major: number;
+  };
 
 /** Counters of one end (guest ↔ host). */
 export interface BusEndCounters {
@@ -91,6 +134,8 @@ export interface BusEndCounters {
   interrupts: number;
   /** Times a packet for this guest waited because its receive ring was full. */
   ringFullWaits: number;
+  /** Packets from another thread dropped because the guest's ring had closed since (remote channels). */
+  dropped: number;
 }
 
 /** One end of a channel as stats and the API show it. */
@@ -185,6 +230,17 @@ interface End {
   /** The grant handle mapped for the rings, 0 when none. */
   mappedHandle: number;
   counters: BusEndCounters;
+  /** Non-null: the end lives in another thread's bus, reached through this link. */
+  link: BusLink | null;
+  /**
+   * A local end whose peer is remote: the epoch of its current receive ring (each open gets a
+   * new one) and the bytes granted to the peer not yet arrived. A remote end: the epoch of the
+   * credit this bus holds for it, the credit left, and its receive ring's data size.
+   */
+  epoch: number;
+  granted: number;
+  credit: number;
+  ringBytes: number;
 }
 
 interface Channel {
@@ -203,7 +259,7 @@ interface Channel {
 const MAX_FAILURES_KEPT = 16;
 
 function newCounters(): BusEndCounters {
-  return { packetsFromGuest: 0, bytesFromGuest: 0, packetsToGuest: 0, bytesToGuest: 0, doorbells: 0, interrupts: 0, ringFullWaits: 0 };
+  return { packetsFromGuest: 0, bytesFromGuest: 0, packetsToGuest: 0, bytesToGuest: 0, doorbells: 0, interrupts: 0, ringFullWaits: 0, dropped: 0 };
 }
 
 /** Thrown inside a move to fail one end; caught by the move itself. */
@@ -229,6 +285,8 @@ export class Bus implements ChannelListener {
   private readonly wordBytes = new Uint8Array(this.wordView.buffer);
   private readonly log: (line: string) => void;
   private totalPackets = 0;
+  /** The last epoch given to a mapped receive ring (remote channels). */
+  private epochs = 0;
   private totalBytes = 0;
 
   constructor(options: BusOptions = {}) {
@@ -264,8 +322,7 @@ export class Bus implements ChannelListener {
         this.unmap(end);
         end.device = null;
         end.slot = -1;
-        const peer = this.peerOf(end);
-        if (peer?.device) peer.device.rescind(peer.slot, `${vm.name} went away`);
+        this.rescindPeer(end, `${vm.name} went away`);
       }
     }
     device.stop();
@@ -320,6 +377,13 @@ export class Bus implements ChannelListener {
     };
     channel.client = this.newEnd(channel, 'client', config.client);
     if (config.service === 'block') channel.server = this.newEnd(channel, 'server', config.server);
+    if (config.remote !== undefined) {
+      const { role, link } = config.remote;
+      if (config.service !== 'block' || (role !== 'client' && role !== 'server') || typeof link?.post !== 'function') {
+        throw new BusError('BV_BUS_CONFIG', `${where}: remote needs service "block", a role (client or server) and a link`);
+      }
+      (role === 'client' ? channel.client : channel.server!).link = link;
+    }
     return channel;
   }
 
@@ -335,7 +399,10 @@ export class Bus implements ChannelListener {
   rescind(name: string): BusChannelInfo {
     const channel = this.get(name);
     channel.offered = false;
-    for (const end of this.endsOf(channel)) if (end.device) end.device.rescind(end.slot, 'rescinded by the host');
+    for (const end of this.endsOf(channel)) {
+      if (end.link) end.link.post({ kind: 'rescind', channel: name, reason: 'rescinded by the host' });
+      else if (end.device) end.device.rescind(end.slot, 'rescinded by the host');
+    }
     return this.info(name);
   }
 
@@ -366,7 +433,7 @@ export class Bus implements ChannelListener {
       const slot = end.device && end.slot >= 0 ? end.device.slot(end.slot) : null;
       return {
         vm: end.vmName, role: end.role, slot: end.device ? end.slot : -1,
-        state: slot ? CHANNEL_STATE_NAMES[slot.state] : 'absent',
+        state: end.link ? 'remote' : slot ? CHANNEL_STATE_NAMES[slot.state] : 'absent',
         version: slot && slot.agreed !== 0 ? formatVersion(slot.agreed) : null,
         counters: { ...end.counters },
       };
@@ -410,7 +477,9 @@ export class Bus implements ChannelListener {
     const end = this.endAt(device, slot);
     if (!end || end.role !== 'client' || !end.channel.server) return;
     const server = end.channel.server;
-    if (server.device) server.device.setPeerMajor(server.slot, device.slot(slot).agreed >>> 16);
+    const major = device.slot(slot).agreed >>> 16;
+    if (server.link) server.link.post({ kind: 'major', channel: end.channel.name, major });
+    else if (server.device) server.device.setPeerMajor(server.slot, major);
   }
 
   /** @internal */
@@ -429,11 +498,14 @@ export class Bus implements ChannelListener {
     const end = this.endAt(device, slot);
     if (!end) return;
     this.unmap(end);
+    end.granted = 0;
     const state = device.slot(slot).state;
     if (state === ChannelState.FAILED) {
       this.recordFailure(end, reason);
+      this.rescindPeer(end, `the peer ${end.vmName} failed: ${reason}`);
+    } else {
       const peer = this.peerOf(end);
-      if (peer?.device) peer.device.rescind(peer.slot, `the peer ${end.vmName} failed: ${reason}`);
+      if (peer?.link) peer.link.post({ kind: 'closed', channel: end.channel.name });
     }
   }
 
@@ -518,7 +590,7 @@ export class Bus implements ChannelListener {
   }
 
   private newEnd(channel: Channel, role: 'client' | 'server', vmName: string): End {
-    return { channel, role, vmName, device: null, slot: -1, send: null, recv: null, mappedHandle: 0, counters: newCounters() };
+    return { channel, role, vmName, device: null, slot: -1, send: null, recv: null, mappedHandle: 0, counters: newCounters(), link: null, epoch: 0, granted: 0, credit: 0, ringBytes: 0 };
   }
 
   private endsOf(channel: Channel): End[] {
@@ -547,7 +619,7 @@ export class Bus implements ChannelListener {
   private offerEnds(channel: Channel): void {
     if (!channel.offered) return;
     for (const end of this.endsOf(channel)) {
-      if (end.device) continue;
+      if (end.device || end.link) continue;
       const device = this.devices.get(end.vmName);
       if (!device || device.slotOf(channel.name) >= 0) continue;
       const slot = device.freeSlot();
@@ -590,6 +662,9 @@ export class Bus implements ChannelListener {
     }
     end.send = send;
     end.recv = recv;
+    // A new receive ring: credit granted to a remote sender for an older one is void.
+    end.epoch = ++this.epochs;
+    end.granted = 0;
     return true;
   }
 
@@ -622,6 +697,14 @@ export class Bus implements ChannelListener {
       return;
     }
     const server = channel.server;
+    const remote = client.link ? client : server.link ? server : null;
+    if (remote) {
+      const local = remote === client ? server : client;
+      if (!local.send) return;
+      this.forward(local, remote);
+      if (local.recv) this.grantCredit(local, remote);
+      return;
+    }
     // Repeat while something moved: a packet one way may free space the other way needs.
     for (let round = 0; round < 4; round++) {
       if (!client.send || !server.send) return;
@@ -640,25 +723,14 @@ export class Bus implements ChannelListener {
     let moved = 0;
     let movedBytes = 0;
     try {
-      const srcWrite = this.checkedOffset(src, from, RingHeader.WRITE_OFFSET, 'send ring write_offset');
-      if (this.readHeader(from, RingHeader.READ_OFFSET) !== from.ownedOffset) throw new RingViolation(src, `send ring read_offset is the host's, the guest changed it (to ${this.readHeader(from, RingHeader.READ_OFFSET)})`);
-      const dstRead = this.checkedOffset(dst, to, RingHeader.READ_OFFSET, 'receive ring read_offset');
-      if (this.readHeader(to, RingHeader.WRITE_OFFSET) !== to.ownedOffset) throw new RingViolation(dst, `receive ring write_offset is the host's, the guest changed it (to ${this.readHeader(to, RingHeader.WRITE_OFFSET)})`);
+      const srcWrite = this.sendRingWrite(src, from);
+      const dstRead = this.receiveRingRead(dst, to);
       let srcRead = from.ownedOffset;
       let dstWrite = to.ownedOffset;
       for (;;) {
         const used = (srcWrite - srcRead + from.size) % from.size;
         if (used === 0) break;
-        if (used < PACKET_HEADER_BYTES) throw new RingViolation(src, `send ring holds ${used} bytes, less than a packet header`);
-        // Offsets are multiples of 8, so a packet's first 8 bytes never cross a page or the ring's end.
-        const first = from.vm.memory.pageBytes(from.dataGpns[srcRead >>> 12]!);
-        const inPage = srcRead & (PAGE_SIZE - 1);
-        const offset8 = first[inPage + 2]! | (first[inPage + 3]! << 8);
-        const len8 = first[inPage + 4]! | (first[inPage + 5]! << 8);
-        const length = len8 * 8;
-        if (len8 < 2 || offset8 < 2 || offset8 > len8) throw new RingViolation(src, `packet at ${srcRead}: len8 ${len8}, offset8 ${offset8} (need len8 ≥ 2, 2 ≤ offset8 ≤ len8)`);
-        if (length > used) throw new RingViolation(src, `packet at ${srcRead}: ${length} bytes, but only ${used} are written`);
-        if (length > to.size - 8) throw new RingViolation(src, `packet at ${srcRead}: ${length} bytes never fit the ${to.size}-byte receiving ring`);
+        const length = this.packetLength(src, from, srcRead, used, to.size);
         const free = to.size - 8 - ((dstWrite - dstRead + to.size) % to.size);
         if (length > free) {
           // Full: the packet stays; the receiver's doorbell after it frees space moves it on.
@@ -692,17 +764,198 @@ export class Bus implements ChannelListener {
       this.totalBytes += movedBytes;
       // Tell the receiver unless it polls; tell the sender if it waits for the space just freed.
       if ((this.readHeader(to, RingHeader.INTERRUPT_MASK) & 1) === 0) this.signal(dst);
-      const pending = this.readHeader(from, RingHeader.PENDING_SEND_SIZE);
-      if (pending !== 0) {
-        if (pending > from.size - 8) throw new RingViolation(src, `send ring pending_send_size ${pending} exceeds the ring (${from.size - 8} bytes usable)`);
-        const free = from.size - 8 - ((srcWrite - srcRead + from.size) % from.size);
-        if (free >= pending) this.signal(src);
-      }
+      this.signalFreedSpace(src, from, srcWrite);
       return moved;
     } catch (error) {
       if (!(error instanceof RingViolation)) throw error;
       this.failEnd(error.end, error.message);
       return 0;
+    }
+  }
+
+  /** The producer's write_offset of a send ring, checked, and the host's read_offset unchanged. */
+  private sendRingWrite(src: End, from: Ring): number {
+    const srcWrite = this.checkedOffset(src, from, RingHeader.WRITE_OFFSET, 'send ring write_offset');
+    const read = this.readHeader(from, RingHeader.READ_OFFSET);
+    if (read !== from.ownedOffset) throw new RingViolation(src, `send ring read_offset is the host's, the guest changed it (to ${read})`);
+    return srcWrite;
+  }
+
+  /** The consumer's read_offset of a receive ring, checked, and the host's write_offset unchanged. */
+  private receiveRingRead(dst: End, to: Ring): number {
+    const dstRead = this.checkedOffset(dst, to, RingHeader.READ_OFFSET, 'receive ring read_offset');
+    const write = this.readHeader(to, RingHeader.WRITE_OFFSET);
+    if (write !== to.ownedOffset) throw new RingViolation(dst, `receive ring write_offset is the host's, the guest changed it (to ${write})`);
+    return dstRead;
+  }
+
+  /** The length of the packet at `at` in a send ring holding `used` bytes from there, checked; `limit`: the receiving ring's data size. */
+  private packetLength(src: End, from: Ring, at: number, used: number, limit: number): number {
+    if (used < PACKET_HEADER_BYTES) throw new RingViolation(src, `send ring holds ${used} bytes, less than a packet header`);
+    // Offsets are multiples of 8, so a packet's first 8 bytes never cross a page or the ring's end.
+    const first = from.vm.memory.pageBytes(from.dataGpns[at >>> 12]!);
+    const inPage = at & (PAGE_SIZE - 1);
+    const offset8 = first[inPage + 2]! | (first[inPage + 3]! << 8);
+    const len8 = first[inPage + 4]! | (first[inPage + 5]! << 8);
+    const length = len8 * 8;
+    if (len8 < 2 || offset8 < 2 || offset8 > len8) throw new RingViolation(src, `packet at ${at}: len8 ${len8}, offset8 ${offset8} (need len8 ≥ 2, 2 ≤ offset8 ≤ len8)`);
+    if (length > used) throw new RingViolation(src, `packet at ${at}: ${length} bytes, but only ${used} are written`);
+    if (length > limit - 8) throw new RingViolation(src, `packet at ${at}: ${length} bytes never fit the ${limit}-byte receiving ring`);
+    return length;
+  }
+
+  /** After the host consumed from src's send ring: signal src if it waits (pending_send_size) for space that is now free. */
+  private signalFreedSpace(src: End, from: Ring, srcWrite: number): void {
+    const pending = this.readHeader(from, RingHeader.PENDING_SEND_SIZE);
+    if (pending === 0) return;
+    if (pending > from.size - 8) throw new RingViolation(src, `send ring pending_send_size ${pending} exceeds the ring (${from.size - 8} bytes usable)`);
+    const free = from.size - 8 - ((srcWrite - from.ownedOffset + from.size) % from.size);
+    if (free >= pending) this.signal(src);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Channels whose other end lives in another thread's bus
+
+  /**
+   * A message from the bus of the thread that holds the other end of a channel (BusLink). Unknown
+   * channels are ignored (the channel was removed here meanwhile).
+   */
+  receive(message: BusLinkMessage): void {
+    const channel = this.channels.get(message.channel);
+    const remote = channel ? this.endsOf(channel).find((end) => end.link !== null) : undefined;
+    if (!channel || !remote) return;
+    const local = this.peerOf(remote)!;
+    switch (message.kind) {
+      case 'packets':
+        this.deliver(local, message.epoch, message.count, message.bytes);
+        break;
+      case 'credit':
+        // A new epoch: the other guest opened a new receive ring; credit for an older one is void.
+        if (message.epoch > remote.epoch) {
+          remote.epoch = message.epoch;
+          remote.credit = 0;
+        }
+        if (message.epoch === remote.epoch) {
+          remote.credit += message.bytes;
+          remote.ringBytes = message.ringBytes;
+        }
+        if (local.send) this.forward(local, remote);
+        break;
+      case 'closed':
+        remote.credit = 0;
+        break;
+      case 'rescind':
+        if (local.device) local.device.rescind(local.slot, message.reason);
+        break;
+      case 'major':
+        if (local.device && local.role === 'server') local.device.setPeerMajor(local.slot, message.major);
+        break;
+    }
+  }
+
+  /** Rescinds the peer of `end`: its slot here, or through the link in the other thread. */
+  private rescindPeer(end: End, reason: string): void {
+    const peer = this.peerOf(end);
+    if (!peer) return;
+    if (peer.link) peer.link.post({ kind: 'rescind', channel: end.channel.name, reason });
+    else if (peer.device) peer.device.rescind(peer.slot, reason);
+  }
+
+  /**
+   * Sends the packets of src's send ring that the remote end has credit for, back to back in one
+   * message. A packet beyond the credit stays in the ring until more credit comes.
+   */
+  private forward(src: End, remote: End): void {
+    const from = src.send!;
+    try {
+      const srcWrite = this.sendRingWrite(src, from);
+      let at = from.ownedOffset;
+      let total = 0;
+      let count = 0;
+      for (;;) {
+        const used = (srcWrite - at + from.size) % from.size;
+        if (used === 0) break;
+        const length = this.packetLength(src, from, at, used, remote.ringBytes === 0 ? from.size : remote.ringBytes);
+        if (total + length > remote.credit) {
+          remote.counters.ringFullWaits++;
+          break;
+        }
+        total += length;
+        count++;
+        at = (at + length) % from.size;
+      }
+      if (count === 0) return;
+      const bytes = new Uint8Array(total); // handed to postMessage: a fresh buffer per batch
+      let source = from.ownedOffset;
+      for (let done = 0; done < total; ) {
+        const inPage = source & (PAGE_SIZE - 1);
+        const chunk = Math.min(total - done, PAGE_SIZE - inPage);
+        bytes.set(from.vm.memory.pageBytes(from.dataGpns[source >>> 12]!).subarray(inPage, inPage + chunk), done);
+        done += chunk;
+        source = (source + chunk) % from.size;
+      }
+      from.ownedOffset = at;
+      this.writeHeader(from, RingHeader.READ_OFFSET, at);
+      remote.credit -= total;
+      src.counters.packetsFromGuest += count;
+      src.counters.bytesFromGuest += total;
+      remote.counters.packetsToGuest += count;
+      remote.counters.bytesToGuest += total;
+      this.totalPackets += count;
+      this.totalBytes += total;
+      remote.link!.post({ kind: 'packets', channel: src.channel.name, epoch: remote.epoch, count, bytes });
+      this.signalFreedSpace(src, from, srcWrite);
+    } catch (error) {
+      if (!(error instanceof RingViolation)) throw error;
+      this.failEnd(error.end, error.message);
+    }
+  }
+
+  /** Packets from the other thread into dst's receive ring (they fit: they were sent against its credit). */
+  private deliver(dst: End, epoch: number, count: number, bytes: Uint8Array): void {
+    const to = dst.recv;
+    if (!to || epoch !== dst.epoch) {
+      dst.counters.dropped += count; // the ring they were meant for was closed meanwhile
+      return;
+    }
+    try {
+      const dstRead = this.receiveRingRead(dst, to);
+      const free = to.size - 8 - ((to.ownedOffset - dstRead + to.size) % to.size);
+      if (bytes.length > free) throw new RingViolation(dst, `receive ring read_offset moved back: ${free} bytes free of the ${dst.granted} granted`);
+      let target = to.ownedOffset;
+      for (let done = 0; done < bytes.length; ) {
+        const inPage = target & (PAGE_SIZE - 1);
+        const chunk = Math.min(bytes.length - done, PAGE_SIZE - inPage);
+        to.vm.memory.writePhysical(to.dataGpns[target >>> 12]! * PAGE_SIZE + inPage, bytes.subarray(done, done + chunk));
+        done += chunk;
+        target = (target + chunk) % to.size;
+      }
+      to.ownedOffset = target;
+      this.writeHeader(to, RingHeader.WRITE_OFFSET, target);
+      dst.granted -= bytes.length;
+      dst.counters.packetsToGuest += count;
+      dst.counters.bytesToGuest += bytes.length;
+      if ((this.readHeader(to, RingHeader.INTERRUPT_MASK) & 1) === 0) this.signal(dst);
+    } catch (error) {
+      if (!(error instanceof RingViolation)) throw error;
+      this.failEnd(error.end, error.message);
+    }
+  }
+
+  /** Grants the remote sender the free space of dst's receive ring not granted yet. */
+  private grantCredit(dst: End, remote: End): void {
+    const to = dst.recv;
+    if (!to) return;
+    try {
+      const dstRead = this.receiveRingRead(dst, to);
+      const free = to.size - 8 - ((to.ownedOffset - dstRead + to.size) % to.size);
+      const more = free - dst.granted;
+      if (more <= 0) return;
+      dst.granted += more;
+      remote.link!.post({ kind: 'credit', channel: dst.channel.name, epoch: dst.epoch, bytes: more, ringBytes: to.size });
+    } catch (error) {
+      if (!(error instanceof RingViolation)) throw error;
+      this.failEnd(error.end, error.message);
     }
   }
 
