@@ -378,20 +378,21 @@ export function pardaChecks(figures: PardaBenchFigures): Check[] {
   const { uncontrolled, controlled, shares, afterStop } = figures;
   const latencyRatio = controlled.normalisedMs / controlled.thresholdMs!;
   const throughputRatio = controlled.iops / uncontrolled.iops;
-  // Windows per share against the mean window per share: 1 for a perfect split.
-  const perShare = shares.hosts.map((h) => h.window / h.shares);
-  const meanPerShare = perShare.reduce((s, x) => s + x, 0) / perShare.length;
-  const worstWindow = Math.max(...perShare.map((x) => Math.abs(x / meanPerShare - 1)));
-  const iopsPerShare = shares.hosts.map((h) => h.iops / h.shares);
-  const meanIopsPerShare = iopsPerShare.reduce((s, x) => s + x, 0) / iopsPerShare.length;
-  const worstIops = Math.max(...iopsPerShare.map((x) => Math.abs(x / meanIopsPerShare - 1)));
+  // Each host against its part of the total by shares (W·s_i / Σs): 0 for a perfect split.
+  const shareSum = shares.hosts.reduce((sum, h) => sum + h.shares, 0);
+  const worstOff = (value: (h: PardaHostFigures) => number): number => {
+    const total = shares.hosts.reduce((sum, h) => sum + value(h), 0);
+    return Math.max(...shares.hosts.map((h) => Math.abs(value(h) / ((total * h.shares) / shareSum) - 1)));
+  };
+  const worstWindow = worstOff((h) => h.window);
+  const worstIops = worstOff((h) => h.iops);
   const kept = afterStop.iops / shares.iops;
   const grew = Math.min(...afterStop.hosts.map((h, i) => h.iops / shares.hosts[i]!.iops));
   return [
     { name: 'parda: equal shares, controlled latency / threshold', target: '0.8 … 1.2', value: latencyRatio, pass: Math.abs(latencyRatio - 1) <= 0.2, load },
     { name: 'parda: equal shares, controlled / uncontrolled aggregate IOPS', target: '0.95 … 1.05', value: throughputRatio, pass: Math.abs(throughputRatio - 1) <= 0.05, load },
-    { name: 'parda: shares, worst window per share / mean', target: '<= 0.25 off', value: worstWindow, pass: worstWindow <= 0.25, load },
-    { name: 'parda: shares, worst IOPS per share / mean', target: '<= 0.25 off', value: worstIops, pass: worstIops <= 0.25, load },
+    { name: 'parda: shares, worst window against its share of the total', target: '<= 0.25 off', value: worstWindow, pass: worstWindow <= 0.25, load },
+    { name: 'parda: shares, worst IOPS against its share of the total', target: '<= 0.25 off', value: worstIops, pass: worstIops <= 0.25, load },
     { name: 'parda: a host stops, the others\' aggregate IOPS / all hosts\' before', target: '>= 0.9', value: kept, pass: kept >= 0.9, load },
     { name: 'parda: a host stops, smallest IOPS growth of the others', target: '> 1.05', value: grew, pass: grew > 1.05, load },
   ];

@@ -20,7 +20,7 @@ describe('PARDA across host processes', () => {
     for (const name of [
       'parda: equal shares, controlled latency / threshold',
       'parda: equal shares, controlled / uncontrolled aggregate IOPS',
-      'parda: shares, worst window per share / mean',
+      'parda: shares, worst window against its share of the total',
       'parda: a host stops, the others\' aggregate IOPS / all hosts\' before',
       'parda: a host stops, smallest IOPS growth of the others',
     ]) {
