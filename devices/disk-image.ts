@@ -826,23 +826,34 @@ export class DiskChain {
   read(first: number, count: number): Uint8Array {
     this.check(first, count);
     const out = new Uint8Array(count * DISK_SECTOR_BYTES);
-    for (let i = 0; i < count; ) {
-      const [layer, offset] = this.locate(first + i);
-      let run = 1;
-      // Coalesce sectors stored one after another in the same file (or all zeros) into one read.
-      while (i + run < count) {
-        const [nextLayer, nextOffset] = this.locate(first + i + run);
-        if (nextLayer !== layer || (layer !== null && nextOffset !== offset + run * DISK_SECTOR_BYTES)) break;
-        run++;
-      }
+    for (const { layer, offset, i, run } of this.runs(first, count)) {
       if (layer !== null) {
         const target = out.subarray(i * DISK_SECTOR_BYTES, (i + run) * DISK_SECTOR_BYTES);
         const got = io(layer.path, 'read the disk', () => layer.file.pread(target, offset));
         if (got !== target.length) throw new DiskError('BV_DISK_DAMAGED', `${layer.path}: sectors ${first + i}..${first + i + run - 1} lie past the end of the file`);
       }
-      i += run;
     }
     return out;
+  }
+
+  /**
+   * The sectors first … first + count − 1 as runs stored one after another in the same file (or
+   * all zeros, layer null), each read with one transfer: `i` sectors into the range, `run` long.
+   */
+  private runs(first: number, count: number): { layer: Layer | null; offset: number; i: number; run: number }[] {
+    const runs: { layer: Layer | null; offset: number; i: number; run: number }[] = [];
+    for (let i = 0; i < count; ) {
+      const [layer, offset] = this.locate(first + i);
+      let run = 1;
+      while (i + run < count) {
+        const [nextLayer, nextOffset] = this.locate(first + i + run);
+        if (nextLayer !== layer || (layer !== null && nextOffset !== offset + run * DISK_SECTOR_BYTES)) break;
+        run++;
+      }
+      runs.push({ layer, offset, i, run });
+      i += run;
+    }
+    return runs;
   }
 
   /** Writes whole sectors from `first` into the top overlay (created now if needed). */
@@ -876,14 +887,7 @@ export class DiskChain {
       throw new DiskError('BV_DISK_BAD_ARGUMENT', `a read of ${count} sectors needs ${count * DISK_SECTOR_BYTES} bytes, not ${target.length}`);
     }
     const transfers: Promise<void>[] = [];
-    for (let i = 0; i < count; ) {
-      const [layer, offset] = this.locate(first + i);
-      let run = 1;
-      while (i + run < count) {
-        const [nextLayer, nextOffset] = this.locate(first + i + run);
-        if (nextLayer !== layer || (layer !== null && nextOffset !== offset + run * DISK_SECTOR_BYTES)) break;
-        run++;
-      }
+    for (const { layer, offset, i, run } of this.runs(first, count)) {
       const part = target.subarray(i * DISK_SECTOR_BYTES, (i + run) * DISK_SECTOR_BYTES);
       if (layer === null) part.fill(0);
       else {
@@ -897,7 +901,6 @@ export class DiskChain {
           },
         ));
       }
-      i += run;
     }
     return Promise.all(transfers).then(() => undefined);
   }

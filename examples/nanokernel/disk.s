@@ -314,6 +314,7 @@ sys_disk_read:
         lw      a0, P_A0(s0)
         call    cache_read_sector
         bltz    a0, syscall_return
+disk_read_out:                          # a0 = the sector's 512 bytes: to the user's buffer
         mv      t0, a0
         lw      t1, P_A1(s0)
         li      t2, STATUS_SUM
@@ -396,15 +397,8 @@ disk_read_async:
 7:      lw      t0, P_A0(s0)            # s1 = the block: the sector to the user
         andi    t0, t0, BLOCK_SECTORS - 1
         slli    t0, t0, 9
-        add     t0, s1, t0
-        lw      t1, P_A1(s0)
-        li      t2, STATUS_SUM
-        csrs    status, t2
-        call    disk_copy
-        li      t2, STATUS_SUM
-        csrc    status, t2
-        li      a0, 0
-        j       syscall_return
+        add     a0, s1, t0
+        j       disk_read_out
 
 # disk_write(sector, buf) -> 0 or -errno: the user's 512 bytes to the sector
 sys_disk_write:

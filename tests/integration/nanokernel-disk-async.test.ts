@@ -9,8 +9,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { attachStandardDevices, CaptureSink, DISK_SECTOR_BYTES, runWithResets, runWithResetsAsync, type StandardDevices } from '../../devices/index.ts';
+import {
+  attachStandardDevices, CaptureSink, DISK_SECTOR_BYTES, runWithResets, runWithResetsAsync, savedBlockDisk, savedBlockMode, type StandardDevices,
+} from '../../devices/index.ts';
 import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { KERNEL_IMAGE, symbol, word } from './nanokernel-guest.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'bv-nanodisk-async-'));
@@ -101,6 +104,36 @@ describe('nanokernel disk driver on an asynchronous disk', () => {
       machine.devices.block!.close();
     });
   }
+
+  it('a checkpoint while the kernel waits for a read in flight restores a VM that finishes with the same output', async () => {
+    const original = boot('reader 16 2', { path: image(), async: true, direct: true });
+    // The synchronous run loop stops where the kernel waits in wfi for the completion.
+    const [first] = original.hv.run({ maxInstructions: 50_000_000 }, [original.vm]);
+    expect(first!.reason.kind).toBe('idle');
+    expect(original.devices.block!.inFlight).toBe(1);
+    const checkpoint = join(mkdtempSync(join(root, 'c')), 'vm.ckpt');
+    saveVmCheckpoint(original.vm, checkpoint);
+    const hv = createHypervisor({ hostMemoryBytes: 64 * MiB });
+    const output = new CaptureSink();
+    let devices: StandardDevices | null = null;
+    const restored = restoreVmCheckpoint(hv, checkpoint, {
+      mode: 'eager',
+      attach: (vm, saved) => {
+        const block = saved.components['block']!.state;
+        devices = attachStandardDevices(vm, { output, hypervisor: hv, bootArgs: 'reader 16 2', disk: { path: savedBlockDisk(block), ...savedBlockMode(block) } });
+      },
+    });
+    const copy: Machine = { hv, vm: restored.vm, devices: devices!, output };
+    expect(copy.devices.block!.inFlight).toBe(1); // the read runs again in the restored VM
+    const runs = await Promise.all([original, copy].map((m) => runWithResetsAsync(m.hv, m.vm, m.devices, { maxInstructions: 50_000_000 })));
+    for (const run of runs) expect(run.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    const line = (m: Machine): string | undefined => m.output.text().split('\n').find((l) => l.startsWith('reader: '));
+    expect(line(original)).toMatch(/^reader: 16 blocks, 2 passes, 256 sectors read, checksum 0x[0-9a-f]{8}$/);
+    expect(line(copy)).toBe(line(original));
+    expect(copy.devices.block!.stats.asyncCompleted).toBe(copy.devices.block!.stats.asyncSubmitted);
+    original.devices.block!.close();
+    copy.devices.block!.close();
+  });
 
   it('a single process waiting for its disk read idles the kernel in wfi until the completion interrupt', async () => {
     const machine = boot('reader 4 1', { path: image(), async: true });
