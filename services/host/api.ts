@@ -515,8 +515,8 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { from, to, mib } = body as { from: string; to: string; mib: number };
       return { status: 202, body: await host.reallocate(from, to, mib) };
     }, { schema: REALLOCATE_SCHEMA })
-    .route('GET', '/channels', async () => ({ status: 200, body: host.channels() }))
-    .route('GET', '/channels/{name}', async ({ params }) => ({ status: 200, body: host.channel(params['name']!) }))
+    .route('GET', '/channels', async () => ({ status: 200, body: await host.channels() }))
+    .route('GET', '/channels/{name}', async ({ params }) => ({ status: 200, body: await host.channel(params['name']!) }))
     .route('PUT', '/channels/{name}', async ({ params, body }) => {
       const name = params['name']!;
       if (!new RegExp(VM_NAME_PATTERN).test(name)) throw new HostError(400, `a channel name is 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit, got '${name}'`);

@@ -862,8 +862,7 @@ export function parseHostConfig(json: unknown): HostSpec {
 
 /**
  * Channel names are unique; client and server name VMs of the configuration (server "echo" with
- * service "echo"), two different ones, both in the host's own thread: the bus does not relay
- * across worker threads (docs/bus.md).
+ * service "echo"), two different ones; they may run in any threads (docs/bus.md "Across threads").
  */
 function channelProblems(channels: unknown, vms: unknown): Found[] {
   if (!Array.isArray(channels)) return [];
@@ -883,7 +882,6 @@ function channelProblems(channels: unknown, vms: unknown): Found[] {
       const vm = channel[role];
       if (typeof vm !== 'string' || vm === 'echo') continue;
       if (!vmGroups.has(vm)) found.push({ segments: ['channels', index, role], problem: `names no VM of this configuration ('${vm}')` });
-      else if (vmGroups.get(vm) !== undefined) found.push({ segments: ['channels', index, role], problem: `names '${vm}', which runs in worker group '${String(vmGroups.get(vm))}': channels reach only VMs in the host's own thread (docs/bus.md)` });
     }
   });
   return found;

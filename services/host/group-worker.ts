@@ -8,6 +8,7 @@ import { setThreadAffinity, threadAffinity, threadId } from '../../native/index.
 import { Host, HostError } from './host.ts';
 import type { VmSpec } from './config.ts';
 import { GROUP_METHODS, type GroupRequest, type GroupWorkerData, type GroupWorkerMessage } from './worker-group.ts';
+import type { BusLinkMessage } from '../bus/index.ts';
 
 const port = parentPort!;
 const data = workerData as GroupWorkerData;
@@ -47,6 +48,11 @@ async function main(): Promise<void> {
     });
     try {
       if (data.reclaim !== null) host.enableReclaim(data.reclaim);
+      // Channels before VMs: a VM a channel names gets its channel device at boot.
+      for (const { config, remote } of data.channels ?? []) {
+        const link = remote === null ? undefined : { role: remote.role, link: { post: (message: BusLinkMessage) => post({ kind: 'bus', to: remote.thread, message }) } };
+        host.bus.addChannel(link === undefined ? config : { ...config, remote: link });
+      }
       for (const spec of data.vms) await host.createVm(inThisThread(spec));
     } catch (error) {
       await host.close();
@@ -62,6 +68,10 @@ async function main(): Promise<void> {
   port.on('message', (request: GroupRequest) => {
     void (async () => {
       try {
+        if (request.kind === 'bus') {
+          host.bus.receive(request.message);
+          return;
+        }
         if (request.kind === 'affinity') {
           setThreadAffinity(request.cpus);
           post({ kind: 'result', id: request.id, value: threadAffinity() });

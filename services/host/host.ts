@@ -35,7 +35,7 @@ import { PardaController, StorageIoError, type StorageIoStatus, type StorageIoUp
 import type { StorageIoSpec } from './config.ts';
 import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
-import { Bus, BusError, type BusChannelInfo, type BusTotals } from '../bus/index.ts';
+import { Bus, BusError, type BusChannelInfo, type BusLinkMessage, type BusTotals } from '../bus/index.ts';
 import { MemoryErrorService, MemoryErrorServiceError, type RecoveryMethod } from '../recovery/index.ts';
 import { CleanCopyRecovery } from '../recovery/clean-copy.ts';
 import { DiskCleanCopies } from '../recovery/disk-cache.ts';
@@ -46,7 +46,7 @@ import { TimelineRecorder, type TimelineRecorderOptions } from './recorder.ts';
 import { HostPlacement, type PlacementStatus } from './placement.ts';
 import { CrossThread, type CrossThreadSharingStats } from './cross-thread.ts';
 import type { PowerTopologyProvider } from '../placement/index.ts';
-import { GROUP_METHODS, WorkerGroup, type GroupCalls, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
+import { GROUP_METHODS, WorkerGroup, type GroupCalls, type GroupChannel, type GroupMethod, type WorkerGroupInfo } from './worker-group.ts';
 import {
   connect as connectPeer, MigrationReceiver, MIGRATION_PROTOCOL, MIGRATION_VERSIONS, PrecopySender, REMOTE_PAGE_WAIT_REASON, splitHostPort, TransportServer,
   outputCommit, ReplicaReceiver, ReplicationFrame, ReplicationSender,
@@ -762,6 +762,12 @@ export class Host {
   readonly bus: Bus;
   /** Each channel's settings as configured or PUT (a PUT of the same settings offers it again). */
   private readonly channelSpecs = new Map<string, ChannelSpec>();
+  /** Configured channels with an end in a worker group: the thread of each end (a group's name, null = this thread). */
+  private readonly channelThreads = new Map<string, { client: string | null; server: string | null }>();
+  /** Each worker group's channels, handed to it when it starts. */
+  private readonly groupChannels = new Map<string, GroupChannel[]>();
+  /** Bus messages for a worker group still starting, in order. */
+  private readonly busQueues = new Map<string, BusLinkMessage[]>();
   /** This host's own VMs through the interface worker groups answer (vmCalls). */
   private readonly localCalls: GroupCalls;
   /** Decentralised IO control (storage_io, PARDA): the gate of the VMs' asynchronous disks, or null. */
@@ -822,7 +828,7 @@ export class Host {
       if (spec.reclaim !== null) host.enableReclaim(spec.reclaim);
       if (spec.storageIo !== null) host.enableStorageIo(spec.storageIo, spec.migration.name);
       // Channels first: a VM a channel names gets its channel device when it boots.
-      for (const [index, channel] of (spec.channels ?? []).entries()) host.addChannel(channel, `channels[${index}]`);
+      host.distributeChannels(spec);
       for (const [index, vm] of spec.vms.entries()) if (vm.group === undefined) host.boot(vm, images[index]!, `vms[${index}]`);
       // The groups start at once (a worker takes ~0.5 s to load); all settle before a failure is thrown, so close() finds every one.
       const started = await Promise.allSettled(spec.workerGroups.map((group, index) => host.startGroup(group.name, group.cpus, spec.vms.filter((vm) => vm.group === group.name), `worker_groups[${index}]`, migration)));
@@ -945,8 +951,13 @@ export class Host {
         reclaim: this.reclaimSpec,
         yieldEveryMs: this.yieldEveryMs,
         migration: migration ?? this.migrationSettings,
-      }, this.log);
+        channels: this.groupChannels.get(name) ?? [],
+      }, this.log, (to, message) => this.routeBus(to, message));
       this.groups.set(name, group);
+      // Messages its peers sent while it started, in order.
+      const queued = this.busQueues.get(name);
+      this.busQueues.delete(name);
+      for (const message of queued ?? []) group.postBus(message);
       for (const vm of vms) {
         this.startingInGroups.delete(vm.name);
         this.remote.set(vm.name, { group, memoryBytes: vm.memoryBytes });
@@ -1080,14 +1091,94 @@ export class Host {
   // ------------------------------------------------------------------------------- partition bus
 
   /** GET /channels. */
-  channels(): ChannelsInfo {
-    return { channels: this.bus.names().map((name) => this.bus.info(name)), totals: this.bus.totals() };
+  async channels(): Promise<ChannelsInfo> {
+    const names = [...new Set([...this.bus.names(), ...this.channelThreads.keys()])];
+    const channels = await Promise.all(names.map((name) => this.channel(name)));
+    // Totals over every thread's bus (a channel across threads counts its packets in each).
+    const totals = this.bus.totals();
+    for (const group of this.liveGroups()) {
+      const theirs = (await group.calls.hostStats().catch(() => null))?.bus;
+      if (theirs == null) continue;
+      for (const key of Object.keys(totals) as (keyof BusTotals)[]) if (key !== 'channels') totals[key] += theirs[key];
+    }
+    totals.channels = names.length;
+    return { channels, totals };
   }
 
-  /** GET /channels/{name}: its ends (state, agreed version, counters) and failures. */
-  channel(name: string): BusChannelInfo {
-    if (!this.bus.has(name)) throw new HostError(404, `no channel named '${name}'`);
-    return this.bus.info(name);
+  /**
+   * GET /channels/{name}: its ends (state, agreed version, counters) and failures. A channel with
+   * an end in a worker group is put together from the bus of each end's thread.
+   */
+  async channel(name: string): Promise<BusChannelInfo> {
+    const threads = this.channelThreads.get(name);
+    if (threads === undefined) {
+      if (!this.bus.has(name)) throw new HostError(404, `no channel named '${name}'`);
+      return this.bus.info(name);
+    }
+    const from = async (thread: string | null): Promise<BusChannelInfo> => {
+      const info = thread === null ? this.bus.info(name) : await this.group(thread).calls.channelInfo(name);
+      if (info === null) throw new HostError(500, `channel '${name}': worker group '${thread}' does not hold it`);
+      return info;
+    };
+    const client = await from(threads.client);
+    if (threads.server === threads.client) return client;
+    const server = await from(threads.server);
+    return {
+      ...client, ends: [client.ends[0]!, server.ends[1]!], failureCount: client.failureCount + server.failureCount,
+      failures: [...client.failures, ...server.failures].sort((a, b) => a.atMs - b.atMs),
+    };
+  }
+
+  /** This thread's bus's view of a channel, or null (a worker group answers the main host's GET /channels with it). */
+  channelInfo(name: string): BusChannelInfo | null {
+    return this.bus.has(name) ? this.bus.info(name) : null;
+  }
+
+  /**
+   * The host configuration's channels: this thread's bus takes those with an end here (linked to
+   * the worker group holding the other end, if any); each worker group gets those with an end in
+   * it when it starts (docs/bus.md "Across threads").
+   */
+  private distributeChannels(spec: HostSpec): void {
+    const threadOf = (vm: string): string | null => spec.vms.find((v) => v.name === vm)?.group ?? null;
+    for (const [index, channel] of (spec.channels ?? []).entries()) {
+      const client = threadOf(channel.client);
+      const server = channel.service === 'echo' ? client : threadOf(channel.server);
+      if (client === null && server === null) {
+        this.addChannel(channel, `channels[${index}]`);
+        continue;
+      }
+      const config = { name: channel.name, service: channel.service, client: channel.client, server: channel.server, versions: channel.versions, ringPages: channel.ringPages };
+      this.channelThreads.set(channel.name, { client, server });
+      this.channelSpecs.set(channel.name, { ...channel, versions: [...channel.versions] });
+      if (client === null || server === null) {
+        const group = (client ?? server)!;
+        this.bus.addChannel({ ...config, remote: { role: client === null ? 'server' : 'client', link: { post: (message) => this.routeBus(group, message) } } });
+      }
+      for (const thread of new Set([client, server])) {
+        if (thread === null) continue;
+        const remote = client === server ? null : thread === client ? { role: 'server' as const, thread: server } : { role: 'client' as const, thread: client };
+        const list = this.groupChannels.get(thread) ?? [];
+        list.push({ config, remote });
+        this.groupChannels.set(thread, list);
+      }
+    }
+  }
+
+  /** A bus message for the thread `to` (a worker group, or null: this one); a group still starting gets it when it has started. */
+  private routeBus(to: string | null, message: BusLinkMessage): void {
+    if (to === null) {
+      this.bus.receive(message);
+      return;
+    }
+    const group = this.groups.get(to);
+    if (group !== undefined) {
+      group.postBus(message);
+      return;
+    }
+    const queue = this.busQueues.get(to) ?? [];
+    queue.push(message);
+    this.busQueues.set(to, queue);
   }
 
   /**
@@ -1098,6 +1189,7 @@ export class Host {
    * then), since a device cannot be added to a running machine.
    */
   putChannel(spec: ChannelSpec): ChannelPutResult {
+    if (this.channelThreads.has(spec.name)) throw new HostError(409, `channel '${spec.name}' reaches a worker group: it comes from the host configuration and cannot be changed through the API`);
     const existing = this.channelSpecs.get(spec.name);
     if (existing !== undefined) {
       if (JSON.stringify(existing) !== JSON.stringify(spec)) throw new HostError(409, `channel '${spec.name}' exists with other settings: DELETE it first`);
@@ -1109,6 +1201,7 @@ export class Host {
 
   /** DELETE /channels/{name}: rescinds the channel at once (in use or not) and forgets it. */
   deleteChannel(name: string): void {
+    if (this.channelThreads.has(name)) throw new HostError(409, `channel '${name}' reaches a worker group: it comes from the host configuration and cannot be changed through the API`);
     if (!this.bus.has(name)) throw new HostError(404, `no channel named '${name}'`);
     this.bus.removeChannel(name);
     this.channelSpecs.delete(name);

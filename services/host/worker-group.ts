@@ -15,6 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type { FrameHandle, SharedPoolHandle } from '../../kernel/index.ts';
 import type { ReclaimSpec, VmSpec } from './config.ts';
+import type { BusChannelConfig, BusLinkMessage } from '../bus/index.ts';
 import { HostError, type Host, type HostMigrationSettings, type HostSettings, type HostStatusCode } from './host.ts';
 
 /**
@@ -27,7 +28,7 @@ export const GROUP_METHODS = [
   'setMemoryPolicy', 'activeMemory', 'missRateCurve', 'sizeFromMrc', 'memoryErrors', 'injectMemoryErrors',
   'migrate', 'vmMigration', 'migrations', 'replicate', 'stopReplication', 'vmReplication', 'reallocate',
   'startReallocationDonor', 'startReallocationReceiver', 'acceptReallocationFrames', 'reallocationHalf', 'cancelReallocationHalf',
-  'sharingOffers', 'lendPage', 'adoptPage', 'restore',
+  'sharingOffers', 'lendPage', 'adoptPage', 'restore', 'channelInfo',
 ] as const;
 
 /** A method of GROUP_METHODS. */
@@ -56,6 +57,16 @@ export interface GroupWorkerData {
   yieldEveryMs: number;
   /** The host's memory scheduler settings: the group runs one over its own VMs; null: none. */
   reclaim: ReclaimSpec | null;
+  /** Partition-bus channels with an end in this group (docs/bus.md "Across threads"). */
+  channels: GroupChannel[];
+}
+
+/** A channel as a worker group's bus holds it: the config, and where its other end lives when not in this group. */
+export interface GroupChannel {
+  /** The channel (without a link: the worker makes one). */
+  config: Omit<BusChannelConfig, 'remote'>;
+  /** The end in another thread: its role and that thread (a group's name, or null for the host's own thread); null when both ends are in this group. */
+  remote: { role: 'client' | 'server'; thread: string | null } | null;
 }
 
 /** Messages from a worker. */
@@ -65,13 +76,15 @@ export type GroupWorkerMessage =
   | { kind: 'result'; id: number; value: unknown }
   | { kind: 'error'; id: number; status: number; message: string }
   | { kind: 'log'; line: string }
-  | { kind: 'reallocation-frames'; id: number; handles: FrameHandle[]; given: number };
+  | { kind: 'reallocation-frames'; id: number; handles: FrameHandle[]; given: number }
+  | { kind: 'bus'; to: string | null; message: BusLinkMessage };
 
 /** Messages to a worker. */
 export type GroupRequest =
   | { kind: 'call'; id: number; method: GroupMethod; args: unknown[] }
   | { kind: 'affinity'; id: number; cpus: number[] }
-  | { kind: 'close'; id: number };
+  | { kind: 'close'; id: number }
+  | { kind: 'bus'; id: number; message: BusLinkMessage };
 
 /** A worker group as GET /host and GET /groups describe it. */
 export interface WorkerGroupInfo {
@@ -139,6 +152,8 @@ export class WorkerGroup {
   readonly vmNames = new Set<string>();
   /** Receives the frames the group's half of a cross-thread reallocation gives (set by the host). */
   onReallocationFrames: ((id: number, handles: FrameHandle[], given: number) => void) | null = null;
+  /** Routes the group's bus messages to the thread holding the other end of a channel (set by the host). */
+  onBus: ((to: string | null, message: BusLinkMessage) => void) | null = null;
 
   private constructor(
     /** The group's name. */
@@ -163,7 +178,7 @@ export class WorkerGroup {
    * Starts a worker, pins it, attaches it to the pool and boots its VMs; resolves when they all
    * run, or rejects with the worker's error (a bad image, CPUs the host does not have, …).
    */
-  static start(data: GroupWorkerData, log: (line: string) => void): Promise<WorkerGroup> {
+  static start(data: GroupWorkerData, log: (line: string) => void, onBus?: (to: string | null, message: BusLinkMessage) => void): Promise<WorkerGroup> {
     const entry = new URL(import.meta.url.endsWith('.ts') ? './group-worker.ts' : './group-worker.js', import.meta.url);
     const worker = startModuleWorker(entry, { workerData: data });
     return new Promise((resolve, reject) => {
@@ -172,11 +187,17 @@ export class WorkerGroup {
           log(message.line);
           return;
         }
+        // Its VMs may already talk over the bus while the others boot.
+        if (message.kind === 'bus') {
+          onBus?.(message.to, message.message);
+          return;
+        }
         worker.off('message', early);
         worker.off('error', failed);
         worker.off('exit', exited);
         if (message.kind === 'ready') {
           const group = new WorkerGroup(data.name, worker, message.threadId, message.affinity, data.cpus !== null);
+          group.onBus = onBus ?? null;
           worker.on('message', (m: GroupWorkerMessage) => {
             if (m.kind === 'log') log(m.line);
           });
@@ -204,6 +225,11 @@ export class WorkerGroup {
   async setAffinity(cpus: number[]): Promise<number[]> {
     this.#affinity = (await this.request({ kind: 'affinity', id: 0, cpus })) as number[];
     return this.affinity;
+  }
+
+  /** Delivers a bus message to the group's bus (in order with the others). */
+  postBus(message: BusLinkMessage): void {
+    if (this.#exited === null) this.worker.postMessage({ kind: 'bus', id: 0, message } satisfies GroupRequest);
   }
 
   /** The error the worker thread died with, or null while it runs. */
@@ -243,6 +269,10 @@ export class WorkerGroup {
   private answer(message: GroupWorkerMessage): void {
     if (message.kind === 'reallocation-frames') {
       this.onReallocationFrames?.(message.id, message.handles, message.given);
+      return;
+    }
+    if (message.kind === 'bus') {
+      this.onBus?.(message.to, message.message);
       return;
     }
     if (message.kind !== 'result' && message.kind !== 'error') return;
