@@ -9,6 +9,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DeviceType } from '../../guest-isa/arch.ts';
 import { assemble } from '../../guest-isa/assembler.ts';
@@ -16,7 +17,7 @@ import {
   attachStandardDevices, BLOCK_COMPLETION_VALID, BLOCK_QUEUE_DEPTH, BlockCommand, BlockRegister, BlockStatus, CaptureSink, DISK_SECTOR_BYTES,
   DiskChain, runWithResets, runWithResetsAsync, savedBlockDisk, savedBlockMode, type BlockIoGate, type StandardDevices,
 } from '../../devices/index.ts';
-import { createHypervisor, type Hypervisor, type Vm } from '../../kernel/index.ts';
+import { createHypervisor, StopCode, type Hypervisor, type Vm } from '../../kernel/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint } from '../../services/checkpoint/index.ts';
 import { GUEST_LIBRARY, hexWords } from './harness.ts';
 
@@ -462,6 +463,54 @@ describe('asynchronous block requests', () => {
     const { async: _dropped, ...v1 } = state;
     expect(() => asyncDevices.block!.checkState({ ...v1, chain: v1.chain, ids: v1.ids }, 1)).not.toThrow();
     for (const devices of [original.devices, syncDevices, asyncDevices]) devices.block!.close();
+  });
+});
+
+describe('a hostile guest', () => {
+  it('random register writes and reads (any offset, any value) give statuses and completions only, never a failure', async () => {
+    const dir = makeDir();
+    const base = rawImage(dir, 64);
+    const hv = createHypervisor({ hostMemoryBytes: 8 << 20 });
+    const vm = hv.createVm({ memoryBytes: RAM });
+    const devices = attachStandardDevices(vm, { output: new CaptureSink(), hypervisor: hv, disk: { path: base, async: true } });
+    const block = devices.block!;
+    const vcpu = vm.vcpus[0]!;
+    const offsets = [...Object.values(BlockRegister), 64, 4092, 2];
+    const interesting = fc.oneof(
+      fc.constantFrom(0, 1, 2, 3, 4, 8, 63, 64, 128, 129, 0xffff, 0x10000, RAM - SECTOR, RAM, 0xf0000000, 0xffffffff),
+      fc.integer({ min: 0, max: 0xffffffff }),
+    );
+    const op = fc.record({ write: fc.boolean(), offset: fc.constantFrom(...offsets), value: interesting });
+    const statuses = Object.values(BlockStatus) as number[];
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 60 }), async (ops) => {
+        for (const { write, offset, value } of ops) {
+          if (write) {
+            expect(block.write(vcpu, offset, value)).toBe(true);
+            if (offset === BlockRegister.SUBMIT) expect(statuses).toContain(block.read(vcpu, BlockRegister.STATUS));
+          } else {
+            const got = block.read(vcpu, offset) >>> 0;
+            if (offset === BlockRegister.COMPLETION && got !== 0) {
+              expect(got & BLOCK_COMPLETION_VALID).toBe(BLOCK_COMPLETION_VALID);
+              expect(statuses).toContain((got >>> 16) & 0x7fff);
+            }
+          }
+          expect(block.inFlight).toBeLessThanOrEqual(BLOCK_QUEUE_DEPTH);
+        }
+        // Let what was accepted complete, then drain it: everything accepted comes back.
+        while (block.inFlight > 0) {
+          await new Promise((resolve) => setTimeout(resolve, 1));
+          while (block.read(vcpu, BlockRegister.COMPLETION) !== 0);
+        }
+        expect(block.stats.asyncCompleted).toBe(block.stats.asyncSubmitted);
+        expect(vm.stopCode).toBe(StopCode.RUNNING);
+      }),
+      { numRuns: 60 },
+    );
+    // (Not vacuous: over the runs, requests were accepted and refused.)
+    expect(block.stats.asyncSubmitted).toBeGreaterThan(0);
+    expect(block.stats.errors).toBeGreaterThan(0);
+    block.close();
   });
 });
 
