@@ -52,14 +52,23 @@ export type StorageIoUpdate = Partial<Pick<StorageIoOptions, 'thresholdMs' | 'ga
 
 /** Defaults of the optional settings. */
 export const STORAGE_IO_DEFAULTS = {
+  /** γ. */
   gamma: 0.5,
+  /** α. */
   alpha: 0.5,
+  /** β for 1000 IO shares. */
   beta: 1.5,
+  /** Smallest window. */
   windowMin: 1,
+  /** Largest window. */
   windowMax: 256,
+  /** Control period, ms. */
   periodMs: 250,
+  /** Size-normalisation knee, KiB. */
   sizeKneeKib: 128,
+  /** Periods after which a block is stale. */
   stalePeriods: 3,
+  /** Apply the law. */
   control: true,
 } as const;
 
@@ -128,13 +137,19 @@ class VmIo {
 
 /** A VM's figures (GET /host/storage `vms`, and per-VM stats). */
 export interface VmIoStatus {
+  /** The VM (the gate's owner). */
   name: string;
+  /** Its IO shares. */
   io_shares: number;
   /** Its share of the window: w × its shares over the shares of the VMs with requests (or of all). */
   window_share: number;
+  /** Its requests started and not completed. */
   in_flight: number;
+  /** Its requests waiting for the window. */
   queued: number;
+  /** IOs completed since it joined. */
   ios: number;
+  /** Bytes moved since it joined. */
   bytes: number;
   /** IOs per second over the last period. */
   iops: number;
@@ -144,39 +159,61 @@ export interface VmIoStatus {
 
 /** Another host's block as this host last read it. */
 export interface PeerStatus {
+  /** Its slot. */
   host_id: number;
+  /** Its name. */
   name: string;
+  /** Its process id. */
   pid: number;
   /** Its figures count (fresh, not stopped). */
   live: boolean;
+  /** It stopped cleanly (its share is free). */
   stopped: boolean;
+  /** It applies the law. */
   controlled: boolean;
   /** How old its block was when read, ms. */
   age_ms: number;
+  /** Its L(t), normalised, ms. */
   latency_ms: number;
+  /** IOs it completed in its last period. */
   io_count: number;
+  /** Its window. */
   window: number;
+  /** Its VMs' IO shares. */
   shares: number;
+  /** Its IOPS over its last period. */
   iops: number;
+  /** Its bytes per second over its last period. */
   throughput_bytes_per_s: number;
 }
 
 /** GET /host/storage. */
 export interface StorageIoStatus {
+  /** The law is applied (false: measuring only, the window at window_max). */
   controlled: boolean;
+  /** This host's slot. */
   host_id: number;
+  /** The statistics file. */
   stats_file: string;
+  /** The control period, ms. */
   period_ms: number;
+  /** 𝓛, ms. */
   threshold_ms: number;
+  /** γ. */
   gamma: number;
+  /** α. */
   alpha: number;
   /** β for 1000 shares (the setting). */
   beta_per_1000_shares: number;
   /** This host's β now (its VMs' shares). */
   beta: number;
+  /** The size-normalisation knee, KiB. */
   size_knee_kib: number;
+  /** w(t): IOs in flight allowed. */
   window: number;
+  /** Smallest window. */
   window_min: number;
+  /** Largest window. */
   window_max: number;
   /** Requests the window admits (whole). */
   admitted: number;
@@ -186,24 +223,35 @@ export interface StorageIoStatus {
   raw_latency_ms: number;
   /** The IO-weighted latency of the live hosts (the law's input), ms, or null. */
   cluster_latency_ms: number | null;
+  /** Requests started and not completed. */
   in_flight: number;
+  /** Requests waiting for the window. */
   queued: number;
   /** IOs per second and bytes per second over the last period. */
   iops: number;
+  /** Bytes per second over the last period. */
   throughput_bytes_per_s: number;
   /** Since start: IOs, bytes, the sum of raw latencies (ms) and of normalised ones (ms). */
   ios_total: number;
+  /** Bytes since start. */
   bytes_total: number;
+  /** Sum of raw latencies since start, ms. */
   latency_sum_ms: number;
+  /** Sum of normalised latencies since start, ms. */
   normalised_latency_sum_ms: number;
+  /** Control periods run. */
   periods: number;
+  /** Torn reads of the statistics file (each retried). */
   torn_reads: number;
   /** Times another writer was seen in this host's slot. */
   slot_conflicts: number;
+  /** The IO shares of this host's VMs. */
   io_shares: number;
+  /** Each VM's part. */
   vms: VmIoStatus[];
   /** The other hosts' blocks. */
   hosts: PeerStatus[];
+  /** When this was taken (ms since the epoch). */
   timestamp_ms: number;
 }
 

@@ -67,8 +67,9 @@ export interface WindowLawInput {
   gamma: number;
   /** β: this host's additive term, proportional to its IO shares. */
   beta: number;
-  /** Bounds of the window. */
+  /** Smallest window. */
   windowMin: number;
+  /** Largest window. */
   windowMax: number;
   /**
    * The most requests this host had outstanding (in flight and queued) in the period, or null.

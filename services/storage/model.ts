@@ -67,15 +67,28 @@ export class SimulatedDevice {
 
 /** One simulated host: its controller settings and VMs (each keeps `depth` requests outstanding). */
 export interface SimulatedHost {
+  /** Its slot in the statistics file. */
   hostId: number;
-  vms: { name: string; shares?: number; depth: number; bytes?: number }[];
+  /** Its VMs: name, IO shares, requests kept outstanding, IO size (default 4 KiB). */
+  vms: {
+    /** The VM's name. */
+    name: string;
+    /** Its IO shares (default 1000). */
+    shares?: number;
+    /** Requests it keeps outstanding. */
+    depth: number;
+    /** Bytes per request (default 4096). */
+    bytes?: number;
+  }[];
   /** When it stops (simulated ms), or undefined: never. */
   stopAtMs?: number;
 }
 
 /** Per-host figures over a measured interval of a simulation. */
 export interface SimulatedHostFigures {
+  /** Its slot. */
   hostId: number;
+  /** IOs per second over the interval. */
   iops: number;
   /** Mean raw latency of its IOs in the interval, ms. */
   latencyMs: number;
