@@ -253,12 +253,15 @@ export interface StorageIoSpec {
   hostId: number;
   /** `latency_threshold_ms`: 𝓛, the cluster latency threshold (of a 4 KiB IO). */
   thresholdMs: number;
-  /** `gamma` (default 0.5), `alpha` (0.5), `beta` (1.5 per 1000 IO shares): the law's constants. */
+  /** `gamma` (default 0.5): how far one period moves the window towards the law's target. */
   gamma: number;
+  /** `alpha` (default 0.5): the weight of history in the latency average. */
   alpha: number;
+  /** `beta` (default 1.5): β for 1000 IO shares. */
   beta: number;
-  /** `window_min` (default 1), `window_max` (default 256): bounds of the host's window. */
+  /** `window_min` (default 1): the smallest window. */
   windowMin: number;
+  /** `window_max` (default 256): the largest window. */
   windowMax: number;
   /** `period_ms` (default 250): the control period. */
   periodMs: number;

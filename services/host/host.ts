@@ -1010,7 +1010,10 @@ export class Host {
   }
 
   /** GET /vms/{name}/stats: every counter `tools/run --stats` prints. */
-  vmStats(name: string): VmStats & { io?: VmIoStatus } {
+  vmStats(name: string): VmStats & {
+    /** Under storage_io: the VM's IO shares, its part of the window, requests in flight and queued, IOPS (docs/storage-io.md). */
+    io?: VmIoStatus;
+  } {
     const m = this.get(name);
     const stats = vmStats(this.hv, m.vm, { balloon: m.devices.balloon, block: m.devices.block });
     // Under storage_io: the VM's shares, part of the window, requests in flight and queued, IOPS.

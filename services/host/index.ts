@@ -8,6 +8,7 @@ export { apiRequest, ApiClientError, type ApiAnswer, type ApiRequestOptions } fr
 export {
   checkJson, ConfigError, HOST_CONFIG_SCHEMA, parseHostConfig, parseVmConfig, readHostConfigFile, VM_CONFIG_SCHEMA, VM_NAME_PATTERN,
   type BalloonSpec, type ConfigProblem, type DiskSpec, type MemoryErrorsSpec, type MemoryPolicySpec, type LogReplicasSpec, type LogReplicationSpec, type MigrationSpec, type PmemHaSpec, type PmemSpec, type ReclaimSpec, type ReclaimThresholds, type HostSpec, type VmSpec, type WorkerGroupSpec,
+  toStorageIoSpec, type StorageIoSpec,
   CHANNEL_BODY_SCHEMA, toChannelSpec, type ChannelJson, type ChannelSpec,
 } from './config.ts';
 export { ConsoleLog, type ConsoleSlice } from './console-log.ts';
