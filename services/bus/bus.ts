@@ -78,7 +78,15 @@ export interface BusChannelConfig {
    * bus relays to it through `link` (BusLinkMessage; the other bus has the same channel with the
    * other role remote). Service 'block' only.
    */
-  remote?: { role: 'client' | 'server'; link: BusLink };
+  remote?: BusRemoteEnd;
+}
+
+/** The end of a channel that lives in another thread's bus (BusChannelConfig.remote). */
+export interface BusRemoteEnd {
+  /** Its role. */
+  role: 'client' | 'server';
+  /** How to reach the bus that holds it. */
+  link: BusLink;
 }
 
 /**
@@ -90,33 +98,53 @@ export interface BusLink {
   post(message: BusLinkMessage): void;
 }
 
+/** Whole packets, back to back, taken from the sender's send ring against credit. */
+export interface BusPacketsMessage {
+  /** 'packets'. */
+  kind: 'packets';
+  /** The channel's name. */
+  channel: string;
+  /** The epoch of the credit they were sent against (of the receiving ring). */
+  epoch: number;
+  /** Packets in `bytes`. */
+  count: number;
+  /** The packets. */
+  bytes: Uint8Array;
+}
+
+/** The receiving bus grants `bytes` more of its guest's receive ring. */
+export interface BusCreditMessage {
+  /** 'credit'. */
+  kind: 'credit';
+  /** The channel's name. */
+  channel: string;
+  /** The receive ring's epoch (a new one each time the guest opens it). */
+  epoch: number;
+  /** Bytes granted. */
+  bytes: number;
+  /** The receive ring's data size (a larger packet can never be sent). */
+  ringBytes: number;
+}
+
+/** The other end's guest closed its rings (its credit is void), rescinded it (with a reason), or agreed a major. */
+export interface BusControlMessage {
+  /** 'closed', 'rescind' or 'major'. */
+  kind: 'closed' | 'rescind' | 'major';
+  /** The channel's name. */
+  channel: string;
+  /** 'rescind': why. */
+  reason?: string;
+  /** 'major': the client's agreed major (the server's SERVICE bits 31-16). */
+  major?: number;
+}
+
 /**
  * What two buses tell each other about a channel whose ends live in different threads. Packets
  * flow only against credit: the receiving side grants the free space of its guest's receive ring
  * (tagged with an epoch that changes each time its guest opens the ring), so every packet sent
  * fits when it arrives; packets of a stale epoch (the ring was closed meanwhile) are dropped.
  */
-export type BusLinkMessage =
-  | {
-    /** Whole packets, back to back, taken from the sender's send ring. */
-    kind: 'packets'; channel: string; epoch: number; count: number; bytes: Uint8Array;
-  }
-  | {
-    /** The receiver may take `bytes` more; its receive ring's data size is `ringBytes`. */
-    kind: 'credit'; channel: string; epoch: number; bytes: number; ringBytes: number;
-  }
-  | {
-    /** The sender's guest closed its rings: credit granted to it is void. */
-    kind: 'closed'; channel: string;
-  }
-  | {
-    /** Rescind the receiver's end (the other end failed, went away, or the host rescinded). */
-    kind: 'rescind'; channel: string; reason: string;
-  }
-  | {
-    /** The client agreed this major: the server's SERVICE bits 31-16. */
-    kind: 'major'; channel: string; major: number;
-  };
+export type BusLinkMessage = BusPacketsMessage | BusCreditMessage | BusControlMessage;
 
 /** Counters of one end (guest ↔ host). */
 export interface BusEndCounters {
@@ -845,10 +873,10 @@ export class Bus implements ChannelListener {
         remote.credit = 0;
         break;
       case 'rescind':
-        if (local.device) local.device.rescind(local.slot, message.reason);
+        if (local.device) local.device.rescind(local.slot, message.reason ?? 'rescinded');
         break;
       case 'major':
-        if (local.device && local.role === 'server') local.device.setPeerMajor(local.slot, message.major);
+        if (local.device && local.role === 'server') local.device.setPeerMajor(local.slot, message.major ?? 0);
         break;
     }
   }

@@ -3,4 +3,4 @@
  * guests relayed by the host, over the CHANNEL device (devices/channel.ts).
  */
 export { Bus, BusError, formatVersion, PACKET_HEADER_BYTES, parseVersion, RingHeader } from './bus.ts';
-export type { BusChannelConfig, BusChannelInfo, BusEndCounters, BusEndInfo, BusFailure, BusLink, BusLinkMessage, BusOptions, BusTotals } from './bus.ts';
+export type { BusChannelConfig, BusChannelInfo, BusEndCounters, BusEndInfo, BusControlMessage, BusCreditMessage, BusFailure, BusLink, BusLinkMessage, BusOptions, BusPacketsMessage, BusRemoteEnd, BusTotals } from './bus.ts';
