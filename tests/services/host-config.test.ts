@@ -216,7 +216,7 @@ describe('unknown keys', () => {
     [{ ...MINIMAL, api: { max_body: 1 } }, 'api.max_body', /unknown key/],
     [{ vms: [vm(), vm({ name: 'b', memory: 64 })] }, 'vms[1].memory', /unknown key/],
     [{ vms: [vm({ memoryMib: 64 })] }, 'vms[0].memoryMib', /unknown key \(did you mean "memory_mib"\?\)/],
-    [{ vms: [vm({ disk: { path: 'd', overlay: 'o' } })] }, 'vms[0].disk.overlay', /unknown key \(the keys here are path, overlay_dir\)/],
+    [{ vms: [vm({ disk: { path: 'd', overlay: 'o' } })] }, 'vms[0].disk.overlay', /unknown key \(the keys here are path, overlay_dir, async, direct\)/],
     [{ vms: [vm(), vm({ name: 'b', mmu: { colour: 'blue' } })] }, 'vms[1].mmu.colour', /^vms\[1\]\.mmu\.colour: unknown key/],
     [{ vms: [vm({ 'odd key': 1 })] }, 'vms[0]["odd key"]', /unknown key/],
   ])('refuses %j at %s', (json, path, words) => {
