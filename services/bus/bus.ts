@@ -301,6 +301,12 @@ class RingViolation extends Error {
 export interface BusOptions {
   /** Where failures are logged (default: nowhere; the host passes its log). */
   log?: (line: string) => void;
+  /**
+   * Called after the bus raised a guest's channel interrupt: a scheduler that sleeps while its
+   * VMs wait (the host's) wakes at once, rather than at its next poll, when packets arrive from
+   * another thread.
+   */
+  onSignal?: () => void;
 }
 
 /** The host's partition bus. */
@@ -312,6 +318,7 @@ export class Bus implements ChannelListener {
   private readonly wordView = new DataView(new ArrayBuffer(4));
   private readonly wordBytes = new Uint8Array(this.wordView.buffer);
   private readonly log: (line: string) => void;
+  private readonly onSignal: (() => void) | null;
   private totalPackets = 0;
   /** The last epoch given to a mapped receive ring (remote channels). */
   private epochs = 0;
@@ -319,6 +326,7 @@ export class Bus implements ChannelListener {
 
   constructor(options: BusOptions = {}) {
     this.log = options.log ?? (() => {});
+    this.onSignal = options.onSignal ?? null;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -991,6 +999,7 @@ export class Bus implements ChannelListener {
     if (!end.device) return;
     end.counters.interrupts++;
     end.device.raise(end.slot);
+    this.onSignal?.();
   }
 
   /** A header offset field, checked: a multiple of 8 inside the data area. */
