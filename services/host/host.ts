@@ -781,7 +781,7 @@ export class Host {
     options: HostOptions = {},
   ) {
     this.log = options.log ?? (() => {});
-    this.bus = new Bus({ log: (line) => this.log(line) });
+    this.bus = new Bus({ log: (line) => this.log(line), onSignal: () => this.kick() });
     this.crossThread = new CrossThread(this.hv, () => [this.localCalls, ...this.liveGroups().map((group) => group.calls)], (name) => this.vmCalls(name), (line) => this.log(line));
     this.sendReallocationFrames = options.reallocationFrames ?? ((id, handles, given) => this.crossThread.relayFrames(id, handles, given));
     const localCalls: Partial<Record<GroupMethod, (...args: unknown[]) => Promise<unknown>>> = {};
