@@ -565,6 +565,7 @@ export class BlockDevice implements MmioDevice {
     this.updateInterrupt();
     this.updateWakeSource();
     this.onCompletion?.();
+    this.hypervisor?.notifyExternalWake();
   }
 
   /** COMPLETION: the oldest completion, or 0. */

@@ -184,6 +184,18 @@ export class Hypervisor {
 
   #sliceMs = 0;
   #timeTiers = false;
+  /** Ends runAsync's sleep while every VM waits for an external event (notifyExternalWake). */
+  #externalWait: (() => void) | null = null;
+
+  /**
+   * An external event arrived for a waiting VM (a device completed a request, input came):
+   * runAsync, sleeping because every VM waits, looks again now rather than at its next 5 ms poll.
+   */
+  notifyExternalWake(): void {
+    const wake = this.#externalWait;
+    this.#externalWait = null;
+    wake?.();
+  }
 
   /**
    * Whether vCPU slices and calls into compiled code are timed (sliceMs, JitStats.compiledMs).
@@ -379,7 +391,14 @@ export class Hypervisor {
       if (active === 0 || ++roundsSinceYield >= 16) {
         roundsSinceYield = 0;
         // Idle VMs waiting for input: let the event loop deliver it without spinning.
-        await new Promise<void>((resolve) => (active === 0 && !woken ? setTimeout(resolve, 5) : setImmediate(resolve)));
+        await new Promise<void>((resolve) => {
+          if (active > 0 || woken) setImmediate(resolve);
+          else {
+            this.#externalWait = resolve; // (notifyExternalWake ends the sleep early)
+            setTimeout(resolve, 5);
+          }
+        });
+        this.#externalWait = null;
       }
     }
     return states.map((s) => ({ vm: s.vm, reason: s.done!, instructions: s.vm.instructionsRetired - s.start }));
