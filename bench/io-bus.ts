@@ -16,10 +16,15 @@
  * out of the receive ring word by word (a driver that builds packets in place would save one of
  * those copies).
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { CaptureSink, attachStandardDevices } from '../devices/index.ts';
 import { assemble } from '../guest-isa/assembler.ts';
 import { createHypervisor, type Hypervisor, type Vm } from '../kernel/index.ts';
 import { Bus } from '../services/bus/index.ts';
+import { parseHostConfig } from '../services/host/config.ts';
+import { Host } from '../services/host/host.ts';
 import { GUEST_LIBRARY } from '../tests/devices/harness.ts';
 import { echoClient, pingClient, relayServer } from '../tests/devices/channel-guest.ts';
 import { cpuSince, loadNow, median, type Check } from './harness.ts';
@@ -74,6 +79,12 @@ export interface IoBusFigures {
   echoVsCopy: Record<number, number>;
   /** Relay burst throughput / echo burst throughput, per payload size. */
   relayVsEcho: Record<number, number>;
+  /**
+   * Round trips through a host (its scheduler, docs/host.md) between a VM in the host's thread and
+   * one in a worker group, and between two VMs in the host's thread, 64 B payloads: µs each,
+   * best of the rounds (the client starts paused and is resumed after the host has started).
+   */
+  hostRoundTripUs: { acrossThreads: number; oneThread: number; roundTrips: number };
   /** 1-minute load average at the start and the end. */
   load: { start: number; end: number };
 }
@@ -225,9 +236,42 @@ function ringWrite(vm: Vm, gpns: number[], dataBytes: number, offset: number, by
   return at;
 }
 
+/** µs per 64-byte round trip through a Host: client in the host's thread, server there or in a worker group. */
+async function hostRoundTripUs(acrossThreads: boolean, roundTrips: number): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'bv-io-bus-'));
+  try {
+    const image = (name: string, program: string): string => {
+      const path = join(dir, `${name}.s`);
+      writeFileSync(path, GUEST_LIBRARY + program);
+      return path;
+    };
+    const host = await Host.start(parseHostConfig({
+      host_memory_mib: 64,
+      worker_groups: acrossThreads ? [{ name: 'w' }] : [],
+      channels: [{ name: 'x', service: 'block', client: 'c', server: 's' }],
+      vms: [
+        { name: 'c', image: image('c', pingClient({ sendPages: 2, recvPages: 2, roundTrips, payloadBytes: 64, waitIrq: true })), memory_mib: 1, start_paused: true },
+        { name: 's', image: image('s', relayServer({ sendPages: 2, recvPages: 2, packets: roundTrips })), memory_mib: 1, ...(acrossThreads ? { group: 'w' } : {}) },
+      ],
+    }));
+    try {
+      const started = performance.now();
+      host.resume('c');
+      const info = await host.whenStopped('c');
+      const elapsed = performance.now() - started;
+      if (info.exit?.kind !== 'halted' || info.exit.exit_code !== 0) throw new Error(`io-bus: host round trips ended ${JSON.stringify(info.exit)}`);
+      return (elapsed * 1000) / roundTrips;
+    } finally {
+      await host.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Steps measureIoBus reports through onStep. */
 export function ioBusStepCount(options: IoBusOptions = {}): number {
-  return (options.rounds ?? (options.quick ? 1 : 3)) * SIZES.length * 4 + 2;
+  return (options.rounds ?? (options.quick ? 1 : 3)) * (SIZES.length * 4 + 1) + 2;
 }
 
 /** Measures the bus's round trips and bursts against a plain copy. */
@@ -238,7 +282,13 @@ export async function measureIoBus(options: IoBusOptions = {}): Promise<IoBusFig
   const burst = (size: number) => (size === 64 ? (options.quick ? 10_000 : 50_000) : options.quick ? 50 : 200);
   type Runs = { ping: Timed[]; burst: Timed[] };
   const runs = new Map<string, Runs>();
+  const hostTrips = options.quick ? 300 : 2000;
+  const across: number[] = [];
+  const oneThread: number[] = [];
   for (let round = 0; round < rounds; round++) {
+    options.onStep?.(`io-bus: 64 B round trips through a host, across threads and in one (round ${round + 1}/${rounds})`);
+    across.push(await hostRoundTripUs(true, hostTrips));
+    oneThread.push(await hostRoundTripUs(false, hostTrips));
     for (const size of SIZES) {
       const pages = RING_PAGES[size]!;
       for (const path of ['echo', 'relay'] as const) {
@@ -292,7 +342,11 @@ export async function measureIoBus(options: IoBusOptions = {}): Promise<IoBusFig
     echoVsCopy[size] = find('echo', size).burstMiBps / copyMiBps[size]!;
     relayVsEcho[size] = find('relay', size).burstMiBps / find('echo', size).burstMiBps;
   }
-  return { rounds, rows, copyMiBps, busMoveMiBps: busMove, busVsCopy, echoVsCopy, relayVsEcho, load: { start: loadStart, end: loadNow() } };
+  return {
+    rounds, rows, copyMiBps, busMoveMiBps: busMove, busVsCopy, echoVsCopy, relayVsEcho,
+    hostRoundTripUs: { acrossThreads: Math.min(...across), oneThread: Math.min(...oneThread), roundTrips: hostTrips },
+    load: { start: loadStart, end: loadNow() },
+  };
 }
 
 /**
@@ -321,6 +375,8 @@ export function formatIoBus(figures: IoBusFigures): string[] {
       `  burst ${row.burstMiBps.toFixed(1).padStart(7)} MiB/s (CPU ${row.burstCpuMiBps.toFixed(1)}; ${row.burstPackets} packets, ${row.ringFullWaits} ring-full waits)`,
     );
   }
+  const h = figures.hostRoundTripUs;
+  out.push(`  through a host, 64 B, ${h.roundTrips} round trips: client in the host's thread, server in a worker group ${h.acrossThreads.toFixed(1)} µs; both in the host's thread ${h.oneThread.toFixed(1)} µs`);
   for (const size of SIZES) {
     const label = size === 64 ? '64 B' : '64 KiB';
     out.push(

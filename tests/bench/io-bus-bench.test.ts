@@ -24,6 +24,8 @@ describe('bench/io-bus.ts', () => {
     expect(row('relay', 64).ringFullWaits).toBeGreaterThan(0);
     for (const r of figures.rows) expect(r.roundTripUs).toBeGreaterThan(0);
     expect(ioBusChecks(figures).map((c) => c.name)).toEqual(['io-bus: the bus\'s move of 64 KiB packets / plain host copy of the same bytes']);
-    expect(formatIoBus(figures)).toHaveLength(1 + 4 + 2);
+    expect(figures.hostRoundTripUs.acrossThreads).toBeGreaterThan(0);
+    expect(figures.hostRoundTripUs.oneThread).toBeGreaterThan(0);
+    expect(formatIoBus(figures)).toHaveLength(1 + 4 + 1 + 2);
   }, 180_000);
 });
