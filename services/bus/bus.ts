@@ -792,12 +792,7 @@ export class Bus implements ChannelListener {
         to.waiting = false;
         this.writeHeader(to, RingHeader.PENDING_SEND_SIZE, 0);
       }
-      src.counters.packetsFromGuest += moved;
-      src.counters.bytesFromGuest += movedBytes;
-      dst.counters.packetsToGuest += moved;
-      dst.counters.bytesToGuest += movedBytes;
-      this.totalPackets += moved;
-      this.totalBytes += movedBytes;
+      this.countMoved(src, dst, moved, movedBytes);
       // Tell the receiver unless it polls; tell the sender if it waits for the space just freed.
       if ((this.readHeader(to, RingHeader.INTERRUPT_MASK) & 1) === 0) this.signal(dst);
       this.signalFreedSpace(src, from, srcWrite);
@@ -933,12 +928,7 @@ export class Bus implements ChannelListener {
       from.ownedOffset = at;
       this.writeHeader(from, RingHeader.READ_OFFSET, at);
       remote.credit -= total;
-      src.counters.packetsFromGuest += count;
-      src.counters.bytesFromGuest += total;
-      remote.counters.packetsToGuest += count;
-      remote.counters.bytesToGuest += total;
-      this.totalPackets += count;
-      this.totalBytes += total;
+      this.countMoved(src, remote, count, total);
       remote.link!.post({ kind: 'packets', channel: src.channel.name, epoch: remote.epoch, count, bytes });
       this.signalFreedSpace(src, from, srcWrite);
     } catch (error) {
@@ -993,6 +983,16 @@ export class Bus implements ChannelListener {
       if (!(error instanceof RingViolation)) throw error;
       this.failEnd(error.end, error.message);
     }
+  }
+
+  /** Counts packets taken from src's guest and given to dst (a guest, or a remote end). */
+  private countMoved(src: End, dst: End, packets: number, bytes: number): void {
+    src.counters.packetsFromGuest += packets;
+    src.counters.bytesFromGuest += bytes;
+    dst.counters.packetsToGuest += packets;
+    dst.counters.bytesToGuest += bytes;
+    this.totalPackets += packets;
+    this.totalBytes += bytes;
   }
 
   private signal(end: End): void {
