@@ -636,6 +636,44 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     operands: [], help: 'power-aware placement of the worker groups: demands, CPUs, decisions, idle residency (GET /host/placement)',
     run: async (c) => show(c, await c.call<object>('GET', '/host/placement'), formatCounters),
   },
+  channels: {
+    operands: [], help: 'the partition bus\'s channels: service, ends, agreed version, state, packets each way (GET /channels)',
+    run: async (c) => show(c, await c.call<object>('GET', '/channels'), formatCounters),
+  },
+  channel: {
+    operands: ['NAME'], flags: ['--rescind'],
+    help: 'one channel, both ends (GET /channels/NAME); --rescind withdraws it from its VMs at once (DELETE /channels/NAME)',
+    run: async (c) => {
+      const path = `/channels/${encodeURIComponent(c.operands[0]!)}`;
+      if (!c.args.flag('--rescind')) return show(c, await c.call<object>('GET', path), formatCounters);
+      await c.call<undefined>('DELETE', path);
+      if (!c.json) c.out(`rescinded channel ${c.operands[0]}\n`);
+    },
+  },
+  storage: {
+    operands: [], values: ['--threshold-ms'], flags: ['--uncontrolled', '--controlled'],
+    help: 'PARDA IO control: window, latency, IOPS, the other hosts (GET /host/storage); --threshold-ms X sets the latency threshold, --uncontrolled / --controlled turn the control off or on (PATCH /host/storage)',
+    run: async (c) => {
+      const body: Record<string, unknown> = {};
+      const threshold = c.args.value('--threshold-ms');
+      if (threshold !== undefined) {
+        const value = Number(threshold);
+        if (!/^\d*\.?\d+$/.test(threshold) || !(value > 0)) throw new UsageError(`--threshold-ms must be a positive number, got '${threshold}'`);
+        body.latency_threshold_ms = value;
+      }
+      if (c.args.flag('--uncontrolled') && c.args.flag('--controlled')) throw new UsageError('--uncontrolled and --controlled exclude each other');
+      if (c.args.flag('--uncontrolled')) body.control = false;
+      if (c.args.flag('--controlled')) body.control = true;
+      show(c, Object.keys(body).length === 0 ? await c.call<object>('GET', '/host/storage') : await c.call<object>('PATCH', '/host/storage', body), formatCounters);
+    },
+  },
+  'io-shares': {
+    operands: ['VM', 'SHARES'], help: "set VM's IO shares: its part of the host's PARDA window (PATCH /vms/VM)",
+    run: async (c) => {
+      const shares = parseInteger(c.operands[1]!, 'SHARES', 1);
+      show(c, await c.call<VmInfo>('PATCH', vmPath(c.operands[0]!), { io_shares: shares }), (vm) => `VM ${vm.name}: io shares ${shares}\n`);
+    },
+  },
   'log-replication': {
     operands: ['VM'], help: "VM's persistent-memory log replication: destinations, records shipped and acknowledged, lag (GET /vms/VM/log-replication)",
     run: async (c) => show(c, await c.call<object>('GET', vmPath(c.operands[0]!, '/log-replication')), formatCounters),
@@ -660,7 +698,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
 /** How --help names the values of the commands' options. */
 const VALUE_NAMES: Readonly<Record<string, string>> = {
   '--name': 'N', '--mode': 'lazy|eager|map', '--offset': 'N', '--set': 'MIB', '--deflate-on-oom': 'true|false',
-  '--shares': 'N', '--reservation': 'MIB', '--limit': 'MIB|none', '--within': 'X', '--interval-ms': 'N',
+  '--shares': 'N', '--reservation': 'MIB', '--limit': 'MIB|none', '--within': 'X', '--interval-ms': 'N', '--threshold-ms': 'MS',
 };
 
 /** Every option any command takes (for the parser; each command then refuses the others). */

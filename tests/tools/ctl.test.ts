@@ -66,6 +66,8 @@ beforeAll(async () => {
       { name: 'grouped', image: KERNEL, memory_mib: 16, boot_args: 'wc', group: 'g' },
     ],
     worker_groups: [{ name: 'g', cpus: [0] }],
+    // An echo channel offered to the reader, whose nanokernel leaves it offered (it opens BLOCK slots only).
+    channels: [{ name: 'e0', service: 'echo', client: 'reader', server: 'echo' }],
   }));
   const child = spawn(process.execPath, ['--import', 'tsx', 'tools/host.ts', '--api-sock', socket, '--config', config], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
   host = child;
@@ -120,6 +122,27 @@ describe('tools/ctl against a running host', () => {
     const placement = await ctl(['placement']);
     expect(placement.code).toBe(1);
     expect(placement.stderr).toMatch(/placement is off/);
+  });
+
+  it('channels, channel NAME [--rescind], storage, io-shares: the bus and PARDA endpoints', async () => {
+    const channels = await ctlJson<{ channels: { name: string; service: string }[] }>(['channels']);
+    expect(channels.channels.map((c) => [c.name, c.service])).toEqual([['e0', 'echo']]);
+    const one = await ctl(['channel', 'e0']);
+    expect(one, one.stderr).toMatchObject({ code: 0, stderr: '' });
+    expect(one.stdout).toMatch(/reader/);
+    expect(await ctl(['channel', 'nope'])).toMatchObject({ code: 1, stdout: '' });
+    const rescinded = await ctl(['channel', 'e0', '--rescind']);
+    expect(rescinded).toMatchObject({ code: 0, stdout: 'rescinded channel e0\n' });
+    expect((await ctlJson<{ channels: unknown[] }>(['channels'])).channels).toEqual([]);
+    // No storage_io in this host: the API's 404, exit 1; bad values are usage errors (exit 2).
+    const storage = await ctl(['storage']);
+    expect(storage.code).toBe(1);
+    expect(storage.stderr).toMatch(/HTTP 404/);
+    expect((await ctl(['storage', '--threshold-ms', '-3'])).code).toBe(2);
+    expect((await ctl(['storage', '--controlled', '--uncontrolled'])).code).toBe(2);
+    expect((await ctl(['io-shares', 'long', 'many'])).code).toBe(2);
+    const shares = await ctl(['io-shares', 'long', '2000']);
+    expect(shares, shares.stderr).toMatchObject({ code: 0, stdout: 'VM long: io shares 2000\n' });
   });
 
   it('info: the VM\'s lines; an unknown VM is exit 1 with the API\'s message and status', async () => {
@@ -248,7 +271,7 @@ describe('tools/ctl against a running host', () => {
     ]);
     const messages = [
       'no command given',
-      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, power-loss, pmem-ha, groups, placement, log-replication, log-replicas, release-log-replica, delete)",
+      "unknown command 'reboot' (commands: host, host-stats, vms, info, tier, pause, resume, snapshot, restore, fork, stats, console, input, balloon, memory-policy, active-memory, mrc, tax-rate, create, migrate, receive-migrations, migrations, replicate, replication, stop-replication, replicas, activate, power-loss, pmem-ha, groups, placement, channels, channel, storage, io-shares, log-replication, log-replicas, release-log-replica, delete)",
       'fork: --name N is required',
       'pause: missing VM',
       'vms does not take --live',
