@@ -367,6 +367,30 @@ describe('asynchronous block requests', () => {
     machine.devices.block!.close();
   });
 
+  it('a VM reset forgets requests in flight: the gate drops them, transfers already running complete into nothing', async () => {
+    const dir = makeDir();
+    const gate = new HoldingGate();
+    const machine = boot(READ_PROGRAM, { path: rawImage(dir) }, gate);
+    machine.hv.run({ maxInstructions: 1_000_000 }, [machine.vm]);
+    const block = machine.devices.block!;
+    expect(block.inFlight).toBe(8);
+    const started = gate.held.splice(0, 2); // two reach the file before the reset
+    for (const request of started) request.start();
+    machine.vm.reset();
+    expect(gate.forgotten).toEqual([machine.vm.name]);
+    expect(block.inFlight).toBe(0);
+    expect(block.read(machine.vm.vcpus[0]!, BlockRegister.IRQ_CONTROL)).toBe(0);
+    while (gate.completed.length < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+    expect(block.inFlight).toBe(0); // settled into nothing
+    expect(block.completionWaiting).toBe(false);
+    expect(machine.hv.externalWakeSources.has(machine.vm)).toBe(false);
+    // The guest starts again from the image and gets all eight.
+    gate.passThrough = true;
+    expect((await runToEnd(machine)).exitCode).toBe(0);
+    expect(words(machine.vm, COMPLETIONS_AT, READS.length).sort()).toEqual(READS.map((r) => completion(BlockStatus.OK, r.tag)).sort());
+    block.close();
+  });
+
   it('a checkpoint with requests in flight restores a VM that issues them again and reaches the same result', async () => {
     const dir = makeDir();
     const base = rawImage(dir);
