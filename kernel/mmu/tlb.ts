@@ -408,6 +408,42 @@ export class SoftTlb {
   private sweepCursor = 0;
   private sweepEnd = 0;
 
+  /**
+   * @internal Returns this TLB to the state of a new one, for TlbArena to hand it out again. Its
+   * entry arrays and fill log must already read as zero (the arena released their memory).
+   */
+  resetReleased(): void {
+    this.logStart = 0;
+    this.logEnd = 0;
+    this.deadRecords = 0;
+    this.fills = 0;
+    this.entriesDropped = 0;
+    this.fullFlushes = 0;
+    this.revocations = 0;
+    this.writeIdPasses = 0;
+    this.evictions = 0;
+    this.gpnHead = new Int32Array(0);
+    this.superpageRegions.fill(0);
+    this.asid = 0;
+    this.generation = 1;
+    this.idGeneration.fill(0);
+    this.writeIdOf.fill(0);
+    this.idLive.fill(0);
+    this.liveIds.fill(0);
+    this.liveCount = 0;
+    this.retiredIds.fill(0);
+    this.retiredCount = 0;
+    this.sweptIds.fill(0);
+    this.sweptCount = 0;
+    this.sweeping = false;
+    this.sweepCursor = 0;
+    this.sweepEnd = 0;
+    this.freeIds.fill(0);
+    this.freeCount = 0;
+    for (let id = ID_COUNT - 1; id >= 0; id--) this.freeIds[this.freeCount++] = id;
+    this.wctx = this.writeContextFor(0);
+  }
+
   get selectedAsid(): number {
     return this.asid;
   }
@@ -636,7 +672,13 @@ export interface TlbArenaMemory {
  * when the arena is full or absent.
  */
 export class TlbArena implements TlbProvider {
+  /** Slots never handed out yet. */
   private readonly free: number[] = [];
+  /**
+   * TLBs given back: their memory released (zero again) and their fields reset, so the next
+   * acquire hands one out as it is instead of building the object and its views again.
+   */
+  private readonly released: SoftTlb[] = [];
   private readonly slotOf = new Map<SoftTlb, number>();
 
   constructor(private readonly memory: TlbArenaMemory | null) {
@@ -645,6 +687,8 @@ export class TlbArena implements TlbProvider {
   }
 
   acquire(): SoftTlb {
+    const reused = this.released.pop();
+    if (reused !== undefined) return reused;
     const slot = this.free.pop();
     if (slot === undefined || !this.memory) return new SoftTlb();
     const tlb = new SoftTlb({ buffer: this.memory.buffer, byteOffset: slot * SOFT_TLB_BYTES });
@@ -654,9 +698,9 @@ export class TlbArena implements TlbProvider {
 
   release(tlb: SoftTlb): void {
     const slot = this.slotOf.get(tlb);
-    if (slot === undefined || !this.memory) return;
-    this.slotOf.delete(tlb);
+    if (slot === undefined || !this.memory || this.released.includes(tlb)) return;
     this.memory.release(slot * SOFT_TLB_BYTES, SOFT_TLB_BYTES);
-    this.free.push(slot);
+    tlb.resetReleased();
+    this.released.push(tlb);
   }
 }

@@ -5,9 +5,10 @@
  * the model hits (lost performance: evictions, over-flushes) but must never hit where the model
  * misses, nor return another value.
  */
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { SoftTlb, TLB_INDEX_MASK, TLB_LOG_CAPACITY as LOG_CAPACITY, TlbKind, tlbContext, type TlbKindId } from '../../kernel/mmu/tlb.ts';
+import { SOFT_TLB_BYTES, SoftTlb, TLB_INDEX_MASK, TLB_LOG_CAPACITY as LOG_CAPACITY, TlbArena, TlbKind, tlbContext, type TlbKindId } from '../../kernel/mmu/tlb.ts';
 
 const KINDS: readonly TlbKindId[] = [TlbKind.S_READ, TlbKind.S_WRITE, TlbKind.S_EXEC, TlbKind.U_READ, TlbKind.U_WRITE, TlbKind.U_EXEC];
 const isWrite = (kind: number): boolean => kind === TlbKind.S_WRITE || kind === TlbKind.U_WRITE;
@@ -505,5 +506,52 @@ describe('SoftTlb against a model', () => {
       ),
       { numRuns: 40 },
     );
+  });
+});
+
+describe('TlbArena', () => {
+  /** Arena memory as the hypervisor's: zeroed at first, and `release` gives a range back zeroed. */
+  function arenaMemory(slots: number): { buffer: ArrayBuffer; bytes: number; release(offset: number, length: number): void } {
+    const buffer = new ArrayBuffer(slots * SOFT_TLB_BYTES);
+    return { buffer, bytes: buffer.byteLength, release: (offset, length) => new Uint8Array(buffer, offset, length).fill(0) };
+  }
+
+  /** Every field of a TLB, typed arrays as their bytes, so two TLBs can be compared whole. */
+  function fieldsOf(tlb: SoftTlb): Record<string, unknown> {
+    const bytes = (view: ArrayBufferView): string => createHash('sha256').update(new Uint8Array(view.buffer, view.byteOffset, view.byteLength)).digest('hex');
+    const fields: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(tlb)) {
+      if (ArrayBuffer.isView(value)) fields[key] = bytes(value);
+      else if (Array.isArray(value)) fields[key] = value.map((view: ArrayBufferView) => bytes(view));
+      else fields[key] = value;
+    }
+    return fields;
+  }
+
+  it('hands a released TLB out again in the state of a new one, whatever it went through', () => {
+    const arena = new TlbArena(arenaMemory(2));
+    const used = arena.acquire();
+    // Fills of every kind and ASID, past the log's capacity (evictions), revocations enough to
+    // start a sweep of retired write ids, a superpage region, shootdowns.
+    for (let i = 0; i < LOG_CAPACITY + 5000; i++) fill(used, KINDS[i % 6]!, (i * 7) & 0xfffff, i % 40, i, i % 3000);
+    for (let i = 0; i < 600; i++) {
+      fill(used, TlbKind.S_WRITE, i, i % 300, i, i);
+      used.revokeWrites();
+    }
+    used.noteSuperpage(0x40_0000);
+    used.flushGpn(7);
+    used.selectAsid(9);
+    const fresh = new SoftTlb();
+    expect(fieldsOf(used)).not.toEqual(fieldsOf(fresh));
+    arena.release(used);
+    arena.release(used); // a second release of the same TLB changes nothing
+    const again = arena.acquire();
+    expect(again).toBe(used);
+    expect(fieldsOf(again)).toEqual(fieldsOf(fresh));
+    // The other slot is still new; a third acquire (no slot left) falls back to a plain TLB.
+    const second = arena.acquire();
+    expect(second === used).toBe(false); // (not.toBe would compare the two deeply)
+    expect(fieldsOf(second)).toEqual(fieldsOf(fresh));
+    expect(fieldsOf(arena.acquire())).toEqual(fieldsOf(fresh));
   });
 });
