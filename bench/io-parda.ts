@@ -62,6 +62,12 @@ export interface PardaBenchOptions {
   periodMs?: number;
   /** Run hosts in network namespaces when root (default true). */
   netns?: boolean;
+  /**
+   * Run hosts at real-time priority when root (`chrt -r 10`, default true). On a machine whose
+   * CPUs other work saturates, each completion otherwise waits for its host's main thread to get
+   * a CPU, and that wait, not the device, shapes each host's latency (docs/storage-io.md).
+   */
+  realtime?: boolean;
   /** Progress lines. */
   onStep?: (label: string) => void;
 }
@@ -104,6 +110,8 @@ export interface PardaBenchFigures {
   throttle: string;
   /** 'netns' (each host in its own network namespace) or 'shared'. */
   isolation: string;
+  /** The hosts ran at real-time priority (SCHED_RR 10). */
+  realtime: boolean;
   periodMs: number;
   uncontrolled: PardaPhaseFigures;
   controlled: PardaPhaseFigures;
@@ -183,6 +191,15 @@ function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }
 
+function hasChrt(): boolean {
+  try {
+    execFileSync('chrt', ['--max'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function makeNamespace(name: string): boolean {
   try {
     execFileSync('ip', ['netns', 'add', name], { stdio: 'ignore' });
@@ -201,12 +218,12 @@ function removeNamespace(name: string): void {
 }
 
 /** Starts one tools/host process (in `procs`'s cgroup and namespace `ns` when given). */
-function startHost(dir: string, hostId: number, config: object, procs: string | null, ns: string | null): HostProcess {
+function startHost(dir: string, hostId: number, config: object, procs: string | null, ns: string | null, realtime: boolean): HostProcess {
   const configPath = join(dir, `host${hostId}.json`);
   const socket = join(dir, `host${hostId}.sock`);
   writeFileSync(configPath, JSON.stringify(config));
   const node = [process.execPath, '--import', 'tsx', join(REPO, 'tools', 'host.ts'), '--config', configPath, '--api-sock', socket, '--quiet'];
-  const command = [...(ns === null ? [] : ['ip', 'netns', 'exec', ns]), ...node];
+  const command = [...(ns === null ? [] : ['ip', 'netns', 'exec', ns]), ...(realtime ? ['chrt', '-r', '10'] : []), ...node];
   // The shell joins the cgroup, then execs the host (whose threads, the libuv pool's too, inherit it).
   const script = `${procs === null ? '' : `echo $$ > '${procs}' && `}exec "$@"`;
   const child = spawn('/bin/sh', ['-c', script, 'sh', ...command], {
@@ -298,6 +315,7 @@ export async function measurePardaBench(options: PardaBenchOptions = {}): Promis
   const hosts: HostProcess[] = [];
   try {
     const useNetns = (options.netns ?? true) && isRoot();
+    const realtime = (options.realtime ?? true) && isRoot() && hasChrt();
     for (let hostId = 0; hostId < count; hostId++) {
       let ns: string | null = null;
       if (useNetns) {
@@ -311,7 +329,7 @@ export async function measurePardaBench(options: PardaBenchOptions = {}): Promis
         host_memory_mib: 16,
         storage_io: { stats_file: statsFile, host_id: hostId, latency_threshold_ms: 1000, control: false, period_ms: periodMs },
         vms: [{ name: `io${hostId}`, image: GUEST, memory_mib: 4, boot_args: `${depth} ${writePct} ${sectors} 0 ${hostId + 1}`, disk: { path: image, async: true, direct: true } }],
-      }, throttle?.procs ?? null, ns));
+      }, throttle?.procs ?? null, ns, realtime));
     }
     step(`parda: ${count} hosts starting (${namespaces.length === count ? 'each in its own network namespace' : 'sharing the network namespace'})`);
     await Promise.all(hosts.map((host) => waitForApi(host, 60_000)));
@@ -340,7 +358,7 @@ export async function measurePardaBench(options: PardaBenchOptions = {}): Promis
     const torn = (await Promise.all(rest.map(storageOf))).reduce((s, x) => s + x.torn_reads, 0);
     return {
       hosts: count, depth, ioBytes: sectors * 512, writePct, image, throttle: throttle?.describe ?? 'none (bare disk)',
-      isolation: namespaces.length === count ? 'netns' : 'shared', periodMs,
+      isolation: namespaces.length === count ? 'netns' : 'shared', realtime, periodMs,
       uncontrolled, controlled, shares: sharesPhase, afterStop, tornReads: torn,
       load: { start: loadStart, end: loadavg().map((v) => Number(v.toFixed(2))) },
     };
@@ -361,7 +379,7 @@ export async function measurePardaBench(options: PardaBenchOptions = {}): Promis
 /** PARDA's table per host (shares, window, latency, IOPS) for each phase. */
 export function formatPardaBench(figures: PardaBenchFigures): string[] {
   const out = [
-    `PARDA (T-19): ${figures.hosts} host processes (${figures.isolation === 'netns' ? 'each in its own network namespace' : 'one network namespace'}), one VM each keeping ${figures.depth} requests of ${figures.ioBytes / 1024} KiB in flight (${figures.writePct} % writes, O_DIRECT), shared image ${figures.image}; device throttle: ${figures.throttle}; period ${figures.periodMs} ms; load ${figures.load.start.join(' ')} -> ${figures.load.end.join(' ')}`,
+    `PARDA (T-19): ${figures.hosts} host processes (${figures.isolation === 'netns' ? 'each in its own network namespace' : 'one network namespace'}${figures.realtime ? ', SCHED_RR 10' : ''}), one VM each keeping ${figures.depth} requests of ${figures.ioBytes / 1024} KiB in flight (${figures.writePct} % writes, O_DIRECT), shared image ${figures.image}; device throttle: ${figures.throttle}; period ${figures.periodMs} ms; load ${figures.load.start.join(' ')} -> ${figures.load.end.join(' ')}`,
   ];
   for (const phase of [figures.uncontrolled, figures.controlled, figures.shares, figures.afterStop]) {
     out.push(`  ${phase.name}${phase.thresholdMs === null ? '' : `, threshold ${phase.thresholdMs.toFixed(2)} ms`}: ${phase.iops.toFixed(0)} IOPS at ${phase.latencyMs.toFixed(2)} ms (normalised ${phase.normalisedMs.toFixed(2)} ms)`);

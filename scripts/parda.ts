@@ -5,7 +5,7 @@
  *
  *   npx tsx scripts/parda.ts [--quick] [--hosts N] [--depth N] [--sectors N] [--write-pct P]
  *       [--image PATH] [--throttle-iops N (0: the bare disk)] [--threshold-ratio R]
- *       [--shares-threshold-ratio R] [--settle-ms MS] [--measure-ms MS] [--period-ms MS] [--no-netns] [--json]
+ *       [--shares-threshold-ratio R] [--settle-ms MS] [--measure-ms MS] [--period-ms MS] [--no-netns] [--no-realtime] [--json]
  *
  * Progress goes to stderr when it is a terminal; the table and the checks to stdout.
  */
@@ -26,7 +26,7 @@ const number = (name: string): number | undefined => {
   }
   return parsed;
 };
-const options: PardaBenchOptions = { quick: args.includes('--quick'), netns: !args.includes('--no-netns') };
+const options: PardaBenchOptions = { quick: args.includes('--quick'), netns: !args.includes('--no-netns'), realtime: !args.includes('--no-realtime') };
 const numeric: [string, keyof PardaBenchOptions][] = [
   ['--hosts', 'hosts'], ['--depth', 'depth'], ['--sectors', 'sectors'], ['--write-pct', 'writePct'], ['--throttle-iops', 'throttleIops'],
   ['--threshold-ratio', 'thresholdRatio'], ['--shares-threshold-ratio', 'sharesThresholdRatio'], ['--settle-ms', 'settleMs'], ['--measure-ms', 'measureMs'], ['--period-ms', 'periodMs'],
