@@ -20,6 +20,10 @@
  * O_DIRECT, but the device they share serves at most that many IOPS and queues the rest, so its
  * latency grows with the IOs outstanding — the regime of a loaded array that PARDA controls.
  * `throttleIops: 0` runs on the bare disk.
+ *
+ * As root the hosts run at real-time priority (`realtime`): on a machine whose CPUs other work
+ * saturates, each host otherwise waits for a CPU at every completion, and that wait, growing with
+ * the host's own IOs in flight, splits the device unevenly (docs/storage-io.md, "Results").
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, rmdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
