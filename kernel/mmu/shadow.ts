@@ -293,7 +293,14 @@ export class Mmu {
       this.vm.invalidateAsid(asid);
     }
     this.rootOfAsid.set(asid, rootGpn);
-    this.space(ptbr).asids.add(asid);
+    // The space itself is built at the first miss under this root (space() gives it the ASIDs
+    // rootOfAsid maps to the root): a vCPU whose state was just loaded (a fork, a restore) may
+    // never run, and until a miss there is no shadow entry, so no TLB entry, to invalidate.
+    const space = this.spaces.get(rootGpn);
+    if (space !== undefined) {
+      space.asids.add(asid);
+      space.lastUse = ++this.useClock;
+    }
   }
 
   /** @internal Whether the MMU traces a guest page (its P2M entry must keep the TRACED flag). */
@@ -388,6 +395,10 @@ export class Mmu {
     if (!space) {
       if (this.spaces.size >= this.maxSpaces) this.dropLeastRecentSpace();
       space = new ShadowSpace(this.nextSpaceId++, rootGpn);
+      // Every ASID installed with this root may hold TLB entries made from the new space, and so
+      // may the missing vCPU's own (even if another vCPU has since installed it with another root).
+      space.asids.add((ptbr >>> Ptbr.ASID_SHIFT) & Ptbr.ASID_MASK);
+      for (const [asid, root] of this.rootOfAsid) if (root === rootGpn) space.asids.add(asid);
       this.spaces.set(rootGpn, space);
       this.spacesById.set(space.id, space);
       this.stats.spacesCreated++;

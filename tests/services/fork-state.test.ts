@@ -55,6 +55,23 @@ describe('fork with the other state operations', () => {
     }
   });
 
+  it('a child builds its shadow address space at its first miss, not at the fork; both finish like an uninterrupted run', () => {
+    const parent = boot(NANOKERNEL, MEMORY, ARGS);
+    runFor(parent, AT);
+    expect(parent.vm.mmu.stats.spacesCreated).toBeGreaterThan(0); // the guest runs paged
+    const child = forkOf(parent, ARGS);
+    expect(child.vm.mmu.stats.spacesCreated).toBe(0);
+    const childOutcome = runToEnd(child);
+    expect(child.vm.mmu.stats.spacesCreated).toBeGreaterThan(0);
+    const parentOutcome = runToEnd(parent);
+    for (const outcome of [childOutcome, parentOutcome]) {
+      expect(outcome.reason).toEqual(reference.outcome.reason);
+      expect(outcome.instructions).toBe(reference.outcome.instructions);
+      expect(outcome.memory).toBe(reference.outcome.memory);
+    }
+    expect(reference.early + childOutcome.output).toBe(reference.outcome.output); // the child's console starts at the fork
+  });
+
   it('checkpoints a forked child and restores it to the same end', () => {
     const parent = boot(NANOKERNEL, MEMORY, ARGS);
     runFor(parent, AT);
