@@ -1493,6 +1493,7 @@ export class Host {
     if (spec.group !== undefined) {
       const group = this.group(spec.group);
       if (this.bus.namesVm(spec.name)) throw new HostError(409, `VM '${spec.name}': a channel names it, and channels reach only VMs in the host's own thread (docs/bus.md)`);
+      if (this.storage !== null && spec.disk?.async === true) throw new HostError(409, `VM '${spec.name}': under storage_io a VM with an asynchronous disk runs in the host's own thread (its gate is there, docs/storage-io.md); leave group out`);
       this.checkNewName(spec.name);
       this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
       this.remote.set(spec.name, { group, memoryBytes: spec.memoryBytes });
