@@ -65,9 +65,14 @@ export function attachBootArgs(vm: Vm, args: string | BootArgsDevice): BootArgsD
   // attach the device with the saved text (savedBootArgs) and the restore checks it matches.
   vm.registerState('bootargs', {
     version: 1,
-    save: () => ({ text: device.text }),
-    check: (state) => void savedBootArgs(state),
-    restore: (state) => {
+    // Methods, not arrow properties: see attachConsole.
+    save() {
+      return { text: device.text };
+    },
+    check(state) {
+      savedBootArgs(state);
+    },
+    restore(state) {
       const text = savedBootArgs(state);
       if (text !== device.text) {
         throw new BootArgsError('BV_BOOTARGS_MISMATCH', `saved boot arguments ${JSON.stringify(text)} differ from this machine's ${JSON.stringify(device.text)}`);

@@ -404,9 +404,17 @@ export function attachConsole(vm: Vm, options: ConsoleOptions = {}): ConsoleDevi
   // it: after a restore or in a fork child, input comes from whoever runs it.
   vm.registerState('console', {
     version: 1,
-    save: () => ({ control: device.controlRegister }),
-    check: (state) => void savedControl(stateRecord(state, 'console').control),
-    restore: (state) => device.restoreControl(stateRecord(state, 'console').control),
+    // Methods, not arrow properties: under tsx (esbuild keepNames) each named arrow costs a
+    // defineProperty call at every attach, which a fork pays.
+    save() {
+      return { control: device.controlRegister };
+    },
+    check(state) {
+      savedControl(stateRecord(state, 'console').control);
+    },
+    restore(state) {
+      device.restoreControl(stateRecord(state, 'console').control);
+    },
   });
   return device;
 }

@@ -75,9 +75,14 @@ export function attachPower(vm: Vm): PowerDevice {
   vm.onHypercall(Hcall.EXIT, (vcpu) => vm.powerOff(vcpu.regs[Reg.A1]!));
   vm.registerState('power', {
     version: 1,
-    save: () => ({ resets: device.resets }),
-    check: (state) => void savedResets(state),
-    restore: (state) => {
+    // Methods, not arrow properties: see attachConsole.
+    save() {
+      return { resets: device.resets };
+    },
+    check(state) {
+      savedResets(state);
+    },
+    restore(state) {
       device.resets = savedResets(state);
     },
   });

@@ -166,9 +166,16 @@ export function attachTimer(vm: Vm): TimerDevice {
   device.base = vm.attachDevice({ type: DeviceType.TIMER, name: 'timer', info: vm.vcpus.length }, device);
   vm.registerState('timer', {
     version: 1,
-    save: () => device.saveState(),
-    check: (state) => void device.checkState(state),
-    restore: (state) => device.restoreState(state),
+    // Methods, not arrow properties: see attachConsole.
+    save() {
+      return device.saveState();
+    },
+    check(state) {
+      device.checkState(state);
+    },
+    restore(state) {
+      device.restoreState(state);
+    },
   });
   return device;
 }
