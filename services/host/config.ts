@@ -943,14 +943,6 @@ function storageIoProblems(storageIo: unknown, vms: unknown): Found[] {
   if (max < min) found.push({ segments: ['storage_io', 'window_max'], problem: `must be at least window_min (${min}), got ${max}` });
   const withDisk = Array.isArray(vms) && vms.some((vm) => isObject(vm) && isObject(vm.disk));
   if (storageIo.stats_file === undefined && !withDisk) found.push({ segments: ['storage_io'], problem: 'needs stats_file: no VM has a disk to put the statistics file next to' });
-  // The gate lives in the host's thread: a worker group's asynchronous disk would escape the window and shares.
-  if (Array.isArray(vms)) {
-    vms.forEach((vm, index) => {
-      if (isObject(vm) && vm.group !== undefined && isObject(vm.disk) && vm.disk.async === true) {
-        found.push({ segments: ['vms', index, 'group'], problem: 'a VM with an asynchronous disk runs in the host\'s own thread under storage_io (its gate is there, docs/storage-io.md); leave group out' });
-      }
-    });
-  }
   return found;
 }
 

@@ -9,6 +9,7 @@ import { Host, HostError } from './host.ts';
 import type { VmSpec } from './config.ts';
 import { GROUP_METHODS, type GroupRequest, type GroupWorkerData, type GroupWorkerMessage } from './worker-group.ts';
 import type { BusLinkMessage } from '../bus/index.ts';
+import { RemoteIoGate } from '../storage/index.ts';
 
 const port = parentPort!;
 const data = workerData as GroupWorkerData;
@@ -48,6 +49,8 @@ async function main(): Promise<void> {
     });
     try {
       if (data.reclaim !== null) host.enableReclaim(data.reclaim);
+      // storage_io: the VMs' asynchronous disks start requests against the host's credits.
+      if (data.storageIo === true) host.enableRemoteIo(new RemoteIoGate((events) => post({ kind: 'io', events })));
       // Channels before VMs: a VM a channel names gets its channel device at boot.
       for (const { config, remote } of data.channels ?? []) {
         const link = remote === null ? undefined : { role: remote.role, link: { post: (message: BusLinkMessage) => post({ kind: 'bus', to: remote.thread, message }) } };
@@ -70,6 +73,10 @@ async function main(): Promise<void> {
       try {
         if (request.kind === 'bus') {
           host.bus.receive(request.message);
+          return;
+        }
+        if (request.kind === 'io') {
+          host.remoteIoGrants(request.grants);
           return;
         }
         if (request.kind === 'affinity') {

@@ -31,7 +31,7 @@ import { MissRateCurve, type MissRateCurveReport } from '../memory/mrc.ts';
 import { adjustedSharesPerPage, defaultShares } from '../memory/shares.ts';
 import { PageSharer, ThreadSharing, type SharingOffer } from '../memory/sharing.ts';
 import { SwapFile } from '../memory/swap.ts';
-import { PardaController, StorageIoError, type StorageIoStatus, type StorageIoUpdate, type VmIoStatus } from '../storage/index.ts';
+import { PardaController, RemoteIoLink, StorageIoError, type RemoteIoGate, type RemoteIoGrant, type RemoteIoStatus, type StorageIoStatus, type StorageIoUpdate, type VmIoStatus } from '../storage/index.ts';
 import type { StorageIoSpec } from './config.ts';
 import { hostname, tmpdir } from 'node:os';
 import { hostStats, vmStats, type HostStats, type VmStats } from './stats.ts';
@@ -772,6 +772,10 @@ export class Host {
   private readonly localCalls: GroupCalls;
   /** Decentralised IO control (storage_io, PARDA): the gate of the VMs' asynchronous disks, or null. */
   private storage: PardaController | null = null;
+  /** In a worker group under storage_io: the gate that starts requests against the host's credits (remote-gate.ts), or null. */
+  private remoteGate: RemoteIoGate | null = null;
+  /** Under storage_io: each worker group's end of its credit gate, by group name. */
+  private readonly ioLinks = new Map<string, RemoteIoLink>();
 
   constructor(
     /** The hypervisor (one host pool) the VMs live in. */
@@ -942,6 +946,8 @@ export class Host {
       this.checkNewName(vm.name);
       this.checkFits(vm.memoryBytes, `VM '${vm.name}'`);
       this.startingInGroups.set(vm.name, vm.memoryBytes);
+      // storage_io: the group's VMs are owners of this host's controller, with their shares.
+      if (vm.disk?.async === true) this.storage?.addVm(vm.name, vm.ioShares);
     }
     try {
       const group = await WorkerGroup.start({
@@ -952,7 +958,8 @@ export class Host {
         yieldEveryMs: this.yieldEveryMs,
         migration: migration ?? this.migrationSettings,
         channels: this.groupChannels.get(name) ?? [],
-      }, this.log, (to, message) => this.routeBus(to, message));
+        storageIo: this.storage !== null,
+      }, this.log, (to, message) => this.routeBus(to, message), (events, grant) => this.remoteIo(name, events, grant));
       this.groups.set(name, group);
       // Messages its peers sent while it started, in order.
       const queued = this.busQueues.get(name);
@@ -965,7 +972,10 @@ export class Host {
       this.log(`host: worker group ${name} on CPUs ${group.affinity.join(',')} (thread ${group.threadId}) with ${vms.length} VM${vms.length === 1 ? '' : 's'}`);
       return group;
     } catch (error) {
-      for (const vm of vms) this.startingInGroups.delete(vm.name);
+      for (const vm of vms) {
+        this.startingInGroups.delete(vm.name);
+        this.storage?.removeVm(vm.name);
+      }
       throw error instanceof HostError ? new HostError(error.status, `${where}: ${error.message}`) : error;
     }
   }
@@ -1013,12 +1023,16 @@ export class Host {
   vmStats(name: string): VmStats & {
     /** Under storage_io: the VM's IO shares, its part of the window, requests in flight and queued, IOPS (docs/storage-io.md). */
     io?: VmIoStatus;
+    /** In a worker group under storage_io: the credits the group holds for the VM (docs/storage-io.md). */
+    io_credit?: RemoteIoStatus;
   } {
     const m = this.get(name);
     const stats = vmStats(this.hv, m.vm, { balloon: m.devices.balloon, block: m.devices.block });
     // Under storage_io: the VM's shares, part of the window, requests in flight and queued, IOPS.
     const io = this.storage?.vmStatus(name) ?? null;
-    return io === null ? stats : { ...stats, io };
+    // In a worker group: the credits its gate holds from the host's controller.
+    const credit = this.remoteGate?.status(name) ?? null;
+    return { ...stats, ...(io === null ? {} : { io }), ...(credit === null ? {} : { io_credit: credit }) };
   }
 
   /** GET /vms/{name}/balloon. */
@@ -1261,6 +1275,34 @@ export class Host {
     this.log(`host: storage_io on: slot ${spec.hostId} of ${statsFile}, threshold ${spec.thresholdMs} ms, ${spec.control ? 'controlled' : 'measuring only'}`);
   }
 
+  /**
+   * In a worker group's Host: its VMs' asynchronous disks go through `gate`, which starts their
+   * requests against credits from the main host's controller (remote-gate.ts).
+   * @internal
+   */
+  enableRemoteIo(gate: RemoteIoGate): void {
+    this.remoteGate = gate;
+  }
+
+  /**
+   * Credits from the main host's controller for this group's VMs.
+   * @internal
+   */
+  remoteIoGrants(grants: RemoteIoGrant[]): void {
+    this.remoteGate?.grant(grants);
+  }
+
+  /** A worker group's storage_io reports: applied to the controller, its credits sent back. */
+  private remoteIo(group: string, events: Parameters<RemoteIoLink['receive']>[0], grant: (grants: RemoteIoGrant[]) => void): void {
+    if (this.storage === null) return;
+    let link = this.ioLinks.get(group);
+    if (link === undefined) {
+      link = new RemoteIoLink(this.storage, grant);
+      this.ioLinks.set(group, link);
+    }
+    link.receive(events);
+  }
+
   /** The controller, or 404 when storage_io is off. */
   private storageIo(): PardaController {
     if (this.storage === null) throw new HostError(404, 'storage_io is off (storage_io in docs/host.md)');
@@ -1286,6 +1328,11 @@ export class Host {
 
   /** PATCH /vms/{name} {io_shares}: the VM's share of the host's IO window. */
   setIoShares(name: string, shares: number): void {
+    // A group VM's shares live in this host's controller, which grants its group the credits.
+    if (this.remote.has(name) && this.storage !== null) {
+      if (!this.storage.setShares(name, shares)) this.storage.addVm(name, shares);
+      return;
+    }
     this.checkLocal(name, 'io_shares');
     const m = this.get(name);
     if (m.spec !== null) m.spec = { ...m.spec, ioShares: shares };
@@ -1302,6 +1349,7 @@ export class Host {
     return {
       disk: { path: disk.path, async: true, ...(disk.direct === true ? { direct: true } : {}), ...(disk.overlayDir === undefined ? {} : { overlayDir: disk.overlayDir }) },
       ...(this.storage === null ? {} : { diskGate: this.storage, diskOwner: spec.name }),
+      ...(this.remoteGate === null ? {} : { diskGate: this.remoteGate, diskOwner: spec.name }),
     };
   }
 
@@ -1493,16 +1541,17 @@ export class Host {
     if (spec.group !== undefined) {
       const group = this.group(spec.group);
       if (this.bus.namesVm(spec.name)) throw new HostError(409, `VM '${spec.name}': a channel names it, and channels reach only VMs in the host's own thread (docs/bus.md)`);
-      if (this.storage !== null && spec.disk?.async === true) throw new HostError(409, `VM '${spec.name}': under storage_io a VM with an asynchronous disk runs in the host's own thread (its gate is there, docs/storage-io.md); leave group out`);
       this.checkNewName(spec.name);
       this.checkFits(spec.memoryBytes, `VM '${spec.name}'`);
       this.remote.set(spec.name, { group, memoryBytes: spec.memoryBytes });
+      if (spec.disk?.async === true) this.storage?.addVm(spec.name, spec.ioShares);
       try {
         const info = await group.calls.createVm(spec);
         group.vmNames.add(spec.name);
         return info;
       } catch (error) {
         this.remote.delete(spec.name);
+        this.storage?.removeVm(spec.name);
         throw error;
       }
     }
@@ -2366,6 +2415,7 @@ export class Host {
     if (remote !== undefined) {
       return remote.group.calls.deleteVm(name).then(() => {
         this.remote.delete(name);
+        this.storage?.removeVm(name);
         remote.group.vmNames.delete(name);
       });
     }

@@ -16,6 +16,7 @@ import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type { FrameHandle, SharedPoolHandle } from '../../kernel/index.ts';
 import type { ReclaimSpec, VmSpec } from './config.ts';
 import type { BusChannelConfig, BusLinkMessage } from '../bus/index.ts';
+import type { RemoteIoEvent, RemoteIoGrant } from '../storage/index.ts';
 import { HostError, type Host, type HostMigrationSettings, type HostSettings, type HostStatusCode } from './host.ts';
 
 /**
@@ -59,6 +60,8 @@ export interface GroupWorkerData {
   reclaim: ReclaimSpec | null;
   /** Partition-bus channels with an end in this group (docs/bus.md "Across threads"). */
   channels: GroupChannel[];
+  /** The host's storage_io gates the group's asynchronous disks through credits (services/storage/remote-gate.ts). */
+  storageIo?: boolean;
 }
 
 /** A channel as a worker group's bus holds it: the config, and where its other end lives when not in this group. */
@@ -77,14 +80,16 @@ export type GroupWorkerMessage =
   | { kind: 'error'; id: number; status: number; message: string }
   | { kind: 'log'; line: string }
   | { kind: 'reallocation-frames'; id: number; handles: FrameHandle[]; given: number }
-  | { kind: 'bus'; to: string | null; message: BusLinkMessage };
+  | { kind: 'bus'; to: string | null; message: BusLinkMessage }
+  | { kind: 'io'; events: RemoteIoEvent[] };
 
 /** Messages to a worker. */
 export type GroupRequest =
   | { kind: 'call'; id: number; method: GroupMethod; args: unknown[] }
   | { kind: 'affinity'; id: number; cpus: number[] }
   | { kind: 'close'; id: number }
-  | { kind: 'bus'; id: number; message: BusLinkMessage };
+  | { kind: 'bus'; id: number; message: BusLinkMessage }
+  | { kind: 'io'; id: number; grants: RemoteIoGrant[] };
 
 /** A worker group as GET /host and GET /groups describe it. */
 export interface WorkerGroupInfo {
@@ -154,6 +159,8 @@ export class WorkerGroup {
   onReallocationFrames: ((id: number, handles: FrameHandle[], given: number) => void) | null = null;
   /** Routes the group's bus messages to the thread holding the other end of a channel (set by the host). */
   onBus: ((to: string | null, message: BusLinkMessage) => void) | null = null;
+  /** Takes the group's storage_io reports (set by start). */
+  private onIo: ((events: RemoteIoEvent[]) => void) | null = null;
 
   private constructor(
     /** The group's name. */
@@ -178,9 +185,16 @@ export class WorkerGroup {
    * Starts a worker, pins it, attaches it to the pool and boots its VMs; resolves when they all
    * run, or rejects with the worker's error (a bad image, CPUs the host does not have, …).
    */
-  static start(data: GroupWorkerData, log: (line: string) => void, onBus?: (to: string | null, message: BusLinkMessage) => void): Promise<WorkerGroup> {
+  static start(
+    data: GroupWorkerData,
+    log: (line: string) => void,
+    onBus?: (to: string | null, message: BusLinkMessage) => void,
+    onIo?: (events: RemoteIoEvent[], grant: (grants: RemoteIoGrant[]) => void) => void,
+  ): Promise<WorkerGroup> {
     const entry = new URL(import.meta.url.endsWith('.ts') ? './group-worker.ts' : './group-worker.js', import.meta.url);
     const worker = startModuleWorker(entry, { workerData: data });
+    // storage_io: the group's reports go to the host's controller, its credits back to the worker.
+    const io = onIo === undefined ? null : (events: RemoteIoEvent[]) => onIo(events, (grants) => worker.postMessage({ kind: 'io', id: 0, grants } satisfies GroupRequest));
     return new Promise((resolve, reject) => {
       const early = (message: GroupWorkerMessage): void => {
         if (message.kind === 'log') {
@@ -192,12 +206,17 @@ export class WorkerGroup {
           onBus?.(message.to, message.message);
           return;
         }
+        if (message.kind === 'io') {
+          io?.(message.events);
+          return;
+        }
         worker.off('message', early);
         worker.off('error', failed);
         worker.off('exit', exited);
         if (message.kind === 'ready') {
           const group = new WorkerGroup(data.name, worker, message.threadId, message.affinity, data.cpus !== null);
           group.onBus = onBus ?? null;
+          group.onIo = io;
           worker.on('message', (m: GroupWorkerMessage) => {
             if (m.kind === 'log') log(m.line);
           });
@@ -273,6 +292,10 @@ export class WorkerGroup {
     }
     if (message.kind === 'bus') {
       this.onBus?.(message.to, message.message);
+      return;
+    }
+    if (message.kind === 'io') {
+      this.onIo?.(message.events);
       return;
     }
     if (message.kind !== 'result' && message.kind !== 'error') return;

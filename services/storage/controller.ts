@@ -418,6 +418,44 @@ export class PardaController {
     this.queued -= vm.queue.clear();
   }
 
+  /**
+   * `count` of `owner`'s started requests ended without an IO: a worker group gave back credits
+   * it had no request for (remote-gate.ts); they leave the window uncounted in L(t).
+   */
+  release(owner: string, count: number): void {
+    const vm = this.vms.get(owner);
+    if (vm === undefined) return;
+    const released = Math.min(Math.max(0, Math.floor(count)), vm.inFlight);
+    vm.inFlight -= released;
+    this.inFlight -= released;
+    if (vm.removed) this.prune(vm);
+    this.dispatch();
+  }
+
+  /**
+   * `owner`'s request completed and its slot passed at once to the owner's next waiting request:
+   * a worker group reusing a credit within its part of the window (remote-gate.ts). Counted as a
+   * completion; the owner's requests in flight stay as they were, one fewer waits.
+   */
+  reuse(owner: string, bytes: number, latencyNs: number): void {
+    const vm = this.vms.get(owner);
+    if (vm === undefined || vm.inFlight === 0) return;
+    // The request it started is one queued here (or one whose credit is on its way; that one comes back unused).
+    if (vm.queue.shift() !== undefined) this.queued--;
+    vm.inFlight++;
+    this.inFlight++;
+    this.complete(owner, bytes, latencyNs);
+  }
+
+  /** `owner`'s part of the window now: the requests admitted × its shares over those of the VMs with requests (0 when unknown). */
+  windowShareOf(owner: string): number {
+    const vm = this.vms.get(owner);
+    if (vm === undefined || vm.removed) return 0;
+    let active = 0;
+    for (const other of this.order) if (!other.removed && (other === vm || other.queue.length > 0 || other.inFlight > 0)) active += other.shares;
+    return (admitted(this.window) * vm.shares) / active;
+  }
+
   // ------------------------------------------------------------------ control
 
   /** Starts requests while the window has room, from the VM furthest below its share. */

@@ -17,4 +17,5 @@ export {
   type StorageIoUpdate,
   type VmIoStatus,
 } from './controller.ts';
+export { RemoteIoGate, RemoteIoLink, RemoteIoOp, type RemoteIoEvent, type RemoteIoGrant, type RemoteIoStatus } from './remote-gate.ts';
 export { SimulatedDevice, simulateCluster, type SimulatedDeviceOptions, type SimulatedHost, type SimulatedHostFigures } from './model.ts';
