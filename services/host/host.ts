@@ -961,6 +961,10 @@ export class Host {
         storageIo: this.storage !== null,
       }, this.log, (to, message) => this.routeBus(to, message), (events, grant) => this.remoteIo(name, events, grant));
       this.groups.set(name, group);
+      // storage_io: a dead thread completes nothing; its VMs' credits go back to the window.
+      group.onFailure = () => {
+        for (const vm of group.vmNames) this.releaseRemoteIo(vm);
+      };
       // Messages its peers sent while it started, in order.
       const queued = this.busQueues.get(name);
       this.busQueues.delete(name);
@@ -1290,6 +1294,15 @@ export class Host {
    */
   remoteIoGrants(grants: RemoteIoGrant[]): void {
     this.remoteGate?.grant(grants);
+  }
+
+  /** A group VM that will complete nothing more (its thread died): it leaves the controller with its credits. */
+  private releaseRemoteIo(name: string): void {
+    const storage = this.storage;
+    if (storage === null) return;
+    const held = storage.vmStatus(name)?.in_flight ?? 0;
+    storage.removeVm(name);
+    storage.release(name, held);
   }
 
   /** A worker group's storage_io reports: applied to the controller, its credits sent back. */

@@ -161,6 +161,8 @@ export class WorkerGroup {
   onBus: ((to: string | null, message: BusLinkMessage) => void) | null = null;
   /** Takes the group's storage_io reports (set by start). */
   private onIo: ((events: RemoteIoEvent[]) => void) | null = null;
+  /** Called once when the worker thread dies (set by the host: its VMs' IO credits are void). */
+  onFailure: ((error: Error) => void) | null = null;
 
   private constructor(
     /** The group's name. */
@@ -307,7 +309,10 @@ export class WorkerGroup {
   }
 
   private fail(error: Error): void {
-    this.#exited ??= error;
+    if (this.#exited === null) {
+      this.#exited = error;
+      this.onFailure?.(error);
+    }
     for (const pending of this.#pending.values()) pending.reject(error);
     this.#pending.clear();
   }
