@@ -1725,12 +1725,16 @@ export class Host {
       this.checkNewName(childName);
       this.checkFits(remote.memoryBytes, `fork '${childName}'`);
       this.remote.set(childName, { group: remote.group, memoryBytes: remote.memoryBytes });
+      // storage_io: the child's disk is its parent's kind, gated with the parent's shares.
+      const parentShares = this.storage?.sharesOf(parentName) ?? null;
+      if (parentShares !== null) this.storage?.addVm(childName, parentShares);
       try {
         const info = await remote.group.calls.fork(parentName, childName, paused);
         remote.group.vmNames.add(childName);
         return info;
       } catch (error) {
         this.remote.delete(childName);
+        if (parentShares !== null) this.storage?.removeVm(childName);
         throw error;
       }
     }
@@ -1866,6 +1870,7 @@ export class Host {
       if (!(await remote.group.calls.names()).includes(name)) {
         this.remote.delete(name);
         remote.group.vmNames.delete(name);
+        this.storage?.removeVm(name); // its last completions still release their credits
       }
       return result;
     }
@@ -2773,6 +2778,8 @@ export class Host {
     }
     m.devices.console.stop();
     m.devices.block?.close();
+    // In a worker group: the host's controller drops the VM once the events before this reach it.
+    this.remoteGate?.remove(m.name);
     this.bus.detachVm(m.vm);
     this.memory?.scheduler.remove(m.vm, { forgetSwap: true });
     this.cleanCopies.delete(m.vm);

@@ -26,6 +26,8 @@ export const RemoteIoOp = {
   FORGET: 3,
   /** A request completed and its credit started the owner's next waiting one at once (within its limit). */
   REUSE: 4,
+  /** The owner left the group (deleted, migrated away): the host drops it as it does a local VM. */
+  GONE: 5,
 } as const;
 
 /** One event of a worker's report. */
@@ -34,7 +36,8 @@ export type RemoteIoEvent =
   | readonly [op: typeof RemoteIoOp.COMPLETE, owner: string, bytes: number, latencyNs: number]
   | readonly [op: typeof RemoteIoOp.RETURN, owner: string, count: number]
   | readonly [op: typeof RemoteIoOp.FORGET, owner: string]
-  | readonly [op: typeof RemoteIoOp.REUSE, owner: string, bytes: number, latencyNs: number];
+  | readonly [op: typeof RemoteIoOp.REUSE, owner: string, bytes: number, latencyNs: number]
+  | readonly [op: typeof RemoteIoOp.GONE, owner: string];
 
 /**
  * Credits for one owner (host → worker): `count` new ones, and `limit`, the owner's part of the
@@ -135,6 +138,21 @@ export class RemoteIoGate implements BlockIoGate {
     credit.queue = [];
     credit.head = 0;
     this.push([RemoteIoOp.FORGET, owner]);
+    this.batch.request();
+  }
+
+  /**
+   * The owner left this thread (deleted, migrated away): after the events already sent for it
+   * (which could otherwise bring it back to the host's controller), the host removes it.
+   */
+  remove(owner: string): void {
+    const credit = this.owners.get(owner);
+    if (credit !== undefined) {
+      credit.queue = [];
+      credit.head = 0;
+      credit.limit = 0;
+    }
+    this.push([RemoteIoOp.GONE, owner]);
     this.batch.request();
   }
 
@@ -241,6 +259,9 @@ export class RemoteIoLink {
           break;
         case RemoteIoOp.REUSE:
           this.controller.reuse(event[1], event[2], event[3]);
+          break;
+        case RemoteIoOp.GONE:
+          this.controller.removeVm(event[1]);
           break;
         default:
           break; // an unknown event from a newer worker: ignored

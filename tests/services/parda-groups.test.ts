@@ -104,6 +104,9 @@ describe('storage_io across a worker group', () => {
       return s.vms.every((v) => v.name !== 'grouped') ? s : undefined;
     });
     expect(alone.in_flight).toBeLessThanOrEqual(WINDOW_MAX);
+    // And it stays out: its last reports (requests it submitted before it went) do not bring it back.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(h.storageStatus().vms.map((v) => v.name)).toEqual(['local']);
     // Its credits came back: the local VM gets the whole window.
     await until('the local VM to fill the window', async () => (h.storageStatus().vms.find((v) => v.name === 'local')!.in_flight === WINDOW_MAX ? true : undefined));
   }, 60_000);
@@ -115,10 +118,15 @@ describe('storage_io across a worker group', () => {
     const held = (await credit('late'))!;
     expect(held.peak_in_flight).toBeLessThanOrEqual(WINDOW_MAX);
     expect(h.storageStatus().vms.find((v) => v.name === 'late')!.io_shares).toBe(3000);
+    // Its fork stays in the group and is gated with the parent's shares.
+    await h.fork('late', 'late-child', false);
+    await until('IOs from the fork', async () => (ios(h.storageStatus(), 'late-child') > 20 ? true : undefined));
+    expect(h.storageStatus().vms.find((v) => v.name === 'late-child')!.io_shares).toBe(3000);
+    expect((await credit('late-child'))!.peak_in_flight).toBeLessThanOrEqual(WINDOW_MAX);
     // Fault injection: the worker thread ends abruptly with requests in flight.
     const groups = (h as unknown as { groups: Map<string, { worker: { terminate(): Promise<number> } }> }).groups;
     await groups.get('g')!.worker.terminate();
-    await until('the dead group\'s VM to leave the controller', async () => (h.storageStatus().vms.every((v) => v.name !== 'late') ? true : undefined));
+    await until('the dead group\'s VMs to leave the controller', async () => (h.storageStatus().vms.every((v) => v.name === 'local') ? true : undefined));
     await until('the local VM to fill the window again', async () => (h.storageStatus().vms.find((v) => v.name === 'local')!.in_flight === WINDOW_MAX ? true : undefined));
   }, 60_000);
 });

@@ -147,4 +147,20 @@ describe('RemoteIoGate and RemoteIoLink', () => {
     await pump();
     expect(controller.status()).toMatchObject({ in_flight: 0, queued: 0 });
   });
+
+  it('keeps a VM that left the group out of the controller though its last reports arrive after', async () => {
+    const { controller, gate, pump } = setup(4);
+    controller.addVm('remote', 3000);
+    const remote = requests('remote', (o, b, s) => gate.submit(o, b, s));
+    remote.submit(6);
+    await pump();
+    // The host hears of the deletion (its answer) before the worker's last batch: submits, then the VM going.
+    remote.submit(2);
+    controller.removeVm('remote');
+    gate.remove('remote');
+    for (const _ of remote.started.splice(0)) gate.complete('remote', 4096, 1e6);
+    await pump();
+    expect(controller.vmStatus('remote')).toBeNull();
+    expect(controller.status()).toMatchObject({ in_flight: 0, queued: 0, vms: [] });
+  });
 });
