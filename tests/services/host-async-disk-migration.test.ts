@@ -49,6 +49,7 @@ describe('a VM on an asynchronous disk, migrated', () => {
       const destination = await Host.start(parseHostConfig({ vms: [], migration: { insecure: true, name: 'destination', disk_dir: join(dir) } }));
       try {
         const { listening } = await destination.receiveMigrations('127.0.0.1:0');
+        if (listening === null) throw new Error('the destination does not listen');
         // Mid-run, with the readers' requests going to the disk.
         await until('the readers to start', () => ((source.vmStats('a').disk?.async_submitted ?? 0) >= 16 ? true : undefined));
         await source.migrate('a', { destination: listening, mode });
