@@ -11,20 +11,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseHostConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
 import { REPO } from '../tools/child.ts';
+import { until } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 const root = mkdtempSync(join(tmpdir(), 'bv-async-disk-mig-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 /** 1,024 sectors (128 blocks) of distinct words, so that a reader's checksum depends on every byte it read. */
 function image(dir: string): string {
@@ -51,7 +43,7 @@ describe('a VM on an asynchronous disk, migrated', () => {
         const { listening } = await destination.receiveMigrations('127.0.0.1:0');
         if (listening === null) throw new Error('the destination does not listen');
         // Mid-run, with the readers' requests going to the disk.
-        await until('the readers to start', () => ((source.vmStats('a').disk?.async_submitted ?? 0) >= 16 ? true : undefined));
+        await until('the readers to start', async () => ((source.vmStats('a').disk?.async_submitted ?? 0) >= 16 ? true : undefined), 60_000);
         await source.migrate('a', { destination: listening, mode });
         const moved = await destination.whenStopped('a');
         expect(moved.exit).toEqual({ kind: 'halted', exit_code: 0 });

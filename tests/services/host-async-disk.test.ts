@@ -11,20 +11,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseHostConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
 import { REPO } from '../tools/child.ts';
+import { until } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 const root = mkdtempSync(join(tmpdir(), 'bv-host-async-disk-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 /** 256 sectors of distinct words, so that the reader's checksum depends on every byte read. */
 function image(): string {
@@ -49,7 +41,7 @@ describe('a host VM on an asynchronous disk', () => {
     const host = await Host.start(spec);
     try {
       // Mid-run: the kernel has printed its disk line and the readers are going.
-      await until('the readers to start', () => (host.vmInfo('a').instructions > 1_000_000 ? true : undefined));
+      await until('the readers to start', async () => (host.vmInfo('a').instructions > 1_000_000 ? true : undefined), 60_000);
       const checkpoint = join(root, 'a.ckpt');
       await host.snapshot('a', checkpoint, false);
       await host.fork('a', 'c', false);
