@@ -23,7 +23,7 @@ import {
   attachChannels, CHANNEL_MAX_GRANT_PAGES, ChannelService, ChannelState, CHANNEL_STATE_NAMES, type ChannelDevice, type ChannelListener,
   type ChannelServiceId,
 } from '../../devices/channel.ts';
-import type { Hypervisor, Vm } from '../../kernel/index.ts';
+import { PageWaitError, type Hypervisor, type Vm } from '../../kernel/index.ts';
 
 /** A refused bus operation (bad channel config, unknown channel, a grant that cannot be mapped). */
 export class BusError extends BvError {
@@ -314,6 +314,8 @@ export class Bus implements ChannelListener {
   private readonly channels = new Map<string, Channel>();
   /** The devices attached, by VM name. */
   private readonly devices = new Map<string, ChannelDevice>();
+  /** Ends waiting for a ring page still on a post-copy migration source (retryLater). */
+  private readonly retrying = new Set<End>();
   /** One little-endian u32 for header writes (allocated once). */
   private readonly wordView = new DataView(new ArrayBuffer(4));
   private readonly wordBytes = new Uint8Array(this.wordView.buffer);
@@ -525,8 +527,12 @@ export class Bus implements ChannelListener {
       device.fail(slot, 'the host has no channel on this slot');
       return;
     }
-    if (!this.mapRings(end)) return;
-    this.pump(end.channel);
+    try {
+      if (this.mapRings(end)) this.pump(end.channel);
+    } catch (error) {
+      if (!(error instanceof PageWaitError)) throw error;
+      this.retryLater(end);
+    }
   }
 
   /** @internal */
@@ -550,7 +556,12 @@ export class Bus implements ChannelListener {
     const end = this.endAt(device, slot);
     if (!end) return;
     end.counters.doorbells++;
-    this.pump(end.channel);
+    try {
+      this.pump(end.channel);
+    } catch (error) {
+      if (!(error instanceof PageWaitError)) throw error;
+      this.retryLater(end);
+    }
   }
 
   /** @internal */
@@ -603,13 +614,24 @@ export class Bus implements ChannelListener {
       }
       end.device = device;
       end.slot = slot;
-      if (view.state === ChannelState.OPEN && this.mapRings(end)) toPump.add(channel);
+      if (view.state !== ChannelState.OPEN) continue;
+      try {
+        if (this.mapRings(end)) toPump.add(channel);
+      } catch (error) {
+        // A ring header still on a post-copy source (asked for by the read): mapped once it is here.
+        if (!(error instanceof PageWaitError)) throw error;
+        this.retryLater(end);
+      }
     }
     for (const channel of this.channels.values()) this.offerEnds(channel);
     for (const channel of toPump) {
       try {
         this.pump(channel);
       } catch (error) {
+        if (error instanceof PageWaitError) {
+          for (const end of this.endsOf(channel)) if (end.device === device) this.retryLater(end);
+          continue;
+        }
         // A ring page nobody can produce (poisoned…): that channel fails, the restore goes on.
         for (const end of this.endsOf(channel)) if (end.device === device) this.failEnd(end, `host error after the restore: ${error instanceof Error ? error.message : String(error)}`);
       }
@@ -702,6 +724,32 @@ export class Bus implements ChannelListener {
     end.epoch = ++this.epochs;
     end.granted = 0;
     return true;
+  }
+
+  /**
+   * A ring page of the end's VM is still on a post-copy migration source (PageWaitError: the
+   * access asked for it). Nothing moved (a move changes the offsets only after its copies, and the
+   * headers it updates were read when the rings were mapped), so the end is mapped if it is not
+   * yet and its channel pumped again shortly, until the page is here; meanwhile a doorbell moves
+   * nothing. Gives up silently once the end is no longer this device's open slot.
+   */
+  private retryLater(end: End): void {
+    if (this.retrying.has(end)) return;
+    this.retrying.add(end);
+    const device = end.device;
+    const slot = end.slot;
+    setTimeout(() => {
+      this.retrying.delete(end);
+      if (!device || end.device !== device || end.slot !== slot || this.devices.get(end.vmName) !== device) return;
+      if (device.slot(slot).state !== ChannelState.OPEN) return;
+      try {
+        if (end.send === null && !this.mapRings(end)) return;
+        this.pump(end.channel);
+      } catch (error) {
+        if (error instanceof PageWaitError) this.retryLater(end);
+        else this.failEnd(end, `host error: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }, 1).unref();
   }
 
   private newRing(vm: Vm, gpns: number[]): Ring {
