@@ -560,7 +560,7 @@ export function hostRoutes(api: ApiServer, host: Host): ApiServer {
       const { name, paused } = body as { name: string; paused?: boolean };
       return { status: 201, body: await host.fork(params['name']!, name, paused ?? false) };
     }, { schema: FORK_SCHEMA })
-    .route('GET', '/vms/{name}/stats', async ({ params }) => ({ status: 200, body: await host.vmCalls(params['name']!).vmStats(params['name']!) }))
+    .route('GET', '/vms/{name}/stats', async ({ params }) => ({ status: 200, body: await host.vmStatsAnywhere(params['name']!) }))
     .route('GET', '/vms/{name}/console', async ({ params, query }) => {
       const offset = queryInteger(query, 'offset', 0, Number.MAX_SAFE_INTEGER);
       const limit = queryInteger(query, 'limit', MAX_CONSOLE_READ, MAX_CONSOLE_READ);

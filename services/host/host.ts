@@ -876,6 +876,19 @@ export class Host {
     return [...this.list(), ...lists.flat()];
   }
 
+  /**
+   * GET /vms/{name}/stats of a VM in any thread. A worker group's VM answers from its group; the
+   * host adds the `io` block (shares, part of the window, in flight, queued, IOPS), which only
+   * this thread's storage_io controller holds, as it is for a VM of this thread.
+   */
+  async vmStatsAnywhere(name: string): Promise<ReturnType<Host['vmStats']>> {
+    const remote = this.remote.get(name);
+    if (remote === undefined) return this.vmStats(name);
+    const stats = await remote.group.calls.vmStats(name);
+    const io = this.storage?.vmStatus(name) ?? null;
+    return io === null ? stats : { ...stats, io };
+  }
+
   /** The worker groups whose threads still run. */
   private liveGroups(): WorkerGroup[] {
     return [...this.groups.values()].filter((group) => group.failure === null);

@@ -5,15 +5,18 @@
  * the IOs split by the shares, the group VM never has more requests in flight than the credits
  * it holds (nor than the window), GET /host/storage lists both, io_shares reaches the group VM,
  * deleting it gives its credits back, a VM created in the group at run time is gated too, and a
- * group thread that dies gives its VMs' credits back.
+ * group thread that dies gives its VMs' credits back. GET /vms/{name}/stats of the group VM has
+ * the host controller's `io` block besides its group's counters.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiServer, hostRoutes } from '../../services/host/api.ts';
+import { apiRequest } from '../../services/host/client.ts';
 import { parseHostConfig, parseVmConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
-import type { RemoteIoStatus, StorageIoStatus } from '../../services/storage/index.ts';
+import type { RemoteIoStatus, StorageIoStatus, VmIoStatus } from '../../services/storage/index.ts';
 import { REPO } from '../tools/child.ts';
 import { until } from './until.ts';
 
@@ -85,6 +88,38 @@ describe('storage_io across a worker group', () => {
     const ratio = (ios(after, 'grouped') - ios(before, 'grouped')) / (ios(after, 'local') - ios(before, 'local'));
     expect(ratio).toBeGreaterThan(1.4);
     expect(ratio).toBeLessThan(5);
+  }, 60_000);
+
+  it('GET /vms/{name}/stats of the group VM has the host-side io block, as the local VM\'s has', async () => {
+    const socket = join(dir, 'api.sock');
+    const api = await ApiServer.listen(socket);
+    hostRoutes(api, host!);
+    try {
+      type Stats = { io?: VmIoStatus; io_credit?: RemoteIoStatus; disk?: { async_submitted: number } };
+      const stats = async (name: string) => {
+        const answer = await apiRequest<Stats>(socket, 'GET', `/vms/${name}/stats`);
+        expect(answer.status).toBe(200);
+        return answer.body;
+      };
+      const local = await stats('local');
+      expect(local.io).toMatchObject({ name: 'local', io_shares: 1000 });
+      expect(local.io_credit).toBeUndefined();
+      const grouped = await stats('grouped');
+      // The group's own counters (its disk, its credits) and the host controller's view of it.
+      expect(grouped.disk!.async_submitted).toBeGreaterThan(0);
+      expect(grouped.io_credit!.granted).toBeGreaterThan(0);
+      const io = grouped.io!;
+      expect(io).toMatchObject({ name: 'grouped', io_shares: 3000 });
+      expect(Object.keys(io).sort()).toEqual(Object.keys(local.io!).sort());
+      expect(io.ios).toBeGreaterThan(50);
+      expect(io.iops).toBeGreaterThan(0);
+      expect(io.window_share).toBeGreaterThan(0);
+      expect(io.window_share).toBeLessThanOrEqual(WINDOW_MAX);
+      expect(io.in_flight).toBeLessThanOrEqual(WINDOW_MAX);
+      expect(io.queued).toBeGreaterThanOrEqual(0);
+    } finally {
+      await api.close();
+    }
   }, 60_000);
 
   it('takes io_shares for the group VM, and gives its credits back when it is deleted', async () => {
