@@ -12,7 +12,7 @@
  * channel when the listener hears `restored`.
  */
 import { DeviceType, PAGE_SIZE } from '../guest-isa/arch.ts';
-import type { Hypervisor, MmioDevice, Vcpu, Vm } from '../kernel/index.ts';
+import { PageWaitError, type Hypervisor, type MmioDevice, type Vcpu, type Vm } from '../kernel/index.ts';
 import { DeviceStateError, stateInteger, stateList, stateRecord, stateU32 } from './state.ts';
 import { holdWakeSource } from './wake.ts';
 
@@ -487,7 +487,10 @@ export class ChannelDevice implements MmioDevice {
       if (count < 1 || count > CHANNEL_MAX_GRANT_PAGES) return ChannelResult.BAD_LIST;
       const bytes = this.vm.memory.readPhysical(listGpa + 4, count * 4);
       words = new Uint32Array(bytes.buffer, bytes.byteOffset, count);
-    } catch {
+    } catch (error) {
+      // The list's page is still on a post-copy source: nothing changed yet, so the COMMAND store
+      // runs again once the page is in (the vCPU waits for it).
+      if (error instanceof PageWaitError) throw error;
       return ChannelResult.BAD_LIST; // a page nobody can produce (poisoned): the list is unusable
     }
     const gpns: number[] = [];

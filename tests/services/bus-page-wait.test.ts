@@ -2,13 +2,14 @@
  * The partition bus and a ring page that is still on a post-copy migration source (docs/bus.md
  * "Checkpoint, restore, fork, migration"): the guest's doorbell moves nothing and fails nothing,
  * the access asks for the page, and the bus moves the waiting packets by itself once the page is
- * in; the exchange then completes, every packet answered once, in order. The page is made REMOTE
- * by the test (as a post-copy destination has it) and delivered when the test chooses.
+ * in; the exchange then completes, every packet answered once, in order. A GRANT whose page list
+ * is away makes the vCPU wait, and runs once when the page is in. The page is made REMOTE by the
+ * test (as a post-copy destination has it) and delivered when the test chooses.
  */
 import { describe, expect, it } from 'vitest';
 import { AbsentState, createHypervisor, PageWaitError } from '../../kernel/index.ts';
 import { Bus, RingHeader } from '../../services/bus/index.ts';
-import { bootOnBus, echoChecksum, echoClient, RING_GPA } from '../devices/channel-guest.ts';
+import { bootOnBus, echoChecksum, echoClient, LIST_GPA, RING_GPA, ringLibrary } from '../devices/channel-guest.ts';
 import { hexWords } from '../devices/harness.ts';
 import { until } from './until.ts';
 
@@ -65,5 +66,67 @@ describe('bus: a ring page still on another host', () => {
     expect(counters()).toMatchObject({ packetsFromGuest: packets, packetsToGuest: packets });
     expect(bus.totals()).toMatchObject({ packets, failures: 0 });
     expect(log).toEqual([]);
+  });
+
+  it('a GRANT whose page list is away: the vCPU waits and the command runs once when the page is in', () => {
+    const hv = createHypervisor({ hostMemoryBytes: 32 << 20 });
+    const bus = new Bus();
+    bus.addChannel({ name: 'e', service: 'echo', client: 'g', server: 'echo' });
+    const FLAG = 0x50000;
+    // Agrees 2.0, writes its page list, waits for the test's flag, then GRANTs: prints RESULT and HANDLE.
+    const g = bootOnBus(hv, bus, 'g', `${ringLibrary(2, 2)}
+_start: ch_find
+        li      a0, 0x00020000
+        call    propose
+        bnez    a0, refused
+        li      t0, LIST
+        li      t1, 4
+        sw      t1, 0(t0)
+        li      t2, RING
+1:      sw      t2, 4(t0)
+        addi    t0, t0, 4
+        li      t3, 4096
+        add     t2, t2, t3
+        addi    t1, t1, -1
+        bnez    t1, 1b
+        li      t0, ${FLAG}
+2:      lw      t1, 0(t0)
+        beqz    t1, 2b
+        li      t0, LIST
+        sw      t0, CH_GRANT_LIST(s0)
+        li      t0, 1
+        sw      t0, CH_COMMAND(s0)
+        lw      a0, CH_RESULT(s0)
+        mv      a1, s3
+        call    put_hex
+        lw      a0, CH_HANDLE(s0)
+        mv      a1, s3
+        call    put_hex
+        exit    0
+refused: exit   7
+`);
+    const [spinning] = hv.run({ maxInstructions: 100_000 }, [g.vm]);
+    expect(spinning!.reason.kind).not.toBe('halted');
+    const listGpn = LIST_GPA / PAGE;
+    const saved = g.vm.memory.readPhysical(LIST_GPA, PAGE).slice();
+    expect(new DataView(saved.buffer).getUint32(0, true)).toBe(4); // the guest wrote its list
+    let asked = 0;
+    g.vm.memory.onAbsent(AbsentState.REMOTE, () => {
+      asked++;
+      throw new PageWaitError(WAIT, 'the page list is not here yet');
+    });
+    g.vm.memory.releasePages([listGpn], AbsentState.REMOTE);
+    g.vm.memory.writePhysical(FLAG, new Uint8Array([1, 0, 0, 0]));
+    const [waiting] = hv.run({ maxInstructions: 100_000 }, [g.vm]);
+    expect(waiting!.reason).toEqual({ kind: 'paused', reason: WAIT });
+    expect(asked).toBe(1);
+    expect(g.output()).toBe('');
+    g.vm.memory.installPage(listGpn, saved);
+    g.vm.resume();
+    const [done] = hv.run({ maxInstructions: 100_000 }, [g.vm]);
+    expect(done!.reason).toEqual({ kind: 'halted', exitCode: 0 });
+    // RESULT OK and the first handle: the GRANT ran once, after the page came.
+    expect(hexWords(g.output())).toEqual([0, 1]);
+    expect(bus.map(g.vm, 1)).toEqual([RING_GPA / PAGE, RING_GPA / PAGE + 1, RING_GPA / PAGE + 2, RING_GPA / PAGE + 3]);
   });
 });
