@@ -236,7 +236,7 @@ describe('npm run bench', () => {
     const { status, stdout, stderr } = bench('--only', 'nope');
     expect(status).toBe(1);
     expect(stdout).toBe('');
-    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit, errors, migration, ha, parallel)"]);
+    expect(stderr.trim().split('\n')).toEqual(["error: unknown workload 'nope' (known: crc32, prefix-sum, walker, mulh, context-switch, seq-scan, random-access, state, api, sharing, overcommit, errors, migration, ha, parallel, io)"]);
   });
 
   it('--only errors: the upkeep of each recovery method against none, and recovery latencies', () => {
