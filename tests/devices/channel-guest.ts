@@ -68,19 +68,24 @@ export function ringLibrary(sendPages: number, recvPages: number): string {
         bnez    a0, \\fail
         .endm
 
-# ch_grant_open(): grants the SEND_PAGES + RECV_PAGES ring pages and opens slot 0 on them.
-# Returns a0 = RESULT of OPEN (or 0x100 + RESULT of a failed GRANT), a1 = handle. Clobbers t0-t3.
-ch_grant_open:
+        # ch_list: writes the page list at LIST: the SEND_PAGES + RECV_PAGES ring pages. Clobbers t0-t3.
+        .macro  ch_list
         li      t0, LIST
         li      t1, SEND_PAGES + RECV_PAGES
         sw      t1, 0(t0)
         li      t2, RING
-1:      sw      t2, 4(t0)
+76:     sw      t2, 4(t0)
         addi    t0, t0, 4
         li      t3, 4096
         add     t2, t2, t3
         addi    t1, t1, -1
-        bnez    t1, 1b
+        bnez    t1, 76b
+        .endm
+
+# ch_grant_open(): grants the SEND_PAGES + RECV_PAGES ring pages and opens slot 0 on them.
+# Returns a0 = RESULT of OPEN (or 0x100 + RESULT of a failed GRANT), a1 = handle. Clobbers t0-t3.
+ch_grant_open:
+        ch_list
         li      t0, LIST
         sw      t0, CH_GRANT_LIST(s0)
         li      t0, 1

@@ -79,16 +79,7 @@ _start: ch_find
         li      a0, 0x00020000
         call    propose
         bnez    a0, refused
-        li      t0, LIST
-        li      t1, 4
-        sw      t1, 0(t0)
-        li      t2, RING
-1:      sw      t2, 4(t0)
-        addi    t0, t0, 4
-        li      t3, 4096
-        add     t2, t2, t3
-        addi    t1, t1, -1
-        bnez    t1, 1b
+        ch_list
         li      t0, ${FLAG}
 2:      lw      t1, 0(t0)
         beqz    t1, 2b
