@@ -5,39 +5,30 @@
  * rings smaller than it, the servers learn their clients' majors, GET /channels/{name} puts the
  * ends together from each thread's bus, and the API cannot change such a channel (409).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiServer, hostRoutes } from '../../services/host/api.ts';
 import { apiRequest } from '../../services/host/client.ts';
 import { parseHostConfig } from '../../services/host/config.ts';
-import { Host, type ChannelsInfo, type VmInfo } from '../../services/host/host.ts';
+import { Host, type ChannelsInfo } from '../../services/host/host.ts';
 import type { BusChannelInfo } from '../../services/bus/index.ts';
-import { GUEST_LIBRARY, hexWords } from '../devices/harness.ts';
+import { hexWords } from '../devices/harness.ts';
 import { echoChecksum, echoClient, relayServer } from '../devices/channel-guest.ts';
-import { until } from './until.ts';
+import { guestImage, V1, V2, vmStopped } from './host-channel-kit.ts';
 
-const V1 = 0x0001_0000;
-const V2 = 0x0002_0000;
 const dir = mkdtempSync(join(tmpdir(), 'bv-host-channels-groups-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function image(name: string, program: string): string {
-  const path = join(dir, `${name}.s`);
-  writeFileSync(path, GUEST_LIBRARY + program);
-  return path;
-}
+const image = (name: string, program: string): string => guestImage(dir, name, program);
 
 describe('host: channels across worker threads', () => {
   const socket = join(dir, 'api.sock');
   let host: Host;
   let api: ApiServer;
   const call = <T = unknown>(method: string, path: string, body?: unknown) => apiRequest<T>(socket, method, path, body);
-  const stopped = (name: string) => until(`${name} to stop`, async () => {
-    const info = (await call<VmInfo>('GET', `/vms/${name}`)).body;
-    return info.exit !== null ? info : undefined;
-  }, 60_000);
+  const stopped = (name: string) => vmStopped(call, name);
   const packets = 300;
 
   beforeAll(async () => {

@@ -6,7 +6,7 @@
  * and the refusals: bad bodies (400), unknown channels (404), a VM created without a channel
  * device (409), bad configurations (ConfigError).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,30 +15,22 @@ import { apiRequest } from '../../services/host/client.ts';
 import { ConfigError, parseHostConfig } from '../../services/host/config.ts';
 import { Host, type ChannelsInfo, type HostStatsReport, type VmInfo } from '../../services/host/host.ts';
 import type { BusChannelInfo } from '../../services/bus/index.ts';
-import { GUEST_LIBRARY, hexWords } from '../devices/harness.ts';
+import { hexWords } from '../devices/harness.ts';
 import { echoChecksum, echoClient, relayServer } from '../devices/channel-guest.ts';
+import { guestImage, V1, V2, vmStopped } from './host-channel-kit.ts';
 import { until } from './until.ts';
 
-const V1 = 0x0001_0000;
-const V2 = 0x0002_0000;
 const dir = mkdtempSync(join(tmpdir(), 'bv-host-channels-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function image(name: string, program: string): string {
-  const path = join(dir, `${name}.s`);
-  writeFileSync(path, GUEST_LIBRARY + program);
-  return path;
-}
+const image = (name: string, program: string): string => guestImage(dir, name, program);
 
 describe('host: channels', () => {
   const socket = join(dir, 'api.sock');
   let host: Host;
   let api: ApiServer;
   const call = <T = unknown>(method: string, path: string, body?: unknown) => apiRequest<T>(socket, method, path, body);
-  const stopped = (name: string) => until(`${name} to stop`, async () => {
-    const info = (await call<VmInfo>('GET', `/vms/${name}`)).body;
-    return info.exit !== null ? info : undefined;
-  }, 60_000);
+  const stopped = (name: string) => vmStopped(call, name);
 
   beforeAll(async () => {
     api = await ApiServer.listen(socket);
