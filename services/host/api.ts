@@ -3,18 +3,19 @@
  * and Cloud Hypervisor (`curl --unix-socket PATH http://localhost/vms` works). docs/api.md
  * specifies every endpoint; later services add theirs with `ApiServer.route`.
  *
- * The server is on the host's own thread: requests are parsed by node:http as bytes arrive and
- * handled between the scheduler's slices, so a slow or half-open client holds only its socket,
- * never the guests. Bodies are limited in size, whole requests in time; malformed HTTP, JSON or
- * bodies are answered 400 with `{"fault_message": …}` and logged.
+ * HTTP is served on a thread of its own by default (api-thread.ts; api-http.ts is the front end):
+ * requests are parsed by node:http there as bytes arrive, so a slow or half-open client holds only
+ * its socket, never the guests, and the host's thread gets one message per whole request, which
+ * it handles between the scheduler's slices. Bodies are limited in size, whole requests in time;
+ * malformed HTTP, JSON or bodies are answered 400 with `{"fault_message": …}` and logged.
  */
-import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname } from 'node:path';
-import type { Socket } from 'node:net';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { Tier } from '../../kernel/index.ts';
+import { answerText, listenHttp, type HttpAnswer, type HttpFront, type HttpLimits } from './api-http.ts';
+import type { ApiThreadData, ApiThreadEvent, ApiThreadRequest } from './api-thread.ts';
+import { startModuleWorker } from './worker-group.ts';
 import { HostError, type BalloonUpdate, type Host, type MemoryPolicyUpdate, type MigrateRequest, type ReplicateRequest } from './host.ts';
 import { MEMORY_ERROR_REQUEST_SCHEMA, type MemoryErrorRequest } from '../recovery/requests.ts';
 import { checkJson, MAX_SHARES, MAX_STATS_INTERVAL_S, parseVmConfig, VM_CONFIG_SCHEMA, VM_NAME_PATTERN } from './config.ts';
@@ -51,6 +52,12 @@ export interface ApiServerOptions {
   requestTimeoutMs?: number;
   /** Receives one line per refused or failed request. */
   log?: (line: string) => void;
+  /**
+   * Serve HTTP on a thread of its own (default true, as Firecracker's API thread): connections,
+   * parsing and socket writes stay off the thread that runs the guests, which sees one message
+   * per request and runs only the handler. false: everything on the calling thread.
+   */
+  thread?: boolean;
 }
 
 interface Route {
@@ -66,10 +73,10 @@ interface Route {
 
 const DEFAULT_MAX_BODY = 64 * 1024;
 const DEFAULT_REQUEST_TIMEOUT = 10_000;
-/** Clients at once; more are refused at accept (a host is driven by a few operators). */
-const MAX_CONNECTIONS = 256;
 /** The longest Unix socket path: sun_path, 108 bytes on Linux (a NUL is not needed), 104 less a NUL elsewhere. */
 const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 108 : 103;
+/** How long the host's thread waits for the API thread to bind (it holds the process umask meanwhile). */
+const API_THREAD_BIND_WAIT_MS = 10_000;
 
 /** A refused socket path (in use, not a socket, cannot be created). */
 export class ApiSocketError extends BvError {
@@ -81,22 +88,21 @@ export class ApiSocketError extends BvError {
 /**
  * An HTTP server on a Unix socket with a route table. Create it with ApiServer.listen, add
  * routes (hostRoutes adds the host's), close it with close() (the socket file is removed).
+ * Handlers always run on the thread that called listen.
  */
 export class ApiServer {
   private readonly routes: Route[] = [];
-  private readonly sockets = new Set<Socket>();
-  private readonly maxBodyBytes: number;
   private readonly log: (line: string) => void;
+  /** The HTTP front end (on this thread or the API thread's proxy); set by listen. */
+  private front: HttpFront | null = null;
   /** Requests answered (any status). */
   requests = 0;
 
   private constructor(
-    private readonly server: Server,
     /** The socket this server listens on (removed by close()). */
     readonly socketPath: string,
     options: ApiServerOptions,
   ) {
-    this.maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
     this.log = options.log ?? (() => {});
   }
 
@@ -111,54 +117,96 @@ export class ApiServer {
       throw new ApiSocketError(`cannot listen on ${socketPath}: the path is ${length} bytes, longer than a Unix socket path may be (${MAX_SOCKET_PATH_BYTES} bytes)`);
     }
     await claimSocketPath(socketPath);
-    const timeout = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT;
-    // node checks the timeouts every connectionsCheckingInterval (30 s by default): check often
-    // enough that a stalled request is closed within a second of its timeout. A Unix socket has
-    // no host: a request without a Host header is served (node would answer it a bare 400, not
-    // the API's JSON fault).
-    const server = createServer({
-      requestTimeout: timeout, headersTimeout: timeout, connectionsCheckingInterval: Math.min(1_000, timeout), keepAliveTimeout: 5_000, maxHeaderSize: 16 * 1024,
-      requireHostHeader: false,
-    });
-    const api = new ApiServer(server, socketPath, options);
-    server.maxConnections = MAX_CONNECTIONS;
-    server.on('request', (request: IncomingMessage, response: ServerResponse) => api.serve(request, response));
-    server.on('connection', (socket: Socket) => {
-      api.sockets.add(socket);
-      socket.on('close', () => api.sockets.delete(socket));
-    });
-    server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
-      // A client that went away (EPIPE, ECONNRESET) did nothing wrong: just drop the connection.
-      if (error.code === 'EPIPE' || error.code === 'ECONNRESET') {
-        socket.destroy();
-        return;
-      }
-      // Malformed HTTP, an oversized header, a request that took too long: answer and hang up.
-      const status = error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-      api.log(`api: refused a malformed request (${error.code ?? error.message})`);
-      if (socket.writable) {
-        const body = JSON.stringify({ fault_message: status === 408 ? 'the request took too long' : status === 431 ? 'request headers too large' : `malformed HTTP request (${error.code ?? 'parse error'})` });
-        socket.end(`HTTP/1.1 ${status} ${status === 408 ? 'Request Timeout' : status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-      } else {
-        socket.destroy();
-      }
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (error) => {
-        // libuv reports a missing directory as EACCES: say what is wrong.
-        const why = existsSync(dirname(socketPath)) ? error.message : `the directory ${dirname(socketPath)} does not exist`;
-        reject(new ApiSocketError(`cannot listen on ${socketPath}: ${why}`, { cause: error }));
-      });
-      // The socket is created with mode 0600: only the host's user may connect.
-      const umask = process.umask(0o177);
-      try {
-        server.listen(socketPath, () => resolve());
-      } finally {
-        process.umask(umask);
-      }
-    });
-    chmodSync(socketPath, 0o600);
+    const limits = { maxBodyBytes: options.maxBodyBytes ?? DEFAULT_MAX_BODY, requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT };
+    const api = new ApiServer(socketPath, options);
+    try {
+      api.front = options.thread === false
+        ? await listenHttp(socketPath, limits, {
+          dispatch: (method, target, body) => api.dispatch(method, target, body),
+          answered: () => api.requests++,
+          log: (line) => api.log(line),
+        }, withSocketUmask)
+        : await api.listenOnThread(socketPath, limits);
+    } catch (error) {
+      throw new ApiSocketError(`cannot listen on ${socketPath}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    }
     return api;
+  }
+
+  /** Starts the API thread and has it bind `socketPath` (under the 0600 umask, held here meanwhile). */
+  private async listenOnThread(socketPath: string, limits: HttpLimits): Promise<HttpFront> {
+    const bound = new SharedArrayBuffer(4);
+    const data: ApiThreadData = { socketPath, ...limits, bound };
+    const entry = new URL(import.meta.url.endsWith('.ts') ? './api-thread.ts' : './api-thread.js', import.meta.url);
+    const worker = startModuleWorker(entry, { workerData: data });
+    const send = (message: ApiThreadRequest): void => worker.postMessage(message);
+    let settle: { resolve: () => void; reject: (error: Error) => void } | null = null;
+    let closed: (() => void) | null = null;
+    let ready: (() => void) | null = null;
+    let exited = false;
+    const listening = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+    worker.on('message', (event: ApiThreadEvent) => {
+      switch (event.type) {
+        case 'request':
+          void this.dispatch(event.method, event.target, event.body).then((answer) => send({ type: 'response', id: event.id, status: answer.status, text: answer.text }));
+          break;
+        case 'answered':
+          this.requests++;
+          break;
+        case 'log':
+          this.log(event.line);
+          break;
+        case 'ready':
+          ready?.();
+          break;
+        case 'listening':
+          settle?.resolve();
+          break;
+        case 'listen-error':
+          settle?.reject(new Error(event.message));
+          break;
+        case 'closed':
+          closed?.();
+          break;
+      }
+    });
+    worker.on('error', (error) => {
+      this.log(`api: the API thread failed: ${error.message}`);
+      settle?.reject(error);
+    });
+    worker.on('exit', () => {
+      exited = true;
+      settle?.reject(new Error('the API thread exited before it listened'));
+      closed?.();
+    });
+    // Binding is synchronous there; this thread holds the 0600 umask until it is done (no code
+    // of this thread runs meanwhile, so nothing else is created under it here), from the moment
+    // the thread has loaded and takes messages.
+    await new Promise<void>((resolve, reject) => {
+      ready = resolve;
+      worker.once('exit', () => reject(new Error('the API thread exited at start')));
+    });
+    const view = new Int32Array(bound);
+    withSocketUmask(() => {
+      send({ type: 'listen' });
+      Atomics.wait(view, 0, 0, API_THREAD_BIND_WAIT_MS);
+    });
+    try {
+      await listening;
+    } catch (error) {
+      await worker.terminate();
+      throw error;
+    }
+    return {
+      close: async () => {
+        if (exited) return;
+        await new Promise<void>((resolve) => {
+          closed = resolve;
+          send({ type: 'close' });
+        });
+        await worker.terminate();
+      },
+    };
   }
 
   /** Adds an endpoint. `pattern` is a path like `/vms/{name}/snapshot`; literal segments win over `{x}`. */
@@ -172,10 +220,7 @@ export class ApiServer {
 
   /** Stops listening, ends every connection and removes the socket file. */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      for (const socket of this.sockets) socket.destroy();
-    });
+    await this.front?.close();
     try {
       unlinkSync(this.socketPath);
     } catch {
@@ -183,41 +228,19 @@ export class ApiServer {
     }
   }
 
-  private serve(request: IncomingMessage, response: ServerResponse): void {
-    const declared = Number(request.headers['content-length'] ?? 0);
-    if (Number.isFinite(declared) && declared > this.maxBodyBytes) {
-      this.answer(response, 413, { fault_message: `the request body is ${declared} bytes; the limit is ${this.maxBodyBytes}` }, true);
-      request.resume();
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let refused = false;
-    request.on('data', (chunk: Buffer) => {
-      if (refused) return;
-      size += chunk.length;
-      if (size > this.maxBodyBytes) {
-        refused = true;
-        this.answer(response, 413, { fault_message: `the request body is over the limit of ${this.maxBodyBytes} bytes` }, true);
-        return;
-      }
-      chunks.push(chunk);
-    });
-    request.on('end', () => {
-      if (refused) return;
-      void this.dispatch(request, Buffer.concat(chunks).toString('utf8')).then(({ status, body }) => this.answer(response, status, body, false));
-    });
-    request.on('error', () => response.destroy());
+  /** Answers one request: finds the route, parses and checks the body, runs the handler; never rejects. */
+  private async dispatch(method: string, target: string, text: string): Promise<HttpAnswer> {
+    const { status, body } = await this.handle(method, target, text);
+    this.requests++;
+    return answerText(status, body);
   }
 
-  /** Finds the route, parses and checks the body, runs the handler; never throws. */
-  private async dispatch(request: IncomingMessage, text: string): Promise<ApiResponse> {
-    const method = request.method ?? 'GET';
+  private async handle(method: string, target: string, text: string): Promise<ApiResponse> {
     let url: URL;
     try {
-      url = new URL(request.url ?? '/', 'http://localhost');
+      url = new URL(target, 'http://localhost');
     } catch {
-      return this.fault(400, `malformed request target '${request.url}'`, method, request.url ?? '');
+      return this.fault(400, `malformed request target '${target}'`, method, target);
     }
     let segments: string[];
     try {
@@ -270,17 +293,15 @@ export class ApiServer {
     if (status >= 500 || status === 400) this.log(`api: ${method} ${path}: ${status} ${message}`);
     return { status, body: { fault_message: message } };
   }
+}
 
-  private answer(response: ServerResponse, status: number, body: unknown, close: boolean): void {
-    this.requests++;
-    if (response.headersSent || response.destroyed) return;
-    if (close) response.setHeader('Connection', 'close');
-    if (body === undefined || status === 204) {
-      response.writeHead(status === 200 ? 204 : status).end();
-      return;
-    }
-    const text = `${JSON.stringify(body)}\n`;
-    response.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) }).end(text);
+/** Runs `bind` with the process umask at 0177, so that the socket is 0600 from its first moment. */
+function withSocketUmask(bind: () => void): void {
+  const umask = process.umask(0o177);
+  try {
+    bind();
+  } finally {
+    process.umask(umask);
   }
 }
 

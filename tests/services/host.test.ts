@@ -3,7 +3,6 @@
  * real nanokernel guests, a real Unix socket, requests through the API client.
  */
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +12,7 @@ import { parseHostConfig } from '../../services/host/config.ts';
 import { Host, type HostInfo, type SnapshotResult, type VmInfo } from '../../services/host/host.ts';
 import type { ConsoleSlice } from '../../services/host/console-log.ts';
 import { REPO, runTool } from '../tools/child.ts';
+import { rawRequest } from './raw-request.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 
@@ -228,16 +228,3 @@ describe('the control API over a Unix socket', () => {
     expect(existsSync(file)).toBe(true);
   });
 });
-
-/** Writes raw bytes to the socket and collects everything until the server closes. */
-function rawRequest(socketPath: string, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const connection = createConnection(socketPath);
-    let answer = '';
-    connection.setEncoding('utf8');
-    connection.on('data', (chunk: string) => (answer += chunk));
-    connection.on('error', reject);
-    connection.on('close', () => resolve(answer));
-    connection.on('connect', () => connection.end(text));
-  });
-}
