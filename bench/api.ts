@@ -53,10 +53,17 @@ import { BenchError, cpuSince, loadNow, median, type Check } from './harness.ts'
 const KERNEL_SOURCE = fileURLToPath(new URL('../examples/nanokernel/kernel.s', import.meta.url));
 const CLIENT_SCRIPT = fileURLToPath(new URL('./api-client.ts', import.meta.url));
 
-/** Four VMs, each running the nanokernel's walker forever (PASSES 0): CPU-bound, never ending. */
+/**
+ * Four VMs, each running the nanokernel's walker forever (PASSES 0): CPU-bound, never ending.
+ * Random over 64 KiB each: the four working sets stay in the core's caches. With 4 MiB each
+ * (this bench until 2026-12-04) the four made 16 MiB of random accesses, the speed followed the
+ * last-level cache the machine's other tenants left (one 500 ms window to the next: 146 to 743
+ * MIPS, the same compiled code at ~4,950 instructions per entry throughout), and a 5 % cost
+ * could not be seen in it. One such VM alone ran at ~800 MIPS; four at ~150.
+ */
 const VM_COUNT = 4;
 const VM_MEMORY_MIB = 16;
-const PROGRAM = 'walker 4M random 0';
+const PROGRAM = 'walker 64K random 0';
 const POLL_HZ = 100;
 /** The second host's one worker group, holding all four VMs; not pinned (the kernel places its thread). */
 const GROUP = 'guests';
@@ -427,7 +434,7 @@ export async function measureApi(options: ApiOptions): Promise<ApiFigures> {
       await sleep(plan.switchSettleMs);
     };
 
-    // Warm-up, both hosts at once: the walkers fault in their 4 MiB and the interpreter is compiled (in each isolate).
+    // Warm-up, both hosts at once: the walkers fault in their pages and the interpreter is compiled (in each isolate).
     options.onStep?.('api: warm-up');
     await sleep(plan.warmupMs);
     checkRunning('after the warm-up');
