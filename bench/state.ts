@@ -574,6 +574,10 @@ function measureSnapshot(guest: StateGuest, dir: string, stamps: StampRecorder, 
   const baseline: StampedRun[] = [];
   let saved = { savedByWrites: 0, savedByTicker: 0 };
   interleave(options, 'live snapshot', ['baseline', 'snapshot'] as const, (side, timed) => {
+    // Untimed, first: the last round's 256 MiB file goes (the snapshot replaces no file). Its
+    // unlink frees the file's page cache, so it comes before the guest's stores, not between
+    // them and the pause.
+    if (side === 'snapshot') rmSync(path, { force: true });
     // Untimed: a store to every page, so the vCPU's TLB holds write entries again (a snapshot's
     // pause drops them) and every page was written since the last pass.
     guest.touchAll();
@@ -582,7 +586,6 @@ function measureSnapshot(guest: StateGuest, dir: string, stamps: StampRecorder, 
       if (timed) baseline.push(run);
       return;
     }
-    rmSync(path, { force: true });
     const { sample, value: snapshot } = measure(() => startLiveSnapshot(guest.vm, path));
     const run = stampedRun(guest, stamps, snapshot);
     if (!snapshot.done) {
