@@ -108,7 +108,7 @@ export interface MigrationBenchFigures {
    * both processes' time, each counted from its first byte to its end, the source guest's
    * running included (it shares the source's thread with the sender).
    */
-  twoProcesses: { copy: { bytes: number; wallMs: number; cpuMs: number; mibps: number }; precopy: { bytes: number; wallMs: number; cpuMs: number; mibps: number; downtimeMs: number | null; rounds: number; sourceGuestMs: number }; ratio: number; cpuRatio: number };
+  twoProcesses: { copy: { bytes: number; wallMs: number; cpuMs: number; mibps: number }; precopy: { bytes: number; wallMs: number; cpuMs: number; sourceCpuMs: number; mibps: number; downtimeMs: number | null; rounds: number; sourceGuestMs: number }; ratio: number; cpuRatio: number };
 }
 
 export function migrationStepCount(_options: MigrationOptions = {}): number {
@@ -352,7 +352,7 @@ async function precopyToProcess(files: { a: TlsFiles; b: TlsFiles }, guestBytes:
     if (result['ran'] !== true) throw new Error('bench/migration-peer.ts: the migrated guest did not run on the destination');
     const cpuMs = sourceCpuMs + Number(result['cpuMs']);
     return {
-      bytes: figures.bytes_sent, wallMs: round(wallMs), cpuMs: round(cpuMs), mibps: round(figures.bytes_sent / MIB / (wallMs / 1000), 1), downtimeMs: figures.downtime_ms,
+      bytes: figures.bytes_sent, wallMs: round(wallMs), cpuMs: round(cpuMs), sourceCpuMs: round(sourceCpuMs), mibps: round(figures.bytes_sent / MIB / (wallMs / 1000), 1), downtimeMs: figures.downtime_ms,
       rounds: figures.rounds + 1, sourceGuestMs: round(loop.guestMs - guestBefore),
     };
   } finally {
@@ -542,7 +542,7 @@ export function formatMigration(figures: MigrationBenchFigures): string[] {
     `    last page in ${ms(post.pushMs)} after the switch-over; total ${post.total.wallMs.toFixed(0)} ms (cpu ${post.total.cpuMs.toFixed(0)} ms)`,
     `  two processes (the destination in bench/migration-peer.ts; CPU = both processes):`,
     `    plain TLS copy ${figures.twoProcesses.copy.mibps} MiB/s (wall ${figures.twoProcesses.copy.wallMs.toFixed(0)} ms, cpu ${figures.twoProcesses.copy.cpuMs.toFixed(0)} ms)`,
-    `    pre-copy ${figures.twoProcesses.precopy.mibps} MiB/s (wall ${figures.twoProcesses.precopy.wallMs.toFixed(0)} ms, cpu ${figures.twoProcesses.precopy.cpuMs.toFixed(0)} ms of which the guest ${figures.twoProcesses.precopy.sourceGuestMs.toFixed(0)} ms, ${figures.twoProcesses.precopy.rounds} rounds, ${(figures.twoProcesses.precopy.bytes / MIB).toFixed(1)} MiB, downtime ${ms(figures.twoProcesses.precopy.downtimeMs)}) = ` +
+    `    pre-copy ${figures.twoProcesses.precopy.mibps} MiB/s (wall ${figures.twoProcesses.precopy.wallMs.toFixed(0)} ms, cpu ${figures.twoProcesses.precopy.cpuMs.toFixed(0)} ms: the source ${figures.twoProcesses.precopy.sourceCpuMs.toFixed(0)} of which the guest ${figures.twoProcesses.precopy.sourceGuestMs.toFixed(0)}, the destination ${(figures.twoProcesses.precopy.cpuMs - figures.twoProcesses.precopy.sourceCpuMs).toFixed(0)}, ${figures.twoProcesses.precopy.rounds} rounds, ${(figures.twoProcesses.precopy.bytes / MIB).toFixed(1)} MiB, downtime ${ms(figures.twoProcesses.precopy.downtimeMs)}) = ` +
       `${figures.twoProcesses.ratio} of the copy (by CPU time of both processes, the guest's included, ${figures.twoProcesses.cpuRatio})`,
   ];
 }
