@@ -435,7 +435,7 @@ function expectTranslationSection(translation: {
  */
 function expectApiSection(api: any): void {
   expect(Object.keys(api)).toEqual(['setup', 'latency', 'polling', 'scheduler', 'workerGroup']);
-  expect(api.setup).toMatchObject({ vms: 4, program: 'walker 4M random 0', pollHz: 100, windowMs: 150 });
+  expect(api.setup).toMatchObject({ vms: 4, program: 'walker 64K random 0', pollHz: 100, windowMs: 150 });
   expect(api.latency.map((l: any) => [l.client, l.connection, l.guests, l.requests])).toEqual([
     ['child process', 'new', 'running', 20],
     ['child process', 'keep-alive', 'running', 10],
