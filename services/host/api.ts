@@ -11,6 +11,7 @@
  */
 import { lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
+import type { Worker } from 'node:worker_threads';
 import { BvError } from '../../guest-isa/errors.ts';
 import type { Tier } from '../../kernel/index.ts';
 import { answerText, listenHttp, type HttpAnswer, type HttpFront, type HttpLimits } from './api-http.ts';
@@ -77,6 +78,8 @@ const DEFAULT_REQUEST_TIMEOUT = 10_000;
 const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 108 : 103;
 /** How long the host's thread waits for the API thread to bind (it holds the process umask meanwhile). */
 const API_THREAD_BIND_WAIT_MS = 10_000;
+/** An API thread that ends while serving is replaced at most this often a minute. */
+const API_THREAD_RESTARTS_PER_MINUTE = 5;
 
 /** A refused socket path (in use, not a socket, cannot be created). */
 export class ApiSocketError extends BvError {
@@ -95,6 +98,12 @@ export class ApiServer {
   private readonly log: (line: string) => void;
   /** The HTTP front end (on this thread or the API thread's proxy); set by listen. */
   private front: HttpFront | null = null;
+  /** The API thread (null: HTTP on the calling thread). */
+  private thread: Worker | null = null;
+  /** close() has been called: an API thread that ends is not restarted. */
+  private closing = false;
+  /** When the API thread was restarted (performance.now()), the last minute's. */
+  private restarts: number[] = [];
   /** Requests answered (any status). */
   requests = 0;
 
@@ -174,10 +183,13 @@ export class ApiServer {
       this.log(`api: the API thread failed: ${error.message}`);
       settle?.reject(error);
     });
-    worker.on('exit', () => {
+    let serving = false;
+    worker.on('exit', (code) => {
       exited = true;
       settle?.reject(new Error('the API thread exited before it listened'));
       closed?.();
+      // Died while serving (not closed): serve again, so the host stays reachable.
+      if (serving && !this.closing) void this.restartThread(socketPath, limits, code);
     });
     // Binding is synchronous there; this thread holds the 0600 umask until it is done (no code
     // of this thread runs meanwhile, so nothing else is created under it here), from the moment
@@ -197,6 +209,8 @@ export class ApiServer {
       await worker.terminate();
       throw error;
     }
+    serving = true;
+    this.thread = worker;
     return {
       close: async () => {
         if (exited) return;
@@ -207,6 +221,36 @@ export class ApiServer {
         await worker.terminate();
       },
     };
+  }
+
+  /**
+   * The API thread ended while serving (a failure in it: it runs only the HTTP front end). Its
+   * requests in flight are lost (their clients see the connection reset); a new thread listens on
+   * the same path, at most 5 times a minute, after which the API is no longer served (logged).
+   */
+  private async restartThread(socketPath: string, limits: HttpLimits, code: number): Promise<void> {
+    this.thread = null;
+    const now = performance.now();
+    this.restarts = this.restarts.filter((at) => now - at < 60_000);
+    if (this.restarts.length >= API_THREAD_RESTARTS_PER_MINUTE) {
+      this.log(`api: the API thread ended (exit code ${code}) for the ${API_THREAD_RESTARTS_PER_MINUTE + 1}th time in a minute; the API is no longer served on ${socketPath}`);
+      return;
+    }
+    this.restarts.push(now);
+    this.log(`api: the API thread ended (exit code ${code}); starting a new one on ${socketPath}`);
+    try {
+      await claimSocketPath(socketPath); // the dead thread's socket is stale now
+      const front = await this.listenOnThread(socketPath, limits);
+      if (this.closing) await front.close();
+      else this.front = front;
+    } catch (error) {
+      this.log(`api: could not serve on ${socketPath} again: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
+  /** @internal For tests: the API thread (null when HTTP runs on the calling thread). */
+  get apiThread(): Worker | null {
+    return this.thread;
   }
 
   /** Adds an endpoint. `pattern` is a path like `/vms/{name}/snapshot`; literal segments win over `{x}`. */
@@ -220,6 +264,7 @@ export class ApiServer {
 
   /** Stops listening, ends every connection and removes the socket file. */
   async close(): Promise<void> {
+    this.closing = true;
     await this.front?.close();
     try {
       unlinkSync(this.socketPath);

@@ -136,6 +136,29 @@ describe('the API on its own thread', () => {
     }
   });
 
+  it('replaces a thread that dies while serving, on the same socket, and says so', async () => {
+    const path = join(dir, 'restart.sock');
+    const log: string[] = [];
+    const api = await testServer(path, true, log);
+    try {
+      const first = api.apiThread!;
+      expect(statusAndBody(await rawRequest(path, 'GET /things/a HTTP/1.1\r\n\r\n')).status).toBe('HTTP/1.1 200 OK');
+      await first.terminate(); // as if it had failed
+      let answer = '';
+      for (let i = 0; i < 200 && !answer.startsWith('HTTP/1.1 200'); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 25));
+        answer = await rawRequest(path, 'GET /things/b HTTP/1.1\r\n\r\n').catch(() => '');
+      }
+      expect(statusAndBody(answer)).toEqual({ status: 'HTTP/1.1 200 OK', body: '{"name":"b","q":null}\n' });
+      expect(api.apiThread).not.toBe(first);
+      expect(statSync(path).mode & 0o777).toBe(0o600);
+      expect(log).toContainEqual(expect.stringMatching(/the API thread ended \(exit code 1\); starting a new one/));
+    } finally {
+      await api.close();
+    }
+    expect(existsSync(path)).toBe(false);
+  });
+
   it('ends its thread on close, and refuses a socket path as the calling thread does', async () => {
     const before = taskCount();
     const path = join(dir, 'close.sock');
