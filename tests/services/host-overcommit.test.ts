@@ -12,18 +12,13 @@ import { REPO } from '../tools/child.ts';
 import { assembleFile } from '../../guest-isa/assembler.ts';
 import { attachStandardDevices, CaptureSink } from '../../devices/index.ts';
 import { createHypervisor } from '../../kernel/index.ts';
+import { until } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+/** How long a wait may take here (loaded 2-core machines). */
+const WAIT_MS = 120_000;
+const waitUntil = <T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> => until(what, probe, WAIT_MS);
 
 describe('an overcommitted host', () => {
   it('reclaims through its memory scheduler: the balloon of the VM with cheap pages, and no VM runs out', async () => {
@@ -43,11 +38,11 @@ describe('an overcommitted host', () => {
     const host = await Host.start(spec);
     try {
       // 192 MiB promised on 48: a's heap first, then the two walkers want more than is free.
-      await until("a's heap to be done", () => (host.readConsole('a', 0, 1 << 20).data.includes('heap: ') ? true : undefined));
-      await until("a's first statistics", () => (host.balloonStatistics('a').free_memory !== undefined ? true : undefined));
+      await waitUntil("a's heap to be done", () => (host.readConsole('a', 0, 1 << 20).data.includes('heap: ') ? true : undefined));
+      await waitUntil("a's first statistics", () => (host.balloonStatistics('a').free_memory !== undefined ? true : undefined));
       host.resume('b');
       host.resume('c');
-      const stats = await until('the scheduler to balloon a', () => {
+      const stats = await waitUntil('the scheduler to balloon a', () => {
         const s = host.hostStats().memory_scheduler!;
         return s.counters.balloon_decisions > 0 && host.vmInfo('b').instructions > 20_000_000 && host.vmInfo('c').instructions > 20_000_000 ? s : undefined;
       });

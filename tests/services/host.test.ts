@@ -13,6 +13,7 @@ import { Host, type HostInfo, type SnapshotResult, type VmInfo } from '../../ser
 import type { ConsoleSlice } from '../../services/host/console-log.ts';
 import { REPO, runTool } from '../tools/child.ts';
 import { rawRequest } from './raw-request.ts';
+import { until } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 
@@ -20,15 +21,9 @@ function vmConfig(name: string, bootArgs: string, extra: Record<string, unknown>
   return { name, image: KERNEL, memory_mib: 32, vcpus: 1, boot_args: bootArgs, ...extra };
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** How long a wait may take here (loaded 2-core machines). */
+const WAIT_MS = 60_000;
+const waitUntil = <T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> => until(what, probe, WAIT_MS);
 
 describe('a host of three nanokernel VMs', () => {
   const programs = { a: 'sieve 20000', b: 'crc32 30000', c: 'walker 1M seq 2 ping 2' };
@@ -107,7 +102,7 @@ describe('the control API over a Unix socket', () => {
     expect(created.status).toBe(201);
     expect(created.body).toMatchObject({ name: 'worker', state: 'Running', config: { memory_mib: 96 } });
     // Its own pages, not the host's total (the other VMs hold frames too).
-    await until('the walker to touch its memory', async () => ((await call<{ memory: { pages_present: number } }>('GET', '/vms/worker/stats')).body.memory.pages_present > 12_300 ? true : undefined));
+    await waitUntil('the walker to touch its memory', async () => ((await call<{ memory: { pages_present: number } }>('GET', '/vms/worker/stats')).body.memory.pages_present > 12_300 ? true : undefined));
 
     const paused = await call<VmInfo>('PATCH', '/vms/worker', { state: 'Paused' });
     expect(paused.body.state).toBe('Paused');
@@ -117,7 +112,7 @@ describe('the control API over a Unix socket', () => {
     expect((await call('PATCH', '/vms/worker', { state: 'Paused' })).status).toBe(409);
 
     expect((await call<VmInfo>('PATCH', '/vms/worker', { state: 'Resumed' })).body.state).toBe('Running');
-    await until('the instruction count to move', async () => ((await call<VmInfo>('GET', '/vms/worker')).body.instructions > at ? true : undefined));
+    await waitUntil('the instruction count to move', async () => ((await call<VmInfo>('GET', '/vms/worker')).body.instructions > at ? true : undefined));
 
     const before = (await call<HostInfo>('GET', '/host')).body;
     expect((await call('DELETE', '/vms/worker')).status).toBe(204);
@@ -139,7 +134,7 @@ describe('the control API over a Unix socket', () => {
     expect(restored.status).toBe(201);
     expect(restored.body).toMatchObject({ name: 'spin2', state: 'Running', origin: { kind: 'checkpoint', path }, restore: { mode: 'lazy' } });
     const start = restored.body.instructions;
-    await until('the restored VM to run', async () => ((await call<VmInfo>('GET', '/vms/spin2')).body.instructions > start ? true : undefined));
+    await waitUntil('the restored VM to run', async () => ((await call<VmInfo>('GET', '/vms/spin2')).body.instructions > start ? true : undefined));
 
     const child = await call<VmInfo>('PUT', '/vms/spin/fork', { name: 'spin-child' });
     expect(child.status).toBe(201);
@@ -147,7 +142,7 @@ describe('the control API over a Unix socket', () => {
     // The child continues from the parent's state, counters included.
     const forkedAt = child.body.instructions;
     expect(forkedAt).toBeGreaterThan(0);
-    await until('the fork to run', async () => ((await call<VmInfo>('GET', '/vms/spin-child')).body.instructions > forkedAt ? true : undefined));
+    await waitUntil('the fork to run', async () => ((await call<VmInfo>('GET', '/vms/spin-child')).body.instructions > forkedAt ? true : undefined));
 
     for (const name of ['spin2', 'spin-child']) expect((await call('DELETE', `/vms/${name}`)).status).toBe(204);
   });
@@ -162,10 +157,10 @@ describe('the control API over a Unix socket', () => {
   it('feeds console input to a guest that reads it, and reads its output from an offset', async () => {
     const created = await call<VmInfo>('PUT', '/vms/reader', { image: KERNEL, memory_mib: 16, boot_args: 'wc' });
     expect(created.status).toBe(201);
-    await until('the guest to wait for input', async () => ((await call<VmInfo>('GET', '/vms/reader')).body.waiting_for_input ? true : undefined));
+    await waitUntil('the guest to wait for input', async () => ((await call<VmInfo>('GET', '/vms/reader')).body.waiting_for_input ? true : undefined));
     expect((await call('PUT', '/vms/reader/console', { data: 'one two\nthree\n' })).status).toBe(204);
     expect((await call('PUT', '/vms/reader/console', { eof: true })).status).toBe(204);
-    const done = await until('the guest to stop', async () => {
+    const done = await waitUntil('the guest to stop', async () => {
       const info = (await call<VmInfo>('GET', '/vms/reader')).body;
       return info.state === 'Stopped' ? info : undefined;
     });

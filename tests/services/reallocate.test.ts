@@ -13,19 +13,14 @@ import { parseHostConfig } from '../../services/host/config.ts';
 import { Host } from '../../services/host/host.ts';
 import { PageState } from '../../kernel/index.ts';
 import { REPO } from '../tools/child.ts';
+import { until } from './until.ts';
 
 const KERNEL = join(REPO, 'examples/nanokernel/kernel.s');
 const PAGES_PER_MIB = 256;
 
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** How long a wait may take here (loaded 2-core machines). */
+const WAIT_MS = 90_000;
+const waitUntil = <T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> => until(what, probe, WAIT_MS);
 
 describe('POST /host/reallocate', () => {
   let dir: string;
@@ -58,8 +53,8 @@ describe('POST /host/reallocate', () => {
   it('moves frames from one VM to the other without a copy; host frames stay flat', async () => {
     const a = host.vm('a');
     const b = host.vm('b');
-    await until('a to free its heap', () => (host.readConsole('a', 0, 1 << 20).data.includes('heap: ') ? true : undefined));
-    await until("b's balloon to fill", () => (host.balloon('b').actual_pages === 32 * PAGES_PER_MIB ? true : undefined));
+    await waitUntil('a to free its heap', () => (host.readConsole('a', 0, 1 << 20).data.includes('heap: ') ? true : undefined));
+    await waitUntil("b's balloon to fill", () => (host.balloon('b').actual_pages === 32 * PAGES_PER_MIB ? true : undefined));
     const before = host.info().frames_used;
     const bPresentBefore = b.memory.census().present;
 
@@ -67,7 +62,7 @@ describe('POST /host/reallocate', () => {
     expect(answer.status).toBe(202);
     expect(answer.body).toMatchObject({ from: 'a', to: 'b', pages: 16 * PAGES_PER_MIB, state: 'running' });
 
-    const done = await until('the reallocation to finish', () => {
+    const done = await waitUntil('the reallocation to finish', () => {
       const status = host.info().reallocations.at(-1)!;
       return status.state === 'done' ? status : undefined;
     });

@@ -1,7 +1,7 @@
 /** Polling for tests that drive a running host: waits until `probe` gives a value. */
 
 /** Calls `probe` every 50 ms until it returns something other than undefined; throws after `timeoutMs`. */
-export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+export async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
