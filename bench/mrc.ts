@@ -141,6 +141,8 @@ export interface MrcBenchOptions {
   tracker?: Pick<MissRateCurveOptions, 'hotPages' | 'censusInstructions'>;
   /** Skip the slowdown runs (accuracy and sizing only). */
   skipSlowdown?: boolean;
+  /** Only the workloads whose name starts with this (all when absent). */
+  only?: string;
   onStep?: (label: string) => void;
 }
 
@@ -295,7 +297,9 @@ export function measureMrcSlowdown(workload: MrcWorkload, runs: number, warmups:
 
 /** Runs the three measurements. */
 export function measureMrc(options: MrcBenchOptions = {}): MrcFigures {
-  const workloads = options.quick ? MRC_WORKLOADS.quick : MRC_WORKLOADS.full;
+  const all = options.quick ? MRC_WORKLOADS.quick : MRC_WORKLOADS.full;
+  const workloads = options.only === undefined ? all : all.filter((w) => w.name.startsWith(options.only!));
+  if (workloads.length === 0) throw new BenchError('BV_BENCH', `no MRC workload's name starts with '${options.only}' (${all.map((w) => w.name).join('; ')})`);
   const accuracy: MrcAccuracyRow[] = [];
   const sizing: MrcSizingRow[] = [];
   for (const workload of workloads) {
