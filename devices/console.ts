@@ -280,6 +280,23 @@ export class ConsoleDevice implements MmioDevice {
     return total;
   }
 
+  /** A copy of the input not yet read by the guest (a host moving the VM carries it along). */
+  pendingInput(): Uint8Array {
+    const bytes = new Uint8Array(this.pendingInputBytes);
+    let at = 0;
+    for (let i = 0; i < this.inputChunks.length; i++) {
+      const chunk = i === 0 ? this.inputChunks[0]!.subarray(this.inputOffset) : this.inputChunks[i]!;
+      bytes.set(chunk, at);
+      at += chunk.length;
+    }
+    return bytes;
+  }
+
+  /** Whether the host closed the input (closeInput): no more may be pushed. */
+  get inputClosed(): boolean {
+    return this.inputClosedByHost;
+  }
+
   /** Whether input bytes are waiting to be read by the guest (STATUS.INPUT_AVAILABLE). */
   get inputAvailable(): boolean {
     return this.inputChunks.length > 0;

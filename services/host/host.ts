@@ -15,7 +15,7 @@ import { BvError } from '../../guest-isa/errors.ts';
 import { loadGuestFile } from '../../guest-isa/index.ts';
 import type { GuestImage } from '../../guest-isa/image-types.ts';
 import {
-  attachStandardDevices, savedBlockDisk, savedBlockMode, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type StandardDeviceOptions, type StandardDevices,
+  attachStandardDevices, savedBlockDisk, savedBlockMode, savedBootArgs, type BalloonDevice, type BalloonOptions, type BlockDevice, type ConsoleDevice, type StandardDeviceOptions, type StandardDevices,
 } from '../../devices/index.ts';
 import {
   createHypervisor, HOST_MEMORY_WAIT_REASON, IDLE_FOREVER, OutOfHostMemoryError, type FrameHandle, type Hypervisor, type RunResult, type Vm, type VmConfig, type Tier,
@@ -1913,6 +1913,8 @@ export class Host {
       ...(request.timeout_s === undefined ? {} : { timeoutS: request.timeout_s }),
       mode,
       disk: m.devices.block,
+      // Taken at the switch-over, the guest paused: input sent to it but not yet read goes along.
+      extra: () => carriedConsoleInput(m.devices.console),
       onSwitchedOver: () => this.log(`vm ${name}: runs on ${request.destination} now (post-copy); pushing the pages it lacks`),
     };
     const sender = guard(() => new PrecopySender(m.vm, channel, {
@@ -2384,9 +2386,11 @@ export class Host {
         reserved = name;
         return vm;
       },
-      start: () => {
+      start: (_vm, decoded) => {
         this.incomingNames.delete(reserved!);
         this.add(incoming!);
+        const problem = applyCarriedConsoleInput(incoming!.devices.console, decoded.extra);
+        if (problem !== null) this.log(`vm ${incoming!.name}: ${problem} (from ${from})`);
       },
       block: () => incoming?.devices.block ?? null,
       findPostcopy: (name) => this.brokenPostcopies.get(name) ?? this.completedPostcopy(name),
@@ -3075,4 +3079,32 @@ export function describeExit(exit: VmExit): string {
 
 function round3(value: number): number {
   return Math.round(value * 1000) / 1000;
+}
+
+/** What a migration carries of the console: the input the guest has not read yet, and whether it was closed. */
+function carriedConsoleInput(console: ConsoleDevice): JsonObject {
+  const pending = console.pendingInput();
+  const carried: JsonObject = {};
+  if (pending.length > 0) carried.console_input = Buffer.from(pending.buffer, pending.byteOffset, pending.length).toString('base64');
+  if (console.inputClosed) carried.console_input_closed = true;
+  return carried;
+}
+
+/**
+ * Gives a migrated VM's console the input its source had not delivered (carriedConsoleInput).
+ * Returns what was wrong with it (ignored, the VM runs on), or null.
+ */
+function applyCarriedConsoleInput(console: ConsoleDevice, extra: JsonObject | null): string | null {
+  if (extra === null) return null;
+  const { console_input: input, console_input_closed: closed } = extra;
+  if ((input !== undefined && (typeof input !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(input))) || (closed !== undefined && closed !== true)) {
+    return 'ignored the console input the source sent: not base64 text and a closed flag';
+  }
+  try {
+    if (input !== undefined && input.length > 0) console.pushInput(new Uint8Array(Buffer.from(input, 'base64')));
+    if (closed === true) console.closeInput();
+  } catch (error) {
+    return `could not give the guest the console input the source sent: ${(error as Error).message}`;
+  }
+  return null;
 }

@@ -134,8 +134,11 @@ export interface SendOptions {
   autoConverge?: boolean;
   /** Opaque data for the destination's host to attach the same devices (boot args, disk, balloon…). */
   attach?: JsonObject;
-  /** Caller data carried in the state (like a checkpoint's CONFIG.extra). */
-  extra?: JsonObject;
+  /**
+   * Caller data carried in the state (like a checkpoint's CONFIG.extra); a function is called when
+   * the state is taken, with the VM paused (for what changes while it runs, e.g. pending input).
+   */
+  extra?: JsonObject | (() => JsonObject);
   /** Told of each round as it ends. */
   onRound?: (round: RoundFigures) => void;
   /**
@@ -699,6 +702,12 @@ export class PrecopySender {
     }
   }
 
+  /** The caller's extra data for the state, taken now. */
+  #extra(): JsonObject | undefined {
+    const extra = this.#options.extra;
+    return typeof extra === 'function' ? extra() : extra;
+  }
+
   /** Sends one round: every page (round 0) or `pages`, yielding to the guests as it goes. */
   async #sendRound(round: number, pages: number[] | null, deadline: number): Promise<RoundFigures> {
     const started = performance.now();
@@ -843,7 +852,7 @@ export class PrecopySender {
     await flush();
     this.figures.final_pages = figures.pages + figures.zeroPages;
     await this.#sendDisk(false, true, Infinity);
-    const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
+    const contents = vmCheckpointContents(vm, vm.captureState(), this.#extra());
     const payload = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
     this.ambiguous = true; // from here the destination may end up running the VM
     await this.#channel.send(MigrationFrame.STATE, payload);
@@ -896,7 +905,7 @@ export class PrecopySender {
     this.#pushed = new Uint8Array(this.#pageCount);
     await this.#channel.send(MigrationFrame.REMOTE, encodeGpns(remote));
     await this.#sendDisk(false, true, Infinity);
-    const contents = vmCheckpointContents(vm, vm.captureState(), this.#options.extra);
+    const contents = vmCheckpointContents(vm, vm.captureState(), this.#extra());
     this.ambiguous = true; // from here the destination may end up running the VM
     await this.#channel.send(MigrationFrame.STATE, encodeState(contents.config, contents.cpus, encodeDevices(contents.devices)));
     const requested: number[] = [];
