@@ -2166,6 +2166,8 @@ export class Host {
       // awaits, so the VM is paused for the capture without a state change.
       sender = guard(() => new ReplicationSender(m.vm, channel, { pause: () => {}, resume: () => {} }, {
         intervalMs: request.interval_ms ?? 100, attach: this.attachOf(m), disk: m.devices.block,
+        // The console input not read at the epoch: a failover gives it to the guest again.
+        extra: () => carriedConsoleInput(m.devices.console),
         onCapture: (epoch) => gate?.onCapture(epoch),
         onCommitted: (epoch) => {
           gate?.onCommitted(epoch);
@@ -2229,7 +2231,11 @@ export class Host {
         return made.vm;
       },
       block: () => made?.devices.block ?? null,
-      start: () => this.add(made!),
+      start: (_vm, decoded) => {
+        this.add(made!);
+        const problem = applyCarriedConsoleInput(made!.devices.console, decoded.extra);
+        if (problem !== null) this.log(`vm ${name}: ${problem} (the replica from ${entry.from})`);
+      },
       discard: (vm) => {
         made?.devices.console.stop();
         made?.devices.block?.close();
@@ -3098,13 +3104,13 @@ function applyCarriedConsoleInput(console: ConsoleDevice, extra: JsonObject | nu
   if (extra === null) return null;
   const { console_input: input, console_input_closed: closed } = extra;
   if ((input !== undefined && (typeof input !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(input))) || (closed !== undefined && closed !== true)) {
-    return 'ignored the console input the source sent: not base64 text and a closed flag';
+    return 'ignored the console input carried with the VM: not base64 text and a closed flag';
   }
   try {
     if (input !== undefined && input.length > 0) console.pushInput(new Uint8Array(Buffer.from(input, 'base64')));
     if (closed === true) console.closeInput();
   } catch (error) {
-    return `could not give the guest the console input the source sent: ${(error as Error).message}`;
+    return `could not give the guest the console input carried with it: ${(error as Error).message}`;
   }
   return null;
 }

@@ -75,8 +75,8 @@ export interface ReplicateOptions {
   pagesPerFrame?: number;
   /** Opaque data for the backup's host to attach the same devices. */
   attach?: JsonObject;
-  /** Caller data carried in the state. */
-  extra?: JsonObject;
+  /** Caller data carried in the state; a function is called at each epoch's capture, the VM paused. */
+  extra?: JsonObject | (() => JsonObject);
   /** Told of each epoch right after its capture, the VM still paused (tests: the oracle's reference point). */
   onCapture?: (epoch: number, instructions: number) => void;
   /** Told of each epoch once the backup committed it. */
@@ -390,7 +390,8 @@ export class ReplicationSender {
       } finally {
         if (device) device.unsealedSave = false;
       }
-      const contents = vmCheckpointContents(vm, captured, this.#options.extra);
+      const extra = this.#options.extra;
+      const contents = vmCheckpointContents(vm, captured, typeof extra === 'function' ? extra() : extra);
       const state = encodeState(contents.config, contents.cpus, encodeDevices(contents.devices));
       const instructions = vm.instructionsRetired;
       this.#options.onCapture?.(epoch, instructions);

@@ -1,7 +1,7 @@
 /**
  * Console input a guest has not read yet moves with its VM (two Host objects in one process,
  * plain TCP on loopback): `wc` on the source is paused with input and the end of input waiting,
- * migrated, and counts exactly that input on the destination.
+ * migrated (or replicated and failed over), and counts exactly that input on the other host.
  */
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
@@ -39,4 +39,27 @@ describe('console input and migration', () => {
       }
     }, 120_000);
   }
+
+  it('replication: input pending at the last epoch reaches the guest when the replica is activated', async () => {
+    const source = await Host.start(parseHostConfig({ vms: [{ name: 'w', image: KERNEL, memory_mib: 16, boot_args: 'wc' }], migration: { insecure: true, name: 'primary' } }));
+    const backup = await Host.start(parseHostConfig({ vms: [], migration: { insecure: true, name: 'backup' } }));
+    try {
+      const { listening } = await backup.receiveMigrations('127.0.0.1:0');
+      if (listening === null) throw new Error('the backup does not listen');
+      await until('wc to wait for input', async () => (source.vmInfo('w').waiting_for_input ? true : undefined), 60_000);
+      source.pause('w');
+      source.sendInput('w', 'alpha beta\ngamma\n', true);
+      const started = await source.replicate('w', { destination: listening, interval_ms: 20 });
+      expect(started.committed_epoch).not.toBeNull();
+      await until('two more epochs', async () => (source.vmReplication('w').epochs >= 3 ? true : undefined), 30_000);
+      await source.stopReplication('w');
+      backup.activateReplica('w');
+      await until('wc to finish on the backup', async () => (backup.vmInfo('w').state === 'Stopped' ? true : undefined), 30_000);
+      expect(backup.vmInfo('w').exit).toEqual({ kind: 'halted', exit_code: 0 });
+      expect(backup.readConsole('w', 0, 1 << 20).data).toContain('wc: 2 lines, 3 words, 17 bytes');
+    } finally {
+      await source.close();
+      await backup.close();
+    }
+  }, 120_000);
 });
