@@ -25,6 +25,14 @@ export interface RunOptions {
   maxInstructions?: number;
   /** Instructions per vCPU slice (default 20,000). */
   quantum?: number;
+  /**
+   * End a VM's run with `timer-wait` when its vCPUs only waited for their timer in a round (wfi
+   * skipped virtual time to the deadline; none did other work): a host can then run it again
+   * after some host time instead of spinning through an idle guest's timer ticks as fast as it
+   * can (default false: virtual time is skipped and the run goes on). Guest-visible results are
+   * the same either way.
+   */
+  yieldOnTimerWait?: boolean;
 }
 
 /** How one VM's part of a Hypervisor.run or runAsync call ended. */
@@ -43,6 +51,9 @@ export interface RunResult {
   } | {
     /** Every vCPU waits (wfi) and no device can wake it. */
     kind: 'idle';
+  } | {
+    /** With RunOptions.yieldOnTimerWait: the vCPUs waited for their timer (virtual time skipped to it); run it again later. */
+    kind: 'timer-wait';
   };
   /** Instructions this VM retired during the call, over all its vCPUs. */
   instructions: number;
@@ -409,12 +420,17 @@ export class Hypervisor {
     const quantum = options.quantum ?? 20_000;
     const maxInstructions = options.maxInstructions ?? Infinity;
     if (vm.stopCode !== StopCode.RUNNING) return vm.stopReason;
+    const yieldOnTimerWait = options.yieldOnTimerWait === true;
+    // With yieldOnTimerWait: whether every vCPU that ran ended its slice on a timer wait.
+    let timerWaits = 0;
+    let others = 0;
     for (const vcpu of vm.vcpus) {
       if (vm.stopCode !== StopCode.RUNNING) break;
       if (vcpu.waiting) {
         if (!vcpu.wakeable) continue;
         vcpu.finishWait();
       }
+      vcpu.endSliceOnTimerWait = yieldOnTimerWait;
       const remaining = maxInstructions - (vm.instructionsRetired - start);
       if (remaining <= 0) return { kind: 'budget' };
       try {
@@ -429,6 +445,8 @@ export class Hypervisor {
           this.#sliceMs += performance.now() - started;
         }
         if (end === SliceEnd.VM_STOP) break;
+        if (end === SliceEnd.TIMER_WAIT) timerWaits++;
+        else if (end !== SliceEnd.WAITING) others++;
       } catch (error) {
         // A page-table walk through a page the guest may not touch is the guest's fault.
         if (error instanceof GuestAccessError) vm.guestError(vcpu, error.message);
@@ -448,6 +466,7 @@ export class Hypervisor {
     // A waiting vCPU takes no virtual time (SPEC.md): if every vCPU waits and none can wake,
     // only something outside the guest (console input) can ever resume it.
     if (vm.vcpus.every((v) => v.waiting && !v.wakeable)) return { kind: 'idle' };
+    if (timerWaits > 0 && others === 0) return { kind: 'timer-wait' };
     return null;
   }
 }

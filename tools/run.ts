@@ -438,7 +438,8 @@ function describeEnding(run: GuestRun, signal: StopSignal | null): Ending {
       if (reason.reason === SIGNAL_PAUSE && signal !== null) return interrupted(signal, `after ${formatCount(run.instructions)} instructions`);
       return { kind: 'paused', code: RunExitCode.HOST_ERROR, message: `host error: the VM was paused (${reason.reason})` };
     case 'running':
-      return { kind: 'running', code: RunExitCode.HOST_ERROR, message: 'host error: the run ended while the VM was still running' };
+    case 'timer-wait': // (only with RunOptions.yieldOnTimerWait, which the run loop never sets)
+      return { kind: reason.kind, code: RunExitCode.HOST_ERROR, message: 'host error: the run ended while the VM was still running' };
   }
 }
 

@@ -40,6 +40,8 @@ export const SliceEnd = {
   WAITING: 2,
   /** The VM was asked to stop (power off, guest error, host request). */
   VM_STOP: 3,
+  /** wfi skipped virtual time to the timer deadline and retired, with `endSliceOnTimerWait` set. */
+  TIMER_WAIT: 4,
 } as const;
 
 /** Slow-path results. */
@@ -185,6 +187,12 @@ export class Vcpu {
   timerDeadline = Infinity;
   /** Waiting in wfi. */
   waiting = false;
+  /**
+   * @internal End the slice (SliceEnd.TIMER_WAIT) after a wfi that skipped virtual time to the
+   * timer deadline, so the run returns and its caller can pace an idle guest in host time
+   * (RunOptions.yieldOnTimerWait). What the guest computes is unchanged.
+   */
+  endSliceOnTimerWait = false;
   /** Called before each instruction while set (slow: the loop single-steps); null = no tracing. */
   tracer: TraceHook | null = null;
 
@@ -1073,14 +1081,16 @@ export class Vcpu {
         // With the timer enabled and a deadline set, waiting skips virtual time to the deadline;
         // waiting for anything else takes no time and ends when that event arrives, at which
         // point the wfi executes again and retires (SPEC.md "Wait for interrupt").
+        let skipped = false;
         if (!this.wakeable && (this.ie & TIMER_BIT) !== 0 && this.timerDeadline !== Infinity && this.timerDeadline > this.clock) {
           this.clock = this.timerDeadline;
           this.stats.waits++;
+          skipped = true;
         }
         if (this.wakeable) {
           this.pc = next;
           this.systemRetired = 1;
-          return 0;
+          return skipped && this.endSliceOnTimerWait ? SliceEnd.TIMER_WAIT : 0;
         }
         this.waiting = true;
         this.stats.waits++;

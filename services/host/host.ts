@@ -636,6 +636,12 @@ const MAX_REALLOCATIONS_KEPT = 16;
 
 /** How often a host with nothing else to run looks for stream input of a waiting VM. */
 const INPUT_POLL_MS = 5;
+/**
+ * A VM whose vCPUs only waited for their timer in its turn (an idle guest's periodic tick: wfi
+ * skips virtual time to the deadline) runs again after this much host time at the soonest, so
+ * that idle guests neither spin a core nor take the turns of busy ones.
+ */
+const IDLE_TICK_MS = 1;
 
 /** Names that are API paths under /vms and so cannot name a VM. */
 const RESERVED_NAMES = new Set(['restore']);
@@ -645,6 +651,8 @@ class HostedVm {
   state: HostedVmState;
   exit: VmExit | null = null;
   waitingForInput = false;
+  /** performance.now() before which the scheduler skips it: its last turn ended on a timer wait (IDLE_TICK_MS). */
+  idleUntil = 0;
   budgetLeft: number;
   readonly createdAt = performance.now();
   /** A live snapshot in progress and the request waiting for it. */
@@ -2856,9 +2864,16 @@ export class Host {
     while (!this.closed) {
       let ran = 0;
       let waiting = 0;
+      /** The soonest idleUntil among the VMs skipped for it (Infinity: none). */
+      let idleNext = Infinity;
+      const now = performance.now();
       for (const m of this.machines.values()) {
         if (this.closed) break;
         if (m.state !== 'Running') continue;
+        if (m.idleUntil > now) {
+          idleNext = Math.min(idleNext, m.idleUntil);
+          continue;
+        }
         if (m.throttle > 0) {
           // Auto-converge: the VM gets 1 − throttle of its turns while it is being migrated.
           m.throttleCredit += 1 - m.throttle;
@@ -2906,7 +2921,9 @@ export class Host {
         // every few ms while a VM waits for input that may come from a stream).
         await new Promise<void>((resolve) => {
           this.wake = resolve;
-          if (waiting > 0 || blocked > 0) setTimeout(resolve, INPUT_POLL_MS);
+          const pollMs = waiting > 0 || blocked > 0 ? INPUT_POLL_MS : Infinity;
+          const idleMs = idleNext === Infinity ? Infinity : Math.max(0, idleNext - performance.now());
+          if (pollMs !== Infinity || idleMs !== Infinity) setTimeout(resolve, Math.min(pollMs, idleMs));
         });
         this.wake = null;
         lastYield = performance.now();
@@ -2919,7 +2936,7 @@ export class Host {
     const budget = Math.min(this.settings.sliceInstructions, m.budgetLeft);
     let result: RunResult;
     try {
-      [result] = this.hv.run({ maxInstructions: budget, quantum: this.settings.quantum }, [m.vm]) as [RunResult];
+      [result] = this.hv.run({ maxInstructions: budget, quantum: this.settings.quantum, yieldOnTimerWait: true }, [m.vm]) as [RunResult];
     } catch (error) {
       this.stop(m, { kind: 'host-error', message: error instanceof Error ? error.message : String(error) });
       return;
@@ -2933,6 +2950,11 @@ export class Host {
       case 'idle':
         if (this.hv.externalWakeSources.has(m.vm)) m.waitingForInput = true;
         else this.stop(m, { kind: 'idle', message: IDLE_FOREVER });
+        break;
+      case 'timer-wait':
+        // An idle guest's timer tick: its next comes after some host time, not at once.
+        m.idleUntil = performance.now() + IDLE_TICK_MS;
+        if (m.budgetLeft <= 0) this.stop(m, { kind: 'budget', message: `stopped after max_instructions` });
         break;
       case 'paused':
         // A reset request (devices/power.ts) is carried out here; any other pause is a service's.

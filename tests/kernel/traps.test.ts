@@ -639,6 +639,52 @@ describe('wfi (SPEC.md §8.4)', () => {
     expect(regs[Reg.S1]! + 1 - regs[Reg.S2]!).toBe(deadline - (regs[Reg.S0]! + 1));
   });
 
+  it('with RunOptions.yieldOnTimerWait a run returns timer-wait after each skip of time, and the guest ends exactly as without it', () => {
+    // Five timer waits (a stand-in timer: a write to offset 0 sets the deadline), work between them.
+    const source = inSupervisor(`
+        li t0, ${1 << Irq.TIMER}
+        csrrw zero, ie, t0
+        li s1, ${hex(0xf000_1000)}
+        li s0, 5
+1:      csrrs t0, time, zero
+        li t1, 10000
+        add t0, t0, t1
+        sw t0, 0(s1)
+        wfi
+        addi s2, s2, 7
+        mul s2, s2, s0
+        addi s0, s0, -1
+        bne s0, zero, 1b
+        csrrs s3, time, zero
+        csrrs a3, instret, zero
+        exiti 0`);
+    const ends = (yieldOnTimerWait: boolean): { kinds: string[]; regs: number[]; waits: number } => {
+      const guest = boot(source);
+      guest.vm.attachDevice({ type: 2, name: 'stand-in timer' }, {
+        read: () => 0,
+        write: (vcpu, offset, value) => {
+          if (offset === 0) vcpu.timerDeadline = value >>> 0;
+          return true;
+        },
+      });
+      const kinds: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        const result = guest.run({ maxInstructions: 100_000, yieldOnTimerWait });
+        kinds.push(result.reason.kind);
+        if (result.reason.kind !== 'timer-wait') break;
+      }
+      const regs = guest.vcpu().regs;
+      return { kinds, regs: [Reg.S2, Reg.S3, Reg.A3].map((r) => regs[r]!), waits: guest.vcpu().stats.waits };
+    };
+    const plain = ends(false);
+    const paced = ends(true);
+    expect(plain.kinds).toEqual(['halted']);
+    expect(paced.kinds).toEqual(['timer-wait', 'timer-wait', 'timer-wait', 'timer-wait', 'timer-wait', 'halted']);
+    expect(paced.regs).toEqual(plain.regs);
+    expect(paced.waits).toBe(5);
+    expect(plain.regs[1]).toBeGreaterThan(50_000); // TIME went past five deadlines
+  });
+
   it('with SIE = 1 the timer interrupt is taken after wfi, with epc = the next instruction', () => {
     const guest = boot(inSupervisor(`
         li t0, ${1 << Irq.TIMER}
