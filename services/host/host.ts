@@ -637,11 +637,13 @@ const MAX_REALLOCATIONS_KEPT = 16;
 /** How often a host with nothing else to run looks for stream input of a waiting VM. */
 const INPUT_POLL_MS = 5;
 /**
- * A VM whose vCPUs only waited for their timer in its turn (an idle guest's periodic tick: wfi
- * skips virtual time to the deadline) runs again after this much host time at the soonest, so
- * that idle guests neither spin a core nor take the turns of busy ones.
+ * A VM whose turn did little but wait for its timer (an idle guest's periodic tick: wfi skips
+ * virtual time to the deadline) runs again after this much host time at the soonest, so that
+ * idle guests neither spin a core nor take the turns of busy ones.
  */
 const IDLE_TICK_MS = 1;
+/** "Little": fewer instructions than this in the turn (the nanokernel's idle tick is ~200). A guest that works between its waits is not held back. */
+const IDLE_TURN_INSTRUCTIONS = 5_000;
 
 /** Names that are API paths under /vms and so cannot name a VM. */
 const RESERVED_NAMES = new Set(['restore']);
@@ -2953,7 +2955,7 @@ export class Host {
         break;
       case 'timer-wait':
         // An idle guest's timer tick: its next comes after some host time, not at once.
-        m.idleUntil = performance.now() + IDLE_TICK_MS;
+        if (result.instructions < IDLE_TURN_INSTRUCTIONS) m.idleUntil = performance.now() + IDLE_TICK_MS;
         if (m.budgetLeft <= 0) this.stop(m, { kind: 'budget', message: `stopped after max_instructions` });
         break;
       case 'paused':
