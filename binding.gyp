@@ -18,6 +18,9 @@
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "NODE_ADDON_API_CPP_EXCEPTIONS",
+        # A worker thread stopped in the middle of an addon call: the error node-addon-api then
+        # cannot throw into the dying environment is dropped instead of aborting the process.
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         "_GNU_SOURCE"
       ],
       "cflags!": [
