@@ -27,6 +27,23 @@ const PAGE_BYTES = 4096;
  */
 const CENSUS_BUDGET = 2048;
 const MIB_PAGES = (1 << 20) / PAGE_BYTES;
+/**
+ * What the activity census knows of a page (docs/mrc.md#post-stratification-by-activity), bits:
+ * seen in use in the current (or, once it ended, the last) window, in the one before, used at
+ * all since the tracker started (a covered page is watched until its first use), covered.
+ */
+const SEEN_NOW = 1;
+const SEEN_BEFORE = 2;
+const SEEN_EVER = 4;
+const COVERED = 8;
+/** Activity classes, least active first: never used, used but not in the last window, in the last only, in the last two. */
+const ACTIVITY_CLASSES = 4;
+/** The fewest sampled pages a group of classes is weighed by. */
+const MIN_GROUP_SAMPLED = 4;
+/** The class of a page's SEEN_* bits. */
+function activityClass(bits: number): number {
+  return (bits & SEEN_NOW) !== 0 ? ((bits & SEEN_BEFORE) !== 0 ? 3 : 2) : (bits & SEEN_EVER) !== 0 ? 1 : 0;
+}
 
 /** What a tracker watches: a VM's memory, or a replayed trace (TraceReplay). */
 export interface AccessWatchSource {
@@ -73,6 +90,15 @@ export interface MissRateCurveOptions {
   hotPages?: number;
   /** Instructions from one census to the next (the first is at the first tick). Default 50,000,000. */
   censusInstructions?: number;
+  /**
+   * Fraction of guest pages the activity census watches (docs/mrc.md#post-stratification-by-activity):
+   * a hashed superset of the sample (the same hash under a higher threshold), watched for one quiet
+   * time every `activityInstructions`; the pages it sees in use re-weigh the sampled pages in use
+   * and the others. In [rate, 1], or 0 for none. Default min(1, 3 × rate); none at rate 1 or with quietInstructions 0.
+   */
+  activityRate?: number;
+  /** Instructions from one activity window to the next (the first is at the first tick). Default 16 × quietInstructions. */
+  activityInstructions?: number;
 }
 
 /** The curve, JSON-friendly (GET /vms/{name}/mrc). `miss_ratio[i]` is the estimate at `sizes_pages[i]` pages. */
@@ -123,8 +149,20 @@ export interface MissRateCurveReport {
   hot_pages_max: number;
   /** Censuses completed (each: two quiet times of watching the pages outside the sample). */
   censuses: number;
+  /** Censuses skipped: the sample said more than twice as many pages were in use in the last quiet time as a census window may see (the stratum is emptied instead). */
+  censuses_skipped: number;
   /** References of hot-stratum pages counted (after aging; each stands for one reference). */
   hot_references: number;
+  /** Fraction of guest pages the activity census watches (0: none). */
+  activity_rate: number;
+  /** Activity windows completed. */
+  activity_windows: number;
+  /** Pages (outside the hot stratum) the last activity window estimates in use in a quiet time. */
+  active_pages: number;
+  /** Guest pages each sampled page in use (seen in the last window) stands for; guest pages ÷ sampled pages without the census. */
+  active_weight: number;
+  /** Guest pages each other sampled page stands for. */
+  idle_weight: number;
 }
 
 /** A bad MissRateCurve option. */
@@ -158,43 +196,75 @@ function thresholdOf(rate: number): number {
 
 /**
  * Stack distances with a Fenwick tree over logical time: each counted item's last reference time
- * holds a 1; the distance of a new reference is the number of 1s after the item's previous time.
+ * holds a mark of the item's weight (1 unless given); the distance of a new reference is the sum
+ * of the marks after the item's previous time (with weights 1: the distinct other items since).
  * Items from `counted` on are *uncounted*: their references get distances, but they hold no mark,
  * so they never add to another item's distance (the tracker's hot pages outside the sample).
  * Times are renumbered when they run out.
  */
 class StackDistances {
-  private tree: Int32Array;
+  private tree: Float64Array;
   private readonly lastTime: Int32Array;
+  /** Per counted item: the weight its mark holds. */
+  private readonly weight: Float64Array;
   private now = 0;
   /** Counted items referenced at least once. */
   seen = 0;
+  /** Sum of the marks (the weights of the counted items referenced at least once). */
+  marked = 0;
 
   constructor(readonly items: number, readonly counted = items) {
-    this.tree = new Int32Array(Math.max(64, 2 * items + 16) + 1);
+    this.tree = new Float64Array(Math.max(64, 2 * items + 16) + 1);
     this.lastTime = new Int32Array(items).fill(-1);
+    this.weight = new Float64Array(counted).fill(1);
   }
 
-  /** References `item`: returns its distance (distinct other counted items since its last reference), or -1 the first time. */
+  /** References `item`: returns its distance (the marks of the other counted items since its last reference), or -1 the first time. */
   reference(item: number): number {
     if (this.now + 1 >= this.tree.length) this.compact();
     const previous = this.lastTime[item]!;
     const counted = item < this.counted;
     let distance = -1;
     if (previous >= 0) {
-      distance = this.prefix(this.now) - this.prefix(previous + 1);
-      if (counted) this.add(previous + 1, -1);
+      distance = Math.max(0, this.prefix(this.now) - this.prefix(previous + 1));
+      if (counted) this.add(previous + 1, -this.weight[item]!);
     } else if (counted) {
       this.seen++;
+      this.marked += this.weight[item]!;
     }
-    if (counted) this.add(this.now + 1, 1);
+    if (counted) this.add(this.now + 1, this.weight[item]!);
     this.lastTime[item] = this.now++;
     return distance;
   }
 
-  /** Forgets an uncounted item (its next reference is a first one). */
+  /** Sets counted `item`'s weight, moving its mark (if it has one) to the new weight. */
+  reweigh(item: number, weight: number): void {
+    const old = this.weight[item]!;
+    if (old === weight) return;
+    this.weight[item] = weight;
+    const time = this.lastTime[item]!;
+    if (time >= 0) {
+      this.add(time + 1, weight - old);
+      this.marked += weight - old;
+    }
+  }
+
+  /** Items below `limit` referenced at least once. O(limit). */
+  seenBelow(limit: number): number {
+    let count = 0;
+    for (let item = 0; item < limit; item++) if (this.lastTime[item]! >= 0) count++;
+    return count;
+  }
+
+  /** Forgets an item (its next reference is a first one), removing its mark if it has one. */
   forget(item: number): void {
-    if (item >= this.counted) this.lastTime[item] = -1;
+    const time = this.lastTime[item]!;
+    if (time >= 0 && item < this.counted) {
+      this.add(time + 1, -this.weight[item]!);
+      this.marked -= this.weight[item]!;
+      this.seen--;
+    }
+    this.lastTime[item] = -1;
   }
 
   clear(): void {
@@ -202,6 +272,7 @@ class StackDistances {
     this.lastTime.fill(-1);
     this.now = 0;
     this.seen = 0;
+    this.marked = 0;
   }
 
   /** Sum of the marks at positions 1..i. */
@@ -225,7 +296,7 @@ class StackDistances {
     this.tree.fill(0);
     for (let t = 0; t < live.length; t++) {
       this.lastTime[live[t]!] = t;
-      if (live[t]! < this.counted) this.add(t + 1, 1);
+      if (live[t]! < this.counted) this.add(t + 1, this.weight[live[t]!]!);
     }
     this.now = live.length;
   }
@@ -402,6 +473,10 @@ export class MissRateCurve {
   readonly hotPagesMax: number;
   /** Instructions from one census to the next. */
   readonly censusInstructions: number;
+  /** Fraction of guest pages the activity census watches (0: none). */
+  readonly activityRate: number;
+  /** Instructions from one activity window to the next. */
+  readonly activityInstructions: number;
   private readonly source: AccessWatchSource;
   private readonly watcherId: number;
   /** Per guest page: its slot (sampled pages 0…n-1, hot pages outside the sample n…), or -1. */
@@ -429,10 +504,20 @@ export class MissRateCurve {
   private waitHead = 0;
   private waitCount = 0;
   private readonly armBuffer: Int32Array;
-  /** histogram[d]: weighted references of sampled pages with sampled stack distance d (one sampled reference weighs 1). */
+  /**
+   * histogram[k]: weighted references whose estimated stack distance e (in guest pages) falls in
+   * granule k, ⌊e ÷ (guest pages ÷ sampled pages)⌋ (the curve's resolution: one sampled page); the
+   * last bucket holds e ≥ guest pages. A sampled page's reference weighs its share (1: guest pages
+   * ÷ sampled pages), a hot page's density (it stands for itself).
+   */
   private readonly histogram: Float64Array;
-  /** hotHistogram[d]: weighted references of hot pages outside the sample with sampled stack distance d. */
-  private readonly hotHistogram: Float64Array;
+  /** distanceSum[k]: the weighted sum of those references' estimated distances (their mean is where the granule's references start to hit). */
+  private readonly distanceSum: Float64Array;
+  /**
+   * Per slot: the sampled page's share, in units of guest pages ÷ sampled pages (1 unless the
+   * activity census re-weighed it): its references' weight and its mark in the stack.
+   */
+  private readonly slotWeight: Float64Array;
   private cold = 0;
   private total = 0;
   private hotTotal = 0;
@@ -460,6 +545,24 @@ export class MissRateCurve {
   private censusCut = false;
   private censusWindowEnd = 0;
   private nextCensus: number;
+  // The activity census (empty arrays when it is off).
+  /** The pages the activity census covers (a hashed superset of the sample), ascending. */
+  private readonly activityGpns: Int32Array;
+  /** Per guest page: 1 once used in the current activity window. */
+  private readonly activeSeen: Uint8Array;
+  private nextActivity: number;
+  /** Activity windows completed. */
+  activityWindows = 0;
+  /** Pages (outside the hot stratum) the last activity window estimates in use in a quiet time. */
+  activePages = 0;
+  /** Guest pages each sampled page seen in use in the last window stands for. */
+  activeWeight: number;
+  /** Guest pages each sampled page seen in an earlier window but not the last stands for. */
+  idleWeight: number;
+  private readonly classCovered = new Float64Array(ACTIVITY_CLASSES);
+  private readonly classSampled = new Float64Array(ACTIVITY_CLASSES);
+  private readonly classGroup = new Int32Array(ACTIVITY_CLASSES);
+  private readonly classWeight = new Float64Array(ACTIVITY_CLASSES);
   /** tick() calls so far. */
   ticks = 0;
   /** Aging steps applied since the tracker was created or last reset. */
@@ -468,6 +571,8 @@ export class MissRateCurve {
   dropped = 0;
   /** Censuses completed. */
   censuses = 0;
+  /** Censuses not run because the sample said far more pages were in use in the last quiet time than a census window may see (the stratum was emptied instead). */
+  censusesSkipped = 0;
   /** Pages in the hot stratum now. */
   hotPages = 0;
   private lastClock = 0;
@@ -490,6 +595,14 @@ export class MissRateCurve {
     if (options.hotPages !== undefined && !(Number.isInteger(options.hotPages) && options.hotPages >= 0)) {
       throw new MrcError(`hotPages must be an integer ≥ 0, not ${options.hotPages}`);
     }
+    // "In use" means used within a quiet time: without one (every access a reference) there is no census.
+    const activityRate = options.activityRate ?? (rate >= 1 || quiet === 0 ? 0 : Math.min(1, 3 * rate));
+    if (!(activityRate === 0 || (activityRate >= rate && activityRate <= 1))) {
+      throw new MrcError(`activityRate must be 0 or in [rate, 1] = [${rate}, 1], not ${activityRate}`);
+    }
+    if (activityRate > 0 && quiet === 0) throw new MrcError('activityRate needs a quietInstructions > 0 (its windows last one quiet time)');
+    const activityEvery = options.activityInstructions ?? Math.max(1, 16 * quiet);
+    if (!(Number.isFinite(activityEvery) && activityEvery > 0)) throw new MrcError(`activityInstructions must be > 0, not ${activityEvery}`);
     this.rate = rate;
     this.seed = seed | 0;
     this.hash = hash;
@@ -497,22 +610,35 @@ export class MissRateCurve {
     this.agingInstructions = aging;
     this.decay = decay;
     this.censusInstructions = census;
+    this.activityInstructions = activityEvery;
     this.keepTrace = options.keepTrace ?? false;
     this.source = 'memory' in target ? vmSource(target) : target;
     this.pageCount = this.source.pageCount;
 
     const threshold = thresholdOf(rate);
+    // The activity census covers the pages hashed under its own, higher threshold: the sample and more.
+    const activityThreshold = thresholdOf(activityRate);
     this.slotOf = new Int32Array(this.pageCount).fill(-1);
     const sampled: number[] = [];
+    const covered: number[] = [];
     for (let gpn = 0; gpn < this.pageCount; gpn++) {
-      if (mrcPageHash(gpn, this.seed, hash) < threshold) {
+      const h = mrcPageHash(gpn, this.seed, hash);
+      if (h < threshold) {
         this.slotOf[gpn] = sampled.length;
         sampled.push(gpn);
       }
+      if (h < activityThreshold) covered.push(gpn);
     }
     this.sampledGpns = Int32Array.from(sampled);
     const n = sampled.length;
     this.scale = n === 0 ? 1 : this.pageCount / n;
+    // Useless when it would cover no more than the sample, or everything is sampled.
+    const activityOn = activityRate > 0 && n > 0 && n < this.pageCount && covered.length > n;
+    this.activityRate = activityOn ? activityRate : 0;
+    this.activityGpns = activityOn ? Int32Array.from(covered) : new Int32Array(0);
+    this.activeSeen = new Uint8Array(activityOn ? this.pageCount : 0);
+    this.activeWeight = this.scale;
+    this.idleWeight = this.scale;
     // No census when nothing or everything is sampled (at rate 1 every page is watched anyway).
     const hotMax = n === 0 || n === this.pageCount ? 0 : Math.min(this.pageCount - n, options.hotPages ?? Math.min(n, Math.floor(this.scale)));
     this.hotPagesMax = hotMax;
@@ -525,7 +651,9 @@ export class MissRateCurve {
     this.freeHot = new Int32Array(hotMax);
     for (let i = 0; i < hotMax; i++) this.freeHot[i] = slots - 1 - i;
     this.freeHotCount = hotMax;
-    this.stack = new StackDistances(slots, n);
+    // With the activity census every page stands for what it is worth, hot pages for themselves:
+    // their marks count (one page each). Without it, hot pages outside the sample hold none.
+    this.stack = new StackDistances(slots, activityOn ? slots : n);
     this.firedSlot = new Int32Array(slots);
     this.firedClock = new Float64Array(slots);
     // Each live slot is in the ring at most once; a freed hot slot may leave one stale entry.
@@ -533,17 +661,44 @@ export class MissRateCurve {
     this.waitSlot = new Int32Array(ring);
     this.waitGeneration = new Uint32Array(ring);
     this.waitDue = new Float64Array(ring);
-    this.armBuffer = new Int32Array(Math.max(slots, hotMax > 0 ? this.pageCount : 0));
-    this.histogram = new Float64Array(n + 1);
-    this.hotHistogram = new Float64Array(n + 1);
-    this.censusArmed = new Uint8Array(hotMax > 0 ? this.pageCount : 0);
+    const anyCensus = hotMax > 0 || activityOn;
+    this.armBuffer = new Int32Array(Math.max(slots, anyCensus ? this.pageCount : 0));
+    this.histogram = new Float64Array(n + 2);
+    this.distanceSum = new Float64Array(n + 2);
+    this.slotWeight = new Float64Array(slots).fill(1);
+    this.censusArmed = new Uint8Array(anyCensus ? this.pageCount : 0);
     this.touched = new Uint8Array(hotMax > 0 ? this.pageCount : 0);
-    this.censusList = new Int32Array(hotMax > 0 ? this.pageCount : 0);
+    this.censusList = new Int32Array(anyCensus ? this.pageCount : 0);
     this.lastClock = this.source.clock;
     this.lastAging = this.lastClock;
     this.nextCensus = this.lastClock;
+    this.nextActivity = this.lastClock;
     this.watcherId = this.source.addAccessWatcher(this.onAccess);
     this.source.armAccessWatch(this.watcherId, this.sampledGpns);
+    if (activityOn) {
+      // The covered pages outside the sample are watched until their first use.
+      let count = 0;
+      for (let i = 0; i < this.activityGpns.length; i++) {
+        const gpn = this.activityGpns[i]!;
+        this.activeSeen[gpn] = COVERED;
+        if (this.slotOf[gpn]! < 0) this.censusList[count++] = gpn;
+      }
+      this.source.armAccessWatch(this.watcherId, this.censusList, count);
+    }
+  }
+
+  /**
+   * A hot page's share in the stack (guest pages ÷ sampled pages = 1): with the activity census
+   * itself alone (density), the sampled pages standing for every other page; without it, a
+   * sampled hot page keeps its share (1) and the others hold no mark.
+   */
+  private get hotShare(): number {
+    return this.activityGpns.length > 0 ? 1 / this.scale : 1;
+  }
+
+  /** Whether `gpn` is a covered page outside the sample that was never used (watched for its first use). */
+  private awaitsFirstUse(gpn: number): boolean {
+    return gpn < this.activeSeen.length && (this.activeSeen[gpn]! & (COVERED | SEEN_EVER)) === COVERED && this.slotOf[gpn]! < 0;
   }
 
   /**
@@ -552,20 +707,30 @@ export class MissRateCurve {
    * of pages, the census's remaining watches are disarmed here (no shootdown is involved).
    */
   private readonly onAccess = (gpn: number): void => {
-    if (this.censusOpen && gpn < this.touched.length) {
+    let firstUse = false;
+    if (gpn < this.activeSeen.length) {
+      const bits = this.activeSeen[gpn]!;
+      if ((bits & COVERED) !== 0) {
+        firstUse = (bits & SEEN_EVER) === 0 && this.slotOf[gpn]! < 0;
+        this.activeSeen[gpn] = bits | SEEN_EVER | (this.censusOpen && this.censusPhase === 3 ? SEEN_NOW : 0);
+      }
+    }
+    if (this.censusOpen && gpn < this.pageCount && this.censusPhase !== 3) {
       if (this.censusPhase === 1) this.touched[gpn] = 1;
       else if (this.touched[gpn] === 1) this.touched[gpn] = 2;
     }
     if (gpn < this.censusArmed.length && this.censusArmed[gpn] === 1) {
       // A census sighting: the page was outside the sample or waiting out its quiet time.
       this.censusArmed[gpn] = 0;
-      if (this.censusOpen && ++this.censusSightings >= CENSUS_BUDGET) {
+      // The activity census is bounded by the pages it covers; the hot census by its budget.
+      if (this.censusOpen && this.censusPhase !== 3 && ++this.censusSightings >= CENSUS_BUDGET) {
         this.censusCut = true;
         this.closeCensusWindow();
       }
       return;
     }
     const slot = gpn < this.slotOf.length ? this.slotOf[gpn]! : -1;
+    if (firstUse) return; // a covered page's first use: recorded above
     if (slot < 0 || this.fired >= this.firedSlot.length) {
       this.dropped++;
       return;
@@ -578,6 +743,18 @@ export class MissRateCurve {
   /** Sampled pages. */
   get sampledPages(): number {
     return this.sampledGpns.length;
+  }
+
+  /** Pages the activity census covers (the sample included; 0 when it is off). */
+  get coveredPages(): number {
+    return this.activityGpns.length;
+  }
+
+  /** Covered pages outside the sample not used yet (each watched until its first use). */
+  get pagesAwaitingFirstUse(): number {
+    let count = 0;
+    for (let i = 0; i < this.activityGpns.length; i++) if (this.awaitsFirstUse(this.activityGpns[i]!)) count++;
+    return count;
   }
 
   /** The pages in the hot stratum now, ascending. */
@@ -599,17 +776,28 @@ export class MissRateCurve {
     this.lastClock = now;
     const histogram = this.histogram;
     const n = this.sampledGpns.length;
-    const density = 1 / this.scale;
+    const golden = this.hash === 'golden';
+    const scale = this.scale;
+    const density = 1 / scale;
+    const pages = this.pageCount;
     // 1. The references, in the order the guest made them.
     const size = this.waitSlot.length;
     for (let i = 0; i < this.fired; i++) {
       const slot = this.firedSlot[i]!;
+      // The shares of the other sampled pages referenced since this one's last reference.
       const distance = this.stack.reference(slot);
-      // A sampled page stands for 1 ÷ density pages (weight 1 here); a hot page for itself.
-      const weight = this.hotSlot[slot] === 1 ? density : 1;
+      // A sampled page's reference weighs its share (1: guest pages ÷ sampled pages, unless the
+      // activity census re-weighed it); a hot page's stands for itself (density).
+      const weight = this.hotSlot[slot] === 1 ? density : this.slotWeight[slot]!;
       if (distance < 0) this.cold += weight;
-      else if (slot < n) histogram[distance]! += weight;
-      else this.hotHistogram[distance]! += weight;
+      else {
+        // In guest pages; with the golden hash the page itself stands for its share of them too (docs/mrc.md).
+        const estimate = !golden ? distance * scale : slot < n ? (distance + this.slotWeight[slot]!) * scale - 1 : (distance + 0.5) * scale;
+        const clamped = estimate < 0 ? 0 : estimate > pages ? pages : estimate;
+        const bucket = Math.floor(clamped * density);
+        histogram[bucket]! += weight;
+        this.distanceSum[bucket]! += weight * clamped;
+      }
       this.total += weight;
       if (this.hotSlot[slot] === 1) this.hotTotal += weight;
       if (this.keepTrace && slot < n) this.appendTrace(this.gpnOfSlot[slot]!);
@@ -625,7 +813,8 @@ export class MissRateCurve {
     let secondWindow = false;
     if (this.censusPhase !== 0 && now >= this.censusWindowEnd) {
       this.closeCensusWindow();
-      if (this.censusPhase === 1 && !this.censusCut) secondWindow = true;
+      if (this.censusPhase === 3) this.finishActivityWindow();
+      else if (this.censusPhase === 1 && !this.censusCut) secondWindow = true;
       else this.finishCensus();
     }
     // 3. Arm again what has been quiet long enough (the ring is in reference order, so in due order).
@@ -643,20 +832,31 @@ export class MissRateCurve {
       this.waitCount--;
     }
     if (arm > 0) this.source.armAccessWatch(this.watcherId, this.armBuffer, arm);
-    // 4. Start a census window.
+    // 4. Start a census window (one at a time: the two share the census's watches).
     if (secondWindow) this.openCensusWindow(2, now);
-    else if (this.hotPagesMax > 0 && this.censusPhase === 0 && now >= this.nextCensus) {
-      this.nextCensus = now + this.censusInstructions;
-      this.openCensusWindow(1, now);
+    else if (this.censusPhase === 0) {
+      const activityDue = this.activityGpns.length > 0 && now >= this.nextActivity;
+      if (this.hotPagesMax > 0 && now >= this.nextCensus) {
+        this.nextCensus = now + this.censusInstructions;
+        // The sampled pages referenced in the last quiet time (those waiting out theirs) say how
+        // many pages are in use. Far more than a census window may see: it would be cut (and the
+        // stratum emptied) after CENSUS_BUDGET sightings, so do that without the sightings.
+        if (this.waitCount * this.scale > 2 * CENSUS_BUDGET) this.finishCensus(true);
+        else this.openCensusWindow(1, now);
+      }
+      if (this.censusPhase === 0 && activityDue) {
+        this.nextActivity = now + this.activityInstructions;
+        this.openCensusWindow(3, now);
+      }
     }
     // 5. Aging.
     if (this.agingInstructions > 0 && now - this.lastAging >= this.agingInstructions) {
       const steps = Math.floor((now - this.lastAging) / this.agingInstructions);
       this.lastAging += steps * this.agingInstructions;
       const factor = this.decay ** steps;
-      for (let d = 0; d < histogram.length; d++) {
-        histogram[d]! *= factor;
-        this.hotHistogram[d]! *= factor;
+      for (let k = 0; k < histogram.length; k++) {
+        histogram[k]! *= factor;
+        this.distanceSum[k]! *= factor;
       }
       this.cold *= factor;
       this.total *= factor;
@@ -670,11 +870,24 @@ export class MissRateCurve {
    * stratum, or waiting out its quiet time); window 2 only those seen in window 1. A watched
    * page's reference is its sighting.
    */
-  private openCensusWindow(phase: 1 | 2, now: number): void {
+  private openCensusWindow(phase: 1 | 2 | 3, now: number): void {
     const touched = this.touched;
     if (phase === 1) touched.fill(0);
     let count = 0;
-    for (let gpn = 0; gpn < this.pageCount; gpn++) {
+    if (phase === 3) {
+      const covered = this.activityGpns;
+      for (let i = 0; i < covered.length; i++) {
+        const gpn = covered[i]!;
+        const bits = this.activeSeen[gpn]!;
+        this.activeSeen[gpn] = (bits & (SEEN_EVER | COVERED)) | ((bits & SEEN_NOW) !== 0 ? SEEN_BEFORE : 0);
+        const slot = this.slotOf[gpn]!;
+        if (slot >= 0 && this.waiting[slot] === 0) continue; // armed: its reference is the sighting
+        if (this.awaitsFirstUse(gpn)) continue; // armed: its first use is the sighting
+        this.censusArmed[gpn] = 1;
+        this.censusList[count++] = gpn;
+      }
+    }
+    for (let gpn = 0; phase !== 3 && gpn < this.pageCount; gpn++) {
       if (phase === 2 && touched[gpn] !== 1) continue;
       const slot = this.slotOf[gpn]!;
       if (slot >= 0 && this.waiting[slot] === 0) continue; // armed: its reference is the sighting
@@ -698,6 +911,7 @@ export class MissRateCurve {
       const gpn = this.censusList[i]!;
       if (this.censusArmed[gpn] !== 1) continue;
       this.censusArmed[gpn] = 0;
+      if (this.awaitsFirstUse(gpn)) continue; // stays watched for its first use
       this.censusList[left++] = gpn;
     }
     this.censusListLength = 0;
@@ -705,13 +919,84 @@ export class MissRateCurve {
   }
 
   /**
+   * Post-stratification by activity (docs/mrc.md#post-stratification-by-activity): the covered
+   * pages seen in use in the window estimate how many guest pages (outside the hot stratum) were
+   * in use; the sampled pages in use stand for that many, the others for the rest. The weights
+   * hold until the next window, in the references counted and in the stack's marks.
+   */
+  private finishActivityWindow(): void {
+    this.censusPhase = 0;
+    this.activityWindows++;
+    const covered = this.activityGpns;
+    const seen = this.activeSeen;
+    // Per class: covered pages, and sampled pages among them.
+    const coveredIn = this.classCovered;
+    const sampledIn = this.classSampled;
+    coveredIn.fill(0);
+    sampledIn.fill(0);
+    let coveredCount = 0;
+    for (let i = 0; i < covered.length; i++) {
+      const gpn = covered[i]!;
+      const slot = this.slotOf[gpn]!;
+      if (slot >= 0 && this.hotSlot[slot] === 1) continue; // counted exactly
+      const k = activityClass(seen[gpn]!);
+      coveredIn[k]!++;
+      coveredCount++;
+      if (slot >= 0) sampledIn[k]!++;
+    }
+    // A class the sample holds few pages of cannot be weighed on its own (one or two sampled pages
+    // would each stand for the whole class): consecutive classes, least active first, are grouped
+    // until each group holds MIN_GROUP_SAMPLED sampled pages; a last group short of them joins the
+    // one before (with fewer sampled pages than that in all, one group: every sampled page stands for an equal share).
+    const group = this.classGroup;
+    let groups = 0;
+    let open = 0;
+    for (let k = 0; k < ACTIVITY_CLASSES; k++) {
+      group[k] = groups;
+      open += sampledIn[k]!;
+      if (open >= MIN_GROUP_SAMPLED) {
+        groups++;
+        open = 0;
+      }
+    }
+    if (groups === 0) groups = 1;
+    for (let k = 0; k < ACTIVITY_CLASSES; k++) if (group[k]! >= groups) group[k] = groups - 1;
+    const population = this.pageCount - this.hotPages;
+    const weights = this.classWeight;
+    for (let k = 0; k < ACTIVITY_CLASSES; k++) {
+      let coveredInGroup = 0;
+      let sampledInGroup = 0;
+      for (let j = 0; j < ACTIVITY_CLASSES; j++) {
+        if (group[j] !== group[k]) continue;
+        coveredInGroup += coveredIn[j]!;
+        sampledInGroup += sampledIn[j]!;
+      }
+      // The group's estimated guest pages, shared by its sampled pages.
+      // (In shares: 1 is guest pages ÷ sampled pages.)
+      weights[k] = coveredCount === 0 || sampledInGroup === 0 ? 1 : (coveredInGroup * population) / coveredCount / sampledInGroup / this.scale;
+    }
+    this.activePages = coveredCount === 0 ? 0 : ((coveredIn[2]! + coveredIn[3]!) * population) / coveredCount;
+    this.activeWeight = weights[3]! * this.scale;
+    this.idleWeight = weights[1]! * this.scale;
+    const n = this.sampledGpns.length;
+    for (let slot = 0; slot < n; slot++) {
+      const weight = this.hotSlot[slot] === 1 ? this.hotShare : weights[activityClass(seen[this.gpnOfSlot[slot]!]!)]!;
+      this.slotWeight[slot] = weight;
+      this.stack.reweigh(slot, weight);
+    }
+  }
+
+  /**
    * The hot stratum becomes the pages used in both windows if they are at most hotPagesMax, else
    * nothing; nothing too when the census was cut (more than CENSUS_BUDGET pages in use in a
    * quiet time: a few hot pages are then a small share of the references).
    */
-  private finishCensus(): void {
+  private finishCensus(skipped = false): void {
     this.censusPhase = 0;
-    this.censuses++;
+    if (skipped) {
+      this.censusesSkipped++;
+      this.censusCut = true;
+    } else this.censuses++;
     const touched = this.touched;
     let persistent = 0;
     if (!this.censusCut) for (let gpn = 0; gpn < this.pageCount; gpn++) if (touched[gpn] === 2) persistent++;
@@ -725,7 +1010,12 @@ export class MissRateCurve {
       if (keep && touched[gpn] === 2) continue;
       this.hotSlot[slot] = 0;
       this.hotPages--;
-      if (slot < n) continue; // stays in the sample
+      if (slot < n) {
+        // Stays in the sample, with a plain share until the next activity window weighs it.
+        this.slotWeight[slot] = 1;
+        this.stack.reweigh(slot, 1);
+        continue;
+      }
       if (this.waiting[slot] === 0) this.armBuffer[disarm++] = gpn;
       this.waiting[slot] = 0;
       this.generation[slot]!++;
@@ -742,10 +1032,15 @@ export class MissRateCurve {
       if (touched[gpn] !== 2) continue;
       let slot = this.slotOf[gpn]!;
       if (slot >= 0 && this.hotSlot[slot] === 1) continue;
-      if (slot < 0) {
+      const joining = slot < 0;
+      if (joining) {
         slot = this.freeHot[--this.freeHotCount]!;
         this.slotOf[gpn] = slot;
         this.gpnOfSlot[slot] = gpn;
+      }
+      this.slotWeight[slot] = this.hotShare;
+      this.stack.reweigh(slot, this.hotShare);
+      if (joining) {
         this.stack.reference(slot); // its place in the LRU order: used just now
         this.armBuffer[arm++] = gpn;
       }
@@ -770,32 +1065,25 @@ export class MissRateCurve {
   }
 
   /**
-   * The number of pages a sampled stack distance d stands for. With the golden hash the sample
-   * is spread evenly over runs of page numbers, so the d + 1 sampled pages (the page itself and
-   * the d others) stand for d + 1 pages ÷ density, the page itself included; with the mix hash
-   * each page is sampled independently and d alone is scaled. Density = sampled ÷ guest pages.
-   * For a hot page outside the sample (`hot`): with the golden hash (d + ½) ÷ density, the middle
-   * of the distinct-page counts whose evenly spread sample holds d pages; with the mix hash d ÷ density.
+   * Miss ratio at `pages` pages of memory (rounded up to whole pages): (cold + references whose
+   * estimated distance is ≥ pages) / references, the references of a granule (one sampled page's
+   * pages of distance) taken at their mean estimated distance.
    */
-  estimatedDistance(d: number, hot = false): number {
-    if (this.hash !== 'golden') return d * this.scale;
-    return hot ? (d + 0.5) * this.scale : (d + 1) * this.scale - 1;
-  }
-
-  /** The smallest sampled distance that misses in a memory of `pages` pages (estimatedDistance(d) ≥ pages). */
-  private firstMissing(pages: number, hot = false): number {
-    const k = this.hash !== 'golden' ? pages / this.scale : hot ? pages / this.scale - 0.5 : (pages + 1) / this.scale - 1;
-    return Math.max(0, Math.ceil(k - 1e-9));
-  }
-
-  /** Miss ratio at `pages` pages of memory: (cold + references whose estimated distance is ≥ pages) / references. */
   missRatioAt(pages: number): number {
     if (this.total === 0) return 0;
     let misses = this.cold;
     const histogram = this.histogram;
-    for (let d = this.firstMissing(pages); d < histogram.length; d++) misses += histogram[d]!;
-    if (this.hotTotal > 0) for (let d = this.firstMissing(pages, true); d < histogram.length; d++) misses += this.hotHistogram[d]!;
-    return misses / this.total;
+    const from = Math.max(0, Math.ceil(pages));
+    for (let k = 0; k < histogram.length; k++) if (histogram[k]! > 0 && this.hitsFrom(k) > from) misses += histogram[k]!;
+    // (Weights that are not whole numbers can leave a rounding error above 1.)
+    return Math.min(1, misses / this.total);
+  }
+
+  /** The smallest memory (pages) in which granule k's references hit: ⌊their mean estimated distance⌋ + 1. */
+  private hitsFrom(k: number): number {
+    const mean = this.distanceSum[k]! / this.histogram[k]!;
+    // (A granule whose references all have one distance must give exactly it, sums' rounding aside.)
+    return Math.floor(mean + 1e-9 * Math.max(1, mean)) + 1;
   }
 
   /** The miss ratio with unlimited memory (cold misses only). */
@@ -804,25 +1092,23 @@ export class MissRateCurve {
   }
 
   /**
-   * Breakpoints of the curve: size 0 with every reference a miss, then for each sampled
-   * distance d that occurred, the first size (pages) at which its references hit,
-   * ⌊estimatedDistance(d)⌋ + 1, with the miss ratio from there up to the next point.
+   * Breakpoints of the curve: size 0 with every reference a miss, then for each granule of
+   * estimated distance that occurred, the first size (pages) at which its references hit, ⌊their
+   * mean estimated distance⌋ + 1 (at most the guest's pages), with the miss ratio from there up to
+   * the next point: at most sampled pages + 2 points.
    */
   private points(): { sizes: number[]; ratios: number[] } {
     const sizes: number[] = [0];
     const ratios: number[] = [];
     if (this.total === 0) return { sizes, ratios: [0] };
-    // (size at which they start to hit, weight), from both histograms, by size.
+    // (size at which they start to hit, weight), by size.
     const hits: [number, number][] = [];
-    for (const [histogram, hot] of [[this.histogram, false], [this.hotHistogram, true]] as const) {
-      for (let d = 0; d < histogram.length; d++) {
-        if (histogram[d]! > 0) hits.push([Math.min(this.pageCount, Math.floor(this.estimatedDistance(d, hot)) + 1), histogram[d]!]);
-      }
-    }
+    const histogram = this.histogram;
+    for (let k = 0; k < histogram.length; k++) if (histogram[k]! > 0) hits.push([Math.min(this.pageCount, this.hitsFrom(k)), histogram[k]!]);
     hits.sort((a, b) => a[0] - b[0]);
     let misses = this.cold;
     for (const [, weight] of hits) misses += weight;
-    ratios.push(misses / this.total);
+    ratios.push(Math.min(1, misses / this.total));
     for (const [size, weight] of hits) {
       misses -= weight;
       if (size === sizes[sizes.length - 1]) ratios[ratios.length - 1] = Math.max(0, misses) / this.total;
@@ -866,12 +1152,12 @@ export class MissRateCurve {
       decay: this.decay,
       guest_pages: this.pageCount,
       sampled_pages: this.sampledPages,
-      sampled_pages_seen: this.stack.seen,
+      sampled_pages_seen: this.stack.seenBelow(this.sampledGpns.length),
       references: round6(this.total / this.rate),
       sampled_references: round6(this.total),
       cold_references: round6(this.cold),
       floor: round6(this.floor),
-      footprint_pages: Math.round(this.stack.seen * this.scale),
+      footprint_pages: Math.round(this.stack.marked * this.scale),
       sizes_pages: sizes,
       sizes_mib: sizes.map((pages) => round6(pages / MIB_PAGES)),
       miss_ratio: ratios.map(round6),
@@ -881,7 +1167,13 @@ export class MissRateCurve {
       hot_pages: this.hotPages,
       hot_pages_max: this.hotPagesMax,
       censuses: this.censuses,
+      censuses_skipped: this.censusesSkipped,
       hot_references: round6(this.hotTotal * this.scale),
+      activity_rate: this.activityRate,
+      activity_windows: this.activityWindows,
+      active_pages: Math.round(this.activePages),
+      active_weight: round6(this.activeWeight),
+      idle_weight: round6(this.idleWeight),
     };
   }
 
@@ -891,7 +1183,7 @@ export class MissRateCurve {
    */
   reset(forgetStack = false): void {
     this.histogram.fill(0);
-    this.hotHistogram.fill(0);
+    this.distanceSum.fill(0);
     this.cold = 0;
     this.total = 0;
     this.hotTotal = 0;
