@@ -78,6 +78,12 @@ export const MRC_SIZING_EPSILON = 0.05;
 /** Tolerance when checking the sized memory against the exact curve. */
 const SIZING_TOLERANCE = 0.01;
 const MAE_TARGET = 0.01;
+/**
+ * Timed pairs (plain, sampled) per workload for the slowdown, after one warm-up pair. The cost
+ * is 2-4.5 % of CPU; on these shared machines a 0.2-0.5 s run's speed moves by up to 2× from pair
+ * to pair, and the median of 7 or 15 pairs still swung by ±3-5 points (docs/mrc.md).
+ */
+const MRC_SLOWDOWN_PAIRS = 31;
 const SLOWDOWN_TARGET_PCT = 5;
 
 export interface MrcAccuracyRow {
@@ -316,7 +322,7 @@ export function measureMrc(options: MrcBenchOptions = {}): MrcFigures {
     if (options.skipSlowdown) break;
     if (workload.quiet !== undefined || workload.checked === false) continue;
     options.onStep?.(`slowdown: ${workload.name}`);
-    slowdown.push(options.quick ? measureMrcSlowdown(workload, 1, 0, options.tracker) : measureMrcSlowdown(workload, 7, 1, options.tracker));
+    slowdown.push(options.quick ? measureMrcSlowdown(workload, 1, 0, options.tracker) : measureMrcSlowdown(workload, MRC_SLOWDOWN_PAIRS, 1, options.tracker));
   }
   return { accuracy, slowdown, sizing };
 }
