@@ -129,7 +129,7 @@ export interface MissRateCurveReport {
   cold_references: number;
   /** Miss ratio with unlimited memory: the cold misses' share. */
   floor: number;
-  /** Estimated footprint: sampled pages seen ÷ rate. */
+  /** Estimated footprint: the shares of the pages referenced (sampled pages seen ÷ density while every share is 1). */
   footprint_pages: number;
   /** The curve's breakpoints: memory sizes in pages, ascending, from 0. */
   sizes_pages: number[];
@@ -159,9 +159,9 @@ export interface MissRateCurveReport {
   activity_windows: number;
   /** Pages (outside the hot stratum) the last activity window estimates in use in a quiet time. */
   active_pages: number;
-  /** Guest pages each sampled page in use (seen in the last window) stands for; guest pages ÷ sampled pages without the census. */
+  /** Guest pages each sampled page in use in the last two windows stands for; guest pages ÷ sampled pages without the census. */
   active_weight: number;
-  /** Guest pages each other sampled page stands for. */
+  /** Guest pages each sampled page used before, but not in the last window, stands for. */
   idle_weight: number;
 }
 
@@ -548,14 +548,14 @@ export class MissRateCurve {
   // The activity census (empty arrays when it is off).
   /** The pages the activity census covers (a hashed superset of the sample), ascending. */
   private readonly activityGpns: Int32Array;
-  /** Per guest page: 1 once used in the current activity window. */
+  /** Per guest page: what the activity census knows of it (the SEEN_* and COVERED bits; 0 for a page it does not cover). */
   private readonly activeSeen: Uint8Array;
   private nextActivity: number;
   /** Activity windows completed. */
   activityWindows = 0;
   /** Pages (outside the hot stratum) the last activity window estimates in use in a quiet time. */
   activePages = 0;
-  /** Guest pages each sampled page seen in use in the last window stands for. */
+  /** Guest pages each sampled page in use in the last two windows stands for (after the first window; before it, guest pages ÷ sampled pages). */
   activeWeight: number;
   /** Guest pages each sampled page seen in an earlier window but not the last stands for. */
   idleWeight: number;
