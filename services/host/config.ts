@@ -160,6 +160,8 @@ export interface MemoryPolicySpec {
     ratePct: number | null;
     /** `quiet_instructions` (null: the tracker's default). */
     quietInstructions: number | null;
+    /** `activity_rate_pct`: percent of guest pages the activity census covers, 0 for none (null: the tracker's default, 3 × `rate_pct`). */
+    activityRatePct?: number | null;
   } | null;
 }
 
@@ -519,6 +521,10 @@ const VM_BODY = {
           properties: {
             rate_pct: { type: 'number', exclusiveMinimum: 0, maximum: 100, description: 'Percent of guest pages sampled (default 1).' },
             quiet_instructions: integer(1, 1e12, 'Instructions after an access before a sampled page is watched again.'),
+            activity_rate_pct: {
+              type: 'number', minimum: 0, maximum: 100,
+              description: 'Percent of guest pages the activity census covers (post-stratification, docs/mrc.md): 0 for none, else at least rate_pct (default 3 × rate_pct, at most 100).',
+            },
           },
           default: null,
           description: 'An online miss-rate curve (docs/mrc.md); null: off (the default).',
@@ -754,7 +760,7 @@ interface VmJson {
   memory_policy?: {
     shares?: number; reservation_mib?: number; limit_mib?: number | null;
     active_sampling?: { pages_per_period?: number; period_instructions?: number } | null;
-    mrc?: { rate_pct?: number; quiet_instructions?: number } | null;
+    mrc?: { rate_pct?: number; quiet_instructions?: number; activity_rate_pct?: number } | null;
   };
   memory_errors?: { methods: ('clean-copy' | 'parity' | 'hash')[]; parity_group_pages?: number; refresh_instructions?: number } | null;
   group?: string;
@@ -1144,6 +1150,13 @@ function vmProblems(vm: unknown, at: (string | number)[]): Found[] {
     if (isInteger(reservation, 0, MAX_MEMORY_MIB) && isInteger(limit, 1, MAX_MEMORY_MIB) && limit < reservation) {
       found.push({ segments: [...at, 'memory_policy', 'limit_mib'], problem: `is ${limit} MiB, less than reservation_mib (${reservation})` });
     }
+    const mrc = policy.mrc;
+    if (isObject(mrc) && typeof mrc.activity_rate_pct === 'number' && mrc.activity_rate_pct > 0) {
+      const rate = typeof mrc.rate_pct === 'number' ? mrc.rate_pct : 1;
+      if (mrc.activity_rate_pct < rate) {
+        found.push({ segments: [...at, 'memory_policy', 'mrc', 'activity_rate_pct'], problem: `is ${mrc.activity_rate_pct}, less than rate_pct (${rate}): the activity census covers the sample and more, or is 0 (off)` });
+      }
+    }
   }
   const mmu = vm.mmu;
   if (isObject(mmu) && mmu.mode === 'nested') {
@@ -1394,7 +1407,7 @@ function toMemoryPolicy(policy: VmJson['memory_policy']): MemoryPolicySpec {
     reservationMib: policy?.reservation_mib ?? 0,
     limitMib: policy?.limit_mib ?? null,
     activeSampling: sampling === null ? null : { pagesPerPeriod: sampling?.pages_per_period ?? null, periodInstructions: sampling?.period_instructions ?? null },
-    mrc: mrc === null ? null : { ratePct: mrc.rate_pct ?? null, quietInstructions: mrc.quiet_instructions ?? null },
+    mrc: mrc === null ? null : { ratePct: mrc.rate_pct ?? null, quietInstructions: mrc.quiet_instructions ?? null, activityRatePct: mrc.activity_rate_pct ?? null },
   };
 }
 

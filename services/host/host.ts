@@ -1915,7 +1915,7 @@ export class Host {
         channels: this.bus.deviceOf(m.name)?.vm === m.vm,
         // Services that keep state in the VM's checkpoint must be there to take it; the others follow the VM.
         active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
-        mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
+        mrc: m.mrcOptions,
         policy: { shares: m.policy.shares, minPages: m.policy.minPages, maxPages: m.policy.maxPages },
       },
       ...(request.downtime_ms === undefined ? {} : { downtimeMs: request.downtime_ms }),
@@ -2263,7 +2263,7 @@ export class Host {
       disk_async: m.devices.block?.async === true, disk_direct: m.devices.block?.disk.direct === true,
       channels: this.bus.deviceOf(m.name)?.vm === m.vm,
       active_sampling: m.sampler === null ? null : { pagesPerPeriod: m.sampler.stats().pages_per_period, periodInstructions: m.sampler.stats().period_instructions },
-      mrc: m.mrcOptions === null ? null : { ratePct: m.mrcOptions.ratePct, quietInstructions: m.mrcOptions.quietInstructions },
+      mrc: m.mrcOptions,
       policy: { shares: m.policy.shares, minPages: m.policy.minPages, maxPages: m.policy.maxPages },
     };
   }
@@ -2702,6 +2702,8 @@ export class Host {
     return guard(() => new MissRateCurve(vm, {
       ...(options.ratePct === null ? {} : { rate: options.ratePct / 100 }),
       ...(options.quietInstructions === null ? {} : { quietInstructions: options.quietInstructions }),
+      // (A peer or an older checkpoint may not carry it: the tracker's default then.)
+      ...(options.activityRatePct == null ? {} : { activityRate: options.activityRatePct / 100 }),
     }), `miss-rate curve of '${vm.name}'`);
   }
 

@@ -122,7 +122,7 @@ describe('accepted configurations', () => {
           io_shares: 500,
           memory_policy: {
             shares: 2000, reservation_mib: 32, limit_mib: 96,
-            active_sampling: { pages_per_period: 200, period_instructions: 5_000_000 }, mrc: { rate_pct: 0.5, quiet_instructions: 100_000 },
+            active_sampling: { pages_per_period: 200, period_instructions: 5_000_000 }, mrc: { rate_pct: 0.5, quiet_instructions: 100_000, activity_rate_pct: 2 },
           },
           memory_errors: { methods: ['hash', 'clean-copy'], refresh_instructions: 2_000_000 },
         },
@@ -149,7 +149,7 @@ describe('accepted configurations', () => {
       ioShares: 500,
       memoryPolicy: {
         shares: 2000, reservationMib: 32, limitMib: 96,
-        activeSampling: { pagesPerPeriod: 200, periodInstructions: 5_000_000 }, mrc: { ratePct: 0.5, quietInstructions: 100_000 },
+        activeSampling: { pagesPerPeriod: 200, periodInstructions: 5_000_000 }, mrc: { ratePct: 0.5, quietInstructions: 100_000, activityRatePct: 2 },
       },
       memoryErrors: { methods: ['hash', 'clean-copy'], parityGroupPages: 8, refreshInstructions: 2_000_000 },
     });

@@ -46,7 +46,7 @@ describe('the memory policy through the host and its API', () => {
         { name: 'lazy', image: KERNEL, memory_mib: 32, boot_args: 'walker 8M seq 1 walker 64K seq 0', memory_policy: { reservation_mib: 4, limit_mib: 24, active_sampling: { period_instructions: 2_000_000 } } },
         { name: 'plain', image: KERNEL, memory_mib: 16, boot_args: 'idle', memory_policy: { active_sampling: null } },
         // 'scan' walks 4 MiB cyclically: its miss-rate curve falls off a cliff at 4 MiB.
-        { name: 'scan', image: KERNEL, memory_mib: 32, boot_args: 'walker 4M seq 0', memory_policy: { mrc: { rate_pct: 10, quiet_instructions: 100_000 } } },
+        { name: 'scan', image: KERNEL, memory_mib: 32, boot_args: 'walker 4M seq 0', memory_policy: { mrc: { rate_pct: 10, quiet_instructions: 100_000, activity_rate_pct: 20 } } },
       ],
     }));
     hostRoutes(api, host);
@@ -110,12 +110,15 @@ describe('the memory policy through the host and its API', () => {
   });
 
   it('GET /vms/{name}/mrc gives the curve and a size; POST …/mrc/size makes it the VM\'s limit', async () => {
-    type Mrc = { curve: { references: number; sizes_mib: number[]; miss_ratio: number[]; floor: number }; recommended: { within: number; pages: number; mib: number } };
+    type Mrc = { curve: { references: number; sizes_mib: number[]; miss_ratio: number[]; floor: number; activity_rate: number; activity_windows: number }; recommended: { within: number; pages: number; mib: number } };
     // Twenty loops over the 1,024 pages (a reference is a page's first access per quiet time).
     const mrc = await until('the scan to make 20,000 references', async () => {
       const got = (await call<Mrc>('GET', '/vms/scan/mrc')).body;
       return got.curve.references > 20_000 ? got : undefined;
     });
+    // The configured activity census (memory_policy.mrc.activity_rate_pct) is the tracker's.
+    expect(mrc.curve.activity_rate).toBe(0.2);
+    expect(mrc.curve.activity_windows).toBeGreaterThan(0);
     /** The miss ratio with `mib` of memory: at the largest size of the curve not above it. */
     const at = (mib: number): number => {
       let index = 0;

@@ -115,6 +115,12 @@ describe('an overcommitted host', () => {
     expect(() => parseHostConfig(vm({ reservation_mib: 65 }))).toThrow(/vms\[0\]\.memory_policy\.reservation_mib: is 65 MiB, more than the VM's memory_mib \(64\)/);
     expect(() => parseHostConfig(vm({ reservation_mib: 32, limit_mib: 16 }))).toThrow(/vms\[0\]\.memory_policy\.limit_mib: is 16 MiB, less than reservation_mib \(32\)/);
     expect(() => parseHostConfig(vm({ mrc: { rate_pct: 0 } }))).toThrow(/vms\[0\]\.memory_policy\.mrc\.rate_pct: must be a number above 0 to 100, got 0/);
+    // The activity census covers the sample and more, or nothing (docs/mrc.md#post-stratification-by-activity).
+    expect(() => parseHostConfig(vm({ mrc: { activity_rate_pct: 0.5 } }))).toThrow(/vms\[0\]\.memory_policy\.mrc\.activity_rate_pct: is 0\.5, less than rate_pct \(1\): the activity census covers the sample and more, or is 0 \(off\)/);
+    expect(() => parseHostConfig(vm({ mrc: { rate_pct: 5, activity_rate_pct: 4 } }))).toThrow(/activity_rate_pct: is 4, less than rate_pct \(5\)/);
+    expect(() => parseHostConfig(vm({ mrc: { activity_rate_pct: 101 } }))).toThrow(/vms\[0\]\.memory_policy\.mrc\.activity_rate_pct: must be a number from 0 to 100, got 101/);
+    expect(parseHostConfig(vm({ mrc: { activity_rate_pct: 0 } })).vms[0]!.memoryPolicy.mrc).toEqual({ ratePct: null, quietInstructions: null, activityRatePct: 0 });
+    expect(parseHostConfig(vm({ mrc: {} })).vms[0]!.memoryPolicy.mrc).toEqual({ ratePct: null, quietInstructions: null, activityRatePct: null });
     expect(() => parseHostConfig(vm({ sharez: 1 }))).toThrow(/vms\[0\]\.memory_policy\.sharez: unknown key \(the keys here are shares, reservation_mib/);
     expect(parseHostConfig(vm({ active_sampling: null, limit_mib: null })).vms[0]!.memoryPolicy).toEqual({
       shares: null, reservationMib: 0, limitMib: null, activeSampling: null, mrc: null,
