@@ -838,10 +838,10 @@ export class MissRateCurve {
       const activityDue = this.activityGpns.length > 0 && now >= this.nextActivity;
       if (this.hotPagesMax > 0 && now >= this.nextCensus) {
         this.nextCensus = now + this.censusInstructions;
-        // The sampled pages referenced in the last quiet time (those waiting out theirs) say how
-        // many pages are in use. Far more than a census window may see: it would be cut (and the
-        // stratum emptied) after CENSUS_BUDGET sightings, so do that without the sightings.
-        if (this.waitCount * this.scale > 2 * CENSUS_BUDGET) this.finishCensus(true);
+        // The pages referenced in the last quiet time (those waiting out theirs) say how many are
+        // in use. Far more than a census window may see: it would be cut (and the stratum
+        // emptied) after CENSUS_BUDGET sightings, so do that without the sightings.
+        if (this.pagesInUseEstimate() > 2 * CENSUS_BUDGET) this.finishCensus(true);
         else this.openCensusWindow(1, now);
       }
       if (this.censusPhase === 0 && activityDue) {
@@ -863,6 +863,17 @@ export class MissRateCurve {
       this.hotTotal *= factor;
       this.agingSteps += steps;
     }
+  }
+
+  /** Pages referenced in the last quiet time, estimated: each sampled page outside the stratum waiting out its quiet time stands for its share, each hot page for itself. O(slots). */
+  private pagesInUseEstimate(): number {
+    const n = this.sampledGpns.length;
+    let pages = 0;
+    for (let slot = 0; slot < this.waiting.length; slot++) {
+      if (this.waiting[slot] !== 1) continue;
+      pages += this.hotSlot[slot] === 1 ? 1 : slot < n ? this.slotWeight[slot]! * this.scale : 0;
+    }
+    return pages;
   }
 
   /**

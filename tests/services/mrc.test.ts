@@ -445,6 +445,13 @@ describe('post-stratification by activity (the activity census)', () => {
     const { trackers: [scan] } = replayWithRecorder(scanWithHotPages(hot), [{ rate: 0.01 }]);
     expect(scan!.censusesSkipped).toBe(0);
     expect(scan!.hotGpns()).toEqual(hot);
+    // Sixty hot pages, each waiting out its quiet time, are sixty pages in use, not sixty sampled
+    // pages' worth (6,000): the censuses go on running and keep them.
+    const many = Array.from({ length: 400 }, (_, gpn) => gpn).filter((gpn) => !isSampledPage(gpn, 0.01, 0, 'golden')).slice(0, 60);
+    const { trackers: [busy] } = replayWithRecorder(scanWithHotPages(many), [{ rate: 0.01, censusInstructions: 20_000 }]);
+    expect(busy!.censuses).toBeGreaterThan(5);
+    expect(busy!.censusesSkipped).toBe(0);
+    expect(busy!.hotGpns()).toEqual(many);
   }, TIMEOUT);
 });
 
