@@ -10,6 +10,7 @@
  */
 import { BenchError } from '../bench/harness.ts';
 import { formatMrc, measureMrc } from '../bench/mrc.ts';
+import { MrcError } from '../services/memory/index.ts';
 
 const quick = process.argv.includes('--quick');
 const onlyAt = process.argv.indexOf('--only');
@@ -45,7 +46,8 @@ try {
     onStep: (label) => process.stderr.write(`… ${label}\n`),
   });
 } catch (error) {
-  if (!(error instanceof BenchError)) throw error;
+  // A bench failure or a bad tracker option (--activity-rate under the 1 % rate, …): a message, not a trace.
+  if (!(error instanceof BenchError) && !(error instanceof MrcError)) throw error;
   process.stderr.write(`mrc-experiment: ${error.message}\n`);
   process.exit(2);
 }
