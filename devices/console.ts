@@ -150,14 +150,11 @@ export class ConsoleDevice implements MmioDevice {
   private stopped = false;
   /** This console's line into EXTERNAL (Vm.claimInterruptLine). */
   private readonly interruptLine: number;
-  private readonly onData = (chunk: Buffer | string): void => {
-    this.pushInput(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk));
-  };
-  private readonly onEnd = (): void => {
-    this.inputEnded = true;
-    this.updateInterrupt();
-    this.updateWakeSource();
-  };
+  /**
+   * The interactive stream's listeners, made when reading starts: a fork's or a restore's console
+   * (no interactive input) does not pay for two closures at attach.
+   */
+  private listeners: { data: (chunk: Buffer | string) => void; end: () => void } | null = null;
 
   constructor(private readonly vm: Vm, options: ConsoleOptions = {}) {
     this.interruptLine = vm.claimInterruptLine();
@@ -312,9 +309,10 @@ export class ConsoleDevice implements MmioDevice {
 
   private detachStream(): void {
     const stream = this.interactive!;
-    stream.off('data', this.onData);
-    stream.off('end', this.onEnd);
-    stream.off('close', this.onEnd);
+    const listeners = this.listeners!;
+    stream.off('data', listeners.data);
+    stream.off('end', listeners.end);
+    stream.off('close', listeners.end);
     stream.pause();
     this.reading = false;
   }
@@ -404,9 +402,17 @@ export class ConsoleDevice implements MmioDevice {
   private startReading(): void {
     if (!this.interactive || this.reading || this.inputEnded || this.stopped) return;
     this.reading = true;
-    this.interactive.on('data', this.onData);
-    this.interactive.on('end', this.onEnd);
-    this.interactive.on('close', this.onEnd);
+    const listeners = (this.listeners ??= {
+      data: (chunk) => this.pushInput(typeof chunk === 'string' ? new TextEncoder().encode(chunk) : new Uint8Array(chunk)),
+      end: () => {
+        this.inputEnded = true;
+        this.updateInterrupt();
+        this.updateWakeSource();
+      },
+    });
+    this.interactive.on('data', listeners.data);
+    this.interactive.on('end', listeners.end);
+    this.interactive.on('close', listeners.end);
     this.updateWakeSource();
   }
 }

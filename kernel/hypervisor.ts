@@ -317,11 +317,7 @@ export class Hypervisor {
     let devices: D;
     try {
       devices = options.attach?.(child) as D;
-      const state = parent.captureState();
-      child.checkState(state); // devices and layout first: a refused fork leaves the parent untouched
-      parent.shareMemoryWith(child);
-      child.image = parent.image;
-      child.restoreCheckedState(state); // checked just above, and unchanged since
+      parent.forkInto(child); // checks devices and layout first: a refused fork leaves the parent untouched
     } catch (error) {
       this.destroyVm(child);
       throw error;

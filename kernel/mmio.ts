@@ -74,6 +74,21 @@ interface Window {
 
 const MAX_TABLE_ENTRIES = (PAGE_SIZE - DeviceTable.HEADER_BYTES) / DeviceTable.ENTRY_BYTES;
 
+const DEVICE_TABLE_DESCRIPTOR: DeviceDescriptor = { type: 0, name: 'device-table' };
+
+/** The device table's window: read-only, its words computed from the bus (a class: no closures per VM). */
+class DeviceTableDevice implements MmioDevice {
+  constructor(private readonly bus: MmioBus) {}
+
+  read(_vcpu: Vcpu, offset: number): number {
+    return this.bus.deviceTableWord(offset);
+  }
+
+  write(): boolean {
+    return false;
+  }
+}
+
 /**
  * A VM's MMIO bus (Vm.bus): the device table at 0xf0000000 and one window per attached device,
  * placed from 0xf0001000 upwards in attach order. Devices attach through Vm.attachDevice; the
@@ -85,11 +100,7 @@ export class MmioBus {
 
   /** @internal Created by the Vm: `ramBytes` and `vcpuCount` are published in the device table. */
   constructor(private readonly ramBytes: number, private readonly vcpuCount: number) {
-    const table: MmioDevice = {
-      read: (_vcpu, offset) => this.deviceTableWord(offset),
-      write: () => false,
-    };
-    this.windows.push({ base: GuestPhys.DEVICE_TABLE, bytes: PAGE_SIZE, descriptor: { type: 0, name: 'device-table' }, instance: 0, device: table, accesses: 0 });
+    this.windows.push({ base: GuestPhys.DEVICE_TABLE, bytes: PAGE_SIZE, descriptor: DEVICE_TABLE_DESCRIPTOR, instance: 0, device: new DeviceTableDevice(this), accesses: 0 });
   }
 
   /** Attaches a device and returns the guest-physical base of its window. */
@@ -141,7 +152,8 @@ export class MmioBus {
     return undefined;
   }
 
-  private deviceTableWord(offset: number): number {
+  /** @internal A guest load from the device table (DeviceTableDevice). */
+  deviceTableWord(offset: number): number {
     const devices = this.windows.slice(1);
     if (offset === 0) return DeviceTable.MAGIC;
     if (offset === 4) return DeviceTable.VERSION | (devices.length << 16);

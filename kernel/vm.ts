@@ -649,11 +649,23 @@ export class Vm implements VcpuHost {
   }
 
   /**
-   * @internal Makes `child` (created by the hypervisor for this purpose) a copy-on-write copy of this VM's
-   * memory, in O(1) of memory size (GuestMemory.forkInto). Between runs only.
+   * @internal Hypervisor.forkVm: makes `child` (created for this purpose, its devices attached,
+   * never run) this VM as it stands: memory shared copy-on-write, vCPU and component state
+   * copied. Checked first, changing nothing when refused: what the child can differ in (its vCPU
+   * count, its components and their versions, their own checks of the state, the device layout;
+   * the memory size is GuestMemory.forkInto's).
+   * The vCPUs are copied field to field and the layout compared as it is, with no saved form in
+   * between: a state this VM holds needs no parsing. Between runs only.
    */
-  shareMemoryWith(child: Vm): void {
+  forkInto(child: Vm): void {
+    const components: VmState['components'] = {};
+    for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
+    if (child.vcpus.length !== this.vcpus.length) throw new KernelError('BV_FORK', `fork: ${child.name} has ${child.vcpus.length} vCPUs, ${this.name} has ${this.vcpus.length}`);
+    child.checkComponents(components, this.bus.layout());
     this.memory.forkInto(child.memory);
+    child.image = this.image;
+    for (let index = 0; index < this.vcpus.length; index++) child.vcpus[index]!.copyStateFrom(this.vcpus[index]!);
+    child.restoreComponents(components);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -673,13 +685,14 @@ export class Vm implements VcpuHost {
   captureState(): VmState {
     const components: VmState['components'] = {};
     for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
-    return {
+    const state: VmState = {
       config: { name: this.name, memoryBytes: this.memoryBytes, vcpus: this.vcpus.length, mmu: this.mmuOptions, largePages: this.largePagePolicy },
       vcpus: this.vcpus.map((vcpu) => vcpu.saveState()),
       components,
       layout: this.bus.layout(),
-      ...(this.memory.countInState(AbsentState.POISONED) > 0 ? { poisonedPages: this.memory.poisonedPages() } : {}),
     };
+    if (this.memory.countInState(AbsentState.POISONED) > 0) state.poisonedPages = this.memory.poisonedPages();
+    return state;
   }
 
   /**
@@ -692,16 +705,9 @@ export class Vm implements VcpuHost {
     if (state.config.memoryBytes !== this.memoryBytes || state.vcpus.length !== this.vcpus.length) {
       throw new KernelError('BV_STATE_MISMATCH', `${this.name}: state is for ${state.config.memoryBytes} bytes and ${state.vcpus.length} vCPUs, this VM has ${this.memoryBytes} and ${this.vcpus.length}`);
     }
-    for (const [name, saved] of Object.entries(state.components)) {
-      const component = this.components.get(name);
-      if (!component) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: saved state has component '${name}' that this VM lacks`);
-      if (component.version !== saved.version && !component.readsVersions?.includes(saved.version)) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: component '${name}' is version ${component.version}, saved state is version ${saved.version}`);
-    }
     // Every vCPU is checked before any is loaded: a bad one must not leave the VM half restored.
     state.vcpus.forEach((vcpuState, index) => Vcpu.checkState(vcpuState, index));
-    // Device windows sit where they were attached: the saved guest knows them at those addresses.
-    checkDeviceLayout(parseDeviceLayout(state.layout, this.name), this.bus.layout(), this.name);
-    for (const [name, saved] of Object.entries(state.components)) this.components.get(name)!.check?.(saved.state, saved.version);
+    this.checkComponents(state.components, parseDeviceLayout(state.layout, this.name));
     const poisoned = state.poisonedPages;
     if (poisoned !== undefined) {
       const pageCount = this.memory.pageCount;
@@ -723,12 +729,37 @@ export class Vm implements VcpuHost {
    * in it since.
    */
   restoreCheckedState(state: VmState): void {
-    for (let index = 0; index < state.vcpus.length; index++) this.vcpus[index]!.loadState(state.vcpus[index]!);
-    for (const name of Object.keys(state.components)) {
-      const saved = state.components[name]!;
+    for (let index = 0; index < state.vcpus.length; index++) this.vcpus[index]!.loadCheckedState(state.vcpus[index]!);
+    this.restoreComponents(state.components);
+    for (const gpn of state.poisonedPages ?? []) this.memory.markPoisoned(gpn);
+  }
+
+  /**
+   * Checks saved component states and a device layout against this VM, changing nothing: a
+   * registered component of a version it reads for each saved one, the same windows in the same
+   * order, then each component's own check.
+   */
+  private checkComponents(components: VmState['components'], layout: readonly DeviceWindowLayout[]): void {
+    for (const name of Object.keys(components)) {
+      const saved = components[name]!;
+      const component = this.components.get(name);
+      if (!component) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: saved state has component '${name}' that this VM lacks`);
+      if (component.version !== saved.version && !component.readsVersions?.includes(saved.version)) throw new KernelError('BV_STATE_MISMATCH', `${this.name}: component '${name}' is version ${component.version}, saved state is version ${saved.version}`);
+    }
+    // Device windows sit where they were attached: the saved guest knows them at those addresses.
+    checkDeviceLayout(layout, this.bus.layout(), this.name);
+    for (const name of Object.keys(components)) {
+      const saved = components[name]!;
+      this.components.get(name)!.check?.(saved.state, saved.version);
+    }
+  }
+
+  /** Puts back component states that checkComponents accepted. */
+  private restoreComponents(components: VmState['components']): void {
+    for (const name of Object.keys(components)) {
+      const saved = components[name]!;
       this.components.get(name)!.restore(saved.state, saved.version);
     }
-    for (const gpn of state.poisonedPages ?? []) this.memory.markPoisoned(gpn);
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -192,6 +192,23 @@ export class P2mGeneration {
     else if (entry === 0 && this.base !== null) this.base.drop(gpn);
   }
 
+  /**
+   * A view goes (a reset or a destroy): it drops every page it still reads through here, i.e.
+   * every page where its own entry (`own`) is 0. drop() per page, in one pass over two typed
+   * arrays: destroying a forked 1 GiB child is a scan, not 262,144 calls.
+   */
+  dropView(own: Int32Array): void {
+    const taken = this.taken;
+    const entries = this.entries;
+    for (let gpn = 0; gpn < own.length; gpn++) {
+      if (own[gpn] !== 0 || ++taken[gpn]! !== INHERITORS) continue;
+      const entry = entries[gpn]!;
+      entries[gpn] = 0;
+      if (entry > 0) this.releaseFrame(entry & P2M_FRAME_MASK);
+      else if (entry === 0 && this.base !== null) this.base.drop(gpn);
+    }
+  }
+
   /** Generations below this one, this one included. */
   get depth(): number {
     let depth = 0;

@@ -34,6 +34,10 @@ const DEFAULT_EVERY_INSTRUCTIONS = 20_000;
 
 type Phase = 'saving' | 'done' | 'failed' | 'aborted';
 
+function checkPositive(name: string, value: number): void {
+  if (!Number.isSafeInteger(value) || value <= 0) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${name} must be a positive integer, got ${String(value)}`);
+}
+
 /**
  * Starts a snapshot of `vm` into `path` while the VM is stopped between runs; returns at once
  * (the pause). Keep running the VM: the snapshot completes in the background, or call finish()
@@ -50,15 +54,15 @@ export function startLiveSnapshot(vm: Vm, path: string, options: LiveSnapshotOpt
  */
 export class LiveSnapshot {
   /** The VM being saved. */
-  readonly vm: Vm;
+  declare readonly vm: Vm;
   /** The checkpoint file it writes (created on first use, replaced atomically at the end). */
-  readonly path: string;
+  declare readonly path: string;
   /** Guest pages to save (guest RAM / 4096). */
-  readonly pageCount: number;
+  declare readonly pageCount: number;
   /** Milliseconds the VM was held in startLiveSnapshot. */
-  readonly pauseMs: number;
+  declare readonly pauseMs: number;
   /** Guest instructions retired when the snapshot was taken: the file's point in time. */
-  readonly atInstruction: number;
+  declare readonly atInstruction: number;
 
   /** Created on first use, after the pause: creating the file is most of what a pause would cost. */
   #writerInstance: CheckpointWriter | null = null;
@@ -77,16 +81,14 @@ export class LiveSnapshot {
   #stats: WriteStats | null = null;
   /** Pages poisoned after the pause, found so by the saver before it saved them, and not rebuilt. */
   readonly #poisonedLater: number[] = [];
-  readonly #poisonedSincePause = (gpn: number): void => void this.#poisonedLater.push(gpn);
 
   /** @internal Use startLiveSnapshot. */
   constructor(vm: Vm, path: string, options: LiveSnapshotOptions) {
     const started = performance.now();
     const pagesPerTick = options.pagesPerTick ?? DEFAULT_PAGES_PER_TICK;
     const everyInstructions = options.everyInstructions ?? DEFAULT_EVERY_INSTRUCTIONS;
-    for (const [name, value] of [['pagesPerTick', pagesPerTick], ['everyInstructions', everyInstructions]] as const) {
-      if (!Number.isSafeInteger(value) || value <= 0) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${name} must be a positive integer, got ${String(value)}`);
-    }
+    checkPositive('pagesPerTick', pagesPerTick);
+    checkPositive('everyInstructions', everyInstructions);
     if (vm.memory.writeEpochActive) throw new VmCheckpointError('BV_VMCKPT_BAD_REQUEST', `${vm.name}: a snapshot of this VM is already being taken`);
     this.vm = vm;
     this.path = path;
@@ -186,11 +188,13 @@ export class LiveSnapshot {
    */
   #save(budget: number): void {
     const vm = this.vm;
+    const poisonedLater = this.#poisonedLater;
+    const onPoisoned = (gpn: number): void => void poisonedLater.push(gpn);
     try {
       for (; this.#cursor < this.pageCount && budget > 0; this.#cursor++) {
         const gpn = this.#cursor;
         if (!vm.memory.claimPage(gpn)) continue; // a guest write saved it already
-        this.#writer().addPage(gpn, currentPage(vm, gpn, this.#poisonedSincePause));
+        this.#writer().addPage(gpn, currentPage(vm, gpn, onPoisoned));
         this.#savedByTicker++;
         budget--;
       }

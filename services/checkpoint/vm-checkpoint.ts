@@ -104,7 +104,9 @@ function pagesStayPut(vm: Vm): boolean {
  * poisoned are listed in the state (VmState.poisonedPages) and saved without bytes.
  */
 export function settlePoisonedPages(vm: Vm): void {
-  for (const gpn of vm.memory.poisonedPages()) vm.memory.settlePage(gpn);
+  const memory = vm.memory;
+  if (memory.countInState(AbsentState.POISONED) === 0) return; // a snapshot's pause: nothing to build
+  for (const gpn of memory.poisonedPages()) memory.settlePage(gpn);
 }
 
 /** Read once: under tsx each use of an imported binding is a getter call (currentPage runs per page). */

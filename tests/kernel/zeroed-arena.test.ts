@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { HostRegion } from '../../native/index.ts';
 import { ZeroedArena } from '../../kernel/memory/zeroed-arena.ts';
-import { createHypervisor } from '../../kernel/index.ts';
+import { createHypervisor, PageState } from '../../kernel/index.ts';
 
 const MiB = 2 ** 20;
 
@@ -81,5 +81,31 @@ describe('ZeroedArena', () => {
     for (const vm of [...vms, child]) hv.destroyVm(vm);
     expect(hv.arena.bytesInUse).toBe(before);
     expect(hv.poolStats().usedFrames).toBe(0);
+  });
+
+  it('a destroyed VM leaves no entries behind: the next VM in its slice sees every page untouched', () => {
+    // Destroying a VM does not clear its per-page arrays (the arena's release zeroes them):
+    // a VM that had pages, and a forked child with pages of its own, leave nothing visible.
+    const hv = createHypervisor({ hostMemoryBytes: 64 * MiB });
+    const parent = hv.createVm({ memoryBytes: 256 * MiB });
+    for (let gpa = 0; gpa < 8 * MiB; gpa += 4096) parent.memory.writePhysical(gpa, new Uint8Array([7]));
+    const child = hv.forkVm(parent);
+    child.memory.writePhysical(4096, new Uint8Array([9]));
+    child.memory.writePhysical(16 * MiB, new Uint8Array([9]));
+    const slices = [parent, child].map((vm) => vm.memory.accessed.byteOffset);
+    hv.destroyVm(child);
+    hv.destroyVm(parent);
+    expect(hv.poolStats().usedFrames).toBe(0);
+    const next = [hv.createVm({ memoryBytes: 256 * MiB }), hv.createVm({ memoryBytes: 256 * MiB })];
+    // The same slices again (the arena reuses freed space first), now for new VMs.
+    expect(next.map((vm) => vm.memory.accessed.byteOffset).sort()).toEqual([...slices].sort());
+    for (const vm of next) {
+      let present = 0;
+      vm.memory.forEachPage(PageState.PRESENT, () => present++);
+      expect(present).toBe(0);
+      expect(vm.memory.readPhysical(0, 8)).toEqual(new Uint8Array(8));
+      expect(vm.memory.readPhysical(16 * MiB, 8)).toEqual(new Uint8Array(8));
+    }
+    for (const vm of next) hv.destroyVm(vm);
   });
 });

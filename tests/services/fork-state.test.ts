@@ -72,6 +72,28 @@ describe('fork with the other state operations', () => {
     expect(reference.early + childOutcome.output).toBe(reference.outcome.output); // the child's console starts at the fork
   });
 
+  it('a child starts in exactly its parent\'s vCPU and component state, on every vCPU', () => {
+    const parent = boot(NANOKERNEL, MEMORY, ARGS);
+    runFor(parent, AT);
+    const child = forkOf(parent, ARGS);
+    const { name: _parentName, ...parentState } = parent.vm.captureState().config;
+    const { name: _childName, ...childState } = child.vm.captureState().config;
+    expect(childState).toEqual(parentState);
+    expect(child.vm.captureState().vcpus).toEqual(parent.vm.captureState().vcpus);
+    expect(child.vm.captureState().components).toEqual(parent.vm.captureState().components);
+    // Every field of every vCPU, including the rare ones (a waiting vCPU, a timer deadline).
+    const hv = parent.hv;
+    const many = hv.createVm({ memoryBytes: MiB, vcpus: 3 });
+    many.vcpus.forEach((vcpu, i) => {
+      for (let r = 1; r < 16; r++) vcpu.regs[r] = (r * 0x01010101 + i) | 0;
+      Object.assign(vcpu, { pc: 0x400 + 4 * i, status: 1, tvec: 0x100, epc: 0x200 + i, cause: 7, tval: -1, scratch: 0x55aa, ie: 1 << i, ip: 2, instret: 1000 + i, clock: 2000 + i, timerDeadline: i === 1 ? 5000 : Infinity, waiting: i === 2 });
+    });
+    const copy = hv.forkVm(many);
+    expect(copy.vcpus.map((vcpu) => vcpu.saveState())).toEqual(many.vcpus.map((vcpu) => vcpu.saveState()));
+    hv.destroyVm(copy);
+    hv.destroyVm(many);
+  });
+
   it('checkpoints a forked child and restores it to the same end', () => {
     const parent = boot(NANOKERNEL, MEMORY, ARGS);
     runFor(parent, AT);

@@ -31,7 +31,7 @@ const INTERNAL_MEMBERS: Record<string, string[]> = {
   Vm: [
     'hostOffsetForPageTableWrite', 'tracedWrite', 'flushCodePatch', 'frameForAccess', 'mayCacheRead', 'mayCacheWrite',
     'markAccessed', 'noteCodeWrite', 'hypercall', 'mmioRead', 'mmioWrite', 'readInstructionWordAt', 'isRam', 'isMmio',
-    'isTraced', 'hostOffsetForRead', 'hostOffsetIfPresent', 'unhandledTrap', 'runTickers', 'destroy', 'shareMemoryWith',
+    'isTraced', 'hostOffsetForRead', 'hostOffsetIfPresent', 'unhandledTrap', 'runTickers', 'destroy', 'forkInto',
     'pool', 'decodeCache', 'hostPool32',
   ],
   GuestMemory: [
@@ -39,7 +39,7 @@ const INTERNAL_MEMBERS: Record<string, string[]> = {
     'protectPage', 'unprotectPage', 'regionRunFrame', 'noteSuperpage', 'markAccessed', 'isRam', 'isTraced', 'mayCacheRead',
     'mayCacheWrite', 'forkInto', 'clear', 'dispose',
   ],
-  Vcpu: ['vm', 'tlb', 'walker', 'runSlice', 'setPtbr', 'trap', 'loadState', 'reset', 'finishWait'],
+  Vcpu: ['vm', 'tlb', 'walker', 'runSlice', 'setPtbr', 'trap', 'loadState', 'loadCheckedState', 'copyStateFrom', 'reset', 'finishWait'],
   Mmu: ['translate', 'gpa', 'pte', 'level', 'faultCause', 'guestFlush', 'notePtbr', 'isTracing', 'tracedPages', 'tracedWrite', 'zapPage'],
   ExitRouter: ['hypercall', 'mmioRead', 'mmioWrite'],
 };
