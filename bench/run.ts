@@ -26,7 +26,7 @@
 import { cpus, arch, loadavg, platform, totalmem } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { BvError } from '../guest-isa/errors.ts';
-import { createHypervisor } from '../kernel/index.ts';
+import { compileAtFirstCall, compilesAtFirstCall, createHypervisor } from '../kernel/index.ts';
 import { BenchError, JIT_PAGING_ON, measureWorkload, PAGING_ON, stepCount } from './harness.ts';
 import type { Check, VariantFigures, Workload, WorkloadFigures } from './harness.ts';
 import { RANDOM_ACCESS_POOL_BYTES, shadowNestedComparisons, techniqueComparisons, translationChecks, TRANSLATION_WORKLOADS } from './translation.ts';
@@ -80,6 +80,8 @@ export interface BenchOptions {
 export interface BenchReport {
   machine: {
     cpu: string; cores: number; memoryGiB: number; platform: string; node: string; date: string;
+    /** How V8 ran the bench: compiling every function at its first call (as the tools run), or Node's defaults. */
+    v8: 'compiled at first call' | 'node defaults';
     /** os.loadavg() (1, 5, 15 minutes) when the bench started and when it ended. */
     load: { start: number[]; end: number[] };
   };
@@ -182,7 +184,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
   const withHa = options.only.includes(HA_ENTRY);
   const withParallel = options.only.includes(PARALLEL_ENTRY);
   const withIo = options.only.includes(IO_ENTRY);
-  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount(options) : 0) + (withApi ? apiStepCount(options) : 0)
+  const total = [...selected, ...selectedTranslation].reduce((sum, w) => sum + stepCount(w, counts), 0) + selected.filter(hasWarmup).length * WARMUP_RUNS + (withState ? stateStepCount({ ...options, nodeDefaults: compilesAtFirstCall() }) : 0) + (withApi ? apiStepCount(options) : 0)
     + (withSharing ? sharingStepCount(options) : 0) + (withErrors ? errorsStepCount(options) : 0) + (withOvercommit ? overcommitStepCount(options) + policyStepCount(options) : 0) + (withMigration ? migrationStepCount(options) : 0) + (withHa ? haStepCount(options) : 0)
     + (withParallel ? parallelStepCount(options) : 0) + (withIo ? ioStepCount(options) : 0);
   // --qemu: the workloads that have an RV32 program, when the tools are there (bench/qemu.ts).
@@ -214,7 +216,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
     workloads: qemuWorkloads,
   };
   const translation = selectedTranslation.map(measure);
-  const state = withState ? measureState({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
+  const state = withState ? measureState({ quick: options.quick, nodeDefaults: compilesAtFirstCall(), onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const api = withApi ? await measureApi({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const sharing = withSharing ? measureSharing({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
   const errors = withErrors ? measureErrors({ quick: options.quick, onStep: (label) => onProgress?.(++step, total, label) }) : null;
@@ -232,6 +234,7 @@ export async function runBench(options: BenchOptions, onProgress?: (step: number
       memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
       platform: `${platform()} ${arch()}`,
       node: process.version,
+      v8: compilesAtFirstCall() ? 'compiled at first call' : 'node defaults',
       date: new Date().toISOString(),
       load: { start: loadAtStart, end: loadavg().map((value) => Number(value.toFixed(2))) },
     },
@@ -337,7 +340,7 @@ function formatTranslation(report: BenchReport): string[] {
 export function formatReport(report: BenchReport): string {
   const { machine, method } = report;
   const out: string[] = [];
-  out.push(`bytevisor bench — ${machine.cpu}, ${machine.cores} cores, ${machine.platform}, node ${machine.node}, ${machine.date.slice(0, 10)}`);
+  out.push(`bytevisor bench — ${machine.cpu}, ${machine.cores} cores, ${machine.platform}, node ${machine.node} (${machine.v8 === 'compiled at first call' ? 'V8 compiling every function at its first call, as the tools run' : 'Node\'s default V8 flags'}), ${machine.date.slice(0, 10)}`);
   out.push(`load average (1, 5, 15 min) ${machine.load.start.join(' ')} at the start, ${machine.load.end.join(' ')} at the end, on ${machine.cores} cores`);
   out.push(`median of ${method.runs} timed runs after ${method.warmups} warm-up run(s), variants and plain JS interleaved; CPU = process CPU time (user + system) of the same runs${method.quick ? ' (--quick: sizes too small to mean anything)' : ''}`);
   const rows: string[][] = [];
@@ -459,5 +462,7 @@ async function main(args: readonly string[]): Promise<number> {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  // As bytevisor's tools run (kernel/v8-tuning.ts); the state section also measures Node's defaults.
+  compileAtFirstCall();
   process.exitCode = await main(process.argv.slice(2));
 }

@@ -19,6 +19,7 @@
  *   interleaved, until one guest instruction has retired (checked: the instruction count, the
  *   pc, and the register it writes).
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,7 +28,7 @@ import { performance } from 'node:perf_hooks';
 import { HcallStatus, Reg } from '../guest-isa/arch.ts';
 import type { GuestImage } from '../guest-isa/image-types.ts';
 import { attachStandardDevices, CaptureSink } from '../devices/index.ts';
-import { createHypervisor, type Hypervisor, type Vm } from '../kernel/index.ts';
+import { compilesAtFirstCall, createHypervisor, type Hypervisor, type Vm } from '../kernel/index.ts';
 import { restoreVmCheckpoint, saveVmCheckpoint, startLiveSnapshot, type LiveSnapshot } from '../services/checkpoint/index.ts';
 import { assembleGuest, BenchError, cpuSince, loadNow, median, type Check } from './harness.ts';
 
@@ -51,12 +52,17 @@ const ROUNDS = {
 export interface StateOptions {
   quick: boolean;
   onStep?: (label: string) => void;
+  /**
+   * Also measure everything again in a child process with Node's default V8 flags (for a bench
+   * process that compiles at first call, kernel/v8-tuning.ts): StateFigures.nodeDefaults.
+   */
+  nodeDefaults?: boolean;
 }
 
 /** Steps measureState reports through onStep (for the progress line). */
-export function stateStepCount(options: Pick<StateOptions, 'quick'>): number {
+export function stateStepCount(options: Pick<StateOptions, 'quick' | 'nodeDefaults'>): number {
   const r = ROUNDS[options.quick ? 'quick' : 'full'];
-  return 2 * (r.fork.warmups + r.fork.runs + r.snapshot.warmups + r.snapshot.runs + r.save.warmups + r.save.runs + r.lazy.warmups + r.lazy.runs);
+  return 2 * (r.fork.warmups + r.fork.runs + r.snapshot.warmups + r.snapshot.runs + r.save.warmups + r.save.runs + r.lazy.warmups + r.lazy.runs) + (options.nodeDefaults ? 1 : 0);
 }
 
 // --- figures -------------------------------------------------------------------------------------
@@ -109,6 +115,10 @@ export interface StoreLoopFigures {
 }
 
 export interface StateFigures {
+  /** How V8 ran this process's JavaScript: compiled at first call (`--always-sparkplug`), or Node's defaults. */
+  v8: 'compiled at first call' | 'node defaults';
+  /** The same measurements in a child process with Node's default V8 flags (StateOptions.nodeDefaults). */
+  nodeDefaults?: StateFigures;
   save: {
     guestBytes: number;
     /** Bytes the plain write writes (the whole of guest memory). */
@@ -145,14 +155,18 @@ export interface StateFigures {
   };
   fork: {
     /**
-     * `fork`: hv.forkVm with the child's devices attached; `createVm`: creating an empty VM of
-     * the same size with the same devices (part of every fork), measured in the same rounds.
+     * `fork`: hv.forkVm with the child's devices attached, right after the guest's store loop;
+     * `evicted`: the same with the CPU caches emptied in between (evictCaches); `createVm`:
+     * creating an empty VM of the same size with the same devices (part of every fork), measured
+     * in the same rounds.
      */
-    small: { guestBytes: number; pages: number; fork: Timing; createVm: Timing };
-    large: { guestBytes: number; pages: number; fork: Timing; createVm: Timing };
-    /** large ÷ small (wall medians). */
+    small: { guestBytes: number; pages: number; fork: Timing; evicted: Timing; createVm: Timing };
+    large: { guestBytes: number; pages: number; fork: Timing; evicted: Timing; createVm: Timing };
+    /** large ÷ small, wall medians of the forks with emptied caches: what memory size costs. */
     ratio: number;
     cpuRatio: number;
+    /** large ÷ small of the forks right after the guest's loop (the 64 MiB guest's leaves the cache warmer). */
+    afterGuestRatio: number;
     /** The cost the fork defers, on the large guest: per page, first store after the fork and a second store. */
     deferred: {
       pages: number;
@@ -448,15 +462,56 @@ export function measureState(options: StateOptions): StateFigures {
     const snapshot = measureSnapshot(snapshotGuest, dir, stamps, step(rounds.snapshot));
     const save = measureSave(snapshotGuest, dir, step(rounds.save));
     hv.destroyVm(snapshotGuest.vm);
-    return { save, snapshot, fork, lazyRestore };
+    const v8 = compilesAtFirstCall() ? 'compiled at first call' : 'node defaults';
+    if (!options.nodeDefaults) return { v8, save, snapshot, fork, lazyRestore };
+    options.onStep?.(`state: the same in a child process with Node's default V8 flags`);
+    return { v8, nodeDefaults: measureStateInChild(options.quick), save, snapshot, fork, lazyRestore };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+const CHILD_FLAG = '--state-child';
+
+/** measureState in a new Node process started with no V8 flags (tsx only), read back as JSON. */
+function measureStateInChild(quick: boolean): StateFigures {
+  const script = fileURLToPath(import.meta.url);
+  const result = spawnSync(process.execPath, ['--import', 'tsx', script, CHILD_FLAG, ...(quick ? ['--quick'] : [])], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    encoding: 'utf8',
+    maxBuffer: 16 * MiB,
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  if (result.status !== 0) {
+    throw new BenchError('BV_BENCH_GUEST_FAILED', `the state bench's child process (Node's default V8 flags) failed: ${result.error?.message ?? `exit ${result.status}`}: ${result.stderr.split('\n').filter((line) => line.trim() !== '' && !/^\s+at /.test(line)).slice(0, 3).join(' / ')}`);
+  }
+  const figures = JSON.parse(result.stdout) as StateFigures;
+  if (figures.v8 !== 'node defaults') throw new BenchError('BV_BENCH_WRONG_RESULT', `the state bench's child process ran with ${figures.v8}, not Node's defaults`);
+  return figures;
+}
+
+
+/** Larger than the last-level cache of the bench machines (32 MiB), with room. */
+const EVICTION_BYTES = 64 * MiB;
+let evictionBuffer: Uint8Array | null = null;
+
+/**
+ * Writes one byte per 64-byte line of a 64 MiB buffer, so that whatever runs next finds the CPU
+ * caches (and TLB) holding none of its code or data. For the fork ratio, on both sizes: the
+ * guest's own store loop leaves much of a 64 MiB guest's host state in a 32 MiB cache and little
+ * of a 1 GiB one's, and the ratio must show what memory size costs, not what the loop before
+ * the fork left in the cache. (Colder than after the guest's loop: the fork target is checked
+ * on the forks without it.)
+ */
+function evictCaches(): void {
+  const buffer = (evictionBuffer ??= new Uint8Array(EVICTION_BYTES));
+  for (let offset = 0; offset < buffer.length; offset += 64) buffer[offset] = (buffer[offset]! + 1) & 0xff;
+}
+
 function measureFork(hv: Hypervisor, small: StateGuest, large: StateGuest, deferredPages: number, stamps: StampRecorder, options: RoundOptions): StateFigures['fork'] {
   const pages = Math.min(deferredPages, Math.floor(large.dataPages / 2));
   const samples = { small: [] as Sample[], large: [] as Sample[] };
+  const evictedSamples = { small: [] as Sample[], large: [] as Sample[] };
   const creates = { small: [] as Sample[], large: [] as Sample[] };
   const deferred = { parentFirst: [] as Sample[], parentAgain: [] as Sample[], childFirst: [] as Sample[], childAgain: [] as Sample[] };
   interleave(options, 'fork', ['small', 'large'] as const, (side, timed, round) => {
@@ -470,12 +525,19 @@ function measureFork(hv: Hypervisor, small: StateGuest, large: StateGuest, defer
       hv.destroyVm(vm);
       if (timed) creates[side].push(sample);
     };
+    const fork = (): { sample: Sample; value: Vm } => measure(() => hv.forkVm(parent.vm, { name: `${parent.vm.name}-child`, attach: (vm) => attachGuestSide(vm, stamps) }));
+    // With the caches emptied first (evictCaches), for the ratio of the two sizes.
+    parent.touchAll();
+    evictCaches();
+    const evicted = fork();
+    hv.destroyVm(evicted.value);
+    if (timed) evictedSamples[side].push(evicted.sample);
     if (round % 2 === 1) createVm();
     // The parent has just run: every page stored to (a previous fork's copy-on-write marks
     // resolved), its TLB refilled.
     parent.touchAll();
     if (round % 2 === 0) createVm();
-    const { sample, value: child } = measure(() => hv.forkVm(parent.vm, { name: `${parent.vm.name}-child`, attach: (vm) => attachGuestSide(vm, stamps) }));
+    const { sample, value: child } = fork();
     try {
       if (!timed) return;
       samples[side].push(sample);
@@ -499,12 +561,15 @@ function measureFork(hv: Hypervisor, small: StateGuest, large: StateGuest, defer
   });
   const forkSmall = timing(samples.small);
   const forkLarge = timing(samples.large);
+  const evictedSmall = timing(evictedSamples.small);
+  const evictedLarge = timing(evictedSamples.large);
   const perPage = (list: readonly Sample[], field: 'wallMs' | 'cpuMs'): number => round((median(list.map((s) => s[field])) * 1000) / pages, 4);
   return {
-    small: { guestBytes: small.bytes, pages: small.bytes / PAGE, fork: forkSmall, createVm: timing(creates.small) },
-    large: { guestBytes: large.bytes, pages: large.bytes / PAGE, fork: forkLarge, createVm: timing(creates.large) },
-    ratio: round(forkLarge.wallMs / forkSmall.wallMs, 3),
-    cpuRatio: round(forkLarge.cpuMs / forkSmall.cpuMs, 3),
+    small: { guestBytes: small.bytes, pages: small.bytes / PAGE, fork: forkSmall, evicted: evictedSmall, createVm: timing(creates.small) },
+    large: { guestBytes: large.bytes, pages: large.bytes / PAGE, fork: forkLarge, evicted: evictedLarge, createVm: timing(creates.large) },
+    ratio: round(evictedLarge.wallMs / evictedSmall.wallMs, 3),
+    cpuRatio: round(evictedLarge.cpuMs / evictedSmall.cpuMs, 3),
+    afterGuestRatio: round(forkLarge.wallMs / forkSmall.wallMs, 3),
     deferred: {
       pages,
       parentFirstUs: perPage(deferred.parentFirst, 'wallMs'),
@@ -680,7 +745,7 @@ export function stateChecks(figures: StateFigures): Check[] {
       value: lazy.ratio, cpuValue: lazy.cpuRatio, pass: lazy.ratio <= t.lazyRestoreRatio, load: lazy.large.toFirstInstruction.load,
     },
     timeCheck(`fork, ${mib(fork.large.guestBytes)} (ms)`, fork.large.fork, t.forkMs),
-    { name: `fork ${mib(fork.large.guestBytes)} / ${mib(fork.small.guestBytes)}`, target: `<= ${t.forkRatio}`, value: fork.ratio, cpuValue: fork.cpuRatio, pass: fork.ratio <= t.forkRatio, load: fork.large.fork.load },
+    { name: `fork ${mib(fork.large.guestBytes)} / ${mib(fork.small.guestBytes)}, caches emptied before each`, target: `<= ${t.forkRatio}`, value: fork.ratio, cpuValue: fork.cpuRatio, pass: fork.ratio <= t.forkRatio, load: fork.large.fork.load },
   ];
 }
 
@@ -693,8 +758,18 @@ export function formatState(figures: StateFigures): string[] {
   const b = snapshot.baseline;
   const f = fork.deferred;
   const us = (value: number): string => value.toFixed(2);
+  const v8 = figures.v8 === 'compiled at first call' ? 'V8 compiling at first call, as bytevisor\'s tools run (kernel/v8-tuning.ts)' : 'Node\'s default V8 flags';
+  const n = figures.nodeDefaults;
+  const defaults = n === undefined ? [] : [
+    `  the same in a child process with Node's default V8 flags (for an embedder that does not call compileAtFirstCall; not checked):`,
+    `    live snapshot pause          ${t(n.snapshot.pause)} (the service's own pauseMs ${ms(n.snapshot.servicePauseMs)})`,
+    `    fork ${mib(n.fork.small.guestBytes).padEnd(9)}               ${t(n.fork.small.fork)}`,
+    `    fork ${mib(n.fork.large.guestBytes).padEnd(9)}               ${t(n.fork.large.fork)}; ratio ${n.fork.afterGuestRatio.toFixed(2)}, with emptied caches ${n.fork.ratio.toFixed(2)}`,
+    `    lazy restore ${mib(n.lazyRestore.large.guestBytes).padEnd(9)}       ${t(n.lazyRestore.large.toFirstInstruction)} to the first instruction`,
+    `    save / plain write           ${n.save.ratio.toFixed(2)} (CPU ${n.save.cpuRatio.toFixed(2)})`,
+  ];
   return [
-    'vm state: guests that have run (paging on, every data page stored to, standard devices); medians, wall time with process CPU time',
+    `vm state: guests that have run (paging on, every data page stored to, standard devices); medians, wall time with process CPU time; ${v8}`,
     `  save, ${mib(save.guestBytes)}, new file each time:`,
     `    raw checkpoint               ${t(save.checkpoint)}  ${save.checkpointMBps.toFixed(0)} MB/s (file ${(save.checkpointFileBytes / MiB).toFixed(1)} MiB)`,
     `    plain write + fsync         ${t(save.plainWrite)}  ${save.plainWriteMBps.toFixed(0)} MB/s (${(save.plainBytes / MiB).toFixed(0)} MiB)`,
@@ -712,11 +787,18 @@ export function formatState(figures: StateFigures): string[] {
     `  fork (every data page stored to, TLB full):`,
     `    ${mib(fork.small.guestBytes).padEnd(9)}                  ${t(fork.small.fork)}; creating an empty VM of that size, with its devices: ${t(fork.small.createVm)}`,
     `    ${mib(fork.large.guestBytes).padEnd(9)}                  ${t(fork.large.fork)}; creating an empty VM of that size, with its devices: ${t(fork.large.createVm)}`,
-    `    ratio                        ${fork.ratio.toFixed(2)} (CPU ${fork.cpuRatio.toFixed(2)})`,
+    `    the same after emptying the CPU caches (a 64 MiB write pass): ${mib(fork.small.guestBytes)} ${t(fork.small.evicted)}, ${mib(fork.large.guestBytes)} ${t(fork.large.evicted)}`,
+    `    ratio                        ${fork.ratio.toFixed(2)} (CPU ${fork.cpuRatio.toFixed(2)}) with emptied caches; ${fork.afterGuestRatio.toFixed(2)} right after the guests' loops`,
     `    deferred, ${f.pages.toLocaleString('en-US')} shared pages of ${mib(fork.large.guestBytes)}, per page: parent first store ${us(f.parentFirstUs)} µs (CPU ${us(f.parentFirstCpuUs)}), again ${us(f.parentAgainUs)} µs; child first store ${us(f.childFirstUs)} µs (CPU ${us(f.childFirstCpuUs)}), again ${us(f.childAgainUs)} µs`,
     `  lazy restore (no prefetch), until restoreVmCheckpoint returns / until the first guest instruction has retired:`,
     `    ${mib(lazy.small.guestBytes).padEnd(9)}                  ${t(lazy.small.toRunnable)} / ${t(lazy.small.toFirstInstruction)}`,
     `    ${mib(lazy.large.guestBytes).padEnd(9)}                  ${t(lazy.large.toRunnable)} / ${t(lazy.large.toFirstInstruction)}`,
     `    ratio to first instruction   ${lazy.ratio.toFixed(2)} (CPU ${lazy.cpuRatio.toFixed(2)})`,
+    ...defaults,
   ];
+}
+
+// The child process of measureStateInChild (last: every module-level binding above is initialised).
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === CHILD_FLAG) {
+  process.stdout.write(JSON.stringify(measureState({ quick: process.argv.includes('--quick') })));
 }

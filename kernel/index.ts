@@ -44,6 +44,7 @@ export { Access } from './mmu/sv32.ts';
 export type { AccessKind, PhysicalPageTables } from './mmu/sv32.ts';
 export type { DecodeCache, DecodeCacheStats } from './cpu/decode-cache.ts';
 export { KernelError, OutOfHostMemoryError, PageWaitError } from './errors.ts';
+export { compileAtFirstCall, compilesAtFirstCall } from './v8-tuning.ts';
 
 /** What createHypervisor takes. */
 export interface HypervisorOptions {

@@ -8,6 +8,7 @@
  */
 import { AssemblyError } from '../guest-isa/assembler.ts';
 import { BvError } from '../guest-isa/errors.ts';
+import { compileAtFirstCall } from '../kernel/v8-tuning.ts';
 
 /** Bad command line: the tool prints the message and its usage line, and exits with 2. */
 export class UsageError extends BvError {
@@ -161,6 +162,9 @@ export interface ToolOptions {
  * Anything else is a bug in the tool and propagates with its stack trace.
  */
 export async function runTool(main: (argv: readonly string[]) => number | Promise<number>, options: ToolOptions): Promise<void> {
+  // Before the tool's work: its rare operations (forks, snapshot pauses, API requests) then run
+  // as baseline code from their first call (kernel/v8-tuning.ts).
+  compileAtFirstCall();
   // A reader that stops early (`tools/run … | head`) is not an error: end quietly.
   process.stdout.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
