@@ -35,13 +35,13 @@ import type { CorruptionPattern } from './poison.ts';
 /** Pages in a 4 MiB region. */
 export const REGION_PAGES = 1024;
 const REGION_UNKNOWN = -2;
+const REGION_NOT_LARGE = -1;
 /** GuestMemory.stateCounts and flagCounts lengths: absent states, and per-VM flag bits 24..29. */
 const STATE_SLOTS = 8;
 const FLAG_SLOTS = 6;
 /** Shared empty arrays: the grown-on-demand arrays start as these (never written at length 0). */
 const NO_INTS = new Int32Array(0);
 const NO_BYTES = new Uint8Array(0);
-const REGION_NOT_LARGE = -1;
 
 /** A page's state as the API reports it: an absent state, or PRESENT. */
 export const PageState = {
