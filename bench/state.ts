@@ -12,12 +12,17 @@
  * - live snapshot: startLiveSnapshot's pause, then the guest's stalls while the snapshot
  *   completes, the guest storing to every page and the host timestamping each store (HC_STAMP);
  *   the same store loop without a snapshot is the baseline;
- * - fork: Hypervisor.forkVm of a small and a large guest, interleaved, and the cost the fork
- *   defers: the first store to each of 10,000 shared pages afterwards, in the parent and in the
- *   child, against a second store to the same (now private) pages;
+ * - fork: Hypervisor.forkVm of a small and a large guest, interleaved, right after the guest's
+ *   store loop, and again after a pass that empties the CPU caches (evictCaches: the ratio of the
+ *   two sizes is taken there); and the cost the fork defers: the first store to each of 10,000
+ *   shared pages afterwards, in the parent and in the child, against a second store to the same
+ *   (now private) pages;
  * - lazy restore: restoreVmCheckpoint (lazy, no prefetch) of the small and the large guest,
  *   interleaved, until one guest instruction has retired (checked: the instruction count, the
  *   pc, and the register it writes).
+ *
+ * Run from bench/run.ts, the process compiles at first call (kernel/v8-tuning.ts) and all of this
+ * is measured again in a child process with Node's default V8 flags (`--state-child`).
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
@@ -489,7 +494,6 @@ function measureStateInChild(quick: boolean): StateFigures {
   if (figures.v8 !== 'node defaults') throw new BenchError('BV_BENCH_WRONG_RESULT', `the state bench's child process ran with ${figures.v8}, not Node's defaults`);
   return figures;
 }
-
 
 /** Larger than the last-level cache of the bench machines (32 MiB), with room. */
 const EVICTION_BYTES = 64 * MiB;
