@@ -651,16 +651,14 @@ export class Vm implements VcpuHost {
   /**
    * @internal Hypervisor.forkVm: makes `child` (created for this purpose, its devices attached,
    * never run) this VM as it stands: memory shared copy-on-write, vCPU and component state
-   * copied. Checked first, changing nothing when refused: what the child can differ in (its vCPU
-   * count, its components and their versions, their own checks of the state, the device layout;
-   * the memory size is GuestMemory.forkInto's).
+   * copied. Checked first, changing nothing when refused: what the child can differ in (its
+   * components and their versions, their own checks of the state, the device layout; the
+   * hypervisor made it from this VM's configuration, so size and vCPUs match).
    * The vCPUs are copied field to field and the layout compared as it is, with no saved form in
    * between: a state this VM holds needs no parsing. Between runs only.
    */
   forkInto(child: Vm): void {
-    const components: VmState['components'] = {};
-    for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
-    if (child.vcpus.length !== this.vcpus.length) throw new KernelError('BV_FORK', `fork: ${child.name} has ${child.vcpus.length} vCPUs, ${this.name} has ${this.vcpus.length}`);
+    const components = this.saveComponents();
     child.checkComponents(components, this.bus.layout());
     this.memory.forkInto(child.memory);
     child.image = this.image;
@@ -683,8 +681,7 @@ export class Vm implements VcpuHost {
    * runs only.
    */
   captureState(): VmState {
-    const components: VmState['components'] = {};
-    for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
+    const components = this.saveComponents();
     const state: VmState = {
       config: { name: this.name, memoryBytes: this.memoryBytes, vcpus: this.vcpus.length, mmu: this.mmuOptions, largePages: this.largePagePolicy },
       vcpus: this.vcpus.map((vcpu) => vcpu.saveState()),
@@ -752,6 +749,13 @@ export class Vm implements VcpuHost {
       const saved = components[name]!;
       this.components.get(name)!.check?.(saved.state, saved.version);
     }
+  }
+
+  /** Every registered component's saved state, with its version (captureState, forkInto). */
+  private saveComponents(): VmState['components'] {
+    const components: VmState['components'] = {};
+    for (const [name, component] of this.components) components[name] = { version: component.version, state: component.save() };
+    return components;
   }
 
   /** Puts back component states that checkComponents accepted. */
